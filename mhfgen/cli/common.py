@@ -1,0 +1,54 @@
+"""Arguments shared by the commands: the problem (heads, head_dim, ... or --preset)."""
+from __future__ import annotations
+
+import argparse
+
+from ..presets import PRESETS
+from ..spec import DTYPES, KernelSpec
+from . import CommandError
+
+
+def add_problem_args(p: argparse.ArgumentParser, tokens: int = 16384) -> None:
+    g = p.add_argument_group("problem")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a reference problem of SPEC.md (sets heads, head-dim, intermediate, experts)")
+    g.add_argument("--heads", type=int, default=None, help="query heads H (default 8)")
+    g.add_argument("--kv-heads", type=int, default=None, help="key/up/value heads Hkv (default H)")
+    g.add_argument("--head-dim", type=int, default=None, help="head width D (default 128)")
+    g.add_argument("--intermediate", type=int, default=None,
+                   help="intermediate size I per head (default 2048)")
+    g.add_argument("--experts", type=int, default=None, help="sub-networks E (default 8)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    g.add_argument("--tokens", type=int, default=tokens, help=f"tokens B*L (default {tokens})")
+
+
+def problem_from_args(args) -> dict:
+    """heads, kv_heads, head_dim, intermediate, experts, expert_dim from the flags."""
+    preset = PRESETS[args.preset] if args.preset else None
+    heads = args.heads or (preset.heads if preset else 8)
+    head_dim = args.head_dim or (preset.head_dim if preset else 128)
+    intermediate = args.intermediate or (preset.intermediate if preset else 2048)
+    experts = args.experts or (preset.experts if preset else 8)
+    kv_heads = args.kv_heads or heads
+    if intermediate % experts:
+        raise CommandError(f"--intermediate ({intermediate}) must be divisible by --experts ({experts})")
+    if args.tokens < 1:
+        raise CommandError(f"--tokens must be >= 1, got {args.tokens}")
+    return dict(heads=heads, kv_heads=kv_heads, head_dim=head_dim, intermediate=intermediate,
+                experts=experts, expert_dim=intermediate // experts)
+
+
+def spec_from_args(args, target: str | None = None) -> KernelSpec:
+    """The KernelSpec of the flags, for `target` (default: this machine's)."""
+    import torch
+
+    from ..device import target as device_target
+
+    p = problem_from_args(args)
+    if target is None:
+        target = device_target(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        return KernelSpec(p["heads"], p["kv_heads"], p["head_dim"], p["experts"], p["expert_dim"],
+                          args.dtype, target)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc

@@ -1,0 +1,42 @@
+"""`mhfgen doctor`: what this machine offers mhfgen."""
+from __future__ import annotations
+
+import os
+import platform
+
+
+def register(sub) -> None:
+    p = sub.add_parser("doctor", help="report torch, Triton, GPU and database paths",
+                       description="Report the versions, GPU and paths mhfgen uses here.")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    import torch
+    import triton
+
+    from .. import __version__, paths
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        gpu = f"{props.name} (compute capability {props.major}.{props.minor}, " \
+              f"{props.multi_processor_count} SMs)"
+    else:
+        gpu = "none (kernels run through Triton's interpreter on CPU tensors)"
+    shipped = paths.shipped_db_path()
+    rows = [
+        ("mhfgen", __version__),
+        ("python", platform.python_version()),
+        ("torch", torch.__version__),
+        ("triton", triton.__version__),
+        ("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "unset")),
+        ("gpu", gpu),
+        ("user database", str(paths.user_db_path())),
+        ("shipped database", f"{shipped}{'' if shipped.exists() else ' (absent)'}"),
+        ("templates", str(paths.templates_dir())),
+        ("cache dir", str(paths.cache_dir())),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0

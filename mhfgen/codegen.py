@@ -1,0 +1,147 @@
+"""Render the Jinja kernel templates into Triton modules, cache them on disk, import them.
+
+render(kernel, spec, config) -> source text; load_kernel(...) -> the @triton.jit function.
+Jinja decides static structure only (which loops, masks and dot operands exist); block
+sizes stay `tl.constexpr` arguments, num_warps/num_stages launch options.
+
+NOTE: generated modules are written under a content-hash name, atomically (temp file +
+os.replace), and imported by path. Triton's JIT reads the kernel's source through
+`inspect`, so the code must live in a real file; the hash name makes concurrent processes
+and repeated renders agree on one file without locks.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from . import paths
+from .spec import INTERPRETER, KERNELS, KernelSpec, LaunchConfig, head_dim_chunks
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One power-of-two slice of head_dim used as a dot operand."""
+
+    i: int
+    off: int
+    width: int
+    masked: bool
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(paths.templates_dir())),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        keep_trailing_newline=True, autoescape=False)
+
+
+def template_name(kernel: str) -> str:
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
+    return f"{kernel}.py.jinja"
+
+
+@lru_cache(maxsize=None)
+def template_hash(kernel: str) -> str:
+    """sha256 (16 hex digits) of the kernel's template and the shared macros: the part
+    of the tuning key that invalidates stored configs when the kernel code changes."""
+    digest = hashlib.sha256()
+    for name in (template_name(kernel), "_macros.jinja"):
+        digest.update((paths.templates_dir() / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def static_params(kernel: str, spec: KernelSpec, config: LaunchConfig) -> dict:
+    """The parts of (spec, config) that change the generated code's structure."""
+    config.check_for(spec)
+    chunks = tuple(Chunk(i, off, width, masked) for i, (off, width, masked)
+                   in enumerate(head_dim_chunks(spec.head_dim, config.head_dim_split)))
+    params = {"chunks": chunks, "even_de": spec.expert_dim % config.block_n == 0}
+    if kernel == "flash_mhf_fwd":
+        params.update(group_heads=config.group_heads, inter_split=config.inter_splits > 1)
+    elif kernel == "flash_mhf_bwd_dq":
+        params.update(group_heads=config.group_heads)
+    else:
+        params.update(token_split=config.token_splits > 1)
+    return params
+
+
+def render(kernel: str, spec: KernelSpec, config: LaunchConfig) -> str:
+    """The generated Triton source of `kernel` for `spec` and `config`."""
+    params = static_params(kernel, spec, config)
+    static = {k: (v if k != "chunks" else [(c.off, c.width, c.masked) for c in v])
+              for k, v in params.items()}
+    precision = ', input_precision="ieee"' if spec.dtype == "float32" else ""
+    template = _environment().get_template(template_name(kernel))
+    return template.render(template_name=template_name(kernel), template_hash=template_hash(kernel),
+                           spec=spec, static=static, precision=precision, **params)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_lock = threading.Lock()
+_loaded: dict[tuple, object] = {}
+
+
+def kernel_dir() -> Path:
+    return paths.cache_dir() / "kernels"
+
+
+def load_kernel(kernel: str, spec: KernelSpec, config: LaunchConfig):
+    """Render (or reuse) and import the module of `kernel`; return its @triton.jit kernel.
+
+    The 'interpreter' target needs Triton's interpreter switched on (TRITON_INTERPRET=1)
+    before triton was imported; see mhfgen.device.enable_interpreter_default.
+    """
+    params = static_params(kernel, spec, config)
+    key = (kernel, spec, tuple(sorted(params.items())))
+    fn = _loaded.get(key)
+    if fn is not None:
+        return fn
+    with _lock:
+        fn = _loaded.get(key)
+        if fn is None:
+            source = render(kernel, spec, config)
+            digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+            path = kernel_dir() / f"{kernel}_{digest}.py"
+            if not path.exists() or path.read_text() != source:
+                _write_atomic(path, source)
+            fn = _import(path, f"mhfgen_generated.{kernel}_{digest}", spec.target == INTERPRETER)
+            fn = getattr(fn, f"{kernel}_kernel")
+            _loaded[key] = fn
+    return fn
+
+
+def _import(path: Path, name: str, interpret: bool):
+    from triton import knobs
+
+    if interpret and not knobs.runtime.interpret:
+        raise RuntimeError(
+            "mhfgen: kernels on CPU tensors run through Triton's interpreter, which must be on "
+            "before triton is imported: set TRITON_INTERPRET=1 in the environment (mhfgen sets "
+            "it itself when imported first on a machine without CUDA)")
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module

@@ -1,0 +1,62 @@
+"""Facts about the device a call runs on, cached per device: target, SM count, GPU name."""
+from __future__ import annotations
+
+import os
+import sys
+from functools import lru_cache
+
+import torch
+
+from .spec import INTERPRETER
+
+
+@lru_cache(maxsize=None)
+def _cuda_facts(index: int) -> tuple[str, int, str, str]:
+    props = torch.cuda.get_device_properties(index)
+    return f"sm{props.major}{props.minor}", props.multi_processor_count, props.name, \
+        f"{props.major}.{props.minor}"
+
+
+def target(device: torch.device) -> str:
+    """'sm90'-style target of a CUDA device; 'interpreter' for the CPU."""
+    if device.type == "cuda":
+        return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())[0]
+    if device.type == "cpu":
+        return INTERPRETER
+    raise ValueError(f"mhfgen kernels run on CUDA or (through Triton's interpreter) CPU tensors, "
+                     f"got a tensor on {device}")
+
+
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device; 1 for the interpreter."""
+    if device.type == "cuda":
+        return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())[1]
+    return 1
+
+
+def gpu_name(device: torch.device) -> str:
+    """The GPU's name as the driver reports it ('NVIDIA H200'); 'interpreter' for the CPU."""
+    if device.type == "cuda":
+        return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())[2]
+    return INTERPRETER
+
+
+def compute_capability(device: torch.device) -> str:
+    """'9.0' style compute capability; 'none' for the CPU."""
+    if device.type == "cuda":
+        return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())[3]
+    return "none"
+
+
+def enable_interpreter_default() -> None:
+    """Switch Triton's interpreter on where it is the only way to run kernels.
+
+    NOTE: Triton decides at import whether its functions are compiled or interpreted, and
+    the two cannot be mixed in one process. On a machine without CUDA, before triton is
+    imported and when the user has not chosen, mhfgen sets TRITON_INTERPRET=1 so that
+    backend="triton" runs on CPU tensors.
+    """
+    if "TRITON_INTERPRET" in os.environ or "triton" in sys.modules:
+        return
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"

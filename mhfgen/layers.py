@@ -1,0 +1,122 @@
+"""nn.Modules: FlashMHF (the multi-head FFN layer) and SwiGLU (the baseline FFN)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import reference
+from .validation import check_layer_sizes
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+class FlashMHF(nn.Module):
+    """Flash Multi-Head FFN (SPEC.md section 1).
+
+    y = O.view(B, L, d) W_out^T, O = flash_mhf(Q, K, U, V, R), Q = (x W_in^T).view(B, L, H, D)
+    (optionally RMS-normalised per head), R = sigmoid(Q W_R) normalised to sum 1 over the
+    E experts. Parameters: in_proj/out_proj (d, d), router (H, D, E), key/up/value
+    (Hkv, E, De, D) with De = intermediate_size / n_experts, q_norm (H, D) if qk_norm.
+
+    backend: "auto" (generated Triton kernels on CUDA, the PyTorch reference elsewhere),
+    "triton" (kernels; CPU tensors go through Triton's interpreter), "torch" (reference).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, intermediate_size: int, n_experts: int,
+                 n_kv_heads: int | None = None, qk_norm: bool = True, bias: bool = False,
+                 backend: str = "auto", device=None, dtype=None) -> None:
+        super().__init__()
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        check_layer_sizes(d_model, n_heads, intermediate_size, n_experts, n_kv_heads)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
+        self.head_dim = d_model // n_heads
+        self.intermediate_size, self.n_experts = intermediate_size, n_experts
+        self.expert_dim = intermediate_size // n_experts
+        self.backend = backend
+        factory = {"device": device, "dtype": dtype}
+        self.in_proj = nn.Linear(d_model, d_model, bias=bias, **factory)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias, **factory)
+        self.router = nn.Parameter(torch.empty(n_heads, self.head_dim, n_experts, **factory))
+        weight_shape = (n_kv_heads, n_experts, self.expert_dim, self.head_dim)
+        self.key = nn.Parameter(torch.empty(weight_shape, **factory))
+        self.up = nn.Parameter(torch.empty(weight_shape, **factory))
+        self.value = nn.Parameter(torch.empty(weight_shape, **factory))
+        self.q_norm = (nn.Parameter(torch.ones(n_heads, self.head_dim, **factory))
+                       if qk_norm else None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The paper's initialisation: xavier-uniform (gain 0.707) projections, normal(0, 0.02)
+        K/U/V, truncated normal(0, 0.02) router, zero biases, unit norm weight."""
+        for proj in (self.in_proj, self.out_proj):
+            nn.init.xavier_uniform_(proj.weight, gain=0.707)
+            if proj.bias is not None:
+                nn.init.zeros_(proj.bias)
+        for w in (self.key, self.up, self.value):
+            nn.init.normal_(w, mean=0.0, std=0.02)
+        nn.init.trunc_normal_(self.router, mean=0.0, std=0.02, a=-0.04, b=0.04)
+        if self.q_norm is not None:
+            nn.init.ones_(self.q_norm)
+
+    def _use_kernels(self, x: torch.Tensor) -> bool:
+        if self.backend == "torch":
+            return False
+        if self.backend == "triton":
+            return True
+        return x.is_cuda
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (B, L, d_model={self.d_model}), got {shape}")
+        B, L, _ = x.shape
+        q = self.in_proj(x).view(B, L, self.n_heads, self.head_dim)
+        if self.q_norm is not None:
+            q = reference.rms_norm_heads(q, self.q_norm)
+        r = reference.router(q, self.router)
+        if self._use_kernels(x):
+            from .ops import flash_mhf  # imported lazily: the reference path needs no Triton
+            o = flash_mhf(q, self.key, self.up, self.value, r)
+        else:
+            o = reference.flash_mhf(q, self.key, self.up, self.value, r)
+        return self.out_proj(o.reshape(B, L, self.d_model))
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+                f"intermediate_size={self.intermediate_size}, n_experts={self.n_experts}, "
+                f"qk_norm={self.q_norm is not None}, backend={self.backend!r}")
+
+
+class SwiGLU(nn.Module):
+    """The baseline FFN: y = (silu(x W_gate^T) * (x W_up^T)) W_down^T, 6 d I FLOPs per token,
+    the same as FlashMHF's core at equal d_model and intermediate_size."""
+
+    def __init__(self, d_model: int, intermediate_size: int, bias: bool = False,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        for name, value in (("d_model", d_model), ("intermediate_size", intermediate_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.d_model, self.intermediate_size = d_model, intermediate_size
+        self.gate_proj = nn.Linear(d_model, intermediate_size, bias=bias, **factory)
+        self.up_proj = nn.Linear(d_model, intermediate_size, bias=bias, **factory)
+        self.down_proj = nn.Linear(intermediate_size, d_model, bias=bias, **factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for proj in (self.gate_proj, self.up_proj, self.down_proj):
+            nn.init.xavier_uniform_(proj.weight, gain=0.707)
+            if proj.bias is not None:
+                nn.init.zeros_(proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, intermediate_size={self.intermediate_size}"

@@ -1,0 +1,66 @@
+"""`mhfgen.flash_mhf`: the FlashMHF core as a torch.library custom op with autograd.
+
+Layers: generated kernel -> launcher (mhfgen.kernels: check, allocate, launch) ->
+custom ops `mhfgen::flash_mhf` and `mhfgen::flash_mhf_backward` (fake implementations
+for tracing, registered autograd) -> `flash_mhf` (this public function) -> FlashMHF.
+torch.compile(fullgraph=True) traces through the ops as opaque calls.
+"""
+from __future__ import annotations
+
+import torch
+
+from .kernels import flash_mhf_bwd_dkv, flash_mhf_bwd_dq, flash_mhf_fwd
+from .validation import check_flash_mhf_inputs
+
+
+@torch.library.custom_op("mhfgen::flash_mhf", mutates_args=())
+def _flash_mhf_op(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                  r: torch.Tensor) -> torch.Tensor:
+    return flash_mhf_fwd(q, k, u, v, r)
+
+
+@_flash_mhf_op.register_fake
+def _(q, k, u, v, r):
+    return q.new_empty(q.shape)
+
+
+@torch.library.custom_op("mhfgen::flash_mhf_backward", mutates_args=())
+def _flash_mhf_backward_op(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                           r: torch.Tensor, do: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                      torch.Tensor]:
+    dq, dr = flash_mhf_bwd_dq(q, k, u, v, r, do)
+    dk, du, dv = flash_mhf_bwd_dkv(q, k, u, v, r, do)
+    return dq, dk, du, dv, dr
+
+
+@_flash_mhf_backward_op.register_fake
+def _(q, k, u, v, r, do):
+    return (q.new_empty(q.shape), k.new_empty(k.shape), u.new_empty(u.shape),
+            v.new_empty(v.shape), r.new_empty(r.shape))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, do):
+    q, k, u, v, r = ctx.saved_tensors
+    return _flash_mhf_backward_op(q, k, u, v, r, do)
+
+
+_flash_mhf_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def flash_mhf(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+              r: torch.Tensor) -> torch.Tensor:
+    """FlashMHF core through the generated Triton kernels, differentiable.
+
+    O[b,l,h] = sum_e r[b,l,h,e] * (silu(q[b,l,h] K[g,e]^T) * (q[b,l,h] U[g,e]^T)) V[g,e],
+    g = h // (H / Hkv). q: (B, L, H, D), any strides with stride(-1) == 1 (a view of
+    x @ W_in^T); k, u, v: (Hkv, E, De, D); r: (B, L, H, E) in fp32 or q's dtype.
+    Returns o (B, L, H, D) in q's dtype. CUDA tensors run compiled kernels, CPU tensors
+    Triton's interpreter. Bad input raises ValueError/TypeError before any kernel runs.
+    """
+    check_flash_mhf_inputs(q, k, u, v, r)
+    return _flash_mhf_op(q, k, u, v, r)

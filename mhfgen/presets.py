@@ -1,0 +1,26 @@
+"""The reference problems of SPEC.md: (d_model, heads, head_dim, intermediate, experts)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    d_model: int
+    heads: int
+    head_dim: int
+    intermediate: int
+    experts: int
+    kv_heads: int | None = None
+
+    @property
+    def expert_dim(self) -> int:
+        return self.intermediate // self.experts
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("128M", 768, 8, 96, 2048, 8),
+    Preset("370M", 1024, 8, 128, 2816, 11),
+    Preset("1.3B", 2048, 16, 128, 5632, 22),
+)}

@@ -1,0 +1,173 @@
+"""Typed descriptions of what a generated kernel is compiled for and how it is launched.
+
+`KernelSpec` is everything baked into a generated kernel (the problem's static sizes,
+the dtype and the target). `LaunchConfig` is everything the tuner may vary. Both are
+frozen, validated dataclasses; they are the keys of the kernel cache and of the tuning
+database, so their field names are part of the database contract.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+#: dtype name -> torch dtype, for every dtype the kernels support.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+#: the kernels of one FlashMHF op, by name stem (templates/<stem>.py.jinja).
+KERNELS = ("flash_mhf_fwd", "flash_mhf_bwd_dq", "flash_mhf_bwd_dkv")
+
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+INTERPRETER = "interpreter"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The spec name of a torch dtype; TypeError for an unsupported one."""
+    for name, dt in DTYPES.items():
+        if dt == dtype:
+            return name
+    raise TypeError(f"unsupported dtype {dtype}; expected one of {', '.join(DTYPES)}")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """The static problem a kernel is generated for.
+
+    heads H, kv_heads Hkv (H % Hkv == 0), head_dim D, experts E, expert_dim De
+    (intermediate I = E * De per head), dtype of q/k/u/v/o, and target
+    ('sm90', 'sm80', ... or 'interpreter').
+    """
+
+    heads: int
+    kv_heads: int
+    head_dim: int
+    experts: int
+    expert_dim: int
+    dtype: str
+    target: str
+
+    def __post_init__(self) -> None:
+        for name in ("heads", "kv_heads", "head_dim", "experts", "expert_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"KernelSpec.{name} must be a positive int, got {value!r}")
+        if self.heads % self.kv_heads:
+            raise ValueError(
+                f"KernelSpec: heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        if not MIN_HEAD_DIM <= self.head_dim <= MAX_HEAD_DIM:
+            raise ValueError(
+                f"KernelSpec.head_dim must be in {MIN_HEAD_DIM}..{MAX_HEAD_DIM}, got {self.head_dim}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"KernelSpec.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if not self.target:
+            raise ValueError("KernelSpec.target must be a non-empty string")
+
+    @property
+    def group(self) -> int:
+        """Query heads per kv head, G = H / Hkv."""
+        return self.heads // self.kv_heads
+
+    @property
+    def intermediate(self) -> int:
+        """I = E * De, the intermediate size per head."""
+        return self.experts * self.expert_dim
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def key(self) -> str:
+        """A compact, stable text form, used in file names and database keys."""
+        return (f"H{self.heads}-Hkv{self.kv_heads}-D{self.head_dim}-E{self.experts}"
+                f"-De{self.expert_dim}-{self.dtype}-{self.target}")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """What the tuner may vary for one kernel launch.
+
+    block_m:      rows per program; a row is one (token, query head) pair.
+    block_n:      intermediate columns per tile (a slice of one expert's De).
+    num_warps, num_stages: Triton launch options (software-pipelining depth).
+    group_heads:  query heads of one kv-head group that share a program, so each K/U/V
+                  tile is loaded once for all of them (must divide H / Hkv). Forward and dQ.
+    head_dim_split: 'chunks' splits a non-power-of-two head_dim into power-of-two dot
+                  operands (96 = 64 + 32); 'pad' pads it to the next power of two with masks.
+    inter_splits: forward only; programs that split the intermediate dimension, partial
+                  outputs summed afterwards (the decode path for few tokens).
+    token_splits: dK/dU/dV only; programs that split the tokens, partials reduced with
+                  fp32 atomics.
+    """
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+    group_heads: int = 1
+    head_dim_split: str = "chunks"
+    inter_splits: int = 1
+    token_splits: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"LaunchConfig.{name} must be a power of two >= 16, got {value}")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"LaunchConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
+        if not 1 <= self.num_stages <= 8:
+            raise ValueError(f"LaunchConfig.num_stages must be in 1..8, got {self.num_stages}")
+        if self.head_dim_split not in ("chunks", "pad"):
+            raise ValueError(
+                f"LaunchConfig.head_dim_split must be 'chunks' or 'pad', got {self.head_dim_split!r}")
+        for name in ("group_heads", "inter_splits", "token_splits"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LaunchConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LaunchConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"LaunchConfig: unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+    def check_for(self, spec: KernelSpec) -> None:
+        """Raise ValueError if this config cannot run `spec` (independent of the shape)."""
+        if spec.group % self.group_heads:
+            raise ValueError(
+                f"group_heads={self.group_heads} must divide heads/kv_heads={spec.group}")
+
+
+def head_dim_chunks(head_dim: int, mode: str) -> list[tuple[int, int, bool]]:
+    """Split head_dim into dot operands: a list of (offset, width, masked).
+
+    'pad':    one power-of-two chunk >= head_dim, masked when wider than head_dim.
+    'chunks': head_dim rounded up to a multiple of 16, written as a sum of decreasing
+              powers of two (96 -> 64 + 32, 80 -> 64 + 16); only the last may be masked.
+    """
+    if mode == "pad":
+        width = max(16, 1 << (head_dim - 1).bit_length())
+        return [(0, width, width != head_dim)]
+    padded = -(-head_dim // 16) * 16
+    chunks, offset = [], 0
+    for bit in reversed(range(padded.bit_length())):
+        width = 1 << bit
+        if padded & width:
+            chunks.append((offset, width, offset + width > head_dim))
+            offset += width
+    return chunks

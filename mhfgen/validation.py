@@ -1,0 +1,108 @@
+"""Input checks for the FlashMHF core op, shared by the reference and the kernels.
+
+Every error names the argument and what was expected, and is raised before any compute.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .spec import DTYPES, MAX_HEAD_DIM, MIN_HEAD_DIM
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Sizes of one call: q (B, L, H, D), k/u/v (Hkv, E, De, D), r (B, L, H, E)."""
+
+    batch: int
+    seqlen: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    experts: int
+    expert_dim: int
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seqlen
+
+    @property
+    def intermediate(self) -> int:
+        return self.experts * self.expert_dim
+
+    def flops(self, backward: bool = False) -> int:
+        """Core FLOPs: 6 * tokens * H * I * D forward, 2x that again for the backward."""
+        fwd = 6 * self.tokens * self.heads * self.intermediate * self.head_dim
+        return 3 * fwd if backward else fwd
+
+
+def _check_tensor(name: str, t, ndim: int, layout: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have shape {layout}, got {tuple(t.shape)}")
+
+
+def check_flash_mhf_inputs(q, k, u, v, r, *, allow_float64: bool = False) -> Problem:
+    """Validate the core op's arguments and return their sizes.
+
+    q: (B, L, H, D) with stride(-1) == 1; k, u, v: (Hkv, E, De, D); r: (B, L, H, E) in
+    float32 or q's dtype. H % Hkv == 0, D in 16..256, all on one device, q/k/u/v one dtype.
+    """
+    _check_tensor("q", q, 4, "(B, L, H, D)")
+    for name, w in (("k", k), ("u", u), ("v", v)):
+        _check_tensor(name, w, 4, "(Hkv, E, De, D)")
+    _check_tensor("r", r, 4, "(B, L, H, E)")
+    B, L, H, D = q.shape
+    Hkv, E, De, Dk = k.shape
+    for name, w in (("u", u), ("v", v)):
+        if w.shape != k.shape:
+            raise ValueError(f"{name} must have the shape of k {tuple(k.shape)} (Hkv, E, De, D), "
+                             f"got {tuple(w.shape)}")
+    if Dk != D:
+        raise ValueError(f"k, u, v must have head_dim D={D} of q in their last dim, got {Dk}")
+    if r.shape != (B, L, H, E):
+        raise ValueError(f"r must have shape (B, L, H, E) = {(B, L, H, E)}, got {tuple(r.shape)}")
+    if Hkv < 1 or H % Hkv:
+        raise ValueError(f"q's heads H={H} must be a multiple of k's kv heads Hkv={Hkv}")
+    if E < 1 or De < 1:
+        raise ValueError(f"k must have E >= 1 experts and De >= 1 expert width, got E={E}, De={De}")
+    if not MIN_HEAD_DIM <= D <= MAX_HEAD_DIM:
+        raise ValueError(f"q's head_dim D must be in {MIN_HEAD_DIM}..{MAX_HEAD_DIM}, got {D}")
+    allowed = set(DTYPES.values()) | ({torch.float64} if allow_float64 else set())
+    if q.dtype not in allowed:
+        names = ", ".join(str(d) for d in sorted(allowed, key=str))
+        raise TypeError(f"q has unsupported dtype {q.dtype}; expected one of {names}")
+    for name, w in (("k", k), ("u", u), ("v", v)):
+        if w.dtype != q.dtype:
+            raise TypeError(f"{name} must have q's dtype {q.dtype}, got {w.dtype}")
+    if r.dtype not in (torch.float32, q.dtype):
+        raise TypeError(f"r must be float32 or q's dtype {q.dtype}, got {r.dtype}")
+    devices = {t.device for t in (q, k, u, v, r)}
+    if len(devices) > 1:
+        raise ValueError(f"q, k, u, v, r must be on one device, got {sorted(map(str, devices))}")
+    if q.numel() and q.stride(-1) != 1:
+        raise ValueError(f"q must have unit stride in its last dim (head_dim), got stride {q.stride()}")
+    return Problem(B, L, H, Hkv, D, E, De)
+
+
+def check_layer_sizes(d_model: int, n_heads: int, intermediate_size: int, n_experts: int,
+                      n_kv_heads: int) -> None:
+    """Constructor checks of the FlashMHF layer (d % H, I % E, H % Hkv, head_dim range)."""
+    for name, value in (("d_model", d_model), ("n_heads", n_heads),
+                        ("intermediate_size", intermediate_size), ("n_experts", n_experts),
+                        ("n_kv_heads", n_kv_heads)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if d_model % n_heads:
+        raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+    if intermediate_size % n_experts:
+        raise ValueError(
+            f"intermediate_size ({intermediate_size}) must be divisible by n_experts ({n_experts})")
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
+    head_dim = d_model // n_heads
+    if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim = d_model / n_heads = {head_dim} must be in "
+                         f"{MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
