@@ -1,0 +1,37 @@
+"""Accuracy bars of the kernels against the float64 reference, per dtype, in one place.
+
+Errors are relative Frobenius norms, ||x - x_ref|| / ||x_ref||, with x_ref computed in
+float64 from the same (rounded) inputs. bf16 figures are the bar of ANCHORS.md; fp32 uses
+IEEE dots; fp16 keeps 3 more mantissa bits than bf16.
+"""
+from __future__ import annotations
+
+import torch
+
+#: dtype name -> (forward output tolerance, tolerance of every gradient)
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "float32": (1e-5, 1e-5),
+    "float16": (1e-3, 2e-3),
+    "bfloat16": (2.5e-3, 4e-3),
+}
+
+
+def tolerance(dtype: str | torch.dtype, grad: bool = False) -> float:
+    """The bar for the forward output (grad=False) or a gradient (grad=True)."""
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    fwd, bwd = TOLERANCES[dtype]
+    return bwd if grad else fwd
+
+
+def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """||x - ref||_F / ||ref||_F in float64 (0 when both are empty or ref is all zero and
+    x equals it). NaN or inf anywhere in x gives inf."""
+    x64, ref64 = x.detach().double(), ref.detach().double()
+    if not torch.isfinite(x64).all():
+        return float("inf")
+    denom = ref64.norm().item()
+    num = (x64 - ref64).norm().item()
+    if denom == 0.0:
+        return 0.0 if num == 0.0 else float("inf")
+    return num / denom
