@@ -26,6 +26,23 @@ def resolve_config(kernel: str, spec: KernelSpec, problem: Problem, q: torch.Ten
     return config
 
 
+_poison = False
+
+
+def set_poison(enabled: bool) -> None:
+    """Debugging aid for tests: fill every output buffer the launchers allocate with NaN
+    before the kernel runs, so an element the kernel fails to write shows up as NaN."""
+    global _poison
+    _poison = enabled
+
+
+def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.empty, or a NaN-filled tensor while poisoning is on (see set_poison)."""
+    if _poison:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     """t itself if its last dim has unit stride, else a contiguous copy."""
     return t if t.stride(-1) == 1 else t.contiguous()

@@ -6,7 +6,7 @@ import torch
 from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
-from .common import cdiv, intermediate_blocks, resolve_config, spec_of, unit_last_stride
+from .common import cdiv, empty, intermediate_blocks, resolve_config, spec_of, unit_last_stride
 
 KERNEL = "flash_mhf_bwd_dkv"
 
@@ -34,8 +34,9 @@ def flash_mhf_bwd_dkv(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torc
     splits = cdiv(rows, per_split)
     atomic = config.token_splits > 1
     out_dtype = torch.float32 if atomic else k.dtype
-    alloc = torch.zeros if atomic else torch.empty
-    grads = alloc((3, *k.shape), dtype=out_dtype, device=k.device)
+    # three separate buffers: outputs of a custom op may not alias each other
+    grads = [torch.zeros(k.shape, dtype=out_dtype, device=k.device) if atomic
+             else empty(k.shape, out_dtype, k.device) for _ in range(3)]
     kernel = load_kernel(KERNEL, spec, config)
     grid = (intermediate_blocks(spec, config.block_n), spec.kv_heads, splits)
     kernel[grid](q, k, u, v, r, do, grads[0], grads[1], grads[2],
@@ -45,6 +46,5 @@ def flash_mhf_bwd_dkv(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torc
                  q.shape[1], rows, per_split,
                  BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                  num_warps=config.num_warps, num_stages=config.num_stages)
-    if grads.dtype != k.dtype:
-        grads = grads.to(k.dtype)
-    return grads[0], grads[1], grads[2]
+    dk, du, dv = (g.to(k.dtype) for g in grads)
+    return dk, du, dv

@@ -6,7 +6,7 @@ import torch
 from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
-from .common import cdiv, resolve_config, spec_of, unit_last_stride
+from .common import cdiv, empty, resolve_config, spec_of, unit_last_stride
 
 KERNEL = "flash_mhf_bwd_dq"
 
@@ -24,8 +24,8 @@ def flash_mhf_bwd_dq(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     spec = spec_of(problem, q)
     config = resolve_config(KERNEL, spec, problem, q, config)
     B, L, H, D = q.shape
-    dq = torch.empty((B, L, H, D), dtype=q.dtype, device=q.device)
-    dr = torch.empty(r.shape, dtype=r.dtype, device=r.device)
+    dq = empty((B, L, H, D), q.dtype, q.device)
+    dr = empty(r.shape, r.dtype, r.device)
     if problem.tokens == 0:
         return dq, dr
     k, u, v = k.contiguous(), u.contiguous(), v.contiguous()

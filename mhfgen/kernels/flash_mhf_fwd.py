@@ -6,7 +6,7 @@ import torch
 from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
-from .common import cdiv, intermediate_blocks, resolve_config, spec_of
+from .common import cdiv, empty, intermediate_blocks, resolve_config, spec_of
 
 KERNEL = "flash_mhf_fwd"
 
@@ -24,7 +24,7 @@ def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Te
     spec = spec_of(problem, q)
     config = resolve_config(KERNEL, spec, problem, q, config)
     B, L, H, D = q.shape
-    o = torch.empty((B, L, H, D), dtype=q.dtype, device=q.device)
+    o = empty((B, L, H, D), q.dtype, q.device)
     if problem.tokens == 0:
         return o
     k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
@@ -33,8 +33,7 @@ def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Te
     splits = min(config.inter_splits, intermediate_blocks(spec, config.block_n)
                  if spec.expert_dim % config.block_n == 0 else spec.experts)
     grid = (cdiv(rows, config.block_m), H // config.group_heads, splits)
-    out = o if config.inter_splits == 1 else torch.empty((splits, B, L, H, D), dtype=torch.float32,
-                                                         device=q.device)
+    out = o if config.inter_splits == 1 else empty((splits, B, L, H, D), torch.float32, q.device)
     out_strides = (out.stride(-4), out.stride(-3), out.stride(-2))
     extra = () if config.inter_splits == 1 else (out.stride(0),)
     kernel[grid](q, k, u, v, r, out,

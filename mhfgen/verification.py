@@ -1,0 +1,109 @@
+"""Proving the kernels against the float64 reference: inputs, reference gradients and the
+per-output errors that tests and `mhfgen verify` both use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import reference
+from .kernels import flash_mhf_bwd_dkv, flash_mhf_bwd_dq, flash_mhf_fwd
+from .spec import LaunchConfig
+from .tolerances import relative_error, tolerance
+
+OUTPUTS = ("o", "dq", "dk", "du", "dv", "dr")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One problem: q (batch, seqlen, heads, head_dim), k/u/v (kv_heads, experts,
+    expert_dim, head_dim)."""
+
+    name: str
+    batch: int
+    seqlen: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    experts: int
+    expert_dim: int
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seqlen
+
+
+def make_inputs(case: Case, dtype: torch.dtype, device, seed: int = 0, r_dtype=torch.float32,
+                q_layout: str = "view"):
+    """Random inputs of realistic scale (unit-variance q, weights ~ D^-1/2, normalised
+    sigmoid routing). q_layout 'view': q is a view of a (B, L, H*D) projection output;
+    'strided': q is a slice of a wider (B, L, H, D + 8) buffer (non-trivial head stride)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    B, L, H, D = case.batch, case.seqlen, case.heads, case.head_dim
+    if q_layout == "view":
+        q = torch.randn(B, L, H * D, generator=g).view(B, L, H, D)
+    elif q_layout == "strided":
+        q = torch.randn(B, L, H, D + 8, generator=g)[..., :D]
+    else:
+        raise ValueError(f"q_layout must be 'view' or 'strided', got {q_layout!r}")
+    shape = (case.kv_heads, case.experts, case.expert_dim, D)
+    k, u, v = (torch.randn(shape, generator=g) * D ** -0.5 for _ in range(3))
+    gates = torch.sigmoid(torch.randn(B, L, H, case.experts, generator=g))
+    r = gates / gates.sum(-1, keepdim=True)
+    do = torch.randn(B, L, H, D, generator=g)
+    q = q.to(device=device, dtype=dtype)
+    k, u, v, do = (t.to(device=device, dtype=dtype) for t in (k, u, v, do))
+    return q, k, u, v, r.to(device=device, dtype=r_dtype), do
+
+
+def reference_outputs(q, k, u, v, r, do, token_chunk: int = 4096) -> dict[str, torch.Tensor]:
+    """o and the five gradients in float64, by autograd through reference.flash_mhf over
+    chunks of tokens (bounding the memory of the naive form at large sizes)."""
+    B, L, H, D = q.shape
+    q64, r64, do64 = (t.double().reshape(B * L, 1, *t.shape[2:]) for t in (q, r, do))
+    w64 = [w.double().requires_grad_() for w in (k, u, v)]
+    o, dq, dr = torch.empty_like(q64), torch.empty_like(q64), torch.empty_like(r64)
+    for lo in range(0, B * L, token_chunk):
+        qc = q64[lo:lo + token_chunk].detach().requires_grad_()
+        rc = r64[lo:lo + token_chunk].detach().requires_grad_()
+        oc = reference.flash_mhf(qc, *w64, rc)
+        oc.backward(do64[lo:lo + token_chunk])
+        o[lo:lo + token_chunk], dq[lo:lo + token_chunk] = oc.detach(), qc.grad
+        dr[lo:lo + token_chunk] = rc.grad
+    if B * L == 0:
+        grads = [torch.zeros_like(w) for w in w64]
+    else:
+        grads = [w.grad for w in w64]
+    return {"o": o.view(B, L, H, D), "dq": dq.view(B, L, H, D), "dk": grads[0], "du": grads[1],
+            "dv": grads[2], "dr": dr.view(r.shape)}
+
+
+def kernel_outputs(q, k, u, v, r, do, fwd: LaunchConfig | None = None,
+                   dq: LaunchConfig | None = None, dkv: LaunchConfig | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """o and the five gradients through the generated kernels (configs default to the
+    dispatcher's)."""
+    o = flash_mhf_fwd(q, k, u, v, r, fwd)
+    dq_, dr = flash_mhf_bwd_dq(q, k, u, v, r, do, dq)
+    dk, du, dv = flash_mhf_bwd_dkv(q, k, u, v, r, do, dkv)
+    return {"o": o, "dq": dq_, "dk": dk, "du": du, "dv": dv, "dr": dr}
+
+
+@dataclass(frozen=True)
+class Check:
+    """The error of one output against its tolerance."""
+
+    output: str
+    error: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error <= self.tolerance
+
+
+def compare(outputs: dict, expected: dict, dtype: torch.dtype) -> list[Check]:
+    """Relative Frobenius error of each output, with its dtype's tolerance."""
+    return [Check(name, relative_error(outputs[name], expected[name]),
+                  tolerance(dtype, grad=name != "o")) for name in OUTPUTS]

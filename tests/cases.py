@@ -1,0 +1,48 @@
+"""The central tables of the kernel tests: shapes (odd and degenerate ones included),
+launch configs that reach every template branch, and the CPU dtypes.
+
+Triton's interpreter cannot multiply bf16 (its tl.dot reads the raw bits), so CPU tests
+use fp32 and fp16; `mhfgen verify` covers bf16 on the GPU.
+"""
+import torch
+
+from mhfgen.spec import LaunchConfig
+from mhfgen.verification import Case
+
+CASES = [
+    Case("base", batch=2, seqlen=8, heads=2, kv_heads=2, head_dim=32, experts=2, expert_dim=32),
+    Case("L1", batch=1, seqlen=1, heads=2, kv_heads=2, head_dim=32, experts=2, expert_dim=32),
+    Case("L37_gqa", batch=1, seqlen=37, heads=4, kv_heads=2, head_dim=32, experts=2, expert_dim=32),
+    Case("D96", batch=1, seqlen=6, heads=2, kv_heads=2, head_dim=96, experts=2, expert_dim=32),
+    Case("De80", batch=1, seqlen=6, heads=2, kv_heads=1, head_dim=32, experts=3, expert_dim=80),
+    Case("E1", batch=2, seqlen=5, heads=2, kv_heads=2, head_dim=16, experts=1, expert_dim=64),
+    Case("D40_gqa3", batch=1, seqlen=7, heads=3, kv_heads=1, head_dim=40, experts=2, expert_dim=48),
+]
+EMPTY = Case("L0", batch=2, seqlen=0, heads=2, kv_heads=2, head_dim=32, experts=2, expert_dim=32)
+
+DTYPES = [torch.float32, torch.float16]
+
+#: per kernel, configs that together reach every template branch: flat and per-expert
+#: (masked) loops, chunked and padded head_dim, grouped heads, split intermediate (fwd),
+#: split tokens with atomics (dkv).
+CONFIGS = {
+    "flash_mhf_fwd": [
+        LaunchConfig(block_m=16, block_n=16),
+        LaunchConfig(block_m=32, block_n=32, head_dim_split="pad", inter_splits=2),
+        LaunchConfig(block_m=16, block_n=64, inter_splits=3),
+    ],
+    "flash_mhf_bwd_dq": [
+        LaunchConfig(block_m=16, block_n=16),
+        LaunchConfig(block_m=32, block_n=64, head_dim_split="pad"),
+    ],
+    "flash_mhf_bwd_dkv": [
+        LaunchConfig(block_m=16, block_n=16),
+        LaunchConfig(block_m=16, block_n=64, head_dim_split="pad", token_splits=3),
+    ],
+}
+
+
+def grouped(config: LaunchConfig, case: Case) -> LaunchConfig:
+    """`config` with group_heads = all heads of a kv group (the shared-weight-load path)."""
+    import dataclasses
+    return dataclasses.replace(config, group_heads=case.heads // case.kv_heads)

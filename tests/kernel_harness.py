@@ -1,0 +1,34 @@
+"""Runs one kernel of one case against the float64 reference, with poisoned outputs."""
+from functools import lru_cache
+
+import torch
+
+from mhfgen.kernels import common
+from mhfgen.tolerances import relative_error, tolerance
+from mhfgen.verification import Case, make_inputs, reference_outputs
+
+
+@lru_cache(maxsize=None)
+def inputs_and_reference(case: Case, dtype: torch.dtype, q_layout: str = "view"):
+    inputs = make_inputs(case, dtype, "cpu", seed=hash(case.name) % 1000, q_layout=q_layout)
+    return inputs, reference_outputs(*inputs)
+
+
+def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, dtype, case) -> None:
+    """Fail with the error, the tolerance and where the largest mismatch is."""
+    tol = tolerance(dtype, grad=name != "o")
+    err = relative_error(got, want)
+    if not err <= tol:
+        diff = (got.double() - want).abs()
+        where = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0]) if diff.numel() else ()
+        nan = int(torch.isnan(got).sum())
+        raise AssertionError(f"{case.name} {dtype} {name}: relative error {err:.3g} > {tol:.1g}; "
+                             f"largest |diff| {diff.max().item():.3g} at {where}; NaNs {nan}")
+
+
+def run_poisoned(fn, *args):
+    common.set_poison(True)
+    try:
+        return fn(*args)
+    finally:
+        common.set_poison(False)

@@ -1,0 +1,34 @@
+"""The generated forward kernel against the float64 reference (Triton interpreter)."""
+import pytest
+import torch
+
+from cases import CASES, CONFIGS, DTYPES, EMPTY, grouped
+from kernel_harness import assert_close, inputs_and_reference, run_poisoned
+from mhfgen.kernels import flash_mhf_fwd
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("config_index", range(len(CONFIGS["flash_mhf_fwd"])))
+def test_forward_matches_reference(case, dtype, config_index):
+    config = CONFIGS["flash_mhf_fwd"][config_index]
+    if config_index == 2:
+        config = grouped(config, case)
+    (q, k, u, v, r, _), ref = inputs_and_reference(case, dtype)
+    o = run_poisoned(flash_mhf_fwd, q, k, u, v, r, config)
+    assert o.shape == q.shape and o.dtype == dtype and o.is_contiguous()
+    assert_close("o", o, ref["o"], dtype, case)
+
+
+@pytest.mark.parametrize("case", CASES[:4], ids=lambda c: c.name)
+def test_forward_default_config_strided_q_and_r_in_q_dtype(case):
+    (q, k, u, v, r, _), ref = inputs_and_reference(case, torch.float32, "strided")
+    assert not q.is_contiguous()
+    o = run_poisoned(flash_mhf_fwd, q, k, u, v, r.to(q.dtype), None)
+    assert_close("o", o, ref["o"], torch.float32, case)
+
+
+def test_forward_empty_sequence():
+    (q, k, u, v, r, _), _ = inputs_and_reference(EMPTY, torch.float32)
+    o = flash_mhf_fwd(q, k, u, v, r)
+    assert o.shape == (2, 0, 2, 32)
