@@ -1,0 +1,112 @@
+"""`mhfgen verify`: the generated kernels against the float64 reference on this machine."""
+from __future__ import annotations
+
+import json
+import time
+
+from . import CommandError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "verify", help="check the kernels against the float64 reference here",
+        description="Run the forward and backward kernels on the reference problems (GPU: the "
+                    "presets at --tokens tokens in bf16, fp16 and fp32, plus odd shapes; CPU: "
+                    "small problems through Triton's interpreter in fp32 and fp16) and print "
+                    "each output's relative error against its tolerance. Exit 1 on a failure.")
+    p.add_argument("--presets", default="128M,370M,1.3B",
+                   help="comma list of presets to check on a GPU (default: all three)")
+    p.add_argument("--dtypes", default=None,
+                   help="comma list (default: bfloat16,float16,float32 on a GPU, "
+                        "float32,float16 on the CPU)")
+    p.add_argument("--tokens", type=int, default=16384, help="tokens of the preset problems on a GPU")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.set_defaults(handler=run)
+
+
+def _cases(args, gpu: bool):
+    from ..presets import PRESETS
+    from ..verification import Case
+
+    odd = [
+        Case("L1", 1, 1, 8, 8, 128, 4, 256),
+        Case("L37_gqa", 1, 37, 8, 2, 128, 4, 256),
+        Case("D96_De80", 2, 333, 4, 4, 96, 3, 80),
+        Case("E1_D64", 2, 1000, 4, 1, 64, 1, 512),
+    ] if gpu else [
+        Case("small", 2, 16, 2, 2, 32, 2, 64),
+        Case("L1", 1, 1, 2, 1, 32, 2, 32),
+        Case("L37_gqa", 1, 37, 4, 2, 32, 2, 32),
+        Case("D96_De80", 1, 9, 2, 2, 96, 2, 80),
+        Case("E1", 1, 5, 2, 2, 16, 1, 64),
+    ]
+    if not gpu:
+        return odd
+    cases = []
+    for name in filter(None, args.presets.split(",")):
+        if name not in PRESETS:
+            raise CommandError(f"--presets: unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        p = PRESETS[name]
+        batch = max(1, args.tokens // 2048)
+        cases.append(Case(name, batch, args.tokens // batch, p.heads, p.heads, p.head_dim,
+                          p.experts, p.expert_dim))
+    return cases + odd
+
+
+def run(args) -> int:
+    import torch
+
+    from .. import device as _device
+    from ..spec import DTYPES
+    from ..tolerances import tolerance
+    from ..verification import compare, kernel_outputs, make_inputs, reference_outputs
+
+    gpu = torch.cuda.is_available()
+    dev = torch.device("cuda" if gpu else "cpu")
+    names = (args.dtypes or ("bfloat16,float16,float32" if gpu else "float32,float16")).split(",")
+    for name in names:
+        if name not in DTYPES:
+            raise CommandError(f"--dtypes: unknown dtype {name!r}; expected {', '.join(DTYPES)}")
+        if name == "bfloat16" and not gpu:
+            raise CommandError("bfloat16 needs a GPU: Triton's interpreter cannot multiply bf16")
+    where = _device.gpu_name(dev)
+    print(f"mhfgen verify on {where}" + ("" if gpu else " (Triton interpreter, small problems)"))
+    rows, failed = [], 0
+    header = f"{'case':<10} {'dtype':<9} {'tokens':>6} " + " ".join(f"{o:>9}" for o in
+                                                                   ("o", "dq", "dk", "du", "dv", "dr"))
+    print(header + "   status")
+    for case in _cases(args, gpu):
+        ref_inputs = make_inputs(case, torch.float32, dev, seed=0)
+        for name in names:
+            dtype = DTYPES[name]
+            inputs = [t.to(dtype) if i < 4 or i == 5 else t for i, t in enumerate(ref_inputs)]
+            q, k, u, v, r, do = inputs
+            start = time.perf_counter()
+            expected = reference_outputs(q, k, u, v, r, do)
+            got = kernel_outputs(q, k, u, v, r, do)
+            checks = compare(got, expected, dtype)
+            bad = [c for c in checks if not c.ok]
+            failed += bool(bad)
+            cells = " ".join(f"{c.error:9.2e}" for c in checks)
+            status = "ok" if not bad else "FAIL " + ",".join(c.output for c in bad)
+            print(f"{case.name:<10} {name:<9} {case.tokens:>6} {cells}   {status}")
+            rows.append({"case": case.name, "dtype": name, "tokens": case.tokens,
+                         "shape": case.__dict__, "seconds": time.perf_counter() - start,
+                         "errors": {c.output: c.error for c in checks},
+                         "tolerances": {c.output: c.tolerance for c in checks},
+                         "ok": not bad})
+            del expected, got
+    tols = {n: (tolerance(n), tolerance(n, grad=True))
+            for n in names}
+    print("tolerances (output, gradients): " +
+          ", ".join(f"{n} {a:.1e}/{b:.1e}" for n, (a, b) in tols.items()))
+    if args.json:
+        import triton
+
+        with open(args.json, "w") as f:
+            json.dump({"gpu": where, "compute_capability": _device.compute_capability(dev),
+                       "torch": torch.__version__, "triton": triton.__version__,
+                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "results": rows}, f, indent=1)
+    print(f"{len(rows) - failed} of {len(rows)} passed")
+    return 1 if failed else 0
