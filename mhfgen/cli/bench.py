@@ -1,0 +1,162 @@
+"""`mhfgen bench`: the mhfgen op against the PyTorch reference, torch.compile of it and a
+SwiGLU FFN of equal FLOPs (and the FlashMHF layer against the SwiGLU layer), side by side."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import CommandError
+from .common import add_problem_args, spec_from_args
+
+#: FLOPs per pass above which the CPU fallback refuses (the interpreter would take hours)
+CPU_MAX_FLOPS = 2e9
+EXAMPLES = """\
+examples:
+  mhfgen bench --preset 1.3B --tokens 16384 --layer
+  mhfgen bench --preset 370M --tokens 2048,8192,16384 --json out.json --csv out.csv --plot out.png
+  mhfgen bench --heads 2 --head-dim 32 --intermediate 64 --experts 2 --tokens 64 \\
+               --dtype float32 --methods mhfgen,torch     # without a GPU: the interpreter
+"""
+
+
+def register(sub) -> None:
+    from ..bench import FLOP_NOTE, METHODS, methods_of
+
+    method_help = "; ".join(f"{name}: {m.description}" for name, m in METHODS.items())
+    p = sub.add_parser(
+        "bench", help="time and peak memory against the reference, torch.compile and SwiGLU",
+        description="For a problem and each pass (forward; forward + backward), measure the "
+                    "median time, TFLOP/s and peak memory of the mhfgen op, the PyTorch "
+                    "reference, torch.compile of the reference and a SwiGLU FFN of equal "
+                    "FLOPs, side by side in one run, with ratios against mhfgen. " + FLOP_NOTE
+                    + " Without a GPU, tiny problems run through Triton's interpreter and "
+                      "the timings are labelled as such.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        conflict_handler="resolve")  # NOTE: replaces add_problem_args' int --tokens by a list
+    add_problem_args(p)
+    p.add_argument("--tokens", default="16384", metavar="N[,N...]",
+                   help="tokens B*L, or a comma list for a sweep (default 16384); "
+                        "B = tokens / 2048 when 2048 divides tokens, else B = 1")
+    p.add_argument("--passes", default="fwd,fwdbwd",
+                   help="comma list of fwd (forward) and fwdbwd (forward + backward)")
+    p.add_argument("--methods", default=",".join(methods_of("core")),
+                   help=f"comma list of methods (default: {','.join(methods_of('core'))}). "
+                        + method_help)
+    p.add_argument("--layer", action="store_true",
+                   help="also bench the whole FlashMHF layer against the SwiGLU layer "
+                        "(methods " + ",".join(methods_of("layer")) + ")")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="timings per row, the row reports their median (default 3); on a GPU "
+                        "each is a do_bench median over ~100 ms of runs")
+    p.add_argument("--json", metavar="FILE", default=None, help="write the rows as JSON")
+    p.add_argument("--csv", metavar="FILE", default=None, help="write the rows as CSV")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="write a PNG of TFLOP/s against tokens, one line per method and pass "
+                        "(needs matplotlib)")
+    p.set_defaults(handler=run)
+
+
+def _comma_list(flag: str, text: str, known) -> list[str]:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise CommandError(f"{flag}: expected a comma list of {', '.join(known)}, got {text!r}")
+    for item in items:
+        if item not in known:
+            raise CommandError(f"{flag}: unknown {item!r}; expected a comma list of {', '.join(known)}")
+    return list(dict.fromkeys(items))
+
+
+def parse_tokens(text: str) -> list[int]:
+    """'2048,8192' -> [2048, 8192]; CommandError for anything but positive integers."""
+    out = []
+    for item in str(text).split(","):
+        try:
+            value = int(item.strip())
+        except ValueError:
+            raise CommandError(f"--tokens: expected positive integers separated by commas, "
+                               f"got {text!r}") from None
+        if value < 1:
+            raise CommandError(f"--tokens must be >= 1, got {value}")
+        out.append(value)
+    return sorted(dict.fromkeys(out))
+
+
+def _output_path(flag: str, path: str | None, suffix: str | None = None) -> Path | None:
+    if path is None:
+        return None
+    out = Path(path)
+    if suffix and out.suffix.lower() != suffix:
+        raise CommandError(f"{flag}: expected a {suffix} file name, got {path!r}")
+    if not out.parent.is_dir():
+        raise CommandError(f"{flag}: directory {str(out.parent)!r} does not exist")
+    return out
+
+
+def run(args) -> int:
+    import torch
+
+    from .. import bench
+    from ..validation import check_layer_sizes
+
+    tokens = parse_tokens(args.tokens)
+    passes = _comma_list("--passes", args.passes, bench.PASSES)
+    methods = _comma_list("--methods", args.methods, list(bench.METHODS))
+    if args.layer:
+        methods += [m for m in bench.methods_of("layer") if m not in methods]
+    if args.repeat < 1:
+        raise CommandError(f"--repeat must be >= 1, got {args.repeat}")
+    json_path = _output_path("--json", args.json)
+    csv_path = _output_path("--csv", args.csv)
+    plot_path = _output_path("--plot", args.plot, ".png")
+    if plot_path is not None:
+        try:
+            bench.require_matplotlib()
+        except ImportError as exc:
+            raise CommandError(str(exc)) from None
+
+    ns = argparse.Namespace(**{**vars(args), "tokens": tokens[0]})
+    spec = spec_from_args(ns)  # validates sizes and dtype (CommandError)
+    if any(bench.METHODS[m].scope == "layer" for m in methods):
+        try:
+            check_layer_sizes(spec.heads * spec.head_dim, spec.heads, spec.intermediate,
+                              spec.experts, spec.kv_heads)
+        except ValueError as exc:
+            raise CommandError(f"layer: {exc}") from None
+    problems = [bench.BenchProblem(spec.heads, spec.kv_heads, spec.head_dim, spec.intermediate,
+                                   spec.experts, spec.dtype, t) for t in tokens]
+
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    if not gpu:
+        if spec.dtype == "bfloat16":
+            raise CommandError("bfloat16 needs a GPU: Triton's interpreter cannot multiply bf16; "
+                               "pass --dtype float32 (or float16) for CPU/interpreter timings")
+        biggest = max(bench.pass_flops(bench.layer_flops(p), "fwdbwd") for p in problems)
+        if biggest > CPU_MAX_FLOPS:
+            raise CommandError(
+                f"no CUDA GPU: the CPU/interpreter fallback is for tiny problems (at most "
+                f"{CPU_MAX_FLOPS:.0e} FLOPs per pass, this one needs {biggest:.1e}); try "
+                f"--heads 2 --head-dim 32 --intermediate 64 --experts 2 --tokens 64 --dtype float32")
+        print(f"mhfgen bench: no CUDA GPU, {bench.CPU_LABEL}", file=sys.stderr)
+
+    def progress(row, index, total):
+        print(f"[{index}/{total}] {bench.format_row_line(row)}", file=sys.stderr, flush=True)
+
+    rows = bench.run_benchmarks(problems, methods, passes, device, repeat=args.repeat,
+                                on_row=progress)
+    print(bench.format_table(rows))
+    if json_path:
+        bench.write_json(rows, json_path)
+    if csv_path:
+        bench.write_csv(rows, csv_path)
+    if plot_path:
+        bench.plot(rows, plot_path)
+    for path in (json_path, csv_path, plot_path):
+        if path:
+            print(f"wrote {path}", file=sys.stderr)
+    bad = [r for r in rows if r.status != "ok"]
+    if bad:
+        print(f"mhfgen bench: {len(bad)} of {len(rows)} rows did not run (status oom/failed; "
+              f"see the error column)", file=sys.stderr)
+    return 0
