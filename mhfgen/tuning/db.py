@@ -1,0 +1,439 @@
+"""The tuning database: every trial and every winner, in SQLite through sqlite-utils.
+
+Contract (SPEC.md section 4). Tables:
+
+    meta     (key TEXT PRIMARY KEY, value TEXT)
+             format = 'mhfgen-tuning', schema_version = SCHEMA_VERSION
+    winners  KEY_COLUMNS + config, ms, tflops, default_ms, speedup, timer, trials,
+             mhfgen_version, torch_version, created;  UNIQUE(KEY_COLUMNS)
+    trials   id + KEY_COLUMNS + config, status ('ok' | 'failed'), stage, reason, ms, tflops,
+             error, timer, study, trial_number, mhfgen_version, torch_version, created
+
+KEY_COLUMNS name everything that decides whether a config is still valid and fast:
+kernel, template_hash (of that kernel's template only, so one changed template does not
+invalidate the others), the spec (heads, kv_heads, head_dim, experts, expert_dim, dtype),
+the shape bucket and the exact tuned token count, gpu_name, compute_capability and
+triton_version. `config` is LaunchConfig JSON; `ms` a median in milliseconds; `created` an
+ISO-8601 UTC date.
+
+Writers use WAL and a 60 s busy timeout, and every read-modify-write runs in one
+`BEGIN IMMEDIATE` transaction, so several tuning processes can write one file at once.
+A file that is not SQLite, is SQLite but not mhfgen's, or has a newer schema raises a
+typed TuningDBError with a one-line message.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import quote
+
+import sqlite_utils
+
+from .. import paths
+from ..spec import KernelSpec, LaunchConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mhfgen-tuning"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 60.0
+#: schema version -> function upgrading a connection from it to the next version
+MIGRATIONS: dict[int, object] = {}
+
+KEY_COLUMNS = ("kernel", "template_hash", "heads", "kv_heads", "head_dim", "experts",
+               "expert_dim", "dtype", "bucket", "tokens", "gpu_name", "compute_capability",
+               "triton_version")
+_KEY_TYPES = {"heads": int, "kv_heads": int, "head_dim": int, "experts": int,
+              "expert_dim": int, "bucket": int, "tokens": int}
+WINNER_COLUMNS = {**{c: _KEY_TYPES.get(c, str) for c in KEY_COLUMNS},
+                  "config": str, "ms": float, "tflops": float, "default_ms": float,
+                  "speedup": float, "timer": str, "trials": int, "mhfgen_version": str,
+                  "torch_version": str, "created": str}
+TRIAL_COLUMNS = {"id": int, **{c: _KEY_TYPES.get(c, str) for c in KEY_COLUMNS},
+                 "config": str, "status": str, "stage": str, "reason": str, "ms": float,
+                 "tflops": float, "error": float, "timer": str, "study": str,
+                 "trial_number": int, "mhfgen_version": str, "torch_version": str,
+                 "created": str}
+
+
+class TuningDBError(Exception):
+    """A tuning database that cannot be used; str() is a one-line explanation."""
+
+
+class CorruptDatabaseError(TuningDBError):
+    """Not an SQLite file, or an SQLite file whose mhfgen tables are damaged."""
+
+
+class ForeignDatabaseError(TuningDBError):
+    """An SQLite database that is not an mhfgen tuning database."""
+
+
+class SchemaVersionError(TuningDBError):
+    """A tuning database of a schema version this mhfgen cannot read or migrate."""
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class TuningKey:
+    """Everything that decides whether a stored config applies (see the module doc)."""
+
+    kernel: str
+    template_hash: str
+    heads: int
+    kv_heads: int
+    head_dim: int
+    experts: int
+    expert_dim: int
+    dtype: str
+    bucket: int
+    tokens: int
+    gpu_name: str
+    compute_capability: str
+    triton_version: str
+
+    @classmethod
+    def of(cls, kernel: str, template_hash: str, spec: KernelSpec, bucket: int, tokens: int,
+           gpu_name: str, compute_capability: str, triton_version: str) -> "TuningKey":
+        return cls(kernel, template_hash, spec.heads, spec.kv_heads, spec.head_dim,
+                   spec.experts, spec.expert_dim, spec.dtype, bucket, tokens, gpu_name,
+                   compute_capability, triton_version)
+
+    def spec_fields(self) -> tuple:
+        """(heads, kv_heads, head_dim, experts, expert_dim, dtype)."""
+        return (self.heads, self.kv_heads, self.head_dim, self.experts, self.expert_dim,
+                self.dtype)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict) -> "TuningKey":
+        return cls(**{c: _KEY_TYPES.get(c, str)(row[c]) for c in KEY_COLUMNS})
+
+
+@dataclass(frozen=True)
+class WinnerRecord:
+    """The chosen config of one key, its median time and its speed-up over the default."""
+
+    key: TuningKey
+    config: LaunchConfig
+    ms: float
+    tflops: float
+    default_ms: float | None
+    speedup: float | None
+    timer: str
+    trials: int
+    mhfgen_version: str
+    torch_version: str
+    created: str
+
+    def to_row(self) -> dict:
+        row = self.key.as_dict()
+        row.update(config=self.config.to_json(), ms=self.ms, tflops=self.tflops,
+                   default_ms=self.default_ms, speedup=self.speedup, timer=self.timer,
+                   trials=self.trials, mhfgen_version=self.mhfgen_version,
+                   torch_version=self.torch_version, created=self.created)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict) -> "WinnerRecord":
+        return cls(TuningKey.from_row(row), LaunchConfig.from_dict(json.loads(row["config"])),
+                   float(row["ms"]), float(row["tflops"] or 0.0),
+                   None if row.get("default_ms") is None else float(row["default_ms"]),
+                   None if row.get("speedup") is None else float(row["speedup"]),
+                   row.get("timer") or "", int(row.get("trials") or 0),
+                   row.get("mhfgen_version") or "", row.get("torch_version") or "",
+                   row.get("created") or "")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One evaluated candidate: timed ('ok', ms) or failed (stage and reason)."""
+
+    key: TuningKey
+    config: LaunchConfig
+    status: str
+    ms: float | None = None
+    tflops: float | None = None
+    error: float | None = None
+    stage: str | None = None
+    reason: str | None = None
+    timer: str = ""
+    study: str = ""
+    trial_number: int | None = None
+    mhfgen_version: str = ""
+    torch_version: str = ""
+    created: str = ""
+
+    def to_row(self) -> dict:
+        row = self.key.as_dict()
+        row.update(config=self.config.to_json(), status=self.status, stage=self.stage,
+                   reason=self.reason, ms=self.ms, tflops=self.tflops, error=self.error,
+                   timer=self.timer, study=self.study, trial_number=self.trial_number,
+                   mhfgen_version=self.mhfgen_version, torch_version=self.torch_version,
+                   created=self.created or utc_now())
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict) -> "TrialRecord":
+        return cls(TuningKey.from_row(row), LaunchConfig.from_dict(json.loads(row["config"])),
+                   row["status"], row.get("ms"), row.get("tflops"), row.get("error"),
+                   row.get("stage"), row.get("reason"), row.get("timer") or "",
+                   row.get("study") or "", row.get("trial_number"),
+                   row.get("mhfgen_version") or "", row.get("torch_version") or "",
+                   row.get("created") or "")
+
+
+class TuningDB:
+    """One tuning database file. Open with `TuningDB.open(path, readonly=...)`.
+
+    A writable open creates the file and its schema when absent; a read-only open of an
+    absent or empty file gives an empty database. Use as a context manager or close().
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, readonly: bool) -> None:
+        self.path = path
+        self.readonly = readonly
+        self.db = sqlite_utils.Database(conn)
+        self.empty = False
+
+    # -- opening -----------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, readonly: bool = False) -> "TuningDB":
+        path = Path(path).expanduser()
+        if readonly:
+            if not path.exists() or path.stat().st_size == 0:
+                self = cls(path, sqlite3.connect(":memory:"), True)
+                self.empty = True
+                return self
+            conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True,
+                                   timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+        else:
+            if path.exists() and path.is_dir():
+                raise TuningDBError(f"{path} is a directory, not a tuning database file")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+        self = cls(path, conn, readonly)
+        try:
+            self._validate_or_create()
+        except BaseException:
+            conn.close()
+            raise
+        return self
+
+    def _validate_or_create(self) -> None:
+        try:
+            self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            tables = set(self.db.table_names())
+        except sqlite3.DatabaseError as exc:
+            raise CorruptDatabaseError(
+                f"{self.path} is not a usable SQLite file ({exc}); delete or replace it") from exc
+        if not tables:
+            if self.readonly:
+                self.empty = True
+                return
+            self._create()
+            return
+        version = self._schema_version(tables)
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self.path} has tuning-database schema {version}, newer than the "
+                f"{SCHEMA_VERSION} this mhfgen reads; upgrade mhfgen or use another database")
+        if version < SCHEMA_VERSION:
+            self._migrate(version)
+        self._check_columns()
+        if not self.readonly:
+            self.db.enable_wal()
+
+    def _schema_version(self, tables: set[str]) -> int:
+        if "meta" not in tables:
+            raise ForeignDatabaseError(
+                f"{self.path} is an SQLite database but not an mhfgen tuning database "
+                f"(it has no 'meta' table; tables: {', '.join(sorted(tables))})")
+        try:
+            meta = {r["key"]: r["value"] for r in self.db["meta"].rows}
+        except (sqlite3.DatabaseError, KeyError) as exc:
+            raise CorruptDatabaseError(f"{self.path}: unreadable 'meta' table ({exc})") from exc
+        if meta.get("format") != FORMAT:
+            raise ForeignDatabaseError(
+                f"{self.path} is an SQLite database but not an mhfgen tuning database "
+                f"(meta format is {meta.get('format')!r}, expected {FORMAT!r})")
+        try:
+            return int(meta["schema_version"])
+        except (KeyError, ValueError) as exc:
+            raise CorruptDatabaseError(f"{self.path}: no valid schema_version in 'meta'") from exc
+
+    def _migrate(self, version: int) -> None:
+        while version < SCHEMA_VERSION:
+            step = MIGRATIONS.get(version)
+            if step is None or self.readonly:
+                raise SchemaVersionError(
+                    f"{self.path} has tuning-database schema {version}, older than "
+                    f"{SCHEMA_VERSION}, and no migration exists; re-tune into a new database")
+            with self.transaction():
+                step(self.db)
+                version += 1
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                                [str(version)])
+
+    def _check_columns(self) -> None:
+        for table, columns in (("winners", WINNER_COLUMNS), ("trials", TRIAL_COLUMNS)):
+            if table not in self.db.table_names():
+                raise CorruptDatabaseError(f"{self.path}: the '{table}' table is missing")
+            missing = set(columns) - set(self.db[table].columns_dict)
+            if missing:
+                raise CorruptDatabaseError(
+                    f"{self.path}: the '{table}' table lacks columns {sorted(missing)}")
+
+    def _create(self) -> None:
+        self.db.enable_wal()
+        with self.transaction():
+            self.db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)",
+                            [FORMAT])
+            self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES "
+                            "('schema_version', ?)", [str(SCHEMA_VERSION)])
+            self.db["winners"].create(WINNER_COLUMNS, not_null=set(KEY_COLUMNS) | {"config", "ms"},
+                                      if_not_exists=True)
+            self.db["winners"].create_index(KEY_COLUMNS, unique=True, if_not_exists=True,
+                                            index_name="winners_key")
+            self.db["trials"].create(TRIAL_COLUMNS, pk="id",
+                                     not_null=set(KEY_COLUMNS) | {"config", "status"},
+                                     if_not_exists=True)
+            self.db["trials"].create_index(
+                ("kernel", "template_hash", "gpu_name", "heads", "head_dim", "bucket"),
+                if_not_exists=True, index_name="trials_problem")
+
+    # -- transactions ------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front (waiting up to the
+        busy timeout), so a read-modify-write cannot interleave with another writer."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise TuningDBError(f"{self.path} is open read-only")
+
+    # -- writing -----------------------------------------------------------------
+    def add_trial(self, record: TrialRecord) -> None:
+        """Append one trial."""
+        self._writable()
+        with self.transaction():
+            self.db["trials"].insert(record.to_row())
+
+    def put_winner(self, record: WinnerRecord, policy: str = "replace") -> str:
+        """Store the winner of its key. policy 'replace' overwrites a stored winner (the
+        tuner, whose final side-by-side timing included it); 'faster' keeps whichever
+        has the lower time (import). Returns 'added', 'replaced' or 'kept'."""
+        if policy not in ("replace", "faster"):
+            raise ValueError(f"policy must be 'replace' or 'faster', got {policy!r}")
+        self._writable()
+        row = record.to_row()
+        where = " AND ".join(f"{c} = ?" for c in KEY_COLUMNS)
+        key_values = [row[c] for c in KEY_COLUMNS]
+        with self.transaction():
+            old = self.db.execute(f"SELECT ms FROM winners WHERE {where}", key_values).fetchone()
+            if old is not None and policy == "faster" and old[0] <= record.ms:
+                return "kept"
+            if old is not None:
+                self.db.execute(f"DELETE FROM winners WHERE {where}", key_values)
+            self.db["winners"].insert(row)
+        return "added" if old is None else "replaced"
+
+    # -- reading -----------------------------------------------------------------
+    def _select(self, table: str, filters: dict, order: str) -> list[dict]:
+        if self.empty:
+            return []
+        unknown = set(filters) - set(KEY_COLUMNS) - {"status"}
+        if unknown:
+            raise ValueError(f"unknown filter columns {sorted(unknown)}")
+        where = " AND ".join(f"{c} = ?" for c in filters) or "1"
+        try:
+            cursor = self.db.execute(
+                f"SELECT * FROM {table} WHERE {where} ORDER BY {order}", list(filters.values()))
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, r)) for r in cursor.fetchall()]
+        except sqlite3.DatabaseError as exc:
+            raise CorruptDatabaseError(f"{self.path}: cannot read '{table}' ({exc})") from exc
+
+    def winners(self, **filters) -> list[WinnerRecord]:
+        """Winners whose key columns equal `filters`, in a deterministic order."""
+        order = ", ".join(KEY_COLUMNS)
+        out = []
+        for row in self._select("winners", filters, order):
+            try:
+                out.append(WinnerRecord.from_row(row))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.warning("%s: skipping an unreadable winner (%s)", self.path, exc)
+        return out
+
+    def trials(self, **filters) -> list[TrialRecord]:
+        """Trials whose key columns (and status) equal `filters`, fastest first."""
+        out = []
+        for row in self._select("trials", filters, "ms IS NULL, ms, id"):
+            try:
+                out.append(TrialRecord.from_row(row))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.warning("%s: skipping an unreadable trial (%s)", self.path, exc)
+        return out
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self) -> "TuningDB":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def layer_paths() -> list[tuple[str, Path]]:
+    """The databases the dispatcher consults, in order: ('user', $MHFGEN_DB or
+    ~/.cache/mhfgen/tuning.sqlite), then ('shipped', tuning_db/tuning.sqlite) when the
+    shipped folder exists."""
+    layers = [("user", paths.user_db_path())]
+    try:
+        layers.append(("shipped", paths.shipped_db_path()))
+    except FileNotFoundError:
+        pass
+    return layers
+
+
+def load_layered_winners(gpu_name: str, compute_capability: str, triton_version: str
+                         ) -> list[tuple[str, WinnerRecord]]:
+    """(layer, winner) for this GPU and Triton version from every layer, user first.
+
+    A layer that cannot be read is skipped with a logged warning: at run time a broken
+    database must never break the user's model.
+    """
+    out: list[tuple[str, WinnerRecord]] = []
+    for layer, path in layer_paths():
+        try:
+            with TuningDB.open(path, readonly=True) as db:
+                for rec in db.winners(gpu_name=gpu_name, compute_capability=compute_capability,
+                                      triton_version=triton_version):
+                    out.append((layer, rec))
+        except (TuningDBError, sqlite3.Error, OSError) as exc:
+            log.warning("mhfgen: ignoring the %s tuning database, using built-in configs "
+                        "instead: %s", layer, exc)
+    return out

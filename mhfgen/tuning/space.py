@@ -1,0 +1,245 @@
+"""Search spaces of the launch parameters, loaded from data beside the templates, and the
+constraint function that prunes impossible candidates before anything compiles.
+
+`templates/<kernel>.space.toml` holds one section per GPU family: [default], then
+[<target>] sections ([sm90], [sm80], [interpreter]) that replace the keys they name. Each
+key is a LaunchConfig field with its candidate values; "divisors" (group_heads) stands for
+every divisor of H / Hkv. [<section>.limits] holds the resources `keep` checks.
+
+`keep(kernel, spec, config, tokens, limits, sm_count)` drops a candidate when
+  - a field that the kernel does not use is not at its neutral value (group_heads for
+    dK/dU/dV, inter_splits outside the forward, token_splits outside dK/dU/dV);
+  - group_heads does not divide H / Hkv;
+  - a tile is larger than the problem: BLOCK_M > max(16, next_pow2(rows)) with rows the
+    (token, head) rows a program walks, or BLOCK_N > max(16, next_pow2(De));
+  - head_dim_split='pad' generates the same code as 'chunks' (D a power of two);
+  - a split is not sensible: inter_splits above the intermediate tiles, token_splits
+    above the row blocks, or a split that makes more than 8 programs per multiprocessor;
+  - the shared-memory estimate exceeds the limit (bytes b of the dtype, Dp the padded
+    head_dim, S = num_stages buffers of the tiles loaded in the loop):
+        fwd:  b * (BM*Dp + S*3*BN*Dp + BM*BN)       q, k/u/v per stage, p
+        dq:   b * (2*BM*Dp + S*3*BN*Dp + 2*BM*BN)   q and dO, k/u/v per stage, dS and dA
+        dkv:  b * (3*BN*Dp + S*2*BM*Dp + 3*BM*BN)   k/u/v, q and dO per stage, P, dS, dA
+  - the fp32 values a thread keeps live exceed the register limit:
+        fwd:  (BM*Dp + 2*BM*BN) / (32 * num_warps)    accumulator, S and A tiles
+        dq:   (BM*Dp + 3*BM*BN) / (32 * num_warps)    dq accumulator, S, A and dP tiles
+        dkv:  (3*BN*Dp + 3*BM*BN) / (32 * num_warps)  dk/du/dv accumulators, S, A, dP tiles
+
+The estimates are deliberately simple; a candidate they let through that still fails to
+compile becomes a failed trial with Triton's reason, never a crashed run.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import Iterable, Mapping
+
+from .. import paths
+from ..kernels.common import cdiv, intermediate_blocks
+from ..spec import KERNELS, KernelSpec, LaunchConfig, head_dim_chunks
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with tomli installed
+    import tomli as tomllib
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+#: LaunchConfig fields a kernel does not use, with the only value they may take there
+UNUSED_FIELDS: dict[str, dict[str, int]] = {
+    "flash_mhf_fwd": {"token_splits": 1},
+    "flash_mhf_bwd_dq": {"inter_splits": 1, "token_splits": 1},
+    "flash_mhf_bwd_dkv": {"inter_splits": 1, "group_heads": 1},
+}
+#: programs per multiprocessor above which a split only adds partial-sum traffic
+MAX_PROGRAMS_PER_SM = 8
+_FIELDS = tuple(f.name for f in fields(LaunchConfig))
+
+
+class SpaceError(ValueError):
+    """A search-space file that cannot be used (bad TOML, unknown field, bad value)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resources of one program on a GPU family; None means unlimited."""
+
+    shared_memory: int | None = None
+    registers_per_thread: int | None = None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The candidate values of each LaunchConfig field for one kernel on one family.
+
+    values: field -> tuple of candidates, or the string "divisors" (group_heads only).
+    """
+
+    kernel: str
+    family: str
+    values: Mapping[str, tuple | str]
+    limits: Limits
+
+    def choices(self, spec: KernelSpec, extra: Iterable[LaunchConfig] = ()) -> dict[str, tuple]:
+        """Field -> sorted candidate values for `spec`, "divisors" resolved, and the
+        values of the `extra` configs (the built-in default) added."""
+        out: dict[str, set] = {}
+        for name in _FIELDS:
+            raw = self.values.get(name)
+            if raw == "divisors":
+                vals = {d for d in range(1, spec.group + 1) if spec.group % d == 0}
+            elif raw is None:
+                vals = {getattr(LaunchConfig(), name)}
+            else:
+                vals = set(raw)
+            out[name] = vals
+        for config in extra:
+            for name in _FIELDS:
+                out[name].add(getattr(config, name))
+        return {name: tuple(sorted(vals)) for name, vals in out.items()}
+
+    def candidates(self, spec: KernelSpec, tokens: int, sm_count: int,
+                   extra: Iterable[LaunchConfig] = ()) -> list[LaunchConfig]:
+        """Every config of the grid that `keep` accepts, in a deterministic order."""
+        choices = self.choices(spec, extra)
+        out = []
+        for combo in itertools.product(*(choices[name] for name in _FIELDS)):
+            try:
+                config = LaunchConfig(**dict(zip(_FIELDS, combo)))
+            except ValueError:
+                continue
+            if keep(self.kernel, spec, config, tokens, self.limits, sm_count):
+                out.append(config)
+        return out
+
+
+def _space_path(kernel: str):
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
+    return paths.templates_dir() / f"{kernel}.space.toml"
+
+
+@lru_cache(maxsize=None)
+def _read(kernel: str) -> dict:
+    path = _space_path(kernel)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SpaceError(f"{path}: {exc}") from exc
+    if "default" not in data:
+        raise SpaceError(f"{path}: no [default] section")
+    return data
+
+
+def _check_section(path, name: str, section: dict) -> None:
+    for key, value in section.items():
+        if key == "limits":
+            unknown = set(value) - {f.name for f in fields(Limits)}
+            if unknown:
+                raise SpaceError(f"{path}: [{name}.limits] has unknown keys {sorted(unknown)}")
+            continue
+        if key not in _FIELDS:
+            raise SpaceError(f"{path}: [{name}] {key} is not a LaunchConfig field")
+        if value == "divisors" and key == "group_heads":
+            continue
+        if not isinstance(value, list) or not value:
+            raise SpaceError(f"{path}: [{name}] {key} must be a non-empty list")
+
+
+def load_space(kernel: str, target: str) -> SearchSpace:
+    """The search space of `kernel` for a target ('sm90', 'sm80', 'interpreter', ...):
+    [default] with the keys of the [<target>] section, if the file has one, replaced."""
+    data = _read(kernel)
+    path = _space_path(kernel)
+    merged = dict(data["default"])
+    _check_section(path, "default", merged)
+    family = "default"
+    if target in data:
+        _check_section(path, target, data[target])
+        merged.update(data[target])
+        family = target
+    limits = Limits(**merged.pop("limits", {}))
+    values = {k: (v if isinstance(v, str) else tuple(v)) for k, v in merged.items()}
+    return SearchSpace(kernel, family, values, limits)
+
+
+def _pow2_ceil(x: int) -> int:
+    return 1 << (max(1, x) - 1).bit_length()
+
+
+def padded_head_dim(spec: KernelSpec, config: LaunchConfig) -> int:
+    """Dp: the head_dim the dot operands cover (sum of the chunk widths)."""
+    return sum(width for _, width, _ in head_dim_chunks(spec.head_dim, config.head_dim_split))
+
+
+def shared_memory_estimate(kernel: str, spec: KernelSpec, config: LaunchConfig) -> int:
+    """Bytes of shared memory a program of `kernel` needs (formulas in the module doc)."""
+    b = DTYPE_BYTES[spec.dtype]
+    bm, bn, s, dp = config.block_m, config.block_n, config.num_stages, padded_head_dim(spec, config)
+    if kernel == "flash_mhf_fwd":
+        return b * (bm * dp + s * 3 * bn * dp + bm * bn)
+    if kernel == "flash_mhf_bwd_dq":
+        return b * (2 * bm * dp + s * 3 * bn * dp + 2 * bm * bn)
+    return b * (3 * bn * dp + s * 2 * bm * dp + 3 * bm * bn)
+
+
+def register_estimate(kernel: str, spec: KernelSpec, config: LaunchConfig) -> float:
+    """fp32 values a thread keeps live (formulas in the module doc)."""
+    bm, bn, dp = config.block_m, config.block_n, padded_head_dim(spec, config)
+    if kernel == "flash_mhf_fwd":
+        live = bm * dp + 2 * bm * bn
+    elif kernel == "flash_mhf_bwd_dq":
+        live = bm * dp + 3 * bm * bn
+    else:
+        live = 3 * bn * dp + 3 * bm * bn
+    return live / (32 * config.num_warps)
+
+
+def prune_reason(kernel: str, spec: KernelSpec, config: LaunchConfig, tokens: int,
+                 limits: Limits, sm_count: int) -> str | None:
+    """Why `config` is not worth compiling for `kernel`, `spec` and `tokens` tokens on a
+    device with `sm_count` multiprocessors and `limits`; None when it is."""
+    for name, neutral in UNUSED_FIELDS[kernel].items():
+        if getattr(config, name) != neutral:
+            return f"{name} does not apply to {kernel}"
+    if spec.group % config.group_heads:
+        return f"group_heads={config.group_heads} does not divide heads/kv_heads={spec.group}"
+    rows = max(1, tokens) * (spec.group if kernel == "flash_mhf_bwd_dkv" else config.group_heads)
+    if config.block_m > max(16, _pow2_ceil(rows)):
+        return f"block_m={config.block_m} is larger than the {rows} rows"
+    if config.block_n > max(16, _pow2_ceil(spec.expert_dim)):
+        return f"block_n={config.block_n} is larger than expert_dim={spec.expert_dim}"
+    if config.head_dim_split == "pad" and \
+            head_dim_chunks(spec.head_dim, "pad") == head_dim_chunks(spec.head_dim, "chunks"):
+        return "head_dim_split='pad' generates the same code as 'chunks'"
+    budget = MAX_PROGRAMS_PER_SM * max(1, sm_count)
+    if kernel == "flash_mhf_fwd" and config.inter_splits > 1:
+        tiles = (intermediate_blocks(spec, config.block_n)
+                 if spec.expert_dim % config.block_n == 0 else spec.experts)
+        if config.inter_splits > tiles:
+            return f"inter_splits={config.inter_splits} exceeds the {tiles} intermediate tiles"
+        programs = cdiv(rows, config.block_m) * (spec.heads // config.group_heads)
+        if programs * config.inter_splits > budget:
+            return f"inter_splits={config.inter_splits} makes more than {budget} programs"
+    if kernel == "flash_mhf_bwd_dkv" and config.token_splits > 1:
+        if config.token_splits > cdiv(rows, config.block_m):
+            return f"token_splits={config.token_splits} exceeds the row blocks"
+        programs = intermediate_blocks(spec, config.block_n) * spec.kv_heads
+        if programs * config.token_splits > budget:
+            return f"token_splits={config.token_splits} makes more than {budget} programs"
+    if limits.shared_memory is not None:
+        smem = shared_memory_estimate(kernel, spec, config)
+        if smem > limits.shared_memory:
+            return f"needs ~{smem} bytes of shared memory, limit {limits.shared_memory}"
+    if limits.registers_per_thread is not None:
+        regs = register_estimate(kernel, spec, config)
+        if regs > limits.registers_per_thread:
+            return (f"keeps ~{regs:.0f} fp32 values per thread live, "
+                    f"limit {limits.registers_per_thread} registers")
+    return None
+
+
+def keep(kernel: str, spec: KernelSpec, config: LaunchConfig, tokens: int, limits: Limits,
+         sm_count: int) -> bool:
+    """True when `config` is worth compiling (see prune_reason)."""
+    return prune_reason(kernel, spec, config, tokens, limits, sm_count) is None
