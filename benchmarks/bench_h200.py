@@ -1,0 +1,160 @@
+"""The ANCHORS.md comparison on one GPU, in one process: `python3 benchmarks/bench_h200.py OUTDIR`.
+
+1. table: the 370M, 1.3B and (1024, 16, 64, 2816, 11) shapes at 16384 tokens (B=8, L=2048),
+   bf16, forward and forward + backward: the mhfgen op, the PyTorch reference,
+   torch.compile of it, the SwiGLU FFN of equal FLOPs; and the FlashMHF layer against the
+   SwiGLU layer of the same d_model and intermediate size.
+2. sweep: the 1.3B shape over tokens (the 16384-token rows of part 1 are reused), all core
+   methods, both passes, plotted as TFLOP/s against tokens.
+
+Writes into OUTDIR: table.{txt,json,csv}, sweep.{txt,json,csv,png}, summary.md (the table in
+ANCHORS.md's layout, with ratios) and progress.log (a line per measurement, as it happens).
+The sweep stops early (and says so) once the run has taken BUDGET_S seconds, so the whole
+run stays near 6 minutes on an H200. Prints summary.md last.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mhfgen import bench
+from mhfgen.presets import PRESETS
+
+DTYPE = "bfloat16"
+TOKENS = 16384
+SWEEP_TOKENS = (2048, 4096, 8192, 32768)  # plus the 16384 of the table
+BUDGET_S = 300
+CORE = bench.methods_of("core")
+LAYER = bench.methods_of("layer")
+
+
+def shapes() -> dict[str, bench.BenchProblem]:
+    out = {}
+    for name in ("370M", "1.3B"):
+        p = PRESETS[name]
+        out[name] = bench.BenchProblem(p.heads, p.kv_heads or p.heads, p.head_dim, p.intermediate,
+                                       p.experts, DTYPE, TOKENS)
+    out["(1024, 16, 64, 2816, 11)"] = bench.BenchProblem(16, 16, 64, 2816, 11, DTYPE, TOKENS)
+    return out
+
+
+def _cell(rows, shape, method, what="tflops"):
+    """'fwd / fwdbwd' of a field for one shape and method at TOKENS."""
+    vals = []
+    for pass_ in bench.PASSES:
+        r = next((r for r in rows if r.shape == shape and r.method == method
+                  and r.pass_ == pass_ and r.tokens == TOKENS), None)
+        if r is None:
+            vals.append("-")
+        elif r.status != "ok":
+            vals.append(r.status.upper())
+        else:
+            v = getattr(r, what)
+            vals.append("n/a" if v is None else f"{v:.0f}" if what == "tflops" else f"{v:.2f}")
+    return " / ".join(vals)
+
+
+def _peak(rows, shape, method):
+    r = next((r for r in rows if r.shape == shape and r.method == method
+              and r.pass_ == "fwdbwd" and r.tokens == TOKENS), None)
+    return "-" if r is None or r.peak_mib is None else f"{r.peak_mib:.0f} MiB"
+
+
+def summary_markdown(rows: list[bench.Row], names: dict[str, str]) -> str:
+    """ANCHORS.md's table: TFLOP/s fwd / fwd+bwd and the fwd+bwd peak per method; then the
+    ratios mhfgen/method (TFLOP/s, so above 1 means mhfgen is faster); then the layers."""
+    r0 = rows[0]
+    lines = [f"GPU {r0.gpu} (cc {r0.compute_capability}), torch {r0.torch}, triton {r0.triton}, "
+             f"mhfgen {r0.mhfgen}, {r0.date}, {DTYPE}, {TOKENS} tokens (B=8, L=2048).",
+             "", bench.FLOP_NOTE, "",
+             "TFLOP/s forward / forward + backward, peak MiB of forward + backward above the inputs:",
+             "",
+             "| shape (d, H, D, I, E) | mhfgen | PyTorch naive | torch.compile of naive | "
+             "SwiGLU FFN (cuBLAS) |", "|---|---|---|---|---|"]
+    for name, p in names.items():
+        cells = [f"{_cell(rows, p, m)}, {_peak(rows, p, m)}"
+                 for m in ("mhfgen", "torch", "torch_compile", "swiglu")]
+        lines.append(f"| {name} {p} | " + " | ".join(cells) + " |")
+    lines += ["", "mhfgen's speed over each method (method ms / mhfgen ms), forward / forward + backward:",
+              "", "| shape | vs naive | vs torch.compile | vs SwiGLU FFN |", "|---|---|---|---|"]
+    for name, p in names.items():
+        cells = [_cell(rows, p, m, "time_vs_mhfgen") for m in ("torch", "torch_compile", "swiglu")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Whole layers, same d_model and intermediate size (TFLOP/s fwd / fwd+bwd; "
+              "the FlashMHF layer's count includes its 4*T*d^2 projections):", "",
+              "| shape | FlashMHF layer (mhfgen) | SwiGLU layer | SwiGLU time / FlashMHF time |",
+              "|---|---|---|---|"]
+    for name, p in names.items():
+        lines.append(f"| {name} | {_cell(rows, p, 'layer_mhfgen')}, {_peak(rows, p, 'layer_mhfgen')} "
+                     f"| {_cell(rows, p, 'layer_swiglu')}, {_peak(rows, p, 'layer_swiglu')} "
+                     f"| {_cell(rows, p, 'layer_swiglu', 'time_vs_mhfgen')} |")
+    bad = [r for r in rows if r.status != "ok"]
+    if bad:
+        lines += ["", "Rows that did not run:"]
+        lines += [f"- {r.shape} {r.tokens} {r.pass_} {r.method}: {r.status}: {r.error}" for r in bad]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("outdir", help="directory for the JSON, CSV, PNG and text outputs")
+    ap.add_argument("--budget-s", type=float, default=BUDGET_S,
+                    help=f"start no sweep point after this many seconds (default {BUDGET_S})")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_h200: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    log = open(out / "progress.log", "w", buffering=1)
+
+    def progress(row, index, total):
+        line = f"[{time.perf_counter() - start:6.1f}s {index}/{total}] {bench.format_row_line(row)}"
+        print(line, file=sys.stderr, flush=True)
+        log.write(line + "\n")
+
+    names = {name: p.shape for name, p in shapes().items()}
+    table = bench.run_benchmarks(shapes().values(), CORE + LAYER, bench.PASSES, on_row=progress)
+    (out / "table.txt").write_text(bench.format_table(table) + "\n")
+    bench.write_json(table, out / "table.json")
+    bench.write_csv(table, out / "table.csv")
+    summary = summary_markdown(table, names)
+    (out / "summary.md").write_text(summary)
+
+    big = shapes()["1.3B"]
+    sweep = [r for r in table if r.shape == big.shape and r.scope == "core"]
+    skipped = []
+    for tokens in SWEEP_TOKENS:
+        if time.perf_counter() - start > args.budget_s:
+            skipped.append(tokens)
+            continue
+        sweep += bench.run_benchmarks([big.with_tokens(tokens)], CORE, bench.PASSES, on_row=progress)
+    sweep.sort(key=lambda r: (r.tokens, bench.PASSES.index(r.pass_), CORE.index(r.method)))
+    note = (f"\nsweep: skipped tokens {skipped} (over the {args.budget_s:.0f} s budget)\n"
+            if skipped else "")
+    (out / "sweep.txt").write_text(bench.format_table(sweep) + "\n" + note)
+    bench.write_json(sweep, out / "sweep.json")
+    bench.write_csv(sweep, out / "sweep.csv")
+    try:
+        bench.plot(sweep, out / "sweep.png")
+    except ImportError as exc:
+        note += f"\nno plot: {exc}\n"
+    if note:
+        with open(out / "summary.md", "a") as f:
+            f.write(note)
+        summary += note
+    log.close()
+    print(bench.format_table(table))
+    print()
+    print(summary)
+    print(f"bench_h200: {time.perf_counter() - start:.0f} s; wrote {', '.join(sorted(p.name for p in out.iterdir()))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
