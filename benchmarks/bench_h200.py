@@ -78,7 +78,8 @@ def summary_markdown(rows: list[bench.Row], names: dict[str, str]) -> str:
     for name, p in names.items():
         cells = [f"{_cell(rows, p, m)}, {_peak(rows, p, m)}"
                  for m in ("mhfgen", "torch", "torch_compile", "swiglu")]
-        lines.append(f"| {name} {p} | " + " | ".join(cells) + " |")
+        label = name if name == p else f"{name} {p}"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "mhfgen's speed over each method (method ms / mhfgen ms), forward / forward + backward:",
               "", "| shape | vs naive | vs torch.compile | vs SwiGLU FFN |", "|---|---|---|---|"]
     for name, p in names.items():
