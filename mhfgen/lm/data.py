@@ -66,7 +66,8 @@ def load_corpus(root: Path | None = None, val_percent: float = 5.0,
     """Read the `.py` files under `root` (default: the standard library) into a ByteCorpus.
 
     val_percent: share of files (by path hash) held out for validation. max_bytes: stop
-    reading once this many bytes were read (files in sorted order; for quick tests).
+    reading once this many bytes were read and both splits have a file (files in sorted
+    order; for quick tests).
     """
     if not 0 < val_percent < 100:
         raise ValueError(f"val_percent must be in (0, 100), got {val_percent}")
@@ -77,7 +78,7 @@ def load_corpus(root: Path | None = None, val_percent: float = 5.0,
         data = path.read_bytes()
         parts[is_validation(path.relative_to(root).as_posix(), val_percent)].append(data)
         total += len(data)
-        if max_bytes is not None and total >= max_bytes:
+        if max_bytes is not None and total >= max_bytes and parts[False] and parts[True]:
             break
     if not parts[False] or not parts[True]:
         raise ValueError(f"{root} gave {len(parts[False])} train and {len(parts[True])} "

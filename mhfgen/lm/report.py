@@ -38,9 +38,20 @@ def read_curve_csv(path: Path) -> list[dict]:
                 for row in csv.DictReader(f)]
 
 
-def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "") -> Path:
-    """PNG of training loss (thin) and validation loss (markers) against tokens, one colour
-    per run. Raises ImportError naming the fix when matplotlib is not installed."""
+def running_mean(values: list[float], window: int) -> list[float]:
+    """Mean of each value and the up to window - 1 values before it."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "",
+                smooth: int = 10) -> Path:
+    """PNG of training loss (thin; running mean over `smooth` steps) and validation loss
+    (markers) against tokens, one colour per run. Raises ImportError naming the fix when
+    matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -54,7 +65,9 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "") -> Pat
         train = [(r["tokens"] / 1e6, r["train_loss"]) for r in rows if r["train_loss"] is not None]
         val = [(r["tokens"] / 1e6, r["val_loss"]) for r in rows if r["val_loss"] is not None]
         if train:
-            ax.plot(*zip(*train), color=colour, alpha=0.35, linewidth=0.8, label=f"{name} train")
+            xs, ys = zip(*train)
+            ax.plot(xs, running_mean(list(ys), smooth), color=colour, alpha=0.4, linewidth=0.8,
+                    label=f"{name} train (mean of {smooth} steps)")
         if val:
             ax.plot(*zip(*val), color=colour, marker="o", markersize=3, label=f"{name} validation")
     ax.set_xlabel("training tokens (millions)")

@@ -184,6 +184,8 @@ def train(name: str, model_cfg: ModelConfig, cfg: TrainConfig, corpus: ByteCorpu
             val_losses[step] = evaluate(model, val_batches, cfg)
             if timed_from is not None and step > timed_from[1]:
                 eval_seconds += time.perf_counter() - t0
+            log.info("%s: step %d/%d val_loss %.4f (%.0f s)", name, step, final_step,
+                     val_losses[step], time.perf_counter() - start)
         if step % cfg.log_every == 0 or last or step in val_losses:
             elapsed = _flush(result, pending, val_losses, cfg, start, device)
             bar.update(step - bar.n)
