@@ -1,13 +1,24 @@
 """The built-in LaunchConfig of every kernel: valid for any spec and shape, used where the
-tuning database has nothing better (and as the baseline tuned configs are compared to).
+tuning database has nothing better (and the baseline tuned configs are compared with).
+
+Starting points per kernel come from a sweep on an H200 (bf16, 1.3B shape, 16384 tokens;
+docs/PERFORMANCE.md); they shrink (pipeline depth, then tile sizes) until the shared
+memory estimate of mhfgen.resources fits the target.
 """
 from __future__ import annotations
 
+import dataclasses
+
+from .resources import fits
 from .spec import INTERPRETER, KernelSpec, LaunchConfig
 
-
-def _pow2_floor(x: int) -> int:
-    return 1 << (max(1, x).bit_length() - 1)
+#: kernel -> (block_m, block_n, num_warps, num_stages) on a GPU
+GPU_START = {
+    "flash_mhf_fwd": (128, 64, 8, 3),
+    "flash_mhf_bwd_dq": (128, 64, 8, 3),
+    "flash_mhf_bwd_dkv": (64, 32, 4, 3),
+}
+INTERPRETER_START = (32, 32, 4, 1)
 
 
 def _pow2_ceil(x: int) -> int:
@@ -30,43 +41,52 @@ def rows_block(rows: int, preferred: int) -> int:
     return max(16, min(preferred, _pow2_ceil(rows)))
 
 
+def shrink_to_fit(kernel: str, spec: KernelSpec, config: LaunchConfig) -> LaunchConfig:
+    """Lower num_stages, then the larger tile dimension, until the config fits."""
+    while not fits(kernel, spec, config):
+        if config.num_stages > 1:
+            config = dataclasses.replace(config, num_stages=config.num_stages - 1)
+        elif max(config.block_m, config.block_n) > 16:
+            field = "block_m" if config.block_m >= config.block_n else "block_n"
+            config = dataclasses.replace(config, **{field: getattr(config, field) // 2})
+        else:
+            break  # 16 x 16, one stage: nothing smaller exists
+    return config
+
+
 def default_config(kernel: str, spec: KernelSpec, tokens: int, sm_count: int) -> LaunchConfig:
     """The heuristic config of `kernel` for `spec` at `tokens` tokens on a GPU of
     `sm_count` multiprocessors (any positive number for the interpreter)."""
+    if kernel not in GPU_START:
+        raise ValueError(f"unknown kernel {kernel!r}")
     interp = spec.target == INTERPRETER
-    big_d = spec.head_dim > 128
-    if interp:
-        bm, bn, warps, stages = 32, 32, 4, 1
-    elif big_d:
-        bm, bn, warps, stages = 64, 32, 4, 2
-    else:
-        bm, bn, warps, stages = 128, 64, 8, 3
+    bm, bn, warps, stages = INTERPRETER_START if interp else GPU_START[kernel]
     bn = pick_block_n(spec.expert_dim, bn)
+    heads = spec.group
+    rows = tokens * heads
     if kernel == "flash_mhf_fwd":
-        heads = spec.group
-        rows = tokens * heads
         bm = rows_block(rows, bm)
         programs = -(-rows // bm) * (spec.heads // heads)
-        tiles = -(-spec.intermediate // bn) if spec.expert_dim % bn == 0 else spec.experts
+        tiles = spec.intermediate // bn if spec.expert_dim % bn == 0 else spec.experts
         splits = 1
         if not interp and programs < sm_count:
+            # few tokens (decode): split the intermediate dimension to fill the GPU
             splits = max(1, min(tiles, -(-2 * sm_count // programs)))
-        return LaunchConfig(block_m=bm, block_n=bn, num_warps=4 if bm < 64 else warps,
-                            num_stages=stages, group_heads=heads, inter_splits=splits)
-    if kernel == "flash_mhf_bwd_dq":
-        heads = spec.group
-        bm = rows_block(tokens * heads, 64 if not interp else bm)
-        return LaunchConfig(block_m=bm, block_n=bn, num_warps=4 if bm < 64 else warps,
-                            num_stages=min(stages, 2), group_heads=heads)
-    if kernel == "flash_mhf_bwd_dkv":
-        rows = tokens * spec.group
-        bm = rows_block(rows, 64 if not interp else bm)
+        config = LaunchConfig(block_m=bm, block_n=bn, num_warps=4 if bm < 64 else warps,
+                              num_stages=stages, group_heads=heads, inter_splits=splits)
+    elif kernel == "flash_mhf_bwd_dq":
+        bm = rows_block(rows, bm)
+        config = LaunchConfig(block_m=bm, block_n=bn, num_warps=4 if bm < 64 else warps,
+                              num_stages=stages, group_heads=heads)
+    else:
+        bm = rows_block(rows, bm)
         n_blocks = (spec.intermediate // bn if spec.expert_dim % bn == 0
                     else spec.experts * -(-spec.expert_dim // bn))
         programs = n_blocks * spec.kv_heads
         splits = 1
         if not interp and programs < 2 * sm_count:
+            # few weight tiles: split the tokens too, partial sums meet by atomics
             splits = max(1, min(-(-2 * sm_count // programs), rows // (4 * bm)))
-        return LaunchConfig(block_m=bm, block_n=bn, num_warps=warps, num_stages=min(stages, 2),
-                            token_splits=splits)
-    raise ValueError(f"unknown kernel {kernel!r}")
+        config = LaunchConfig(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages,
+                              token_splits=splits)
+    return config if interp else shrink_to_fit(kernel, spec, config)

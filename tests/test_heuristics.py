@@ -1,0 +1,39 @@
+"""The built-in configs: valid and within the shared memory estimate for every spec."""
+import pytest
+
+from mhfgen.heuristics import default_config, pick_block_n
+from mhfgen.resources import fits, shared_memory_estimate
+from mhfgen.spec import KERNELS, KernelSpec
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("head_dim", [16, 96, 128, 200, 256])
+@pytest.mark.parametrize("tokens", [1, 8, 16384])
+def test_gpu_defaults_fit_shared_memory(kernel, dtype, head_dim, tokens):
+    spec = KernelSpec(16, 4, head_dim, 22, 256, dtype, "sm90")
+    config = default_config(kernel, spec, tokens, 132)
+    config.check_for(spec)
+    assert fits(kernel, spec, config), shared_memory_estimate(kernel, spec, config)
+
+
+def test_estimate_matches_measured_triton_allocations():
+    # Required bytes Triton 3.6 reported on an H200 for the 1.3B spec (bf16, D = 128)
+    spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
+    from mhfgen.spec import LaunchConfig
+    for bm, bn, st, measured in ((64, 128, 3, 311808), (64, 128, 4, 410368), (128, 128, 3, 328704)):
+        est = shared_memory_estimate("flash_mhf_fwd", spec, LaunchConfig(block_m=bm, block_n=bn, num_stages=st))
+        assert abs(est - measured) <= 1024, (bm, bn, st, est, measured)
+
+
+def test_decode_splits_the_intermediate_dimension():
+    spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
+    few = default_config("flash_mhf_fwd", spec, 1, 132)
+    many = default_config("flash_mhf_fwd", spec, 16384, 132)
+    assert few.inter_splits > 1 and few.block_m == 16
+    assert many.inter_splits == 1
+
+
+@pytest.mark.parametrize("de,preferred,want", [(256, 64, 64), (80, 64, 32), (96, 64, 32), (48, 32, 16)])
+def test_pick_block_n(de, preferred, want):
+    assert pick_block_n(de, preferred) == want
