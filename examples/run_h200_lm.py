@@ -80,7 +80,7 @@ def parity(args, corpus, out: Path) -> tuple[list[dict], dict]:
     cfg = TrainConfig(steps=args.parity_steps, batch_size=args.parity_batch_size,
                       seq_len=args.parity_seq_len, lr=args.lr,
                       warmup_steps=max(1, args.parity_steps // 10), eval_every=50,
-                      eval_batches=8, device=args.device, max_seconds=150)
+                      eval_batches=8, device=args.device, max_seconds=90)
     specs = [RunSpec(f"parity-{b}", replace(args.parity_model, backend=b), cfg)
              for b in ("triton", "torch")]
     summaries, curves = run_all(specs, corpus, out, progress=False,
@@ -95,7 +95,7 @@ def calibrate(args, corpus, out: Path) -> dict[str, float | None]:
     """tokens/s of each comparison model over a few steps (kernels compiled on the way)."""
     cfg = TrainConfig(steps=40, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                       warmup_steps=10, eval_every=1000, eval_batches=1, timing_skip_steps=15,
-                      device=args.device, max_seconds=90)
+                      device=args.device, max_seconds=60)
     rates = {}
     for kind in ("flashmhf", "swiglu"):
         model = replace(args.compare_model, ffn=kind, backend="triton")
