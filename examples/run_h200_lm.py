@@ -71,7 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def setup_logging(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=[logging.StreamHandler(sys.stderr),
                                   logging.FileHandler(out / "run.log")])
 

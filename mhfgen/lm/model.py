@@ -79,7 +79,8 @@ def build_ffn(cfg: ModelConfig) -> nn.Module:
     return SwiGLU(cfg.d_model, width)
 
 
-def rotary_tables(head_dim: int, max_seq_len: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(head_dim: int, max_seq_len: int, base: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables (max_seq_len, head_dim) for rotate-half rotary embeddings."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)

@@ -94,7 +94,8 @@ def summary_table(summaries: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         if "error" in s:
-            lines.append(f"| {s['name']} | failed: {s['error']} |||||||||| ")
+            error = s["error"].replace("|", "/").replace("\n", " ")
+            lines.append(f"| {s['name']} | failed: {error} |" + " |" * 9)
             continue
         early = " (stopped early)" if s["stopped_early"] else ""
         lines.append(

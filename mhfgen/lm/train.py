@@ -210,7 +210,8 @@ def train(name: str, model_cfg: ModelConfig, cfg: TrainConfig, corpus: ByteCorpu
         "backend": model_cfg.backend if model_cfg.ffn == "flashmhf" else "-",
         "params": params, "steps_done": step, "tokens": step * cfg.tokens_per_step,
         "final_val_loss": val_losses[max(val_losses)], "best_val_loss": min(val_losses.values()),
-        "tokens_per_s": timed_tokens / timed_seconds if timed_tokens and timed_seconds > 0 else None,
+        "tokens_per_s": (timed_tokens / timed_seconds
+                         if timed_tokens and timed_seconds > 0 else None),
         "peak_mem_mib": (torch.cuda.max_memory_allocated(device) / 2**20
                          if device.type == "cuda" else None),
         "train_seconds": end - start, "stopped_early": stopped_early,
