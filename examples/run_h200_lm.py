@@ -152,8 +152,12 @@ def parity_lines(diff: dict) -> list[str]:
     if not diff:
         return ["Parity incomplete: see the table and run.log."]
     t, v = diff["train_loss"], diff["val_loss"]
+    if t["max_abs_diff"] is None or v["max_abs_diff"] is None:
+        return ["Parity incomplete: no common steps."]
     return [f"- Largest |train loss(triton) - train loss(torch)| over {t['steps_compared']} "
-            f"steps: {t['max_abs_diff']:.2e} (step {t['at_step']}).",
+            f"steps: {t['max_abs_diff']:.2e} (step {t['at_step']}); mean "
+            f"{t['mean_abs_diff']:.2e}; at step 1 (before updates compound) "
+            f"{t['first_abs_diff']:.2e}.",
             f"- Largest |validation loss(triton) - validation loss(torch)| over "
             f"{v['steps_compared']} evaluations: {v['max_abs_diff']:.2e} (step {v['at_step']})."]
 

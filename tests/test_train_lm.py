@@ -202,6 +202,7 @@ def test_run_all_writes_curves_and_survives_a_missing_matplotlib(corpus, tmp_pat
     # same seed, same data: identical curves
     diff = curve_difference(curves["a"], curves["b"])
     assert diff["train_loss"]["max_abs_diff"] == 0.0 and diff["train_loss"]["steps_compared"] == 6
+    assert diff["val_loss"]["mean_abs_diff"] == 0.0 and diff["val_loss"]["steps_compared"] == 3
 
 
 def test_train_lm_script_runs_both_ffns(tmp_path, capsys):
@@ -218,3 +219,12 @@ def test_train_lm_script_runs_both_ffns(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "flashmhf:" in out and "swiglu:" in out and "| swiglu |" in out
     assert (tmp_path / "flashmhf-auto.csv").is_file() and (tmp_path / "swiglu.csv").is_file()
+
+
+def test_curve_difference_finds_the_largest_gap():
+    a = [{"step": s, "train_loss": l, "val_loss": None} for s, l in ((1, 5.0), (2, 4.0), (3, 3.0))]
+    b = [{"step": s, "train_loss": l, "val_loss": None} for s, l in ((1, 5.1), (2, 4.5), (4, 1.0))]
+    diff = curve_difference(a, b)["train_loss"]
+    assert diff["steps_compared"] == 2 and diff["at_step"] == 2
+    assert diff["max_abs_diff"] == pytest.approx(0.5)
+    assert diff["mean_abs_diff"] == pytest.approx(0.3) and diff["first_abs_diff"] == pytest.approx(0.1)

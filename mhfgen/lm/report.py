@@ -107,7 +107,8 @@ def summary_table(summaries: list[dict]) -> str:
 
 
 def curve_difference(a: list[dict], b: list[dict]) -> dict:
-    """Largest |a - b| of training loss (over steps both have) and of validation loss."""
+    """|a - b| of training loss and of validation loss over the steps both curves have:
+    the largest (and its step), the mean, and the first (before updates compound)."""
     out = {}
     for key in ("train_loss", "val_loss"):
         va = {r["step"]: r[key] for r in a if r[key] is not None}
@@ -116,6 +117,8 @@ def curve_difference(a: list[dict], b: list[dict]) -> dict:
         diffs = [abs(va[s] - vb[s]) for s in common]
         out[key] = {"max_abs_diff": max(diffs) if diffs else None,
                     "at_step": common[diffs.index(max(diffs))] if diffs else None,
+                    "mean_abs_diff": sum(diffs) / len(diffs) if diffs else None,
+                    "first_abs_diff": diffs[0] if diffs else None,
                     "steps_compared": len(common)}
     return out
 
