@@ -33,19 +33,31 @@ LAUNCH = {"flash_mhf_fwd": lambda i, c: flash_mhf_fwd(*i[:5], c),
 FLOP_FACTOR = {"flash_mhf_fwd": 6, "flash_mhf_bwd_dq": 10, "flash_mhf_bwd_dkv": 12}
 
 
-def grid(kernel: str, base: LaunchConfig) -> list[LaunchConfig]:
-    out = []
-    if kernel == "flash_mhf_fwd":
+FOCUSED = {
+    "flash_mhf_fwd": [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 2), (64, 64, 4, 3),
+                      (128, 32, 8, 3), (128, 128, 8, 2), (64, 128, 4, 2)],
+    "flash_mhf_bwd_dq": [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 8, 3),
+                         (64, 64, 4, 2)],
+    "flash_mhf_bwd_dkv": [(64, 32, 4, 3), (64, 64, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2),
+                          (32, 64, 4, 2), (64, 128, 8, 2), (128, 32, 4, 2), (128, 128, 8, 1)],
+}
+
+
+def grid(kernel: str, base: LaunchConfig, focused: bool = False) -> list[LaunchConfig]:
+    """A full grid of tile sizes, warps and stages, or a focused list (both TMA variants)."""
+    if focused:
+        space = FOCUSED[kernel]
+    elif kernel == "flash_mhf_fwd":
         space = itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3, 4))
     elif kernel == "flash_mhf_bwd_dq":
         space = itertools.product((64, 128), (32, 64), (4, 8), (1, 2, 3))
     else:
         space = itertools.product((32, 64, 128), (32, 64), (4, 8), (1, 2, 3))
-    for bm, bn, w, s in space:
-        out.append(LaunchConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s,
-                                group_heads=base.group_heads, token_splits=base.token_splits,
-                                inter_splits=base.inter_splits))
-    return out
+    tmas = (False, True) if focused and kernel != "flash_mhf_bwd_dkv" else (False,)
+    return [LaunchConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s,
+                         group_heads=base.group_heads, token_splits=base.token_splits,
+                         inter_splits=base.inter_splits, tma=tma)
+            for (bm, bn, w, s) in space for tma in tmas]
 
 
 def bench(fn) -> float:
@@ -57,6 +69,7 @@ def main() -> int:
     ap.add_argument("--shapes", default="1.3B,370M,H16D64")
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--grid", action="store_true", help="also sweep a grid of configs")
+    ap.add_argument("--focused", action="store_true", help="a focused list instead of the full grid")
     ap.add_argument("--grid-shapes", default="1.3B", help="shapes that get the grid")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -76,7 +89,7 @@ def main() -> int:
         best_ms = {}
         for kernel, launch in LAUNCH.items():
             base = default_config(kernel, spec, problem.tokens, _device.sm_count(dev))
-            configs = [base] + (grid(kernel, base) if args.grid and name in args.grid_shapes else [])
+            configs = [base] + (grid(kernel, base, args.focused) if args.grid and name in args.grid_shapes else [])
             timings = []
             for config in configs:
                 try:
@@ -96,6 +109,7 @@ def main() -> int:
                   f"{FLOP_FACTOR[kernel] * unit / base_ms / 1e9:6.1f} TF/s | best {best:7.3f} ms "
                   f"{FLOP_FACTOR[kernel] * unit / best / 1e9:6.1f} TF/s "
                   f"bm{best_cfg.block_m} bn{best_cfg.block_n} w{best_cfg.num_warps} s{best_cfg.num_stages}"
+                  f"{' tma' if best_cfg.tma else ''}"
                   f" (of {len(timings)})")
         for label, idx in (("default", 0), ("best", 1)):
             f = best_ms["flash_mhf_fwd"][idx]

@@ -68,9 +68,10 @@ def static_params(kernel: str, spec: KernelSpec, config: LaunchConfig) -> dict:
                    in enumerate(head_dim_chunks(spec.head_dim, config.head_dim_split)))
     params = {"chunks": chunks, "even_de": spec.expert_dim % config.block_n == 0}
     if kernel == "flash_mhf_fwd":
-        params.update(group_heads=config.group_heads, inter_split=config.inter_splits > 1)
+        params.update(group_heads=config.group_heads, inter_split=config.inter_splits > 1,
+                      tma=config.tma)
     elif kernel == "flash_mhf_bwd_dq":
-        params.update(group_heads=config.group_heads)
+        params.update(group_heads=config.group_heads, tma=config.tma)
     else:
         params.update(token_split=config.token_splits > 1)
     return params

@@ -105,6 +105,8 @@ class LaunchConfig:
                   outputs summed afterwards (the decode path for few tokens).
     token_splits: dK/dU/dV only; programs that split the tokens, partials reduced with
                   fp32 atomics.
+    tma:          forward and dQ: load K/U/V tiles through tensor descriptors (the TMA
+                  engine on sm90+) instead of pointer arithmetic.
     """
 
     block_m: int = 64
@@ -115,6 +117,7 @@ class LaunchConfig:
     head_dim_split: str = "chunks"
     inter_splits: int = 1
     token_splits: int = 1
+    tma: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -151,6 +154,12 @@ class LaunchConfig:
         if spec.group % self.group_heads:
             raise ValueError(
                 f"group_heads={self.group_heads} must divide heads/kv_heads={spec.group}")
+        if self.tma:
+            if spec.target != INTERPRETER and not spec.target.startswith(("sm9", "sm1")):
+                raise ValueError(f"tma=True needs an sm90+ target, not {spec.target}")
+            if spec.head_dim * DTYPES[spec.dtype].itemsize % 16:
+                raise ValueError(f"tma=True needs head_dim rows of a multiple of 16 bytes; "
+                                 f"head_dim={spec.head_dim} in {spec.dtype} is not")
 
 
 def head_dim_chunks(head_dim: int, mode: str) -> list[tuple[int, int, bool]]:

@@ -24,16 +24,18 @@ DTYPES = [torch.float32, torch.float16]
 
 #: per kernel, configs that together reach every template branch: flat and per-expert
 #: (masked) loops, chunked and padded head_dim, grouped heads, split intermediate (fwd),
-#: split tokens with atomics (dkv).
+#: split tokens with atomics (dkv), weights through tensor descriptors (fwd, dq).
 CONFIGS = {
     "flash_mhf_fwd": [
         LaunchConfig(block_m=16, block_n=16),
         LaunchConfig(block_m=32, block_n=32, head_dim_split="pad", inter_splits=2),
         LaunchConfig(block_m=16, block_n=64, inter_splits=3),
+        LaunchConfig(block_m=16, block_n=32, tma=True),
     ],
     "flash_mhf_bwd_dq": [
         LaunchConfig(block_m=16, block_n=16),
         LaunchConfig(block_m=32, block_n=64, head_dim_split="pad"),
+        LaunchConfig(block_m=16, block_n=32, head_dim_split="pad", tma=True),
     ],
     "flash_mhf_bwd_dkv": [
         LaunchConfig(block_m=16, block_n=16),

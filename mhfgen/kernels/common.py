@@ -26,6 +26,24 @@ def resolve_config(kernel: str, spec: KernelSpec, problem: Problem, q: torch.Ten
     return config
 
 
+_allocator_set = False
+
+
+def ensure_descriptor_allocator(device: torch.device) -> None:
+    """Tensor descriptors made inside a kernel need global scratch memory: give Triton a
+    torch-backed allocator once per process (the interpreter needs none)."""
+    global _allocator_set
+    if _allocator_set or device.type != "cuda":
+        return
+    import triton
+
+    def alloc(size: int, alignment: int, stream):
+        return torch.empty(size, dtype=torch.int8, device="cuda")
+
+    triton.set_allocator(alloc)
+    _allocator_set = True
+
+
 _poison = False
 
 

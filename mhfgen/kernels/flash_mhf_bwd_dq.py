@@ -6,7 +6,7 @@ import torch
 from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
-from .common import cdiv, empty, resolve_config, spec_of, unit_last_stride
+from .common import cdiv, empty, ensure_descriptor_allocator, resolve_config, spec_of, unit_last_stride
 
 KERNEL = "flash_mhf_bwd_dq"
 
@@ -31,6 +31,8 @@ def flash_mhf_bwd_dq(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
     do = unit_last_stride(do.to(q.dtype))
     kernel = load_kernel(KERNEL, spec, config)
+    if config.tma:
+        ensure_descriptor_allocator(q.device)
     rows = problem.tokens * config.group_heads
     grid = (cdiv(rows, config.block_m), H // config.group_heads)
     kernel[grid](q, k, u, v, r, do, dq, dr,

@@ -6,7 +6,7 @@ import torch
 from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
-from .common import cdiv, empty, intermediate_blocks, resolve_config, spec_of
+from .common import cdiv, empty, ensure_descriptor_allocator, intermediate_blocks, resolve_config, spec_of
 
 KERNEL = "flash_mhf_fwd"
 
@@ -29,6 +29,8 @@ def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Te
         return o
     k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
     kernel = load_kernel(KERNEL, spec, config)
+    if config.tma:
+        ensure_descriptor_allocator(q.device)
     rows = problem.tokens * config.group_heads
     splits = min(config.inter_splits, intermediate_blocks(spec, config.block_n)
                  if spec.expert_dim % config.block_n == 0 else spec.experts)
