@@ -1,0 +1,17 @@
+"""Autotuning of the generated kernels' launch parameters.
+
+    buckets   the one shape-bucketing function (tuner and dispatcher)
+    space     search spaces from templates/<kernel>.space.toml and the keep() constraints
+    problem   TuningProblem (spec + tokens, FLOPs per kernel) and DeviceFacts
+    workload  tuning inputs on a device, float64 reference outputs, candidate checks
+    compile   parallel compilation of candidates in worker processes
+    timer     the Timer interface: GpuTimer, InterpreterTimer, ReplayTimer, RecordingTimer
+    study     the persistent Optuna study of one kernel and problem (ask with repair)
+    search    the tuning loop: ask a batch, compile in parallel, check and time one by
+              one, re-time the best side by side, store trials and the winner
+    db        the SQLite tuning database (trials, winners, schema version, layers)
+    lookup    the in-memory index of winners the dispatcher searches
+    exchange  JSON export and import of winners with provenance
+
+Modules are imported on demand: `import mhfgen` loads only buckets and lookup.
+"""

@@ -15,11 +15,10 @@ every divisor of H / Hkv. [<section>.limits] holds the resources `keep` checks.
   - head_dim_split='pad' generates the same code as 'chunks' (D a power of two);
   - a split is not sensible: inter_splits above the intermediate tiles, token_splits
     above the row blocks, or a split that makes more than 8 programs per multiprocessor;
-  - the shared-memory estimate exceeds the limit (bytes b of the dtype, Dp the padded
-    head_dim, S = num_stages buffers of the tiles loaded in the loop):
-        fwd:  b * (BM*Dp + S*3*BN*Dp + BM*BN)       q, k/u/v per stage, p
-        dq:   b * (2*BM*Dp + S*3*BN*Dp + 2*BM*BN)   q and dO, k/u/v per stage, dS and dA
-        dkv:  b * (3*BN*Dp + S*2*BM*Dp + 3*BM*BN)   k/u/v, q and dO per stage, P, dS, dA
+  - the config does not fit the spec (LaunchConfig.check_for: tma needs sm90+ and
+    16-byte head_dim rows);
+  - mhfgen.resources.shared_memory_estimate (fitted to Triton's allocations) exceeds the
+    family's shared_memory limit (the [limits] value, else mhfgen.resources' limit);
   - the fp32 values a thread keeps live exceed the register limit:
         fwd:  (BM*Dp + 2*BM*BN) / (32 * num_warps)    accumulator, S and A tiles
         dq:   (BM*Dp + 3*BM*BN) / (32 * num_warps)    dq accumulator, S, A and dP tiles
@@ -37,6 +36,7 @@ from typing import Iterable, Mapping
 
 from .. import paths
 from ..kernels.common import cdiv, intermediate_blocks
+from ..resources import padded_head_dim, shared_memory_estimate, shared_memory_limit
 from ..spec import KERNELS, KernelSpec, LaunchConfig, head_dim_chunks
 
 try:  # Python >= 3.11
@@ -44,12 +44,11 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with tomli installed
     import tomli as tomllib
 
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 #: LaunchConfig fields a kernel does not use, with the only value they may take there
-UNUSED_FIELDS: dict[str, dict[str, int]] = {
+UNUSED_FIELDS: dict[str, dict[str, object]] = {
     "flash_mhf_fwd": {"token_splits": 1},
     "flash_mhf_bwd_dq": {"inter_splits": 1, "token_splits": 1},
-    "flash_mhf_bwd_dkv": {"inter_splits": 1, "group_heads": 1},
+    "flash_mhf_bwd_dkv": {"inter_splits": 1, "group_heads": 1, "tma": False},
 }
 #: programs per multiprocessor above which a split only adds partial-sum traffic
 MAX_PROGRAMS_PER_SM = 8
@@ -167,22 +166,6 @@ def _pow2_ceil(x: int) -> int:
     return 1 << (max(1, x) - 1).bit_length()
 
 
-def padded_head_dim(spec: KernelSpec, config: LaunchConfig) -> int:
-    """Dp: the head_dim the dot operands cover (sum of the chunk widths)."""
-    return sum(width for _, width, _ in head_dim_chunks(spec.head_dim, config.head_dim_split))
-
-
-def shared_memory_estimate(kernel: str, spec: KernelSpec, config: LaunchConfig) -> int:
-    """Bytes of shared memory a program of `kernel` needs (formulas in the module doc)."""
-    b = DTYPE_BYTES[spec.dtype]
-    bm, bn, s, dp = config.block_m, config.block_n, config.num_stages, padded_head_dim(spec, config)
-    if kernel == "flash_mhf_fwd":
-        return b * (bm * dp + s * 3 * bn * dp + bm * bn)
-    if kernel == "flash_mhf_bwd_dq":
-        return b * (2 * bm * dp + s * 3 * bn * dp + 2 * bm * bn)
-    return b * (3 * bn * dp + s * 2 * bm * dp + 3 * bm * bn)
-
-
 def register_estimate(kernel: str, spec: KernelSpec, config: LaunchConfig) -> float:
     """fp32 values a thread keeps live (formulas in the module doc)."""
     bm, bn, dp = config.block_m, config.block_n, padded_head_dim(spec, config)
@@ -202,8 +185,10 @@ def prune_reason(kernel: str, spec: KernelSpec, config: LaunchConfig, tokens: in
     for name, neutral in UNUSED_FIELDS[kernel].items():
         if getattr(config, name) != neutral:
             return f"{name} does not apply to {kernel}"
-    if spec.group % config.group_heads:
-        return f"group_heads={config.group_heads} does not divide heads/kv_heads={spec.group}"
+    try:
+        config.check_for(spec)
+    except ValueError as exc:
+        return str(exc)
     rows = max(1, tokens) * (spec.group if kernel == "flash_mhf_bwd_dkv" else config.group_heads)
     if config.block_m > max(16, _pow2_ceil(rows)):
         return f"block_m={config.block_m} is larger than the {rows} rows"
@@ -227,10 +212,11 @@ def prune_reason(kernel: str, spec: KernelSpec, config: LaunchConfig, tokens: in
         programs = intermediate_blocks(spec, config.block_n) * spec.kv_heads
         if programs * config.token_splits > budget:
             return f"token_splits={config.token_splits} makes more than {budget} programs"
-    if limits.shared_memory is not None:
-        smem = shared_memory_estimate(kernel, spec, config)
-        if smem > limits.shared_memory:
-            return f"needs ~{smem} bytes of shared memory, limit {limits.shared_memory}"
+    smem_limit = (limits.shared_memory if limits.shared_memory is not None
+                  else shared_memory_limit(spec.target))
+    smem = shared_memory_estimate(kernel, spec, config)
+    if smem > smem_limit:
+        return f"needs ~{smem} bytes of shared memory, limit {smem_limit}"
     if limits.registers_per_thread is not None:
         regs = register_estimate(kernel, spec, config)
         if regs > limits.registers_per_thread:

@@ -1,0 +1,113 @@
+"""Parallel compilation of candidate configs in worker processes.
+
+NOTE: Triton compiles a kernel on its first launch, and its compiler holds the GIL for
+much of the work, so threads do not compile in parallel. Each worker of a 'spawn' process
+pool builds uninitialised inputs of the problem's shapes once, then launches every
+candidate it is given once: that compiles it and stores the binary in Triton's on-disk
+cache (and the generated module in mhfgen's), so the parent's first launch of the same
+candidate loads it instead of compiling. Uninitialised inputs are fine: nothing is
+checked here, and the memory each program touches depends on shapes only. A worker that
+exceeds the timeout is killed with the whole pool, which is rebuilt for the next batch.
+
+Failures come back classified: 'resources' (Triton's OutOfResources: shared memory or
+registers), 'compile' (a compilation error), 'error' (anything else), 'timeout'.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from typing import Sequence
+
+from .outcome import Failure, classify
+
+log = logging.getLogger(__name__)
+
+_worker_state: dict = {}
+
+
+def _init_worker(spec_dict: dict, tokens: int, device: str) -> None:
+    import mhfgen  # noqa: F401 - sets TRITON_INTERPRET on CPU-only machines first
+    import torch
+
+    from ..spec import KernelSpec
+    from .problem import TuningProblem
+
+    problem = TuningProblem(KernelSpec(**spec_dict), tokens)
+    spec, T, dev = problem.spec, tokens, torch.device(device)
+    dtype = spec.torch_dtype
+    weights = (spec.kv_heads, spec.experts, spec.expert_dim, spec.head_dim)
+    _worker_state.update(
+        q=torch.empty(1, T, spec.heads, spec.head_dim, dtype=dtype, device=dev),
+        k=torch.empty(weights, dtype=dtype, device=dev),
+        u=torch.empty(weights, dtype=dtype, device=dev),
+        v=torch.empty(weights, dtype=dtype, device=dev),
+        r=torch.empty(1, T, spec.heads, spec.experts, dtype=torch.float32, device=dev),
+        do=torch.empty(1, T, spec.heads, spec.head_dim, dtype=dtype, device=dev),
+        device=dev)
+
+
+def _compile_one(kernel: str, config_json: str) -> Failure | None:
+    import json
+
+    import torch
+
+    from .. import kernels
+    from ..spec import LaunchConfig
+
+    s = _worker_state
+    args = (s["q"], s["k"], s["u"], s["v"], s["r"])
+    if kernel != "flash_mhf_fwd":
+        args += (s["do"],)
+    try:
+        getattr(kernels, kernel)(*args, config=LaunchConfig.from_dict(json.loads(config_json)))
+        if s["device"].type == "cuda":
+            torch.cuda.synchronize(s["device"])
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a failed trial
+        return classify(exc)
+    return None
+
+
+class CompilePool:
+    """A pool of `jobs` spawned workers compiling candidates of one problem.
+
+    compile([(kernel, config), ...]) -> [Failure or None, ...] in the same order.
+    """
+
+    def __init__(self, spec, tokens: int, device: str, jobs: int, timeout_s: float = 180.0) -> None:
+        self._initargs = (spec.as_dict(), tokens, str(device))
+        self.jobs = max(1, jobs)
+        self.timeout_s = timeout_s
+        self._pool = None
+
+    def _get_pool(self):
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ctx.Pool(self.jobs, initializer=_init_worker, initargs=self._initargs)
+        return self._pool
+
+    def compile(self, candidates: Sequence[tuple[str, object]]) -> list[Failure | None]:
+        pool = self._get_pool()
+        pending = [pool.apply_async(_compile_one, (kernel, config.to_json()))
+                   for kernel, config in candidates]
+        deadline = time.monotonic() + self.timeout_s * max(1, -(-len(candidates) // self.jobs))
+        results: list[Failure | None] = []
+        timed_out = False
+        for res in pending:
+            try:
+                results.append(res.get(timeout=max(0.1, deadline - time.monotonic())))
+            except multiprocessing.TimeoutError:
+                timed_out = True
+                results.append(Failure("timeout", f"not compiled within {self.timeout_s:.0f} s"))
+            except Exception as exc:  # noqa: BLE001 - a worker that died
+                results.append(Failure("error", f"compile worker failed: {exc}"))
+        if timed_out:
+            log.warning("compile timeout: restarting the compile pool")
+            self.close()
+        return results
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None

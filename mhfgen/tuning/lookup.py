@@ -1,0 +1,105 @@
+"""The in-memory index of tuned winners the dispatcher searches.
+
+Built once per process and GPU from the layered databases (user, then shipped; see
+mhfgen.tuning.db.load_layered_winners), keeping only records of the current template
+hash of each kernel. `TunedIndex.find` walks the tuned steps of the dispatch order:
+
+    1. 'exact'    a winner tuned at exactly this token count
+    2. 'bucket'   a winner of the same shape bucket (nearest token count within it)
+    3. 'nearest'  the winner of the same spec on this GPU nearest in log2(tokens)
+
+and returns None when none applies (the dispatcher then uses the built-in heuristic).
+At each step the user database wins over the shipped one; remaining ties go to the
+larger tuned token count, so every process picks the same record.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..spec import KernelSpec, LaunchConfig
+from .buckets import bucket_distance, shape_bucket
+
+if TYPE_CHECKING:  # the database module (and sqlite-utils) loads only when first needed
+    from .db import WinnerRecord
+
+log = logging.getLogger(__name__)
+
+LAYER_RANK = {"user": 0, "shipped": 1}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A dispatch decision: the config and where it came from.
+
+    source: 'exact' | 'bucket' | 'nearest' | 'heuristic'; layer: 'user' | 'shipped' |
+    None (heuristic); tuned_tokens: the token count the record was tuned at.
+    """
+
+    config: LaunchConfig
+    source: str
+    layer: str | None = None
+    tuned_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    tokens: int
+    bucket: int
+    rank: int
+    layer: str
+    config: LaunchConfig
+
+
+class TunedIndex:
+    """Winners of one GPU and Triton version, by (kernel, spec fields)."""
+
+    def __init__(self, winners: list[tuple[str, WinnerRecord]],
+                 template_hashes: dict[str, str]) -> None:
+        self._entries: dict[tuple, list[_Entry]] = {}
+        for layer, rec in winners:
+            key = rec.key
+            current = template_hashes.get(key.kernel)
+            if current != key.template_hash:
+                log.debug("skipping a %s winner of %s tuned for template %s (current %s)",
+                          layer, key.kernel, key.template_hash, current)
+                continue
+            entry = _Entry(key.tokens, key.bucket, LAYER_RANK.get(layer, len(LAYER_RANK)),
+                           layer, rec.config)
+            self._entries.setdefault((key.kernel, key.spec_fields()), []).append(entry)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._entries.values())
+
+    def find(self, kernel: str, spec: KernelSpec, tokens: int) -> Choice | None:
+        """The tuned choice for a call, or None (see the module doc for the order)."""
+        spec_fields = (spec.heads, spec.kv_heads, spec.head_dim, spec.experts,
+                       spec.expert_dim, spec.dtype)
+        entries = [e for e in self._entries.get((kernel, spec_fields), ())
+                   if _usable(e.config, spec)]
+        if not entries:
+            return None
+        exact = [e for e in entries if e.tokens == tokens]
+        if exact:
+            return _choice(min(exact, key=lambda e: (e.rank, -e.tokens)), "exact")
+        bucket = shape_bucket(tokens)
+        same = [e for e in entries if e.bucket == bucket]
+        if same:
+            best = min(same, key=lambda e: (e.rank, abs(e.tokens - tokens), -e.tokens))
+            return _choice(best, "bucket")
+        best = min(entries, key=lambda e: (bucket_distance(e.tokens, tokens), e.rank, -e.tokens))
+        return _choice(best, "nearest")
+
+
+def _usable(config: LaunchConfig, spec: KernelSpec) -> bool:
+    try:
+        config.check_for(spec)
+    except ValueError as exc:
+        log.warning("mhfgen: ignoring a tuned config that does not fit %s: %s", spec.key(), exc)
+        return False
+    return True
+
+
+def _choice(entry: _Entry, source: str) -> Choice:
+    return Choice(entry.config, source, entry.layer, entry.tokens)

@@ -1,0 +1,310 @@
+"""The tuning loop: search each kernel's launch parameters for one problem.
+
+For each kernel (forward and both backward kernels in one run):
+  1. the search space for the target, the built-in default config, and the valid grid
+     (every combination keep() accepts, the default added);
+  2. a persistent ConfigStudy (Optuna TPE, or the exhaustive grid) hands out batches of
+     untried configs; each batch is compiled together (Timer.prepare: worker processes
+     on a GPU), then each config, one at a time, is checked against the float64
+     reference and timed. Compile errors, out-of-resources, wrong answers and timeouts
+     become failed trials with their reason. Every outcome is told to the study and
+     written to the tuning database as soon as it exists, so an interrupted run loses
+     nothing that finished;
+  3. when `trials` distinct configs are evaluated (or the grid is exhausted) the best
+     `top_k`, the default and the database's current winner for this key are re-timed
+     side by side, round-robin for `rounds` rounds; the lowest median wins and is stored
+     with its speed-up over the default measured in the same rounds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .. import paths
+from ..codegen import template_hash
+from ..heuristics import default_config
+from ..spec import KERNELS, LaunchConfig
+from ..version import __version__
+from .db import TrialRecord, TuningDB, TuningKey, WinnerRecord, utc_now
+from .outcome import Candidate, Failure
+from .problem import DeviceFacts, TuningProblem, tflops
+from .space import load_space
+from .study import Asked, ConfigStudy, study_name
+from .timer import CandidateFailed, Timer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How hard to search.
+
+    trials: distinct configs evaluated per kernel, the default included (all of the grid
+    when it is smaller); batch: configs asked and compiled together; strategy: 'optuna'
+    or 'grid'; startup: uniform random configs before TPE proposes (None: trials // 4,
+    at least 4); top_k and rounds: the side-by-side re-timing; fresh: discard a stored
+    study of the same problem instead of resuming it.
+    """
+
+    trials: int = 40
+    batch: int = 8
+    strategy: str = "optuna"
+    seed: int = 0
+    startup: int | None = None
+    top_k: int = 3
+    rounds: int = 3
+    fresh: bool = False
+
+    def startup_trials(self) -> int:
+        return self.startup if self.startup is not None else max(4, self.trials // 4)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a tuning run, for progress bars: `done` of `budget` configs of
+    `kernel` evaluated; `phase` 'search' or 'retime'; `last` describes the latest one."""
+
+    kernel: str
+    phase: str
+    done: int
+    budget: int
+    best_ms: float | None
+    last: str = ""
+
+
+@dataclass
+class KernelResult:
+    """The outcome of tuning one kernel (times in ms from the side-by-side rounds)."""
+
+    kernel: str
+    default: LaunchConfig
+    winner: LaunchConfig | None = None
+    ms: float | None = None
+    tflops: float | None = None
+    default_ms: float | None = None
+    speedup: float | None = None
+    evaluated: int = 0
+    resumed: int = 0
+    grid_size: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    side_by_side: list[tuple[LaunchConfig, float]] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+
+def describe_config(config: LaunchConfig) -> str:
+    """A compact form: 'BM128 BN64 w8 s3', plus the fields away from their neutral value."""
+    text = f"BM{config.block_m} BN{config.block_n} w{config.num_warps} s{config.num_stages}"
+    if config.group_heads > 1:
+        text += f" gh{config.group_heads}"
+    if config.head_dim_split != "chunks":
+        text += f" {config.head_dim_split}"
+    if config.inter_splits > 1:
+        text += f" is{config.inter_splits}"
+    if config.token_splits > 1:
+        text += f" ts{config.token_splits}"
+    return text
+
+
+def study_storage_url(problem: TuningProblem, device: DeviceFacts) -> str:
+    """sqlite:/// URL of the study file of one problem on one GPU, under the cache dir
+    (open it with `optuna-dashboard <url>`)."""
+    folder = paths.cache_dir() / "studies"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{device.slug()}-{problem.spec.key()}-T{problem.tokens}.sqlite"
+    return f"sqlite:///{(folder / name).resolve()}"
+
+
+class Tuner:
+    """Tunes the kernels of one problem through `timer`, storing into `db` (optional)."""
+
+    def __init__(self, problem: TuningProblem, device: DeviceFacts, timer: Timer,
+                 db: TuningDB | None, settings: SearchSettings = SearchSettings(),
+                 storage_url: str | None = None,
+                 progress: Callable[[Progress], None] | None = None) -> None:
+        import torch
+        import triton
+
+        if problem.spec.target != device.target:
+            raise ValueError(f"the problem's spec is for {problem.spec.target}, "
+                             f"the device is {device.target}")
+        self.problem, self.device, self.timer, self.db = problem, device, timer, db
+        self.settings, self.storage_url = settings, storage_url
+        self.progress = progress or (lambda p: None)
+        self.triton_version, self.torch_version = triton.__version__, torch.__version__
+
+    # -- planning ----------------------------------------------------------------
+    def default(self, kernel: str) -> LaunchConfig:
+        return default_config(kernel, self.problem.spec, self.problem.tokens, self.device.sm_count)
+
+    def grid(self, kernel: str) -> list[LaunchConfig]:
+        """Every valid config of `kernel` for this problem (the default included when
+        keep() accepts it)."""
+        space = load_space(kernel, self.problem.spec.target)
+        return space.candidates(self.problem.spec, self.problem.tokens, self.device.sm_count,
+                                extra=[self.default(kernel)])
+
+    def budget(self, kernel: str) -> int:
+        return min(self.settings.trials, len(self.grid(kernel)))
+
+    def key(self, kernel: str) -> TuningKey:
+        p = self.problem
+        return TuningKey.of(kernel, template_hash(kernel), p.spec, p.bucket, p.tokens,
+                            self.device.gpu_name, self.device.compute_capability,
+                            self.triton_version)
+
+    def open_study(self, kernel: str) -> ConfigStudy:
+        space = load_space(kernel, self.problem.spec.target)
+        default = self.default(kernel)
+        name = study_name(kernel, template_hash(kernel), f"{self.problem.spec.key()}-"
+                          f"T{self.problem.tokens}", f"{self.device.gpu_name}|"
+                          f"{self.device.compute_capability}", self.triton_version,
+                          self.settings.strategy)
+        s = self.settings
+        return ConfigStudy(name, self.storage_url, space.choices(self.problem.spec, [default]),
+                           self.grid(kernel), first=[default], strategy=s.strategy,
+                           seed=s.seed, startup=s.startup_trials(), fresh=s.fresh)
+
+    # -- running -----------------------------------------------------------------
+    def tune(self, kernels: Iterable[str] = KERNELS) -> list[KernelResult]:
+        return [self.tune_kernel(k) for k in kernels]
+
+    def tune_kernel(self, kernel: str) -> KernelResult:
+        study = self.open_study(kernel)
+        budget = min(self.settings.trials, len(study.grid))
+        result = KernelResult(kernel, self.default(kernel), grid_size=len(study.grid),
+                              resumed=study.resumed)
+        self._report(kernel, "search", study, budget)
+        while self._evaluated(study) < budget:
+            want = min(self.settings.batch, budget - self._evaluated(study))
+            asked = study.ask_batch(want)
+            if not asked:
+                break
+            try:
+                self._evaluate_batch(kernel, study, asked, budget)
+            except BaseException:
+                study.abandon(asked)
+                raise
+        result.evaluated = self._evaluated(study)
+        for outcome in study.outcomes.values():
+            if isinstance(outcome, Failure):
+                result.failures[outcome.stage] = result.failures.get(outcome.stage, 0) + 1
+        self._retime(kernel, study, result, budget)
+        return result
+
+    @staticmethod
+    def _evaluated(study: ConfigStudy) -> int:
+        grid = {c.to_json() for c in study.grid}
+        return sum(1 for k in study.outcomes if k in grid)
+
+    def _report(self, kernel: str, phase: str, study: ConfigStudy, budget: int,
+                last: str = "") -> None:
+        timed = study.timed()
+        self.progress(Progress(kernel, phase, self._evaluated(study), budget,
+                               min(timed.values()) if timed else None, last))
+
+    def _evaluate_batch(self, kernel: str, study: ConfigStudy, asked: list[Asked],
+                        budget: int) -> None:
+        candidates = [Candidate(kernel, a.config) for a in asked]
+        prepared = self.timer.prepare(candidates)
+        for a, c, failure in zip(asked, candidates, prepared):
+            error, ms = None, None
+            if failure is None:
+                error, failure = self.timer.check(c)
+            if failure is None:
+                try:
+                    ms = self.timer.time(c)
+                except CandidateFailed as exc:
+                    failure = exc.failure
+            if failure is None:
+                study.tell_time(a, ms)
+                last = f"{describe_config(c.config)}: {ms:.4g} ms"
+            else:
+                study.tell_failure(a, failure)
+                last = f"{describe_config(c.config)}: {failure}"
+            self._store_trial(kernel, c.config, ms, error, failure, study.name, a.number)
+            self._report(kernel, "search", study, budget, last)
+
+    def _store_trial(self, kernel: str, config: LaunchConfig, ms: float | None,
+                     error: float | None, failure: Failure | None, study: str,
+                     number: int | None) -> None:
+        if self.db is None:
+            return
+        self.db.add_trial(TrialRecord(
+            self.key(kernel), config, "failed" if failure else "ok", ms=ms,
+            tflops=tflops(self.problem.flops(kernel), ms) if ms else None, error=error,
+            stage=failure.stage if failure else None, reason=failure.reason if failure else None,
+            timer=self.timer.label, study=study, trial_number=number,
+            mhfgen_version=__version__, torch_version=self.torch_version, created=utc_now()))
+
+    # -- the final side-by-side timing --------------------------------------------
+    def _baseline_ok(self, kernel: str, config: LaunchConfig, study: ConfigStudy) -> bool:
+        """Whether `config` (outside the study's timed set) compiles and is correct."""
+        outcome = study.outcomes.get(config.to_json())
+        if outcome is not None:
+            return isinstance(outcome, float)
+        c = Candidate(kernel, config)
+        failure = self.timer.prepare([c])[0]
+        if failure is None:
+            _, failure = self.timer.check(c)
+        if failure is not None:
+            log.warning("%s: %s fails (%s); it is left out of the final timing",
+                        kernel, describe_config(config), failure)
+        return failure is None
+
+    def _retime(self, kernel: str, study: ConfigStudy, result: KernelResult, budget: int) -> None:
+        timed = study.timed()
+        ranked = sorted(timed, key=timed.get)[:self.settings.top_k]
+        finalists = [_config_from_json(k) for k in ranked]
+        extras = [result.default]
+        if self.db is not None:
+            stored = self.db.winners(**self.key(kernel).as_dict())
+            extras += [w.config for w in stored]
+        for config in extras:
+            if config not in finalists and self._baseline_ok(kernel, config, study):
+                finalists.append(config)
+        if not finalists:
+            log.warning("%s: no config passed; nothing is stored", kernel)
+            return
+        self._report(kernel, "retime", study, budget, f"{len(finalists)} configs side by side")
+        samples: dict[LaunchConfig, list[float]] = {c: [] for c in finalists}
+        for r in range(max(1, self.settings.rounds)):
+            order = finalists[r % len(finalists):] + finalists[:r % len(finalists)]
+            for config in order:
+                if config not in samples:
+                    continue
+                try:
+                    samples[config].append(self.timer.time(Candidate(kernel, config)))
+                except CandidateFailed as exc:
+                    log.warning("%s: %s failed when re-timed (%s)", kernel,
+                                describe_config(config), exc.failure)
+                    del samples[config]
+        medians = {c: statistics.median(v) for c, v in samples.items() if v}
+        if not medians:
+            return
+        result.side_by_side = sorted(medians.items(), key=lambda kv: kv[1])
+        winner, ms = result.side_by_side[0]
+        result.winner, result.ms = winner, ms
+        result.tflops = tflops(self.problem.flops(kernel), ms)
+        result.default_ms = medians.get(result.default)
+        result.speedup = result.default_ms / ms if result.default_ms else None
+        if self.db is not None:
+            self.db.put_winner(WinnerRecord(
+                self.key(kernel), winner, ms, result.tflops, result.default_ms, result.speedup,
+                self.timer.label, result.evaluated, __version__, self.torch_version,
+                utc_now()), policy="replace")
+
+
+def _config_from_json(text: str) -> LaunchConfig:
+    return LaunchConfig.from_dict(json.loads(text))
+
+
+def storage_path(url: str) -> Path:
+    """The file of a sqlite:/// storage URL."""
+    return Path(url.removeprefix("sqlite:///"))

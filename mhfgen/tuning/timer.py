@@ -1,0 +1,300 @@
+"""The Timer interface the search measures candidates through, and its implementations.
+
+A Timer turns candidates into outcomes in three steps:
+    prepare(candidates) -> [Failure | None]   compile (in parallel where it can)
+    check(candidate)    -> (error, Failure | None)  the answer against float64
+    time(candidate)     -> milliseconds         one median; raises CandidateFailed
+and says what its numbers are: `label` (printed beside every result and stored with
+every trial) and `gpu_timings` (False: the numbers must not be read as GPU speed).
+
+    GpuTimer          a CUDA device: compile pool, triton.testing.do_bench medians
+                      (warm-up, then repeats each preceded by an L2 flush)
+    InterpreterTimer  Triton's interpreter on the CPU: wall-clock medians, labelled as
+                      NOT GPU timings
+    ReplayTimer       timings and failures recorded in a JSON file (mhfgen-timings
+                      format below), so search, database, export/import and dispatch are
+                      tested without a GPU, and search strategies compared offline
+    RecordingTimer    wraps another timer and records what it measured in that format
+
+Recorded-timings JSON:
+    {"format": "mhfgen-timings", "label": "...", "device": {DeviceFacts fields},
+     "records": [{"kernel": K, "config": {LaunchConfig}, "ms": 0.123, "error": 1e-6},
+                 {"kernel": K, "config": {...}, "failure": {"stage": S, "reason": R}}]}
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from ..spec import LaunchConfig
+from .outcome import Candidate, Failure, classify
+from .problem import DeviceFacts
+
+log = logging.getLogger(__name__)
+
+TIMINGS_FORMAT = "mhfgen-timings"
+
+
+class CandidateFailed(Exception):
+    """Raised by Timer.time when a candidate cannot be timed."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+class Timer(Protocol):
+    """How the search compiles, checks and times candidates (see the module doc)."""
+
+    label: str
+    gpu_timings: bool
+
+    def prepare(self, candidates: Sequence[Candidate]) -> list[Failure | None]: ...
+
+    def check(self, candidate: Candidate) -> tuple[float | None, Failure | None]: ...
+
+    def time(self, candidate: Candidate) -> float: ...
+
+    def close(self) -> None: ...
+
+
+class _WorkloadTimer:
+    """What the GPU and interpreter timers share: a Workload and answer checks."""
+
+    def __init__(self, workload) -> None:
+        self.workload = workload
+
+    def check(self, candidate: Candidate) -> tuple[float | None, Failure | None]:
+        try:
+            error, reason = self.workload.check(candidate.kernel, candidate.config)
+        except Exception as exc:  # noqa: BLE001 - a launch error is a failed trial
+            return None, classify(exc)
+        return error, (Failure("wrong answer", reason) if reason else None)
+
+    def _load_in_process(self, candidates: Sequence[Candidate]) -> list[Failure | None]:
+        from ..codegen import load_kernel
+
+        def load(c: Candidate) -> Failure | None:
+            try:
+                load_kernel(c.kernel, self.workload.problem.spec, c.config)
+            except Exception as exc:  # noqa: BLE001
+                return classify(exc)
+            return None
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return list(pool.map(load, candidates))
+
+    def close(self) -> None:
+        pass
+
+
+class GpuTimer(_WorkloadTimer):
+    """Times candidates on a CUDA device with triton.testing.do_bench.
+
+    Each measurement: `warmup_ms` of warm-up launches, then as many launches as fit in
+    `rep_ms`, each after the 256 MiB L2 flush do_bench does, reduced to the median. A
+    candidate whose single launch takes over `launch_timeout_s` is a 'timeout'.
+    `jobs` > 1 compiles through a CompilePool of that many processes.
+    """
+
+    gpu_timings = True
+
+    def __init__(self, workload, jobs: int = 1, warmup_ms: float = 10.0, rep_ms: float = 40.0,
+                 compile_timeout_s: float = 180.0, launch_timeout_s: float = 5.0) -> None:
+        super().__init__(workload)
+        import triton
+
+        self.warmup_ms, self.rep_ms = warmup_ms, rep_ms
+        self.launch_timeout_s = launch_timeout_s
+        self.label = (f"GPU {DeviceFacts.of(workload.device).gpu_name}: do_bench median "
+                      f"({warmup_ms:g} ms warm-up, {rep_ms:g} ms of repeats, L2 flushed), "
+                      f"Triton {triton.__version__}")
+        self._pool = None
+        if jobs > 1:
+            from .compile import CompilePool
+
+            problem = workload.problem
+            self._pool = CompilePool(problem.spec, problem.tokens, str(workload.device), jobs,
+                                     compile_timeout_s)
+
+    def prepare(self, candidates: Sequence[Candidate]) -> list[Failure | None]:
+        if self._pool is None or len(candidates) < 2:
+            return self._load_in_process(candidates)
+        results = self._pool.compile([(c.kernel, c.config) for c in candidates])
+        loaded = self._load_in_process([c for c, f in zip(candidates, results) if f is None])
+        it = iter(loaded)
+        return [f if f is not None else next(it) for f in results]
+
+    def time(self, candidate: Candidate) -> float:
+        import torch
+        from triton.testing import do_bench
+
+        fn = self.workload.launch_fn(candidate.kernel, candidate.config)
+        try:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            once = time.perf_counter() - start
+            if once > self.launch_timeout_s:
+                raise CandidateFailed(Failure("timeout", f"one launch took {once:.1f} s"))
+            return float(do_bench(fn, warmup=self.warmup_ms, rep=self.rep_ms,
+                                  return_mode="median"))
+        except CandidateFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise CandidateFailed(classify(exc)) from exc
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+
+class InterpreterTimer(_WorkloadTimer):
+    """Wall-clock medians of candidates run by Triton's interpreter on the CPU.
+
+    One warm-up run, then `repeats` runs; the median in milliseconds. These numbers rank
+    configs for the interpreter only: they are NOT GPU timings.
+    """
+
+    gpu_timings = False
+    label = "interpreter wall clock (Triton's interpreter on the CPU): NOT GPU timings"
+
+    def __init__(self, workload, repeats: int = 3) -> None:
+        super().__init__(workload)
+        self.repeats = max(1, repeats)
+
+    def prepare(self, candidates: Sequence[Candidate]) -> list[Failure | None]:
+        return self._load_in_process(candidates)
+
+    def time(self, candidate: Candidate) -> float:
+        fn = self.workload.launch_fn(candidate.kernel, candidate.config)
+        try:
+            fn()
+            samples = []
+            for _ in range(self.repeats):
+                start = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - start) * 1e3)
+        except Exception as exc:  # noqa: BLE001
+            raise CandidateFailed(classify(exc)) from exc
+        return statistics.median(samples)
+
+
+def _record_key(kernel: str, config: LaunchConfig) -> tuple[str, str]:
+    return kernel, config.to_json()
+
+
+class ReplayTimer:
+    """Replays timings and failures recorded in an mhfgen-timings JSON file.
+
+    A failure recorded with stage 'compile', 'resources' or 'timeout' is returned by
+    prepare(), 'wrong answer' by check(); any other by time(). A candidate that was not
+    recorded fails with stage 'error' (the recording does not cover it). `calls` counts
+    time() calls per candidate, so tests can see what was measured.
+    """
+
+    gpu_timings: bool
+
+    def __init__(self, source: str | Path | dict) -> None:
+        data = source if isinstance(source, dict) else json.loads(Path(source).read_text())
+        if data.get("format") != TIMINGS_FORMAT:
+            raise ValueError(f"{source}: not an {TIMINGS_FORMAT} file")
+        self.device = DeviceFacts(**data["device"])
+        self.gpu_timings = self.device.is_gpu
+        self.label = f"replayed: {data.get('label', 'recorded timings')}"
+        self._records: dict[tuple[str, str], dict] = {}
+        for rec in data["records"]:
+            config = LaunchConfig.from_dict(rec["config"])
+            self._records[_record_key(rec["kernel"], config)] = rec
+        self.calls: dict[Candidate, int] = {}
+
+    def _failure(self, candidate: Candidate, stages: tuple[str, ...]) -> Failure | None:
+        rec = self._records.get(_record_key(candidate.kernel, candidate.config))
+        if rec is None:
+            return Failure("error", "no recorded timing for this config") if "error" in stages \
+                else None
+        failure = rec.get("failure")
+        if failure and failure["stage"] in stages:
+            return Failure(failure["stage"], failure["reason"])
+        return None
+
+    def prepare(self, candidates: Sequence[Candidate]) -> list[Failure | None]:
+        return [self._failure(c, ("compile", "resources", "timeout")) for c in candidates]
+
+    def check(self, candidate: Candidate) -> tuple[float | None, Failure | None]:
+        rec = self._records.get(_record_key(candidate.kernel, candidate.config), {})
+        return rec.get("error"), self._failure(candidate, ("wrong answer",))
+
+    def time(self, candidate: Candidate) -> float:
+        self.calls[candidate] = self.calls.get(candidate, 0) + 1
+        rec = self._records.get(_record_key(candidate.kernel, candidate.config))
+        if rec is None:
+            raise CandidateFailed(Failure("error", "no recorded timing for this config"))
+        if rec.get("failure"):
+            raise CandidateFailed(Failure(rec["failure"]["stage"], rec["failure"]["reason"]))
+        return float(rec["ms"])
+
+    def close(self) -> None:
+        pass
+
+
+class RecordingTimer:
+    """Passes everything to `inner` and records the outcomes in mhfgen-timings form;
+    a candidate timed several times keeps the median of its times."""
+
+    def __init__(self, inner: Timer, device: DeviceFacts) -> None:
+        self.inner, self.device = inner, device
+        self.label, self.gpu_timings = inner.label, inner.gpu_timings
+        self._times: dict[Candidate, list[float]] = {}
+        self._errors: dict[Candidate, float | None] = {}
+        self._failures: dict[Candidate, Failure] = {}
+
+    def prepare(self, candidates: Sequence[Candidate]) -> list[Failure | None]:
+        results = self.inner.prepare(candidates)
+        for c, f in zip(candidates, results):
+            if f is not None:
+                self._failures[c] = f
+        return results
+
+    def check(self, candidate: Candidate) -> tuple[float | None, Failure | None]:
+        error, failure = self.inner.check(candidate)
+        self._errors[candidate] = error
+        if failure is not None:
+            self._failures[candidate] = failure
+        return error, failure
+
+    def time(self, candidate: Candidate) -> float:
+        try:
+            ms = self.inner.time(candidate)
+        except CandidateFailed as exc:
+            self._failures[candidate] = exc.failure
+            raise
+        self._times.setdefault(candidate, []).append(ms)
+        return ms
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def recording(self) -> dict:
+        records = []
+        for c in sorted(set(self._times) | set(self._failures),
+                        key=lambda c: (c.kernel, c.config.to_json())):
+            rec = {"kernel": c.kernel, "config": c.config.as_dict()}
+            if c in self._times:
+                rec["ms"] = statistics.median(self._times[c])
+                rec["error"] = self._errors.get(c)
+            else:
+                f = self._failures[c]
+                rec["failure"] = {"stage": f.stage, "reason": f.reason}
+            records.append(rec)
+        return {"format": TIMINGS_FORMAT, "label": self.label,
+                "device": self.device.__dict__.copy(), "records": records}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.recording(), indent=1) + "\n")
