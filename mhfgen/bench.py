@@ -585,8 +585,9 @@ def require_matplotlib() -> None:
 
 
 def plot(rows: list[Row], path, title: str | None = None) -> None:
-    """PNG of TFLOP/s against tokens: one line per method and pass (solid forward, dashed
-    forward + backward), one panel per scope; failed rows are left out."""
+    """PNG of TFLOP/s against tokens: one line per method and pass (solid with circles
+    forward, dashed with squares forward + backward), one panel per scope; failed rows are
+    left out."""
     require_matplotlib()
     import matplotlib
     matplotlib.use("Agg")
@@ -605,7 +606,8 @@ def plot(rows: list[Row], path, title: str | None = None) -> None:
         for (method, pass_, shape, dtype), pts in series.items():
             pts.sort(key=lambda r: r.tokens)
             label = f"{method} {PASS_LABELS[pass_]}" + (f" {shape}" if len(shapes) > 1 else "")
-            ax.plot([r.tokens for r in pts], [r.tflops for r in pts], marker="o",
+            ax.plot([r.tokens for r in pts], [r.tflops for r in pts],
+                    marker="o" if pass_ == "fwd" else "s",
                     linestyle="-" if pass_ == "fwd" else "--", color=colors.get(method),
                     label=label)
         ax.set_xscale("log", base=2)
