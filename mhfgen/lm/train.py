@@ -180,9 +180,10 @@ def train(name: str, model_cfg: ModelConfig, cfg: TrainConfig, corpus: ByteCorpu
             timed_from = (time.perf_counter(), step)
         last = step == final_step
         if step % cfg.eval_every == 0 or last:
+            _sync(device)   # training work still queued must not count as validation time
             t0 = time.perf_counter()
             val_losses[step] = evaluate(model, val_batches, cfg)
-            if timed_from is not None and step > timed_from[1]:
+            if timed_from is not None and step >= timed_from[1]:
                 eval_seconds += time.perf_counter() - t0
             log.info("%s: step %d/%d val_loss %.4f (%.0f s)", name, step, final_step,
                      val_losses[step], time.perf_counter() - start)
@@ -194,6 +195,7 @@ def train(name: str, model_cfg: ModelConfig, cfg: TrainConfig, corpus: ByteCorpu
             if cfg.max_seconds is not None and elapsed > cfg.max_seconds and not last:
                 log.warning("%s: stopped at step %d of %d (max_seconds=%s)", name, step,
                             final_step, cfg.max_seconds)
+                _sync(device)
                 t0 = time.perf_counter()
                 val_losses[step] = evaluate(model, val_batches, cfg)
                 eval_seconds += time.perf_counter() - t0 if timed_from else 0.0
