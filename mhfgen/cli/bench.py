@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from . import CommandError
@@ -26,12 +27,12 @@ def register(sub) -> None:
     method_help = "; ".join(f"{name}: {m.description}" for name, m in METHODS.items())
     p = sub.add_parser(
         "bench", help="time and peak memory against the reference, torch.compile and SwiGLU",
-        description="For a problem and each pass (forward; forward + backward), measure the "
+        description=textwrap.fill("For a problem and each pass (forward; forward + backward), measure the "
                     "median time, TFLOP/s and peak memory of the mhfgen op, the PyTorch "
                     "reference, torch.compile of the reference and a SwiGLU FFN of equal "
                     "FLOPs, side by side in one run, with ratios against mhfgen. " + FLOP_NOTE
                     + " Without a GPU, tiny problems run through Triton's interpreter and "
-                      "the timings are labelled as such.",
+                      "the timings are labelled as such.", 88),
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         conflict_handler="resolve")  # NOTE: replaces add_problem_args' int --tokens by a list
     add_problem_args(p)
