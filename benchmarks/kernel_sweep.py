@@ -39,7 +39,7 @@ FOCUSED = {
     "flash_mhf_bwd_dq": [(128, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 8, 3),
                          (64, 64, 4, 2)],
     "flash_mhf_bwd_dkv": [(64, 32, 4, 3), (64, 64, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2),
-                          (32, 64, 4, 2), (64, 128, 8, 2), (128, 32, 4, 2), (128, 128, 8, 1)],
+                          (128, 32, 8, 2), (64, 128, 8, 2), (128, 32, 4, 2), (64, 64, 4, 2)],
 }
 
 
@@ -53,11 +53,13 @@ def grid(kernel: str, base: LaunchConfig, focused: bool = False) -> list[LaunchC
         space = itertools.product((64, 128), (32, 64), (4, 8), (1, 2, 3))
     else:
         space = itertools.product((32, 64, 128), (32, 64), (4, 8), (1, 2, 3))
-    tmas = (False, True) if focused and kernel != "flash_mhf_bwd_dkv" else (False,)
+    # the structural knob of each kernel, both ways in a focused sweep
+    knob = "transpose_acc" if kernel == "flash_mhf_bwd_dkv" else "tma"
+    values = (False, True) if focused else (False,)
     return [LaunchConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s,
                          group_heads=base.group_heads, token_splits=base.token_splits,
-                         inter_splits=base.inter_splits, tma=tma)
-            for (bm, bn, w, s) in space for tma in tmas]
+                         inter_splits=base.inter_splits, **{knob: value})
+            for (bm, bn, w, s) in space for value in values]
 
 
 def bench(fn) -> float:
@@ -71,6 +73,7 @@ def main() -> int:
     ap.add_argument("--grid", action="store_true", help="also sweep a grid of configs")
     ap.add_argument("--focused", action="store_true", help="a focused list instead of the full grid")
     ap.add_argument("--grid-shapes", default="1.3B", help="shapes that get the grid")
+    ap.add_argument("--kernels", default=",".join(LAUNCH), help="kernels to time")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -88,6 +91,8 @@ def main() -> int:
         unit = problem.tokens * p.heads * p.intermediate * p.head_dim
         best_ms = {}
         for kernel, launch in LAUNCH.items():
+            if kernel not in args.kernels.split(","):
+                continue
             base = default_config(kernel, spec, problem.tokens, _device.sm_count(dev))
             configs = [base] + (grid(kernel, base, args.focused) if args.grid and name in args.grid_shapes else [])
             timings = []
@@ -109,9 +114,9 @@ def main() -> int:
                   f"{FLOP_FACTOR[kernel] * unit / base_ms / 1e9:6.1f} TF/s | best {best:7.3f} ms "
                   f"{FLOP_FACTOR[kernel] * unit / best / 1e9:6.1f} TF/s "
                   f"bm{best_cfg.block_m} bn{best_cfg.block_n} w{best_cfg.num_warps} s{best_cfg.num_stages}"
-                  f"{' tma' if best_cfg.tma else ''}"
+                  f"{' tma' if best_cfg.tma else ''}{' T' if best_cfg.transpose_acc else ''}"
                   f" (of {len(timings)})")
-        for label, idx in (("default", 0), ("best", 1)):
+        for label, idx in (("default", 0), ("best", 1)) if len(best_ms) == len(LAUNCH) else ():
             f = best_ms["flash_mhf_fwd"][idx]
             b = best_ms["flash_mhf_bwd_dq"][idx] + best_ms["flash_mhf_bwd_dkv"][idx]
             print(f"{name:<7} {label:<8} fwd {6 * unit / f / 1e9:6.1f} TF/s  bwd {12 * unit / b / 1e9:6.1f}"

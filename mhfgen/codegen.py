@@ -73,7 +73,7 @@ def static_params(kernel: str, spec: KernelSpec, config: LaunchConfig) -> dict:
     elif kernel == "flash_mhf_bwd_dq":
         params.update(group_heads=config.group_heads, tma=config.tma)
     else:
-        params.update(token_split=config.token_splits > 1)
+        params.update(token_split=config.token_splits > 1, transpose_acc=config.transpose_acc)
     return params
 
 

@@ -107,6 +107,8 @@ class LaunchConfig:
                   fp32 atomics.
     tma:          forward and dQ: load K/U/V tiles through tensor descriptors (the TMA
                   engine on sm90+) instead of pointer arithmetic.
+    transpose_acc: dK/dU/dV only: accumulate dK^T (D x BLOCK_N) from row-major tiles, so
+                  head_dim rather than BLOCK_N is the M dimension of the gradient MMAs.
     """
 
     block_m: int = 64
@@ -118,6 +120,7 @@ class LaunchConfig:
     inter_splits: int = 1
     token_splits: int = 1
     tma: bool = False
+    transpose_acc: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):

@@ -40,6 +40,8 @@ CONFIGS = {
     "flash_mhf_bwd_dkv": [
         LaunchConfig(block_m=16, block_n=16),
         LaunchConfig(block_m=16, block_n=64, head_dim_split="pad", token_splits=3),
+        LaunchConfig(block_m=32, block_n=16, transpose_acc=True),
+        LaunchConfig(block_m=16, block_n=32, token_splits=2, transpose_acc=True),
     ],
 }
 
