@@ -16,7 +16,7 @@ from .spec import INTERPRETER, KernelSpec, LaunchConfig
 GPU_START = {
     "flash_mhf_fwd": (128, 64, 8, 3),
     "flash_mhf_bwd_dq": (128, 64, 8, 3),
-    "flash_mhf_bwd_dkv": (64, 32, 4, 3),
+    "flash_mhf_bwd_dkv": (128, 64, 8, 2),  # with transpose_acc
 }
 INTERPRETER_START = (32, 32, 4, 1)
 
@@ -69,7 +69,7 @@ def default_config(kernel: str, spec: KernelSpec, tokens: int, sm_count: int) ->
         programs = -(-rows // bm) * (spec.heads // heads)
         tiles = spec.intermediate // bn if spec.expert_dim % bn == 0 else spec.experts
         splits = 1
-        if not interp and programs < sm_count:
+        if not interp and 2 * programs <= sm_count:
             # few tokens (decode): split the intermediate dimension to fill the GPU
             splits = max(1, min(tiles, -(-2 * sm_count // programs)))
         config = LaunchConfig(block_m=bm, block_n=bn, num_warps=4 if bm < 64 else warps,
@@ -88,5 +88,5 @@ def default_config(kernel: str, spec: KernelSpec, tokens: int, sm_count: int) ->
             # few weight tiles: split the tokens too, partial sums meet by atomics
             splits = max(1, min(-(-2 * sm_count // programs), rows // (4 * bm)))
         config = LaunchConfig(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages,
-                              token_splits=splits)
+                              token_splits=splits, transpose_acc=not interp)
     return config if interp else shrink_to_fit(kernel, spec, config)
