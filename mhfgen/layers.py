@@ -79,11 +79,13 @@ class FlashMHF(nn.Module):
         if self.q_norm is not None:
             q = reference.rms_norm_heads(q, self.q_norm)
         r = reference.router(q, self.router)
+        # under autocast q comes out of in_proj in the autocast dtype: the core runs in it
+        k, u, v = (w.to(q.dtype) for w in (self.key, self.up, self.value))
         if self._use_kernels(x):
             from .ops import flash_mhf  # imported lazily: the reference path needs no Triton
-            o = flash_mhf(q, self.key, self.up, self.value, r)
+            o = flash_mhf(q, k, u, v, r)
         else:
-            o = reference.flash_mhf(q, self.key, self.up, self.value, r)
+            o = reference.flash_mhf(q, k, u, v, r)
         return self.out_proj(o.reshape(B, L, self.d_model))
 
     def extra_repr(self) -> str:

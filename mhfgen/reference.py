@@ -33,9 +33,10 @@ def flash_mhf(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor
 
 def rms_norm_heads(q: torch.Tensor, weight: torch.Tensor, eps: float = RMS_EPS) -> torch.Tensor:
     """Per-head RMSNorm of q (B, L, H, D) with weight (H, D), computed in float32."""
-    qf = q.float() if q.dtype != torch.float64 else q
-    normed = qf * torch.rsqrt(qf.pow(2).mean(-1, keepdim=True) + eps)
-    return (normed * weight.to(normed.dtype)).to(q.dtype)
+    with torch.autocast(q.device.type, enabled=False):  # fp32 also under autocast
+        qf = q.float() if q.dtype != torch.float64 else q
+        normed = qf * torch.rsqrt(qf.pow(2).mean(-1, keepdim=True) + eps)
+        return (normed * weight.to(normed.dtype)).to(q.dtype)
 
 
 def router(q: torch.Tensor, w_router: torch.Tensor) -> torch.Tensor:
@@ -45,9 +46,10 @@ def router(q: torch.Tensor, w_router: torch.Tensor) -> torch.Tensor:
     float64 input).
     """
     work = torch.float64 if q.dtype == torch.float64 else torch.float32
-    logits = torch.einsum("blhd,hde->blhe", q.to(work), w_router.to(work))
-    gates = torch.sigmoid(logits)
-    return gates / gates.sum(-1, keepdim=True).clamp_min(ROUTER_EPS)
+    with torch.autocast(q.device.type, enabled=False):  # fp32 also under autocast
+        logits = torch.einsum("blhd,hde->blhe", q.to(work), w_router.to(work))
+        gates = torch.sigmoid(logits)
+        return gates / gates.sum(-1, keepdim=True).clamp_min(ROUTER_EPS)
 
 
 def flash_mhf_layer(x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor,

@@ -99,3 +99,14 @@ def test_swiglu_forward_and_flops_match():
     assert sum(p.numel() for p in m.parameters()) == 3 * 32 * 48
     with pytest.raises(ValueError, match="intermediate_size"):
         mhfgen.SwiGLU(32, 0)
+
+
+def test_autocast_runs_the_core_in_the_autocast_dtype_and_the_router_in_fp32():
+    layer = make_layer(backend="torch")
+    x = torch.randn(1, 4, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        q = layer.in_proj(x).view(1, 4, 2, 32)
+        r = reference.router(q, layer.router)
+    assert y.dtype == torch.bfloat16 and r.dtype == torch.float32
+    torch.testing.assert_close(y.float(), layer(x), rtol=5e-2, atol=5e-2)
