@@ -54,7 +54,8 @@ def grid(kernel: str, base: LaunchConfig, focused: bool = False) -> list[LaunchC
     else:
         space = itertools.product((32, 64, 128), (32, 64), (4, 8), (1, 2, 3))
     # the structural knob of each kernel, both ways in a focused sweep
-    knob = "transpose_acc" if kernel == "flash_mhf_bwd_dkv" else "tma"
+    knob = {"flash_mhf_fwd": "prefetch_scores", "flash_mhf_bwd_dq": "tma",
+            "flash_mhf_bwd_dkv": "transpose_acc"}[kernel]
     values = (False, True) if focused else (False,)
     return [LaunchConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s,
                          group_heads=base.group_heads, token_splits=base.token_splits,
@@ -115,6 +116,7 @@ def main() -> int:
                   f"{FLOP_FACTOR[kernel] * unit / best / 1e9:6.1f} TF/s "
                   f"bm{best_cfg.block_m} bn{best_cfg.block_n} w{best_cfg.num_warps} s{best_cfg.num_stages}"
                   f"{' tma' if best_cfg.tma else ''}{' T' if best_cfg.transpose_acc else ''}"
+                  f"{' prefetch' if best_cfg.prefetch_scores else ''}"
                   f" (of {len(timings)})")
         for label, idx in (("default", 0), ("best", 1)) if len(best_ms) == len(LAUNCH) else ():
             f = best_ms["flash_mhf_fwd"][idx]

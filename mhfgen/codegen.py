@@ -69,7 +69,7 @@ def static_params(kernel: str, spec: KernelSpec, config: LaunchConfig) -> dict:
     params = {"chunks": chunks, "even_de": spec.expert_dim % config.block_n == 0}
     if kernel == "flash_mhf_fwd":
         params.update(group_heads=config.group_heads, inter_split=config.inter_splits > 1,
-                      tma=config.tma)
+                      tma=config.tma, prefetch_scores=config.prefetch_scores and params["even_de"])
     elif kernel == "flash_mhf_bwd_dq":
         params.update(group_heads=config.group_heads, tma=config.tma)
     else:

@@ -107,6 +107,8 @@ class LaunchConfig:
                   fp32 atomics.
     tma:          forward and dQ: load K/U/V tiles through tensor descriptors (the TMA
                   engine on sm90+) instead of pointer arithmetic.
+    prefetch_scores: forward only, when BLOCK_N divides De: issue the next tile's score
+                  MMAs before this tile's activation (software pipelining by hand).
     transpose_acc: dK/dU/dV only: accumulate dK^T (D x BLOCK_N) from row-major tiles, so
                   head_dim rather than BLOCK_N is the M dimension of the gradient MMAs.
     """
@@ -121,6 +123,7 @@ class LaunchConfig:
     token_splits: int = 1
     tma: bool = False
     transpose_acc: bool = False
+    prefetch_scores: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):

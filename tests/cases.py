@@ -31,6 +31,8 @@ CONFIGS = {
         LaunchConfig(block_m=32, block_n=32, head_dim_split="pad", inter_splits=2),
         LaunchConfig(block_m=16, block_n=64, inter_splits=3),
         LaunchConfig(block_m=16, block_n=32, tma=True),
+        LaunchConfig(block_m=16, block_n=16, prefetch_scores=True, inter_splits=3),
+        LaunchConfig(block_m=32, block_n=16, prefetch_scores=True, tma=True, head_dim_split="pad"),
     ],
     "flash_mhf_bwd_dq": [
         LaunchConfig(block_m=16, block_n=16),

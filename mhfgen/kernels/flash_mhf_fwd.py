@@ -32,8 +32,10 @@ def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Te
     if config.tma:
         ensure_descriptor_allocator(q.device)
     rows = problem.tokens * config.group_heads
-    splits = min(config.inter_splits, intermediate_blocks(spec, config.block_n)
-                 if spec.expert_dim % config.block_n == 0 else spec.experts)
+    units = (intermediate_blocks(spec, config.block_n) if spec.expert_dim % config.block_n == 0
+             else spec.experts)  # what the splits divide: tiles, or experts
+    # no split left empty: ceil(units / ceil(units / S)) splits of ceil(units / S) units
+    splits = cdiv(units, cdiv(units, min(config.inter_splits, units)))
     grid = (cdiv(rows, config.block_m), H // config.group_heads, splits)
     out = o if config.inter_splits == 1 else empty((splits, B, L, H, D), torch.float32, q.device)
     out_strides = (out.stride(-4), out.stride(-3), out.stride(-2))
