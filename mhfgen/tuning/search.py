@@ -46,8 +46,9 @@ class SearchSettings:
     trials: distinct configs evaluated per kernel, the default included (all of the grid
     when it is smaller); batch: configs asked and compiled together; strategy: 'optuna'
     or 'grid'; startup: uniform random configs before TPE proposes (None: trials // 4,
-    at least 4); top_k and rounds: the side-by-side re-timing; fresh: discard a stored
-    study of the same problem instead of resuming it.
+    at least 4); refine: the last trials, spent on the untried configs nearest the best
+    (None: trials // 4); top_k and rounds: the side-by-side re-timing; fresh: discard a
+    stored study of the same problem instead of resuming it.
     """
 
     trials: int = 40
@@ -55,12 +56,19 @@ class SearchSettings:
     strategy: str = "optuna"
     seed: int = 0
     startup: int | None = None
+    refine: int | None = None
     top_k: int = 3
     rounds: int = 3
     fresh: bool = False
 
     def startup_trials(self) -> int:
         return self.startup if self.startup is not None else max(4, self.trials // 4)
+
+    def refine_trials(self) -> int:
+        """Trials of the local refinement (none for the grid strategy)."""
+        if self.strategy == "grid":
+            return 0
+        return self.refine if self.refine is not None else self.trials // 4
 
 
 @dataclass(frozen=True)
@@ -160,30 +168,33 @@ class Tuner:
                             self.triton_version)
 
     def open_study(self, kernel: str) -> ConfigStudy:
-        space = load_space(kernel, self.problem.spec.target)
         default = self.default(kernel)
         name = study_name(kernel, template_hash(kernel), f"{self.problem.spec.key()}-"
                           f"T{self.problem.tokens}", f"{self.device.gpu_name}|"
                           f"{self.device.compute_capability}", self.triton_version,
                           self.settings.strategy)
         s = self.settings
-        return ConfigStudy(name, self.storage_url, space.choices(self.problem.spec, [default]),
-                           self.grid(kernel), first=[default], strategy=s.strategy,
-                           seed=s.seed, startup=s.startup_trials(), fresh=s.fresh)
+        return ConfigStudy(name, self.storage_url, self.grid(kernel), first=[default],
+                           strategy=s.strategy, seed=s.seed, startup=s.startup_trials(),
+                           fresh=s.fresh)
 
     # -- running -----------------------------------------------------------------
     def tune(self, kernels: Iterable[str] = KERNELS) -> list[KernelResult]:
         return [self.tune_kernel(k) for k in kernels]
 
-    def tune_kernel(self, kernel: str) -> KernelResult:
-        study = self.open_study(kernel)
+    def tune_kernel(self, kernel: str, study: ConfigStudy | None = None) -> KernelResult:
+        """Search, re-time and store `kernel` (in `study` if given, else open_study's)."""
+        study = study or self.open_study(kernel)
         budget = min(self.settings.trials, len(study.grid))
         result = KernelResult(kernel, self.default(kernel), grid_size=len(study.grid),
                               resumed=study.resumed)
         self._report(kernel, "search", study, budget)
+        refine_from = budget - self.settings.refine_trials()
         while self._evaluated(study) < budget:
-            want = min(self.settings.batch, budget - self._evaluated(study))
-            asked = study.ask_batch(want)
+            done = self._evaluated(study)
+            refine = done >= refine_from
+            want = min(self.settings.batch, (budget if refine else refine_from) - done)
+            asked = study.ask_batch(want, refine=refine)
             if not asked:
                 break
             try:

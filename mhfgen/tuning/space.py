@@ -7,8 +7,9 @@ key is a LaunchConfig field with its candidate values; "divisors" (group_heads) 
 every divisor of H / Hkv. [<section>.limits] holds the resources `keep` checks.
 
 `keep(kernel, spec, config, tokens, limits, sm_count)` drops a candidate when
-  - a field that the kernel does not use is not at its neutral value (group_heads for
-    dK/dU/dV, inter_splits outside the forward, token_splits outside dK/dU/dV);
+  - a field that the kernel does not use is not at its neutral value (group_heads and
+    tma for dK/dU/dV, inter_splits outside the forward, token_splits and transpose_acc
+    outside dK/dU/dV);
   - group_heads does not divide H / Hkv;
   - a tile is larger than the problem: BLOCK_M > max(16, next_pow2(rows)) with rows the
     (token, head) rows a program walks, or BLOCK_N > max(16, next_pow2(De));
@@ -46,8 +47,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with tomli install
 
 #: LaunchConfig fields a kernel does not use, with the only value they may take there
 UNUSED_FIELDS: dict[str, dict[str, object]] = {
-    "flash_mhf_fwd": {"token_splits": 1},
-    "flash_mhf_bwd_dq": {"inter_splits": 1, "token_splits": 1},
+    "flash_mhf_fwd": {"token_splits": 1, "transpose_acc": False},
+    "flash_mhf_bwd_dq": {"inter_splits": 1, "token_splits": 1, "transpose_acc": False},
     "flash_mhf_bwd_dkv": {"inter_splits": 1, "group_heads": 1, "tma": False},
 }
 #: programs per multiprocessor above which a split only adds partial-sum traffic

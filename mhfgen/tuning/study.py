@@ -1,8 +1,9 @@
 """The persistent Optuna study of one kernel on one problem, asked in batches.
 
-Parameters are the LaunchConfig fields with more than one candidate value, each an
-Optuna categorical. The valid configs (the grid that keep() accepts) are usually a small
-part of the product of those values, so proposals are repaired:
+Parameters are the LaunchConfig fields that take more than one value among the valid
+configs (the grid keep() accepts), each an Optuna categorical over the values that occur
+there. The grid is usually a small part of the product of those values, so proposals are
+repaired:
 
   - the first `startup` configs are drawn uniformly from the untried valid grid (seeded),
     and enqueued so Optuna records them as ordinary trials;
@@ -11,7 +12,9 @@ part of the product of those values, so proposals are repaired:
     in this batch, is told FAIL with stage 'pruned' or 'duplicate' (TPE ignores failed
     trials) and replaced by the nearest untried valid config, enqueued and asked again.
     Distance: sum over fields of |log2 a - log2 b| for numbers, 1 for differing strings
-    and flags.
+    and flags;
+  - ask_batch(n, refine=True) (the search's last trials) enqueues the untried configs
+    nearest the best timed one instead: a local refinement of TPE's best region;
   - strategy 'grid' enqueues every untried valid config instead (the exhaustive baseline).
 
 So a config is never evaluated twice in one study: COMPLETE trials are distinct timed
@@ -77,13 +80,12 @@ class Asked:
 class ConfigStudy:
     """Batches of untried valid configs for one kernel, and their outcomes.
 
-    choices: field -> candidate values (mhfgen.tuning.space.SearchSpace.choices);
     grid: the valid configs, in a deterministic order; first: configs to evaluate first
     (the built-in default); strategy: 'optuna' or 'grid'.
     """
 
-    def __init__(self, name: str, storage_url: str | None, choices: dict[str, tuple],
-                 grid: list[LaunchConfig], first: list[LaunchConfig] = (),
+    def __init__(self, name: str, storage_url: str | None, grid: list[LaunchConfig],
+                 first: list[LaunchConfig] = (),
                  strategy: str = "optuna", seed: int = 0, startup: int = 8,
                  fresh: bool = False) -> None:
         if strategy not in ("optuna", "grid"):
@@ -92,8 +94,9 @@ class ConfigStudy:
         self.name, self.strategy = name, strategy
         self.grid = list(grid)
         self._grid_keys = {c.to_json() for c in self.grid}
+        choices = {n: sorted({getattr(c, n) for c in self.grid}) for n in _FIELDS}
         self._fixed = {n: v[0] for n, v in choices.items() if len(v) == 1}
-        self.distributions = {n: CategoricalDistribution(list(v))
+        self.distributions = {n: CategoricalDistribution(v)
                               for n, v in choices.items() if len(v) > 1}
         self.startup = startup
         self._rng = random.Random(seed)
@@ -165,7 +168,16 @@ class ConfigStudy:
         trial.set_user_attr("reason", reason)
         self.study.tell(trial, state=TrialState.FAIL)
 
-    def ask_batch(self, n: int) -> list[Asked]:
+    def best(self) -> LaunchConfig | None:
+        """The timed config with the lowest median so far."""
+        timed = self.timed()
+        if not timed:
+            return None
+        key = min(timed, key=timed.get)
+        return next(c for c in self.grid if c.to_json() == key) if key in self._grid_keys \
+            else None
+
+    def ask_batch(self, n: int, refine: bool = False) -> list[Asked]:
         """Up to `n` untried valid configs, each an open trial (see the module doc)."""
         out: list[Asked] = []
         pending: set[str] = set()
@@ -175,9 +187,14 @@ class ConfigStudy:
             untried = self.untried(pending)
             if not untried:
                 break
-            if self.strategy == "optuna" and len(self.outcomes) + len(out) < self.startup \
-                    and not self._has_waiting():
-                self.study.enqueue_trial(self._params(self._rng.choice(untried)))
+            if self.strategy == "optuna" and not self._has_waiting():
+                best = self.best() if refine else None
+                if best is not None:
+                    self.study.enqueue_trial(self._params(min(
+                        untried, key=lambda c: config_distance(c, best))),
+                        user_attrs={"refine": True})
+                elif len(self.outcomes) + len(out) < self.startup:
+                    self.study.enqueue_trial(self._params(self._rng.choice(untried)))
             trial = self.study.ask(self.distributions)
             config = self._config(trial.params)
             key = config.to_json()

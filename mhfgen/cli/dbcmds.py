@@ -1,0 +1,236 @@
+"""`mhfgen list`, `show`, `export`, `import`: what the tuning databases hold, and moving
+tuned configs between machines as JSON with provenance."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import CommandError
+from .common import add_problem_args, problem_from_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("list", help="list the tuned configs stored, per GPU and shape",
+                       description="List the winners of the tuning databases (the user "
+                                   "database, then the shipped one; or only --db), grouped by "
+                                   "GPU, compute capability and Triton version.")
+    _add_db(p)
+    p.add_argument("--kernel", default=None, help="only this kernel")
+    p.add_argument("--gpu", default=None, help="only this GPU name (e.g. 'NVIDIA H200')")
+    p.set_defaults(handler=run_list)
+
+    p = sub.add_parser("show", help="show the configs of one problem and how dispatch picks",
+                       description="For one problem: the config the dispatcher picks on this "
+                                   "machine and why (exact key, same bucket, nearest tuned "
+                                   "shape or heuristic), the winners stored for its spec, and "
+                                   "the best trials at its shape bucket.")
+    add_problem_args(p)
+    _add_db(p)
+    p.add_argument("--gpu", default=None,
+                   help="show records of this GPU name instead of this machine's device")
+    p.add_argument("--top", type=int, default=5, help="trials listed per kernel (default 5)")
+    p.set_defaults(handler=run_show)
+
+    p = sub.add_parser("export", help="write tuned configs as JSON with provenance",
+                       description="Write the winners of a tuning database (with GPU, compute "
+                                   "capability, versions, template hash, date and timings) to "
+                                   "a JSON file that `mhfgen import` merges elsewhere.")
+    p.add_argument("-o", "--output", required=True, help="the JSON file to write ('-': stdout)")
+    _add_db(p)
+    p.add_argument("--kernel", default=None, help="only this kernel")
+    p.add_argument("--gpu", default=None, help="only this GPU name")
+    p.set_defaults(handler=run_export)
+
+    p = sub.add_parser("import", help="merge tuned configs from an exported JSON file",
+                       description="Merge the winners of an `mhfgen export` file into a tuning "
+                                   "database: new keys are added, for a stored key the faster "
+                                   "record wins. Records tuned for another version of a "
+                                   "kernel's template are refused (exit status 1).")
+    p.add_argument("file", help="the JSON file written by `mhfgen export`")
+    _add_db(p)
+    p.set_defaults(handler=run_import)
+
+
+def _add_db(p) -> None:
+    p.add_argument("--db", default=None,
+                   help="the tuning database file (default: $MHFGEN_DB or "
+                        "~/.cache/mhfgen/tuning.sqlite; list/show also read the shipped one)")
+
+
+def _open(path, readonly: bool):
+    from ..tuning.db import TuningDB, TuningDBError
+
+    try:
+        return TuningDB.open(path, readonly=readonly)
+    except TuningDBError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _layers(args) -> list[tuple[str, Path]]:
+    from ..tuning.db import layer_paths
+
+    return [("db", Path(args.db))] if args.db else layer_paths()
+
+
+def _table(header: tuple, rows: list[tuple], indent: str = "  ") -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    return "\n".join(indent + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
+                     for row in (header, *rows))
+
+
+def _spec_text(key) -> str:
+    return (f"H{key.heads}/Hkv{key.kv_heads} D{key.head_dim} E{key.experts}x{key.expert_dim} "
+            f"{key.dtype}")
+
+
+def _fmt(x, spec: str = ".4g", suffix: str = "") -> str:
+    return "-" if x is None else f"{x:{spec}}{suffix}"
+
+
+def run_list(args) -> int:
+    from ..codegen import template_hash
+    from ..spec import KERNELS
+    from ..tuning.db import TuningDBError
+    from ..tuning.search import describe_config
+
+    current = {k: template_hash(k) for k in KERNELS}
+    found = False
+    for layer, path in _layers(args):
+        if not Path(path).exists():
+            print(f"{layer} database {path}: absent")
+            continue
+        with _open(path, readonly=True) as db:
+            try:
+                winners = db.winners(**{k: v for k, v in (("kernel", args.kernel),
+                                                          ("gpu_name", args.gpu)) if v})
+            except TuningDBError as exc:
+                raise CommandError(str(exc)) from exc
+        print(f"{layer} database {path}: {len(winners)} tuned config(s)")
+        groups: dict[tuple, list] = {}
+        for w in winners:
+            groups.setdefault((w.key.gpu_name, w.key.compute_capability, w.key.triton_version),
+                              []).append(w)
+        for (gpu, cc, triton), ws in sorted(groups.items()):
+            found = True
+            print(f"\n{gpu} (compute capability {cc}), Triton {triton}")
+            rows = [(w.key.kernel, _spec_text(w.key), w.key.bucket, w.key.tokens, _fmt(w.ms),
+                     _fmt(w.tflops, ".3g"), _fmt(w.speedup, ".2f", "x"),
+                     describe_config(w.config),
+                     "" if current.get(w.key.kernel) == w.key.template_hash else "stale template")
+                    for w in ws]
+            print(_table(("kernel", "spec", "bucket", "tokens", "ms", "TFLOP/s", "speed-up",
+                          "config", ""), rows))
+        print()
+    if not found:
+        print("nothing tuned yet: run `mhfgen tune`")
+    return 0
+
+
+def run_show(args) -> int:
+    import torch
+
+    from .. import dispatch
+    from ..codegen import template_hash
+    from ..device import compute_capability, gpu_name, target
+    from ..spec import KERNELS, KernelSpec
+    from ..tuning.buckets import shape_bucket
+    from ..tuning.search import describe_config
+
+    p = problem_from_args(args)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = args.gpu or gpu_name(device)
+    try:
+        spec = KernelSpec(p["heads"], p["kv_heads"], p["head_dim"], p["experts"],
+                          p["expert_dim"], args.dtype, target(device))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    bucket = shape_bucket(args.tokens)
+    print(f"{spec.key()} at {args.tokens} tokens (bucket {bucket}) on {gpu}")
+    if args.db:
+        os.environ["MHFGEN_DB"] = str(Path(args.db).expanduser())
+    dispatch.clear_cache()
+    spec_filter = dict(heads=spec.heads, kv_heads=spec.kv_heads, head_dim=spec.head_dim,
+                       experts=spec.experts, expert_dim=spec.expert_dim, dtype=spec.dtype,
+                       gpu_name=gpu)
+    for kernel in KERNELS:
+        print(f"\n{kernel} (template {template_hash(kernel)})")
+        if args.gpu is None:
+            choice = dispatch.explain_choice(kernel, spec, args.tokens, device)
+            where = (f", tuned at {choice.tuned_tokens} tokens, {choice.layer} database"
+                     if choice.layer else "")
+            print(f"  dispatch picks {describe_config(choice.config)} ({choice.source}{where})")
+        for layer, path in _layers(args):
+            if not Path(path).exists():
+                continue
+            with _open(path, readonly=True) as db:
+                winners = db.winners(kernel=kernel, **spec_filter)
+                trials = db.trials(kernel=kernel, bucket=bucket, **spec_filter)
+            if winners:
+                print(f"  winners in the {layer} database:")
+                print(_table(("bucket", "tokens", "ms", "TFLOP/s", "speed-up", "config",
+                              "compute cap.", "triton", "template"),
+                             [(w.key.bucket, w.key.tokens, _fmt(w.ms), _fmt(w.tflops, ".3g"),
+                               _fmt(w.speedup, ".2f", "x"), describe_config(w.config),
+                               w.key.compute_capability, w.key.triton_version,
+                               w.key.template_hash) for w in winners], indent="    "))
+            ok = [t for t in trials if t.status == "ok"]
+            failed: dict[str, int] = {}
+            for t in trials:
+                if t.status != "ok":
+                    failed[t.stage or "?"] = failed.get(t.stage or "?", 0) + 1
+            if trials:
+                fails = ", ".join(f"{n} {stage}" for stage, n in sorted(failed.items()))
+                print(f"  trials in the {layer} database at bucket {bucket}: {len(ok)} timed"
+                      f"{', failed: ' + fails if fails else ''}")
+                print(_table(("tokens", "ms", "TFLOP/s", "error", "config"),
+                             [(t.key.tokens, _fmt(t.ms), _fmt(t.tflops, ".3g"),
+                               _fmt(t.error, ".2g"), describe_config(t.config))
+                              for t in ok[:max(0, args.top)]], indent="    "))
+    return 0
+
+
+def run_export(args) -> int:
+    from ..paths import user_db_path
+    from ..tuning.exchange import export_winners
+
+    path = Path(args.db or user_db_path())
+    if not path.exists():
+        raise CommandError(f"{path}: no such tuning database")
+    with _open(path, readonly=True) as db:
+        filters = {k: v for k, v in (("kernel", args.kernel), ("gpu_name", args.gpu)) if v}
+        doc = export_winners(db, **filters)
+    text = json.dumps(doc, indent=1) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.output}: {exc}") from exc
+        print(f"exported {len(doc['records'])} tuned config(s) from {path} to {args.output}")
+    return 0
+
+
+def run_import(args) -> int:
+    from ..codegen import template_hash
+    from ..paths import user_db_path
+    from ..spec import KERNELS
+    from ..tuning.exchange import ExchangeError, import_winners, parse_export
+
+    try:
+        data = json.loads(Path(args.file).read_text())
+        records = parse_export(data)
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.file}: {exc}") from exc
+    except (json.JSONDecodeError, ExchangeError) as exc:
+        raise CommandError(f"{args.file}: {exc}") from exc
+    path = Path(args.db or user_db_path())
+    with _open(path, readonly=False) as db:
+        report = import_winners(db, records, {k: template_hash(k) for k in KERNELS})
+    for message in report.messages:
+        print(f"mhfgen import: {message}", file=sys.stderr)
+    print(f"imported into {path}: {report.added} added, {report.replaced} replaced (faster), "
+          f"{report.kept} kept (stored one faster), {report.refused} refused")
+    return 1 if report.refused else 0

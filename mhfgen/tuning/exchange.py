@@ -1,0 +1,116 @@
+"""Tuned winners as JSON with provenance: export from a database, import (merge) into one.
+
+Export format:
+    {"format": "mhfgen-tuning-export", "schema_version": 1, "exported": ISO date,
+     "mhfgen_version": ..., "source": database path,
+     "records": [{kernel, template_hash, heads, kv_heads, head_dim, experts, expert_dim,
+                  dtype, bucket, tokens, gpu_name, compute_capability, triton_version,
+                  config: {LaunchConfig}, ms, tflops, default_ms, speedup, timer, trials,
+                  mhfgen_version, torch_version, created}, ...]}
+
+Import merges record by record: a key not stored is added; for a stored key the faster
+record (lower ms) wins. Records whose template hash differs from this mhfgen's template
+of that kernel are refused: their config was tuned for different kernel code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..spec import KERNELS, LaunchConfig
+from ..version import __version__
+from .db import KEY_COLUMNS, SCHEMA_VERSION, TuningDB, TuningKey, WinnerRecord, utc_now
+
+EXPORT_FORMAT = "mhfgen-tuning-export"
+_PROVENANCE = ("ms", "tflops", "default_ms", "speedup", "timer", "trials", "mhfgen_version",
+               "torch_version", "created")
+
+
+class ExchangeError(ValueError):
+    """An export file that cannot be imported; str() is one line."""
+
+
+def export_winners(db: TuningDB, **filters) -> dict:
+    """Every winner of `db` whose key columns equal `filters`, as an export document."""
+    records = []
+    for w in db.winners(**filters):
+        rec = w.key.as_dict()
+        rec["config"] = w.config.as_dict()
+        rec.update({name: getattr(w, name) for name in _PROVENANCE})
+        records.append(rec)
+    return {"format": EXPORT_FORMAT, "schema_version": SCHEMA_VERSION, "exported": utc_now(),
+            "mhfgen_version": __version__, "source": str(db.path), "records": records}
+
+
+@dataclass
+class ImportReport:
+    """What an import did: counts per outcome and one message per refused group."""
+
+    added: int = 0
+    replaced: int = 0
+    kept: int = 0
+    refused: int = 0
+    messages: list[str] = field(default_factory=list)
+
+
+def _record(i: int, rec: dict) -> WinnerRecord:
+    try:
+        key = TuningKey.from_row(rec)
+        config = LaunchConfig.from_dict(dict(rec["config"]))
+        ms = float(rec["ms"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExchangeError(f"record {i}: {type(exc).__name__}: {exc}") from exc
+    if not ms > 0:
+        raise ExchangeError(f"record {i}: ms must be positive, got {rec['ms']!r}")
+    opt = {name: rec.get(name) for name in _PROVENANCE if name != "ms"}
+    return WinnerRecord(key, config, ms, float(opt["tflops"] or 0.0),
+                        None if opt["default_ms"] is None else float(opt["default_ms"]),
+                        None if opt["speedup"] is None else float(opt["speedup"]),
+                        str(opt["timer"] or ""), int(opt["trials"] or 0),
+                        str(opt["mhfgen_version"] or ""), str(opt["torch_version"] or ""),
+                        str(opt["created"] or ""))
+
+
+def parse_export(data) -> list[WinnerRecord]:
+    """The winner records of an export document; ExchangeError when it is not one."""
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise ExchangeError(f"not an mhfgen export (expected \"format\": \"{EXPORT_FORMAT}\")")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ExchangeError(f"export schema {version!r} is newer than the {SCHEMA_VERSION} "
+                            f"this mhfgen reads; upgrade mhfgen")
+    records = data.get("records")
+    if not isinstance(records, list):
+        raise ExchangeError("'records' must be a list")
+    return [_record(i, rec) for i, rec in enumerate(records)]
+
+
+def import_winners(db: TuningDB, records: list[WinnerRecord],
+                   template_hashes: dict[str, str]) -> ImportReport:
+    """Merge `records` into `db` (see the module doc); template_hashes: kernel -> the
+    current hash."""
+    report = ImportReport()
+    refused: dict[tuple[str, str], int] = {}
+    for rec in records:
+        current = template_hashes.get(rec.key.kernel)
+        if rec.key.kernel not in KERNELS or current != rec.key.template_hash:
+            refused[(rec.key.kernel, rec.key.template_hash)] = \
+                refused.get((rec.key.kernel, rec.key.template_hash), 0) + 1
+            continue
+        outcome = db.put_winner(rec, policy="faster")
+        setattr(report, outcome, getattr(report, outcome) + 1)
+    for (kernel, old), count in sorted(refused.items()):
+        report.refused += count
+        if kernel not in KERNELS:
+            report.messages.append(f"refused {count} record(s) of unknown kernel {kernel!r}")
+        else:
+            report.messages.append(
+                f"refused {count} record(s) of {kernel} tuned for template {old}; this mhfgen's "
+                f"template is {template_hashes[kernel]} (the kernel changed): re-tune with "
+                f"`mhfgen tune`")
+    return report
+
+
+def key_filters(**values) -> dict:
+    """The non-None values whose names are key columns (for --kernel, --gpu, ...)."""
+    return {k: v for k, v in values.items() if v is not None and k in KEY_COLUMNS}
+
