@@ -36,12 +36,15 @@ def synthetic_ms(kernel: str, config: LaunchConfig) -> float:
 
 def recording(problem: TuningProblem, device: DeviceFacts = H200, kernels=None,
               cost=synthetic_ms, failures: dict | None = None) -> dict:
-    """An mhfgen-timings document covering every valid config (and the default) of
+    """An mhfgen-timings document covering every valid config and the default of
     `kernels` for `problem`; failures: {(kernel, LaunchConfig): (stage, reason)}."""
     tuner = Tuner(problem, device, timer=None, db=None, settings=SearchSettings())
     records = []
     for kernel in kernels or ("flash_mhf_fwd", "flash_mhf_bwd_dq", "flash_mhf_bwd_dkv"):
-        for config in tuner.grid(kernel):
+        configs = tuner.grid(kernel)
+        if tuner.default(kernel) not in configs:
+            configs.append(tuner.default(kernel))
+        for config in configs:
             rec = {"kernel": kernel, "config": config.as_dict()}
             failure = (failures or {}).get((kernel, config))
             if failure:

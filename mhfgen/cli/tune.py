@@ -204,20 +204,21 @@ def run(args) -> int:
     from ..tuning.timer import RecordingTimer
 
     kernels = _kernels(args.kernels)
-    problem, device, timer, storage, bare = _setup(args)
-    if args.trials < 1:
+    if args.trials is not None and args.trials < 1:
         raise CommandError(f"--trials must be >= 1, got {args.trials}")
+    problem, device, timer, storage, bare = _setup(args)
+    db_path = args.db or str(user_db_path())
+    try:
+        db = TuningDB.open(db_path)
+    except TuningDBError as exc:
+        timer.close()
+        raise CommandError(str(exc)) from exc
     if not device.is_gpu:
         where = "a small problem " if bare else ""
         print(f"No GPU here: tuning {where}through Triton's interpreter on the CPU. Its "
               f"timings are interpreter wall-clock times, NOT GPU timings.", file=sys.stderr)
     if args.record:
         timer = RecordingTimer(timer, device)
-    db_path = args.db or str(user_db_path())
-    try:
-        db = TuningDB.open(db_path)
-    except TuningDBError as exc:
-        raise CommandError(str(exc)) from exc
     batch = args.batch or min(16, os.cpu_count() or 1)
     settings = SearchSettings(trials=args.trials, batch=max(1, batch), strategy=args.strategy,
                               seed=args.seed, fresh=args.fresh)

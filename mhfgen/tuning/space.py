@@ -8,12 +8,13 @@ every divisor of H / Hkv. [<section>.limits] holds the resources `keep` checks.
 
 `keep(kernel, spec, config, tokens, limits, sm_count)` drops a candidate when
   - a field that the kernel does not use is not at its neutral value (group_heads and
-    tma for dK/dU/dV, inter_splits outside the forward, token_splits and transpose_acc
-    outside dK/dU/dV);
+    tma for dK/dU/dV, inter_splits and prefetch_scores outside the forward, token_splits
+    and transpose_acc outside dK/dU/dV);
   - group_heads does not divide H / Hkv;
   - a tile is larger than the problem: BLOCK_M > max(16, next_pow2(rows)) with rows the
     (token, head) rows a program walks, or BLOCK_N > max(16, next_pow2(De));
-  - head_dim_split='pad' generates the same code as 'chunks' (D a power of two);
+  - it generates the same code as another candidate: head_dim_split='pad' where D is a
+    power of two, prefetch_scores where BLOCK_N does not divide De;
   - a split is not sensible: inter_splits above the intermediate tiles, token_splits
     above the row blocks, or a split that makes more than 8 programs per multiprocessor;
   - the config does not fit the spec (LaunchConfig.check_for: tma needs sm90+ and
@@ -48,8 +49,10 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with tomli install
 #: LaunchConfig fields a kernel does not use, with the only value they may take there
 UNUSED_FIELDS: dict[str, dict[str, object]] = {
     "flash_mhf_fwd": {"token_splits": 1, "transpose_acc": False},
-    "flash_mhf_bwd_dq": {"inter_splits": 1, "token_splits": 1, "transpose_acc": False},
-    "flash_mhf_bwd_dkv": {"inter_splits": 1, "group_heads": 1, "tma": False},
+    "flash_mhf_bwd_dq": {"inter_splits": 1, "token_splits": 1, "transpose_acc": False,
+                         "prefetch_scores": False},
+    "flash_mhf_bwd_dkv": {"inter_splits": 1, "group_heads": 1, "tma": False,
+                          "prefetch_scores": False},
 }
 #: programs per multiprocessor above which a split only adds partial-sum traffic
 MAX_PROGRAMS_PER_SM = 8
@@ -198,6 +201,8 @@ def prune_reason(kernel: str, spec: KernelSpec, config: LaunchConfig, tokens: in
     if config.head_dim_split == "pad" and \
             head_dim_chunks(spec.head_dim, "pad") == head_dim_chunks(spec.head_dim, "chunks"):
         return "head_dim_split='pad' generates the same code as 'chunks'"
+    if config.prefetch_scores and spec.expert_dim % config.block_n:
+        return "prefetch_scores applies only when block_n divides expert_dim"
     budget = MAX_PROGRAMS_PER_SM * max(1, sm_count)
     if kernel == "flash_mhf_fwd" and config.inter_splits > 1:
         tiles = (intermediate_blocks(spec, config.block_n)

@@ -1,0 +1,161 @@
+"""The dispatcher: exact key, then same bucket, then nearest tuned shape of the same spec
+on the same GPU, then the heuristic; a cached lookup; a broken database never breaks a
+call."""
+import logging
+import sys
+
+import mhfgen  # first: it switches Triton's interpreter on before triton is imported
+import pytest
+import torch
+import triton
+from mhfgen import dispatch
+from mhfgen.codegen import template_hash
+from mhfgen.heuristics import default_config
+from mhfgen.spec import KernelSpec, LaunchConfig
+from mhfgen.tuning import db as dbmod
+from mhfgen.tuning.buckets import shape_bucket
+from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord, utc_now
+
+CPU = torch.device("cpu")
+SPEC = KernelSpec(2, 2, 32, 2, 32, "float32", "interpreter")
+FWD = "flash_mhf_fwd"
+
+
+@pytest.fixture(autouse=True)
+def fresh_dispatcher(tmp_path, monkeypatch):
+    monkeypatch.setattr(dbmod.paths, "shipped_db_path", lambda: tmp_path / "shipped.sqlite")
+    monkeypatch.delenv("MHFGEN_NO_TUNED", raising=False)
+    dispatch.clear_cache()
+    yield
+    dispatch.clear_cache()
+
+
+def store(tokens, config, path=None, kernel=FWD, gpu="interpreter", cc="none", spec=SPEC,
+          template=None, triton_version=None, ms=1.0):
+    path = path or dbmod.paths.user_db_path()
+    key = TuningKey.of(kernel, template or template_hash(kernel), spec, shape_bucket(tokens),
+                       tokens, gpu, cc, triton_version or triton.__version__)
+    with TuningDB.open(path) as db:
+        db.put_winner(WinnerRecord(key, config, ms, 1.0, 2 * ms, 2.0, "test", 5, "0", "0",
+                                   utc_now()))
+
+
+A, B, C = (LaunchConfig(block_m=16, block_n=16), LaunchConfig(block_m=32, block_n=16),
+           LaunchConfig(block_m=64, block_n=32))
+
+
+def test_heuristic_when_nothing_is_tuned():
+    choice = dispatch.explain_choice(FWD, SPEC, 100, CPU)
+    assert choice.source == "heuristic" and choice.layer is None
+    assert choice.config == default_config(FWD, SPEC, 100, 1)
+
+
+def test_exact_key_first():
+    store(100, A)
+    store(120, B)
+    choice = dispatch.explain_choice(FWD, SPEC, 100, CPU)
+    assert (choice.source, choice.config, choice.tuned_tokens, choice.layer) == \
+        ("exact", A, 100, "user")
+
+
+def test_same_bucket_picks_the_nearest_token_count_in_it():
+    store(70, A)   # bucket 128
+    store(100, B)  # bucket 128
+    store(256, C)  # bucket 256
+    choice = dispatch.explain_choice(FWD, SPEC, 120, CPU)
+    assert (choice.source, choice.config, choice.tuned_tokens) == ("bucket", B, 100)
+
+
+def test_nearest_tuned_shape_of_the_same_spec():
+    store(16, A)
+    store(4096, B)
+    far = dispatch.explain_choice(FWD, SPEC, 1500, CPU)  # bucket 2048: nothing tuned there
+    assert (far.source, far.config) == ("nearest", B)
+    near = dispatch.explain_choice(FWD, SPEC, 17, CPU)  # 17 is its own (decode) bucket
+    assert (near.source, near.config) == ("nearest", A)
+
+
+def test_other_specs_gpus_versions_and_templates_never_match():
+    other_spec = KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter")
+    store(100, A, spec=other_spec)
+    store(100, A, gpu="NVIDIA H200", cc="9.0")
+    store(100, A, triton_version="0.0.1")
+    store(100, A, template="0000000000000000")
+    store(100, A, kernel="flash_mhf_bwd_dq")
+    assert dispatch.explain_choice(FWD, SPEC, 100, CPU).source == "heuristic"
+
+
+def test_user_database_wins_over_shipped_at_each_step(tmp_path):
+    shipped = dbmod.paths.shipped_db_path()
+    store(100, A, path=shipped)
+    store(100, B)
+    choice = dispatch.explain_choice(FWD, SPEC, 100, CPU)
+    assert (choice.config, choice.layer) == (B, "user")
+    store(4096, C, path=shipped)
+    dispatch.clear_cache()  # the databases are read once per process
+    assert dispatch.explain_choice(FWD, SPEC, 4096, CPU).config == C  # shipped exact beats user
+
+
+def test_no_tuned_env_switches_tuned_configs_off(monkeypatch):
+    store(100, A)
+    monkeypatch.setenv("MHFGEN_NO_TUNED", "1")
+    assert dispatch.explain_choice(FWD, SPEC, 100, CPU).source == "heuristic"
+    monkeypatch.setenv("MHFGEN_NO_TUNED", "0")
+    dispatch.clear_cache()
+    assert dispatch.explain_choice(FWD, SPEC, 100, CPU).source == "exact"
+
+
+@pytest.mark.parametrize("content", [b"not a database" * 50, b"SQLite format 3\x00" + b"\x07" * 300])
+def test_a_broken_database_only_logs_a_warning(content, caplog):
+    dbmod.paths.user_db_path().write_bytes(content)
+    store(100, A, path=dbmod.paths.shipped_db_path())
+    with caplog.at_level(logging.WARNING):
+        choice = dispatch.explain_choice(FWD, SPEC, 100, CPU)
+    assert choice.config == A and choice.layer == "shipped"
+    assert "ignoring the user tuning database" in caplog.text
+
+
+def test_a_config_that_does_not_fit_the_spec_is_skipped(caplog):
+    store(100, LaunchConfig(group_heads=2))  # SPEC has H / Hkv = 1
+    with caplog.at_level(logging.WARNING):
+        assert dispatch.explain_choice(FWD, SPEC, 100, CPU).source == "heuristic"
+    assert "does not fit" in caplog.text
+
+
+def test_the_database_is_read_once_and_choices_are_cached(monkeypatch):
+    store(100, A)
+    calls = []
+    real = dbmod.load_layered_winners
+
+    def counting(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(dbmod, "load_layered_winners", counting)
+    first = dispatch.choose_config(FWD, SPEC, 100, CPU)
+    for tokens in (100, 101, 5000, 1):
+        for kernel in mhfgen.spec.KERNELS:
+            dispatch.choose_config(kernel, SPEC, tokens, CPU)
+    assert len(calls) == 1
+    assert dispatch.choose_config(FWD, SPEC, 100, CPU) is first
+    assert dispatch._cache[(FWD, SPEC, 100, CPU)] is first
+
+
+def test_launches_use_the_tuned_config(monkeypatch):
+    store(6, A)
+    module = sys.modules["mhfgen.kernels.flash_mhf_fwd"]
+    seen = []
+    real = module.load_kernel
+
+    def spy(kernel, spec, config):
+        seen.append(config)
+        return real(kernel, spec, config)
+
+    monkeypatch.setattr(module, "load_kernel", spy)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 6, 2, 32, generator=g)
+    k, u, v = (torch.randn(2, 2, 32, 32, generator=g) / 6 for _ in range(3))
+    r = torch.rand(1, 6, 2, 2, generator=g)
+    o = mhfgen.kernels.flash_mhf_fwd(q, k, u, v, r)
+    assert seen == [A]
+    torch.testing.assert_close(o, mhfgen.reference.flash_mhf(q, k, u, v, r), rtol=1e-4, atol=1e-4)

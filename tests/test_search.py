@@ -1,0 +1,207 @@
+"""The search, without a GPU: replayed timings drive the Optuna loop, the grid baseline,
+failures, the database records, interruption and resumption; the interpreter checks
+candidates against float64 and the compile pool runs in worker processes."""
+import dataclasses
+import json
+
+import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+import pytest
+import torch
+
+from mhfgen.codegen import template_hash
+from mhfgen.spec import KERNELS, KernelSpec, LaunchConfig
+from mhfgen.tuning.compile import CompilePool
+from mhfgen.tuning.db import TuningDB
+from mhfgen.tuning.outcome import Candidate
+from mhfgen.tuning.problem import DeviceFacts, TuningProblem
+from mhfgen.tuning.search import SearchSettings, Tuner, study_storage_url
+from mhfgen.tuning.timer import (CandidateFailed, InterpreterTimer, RecordingTimer,
+                                 ReplayTimer)
+from mhfgen.tuning.workload import Workload
+from tuning_helpers import H200, SPEC_370M, recording, synthetic_ms
+
+FWD, DQ, DKV = KERNELS
+PROBLEM = TuningProblem(SPEC_370M, 16384)
+
+
+def best_of(rec, kernel):
+    return min(r["ms"] for r in rec["records"] if r["kernel"] == kernel and "ms" in r)
+
+
+def tuner_for(rec, settings, db=None, storage=None, problem=PROBLEM, device=H200, timer=None):
+    return Tuner(problem, device, timer or ReplayTimer(rec), db, settings, storage)
+
+
+def test_optuna_reaches_the_grid_best_with_under_a_third_of_its_trials():
+    rec = recording(PROBLEM, kernels=[FWD])
+    grid = len(rec["records"])
+    budget = int(0.3 * grid)
+    result = tuner_for(rec, SearchSettings(trials=budget, batch=8, seed=3)).tune_kernel(FWD)
+    assert result.evaluated == budget < grid
+    assert best_of(rec, FWD) / result.ms >= 0.98
+
+
+def test_grid_strategy_evaluates_every_valid_config_exactly_once():
+    rec = recording(PROBLEM, kernels=[DKV])
+    timer = ReplayTimer(rec)
+    tuner = tuner_for(rec, SearchSettings(trials=10_000, batch=16, strategy="grid", rounds=2),
+                      timer=timer)
+    result = tuner.tune_kernel(DKV)
+    assert result.evaluated == result.grid_size == len(tuner.grid(DKV))
+    assert result.ms == pytest.approx(best_of(rec, DKV))
+    finalists = {c for c, _ in result.side_by_side}
+    for candidate, calls in timer.calls.items():
+        assert calls == (1 + 2 if candidate.config in finalists else 1), candidate
+
+
+def test_a_config_is_never_timed_twice_during_the_search():
+    rec = recording(PROBLEM, kernels=[DQ])
+    timer = ReplayTimer(rec)
+    settings = SearchSettings(trials=30, batch=8, rounds=3, top_k=3)
+    result = tuner_for(rec, settings, timer=timer).tune_kernel(DQ)
+    finalists = {c for c, _ in result.side_by_side}
+    assert len(finalists) <= settings.top_k + 1  # + the default
+    assert sum(timer.calls.values()) == 30 + 3 * len(finalists)
+    assert all(n == 1 for c, n in timer.calls.items() if c.config not in finalists)
+
+
+def test_failures_become_failed_trials_with_their_reason(tmp_path):
+    clean = recording(PROBLEM, kernels=[FWD])
+    ranked = sorted((r for r in clean["records"]), key=lambda r: r["ms"])
+    configs = [LaunchConfig.from_dict(r["config"]) for r in ranked[:4]]
+    stages = ["wrong answer", "compile", "resources", "timeout"]
+    failures = {(FWD, c): (stage, f"{stage} in the test") for c, stage in zip(configs, stages)}
+    rec = recording(PROBLEM, kernels=[FWD], failures=failures)
+    with TuningDB.open(tmp_path / "t.sqlite") as db:
+        result = tuner_for(rec, SearchSettings(trials=10_000, strategy="grid"), db=db) \
+            .tune_kernel(FWD)
+        assert result.failures == {stage: 1 for stage in stages}
+        assert result.winner not in configs
+        assert result.ms == pytest.approx(ranked[4]["ms"])
+        failed = [t for t in db.trials(kernel=FWD) if t.status == "failed"]
+        assert sorted((t.stage, t.reason) for t in failed) == \
+            sorted((s, f"{s} in the test") for s in stages)
+        assert all(t.ms is None for t in failed)
+
+
+def test_winners_and_trials_are_stored_under_the_full_key(tmp_path):
+    rec = recording(PROBLEM)
+    with TuningDB.open(tmp_path / "t.sqlite") as db:
+        results = tuner_for(rec, SearchSettings(trials=12, batch=4), db=db).tune()
+        assert [r.kernel for r in results] == list(KERNELS)  # forward and backward in one run
+        winners = {w.key.kernel: w for w in db.winners()}
+        assert set(winners) == set(KERNELS)
+        for r in results:
+            w = winners[r.kernel]
+            assert (w.key.template_hash, w.key.bucket, w.key.tokens, w.key.gpu_name,
+                    w.key.compute_capability) == (template_hash(r.kernel), 16384, 16384,
+                                                  "NVIDIA H200", "9.0")
+            assert (w.config, w.ms, w.default_ms) == (r.winner, r.ms, r.default_ms)
+            assert w.speedup == pytest.approx(r.default_ms / r.ms) and w.speedup >= 1.0
+            assert w.tflops == pytest.approx(PROBLEM.flops(r.kernel) / (r.ms * 1e-3) / 1e12)
+            assert w.timer == "replayed: synthetic test timings" and w.trials == 12
+            assert len(db.trials(kernel=r.kernel)) == 12
+
+
+class Interrupting(ReplayTimer):
+    """Raises KeyboardInterrupt at the n-th time() call, like Ctrl-C mid-run."""
+
+    def __init__(self, rec, after: int):
+        super().__init__(rec)
+        self.after = after
+
+    def time(self, candidate):
+        if sum(self.calls.values()) == self.after:
+            raise KeyboardInterrupt
+        return super().time(candidate)
+
+
+def test_interrupt_and_resume_lose_no_finished_trial(tmp_path):
+    rec = recording(PROBLEM, kernels=[DQ])
+    storage = f"sqlite:///{tmp_path / 'study.sqlite'}"
+    settings = SearchSettings(trials=20, batch=6, seed=1)
+    first = Interrupting(rec, after=9)
+    with TuningDB.open(tmp_path / "t.sqlite") as db:
+        with pytest.raises(KeyboardInterrupt):
+            tuner_for(rec, settings, db=db, storage=storage, timer=first).tune_kernel(DQ)
+        assert len(db.trials(kernel=DQ)) == 9
+        second = ReplayTimer(rec)
+        tuner = tuner_for(rec, settings, db=db, storage=storage, timer=second)
+        study = tuner.open_study(DQ)
+        assert study.resumed == 9
+        result = tuner.tune_kernel(DQ, study)
+        assert result.evaluated == 20
+        trials = db.trials(kernel=DQ)
+        assert len(trials) == 20 and len({t.config for t in trials}) == 20
+    searched_first = {c.config for c in first.calls}
+    finalists = {c for c, _ in result.side_by_side}
+    searched_second = {c.config for c in second.calls} - finalists
+    assert not searched_first & searched_second
+    assert len(searched_first) == 9
+
+
+def test_a_default_outside_the_space_is_still_the_baseline():
+    sm80 = DeviceFacts("sm80", "NVIDIA A100-SXM4-80GB", "8.0", 108)
+    problem = TuningProblem(dataclasses.replace(SPEC_370M, target="sm80"), 16384)
+    rec = recording(problem, device=sm80, kernels=[FWD])
+    tuner = tuner_for(rec, SearchSettings(trials=8, batch=4), problem=problem, device=sm80)
+    assert tuner.default(FWD) not in tuner.grid(FWD)  # over the sm80 shared-memory limit
+    result = tuner.tune_kernel(FWD)
+    assert result.default_ms == pytest.approx(synthetic_ms(FWD, tuner.default(FWD)))
+    assert result.speedup == pytest.approx(result.default_ms / result.ms)
+
+
+def test_recording_replays_what_was_measured(tmp_path):
+    rec = recording(PROBLEM, kernels=[FWD])
+    recorder = RecordingTimer(ReplayTimer(rec), H200)
+    result = tuner_for(rec, SearchSettings(trials=6, batch=3), timer=recorder).tune_kernel(FWD)
+    recorder.save(tmp_path / "r.json")
+    again = ReplayTimer(tmp_path / "r.json")
+    assert again.device == H200
+    assert again.time(Candidate(FWD, result.winner)) == pytest.approx(result.ms)
+    assert len(json.loads((tmp_path / "r.json").read_text())["records"]) == 6
+
+
+def test_replay_of_an_unrecorded_config_fails_cleanly():
+    timer = ReplayTimer(recording(PROBLEM, kernels=[FWD]))
+    with pytest.raises(CandidateFailed, match="no recorded timing"):
+        timer.time(Candidate(DKV, LaunchConfig()))
+
+
+TINY = TuningProblem(KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter"), 8)
+
+
+def test_interpreter_checks_candidates_against_float64():
+    timer = InterpreterTimer(Workload(TINY, "cpu"), repeats=1)
+    good = Candidate(DKV, LaunchConfig(block_m=16, block_n=32))
+    assert timer.prepare([good]) == [None]
+    error, failure = timer.check(good)
+    assert failure is None and error < 1e-5
+    refs = timer.workload.reference(DKV)
+    timer.workload._refs[DKV] = (refs[0], refs[1] * 1.01, refs[2])
+    error, failure = timer.check(good)
+    assert failure.stage == "wrong answer" and "du relative error" in failure.reason
+    bad = Candidate(FWD, LaunchConfig(group_heads=2))  # H / Hkv = 2: fine; 3 would not be
+    assert timer.check(bad)[1] is None
+    error, failure = timer.check(Candidate(FWD, LaunchConfig(group_heads=3)))
+    assert failure.stage == "error" and "group_heads" in failure.reason
+    assert timer.time(good) > 0
+
+
+def test_compile_pool_compiles_in_worker_processes():
+    pool = CompilePool(TINY.spec, TINY.tokens, "cpu", jobs=2, timeout_s=120)
+    try:
+        results = pool.compile([(FWD, LaunchConfig(block_m=16, block_n=16)),
+                                (DQ, LaunchConfig(block_m=32, block_n=32, group_heads=2)),
+                                (FWD, LaunchConfig(group_heads=3))])
+    finally:
+        pool.close()
+    assert results[:2] == [None, None]
+    assert results[2].stage == "error" and "group_heads" in results[2].reason
+
+
+def test_study_storage_is_a_file_per_problem_under_the_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("MHFGEN_CACHE_DIR", str(tmp_path))
+    url = study_storage_url(PROBLEM, H200)
+    assert url.startswith(f"sqlite:///{tmp_path}/studies/NVIDIA-H200-")
+    assert url.endswith("-T16384.sqlite")

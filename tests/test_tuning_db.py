@@ -1,0 +1,190 @@
+"""The SQLite tuning database: schema, keys, merge policies, typed errors, WAL and
+concurrent writers, the layered (user over shipped) read."""
+import dataclasses
+import logging
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from mhfgen.spec import KernelSpec, LaunchConfig
+from mhfgen.tuning import db as dbmod
+from mhfgen.tuning.db import (SCHEMA_VERSION, CorruptDatabaseError, ForeignDatabaseError,
+                              SchemaVersionError, TrialRecord, TuningDB, TuningKey, WinnerRecord,
+                              load_layered_winners, utc_now)
+
+SPEC = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")
+
+
+def key(tokens=16384, bucket=16384, kernel="flash_mhf_fwd", gpu="NVIDIA H200"):
+    return TuningKey.of(kernel, "abc123", SPEC, bucket, tokens, gpu, "9.0", "3.6.0")
+
+
+def winner(ms=1.0, config=LaunchConfig(block_m=128), **key_args):
+    return WinnerRecord(key(**key_args), config, ms, 300.0, 1.2, 1.2 / ms, "test timer", 10,
+                        "0.1.0", "2.11", utc_now())
+
+
+def test_a_new_database_has_schema_version_wal_and_tables(tmp_path):
+    path = tmp_path / "sub" / "t.sqlite"
+    with TuningDB.open(path) as db:
+        meta = {r["key"]: r["value"] for r in db.db["meta"].rows}
+        assert meta == {"format": "mhfgen-tuning", "schema_version": str(SCHEMA_VERSION)}
+        assert db.db.journal_mode == "wal"
+        assert set(db.db.table_names()) >= {"meta", "winners", "trials"}
+        assert set(dbmod.KEY_COLUMNS) <= set(db.db["winners"].columns_dict)
+
+
+def test_trials_and_winners_round_trip(tmp_path):
+    with TuningDB.open(tmp_path / "t.sqlite") as db:
+        db.add_trial(TrialRecord(key(), LaunchConfig(), "ok", ms=2.0, tflops=100.0, error=1e-3))
+        db.add_trial(TrialRecord(key(), LaunchConfig(block_m=256), "failed", stage="resources",
+                                 reason="out of shared memory"))
+        w = winner()
+        assert db.put_winner(w) == "added"
+    with TuningDB.open(tmp_path / "t.sqlite", readonly=True) as db:
+        trials = db.trials(kernel="flash_mhf_fwd")
+        assert [t.status for t in trials] == ["ok", "failed"]  # timed first
+        assert trials[1].stage == "resources" and trials[1].reason == "out of shared memory"
+        assert db.winners() == [w]
+        assert db.winners(gpu_name="NVIDIA A100") == []
+
+
+def test_the_key_separates_token_counts_gpus_and_kernels(tmp_path):
+    with TuningDB.open(tmp_path / "t.sqlite") as db:
+        for k in (dict(), dict(tokens=12000), dict(gpu="NVIDIA A100"),
+                  dict(kernel="flash_mhf_bwd_dq")):
+            assert db.put_winner(winner(**k)) == "added"
+        assert len(db.winners()) == 4
+
+
+def test_replace_and_faster_policies(tmp_path):
+    with TuningDB.open(tmp_path / "t.sqlite") as db:
+        db.put_winner(winner(ms=1.0))
+        assert db.put_winner(winner(ms=2.0, config=LaunchConfig(block_m=64)), "faster") == "kept"
+        assert db.winners()[0].ms == 1.0
+        assert db.put_winner(winner(ms=0.5, config=LaunchConfig(block_m=32)), "faster") == \
+            "replaced"
+        assert db.winners()[0].config.block_m == 32
+        assert db.put_winner(winner(ms=3.0), "replace") == "replaced"
+        assert [w.ms for w in db.winners()] == [3.0]
+        with pytest.raises(ValueError):
+            db.put_winner(winner(), "newest")
+
+
+def test_read_only_open_of_a_missing_or_empty_file_is_empty(tmp_path):
+    with TuningDB.open(tmp_path / "absent.sqlite", readonly=True) as db:
+        assert db.winners() == [] and db.trials() == []
+    (tmp_path / "empty.sqlite").write_bytes(b"")
+    with TuningDB.open(tmp_path / "empty.sqlite", readonly=True) as db:
+        assert db.winners() == []
+    assert not (tmp_path / "absent.sqlite").exists()
+
+
+def test_corrupt_file_is_a_typed_one_line_error(tmp_path):
+    path = tmp_path / "bad.sqlite"
+    path.write_bytes(b"this is not sqlite at all" * 100)
+    for readonly in (True, False):
+        with pytest.raises(CorruptDatabaseError) as info:
+            TuningDB.open(path, readonly=readonly)
+        assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_foreign_sqlite_file_is_refused(tmp_path):
+    path = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE recipes (name TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ForeignDatabaseError, match="not an mhfgen tuning database"):
+        TuningDB.open(path)
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT, value TEXT)")
+    conn.execute("INSERT INTO meta VALUES ('format', 'someone-else')")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ForeignDatabaseError, match="someone-else"):
+        TuningDB.open(path, readonly=True)
+
+
+def test_newer_schema_is_refused_and_older_without_migration_too(tmp_path):
+    path = tmp_path / "t.sqlite"
+    TuningDB.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)])
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaVersionError, match="newer"):
+        TuningDB.open(path, readonly=True)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SchemaVersionError, match="no migration"):
+        TuningDB.open(path)
+
+
+def test_a_damaged_table_is_reported(tmp_path):
+    path = tmp_path / "t.sqlite"
+    TuningDB.open(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE winners")
+    conn.commit()
+    conn.close()
+    with pytest.raises(CorruptDatabaseError, match="'winners' table is missing"):
+        TuningDB.open(path, readonly=True)
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    with TuningDB.open(path) as db:
+        for i in range(n):
+            db.add_trial(TrialRecord(key(), LaunchConfig(block_m=16 << (i % 4)), "ok",
+                                     ms=1.0 + i, study=f"w{worker}"))
+            db.put_winner(winner(ms=1.0 + (worker * n + i) % 7), policy="faster")
+
+
+def test_two_processes_write_one_database_at_once(tmp_path):
+    path = str(tmp_path / "shared.sqlite")
+    TuningDB.open(path).close()
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(path, w, 40)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    with TuningDB.open(path, readonly=True) as db:
+        trials = db.trials()
+        assert len(trials) == 80
+        assert {t.study for t in trials} == {"w0", "w1"}
+        assert [w.ms for w in db.winners()] == [1.0]  # one key; the fastest kept
+
+
+def test_layers_read_user_before_shipped_and_skip_a_broken_one(tmp_path, monkeypatch, caplog):
+    user, shipped = tmp_path / "user.sqlite", tmp_path / "shipped.sqlite"
+    with TuningDB.open(user) as db:
+        db.put_winner(winner(ms=2.0))
+    with TuningDB.open(shipped) as db:
+        db.put_winner(winner(ms=1.0))
+        db.put_winner(winner(ms=1.0, gpu="NVIDIA A100"))
+    monkeypatch.setenv("MHFGEN_DB", str(user))
+    monkeypatch.setattr(dbmod.paths, "shipped_db_path", lambda: shipped)
+    got = load_layered_winners("NVIDIA H200", "9.0", "3.6.0")
+    assert [(layer, w.ms) for layer, w in got] == [("user", 2.0), ("shipped", 1.0)]
+
+    user.write_bytes(b"garbage" * 200)
+    with caplog.at_level(logging.WARNING):
+        got = load_layered_winners("NVIDIA H200", "9.0", "3.6.0")
+    assert [(layer, w.ms) for layer, w in got] == [("shipped", 1.0)]
+    assert "ignoring the user tuning database" in caplog.text
+
+
+def test_an_unreadable_config_row_is_skipped_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "t.sqlite"
+    with TuningDB.open(path) as db:
+        db.put_winner(winner())
+        db.put_winner(dataclasses.replace(winner(tokens=100, bucket=128)))
+        db.db.execute("UPDATE winners SET config = '{\"block_mm\": 1}' WHERE tokens = 100")
+    with caplog.at_level(logging.WARNING), TuningDB.open(path, readonly=True) as db:
+        assert len(db.winners()) == 1
+    assert "unreadable winner" in caplog.text

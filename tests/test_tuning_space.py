@@ -1,0 +1,116 @@
+"""Search spaces from templates/<kernel>.space.toml and the keep() constraints."""
+import dataclasses
+
+import pytest
+
+from mhfgen.heuristics import default_config
+from mhfgen.resources import shared_memory_estimate
+from mhfgen.spec import KERNELS, KernelSpec, LaunchConfig
+from mhfgen.tuning import space as space_mod
+from mhfgen.tuning.space import Limits, SpaceError, keep, load_space, prune_reason
+
+SM90 = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")
+GQA = KernelSpec(16, 4, 128, 22, 256, "bfloat16", "sm90")
+NO_LIMITS = Limits()
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("target", ["sm90", "sm80", "sm89", "interpreter"])
+def test_every_space_loads_and_yields_valid_configs(kernel, target):
+    space = load_space(kernel, target)
+    assert space.family == (target if target != "sm89" else "default")
+    spec = dataclasses.replace(SM90, target=target, dtype="float32")
+    grid = space.candidates(spec, 4096, 132)
+    assert grid, "no valid config at all"
+    assert len({c.to_json() for c in grid}) == len(grid), "duplicates in the grid"
+    for config in grid:
+        config.check_for(spec)
+
+
+def test_target_sections_replace_keys_of_default():
+    default, sm90 = load_space("flash_mhf_fwd", "sm89"), load_space("flash_mhf_fwd", "sm90")
+    assert 256 in sm90.values["block_m"] and 256 not in default.values["block_m"]
+    assert sm90.values["block_n"] == default.values["block_n"]  # not overridden
+    assert sm90.limits.shared_memory == 232448
+    assert load_space("flash_mhf_fwd", "interpreter").limits == Limits()
+
+
+def test_divisors_resolve_per_spec():
+    choices = load_space("flash_mhf_fwd", "sm90").choices(GQA)
+    assert choices["group_heads"] == (1, 2, 4)
+
+
+def test_the_default_config_joins_the_choices():
+    odd = LaunchConfig(block_m=512 // 2, block_n=16)
+    choices = load_space("flash_mhf_fwd", "sm90").choices(SM90, extra=[odd])
+    assert 16 in choices["block_n"]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("tokens", [1, 16, 4096, 16384])
+def test_the_built_in_default_is_kept_on_sm90(kernel, tokens):
+    config = default_config(kernel, SM90, tokens, 132)
+    limits = load_space(kernel, "sm90").limits
+    assert prune_reason(kernel, SM90, config, tokens, limits, 132) is None
+
+
+@pytest.mark.parametrize("config,tokens,expert_dim,fragment", [
+    (LaunchConfig(group_heads=2), 4096, 64, "group_heads"),
+    (LaunchConfig(block_m=256), 16, 64, "larger than the 16 rows"),
+    (LaunchConfig(block_n=128), 4096, 64, "larger than expert_dim"),
+    (LaunchConfig(head_dim_split="pad"), 4096, 64, "same code"),
+    (LaunchConfig(block_n=64, prefetch_scores=True), 4096, 96, "prefetch_scores"),
+    (LaunchConfig(token_splits=2), 4096, 64, "does not apply"),
+    (LaunchConfig(inter_splits=2), 16384, 64, "more than 1056 programs"),
+    (LaunchConfig(block_m=16, block_n=16, inter_splits=64), 1, 64, "exceeds the 8 intermediate"),
+    (LaunchConfig(block_m=256, block_n=64, num_stages=4), 16384, 64, "shared memory"),
+    (LaunchConfig(block_m=256, block_n=64, num_warps=4, num_stages=1), 16384, 64, "registers"),
+])
+def test_keep_prunes_impossible_forward_configs(config, tokens, expert_dim, fragment):
+    spec = KernelSpec(12, 4, 128, 2, expert_dim, "bfloat16", "sm90")
+    reason = prune_reason("flash_mhf_fwd", spec, config, tokens,
+                          load_space("flash_mhf_fwd", "sm90").limits, 132)
+    assert reason is not None and fragment in reason, reason
+
+
+def test_keep_prunes_backward_specific_fields():
+    limits = load_space("flash_mhf_bwd_dkv", "sm90").limits
+    assert not keep("flash_mhf_bwd_dkv", SM90, LaunchConfig(group_heads=1, tma=True), 4096,
+                    limits, 132)
+    assert not keep("flash_mhf_bwd_dq", SM90, LaunchConfig(transpose_acc=True), 4096, limits, 132)
+    reason = prune_reason("flash_mhf_bwd_dkv", SM90, LaunchConfig(block_m=64, token_splits=128),
+                          256, limits, 132)
+    assert "row blocks" in reason
+
+
+def test_shared_memory_limit_comes_from_the_family():
+    config = LaunchConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    need = shared_memory_estimate("flash_mhf_fwd", SM90, config)
+    assert keep("flash_mhf_fwd", SM90, config, 16384, Limits(shared_memory=need), 132)
+    assert not keep("flash_mhf_fwd", SM90, config, 16384, Limits(shared_memory=need - 1), 132)
+
+
+def test_interpreter_has_no_resource_limits():
+    spec = dataclasses.replace(SM90, target="interpreter", dtype="float32")
+    big = LaunchConfig(block_m=256, block_n=128, num_warps=1, num_stages=8)
+    assert keep("flash_mhf_fwd", spec, big, 16384, load_space("flash_mhf_fwd", "interpreter").limits,
+                1)
+
+
+def test_bad_space_files_raise_space_error(tmp_path, monkeypatch):
+    (tmp_path / "flash_mhf_fwd.space.toml").write_text("[default]\nblock_mm = [16]\n")
+    monkeypatch.setattr(space_mod.paths, "templates_dir", lambda: tmp_path)
+    space_mod._read.cache_clear()
+    try:
+        with pytest.raises(SpaceError, match="block_mm is not a LaunchConfig field"):
+            load_space("flash_mhf_fwd", "sm90")
+        (tmp_path / "flash_mhf_fwd.space.toml").write_text("[sm90]\nblock_m = [16]\n")
+        space_mod._read.cache_clear()
+        with pytest.raises(SpaceError, match="no \\[default\\] section"):
+            load_space("flash_mhf_fwd", "sm90")
+        (tmp_path / "flash_mhf_fwd.space.toml").write_text("[default\n")
+        space_mod._read.cache_clear()
+        with pytest.raises(SpaceError):
+            load_space("flash_mhf_fwd", "sm90")
+    finally:
+        space_mod._read.cache_clear()
