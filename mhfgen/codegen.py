@@ -73,7 +73,8 @@ def static_params(kernel: str, spec: KernelSpec, config: LaunchConfig) -> dict:
     elif kernel == "flash_mhf_bwd_dq":
         params.update(group_heads=config.group_heads, tma=config.tma)
     else:
-        params.update(token_split=config.token_splits > 1, transpose_acc=config.transpose_acc)
+        params.update(token_split=config.token_splits > 1, transpose_acc=config.transpose_acc,
+                      split_grads=config.split_grads)
     return params
 
 
@@ -102,20 +103,23 @@ def _write_atomic(path: Path, text: str) -> None:
 
 _lock = threading.Lock()
 _loaded: dict[tuple, object] = {}
+_modules: dict[Path, object] = {}
 
 
 def kernel_dir() -> Path:
     return paths.cache_dir() / "kernels"
 
 
-def load_kernel(kernel: str, spec: KernelSpec, config: LaunchConfig):
-    """Render (or reuse) and import the module of `kernel`; return its @triton.jit kernel.
+def load_kernel(kernel: str, spec: KernelSpec, config: LaunchConfig, entry: str | None = None):
+    """Render (or reuse) and import the module of `kernel`; return its @triton.jit kernel
+    (`<kernel>_kernel`, or the function named `entry` where a module holds several).
 
     The 'interpreter' target needs Triton's interpreter switched on (TRITON_INTERPRET=1)
     before triton was imported; see mhfgen.device.enable_interpreter_default.
     """
     params = static_params(kernel, spec, config)
-    key = (kernel, spec, tuple(sorted(params.items())))
+    entry = entry or f"{kernel}_kernel"
+    key = (kernel, spec, tuple(sorted(params.items())), entry)
     fn = _loaded.get(key)
     if fn is not None:
         return fn
@@ -127,8 +131,12 @@ def load_kernel(kernel: str, spec: KernelSpec, config: LaunchConfig):
             path = kernel_dir() / f"{kernel}_{digest}.py"
             if not path.exists() or path.read_text() != source:
                 _write_atomic(path, source)
-            fn = _import(path, f"mhfgen_generated.{kernel}_{digest}", spec.target == INTERPRETER)
-            fn = getattr(fn, f"{kernel}_kernel")
+            module = _modules.get(path)
+            if module is None:
+                module = _import(path, f"mhfgen_generated.{kernel}_{digest}",
+                                 spec.target == INTERPRETER)
+                _modules[path] = module
+            fn = getattr(module, entry)
             _loaded[key] = fn
     return fn
 

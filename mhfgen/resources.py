@@ -6,6 +6,8 @@ docs/PERFORMANCE.md), with Dp the head_dim padded to its dot chunks and b the el
     flash_mhf_fwd:     (num_stages * 3 * BLOCK_N + BLOCK_M) * Dp * b   (K/U/V ring + q)
     flash_mhf_bwd_dq:  (num_stages * 3 * BLOCK_N + 2 * BLOCK_M) * Dp * b (+ q, dO)
     flash_mhf_bwd_dkv: (3 * BLOCK_N + num_stages * 2 * BLOCK_M) * Dp * b (q/dO ring + K/U/V)
+                       + 3 * BLOCK_M * BLOCK_N * b with transpose_acc (P, dS, dA are the
+                       MMAs' B operands, staged in shared memory)
 plus 1 KiB of barriers and scratch.
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ def shared_memory_estimate(kernel: str, spec: KernelSpec, config: LaunchConfig) 
     elif kernel == "flash_mhf_bwd_dq":
         elems = (st * 3 * bn + 2 * bm) * dp
     elif kernel == "flash_mhf_bwd_dkv":
-        elems = (3 * bn + st * 2 * bm) * dp
+        elems = (3 * bn + st * 2 * bm) * dp + (3 * bm * bn if config.transpose_acc else 0)
     else:
         raise ValueError(f"unknown kernel {kernel!r}")
     return elems * size + 1024

@@ -107,6 +107,8 @@ class LaunchConfig:
                   fp32 atomics.
     tma:          forward and dQ: load K/U/V tiles through tensor descriptors (the TMA
                   engine on sm90+) instead of pointer arithmetic.
+    split_grads:  dK/dU/dV only: two kernels, dK and dU in one, dV in the other, each with
+                  fewer live accumulators (S and A are computed in both).
     prefetch_scores: forward only, when BLOCK_N divides De: issue the next tile's score
                   MMAs before this tile's activation (software pipelining by hand).
     transpose_acc: dK/dU/dV only: accumulate dK^T (D x BLOCK_N) from row-major tiles, so
@@ -124,6 +126,7 @@ class LaunchConfig:
     tma: bool = False
     transpose_acc: bool = False
     prefetch_scores: bool = False
+    split_grads: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):

@@ -44,6 +44,9 @@ CONFIGS = {
         LaunchConfig(block_m=16, block_n=64, head_dim_split="pad", token_splits=3),
         LaunchConfig(block_m=32, block_n=16, transpose_acc=True),
         LaunchConfig(block_m=16, block_n=32, token_splits=2, transpose_acc=True),
+        LaunchConfig(block_m=16, block_n=16, split_grads=True),
+        LaunchConfig(block_m=32, block_n=64, token_splits=2, transpose_acc=True, split_grads=True,
+                     head_dim_split="pad"),
     ],
 }
 

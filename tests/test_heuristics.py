@@ -24,6 +24,10 @@ def test_estimate_matches_measured_triton_allocations():
     for bm, bn, st, measured in ((64, 128, 3, 311808), (64, 128, 4, 410368), (128, 128, 3, 328704)):
         est = shared_memory_estimate("flash_mhf_fwd", spec, LaunchConfig(block_m=bm, block_n=bn, num_stages=st))
         assert abs(est - measured) <= 1024, (bm, bn, st, est, measured)
+    # dK/dU/dV with transpose_acc, fp32, D = 96 (the 128M spec), one stage: 270336 reported
+    spec = KernelSpec(8, 8, 96, 8, 256, "float32", "sm90")
+    config = LaunchConfig(block_m=128, block_n=64, num_stages=1, transpose_acc=True)
+    assert abs(shared_memory_estimate("flash_mhf_bwd_dkv", spec, config) - 270336) <= 1024
 
 
 def test_decode_splits_the_intermediate_dimension():

@@ -18,7 +18,8 @@ def flash_mhf_bwd_dkv(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torc
 
     Each (Hkv, E, De, D), contiguous, in k's dtype. With token_splits = S > 1 the tokens
     are split over S programs per weight tile, whose fp32 partials meet by atomic adds in
-    a zeroed fp32 buffer (the outputs themselves when the dtype is fp32).
+    a zeroed fp32 buffer (the outputs themselves when the dtype is fp32). With split_grads
+    two kernels run: dK and dU, then dV.
     """
     problem = check_flash_mhf_inputs(q, k, u, v, r)
     if do.shape != q.shape:
@@ -37,14 +38,16 @@ def flash_mhf_bwd_dkv(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torc
     # three separate buffers: outputs of a custom op may not alias each other
     grads = [torch.zeros(k.shape, dtype=out_dtype, device=k.device) if atomic
              else empty(k.shape, out_dtype, k.device) for _ in range(3)]
-    kernel = load_kernel(KERNEL, spec, config)
     grid = (intermediate_blocks(spec, config.block_n), spec.kv_heads, splits)
-    kernel[grid](q, k, u, v, r, do, grads[0], grads[1], grads[2],
-                 q.stride(0), q.stride(1), q.stride(2),
-                 r.stride(0), r.stride(1), r.stride(2), r.stride(3),
-                 do.stride(0), do.stride(1), do.stride(2),
-                 q.shape[1], rows, per_split,
-                 BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-                 num_warps=config.num_warps, num_stages=config.num_stages)
+    args = (q, k, u, v, r, do, grads[0], grads[1], grads[2],
+            q.stride(0), q.stride(1), q.stride(2),
+            r.stride(0), r.stride(1), r.stride(2), r.stride(3),
+            do.stride(0), do.stride(1), do.stride(2),
+            q.shape[1], rows, per_split)
+    entries = (f"{KERNEL}_kernel", f"{KERNEL}_dv_kernel") if config.split_grads else (None,)
+    for entry in entries:
+        kernel = load_kernel(KERNEL, spec, config, entry)
+        kernel[grid](*args, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+                     num_warps=config.num_warps, num_stages=config.num_stages)
     dk, du, dv = (g.to(k.dtype) for g in grads)
     return dk, du, dv
