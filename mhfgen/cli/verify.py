@@ -82,19 +82,25 @@ def run(args) -> int:
             inputs = [t.to(dtype) if i < 4 or i == 5 else t for i, t in enumerate(ref_inputs)]
             q, k, u, v, r, do = inputs
             start = time.perf_counter()
-            expected = reference_outputs(q, k, u, v, r, do)
-            got = kernel_outputs(q, k, u, v, r, do)
+            row = {"case": case.name, "dtype": name, "tokens": case.tokens, "shape": case.__dict__}
+            try:
+                expected = reference_outputs(q, k, u, v, r, do)
+                got = kernel_outputs(q, k, u, v, r, do)
+            except Exception as exc:  # noqa: BLE001 - a failing kernel is a failed row
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                print(f"{case.name:<10} {name:<9} {case.tokens:>6} FAIL {reason}")
+                rows.append({**row, "ok": False, "error": reason})
+                failed += 1
+                continue
             checks = compare(got, expected, dtype)
             bad = [c for c in checks if not c.ok]
             failed += bool(bad)
             cells = " ".join(f"{c.error:9.2e}" for c in checks)
             status = "ok" if not bad else "FAIL " + ",".join(c.output for c in bad)
             print(f"{case.name:<10} {name:<9} {case.tokens:>6} {cells}   {status}")
-            rows.append({"case": case.name, "dtype": name, "tokens": case.tokens,
-                         "shape": case.__dict__, "seconds": time.perf_counter() - start,
+            rows.append({**row, "seconds": time.perf_counter() - start,
                          "errors": {c.output: c.error for c in checks},
-                         "tolerances": {c.output: c.tolerance for c in checks},
-                         "ok": not bad})
+                         "tolerances": {c.output: c.tolerance for c in checks}, "ok": not bad})
             del expected, got
     tols = {n: (tolerance(n), tolerance(n, grad=True))
             for n in names}
