@@ -189,15 +189,19 @@ def test_interpreter_checks_candidates_against_float64():
 
 
 def test_compile_pool_compiles_in_worker_processes():
-    pool = CompilePool(TINY.spec, TINY.tokens, "cpu", jobs=2, timeout_s=120)
+    pool = CompilePool("cpu", jobs=2, timeout_s=120)
+    other = TuningProblem(KernelSpec(2, 2, 16, 1, 16, "float32", "interpreter"), 4)
     try:
-        results = pool.compile([(FWD, LaunchConfig(block_m=16, block_n=16)),
+        results = pool.compile(TINY.spec, TINY.tokens,
+                               [(FWD, LaunchConfig(block_m=16, block_n=16)),
                                 (DQ, LaunchConfig(block_m=32, block_n=32, group_heads=2)),
                                 (FWD, LaunchConfig(group_heads=3))])
+        again = pool.compile(other.spec, other.tokens, [(DKV, LaunchConfig(block_m=16, block_n=16))])
     finally:
         pool.close()
     assert results[:2] == [None, None]
     assert results[2].stage == "error" and "group_heads" in results[2].reason
+    assert again == [None]  # the same pool serves another problem
 
 
 def test_study_storage_is_a_file_per_problem_under_the_cache_dir(monkeypatch, tmp_path):

@@ -30,7 +30,7 @@ def test_every_space_loads_and_yields_valid_configs(kernel, target):
 def test_target_sections_replace_keys_of_default():
     default, sm90 = load_space("flash_mhf_fwd", "sm89"), load_space("flash_mhf_fwd", "sm90")
     assert 256 in sm90.values["block_m"] and 256 not in default.values["block_m"]
-    assert sm90.values["block_n"] == default.values["block_n"]  # not overridden
+    assert sm90.values["head_dim_split"] == default.values["head_dim_split"]  # not overridden
     assert sm90.limits.shared_memory == 232448
     assert load_space("flash_mhf_fwd", "interpreter").limits == Limits()
 

@@ -26,28 +26,36 @@ log = logging.getLogger(__name__)
 _worker_state: dict = {}
 
 
-def _init_worker(spec_dict: dict, tokens: int, device: str) -> None:
+def _worker_inputs(spec_dict: dict, tokens: int, device: str) -> dict:
+    """Uninitialised inputs of one problem, kept for the worker's next candidates (only
+    the latest problem's, to bound memory)."""
+    key = (tuple(sorted(spec_dict.items())), tokens, device)
+    if _worker_state.get("key") != key:
+        import torch
+
+        from ..spec import KernelSpec
+
+        _worker_state.clear()
+        spec, dev = KernelSpec(**spec_dict), torch.device(device)
+        dtype = spec.torch_dtype
+        weights = (spec.kv_heads, spec.experts, spec.expert_dim, spec.head_dim)
+        _worker_state.update(
+            key=key, device=dev,
+            q=torch.empty(1, tokens, spec.heads, spec.head_dim, dtype=dtype, device=dev),
+            k=torch.empty(weights, dtype=dtype, device=dev),
+            u=torch.empty(weights, dtype=dtype, device=dev),
+            v=torch.empty(weights, dtype=dtype, device=dev),
+            r=torch.empty(1, tokens, spec.heads, spec.experts, dtype=torch.float32, device=dev),
+            do=torch.empty(1, tokens, spec.heads, spec.head_dim, dtype=dtype, device=dev))
+    return _worker_state
+
+
+def _init_worker() -> None:
     import mhfgen  # noqa: F401 - sets TRITON_INTERPRET on CPU-only machines first
-    import torch
-
-    from ..spec import KernelSpec
-    from .problem import TuningProblem
-
-    problem = TuningProblem(KernelSpec(**spec_dict), tokens)
-    spec, T, dev = problem.spec, tokens, torch.device(device)
-    dtype = spec.torch_dtype
-    weights = (spec.kv_heads, spec.experts, spec.expert_dim, spec.head_dim)
-    _worker_state.update(
-        q=torch.empty(1, T, spec.heads, spec.head_dim, dtype=dtype, device=dev),
-        k=torch.empty(weights, dtype=dtype, device=dev),
-        u=torch.empty(weights, dtype=dtype, device=dev),
-        v=torch.empty(weights, dtype=dtype, device=dev),
-        r=torch.empty(1, T, spec.heads, spec.experts, dtype=torch.float32, device=dev),
-        do=torch.empty(1, T, spec.heads, spec.head_dim, dtype=dtype, device=dev),
-        device=dev)
 
 
-def _compile_one(kernel: str, config_json: str) -> Failure | None:
+def _compile_one(spec_dict: dict, tokens: int, device: str, kernel: str,
+                 config_json: str) -> Failure | None:
     import json
 
     import torch
@@ -55,11 +63,11 @@ def _compile_one(kernel: str, config_json: str) -> Failure | None:
     from .. import kernels
     from ..spec import LaunchConfig
 
-    s = _worker_state
-    args = (s["q"], s["k"], s["u"], s["v"], s["r"])
-    if kernel != "flash_mhf_fwd":
-        args += (s["do"],)
     try:
+        s = _worker_inputs(spec_dict, tokens, device)
+        args = (s["q"], s["k"], s["u"], s["v"], s["r"])
+        if kernel != "flash_mhf_fwd":
+            args += (s["do"],)
         getattr(kernels, kernel)(*args, config=LaunchConfig.from_dict(json.loads(config_json)))
         if s["device"].type == "cuda":
             torch.cuda.synchronize(s["device"])
@@ -69,13 +77,14 @@ def _compile_one(kernel: str, config_json: str) -> Failure | None:
 
 
 class CompilePool:
-    """A pool of `jobs` spawned workers compiling candidates of one problem.
+    """A pool of `jobs` spawned workers compiling candidates on `device`; one pool serves
+    any number of problems.
 
-    compile([(kernel, config), ...]) -> [Failure or None, ...] in the same order.
+    compile(spec, tokens, [(kernel, config), ...]) -> [Failure or None, ...] in order.
     """
 
-    def __init__(self, spec, tokens: int, device: str, jobs: int, timeout_s: float = 180.0) -> None:
-        self._initargs = (spec.as_dict(), tokens, str(device))
+    def __init__(self, device: str, jobs: int, timeout_s: float = 180.0) -> None:
+        self.device = str(device)
         self.jobs = max(1, jobs)
         self.timeout_s = timeout_s
         self._pool = None
@@ -83,12 +92,15 @@ class CompilePool:
     def _get_pool(self):
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ctx.Pool(self.jobs, initializer=_init_worker, initargs=self._initargs)
+            self._pool = ctx.Pool(self.jobs, initializer=_init_worker)
         return self._pool
 
-    def compile(self, candidates: Sequence[tuple[str, object]]) -> list[Failure | None]:
+    def compile(self, spec, tokens: int,
+                candidates: Sequence[tuple[str, object]]) -> list[Failure | None]:
         pool = self._get_pool()
-        pending = [pool.apply_async(_compile_one, (kernel, config.to_json()))
+        spec_dict = spec.as_dict()
+        pending = [pool.apply_async(_compile_one, (spec_dict, tokens, self.device, kernel,
+                                                   config.to_json()))
                    for kernel, config in candidates]
         deadline = time.monotonic() + self.timeout_s * max(1, -(-len(candidates) // self.jobs))
         results: list[Failure | None] = []

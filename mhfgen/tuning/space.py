@@ -25,6 +25,7 @@ every divisor of H / Hkv. [<section>.limits] holds the resources `keep` checks.
         fwd:  (BM*Dp + 2*BM*BN) / (32 * num_warps)    accumulator, S and A tiles
         dq:   (BM*Dp + 3*BM*BN) / (32 * num_warps)    dq accumulator, S, A and dP tiles
         dkv:  (3*BN*Dp + 3*BM*BN) / (32 * num_warps)  dk/du/dv accumulators, S, A, dP tiles
+              (2*BN*Dp with split_grads: the dK+dU kernel holds two accumulators)
 
 The estimates are deliberately simple; a candidate they let through that still fails to
 compile becomes a failed trial with Triton's reason, never a crashed run.
@@ -48,9 +49,9 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with tomli install
 
 #: LaunchConfig fields a kernel does not use, with the only value they may take there
 UNUSED_FIELDS: dict[str, dict[str, object]] = {
-    "flash_mhf_fwd": {"token_splits": 1, "transpose_acc": False},
+    "flash_mhf_fwd": {"token_splits": 1, "transpose_acc": False, "split_grads": False},
     "flash_mhf_bwd_dq": {"inter_splits": 1, "token_splits": 1, "transpose_acc": False,
-                         "prefetch_scores": False},
+                         "prefetch_scores": False, "split_grads": False},
     "flash_mhf_bwd_dkv": {"inter_splits": 1, "group_heads": 1, "tma": False,
                           "prefetch_scores": False},
 }
@@ -178,7 +179,7 @@ def register_estimate(kernel: str, spec: KernelSpec, config: LaunchConfig) -> fl
     elif kernel == "flash_mhf_bwd_dq":
         live = bm * dp + 3 * bm * bn
     else:
-        live = 3 * bn * dp + 3 * bm * bn
+        live = (2 if config.split_grads else 3) * bn * dp + 3 * bm * bn
     return live / (32 * config.num_warps)
 
 

@@ -12,7 +12,7 @@ repaired:
     in this batch, is told FAIL with stage 'pruned' or 'duplicate' (TPE ignores failed
     trials) and replaced by the nearest untried valid config, enqueued and asked again.
     Distance: sum over fields of |log2 a - log2 b| for numbers, 1 for differing strings
-    and flags;
+    and flags; ties are broken by the seeded generator;
   - ask_batch(n, refine=True) (the search's last trials) enqueues the untried configs
     nearest the best timed one instead: a local refinement of TPE's best region;
   - strategy 'grid' enqueues every untried valid config instead (the exhaustive baseline).
@@ -190,9 +190,8 @@ class ConfigStudy:
             if self.strategy == "optuna" and not self._has_waiting():
                 best = self.best() if refine else None
                 if best is not None:
-                    self.study.enqueue_trial(self._params(min(
-                        untried, key=lambda c: config_distance(c, best))),
-                        user_attrs={"refine": True})
+                    self.study.enqueue_trial(self._params(self._nearest(untried, best)),
+                                             user_attrs={"refine": True})
                 elif len(self.outcomes) + len(out) < self.startup:
                     self.study.enqueue_trial(self._params(self._rng.choice(untried)))
             trial = self.study.ask(self.distributions)
@@ -207,10 +206,16 @@ class ConfigStudy:
                 self._skip(trial, "pruned", "outside the valid grid (keep() prunes it)")
             else:
                 self._skip(trial, "duplicate", "already evaluated or pending")
-            repaired = min(untried, key=lambda c: config_distance(c, config))
+            repaired = self._nearest(untried, config)
             self.study.enqueue_trial(self._params(repaired),
                                      user_attrs={"repaired_from": key})
         return out
+
+    def _nearest(self, configs: list[LaunchConfig], target: LaunchConfig) -> LaunchConfig:
+        """The config nearest `target`; ties broken by the seeded generator."""
+        dist = [config_distance(c, target) for c in configs]
+        low = min(dist)
+        return self._rng.choice([c for c, d in zip(configs, dist) if d <= low + 1e-9])
 
     def _has_waiting(self) -> bool:
         return bool(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))

@@ -99,13 +99,15 @@ class GpuTimer(_WorkloadTimer):
     Each measurement: `warmup_ms` of warm-up launches, then as many launches as fit in
     `rep_ms`, each after the 256 MiB L2 flush do_bench does, reduced to the median. A
     candidate whose single launch takes over `launch_timeout_s` is a 'timeout'.
-    `jobs` > 1 compiles through a CompilePool of that many processes.
+    `jobs` > 1 compiles through a CompilePool of that many processes (or pass `pool`, a
+    CompilePool shared by several problems; the caller closes it then).
     """
 
     gpu_timings = True
 
     def __init__(self, workload, jobs: int = 1, warmup_ms: float = 10.0, rep_ms: float = 40.0,
-                 compile_timeout_s: float = 180.0, launch_timeout_s: float = 5.0) -> None:
+                 compile_timeout_s: float = 180.0, launch_timeout_s: float = 5.0,
+                 pool=None) -> None:
         super().__init__(workload)
         import triton
 
@@ -114,18 +116,18 @@ class GpuTimer(_WorkloadTimer):
         self.label = (f"GPU {DeviceFacts.of(workload.device).gpu_name}: do_bench median "
                       f"({warmup_ms:g} ms warm-up, {rep_ms:g} ms of repeats, L2 flushed), "
                       f"Triton {triton.__version__}")
-        self._pool = None
-        if jobs > 1:
+        self._pool, self._own_pool = pool, pool is None and jobs > 1
+        if self._own_pool:
             from .compile import CompilePool
 
-            problem = workload.problem
-            self._pool = CompilePool(problem.spec, problem.tokens, str(workload.device), jobs,
-                                     compile_timeout_s)
+            self._pool = CompilePool(str(workload.device), jobs, compile_timeout_s)
 
     def prepare(self, candidates: Sequence[Candidate]) -> list[Failure | None]:
         if self._pool is None or len(candidates) < 2:
             return self._load_in_process(candidates)
-        results = self._pool.compile([(c.kernel, c.config) for c in candidates])
+        problem = self.workload.problem
+        results = self._pool.compile(problem.spec, problem.tokens,
+                                     [(c.kernel, c.config) for c in candidates])
         loaded = self._load_in_process([c for c, f in zip(candidates, results) if f is None])
         it = iter(loaded)
         return [f if f is not None else next(it) for f in results]
@@ -151,7 +153,7 @@ class GpuTimer(_WorkloadTimer):
             raise CandidateFailed(classify(exc)) from exc
 
     def close(self) -> None:
-        if self._pool is not None:
+        if self._own_pool:
             self._pool.close()
 
 
