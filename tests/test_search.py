@@ -177,8 +177,8 @@ def test_interpreter_checks_candidates_against_float64():
     assert timer.prepare([good]) == [None]
     error, failure = timer.check(good)
     assert failure is None and error < 1e-5
-    refs = timer.workload.reference(DKV)
-    timer.workload._refs[DKV] = (refs[0], refs[1] * 1.01, refs[2])
+    timer.workload.reference(DKV)
+    timer.workload._refs["du"] = timer.workload._refs["du"] * 1.01
     error, failure = timer.check(good)
     assert failure.stage == "wrong answer" and "du relative error" in failure.reason
     bad = Candidate(FWD, LaunchConfig(group_heads=2))  # H / Hkv = 2: fine; 3 would not be
@@ -209,3 +209,21 @@ def test_study_storage_is_a_file_per_problem_under_the_cache_dir(monkeypatch, tm
     url = study_storage_url(PROBLEM, H200)
     assert url.startswith(f"sqlite:///{tmp_path}/studies/NVIDIA-H200-")
     assert url.endswith("-T16384.sqlite")
+
+
+class CountingPrepare(ReplayTimer):
+    def __init__(self, rec):
+        super().__init__(rec)
+        self.batches = []
+
+    def prepare(self, candidates):
+        self.batches.append([c.kernel for c in candidates])
+        return super().prepare(candidates)
+
+
+def test_the_first_batches_of_all_kernels_compile_together():
+    timer = CountingPrepare(recording(PROBLEM))
+    results = tuner_for(None, SearchSettings(trials=12, batch=4), timer=timer).tune()
+    assert sorted(timer.batches[0]) == sorted([FWD] * 4 + [DQ] * 4 + [DKV] * 4)
+    assert all(len(set(b)) == 1 for b in timer.batches[1:])  # later: one kernel per batch
+    assert [r.evaluated for r in results] == [12, 12, 12]

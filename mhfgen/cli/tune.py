@@ -234,7 +234,7 @@ def run(args) -> int:
             print(f"Resuming: {resumed} configs already evaluated", file=sys.stderr)
         bar, tuner.progress = _progress_bar(
             {k: min(settings.trials, len(s.grid)) for k, s in studies.items()}, args.no_progress)
-        results = [tuner.tune_kernel(k, studies[k]) for k in kernels]
+        results = tuner.tune(kernels, studies)
     except KeyboardInterrupt:
         print("\nInterrupted: finished trials are stored; run the same command again to "
               "resume.", file=sys.stderr)

@@ -179,26 +179,58 @@ class Tuner:
                            fresh=s.fresh)
 
     # -- running -----------------------------------------------------------------
-    def tune(self, kernels: Iterable[str] = KERNELS) -> list[KernelResult]:
-        return [self.tune_kernel(k) for k in kernels]
+    def tune(self, kernels: Iterable[str] = KERNELS,
+             studies: dict[str, ConfigStudy] | None = None) -> list[KernelResult]:
+        """Tune `kernels` one after another. The first batch of every kernel is asked and
+        compiled together up front: one larger, better balanced compile wave instead of
+        one per kernel."""
+        kernels = list(kernels)
+        studies = studies or {k: self.open_study(k) for k in kernels}
+        waiting: dict[str, list[Asked]] = {}  # asked, not yet handed to tune_kernel
+        try:
+            for k in kernels:
+                waiting[k] = self._ask_next(studies[k])
+            prepared = iter(self.timer.prepare(
+                [Candidate(k, a.config) for k in kernels for a in waiting[k]]))
+            first = {k: [next(prepared) for _ in waiting[k]] for k in kernels}
+            results = []
+            for k in kernels:
+                results.append(self.tune_kernel(k, studies[k], (waiting.pop(k), first[k])))
+        except BaseException:
+            for k, asked in waiting.items():
+                studies[k].abandon(asked)
+            raise
+        return results
 
-    def tune_kernel(self, kernel: str, study: ConfigStudy | None = None) -> KernelResult:
-        """Search, re-time and store `kernel` (in `study` if given, else open_study's)."""
+    def _ask_next(self, study: ConfigStudy) -> list[Asked]:
+        """The next batch: up to `batch` configs, TPE's (or the grid's) until the last
+        `refine` trials of the budget, then the refinement around the best."""
+        budget = min(self.settings.trials, len(study.grid))
+        refine_from = budget - self.settings.refine_trials()
+        done = self._evaluated(study)
+        if done >= budget:
+            return []
+        refine = done >= refine_from
+        want = min(self.settings.batch, (budget if refine else refine_from) - done)
+        return study.ask_batch(want, refine=refine)
+
+    def tune_kernel(self, kernel: str, study: ConfigStudy | None = None,
+                    first: tuple[list[Asked], list[Failure | None]] | None = None
+                    ) -> KernelResult:
+        """Search, re-time and store `kernel` (in `study` if given, else open_study's).
+        `first`: a batch already asked and prepared (see tune)."""
         study = study or self.open_study(kernel)
         budget = min(self.settings.trials, len(study.grid))
         result = KernelResult(kernel, self.default(kernel), grid_size=len(study.grid),
                               resumed=study.resumed)
         self._report(kernel, "search", study, budget)
-        refine_from = budget - self.settings.refine_trials()
-        while self._evaluated(study) < budget:
-            done = self._evaluated(study)
-            refine = done >= refine_from
-            want = min(self.settings.batch, (budget if refine else refine_from) - done)
-            asked = study.ask_batch(want, refine=refine)
+        while True:
+            asked, prepared = first if first else (self._ask_next(study), None)
+            first = None
             if not asked:
                 break
             try:
-                self._evaluate_batch(kernel, study, asked, budget)
+                self._evaluate_batch(kernel, study, asked, budget, prepared)
             except BaseException:
                 study.abandon(asked)
                 raise
@@ -221,9 +253,10 @@ class Tuner:
                                min(timed.values()) if timed else None, last))
 
     def _evaluate_batch(self, kernel: str, study: ConfigStudy, asked: list[Asked],
-                        budget: int) -> None:
+                        budget: int, prepared: list[Failure | None] | None = None) -> None:
         candidates = [Candidate(kernel, a.config) for a in asked]
-        prepared = self.timer.prepare(candidates)
+        if prepared is None:
+            prepared = self.timer.prepare(candidates)
         for a, c, failure in zip(asked, candidates, prepared):
             error, ms = None, None
             if failure is None:
