@@ -114,3 +114,11 @@ def test_bad_space_files_raise_space_error(tmp_path, monkeypatch):
             load_space("flash_mhf_fwd", "sm90")
     finally:
         space_mod._read.cache_clear()
+
+
+def test_the_fallback_parser_reads_every_space_file_like_tomllib():
+    import tomllib
+
+    for kernel in KERNELS:
+        text = (space_mod.paths.templates_dir() / f"{kernel}.space.toml").read_text()
+        assert space_mod.parse_space_toml(text) == tomllib.loads(text)

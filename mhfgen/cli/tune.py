@@ -38,6 +38,11 @@ def register(sub) -> None:
                     "without one.")
     add_problem_args(p)
     p.set_defaults(tokens=None, dtype=None)
+    for action in p._actions:  # the defaults depend on the machine here
+        if action.dest == "tokens":
+            action.help = f"tokens B*L (default {GPU_TOKENS} on a GPU, {CPU_PROBLEM['tokens']} on the CPU)"
+        elif action.dest == "dtype":
+            action.help = f"default {GPU_DTYPE} on a GPU, float32 on the CPU"
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=int, default=None,
                    help=f"distinct configs evaluated per kernel, the default included "

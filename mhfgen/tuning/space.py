@@ -44,8 +44,11 @@ from ..spec import KERNELS, KernelSpec, LaunchConfig, head_dim_chunks
 
 try:  # Python >= 3.11
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with tomli installed
-    import tomli as tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    try:
+        import tomli as tomllib
+    except ModuleNotFoundError:
+        tomllib = None
 
 #: LaunchConfig fields a kernel does not use, with the only value they may take there
 UNUSED_FIELDS: dict[str, dict[str, object]] = {
@@ -123,12 +126,48 @@ def _space_path(kernel: str):
     return paths.templates_dir() / f"{kernel}.space.toml"
 
 
+def parse_space_toml(text: str) -> dict:
+    """The TOML subset the space files use: [section] and [section.sub] headers, `key =
+    value` with value a quoted string, an int, true/false, or a one-line list of those;
+    '#' comments. NOTE: only for Python 3.10 without tomli (tomllib is in 3.11+)."""
+    def scalar(tok: str):
+        tok = tok.strip()
+        if tok in ("true", "false"):
+            return tok == "true"
+        if len(tok) >= 2 and tok[0] == tok[-1] == '"':
+            return tok[1:-1]
+        return int(tok)
+
+    data: dict = {}
+    table = data
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            if line.startswith("[") and line.endswith("]"):
+                table = data
+                for part in line[1:-1].strip().split("."):
+                    table = table.setdefault(part.strip(), {})
+                continue
+            key, value = (x.strip() for x in line.split("=", 1))
+            if value.startswith("["):
+                inner = value.strip()[1:-1].strip()
+                table[key] = [scalar(t) for t in inner.split(",") if t.strip()]
+            else:
+                table[key] = scalar(value)
+        except ValueError as exc:
+            raise ValueError(f"line {n}: cannot parse {raw!r}") from exc
+    return data
+
+
 @lru_cache(maxsize=None)
 def _read(kernel: str) -> dict:
     path = _space_path(kernel)
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        text = path.read_text()
+        data = tomllib.loads(text) if tomllib is not None else parse_space_toml(text)
+    except (OSError, ValueError) as exc:  # TOMLDecodeError is a ValueError
         raise SpaceError(f"{path}: {exc}") from exc
     if "default" not in data:
         raise SpaceError(f"{path}: no [default] section")

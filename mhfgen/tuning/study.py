@@ -22,7 +22,9 @@ configs (value: median ms), FAIL trials with a failure stage are distinct failed
 
 Persistence: with a storage URL (an SQLite file per problem under the cache dir) every
 tell is stored at once; re-opening the study restores what was evaluated. Trials left
-RUNNING by an interrupted process are told FAIL without a stage and retried.
+RUNNING by an interrupted process are told FAIL without a stage and retried. (Two live
+processes tuning the same problem would fail each other's running trials this way; they
+tolerate it, but tune different problems in parallel, not the same one.)
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from dataclasses import dataclass, fields
 
 import optuna
 from optuna.distributions import CategoricalDistribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from ..spec import LaunchConfig
@@ -164,9 +167,12 @@ class ConfigStudy:
         return LaunchConfig(**{n: values[n] for n in _FIELDS})
 
     def _skip(self, trial, stage: str, reason: str) -> None:
-        trial.set_user_attr("stage", stage)
-        trial.set_user_attr("reason", reason)
-        self.study.tell(trial, state=TrialState.FAIL)
+        try:
+            trial.set_user_attr("stage", stage)
+            trial.set_user_attr("reason", reason)
+        except UpdateFinishedTrialError:  # failed meanwhile by another process's restore
+            return
+        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
     def best(self) -> LaunchConfig | None:
         """The timed config with the lowest median so far."""
@@ -222,7 +228,7 @@ class ConfigStudy:
 
     # -- telling -----------------------------------------------------------------
     def tell_time(self, asked: Asked, ms: float) -> None:
-        self.study.tell(asked.trial, ms)
+        self.study.tell(asked.trial, ms, skip_if_finished=True)
         self.outcomes[asked.config.to_json()] = float(ms)
 
     def tell_failure(self, asked: Asked, failure: Failure) -> None:
