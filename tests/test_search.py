@@ -227,3 +227,15 @@ def test_the_first_batches_of_all_kernels_compile_together():
     assert sorted(timer.batches[0]) == sorted([FWD] * 4 + [DQ] * 4 + [DKV] * 4)
     assert all(len(set(b)) == 1 for b in timer.batches[1:])  # later: one kernel per batch
     assert [r.evaluated for r in results] == [12, 12, 12]
+
+
+def test_compile_pool_redoes_the_tasks_of_a_broken_worker(monkeypatch):
+    from mhfgen.tuning import compile as compile_mod
+
+    pool = CompilePool("cpu", jobs=1)
+    answers = iter([[None, compile_mod.RETRY], [None]])
+    monkeypatch.setattr(pool, "_round", lambda spec, tokens, cands: next(answers))
+    closed = []
+    monkeypatch.setattr(pool, "close", lambda: closed.append(True))
+    got = pool.compile(TINY.spec, TINY.tokens, [(FWD, LaunchConfig()), (DQ, LaunchConfig())])
+    assert got == [None, None] and closed == [True]

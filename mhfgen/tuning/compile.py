@@ -9,6 +9,12 @@ candidate loads it instead of compiling. Uninitialised inputs are fine: nothing 
 checked here, and the memory each program touches depends on shapes only. A worker that
 exceeds the timeout is killed with the whole pool, which is rebuilt for the next batch.
 
+NOTE: a launch that faults (an illegal address) leaves a CUDA context unusable. The worker
+reports that candidate as failed and answers RETRY to every later task; the parent then
+rebuilds the pool and compiles those again. So a faulting config costs one failed trial,
+never other candidates, and it never reaches the parent process, whose context the
+timing needs.
+
 Failures come back classified: 'resources' (Triton's OutOfResources: shared memory or
 registers), 'compile' (a compilation error), 'error' (anything else), 'timeout'.
 """
@@ -24,6 +30,9 @@ from .outcome import Failure, classify
 log = logging.getLogger(__name__)
 
 _worker_state: dict = {}
+#: a worker's answer for a task it cannot do (its CUDA context is broken): redo elsewhere
+RETRY = "retry"
+MAX_ROUNDS = 3
 
 
 def _worker_inputs(spec_dict: dict, tokens: int, device: str) -> dict:
@@ -63,6 +72,8 @@ def _compile_one(spec_dict: dict, tokens: int, device: str, kernel: str,
     from .. import kernels
     from ..spec import LaunchConfig
 
+    if _worker_state.get("broken"):
+        return RETRY
     try:
         s = _worker_inputs(spec_dict, tokens, device)
         args = (s["q"], s["k"], s["u"], s["v"], s["r"])
@@ -72,8 +83,24 @@ def _compile_one(spec_dict: dict, tokens: int, device: str, kernel: str,
         if s["device"].type == "cuda":
             torch.cuda.synchronize(s["device"])
     except Exception as exc:  # noqa: BLE001 - every failure becomes a failed trial
+        if device.startswith("cuda") and not _context_ok():
+            broken = {"broken": True}
+            _worker_state.clear()
+            _worker_state.update(broken)
         return classify(exc)
     return None
+
+
+def _context_ok() -> bool:
+    """Whether this process's CUDA context still works after an error (faults are sticky)."""
+    import torch
+
+    try:
+        torch.cuda.synchronize()
+        torch.zeros(1, device="cuda").add_(1).item()
+    except Exception:  # noqa: BLE001
+        return False
+    return True
 
 
 class CompilePool:
@@ -97,13 +124,27 @@ class CompilePool:
 
     def compile(self, spec, tokens: int,
                 candidates: Sequence[tuple[str, object]]) -> list[Failure | None]:
+        results: list[Failure | None | str] = [RETRY] * len(candidates)
+        for _ in range(MAX_ROUNDS):
+            todo = [i for i, r in enumerate(results) if r == RETRY]
+            if not todo:
+                break
+            for i, r in zip(todo, self._round(spec, tokens, [candidates[i] for i in todo])):
+                results[i] = r
+            if any(r == RETRY for r in results):
+                log.warning("a compile worker's CUDA context broke: restarting the pool")
+                self.close()
+        return [Failure("error", "compile workers kept failing") if r == RETRY else r
+                for r in results]
+
+    def _round(self, spec, tokens: int, candidates) -> list:
         pool = self._get_pool()
         spec_dict = spec.as_dict()
         pending = [pool.apply_async(_compile_one, (spec_dict, tokens, self.device, kernel,
                                                    config.to_json()))
                    for kernel, config in candidates]
         deadline = time.monotonic() + self.timeout_s * max(1, -(-len(candidates) // self.jobs))
-        results: list[Failure | None] = []
+        results: list = []
         timed_out = False
         for res in pending:
             try:

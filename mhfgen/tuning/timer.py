@@ -123,7 +123,7 @@ class GpuTimer(_WorkloadTimer):
             self._pool = CompilePool(str(workload.device), jobs, compile_timeout_s)
 
     def prepare(self, candidates: Sequence[Candidate]) -> list[Failure | None]:
-        if self._pool is None or len(candidates) < 2:
+        if self._pool is None:
             return self._load_in_process(candidates)
         problem = self.workload.problem
         results = self._pool.compile(problem.spec, problem.tokens,
