@@ -203,16 +203,22 @@ class Tuner:
         return results
 
     def _ask_next(self, study: ConfigStudy) -> list[Asked]:
-        """The next batch: up to `batch` configs, TPE's (or the grid's) until the last
-        `refine` trials of the budget, then the refinement around the best."""
+        """The next batch of up to `batch` configs: TPE's (or the grid's) until the last
+        `refine` trials of the budget, then the refinement around the best. When the
+        remaining TPE trials leave room in a batch, refinement fills it (one compile wave
+        fewer)."""
         budget = min(self.settings.trials, len(study.grid))
         refine_from = budget - self.settings.refine_trials()
         done = self._evaluated(study)
         if done >= budget:
             return []
-        refine = done >= refine_from
-        want = min(self.settings.batch, (budget if refine else refine_from) - done)
-        return study.ask_batch(want, refine=refine)
+        if done >= refine_from:
+            return study.ask_batch(min(self.settings.batch, budget - done), refine=True)
+        asked = study.ask_batch(min(self.settings.batch, refine_from - done))
+        room = min(self.settings.batch - len(asked), budget - refine_from)
+        if done > 0 and room > 0 and done + len(asked) >= refine_from:
+            asked += study.ask_batch(room, refine=True, pending=asked)
+        return asked
 
     def tune_kernel(self, kernel: str, study: ConfigStudy | None = None,
                     first: tuple[list[Asked], list[Failure | None]] | None = None

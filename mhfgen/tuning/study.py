@@ -183,10 +183,12 @@ class ConfigStudy:
         return next(c for c in self.grid if c.to_json() == key) if key in self._grid_keys \
             else None
 
-    def ask_batch(self, n: int, refine: bool = False) -> list[Asked]:
-        """Up to `n` untried valid configs, each an open trial (see the module doc)."""
+    def ask_batch(self, n: int, refine: bool = False,
+                  pending: list[Asked] = ()) -> list[Asked]:
+        """Up to `n` untried valid configs, each an open trial (see the module doc), none
+        of them among `pending` (trials asked earlier for the same batch)."""
         out: list[Asked] = []
-        pending: set[str] = set()
+        pending: set[str] = {a.config.to_json() for a in pending}
         attempts = 0
         while len(out) < n and attempts < 20 * n + 50:
             attempts += 1
@@ -198,7 +200,7 @@ class ConfigStudy:
                 if best is not None:
                     self.study.enqueue_trial(self._params(self._nearest(untried, best)),
                                              user_attrs={"refine": True})
-                elif len(self.outcomes) + len(out) < self.startup:
+                elif len(self.outcomes) + len(pending) < self.startup:
                     self.study.enqueue_trial(self._params(self._rng.choice(untried)))
             trial = self.study.ask(self.distributions)
             config = self._config(trial.params)
