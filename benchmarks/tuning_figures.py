@@ -151,6 +151,9 @@ def run_suite_shape(out: Path, shape: Shape, bench: Bench, trials: int) -> dict:
         (out / "studies").mkdir(parents=True, exist_ok=True)
         results = tuner.tune()
     timer.close()
+    del timer, tuner
+    if not bench.smoke:
+        torch.cuda.empty_cache()
     wall = time.perf_counter() - start
     kernels = {}
     for r in results:
