@@ -151,7 +151,8 @@ def run_suite_shape(out: Path, shape: Shape, bench: Bench, trials: int) -> dict:
         (out / "studies").mkdir(parents=True, exist_ok=True)
         results = tuner.tune()
     timer.close()
-    del timer, tuner
+    label, gpu_timings = timer.label, timer.gpu_timings
+    del timer, tuner  # the inputs and float64 references of this shape
     if not bench.smoke:
         torch.cuda.empty_cache()
     wall = time.perf_counter() - start
@@ -164,7 +165,7 @@ def run_suite_shape(out: Path, shape: Shape, bench: Bench, trials: int) -> dict:
             "tflops": r.tflops, "speedup": r.speedup, "evaluated": r.evaluated,
             "grid_size": r.grid_size, "failures": r.failures}
     doc = {"shape": dataclasses.asdict(shape), "trials": trials, "wall_s": wall,
-           "timer": timer.label, "gpu_timings": timer.gpu_timings, "kernels": kernels,
+           "timer": label, "gpu_timings": gpu_timings, "kernels": kernels,
            **provenance(bench.facts)}
     _write(out / "suite" / f"{shape.name}.json", doc)
     print(f"suite {shape.name}: " + ", ".join(
