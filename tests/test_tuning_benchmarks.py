@@ -1,0 +1,50 @@
+"""The H200 figure scripts run end to end on the CPU (--cpu-smoke), so they do not rot
+between GPU runs; their numbers here mean nothing and say so."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+import pytest
+
+from mhfgen import dispatch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dispatch(monkeypatch):
+    dispatch.clear_cache()
+    yield
+    dispatch.clear_cache()
+
+
+def test_dispatch_overhead_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MHFGEN_DB", str(tmp_path / "user.sqlite"))  # the script replaces it
+    out_json = tmp_path / "d.json"
+    assert _load("dispatch_overhead").main(["--cpu-smoke", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "NOT GPU timings" in out and "| bare launch: kernel[grid](...) |" in out
+    data = json.loads(out_json.read_text())
+    assert data["gpu_timings"] is False and "launcher with dispatch (tuned, exact key)" in \
+        data["rows_us"]
+
+
+def test_tuning_figures_suite_smoke(tmp_path, capsys):
+    figures = _load("tuning_figures")
+    assert figures.main([str(tmp_path), "--cpu-smoke", "--part", "suite", "--shapes", "2"]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "NOT GPU timings" in summary and "smoke-B" in summary
+    shape = json.loads((tmp_path / "suite" / "smoke-B.json").read_text())
+    assert set(shape["kernels"]) == {"flash_mhf_fwd", "flash_mhf_bwd_dq", "flash_mhf_bwd_dkv"}
+    assert all(k["speedup"] for k in shape["kernels"].values())
+    assert len(figures.SUITE) >= 8 and len(figures.GRID_SHAPES) >= 2
