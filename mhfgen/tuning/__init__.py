@@ -4,7 +4,8 @@
     space     search spaces from templates/<kernel>.space.toml and the keep() constraints
     problem   TuningProblem (spec + tokens, FLOPs per kernel) and DeviceFacts
     workload  tuning inputs on a device, float64 reference outputs, candidate checks
-    compile   parallel compilation of candidates in worker processes
+    outcome   Candidate and Failure (the stages a candidate can fail at)
+    compile   parallel compilation of candidates in spawned worker processes
     timer     the Timer interface: GpuTimer, InterpreterTimer, ReplayTimer, RecordingTimer
     study     the persistent Optuna study of one kernel and problem (ask with repair)
     search    the tuning loop: ask a batch, compile in parallel, check and time one by
