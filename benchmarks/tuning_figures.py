@@ -17,7 +17,8 @@ Usage (each part resumable: finished shapes are kept in OUTDIR and skipped):
     python benchmarks/tuning_figures.py OUTDIR                     # everything (~15 min on 1 GPU)
     python benchmarks/tuning_figures.py OUTDIR --part suite --shapes 1-4
     python benchmarks/tuning_figures.py OUTDIR --part suite --shapes 5-8
-    python benchmarks/tuning_figures.py OUTDIR --part grid
+    python benchmarks/tuning_figures.py OUTDIR --part grid --shapes 370M-T16384
+    python benchmarks/tuning_figures.py OUTDIR --part grid --shapes 1.3B-T16384
     python benchmarks/tuning_figures.py OUTDIR --part walltime
     python benchmarks/tuning_figures.py OUTDIR --gpus 8            # suite and grid spread over 8 GPUs
     python benchmarks/tuning_figures.py OUTDIR --cpu-smoke         # the script's logic, interpreter
@@ -390,7 +391,9 @@ def main(argv=None) -> int:
     parser.add_argument("outdir")
     parser.add_argument("--part", default="all",
                         choices=("all", "suite", "grid", "walltime", "report", "tasks"))
-    parser.add_argument("--shapes", default=None, help="suite shapes: '1-4', '2,5' or names")
+    parser.add_argument("--shapes", default=None,
+                        help="suite shapes: '1-4', '2,5' or names (with --part grid: which of "
+                             "the grid shapes, by name)")
     parser.add_argument("--trials", type=int, default=32, help="Optuna trials per kernel (suite)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compile processes")
     parser.add_argument("--gpus", type=int, default=1, help="spread suite and grid over GPUs")
@@ -430,7 +433,11 @@ def main(argv=None) -> int:
                 if args.part in ("all", "suite"):
                     todo += [("suite", s.name) for s in _select(args.shapes, suite)]
                 if args.part in ("all", "grid"):
-                    todo += [("grid", f"{n}:{k}") for n in grid_shapes for k in GRID_KERNELS]
+                    names = grid_shapes
+                    if args.part == "grid" and args.shapes:
+                        names = [s.name for s in _select(args.shapes, suite)
+                                 if s.name in grid_shapes]
+                    todo += [("grid", f"{n}:{k}") for n in names for k in GRID_KERNELS]
             by_name = {s.name: s for s in suite}
             for part, name in todo:
                 if part == "suite":
