@@ -8,7 +8,10 @@ docs/PERFORMANCE.md), with Dp the head_dim padded to its dot chunks and b the el
     flash_mhf_bwd_dkv: (3 * BLOCK_N + num_stages * 2 * BLOCK_M) * Dp * b (q/dO ring + K/U/V)
                        + 3 * BLOCK_M * BLOCK_N * b with transpose_acc (P, dS, dA are the
                        MMAs' B operands, staged in shared memory)
-plus 1 KiB of barriers and scratch.
+plus 1 KiB of barriers and scratch. fp32 kernels use IEEE (non-tensor-core) dots, which stage
+their register operands in shared memory too: + BLOCK_M * BLOCK_N * b for the forward's P,
++ 2 * BLOCK_M * BLOCK_N * b for dQ's dS and dA (measured: dQ at 128/64, one stage, D = 128
+needs 262144 bytes, the base formula gives 230400).
 """
 from __future__ import annotations
 
@@ -31,10 +34,11 @@ def shared_memory_estimate(kernel: str, spec: KernelSpec, config: LaunchConfig) 
     dp = padded_head_dim(spec, config)
     size = spec.torch_dtype.itemsize
     bm, bn, st = config.block_m, config.block_n, config.num_stages
+    fp32 = spec.dtype == "float32"
     if kernel == "flash_mhf_fwd":
-        elems = (st * 3 * bn + bm) * dp
+        elems = (st * 3 * bn + bm) * dp + (bm * bn if fp32 else 0)
     elif kernel == "flash_mhf_bwd_dq":
-        elems = (st * 3 * bn + 2 * bm) * dp
+        elems = (st * 3 * bn + 2 * bm) * dp + (2 * bm * bn if fp32 else 0)
     elif kernel == "flash_mhf_bwd_dkv":
         elems = (3 * bn + st * 2 * bm) * dp + (3 * bm * bn if config.transpose_acc else 0)
     else:

@@ -28,6 +28,10 @@ def test_estimate_matches_measured_triton_allocations():
     spec = KernelSpec(8, 8, 96, 8, 256, "float32", "sm90")
     config = LaunchConfig(block_m=128, block_n=64, num_stages=1, transpose_acc=True)
     assert abs(shared_memory_estimate("flash_mhf_bwd_dkv", spec, config) - 270336) <= 1024
+    # dQ in fp32 (IEEE dots), 1.3B spec, 128/64, one stage: 262144 reported
+    spec = KernelSpec(16, 16, 128, 22, 256, "float32", "sm90")
+    config = LaunchConfig(block_m=128, block_n=64, num_stages=1)
+    assert shared_memory_estimate("flash_mhf_bwd_dq", spec, config) >= 262144
 
 
 def test_decode_splits_the_intermediate_dimension():
