@@ -106,7 +106,10 @@ def _load_index(gpu_name: str, compute_capability: str) -> TunedIndex:
 
 def clear_cache() -> None:
     """Forget every cached choice and the loaded databases (after either changed)."""
+    from .kernels.common import clear_plans  # the launchers cache the configs they got
+
     with _lock:
         _cache.clear()
         _choices.clear()
         _indices.clear()
+        clear_plans()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .kernels import flash_mhf_bwd_dkv, flash_mhf_bwd_dq, flash_mhf_fwd
-from .validation import check_flash_mhf_inputs
+from .validation import check_flash_mhf_inputs_cached
 
 
 @torch.library.custom_op("mhfgen::flash_mhf", mutates_args=())
@@ -62,5 +62,5 @@ def flash_mhf(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor
     Returns o (B, L, H, D) in q's dtype. CUDA tensors run compiled kernels, CPU tensors
     Triton's interpreter. Bad input raises ValueError/TypeError before any kernel runs.
     """
-    check_flash_mhf_inputs(q, k, u, v, r)
+    check_flash_mhf_inputs_cached(q, k, u, v, r)
     return _flash_mhf_op(q, k, u, v, r)

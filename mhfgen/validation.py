@@ -106,3 +106,22 @@ def check_layer_sizes(d_model: int, n_heads: int, intermediate_size: int, n_expe
     if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"head_dim = d_model / n_heads = {head_dim} must be in "
                          f"{MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
+
+
+_validated: set = set()
+
+
+def check_flash_mhf_inputs_cached(q, k, u, v, r) -> None:
+    """check_flash_mhf_inputs, remembered per call signature (shapes, strides, dtypes,
+    devices of the five tensors): a repeated call costs a set lookup, not the checks."""
+    try:
+        key = tuple((t.shape, t.stride(), t.dtype, t.device) for t in (q, k, u, v, r))
+    except AttributeError:  # not tensors: the checks name the argument
+        check_flash_mhf_inputs(q, k, u, v, r)
+        raise
+    if key in _validated:
+        return
+    check_flash_mhf_inputs(q, k, u, v, r)
+    if len(_validated) > 4096:
+        _validated.clear()
+    _validated.add(key)

@@ -9,6 +9,51 @@ from ..spec import KernelSpec, LaunchConfig, dtype_name
 from ..validation import Problem
 
 
+#: every launcher's plan cache, so that clear_plans() can empty them all
+_plan_caches: list[dict] = []
+MAX_PLANS = 4096
+
+
+def plan_cache() -> dict:
+    """A launcher's cache of launch plans, keyed by the call's signature (see signature)."""
+    cache: dict = {}
+    _plan_caches.append(cache)
+    return cache
+
+
+def clear_plans() -> None:
+    """Forget every cached launch plan (the dispatcher calls this when its choices change)."""
+    for cache in _plan_caches:
+        cache.clear()
+
+
+def remember(cache: dict, key, plan):
+    """Store `plan` under `key`, emptying a cache that grew past MAX_PLANS."""
+    if len(cache) >= MAX_PLANS:
+        cache.clear()
+    cache[key] = plan
+    return plan
+
+
+def signature(t: torch.Tensor) -> tuple:
+    """What a launch plan depends on for one tensor: shape, strides, dtype and device.
+
+    NOTE: launchers cache their plan (validation, spec, config, compiled kernel, grid,
+    strides) under the signatures of their arguments, so a repeated call costs a dict
+    lookup and the launch: the host overhead bar is 10 us above a bare launch.
+    """
+    return t.shape, t.stride(), t.dtype, t.device
+
+
+def contiguous_strides(shape: tuple) -> tuple:
+    """The strides of a contiguous tensor of `shape`."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(1, size)
+    return tuple(reversed(strides))
+
+
 def spec_of(problem: Problem, q: torch.Tensor) -> KernelSpec:
     """The KernelSpec a call with these sizes and q's dtype and device needs."""
     return KernelSpec(problem.heads, problem.kv_heads, problem.head_dim, problem.experts,
@@ -59,6 +104,17 @@ def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if _poison:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def grad_plan_inputs(q: torch.Tensor, do: torch.Tensor) -> tuple[bool, tuple]:
+    """For a backward launcher's plan: whether `do` needs a contiguous copy in q's dtype
+    (it has another dtype or a non-unit last stride) and the (batch, seq, head) strides the
+    kernel will see."""
+    if do.shape != q.shape:
+        raise ValueError(f"do must have q's shape {tuple(q.shape)}, got {tuple(do.shape)}")
+    copy = do.dtype != q.dtype or (do.numel() > 0 and do.stride(-1) != 1)
+    strides = contiguous_strides(tuple(do.shape)) if copy else do.stride()
+    return copy, strides[:3]
 
 
 def unit_last_stride(t: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,33 @@
 """Launcher of the generated dK/dU/dV backward kernel (templates/flash_mhf_bwd_dkv.py.jinja)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
-from .common import cdiv, empty, intermediate_blocks, resolve_config, spec_of, unit_last_stride
+from .common import (cdiv, empty, grad_plan_inputs, intermediate_blocks, plan_cache, remember,
+                     resolve_config, signature, spec_of)
 
 KERNEL = "flash_mhf_bwd_dkv"
+
+
+@dataclass(frozen=True)
+class DkvPlan:
+    """What a call's signature decides, computed once (see kernels.common.signature)."""
+
+    kernels: tuple  # one kernel, or (dK+dU, dV) with split_grads; () when no tokens
+    grid: tuple
+    atomic: bool  # token splits: fp32 partials meet by atomics in zeroed buffers
+    scalars: tuple  # strides of q, r, dO; seqlen, rows, rows per split
+    meta: dict  # BLOCK_M, BLOCK_N, num_warps, num_stages
+    copy_weights: bool  # k/u/v need a contiguous copy
+    copy_do: bool  # dO needs a contiguous copy in q's dtype
+
+
+_plans = plan_cache()
 
 
 def flash_mhf_bwd_dkv(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
@@ -21,33 +40,51 @@ def flash_mhf_bwd_dkv(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torc
     a zeroed fp32 buffer (the outputs themselves when the dtype is fp32). With split_grads
     two kernels run: dK and dU, then dV.
     """
+    try:
+        key = (signature(q), signature(k), signature(u), signature(v), signature(r),
+               signature(do), config)
+    except AttributeError:  # not tensors: let the checks name the argument
+        check_flash_mhf_inputs(q, k, u, v, r)
+        raise TypeError(f"do must be a torch.Tensor (B, L, H, D), got {type(do).__name__}")
+    plan = _plans.get(key)
+    if plan is None:
+        plan = remember(_plans, key, _make_plan(q, k, u, v, r, do, config))
+    if not plan.kernels:
+        return tuple(torch.zeros(k.shape, dtype=k.dtype, device=k.device) for _ in range(3))
+    if plan.copy_weights:
+        k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
+    if plan.copy_do:
+        do = do.to(q.dtype).contiguous()
+    # three separate buffers: outputs of a custom op may not alias each other
+    if plan.atomic:
+        grads = [torch.zeros(k.shape, dtype=torch.float32, device=k.device) for _ in range(3)]
+    else:
+        grads = [empty(k.shape, k.dtype, k.device) for _ in range(3)]
+    for kernel in plan.kernels:
+        kernel[plan.grid](q, k, u, v, r, do, *grads, *plan.scalars, **plan.meta)
+    if plan.atomic and k.dtype != torch.float32:
+        grads = [g.to(k.dtype) for g in grads]
+    return grads[0], grads[1], grads[2]
+
+
+def _make_plan(q, k, u, v, r, do, config: LaunchConfig | None) -> DkvPlan:
+    """Check the inputs, choose the config and compile: everything but the launch."""
     problem = check_flash_mhf_inputs(q, k, u, v, r)
-    if do.shape != q.shape:
-        raise ValueError(f"do must have q's shape {tuple(q.shape)}, got {tuple(do.shape)}")
+    copy_do, do_strides = grad_plan_inputs(q, do)
     spec = spec_of(problem, q)
     config = resolve_config(KERNEL, spec, problem, q, config)
     if problem.tokens == 0:
-        return tuple(torch.zeros(k.shape, dtype=k.dtype, device=k.device) for _ in range(3))
-    k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
-    do = unit_last_stride(do.to(q.dtype))
+        return DkvPlan((), (), False, (), {}, False, False)
     rows = problem.tokens * spec.group
     per_split = cdiv(cdiv(rows, config.token_splits), config.block_m) * config.block_m
     splits = cdiv(rows, per_split)
-    atomic = config.token_splits > 1
-    out_dtype = torch.float32 if atomic else k.dtype
-    # three separate buffers: outputs of a custom op may not alias each other
-    grads = [torch.zeros(k.shape, dtype=out_dtype, device=k.device) if atomic
-             else empty(k.shape, out_dtype, k.device) for _ in range(3)]
     grid = (intermediate_blocks(spec, config.block_n), spec.kv_heads, splits)
-    args = (q, k, u, v, r, do, grads[0], grads[1], grads[2],
-            q.stride(0), q.stride(1), q.stride(2),
-            r.stride(0), r.stride(1), r.stride(2), r.stride(3),
-            do.stride(0), do.stride(1), do.stride(2),
-            q.shape[1], rows, per_split)
     entries = (f"{KERNEL}_kernel", f"{KERNEL}_dv_kernel") if config.split_grads else (None,)
-    for entry in entries:
-        kernel = load_kernel(KERNEL, spec, config, entry)
-        kernel[grid](*args, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-                     num_warps=config.num_warps, num_stages=config.num_stages)
-    dk, du, dv = (g.to(k.dtype) for g in grads)
-    return dk, du, dv
+    kernels = tuple(load_kernel(KERNEL, spec, config, entry) for entry in entries)
+    scalars = (q.stride(0), q.stride(1), q.stride(2),
+               r.stride(0), r.stride(1), r.stride(2), r.stride(3),
+               *do_strides, q.shape[1], rows, per_split)
+    meta = dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+                num_warps=config.num_warps, num_stages=config.num_stages)
+    copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
+    return DkvPlan(kernels, grid, config.token_splits > 1, scalars, meta, copy, copy_do)

@@ -1,14 +1,34 @@
 """Launcher of the generated dQ/dR backward kernel (templates/flash_mhf_bwd_dq.py.jinja)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
-from .common import cdiv, empty, ensure_descriptor_allocator, resolve_config, spec_of, unit_last_stride
+from .common import (cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
+                     grad_plan_inputs, plan_cache, remember, resolve_config, signature, spec_of)
 
 KERNEL = "flash_mhf_bwd_dq"
+
+
+@dataclass(frozen=True)
+class DqPlan:
+    """What a call's signature decides, computed once (see kernels.common.signature)."""
+
+    kernel: object  # None when there are no tokens
+    grid: tuple
+    dq_shape: tuple
+    dr_shape: tuple
+    scalars: tuple  # strides of q, r, dO, dq, dr; seqlen, rows
+    meta: dict  # BLOCK_M, BLOCK_N, num_warps, num_stages
+    copy_weights: bool  # k/u/v need a contiguous copy
+    copy_do: bool  # dO needs a contiguous copy in q's dtype
+
+
+_plans = plan_cache()
 
 
 def flash_mhf_bwd_dq(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
@@ -18,30 +38,48 @@ def flash_mhf_bwd_dq(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
 
     dq: (B, L, H, D) contiguous in q's dtype; dr: (B, L, H, E) contiguous in r's dtype.
     """
+    try:
+        key = (signature(q), signature(k), signature(u), signature(v), signature(r),
+               signature(do), config)
+    except AttributeError:  # not tensors: let the checks name the argument
+        check_flash_mhf_inputs(q, k, u, v, r)
+        raise TypeError(f"do must be a torch.Tensor (B, L, H, D), got {type(do).__name__}")
+    plan = _plans.get(key)
+    if plan is None:
+        plan = remember(_plans, key, _make_plan(q, k, u, v, r, do, config))
+    dq = empty(plan.dq_shape, q.dtype, q.device)
+    dr = empty(plan.dr_shape, r.dtype, r.device)
+    if plan.kernel is None:
+        return dq, dr
+    if plan.copy_weights:
+        k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
+    if plan.copy_do:
+        do = do.to(q.dtype).contiguous()
+    plan.kernel[plan.grid](q, k, u, v, r, do, dq, dr, *plan.scalars, **plan.meta)
+    return dq, dr
+
+
+def _make_plan(q, k, u, v, r, do, config: LaunchConfig | None) -> DqPlan:
+    """Check the inputs, choose the config and compile: everything but the launch."""
     problem = check_flash_mhf_inputs(q, k, u, v, r)
-    if do.shape != q.shape:
-        raise ValueError(f"do must have q's shape {tuple(q.shape)}, got {tuple(do.shape)}")
+    copy_do, do_strides = grad_plan_inputs(q, do)
     spec = spec_of(problem, q)
     config = resolve_config(KERNEL, spec, problem, q, config)
     B, L, H, D = q.shape
-    dq = empty((B, L, H, D), q.dtype, q.device)
-    dr = empty(r.shape, r.dtype, r.device)
     if problem.tokens == 0:
-        return dq, dr
-    k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
-    do = unit_last_stride(do.to(q.dtype))
+        return DqPlan(None, (), (B, L, H, D), tuple(r.shape), (), {}, False, False)
     kernel = load_kernel(KERNEL, spec, config)
     if config.tma:
         ensure_descriptor_allocator(q.device)
     rows = problem.tokens * config.group_heads
     grid = (cdiv(rows, config.block_m), H // config.group_heads)
-    kernel[grid](q, k, u, v, r, do, dq, dr,
-                 q.stride(0), q.stride(1), q.stride(2),
-                 r.stride(0), r.stride(1), r.stride(2), r.stride(3),
-                 do.stride(0), do.stride(1), do.stride(2),
-                 dq.stride(0), dq.stride(1), dq.stride(2),
-                 dr.stride(0), dr.stride(1), dr.stride(2), dr.stride(3),
-                 L, rows,
-                 BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-                 num_warps=config.num_warps, num_stages=config.num_stages)
-    return dq, dr
+    scalars = (q.stride(0), q.stride(1), q.stride(2),
+               r.stride(0), r.stride(1), r.stride(2), r.stride(3),
+               *do_strides,
+               *contiguous_strides((B, L, H, D))[:3],
+               *contiguous_strides(tuple(r.shape)),
+               L, rows)
+    meta = dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+                num_warps=config.num_warps, num_stages=config.num_stages)
+    copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
+    return DqPlan(kernel, grid, (B, L, H, D), tuple(r.shape), scalars, meta, copy, copy_do)

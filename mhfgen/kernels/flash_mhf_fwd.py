@@ -1,14 +1,35 @@
 """Launcher of the generated forward kernel (templates/flash_mhf_fwd.py.jinja)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
-from .common import cdiv, empty, ensure_descriptor_allocator, intermediate_blocks, resolve_config, spec_of
+from .common import (cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
+                     intermediate_blocks, plan_cache, remember, resolve_config, signature,
+                     spec_of)
 
 KERNEL = "flash_mhf_fwd"
+
+
+@dataclass(frozen=True)
+class FwdPlan:
+    """What a call's signature decides, computed once: the compiled kernel, the grid, the
+    output shape, the intermediate splits and the launch's scalar arguments."""
+
+    kernel: object  # the @triton.jit kernel; None when there are no tokens
+    grid: tuple
+    out_shape: tuple  # (B, L, H, D)
+    splits: int  # > 1: fp32 partials (splits, B, L, H, D) summed after the launch
+    scalars: tuple  # strides of q, r, the output (and split), seqlen, rows
+    meta: dict  # BLOCK_M, BLOCK_N, num_warps, num_stages
+    copy_weights: bool  # k/u/v need a contiguous copy
+
+
+_plans = plan_cache()
 
 
 def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
@@ -20,14 +41,34 @@ def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Te
     dispatcher's choice. With inter_splits = S > 1, S programs share a row block's
     intermediate dimension and write fp32 partials (S, B, L, H, D), summed here.
     """
+    try:
+        key = (signature(q), signature(k), signature(u), signature(v), signature(r), config)
+    except AttributeError:  # not tensors: let the checks name the argument
+        check_flash_mhf_inputs(q, k, u, v, r)
+        raise
+    plan = _plans.get(key)
+    if plan is None:
+        plan = remember(_plans, key, _make_plan(q, k, u, v, r, config))
+    o = empty(plan.out_shape, q.dtype, q.device)
+    if plan.kernel is None:
+        return o
+    if plan.copy_weights:
+        k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
+    out = o if plan.splits == 1 else empty((plan.splits, *plan.out_shape), torch.float32, q.device)
+    plan.kernel[plan.grid](q, k, u, v, r, out, *plan.scalars, **plan.meta)
+    if plan.splits > 1:
+        torch.sum(out, dim=0, out=o) if q.dtype == torch.float32 else o.copy_(out.sum(0))
+    return o
+
+
+def _make_plan(q, k, u, v, r, config: LaunchConfig | None) -> FwdPlan:
+    """Check the inputs, choose the config and compile: everything but the launch."""
     problem = check_flash_mhf_inputs(q, k, u, v, r)
     spec = spec_of(problem, q)
     config = resolve_config(KERNEL, spec, problem, q, config)
     B, L, H, D = q.shape
-    o = empty((B, L, H, D), q.dtype, q.device)
     if problem.tokens == 0:
-        return o
-    k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
+        return FwdPlan(None, (), (B, L, H, D), 1, (), {}, False)
     kernel = load_kernel(KERNEL, spec, config)
     if config.tma:
         ensure_descriptor_allocator(q.device)
@@ -37,16 +78,16 @@ def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Te
     # no split left empty: ceil(units / ceil(units / S)) splits of ceil(units / S) units
     splits = cdiv(units, cdiv(units, min(config.inter_splits, units)))
     grid = (cdiv(rows, config.block_m), H // config.group_heads, splits)
-    out = o if config.inter_splits == 1 else empty((splits, B, L, H, D), torch.float32, q.device)
-    out_strides = (out.stride(-4), out.stride(-3), out.stride(-2))
-    extra = () if config.inter_splits == 1 else (out.stride(0),)
-    kernel[grid](q, k, u, v, r, out,
-                 q.stride(0), q.stride(1), q.stride(2),
-                 r.stride(0), r.stride(1), r.stride(2), r.stride(3),
-                 *out_strides, *extra,
-                 L, rows,
-                 BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-                 num_warps=config.num_warps, num_stages=config.num_stages)
-    if config.inter_splits > 1:
-        torch.sum(out, dim=0, out=o) if q.dtype == torch.float32 else o.copy_(out.sum(0))
-    return o
+    if config.inter_splits == 1:
+        out_strides = contiguous_strides((B, L, H, D))[:3]
+    else:
+        split_strides = contiguous_strides((splits, B, L, H, D))
+        out_strides = (*split_strides[1:4], split_strides[0])
+    scalars = (q.stride(0), q.stride(1), q.stride(2),
+               r.stride(0), r.stride(1), r.stride(2), r.stride(3),
+               *out_strides, L, rows)
+    meta = dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+                num_warps=config.num_warps, num_stages=config.num_stages)
+    copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
+    return FwdPlan(kernel, grid, (B, L, H, D), splits if config.inter_splits > 1 else 1,
+                   scalars, meta, copy)
