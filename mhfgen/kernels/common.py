@@ -45,6 +45,20 @@ def signature(t: torch.Tensor) -> tuple:
     return t.shape, t.stride(), t.dtype, t.device
 
 
+def plan_key(config, q, k, u, v, r, do=None) -> tuple:
+    """The plan-cache key of a launcher call: the signatures of its tensors and the config.
+    Arguments that are not tensors get the input checks' TypeError naming them."""
+    try:
+        key = (signature(q), signature(k), signature(u), signature(v), signature(r))
+        return key + ((config,) if do is None else (signature(do), config))
+    except AttributeError:
+        from ..validation import check_flash_mhf_inputs
+
+        check_flash_mhf_inputs(q, k, u, v, r)
+        raise TypeError(f"do must be a torch.Tensor (B, L, H, D), got {type(do).__name__}"
+                        ) from None
+
+
 def contiguous_strides(shape: tuple) -> tuple:
     """The strides of a contiguous tensor of `shape`."""
     strides, step = [], 1

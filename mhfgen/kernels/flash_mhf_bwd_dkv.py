@@ -8,8 +8,8 @@ import torch
 from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
-from .common import (cdiv, empty, grad_plan_inputs, intermediate_blocks, plan_cache, remember,
-                     resolve_config, signature, spec_of)
+from .common import (cdiv, empty, grad_plan_inputs, intermediate_blocks, plan_cache, plan_key,
+                     remember, resolve_config, spec_of)
 
 KERNEL = "flash_mhf_bwd_dkv"
 
@@ -40,12 +40,7 @@ def flash_mhf_bwd_dkv(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torc
     a zeroed fp32 buffer (the outputs themselves when the dtype is fp32). With split_grads
     two kernels run: dK and dU, then dV.
     """
-    try:
-        key = (signature(q), signature(k), signature(u), signature(v), signature(r),
-               signature(do), config)
-    except AttributeError:  # not tensors: let the checks name the argument
-        check_flash_mhf_inputs(q, k, u, v, r)
-        raise TypeError(f"do must be a torch.Tensor (B, L, H, D), got {type(do).__name__}")
+    key = plan_key(config, q, k, u, v, r, do)
     plan = _plans.get(key)
     if plan is None:
         plan = remember(_plans, key, _make_plan(q, k, u, v, r, do, config))

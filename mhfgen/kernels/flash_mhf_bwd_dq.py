@@ -9,7 +9,7 @@ from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
 from .common import (cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
-                     grad_plan_inputs, plan_cache, remember, resolve_config, signature, spec_of)
+                     grad_plan_inputs, plan_cache, plan_key, remember, resolve_config, spec_of)
 
 KERNEL = "flash_mhf_bwd_dq"
 
@@ -38,12 +38,7 @@ def flash_mhf_bwd_dq(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
 
     dq: (B, L, H, D) contiguous in q's dtype; dr: (B, L, H, E) contiguous in r's dtype.
     """
-    try:
-        key = (signature(q), signature(k), signature(u), signature(v), signature(r),
-               signature(do), config)
-    except AttributeError:  # not tensors: let the checks name the argument
-        check_flash_mhf_inputs(q, k, u, v, r)
-        raise TypeError(f"do must be a torch.Tensor (B, L, H, D), got {type(do).__name__}")
+    key = plan_key(config, q, k, u, v, r, do)
     plan = _plans.get(key)
     if plan is None:
         plan = remember(_plans, key, _make_plan(q, k, u, v, r, do, config))

@@ -9,7 +9,7 @@ from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
 from .common import (cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
-                     intermediate_blocks, plan_cache, remember, resolve_config, signature,
+                     intermediate_blocks, plan_cache, plan_key, remember, resolve_config,
                      spec_of)
 
 KERNEL = "flash_mhf_fwd"
@@ -41,11 +41,7 @@ def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Te
     dispatcher's choice. With inter_splits = S > 1, S programs share a row block's
     intermediate dimension and write fp32 partials (S, B, L, H, D), summed here.
     """
-    try:
-        key = (signature(q), signature(k), signature(u), signature(v), signature(r), config)
-    except AttributeError:  # not tensors: let the checks name the argument
-        check_flash_mhf_inputs(q, k, u, v, r)
-        raise
+    key = plan_key(config, q, k, u, v, r)
     plan = _plans.get(key)
     if plan is None:
         plan = remember(_plans, key, _make_plan(q, k, u, v, r, config))
