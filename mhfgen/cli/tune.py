@@ -8,6 +8,8 @@ interpreter only). Interrupt it (Ctrl-C, kill) and run it again: it resumes.
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import sys
@@ -65,6 +67,19 @@ def register(sub) -> None:
     g.add_argument("--record", default=None, metavar="FILE",
                    help="also write every measured timing to FILE (replayable with --replay)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    w = p.add_argument_group("several GPUs and hosts")
+    w.add_argument("--workers", type=int, default=1,
+                   help="worker processes sharing one Optuna study: one per GPU (the first N "
+                        "visible ones), or N processes on the CPU; each config is evaluated "
+                        "once by one of them, and the winner is re-timed side by side on the "
+                        "first GPU (default 1: this process alone)")
+    w.add_argument("--storage", default=None, metavar="URL",
+                   help="the Optuna storage of the study, shared by the workers and by "
+                        "`mhfgen tune --storage URL` of the same problem on other hosts: "
+                        "postgresql://USER:PASSWORD@HOST/DB (needs mhfgen[postgres]), "
+                        "journal:FILE (a journal file; other hosts need the same file system), "
+                        "sqlite:///FILE (one host) (default: one SQLite file per problem "
+                        "under $MHFGEN_CACHE_DIR/studies)")
     p.set_defaults(handler=run)
 
 
@@ -100,27 +115,27 @@ def _fill_defaults(args, on_gpu: bool) -> bool:
 
 
 def _setup(args):
-    """(problem, device facts, timer, storage URL) for the flags and this machine."""
+    """(problem, device facts, timer kind, replay timer or None, storage URL, bare) for
+    the flags and this machine."""
     import torch
 
     from ..spec import KernelSpec
     from ..tuning.problem import DeviceFacts, TuningProblem
     from ..tuning.search import study_storage_url
 
+    replay = None
     if args.replay:
         from ..tuning.timer import ReplayTimer
 
         try:
-            timer = ReplayTimer(args.replay)
+            replay = ReplayTimer(args.replay)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CommandError(f"--replay {args.replay}: {exc}") from exc
-        device = timer.device
+        device, kind = replay.device, "replay"
     elif torch.cuda.is_available():
-        device = DeviceFacts.of(torch.device("cuda"))
-        timer = None
+        device, kind = DeviceFacts.of(torch.device("cuda")), "gpu"
     else:
-        device = DeviceFacts.of(torch.device("cpu"))
-        timer = None
+        device, kind = DeviceFacts.of(torch.device("cpu")), "interpreter"
     bare = _fill_defaults(args, device.is_gpu)
     p = problem_from_args(args)
     try:
@@ -132,20 +147,23 @@ def _setup(args):
     if not device.is_gpu and args.dtype == "bfloat16" and not args.replay:
         raise CommandError("bfloat16 does not run in Triton's interpreter (no GPU here); "
                            "use --dtype float32 or float16")
-    if timer is None:
-        from ..tuning.workload import Workload
+    storage = args.storage
+    if storage is None and not args.replay:
+        storage = study_storage_url(problem, device)
+    if args.storage is not None:
+        _check_storage(args.storage)
+    return problem, device, kind, replay, storage, bare
 
-        if device.is_gpu:
-            from ..tuning.timer import GpuTimer
 
-            timer = GpuTimer(Workload(problem, "cuda", seed=args.seed),
-                             jobs=args.jobs or os.cpu_count() or 1)
-        else:
-            from ..tuning.timer import InterpreterTimer
+def _check_storage(url: str) -> None:
+    """Open the storage once, so a bad URL or an unreachable server is a one-line error."""
+    from ..tuning.study import redact, storage_for
 
-            timer = InterpreterTimer(Workload(problem, "cpu", seed=args.seed))
-    storage = None if args.replay else study_storage_url(problem, device)
-    return problem, device, timer, storage, bare
+    try:
+        storage_for(url)
+    except Exception as exc:  # noqa: BLE001 - drivers raise their own types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CommandError(f"--storage {redact(url)}: {first}") from exc
 
 
 def _progress_bar(budgets: dict[str, int], disable: bool):
@@ -198,62 +216,184 @@ def _summary(problem, device, timer, results, db_path, storage) -> str:
         lines.append(line)
     lines.append(f"stored in {db_path}")
     if storage:
-        lines.append(f"study: optuna-dashboard {storage}")
+        from ..tuning.study import journal_path, redact
+
+        lines.append(f"study: optuna-dashboard {journal_path(storage) or redact(storage)}")
     return "\n".join(lines)
 
 
 def run(args) -> int:
     from ..paths import user_db_path
     from ..tuning.db import TuningDB, TuningDBError
-    from ..tuning.search import SearchSettings, Tuner
-    from ..tuning.timer import RecordingTimer
+    from ..tuning.search import SearchSettings
+    from ..tuning.study import redact
 
     kernels = _kernels(args.kernels)
     if args.trials is not None and args.trials < 1:
         raise CommandError(f"--trials must be >= 1, got {args.trials}")
-    problem, device, timer, storage, bare = _setup(args)
+    if args.workers < 1:
+        raise CommandError(f"--workers must be >= 1, got {args.workers}")
+    problem, device, kind, replay, storage, bare = _setup(args)
+    gpus = None
+    if args.workers > 1 and kind == "gpu":
+        from ..tuning.workers import visible_gpus
+
+        gpus = visible_gpus()
+        if len(gpus) < args.workers:
+            raise CommandError(f"--workers {args.workers}: only {len(gpus)} GPU(s) visible "
+                               f"({','.join(gpus) or 'none'}); one worker per GPU")
+        gpus = gpus[:args.workers]
     db_path = args.db or str(user_db_path())
     try:
         db = TuningDB.open(db_path)
     except TuningDBError as exc:
-        timer.close()
         raise CommandError(str(exc)) from exc
     if not device.is_gpu:
         where = "a small problem " if bare else ""
         print(f"No GPU here: tuning {where}through Triton's interpreter on the CPU. Its "
               f"timings are interpreter wall-clock times, NOT GPU timings.", file=sys.stderr)
-    if args.record:
-        timer = RecordingTimer(timer, device)
     batch = args.batch or min(16, os.cpu_count() or 1)
     settings = SearchSettings(trials=args.trials, batch=max(1, batch), strategy=args.strategy,
                               seed=args.seed, fresh=args.fresh)
-    print(f"Tuning {', '.join(kernels)} for {problem.describe()} on {device.gpu_name}",
+    who = ""
+    if args.workers > 1:
+        who = f" with {args.workers} workers" + (f" (GPUs {','.join(gpus)})" if gpus else "")
+    print(f"Tuning {', '.join(kernels)} for {problem.describe()} on {device.gpu_name}{who}",
           file=sys.stderr)
+    if args.storage:
+        print(f"Study storage: {redact(args.storage)}", file=sys.stderr)
     previous = signal.signal(signal.SIGTERM, _terminate)
-    bar = None
+    timer = None
     try:
-        tuner = Tuner(problem, device, timer, db, settings, storage)
-        studies = {k: tuner.open_study(k) for k in kernels}
-        resumed = sum(s.resumed for s in studies.values())
-        if resumed:
-            print(f"Resuming: {resumed} configs already evaluated", file=sys.stderr)
-        bar, tuner.progress = _progress_bar(
-            {k: min(settings.trials, len(s.grid)) for k, s in studies.items()}, args.no_progress)
-        results = tuner.tune(kernels, studies)
+        if args.workers > 1:
+            timer, results = _tune_with_workers(args, problem, device, kind, replay, storage,
+                                                db, db_path, settings, kernels, gpus)
+        else:
+            from ..tuning.workers import build_timer
+
+            timer = replay or build_timer(kind, problem, args.seed,
+                                          args.jobs or os.cpu_count() or 1)
+            if args.record:
+                from ..tuning.timer import RecordingTimer
+
+                timer = RecordingTimer(timer, device)
+            results = _tune_here(args, problem, device, timer, db, settings, storage, kernels)
     except KeyboardInterrupt:
         print("\nInterrupted: finished trials are stored; run the same command again to "
               "resume.", file=sys.stderr)
         raise
     finally:
-        if bar is not None:
-            bar.close()
         signal.signal(signal.SIGTERM, previous)
-        if args.record:
-            timer.save(args.record)
-        timer.close()
+        if timer is not None:
+            if args.record:
+                timer.save(args.record)
+            timer.close()
         db.close()
     print(_summary(problem, device, timer, results, db_path, storage))
     return 0 if all(r.winner for r in results) else 1
+
+
+def _open_studies(tuner, kernels, storage):
+    from ..tuning.study import redact
+
+    try:
+        return {k: tuner.open_study(k) for k in kernels}
+    except Exception as exc:  # noqa: BLE001 - the storage's own errors
+        if storage is None or isinstance(exc, KeyboardInterrupt):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CommandError(f"cannot open the study in {redact(storage)}: {first}") from exc
+
+
+def _tune_here(args, problem, device, timer, db, settings, storage, kernels):
+    """--workers 1: search and finish in this process (sharing the study with other
+    hosts when --storage is given)."""
+    from ..tuning.search import Tuner
+
+    tuner = Tuner(problem, device, timer, db, settings, storage,
+                  shared=args.storage is not None)
+    studies = _open_studies(tuner, kernels, storage)
+    resumed = sum(s.resumed for s in studies.values())
+    if resumed:
+        print(f"Resuming: {resumed} configs already evaluated", file=sys.stderr)
+    bar, tuner.progress = _progress_bar(
+        {k: tuner.budget_of(s) for k, s in studies.items()}, args.no_progress)
+    try:
+        return tuner.tune(kernels, studies)
+    finally:
+        bar.close()
+
+
+def _tune_with_workers(args, problem, device, kind, replay, storage, db, db_path, settings,
+                       kernels, gpus):
+    """--workers N: N worker processes search the shared study; this process shows their
+    progress, evaluates what they left (a worker that died), then finishes each kernel
+    (mhfgen.tuning.workers). Returns (the timer that re-timed the winners, results)."""
+    import dataclasses
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ..tuning.search import Tuner
+    from ..tuning.timer import RecordingTimer
+    from ..tuning.workers import WorkerJob, WorkerPool, build_timer
+
+    folder = Path(tempfile.mkdtemp(prefix="mhfgen-workers-"))
+    if storage is None:  # --replay without --storage: a study for this run only
+        storage = f"journal:{folder / 'study.journal'}"
+    tuner = Tuner(problem, device, None, db, settings, storage, shared=True)
+    studies = _open_studies(tuner, kernels, storage)  # creates them; applies --fresh
+    resumed = sum(s.resumed for s in studies.values())
+    if resumed:
+        print(f"Resuming: {resumed} configs already evaluated", file=sys.stderr)
+    jobs = args.jobs or max(1, (os.cpu_count() or 1) // args.workers)
+    pool = WorkerPool([WorkerJob(
+        index=i, spec=problem.spec.as_dict(), tokens=problem.tokens,
+        device=dataclasses.asdict(device), settings=dataclasses.asdict(settings),
+        storage=storage, kernels=kernels, timer=kind, seed=args.seed, jobs=jobs,
+        replay=args.replay, db=db_path,
+        record=str(folder / f"worker{i}.timings.json") if args.record else None,
+        verbose=logging.getLogger().isEnabledFor(logging.DEBUG))
+        for i in range(args.workers)], folder, gpus)
+    bar, tuner.progress = _progress_bar(
+        {k: tuner.budget_of(s) for k, s in studies.items()}, args.no_progress)
+
+    def poll() -> None:
+        for k, study in studies.items():
+            study.refresh()
+            tuner.report(k, study)
+
+    timer = None
+    try:
+        pool.start()
+        failed = pool.wait(poll)
+        for w in failed:
+            where = f" (GPU {w.gpu})" if w.gpu is not None else ""
+            print(f"worker {w.job.index}{where} failed with exit status {w.proc.returncode}; "
+                  f"its log, {w.log_path}, ends with:\n{w.tail()}", file=sys.stderr)
+        timer = replay if replay is not None else build_timer(kind, problem, args.seed, jobs)
+        if args.record:
+            timer = RecordingTimer(timer, device)
+            for w in pool.workers:
+                if w.job.record and Path(w.job.record).exists():
+                    timer.absorb(json.loads(Path(w.job.record).read_text()))
+        tuner.timer = timer
+        tuner.search(kernels, studies)  # what dead workers left, if anything
+        results = [tuner.finish(k, studies[k]) for k in kernels]
+    except BaseException:
+        pool.stop()
+        if timer is not None:
+            if args.record:
+                timer.save(args.record)
+            timer.close()
+        raise
+    finally:
+        bar.close()
+    if not failed:
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        print(f"worker logs kept in {folder}", file=sys.stderr)
+    return timer, results
 
 
 def _terminate(signum, frame) -> None:

@@ -216,9 +216,19 @@ class TuningDB:
                 self = cls(path, sqlite3.connect(":memory:"), True)
                 self.empty = True
                 return self
-            conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True,
-                                   timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                   check_same_thread=False)
+            try:
+                return cls._open_readonly(path, "mode=ro")
+            except CorruptDatabaseError as exc:
+                # NOTE: a database in WAL mode (every file this module wrote) cannot be
+                # opened read-only where its -shm file cannot be created: a read-only
+                # file system, as a database shipped inside a job's image often is. Such
+                # a file is not being written, so it is opened as immutable instead.
+                if "unable to open" not in str(exc):
+                    raise
+                try:
+                    return cls._open_readonly(path, "mode=ro&immutable=1")
+                except TuningDBError:
+                    raise exc from None
         else:
             if path.exists() and path.is_dir():
                 raise TuningDBError(f"{path} is a directory, not a tuning database file")
@@ -226,6 +236,19 @@ class TuningDB:
             conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)
         self = cls(path, conn, readonly)
+        try:
+            self._validate_or_create()
+        except BaseException:
+            conn.close()
+            raise
+        return self
+
+    @classmethod
+    def _open_readonly(cls, path: Path, query: str) -> "TuningDB":
+        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?{query}", uri=True,
+                               timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+        self = cls(path, conn, True)
         try:
             self._validate_or_create()
         except BaseException:
@@ -335,11 +358,33 @@ class TuningDB:
             raise TuningDBError(f"{self.path} is open read-only")
 
     # -- writing -----------------------------------------------------------------
-    def add_trial(self, record: TrialRecord) -> None:
-        """Append one trial."""
+    def add_trial(self, record: TrialRecord, once: bool = False) -> bool:
+        """Append one trial; with `once`, only if no trial of the same identity is stored
+        (see add_trials). Returns whether it was added."""
+        return self.add_trials([record], once) == 1
+
+    def add_trials(self, records: list[TrialRecord], once: bool = False) -> int:
+        """Append trials in one transaction; returns how many were added. With `once` a
+        record is skipped when a trial of the same identity is stored: its key, `study`,
+        `trial_number` and `config` (one evaluation of one study; the study's name
+        changes with a fresh start, see mhfgen.tuning.study). So the workers of a shared
+        study and the process that finishes it can all write, and each trial is stored
+        once."""
         self._writable()
+        where = " AND ".join(f"{c} = ?" for c in (*KEY_COLUMNS, "study", "config")) \
+            + " AND trial_number IS ?"
+        added = 0
         with self.transaction():
-            self.db["trials"].insert(record.to_row())
+            for record in records:
+                row = record.to_row()
+                if once and self.db.execute(
+                        f"SELECT 1 FROM trials WHERE {where} LIMIT 1",
+                        [row[c] for c in (*KEY_COLUMNS, "study", "config", "trial_number")]
+                ).fetchone() is not None:
+                    continue
+                self.db["trials"].insert(row)
+                added += 1
+        return added
 
     def put_winner(self, record: WinnerRecord, policy: str = "replace") -> str:
         """Store the winner of its key. policy 'replace' overwrites a stored winner (the

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -33,7 +35,7 @@ from .db import TrialRecord, TuningDB, TuningKey, WinnerRecord, utc_now
 from .outcome import Candidate, Failure
 from .problem import DeviceFacts, TuningProblem, tflops
 from .space import load_space
-from .study import Asked, ConfigStudy, study_name
+from .study import HOST, Asked, ConfigStudy, study_name
 from .timer import CandidateFailed, Timer
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,7 @@ class KernelResult:
     grid_size: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     side_by_side: list[tuple[LaunchConfig, float]] = field(default_factory=list)
+    timer_label: str | None = None  # what measured the side-by-side times
 
     @property
     def failed(self) -> int:
@@ -135,7 +138,8 @@ class Tuner:
     def __init__(self, problem: TuningProblem, device: DeviceFacts, timer: Timer,
                  db: TuningDB | None, settings: SearchSettings = SearchSettings(),
                  storage_url: str | None = None,
-                 progress: Callable[[Progress], None] | None = None) -> None:
+                 progress: Callable[[Progress], None] | None = None,
+                 shared: bool = False, worker: int = 0, poll_s: float = 0.5) -> None:
         import torch
         import triton
 
@@ -144,6 +148,7 @@ class Tuner:
                              f"the device is {device.target}")
         self.problem, self.device, self.timer, self.db = problem, device, timer, db
         self.settings, self.storage_url = settings, storage_url
+        self.shared, self.worker, self.poll_s = shared, worker, poll_s
         self.progress = progress or (lambda p: None)
         self.triton_version, self.torch_version = triton.__version__, torch.__version__
 
@@ -176,81 +181,177 @@ class Tuner:
         s = self.settings
         return ConfigStudy(name, self.storage_url, self.grid(kernel), first=[default],
                            strategy=s.strategy, seed=s.seed, startup=s.startup_trials(),
-                           fresh=s.fresh)
+                           fresh=s.fresh, shared=self.shared, worker=self.worker)
 
     # -- running -----------------------------------------------------------------
     def tune(self, kernels: Iterable[str] = KERNELS,
              studies: dict[str, ConfigStudy] | None = None) -> list[KernelResult]:
-        """Tune `kernels` one after another. The first batch of every kernel is asked and
-        compiled together up front: one larger, better balanced compile wave instead of
-        one per kernel."""
+        """Search `kernels` (search), then re-time and store each (finish)."""
         kernels = list(kernels)
         studies = studies or {k: self.open_study(k) for k in kernels}
-        waiting: dict[str, list[Asked]] = {}  # asked, not yet handed to tune_kernel
+        self.search(kernels, studies)
+        return [self.finish(k, studies[k]) for k in kernels]
+
+    def search(self, kernels: Iterable[str], studies: dict[str, ConfigStudy]) -> None:
+        """Evaluate configs of `kernels` until each budget is spent. The first batch of
+        every kernel is asked and compiled together up front: one larger, better balanced
+        compile wave instead of one per kernel. Then kernel by kernel; in a shared study
+        a kernel whose last configs other processes are evaluating is left for later and
+        revisited (polling) until they are told."""
+        kernels = list(kernels)
+        waiting: dict[str, list[Asked]] = {}  # asked, not yet handed to search_kernel
+        unfinished = []
         try:
             for k in kernels:
-                waiting[k] = self._ask_next(studies[k])
+                waiting[k] = self._ask_next(studies[k])[0]
             prepared = iter(self.timer.prepare(
                 [Candidate(k, a.config) for k in kernels for a in waiting[k]]))
             first = {k: [next(prepared) for _ in waiting[k]] for k in kernels}
-            results = []
             for k in kernels:
-                results.append(self.tune_kernel(k, studies[k], (waiting.pop(k), first[k])))
+                if not self.search_kernel(k, studies[k], (waiting.pop(k), first[k])):
+                    unfinished.append(k)
         except BaseException:
             for k, asked in waiting.items():
                 studies[k].abandon(asked)
             raise
-        return results
+        while unfinished:
+            time.sleep(self.poll_s)
+            unfinished = [k for k in unfinished if not self.search_kernel(k, studies[k])]
 
-    def _ask_next(self, study: ConfigStudy) -> list[Asked]:
-        """The next batch of up to `batch` configs: TPE's (or the grid's) until the last
-        `refine` trials of the budget, then the refinement around the best. When the
-        remaining TPE trials leave room in a batch, refinement fills it (one compile wave
-        fewer)."""
-        budget = min(self.settings.trials, len(study.grid))
+    def budget_of(self, study: ConfigStudy) -> int:
+        return min(self.settings.trials, len(study.grid))
+
+    def _ask_next(self, study: ConfigStudy) -> tuple[list[Asked], str]:
+        """The next batch of up to `batch` configs, and the state: 'asked', 'complete'
+        (the budget is spent, or the grid) or 'blocked' (other processes are evaluating
+        the rest). TPE's (or the grid's) configs until the last `refine` trials of the
+        budget, then the refinement around the best. When the remaining TPE trials leave
+        room in a batch, refinement fills it (one compile wave fewer). Configs other
+        processes are evaluating count as done here."""
+        budget = self.budget_of(study)
         refine_from = budget - self.settings.refine_trials()
-        done = self._evaluated(study)
+        study.refresh()
+        evaluated = study.evaluated_count()
+        if evaluated >= budget:
+            return [], "complete"
+        done = evaluated + study.in_flight()
         if done >= budget:
-            return []
+            return [], "blocked"
+        batch = self.settings.batch
         if done >= refine_from:
-            return study.ask_batch(min(self.settings.batch, budget - done), refine=True)
-        asked = study.ask_batch(min(self.settings.batch, refine_from - done))
-        room = min(self.settings.batch - len(asked), budget - refine_from)
-        if done > 0 and room > 0 and done + len(asked) >= refine_from:
-            asked += study.ask_batch(room, refine=True, pending=asked)
-        return asked
+            asked = study.ask_batch(min(batch, budget - done), refine=True, limit=budget)
+        else:
+            asked = study.ask_batch(min(batch, refine_from - done), limit=budget)
+            room = min(batch - len(asked), budget - refine_from)
+            if done > 0 and room > 0 and done + len(asked) >= refine_from:
+                asked += study.ask_batch(room, refine=True, pending=asked, limit=budget)
+        if asked:
+            return asked, "asked"
+        # nothing to ask: unshared, the grid (or the repair) is exhausted; shared, the
+        # rest is claimed by others or the last claims collided: look again later
+        return [], "blocked" if study.shared else "complete"
 
-    def tune_kernel(self, kernel: str, study: ConfigStudy | None = None,
-                    first: tuple[list[Asked], list[Failure | None]] | None = None
-                    ) -> KernelResult:
-        """Search, re-time and store `kernel` (in `study` if given, else open_study's).
-        `first`: a batch already asked and prepared (see tune)."""
-        study = study or self.open_study(kernel)
-        budget = min(self.settings.trials, len(study.grid))
-        result = KernelResult(kernel, self.default(kernel), grid_size=len(study.grid),
-                              resumed=study.resumed)
+    def search_kernel(self, kernel: str, study: ConfigStudy,
+                      first: tuple[list[Asked], list[Failure | None]] | None = None) -> bool:
+        """Ask and evaluate batches of `kernel` until its budget is spent (True) or, in a
+        shared study, the rest is being evaluated by other processes (False: call again
+        later). `first`: a batch already asked and prepared (see search)."""
+        budget = self.budget_of(study)
         self._report(kernel, "search", study, budget)
         while True:
-            asked, prepared = first if first else (self._ask_next(study), None)
-            first = None
-            if not asked:
-                break
+            if first is not None:
+                (asked, prepared), first = first, None
+                if not asked:
+                    continue
+            else:
+                asked, state = self._ask_next(study)
+                prepared = None
+                if not asked:
+                    return state == "complete"
             try:
                 self._evaluate_batch(kernel, study, asked, budget, prepared)
             except BaseException:
                 study.abandon(asked)
                 raise
-        result.evaluated = self._evaluated(study)
+
+    def tune_kernel(self, kernel: str, study: ConfigStudy | None = None,
+                    first: tuple[list[Asked], list[Failure | None]] | None = None
+                    ) -> KernelResult:
+        """Search, re-time and store `kernel` (in `study` if given, else open_study's).
+        `first`: a batch already asked and prepared (see search)."""
+        study = study or self.open_study(kernel)
+        while not self.search_kernel(kernel, study, first):
+            first = None
+            time.sleep(self.poll_s)
+        return self.finish(kernel, study)
+
+    def finish(self, kernel: str, study: ConfigStudy) -> KernelResult:
+        """After the search: every evaluated trial of the study (all processes') into the
+        database, once; then the winner, re-timed side by side here unless another
+        process already declared it for the same trials (then that one is stored, so
+        every host stores the same winner)."""
+        study.refresh()
+        result = KernelResult(kernel, self.default(kernel), grid_size=len(study.grid),
+                              resumed=study.resumed)
+        result.evaluated = study.evaluated_count()
         for outcome in study.outcomes.values():
             if isinstance(outcome, Failure):
                 result.failures[outcome.stage] = result.failures.get(outcome.stage, 0) + 1
-        self._retime(kernel, study, result, budget)
+        self._sync_trials(kernel, study)
+        declared = study.declared(result.evaluated)
+        if declared is not None and self._stored_winner_agrees(kernel, declared):
+            self._adopt(kernel, declared, result)
+        else:
+            self._retime(kernel, study, result, self.budget_of(study))
+            if result.winner is not None:
+                again = study.declared(result.evaluated)  # declared meanwhile elsewhere?
+                if again is not None:
+                    self._adopt(kernel, again, result)
+                else:
+                    study.declare(self._declaration(result))
+        if result.winner is not None:
+            self._store_winner(kernel, result, result.timer_label or self.timer.label)
+        study.close()
         return result
+
+    def _declaration(self, r: KernelResult) -> dict:
+        return {"evaluated": r.evaluated, "config": r.winner.to_json(), "ms": r.ms,
+                "tflops": r.tflops, "default_ms": r.default_ms, "speedup": r.speedup,
+                "timer": self.timer.label,
+                "side_by_side": [[c.to_json(), ms] for c, ms in r.side_by_side],
+                "by": f"{HOST}:{os.getpid()}", "created": utc_now()}
+
+    def _adopt(self, kernel: str, declared: dict, r: KernelResult) -> None:
+        log.info("%s: storing the winner declared by %s", kernel, declared.get("by"))
+        r.winner = _config_from_json(declared["config"])
+        r.ms, r.tflops = declared["ms"], declared["tflops"]
+        r.default_ms, r.speedup = declared["default_ms"], declared["speedup"]
+        r.side_by_side = [(_config_from_json(c), ms) for c, ms in declared["side_by_side"]]
+        r.timer_label = declared.get("timer")
+
+    def _stored_winner_agrees(self, kernel: str, declared: dict) -> bool:
+        """Whether the database has no winner for this key, or the declared one (a
+        different stored winner must be re-timed against it instead)."""
+        if self.db is None:
+            return True
+        stored = self.db.winners(**self.key(kernel).as_dict())
+        return all(w.config.to_json() == declared["config"] for w in stored)
+
+    def _sync_trials(self, kernel: str, study: ConfigStudy) -> None:
+        if self.db is None:
+            return
+        self.db.add_trials([self._trial_record(
+            kernel, e.config, e.ms, e.error, e.failure, study.name, e.number,
+            e.timer or self.timer.label, e.finished) for e in study.evaluated_trials()],
+            once=True)
 
     @staticmethod
     def _evaluated(study: ConfigStudy) -> int:
-        grid = {c.to_json() for c in study.grid}
-        return sum(1 for k in study.outcomes if k in grid)
+        return study.evaluated_count()
+
+    def report(self, kernel: str, study: ConfigStudy) -> None:
+        """Report the search progress of `kernel` as `study` holds it now."""
+        self._report(kernel, "search", study, self.budget_of(study))
 
     def _report(self, kernel: str, phase: str, study: ConfigStudy, budget: int,
                 last: str = "") -> None:
@@ -273,25 +374,34 @@ class Tuner:
                 except CandidateFailed as exc:
                     failure = exc.failure
             if failure is None:
-                study.tell_time(a, ms)
+                study.tell_time(a, ms, error, self.timer.label)
                 last = f"{describe_config(c.config)}: {ms:.4g} ms"
             else:
-                study.tell_failure(a, failure)
+                study.tell_failure(a, failure, error, self.timer.label)
                 last = f"{describe_config(c.config)}: {failure}"
             self._store_trial(kernel, c.config, ms, error, failure, study.name, a.number)
             self._report(kernel, "search", study, budget, last)
 
-    def _store_trial(self, kernel: str, config: LaunchConfig, ms: float | None,
-                     error: float | None, failure: Failure | None, study: str,
-                     number: int | None) -> None:
-        if self.db is None:
-            return
-        self.db.add_trial(TrialRecord(
+    def _trial_record(self, kernel: str, config: LaunchConfig, ms: float | None,
+                      error: float | None, failure: Failure | None, study: str,
+                      number: int | None, timer: str, created: str = "") -> TrialRecord:
+        return TrialRecord(
             self.key(kernel), config, "failed" if failure else "ok", ms=ms,
             tflops=tflops(self.problem.flops(kernel), ms) if ms else None, error=error,
             stage=failure.stage if failure else None, reason=failure.reason if failure else None,
-            timer=self.timer.label, study=study, trial_number=number,
-            mhfgen_version=__version__, torch_version=self.torch_version, created=utc_now()))
+            timer=timer, study=study, trial_number=number,
+            mhfgen_version=__version__, torch_version=self.torch_version,
+            created=created or utc_now())
+
+    def _store_trial(self, kernel: str, config: LaunchConfig, ms: float | None,
+                     error: float | None, failure: Failure | None, study: str,
+                     number: int | None) -> None:
+        """One trial into the database as soon as it is measured (once: finish() adds
+        the trials of other processes under the same identity and skips this one)."""
+        if self.db is None:
+            return
+        self.db.add_trial(self._trial_record(kernel, config, ms, error, failure, study, number,
+                                             self.timer.label), once=True)
 
     # -- the final side-by-side timing --------------------------------------------
     def _baseline_ok(self, kernel: str, config: LaunchConfig, study: ConfigStudy) -> bool:
@@ -344,11 +454,12 @@ class Tuner:
         result.tflops = tflops(self.problem.flops(kernel), ms)
         result.default_ms = medians.get(result.default)
         result.speedup = result.default_ms / ms if result.default_ms else None
+
+    def _store_winner(self, kernel: str, r: KernelResult, timer: str) -> None:
         if self.db is not None:
             self.db.put_winner(WinnerRecord(
-                self.key(kernel), winner, ms, result.tflops, result.default_ms, result.speedup,
-                self.timer.label, result.evaluated, __version__, self.torch_version,
-                utc_now()), policy="replace")
+                self.key(kernel), r.winner, r.ms, r.tflops, r.default_ms, r.speedup, timer,
+                r.evaluated, __version__, self.torch_version, utc_now()), policy="replace")
 
 
 def _config_from_json(text: str) -> LaunchConfig:

@@ -1,42 +1,68 @@
-"""The persistent Optuna study of one kernel on one problem, asked in batches.
+"""The persistent Optuna study of one kernel on one problem, asked in batches, by one
+process or by several sharing one storage.
 
 Parameters are the LaunchConfig fields that take more than one value among the valid
 configs (the grid keep() accepts), each an Optuna categorical over the values that occur
 there. The grid is usually a small part of the product of those values, so proposals are
 repaired:
 
-  - the first `startup` configs are drawn uniformly from the untried valid grid (seeded),
-    and enqueued so Optuna records them as ordinary trials;
-  - after that TPE (multivariate, constant liar for the pending trials of a batch)
-    proposes; a proposal that keep() prunes, or that was already evaluated, or is pending
-    in this batch, is told FAIL with stage 'pruned' or 'duplicate' (TPE ignores failed
-    trials) and replaced by the nearest untried valid config, enqueued and asked again.
-    Distance: sum over fields of |log2 a - log2 b| for numbers, 1 for differing strings
-    and flags; ties are broken by the seeded generator;
-  - ask_batch(n, refine=True) (the search's last trials) enqueues the untried configs
-    nearest the best timed one instead: a local refinement of TPE's best region;
-  - strategy 'grid' enqueues every untried valid config instead (the exhaustive baseline).
+  - the configs in `first` (the built-in default) are evaluated first;
+  - then `startup` configs drawn uniformly from the untried valid grid (seeded);
+  - after that TPE (multivariate, constant liar for the pending trials of every process)
+    proposes; a proposal that keep() prunes, or that was already evaluated, or is pending,
+    is told FAIL with stage 'pruned' or 'duplicate' (TPE ignores failed trials) and
+    replaced by the nearest untried valid config. Distance: sum over fields of
+    |log2 a - log2 b| for numbers, 1 for differing strings and flags; ties are broken by
+    the seeded generator;
+  - ask_batch(n, refine=True) (the search's last trials) asks the untried configs nearest
+    the best timed one instead: a local refinement of TPE's best region;
+  - strategy 'grid' asks every untried valid config instead (the exhaustive baseline).
+
+A chosen config becomes a trial through a forced ask (the sampler returns it), not
+Optuna's queue of enqueued trials: SQLite storages can hand one queued trial to two
+processes at once, while creating a trial is atomic in every storage.
 
 So a config is never evaluated twice in one study: COMPLETE trials are distinct timed
 configs (value: median ms), FAIL trials with a failure stage are distinct failed ones.
+Trial user attributes: `config` (LaunchConfig JSON: the claim), `worker` (host:pid),
+`heartbeat` (epoch seconds), and once told `error`, `timer`, `stage`, `reason`.
 
-Persistence: with a storage URL (an SQLite file per problem under the cache dir) every
-tell is stored at once; re-opening the study restores what was evaluated. Trials left
-RUNNING by an interrupted process are told FAIL without a stage and retried. (Two live
-processes tuning the same problem would fail each other's running trials this way; they
-tolerate it, but tune different problems in parallel, not the same one.)
+Sharing (shared=True: several processes, on one host or several, ask from one storage):
+before every ask the study is re-read from the storage, so configs other processes
+evaluated or are evaluating (RUNNING trials claiming a config) are not asked again. Two
+processes that claim one config at the same moment both see the other's claim and both
+give it up (it stays untried, to be asked later), so neither evaluates it twice; and a
+claim is given up as 'surplus' when the trials before it (by trial number, which every
+storage assigns atomically) already fill the budget, so the workers together evaluate
+exactly `limit` configs. A RUNNING trial is stale, told FAIL without a stage and its
+config retried, when its worker was on this host and is gone, or when its heartbeat
+(renewed every HEARTBEAT_S by a thread of the worker) is older than STALE_S.
+
+Persistence: with a storage URL (an SQLite file per problem under the cache dir by
+default; any Optuna storage for several hosts) every tell is stored at once; re-opening
+the study restores what was evaluated. Unshared, trials left RUNNING by an interrupted
+process are told FAIL without a stage and retried at once. `fresh` starts a new
+generation of the study (name suffix '#N') and deletes the old one, so the trial numbers
+of a fresh start never collide with those already recorded in the tuning database.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 import random
+import socket
+import threading
+import time
 from dataclasses import dataclass, fields
+from datetime import timezone
+from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 from optuna.distributions import CategoricalDistribution
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
+from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 
 from ..spec import LaunchConfig
@@ -46,14 +72,103 @@ log = logging.getLogger(__name__)
 
 _FIELDS = tuple(f.name for f in fields(LaunchConfig))
 #: FAIL stages of proposals that were never evaluated
-NOT_EVALUATED = ("pruned", "duplicate")
+NOT_EVALUATED = ("pruned", "duplicate", "surplus")
+#: a worker renews the heartbeat of its open trials this often (seconds)
+HEARTBEAT_S = 30.0
+#: a RUNNING trial whose heartbeat is older than this is stale (seconds)
+STALE_S = 300.0
+#: separates a study's name from its generation (see `fresh`)
+GENERATION_SEP = "#"
 
 
+def _host_id() -> str:
+    """This host, as trials record it: the host name and the pid namespace (containers
+    on one host that share a name have different namespaces, so their pids differ)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}" if namespace else socket.gethostname()
+
+
+HOST = _host_id()
+
+
+# -- storages ---------------------------------------------------------------------
 def storage_for(url: str | None):
-    """An Optuna storage: RDB (SQLite with a 60 s lock timeout) for a URL, else memory."""
+    """An Optuna storage for `url`:
+
+    None                            in memory (one process)
+    journal:PATH, or a plain PATH   a journal file (JournalFileBackend; processes on one
+                                    host, or hosts sharing a file system with locks)
+    sqlite:///FILE                  SQLite (a 60 s lock timeout)
+    postgresql://... and other RDB  RDBStorage; a bare postgresql:// uses whichever of
+    URLs                            psycopg2 or psycopg is installed (`mhfgen[postgres]`)
+    """
     if url is None:
         return optuna.storages.InMemoryStorage()
-    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    path = journal_path(url)
+    if path is not None:
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    if url.startswith("sqlite:"):
+        return _rdb(url, {"connect_args": {"timeout": 60}})
+    return _rdb(_with_postgres_driver(url), {"pool_pre_ping": True})
+
+
+def journal_path(url: str) -> str | None:
+    """The file of a journal storage URL ('journal:///abs', 'journal:rel', a plain path),
+    else None."""
+    if url.startswith("journal:"):
+        rest = url[len("journal:"):]
+        return rest[2:] if rest.startswith("//") else rest
+    return None if "://" in url else url
+
+
+def _rdb(url: str, engine_kwargs: dict):
+    # NOTE: two processes creating the tables of a new database at once can collide (one
+    # gets 'already exists'); the second attempt finds them.
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except ImportError as exc:
+            raise ValueError(f"{redact(url)}: no database driver for this URL ({exc}); for "
+                             f"PostgreSQL install mhfgen[postgres]") from exc
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy's errors
+            text = str(exc).lower()
+            if attempt == 2 or ("already exists" not in text and "duplicate" not in text):
+                raise
+            time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")
+
+
+def _with_postgres_driver(url: str) -> str:
+    """postgresql://... with the driver that is installed (SQLAlchemy 2.0 defaults to
+    psycopg2, 2.1 to psycopg); a URL naming its driver is left as it is."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres"):
+        return url
+    for module, driver in (("psycopg2", "psycopg2"), ("psycopg", "psycopg")):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        return f"postgresql+{driver}{sep}{rest}"
+    raise ValueError(f"{redact(url)}: PostgreSQL needs a driver: pip install 'mhfgen[postgres]' "
+                     f"(psycopg2-binary)")
+
+
+def redact(url: str) -> str:
+    """`url` without its password, for printing."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def config_distance(a: LaunchConfig, b: LaunchConfig) -> float:
@@ -68,6 +183,38 @@ def config_distance(a: LaunchConfig, b: LaunchConfig) -> float:
     return total
 
 
+class _ForcingSampler(BaseSampler):
+    """TPE, unless a config is forced: then the next ask returns exactly its params."""
+
+    def __init__(self, inner: BaseSampler) -> None:
+        self.inner = inner
+        self.forced: dict | None = None
+
+    def infer_relative_search_space(self, study, trial):
+        if self.forced is not None:
+            return {}
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        if self.forced is not None:
+            return {}
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        if self.forced is not None:
+            return self.forced[param_name]
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self.inner.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+
 @dataclass
 class Asked:
     """A trial handed out for evaluation (open until told)."""
@@ -80,21 +227,46 @@ class Asked:
         return self.trial.number
 
 
+@dataclass(frozen=True)
+class Evaluated:
+    """One evaluated trial as the storage holds it (for the tuning database)."""
+
+    number: int
+    config: LaunchConfig
+    ms: float | None
+    failure: Failure | None
+    error: float | None
+    timer: str
+    finished: str
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ConfigStudy:
     """Batches of untried valid configs for one kernel, and their outcomes.
 
     grid: the valid configs, in a deterministic order; first: configs to evaluate first
-    (the built-in default); strategy: 'optuna' or 'grid'.
+    (the built-in default); strategy: 'optuna' or 'grid'; shared: other processes ask
+    from the same storage (see the module doc); worker: this process's index among them
+    (it offsets the seeds, so workers propose different configs).
     """
 
     def __init__(self, name: str, storage_url: str | None, grid: list[LaunchConfig],
                  first: list[LaunchConfig] = (),
                  strategy: str = "optuna", seed: int = 0, startup: int = 8,
-                 fresh: bool = False) -> None:
+                 fresh: bool = False, shared: bool = False, worker: int = 0) -> None:
         if strategy not in ("optuna", "grid"):
             raise ValueError(f"strategy must be 'optuna' or 'grid', got {strategy!r}")
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        self.name, self.strategy = name, strategy
+        self.strategy, self.shared, self.worker = strategy, shared, worker
         self.grid = list(grid)
         self._grid_keys = {c.to_json() for c in self.grid}
         choices = {n: sorted({getattr(c, n) for c in self.grid}) for n in _FIELDS}
@@ -102,75 +274,188 @@ class ConfigStudy:
         self.distributions = {n: CategoricalDistribution(v)
                               for n, v in choices.items() if len(v) > 1}
         self.startup = startup
-        self._rng = random.Random(seed)
-        storage = storage_for(storage_url)
-        if fresh:
+        self._rng = random.Random(seed if worker == 0 else f"{seed}/worker{worker}")
+        self._first = [c for c in first if c.to_json() in self._grid_keys]
+        self._repair_from: LaunchConfig | None = None
+        self.storage = storage_for(storage_url)
+        self.name = self._generation(name, fresh)
+        self._sampler = _ForcingSampler(optuna.samplers.TPESampler(
+            seed=seed + 7919 * worker, multivariate=True, constant_liar=True,
+            n_startup_trials=startup))
+        self.study = optuna.create_study(study_name=self.name, storage=self.storage,
+                                         sampler=self._sampler, direction="minimize",
+                                         load_if_exists=True)
+        self.outcomes: dict[str, float | Failure] = {}
+        self._claims: dict[str, list[int]] = {}   # config -> numbers of others' RUNNING trials
+        self._running: list[int] = []             # numbers of others' RUNNING trials
+        self._open: dict[int, Asked] = {}         # this process's trials, not yet told
+        self._heartbeat: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        if shared:
+            self._drain_waiting()
+            self.refresh()
+        else:
+            self._restore()
+        self.resumed = len(self.outcomes)
+
+    # -- naming ------------------------------------------------------------------
+    def _generation(self, base: str, fresh: bool) -> str:
+        """The name of the study's current generation; with `fresh`, a new one."""
+        names = [n for n in optuna.get_all_study_names(self.storage)
+                 if n == base or n.startswith(base + GENERATION_SEP)]
+
+        def number(name: str) -> int:
+            tail = name[len(base) + 1:]
+            return int(tail) if tail.isdigit() else 0
+
+        current = max((number(n) for n in names), default=0)
+        if not fresh or not names:
+            return base if current == 0 else f"{base}{GENERATION_SEP}{current}"
+        new = f"{base}{GENERATION_SEP}{current + 1}"
+        try:
+            optuna.create_study(study_name=new, storage=self.storage, direction="minimize")
+        except DuplicatedStudyError:
+            pass
+        for old in names:
             try:
-                optuna.delete_study(study_name=name, storage=storage)
+                optuna.delete_study(study_name=old, storage=self.storage)
             except KeyError:
                 pass
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                             n_startup_trials=startup)
-        self.study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                         direction="minimize", load_if_exists=True)
-        self.outcomes: dict[str, float | Failure] = {}
-        self.resumed = self._restore()
-        self._waiting = {self._config(t.system_attrs.get("fixed_params", {})).to_json()
-                         for t in self.study.get_trials(deepcopy=False,
-                                                        states=(TrialState.WAITING,))}
-        for config in first:
-            if config.to_json() in self._grid_keys:
-                self._enqueue(config)
-        if strategy == "grid":
-            for config in self.grid:
-                self._enqueue(config)
+        return new
 
     # -- state -------------------------------------------------------------------
-    def _restore(self) -> int:
-        """Load outcomes of earlier runs; fail trials an interrupted run left RUNNING."""
+    def _restore(self) -> None:
+        """Unshared: load outcomes of earlier runs; fail trials an interrupted run left
+        RUNNING (no other process uses this study)."""
         for trial in self.study.get_trials(deepcopy=False):
-            key = trial.user_attrs.get("config")
             if trial.state == TrialState.RUNNING:
                 self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
                 log.info("%s: trial %d was interrupted; its config will be retried",
                          self.name, trial.number)
-            elif key is None:
                 continue
-            elif trial.state == TrialState.COMPLETE:
-                self.outcomes[key] = float(trial.value)
-            elif trial.state == TrialState.FAIL:
-                stage = trial.user_attrs.get("stage")
-                if stage and stage not in NOT_EVALUATED:
-                    self.outcomes[key] = Failure(stage, trial.user_attrs.get("reason", ""))
-        return len(self.outcomes)
+            self._record(trial)
+
+    def _record(self, trial) -> None:
+        key = trial.user_attrs.get("config")
+        if key is None:
+            return
+        if trial.state == TrialState.COMPLETE:
+            self.outcomes[key] = float(trial.value)
+        elif trial.state == TrialState.FAIL:
+            stage = trial.user_attrs.get("stage")
+            if stage and stage not in NOT_EVALUATED:
+                self.outcomes[key] = Failure(stage, trial.user_attrs.get("reason", ""))
+
+    def _drain_waiting(self) -> None:
+        """Fail trials left in Optuna's queue by older mhfgen versions (nothing is
+        enqueued any more; two processes could pop one queued trial from SQLite)."""
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            try:
+                self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            except (UpdateFinishedTrialError, RuntimeError):
+                pass
+
+    def refresh(self, mine: int | None = None) -> None:
+        """Shared: re-read outcomes and other processes' claims from the storage, and fail
+        stale RUNNING trials (their configs are retried). `mine`: a trial this process
+        is claiming (not another's)."""
+        if not self.shared:
+            return
+        self.outcomes, self._claims, self._running = {}, {}, []
+        now = time.time()
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.state == TrialState.RUNNING:
+                if trial.number in self._open or trial.number == mine:
+                    continue
+                if self._stale(trial, now):
+                    self._fail_stale(trial)
+                    continue
+                self._running.append(trial.number)
+                key = trial.user_attrs.get("config")
+                if key is not None:
+                    self._claims.setdefault(key, []).append(trial.number)
+            else:
+                self._record(trial)
+
+    @staticmethod
+    def _stale(trial, now: float) -> bool:
+        host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if host == HOST and pid.isdigit() and not _pid_alive(int(pid)):
+            return True
+        beat = trial.user_attrs.get("heartbeat")
+        if beat is None and trial.datetime_start is not None:
+            beat = trial.datetime_start.timestamp()  # naive local time, as Optuna stores it
+        return beat is not None and now - float(beat) > STALE_S
+
+    def _fail_stale(self, trial) -> None:
+        try:
+            self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except (UpdateFinishedTrialError, RuntimeError):
+            return
+        log.warning("%s: trial %d (worker %s) stopped answering; its config will be retried",
+                    self.name, trial.number, trial.user_attrs.get("worker", "unknown"))
 
     def timed(self) -> dict[str, float]:
         """config JSON -> median ms of every timed config."""
         return {k: v for k, v in self.outcomes.items() if isinstance(v, float)}
 
+    def evaluated_count(self) -> int:
+        return sum(1 for k in self.outcomes if k in self._grid_keys)
+
+    def in_flight(self) -> int:
+        """Configs other processes are evaluating now (shared studies)."""
+        return sum(1 for k in self._claims if k not in self.outcomes)
+
     def untried(self, pending: set[str] = frozenset()) -> list[LaunchConfig]:
         return [c for c in self.grid
                 if c.to_json() not in self.outcomes and c.to_json() not in pending]
+
+    def evaluated_trials(self) -> list[Evaluated]:
+        """Every evaluated trial as stored (all processes'), by trial number."""
+        out = []
+        for trial in self.study.get_trials(deepcopy=False,
+                                           states=(TrialState.COMPLETE, TrialState.FAIL)):
+            key = trial.user_attrs.get("config")
+            stage = trial.user_attrs.get("stage")
+            if key is None or key not in self._grid_keys:
+                continue
+            if trial.state == TrialState.FAIL and (not stage or stage in NOT_EVALUATED):
+                continue
+            failure = None if trial.state == TrialState.COMPLETE else \
+                Failure(stage, trial.user_attrs.get("reason", ""))
+            finished = trial.datetime_complete
+            out.append(Evaluated(
+                trial.number, LaunchConfig.from_dict(json.loads(key)),
+                float(trial.value) if failure is None else None, failure,
+                trial.user_attrs.get("error"), trial.user_attrs.get("timer", ""),
+                finished.astimezone(timezone.utc).isoformat(timespec="seconds")
+                if finished else ""))
+        return sorted(out, key=lambda e: e.number)
 
     # -- asking ------------------------------------------------------------------
     def _params(self, config: LaunchConfig) -> dict:
         return {n: getattr(config, n) for n in self.distributions}
 
-    def _enqueue(self, config: LaunchConfig) -> None:
-        key = config.to_json()
-        if key not in self.outcomes and key not in self._waiting:
-            self.study.enqueue_trial(self._params(config))
-            self._waiting.add(key)
-
     def _config(self, params: dict) -> LaunchConfig:
         values = {**self._fixed, **params}
         return LaunchConfig(**{n: values[n] for n in _FIELDS})
+
+    def _ask(self, forced: LaunchConfig | None, **attrs):
+        self._sampler.forced = None if forced is None else self._params(forced)
+        try:
+            trial = self.study.ask(self.distributions)
+        finally:
+            self._sampler.forced = None
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        return trial
 
     def _skip(self, trial, stage: str, reason: str) -> None:
         try:
             trial.set_user_attr("stage", stage)
             trial.set_user_attr("reason", reason)
-        except UpdateFinishedTrialError:  # failed meanwhile by another process's restore
+        except UpdateFinishedTrialError:  # failed meanwhile by another process
             return
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
@@ -183,41 +468,90 @@ class ConfigStudy:
         return next(c for c in self.grid if c.to_json() == key) if key in self._grid_keys \
             else None
 
-    def ask_batch(self, n: int, refine: bool = False,
-                  pending: list[Asked] = ()) -> list[Asked]:
+    def _choose(self, untried: list[LaunchConfig], busy: set[str], refine: bool
+                ) -> tuple[LaunchConfig | None, dict]:
+        """The config to force next (None: TPE proposes) and the trial attributes."""
+        for config in self._first:
+            if config.to_json() not in self.outcomes and config.to_json() not in busy:
+                return config, {}
+        if self._repair_from is not None:
+            bad, self._repair_from = self._repair_from, None
+            return self._nearest(untried, bad), {"repaired_from": bad.to_json()}
+        if self.strategy == "grid":
+            return (untried[0] if self.worker == 0 else self._rng.choice(untried)), {}
+        best = self.best() if refine else None
+        if best is not None:
+            return self._nearest(untried, best), {"refine": True}
+        if len(self.outcomes) + len(busy) < self.startup:
+            return self._rng.choice(untried), {}
+        return None, {}
+
+    def ask_batch(self, n: int, refine: bool = False, pending: list[Asked] = (),
+                  limit: int | None = None) -> list[Asked]:
         """Up to `n` untried valid configs, each an open trial (see the module doc), none
-        of them among `pending` (trials asked earlier for the same batch)."""
+        of them among `pending` (trials asked earlier for the same batch). `limit`: the
+        budget of evaluated configs; a shared study never hands out more."""
         out: list[Asked] = []
-        pending: set[str] = {a.config.to_json() for a in pending}
+        pending_keys: set[str] = {a.config.to_json() for a in pending}
+        conflicts: set[str] = set()
         attempts = 0
         while len(out) < n and attempts < 20 * n + 50:
             attempts += 1
-            untried = self.untried(pending)
+            self.refresh()
+            busy = pending_keys | set(self._claims) | conflicts \
+                | {a.config.to_json() for a in self._open.values()}
+            untried = self.untried(busy)
             if not untried:
                 break
-            if self.strategy == "optuna" and not self._has_waiting():
-                best = self.best() if refine else None
-                if best is not None:
-                    self.study.enqueue_trial(self._params(self._nearest(untried, best)),
-                                             user_attrs={"refine": True})
-                elif len(self.outcomes) + len(pending) < self.startup:
-                    self.study.enqueue_trial(self._params(self._rng.choice(untried)))
-            trial = self.study.ask(self.distributions)
+            forced, attrs = self._choose(untried, busy, refine)
+            trial = self._ask(forced, **attrs)
             config = self._config(trial.params)
             key = config.to_json()
-            if key in self._grid_keys and key not in self.outcomes and key not in pending:
-                trial.set_user_attr("config", key)
-                out.append(Asked(trial, config))
-                pending.add(key)
-                continue
             if key not in self._grid_keys:
                 self._skip(trial, "pruned", "outside the valid grid (keep() prunes it)")
-            else:
+                self._repair_from = config
+                continue
+            if key in self.outcomes or key in busy:
                 self._skip(trial, "duplicate", "already evaluated or pending")
-            repaired = self._nearest(untried, config)
-            self.study.enqueue_trial(self._params(repaired),
-                                     user_attrs={"repaired_from": key})
+                self._repair_from = config
+                continue
+            try:
+                trial.set_user_attr("config", key)
+                if self.shared:
+                    trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
+                    trial.set_user_attr("heartbeat", time.time())
+            except UpdateFinishedTrialError:  # another process judged it stale
+                conflicts.add(key)
+                continue
+            if self.shared:
+                verdict = self._check_claim(trial.number, key, limit)
+                if verdict == "conflict":
+                    self._skip(trial, "duplicate", "claimed by another worker at the same time")
+                    conflicts.add(key)
+                    continue
+                if verdict == "surplus":
+                    self._skip(trial, "surplus", "the budget is filled by earlier trials")
+                    break
+            asked = Asked(trial, config)
+            out.append(asked)
+            pending_keys.add(key)
+            with self._lock:
+                self._open[trial.number] = asked
+            self._start_heartbeat()
         return out
+
+    def _check_claim(self, number: int, key: str, limit: int | None) -> str:
+        """'ok', 'conflict' (another process claims `key` too, or evaluated it) or
+        'surplus' (earlier trials fill `limit`), read after claiming."""
+        self.refresh(mine=number)
+        if key in self.outcomes or self._claims.get(key):
+            return "conflict"
+        if limit is not None:
+            before = self.evaluated_count() + sum(1 for m in self._running if m < number) \
+                + sum(1 for m in self._open if m < number)
+            if before >= limit:
+                return "surplus"
+        return "ok"
 
     def _nearest(self, configs: list[LaunchConfig], target: LaunchConfig) -> LaunchConfig:
         """The config nearest `target`; ties broken by the seeded generator."""
@@ -225,22 +559,73 @@ class ConfigStudy:
         low = min(dist)
         return self._rng.choice([c for c, d in zip(configs, dist) if d <= low + 1e-9])
 
-    def _has_waiting(self) -> bool:
-        return bool(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    # -- heartbeat ---------------------------------------------------------------
+    def _start_heartbeat(self) -> None:
+        if not self.shared or self._heartbeat is not None:
+            return
+        self._heartbeat = threading.Thread(target=self._beat, daemon=True,
+                                           name=f"mhfgen-heartbeat-{self.worker}")
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with self._lock:
+                ids = [a.trial._trial_id for a in self._open.values()]
+            for trial_id in ids:
+                try:
+                    self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+                except Exception:  # noqa: BLE001 - told meanwhile, or the storage hiccups
+                    pass
+
+    def close(self) -> None:
+        """Stop the heartbeat thread (open trials should be told or abandoned first)."""
+        self._stop.set()
 
     # -- telling -----------------------------------------------------------------
-    def tell_time(self, asked: Asked, ms: float) -> None:
+    def _attrs(self, asked: Asked, error: float | None, timer: str) -> None:
+        try:
+            if error is not None:
+                asked.trial.set_user_attr("error", float(error))
+            if timer:
+                asked.trial.set_user_attr("timer", timer)
+        except UpdateFinishedTrialError:
+            pass
+
+    def _close_trial(self, asked: Asked) -> None:
+        with self._lock:
+            self._open.pop(asked.number, None)
+
+    def tell_time(self, asked: Asked, ms: float, error: float | None = None,
+                  timer: str = "") -> None:
+        self._attrs(asked, error, timer)
         self.study.tell(asked.trial, ms, skip_if_finished=True)
         self.outcomes[asked.config.to_json()] = float(ms)
+        self._close_trial(asked)
 
-    def tell_failure(self, asked: Asked, failure: Failure) -> None:
+    def tell_failure(self, asked: Asked, failure: Failure, error: float | None = None,
+                     timer: str = "") -> None:
+        self._attrs(asked, error, timer)
         self._skip(asked.trial, failure.stage, failure.reason)
         self.outcomes[asked.config.to_json()] = failure
+        self._close_trial(asked)
 
     def abandon(self, asked: list[Asked]) -> None:
         """Fail open trials without a stage (they will be retried), e.g. on Ctrl-C."""
         for a in asked:
             self.study.tell(a.trial, state=TrialState.FAIL, skip_if_finished=True)
+            self._close_trial(a)
+
+    # -- the declared winner ---------------------------------------------------------
+    def declared(self, evaluated: int) -> dict | None:
+        """The winner a process declared after the side-by-side timing of this study's
+        `evaluated` configs, if one did (so every host stores the same winner)."""
+        found = self.study.user_attrs.get("declared")
+        if isinstance(found, dict) and found.get("evaluated") == evaluated:
+            return found
+        return None
+
+    def declare(self, record: dict) -> None:
+        self.study.set_user_attr("declared", record)
 
 
 def study_name(kernel: str, template_hash: str, problem_key: str, device_key: str,

@@ -283,6 +283,16 @@ class RecordingTimer:
     def close(self) -> None:
         self.inner.close()
 
+    def absorb(self, recording: dict) -> None:
+        """Add what another RecordingTimer recorded (a worker's, in mhfgen-timings form)."""
+        for rec in recording["records"]:
+            c = Candidate(rec["kernel"], LaunchConfig.from_dict(rec["config"]))
+            if "ms" in rec:
+                self._times.setdefault(c, []).append(float(rec["ms"]))
+                self._errors[c] = rec.get("error")
+            else:
+                self._failures[c] = Failure(rec["failure"]["stage"], rec["failure"]["reason"])
+
     def recording(self) -> dict:
         records = []
         for c in sorted(set(self._times) | set(self._failures),
