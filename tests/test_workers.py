@@ -407,3 +407,21 @@ def test_a_database_on_a_read_only_file_system_is_read(tmp_path):
             assert len(db.winners()) == 4 and len(db.trials()) == 4
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_workers_throughput_script_smoke(tmp_path, capsys):
+    """benchmarks/workers_throughput.py end to end on the CPU (its figures mean nothing
+    here and say so), so it does not rot before its run on two GPUs."""
+    import importlib.util
+
+    path = ROOT / "benchmarks" / "workers_throughput.py"
+    spec = importlib.util.spec_from_file_location("bench_workers_throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(tmp_path), "--cpu-smoke", "--trials", "3"]) == 0
+    text = (tmp_path / "workers_throughput.md").read_text()
+    assert "NOT GPU timings" in text and "| 2 | 3 |" in text and "| 1 | 3 |" in text
+    data = json.loads((tmp_path / "workers_throughput.json").read_text())
+    assert [r["workers"] for r in data["runs"]] == [1, 2]
+    assert all(r["evaluated"] == r["stored_trials"] == 3 for r in data["runs"])
+    assert data["environment"]["gpu"]["gpu_name"] == "interpreter"

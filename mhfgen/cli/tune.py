@@ -371,7 +371,8 @@ def _tune_with_workers(args, problem, device, kind, replay, storage, db, db_path
             where = f" (GPU {w.gpu})" if w.gpu is not None else ""
             print(f"worker {w.job.index}{where} failed with exit status {w.proc.returncode}; "
                   f"its log, {w.log_path}, ends with:\n{w.tail()}", file=sys.stderr)
-        timer = replay if replay is not None else build_timer(kind, problem, args.seed, jobs)
+        # the finalists are in Triton's cache already: no compile pool to re-time them
+        timer = replay if replay is not None else build_timer(kind, problem, args.seed, 1)
         if args.record:
             timer = RecordingTimer(timer, device)
             for w in pool.workers:

@@ -10,6 +10,7 @@
     study     the persistent Optuna study of one kernel and problem (ask with repair)
     search    the tuning loop: ask a batch, compile in parallel, check and time one by
               one, re-time the best side by side, store trials and the winner
+    workers   several worker processes (one per GPU) sharing one study: `tune --workers`
     db        the SQLite tuning database (trials, winners, schema version, layers)
     lookup    the in-memory index of winners the dispatcher searches
     exchange  JSON export and import of winners with provenance

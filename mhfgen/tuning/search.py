@@ -13,7 +13,13 @@ For each kernel (forward and both backward kernels in one run):
   3. when `trials` distinct configs are evaluated (or the grid is exhausted) the best
      `top_k`, the default and the database's current winner for this key are re-timed
      side by side, round-robin for `rounds` rounds; the lowest median wins and is stored
-     with its speed-up over the default measured in the same rounds.
+     with its speed-up over the default measured in the same rounds, and declared in the
+     study (a later finish of the same trials stores it without timing again).
+
+Shared (several processes on one study, mhfgen.tuning.workers): search() only evaluates,
+counting configs other processes are evaluating as done and waiting for them at the end;
+finish() writes every trial of the study to the database (skipping those stored already)
+and then the winner. Tuner.tune() is search() then finish() for every kernel.
 """
 from __future__ import annotations
 
@@ -248,8 +254,11 @@ class Tuner:
         if asked:
             return asked, "asked"
         # nothing to ask: unshared, the grid (or the repair) is exhausted; shared, the
-        # rest is claimed by others or the last claims collided: look again later
-        return [], "blocked" if study.shared else "complete"
+        # rest is claimed by others or the last claims collided: look again later,
+        # unless nothing is untried and nothing is being evaluated
+        if study.shared and (study.in_flight() or study.untried(set(study.claimed()))):
+            return [], "blocked"
+        return [], "complete"
 
     def search_kernel(self, kernel: str, study: ConfigStudy,
                       first: tuple[list[Asked], list[Failure | None]] | None = None) -> bool:

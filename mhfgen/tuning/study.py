@@ -407,6 +407,10 @@ class ConfigStudy:
         """Configs other processes are evaluating now (shared studies)."""
         return sum(1 for k in self._claims if k not in self.outcomes)
 
+    def claimed(self) -> list[str]:
+        """Configs other processes are evaluating now (shared studies)."""
+        return [k for k in self._claims if k not in self.outcomes]
+
     def untried(self, pending: set[str] = frozenset()) -> list[LaunchConfig]:
         return [c for c in self.grid
                 if c.to_json() not in self.outcomes and c.to_json() not in pending]
