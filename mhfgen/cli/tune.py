@@ -359,9 +359,12 @@ def _tune_with_workers(args, problem, device, kind, replay, storage, db, db_path
         {k: tuner.budget_of(s) for k, s in studies.items()}, args.no_progress)
 
     def poll() -> None:
-        for k, study in studies.items():
-            study.refresh()
-            tuner.report(k, study)
+        try:
+            for k, study in studies.items():
+                study.refresh()
+                tuner.report(k, study)
+        except Exception as exc:  # noqa: BLE001 - the bar waits for the next poll
+            logging.getLogger(__name__).debug("progress poll failed: %s", exc)
 
     timer = None
     try:
