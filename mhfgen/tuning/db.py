@@ -235,20 +235,20 @@ class TuningDB:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)
-        self = cls(path, conn, readonly)
-        try:
-            self._validate_or_create()
-        except BaseException:
-            conn.close()
-            raise
-        return self
+        return cls._checked(path, conn, readonly)
 
     @classmethod
     def _open_readonly(cls, path: Path, query: str) -> "TuningDB":
         conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?{query}", uri=True,
                                timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False)
-        self = cls(path, conn, True)
+        return cls._checked(path, conn, True)
+
+    @classmethod
+    def _checked(cls, path: Path, conn: sqlite3.Connection, readonly: bool) -> "TuningDB":
+        """The database on `conn`, its schema validated (or created); the connection is
+        closed if that fails."""
+        self = cls(path, conn, readonly)
         try:
             self._validate_or_create()
         except BaseException:
