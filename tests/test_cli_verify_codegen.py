@@ -38,3 +38,8 @@ def test_doctor(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "triton" in out and "user database" in out
+    shipped = next(line for line in out.splitlines() if line.startswith("shipped configs"))
+    # the shipped H200 records match the templates they were tuned with
+    assert "NVIDIA H200" in shipped and "valid for the current templates" in shipped
+    ok, total = shipped.split(": ", 1)[1].split(" valid")[0].split(" of ")
+    assert int(ok) == int(total) > 0

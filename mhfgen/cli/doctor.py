@@ -36,7 +36,31 @@ def run(args) -> int:
         ("templates", str(paths.templates_dir())),
         ("cache dir", str(paths.cache_dir())),
     ]
+    rows.append(("shipped configs", _shipped_summary(shipped)))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _shipped_summary(path) -> str:
+    """How many shipped winners still match the current templates (records of another
+    template hash are never used), per GPU."""
+    if not path.exists():
+        return "none"
+    from .. import codegen
+    from ..tuning.db import TuningDB, TuningDBError
+
+    try:
+        with TuningDB.open(path, readonly=True) as db:
+            winners = db.winners()
+    except TuningDBError as exc:
+        return f"unreadable: {exc}"
+    current = {k: codegen.template_hash(k) for k in {w.key.kernel for w in winners}}
+    per_gpu: dict[str, list[int]] = {}
+    for w in winners:
+        counts = per_gpu.setdefault(w.key.gpu_name, [0, 0])
+        counts[0] += w.key.template_hash == current[w.key.kernel]
+        counts[1] += 1
+    return "; ".join(f"{gpu}: {ok} of {n} valid for the current templates"
+                     for gpu, (ok, n) in sorted(per_gpu.items())) or "none"
