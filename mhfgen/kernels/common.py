@@ -131,11 +131,6 @@ def grad_plan_inputs(q: torch.Tensor, do: torch.Tensor) -> tuple[bool, tuple]:
     return copy, strides[:3]
 
 
-def unit_last_stride(t: torch.Tensor) -> torch.Tensor:
-    """t itself if its last dim has unit stride, else a contiguous copy."""
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
