@@ -43,8 +43,10 @@ FOCUSED = {
 }
 
 
-def grid(kernel: str, base: LaunchConfig, focused: bool = False) -> list[LaunchConfig]:
-    """A full grid of tile sizes, warps and stages, or a focused list (both TMA variants)."""
+def grid(kernel: str, base: LaunchConfig, focused: bool = False,
+         knob: str | None = None) -> list[LaunchConfig]:
+    """A full grid of tile sizes, warps and stages, or a focused list with a boolean knob
+    both ways (default per kernel: prefetch_scores, tma, transpose_acc)."""
     if focused:
         space = FOCUSED[kernel]
     elif kernel == "flash_mhf_fwd":
@@ -54,12 +56,13 @@ def grid(kernel: str, base: LaunchConfig, focused: bool = False) -> list[LaunchC
     else:
         space = itertools.product((32, 64, 128), (32, 64), (4, 8), (1, 2, 3))
     # the structural knob of each kernel, both ways in a focused sweep
-    knob = {"flash_mhf_fwd": "prefetch_scores", "flash_mhf_bwd_dq": "tma",
-            "flash_mhf_bwd_dkv": "transpose_acc"}[kernel]
+    knob = knob or {"flash_mhf_fwd": "prefetch_scores", "flash_mhf_bwd_dq": "tma",
+                    "flash_mhf_bwd_dkv": "transpose_acc"}[kernel]
     values = (False, True) if focused else (False,)
+    extra = {"tma": True} if knob == "warp_specialize" else {}  # WS needs descriptor loads
     return [LaunchConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s,
                          group_heads=base.group_heads, token_splits=base.token_splits,
-                         inter_splits=base.inter_splits, **{knob: value})
+                         inter_splits=base.inter_splits, **extra, **{knob: value})
             for (bm, bn, w, s) in space for value in values]
 
 
@@ -75,6 +78,9 @@ def main() -> int:
     ap.add_argument("--focused", action="store_true", help="a focused list instead of the full grid")
     ap.add_argument("--grid-shapes", default="1.3B", help="shapes that get the grid")
     ap.add_argument("--kernels", default=",".join(LAUNCH), help="kernels to time")
+    ap.add_argument("--knob", default=None,
+                    help="the boolean LaunchConfig field a focused sweep varies "
+                         "(e.g. warp_specialize; default per kernel)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -95,7 +101,7 @@ def main() -> int:
             if kernel not in args.kernels.split(","):
                 continue
             base = default_config(kernel, spec, problem.tokens, _device.sm_count(dev))
-            configs = [base] + (grid(kernel, base, args.focused) if args.grid and name in args.grid_shapes else [])
+            configs = [base] + (grid(kernel, base, args.focused, args.knob) if args.grid and name in args.grid_shapes else [])
             timings = []
             for config in configs:
                 try:
@@ -117,6 +123,7 @@ def main() -> int:
                   f"bm{best_cfg.block_m} bn{best_cfg.block_n} w{best_cfg.num_warps} s{best_cfg.num_stages}"
                   f"{' tma' if best_cfg.tma else ''}{' T' if best_cfg.transpose_acc else ''}"
                   f"{' prefetch' if best_cfg.prefetch_scores else ''}"
+                  f"{' ws' if best_cfg.warp_specialize else ''}"
                   f" (of {len(timings)})")
         for label, idx in (("default", 0), ("best", 1)) if len(best_ms) == len(LAUNCH) else ():
             f = best_ms["flash_mhf_fwd"][idx]

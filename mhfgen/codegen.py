@@ -69,9 +69,12 @@ def static_params(kernel: str, spec: KernelSpec, config: LaunchConfig) -> dict:
     params = {"chunks": chunks, "even_de": spec.expert_dim % config.block_n == 0}
     if kernel == "flash_mhf_fwd":
         params.update(group_heads=config.group_heads, inter_split=config.inter_splits > 1,
-                      tma=config.tma, prefetch_scores=config.prefetch_scores and params["even_de"])
+                      tma=config.tma, prefetch_scores=config.prefetch_scores and params["even_de"],
+                      warp_specialize=config.warp_specialize and params["even_de"]
+                      and not config.prefetch_scores)
     elif kernel == "flash_mhf_bwd_dq":
-        params.update(group_heads=config.group_heads, tma=config.tma)
+        params.update(group_heads=config.group_heads, tma=config.tma,
+                      warp_specialize=config.warp_specialize and params["even_de"])
     else:
         params.update(token_split=config.token_splits > 1, transpose_acc=config.transpose_acc,
                       split_grads=config.split_grads)

@@ -107,6 +107,9 @@ class LaunchConfig:
                   fp32 atomics.
     tma:          forward and dQ: load K/U/V tiles through tensor descriptors (the TMA
                   engine on sm90+) instead of pointer arithmetic.
+    warp_specialize: forward and dQ, with tma and BLOCK_N dividing De (the flat loop):
+                  Triton's automatic warp specialisation of the loop (producer warps for
+                  the TMA loads, consumer warpgroups for MMA and math), sm90+ only.
     split_grads:  dK/dU/dV only: two kernels, dK and dU in one, dV in the other, each with
                   fewer live accumulators (S and A are computed in both).
     prefetch_scores: forward only, when BLOCK_N divides De: issue the next tile's score
@@ -127,6 +130,7 @@ class LaunchConfig:
     transpose_acc: bool = False
     prefetch_scores: bool = False
     split_grads: bool = False
+    warp_specialize: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
@@ -163,6 +167,9 @@ class LaunchConfig:
         if spec.group % self.group_heads:
             raise ValueError(
                 f"group_heads={self.group_heads} must divide heads/kv_heads={spec.group}")
+        if self.warp_specialize and not self.tma:
+            raise ValueError("warp_specialize=True needs tma=True (Triton's Hopper warp "
+                             "specialisation handles descriptor loads, not pointer loads)")
         if self.tma:
             if spec.target != INTERPRETER and not spec.target.startswith(("sm9", "sm1")):
                 raise ValueError(f"tma=True needs an sm90+ target, not {spec.target}")

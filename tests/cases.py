@@ -33,11 +33,13 @@ CONFIGS = {
         LaunchConfig(block_m=16, block_n=32, tma=True),
         LaunchConfig(block_m=16, block_n=16, prefetch_scores=True, inter_splits=3),
         LaunchConfig(block_m=32, block_n=16, prefetch_scores=True, tma=True, head_dim_split="pad"),
+        LaunchConfig(block_m=16, block_n=16, tma=True, warp_specialize=True),
     ],
     "flash_mhf_bwd_dq": [
         LaunchConfig(block_m=16, block_n=16),
         LaunchConfig(block_m=32, block_n=64, head_dim_split="pad"),
         LaunchConfig(block_m=16, block_n=32, head_dim_split="pad", tma=True),
+        LaunchConfig(block_m=16, block_n=16, tma=True, warp_specialize=True),
     ],
     "flash_mhf_bwd_dkv": [
         LaunchConfig(block_m=16, block_n=16),

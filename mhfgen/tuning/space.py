@@ -56,7 +56,7 @@ UNUSED_FIELDS: dict[str, dict[str, object]] = {
     "flash_mhf_bwd_dq": {"inter_splits": 1, "token_splits": 1, "transpose_acc": False,
                          "prefetch_scores": False, "split_grads": False},
     "flash_mhf_bwd_dkv": {"inter_splits": 1, "group_heads": 1, "tma": False,
-                          "prefetch_scores": False},
+                          "prefetch_scores": False, "warp_specialize": False},
 }
 #: programs per multiprocessor above which a split only adds partial-sum traffic
 MAX_PROGRAMS_PER_SM = 8
