@@ -1,6 +1,6 @@
 """The tuning figures of ANCHORS.md, measured on one GPU model in one run:
 
-  suite     tuned vs built-in default on 8 shapes (forward, dQ/dR and dK/dU/dV kernels),
+  suite     tuned vs built-in default on 23 shapes (forward, dQ/dR and dK/dU/dV kernels),
             each tuned like `mhfgen tune` does (Optuna, --trials per kernel); the
             speed-ups come from the tuner's final side-by-side rounds. Bar: geometric mean
             of the speed-ups >= 1.10.
@@ -75,16 +75,18 @@ class Shape:
         return TuningProblem(spec, self.tokens)
 
 
-SUITE = [
-    Shape("128M-T16384", 8, 8, 96, 2048, 8, 16384),
-    Shape("370M-T16384", 8, 8, 128, 2816, 11, 16384),
-    Shape("1.3B-T16384", 16, 16, 128, 5632, 22, 16384),
-    Shape("H16D64-T16384", 16, 16, 64, 2816, 11, 16384),
-    Shape("370M-T2048", 8, 8, 128, 2816, 11, 2048),
-    Shape("1.3B-T4096", 16, 16, 128, 5632, 22, 4096),
-    Shape("1.3B-GQA4-T16384", 16, 4, 128, 5632, 22, 16384),
-    Shape("370M-decode-T16", 8, 8, 128, 2816, 11, 16),
-]
+def _presets_at(tokens: tuple[int, ...]) -> list[Shape]:
+    """The three SPEC.md presets at each token count."""
+    dims = {"1.3B": (16, 16, 128, 5632, 22), "370M": (8, 8, 128, 2816, 11),
+            "128M": (8, 8, 96, 2048, 8)}
+    return [Shape(f"{name}-T{t}", *dims[name], t) for t in tokens for name in dims]
+
+
+#: the suite is also what ships in tuning_db/ (issue 5): the presets at 16384 tokens first,
+#: then decode (1, 8, 64 tokens), then 2048, 8192 and 32768 tokens, then Hkv < H and D = 64
+SUITE = (_presets_at((16384, 1, 8, 64, 2048, 8192, 32768))
+         + [Shape("1.3B-GQA4-T16384", 16, 4, 128, 5632, 22, 16384),
+            Shape("H16D64-T16384", 16, 16, 64, 2816, 11, 16384)])
 GRID_SHAPES = ("370M-T16384", "1.3B-T16384")
 GRID_KERNELS = ("flash_mhf_fwd", "flash_mhf_bwd_dkv")
 SMOKE_SUITE = [Shape("smoke-A", 2, 1, 32, 64, 2, 32, "float32"),

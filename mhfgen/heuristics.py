@@ -70,8 +70,9 @@ def default_config(kernel: str, spec: KernelSpec, tokens: int, sm_count: int) ->
         tiles = spec.intermediate // bn if spec.expert_dim % bn == 0 else spec.experts
         splits = 1
         if not interp and 2 * programs <= sm_count:
-            # few tokens (decode): split the intermediate dimension to fill the GPU
-            splits = max(1, min(tiles, -(-2 * sm_count // programs)))
+            # few tokens (decode): split the intermediate dimension to fill the GPU with
+            # one wave of programs (a second, partial wave would leave most SMs idle)
+            splits = max(1, min(tiles, sm_count // programs))
         config = LaunchConfig(block_m=bm, block_n=bn, num_warps=4 if bm < 64 else warps,
                               num_stages=stages, group_heads=heads, inter_splits=splits)
     elif kernel == "flash_mhf_bwd_dq":

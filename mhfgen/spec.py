@@ -101,8 +101,9 @@ class LaunchConfig:
                   tile is loaded once for all of them (must divide H / Hkv). Forward and dQ.
     head_dim_split: 'chunks' splits a non-power-of-two head_dim into power-of-two dot
                   operands (96 = 64 + 32); 'pad' pads it to the next power of two with masks.
-    inter_splits: forward only; programs that split the intermediate dimension, partial
-                  outputs summed afterwards (the decode path for few tokens).
+    inter_splits: forward only; programs that split the intermediate dimension; their fp32
+                  partials are summed in the same launch by the last program of each row
+                  block to finish (the decode path for few tokens).
     token_splits: dK/dU/dV only; programs that split the tokens, partials reduced with
                   fp32 atomics.
     tma:          forward and dQ: load K/U/V tiles through tensor descriptors (the TMA

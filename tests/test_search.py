@@ -239,3 +239,29 @@ def test_compile_pool_redoes_the_tasks_of_a_broken_worker(monkeypatch):
     monkeypatch.setattr(pool, "close", lambda: closed.append(True))
     got = pool.compile(TINY.spec, TINY.tokens, [(FWD, LaunchConfig()), (DQ, LaunchConfig())])
     assert got == [None, None] and closed == [True]
+
+
+def _abort_on_block_n_32(spec_dict, tokens, device, kernel, config_json):
+    """A stand-in compile task: block_n=32 kills its process, as a compiler assertion does."""
+    import json
+    import os
+
+    if json.loads(config_json)["block_n"] == 32:
+        os.abort()
+    return None
+
+
+def test_compile_pool_isolates_a_candidate_that_kills_its_worker(monkeypatch):
+    from mhfgen.tuning import compile as compile_mod
+
+    monkeypatch.setattr(compile_mod, "_compile_one", _abort_on_block_n_32)
+    pool = CompilePool("cpu", jobs=2, timeout_s=60)
+    try:
+        got = pool.compile(TINY.spec, TINY.tokens,
+                           [(FWD, LaunchConfig(block_m=16, block_n=16)),
+                            (FWD, LaunchConfig(block_m=16, block_n=32)),
+                            (DQ, LaunchConfig(block_m=32, block_n=16))])
+    finally:
+        pool.close()
+    assert got[0] is None and got[2] is None
+    assert got[1].stage == "crash"

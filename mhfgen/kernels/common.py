@@ -141,3 +141,27 @@ def intermediate_blocks(spec: KernelSpec, block_n: int) -> int:
     if spec.expert_dim % block_n == 0:
         return spec.intermediate // block_n
     return spec.experts * cdiv(spec.expert_dim, block_n)
+
+
+_counters: dict = {}
+
+
+def split_counters(n: int, device: torch.device) -> torch.Tensor:
+    """n int32 zeros for the tickets of a split reduction (the forward with inter_splits).
+
+    The kernel's last program of each row block resets its counter to zero, so one buffer
+    per (device, stream) serves every launch without a memset; launches on one stream run
+    in order, launches on two streams get two buffers. While a CUDA graph is captured the
+    buffer is allocated fresh (its zeroing becomes part of the graph, its memory the
+    graph's), never cached.
+    """
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return torch.zeros(n, dtype=torch.int32, device=device)
+        key = (device, torch.cuda.current_stream(device).cuda_stream)
+    else:
+        key = (device, 0)
+    counters = _counters.get(key)
+    if counters is None or counters.numel() < n:
+        counters = _counters[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+    return counters

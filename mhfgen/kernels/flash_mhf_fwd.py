@@ -10,7 +10,7 @@ from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
 from .common import (cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
                      intermediate_blocks, plan_cache, plan_key, remember, resolve_config,
-                     spec_of)
+                     spec_of, split_counters)
 
 KERNEL = "flash_mhf_fwd"
 
@@ -23,7 +23,7 @@ class FwdPlan:
     kernel: object  # the @triton.jit kernel; None when there are no tokens
     grid: tuple
     out_shape: tuple  # (B, L, H, D)
-    splits: int  # > 1: fp32 partials (splits, B, L, H, D) summed after the launch
+    splits: int  # 0: no split; >= 1: fp32 partials (splits, B, L, H, D) reduced in-launch
     scalars: tuple  # strides of q, r, the output (and split), seqlen, rows
     meta: dict  # BLOCK_M, BLOCK_N, num_warps, num_stages
     copy_weights: bool  # k/u/v need a contiguous copy
@@ -39,7 +39,9 @@ def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Te
     q: (B, L, H, D) with unit last stride; k/u/v: (Hkv, E, De, D); r: (B, L, H, E) fp32 or
     q's dtype. Returns o (B, L, H, D), contiguous, in q's dtype. `config` overrides the
     dispatcher's choice. With inter_splits = S > 1, S programs share a row block's
-    intermediate dimension and write fp32 partials (S, B, L, H, D), summed here.
+    intermediate dimension and write fp32 partials to a workspace (S, B, L, H, D); the last
+    of them to finish sums the S partials into o, in the same launch (one counter per row
+    block, see split_counters).
     """
     key = plan_key(config, q, k, u, v, r)
     plan = _plans.get(key)
@@ -50,10 +52,12 @@ def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Te
         return o
     if plan.copy_weights:
         k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
-    out = o if plan.splits == 1 else empty((plan.splits, *plan.out_shape), torch.float32, q.device)
-    plan.kernel[plan.grid](q, k, u, v, r, out, *plan.scalars, **plan.meta)
-    if plan.splits > 1:
-        torch.sum(out, dim=0, out=o) if q.dtype == torch.float32 else o.copy_(out.sum(0))
+    if not plan.splits:
+        plan.kernel[plan.grid](q, k, u, v, r, o, *plan.scalars, **plan.meta)
+    else:
+        work = empty((plan.splits, *plan.out_shape), torch.float32, q.device)
+        counters = split_counters(plan.grid[0] * plan.grid[1], q.device)
+        plan.kernel[plan.grid](q, k, u, v, r, work, o, counters, *plan.scalars, **plan.meta)
     return o
 
 
@@ -64,7 +68,7 @@ def _make_plan(q, k, u, v, r, config: LaunchConfig | None) -> FwdPlan:
     config = resolve_config(KERNEL, spec, problem, q, config)
     B, L, H, D = q.shape
     if problem.tokens == 0:
-        return FwdPlan(None, (), (B, L, H, D), 1, (), {}, False)
+        return FwdPlan(None, (), (B, L, H, D), 0, (), {}, False)
     kernel = load_kernel(KERNEL, spec, config)
     if config.tma:
         ensure_descriptor_allocator(q.device)
@@ -85,5 +89,5 @@ def _make_plan(q, k, u, v, r, config: LaunchConfig | None) -> FwdPlan:
     meta = dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                 num_warps=config.num_warps, num_stages=config.num_stages)
     copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
-    return FwdPlan(kernel, grid, (B, L, H, D), splits if config.inter_splits > 1 else 1,
+    return FwdPlan(kernel, grid, (B, L, H, D), splits if config.inter_splits > 1 else 0,
                    scalars, meta, copy)

@@ -16,13 +16,17 @@ never other candidates, and it never reaches the parent process, whose context t
 timing needs.
 
 Failures come back classified: 'resources' (Triton's OutOfResources: shared memory or
-registers), 'compile' (a compilation error), 'error' (anything else), 'timeout'.
+registers), 'compile' (a compilation error), 'error' (anything else), 'timeout', 'crash'
+(the compiling process died; see CompilePool).
 """
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from typing import Sequence
 
 from .outcome import Failure, classify
@@ -32,6 +36,8 @@ log = logging.getLogger(__name__)
 _worker_state: dict = {}
 #: a worker's answer for a task it cannot do (its CUDA context is broken): redo elsewhere
 RETRY = "retry"
+#: a task whose pool broke (a worker process died) before it finished: redo it alone
+CRASHED = "crashed"
 MAX_ROUNDS = 3
 
 
@@ -108,6 +114,12 @@ class CompilePool:
     any number of problems.
 
     compile(spec, tokens, [(kernel, config), ...]) -> [Failure or None, ...] in order.
+
+    NOTE: some compiler bugs abort the process (an assertion in an MLIR pass, e.g. Triton's
+    warp-specialisation pass, triton-lang/triton#9728) instead of raising. A dead worker
+    breaks the whole executor at once (BrokenProcessPool, no waiting for a timeout); the
+    candidates that did not finish are then compiled again each in a process of its own,
+    so the one that kills its compiler fails alone, as 'crash', and the others compile.
     """
 
     def __init__(self, device: str, jobs: int, timeout_s: float = 180.0) -> None:
@@ -116,10 +128,13 @@ class CompilePool:
         self.timeout_s = timeout_s
         self._pool = None
 
+    def _executor(self, workers: int):
+        ctx = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
+
     def _get_pool(self):
         if self._pool is None:
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = ctx.Pool(self.jobs, initializer=_init_worker)
+            self._pool = self._executor(self.jobs)
         return self._pool
 
     def compile(self, spec, tokens: int,
@@ -131,6 +146,13 @@ class CompilePool:
                 break
             for i, r in zip(todo, self._round(spec, tokens, [candidates[i] for i in todo])):
                 results[i] = r
+            crashed = [i for i, r in enumerate(results) if r == CRASHED]
+            if crashed:
+                log.warning("a compile worker died: compiling %d candidate(s) one per process",
+                            len(crashed))
+                for i, r in zip(crashed, self._isolated(spec, tokens,
+                                                        [candidates[i] for i in crashed])):
+                    results[i] = r
             if any(r == RETRY for r in results):
                 log.warning("a compile worker's CUDA context broke: restarting the pool")
                 self.close()
@@ -138,29 +160,70 @@ class CompilePool:
                 for r in results]
 
     def _round(self, spec, tokens: int, candidates) -> list:
+        """One batch through the pool: Failure/None per candidate, RETRY (the worker's
+        context broke) or CRASHED (the pool broke before the candidate finished)."""
         pool = self._get_pool()
         spec_dict = spec.as_dict()
-        pending = [pool.apply_async(_compile_one, (spec_dict, tokens, self.device, kernel,
-                                                   config.to_json()))
+        pending = [pool.submit(_compile_one, spec_dict, tokens, self.device, kernel,
+                               config.to_json())
                    for kernel, config in candidates]
         deadline = time.monotonic() + self.timeout_s * max(1, -(-len(candidates) // self.jobs))
         results: list = []
-        timed_out = False
-        for res in pending:
+        timed_out = broken = False
+        for fut in pending:
             try:
-                results.append(res.get(timeout=max(0.1, deadline - time.monotonic())))
-            except multiprocessing.TimeoutError:
+                results.append(fut.result(timeout=max(0.1, deadline - time.monotonic())))
+            except FutureTimeout:
                 timed_out = True
                 results.append(Failure("timeout", f"not compiled within {self.timeout_s:.0f} s"))
-            except Exception as exc:  # noqa: BLE001 - a worker that died
+            except BrokenProcessPool:
+                broken = True
+                results.append(CRASHED)
+            except Exception as exc:  # noqa: BLE001 - anything the task raised
                 results.append(Failure("error", f"compile worker failed: {exc}"))
         if timed_out:
             log.warning("compile timeout: restarting the compile pool")
+        if timed_out or broken:
             self.close()
+        return results
+
+    def _isolated(self, spec, tokens: int, candidates) -> list:
+        """Compile each candidate in a fresh process of its own, `jobs` at a time."""
+        results: list = []
+        spec_dict = spec.as_dict()
+        for lo in range(0, len(candidates), self.jobs):
+            group = candidates[lo:lo + self.jobs]
+            executors = [self._executor(1) for _ in group]
+            futures = [ex.submit(_compile_one, spec_dict, tokens, self.device, kernel,
+                                 config.to_json())
+                       for ex, (kernel, config) in zip(executors, group)]
+            deadline = time.monotonic() + self.timeout_s
+            for ex, fut in zip(executors, futures):
+                try:
+                    results.append(fut.result(timeout=max(0.1, deadline - time.monotonic())))
+                except FutureTimeout:
+                    results.append(Failure("timeout",
+                                           f"not compiled within {self.timeout_s:.0f} s"))
+                except BrokenProcessPool:
+                    results.append(Failure("crash", "the compiler process died (an abort or "
+                                                    "a signal while compiling this config)"))
+                except Exception as exc:  # noqa: BLE001
+                    results.append(Failure("error", f"compile worker failed: {exc}"))
+                _shutdown(ex)
         return results
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            _shutdown(self._pool)
             self._pool = None
+
+
+def _shutdown(executor) -> None:
+    """Stop an executor now, killing its workers (a hung compile must not outlive it)."""
+    processes = list(getattr(executor, "_processes", {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.kill()
+    for proc in processes:
+        proc.join(timeout=5)

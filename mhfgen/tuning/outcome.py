@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from ..spec import LaunchConfig
 
 #: failure stages, in the order a candidate meets them
-STAGES = ("pruned", "compile", "resources", "timeout", "wrong answer", "error", "interrupted")
+STAGES = ("pruned", "compile", "resources", "timeout", "crash", "wrong answer", "error",
+          "interrupted")
 
 
 @dataclass(frozen=True)

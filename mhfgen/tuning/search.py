@@ -126,6 +126,10 @@ def describe_config(config: LaunchConfig) -> str:
         text += f" is{config.inter_splits}"
     if config.token_splits > 1:
         text += f" ts{config.token_splits}"
+    for flag, short in (("tma", "tma"), ("warp_specialize", "ws"), ("transpose_acc", "T"),
+                        ("prefetch_scores", "prefetch"), ("split_grads", "split")):
+        if getattr(config, flag):
+            text += f" {short}"
     return text
 
 

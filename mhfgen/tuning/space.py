@@ -236,6 +236,9 @@ def prune_reason(kernel: str, spec: KernelSpec, config: LaunchConfig, tokens: in
     rows = max(1, tokens) * (spec.group if kernel == "flash_mhf_bwd_dkv" else config.group_heads)
     if config.block_m > max(16, _pow2_ceil(rows)):
         return f"block_m={config.block_m} is larger than the {rows} rows"
+    if spec.target.startswith("sm9") and config.block_m < 64 and rows >= 64 * 4:
+        # a Hopper warpgroup MMA has M = 64: smaller row blocks only pay off for few rows
+        return f"block_m={config.block_m} is below the 64-row warpgroup MMA for {rows} rows"
     if config.block_n > max(16, _pow2_ceil(spec.expert_dim)):
         return f"block_n={config.block_n} is larger than expert_dim={spec.expert_dim}"
     if config.head_dim_split == "pad" and \
@@ -243,6 +246,10 @@ def prune_reason(kernel: str, spec: KernelSpec, config: LaunchConfig, tokens: in
         return "head_dim_split='pad' generates the same code as 'chunks'"
     if config.prefetch_scores and spec.expert_dim % config.block_n:
         return "prefetch_scores applies only when block_n divides expert_dim"
+    if config.warp_specialize and spec.expert_dim % config.block_n:
+        return "warp_specialize applies only when block_n divides expert_dim"
+    if config.warp_specialize and config.prefetch_scores:
+        return "warp_specialize does not apply to the prefetch_scores loop"
     budget = MAX_PROGRAMS_PER_SM * max(1, sm_count)
     if kernel == "flash_mhf_fwd" and config.inter_splits > 1:
         tiles = (intermediate_blocks(spec, config.block_n)

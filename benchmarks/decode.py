@@ -1,0 +1,150 @@
+"""Decode (1 to 64 tokens): weight bandwidth of the forward, against the bar of issue 5.
+
+    python benchmarks/decode.py [--shapes 1.3B,370M] [--tokens 1,8,64] [--json FILE]
+
+With a handful of tokens the forward reads every weight once, 3 * Hkv * I * D elements,
+and does little else: it is bound by HBM bandwidth. The figure of merit is weight bytes
+read per second against the device's copy bandwidth, measured in the same run (a device
+to device copy of 1 GiB, read + write bytes per second; ANCHORS.md: 4.25 TB/s on an
+H200). The bar: >= 60% on the 1.3B shape at 1, 8 and 64 tokens.
+
+Per (shape, tokens), under torch.no_grad, with the dispatcher's config (tuned where the
+database has the shape, else the heuristic):
+  graph    GPU time per call: COPIES calls, each on its own copy of the weights (together
+           more than 4x the L2 cache, so no call finds its weights cached), captured in one
+           CUDA graph; median replay time / COPIES. What a server that replays graphs sees.
+  eager    the same calls launched one by one from Python: host time included when the
+           host is slower than the GPU.
+and the same two for torch.compile of the PyTorch reference (the naive form).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from datetime import datetime, timezone
+
+import mhfgen  # first: switches Triton's interpreter on where there is no GPU
+import torch
+import triton
+
+from mhfgen import device as mdevice
+from mhfgen import dispatch, reference
+from mhfgen.presets import PRESETS
+from mhfgen.spec import KernelSpec, dtype_name
+from mhfgen.tuning.search import describe_config
+
+BAR = 0.60
+ROTATE_BYTES = 4 * 60 * 2**20  # > 4x the H200's L2 (60 MiB at most)
+
+
+def copy_bandwidth(device) -> float:
+    """Bytes (read + write) per second of a 1 GiB device-to-device copy, median of 20."""
+    src = torch.empty(2**30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
+    return 2 * src.numel() / (ms * 1e-3)
+
+
+def _inputs(preset, tokens: int, dtype, device, copies: int):
+    H, Hkv, D = preset.heads, preset.kv_heads or preset.heads, preset.head_dim
+    E, De = preset.experts, preset.intermediate // preset.experts
+    gen = torch.Generator(device="cpu").manual_seed(tokens)
+    q = torch.randn(1, tokens, H, D, generator=gen).to(device, dtype)
+    r = torch.softmax(torch.randn(1, tokens, H, E, generator=gen), -1).to(device)
+    weights = [tuple((torch.randn(Hkv, E, De, D, generator=gen) * 0.05).to(device, dtype)
+                     for _ in range(3)) for _ in range(copies)]
+    return q, r, weights
+
+
+def _time(calls, graph: bool, replays: int = 20) -> float:
+    """Median ms of running every call of `calls` once (in a CUDA graph or eagerly)."""
+    for fn in calls:  # compile and warm up outside any capture
+        fn()
+    torch.cuda.synchronize()
+    if graph:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for fn in calls:
+                fn()
+        run = g.replay
+    else:
+        def run():
+            for fn in calls:
+                fn()
+    run()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def measure(preset_name: str, tokens: int, device, copy_bps: float) -> list[dict]:
+    preset = PRESETS[preset_name]
+    dtype = torch.bfloat16
+    H, Hkv, D, I = preset.heads, preset.kv_heads or preset.heads, preset.head_dim, preset.intermediate
+    weight_bytes = 3 * Hkv * I * D * 2
+    copies = max(2, -(-ROTATE_BYTES // weight_bytes))
+    q, r, weights = _inputs(preset, tokens, dtype, device, copies)
+    spec = KernelSpec(H, Hkv, D, preset.experts, I // preset.experts, dtype_name(dtype),
+                      mdevice.target(device))
+    choice = dispatch.explain_choice("flash_mhf_fwd", spec, tokens, device)
+    chosen = f"{describe_config(choice.config)} ({choice.source})"
+    torch._dynamo.reset()  # static shapes per (shape, tokens), as a server compiles them
+    compiled = torch.compile(reference.flash_mhf, dynamic=False)
+    rows = []
+    for method, op in (("mhfgen", mhfgen.flash_mhf), ("torch_compile", compiled)):
+        calls = [lambda k=k, u=u, v=v, op=op: op(q, k, u, v, r) for (k, u, v) in weights]
+        for mode in ("graph", "eager"):
+            with torch.no_grad():
+                ms = _time(calls, mode == "graph") / copies
+            bps = weight_bytes / (ms * 1e-3)
+            rows.append(dict(shape=preset_name, tokens=tokens, method=method, mode=mode,
+                             us=round(ms * 1e3, 2), weight_bytes=weight_bytes,
+                             tb_per_s=round(bps / 1e12, 3),
+                             of_copy=round(bps / copy_bps, 3),
+                             config=chosen if method == "mhfgen" else ""))
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", default="1.3B,370M", help="comma list of presets")
+    ap.add_argument("--tokens", default="1,8,64", help="comma list of token counts")
+    ap.add_argument("--json", default=None, help="also write the rows to this file")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("decode: needs a CUDA GPU (timing CUDA graphs)", file=sys.stderr)
+        return 2
+    device = torch.device("cuda")
+    copy_bps = copy_bandwidth(device)
+    header = (f"decode bench on {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
+              f"triton {triton.__version__}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
+              f"copy bandwidth measured now: {copy_bps / 1e12:.2f} TB/s (read + write); "
+              f"bar: weight bytes/s >= {BAR:.0%} of it on 1.3B at 1, 8, 64 tokens")
+    print(header, flush=True)
+    rows = []
+    print(f"{'shape':6} {'T':>3} {'method':13} {'mode':5} {'us':>8} {'TB/s':>6} {'of copy':>7}  config")
+    for name in args.shapes.split(","):
+        for tokens in (int(t) for t in args.tokens.split(",")):
+            for row in measure(name, tokens, device, copy_bps):
+                rows.append(row)
+                print(f"{row['shape']:6} {row['tokens']:>3} {row['method']:13} {row['mode']:5} "
+                      f"{row['us']:>8.1f} {row['tb_per_s']:>6.2f} {row['of_copy']:>7.1%}  "
+                      f"{row['config']}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(header=header, copy_tb_per_s=copy_bps / 1e12,
+                           python=platform.python_version(), rows=rows), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
