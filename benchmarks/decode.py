@@ -16,6 +16,9 @@ database has the shape, else the heuristic):
   eager    the same calls launched one by one from Python: host time included when the
            host is slower than the GPU.
 and the same two for torch.compile of the PyTorch reference (the naive form).
+With --sweep, also a grid of forward launch configs (tile width, pipeline depth,
+intermediate splits; the heuristic's rows and warps), CUDA-graph timed the same way: how far the dispatched config is from
+the best this kernel design reaches.
 """
 from __future__ import annotations
 
@@ -114,11 +117,48 @@ def measure(preset_name: str, tokens: int, device, copy_bps: float) -> list[dict
     return rows
 
 
+def sweep(preset_name: str, tokens: int, device, copy_bps: float, top: int = 6) -> list[dict]:
+    """CUDA-graph time of a grid of forward configs; the `top` fastest, best first."""
+    import dataclasses
+    import itertools
+
+    from mhfgen.heuristics import default_config
+    from mhfgen.kernels import flash_mhf_fwd
+
+    preset = PRESETS[preset_name]
+    H, Hkv, D, I = preset.heads, preset.kv_heads or preset.heads, preset.head_dim, preset.intermediate
+    weight_bytes = 3 * Hkv * I * D * 2
+    copies = max(2, -(-ROTATE_BYTES // weight_bytes))
+    q, r, weights = _inputs(preset, tokens, torch.bfloat16, device, copies)
+    spec = KernelSpec(H, Hkv, D, preset.experts, I // preset.experts, "bfloat16",
+                      mdevice.target(device))
+    base = default_config("flash_mhf_fwd", spec, tokens, mdevice.sm_count(device))
+    rows = []
+    for bn, stages, splits in itertools.product((64, 128), (2, 3, 4), (4, 8, 11, 16, 22, 44)):
+        config = dataclasses.replace(base, block_n=bn, num_stages=stages, inter_splits=splits)
+        calls = [lambda k=k, u=u, v=v, c=config: flash_mhf_fwd(q, k, u, v, r, c)
+                 for (k, u, v) in weights]
+        try:
+            with torch.no_grad():
+                ms = _time(calls, True, replays=10) / copies
+        except Exception as exc:  # noqa: BLE001 - out of resources etc.: skip the config
+            print(f"  {describe_config(config)}: {type(exc).__name__}", flush=True)
+            continue
+        bps = weight_bytes / (ms * 1e-3)
+        rows.append(dict(shape=preset_name, tokens=tokens, method="sweep", mode="graph",
+                         us=round(ms * 1e3, 2), weight_bytes=weight_bytes,
+                         tb_per_s=round(bps / 1e12, 3), of_copy=round(bps / copy_bps, 3),
+                         config=describe_config(config)))
+    return sorted(rows, key=lambda row: row["us"])[:top]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default="1.3B,370M", help="comma list of presets")
     ap.add_argument("--tokens", default="1,8,64", help="comma list of token counts")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
+    ap.add_argument("--sweep", default="", help="comma list of token counts whose forward "
+                    "configs are swept on the first shape (e.g. 1,64)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("decode: needs a CUDA GPU (timing CUDA graphs)", file=sys.stderr)
@@ -139,6 +179,15 @@ def main(argv=None) -> int:
                 print(f"{row['shape']:6} {row['tokens']:>3} {row['method']:13} {row['mode']:5} "
                       f"{row['us']:>8.1f} {row['tb_per_s']:>6.2f} {row['of_copy']:>7.1%}  "
                       f"{row['config']}", flush=True)
+    for tokens in (int(t) for t in filter(None, args.sweep.split(","))):
+        name = args.shapes.split(",")[0]
+        print(f"sweep of forward configs, {name}, {tokens} tokens (CUDA graph), fastest first:",
+              flush=True)
+        for row in sweep(name, tokens, device, copy_bps):
+            rows.append(row)
+            print(f"{row['shape']:6} {row['tokens']:>3} {'sweep':13} {'graph':5} "
+                  f"{row['us']:>8.1f} {row['tb_per_s']:>6.2f} {row['of_copy']:>7.1%}  "
+                  f"{row['config']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(header=header, copy_tb_per_s=copy_bps / 1e12,
