@@ -6,9 +6,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from . import reference
+from .norm_router import norm_router
 from .validation import check_layer_sizes
 
 BACKENDS = ("auto", "triton", "torch")
@@ -21,8 +21,8 @@ class FlashMHF(nn.Module):
     (optionally RMS-normalised per head), R = sigmoid(Q W_R) normalised to sum 1 over the
     E experts. Parameters: in_proj/out_proj (d, d), router (H, D, E), key/up/value
     (Hkv, E, De, D) with De = intermediate_size / n_experts, q_norm (H, D) if qk_norm.
-    When gradients are needed the norm and the router are recomputed in backward
-    (activation checkpointing): a training step keeps Q once in its own dtype.
+    The norm and the router run in fp32 with an analytic backward that keeps only Q in
+    its own dtype (mhfgen.norm_router).
 
     backend: "auto" (generated Triton kernels on CUDA, the PyTorch reference elsewhere),
     "triton" (kernels; CPU tensors go through Triton's interpreter), "torch" (reference).
@@ -73,25 +73,15 @@ class FlashMHF(nn.Module):
             return True
         return x.is_cuda
 
-    def _norm_and_route(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Q, R): Q RMS-normalised per head (if qk_norm), R = the router's weights (fp32)."""
-        if self.q_norm is not None:
-            q = reference.rms_norm_heads(q, self.q_norm)
-        return q, reference.router(q, self.router)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (B, L, d_model={self.d_model}), got {shape}")
         B, L, _ = x.shape
         q = self.in_proj(x).view(B, L, self.n_heads, self.head_dim)
-        if torch.is_grad_enabled() and (q.requires_grad or self.router.requires_grad):
-            # recomputed in backward: autograd would otherwise keep the fp32 copies of Q that
-            # the norm and the router make (4x Q's bf16 bytes), the bulk of a training
-            # step's activation memory
-            q, r = checkpoint(self._norm_and_route, q, use_reentrant=False)
-        else:
-            q, r = self._norm_and_route(q)
+        # RMSNorm and router in fp32, saving only q for an analytic backward: autograd of
+        # the plain form would keep several fp32 copies of Q (mhfgen.norm_router)
+        q, r = norm_router(q, self.q_norm, self.router)
         # under autocast q comes out of in_proj in the autocast dtype: the core runs in it
         k, u, v = (w.to(q.dtype) for w in (self.key, self.up, self.value))
         if self._use_kernels(x):

@@ -110,3 +110,17 @@ def test_autocast_runs_the_core_in_the_autocast_dtype_and_the_router_in_fp32():
         r = reference.router(q, layer.router)
     assert y.dtype == torch.bfloat16 and r.dtype == torch.float32
     torch.testing.assert_close(y.float(), layer(x), rtol=5e-2, atol=5e-2)
+
+
+def test_layer_compiles_fullgraph_with_its_norm_router_function():
+    """The analytic norm + router backward (an autograd.Function) traces with dynamo."""
+    import mhfgen
+
+    torch.manual_seed(0)
+    m = mhfgen.FlashMHF(64, 4, 128, 4, backend="torch")
+    x = torch.randn(2, 5, 64, requires_grad=True)
+    m(x).sum().backward()
+    eager = x.grad.clone()
+    x.grad = None
+    torch.compile(m, fullgraph=True, backend="aot_eager")(x).sum().backward()
+    torch.testing.assert_close(x.grad, eager)

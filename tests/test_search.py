@@ -265,3 +265,39 @@ def test_compile_pool_isolates_a_candidate_that_kills_its_worker(monkeypatch):
         pool.close()
     assert got[0] is None and got[2] is None
     assert got[1].stage == "crash"
+
+
+class Faulting(ReplayTimer):
+    """The n-th time() call faults and loses the GPU context (an illegal address)."""
+
+    def __init__(self, rec, at: int):
+        super().__init__(rec)
+        self.at = at
+
+    def time(self, candidate):
+        if sum(self.calls.values()) == self.at:
+            self.calls[candidate] = self.calls.get(candidate, 0) + 1
+            from mhfgen.tuning.outcome import Failure
+            from mhfgen.tuning.timer import DeviceLost
+
+            raise DeviceLost(Failure("error", "illegal memory access"))
+        return super().time(candidate)
+
+
+def test_a_candidate_that_loses_the_device_is_stored_failed_and_stops_the_run(tmp_path):
+    from mhfgen.tuning.timer import DeviceLost
+
+    rec = recording(PROBLEM, kernels=[DQ])
+    storage = f"sqlite:///{tmp_path / 'study.sqlite'}"
+    settings = SearchSettings(trials=20, batch=6, seed=1)
+    faulting = Faulting(rec, at=4)
+    with TuningDB.open(tmp_path / "t.sqlite") as db:
+        with pytest.raises(DeviceLost):
+            tuner_for(rec, settings, db=db, storage=storage, timer=faulting).tune_kernel(DQ)
+        trials = db.trials(kernel=DQ)
+        assert len(trials) == 5  # four timed, the faulting one failed; no more after it
+        assert sum(t.ms is None for t in trials) == 1
+        tuner = tuner_for(rec, settings, db=db, storage=storage, timer=ReplayTimer(rec))
+        study = tuner.open_study(DQ)
+        assert study.resumed == 5
+        assert tuner.tune_kernel(DQ, study).evaluated == 20

@@ -81,6 +81,23 @@ def test_keep_prunes_backward_specific_fields():
     reason = prune_reason("flash_mhf_bwd_dkv", SM90, LaunchConfig(block_m=64, token_splits=128),
                           256, limits, 132)
     assert "row blocks" in reason
+    faulting = LaunchConfig(block_m=64, block_n=32, num_stages=1, split_grads=True,
+                            transpose_acc=True)
+    assert "faults" in prune_reason("flash_mhf_bwd_dkv", SM90, faulting, 16384, limits, 132)
+    assert prune_reason("flash_mhf_bwd_dkv", SM90, dataclasses.replace(faulting, num_stages=2),
+                        16384, limits, 132) is None
+
+
+@pytest.mark.parametrize("config,fragment", [
+    (LaunchConfig(block_m=16, block_n=64), "warpgroup"),
+    (LaunchConfig(block_m=128, block_n=64, tma=True, warp_specialize=True,
+                  prefetch_scores=True), "prefetch_scores loop"),
+])
+def test_keep_prunes_sm90_specific_forward_configs(config, fragment):
+    spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
+    reason = prune_reason("flash_mhf_fwd", spec, config, 16384,
+                          load_space("flash_mhf_fwd", "sm90").limits, 132)
+    assert reason is not None and fragment in reason, reason
 
 
 def test_shared_memory_limit_comes_from_the_family():

@@ -262,6 +262,8 @@ def run(args) -> int:
           file=sys.stderr)
     if args.storage:
         print(f"Study storage: {redact(args.storage)}", file=sys.stderr)
+    from ..tuning.timer import DeviceLost
+
     previous = signal.signal(signal.SIGTERM, _terminate)
     timer = None
     try:
@@ -282,6 +284,11 @@ def run(args) -> int:
         print("\nInterrupted: finished trials are stored; run the same command again to "
               "resume.", file=sys.stderr)
         raise
+    except DeviceLost as exc:
+        print(f"mhfgen tune: a candidate faulted and the GPU context is lost ({exc}); it is "
+              f"stored as a failed trial with the finished ones: run the same command "
+              f"again to resume", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
         if timer is not None:

@@ -42,7 +42,7 @@ from .outcome import Candidate, Failure
 from .problem import DeviceFacts, TuningProblem, tflops
 from .space import load_space
 from .study import HOST, Asked, ConfigStudy, study_name
-from .timer import CandidateFailed, Timer
+from .timer import CandidateFailed, DeviceLost, Timer
 
 log = logging.getLogger(__name__)
 
@@ -378,12 +378,14 @@ class Tuner:
         if prepared is None:
             prepared = self.timer.prepare(candidates)
         for a, c, failure in zip(asked, candidates, prepared):
-            error, ms = None, None
+            error, ms, lost = None, None, None
             if failure is None:
                 error, failure = self.timer.check(c)
             if failure is None:
                 try:
                     ms = self.timer.time(c)
+                except DeviceLost as exc:
+                    failure, lost = exc.failure, exc
                 except CandidateFailed as exc:
                     failure = exc.failure
             if failure is None:
@@ -394,6 +396,8 @@ class Tuner:
                 last = f"{describe_config(c.config)}: {failure}"
             self._store_trial(kernel, c.config, ms, error, failure, study.name, a.number)
             self._report(kernel, "search", study, budget, last)
+            if lost is not None:
+                raise lost  # the trial is stored; this process can time nothing more
 
     def _trial_record(self, kernel: str, config: LaunchConfig, ms: float | None,
                       error: float | None, failure: Failure | None, study: str,
@@ -454,6 +458,8 @@ class Tuner:
                     continue
                 try:
                     samples[config].append(self.timer.time(Candidate(kernel, config)))
+                except DeviceLost:
+                    raise
                 except CandidateFailed as exc:
                     log.warning("%s: %s failed when re-timed (%s)", kernel,
                                 describe_config(config), exc.failure)

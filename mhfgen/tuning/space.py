@@ -236,6 +236,11 @@ def prune_reason(kernel: str, spec: KernelSpec, config: LaunchConfig, tokens: in
     rows = max(1, tokens) * (spec.group if kernel == "flash_mhf_bwd_dkv" else config.group_heads)
     if config.block_m > max(16, _pow2_ceil(rows)):
         return f"block_m={config.block_m} is larger than the {rows} rows"
+    if (spec.target.startswith("sm9") and config.split_grads and config.transpose_acc
+            and config.num_stages == 1):
+        # seen on an H200 with Triton 3.6 (2026-11-28): an illegal memory access at
+        # block_n = 32 and block_m = 64 / 128; the interpreter runs it correctly
+        return "split_grads with transpose_acc and one stage faults on sm90 (Triton 3.6)"
     if spec.target.startswith("sm9") and config.block_m < 64 and rows >= 64 * 4:
         # a Hopper warpgroup MMA has M = 64: smaller row blocks only pay off for few rows
         return f"block_m={config.block_m} is below the 64-row warpgroup MMA for {rows} rows"

@@ -48,6 +48,12 @@ class CandidateFailed(Exception):
         self.failure = failure
 
 
+class DeviceLost(CandidateFailed):
+    """The candidate faulted (an illegal address) and took this process's CUDA context with
+    it: the candidate is a failed trial, and nothing more can run in this process. The
+    tuner stores the trial and stops; the same command run again resumes the study."""
+
+
 class Timer(Protocol):
     """How the search compiles, checks and times candidates (see the module doc)."""
 
@@ -150,6 +156,10 @@ class GpuTimer(_WorkloadTimer):
         except CandidateFailed:
             raise
         except Exception as exc:  # noqa: BLE001
+            from .compile import _context_ok
+
+            if not _context_ok():
+                raise DeviceLost(classify(exc)) from exc
             raise CandidateFailed(classify(exc)) from exc
 
     def close(self) -> None:
