@@ -17,7 +17,7 @@ database has the shape, else the heuristic):
            host is slower than the GPU.
 and the same two for torch.compile of the PyTorch reference (the naive form).
 With --sweep, also a grid of forward launch configs (tile width, pipeline depth,
-intermediate splits; the heuristic's rows and warps), CUDA-graph timed the same way: how far the dispatched config is from
+intermediate splits; 16-row blocks and the heuristic's), CUDA-graph timed the same way: how far the dispatched config is from
 the best this kernel design reaches.
 """
 from __future__ import annotations
@@ -120,8 +120,6 @@ def measure(preset_name: str, tokens: int, device, copy_bps: float) -> list[dict
 def sweep(preset_name: str, tokens: int, device, copy_bps: float, top: int = 6) -> list[dict]:
     """CUDA-graph time of a grid of forward configs; the `top` fastest, best first."""
     import dataclasses
-    import itertools
-
     from mhfgen.heuristics import default_config
     from mhfgen.kernels import flash_mhf_fwd
 
@@ -134,8 +132,16 @@ def sweep(preset_name: str, tokens: int, device, copy_bps: float, top: int = 6) 
                       mdevice.target(device))
     base = default_config("flash_mhf_fwd", spec, tokens, mdevice.sm_count(device))
     rows = []
-    for bn, stages, splits in itertools.product((64, 128), (2, 3, 4), (4, 8, 11, 16, 22, 44)):
-        config = dataclasses.replace(base, block_n=bn, num_stages=stages, inter_splits=splits)
+    if base.block_m > 16:  # more rows than one 16-row block: also 16-row blocks, 4 warps
+        grid = [(bm, bn, st, sp) for bm in (16, base.block_m) for bn in (64, 128)
+                for st in (3, 4) for sp in (4, 8, 16)]
+    else:
+        grid = [(16, bn, st, sp) for bn in (64, 128) for st in (2, 3, 4)
+                for sp in (4, 8, 11, 16, 22, 44)]
+    for bm, bn, stages, splits in grid:
+        config = dataclasses.replace(base, block_m=bm, block_n=bn, num_stages=stages,
+                                     inter_splits=splits,
+                                     num_warps=4 if bm == 16 else base.num_warps)
         calls = [lambda k=k, u=u, v=v, c=config: flash_mhf_fwd(q, k, u, v, r, c)
                  for (k, u, v) in weights]
         try:
