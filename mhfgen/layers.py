@@ -80,8 +80,9 @@ class FlashMHF(nn.Module):
         B, L, _ = x.shape
         q = self.in_proj(x).view(B, L, self.n_heads, self.head_dim)
         # RMSNorm and router in fp32, saving only q for an analytic backward: autograd of
-        # the plain form would keep several fp32 copies of Q (mhfgen.norm_router)
-        q, r = norm_router(q, self.q_norm, self.router)
+        # the plain form would keep several fp32 copies of Q (mhfgen.norm_router); fused
+        # Triton kernels with the core's kernels, PyTorch with the reference core
+        q, r = norm_router(q, self.q_norm, self.router, use_kernels=self._use_kernels(x))
         # under autocast q comes out of in_proj in the autocast dtype: the core runs in it
         k, u, v = (w.to(q.dtype) for w in (self.key, self.up, self.value))
         if self._use_kernels(x):

@@ -14,9 +14,23 @@ Backward, given dqn (from the core, plus nothing else) and dR (from the core):
 
 Autograd of the plain PyTorch form (mhfgen.reference.rms_norm_heads and router) keeps
 several fp32 copies of Q for the backward: at 16384 tokens and d = 2048 each is 128 MiB,
-more than the whole fused core needs. Here only q (its own dtype) is saved; both passes walk
-the tokens in chunks, so fp32 temporaries are (chunk, H, D). The results equal the
-reference's (tests/test_norm_router.py checks values and gradients, gradcheck in float64).
+more than the whole fused core needs. Here only q (its own dtype) is saved, by both paths:
+
+* kernels (CUDA tensors by default; CPU tensors through Triton's interpreter when asked
+  with use_kernels=True): two fused Triton kernels (mhfgen.kernels.norm_router), one
+  launch each way, behind the custom ops `mhfgen::norm_router` and
+  `mhfgen::norm_router_backward` (fake implementations for tracing, registered autograd;
+  torch.compile(fullgraph=True) sees them as opaque calls). The backward recomputes the
+  forward per block of tokens in registers; its only fp32 temporaries are the weight
+  gradients' partial sums, (SPLITS, H, D, E) and (SPLITS, H, D). Without a norm weight the
+  forward op returns an empty tensor in qn's place (custom ops cannot return None nor an
+  input) and norm_router returns q itself.
+* PyTorch (CPU tensors by default, float64 always, use_kernels=False): the
+  torch.autograd.Function below; both passes walk the tokens in chunks of `chunk`, so
+  fp32 temporaries are (chunk, H, D).
+
+Both give the reference's values (tests/test_norm_router.py checks values and gradients,
+gradcheck in float64; tests/test_norm_router_kernels.py checks the kernels against it).
 """
 from __future__ import annotations
 
@@ -60,7 +74,8 @@ class _NormRouter(torch.autograd.Function):
         B, L, H, D = q.shape
         work = _work_dtype(q)
         flat = q.reshape(B * L, H, D)
-        qn_out = torch.empty_like(q) if norm_weight is not None else None
+        contiguous = torch.contiguous_format  # q may be a permuted view
+        qn_out = torch.empty_like(q, memory_format=contiguous) if norm_weight is not None else None
         r = torch.empty(B, L, H, w_router.shape[-1], dtype=work, device=q.device)
         r_flat = r.view(B * L, H, -1)
         qn_flat = qn_out.view(B * L, H, D) if qn_out is not None else None
@@ -95,7 +110,7 @@ class _NormRouter(torch.autograd.Function):
         flat = q.reshape(T, H, D)
         nw = norm_weight.to(work) if norm_weight is not None else None
         wr = w_router.to(work)
-        dq = torch.empty_like(q).view(T, H, D)
+        dq = torch.empty_like(q, memory_format=torch.contiguous_format).view(T, H, D)
         dnw = torch.zeros(H, D, dtype=work, device=q.device) if nw is not None else None
         dwr = torch.zeros_like(wr)
         for lo in range(0, T, ctx.chunk):
@@ -124,15 +139,85 @@ class _NormRouter(torch.autograd.Function):
                 dwr.to(w_router.dtype), None)
 
 
+#: dtypes the kernels take (q, norm_weight and w_router); float64 runs the PyTorch path
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@torch.library.custom_op("mhfgen::norm_router", mutates_args=())
+def _norm_router_op(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    from .kernels.norm_router import norm_router_fwd  # lazily: the PyTorch path needs no Triton
+
+    qn, r = norm_router_fwd(q, norm_weight, w_router)
+    return (qn if norm_weight is not None else q.new_empty(0)), r
+
+
+@_norm_router_op.register_fake
+def _(q, norm_weight, w_router):
+    B, L, H, _ = q.shape
+    qn = q.new_empty(q.shape) if norm_weight is not None else q.new_empty(0)
+    return qn, q.new_empty((B, L, H, w_router.shape[-1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("mhfgen::norm_router_backward", mutates_args=())
+def _norm_router_backward_op(q: torch.Tensor, norm_weight: torch.Tensor | None,
+                             w_router: torch.Tensor, dqn: torch.Tensor | None,
+                             dr: torch.Tensor | None
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from .kernels.norm_router import norm_router_bwd
+
+    dq, dnw, dwr = norm_router_bwd(q, norm_weight, w_router, dqn, dr)
+    return dq, (dnw if dnw is not None else q.new_empty(0)), dwr
+
+
+@_norm_router_backward_op.register_fake
+def _(q, norm_weight, w_router, dqn, dr):
+    dnw = norm_weight.new_empty(norm_weight.shape) if norm_weight is not None else q.new_empty(0)
+    return q.new_empty(q.shape), dnw, w_router.new_empty(w_router.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, norm_weight, w_router = inputs
+    ctx.has_norm = norm_weight is not None
+    ctx.save_for_backward(q, norm_weight, w_router)
+
+
+def _backward(ctx, dqn, dr):
+    q, norm_weight, w_router = ctx.saved_tensors
+    if not ctx.has_norm:
+        dqn = None  # the gradient of the empty placeholder output
+    dq, dnw, dwr = _norm_router_backward_op(q, norm_weight, w_router, dqn, dr)
+    return dq, (dnw if ctx.has_norm else None), dwr
+
+
+_norm_router_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _kernels_apply(q, norm_weight, w_router, use_kernels) -> bool:
+    if use_kernels is False:
+        return False
+    if any(t is not None and t.dtype not in _KERNEL_DTYPES for t in (q, norm_weight, w_router)):
+        return False
+    return bool(use_kernels) or q.is_cuda
+
+
 def norm_router(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router: torch.Tensor,
-                chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+                chunk: int = CHUNK, use_kernels: bool | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q normalised per head in q's dtype, or q itself without norm_weight; R in fp32).
 
     q: (B, L, H, D); norm_weight: (H, D) or None; w_router: (H, D, E). Same values as
     reference.rms_norm_heads then reference.router; memory as the module docstring says.
+    use_kernels: None runs the fused Triton kernels for CUDA tensors and the PyTorch
+    autograd.Function (token chunks of `chunk`) otherwise; True runs the kernels also for
+    CPU tensors (through Triton's interpreter); False always runs PyTorch. float64 always
+    runs PyTorch. `chunk` only concerns the PyTorch path.
     """
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    if _kernels_apply(q, norm_weight, w_router, use_kernels):
+        qn, r = _norm_router_op(q, norm_weight, w_router)
+        return (qn if norm_weight is not None else q), r
     if norm_weight is None:
         return q, _NormRouter.apply(q, None, w_router, chunk)
     return _NormRouter.apply(q, norm_weight, w_router, chunk)

@@ -1,0 +1,319 @@
+"""Fused Triton kernels of the layer's per-head RMSNorm of Q and its router.
+
+Hand-written (not generated, not tuned): one forward and one backward kernel, each a single
+launch, replacing the ~15 small PyTorch kernels per token chunk of mhfgen.norm_router's
+PyTorch path. Per token t and head h, all math in fp32 whatever q's dtype (w: (H, D) the
+norm weight, W_R: (H, D, E) the router weight):
+
+    x = q[t, h],  rstd = 1 / sqrt(mean_d(x^2) + 1e-5),  n = x * rstd,  qn = n * w[h]
+    qn_r = fp32(qn rounded to q's dtype)                 (what the core and the router see)
+    P = qn_r W_R[h],  g = sigmoid(P),  s = sum_e g,  R = g / max(s, 1e-20)
+
+Without a norm weight qn = q (n, rstd and w do not exist). Backward, given dqn (q's shape,
+or none = zero) and dR (R's shape, or none = zero):
+
+    dg = (dR - [s > 1e-20] * sum_e(dR * R)) / max(s, 1e-20)      dP = dg * g * (1 - g)
+    dqn' = dqn + dP W_R[h]^T                                     dW_R[h] = sum_t qn_r^T dP
+    dw[h] = sum_t dqn' * n      dn = dqn' * w[h]      dq = rstd * (dn - n * mean_d(dn * n))
+
+(without a norm weight dq = dqn'). Layouts: q, dqn: (B, L, H, D), any strides (T = B * L
+tokens, t = b * L + l); R, dR: (B, L, H, E) (R is written contiguous in fp32, dR any
+strides and float dtype); qn and dq are written contiguous in q's dtype. Tiles are padded
+to D_PAD = next_pow2(max(D, 16)) and E_PAD = next_pow2(max(E, 16)) (tl.dot needs >= 16);
+padded d do not enter mean_d (the sums divide by D), padded e have g = 0, rows t >= T are
+zero and contribute nothing. Every tl.dot has fp32 operands and input_precision="ieee".
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import device as _device
+from .common import cdiv, empty
+
+RMS_EPS = 1e-5
+ROUTER_EPS = 1e-20
+#: tokens per program step on a GPU (a default, not tuned) and in the interpreter
+BLOCK_T = 32
+BLOCK_T_INTERPRETER = 16
+#: backward programs per SM on a GPU: SPLITS * H is about this times the SM count
+PROGRAMS_PER_SM = 4
+#: backward token splits per head in the interpreter (small, but > 1 to exercise the sum)
+SPLITS_INTERPRETER = 3
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@triton.jit
+def _load_weights(NW, WR, h, s_nh, s_nd, s_wh, s_wd, s_we, D: tl.constexpr, E: tl.constexpr,
+                  D_PAD: tl.constexpr, E_PAD: tl.constexpr, HAS_NORM: tl.constexpr):
+    """Head h's norm weight w (D_PAD,) (zero without HAS_NORM) and router tile wr
+    (D_PAD, E_PAD), fp32, zero where d >= D or e >= E."""
+    offs_d = tl.arange(0, D_PAD)
+    offs_e = tl.arange(0, E_PAD)
+    d_ok = offs_d < D
+    if HAS_NORM:
+        w = tl.load(NW + h * s_nh + offs_d * s_nd, mask=d_ok, other=0.0).to(tl.float32)
+    else:
+        w = tl.zeros((D_PAD,), dtype=tl.float32)
+    wr = tl.load(WR + h * s_wh + (offs_d * s_wd)[:, None] + (offs_e * s_we)[None, :],
+                 mask=d_ok[:, None] & (offs_e < E)[None, :], other=0.0).to(tl.float32)
+    return w, wr
+
+
+@triton.jit
+def _forward_tile(Q, w, wr, t, h, T, L, s_qb, s_ql, s_qh, s_qd,
+                  D: tl.constexpr, E: tl.constexpr, D_PAD: tl.constexpr, E_PAD: tl.constexpr,
+                  HAS_NORM: tl.constexpr):
+    """The forward values of a (BLOCK_T,) vector of tokens t (int64) of head h: n (x without
+    HAS_NORM), rstd, qn (fp32, unrounded), qn_r, g, s. Rows t >= T and columns d >= D are
+    zero, g = 0 for e >= E."""
+    offs_d = tl.arange(0, D_PAD)
+    offs_e = tl.arange(0, E_PAD)
+    row_ok = t < T
+    b = t // L
+    l = t - b * L
+    q_ptrs = Q + (b * s_qb + l * s_ql + h * s_qh)[:, None] + (offs_d * s_qd)[None, :]
+    x = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0
+                ).to(tl.float32)
+    if HAS_NORM:
+        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + 1e-5)
+        n = x * rstd[:, None]
+        qn = n * w[None, :]
+        qn_r = qn.to(Q.dtype.element_ty).to(tl.float32)
+    else:
+        rstd = tl.zeros_like(tl.sum(x, axis=1))
+        n = x
+        qn = x
+        qn_r = x
+    logits = tl.dot(qn_r, wr, input_precision="ieee")
+    g = tl.where((offs_e < E)[None, :], tl.sigmoid(logits), 0.0)
+    s = tl.sum(g, axis=1)
+    return n, rstd, qn, qn_r, g, s
+
+
+@triton.jit
+def norm_router_fwd_kernel(Q, NW, WR, QN, R, T, L,
+                           s_qb, s_ql, s_qh, s_qd, s_nh, s_nd, s_wh, s_wd, s_we,
+                           H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
+                           D_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
+                           HAS_NORM: tl.constexpr):
+    """Grid (cdiv(T, BLOCK_T), H): one (BLOCK_T, D_PAD) tile of head h per program; writes
+    qn (contiguous (B, L, H, D), q's dtype; only with HAS_NORM) and R (contiguous
+    (B, L, H, E), fp32). Formulas: module docstring."""
+    pid_t = tl.program_id(0)
+    h = tl.program_id(1)
+    t = pid_t.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, D_PAD)
+    offs_e = tl.arange(0, E_PAD)
+    row_ok = t < T
+    w, wr = _load_weights(NW, WR, h, s_nh, s_nd, s_wh, s_wd, s_we, D, E, D_PAD, E_PAD,
+                          HAS_NORM)
+    n, rstd, qn, qn_r, g, s = _forward_tile(Q, w, wr, t, h, T, L, s_qb, s_ql, s_qh, s_qd,
+                                            D, E, D_PAD, E_PAD, HAS_NORM)
+    if HAS_NORM:
+        qn_ptrs = QN + (t * (H * D) + h * D)[:, None] + offs_d[None, :]
+        tl.store(qn_ptrs, qn.to(QN.dtype.element_ty),
+                 mask=row_ok[:, None] & (offs_d < D)[None, :])
+    r = g / tl.maximum(s, 1e-20)[:, None]
+    r_ptrs = R + (t * (H * E) + h * E)[:, None] + offs_e[None, :]
+    tl.store(r_ptrs, r, mask=row_ok[:, None] & (offs_e < E)[None, :])
+
+
+@triton.jit
+def norm_router_bwd_kernel(Q, NW, WR, DQN, DR, DQ, DW_PART, DWR_PART, T, L, TOKENS_PER_SPLIT,
+                           s_qb, s_ql, s_qh, s_qd, s_nh, s_nd, s_wh, s_wd, s_we,
+                           s_gb, s_gl, s_gh, s_gd, s_rb, s_rl, s_rh, s_re,
+                           H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
+                           D_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
+                           HAS_NORM: tl.constexpr, HAS_DQN: tl.constexpr,
+                           HAS_DR: tl.constexpr):
+    """Grid (SPLITS, H): program (s, h) walks tokens [s * TOKENS_PER_SPLIT, (s + 1) *
+    TOKENS_PER_SPLIT) of head h in BLOCK_T steps, recomputing the forward; writes dq
+    (contiguous, q's dtype) and its fp32 partial sums dW_R -> DWR_PART[s, h] (D, E) and
+    dw -> DW_PART[s, h] (D,) (only with HAS_NORM). Formulas: module docstring."""
+    split = tl.program_id(0)
+    h = tl.program_id(1)
+    offs_d = tl.arange(0, D_PAD)
+    offs_e = tl.arange(0, E_PAD)
+    d_ok = offs_d < D
+    e_ok = offs_e < E
+    lo = split.to(tl.int64) * TOKENS_PER_SPLIT
+    hi = tl.minimum(lo + TOKENS_PER_SPLIT, T)
+    dwr_acc = tl.zeros((D_PAD, E_PAD), dtype=tl.float32)
+    dw_acc = tl.zeros((D_PAD,), dtype=tl.float32)
+    w, wr = _load_weights(NW, WR, h, s_nh, s_nd, s_wh, s_wd, s_we, D, E, D_PAD, E_PAD,
+                          HAS_NORM)  # once per program
+    for start in range(lo, hi, BLOCK_T):
+        t = start + tl.arange(0, BLOCK_T)
+        row_ok = t < hi
+        n, rstd, qn, qn_r, g, s = _forward_tile(Q, w, wr, t, h, hi, L, s_qb, s_ql, s_qh, s_qd,
+                                                D, E, D_PAD, E_PAD, HAS_NORM)
+        b = t // L
+        l = t - b * L
+        if HAS_DQN:
+            dqn = tl.load(DQN + (b * s_gb + l * s_gl + h * s_gh)[:, None]
+                          + (offs_d * s_gd)[None, :],
+                          mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+        else:
+            dqn = tl.zeros((BLOCK_T, D_PAD), dtype=tl.float32)
+        if HAS_DR:
+            dr = tl.load(DR + (b * s_rb + l * s_rl + h * s_rh)[:, None]
+                         + (offs_e * s_re)[None, :],
+                         mask=row_ok[:, None] & e_ok[None, :], other=0.0).to(tl.float32)
+            s_c = tl.maximum(s, 1e-20)
+            r = g / s_c[:, None]
+            dot_r = tl.where(s > 1e-20, tl.sum(dr * r, axis=1), 0.0)
+            dg = (dr - dot_r[:, None]) / s_c[:, None]
+            dp = dg * g * (1.0 - g)  # g = 0 (dp = 0) for e >= E and for rows t >= hi
+            dqn += tl.dot(dp, tl.trans(wr), input_precision="ieee")
+            dwr_acc += tl.dot(tl.trans(qn_r), dp, input_precision="ieee")
+        if HAS_NORM:
+            dw_acc += tl.sum(dqn * n, axis=0)  # n = 0 for rows t >= hi
+            dn = dqn * w[None, :]
+            mean_dn_n = tl.sum(dn * n, axis=1) / D
+            dx = rstd[:, None] * (dn - n * mean_dn_n[:, None])
+        else:
+            dx = dqn
+        dq_ptrs = DQ + (t * (H * D) + h * D)[:, None] + offs_d[None, :]
+        tl.store(dq_ptrs, dx.to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    part = split * H + h
+    tl.store(DWR_PART + part * (D * E) + (offs_d * E)[:, None] + offs_e[None, :], dwr_acc,
+             mask=d_ok[:, None] & e_ok[None, :])
+    if HAS_NORM:
+        tl.store(DW_PART + part * D + offs_d, dw_acc, mask=d_ok)
+
+
+def _pad(size: int) -> int:
+    return triton.next_power_of_2(max(size, 16))
+
+
+def _block_t(d_pad: int, e_pad: int) -> int:
+    """Tokens per step: BLOCK_T on a GPU, halved once the backward's register tiles (the
+    (D_PAD, E_PAD) dW_R accumulator and W_R tile plus several (BLOCK_T, D_PAD) tiles) get
+    large (D_PAD * E_PAD > 8192, e.g. D = 256 with E > 32); 16 in the interpreter."""
+    if _interpreting():
+        return BLOCK_T_INTERPRETER
+    return BLOCK_T if d_pad * e_pad <= 8192 else 16
+
+
+def _num_warps(d_pad: int, e_pad: int) -> int:
+    """8 warps once the (D_PAD, E_PAD) tiles reach 4096 elements (D = 128 with E > 16),
+    to spread the backward's register tiles; an untuned guess."""
+    return 4 if d_pad * e_pad < 4096 else 8
+
+
+def _check(q, norm_weight, w_router) -> tuple[int, int, int, int, int]:
+    for name, t in (("q", q), ("w_router", w_router), ("norm_weight", norm_weight)):
+        if t is None and name == "norm_weight":
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device}, q on {q.device}")
+    if q.dim() != 4:
+        raise ValueError(f"q must be (B, L, H, D), got shape {tuple(q.shape)}")
+    B, L, H, D = q.shape
+    if w_router.dim() != 3 or tuple(w_router.shape[:2]) != (H, D) or w_router.shape[2] < 1:
+        raise ValueError(f"w_router must be (H={H}, D={D}, E), got {tuple(w_router.shape)}")
+    if norm_weight is not None and tuple(norm_weight.shape) != (H, D):
+        raise ValueError(f"norm_weight must be (H={H}, D={D}), got {tuple(norm_weight.shape)}")
+    return B, L, H, D, w_router.shape[2]
+
+
+def _weight_args(norm_weight, w_router):
+    nw_args = (norm_weight.stride(0), norm_weight.stride(1)) if norm_weight is not None else (0, 0)
+    return (norm_weight if norm_weight is not None else w_router), nw_args, w_router.stride()
+
+
+def norm_router_fwd(q: torch.Tensor, norm_weight: torch.Tensor | None,
+                    w_router: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(qn, R) of q through norm_router_fwd_kernel, one launch.
+
+    q: (B, L, H, D), any strides, float16/bfloat16/float32; norm_weight: (H, D) or None;
+    w_router: (H, D, E). Per token and head, in fp32: rstd = 1 / sqrt(mean_d(q^2) + 1e-5),
+    qn = q * rstd * norm_weight[h] (rounded to q's dtype), R = g / max(sum_e g, 1e-20)
+    with g = sigmoid(qn W_R[h]). Returns qn: (B, L, H, D) contiguous in q's dtype (q
+    itself when norm_weight is None) and R: (B, L, H, E) contiguous fp32.
+    """
+    B, L, H, D, E = _check(q, norm_weight, w_router)
+    T = B * L
+    has_norm = norm_weight is not None
+    qn = empty(q.shape, q.dtype, q.device) if has_norm else q
+    r = empty((B, L, H, E), torch.float32, q.device)
+    if T == 0 or H == 0:
+        return qn, r
+    d_pad, e_pad = _pad(D), _pad(E)
+    block_t = _block_t(d_pad, e_pad)
+    nw, nw_strides, wr_strides = _weight_args(norm_weight, w_router)
+    norm_router_fwd_kernel[(cdiv(T, block_t), H)](
+        q, nw, w_router, qn, r, T, L, *q.stride()[:4], *nw_strides, *wr_strides,
+        H=H, D=D, E=E, D_PAD=d_pad, E_PAD=e_pad, BLOCK_T=block_t, HAS_NORM=has_norm,
+        num_warps=_num_warps(d_pad, e_pad))
+    return qn, r
+
+
+def _splits(q: torch.Tensor, heads: int, blocks: int) -> int:
+    if _interpreting() or q.device.type != "cuda":
+        wanted = SPLITS_INTERPRETER
+    else:
+        wanted = cdiv(PROGRAMS_PER_SM * _device.sm_count(q.device), heads)
+    return max(1, min(wanted, blocks))
+
+
+def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router: torch.Tensor,
+                    dqn: torch.Tensor | None, dr: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(dq, dnorm_weight, dw_router) of norm_router_fwd through norm_router_bwd_kernel.
+
+    q, norm_weight, w_router: as for norm_router_fwd; dqn: (B, L, H, D) gradient of qn
+    (any float dtype and strides) or None (zero); dr: (B, L, H, E) gradient of R or None
+    (zero). With g, s, R, n, rstd recomputed per token and head in fp32:
+    dg = (dr - [s > 1e-20] sum_e(dr R)) / max(s, 1e-20), dP = dg g (1 - g),
+    dqn' = dqn + dP W_R[h]^T, dW_R[h] = sum_t qn^T dP, dw[h] = sum_t dqn' n,
+    dq = rstd (dqn' w - n mean_d(dqn' w n)) (dq = dqn' without norm_weight).
+    SPLITS x H programs each own a contiguous share of the tokens and write fp32 partials
+    (SPLITS, H, D, E) and (SPLITS, H, D); they are summed here over SPLITS (deterministic)
+    and cast to the parameters' dtypes. Returns dq (B, L, H, D) contiguous in q's dtype,
+    dnorm_weight (H, D) (None without norm_weight) and dw_router (H, D, E).
+    """
+    B, L, H, D, E = _check(q, norm_weight, w_router)
+    if dqn is not None and tuple(dqn.shape) != (B, L, H, D):
+        raise ValueError(f"dqn must have q's shape {tuple(q.shape)}, got {tuple(dqn.shape)}")
+    if dr is not None and tuple(dr.shape) != (B, L, H, E):
+        raise ValueError(f"dr must be (B, L, H, E) = {(B, L, H, E)}, got {tuple(dr.shape)}")
+    T = B * L
+    has_norm = norm_weight is not None
+    dq = empty(q.shape, q.dtype, q.device)
+    if T == 0 or H == 0:
+        dq.zero_()
+        dnw = torch.zeros_like(norm_weight) if has_norm else None
+        return dq, dnw, torch.zeros_like(w_router)
+    d_pad, e_pad = _pad(D), _pad(E)
+    block_t = _block_t(d_pad, e_pad)
+    blocks = cdiv(T, block_t)
+    splits = _splits(q, H, blocks)
+    tokens_per_split = cdiv(blocks, splits) * block_t
+    splits = cdiv(T, tokens_per_split)  # every program has tokens
+    dwr_part = empty((splits, H, D, E), torch.float32, q.device)
+    dw_part = empty((splits, H, D), torch.float32, q.device) if has_norm else dwr_part
+    nw, nw_strides, wr_strides = _weight_args(norm_weight, w_router)
+    dqn_arg = dqn if dqn is not None else q
+    dr_arg = dr if dr is not None else dwr_part
+    dqn_strides = dqn.stride() if dqn is not None else (0, 0, 0, 0)
+    dr_strides = dr.stride() if dr is not None else (0, 0, 0, 0)
+    norm_router_bwd_kernel[(splits, H)](
+        q, nw, w_router, dqn_arg, dr_arg, dq, dw_part, dwr_part, T, L, tokens_per_split,
+        *q.stride(), *nw_strides, *wr_strides, *dqn_strides, *dr_strides,
+        H=H, D=D, E=E, D_PAD=d_pad, E_PAD=e_pad, BLOCK_T=block_t, HAS_NORM=has_norm,
+        HAS_DQN=dqn is not None, HAS_DR=dr is not None, num_warps=_num_warps(d_pad, e_pad))
+    dw_router = dwr_part.sum(0).to(w_router.dtype)
+    dnorm_weight = dw_part.sum(0).to(norm_weight.dtype) if has_norm else None
+    return dq, dnorm_weight, dw_router
