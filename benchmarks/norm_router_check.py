@@ -23,14 +23,43 @@ from mhfgen.presets import PRESETS
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
+    a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _sweep(q, w, wr, dqn, dr, ref) -> None:
+    """Backward kernel launches side by side: ms and errors of dq, dW_R against `ref`."""
+    import itertools
+
+    from mhfgen.kernels.norm_router import norm_router_bwd
+
+    print("  backward kernel sweep (block_t, warps, splits per head, precision): ms, "
+          "errors of dq / dW_R vs the PyTorch path")
+    rows = []
+    for bt, warps, splits, prec in itertools.product((16, 32, 64), (2, 4, 8), (16, 66),
+                                                     ("ieee", "tf32")):
+        launch = dict(block_t=bt, num_warps=warps, splits=splits, precision=prec)
+        try:
+            dq, _, dwr = norm_router_bwd(q.detach(), w.detach(), wr.detach(), dqn, dr, launch)
+            ms = triton.testing.do_bench(
+                lambda: norm_router_bwd(q.detach(), w.detach(), wr.detach(), dqn, dr, launch),
+                return_mode="median")
+        except Exception as exc:  # noqa: BLE001 - out of resources: report and go on
+            print(f"    {bt:3} {warps} {splits:3} {prec}: {type(exc).__name__}", flush=True)
+            continue
+        rows.append((ms, bt, warps, splits, prec, _rel(dq, ref[2]), _rel(dwr, ref[4])))
+    for ms, bt, warps, splits, prec, e_dq, e_dwr in sorted(rows):
+        print(f"    {bt:3} {warps} {splits:3} {prec:4}: {ms:.3f} ms  dq {e_dq:.1e}  dW_R {e_dwr:.1e}",
+              flush=True)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="1.3B", choices=sorted(PRESETS))
     ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--sweep", action="store_true",
+                    help="also time the backward kernel over block_t, num_warps, splits and "
+                         "dot precision, with the errors of each against the PyTorch path")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("norm_router_check: needs a CUDA GPU", file=sys.stderr)
@@ -55,6 +84,8 @@ def main(argv=None) -> int:
           f"tokens, q bf16, weights fp32")
     for i, label in enumerate(("qn", "R", "dq", "d norm weight", "d router weight")):
         print(f"  {label:16} kernels vs PyTorch path: {_rel(outs['kernels'][i], outs['pytorch'][i]):.2e}")
+    if args.sweep:
+        _sweep(q, w, wr, dqn, dr, outs["pytorch"])
     del outs
     for name, kern in (("kernels", True), ("pytorch", False)):
         def fwd():

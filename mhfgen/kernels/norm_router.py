@@ -69,7 +69,7 @@ def _load_weights(NW, WR, h, s_nh, s_nd, s_wh, s_wd, s_we, D: tl.constexpr, E: t
 @triton.jit
 def _forward_tile(Q, w, wr, t, h, T, L, s_qb, s_ql, s_qh, s_qd,
                   D: tl.constexpr, E: tl.constexpr, D_PAD: tl.constexpr, E_PAD: tl.constexpr,
-                  HAS_NORM: tl.constexpr):
+                  HAS_NORM: tl.constexpr, PRECISION: tl.constexpr = "ieee"):
     """The forward values of a (BLOCK_T,) vector of tokens t (int64) of head h: n (x without
     HAS_NORM), rstd, qn (fp32, unrounded), qn_r, g, s. Rows t >= T and columns d >= D are
     zero, g = 0 for e >= E."""
@@ -91,7 +91,7 @@ def _forward_tile(Q, w, wr, t, h, T, L, s_qb, s_ql, s_qh, s_qd,
         n = x
         qn = x
         qn_r = x
-    logits = tl.dot(qn_r, wr, input_precision="ieee")
+    logits = tl.dot(qn_r, wr, input_precision=PRECISION)
     g = tl.where((offs_e < E)[None, :], tl.sigmoid(logits), 0.0)
     s = tl.sum(g, axis=1)
     return n, rstd, qn, qn_r, g, s
@@ -132,7 +132,7 @@ def norm_router_bwd_kernel(Q, NW, WR, DQN, DR, DQ, DW_PART, DWR_PART, T, L, TOKE
                            H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
                            D_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
                            HAS_NORM: tl.constexpr, HAS_DQN: tl.constexpr,
-                           HAS_DR: tl.constexpr):
+                           HAS_DR: tl.constexpr, PRECISION: tl.constexpr = "ieee"):
     """Grid (SPLITS, H): program (s, h) walks tokens [s * TOKENS_PER_SPLIT, (s + 1) *
     TOKENS_PER_SPLIT) of head h in BLOCK_T steps, recomputing the forward; writes dq
     (contiguous, q's dtype) and its fp32 partial sums dW_R -> DWR_PART[s, h] (D, E) and
@@ -153,7 +153,7 @@ def norm_router_bwd_kernel(Q, NW, WR, DQN, DR, DQ, DW_PART, DWR_PART, T, L, TOKE
         t = start + tl.arange(0, BLOCK_T)
         row_ok = t < hi
         n, rstd, qn, qn_r, g, s = _forward_tile(Q, w, wr, t, h, hi, L, s_qb, s_ql, s_qh, s_qd,
-                                                D, E, D_PAD, E_PAD, HAS_NORM)
+                                                D, E, D_PAD, E_PAD, HAS_NORM, PRECISION)
         b = t // L
         l = t - b * L
         if HAS_DQN:
@@ -171,8 +171,8 @@ def norm_router_bwd_kernel(Q, NW, WR, DQN, DR, DQ, DW_PART, DWR_PART, T, L, TOKE
             dot_r = tl.where(s > 1e-20, tl.sum(dr * r, axis=1), 0.0)
             dg = (dr - dot_r[:, None]) / s_c[:, None]
             dp = dg * g * (1.0 - g)  # g = 0 (dp = 0) for e >= E and for rows t >= hi
-            dqn += tl.dot(dp, tl.trans(wr), input_precision="ieee")
-            dwr_acc += tl.dot(tl.trans(qn_r), dp, input_precision="ieee")
+            dqn += tl.dot(dp, tl.trans(wr), input_precision=PRECISION)
+            dwr_acc += tl.dot(tl.trans(qn_r), dp, input_precision=PRECISION)
         if HAS_NORM:
             dw_acc += tl.sum(dqn * n, axis=0)  # n = 0 for rows t >= hi
             dn = dqn * w[None, :]
@@ -269,7 +269,8 @@ def _splits(q: torch.Tensor, heads: int, blocks: int) -> int:
 
 
 def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router: torch.Tensor,
-                    dqn: torch.Tensor | None, dr: torch.Tensor | None
+                    dqn: torch.Tensor | None, dr: torch.Tensor | None,
+                    launch: dict | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """(dq, dnorm_weight, dw_router) of norm_router_fwd through norm_router_bwd_kernel.
 
@@ -283,7 +284,11 @@ def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router:
     (SPLITS, H, D, E) and (SPLITS, H, D); they are summed here over SPLITS (deterministic)
     and cast to the parameters' dtypes. Returns dq (B, L, H, D) contiguous in q's dtype,
     dnorm_weight (H, D) (None without norm_weight) and dw_router (H, D, E).
+
+    `launch` overrides the launch for experiments (benchmarks/norm_router_check.py):
+    block_t, num_warps, splits (programs per head), precision ("ieee" or "tf32" dots).
     """
+    launch = launch or {}
     B, L, H, D, E = _check(q, norm_weight, w_router)
     if dqn is not None and tuple(dqn.shape) != (B, L, H, D):
         raise ValueError(f"dqn must have q's shape {tuple(q.shape)}, got {tuple(dqn.shape)}")
@@ -297,9 +302,9 @@ def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router:
         dnw = torch.zeros_like(norm_weight) if has_norm else None
         return dq, dnw, torch.zeros_like(w_router)
     d_pad, e_pad = _pad(D), _pad(E)
-    block_t = _block_t(d_pad, e_pad)
+    block_t = launch.get("block_t") or _block_t(d_pad, e_pad)
     blocks = cdiv(T, block_t)
-    splits = _splits(q, H, blocks)
+    splits = max(1, min(launch["splits"], blocks)) if launch.get("splits") else _splits(q, H, blocks)
     tokens_per_split = cdiv(blocks, splits) * block_t
     splits = cdiv(T, tokens_per_split)  # every program has tokens
     dwr_part = empty((splits, H, D, E), torch.float32, q.device)
@@ -313,7 +318,9 @@ def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router:
         q, nw, w_router, dqn_arg, dr_arg, dq, dw_part, dwr_part, T, L, tokens_per_split,
         *q.stride(), *nw_strides, *wr_strides, *dqn_strides, *dr_strides,
         H=H, D=D, E=E, D_PAD=d_pad, E_PAD=e_pad, BLOCK_T=block_t, HAS_NORM=has_norm,
-        HAS_DQN=dqn is not None, HAS_DR=dr is not None, num_warps=_num_warps(d_pad, e_pad))
+        HAS_DQN=dqn is not None, HAS_DR=dr is not None,
+        PRECISION=launch.get("precision", "ieee"),
+        num_warps=launch.get("num_warps") or _num_warps(d_pad, e_pad))
     dw_router = dwr_part.sum(0).to(w_router.dtype)
     dnorm_weight = dw_part.sum(0).to(norm_weight.dtype) if has_norm else None
     return dq, dnorm_weight, dw_router
