@@ -21,7 +21,8 @@ tokens, t = b * L + l); R, dR: (B, L, H, E) (R is written contiguous in fp32, dR
 strides and float dtype); qn and dq are written contiguous in q's dtype. Tiles are padded
 to D_PAD = next_pow2(max(D, 16)) and E_PAD = next_pow2(max(E, 16)) (tl.dot needs >= 16);
 padded d do not enter mean_d (the sums divide by D), padded e have g = 0, rows t >= T are
-zero and contribute nothing. Every tl.dot has fp32 operands and input_precision="ieee".
+zero and contribute nothing. Every tl.dot has fp32 operands: input_precision="ieee" in
+the forward and for fp32 q, "tf32" in the backward of bf16/fp16 q (see backward_launch).
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def _load_weights(NW, WR, h, s_nh, s_nd, s_wh, s_wd, s_we, D: tl.constexpr, E: t
 @triton.jit
 def _forward_tile(Q, w, wr, t, h, T, L, s_qb, s_ql, s_qh, s_qd,
                   D: tl.constexpr, E: tl.constexpr, D_PAD: tl.constexpr, E_PAD: tl.constexpr,
-                  HAS_NORM: tl.constexpr, PRECISION: tl.constexpr = "ieee"):
+                  HAS_NORM: tl.constexpr, PRECISION: tl.constexpr):
     """The forward values of a (BLOCK_T,) vector of tokens t (int64) of head h: n (x without
     HAS_NORM), rstd, qn (fp32, unrounded), qn_r, g, s. Rows t >= T and columns d >= D are
     zero, g = 0 for e >= E."""
@@ -102,7 +103,7 @@ def norm_router_fwd_kernel(Q, NW, WR, QN, R, T, L,
                            s_qb, s_ql, s_qh, s_qd, s_nh, s_nd, s_wh, s_wd, s_we,
                            H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
                            D_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
-                           HAS_NORM: tl.constexpr):
+                           HAS_NORM: tl.constexpr, PRECISION: tl.constexpr):
     """Grid (cdiv(T, BLOCK_T), H): one (BLOCK_T, D_PAD) tile of head h per program; writes
     qn (contiguous (B, L, H, D), q's dtype; only with HAS_NORM) and R (contiguous
     (B, L, H, E), fp32). Formulas: module docstring."""
@@ -115,7 +116,7 @@ def norm_router_fwd_kernel(Q, NW, WR, QN, R, T, L,
     w, wr = _load_weights(NW, WR, h, s_nh, s_nd, s_wh, s_wd, s_we, D, E, D_PAD, E_PAD,
                           HAS_NORM)
     n, rstd, qn, qn_r, g, s = _forward_tile(Q, w, wr, t, h, T, L, s_qb, s_ql, s_qh, s_qd,
-                                            D, E, D_PAD, E_PAD, HAS_NORM)
+                                            D, E, D_PAD, E_PAD, HAS_NORM, PRECISION)
     if HAS_NORM:
         qn_ptrs = QN + (t * (H * D) + h * D)[:, None] + offs_d[None, :]
         tl.store(qn_ptrs, qn.to(QN.dtype.element_ty),
@@ -132,7 +133,7 @@ def norm_router_bwd_kernel(Q, NW, WR, DQN, DR, DQ, DW_PART, DWR_PART, T, L, TOKE
                            H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
                            D_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
                            HAS_NORM: tl.constexpr, HAS_DQN: tl.constexpr,
-                           HAS_DR: tl.constexpr, PRECISION: tl.constexpr = "ieee"):
+                           HAS_DR: tl.constexpr, PRECISION: tl.constexpr):
     """Grid (SPLITS, H): program (s, h) walks tokens [s * TOKENS_PER_SPLIT, (s + 1) *
     TOKENS_PER_SPLIT) of head h in BLOCK_T steps, recomputing the forward; writes dq
     (contiguous, q's dtype) and its fp32 partial sums dW_R -> DWR_PART[s, h] (D, E) and
@@ -203,9 +204,28 @@ def _block_t(d_pad: int, e_pad: int) -> int:
 
 
 def _num_warps(d_pad: int, e_pad: int) -> int:
-    """8 warps once the (D_PAD, E_PAD) tiles reach 4096 elements (D = 128 with E > 16),
-    to spread the backward's register tiles; an untuned guess."""
+    """Forward: 8 warps once the (D_PAD, E_PAD) tiles reach 4096 elements (D = 128 with
+    E > 16), else 4 (forward measured at 0.15 ms for 1.3B at 16384 tokens on an H200)."""
     return 4 if d_pad * e_pad < 4096 else 8
+
+
+def backward_launch(dtype: torch.dtype, d_pad: int, e_pad: int) -> dict:
+    """The backward's default launch: block_t, num_warps and dot precision.
+
+    Measured on an H200 (1.3B: D = 128, E = 22, 16384 tokens; `python3
+    benchmarks/norm_router_check.py --sweep`, docs/PERFORMANCE.md): with IEEE fp32 dots,
+    (32 tokens, 8 warps) took 6.0 ms and (16, 4) 0.71 ms, same errors (the larger tiles
+    spill); with TF32 dots (32, 4) took 0.22 ms, at relative errors of 1.1e-4 (dq) and
+    3.9e-4 (dW_R) against the fp32 PyTorch path. So bf16 and fp16 inputs, whose gradients
+    are far coarser than that, get TF32 (32, 4); fp32 inputs keep IEEE dots, with (16, 4)
+    where the (D_PAD, E_PAD) tiles reach 4096 elements and (32, 4) below.
+    """
+    if _interpreting():
+        return dict(block_t=BLOCK_T_INTERPRETER, num_warps=4, precision="ieee")
+    if dtype in (torch.bfloat16, torch.float16):
+        return dict(block_t=BLOCK_T, num_warps=4, precision="tf32")
+    return dict(block_t=16 if d_pad * e_pad >= 4096 else BLOCK_T, num_warps=4,
+                precision="ieee")
 
 
 def _check(q, norm_weight, w_router) -> tuple[int, int, int, int, int]:
@@ -256,7 +276,7 @@ def norm_router_fwd(q: torch.Tensor, norm_weight: torch.Tensor | None,
     norm_router_fwd_kernel[(cdiv(T, block_t), H)](
         q, nw, w_router, qn, r, T, L, *q.stride()[:4], *nw_strides, *wr_strides,
         H=H, D=D, E=E, D_PAD=d_pad, E_PAD=e_pad, BLOCK_T=block_t, HAS_NORM=has_norm,
-        num_warps=_num_warps(d_pad, e_pad))
+        PRECISION="ieee", num_warps=_num_warps(d_pad, e_pad))
     return qn, r
 
 
@@ -285,10 +305,10 @@ def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router:
     and cast to the parameters' dtypes. Returns dq (B, L, H, D) contiguous in q's dtype,
     dnorm_weight (H, D) (None without norm_weight) and dw_router (H, D, E).
 
-    `launch` overrides the launch for experiments (benchmarks/norm_router_check.py):
-    block_t, num_warps, splits (programs per head), precision ("ieee" or "tf32" dots).
+    The launch is backward_launch's (TF32 router dots for bf16/fp16 q, IEEE for fp32);
+    `launch` overrides any of block_t, num_warps, splits (programs per head), precision
+    ("ieee" or "tf32") for experiments (benchmarks/norm_router_check.py --sweep).
     """
-    launch = launch or {}
     B, L, H, D, E = _check(q, norm_weight, w_router)
     if dqn is not None and tuple(dqn.shape) != (B, L, H, D):
         raise ValueError(f"dqn must have q's shape {tuple(q.shape)}, got {tuple(dqn.shape)}")
@@ -302,7 +322,8 @@ def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router:
         dnw = torch.zeros_like(norm_weight) if has_norm else None
         return dq, dnw, torch.zeros_like(w_router)
     d_pad, e_pad = _pad(D), _pad(E)
-    block_t = launch.get("block_t") or _block_t(d_pad, e_pad)
+    launch = {**backward_launch(q.dtype, d_pad, e_pad), **(launch or {})}
+    block_t = launch["block_t"]
     blocks = cdiv(T, block_t)
     splits = max(1, min(launch["splits"], blocks)) if launch.get("splits") else _splits(q, H, blocks)
     tokens_per_split = cdiv(blocks, splits) * block_t
@@ -319,8 +340,7 @@ def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router:
         *q.stride(), *nw_strides, *wr_strides, *dqn_strides, *dr_strides,
         H=H, D=D, E=E, D_PAD=d_pad, E_PAD=e_pad, BLOCK_T=block_t, HAS_NORM=has_norm,
         HAS_DQN=dqn is not None, HAS_DR=dr is not None,
-        PRECISION=launch.get("precision", "ieee"),
-        num_warps=launch.get("num_warps") or _num_warps(d_pad, e_pad))
+        PRECISION=launch["precision"], num_warps=launch["num_warps"])
     dw_router = dwr_part.sum(0).to(w_router.dtype)
     dnorm_weight = dw_part.sum(0).to(norm_weight.dtype) if has_norm else None
     return dq, dnorm_weight, dw_router
