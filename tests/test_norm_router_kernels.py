@@ -237,3 +237,5 @@ def test_backward_launch_defaults_follow_the_h200_sweep(monkeypatch):
     assert nr.backward_launch(torch.float32, 128, 32) == dict(block_t=16, num_warps=4,
                                                               precision="ieee")
     assert nr.backward_launch(torch.float32, 128, 16)["block_t"] == 32
+    assert nr.backward_launch(torch.bfloat16, 256, 64) == dict(block_t=16, num_warps=8,
+                                                               precision="tf32")
