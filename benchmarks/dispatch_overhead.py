@@ -8,7 +8,8 @@ The forward kernel of the 370M spec at --tokens tokens is tuned into a temporary
 'exact' step; the launcher's own kernel call is captured once and replayed as the bare
 launch (same compiled kernel, grid and arguments). Each row is the host time per call:
 `calls` back-to-back calls timed with perf_counter (fewer than the launch queue holds, so
-the CPU never waits for the GPU), synchronised after the clock stops, median of `repeats`.
+the CPU never waits for the GPU), synchronised after the clock stops, median (and min) of
+`repeats`, the rows taking turns within each repeat.
 
 Rows: bare launch `kernel[grid](...)`; the launcher with an explicit config (checks,
 allocation, launch); the launcher with dispatch (what mhfgen users get); the custom op
@@ -86,20 +87,27 @@ def capture_launch(inputs, config):
     return cap.fn, grid, args, kwargs
 
 
-def host_us(fn, sync, calls: int, repeats: int) -> float:
-    """Median over `repeats` of the host microseconds per call of `calls` calls."""
-    fn()
+def host_us_rows(fns: dict, sync, calls: int, repeats: int) -> dict:
+    """Per row: (median, min) over `repeats` of the host microseconds per call of `calls`
+    back-to-back calls. The rows take turns within each repeat (round-robin, the order
+    rotating), so drift of the host (clock, other processes) spreads over all of them
+    instead of falling on whichever row ran during it."""
+    for fn in fns.values():
+        fn()
     sync()
-    samples = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        stop = time.perf_counter()
-        sync()
-        samples.append((stop - start) / calls * 1e6)
-    return statistics.median(samples)
+    samples = {name: [] for name in fns}
+    names = list(fns)
+    for rep in range(repeats):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            fn = fns[name]
+            sync()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            stop = time.perf_counter()
+            sync()
+            samples[name].append((stop - start) / calls * 1e6)
+    return {name: (statistics.median(v), min(v)) for name, v in samples.items()}
 
 
 def autotuned(fn, kwargs):
@@ -170,21 +178,18 @@ def main(argv=None) -> int:
                   file=sys.stderr)
 
         fn, grid, kargs, kkwargs = capture_launch(inputs, config)
-        rows = []
-
-        def row(name, call):
-            rows.append((name, host_us(call, sync, args.calls, args.repeats)))
-
+        fns = {"bare launch: kernel[grid](...)": lambda: fn[grid](*kargs, **kkwargs),
+               "launcher, explicit config": lambda: flash_mhf_fwd(*inputs, config=config),
+               "launcher with dispatch (tuned, exact key)": lambda: flash_mhf_fwd(*inputs),
+               "mhfgen.flash_mhf custom op, no grad": lambda: mhfgen.flash_mhf(*inputs)}
+        if gpu:
+            at, rest = autotuned(fn, kkwargs)
+            fns["triton.autotune, 2 configs (reference)"] = lambda: at[grid](*kargs, **rest)
+        fns["choose_config alone (cached)"] = (
+            lambda: dispatch.choose_config(KERNEL, spec, tokens, device))
         with torch.no_grad():
-            row("bare launch: kernel[grid](...)", lambda: fn[grid](*kargs, **kkwargs))
-            row("launcher, explicit config", lambda: flash_mhf_fwd(*inputs, config=config))
-            row("launcher with dispatch (tuned, exact key)", lambda: flash_mhf_fwd(*inputs))
-            row("mhfgen.flash_mhf custom op, no grad", lambda: mhfgen.flash_mhf(*inputs))
-            if gpu:
-                at, rest = autotuned(fn, kkwargs)
-                row("triton.autotune, 2 configs (reference)", lambda: at[grid](*kargs, **rest))
-            row("choose_config alone (cached)",
-                lambda: dispatch.choose_config(KERNEL, spec, tokens, device))
+            stats = host_us_rows(fns, sync, args.calls, args.repeats)
+        rows = [(name, med) for name, (med, _) in stats.items()]
         dispatch.clear_cache()
 
     times = dict(rows)
@@ -196,11 +201,13 @@ def main(argv=None) -> int:
              f"{torch.__version__}, Triton {triton.__version__}, mhfgen {mhfgen.__version__}, "
              f"Python {platform.python_version()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
              f"problem: {spec.key()} at {tokens} tokens, config {config}",
-             f"each row: median of {args.repeats} x {args.calls} back-to-back calls", "",
-             "| path | host us / call | above bare launch |", "|---|---|---|"]
+             f"each row: median (and min) of {args.repeats} x {args.calls} back-to-back calls, "
+             f"the rows taking turns", "",
+             "| path | host us / call, median | min | median above bare launch |",
+             "|---|---|---|---|"]
     for name, us in rows:
         above = "" if name.startswith("bare") or name.startswith("choose") else f"{us - bare:+.2f}"
-        lines.append(f"| {name} | {us:.2f} | {above} |")
+        lines.append(f"| {name} | {us:.2f} | {stats[name][1]:.2f} | {above} |")
     verdict = "PASS" if overhead <= BAR_US else "FAIL"
     lines += ["", f"dispatch overhead = launcher with dispatch - bare launch = {overhead:.2f} us "
               f"(bar <= {BAR_US:g} us): {verdict if gpu else 'n/a on the interpreter'}"]
@@ -212,7 +219,8 @@ def main(argv=None) -> int:
                        "date": utc_now(), "gpu_timings": gpu, "spec": spec.as_dict(),
                        "tokens": tokens, "config": config.as_dict(),
                        "calls": args.calls, "repeats": args.repeats,
-                       "rows_us": times, "overhead_us": overhead, "bar_us": BAR_US}, f, indent=1)
+                       "rows_us": times, "rows_min_us": {n: m for n, (_, m) in stats.items()},
+                       "overhead_us": overhead, "bar_us": BAR_US}, f, indent=1)
     return 0
 
 
