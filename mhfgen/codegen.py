@@ -92,6 +92,20 @@ def render(kernel: str, spec: KernelSpec, config: LaunchConfig) -> str:
                            spec=spec, static=static, precision=precision, **params)
 
 
+@lru_cache(maxsize=4096)
+def code_hash(kernel: str, spec: KernelSpec, config: LaunchConfig) -> str:
+    """sha256 (16 hex digits) of the code generated for (kernel, spec, config), the
+    template-hash comment left out: it changes only when this config's kernel code does.
+
+    A stored winner keeps it beside its template hash, so a template edit that leaves a
+    config's code as it was (a new knob, a branch that config does not take) does not
+    invalidate that config (mhfgen.tuning.lookup.still_current)."""
+    source = render(kernel, spec, config)
+    body = "\n".join(line for line in source.splitlines()
+                     if not line.startswith("# template hash:"))
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")

@@ -27,6 +27,14 @@ def target(device: torch.device) -> str:
                      f"got a tensor on {device}")
 
 
+def target_for(compute_capability: str) -> str:
+    """The target of a stored compute capability: '9.0' -> 'sm90', 'none' -> 'interpreter'."""
+    major, dot, minor = compute_capability.partition(".")
+    if dot and major.isdigit() and minor.isdigit():
+        return f"sm{major}{minor}"
+    return INTERPRETER
+
+
 def sm_count(device: torch.device) -> int:
     """Multiprocessors of a CUDA device; 1 for the interpreter."""
     if device.type == "cuda":

@@ -51,7 +51,7 @@ def test_list_groups_per_gpu_and_flags_stale_templates(capsys):
     assert "user database" in out and "4 tuned config(s)" in out
     assert "NVIDIA H200 (compute capability 9.0)" in out
     assert "NVIDIA A100-SXM4-80GB (compute capability 8.0)" in out
-    assert out.count("stale template") == 1
+    assert out.count("stale: kernel code changed") == 1
     assert "BM128 BN64 w8 s3" in out and "1.25x" in out
     assert "shipped database" in out and "absent" in out
     assert main(["list", "--gpu", "NVIDIA A100-SXM4-80GB"]) == 0
@@ -109,6 +109,25 @@ def test_import_refuses_records_of_another_template(tmp_path, capsys):
     assert "1 added" in out and "1 refused" in out
     assert "refused 1 record(s) of flash_mhf_bwd_dkv tuned for template feedfacefeedface" in err
     assert "re-tune" in err
+
+
+def test_import_keeps_records_of_another_template_whose_code_is_unchanged(tmp_path, capsys):
+    """A template edit that leaves a config's generated code alone (a new knob, say)
+    does not cost its tuned records: the code hash stored with them still matches."""
+    import dataclasses
+
+    from mhfgen.codegen import code_hash
+
+    old = winner(kernel="flash_mhf_bwd_dkv", template="feedfacefeedface")
+    same = dataclasses.replace(old, code_hash=code_hash(old.key.kernel, SPEC, old.config))
+    source = tmp_path / "a.sqlite"
+    fill(source, same)
+    out_file = tmp_path / "e.json"
+    assert main(["export", "-o", str(out_file), "--db", str(source)]) == 0
+    assert json.loads(out_file.read_text())["records"][0]["code_hash"] == same.code_hash
+    capsys.readouterr()
+    assert main(["import", str(out_file), "--db", str(tmp_path / "b.sqlite")]) == 0
+    assert "1 added" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("content,message", [

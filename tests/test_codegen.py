@@ -70,3 +70,19 @@ def test_unknown_kernel_and_bad_config():
         codegen.render("flash_mhf_fwd", SPEC, LaunchConfig(group_heads=3))
     with pytest.raises(ValueError, match="sm90"):
         LaunchConfig(tma=True).check_for(KernelSpec(2, 2, 64, 2, 64, "bfloat16", "sm80"))
+
+
+def test_code_hash_ignores_the_template_hash_line_and_follows_the_code(monkeypatch):
+    from mhfgen import codegen
+    from mhfgen.codegen import code_hash
+
+    spec = KernelSpec(2, 2, 32, 2, 32, "float32", "interpreter")
+    a, b = LaunchConfig(block_m=16, block_n=16), LaunchConfig(block_m=16, block_n=16, tma=True)
+    before = code_hash("flash_mhf_fwd", spec, a)
+    assert before != code_hash("flash_mhf_fwd", spec, b)  # another branch: other code
+    code_hash.cache_clear()
+    monkeypatch.setattr(codegen, "template_hash", lambda kernel: "another-template")
+    try:
+        assert code_hash("flash_mhf_fwd", spec, a) == before
+    finally:
+        code_hash.cache_clear()

@@ -159,3 +159,25 @@ def test_launches_use_the_tuned_config(monkeypatch):
     o = mhfgen.kernels.flash_mhf_fwd(q, k, u, v, r)
     assert seen == [A]
     torch.testing.assert_close(o, mhfgen.reference.flash_mhf(q, k, u, v, r), rtol=1e-4, atol=1e-4)
+
+
+def _store_with_code_hash(tokens, config, template, code):
+    key = TuningKey.of(FWD, template, SPEC, shape_bucket(tokens), tokens, "interpreter",
+                       "none", triton.__version__)
+    with TuningDB.open(dbmod.paths.user_db_path()) as db:
+        db.put_winner(WinnerRecord(key, config, 1.0, 1.0, 2.0, 2.0, "test", 5, "0", "0",
+                                   utc_now(), code))
+
+
+def test_a_winner_of_an_older_template_whose_code_is_unchanged_is_still_used():
+    from mhfgen.codegen import code_hash
+
+    _store_with_code_hash(100, B, "0ld-template", code_hash(FWD, SPEC, B))
+    choice = dispatch.explain_choice(FWD, SPEC, 100, CPU)
+    assert (choice.source, choice.config) == ("exact", B)
+
+
+def test_a_winner_whose_code_changed_or_has_no_code_hash_is_skipped():
+    _store_with_code_hash(100, B, "0ld-template", "not-the-code")
+    _store_with_code_hash(120, C, "0ld-template", None)
+    assert dispatch.explain_choice(FWD, SPEC, 100, CPU).source == "heuristic"

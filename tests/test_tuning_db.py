@@ -188,3 +188,31 @@ def test_an_unreadable_config_row_is_skipped_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING), TuningDB.open(path, readonly=True) as db:
         assert len(db.winners()) == 1
     assert "unreadable winner" in caplog.text
+
+
+def _schema_1_file(path):
+    """A database as mhfgen wrote it before schema 2: no code_hash column."""
+    with TuningDB.open(path) as db:
+        db.put_winner(winner())
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE winners DROP COLUMN code_hash")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+
+
+def test_a_schema_1_file_is_read_as_is_and_upgraded_when_written(tmp_path):
+    path = tmp_path / "t.sqlite"
+    _schema_1_file(path)
+    with TuningDB.open(path, readonly=True) as db:  # read-only: no migration, still readable
+        (w,) = db.winners()
+        assert w.code_hash is None and w.ms == 1.0
+    with TuningDB.open(path) as db:  # writable: migrated in place
+        assert "code_hash" in db.db["winners"].columns_dict
+        db.put_winner(dataclasses.replace(winner(ms=0.5), code_hash="abc"), policy="faster")
+        (w,) = db.winners()
+        assert (w.ms, w.code_hash) == (0.5, "abc")
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == \
+        (str(SCHEMA_VERSION),)
+    conn.close()

@@ -93,6 +93,7 @@ def run_list(args) -> int:
     from ..codegen import template_hash
     from ..spec import KERNELS
     from ..tuning.db import TuningDBError
+    from ..tuning.lookup import still_current
     from ..tuning.search import describe_config
 
     current = {k: template_hash(k) for k in KERNELS}
@@ -118,7 +119,7 @@ def run_list(args) -> int:
             rows = [(w.key.kernel, _spec_text(w.key), w.key.bucket, w.key.tokens, _fmt(w.ms),
                      _fmt(w.tflops, ".3g"), _fmt(w.speedup, ".2f", "x"),
                      describe_config(w.config),
-                     "" if current.get(w.key.kernel) == w.key.template_hash else "stale template")
+                     "" if still_current(w, current) else "stale: kernel code changed")
                     for w in ws]
             print(_table(("kernel", "spec", "bucket", "tokens", "ms", "TFLOP/s", "speed-up",
                           "config", ""), rows))

@@ -44,12 +44,13 @@ def run(args) -> int:
 
 
 def _shipped_summary(path) -> str:
-    """How many shipped winners still match the current templates (records of another
-    template hash are never used), per GPU."""
+    """How many shipped winners still run the code they were tuned with (the current
+    template hash, or an unchanged code hash; others are never used), per GPU."""
     if not path.exists():
         return "none"
     from .. import codegen
     from ..tuning.db import TuningDB, TuningDBError
+    from ..tuning.lookup import still_current
 
     try:
         with TuningDB.open(path, readonly=True) as db:
@@ -60,7 +61,7 @@ def _shipped_summary(path) -> str:
     per_gpu: dict[str, list[int]] = {}
     for w in winners:
         counts = per_gpu.setdefault(w.key.gpu_name, [0, 0])
-        counts[0] += w.key.template_hash == current[w.key.kernel]
+        counts[0] += still_current(w, current)
         counts[1] += 1
     return "; ".join(f"{gpu}: {ok} of {n} valid for the current templates"
                      for gpu, (ok, n) in sorted(per_gpu.items())) or "none"

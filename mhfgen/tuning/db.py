@@ -5,7 +5,7 @@ Contract (SPEC.md section 4). Tables:
     meta     (key TEXT PRIMARY KEY, value TEXT)
              format = 'mhfgen-tuning', schema_version = SCHEMA_VERSION
     winners  KEY_COLUMNS + config, ms, tflops, default_ms, speedup, timer, trials,
-             mhfgen_version, torch_version, created;  UNIQUE(KEY_COLUMNS)
+             mhfgen_version, torch_version, created, code_hash;  UNIQUE(KEY_COLUMNS)
     trials   id + KEY_COLUMNS + config, status ('ok' | 'failed'), stage, reason, ms, tflops,
              error, timer, study, trial_number, mhfgen_version, torch_version, created
 
@@ -14,7 +14,10 @@ kernel, template_hash (of that kernel's template only, so one changed template d
 invalidate the others), the spec (heads, kv_heads, head_dim, experts, expert_dim, dtype),
 the shape bucket and the exact tuned token count, gpu_name, compute_capability and
 triton_version. `config` is LaunchConfig JSON; `ms` a median in milliseconds; `created` an
-ISO-8601 UTC date.
+ISO-8601 UTC date. `code_hash` (schema 2) is the hash of the code generated for the
+winner's spec and config (mhfgen.codegen.code_hash): a winner whose template hash is no
+longer current still applies while that code is unchanged (mhfgen.tuning.lookup). Schema 1
+files are upgraded in place when opened for writing and read as they are otherwise.
 
 Writers use WAL and a 60 s busy timeout, and every read-modify-write runs in one
 `BEGIN IMMEDIATE` transaction, so several tuning processes can write one file at once.
@@ -42,10 +45,18 @@ from ..spec import KernelSpec, LaunchConfig
 log = logging.getLogger(__name__)
 
 FORMAT = "mhfgen-tuning"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 60.0
+
+
+def _add_code_hash(db: "sqlite_utils.Database") -> None:
+    db["winners"].add_column("code_hash", str)
+
+
 #: schema version -> function upgrading a connection from it to the next version
-MIGRATIONS: dict[int, object] = {}
+MIGRATIONS: dict[int, object] = {1: _add_code_hash}
+#: columns a read-only file of an older schema may lack (it is read without migrating)
+ADDED_COLUMNS = {"winners": {"code_hash"}}
 
 KEY_COLUMNS = ("kernel", "template_hash", "heads", "kv_heads", "head_dim", "experts",
                "expert_dim", "dtype", "bucket", "tokens", "gpu_name", "compute_capability",
@@ -55,7 +66,7 @@ _KEY_TYPES = {"heads": int, "kv_heads": int, "head_dim": int, "experts": int,
 WINNER_COLUMNS = {**{c: _KEY_TYPES.get(c, str) for c in KEY_COLUMNS},
                   "config": str, "ms": float, "tflops": float, "default_ms": float,
                   "speedup": float, "timer": str, "trials": int, "mhfgen_version": str,
-                  "torch_version": str, "created": str}
+                  "torch_version": str, "created": str, "code_hash": str}
 TRIAL_COLUMNS = {"id": int, **{c: _KEY_TYPES.get(c, str) for c in KEY_COLUMNS},
                  "config": str, "status": str, "stage": str, "reason": str, "ms": float,
                  "tflops": float, "error": float, "timer": str, "study": str,
@@ -136,13 +147,15 @@ class WinnerRecord:
     mhfgen_version: str
     torch_version: str
     created: str
+    code_hash: str | None = None  # mhfgen.codegen.code_hash of (kernel, spec, config)
 
     def to_row(self) -> dict:
         row = self.key.as_dict()
         row.update(config=self.config.to_json(), ms=self.ms, tflops=self.tflops,
                    default_ms=self.default_ms, speedup=self.speedup, timer=self.timer,
                    trials=self.trials, mhfgen_version=self.mhfgen_version,
-                   torch_version=self.torch_version, created=self.created)
+                   torch_version=self.torch_version, created=self.created,
+                   code_hash=self.code_hash)
         return row
 
     @classmethod
@@ -153,7 +166,7 @@ class WinnerRecord:
                    None if row.get("speedup") is None else float(row["speedup"]),
                    row.get("timer") or "", int(row.get("trials") or 0),
                    row.get("mhfgen_version") or "", row.get("torch_version") or "",
-                   row.get("created") or "")
+                   row.get("created") or "", row.get("code_hash") or None)
 
 
 @dataclass(frozen=True)
@@ -206,6 +219,7 @@ class TuningDB:
         self.readonly = readonly
         self.db = sqlite_utils.Database(conn)
         self.empty = False
+        self.old_schema: int | None = None  # a read-only file of an older schema, read as is
 
     # -- opening -----------------------------------------------------------------
     @classmethod
@@ -299,6 +313,9 @@ class TuningDB:
             raise CorruptDatabaseError(f"{self.path}: no valid schema_version in 'meta'") from exc
 
     def _migrate(self, version: int) -> None:
+        if self.readonly and all(MIGRATIONS.get(v) for v in range(version, SCHEMA_VERSION)):
+            self.old_schema = version  # read as it is: the upgrades only add columns
+            return
         while version < SCHEMA_VERSION:
             step = MIGRATIONS.get(version)
             if step is None or self.readonly:
@@ -316,6 +333,8 @@ class TuningDB:
             if table not in self.db.table_names():
                 raise CorruptDatabaseError(f"{self.path}: the '{table}' table is missing")
             missing = set(columns) - set(self.db[table].columns_dict)
+            if self.old_schema is not None:
+                missing -= ADDED_COLUMNS.get(table, set())
             if missing:
                 raise CorruptDatabaseError(
                     f"{self.path}: the '{table}' table lacks columns {sorted(missing)}")

@@ -6,11 +6,12 @@ Export format:
      "records": [{kernel, template_hash, heads, kv_heads, head_dim, experts, expert_dim,
                   dtype, bucket, tokens, gpu_name, compute_capability, triton_version,
                   config: {LaunchConfig}, ms, tflops, default_ms, speedup, timer, trials,
-                  mhfgen_version, torch_version, created}, ...]}
+                  mhfgen_version, torch_version, created, code_hash}, ...]}
 
 Import merges record by record: a key not stored is added; for a stored key the faster
-record (lower ms) wins. Records whose template hash differs from this mhfgen's template
-of that kernel are refused: their config was tuned for different kernel code.
+record (lower ms) wins. Records that no longer run the code they were tuned with are
+refused (mhfgen.tuning.lookup.still_current: another template hash, and a code hash of
+their spec and config that differs from today's or is missing).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .db import KEY_COLUMNS, SCHEMA_VERSION, TuningDB, TuningKey, WinnerRecord, 
 
 EXPORT_FORMAT = "mhfgen-tuning-export"
 _PROVENANCE = ("ms", "tflops", "default_ms", "speedup", "timer", "trials", "mhfgen_version",
-               "torch_version", "created")
+               "torch_version", "created", "code_hash")
 
 
 class ExchangeError(ValueError):
@@ -67,7 +68,7 @@ def _record(i: int, rec: dict) -> WinnerRecord:
                         None if opt["speedup"] is None else float(opt["speedup"]),
                         str(opt["timer"] or ""), int(opt["trials"] or 0),
                         str(opt["mhfgen_version"] or ""), str(opt["torch_version"] or ""),
-                        str(opt["created"] or ""))
+                        str(opt["created"] or ""), str(opt["code_hash"]) if opt["code_hash"] else None)
 
 
 def parse_export(data) -> list[WinnerRecord]:
@@ -90,9 +91,10 @@ def import_winners(db: TuningDB, records: list[WinnerRecord],
     current hash."""
     report = ImportReport()
     refused: dict[tuple[str, str], int] = {}
+    from .lookup import still_current
+
     for rec in records:
-        current = template_hashes.get(rec.key.kernel)
-        if rec.key.kernel not in KERNELS or current != rec.key.template_hash:
+        if rec.key.kernel not in KERNELS or not still_current(rec, template_hashes):
             refused[(rec.key.kernel, rec.key.template_hash)] = \
                 refused.get((rec.key.kernel, rec.key.template_hash), 0) + 1
             continue
@@ -105,8 +107,8 @@ def import_winners(db: TuningDB, records: list[WinnerRecord],
         else:
             report.messages.append(
                 f"refused {count} record(s) of {kernel} tuned for template {old}; this mhfgen's "
-                f"template is {template_hashes[kernel]} (the kernel changed): re-tune with "
-                f"`mhfgen tune`")
+                f"template is {template_hashes[kernel]} and their kernel code changed: "
+                f"re-tune with `mhfgen tune`")
     return report
 
 

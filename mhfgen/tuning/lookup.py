@@ -1,8 +1,9 @@
 """The in-memory index of tuned winners the dispatcher searches.
 
 Built once per process and GPU from the layered databases (user, then shipped; see
-mhfgen.tuning.db.load_layered_winners), keeping only records of the current template
-hash of each kernel. `TunedIndex.find` walks the tuned steps of the dispatch order:
+mhfgen.tuning.db.load_layered_winners), keeping only records that still run the code they
+were tuned with (`still_current`: the kernel's current template hash, or an unchanged
+code hash of their spec and config). `TunedIndex.find` walks the tuned steps of the dispatch order:
 
     1. 'exact'    a winner tuned at exactly this token count
     2. 'bucket'   a winner of the same shape bucket (nearest token count within it)
@@ -27,6 +28,31 @@ if TYPE_CHECKING:  # the database module (and sqlite-utils) loads only when firs
 log = logging.getLogger(__name__)
 
 LAYER_RANK = {"user": 0, "shipped": 1}
+
+
+def still_current(rec: "WinnerRecord", template_hashes: dict[str, str]) -> bool:
+    """Whether a stored winner runs the code it was tuned with: its template hash is the
+    kernel's current one, or the template changed but the code generated today for the
+    record's spec and config hashes to the code_hash stored with it (the change did not
+    touch that config's code). template_hashes: kernel -> current template hash."""
+    current = template_hashes.get(rec.key.kernel)
+    if current is None:
+        return False
+    if current == rec.key.template_hash:
+        return True
+    if not rec.code_hash:
+        return False
+    from ..codegen import code_hash
+    from ..device import target_for
+
+    k = rec.key
+    try:
+        spec = KernelSpec(k.heads, k.kv_heads, k.head_dim, k.experts, k.expert_dim, k.dtype,
+                          target_for(k.compute_capability))
+        return code_hash(k.kernel, spec, rec.config) == rec.code_hash
+    except (ValueError, TypeError) as exc:  # a config today's templates reject
+        log.debug("winner of %s no longer renders: %s", k.kernel, exc)
+        return False
 
 
 @dataclass(frozen=True)
@@ -60,10 +86,10 @@ class TunedIndex:
         self._entries: dict[tuple, list[_Entry]] = {}
         for layer, rec in winners:
             key = rec.key
-            current = template_hashes.get(key.kernel)
-            if current != key.template_hash:
-                log.debug("skipping a %s winner of %s tuned for template %s (current %s)",
-                          layer, key.kernel, key.template_hash, current)
+            if not still_current(rec, template_hashes):
+                log.debug("skipping a %s winner of %s tuned for template %s (current %s), "
+                          "whose code changed", layer, key.kernel, key.template_hash,
+                          template_hashes.get(key.kernel))
                 continue
             entry = _Entry(key.tokens, key.bucket, LAYER_RANK.get(layer, len(LAYER_RANK)),
                            layer, rec.config)

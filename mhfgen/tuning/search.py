@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .. import paths
-from ..codegen import template_hash
+from ..codegen import code_hash, template_hash
 from ..heuristics import default_config
 from ..spec import KERNELS, LaunchConfig
 from ..version import __version__
@@ -478,7 +478,8 @@ class Tuner:
         if self.db is not None:
             self.db.put_winner(WinnerRecord(
                 self.key(kernel), r.winner, r.ms, r.tflops, r.default_ms, r.speedup, timer,
-                r.evaluated, __version__, self.torch_version, utc_now()), policy="replace")
+                r.evaluated, __version__, self.torch_version, utc_now(),
+                code_hash(kernel, self.problem.spec, r.winner)), policy="replace")
 
 
 def _config_from_json(text: str) -> LaunchConfig:
