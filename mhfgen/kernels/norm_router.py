@@ -26,17 +26,18 @@ the forward and for fp32 q, "tf32" in the backward of bf16/fp16 q (see backward_
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from .. import device as _device
+from .. import reference
+from ..spec import INTERPRETER
 from .common import cdiv, empty
 
-RMS_EPS = 1e-5
-ROUTER_EPS = 1e-20
+#: the reference's epsilons, baked into the kernels
+RMS_EPS = tl.constexpr(reference.RMS_EPS)
+ROUTER_EPS = tl.constexpr(reference.ROUTER_EPS)
 #: tokens per program step on a GPU (a default, not tuned) and in the interpreter
 BLOCK_T = 32
 BLOCK_T_INTERPRETER = 16
@@ -46,8 +47,9 @@ PROGRAMS_PER_SM = 4
 SPLITS_INTERPRETER = 3
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+def _interpreting(device: torch.device) -> bool:
+    """Whether tensors on `device` run through Triton's interpreter (the CPU)."""
+    return _device.target(device) == INTERPRETER
 
 
 @triton.jit
@@ -83,7 +85,7 @@ def _forward_tile(Q, w, wr, t, h, T, L, s_qb, s_ql, s_qh, s_qd,
     x = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0
                 ).to(tl.float32)
     if HAS_NORM:
-        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + 1e-5)
+        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + RMS_EPS)
         n = x * rstd[:, None]
         qn = n * w[None, :]
         qn_r = qn.to(Q.dtype.element_ty).to(tl.float32)
@@ -121,7 +123,7 @@ def norm_router_fwd_kernel(Q, NW, WR, QN, R, T, L,
         qn_ptrs = QN + (t * (H * D) + h * D)[:, None] + offs_d[None, :]
         tl.store(qn_ptrs, qn.to(QN.dtype.element_ty),
                  mask=row_ok[:, None] & (offs_d < D)[None, :])
-    r = g / tl.maximum(s, 1e-20)[:, None]
+    r = g / tl.maximum(s, ROUTER_EPS)[:, None]
     r_ptrs = R + (t * (H * E) + h * E)[:, None] + offs_e[None, :]
     tl.store(r_ptrs, r, mask=row_ok[:, None] & (offs_e < E)[None, :])
 
@@ -167,9 +169,9 @@ def norm_router_bwd_kernel(Q, NW, WR, DQN, DR, DQ, DW_PART, DWR_PART, T, L, TOKE
             dr = tl.load(DR + (b * s_rb + l * s_rl + h * s_rh)[:, None]
                          + (offs_e * s_re)[None, :],
                          mask=row_ok[:, None] & e_ok[None, :], other=0.0).to(tl.float32)
-            s_c = tl.maximum(s, 1e-20)
+            s_c = tl.maximum(s, ROUTER_EPS)
             r = g / s_c[:, None]
-            dot_r = tl.where(s > 1e-20, tl.sum(dr * r, axis=1), 0.0)
+            dot_r = tl.where(s > ROUTER_EPS, tl.sum(dr * r, axis=1), 0.0)
             dg = (dr - dot_r[:, None]) / s_c[:, None]
             dp = dg * g * (1.0 - g)  # g = 0 (dp = 0) for e >= E and for rows t >= hi
             dqn += tl.dot(dp, tl.trans(wr), input_precision=PRECISION)
@@ -194,11 +196,11 @@ def _pad(size: int) -> int:
     return triton.next_power_of_2(max(size, 16))
 
 
-def _block_t(d_pad: int, e_pad: int) -> int:
-    """Tokens per step: BLOCK_T on a GPU, halved once the backward's register tiles (the
-    (D_PAD, E_PAD) dW_R accumulator and W_R tile plus several (BLOCK_T, D_PAD) tiles) get
-    large (D_PAD * E_PAD > 8192, e.g. D = 256 with E > 32); 16 in the interpreter."""
-    if _interpreting():
+def _block_t(d_pad: int, e_pad: int, interpreter: bool) -> int:
+    """Forward tokens per step: BLOCK_T on a GPU, halved once the (D_PAD, E_PAD) router
+    tile and the (BLOCK_T, D_PAD) tiles get large (D_PAD * E_PAD > 8192, e.g. D = 256 with
+    E > 32); 16 in the interpreter."""
+    if interpreter:
         return BLOCK_T_INTERPRETER
     return BLOCK_T if d_pad * e_pad <= 8192 else 16
 
@@ -209,7 +211,8 @@ def _num_warps(d_pad: int, e_pad: int) -> int:
     return 4 if d_pad * e_pad < 4096 else 8
 
 
-def backward_launch(dtype: torch.dtype, d_pad: int, e_pad: int) -> dict:
+def backward_launch(dtype: torch.dtype, d_pad: int, e_pad: int, interpreter: bool = False
+                    ) -> dict:
     """The backward's default launch: block_t, num_warps and dot precision.
 
     Measured on an H200 (1.3B: D = 128, E = 22, 16384 tokens; `python3
@@ -220,9 +223,9 @@ def backward_launch(dtype: torch.dtype, d_pad: int, e_pad: int) -> dict:
     are far coarser than that, get TF32 (32, 4); fp32 inputs keep IEEE dots, with (16, 4)
     where the (D_PAD, E_PAD) tiles reach 4096 elements and (32, 4) below. Tiles above 4096
     elements (D = 256, or E > 32) were not measured: they get (16, 8), spreading the twice
-    larger dW_R accumulator and W_R tile over more threads.
+    larger dW_R accumulator and W_R tile over more threads. The interpreter: (16, 4), IEEE.
     """
-    if _interpreting():
+    if interpreter:
         return dict(block_t=BLOCK_T_INTERPRETER, num_warps=4, precision="ieee")
     tile = d_pad * e_pad
     precision = "tf32" if dtype in (torch.bfloat16, torch.float16) else "ieee"
@@ -276,7 +279,7 @@ def norm_router_fwd(q: torch.Tensor, norm_weight: torch.Tensor | None,
     if T == 0 or H == 0:
         return qn, r
     d_pad, e_pad = _pad(D), _pad(E)
-    block_t = _block_t(d_pad, e_pad)
+    block_t = _block_t(d_pad, e_pad, _interpreting(q.device))
     nw, nw_strides, wr_strides = _weight_args(norm_weight, w_router)
     norm_router_fwd_kernel[(cdiv(T, block_t), H)](
         q, nw, w_router, qn, r, T, L, *q.stride()[:4], *nw_strides, *wr_strides,
@@ -286,7 +289,7 @@ def norm_router_fwd(q: torch.Tensor, norm_weight: torch.Tensor | None,
 
 
 def _splits(q: torch.Tensor, heads: int, blocks: int) -> int:
-    if _interpreting() or q.device.type != "cuda":
+    if _interpreting(q.device):
         wanted = SPLITS_INTERPRETER
     else:
         wanted = cdiv(PROGRAMS_PER_SM * _device.sm_count(q.device), heads)
@@ -327,7 +330,8 @@ def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router:
         dnw = torch.zeros_like(norm_weight) if has_norm else None
         return dq, dnw, torch.zeros_like(w_router)
     d_pad, e_pad = _pad(D), _pad(E)
-    launch = {**backward_launch(q.dtype, d_pad, e_pad), **(launch or {})}
+    launch = {**backward_launch(q.dtype, d_pad, e_pad, _interpreting(q.device)),
+              **(launch or {})}
     block_t = launch["block_t"]
     blocks = cdiv(T, block_t)
     splits = max(1, min(launch["splits"], blocks)) if launch.get("splits") else _splits(q, H, blocks)
