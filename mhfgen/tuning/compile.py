@@ -89,7 +89,7 @@ def _compile_one(spec_dict: dict, tokens: int, device: str, kernel: str,
         if s["device"].type == "cuda":
             torch.cuda.synchronize(s["device"])
     except Exception as exc:  # noqa: BLE001 - every failure becomes a failed trial
-        if device.startswith("cuda") and not _context_ok():
+        if device.startswith("cuda") and not context_ok():
             broken = {"broken": True}
             _worker_state.clear()
             _worker_state.update(broken)
@@ -97,7 +97,7 @@ def _compile_one(spec_dict: dict, tokens: int, device: str, kernel: str,
     return None
 
 
-def _context_ok() -> bool:
+def context_ok() -> bool:
     """Whether this process's CUDA context still works after an error (faults are sticky)."""
     import torch
 
@@ -159,56 +159,52 @@ class CompilePool:
         return [Failure("error", "compile workers kept failing") if r == RETRY else r
                 for r in results]
 
+    def _submit(self, executor, spec_dict: dict, tokens: int, candidate):
+        kernel, config = candidate
+        return executor.submit(_compile_one, spec_dict, tokens, self.device, kernel,
+                               config.to_json())
+
+    def _outcome(self, fut, deadline: float, broken):
+        """A task's answer (Failure, None or RETRY); a 'timeout' Failure past `deadline`;
+        `broken` when its process died (BrokenProcessPool); an 'error' Failure for anything
+        else the task raised."""
+        try:
+            return fut.result(timeout=max(0.1, deadline - time.monotonic()))
+        except FutureTimeout:
+            return Failure("timeout", f"not compiled within {self.timeout_s:.0f} s")
+        except BrokenProcessPool:
+            return broken
+        except Exception as exc:  # noqa: BLE001 - anything the task raised
+            return Failure("error", f"compile worker failed: {exc}")
+
     def _round(self, spec, tokens: int, candidates) -> list:
         """One batch through the pool: Failure/None per candidate, RETRY (the worker's
         context broke) or CRASHED (the pool broke before the candidate finished)."""
         pool = self._get_pool()
         spec_dict = spec.as_dict()
-        pending = [pool.submit(_compile_one, spec_dict, tokens, self.device, kernel,
-                               config.to_json())
-                   for kernel, config in candidates]
+        pending = [self._submit(pool, spec_dict, tokens, c) for c in candidates]
         deadline = time.monotonic() + self.timeout_s * max(1, -(-len(candidates) // self.jobs))
-        results: list = []
-        timed_out = broken = False
-        for fut in pending:
-            try:
-                results.append(fut.result(timeout=max(0.1, deadline - time.monotonic())))
-            except FutureTimeout:
-                timed_out = True
-                results.append(Failure("timeout", f"not compiled within {self.timeout_s:.0f} s"))
-            except BrokenProcessPool:
-                broken = True
-                results.append(CRASHED)
-            except Exception as exc:  # noqa: BLE001 - anything the task raised
-                results.append(Failure("error", f"compile worker failed: {exc}"))
+        results = [self._outcome(fut, deadline, CRASHED) for fut in pending]
+        timed_out = any(isinstance(r, Failure) and r.stage == "timeout" for r in results)
         if timed_out:
             log.warning("compile timeout: restarting the compile pool")
-        if timed_out or broken:
+        if timed_out or CRASHED in results:
             self.close()
         return results
 
     def _isolated(self, spec, tokens: int, candidates) -> list:
         """Compile each candidate in a fresh process of its own, `jobs` at a time."""
+        crash = Failure("crash", "the compiler process died (an abort or a signal while "
+                                 "compiling this config)")
         results: list = []
         spec_dict = spec.as_dict()
         for lo in range(0, len(candidates), self.jobs):
             group = candidates[lo:lo + self.jobs]
             executors = [self._executor(1) for _ in group]
-            futures = [ex.submit(_compile_one, spec_dict, tokens, self.device, kernel,
-                                 config.to_json())
-                       for ex, (kernel, config) in zip(executors, group)]
+            futures = [self._submit(ex, spec_dict, tokens, c) for ex, c in zip(executors, group)]
             deadline = time.monotonic() + self.timeout_s
             for ex, fut in zip(executors, futures):
-                try:
-                    results.append(fut.result(timeout=max(0.1, deadline - time.monotonic())))
-                except FutureTimeout:
-                    results.append(Failure("timeout",
-                                           f"not compiled within {self.timeout_s:.0f} s"))
-                except BrokenProcessPool:
-                    results.append(Failure("crash", "the compiler process died (an abort or "
-                                                    "a signal while compiling this config)"))
-                except Exception as exc:  # noqa: BLE001
-                    results.append(Failure("error", f"compile worker failed: {exc}"))
+                results.append(self._outcome(fut, deadline, crash))
                 _shutdown(ex)
         return results
 

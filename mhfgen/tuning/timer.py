@@ -156,9 +156,9 @@ class GpuTimer(_WorkloadTimer):
         except CandidateFailed:
             raise
         except Exception as exc:  # noqa: BLE001
-            from .compile import _context_ok
+            from .compile import context_ok
 
-            if not _context_ok():
+            if not context_ok():
                 raise DeviceLost(classify(exc)) from exc
             raise CandidateFailed(classify(exc)) from exc
 
