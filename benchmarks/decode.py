@@ -23,6 +23,7 @@ the best this kernel design reaches.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -36,7 +37,7 @@ import triton
 from mhfgen import device as mdevice
 from mhfgen import dispatch, reference
 from mhfgen.presets import PRESETS
-from mhfgen.spec import KernelSpec, dtype_name
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning.search import describe_config
 
 BAR = 0.60
@@ -51,15 +52,44 @@ def copy_bandwidth(device) -> float:
     return 2 * src.numel() / (ms * 1e-3)
 
 
-def _inputs(preset, tokens: int, dtype, device, copies: int):
+@dataclasses.dataclass
+class _Problem:
+    """One (preset, tokens) decode problem in bf16: q and r, `copies` sets of weights
+    (together above ROTATE_BYTES), the weight bytes one call reads, and the KernelSpec."""
+
+    name: str
+    tokens: int
+    spec: KernelSpec
+    q: torch.Tensor
+    r: torch.Tensor
+    weights: list
+    weight_bytes: int
+
+    @property
+    def copies(self) -> int:
+        return len(self.weights)
+
+
+def _problem(preset_name: str, tokens: int, device) -> _Problem:
+    preset = PRESETS[preset_name]
     H, Hkv, D = preset.heads, preset.kv_heads or preset.heads, preset.head_dim
     E, De = preset.experts, preset.intermediate // preset.experts
+    weight_bytes = 3 * Hkv * E * De * D * 2
+    copies = max(2, -(-ROTATE_BYTES // weight_bytes))
     gen = torch.Generator(device="cpu").manual_seed(tokens)
-    q = torch.randn(1, tokens, H, D, generator=gen).to(device, dtype)
+    q = torch.randn(1, tokens, H, D, generator=gen).to(device, torch.bfloat16)
     r = torch.softmax(torch.randn(1, tokens, H, E, generator=gen), -1).to(device)
-    weights = [tuple((torch.randn(Hkv, E, De, D, generator=gen) * 0.05).to(device, dtype)
+    weights = [tuple((torch.randn(Hkv, E, De, D, generator=gen) * 0.05).to(device, torch.bfloat16)
                      for _ in range(3)) for _ in range(copies)]
-    return q, r, weights
+    spec = KernelSpec(H, Hkv, D, E, De, "bfloat16", mdevice.target(device))
+    return _Problem(preset_name, tokens, spec, q, r, weights, weight_bytes)
+
+
+def _row(p: _Problem, method: str, mode: str, ms: float, copy_bps: float, config: str) -> dict:
+    bps = p.weight_bytes / (ms * 1e-3)
+    return dict(shape=p.name, tokens=p.tokens, method=method, mode=mode, us=round(ms * 1e3, 2),
+                weight_bytes=p.weight_bytes, tb_per_s=round(bps / 1e12, 3),
+                of_copy=round(bps / copy_bps, 3), config=config)
 
 
 def _time(calls, graph: bool, replays: int = 20) -> float:
@@ -90,47 +120,29 @@ def _time(calls, graph: bool, replays: int = 20) -> float:
 
 
 def measure(preset_name: str, tokens: int, device, copy_bps: float) -> list[dict]:
-    preset = PRESETS[preset_name]
-    dtype = torch.bfloat16
-    H, Hkv, D, I = preset.heads, preset.kv_heads or preset.heads, preset.head_dim, preset.intermediate
-    weight_bytes = 3 * Hkv * I * D * 2
-    copies = max(2, -(-ROTATE_BYTES // weight_bytes))
-    q, r, weights = _inputs(preset, tokens, dtype, device, copies)
-    spec = KernelSpec(H, Hkv, D, preset.experts, I // preset.experts, dtype_name(dtype),
-                      mdevice.target(device))
-    choice = dispatch.explain_choice("flash_mhf_fwd", spec, tokens, device)
+    p = _problem(preset_name, tokens, device)
+    choice = dispatch.explain_choice("flash_mhf_fwd", p.spec, tokens, device)
     chosen = f"{describe_config(choice.config)} ({choice.source})"
     torch._dynamo.reset()  # static shapes per (shape, tokens), as a server compiles them
     compiled = torch.compile(reference.flash_mhf, dynamic=False)
     rows = []
     for method, op in (("mhfgen", mhfgen.flash_mhf), ("torch_compile", compiled)):
-        calls = [lambda k=k, u=u, v=v, op=op: op(q, k, u, v, r) for (k, u, v) in weights]
+        calls = [lambda k=k, u=u, v=v, op=op: op(p.q, k, u, v, p.r) for (k, u, v) in p.weights]
         for mode in ("graph", "eager"):
             with torch.no_grad():
-                ms = _time(calls, mode == "graph") / copies
-            bps = weight_bytes / (ms * 1e-3)
-            rows.append(dict(shape=preset_name, tokens=tokens, method=method, mode=mode,
-                             us=round(ms * 1e3, 2), weight_bytes=weight_bytes,
-                             tb_per_s=round(bps / 1e12, 3),
-                             of_copy=round(bps / copy_bps, 3),
-                             config=chosen if method == "mhfgen" else ""))
+                ms = _time(calls, mode == "graph") / p.copies
+            rows.append(_row(p, method, mode, ms, copy_bps,
+                             chosen if method == "mhfgen" else ""))
     return rows
 
 
 def sweep(preset_name: str, tokens: int, device, copy_bps: float, top: int = 6) -> list[dict]:
     """CUDA-graph time of a grid of forward configs; the `top` fastest, best first."""
-    import dataclasses
     from mhfgen.heuristics import default_config
     from mhfgen.kernels import flash_mhf_fwd
 
-    preset = PRESETS[preset_name]
-    H, Hkv, D, I = preset.heads, preset.kv_heads or preset.heads, preset.head_dim, preset.intermediate
-    weight_bytes = 3 * Hkv * I * D * 2
-    copies = max(2, -(-ROTATE_BYTES // weight_bytes))
-    q, r, weights = _inputs(preset, tokens, torch.bfloat16, device, copies)
-    spec = KernelSpec(H, Hkv, D, preset.experts, I // preset.experts, "bfloat16",
-                      mdevice.target(device))
-    base = default_config("flash_mhf_fwd", spec, tokens, mdevice.sm_count(device))
+    p = _problem(preset_name, tokens, device)
+    base = default_config("flash_mhf_fwd", p.spec, tokens, mdevice.sm_count(device))
     rows = []
     if base.block_m > 16:  # more rows than one 16-row block: also 16-row blocks, 4 warps
         grid = [(bm, bn, st, sp) for bm in (16, base.block_m) for bn in (64, 128)
@@ -142,19 +154,15 @@ def sweep(preset_name: str, tokens: int, device, copy_bps: float, top: int = 6) 
         config = dataclasses.replace(base, block_m=bm, block_n=bn, num_stages=stages,
                                      inter_splits=splits,
                                      num_warps=4 if bm == 16 else base.num_warps)
-        calls = [lambda k=k, u=u, v=v, c=config: flash_mhf_fwd(q, k, u, v, r, c)
-                 for (k, u, v) in weights]
+        calls = [lambda k=k, u=u, v=v, c=config: flash_mhf_fwd(p.q, k, u, v, p.r, c)
+                 for (k, u, v) in p.weights]
         try:
             with torch.no_grad():
-                ms = _time(calls, True, replays=10) / copies
+                ms = _time(calls, True, replays=10) / p.copies
         except Exception as exc:  # noqa: BLE001 - out of resources etc.: skip the config
             print(f"  {describe_config(config)}: {type(exc).__name__}", flush=True)
             continue
-        bps = weight_bytes / (ms * 1e-3)
-        rows.append(dict(shape=preset_name, tokens=tokens, method="sweep", mode="graph",
-                         us=round(ms * 1e3, 2), weight_bytes=weight_bytes,
-                         tb_per_s=round(bps / 1e12, 3), of_copy=round(bps / copy_bps, 3),
-                         config=describe_config(config)))
+        rows.append(_row(p, "sweep", "graph", ms, copy_bps, describe_config(config)))
     return sorted(rows, key=lambda row: row["us"])[:top]
 
 

@@ -47,8 +47,7 @@ def still_current(rec: "WinnerRecord", template_hashes: dict[str, str]) -> bool:
 
     k = rec.key
     try:
-        spec = KernelSpec(k.heads, k.kv_heads, k.head_dim, k.experts, k.expert_dim, k.dtype,
-                          target_for(k.compute_capability))
+        spec = KernelSpec(*k.spec_fields(), target_for(k.compute_capability))
         return code_hash(k.kernel, spec, rec.config) == rec.code_hash
     except (ValueError, TypeError) as exc:  # a config today's templates reject
         log.debug("winner of %s no longer renders: %s", k.kernel, exc)
