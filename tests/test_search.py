@@ -104,15 +104,17 @@ def test_winners_and_trials_are_stored_under_the_full_key(tmp_path):
 
 
 class Interrupting(ReplayTimer):
-    """Raises KeyboardInterrupt at the n-th time() call, like Ctrl-C mid-run."""
+    """Raises `exc` at the n-th time() call: KeyboardInterrupt, like Ctrl-C mid-run, by
+    default."""
 
-    def __init__(self, rec, after: int):
+    def __init__(self, rec, after: int, exc: BaseException | None = None):
         super().__init__(rec)
         self.after = after
+        self.exc = exc or KeyboardInterrupt()
 
     def time(self, candidate):
         if sum(self.calls.values()) == self.after:
-            raise KeyboardInterrupt
+            raise self.exc
         return super().time(candidate)
 
 
@@ -267,30 +269,16 @@ def test_compile_pool_isolates_a_candidate_that_kills_its_worker(monkeypatch):
     assert got[1].stage == "crash"
 
 
-class Faulting(ReplayTimer):
-    """The n-th time() call faults and loses the GPU context (an illegal address)."""
-
-    def __init__(self, rec, at: int):
-        super().__init__(rec)
-        self.at = at
-
-    def time(self, candidate):
-        if sum(self.calls.values()) == self.at:
-            self.calls[candidate] = self.calls.get(candidate, 0) + 1
-            from mhfgen.tuning.outcome import Failure
-            from mhfgen.tuning.timer import DeviceLost
-
-            raise DeviceLost(Failure("error", "illegal memory access"))
-        return super().time(candidate)
-
-
 def test_a_candidate_that_loses_the_device_is_stored_failed_and_stops_the_run(tmp_path):
+    from mhfgen.tuning.outcome import Failure
     from mhfgen.tuning.timer import DeviceLost
 
     rec = recording(PROBLEM, kernels=[DQ])
     storage = f"sqlite:///{tmp_path / 'study.sqlite'}"
     settings = SearchSettings(trials=20, batch=6, seed=1)
-    faulting = Faulting(rec, at=4)
+    # the 5th timing faults and loses the GPU context (an illegal address)
+    faulting = Interrupting(rec, after=4,
+                            exc=DeviceLost(Failure("error", "illegal memory access")))
     with TuningDB.open(tmp_path / "t.sqlite") as db:
         with pytest.raises(DeviceLost):
             tuner_for(rec, settings, db=db, storage=storage, timer=faulting).tune_kernel(DQ)
