@@ -5,16 +5,20 @@
 
 The forward kernel of the 370M spec at --tokens tokens is tuned into a temporary database
 (MHFGEN_DB) with one winner for exactly this shape, so the dispatcher answers from the
-'exact' step; the launcher's own kernel call is captured once and replayed as the bare
-launch (same compiled kernel, grid and arguments). Each row is the host time per call:
-`calls` back-to-back calls timed with perf_counter (fewer than the launch queue holds, so
-the CPU never waits for the GPU), synchronised after the clock stops, median (and min) of
-`repeats`, the rows taking turns within each repeat.
+'exact' step; the launcher's plan gives the compiled kernel, grid and arguments that the
+bare launch replays (the same kernel, grid and arguments, into one reused output). Each
+row is the host time per call: `calls` back-to-back calls timed with perf_counter (fewer
+than the launch queue holds, so the CPU never waits for the GPU), synchronised after the
+clock stops, median (and min) of `repeats`, the rows taking turns within each repeat.
 
-Rows: bare launch `kernel[grid](...)`; the launcher with an explicit config (checks,
-allocation, launch); the launcher with dispatch (what mhfgen users get); the custom op
-`mhfgen.flash_mhf` under no_grad; `triton.autotune` of the same kernel with two configs
-(the reference of ANCHORS.md, 16 to 19 us); `choose_config` alone. The bar
+Rows: the bare launch `kernel[grid](...)` (JITFunction.run: binds and specialises the
+arguments, then calls the binary's launcher); the binary's launcher alone
+(`CompiledKernel.run`, what kernels.common.DirectLaunch calls after the first launch: the
+floor); the launcher with an explicit config (plan lookup, output allocation, launch); the
+launcher with dispatch (what mhfgen users get); `mhfgen.flash_mhf` under no_grad (which
+calls the launcher directly) and the custom op `torch.ops.mhfgen.flash_mhf` (what
+autograd and torch.compile go through); `triton.autotune` of the same kernel with two
+configs (the reference of ANCHORS.md, 16 to 19 us); `choose_config` alone. The bar
 (ANCHORS.md): launcher with dispatch minus bare launch <= 10 us.
 """
 from __future__ import annotations
@@ -38,7 +42,7 @@ from mhfgen import dispatch
 from mhfgen.codegen import template_hash
 from mhfgen.heuristics import default_config
 from mhfgen.kernels import flash_mhf_fwd
-from mhfgen.kernels.common import clear_plans
+from mhfgen.kernels.common import plan_key
 from mhfgen.presets import PRESETS
 from mhfgen.spec import KernelSpec, dtype_name
 from mhfgen.tuning.buckets import shape_bucket
@@ -47,44 +51,33 @@ from mhfgen.tuning.problem import DeviceFacts
 
 BAR_US = 10.0
 KERNEL = "flash_mhf_fwd"
+BARE = "bare launch: kernel[grid](...) (JITFunction.run)"
+BINARY = "the binary's launcher: CompiledKernel.run(...)"
+DISPATCHED = "launcher with dispatch (tuned, exact key)"
 _LAUNCHER_MODULE = sys.modules["mhfgen.kernels.flash_mhf_fwd"]
 
 
-class _Capture:
-    """Stands in for the generated kernel: records the launcher's grid and arguments."""
-
-    def __init__(self, fn) -> None:
-        self.fn, self.calls = fn, []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.calls.append((grid, args, kwargs))
-            return self.fn[grid](*args, **kwargs)
-        return launch
+def captured_launch(inputs, config):
+    """The DirectLaunch of the launcher's plan for `config` (after two calls, so that on a
+    GPU it holds its compiled binary) and the output buffer of one call."""
+    out = flash_mhf_fwd(*inputs, config=config)
+    flash_mhf_fwd(*inputs, config=config)
+    plan = _LAUNCHER_MODULE._plans[plan_key(config, *inputs)]
+    if plan.splits:
+        raise RuntimeError("the benchmark's config must not split the intermediate dimension")
+    return plan.launch, out
 
 
-def capture_launch(inputs, config):
-    """(kernel, grid, args, kwargs) of the launcher's kernel call for `config`."""
-    real = _LAUNCHER_MODULE.load_kernel
-    captured = {}
-
-    def spy(kernel, spec, cfg):
-        captured["cap"] = _Capture(real(kernel, spec, cfg))
-        return captured["cap"]
-
-    _LAUNCHER_MODULE.load_kernel = spy
-    try:
-        flash_mhf_fwd(*inputs, config=config)
-    finally:
-        _LAUNCHER_MODULE.load_kernel = real
-        # the launcher cached a plan holding the spy: later explicit-config calls must not
-        # go through it (they would time the spy's bookkeeping)
-        clear_plans()
-    cap = captured["cap"]
-    if len(cap.calls) != 1:
-        raise RuntimeError(f"expected one kernel launch, saw {len(cap.calls)}")
-    grid, args, kwargs = cap.calls[0]
-    return cap.fn, grid, args, kwargs
+def compiled_run(launch, tensors):
+    """A call of the binary's own launcher, as DirectLaunch makes it (None off a GPU)."""
+    c = launch.compiled
+    if c is None:
+        return None
+    g0, g1, g2 = launch.grid
+    device, run, tail = launch.device, c.run, launch.tail
+    stream = torch._C._cuda_getCurrentRawStream
+    return lambda: run(g0, g1, g2, stream(device), c.function, c.packed_metadata,
+                       None, None, None, *tensors, *tail)
 
 
 def host_us_rows(fns: dict, sync, calls: int, repeats: int) -> dict:
@@ -111,7 +104,7 @@ def host_us_rows(fns: dict, sync, calls: int, repeats: int) -> dict:
 
 
 def autotuned(fn, kwargs):
-    """triton.autotune of `fn` over the captured config and one variant (2 configs, so
+    """triton.autotune of `fn` over the plan's config and one variant (2 configs, so
     the autotuner computes its key and looks up its cache on every call)."""
     meta = {k: kwargs[k] for k in ("BLOCK_M", "BLOCK_N")}
     warps = kwargs["num_warps"]
@@ -177,11 +170,20 @@ def main(argv=None) -> int:
             print(f"warning: dispatch chose {choice} instead of the stored config",
                   file=sys.stderr)
 
-        fn, grid, kargs, kkwargs = capture_launch(inputs, config)
-        fns = {"bare launch: kernel[grid](...)": lambda: fn[grid](*kargs, **kkwargs),
-               "launcher, explicit config": lambda: flash_mhf_fwd(*inputs, config=config),
-               "launcher with dispatch (tuned, exact key)": lambda: flash_mhf_fwd(*inputs),
-               "mhfgen.flash_mhf custom op, no grad": lambda: mhfgen.flash_mhf(*inputs)}
+        launch, out = captured_launch(inputs, config)
+        fn, grid, kkwargs = launch.kernel, launch.grid, launch.meta
+        kargs = (*inputs, out, *launch.args)
+        fns = {BARE: lambda: fn[grid](*kargs, **kkwargs)}
+        binary = compiled_run(launch, (*inputs, out))
+        if binary is not None:
+            fns[BINARY] = binary
+        fns.update({
+            "launcher, explicit config": lambda: flash_mhf_fwd(*inputs, config=config),
+            DISPATCHED: lambda: flash_mhf_fwd(*inputs),
+            "mhfgen.flash_mhf, no grad (launcher called directly)":
+                lambda: mhfgen.flash_mhf(*inputs),
+            "torch.ops.mhfgen.flash_mhf (the custom op's dispatch)":
+                lambda: torch.ops.mhfgen.flash_mhf(*inputs)})
         if gpu:
             at, rest = autotuned(fn, kkwargs)
             fns["triton.autotune, 2 configs (reference)"] = lambda: at[grid](*kargs, **rest)
@@ -193,8 +195,8 @@ def main(argv=None) -> int:
         dispatch.clear_cache()
 
     times = dict(rows)
-    bare = times["bare launch: kernel[grid](...)"]
-    overhead = times["launcher with dispatch (tuned, exact key)"] - bare
+    bare = times[BARE]
+    overhead = times[DISPATCHED] - bare
     lines = [f"# Dispatch host overhead ({'GPU' if gpu else 'INTERPRETER SMOKE RUN: NOT GPU timings'})",
              "",
              f"{facts.gpu_name} (compute capability {facts.compute_capability}), torch "
@@ -206,11 +208,15 @@ def main(argv=None) -> int:
              "| path | host us / call, median | min | median above bare launch |",
              "|---|---|---|---|"]
     for name, us in rows:
-        above = "" if name.startswith("bare") or name.startswith("choose") else f"{us - bare:+.2f}"
+        above = "" if name in (BARE, BINARY) or name.startswith("choose") else f"{us - bare:+.2f}"
         lines.append(f"| {name} | {us:.2f} | {stats[name][1]:.2f} | {above} |")
     verdict = "PASS" if overhead <= BAR_US else "FAIL"
     lines += ["", f"dispatch overhead = launcher with dispatch - bare launch = {overhead:.2f} us "
               f"(bar <= {BAR_US:g} us): {verdict if gpu else 'n/a on the interpreter'}"]
+    if BINARY in times:
+        lines.append(f"the launcher's own work (plan lookup, output allocation, checks) = "
+                     f"launcher with dispatch - binary's launcher = "
+                     f"{times[DISPATCHED] - times[BINARY]:.2f} us")
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:

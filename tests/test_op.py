@@ -57,3 +57,66 @@ def test_opcheck():
     (q, k, u, v, r), _ = leaf_inputs()
     torch.library.opcheck(torch.ops.mhfgen.flash_mhf.default, (q, k, u, v, r),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+class _CountingOp:
+    """Stands in for a custom op: counts its calls, then calls it."""
+
+    def __init__(self, op) -> None:
+        self.op, self.calls = op, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.op(*args)
+
+
+def _count_op(monkeypatch, module, name):
+    counter = _CountingOp(getattr(module, name))
+    monkeypatch.setattr(module, name, counter)
+    return counter
+
+
+def test_no_grad_eager_call_skips_the_op_and_gives_the_same_output(monkeypatch):
+    (q, k, u, v, r), _ = leaf_inputs()
+    through_op = mhfgen.flash_mhf(q, k, u, v, r)  # leaves requiring grad: the op
+    op = _count_op(monkeypatch, mhfgen.ops, "_flash_mhf_op")
+    with torch.no_grad():
+        direct = mhfgen.flash_mhf(q, k, u, v, r)
+    assert op.calls == 0
+    assert torch.equal(direct, through_op.detach()) and not direct.requires_grad
+    detached = mhfgen.flash_mhf(*(t.detach() for t in (q, k, u, v, r)))  # grad on, none wanted
+    assert op.calls == 0 and torch.equal(detached, direct)
+
+
+def test_calls_that_need_the_op_go_through_it(monkeypatch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    (q, k, u, v, r), do = leaf_inputs()
+    op = _count_op(monkeypatch, mhfgen.ops, "_flash_mhf_op")
+    mhfgen.flash_mhf(q, k, u, v, r).backward(do)  # autograd
+    assert op.calls == 1 and q.grad is not None
+    with torch.no_grad(), FlopCounterMode(display=False):  # a TorchDispatchMode
+        mhfgen.flash_mhf(q, k, u, v, r)
+    assert op.calls == 2
+    torch.compile(mhfgen.flash_mhf, fullgraph=True, backend="eager")(  # traced
+        *(t.detach() for t in (q, k, u, v, r)))
+    assert op.calls == 3
+
+
+def test_no_grad_norm_router_skips_the_op(monkeypatch):
+    from mhfgen import norm_router as nr
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 5, 3, 32, generator=g)
+    w = torch.randn(3, 32, generator=g).requires_grad_()
+    wr = torch.randn(3, 32, 4, generator=g).requires_grad_()
+    qn_op, r_op = nr.norm_router(q, w, wr, use_kernels=True)
+    op = _count_op(monkeypatch, nr, "_norm_router_op")
+    with torch.no_grad():
+        qn, r = nr.norm_router(q, w, wr, use_kernels=True)
+        q_same, r_plain = nr.norm_router(q, None, wr, use_kernels=True)
+    assert op.calls == 0
+    assert torch.equal(qn, qn_op.detach()) and torch.equal(r, r_op.detach())
+    assert q_same is q and r_plain.shape == (2, 5, 3, 4)
+    nr.norm_router(q, w, wr, use_kernels=True)  # weights require grad: the op
+    assert op.calls == 1

@@ -8,7 +8,7 @@ import torch
 from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
-from .common import (cdiv, empty, grad_plan_inputs, intermediate_blocks, plan_cache, plan_key,
+from .common import (DirectLaunch, cdiv, empty, grad_plan_inputs, intermediate_blocks, plan_cache, plan_key,
                      remember, resolve_config, spec_of)
 
 KERNEL = "flash_mhf_bwd_dkv"
@@ -18,11 +18,8 @@ KERNEL = "flash_mhf_bwd_dkv"
 class DkvPlan:
     """What a call's signature decides, computed once (see kernels.common.signature)."""
 
-    kernels: tuple  # one kernel, or (dK+dU, dV) with split_grads; () when no tokens
-    grid: tuple
+    launches: tuple  # one DirectLaunch, or (dK+dU, dV) with split_grads; () when no tokens
     atomic: bool  # token splits: fp32 partials meet by atomics in zeroed buffers
-    scalars: tuple  # strides of q, r, dO; seqlen, rows, rows per split
-    meta: dict  # BLOCK_M, BLOCK_N, num_warps, num_stages
     copy_weights: bool  # k/u/v need a contiguous copy
     copy_do: bool  # dO needs a contiguous copy in q's dtype
 
@@ -44,7 +41,7 @@ def flash_mhf_bwd_dkv(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torc
     plan = _plans.get(key)
     if plan is None:
         plan = remember(_plans, key, _make_plan(q, k, u, v, r, do, config))
-    if not plan.kernels:
+    if not plan.launches:
         return tuple(torch.zeros(k.shape, dtype=k.dtype, device=k.device) for _ in range(3))
     if plan.copy_weights:
         k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
@@ -55,8 +52,8 @@ def flash_mhf_bwd_dkv(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torc
         grads = [torch.zeros(k.shape, dtype=torch.float32, device=k.device) for _ in range(3)]
     else:
         grads = [empty(k.shape, k.dtype, k.device) for _ in range(3)]
-    for kernel in plan.kernels:
-        kernel[plan.grid](q, k, u, v, r, do, *grads, *plan.scalars, **plan.meta)
+    for launch in plan.launches:
+        launch(q, k, u, v, r, do, *grads)
     if plan.atomic and k.dtype != torch.float32:
         grads = [g.to(k.dtype) for g in grads]
     return grads[0], grads[1], grads[2]
@@ -69,7 +66,7 @@ def _make_plan(q, k, u, v, r, do, config: LaunchConfig | None) -> DkvPlan:
     spec = spec_of(problem, q)
     config = resolve_config(KERNEL, spec, problem, q, config)
     if problem.tokens == 0:
-        return DkvPlan((), (), False, (), {}, False, False)
+        return DkvPlan((), False, False, False)
     rows = problem.tokens * spec.group
     per_split = cdiv(cdiv(rows, config.token_splits), config.block_m) * config.block_m
     splits = cdiv(rows, per_split)
@@ -82,4 +79,5 @@ def _make_plan(q, k, u, v, r, do, config: LaunchConfig | None) -> DkvPlan:
     meta = dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                 num_warps=config.num_warps, num_stages=config.num_stages)
     copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
-    return DkvPlan(kernels, grid, config.token_splits > 1, scalars, meta, copy, copy_do)
+    launches = tuple(DirectLaunch(kernel, grid, scalars, meta) for kernel in kernels)
+    return DkvPlan(launches, config.token_splits > 1, copy, copy_do)

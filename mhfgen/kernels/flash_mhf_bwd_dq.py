@@ -8,7 +8,7 @@ import torch
 from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
-from .common import (cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
+from .common import (DirectLaunch, cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
                      grad_plan_inputs, plan_cache, plan_key, remember, resolve_config, spec_of)
 
 KERNEL = "flash_mhf_bwd_dq"
@@ -18,12 +18,9 @@ KERNEL = "flash_mhf_bwd_dq"
 class DqPlan:
     """What a call's signature decides, computed once (see kernels.common.signature)."""
 
-    kernel: object  # None when there are no tokens
-    grid: tuple
+    launch: DirectLaunch | None  # the generated kernel's launch; None when there are no tokens
     dq_shape: tuple
     dr_shape: tuple
-    scalars: tuple  # strides of q, r, dO, dq, dr; seqlen, rows
-    meta: dict  # BLOCK_M, BLOCK_N, num_warps, num_stages
     copy_weights: bool  # k/u/v need a contiguous copy
     copy_do: bool  # dO needs a contiguous copy in q's dtype
 
@@ -44,13 +41,13 @@ def flash_mhf_bwd_dq(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
         plan = remember(_plans, key, _make_plan(q, k, u, v, r, do, config))
     dq = empty(plan.dq_shape, q.dtype, q.device)
     dr = empty(plan.dr_shape, r.dtype, r.device)
-    if plan.kernel is None:
+    if plan.launch is None:
         return dq, dr
     if plan.copy_weights:
         k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
     if plan.copy_do:
         do = do.to(q.dtype).contiguous()
-    plan.kernel[plan.grid](q, k, u, v, r, do, dq, dr, *plan.scalars, **plan.meta)
+    plan.launch(q, k, u, v, r, do, dq, dr)
     return dq, dr
 
 
@@ -62,7 +59,7 @@ def _make_plan(q, k, u, v, r, do, config: LaunchConfig | None) -> DqPlan:
     config = resolve_config(KERNEL, spec, problem, q, config)
     B, L, H, D = q.shape
     if problem.tokens == 0:
-        return DqPlan(None, (), (B, L, H, D), tuple(r.shape), (), {}, False, False)
+        return DqPlan(None, (B, L, H, D), tuple(r.shape), False, False)
     kernel = load_kernel(KERNEL, spec, config)
     if config.tma:
         ensure_descriptor_allocator(q.device)
@@ -77,4 +74,5 @@ def _make_plan(q, k, u, v, r, do, config: LaunchConfig | None) -> DqPlan:
     meta = dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                 num_warps=config.num_warps, num_stages=config.num_stages)
     copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
-    return DqPlan(kernel, grid, (B, L, H, D), tuple(r.shape), scalars, meta, copy, copy_do)
+    return DqPlan(DirectLaunch(kernel, grid, scalars, meta), (B, L, H, D), tuple(r.shape),
+                  copy, copy_do)

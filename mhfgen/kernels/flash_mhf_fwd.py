@@ -8,7 +8,7 @@ import torch
 from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
-from .common import (cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
+from .common import (DirectLaunch, cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
                      intermediate_blocks, plan_cache, plan_key, remember, resolve_config,
                      spec_of, split_counters)
 
@@ -20,12 +20,10 @@ class FwdPlan:
     """What a call's signature decides, computed once: the compiled kernel, the grid, the
     output shape, the intermediate splits and the launch's scalar arguments."""
 
-    kernel: object  # the @triton.jit kernel; None when there are no tokens
-    grid: tuple
+    launch: DirectLaunch | None  # the generated kernel's launch; None when there are no tokens
     out_shape: tuple  # (B, L, H, D)
     splits: int  # 0: no split; >= 1: fp32 partials (splits, B, L, H, D) reduced in-launch
-    scalars: tuple  # strides of q, r, the output (and split), seqlen, rows
-    meta: dict  # BLOCK_M, BLOCK_N, num_warps, num_stages
+    blocks: int  # programs over rows x head groups: one split counter each
     copy_weights: bool  # k/u/v need a contiguous copy
 
 
@@ -48,16 +46,15 @@ def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Te
     if plan is None:
         plan = remember(_plans, key, _make_plan(q, k, u, v, r, config))
     o = empty(plan.out_shape, q.dtype, q.device)
-    if plan.kernel is None:
+    if plan.launch is None:
         return o
     if plan.copy_weights:
         k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
     if not plan.splits:
-        plan.kernel[plan.grid](q, k, u, v, r, o, *plan.scalars, **plan.meta)
+        plan.launch(q, k, u, v, r, o)
     else:
         work = empty((plan.splits, *plan.out_shape), torch.float32, q.device)
-        counters = split_counters(plan.grid[0] * plan.grid[1], q.device)
-        plan.kernel[plan.grid](q, k, u, v, r, work, o, counters, *plan.scalars, **plan.meta)
+        plan.launch(q, k, u, v, r, work, o, split_counters(plan.blocks, q.device))
     return o
 
 
@@ -68,7 +65,7 @@ def _make_plan(q, k, u, v, r, config: LaunchConfig | None) -> FwdPlan:
     config = resolve_config(KERNEL, spec, problem, q, config)
     B, L, H, D = q.shape
     if problem.tokens == 0:
-        return FwdPlan(None, (), (B, L, H, D), 0, (), {}, False)
+        return FwdPlan(None, (B, L, H, D), 0, 0, False)
     kernel = load_kernel(KERNEL, spec, config)
     if config.tma:
         ensure_descriptor_allocator(q.device)
@@ -89,5 +86,5 @@ def _make_plan(q, k, u, v, r, config: LaunchConfig | None) -> FwdPlan:
     meta = dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n,
                 num_warps=config.num_warps, num_stages=config.num_stages)
     copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
-    return FwdPlan(kernel, grid, (B, L, H, D), splits if config.inter_splits > 1 else 0,
-                   scalars, meta, copy)
+    return FwdPlan(DirectLaunch(kernel, grid, scalars, meta), (B, L, H, D),
+                   splits if config.inter_splits > 1 else 0, grid[0] * grid[1], copy)

@@ -26,6 +26,8 @@ the forward and for fp32 q, "tf32" in the backward of bf16/fp16 q (see backward_
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -33,7 +35,7 @@ import triton.language as tl
 from .. import device as _device
 from .. import reference
 from ..spec import INTERPRETER
-from .common import cdiv, empty
+from .common import DirectLaunch, cdiv, empty, plan_cache, remember, signature
 
 #: the reference's epsilons, baked into the kernels
 RMS_EPS = tl.constexpr(reference.RMS_EPS)
@@ -271,21 +273,47 @@ def norm_router_fwd(q: torch.Tensor, norm_weight: torch.Tensor | None,
     with g = sigmoid(qn W_R[h]). Returns qn: (B, L, H, D) contiguous in q's dtype (q
     itself when norm_weight is None) and R: (B, L, H, E) contiguous fp32.
     """
+    try:
+        key = (signature(q), None if norm_weight is None else signature(norm_weight),
+               signature(w_router))
+    except AttributeError:  # not a tensor: the checks' TypeError names it
+        _check(q, norm_weight, w_router)
+        raise
+    plan = _fwd_plans.get(key)
+    if plan is None:
+        plan = remember(_fwd_plans, key, _fwd_plan(q, norm_weight, w_router))
+    qn = empty(q.shape, q.dtype, q.device) if norm_weight is not None else q
+    r = empty(plan.r_shape, torch.float32, q.device)
+    if plan.launch is not None:
+        plan.launch(q, norm_weight if norm_weight is not None else w_router, w_router, qn, r)
+    return qn, r
+
+
+@dataclass(frozen=True)
+class FwdPlan:
+    """What a norm_router_fwd call's signature decides, computed once."""
+
+    r_shape: tuple  # (B, L, H, E)
+    launch: DirectLaunch | None  # None when there are no tokens or heads
+
+
+_fwd_plans = plan_cache()
+
+
+def _fwd_plan(q, norm_weight, w_router) -> FwdPlan:
     B, L, H, D, E = _check(q, norm_weight, w_router)
     T = B * L
-    has_norm = norm_weight is not None
-    qn = empty(q.shape, q.dtype, q.device) if has_norm else q
-    r = empty((B, L, H, E), torch.float32, q.device)
     if T == 0 or H == 0:
-        return qn, r
+        return FwdPlan((B, L, H, E), None)
     d_pad, e_pad = _pad(D), _pad(E)
     block_t = _block_t(d_pad, e_pad, _interpreting(q.device))
-    nw, nw_strides, wr_strides = _weight_args(norm_weight, w_router)
-    norm_router_fwd_kernel[(cdiv(T, block_t), H)](
-        q, nw, w_router, qn, r, T, L, *q.stride()[:4], *nw_strides, *wr_strides,
-        H=H, D=D, E=E, D_PAD=d_pad, E_PAD=e_pad, BLOCK_T=block_t, HAS_NORM=has_norm,
-        PRECISION="ieee", num_warps=_num_warps(d_pad, e_pad))
-    return qn, r
+    _, nw_strides, wr_strides = _weight_args(norm_weight, w_router)
+    meta = dict(H=H, D=D, E=E, D_PAD=d_pad, E_PAD=e_pad, BLOCK_T=block_t,
+                HAS_NORM=norm_weight is not None, PRECISION="ieee",
+                num_warps=_num_warps(d_pad, e_pad))
+    scalars = (T, L, *q.stride()[:4], *nw_strides, *wr_strides)
+    return FwdPlan((B, L, H, E),
+                   DirectLaunch(norm_router_fwd_kernel, (cdiv(T, block_t), H), scalars, meta))
 
 
 def _splits(q: torch.Tensor, heads: int, blocks: int) -> int:

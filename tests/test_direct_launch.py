@@ -1,0 +1,149 @@
+"""kernels.common.DirectLaunch: the launch path that skips JITFunction.run after the first
+launch. CI has no GPU, so the CUDA side is stood in for: a kernel object whose JIT launch
+returns a recording CompiledKernel, tensors with chosen data pointers, and the current
+device and stream. The H200 runs (mhfgen verify, benchmarks/dispatch_overhead.py) prove the
+real binaries; these tests prove the decisions: when the binary is reused, with which
+positional arguments, and when the JIT path is taken instead."""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from triton import knobs
+
+from mhfgen.kernels.common import DirectLaunch
+
+
+def _kernel_fn(A, B, OUT, stride_a, rows, BLOCK_M, BLOCK_N, EXTRA=7):  # noqa: N803
+    """The signature of a generated kernel: tensors, scalars, constexprs, a default."""
+
+
+class FakeCompiled:
+    """What JITFunction.run returns: a binary with its launcher."""
+
+    function, packed_metadata = "cu-function", "packed"
+
+    def __init__(self) -> None:
+        self.runs = []
+
+    def run(self, *args):
+        self.runs.append(args)
+
+
+class FakeJit:
+    """A @triton.jit kernel: `kernel[grid](*args, **kw)` records the JIT launch and returns
+    the compiled binary; arg_names and signature as JITFunction has them."""
+
+    arg_names = list(inspect.signature(_kernel_fn).parameters)
+    signature = inspect.signature(_kernel_fn)
+
+    def __init__(self) -> None:
+        self.compiled, self.jit_calls = FakeCompiled(), []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.jit_calls.append((grid, args, kwargs))
+            return self.compiled
+        return launch
+
+
+class FakeCuda:
+    """A CUDA tensor as the launch path sees it: a data pointer."""
+
+    is_cuda = True
+
+    def __init__(self, ptr: int) -> None:
+        self.ptr = ptr
+
+    def data_ptr(self) -> int:
+        return self.ptr
+
+
+@pytest.fixture
+def cuda(monkeypatch):
+    """Current device 0, current raw stream 1234 (no CUDA needed)."""
+    state = {"device": 0}
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: state["device"])
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda idx: 1234 + idx,
+                        raising=False)
+    return state
+
+
+META = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
+
+
+def _launch():
+    kernel = FakeJit()
+    return kernel, DirectLaunch(kernel, (5, 2), (96, 37), META)
+
+
+def test_first_launch_jit_then_the_binary_with_jits_positional_arguments(cuda):
+    kernel, launch = _launch()
+    a, b, out = FakeCuda(4096), FakeCuda(8192), FakeCuda(1 << 20)
+    launch(a, b, out)
+    assert kernel.jit_calls == [((5, 2, 1), (a, b, out, 96, 37), META)]
+    assert kernel.compiled.runs == []
+    launch(a, b, out)
+    launch(a, b, out)
+    assert len(kernel.jit_calls) == 1
+    # grid padded to 3-D, current stream, function and metadata, no launch metadata or
+    # hooks, then every parameter in signature order: constexprs and defaults included
+    expected = (5, 2, 1, 1234, "cu-function", "packed", None, None, None,
+                a, b, out, 96, 37, 64, 32, 7)
+    assert kernel.compiled.runs == [expected, expected]
+
+
+def test_misaligned_pointer_takes_the_jit_path(cuda):
+    kernel, launch = _launch()
+    aligned = (FakeCuda(4096), FakeCuda(8192), FakeCuda(16384))
+    launch(*aligned)
+    launch(FakeCuda(4096 + 2), FakeCuda(8192), FakeCuda(16384))  # a bf16 view one in
+    assert len(kernel.jit_calls) == 2 and kernel.compiled.runs == []
+    launch(*aligned)
+    assert len(kernel.compiled.runs) == 1
+
+
+def test_binary_not_kept_from_a_misaligned_first_launch(cuda):
+    kernel, launch = _launch()
+    launch(FakeCuda(4100), FakeCuda(8192), FakeCuda(16384))
+    assert launch.compiled is None  # that binary assumes nothing of alignment: not reused
+    launch(FakeCuda(4096), FakeCuda(8192), FakeCuda(16384))
+    assert launch.compiled is kernel.compiled
+    launch(FakeCuda(4096), FakeCuda(8192), FakeCuda(16384))
+    assert len(kernel.jit_calls) == 2 and len(kernel.compiled.runs) == 1
+
+
+def test_other_current_device_takes_the_jit_path(cuda):
+    kernel, launch = _launch()
+    tensors = (FakeCuda(4096), FakeCuda(8192), FakeCuda(16384))
+    launch(*tensors)
+    cuda["device"] = 1
+    launch(*tensors)
+    assert len(kernel.jit_calls) == 2 and kernel.compiled.runs == []
+    cuda["device"] = 0
+    launch(*tensors)
+    assert kernel.compiled.runs[0][3] == 1234  # device 0's stream
+
+
+def test_launch_hook_takes_the_jit_path(cuda):
+    kernel, launch = _launch()
+    tensors = (FakeCuda(4096), FakeCuda(8192), FakeCuda(16384))
+    launch(*tensors)
+    hook = lambda metadata: None  # noqa: E731
+    knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        launch(*tensors)
+    finally:
+        knobs.runtime.launch_enter_hook.remove(hook)
+    assert len(kernel.jit_calls) == 2 and kernel.compiled.runs == []
+    launch(*tensors)
+    assert len(kernel.compiled.runs) == 1
+
+
+def test_cpu_tensors_always_take_the_jit_path():
+    kernel, launch = _launch()
+    tensors = (torch.zeros(4), torch.zeros(4), torch.zeros(4))
+    for _ in range(3):
+        launch(*tensors)
+    assert len(kernel.jit_calls) == 3 and launch.compiled is None
