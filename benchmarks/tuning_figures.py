@@ -44,6 +44,7 @@ import mhfgen  # first: switches Triton's interpreter on where there is no GPU
 import torch
 import triton
 
+from mhfgen.heuristics import default_config
 from mhfgen.spec import KERNELS, KernelSpec
 from mhfgen.tuning.outcome import Candidate
 from mhfgen.tuning.problem import DeviceFacts, TuningProblem
@@ -357,6 +358,22 @@ def report(out: Path) -> str:
                 f"{d['replay_fraction_min']:.3f} / {d['replay_fraction_median']:.3f} | "
                 f"{d['grid_winner']} | {d['optuna_winner']} | {d['grid_wall_s']:.0f} | "
                 f"{d['optuna_wall_s']:.0f} |")
+        spreads = [sp for sp in (grid_spread(out, d) for d in grids) if sp]
+        if spreads:
+            lines += ["", "What the whole space holds, from the grid's recorded timings (one "
+                      "timing per config): the built-in default against the best, the median "
+                      "and the worst valid config. No search within this space can beat the "
+                      "default by more than default / best (up to timing noise).", "",
+                      "| shape | kernel | valid configs | best ms | default ms | median ms | "
+                      "worst ms | default / best | median / default |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for sp in spreads:
+                lines.append(
+                    f"| {sp['shape']} | {sp['kernel']} | {sp['valid']} | {sp['best_ms']:.3f} | "
+                    f"{sp['default_ms']:.3f} | {sp['median_ms']:.3f} | {sp['worst_ms']:.3f} | "
+                    f"{sp['default_ms'] / sp['best_ms']:.3f}x | "
+                    f"{sp['median_ms'] / sp['default_ms']:.2f}x |")
+            results["grid_spread"] = spreads
         lines += ["", f"bar: >= {GRID_FRACTION_BAR:.0%} of the grid's best with <= "
                   f"{GRID_TRIALS_BAR:.0%} of its trials, on >= 2 shapes: "
                   f"{'PASS' if ok and len({d['shape']['name'] for d in grids}) >= 2 else 'FAIL'}",
@@ -372,6 +389,27 @@ def report(out: Path) -> str:
     (out / "summary.md").write_text(text + "\n")
     _write(out / "results.json", results)
     return text
+
+
+def grid_spread(out: Path, doc: dict) -> dict | None:
+    """Best, built-in default, median and worst of a grid's recorded timings (None when
+    the timings file is missing or the default config was not among the valid configs)."""
+    tag = f"{doc['shape']['name']}-{doc['kernel'].removeprefix('flash_mhf_')}"
+    path = out / "grid" / f"{tag}.timings.json"
+    if not path.exists():
+        return None
+    records = [r for r in json.loads(path.read_text())["records"] if r.get("ms")]
+    fields = {f.name for f in dataclasses.fields(Shape)}
+    shape = Shape(**{k: v for k, v in doc["shape"].items() if k in fields})
+    problem = shape.problem(doc["gpu"]["target"])
+    default = dataclasses.asdict(default_config(doc["kernel"], problem.spec, shape.tokens,
+                                                doc["gpu"]["sm_count"]))
+    default_ms = [r["ms"] for r in records if r["config"] == default]
+    if not records or not default_ms:
+        return None
+    ms = sorted(r["ms"] for r in records)
+    return {"shape": shape.name, "kernel": doc["kernel"], "valid": len(ms), "best_ms": ms[0],
+            "default_ms": default_ms[0], "median_ms": statistics.median(ms), "worst_ms": ms[-1]}
 
 
 # -- driving ----------------------------------------------------------------------------

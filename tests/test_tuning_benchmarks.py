@@ -48,3 +48,27 @@ def test_tuning_figures_suite_smoke(tmp_path, capsys):
     assert set(shape["kernels"]) == {"flash_mhf_fwd", "flash_mhf_bwd_dq", "flash_mhf_bwd_dkv"}
     assert all(k["speedup"] for k in shape["kernels"].values())
     assert len(figures.SUITE) >= 8 and len(figures.GRID_SHAPES) >= 2
+
+
+def test_grid_spread_sets_the_default_against_the_recorded_grid(tmp_path):
+    import dataclasses as dc
+
+    from mhfgen.heuristics import default_config
+
+    figures = _load("tuning_figures")
+    shape = figures.SUITE[0]
+    gpu = {"target": "sm90", "sm_count": 132}
+    default = default_config("flash_mhf_fwd", shape.problem("sm90").spec, shape.tokens, 132)
+    other = dc.replace(default, num_stages=default.num_stages + 1)
+    worse = dc.replace(default, block_n=32)
+    records = [{"config": dc.asdict(default), "ms": 2.0}, {"config": dc.asdict(other), "ms": 1.6},
+               {"config": dc.asdict(worse), "ms": 5.0}, {"config": dc.asdict(worse), "error": "x"}]
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "grid" / f"{shape.name}-fwd.timings.json").write_text(
+        json.dumps({"records": records}))
+    doc = {"shape": dc.asdict(shape), "kernel": "flash_mhf_fwd", "gpu": gpu}
+    spread = figures.grid_spread(tmp_path, doc)
+    assert spread == {"shape": shape.name, "kernel": "flash_mhf_fwd", "valid": 3, "best_ms": 1.6,
+                      "default_ms": 2.0, "median_ms": 2.0, "worst_ms": 5.0}
+    doc["kernel"] = "flash_mhf_bwd_dq"  # no timings recorded for it
+    assert figures.grid_spread(tmp_path, doc) is None
