@@ -1,8 +1,9 @@
 """The layer's RMSNorm + router on a GPU: fused Triton kernels against the PyTorch path.
 
-    python benchmarks/norm_router_check.py [--preset 1.3B] [--tokens 16384]
+    python benchmarks/norm_router_check.py [--preset 1.3B] [--tokens 16384] [--sweep]
+    python benchmarks/norm_router_check.py --heads 8 --head-dim 256 --experts 32 --sweep
 
-For q (B, L, H, D) in bf16 (the in-projection's output) and fp32 weights, prints the
+For q (B, L, H, D) in bf16 (the in-projection's output; --dtype) and fp32 weights, prints the
 relative Frobenius error of the kernels' qn, R, dq, d(norm weight) and d(router weight)
 against the PyTorch path (mhfgen.norm_router with use_kernels=False, fp32 math), both
 computed from the same inputs and output gradients; then the median time of the forward
@@ -27,51 +28,73 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
+def _timed(fn) -> float | str:
+    """Median ms of fn, or the exception's name (out of resources: report and go on)."""
+    try:
+        fn()
+        return triton.testing.do_bench(fn, return_mode="median")
+    except Exception as exc:  # noqa: BLE001
+        return type(exc).__name__
+
+
 def _sweep(q, w, wr, dqn, dr, ref) -> None:
-    """Backward kernel launches side by side: ms and errors of dq, dW_R against `ref`."""
+    """Forward and backward kernel launches side by side: ms, and the errors of R (forward)
+    and of dq, dW_R (backward) against the PyTorch path's `ref`."""
     import itertools
 
-    from mhfgen.kernels.norm_router import norm_router_bwd
+    from mhfgen.kernels.norm_router import norm_router_bwd, norm_router_fwd
 
-    print("  backward kernel sweep (block_t, warps, splits per head, precision): ms, "
-          "errors of dq / dW_R vs the PyTorch path")
-    rows = []
-    for bt, warps, splits, prec in itertools.product((16, 32, 64), (2, 4, 8), (16, 66),
-                                                     ("ieee", "tf32")):
-        launch = dict(block_t=bt, num_warps=warps, splits=splits, precision=prec)
-        try:
-            dq, _, dwr = norm_router_bwd(q.detach(), w.detach(), wr.detach(), dqn, dr, launch)
-            ms = triton.testing.do_bench(
-                lambda: norm_router_bwd(q.detach(), w.detach(), wr.detach(), dqn, dr, launch),
-                return_mode="median")
-        except Exception as exc:  # noqa: BLE001 - out of resources: report and go on
-            print(f"    {bt:3} {warps} {splits:3} {prec}: {type(exc).__name__}", flush=True)
-            continue
-        rows.append((ms, bt, warps, splits, prec, _rel(dq, ref[2]), _rel(dwr, ref[4])))
-    for ms, bt, warps, splits, prec, e_dq, e_dwr in sorted(rows):
-        print(f"    {bt:3} {warps} {splits:3} {prec:4}: {ms:.3f} ms  dq {e_dq:.1e}  dW_R {e_dwr:.1e}",
-              flush=True)
+    q, w, wr = q.detach(), w.detach(), wr.detach()
+    grid = list(itertools.product((16, 32, 64), (4, 8), ("ieee", "tf32x3", "tf32")))
+    for name in ("forward", "backward"):
+        print(f"  {name} kernel sweep (block_t, warps, precision): ms, errors vs the PyTorch "
+              f"path", flush=True)
+        rows = []
+        for bt, warps, prec in grid:
+            launch = dict(block_t=bt, num_warps=warps, precision=prec)
+            if name == "forward":
+                fn = lambda: norm_router_fwd(q, w, wr, launch)  # noqa: E731
+            else:
+                fn = lambda: norm_router_bwd(q, w, wr, dqn, dr, launch)  # noqa: E731
+            ms = _timed(fn)
+            if isinstance(ms, str):
+                print(f"    {bt:3} {warps} {prec}: {ms}", flush=True)
+                continue
+            out = fn()
+            errs = (f"R {_rel(out[1], ref[1]):.1e}" if name == "forward" else
+                    f"dq {_rel(out[0], ref[2]):.1e}  dW_R {_rel(out[2], ref[4]):.1e}")
+            rows.append((ms, bt, warps, prec, errs))
+            print(f"    {bt:3} {warps} {prec:6}: {ms:.3f} ms  {errs}", flush=True)
+        for ms, bt, warps, prec, errs in sorted(rows)[:3]:
+            print(f"  fastest {name}: {bt:3} {warps} {prec:6}: {ms:.3f} ms  {errs}", flush=True)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="1.3B", choices=sorted(PRESETS))
     ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--heads", type=int, default=None, help="H (default: the preset's)")
+    ap.add_argument("--head-dim", type=int, default=None, help="D (default: the preset's)")
+    ap.add_argument("--experts", type=int, default=None, help="E (default: the preset's)")
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                    help="q's dtype (the weights stay fp32)")
     ap.add_argument("--sweep", action="store_true",
-                    help="also time the backward kernel over block_t, num_warps, splits and "
-                         "dot precision, with the errors of each against the PyTorch path")
+                    help="also time the forward and backward kernels over block_t, num_warps "
+                         "and dot precision, with the errors of each against the PyTorch path")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("norm_router_check: needs a CUDA GPU", file=sys.stderr)
         return 2
     p, dev = PRESETS[args.preset], torch.device("cuda")
-    H, D, E = p.heads, p.head_dim, p.experts
+    H, D, E = args.heads or p.heads, args.head_dim or p.head_dim, args.experts or p.experts
+    custom = (H, D, E) != (p.heads, p.head_dim, p.experts)
+    label = f"H={H} D={D} E={E}" if custom else f"{args.preset} H={H} D={D} E={E}"
     g = torch.Generator(device="cpu").manual_seed(0)
     q = torch.randn(args.tokens // 2048 or 1, min(args.tokens, 2048), H, D, generator=g
-                    ).to(dev, torch.bfloat16).requires_grad_()
+                    ).to(dev, getattr(torch, args.dtype)).requires_grad_()
     w = (1 + 0.1 * torch.randn(H, D, generator=g)).to(dev).requires_grad_()
     wr = (0.05 * torch.randn(H, D, E, generator=g)).to(dev).requires_grad_()
-    dqn = torch.randn(q.shape, generator=g).to(dev, torch.bfloat16)
+    dqn = torch.randn(q.shape, generator=g).to(dev, q.dtype)
     dr = torch.randn(*q.shape[:3], E, generator=g).to(dev)
 
     outs = {}
@@ -80,8 +103,8 @@ def main(argv=None) -> int:
         grads = torch.autograd.grad((qn, r), (q, w, wr), (dqn, dr))
         outs[name] = (qn, r, *grads)
     print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}, triton "
-          f"{triton.__version__}; {args.preset} H={H} D={D} E={E}, {q.shape[0] * q.shape[1]} "
-          f"tokens, q bf16, weights fp32")
+          f"{triton.__version__}; {label}, {q.shape[0] * q.shape[1]} "
+          f"tokens, q {args.dtype}, weights fp32")
     for i, label in enumerate(("qn", "R", "dq", "d norm weight", "d router weight")):
         print(f"  {label:16} kernels vs PyTorch path: {_rel(outs['kernels'][i], outs['pytorch'][i]):.2e}")
     if args.sweep:

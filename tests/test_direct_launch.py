@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 
+import mhfgen  # noqa: F401 - first: switches Triton's interpreter on where there is no GPU
 import pytest
 import torch
 from triton import knobs
@@ -38,33 +39,52 @@ class FakeJit:
     arg_names = list(inspect.signature(_kernel_fn).parameters)
     signature = inspect.signature(_kernel_fn)
 
-    def __init__(self) -> None:
-        self.compiled, self.jit_calls = FakeCompiled(), []
+    def __init__(self, current_device=lambda: None) -> None:
+        self.compiled, self.jit_calls, self.jit_devices = FakeCompiled(), [], []
+        self.current_device = current_device
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             self.jit_calls.append((grid, args, kwargs))
+            self.jit_devices.append(self.current_device())
             return self.compiled
         return launch
 
 
 class FakeCuda:
-    """A CUDA tensor as the launch path sees it: a data pointer."""
+    """A CUDA tensor as the launch path sees it: a data pointer and a device index."""
 
     is_cuda = True
 
-    def __init__(self, ptr: int) -> None:
-        self.ptr = ptr
+    def __init__(self, ptr: int, device: int = 0) -> None:
+        self.ptr, self.device = ptr, device
 
     def data_ptr(self) -> int:
         return self.ptr
 
+    def get_device(self) -> int:
+        return self.device
+
 
 @pytest.fixture
 def cuda(monkeypatch):
-    """Current device 0, current raw stream 1234 (no CUDA needed)."""
-    state = {"device": 0}
+    """Current device 0, device d's current raw stream 1234 + d, and torch.cuda.device(d)
+    as a context manager that switches the current device and logs d (no CUDA needed)."""
+    state = {"device": 0, "guards": []}
+
+    class Guard:
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            state["guards"].append(self.index)
+            self.prev, state["device"] = state["device"], self.index
+
+        def __exit__(self, *exc):
+            state["device"] = self.prev
+
     monkeypatch.setattr(torch.cuda, "current_device", lambda: state["device"])
+    monkeypatch.setattr(torch.cuda, "device", Guard)
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda idx: 1234 + idx,
                         raising=False)
     return state
@@ -73,8 +93,8 @@ def cuda(monkeypatch):
 META = dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
 
 
-def _launch():
-    kernel = FakeJit()
+def _launch(current_device=lambda: None):
+    kernel = FakeJit(current_device)
     return kernel, DirectLaunch(kernel, (5, 2), (96, 37), META)
 
 
@@ -114,16 +134,17 @@ def test_binary_not_kept_from_a_misaligned_first_launch(cuda):
     assert len(kernel.jit_calls) == 2 and len(kernel.compiled.runs) == 1
 
 
-def test_other_current_device_takes_the_jit_path(cuda):
-    kernel, launch = _launch()
-    tensors = (FakeCuda(4096), FakeCuda(8192), FakeCuda(16384))
-    launch(*tensors)
+def test_tensors_on_another_device_than_the_current_launch_under_its_guard(cuda):
+    kernel, launch = _launch(lambda: cuda["device"])
+    tensors = (FakeCuda(4096, 1), FakeCuda(8192, 1), FakeCuda(16384, 1))
+    launch(*tensors)  # current device 0, tensors on 1: JIT launch under device 1's guard
+    assert kernel.jit_devices == [1] and cuda["guards"] == [1] and cuda["device"] == 0
+    assert launch.compiled is kernel.compiled and launch.device == 1
+    launch(*tensors)  # the binary, on device 1's stream, under the guard again
+    assert cuda["guards"] == [1, 1] and kernel.compiled.runs[0][3] == 1235
     cuda["device"] = 1
-    launch(*tensors)
-    assert len(kernel.jit_calls) == 2 and kernel.compiled.runs == []
-    cuda["device"] = 0
-    launch(*tensors)
-    assert kernel.compiled.runs[0][3] == 1234  # device 0's stream
+    launch(*tensors)  # already current: no guard
+    assert cuda["guards"] == [1, 1] and len(kernel.compiled.runs) == 2
 
 
 def test_launch_hook_takes_the_jit_path(cuda):

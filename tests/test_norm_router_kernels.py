@@ -226,15 +226,25 @@ def test_layer_triton_backend_on_cpu_matches_torch_backend(qk_norm, monkeypatch)
         torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_backward_launch_defaults_follow_the_h200_sweep():
-    """GPU defaults (measured, docs/PERFORMANCE.md): TF32 dots for bf16/fp16, IEEE with
-    16-token steps for fp32 once the (D_PAD, E_PAD) tiles reach 4096 elements."""
+def test_launch_defaults_follow_the_h200_sweep():
+    """GPU defaults (measured: the table in mhfgen/kernels/norm_router.py): TF32 dots for
+    bf16/fp16, 3xTF32 for fp32; the forward in 64-token steps with 4 warps, the backward
+    in 32- (TF32) or 16-token steps, 8 warps for fp32 beyond 4096-element tiles."""
     from mhfgen.kernels import norm_router as nr
 
+    for dtype in (torch.bfloat16, torch.float16):
+        for d_pad, e_pad in ((128, 32), (128, 64), (256, 32)):
+            assert nr.forward_launch(dtype, d_pad, e_pad) == dict(block_t=64, num_warps=4,
+                                                                  precision="tf32")
+    assert nr.forward_launch(torch.float32, 128, 32)["precision"] == "tf32x3"
+    assert nr.forward_launch(torch.bfloat16, 256, 64)["block_t"] == 32  # unmeasured tiles
     assert nr.backward_launch(torch.bfloat16, 128, 32) == dict(block_t=32, num_warps=4,
                                                                precision="tf32")
-    assert nr.backward_launch(torch.float32, 128, 32) == dict(block_t=16, num_warps=4,
-                                                              precision="ieee")
-    assert nr.backward_launch(torch.float32, 128, 16)["block_t"] == 32
-    assert nr.backward_launch(torch.bfloat16, 256, 64) == dict(block_t=16, num_warps=8,
+    assert nr.backward_launch(torch.bfloat16, 128, 64) == dict(block_t=16, num_warps=4,
                                                                precision="tf32")
+    assert nr.backward_launch(torch.float32, 128, 32) == dict(block_t=16, num_warps=4,
+                                                              precision="tf32x3")
+    assert nr.backward_launch(torch.float32, 256, 32) == dict(block_t=16, num_warps=8,
+                                                              precision="tf32x3")
+    for launch in (nr.forward_launch, nr.backward_launch):  # the interpreter: IEEE
+        assert launch(torch.float16, 128, 32, interpreter=True)["precision"] == "ieee"

@@ -72,3 +72,9 @@ def test_grid_spread_sets_the_default_against_the_recorded_grid(tmp_path):
                       "default_ms": 2.0, "median_ms": 2.0, "worst_ms": 5.0}
     doc["kernel"] = "flash_mhf_bwd_dq"  # no timings recorded for it
     assert figures.grid_spread(tmp_path, doc) is None
+
+
+def test_layer_check_smoke(capsys):
+    assert _load("layer_check").main(["--cpu-smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "INTERPRETER SMOKE RUN" in out and "verdict: PASS" in out and "d router" in out

@@ -1,6 +1,8 @@
 """What the launchers share: the spec of a call and the config it runs with."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from triton import knobs
 
@@ -74,12 +76,17 @@ class DirectLaunch:
 
     Why that is the same launch: whatever JITFunction.run derives from the arguments is
     fixed by the plan's key (the tensors' shapes, strides, dtypes and device fix the scalar
-    arguments, their specialisation and the signature), except three things that are
-    checked on every call, the JIT path taken where they differ: the 16-byte alignment of
-    every data pointer (the binary is only reused when all are aligned, as they were when
-    it was compiled), the current CUDA device (the binary is loaded in the device that was
-    current), and Triton's launch hooks (a profiler that set one gets the JIT path and its
-    metadata). The interpreter always takes the JIT path.
+    arguments, their specialisation and the signature), except what is checked on every
+    call, the JIT path taken where it differs: the 16-byte alignment of every data pointer
+    (the binary is only reused when all are aligned, as they were when it was compiled)
+    and Triton's launch hooks (a profiler that set one gets the JIT path and its metadata).
+    The interpreter always takes the JIT path.
+
+    Every launch runs on the tensors' device: where the current CUDA device is another
+    (a model spread over GPUs in one process), the launch is made under
+    `torch.cuda.device(...)` of the tensors' device, as PyTorch's own operators do;
+    `kernel[grid](...)` alone would launch on the current device with the other device's
+    pointers.
     """
 
     __slots__ = ("kernel", "grid", "args", "meta", "tail", "compiled", "device")
@@ -89,30 +96,35 @@ class DirectLaunch:
         self.grid = (tuple(grid) + (1, 1))[:3]
         self.tail = None  # the positional arguments after the tensors, constexprs included
         self.compiled = None  # the CompiledKernel of the first aligned CUDA launch
-        self.device = -1  # the CUDA device current at that launch
+        self.device = -1  # the CUDA device of the tensors of that launch
 
     def __call__(self, *tensors: torch.Tensor) -> None:
+        device = tensors[0].get_device()  # -1: CPU (the interpreter)
+        if device < 0 or device == torch.cuda.current_device():
+            self._launch(tensors, device)
+        else:
+            with torch.cuda.device(device):
+                self._launch(tensors, device)
+
+    def _launch(self, tensors: tuple, device: int) -> None:
+        """Launch on the current device, which is the tensors' device (or the CPU)."""
         compiled = self.compiled
-        if compiled is not None:
-            ptrs = 0
+        ptrs = 0
+        if device >= 0:
             for t in tensors:
                 ptrs |= t.data_ptr()
-            if (not ptrs & 15 and torch.cuda.current_device() == self.device
-                    and _no_launch_hooks()):
-                g0, g1, g2 = self.grid
-                compiled.run(g0, g1, g2, torch._C._cuda_getCurrentRawStream(self.device),
-                             compiled.function, compiled.packed_metadata, None, None, None,
-                             *tensors, *self.tail)
-                return
+        if compiled is not None and not ptrs & 15 and _no_launch_hooks():
+            g0, g1, g2 = self.grid
+            compiled.run(g0, g1, g2, torch._C._cuda_getCurrentRawStream(device),
+                         compiled.function, compiled.packed_metadata, None, None, None,
+                         *tensors, *self.tail)
+            return
         result = self.kernel[self.grid](*tensors, *self.args, **self.meta)
-        if compiled is None and tensors[0].is_cuda and hasattr(result, "packed_metadata"):
-            ptrs = 0
-            for t in tensors:
-                ptrs |= t.data_ptr()
-            if not ptrs & 15:
-                self.tail = self._tail(tensors)
-                self.device = torch.cuda.current_device()
-                self.compiled = result
+        if (compiled is None and device >= 0 and not ptrs & 15
+                and hasattr(result, "packed_metadata")):
+            self.tail = self._tail(tensors)
+            self.device = device
+            self.compiled = result
 
     def _tail(self, tensors: tuple) -> tuple:
         """The kernel's parameters after the tensors, in signature order, as
@@ -122,6 +134,15 @@ class DirectLaunch:
         bound = self.kernel.signature.bind(*tensors, *self.args, **params)
         bound.apply_defaults()
         return tuple(bound.arguments.values())[len(tensors):]
+
+
+def on_device_of(t: torch.Tensor):
+    """A context in which a Triton launch runs on `t`'s device: `torch.cuda.device(...)`
+    where the current CUDA device is another one, else nothing (CPU tensors included)."""
+    device = t.get_device()
+    if device < 0 or device == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
 
 
 def _no_launch_hooks() -> bool:

@@ -21,8 +21,9 @@ tokens, t = b * L + l); R, dR: (B, L, H, E) (R is written contiguous in fp32, dR
 strides and float dtype); qn and dq are written contiguous in q's dtype. Tiles are padded
 to D_PAD = next_pow2(max(D, 16)) and E_PAD = next_pow2(max(E, 16)) (tl.dot needs >= 16);
 padded d do not enter mean_d (the sums divide by D), padded e have g = 0, rows t >= T are
-zero and contribute nothing. Every tl.dot has fp32 operands: input_precision="ieee" in
-the forward and for fp32 q, "tf32" in the backward of bf16/fp16 q (see backward_launch).
+zero and contribute nothing. Every tl.dot has fp32 operands; on a GPU they run as TF32
+for bf16/fp16 q and as 3xTF32 (fp32-accurate) for fp32 q, IEEE fp32 in the interpreter
+(forward_launch, backward_launch; the H200 sweep behind them is in the table there).
 """
 from __future__ import annotations
 
@@ -35,13 +36,13 @@ import triton.language as tl
 from .. import device as _device
 from .. import reference
 from ..spec import INTERPRETER
-from .common import DirectLaunch, cdiv, empty, plan_cache, remember, signature
+from .common import (DirectLaunch, cdiv, empty, on_device_of, plan_cache, remember,
+                     signature)
 
 #: the reference's epsilons, baked into the kernels
 RMS_EPS = tl.constexpr(reference.RMS_EPS)
 ROUTER_EPS = tl.constexpr(reference.ROUTER_EPS)
-#: tokens per program step on a GPU (a default, not tuned) and in the interpreter
-BLOCK_T = 32
+#: tokens per program step in the interpreter (on a GPU: forward_launch, backward_launch)
 BLOCK_T_INTERPRETER = 16
 #: backward programs per SM on a GPU: SPLITS * H is about this times the SM count
 PROGRAMS_PER_SM = 4
@@ -198,44 +199,46 @@ def _pad(size: int) -> int:
     return triton.next_power_of_2(max(size, 16))
 
 
-def _block_t(d_pad: int, e_pad: int, interpreter: bool) -> int:
-    """Forward tokens per step: BLOCK_T on a GPU, halved once the (D_PAD, E_PAD) router
-    tile and the (BLOCK_T, D_PAD) tiles get large (D_PAD * E_PAD > 8192, e.g. D = 256 with
-    E > 32); 16 in the interpreter."""
+#: H200 sweeps behind the launches below (`python3 benchmarks/norm_router_check.py --sweep`,
+#: 16384 tokens, q bf16, fp32 weights; figures/norm_router_h200_2026-11-28.md), in ms:
+#:                     1.3B (D 128, E 22)   D 128, E 64    D 256, E 32
+#: forward  IEEE, old  0.154 (32, 8)        3.40 (32, 8)   2.22 (32, 8)   (CUDA-core dots)
+#:          TF32       0.066 (64, 4)        0.102 (64, 4)  0.077 (64, 4)  R error 1e-4
+#:          3xTF32     0.116 (64, 4)        0.259 (64, 4)  0.159 (64, 4)  R error as IEEE
+#: backward TF32       0.224 (32, 4)        0.297 (16, 4)  0.211 (16, 4)  dW_R error 3.9e-4
+#:          3xTF32     0.402 (16, 4)        0.720 (16, 8)  0.668 (16, 8)  errors as IEEE
+#:          IEEE best  0.726 (16, 4)        1.006 (16, 4)  0.916 (16, 8)
+#: (block_t, num_warps) in brackets; errors relative to the fp32 PyTorch path. TF32 errors
+#: are 10x below bf16's resolution, so bf16/fp16 inputs get TF32; fp32 inputs get 3xTF32,
+#: as accurate as IEEE dots here and faster. Tiles above 8192 elements (D = 256 with
+#: E > 32) were not measured.
+_TF32_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def forward_launch(dtype: torch.dtype, d_pad: int, e_pad: int, interpreter: bool = False
+                   ) -> dict:
+    """The forward's default launch: block_t (tokens per step), num_warps and the router
+    dot's precision; (64, 4) on every measured shape (see the table above), (32, 8) for
+    unmeasured tiles above 8192 elements; the interpreter (16, 4) with IEEE dots."""
     if interpreter:
-        return BLOCK_T_INTERPRETER
-    return BLOCK_T if d_pad * e_pad <= 8192 else 16
-
-
-def _num_warps(d_pad: int, e_pad: int) -> int:
-    """Forward: 8 warps once the (D_PAD, E_PAD) tiles reach 4096 elements (D = 128 with
-    E > 16), else 4 (forward measured at 0.15 ms for 1.3B at 16384 tokens on an H200)."""
-    return 4 if d_pad * e_pad < 4096 else 8
+        return dict(block_t=BLOCK_T_INTERPRETER, num_warps=4, precision="ieee")
+    precision = "tf32" if dtype in _TF32_DTYPES else "tf32x3"
+    if d_pad * e_pad > 8192:
+        return dict(block_t=32, num_warps=8, precision=precision)
+    return dict(block_t=64, num_warps=4, precision=precision)
 
 
 def backward_launch(dtype: torch.dtype, d_pad: int, e_pad: int, interpreter: bool = False
                     ) -> dict:
-    """The backward's default launch: block_t, num_warps and dot precision.
-
-    Measured on an H200 (1.3B: D = 128, E = 22, 16384 tokens; `python3
-    benchmarks/norm_router_check.py --sweep`, docs/PERFORMANCE.md): with IEEE fp32 dots,
-    (32 tokens, 8 warps) took 6.0 ms and (16, 4) 0.71 ms, same errors (the larger tiles
-    spill); with TF32 dots (32, 4) took 0.22 ms, at relative errors of 1.1e-4 (dq) and
-    3.9e-4 (dW_R) against the fp32 PyTorch path. So bf16 and fp16 inputs, whose gradients
-    are far coarser than that, get TF32 (32, 4); fp32 inputs keep IEEE dots, with (16, 4)
-    where the (D_PAD, E_PAD) tiles reach 4096 elements and (32, 4) below. Tiles above 4096
-    elements (D = 256, or E > 32) were not measured: they get (16, 8), spreading the twice
-    larger dW_R accumulator and W_R tile over more threads. The interpreter: (16, 4), IEEE.
-    """
+    """The backward's default launch: block_t, num_warps and dot precision (the table
+    above): TF32 with (32, 4) up to 4096-element (D_PAD, E_PAD) tiles and (16, 4) above;
+    3xTF32 with (16, 4) up to 4096 and (16, 8) above; the interpreter (16, 4), IEEE."""
     if interpreter:
         return dict(block_t=BLOCK_T_INTERPRETER, num_warps=4, precision="ieee")
-    tile = d_pad * e_pad
-    precision = "tf32" if dtype in (torch.bfloat16, torch.float16) else "ieee"
-    if tile > 4096:
-        return dict(block_t=16, num_warps=8, precision=precision)
-    if precision == "tf32" or tile < 4096:
-        return dict(block_t=BLOCK_T, num_warps=4, precision=precision)
-    return dict(block_t=16, num_warps=4, precision=precision)
+    small = d_pad * e_pad <= 4096
+    if dtype in _TF32_DTYPES:
+        return dict(block_t=32 if small else 16, num_warps=4, precision="tf32")
+    return dict(block_t=16, num_warps=4 if small else 8, precision="tf32x3")
 
 
 def _check(q, norm_weight, w_router) -> tuple[int, int, int, int, int]:
@@ -264,7 +267,8 @@ def _weight_args(norm_weight, w_router):
 
 
 def norm_router_fwd(q: torch.Tensor, norm_weight: torch.Tensor | None,
-                    w_router: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    w_router: torch.Tensor, launch: dict | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(qn, R) of q through norm_router_fwd_kernel, one launch.
 
     q: (B, L, H, D), any strides, float16/bfloat16/float32; norm_weight: (H, D) or None;
@@ -272,7 +276,14 @@ def norm_router_fwd(q: torch.Tensor, norm_weight: torch.Tensor | None,
     qn = q * rstd * norm_weight[h] (rounded to q's dtype), R = g / max(sum_e g, 1e-20)
     with g = sigmoid(qn W_R[h]). Returns qn: (B, L, H, D) contiguous in q's dtype (q
     itself when norm_weight is None) and R: (B, L, H, E) contiguous fp32.
+
+    The launch is forward_launch's; `launch` overrides any of block_t, num_warps,
+    precision for experiments (benchmarks/norm_router_check.py --sweep; such calls plan
+    afresh and are not cached).
     """
+    if launch:
+        plan = _fwd_plan(q, norm_weight, w_router, launch)
+        return _fwd_run(plan, q, norm_weight, w_router)
     try:
         key = (signature(q), None if norm_weight is None else signature(norm_weight),
                signature(w_router))
@@ -282,6 +293,10 @@ def norm_router_fwd(q: torch.Tensor, norm_weight: torch.Tensor | None,
     plan = _fwd_plans.get(key)
     if plan is None:
         plan = remember(_fwd_plans, key, _fwd_plan(q, norm_weight, w_router))
+    return _fwd_run(plan, q, norm_weight, w_router)
+
+
+def _fwd_run(plan, q, norm_weight, w_router) -> tuple[torch.Tensor, torch.Tensor]:
     qn = empty(q.shape, q.dtype, q.device) if norm_weight is not None else q
     r = empty(plan.r_shape, torch.float32, q.device)
     if plan.launch is not None:
@@ -300,17 +315,19 @@ class FwdPlan:
 _fwd_plans = plan_cache()
 
 
-def _fwd_plan(q, norm_weight, w_router) -> FwdPlan:
+def _fwd_plan(q, norm_weight, w_router, launch: dict | None = None) -> FwdPlan:
     B, L, H, D, E = _check(q, norm_weight, w_router)
     T = B * L
     if T == 0 or H == 0:
         return FwdPlan((B, L, H, E), None)
     d_pad, e_pad = _pad(D), _pad(E)
-    block_t = _block_t(d_pad, e_pad, _interpreting(q.device))
+    launch = {**forward_launch(q.dtype, d_pad, e_pad, _interpreting(q.device)),
+              **(launch or {})}
+    block_t = launch["block_t"]
     _, nw_strides, wr_strides = _weight_args(norm_weight, w_router)
     meta = dict(H=H, D=D, E=E, D_PAD=d_pad, E_PAD=e_pad, BLOCK_T=block_t,
-                HAS_NORM=norm_weight is not None, PRECISION="ieee",
-                num_warps=_num_warps(d_pad, e_pad))
+                HAS_NORM=norm_weight is not None, PRECISION=launch["precision"],
+                num_warps=launch["num_warps"])
     scalars = (T, L, *q.stride()[:4], *nw_strides, *wr_strides)
     return FwdPlan((B, L, H, E),
                    DirectLaunch(norm_router_fwd_kernel, (cdiv(T, block_t), H), scalars, meta))
@@ -341,9 +358,9 @@ def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router:
     and cast to the parameters' dtypes. Returns dq (B, L, H, D) contiguous in q's dtype,
     dnorm_weight (H, D) (None without norm_weight) and dw_router (H, D, E).
 
-    The launch is backward_launch's (TF32 router dots for bf16/fp16 q, IEEE for fp32);
+    The launch is backward_launch's (TF32 router dots for bf16/fp16 q, 3xTF32 for fp32);
     `launch` overrides any of block_t, num_warps, splits (programs per head), precision
-    ("ieee" or "tf32") for experiments (benchmarks/norm_router_check.py --sweep).
+    ("ieee", "tf32x3" or "tf32") for experiments (benchmarks/norm_router_check.py --sweep).
     """
     B, L, H, D, E = _check(q, norm_weight, w_router)
     if dqn is not None and tuple(dqn.shape) != (B, L, H, D):
@@ -372,12 +389,13 @@ def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router:
     dr_arg = dr if dr is not None else dwr_part
     dqn_strides = dqn.stride() if dqn is not None else (0, 0, 0, 0)
     dr_strides = dr.stride() if dr is not None else (0, 0, 0, 0)
-    norm_router_bwd_kernel[(splits, H)](
-        q, nw, w_router, dqn_arg, dr_arg, dq, dw_part, dwr_part, T, L, tokens_per_split,
-        *q.stride(), *nw_strides, *wr_strides, *dqn_strides, *dr_strides,
-        H=H, D=D, E=E, D_PAD=d_pad, E_PAD=e_pad, BLOCK_T=block_t, HAS_NORM=has_norm,
-        HAS_DQN=dqn is not None, HAS_DR=dr is not None,
-        PRECISION=launch["precision"], num_warps=launch["num_warps"])
+    with on_device_of(q):  # Triton launches on the current device
+        norm_router_bwd_kernel[(splits, H)](
+            q, nw, w_router, dqn_arg, dr_arg, dq, dw_part, dwr_part, T, L, tokens_per_split,
+            *q.stride(), *nw_strides, *wr_strides, *dqn_strides, *dr_strides,
+            H=H, D=D, E=E, D_PAD=d_pad, E_PAD=e_pad, BLOCK_T=block_t, HAS_NORM=has_norm,
+            HAS_DQN=dqn is not None, HAS_DR=dr is not None,
+            PRECISION=launch["precision"], num_warps=launch["num_warps"])
     dw_router = dwr_part.sum(0).to(w_router.dtype)
     dnorm_weight = dw_part.sum(0).to(norm_weight.dtype) if has_norm else None
     return dq, dnorm_weight, dw_router
