@@ -52,6 +52,11 @@ def _backward(ctx, do):
 _flash_mhf_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+#: PyTorch internals plain_eager_call reads; without them every call goes through the op
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
 def plain_eager_call(*tensors: torch.Tensor | None) -> bool:
     """Whether a call may run its launcher directly instead of through its custom op.
 
@@ -65,7 +70,9 @@ def plain_eager_call(*tensors: torch.Tensor | None) -> bool:
     """
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
-    if torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active():
+    if _dispatch_modes is None or _functorch_active is None:
+        return False
+    if _dispatch_modes() or _functorch_active():
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:

@@ -168,3 +168,28 @@ def test_cpu_tensors_always_take_the_jit_path():
     for _ in range(3):
         launch(*tensors)
     assert len(kernel.jit_calls) == 3 and launch.compiled is None
+
+
+def test_direct_launch_off_keeps_the_jit_path(cuda, monkeypatch):
+    """An untested Triton release or MHFGEN_JIT_LAUNCH=1: every launch through the JIT."""
+    from mhfgen.kernels import common
+
+    monkeypatch.setattr(common, "DIRECT_LAUNCH", False)
+    kernel, launch = _launch()
+    tensors = (FakeCuda(4096), FakeCuda(8192), FakeCuda(16384))
+    for _ in range(3):
+        launch(*tensors)
+    assert len(kernel.jit_calls) == 3 and launch.compiled is None
+
+
+@pytest.mark.parametrize("value, direct", [("1", False), ("0", True), ("", True)])
+def test_mhfgen_jit_launch_environment_variable(value, direct):
+    import os
+    import subprocess
+    import sys
+
+    code = "import mhfgen.kernels.common as c; print(c.DIRECT_LAUNCH)"
+    env = dict(os.environ, MHFGEN_JIT_LAUNCH=value)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == str(direct)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
+import triton
 from triton import knobs
 
 from .. import device as _device
@@ -62,6 +64,16 @@ def plan_key(config, q, k, u, v, r, do=None) -> tuple:
                         ) from None
 
 
+#: Triton releases whose launcher protocol DirectLaunch was written against and tested on
+#: (CompiledKernel.run(gridX, gridY, gridZ, stream, function, packed_metadata,
+#: launch_metadata, enter_hook, exit_hook, *every_parameter)); others take the JIT path
+DIRECT_LAUNCH_TRITON = ("3.6.",)
+#: whether launches reuse compiled binaries: a tested Triton, and MHFGEN_JIT_LAUNCH unset
+#: (set it to 1 to launch every call through JITFunction.run, for debugging)
+DIRECT_LAUNCH = (triton.__version__.startswith(DIRECT_LAUNCH_TRITON)
+                 and os.environ.get("MHFGEN_JIT_LAUNCH", "") in ("", "0"))
+
+
 class DirectLaunch:
     """One kernel launch of a launch plan: kernel, grid, the arguments after the tensors
     and the launch options fixed; the tensors given per call, `launch(*tensors)`.
@@ -80,7 +92,8 @@ class DirectLaunch:
     call, the JIT path taken where it differs: the 16-byte alignment of every data pointer
     (the binary is only reused when all are aligned, as they were when it was compiled)
     and Triton's launch hooks (a profiler that set one gets the JIT path and its metadata).
-    The interpreter always takes the JIT path.
+    The interpreter always takes the JIT path, and so does every launch where DIRECT_LAUNCH
+    is off (a Triton release this was not tested on, or MHFGEN_JIT_LAUNCH=1).
 
     Every launch runs on the tensors' device: where the current CUDA device is another
     (a model spread over GPUs in one process), the launch is made under
@@ -120,7 +133,7 @@ class DirectLaunch:
                          *tensors, *self.tail)
             return
         result = self.kernel[self.grid](*tensors, *self.args, **self.meta)
-        if (compiled is None and device >= 0 and not ptrs & 15
+        if (compiled is None and device >= 0 and not ptrs & 15 and DIRECT_LAUNCH
                 and hasattr(result, "packed_metadata")):
             self.tail = self._tail(tensors)
             self.device = device
