@@ -264,7 +264,9 @@ def split_counters(n: int, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         if torch.cuda.is_current_stream_capturing():
             return torch.zeros(n, dtype=torch.int32, device=device)
-        key = (device, torch.cuda.current_stream(device).cuda_stream)
+        # the raw stream handle: no torch.cuda.Stream object built per call (decode calls
+        # come here every time, where host time is most of the call)
+        key = (device, torch._C._cuda_getCurrentRawStream(device.index))
     else:
         key = (device, 0)
     counters = _counters.get(key)
