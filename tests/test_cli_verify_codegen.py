@@ -38,6 +38,8 @@ def test_doctor(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "triton" in out and "user database" in out
+    launches = next(line for line in out.splitlines() if line.startswith("launches"))
+    assert launches.endswith("through Triton's interpreter (no compiled binaries)")  # no GPU
     shipped = next(line for line in out.splitlines() if line.startswith("shipped configs"))
     # the shipped H200 records match the templates they were tuned with
     assert "NVIDIA H200" in shipped and "valid for the current templates" in shipped

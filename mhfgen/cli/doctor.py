@@ -24,6 +24,17 @@ def run(args) -> int:
     else:
         gpu = "none (kernels run through Triton's interpreter on CPU tensors)"
     shipped = paths.shipped_db_path()
+    from ..kernels.common import DIRECT_LAUNCH, DIRECT_LAUNCH_TRITON
+
+    if not torch.cuda.is_available():
+        launch = "through Triton's interpreter (no compiled binaries)"
+    elif DIRECT_LAUNCH:
+        launch = "compiled binary after the first launch (kernels.common.DirectLaunch)"
+    elif os.environ.get("MHFGEN_JIT_LAUNCH", "") not in ("", "0"):
+        launch = "JITFunction.run on every call (MHFGEN_JIT_LAUNCH is set)"
+    else:
+        launch = (f"JITFunction.run on every call (DirectLaunch is tested on Triton "
+                  f"{', '.join(v + 'x' for v in DIRECT_LAUNCH_TRITON)} only)")
     rows = [
         ("mhfgen", __version__),
         ("python", platform.python_version()),
@@ -31,6 +42,7 @@ def run(args) -> int:
         ("triton", triton.__version__),
         ("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "unset")),
         ("gpu", gpu),
+        ("launches", launch),
         ("user database", str(paths.user_db_path())),
         ("shipped database", f"{shipped}{'' if shipped.exists() else ' (absent)'}"),
         ("templates", str(paths.templates_dir())),
