@@ -11,3 +11,14 @@ def _isolated_mhfgen_dirs(tmp_path_factory, monkeypatch):
     cache = os.environ.get("MHFGEN_TEST_CACHE") or str(tmp_path_factory.getbasetemp() / "cache")
     monkeypatch.setenv("MHFGEN_CACHE_DIR", cache)
     monkeypatch.setenv("MHFGEN_DB", str(tmp_path_factory.mktemp("db") / "tuning.sqlite"))
+
+
+@pytest.fixture
+def fresh_dispatch():
+    """The dispatcher's caches (its choices, the databases it read, the launchers' plans)
+    emptied before and after the test."""
+    from mhfgen import dispatch  # here, not at the top: mhfgen must be imported by a test first
+
+    dispatch.clear_cache()
+    yield
+    dispatch.clear_cache()

@@ -1,19 +1,18 @@
 """`mhfgen list`, `show`, `export`, `import` on databases filled through the API."""
 import json
 import os
-import sqlite3
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 import pytest
 import triton
 
-from mhfgen import dispatch
 from mhfgen.cli import main
 from mhfgen.codegen import template_hash
 from mhfgen.spec import KernelSpec, LaunchConfig
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.buckets import shape_bucket
 from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord, utc_now
+from tuning_helpers import run_sql
 
 H200 = ("NVIDIA H200", "9.0")
 SPEC = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")
@@ -21,11 +20,8 @@ TINY = KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter")
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
+def _isolated(tmp_path, monkeypatch, fresh_dispatch):
     monkeypatch.setattr(dbmod.paths, "shipped_db_path", lambda: tmp_path / "shipped.sqlite")
-    dispatch.clear_cache()
-    yield
-    dispatch.clear_cache()
 
 
 def winner(kernel="flash_mhf_fwd", tokens=16384, ms=1.0, gpu=H200, spec=SPEC, template=None,
@@ -154,13 +150,8 @@ def test_broken_databases_are_one_line_errors(tmp_path, capsys, command, damage)
         path.write_bytes(b"definitely not sqlite" * 64)
     else:
         fill(path, winner())
-        conn = sqlite3.connect(path)
-        if damage == "foreign":
-            conn.execute("DELETE FROM meta WHERE key = 'format'")
-        else:
-            conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
-        conn.commit()
-        conn.close()
+        run_sql(path, "DELETE FROM meta WHERE key = 'format'" if damage == "foreign"
+                else "UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     export = tmp_path / "e.json"
     export.write_text(json.dumps({"format": "mhfgen-tuning-export", "schema_version": 1,
                                   "records": []}))

@@ -10,7 +10,6 @@ from pathlib import Path
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 import pytest
 
-from mhfgen import dispatch
 from mhfgen.cli import main
 from mhfgen.cli.tune import CPU_TRIALS
 from mhfgen.spec import KERNELS
@@ -19,11 +18,7 @@ from mhfgen.tuning.db import TuningDB
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dispatch():
-    dispatch.clear_cache()
-    yield
-    dispatch.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_dispatch")
 
 
 def test_bare_tune_on_the_cpu_is_the_main_job(tmp_path, capsys, monkeypatch):

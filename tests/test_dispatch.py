@@ -22,12 +22,9 @@ FWD = "flash_mhf_fwd"
 
 
 @pytest.fixture(autouse=True)
-def fresh_dispatcher(tmp_path, monkeypatch):
+def fresh_dispatcher(tmp_path, monkeypatch, fresh_dispatch):
     monkeypatch.setattr(dbmod.paths, "shipped_db_path", lambda: tmp_path / "shipped.sqlite")
     monkeypatch.delenv("MHFGEN_NO_TUNED", raising=False)
-    dispatch.clear_cache()
-    yield
-    dispatch.clear_cache()
 
 
 def store(tokens, config, path=None, kernel=FWD, gpu="interpreter", cc="none", spec=SPEC,

@@ -8,7 +8,6 @@ from pathlib import Path
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 import pytest
 
-from mhfgen import dispatch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -21,11 +20,7 @@ def _load(name):
     return module
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dispatch(monkeypatch):
-    dispatch.clear_cache()
-    yield
-    dispatch.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_dispatch")
 
 
 def test_dispatch_overhead_smoke(tmp_path, capsys, monkeypatch):

@@ -12,6 +12,7 @@ from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.db import (SCHEMA_VERSION, CorruptDatabaseError, ForeignDatabaseError,
                               SchemaVersionError, TrialRecord, TuningDB, TuningKey, WinnerRecord,
                               load_layered_winners, utc_now)
+from tuning_helpers import run_sql
 
 SPEC = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")
 
@@ -92,17 +93,12 @@ def test_corrupt_file_is_a_typed_one_line_error(tmp_path):
 
 def test_foreign_sqlite_file_is_refused(tmp_path):
     path = tmp_path / "other.sqlite"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE recipes (name TEXT)")
-    conn.commit()
-    conn.close()
+    run_sql(path, "CREATE TABLE recipes (name TEXT)")
     with pytest.raises(ForeignDatabaseError, match="not an mhfgen tuning database"):
         TuningDB.open(path)
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE meta (key TEXT, value TEXT)")
-    conn.execute("INSERT INTO meta VALUES ('format', 'someone-else')")
-    conn.commit()
-    conn.close()
+    run_sql(path,
+            "CREATE TABLE meta (key TEXT, value TEXT)",
+            "INSERT INTO meta VALUES ('format', 'someone-else')")
     with pytest.raises(ForeignDatabaseError, match="someone-else"):
         TuningDB.open(path, readonly=True)
 
@@ -110,16 +106,11 @@ def test_foreign_sqlite_file_is_refused(tmp_path):
 def test_newer_schema_is_refused_and_older_without_migration_too(tmp_path):
     path = tmp_path / "t.sqlite"
     TuningDB.open(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)])
-    conn.commit()
-    conn.close()
+    run_sql(path, ("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                   [str(SCHEMA_VERSION + 1)]))
     with pytest.raises(SchemaVersionError, match="newer"):
         TuningDB.open(path, readonly=True)
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
+    run_sql(path, "UPDATE meta SET value = '0' WHERE key = 'schema_version'")
     with pytest.raises(SchemaVersionError, match="no migration"):
         TuningDB.open(path)
 
@@ -127,10 +118,7 @@ def test_newer_schema_is_refused_and_older_without_migration_too(tmp_path):
 def test_a_damaged_table_is_reported(tmp_path):
     path = tmp_path / "t.sqlite"
     TuningDB.open(path).close()
-    conn = sqlite3.connect(path)
-    conn.execute("DROP TABLE winners")
-    conn.commit()
-    conn.close()
+    run_sql(path, "DROP TABLE winners")
     with pytest.raises(CorruptDatabaseError, match="'winners' table is missing"):
         TuningDB.open(path, readonly=True)
 
@@ -194,11 +182,9 @@ def _schema_1_file(path):
     """A database as mhfgen wrote it before schema 2: no code_hash column."""
     with TuningDB.open(path) as db:
         db.put_winner(winner())
-    conn = sqlite3.connect(path)
-    conn.execute("ALTER TABLE winners DROP COLUMN code_hash")
-    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
+    run_sql(path,
+            "ALTER TABLE winners DROP COLUMN code_hash",
+            "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
 
 
 def test_a_schema_1_file_is_read_as_is_and_upgraded_when_written(tmp_path):

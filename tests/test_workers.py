@@ -18,7 +18,6 @@ import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 import optuna
 import pytest
 
-from mhfgen import dispatch
 from mhfgen.cli import main
 from mhfgen.spec import KERNELS, KernelSpec, LaunchConfig
 from mhfgen.tuning.db import TuningDB
@@ -35,11 +34,7 @@ PROBLEM = TuningProblem(SPEC_370M, 16384)
 CLI_PROBLEM = ["--preset", "370M", "--tokens", "16384", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dispatch():
-    dispatch.clear_cache()
-    yield
-    dispatch.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_dispatch")
 
 
 @pytest.fixture

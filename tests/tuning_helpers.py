@@ -5,11 +5,24 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sqlite3
 
 from mhfgen.spec import KernelSpec, LaunchConfig
 from mhfgen.tuning.problem import DeviceFacts, TuningProblem
 from mhfgen.tuning.search import SearchSettings, Tuner
 from mhfgen.tuning.timer import TIMINGS_FORMAT
+
+def run_sql(path, *statements) -> None:
+    """Run SQL statements (a string, or (sql, parameters)) on a database file outside
+    mhfgen, and commit: how the tests damage, downgrade or forge tuning databases."""
+    conn = sqlite3.connect(path)
+    try:
+        for statement in statements:
+            conn.execute(*((statement,) if isinstance(statement, str) else statement))
+        conn.commit()
+    finally:
+        conn.close()
+
 
 H200 = DeviceFacts("sm90", "NVIDIA H200", "9.0", 132)
 #: the 370M preset's spec on an H200
