@@ -24,13 +24,13 @@ def run(args) -> int:
     else:
         gpu = "none (kernels run through Triton's interpreter on CPU tensors)"
     shipped = paths.shipped_db_path()
-    from ..kernels.common import DIRECT_LAUNCH, DIRECT_LAUNCH_TRITON
+    from ..kernels.common import DIRECT_LAUNCH, DIRECT_LAUNCH_TRITON, JIT_LAUNCH_REQUESTED
 
     if not torch.cuda.is_available():
         launch = "through Triton's interpreter (no compiled binaries)"
     elif DIRECT_LAUNCH:
         launch = "compiled binary after the first launch (kernels.common.DirectLaunch)"
-    elif os.environ.get("MHFGEN_JIT_LAUNCH", "") not in ("", "0"):
+    elif JIT_LAUNCH_REQUESTED:
         launch = "JITFunction.run on every call (MHFGEN_JIT_LAUNCH is set)"
     else:
         launch = (f"JITFunction.run on every call (DirectLaunch is tested on Triton "

@@ -68,10 +68,10 @@ def plan_key(config, q, k, u, v, r, do=None) -> tuple:
 #: (CompiledKernel.run(gridX, gridY, gridZ, stream, function, packed_metadata,
 #: launch_metadata, enter_hook, exit_hook, *every_parameter)); others take the JIT path
 DIRECT_LAUNCH_TRITON = ("3.6.",)
-#: whether launches reuse compiled binaries: a tested Triton, and MHFGEN_JIT_LAUNCH unset
-#: (set it to 1 to launch every call through JITFunction.run, for debugging)
-DIRECT_LAUNCH = (triton.__version__.startswith(DIRECT_LAUNCH_TRITON)
-                 and os.environ.get("MHFGEN_JIT_LAUNCH", "") in ("", "0"))
+#: MHFGEN_JIT_LAUNCH=1: launch every call through JITFunction.run (debugging)
+JIT_LAUNCH_REQUESTED = os.environ.get("MHFGEN_JIT_LAUNCH", "") not in ("", "0")
+#: whether launches reuse compiled binaries: a tested Triton, and no JIT launch requested
+DIRECT_LAUNCH = triton.__version__.startswith(DIRECT_LAUNCH_TRITON) and not JIT_LAUNCH_REQUESTED
 
 
 class DirectLaunch:
@@ -112,15 +112,15 @@ class DirectLaunch:
         self.device = -1  # the CUDA device of the tensors of that launch
 
     def __call__(self, *tensors: torch.Tensor) -> None:
-        device = tensors[0].get_device()  # -1: CPU (the interpreter)
-        if device < 0 or device == torch.cuda.current_device():
-            self._launch(tensors, device)
+        other = foreign_device(tensors[0])
+        if other is None:  # no context manager on the common path: it is the hot one
+            self._launch(tensors, tensors[0].get_device())
         else:
-            with torch.cuda.device(device):
-                self._launch(tensors, device)
+            with torch.cuda.device(other):
+                self._launch(tensors, other)
 
     def _launch(self, tensors: tuple, device: int) -> None:
-        """Launch on the current device, which is the tensors' device (or the CPU)."""
+        """Launch on the current device, which is the tensors' device (or the CPU: -1)."""
         compiled = self.compiled
         ptrs = 0
         if device >= 0:
@@ -149,13 +149,20 @@ class DirectLaunch:
         return tuple(bound.arguments.values())[len(tensors):]
 
 
-def on_device_of(t: torch.Tensor):
-    """A context in which a Triton launch runs on `t`'s device: `torch.cuda.device(...)`
-    where the current CUDA device is another one, else nothing (CPU tensors included)."""
+def foreign_device(t: torch.Tensor) -> int | None:
+    """`t`'s CUDA device where it is not the current one (a Triton launch, which goes to
+    the current device, needs a guard there), else None (CPU tensors included)."""
     device = t.get_device()
     if device < 0 or device == torch.cuda.current_device():
-        return contextlib.nullcontext()
-    return torch.cuda.device(device)
+        return None
+    return device
+
+
+def on_device_of(t: torch.Tensor):
+    """A context in which a Triton launch runs on `t`'s device: `torch.cuda.device(...)`
+    where the current CUDA device is another one (foreign_device), else nothing."""
+    device = foreign_device(t)
+    return contextlib.nullcontext() if device is None else torch.cuda.device(device)
 
 
 def _no_launch_hooks() -> bool:
