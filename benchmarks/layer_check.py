@@ -26,6 +26,7 @@ import torch
 
 from mhfgen import FlashMHF
 from mhfgen.presets import PRESETS
+from mhfgen.spec import dtype_name
 from mhfgen.tolerances import relative_error, tolerance
 
 RATIO_BAR = 2.0
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     name = args.preset if gpu else "smoke"
     where = torch.cuda.get_device_name(dev) if gpu else "INTERPRETER SMOKE RUN"
     print(f"{where}, torch {torch.__version__}, mhfgen {mhfgen.__version__}; FlashMHF layer "
-          f"{name} (d, H, I, E) = {dims}, {batch * seqlen} tokens, {args.dtype if gpu else 'float32'}")
+          f"{name} (d, H, I, E) = {dims}, {batch * seqlen} tokens, {dtype_name(dtype)}")
     print(f"  {'tensor':18} {'mhfgen':>9} {'PyTorch':>9} {'ratio':>7}  (relative error vs float64)")
     ok = True
     for key in want:

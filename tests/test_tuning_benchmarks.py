@@ -28,7 +28,8 @@ def test_dispatch_overhead_smoke(tmp_path, capsys, monkeypatch):
     out_json = tmp_path / "d.json"
     assert _load("dispatch_overhead").main(["--cpu-smoke", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
-    assert "NOT GPU timings" in out and "| bare launch: kernel[grid](...) (JITFunction.run) |" in out
+    assert "NOT GPU timings" in out
+    assert "| bare launch: kernel[grid](...) (JITFunction.run) |" in out
     data = json.loads(out_json.read_text())
     assert data["gpu_timings"] is False and "launcher with dispatch (tuned, exact key)" in \
         data["rows_us"]

@@ -8,8 +8,8 @@ import torch
 from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
-from .common import (DirectLaunch, cdiv, empty, grad_plan_inputs, intermediate_blocks, plan_cache, plan_key,
-                     remember, resolve_config, spec_of)
+from .common import (DirectLaunch, cdiv, empty, grad_plan_inputs, intermediate_blocks,
+                     plan_cache, plan_key, remember, resolve_config, spec_of)
 
 KERNEL = "flash_mhf_bwd_dkv"
 
