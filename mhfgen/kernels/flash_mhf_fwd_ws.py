@@ -1,0 +1,395 @@
+"""Launcher of the warp-specialised Gluon forward for Hopper (templates/flash_mhf_fwd_ws.py.jinja).
+
+The same op as flash_mhf_fwd, another schedule: a one-warp producer partition streams the
+K/U/V tiles of a kv head by TMA into a shared-memory ring guarded by mbarriers; one or two
+consumer partitions (warpgroups of 4 or 8 warps, 16 rows per warp) issue asynchronous wgmma
+for S = Q K^T and G = Q U^T of tile j+1 before the element-wise activation of tile j, then
+O += p_j V_j, with O accumulated in fp32 registers. Two consumers share every weight tile
+(two token blocks of one head, or two heads of a kv group) and may take turns issuing their
+GEMMs (ping-pong), so one's activation math hides under the other's tensor-core work.
+
+Tensor layouts the kernel reads through TMA descriptors:
+    q, o  (B, L, H, D) viewed as (B * L, H * D), blocks (BLOCK_M, D) at [t0, head * D]
+    k/u/v (Hkv, E, De, D) viewed as (Hkv * E * De, D), blocks (BLOCK_N, D)
+    r     (B, L, H, E), read with plain loads, any strides
+A q whose (B, L) dims do not collapse into one stride, or whose heads are not D apart, is
+copied to a contiguous tensor first (q from x @ W_in^T never is).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .. import paths
+from ..spec import KernelSpec, dtype_name, head_dim_chunks
+from ..validation import check_flash_mhf_inputs
+
+KERNEL = "flash_mhf_fwd_ws"
+TEMPLATE = f"{KERNEL}.py.jinja"
+#: shared memory per block on sm90 (227 KiB) and the registers of one SM
+SM90_SHARED_MEMORY = 232448
+SM90_REGISTERS = 65536
+#: query heads x tokens below which the variant is not meant to run (decode stays on the
+#: Triton-language kernel, whose split-intermediate path fills the GPU with few rows)
+MIN_TOKENS = 65
+DTYPES = ("bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class WsConfig:
+    """Launch parameters of flash_mhf_fwd_ws.
+
+    block_n:        intermediate columns per weight tile (the ring slot's rows).
+    stages:         slots of the K/U/V ring (>= 3: V of tile j is read while tile j+1's
+                    GEMMs are issued and tile j+2 loads).
+    consumers:      consumer partitions sharing each weight tile (1 or 2).
+    consumer_warps: warps per consumer (4 = one warpgroup, 64 rows; 8 = two, 128 rows).
+    group_heads:    query heads of one kv group among a program's consumers (divides
+                    consumers and H / Hkv); the others take further token blocks.
+    pingpong:       two consumers take turns issuing their GEMMs (needs consumers = 2).
+    sigmoid:        'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
+    producer_regs, consumer_regs: registers per thread of the producer and of the second
+                    consumer partition (setmaxnreg); the first consumer gets what is left.
+    """
+
+    block_n: int = 64
+    stages: int = 4
+    consumers: int = 1
+    consumer_warps: int = 8
+    group_heads: int = 1
+    pingpong: bool = False
+    sigmoid: str = "tanh"
+    producer_regs: int = 24
+    consumer_regs: int = 240
+
+    def __post_init__(self) -> None:
+        _check_int(self, "block_n", (16, 32, 64, 128, 256))
+        _check_int(self, "stages", range(3, 9))
+        _check_int(self, "consumers", (1, 2))
+        _check_int(self, "consumer_warps", (4, 8))
+        _check_int(self, "group_heads", (1, 2))
+        _check_int(self, "producer_regs", range(24, 257, 8))
+        _check_int(self, "consumer_regs", range(24, 257, 8))
+        if not isinstance(self.pingpong, bool):
+            raise TypeError(f"WsConfig.pingpong must be a bool, got {self.pingpong!r}")
+        if self.sigmoid not in ("tanh", "exp"):
+            raise ValueError(f"WsConfig.sigmoid must be 'tanh' or 'exp', got {self.sigmoid!r}")
+        if self.consumers % self.group_heads:
+            raise ValueError(f"WsConfig.group_heads={self.group_heads} must divide "
+                             f"consumers={self.consumers}")
+        if self.pingpong and self.consumers != 2:
+            raise ValueError("WsConfig.pingpong needs consumers=2")
+
+    @property
+    def block_m(self) -> int:
+        """Rows per consumer: 16 per warp (the wgmma atom is 4 warps x 16 rows)."""
+        return 16 * self.consumer_warps
+
+    @property
+    def rows_per_program(self) -> int:
+        return self.block_m * self.consumers
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "WsConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"WsConfig: unknown fields {sorted(unknown)}")
+        return cls(**data)
+
+
+def _check_int(config, name: str, allowed) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value not in allowed:
+        raise ValueError(f"WsConfig.{name} must be an int in {_describe(allowed)}, got {value!r}")
+
+
+def _describe(allowed) -> str:
+    if isinstance(allowed, range):
+        return f"{allowed.start}..{allowed.stop - 1} step {allowed.step}"
+    return "{" + ", ".join(map(str, allowed)) + "}"
+
+
+# ---------------------------------------------------------------------------------------
+# what the variant supports, and what a config needs
+# ---------------------------------------------------------------------------------------
+
+def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
+    """Why flash_mhf_fwd_ws cannot run `spec` (at `tokens`), or None when it can."""
+    if not spec.target.startswith("sm9"):
+        return f"Gluon wgmma kernel for sm90 (Hopper); target is {spec.target}"
+    if spec.dtype not in DTYPES:
+        return f"bf16/fp16 only (wgmma with fp32 accumulation); dtype is {spec.dtype}"
+    if spec.head_dim % 16 or spec.head_dim > 128:
+        return f"head_dim must be a multiple of 16 up to 128; it is {spec.head_dim}"
+    if tokens is not None and tokens < MIN_TOKENS:
+        return f"decode-sized calls ({tokens} tokens) stay on flash_mhf_fwd"
+    return None
+
+
+def config_problems(spec: KernelSpec, config: WsConfig) -> list[str]:
+    """Why `config` cannot run `spec` (empty when it can): head grouping, shared memory,
+    registers."""
+    problems = []
+    if spec.group % config.group_heads:
+        problems.append(f"group_heads={config.group_heads} must divide H/Hkv={spec.group}")
+    if shared_memory(spec, config) > SM90_SHARED_MEMORY:
+        problems.append(f"needs {shared_memory(spec, config)} bytes of shared memory "
+                        f"(> {SM90_SHARED_MEMORY})")
+    if config.consumers == 2:
+        total = 128 * (config.consumer_regs * 2 + config.producer_regs)
+        if total > SM90_REGISTERS:
+            problems.append(f"register split {config.consumer_regs}x2 + {config.producer_regs} "
+                            f"per thread needs {total} registers (> {SM90_REGISTERS})")
+    # accumulators per consumer thread: O (BLOCK_M x D), S, G and the next tile's S, G
+    # (BLOCK_M x BLOCK_N each), over 32 * consumer_warps threads
+    threads = 32 * config.consumer_warps
+    live = config.block_m * (spec.head_dim + 4 * config.block_n) // threads
+    if live > 200:
+        problems.append(f"{live} accumulator registers per consumer thread (> 200)")
+    return problems
+
+
+def shared_memory(spec: KernelSpec, config: WsConfig) -> int:
+    """Bytes: the consumers' Q tiles (reused for O) plus STAGES slots of K, U and V tiles,
+    plus the mbarriers."""
+    itemsize = 2
+    q = config.consumers * config.block_m * spec.head_dim * itemsize
+    ring = config.stages * 3 * config.block_n * spec.head_dim * itemsize
+    return q + ring + 8 * (3 * config.stages + config.consumers + 2)
+
+
+def max_registers(config: WsConfig) -> int:
+    """The launch's per-thread register cap: the SM's registers over every warp of the
+    block (the one-warp producer occupies a warpgroup), rounded down to 8."""
+    warps = config.consumers * config.consumer_warps + 4
+    return min(255, SM90_REGISTERS // (32 * warps)) // 8 * 8
+
+
+def default_config(spec: KernelSpec, tokens: int) -> WsConfig:
+    """The built-in config: one 8-warp consumer (128 rows), 64-column tiles, the deepest
+    ring that fits."""
+    config = WsConfig()
+    for stages in (4, 3):
+        candidate = WsConfig(stages=stages)
+        if not config_problems(spec, candidate):
+            return candidate
+    return WsConfig(block_n=32, stages=4)
+
+
+# ---------------------------------------------------------------------------------------
+# code generation
+# ---------------------------------------------------------------------------------------
+
+def static_params(spec: KernelSpec, config: WsConfig) -> dict:
+    """The parts of (spec, config) that change the generated code's structure."""
+    from ..codegen import Chunk
+
+    chunks = tuple(Chunk(i, off, width, masked) for i, (off, width, masked)
+                   in enumerate(head_dim_chunks(spec.head_dim, "chunks")))
+    return {"chunks": chunks, "even_de": spec.expert_dim % config.block_n == 0,
+            "consumers": config.consumers,
+            "group_heads": config.group_heads, "pingpong": config.pingpong,
+            "sigmoid": config.sigmoid}
+
+
+@lru_cache(maxsize=1)
+def template_hash() -> str:
+    """sha256 (16 hex digits) of the template."""
+    return hashlib.sha256((paths.templates_dir() / TEMPLATE).read_bytes()).hexdigest()[:16]
+
+
+def render(spec: KernelSpec, config: WsConfig) -> str:
+    """The generated Gluon source for `spec` and `config`."""
+    from ..codegen import _environment
+
+    params = static_params(spec, config)
+    static = {k: (v if k != "chunks" else [c.width for c in v]) for k, v in params.items()}
+    template = _environment().get_template(TEMPLATE)
+    return template.render(template_name=TEMPLATE, template_hash=template_hash(), spec=spec,
+                           static=static, **params)
+
+
+_loaded: dict[tuple, object] = {}
+
+
+def load_kernel(spec: KernelSpec, config: WsConfig):
+    """Render (or reuse) and import the generated module; its @gluon.jit kernel."""
+    from ..codegen import _import, _write_atomic, kernel_dir
+
+    key = (spec, tuple(sorted(static_params(spec, config).items())))
+    fn = _loaded.get(key)
+    if fn is None:
+        source = render(spec, config)
+        digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+        path = kernel_dir() / f"{KERNEL}_{digest}.py"
+        if not path.exists() or path.read_text() != source:
+            _write_atomic(path, source)
+        module = _import(path, f"mhfgen_generated.{KERNEL}_{digest}", False)
+        fn = _loaded[key] = module.flash_mhf_fwd_ws_kernel
+    return fn
+
+
+def _gl_dtype(spec: KernelSpec):
+    from triton.experimental.gluon import language as gl
+
+    return {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
+
+
+def descriptors(spec: KernelSpec, config: WsConfig, q2, k2, u2, v2, o2):
+    """Host TMA descriptors over the 2-D views (see the module docstring): for each of q,
+    k, u, v, o one per head_dim chunk (D = 96 -> widths 64, 32), in that order."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    dt = _gl_dtype(spec)
+    widths = [width for _, width, _ in head_dim_chunks(spec.head_dim, "chunks")]
+    out = []
+    for tensor, rows in ((q2, config.block_m), (k2, config.block_n), (u2, config.block_n),
+                         (v2, config.block_n), (o2, config.block_m)):
+        for width in widths:
+            layout = gl.NVMMASharedLayout.get_default_for([rows, width], dt)
+            out.append(TensorDescriptor.from_tensor(tensor, [rows, width], layout))
+    return out
+
+
+def constexprs(config: WsConfig) -> dict:
+    return dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n, STAGES=config.stages,
+                CONSUMER_WARPS=config.consumer_warps, CONSUMER_REGS=config.consumer_regs,
+                PRODUCER_REGS=config.producer_regs)
+
+
+def launch_options(config: WsConfig) -> dict:
+    return dict(num_warps=config.consumer_warps, maxnreg=max_registers(config))
+
+
+# ---------------------------------------------------------------------------------------
+# the launcher
+# ---------------------------------------------------------------------------------------
+
+def _rows_view(q: torch.Tensor) -> torch.Tensor:
+    """q (B, L, H, D) as the (B * L, H * D) view TMA reads; a contiguous copy when the
+    strides do not allow it (TMA needs 16-byte aligned base and row stride)."""
+    B, L, H, D = q.shape
+    sb, sl, sh, _ = q.stride()
+    ok = (sh == D and (B == 1 or sb == L * sl) and (sl * q.element_size()) % 16 == 0
+          and q.data_ptr() % 16 == 0)
+    if not ok:
+        q = q.contiguous()
+        sl = H * D
+    return q.as_strided((B * L, H * D), (sl, 1))
+
+
+def flash_mhf_fwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                     r: torch.Tensor, config: WsConfig | None = None) -> torch.Tensor:
+    """o = FlashMHF(q, k, u, v, r) through the warp-specialised Gluon kernel (sm90).
+
+    q: (B, L, H, D) with unit last stride; k/u/v: (Hkv, E, De, D); r: (B, L, H, E) fp32 or
+    q's dtype. Returns o (B, L, H, D), contiguous, in q's dtype. ValueError where the
+    variant does not support the problem (see `unsupported`) or `config` cannot run it.
+    """
+    problem = check_flash_mhf_inputs(q, k, u, v, r)
+    B, L, H, D = q.shape
+    Hkv, E, De, _ = k.shape
+    target = "sm%d%d" % torch.cuda.get_device_capability(q.device) if q.is_cuda else "cpu"
+    spec = KernelSpec(H, Hkv, D, E, De, dtype_name(q.dtype), target)
+    reason = unsupported(spec)
+    if reason:
+        raise ValueError(f"flash_mhf_fwd_ws cannot run {spec.key()}: {reason}")
+    config = config or default_config(spec, problem.tokens)
+    problems = config_problems(spec, config)
+    if problems:
+        raise ValueError(f"flash_mhf_fwd_ws config {config} cannot run {spec.key()}: "
+                         + "; ".join(problems))
+    o = torch.empty((B, L, H, D), dtype=q.dtype, device=q.device)
+    tokens = B * L
+    if tokens == 0:
+        return o
+    q2 = _rows_view(q)
+    k2, u2, v2 = (w.contiguous().view(Hkv * E * De, D) for w in (k, u, v))
+    descs = descriptors(spec, config, q2, k2, u2, v2, o.view(tokens, H * D))
+    kernel = load_kernel(spec, config)
+    tokens_per_program = config.block_m * (config.consumers // config.group_heads)
+    grid = (-(-tokens // tokens_per_program), H // config.group_heads)
+    with torch.cuda.device(q.device):
+        kernel[grid](*descs, r, r.stride(0), r.stride(1), r.stride(2), r.stride(3), L, tokens,
+                     **constexprs(config), **launch_options(config))
+    return o
+
+
+# ---------------------------------------------------------------------------------------
+# compiling for sm90 without a GPU (tests, CI)
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CompileReport:
+    """What compiling one (spec, config) for sm90 gave: shared memory the kernel
+    allocates, registers per thread and spilled bytes (ptxas -v), and the cubin's size."""
+
+    shared: int
+    registers: int
+    spill_bytes: int
+    cubin_bytes: int
+    wgmma: int
+    tma_loads: int
+
+
+def compile_sm90(spec: KernelSpec, config: WsConfig) -> CompileReport:
+    """Compile the generated kernel for sm90 down to cubin on any machine (no GPU needed):
+    the signature is built from host descriptors over small CPU tensors."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    kernel = load_kernel(spec, config)
+    tdtype = spec.torch_dtype
+    D = spec.head_dim
+    rows = max(config.block_m, 16)
+    q2 = torch.empty(rows, spec.heads * D, dtype=tdtype)
+    w2 = torch.empty(spec.kv_heads * spec.intermediate, D, dtype=tdtype)
+    descs = descriptors(spec, config, q2, w2, w2, w2, q2)
+    r = torch.empty(1, dtype=torch.float32)
+    n = len(descs) // 5
+    names = [f"{t}_desc{i}" for t in ("q", "k", "u", "v", "o") for i in range(n)]
+    args = dict(zip(names, descs), R=r,
+                stride_rb=1 << 20, stride_rl=1 << 12, stride_rh=64, stride_re=1,
+                seqlen=1024, tokens=1 << 16)
+    consts = constexprs(config)
+    signature = {name: "constexpr" if name in consts else mangle_type(args[name])
+                 for name in kernel.arg_names}
+    source = GluonASTSource(fn=kernel, signature=signature, constexprs=consts)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options=launch_options(config))
+    ptx = compiled.asm["ptx"]
+    registers, spills = _ptxas_usage(ptx)
+    return CompileReport(compiled.metadata.shared, registers, spills,
+                         len(compiled.asm["cubin"]), len(re.findall(r"wgmma\.mma_async", ptx)),
+                         len(re.findall(r"cp\.async\.bulk\.tensor", ptx)))
+
+
+def _ptxas_usage(ptx: str) -> tuple[int, int]:
+    """(registers per thread, spill-store bytes) that `ptxas -v` reports for sm_90a."""
+    from triton import knobs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.ptx"
+        path.write_text(ptx)
+        out = subprocess.run([knobs.nvidia.ptxas.path, "-v", "--gpu-name=sm_90a", str(path),
+                              "-o", str(Path(tmp) / "kernel.cubin")],
+                             capture_output=True, text=True, check=True)
+    log = out.stderr + out.stdout
+    registers = re.findall(r"Used (\d+) registers", log)
+    spills = re.findall(r"(\d+) bytes spill stores", log)
+    return (max(map(int, registers)) if registers else -1,
+            max(map(int, spills)) if spills else 0)
