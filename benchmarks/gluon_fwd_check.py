@@ -7,7 +7,8 @@
    De = 80, E = 1, Hkv < H, strided q) for every schedule family (1 x 8-warp consumer,
    2 x 4-warp consumers, ping-pong, kv-group sharing, exp sigmoid, 3 stages).
 2. speed: TFLOP/s (6 * tokens * H * I * D over the median of do_bench) at 16384 tokens in
-   bf16 on the 1.3B, 370M, (H16, D64) and 128M (D = 96) shapes over a sweep of configs,
+   bf16 on the 1.3B, 370M, (H16, D64) and 128M (D = 96) shapes over a sweep of configs
+   (the whole sweep on 1.3B, the --quick one on the others),
    beside mhfgen's Triton-language forward (as dispatched) and a SwiGLU FFN of equal FLOPs
    (cuBLAS), in the same process.
 Every first launch is watched for a hang (mbarrier deadlock): a hang ends the run, printing
@@ -133,8 +134,8 @@ def bench_ms(fn):
 
 
 def speed(rows, quick, only, tokens=16384):
-    configs = sweep_configs(quick)
     for sname, (H, Hkv, D, E, De) in SHAPES.items():
+        configs = sweep_configs(quick or sname != "1.3B")  # the whole sweep on 1.3B only
         case = Case(sname, tokens // 2048, 2048, H, Hkv, D, E, De)
         q, k, u, v, r, _ = make_inputs(case, torch.bfloat16, "cuda", seed=2)
         flops = 6.0 * tokens * H * E * De * D
