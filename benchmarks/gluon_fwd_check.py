@@ -32,12 +32,12 @@ from mhfgen.spec import KernelSpec
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs
 
-C1 = WsConfig()  # 1 consumer of 8 warps
+C1 = WsConfig(consumers=1, consumer_warps=8)  # 1 consumer of 8 warps
 C2 = WsConfig(consumers=2, consumer_warps=4)
 PP = WsConfig(consumers=2, consumer_warps=4, pingpong=True)
 GQA = WsConfig(consumers=2, consumer_warps=4, group_heads=2)
-EXP = WsConfig(sigmoid="exp")
-S3 = WsConfig(stages=3)
+EXP = WsConfig(consumers=1, consumer_warps=8, sigmoid="exp")
+S3 = WsConfig(consumers=1, consumer_warps=8, stages=3)
 VERIFY_CONFIGS = {"1x8w": C1, "2x4w": C2, "pingpong": PP, "gqa2": GQA, "exp": EXP, "s3": S3}
 
 VERIFY_CASES = [

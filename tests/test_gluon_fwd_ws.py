@@ -1,0 +1,149 @@
+"""The Gluon forward flash_mhf_fwd_ws on a machine without a GPU: it renders for every spec
+of the test table, and every schedule family compiles for sm90 down to cubin with no
+register spill and within the shared memory the variant's estimate promises, so a
+compile error, a spill or an over-budget ring fails here instead of on a user's GPU.
+Numbers and deadlocks need the GPU (benchmarks/gluon_fwd_check.py, docs/VERIFY.md).
+
+`pytest -k gluon` selects these tests.
+"""
+import ast
+import dataclasses
+
+import pytest
+
+from mhfgen.kernels import flash_mhf_fwd_ws as ws
+from mhfgen.spec import KernelSpec
+
+from cases import CASES
+
+#: one config per schedule family the template can generate
+FAMILIES = {
+    "one-consumer-8w": ws.WsConfig(consumers=1, consumer_warps=8),
+    "two-consumers": ws.WsConfig(),
+    "pingpong": ws.WsConfig(pingpong=True),
+    "kv-group": ws.WsConfig(group_heads=2),
+    "exp-sigmoid": ws.WsConfig(sigmoid="exp", stages=3),
+    "narrow-deep": ws.WsConfig(block_n=32, stages=6, consumers=1, consumer_warps=4),
+}
+
+#: (H, Hkv, D, E, De): the presets, the odd shapes of the verify table, GQA, fp16
+COMPILE_SPECS = [
+    KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90"),  # 1.3B
+    KernelSpec(8, 8, 96, 8, 256, "bfloat16", "sm90"),  # 128M: D = 96 = 64 + 32
+    KernelSpec(8, 8, 96, 8, 80, "float16", "sm90"),  # De = 80: masked expert tails
+    KernelSpec(16, 4, 64, 11, 256, "bfloat16", "sm90"),  # Hkv < H, D = 64
+    KernelSpec(4, 4, 64, 1, 512, "float16", "sm90"),  # E = 1
+]
+
+
+def _spec_of(case, dtype="bfloat16"):
+    return KernelSpec(case.heads, case.kv_heads, case.head_dim, case.experts, case.expert_dim,
+                      dtype, "sm90")
+
+
+#: the test table's shapes the variant runs (D = 40 is not a multiple of 16: dispatch keeps
+#: it on flash_mhf_fwd, test_gluon_unsupported_says_why)
+SUPPORTED_CASES = [c for c in CASES if ws.unsupported(_spec_of(c)) is None]
+
+
+def test_gluon_supports_the_test_table_but_d40():
+    assert [c.name for c in CASES if c not in SUPPORTED_CASES] == ["D40_gqa3"]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("case", SUPPORTED_CASES, ids=lambda c: c.name)
+def test_gluon_renders_valid_python_for_every_spec(case, family):
+    spec = _spec_of(case)
+    config = FAMILIES[family]
+    if spec.group % config.group_heads:
+        config = dataclasses.replace(config, group_heads=1)
+    source = ws.render(spec, config)
+    tree = ast.parse(source)
+    names = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert {"flash_mhf_fwd_ws_kernel", "_producer", "_consumer"} <= names
+    assert f"# spec: {spec.key()}" in source
+    # one descriptor per head_dim chunk and tensor; one consumer partition per consumer
+    chunks = len(ws.head_dim_chunks(spec.head_dim, "chunks"))
+    assert source.count("k_desc%d, " % (chunks - 1)) >= 1
+    assert source.count("(_consumer, (") == config.consumers
+    assert ("mbarrier.wait(turn.index(C)" in source) == config.pingpong
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("spec", COMPILE_SPECS, ids=lambda s: s.key())
+def test_gluon_compiles_for_sm90_without_spills(spec, family):
+    config = FAMILIES[family]
+    if spec.group % config.group_heads:
+        config = dataclasses.replace(config, group_heads=1)
+    assert ws.config_problems(spec, config) == []
+    report = ws.compile_sm90(spec, config)
+    assert report.cubin_bytes > 0
+    assert report.spill_bytes == 0, report
+    assert report.registers <= ws.max_registers(config)
+    # the estimate the tuner prunes with may not promise less than the kernel takes
+    assert report.shared <= ws.shared_memory(spec, config) <= ws.SM90_SHARED_MEMORY
+    chunks = len(ws.head_dim_chunks(spec.head_dim, "chunks"))
+    # per consumer: S and G of the first tile and of tile j+1 in the loop (D / 16 wgmma
+    # instructions each), and O += p V over each chunk (BLOCK_N / 16 each)
+    per_consumer = 4 * spec.head_dim // 16 + chunks * config.block_n // 16
+    assert report.wgmma == per_consumer * config.consumers
+    assert report.tma_loads >= 4 * chunks  # q, k, u, v loads (and the o store)
+
+
+def test_gluon_default_config_runs_every_supported_preset():
+    for spec in COMPILE_SPECS:
+        config = ws.default_config(spec, 16384)
+        assert ws.config_problems(spec, config) == []
+
+
+@pytest.mark.parametrize("field, value", [
+    ("block_n", 48), ("block_n", 2 ** 40), ("stages", 2), ("consumers", 3),
+    ("consumer_warps", 6), ("group_heads", 2.0), ("pingpong", "false"), ("sigmoid", "fast"),
+    ("producer_regs", 25), ("stages", True),
+])
+def test_gluon_config_rejects_bad_fields(field, value):
+    with pytest.raises((ValueError, TypeError), match=field):
+        ws.WsConfig(**{field: value})
+
+
+def test_gluon_config_rejects_inconsistent_combinations():
+    with pytest.raises(ValueError, match="pingpong needs consumers=2"):
+        ws.WsConfig(consumers=1, pingpong=True)
+    with pytest.raises(ValueError, match="group_heads"):
+        ws.WsConfig(consumers=1, consumer_warps=8, group_heads=2)
+    with pytest.raises(ValueError, match="unknown fields"):
+        ws.WsConfig.from_dict({"block_n": 64, "warp_specialise": True})
+
+
+def test_gluon_config_problems_name_the_resource():
+    spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
+    assert any("shared memory" in p for p in
+               ws.config_problems(spec, ws.WsConfig(stages=5)))
+    assert any("accumulator registers" in p for p in
+               ws.config_problems(spec, ws.WsConfig(block_n=128, stages=3)))
+    gqa = KernelSpec(16, 16, 64, 11, 256, "bfloat16", "sm90")
+    assert any("group_heads" in p for p in
+               ws.config_problems(gqa, ws.WsConfig(group_heads=2)))
+
+
+@pytest.mark.parametrize("spec, reason", [
+    (KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm80"), "sm90"),
+    (KernelSpec(8, 8, 128, 11, 256, "float32", "sm90"), "bf16/fp16"),
+    (KernelSpec(8, 8, 40, 11, 256, "bfloat16", "sm90"), "multiple of 16"),
+    (KernelSpec(8, 8, 256, 11, 256, "bfloat16", "sm90"), "up to 128"),
+    (KernelSpec(8, 8, 128, 11, 256, "bfloat16", "interpreter"), "sm90"),
+])
+def test_gluon_unsupported_says_why(spec, reason):
+    assert reason in ws.unsupported(spec)
+
+
+def test_gluon_leaves_decode_to_the_triton_forward():
+    spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
+    assert "decode" in ws.unsupported(spec, tokens=64)
+    assert ws.unsupported(spec, tokens=ws.MIN_TOKENS) is None
+
+
+def test_gluon_register_cap_fits_every_warp_on_one_sm():
+    for config in FAMILIES.values():
+        warps = config.consumers * config.consumer_warps + 4
+        assert ws.max_registers(config) * 32 * warps <= ws.SM90_REGISTERS
