@@ -24,6 +24,9 @@ FAMILIES = {
     "kv-group": ws.WsConfig(group_heads=2),
     "exp-sigmoid": ws.WsConfig(sigmoid="exp", stages=3),
     "narrow-deep": ws.WsConfig(block_n=32, stages=6, consumers=1, consumer_warps=4),
+    # (with 4 stages at D = 128 ptxas spills 32-48 bytes in the persistent loop: the tuner
+    # rejects candidates whose compiled binary spills)
+    "persistent": ws.WsConfig(persistent=True, stages=3),
 }
 
 #: (H, Hkv, D, E, De): the presets, the odd shapes of the verify table, GQA, fp16
@@ -99,7 +102,7 @@ def test_gluon_default_config_runs_every_supported_preset():
 @pytest.mark.parametrize("field, value", [
     ("block_n", 48), ("block_n", 2 ** 40), ("stages", 2), ("consumers", 3),
     ("consumer_warps", 6), ("group_heads", 2.0), ("pingpong", "false"), ("sigmoid", "fast"),
-    ("producer_regs", 25), ("stages", True),
+    ("producer_regs", 25), ("stages", True), ("persistent", 1),
 ])
 def test_gluon_config_rejects_bad_fields(field, value):
     with pytest.raises((ValueError, TypeError), match=field):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .. import device as _device
 from .. import paths
 from ..spec import KernelSpec, dtype_name, head_dim_chunks
 from ..validation import check_flash_mhf_inputs
@@ -55,6 +56,8 @@ class WsConfig:
                     consumers and H / Hkv); the others take further token blocks.
     pingpong:       two consumers take turns issuing their GEMMs (needs consumers = 2).
     sigmoid:        'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
+    persistent:     one program per SM walking the work tiles, instead of one per tile
+                    (the same code; only the grid differs).
     producer_regs, consumer_regs: registers per thread of the producer and of the second
                     consumer partition (setmaxnreg); the first consumer gets what is left.
     """
@@ -66,6 +69,7 @@ class WsConfig:
     group_heads: int = 1
     pingpong: bool = False
     sigmoid: str = "tanh"
+    persistent: bool = False
     producer_regs: int = 24
     consumer_regs: int = 240
 
@@ -77,8 +81,9 @@ class WsConfig:
         _check_int(self, "group_heads", (1, 2))
         _check_int(self, "producer_regs", range(24, 257, 8))
         _check_int(self, "consumer_regs", range(24, 257, 8))
-        if not isinstance(self.pingpong, bool):
-            raise TypeError(f"WsConfig.pingpong must be a bool, got {self.pingpong!r}")
+        for name in ("pingpong", "persistent"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"WsConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if self.sigmoid not in ("tanh", "exp"):
             raise ValueError(f"WsConfig.sigmoid must be 'tanh' or 'exp', got {self.sigmoid!r}")
         if self.consumers % self.group_heads:
@@ -171,7 +176,7 @@ def shared_memory(spec: KernelSpec, config: WsConfig) -> int:
     itemsize = 2
     q = config.consumers * config.block_m * spec.head_dim * itemsize
     ring = config.stages * 3 * config.block_n * spec.head_dim * itemsize
-    return q + ring + 8 * (3 * config.stages + config.consumers + 2) + SCRATCH_RESERVE
+    return q + ring + 8 * (3 * config.stages + 2 * config.consumers + 2) + SCRATCH_RESERVE
 
 
 def max_registers(config: WsConfig) -> int:
@@ -208,7 +213,7 @@ def static_params(spec: KernelSpec, config: WsConfig) -> dict:
     return {"chunks": chunks, "even_de": spec.expert_dim % config.block_n == 0,
             "consumers": config.consumers,
             "group_heads": config.group_heads, "pingpong": config.pingpong,
-            "sigmoid": config.sigmoid}
+            "sigmoid": config.sigmoid, "persistent": config.persistent}
 
 
 @lru_cache(maxsize=1)
@@ -327,12 +332,19 @@ def flash_mhf_fwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     k2, u2, v2 = (w.contiguous().view(Hkv * E * De, D) for w in (k, u, v))
     descs = descriptors(spec, config, q2, k2, u2, v2, o.view(tokens, H * D))
     kernel = load_kernel(spec, config)
-    tokens_per_program = config.block_m * (config.consumers // config.group_heads)
-    grid = (-(-tokens // tokens_per_program), H // config.group_heads)
+    tiles = work_tiles(spec, config, tokens)
+    grid = (min(tiles, _device.sm_count(q.device)) if config.persistent else tiles,)
     with torch.cuda.device(q.device):
         kernel[grid](*descs, r, r.stride(0), r.stride(1), r.stride(2), r.stride(3), L, tokens,
-                     **constexprs(config), **launch_options(config))
+                     tiles, **constexprs(config), **launch_options(config))
     return o
+
+
+def work_tiles(spec: KernelSpec, config: WsConfig, tokens: int) -> int:
+    """Work tiles of a call: (H / group_heads) head groups x token blocks of
+    block_m * consumers / group_heads tokens."""
+    tokens_per_tile = config.block_m * (config.consumers // config.group_heads)
+    return -(-tokens // tokens_per_tile) * (spec.heads // config.group_heads)
 
 
 # ---------------------------------------------------------------------------------------
@@ -372,7 +384,7 @@ def compile_sm90(spec: KernelSpec, config: WsConfig) -> CompileReport:
     names = [f"{t}_desc{i}" for t in ("q", "k", "u", "v", "o") for i in range(n)]
     args = dict(zip(names, descs), R=r,
                 stride_rb=1 << 20, stride_rl=1 << 12, stride_rh=64, stride_re=1,
-                seqlen=1024, tokens=1 << 16)
+                seqlen=1024, tokens=1 << 16, n_tiles=1 << 12)
     consts = constexprs(config)
     signature = {name: "constexpr" if name in consts else mangle_type(args[name])
                  for name in kernel.arg_names}
