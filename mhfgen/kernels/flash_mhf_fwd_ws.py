@@ -151,11 +151,13 @@ def config_problems(spec: KernelSpec, config: WsConfig) -> list[str]:
     if shared_memory(spec, config) > SM90_SHARED_MEMORY:
         problems.append(f"needs {shared_memory(spec, config)} bytes of shared memory "
                         f"(> {SM90_SHARED_MEMORY})")
-    if config.consumers == 2:
-        total = 128 * (config.consumer_regs * 2 + config.producer_regs)
+    if config.consumers == 2:  # both consumers at consumer_regs (the first takes the same)
+        threads = 32 * config.consumer_warps
+        total = threads * 2 * config.consumer_regs + 128 * config.producer_regs
         if total > SM90_REGISTERS:
-            problems.append(f"register split {config.consumer_regs}x2 + {config.producer_regs} "
-                            f"per thread needs {total} registers (> {SM90_REGISTERS})")
+            problems.append(f"register split 2 x {threads} threads x {config.consumer_regs} + "
+                            f"128 x {config.producer_regs} needs {total} registers "
+                            f"(> {SM90_REGISTERS})")
     # accumulators per consumer thread: O (BLOCK_M x D), S, G and the next tile's S, G
     # (BLOCK_M x BLOCK_N each), over 32 * consumer_warps threads
     threads = 32 * config.consumer_warps
