@@ -13,6 +13,10 @@ each decision is cached per (kernel, spec, tokens, device): after the first call
 costs one dict lookup. A database that cannot be read is logged as a warning and skipped;
 it never breaks the caller. MHFGEN_NO_TUNED=1 switches tuned configs off (heuristics only,
 for debugging); call clear_cache() after changing it or the database.
+
+A decision whose source is not 'exact' goes through mhfgen.record.on_miss, once per key:
+MHFGEN_RECORD=PATH appends it to PATH for `mhfgen tune --from-record PATH`, and
+MHFGEN_TUNE_ON_MISS=1 tunes it in this process (mhfgen.tuning.on_miss).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import torch
 
 from . import device as _device
 from .heuristics import default_config
+from .record import on_miss
 from .spec import KernelSpec, LaunchConfig
 from .tuning.lookup import Choice, TunedIndex
 
@@ -53,6 +58,8 @@ def explain_choice(kernel: str, spec: KernelSpec, tokens: int, device: torch.dev
     choice = _choices.get(key)
     if choice is None:
         choice = _decide(kernel, spec, tokens, device)
+        if choice.source != "exact":
+            choice = on_miss(kernel, spec, tokens, device, choice)
         _choices[key] = choice
         _cache[key] = choice.config
     return choice

@@ -67,6 +67,12 @@ def register(sub) -> None:
     g.add_argument("--record", default=None, metavar="FILE",
                    help="also write every measured timing to FILE (replayable with --replay)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r = p.add_argument_group("recorded problems")
+    r.add_argument("--from-record", default=None, metavar="PATH",
+                   help="tune every problem recorded in PATH by a run with MHFGEN_RECORD=PATH "
+                        "(JSON lines) on this GPU, one after the other, instead of one problem "
+                        "from the flags; problems already tuned are skipped, so it resumes; "
+                        "--trials, --workers and the other search flags apply to each")
     w = p.add_argument_group("several GPUs and hosts")
     w.add_argument("--workers", type=int, default=1,
                    help="worker processes sharing one Optuna study: one per GPU (the first N "
@@ -223,6 +229,103 @@ def _summary(problem, device, timer, results, db_path, storage) -> str:
 
 
 def run(args) -> int:
+    if args.from_record:
+        return _run_recorded(args)
+    return _run_problem(args)
+
+
+def _run_recorded(args) -> int:
+    """--from-record PATH: tune each recorded problem of this GPU with the other flags."""
+    import copy
+
+    import torch
+
+    from ..paths import user_db_path
+    from ..record import RecordError, read_problems
+    from ..tuning.problem import DeviceFacts
+
+    given = [f"--{n.replace('_', '-')}" for n in _PROBLEM_FLAGS if getattr(args, n) is not None]
+    if given:
+        raise CommandError(f"--from-record tunes the recorded problems; drop {', '.join(given)}")
+    try:
+        problems = read_problems(args.from_record)
+    except RecordError as exc:
+        raise CommandError(str(exc)) from exc
+    if args.replay:
+        from ..tuning.timer import ReplayTimer
+
+        try:
+            device = ReplayTimer(args.replay).device
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CommandError(f"--replay {args.replay}: {exc}") from exc
+    else:
+        device = DeviceFacts.of(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    here = [p for p in problems
+            if (p.gpu_name, p.compute_capability) == (device.gpu_name, device.compute_capability)]
+    others: dict[str, int] = {}
+    for p in problems:
+        if p not in here:
+            others[p.gpu_name] = others.get(p.gpu_name, 0) + 1
+    for gpu, n in sorted(others.items()):
+        print(f"{args.from_record}: {n} problem(s) recorded on {gpu}, not this device "
+              f"({device.gpu_name}): tune them there", file=sys.stderr)
+    if not here:
+        print(f"{args.from_record}: nothing recorded on {device.gpu_name} "
+              f"({len(problems)} problem(s) in all)")
+        return 0
+    db_path = args.db or str(user_db_path())
+    codes, skipped = [], 0
+    for i, p in enumerate(here, 1):
+        kernels = _untuned(db_path, p, device) if not args.fresh else list(p.kernels)
+        where = f"[{i}/{len(here)}] {p.spec.key()} at {p.tokens} tokens"
+        if not kernels:
+            skipped += 1
+            print(f"{where}: already tuned", file=sys.stderr)
+            continue
+        print(f"{where}: {', '.join(kernels)}", file=sys.stderr)
+        one = copy.copy(args)
+        s = p.spec
+        one.heads, one.kv_heads, one.head_dim = s.heads, s.kv_heads, s.head_dim
+        one.experts, one.intermediate, one.dtype = s.experts, s.intermediate, s.dtype
+        one.tokens, one.kernels = p.tokens, ",".join(kernels)
+        try:
+            codes.append(_run_problem(one))
+        except CommandError as exc:
+            print(f"{where}: error: {exc}", file=sys.stderr)
+            codes.append(2)
+    tuned = sum(c == 0 for c in codes)
+    print(f"{args.from_record}: {len(here)} problem(s) on {device.gpu_name}: {tuned} tuned now, "
+          f"{skipped} tuned before, {len(codes) - tuned} failed")
+    return 0 if tuned == len(codes) else 1
+
+
+def _untuned(db_path: str, problem, device) -> list[str]:
+    """The recorded kernels of `problem` without a current winner at exactly its tokens."""
+    from pathlib import Path
+
+    import triton
+
+    from ..codegen import template_hash
+    from ..tuning.db import TuningDB, TuningDBError
+
+    if not Path(db_path).exists():
+        return list(problem.kernels)
+    s = problem.spec
+    try:
+        with TuningDB.open(db_path, readonly=True) as db:
+            winners = db.winners(heads=s.heads, kv_heads=s.kv_heads, head_dim=s.head_dim,
+                                 experts=s.experts, expert_dim=s.expert_dim, dtype=s.dtype,
+                                 gpu_name=device.gpu_name)
+    except TuningDBError as exc:
+        raise CommandError(str(exc)) from exc
+    done = {w.key.kernel for w in winners
+            if w.key.tokens == problem.tokens and w.key.triton_version == triton.__version__
+            and w.key.compute_capability == device.compute_capability
+            and w.key.template_hash == template_hash(w.key.kernel)}
+    return [k for k in problem.kernels if k not in done]
+
+
+def _run_problem(args) -> int:
     from ..paths import user_db_path
     from ..tuning.db import TuningDB, TuningDBError
     from ..tuning.search import SearchSettings

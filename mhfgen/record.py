@@ -1,0 +1,174 @@
+"""Run-time recording of the problems dispatch serves without an exact tuned config.
+
+With MHFGEN_RECORD=PATH, every (kernel, spec, tokens, GPU) that the dispatcher serves from
+anything but an exact tuned key (a same-bucket or nearest tuned shape, or the built-in
+heuristic) is appended to PATH as one JSON line, once per key per process:
+
+    {"kernel": "flash_mhf_fwd", "heads": 16, "kv_heads": 16, "head_dim": 128,
+     "experts": 22, "expert_dim": 256, "dtype": "bfloat16", "target": "sm90",
+     "tokens": 16384, "gpu_name": "NVIDIA H200", "compute_capability": "9.0",
+     "triton_version": "3.6.0", "source": "heuristic", "pid": 4242, "time": 1764633600.0}
+
+`mhfgen tune --from-record PATH` then tunes every recorded problem on this GPU (see
+read_problems). Many processes may append to one file (the ranks of one job): the file
+is opened with O_APPEND and each line goes out in one write() under an exclusive flock,
+so lines never interleave, and readers skip a torn last line of a process killed mid-write.
+
+MHFGEN_TUNE_ON_MISS=1 (off by default) additionally tunes a missed key in this process,
+on first sight, with a small budget (mhfgen.tuning.on_miss); both act through on_miss,
+the one call the dispatcher makes for a choice whose source is not 'exact'.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .spec import KernelSpec
+from .tuning.lookup import Choice
+
+log = logging.getLogger(__name__)
+
+#: the JSON-lines file that dispatch misses are appended to
+RECORD_ENV = "MHFGEN_RECORD"
+#: fields of a record line that name the problem (the rest is provenance)
+SPEC_FIELDS = ("heads", "kv_heads", "head_dim", "experts", "expert_dim", "dtype", "target")
+
+_seen: set[tuple] = set()
+_lock = threading.Lock()
+
+
+class RecordError(ValueError):
+    """A record file that cannot be read (one line naming the file and the line)."""
+
+
+def on_miss(kernel: str, spec: KernelSpec, tokens: int, device: torch.device,
+            choice: Choice) -> Choice:
+    """What the dispatcher calls for a choice that is not an exact tuned key: append it to
+    $MHFGEN_RECORD, and with MHFGEN_TUNE_ON_MISS=1 tune it here and return the new winner.
+    Never raises: recording or tuning problems are logged, the caller keeps `choice`."""
+    path = os.environ.get(RECORD_ENV)
+    if path:
+        try:
+            record_miss(path, kernel, spec, tokens, device, choice)
+        except Exception as exc:  # noqa: BLE001 - recording must never break the caller
+            log.warning("mhfgen: cannot record a dispatch miss in %s: %s", path, exc)
+    from .tuning import on_miss as tuning_on_miss
+
+    if tuning_on_miss.enabled():
+        tuned = tuning_on_miss.tune_missing(kernel, spec, tokens, device)
+        if tuned is not None:
+            return tuned
+    return choice
+
+
+def record_miss(path: str | os.PathLike, kernel: str, spec: KernelSpec, tokens: int,
+                device: torch.device, choice: Choice) -> bool:
+    """Append one record line to `path` unless this process wrote the same key to it
+    before; True when a line was written."""
+    import triton
+
+    from . import device as _device
+
+    gpu, cc = _device.gpu_name(device), _device.compute_capability(device)
+    key = (str(Path(path).expanduser()), kernel, spec, tokens, gpu, cc)
+    with _lock:
+        if key in _seen:
+            return False
+        _seen.add(key)
+    line = dict(kernel=kernel, **spec.as_dict(), tokens=tokens, gpu_name=gpu,
+                compute_capability=cc, triton_version=triton.__version__,
+                source=choice.source, pid=os.getpid(), time=round(time.time(), 3))
+    append_line(Path(path).expanduser(), json.dumps(line, sort_keys=True))
+    return True
+
+
+def append_line(path: Path, text: str) -> None:
+    """Append `text` and a newline to `path` in one write() under an exclusive lock."""
+    data = (text.rstrip("\n") + "\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        try:
+            import fcntl
+        except ImportError:  # Windows: O_APPEND alone
+            fcntl = None
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, data)
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def forget_seen() -> None:
+    """Forget which keys this process recorded (tests; a new record file)."""
+    with _lock:
+        _seen.clear()
+
+
+@dataclass(frozen=True)
+class RecordedProblem:
+    """One problem to tune: a spec at a token count on one GPU, and the kernels of it that
+    dispatch missed (in KERNELS order)."""
+
+    spec: KernelSpec
+    tokens: int
+    gpu_name: str
+    compute_capability: str
+    kernels: tuple[str, ...]
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """The record lines of `path`; a torn last line (a writer killed mid-write) is skipped
+    with a warning, any other bad line is a RecordError."""
+    from .spec import KERNELS
+
+    path = Path(path).expanduser()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise RecordError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    out = []
+    for number, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            rec = json.loads(text)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+            missing = [k for k in ("kernel", *SPEC_FIELDS, "tokens", "gpu_name",
+                                   "compute_capability") if k not in rec]
+            if missing:
+                raise ValueError(f"missing {', '.join(missing)}")
+            if rec["kernel"] not in KERNELS:
+                raise ValueError(f"unknown kernel {rec['kernel']!r}")
+            if not isinstance(rec["tokens"], int) or rec["tokens"] < 1:
+                raise ValueError(f"tokens must be a positive int, got {rec['tokens']!r}")
+            KernelSpec(**{k: rec[k] for k in SPEC_FIELDS})
+        except (ValueError, TypeError) as exc:
+            if number == len(lines) and not text.endswith("}"):
+                log.warning("%s: skipping a torn last line %d", path, number)
+                continue
+            raise RecordError(f"{path}, line {number}: {exc}") from exc
+        out.append(rec)
+    return out
+
+
+def read_problems(path: str | os.PathLike) -> list[RecordedProblem]:
+    """The distinct problems of a record file, in the order first recorded: records of
+    one (spec, tokens, GPU) merge into one problem whose kernels are those recorded."""
+    from .spec import KERNELS
+
+    problems: dict[tuple, set[str]] = {}
+    for rec in read_records(path):
+        spec = KernelSpec(**{k: rec[k] for k in SPEC_FIELDS})
+        key = (spec, rec["tokens"], rec["gpu_name"], rec["compute_capability"])
+        problems.setdefault(key, set()).add(rec["kernel"])
+    return [RecordedProblem(spec, tokens, gpu, cc, tuple(k for k in KERNELS if k in kernels))
+            for (spec, tokens, gpu, cc), kernels in problems.items()]

@@ -1,0 +1,134 @@
+"""MHFGEN_TUNE_ON_MISS=1: tune a missed dispatch key in-process, on first sight.
+
+Off by default. When on, the first call of a process that dispatch serves without an exact
+tuned key (mhfgen.record.on_miss) runs a small search for that one kernel, spec and token
+count on the caller's device before launching: MHFGEN_TUNE_ON_MISS_TRIALS configs (default
+8, the built-in default among them), checked against the float64 reference and timed like
+`mhfgen tune` does, the winner stored in the user database and used from this call on.
+Each key is tried at most once per process; what it costs is logged as a warning before
+and after (expect seconds on a GPU, the first-call cost the user opted into).
+
+Skipped, with a log line, where tuning cannot run: inside a CUDA graph capture, inside a
+search already running in this thread, bfloat16 through Triton's interpreter. A search
+that fails is logged and the dispatcher keeps its fallback choice. Other keys that could
+now use the new winner (same bucket) see it in the next process or after
+mhfgen.dispatch.clear_cache().
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import torch
+
+from ..spec import KernelSpec
+from .lookup import Choice
+
+log = logging.getLogger(__name__)
+
+ENABLE_ENV = "MHFGEN_TUNE_ON_MISS"
+TRIALS_ENV = "MHFGEN_TUNE_ON_MISS_TRIALS"
+DEFAULT_TRIALS = 8
+
+_tried: set[tuple] = set()
+_lock = threading.Lock()
+_local = threading.local()
+
+
+def enabled() -> bool:
+    """True when MHFGEN_TUNE_ON_MISS is set to anything but '' or '0'."""
+    return os.environ.get(ENABLE_ENV, "") not in ("", "0")
+
+
+def trials() -> int:
+    """The per-key budget: $MHFGEN_TUNE_ON_MISS_TRIALS (a positive int), else 8."""
+    text = os.environ.get(TRIALS_ENV, "")
+    if not text:
+        return DEFAULT_TRIALS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        log.warning("mhfgen: %s=%r is not a positive int; using %d", TRIALS_ENV, text,
+                    DEFAULT_TRIALS)
+        return DEFAULT_TRIALS
+    return value
+
+
+def tune_missing(kernel: str, spec: KernelSpec, tokens: int,
+                 device: torch.device) -> Choice | None:
+    """Tune (kernel, spec, tokens) on `device` once per process; the new winner as an
+    exact choice of the user database, or None (skipped, already tried, or failed)."""
+    from .. import device as _device
+
+    key = (kernel, spec, tokens, _device.gpu_name(device), _device.compute_capability(device))
+    with _lock:
+        if key in _tried:
+            return None
+        _tried.add(key)
+    if getattr(_local, "active", False):
+        log.debug("mhfgen: not tuning %s on a miss inside a running search", kernel)
+        return None
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        log.warning("mhfgen: %s=1 but %s %s at %d tokens was first seen inside a CUDA graph "
+                    "capture; not tuning it there", ENABLE_ENV, kernel, spec.key(), tokens)
+        return None
+    if device.type != "cuda" and spec.dtype == "bfloat16":
+        log.warning("mhfgen: not tuning %s on a miss: bfloat16 does not run in Triton's "
+                    "interpreter", kernel)
+        return None
+    _local.active = True
+    try:
+        return _tune(kernel, spec, tokens, device)
+    except Exception as exc:  # noqa: BLE001 - a failed search keeps the fallback choice
+        log.warning("mhfgen: tuning %s %s at %d tokens on a miss failed (%s: %s); using "
+                    "the fallback config", kernel, spec.key(), tokens, type(exc).__name__, exc)
+        return None
+    finally:
+        _local.active = False
+
+
+def _tune(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice | None:
+    import contextlib
+
+    from ..paths import user_db_path
+    from .db import TuningDB
+    from .problem import DeviceFacts, TuningProblem
+    from .search import SearchSettings, Tuner
+    from .workers import build_timer
+
+    budget = trials()
+    problem = TuningProblem(spec, tokens)
+    facts = DeviceFacts.of(device)
+    log.warning("mhfgen: %s=1: tuning %s for %s on %s in this process (%d configs), then "
+                "storing the winner in %s", ENABLE_ENV, kernel, problem.describe(),
+                facts.gpu_name, budget, user_db_path())
+    start = time.perf_counter()
+    settings = SearchSettings(trials=budget, batch=min(budget, 4), top_k=2, rounds=2)
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with on_device:
+        timer = build_timer("gpu" if facts.is_gpu else "interpreter", problem, seed=0, jobs=1)
+        try:
+            with TuningDB.open(user_db_path()) as db:
+                result = Tuner(problem, facts, timer, db, settings).tune([kernel])[0]
+        finally:
+            timer.close()
+    seconds = time.perf_counter() - start
+    if result.winner is None:
+        log.warning("mhfgen: no config of %s passed in %.1f s; using the fallback config",
+                    kernel, seconds)
+        return None
+    from .search import describe_config
+
+    log.warning("mhfgen: tuned %s in %.1f s: %s, %.4g ms (%s)", kernel, seconds,
+                describe_config(result.winner), result.ms, timer.label)
+    return Choice(result.winner, "exact", "user", tokens)
+
+
+def forget_tried() -> None:
+    """Forget which keys this process tried (tests)."""
+    with _lock:
+        _tried.clear()
