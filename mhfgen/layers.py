@@ -21,8 +21,10 @@ class FlashMHF(nn.Module):
     (optionally RMS-normalised per head), R = sigmoid(Q W_R) normalised to sum 1 over the
     E experts. Parameters: in_proj/out_proj (d, d), router (H, D, E), key/up/value
     (Hkv, E, De, D) with De = intermediate_size / n_experts, q_norm (H, D) if qk_norm.
-    The norm and the router run in fp32 with an analytic backward that keeps only Q in
-    its own dtype (mhfgen.norm_router).
+    The norm (rstd = 1 / sqrt(mean_d(Q^2) + norm_eps)) and the router run in fp32 with an
+    analytic backward that keeps only Q in its own dtype (mhfgen.norm_router).
+    projections=False drops in_proj and out_proj (Q = x, y = O), the layout of checkpoints
+    trained without them (mhfgen.integrations.transformers).
 
     backend: "auto" (generated Triton kernels on CUDA, the PyTorch reference elsewhere),
     "triton" (kernels; CPU tensors go through Triton's interpreter), "torch" (reference).
@@ -30,20 +32,25 @@ class FlashMHF(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, intermediate_size: int, n_experts: int,
                  n_kv_heads: int | None = None, qk_norm: bool = True, bias: bool = False,
-                 backend: str = "auto", device=None, dtype=None) -> None:
+                 backend: str = "auto", device=None, dtype=None, norm_eps: float = 1e-5,
+                 projections: bool = True) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         check_layer_sizes(d_model, n_heads, intermediate_size, n_experts, n_kv_heads)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool) \
+                or not 0 < norm_eps < 1:
+            raise ValueError(f"norm_eps must be a float in (0, 1), got {norm_eps!r}")
+        self.norm_eps = float(norm_eps)
         self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
         self.intermediate_size, self.n_experts = intermediate_size, n_experts
         self.expert_dim = intermediate_size // n_experts
         self.backend = backend
         factory = {"device": device, "dtype": dtype}
-        self.in_proj = nn.Linear(d_model, d_model, bias=bias, **factory)
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias, **factory)
+        self.in_proj = nn.Linear(d_model, d_model, bias=bias, **factory) if projections else None
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias, **factory) if projections else None
         self.router = nn.Parameter(torch.empty(n_heads, self.head_dim, n_experts, **factory))
         weight_shape = (n_kv_heads, n_experts, self.expert_dim, self.head_dim)
         self.key = nn.Parameter(torch.empty(weight_shape, **factory))
@@ -57,6 +64,8 @@ class FlashMHF(nn.Module):
         """The paper's initialisation: xavier-uniform (gain 0.707) projections, normal(0, 0.02)
         K/U/V, truncated normal(0, 0.02) router, zero biases, unit norm weight."""
         for proj in (self.in_proj, self.out_proj):
+            if proj is None:
+                continue
             nn.init.xavier_uniform_(proj.weight, gain=0.707)
             if proj.bias is not None:
                 nn.init.zeros_(proj.bias)
@@ -78,11 +87,13 @@ class FlashMHF(nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (B, L, d_model={self.d_model}), got {shape}")
         B, L, _ = x.shape
-        q = self.in_proj(x).view(B, L, self.n_heads, self.head_dim)
+        q = (self.in_proj(x) if self.in_proj is not None else x).reshape(
+            B, L, self.n_heads, self.head_dim)
         # RMSNorm and router in fp32, saving only q for an analytic backward: autograd of
         # the plain form would keep several fp32 copies of Q (mhfgen.norm_router); fused
         # Triton kernels with the core's kernels, PyTorch with the reference core
-        q, r = norm_router(q, self.q_norm, self.router, use_kernels=self._use_kernels(x))
+        q, r = norm_router(q, self.q_norm, self.router, use_kernels=self._use_kernels(x),
+                           eps=self.norm_eps)
         # under autocast q comes out of in_proj in the autocast dtype: the core runs in it
         k, u, v = (w.to(q.dtype) for w in (self.key, self.up, self.value))
         if self._use_kernels(x):
@@ -90,12 +101,15 @@ class FlashMHF(nn.Module):
             o = flash_mhf(q, k, u, v, r)
         else:
             o = reference.flash_mhf(q, k, u, v, r)
-        return self.out_proj(o.reshape(B, L, self.d_model))
+        o = o.reshape(B, L, self.d_model)
+        return self.out_proj(o) if self.out_proj is not None else o
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
                 f"intermediate_size={self.intermediate_size}, n_experts={self.n_experts}, "
-                f"qk_norm={self.q_norm is not None}, backend={self.backend!r}")
+                f"qk_norm={self.q_norm is not None}, backend={self.backend!r}"
+                + (f", norm_eps={self.norm_eps:g}" if self.norm_eps != 1e-5 else "")
+                + ("" if self.in_proj is not None else ", projections=False"))
 
 
 class SwiGLU(nn.Module):

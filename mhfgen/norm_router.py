@@ -47,11 +47,12 @@ def _work_dtype(q: torch.Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-def _forward_chunk(x: torch.Tensor, norm_weight, w_router: torch.Tensor, dtype: torch.dtype):
+def _forward_chunk(x: torch.Tensor, norm_weight, w_router: torch.Tensor, dtype: torch.dtype,
+                   eps: float):
     """x: (T, H, D) in the work dtype -> (n, rstd, qn, g, s) of the formulas above; qn is
     rounded to `dtype` (q's), as the core and the reference's router see it."""
     if norm_weight is not None:
-        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + RMS_EPS)
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
         n = x * rstd
         qn = (n * norm_weight).to(dtype).to(x.dtype)
     else:
@@ -66,12 +67,12 @@ class _NormRouter(torch.autograd.Function):
     """See the module docstring; fp32 (float64 for float64 q) also under autocast."""
 
     @staticmethod
-    def forward(ctx, q, norm_weight, w_router, chunk):
+    def forward(ctx, q, norm_weight, w_router, chunk, eps):
         with torch.autocast(q.device.type, enabled=False):
-            return _NormRouter._forward(ctx, q, norm_weight, w_router, chunk)
+            return _NormRouter._forward(ctx, q, norm_weight, w_router, chunk, eps)
 
     @staticmethod
-    def _forward(ctx, q, norm_weight, w_router, chunk):
+    def _forward(ctx, q, norm_weight, w_router, chunk, eps):
         B, L, H, D = q.shape
         work = _work_dtype(q)
         flat = q.reshape(B * L, H, D)
@@ -83,12 +84,12 @@ class _NormRouter(torch.autograd.Function):
         nw = norm_weight.to(work) if norm_weight is not None else None
         wr = w_router.to(work)
         for lo in range(0, B * L, chunk):
-            _, _, qn, g, s = _forward_chunk(flat[lo:lo + chunk].to(work), nw, wr, q.dtype)
+            _, _, qn, g, s = _forward_chunk(flat[lo:lo + chunk].to(work), nw, wr, q.dtype, eps)
             r_flat[lo:lo + chunk] = g / s.clamp_min(ROUTER_EPS)
             if qn_flat is not None:
                 qn_flat[lo:lo + chunk] = qn
         ctx.save_for_backward(q, norm_weight, w_router)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.eps = chunk, eps
         if qn_out is None:
             return r
         return qn_out, r
@@ -116,7 +117,7 @@ class _NormRouter(torch.autograd.Function):
         dwr = torch.zeros_like(wr)
         for lo in range(0, T, ctx.chunk):
             hi = min(lo + ctx.chunk, T)
-            n, rstd, qn, g, s = _forward_chunk(flat[lo:hi].to(work), nw, wr, q.dtype)
+            n, rstd, qn, g, s = _forward_chunk(flat[lo:hi].to(work), nw, wr, q.dtype, ctx.eps)
             grow = s > ROUTER_EPS
             s = s.clamp_min(ROUTER_EPS)
             if dr_all is not None:
@@ -137,7 +138,7 @@ class _NormRouter(torch.autograd.Function):
             dq[lo:hi] = rstd * (dn - n * (dn * n).mean(-1, keepdim=True))
         return (dq.view(q.shape),
                 dnw.to(norm_weight.dtype) if dnw is not None else None,
-                dwr.to(w_router.dtype), None)
+                dwr.to(w_router.dtype), None, None)
 
 
 #: dtypes the kernels take (q, norm_weight and w_router); float64 runs the PyTorch path
@@ -145,16 +146,16 @@ _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @torch.library.custom_op("mhfgen::norm_router", mutates_args=())
-def _norm_router_op(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def _norm_router_op(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router: torch.Tensor,
+                    eps: float = RMS_EPS) -> tuple[torch.Tensor, torch.Tensor]:
     from .kernels.norm_router import norm_router_fwd  # lazily: the PyTorch path needs no Triton
 
-    qn, r = norm_router_fwd(q, norm_weight, w_router)
+    qn, r = norm_router_fwd(q, norm_weight, w_router, eps=eps)
     return (qn if norm_weight is not None else q.new_empty(0)), r
 
 
 @_norm_router_op.register_fake
-def _(q, norm_weight, w_router):
+def _(q, norm_weight, w_router, eps=RMS_EPS):
     B, L, H, _ = q.shape
     qn = q.new_empty(q.shape) if norm_weight is not None else q.new_empty(0)
     return qn, q.new_empty((B, L, H, w_router.shape[-1]), dtype=torch.float32)
@@ -163,23 +164,23 @@ def _(q, norm_weight, w_router):
 @torch.library.custom_op("mhfgen::norm_router_backward", mutates_args=())
 def _norm_router_backward_op(q: torch.Tensor, norm_weight: torch.Tensor | None,
                              w_router: torch.Tensor, dqn: torch.Tensor | None,
-                             dr: torch.Tensor | None
+                             dr: torch.Tensor | None, eps: float = RMS_EPS
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from .kernels.norm_router import norm_router_bwd
 
-    dq, dnw, dwr = norm_router_bwd(q, norm_weight, w_router, dqn, dr)
+    dq, dnw, dwr = norm_router_bwd(q, norm_weight, w_router, dqn, dr, eps=eps)
     return dq, (dnw if dnw is not None else q.new_empty(0)), dwr
 
 
 @_norm_router_backward_op.register_fake
-def _(q, norm_weight, w_router, dqn, dr):
+def _(q, norm_weight, w_router, dqn, dr, eps=RMS_EPS):
     dnw = norm_weight.new_empty(norm_weight.shape) if norm_weight is not None else q.new_empty(0)
     return q.new_empty(q.shape), dnw, w_router.new_empty(w_router.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, norm_weight, w_router = inputs
-    ctx.has_norm = norm_weight is not None
+    q, norm_weight, w_router, eps = inputs
+    ctx.has_norm, ctx.eps = norm_weight is not None, eps
     ctx.save_for_backward(q, norm_weight, w_router)
 
 
@@ -187,8 +188,8 @@ def _backward(ctx, dqn, dr):
     q, norm_weight, w_router = ctx.saved_tensors
     if not ctx.has_norm:
         dqn = None  # the gradient of the empty placeholder output
-    dq, dnw, dwr = _norm_router_backward_op(q, norm_weight, w_router, dqn, dr)
-    return dq, (dnw if ctx.has_norm else None), dwr
+    dq, dnw, dwr = _norm_router_backward_op(q, norm_weight, w_router, dqn, dr, ctx.eps)
+    return dq, (dnw if ctx.has_norm else None), dwr, None
 
 
 _norm_router_op.register_autograd(_backward, setup_context=_setup_context)
@@ -203,7 +204,7 @@ def _kernels_apply(q, norm_weight, w_router, use_kernels) -> bool:
 
 
 def norm_router(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router: torch.Tensor,
-                chunk: int = CHUNK, use_kernels: bool | None = None
+                chunk: int = CHUNK, use_kernels: bool | None = None, eps: float = RMS_EPS
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q normalised per head in q's dtype, or q itself without norm_weight; R in fp32).
 
@@ -212,7 +213,7 @@ def norm_router(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router: tor
     use_kernels: None runs the fused Triton kernels for CUDA tensors and the PyTorch
     autograd.Function (token chunks of `chunk`) otherwise; True runs the kernels also for
     CPU tensors (through Triton's interpreter); False always runs PyTorch. float64 always
-    runs PyTorch. `chunk` only concerns the PyTorch path.
+    runs PyTorch. `chunk` only concerns the PyTorch path. eps: the RMSNorm's epsilon.
     """
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
@@ -220,9 +221,9 @@ def norm_router(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router: tor
         if plain_eager_call(q, norm_weight, w_router):  # no op dispatch: about 10 us less
             from .kernels.norm_router import norm_router_fwd
 
-            return norm_router_fwd(q, norm_weight, w_router)
-        qn, r = _norm_router_op(q, norm_weight, w_router)
+            return norm_router_fwd(q, norm_weight, w_router, eps=eps)
+        qn, r = _norm_router_op(q, norm_weight, w_router, eps)
         return (qn if norm_weight is not None else q), r
     if norm_weight is None:
-        return q, _NormRouter.apply(q, None, w_router, chunk)
-    return _NormRouter.apply(q, norm_weight, w_router, chunk)
+        return q, _NormRouter.apply(q, None, w_router, chunk, eps)
+    return _NormRouter.apply(q, norm_weight, w_router, chunk, eps)

@@ -159,7 +159,8 @@ def test_no_tokens(norm, monkeypatch):
 def test_which_path_runs(monkeypatch):
     calls = []
     fwd = kernels.norm_router_fwd
-    monkeypatch.setattr(kernels, "norm_router_fwd", lambda *a: calls.append(1) or fwd(*a))
+    monkeypatch.setattr(kernels, "norm_router_fwd",
+                        lambda *a, **k: calls.append(1) or fwd(*a, **k))
     q, w, wr = _inputs(1, 3, 2, 16, 4, True, torch.float32)
     norm_router(q, w, wr)  # CPU tensors: PyTorch by default
     norm_router(q, w, wr, use_kernels=False)
@@ -204,7 +205,8 @@ def test_torch_compile_fullgraph_traces_the_custom_ops():
 def test_layer_triton_backend_on_cpu_matches_torch_backend(qk_norm, monkeypatch):
     calls = []
     fwd = kernels.norm_router_fwd
-    monkeypatch.setattr(kernels, "norm_router_fwd", lambda *a: calls.append(1) or fwd(*a))
+    monkeypatch.setattr(kernels, "norm_router_fwd",
+                        lambda *a, **k: calls.append(1) or fwd(*a, **k))
     torch.manual_seed(0)
     args = dict(d_model=64, n_heads=2, intermediate_size=64, n_experts=2, n_kv_heads=1,
                 qk_norm=qk_norm)

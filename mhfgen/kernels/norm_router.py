@@ -5,7 +5,7 @@ launch, replacing the ~15 small PyTorch kernels per token chunk of mhfgen.norm_r
 PyTorch path. Per token t and head h, all math in fp32 whatever q's dtype (w: (H, D) the
 norm weight, W_R: (H, D, E) the router weight):
 
-    x = q[t, h],  rstd = 1 / sqrt(mean_d(x^2) + 1e-5),  n = x * rstd,  qn = n * w[h]
+    x = q[t, h],  rstd = 1 / sqrt(mean_d(x^2) + eps),  n = x * rstd,  qn = n * w[h]
     qn_r = fp32(qn rounded to q's dtype)                 (what the core and the router see)
     P = qn_r W_R[h],  g = sigmoid(P),  s = sum_e g,  R = g / max(s, 1e-20)
 
@@ -39,8 +39,7 @@ from ..spec import INTERPRETER
 from .common import (DirectLaunch, cdiv, empty, on_device_of, plan_cache, remember,
                      signature)
 
-#: the reference's epsilons, baked into the kernels
-RMS_EPS = tl.constexpr(reference.RMS_EPS)
+#: the router's epsilon, baked into the kernels (the norm's, eps, is an argument)
 ROUTER_EPS = tl.constexpr(reference.ROUTER_EPS)
 #: tokens per program step in the interpreter (on a GPU: forward_launch, backward_launch)
 BLOCK_T_INTERPRETER = 16
@@ -73,7 +72,7 @@ def _load_weights(NW, WR, h, s_nh, s_nd, s_wh, s_wd, s_we, D: tl.constexpr, E: t
 
 
 @triton.jit
-def _forward_tile(Q, w, wr, t, h, T, L, s_qb, s_ql, s_qh, s_qd,
+def _forward_tile(Q, w, wr, t, h, T, L, eps, s_qb, s_ql, s_qh, s_qd,
                   D: tl.constexpr, E: tl.constexpr, D_PAD: tl.constexpr, E_PAD: tl.constexpr,
                   HAS_NORM: tl.constexpr, PRECISION: tl.constexpr):
     """The forward values of a (BLOCK_T,) vector of tokens t (int64) of head h: n (x without
@@ -88,7 +87,7 @@ def _forward_tile(Q, w, wr, t, h, T, L, s_qb, s_ql, s_qh, s_qd,
     x = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0
                 ).to(tl.float32)
     if HAS_NORM:
-        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + RMS_EPS)
+        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)
         n = x * rstd[:, None]
         qn = n * w[None, :]
         qn_r = qn.to(Q.dtype.element_ty).to(tl.float32)
@@ -104,7 +103,7 @@ def _forward_tile(Q, w, wr, t, h, T, L, s_qb, s_ql, s_qh, s_qd,
 
 
 @triton.jit
-def norm_router_fwd_kernel(Q, NW, WR, QN, R, T, L,
+def norm_router_fwd_kernel(Q, NW, WR, QN, R, T, L, eps,
                            s_qb, s_ql, s_qh, s_qd, s_nh, s_nd, s_wh, s_wd, s_we,
                            H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
                            D_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
@@ -120,8 +119,8 @@ def norm_router_fwd_kernel(Q, NW, WR, QN, R, T, L,
     row_ok = t < T
     w, wr = _load_weights(NW, WR, h, s_nh, s_nd, s_wh, s_wd, s_we, D, E, D_PAD, E_PAD,
                           HAS_NORM)
-    n, rstd, qn, qn_r, g, s = _forward_tile(Q, w, wr, t, h, T, L, s_qb, s_ql, s_qh, s_qd,
-                                            D, E, D_PAD, E_PAD, HAS_NORM, PRECISION)
+    n, rstd, qn, qn_r, g, s = _forward_tile(Q, w, wr, t, h, T, L, eps, s_qb, s_ql, s_qh,
+                                            s_qd, D, E, D_PAD, E_PAD, HAS_NORM, PRECISION)
     if HAS_NORM:
         qn_ptrs = QN + (t * (H * D) + h * D)[:, None] + offs_d[None, :]
         tl.store(qn_ptrs, qn.to(QN.dtype.element_ty),
@@ -132,7 +131,7 @@ def norm_router_fwd_kernel(Q, NW, WR, QN, R, T, L,
 
 
 @triton.jit
-def norm_router_bwd_kernel(Q, NW, WR, DQN, DR, DQ, DW_PART, DWR_PART, T, L, TOKENS_PER_SPLIT,
+def norm_router_bwd_kernel(Q, NW, WR, DQN, DR, DQ, DW_PART, DWR_PART, T, L, TOKENS_PER_SPLIT, eps,
                            s_qb, s_ql, s_qh, s_qd, s_nh, s_nd, s_wh, s_wd, s_we,
                            s_gb, s_gl, s_gh, s_gd, s_rb, s_rl, s_rh, s_re,
                            H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
@@ -158,8 +157,8 @@ def norm_router_bwd_kernel(Q, NW, WR, DQN, DR, DQ, DW_PART, DWR_PART, T, L, TOKE
     for start in range(lo, hi, BLOCK_T):
         t = start + tl.arange(0, BLOCK_T)
         row_ok = t < hi
-        n, rstd, qn, qn_r, g, s = _forward_tile(Q, w, wr, t, h, hi, L, s_qb, s_ql, s_qh, s_qd,
-                                                D, E, D_PAD, E_PAD, HAS_NORM, PRECISION)
+        n, rstd, qn, qn_r, g, s = _forward_tile(Q, w, wr, t, h, hi, L, eps, s_qb, s_ql, s_qh,
+                                                s_qd, D, E, D_PAD, E_PAD, HAS_NORM, PRECISION)
         b = t // L
         l = t - b * L
         if HAS_DQN:
@@ -267,12 +266,12 @@ def _weight_args(norm_weight, w_router):
 
 
 def norm_router_fwd(q: torch.Tensor, norm_weight: torch.Tensor | None,
-                    w_router: torch.Tensor, launch: dict | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    w_router: torch.Tensor, launch: dict | None = None,
+                    eps: float = reference.RMS_EPS) -> tuple[torch.Tensor, torch.Tensor]:
     """(qn, R) of q through norm_router_fwd_kernel, one launch.
 
     q: (B, L, H, D), any strides, float16/bfloat16/float32; norm_weight: (H, D) or None;
-    w_router: (H, D, E). Per token and head, in fp32: rstd = 1 / sqrt(mean_d(q^2) + 1e-5),
+    w_router: (H, D, E). Per token and head, in fp32: rstd = 1 / sqrt(mean_d(q^2) + eps),
     qn = q * rstd * norm_weight[h] (rounded to q's dtype), R = g / max(sum_e g, 1e-20)
     with g = sigmoid(qn W_R[h]). Returns qn: (B, L, H, D) contiguous in q's dtype (q
     itself when norm_weight is None) and R: (B, L, H, E) contiguous fp32.
@@ -282,17 +281,17 @@ def norm_router_fwd(q: torch.Tensor, norm_weight: torch.Tensor | None,
     afresh and are not cached).
     """
     if launch:
-        plan = _fwd_plan(q, norm_weight, w_router, launch)
+        plan = _fwd_plan(q, norm_weight, w_router, launch, eps)
         return _fwd_run(plan, q, norm_weight, w_router)
     try:
         key = (signature(q), None if norm_weight is None else signature(norm_weight),
-               signature(w_router))
+               signature(w_router), eps)
     except AttributeError:  # not a tensor: the checks' TypeError names it
         _check(q, norm_weight, w_router)
         raise
     plan = _fwd_plans.get(key)
     if plan is None:
-        plan = remember(_fwd_plans, key, _fwd_plan(q, norm_weight, w_router))
+        plan = remember(_fwd_plans, key, _fwd_plan(q, norm_weight, w_router, eps=eps))
     return _fwd_run(plan, q, norm_weight, w_router)
 
 
@@ -315,7 +314,8 @@ class FwdPlan:
 _fwd_plans = plan_cache()
 
 
-def _fwd_plan(q, norm_weight, w_router, launch: dict | None = None) -> FwdPlan:
+def _fwd_plan(q, norm_weight, w_router, launch: dict | None = None,
+              eps: float = reference.RMS_EPS) -> FwdPlan:
     B, L, H, D, E = _check(q, norm_weight, w_router)
     T = B * L
     if T == 0 or H == 0:
@@ -328,7 +328,7 @@ def _fwd_plan(q, norm_weight, w_router, launch: dict | None = None) -> FwdPlan:
     meta = dict(H=H, D=D, E=E, D_PAD=d_pad, E_PAD=e_pad, BLOCK_T=block_t,
                 HAS_NORM=norm_weight is not None, PRECISION=launch["precision"],
                 num_warps=launch["num_warps"])
-    scalars = (T, L, *q.stride()[:4], *nw_strides, *wr_strides)
+    scalars = (T, L, float(eps), *q.stride()[:4], *nw_strides, *wr_strides)
     return FwdPlan((B, L, H, E),
                    DirectLaunch(norm_router_fwd_kernel, (cdiv(T, block_t), H), scalars, meta))
 
@@ -343,7 +343,7 @@ def _splits(q: torch.Tensor, heads: int, blocks: int) -> int:
 
 def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router: torch.Tensor,
                     dqn: torch.Tensor | None, dr: torch.Tensor | None,
-                    launch: dict | None = None
+                    launch: dict | None = None, eps: float = reference.RMS_EPS
                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """(dq, dnorm_weight, dw_router) of norm_router_fwd through norm_router_bwd_kernel.
 
@@ -392,6 +392,7 @@ def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router:
     with on_device_of(q):  # Triton launches on the current device
         norm_router_bwd_kernel[(splits, H)](
             q, nw, w_router, dqn_arg, dr_arg, dq, dw_part, dwr_part, T, L, tokens_per_split,
+            float(eps),
             *q.stride(), *nw_strides, *wr_strides, *dqn_strides, *dr_strides,
             H=H, D=D, E=E, D_PAD=d_pad, E_PAD=e_pad, BLOCK_T=block_t, HAS_NORM=has_norm,
             HAS_DQN=dqn is not None, HAS_DR=dr is not None,
