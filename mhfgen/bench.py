@@ -18,9 +18,11 @@ counted); forward + backward counts 3x the forward.
 
 Timing: on CUDA the median of `triton.testing.do_bench` (warm-up, L2 flushed between runs)
 and the peak of `torch.cuda.max_memory_allocated` above what was allocated before the call
-(the inputs). Without CUDA, a wall-clock fallback (median of `time.perf_counter` runs, no
-peak memory) lets the command and its tests run on tiny problems through Triton's
-interpreter; those rows are labelled `CPU_LABEL` and are no GPU figures.
+(the inputs). Without CUDA, `torch.utils.benchmark` (Timer.adaptive_autorange: blocks of
+runs until the median is stable within 10% or a time limit; no peak memory) lets the command
+and its tests run on tiny problems through Triton's interpreter; those rows are labelled
+`CPU_LABEL` and are no GPU figures. (One call timed once per measurement, as before, read
+39.7, 18.7, 19.4 and 0.156 ms for one op across runs; a stable median needs many runs.)
 """
 from __future__ import annotations
 
@@ -29,7 +31,6 @@ import gc
 import json
 import logging
 import statistics
-import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -315,18 +316,27 @@ class CudaTimer:
 
 
 class CpuTimer:
-    """Wall-clock fallback without CUDA: one time.perf_counter run per call, no memory."""
+    """Without CUDA: the median of torch.utils.benchmark.Timer.adaptive_autorange (runs in
+    blocks until the interquartile range is within `threshold` of the median, between
+    min_run_s and max_run_s of timing), gradients reset before each run; no memory."""
 
-    label = CPU_LABEL + " (time.perf_counter medians, no peak memory)"
+    label = CPU_LABEL + " (torch.utils.benchmark adaptive_autorange medians, no peak memory)"
+
+    def __init__(self, threshold: float = 0.1, min_run_s: float = 0.01,
+                 max_run_s: float = 0.25) -> None:
+        self.threshold, self.min_run_s, self.max_run_s = threshold, min_run_s, max_run_s
 
     def sync(self) -> None:
         pass
 
     def time_ms(self, case: Case) -> float:
-        case.reset_grads()
-        start = time.perf_counter()
-        case.run()
-        return (time.perf_counter() - start) * 1e3
+        from torch.utils import benchmark
+
+        timer = benchmark.Timer(stmt="reset(); run()",
+                                globals={"reset": case.reset_grads, "run": case.run})
+        m = timer.adaptive_autorange(threshold=self.threshold, min_run_time=self.min_run_s,
+                                     max_run_time=self.max_run_s)
+        return m.median * 1e3
 
     def peak_mib(self, case: Case) -> float | None:
         return None
@@ -517,6 +527,8 @@ def format_row_line(row: Row) -> str:
 def format_table(rows: list[Row]) -> str:
     """The rows as text tables, one per (scope, shape, dtype, tokens, pass), under a header
     naming the GPU, versions, date and timer, and the FLOP counts behind TFLOP/s."""
+    from .cli.output import table
+
     if not rows:
         return "no rows"
     r0 = rows[0]
@@ -546,13 +558,7 @@ def format_table(rows: list[Row]) -> str:
             body.append((r.method, _num(r.median_ms, 3), _num(r.tflops, 1), _num(r.peak_mib, 0),
                          _num(r.time_vs_mhfgen, 2), _num(r.tflops_vs_mhfgen, 2),
                          _num(r.memory_vs_mhfgen, 2), status))
-        widths = [max(len(str(c[i])) for c in [head, *body]) for i in range(len(head))]
-        fmt = lambda cells: "  ".join(  # noqa: E731
-            str(c).ljust(w) if i in (0, len(head) - 1) else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-        lines.append(fmt(head))
-        lines.append(fmt(["-" * w for w in widths]))
-        lines += [fmt(b) for b in body]
+        lines.append(table(head, body))
     if footnotes:
         lines += ["", *footnotes]
     return "\n".join(lines)

@@ -9,6 +9,10 @@ from pathlib import Path
 
 from . import CommandError
 from .common import add_problem_args, problem_from_args
+from .output import add_json_arg, emit_json, table, text_stream
+
+#: the formats of the --json documents of list and show (keys: docs/SCRIPTING.md)
+LIST_FORMAT, SHOW_FORMAT = "mhfgen-list/1", "mhfgen-show/1"
 
 
 def register(sub) -> None:
@@ -19,6 +23,7 @@ def register(sub) -> None:
     _add_db(p)
     p.add_argument("--kernel", default=None, help="only this kernel")
     p.add_argument("--gpu", default=None, help="only this GPU name (e.g. 'NVIDIA H200')")
+    add_json_arg(p, LIST_FORMAT)
     p.set_defaults(handler=run_list)
 
     p = sub.add_parser("show", help="show the configs of one problem and how dispatch picks",
@@ -31,6 +36,7 @@ def register(sub) -> None:
     p.add_argument("--gpu", default=None,
                    help="show records of this GPU name instead of this machine's device")
     p.add_argument("--top", type=int, default=5, help="trials listed per kernel (default 5)")
+    add_json_arg(p, SHOW_FORMAT)
     p.set_defaults(handler=run_show)
 
     p = sub.add_parser("export", help="write tuned configs as JSON with provenance",
@@ -74,12 +80,6 @@ def _layers(args) -> list[tuple[str, Path]]:
     return [("db", Path(args.db))] if args.db else layer_paths()
 
 
-def _table(header: tuple, rows: list[tuple], indent: str = "  ") -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    return "\n".join(indent + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
-                     for row in (header, *rows))
-
-
 def _spec_text(key) -> str:
     return (f"H{key.heads}/Hkv{key.kv_heads} D{key.head_dim} E{key.experts}x{key.expert_dim} "
             f"{key.dtype}")
@@ -93,14 +93,19 @@ def run_list(args) -> int:
     from ..codegen import template_hash
     from ..spec import KERNELS
     from ..tuning.db import TuningDBError
+    from ..tuning.exchange import winner_as_dict
     from ..tuning.lookup import still_current
-    from ..tuning.search import describe_config
+    from ..tuning.search import config_legend, describe_config
 
+    out = text_stream(args)
     current = {k: template_hash(k) for k in KERNELS}
     found = False
+    doc = {"format": LIST_FORMAT, "databases": []}
     for layer, path in _layers(args):
-        if not Path(path).exists():
-            print(f"{layer} database {path}: absent")
+        entry = {"layer": layer, "path": str(path), "exists": Path(path).exists(), "winners": []}
+        doc["databases"].append(entry)
+        if not entry["exists"]:
+            print(f"{layer} database {path}: absent", file=out)
             continue
         with _open(path, readonly=True) as db:
             try:
@@ -108,24 +113,29 @@ def run_list(args) -> int:
                                                           ("gpu_name", args.gpu)) if v})
             except TuningDBError as exc:
                 raise CommandError(str(exc)) from exc
-        print(f"{layer} database {path}: {len(winners)} tuned config(s)")
+        entry["winners"] = [dict(winner_as_dict(w), config_text=describe_config(w.config),
+                                 current=still_current(w, current)) for w in winners]
+        print(f"{layer} database {path}: {len(winners)} tuned config(s)", file=out)
         groups: dict[tuple, list] = {}
         for w in winners:
             groups.setdefault((w.key.gpu_name, w.key.compute_capability, w.key.triton_version),
                               []).append(w)
         for (gpu, cc, triton), ws in sorted(groups.items()):
             found = True
-            print(f"\n{gpu} (compute capability {cc}), Triton {triton}")
+            print(f"\n{gpu} (compute capability {cc}), Triton {triton}", file=out)
             rows = [(w.key.kernel, _spec_text(w.key), w.key.bucket, w.key.tokens, _fmt(w.ms),
                      _fmt(w.tflops, ".3g"), _fmt(w.speedup, ".2f", "x"),
                      describe_config(w.config),
                      "" if still_current(w, current) else "stale: kernel code changed")
                     for w in ws]
-            print(_table(("kernel", "spec", "bucket", "tokens", "ms", "TFLOP/s", "speed-up",
-                          "config", ""), rows))
-        print()
-    if not found:
-        print("nothing tuned yet: run `mhfgen tune`")
+            print(table(("kernel", "spec", "bucket", "tokens", "ms", "TFLOP/s", "speed-up",
+                         "config", ""), rows, indent="  "), file=out)
+        print(file=out)
+    if found:
+        print("config codes:\n" + config_legend(), file=out)
+    else:
+        print("nothing tuned yet: run `mhfgen tune`", file=out)
+    emit_json(args, doc)
     return 0
 
 
@@ -137,8 +147,10 @@ def run_show(args) -> int:
     from ..device import compute_capability, gpu_name, target
     from ..spec import KERNELS, KernelSpec
     from ..tuning.buckets import shape_bucket
-    from ..tuning.search import describe_config
+    from ..tuning.exchange import winner_as_dict
+    from ..tuning.search import config_legend, describe_config
 
+    out = text_stream(args)
     p = problem_from_args(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = args.gpu or gpu_name(device)
@@ -148,7 +160,11 @@ def run_show(args) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     bucket = shape_bucket(args.tokens)
-    print(f"{spec.key()} at {args.tokens} tokens (bucket {bucket}) on {gpu}")
+    print(f"{spec.key()} at {args.tokens} tokens (bucket {bucket}) on {gpu}", file=out)
+    doc = {"format": SHOW_FORMAT, "spec": spec.as_dict(), "tokens": args.tokens,
+           "bucket": bucket, "gpu_name": gpu,
+           "compute_capability": None if args.gpu else compute_capability(device),
+           "kernels": {}}
     if args.db:
         os.environ["MHFGEN_DB"] = str(Path(args.db).expanduser())
     dispatch.clear_cache()
@@ -156,39 +172,57 @@ def run_show(args) -> int:
                        experts=spec.experts, expert_dim=spec.expert_dim, dtype=spec.dtype,
                        gpu_name=gpu)
     for kernel in KERNELS:
-        print(f"\n{kernel} (template {template_hash(kernel)})")
+        entry = {"template_hash": template_hash(kernel), "dispatch": None, "databases": []}
+        doc["kernels"][kernel] = entry
+        print(f"\n{kernel} (template {entry['template_hash']})", file=out)
         if args.gpu is None:
             choice = dispatch.explain_choice(kernel, spec, args.tokens, device)
+            entry["dispatch"] = {"source": choice.source, "layer": choice.layer,
+                                 "tuned_tokens": choice.tuned_tokens,
+                                 "config": choice.config.as_dict(),
+                                 "config_text": describe_config(choice.config)}
             where = (f", tuned at {choice.tuned_tokens} tokens, {choice.layer} database"
                      if choice.layer else "")
-            print(f"  dispatch picks {describe_config(choice.config)} ({choice.source}{where})")
+            print(f"  dispatch picks {describe_config(choice.config)} ({choice.source}{where})",
+                  file=out)
         for layer, path in _layers(args):
             if not Path(path).exists():
                 continue
             with _open(path, readonly=True) as db:
                 winners = db.winners(kernel=kernel, **spec_filter)
                 trials = db.trials(kernel=kernel, bucket=bucket, **spec_filter)
-            if winners:
-                print(f"  winners in the {layer} database:")
-                print(_table(("bucket", "tokens", "ms", "TFLOP/s", "speed-up", "config",
-                              "compute cap.", "triton", "template"),
-                             [(w.key.bucket, w.key.tokens, _fmt(w.ms), _fmt(w.tflops, ".3g"),
-                               _fmt(w.speedup, ".2f", "x"), describe_config(w.config),
-                               w.key.compute_capability, w.key.triton_version,
-                               w.key.template_hash) for w in winners], indent="    "))
             ok = [t for t in trials if t.status == "ok"]
             failed: dict[str, int] = {}
             for t in trials:
                 if t.status != "ok":
                     failed[t.stage or "?"] = failed.get(t.stage or "?", 0) + 1
+            entry["databases"].append({
+                "layer": layer, "path": str(path),
+                "winners": [dict(winner_as_dict(w), config_text=describe_config(w.config))
+                            for w in winners],
+                "trials_timed": len(ok), "trials_failed": failed,
+                "best_trials": [{"tokens": t.key.tokens, "ms": t.ms, "tflops": t.tflops,
+                                 "error": t.error, "config": t.config.as_dict(),
+                                 "config_text": describe_config(t.config)}
+                                for t in ok[:max(0, args.top)]]})
+            if winners:
+                print(f"  winners in the {layer} database:", file=out)
+                print(table(("bucket", "tokens", "ms", "TFLOP/s", "speed-up", "config",
+                             "compute cap.", "triton", "template"),
+                            [(w.key.bucket, w.key.tokens, _fmt(w.ms), _fmt(w.tflops, ".3g"),
+                              _fmt(w.speedup, ".2f", "x"), describe_config(w.config),
+                              w.key.compute_capability, w.key.triton_version,
+                              w.key.template_hash) for w in winners], indent="    "), file=out)
             if trials:
                 fails = ", ".join(f"{n} {stage}" for stage, n in sorted(failed.items()))
                 print(f"  trials in the {layer} database at bucket {bucket}: {len(ok)} timed"
-                      f"{', failed: ' + fails if fails else ''}")
-                print(_table(("tokens", "ms", "TFLOP/s", "error", "config"),
-                             [(t.key.tokens, _fmt(t.ms), _fmt(t.tflops, ".3g"),
-                               _fmt(t.error, ".2g"), describe_config(t.config))
-                              for t in ok[:max(0, args.top)]], indent="    "))
+                      f"{', failed: ' + fails if fails else ''}", file=out)
+                print(table(("tokens", "ms", "TFLOP/s", "error", "config"),
+                            [(t.key.tokens, _fmt(t.ms), _fmt(t.tflops, ".3g"),
+                              _fmt(t.error, ".2g"), describe_config(t.config))
+                             for t in ok[:max(0, args.top)]], indent="    "), file=out)
+    print("\nconfig codes:\n" + config_legend(), file=out)
+    emit_json(args, doc)
     return 0
 
 

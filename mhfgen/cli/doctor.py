@@ -4,10 +4,16 @@ from __future__ import annotations
 import os
 import platform
 
+from .output import add_json_arg, emit_json, key_values, text_stream
+
+#: the format of the --json document (keys: docs/SCRIPTING.md)
+DOCTOR_FORMAT = "mhfgen-doctor/1"
+
 
 def register(sub) -> None:
     p = sub.add_parser("doctor", help="report torch, Triton, GPU and database paths",
                        description="Report the versions, GPU and paths mhfgen uses here.")
+    add_json_arg(p, DOCTOR_FORMAT)
     p.set_defaults(handler=run)
 
 
@@ -17,10 +23,13 @@ def run(args) -> int:
 
     from .. import __version__, paths
 
+    gpu_doc = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         gpu = f"{props.name} (compute capability {props.major}.{props.minor}, " \
               f"{props.multi_processor_count} SMs)"
+        gpu_doc = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+                   "sm_count": props.multi_processor_count}
     else:
         gpu = "none (kernels run through Triton's interpreter on CPU tensors)"
     shipped = paths.shipped_db_path()
@@ -48,10 +57,24 @@ def run(args) -> int:
         ("templates", str(paths.templates_dir())),
         ("cache dir", str(paths.cache_dir())),
     ]
-    rows.append(("shipped configs", _shipped_summary(shipped)))
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+    from ..record import RECORD_ENV
+    from ..tuning.on_miss import ENABLE_ENV
+
+    summary = _shipped_summary(shipped)
+    rows.append(("shipped configs", summary))
+    rows.append(("recording", os.environ.get(RECORD_ENV) or f"off ({RECORD_ENV} unset)"))
+    rows.append(("tune on miss", "on" if os.environ.get(ENABLE_ENV, "") not in ("", "0")
+                 else f"off ({ENABLE_ENV} unset)"))
+    print(key_values(rows), file=text_stream(args))
+    emit_json(args, {
+        "format": DOCTOR_FORMAT, "mhfgen": __version__, "python": platform.python_version(),
+        "torch": torch.__version__, "triton": triton.__version__,
+        "triton_interpret": os.environ.get("TRITON_INTERPRET"), "gpu": gpu_doc,
+        "launches": launch, "user_db": str(paths.user_db_path()), "shipped_db": str(shipped),
+        "shipped_db_exists": shipped.exists(), "templates": str(paths.templates_dir()),
+        "cache_dir": str(paths.cache_dir()), "shipped_configs": summary,
+        "record": os.environ.get(RECORD_ENV) or None,
+        "tune_on_miss": os.environ.get(ENABLE_ENV, "") not in ("", "0")})
     return 0
 
 

@@ -16,6 +16,7 @@ import sys
 
 from . import CommandError
 from .common import add_problem_args, problem_from_args
+from .output import table
 
 #: the problem of a bare `mhfgen tune` on a machine without a GPU
 CPU_PROBLEM = dict(heads=2, kv_heads=1, head_dim=32, intermediate=64, experts=2, tokens=32,
@@ -210,9 +211,7 @@ def _summary(problem, device, timer, results, db_path, storage) -> str:
                      f"{r.ms:.4g}" if r.ms else "-", f"{r.tflops:.3g}" if r.tflops else "-",
                      f"{r.default_ms:.4g}" if r.default_ms else "-",
                      f"{r.speedup:.2f}x" if r.speedup else "-", f"{r.evaluated} ({r.failed})"))
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for row in (header, *rows):
-        lines.append("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    lines.append(table(header, rows))
     if len(results) == 3 and all(r.ms for r in results):
         total = sum(r.ms for r in results)
         line = (f"forward + backward: {total:.4g} ms, "

@@ -1,10 +1,15 @@
 """`mhfgen verify`: the generated kernels against the float64 reference on this machine."""
 from __future__ import annotations
 
-import json
+import sys
 import time
 
 from . import CommandError
+from .output import add_json_arg, emit_json, json_to_stdout, table, text_stream
+
+#: the format of the --json document (keys: docs/SCRIPTING.md)
+VERIFY_FORMAT = "mhfgen-verify/1"
+OUTPUTS = ("o", "dq", "dk", "du", "dv", "dr")
 
 
 def register(sub) -> None:
@@ -20,7 +25,7 @@ def register(sub) -> None:
                    help="comma list (default: bfloat16,float16,float32 on a GPU, "
                         "float32,float16 on the CPU)")
     p.add_argument("--tokens", type=int, default=16384, help="tokens of the preset problems on a GPU")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    add_json_arg(p, VERIFY_FORMAT)
     p.set_defaults(handler=run)
 
 
@@ -70,11 +75,10 @@ def run(args) -> int:
         if name == "bfloat16" and not gpu:
             raise CommandError("bfloat16 needs a GPU: Triton's interpreter cannot multiply bf16")
     where = _device.gpu_name(dev)
-    print(f"mhfgen verify on {where}" + ("" if gpu else " (Triton interpreter, small problems)"))
-    rows, failed = [], 0
-    header = f"{'case':<10} {'dtype':<9} {'tokens':>6} " + " ".join(f"{o:>9}" for o in
-                                                                   ("o", "dq", "dk", "du", "dv", "dr"))
-    print(header + "   status")
+    out = text_stream(args)
+    print(f"mhfgen verify on {where}" + ("" if gpu else " (Triton interpreter, small problems)"),
+          file=out)
+    rows, lines, failed = [], [], 0
     for case in _cases(args, gpu):
         ref_inputs = make_inputs(case, torch.float32, dev, seed=0)
         for name in names:
@@ -88,31 +92,44 @@ def run(args) -> int:
                 got = kernel_outputs(q, k, u, v, r, do)
             except Exception as exc:  # noqa: BLE001 - a failing kernel is a failed row
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-                print(f"{case.name:<10} {name:<9} {case.tokens:>6} FAIL {reason}")
+                lines.append((case.name, name, case.tokens, *[""] * len(OUTPUTS), f"FAIL {reason}"))
+                _progress(args, lines[-1])
                 rows.append({**row, "ok": False, "error": reason})
                 failed += 1
                 continue
             checks = compare(got, expected, dtype)
             bad = [c for c in checks if not c.ok]
             failed += bool(bad)
-            cells = " ".join(f"{c.error:9.2e}" for c in checks)
             status = "ok" if not bad else "FAIL " + ",".join(c.output for c in bad)
-            print(f"{case.name:<10} {name:<9} {case.tokens:>6} {cells}   {status}")
+            errors = {c.output: f"{c.error:.2e}" for c in checks}
+            lines.append((case.name, name, case.tokens, *(errors.get(o, "") for o in OUTPUTS),
+                          status))
+            _progress(args, lines[-1])
             rows.append({**row, "seconds": time.perf_counter() - start,
                          "errors": {c.output: c.error for c in checks},
                          "tolerances": {c.output: c.tolerance for c in checks}, "ok": not bad})
             del expected, got
+    if sys.stderr.isatty() and not json_to_stdout(args):
+        print(file=sys.stderr)  # past the progress line
+    print(table(("case", "dtype", "tokens", *OUTPUTS, "status"), lines), file=out)
     tols = {n: (tolerance(n), tolerance(n, grad=True))
             for n in names}
     print("tolerances (output, gradients): " +
-          ", ".join(f"{n} {a:.1e}/{b:.1e}" for n, (a, b) in tols.items()))
-    if args.json:
-        import triton
+          ", ".join(f"{n} {a:.1e}/{b:.1e}" for n, (a, b) in tols.items()), file=out)
+    import triton
 
-        with open(args.json, "w") as f:
-            json.dump({"gpu": where, "compute_capability": _device.compute_capability(dev),
-                       "torch": torch.__version__, "triton": triton.__version__,
-                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       "results": rows}, f, indent=1)
-    print(f"{len(rows) - failed} of {len(rows)} passed")
+    emit_json(args, {"format": VERIFY_FORMAT, "gpu": where,
+                     "compute_capability": _device.compute_capability(dev),
+                     "torch": torch.__version__, "triton": triton.__version__,
+                     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "passed": len(rows) - failed, "failed": failed, "results": rows})
+    print(f"{len(rows) - failed} of {len(rows)} passed", file=out)
     return 1 if failed else 0
+
+
+def _progress(args, line: tuple) -> None:
+    """One case done: overwrite a status line on a terminal's stderr (the table follows)."""
+    if sys.stderr.isatty():
+        case, dtype, tokens, *_, status = line
+        print(f"\r\033[K{case} {dtype} {tokens}: {status}", end="", file=sys.stderr,
+              flush=True)

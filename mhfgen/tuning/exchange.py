@@ -32,14 +32,17 @@ class ExchangeError(ValueError):
 
 def export_winners(db: TuningDB, **filters) -> dict:
     """Every winner of `db` whose key columns equal `filters`, as an export document."""
-    records = []
-    for w in db.winners(**filters):
-        rec = w.key.as_dict()
-        rec["config"] = w.config.as_dict()
-        rec.update({name: getattr(w, name) for name in _PROVENANCE})
-        records.append(rec)
+    records = [winner_as_dict(w) for w in db.winners(**filters)]
     return {"format": EXPORT_FORMAT, "schema_version": SCHEMA_VERSION, "exported": utc_now(),
             "mhfgen_version": __version__, "source": str(db.path), "records": records}
+
+
+def winner_as_dict(w: WinnerRecord) -> dict:
+    """One winner as an export record: its key's columns, config and provenance."""
+    rec = w.key.as_dict()
+    rec["config"] = w.config.as_dict()
+    rec.update({name: getattr(w, name) for name in _PROVENANCE})
+    return rec
 
 
 @dataclass

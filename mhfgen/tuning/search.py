@@ -133,6 +133,32 @@ def describe_config(config: LaunchConfig) -> str:
     return text
 
 
+#: what each code of describe_config means (printed by `mhfgen list` and `mhfgen show`)
+CONFIG_LEGEND = (
+    ("BM", "block_m: rows per program (a row is one token and query head)"),
+    ("BN", "block_n: intermediate columns per tile"),
+    ("w", "num_warps"),
+    ("s", "num_stages (software-pipelining depth)"),
+    ("gh", "group_heads: query heads of a kv-head group sharing each K/U/V tile load"),
+    ("pad", "head_dim_split=pad: head_dim padded to a power of two (default: cut into "
+            "power-of-two chunks)"),
+    ("is", "inter_splits: forward programs splitting the intermediate dimension (decode)"),
+    ("ts", "token_splits: dK/dU/dV programs splitting the tokens (fp32 atomics)"),
+    ("tma", "K/U/V tiles loaded through tensor descriptors (TMA, sm90+)"),
+    ("ws", "warp_specialize: Triton's automatic warp specialisation of the loop (sm90+)"),
+    ("T", "transpose_acc: dK/dU/dV accumulate dK^T, head_dim as the MMA's M dimension"),
+    ("prefetch", "prefetch_scores: the next tile's score MMAs issued before this tile's "
+                 "activation"),
+    ("split", "split_grads: dK/dU/dV as two kernels (dK and dU; dV)"),
+)
+
+
+def config_legend(indent: str = "  ") -> str:
+    """CONFIG_LEGEND as text lines."""
+    width = max(len(code) for code, _ in CONFIG_LEGEND)
+    return "\n".join(f"{indent}{code:<{width}}  {text}" for code, text in CONFIG_LEGEND)
+
+
 def study_storage_url(problem: TuningProblem, device: DeviceFacts) -> str:
     """sqlite:/// URL of the study file of one problem on one GPU, under the cache dir
     (open it with `optuna-dashboard <url>`)."""
