@@ -62,7 +62,8 @@ def register(sub) -> None:
 def _add_db(p) -> None:
     p.add_argument("--db", default=None,
                    help="the tuning database file (default: $MHFGEN_DB or "
-                        "~/.cache/mhfgen/tuning.sqlite; list/show also read the shipped one)")
+                        "tuning.sqlite in the cache folder, see `mhfgen doctor`; list/show also "
+                        "read the shipped one)")
 
 
 def _open(path, readonly: bool):

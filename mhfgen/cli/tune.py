@@ -62,7 +62,7 @@ def register(sub) -> None:
     g.add_argument("--fresh", action="store_true",
                    help="discard the stored study of this problem instead of resuming it")
     g.add_argument("--db", default=None, help="tuning database (default: $MHFGEN_DB or "
-                                              "~/.cache/mhfgen/tuning.sqlite)")
+                                              "tuning.sqlite in the cache folder)")
     g.add_argument("--replay", default=None, metavar="FILE",
                    help="time nothing: replay timings recorded in FILE (mhfgen-timings JSON)")
     g.add_argument("--record", default=None, metavar="FILE",
@@ -223,7 +223,8 @@ def _summary(problem, device, timer, results, db_path, storage) -> str:
     if storage:
         from ..tuning.study import journal_path, redact
 
-        lines.append(f"study: optuna-dashboard {journal_path(storage) or redact(storage)}")
+        lines.append(f"study: optuna-dashboard {journal_path(storage) or redact(storage)}"
+                     f"  (the dashboard extra: pip install 'mhfgen[dashboard]')")
     return "\n".join(lines)
 
 

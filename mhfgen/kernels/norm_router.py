@@ -131,7 +131,8 @@ def norm_router_fwd_kernel(Q, NW, WR, QN, R, T, L, eps,
 
 
 @triton.jit
-def norm_router_bwd_kernel(Q, NW, WR, DQN, DR, DQ, DW_PART, DWR_PART, T, L, TOKENS_PER_SPLIT, eps,
+def norm_router_bwd_kernel(Q, NW, WR, DQN, DR, DQ, DW_PART, DWR_PART, T, L, TOKENS_PER_SPLIT,
+                           eps,
                            s_qb, s_ql, s_qh, s_qd, s_nh, s_nd, s_wh, s_wd, s_we,
                            s_gb, s_gl, s_gh, s_gd, s_rb, s_rl, s_rh, s_re,
                            H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,

@@ -472,9 +472,9 @@ class TuningDB:
 
 
 def layer_paths() -> list[tuple[str, Path]]:
-    """The databases the dispatcher consults, in order: ('user', $MHFGEN_DB or
-    ~/.cache/mhfgen/tuning.sqlite), then ('shipped', tuning_db/tuning.sqlite) when the
-    shipped folder exists."""
+    """The databases the dispatcher consults, in order: ('user', paths.user_db_path():
+    $MHFGEN_DB or tuning.sqlite in the cache folder), then ('shipped',
+    tuning_db/tuning.sqlite) when the shipped folder exists."""
     layers = [("user", paths.user_db_path())]
     try:
         layers.append(("shipped", paths.shipped_db_path()))
