@@ -142,3 +142,14 @@ def test_the_legend_explains_every_code():
     scripting = (ROOT / "docs" / "SCRIPTING.md").read_text()
     for code in codes:
         assert f"`{code}`" in readme and f"| `{code}` |" in scripting, code
+
+
+def test_show_neither_records_nor_tunes(tmp_path, monkeypatch, capsys):
+    record = tmp_path / "rec.jsonl"
+    monkeypatch.setenv("MHFGEN_RECORD", str(record))
+    monkeypatch.setenv("MHFGEN_TUNE_ON_MISS", "1")
+    assert main(["show", *PROBLEM, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["kernels"][FWD]["dispatch"]["source"] == "heuristic"
+    assert not record.exists() and not paths.user_db_path().exists()
+    assert os.environ["MHFGEN_RECORD"] == str(record)  # restored

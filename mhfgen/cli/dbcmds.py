@@ -2,6 +2,7 @@
 tuned configs between machines as JSON with provenance."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -177,7 +178,8 @@ def run_show(args) -> int:
         doc["kernels"][kernel] = entry
         print(f"\n{kernel} (template {entry['template_hash']})", file=out)
         if args.gpu is None:
-            choice = dispatch.explain_choice(kernel, spec, args.tokens, device)
+            with _not_observed():
+                choice = dispatch.explain_choice(kernel, spec, args.tokens, device)
             entry["dispatch"] = {"source": choice.source, "layer": choice.layer,
                                  "tuned_tokens": choice.tuned_tokens,
                                  "config": choice.config.as_dict(),
@@ -225,6 +227,20 @@ def run_show(args) -> int:
     print("\nconfig codes:\n" + config_legend(), file=out)
     emit_json(args, doc)
     return 0
+
+
+@contextlib.contextmanager
+def _not_observed():
+    """Dispatch decisions made to be shown, not served: neither recorded (MHFGEN_RECORD)
+    nor tuned on the spot (MHFGEN_TUNE_ON_MISS)."""
+    from ..record import RECORD_ENV
+    from ..tuning.on_miss import ENABLE_ENV
+
+    saved = {k: os.environ.pop(k) for k in (RECORD_ENV, ENABLE_ENV) if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def run_export(args) -> int:
