@@ -202,7 +202,9 @@ def test_patch_model_replaces_every_layer_found_by_its_parameters():
     model = nn.Sequential(Block(cfg), nn.Linear(64, 64), Block(cfg))
     x = _x()
     want = model(x)
+    w_self = model[0].feed_forward.w_self.weight
     assert patch_model(model, backend="torch") == 2
+    assert model[0].feed_forward.in_proj.weight.data_ptr() == w_self.data_ptr()  # the same
     assert isinstance(model[0].feed_forward, FlashMHF) and isinstance(model[2].feed_forward,
                                                                       FlashMHF)
     assert isinstance(model[1], nn.Linear) and isinstance(model[0].norm, nn.LayerNorm)

@@ -13,6 +13,12 @@ search already running in this thread, bfloat16 through Triton's interpreter. A 
 that fails is logged and the dispatcher keeps its fallback choice. Other keys that could
 now use the new winner (same bucket) see it in the next process or after
 mhfgen.dispatch.clear_cache().
+
+NOTE: the search runs in the caller's process and CUDA context (configs compiled in-process,
+one at a time). Candidates are pruned by the same search-space rules as `mhfgen tune`, but
+a candidate that faulted the GPU would take the process's context with it, which a separate
+`mhfgen tune` process survives; that is why recording and `mhfgen tune --from-record` are
+the default path and this one is opt-in.
 """
 from __future__ import annotations
 
