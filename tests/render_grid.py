@@ -1,0 +1,165 @@
+"""Render every kernel template over a broad grid of (spec, config) and compare renders.
+
+A template refactor (macros, reordered blocks) must leave the generated code of every
+(spec, config) byte for byte as it was: the tuning database keys each winner by the hash
+of its code (mhfgen.codegen.code_hash), so a refactor that changed one character would
+silently invalidate stored winners. The grid takes every structural branch of the three
+templates: BLOCK_N dividing De or not (flat loop / per-expert loop), tma, prefetch_scores,
+warp_specialize, inter_splits > 1, head_dim as chunks or padded (D = 96, 80, 24), fp32's
+IEEE precision, Hkv < H with group_heads > 1, token_splits, transpose_acc, split_grads,
+and the interpreter, sm80, sm90 and sm100 targets. Renders are compared with the
+"# template hash:" line left out, as code_hash does.
+
+    python tests/render_grid.py --against main     # working tree vs. main's templates
+    python tests/render_grid.py --write-digests    # refresh tests/data/render_digests.json
+
+tests/test_render_grid.py checks the working tree against the committed digests.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import hashlib
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from mhfgen import codegen, paths  # noqa: E402
+from mhfgen.spec import KERNELS, KernelSpec, LaunchConfig  # noqa: E402
+
+DIGESTS = REPO / "tests" / "data" / "render_digests.json"
+
+# (heads, kv_heads) x head_dim x (experts, expert_dim) x dtype x target
+HEADS = ((4, 4), (8, 2))
+HEAD_DIMS = (128, 96, 80, 24)
+EXPERTS = ((4, 64), (3, 80), (2, 96))
+DTYPES = ("bfloat16", "float16", "float32")
+TARGETS = ("interpreter", "sm80", "sm90", "sm100")
+
+
+def specs() -> list[KernelSpec]:
+    return [KernelSpec(h, hkv, d, e, de, dtype, target)
+            for (h, hkv), d, (e, de), dtype, target
+            in itertools.product(HEADS, HEAD_DIMS, EXPERTS, DTYPES, TARGETS)]
+
+
+def configs(kernel: str, spec: KernelSpec) -> Iterator[LaunchConfig]:
+    """Every combination of the fields that change `kernel`'s code (block_m, num_warps and
+    num_stages are launch arguments and never do)."""
+    groups = sorted({1, spec.group})
+    common = itertools.product((16, 32, 64, 128), ("chunks", "pad"))
+    if kernel == "flash_mhf_bwd_dkv":
+        for (block_n, split), tok, tr, sg in itertools.product(
+                common, (1, 2), (False, True), (False, True)):
+            yield LaunchConfig(block_n=block_n, head_dim_split=split, token_splits=tok,
+                               transpose_acc=tr, split_grads=sg)
+        return
+    fwd = kernel == "flash_mhf_fwd"
+    for (block_n, split), g, tma, ws, inter, pre in itertools.product(
+            common, groups, (False, True), (False, True),
+            (1, 2) if fwd else (1,), (False, True) if fwd else (False,)):
+        yield LaunchConfig(block_n=block_n, head_dim_split=split, group_heads=g, tma=tma,
+                           warp_specialize=ws, inter_splits=inter, prefetch_scores=pre)
+
+
+def _code(source: str) -> str:
+    return "\n".join(line for line in source.splitlines()
+                     if not line.startswith("# template hash:"))
+
+
+@contextlib.contextmanager
+def templates_from(folder: Path):
+    """Render from the templates in `folder` instead of the package's."""
+    def clear():
+        codegen._environment.cache_clear()
+        codegen.template_hash.cache_clear()
+    clear()
+    try:
+        with mock.patch.object(paths, "templates_dir", lambda: folder):
+            yield
+    finally:
+        clear()
+
+
+def render_grid(kernels=KERNELS) -> dict[tuple, str]:
+    """(kernel, spec key, config json) -> generated code, for every valid grid point."""
+    out = {}
+    for kernel in kernels:
+        for spec in specs():
+            for config in configs(kernel, spec):
+                try:
+                    source = codegen.render(kernel, spec, config)
+                except ValueError:  # the config cannot run this spec (tma on sm80, ...)
+                    continue
+                out[(kernel, spec.key(), config.to_json())] = _code(source)
+    return out
+
+
+def digests(renders: dict[tuple, str]) -> dict[str, str]:
+    """One sha256 per (kernel, spec) over its configs' code, in grid order."""
+    per: dict[str, hashlib._Hash] = {}
+    for (kernel, spec_key, config), code in renders.items():
+        h = per.setdefault(f"{kernel} {spec_key}", hashlib.sha256())
+        h.update(config.encode() + b"\0" + code.encode() + b"\0")
+    return {key: h.hexdigest()[:16] for key, h in per.items()}
+
+
+def templates_at(rev: str, into: Path) -> Path:
+    """Write the templates/ folder of git revision `rev` into `into`."""
+    names = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", f"{rev}:templates"],
+                           check=True, capture_output=True, text=True).stdout.split()
+    for name in names:
+        blob = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:templates/{name}"],
+                              check=True, capture_output=True).stdout
+        (into / name).write_bytes(blob)
+    return into
+
+
+def compare(rev: str) -> int:
+    new = render_grid()
+    with tempfile.TemporaryDirectory() as tmp, templates_from(templates_at(rev, Path(tmp))):
+        old = render_grid()
+    if old.keys() != new.keys():
+        print(f"the grid's valid points differ: {len(old)} at {rev}, {len(new)} now")
+        return 1
+    differ = [key for key in new if new[key] != old[key]]
+    print(f"{len(new)} renders ({len(set(new.values()))} distinct sources) compared with {rev}: "
+          f"{len(differ)} differ")
+    for kernel, spec_key, config in differ[:10]:
+        print(f"  {kernel} {spec_key} {config}")
+    if differ:
+        key = differ[0]
+        sys.stdout.writelines(difflib.unified_diff(
+            old[key].splitlines(True), new[key].splitlines(True), rev, "working tree"))
+    return 1 if differ else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--against", metavar="REV",
+                        help="compare the working tree's renders with git revision REV's")
+    parser.add_argument("--write-digests", action="store_true",
+                        help=f"write the grid's digests to {DIGESTS.relative_to(REPO)}")
+    args = parser.parse_args(argv)
+    if args.write_digests:
+        DIGESTS.parent.mkdir(exist_ok=True)
+        DIGESTS.write_text(json.dumps(digests(render_grid()), indent=1, sort_keys=True) + "\n")
+        print(f"wrote {DIGESTS}")
+        return 0
+    if not args.against:
+        parser.error("give --against REV or --write-digests")
+    return compare(args.against)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The generated code of every (spec, config) of a broad grid stays what it was.
+
+tests/render_grid.py renders all three templates over the grid (every structural branch,
+see its docstring); tests/data/render_digests.json holds one digest per (kernel, spec) of
+the code its configs generate. A template refactor must leave them as they are; a change
+meant to alter generated code refreshes them (`python tests/render_grid.py
+--write-digests`) and re-tunes or re-checks the shipped database, whose winners are keyed
+by the hash of their code.
+"""
+import json
+
+import pytest
+import render_grid
+
+
+@pytest.fixture(scope="module")
+def renders():
+    return render_grid.render_grid()
+
+
+def test_the_grid_takes_every_branch(renders):
+    code = "\n".join(renders.values())
+    for branch in ("for e in range(e_lo, e_hi):", "for n0 in range(n_lo, n_hi, BLOCK_N):",
+                   "for n0 in range(n_lo + BLOCK_N, n_hi, BLOCK_N):", "warp_specialize=True",
+                   "tl.make_tensor_descriptor(", "ticket = tl.atomic_add(", "n_ok",
+                   "< HEAD_DIM", 'input_precision="ieee"', "def flash_mhf_bwd_dkv_dv_kernel(",
+                   "tl.atomic_add(DK", "# dk^T", "GROUP_HEADS: tl.constexpr = 4"):
+        assert branch in code, branch
+
+
+def test_renders_match_the_committed_digests(renders):
+    want = json.loads(render_grid.DIGESTS.read_text())
+    got = render_grid.digests(renders)
+    assert got.keys() == want.keys()
+    changed = sorted(key for key in got if got[key] != want[key])
+    assert not changed, (f"generated code changed for {len(changed)} (kernel, spec) pairs, "
+                         f"e.g. {changed[:3]}: see tests/render_grid.py")
