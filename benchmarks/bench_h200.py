@@ -1,4 +1,4 @@
-"""The ANCHORS.md comparison on one GPU, in one process: `python3 benchmarks/bench_h200.py OUTDIR`.
+"""The reference comparison on one GPU, in one process: `python3 benchmarks/bench_h200.py OUTDIR`.
 
 1. table: the 370M, 1.3B and (1024, 16, 64, 2816, 11) shapes at 16384 tokens (B=8, L=2048),
    bf16, forward and forward + backward: the mhfgen op, the PyTorch reference,
@@ -7,8 +7,9 @@
 2. sweep: the 1.3B shape over tokens (the 16384-token rows of part 1 are reused), all core
    methods, both passes, plotted as TFLOP/s against tokens.
 
-Writes into OUTDIR: table.{txt,json,csv}, sweep.{txt,json,csv,png}, summary.md (the table in
-ANCHORS.md's layout, with ratios) and progress.log (a line per measurement, as it happens).
+Writes into OUTDIR: table.{txt,json,csv}, sweep.{txt,json,csv,png}, summary.md (the layout of
+the reference table in docs/PERFORMANCE.md, with ratios) and progress.log (a line per
+measurement, as it happens).
 The sweep stops early (and says so) once the run has taken BUDGET_S seconds, so the whole
 run stays near 6 minutes on an H200. Prints summary.md last.
 """
@@ -65,7 +66,7 @@ def _peak(rows, shape, method):
 
 
 def summary_markdown(rows: list[bench.Row], names: dict[str, str]) -> str:
-    """ANCHORS.md's table: TFLOP/s fwd / fwd+bwd and the fwd+bwd peak per method; then the
+    """The reference table's layout: TFLOP/s fwd / fwd+bwd and the fwd+bwd peak per method; then the
     ratios mhfgen/method (TFLOP/s, so above 1 means mhfgen is faster); then the layers."""
     r0 = rows[0]
     lines = [f"GPU {r0.gpu} (cc {r0.compute_capability}), torch {r0.torch}, triton {r0.triton}, "

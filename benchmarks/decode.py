@@ -5,8 +5,8 @@
 With a handful of tokens the forward reads every weight once, 3 * Hkv * I * D elements,
 and does little else: it is bound by HBM bandwidth. The figure of merit is weight bytes
 read per second against the device's copy bandwidth, measured in the same run (a device
-to device copy of 1 GiB, read + write bytes per second; ANCHORS.md: 4.25 TB/s on an
-H200). The bar: >= 60% on the 1.3B shape at 1, 8 and 64 tokens.
+to device copy of 1 GiB, read + write bytes per second; 4.25 TB/s on an
+H200, docs/PERFORMANCE.md). The bar: >= 60% on the 1.3B shape at 1, 8 and 64 tokens.
 
 Per (shape, tokens), under torch.no_grad, with the dispatcher's config (tuned where the
 database has the shape, else the heuristic):

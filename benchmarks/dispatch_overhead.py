@@ -18,8 +18,8 @@ floor); the launcher with an explicit config (plan lookup, output allocation, la
 launcher with dispatch (what mhfgen users get); `mhfgen.flash_mhf` under no_grad (which
 calls the launcher directly) and the custom op `torch.ops.mhfgen.flash_mhf` (what
 autograd and torch.compile go through); `triton.autotune` of the same kernel with two
-configs (the reference of ANCHORS.md, 16 to 19 us); `choose_config` alone. The bar
-(ANCHORS.md): launcher with dispatch minus bare launch <= 10 us.
+configs (16 to 19 us in the reference figures of docs/PERFORMANCE.md); `choose_config`
+alone. The bar (docs/CONTRACTS.md): launcher with dispatch minus bare launch <= 10 us.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Time the generated kernels on a GPU for a few shapes and a grid of launch configs.
 
 A kernel engineer's probe, not the tuner: prints TFLOP/s of the forward (6 T H I D FLOPs),
-the backward (12 T H I D, counted as in ANCHORS.md) and forward + backward (18 T H I D) for
+the backward (12 T H I D, counted as in docs/CONTRACTS.md) and forward + backward (18 T H I D) for
 the heuristic config and the best of a small grid per kernel.
 
     python benchmarks/kernel_sweep.py --shapes 1.3B,370M --tokens 16384 --grid

@@ -1,4 +1,4 @@
-"""The tuning figures of ANCHORS.md, measured on one GPU model in one run:
+"""The tuning figures of docs/TUNING.md, measured on one GPU model in one run:
 
   suite     tuned vs built-in default on 30 shapes (forward, dQ/dR and dK/dU/dV kernels),
             each tuned like `mhfgen tune` does (Optuna, --trials per kernel); the
@@ -69,8 +69,9 @@ class Shape:
     experts: int
     tokens: int
     dtype: str = "bfloat16"
-    #: "preset": a SPEC.md preset, where the built-in defaults were chosen by hand from H200
-    #: sweeps; "other": shapes nobody swept, where a user's own tuning has to do the work
+    #: "preset": a reference preset (mhfgen.presets), where the built-in defaults were
+    #: chosen by hand from H200 sweeps; "other": shapes nobody swept, where a user's own
+    #: tuning has to do the work
     group: str = "preset"
 
     def problem(self, target: str) -> TuningProblem:
@@ -80,7 +81,7 @@ class Shape:
 
 
 def _presets_at(tokens: tuple[int, ...]) -> list[Shape]:
-    """The three SPEC.md presets at each token count."""
+    """The three reference presets at each token count."""
     dims = {"1.3B": (16, 16, 128, 5632, 22), "370M": (8, 8, 128, 2816, 11),
             "128M": (8, 8, 96, 2048, 8)}
     return [Shape(f"{name}-T{t}", *dims[name], t) for t in tokens for name in dims]
@@ -331,7 +332,8 @@ def report(out: Path) -> str:
                   + ", ".join(f"{k.removeprefix('flash_mhf_')} {v:.3f}x" for k, v in per_kernel.items()
                               if v), ""]
         for group, values in sorted(groups.items(), reverse=True):
-            what = ("SPEC.md presets, where the built-in defaults were chosen from H200 sweeps"
+            what = ("the reference presets, where the built-in defaults were chosen from H200 "
+                    "sweeps"
                     if group == "preset" else "other shapes, where nobody swept the defaults")
             lines.append(f"- {group} ({what}): {len(values) // 3} shapes, geometric mean "
                          f"**{_geomean(values):.3f}x**")

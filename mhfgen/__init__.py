@@ -1,6 +1,6 @@
 """mhfgen: generated, autotuned Triton kernels for the Flash Multi-Head FFN (FlashMHF).
 
-Public API (SPEC.md section 2): flash_mhf (the core op, autograd-aware), FlashMHF (the
+Public API (docs/CONTRACTS.md, section 2): flash_mhf (the core op, autograd-aware), FlashMHF (the
 layer), SwiGLU (the baseline FFN), reference (the plain-PyTorch definition).
 """
 from .device import enable_interpreter_default as _enable_interpreter_default

@@ -12,9 +12,9 @@ Methods (a registry, `METHODS`; `register_method` adds one):
 - layer scope, given x (B, L, d): `layer_mhfgen` (the `FlashMHF` module on the kernels) and
   `layer_swiglu` (the `SwiGLU` module of the same d_model and intermediate size).
 
-FLOPs (ANCHORS.md): the core and the SwiGLU FFN do 6*T*H*I*D = 6*T*d*I per forward; the
-FlashMHF layer adds its two d x d projections, 4*T*d^2 (the router and the RMSNorm are not
-counted); forward + backward counts 3x the forward.
+FLOPs (docs/CONTRACTS.md, section 5): the core and the SwiGLU FFN do 6*T*H*I*D = 6*T*d*I
+per forward; the FlashMHF layer adds its two d x d projections, 4*T*d^2 (the router and the
+RMSNorm are not counted); forward + backward counts 3x the forward.
 
 Timing: on CUDA the median of `triton.testing.do_bench` (warm-up, L2 flushed between runs)
 and the peak of `torch.cuda.max_memory_allocated` above what was allocated before the call
@@ -110,7 +110,7 @@ class BenchProblem:
 
     @property
     def shape(self) -> str:
-        """'(d, H, D, I, E)' as ANCHORS.md writes shapes, with ', Hkv=..' when Hkv < H."""
+        """'(d, H, D, I, E)' as docs/CONTRACTS.md writes shapes, with ', Hkv=..' when Hkv < H."""
         s = f"({self.d_model}, {self.heads}, {self.head_dim}, {self.intermediate}, {self.experts}"
         return s + (f", Hkv={self.kv_heads})" if self.kv_heads != self.heads else ")")
 

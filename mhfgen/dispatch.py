@@ -1,6 +1,6 @@
 """Runtime choice of a LaunchConfig per kernel, spec and shape.
 
-Order (SPEC.md section 4), each step tested in tests/test_dispatch.py:
+Order (docs/CONTRACTS.md, section 4), each step tested in tests/test_dispatch.py:
     1. exact key    a winner tuned on this GPU at exactly this token count
     2. same bucket  a winner of the same shape bucket (mhfgen.tuning.buckets.shape_bucket)
     3. nearest      the winner of the same spec on this GPU nearest in log2(tokens)

@@ -15,7 +15,7 @@ BACKENDS = ("auto", "triton", "torch")
 
 
 class FlashMHF(nn.Module):
-    """Flash Multi-Head FFN (SPEC.md section 1).
+    """Flash Multi-Head FFN (docs/CONTRACTS.md, section 1).
 
     y = O.view(B, L, d) W_out^T, O = flash_mhf(Q, K, U, V, R), Q = (x W_in^T).view(B, L, H, D)
     (optionally RMS-normalised per head), R = sigmoid(Q W_R) normalised to sum 1 over the

@@ -1,6 +1,7 @@
 """The FlashMHF layer's per-head RMSNorm of Q and its router, with activation memory O(chunk).
 
-Forward (SPEC.md section 1, steps 2 and 3), per token and head, in fp32 whatever q's dtype:
+Forward (docs/CONTRACTS.md, section 1, steps 2 and 3), per token and head, in fp32 whatever
+q's dtype:
 
     x = q,  rstd = 1 / sqrt(mean_d(x^2) + eps),  n = x * rstd,  qn = n * w       (w: (H, D))
     P = qn W_R[h]  (W_R: (H, D, E)),  g = sigmoid(P),  s = max(sum_e g, 1e-20),  R = g / s

@@ -1,4 +1,5 @@
-"""The reference problems of SPEC.md: (d_model, heads, head_dim, intermediate, experts)."""
+"""The reference problems (docs/CONTRACTS.md, section 1): (d_model, heads, head_dim,
+intermediate, experts)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,6 @@
 """FlashMHF in plain PyTorch: the definition every test and benchmark compares against.
 
-SPEC.md section 1. Works in any floating dtype, float64 included, on any device. It
+docs/CONTRACTS.md, section 1. Works in any floating dtype, float64 included, on any device. It
 materialises the (B, L, H, I) activation: this is the naive form the kernels avoid.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Accuracy bars of the kernels against the float64 reference, per dtype, in one place.
 
 Errors are relative Frobenius norms, ||x - x_ref|| / ||x_ref||, with x_ref computed in
-float64 from the same (rounded) inputs. bf16 figures are the bar of ANCHORS.md; fp32 uses
-IEEE dots; fp16 keeps 3 more mantissa bits than bf16.
+float64 from the same (rounded) inputs. bf16 figures are the bar of docs/CONTRACTS.md
+(section 6); fp32 uses IEEE dots; fp16 keeps 3 more mantissa bits than bf16.
 """
 from __future__ import annotations
 

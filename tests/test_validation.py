@@ -1,4 +1,5 @@
-"""Every bad input of SPEC.md raises a clear ValueError/TypeError before any compute."""
+"""Every bad input that docs/CONTRACTS.md (section 2) names raises a clear ValueError or
+TypeError before any compute."""
 import pytest
 import torch
 

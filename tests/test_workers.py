@@ -274,7 +274,7 @@ def test_fresh_starts_a_new_generation_whose_trials_are_all_stored(tmp_path):
 def test_storage_urls():
     assert journal_path("journal:///tmp/a.log") == "/tmp/a.log"
     assert journal_path("journal:rel/a.log") == "rel/a.log"
-    assert journal_path("/shared/study.log") == "/shared/study.log"
+    assert journal_path("/mnt/nfs/study.log") == "/mnt/nfs/study.log"
     assert journal_path("postgresql://u:p@h/db") is None
     assert redact("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
     assert _with_postgres_driver("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Part 5 of the 2026-11-28 measurements, one H200, about 4.5 minutes, after the fused
 # norm + router kernels. Usage: bash THIS STATE OUT
-#   the norm + router kernels against the PyTorch path (values, time, memory); the ANCHORS
+#   the norm + router kernels against the PyTorch path (values, time, memory); the reference
 #   comparison again (bench_h200.py: the layer rows); the odd shapes of `mhfgen verify` in
 #   three dtypes (the part 1 run was cut before its last rows); the dispatch overhead with
 #   the benchmark's explicit-config row fixed

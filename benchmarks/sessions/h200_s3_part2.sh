@@ -3,7 +3,7 @@
 #   the tuning suite's shapes 24-30 (the "other" group: Hkv < H, E = 44 and E = 1, D = 96
 #   with De = 80, D = 64 with GQA, float16, d = 1536), 16 trials per kernel as the first
 #   23; the odd shapes of `mhfgen verify` that part 1's timeout cut (D = 96 fp32, E = 1);
-#   the ANCHORS comparison (bench_h200.py: the layer's forward + backward with the final
+#   the reference comparison (bench_h200.py: the layer's forward + backward with the final
 #   norm + router backward launch, never measured before)
 set -u
 STATE=${1:?state dir}; OUT=${2:?out dir}

@@ -3,7 +3,7 @@
 # shipped database re-tuned by part 1. Usage, from the repo root: bash THIS STATE OUT
 #   GPU 0: Optuna against the exhaustive grid on 370M-T16384 (issue 4), the decode bench
 #          with a config sweep (issue 5), the dispatch host overhead (issue 4)
-#   GPU 1: the ANCHORS.md comparison (bench_h200.py, issue 5), then the grid on 1.3B-T16384
+#   GPU 1: the reference comparison (bench_h200.py, issue 5), then the grid on 1.3B-T16384
 set -u
 STATE=${1:?state dir}; OUT=${2:?out dir}
 mkdir -p "$STATE"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Part 4 of the 2026-11-28 measurements on a 2 x H200 machine, about 6 minutes, after the
 # norm + router function and the sm90 prune rule. Usage: bash THIS STATE OUT
-#   GPU 0: the ANCHORS.md comparison again (bench_h200.py: the layer's new memory figure)
+#   GPU 0: the reference comparison again (bench_h200.py: the layer's new memory figure)
 #   GPU 1: Optuna vs the grid for dK/dU/dV on 370M-T16384 (its first run lost the context)
 #   then, alone on the machine (host timings): dispatch overhead, decode eager + sweep
 set -u

@@ -11,7 +11,7 @@ from . import CommandError
 def add_problem_args(p: argparse.ArgumentParser, tokens: int = 16384) -> None:
     g = p.add_argument_group("problem")
     g.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="a reference problem of SPEC.md (sets heads, head-dim, intermediate, experts)")
+                   help="a reference problem (sets heads, head-dim, intermediate, experts)")
     g.add_argument("--heads", type=int, default=None, help="query heads H (default 8)")
     g.add_argument("--kv-heads", type=int, default=None, help="key/up/value heads Hkv (default H)")
     g.add_argument("--head-dim", type=int, default=None, help="head width D (default 128)")

@@ -1,6 +1,6 @@
 """The tuning database: every trial and every winner, in SQLite through sqlite-utils.
 
-Contract (SPEC.md section 4). Tables:
+Contract (docs/CONTRACTS.md, section 4). Tables:
 
     meta     (key TEXT PRIMARY KEY, value TEXT)
              format = 'mhfgen-tuning', schema_version = SCHEMA_VERSION

@@ -12,7 +12,7 @@ from .buckets import shape_bucket
 
 #: dot FLOPs each kernel executes, in units of tokens * H * I * D (see TuningProblem.flops)
 KERNEL_FLOP_FACTORS = {"flash_mhf_fwd": 6, "flash_mhf_bwd_dq": 10, "flash_mhf_bwd_dkv": 12}
-#: the model FLOPs of forward + backward, in the same units (ANCHORS.md: 3x the forward)
+#: the model FLOPs of forward + backward, in the same units (3x the forward; docs/CONTRACTS.md)
 MODEL_FWD_BWD_FACTOR = 18
 
 
@@ -39,7 +39,7 @@ class TuningProblem:
         return KERNEL_FLOP_FACTORS[kernel] * self.tokens * s.heads * s.intermediate * s.head_dim
 
     def model_flops_fwd_bwd(self) -> int:
-        """18 N: forward + backward FLOPs as ANCHORS.md counts them (3x the forward)."""
+        """18 N: forward + backward FLOPs as docs/CONTRACTS.md counts them (3x the forward)."""
         s = self.spec
         return MODEL_FWD_BWD_FACTOR * self.tokens * s.heads * s.intermediate * s.head_dim
 
