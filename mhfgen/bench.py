@@ -11,6 +11,9 @@ Methods (a registry, `METHODS`; `register_method` adds one):
   `swiglu`, a SwiGLU FFN of equal FLOPs (d = H*D, intermediate I; cuBLAS through torch).
 - layer scope, given x (B, L, d): `layer_mhfgen` (the `FlashMHF` module on the kernels) and
   `layer_swiglu` (the `SwiGLU` module of the same d_model and intermediate size).
+- optional peers, registered always and run only where their package imports
+  (`Method.requires`): `helion`, a FlashMHF forward written in Helion after Helion's
+  autotuner (mhfgen.peers.helion_fwd), forward only (`Method.passes`).
 
 FLOPs (docs/CONTRACTS.md, section 5): the core and the SwiGLU FFN do 6*T*H*I*D = 6*T*d*I
 per forward; the FlashMHF layer adds its two d x d projections, 4*T*d^2 (the router and the
@@ -152,34 +155,45 @@ class Case:
 @dataclass(frozen=True)
 class Method:
     """A benchmarked implementation: `build(problem, pass_, device)` returns its Case;
-    `forward_flops(problem)` is what its TFLOP/s count."""
+    `forward_flops(problem)` is what its TFLOP/s count; `passes` the passes it implements
+    (the others are not measured); `unavailable()` None, or why it cannot run here (an
+    optional package that does not import)."""
 
     name: str
     scope: str
     description: str
     build: Callable[[BenchProblem, str, torch.device], Case]
     forward_flops: Callable[[BenchProblem], int]
+    passes: tuple[str, ...] = PASSES
+    unavailable: Callable[[], str | None] = lambda: None
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, scope: str, description: str,
-                    forward_flops: Callable[[BenchProblem], int] = core_flops):
+                    forward_flops: Callable[[BenchProblem], int] = core_flops,
+                    passes: tuple[str, ...] = PASSES,
+                    unavailable: Callable[[], str | None] = lambda: None):
     """Decorator: add a Case builder to METHODS under `name`."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if not passes or set(passes) - set(PASSES):
+        raise ValueError(f"passes must be some of {PASSES}, got {passes!r}")
 
     def add(build):
         if name in METHODS:
             raise ValueError(f"benchmark method {name!r} is already registered")
-        METHODS[name] = Method(name, scope, description, build, forward_flops)
+        METHODS[name] = Method(name, scope, description, build, forward_flops, tuple(passes),
+                               unavailable)
         return build
     return add
 
 
-def methods_of(scope: str) -> list[str]:
-    return [name for name, m in METHODS.items() if m.scope == scope]
+def methods_of(scope: str, available_only: bool = False) -> list[str]:
+    """The methods of `scope`; with `available_only`, those that can run here."""
+    return [name for name, m in METHODS.items()
+            if m.scope == scope and not (available_only and m.unavailable())]
 
 
 def _randn(shape, p: BenchProblem, device, scale: float = 1.0, grad: bool = False) -> torch.Tensor:
@@ -262,6 +276,20 @@ def _build_swiglu(p, pass_, device):
     torch.manual_seed(2)
     return _module_case(SwiGLU(p.d_model, p.intermediate, device=device, dtype=p.torch_dtype),
                         p, pass_, device)
+
+
+def _helion_unavailable() -> str | None:
+    from .peers import helion_fwd
+    return helion_fwd.available()
+
+
+@register_method("helion", "core",
+                 "a FlashMHF forward written in Helion (mhfgen.peers.helion_kernel) after "
+                 "Helion's autotuner (not timed); forward only; runs where helion is installed",
+                 passes=("fwd",), unavailable=_helion_unavailable)
+def _build_helion(p, pass_, device):
+    from .peers import helion_fwd
+    return _core_case(helion_fwd.flash_mhf_fwd, p, pass_, device)
 
 
 @register_method("layer_mhfgen", "layer",
@@ -432,7 +460,8 @@ def measure(method: Method, p: BenchProblem, pass_: str, device: torch.device, t
     case, phase = None, "building inputs"
     try:
         case = method.build(p, pass_, device)
-        phase = "warm-up" + (" (compilation)" if method.name == "torch_compile" else "")
+        phase = "warm-up" + {"torch_compile": " (compilation)",
+                             "helion": " (autotuning)"}.get(method.name, "")
         case.run()
         timer.sync()
         phase = "peak memory run"
@@ -477,11 +506,16 @@ def run_benchmarks(problems: Iterable[BenchProblem], methods: Iterable[str],
                    repeat: int = 3, timer=None,
                    on_row: Callable[[Row, int, int], None] | None = None) -> list[Row]:
     """Measure every (problem, pass, method), in that nesting, and return the rows with
-    their ratios. `on_row(row, index, total)` is called after each measurement."""
+    their ratios; a method is measured only in the passes it implements. `on_row(row,
+    index, total)` is called after each measurement. ValueError for an unknown method or
+    one that cannot run here (Method.unavailable)."""
     problems, methods, passes = list(problems), list(methods), list(passes)
     for name in methods:
         if name not in METHODS:
             raise ValueError(f"unknown benchmark method {name!r}; known: {', '.join(METHODS)}")
+        reason = METHODS[name].unavailable()
+        if reason:
+            raise ValueError(f"benchmark method {name!r} cannot run here: {reason}")
     for pass_ in passes:
         if pass_ not in PASSES:
             raise ValueError(f"unknown pass {pass_!r}; known: {', '.join(PASSES)}")
@@ -492,10 +526,13 @@ def run_benchmarks(problems: Iterable[BenchProblem], methods: Iterable[str],
     timer = timer or default_timer(device)
     env = environment(device, timer)
     rows: list[Row] = []
-    total = len(problems) * len(passes) * len(methods)
+    total = len(problems) * sum(pass_ in METHODS[name].passes
+                                for pass_ in passes for name in methods)
     for p in problems:
         for pass_ in passes:
             for name in methods:
+                if pass_ not in METHODS[name].passes:
+                    continue
                 row = measure(METHODS[name], p, pass_, device, timer, repeat, env)
                 rows.append(row)
                 if on_row:

@@ -1,5 +1,6 @@
-"""`mhfgen bench`: the mhfgen op against the PyTorch reference, torch.compile of it and a
-SwiGLU FFN of equal FLOPs (and the FlashMHF layer against the SwiGLU layer), side by side."""
+"""`mhfgen bench`: the mhfgen op against the PyTorch reference, torch.compile of it, a
+SwiGLU FFN of equal FLOPs and, where Helion is installed, a Helion forward (and the FlashMHF
+layer against the SwiGLU layer), side by side."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,8 @@ EXAMPLES = """\
 examples:
   mhfgen bench --preset 1.3B --tokens 16384 --layer
   mhfgen bench --preset 370M --tokens 2048,8192,16384 --json out.json --csv out.csv --plot out.png
+  mhfgen bench --preset 1.3B --passes fwd --methods mhfgen,helion --helion-effort full \
+               --helion-budget 300                       # needs helion (GPU)
   mhfgen bench --heads 2 --head-dim 32 --intermediate 64 --experts 2 --tokens 64 \\
                --dtype float32 --methods mhfgen,torch     # without a GPU: the interpreter
 """
@@ -23,6 +26,7 @@ examples:
 
 def register(sub) -> None:
     from ..bench import FLOP_NOTE, METHODS, methods_of
+    from ..peers.helion_fwd import EFFORTS, AutotuneSettings
 
     method_help = "; ".join(f"{name}: {m.description}" for name, m in METHODS.items())
     p = sub.add_parser(
@@ -30,7 +34,9 @@ def register(sub) -> None:
         description=textwrap.fill("For a problem and each pass (forward; forward + backward), measure the "
                     "median time, TFLOP/s and peak memory of the mhfgen op, the PyTorch "
                     "reference, torch.compile of the reference and a SwiGLU FFN of equal "
-                    "FLOPs, side by side in one run, with ratios against mhfgen. " + FLOP_NOTE
+                    "FLOPs (and, where helion is installed, a Helion forward after Helion's "
+                    "autotuner), side by side in one run, with ratios against mhfgen. "
+                    + FLOP_NOTE
                     + " Without a GPU, tiny problems run through Triton's interpreter and "
                       "the timings are labelled as such.", 88),
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -41,12 +47,21 @@ def register(sub) -> None:
                         "B = tokens / 2048 when 2048 divides tokens, else B = 1")
     p.add_argument("--passes", default="fwd,fwdbwd",
                    help="comma list of fwd (forward) and fwdbwd (forward + backward)")
-    p.add_argument("--methods", default=",".join(methods_of("core")),
-                   help=f"comma list of methods (default: {','.join(methods_of('core'))}). "
-                        + method_help)
+    # NOTE: the default is resolved when the command runs: whether helion imports is
+    # not asked while every command's parser is built
+    p.add_argument("--methods", default=None,
+                   help=f"comma list of methods (default: those of {','.join(methods_of('core'))} "
+                        "that can run here; helion only where it is installed). " + method_help)
     p.add_argument("--layer", action="store_true",
                    help="also bench the whole FlashMHF layer against the SwiGLU layer "
                         "(methods " + ",".join(methods_of("layer")) + ")")
+    p.add_argument("--helion-effort", choices=EFFORTS, default=AutotuneSettings.effort,
+                   help="Helion's autotune effort for the helion method; none: Helion's default "
+                        f"config, no search (default {AutotuneSettings.effort})")
+    p.add_argument("--helion-budget", type=int, default=AutotuneSettings.budget_s,
+                   metavar="SECONDS",
+                   help="time budget of Helion's autotuner per shape; it returns its best "
+                        f"config so far then (default {AutotuneSettings.budget_s})")
     p.add_argument("--repeat", type=int, default=3,
                    help="timings per row, the row reports their median (default 3); on a GPU "
                         "each is a do_bench median over ~100 ms of runs")
@@ -102,7 +117,20 @@ def run(args) -> int:
 
     tokens = parse_tokens(args.tokens)
     passes = _comma_list("--passes", args.passes, bench.PASSES)
-    methods = _comma_list("--methods", args.methods, list(bench.METHODS))
+    from ..peers import helion_fwd
+
+    if args.methods is None:
+        methods = bench.methods_of("core", available_only=True)
+    else:
+        methods = _comma_list("--methods", args.methods, list(bench.METHODS))
+    for name in methods:
+        reason = bench.METHODS[name].unavailable()
+        if reason:
+            raise CommandError(f"--methods: {name} cannot run here: {reason}")
+    try:
+        helion_fwd.configure(helion_fwd.AutotuneSettings(args.helion_effort, args.helion_budget))
+    except ValueError as exc:
+        raise CommandError(f"--helion-budget: {exc}") from None
     if args.layer:
         methods += [m for m in bench.methods_of("layer") if m not in methods]
     if args.repeat < 1:
@@ -147,6 +175,8 @@ def run(args) -> int:
     rows = bench.run_benchmarks(problems, methods, passes, device, repeat=args.repeat,
                                 on_row=progress)
     print(bench.format_table(rows))
+    for line in helion_fwd.describe_tunings():
+        print(line, file=sys.stderr)
     if json_path:
         bench.write_json(rows, json_path)
     if csv_path:
