@@ -3,9 +3,13 @@
 1. table: the 370M, 1.3B and (1024, 16, 64, 2816, 11) shapes at 16384 tokens (B=8, L=2048),
    bf16, forward and forward + backward: the mhfgen op, the PyTorch reference,
    torch.compile of it, the SwiGLU FFN of equal FLOPs; and the FlashMHF layer against the
-   SwiGLU layer of the same d_model and intermediate size.
-2. sweep: the 1.3B shape over tokens (the 16384-token rows of part 1 are reused), all core
-   methods, both passes, plotted as TFLOP/s against tokens.
+   SwiGLU layer of the same d_model and intermediate size. Where helion is installed, also
+   the Helion forward (mhfgen.peers.helion_fwd) after Helion's autotuner, whose effort and
+   per-shape time budget --helion-effort and --helion-budget set (its autotuning is not in
+   BUDGET_S's reckoning: three shapes take up to 3x the Helion budget more).
+2. sweep: the 1.3B shape over tokens (the 16384-token rows of part 1 are reused), the core
+   methods but Helion (whose static shapes would autotune again per token count), both
+   passes, plotted as TFLOP/s against tokens.
 
 Writes into OUTDIR: table.{txt,json,csv}, sweep.{txt,json,csv,png}, summary.md (the layout of
 the reference table in docs/PERFORMANCE.md, with ratios) and progress.log (a line per
@@ -23,14 +27,16 @@ from pathlib import Path
 import torch
 
 from mhfgen import bench
+from mhfgen.peers import helion_fwd
 from mhfgen.presets import PRESETS
 
 DTYPE = "bfloat16"
 TOKENS = 16384
 SWEEP_TOKENS = (2048, 4096, 8192, 32768)  # plus the 16384 of the table
 BUDGET_S = 300
-CORE = bench.methods_of("core")
+CORE = bench.methods_of("core", available_only=True)
 LAYER = bench.methods_of("layer")
+SWEEP = [m for m in CORE if m != "helion"]
 
 
 def shapes() -> dict[str, bench.BenchProblem]:
@@ -59,9 +65,9 @@ def _cell(rows, shape, method, what="tflops"):
     return " / ".join(vals)
 
 
-def _peak(rows, shape, method):
+def _peak(rows, shape, method, pass_="fwdbwd"):
     r = next((r for r in rows if r.shape == shape and r.method == method
-              and r.pass_ == "fwdbwd" and r.tokens == TOKENS), None)
+              and r.pass_ == pass_ and r.tokens == TOKENS), None)
     return "-" if r is None or r.peak_mib is None else f"{r.peak_mib:.0f} MiB"
 
 
@@ -69,22 +75,28 @@ def summary_markdown(rows: list[bench.Row], names: dict[str, str]) -> str:
     """The reference table's layout: TFLOP/s fwd / fwd+bwd and the fwd+bwd peak per method; then the
     ratios mhfgen/method (TFLOP/s, so above 1 means mhfgen is faster); then the layers."""
     r0 = rows[0]
+    helion = any(r.method == "helion" for r in rows)
     lines = [f"GPU {r0.gpu} (cc {r0.compute_capability}), torch {r0.torch}, triton {r0.triton}, "
              f"mhfgen {r0.mhfgen}, {r0.date}, {DTYPE}, {TOKENS} tokens (B=8, L=2048).",
              "", bench.FLOP_NOTE, "",
              "TFLOP/s forward / forward + backward, peak MiB of forward + backward above the inputs:",
              "",
              "| shape (d, H, D, I, E) | mhfgen | PyTorch naive | torch.compile of naive | "
-             "SwiGLU FFN (cuBLAS) |", "|---|---|---|---|---|"]
+             "SwiGLU FFN (cuBLAS) |" + (" Helion, autotuned (forward only; its peak) |"
+                                         if helion else ""),
+             "|---|---|---|---|---|" + ("---|" if helion else "")]
+    core = ["mhfgen", "torch", "torch_compile", "swiglu"] + (["helion"] if helion else [])
     for name, p in names.items():
-        cells = [f"{_cell(rows, p, m)}, {_peak(rows, p, m)}"
-                 for m in ("mhfgen", "torch", "torch_compile", "swiglu")]
+        cells = [f"{_cell(rows, p, m)}, {_peak(rows, p, m, 'fwd' if m == 'helion' else 'fwdbwd')}"
+                 for m in core]
         label = name if name == p else f"{name} {p}"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "mhfgen's speed over each method (method ms / mhfgen ms), forward / forward + backward:",
-              "", "| shape | vs naive | vs torch.compile | vs SwiGLU FFN |", "|---|---|---|---|"]
+              "", "| shape | vs naive | vs torch.compile | vs SwiGLU FFN |"
+              + (" vs Helion (forward) |" if helion else ""),
+              "|---|---|---|---|" + ("---|" if helion else "")]
     for name, p in names.items():
-        cells = [_cell(rows, p, m, "time_vs_mhfgen") for m in ("torch", "torch_compile", "swiglu")]
+        cells = [_cell(rows, p, m, "time_vs_mhfgen") for m in core[1:]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Whole layers, same d_model and intermediate size (TFLOP/s fwd / fwd+bwd; "
               "the FlashMHF layer's count includes its 4*T*d^2 projections):", "",
@@ -106,7 +118,13 @@ def main() -> int:
     ap.add_argument("outdir", help="directory for the JSON, CSV, PNG and text outputs")
     ap.add_argument("--budget-s", type=float, default=BUDGET_S,
                     help=f"start no sweep point after this many seconds (default {BUDGET_S})")
+    ap.add_argument("--helion-effort", choices=helion_fwd.EFFORTS,
+                    default=helion_fwd.AutotuneSettings.effort,
+                    help="Helion's autotune effort, where helion is installed")
+    ap.add_argument("--helion-budget", type=int, default=helion_fwd.AutotuneSettings.budget_s,
+                    metavar="SECONDS", help="Helion's autotune budget per shape")
     args = ap.parse_args()
+    helion_fwd.configure(helion_fwd.AutotuneSettings(args.helion_effort, args.helion_budget))
     if not torch.cuda.is_available():
         print("bench_h200: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -126,6 +144,9 @@ def main() -> int:
     bench.write_json(table, out / "table.json")
     bench.write_csv(table, out / "table.csv")
     summary = summary_markdown(table, names)
+    tunings = helion_fwd.describe_tunings()
+    if tunings:
+        summary += "\nHelion's autotuner:\n\n" + "".join(f"- {t}\n" for t in tunings)
     (out / "summary.md").write_text(summary)
 
     big = shapes()["1.3B"]
@@ -135,7 +156,8 @@ def main() -> int:
         if time.perf_counter() - start > args.budget_s:
             skipped.append(tokens)
             continue
-        sweep += bench.run_benchmarks([big.with_tokens(tokens)], CORE, bench.PASSES, on_row=progress)
+        sweep += bench.run_benchmarks([big.with_tokens(tokens)], SWEEP, bench.PASSES,
+                                      on_row=progress)
     sweep.sort(key=lambda r: (r.tokens, bench.PASSES.index(r.pass_), CORE.index(r.method)))
     note = (f"\nsweep: skipped tokens {skipped} (over the {args.budget_s:.0f} s budget)\n"
             if skipped else "")

@@ -202,3 +202,21 @@ def test_bench_measures_helion_forward_only_with_ratios(fake_helion, tmp_path, c
     assert "helion autotune (effort quick, budget 5 s)" in captured.err
     assert fake_helion.kernels[0].settings["autotune_budget_seconds"] == 5
     assert "helion" in bench.methods_of("core", available_only=True)
+
+
+def test_bench_h200_summary_has_a_helion_column(fake_helion, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_h200.py"
+    module_spec = importlib.util.spec_from_file_location("bench_h200_under_test", path)
+    bench_h200 = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(bench_h200)
+    problem = bench.BenchProblem(2, 1, 32, 64, 2, "float32", 32)
+    monkeypatch.setattr(bench_h200, "TOKENS", problem.tokens)
+    rows = bench.run_benchmarks([problem], ["mhfgen", "torch", "helion"], bench.PASSES,
+                                repeat=1)
+    summary = bench_h200.summary_markdown(rows, {"tiny": problem.shape})
+    assert "Helion, autotuned" in summary and "vs Helion (forward)" in summary
+    helion_row = [line for line in summary.splitlines() if line.startswith("| tiny")][0]
+    assert helion_row.rstrip(" |").endswith("/ -, -")  # forward only; no GPU peak here

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 #: Helion's autotune efforts: 'none' runs Helion's default config without a search
 EFFORTS = ("none", "quick", "full")
-INSTALL_HINT = ("pip install helion (1.4.0 is the version tested with torch 2.11 and "
-                "Triton 3.6; it needs a CUDA build of torch)")
+INSTALL_HINT = ("pip install helion==1.4.0, the extra mhfgen[helion]; it needs a CUDA "
+                "build of torch")
 
 
 @dataclass(frozen=True)
