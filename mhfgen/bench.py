@@ -11,9 +11,9 @@ Methods (a registry, `METHODS`; `register_method` adds one):
   `swiglu`, a SwiGLU FFN of equal FLOPs (d = H*D, intermediate I; cuBLAS through torch).
 - layer scope, given x (B, L, d): `layer_mhfgen` (the `FlashMHF` module on the kernels) and
   `layer_swiglu` (the `SwiGLU` module of the same d_model and intermediate size).
-- optional peers, registered always and run only where their package imports
-  (`Method.requires`): `helion`, a FlashMHF forward written in Helion after Helion's
-  autotuner (mhfgen.peers.helion_fwd), forward only (`Method.passes`).
+- optional peers, registered always and run only where they can (`Method.unavailable`):
+  `helion`, a FlashMHF forward written in Helion after Helion's autotuner
+  (mhfgen.peers.helion_fwd), forward only (`Method.passes`).
 
 FLOPs (docs/CONTRACTS.md, section 5): the core and the SwiGLU FFN do 6*T*H*I*D = 6*T*d*I
 per forward; the FlashMHF layer adds its two d x d projections, 4*T*d^2 (the router and the
@@ -285,7 +285,8 @@ def _helion_unavailable() -> str | None:
 
 @register_method("helion", "core",
                  "a FlashMHF forward written in Helion (mhfgen.peers.helion_kernel) after "
-                 "Helion's autotuner (not timed); forward only; runs where helion is installed",
+                 "Helion's autotuner (not timed); forward only; on a CUDA GPU where helion is "
+                 "installed",
                  passes=("fwd",), unavailable=_helion_unavailable)
 def _build_helion(p, pass_, device):
     from .peers import helion_fwd

@@ -1,19 +1,23 @@
 """The Helion peer of `mhfgen bench` (mhfgen.peers.helion_fwd, mhfgen.peers.helion_kernel).
 
-Helion does not install beside the CPU build of torch, so on this machine:
-- the "not installed" path is tested for real: the method is registered but not run by
-  default, and asking for it is a one-line error;
+CI has neither Helion nor a GPU, so:
+- the "not installed" and "no GPU" paths are tested with Helion's module lookup (and the
+  GPU check) patched, so that they run wherever the tests do: the method is registered
+  but not run by default, and asking for it is a one-line error;
 - the kernel body and the bench plumbing are tested with a stand-in `helion` module whose
   `helion.language` primitives run eagerly in PyTorch with Helion's documented meaning
   (`hl.tile` yields index tiles, ragged at the end; `hl.grid` yields ints; `hl.dot`
   multiplies in fp32 and adds `acc`). That checks the algorithm the body writes (indexing,
   kv-head groups, expert routing, ragged tiles) against the reference, and that the
   settings reach `helion.kernel`; it does not check Helion's compiler or the speed of its
-  output, which only a GPU run of `mhfgen bench --methods mhfgen,helion` measures.
+  output, which only a GPU run of `mhfgen bench --methods mhfgen,helion` measures;
+- where Helion itself is installed, the kernel is also compiled by Helion and run through
+  Triton's interpreter with fixed configs against the reference (skipped otherwise).
 """
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.util
 import itertools
 import json
 import sys
@@ -28,13 +32,19 @@ from mhfgen.peers import helion_fwd
 
 TINY = ["--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--intermediate", "64",
         "--experts", "2", "--dtype", "float32"]
-HELION_HERE = helion_fwd.available() is None
+
+
+@pytest.fixture
+def no_helion(monkeypatch):
+    """Helion's module lookup finds nothing, as on a machine without it."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "helion" else real(name, *a))
 
 
 # --------------------------------------------------------------------------- not installed
 
-@pytest.mark.skipif(HELION_HERE, reason="helion is installed here")
-def test_without_helion_the_method_is_listed_but_not_run():
+def test_without_helion_the_method_is_listed_but_not_run(no_helion):
     assert "not installed" in helion_fwd.available()
     assert "helion" in bench.METHODS and "helion" in bench.methods_of("core")
     assert "helion" not in bench.methods_of("core", available_only=True)
@@ -43,8 +53,7 @@ def test_without_helion_the_method_is_listed_but_not_run():
         bench.run_benchmarks([problem], ["helion"], ["fwd"])
 
 
-@pytest.mark.skipif(HELION_HERE, reason="helion is installed here")
-def test_cli_without_helion(capsys):
+def test_cli_without_helion(no_helion, capsys):
     assert main(["bench", *TINY, "--tokens", "16", "--methods", "mhfgen,helion"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mhfgen bench: error: --methods: helion cannot run here: the helion "
@@ -59,6 +68,12 @@ def test_cli_bad_helion_flags(capsys):
     with pytest.raises(SystemExit) as exc:  # argparse's choices
         main(["bench", *TINY, "--tokens", "16", "--helion-effort", "max"])
     assert exc.value.code == 2 and "invalid choice: 'max'" in capsys.readouterr().err
+
+
+def test_without_a_gpu_the_method_is_left_out(fake_helion, monkeypatch):
+    monkeypatch.setattr(helion_fwd, "_has_cuda", lambda: False)
+    assert helion_fwd.available().startswith("the helion method needs a CUDA GPU")
+    assert "helion" not in bench.methods_of("core", available_only=True)
 
 
 def test_autotune_settings_are_checked():
@@ -148,6 +163,7 @@ def fake_helion(monkeypatch):
     monkeypatch.setattr(helion_fwd, "_tuned", set())
     monkeypatch.setattr(helion_fwd, "TUNINGS", [])
     monkeypatch.setattr(helion_fwd, "SETTINGS", helion_fwd.AutotuneSettings())
+    monkeypatch.setattr(helion_fwd, "_has_cuda", lambda: True)  # the rows run on the CPU
     yield helion
     sys.modules.pop("mhfgen.peers.helion_kernel", None)
     if hasattr(peers, "helion_kernel"):
@@ -220,3 +236,39 @@ def test_bench_h200_summary_has_a_helion_column(fake_helion, monkeypatch):
     assert "Helion, autotuned" in summary and "vs Helion (forward)" in summary
     helion_row = [line for line in summary.splitlines() if line.startswith("| tiny")][0]
     assert helion_row.rstrip(" |").endswith("/ -, -")  # forward only; no GPU peak here
+
+
+# --------------------------------------------------------------------------- real Helion
+
+def _real_helion():
+    try:
+        import helion
+    except ImportError:
+        return None
+    return helion if hasattr(helion, "kernel") and hasattr(helion, "Config") else None
+
+
+@pytest.mark.skipif(_real_helion() is None, reason="helion is not installed")
+@pytest.mark.parametrize("sizes,block_sizes", [
+    ((1, 40, 2, 2, 32, 2, 32), [16, 16]),
+    ((2, 20, 4, 2, 16, 3, 48), [16, 32]),
+])
+def test_helion_compiles_the_kernel_and_it_matches_the_reference(sizes, block_sizes):
+    """Helion's own compiler on the body, run by Triton's interpreter (no GPU), fp32."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs Triton's interpreter (TRITON_INTERPRET=1, mhfgen sets it without CUDA)")
+    helion = _real_helion()
+    from mhfgen.peers import helion_kernel
+
+    B, L, H, Hkv, D, E, De = sizes
+    torch.manual_seed(0)
+    q = torch.randn(B, L, H, D)
+    k, u, v = (torch.randn(Hkv, E, De, D) * D ** -0.5 for _ in range(3))
+    r = torch.softmax(torch.randn(B, L, H, E), -1)
+    kernel = helion.kernel(helion_kernel.flash_mhf_fwd, static_shapes=True,
+                           dot_precision="ieee", config=helion.Config(block_sizes=block_sizes))
+    o = kernel(q, k, u, v, r)
+    want = reference.flash_mhf(*(t.double() for t in (q, k, u, v, r)))
+    assert ((o.double() - want).norm() / want.norm()).item() < 1e-5

@@ -50,8 +50,9 @@ def register(sub) -> None:
     # NOTE: the default is resolved when the command runs: whether helion imports is
     # not asked while every command's parser is built
     p.add_argument("--methods", default=None,
-                   help=f"comma list of methods (default: those of {','.join(methods_of('core'))} "
-                        "that can run here; helion only where it is installed). " + method_help)
+                   help=f"comma list of methods (default: those of "
+                        f"{','.join(methods_of('core'))} that can run here; helion only on a "
+                        "GPU where it is installed). " + method_help)
     p.add_argument("--layer", action="store_true",
                    help="also bench the whole FlashMHF layer against the SwiGLU layer "
                         "(methods " + ",".join(methods_of("layer")) + ")")

@@ -57,8 +57,16 @@ _kernels: dict[tuple, object] = {}
 _tuned: set[tuple] = set()
 
 
+def _has_cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def available() -> str | None:
-    """None when Helion can be imported here, else the reason, one line."""
+    """None when the Helion peer can run here (Helion imports and a CUDA GPU is visible),
+    else the reason, one line. Without a GPU the method is left out even where Helion is
+    installed: its autotuner times candidates on the device, and through Triton's
+    interpreter a search would take hours for nothing."""
     try:
         found = importlib.util.find_spec("helion") is not None
     except (ImportError, ValueError):
@@ -69,6 +77,8 @@ def available() -> str | None:
         import helion  # noqa: F401
     except Exception as exc:  # NOTE: a broken install reads as not installed, with its reason
         return f"helion does not import: {type(exc).__name__}: {exc}"[:300]
+    if not _has_cuda():
+        return "the helion method needs a CUDA GPU (Helion's autotuner times its candidates there)"
     return None
 
 
