@@ -272,3 +272,12 @@ def test_helion_compiles_the_kernel_and_it_matches_the_reference(sizes, block_si
     o = kernel(q, k, u, v, r)
     want = reference.flash_mhf(*(t.double() for t in (q, k, u, v, r)))
     assert ((o.double() - want).norm() / want.norm()).item() < 1e-5
+
+
+@pytest.mark.skipif(_real_helion() is None, reason="helion is not installed")
+def test_helion_accepts_the_settings():
+    from mhfgen.peers import helion_kernel
+
+    settings = helion_kernel.make_kernel("full", 7, True).settings
+    assert (settings.autotune_effort, settings.autotune_budget_seconds) == ("full", 7)
+    assert settings.static_shapes and settings.dot_precision == "ieee"
