@@ -11,7 +11,9 @@ kernel's template hash, the GPU name, compute capability and Triton version.
 The databases are read once per process and GPU, on the first call that needs them, and
 each decision is cached per (kernel, spec, tokens, device): after the first call a call
 costs one dict lookup. A database that cannot be read is logged as a warning and skipped;
-it never breaks the caller. MHFGEN_NO_TUNED=1 switches tuned configs off (heuristics only,
+it never breaks the caller, and neither does a stored config that fails to compile or
+launch: the launcher reports it (reject_tuned), it is logged once and the heuristic runs
+in its place. MHFGEN_NO_TUNED=1 switches tuned configs off (heuristics only,
 for debugging); call clear_cache() after changing it or the database.
 
 A decision whose source is not 'exact' goes through mhfgen.record.on_miss, once per key:
@@ -40,6 +42,8 @@ NO_TUNED_ENV = "MHFGEN_NO_TUNED"
 _cache: dict[tuple, LaunchConfig] = {}
 _choices: dict[tuple, Choice] = {}
 _indices: dict[tuple[str, str], TunedIndex] = {}
+#: (kernel, spec, config, device) of tuned configs that failed to compile or launch
+_rejected: set[tuple] = set()
 _lock = threading.Lock()
 
 
@@ -70,9 +74,40 @@ def tuned_configs_enabled() -> bool:
     return os.environ.get(NO_TUNED_ENV, "") in ("", "0")
 
 
+def reject_tuned(kernel: str, spec: KernelSpec, tokens: int, device: torch.device,
+                 error: BaseException) -> bool:
+    """A launcher's report that the config chosen for this key failed to compile or
+    launch. When that config came from a tuning database, it is logged (once per config)
+    and never chosen again in this process: this key, and every other that would pick
+    it, gets the built-in heuristic. Returns False when the choice was the heuristic
+    already (the error is not a stored config's; the caller raises it)."""
+    key = (kernel, spec, tokens, device)
+    choice = explain_choice(kernel, spec, tokens, device)
+    if choice.source == "heuristic":
+        return False
+    first = (kernel, spec, choice.config, device) not in _rejected
+    _rejected.add((kernel, spec, choice.config, device))
+    if first:
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        log.warning("mhfgen: the tuned %s config %s for %s (%s database, tuned at %s tokens) "
+                    "failed to compile or launch (%s: %s); using the built-in heuristic "
+                    "instead. Re-tune with `mhfgen tune`.", kernel, choice.config.to_json(),
+                    spec.key(), choice.layer, choice.tuned_tokens, type(error).__name__,
+                    reason)
+    fallback = Choice(default_config(kernel, spec, tokens, _device.sm_count(device)),
+                      "heuristic")
+    _choices[key] = fallback
+    _cache[key] = fallback.config
+    return True
+
+
 def _decide(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice:
     if tuned_configs_enabled():
         found = _index_for(device).find(kernel, spec, tokens)
+        if found is not None and (kernel, spec, found.config, device) in _rejected:
+            log.debug("%s %s tokens=%d: the %s config failed earlier, using the heuristic",
+                      kernel, spec.key(), tokens, found.source)
+            found = None
         if found is not None:
             log.debug("%s %s tokens=%d: %s config from the %s database (tuned at %d tokens)",
                       kernel, spec.key(), tokens, found.source, found.layer, found.tuned_tokens)
@@ -119,4 +154,5 @@ def clear_cache() -> None:
         _cache.clear()
         _choices.clear()
         _indices.clear()
+        _rejected.clear()
         clear_plans()

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .config_fields import choice, power_of_two, positive_int, strict_bool, strict_int
+
 #: dtype name -> torch dtype, for every dtype the kernels support.
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -24,6 +26,16 @@ KERNELS = ("flash_mhf_fwd", "flash_mhf_bwd_dq", "flash_mhf_bwd_dkv")
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 INTERPRETER = "interpreter"
+#: every target a kernel is generated for: Triton's interpreter and the NVIDIA compute
+#: capabilities Triton compiles for ('sm' + major + minor). A closed set: the target is
+#: written into the generated source and into file names, so nothing else may reach them.
+TARGETS = (INTERPRETER, "sm70", "sm72", "sm75", "sm80", "sm86", "sm87", "sm89", "sm90",
+           "sm100", "sm101", "sm103", "sm110", "sm120", "sm121")
+#: bounds of LaunchConfig's integer fields (block sizes are powers of two in their range)
+BLOCK_RANGE = (16, 1024)
+SPLIT_MAX = 1024
+NUM_WARPS = (1, 2, 4, 8, 16)
+HEAD_DIM_SPLITS = ("chunks", "pad")
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -53,9 +65,7 @@ class KernelSpec:
 
     def __post_init__(self) -> None:
         for name in ("heads", "kv_heads", "head_dim", "experts", "expert_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"KernelSpec.{name} must be a positive int, got {value!r}")
+            positive_int(getattr(self, name), f"KernelSpec.{name}")
         if self.heads % self.kv_heads:
             raise ValueError(
                 f"KernelSpec: heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
@@ -64,8 +74,9 @@ class KernelSpec:
                 f"KernelSpec.head_dim must be in {MIN_HEAD_DIM}..{MAX_HEAD_DIM}, got {self.head_dim}")
         if self.dtype not in DTYPES:
             raise ValueError(f"KernelSpec.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
-        if not self.target:
-            raise ValueError("KernelSpec.target must be a non-empty string")
+        if not isinstance(self.target, str) or self.target not in TARGETS:
+            raise ValueError(f"KernelSpec.target must be one of {', '.join(TARGETS)}, "
+                             f"got {self.target!r}")
 
     @property
     def group(self) -> int:
@@ -135,19 +146,15 @@ class LaunchConfig:
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n"):
-            value = getattr(self, name)
-            if value < 16 or value & (value - 1):
-                raise ValueError(f"LaunchConfig.{name} must be a power of two >= 16, got {value}")
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"LaunchConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
-        if not 1 <= self.num_stages <= 8:
-            raise ValueError(f"LaunchConfig.num_stages must be in 1..8, got {self.num_stages}")
-        if self.head_dim_split not in ("chunks", "pad"):
-            raise ValueError(
-                f"LaunchConfig.head_dim_split must be 'chunks' or 'pad', got {self.head_dim_split!r}")
+            power_of_two(getattr(self, name), f"LaunchConfig.{name}", *BLOCK_RANGE)
+        choice(self.num_warps, "LaunchConfig.num_warps", NUM_WARPS)
+        strict_int(self.num_stages, "LaunchConfig.num_stages", 1, 8)
+        choice(self.head_dim_split, "LaunchConfig.head_dim_split", HEAD_DIM_SPLITS)
         for name in ("group_heads", "inter_splits", "token_splits"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"LaunchConfig.{name} must be >= 1, got {getattr(self, name)}")
+            positive_int(getattr(self, name), f"LaunchConfig.{name}", SPLIT_MAX)
+        for name in ("tma", "transpose_acc", "prefetch_scores", "split_grads",
+                     "warp_specialize"):
+            strict_bool(getattr(self, name), f"LaunchConfig.{name}")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -156,11 +163,20 @@ class LaunchConfig:
         return json.dumps(self.as_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LaunchConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+    def from_dict(cls, data: dict, partial: bool = False) -> "LaunchConfig":
+        """The config of a JSON object. Every field must be present (a stored or imported
+        config that lacks one is refused, not defaulted) unless `partial`, where missing
+        fields take their defaults (`mhfgen codegen --config`). Unknown fields and values
+        of the wrong type are ValueErrors naming the field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"LaunchConfig must be a JSON object, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(data) - set(names)
         if unknown:
             raise ValueError(f"LaunchConfig: unknown fields {sorted(unknown)}")
+        missing = [n for n in names if n not in data]
+        if missing and not partial:
+            raise ValueError(f"LaunchConfig: missing fields {missing}")
         return cls(**data)
 
     def check_for(self, spec: KernelSpec) -> None:

@@ -9,7 +9,7 @@ import triton
 from triton import knobs
 
 from .. import device as _device
-from ..dispatch import choose_config
+from ..dispatch import choose_config, reject_tuned
 from ..spec import KernelSpec, LaunchConfig, dtype_name
 from ..validation import Problem
 
@@ -196,6 +196,32 @@ def resolve_config(kernel: str, spec: KernelSpec, problem: Problem, q: torch.Ten
         raise TypeError(f"config must be a LaunchConfig, got {type(config).__name__}")
     config.check_for(spec)
     return config
+
+
+def first_launch(kernel: str, make_plan, run, inputs: tuple, config: LaunchConfig | None):
+    """(plan, outputs) of a call signature's first call: `make_plan(config)` (check,
+    choose, compile) and `run(plan)` (allocate, launch).
+
+    A tuned config that fails there (a compile error, too many resources for this GPU, a
+    launch error) is not the caller's fault: where the dispatcher chose it (`config` is
+    None) and it came from a tuning database, mhfgen.dispatch.reject_tuned logs it once
+    and puts the built-in heuristic in its place, and the call is made again with that.
+    Errors of the inputs, of a config the caller passed and of the heuristic propagate.
+    """
+    try:
+        plan = make_plan(config)
+        return plan, run(plan)
+    except Exception as exc:
+        if config is not None:
+            raise
+        from ..validation import check_flash_mhf_inputs
+
+        q = inputs[0]
+        problem = check_flash_mhf_inputs(*inputs)  # bad inputs: their own error
+        if not reject_tuned(kernel, spec_of(problem, q), problem.tokens, q.device, exc):
+            raise
+    plan = make_plan(None)
+    return plan, run(plan)
 
 
 _allocator_set = False

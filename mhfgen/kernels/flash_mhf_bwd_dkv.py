@@ -8,8 +8,8 @@ import torch
 from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
-from .common import (DirectLaunch, cdiv, empty, grad_plan_inputs, intermediate_blocks,
-                     plan_cache, plan_key, remember, resolve_config, spec_of)
+from .common import (DirectLaunch, cdiv, empty, first_launch, grad_plan_inputs,
+                     intermediate_blocks, plan_cache, plan_key, remember, resolve_config, spec_of)
 
 KERNEL = "flash_mhf_bwd_dkv"
 
@@ -39,8 +39,16 @@ def flash_mhf_bwd_dkv(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torc
     """
     key = plan_key(config, q, k, u, v, r, do)
     plan = _plans.get(key)
-    if plan is None:
-        plan = remember(_plans, key, _make_plan(q, k, u, v, r, do, config))
+    if plan is not None:
+        return _run(plan, q, k, u, v, r, do)
+    plan, out = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, do, c),
+                             lambda p: _run(p, q, k, u, v, r, do), (q, k, u, v, r), config)
+    remember(_plans, key, plan)
+    return out
+
+
+def _run(plan: DkvPlan, q, k, u, v, r, do) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Allocate the gradients and launch the plan's kernels."""
     if not plan.launches:
         return tuple(torch.zeros(k.shape, dtype=k.dtype, device=k.device) for _ in range(3))
     if plan.copy_weights:

@@ -9,7 +9,7 @@ from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
 from .common import (DirectLaunch, cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
-                     grad_plan_inputs, plan_cache, plan_key, remember, resolve_config, spec_of)
+                     first_launch, grad_plan_inputs, plan_cache, plan_key, remember, resolve_config, spec_of)
 
 KERNEL = "flash_mhf_bwd_dq"
 
@@ -37,8 +37,16 @@ def flash_mhf_bwd_dq(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     """
     key = plan_key(config, q, k, u, v, r, do)
     plan = _plans.get(key)
-    if plan is None:
-        plan = remember(_plans, key, _make_plan(q, k, u, v, r, do, config))
+    if plan is not None:
+        return _run(plan, q, k, u, v, r, do)
+    plan, out = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, do, c),
+                             lambda p: _run(p, q, k, u, v, r, do), (q, k, u, v, r), config)
+    remember(_plans, key, plan)
+    return out
+
+
+def _run(plan: DqPlan, q, k, u, v, r, do) -> tuple[torch.Tensor, torch.Tensor]:
+    """Allocate dq and dr and launch the plan's kernel."""
     dq = empty(plan.dq_shape, q.dtype, q.device)
     dr = empty(plan.dr_shape, r.dtype, r.device)
     if plan.launch is None:

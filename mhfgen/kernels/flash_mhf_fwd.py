@@ -9,7 +9,7 @@ from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
 from .common import (DirectLaunch, cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
-                     intermediate_blocks, plan_cache, plan_key, remember, resolve_config,
+                     first_launch, intermediate_blocks, plan_cache, plan_key, remember, resolve_config,
                      spec_of, split_counters)
 
 KERNEL = "flash_mhf_fwd"
@@ -43,8 +43,16 @@ def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Te
     """
     key = plan_key(config, q, k, u, v, r)
     plan = _plans.get(key)
-    if plan is None:
-        plan = remember(_plans, key, _make_plan(q, k, u, v, r, config))
+    if plan is not None:
+        return _run(plan, q, k, u, v, r)
+    plan, o = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, c),
+                           lambda p: _run(p, q, k, u, v, r), (q, k, u, v, r), config)
+    remember(_plans, key, plan)
+    return o
+
+
+def _run(plan: FwdPlan, q, k, u, v, r) -> torch.Tensor:
+    """Allocate the output (and the split workspace) and launch the plan's kernel."""
     o = empty(plan.out_shape, q.dtype, q.device)
     if plan.launch is None:
         return o

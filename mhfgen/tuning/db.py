@@ -40,6 +40,7 @@ from urllib.parse import quote
 import sqlite_utils
 
 from .. import paths
+from ..config_fields import strict_float, strict_int, strict_str
 from ..spec import KernelSpec, LaunchConfig
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,25 @@ TRIAL_COLUMNS = {"id": int, **{c: _KEY_TYPES.get(c, str) for c in KEY_COLUMNS},
                  "tflops": float, "error": float, "timer": str, "study": str,
                  "trial_number": int, "mhfgen_version": str, "torch_version": str,
                  "created": str}
+
+
+#: the largest token count a key may hold: its bucket (the next power of two) must still
+#: fit SQLite's signed 64-bit INTEGER
+MAX_TOKENS = 2**62
+
+
+def check_key_values(values: dict, where: str) -> None:
+    """ValueError naming `where` and the column when a key value has the wrong type or
+    range: spec sizes positive ints, bucket and tokens ints in 0..MAX_TOKENS, the rest
+    non-empty strings. Nothing is converted (2.7 heads is an error, not 2 heads)."""
+    for column in KEY_COLUMNS:
+        value = values[column]
+        if column in ("bucket", "tokens"):
+            strict_int(value, f"{where}{column}", 0, MAX_TOKENS)
+        elif column in _KEY_TYPES:
+            strict_int(value, f"{where}{column}", 1, 2**31 - 1)
+        else:
+            strict_str(value, f"{where}{column}", nonempty=True)
 
 
 class TuningDBError(Exception):
@@ -112,6 +132,9 @@ class TuningKey:
     compute_capability: str
     triton_version: str
 
+    def __post_init__(self) -> None:
+        check_key_values(self.as_dict(), "TuningKey.")
+
     @classmethod
     def of(cls, kernel: str, template_hash: str, spec: KernelSpec, bucket: int, tokens: int,
            gpu_name: str, compute_capability: str, triton_version: str) -> "TuningKey":
@@ -128,8 +151,15 @@ class TuningKey:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_row(cls, row: dict) -> "TuningKey":
-        return cls(**{c: _KEY_TYPES.get(c, str)(row[c]) for c in KEY_COLUMNS})
+    def from_row(cls, row: dict, where: str = "") -> "TuningKey":
+        """The key of a database row or an imported record; ValueError naming `where`
+        (e.g. 'record 3: ') and the column when a value is missing or of the wrong type."""
+        missing = [c for c in KEY_COLUMNS if c not in row]
+        if missing:
+            raise ValueError(f"{where}missing key field{'s' if len(missing) > 1 else ''} "
+                             f"{', '.join(missing)}")
+        check_key_values(row, where)
+        return cls(**{c: row[c] for c in KEY_COLUMNS})
 
 
 @dataclass(frozen=True)
@@ -148,6 +178,19 @@ class WinnerRecord:
     torch_version: str
     created: str
     code_hash: str | None = None  # mhfgen.codegen.code_hash of (kernel, spec, config)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, LaunchConfig):
+            raise ValueError(f"WinnerRecord.config must be a LaunchConfig, got "
+                             f"{type(self.config).__name__}")
+        strict_float(self.ms, "WinnerRecord.ms", positive=True)
+        strict_float(self.tflops, "WinnerRecord.tflops", low=0.0)
+        strict_float(self.default_ms, "WinnerRecord.default_ms", positive=True, optional=True)
+        strict_float(self.speedup, "WinnerRecord.speedup", positive=True, optional=True)
+        strict_int(self.trials, "WinnerRecord.trials", 0, 2**31 - 1)
+        for name in ("timer", "mhfgen_version", "torch_version", "created"):
+            strict_str(getattr(self, name), f"WinnerRecord.{name}")
+        strict_str(self.code_hash, "WinnerRecord.code_hash", optional=True)
 
     def to_row(self) -> dict:
         row = self.key.as_dict()
@@ -409,20 +452,30 @@ class TuningDB:
         """Store the winner of its key. policy 'replace' overwrites a stored winner (the
         tuner, whose final side-by-side timing included it); 'faster' keeps whichever
         has the lower time (import). Returns 'added', 'replaced' or 'kept'."""
+        return self.put_winners([record], policy)[0]
+
+    def put_winners(self, records: list[WinnerRecord], policy: str = "replace") -> list[str]:
+        """put_winner for each record, all in one transaction: every record is stored or,
+        when any fails (a value SQLite cannot hold, a full disk), none is."""
         if policy not in ("replace", "faster"):
             raise ValueError(f"policy must be 'replace' or 'faster', got {policy!r}")
         self._writable()
-        row = record.to_row()
         where = " AND ".join(f"{c} = ?" for c in KEY_COLUMNS)
-        key_values = [row[c] for c in KEY_COLUMNS]
+        outcomes = []
         with self.transaction():
-            old = self.db.execute(f"SELECT ms FROM winners WHERE {where}", key_values).fetchone()
-            if old is not None and policy == "faster" and old[0] <= record.ms:
-                return "kept"
-            if old is not None:
-                self.db.execute(f"DELETE FROM winners WHERE {where}", key_values)
-            self.db["winners"].insert(row)
-        return "added" if old is None else "replaced"
+            for record in records:
+                row = record.to_row()
+                key_values = [row[c] for c in KEY_COLUMNS]
+                old = self.db.execute(f"SELECT ms FROM winners WHERE {where}",
+                                      key_values).fetchone()
+                if old is not None and policy == "faster" and old[0] <= record.ms:
+                    outcomes.append("kept")
+                    continue
+                if old is not None:
+                    self.db.execute(f"DELETE FROM winners WHERE {where}", key_values)
+                self.db["winners"].insert(row)
+                outcomes.append("added" if old is None else "replaced")
+        return outcomes
 
     # -- reading -----------------------------------------------------------------
     def _select(self, table: str, filters: dict, order: str) -> list[dict]:

@@ -9,7 +9,9 @@ Export format:
                   mhfgen_version, torch_version, created, code_hash}, ...]}
 
 Import merges record by record: a key not stored is added; for a stored key the faster
-record (lower ms) wins. Records that no longer run the code they were tuned with are
+record (lower ms) wins. Every record is checked before anything is written (strict types:
+an int field is an int, a flag a JSON bool, a config complete; see _record), and the
+records are written in one transaction: an import stores all of its records or none. Records that no longer run the code they were tuned with are
 refused (mhfgen.tuning.lookup.still_current: another template hash, and a code hash of
 their spec and config that differs from today's or is missing).
 """
@@ -17,8 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..spec import KERNELS, LaunchConfig
+from ..config_fields import strict_float, strict_int, strict_str
+from ..device import target_for
+from ..spec import KERNELS, KernelSpec, LaunchConfig
 from ..version import __version__
+from .buckets import shape_bucket
 from .db import KEY_COLUMNS, SCHEMA_VERSION, TuningDB, TuningKey, WinnerRecord, utc_now
 
 EXPORT_FORMAT = "mhfgen-tuning-export"
@@ -56,22 +61,43 @@ class ImportReport:
     messages: list[str] = field(default_factory=list)
 
 
-def _record(i: int, rec: dict) -> WinnerRecord:
+def _record(i: int, rec) -> WinnerRecord:
+    """Record `i` of an export, every field checked strictly (ExchangeError naming the
+    record and the field): the key (ints are ints, the spec valid, the bucket that of the
+    tokens), a complete LaunchConfig, and the provenance's numbers and strings."""
+    where = f"record {i}: "
     try:
-        key = TuningKey.from_row(rec)
-        config = LaunchConfig.from_dict(dict(rec["config"]))
-        ms = float(rec["ms"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ExchangeError(f"record {i}: {type(exc).__name__}: {exc}") from exc
-    if not ms > 0:
-        raise ExchangeError(f"record {i}: ms must be positive, got {rec['ms']!r}")
-    opt = {name: rec.get(name) for name in _PROVENANCE if name != "ms"}
-    return WinnerRecord(key, config, ms, float(opt["tflops"] or 0.0),
-                        None if opt["default_ms"] is None else float(opt["default_ms"]),
-                        None if opt["speedup"] is None else float(opt["speedup"]),
-                        str(opt["timer"] or ""), int(opt["trials"] or 0),
-                        str(opt["mhfgen_version"] or ""), str(opt["torch_version"] or ""),
-                        str(opt["created"] or ""), str(opt["code_hash"]) if opt["code_hash"] else None)
+        if not isinstance(rec, dict):
+            raise ValueError(f"must be an object, got {type(rec).__name__}")
+        unknown = sorted(set(rec) - set(KEY_COLUMNS) - {"config", *_PROVENANCE})
+        if unknown:
+            raise ValueError(f"unknown fields {', '.join(unknown)}")
+        for name in ("config", "ms"):
+            if name not in rec:
+                raise ValueError(f"missing field {name}")
+        key = TuningKey.from_row(rec, where="")
+        KernelSpec(*key.spec_fields(), target_for(key.compute_capability))
+        if key.bucket != shape_bucket(key.tokens):
+            raise ValueError(f"bucket {key.bucket} is not the bucket of {key.tokens} tokens "
+                             f"({shape_bucket(key.tokens)})")
+        try:
+            config = LaunchConfig.from_dict(rec["config"])
+        except ValueError as exc:
+            raise ValueError(f"config: {exc}") from None
+        ms = strict_float(rec["ms"], "ms", positive=True)
+        return WinnerRecord(
+            key, config, ms,
+            strict_float(rec.get("tflops") or 0.0, "tflops", low=0.0),
+            strict_float(rec.get("default_ms"), "default_ms", positive=True, optional=True),
+            strict_float(rec.get("speedup"), "speedup", positive=True, optional=True),
+            strict_str(rec.get("timer") or "", "timer"),
+            strict_int(rec.get("trials") or 0, "trials", 0, 2**31 - 1),
+            strict_str(rec.get("mhfgen_version") or "", "mhfgen_version"),
+            strict_str(rec.get("torch_version") or "", "torch_version"),
+            strict_str(rec.get("created") or "", "created"),
+            strict_str(rec.get("code_hash") or None, "code_hash", optional=True))
+    except (ValueError, TypeError) as exc:
+        raise ExchangeError(f"{where}{exc}") from None
 
 
 def parse_export(data) -> list[WinnerRecord]:
@@ -96,12 +122,14 @@ def import_winners(db: TuningDB, records: list[WinnerRecord],
     refused: dict[tuple[str, str], int] = {}
     from .lookup import still_current
 
+    accepted = []
     for rec in records:
         if rec.key.kernel not in KERNELS or not still_current(rec, template_hashes):
             refused[(rec.key.kernel, rec.key.template_hash)] = \
                 refused.get((rec.key.kernel, rec.key.template_hash), 0) + 1
             continue
-        outcome = db.put_winner(rec, policy="faster")
+        accepted.append(rec)
+    for outcome in db.put_winners(accepted, policy="faster"):  # one transaction
         setattr(report, outcome, getattr(report, outcome) + 1)
     for (kernel, old), count in sorted(refused.items()):
         report.refused += count
