@@ -11,9 +11,12 @@ and repeated renders agree on one file without locks.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
+import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -25,6 +28,8 @@ import jinja2
 
 from . import paths
 from .spec import INTERPRETER, KERNELS, KernelSpec, LaunchConfig, head_dim_chunks
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -145,9 +150,7 @@ def load_kernel(kernel: str, spec: KernelSpec, config: LaunchConfig, entry: str 
         if fn is None:
             source = render(kernel, spec, config)
             digest = hashlib.sha256(source.encode()).hexdigest()[:20]
-            path = kernel_dir() / f"{kernel}_{digest}.py"
-            if not path.exists() or path.read_text() != source:
-                _write_atomic(path, source)
+            path = _written(f"{kernel}_{digest}.py", source)
             module = _modules.get(path)
             if module is None:
                 module = _import(path, f"mhfgen_generated.{kernel}_{digest}",
@@ -156,6 +159,40 @@ def load_kernel(kernel: str, spec: KernelSpec, config: LaunchConfig, entry: str 
             fn = getattr(module, entry)
             _loaded[key] = fn
     return fn
+
+
+_fallback: Path | None = None
+
+
+def _written(name: str, source: str) -> Path:
+    """The file `name` holding `source` in kernel_dir(), written (atomically) if absent or
+    different. Where that folder cannot be written (read-only, not a folder, a file of
+    that name replaced by a folder) a private temporary folder of this process serves
+    instead, with one logged warning: a cache that cannot be written must not stop the
+    kernels from running."""
+    global _fallback
+    path = kernel_dir() / name
+    try:
+        if not path.is_file() or path.read_text() != source:
+            _write_atomic(path, source)
+        return path
+    except OSError as exc:
+        if _fallback is None:
+            try:
+                _fallback = Path(tempfile.mkdtemp(prefix="mhfgen-kernels-"))
+            except OSError as tmp_exc:
+                raise RuntimeError(
+                    f"mhfgen: cannot write generated kernels to {path.parent} ({exc}) nor to "
+                    f"a temporary folder ({tmp_exc}); set MHFGEN_CACHE_DIR to a writable "
+                    f"folder") from None
+            atexit.register(shutil.rmtree, _fallback, True)
+            log.warning("mhfgen: cannot write generated kernels to %s (%s); using %s for "
+                        "this process. Set MHFGEN_CACHE_DIR to a writable folder to keep them.",
+                        path.parent, exc, _fallback)
+    path = _fallback / name
+    if not path.is_file():
+        _write_atomic(path, source)
+    return path
 
 
 def _import(path: Path, name: str, interpret: bool):

@@ -36,6 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status (0 ok, 1 a failed check or tune, 2 bad input, 130
+    interrupted, 141 stdout closed by its reader), through sys.exit when argv is None."""
+    try:
+        code = _main(argv)
+    except BrokenPipeError:  # while argparse printed --help or an error
+        code = _stdout_closed()
+    if argv is None:
+        sys.exit(code or 0)
+    return code or 0
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -45,12 +57,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         code = args.handler(args)
+        sys.stdout.flush()  # a reader that left shows here (BrokenPipeError, see main)
     except CommandError as exc:
         print(f"mhfgen {args.command}: error: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print(f"mhfgen {args.command}: interrupted", file=sys.stderr)
         code = 130
-    if argv is None:
-        sys.exit(code or 0)
-    return code or 0
+    return code
+
+
+def _stdout_closed() -> int:
+    """`mhfgen list | head -1`: the reader left. Stop quietly, as `cat` does: point stdout
+    at /dev/null so that the interpreter's final flush does not raise again, and exit
+    with the status of SIGPIPE (128 + 13)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a real file (captured): nothing to do
+        pass
+    return 141

@@ -25,11 +25,20 @@ def add_problem_args(p: argparse.ArgumentParser, tokens: int = 16384) -> None:
 def problem_from_args(args) -> dict:
     """heads, kv_heads, head_dim, intermediate, experts, expert_dim from the flags."""
     preset = PRESETS[args.preset] if args.preset else None
-    heads = args.heads or (preset.heads if preset else 8)
-    head_dim = args.head_dim or (preset.head_dim if preset else 128)
-    intermediate = args.intermediate or (preset.intermediate if preset else 2048)
-    experts = args.experts or (preset.experts if preset else 8)
-    kv_heads = args.kv_heads or heads
+
+    def size(flag: str, given, default: int) -> int:
+        if given is None:
+            return default
+        if given < 1:
+            raise CommandError(f"--{flag} must be >= 1, got {given}")
+        return given
+
+    heads = size("heads", args.heads, preset.heads if preset else 8)
+    head_dim = size("head-dim", args.head_dim, preset.head_dim if preset else 128)
+    intermediate = size("intermediate", args.intermediate,
+                        preset.intermediate if preset else 2048)
+    experts = size("experts", args.experts, preset.experts if preset else 8)
+    kv_heads = size("kv-heads", args.kv_heads, heads)
     if intermediate % experts:
         raise CommandError(f"--intermediate ({intermediate}) must be divisible by --experts ({experts})")
     if args.tokens < 1:

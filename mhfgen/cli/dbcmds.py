@@ -76,6 +76,15 @@ def _open(path, readonly: bool):
         raise CommandError(str(exc)) from exc
 
 
+def _kernel_filter(args) -> None:
+    """A one-line error for a --kernel that names no kernel (not "nothing tuned")."""
+    from ..spec import KERNELS
+
+    if args.kernel is not None and args.kernel not in KERNELS:
+        raise CommandError(f"--kernel: unknown kernel {args.kernel!r}; expected one of "
+                           f"{', '.join(KERNELS)}")
+
+
 def _layers(args) -> list[tuple[str, Path]]:
     from ..tuning.db import layer_paths
 
@@ -100,6 +109,7 @@ def run_list(args) -> int:
     from ..tuning.search import config_legend, describe_config
 
     out = text_stream(args)
+    _kernel_filter(args)
     current = {k: template_hash(k) for k in KERNELS}
     found = False
     doc = {"format": LIST_FORMAT, "databases": []}
@@ -154,6 +164,9 @@ def run_show(args) -> int:
 
     out = text_stream(args)
     p = problem_from_args(args)
+    for _, path in _layers(args):  # an unusable file is an error before anything prints
+        if Path(path).exists():
+            _open(path, readonly=True).close()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = args.gpu or gpu_name(device)
     try:
@@ -247,6 +260,7 @@ def run_export(args) -> int:
     from ..paths import user_db_path
     from ..tuning.exchange import export_winners
 
+    _kernel_filter(args)
     path = Path(args.db or user_db_path())
     if not path.exists():
         raise CommandError(f"{path}: no such tuning database")

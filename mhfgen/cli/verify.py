@@ -19,12 +19,14 @@ def register(sub) -> None:
                     "presets at --tokens tokens in bf16, fp16 and fp32, plus odd shapes; CPU: "
                     "small problems through Triton's interpreter in fp32 and fp16) and print "
                     "each output's relative error against its tolerance. Exit 1 on a failure.")
-    p.add_argument("--presets", default="128M,370M,1.3B",
-                   help="comma list of presets to check on a GPU (default: all three)")
+    p.add_argument("--presets", default=None,
+                   help="comma list of presets to check on a GPU (default: all three; "
+                        "the CPU checks small problems only)")
     p.add_argument("--dtypes", default=None,
                    help="comma list (default: bfloat16,float16,float32 on a GPU, "
                         "float32,float16 on the CPU)")
-    p.add_argument("--tokens", type=int, default=16384, help="tokens of the preset problems on a GPU")
+    p.add_argument("--tokens", type=int, default=None,
+                   help="tokens of the preset problems on a GPU (default 16384)")
     add_json_arg(p, VERIFY_FORMAT)
     p.set_defaults(handler=run)
 
@@ -48,12 +50,15 @@ def _cases(args, gpu: bool):
     if not gpu:
         return odd
     cases = []
-    for name in filter(None, args.presets.split(",")):
+    tokens = 16384 if args.tokens is None else args.tokens
+    if tokens < 1:
+        raise CommandError(f"--tokens must be >= 1, got {tokens}")
+    for name in filter(None, (args.presets or "128M,370M,1.3B").split(",")):
         if name not in PRESETS:
             raise CommandError(f"--presets: unknown preset {name!r}; known: {', '.join(PRESETS)}")
         p = PRESETS[name]
-        batch = max(1, args.tokens // 2048)
-        cases.append(Case(name, batch, args.tokens // batch, p.heads, p.heads, p.head_dim,
+        batch = max(1, tokens // 2048)
+        cases.append(Case(name, batch, tokens // batch, p.heads, p.heads, p.head_dim,
                           p.experts, p.expert_dim))
     return cases + odd
 
@@ -68,6 +73,10 @@ def run(args) -> int:
 
     gpu = torch.cuda.is_available()
     dev = torch.device("cuda" if gpu else "cpu")
+    for flag, value in (("--presets", args.presets), ("--tokens", args.tokens)):
+        if value is not None and not gpu:
+            raise CommandError(f"{flag} needs a GPU: without one verify checks small problems "
+                               f"through Triton's interpreter (leave {flag} out)")
     names = (args.dtypes or ("bfloat16,float16,float32" if gpu else "float32,float16")).split(",")
     for name in names:
         if name not in DTYPES:

@@ -10,7 +10,7 @@ from triton import knobs
 
 from .. import device as _device
 from ..dispatch import choose_config, reject_tuned
-from ..spec import KernelSpec, LaunchConfig, dtype_name
+from ..spec import INTERPRETER, KernelSpec, LaunchConfig, dtype_name
 from ..validation import Problem
 
 
@@ -181,10 +181,22 @@ def contiguous_strides(shape: tuple) -> tuple:
     return tuple(reversed(strides))
 
 
+#: what a bfloat16 call on CPU tensors gets instead of a wrong answer
+BF16_INTERPRETER_ERROR = (
+    "mhfgen kernels cannot run bfloat16 on CPU tensors: Triton's interpreter does not "
+    "multiply bfloat16 correctly (its results are wrong, not merely imprecise). Use "
+    "float32 or float16 on the CPU, backend='torch' (the PyTorch reference, any dtype), "
+    "or a CUDA device")
+
+
 def spec_of(problem: Problem, q: torch.Tensor) -> KernelSpec:
-    """The KernelSpec a call with these sizes and q's dtype and device needs."""
+    """The KernelSpec a call with these sizes and q's dtype and device needs; TypeError
+    for bfloat16 on the CPU (BF16_INTERPRETER_ERROR)."""
+    target = _device.target(q.device)
+    if q.dtype == torch.bfloat16 and target == INTERPRETER:
+        raise TypeError(BF16_INTERPRETER_ERROR)
     return KernelSpec(problem.heads, problem.kv_heads, problem.head_dim, problem.experts,
-                      problem.expert_dim, dtype_name(q.dtype), _device.target(q.device))
+                      problem.expert_dim, dtype_name(q.dtype), target)
 
 
 def resolve_config(kernel: str, spec: KernelSpec, problem: Problem, q: torch.Tensor,
@@ -212,16 +224,24 @@ def first_launch(kernel: str, make_plan, run, inputs: tuple, config: LaunchConfi
         plan = make_plan(config)
         return plan, run(plan)
     except Exception as exc:
-        if config is not None:
-            raise
-        from ..validation import check_flash_mhf_inputs
-
-        q = inputs[0]
-        problem = check_flash_mhf_inputs(*inputs)  # bad inputs: their own error
-        if not reject_tuned(kernel, spec_of(problem, q), problem.tokens, q.device, exc):
+        if config is not None or not _tuned_config_failed(kernel, inputs, exc):
             raise
     plan = make_plan(None)
     return plan, run(plan)
+
+
+def _tuned_config_failed(kernel: str, inputs: tuple, error: Exception) -> bool:
+    """Whether `error` came from a tuned config (reported to the dispatcher, which
+    replaces it) rather than from the inputs or the heuristic."""
+    from ..validation import check_flash_mhf_inputs
+
+    q = inputs[0]
+    try:
+        problem = check_flash_mhf_inputs(*inputs)
+        spec = spec_of(problem, q)
+    except (TypeError, ValueError):
+        return False  # the inputs' own error, raised as it is
+    return reject_tuned(kernel, spec, problem.tokens, q.device, error)
 
 
 _allocator_set = False

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -108,6 +109,39 @@ class ForeignDatabaseError(TuningDBError):
 
 class SchemaVersionError(TuningDBError):
     """A tuning database of a schema version this mhfgen cannot read or migrate."""
+
+
+class _Probe(Exception):
+    """Rolls back TuningDB._probe_write's transaction."""
+
+
+def _not_a_database(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite's error says the file's content is wrong (not its permissions or
+    its folder): only then is "delete or replace it" the advice."""
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
+def _check_writable(path: Path) -> None:
+    """TuningDBError saying what is wrong when `path` cannot be a writable database: its
+    folder cannot be created or written (SQLite creates its -wal and -journal files
+    there), or the file exists and cannot be written."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TuningDBError(f"cannot create the folder of {path} ({exc.strerror or exc})"
+                            ) from exc
+    if path.exists() and not os.access(path, os.W_OK):
+        raise TuningDBError(f"{path} is read-only (no write permission); this command "
+                            f"writes to it: make it writable or use another file "
+                            f"(--db or $MHFGEN_DB)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        what = "the database" if path.exists() else "a new database"
+        raise TuningDBError(f"{folder} is not writable: SQLite needs to create {what} and its "
+                            f"journal files there ({path.name}-wal, {path.name}-journal); "
+                            f"make the folder writable or use another file (--db or "
+                            f"$MHFGEN_DB)")
 
 
 def utc_now() -> str:
@@ -268,6 +302,8 @@ class TuningDB:
     @classmethod
     def open(cls, path: str | Path, readonly: bool = False) -> "TuningDB":
         path = Path(path).expanduser()
+        if path.is_dir():
+            raise TuningDBError(f"{path} is a directory, not a tuning database file")
         if readonly:
             if not path.exists() or path.stat().st_size == 0:
                 self = cls(path, sqlite3.connect(":memory:"), True)
@@ -287,12 +323,31 @@ class TuningDB:
                 except TuningDBError:
                     raise exc from None
         else:
-            if path.exists() and path.is_dir():
-                raise TuningDBError(f"{path} is a directory, not a tuning database file")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                   check_same_thread=False)
-        return cls._checked(path, conn, readonly)
+            _check_writable(path)
+            try:
+                conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S,
+                                       isolation_level=None, check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise TuningDBError(f"{path}: cannot open it for writing ({exc})") from exc
+        self = cls._checked(path, conn, readonly)
+        if not readonly:
+            self._probe_write()
+        return self
+
+    def _probe_write(self) -> None:
+        """A write that is rolled back: a file SQLite opened read-only (no permission, a
+        read-only file system) fails here, before any work, not when the first result
+        is stored."""
+        try:
+            with self.transaction():
+                self.db.execute("UPDATE meta SET value = value WHERE key = 'format'")
+                raise _Probe
+        except _Probe:
+            pass
+        except sqlite3.Error as exc:
+            self.close()
+            raise TuningDBError(f"{self.path} cannot be written ({exc}); use a writable "
+                                f"file (--db or $MHFGEN_DB)") from exc
 
     @classmethod
     def _open_readonly(cls, path: Path, query: str) -> "TuningDB":
@@ -318,8 +373,11 @@ class TuningDB:
             self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             tables = set(self.db.table_names())
         except sqlite3.DatabaseError as exc:
-            raise CorruptDatabaseError(
-                f"{self.path} is not a usable SQLite file ({exc}); delete or replace it") from exc
+            if _not_a_database(exc):
+                raise CorruptDatabaseError(f"{self.path} is not a usable SQLite file ({exc}); "
+                                           f"delete or replace it") from exc
+            raise TuningDBError(f"{self.path}: cannot open it ({exc}); check the file's and "
+                                f"its folder's permissions") from exc
         if not tables:
             if self.readonly:
                 self.empty = True
