@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
@@ -14,6 +13,7 @@ from mhfgen.cli import main
 from mhfgen.cli.tune import CPU_TRIALS
 from mhfgen.spec import KERNELS
 from mhfgen.tuning.db import TuningDB
+from mhfgen.tuning.search import PAUSE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,32 +56,30 @@ def _run(args, env):
 
 
 def test_kill_and_rerun_resumes_without_losing_trials(tmp_path):
+    """Deterministic: the tuner pauses itself after its third stored trial (the testing
+    hook of mhfgen.tuning.search.PAUSE_ENV) and is killed there, not after a timer."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), MHFGEN_DB=str(tmp_path / "t.sqlite"),
                MHFGEN_CACHE_DIR=str(tmp_path / "cache"))
     args = ["tune", "--kernels", "fwd", "--trials", "8", "--batch", "2", "--no-progress"]
-    proc = _run(args, env)
-    deadline = time.monotonic() + 120
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (tmp_path / "t.sqlite").exists():
-            with TuningDB.open(tmp_path / "t.sqlite", readonly=True) as db:
-                done = len(db.trials())
-            if done >= 3:
-                break
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()
+    proc = _run(args, {**env, PAUSE_ENV: "3"})
+    seen = []
+    for line in proc.stderr:  # blocks until the pause line, or EOF if the tuner died
+        seen.append(line)
+        if "paused after 3 trials" in line:
+            break
+    assert proc.poll() is None, "".join(seen) + proc.communicate()[1]
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "run the same command again to resume" in err
     with TuningDB.open(tmp_path / "t.sqlite", readonly=True) as db:
         before = {t.config for t in db.trials()}
-    assert 3 <= len(before) < 8
+        assert len(db.trials()) == 3 and len(before) == 3 and not db.winners()
 
     proc = _run(args, env)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert f"Resuming: {len(before)} configs already evaluated" in err
+    assert "Resuming: 3 configs already evaluated" in err
     with TuningDB.open(tmp_path / "t.sqlite", readonly=True) as db:
         trials = db.trials()
         assert len(trials) == 8 and len({t.config for t in trials}) == 8

@@ -8,6 +8,7 @@ interpreter only). Interrupt it (Ctrl-C, kill) and run it again: it resumes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -156,7 +157,11 @@ def _setup(args):
                            "use --dtype float32 or float16")
     storage = args.storage
     if storage is None and not args.replay:
-        storage = study_storage_url(problem, device)
+        try:
+            storage = study_storage_url(problem, device)
+        except OSError as exc:
+            raise CommandError(f"cannot create the study folder under the cache folder "
+                               f"({exc}); set MHFGEN_CACHE_DIR to a writable folder") from exc
     if args.storage is not None:
         _check_storage(args.storage)
     return problem, device, kind, replay, storage, bare
@@ -328,8 +333,8 @@ def _untuned(db_path: str, problem, device) -> list[str]:
 def _run_problem(args) -> int:
     from ..paths import user_db_path
     from ..tuning.db import TuningDB, TuningDBError
-    from ..tuning.search import SearchSettings
-    from ..tuning.study import redact
+    from ..tuning.search import storage_path
+    from ..tuning.study import StudyBusyError, study_lock
 
     kernels = _kernels(args.kernels)
     if args.trials is not None and args.trials < 1:
@@ -347,10 +352,29 @@ def _run_problem(args) -> int:
                                f"({','.join(gpus) or 'none'}); one worker per GPU")
         gpus = gpus[:args.workers]
     db_path = args.db or str(user_db_path())
-    try:
-        db = TuningDB.open(db_path)
-    except TuningDBError as exc:
-        raise CommandError(str(exc)) from exc
+    with contextlib.ExitStack() as stack:
+        if args.storage is None and storage is not None:  # this problem's private study
+            try:
+                stack.enter_context(study_lock(storage_path(storage)))
+            except StudyBusyError as exc:
+                raise CommandError(str(exc)) from exc
+            except OSError as exc:
+                raise CommandError(f"cannot lock the study {storage_path(storage)} ({exc}); "
+                                   f"set MHFGEN_CACHE_DIR to a writable folder") from exc
+        try:
+            db = TuningDB.open(db_path)
+        except TuningDBError as exc:
+            raise CommandError(str(exc)) from exc
+        return _run_locked(args, problem, device, kind, replay, storage, bare, gpus, db,
+                           db_path, kernels)
+
+
+def _run_locked(args, problem, device, kind, replay, storage, bare, gpus, db, db_path,
+                kernels) -> int:
+    """run()'s search, once the study is this process's and the database is open."""
+    from ..tuning.search import SearchSettings
+    from ..tuning.study import redact
+
     if not device.is_gpu:
         where = "a small problem " if bare else ""
         print(f"No GPU here: tuning {where}through Triton's interpreter on the CPU. Its "

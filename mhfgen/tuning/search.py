@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +188,7 @@ class Tuner:
         self.shared, self.worker, self.poll_s = shared, worker, poll_s
         self.progress = progress or (lambda p: None)
         self.triton_version, self.torch_version = triton.__version__, torch.__version__
+        self._stored = 0  # trials this process stored (see PAUSE_ENV)
 
     # -- planning ----------------------------------------------------------------
     def default(self, kernel: str) -> LaunchConfig:
@@ -445,6 +447,9 @@ class Tuner:
             return
         self.db.add_trial(self._trial_record(kernel, config, ms, error, failure, study, number,
                                              self.timer.label), once=True)
+        self._stored += 1
+        if self._stored == _pause_after():
+            _pause(self._stored)
 
     # -- the final side-by-side timing --------------------------------------------
     def _baseline_ok(self, kernel: str, config: LaunchConfig, study: ConfigStudy) -> bool:
@@ -506,6 +511,24 @@ class Tuner:
                 self.key(kernel), r.winner, r.ms, r.tflops, r.default_ms, r.speedup, timer,
                 r.evaluated, __version__, self.torch_version, utc_now(),
                 code_hash(kernel, self.problem.spec, r.winner)), policy="replace")
+
+
+#: a testing hook: MHFGEN_TEST_PAUSE_AFTER_TRIALS=N makes a tuner stop after storing its
+#: N-th trial, say so on stderr and wait there until it is signalled, so that a test can
+#: interrupt it at a known point instead of racing a timer
+PAUSE_ENV = "MHFGEN_TEST_PAUSE_AFTER_TRIALS"
+
+
+def _pause_after() -> int | None:
+    value = os.environ.get(PAUSE_ENV, "")
+    return int(value) if value.isdigit() else None
+
+
+def _pause(stored: int) -> None:
+    print(f"mhfgen tune: paused after {stored} trials ({PAUSE_ENV})", file=sys.stderr,
+          flush=True)
+    while True:
+        time.sleep(3600)  # a signal (SIGTERM, Ctrl-C) ends it, through its handler
 
 
 def _config_from_json(text: str) -> LaunchConfig:

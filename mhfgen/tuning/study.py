@@ -55,8 +55,11 @@ import random
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import timezone
+from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import optuna
@@ -115,6 +118,46 @@ def storage_for(url: str | None):
     if url.startswith("sqlite:"):
         return _rdb(url, {"connect_args": {"timeout": 60}})
     return _rdb(_with_postgres_driver(url), {"pool_pre_ping": True})
+
+
+class StudyBusyError(RuntimeError):
+    """Another process is tuning from the same private study file; str() is one line."""
+
+
+@contextmanager
+def study_lock(path: str | Path) -> Iterator[None]:
+    """Hold the lock of the study file `path` (an exclusive flock of `path` + '.lock')
+    for the duration, or raise StudyBusyError at once when another process holds it.
+
+    An unshared study (`mhfgen tune` alone, the default per-problem file) belongs to one
+    process: a second one opening it would fail the first's running trials as
+    interrupted (ConfigStudy._restore) and evaluate the same configs again. Processes
+    that mean to share one study say so (--workers, --storage) and take no lock.
+    The lock goes with the process: a killed tuner leaves nothing to clean up."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: nothing to hold
+        yield
+        return
+    lock_path = Path(f"{path}.lock")
+    f = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise StudyBusyError(
+                f"{holder} is tuning this problem already (study {path}); wait for it to "
+                f"finish, or share the work: run every tuner of the problem with "
+                f"--storage URL, or one with --workers N") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"mhfgen tune (pid {os.getpid()} on {socket.gethostname()})")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
 
 
 def journal_path(url: str) -> str | None:
