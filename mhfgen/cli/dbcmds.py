@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -294,7 +295,10 @@ def run_import(args) -> int:
         raise CommandError(f"{args.file}: {exc}") from exc
     path = Path(args.db or user_db_path())
     with _open(path, readonly=False) as db:
-        report = import_winners(db, records, {k: template_hash(k) for k in KERNELS})
+        try:
+            report = import_winners(db, records, {k: template_hash(k) for k in KERNELS})
+        except sqlite3.Error as exc:
+            raise CommandError(f"{path}: the import failed and wrote nothing ({exc})") from exc
     for message in report.messages:
         print(f"mhfgen import: {message}", file=sys.stderr)
     print(f"imported into {path}: {report.added} added, {report.replaced} replaced (faster), "
