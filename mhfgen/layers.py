@@ -27,7 +27,9 @@ class FlashMHF(nn.Module):
     trained without them (mhfgen.integrations.transformers).
 
     backend: "auto" (generated Triton kernels on CUDA, the PyTorch reference elsewhere),
-    "triton" (kernels; CPU tensors go through Triton's interpreter), "torch" (reference).
+    "triton" (kernels; CPU tensors go through Triton's interpreter, in fp32 or fp16: bf16
+    there, autocast included, is a TypeError rather than a wrong answer), "torch"
+    (reference).
     """
 
     def __init__(self, d_model: int, n_heads: int, intermediate_size: int, n_experts: int,

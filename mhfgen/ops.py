@@ -89,7 +89,9 @@ def flash_mhf(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor
     g = h // (H / Hkv). q: (B, L, H, D), any strides with stride(-1) == 1 (a view of
     x @ W_in^T); k, u, v: (Hkv, E, De, D); r: (B, L, H, E) in fp32 or q's dtype.
     Returns o (B, L, H, D) in q's dtype. CUDA tensors run compiled kernels, CPU tensors
-    Triton's interpreter. Bad input raises ValueError/TypeError before any kernel runs.
+    Triton's interpreter (float32 and float16 only: bfloat16 there is a TypeError, as the
+    interpreter computes it wrongly). Bad input raises ValueError/TypeError before any
+    kernel runs.
     Eager calls that need no gradient skip the custom op's dispatch (see plain_eager_call).
     """
     if plain_eager_call(q, k, u, v, r):

@@ -17,7 +17,8 @@ def register(sub) -> None:
     p.add_argument("--target", default=None,
                    help="'sm90', 'sm80', ... or 'interpreter' (default: this machine's)")
     p.add_argument("--config", default=None,
-                   help="LaunchConfig as JSON; fields left out take their defaults, e.g. '{\"block_m\": 64, \"block_n\": 32}' "
+                   help="LaunchConfig as JSON; fields left out take their defaults, "
+                        "e.g. '{\"block_m\": 64, \"block_n\": 32}' "
                         "(default: the built-in heuristic for --tokens)")
     p.set_defaults(handler=run)
 

@@ -9,7 +9,8 @@ from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
 from .common import (DirectLaunch, cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
-                     first_launch, grad_plan_inputs, plan_cache, plan_key, remember, resolve_config, spec_of)
+                     first_launch, grad_plan_inputs, plan_cache, plan_key, remember,
+                     resolve_config, spec_of)
 
 KERNEL = "flash_mhf_bwd_dq"
 

@@ -9,8 +9,8 @@ from ..codegen import load_kernel
 from ..spec import LaunchConfig
 from ..validation import check_flash_mhf_inputs
 from .common import (DirectLaunch, cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
-                     first_launch, intermediate_blocks, plan_cache, plan_key, remember, resolve_config,
-                     spec_of, split_counters)
+                     first_launch, intermediate_blocks, plan_cache, plan_key, remember,
+                     resolve_config, spec_of, split_counters)
 
 KERNEL = "flash_mhf_fwd"
 

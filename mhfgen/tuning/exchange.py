@@ -11,9 +11,10 @@ Export format:
 Import merges record by record: a key not stored is added; for a stored key the faster
 record (lower ms) wins. Every record is checked before anything is written (strict types:
 an int field is an int, a flag a JSON bool, a config complete; see _record), and the
-records are written in one transaction: an import stores all of its records or none. Records that no longer run the code they were tuned with are
-refused (mhfgen.tuning.lookup.still_current: another template hash, and a code hash of
-their spec and config that differs from today's or is missing).
+records are written in one transaction: an import stores all of its records or none.
+Records that no longer run the code they were tuned with are refused
+(mhfgen.tuning.lookup.still_current: another template hash, and a code hash of their spec
+and config that differs from today's or is missing).
 """
 from __future__ import annotations
 
