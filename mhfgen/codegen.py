@@ -196,13 +196,10 @@ def _written(name: str, source: str) -> Path:
 
 
 def _import(path: Path, name: str, interpret: bool):
-    from triton import knobs
+    if interpret:
+        from .device import require_interpreter
 
-    if interpret and not knobs.runtime.interpret:
-        raise RuntimeError(
-            "mhfgen: kernels on CPU tensors run through Triton's interpreter, which must be on "
-            "before triton is imported: set TRITON_INTERPRET=1 in the environment (mhfgen sets "
-            "it itself when imported first on a machine without CUDA)")
+        require_interpreter()
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

@@ -56,6 +56,18 @@ def compute_capability(device: torch.device) -> str:
     return "none"
 
 
+def require_interpreter() -> None:
+    """RuntimeError saying what to do when a kernel is to run on CPU tensors but Triton's
+    interpreter is off (Triton's own error there names no driver, not the cause)."""
+    from triton import knobs
+
+    if not knobs.runtime.interpret:
+        raise RuntimeError(
+            "mhfgen: kernels on CPU tensors run through Triton's interpreter, which must be on "
+            "before triton is imported: set TRITON_INTERPRET=1 in the environment (mhfgen sets "
+            "it itself when imported first on a machine without CUDA), or use backend='torch'")
+
+
 def enable_interpreter_default() -> None:
     """Switch Triton's interpreter on where it is the only way to run kernels.
 

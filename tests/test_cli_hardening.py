@@ -164,3 +164,13 @@ def test_a_second_tune_of_the_same_problem_is_refused_while_the_first_runs(tmp_p
     assert main(args) == 0
     with TuningDB.open(os.environ["MHFGEN_DB"], readonly=True) as db:
         assert len(db.trials()) == 2
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--tokens", "0"], "--tokens must be >= 1, got 0"),
+    (["--batch", "0"], "--batch must be >= 1, got 0"),
+    (["--jobs", "0"], "--jobs must be >= 1, got 0"),
+])
+def test_tune_counts_of_zero_are_errors_not_defaults(flags, message, capsys):
+    assert main(["tune", "--no-progress", *TINY[:-2], *flags]) == 2
+    one_line_error(capsys, message)

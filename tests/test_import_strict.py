@@ -199,3 +199,17 @@ def test_a_write_failure_of_the_import_command_is_one_line(export_doc, tmp_path,
     assert len(err.splitlines()) == 1 and "wrote nothing" in err and "refused by the test" in err
     with TuningDB.open(target, readonly=True) as db:
         assert db.winners() == []
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"\xff\xfe\x00 not utf-8", "can't decode byte"),
+    (b"[" * 100000, "nested too deeply"),
+    (b'{"format": "mhfgen-tuning-export", "schema_version": true, "records": []}',
+     "'schema_version' must be an integer"),
+])
+def test_unreadable_export_files_are_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "x.json"
+    path.write_bytes(content)
+    assert main(["import", str(path), "--db", str(tmp_path / "t.sqlite")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err

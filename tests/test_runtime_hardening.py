@@ -170,3 +170,33 @@ def test_a_cache_file_replaced_by_a_folder_is_worked_around(tmp_path, monkeypatc
     got = fwd_module.flash_mhf_fwd(q, k, u, v, r, config=config)
     assert relative_error(got, reference_outputs(q, k, u, v, r, do)["o"]) < 1e-5
     assert (codegen._fallback / name).is_file()
+
+
+def test_cpu_kernels_with_the_interpreter_switched_off_say_how_to_switch_it_on(tmp_path):
+    """TRITON_INTERPRET=0 on a machine without CUDA: Triton's own error names no driver;
+    mhfgen's names the variable, for the layer's norm/router kernels and the core alike."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine has a driver")
+    code = ("import mhfgen, torch\n"
+            "from mhfgen.verification import Case, make_inputs\n"
+            "q, k, u, v, r, _ = make_inputs(Case('p', 1, 4, 2, 1, 32, 2, 32), torch.float32,"
+            " 'cpu', seed=0)\n"
+            "for call in (lambda: mhfgen.FlashMHF(64, 2, 64, 2, backend='triton')("
+            "torch.randn(1, 2, 64)), lambda: mhfgen.flash_mhf(q, k, u, v, r)):\n"
+            "    try:\n"
+            "        call()\n"
+            "    except RuntimeError as exc:\n"
+            "        print(str(exc).splitlines()[0])\n")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(root),
+               MHFGEN_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2, out.stdout + out.stderr
+    assert all("set TRITON_INTERPRET=1" in line for line in lines), lines

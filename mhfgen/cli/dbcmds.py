@@ -291,8 +291,11 @@ def run_import(args) -> int:
         records = parse_export(data)
     except OSError as exc:
         raise CommandError(f"cannot read {args.file}: {exc}") from exc
-    except (json.JSONDecodeError, ExchangeError) as exc:
+    except (ValueError, ExchangeError) as exc:  # JSON, UTF-8 and the records' checks
         raise CommandError(f"{args.file}: {exc}") from exc
+    except RecursionError:
+        raise CommandError(f"{args.file}: not an mhfgen export (JSON nested too deeply)"
+                           ) from None
     path = Path(args.db or user_db_path())
     with _open(path, readonly=False) as db:
         try:

@@ -109,16 +109,16 @@ def _fill_defaults(args, on_gpu: bool) -> bool:
     if on_gpu:
         if bare:
             args.preset = GPU_PRESET
-        args.tokens = args.tokens or GPU_TOKENS
+        args.tokens = GPU_TOKENS if args.tokens is None else args.tokens
         args.dtype = args.dtype or GPU_DTYPE
-        args.trials = args.trials or GPU_TRIALS
+        args.trials = GPU_TRIALS if args.trials is None else args.trials
     else:
         if bare:
             for name, value in CPU_PROBLEM.items():
                 setattr(args, name, value)
-        args.tokens = args.tokens or CPU_PROBLEM["tokens"]
+        args.tokens = CPU_PROBLEM["tokens"] if args.tokens is None else args.tokens
         args.dtype = args.dtype or "float32"
-        args.trials = args.trials or CPU_TRIALS
+        args.trials = CPU_TRIALS if args.trials is None else args.trials
     return bare
 
 
@@ -339,8 +339,10 @@ def _run_problem(args) -> int:
     kernels = _kernels(args.kernels)
     if args.trials is not None and args.trials < 1:
         raise CommandError(f"--trials must be >= 1, got {args.trials}")
-    if args.workers < 1:
-        raise CommandError(f"--workers must be >= 1, got {args.workers}")
+    for flag in ("workers", "batch", "jobs"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise CommandError(f"--{flag} must be >= 1, got {value}")
     problem, device, kind, replay, storage, bare = _setup(args)
     gpus = None
     if args.workers > 1 and kind == "gpu":

@@ -50,8 +50,12 @@ SPLITS_INTERPRETER = 3
 
 
 def _interpreting(device: torch.device) -> bool:
-    """Whether tensors on `device` run through Triton's interpreter (the CPU)."""
-    return _device.target(device) == INTERPRETER
+    """Whether tensors on `device` run through Triton's interpreter (the CPU); a clear
+    RuntimeError there when the interpreter is off (device.require_interpreter)."""
+    if _device.target(device) != INTERPRETER:
+        return False
+    _device.require_interpreter()
+    return True
 
 
 @triton.jit

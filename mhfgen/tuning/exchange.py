@@ -106,7 +106,9 @@ def parse_export(data) -> list[WinnerRecord]:
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise ExchangeError(f"not an mhfgen export (expected \"format\": \"{EXPORT_FORMAT}\")")
     version = data.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ExchangeError(f"'schema_version' must be an integer, got {version!r}")
+    if version > SCHEMA_VERSION:
         raise ExchangeError(f"export schema {version!r} is newer than the {SCHEMA_VERSION} "
                             f"this mhfgen reads; upgrade mhfgen")
     records = data.get("records")
