@@ -174,3 +174,9 @@ def test_a_second_tune_of_the_same_problem_is_refused_while_the_first_runs(tmp_p
 def test_tune_counts_of_zero_are_errors_not_defaults(flags, message, capsys):
     assert main(["tune", "--no-progress", *TINY[:-2], *flags]) == 2
     one_line_error(capsys, message)
+
+
+def test_verify_json_into_a_missing_folder_is_refused_before_checking(tmp_path, capsys):
+    assert main(["verify", "--json", str(tmp_path / "no" / "such" / "v.json")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--json: cannot write" in err and len(err.strip().splitlines()) == 1

@@ -73,6 +73,13 @@ def run(args) -> int:
 
     gpu = torch.cuda.is_available()
     dev = torch.device("cuda" if gpu else "cpu")
+    if args.json not in (None, "-"):  # before the checks run, not after
+        from pathlib import Path
+
+        json_path = Path(args.json)
+        if json_path.is_dir() or not json_path.parent.is_dir():
+            raise CommandError(f"--json: cannot write {args.json} (a folder, or in a folder "
+                               f"that does not exist)")
     for flag, value in (("--presets", args.presets), ("--tokens", args.tokens)):
         if value is not None and not gpu:
             raise CommandError(f"{flag} needs a GPU: without one verify checks small problems "
