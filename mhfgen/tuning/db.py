@@ -265,6 +265,22 @@ class TrialRecord:
     torch_version: str = ""
     created: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, LaunchConfig):
+            raise ValueError(f"TrialRecord.config must be a LaunchConfig, got "
+                             f"{type(self.config).__name__}")
+        if self.status not in ("ok", "failed"):
+            raise ValueError(f"TrialRecord.status must be 'ok' or 'failed', got {self.status!r}")
+        for name in ("ms", "tflops", "error"):  # error may be inf or nan (a failed check)
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                raise ValueError(f"TrialRecord.{name} must be a number, got {value!r}")
+        if self.status == "ok" and self.ms is None:
+            raise ValueError("TrialRecord.ms is needed for a trial of status 'ok'")
+        if self.trial_number is not None:
+            strict_int(self.trial_number, "TrialRecord.trial_number", 0)
+
     def to_row(self) -> dict:
         row = self.key.as_dict()
         row.update(config=self.config.to_json(), status=self.status, stage=self.stage,
