@@ -180,3 +180,33 @@ def test_verify_json_into_a_missing_folder_is_refused_before_checking(tmp_path, 
     assert main(["verify", "--json", str(tmp_path / "no" / "such" / "v.json")]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "--json: cannot write" in err and len(err.strip().splitlines()) == 1
+
+
+def test_on_a_read_only_file_system_reads_work_and_writes_are_refused_up_front(tmp_path,
+                                                                             capsys):
+    """A real read-only mount (where this machine allows a bind mount): `list` reads the
+    database, `import` and `tune` say it is read-only before doing anything."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    TuningDB.open(src / "t.sqlite").close()
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot make a read-only bind mount here (needs root)")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], capture_output=True)
+        if os.access(mnt, os.W_OK):
+            pytest.skip("the bind mount is writable here")
+        path = mnt / "t.sqlite"
+        assert main(["list", "--db", str(path)]) == 0
+        assert "0 tuned config(s)" in capsys.readouterr().out
+        export = tmp_path / "e.json"
+        export.write_text('{"format": "mhfgen-tuning-export", "schema_version": 1, '
+                          '"records": []}')
+        assert main(["import", str(export), "--db", str(path)]) == 2
+        err = one_line_error(capsys, "read-only")
+        assert "delete" not in err
+        assert main(["tune", "--no-progress", *TINY, "--db", str(path)]) == 2
+        one_line_error(capsys, "read-only")
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

@@ -327,7 +327,7 @@ class TuningDB:
                 return self
             try:
                 return cls._open_readonly(path, "mode=ro")
-            except CorruptDatabaseError as exc:
+            except TuningDBError as exc:
                 # NOTE: a database in WAL mode (every file this module wrote) cannot be
                 # opened read-only where its -shm file cannot be created: a read-only
                 # file system, as a database shipped inside a job's image often is. Such
