@@ -240,16 +240,14 @@ _loaded: dict[tuple, object] = {}
 
 def load_kernel(spec: KernelSpec, config: WsConfig):
     """Render (or reuse) and import the generated module; its @gluon.jit kernel."""
-    from ..codegen import _import, _write_atomic, kernel_dir
+    from ..codegen import _import, _written
 
     key = (spec, tuple(sorted(static_params(spec, config).items())))
     fn = _loaded.get(key)
     if fn is None:
         source = render(spec, config)
         digest = hashlib.sha256(source.encode()).hexdigest()[:20]
-        path = kernel_dir() / f"{KERNEL}_{digest}.py"
-        if not path.exists() or path.read_text() != source:
-            _write_atomic(path, source)
+        path = _written(f"{KERNEL}_{digest}.py", source)  # a private folder if need be
         module = _import(path, f"mhfgen_generated.{KERNEL}_{digest}", False)
         fn = _loaded[key] = module.flash_mhf_fwd_ws_kernel
     return fn
@@ -316,8 +314,7 @@ def flash_mhf_fwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     problem = check_flash_mhf_inputs(q, k, u, v, r)
     B, L, H, D = q.shape
     Hkv, E, De, _ = k.shape
-    target = "sm%d%d" % torch.cuda.get_device_capability(q.device) if q.is_cuda else "cpu"
-    spec = KernelSpec(H, Hkv, D, E, De, dtype_name(q.dtype), target)
+    spec = KernelSpec(H, Hkv, D, E, De, dtype_name(q.dtype), _device.target(q.device))
     reason = unsupported(spec)
     if reason:
         raise ValueError(f"flash_mhf_fwd_ws cannot run {spec.key()}: {reason}")
