@@ -200,3 +200,9 @@ def test_cpu_kernels_with_the_interpreter_switched_off_say_how_to_switch_it_on(t
     lines = out.stdout.splitlines()
     assert len(lines) == 2, out.stdout + out.stderr
     assert all("set TRITON_INTERPRET=1" in line for line in lines), lines
+
+
+def test_a_launcher_config_that_is_not_a_launch_config_is_named():
+    q, k, u, v, r, do = inputs()
+    with pytest.raises(TypeError, match="config must be a LaunchConfig, got dict"):
+        fwd_module.flash_mhf_fwd(q, k, u, v, r, config={"block_m": 16})

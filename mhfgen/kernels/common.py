@@ -52,7 +52,10 @@ def signature(t: torch.Tensor) -> tuple:
 
 def plan_key(config, q, k, u, v, r, do=None) -> tuple:
     """The plan-cache key of a launcher call: the signatures of its tensors and the config.
-    Arguments that are not tensors get the input checks' TypeError naming them."""
+    Arguments that are not tensors get the input checks' TypeError naming them, and a
+    config that is not a LaunchConfig (a dict, say) a TypeError naming it."""
+    if config is not None and type(config) is not LaunchConfig:
+        raise TypeError(f"config must be a LaunchConfig, got {type(config).__name__}")
     try:
         key = (signature(q), signature(k), signature(u), signature(v), signature(r))
         return key + ((config,) if do is None else (signature(do), config))
