@@ -11,7 +11,20 @@ from . import reference
 from .norm_router import norm_router
 from .validation import check_layer_sizes
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch built without distributed support
+    DTensor = None
+
 BACKENDS = ("auto", "triton", "torch")
+
+
+def _local(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A head-sharded DTensor parameter (mhfgen.parallel) as this rank's shard; any other
+    tensor as it is. Differentiable: the shard's gradient comes back as a DTensor."""
+    if DTensor is not None and isinstance(t, DTensor):
+        return t.to_local()
+    return t
 
 
 class FlashMHF(nn.Module):
@@ -89,21 +102,24 @@ class FlashMHF(nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must have shape (B, L, d_model={self.d_model}), got {shape}")
         B, L, _ = x.shape
-        q = (self.in_proj(x) if self.in_proj is not None else x).reshape(
-            B, L, self.n_heads, self.head_dim)
+        q = self.in_proj(x) if self.in_proj is not None else x
+        # all n_heads, or this rank's heads when mhfgen.parallel shards the layer by heads
+        # (then in_proj yields the local columns and the per-head weights are DTensors)
+        heads = q.shape[-1] // self.head_dim
+        q = q.reshape(B, L, heads, self.head_dim)
         # RMSNorm and router in fp32, saving only q for an analytic backward: autograd of
         # the plain form would keep several fp32 copies of Q (mhfgen.norm_router); fused
         # Triton kernels with the core's kernels, PyTorch with the reference core
-        q, r = norm_router(q, self.q_norm, self.router, use_kernels=self._use_kernels(x),
-                           eps=self.norm_eps)
+        q, r = norm_router(q, _local(self.q_norm), _local(self.router),
+                           use_kernels=self._use_kernels(x), eps=self.norm_eps)
         # under autocast q comes out of in_proj in the autocast dtype: the core runs in it
-        k, u, v = (w.to(q.dtype) for w in (self.key, self.up, self.value))
+        k, u, v = (_local(w).to(q.dtype) for w in (self.key, self.up, self.value))
         if self._use_kernels(x):
             from .ops import flash_mhf  # imported lazily: the reference path needs no Triton
             o = flash_mhf(q, k, u, v, r)
         else:
             o = reference.flash_mhf(q, k, u, v, r)
-        o = o.reshape(B, L, self.d_model)
+        o = o.reshape(B, L, heads * self.head_dim)
         return self.out_proj(o) if self.out_proj is not None else o
 
     def extra_repr(self) -> str:
