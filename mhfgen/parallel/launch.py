@@ -10,6 +10,7 @@ does the same job for scripts; this is for callers that want the results back as
 from __future__ import annotations
 
 import os
+import pickle
 import queue
 import socket
 import traceback
@@ -52,7 +53,9 @@ def _rank_main(rank: int, world_size: int, port: int, fn: Callable[..., Any], ar
     try:
         init_process_group()
         try:
-            results.put((rank, True, fn(*args)))
+            # NOTE: pickled here, with the plain pickler: multiprocessing's own would pass
+            # tensors as shared-memory handles, which die with this process
+            results.put((rank, True, pickle.dumps(fn(*args))))
         finally:
             dist.destroy_process_group()
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises
@@ -82,7 +85,7 @@ def run_on_ranks(fn: Callable[..., Any], world_size: int = 2, args: tuple = (),
                                    f"{timeout_s:.0f} s") from None
             if not ok:
                 raise RuntimeError(f"rank {rank} of {world_size} failed in {fn.__name__}:\n{value}")
-            got[rank] = value
+            got[rank] = pickle.loads(value)
     finally:
         for proc in procs:
             proc.join(timeout=10)

@@ -6,11 +6,13 @@ gloo), and returns a ParityResult: relative errors ||x - x_ref||_F / ||x_ref||_F
 (mhfgen.tolerances.relative_error) of the distributed run against one process computing
 the same thing alone, from the same initial weights and data, on the same device.
 
-* lm_step_parity("ddp" | "fsdp2"): `steps` SGD steps of mhfgen.lm's CausalLM. The one
-  process takes the whole batch of B sequences; rank t of W takes sequences
-  [t B/W, (t+1) B/W), so the gradient averaged over ranks is the one process's gradient of
-  the mean loss. Compared at every step: the loss (mean over ranks) and every parameter's
-  gradient (FSDP2's shards gathered); after the last step, every parameter.
+* lm_step_parity("ddp" | "fsdp2" | "tp"): `steps` SGD steps of mhfgen.lm's CausalLM. The
+  one process takes the whole batch of B sequences. Under DDP and FSDP2 rank t of W takes
+  sequences [t B/W, (t+1) B/W), so the gradient averaged over ranks is the one process's
+  gradient of the mean loss; under "tp" (every block's FFN sharded by heads with the
+  HeadParallel style, the rest replicated) every rank takes the whole batch. Compared at
+  every step: the loss (mean over ranks) and every parameter's gradient (shards
+  gathered); after the last step, every parameter.
   compiled=True compiles every decoder block (compile_blocks; the one process stays eager).
 * tp_layer_parity: one FlashMHF sharded by heads (mhfgen.parallel.parallelize_flashmhf)
   over all ranks against the unsharded layer: y, dx and every parameter's gradient.
@@ -36,7 +38,7 @@ from ..tolerances import relative_error
 #: dtype name -> bar of every relative error of a parity check
 PARITY_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 1.5e-2}
 
-WRAPPERS = ("ddp", "fsdp2")
+WRAPPERS = ("ddp", "fsdp2", "tp")
 
 
 @dataclass
@@ -73,7 +75,7 @@ class ParityResult:
         mode = "compiled" if self.compiled else "eager"
         verdict = "ok" if self.ok else "FAIL"
         return (f"{self.check:6s} {mode:8s} {self.dtype:8s} {self.device:6s} "
-                f"W={self.world_size} worst {name} {value:.2e} (bar {self.tolerance:.0e}) "
+                f"W={self.world_size} worst {name} {value:.2e} (bar {self.tolerance:.1e}) "
                 f"{verdict}")
 
 
@@ -111,7 +113,8 @@ def compile_blocks(model: CausalLM) -> None:
 
 
 def wrap_model(model: nn.Module, wrapper: str, device: torch.device) -> nn.Module:
-    """`model` under DDP, or with FSDP2's fully_shard on every block and on the root."""
+    """`model` under DDP, with FSDP2's fully_shard on every block and on the root, or ("tp")
+    with every block's FFN sharded by heads over all ranks."""
     if wrapper == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -123,6 +126,14 @@ def wrap_model(model: nn.Module, wrapper: str, device: torch.device) -> nn.Modul
         for block in model.blocks:
             fully_shard(block)
         return fully_shard(model)
+    if wrapper == "tp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor.parallel import parallelize_module
+
+        from .tensor import HeadParallel
+
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+        return parallelize_module(model, mesh, {"blocks.*.ffn": HeadParallel()})
     raise ValueError(f"wrapper must be one of {WRAPPERS}, got {wrapper!r}")
 
 
@@ -145,6 +156,8 @@ def lm_step_parity(wrapper: str, case: LMCase, device: torch.device, compiled: b
     opt = torch.optim.SGD(model.parameters(), lr=case.lr)
     data = torch.Generator().manual_seed(case.seed + 1)
     lo, hi = rank * case.batch // world, (rank + 1) * case.batch // world
+    if wrapper == "tp":  # every rank computes the whole batch with its share of the heads
+        lo, hi = 0, case.batch
     result = ParityResult(wrapper, str(dtype).removeprefix("torch."), compiled, device.type,
                           world)
     names = [name for name, _ in reference.named_parameters()]
@@ -159,6 +172,8 @@ def lm_step_parity(wrapper: str, case: LMCase, device: torch.device, compiled: b
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)
         result.note("loss", relative_error(mean_loss / world, loss_ref))
+        # NOTE: a replicated parameter's gradient under "tp" is each rank's own (equal on
+        # every rank: the in_proj input's gradient is all-reduced); compared as it is
         for name, p_ref, p in zip(names, reference.parameters(), model.parameters()):
             result.note(f"grad:{name}", relative_error(_full(p.grad), p_ref.grad))
         for optimizer in (opt_ref, opt):
