@@ -10,10 +10,11 @@ Each rank takes cuda:LOCAL_RANK with NCCL where CUDA is available, else the CPU 
 
 Parity (mhfgen.parallel.parity; relative Frobenius errors against one process on the same
 device, from the same weights and data):
-  ddp, fsdp2   SGD steps of mhfgen.lm's CausalLM (fp32: the wrappers change only how the
-               gradients are summed, which fp32 shows at 1e-7), eager and with every block
-               compiled; the FlashMHF layers run the generated kernels (backend "triton")
-  tp           one FlashMHF sharded by heads (parallelize_flashmhf) against the unsharded
+  ddp, fsdp2, tp  SGD steps of mhfgen.lm's CausalLM (tp: every FFN sharded by heads with
+               the HeadParallel style), fp32 (the wrappers change only how sums are
+               ordered, which fp32 shows at 1e-7), eager and with every block compiled;
+               the FlashMHF layers run the generated kernels (backend "triton")
+  tp-layer     one FlashMHF sharded by heads (parallelize_flashmhf) against the unsharded
                layer, fp32 and bf16: output, input gradient, every parameter gradient
 
 Figure: one training step (forward + backward, no optimizer) of the 1.3B preset's layer,
@@ -96,10 +97,11 @@ def gpu_tp_case() -> TPCase:
 
 
 def parity_checks(device: torch.device, tiny: bool, compiled: bool) -> list[ParityResult]:
-    """The DDP and FSDP2 steps (eager or compiled) and, eager only, the TP layer checks."""
+    """The DDP, FSDP2 and TP steps of the model (eager or compiled) and, eager only, the TP
+    layer checks."""
     lm_case = tiny_lm_case("triton") if tiny else gpu_lm_case()
     results = [lm_step_parity(wrapper, lm_case, device, compiled=compiled)
-               for wrapper in ("ddp", "fsdp2")]
+               for wrapper in ("ddp", "fsdp2", "tp")]
     if not compiled:
         tp_case = TPCase() if tiny else gpu_tp_case()
         results.append(tp_layer_parity(tp_case, device, torch.float32, backend="triton"))

@@ -43,7 +43,8 @@ WRAPPERS = ("ddp", "fsdp2", "tp")
 
 @dataclass
 class ParityResult:
-    """One check's errors by quantity ('loss', 'y', 'dx', 'grad:<param>', 'param:<param>')."""
+    """One check's errors by quantity ('loss', 'y', 'dx', 'grad:<param>', 'param:<param>');
+    check: 'ddp', 'fsdp2', 'tp' (lm_step_parity) or 'tp-layer' (tp_layer_parity)."""
 
     check: str
     dtype: str
@@ -74,7 +75,7 @@ class ParityResult:
         name, value = self.worst
         mode = "compiled" if self.compiled else "eager"
         verdict = "ok" if self.ok else "FAIL"
-        return (f"{self.check:6s} {mode:8s} {self.dtype:8s} {self.device:6s} "
+        return (f"{self.check:8s} {mode:8s} {self.dtype:8s} {self.device:6s} "
                 f"W={self.world_size} worst {name} {value:.2e} (bar {self.tolerance:.1e}) "
                 f"{verdict}")
 
@@ -225,7 +226,7 @@ def tp_layer_parity(case: TPCase, device: torch.device, dtype: torch.dtype = tor
     y_ref.backward(dy)
     y = sharded(x_tp)
     y.backward(dy)
-    result = ParityResult("tp", str(dtype).removeprefix("torch."), False, device.type,
+    result = ParityResult("tp-layer", str(dtype).removeprefix("torch."), False, device.type,
                           dist.get_world_size())
     result.note("y", relative_error(y, y_ref))
     result.note("dx", relative_error(x_tp.grad, x_ref.grad))

@@ -1,0 +1,40 @@
+"""benchmarks/distributed_h200x2.py, the 2-GPU script, run the way the GPU machine runs it
+(torchrun, 2 ranks) on CPUs with gloo and CPU-sized cases (--tiny): every function it calls
+on the GPU runs here, on the device each rank chose. The compiled checks (--no-compiled
+here) call lm_step_parity(compiled=True), which tests/test_distributed_training.py runs.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mhfgen.parallel.launch import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_distributed_script_on_cpu_ranks(tmp_path):
+    out = tmp_path / "distributed.json"
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+           str(ROOT / "benchmarks" / "distributed_h200x2.py"), "--tiny", "--no-compiled",
+           "--warmup", "1", "--steps", "1", "--repeats", "2", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["gpu"] is None
+    checks = [(p["check"], p["dtype"], p["compiled"], p["ok"]) for p in report["parity"]]
+    assert checks == [("ddp", "float32", False, True), ("fsdp2", "float32", False, True),
+                      ("tp", "float32", False, True), ("tp-layer", "float32", False, True),
+                      ("tp-layer", "bfloat16", False, True)]
+    modes = [(row["mode"], row["degree"]) for row in report["figure"]]
+    assert modes == [("1 GPU", 1), ("TP=2", 2)]
+    for row in report["figure"]:
+        assert row["step_ms"] > 0 and row["peak_mib"] == [None, None]
+        tokens = report["case"]["batch"] * report["case"]["seq"]
+        assert abs(row["tokens_per_s"] * row["step_ms"] / 1e3 - tokens) < 1e-6 * tokens
+    # the closing table, printed by rank 0
+    assert "training step (fwd + bwd) of FlashMHF(64, 4, 64, 2)" in proc.stdout
+    assert "TP=2" in proc.stdout.split("training step")[-1]
