@@ -22,9 +22,10 @@ FlashMHF(2048, 16, 5632, 22) in bf16 on batch x seq = 8 x 2048 tokens, as
   1 GPU   the whole layer on each GPU alone (both GPUs at once, no communication)
   TP=2    the layer sharded by heads over both GPUs (8 heads each; one all-reduce of y
           forward, one of dx backward, 64 MiB each in bf16)
-tokens/s = batch x seq / step time (median of --repeats timings of --steps steps, after
---warmup steps); peak memory = torch.cuda.max_memory_allocated per GPU over the timed
-steps, weights, gradients and activations included. The dispatcher's choices are logged:
+The input requires its gradient, as a layer's input in a model does. tokens/s = batch x
+seq / step time (median of --repeats timings of --steps steps, each the slowest rank's,
+after --warmup steps); peak memory = torch.cuda.max_memory_allocated per GPU over the
+timed steps, weights, gradients and activations included. The dispatcher's choices are logged:
 the TP ranks run an 8-head problem, which the shipped tuning database may not hold (then
 the built-in heuristic config; no log line).
 
@@ -73,12 +74,13 @@ class FigureCase:
 
 @dataclass
 class FigureRow:
-    """One mode's timing: step time (ms, median), tokens/s and peak memory per GPU (MiB,
-    None on the CPU)."""
+    """One mode's timing: step time (ms, median over timings of the slowest rank), every
+    timing (ms, for the noise), tokens/s and peak memory per GPU (MiB, None on the CPU)."""
 
     mode: str
     degree: int
     step_ms: float
+    timings_ms: list[float]
     tokens_per_s: float
     peak_mib: list[float | None]
 
@@ -118,14 +120,16 @@ def _sync(device: torch.device) -> None:
 
 
 def time_training_step(layer: FlashMHF, x: torch.Tensor, dy: torch.Tensor, warmup: int,
-                       steps: int, repeats: int) -> tuple[float, float | None]:
-    """Median seconds of one forward + backward of `layer` (gradients freed each step) and
-    the peak memory in MiB over the timed steps (None on the CPU). Every rank calls it at
-    the same time; a barrier starts each timing together."""
+                       steps: int, repeats: int) -> tuple[list[float], float | None]:
+    """Seconds of one forward + backward of `layer` (gradients, dx included, freed each
+    step; x must require its gradient), one value
+    per timing of `steps` steps, and the peak memory in MiB over the timed steps (None on
+    the CPU). Every rank calls it at the same time; a barrier starts each timing."""
     device = x.device
 
     def step() -> None:
         layer.zero_grad(set_to_none=True)
+        x.grad = None
         layer(x).backward(dy)
 
     for _ in range(warmup):
@@ -143,7 +147,7 @@ def time_training_step(layer: FlashMHF, x: torch.Tensor, dy: torch.Tensor, warmu
         _sync(device)
         times.append((time.perf_counter() - start) / steps)
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None)
-    return statistics.median(times), peak
+    return times, peak
 
 
 def figure(device: torch.device, case: FigureCase, warmup: int, steps: int,
@@ -157,6 +161,7 @@ def figure(device: torch.device, case: FigureCase, warmup: int, steps: int,
     data = torch.Generator().manual_seed(1)
     x = torch.randn(case.batch, case.seq, case.d_model, generator=data).to(device, dtype)
     dy = torch.randn(x.shape, generator=data).to(device, dtype)
+    x.requires_grad_()
 
     def new_layer() -> FlashMHF:
         torch.manual_seed(0)
@@ -168,13 +173,14 @@ def figure(device: torch.device, case: FigureCase, warmup: int, steps: int,
         layer = new_layer()
         if degree > 1:
             parallelize_flashmhf(layer, init_device_mesh(device.type, (world,)))
-        seconds, peak = time_training_step(layer, x, dy, warmup, steps, repeats)
-        # every rank's figures: the slowest step time, each GPU's peak memory
+        times, peak = time_training_step(layer, x, dy, warmup, steps, repeats)
+        # every rank's figures: per timing the slowest rank, each GPU's peak memory
         gathered: list = [None] * world
-        dist.all_gather_object(gathered, (seconds, peak))
-        seconds = max(s for s, _ in gathered)
-        rows.append(FigureRow(mode, degree, seconds * 1e3, case.tokens / seconds,
-                              [p for _, p in gathered]))
+        dist.all_gather_object(gathered, (times, peak))
+        slowest = [max(per_rank[i] for per_rank, _ in gathered) for i in range(repeats)]
+        seconds = statistics.median(slowest)
+        rows.append(FigureRow(mode, degree, seconds * 1e3, [t * 1e3 for t in slowest],
+                              case.tokens / seconds, [p for _, p in gathered]))
         del layer
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -193,13 +199,14 @@ def table(parity: list[ParityResult], rows: list[FigureRow], case: FigureCase,
     lines.append(f"training step (fwd + bwd) of FlashMHF({case.d_model}, {case.n_heads}, "
                  f"{case.intermediate_size}, {case.n_experts}) {case.dtype}, "
                  f"{case.batch} x {case.seq} tokens, {device.type}:")
-    lines.append(f"  {'mode':7s} {'step ms':>9s} {'tokens/s':>11s} {'speedup':>8s} "
-                 f"{'peak MiB per GPU':>20s}")
+    lines.append(f"  {'mode':7s} {'step ms':>9s} {'min-max ms':>15s} {'tokens/s':>11s} "
+                 f"{'speedup':>8s} {'peak MiB per GPU':>20s}")
     base = rows[0].step_ms if rows else None
     for row in rows:
         peaks = " / ".join(_mib(p) for p in row.peak_mib)
-        lines.append(f"  {row.mode:7s} {row.step_ms:9.2f} {row.tokens_per_s:11,.0f} "
-                     f"{base / row.step_ms:7.2f}x {peaks:>20s}")
+        spread = f"{min(row.timings_ms):.2f}-{max(row.timings_ms):.2f}"
+        lines.append(f"  {row.mode:7s} {row.step_ms:9.2f} {spread:>15s} "
+                     f"{row.tokens_per_s:11,.0f} {base / row.step_ms:7.2f}x {peaks:>20s}")
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""DDP, FSDP2 and tensor parallelism over heads (the HeadParallel style in the model's plan):
+"""DDP, FSDP2, tensor parallelism over heads (the HeadParallel style in the model's plan) and
+FSDP2 over TP on a 2 x 2 mesh:
 training steps of mhfgen.lm's CausalLM on 2 gloo processes against one process.
 
 The FlashMHF layers run the generated kernels through Triton's interpreter (backend
@@ -51,3 +52,16 @@ def test_compiled_training_steps_match_one_process(wrapper):
 def test_unknown_wrapper_is_refused():
     with pytest.raises(ValueError, match="wrapper must be one of"):
         lm_step_parity("zero3", tiny_lm_case(), torch.device("cpu"))
+
+
+def _steps_2d():
+    return lm_step_parity("fsdp2+tp", tiny_lm_case("torch"), torch.device("cpu"))
+
+
+def test_fsdp2_over_head_parallel_ffns_on_a_2x2_mesh():
+    # 4 ranks: FSDP2 over the "dp" pairs, the FFNs' heads over "tp" (the PyTorch path of
+    # the layer: 4 interpreters on a 2-core machine would take minutes)
+    per_rank = run_on_ranks(_steps_2d, 4)
+    assert all(r.ok for r in per_rank), [r.describe() for r in per_rank]
+    assert (per_rank[0].check, per_rank[0].world_size) == ("fsdp2+tp", 4)
+    assert len([k for k in per_rank[0].errors if k.startswith("grad:")]) == 25

@@ -38,7 +38,7 @@ from ..tolerances import relative_error
 #: dtype name -> bar of every relative error of a parity check
 PARITY_TOLERANCE = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 1.5e-2}
 
-WRAPPERS = ("ddp", "fsdp2", "tp")
+WRAPPERS = ("ddp", "fsdp2", "tp", "fsdp2+tp")
 
 
 @dataclass
@@ -127,14 +127,22 @@ def wrap_model(model: nn.Module, wrapper: str, device: torch.device) -> nn.Modul
         for block in model.blocks:
             fully_shard(block)
         return fully_shard(model)
-    if wrapper == "tp":
+    if wrapper in ("tp", "fsdp2+tp"):
         from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
         from torch.distributed.tensor.parallel import parallelize_module
 
         from .tensor import HeadParallel
 
-        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-        return parallelize_module(model, mesh, {"blocks.*.ffn": HeadParallel()})
+        world = dist.get_world_size()
+        if wrapper == "tp":
+            mesh = init_device_mesh(device.type, (world,))
+            return parallelize_module(model, mesh, {"blocks.*.ffn": HeadParallel()})
+        mesh = init_device_mesh(device.type, (world // 2, 2), mesh_dim_names=("dp", "tp"))
+        parallelize_module(model, mesh["tp"], {"blocks.*.ffn": HeadParallel()})
+        for block in model.blocks:
+            fully_shard(block, mesh=mesh["dp"])
+        return fully_shard(model, mesh=mesh["dp"])
     raise ValueError(f"wrapper must be one of {WRAPPERS}, got {wrapper!r}")
 
 
@@ -147,6 +155,8 @@ def lm_step_parity(wrapper: str, case: LMCase, device: torch.device, compiled: b
     world, rank = dist.get_world_size(), dist.get_rank()
     if case.batch % world:
         raise ValueError(f"batch {case.batch} is not divisible by the world size {world}")
+    if wrapper == "fsdp2+tp" and world % 2:
+        raise ValueError(f"fsdp2+tp needs an even world size (TP degree 2), got {world}")
     torch.manual_seed(case.seed)
     reference = CausalLM(case.model).to(device=device, dtype=dtype)
     model = copy.deepcopy(reference)
@@ -156,9 +166,11 @@ def lm_step_parity(wrapper: str, case: LMCase, device: torch.device, compiled: b
     opt_ref = torch.optim.SGD(reference.parameters(), lr=case.lr)
     opt = torch.optim.SGD(model.parameters(), lr=case.lr)
     data = torch.Generator().manual_seed(case.seed + 1)
-    lo, hi = rank * case.batch // world, (rank + 1) * case.batch // world
-    if wrapper == "tp":  # every rank computes the whole batch with its share of the heads
-        lo, hi = 0, case.batch
+    # the data-parallel ranks split the batch; tensor-parallel ranks (pairs of consecutive
+    # ranks under "fsdp2+tp") compute the same sequences with their share of the heads
+    dp_rank, dp_size = {"tp": (0, 1), "fsdp2+tp": (rank // 2, world // 2)}.get(
+        wrapper, (rank, world))
+    lo, hi = dp_rank * case.batch // dp_size, (dp_rank + 1) * case.batch // dp_size
     result = ParityResult(wrapper, str(dtype).removeprefix("torch."), compiled, device.type,
                           world)
     names = [name for name, _ in reference.named_parameters()]
