@@ -1,10 +1,10 @@
-"""DDP, FSDP2, tensor parallelism over heads (the HeadParallel style in the model's plan) and
-FSDP2 over TP on a 2 x 2 mesh:
-training steps of mhfgen.lm's CausalLM on 2 gloo processes against one process.
+"""Training steps of mhfgen.lm's CausalLM under DDP, FSDP2 and tensor parallelism over heads
+(the HeadParallel style in the model's plan) on 2 gloo processes, and FSDP2 over TP on a
+2 x 2 mesh of 4, against one process.
 
 The FlashMHF layers run the generated kernels through Triton's interpreter (backend
-"triton"). Each check: 2 SGD steps; the loss and every gradient at each step, every
-parameter after the last (mhfgen.parallel.parity.lm_step_parity).
+"triton"; the 2 x 2 mesh excepted). Each check: 2 SGD steps; the loss and every gradient
+at each step, every parameter after the last (mhfgen.parallel.parity.lm_step_parity).
 """
 import pytest
 import torch
