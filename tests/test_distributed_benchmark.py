@@ -3,12 +3,18 @@
 on the GPU runs here, on the device each rank chose. The compiled checks (--no-compiled
 here) call lm_step_parity(compiled=True), which tests/test_distributed_training.py runs.
 """
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from mhfgen import FlashMHF
+from mhfgen.lm.model import CausalLM
 from mhfgen.parallel.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,3 +44,31 @@ def test_distributed_script_on_cpu_ranks(tmp_path):
     # the closing table, printed by rank 0
     assert "training step (fwd + bwd) of FlashMHF(64, 4, 64, 2)" in proc.stdout
     assert "TP=2" in proc.stdout.split("training step")[-1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "distributed_h200x2", ROOT / "benchmarks" / "distributed_h200x2.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_sizes_are_valid_for_two_ranks():
+    # what only the GPU run builds: the layers exist, and TP degree 2 divides their kv heads
+    script = _script()
+    lm = script.gpu_lm_case()
+    model = CausalLM(replace(lm.model, backend="torch"))
+    tokens = torch.randint(0, lm.model.vocab_size, (1, lm.seq + 1))
+    assert model(tokens[:, :-1], tokens[:, 1:])[1].isfinite()
+    assert lm.batch % 2 == 0 and lm.model.mhf_heads % 2 == 0
+    tp = script.gpu_tp_case()
+    layer = tp.layer("torch", torch.device("cpu"), torch.float32)
+    assert layer(torch.randn(1, 3, tp.d_model)).shape == (1, 3, tp.d_model)
+    assert tp.n_kv_heads % 2 == 0
+    fig = script.FigureCase()
+    big = FlashMHF(fig.d_model, fig.n_heads, fig.intermediate_size, fig.n_experts,
+                   device="meta")
+    assert (big.head_dim, big.expert_dim, big.n_kv_heads % 2) == (128, 256, 0)
+    assert fig.tokens == 8 * 2048 and fig.dtype == "bfloat16"
