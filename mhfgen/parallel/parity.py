@@ -114,8 +114,9 @@ def compile_blocks(model: CausalLM) -> None:
 
 
 def wrap_model(model: nn.Module, wrapper: str, device: torch.device) -> nn.Module:
-    """`model` under DDP, with FSDP2's fully_shard on every block and on the root, or ("tp")
-    with every block's FFN sharded by heads over all ranks."""
+    """`model` under DDP, with FSDP2's fully_shard on every block and on the root, ("tp")
+    with every block's FFN sharded by heads over all ranks, or ("fsdp2+tp") both on a
+    (world / 2, 2) mesh: FSDP2 over its "dp" dimension, the heads over "tp"."""
     if wrapper == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -148,15 +149,20 @@ def wrap_model(model: nn.Module, wrapper: str, device: torch.device) -> nn.Modul
 
 def lm_step_parity(wrapper: str, case: LMCase, device: torch.device, compiled: bool = False,
                    dtype: torch.dtype = torch.float32) -> ParityResult:
-    """`case.steps` training steps of case.model under `wrapper` ('ddp' or 'fsdp2') against
+    """`case.steps` training steps of case.model under `wrapper` (one of WRAPPERS) against
     one process (see the module docstring); every rank returns the same errors."""
     if wrapper not in WRAPPERS:
         raise ValueError(f"wrapper must be one of {WRAPPERS}, got {wrapper!r}")
     world, rank = dist.get_world_size(), dist.get_rank()
-    if case.batch % world:
-        raise ValueError(f"batch {case.batch} is not divisible by the world size {world}")
     if wrapper == "fsdp2+tp" and world % 2:
         raise ValueError(f"fsdp2+tp needs an even world size (TP degree 2), got {world}")
+    # the data-parallel ranks split the batch; tensor-parallel ranks (pairs of consecutive
+    # ranks under "fsdp2+tp") compute the same sequences with their share of the heads
+    dp_rank, dp_size = {"tp": (0, 1), "fsdp2+tp": (rank // 2, world // 2)}.get(
+        wrapper, (rank, world))
+    if case.batch % dp_size:
+        raise ValueError(f"batch {case.batch} is not divisible by the {dp_size} "
+                         f"data-parallel ranks")
     torch.manual_seed(case.seed)
     reference = CausalLM(case.model).to(device=device, dtype=dtype)
     model = copy.deepcopy(reference)
@@ -166,10 +172,6 @@ def lm_step_parity(wrapper: str, case: LMCase, device: torch.device, compiled: b
     opt_ref = torch.optim.SGD(reference.parameters(), lr=case.lr)
     opt = torch.optim.SGD(model.parameters(), lr=case.lr)
     data = torch.Generator().manual_seed(case.seed + 1)
-    # the data-parallel ranks split the batch; tensor-parallel ranks (pairs of consecutive
-    # ranks under "fsdp2+tp") compute the same sequences with their share of the heads
-    dp_rank, dp_size = {"tp": (0, 1), "fsdp2+tp": (rank // 2, world // 2)}.get(
-        wrapper, (rank, world))
     lo, hi = dp_rank * case.batch // dp_size, (dp_rank + 1) * case.batch // dp_size
     result = ParityResult(wrapper, str(dtype).removeprefix("torch."), compiled, device.type,
                           world)
