@@ -11,18 +11,16 @@ from . import reference
 from .norm_router import norm_router
 from .validation import check_layer_sizes
 
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # a torch built without distributed support
-    DTensor = None
-
 BACKENDS = ("auto", "triton", "torch")
 
 
 def _local(t: torch.Tensor | None) -> torch.Tensor | None:
     """A head-sharded DTensor parameter (mhfgen.parallel) as this rank's shard; any other
     tensor as it is. Differentiable: the shard's gradient comes back as a DTensor."""
-    if DTensor is not None and isinstance(t, DTensor):
+    # NOTE: not imported here: importing torch.distributed.tensor takes about a second, and
+    # no DTensor exists before something else imported it (the attribute appears then)
+    dtensor = getattr(torch.distributed, "tensor", None)
+    if dtensor is not None and isinstance(t, dtensor.DTensor):
         return t.to_local()
     return t
 
