@@ -43,6 +43,8 @@ def _tp_checks() -> dict:
         "mesh_2d": lambda: parallelize_flashmhf(mhfgen.FlashMHF(32, 2, 32, 2),
                                                 init_device_mesh("cpu", (1, 2))),
         "not_flashmhf": lambda: parallelize_flashmhf(nn.Linear(4, 4), mesh),
+        "no_projections": lambda: parallelize_flashmhf(
+            mhfgen.FlashMHF(32, 2, 32, 2, projections=False), mesh),
         "twice": lambda: parallelize_flashmhf(layer, mesh),
     }
     for name, attempt in attempts.items():
@@ -85,6 +87,7 @@ def test_local_shards_hold_whole_kv_head_groups(tp_run):
     ("mesh_2d", "ValueError", "device_mesh must be 1-D"),
     ("not_flashmhf", "TypeError", "applies to mhfgen.FlashMHF layers, got Linear"),
     ("twice", "ValueError", "the layer is already sharded"),
+    ("no_projections", "ValueError", "built with projections=False"),
 ])
 def test_refusals(tp_run, name, kind, message):
     got = tp_run[0]["refusals"][name]

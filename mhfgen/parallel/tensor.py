@@ -38,11 +38,14 @@ HEAD_PARAMETERS = ("router", "q_norm", "key", "up", "value")
 
 def check_head_parallel(layer: nn.Module, device_mesh: DeviceMesh) -> int:
     """The tensor-parallel degree T of `device_mesh` for `layer`, after checking that the
-    layer is an unsharded FlashMHF and that T divides its kv heads; ValueError or TypeError
-    otherwise."""
+    layer is an unsharded FlashMHF with its projections and that T divides its kv heads;
+    ValueError or TypeError otherwise."""
     if not isinstance(layer, FlashMHF):
         raise TypeError(f"HeadParallel applies to mhfgen.FlashMHF layers, got "
                         f"{type(layer).__name__}")
+    if layer.in_proj is None or layer.out_proj is None:
+        raise ValueError("HeadParallel needs the layer's in_proj and out_proj (they split and "
+                         "join the heads); this FlashMHF was built with projections=False")
     if not isinstance(device_mesh, DeviceMesh):
         raise TypeError(f"device_mesh must be a DeviceMesh, got {type(device_mesh).__name__}")
     if device_mesh.ndim != 1:
