@@ -130,7 +130,10 @@ def time_training_step(layer: FlashMHF, x: torch.Tensor, dy: torch.Tensor, warmu
     def step() -> None:
         layer.zero_grad(set_to_none=True)
         x.grad = None
-        layer(x).backward(dy)
+        # NOTE: (y * dy).sum() rather than y.backward(dy) (the same gradients): it reads y,
+        # as the next layer of a model would, which waits for TP's all-reduce of y (left
+        # unread, that all-reduce is never waited on: torch warns at exit)
+        (layer(x) * dy).sum().backward()
 
     for _ in range(warmup):
         step()

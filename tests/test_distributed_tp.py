@@ -123,6 +123,7 @@ def _save_sharded(tp_dir: str, fsdp_dir: str, plain_dir: str) -> dict:
     return {"layer": layer_full, "model": model_full, "loaded": loaded_full}
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 def test_checkpoints_between_sharded_and_unsharded(tmp_path):
     torch.manual_seed(3)
     plain = TPCase().layer("torch", CPU, torch.float32)
