@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -222,8 +223,13 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="steps per timing")
     ap.add_argument("--repeats", type=int, default=5, help="timings (the median is kept)")
     ap.add_argument("--no-compiled", action="store_true",
-                    help="leave out the compiled DDP and FSDP2 checks")
+                    help="leave out the compiled DDP, FSDP2 and TP checks")
     args = ap.parse_args(argv)
+    if "RANK" not in os.environ:
+        print("distributed_h200x2: run it under torchrun: python -m torch.distributed.run "
+              "--standalone --nproc_per_node 2 benchmarks/distributed_h200x2.py",
+              file=sys.stderr)
+        return 2
     device = init_process_group()
     rank = dist.get_rank()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")

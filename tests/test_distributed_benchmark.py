@@ -72,3 +72,14 @@ def test_gpu_sizes_are_valid_for_two_ranks():
                    device="meta")
     assert (big.head_dim, big.expert_dim, big.n_kv_heads % 2) == (128, 256, 0)
     assert fig.tokens == 8 * 2048 and fig.dtype == "bfloat16"
+
+
+def test_script_outside_torchrun_is_a_one_line_error():
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "distributed_h200x2.py")],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "distributed_h200x2: run it under torchrun: python -m torch.distributed.run "
+        "--standalone --nproc_per_node 2 benchmarks/distributed_h200x2.py"]
