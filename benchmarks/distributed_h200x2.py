@@ -123,9 +123,9 @@ def _sync(device: torch.device) -> None:
 def time_training_step(layer: FlashMHF, x: torch.Tensor, dy: torch.Tensor, warmup: int,
                        steps: int, repeats: int) -> tuple[list[float], float | None]:
     """Seconds of one forward + backward of `layer` (gradients, dx included, freed each
-    step; x must require its gradient), one value
-    per timing of `steps` steps, and the peak memory in MiB over the timed steps (None on
-    the CPU). Every rank calls it at the same time; a barrier starts each timing."""
+    step; x must require its gradient), one value per timing of `steps` steps, and the peak
+    memory in MiB over the timed steps (None on the CPU). Every rank calls it at the same
+    time; a barrier starts each timing."""
     device = x.device
 
     def step() -> None:
