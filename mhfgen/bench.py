@@ -68,6 +68,8 @@ class BenchProblem:
 
     d_model = heads * head_dim; expert_dim = intermediate / experts. Inputs have
     B = tokens / 2048 sequences of 2048 tokens when 2048 divides tokens, else one sequence.
+    Sized by intermediate (not expert_dim) and with the dtype and token count, as a
+    benchmark table's row names it.
     """
 
     heads: int
@@ -142,7 +144,8 @@ def pass_flops(forward_flops: int, pass_: str) -> int:
 @dataclass
 class Case:
     """A built benchmark: inputs held by the `run` closure (one call of the pass) and the
-    leaf tensors whose .grad must be reset between runs (empty for the forward)."""
+    leaf tensors whose .grad must be reset between runs (empty for the forward). Not a
+    record of sizes (BenchProblem is): what one method built for one problem."""
 
     run: Callable[[], object]
     leaves: list

@@ -1,6 +1,8 @@
 """Render the Jinja kernel templates into Triton modules, cache them on disk, import them.
 
 render(kernel, spec, config) -> source text; load_kernel(...) -> the @triton.jit function.
+`kernel` is a variant stem of mhfgen.registry; the variant supplies the template, its
+folder and the static parameters, so this module knows no kernel by name.
 Jinja decides static structure only (which loops, masks and dot operands exist); block
 sizes stay `tl.constexpr` arguments, num_warps/num_stages launch options.
 
@@ -20,85 +22,80 @@ import shutil
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import jinja2
 
-from . import paths
-from .spec import INTERPRETER, KERNELS, KernelSpec, LaunchConfig, head_dim_chunks
+from . import paths, registry
+from .spec import INTERPRETER, KernelSpec
+from .tiling import Chunk  # noqa: F401 - the templates' chunk records, re-exported
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """One power-of-two slice of head_dim used as a dot operand."""
-
-    i: int
-    off: int
-    width: int
-    masked: bool
+def _environment(folder: str | None = None) -> jinja2.Environment:
+    """The Jinja environment of a template folder (default: mhfgen's templates/)."""
+    return _environment_of(folder or str(paths.templates_dir()))
 
 
-@lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
+@lru_cache(maxsize=None)
+def _environment_of(folder: str) -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(paths.templates_dir())),
+        loader=jinja2.FileSystemLoader(folder),
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         keep_trailing_newline=True, autoescape=False)
 
 
+_environment.cache_clear = _environment_of.cache_clear  # forget every folder's environment
+
+
 def template_name(kernel: str) -> str:
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
-    return f"{kernel}.py.jinja"
+    """templates/<stem>.py.jinja of a registered variant (RegistryError otherwise)."""
+    return registry.get(kernel).template_name
 
 
 @lru_cache(maxsize=None)
 def template_hash(kernel: str) -> str:
-    """sha256 (16 hex digits) of the kernel's template and the shared macros: the part
-    of the tuning key that invalidates stored configs when the kernel code changes."""
+    """sha256 (16 hex digits) of the variant's template and the files it includes (its
+    shared_templates): the part of the tuning key that invalidates stored configs when
+    the kernel code changes."""
+    variant = registry.get(kernel)
     digest = hashlib.sha256()
-    for name in (template_name(kernel), "_macros.jinja"):
-        digest.update((paths.templates_dir() / name).read_bytes())
+    for name in (variant.template_name, *variant.shared_templates):
+        digest.update((variant.templates_dir() / name).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def static_params(kernel: str, spec: KernelSpec, config: LaunchConfig) -> dict:
-    """The parts of (spec, config) that change the generated code's structure."""
-    config.check_for(spec)
-    chunks = tuple(Chunk(i, off, width, masked) for i, (off, width, masked)
-                   in enumerate(head_dim_chunks(spec.head_dim, config.head_dim_split)))
-    params = {"chunks": chunks, "even_de": spec.expert_dim % config.block_n == 0}
-    if kernel == "flash_mhf_fwd":
-        params.update(group_heads=config.group_heads, inter_split=config.inter_splits > 1,
-                      tma=config.tma, prefetch_scores=config.prefetch_scores and params["even_de"],
-                      warp_specialize=config.warp_specialize and params["even_de"]
-                      and not config.prefetch_scores)
-    elif kernel == "flash_mhf_bwd_dq":
-        params.update(group_heads=config.group_heads, tma=config.tma,
-                      warp_specialize=config.warp_specialize and params["even_de"])
-    else:
-        params.update(token_split=config.token_splits > 1, transpose_acc=config.transpose_acc,
-                      split_grads=config.split_grads)
-    return params
+def static_params(kernel: str, spec: KernelSpec, config) -> dict:
+    """The parts of (spec, config) that change the generated code's structure (the
+    variant's static_params, after its config is checked against the spec)."""
+    variant = registry.get(kernel)
+    return variant.static_params(spec, variant.check(spec, config))
 
 
-def render(kernel: str, spec: KernelSpec, config: LaunchConfig) -> str:
-    """The generated Triton source of `kernel` for `spec` and `config`."""
+def render(kernel: str, spec: KernelSpec, config) -> str:
+    """The generated source of variant `kernel` for `spec` and `config`: the same path
+    for every family (a Gluon template renders and loads as a Triton-language one)."""
+    variant = registry.get(kernel)
     params = static_params(kernel, spec, config)
     static = {k: (v if k != "chunks" else [(c.off, c.width, c.masked) for c in v])
               for k, v in params.items()}
     precision = ', input_precision="ieee"' if spec.dtype == "float32" else ""
-    template = _environment().get_template(template_name(kernel))
-    return template.render(template_name=template_name(kernel), template_hash=template_hash(kernel),
-                           spec=spec, static=static, precision=precision, **params)
+    template = _environment(str(variant.templates_dir())).get_template(variant.template_name)
+    return template.render(template_name=variant.template_name,
+                           template_hash=template_hash(kernel), spec=spec, static=static,
+                           precision=precision, **params)
+
+
+def _clear_caches() -> None:
+    template_hash.cache_clear()
+    code_hash.cache_clear()
+    _loaded.clear()
 
 
 @lru_cache(maxsize=4096)
-def code_hash(kernel: str, spec: KernelSpec, config: LaunchConfig) -> str:
+def code_hash(kernel: str, spec: KernelSpec, config) -> str:
     """sha256 (16 hex digits) of the code generated for (kernel, spec, config), the
     template-hash comment left out: it changes only when this config's kernel code does.
 
@@ -128,13 +125,17 @@ _loaded: dict[tuple, object] = {}
 _modules: dict[Path, object] = {}
 
 
+registry.on_change(_clear_caches)
+
+
 def kernel_dir() -> Path:
     return paths.cache_dir() / "kernels"
 
 
-def load_kernel(kernel: str, spec: KernelSpec, config: LaunchConfig, entry: str | None = None):
+def load_kernel(kernel: str, spec: KernelSpec, config, entry: str | None = None):
     """Render (or reuse) and import the module of `kernel`; return its @triton.jit kernel
-    (`<kernel>_kernel`, or the function named `entry` where a module holds several).
+    (`<kernel>_kernel`, or the function named `entry` where a module holds several;
+    a Gluon module's @gluon.jit function the same way).
 
     The 'interpreter' target needs Triton's interpreter switched on (TRITON_INTERPRET=1)
     before triton was imported; see mhfgen.device.enable_interpreter_default.

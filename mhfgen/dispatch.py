@@ -1,20 +1,28 @@
-"""Runtime choice of a LaunchConfig per kernel, spec and shape.
+"""Runtime choice of a kernel variant and its config per op (or variant), spec and shape.
 
-Order (docs/CONTRACTS.md, section 4), each step tested in tests/test_dispatch.py:
+`explain_choice(name, ...)` takes an op of mhfgen.registry.OPS ('fwd', 'bwd_dq',
+'bwd_dkv': the variant is chosen too) or a variant stem (that variant only: its
+launcher called directly). The variants considered are those whose `unsupported()` is
+None for the call (targets, dtypes, the interpreter, shape limits). Order
+(docs/CONTRACTS.md, section 4), each step tested in tests/test_dispatch.py:
     1. exact key    a winner tuned on this GPU at exactly this token count
     2. same bucket  a winner of the same shape bucket (mhfgen.tuning.buckets.shape_bucket)
     3. nearest      the winner of the same spec on this GPU nearest in log2(tokens)
-    4. heuristic    mhfgen.heuristics.default_config
-Winners come from the user database ($MHFGEN_DB) over the shipped one and must match the
-kernel's template hash, the GPU name, compute capability and Triton version.
+    4. heuristic    the default config of the preferred variant (lowest `preference`)
+At steps 1-3 a winner of any considered variant qualifies; between winners of one step,
+the user database beats the shipped one, then (mhfgen.tuning.lookup) the larger tuned
+token count, then the lower stored time (so the faster variant at that shape). Winners must match their variant's template hash (or code
+hash), the GPU name, compute capability and Triton version.
 
 The databases are read once per process and GPU, on the first call that needs them, and
-each decision is cached per (kernel, spec, tokens, device): after the first call a call
+each decision is cached per (name, spec, tokens, device): after the first call a call
 costs one dict lookup. A database that cannot be read is logged as a warning and skipped;
 it never breaks the caller, and neither does a stored config that fails to compile or
 launch: the launcher reports it (reject_tuned), it is logged once and the heuristic runs
-in its place. MHFGEN_NO_TUNED=1 switches tuned configs off (heuristics only,
-for debugging); call clear_cache() after changing it or the database.
+in its place. MHFGEN_NO_TUNED=1 switches tuned configs off (heuristics only, for
+debugging); call clear_cache() after changing it or the database. Caches built on the
+choices (the launchers' plans) subscribe with on_clear(): this module imports no
+launcher.
 
 A decision whose source is not 'exact' goes through mhfgen.record.on_miss, once per key:
 MHFGEN_RECORD=PATH appends it to PATH for `mhfgen tune --from-record PATH`, and
@@ -25,13 +33,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Callable
 
 import torch
 
 from . import device as _device
-from .heuristics import default_config
+from . import registry
 from .record import on_miss
-from .spec import KernelSpec, LaunchConfig
+from .spec import KernelSpec
 from .tuning.lookup import Choice, TunedIndex
 
 log = logging.getLogger(__name__)
@@ -39,16 +48,24 @@ log = logging.getLogger(__name__)
 #: set to 1 to ignore every tuning database
 NO_TUNED_ENV = "MHFGEN_NO_TUNED"
 
-_cache: dict[tuple, LaunchConfig] = {}
+_cache: dict[tuple, object] = {}
 _choices: dict[tuple, Choice] = {}
 _indices: dict[tuple[str, str], TunedIndex] = {}
-#: (kernel, spec, config, device) of tuned configs that failed to compile or launch
+#: (variant, spec, config, device) of tuned configs that failed to compile or launch
 _rejected: set[tuple] = set()
 _lock = threading.Lock()
+_on_clear: list[Callable[[], None]] = []
 
 
-def choose_config(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> LaunchConfig:
-    """The LaunchConfig to launch `kernel` with for `spec` at `tokens` tokens on `device`."""
+def on_clear(fn: Callable[[], None]) -> Callable[[], None]:
+    """Call `fn` whenever clear_cache() runs (caches that hold configs chosen here)."""
+    _on_clear.append(fn)
+    return fn
+
+
+def choose_config(kernel: str, spec: KernelSpec, tokens: int, device: torch.device):
+    """The config to launch `kernel` (an op or a variant stem) with for `spec` at
+    `tokens` tokens on `device` (its variant: explain_choice(...).variant)."""
     config = _cache.get((kernel, spec, tokens, device))
     if config is None:
         config = explain_choice(kernel, spec, tokens, device).config
@@ -56,8 +73,9 @@ def choose_config(kernel: str, spec: KernelSpec, tokens: int, device: torch.devi
 
 
 def explain_choice(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice:
-    """choose_config's decision with its source ('exact', 'bucket', 'nearest',
-    'heuristic'), the database layer and the token count the config was tuned at."""
+    """choose_config's decision: the variant and config, with its source ('exact',
+    'bucket', 'nearest', 'heuristic'), the database layer and the token count the config
+    was tuned at. `kernel`: an op (the variant is chosen) or a variant stem."""
     key = (kernel, spec, tokens, device)
     choice = _choices.get(key)
     if choice is None:
@@ -74,45 +92,70 @@ def tuned_configs_enabled() -> bool:
     return os.environ.get(NO_TUNED_ENV, "") in ("", "0")
 
 
+def candidates(kernel: str, spec: KernelSpec, tokens: int) -> list:
+    """The variants a call of `kernel` (an op or a variant stem) may run, preferred first;
+    ValueError naming each variant's reason when none can. A variant's supports() may
+    leave some token counts to other variants of its op (decode-sized calls, say): the
+    op's choice honours that; a variant named directly runs any count it can."""
+    if kernel in registry.OPS:
+        variants, at = registry.variants_for(kernel), tokens
+    else:  # a variant named directly: what it can run, token counts it would leave alone
+        variants, at = [registry.get(kernel)], None
+    usable = [v for v in variants if v.unsupported(spec, at) is None]
+    if not usable:
+        reasons = "; ".join(v.unsupported(spec, at) for v in variants)
+        raise ValueError(f"no kernel variant of {kernel} runs {spec.key()} at {tokens} "
+                         f"tokens: {reasons}")
+    return usable
+
+
 def reject_tuned(kernel: str, spec: KernelSpec, tokens: int, device: torch.device,
                  error: BaseException) -> bool:
-    """A launcher's report that the config chosen for this key failed to compile or
-    launch. When that config came from a tuning database, it is logged (once per config)
-    and never chosen again in this process: this key, and every other that would pick
-    it, gets the built-in heuristic. Returns False when the choice was the heuristic
-    already (the error is not a stored config's; the caller raises it)."""
+    """A launcher's report that the config chosen for this key (`kernel`: an op or a
+    variant stem) failed to compile or launch. When that config came from a tuning
+    database, it is logged (once per config) and never chosen again in this process: this
+    key, and every other that would pick it, gets the built-in heuristic. Returns False
+    when the choice was the heuristic already (the error is not a stored config's; the
+    caller raises it)."""
     key = (kernel, spec, tokens, device)
     choice = explain_choice(kernel, spec, tokens, device)
     if choice.source == "heuristic":
         return False
-    first = (kernel, spec, choice.config, device) not in _rejected
-    _rejected.add((kernel, spec, choice.config, device))
+    first = (choice.variant, spec, choice.config, device) not in _rejected
+    _rejected.add((choice.variant, spec, choice.config, device))
     if first:
         reason = (str(error).strip().splitlines() or [""])[0][:200]
         log.warning("mhfgen: the tuned %s config %s for %s (%s database, tuned at %s tokens) "
                     "failed to compile or launch (%s: %s); using the built-in heuristic "
-                    "instead. Re-tune with `mhfgen tune`.", kernel, choice.config.to_json(),
-                    spec.key(), choice.layer, choice.tuned_tokens, type(error).__name__,
-                    reason)
-    fallback = Choice(default_config(kernel, spec, tokens, _device.sm_count(device)),
-                      "heuristic")
+                    "instead. Re-tune with `mhfgen tune`.", choice.variant,
+                    choice.config.to_json(), spec.key(), choice.layer, choice.tuned_tokens,
+                    type(error).__name__, reason)
+    fallback = _heuristic(candidates(kernel, spec, tokens), spec, tokens, device)
     _choices[key] = fallback
     _cache[key] = fallback.config
     return True
 
-
 def _decide(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice:
+    variants = candidates(kernel, spec, tokens)
     if tuned_configs_enabled():
-        found = _index_for(device).find(kernel, spec, tokens)
-        if found is not None and (kernel, spec, found.config, device) in _rejected:
+        found = _index_for(device).find([v.stem for v in variants], spec, tokens)
+        if found is not None and (found.variant, spec, found.config, device) in _rejected:
             log.debug("%s %s tokens=%d: the %s config failed earlier, using the heuristic",
                       kernel, spec.key(), tokens, found.source)
             found = None
         if found is not None:
-            log.debug("%s %s tokens=%d: %s config from the %s database (tuned at %d tokens)",
-                      kernel, spec.key(), tokens, found.source, found.layer, found.tuned_tokens)
+            log.debug("%s %s tokens=%d: %s %s config from the %s database (tuned at %d "
+                      "tokens)", kernel, spec.key(), tokens, found.source, found.variant,
+                      found.layer, found.tuned_tokens)
             return found
-    return Choice(default_config(kernel, spec, tokens, _device.sm_count(device)), "heuristic")
+    return _heuristic(variants, spec, tokens, device)
+
+
+def _heuristic(variants: list, spec: KernelSpec, tokens: int, device: torch.device) -> Choice:
+    """The heuristic choice: the default config of the preferred variant."""
+    preferred = variants[0]
+    config = preferred.default_config(spec, tokens, _device.sm_count(device))
+    return Choice(config, "heuristic", variant=preferred.stem)
 
 
 def _index_for(device: torch.device) -> TunedIndex:
@@ -131,11 +174,10 @@ def _load_index(gpu_name: str, compute_capability: str) -> TunedIndex:
     import triton
 
     from .codegen import template_hash
-    from .spec import KERNELS
     from .tuning.db import load_layered_winners
 
     try:
-        hashes = {k: template_hash(k) for k in KERNELS}
+        hashes = {k: template_hash(k) for k in registry.stems()}
         winners = load_layered_winners(gpu_name, compute_capability, triton.__version__)
     except Exception as exc:  # noqa: BLE001 - dispatch must never break the caller
         log.warning("mhfgen: cannot read the tuning databases, using built-in configs: %s", exc)
@@ -148,11 +190,13 @@ def _load_index(gpu_name: str, compute_capability: str) -> TunedIndex:
 
 def clear_cache() -> None:
     """Forget every cached choice and the loaded databases (after either changed)."""
-    from .kernels.common import clear_plans  # the launchers cache the configs they got
-
     with _lock:
         _cache.clear()
         _choices.clear()
         _indices.clear()
         _rejected.clear()
-        clear_plans()
+    for fn in _on_clear:  # the launchers' plans hold configs chosen here
+        fn()
+
+
+registry.on_change(clear_cache)

@@ -1,6 +1,7 @@
 """`mhfgen.flash_mhf`: the FlashMHF core as a torch.library custom op with autograd.
 
-Layers: generated kernel -> launcher (mhfgen.kernels: check, allocate, launch) ->
+Layers: generated kernel -> launcher (mhfgen.kernels: check, allocate, launch; the
+dispatcher picks each op's variant and config) ->
 custom ops `mhfgen::flash_mhf` and `mhfgen::flash_mhf_backward` (fake implementations
 for tracing, registered autograd) -> `flash_mhf` (this public function) -> FlashMHF.
 torch.compile(fullgraph=True) traces through the ops as opaque calls.
@@ -9,14 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import flash_mhf_bwd_dkv, flash_mhf_bwd_dq, flash_mhf_fwd
+from .kernels import backward_dkv, backward_dq, forward
 from .validation import check_flash_mhf_inputs_cached
 
 
 @torch.library.custom_op("mhfgen::flash_mhf", mutates_args=())
 def _flash_mhf_op(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                   r: torch.Tensor) -> torch.Tensor:
-    return flash_mhf_fwd(q, k, u, v, r)
+    return forward(q, k, u, v, r)
 
 
 @_flash_mhf_op.register_fake
@@ -29,8 +30,8 @@ def _flash_mhf_backward_op(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v:
                            r: torch.Tensor, do: torch.Tensor
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                       torch.Tensor]:
-    dq, dr = flash_mhf_bwd_dq(q, k, u, v, r, do)
-    dk, du, dv = flash_mhf_bwd_dkv(q, k, u, v, r, do)
+    dq, dr = backward_dq(q, k, u, v, r, do)
+    dk, du, dv = backward_dkv(q, k, u, v, r, do)
     return dq, dk, du, dv, dr
 
 
@@ -95,6 +96,6 @@ def flash_mhf(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor
     Eager calls that need no gradient skip the custom op's dispatch (see plain_eager_call).
     """
     if plain_eager_call(q, k, u, v, r):
-        return flash_mhf_fwd(q, k, u, v, r)  # checks the inputs as the op would
+        return forward(q, k, u, v, r)  # checks the inputs as the op would
     check_flash_mhf_inputs_cached(q, k, u, v, r)
     return _flash_mhf_op(q, k, u, v, r)

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Preset:
+    """A reference model's layer: d_model and the intermediate size as a model config
+    states them (kv_heads None: H); the per-call sizes (validation.Problem, KernelSpec)
+    derive from it, with expert_dim = intermediate / experts."""
+
     name: str
     d_model: int
     heads: int

@@ -2,9 +2,11 @@
 
 With MHFGEN_RECORD=PATH, every (kernel, spec, tokens, GPU) that the dispatcher serves from
 anything but an exact tuned key (a same-bucket or nearest tuned shape, or the built-in
-heuristic) is appended to PATH as one JSON line, once per key per process:
+heuristic) is appended to PATH as one JSON line, once per key per process; `kernel` is
+what the dispatcher was asked for: an op (fwd, bwd_dq, bwd_dkv: a model's calls) or a
+variant stem (a launcher called directly):
 
-    {"kernel": "flash_mhf_fwd", "heads": 16, "kv_heads": 16, "head_dim": 128,
+    {"kernel": "fwd", "heads": 16, "kv_heads": 16, "head_dim": 128,
      "experts": 22, "expert_dim": 256, "dtype": "bfloat16", "target": "sm90",
      "tokens": 16384, "gpu_name": "NVIDIA H200", "compute_capability": "9.0",
      "triton_version": "3.6.0", "source": "heuristic", "pid": 4242, "time": 1764633600.0}
@@ -115,7 +117,8 @@ def forget_seen() -> None:
 @dataclass(frozen=True)
 class RecordedProblem:
     """One problem to tune: a spec at a token count on one GPU, and the kernels of it that
-    dispatch missed (in KERNELS order)."""
+    dispatch missed: ops (a model's calls: the dispatcher chose the variant) or variant
+    stems (launchers called directly), ops first in mhfgen.registry order."""
 
     spec: KernelSpec
     tokens: int
@@ -127,7 +130,7 @@ class RecordedProblem:
 def read_records(path: str | os.PathLike) -> list[dict]:
     """The record lines of `path`; a torn last line (a writer killed mid-write) is skipped
     with a warning, any other bad line is a RecordError."""
-    from .spec import KERNELS
+    from . import registry
 
     path = Path(path).expanduser()
     try:
@@ -146,7 +149,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
                                    "compute_capability") if k not in rec]
             if missing:
                 raise ValueError(f"missing {', '.join(missing)}")
-            if rec["kernel"] not in KERNELS:
+            if rec["kernel"] not in registry.OPS and rec["kernel"] not in registry.stems():
                 raise ValueError(f"unknown kernel {rec['kernel']!r}")
             if not isinstance(rec["tokens"], int) or rec["tokens"] < 1:
                 raise ValueError(f"tokens must be a positive int, got {rec['tokens']!r}")
@@ -163,12 +166,13 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 def read_problems(path: str | os.PathLike) -> list[RecordedProblem]:
     """The distinct problems of a record file, in the order first recorded: records of
     one (spec, tokens, GPU) merge into one problem whose kernels are those recorded."""
-    from .spec import KERNELS
+    from . import registry
 
     problems: dict[tuple, set[str]] = {}
     for rec in read_records(path):
         spec = KernelSpec(**{k: rec[k] for k in SPEC_FIELDS})
         key = (spec, rec["tokens"], rec["gpu_name"], rec["compute_capability"])
         problems.setdefault(key, set()).add(rec["kernel"])
-    return [RecordedProblem(spec, tokens, gpu, cc, tuple(k for k in KERNELS if k in kernels))
+    order = [*registry.OPS, *registry.stems()]
+    return [RecordedProblem(spec, tokens, gpu, cc, tuple(k for k in order if k in kernels))
             for (spec, tokens, gpu, cc), kernels in problems.items()]

@@ -1,9 +1,14 @@
-"""Typed descriptions of what a generated kernel is compiled for and how it is launched.
+"""Typed descriptions of what a generated kernel is compiled for.
 
 `KernelSpec` is everything baked into a generated kernel (the problem's static sizes,
-the dtype and the target). `LaunchConfig` is everything the tuner may vary. Both are
-frozen, validated dataclasses; they are the keys of the kernel cache and of the tuning
-database, so their field names are part of the database contract.
+the dtype and the target): a frozen, validated dataclass, part of the kernel cache's and
+the tuning database's keys, so its field names are part of the database contract.
+
+What the tuner varies is each kernel variant's own config type (mhfgen.registry: e.g.
+mhfgen.variants.flash_mhf_fwd.Config). `LaunchConfig`, the union of the three original
+kernels' fields, stays as a backwards-compatible name: every launcher, codegen and the
+tuning database's readers accept one and convert it to the variant's config (fields the
+variant does not use must keep their defaults).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config_fields import choice, power_of_two, positive_int, strict_bool, strict_int
+from .tiling import head_dim_chunks  # noqa: F401 - re-exported
 
 #: dtype name -> torch dtype, for every dtype the kernels support.
 DTYPES: dict[str, torch.dtype] = {
@@ -21,8 +27,6 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-#: the kernels of one FlashMHF op, by name stem (templates/<stem>.py.jinja).
-KERNELS = ("flash_mhf_fwd", "flash_mhf_bwd_dq", "flash_mhf_bwd_dkv")
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 INTERPRETER = "interpreter"
@@ -52,7 +56,8 @@ class KernelSpec:
 
     heads H, kv_heads Hkv (H % Hkv == 0), head_dim D, experts E, expert_dim De
     (intermediate I = E * De per head), dtype of q/k/u/v/o, and target
-    ('sm90', 'sm80', ... or 'interpreter').
+    ('sm90', 'sm80', ... or 'interpreter'). No batch, sequence length or token count: one
+    generated kernel serves every token count (validation.Problem has the call's).
     """
 
     heads: int
@@ -103,7 +108,9 @@ class KernelSpec:
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """What the tuner may vary for one kernel launch.
+    """The launch parameters of the original three kernels in one record (the config
+    format of tuning databases of schema 1 and 2), kept as a backwards-compatible name;
+    the registry's per-variant configs are the real types (see the module doc).
 
     block_m:      rows per program; a row is one (token, query head) pair.
     block_n:      intermediate columns per tile (a slice of one expert's De).
@@ -195,21 +202,11 @@ class LaunchConfig:
                                  f"head_dim={spec.head_dim} in {spec.dtype} is not")
 
 
-def head_dim_chunks(head_dim: int, mode: str) -> list[tuple[int, int, bool]]:
-    """Split head_dim into dot operands: a list of (offset, width, masked).
+def __getattr__(name: str):
+    if name == "KERNELS":
+        # the original kernels, one Triton-language variant per op (fwd, bwd_dq, bwd_dkv),
+        # by stem; a backwards-compatible name: mhfgen.registry lists every variant
+        from . import registry
 
-    'pad':    one power-of-two chunk >= head_dim, masked when wider than head_dim.
-    'chunks': head_dim rounded up to a multiple of 16, written as a sum of decreasing
-              powers of two (96 -> 64 + 32, 80 -> 64 + 16); only the last may be masked.
-    """
-    if mode == "pad":
-        width = max(16, 1 << (head_dim - 1).bit_length())
-        return [(0, width, width != head_dim)]
-    padded = -(-head_dim // 16) * 16
-    chunks, offset = [], 0
-    for bit in reversed(range(padded.bit_length())):
-        width = 1 << bit
-        if padded & width:
-            chunks.append((offset, width, offset + width > head_dim))
-            offset += width
-    return chunks
+        return tuple(v.stem for v in registry.all_variants() if v.legacy_kernel)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,15 @@ from .spec import DTYPES, MAX_HEAD_DIM, MIN_HEAD_DIM
 
 @dataclass(frozen=True)
 class Problem:
-    """Sizes of one call: q (B, L, H, D), k/u/v (Hkv, E, De, D), r (B, L, H, E)."""
+    """Sizes of one call: q (B, L, H, D), k/u/v (Hkv, E, De, D), r (B, L, H, E).
+
+    The one record of a problem's sizes as the tensors give them (batch and seqlen apart);
+    the other size records say what they add: KernelSpec (dtype, target, no token count:
+    what a kernel is compiled for), TuningProblem (a KernelSpec at a token count),
+    TuningKey (a database row's flat key columns), verification.Case (a named Problem of
+    the verify table), bench.BenchProblem (a benchmark row, sized by intermediate) and
+    presets.Preset (a model's d_model and intermediate, which the others derive from).
+    """
 
     batch: int
     seqlen: int

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from . import reference
-from .kernels import flash_mhf_bwd_dkv, flash_mhf_bwd_dq, flash_mhf_fwd
-from .spec import LaunchConfig
+from . import kernels, registry
 from .tolerances import relative_error, tolerance
 
 OUTPUTS = ("o", "dq", "dk", "du", "dv", "dr")
@@ -18,7 +17,8 @@ OUTPUTS = ("o", "dq", "dk", "du", "dv", "dr")
 @dataclass(frozen=True)
 class Case:
     """One problem: q (batch, seqlen, heads, head_dim), k/u/v (kv_heads, experts,
-    expert_dim, head_dim)."""
+    expert_dim, head_dim). A validation.Problem's sizes with the name the verify table
+    reports it by (not a subclass: the name comes first in the table's rows)."""
 
     name: str
     batch: int
@@ -79,14 +79,27 @@ def reference_outputs(q, k, u, v, r, do, token_chunk: int = 4096) -> dict[str, t
             "dv": grads[2], "dr": dr.view(r.shape)}
 
 
-def kernel_outputs(q, k, u, v, r, do, fwd: LaunchConfig | None = None,
-                   dq: LaunchConfig | None = None, dkv: LaunchConfig | None = None
-                   ) -> dict[str, torch.Tensor]:
-    """o and the five gradients through the generated kernels (configs default to the
-    dispatcher's)."""
-    o = flash_mhf_fwd(q, k, u, v, r, fwd)
-    dq_, dr = flash_mhf_bwd_dq(q, k, u, v, r, do, dq)
-    dk, du, dv = flash_mhf_bwd_dkv(q, k, u, v, r, do, dkv)
+def _run(op: str, config, *tensors):
+    """`op` through the dispatcher (config None: it picks the variant too), else through
+    the variant `config` belongs to (a LaunchConfig: the op's preferred variant that
+    takes one, the Triton-language one)."""
+    if config is None:
+        return kernels.run_op(op, *tensors)
+    stem = getattr(config, "variant", None) or registry.variants_for(op)[-1].stem
+    for variant in registry.variants_for(op):
+        if variant.stem == stem or (not getattr(config, "variant", None)
+                                    and variant.legacy_kernel is not None):
+            return variant.launch(*tensors, config=config)
+    raise ValueError(f"a {stem} config does not run op {op}")
+
+
+def kernel_outputs(q, k, u, v, r, do, fwd=None, dq=None, dkv=None) -> dict[str, torch.Tensor]:
+    """o and the five gradients through the generated kernels: each op through the
+    dispatcher's variant and config, or with the given config (of a variant of that op,
+    or a LaunchConfig) through its variant."""
+    o = _run("fwd", fwd, q, k, u, v, r)
+    dq_, dr = _run("bwd_dq", dq, q, k, u, v, r, do)
+    dk, du, dv = _run("bwd_dkv", dkv, q, k, u, v, r, do)
     return {"o": o, "dq": dq_, "dk": dk, "du": du, "dv": dv, "dr": dr}
 
 

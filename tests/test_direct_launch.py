@@ -1,4 +1,4 @@
-"""kernels.common.DirectLaunch: the launch path that skips JITFunction.run after the first
+"""kernels.launch.DirectLaunch: the launch path that skips JITFunction.run after the first
 launch. CI has no GPU, so the CUDA side is stood in for: a kernel object whose JIT launch
 returns a recording CompiledKernel, tensors with chosen data pointers, and the current
 device and stream. The H200 runs (mhfgen verify, benchmarks/dispatch_overhead.py) prove the
@@ -13,7 +13,7 @@ import pytest
 import torch
 from triton import knobs
 
-from mhfgen.kernels.common import DirectLaunch
+from mhfgen.kernels.launch import DirectLaunch
 
 
 def _kernel_fn(A, B, OUT, stride_a, rows, BLOCK_M, BLOCK_N, EXTRA=7):  # noqa: N803
@@ -172,9 +172,9 @@ def test_cpu_tensors_always_take_the_jit_path():
 
 def test_direct_launch_off_keeps_the_jit_path(cuda, monkeypatch):
     """An untested Triton release or MHFGEN_JIT_LAUNCH=1: every launch through the JIT."""
-    from mhfgen.kernels import common
+    from mhfgen.kernels import launch as launch_module
 
-    monkeypatch.setattr(common, "DIRECT_LAUNCH", False)
+    monkeypatch.setattr(launch_module, "DIRECT_LAUNCH", False)
     kernel, launch = _launch()
     tensors = (FakeCuda(4096), FakeCuda(8192), FakeCuda(16384))
     for _ in range(3):
@@ -188,7 +188,7 @@ def test_mhfgen_jit_launch_environment_variable(value, direct):
     import subprocess
     import sys
 
-    code = "import mhfgen.kernels.common as c; print(c.DIRECT_LAUNCH)"
+    code = "import mhfgen.kernels.launch as c; print(c.DIRECT_LAUNCH)"
     env = dict(os.environ, MHFGEN_JIT_LAUNCH=value)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()

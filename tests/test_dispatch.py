@@ -15,6 +15,7 @@ from mhfgen.spec import KernelSpec, LaunchConfig
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.buckets import shape_bucket
 from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord, utc_now
+from mhfgen.variants.flash_mhf_fwd import Config as FwdConfig
 
 CPU = torch.device("cpu")
 SPEC = KernelSpec(2, 2, 32, 2, 32, "float32", "interpreter")
@@ -37,8 +38,8 @@ def store(tokens, config, path=None, kernel=FWD, gpu="interpreter", cc="none", s
                                    utc_now()))
 
 
-A, B, C = (LaunchConfig(block_m=16, block_n=16), LaunchConfig(block_m=32, block_n=16),
-           LaunchConfig(block_m=64, block_n=32))
+A, B, C = (FwdConfig(block_m=16, block_n=16), FwdConfig(block_m=32, block_n=16),
+           FwdConfig(block_m=64, block_n=32))
 
 
 def test_heuristic_when_nothing_is_tuned():
@@ -78,7 +79,7 @@ def test_other_specs_gpus_versions_and_templates_never_match():
     store(100, A, gpu="NVIDIA H200", cc="9.0")
     store(100, A, triton_version="0.0.1")
     store(100, A, template="0000000000000000")
-    store(100, A, kernel="flash_mhf_bwd_dq")
+    store(100, LaunchConfig(block_m=16, block_n=16), kernel="flash_mhf_bwd_dq")
     assert dispatch.explain_choice(FWD, SPEC, 100, CPU).source == "heuristic"
 
 

@@ -87,7 +87,7 @@ def test_failures_become_failed_trials_with_their_reason(tmp_path):
 def test_winners_and_trials_are_stored_under_the_full_key(tmp_path):
     rec = recording(PROBLEM)
     with TuningDB.open(tmp_path / "t.sqlite") as db:
-        results = tuner_for(rec, SearchSettings(trials=12, batch=4), db=db).tune()
+        results = tuner_for(rec, SearchSettings(trials=12, batch=4), db=db).tune(KERNELS)
         assert [r.kernel for r in results] == list(KERNELS)  # forward and backward in one run
         winners = {w.key.kernel: w for w in db.winners()}
         assert set(winners) == set(KERNELS)
@@ -225,7 +225,7 @@ class CountingPrepare(ReplayTimer):
 
 def test_the_first_batches_of_all_kernels_compile_together():
     timer = CountingPrepare(recording(PROBLEM))
-    results = tuner_for(None, SearchSettings(trials=12, batch=4), timer=timer).tune()
+    results = tuner_for(None, SearchSettings(trials=12, batch=4), timer=timer).tune(KERNELS)
     assert sorted(timer.batches[0]) == sorted([FWD] * 4 + [DQ] * 4 + [DKV] * 4)
     assert all(len(set(b)) == 1 for b in timer.batches[1:])  # later: one kernel per batch
     assert [r.evaluated for r in results] == [12, 12, 12]

@@ -178,27 +178,76 @@ def test_an_unreadable_config_row_is_skipped_with_a_warning(tmp_path, caplog):
     assert "unreadable winner" in caplog.text
 
 
-def _schema_1_file(path):
-    """A database as mhfgen wrote it before schema 2: no code_hash column."""
+def _legacy_file(path, version: int):
+    """A database as mhfgen wrote it at schema `version` (1: no code_hash column; 1 and 2:
+    a `kernel` column instead of op and variant, configs as 13-field LaunchConfig JSON)."""
     with TuningDB.open(path) as db:
-        db.put_winner(winner())
-    run_sql(path,
-            "ALTER TABLE winners DROP COLUMN code_hash",
-            "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        db.put_winner(dataclasses.replace(winner(config=LaunchConfig(block_m=128, tma=True)),
+                                          code_hash="c0de"))
+        db.add_trial(TrialRecord(key(kernel="flash_mhf_bwd_dkv"),
+                                 LaunchConfig(token_splits=2, transpose_acc=True), "ok", ms=2.0))
+    legacy = {"flash_mhf_fwd": LaunchConfig(block_m=128, tma=True),
+              "flash_mhf_bwd_dkv": LaunchConfig(token_splits=2, transpose_acc=True)}
+    statements = ["DROP INDEX winners_key", "DROP INDEX trials_problem"]
+    for table in ("winners", "trials"):
+        statements += [f"ALTER TABLE {table} RENAME COLUMN variant TO kernel",
+                       f"ALTER TABLE {table} DROP COLUMN op"]
+        statements += [(f"UPDATE {table} SET config = ? WHERE kernel = ?", [c.to_json(), k])
+                       for k, c in legacy.items()]
+    statements.append("CREATE UNIQUE INDEX winners_key ON winners (kernel, template_hash, "
+                      "heads, kv_heads, head_dim, experts, expert_dim, dtype, bucket, tokens, "
+                      "gpu_name, compute_capability, triton_version)")
+    if version == 1:
+        statements.append("ALTER TABLE winners DROP COLUMN code_hash")
+    statements.append(("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(version)]))
+    run_sql(path, *statements)
 
 
-def test_a_schema_1_file_is_read_as_is_and_upgraded_when_written(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_file_is_read_through_a_migrated_copy_and_upgraded_when_written(
+        tmp_path, version):
+    from mhfgen.variants import flash_mhf_bwd_dkv, flash_mhf_fwd
+
     path = tmp_path / "t.sqlite"
-    _schema_1_file(path)
-    with TuningDB.open(path, readonly=True) as db:  # read-only: no migration, still readable
+    _legacy_file(path, version)
+    with TuningDB.open(path, readonly=True) as db:  # read-only: the file is not written
+        assert db.old_schema == version
         (w,) = db.winners()
-        assert w.code_hash is None and w.ms == 1.0
+        assert (w.key.op, w.key.variant, w.key.kernel) == ("fwd", "flash_mhf_fwd",
+                                                          "flash_mhf_fwd")
+        assert w.config == flash_mhf_fwd.Config(block_m=128, tma=True)
+        assert w.code_hash == (None if version == 1 else "c0de") and w.ms == 1.0
+        (t,) = db.trials(kernel="flash_mhf_bwd_dkv")
+        assert t.key.op == "bwd_dkv"
+        assert t.config == flash_mhf_bwd_dkv.Config(token_splits=2, transpose_acc=True)
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == \
+        (str(version),)
+    conn.close()
     with TuningDB.open(path) as db:  # writable: migrated in place
-        assert "code_hash" in db.db["winners"].columns_dict
+        assert {"op", "variant", "code_hash"} <= set(db.db["winners"].columns_dict)
+        assert "kernel" not in db.db["trials"].columns_dict
         db.put_winner(dataclasses.replace(winner(ms=0.5), code_hash="abc"), policy="faster")
-        (w,) = db.winners()
-        assert (w.ms, w.code_hash) == (0.5, "abc")
+        (w,) = db.winners(op="fwd")
+        assert (w.ms, w.code_hash, w.key.variant) == (0.5, "abc", "flash_mhf_fwd")
+        (t,) = db.trials(variant="flash_mhf_bwd_dkv")
+        assert t.config == flash_mhf_bwd_dkv.Config(token_splits=2, transpose_acc=True)
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == \
         (str(SCHEMA_VERSION),)
+    stored = {row[0] for row in conn.execute("SELECT config FROM trials")}
     conn.close()
+    # rewritten as the variant's own fields: nothing of the 13-field union is left
+    assert stored == {flash_mhf_bwd_dkv.Config(token_splits=2, transpose_acc=True).to_json()}
+
+
+def test_the_shipped_database_is_current_schema():
+    from mhfgen import paths
+
+    conn = sqlite3.connect(f"file:{paths.shipped_db_path()}?mode=ro", uri=True)
+    try:
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(winners)")}
+    finally:
+        conn.close()
+    assert version == (str(SCHEMA_VERSION),) and {"op", "variant"} <= columns

@@ -1,8 +1,10 @@
 """Search spaces from templates/<kernel>.space.toml and the keep() constraints."""
 import dataclasses
 
+import mhfgen
 import pytest
 
+from mhfgen import registry
 from mhfgen.heuristics import default_config
 from mhfgen.resources import shared_memory_estimate
 from mhfgen.spec import KERNELS, KernelSpec, LaunchConfig
@@ -116,10 +118,10 @@ def test_interpreter_has_no_resource_limits():
 
 def test_bad_space_files_raise_space_error(tmp_path, monkeypatch):
     (tmp_path / "flash_mhf_fwd.space.toml").write_text("[default]\nblock_mm = [16]\n")
-    monkeypatch.setattr(space_mod.paths, "templates_dir", lambda: tmp_path)
+    monkeypatch.setattr(mhfgen.paths, "templates_dir", lambda: tmp_path)
     space_mod._read.cache_clear()
     try:
-        with pytest.raises(SpaceError, match="block_mm is not a LaunchConfig field"):
+        with pytest.raises(SpaceError, match="block_mm is not a field of flash_mhf_fwd's config"):
             load_space("flash_mhf_fwd", "sm90")
         (tmp_path / "flash_mhf_fwd.space.toml").write_text("[sm90]\nblock_m = [16]\n")
         space_mod._read.cache_clear()
@@ -137,5 +139,5 @@ def test_the_fallback_parser_reads_every_space_file_like_tomllib():
     import tomllib
 
     for kernel in KERNELS:
-        text = (space_mod.paths.templates_dir() / f"{kernel}.space.toml").read_text()
+        text = registry.get(kernel).space_path().read_text()
         assert space_mod.parse_space_toml(text) == tomllib.loads(text)

@@ -19,6 +19,7 @@ import optuna
 import pytest
 
 from mhfgen.cli import main
+from mhfgen import registry
 from mhfgen.spec import KERNELS, KernelSpec, LaunchConfig
 from mhfgen.tuning.db import TuningDB
 from mhfgen.tuning.problem import TuningProblem
@@ -101,8 +102,11 @@ def evaluated(trials):
 
 
 # NOTE: PostgreSQL costs Optuna about 0.1 s per trial here (a transaction per parameter);
-# its run searches one grid of the two
-@pytest.mark.parametrize("backend,kernels", [("journal", "fwd,dq"), ("postgres", "fwd")])
+# its run searches one grid of the two. The forward is named by its Triton-language
+# variant: on the replayed H200 `fwd` would be the joint study of both forwards, and the
+# recording covers this one.
+@pytest.mark.parametrize("backend,kernels", [("journal", "flash_mhf_fwd,dq"),
+                                             ("postgres", "flash_mhf_fwd")])
 def test_three_workers_store_what_one_process_stores(backend, kernels, tmp_path, request):
     storage = _storage(backend, tmp_path, request)
     rec = tmp_path / "timings.json"
@@ -116,7 +120,7 @@ def test_three_workers_store_what_one_process_stores(backend, kernels, tmp_path,
     assert contents(multi) == contents(single)
     trials, winners = contents(multi)
     tuner = Tuner(PROBLEM, H200, None, None)
-    names = [{"fwd": FWD, "dq": DQ}[k] for k in kernels.split(",")]
+    names = [{FWD: FWD, "dq": DQ}[k] for k in kernels.split(",")]
     assert len(trials) == sum(len(tuner.grid(k)) for k in names)  # none lost
     assert len({t[:2] for t in trials}) == len(trials)           # none twice
     assert sorted(t[3] for t in trials if t[2] == "failed") == \
@@ -138,6 +142,7 @@ def test_tpe_workers_spend_exactly_the_budget_and_declare_one_winner(backend, tm
     rec.write_text(json.dumps(recording(PROBLEM)))
     db = tmp_path / "t.sqlite"
     assert main(["tune", "--replay", str(rec), *CLI_PROBLEM, "--trials", "20", "--batch", "4",
+                 "--kernels", ",".join(KERNELS),  # the Triton-language forward (see above)
                  "--workers", "3", "--storage", storage, "--db", str(db)]) == 0
     studies = study_trials(storage)
     assert set(studies) == set(KERNELS)
@@ -344,7 +349,7 @@ def _tuned_db(path):
                  32, 16)):
             key = TuningKey.of(FWD, template_hash(FWD), spec, shape_bucket(tokens), tokens, gpu,
                                cc, triton.__version__)
-            config = LaunchConfig(block_m=block, block_n=32)
+            config = registry.get(FWD).Config(block_m=block, block_n=32)
             configs[(gpu, tokens)] = config
             db.put_winner(WinnerRecord(key, config, 1.0, 1.0, 2.0, 2.0, "test", 4, "", "", ""))
             db.add_trial(TrialRecord(key, LaunchConfig(block_m=16, block_n=16), "ok", ms=0.01))

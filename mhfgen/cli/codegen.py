@@ -11,33 +11,45 @@ def register(sub) -> None:
     p = sub.add_parser("codegen", help="print the generated Triton source of a kernel",
                        description="Render a kernel template for a spec and a launch config "
                                    "and print the Triton source mhfgen would compile.")
-    p.add_argument("--kernel", default="flash_mhf_fwd",
-                   choices=("flash_mhf_fwd", "flash_mhf_bwd_dq", "flash_mhf_bwd_dkv"))
+    p.add_argument("--kernel", default=None,
+                   help="the kernel variant's stem (default: the Triton-language forward, "
+                        "flash_mhf_fwd; `--kernel list` lists them)")
     add_problem_args(p)
     p.add_argument("--target", default=None,
                    help="'sm90', 'sm80', ... or 'interpreter' (default: this machine's)")
     p.add_argument("--config", default=None,
-                   help="LaunchConfig as JSON; fields left out take their defaults, "
+                   help="the variant's config as JSON; fields left out take their defaults, "
                         "e.g. '{\"block_m\": 64, \"block_n\": 32}' "
                         "(default: the built-in heuristic for --tokens)")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    from .. import codegen
-    from ..heuristics import default_config
-    from ..spec import LaunchConfig
+    from .. import codegen, registry
 
+    if args.kernel == "list":
+        for v in registry.all_variants():
+            print(f"{v.stem}  op {v.op}, {v.family}, targets "
+                  f"{', '.join(v.targets) if v.targets else 'all'}, {', '.join(v.dtypes)}")
+        return 0
+    try:
+        variant = (registry.get(args.kernel) if args.kernel else  # the original forward
+                   next(v for v in registry.variants_for("fwd") if v.legacy_kernel))
+    except registry.RegistryError as exc:
+        raise CommandError(f"--kernel: {exc}") from exc
     spec = spec_from_args(args, target=args.target)
     if args.config:
         try:
-            config = LaunchConfig.from_dict(json.loads(args.config), partial=True)
+            config = variant.config_from_dict(json.loads(args.config), partial=True)
         except (ValueError, TypeError) as exc:
             raise CommandError(f"--config: {exc}") from exc
     else:
-        config = default_config(args.kernel, spec, args.tokens, 132)
+        reason = variant.unsupported(spec, args.tokens)
+        if reason and not (variant.needs_gpu and spec.target == "interpreter"):
+            raise CommandError(reason)
+        config = variant.default_config(spec, args.tokens, 132)
     try:
-        print(codegen.render(args.kernel, spec, config), end="")
+        print(codegen.render(variant.stem, spec, config), end="")
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     return 0

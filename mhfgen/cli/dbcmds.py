@@ -23,7 +23,8 @@ def register(sub) -> None:
                                    "database, then the shipped one; or only --db), grouped by "
                                    "GPU, compute capability and Triton version.")
     _add_db(p)
-    p.add_argument("--kernel", default=None, help="only this kernel")
+    p.add_argument("--kernel", default=None,
+                   help="only this op (fwd, dq, dkv) or kernel variant (e.g. flash_mhf_fwd)")
     p.add_argument("--gpu", default=None, help="only this GPU name (e.g. 'NVIDIA H200')")
     add_json_arg(p, LIST_FORMAT)
     p.set_defaults(handler=run_list)
@@ -47,7 +48,8 @@ def register(sub) -> None:
                                    "a JSON file that `mhfgen import` merges elsewhere.")
     p.add_argument("-o", "--output", required=True, help="the JSON file to write ('-': stdout)")
     _add_db(p)
-    p.add_argument("--kernel", default=None, help="only this kernel")
+    p.add_argument("--kernel", default=None,
+                   help="only this op (fwd, dq, dkv) or kernel variant (e.g. flash_mhf_fwd)")
     p.add_argument("--gpu", default=None, help="only this GPU name")
     p.set_defaults(handler=run_export)
 
@@ -77,15 +79,6 @@ def _open(path, readonly: bool):
         raise CommandError(str(exc)) from exc
 
 
-def _kernel_filter(args) -> None:
-    """A one-line error for a --kernel that names no kernel (not "nothing tuned")."""
-    from ..spec import KERNELS
-
-    if args.kernel is not None and args.kernel not in KERNELS:
-        raise CommandError(f"--kernel: unknown kernel {args.kernel!r}; expected one of "
-                           f"{', '.join(KERNELS)}")
-
-
 def _layers(args) -> list[tuple[str, Path]]:
     from ..tuning.db import layer_paths
 
@@ -101,17 +94,33 @@ def _fmt(x, spec: str = ".4g", suffix: str = "") -> str:
     return "-" if x is None else f"{x:{spec}}{suffix}"
 
 
+def _kernel_filter(name):
+    """The database filter of --kernel (CommandError for a name that is neither an op
+    nor a variant)."""
+    from .. import registry
+    from ..tuning.exchange import kernel_filter
+
+    if name is not None and name not in registry.stems():
+        try:
+            registry.op_named(name)
+        except registry.RegistryError:
+            raise CommandError(f"--kernel: unknown kernel {name!r}; use an op "
+                               f"({', '.join(registry.OPS)}, or fwd, dq, dkv) or a variant "
+                               f"({', '.join(registry.stems())})") from None
+    return kernel_filter(name)
+
+
 def run_list(args) -> int:
+    from .. import registry
     from ..codegen import template_hash
-    from ..spec import KERNELS
     from ..tuning.db import TuningDBError
     from ..tuning.exchange import winner_as_dict
     from ..tuning.lookup import still_current
     from ..tuning.search import config_legend, describe_config
 
     out = text_stream(args)
-    _kernel_filter(args)
-    current = {k: template_hash(k) for k in KERNELS}
+    filters = _kernel_filter(args.kernel)  # a one-line error for an unknown name
+    current = {k: template_hash(k) for k in registry.stems()}
     found = False
     doc = {"format": LIST_FORMAT, "databases": []}
     for layer, path in _layers(args):
@@ -122,11 +131,11 @@ def run_list(args) -> int:
             continue
         with _open(path, readonly=True) as db:
             try:
-                winners = db.winners(**{k: v for k, v in (("kernel", args.kernel),
-                                                          ("gpu_name", args.gpu)) if v})
+                winners = db.winners(**filters, **({"gpu_name": args.gpu} if args.gpu else {}))
             except TuningDBError as exc:
                 raise CommandError(str(exc)) from exc
-        entry["winners"] = [dict(winner_as_dict(w), config_text=describe_config(w.config),
+        entry["winners"] = [dict(winner_as_dict(w), kernel=w.key.variant,  # its schema-2 name
+                                 config_text=describe_config(w.config),
                                  current=still_current(w, current)) for w in winners]
         print(f"{layer} database {path}: {len(winners)} tuned config(s)", file=out)
         groups: dict[tuple, list] = {}
@@ -136,13 +145,13 @@ def run_list(args) -> int:
         for (gpu, cc, triton), ws in sorted(groups.items()):
             found = True
             print(f"\n{gpu} (compute capability {cc}), Triton {triton}", file=out)
-            rows = [(w.key.kernel, _spec_text(w.key), w.key.bucket, w.key.tokens, _fmt(w.ms),
-                     _fmt(w.tflops, ".3g"), _fmt(w.speedup, ".2f", "x"),
+            rows = [(w.key.variant, w.key.op, _spec_text(w.key), w.key.bucket, w.key.tokens,
+                     _fmt(w.ms), _fmt(w.tflops, ".3g"), _fmt(w.speedup, ".2f", "x"),
                      describe_config(w.config),
                      "" if still_current(w, current) else "stale: kernel code changed")
                     for w in ws]
-            print(table(("kernel", "spec", "bucket", "tokens", "ms", "TFLOP/s", "speed-up",
-                         "config", ""), rows, indent="  "), file=out)
+            print(table(("kernel", "op", "spec", "bucket", "tokens", "ms", "TFLOP/s",
+                         "speed-up", "config", ""), rows, indent="  "), file=out)
         print(file=out)
     if found:
         print("config codes:\n" + config_legend(), file=out)
@@ -155,10 +164,10 @@ def run_list(args) -> int:
 def run_show(args) -> int:
     import torch
 
-    from .. import dispatch
+    from .. import dispatch, registry
     from ..codegen import template_hash
     from ..device import compute_capability, gpu_name, target
-    from ..spec import KERNELS, KernelSpec
+    from ..spec import KernelSpec
     from ..tuning.buckets import shape_bucket
     from ..tuning.exchange import winner_as_dict
     from ..tuning.search import config_legend, describe_config
@@ -187,27 +196,41 @@ def run_show(args) -> int:
     spec_filter = dict(heads=spec.heads, kv_heads=spec.kv_heads, head_dim=spec.head_dim,
                        experts=spec.experts, expert_dim=spec.expert_dim, dtype=spec.dtype,
                        gpu_name=gpu)
-    for kernel in KERNELS:
-        entry = {"template_hash": template_hash(kernel), "dispatch": None, "databases": []}
+    choices: dict = {}  # op -> the dispatcher's choice (a variant and its config), or why none
+    for variant in registry.all_variants():
+        kernel, op = variant.stem, variant.op
+        entry = {"op": op, "template_hash": template_hash(kernel), "dispatch": None,
+                 "databases": []}
         doc["kernels"][kernel] = entry
-        print(f"\n{kernel} (template {entry['template_hash']})", file=out)
+        print(f"\n{kernel} (op {op}, template {entry['template_hash']})", file=out)
         if args.gpu is None:
-            with _not_observed():
-                choice = dispatch.explain_choice(kernel, spec, args.tokens, device)
-            entry["dispatch"] = {"source": choice.source, "layer": choice.layer,
-                                 "tuned_tokens": choice.tuned_tokens,
-                                 "config": choice.config.as_dict(),
-                                 "config_text": describe_config(choice.config)}
-            where = (f", tuned at {choice.tuned_tokens} tokens, {choice.layer} database"
-                     if choice.layer else "")
-            print(f"  dispatch picks {describe_config(choice.config)} ({choice.source}{where})",
-                  file=out)
+            if op not in choices:
+                with _not_observed():
+                    try:
+                        choices[op] = dispatch.explain_choice(op, spec, args.tokens, device)
+                    except ValueError as exc:
+                        choices[op] = str(exc)
+            choice = choices[op]
+            if isinstance(choice, str):
+                print(f"  dispatch: {choice}", file=out)
+            elif choice.variant != kernel:
+                print(f"  dispatch picks {choice.variant} for {op}", file=out)
+            else:
+                entry["dispatch"] = {"source": choice.source, "layer": choice.layer,
+                                     "tuned_tokens": choice.tuned_tokens,
+                                     "variant": choice.variant,
+                                     "config": choice.config.as_dict(),
+                                     "config_text": describe_config(choice.config)}
+                where = (f", tuned at {choice.tuned_tokens} tokens, {choice.layer} database"
+                         if choice.layer else "")
+                print(f"  dispatch picks {describe_config(choice.config)} "
+                      f"({choice.source}{where})", file=out)
         for layer, path in _layers(args):
             if not Path(path).exists():
                 continue
             with _open(path, readonly=True) as db:
-                winners = db.winners(kernel=kernel, **spec_filter)
-                trials = db.trials(kernel=kernel, bucket=bucket, **spec_filter)
+                winners = db.winners(variant=kernel, **spec_filter)
+                trials = db.trials(variant=kernel, bucket=bucket, **spec_filter)
             ok = [t for t in trials if t.status == "ok"]
             failed: dict[str, int] = {}
             for t in trials:
@@ -215,8 +238,8 @@ def run_show(args) -> int:
                     failed[t.stage or "?"] = failed.get(t.stage or "?", 0) + 1
             entry["databases"].append({
                 "layer": layer, "path": str(path),
-                "winners": [dict(winner_as_dict(w), config_text=describe_config(w.config))
-                            for w in winners],
+                "winners": [dict(winner_as_dict(w), kernel=w.key.variant,
+                                 config_text=describe_config(w.config)) for w in winners],
                 "trials_timed": len(ok), "trials_failed": failed,
                 "best_trials": [{"tokens": t.key.tokens, "ms": t.ms, "tflops": t.tflops,
                                  "error": t.error, "config": t.config.as_dict(),
@@ -261,12 +284,13 @@ def run_export(args) -> int:
     from ..paths import user_db_path
     from ..tuning.exchange import export_winners
 
-    _kernel_filter(args)
+    _kernel_filter(args.kernel)  # a one-line error before anything is read
     path = Path(args.db or user_db_path())
     if not path.exists():
         raise CommandError(f"{path}: no such tuning database")
     with _open(path, readonly=True) as db:
-        filters = {k: v for k, v in (("kernel", args.kernel), ("gpu_name", args.gpu)) if v}
+        filters = {**_kernel_filter(args.kernel),
+                   **({"gpu_name": args.gpu} if args.gpu else {})}
         doc = export_winners(db, **filters)
     text = json.dumps(doc, indent=1) + "\n"
     if args.output == "-":
@@ -281,9 +305,9 @@ def run_export(args) -> int:
 
 
 def run_import(args) -> int:
+    from .. import registry
     from ..codegen import template_hash
     from ..paths import user_db_path
-    from ..spec import KERNELS
     from ..tuning.exchange import ExchangeError, import_winners, parse_export
 
     try:
@@ -299,7 +323,8 @@ def run_import(args) -> int:
     path = Path(args.db or user_db_path())
     with _open(path, readonly=False) as db:
         try:
-            report = import_winners(db, records, {k: template_hash(k) for k in KERNELS})
+            report = import_winners(db, records,
+                                    {k: template_hash(k) for k in registry.stems()})
         except sqlite3.Error as exc:
             raise CommandError(f"{path}: the import failed and wrote nothing ({exc})") from exc
     for message in report.messages:

@@ -33,12 +33,12 @@ def run(args) -> int:
     else:
         gpu = "none (kernels run through Triton's interpreter on CPU tensors)"
     shipped = paths.shipped_db_path()
-    from ..kernels.common import DIRECT_LAUNCH, DIRECT_LAUNCH_TRITON, JIT_LAUNCH_REQUESTED
+    from ..kernels.launch import DIRECT_LAUNCH, DIRECT_LAUNCH_TRITON, JIT_LAUNCH_REQUESTED
 
     if not torch.cuda.is_available():
         launch = "through Triton's interpreter (no compiled binaries)"
     elif DIRECT_LAUNCH:
-        launch = "compiled binary after the first launch (kernels.common.DirectLaunch)"
+        launch = "compiled binary after the first launch (kernels.launch.DirectLaunch)"
     elif JIT_LAUNCH_REQUESTED:
         launch = "JITFunction.run on every call (MHFGEN_JIT_LAUNCH is set)"
     else:
@@ -55,6 +55,7 @@ def run(args) -> int:
         ("user database", str(paths.user_db_path())),
         ("shipped database", f"{shipped}{'' if shipped.exists() else ' (absent)'}"),
         ("templates", str(paths.templates_dir())),
+        ("kernel variants", _variants_summary()),
         ("cache dir", str(paths.cache_dir())),
     ]
     from ..record import RECORD_ENV
@@ -78,12 +79,21 @@ def run(args) -> int:
     return 0
 
 
+def _variants_summary() -> str:
+    """The registered kernel variants per op, with their family."""
+    from .. import registry
+
+    return "; ".join(f"{op}: " + ", ".join(f"{v.stem} ({v.family})"
+                                           for v in registry.variants_for(op))
+                     for op in registry.OPS)
+
+
 def _shipped_summary(path) -> str:
     """How many shipped winners still run the code they were tuned with (the current
     template hash, or an unchanged code hash; others are never used), per GPU."""
     if not path.exists():
         return "none"
-    from .. import codegen
+    from .. import codegen, registry
     from ..tuning.db import TuningDB, TuningDBError
     from ..tuning.lookup import still_current
 
@@ -92,7 +102,7 @@ def _shipped_summary(path) -> str:
             winners = db.winners()
     except TuningDBError as exc:
         return f"unreadable: {exc}"
-    current = {k: codegen.template_hash(k) for k in {w.key.kernel for w in winners}}
+    current = {k: codegen.template_hash(k) for k in registry.stems()}
     per_gpu: dict[str, list[int]] = {}
     for w in winners:
         counts = per_gpu.setdefault(w.key.gpu_name, [0, 0])

@@ -24,7 +24,6 @@ CPU_PROBLEM = dict(heads=2, kv_heads=1, head_dim=32, intermediate=64, experts=2,
                    dtype="float32")
 CPU_TRIALS = 8
 GPU_PRESET, GPU_TOKENS, GPU_DTYPE, GPU_TRIALS = "370M", 16384, "bfloat16", 32
-SHORT_NAMES = {"fwd": "flash_mhf_fwd", "dq": "flash_mhf_bwd_dq", "dkv": "flash_mhf_bwd_dkv"}
 _PROBLEM_FLAGS = ("preset", "heads", "kv_heads", "head_dim", "intermediate", "experts", "tokens",
                   "dtype")
 
@@ -92,15 +91,37 @@ def register(sub) -> None:
 
 
 def _kernels(text: str) -> list[str]:
-    out = []
+    """The names of a --kernels list: ops (by short name fwd, dq, dkv, or bwd_dq, ...)
+    or variant stems, in the order given (see mhfgen.tuning.search.tuning_units for what
+    an op becomes)."""
+    from .. import registry
+
+    out: list[str] = []
     for name in filter(None, (t.strip() for t in text.split(","))):
-        full = SHORT_NAMES.get(name, name)
-        if full not in SHORT_NAMES.values():
-            raise CommandError(f"--kernels: unknown kernel {name!r}; use fwd, dq, dkv")
-        out.append(full)
+        try:
+            full = name if name in registry.stems() else registry.op_named(name)
+        except registry.RegistryError:
+            shorts = ", ".join(op.short for op in registry.OPS.values())
+            raise CommandError(f"--kernels: unknown kernel {name!r}; use {shorts} or a "
+                               f"variant ({', '.join(registry.stems())})") from None
+        if full not in out:
+            out.append(full)
     if not out:
         raise CommandError("--kernels: name at least one kernel")
     return out
+
+
+def _short(stem: str) -> str:
+    """The progress bar's name of a tuning unit: an op's short name for an op (a joint
+    study of its variants) or a variant that is its op's only one, else the stem."""
+    from .. import registry
+
+    if stem in registry.OPS:
+        return registry.OPS[stem].short
+    variant = registry.get(stem)
+    if len(registry.variants_for(variant.op)) == 1:
+        return registry.OPS[variant.op].short
+    return stem
 
 
 def _fill_defaults(args, on_gpu: bool) -> bool:
@@ -188,7 +209,7 @@ def _progress_bar(budgets: dict[str, int], disable: bool):
     base = {k: sum(budgets[n] for n in names[:i]) for i, k in enumerate(names)}
 
     def update(p) -> None:
-        short = next((s for s, k in SHORT_NAMES.items() if k == p.kernel), p.kernel)
+        short = _short(p.kernel)
         bar.n = base[p.kernel] + p.done
         best = f"best {p.best_ms:.4g} ms" if p.best_ms is not None else "no time yet"
         phase = "re-timing the best side by side" if p.phase == "retime" else best
@@ -212,7 +233,8 @@ def _summary(problem, device, timer, results, db_path, storage) -> str:
     header = ("kernel", "best config", "ms", "TFLOP/s", "default ms", "speed-up", "trials (failed)")
     rows = []
     for r in results:
-        rows.append((r.kernel, describe_config(r.winner) if r.winner else "none passed",
+        name = r.kernel if r.variant in (None, r.kernel) else f"{r.kernel}: {r.variant}"
+        rows.append((name, describe_config(r.winner) if r.winner else "none passed",
                      f"{r.ms:.4g}" if r.ms else "-", f"{r.tflops:.3g}" if r.tflops else "-",
                      f"{r.default_ms:.4g}" if r.default_ms else "-",
                      f"{r.speedup:.2f}x" if r.speedup else "-", f"{r.evaluated} ({r.failed})"))
@@ -323,10 +345,13 @@ def _untuned(db_path: str, problem, device) -> list[str]:
                                  gpu_name=device.gpu_name)
     except TuningDBError as exc:
         raise CommandError(str(exc)) from exc
-    done = {w.key.kernel for w in winners
-            if w.key.tokens == problem.tokens and w.key.triton_version == triton.__version__
-            and w.key.compute_capability == device.compute_capability
-            and w.key.template_hash == template_hash(w.key.kernel)}
+    current = [w for w in winners
+               if w.key.tokens == problem.tokens and w.key.triton_version == triton.__version__
+               and w.key.compute_capability == device.compute_capability
+               and w.key.template_hash == template_hash(w.key.variant)]
+    # a recorded variant is done with a winner of its own, a recorded op with one of any
+    # of its variants
+    done = {w.key.variant for w in current} | {w.key.op for w in current}
     return [k for k in problem.kernels if k not in done]
 
 
@@ -344,6 +369,12 @@ def _run_problem(args) -> int:
         if value is not None and value < 1:
             raise CommandError(f"--{flag} must be >= 1, got {value}")
     problem, device, kind, replay, storage, bare = _setup(args)
+    from ..tuning.search import tuning_units
+
+    kernels = tuning_units(kernels, problem.spec, problem.tokens)
+    if not kernels:
+        raise CommandError(f"--kernels: no kernel variant runs {problem.describe()} on "
+                           f"{problem.spec.target}")
     gpus = None
     if args.workers > 1 and kind == "gpu":
         from ..tuning.workers import visible_gpus

@@ -6,17 +6,19 @@ from dataclasses import dataclass
 import torch
 
 from ..codegen import load_kernel
-from ..spec import LaunchConfig
+from ..tiling import cdiv, intermediate_blocks
 from ..validation import check_flash_mhf_inputs
-from .common import (DirectLaunch, cdiv, empty, first_launch, grad_plan_inputs,
-                     intermediate_blocks, plan_cache, plan_key, remember, resolve_config, spec_of)
+from .buffers import empty, grad_plan_inputs
+from .configs import first_launch, resolve_config, spec_of
+from .launch import DirectLaunch
+from .plans import plan_cache, plan_key, remember
 
 KERNEL = "flash_mhf_bwd_dkv"
 
 
 @dataclass(frozen=True)
 class DkvPlan:
-    """What a call's signature decides, computed once (see kernels.common.signature)."""
+    """What a call's signature decides, computed once (see kernels.plans.signature)."""
 
     launches: tuple  # one DirectLaunch, or (dK+dU, dV) with split_grads; () when no tokens
     atomic: bool  # token splits: fp32 partials meet by atomics in zeroed buffers
@@ -28,7 +30,7 @@ _plans = plan_cache()
 
 
 def flash_mhf_bwd_dkv(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                      r: torch.Tensor, do: torch.Tensor, config: LaunchConfig | None = None
+                      r: torch.Tensor, do: torch.Tensor, config=None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dk, du, dv) of FlashMHF for the output gradient `do` (B, L, H, D).
 
@@ -67,7 +69,7 @@ def _run(plan: DkvPlan, q, k, u, v, r, do) -> tuple[torch.Tensor, torch.Tensor, 
     return grads[0], grads[1], grads[2]
 
 
-def _make_plan(q, k, u, v, r, do, config: LaunchConfig | None) -> DkvPlan:
+def _make_plan(q, k, u, v, r, do, config) -> DkvPlan:
     """Check the inputs, choose the config and compile: everything but the launch."""
     problem = check_flash_mhf_inputs(q, k, u, v, r)
     copy_do, do_strides = grad_plan_inputs(q, do)

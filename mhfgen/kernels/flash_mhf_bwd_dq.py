@@ -6,18 +6,19 @@ from dataclasses import dataclass
 import torch
 
 from ..codegen import load_kernel
-from ..spec import LaunchConfig
+from ..tiling import cdiv
 from ..validation import check_flash_mhf_inputs
-from .common import (DirectLaunch, cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
-                     first_launch, grad_plan_inputs, plan_cache, plan_key, remember,
-                     resolve_config, spec_of)
+from .buffers import contiguous_strides, empty, ensure_descriptor_allocator, grad_plan_inputs
+from .configs import first_launch, resolve_config, spec_of
+from .launch import DirectLaunch
+from .plans import plan_cache, plan_key, remember
 
 KERNEL = "flash_mhf_bwd_dq"
 
 
 @dataclass(frozen=True)
 class DqPlan:
-    """What a call's signature decides, computed once (see kernels.common.signature)."""
+    """What a call's signature decides, computed once (see kernels.plans.signature)."""
 
     launch: DirectLaunch | None  # the generated kernel's launch; None when there are no tokens
     dq_shape: tuple
@@ -30,7 +31,7 @@ _plans = plan_cache()
 
 
 def flash_mhf_bwd_dq(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                     r: torch.Tensor, do: torch.Tensor, config: LaunchConfig | None = None
+                     r: torch.Tensor, do: torch.Tensor, config=None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dq, dr) of FlashMHF for the output gradient `do` (B, L, H, D).
 
@@ -60,7 +61,7 @@ def _run(plan: DqPlan, q, k, u, v, r, do) -> tuple[torch.Tensor, torch.Tensor]:
     return dq, dr
 
 
-def _make_plan(q, k, u, v, r, do, config: LaunchConfig | None) -> DqPlan:
+def _make_plan(q, k, u, v, r, do, config) -> DqPlan:
     """Check the inputs, choose the config and compile: everything but the launch."""
     problem = check_flash_mhf_inputs(q, k, u, v, r)
     copy_do, do_strides = grad_plan_inputs(q, do)

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 import torch
 
 from ..codegen import load_kernel
-from ..spec import LaunchConfig
+from ..tiling import cdiv, intermediate_blocks
 from ..validation import check_flash_mhf_inputs
-from .common import (DirectLaunch, cdiv, contiguous_strides, empty, ensure_descriptor_allocator,
-                     first_launch, intermediate_blocks, plan_cache, plan_key, remember,
-                     resolve_config, spec_of, split_counters)
+from .buffers import contiguous_strides, empty, ensure_descriptor_allocator, split_counters
+from .configs import first_launch, resolve_config, spec_of
+from .launch import DirectLaunch
+from .plans import plan_cache, plan_key, remember
 
 KERNEL = "flash_mhf_fwd"
 
@@ -31,7 +32,7 @@ _plans = plan_cache()
 
 
 def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                  r: torch.Tensor, config: LaunchConfig | None = None) -> torch.Tensor:
+                  r: torch.Tensor, config=None) -> torch.Tensor:
     """o = FlashMHF(q, k, u, v, r) through the generated forward kernel.
 
     q: (B, L, H, D) with unit last stride; k/u/v: (Hkv, E, De, D); r: (B, L, H, E) fp32 or
@@ -66,7 +67,7 @@ def _run(plan: FwdPlan, q, k, u, v, r) -> torch.Tensor:
     return o
 
 
-def _make_plan(q, k, u, v, r, config: LaunchConfig | None) -> FwdPlan:
+def _make_plan(q, k, u, v, r, config) -> FwdPlan:
     """Check the inputs, choose the config and compile: everything but the launch."""
     problem = check_flash_mhf_inputs(q, k, u, v, r)
     spec = spec_of(problem, q)

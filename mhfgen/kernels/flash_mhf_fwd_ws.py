@@ -17,20 +17,20 @@ copied to a contiguous tensor first (q from x @ W_in^T never is).
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, fields
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 
+from .. import codegen
 from .. import device as _device
-from .. import paths
+from ..registry import VariantConfig
 from ..spec import KernelSpec, dtype_name, head_dim_chunks
 from ..validation import check_flash_mhf_inputs
+from .configs import resolve_config
 
 KERNEL = "flash_mhf_fwd_ws"
 TEMPLATE = f"{KERNEL}.py.jinja"
@@ -44,8 +44,9 @@ DTYPES = ("bfloat16", "float16")
 
 
 @dataclass(frozen=True)
-class WsConfig:
-    """Launch parameters of flash_mhf_fwd_ws.
+class WsConfig(VariantConfig):
+    """Launch parameters of flash_mhf_fwd_ws (its registry config type, see
+    mhfgen.variants.flash_mhf_fwd_ws).
 
     block_n:        intermediate columns per weight tile (the ring slot's rows).
     stages:         slots of the K/U/V ring (>= 3: V of tile j is read while tile j+1's
@@ -61,6 +62,8 @@ class WsConfig:
     producer_regs, consumer_regs: registers per thread of the producer and of the second
                     consumer partition (setmaxnreg); the first consumer gets what is left.
     """
+
+    variant = KERNEL
 
     block_n: int = 64
     stages: int = 4
@@ -105,12 +108,33 @@ class WsConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "WsConfig":
+    def from_dict(cls, data: dict, partial: bool = False) -> "WsConfig":
+        """Every field must be present unless `partial` (missing ones take defaults);
+        unknown fields are an error."""
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"WsConfig: unknown fields {sorted(unknown)}")
+        missing = [f.name for f in fields(cls) if f.name not in data]
+        if missing and not partial:
+            raise ValueError(f"WsConfig: missing fields {missing}")
         return cls(**data)
+
+    def check_for(self, spec: KernelSpec) -> None:
+        """The shape-independent check: group_heads divides H / Hkv."""
+        if spec.group % self.group_heads:
+            raise ValueError(f"group_heads={self.group_heads} must divide "
+                             f"heads/kv_heads={spec.group}")
+
+    def describe(self) -> str:
+        text = (f"BN{self.block_n} s{self.stages} {self.consumers}x{self.consumer_warps}w "
+                f"regs {self.producer_regs}/{self.consumer_regs}")
+        for flag, short in (("pingpong", "pingpong"), ("persistent", "persistent")):
+            if getattr(self, flag):
+                text += f" {short}"
+        if self.group_heads > 1:
+            text += f" gh{self.group_heads}"
+        return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
 
 
 def _check_int(config, name: str, allowed) -> None:
@@ -218,39 +242,21 @@ def static_params(spec: KernelSpec, config: WsConfig) -> dict:
             "sigmoid": config.sigmoid, "persistent": config.persistent}
 
 
-@lru_cache(maxsize=1)
 def template_hash() -> str:
-    """sha256 (16 hex digits) of the template."""
-    return hashlib.sha256((paths.templates_dir() / TEMPLATE).read_bytes()).hexdigest()[:16]
+    """sha256 (16 hex digits) of the template (mhfgen.codegen.template_hash)."""
+    return codegen.template_hash(KERNEL)
 
 
 def render(spec: KernelSpec, config: WsConfig) -> str:
-    """The generated Gluon source for `spec` and `config`."""
-    from ..codegen import _environment
-
-    params = static_params(spec, config)
-    static = {k: (v if k != "chunks" else [c.width for c in v]) for k, v in params.items()}
-    template = _environment().get_template(TEMPLATE)
-    return template.render(template_name=TEMPLATE, template_hash=template_hash(), spec=spec,
-                           static=static, **params)
-
-
-_loaded: dict[tuple, object] = {}
+    """The generated Gluon source for `spec` and `config` (mhfgen.codegen.render: the
+    codegen path every variant takes)."""
+    return codegen.render(KERNEL, spec, config)
 
 
 def load_kernel(spec: KernelSpec, config: WsConfig):
-    """Render (or reuse) and import the generated module; its @gluon.jit kernel."""
-    from ..codegen import _import, _written
-
-    key = (spec, tuple(sorted(static_params(spec, config).items())))
-    fn = _loaded.get(key)
-    if fn is None:
-        source = render(spec, config)
-        digest = hashlib.sha256(source.encode()).hexdigest()[:20]
-        path = _written(f"{KERNEL}_{digest}.py", source)  # a private folder if need be
-        module = _import(path, f"mhfgen_generated.{KERNEL}_{digest}", False)
-        fn = _loaded[key] = module.flash_mhf_fwd_ws_kernel
-    return fn
+    """Render (or reuse) and import the generated module (a content-hash file, as for
+    every variant: mhfgen.codegen.load_kernel); its @gluon.jit kernel."""
+    return codegen.load_kernel(KERNEL, spec, config)
 
 
 def _gl_dtype(spec: KernelSpec):
@@ -318,7 +324,8 @@ def flash_mhf_fwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     reason = unsupported(spec)
     if reason:
         raise ValueError(f"flash_mhf_fwd_ws cannot run {spec.key()}: {reason}")
-    config = config or default_config(spec, problem.tokens)
+    # the given config, else the dispatcher's among this variant's (tuned, or the default)
+    config = resolve_config(KERNEL, spec, problem, q, config)
     problems = config_problems(spec, config)
     if problems:
         raise ValueError(f"flash_mhf_fwd_ws config {config} cannot run {spec.key()}: "

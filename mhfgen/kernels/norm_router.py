@@ -36,8 +36,10 @@ import triton.language as tl
 from .. import device as _device
 from .. import reference
 from ..spec import INTERPRETER
-from .common import (DirectLaunch, cdiv, empty, on_device_of, plan_cache, remember,
-                     signature)
+from ..tiling import cdiv
+from .buffers import empty
+from .launch import DirectLaunch, on_device_of
+from .plans import plan_cache, remember, signature
 
 #: the router's epsilon, baked into the kernels (the norm's, eps, is an argument)
 ROUTER_EPS = tl.constexpr(reference.ROUTER_EPS)

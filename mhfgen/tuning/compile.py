@@ -75,17 +75,17 @@ def _compile_one(spec_dict: dict, tokens: int, device: str, kernel: str,
 
     import torch
 
-    from .. import kernels
-    from ..spec import LaunchConfig
+    from .. import registry
 
     if _worker_state.get("broken"):
         return RETRY
     try:
         s = _worker_inputs(spec_dict, tokens, device)
+        variant = registry.get(kernel)
         args = (s["q"], s["k"], s["u"], s["v"], s["r"])
-        if kernel != "flash_mhf_fwd":
+        if variant.takes_grad:
             args += (s["do"],)
-        getattr(kernels, kernel)(*args, config=LaunchConfig.from_dict(json.loads(config_json)))
+        variant.launch(*args, config=variant.config_from_dict(json.loads(config_json)))
         if s["device"].type == "cuda":
             torch.cuda.synchronize(s["device"])
     except Exception as exc:  # noqa: BLE001 - every failure becomes a failed trial

@@ -1,6 +1,6 @@
 """The tuning database: every trial and every winner, in SQLite through sqlite-utils.
 
-Contract (docs/CONTRACTS.md, section 4). Tables:
+Contract (docs/CONTRACTS.md, section 4; docs/TUNING.md, "The tuning database"). Tables:
 
     meta     (key TEXT PRIMARY KEY, value TEXT)
              format = 'mhfgen-tuning', schema_version = SCHEMA_VERSION
@@ -9,15 +9,24 @@ Contract (docs/CONTRACTS.md, section 4). Tables:
     trials   id + KEY_COLUMNS + config, status ('ok' | 'failed'), stage, reason, ms, tflops,
              error, timer, study, trial_number, mhfgen_version, torch_version, created
 
-KEY_COLUMNS name everything that decides whether a config is still valid and fast:
-kernel, template_hash (of that kernel's template only, so one changed template does not
-invalidate the others), the spec (heads, kv_heads, head_dim, experts, expert_dim, dtype),
+KEY_COLUMNS name everything that decides whether a config is still valid and fast: op
+(fwd, bwd_dq, bwd_dkv), variant (the kernel variant's stem, mhfgen.registry), template_hash
+(of that variant's template only, so one changed template does not invalidate the
+others), the spec (heads, kv_heads, head_dim, experts, expert_dim, dtype),
 the shape bucket and the exact tuned token count, gpu_name, compute_capability and
-triton_version. `config` is LaunchConfig JSON; `ms` a median in milliseconds; `created` an
-ISO-8601 UTC date. `code_hash` (schema 2) is the hash of the code generated for the
-winner's spec and config (mhfgen.codegen.code_hash): a winner whose template hash is no
-longer current still applies while that code is unchanged (mhfgen.tuning.lookup). Schema 1
-files are upgraded in place when opened for writing and read as they are otherwise.
+triton_version. `config` is the JSON of the variant's config (its own fields only); `ms`
+a median in milliseconds; `created` an ISO-8601 UTC date. `code_hash` (schema 2) is the
+hash of the code generated for the winner's spec and config (mhfgen.codegen.code_hash):
+a winner whose template hash is no longer current still applies while that code is
+unchanged (mhfgen.tuning.lookup).
+
+Schemas: 1 (no code_hash), 2 (a `kernel` column naming one of three kernels, configs as
+the 13-field LaunchConfig JSON), 3 (op + variant; per-variant config JSON). Older files
+are upgraded in place when opened for writing (MIGRATIONS); opened read-only they are
+copied into memory and upgraded there, so every reader sees schema 3. The 2 -> 3 step
+renames `kernel` to `variant` (each old kernel is the variant whose `legacy_kernel`
+names it), fills `op` from that variant and rewrites each config as the variant's JSON
+(fields the variant does not use dropped; they held their neutral values).
 
 Writers use WAL and a 60 s busy timeout, and every read-modify-write runs in one
 `BEGIN IMMEDIATE` transaction, so several tuning processes can write one file at once.
@@ -40,29 +49,65 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from .. import paths
+from .. import paths, registry
 from ..config_fields import strict_float, strict_int, strict_str
-from ..spec import KernelSpec, LaunchConfig
+from ..spec import KernelSpec
 
 log = logging.getLogger(__name__)
 
 FORMAT = "mhfgen-tuning"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 60.0
+
+KEY_COLUMNS = ("op", "variant", "template_hash", "heads", "kv_heads", "head_dim", "experts",
+               "expert_dim", "dtype", "bucket", "tokens", "gpu_name", "compute_capability",
+               "triton_version")
+TRIALS_INDEX = ("variant", "template_hash", "gpu_name", "heads", "head_dim", "bucket")
 
 
 def _add_code_hash(db: "sqlite_utils.Database") -> None:
     db["winners"].add_column("code_hash", str)
 
 
-#: schema version -> function upgrading a connection from it to the next version
-MIGRATIONS: dict[int, object] = {1: _add_code_hash}
-#: columns a read-only file of an older schema may lack (it is read without migrating)
-ADDED_COLUMNS = {"winners": {"code_hash"}}
+def legacy_variant(kernel: str):
+    """The variant that took over schema-2 kernel `kernel` (None: no registered one)."""
+    return registry.by_legacy_kernel(kernel)
 
-KEY_COLUMNS = ("kernel", "template_hash", "heads", "kv_heads", "head_dim", "experts",
-               "expert_dim", "dtype", "bucket", "tokens", "gpu_name", "compute_capability",
-               "triton_version")
+
+def canonical_config_json(variant, text: str) -> str:
+    """A stored config as `variant`'s JSON; `text` unchanged where it does not convert
+    (its reader then skips that row with a warning)."""
+    try:
+        return variant.config_from_dict(json.loads(text)).to_json()
+    except (ValueError, TypeError):
+        return text
+
+
+def _add_variant(db: "sqlite_utils.Database") -> None:
+    """Schema 2 -> 3: kernel -> (op, variant), configs as the variant's JSON."""
+    conn = db.conn
+    for table in ("winners", "trials"):
+        conn.execute(f"ALTER TABLE {table} RENAME COLUMN kernel TO variant")
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN op TEXT NOT NULL DEFAULT ''")
+        for (kernel,) in conn.execute(f"SELECT DISTINCT variant FROM {table}").fetchall():
+            variant = legacy_variant(kernel)
+            if variant is None:
+                continue  # not a kernel of schema 2: its rows stay unreadable, as before
+            conn.execute(f"UPDATE {table} SET variant = ?, op = ? WHERE variant = ?",
+                         [variant.stem, variant.op, kernel])
+            rows = conn.execute(f"SELECT rowid, config FROM {table} WHERE variant = ?",
+                                [variant.stem]).fetchall()
+            conn.executemany(f"UPDATE {table} SET config = ? WHERE rowid = ?",
+                             [(canonical_config_json(variant, text), rowid)
+                              for rowid, text in rows])
+    conn.execute("DROP INDEX IF EXISTS winners_key")
+    conn.execute("DROP INDEX IF EXISTS trials_problem")
+    db["winners"].create_index(KEY_COLUMNS, unique=True, index_name="winners_key")
+    db["trials"].create_index(TRIALS_INDEX, index_name="trials_problem")
+
+
+#: schema version -> function upgrading a connection from it to the next version
+MIGRATIONS: dict[int, object] = {1: _add_code_hash, 2: _add_variant}
 _KEY_TYPES = {"heads": int, "kv_heads": int, "head_dim": int, "experts": int,
               "expert_dim": int, "bucket": int, "tokens": int}
 WINNER_COLUMNS = {**{c: _KEY_TYPES.get(c, str) for c in KEY_COLUMNS},
@@ -150,9 +195,12 @@ def utc_now() -> str:
 
 @dataclass(frozen=True)
 class TuningKey:
-    """Everything that decides whether a stored config applies (see the module doc)."""
+    """Everything that decides whether a stored config applies (see the module doc): the
+    spec's fields flattened into the table's columns (SQL filters and a unique index need
+    them apart; spec_fields() gathers them), the tuned token count and the GPU."""
 
-    kernel: str
+    op: str
+    variant: str
     template_hash: str
     heads: int
     kv_heads: int
@@ -169,12 +217,18 @@ class TuningKey:
     def __post_init__(self) -> None:
         check_key_values(self.as_dict(), "TuningKey.")
 
+    @property
+    def kernel(self) -> str:
+        """The variant stem (the name schema 2 called the kernel)."""
+        return self.variant
+
     @classmethod
     def of(cls, kernel: str, template_hash: str, spec: KernelSpec, bucket: int, tokens: int,
            gpu_name: str, compute_capability: str, triton_version: str) -> "TuningKey":
-        return cls(kernel, template_hash, spec.heads, spec.kv_heads, spec.head_dim,
-                   spec.experts, spec.expert_dim, spec.dtype, bucket, tokens, gpu_name,
-                   compute_capability, triton_version)
+        """The key of variant `kernel` (its op from the registry)."""
+        return cls(registry.get(kernel).op, kernel, template_hash, spec.heads, spec.kv_heads,
+                   spec.head_dim, spec.experts, spec.expert_dim, spec.dtype, bucket, tokens,
+                   gpu_name, compute_capability, triton_version)
 
     def spec_fields(self) -> tuple:
         """(heads, kv_heads, head_dim, experts, expert_dim, dtype)."""
@@ -187,7 +241,19 @@ class TuningKey:
     @classmethod
     def from_row(cls, row: dict, where: str = "") -> "TuningKey":
         """The key of a database row or an imported record; ValueError naming `where`
-        (e.g. 'record 3: ') and the column when a value is missing or of the wrong type."""
+        (e.g. 'record 3: ') and the column when a value is missing or of the wrong type.
+        A record of schema 2, with `kernel` and no variant, maps to the variant that took
+        that kernel over (and one with a variant but no op gets its variant's op)."""
+        if "variant" not in row and "kernel" in row:
+            variant = legacy_variant(row["kernel"])
+            if variant is None:
+                raise ValueError(f"{where}unknown kernel {row['kernel']!r}")
+            row = {**row, "variant": variant.stem, "op": variant.op}
+        elif "op" not in row and isinstance(row.get("variant"), str):
+            try:
+                row = {**row, "op": registry.get(row["variant"]).op}
+            except registry.RegistryError as exc:
+                raise ValueError(f"{where}{exc}") from None
         missing = [c for c in KEY_COLUMNS if c not in row]
         if missing:
             raise ValueError(f"{where}missing key field{'s' if len(missing) > 1 else ''} "
@@ -195,13 +261,27 @@ class TuningKey:
         check_key_values(row, where)
         return cls(**{c: row[c] for c in KEY_COLUMNS})
 
+    def parse_config(self, data):
+        """A stored config (JSON text or a dict) as this key's variant's config."""
+        variant = registry.get(self.variant)
+        return variant.config_from_dict(json.loads(data) if isinstance(data, str) else data)
+
+
+def _variant_config(key: "TuningKey", config, where: str):
+    """`config` as the config of `key`'s variant (a LaunchConfig converts); ValueError
+    naming `where` for anything else."""
+    try:
+        return registry.get(key.variant).coerce(config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}.config: {exc}") from None
+
 
 @dataclass(frozen=True)
 class WinnerRecord:
     """The chosen config of one key, its median time and its speed-up over the default."""
 
     key: TuningKey
-    config: LaunchConfig
+    config: object  # the variant's config (mhfgen.registry.VariantConfig)
     ms: float
     tflops: float
     default_ms: float | None
@@ -211,12 +291,11 @@ class WinnerRecord:
     mhfgen_version: str
     torch_version: str
     created: str
-    code_hash: str | None = None  # mhfgen.codegen.code_hash of (kernel, spec, config)
+    code_hash: str | None = None  # mhfgen.codegen.code_hash of (variant, spec, config)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.config, LaunchConfig):
-            raise ValueError(f"WinnerRecord.config must be a LaunchConfig, got "
-                             f"{type(self.config).__name__}")
+        object.__setattr__(self, "config", _variant_config(self.key, self.config,
+                                                           "WinnerRecord"))
         strict_float(self.ms, "WinnerRecord.ms", positive=True)
         strict_float(self.tflops, "WinnerRecord.tflops", low=0.0)
         strict_float(self.default_ms, "WinnerRecord.default_ms", positive=True, optional=True)
@@ -237,7 +316,8 @@ class WinnerRecord:
 
     @classmethod
     def from_row(cls, row: dict) -> "WinnerRecord":
-        return cls(TuningKey.from_row(row), LaunchConfig.from_dict(json.loads(row["config"])),
+        key = TuningKey.from_row(row)
+        return cls(key, key.parse_config(row["config"]),
                    float(row["ms"]), float(row["tflops"] or 0.0),
                    None if row.get("default_ms") is None else float(row["default_ms"]),
                    None if row.get("speedup") is None else float(row["speedup"]),
@@ -251,7 +331,7 @@ class TrialRecord:
     """One evaluated candidate: timed ('ok', ms) or failed (stage and reason)."""
 
     key: TuningKey
-    config: LaunchConfig
+    config: object  # the variant's config (mhfgen.registry.VariantConfig)
     status: str
     ms: float | None = None
     tflops: float | None = None
@@ -266,9 +346,7 @@ class TrialRecord:
     created: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.config, LaunchConfig):
-            raise ValueError(f"TrialRecord.config must be a LaunchConfig, got "
-                             f"{type(self.config).__name__}")
+        object.__setattr__(self, "config", _variant_config(self.key, self.config, "TrialRecord"))
         if self.status not in ("ok", "failed"):
             raise ValueError(f"TrialRecord.status must be 'ok' or 'failed', got {self.status!r}")
         for name in ("ms", "tflops", "error"):  # error may be inf or nan (a failed check)
@@ -292,7 +370,8 @@ class TrialRecord:
 
     @classmethod
     def from_row(cls, row: dict) -> "TrialRecord":
-        return cls(TuningKey.from_row(row), LaunchConfig.from_dict(json.loads(row["config"])),
+        key = TuningKey.from_row(row)
+        return cls(key, key.parse_config(row["config"]),
                    row["status"], row.get("ms"), row.get("tflops"), row.get("error"),
                    row.get("stage"), row.get("reason"), row.get("timer") or "",
                    row.get("study") or "", row.get("trial_number"),
@@ -312,7 +391,8 @@ class TuningDB:
         self.readonly = readonly
         self.db = sqlite_utils.Database(conn)
         self.empty = False
-        self.old_schema: int | None = None  # a read-only file of an older schema, read as is
+        self.old_schema: int | None = None  # a read-only file of an older schema (read
+        # through an upgraded copy in memory)
 
     # -- opening -----------------------------------------------------------------
     @classmethod
@@ -431,11 +511,20 @@ class TuningDB:
 
     def _migrate(self, version: int) -> None:
         if self.readonly and all(MIGRATIONS.get(v) for v in range(version, SCHEMA_VERSION)):
-            self.old_schema = version  # read as it is: the upgrades only add columns
+            # read through an upgraded copy in memory: the file itself is not written
+            memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            self.db.conn.backup(memory)
+            self.db.conn.close()
+            self.db = sqlite_utils.Database(memory)
+            self.old_schema = version
+            self._upgrade(version, readonly_copy=True)
             return
+        self._upgrade(version)
+
+    def _upgrade(self, version: int, readonly_copy: bool = False) -> None:
         while version < SCHEMA_VERSION:
             step = MIGRATIONS.get(version)
-            if step is None or self.readonly:
+            if step is None or (self.readonly and not readonly_copy):
                 raise SchemaVersionError(
                     f"{self.path} has tuning-database schema {version}, older than "
                     f"{SCHEMA_VERSION}, and no migration exists; re-tune into a new database")
@@ -450,8 +539,6 @@ class TuningDB:
             if table not in self.db.table_names():
                 raise CorruptDatabaseError(f"{self.path}: the '{table}' table is missing")
             missing = set(columns) - set(self.db[table].columns_dict)
-            if self.old_schema is not None:
-                missing -= ADDED_COLUMNS.get(table, set())
             if missing:
                 raise CorruptDatabaseError(
                     f"{self.path}: the '{table}' table lacks columns {sorted(missing)}")
@@ -471,9 +558,8 @@ class TuningDB:
             self.db["trials"].create(TRIAL_COLUMNS, pk="id",
                                      not_null=set(KEY_COLUMNS) | {"config", "status"},
                                      if_not_exists=True)
-            self.db["trials"].create_index(
-                ("kernel", "template_hash", "gpu_name", "heads", "head_dim", "bucket"),
-                if_not_exists=True, index_name="trials_problem")
+            self.db["trials"].create_index(TRIALS_INDEX, if_not_exists=True,
+                                           index_name="trials_problem")
 
     # -- transactions ------------------------------------------------------------
     @contextmanager
@@ -551,8 +637,20 @@ class TuningDB:
                 outcomes.append("added" if old is None else "replaced")
         return outcomes
 
+    def remove_winner(self, key: TuningKey) -> bool:
+        """Delete the winner of `key`; whether there was one."""
+        self._writable()
+        row = key.as_dict()
+        where = " AND ".join(f"{c} = ?" for c in KEY_COLUMNS)
+        with self.transaction():
+            cursor = self.db.execute(f"DELETE FROM winners WHERE {where}",
+                                     [row[c] for c in KEY_COLUMNS])
+        return cursor.rowcount > 0
+
     # -- reading -----------------------------------------------------------------
     def _select(self, table: str, filters: dict, order: str) -> list[dict]:
+        if "kernel" in filters:  # the schema-2 name of the variant column
+            filters = {("variant" if k == "kernel" else k): v for k, v in filters.items()}
         if self.empty:
             return []
         unknown = set(filters) - set(KEY_COLUMNS) - {"status"}

@@ -1,12 +1,16 @@
 """Tuned winners as JSON with provenance: export from a database, import (merge) into one.
 
-Export format:
-    {"format": "mhfgen-tuning-export", "schema_version": 1, "exported": ISO date,
+Export format (schema_version: the tuning database's, 3):
+    {"format": "mhfgen-tuning-export", "schema_version": 3, "exported": ISO date,
      "mhfgen_version": ..., "source": database path,
-     "records": [{kernel, template_hash, heads, kv_heads, head_dim, experts, expert_dim,
-                  dtype, bucket, tokens, gpu_name, compute_capability, triton_version,
-                  config: {LaunchConfig}, ms, tflops, default_ms, speedup, timer, trials,
-                  mhfgen_version, torch_version, created, code_hash}, ...]}
+     "records": [{op, variant, template_hash, heads, kv_heads, head_dim, experts,
+                  expert_dim, dtype, bucket, tokens, gpu_name, compute_capability,
+                  triton_version, config: {the variant's config}, ms, tflops, default_ms,
+                  speedup, timer, trials, mhfgen_version, torch_version, created,
+                  code_hash}, ...]}
+Exports of schema 1 and 2 name a `kernel` instead of op and variant, and hold 13-field
+configs: each record maps to the variant that took that kernel over, as the database
+migration maps rows (mhfgen.tuning.db).
 
 Import merges record by record: a key not stored is added; for a stored key the faster
 record (lower ms) wins. Every record is checked before anything is written (strict types:
@@ -20,9 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import registry
 from ..config_fields import strict_float, strict_int, strict_str
 from ..device import target_for
-from ..spec import KERNELS, KernelSpec, LaunchConfig
+from ..spec import KernelSpec
 from ..version import __version__
 from .buckets import shape_bucket
 from .db import KEY_COLUMNS, SCHEMA_VERSION, TuningDB, TuningKey, WinnerRecord, utc_now
@@ -62,15 +67,30 @@ class ImportReport:
     messages: list[str] = field(default_factory=list)
 
 
-def _record(i: int, rec) -> WinnerRecord:
+@dataclass(frozen=True)
+class UnknownRecord:
+    """An export record of a variant (or old kernel) this mhfgen does not have."""
+
+    name: str
+
+
+def _record(i: int, rec) -> WinnerRecord | UnknownRecord:
     """Record `i` of an export, every field checked strictly (ExchangeError naming the
     record and the field): the key (ints are ints, the spec valid, the bucket that of the
-    tokens), a complete LaunchConfig, and the provenance's numbers and strings."""
+    tokens), a complete config of the record's variant, and the provenance's numbers and
+    strings. A record of schema 1 or 2 (a `kernel`, a 13-field config) maps to the
+    variant that took that kernel over; one of a variant this mhfgen lacks is an
+    UnknownRecord (refused by the import, not an error of the file)."""
     where = f"record {i}: "
     try:
         if not isinstance(rec, dict):
             raise ValueError(f"must be an object, got {type(rec).__name__}")
-        unknown = sorted(set(rec) - set(KEY_COLUMNS) - {"config", *_PROVENANCE})
+        name = rec.get("variant", rec.get("kernel"))
+        known = (registry.by_legacy_kernel(name) is not None if "variant" not in rec
+                 else name in registry.stems())
+        if isinstance(name, str) and not known:
+            return UnknownRecord(name)
+        unknown = sorted(set(rec) - set(KEY_COLUMNS) - {"config", "kernel", *_PROVENANCE})
         if unknown:
             raise ValueError(f"unknown fields {', '.join(unknown)}")
         for name in ("config", "ms"):
@@ -82,8 +102,10 @@ def _record(i: int, rec) -> WinnerRecord:
             raise ValueError(f"bucket {key.bucket} is not the bucket of {key.tokens} tokens "
                              f"({shape_bucket(key.tokens)})")
         try:
-            config = LaunchConfig.from_dict(rec["config"])
-        except ValueError as exc:
+            if not isinstance(rec["config"], dict):
+                raise ValueError(f"must be an object, got {type(rec['config']).__name__}")
+            config = key.parse_config(rec["config"])
+        except (ValueError, TypeError) as exc:
             raise ValueError(f"config: {exc}") from None
         ms = strict_float(rec["ms"], "ms", positive=True)
         return WinnerRecord(
@@ -101,7 +123,7 @@ def _record(i: int, rec) -> WinnerRecord:
         raise ExchangeError(f"{where}{exc}") from None
 
 
-def parse_export(data) -> list[WinnerRecord]:
+def parse_export(data) -> list[WinnerRecord | UnknownRecord]:
     """The winner records of an export document; ExchangeError when it is not one."""
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise ExchangeError(f"not an mhfgen export (expected \"format\": \"{EXPORT_FORMAT}\")")
@@ -119,25 +141,30 @@ def parse_export(data) -> list[WinnerRecord]:
 
 def import_winners(db: TuningDB, records: list[WinnerRecord],
                    template_hashes: dict[str, str]) -> ImportReport:
-    """Merge `records` into `db` (see the module doc); template_hashes: kernel -> the
+    """Merge `records` into `db` (see the module doc); template_hashes: variant -> the
     current hash."""
     report = ImportReport()
-    refused: dict[tuple[str, str], int] = {}
+    refused: dict[tuple[str, str | None], int] = {}
     from .lookup import still_current
 
     accepted = []
     for rec in records:
-        if rec.key.kernel not in KERNELS or not still_current(rec, template_hashes):
-            refused[(rec.key.kernel, rec.key.template_hash)] = \
-                refused.get((rec.key.kernel, rec.key.template_hash), 0) + 1
+        if isinstance(rec, UnknownRecord):
+            refused[(rec.name, None)] = refused.get((rec.name, None), 0) + 1
+            continue
+        if not still_current(rec, template_hashes):
+            refused[(rec.key.variant, rec.key.template_hash)] = \
+                refused.get((rec.key.variant, rec.key.template_hash), 0) + 1
             continue
         accepted.append(rec)
     for outcome in db.put_winners(accepted, policy="faster"):  # one transaction
         setattr(report, outcome, getattr(report, outcome) + 1)
-    for (kernel, old), count in sorted(refused.items()):
+    for (kernel, old), count in sorted(refused.items(),
+                                       key=lambda kv: (kv[0][0], kv[0][1] or "")):
         report.refused += count
-        if kernel not in KERNELS:
-            report.messages.append(f"refused {count} record(s) of unknown kernel {kernel!r}")
+        if old is None:
+            report.messages.append(
+                f"refused {count} record(s) of unknown kernel variant {kernel!r}")
         else:
             report.messages.append(
                 f"refused {count} record(s) of {kernel} tuned for template {old}; this mhfgen's "
@@ -149,4 +176,14 @@ def import_winners(db: TuningDB, records: list[WinnerRecord],
 def key_filters(**values) -> dict:
     """The non-None values whose names are key columns (for --kernel, --gpu, ...)."""
     return {k: v for k, v in values.items() if v is not None and k in KEY_COLUMNS}
+
+
+def kernel_filter(name: str | None) -> dict:
+    """The key filter of a --kernel argument: an op ('fwd', 'dq', 'bwd_dq') filters by
+    op, anything else by variant stem (the schema-2 kernel names are today's stems)."""
+    if name is None:
+        return {}
+    if name in registry.OPS or any(op.short == name for op in registry.OPS.values()):
+        return {"op": registry.op_named(name)}
+    return {"variant": name}
 

@@ -103,7 +103,7 @@ def _tune(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> C
     from ..paths import user_db_path
     from .db import TuningDB
     from .problem import DeviceFacts, TuningProblem
-    from .search import SearchSettings, Tuner
+    from .search import SearchSettings, Tuner, tuning_units
     from .workers import build_timer
 
     budget = trials()
@@ -119,7 +119,11 @@ def _tune(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> C
         timer = build_timer("gpu" if facts.is_gpu else "interpreter", problem, seed=0, jobs=1)
         try:
             with TuningDB.open(user_db_path()) as db:
-                result = Tuner(problem, facts, timer, db, settings).tune([kernel])[0]
+                # an op: its variants that run the problem, together (a variant: itself)
+                units = tuning_units([kernel], spec, tokens)
+                if not units:
+                    return None
+                result = Tuner(problem, facts, timer, db, settings).tune(units)[0]
         finally:
             timer.close()
     seconds = time.perf_counter() - start
@@ -131,7 +135,7 @@ def _tune(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> C
 
     log.warning("mhfgen: tuned %s in %.1f s: %s, %.4g ms (%s)", kernel, seconds,
                 describe_config(result.winner), result.ms, timer.label)
-    return Choice(result.winner, "exact", "user", tokens)
+    return Choice(result.winner, "exact", "user", tokens, result.variant)
 
 
 def forget_tried() -> None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spec import LaunchConfig
 
 #: failure stages, in the order a candidate meets them
 STAGES = ("pruned", "compile", "resources", "timeout", "crash", "wrong answer", "error",
@@ -12,10 +11,10 @@ STAGES = ("pruned", "compile", "resources", "timeout", "crash", "wrong answer", 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One config of one kernel."""
+    """One config of one kernel variant (`kernel`: its stem)."""
 
     kernel: str
-    config: LaunchConfig
+    config: object  # the variant's config
 
 
 @dataclass(frozen=True)

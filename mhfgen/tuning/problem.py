@@ -7,18 +7,21 @@ from dataclasses import dataclass
 import torch
 
 from .. import device as _device
+from .. import registry
 from ..spec import KernelSpec
 from .buckets import shape_bucket
 
-#: dot FLOPs each kernel executes, in units of tokens * H * I * D (see TuningProblem.flops)
-KERNEL_FLOP_FACTORS = {"flash_mhf_fwd": 6, "flash_mhf_bwd_dq": 10, "flash_mhf_bwd_dkv": 12}
-#: the model FLOPs of forward + backward, in the same units (3x the forward; docs/CONTRACTS.md)
+#: the model FLOPs of forward + backward, in units of tokens * H * I * D (3x the forward)
 MODEL_FWD_BWD_FACTOR = 18
 
 
 @dataclass(frozen=True)
 class TuningProblem:
-    """One problem to tune: the spec and the token count T = B * L of the calls."""
+    """One problem to tune: the spec and the token count T = B * L of the calls.
+
+    Not a KernelSpec: the token count is not baked into generated code (one kernel
+    serves every T), so it belongs to the tuned problem and the database key, not to
+    the spec."""
 
     spec: KernelSpec
     tokens: int
@@ -32,11 +35,12 @@ class TuningProblem:
         return shape_bucket(self.tokens)
 
     def flops(self, kernel: str) -> int:
-        """Dot FLOPs `kernel` executes, with N = T * H * I * D:
-        forward 6N (S, A, then P V); dQ/dR 10N (S, A, dP recomputed, dQ from dS and dA);
-        dK/dU/dV 12N (S^T, A^T, dP^T recomputed, then dV, dK, dU)."""
+        """Dot FLOPs variant `kernel` executes: its flop_factor * N, N = T * H * I * D
+        (forward 6N: S, A, then P V; dQ/dR 10N: S, A, dP recomputed, dQ from dS and dA;
+        dK/dU/dV 12N: S^T, A^T, dP^T recomputed, then dV, dK, dU)."""
         s = self.spec
-        return KERNEL_FLOP_FACTORS[kernel] * self.tokens * s.heads * s.intermediate * s.head_dim
+        factor = registry.get(kernel).flop_factor
+        return factor * self.tokens * s.heads * s.intermediate * s.head_dim
 
     def model_flops_fwd_bwd(self) -> int:
         """18 N: forward + backward FLOPs as docs/CONTRACTS.md counts them (3x the forward)."""

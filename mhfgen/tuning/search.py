@@ -23,7 +23,6 @@ and then the winner. Tuner.tune() is search() then finish() for every kernel.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics
@@ -33,10 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .. import paths
+from .. import paths, registry
 from ..codegen import code_hash, template_hash
 from ..heuristics import default_config
-from ..spec import KERNELS, LaunchConfig
 from ..version import __version__
 from .db import TrialRecord, TuningDB, TuningKey, WinnerRecord, utc_now
 from .outcome import Candidate, Failure
@@ -97,9 +95,9 @@ class Progress:
 class KernelResult:
     """The outcome of tuning one kernel (times in ms from the side-by-side rounds)."""
 
-    kernel: str
-    default: LaunchConfig
-    winner: LaunchConfig | None = None
+    kernel: str  # the variant's stem
+    default: object  # the variant's config type, as winner and side_by_side's
+    winner: object | None = None
     ms: float | None = None
     tflops: float | None = None
     default_ms: float | None = None
@@ -108,30 +106,51 @@ class KernelResult:
     resumed: int = 0
     grid_size: int = 0
     failures: dict[str, int] = field(default_factory=dict)
-    side_by_side: list[tuple[LaunchConfig, float]] = field(default_factory=list)
+    side_by_side: list[tuple[object, float]] = field(default_factory=list)
     timer_label: str | None = None  # what measured the side-by-side times
 
     @property
     def failed(self) -> int:
         return sum(self.failures.values())
 
+    @property
+    def variant(self) -> str | None:
+        """The winner's variant stem (None when nothing passed)."""
+        return None if self.winner is None else self.winner.variant
 
-def describe_config(config: LaunchConfig) -> str:
-    """A compact form: 'BM128 BN64 w8 s3', plus the fields away from their neutral value."""
-    text = f"BM{config.block_m} BN{config.block_n} w{config.num_warps} s{config.num_stages}"
-    if config.group_heads > 1:
-        text += f" gh{config.group_heads}"
-    if config.head_dim_split != "chunks":
-        text += f" {config.head_dim_split}"
-    if config.inter_splits > 1:
-        text += f" is{config.inter_splits}"
-    if config.token_splits > 1:
-        text += f" ts{config.token_splits}"
-    for flag, short in (("tma", "tma"), ("warp_specialize", "ws"), ("transpose_acc", "T"),
-                        ("prefetch_scores", "prefetch"), ("split_grads", "split")):
-        if getattr(config, flag):
-            text += f" {short}"
-    return text
+
+def describe_config(config) -> str:
+    """A compact form (the config's describe(): 'BM128 BN64 w8 s3' plus the fields away
+    from their neutral value for the Triton-language variants)."""
+    if not hasattr(config, "describe"):  # a LaunchConfig: every field, in one record
+        from ..variants._triton import TileConfig
+
+        return TileConfig.describe(config)
+    return config.describe()
+
+
+def tunable(kernels: Iterable[str], spec, tokens: int) -> list[str]:
+    """The variants of `kernels` (stems) that can run `spec` at `tokens` tokens: a
+    variant that needs a GPU is left out on the interpreter, one whose supports()
+    refuses the shape everywhere."""
+    return [k for k in kernels if registry.get(k).unsupported(spec, tokens) is None]
+
+
+def tuning_units(names: Iterable[str], spec, tokens: int) -> list[str]:
+    """What to tune for `names` (ops or variant stems), one study each: a variant stem
+    alone; for an op, its one usable variant's stem, or the op itself when several of
+    its variants can run the problem (one joint study picks variant and config
+    together). Ops no variant can run are left out."""
+    out: list[str] = []
+    for name in names:
+        if name in registry.OPS:
+            stems = tunable([v.stem for v in registry.variants_for(name)], spec, tokens)
+            unit = stems[0] if len(stems) == 1 else (name if stems else None)
+        else:
+            unit = name
+        if unit is not None and unit not in out:
+            out.append(unit)
+    return out
 
 
 #: what each code of describe_config means (printed by `mhfgen list` and `mhfgen show`)
@@ -191,28 +210,48 @@ class Tuner:
         self._stored = 0  # trials this process stored (see PAUSE_ENV)
 
     # -- planning ----------------------------------------------------------------
-    def default(self, kernel: str) -> LaunchConfig:
-        return default_config(kernel, self.problem.spec, self.problem.tokens, self.device.sm_count)
+    # `kernel` below is a variant stem, or an op: then the op's variants that can run the
+    # problem are searched together (tuning_units), the default is the preferred one's,
+    # and every trial and winner is stored under its own variant's key.
+    def variants(self, kernel: str) -> list[str]:
+        """The variant stems `kernel` (a stem or an op) searches."""
+        if kernel in registry.OPS:
+            return tunable([v.stem for v in registry.variants_for(kernel)],
+                           self.problem.spec, self.problem.tokens)
+        return [kernel]
 
-    def grid(self, kernel: str) -> list[LaunchConfig]:
+    def default(self, kernel: str):
+        return default_config(self.variants(kernel)[0], self.problem.spec, self.problem.tokens,
+                              self.device.sm_count)
+
+    def grid(self, kernel: str) -> list:
         """Every valid config of `kernel` for this problem (the default included when
-        keep() accepts it)."""
-        space = load_space(kernel, self.problem.spec.target)
-        return space.candidates(self.problem.spec, self.problem.tokens, self.device.sm_count,
-                                extra=[self.default(kernel)])
+        keep() accepts it); for an op, every valid config of each of its variants."""
+        out = []
+        for stem in self.variants(kernel):
+            space = load_space(stem, self.problem.spec.target)
+            extra = [default_config(stem, self.problem.spec, self.problem.tokens,
+                                    self.device.sm_count)]
+            out += space.candidates(self.problem.spec, self.problem.tokens,
+                                    self.device.sm_count, extra=extra)
+        return out
 
     def budget(self, kernel: str) -> int:
         return min(self.settings.trials, len(self.grid(kernel)))
 
     def key(self, kernel: str) -> TuningKey:
+        """The database key of variant `kernel` for this problem."""
         p = self.problem
         return TuningKey.of(kernel, template_hash(kernel), p.spec, p.bucket, p.tokens,
                             self.device.gpu_name, self.device.compute_capability,
                             self.triton_version)
 
+    def _template_hash(self, kernel: str) -> str:
+        return "+".join(template_hash(stem) for stem in self.variants(kernel))
+
     def open_study(self, kernel: str) -> ConfigStudy:
         default = self.default(kernel)
-        name = study_name(kernel, template_hash(kernel), f"{self.problem.spec.key()}-"
+        name = study_name(kernel, self._template_hash(kernel), f"{self.problem.spec.key()}-"
                           f"T{self.problem.tokens}", f"{self.device.gpu_name}|"
                           f"{self.device.compute_capability}", self.triton_version,
                           self.settings.strategy)
@@ -222,10 +261,12 @@ class Tuner:
                            fresh=s.fresh, shared=self.shared, worker=self.worker)
 
     # -- running -----------------------------------------------------------------
-    def tune(self, kernels: Iterable[str] = KERNELS,
+    def tune(self, kernels: Iterable[str] | None = None,
              studies: dict[str, ConfigStudy] | None = None) -> list[KernelResult]:
-        """Search `kernels` (search), then re-time and store each (finish)."""
-        kernels = list(kernels)
+        """Search `kernels` (tuning units: variant stems, or ops for a joint study of their
+        variants; None: every op, see tuning_units), then re-time and store each (finish)."""
+        kernels = list(kernels) if kernels is not None else \
+            tuning_units(list(registry.OPS), self.problem.spec, self.problem.tokens)
         studies = studies or {k: self.open_study(k) for k in kernels}
         self.search(kernels, studies)
         return [self.finish(k, studies[k]) for k in kernels]
@@ -243,7 +284,7 @@ class Tuner:
             for k in kernels:
                 waiting[k] = self._ask_next(studies[k])[0]
             prepared = iter(self.timer.prepare(
-                [Candidate(k, a.config) for k in kernels for a in waiting[k]]))
+                [Candidate(a.config.variant, a.config) for k in kernels for a in waiting[k]]))
             first = {k: [next(prepared) for _ in waiting[k]] for k in kernels}
             for k in kernels:
                 if not self.search_kernel(k, studies[k], (waiting.pop(k), first[k])):
@@ -340,43 +381,50 @@ class Tuner:
                 result.failures[outcome.stage] = result.failures.get(outcome.stage, 0) + 1
         self._sync_trials(kernel, study)
         declared = study.declared(result.evaluated)
-        if declared is not None and self._stored_winner_agrees(kernel, declared):
-            self._adopt(kernel, declared, result)
+        if declared is not None and self._stored_winner_agrees(kernel, declared, study):
+            self._adopt(kernel, declared, result, study)
         else:
             self._retime(kernel, study, result, self.budget_of(study))
             if result.winner is not None:
                 again = study.declared(result.evaluated)  # declared meanwhile elsewhere?
                 if again is not None:
-                    self._adopt(kernel, again, result)
+                    self._adopt(kernel, again, result, study)
                 else:
-                    study.declare(self._declaration(result))
+                    study.declare(self._declaration(result, study))
         if result.winner is not None:
             self._store_winner(kernel, result, result.timer_label or self.timer.label)
         study.close()
         return result
 
-    def _declaration(self, r: KernelResult) -> dict:
-        return {"evaluated": r.evaluated, "config": r.winner.to_json(), "ms": r.ms,
+    def _declaration(self, r: KernelResult, study: ConfigStudy) -> dict:
+        """What finish() declares in the study; configs named as the study names them
+        (study.key_of: their JSON, in a joint study with the variant)."""
+        return {"evaluated": r.evaluated, "config": study.key_of(r.winner), "ms": r.ms,
                 "tflops": r.tflops, "default_ms": r.default_ms, "speedup": r.speedup,
                 "timer": self.timer.label,
-                "side_by_side": [[c.to_json(), ms] for c, ms in r.side_by_side],
+                "side_by_side": [[study.key_of(c), ms] for c, ms in r.side_by_side],
                 "by": f"{HOST}:{os.getpid()}", "created": utc_now()}
 
-    def _adopt(self, kernel: str, declared: dict, r: KernelResult) -> None:
+    def _adopt(self, kernel: str, declared: dict, r: KernelResult, study: ConfigStudy) -> None:
         log.info("%s: storing the winner declared by %s", kernel, declared.get("by"))
-        r.winner = _config_from_json(declared["config"])
+        r.winner = study.config_of(declared["config"])
         r.ms, r.tflops = declared["ms"], declared["tflops"]
         r.default_ms, r.speedup = declared["default_ms"], declared["speedup"]
-        r.side_by_side = [(_config_from_json(c), ms) for c, ms in declared["side_by_side"]]
+        r.side_by_side = [(study.config_of(c), ms) for c, ms in declared["side_by_side"]]
         r.timer_label = declared.get("timer")
 
-    def _stored_winner_agrees(self, kernel: str, declared: dict) -> bool:
+    def _stored_winner_agrees(self, kernel: str, declared: dict, study: ConfigStudy) -> bool:
         """Whether the database has no winner for this key, or the declared one (a
         different stored winner must be re-timed against it instead)."""
         if self.db is None:
             return True
-        stored = self.db.winners(**self.key(kernel).as_dict())
-        return all(w.config.to_json() == declared["config"] for w in stored)
+        stored = self._stored_winners(kernel)
+        return all(study.key_of(w.config) == declared["config"] for w in stored)
+
+    def _stored_winners(self, kernel: str) -> list:
+        """The database's winners of this problem for `kernel`'s variants."""
+        return [w for stem in self.variants(kernel)
+                for w in self.db.winners(**self.key(stem).as_dict())]
 
     def _sync_trials(self, kernel: str, study: ConfigStudy) -> None:
         if self.db is None:
@@ -402,7 +450,7 @@ class Tuner:
 
     def _evaluate_batch(self, kernel: str, study: ConfigStudy, asked: list[Asked],
                         budget: int, prepared: list[Failure | None] | None = None) -> None:
-        candidates = [Candidate(kernel, a.config) for a in asked]
+        candidates = [Candidate(a.config.variant, a.config) for a in asked]
         if prepared is None:
             prepared = self.timer.prepare(candidates)
         for a, c, failure in zip(asked, candidates, prepared):
@@ -427,18 +475,19 @@ class Tuner:
             if lost is not None:
                 raise lost  # the trial is stored; this process can time nothing more
 
-    def _trial_record(self, kernel: str, config: LaunchConfig, ms: float | None,
+    def _trial_record(self, kernel: str, config, ms: float | None,
                       error: float | None, failure: Failure | None, study: str,
                       number: int | None, timer: str, created: str = "") -> TrialRecord:
+        stem = config.variant  # under its own variant's key, also in a joint study
         return TrialRecord(
-            self.key(kernel), config, "failed" if failure else "ok", ms=ms,
-            tflops=tflops(self.problem.flops(kernel), ms) if ms else None, error=error,
+            self.key(stem), config, "failed" if failure else "ok", ms=ms,
+            tflops=tflops(self.problem.flops(stem), ms) if ms else None, error=error,
             stage=failure.stage if failure else None, reason=failure.reason if failure else None,
             timer=timer, study=study, trial_number=number,
             mhfgen_version=__version__, torch_version=self.torch_version,
             created=created or utc_now())
 
-    def _store_trial(self, kernel: str, config: LaunchConfig, ms: float | None,
+    def _store_trial(self, kernel: str, config, ms: float | None,
                      error: float | None, failure: Failure | None, study: str,
                      number: int | None) -> None:
         """One trial into the database as soon as it is measured (once: finish() adds
@@ -452,12 +501,12 @@ class Tuner:
             _pause(self._stored)
 
     # -- the final side-by-side timing --------------------------------------------
-    def _baseline_ok(self, kernel: str, config: LaunchConfig, study: ConfigStudy) -> bool:
+    def _baseline_ok(self, kernel: str, config, study: ConfigStudy) -> bool:
         """Whether `config` (outside the study's timed set) compiles and is correct."""
-        outcome = study.outcomes.get(config.to_json())
+        outcome = study.outcomes.get(study.key_of(config))
         if outcome is not None:
             return isinstance(outcome, float)
-        c = Candidate(kernel, config)
+        c = Candidate(config.variant, config)
         failure = self.timer.prepare([c])[0]
         if failure is None:
             _, failure = self.timer.check(c)
@@ -469,11 +518,10 @@ class Tuner:
     def _retime(self, kernel: str, study: ConfigStudy, result: KernelResult, budget: int) -> None:
         timed = study.timed()
         ranked = sorted(timed, key=timed.get)[:self.settings.top_k]
-        finalists = [_config_from_json(k) for k in ranked]
+        finalists = [study.config_of(k) for k in ranked]
         extras = [result.default]
         if self.db is not None:
-            stored = self.db.winners(**self.key(kernel).as_dict())
-            extras += [w.config for w in stored]
+            extras += [w.config for w in self._stored_winners(kernel)]
         for config in extras:
             if config not in finalists and self._baseline_ok(kernel, config, study):
                 finalists.append(config)
@@ -481,14 +529,14 @@ class Tuner:
             log.warning("%s: no config passed; nothing is stored", kernel)
             return
         self._report(kernel, "retime", study, budget, f"{len(finalists)} configs side by side")
-        samples: dict[LaunchConfig, list[float]] = {c: [] for c in finalists}
+        samples: dict[object, list[float]] = {c: [] for c in finalists}
         for r in range(max(1, self.settings.rounds)):
             order = finalists[r % len(finalists):] + finalists[:r % len(finalists)]
             for config in order:
                 if config not in samples:
                     continue
                 try:
-                    samples[config].append(self.timer.time(Candidate(kernel, config)))
+                    samples[config].append(self.timer.time(Candidate(config.variant, config)))
                 except DeviceLost:
                     raise
                 except CandidateFailed as exc:
@@ -501,16 +549,24 @@ class Tuner:
         result.side_by_side = sorted(medians.items(), key=lambda kv: kv[1])
         winner, ms = result.side_by_side[0]
         result.winner, result.ms = winner, ms
-        result.tflops = tflops(self.problem.flops(kernel), ms)
+        result.tflops = tflops(self.problem.flops(winner.variant), ms)
         result.default_ms = medians.get(result.default)
         result.speedup = result.default_ms / ms if result.default_ms else None
 
     def _store_winner(self, kernel: str, r: KernelResult, timer: str) -> None:
-        if self.db is not None:
-            self.db.put_winner(WinnerRecord(
-                self.key(kernel), r.winner, r.ms, r.tflops, r.default_ms, r.speedup, timer,
-                r.evaluated, __version__, self.torch_version, utc_now(),
-                code_hash(kernel, self.problem.spec, r.winner)), policy="replace")
+        """The winner under its variant's key; in a joint study the stored winners of the
+        op's other variants for this problem are removed (they were re-timed beside it
+        and lost), so dispatch finds one winner per problem."""
+        if self.db is None:
+            return
+        stem = r.winner.variant
+        self.db.put_winner(WinnerRecord(
+            self.key(stem), r.winner, r.ms, r.tflops, r.default_ms, r.speedup, timer,
+            r.evaluated, __version__, self.torch_version, utc_now(),
+            code_hash(stem, self.problem.spec, r.winner)), policy="replace")
+        for other in self.variants(kernel):
+            if other != stem:
+                self.db.remove_winner(self.key(other))
 
 
 #: a testing hook: MHFGEN_TEST_PAUSE_AFTER_TRIALS=N makes a tuner stop after storing its
@@ -529,10 +585,6 @@ def _pause(stored: int) -> None:
           flush=True)
     while True:
         time.sleep(3600)  # a signal (SIGTERM, Ctrl-C) ends it, through its handler
-
-
-def _config_from_json(text: str) -> LaunchConfig:
-    return LaunchConfig.from_dict(json.loads(text))
 
 
 def storage_path(url: str) -> Path:

@@ -1,31 +1,22 @@
 """Search spaces of the launch parameters, loaded from data beside the templates, and the
 constraint function that prunes impossible candidates before anything compiles.
 
-`templates/<kernel>.space.toml` holds one section per GPU family: [default], then
-[<target>] sections ([sm90], [sm80], [interpreter]) that replace the keys they name. Each
-key is a LaunchConfig field with its candidate values; "divisors" (group_heads) stands for
-every divisor of H / Hkv. [<section>.limits] holds the resources `keep` checks.
+`<templates>/<stem>.space.toml` (the variant's template folder) holds one section per GPU
+family: [default], then [<target>] sections ([sm90], [sm80], [interpreter]) that replace
+the keys they name. Each key is a field of the variant's config type with its candidate
+values; "divisors" (group_heads) stands for every divisor of H / Hkv. [<section>.limits]
+holds the resources `keep` checks. A field not listed keeps the config type's default.
 
 `keep(kernel, spec, config, tokens, limits, sm_count)` drops a candidate when
-  - a field that the kernel does not use is not at its neutral value (group_heads and
-    tma for dK/dU/dV, inter_splits and prefetch_scores outside the forward, token_splits
-    and transpose_acc outside dK/dU/dV);
-  - group_heads does not divide H / Hkv;
-  - a tile is larger than the problem: BLOCK_M > max(16, next_pow2(rows)) with rows the
-    (token, head) rows a program walks, or BLOCK_N > max(16, next_pow2(De));
-  - it generates the same code as another candidate: head_dim_split='pad' where D is a
-    power of two, prefetch_scores where BLOCK_N does not divide De;
-  - a split is not sensible: inter_splits above the intermediate tiles, token_splits
-    above the row blocks, or a split that makes more than 8 programs per multiprocessor;
-  - the config does not fit the spec (LaunchConfig.check_for: tma needs sm90+ and
-    16-byte head_dim rows);
-  - mhfgen.resources.shared_memory_estimate (fitted to Triton's allocations) exceeds the
-    family's shared_memory limit (the [limits] value, else mhfgen.resources' limit);
-  - the fp32 values a thread keeps live exceed the register limit:
-        fwd:  (BM*Dp + 2*BM*BN) / (32 * num_warps)    accumulator, S and A tiles
-        dq:   (BM*Dp + 3*BM*BN) / (32 * num_warps)    dq accumulator, S, A and dP tiles
-        dkv:  (3*BN*Dp + 3*BM*BN) / (32 * num_warps)  dk/du/dv accumulators, S, A, dP tiles
-              (2*BN*Dp with split_grads: the dK+dU kernel holds two accumulators)
+  - the variant cannot run the spec at that token count (Variant.unsupported) or the
+    config does not fit the spec (its check_for: e.g. tma needs sm90+ and 16-byte rows);
+  - the variant's own rules reject it (Variant.prune_reason: tiles larger than the
+    problem, candidates that generate the same code as another, splits that are not
+    sensible, configs known to fault; listed in each variant's module);
+  - its shared memory estimate (Variant.shared_memory, fitted to Triton's allocations)
+    exceeds the family's shared_memory limit (the [limits] value, else
+    mhfgen.resources' limit of the target);
+  - the fp32 values a thread keeps live (Variant.registers) exceed registers_per_thread.
 
 The estimates are deliberately simple; a candidate they let through that still fails to
 compile becomes a failed trial with Triton's reason, never a crashed run.
@@ -37,10 +28,9 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Iterable, Mapping
 
-from .. import paths
-from ..kernels.common import cdiv, intermediate_blocks
-from ..resources import padded_head_dim, shared_memory_estimate, shared_memory_limit
-from ..spec import KERNELS, KernelSpec, LaunchConfig, head_dim_chunks
+from .. import registry
+from ..resources import register_estimate, shared_memory_limit  # noqa: F401 - re-exported
+from ..spec import KernelSpec
 
 try:  # Python >= 3.11
     import tomllib
@@ -49,19 +39,6 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
         import tomli as tomllib
     except ModuleNotFoundError:
         tomllib = None
-
-#: LaunchConfig fields a kernel does not use, with the only value they may take there
-UNUSED_FIELDS: dict[str, dict[str, object]] = {
-    "flash_mhf_fwd": {"token_splits": 1, "transpose_acc": False, "split_grads": False},
-    "flash_mhf_bwd_dq": {"inter_splits": 1, "token_splits": 1, "transpose_acc": False,
-                         "prefetch_scores": False, "split_grads": False},
-    "flash_mhf_bwd_dkv": {"inter_splits": 1, "group_heads": 1, "tma": False,
-                          "prefetch_scores": False, "warp_specialize": False},
-}
-#: programs per multiprocessor above which a split only adds partial-sum traffic
-MAX_PROGRAMS_PER_SM = 8
-_FIELDS = tuple(f.name for f in fields(LaunchConfig))
-
 
 class SpaceError(ValueError):
     """A search-space file that cannot be used (bad TOML, unknown field, bad value)."""
@@ -77,7 +54,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The candidate values of each LaunchConfig field for one kernel on one family.
+    """The candidate values of each config field of one variant on one family.
 
     values: field -> tuple of candidates, or the string "divisors" (group_heads only).
     """
@@ -87,32 +64,44 @@ class SearchSpace:
     values: Mapping[str, tuple | str]
     limits: Limits
 
-    def choices(self, spec: KernelSpec, extra: Iterable[LaunchConfig] = ()) -> dict[str, tuple]:
+    @property
+    def variant(self):
+        return registry.get(self.kernel)
+
+    def choices(self, spec: KernelSpec, extra: Iterable = ()) -> dict[str, tuple]:
         """Field -> sorted candidate values for `spec`, "divisors" resolved, and the
         values of the `extra` configs (the built-in default) added."""
+        config_type = self.variant.Config
+        names = config_type.field_names()
         out: dict[str, set] = {}
-        for name in _FIELDS:
+        for name in names:
             raw = self.values.get(name)
             if raw == "divisors":
                 vals = {d for d in range(1, spec.group + 1) if spec.group % d == 0}
             elif raw is None:
-                vals = {getattr(LaunchConfig(), name)}
+                vals = {getattr(config_type(), name)}
             else:
                 vals = set(raw)
             out[name] = vals
         for config in extra:
-            for name in _FIELDS:
+            config = self.variant.coerce(config)
+            for name in names:
                 out[name].add(getattr(config, name))
         return {name: tuple(sorted(vals)) for name, vals in out.items()}
 
     def candidates(self, spec: KernelSpec, tokens: int, sm_count: int,
-                   extra: Iterable[LaunchConfig] = ()) -> list[LaunchConfig]:
-        """Every config of the grid that `keep` accepts, in a deterministic order."""
+                   extra: Iterable = ()) -> list:
+        """Every config of the grid that `keep` accepts, in a deterministic order (none
+        when the variant cannot run the spec at all)."""
+        variant = self.variant
+        if variant.unsupported(spec, tokens) is not None:
+            return []
         choices = self.choices(spec, extra)
+        names = variant.Config.field_names()
         out = []
-        for combo in itertools.product(*(choices[name] for name in _FIELDS)):
+        for combo in itertools.product(*(choices[name] for name in names)):
             try:
-                config = LaunchConfig(**dict(zip(_FIELDS, combo)))
+                config = variant.Config(**dict(zip(names, combo)))
             except ValueError:
                 continue
             if keep(self.kernel, spec, config, tokens, self.limits, sm_count):
@@ -121,9 +110,7 @@ class SearchSpace:
 
 
 def _space_path(kernel: str):
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
-    return paths.templates_dir() / f"{kernel}.space.toml"
+    return registry.get(kernel).space_path()
 
 
 def parse_space_toml(text: str) -> dict:
@@ -169,20 +156,25 @@ def _read(kernel: str) -> dict:
         data = tomllib.loads(text) if tomllib is not None else parse_space_toml(text)
     except (OSError, ValueError) as exc:  # TOMLDecodeError is a ValueError
         raise SpaceError(f"{path}: {exc}") from exc
-    if "default" not in data:
+    if "default" not in data and registry.get(kernel).targets is None:
         raise SpaceError(f"{path}: no [default] section")
     return data
 
 
-def _check_section(path, name: str, section: dict) -> None:
+registry.on_change(_read.cache_clear)
+
+
+def _check_section(path, name: str, section: dict, kernel: str) -> None:
+    config_type = registry.get(kernel).Config
     for key, value in section.items():
         if key == "limits":
             unknown = set(value) - {f.name for f in fields(Limits)}
             if unknown:
                 raise SpaceError(f"{path}: [{name}.limits] has unknown keys {sorted(unknown)}")
             continue
-        if key not in _FIELDS:
-            raise SpaceError(f"{path}: [{name}] {key} is not a LaunchConfig field")
+        if key not in config_type.field_names():
+            raise SpaceError(f"{path}: [{name}] {key} is not a field of {kernel}'s config "
+                             f"({', '.join(config_type.field_names())})")
         if value == "divisors" and key == "group_heads":
             continue
         if not isinstance(value, list) or not value:
@@ -191,14 +183,18 @@ def _check_section(path, name: str, section: dict) -> None:
 
 def load_space(kernel: str, target: str) -> SearchSpace:
     """The search space of `kernel` for a target ('sm90', 'sm80', 'interpreter', ...):
-    [default] with the keys of the [<target>] section, if the file has one, replaced."""
+    [default] with the keys of the [<target>] section, if the file has one, replaced. A
+    variant for some targets only (Variant.targets) may have no [default]: its target
+    sections are the space."""
     data = _read(kernel)
     path = _space_path(kernel)
-    merged = dict(data["default"])
-    _check_section(path, "default", merged)
+    if "default" not in data and target not in data:
+        raise SpaceError(f"{path}: no [default] section and no [{target}] section")
+    merged = dict(data.get("default", {}))
+    _check_section(path, "default", merged, kernel)
     family = "default"
     if target in data:
-        _check_section(path, target, data[target])
+        _check_section(path, target, data[target], kernel)
         merged.update(data[target])
         family = target
     limits = Limits(**merged.pop("limits", {}))
@@ -206,84 +202,35 @@ def load_space(kernel: str, target: str) -> SearchSpace:
     return SearchSpace(kernel, family, values, limits)
 
 
-def _pow2_ceil(x: int) -> int:
-    return 1 << (max(1, x) - 1).bit_length()
-
-
-def register_estimate(kernel: str, spec: KernelSpec, config: LaunchConfig) -> float:
-    """fp32 values a thread keeps live (formulas in the module doc)."""
-    bm, bn, dp = config.block_m, config.block_n, padded_head_dim(spec, config)
-    if kernel == "flash_mhf_fwd":
-        live = bm * dp + 2 * bm * bn
-    elif kernel == "flash_mhf_bwd_dq":
-        live = bm * dp + 3 * bm * bn
-    else:
-        live = (2 if config.split_grads else 3) * bn * dp + 3 * bm * bn
-    return live / (32 * config.num_warps)
-
-
-def prune_reason(kernel: str, spec: KernelSpec, config: LaunchConfig, tokens: int,
-                 limits: Limits, sm_count: int) -> str | None:
-    """Why `config` is not worth compiling for `kernel`, `spec` and `tokens` tokens on a
-    device with `sm_count` multiprocessors and `limits`; None when it is."""
-    for name, neutral in UNUSED_FIELDS[kernel].items():
-        if getattr(config, name) != neutral:
-            return f"{name} does not apply to {kernel}"
+def prune_reason(kernel: str, spec: KernelSpec, config, tokens: int, limits: Limits,
+                 sm_count: int) -> str | None:
+    """Why `config` is not worth compiling for variant `kernel`, `spec` and `tokens`
+    tokens on a device with `sm_count` multiprocessors and `limits`; None when it is."""
+    variant = registry.get(kernel)
+    reason = variant.unsupported(spec, tokens)
+    if reason:
+        return reason
     try:
-        config.check_for(spec)
+        config = variant.check(spec, config)
     except ValueError as exc:
         return str(exc)
-    rows = max(1, tokens) * (spec.group if kernel == "flash_mhf_bwd_dkv" else config.group_heads)
-    if config.block_m > max(16, _pow2_ceil(rows)):
-        return f"block_m={config.block_m} is larger than the {rows} rows"
-    if (spec.target.startswith("sm9") and config.split_grads and config.transpose_acc
-            and config.num_stages == 1):
-        # seen on an H200 with Triton 3.6 (2026-11-28): an illegal memory access at
-        # block_n = 32 and block_m = 64 / 128; the interpreter runs it correctly
-        return "split_grads with transpose_acc and one stage faults on sm90 (Triton 3.6)"
-    if spec.target.startswith("sm9") and config.block_m < 64 and rows >= 64 * 4:
-        # a Hopper warpgroup MMA has M = 64: smaller row blocks only pay off for few rows
-        return f"block_m={config.block_m} is below the 64-row warpgroup MMA for {rows} rows"
-    if config.block_n > max(16, _pow2_ceil(spec.expert_dim)):
-        return f"block_n={config.block_n} is larger than expert_dim={spec.expert_dim}"
-    if config.head_dim_split == "pad" and \
-            head_dim_chunks(spec.head_dim, "pad") == head_dim_chunks(spec.head_dim, "chunks"):
-        return "head_dim_split='pad' generates the same code as 'chunks'"
-    if config.prefetch_scores and spec.expert_dim % config.block_n:
-        return "prefetch_scores applies only when block_n divides expert_dim"
-    if config.warp_specialize and spec.expert_dim % config.block_n:
-        return "warp_specialize applies only when block_n divides expert_dim"
-    if config.warp_specialize and config.prefetch_scores:
-        return "warp_specialize does not apply to the prefetch_scores loop"
-    budget = MAX_PROGRAMS_PER_SM * max(1, sm_count)
-    if kernel == "flash_mhf_fwd" and config.inter_splits > 1:
-        tiles = (intermediate_blocks(spec, config.block_n)
-                 if spec.expert_dim % config.block_n == 0 else spec.experts)
-        if config.inter_splits > tiles:
-            return f"inter_splits={config.inter_splits} exceeds the {tiles} intermediate tiles"
-        programs = cdiv(rows, config.block_m) * (spec.heads // config.group_heads)
-        if programs * config.inter_splits > budget:
-            return f"inter_splits={config.inter_splits} makes more than {budget} programs"
-    if kernel == "flash_mhf_bwd_dkv" and config.token_splits > 1:
-        if config.token_splits > cdiv(rows, config.block_m):
-            return f"token_splits={config.token_splits} exceeds the row blocks"
-        programs = intermediate_blocks(spec, config.block_n) * spec.kv_heads
-        if programs * config.token_splits > budget:
-            return f"token_splits={config.token_splits} makes more than {budget} programs"
+    reason = variant.prune_reason(spec, config, tokens, sm_count)
+    if reason:
+        return reason
     smem_limit = (limits.shared_memory if limits.shared_memory is not None
                   else shared_memory_limit(spec.target))
-    smem = shared_memory_estimate(kernel, spec, config)
+    smem = variant.shared_memory(spec, config)
     if smem > smem_limit:
         return f"needs ~{smem} bytes of shared memory, limit {smem_limit}"
     if limits.registers_per_thread is not None:
-        regs = register_estimate(kernel, spec, config)
+        regs = variant.registers(spec, config)
         if regs > limits.registers_per_thread:
             return (f"keeps ~{regs:.0f} fp32 values per thread live, "
                     f"limit {limits.registers_per_thread} registers")
     return None
 
 
-def keep(kernel: str, spec: KernelSpec, config: LaunchConfig, tokens: int, limits: Limits,
+def keep(kernel: str, spec: KernelSpec, config, tokens: int, limits: Limits,
          sm_count: int) -> bool:
     """True when `config` is worth compiling (see prune_reason)."""
     return prune_reason(kernel, spec, config, tokens, limits, sm_count) is None

@@ -1,9 +1,13 @@
 """The persistent Optuna study of one kernel on one problem, asked in batches, by one
 process or by several sharing one storage.
 
-Parameters are the LaunchConfig fields that take more than one value among the valid
-configs (the grid keep() accepts), each an Optuna categorical over the values that occur
-there. The grid is usually a small part of the product of those values, so proposals are
+Parameters are the config fields (of the variant's config type) that take more than one
+value among the valid configs (the grid keep() accepts), each an Optuna categorical over
+the values that occur there. A joint study (the grid holds configs of several variants
+of one op) asks define-by-run: first `variant`, a categorical over the variants, then
+that variant's fields as `<stem>.<field>` (TPE with group=True, so the conditional
+spaces are modelled apart); its configs are known by {"variant": stem, "config": fields}
+JSON instead of their own JSON. The grid is usually a small part of the product of those values, so proposals are
 repaired:
 
   - the configs in `first` (the built-in default) are evaluated first;
@@ -11,9 +15,10 @@ repaired:
   - after that TPE (multivariate, constant liar for the pending trials of every process)
     proposes; a proposal that keep() prunes, or that was already evaluated, or is pending,
     is told FAIL with stage 'pruned' or 'duplicate' (TPE ignores failed trials) and
-    replaced by the nearest untried valid config. Distance: sum over fields of
-    |log2 a - log2 b| for numbers, 1 for differing strings and flags; ties are broken by
-    the seeded generator;
+    replaced by the nearest untried valid config (a proposal whose values are no valid
+    config together, as a joint study's can be, by a random untried one). Distance: sum
+    over fields of |log2 a - log2 b| for numbers, 1 for differing strings and flags; ties
+    are broken by the seeded generator;
   - ask_batch(n, refine=True) (the search's last trials) asks the untried configs nearest
     the best timed one instead: a local refinement of TPE's best region;
   - strategy 'grid' asks every untried valid config instead (the exhaustive baseline).
@@ -24,7 +29,7 @@ processes at once, while creating a trial is atomic in every storage.
 
 So a config is never evaluated twice in one study: COMPLETE trials are distinct timed
 configs (value: median ms), FAIL trials with a failure stage are distinct failed ones.
-Trial user attributes: `config` (LaunchConfig JSON: the claim), `worker` (host:pid),
+Trial user attributes: `config` (the config's JSON: the claim), `worker` (host:pid),
 `heartbeat` (epoch seconds), and once told `error`, `timer`, `stage`, `reason`.
 
 Sharing (shared=True: several processes, on one host or several, ask from one storage):
@@ -55,8 +60,9 @@ import random
 import socket
 import threading
 import time
+import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
 from typing import Iterator
@@ -68,12 +74,10 @@ from optuna.exceptions import DuplicatedStudyError, UpdateFinishedTrialError
 from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 
-from ..spec import LaunchConfig
 from .outcome import Failure
 
 log = logging.getLogger(__name__)
 
-_FIELDS = tuple(f.name for f in fields(LaunchConfig))
 #: FAIL stages of proposals that were never evaluated
 NOT_EVALUATED = ("pruned", "duplicate", "surplus")
 #: a worker renews the heartbeat of its open trials this often (seconds)
@@ -214,10 +218,13 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def config_distance(a: LaunchConfig, b: LaunchConfig) -> float:
-    """Sum over fields of |log2 a - log2 b| (numbers) or 0/1 (strings, flags)."""
+def config_distance(a, b) -> float:
+    """Sum over fields of |log2 a - log2 b| (numbers) or 0/1 (strings, flags); configs of
+    two types are infinitely far apart."""
+    if type(a) is not type(b):
+        return math.inf
     total = 0.0
-    for name in _FIELDS:
+    for name in a.field_names():
         x, y = getattr(a, name), getattr(b, name)
         if isinstance(x, (str, bool)):
             total += x != y
@@ -263,7 +270,7 @@ class Asked:
     """A trial handed out for evaluation (open until told)."""
 
     trial: optuna.Trial
-    config: LaunchConfig
+    config: object  # the variant's config
 
     @property
     def number(self) -> int:
@@ -275,7 +282,7 @@ class Evaluated:
     """One evaluated trial as the storage holds it (for the tuning database)."""
 
     number: int
-    config: LaunchConfig
+    config: object  # the variant's config
     ms: float | None
     failure: Failure | None
     error: float | None
@@ -302,8 +309,8 @@ class ConfigStudy:
     (it offsets the seeds, so workers propose different configs).
     """
 
-    def __init__(self, name: str, storage_url: str | None, grid: list[LaunchConfig],
-                 first: list[LaunchConfig] = (),
+    def __init__(self, name: str, storage_url: str | None, grid: list,
+                 first: list = (),
                  strategy: str = "optuna", seed: int = 0, startup: int = 8,
                  fresh: bool = False, shared: bool = False, worker: int = 0) -> None:
         if strategy not in ("optuna", "grid"):
@@ -311,20 +318,39 @@ class ConfigStudy:
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         self.strategy, self.shared, self.worker = strategy, shared, worker
         self.grid = list(grid)
-        self._grid_keys = {c.to_json() for c in self.grid}
-        choices = {n: sorted({getattr(c, n) for c in self.grid}) for n in _FIELDS}
-        self._fixed = {n: v[0] for n, v in choices.items() if len(v) == 1}
-        self.distributions = {n: CategoricalDistribution(v)
-                              for n, v in choices.items() if len(v) > 1}
+        # one config type: parameters are its fields; several (the variants of one op):
+        # 'variant' first, then that variant's fields as '<stem>.<field>' (define-by-run)
+        self._types = {t.variant: t for t in dict.fromkeys(type(c) for c in self.grid)}
+        self.joint = len(self._types) > 1
+        self._grid_keys = {self.key_of(c) for c in self.grid}
+        self._by_key = {self.key_of(c): c for c in self.grid}
+        self._fixed: dict[str, dict] = {}
+        self._per: dict[str, dict[str, CategoricalDistribution]] = {}
+        for stem, config_type in self._types.items():
+            configs = [c for c in self.grid if type(c) is config_type]
+            choices = {n: sorted({getattr(c, n) for c in configs})
+                       for n in config_type.field_names()}
+            self._fixed[stem] = {n: v[0] for n, v in choices.items() if len(v) == 1}
+            self._per[stem] = {n: CategoricalDistribution(v)
+                               for n, v in choices.items() if len(v) > 1}
+        if self.joint:
+            self.distributions = {"variant": CategoricalDistribution(sorted(self._types))}
+            for stem, dists in self._per.items():
+                self.distributions.update({f"{stem}.{n}": d for n, d in dists.items()})
+        else:
+            self.distributions = next(iter(self._per.values()), {})
         self.startup = startup
         self._rng = random.Random(seed if worker == 0 else f"{seed}/worker{worker}")
-        self._first = [c for c in first if c.to_json() in self._grid_keys]
-        self._repair_from: LaunchConfig | None = None
+        self._first = [c for c in first if self.key_of(c) in self._grid_keys]
+        self._repair_from = None
+        self._repair_any = False
         self.storage = storage_for(storage_url)
         self.name = self._generation(name, fresh)
-        self._sampler = _ForcingSampler(optuna.samplers.TPESampler(
-            seed=seed + 7919 * worker, multivariate=True, constant_liar=True,
-            n_startup_trials=startup))
+        with warnings.catch_warnings():  # group=True is marked experimental in Optuna 4
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._sampler = _ForcingSampler(optuna.samplers.TPESampler(
+                seed=seed + 7919 * worker, multivariate=True, constant_liar=True,
+                n_startup_trials=startup, group=self.joint))
         self.study = optuna.create_study(study_name=self.name, storage=self.storage,
                                          sampler=self._sampler, direction="minimize",
                                          load_if_exists=True)
@@ -454,9 +480,9 @@ class ConfigStudy:
         """Configs other processes are evaluating now (shared studies)."""
         return [k for k in self._claims if k not in self.outcomes]
 
-    def untried(self, pending: set[str] = frozenset()) -> list[LaunchConfig]:
+    def untried(self, pending: set[str] = frozenset()) -> list:
         return [c for c in self.grid
-                if c.to_json() not in self.outcomes and c.to_json() not in pending]
+                if self.key_of(c) not in self.outcomes and self.key_of(c) not in pending]
 
     def evaluated_trials(self) -> list[Evaluated]:
         """Every evaluated trial as stored (all processes'), by trial number."""
@@ -473,25 +499,62 @@ class ConfigStudy:
                 Failure(stage, trial.user_attrs.get("reason", ""))
             finished = trial.datetime_complete
             out.append(Evaluated(
-                trial.number, LaunchConfig.from_dict(json.loads(key)),
+                trial.number, self._by_key[key],
                 float(trial.value) if failure is None else None, failure,
                 trial.user_attrs.get("error"), trial.user_attrs.get("timer", ""),
                 finished.astimezone(timezone.utc).isoformat(timespec="seconds")
                 if finished else ""))
         return sorted(out, key=lambda e: e.number)
 
+    # -- keys ------------------------------------------------------------------
+    def key_of(self, config) -> str:
+        """The text a config is known by in this study (its trials' `config` attribute):
+        its JSON; in a joint study {"variant": stem, "config": its fields}."""
+        if not self.joint:
+            return config.to_json()
+        return json.dumps({"variant": config.variant, "config": config.as_dict()},
+                          sort_keys=True)
+
+    def config_of(self, key: str):
+        """The config of a key (of this study's grid, or one parsed from its text)."""
+        config = self._by_key.get(key)
+        if config is not None:
+            return config
+        from .. import registry
+
+        data = json.loads(key)
+        if self.joint:
+            return registry.get(data["variant"]).config_from_dict(data["config"])
+        return next(iter(self._types.values())).from_dict(data)
+
     # -- asking ------------------------------------------------------------------
-    def _params(self, config: LaunchConfig) -> dict:
-        return {n: getattr(config, n) for n in self.distributions}
+    def _params(self, config) -> dict:
+        if not self.joint:
+            return {n: getattr(config, n) for n in self.distributions}
+        stem = config.variant
+        return {"variant": stem, **{f"{stem}.{n}": getattr(config, n) for n in self._per[stem]}}
 
-    def _config(self, params: dict) -> LaunchConfig:
-        values = {**self._fixed, **params}
-        return LaunchConfig(**{n: values[n] for n in _FIELDS})
+    def _config(self, params: dict):
+        if self.joint:
+            stem = params["variant"]
+            values = {**self._fixed[stem],
+                      **{n: params[f"{stem}.{n}"] for n in self._per[stem]}}
+        else:
+            stem = next(iter(self._types))
+            values = {**self._fixed[stem], **params}
+        config_type = self._types[stem]
+        return config_type(**{n: values[n] for n in config_type.field_names()})
 
-    def _ask(self, forced: LaunchConfig | None, **attrs):
+    def _ask(self, forced, **attrs):
         self._sampler.forced = None if forced is None else self._params(forced)
         try:
-            trial = self.study.ask(self.distributions)
+            if self.joint:  # define-by-run: the variant, then that variant's knobs
+                trial = self.study.ask()
+                stem = trial.suggest_categorical("variant", sorted(self._types))
+                for name, dist in self._per[stem].items():
+                    trial.suggest_categorical(f"{stem}.{name}", dist.choices)
+            else:
+                trial = self.study.ask(self.distributions)
         finally:
             self._sampler.forced = None
         for k, v in attrs.items():
@@ -506,24 +569,25 @@ class ConfigStudy:
             return
         self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
-    def best(self) -> LaunchConfig | None:
+    def best(self):
         """The timed config with the lowest median so far."""
         timed = self.timed()
         if not timed:
             return None
         key = min(timed, key=timed.get)
-        return next(c for c in self.grid if c.to_json() == key) if key in self._grid_keys \
-            else None
+        return self._by_key.get(key)
 
-    def _choose(self, untried: list[LaunchConfig], busy: set[str], refine: bool
-                ) -> tuple[LaunchConfig | None, dict]:
+    def _choose(self, untried: list, busy: set[str], refine: bool) -> tuple[object, dict]:
         """The config to force next (None: TPE proposes) and the trial attributes."""
         for config in self._first:
-            if config.to_json() not in self.outcomes and config.to_json() not in busy:
+            if self.key_of(config) not in self.outcomes and self.key_of(config) not in busy:
                 return config, {}
         if self._repair_from is not None:
             bad, self._repair_from = self._repair_from, None
-            return self._nearest(untried, bad), {"repaired_from": bad.to_json()}
+            return self._nearest(untried, bad), {"repaired_from": self.key_of(bad)}
+        if self._repair_any:  # the proposal was no config at all: any untried one
+            self._repair_any = False
+            return self._rng.choice(untried), {"repaired_from": "invalid"}
         if self.strategy == "grid":
             return (untried[0] if self.worker == 0 else self._rng.choice(untried)), {}
         best = self.best() if refine else None
@@ -539,21 +603,26 @@ class ConfigStudy:
         of them among `pending` (trials asked earlier for the same batch). `limit`: the
         budget of evaluated configs; a shared study never hands out more."""
         out: list[Asked] = []
-        pending_keys: set[str] = {a.config.to_json() for a in pending}
+        pending_keys: set[str] = {self.key_of(a.config) for a in pending}
         conflicts: set[str] = set()
         attempts = 0
         while len(out) < n and attempts < 20 * n + 50:
             attempts += 1
             self.refresh()
             busy = pending_keys | set(self._claims) | conflicts \
-                | {a.config.to_json() for a in self._open.values()}
+                | {self.key_of(a.config) for a in self._open.values()}
             untried = self.untried(busy)
             if not untried:
                 break
             forced, attrs = self._choose(untried, busy, refine)
             trial = self._ask(forced, **attrs)
-            config = self._config(trial.params)
-            key = config.to_json()
+            try:
+                config = self._config(trial.params)
+            except ValueError as exc:  # fields valid one by one, not together
+                self._skip(trial, "pruned", f"not a valid config: {exc}")
+                self._repair_any = True
+                continue
+            key = self.key_of(config)
             if key not in self._grid_keys:
                 self._skip(trial, "pruned", "outside the valid grid (keep() prunes it)")
                 self._repair_from = config
@@ -600,7 +669,7 @@ class ConfigStudy:
                 return "surplus"
         return "ok"
 
-    def _nearest(self, configs: list[LaunchConfig], target: LaunchConfig) -> LaunchConfig:
+    def _nearest(self, configs: list, target):
         """The config nearest `target`; ties broken by the seeded generator."""
         dist = [config_distance(c, target) for c in configs]
         low = min(dist)
@@ -646,14 +715,14 @@ class ConfigStudy:
                   timer: str = "") -> None:
         self._attrs(asked, error, timer)
         self.study.tell(asked.trial, ms, skip_if_finished=True)
-        self.outcomes[asked.config.to_json()] = float(ms)
+        self.outcomes[self.key_of(asked.config)] = float(ms)
         self._close_trial(asked)
 
     def tell_failure(self, asked: Asked, failure: Failure, error: float | None = None,
                      timer: str = "") -> None:
         self._attrs(asked, error, timer)
         self._skip(asked.trial, failure.stage, failure.reason)
-        self.outcomes[asked.config.to_json()] = failure
+        self.outcomes[self.key_of(asked.config)] = failure
         self._close_trial(asked)
 
     def abandon(self, asked: list[Asked]) -> None:

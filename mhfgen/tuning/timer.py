@@ -18,7 +18,7 @@ every trial) and `gpu_timings` (False: the numbers must not be read as GPU speed
 
 Recorded-timings JSON:
     {"format": "mhfgen-timings", "label": "...", "device": {DeviceFacts fields},
-     "records": [{"kernel": K, "config": {LaunchConfig}, "ms": 0.123, "error": 1e-6},
+     "records": [{"kernel": K, "config": {K's config}, "ms": 0.123, "error": 1e-6},
                  {"kernel": K, "config": {...}, "failure": {"stage": S, "reason": R}}]}
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, Sequence
 
-from ..spec import LaunchConfig
+from .. import registry
 from .outcome import Candidate, Failure, classify
 from .problem import DeviceFacts
 
@@ -198,8 +198,14 @@ class InterpreterTimer(_WorkloadTimer):
         return statistics.median(samples)
 
 
-def _record_key(kernel: str, config: LaunchConfig) -> tuple[str, str]:
-    return kernel, config.to_json()
+def _record_key(kernel: str, config) -> tuple[str, str]:
+    return kernel, registry.get(kernel).coerce(config).to_json()
+
+
+def _parse(kernel: str, data: dict):
+    """A recorded config (the variant's fields, or a 13-field LaunchConfig of old
+    recordings) as the variant's config."""
+    return registry.get(kernel).config_from_dict(data)
 
 
 class ReplayTimer:
@@ -222,7 +228,7 @@ class ReplayTimer:
         self.label = f"replayed: {data.get('label', 'recorded timings')}"
         self._records: dict[tuple[str, str], dict] = {}
         for rec in data["records"]:
-            config = LaunchConfig.from_dict(rec["config"])
+            config = _parse(rec["kernel"], rec["config"])
             self._records[_record_key(rec["kernel"], config)] = rec
         self.calls: dict[Candidate, int] = {}
 
@@ -296,7 +302,7 @@ class RecordingTimer:
     def absorb(self, recording: dict) -> None:
         """Add what another RecordingTimer recorded (a worker's, in mhfgen-timings form)."""
         for rec in recording["records"]:
-            c = Candidate(rec["kernel"], LaunchConfig.from_dict(rec["config"]))
+            c = Candidate(rec["kernel"], _parse(rec["kernel"], rec["config"]))
             if "ms" in rec:
                 self._times.setdefault(c, []).append(float(rec["ms"]))
                 self._errors[c] = rec.get("error")

@@ -6,9 +6,9 @@ Inputs and references are the ones `mhfgen verify` and the kernel tests use
 (B, L, H*D) projection, weights ~ N(0, 1/D), normalised-sigmoid fp32 routing, a unit
 output gradient; B = T / 2048 when 2048 divides T (like `mhfgen bench`), else B = 1.
 References (o and the five gradients, float64, by autograd over chunks of tokens) are
-computed once, on first use. A candidate passes when every output of its kernel is
-within mhfgen.tolerances.tolerance(dtype, grad): the forward bar for o, the gradient bar
-for dq, dr, dk, du, dv.
+computed once, on first use. A candidate passes when every output of its variant (Variant.outputs)
+is within mhfgen.tolerances.tolerance(dtype, grad): the forward bar for o, the gradient
+bar for dq, dr, dk, du, dv.
 """
 from __future__ import annotations
 
@@ -16,21 +16,13 @@ from typing import Callable
 
 import torch
 
+from .. import registry
 from ..tolerances import relative_error, tolerance
 from ..verification import Case, make_inputs, reference_outputs
 from .problem import TuningProblem
 
-#: outputs of each kernel, in the order its launcher returns them
-OUTPUT_NAMES = {"flash_mhf_fwd": ("o",), "flash_mhf_bwd_dq": ("dq", "dr"),
-                "flash_mhf_bwd_dkv": ("dk", "du", "dv")}
 #: float64 elements of one (chunk, H, I) activation in the chunked reference
 REFERENCE_CHUNK_ELEMENTS = 1 << 28
-
-
-def _launcher(kernel: str):
-    from .. import kernels
-
-    return getattr(kernels, kernel)
 
 
 def batch_of(tokens: int) -> int:
@@ -54,17 +46,18 @@ class Workload:
 
     # -- launching ---------------------------------------------------------------
     def args(self, kernel: str) -> tuple:
+        """The launcher arguments of variant `kernel`: (q, k, u, v, r[, do])."""
         base = (self.q, self.k, self.u, self.v, self.r)
-        return base if kernel == "flash_mhf_fwd" else base + (self.do,)
+        return base + (self.do,) if registry.get(kernel).takes_grad else base
 
     def run(self, kernel: str, config) -> tuple[torch.Tensor, ...]:
         """Launch `kernel` with `config` once; its outputs as a tuple."""
-        out = _launcher(kernel)(*self.args(kernel), config=config)
+        out = registry.get(kernel).launch(*self.args(kernel), config=config)
         return out if isinstance(out, tuple) else (out,)
 
     def launch_fn(self, kernel: str, config) -> Callable[[], object]:
         """A no-argument closure launching `kernel` with `config` (for timing)."""
-        fn, args = _launcher(kernel), self.args(kernel)
+        fn, args = registry.get(kernel).launch_fn(), self.args(kernel)
         return lambda: fn(*args, config=config)
 
     # -- checking ----------------------------------------------------------------
@@ -75,7 +68,7 @@ class Workload:
             chunk = max(1, REFERENCE_CHUNK_ELEMENTS // (s.heads * s.intermediate))
             self._refs = reference_outputs(self.q, self.k, self.u, self.v, self.r, self.do,
                                            token_chunk=chunk)
-        return tuple(self._refs[name] for name in OUTPUT_NAMES[kernel])
+        return tuple(self._refs[name] for name in registry.get(kernel).outputs)
 
     def check(self, kernel: str, config) -> tuple[float, str | None]:
         """Run the candidate once and compare with float64: (worst relative error, None)
@@ -85,9 +78,10 @@ class Workload:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         refs = self.reference(kernel)
-        bar = tolerance(self.problem.spec.dtype, grad=kernel != "flash_mhf_fwd")
+        variant = registry.get(kernel)
+        bar = tolerance(self.problem.spec.dtype, grad=variant.gradient)
         worst, reason = 0.0, None
-        for name, out, ref in zip(OUTPUT_NAMES[kernel], outs, refs):
+        for name, out, ref in zip(variant.outputs, outs, refs):
             err = relative_error(out, ref)
             worst = max(worst, err)
             if not err <= bar and reason is None:

@@ -1,0 +1,85 @@
+"""Output buffers, workspaces and the stride and copy decisions of launchers."""
+from __future__ import annotations
+
+import torch
+
+
+def contiguous_strides(shape: tuple) -> tuple:
+    """The strides of a contiguous tensor of `shape`."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(1, size)
+    return tuple(reversed(strides))
+
+
+_allocator_set = False
+
+
+def ensure_descriptor_allocator(device: torch.device) -> None:
+    """Tensor descriptors made inside a kernel need global scratch memory: give Triton a
+    torch-backed allocator once per process (the interpreter needs none)."""
+    global _allocator_set
+    if _allocator_set or device.type != "cuda":
+        return
+    import triton
+
+    def alloc(size: int, alignment: int, stream):
+        return torch.empty(size, dtype=torch.int8, device="cuda")
+
+    triton.set_allocator(alloc)
+    _allocator_set = True
+
+
+_poison = False
+
+
+def set_poison(enabled: bool) -> None:
+    """Debugging aid for tests: fill every output buffer the launchers allocate with NaN
+    before the kernel runs, so an element the kernel fails to write shows up as NaN."""
+    global _poison
+    _poison = enabled
+
+
+def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.empty, or a NaN-filled tensor while poisoning is on (see set_poison)."""
+    if _poison:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def grad_plan_inputs(q: torch.Tensor, do: torch.Tensor) -> tuple[bool, tuple]:
+    """For a backward launcher's plan: whether `do` needs a contiguous copy in q's dtype
+    (it has another dtype or a non-unit last stride) and the (batch, seq, head) strides the
+    kernel will see."""
+    if do.shape != q.shape:
+        raise ValueError(f"do must have q's shape {tuple(q.shape)}, got {tuple(do.shape)}")
+    copy = do.dtype != q.dtype or (do.numel() > 0 and do.stride(-1) != 1)
+    strides = contiguous_strides(tuple(do.shape)) if copy else do.stride()
+    return copy, strides[:3]
+
+
+_counters: dict = {}
+
+
+def split_counters(n: int, device: torch.device) -> torch.Tensor:
+    """n int32 zeros for the tickets of a split reduction (the forward with inter_splits).
+
+    The kernel's last program of each row block resets its counter to zero, so one buffer
+    per (device, stream) serves every launch without a memset; launches on one stream run
+    in order, launches on two streams get two buffers. While a CUDA graph is captured the
+    buffer is allocated fresh (its zeroing becomes part of the graph, its memory the
+    graph's), never cached.
+    """
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return torch.zeros(n, dtype=torch.int32, device=device)
+        # the raw stream handle: no torch.cuda.Stream object built per call (decode calls
+        # come here every time, where host time is most of the call)
+        key = (device, torch._C._cuda_getCurrentRawStream(device.index))
+    else:
+        key = (device, 0)
+    counters = _counters.get(key)
+    if counters is None or counters.numel() < n:
+        counters = _counters[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+    return counters

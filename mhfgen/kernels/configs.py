@@ -1,0 +1,76 @@
+"""Which spec a call has and which config it runs with (given, or the dispatcher's)."""
+from __future__ import annotations
+
+import torch
+
+from .. import device as _device
+from .. import registry
+from ..dispatch import choose_config, reject_tuned
+from ..spec import INTERPRETER, KernelSpec, dtype_name
+from ..validation import Problem
+
+
+#: what a bfloat16 call on CPU tensors gets instead of a wrong answer
+BF16_INTERPRETER_ERROR = (
+    "mhfgen kernels cannot run bfloat16 on CPU tensors: Triton's interpreter does not "
+    "multiply bfloat16 correctly (its results are wrong, not merely imprecise). Use "
+    "float32 or float16 on the CPU, backend='torch' (the PyTorch reference, any dtype), "
+    "or a CUDA device")
+
+
+def spec_of(problem: Problem, q: torch.Tensor) -> KernelSpec:
+    """The KernelSpec a call with these sizes and q's dtype and device needs; TypeError
+    for bfloat16 on the CPU (BF16_INTERPRETER_ERROR)."""
+    target = _device.target(q.device)
+    if q.dtype == torch.bfloat16 and target == INTERPRETER:
+        raise TypeError(BF16_INTERPRETER_ERROR)
+    return KernelSpec(problem.heads, problem.kv_heads, problem.head_dim, problem.experts,
+                      problem.expert_dim, dtype_name(q.dtype), target)
+
+
+def resolve_config(kernel: str, spec: KernelSpec, problem: Problem, q: torch.Tensor, config):
+    """The config variant `kernel` launches with: `config` if given (a LaunchConfig is
+    converted to the variant's config; checked against the spec), else the dispatcher's
+    choice among this variant's tuned configs and its heuristic."""
+    variant = registry.get(kernel)
+    if config is None:
+        return choose_config(kernel, spec, problem.tokens, q.device)
+    try:
+        return variant.check(spec, config)
+    except TypeError:
+        raise TypeError(f"config must be a {variant.stem} config or a LaunchConfig, "
+                        f"got {type(config).__name__}") from None
+
+
+def first_launch(kernel: str, make_plan, run, inputs: tuple, config):
+    """(plan, outputs) of a call signature's first call: `make_plan(config)` (check,
+    choose, compile) and `run(plan)` (allocate, launch).
+
+    A tuned config that fails there (a compile error, too many resources for this GPU, a
+    launch error) is not the caller's fault: where the dispatcher chose it (`config` is
+    None) and it came from a tuning database, mhfgen.dispatch.reject_tuned logs it once
+    and puts the built-in heuristic in its place, and the call is made again with that.
+    Errors of the inputs, of a config the caller passed and of the heuristic propagate.
+    """
+    try:
+        plan = make_plan(config)
+        return plan, run(plan)
+    except Exception as exc:
+        if config is not None or not _tuned_config_failed(kernel, inputs, exc):
+            raise
+    plan = make_plan(None)
+    return plan, run(plan)
+
+
+def _tuned_config_failed(kernel: str, inputs: tuple, error: Exception) -> bool:
+    """Whether `error` came from a tuned config (reported to the dispatcher, which
+    replaces it) rather than from the inputs or the heuristic."""
+    from ..validation import check_flash_mhf_inputs
+
+    q = inputs[0]
+    try:
+        problem = check_flash_mhf_inputs(*inputs)
+        spec = spec_of(problem, q)
+    except (TypeError, ValueError):
+        return False  # the inputs' own error, raised as it is
+    return reject_tuned(kernel, spec, problem.tokens, q.device, error)

@@ -1,0 +1,396 @@
+"""The kernel registry: every kernel variant, by name stem, and the ops they implement.
+
+An *op* is one piece of the FlashMHF computation with fixed inputs and outputs:
+
+    fwd      o = FlashMHF(q, k, u, v, r)                       (q, k, u, v, r) -> o
+    bwd_dq   dq, dr for an output gradient do                  (q, k, u, v, r, do) -> dq, dr
+    bwd_dkv  dk, du, dv for an output gradient do              (q, k, u, v, r, do) -> dk, du, dv
+
+A *variant* is one kernel implementing an op: one template (templates/<stem>.py.jinja),
+one search-space file (templates/<stem>.space.toml), one module under mhfgen/variants/
+that subclasses `Variant` and calls `register(...)`, and a launcher. Everything the rest
+of mhfgen knows about a kernel (its typed config, static template parameters, resource
+estimates, heuristic default, pruning rules, FLOP count, outputs) is asked of the
+variant; codegen, heuristics, resources, the tuner, the dispatcher and the CLI switch on
+no kernel name. An op may have several variants (a Triton-language one and a Gluon one,
+say): the dispatcher picks among those whose `unsupported()` is None (docs/ARCHITECTURE.md).
+
+The modules of mhfgen/variants are imported on the first registry lookup, so adding a
+module there is the whole registration; code outside the package (a plugin, a test) calls
+`register` itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import pkgutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ClassVar
+
+from .spec import DTYPES, INTERPRETER, KernelSpec, LaunchConfig
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op: its name, the short name the CLI takes, and what it computes."""
+
+    name: str
+    short: str
+    description: str
+
+
+#: the ops, in the order a training step runs them
+OPS: dict[str, Op] = {op.name: op for op in (
+    Op("fwd", "fwd", "forward: o"),
+    Op("bwd_dq", "dq", "backward: dq and dr"),
+    Op("bwd_dkv", "dkv", "backward: dk, du and dv"),
+)}
+#: families of kernel source: the Triton language, or Gluon (Triton's explicit-layout,
+#: warp-specialised dialect, triton.experimental.gluon), which needs a real GPU
+FAMILIES = ("triton", "gluon")
+#: the values schema-2 LaunchConfig fields took where a kernel did not use them: a
+#: legacy config (a stored row, an old export, a LaunchConfig) converts to a variant's
+#: config when every field the variant lacks has this value
+LEGACY_NEUTRAL = {f.name: f.default for f in dataclasses.fields(LaunchConfig)}
+
+
+class RegistryError(ValueError):
+    """An unknown variant or op, or a variant that cannot be registered."""
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """Base of every variant's launch config: a frozen dataclass of only the fields that
+    variant uses (the tuner's knobs). Subclasses set `variant` to their stem."""
+
+    variant: ClassVar[str] = ""
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict, partial: bool = False) -> "VariantConfig":
+        """The config of `data`. Every field of this variant must be present (a stored or
+        imported config that lacks one is refused, not defaulted) unless `partial`, where
+        missing fields take their defaults (`mhfgen codegen --config`). Fields of the
+        schema-2 LaunchConfig that this variant does not use are accepted at their neutral
+        value (LEGACY_NEUTRAL) and dropped; any other field is an error."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{cls.variant} config must be a JSON object, "
+                             f"got {type(data).__name__}")
+        known = set(cls.field_names())
+        unknown = sorted(set(data) - known - set(LEGACY_NEUTRAL))
+        if unknown:
+            raise ValueError(f"{cls.variant} config: unknown fields {unknown}")
+        missing = [n for n in cls.field_names() if n not in data]
+        if missing and not partial:
+            raise ValueError(f"{cls.variant} config: missing fields {missing}")
+        for name in sorted(set(data) - known):
+            if data[name] != LEGACY_NEUTRAL[name]:
+                raise ValueError(f"{cls.variant} config: {name}={data[name]!r} does not apply "
+                                 f"to {cls.variant}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def check_for(self, spec: KernelSpec) -> None:
+        """Raise ValueError if this config cannot run `spec` (independent of the shape)."""
+
+    def describe(self) -> str:
+        """A compact one-line form for tables (the fields away from their default)."""
+        default = type(self)()
+        return " ".join(f"{k}={v}" for k, v in self.as_dict().items()
+                        if getattr(default, k) != v) or "default"
+
+
+class Variant:
+    """One kernel variant. Subclasses set the class attributes and override the methods
+    that raise NotImplementedError; one instance is registered per stem.
+
+    stem:        the name stem, through every layer: templates/<stem>.py.jinja,
+                 templates/<stem>.space.toml, mhfgen/variants/<stem>.py, the database's
+                 `variant` column, the generated kernel `<stem>_kernel`.
+    op:          the op it implements (a key of OPS).
+    family:      'triton' or 'gluon'.
+    Config:      its VariantConfig subclass.
+    targets:     target prefixes it compiles for ('sm9' matches sm90 and sm90a;
+                 'interpreter'), or None for every target.
+    dtypes:      the dtypes (spec names) it accepts.
+    launcher:    'module:function' of its launcher, called as
+                 launcher(q, k, u, v, r[, do], config=...).
+    entries:     the @jit functions of its module that launchers load (default
+                 `<stem>_kernel`).
+    template_dir: where its template and space file live (None: mhfgen's templates/).
+    shared_templates: other files of template_dir its template includes; they are part of
+                 its template hash.
+    preference:  order among the variants of one op for the heuristic fallback (lowest
+                 first among those that support the call).
+    legacy_kernel: the `kernel` name its records had in tuning databases of schema 1 and 2
+                 (the migration maps those rows to this variant), or None.
+    flop_factor: dot FLOPs per call in units of tokens * H * I * D.
+    outputs:     output names in the order the launcher returns them (the tuner's answer
+                 check compares them with the float64 reference's of the same name).
+    takes_grad:  the launcher takes the output gradient `do` after r.
+    """
+
+    stem: ClassVar[str]
+    op: ClassVar[str]
+    family: ClassVar[str] = "triton"
+    Config: ClassVar[type]
+    targets: ClassVar[tuple[str, ...] | None] = None
+    dtypes: ClassVar[tuple[str, ...]] = tuple(DTYPES)
+    launcher: ClassVar[str | Callable]
+    entries: ClassVar[tuple[str, ...]] = ()
+    template_dir: ClassVar[Path | None] = None
+    shared_templates: ClassVar[tuple[str, ...]] = ()
+    preference: ClassVar[int] = 100
+    legacy_kernel: ClassVar[str | None] = None
+    flop_factor: ClassVar[int]
+    outputs: ClassVar[tuple[str, ...]]
+    takes_grad: ClassVar[bool] = False
+
+    # -- what it is --------------------------------------------------------------
+    @property
+    def needs_gpu(self) -> bool:
+        """Whether it cannot run in Triton's interpreter (Gluon kernels cannot)."""
+        return self.family != "triton"
+
+    @property
+    def gradient(self) -> bool:
+        """Whether its outputs are gradients (the tuner's answer check then uses the
+        gradient tolerance)."""
+        return self.op != "fwd"
+
+    @property
+    def template_name(self) -> str:
+        return f"{self.stem}.py.jinja"
+
+    def templates_dir(self) -> Path:
+        from . import paths
+
+        return self.template_dir if self.template_dir is not None else paths.templates_dir()
+
+    def space_path(self) -> Path:
+        return self.templates_dir() / f"{self.stem}.space.toml"
+
+    def entry_names(self) -> tuple[str, ...]:
+        return self.entries or (f"{self.stem}_kernel",)
+
+    def supports(self, spec: KernelSpec, tokens: int) -> str | None:
+        """Why this variant cannot run `spec` at `tokens` tokens beyond its targets and
+        dtypes (None: it can). Override for shape limits."""
+        return None
+
+    def unsupported(self, spec: KernelSpec, tokens: int | None = None) -> str | None:
+        """Why this variant cannot run `spec` (at `tokens` tokens, when given), or None:
+        its targets, dtypes, the interpreter for a variant that needs a GPU, supports()."""
+        if spec.target == INTERPRETER and self.needs_gpu:
+            return f"{self.stem} ({self.family}) cannot run in Triton's interpreter"
+        if self.targets is not None and not spec.target.startswith(self.targets):
+            return f"{self.stem} runs on {', '.join(self.targets)}, not {spec.target}"
+        if spec.dtype not in self.dtypes:
+            return f"{self.stem} takes {', '.join(self.dtypes)}, not {spec.dtype}"
+        return self.supports(spec, 1 if tokens is None else tokens)
+
+    # -- configs -----------------------------------------------------------------
+    def coerce(self, config) -> VariantConfig:
+        """`config` as this variant's Config: itself, or converted from a schema-2
+        LaunchConfig (ValueError when a field this variant lacks is not neutral)."""
+        if isinstance(config, self.Config):
+            return config
+        if isinstance(config, LaunchConfig):
+            return self.Config.from_dict(config.as_dict())
+        got = (f"a {config.variant} config" if isinstance(config, VariantConfig)
+               else type(config).__name__)
+        raise TypeError(f"config of {self.stem} must be a {self.Config.__module__}."
+                        f"{self.Config.__qualname__} (or a LaunchConfig), got {got}")
+
+    def config_from_dict(self, data: dict, partial: bool = False) -> VariantConfig:
+        """The variant's config of a JSON object (see VariantConfig.from_dict)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.stem} config must be a JSON object, "
+                             f"got {type(data).__name__}")
+        return self.Config.from_dict(dict(data), partial=partial)
+
+    def check(self, spec: KernelSpec, config) -> VariantConfig:
+        """The coerced config, checked against `spec` (ValueError when it cannot run)."""
+        config = self.coerce(config)
+        config.check_for(spec)
+        return config
+
+    # -- what codegen, heuristics, resources and the tuner ask -------------------
+    def static_params(self, spec: KernelSpec, config) -> dict:
+        """The template's parameters: the parts of (spec, config) that change the code."""
+        raise NotImplementedError
+
+    def shared_memory(self, spec: KernelSpec, config) -> int:
+        """Bytes of shared memory one program needs (the variant's fitted formula)."""
+        raise NotImplementedError
+
+    def registers(self, spec: KernelSpec, config) -> float:
+        """fp32 values one thread keeps live (the variant's estimate)."""
+        raise NotImplementedError
+
+    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> VariantConfig:
+        """The heuristic config: valid for every spec and shape the variant supports."""
+        raise NotImplementedError
+
+    def prune_reason(self, spec: KernelSpec, config, tokens: int, sm_count: int) -> str | None:
+        """Why `config` is not worth compiling for this problem (shape- and
+        variant-specific rules; resources are checked by mhfgen.tuning.space), or None."""
+        return None
+
+    # -- launching ---------------------------------------------------------------
+    def launch_fn(self) -> Callable:
+        """The launcher function (imported on first use)."""
+        fn = self.__dict__.get("_launch_fn")
+        if fn is None:
+            raw = next(cls.__dict__["launcher"] for cls in type(self).__mro__
+                       if "launcher" in cls.__dict__)
+            if isinstance(raw, staticmethod):
+                raw = raw.__func__
+            if callable(raw):  # a function set as the class attribute
+                fn = raw
+            else:
+                module, _, name = raw.partition(":")
+                fn = getattr(importlib.import_module(module), name)
+            self.__dict__["_launch_fn"] = fn
+        return fn
+
+    def launch(self, *tensors, config=None):
+        """Run the launcher on (q, k, u, v, r[, do]) with `config` (None: dispatch's)."""
+        return self.launch_fn()(*tensors, config=config)
+
+    def __repr__(self) -> str:
+        return f"<variant {self.stem} ({self.family}, op {self.op})>"
+
+
+_variants: dict[str, Variant] = {}
+_discovered = False
+_discovering = False
+_lock = threading.RLock()
+
+
+def _discover() -> None:
+    """Import every module of mhfgen.variants (each registers its variant) once."""
+    global _discovered, _discovering
+    if _discovered:
+        return
+    with _lock:
+        if _discovered or _discovering:
+            return
+        _discovering = True
+        try:
+            from . import variants
+
+            for info in sorted(pkgutil.iter_modules(variants.__path__), key=lambda m: m.name):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{variants.__name__}.{info.name}")
+            _discovered = True
+        finally:
+            _discovering = False
+
+
+def register(variant: Variant, replace: bool = False) -> Variant:
+    """Add `variant` to the registry (RegistryError for a taken stem unless `replace`,
+    an unknown op or family, or a Config that is not a VariantConfig)."""
+    if not isinstance(variant, Variant):
+        raise RegistryError(f"register() takes a Variant instance, got {type(variant).__name__}")
+    if variant.op not in OPS:
+        raise RegistryError(f"{variant.stem}: unknown op {variant.op!r}; expected one of "
+                            f"{', '.join(OPS)}")
+    if variant.family not in FAMILIES:
+        raise RegistryError(f"{variant.stem}: unknown family {variant.family!r}")
+    if not (isinstance(variant.Config, type) and issubclass(variant.Config, VariantConfig)):
+        raise RegistryError(f"{variant.stem}: Config must subclass VariantConfig")
+    _discover()  # the built-in variants first (no-op while they register themselves)
+    with _lock:
+        if variant.stem in _variants and not replace:
+            raise RegistryError(f"variant {variant.stem!r} is registered already")
+        _variants[variant.stem] = variant
+        notify = _discovered  # nothing is built on the registry before discovery ends
+    if notify:
+        _clear_dependents()
+    return variant
+
+
+def unregister(stem: str) -> None:
+    """Remove a variant (plugins and tests that registered one)."""
+    with _lock:
+        _variants.pop(stem, None)
+    _clear_dependents()
+
+
+def _clear_dependents() -> None:
+    """Caches keyed by the set of variants (template hashes, loaded spaces)."""
+    for clear in _on_change:
+        clear()
+
+
+#: callbacks run when the set of variants changes
+_on_change: list[Callable[[], None]] = []
+
+
+def on_change(fn: Callable[[], None]) -> Callable[[], None]:
+    _on_change.append(fn)
+    return fn
+
+
+def get(stem: str) -> Variant:
+    """The variant named `stem` (RegistryError naming the known ones otherwise)."""
+    _discover()
+    variant = _variants.get(stem)
+    if variant is None:
+        raise RegistryError(f"unknown kernel variant {stem!r}; expected one of "
+                            f"{', '.join(stems())}")
+    return variant
+
+
+def all_variants() -> list[Variant]:
+    """Every variant: by op (in OPS order), then preference, then stem."""
+    _discover()
+    order = list(OPS)
+    return sorted(_variants.values(), key=lambda v: (order.index(v.op), v.preference, v.stem))
+
+
+def stems() -> tuple[str, ...]:
+    return tuple(v.stem for v in all_variants())
+
+
+def variants_for(op: str) -> list[Variant]:
+    """The variants of `op`, preferred first (RegistryError for an unknown op)."""
+    if op not in OPS:
+        raise RegistryError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+    return [v for v in all_variants() if v.op == op]
+
+
+def op_named(name: str) -> str:
+    """The op of a name the CLI or an old record may use: an op ('bwd_dq'), its short
+    name ('dq') or a variant stem ('flash_mhf_bwd_dq')."""
+    if name in OPS:
+        return name
+    for op in OPS.values():
+        if op.short == name:
+            return op.name
+    return get(name).op
+
+
+def by_legacy_kernel(kernel: str) -> Variant | None:
+    """The variant that took over the records of schema-2 kernel `kernel`, if any."""
+    for v in all_variants():
+        if v.legacy_kernel == kernel:
+            return v
+    return None
+
+
+def usable(op: str, spec: KernelSpec, tokens: int | None = None) -> list[Variant]:
+    """The variants of `op` that can run `spec` (at `tokens` tokens), preferred first."""
+    return [v for v in variants_for(op) if v.unsupported(spec, tokens) is None]

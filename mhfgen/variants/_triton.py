@@ -1,0 +1,148 @@
+"""What the Triton-language variants share: the tile fields of their configs, the
+template parameters derived from them, the heuristic's shrinking, and the pruning rules
+that depend only on tiles.
+
+Tile fields (every Triton-language variant):
+    block_m:   rows per program; a row is one (token, query head) pair.
+    block_n:   intermediate columns per tile (a slice of one expert's De).
+    num_warps, num_stages: Triton launch options (software-pipelining depth).
+    head_dim_split: 'chunks' splits a non-power-of-two head_dim into power-of-two dot
+               operands (96 = 64 + 32); 'pad' pads it to the next power of two with masks.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..config_fields import choice, positive_int, power_of_two, strict_bool, strict_int
+from ..registry import VariantConfig
+from ..spec import (BLOCK_RANGE, DTYPES, HEAD_DIM_SPLITS, INTERPRETER, NUM_WARPS, SPLIT_MAX,
+                    KernelSpec)
+from ..tiling import chunks_of, head_dim_chunks, pow2_ceil  # noqa: F401 - pow2_ceil for variants
+
+#: the heuristic's starting point in the interpreter: (block_m, block_n, warps, stages)
+INTERPRETER_START = (32, 32, 4, 1)
+
+
+@dataclass(frozen=True)
+class TileConfig(VariantConfig):
+    """The tile fields of a Triton-language variant's config (see the module doc)."""
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+    head_dim_split: str = "chunks"
+
+    def __post_init__(self) -> None:
+        where = f"{self.variant} config"
+        for name in ("block_m", "block_n"):
+            power_of_two(getattr(self, name), f"{where}: {name}", *BLOCK_RANGE)
+        choice(self.num_warps, f"{where}: num_warps", NUM_WARPS)
+        strict_int(self.num_stages, f"{where}: num_stages", 1, 8)
+        choice(self.head_dim_split, f"{where}: head_dim_split", HEAD_DIM_SPLITS)
+
+    def describe(self) -> str:
+        text = f"BM{self.block_m} BN{self.block_n} w{self.num_warps} s{self.num_stages}"
+        if getattr(self, "group_heads", 1) > 1:
+            text += f" gh{self.group_heads}"
+        if self.head_dim_split != "chunks":
+            text += f" {self.head_dim_split}"
+        for name, short in (("inter_splits", "is"), ("token_splits", "ts")):
+            if getattr(self, name, 1) > 1:
+                text += f" {short}{getattr(self, name)}"
+        for flag, short in (("tma", "tma"), ("warp_specialize", "ws"), ("transpose_acc", "T"),
+                            ("prefetch_scores", "prefetch"), ("split_grads", "split")):
+            if getattr(self, flag, False):
+                text += f" {short}"
+        return text
+
+
+def check_positive(config, *names: str) -> None:
+    for name in names:
+        positive_int(getattr(config, name), f"{config.variant} config: {name}", SPLIT_MAX)
+
+
+def check_flags(config, *names: str) -> None:
+    for name in names:
+        strict_bool(getattr(config, name), f"{config.variant} config: {name}")
+
+
+def check_group_and_tma(config, spec: KernelSpec) -> None:
+    """The forward's and dQ's shared checks: group_heads divides H / Hkv; tma needs an
+    sm90+ target and 16-byte head_dim rows; warp_specialize needs tma."""
+    if spec.group % config.group_heads:
+        raise ValueError(
+            f"group_heads={config.group_heads} must divide heads/kv_heads={spec.group}")
+    if config.warp_specialize and not config.tma:
+        raise ValueError("warp_specialize=True needs tma=True (Triton's Hopper warp "
+                         "specialisation handles descriptor loads, not pointer loads)")
+    if config.tma:
+        if spec.target != INTERPRETER and not spec.target.startswith(("sm9", "sm1")):
+            raise ValueError(f"tma=True needs an sm90+ target, not {spec.target}")
+        if spec.head_dim * DTYPES[spec.dtype].itemsize % 16:
+            raise ValueError(f"tma=True needs head_dim rows of a multiple of 16 bytes; "
+                             f"head_dim={spec.head_dim} in {spec.dtype} is not")
+
+
+def tile_params(spec: KernelSpec, config: TileConfig) -> dict:
+    """The template parameters every Triton-language template takes: `chunks` (the dot
+    operands of head_dim) and `even_de` (BLOCK_N divides De: one flat loop, no masks)."""
+    return {"chunks": chunks_of(spec.head_dim, config.head_dim_split),
+            "even_de": spec.expert_dim % config.block_n == 0}
+
+
+def padded_head_dim(spec: KernelSpec, config: TileConfig) -> int:
+    """Dp: head_dim padded to its dot chunks."""
+    return sum(width for _, width, _ in head_dim_chunks(spec.head_dim, config.head_dim_split))
+
+
+def pick_block_n(expert_dim: int, preferred: int) -> int:
+    """A tile width for the intermediate dimension: `preferred` when it divides De (one
+    flat loop, no masks), else the widest divisor >= 32 below it, else the power of two
+    that wastes least on the masked last tile of each expert."""
+    for bn in (preferred, preferred // 2):
+        if bn >= 16 and expert_dim % bn == 0:
+            return bn
+    candidates = [bn for bn in (16, 32, 64, 128) if bn <= max(preferred, 16)]
+    return min(candidates, key=lambda bn: (-(-expert_dim // bn) * bn / expert_dim + 16 / bn, -bn))
+
+
+def rows_block(rows: int, preferred: int) -> int:
+    """BLOCK_M: `preferred`, shrunk (to >= 16) when there are fewer rows than that."""
+    return max(16, min(preferred, pow2_ceil(rows)))
+
+
+def shrink_to_fit(variant, spec: KernelSpec, config: TileConfig) -> TileConfig:
+    """Lower num_stages, then the larger tile dimension, until the config's shared
+    memory estimate fits the target."""
+    from ..resources import shared_memory_limit
+
+    limit = shared_memory_limit(spec.target)
+    while variant.shared_memory(spec, config) > limit:
+        if config.num_stages > 1:
+            config = dataclasses.replace(config, num_stages=config.num_stages - 1)
+        elif max(config.block_m, config.block_n) > 16:
+            field = "block_m" if config.block_m >= config.block_n else "block_n"
+            config = dataclasses.replace(config, **{field: getattr(config, field) // 2})
+        else:
+            break  # 16 x 16, one stage: nothing smaller exists
+    return config
+
+
+def tile_prune_reason(spec: KernelSpec, config: TileConfig, rows: int) -> str | None:
+    """The tile rules of every Triton-language variant, with `rows` the (token, head)
+    rows one program's row blocks walk:
+      - BLOCK_M > max(16, next_pow2(rows)), or BLOCK_N > max(16, next_pow2(De));
+      - BLOCK_M < 64 on sm90 for >= 256 rows (a Hopper warpgroup MMA has M = 64);
+      - head_dim_split='pad' where it generates the same code as 'chunks'."""
+    if config.block_m > max(16, pow2_ceil(rows)):
+        return f"block_m={config.block_m} is larger than the {rows} rows"
+    if spec.target.startswith("sm9") and config.block_m < 64 and rows >= 64 * 4:
+        return f"block_m={config.block_m} is below the 64-row warpgroup MMA for {rows} rows"
+    if config.block_n > max(16, pow2_ceil(spec.expert_dim)):
+        return f"block_n={config.block_n} is larger than expert_dim={spec.expert_dim}"
+    if config.head_dim_split == "pad" and \
+            head_dim_chunks(spec.head_dim, "pad") == head_dim_chunks(spec.head_dim, "chunks"):
+        return "head_dim_split='pad' generates the same code as 'chunks'"
+    return None

@@ -1,0 +1,134 @@
+"""flash_mhf_fwd: the Triton-language forward (templates/flash_mhf_fwd.py.jinja).
+
+Config fields beyond the tiles (mhfgen.variants._triton):
+    group_heads:  query heads of one kv-head group that share a program, so each K/U/V
+                  tile is loaded once for all of them (must divide H / Hkv).
+    inter_splits: programs that split the intermediate dimension; their fp32 partials
+                  are summed in the same launch by the last program of each row block to
+                  finish (the decode path for few tokens).
+    tma:          load K/U/V tiles through tensor descriptors (the TMA engine, sm90+).
+    prefetch_scores: when BLOCK_N divides De: issue the next tile's score MMAs before this
+                  tile's activation (software pipelining by hand).
+    warp_specialize: with tma and BLOCK_N dividing De (the flat loop): Triton's automatic
+                  warp specialisation of the loop, sm90+ only.
+
+Shared memory (fitted to Triton 3.6 on sm90, H200, bf16; docs/PERFORMANCE.md), with Dp the
+head_dim padded to its dot chunks and b the element size:
+    (num_stages * 3 * BLOCK_N + BLOCK_M) * Dp * b        (K/U/V ring + q)
+    + BLOCK_M * BLOCK_N * b in fp32 (IEEE dots stage P in shared memory) + 1 KiB.
+Registers: (BM*Dp + 2*BM*BN) / (32 * num_warps) fp32 values per thread live (the
+accumulator, S and A tiles).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..registry import Variant, register
+from ..spec import INTERPRETER, KernelSpec
+from ..tiling import cdiv, intermediate_blocks
+from . import _triton
+from ._triton import TileConfig
+
+#: programs per multiprocessor above which a split only adds partial-sum traffic
+MAX_PROGRAMS_PER_SM = 8
+
+
+@dataclass(frozen=True)
+class Config(TileConfig):
+    """The launch config of flash_mhf_fwd (fields: see the module doc)."""
+
+    variant = "flash_mhf_fwd"
+
+    group_heads: int = 1
+    inter_splits: int = 1
+    tma: bool = False
+    prefetch_scores: bool = False
+    warp_specialize: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _triton.check_positive(self, "group_heads", "inter_splits")
+        _triton.check_flags(self, "tma", "prefetch_scores", "warp_specialize")
+
+    def check_for(self, spec: KernelSpec) -> None:
+        _triton.check_group_and_tma(self, spec)
+
+
+class FlashMhfFwd(Variant):
+    stem = "flash_mhf_fwd"
+    op = "fwd"
+    family = "triton"
+    Config = Config
+    launcher = "mhfgen.kernels.flash_mhf_fwd:flash_mhf_fwd"
+    shared_templates = ("_macros.jinja",)
+    preference = 50
+    legacy_kernel = "flash_mhf_fwd"
+    flop_factor = 6  # S = q K^T, A = q U^T, then P V: 3 GEMMs of 2 N FLOPs
+    outputs = ("o",)
+    #: heuristic start on a GPU: sweep on an H200 (bf16, 1.3B shape, 16384 tokens)
+    gpu_start = (128, 64, 8, 3)
+
+    def static_params(self, spec: KernelSpec, config: Config) -> dict:
+        params = _triton.tile_params(spec, config)
+        even = params["even_de"]
+        params.update(group_heads=config.group_heads, inter_split=config.inter_splits > 1,
+                      tma=config.tma, prefetch_scores=config.prefetch_scores and even,
+                      warp_specialize=config.warp_specialize and even
+                      and not config.prefetch_scores)
+        return params
+
+    def shared_memory(self, spec: KernelSpec, config: Config) -> int:
+        dp = _triton.padded_head_dim(spec, config)
+        bm, bn, st = config.block_m, config.block_n, config.num_stages
+        elems = (st * 3 * bn + bm) * dp + (bm * bn if spec.dtype == "float32" else 0)
+        return elems * spec.torch_dtype.itemsize + 1024
+
+    def registers(self, spec: KernelSpec, config: Config) -> float:
+        bm, bn, dp = config.block_m, config.block_n, _triton.padded_head_dim(spec, config)
+        return (bm * dp + 2 * bm * bn) / (32 * config.num_warps)
+
+    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> Config:
+        """All of a kv group's query heads per program; on a GPU, when the programs fill
+        at most half the SMs (decode), inter_splits to fill one wave."""
+        interp = spec.target == INTERPRETER
+        bm, bn, warps, stages = _triton.INTERPRETER_START if interp else self.gpu_start
+        bn = _triton.pick_block_n(spec.expert_dim, bn)
+        heads = spec.group
+        rows = tokens * heads
+        bm = _triton.rows_block(rows, bm)
+        programs = cdiv(rows, bm) * (spec.heads // heads)
+        tiles = spec.intermediate // bn if spec.expert_dim % bn == 0 else spec.experts
+        splits = 1
+        if not interp and 2 * programs <= sm_count:
+            # few tokens (decode): split the intermediate dimension to fill the GPU with
+            # one wave of programs (a second, partial wave would leave most SMs idle)
+            splits = max(1, min(tiles, sm_count // programs))
+        config = Config(block_m=bm, block_n=bn, num_warps=4 if bm < 64 else warps,
+                        num_stages=stages, group_heads=heads, inter_splits=splits)
+        return config if interp else _triton.shrink_to_fit(self, spec, config)
+
+    def prune_reason(self, spec: KernelSpec, config: Config, tokens: int,
+                     sm_count: int) -> str | None:
+        rows = max(1, tokens) * config.group_heads
+        reason = _triton.tile_prune_reason(spec, config, rows)
+        if reason:
+            return reason
+        if config.prefetch_scores and spec.expert_dim % config.block_n:
+            return "prefetch_scores applies only when block_n divides expert_dim"
+        if config.warp_specialize and spec.expert_dim % config.block_n:
+            return "warp_specialize applies only when block_n divides expert_dim"
+        if config.warp_specialize and config.prefetch_scores:
+            return "warp_specialize does not apply to the prefetch_scores loop"
+        if config.inter_splits > 1:
+            budget = MAX_PROGRAMS_PER_SM * max(1, sm_count)
+            tiles = (intermediate_blocks(spec, config.block_n)
+                     if spec.expert_dim % config.block_n == 0 else spec.experts)
+            if config.inter_splits > tiles:
+                return f"inter_splits={config.inter_splits} exceeds the {tiles} intermediate tiles"
+            programs = cdiv(rows, config.block_m) * (spec.heads // config.group_heads)
+            if programs * config.inter_splits > budget:
+                return f"inter_splits={config.inter_splits} makes more than {budget} programs"
+        return None
+
+
+register(FlashMhfFwd())
