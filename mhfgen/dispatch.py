@@ -11,8 +11,9 @@ None for the call (targets, dtypes, the interpreter, shape limits). Order
     4. heuristic    the default config of the preferred variant (lowest `preference`)
 At steps 1-3 a winner of any considered variant qualifies; between winners of one step,
 the user database beats the shipped one, then (mhfgen.tuning.lookup) the larger tuned
-token count, then the lower stored time (so the faster variant at that shape). Winners must match their variant's template hash (or code
-hash), the GPU name, compute capability and Triton version.
+token count, then the lower stored time (so the faster variant at that shape). Winners
+must match their variant's template hash (or code hash), the GPU name, compute
+capability and Triton version.
 
 The databases are read once per process and GPU, on the first call that needs them, and
 each decision is cached per (name, spec, tokens, device): after the first call a call
@@ -130,6 +131,11 @@ def reject_tuned(kernel: str, spec: KernelSpec, tokens: int, device: torch.devic
                     "instead. Re-tune with `mhfgen tune`.", choice.variant,
                     choice.config.to_json(), spec.key(), choice.layer, choice.tuned_tokens,
                     type(error).__name__, reason)
+    for other, made in list(_choices.items()):  # every cached decision that picked it
+        if (made.variant, made.config, other[1], other[3]) == \
+                (choice.variant, choice.config, spec, device):
+            _choices.pop(other, None)
+            _cache.pop(other, None)
     fallback = _heuristic(candidates(kernel, spec, tokens), spec, tokens, device)
     _choices[key] = fallback
     _cache[key] = fallback.config

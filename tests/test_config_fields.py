@@ -125,6 +125,6 @@ def test_codegen_config_flags_are_strict(capsys):
     args = ["codegen", "--heads", "2", "--head-dim", "32", "--intermediate", "64",
             "--experts", "2", "--dtype", "float32", "--target", "interpreter"]
     assert main([*args, "--config", json.dumps({"block_m": 32, "tma": "false"})]) == 2
-    assert "LaunchConfig.tma must be true or false" in capsys.readouterr().err
+    assert "flash_mhf_fwd config: tma must be true or false" in capsys.readouterr().err
     assert main([*args, "--config", json.dumps({"block_m": 32})]) == 0
     assert "BLOCK_M" in capsys.readouterr().out

@@ -64,7 +64,7 @@ def _bad(doc, index, field, value):
     ("config.inter_splits", 1.5, "inter_splits must be an integer"),
     ("config.tma", "false", "tma must be true or false"),
     ("config.num_warps", True, "num_warps must be one of"),
-    ("config.transpose_acc", KeyError, "missing fields ['transpose_acc']"),
+    ("config.tma", KeyError, "missing fields ['tma']"),
     ("heads", 2.7, "heads must be an integer"),
     ("heads", True, "heads must be an integer"),
     ("tokens", 10**30, "tokens must be in 0.."),
@@ -79,7 +79,7 @@ def _bad(doc, index, field, value):
     ("default_ms", [1], "default_ms must be a number"),
     ("ms", -1.0, "ms must be positive"),
     ("ms", KeyError, "missing field ms"),
-    ("kernel", KeyError, "missing key field kernel"),
+    ("variant", KeyError, "missing key field variant"),
     ("surprise", 1, "unknown fields surprise"),
 ])
 def test_each_bad_value_is_one_line_naming_record_and_field(export_doc, tmp_path, capsys,
@@ -134,10 +134,12 @@ def test_good_imports_still_merge(export_doc, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: TuningKey("flash_mhf_fwd", "h", 2.7, 2, 128, 1, 64, "float32", 1, 1, "g", "c", "t"),
-    lambda: TuningKey("flash_mhf_fwd", "h", 2, 2, 128, 1, 64, "float32", 1, 10**30, "g", "c",
+    lambda: TuningKey("fwd", "flash_mhf_fwd", "h", 2.7, 2, 128, 1, 64, "float32", 1, 1, "g",
+                      "c", "t"),
+    lambda: TuningKey("fwd", "flash_mhf_fwd", "h", 2, 2, 128, 1, 64, "float32", 1, 10**30,
+                      "g", "c", "t"),
+    lambda: TuningKey("fwd", "flash_mhf_fwd", "", 2, 2, 128, 1, 64, "float32", 1, 1, "g", "c",
                       "t"),
-    lambda: TuningKey("flash_mhf_fwd", "", 2, 2, 128, 1, 64, "float32", 1, 1, "g", "c", "t"),
     lambda: WinnerRecord(winner().key, LaunchConfig(), "fast", 1.0, None, None, "", 1, "",
                          "", ""),
     lambda: WinnerRecord(winner().key, LaunchConfig(), 1.0, 1.0, None, None, "", "many", "",

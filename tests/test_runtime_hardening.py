@@ -9,7 +9,7 @@ import pytest
 import torch
 import triton
 
-from mhfgen import codegen, dispatch
+from mhfgen import codegen, dispatch, registry
 from mhfgen.codegen import template_hash
 from mhfgen.spec import KernelSpec, LaunchConfig
 from mhfgen.tolerances import relative_error
@@ -67,7 +67,7 @@ def test_fp32_and_fp16_on_the_cpu_still_run():
 
 
 # -- a stored config that fails at run time ----------------------------------------------
-BAD = LaunchConfig(block_m=16, block_n=16, num_warps=2, num_stages=1)
+BAD = registry.get("flash_mhf_fwd").Config(block_m=16, block_n=16, num_warps=2, num_stages=1)
 
 
 def _store(tmp_path, monkeypatch, config=BAD, tokens=CASE.tokens):
@@ -204,5 +204,6 @@ def test_cpu_kernels_with_the_interpreter_switched_off_say_how_to_switch_it_on(t
 
 def test_a_launcher_config_that_is_not_a_launch_config_is_named():
     q, k, u, v, r, do = inputs()
-    with pytest.raises(TypeError, match="config must be a LaunchConfig, got dict"):
+    with pytest.raises(TypeError,
+                       match="config must be a LaunchConfig or a kernel variant's config, got dict"):
         fwd_module.flash_mhf_fwd(q, k, u, v, r, config={"block_m": 16})
