@@ -8,6 +8,7 @@ import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 import pytest
 import torch
 
+from mhfgen import registry
 from mhfgen.codegen import template_hash
 from mhfgen.spec import KERNELS, KernelSpec, LaunchConfig
 from mhfgen.tuning.compile import CompilePool
@@ -68,7 +69,7 @@ def test_a_config_is_never_timed_twice_during_the_search():
 def test_failures_become_failed_trials_with_their_reason(tmp_path):
     clean = recording(PROBLEM, kernels=[FWD])
     ranked = sorted((r for r in clean["records"]), key=lambda r: r["ms"])
-    configs = [LaunchConfig.from_dict(r["config"]) for r in ranked[:4]]
+    configs = [registry.get(FWD).config_from_dict(r["config"]) for r in ranked[:4]]
     stages = ["wrong answer", "compile", "resources", "timeout"]
     failures = {(FWD, c): (stage, f"{stage} in the test") for c, stage in zip(configs, stages)}
     rec = recording(PROBLEM, kernels=[FWD], failures=failures)

@@ -69,7 +69,8 @@ def _failing_recording():
     at different stages."""
     clean = recording(PROBLEM, kernels=[FWD, DQ])
     fwd = sorted((r for r in clean["records"] if r["kernel"] == FWD), key=lambda r: r["ms"])
-    failures = {(FWD, LaunchConfig.from_dict(r["config"])): (stage, f"{stage} in the test")
+    parse = registry.get(FWD).config_from_dict
+    failures = {(FWD, parse(r["config"])): (stage, f"{stage} in the test")
                 for r, stage in zip(fwd[5::20], ("compile", "wrong answer", "timeout"))}
     return recording(PROBLEM, kernels=[FWD, DQ], failures=failures)
 
