@@ -187,19 +187,12 @@ class LaunchConfig:
         return cls(**data)
 
     def check_for(self, spec: KernelSpec) -> None:
-        """Raise ValueError if this config cannot run `spec` (independent of the shape)."""
-        if spec.group % self.group_heads:
-            raise ValueError(
-                f"group_heads={self.group_heads} must divide heads/kv_heads={spec.group}")
-        if self.warp_specialize and not self.tma:
-            raise ValueError("warp_specialize=True needs tma=True (Triton's Hopper warp "
-                             "specialisation handles descriptor loads, not pointer loads)")
-        if self.tma:
-            if spec.target != INTERPRETER and not spec.target.startswith(("sm9", "sm1")):
-                raise ValueError(f"tma=True needs an sm90+ target, not {spec.target}")
-            if spec.head_dim * DTYPES[spec.dtype].itemsize % 16:
-                raise ValueError(f"tma=True needs head_dim rows of a multiple of 16 bytes; "
-                                 f"head_dim={spec.head_dim} in {spec.dtype} is not")
+        """Raise ValueError if this config cannot run `spec` (independent of the shape):
+        the forward's and dQ's checks of group_heads, tma and warp_specialize, which every
+        kernel applied to this one record."""
+        from .variants._triton import check_group_and_tma
+
+        check_group_and_tma(self, spec)
 
 
 def __getattr__(name: str):
