@@ -31,6 +31,7 @@ from ..registry import VariantConfig
 from ..spec import KernelSpec, dtype_name, head_dim_chunks
 from ..validation import check_flash_mhf_inputs
 from .configs import resolve_config
+from .plans import plan_cache, plan_key, remember
 
 KERNEL = "flash_mhf_fwd_ws"
 TEMPLATE = f"{KERNEL}.py.jinja"
@@ -309,6 +310,24 @@ def _rows_view(q: torch.Tensor) -> torch.Tensor:
     return q.as_strided((B * L, H * D), (sl, 1))
 
 
+@dataclass(frozen=True)
+class WsPlan:
+    """What a call's signature decides, computed once: the spec and checked config, the
+    generated kernel, the grid and the shared-memory layouts of the descriptors (only the
+    descriptors themselves, which hold the tensors' addresses, are built per call)."""
+
+    spec: KernelSpec
+    config: WsConfig
+    kernel: object  # the @gluon.jit kernel; None when there are no tokens
+    grid: tuple
+    tiles: int
+    layouts: tuple  # per (tensor, chunk): (block shape, NVMMASharedLayout), descriptors' order
+    scalars: tuple  # r's strides, seqlen, tokens, tiles
+
+
+_plans = plan_cache()
+
+
 def flash_mhf_fwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                      r: torch.Tensor, config: WsConfig | None = None) -> torch.Tensor:
     """o = FlashMHF(q, k, u, v, r) through the warp-specialised Gluon kernel (sm90).
@@ -316,7 +335,32 @@ def flash_mhf_fwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     q: (B, L, H, D) with unit last stride; k/u/v: (Hkv, E, De, D); r: (B, L, H, E) fp32 or
     q's dtype. Returns o (B, L, H, D), contiguous, in q's dtype. ValueError where the
     variant does not support the problem (see `unsupported`) or `config` cannot run it.
+    The checks, the config and the compiled kernel are cached per call signature (shapes,
+    strides, dtypes, device, config), as the Triton-language launchers do.
     """
+    key = plan_key(config, q, k, u, v, r)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = remember(_plans, key, _make_plan(q, k, u, v, r, config))
+    B, L, H, D = q.shape
+    o = torch.empty((B, L, H, D), dtype=q.dtype, device=q.device)
+    if plan.kernel is None:
+        return o
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    views = (_rows_view(q), *(w.contiguous().view(-1, D) for w in (k, u, v)),
+             o.view(-1, H * D))
+    widths = len(plan.layouts) // 5
+    descs = [TensorDescriptor.from_tensor(views[i // widths], *plan.layouts[i])
+             for i in range(len(plan.layouts))]
+    with torch.cuda.device(q.device):
+        plan.kernel[plan.grid](*descs, r, *plan.scalars, **constexprs(plan.config),
+                               **launch_options(plan.config))
+    return o
+
+
+def _make_plan(q, k, u, v, r, config) -> WsPlan:
+    """Check the inputs, choose and check the config, load the kernel: all but the launch."""
     problem = check_flash_mhf_inputs(q, k, u, v, r)
     B, L, H, D = q.shape
     Hkv, E, De, _ = k.shape
@@ -330,20 +374,21 @@ def flash_mhf_fwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     if problems:
         raise ValueError(f"flash_mhf_fwd_ws config {config} cannot run {spec.key()}: "
                          + "; ".join(problems))
-    o = torch.empty((B, L, H, D), dtype=q.dtype, device=q.device)
     tokens = B * L
     if tokens == 0:
-        return o
-    q2 = _rows_view(q)
-    k2, u2, v2 = (w.contiguous().view(Hkv * E * De, D) for w in (k, u, v))
-    descs = descriptors(spec, config, q2, k2, u2, v2, o.view(tokens, H * D))
-    kernel = load_kernel(spec, config)
+        return WsPlan(spec, config, None, (), 0, (), ())
+    from triton.experimental.gluon import language as gl
+
+    dt = _gl_dtype(spec)
+    widths = [width for _, width, _ in head_dim_chunks(spec.head_dim, "chunks")]
+    layouts = tuple(([rows, width], gl.NVMMASharedLayout.get_default_for([rows, width], dt))
+                    for rows in (config.block_m, config.block_n, config.block_n,
+                                 config.block_n, config.block_m)
+                    for width in widths)
     tiles = work_tiles(spec, config, tokens)
     grid = (min(tiles, _device.sm_count(q.device)) if config.persistent else tiles,)
-    with torch.cuda.device(q.device):
-        kernel[grid](*descs, r, r.stride(0), r.stride(1), r.stride(2), r.stride(3), L, tokens,
-                     tiles, **constexprs(config), **launch_options(config))
-    return o
+    return WsPlan(spec, config, load_kernel(spec, config), grid, tiles, layouts,
+                  (*r.stride(), L, tokens, tiles))
 
 
 def work_tiles(spec: KernelSpec, config: WsConfig, tokens: int) -> int:
