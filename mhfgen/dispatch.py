@@ -54,6 +54,8 @@ _choices: dict[tuple, Choice] = {}
 _indices: dict[tuple[str, str], TunedIndex] = {}
 #: (variant, spec, config, device) of tuned configs that failed to compile or launch
 _rejected: set[tuple] = set()
+#: (variant, spec, device) whose built-in config failed: the op's next variant serves them
+_failed_variants: set[tuple] = set()
 _lock = threading.Lock()
 _on_clear: list[Callable[[], None]] = []
 
@@ -121,7 +123,7 @@ def reject_tuned(kernel: str, spec: KernelSpec, tokens: int, device: torch.devic
     key = (kernel, spec, tokens, device)
     choice = explain_choice(kernel, spec, tokens, device)
     if choice.source == "heuristic":
-        return False
+        return _reject_variant(kernel, spec, tokens, device, choice, error)
     first = (choice.variant, spec, choice.config, device) not in _rejected
     _rejected.add((choice.variant, spec, choice.config, device))
     if first:
@@ -141,8 +143,43 @@ def reject_tuned(kernel: str, spec: KernelSpec, tokens: int, device: torch.devic
     _cache[key] = fallback.config
     return True
 
+def _reject_variant(op: str, spec: KernelSpec, tokens: int, device: torch.device,
+                    choice: Choice, error: BaseException) -> bool:
+    """The heuristic config of an op's preferred variant failed to compile or launch (a
+    Gluon kernel on a GPU or a Triton build it was not tested on, say): where another of
+    the op's variants can run the call, that variant is dropped for this spec and device in
+    this process (logged once) and the call goes to the next one's heuristic. False when
+    there is no other (the caller raises the error)."""
+    if op not in registry.OPS:
+        return False  # a variant named directly is that variant only
+    rest = [v for v in _live(candidates(op, spec, tokens), spec, device)
+            if v.stem != choice.variant]
+    if not rest:
+        return False
+    _failed_variants.add((choice.variant, spec, device))
+    reason = (str(error).strip().splitlines() or [""])[0][:200]
+    log.warning("mhfgen: %s's built-in config for %s failed to compile or launch (%s: %s); "
+                "%s runs this call instead in this process", choice.variant, spec.key(),
+                type(error).__name__, reason, rest[0].stem)
+    for other, made in list(_choices.items()):  # every cached decision that picked it
+        if made.variant == choice.variant and (other[1], other[3]) == (spec, device):
+            _choices.pop(other, None)
+            _cache.pop(other, None)
+    fallback = _decide(op, spec, tokens, device)
+    _choices[(op, spec, tokens, device)] = fallback
+    _cache[(op, spec, tokens, device)] = fallback.config
+    return True
+
+
+def _live(variants: list, spec: KernelSpec, device: torch.device) -> list:
+    """`variants` less those whose built-in config failed here (see _reject_variant)."""
+    return [v for v in variants if (v.stem, spec, device) not in _failed_variants]
+
+
 def _decide(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice:
     variants = candidates(kernel, spec, tokens)
+    if kernel in registry.OPS:
+        variants = _live(variants, spec, device) or variants
     if tuned_configs_enabled():
         found = _index_for(device).find([v.stem for v in variants], spec, tokens)
         if found is not None and (found.variant, spec, found.config, device) in _rejected:
@@ -201,6 +238,7 @@ def clear_cache() -> None:
         _choices.clear()
         _indices.clear()
         _rejected.clear()
+        _failed_variants.clear()
     for fn in _on_clear:  # the launchers' plans hold configs chosen here
         fn()
 

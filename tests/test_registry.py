@@ -2,6 +2,7 @@
 LaunchConfig they replace, and a toy variant added as a template, a space file and one
 module in a temporary folder that codegen, the search space, the dispatcher and the tuner
 pick up without any other edit."""
+import dataclasses
 import importlib.util
 import json
 import re
@@ -395,3 +396,41 @@ def test_registering_checks_the_variant(toy):
         registry.register(BadOp())
     with pytest.raises(registry.RegistryError, match="unknown kernel variant 'nope'"):
         registry.get("nope")
+
+
+def test_a_preferred_variant_whose_builtin_config_fails_hands_the_call_to_the_next(toy,
+                                                                                    caplog):
+    """A Gluon kernel that does not compile on a user's GPU (say) must not reach the user:
+    the op's next variant runs the call, and the failing variant stays dropped for that
+    spec and device in this process."""
+
+    @dataclasses.dataclass(frozen=True)
+    class BrokenConfig(toy.Config):
+        variant = "toy_broken_fwd"
+
+    def broken_launcher(q, k, u, v, r, config=None):
+        raise RuntimeError("PTX assembly failed: out of registers")
+
+    class Broken(toy.ToyFillFwd):
+        stem = "toy_broken_fwd"
+        Config = BrokenConfig
+        launcher = staticmethod(broken_launcher)
+        preference = 5  # before the toy and the built-in forward
+
+        def default_config(self, spec, tokens, sm_count):
+            return BrokenConfig()
+
+    registry.register(Broken())
+    try:
+        assert dispatch.explain_choice("fwd", TINY, 8, CPU).variant == "toy_broken_fwd"
+        q, k, u, v, r = inputs()
+        with caplog.at_level("WARNING", logger="mhfgen.dispatch"):
+            o = mhfgen.flash_mhf(q, k, u, v, r)
+        assert torch.equal(o, torch.full_like(o, 7.0))  # the toy ran it
+        assert "toy_broken_fwd's built-in config" in caplog.text
+        assert dispatch.explain_choice("fwd", TINY, 8, CPU).variant == "toy_fill_fwd"
+        # named directly, the variant is that variant only: its error reaches the caller
+        with pytest.raises(RuntimeError, match="PTX assembly failed"):
+            registry.get("toy_broken_fwd").launch(q, k, u, v, r)
+    finally:
+        registry.unregister("toy_broken_fwd")
