@@ -84,7 +84,9 @@ class VariantConfig:
         imported config that lacks one is refused, not defaulted) unless `partial`, where
         missing fields take their defaults (`mhfgen codegen --config`). Fields of the
         schema-2 LaunchConfig that this variant does not use are accepted at their neutral
-        value (LEGACY_NEUTRAL) and dropped; any other field is an error."""
+        value (LEGACY_NEUTRAL) and dropped; any other field is an error. Fields a variant
+        added after its configs were stored (its `added_fields`, name -> value) may be
+        missing: they then take that value, which generates the code the config had."""
         if not isinstance(data, dict):
             raise ValueError(f"{cls.variant} config must be a JSON object, "
                              f"got {type(data).__name__}")
@@ -92,7 +94,8 @@ class VariantConfig:
         unknown = sorted(set(data) - known - set(LEGACY_NEUTRAL))
         if unknown:
             raise ValueError(f"{cls.variant} config: unknown fields {unknown}")
-        missing = [n for n in cls.field_names() if n not in data]
+        added = getattr(cls, "added_fields", {})
+        missing = [n for n in cls.field_names() if n not in data and n not in added]
         if missing and not partial:
             raise ValueError(f"{cls.variant} config: missing fields {missing}")
         for name in sorted(set(data) - known):

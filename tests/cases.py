@@ -7,6 +7,7 @@ use fp32 and fp16; `mhfgen verify` covers bf16 on the GPU.
 import torch
 
 from mhfgen.spec import LaunchConfig
+from mhfgen.variants import flash_mhf_fwd as fwd_variant
 from mhfgen.verification import Case
 
 CASES = [
@@ -34,6 +35,10 @@ CONFIGS = {
         LaunchConfig(block_m=16, block_n=16, prefetch_scores=True, inter_splits=3),
         LaunchConfig(block_m=32, block_n=16, prefetch_scores=True, tma=True, head_dim_split="pad"),
         LaunchConfig(block_m=16, block_n=16, tma=True, warp_specialize=True),
+        # the Helion knobs: an unrolled intermediate loop, K/U/V loads kept in L2
+        fwd_variant.Config(block_m=16, block_n=16, unroll=2, evict_weights=True),
+        fwd_variant.Config(block_m=16, block_n=32, unroll=4, prefetch_scores=True,
+                           inter_splits=2),
     ],
     "flash_mhf_bwd_dq": [
         LaunchConfig(block_m=16, block_n=16),

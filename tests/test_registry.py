@@ -434,3 +434,22 @@ def test_a_preferred_variant_whose_builtin_config_fails_hands_the_call_to_the_ne
             registry.get("toy_broken_fwd").launch(q, k, u, v, r)
     finally:
         registry.unregister("toy_broken_fwd")
+
+
+def test_fields_a_variant_added_later_default_for_stored_configs_and_keep_their_code():
+    """The forward's Helion knobs (unroll, evict_weights) came after its configs were
+    stored: a stored config without them reads as their defaults, whose generated code
+    (and so code hash) is what the config had; away from the defaults the code changes."""
+    stored = {k: v for k, v in flash_mhf_fwd.Config(block_m=16).as_dict().items()
+              if k not in ("unroll", "evict_weights")}
+    config = flash_mhf_fwd.Config.from_dict(stored)
+    assert (config.unroll, config.evict_weights) == (1, False)
+    with pytest.raises(ValueError, match="missing fields"):  # the others stay required
+        flash_mhf_fwd.Config.from_dict({k: v for k, v in stored.items() if k != "block_n"})
+    base = codegen.render("flash_mhf_fwd", TINY, config)
+    assert "tl.range" not in base and "eviction_policy" not in base
+    knobs = codegen.render("flash_mhf_fwd", TINY, dataclasses.replace(
+        config, unroll=2, evict_weights=True))
+    assert "loop_unroll_factor=2" in knobs and 'eviction_policy="evict_last"' in knobs
+    with pytest.raises(ValueError, match="unroll"):
+        flash_mhf_fwd.Config(unroll=3)

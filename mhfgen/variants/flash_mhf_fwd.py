@@ -11,6 +11,12 @@ Config fields beyond the tiles (mhfgen.variants._triton):
                   tile's activation (software pipelining by hand).
     warp_specialize: with tma and BLOCK_N dividing De (the flat loop): Triton's automatic
                   warp specialisation of the loop, sm90+ only.
+    unroll:       the intermediate loop through tl.range(..., loop_unroll_factor=unroll)
+                  (1: Python's range, the code every config had before the knob).
+    evict_weights: K/U/V pointer loads with eviction_policy="evict_last" (every program of
+                  a kv head streams the same tiles; TMA loads are left as they are).
+    unroll and evict_weights are the knobs of Helion's autotuned forward that this kernel
+    lacked; the tuner measures whether they pay per problem (not yet run on a GPU).
 
 Shared memory (fitted to Triton 3.6 on sm90, H200, bf16; docs/PERFORMANCE.md), with Dp the
 head_dim padded to its dot chunks and b the element size:
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config_fields import choice
 from ..registry import Variant, register
 from ..spec import INTERPRETER, KernelSpec
 from ..tiling import cdiv, intermediate_blocks
@@ -31,6 +38,8 @@ from ._triton import TileConfig
 
 #: programs per multiprocessor above which a split only adds partial-sum traffic
 MAX_PROGRAMS_PER_SM = 8
+#: loop_unroll_factor values of the intermediate loop
+UNROLL_FACTORS = (1, 2, 4)
 
 
 @dataclass(frozen=True)
@@ -44,11 +53,18 @@ class Config(TileConfig):
     tma: bool = False
     prefetch_scores: bool = False
     warp_specialize: bool = False
+    unroll: int = 1
+    evict_weights: bool = False
+
+    #: fields added after configs of this variant were stored: a stored or imported config
+    #: without them means these values (whose generated code is the code it was tuned with)
+    added_fields = {"unroll": 1, "evict_weights": False}
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _triton.check_positive(self, "group_heads", "inter_splits")
-        _triton.check_flags(self, "tma", "prefetch_scores", "warp_specialize")
+        _triton.check_flags(self, "tma", "prefetch_scores", "warp_specialize", "evict_weights")
+        choice(self.unroll, f"{self.variant} config: unroll", UNROLL_FACTORS)
 
     def check_for(self, spec: KernelSpec) -> None:
         _triton.check_group_and_tma(self, spec)
@@ -75,6 +91,13 @@ class FlashMhfFwd(Variant):
                       tma=config.tma, prefetch_scores=config.prefetch_scores and even,
                       warp_specialize=config.warp_specialize and even
                       and not config.prefetch_scores)
+        # the Helion knobs enter the parameters (and the header's record of them) only
+        # away from their defaults, so every config without them keeps its generated code
+        # and its stored records their code hash
+        if config.unroll > 1 and not params["warp_specialize"]:
+            params["unroll"] = config.unroll
+        if config.evict_weights and not config.tma:
+            params["evict_weights"] = True
         return params
 
     def shared_memory(self, spec: KernelSpec, config: Config) -> int:
@@ -119,6 +142,10 @@ class FlashMhfFwd(Variant):
             return "warp_specialize applies only when block_n divides expert_dim"
         if config.warp_specialize and config.prefetch_scores:
             return "warp_specialize does not apply to the prefetch_scores loop"
+        if config.unroll > 1 and config.warp_specialize:
+            return "unroll does not apply to the warp-specialised loop"
+        if config.evict_weights and config.tma:
+            return "evict_weights applies to pointer loads, not tma"
         if config.inter_splits > 1:
             budget = MAX_PROGRAMS_PER_SM * max(1, sm_count)
             tiles = (intermediate_blocks(spec, config.block_n)
