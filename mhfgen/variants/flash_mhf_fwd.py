@@ -103,6 +103,9 @@ class FlashMhfFwd(Variant):
     def shared_memory(self, spec: KernelSpec, config: Config) -> int:
         dp = _triton.padded_head_dim(spec, config)
         bm, bn, st = config.block_m, config.block_n, config.num_stages
+        # unroll is not in the formula: on an H200 unroll 2 ran out of shared memory at
+        # some decode configs and not at others whose doubled ring would not fit either
+        # (docs/PERFORMANCE.md); such candidates are failed trials with Triton's reason
         elems = (st * 3 * bn + bm) * dp + (bm * bn if spec.dtype == "float32" else 0)
         return elems * spec.torch_dtype.itemsize + 1024
 
