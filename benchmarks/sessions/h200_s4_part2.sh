@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 4, part 2 (1 x H200, 550 s, 2026-12-02 00:08 UTC): with the kernel registry and the Gluon
+# Session 4, part 2 (1 x H200, 550 s, 2026-12-02 00:09 UTC): with the kernel registry and the Gluon
 # forward dispatched, (1) tune the forward op (one joint study over flash_mhf_fwd_ws and
 # flash_mhf_fwd) for the shipped suite's forward problems above decode size, into a fresh
 # database; (2) export the winners; (3) mhfgen verify (presets at 16384 tokens and the odd

@@ -4,7 +4,7 @@
 # tuned forward winners, naive PyTorch, torch.compile, SwiGLU, the layers) with Helion's
 # autotuned forward in the same run (helion 1.4.0 from .whl_helion), no token sweep.
 # Usage: bash THIS DB  (DB: the database part 2 tuned, or '' for the shipped one alone)
-# As run on 2026-12-02 00:20 UTC (shipped database, no DB argument): the version line
+# As run on 2026-12-02 00:27 UTC (shipped database, no DB argument): the version line
 # failed (helion has no __version__) and every mhfgen row failed to import platformdirs,
 # which the H200 host lacks (MHFGEN_CACHE_DIR unset: mhfgen asks platformdirs for the
 # cache folder); the naive, torch.compile, SwiGLU and Helion rows ran
