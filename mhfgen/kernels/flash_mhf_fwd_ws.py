@@ -20,17 +20,18 @@ from __future__ import annotations
 import re
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
 from .. import codegen
+from ..config_fields import choice, strict_bool
 from .. import device as _device
 from ..registry import VariantConfig
 from ..spec import KernelSpec, dtype_name, head_dim_chunks
 from ..validation import check_flash_mhf_inputs
-from .configs import resolve_config
+from .configs import first_launch, resolve_config
 from .plans import plan_cache, plan_key, remember
 
 KERNEL = "flash_mhf_fwd_ws"
@@ -78,18 +79,15 @@ class WsConfig(VariantConfig):
     consumer_regs: int = 240
 
     def __post_init__(self) -> None:
-        _check_int(self, "block_n", (16, 32, 64, 128, 256))
-        _check_int(self, "stages", range(3, 9))
-        _check_int(self, "consumers", (1, 2))
-        _check_int(self, "consumer_warps", (4, 8))
-        _check_int(self, "group_heads", (1, 2))
-        _check_int(self, "producer_regs", range(24, 257, 8))
-        _check_int(self, "consumer_regs", range(24, 257, 8))
-        for name in ("pingpong", "persistent"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"WsConfig.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.sigmoid not in ("tanh", "exp"):
-            raise ValueError(f"WsConfig.sigmoid must be 'tanh' or 'exp', got {self.sigmoid!r}")
+        where = f"{KERNEL} config: "
+        for name, allowed in (("block_n", (16, 32, 64, 128, 256)), ("stages", range(3, 9)),
+                              ("consumers", (1, 2)), ("consumer_warps", (4, 8)),
+                              ("group_heads", (1, 2)), ("producer_regs", range(24, 257, 8)),
+                              ("consumer_regs", range(24, 257, 8))):
+            choice(getattr(self, name), where + name, allowed)
+        strict_bool(self.pingpong, where + "pingpong")
+        strict_bool(self.persistent, where + "persistent")
+        choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
         if self.consumers % self.group_heads:
             raise ValueError(f"WsConfig.group_heads={self.group_heads} must divide "
                              f"consumers={self.consumers}")
@@ -104,9 +102,6 @@ class WsConfig(VariantConfig):
     @property
     def rows_per_program(self) -> int:
         return self.block_m * self.consumers
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict, partial: bool = False) -> "WsConfig":
@@ -136,18 +131,6 @@ class WsConfig(VariantConfig):
         if self.group_heads > 1:
             text += f" gh{self.group_heads}"
         return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
-
-
-def _check_int(config, name: str, allowed) -> None:
-    value = getattr(config, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value not in allowed:
-        raise ValueError(f"WsConfig.{name} must be an int in {_describe(allowed)}, got {value!r}")
-
-
-def _describe(allowed) -> str:
-    if isinstance(allowed, range):
-        return f"{allowed.start}..{allowed.stop - 1} step {allowed.step}"
-    return "{" + ", ".join(map(str, allowed)) + "}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,21 +249,29 @@ def _gl_dtype(spec: KernelSpec):
     return {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
 
 
-def descriptors(spec: KernelSpec, config: WsConfig, q2, k2, u2, v2, o2):
-    """Host TMA descriptors over the 2-D views (see the module docstring): for each of q,
-    k, u, v, o one per head_dim chunk (D = 96 -> widths 64, 32), in that order."""
+def descriptor_layouts(spec: KernelSpec, config: WsConfig) -> tuple:
+    """(block shape, NVMMASharedLayout) of every TMA descriptor the kernel takes, in its
+    argument order: for each of q, k, u, v, o one per head_dim chunk (D = 96 -> widths 64,
+    32)."""
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     dt = _gl_dtype(spec)
     widths = [width for _, width, _ in head_dim_chunks(spec.head_dim, "chunks")]
-    out = []
-    for tensor, rows in ((q2, config.block_m), (k2, config.block_n), (u2, config.block_n),
-                         (v2, config.block_n), (o2, config.block_m)):
-        for width in widths:
-            layout = gl.NVMMASharedLayout.get_default_for([rows, width], dt)
-            out.append(TensorDescriptor.from_tensor(tensor, [rows, width], layout))
-    return out
+    return tuple(([rows, width], gl.NVMMASharedLayout.get_default_for([rows, width], dt))
+                 for rows in (config.block_m, config.block_n, config.block_n,
+                              config.block_n, config.block_m)
+                 for width in widths)
+
+
+def descriptors(layouts: tuple, q2, k2, u2, v2, o2) -> list:
+    """Host TMA descriptors over the 2-D views (see the module docstring), one per entry
+    of `layouts` (descriptor_layouts)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    views = (q2, k2, u2, v2, o2)
+    per_tensor = len(layouts) // len(views)
+    return [TensorDescriptor.from_tensor(views[i // per_tensor], *layout)
+            for i, layout in enumerate(layouts)]
 
 
 def constexprs(config: WsConfig) -> dict:
@@ -313,16 +304,17 @@ def _rows_view(q: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class WsPlan:
     """What a call's signature decides, computed once: the spec and checked config, the
-    generated kernel, the grid and the shared-memory layouts of the descriptors (only the
-    descriptors themselves, which hold the tensors' addresses, are built per call)."""
+    generated kernel, the grid, the shared-memory layouts of the descriptors and the
+    launch's constexprs and options (only the descriptors themselves, which hold the
+    tensors' addresses, are built per call)."""
 
     spec: KernelSpec
     config: WsConfig
     kernel: object  # the @gluon.jit kernel; None when there are no tokens
     grid: tuple
-    tiles: int
-    layouts: tuple  # per (tensor, chunk): (block shape, NVMMASharedLayout), descriptors' order
-    scalars: tuple  # r's strides, seqlen, tokens, tiles
+    layouts: tuple  # descriptor_layouts(spec, config)
+    scalars: tuple  # r's strides, seqlen, tokens, work tiles
+    meta: dict  # constexprs and launch options
 
 
 _plans = plan_cache()
@@ -336,26 +328,30 @@ def flash_mhf_fwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     q's dtype. Returns o (B, L, H, D), contiguous, in q's dtype. ValueError where the
     variant does not support the problem (see `unsupported`) or `config` cannot run it.
     The checks, the config and the compiled kernel are cached per call signature (shapes,
-    strides, dtypes, device, config), as the Triton-language launchers do.
+    strides, dtypes, device, config), and the first call goes through first_launch, as in
+    the Triton-language launchers (a tuned config that fails there gives way to the
+    heuristic).
     """
     key = plan_key(config, q, k, u, v, r)
     plan = _plans.get(key)
-    if plan is None:
-        plan = remember(_plans, key, _make_plan(q, k, u, v, r, config))
+    if plan is not None:
+        return _run(plan, q, k, u, v, r)
+    plan, o = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, c),
+                           lambda p: _run(p, q, k, u, v, r), (q, k, u, v, r), config)
+    remember(_plans, key, plan)
+    return o
+
+
+def _run(plan: WsPlan, q, k, u, v, r) -> torch.Tensor:
+    """Allocate o and launch: the per-call part."""
     B, L, H, D = q.shape
     o = torch.empty((B, L, H, D), dtype=q.dtype, device=q.device)
     if plan.kernel is None:
         return o
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    views = (_rows_view(q), *(w.contiguous().view(-1, D) for w in (k, u, v)),
-             o.view(-1, H * D))
-    widths = len(plan.layouts) // 5
-    descs = [TensorDescriptor.from_tensor(views[i // widths], *plan.layouts[i])
-             for i in range(len(plan.layouts))]
+    descs = descriptors(plan.layouts, _rows_view(q),
+                        *(w.contiguous().view(-1, D) for w in (k, u, v)), o.view(-1, H * D))
     with torch.cuda.device(q.device):
-        plan.kernel[plan.grid](*descs, r, *plan.scalars, **constexprs(plan.config),
-                               **launch_options(plan.config))
+        plan.kernel[plan.grid](*descs, r, *plan.scalars, **plan.meta)
     return o
 
 
@@ -376,19 +372,12 @@ def _make_plan(q, k, u, v, r, config) -> WsPlan:
                          + "; ".join(problems))
     tokens = B * L
     if tokens == 0:
-        return WsPlan(spec, config, None, (), 0, (), ())
-    from triton.experimental.gluon import language as gl
-
-    dt = _gl_dtype(spec)
-    widths = [width for _, width, _ in head_dim_chunks(spec.head_dim, "chunks")]
-    layouts = tuple(([rows, width], gl.NVMMASharedLayout.get_default_for([rows, width], dt))
-                    for rows in (config.block_m, config.block_n, config.block_n,
-                                 config.block_n, config.block_m)
-                    for width in widths)
+        return WsPlan(spec, config, None, (), (), (), {})
     tiles = work_tiles(spec, config, tokens)
     grid = (min(tiles, _device.sm_count(q.device)) if config.persistent else tiles,)
-    return WsPlan(spec, config, load_kernel(spec, config), grid, tiles, layouts,
-                  (*r.stride(), L, tokens, tiles))
+    return WsPlan(spec, config, load_kernel(spec, config), grid,
+                  descriptor_layouts(spec, config), (*r.stride(), L, tokens, tiles),
+                  {**constexprs(config), **launch_options(config)})
 
 
 def work_tiles(spec: KernelSpec, config: WsConfig, tokens: int) -> int:
@@ -429,7 +418,7 @@ def compile_sm90(spec: KernelSpec, config: WsConfig) -> CompileReport:
     rows = max(config.block_m, 16)
     q2 = torch.empty(rows, spec.heads * D, dtype=tdtype)
     w2 = torch.empty(spec.kv_heads * spec.intermediate, D, dtype=tdtype)
-    descs = descriptors(spec, config, q2, w2, w2, w2, q2)
+    descs = descriptors(descriptor_layouts(spec, config), q2, w2, w2, w2, q2)
     r = torch.empty(1, dtype=torch.float32)
     n = len(descs) // 5
     names = [f"{t}_desc{i}" for t in ("q", "k", "u", "v", "o") for i in range(n)]
