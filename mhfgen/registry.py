@@ -5,6 +5,10 @@ An *op* is one piece of the FlashMHF computation with fixed inputs and outputs:
     fwd      o = FlashMHF(q, k, u, v, r)                       (q, k, u, v, r) -> o
     bwd_dq   dq, dr for an output gradient do                  (q, k, u, v, r, do) -> dq, dr
     bwd_dkv  dk, du, dv for an output gradient do              (q, k, u, v, r, do) -> dk, du, dv
+    bwd      every gradient in one pass                        (q, k, u, v, r, do) -> dq, dr, dk, du, dv
+
+The backward runs either `bwd` or the split pair `bwd_dq` + `bwd_dkv` (mhfgen.kernels.
+dispatched.backward decides per call: deterministic runs take the split pair).
 
 A *variant* is one kernel implementing an op: one template (templates/<stem>.py.jinja),
 one search-space file (templates/<stem>.space.toml), one module under mhfgen/variants/
@@ -47,6 +51,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("fwd", "fwd", "forward: o"),
     Op("bwd_dq", "dq", "backward: dq and dr"),
     Op("bwd_dkv", "dkv", "backward: dk, du and dv"),
+    Op("bwd", "bwd", "backward in one pass: dq, dr, dk, du and dv"),
 )}
 #: families of kernel source: the Triton language, or Gluon (Triton's explicit-layout,
 #: warp-specialised dialect, triton.experimental.gluon), which needs a real GPU

@@ -1,0 +1,211 @@
+"""flash_mhf_bwd_fused: the Triton-language backward in one pass
+(templates/flash_mhf_bwd_fused.py.jinja). A program owns one BLOCK_N weight tile of one kv
+head, walks the rows (token, query head of the group) and computes every gradient from one
+recomputation of S, A and dP: 8 MMA units per tile, where the split backward
+(flash_mhf_bwd_dq + flash_mhf_bwd_dkv) executes 11.
+
+dq (and dr, where an expert spans several tiles) are sums over the I / BLOCK_N programs of
+a kv head: fp32 atomics into a zeroed buffer, so the result's low bits depend on the order
+the programs add in. Deterministic runs use the split backward (mhfgen.kernels.backward).
+
+Config fields beyond the tiles (mhfgen.variants._triton):
+    token_splits:  programs that split the rows per weight tile; their dK/dU/dV partial
+                   sums meet by fp32 atomics.
+    transpose_acc: row-major (rows x BLOCK_N) tiles with dK/dU/dV accumulated transposed
+                   (head_dim the M dimension of their MMAs); else transposed tiles.
+    sigmoid:       'exp' (exp and reciprocal) or 'tanh' (0.5 + 0.5 tanh.approx(x / 2), one
+                   MUFU op; GPU only).
+    tma:           q and dO rows through TMA descriptors and dq's partial sums by TMA
+                   reductions (cp.reduce.async.bulk), instead of per-element pointers
+                   (64-bit addresses of every element: registers); sm90+, GPU only.
+    head_chunk:    kv heads per launch. dq's fp32 partial sums live in a workspace of
+                   tokens * head_chunk * (H / Hkv) * D floats, reused launch after launch;
+                   the workspace budget (SCRATCH_FRACTION of dq) bounds it.
+
+Shared memory (an estimate of Triton 3.6 on sm90), Dp and b as the forward's:
+    (3 * BLOCK_N + num_stages * 2 * BLOCK_M) * Dp * b    (K/U/V + the q/dO ring)
+    + 3 * BLOCK_M * BLOCK_N * b     (P, dS, dA staged as MMA operands)
+    + BLOCK_M * Dp * 4 + 1 KiB      (the dq tile's layout change for the atomics).
+Registers: (3*BN*Dp + 3*BM*BN + BM*Dp) / (32 * num_warps): dk/du/dv accumulators, the
+S, A, dP tiles and the dq tile.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config_fields import choice, positive_int
+from ..registry import Variant, register
+from ..spec import INTERPRETER, KernelSpec
+from ..tiling import cdiv, intermediate_blocks
+from . import _triton
+from ._triton import TileConfig
+
+#: the sigmoid forms the template can generate
+SIGMOIDS = ("exp", "tanh")
+#: the dq workspace may take up to this fraction of dq's own size (at least one kv head):
+#: at the 1.3B preset and 16384 tokens one kv head, 8 MiB, so that forward + backward
+#: stays within a fifth of a SwiGLU layer's peak memory
+SCRATCH_FRACTION = 1 / 8
+#: workspaces up to this many bytes are always allowed (small problems)
+SCRATCH_FLOOR = 4 << 20
+#: programs per multiprocessor above which a token split only adds partial-sum traffic
+MAX_PROGRAMS_PER_SM = 8
+
+
+@dataclass(frozen=True)
+class Config(TileConfig):
+    """The launch config of flash_mhf_bwd_fused (fields: see the module doc)."""
+
+    variant = "flash_mhf_bwd_fused"
+
+    token_splits: int = 1
+    transpose_acc: bool = False
+    sigmoid: str = "exp"
+    head_chunk: int = 1
+    tma: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _triton.check_positive(self, "token_splits")
+        _triton.check_flags(self, "transpose_acc", "tma")
+        choice(self.sigmoid, f"{self.variant} config: sigmoid", SIGMOIDS)
+        positive_int(self.head_chunk, f"{self.variant} config: head_chunk", 1024)
+
+    def check_for(self, spec: KernelSpec) -> None:
+        if self.tma:
+            if spec.target != INTERPRETER and not spec.target.startswith(("sm9", "sm1")):
+                raise ValueError(f"tma=True needs an sm90+ target, not {spec.target}")
+            if spec.target == INTERPRETER:
+                raise ValueError("tma=True adds dq by TMA reductions, which Triton's "
+                                 "interpreter does not run")
+            if self.block_m % spec.group:
+                raise ValueError(f"tma=True needs block_m={self.block_m} to be a multiple "
+                                 f"of heads/kv_heads={spec.group}")
+            if spec.head_dim * spec.torch_dtype.itemsize % 16:
+                raise ValueError(f"tma=True needs head_dim rows of a multiple of 16 bytes; "
+                                 f"head_dim={spec.head_dim} in {spec.dtype} is not")
+        if self.sigmoid == "tanh" and spec.target == INTERPRETER:
+            raise ValueError("sigmoid='tanh' is PTX inline assembly: a GPU only, not "
+                             "Triton's interpreter")
+
+    def describe(self) -> str:
+        text = super().describe()
+        if self.sigmoid != "exp":
+            text += f" {self.sigmoid}"
+        return text + f" hc{self.head_chunk}"
+
+
+def kv_heads_per_launch(spec: KernelSpec, config: Config) -> int:
+    """The kv heads one launch covers: head_chunk, at most all of them."""
+    return min(config.head_chunk, spec.kv_heads)
+
+
+def dr_atomic(spec: KernelSpec, config: Config) -> bool:
+    """Whether an expert spans several tiles, so dr's partial sums meet by atomics."""
+    return cdiv(spec.expert_dim, config.block_n) > 1
+
+
+def workspace_bytes(spec: KernelSpec, config: Config, tokens: int, r_fp32: bool = True) -> int:
+    """Bytes of fp32 workspace one call allocates beside its outputs: dq's partial sums
+    (none in fp32, where they go to dq itself), dr's where r is not fp32 and an expert
+    spans tiles, and dK/dU/dV's with token splits (none in fp32)."""
+    n = kv_heads_per_launch(spec, config)
+    narrow = spec.dtype != "float32"
+    total = tokens * n * spec.group * spec.head_dim * 4 if narrow else 0
+    if dr_atomic(spec, config) and not r_fp32:
+        total += tokens * n * spec.group * spec.experts * 4
+    if config.token_splits > 1 and narrow:
+        total += 3 * n * spec.intermediate * spec.head_dim * 4
+    return total
+
+
+def workspace_budget(spec: KernelSpec, tokens: int) -> int:
+    """The workspace a config may use: SCRATCH_FRACTION of dq's bytes, at least
+    SCRATCH_FLOOR and at least one kv head's dq partial sums."""
+    dq_bytes = tokens * spec.heads * spec.head_dim * spec.torch_dtype.itemsize
+    one_head = tokens * spec.group * spec.head_dim * 4
+    return max(int(dq_bytes * SCRATCH_FRACTION), SCRATCH_FLOOR, one_head)
+
+
+class FlashMhfBwdFused(Variant):
+    stem = "flash_mhf_bwd_fused"
+    op = "bwd"
+    family = "triton"
+    Config = Config
+    launcher = "mhfgen.kernels.flash_mhf_bwd_fused:flash_mhf_bwd_fused"
+    shared_templates = ("_macros.jinja",)
+    preference = 50
+    flop_factor = 16  # S, A, dP recomputed once; dV, dK, dU; dQ from dS and from dA
+    outputs = ("dq", "dr", "dk", "du", "dv")
+    takes_grad = True
+    gpu_start = (64, 64, 8, 2)
+
+    def static_params(self, spec: KernelSpec, config: Config) -> dict:
+        params = _triton.tile_params(spec, config)
+        params.update(token_split=config.token_splits > 1, transpose_acc=config.transpose_acc,
+                      sigmoid=config.sigmoid, dr_atomic=dr_atomic(spec, config),
+                      tma=config.tma)
+        return params
+
+    def shared_memory(self, spec: KernelSpec, config: Config) -> int:
+        dp = _triton.padded_head_dim(spec, config)
+        bm, bn, st = config.block_m, config.block_n, config.num_stages
+        item = spec.torch_dtype.itemsize
+        elems = (3 * bn + st * 2 * bm) * dp + 3 * bm * bn
+        return elems * item + bm * dp * 4 + 1024
+
+    def registers(self, spec: KernelSpec, config: Config) -> float:
+        bm, bn, dp = config.block_m, config.block_n, _triton.padded_head_dim(spec, config)
+        return (3 * bn * dp + 3 * bm * bn + bm * dp) / (32 * config.num_warps)
+
+    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> Config:
+        """The widest head_chunk within the workspace budget; token splits when the
+        weight tiles of one launch fill fewer than two waves of programs."""
+        interp = spec.target == INTERPRETER
+        bm, bn, warps, stages = _triton.INTERPRETER_START if interp else self.gpu_start
+        bn = _triton.pick_block_n(spec.expert_dim, bn)
+        rows = max(1, tokens) * spec.group
+        bm = _triton.rows_block(rows, bm)
+        chunk = spec.kv_heads
+        probe = Config(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages,
+                       head_chunk=chunk)
+        budget = workspace_budget(spec, max(1, tokens))
+        while chunk > 1 and workspace_bytes(spec, probe, max(1, tokens)) > budget:
+            chunk = (chunk + 1) // 2
+            probe = Config(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages,
+                           head_chunk=chunk)
+        programs = intermediate_blocks(spec, bn) * chunk
+        splits = 1
+        if not interp and programs < 2 * sm_count:
+            splits = max(1, min(-(-2 * sm_count // programs), rows // (4 * bm)))
+        config = Config(block_m=bm, block_n=bn, num_warps=warps if bm >= 64 else 4,
+                        num_stages=stages, token_splits=splits, head_chunk=chunk)
+        if splits > 1 and workspace_bytes(spec, config, max(1, tokens)) > budget:
+            config = Config(block_m=bm, block_n=bn, num_warps=config.num_warps,
+                            num_stages=stages, token_splits=1, head_chunk=chunk)
+        return config if interp else _triton.shrink_to_fit(self, spec, config)
+
+    def prune_reason(self, spec: KernelSpec, config: Config, tokens: int,
+                     sm_count: int) -> str | None:
+        rows = max(1, tokens) * spec.group
+        reason = _triton.tile_prune_reason(spec, config, rows)
+        if reason:
+            return reason
+        if config.head_chunk > spec.kv_heads:
+            return f"head_chunk={config.head_chunk} exceeds the {spec.kv_heads} kv heads"
+        used, budget = workspace_bytes(spec, config, max(1, tokens)), \
+            workspace_budget(spec, max(1, tokens))
+        if used > budget:
+            return (f"a {used >> 20} MiB workspace exceeds the budget of {budget >> 20} MiB "
+                    f"({SCRATCH_FRACTION:g} of dq)")
+        if config.token_splits > 1:
+            if config.token_splits > cdiv(rows, config.block_m):
+                return f"token_splits={config.token_splits} exceeds the row blocks"
+            programs = intermediate_blocks(spec, config.block_n) * kv_heads_per_launch(
+                spec, config)
+            if programs * config.token_splits > MAX_PROGRAMS_PER_SM * max(1, sm_count):
+                return f"token_splits={config.token_splits} makes too many programs"
+        return None
+
+
+register(FlashMhfBwdFused())
