@@ -28,6 +28,13 @@ launcher.
 A decision whose source is not 'exact' goes through mhfgen.record.on_miss, once per key:
 MHFGEN_RECORD=PATH appends it to PATH for `mhfgen tune --from-record PATH`, and
 MHFGEN_TUNE_ON_MISS=1 tunes it in this process (mhfgen.tuning.on_miss).
+
+The backward has two forms (`backward_form`): the one-pass op 'bwd', or the split pair
+'bwd_dq' + 'bwd_dkv'. Deterministic runs (torch.use_deterministic_algorithms(True), or
+MHFGEN_DETERMINISTIC=1) take the split pair, whose dK/dU/dV run without token splits:
+no atomics anywhere, so the gradients are bitwise the same run after run. Otherwise the
+one pass, unless the databases hold winners of all three ops tuned at one token count and
+the split pair's two times add up to less than the one pass's.
 """
 from __future__ import annotations
 
@@ -48,6 +55,10 @@ log = logging.getLogger(__name__)
 
 #: set to 1 to ignore every tuning database
 NO_TUNED_ENV = "MHFGEN_NO_TUNED"
+#: set to 1 for bitwise-reproducible gradients (as torch.use_deterministic_algorithms)
+DETERMINISTIC_ENV = "MHFGEN_DETERMINISTIC"
+#: the backward's forms (see backward_form)
+FUSED, SPLIT = "fused", "split"
 
 _cache: dict[tuple, object] = {}
 _choices: dict[tuple, Choice] = {}
@@ -88,6 +99,44 @@ def explain_choice(kernel: str, spec: KernelSpec, tokens: int, device: torch.dev
         _choices[key] = choice
         _cache[key] = choice.config
     return choice
+
+
+def deterministic_requested() -> bool:
+    """Whether gradients must be bitwise reproducible: torch's deterministic algorithms
+    are on, or MHFGEN_DETERMINISTIC is set to anything but '' or '0'."""
+    return (torch.are_deterministic_algorithms_enabled()
+            or os.environ.get(DETERMINISTIC_ENV, "") not in ("", "0"))
+
+
+def backward_form(spec: KernelSpec, tokens: int, device: torch.device,
+                  deterministic: bool = False) -> str:
+    """FUSED (the op 'bwd') or SPLIT ('bwd_dq' then 'bwd_dkv') for a backward call.
+
+    SPLIT when `deterministic` (the one pass sums dq by atomics) or when no variant of
+    'bwd' runs the call; SPLIT also where the databases hold winners of 'bwd', 'bwd_dq'
+    and 'bwd_dkv' tuned at one token count and the two split times add up to less than
+    the one pass's; FUSED otherwise (cached per key, like the choices)."""
+    key = ("backward-form", spec, tokens, device, deterministic)
+    form = _cache.get(key)
+    if form is None:
+        form = _backward_form(spec, tokens, device, deterministic)
+        _cache[key] = form
+    return form
+
+
+def _backward_form(spec: KernelSpec, tokens: int, device: torch.device,
+                   deterministic: bool) -> str:
+    if deterministic or not registry.usable("bwd", spec, tokens):
+        return SPLIT
+    fused = explain_choice("bwd", spec, tokens, device)
+    if fused.ms is None:
+        return FUSED
+    dq = explain_choice("bwd_dq", spec, tokens, device)
+    dkv = explain_choice("bwd_dkv", spec, tokens, device)
+    same = dq.tuned_tokens == dkv.tuned_tokens == fused.tuned_tokens
+    if same and dq.ms is not None and dkv.ms is not None and dq.ms + dkv.ms < fused.ms:
+        return SPLIT
+    return FUSED
 
 
 def tuned_configs_enabled() -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import backward_dkv, backward_dq, forward
+from .kernels import backward, forward
 from .validation import check_flash_mhf_inputs_cached
 
 
@@ -30,8 +30,7 @@ def _flash_mhf_backward_op(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v:
                            r: torch.Tensor, do: torch.Tensor
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                       torch.Tensor]:
-    dq, dr = backward_dq(q, k, u, v, r, do)
-    dk, du, dv = backward_dkv(q, k, u, v, r, do)
+    dq, dr, dk, du, dv = backward(q, k, u, v, r, do)
     return dq, dk, du, dv, dr
 
 

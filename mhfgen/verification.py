@@ -93,13 +93,33 @@ def _run(op: str, config, *tensors):
     raise ValueError(f"a {stem} config does not run op {op}")
 
 
-def kernel_outputs(q, k, u, v, r, do, fwd=None, dq=None, dkv=None) -> dict[str, torch.Tensor]:
+#: the backward forms kernel_outputs takes: the dispatcher's choice (what autograd runs),
+#: the one pass, or the split pair
+BACKWARD_FORMS = ("dispatched", "fused", "split")
+
+
+def kernel_outputs(q, k, u, v, r, do, fwd=None, dq=None, dkv=None, bwd=None,
+                   backward: str = "dispatched") -> dict[str, torch.Tensor]:
     """o and the five gradients through the generated kernels: each op through the
     dispatcher's variant and config, or with the given config (of a variant of that op,
-    or a LaunchConfig) through its variant."""
+    or a LaunchConfig) through its variant. The gradients come from `backward`: the
+    form the dispatcher picks ('dispatched', as autograd runs it), the one-pass op 'bwd'
+    ('fused', config `bwd`) or 'bwd_dq' then 'bwd_dkv' ('split', configs `dq`, `dkv`)."""
+    if backward not in BACKWARD_FORMS:
+        raise ValueError(f"backward must be one of {', '.join(BACKWARD_FORMS)}, got "
+                         f"{backward!r}")
+    if backward == "dispatched" and (dq is not None or dkv is not None):
+        backward = "split"
+    if backward == "dispatched" and bwd is not None:
+        backward = "fused"
     o = _run("fwd", fwd, q, k, u, v, r)
-    dq_, dr = _run("bwd_dq", dq, q, k, u, v, r, do)
-    dk, du, dv = _run("bwd_dkv", dkv, q, k, u, v, r, do)
+    if backward == "dispatched":
+        dq_, dr, dk, du, dv = kernels.backward(q, k, u, v, r, do)
+    elif backward == "fused":
+        dq_, dr, dk, du, dv = _run("bwd", bwd, q, k, u, v, r, do)
+    else:
+        dq_, dr = _run("bwd_dq", dq, q, k, u, v, r, do)
+        dk, du, dv = _run("bwd_dkv", dkv, q, k, u, v, r, do)
     return {"o": o, "dq": dq_, "dk": dk, "du": du, "dv": dv, "dr": dr}
 
 

@@ -7,6 +7,7 @@ use fp32 and fp16; `mhfgen verify` covers bf16 on the GPU.
 import torch
 
 from mhfgen.spec import LaunchConfig
+from mhfgen.variants import flash_mhf_bwd_fused as fused_variant
 from mhfgen.variants import flash_mhf_fwd as fwd_variant
 from mhfgen.verification import Case
 
@@ -25,7 +26,9 @@ DTYPES = [torch.float32, torch.float16]
 
 #: per kernel, configs that together reach every template branch: flat and per-expert
 #: (masked) loops, chunked and padded head_dim, grouped heads, split intermediate (fwd),
-#: split tokens with atomics (dkv), weights through tensor descriptors (fwd, dq).
+#: split tokens with atomics (dkv, fused), weights through tensor descriptors (fwd, dq);
+#: for the one-pass backward both tile orientations, dr stored (one tile per expert) and
+#: summed by atomics, kv heads one launch at a time and all at once.
 CONFIGS = {
     "flash_mhf_fwd": [
         LaunchConfig(block_m=16, block_n=16),
@@ -54,6 +57,15 @@ CONFIGS = {
         LaunchConfig(block_m=16, block_n=16, split_grads=True),
         LaunchConfig(block_m=32, block_n=64, token_splits=2, transpose_acc=True, split_grads=True,
                      head_dim_split="pad"),
+    ],
+    "flash_mhf_bwd_fused": [
+        fused_variant.Config(block_m=16, block_n=16, num_warps=4, num_stages=1),
+        fused_variant.Config(block_m=32, block_n=64, num_warps=4, num_stages=1,
+                             transpose_acc=True, head_chunk=16, head_dim_split="pad"),
+        fused_variant.Config(block_m=16, block_n=32, num_warps=4, num_stages=1,
+                             token_splits=3, head_chunk=2),
+        fused_variant.Config(block_m=16, block_n=16, num_warps=4, num_stages=1,
+                             transpose_acc=True, token_splits=2, head_chunk=1),
     ],
 }
 

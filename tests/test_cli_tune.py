@@ -89,7 +89,7 @@ def test_kill_and_rerun_resumes_without_losing_trials(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--dtype", "bfloat16"], "bfloat16 does not run in Triton's interpreter"),
-    (["--kernels", "fwd,bwd"], "unknown kernel 'bwd'"),
+    (["--kernels", "fwd,bwdx"], "unknown kernel 'bwdx'"),
     (["--intermediate", "100", "--experts", "3"], "must be divisible by --experts"),
     (["--trials", "0"], "--trials must be >= 1"),
     (["--heads", "3", "--kv-heads", "2"], "multiple of kv_heads"),

@@ -27,6 +27,11 @@ def register(sub) -> None:
                         "float32,float16 on the CPU)")
     p.add_argument("--tokens", type=int, default=None,
                    help="tokens of the preset problems on a GPU (default 16384)")
+    p.add_argument("--backward", default="all", choices=("all", "dispatched", "fused", "split"),
+                   help="which backward computes the gradients: the one-pass kernel, the "
+                        "split pair (dq/dr, then dk/du/dv: what deterministic runs use), "
+                        "the form the dispatcher picks, or both forms, a row each "
+                        "(default: all)")
     add_json_arg(p, VERIFY_FORMAT)
     p.set_defaults(handler=run)
 
@@ -94,21 +99,24 @@ def run(args) -> int:
     out = text_stream(args)
     print(f"mhfgen verify on {where}" + ("" if gpu else " (Triton interpreter, small problems)"),
           file=out)
+    forms = ("fused", "split") if args.backward == "all" else (args.backward,)
     rows, lines, failed = [], [], 0
     for case in _cases(args, gpu):
         ref_inputs = make_inputs(case, torch.float32, dev, seed=0)
-        for name in names:
+        for name, form in ((n, f) for n in names for f in forms):
             dtype = DTYPES[name]
             inputs = [t.to(dtype) if i < 4 or i == 5 else t for i, t in enumerate(ref_inputs)]
             q, k, u, v, r, do = inputs
             start = time.perf_counter()
-            row = {"case": case.name, "dtype": name, "tokens": case.tokens, "shape": case.__dict__}
+            row = {"case": case.name, "dtype": name, "backward": form, "tokens": case.tokens,
+                   "shape": case.__dict__}
             try:
                 expected = reference_outputs(q, k, u, v, r, do)
-                got = kernel_outputs(q, k, u, v, r, do)
+                got = kernel_outputs(q, k, u, v, r, do, backward=form)
             except Exception as exc:  # noqa: BLE001 - a failing kernel is a failed row
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-                lines.append((case.name, name, case.tokens, *[""] * len(OUTPUTS), f"FAIL {reason}"))
+                lines.append((case.name, name, form, case.tokens, *[""] * len(OUTPUTS),
+                              f"FAIL {reason}"))
                 _progress(args, lines[-1])
                 rows.append({**row, "ok": False, "error": reason})
                 failed += 1
@@ -118,8 +126,8 @@ def run(args) -> int:
             failed += bool(bad)
             status = "ok" if not bad else "FAIL " + ",".join(c.output for c in bad)
             errors = {c.output: f"{c.error:.2e}" for c in checks}
-            lines.append((case.name, name, case.tokens, *(errors.get(o, "") for o in OUTPUTS),
-                          status))
+            lines.append((case.name, name, form, case.tokens,
+                          *(errors.get(o, "") for o in OUTPUTS), status))
             _progress(args, lines[-1])
             rows.append({**row, "seconds": time.perf_counter() - start,
                          "errors": {c.output: c.error for c in checks},
@@ -127,7 +135,7 @@ def run(args) -> int:
             del expected, got
     if sys.stderr.isatty() and not json_to_stdout(args):
         print(file=sys.stderr)  # past the progress line
-    print(table(("case", "dtype", "tokens", *OUTPUTS, "status"), lines), file=out)
+    print(table(("case", "dtype", "backward", "tokens", *OUTPUTS, "status"), lines), file=out)
     tols = {n: (tolerance(n), tolerance(n, grad=True))
             for n in names}
     print("tolerances (output, gradients): " +
@@ -146,6 +154,6 @@ def run(args) -> int:
 def _progress(args, line: tuple) -> None:
     """One case done: overwrite a status line on a terminal's stderr (the table follows)."""
     if sys.stderr.isatty():
-        case, dtype, tokens, *_, status = line
-        print(f"\r\033[K{case} {dtype} {tokens}: {status}", end="", file=sys.stderr,
+        case, dtype, form, tokens, *_, status = line
+        print(f"\r\033[K{case} {dtype} {form} {tokens}: {status}", end="", file=sys.stderr,
               flush=True)

@@ -7,18 +7,25 @@ variant that supports the shape) and keeps (launcher, config) in a plan cache, s
 repeated call costs one dict lookup more than calling the variant's launcher directly.
 A tuned config that fails on the first call is replaced by the heuristic, as in the
 launchers (mhfgen.kernels.configs.first_launch).
+
+`backward` runs the whole backward in the form the dispatcher picks for the call
+(mhfgen.dispatch.backward_form): the one-pass op 'bwd', or 'bwd_dq' then 'bwd_dkv'; in a
+deterministic run the split pair with dK/dU/dV's token splits off.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
 from .. import registry
-from ..dispatch import explain_choice
+from ..dispatch import FUSED, backward_form, deterministic_requested, explain_choice
 from ..validation import check_flash_mhf_inputs
 from .configs import first_launch, spec_of
 from .plans import plan_cache, plan_key, remember
 
 _plans = plan_cache()
+_backward_plans = plan_cache()
 
 
 def run_op(op: str, *tensors: torch.Tensor):
@@ -58,3 +65,41 @@ def backward_dq(q, k, u, v, r, do) -> tuple[torch.Tensor, torch.Tensor]:
 def backward_dkv(q, k, u, v, r, do) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dk, du, dv) through the dispatcher's dK/dU/dV variant."""
     return run_op("bwd_dkv", q, k, u, v, r, do)
+
+
+def backward(q, k, u, v, r, do) -> tuple[torch.Tensor, ...]:
+    """(dq, dr, dk, du, dv) in the backward form the dispatcher picks for the call: the
+    one pass ('bwd'), or 'bwd_dq' then 'bwd_dkv'. Where deterministic algorithms are
+    requested (mhfgen.dispatch.deterministic_requested) the split pair runs, dK/dU/dV
+    without token splits: no atomic adds, bitwise-reproducible gradients."""
+    deterministic = deterministic_requested()
+    key = (plan_key(None, q, k, u, v, r, do), deterministic)
+    plan = _backward_plans.get(key)
+    if plan is None:
+        plan = remember(_backward_plans, key, _backward_plan(q, k, u, v, r, do, deterministic))
+    if plan is FUSED:
+        return run_op("bwd", q, k, u, v, r, do)
+    dq, dr = run_op("bwd_dq", q, k, u, v, r, do)
+    if plan is None:
+        dk, du, dv = run_op("bwd_dkv", q, k, u, v, r, do)
+    else:  # deterministic: this dK/dU/dV config, token splits off
+        launcher, config = plan
+        dk, du, dv = launcher(q, k, u, v, r, do, config=config)
+    return dq, dr, dk, du, dv
+
+
+def _backward_plan(q, k, u, v, r, do, deterministic: bool):
+    """FUSED; None (the split pair as dispatched); or (launcher, config) of a dK/dU/dV
+    variant whose dispatched config is made deterministic (token_splits=1)."""
+    problem = check_flash_mhf_inputs(q, k, u, v, r)
+    spec = spec_of(problem, q)
+    form = backward_form(spec, problem.tokens, q.device, deterministic)
+    if form == FUSED:
+        return FUSED
+    if not deterministic:
+        return None
+    choice = explain_choice("bwd_dkv", spec, problem.tokens, q.device)
+    config = choice.config
+    if getattr(config, "token_splits", 1) > 1:
+        config = dataclasses.replace(config, token_splits=1)
+    return registry.get(choice.variant).launch_fn(), config

@@ -64,7 +64,7 @@ class Choice:
 
     source: 'exact' | 'bucket' | 'nearest' | 'heuristic'; layer: 'user' | 'shipped' |
     None (heuristic); tuned_tokens: the token count the record was tuned at; variant:
-    the stem of the variant the config belongs to.
+    the stem of the variant the config belongs to; ms: the record's stored median time.
     """
 
     config: object
@@ -72,6 +72,7 @@ class Choice:
     layer: str | None = None
     tuned_tokens: int | None = None
     variant: str | None = None
+    ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,4 +141,4 @@ def _usable(entry: _Entry, spec: KernelSpec) -> bool:
 
 
 def _choice(entry: _Entry, source: str) -> Choice:
-    return Choice(entry.config, source, entry.layer, entry.tokens, entry.variant)
+    return Choice(entry.config, source, entry.layer, entry.tokens, entry.variant, entry.ms)

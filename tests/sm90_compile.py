@@ -1,0 +1,67 @@
+"""Compile a generated Triton-language kernel for sm90 on any machine (no GPU needed) and
+report what its PTX holds. Run in a process of its own with TRITON_INTERPRET=0: a process
+that has run Triton's interpreter cannot compile (its language module is patched).
+
+    python tests/sm90_compile.py STEM SPEC_JSON CONFIG_JSON  ->  one JSON line
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+def compile_report(stem: str, spec, config) -> dict:
+    """{'shared': bytes, 'wgmma': n, 'tma_loads': n, 'tma_reduces': n} of the kernel of
+    (stem, spec, config), compiled in a subprocess."""
+    import dataclasses
+
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    args = [sys.executable, str(Path(__file__).resolve()), stem,
+            json.dumps(dataclasses.asdict(spec)), config.to_json()]
+    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    if out.returncode:
+        raise AssertionError(f"sm90 compile of {stem} {config.describe()} failed:\n"
+                             f"{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _main(stem: str, spec_json: str, config_json: str) -> None:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from mhfgen import registry
+    from mhfgen.codegen import load_kernel
+    from mhfgen.spec import KernelSpec
+
+    spec = KernelSpec(**json.loads(spec_json))
+    variant = registry.get(stem)
+    config = variant.check(spec, variant.config_from_dict(json.loads(config_json)))
+    kernel = load_kernel(stem, spec, config)
+    narrow = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[spec.dtype]
+    fp32 = {"DQ", "DR", "R"} | ({"DK", "DU", "DV"} if getattr(config, "token_splits", 1) > 1
+                                else set())
+    signature = {}
+    for name in kernel.arg_names:
+        if name in ("BLOCK_M", "BLOCK_N"):
+            signature[name] = "constexpr"
+        elif name[0].isupper():
+            signature[name] = "*fp32" if name in fp32 else f"*{narrow}"
+        else:
+            signature[name] = "i32"
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={"BLOCK_M": config.block_m, "BLOCK_N": config.block_n})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": config.num_warps,
+                                       "num_stages": config.num_stages})
+    ptx = compiled.asm["ptx"]
+    print(json.dumps({"shared": compiled.metadata.shared,
+                      "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
+                      "tma_loads": len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
+                      "tma_reduces": len(re.findall(r"cp\.reduce\.async\.bulk\.tensor", ptx))}))
+
+
+if __name__ == "__main__":
+    _main(*sys.argv[1:4])
