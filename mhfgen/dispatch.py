@@ -33,8 +33,10 @@ The backward has two forms (`backward_form`): the one-pass op 'bwd', or the spli
 'bwd_dq' + 'bwd_dkv'. Deterministic runs (torch.use_deterministic_algorithms(True), or
 MHFGEN_DETERMINISTIC=1) take the split pair, whose dK/dU/dV run without token splits:
 no atomics anywhere, so the gradients are bitwise the same run after run. Otherwise the
-one pass, unless the databases hold winners of all three ops tuned at one token count and
-the split pair's two times add up to less than the one pass's.
+split pair too, unless the databases hold winners of all three ops tuned at one token
+count and the one pass's time is below the sum of the split pair's (on an H200 the split
+pair measured faster at 16384 tokens on every shape tried, within the one pass's
+workspace budget: docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 
@@ -112,10 +114,10 @@ def backward_form(spec: KernelSpec, tokens: int, device: torch.device,
                   deterministic: bool = False) -> str:
     """FUSED (the op 'bwd') or SPLIT ('bwd_dq' then 'bwd_dkv') for a backward call.
 
-    SPLIT when `deterministic` (the one pass sums dq by atomics) or when no variant of
-    'bwd' runs the call; SPLIT also where the databases hold winners of 'bwd', 'bwd_dq'
-    and 'bwd_dkv' tuned at one token count and the two split times add up to less than
-    the one pass's; FUSED otherwise (cached per key, like the choices)."""
+    FUSED only where the databases hold winners of 'bwd', 'bwd_dq' and 'bwd_dkv' tuned at
+    one token count and the one pass's stored time is below the sum of the split pair's,
+    and not `deterministic` (the one pass sums dq by atomics); SPLIT otherwise, the
+    measured faster form where nothing is tuned (cached per key, like the choices)."""
     key = ("backward-form", spec, tokens, device, deterministic)
     form = _cache.get(key)
     if form is None:
@@ -130,13 +132,13 @@ def _backward_form(spec: KernelSpec, tokens: int, device: torch.device,
         return SPLIT
     fused = explain_choice("bwd", spec, tokens, device)
     if fused.ms is None:
-        return FUSED
+        return SPLIT
     dq = explain_choice("bwd_dq", spec, tokens, device)
     dkv = explain_choice("bwd_dkv", spec, tokens, device)
     same = dq.tuned_tokens == dkv.tuned_tokens == fused.tuned_tokens
-    if same and dq.ms is not None and dkv.ms is not None and dq.ms + dkv.ms < fused.ms:
-        return SPLIT
-    return FUSED
+    if same and dq.ms is not None and dkv.ms is not None and fused.ms < dq.ms + dkv.ms:
+        return FUSED
+    return SPLIT
 
 
 def tuned_configs_enabled() -> bool:

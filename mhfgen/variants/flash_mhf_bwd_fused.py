@@ -31,6 +31,7 @@ S, A, dP tiles and the dq tile.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..config_fields import choice, positive_int
@@ -138,7 +139,7 @@ class FlashMhfBwdFused(Variant):
     flop_factor = 16  # S, A, dP recomputed once; dV, dK, dU; dQ from dS and from dA
     outputs = ("dq", "dr", "dk", "du", "dv")
     takes_grad = True
-    gpu_start = (64, 64, 8, 2)
+    gpu_start = (128, 64, 8, 2)  # with transpose_acc, tanh and (sm90) tma: the H200 sweep's best
 
     def static_params(self, spec: KernelSpec, config: Config) -> dict:
         params = _triton.tile_params(spec, config)
@@ -178,11 +179,14 @@ class FlashMhfBwdFused(Variant):
         splits = 1
         if not interp and programs < 2 * sm_count:
             splits = max(1, min(-(-2 * sm_count // programs), rows // (4 * bm)))
+        gpu = {} if interp else dict(
+            transpose_acc=True, sigmoid="tanh",
+            tma=(spec.target.startswith(("sm9", "sm1")) and bm % spec.group == 0
+                 and spec.head_dim * spec.torch_dtype.itemsize % 16 == 0))
         config = Config(block_m=bm, block_n=bn, num_warps=warps if bm >= 64 else 4,
-                        num_stages=stages, token_splits=splits, head_chunk=chunk)
+                        num_stages=stages, token_splits=splits, head_chunk=chunk, **gpu)
         if splits > 1 and workspace_bytes(spec, config, max(1, tokens)) > budget:
-            config = Config(block_m=bm, block_n=bn, num_warps=config.num_warps,
-                            num_stages=stages, token_splits=1, head_chunk=chunk)
+            config = dataclasses.replace(config, token_splits=1)
         return config if interp else _triton.shrink_to_fit(self, spec, config)
 
     def prune_reason(self, spec: KernelSpec, config: Config, tokens: int,
