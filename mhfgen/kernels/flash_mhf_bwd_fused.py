@@ -35,7 +35,7 @@ class Chunk:
     n: int
     h0: int
     h1: int
-    launch: DirectLaunch
+    launch: object  # DirectLaunch, or any callable taking the same tensors
 
 
 @dataclass(frozen=True)
@@ -69,15 +69,18 @@ def flash_mhf_bwd_fused(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: to
     key = plan_key(config, q, k, u, v, r, do)
     plan = _plans.get(key)
     if plan is not None:
-        return _run(plan, q, k, u, v, r, do)
+        return run_chunks(plan, q, k, u, v, r, do)
     plan, out = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, do, c),
-                             lambda p: _run(p, q, k, u, v, r, do), (q, k, u, v, r), config)
+                             lambda p: run_chunks(p, q, k, u, v, r, do), (q, k, u, v, r),
+                             config)
     remember(_plans, key, plan)
     return out
 
 
-def _run(plan: FusedPlan, q, k, u, v, r, do) -> tuple[torch.Tensor, ...]:
-    """Allocate the gradients and workspaces, launch chunk by chunk."""
+def run_chunks(plan: FusedPlan, q, k, u, v, r, do) -> tuple[torch.Tensor, ...]:
+    """Allocate the gradients and workspaces, launch chunk by chunk (each chunk's launch
+    takes q, k, u, v, r, do, then the chunk's dq, dr, dk, du, dv buffers); shared with
+    the Gluon one-pass backward (mhfgen.kernels.flash_mhf_bwd_ws)."""
     dev = q.device
     if not plan.chunks:
         zeros = [torch.zeros(k.shape, dtype=k.dtype, device=dev) for _ in range(3)]

@@ -1,0 +1,176 @@
+"""The Gluon one-pass backward (flash_mhf_bwd_ws) on an H100/H200: correctness, then speed.
+
+    python3 benchmarks/bwd_ws_check.py [--budget 500]
+
+1. verify: its five gradients against float64 (relative Frobenius error, the bar of
+   mhfgen.tolerances) in bf16 and fp16 on the 1.3B shape's slice, L = 1, L = 37 with
+   Hkv < H, E = 1 at D = 64 and Hkv < H at D = 64, for a few configs (token splits, head
+   chunks, exp sigmoid, a deeper ring).
+2. speed at 16384 tokens in bf16 on 1.3B, 370M, (H16, D64) and 1.3B with 4 kv heads: a
+   config sweep beside the split backward as dispatched and the forward as dispatched, in
+   one process; TFLOP/s count 12 T H I D for the backward and 18 T H I D for forward +
+   backward; each timed config's gradients are checked against float64 first.
+Every first launch is watched for a hang (an mbarrier deadlock): a hang ends the run,
+printing what was measured.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import threading
+import time
+
+import torch
+import triton
+
+from mhfgen import kernels
+from mhfgen.kernels.flash_mhf_bwd_ws import BwdWsConfig, flash_mhf_bwd_ws
+from mhfgen.tolerances import relative_error, tolerance
+from mhfgen.verification import Case, make_inputs, reference_outputs
+
+GRADS = ("dq", "dr", "dk", "du", "dv")
+VERIFY_CASES = [
+    Case("1.3B-slice", 2, 300, 16, 16, 128, 22, 256),
+    Case("L=1", 1, 1, 8, 8, 128, 11, 256),
+    Case("L=37,Hkv<H", 1, 37, 8, 2, 128, 4, 128),
+    Case("E=1,D64", 1, 200, 4, 4, 64, 1, 512),
+    Case("Hkv<H,D64", 3, 100, 16, 4, 64, 11, 256),
+]
+VERIFY_CONFIGS = {
+    "default": BwdWsConfig(),
+    "ts3 hc2": BwdWsConfig(token_splits=3, head_chunk=2),
+    "exp s3 hc16": BwdWsConfig(sigmoid="exp", stages=3, head_chunk=16),
+}
+SPEED_SHAPES = {"1.3B": (16, 16, 128, 22, 256), "370M": (8, 8, 128, 11, 256),
+                "H16D64": (16, 16, 64, 11, 256), "1.3B-gqa4": (16, 4, 128, 22, 256)}
+
+
+class Hang(Exception):
+    pass
+
+
+def finish(fn, timeout_s: float = 20.0):
+    """Run fn once and wait for the GPU with a timeout (a deadlocked kernel never ends)."""
+    out = fn()
+    event = torch.cuda.Event()
+    event.record()
+    t0 = time.time()
+    while not event.query():
+        if time.time() - t0 > timeout_s:
+            raise Hang(f"no completion within {timeout_s:.0f} s")
+        time.sleep(0.002)
+    return out
+
+
+def errors(out, ref) -> float:
+    return max(relative_error(o, ref[g]) for g, o in zip(GRADS, out))
+
+
+def verify(rows):
+    for dtype in (torch.bfloat16, torch.float16):
+        bar = tolerance(dtype, grad=True)
+        for case in VERIFY_CASES:
+            inputs = make_inputs(case, dtype, "cuda", seed=1)
+            ref = reference_outputs(*inputs)
+            for name, config in VERIFY_CONFIGS.items():
+                label = f"{str(dtype)[6:]} {case.name} {name}"
+                try:
+                    err = errors(finish(lambda: flash_mhf_bwd_ws(*inputs, config=config)), ref)
+                    rows.append(("verify", label, f"{err:.2e}", "ok" if err <= bar else "FAIL"))
+                except Hang:
+                    rows.append(("verify", label, "-", "HANG"))
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a failing config is a row
+                    rows.append(("verify", label, "-", f"ERROR {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:90]}"))
+                print(*rows[-1], flush=True)
+
+
+def sweep_configs(name):
+    base = [BwdWsConfig()]
+    if name == "1.3B":  # the knobs beside the default on the headline shape only
+        base += [BwdWsConfig(stages=3), BwdWsConfig(grads_regs=160), BwdWsConfig(sigmoid="exp")]
+    out = []
+    for c in base:
+        for hc, ts in ((1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (16, 1)):
+            out.append(dataclasses.replace(c, head_chunk=hc, token_splits=ts))
+    if name == "H16D64":
+        out += [dataclasses.replace(c, block_m=64) for c in out[:6]]
+    return out
+
+
+def speed(rows, shapes):
+    for name in shapes:
+        H, Hkv, D, E, De = SPEED_SHAPES[name]
+        case = Case(name, 8, 2048, H, Hkv, D, E, De)
+        inputs = make_inputs(case, torch.bfloat16, "cuda")
+        unit = 2 * case.tokens * H * E * De * D  # one GEMM unit
+        ref = reference_outputs(*inputs)
+        bar = tolerance(torch.bfloat16, grad=True)
+        bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=40)  # noqa: E731
+        t_fwd = bench(lambda: kernels.forward(*inputs[:5]))
+        t_split = bench(lambda: kernels.backward(*inputs))
+        rows.append(("speed", f"{name} split (dispatched)", f"{t_split:.3f} ms",
+                     f"bwd {6 * unit / t_split / 1e9:.0f} fwd+bwd "
+                     f"{9 * unit / (t_fwd + t_split) / 1e9:.0f} (fwd {t_fwd:.3f} ms)"))
+        print(*rows[-1], flush=True)
+        for config in sweep_configs(name):
+            label = f"{name} {config.describe()}"
+            try:
+                err = errors(finish(lambda: flash_mhf_bwd_ws(*inputs, config=config)), ref)
+                if err > bar:
+                    rows.append(("speed", label, "-", f"WRONG {err:.2e}"))
+                else:
+                    t = bench(lambda: flash_mhf_bwd_ws(*inputs, config=config))
+                    rows.append(("speed", label, f"{t:.3f} ms",
+                                 f"bwd {6 * unit / t / 1e9:.0f} fwd+bwd "
+                                 f"{9 * unit / (t_fwd + t) / 1e9:.0f} err {err:.2e}"))
+            except Hang:
+                rows.append(("speed", label, "-", "HANG"))
+                raise
+            except Exception as exc:  # noqa: BLE001
+                rows.append(("speed", label, "-", f"ERROR {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:90]}"))
+            print(*rows[-1], flush=True)
+
+
+def print_rows(rows, t0):
+    print("\n## results")
+    for row in rows:
+        print("|", " | ".join(row), "|")
+    print(f"wall {time.time() - t0:.0f} s", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=500, help="seconds before the watchdog")
+    parser.add_argument("--skip-verify", action="store_true")
+    parser.add_argument("--shapes", default="1.3B,370M,H16D64,1.3B-gqa4")
+    args = parser.parse_args()
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}",
+          flush=True)
+    rows, t0 = [], time.time()
+
+    def watchdog():
+        print("WATCHDOG: budget spent", flush=True)
+        print_rows(rows, t0)
+        os._exit(3)
+
+    timer = threading.Timer(args.budget, watchdog)
+    timer.daemon = True
+    timer.start()
+    try:
+        if not args.skip_verify:
+            verify(rows)
+        speed(rows, args.shapes.split(","))
+    except Hang:
+        print("HANG: the CUDA context is unusable; stopping", flush=True)
+        print_rows(rows, t0)
+        os._exit(2)
+    timer.cancel()
+    print_rows(rows, t0)
+
+
+if __name__ == "__main__":
+    main()

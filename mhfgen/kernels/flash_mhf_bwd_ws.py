@@ -1,0 +1,326 @@
+"""The warp-specialised Gluon one-pass backward for Hopper (templates/flash_mhf_bwd_ws.py.jinja):
+its config type, resource model, launcher and sm90 compile check.
+
+A program owns one 64-column weight tile (within one expert) of one kv head and walks
+row tiles of BLOCK_M tokens of each query head of the group. Three partitions: warpgroup
+A (S^T, A^T, the element-wise math, dK, dU), warpgroup B (dP^T, dV, dq by fp32
+atomics) and a one-warp TMA producer; A and B exchange dP^T and P^T/dS^T/dA^T through
+double-buffered shared memory. The chunking of kv heads per launch, the dq/dr/dK/dU/dV
+workspaces and their budget are the Triton-language one-pass backward's
+(mhfgen.kernels.flash_mhf_bwd_fused, mhfgen.variants.flash_mhf_bwd_fused).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .. import codegen
+from ..config_fields import choice, positive_int
+from ..registry import VariantConfig
+from ..spec import KernelSpec, dtype_name
+from ..tiling import cdiv
+from ..validation import check_flash_mhf_inputs
+from .buffers import contiguous_strides, grad_plan_inputs
+from .configs import first_launch, resolve_config, spec_of
+from .flash_mhf_fwd_ws import _ptxas_usage, _rows_view
+from .plans import plan_cache, plan_key, remember
+
+# NOTE: the one-pass backward's plan and workspace helpers are imported where they are
+# used: this module loads while mhfgen.variants registers its variants, and the
+# Triton-language one-pass launcher that holds them imports its variant module.
+
+KERNEL = "flash_mhf_bwd_ws"
+DTYPES = ("bfloat16", "float16")
+HEAD_DIMS = (64, 128)
+#: weight-tile rows per program: one warpgroup's wgmma M
+BLOCK_N = 64
+SM90_SHARED_MEMORY = 232448
+SM90_REGISTERS = 65536
+
+
+@dataclass(frozen=True)
+class BwdWsConfig(VariantConfig):
+    """Launch parameters of flash_mhf_bwd_ws.
+
+    block_m:       tokens per row tile (the N of the score MMAs, the K of the gradient
+                   MMAs): 32 keeps warpgroup A's S^T, A^T, dP^T and dK, dU in registers
+                   at D = 128; 64 halves the barrier rounds where D = 64.
+    stages:        slots of the q/dO ring.
+    sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
+    token_splits:  programs per weight tile, each a share of the token blocks (dK/dU/dV
+                   partial sums by fp32 atomics).
+    head_chunk:    kv heads per launch (the dq workspace; see flash_mhf_bwd_fused).
+    grads_regs, producer_regs: registers per thread of warpgroup B and of the producer
+                   (setmaxnreg); warpgroup A gets what is left.
+    """
+
+    variant = KERNEL
+
+    block_m: int = 32
+    stages: int = 2
+    sigmoid: str = "tanh"
+    token_splits: int = 1
+    head_chunk: int = 1
+    grads_regs: int = 192
+    producer_regs: int = 24
+
+    def __post_init__(self) -> None:
+        where = f"{KERNEL} config: "
+        choice(self.block_m, where + "block_m", (32, 64))
+        choice(self.stages, where + "stages", (2, 3, 4))
+        choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
+        positive_int(self.token_splits, where + "token_splits", 1024)
+        positive_int(self.head_chunk, where + "head_chunk", 1024)
+        choice(self.grads_regs, where + "grads_regs", range(24, 257, 8))
+        choice(self.producer_regs, where + "producer_regs", range(24, 257, 8))
+
+    @property
+    def block_n(self) -> int:
+        return BLOCK_N
+
+    def describe(self) -> str:
+        text = f"BM{self.block_m} s{self.stages} regs {self.producer_regs}/{self.grads_regs}"
+        if self.token_splits > 1:
+            text += f" ts{self.token_splits}"
+        return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "") + \
+            f" hc{self.head_chunk}"
+
+
+def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
+    """Why flash_mhf_bwd_ws cannot run `spec`, or None."""
+    if not spec.target.startswith("sm9"):
+        return f"Gluon wgmma kernel for sm90 (Hopper); target is {spec.target}"
+    if spec.dtype not in DTYPES:
+        return f"bf16/fp16 only; dtype is {spec.dtype}"
+    if spec.head_dim not in HEAD_DIMS:
+        return f"head_dim 64 or 128 only; it is {spec.head_dim}"
+    if spec.expert_dim % BLOCK_N:
+        return f"expert_dim must be a multiple of {BLOCK_N}; it is {spec.expert_dim}"
+    return None
+
+
+def shared_memory(spec: KernelSpec, config: BwdWsConfig) -> int:
+    """Bytes: the q/dO ring, K/U/V, the double-buffered exchange tiles (P^T, dS^T, dA^T
+    in bf16, dP^T in fp32), the mbarriers, 1 KiB of compiler scratch."""
+    d, bm = spec.head_dim, config.block_m
+    ring = config.stages * 2 * bm * d * 2
+    weights = 3 * BLOCK_N * d * 2
+    exchange = 2 * BLOCK_N * bm * (3 * 2 + 4)
+    return ring + weights + exchange + 8 * (2 * config.stages + 9) + 1024
+
+
+def max_registers(config: BwdWsConfig) -> int:
+    """The launch's per-thread register cap: the SM's registers over 12 warps (two
+    warpgroups and the producer's, rounded to a warpgroup), down to a multiple of 8."""
+    return min(255, SM90_REGISTERS // (32 * 12)) // 8 * 8
+
+
+def config_problems(spec: KernelSpec, config: BwdWsConfig) -> list[str]:
+    problems = []
+    if shared_memory(spec, config) > SM90_SHARED_MEMORY:
+        problems.append(f"needs {shared_memory(spec, config)} bytes of shared memory")
+    if 128 * (config.grads_regs + config.producer_regs) > SM90_REGISTERS - 128 * 128:
+        problems.append(f"grads_regs + producer_regs = {config.grads_regs} + "
+                        f"{config.producer_regs} leave warpgroup A fewer than 128 registers")
+    return problems
+
+
+def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdWsConfig:
+    """32-token row tiles (64 at D = 64), a 2-slot ring, tanh; kv heads per launch and
+    token splits as the Triton one-pass backward's heuristic picks them."""
+    from ..variants.flash_mhf_bwd_fused import workspace_budget, workspace_bytes
+
+    bm = 64 if spec.head_dim <= 64 else 32
+    chunk = spec.kv_heads
+    budget = workspace_budget(spec, max(1, tokens))
+    while chunk > 1 and workspace_bytes(spec, BwdWsConfig(block_m=bm, head_chunk=chunk),
+                                        max(1, tokens)) > budget:
+        chunk = (chunk + 1) // 2
+    programs = spec.intermediate // BLOCK_N * chunk
+    splits = 1
+    if programs < 2 * sm_count:
+        splits = max(1, min(-(-2 * sm_count // programs), cdiv(max(1, tokens), 4 * bm)))
+    config = BwdWsConfig(block_m=bm, head_chunk=chunk, token_splits=splits)
+    if splits > 1 and workspace_bytes(spec, config, max(1, tokens)) > budget:
+        config = BwdWsConfig(block_m=bm, head_chunk=chunk)
+    return config
+
+
+def static_params(spec: KernelSpec, config: BwdWsConfig) -> dict:
+    from ..variants.flash_mhf_bwd_fused import dr_atomic
+
+    return {"sigmoid": config.sigmoid, "dr_atomic": dr_atomic(spec, config),
+            "token_split": config.token_splits > 1}
+
+
+def load_kernel(spec: KernelSpec, config: BwdWsConfig):
+    return codegen.load_kernel(KERNEL, spec, config)
+
+
+def smem_layouts(spec: KernelSpec, config: BwdWsConfig) -> dict:
+    """The shared layouts: of the descriptors (q/dO rows, K/U/V tiles) and of the
+    exchange buffers (EX_LAYOUT: bf16 (BLOCK_N, BLOCK_M) MMA operands; DP_LAYOUT: fp32)."""
+    from triton.experimental.gluon import language as gl
+
+    dt = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
+    d, bm = spec.head_dim, config.block_m
+    return {"rows": ([bm, d], gl.NVMMASharedLayout.get_default_for([bm, d], dt)),
+            "weights": ([BLOCK_N, d], gl.NVMMASharedLayout.get_default_for([BLOCK_N, d], dt)),
+            "EX_LAYOUT": gl.NVMMASharedLayout.get_default_for([BLOCK_N, bm], dt),
+            "DP_LAYOUT": gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8,
+                                                 order=[1, 0])}
+
+
+def constexprs(spec: KernelSpec, config: BwdWsConfig) -> dict:
+    layouts = smem_layouts(spec, config)
+    return dict(BLOCK_M=config.block_m, BLOCK_N=BLOCK_N, STAGES=config.stages,
+                EX_LAYOUT=layouts["EX_LAYOUT"], DP_LAYOUT=layouts["DP_LAYOUT"],
+                GRADS_REGS=config.grads_regs, PRODUCER_REGS=config.producer_regs)
+
+
+class GluonLaunch:
+    """One chunk's launch: descriptors built per call over the tensors, the rest fixed."""
+
+    def __init__(self, kernel, grid: tuple, scalars: tuple, meta: dict, layouts: dict) -> None:
+        self.kernel, self.grid, self.scalars, self.meta = kernel, grid, scalars, meta
+        self.rows_layout, self.weights_layout = layouts["rows"], layouts["weights"]
+
+    def __call__(self, q, k, u, v, r, do, dq, dr, dk, du, dv) -> None:
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+        D = q.shape[-1]
+        rows = [TensorDescriptor.from_tensor(_rows_view(t), *self.rows_layout) for t in (q, do)]
+        weights = [TensorDescriptor.from_tensor(w.view(-1, D), *self.weights_layout)
+                   for w in (k, u, v)]
+        with torch.cuda.device(q.device):
+            self.kernel[self.grid](*rows[:1], rows[1], *weights, r, dq, dr, dk, du, dv,
+                                   *self.scalars, **self.meta)
+
+
+_plans = plan_cache()
+
+
+def flash_mhf_bwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                     r: torch.Tensor, do: torch.Tensor, config: BwdWsConfig | None = None
+                     ) -> tuple[torch.Tensor, ...]:
+    """(dq, dr, dk, du, dv) of FlashMHF through the warp-specialised Gluon kernel (sm90);
+    shapes and dtypes as mhfgen.kernels.flash_mhf_bwd_fused's. ValueError where the
+    variant does not support the problem."""
+    from .flash_mhf_bwd_fused import run_chunks
+
+    key = plan_key(config, q, k, u, v, r, do)
+    plan = _plans.get(key)
+    if plan is not None:
+        return run_chunks(plan, q, k, u, v, r, do)
+    plan, out = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, do, c),
+                             lambda p: run_chunks(p, q, k, u, v, r, do), (q, k, u, v, r),
+                             config)
+    remember(_plans, key, plan)
+    return out
+
+
+def _make_plan(q, k, u, v, r, do, config):
+    from ..variants.flash_mhf_bwd_fused import dr_atomic, kv_heads_per_launch
+    from .flash_mhf_bwd_fused import Chunk, FusedPlan
+
+    problem = check_flash_mhf_inputs(q, k, u, v, r)
+    copy_do, _ = grad_plan_inputs(q, do)
+    spec = spec_of(problem, q)
+    reason = unsupported(spec)
+    if reason:
+        raise ValueError(f"{KERNEL} cannot run {spec.key()}: {reason}")
+    config = resolve_config(KERNEL, spec, problem, q, config)
+    problems = config_problems(spec, config)
+    if problems:
+        raise ValueError(f"{KERNEL} config {config.describe()} cannot run {spec.key()}: "
+                         + "; ".join(problems))
+    B, L, H, D = q.shape
+    E = r.shape[-1]
+    atomic_dr = dr_atomic(spec, config)
+    dr_mode = "store" if not atomic_dr else ("atomic" if r.dtype == torch.float32
+                                              else "workspace")
+    splits_wanted = config.token_splits > 1
+    plan_args = dict(dq_shape=(B, L, H, D), dr_shape=(B, L, H, E), dq_direct=False,
+                     dr_mode=dr_mode, dkv_workspace=splits_wanted, dkv_atomic=splits_wanted,
+                     copy_weights=not (k.is_contiguous() and u.is_contiguous()
+                                       and v.is_contiguous()),
+                     copy_do=copy_do)
+    tokens = problem.tokens
+    if tokens == 0:
+        return FusedPlan(chunks=(), **plan_args)
+    kernel = load_kernel(spec, config)
+    group = spec.group
+    per_launch = kv_heads_per_launch(spec, config)
+    width = per_launch * group
+    token_blocks = cdiv(tokens, config.block_m)
+    per_split = cdiv(token_blocks, config.token_splits)
+    splits = cdiv(token_blocks, per_split)
+    dr_strides = contiguous_strides((B, L, width if dr_mode == "workspace" else H, E))
+    meta = {**constexprs(spec, config), "num_warps": 4, "maxnreg": max_registers(config)}
+    layouts = smem_layouts(spec, config)
+    chunks = []
+    for kv0 in range(0, spec.kv_heads, per_launch):
+        n = min(per_launch, spec.kv_heads - kv0)
+        h0, h1 = kv0 * group, (kv0 + n) * group
+        scalars = (*r.stride(), width * D, D, *dr_strides, L, tokens, per_split, kv0, h0,
+                   h0 if dr_mode == "workspace" else 0)
+        grid = (spec.intermediate // BLOCK_N, n, splits)
+        chunks.append(Chunk(kv0, n, h0, h1, GluonLaunch(kernel, grid, scalars, meta, layouts)))
+    return FusedPlan(chunks=tuple(chunks), **plan_args)
+
+
+@dataclass(frozen=True)
+class CompileReport:
+    shared: int
+    registers: int
+    spill_bytes: int
+    wgmma: int
+    tma_loads: int
+
+
+def compile_sm90(spec: KernelSpec, config: BwdWsConfig) -> CompileReport:
+    """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from triton.runtime.jit import mangle_type
+
+    kernel = load_kernel(spec, config)
+    layouts = smem_layouts(spec, config)
+    tdtype = spec.torch_dtype
+    D = spec.head_dim
+    rows = torch.empty(max(config.block_m, 16), spec.heads * D, dtype=tdtype)
+    weights = torch.empty(spec.kv_heads * spec.intermediate, D, dtype=tdtype)
+    f32 = torch.empty(16, dtype=torch.float32)
+    narrow = torch.empty(16, dtype=tdtype)
+    grads = f32 if config.token_splits > 1 else narrow
+    args = dict(q_desc=TensorDescriptor.from_tensor(rows, *layouts["rows"]),
+                do_desc=TensorDescriptor.from_tensor(rows, *layouts["rows"]),
+                k_desc=TensorDescriptor.from_tensor(weights, *layouts["weights"]),
+                u_desc=TensorDescriptor.from_tensor(weights, *layouts["weights"]),
+                v_desc=TensorDescriptor.from_tensor(weights, *layouts["weights"]),
+                R=f32, DQ=f32, DR=f32, DK=grads, DU=grads, DV=grads)
+    consts = constexprs(spec, config)
+    signature = {}
+    for name in kernel.arg_names:
+        if name in consts:
+            signature[name] = "constexpr"
+        elif name in args:
+            signature[name] = mangle_type(args[name])
+        else:
+            signature[name] = "i32"
+    source = GluonASTSource(fn=kernel, signature=signature, constexprs=consts)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=4, maxnreg=max_registers(config)))
+    ptx = compiled.asm["ptx"]
+    registers, spills = _ptxas_usage(ptx)
+    return CompileReport(compiled.metadata.shared, registers, spills,
+                         len(re.findall(r"wgmma\.mma_async", ptx)),
+                         len(re.findall(r"cp\.async\.bulk\.tensor", ptx)))
+
+
+def dtype_of(q: torch.Tensor) -> str:
+    return dtype_name(q.dtype)
