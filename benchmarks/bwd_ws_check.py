@@ -10,6 +10,10 @@
    config sweep beside the split backward as dispatched and the forward as dispatched, in
    one process; TFLOP/s count 12 T H I D for the backward and 18 T H I D for forward +
    backward; each timed config's gradients are checked against float64 first.
+3. --diagnose: on 1.3B and (H16, D64), the default beside vector dq reductions (dq_vec),
+   exp sigmoid and token splits, and the same kernel with its dq and/or dr reductions
+   predicated off (a measurement only: those gradients are then wrong and not checked), to
+   see what the atomics cost.
 Every first launch is watched for a hang (an mbarrier deadlock): a hang ends the run,
 printing what was measured.
 """
@@ -17,15 +21,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import importlib.util
 import os
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import torch
 import triton
 
-from mhfgen import kernels
+from mhfgen import codegen, kernels
+from mhfgen.kernels import flash_mhf_bwd_ws as ws_module
 from mhfgen.kernels.flash_mhf_bwd_ws import BwdWsConfig, flash_mhf_bwd_ws
+from mhfgen.kernels.plans import clear_plans
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
@@ -135,6 +146,65 @@ def speed(rows, shapes):
             print(*rows[-1], flush=True)
 
 
+NO_DQ = ("_red_add_v4(ptrs, dqt, ok)", "_red_add_v4(ptrs, dqt, ok * 0)")
+NO_DR = ('gl.atomic_add(dr_ptrs, dr_part, mask=ok, sem="relaxed")',
+         'gl.atomic_add(dr_ptrs, dr_part, mask=ok & (toks < 0), sem="relaxed")')
+
+
+def patched_loader(replacements):
+    """A load_kernel for flash_mhf_bwd_ws whose generated source has `replacements`."""
+    def load(spec, config):
+        src = codegen.render("flash_mhf_bwd_ws", spec, config)
+        for old, new in replacements:
+            assert old in src, old
+            src = src.replace(old, new)
+        name = "diag_" + hashlib.sha1(src.encode()).hexdigest()[:12]
+        path = Path(tempfile.mkdtemp()) / f"{name}.py"
+        path.write_text(src)
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        module_spec.loader.exec_module(module)
+        return module.flash_mhf_bwd_ws_kernel
+    return load
+
+
+def diagnose(rows):
+    real = ws_module.load_kernel
+    for name in ("1.3B", "H16D64"):
+        H, Hkv, D, E, De = SPEED_SHAPES[name]
+        case = Case(name, 8, 2048, H, Hkv, D, E, De)
+        inputs = make_inputs(case, torch.bfloat16, "cuda")
+        unit = 2 * case.tokens * H * E * De * D
+        vec = BwdWsConfig(dq_vec=True, sigmoid="exp", head_chunk=16)
+        runs = [("default hc16", BwdWsConfig(head_chunk=16), ()),
+                ("vec hc16", BwdWsConfig(dq_vec=True, head_chunk=16), ()),
+                ("vec exp hc16", vec, ()),
+                ("vec exp hc1 ts3", dataclasses.replace(vec, head_chunk=1, token_splits=3), ()),
+                ("vec exp hc2 ts2", dataclasses.replace(vec, head_chunk=2, token_splits=2), ()),
+                ("vec exp hc16, no dq reductions", vec, (NO_DQ,)),
+                ("vec exp hc16, no dr reductions", vec, (NO_DR,)),
+                ("vec exp hc16, neither", vec, (NO_DQ, NO_DR))]
+        for label, config, patch in runs:
+            ws_module.load_kernel = patched_loader(patch) if patch else real
+            clear_plans()
+            try:
+                finish(lambda: flash_mhf_bwd_ws(*inputs, config=config))
+                t = triton.testing.do_bench(lambda: flash_mhf_bwd_ws(*inputs, config=config),
+                                            warmup=10, rep=40)
+                rows.append(("diagnose", f"{name} {label}", f"{t:.3f} ms",
+                             f"bwd {6 * unit / t / 1e9:.0f}, executed {8 * unit / t / 1e9:.0f}"))
+            except Hang:
+                rows.append(("diagnose", f"{name} {label}", "-", "HANG"))
+                raise
+            except Exception as exc:  # noqa: BLE001
+                rows.append(("diagnose", f"{name} {label}", "-", f"ERROR {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:90]}"))
+            print(*rows[-1], flush=True)
+    ws_module.load_kernel = real
+    clear_plans()
+
+
 def print_rows(rows, t0):
     print("\n## results")
     for row in rows:
@@ -146,7 +216,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=500, help="seconds before the watchdog")
     parser.add_argument("--skip-verify", action="store_true")
-    parser.add_argument("--shapes", default="1.3B,370M,H16D64,1.3B-gqa4")
+    parser.add_argument("--shapes", default="1.3B,370M,H16D64,1.3B-gqa4",
+                        help="speed shapes ('' for none)")
+    parser.add_argument("--diagnose", action="store_true")
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}",
           flush=True)
@@ -163,7 +235,9 @@ def main():
     try:
         if not args.skip_verify:
             verify(rows)
-        speed(rows, args.shapes.split(","))
+        if args.diagnose:
+            diagnose(rows)
+        speed(rows, [s for s in args.shapes.split(",") if s])
     except Hang:
         print("HANG: the CUDA context is unusable; stopping", flush=True)
         print_rows(rows, t0)

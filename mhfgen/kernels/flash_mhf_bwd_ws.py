@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import codegen
-from ..config_fields import choice, positive_int
+from ..config_fields import choice, positive_int, strict_bool
 from ..registry import VariantConfig
 from ..spec import KernelSpec, dtype_name
 from ..tiling import cdiv
@@ -54,6 +54,8 @@ class BwdWsConfig(VariantConfig):
     head_chunk:    kv heads per launch (the dq workspace; see flash_mhf_bwd_fused).
     grads_regs, producer_regs: registers per thread of warpgroup B and of the producer
                    (setmaxnreg); warpgroup A gets what is left.
+    dq_vec:        dq's atomics from a layout of four consecutive head_dim elements per
+                   thread (vector reductions) instead of the MMA accumulator's.
     """
 
     variant = KERNEL
@@ -65,6 +67,7 @@ class BwdWsConfig(VariantConfig):
     head_chunk: int = 1
     grads_regs: int = 192
     producer_regs: int = 24
+    dq_vec: bool = False
 
     def __post_init__(self) -> None:
         where = f"{KERNEL} config: "
@@ -75,6 +78,7 @@ class BwdWsConfig(VariantConfig):
         positive_int(self.head_chunk, where + "head_chunk", 1024)
         choice(self.grads_regs, where + "grads_regs", range(24, 257, 8))
         choice(self.producer_regs, where + "producer_regs", range(24, 257, 8))
+        strict_bool(self.dq_vec, where + "dq_vec")
 
     @property
     def block_n(self) -> int:
@@ -84,6 +88,8 @@ class BwdWsConfig(VariantConfig):
         text = f"BM{self.block_m} s{self.stages} regs {self.producer_regs}/{self.grads_regs}"
         if self.token_splits > 1:
             text += f" ts{self.token_splits}"
+        if self.dq_vec:
+            text += " vec"
         return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "") + \
             f" hc{self.head_chunk}"
 
@@ -152,7 +158,7 @@ def static_params(spec: KernelSpec, config: BwdWsConfig) -> dict:
     from ..variants.flash_mhf_bwd_fused import dr_atomic
 
     return {"sigmoid": config.sigmoid, "dr_atomic": dr_atomic(spec, config),
-            "token_split": config.token_splits > 1}
+            "token_split": config.token_splits > 1, "dq_vec": config.dq_vec}
 
 
 def load_kernel(spec: KernelSpec, config: BwdWsConfig):
