@@ -180,7 +180,9 @@ class FlashMhfBwdFused(Variant):
         if not interp and programs < 2 * sm_count:
             splits = max(1, min(-(-2 * sm_count // programs), rows // (4 * bm)))
         gpu = {} if interp else dict(
-            transpose_acc=True, sigmoid="tanh",
+            transpose_acc=True,
+            # tanh.approx (relative error 2^-10.7) only where the bar allows it: not fp32
+            sigmoid="tanh" if spec.dtype != "float32" else "exp",
             tma=(spec.target.startswith(("sm9", "sm1")) and bm % spec.group == 0
                  and spec.head_dim * spec.torch_dtype.itemsize % 16 == 0))
         config = Config(block_m=bm, block_n=bn, num_warps=warps if bm >= 64 else 4,
