@@ -40,6 +40,8 @@ from mhfgen.kernels.plans import clear_plans
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
+from hangs import Hang, finish  # benchmarks/hangs.py, beside this script
+
 GRADS = ("dq", "dr", "dk", "du", "dv")
 VERIFY_CASES = [
     Case("1.3B-slice", 2, 300, 16, 16, 128, 22, 256),
@@ -55,23 +57,6 @@ VERIFY_CONFIGS = {
 }
 SPEED_SHAPES = {"1.3B": (16, 16, 128, 22, 256), "370M": (8, 8, 128, 11, 256),
                 "H16D64": (16, 16, 64, 11, 256), "1.3B-gqa4": (16, 4, 128, 22, 256)}
-
-
-class Hang(Exception):
-    pass
-
-
-def finish(fn, timeout_s: float = 20.0):
-    """Run fn once and wait for the GPU with a timeout (a deadlocked kernel never ends)."""
-    out = fn()
-    event = torch.cuda.Event()
-    event.record()
-    t0 = time.time()
-    while not event.query():
-        if time.time() - t0 > timeout_s:
-            raise Hang(f"no completion within {timeout_s:.0f} s")
-        time.sleep(0.002)
-    return out
 
 
 def errors(out, ref) -> float:

@@ -32,6 +32,8 @@ from mhfgen.spec import KernelSpec
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs
 
+from hangs import Hang, finish  # benchmarks/hangs.py, beside this script
+
 C1 = WsConfig(consumers=1, consumer_warps=8)  # 1 consumer of 8 warps
 C2 = WsConfig(consumers=2, consumer_warps=4)
 PP = WsConfig(consumers=2, consumer_warps=4, pingpong=True)
@@ -71,23 +73,6 @@ def sweep_configs(quick: bool) -> dict[str, WsConfig]:
                         name = (f"{consumers}x{warps}w-bn{block_n}-s{stages}"
                                 f"{'-pp' if pingpong else ''}-{sigmoid}")
                         out[name] = c
-    return out
-
-
-class Hang(Exception):
-    pass
-
-
-def finish(fn, timeout_s: float = 20.0):
-    """Run fn once and wait for the GPU with a timeout (a deadlocked kernel never ends)."""
-    out = fn()
-    event = torch.cuda.Event()
-    event.record()
-    t0 = time.time()
-    while not event.query():
-        if time.time() - t0 > timeout_s:
-            raise Hang(f"no completion within {timeout_s:.0f} s")
-        time.sleep(0.002)
     return out
 
 

@@ -34,6 +34,7 @@ def _main(stem: str, spec_json: str, config_json: str) -> None:
 
     from mhfgen import registry
     from mhfgen.codegen import load_kernel
+    from mhfgen.kernels.sm90 import ptxas_usage
     from mhfgen.spec import KernelSpec
 
     spec = KernelSpec(**json.loads(spec_json))
@@ -57,31 +58,12 @@ def _main(stem: str, spec_json: str, config_json: str) -> None:
                               options={"num_warps": config.num_warps,
                                        "num_stages": config.num_stages})
     ptx = compiled.asm["ptx"]
-    registers, spills = _ptxas_usage(ptx)
+    registers, spills = ptxas_usage(ptx)
     print(json.dumps({"shared": compiled.metadata.shared, "registers": registers,
                       "spill_bytes": spills,
                       "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
                       "tma_loads": len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
                       "tma_reduces": len(re.findall(r"cp\.reduce\.async\.bulk\.tensor", ptx))}))
-
-
-def _ptxas_usage(ptx: str) -> tuple[int, int]:
-    """(registers per thread, spill-store bytes) that `ptxas -v` reports for sm_90a."""
-    import tempfile
-
-    from triton import knobs
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.ptx"
-        path.write_text(ptx)
-        out = subprocess.run([knobs.nvidia.ptxas.path, "-v", "--gpu-name=sm_90a", str(path),
-                              "-o", str(Path(tmp) / "kernel.cubin")],
-                             capture_output=True, text=True, check=True)
-    log = out.stderr + out.stdout
-    registers = re.findall(r"Used (\d+) registers", log)
-    spills = re.findall(r"(\d+) bytes spill stores", log)
-    return (max(map(int, registers)) if registers else -1,
-            max(map(int, spills)) if spills else 0)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 # every candidate checked against float64) on the suite's backward problems into a fresh
 # database and export its winners; then bitwise reproducibility and the cost of the
 # deterministic mode with those winners dispatched (docs/figures/*_h200_2026-12-02*).
+# Ran 2026-12-02 01:53-02:00 UTC, 419 s.
 source .whl/preamble.sh || exit
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

@@ -4,6 +4,7 @@
 # flash_mhf_bwd_fused, every candidate checked against float64) at 16384 tokens on 1.3B,
 # 370M and (H16, D64) into a fresh database, exported; (3) the training step with those
 # winners dispatched (train_step_check.py). Raw logs: docs/figures/*_h200_2026-12-02*.
+# Ran 2026-12-02 02:14-02:17 UTC, 190 s (the tuning took 12 trials per problem).
 source .whl/preamble.sh || exit
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

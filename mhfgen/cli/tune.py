@@ -51,7 +51,9 @@ def register(sub) -> None:
                    help=f"distinct configs evaluated per kernel, the default included "
                         f"(default {GPU_TRIALS} on a GPU, {CPU_TRIALS} on the CPU)")
     g.add_argument("--kernels", default="fwd,dq,dkv",
-                   help="comma list of fwd, dq, dkv (default: all three)")
+                   help="comma list of fwd, dq, dkv, bwd (default fwd,dq,dkv: the forward "
+                        "and the split backward; bwd, the one-pass backward, is opt-in: "
+                        "dispatch runs it where its time beats dq + dkv's)")
     g.add_argument("--strategy", choices=("optuna", "grid"), default="optuna",
                    help="optuna (TPE) or grid (every valid config; the exhaustive baseline)")
     g.add_argument("--batch", type=int, default=None,

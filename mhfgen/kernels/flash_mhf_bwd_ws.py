@@ -19,13 +19,13 @@ import torch
 from .. import codegen
 from ..config_fields import choice, positive_int, strict_bool
 from ..registry import VariantConfig
-from ..spec import KernelSpec, dtype_name
+from ..spec import KernelSpec
 from ..tiling import cdiv
 from ..validation import check_flash_mhf_inputs
 from .buffers import contiguous_strides, grad_plan_inputs
 from .configs import first_launch, resolve_config, spec_of
-from .flash_mhf_fwd_ws import _ptxas_usage, _rows_view
 from .plans import plan_cache, plan_key, remember
+from .sm90 import ptxas_usage, rows_view
 
 # NOTE: the one-pass backward's plan and workspace helpers are imported where they are
 # used: this module loads while mhfgen.variants registers its variants, and the
@@ -109,12 +109,15 @@ def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
 
 def shared_memory(spec: KernelSpec, config: BwdWsConfig) -> int:
     """Bytes: the q/dO ring, K/U/V, the double-buffered exchange tiles (P^T, dS^T, dA^T
-    in bf16, dP^T in fp32), the mbarriers, 1 KiB of compiler scratch."""
+    in bf16, dP^T in fp32), with dq_vec the dq tile's layout change (fp32), the
+    mbarriers, 1.5 KiB of compiler scratch (fitted to Triton 3.6's sm90 compiles: within
+    1.5 KiB above, tests/test_gluon_bwd_ws.py)."""
     d, bm = spec.head_dim, config.block_m
     ring = config.stages * 2 * bm * d * 2
     weights = 3 * BLOCK_N * d * 2
     exchange = 2 * BLOCK_N * bm * (3 * 2 + 4)
-    return ring + weights + exchange + 8 * (2 * config.stages + 9) + 1024
+    relayout = bm * d * 4 if config.dq_vec else 0
+    return ring + weights + exchange + relayout + 8 * (2 * config.stages + 9) + 1536
 
 
 def max_registers(config: BwdWsConfig) -> int:
@@ -197,7 +200,7 @@ class GluonLaunch:
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
         D = q.shape[-1]
-        rows = [TensorDescriptor.from_tensor(_rows_view(t), *self.rows_layout) for t in (q, do)]
+        rows = [TensorDescriptor.from_tensor(rows_view(t), *self.rows_layout) for t in (q, do)]
         weights = [TensorDescriptor.from_tensor(w.view(-1, D), *self.weights_layout)
                    for w in (k, u, v)]
         with torch.cuda.device(q.device):
@@ -322,11 +325,7 @@ def compile_sm90(spec: KernelSpec, config: BwdWsConfig) -> CompileReport:
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=4, maxnreg=max_registers(config)))
     ptx = compiled.asm["ptx"]
-    registers, spills = _ptxas_usage(ptx)
+    registers, spills = ptxas_usage(ptx)
     return CompileReport(compiled.metadata.shared, registers, spills,
                          len(re.findall(r"wgmma\.mma_async", ptx)),
                          len(re.findall(r"cp\.async\.bulk\.tensor", ptx)))
-
-
-def dtype_of(q: torch.Tensor) -> str:
-    return dtype_name(q.dtype)

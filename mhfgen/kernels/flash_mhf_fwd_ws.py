@@ -18,10 +18,7 @@ copied to a contiguous tensor first (q from x @ W_in^T never is).
 from __future__ import annotations
 
 import re
-import subprocess
-import tempfile
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 
@@ -33,6 +30,7 @@ from ..spec import KernelSpec, dtype_name, head_dim_chunks
 from ..validation import check_flash_mhf_inputs
 from .configs import first_launch, resolve_config
 from .plans import plan_cache, plan_key, remember
+from .sm90 import ptxas_usage, rows_view
 
 KERNEL = "flash_mhf_fwd_ws"
 TEMPLATE = f"{KERNEL}.py.jinja"
@@ -288,19 +286,6 @@ def launch_options(config: WsConfig) -> dict:
 # the launcher
 # ---------------------------------------------------------------------------------------
 
-def _rows_view(q: torch.Tensor) -> torch.Tensor:
-    """q (B, L, H, D) as the (B * L, H * D) view TMA reads; a contiguous copy when the
-    strides do not allow it (TMA needs 16-byte aligned base and row stride)."""
-    B, L, H, D = q.shape
-    sb, sl, sh, _ = q.stride()
-    ok = (sh == D and (B == 1 or sb == L * sl) and (sl * q.element_size()) % 16 == 0
-          and q.data_ptr() % 16 == 0)
-    if not ok:
-        q = q.contiguous()
-        sl = H * D
-    return q.as_strided((B * L, H * D), (sl, 1))
-
-
 @dataclass(frozen=True)
 class WsPlan:
     """What a call's signature decides, computed once: the spec and checked config, the
@@ -348,7 +333,7 @@ def _run(plan: WsPlan, q, k, u, v, r) -> torch.Tensor:
     o = torch.empty((B, L, H, D), dtype=q.dtype, device=q.device)
     if plan.kernel is None:
         return o
-    descs = descriptors(plan.layouts, _rows_view(q),
+    descs = descriptors(plan.layouts, rows_view(q),
                         *(w.contiguous().view(-1, D) for w in (k, u, v)), o.view(-1, H * D))
     with torch.cuda.device(q.device):
         plan.kernel[plan.grid](*descs, r, *plan.scalars, **plan.meta)
@@ -432,24 +417,7 @@ def compile_sm90(spec: KernelSpec, config: WsConfig) -> CompileReport:
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                               options=launch_options(config))
     ptx = compiled.asm["ptx"]
-    registers, spills = _ptxas_usage(ptx)
+    registers, spills = ptxas_usage(ptx)
     return CompileReport(compiled.metadata.shared, registers, spills,
                          len(compiled.asm["cubin"]), len(re.findall(r"wgmma\.mma_async", ptx)),
                          len(re.findall(r"cp\.async\.bulk\.tensor", ptx)))
-
-
-def _ptxas_usage(ptx: str) -> tuple[int, int]:
-    """(registers per thread, spill-store bytes) that `ptxas -v` reports for sm_90a."""
-    from triton import knobs
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "kernel.ptx"
-        path.write_text(ptx)
-        out = subprocess.run([knobs.nvidia.ptxas.path, "-v", "--gpu-name=sm_90a", str(path),
-                              "-o", str(Path(tmp) / "kernel.cubin")],
-                             capture_output=True, text=True, check=True)
-    log = out.stderr + out.stdout
-    registers = re.findall(r"Used (\d+) registers", log)
-    spills = re.findall(r"(\d+) bytes spill stores", log)
-    return (max(map(int, registers)) if registers else -1,
-            max(map(int, spills)) if spills else 0)

@@ -25,7 +25,9 @@ Config fields beyond the tiles (mhfgen.variants._triton):
 Shared memory (an estimate of Triton 3.6 on sm90), Dp and b as the forward's:
     (3 * BLOCK_N + num_stages * 2 * BLOCK_M) * Dp * b    (K/U/V + the q/dO ring)
     + 3 * BLOCK_M * BLOCK_N * b     (P, dS, dA staged as MMA operands)
-    + BLOCK_M * Dp * 4 + 1 KiB      (the dq tile's layout change for the atomics).
+    + BLOCK_M * Dp * 4              (the dq tile's staging for the atomics; shared with
+                                     P/dS/dA in the TMA transposed form of one chunk)
+    + 1 KiB.
 Registers: (3*BN*Dp + 3*BM*BN + BM*Dp) / (32 * num_warps): dk/du/dv accumulators, the
 S, A, dP tiles and the dq tile.
 """
@@ -153,7 +155,12 @@ class FlashMhfBwdFused(Variant):
         bm, bn, st = config.block_m, config.block_n, config.num_stages
         item = spec.torch_dtype.itemsize
         elems = (3 * bn + st * 2 * bm) * dp + 3 * bm * bn
-        return elems * item + bm * dp * 4 + 1024
+        one_chunk = len(_triton.tile_params(spec, config)["chunks"]) == 1
+        # the dq tile's fp32 staging shares the P/dS/dA buffers in the TMA, transposed
+        # form of one head_dim chunk (Triton 3.6 on sm90: 229912 bytes at BM 128, BN 64,
+        # 2 stages, D = 128, where this gives 230400)
+        staging = 0 if (config.tma and config.transpose_acc and one_chunk) else bm * dp * 4
+        return elems * item + staging + 1024
 
     def registers(self, spec: KernelSpec, config: Config) -> float:
         bm, bn, dp = config.block_m, config.block_n, _triton.padded_head_dim(spec, config)
