@@ -128,17 +128,30 @@ def backward_form(spec: KernelSpec, tokens: int, device: torch.device,
 
 def _backward_form(spec: KernelSpec, tokens: int, device: torch.device,
                    deterministic: bool) -> str:
-    if deterministic or not registry.usable("bwd", spec, tokens):
+    if deterministic or not registry.usable("bwd", spec, tokens) \
+            or not tuned_configs_enabled():
         return SPLIT
-    fused = explain_choice("bwd", spec, tokens, device)
-    if fused.ms is None:
+    # the stored winners only: a lookup here is not a miss to record or tune (the split
+    # pair's own calls record theirs, and the one pass is tuned on request)
+    fused = stored_choice("bwd", spec, tokens, device)
+    if fused is None:
         return SPLIT
-    dq = explain_choice("bwd_dq", spec, tokens, device)
-    dkv = explain_choice("bwd_dkv", spec, tokens, device)
+    dq = stored_choice("bwd_dq", spec, tokens, device)
+    dkv = stored_choice("bwd_dkv", spec, tokens, device)
+    if dq is None or dkv is None:
+        return SPLIT
     same = dq.tuned_tokens == dkv.tuned_tokens == fused.tuned_tokens
-    if same and dq.ms is not None and dkv.ms is not None and fused.ms < dq.ms + dkv.ms:
-        return FUSED
-    return SPLIT
+    return FUSED if same and fused.ms < dq.ms + dkv.ms else SPLIT
+
+
+def stored_choice(op: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice | None:
+    """The tuned winner the dispatch order finds for `op` (steps 1-3 over its usable
+    variants), or None; no heuristic, and nothing recorded (mhfgen.record.on_miss)."""
+    variants = _live(candidates(op, spec, tokens), spec, device)
+    found = _index_for(device).find([v.stem for v in variants], spec, tokens)
+    if found is not None and (found.variant, spec, found.config, device) in _rejected:
+        return None
+    return found
 
 
 def tuned_configs_enabled() -> bool:

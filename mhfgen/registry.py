@@ -39,11 +39,14 @@ from .spec import DTYPES, INTERPRETER, KernelSpec, LaunchConfig
 
 @dataclass(frozen=True)
 class Op:
-    """One op: its name, the short name the CLI takes, and what it computes."""
+    """One op: its name, the short name the CLI takes, what it computes, and whether a
+    tune that names no kernels tunes it (`default_tuned`; the one-pass backward is opt-in:
+    `--kernels bwd`)."""
 
     name: str
     short: str
     description: str
+    default_tuned: bool = True
 
 
 #: the ops, in the order a training step runs them
@@ -51,8 +54,13 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("fwd", "fwd", "forward: o"),
     Op("bwd_dq", "dq", "backward: dq and dr"),
     Op("bwd_dkv", "dkv", "backward: dk, du and dv"),
-    Op("bwd", "bwd", "backward in one pass: dq, dr, dk, du and dv"),
+    Op("bwd", "bwd", "backward in one pass: dq, dr, dk, du and dv", default_tuned=False),
 )}
+
+
+def default_ops() -> list[str]:
+    """The ops a tune that names no kernels tunes (`mhfgen tune` without --kernels)."""
+    return [name for name, op in OPS.items() if op.default_tuned]
 #: families of kernel source: the Triton language, or Gluon (Triton's explicit-layout,
 #: warp-specialised dialect, triton.experimental.gluon), which needs a real GPU
 FAMILIES = ("triton", "gluon")

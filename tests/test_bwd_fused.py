@@ -101,17 +101,16 @@ SMALL = CASES[0]
 
 
 def _choices(monkeypatch, times: dict, tokens: dict):
-    """explain_choice answering stored winners with the given times and tuned tokens."""
-    real = dispatch.explain_choice
-
+    """stored_choice answering winners with the given times and tuned tokens (the
+    heuristic's config and variant), None for the ops not named."""
     def fake(kernel, spec, n, device):
-        if kernel in times:
-            choice = real(kernel, spec, n, device)
-            return Choice(choice.config, "exact", "user", tokens[kernel], choice.variant,
-                          times[kernel])
-        return real(kernel, spec, n, device)
+        if kernel not in times:
+            return None
+        choice = dispatch.explain_choice(kernel, spec, n, device)
+        return Choice(choice.config, "exact", "user", tokens[kernel], choice.variant,
+                      times[kernel])
 
-    monkeypatch.setattr(dispatch, "explain_choice", fake)
+    monkeypatch.setattr(dispatch, "stored_choice", fake)
     dispatch.clear_cache()
 
 
@@ -140,8 +139,27 @@ def test_backward_form_follows_stored_times_of_one_token_count(monkeypatch):
     _choices(monkeypatch, {"bwd": 2.0, "bwd_dq": 1.0, "bwd_dkv": 1.5},
              {"bwd": 16, "bwd_dq": 4096, "bwd_dkv": 16})
     assert _form() == dispatch.SPLIT
+    # no stored split pair: nothing to compare with, the split pair stays
+    _choices(monkeypatch, {"bwd": 0.5}, {"bwd": 16})
+    assert _form() == dispatch.SPLIT
     monkeypatch.undo()
     dispatch.clear_cache()
+
+
+def test_backward_form_records_no_miss_of_the_one_pass(monkeypatch, tmp_path):
+    """Choosing the form looks at stored winners only: with MHFGEN_RECORD set, a backward
+    call records the split pair's ops (which it runs), never 'bwd'."""
+    import json
+
+    path = tmp_path / "shapes.jsonl"
+    monkeypatch.setenv("MHFGEN_RECORD", str(path))
+    dispatch.clear_cache()
+    (q, k, u, v, r, do), _ = inputs_and_reference(SMALL, torch.float32)
+    kernels.backward(q, k, u, v, r, do)
+    monkeypatch.delenv("MHFGEN_RECORD")
+    dispatch.clear_cache()
+    recorded = {json.loads(line)["kernel"] for line in path.read_text().splitlines()}
+    assert recorded == {"bwd_dq", "bwd_dkv"}
 
 
 def test_deterministic_mode_runs_the_split_pair_without_token_splits(monkeypatch):

@@ -46,11 +46,14 @@ def register(sub) -> None:
             action.help = f"tokens B*L (default {GPU_TOKENS} on a GPU, {CPU_PROBLEM['tokens']} on the CPU)"
         elif action.dest == "dtype":
             action.help = f"default {GPU_DTYPE} on a GPU, float32 on the CPU"
+    from .. import registry
+
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=int, default=None,
                    help=f"distinct configs evaluated per kernel, the default included "
                         f"(default {GPU_TRIALS} on a GPU, {CPU_TRIALS} on the CPU)")
-    g.add_argument("--kernels", default="fwd,dq,dkv",
+    g.add_argument("--kernels", default=",".join(registry.OPS[op].short
+                                                  for op in registry.default_ops()),
                    help="comma list of fwd, dq, dkv, bwd (default fwd,dq,dkv: the forward "
                         "and the split backward; bwd, the one-pass backward, is opt-in: "
                         "dispatch runs it where its time beats dq + dkv's)")

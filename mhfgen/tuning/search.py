@@ -266,7 +266,7 @@ class Tuner:
         """Search `kernels` (tuning units: variant stems, or ops for a joint study of their
         variants; None: every op, see tuning_units), then re-time and store each (finish)."""
         kernels = list(kernels) if kernels is not None else \
-            tuning_units(list(registry.OPS), self.problem.spec, self.problem.tokens)
+            tuning_units(registry.default_ops(), self.problem.spec, self.problem.tokens)
         studies = studies or {k: self.open_study(k) for k in kernels}
         self.search(kernels, studies)
         return [self.finish(k, studies[k]) for k in kernels]
