@@ -164,12 +164,18 @@ CONFIG_LEGEND = (
             "power-of-two chunks)"),
     ("is", "inter_splits: forward programs splitting the intermediate dimension (decode)"),
     ("ts", "token_splits: dK/dU/dV programs splitting the tokens (fp32 atomics)"),
-    ("tma", "K/U/V tiles loaded through tensor descriptors (TMA, sm90+)"),
+    ("tma", "tiles loaded through tensor descriptors (TMA, sm90+): K/U/V in the forward "
+            "and dQ kernels; q/dO, with dq's TMA reduce-adds, in the one-pass backward"),
     ("ws", "warp_specialize: Triton's automatic warp specialisation of the loop (sm90+)"),
     ("T", "transpose_acc: dK/dU/dV accumulate dK^T, head_dim as the MMA's M dimension"),
     ("prefetch", "prefetch_scores: the next tile's score MMAs issued before this tile's "
                  "activation"),
     ("split", "split_grads: dK/dU/dV as two kernels (dK and dU; dV)"),
+    ("hc", "head_chunk: kv heads per launch of the one-pass backward (its dq workspace)"),
+    ("tanh", "sigmoid as 0.5 + 0.5 tanh.approx(x / 2): one MUFU op per element"),
+    ("exp", "sigmoid through exp2 and a fast division (the Gluon kernels' other form)"),
+    ("vec", "dq_vec: the Gluon one pass adds dq by red.global.add.v4.f32, 4 values at once"),
+    ("regs", "registers per thread of a Gluon kernel's partitions (setmaxnreg)"),
 )
 
 
