@@ -28,8 +28,10 @@ Shared memory (an estimate of Triton 3.6 on sm90), Dp and b as the forward's:
     + BLOCK_M * Dp * 4              (the dq tile's staging for the atomics; shared with
                                      P/dS/dA in the TMA transposed form of one chunk)
     + 1 KiB.
-Registers: (3*BN*Dp + 3*BM*BN + BM*Dp) / (32 * num_warps): dk/du/dv accumulators, the
-S, A, dP tiles and the dq tile.
+Registers: (3*BN*Dp + 3*BM*BN) / (32 * num_warps): the dk/du/dv accumulators and the S, A,
+dP tiles; the dq tile takes the registers S, A and dP free. (Counting it too pruned BM 128,
+BN 64, 8 warps, the fastest config of the H200 sweep: 255 registers and 528 bytes of spill
+stores compiled, docs/PERFORMANCE.md.)
 """
 from __future__ import annotations
 
@@ -164,7 +166,7 @@ class FlashMhfBwdFused(Variant):
 
     def registers(self, spec: KernelSpec, config: Config) -> float:
         bm, bn, dp = config.block_m, config.block_n, _triton.padded_head_dim(spec, config)
-        return (3 * bn * dp + 3 * bm * bn + bm * dp) / (32 * config.num_warps)
+        return (3 * bn * dp + 3 * bm * bn) / (32 * config.num_warps)
 
     def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> Config:
         """The widest head_chunk within the workspace budget; token splits when the
