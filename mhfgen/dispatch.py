@@ -117,19 +117,9 @@ def backward_form(spec: KernelSpec, tokens: int, device: torch.device,
     FUSED only where the databases hold winners of 'bwd', 'bwd_dq' and 'bwd_dkv' tuned at
     one token count and the one pass's stored time is below the sum of the split pair's,
     and not `deterministic` (the one pass sums dq by atomics); SPLIT otherwise, the
-    measured faster form where nothing is tuned (cached per key, like the choices)."""
-    key = ("backward-form", spec, tokens, device, deterministic)
-    form = _cache.get(key)
-    if form is None:
-        form = _backward_form(spec, tokens, device, deterministic)
-        _cache[key] = form
-    return form
-
-
-def _backward_form(spec: KernelSpec, tokens: int, device: torch.device,
-                   deterministic: bool) -> str:
-    if deterministic or not registry.usable("bwd", spec, tokens) \
-            or not tuned_configs_enabled():
+    measured faster form where nothing is tuned. Asked once per call signature (the
+    launch plans of mhfgen.kernels.backward keep the answer)."""
+    if deterministic or not registry.usable("bwd", spec, tokens):
         return SPLIT
     # the stored winners only: a lookup here is not a miss to record or tune (the split
     # pair's own calls record theirs, and the one pass is tuned on request)
@@ -145,13 +135,10 @@ def _backward_form(spec: KernelSpec, tokens: int, device: torch.device,
 
 
 def stored_choice(op: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice | None:
-    """The tuned winner the dispatch order finds for `op` (steps 1-3 over its usable
-    variants), or None; no heuristic, and nothing recorded (mhfgen.record.on_miss)."""
-    variants = _live(candidates(op, spec, tokens), spec, device)
-    found = _index_for(device).find([v.stem for v in variants], spec, tokens)
-    if found is not None and (found.variant, spec, found.config, device) in _rejected:
-        return None
-    return found
+    """The tuned winner the dispatch order finds for `op` (steps 1-3 over the variants
+    explain_choice considers), or None; no heuristic, and nothing recorded
+    (mhfgen.record.on_miss)."""
+    return _tuned(op, _considered(op, spec, tokens, device), spec, tokens, device)
 
 
 def tuned_configs_enabled() -> bool:
@@ -241,21 +228,36 @@ def _live(variants: list, spec: KernelSpec, device: torch.device) -> list:
 
 
 def _decide(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice:
+    variants = _considered(kernel, spec, tokens, device)
+    found = _tuned(kernel, variants, spec, tokens, device)
+    return found if found is not None else _heuristic(variants, spec, tokens, device)
+
+
+def _considered(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> list:
+    """The variants a decision for `kernel` looks at: candidates(), less (for an op) those
+    whose built-in config failed here, unless that leaves none."""
     variants = candidates(kernel, spec, tokens)
     if kernel in registry.OPS:
         variants = _live(variants, spec, device) or variants
-    if tuned_configs_enabled():
-        found = _index_for(device).find([v.stem for v in variants], spec, tokens)
-        if found is not None and (found.variant, spec, found.config, device) in _rejected:
-            log.debug("%s %s tokens=%d: the %s config failed earlier, using the heuristic",
-                      kernel, spec.key(), tokens, found.source)
-            found = None
-        if found is not None:
-            log.debug("%s %s tokens=%d: %s %s config from the %s database (tuned at %d "
-                      "tokens)", kernel, spec.key(), tokens, found.source, found.variant,
-                      found.layer, found.tuned_tokens)
-            return found
-    return _heuristic(variants, spec, tokens, device)
+    return variants
+
+
+def _tuned(kernel: str, variants: list, spec: KernelSpec, tokens: int,
+           device: torch.device) -> Choice | None:
+    """Steps 1-3 of the dispatch order over `variants`: the stored winner, or None (tuned
+    configs off, nothing stored, or the winner failed earlier in this process)."""
+    if not tuned_configs_enabled():
+        return None
+    found = _index_for(device).find([v.stem for v in variants], spec, tokens)
+    if found is not None and (found.variant, spec, found.config, device) in _rejected:
+        log.debug("%s %s tokens=%d: the %s config failed earlier, using the heuristic",
+                  kernel, spec.key(), tokens, found.source)
+        return None
+    if found is not None:
+        log.debug("%s %s tokens=%d: %s %s config from the %s database (tuned at %d "
+                  "tokens)", kernel, spec.key(), tokens, found.source, found.variant,
+                  found.layer, found.tuned_tokens)
+    return found
 
 
 def _heuristic(variants: list, spec: KernelSpec, tokens: int, device: torch.device) -> Choice:

@@ -103,36 +103,47 @@ def run(args) -> int:
     rows, lines, failed = [], [], 0
     for case in _cases(args, gpu):
         ref_inputs = make_inputs(case, torch.float32, dev, seed=0)
-        for name, form in ((n, f) for n in names for f in forms):
+        for name in names:
             dtype = DTYPES[name]
             inputs = [t.to(dtype) if i < 4 or i == 5 else t for i, t in enumerate(ref_inputs)]
             q, k, u, v, r, do = inputs
             start = time.perf_counter()
-            row = {"case": case.name, "dtype": name, "backward": form, "tokens": case.tokens,
-                   "shape": case.__dict__}
-            try:
-                expected = reference_outputs(q, k, u, v, r, do)
-                got = kernel_outputs(q, k, u, v, r, do, backward=form)
-            except Exception as exc:  # noqa: BLE001 - a failing kernel is a failed row
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-                lines.append((case.name, name, form, case.tokens, *[""] * len(OUTPUTS),
-                              f"FAIL {reason}"))
+            try:  # once per dtype: every backward form is compared with the same reference
+                expected, reason = reference_outputs(q, k, u, v, r, do), None
+            except Exception as exc:  # noqa: BLE001 - a failing reference fails its rows
+                expected, reason = None, _reason(exc)
+            for form in forms:
+                row = {"case": case.name, "dtype": name, "backward": form,
+                       "tokens": case.tokens, "shape": case.__dict__}
+                if reason is None:
+                    try:
+                        got = kernel_outputs(q, k, u, v, r, do, backward=form)
+                    except Exception as exc:  # noqa: BLE001 - a failing kernel is a failed row
+                        got, why = None, _reason(exc)
+                else:
+                    got, why = None, reason
+                if got is None:
+                    lines.append((case.name, name, form, case.tokens, *[""] * len(OUTPUTS),
+                                  f"FAIL {why}"))
+                    _progress(args, lines[-1])
+                    rows.append({**row, "ok": False, "error": why})
+                    failed += 1
+                    continue
+                checks = compare(got, expected, dtype)
+                bad = [c for c in checks if not c.ok]
+                failed += bool(bad)
+                status = "ok" if not bad else "FAIL " + ",".join(c.output for c in bad)
+                errors = {c.output: f"{c.error:.2e}" for c in checks}
+                lines.append((case.name, name, form, case.tokens,
+                              *(errors.get(o, "") for o in OUTPUTS), status))
                 _progress(args, lines[-1])
-                rows.append({**row, "ok": False, "error": reason})
-                failed += 1
-                continue
-            checks = compare(got, expected, dtype)
-            bad = [c for c in checks if not c.ok]
-            failed += bool(bad)
-            status = "ok" if not bad else "FAIL " + ",".join(c.output for c in bad)
-            errors = {c.output: f"{c.error:.2e}" for c in checks}
-            lines.append((case.name, name, form, case.tokens,
-                          *(errors.get(o, "") for o in OUTPUTS), status))
-            _progress(args, lines[-1])
-            rows.append({**row, "seconds": time.perf_counter() - start,
-                         "errors": {c.output: c.error for c in checks},
-                         "tolerances": {c.output: c.tolerance for c in checks}, "ok": not bad})
-            del expected, got
+                rows.append({**row, "seconds": time.perf_counter() - start,
+                             "errors": {c.output: c.error for c in checks},
+                             "tolerances": {c.output: c.tolerance for c in checks},
+                             "ok": not bad})
+                start = time.perf_counter()
+                del got
+            del expected
     if sys.stderr.isatty() and not json_to_stdout(args):
         print(file=sys.stderr)  # past the progress line
     print(table(("case", "dtype", "backward", "tokens", *OUTPUTS, "status"), lines), file=out)
@@ -149,6 +160,11 @@ def run(args) -> int:
                      "passed": len(rows) - failed, "failed": failed, "results": rows})
     print(f"{len(rows) - failed} of {len(rows)} passed", file=out)
     return 1 if failed else 0
+
+
+def _reason(exc: BaseException) -> str:
+    """One line naming why a row failed."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
 
 
 def _progress(args, line: tuple) -> None:

@@ -5,9 +5,9 @@ A program owns one 64-column weight tile (within one expert) of one kv head and 
 row tiles of BLOCK_M tokens of each query head of the group. Three partitions: warpgroup
 A (S^T, A^T, the element-wise math, dK, dU), warpgroup B (dP^T, dV, dq by fp32
 atomics) and a one-warp TMA producer; A and B exchange dP^T and P^T/dS^T/dA^T through
-double-buffered shared memory. The chunking of kv heads per launch, the dq/dr/dK/dU/dV
-workspaces and their budget are the Triton-language one-pass backward's
-(mhfgen.kernels.flash_mhf_bwd_fused, mhfgen.variants.flash_mhf_bwd_fused).
+double-buffered shared memory. The chunking of kv heads per launch and the dq/dr/dK/dU/dV
+workspaces are the Triton-language one-pass backward's (mhfgen.kernels.bwd_chunks), and
+so is their budget (mhfgen.workspace).
 """
 from __future__ import annotations
 
@@ -22,14 +22,12 @@ from ..registry import VariantConfig
 from ..spec import KernelSpec
 from ..tiling import cdiv
 from ..validation import check_flash_mhf_inputs
+from ..workspace import dr_atomic, fit_launches, kv_heads_per_launch
 from .buffers import contiguous_strides, grad_plan_inputs
+from .bwd_chunks import Chunk, ChunkPlan, head_chunks, plan_fields, run_chunks
 from .configs import first_launch, resolve_config, spec_of
 from .plans import plan_cache, plan_key, remember
 from .sm90 import ptxas_usage, rows_view
-
-# NOTE: the one-pass backward's plan and workspace helpers are imported where they are
-# used: this module loads while mhfgen.variants registers its variants, and the
-# Triton-language one-pass launcher that holds them imports its variant module.
 
 KERNEL = "flash_mhf_bwd_ws"
 DTYPES = ("bfloat16", "float16")
@@ -139,27 +137,12 @@ def config_problems(spec: KernelSpec, config: BwdWsConfig) -> list[str]:
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdWsConfig:
     """32-token row tiles (64 at D = 64), a 2-slot ring, tanh; kv heads per launch and
     token splits as the Triton one-pass backward's heuristic picks them."""
-    from ..variants.flash_mhf_bwd_fused import workspace_budget, workspace_bytes
-
     bm = 64 if spec.head_dim <= 64 else 32
-    chunk = spec.kv_heads
-    budget = workspace_budget(spec, max(1, tokens))
-    while chunk > 1 and workspace_bytes(spec, BwdWsConfig(block_m=bm, head_chunk=chunk),
-                                        max(1, tokens)) > budget:
-        chunk = (chunk + 1) // 2
-    programs = spec.intermediate // BLOCK_N * chunk
-    splits = 1
-    if programs < 2 * sm_count:
-        splits = max(1, min(-(-2 * sm_count // programs), cdiv(max(1, tokens), 4 * bm)))
-    config = BwdWsConfig(block_m=bm, head_chunk=chunk, token_splits=splits)
-    if splits > 1 and workspace_bytes(spec, config, max(1, tokens)) > budget:
-        config = BwdWsConfig(block_m=bm, head_chunk=chunk)
-    return config
+    return fit_launches(spec, BwdWsConfig(block_m=bm), tokens, sm_count,
+                        spec.intermediate // BLOCK_N, cdiv(max(1, tokens), 4 * bm))
 
 
 def static_params(spec: KernelSpec, config: BwdWsConfig) -> dict:
-    from ..variants.flash_mhf_bwd_fused import dr_atomic
-
     return {"sigmoid": config.sigmoid, "dr_atomic": dr_atomic(spec, config),
             "token_split": config.token_splits > 1, "dq_vec": config.dq_vec}
 
@@ -217,8 +200,6 @@ def flash_mhf_bwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     """(dq, dr, dk, du, dv) of FlashMHF through the warp-specialised Gluon kernel (sm90);
     shapes and dtypes as mhfgen.kernels.flash_mhf_bwd_fused's. ValueError where the
     variant does not support the problem."""
-    from .flash_mhf_bwd_fused import run_chunks
-
     key = plan_key(config, q, k, u, v, r, do)
     plan = _plans.get(key)
     if plan is not None:
@@ -230,10 +211,8 @@ def flash_mhf_bwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     return out
 
 
-def _make_plan(q, k, u, v, r, do, config):
-    from ..variants.flash_mhf_bwd_fused import dr_atomic, kv_heads_per_launch
-    from .flash_mhf_bwd_fused import Chunk, FusedPlan
-
+def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
+    """Check the inputs and the config, load the kernel: everything but the launches."""
     problem = check_flash_mhf_inputs(q, k, u, v, r)
     copy_do, _ = grad_plan_inputs(q, do)
     spec = spec_of(problem, q)
@@ -245,39 +224,27 @@ def _make_plan(q, k, u, v, r, do, config):
     if problems:
         raise ValueError(f"{KERNEL} config {config.describe()} cannot run {spec.key()}: "
                          + "; ".join(problems))
-    B, L, H, D = q.shape
-    E = r.shape[-1]
-    atomic_dr = dr_atomic(spec, config)
-    dr_mode = "store" if not atomic_dr else ("atomic" if r.dtype == torch.float32
-                                              else "workspace")
-    splits_wanted = config.token_splits > 1
-    plan_args = dict(dq_shape=(B, L, H, D), dr_shape=(B, L, H, E), dq_direct=False,
-                     dr_mode=dr_mode, dkv_workspace=splits_wanted, dkv_atomic=splits_wanted,
-                     copy_weights=not (k.is_contiguous() and u.is_contiguous()
-                                       and v.is_contiguous()),
-                     copy_do=copy_do)
+    fields = plan_fields(spec, config, q, k, u, v, r, copy_do)
     tokens = problem.tokens
     if tokens == 0:
-        return FusedPlan(chunks=(), **plan_args)
+        return ChunkPlan(chunks=(), **fields)
+    B, L, H, D = q.shape
     kernel = load_kernel(spec, config)
-    group = spec.group
-    per_launch = kv_heads_per_launch(spec, config)
-    width = per_launch * group
+    width = kv_heads_per_launch(spec, config) * spec.group
     token_blocks = cdiv(tokens, config.block_m)
     per_split = cdiv(token_blocks, config.token_splits)
     splits = cdiv(token_blocks, per_split)
-    dr_strides = contiguous_strides((B, L, width if dr_mode == "workspace" else H, E))
+    dr_workspace = fields["dr_mode"] == "workspace"
+    dr_strides = contiguous_strides((B, L, width if dr_workspace else H, r.shape[-1]))
     meta = {**constexprs(spec, config), "num_warps": 4, "maxnreg": max_registers(config)}
     layouts = smem_layouts(spec, config)
     chunks = []
-    for kv0 in range(0, spec.kv_heads, per_launch):
-        n = min(per_launch, spec.kv_heads - kv0)
-        h0, h1 = kv0 * group, (kv0 + n) * group
+    for kv0, n, h0, h1 in head_chunks(spec, config):
         scalars = (*r.stride(), width * D, D, *dr_strides, L, tokens, per_split, kv0, h0,
-                   h0 if dr_mode == "workspace" else 0)
+                   h0 if dr_workspace else 0)
         grid = (spec.intermediate // BLOCK_N, n, splits)
         chunks.append(Chunk(kv0, n, h0, h1, GluonLaunch(kernel, grid, scalars, meta, layouts)))
-    return FusedPlan(chunks=tuple(chunks), **plan_args)
+    return ChunkPlan(chunks=tuple(chunks), **fields)
 
 
 @dataclass(frozen=True)

@@ -78,11 +78,17 @@ def check_group_and_tma(config, spec: KernelSpec) -> None:
         raise ValueError("warp_specialize=True needs tma=True (Triton's Hopper warp "
                          "specialisation handles descriptor loads, not pointer loads)")
     if config.tma:
-        if spec.target != INTERPRETER and not spec.target.startswith(("sm9", "sm1")):
-            raise ValueError(f"tma=True needs an sm90+ target, not {spec.target}")
-        if spec.head_dim * DTYPES[spec.dtype].itemsize % 16:
-            raise ValueError(f"tma=True needs head_dim rows of a multiple of 16 bytes; "
-                             f"head_dim={spec.head_dim} in {spec.dtype} is not")
+        check_tma_target(spec)
+
+
+def check_tma_target(spec: KernelSpec) -> None:
+    """What tma=True needs of a spec in every Triton-language variant: an sm90+ target (or
+    the interpreter) and head_dim rows of a multiple of 16 bytes."""
+    if spec.target != INTERPRETER and not spec.target.startswith(("sm9", "sm1")):
+        raise ValueError(f"tma=True needs an sm90+ target, not {spec.target}")
+    if spec.head_dim * DTYPES[spec.dtype].itemsize % 16:
+        raise ValueError(f"tma=True needs head_dim rows of a multiple of 16 bytes; "
+                         f"head_dim={spec.head_dim} in {spec.dtype} is not")
 
 
 def tile_params(spec: KernelSpec, config: TileConfig) -> dict:

@@ -35,24 +35,19 @@ stores compiled, docs/PERFORMANCE.md.)
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from ..config_fields import choice, positive_int
 from ..registry import Variant, register
 from ..spec import INTERPRETER, KernelSpec
 from ..tiling import cdiv, intermediate_blocks
+from ..workspace import (SCRATCH_FRACTION, dr_atomic, fit_launches, kv_heads_per_launch,
+                         workspace_budget, workspace_bytes)
 from . import _triton
 from ._triton import TileConfig
 
 #: the sigmoid forms the template can generate
 SIGMOIDS = ("exp", "tanh")
-#: the dq workspace may take up to this fraction of dq's own size (at least one kv head):
-#: at the 1.3B preset and 16384 tokens one kv head, 8 MiB, so that forward + backward
-#: stays within a fifth of a SwiGLU layer's peak memory
-SCRATCH_FRACTION = 1 / 8
-#: workspaces up to this many bytes are always allowed (small problems)
-SCRATCH_FLOOR = 4 << 20
 #: programs per multiprocessor above which a token split only adds partial-sum traffic
 MAX_PROGRAMS_PER_SM = 8
 
@@ -78,17 +73,13 @@ class Config(TileConfig):
 
     def check_for(self, spec: KernelSpec) -> None:
         if self.tma:
-            if spec.target != INTERPRETER and not spec.target.startswith(("sm9", "sm1")):
-                raise ValueError(f"tma=True needs an sm90+ target, not {spec.target}")
             if spec.target == INTERPRETER:
                 raise ValueError("tma=True adds dq by TMA reductions, which Triton's "
                                  "interpreter does not run")
+            _triton.check_tma_target(spec)
             if self.block_m % spec.group:
                 raise ValueError(f"tma=True needs block_m={self.block_m} to be a multiple "
                                  f"of heads/kv_heads={spec.group}")
-            if spec.head_dim * spec.torch_dtype.itemsize % 16:
-                raise ValueError(f"tma=True needs head_dim rows of a multiple of 16 bytes; "
-                                 f"head_dim={spec.head_dim} in {spec.dtype} is not")
         if self.sigmoid == "tanh" and spec.target == INTERPRETER:
             raise ValueError("sigmoid='tanh' is PTX inline assembly: a GPU only, not "
                              "Triton's interpreter")
@@ -100,36 +91,13 @@ class Config(TileConfig):
         return text + f" hc{self.head_chunk}"
 
 
-def kv_heads_per_launch(spec: KernelSpec, config: Config) -> int:
-    """The kv heads one launch covers: head_chunk, at most all of them."""
-    return min(config.head_chunk, spec.kv_heads)
-
-
-def dr_atomic(spec: KernelSpec, config: Config) -> bool:
-    """Whether an expert spans several tiles, so dr's partial sums meet by atomics."""
-    return cdiv(spec.expert_dim, config.block_n) > 1
-
-
-def workspace_bytes(spec: KernelSpec, config: Config, tokens: int, r_fp32: bool = True) -> int:
-    """Bytes of fp32 workspace one call allocates beside its outputs: dq's partial sums
-    (none in fp32, where they go to dq itself), dr's where r is not fp32 and an expert
-    spans tiles, and dK/dU/dV's with token splits (none in fp32)."""
-    n = kv_heads_per_launch(spec, config)
-    narrow = spec.dtype != "float32"
-    total = tokens * n * spec.group * spec.head_dim * 4 if narrow else 0
-    if dr_atomic(spec, config) and not r_fp32:
-        total += tokens * n * spec.group * spec.experts * 4
-    if config.token_splits > 1 and narrow:
-        total += 3 * n * spec.intermediate * spec.head_dim * 4
-    return total
-
-
-def workspace_budget(spec: KernelSpec, tokens: int) -> int:
-    """The workspace a config may use: SCRATCH_FRACTION of dq's bytes, at least
-    SCRATCH_FLOOR and at least one kv head's dq partial sums."""
-    dq_bytes = tokens * spec.heads * spec.head_dim * spec.torch_dtype.itemsize
-    one_head = tokens * spec.group * spec.head_dim * 4
-    return max(int(dq_bytes * SCRATCH_FRACTION), SCRATCH_FLOOR, one_head)
+def _tma_fits(spec: KernelSpec, block_m: int) -> bool:
+    """Whether tma=True can run `spec` at this block_m (Config.check_for's rules)."""
+    try:
+        Config(block_m=block_m, tma=True).check_for(spec)
+    except ValueError:
+        return False
+    return True
 
 
 class FlashMhfBwdFused(Variant):
@@ -176,28 +144,16 @@ class FlashMhfBwdFused(Variant):
         bn = _triton.pick_block_n(spec.expert_dim, bn)
         rows = max(1, tokens) * spec.group
         bm = _triton.rows_block(rows, bm)
-        chunk = spec.kv_heads
-        probe = Config(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages,
-                       head_chunk=chunk)
-        budget = workspace_budget(spec, max(1, tokens))
-        while chunk > 1 and workspace_bytes(spec, probe, max(1, tokens)) > budget:
-            chunk = (chunk + 1) // 2
-            probe = Config(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages,
-                           head_chunk=chunk)
-        programs = intermediate_blocks(spec, bn) * chunk
-        splits = 1
-        if not interp and programs < 2 * sm_count:
-            splits = max(1, min(-(-2 * sm_count // programs), rows // (4 * bm)))
-        gpu = {} if interp else dict(
-            transpose_acc=True,
-            # tanh.approx (relative error 2^-10.7) only where the bar allows it: not fp32
-            sigmoid="tanh" if spec.dtype != "float32" else "exp",
-            tma=(spec.target.startswith(("sm9", "sm1")) and bm % spec.group == 0
-                 and spec.head_dim * spec.torch_dtype.itemsize % 16 == 0))
+        gpu = {}
+        if not interp:
+            gpu = dict(transpose_acc=True,
+                       # tanh.approx (relative error 2^-10.7) only where the bar allows it
+                       sigmoid="tanh" if spec.dtype != "float32" else "exp",
+                       tma=_tma_fits(spec, bm))
         config = Config(block_m=bm, block_n=bn, num_warps=warps if bm >= 64 else 4,
-                        num_stages=stages, token_splits=splits, head_chunk=chunk, **gpu)
-        if splits > 1 and workspace_bytes(spec, config, max(1, tokens)) > budget:
-            config = dataclasses.replace(config, token_splits=1)
+                        num_stages=stages, **gpu)
+        config = fit_launches(spec, config, tokens, sm_count, intermediate_blocks(spec, bn),
+                              1 if interp else rows // (4 * bm))
         return config if interp else _triton.shrink_to_fit(self, spec, config)
 
     def prune_reason(self, spec: KernelSpec, config: Config, tokens: int,

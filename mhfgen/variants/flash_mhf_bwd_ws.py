@@ -5,14 +5,14 @@ mhfgen.kernels.flash_mhf_bwd_ws).
 Two consumer warpgroups split the 8 MMAs of each row tile 4 + 4 (A: S^T, A^T, dK, dU and
 the element-wise math; B: dP^T, dV, dq) and swap dP^T and P^T/dS^T/dA^T through shared
 memory; a one-warp producer loads q and dO by TMA. sm90, bf16/fp16, D = 64 or 128,
-expert_dim a multiple of 64. The dq workspace and its budget are flash_mhf_bwd_fused's.
+expert_dim a multiple of 64. The dq workspace and its budget: mhfgen.workspace.
 """
 from __future__ import annotations
 
 from ..kernels import flash_mhf_bwd_ws as ws
 from ..registry import Variant, register
 from ..spec import KernelSpec
-from .flash_mhf_bwd_fused import workspace_budget, workspace_bytes
+from ..workspace import workspace_budget, workspace_bytes
 
 
 class FlashMhfBwdWs(Variant):
