@@ -1,0 +1,175 @@
+"""The Gluon dK/dU/dV backward (flash_mhf_bwd_dkv_ws) on an H100/H200: correctness, then speed.
+
+    python3 benchmarks/bwd_dkv_ws_check.py [--budget 500] [--shapes 1.3B,370M,...]
+
+1. verify: dk, du, dv against float64 (relative Frobenius error, the bar of
+   mhfgen.tolerances) in bf16 and fp16 on the 1.3B shape's slice, L = 1, L = 37 with
+   Hkv < H, E = 1 at D = 64 and Hkv < H at D = 64, for a few configs (token splits, exp
+   sigmoid, a deeper ring).
+2. speed at 16384 tokens in bf16: a config sweep beside the Triton-language dK/dU/dV and
+   dQ/dR kernels as dispatched and the forward as dispatched, in one process. TFLOP/s of
+   the dK/dU/dV kernel count its 6 executed GEMM units (12 T H I D); 'split' adds the
+   dispatched dQ/dR kernel and counts the backward as 12 T H I D, forward + backward as
+   18 T H I D. Each timed config's gradients are checked against float64 first.
+Every first launch is watched for a hang (an mbarrier deadlock): a hang ends the run,
+printing what was measured.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import threading
+import time
+
+import torch
+import triton
+
+from mhfgen import kernels
+from mhfgen.kernels.flash_mhf_bwd_dkv import flash_mhf_bwd_dkv
+from mhfgen.kernels.flash_mhf_bwd_dkv_ws import BwdDkvWsConfig, flash_mhf_bwd_dkv_ws
+from mhfgen.kernels.flash_mhf_bwd_dq import flash_mhf_bwd_dq
+from mhfgen.tolerances import relative_error, tolerance
+from mhfgen.verification import Case, make_inputs, reference_outputs
+
+from hangs import Hang, finish  # benchmarks/hangs.py, beside this script
+
+GRADS = ("dk", "du", "dv")
+VERIFY_CASES = [
+    Case("1.3B-slice", 2, 300, 16, 16, 128, 22, 256),
+    Case("L=1", 1, 1, 8, 8, 128, 11, 256),
+    Case("L=37,Hkv<H", 1, 37, 8, 2, 128, 4, 128),
+    Case("E=1,D64", 1, 200, 4, 4, 64, 1, 512),
+    Case("Hkv<H,D64", 3, 100, 16, 4, 64, 11, 256),
+]
+VERIFY_CONFIGS = {
+    "default": BwdDkvWsConfig(),
+    "ts2 exp": BwdDkvWsConfig(token_splits=2, sigmoid="exp"),
+    "regs 40/232": BwdDkvWsConfig(producer_regs=40, consumer_regs=232),
+}
+SPEED_SHAPES = {"1.3B": (16, 16, 128, 22, 256), "370M": (8, 8, 128, 11, 256),
+                "H16D64": (16, 16, 64, 11, 256), "1.3B-gqa4": (16, 4, 128, 22, 256)}
+
+
+def errors(out, ref) -> float:
+    return max(relative_error(o, ref[g]) for g, o in zip(GRADS, out))
+
+
+def row(rows, *cells):
+    rows.append(cells)
+    print(*cells, flush=True)
+
+
+def attempt(rows, kind, label, fn):
+    """fn() -> (value, note) as a row; a hang re-raises, other errors are rows."""
+    try:
+        value, note = fn()
+        row(rows, kind, label, value, note)
+    except Hang:
+        row(rows, kind, label, "-", "HANG")
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failing config is a row
+        row(rows, kind, label, "-", f"ERROR {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:110] if str(exc) else ''}")
+
+
+def verify(rows):
+    for dtype in (torch.bfloat16, torch.float16):
+        bar = tolerance(dtype, grad=True)
+        for case in VERIFY_CASES:
+            inputs = make_inputs(case, dtype, "cuda", seed=1)
+            ref = reference_outputs(*inputs)
+            for name, config in VERIFY_CONFIGS.items():
+                def check(config=config):
+                    err = errors(finish(lambda: flash_mhf_bwd_dkv_ws(*inputs, config=config)), ref)
+                    return f"{err:.2e}", "ok" if err <= bar else "FAIL"
+                attempt(rows, "verify", f"{str(dtype)[6:]} {case.name} {name}", check)
+
+
+def sweep_configs(name):
+    out = [BwdDkvWsConfig()]
+    if name in ("1.3B", "H16D64"):
+        out += [BwdDkvWsConfig(sigmoid="exp"), BwdDkvWsConfig(producer_regs=40,
+                                                               consumer_regs=232)]
+        out += [BwdDkvWsConfig(token_splits=2)]
+    if name == "H16D64":
+        out += [BwdDkvWsConfig(stages=3), BwdDkvWsConfig(stages=4)]
+    if name == "370M":
+        out += [BwdDkvWsConfig(token_splits=2), BwdDkvWsConfig(sigmoid="exp")]
+    return out
+
+
+def speed(rows, shapes):
+    bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=40)  # noqa: E731
+    for name in shapes:
+        H, Hkv, D, E, De = SPEED_SHAPES[name]
+        case = Case(name, 8, 2048, H, Hkv, D, E, De)
+        inputs = make_inputs(case, torch.bfloat16, "cuda")
+        unit = 2 * case.tokens * H * E * De * D  # one GEMM unit
+        ref = reference_outputs(*inputs)
+        bar = tolerance(torch.bfloat16, grad=True)
+        t_fwd = bench(lambda: kernels.forward(*inputs[:5]))
+        t_bwd = bench(lambda: kernels.backward(*inputs))
+        t_dq = bench(lambda: flash_mhf_bwd_dq(*inputs))
+        t_dkv = bench(lambda: flash_mhf_bwd_dkv(*inputs))
+        row(rows, "speed", f"{name} forward (dispatched)", f"{t_fwd:.3f} ms",
+            f"{3 * unit / t_fwd / 1e9:.0f} TFLOP/s")
+        row(rows, "speed", f"{name} backward (dispatched)", f"{t_bwd:.3f} ms",
+            f"bwd {6 * unit / t_bwd / 1e9:.0f} fwd+bwd {9 * unit / (t_fwd + t_bwd) / 1e9:.0f}")
+        row(rows, "speed", f"{name} dq (Triton, dispatched)", f"{t_dq:.3f} ms",
+            f"executed {5 * unit / t_dq / 1e9:.0f}")
+        row(rows, "speed", f"{name} dkv (Triton, dispatched)", f"{t_dkv:.3f} ms",
+            f"executed {6 * unit / t_dkv / 1e9:.0f}")
+        for config in sweep_configs(name):
+            def timed(config=config):
+                err = errors(finish(lambda: flash_mhf_bwd_dkv_ws(*inputs, config=config)), ref)
+                if err > bar:
+                    return "-", f"WRONG {err:.2e}"
+                t = bench(lambda: flash_mhf_bwd_dkv_ws(*inputs, config=config))
+                split = t_dq + t
+                return f"{t:.3f} ms", (f"executed {6 * unit / t / 1e9:.0f}; split {split:.3f} ms: "
+                                       f"bwd {6 * unit / split / 1e9:.0f} fwd+bwd "
+                                       f"{9 * unit / (t_fwd + split) / 1e9:.0f}; err {err:.2e}")
+            attempt(rows, "speed", f"{name} dkv_ws {config.describe()}", timed)
+
+
+def print_rows(rows, t0):
+    print("\n## results")
+    for cells in rows:
+        print("|", " | ".join(cells), "|")
+    print(f"wall {time.time() - t0:.0f} s", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=500, help="seconds before the watchdog")
+    parser.add_argument("--skip-verify", action="store_true")
+    parser.add_argument("--shapes", default="1.3B,370M,H16D64,1.3B-gqa4",
+                        help="speed shapes ('' for none)")
+    args = parser.parse_args()
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}",
+          flush=True)
+    rows, t0 = [], time.time()
+
+    def watchdog():
+        print("WATCHDOG: budget spent", flush=True)
+        print_rows(rows, t0)
+        os._exit(3)
+
+    timer = threading.Timer(args.budget, watchdog)
+    timer.daemon = True
+    timer.start()
+    try:
+        if not args.skip_verify:
+            verify(rows)
+        speed(rows, [s for s in args.shapes.split(",") if s])
+    except Hang:
+        print("HANG: the CUDA context is unusable; stopping", flush=True)
+        print_rows(rows, t0)
+        os._exit(2)
+    timer.cancel()
+    print_rows(rows, t0)
+
+
+if __name__ == "__main__":
+    main()

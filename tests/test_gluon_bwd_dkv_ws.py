@@ -1,0 +1,127 @@
+"""The Gluon dK/dU/dV backward (flash_mhf_bwd_dkv_ws) on the CPU: what it supports, its
+place among the bwd_dkv variants, its config checks and heuristic, deterministic routing,
+and its schedules compiled for sm90 within the shared-memory estimate (Gluon kernels do
+not run in the interpreter; their numbers and deadlocks are checked on the GPU by
+benchmarks/bwd_dkv_ws_check.py)."""
+import dataclasses
+import json
+
+import pytest
+
+from mhfgen import registry
+from mhfgen.codegen import render
+from mhfgen.kernels import flash_mhf_bwd_dkv_ws as ws
+from mhfgen.spec import KernelSpec
+
+SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
+SPEC_370M = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")
+SPEC_D64_GQA = KernelSpec(16, 4, 64, 11, 256, "float16", "sm90")
+SPEC_L37_GQA = KernelSpec(8, 2, 128, 4, 128, "bfloat16", "sm90")
+SPEC_E1 = KernelSpec(4, 4, 64, 1, 512, "bfloat16", "sm90")
+STEM = "flash_mhf_bwd_dkv_ws"
+
+
+@pytest.mark.parametrize("spec,reason", [
+    (KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm80"), "not sm80"),
+    (KernelSpec(16, 16, 128, 22, 256, "float32", "sm90"), "float32"),
+    (KernelSpec(8, 8, 96, 8, 256, "bfloat16", "sm90"), "head_dim 64 or 128"),
+    (KernelSpec(8, 8, 128, 16, 80, "bfloat16", "sm90"), "multiple of 64"),
+])
+def test_unsupported_shapes_go_to_the_triton_variant(spec, reason):
+    assert reason in registry.get(STEM).unsupported(spec)
+    usable = [v.stem for v in registry.usable("bwd_dkv", spec)]
+    assert STEM not in usable
+    if spec.target.startswith("sm"):
+        assert "flash_mhf_bwd_dkv" in usable
+
+
+def test_it_is_the_preferred_dkv_variant_where_it_runs():
+    assert [v.stem for v in registry.usable("bwd_dkv", SPEC_13B)] == \
+        [STEM, "flash_mhf_bwd_dkv"]
+    interp = KernelSpec(2, 2, 64, 2, 64, "float16", "interpreter")
+    assert [v.stem for v in registry.usable("bwd_dkv", interp)] == ["flash_mhf_bwd_dkv"]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("stages", 1), ("stages", 5), ("sigmoid", "erf"), ("token_splits", 0),
+    ("consumer_regs", 100), ("producer_regs", 20),
+])
+def test_bad_config_fields_are_value_errors(field, value):
+    with pytest.raises(ValueError, match=field):
+        ws.BwdDkvWsConfig(**{field: value})
+
+
+def test_config_round_trips_through_json_and_describes_itself():
+    config = ws.BwdDkvWsConfig(stages=3, sigmoid="exp", token_splits=2, consumer_regs=232,
+                               producer_regs=40)
+    variant = registry.get(STEM)
+    assert variant.config_from_dict(json.loads(config.to_json())) == config
+    assert config.describe() == "s3 regs 40/232 ts2 exp"
+    assert ws.BwdDkvWsConfig().describe() == "s2 regs 24/240"
+
+
+def test_resources_rule_out_what_cannot_fit():
+    # D = 128: a third ring slot would need 288 KiB of shared memory
+    assert "shared memory" in ws.config_problems(SPEC_13B, ws.BwdDkvWsConfig(stages=3))[0]
+    assert not ws.config_problems(SPEC_13B, ws.BwdDkvWsConfig())
+    assert not ws.config_problems(SPEC_D64_GQA, ws.BwdDkvWsConfig(stages=4))
+    greedy = ws.BwdDkvWsConfig(consumer_regs=256, producer_regs=120)
+    assert "fewer than 192" in ws.config_problems(SPEC_13B, greedy)[0]
+
+
+def test_heuristic_fits_and_splits_only_few_weight_tiles():
+    for spec in (SPEC_13B, SPEC_370M, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1):
+        config = ws.default_config(spec, 16384, 132)
+        assert not ws.config_problems(spec, config), spec.key()
+        assert registry.get(STEM).prune_reason(spec, config, 16384, 132) is None
+    assert ws.default_config(SPEC_13B, 16384, 132).token_splits == 1  # 1408 programs
+    assert ws.default_config(SPEC_D64_GQA, 16384, 132).stages == 3
+    small = ws.default_config(SPEC_E1, 16384, 132)  # 32 weight tiles: split the tokens
+    assert small.token_splits > 1
+    assert ws.default_config(SPEC_E1, 1, 132).token_splits == 1  # one row block
+
+
+def test_prune_reason_names_token_splits_past_the_row_blocks():
+    variant = registry.get(STEM)
+    config = ws.BwdDkvWsConfig(token_splits=4)
+    assert "row blocks" in variant.prune_reason(SPEC_E1, config, 200, 132)
+    assert "programs" in variant.prune_reason(SPEC_13B, config, 16384, 132)
+
+
+def test_deterministic_runs_drop_its_token_splits():
+    """The dispatched backward's deterministic form replaces token_splits with 1; the
+    config type must allow that (and then adds nothing by atomics)."""
+    config = dataclasses.replace(ws.BwdDkvWsConfig(token_splits=4), token_splits=1)
+    assert ws.static_params(SPEC_13B, config)["token_split"] is False
+
+
+@pytest.mark.parametrize("spec", [SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1],
+                         ids=lambda s: s.key())
+def test_every_spec_renders(spec):
+    for config in (ws.BwdDkvWsConfig(), ws.BwdDkvWsConfig(token_splits=2, sigmoid="exp")):
+        source = render(STEM, spec, config)
+        compile(source, STEM, "exec")
+        assert f"def {STEM}_kernel" in source
+        assert ("gl.atomic_add" in source) == (config.token_splits > 1)
+
+
+COMPILE_CASES = [
+    (SPEC_13B, ws.BwdDkvWsConfig()),
+    (SPEC_13B, ws.BwdDkvWsConfig(sigmoid="exp", token_splits=2, producer_regs=40,
+                                 consumer_regs=232)),
+    (SPEC_D64_GQA, ws.BwdDkvWsConfig(stages=3)),
+    (SPEC_L37_GQA, ws.BwdDkvWsConfig()),
+    (SPEC_E1, ws.BwdDkvWsConfig(stages=4, sigmoid="exp")),
+]
+
+
+@pytest.mark.parametrize("spec,config", COMPILE_CASES,
+                         ids=[f"{s.key()}-{c.describe()}" for s, c in COMPILE_CASES])
+def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
+    report = ws.compile_sm90(spec, config)
+    estimate = ws.shared_memory(spec, config)
+    assert report.shared <= estimate <= report.shared + 1024
+    # per consumer: 3 score products x 2 head_dim halves (K = D / 2: D / 32 instructions
+    # each), issued before and in the loop, and 6 accumulating wgmma (K = 64 tokens: 4)
+    assert report.wgmma == 2 * (2 * 6 * (spec.head_dim // 32) + 6 * 4)
+    assert report.tma_loads == 6 + 8  # K/U/V halves once, then q/dO per tile
