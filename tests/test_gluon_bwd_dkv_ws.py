@@ -95,6 +95,20 @@ def test_deterministic_runs_drop_its_token_splits():
     assert ws.static_params(SPEC_13B, config)["token_split"] is False
 
 
+@pytest.mark.parametrize("tokens,splits,expect", [
+    (1, 2, (1, 1, True)),  # one row block: one split, but the template still adds
+    (37, 4, (1, 1, True)),
+    (16384, 1, (128, 1, False)),
+    (16384, 4, (32, 4, True)),
+    (1000, 3, (3, 3, True)),  # 8 blocks: 3 + 3 + 2
+])
+def test_token_split_plan_zeroes_fp32_buffers_whenever_the_template_adds(tokens, splits,
+                                                                         expect):
+    config = ws.BwdDkvWsConfig(token_splits=splits)
+    assert ws.token_split_plan(tokens, config) == expect
+    assert ws.static_params(SPEC_13B, config)["token_split"] == expect[2]
+
+
 @pytest.mark.parametrize("spec", [SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1],
                          ids=lambda s: s.key())
 def test_every_spec_renders(spec):

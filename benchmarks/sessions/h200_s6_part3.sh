@@ -2,7 +2,7 @@
 # Session 6, part 3 (1 x H200): which bwd_dkv config the dispatcher takes from the shipped
 # database (with part 2's winners merged), then mhfgen verify of the split backward as
 # dispatched on the presets at 16384 tokens and the odd shapes, bf16/fp16/fp32
-# (docs/figures/verify_split_h200_2026-12-02b.*).
+# (docs/figures/verify_split_h200_2026-12-02b.*). Ran 2026-12-02 03:49-03:54 UTC, 275 s.
 source .whl/preamble.sh || exit; export MHFGEN_CACHE_DIR=/tmp/mc
 python3 - <<'PY'
 import torch

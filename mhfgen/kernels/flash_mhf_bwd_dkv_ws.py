@@ -252,16 +252,22 @@ def _make_plan(q, k, u, v, r, do, config) -> DkvWsPlan:
     tokens = problem.tokens
     if tokens == 0:
         return DkvWsPlan(None, False, copy, copy_do)
-    token_blocks = cdiv(tokens, BLOCK_M)
-    per_split = cdiv(token_blocks, config.token_splits)
-    splits = cdiv(token_blocks, per_split)
+    per_split, splits, atomic = token_split_plan(tokens, config)
     scalars = (*r.stride(), q.shape[1], tokens, per_split)
     meta = {**constexprs(spec, config), "num_warps": 4, "maxnreg": max_registers(config)}
     grid = (spec.intermediate // BLOCK_N, spec.kv_heads, splits)
     launch = GluonLaunch(load_kernel(spec, config), grid, scalars, meta, smem_layouts(spec))
-    # the template adds by atomics whenever the config splits, even where the tokens
-    # make one split: the buffers must then be zeroed fp32 ones
-    return DkvWsPlan(launch, config.token_splits > 1, copy, copy_do)
+    return DkvWsPlan(launch, atomic, copy, copy_do)
+
+
+def token_split_plan(tokens: int, config: BwdDkvWsConfig) -> tuple[int, int, bool]:
+    """(row blocks per split, splits, atomic) for `tokens` tokens. `atomic` follows the
+    config, not the split count: the template adds by atomics whenever the config splits,
+    also where the tokens make a single split, and the gradients must then be zeroed fp32
+    buffers."""
+    token_blocks = cdiv(tokens, BLOCK_M)
+    per_split = cdiv(token_blocks, config.token_splits)
+    return per_split, cdiv(token_blocks, per_split), config.token_splits > 1
 
 
 @dataclass(frozen=True)
