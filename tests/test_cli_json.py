@@ -138,13 +138,16 @@ def test_the_legend_explains_every_code():
     for part in describe_config(every).split():
         stem = part.rstrip("0123456789")
         assert stem in codes, part
-    # the one-pass backward variants' codes too (a register pair follows `regs`)
+    # the Gluon backward variants' and the one-pass Triton one's codes too (a register
+    # pair follows `regs`)
+    from mhfgen.kernels.flash_mhf_bwd_dkv_ws import BwdDkvWsConfig
     from mhfgen.kernels.flash_mhf_bwd_ws import BwdWsConfig
     from mhfgen.variants.flash_mhf_bwd_fused import Config as FusedConfig
 
     for config in (FusedConfig(token_splits=2, transpose_acc=True, sigmoid="tanh",
                                head_chunk=2, tma=True, head_dim_split="pad"),
-                   BwdWsConfig(token_splits=2, sigmoid="exp", dq_vec=True, head_chunk=2)):
+                   BwdWsConfig(token_splits=2, sigmoid="exp", dq_vec=True, head_chunk=2),
+                   BwdDkvWsConfig(stages=3, token_splits=2, sigmoid="exp")):
         for part in config.describe().split():
             if "/" not in part:
                 assert part.rstrip("0123456789") in codes, part
