@@ -141,13 +141,15 @@ def test_the_legend_explains_every_code():
     # the Gluon backward variants' and the one-pass Triton one's codes too (a register
     # pair follows `regs`)
     from mhfgen.kernels.flash_mhf_bwd_dkv_ws import BwdDkvWsConfig
+    from mhfgen.kernels.flash_mhf_bwd_dq_ws import BwdDqWsConfig
     from mhfgen.kernels.flash_mhf_bwd_ws import BwdWsConfig
     from mhfgen.variants.flash_mhf_bwd_fused import Config as FusedConfig
 
     for config in (FusedConfig(token_splits=2, transpose_acc=True, sigmoid="tanh",
                                head_chunk=2, tma=True, head_dim_split="pad"),
                    BwdWsConfig(token_splits=2, sigmoid="exp", dq_vec=True, head_chunk=2),
-                   BwdDkvWsConfig(stages=3, token_splits=2, sigmoid="exp")):
+                   BwdDkvWsConfig(stages=3, token_splits=2, sigmoid="exp"),
+                   BwdDqWsConfig(stages=5, sigmoid="exp")):
         for part in config.describe().split():
             if "/" not in part:
                 assert part.rstrip("0123456789") in codes, part

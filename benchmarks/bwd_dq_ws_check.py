@@ -1,0 +1,137 @@
+"""The Gluon dQ/dR backward (flash_mhf_bwd_dq_ws) on an H100/H200: correctness, then speed.
+
+    python3 benchmarks/bwd_dq_ws_check.py [--budget 300] [--shapes 1.3B,370M,...]
+
+1. verify: dq and dr against float64 (relative Frobenius error, the bar of
+   mhfgen.tolerances) in bf16 and fp16 on the shapes of bwd_dkv_ws_check.py (the 1.3B
+   slice, L = 1, L = 37 with Hkv < H, E = 1 at D = 64, Hkv < H at D = 64), two configs.
+2. speed at 16384 tokens in bf16: a config sweep beside the Triton-language dQ/dR kernel
+   and the Gluon dK/dU/dV kernel (its stored winner), the backward and the forward as
+   dispatched, in one process.
+   TFLOP/s of the dQ/dR kernel count its 5 executed GEMM units (10 T H I D); 'split' adds
+   the dispatched dK/dU/dV kernel and counts the backward as 12 T H I D, forward +
+   backward as 18 T H I D. Each timed config's gradients are checked against float64 first.
+Exits 1 when a verify row fails, 2 on a hang.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+
+import torch
+import triton
+
+from mhfgen import kernels
+from mhfgen.kernels.flash_mhf_bwd_dkv_ws import flash_mhf_bwd_dkv_ws
+from mhfgen.kernels.flash_mhf_bwd_dq import flash_mhf_bwd_dq
+from mhfgen.kernels.flash_mhf_bwd_dq_ws import BwdDqWsConfig, flash_mhf_bwd_dq_ws
+from mhfgen.tolerances import relative_error, tolerance
+from mhfgen.verification import Case, make_inputs, reference_outputs
+
+from bwd_dkv_ws_check import SPEED_SHAPES, VERIFY_CASES, attempt, print_rows
+from hangs import Hang, finish  # benchmarks/hangs.py, beside this script
+
+GRADS = ("dq", "dr")
+VERIFY_CONFIGS = {"default": None, "s2 exp regs 40/232": BwdDqWsConfig(
+    stages=2, sigmoid="exp", producer_regs=40, consumer_regs=232)}
+
+
+def errors(out, ref) -> float:
+    return max(relative_error(o, ref[g]) for g, o in zip(GRADS, out))
+
+
+def verify(rows) -> bool:
+    ok = True
+    for dtype in (torch.bfloat16, torch.float16):
+        bar = tolerance(dtype, grad=True)
+        for case in VERIFY_CASES:
+            inputs = make_inputs(case, dtype, "cuda", seed=1)
+            ref = reference_outputs(*inputs)
+            for name, config in VERIFY_CONFIGS.items():
+                def check(config=config):
+                    err = errors(finish(lambda: flash_mhf_bwd_dq_ws(*inputs, config=config)), ref)
+                    return f"{err:.2e}", "ok" if err <= bar else "FAIL"
+                attempt(rows, "verify", f"{str(dtype)[6:]} {case.name} {name}", check)
+                ok = ok and rows[-1][-1] == "ok"
+    return ok
+
+
+def sweep_configs(name):
+    if name == "H16D64":
+        return [BwdDqWsConfig(stages=s) for s in (3, 4, 6)] + [BwdDqWsConfig(sigmoid="exp")]
+    out = [BwdDqWsConfig(), BwdDqWsConfig(stages=2)]
+    if name == "1.3B":
+        out += [BwdDqWsConfig(sigmoid="exp"), BwdDqWsConfig(producer_regs=40, consumer_regs=232)]
+    return out
+
+
+def speed(rows, shapes):
+    bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=40)  # noqa: E731
+    for name in shapes:
+        H, Hkv, D, E, De = SPEED_SHAPES[name]
+        case = Case(name, 8, 2048, H, Hkv, D, E, De)
+        inputs = make_inputs(case, torch.bfloat16, "cuda")
+        unit = 2 * case.tokens * H * E * De * D  # one GEMM unit
+        ref = reference_outputs(*inputs)
+        bar = tolerance(torch.bfloat16, grad=True)
+        t_fwd = bench(lambda: kernels.forward(*inputs[:5]))
+        t_dq = bench(lambda: flash_mhf_bwd_dq(*inputs))
+        t_dkv = bench(lambda: flash_mhf_bwd_dkv_ws(*inputs))  # its stored winner
+        t_bwd = bench(lambda: kernels.backward(*inputs))
+        attempt(rows, "speed", f"{name} forward (dispatched)",
+                lambda: (f"{t_fwd:.3f} ms", f"{3 * unit / t_fwd / 1e9:.0f} TFLOP/s"))
+        attempt(rows, "speed", f"{name} dq (Triton, dispatched)",
+                lambda: (f"{t_dq:.3f} ms", f"executed {5 * unit / t_dq / 1e9:.0f}"))
+        attempt(rows, "speed", f"{name} dkv (Gluon, stored winner)",
+                lambda: (f"{t_dkv:.3f} ms", f"executed {6 * unit / t_dkv / 1e9:.0f}"))
+        attempt(rows, "speed", f"{name} backward (dispatched)",
+                lambda: (f"{t_bwd:.3f} ms", f"bwd {6 * unit / t_bwd / 1e9:.0f} fwd+bwd "
+                                            f"{9 * unit / (t_fwd + t_bwd) / 1e9:.0f}"))
+        for config in sweep_configs(name):
+            def timed(config=config):
+                err = errors(finish(lambda: flash_mhf_bwd_dq_ws(*inputs, config=config)), ref)
+                if err > bar:
+                    return "-", f"WRONG {err:.2e}"
+                t = bench(lambda: flash_mhf_bwd_dq_ws(*inputs, config=config))
+                split = t + t_dkv
+                return f"{t:.3f} ms", (f"executed {5 * unit / t / 1e9:.0f}; split {split:.3f} ms: "
+                                       f"bwd {6 * unit / split / 1e9:.0f} fwd+bwd "
+                                       f"{9 * unit / (t_fwd + split) / 1e9:.0f}; err {err:.2e}")
+            attempt(rows, "speed", f"{name} dq_ws {config.describe()}", timed)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=300, help="seconds before the watchdog")
+    parser.add_argument("--shapes", default="1.3B,370M,H16D64,1.3B-gqa4",
+                        help="speed shapes ('' for none)")
+    args = parser.parse_args()
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}",
+          flush=True)
+    rows, t0 = [], time.time()
+
+    def watchdog():
+        print("WATCHDOG: budget spent", flush=True)
+        print_rows(rows, t0)
+        os._exit(3)
+
+    timer = threading.Timer(args.budget, watchdog)
+    timer.daemon = True
+    timer.start()
+    try:
+        good = verify(rows)
+        if good:
+            speed(rows, [s for s in args.shapes.split(",") if s])
+    except Hang:
+        print("HANG: the CUDA context is unusable; stopping", flush=True)
+        print_rows(rows, t0)
+        os._exit(2)
+    timer.cancel()
+    print_rows(rows, t0)
+    raise SystemExit(0 if good else 1)
+
+
+if __name__ == "__main__":
+    main()

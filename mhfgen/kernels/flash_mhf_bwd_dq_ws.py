@@ -1,0 +1,285 @@
+"""The warp-specialised Gluon dQ/dR backward for Hopper (templates/flash_mhf_bwd_dq_ws.py.jinja):
+its config type, resource model, launcher and sm90 compile check.
+
+A program owns 128 tokens of one query head: two consumer warpgroups of 64 rows each walk
+the kv head's weight tiles (64 rows of the intermediate dimension each) independently,
+recomputing S, A and dP per tile and accumulating dq (64 x D, fp32) in registers and dr
+per expert; a one-warp producer loads q and dO once and K, U, V per tile by TMA into a
+ring of `stages` slots that both consumers read. It is the forward's structure with two
+more MMAs per tile, and like the forward it writes every output once, with no atomics.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .. import codegen
+from ..config_fields import choice
+from ..registry import VariantConfig
+from ..spec import KernelSpec
+from ..tiling import cdiv
+from ..validation import check_flash_mhf_inputs
+from .buffers import contiguous_strides, empty, grad_plan_inputs
+from .configs import first_launch, resolve_config, spec_of
+from .plans import plan_cache, plan_key, remember
+from .sm90 import ptxas_usage, rows_view
+
+KERNEL = "flash_mhf_bwd_dq_ws"
+DTYPES = ("bfloat16", "float16")
+HEAD_DIMS = (64, 128)
+#: weight-tile rows per step: the N of the score MMAs, the K of dq's
+BLOCK_N = 64
+#: tokens per program: 64 per consumer warpgroup
+BLOCK_M = 128
+SM90_SHARED_MEMORY = 232448
+SM90_REGISTERS = 65536
+
+
+@dataclass(frozen=True)
+class BwdDqWsConfig(VariantConfig):
+    """Launch parameters of flash_mhf_bwd_dq_ws.
+
+    stages:        slots of the K/U/V ring (each 3 * 64 * D * 2 bytes).
+    sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
+    consumer_regs, producer_regs: registers per thread of the second consumer warpgroup
+                   and of the producer (setmaxnreg); the first consumer gets what is left.
+    """
+
+    variant = KERNEL
+
+    stages: int = 3
+    sigmoid: str = "tanh"
+    consumer_regs: int = 240
+    producer_regs: int = 24
+
+    def __post_init__(self) -> None:
+        where = f"{KERNEL} config: "
+        choice(self.stages, where + "stages", (2, 3, 4, 5, 6))
+        choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
+        choice(self.consumer_regs, where + "consumer_regs", range(24, 257, 8))
+        choice(self.producer_regs, where + "producer_regs", range(24, 257, 8))
+
+    @property
+    def block_n(self) -> int:
+        return BLOCK_N
+
+    @property
+    def block_m(self) -> int:
+        return BLOCK_M
+
+    def describe(self) -> str:
+        text = f"s{self.stages} regs {self.producer_regs}/{self.consumer_regs}"
+        return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
+
+
+def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
+    """Why flash_mhf_bwd_dq_ws cannot run `spec`, or None."""
+    if not spec.target.startswith("sm9"):
+        return f"Gluon wgmma kernel for sm90 (Hopper); target is {spec.target}"
+    if spec.dtype not in DTYPES:
+        return f"bf16/fp16 only; dtype is {spec.dtype}"
+    if spec.head_dim not in HEAD_DIMS:
+        return f"head_dim 64 or 128 only; it is {spec.head_dim}"
+    if spec.expert_dim % BLOCK_N:
+        return f"expert_dim must be a multiple of {BLOCK_N}; it is {spec.expert_dim}"
+    return None
+
+
+def shared_memory(spec: KernelSpec, config: BwdDqWsConfig) -> int:
+    """Bytes: q and dO of both consumers, the K/U/V ring, the mbarriers and 1 KiB of
+    compiler scratch."""
+    d = spec.head_dim
+    rows = 2 * BLOCK_M * d * 2
+    ring = config.stages * 3 * BLOCK_N * d * 2
+    return rows + ring + 8 * (2 * config.stages + 1) + 1024
+
+
+def max_registers(config: BwdDqWsConfig) -> int:
+    """The launch's per-thread register cap: the SM's registers over 12 warps (two
+    consumer warpgroups and the producer's, rounded to a warpgroup), down to a multiple
+    of 8."""
+    return min(255, SM90_REGISTERS // (32 * 12)) // 8 * 8
+
+
+def config_problems(spec: KernelSpec, config: BwdDqWsConfig) -> list[str]:
+    problems = []
+    if shared_memory(spec, config) > SM90_SHARED_MEMORY:
+        problems.append(f"needs {shared_memory(spec, config)} bytes of shared memory")
+    if 128 * (config.consumer_regs + config.producer_regs) > SM90_REGISTERS - 128 * 192:
+        problems.append(f"consumer_regs + producer_regs = {config.consumer_regs} + "
+                        f"{config.producer_regs} leave the first consumer fewer than 192 "
+                        "registers")
+    return problems
+
+
+def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDqWsConfig:
+    """The deepest ring of up to 4 slots that fits (3 at D = 128), tanh."""
+    for stages in (4, 3, 2):
+        config = BwdDqWsConfig(stages=stages)
+        if not config_problems(spec, config):
+            return config
+    return BwdDqWsConfig(stages=2)
+
+
+def static_params(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
+    return {"sigmoid": config.sigmoid}
+
+
+def load_kernel(spec: KernelSpec, config: BwdDqWsConfig):
+    return codegen.load_kernel(KERNEL, spec, config)
+
+
+def smem_layouts(spec: KernelSpec) -> dict:
+    """The descriptors' shared layouts: q/dO blocks of (64 tokens, D), K/U/V blocks of
+    (64 rows, D)."""
+    from triton.experimental.gluon import language as gl
+
+    dt = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
+    d = spec.head_dim
+    rows = BLOCK_M // 2
+    return {"rows": ([rows, d], gl.NVMMASharedLayout.get_default_for([rows, d], dt)),
+            "weights": ([BLOCK_N, d], gl.NVMMASharedLayout.get_default_for([BLOCK_N, d], dt))}
+
+
+def constexprs(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
+    return dict(BLOCK_N=BLOCK_N, STAGES=config.stages, CONSUMER_REGS=config.consumer_regs,
+                PRODUCER_REGS=config.producer_regs)
+
+
+class GluonLaunch:
+    """The launch: descriptors built per call over the tensors, the rest fixed."""
+
+    def __init__(self, kernel, grid: tuple, scalars: tuple, meta: dict, layouts: dict) -> None:
+        self.kernel, self.grid, self.scalars, self.meta = kernel, grid, scalars, meta
+        self.rows_layout, self.weights_layout = layouts["rows"], layouts["weights"]
+
+    def __call__(self, q, k, u, v, r, do, dq, dr) -> None:
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+        D = q.shape[-1]
+        rows = [TensorDescriptor.from_tensor(rows_view(t), *self.rows_layout) for t in (q, do)]
+        weights = [TensorDescriptor.from_tensor(w.view(-1, D), *self.weights_layout)
+                   for w in (k, u, v)]
+        with torch.cuda.device(q.device):
+            self.kernel[self.grid](rows[0], rows[1], *weights, r, dq, dr, *self.scalars,
+                                   **self.meta)
+
+
+@dataclass(frozen=True)
+class DqWsPlan:
+    """What a call's signature decides, computed once (see kernels.plans.signature)."""
+
+    launch: GluonLaunch | None  # None when there are no tokens
+    dq_shape: tuple
+    dr_shape: tuple
+    copy_weights: bool  # k/u/v need a contiguous copy
+    copy_do: bool  # dO needs a contiguous copy in q's dtype
+
+
+_plans = plan_cache()
+
+
+def flash_mhf_bwd_dq_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                        r: torch.Tensor, do: torch.Tensor, config: BwdDqWsConfig | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dq, dr) of FlashMHF for the output gradient `do` (B, L, H, D) through the
+    warp-specialised Gluon kernel (sm90). dq: (B, L, H, D) contiguous in q's dtype; dr:
+    (B, L, H, E) contiguous in r's dtype. ValueError where the variant does not support
+    the problem."""
+    key = plan_key(config, q, k, u, v, r, do)
+    plan = _plans.get(key)
+    if plan is not None:
+        return _run(plan, q, k, u, v, r, do)
+    plan, out = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, do, c),
+                             lambda p: _run(p, q, k, u, v, r, do), (q, k, u, v, r), config)
+    remember(_plans, key, plan)
+    return out
+
+
+def _run(plan: DqWsPlan, q, k, u, v, r, do) -> tuple[torch.Tensor, torch.Tensor]:
+    """Allocate dq and dr and launch."""
+    dq = empty(plan.dq_shape, q.dtype, q.device)
+    dr = empty(plan.dr_shape, r.dtype, r.device)
+    if plan.launch is None:
+        return dq, dr
+    if plan.copy_weights:
+        k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
+    if plan.copy_do:
+        do = do.to(q.dtype).contiguous()
+    plan.launch(q, k, u, v, r, do, dq, dr)
+    return dq, dr
+
+
+def _make_plan(q, k, u, v, r, do, config) -> DqWsPlan:
+    """Check the inputs and the config, load the kernel: everything but the launch."""
+    problem = check_flash_mhf_inputs(q, k, u, v, r)
+    copy_do, _ = grad_plan_inputs(q, do)
+    spec = spec_of(problem, q)
+    reason = unsupported(spec)
+    if reason:
+        raise ValueError(f"{KERNEL} cannot run {spec.key()}: {reason}")
+    config = resolve_config(KERNEL, spec, problem, q, config)
+    problems = config_problems(spec, config)
+    if problems:
+        raise ValueError(f"{KERNEL} config {config.describe()} cannot run {spec.key()}: "
+                         + "; ".join(problems))
+    B, L, H, D = q.shape
+    copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
+    if problem.tokens == 0:
+        return DqWsPlan(None, (B, L, H, D), tuple(r.shape), copy, copy_do)
+    scalars = (*r.stride(), H * D, D, *contiguous_strides(tuple(r.shape)), L, problem.tokens)
+    meta = {**constexprs(spec, config), "num_warps": 4, "maxnreg": max_registers(config)}
+    grid = (cdiv(problem.tokens, BLOCK_M), H)
+    launch = GluonLaunch(load_kernel(spec, config), grid, scalars, meta, smem_layouts(spec))
+    return DqWsPlan(launch, (B, L, H, D), tuple(r.shape), copy, copy_do)
+
+
+@dataclass(frozen=True)
+class CompileReport:
+    shared: int
+    registers: int
+    spill_bytes: int
+    wgmma: int
+    tma_loads: int
+
+
+def compile_sm90(spec: KernelSpec, config: BwdDqWsConfig) -> CompileReport:
+    """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from triton.runtime.jit import mangle_type
+
+    kernel = load_kernel(spec, config)
+    layouts = smem_layouts(spec)
+    tdtype = spec.torch_dtype
+    D = spec.head_dim
+    rows = torch.empty(BLOCK_M, spec.heads * D, dtype=tdtype)
+    weights = torch.empty(spec.kv_heads * spec.intermediate, D, dtype=tdtype)
+    f32 = torch.empty(16, dtype=torch.float32)
+    args = dict(q_desc=TensorDescriptor.from_tensor(rows, *layouts["rows"]),
+                do_desc=TensorDescriptor.from_tensor(rows, *layouts["rows"]),
+                k_desc=TensorDescriptor.from_tensor(weights, *layouts["weights"]),
+                u_desc=TensorDescriptor.from_tensor(weights, *layouts["weights"]),
+                v_desc=TensorDescriptor.from_tensor(weights, *layouts["weights"]),
+                R=f32, DQ=torch.empty(16, dtype=tdtype), DR=f32)
+    consts = constexprs(spec, config)
+    signature = {}
+    for name in kernel.arg_names:
+        if name in consts:
+            signature[name] = "constexpr"
+        elif name in args:
+            signature[name] = mangle_type(args[name])
+        else:
+            signature[name] = "i32"
+    source = GluonASTSource(fn=kernel, signature=signature, constexprs=consts)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=4, maxnreg=max_registers(config)))
+    ptx = compiled.asm["ptx"]
+    registers, spills = ptxas_usage(ptx)
+    return CompileReport(compiled.metadata.shared, registers, spills,
+                         len(re.findall(r"wgmma\.mma_async", ptx)),
+                         len(re.findall(r"cp\.async\.bulk\.tensor", ptx)))

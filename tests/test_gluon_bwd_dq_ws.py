@@ -1,0 +1,107 @@
+"""The Gluon dQ/dR backward (flash_mhf_bwd_dq_ws) on the CPU: what it supports, its place
+among the bwd_dq variants, its config checks and heuristic, and its schedules compiled
+for sm90 within the shared-memory estimate, without spills (Gluon kernels do not run in
+the interpreter; their numbers and deadlocks are checked on the GPU by
+benchmarks/bwd_dq_ws_check.py)."""
+import json
+
+import pytest
+
+from mhfgen import registry
+from mhfgen.codegen import render
+from mhfgen.kernels import flash_mhf_bwd_dq_ws as ws
+from mhfgen.spec import KernelSpec
+
+SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
+SPEC_D64_GQA = KernelSpec(16, 4, 64, 11, 256, "float16", "sm90")
+SPEC_L37_GQA = KernelSpec(8, 2, 128, 4, 128, "bfloat16", "sm90")
+SPEC_E1 = KernelSpec(4, 4, 64, 1, 512, "bfloat16", "sm90")
+STEM = "flash_mhf_bwd_dq_ws"
+
+
+@pytest.mark.parametrize("spec,reason", [
+    (KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm80"), "not sm80"),
+    (KernelSpec(16, 16, 128, 22, 256, "float32", "sm90"), "float32"),
+    (KernelSpec(8, 8, 96, 8, 256, "bfloat16", "sm90"), "head_dim 64 or 128"),
+    (KernelSpec(8, 8, 128, 16, 80, "bfloat16", "sm90"), "multiple of 64"),
+])
+def test_unsupported_shapes_go_to_the_triton_variant(spec, reason):
+    assert reason in registry.get(STEM).unsupported(spec)
+    usable = [v.stem for v in registry.usable("bwd_dq", spec)]
+    assert STEM not in usable
+    if spec.target.startswith("sm"):
+        assert "flash_mhf_bwd_dq" in usable
+
+
+def test_it_is_the_preferred_dq_variant_where_it_runs():
+    assert [v.stem for v in registry.usable("bwd_dq", SPEC_13B)] == [STEM, "flash_mhf_bwd_dq"]
+    interp = KernelSpec(2, 2, 64, 2, 64, "float16", "interpreter")
+    assert [v.stem for v in registry.usable("bwd_dq", interp)] == ["flash_mhf_bwd_dq"]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("stages", 1), ("stages", 7), ("sigmoid", "erf"), ("consumer_regs", 100),
+    ("producer_regs", 20),
+])
+def test_bad_config_fields_are_value_errors(field, value):
+    with pytest.raises(ValueError, match=field):
+        ws.BwdDqWsConfig(**{field: value})
+
+
+def test_config_round_trips_through_json_and_describes_itself():
+    config = ws.BwdDqWsConfig(stages=5, sigmoid="exp", consumer_regs=232, producer_regs=40)
+    assert registry.get(STEM).config_from_dict(json.loads(config.to_json())) == config
+    assert config.describe() == "s5 regs 40/232 exp"
+    assert ws.BwdDqWsConfig().describe() == "s3 regs 24/240"
+
+
+def test_resources_rule_out_what_cannot_fit():
+    # D = 128: q and dO of 128 rows (64 KiB) and 48 KiB per ring slot: 3 slots fit, 4 do not
+    assert not ws.config_problems(SPEC_13B, ws.BwdDqWsConfig(stages=3))
+    assert "shared memory" in ws.config_problems(SPEC_13B, ws.BwdDqWsConfig(stages=4))[0]
+    assert not ws.config_problems(SPEC_D64_GQA, ws.BwdDqWsConfig(stages=6))
+    greedy = ws.BwdDqWsConfig(consumer_regs=256, producer_regs=120)
+    assert "fewer than 192" in ws.config_problems(SPEC_13B, greedy)[0]
+    variant = registry.get(STEM)
+    assert "shared memory" in variant.prune_reason(SPEC_13B, ws.BwdDqWsConfig(stages=4),
+                                                   16384, 132)
+
+
+def test_heuristic_takes_the_deepest_ring_that_fits():
+    assert ws.default_config(SPEC_13B, 16384, 132).stages == 3
+    assert ws.default_config(SPEC_D64_GQA, 16384, 132).stages == 4
+    for spec in (SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1):
+        config = ws.default_config(spec, 16384, 132)
+        assert registry.get(STEM).prune_reason(spec, config, 16384, 132) is None
+
+
+@pytest.mark.parametrize("spec", [SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1],
+                         ids=lambda s: s.key())
+def test_every_spec_renders_without_atomics(spec):
+    for config in (ws.BwdDqWsConfig(), ws.BwdDqWsConfig(stages=2, sigmoid="exp")):
+        source = render(STEM, spec, config)
+        compile(source, STEM, "exec")
+        assert f"def {STEM}_kernel" in source
+        assert "atomic" not in source  # every output written once: deterministic
+
+
+COMPILE_CASES = [
+    (SPEC_13B, ws.BwdDqWsConfig()),
+    (SPEC_13B, ws.BwdDqWsConfig(stages=2, sigmoid="exp", producer_regs=40, consumer_regs=232)),
+    (SPEC_D64_GQA, ws.BwdDqWsConfig(stages=4)),
+    (SPEC_L37_GQA, ws.BwdDqWsConfig()),
+    (SPEC_E1, ws.BwdDqWsConfig(stages=6, sigmoid="exp")),
+]
+
+
+@pytest.mark.parametrize("spec,config", COMPILE_CASES,
+                         ids=[f"{s.key()}-{c.describe()}" for s, c in COMPILE_CASES])
+def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
+    report = ws.compile_sm90(spec, config)
+    estimate = ws.shared_memory(spec, config)
+    assert report.shared <= estimate <= report.shared + 1024
+    assert report.spill_bytes == 0
+    # per consumer: S, A, dP (K = D: D / 16 instructions each) and dq's two (K = 64: 4)
+    assert report.wgmma == 2 * (3 * spec.head_dim // 16 + 2 * 4)
+    # q and dO of both consumers, K/U/V per tile; a (64, 128) box is two TMA copies
+    assert report.tma_loads == 7 * (spec.head_dim // 64)
