@@ -331,7 +331,11 @@ def _toy_cost(kernel, config):
 def test_one_study_per_op_picks_variant_and_config_together(toy, tmp_path):
     spec = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")
     problem = TuningProblem(spec, 4096)
-    assert tuning_units(["fwd", "bwd_dq"], spec, 4096) == ["fwd", "flash_mhf_bwd_dq"]
+    # an op with several usable variants is one study; one with a single usable variant
+    # (bwd_dq in the interpreter: its Gluon variant needs sm90) tunes that variant
+    assert tuning_units(["fwd", "bwd_dq"], spec, 4096) == ["fwd", "bwd_dq"]
+    interp = KernelSpec(2, 2, 32, 2, 32, "float32", "interpreter")
+    assert tuning_units(["bwd_dq"], interp, 100) == ["flash_mhf_bwd_dq"]
     forwards = {"flash_mhf_fwd", "flash_mhf_fwd_ws", "toy_fill_fwd"}
     rec = recording(problem, kernels=sorted(forwards), cost=_toy_cost)
     path = tmp_path / "t.sqlite"
