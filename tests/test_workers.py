@@ -103,10 +103,10 @@ def evaluated(trials):
 
 
 # NOTE: PostgreSQL costs Optuna about 0.1 s per trial here (a transaction per parameter);
-# its run searches one grid of the two. The forward is named by its Triton-language
-# variant: on the replayed H200 `fwd` would be the joint study of both forwards, and the
-# recording covers this one.
-@pytest.mark.parametrize("backend,kernels", [("journal", "flash_mhf_fwd,dq"),
+# its run searches one grid of the two. The kernels are named by their Triton-language
+# variants: on the replayed H200 `fwd` and `dq` would be the joint studies of both
+# variants of each op, and the recording covers these.
+@pytest.mark.parametrize("backend,kernels", [("journal", "flash_mhf_fwd,flash_mhf_bwd_dq"),
                                              ("postgres", "flash_mhf_fwd")])
 def test_three_workers_store_what_one_process_stores(backend, kernels, tmp_path, request):
     storage = _storage(backend, tmp_path, request)
@@ -121,7 +121,7 @@ def test_three_workers_store_what_one_process_stores(backend, kernels, tmp_path,
     assert contents(multi) == contents(single)
     trials, winners = contents(multi)
     tuner = Tuner(PROBLEM, H200, None, None)
-    names = [{FWD: FWD, "dq": DQ}[k] for k in kernels.split(",")]
+    names = kernels.split(",")
     assert len(trials) == sum(len(tuner.grid(k)) for k in names)  # none lost
     assert len({t[:2] for t in trials}) == len(trials)           # none twice
     assert sorted(t[3] for t in trials if t[2] == "failed") == \

@@ -14,7 +14,6 @@ per tile by TMA into a ring of `stages` slots.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +27,7 @@ from ..validation import check_flash_mhf_inputs
 from .buffers import empty, grad_plan_inputs
 from .configs import first_launch, resolve_config, spec_of
 from .plans import plan_cache, plan_key, remember
-from .sm90 import ptxas_usage, rows_view
+from .sm90 import CompileReport, backward_descriptors, compile_gluon, rows_view
 
 KERNEL = "flash_mhf_bwd_dkv_ws"
 DTYPES = ("bfloat16", "float16")
@@ -270,51 +269,12 @@ def token_split_plan(tokens: int, config: BwdDkvWsConfig) -> tuple[int, int, boo
     return per_split, cdiv(token_blocks, per_split), config.token_splits > 1
 
 
-@dataclass(frozen=True)
-class CompileReport:
-    shared: int
-    registers: int
-    spill_bytes: int
-    wgmma: int
-    tma_loads: int
-
-
 def compile_sm90(spec: KernelSpec, config: BwdDkvWsConfig) -> CompileReport:
     """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    from triton.runtime.jit import mangle_type
-
-    kernel = load_kernel(spec, config)
-    layouts = smem_layouts(spec)
-    tdtype = spec.torch_dtype
-    D = spec.head_dim
-    rows = torch.empty(BLOCK_M, spec.heads * D, dtype=tdtype)
-    weights = torch.empty(spec.kv_heads * spec.intermediate, D, dtype=tdtype)
     f32 = torch.empty(16, dtype=torch.float32)
-    grads = f32 if config.token_splits > 1 else torch.empty(16, dtype=tdtype)
-    args = dict(q_desc=TensorDescriptor.from_tensor(rows, *layouts["rows"]),
-                do_desc=TensorDescriptor.from_tensor(rows, *layouts["rows"]),
-                k_desc=TensorDescriptor.from_tensor(weights, *layouts["weights"]),
-                u_desc=TensorDescriptor.from_tensor(weights, *layouts["weights"]),
-                v_desc=TensorDescriptor.from_tensor(weights, *layouts["weights"]),
+    narrow = torch.empty(16, dtype=spec.torch_dtype)
+    grads = f32 if config.token_splits > 1 else narrow
+    args = dict(backward_descriptors(spec, smem_layouts(spec), BLOCK_M),
                 R=f32, DK=grads, DU=grads, DV=grads)
-    consts = constexprs(spec, config)
-    signature = {}
-    for name in kernel.arg_names:
-        if name in consts:
-            signature[name] = "constexpr"
-        elif name in args:
-            signature[name] = mangle_type(args[name])
-        else:
-            signature[name] = "i32"
-    source = GluonASTSource(fn=kernel, signature=signature, constexprs=consts)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=4, maxnreg=max_registers(config)))
-    ptx = compiled.asm["ptx"]
-    registers, spills = ptxas_usage(ptx)
-    return CompileReport(compiled.metadata.shared, registers, spills,
-                         len(re.findall(r"wgmma\.mma_async", ptx)),
-                         len(re.findall(r"cp\.async\.bulk\.tensor", ptx)))
+    return compile_gluon(load_kernel(spec, config), args, constexprs(spec, config),
+                         dict(num_warps=4, maxnreg=max_registers(config)))

@@ -10,7 +10,6 @@ more MMAs per tile, and like the forward it writes every output once, with no at
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +23,7 @@ from ..validation import check_flash_mhf_inputs
 from .buffers import contiguous_strides, empty, grad_plan_inputs
 from .configs import first_launch, resolve_config, spec_of
 from .plans import plan_cache, plan_key, remember
-from .sm90 import ptxas_usage, rows_view
+from .sm90 import CompileReport, backward_descriptors, compile_gluon, rows_view
 
 KERNEL = "flash_mhf_bwd_dq_ws"
 DTYPES = ("bfloat16", "float16")
@@ -236,50 +235,11 @@ def _make_plan(q, k, u, v, r, do, config) -> DqWsPlan:
     return DqWsPlan(launch, (B, L, H, D), tuple(r.shape), copy, copy_do)
 
 
-@dataclass(frozen=True)
-class CompileReport:
-    shared: int
-    registers: int
-    spill_bytes: int
-    wgmma: int
-    tma_loads: int
-
-
 def compile_sm90(spec: KernelSpec, config: BwdDqWsConfig) -> CompileReport:
     """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    from triton.runtime.jit import mangle_type
-
-    kernel = load_kernel(spec, config)
-    layouts = smem_layouts(spec)
-    tdtype = spec.torch_dtype
-    D = spec.head_dim
-    rows = torch.empty(BLOCK_M, spec.heads * D, dtype=tdtype)
-    weights = torch.empty(spec.kv_heads * spec.intermediate, D, dtype=tdtype)
     f32 = torch.empty(16, dtype=torch.float32)
-    args = dict(q_desc=TensorDescriptor.from_tensor(rows, *layouts["rows"]),
-                do_desc=TensorDescriptor.from_tensor(rows, *layouts["rows"]),
-                k_desc=TensorDescriptor.from_tensor(weights, *layouts["weights"]),
-                u_desc=TensorDescriptor.from_tensor(weights, *layouts["weights"]),
-                v_desc=TensorDescriptor.from_tensor(weights, *layouts["weights"]),
-                R=f32, DQ=torch.empty(16, dtype=tdtype), DR=f32)
-    consts = constexprs(spec, config)
-    signature = {}
-    for name in kernel.arg_names:
-        if name in consts:
-            signature[name] = "constexpr"
-        elif name in args:
-            signature[name] = mangle_type(args[name])
-        else:
-            signature[name] = "i32"
-    source = GluonASTSource(fn=kernel, signature=signature, constexprs=consts)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=4, maxnreg=max_registers(config)))
-    ptx = compiled.asm["ptx"]
-    registers, spills = ptxas_usage(ptx)
-    return CompileReport(compiled.metadata.shared, registers, spills,
-                         len(re.findall(r"wgmma\.mma_async", ptx)),
-                         len(re.findall(r"cp\.async\.bulk\.tensor", ptx)))
+    narrow = torch.empty(16, dtype=spec.torch_dtype)
+    args = dict(backward_descriptors(spec, smem_layouts(spec), BLOCK_M),
+                R=f32, DQ=narrow, DR=f32)
+    return compile_gluon(load_kernel(spec, config), args, constexprs(spec, config),
+                         dict(num_warps=4, maxnreg=max_registers(config)))

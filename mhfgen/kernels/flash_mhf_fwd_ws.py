@@ -17,7 +17,6 @@ copied to a contiguous tensor first (q from x @ W_in^T never is).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, fields
 
 import torch
@@ -30,7 +29,7 @@ from ..spec import KernelSpec, dtype_name, head_dim_chunks
 from ..validation import check_flash_mhf_inputs
 from .configs import first_launch, resolve_config
 from .plans import plan_cache, plan_key, remember
-from .sm90 import ptxas_usage, rows_view
+from .sm90 import CompileReport, compile_gluon, rows_view
 
 KERNEL = "flash_mhf_fwd_ws"
 TEMPLATE = f"{KERNEL}.py.jinja"
@@ -376,28 +375,9 @@ def work_tiles(spec: KernelSpec, config: WsConfig, tokens: int) -> int:
 # compiling for sm90 without a GPU (tests, CI)
 # ---------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class CompileReport:
-    """What compiling one (spec, config) for sm90 gave: shared memory the kernel
-    allocates, registers per thread and spilled bytes (ptxas -v), and the cubin's size."""
-
-    shared: int
-    registers: int
-    spill_bytes: int
-    cubin_bytes: int
-    wgmma: int
-    tma_loads: int
-
-
 def compile_sm90(spec: KernelSpec, config: WsConfig) -> CompileReport:
     """Compile the generated kernel for sm90 down to cubin on any machine (no GPU needed):
     the signature is built from host descriptors over small CPU tensors."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import mangle_type
-
-    kernel = load_kernel(spec, config)
     tdtype = spec.torch_dtype
     D = spec.head_dim
     rows = max(config.block_m, 16)
@@ -410,14 +390,5 @@ def compile_sm90(spec: KernelSpec, config: WsConfig) -> CompileReport:
     args = dict(zip(names, descs), R=r,
                 stride_rb=1 << 20, stride_rl=1 << 12, stride_rh=64, stride_re=1,
                 seqlen=1024, tokens=1 << 16, n_tiles=1 << 12)
-    consts = constexprs(config)
-    signature = {name: "constexpr" if name in consts else mangle_type(args[name])
-                 for name in kernel.arg_names}
-    source = GluonASTSource(fn=kernel, signature=signature, constexprs=consts)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                              options=launch_options(config))
-    ptx = compiled.asm["ptx"]
-    registers, spills = ptxas_usage(ptx)
-    return CompileReport(compiled.metadata.shared, registers, spills,
-                         len(compiled.asm["cubin"]), len(re.findall(r"wgmma\.mma_async", ptx)),
-                         len(re.findall(r"cp\.async\.bulk\.tensor", ptx)))
+    return compile_gluon(load_kernel(spec, config), args, constexprs(config),
+                         launch_options(config))
