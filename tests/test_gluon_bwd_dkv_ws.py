@@ -139,3 +139,4 @@ def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     # each), issued before and in the loop, and 6 accumulating wgmma (K = 64 tokens: 4)
     assert report.wgmma == 2 * (2 * 6 * (spec.head_dim // 32) + 6 * 4)
     assert report.tma_loads == 6 + 8  # K/U/V halves once, then q/dO per tile
+

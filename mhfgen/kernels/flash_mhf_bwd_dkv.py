@@ -20,7 +20,10 @@ KERNEL = "flash_mhf_bwd_dkv"
 class DkvPlan:
     """What a call's signature decides, computed once (see kernels.plans.signature)."""
 
-    launches: tuple  # one DirectLaunch, or (dK+dU, dV) with split_grads; () when no tokens
+    # one DirectLaunch, or (dK+dU, dV) with split_grads; flash_mhf_bwd_dkv_ws's one
+    # sm90.BackwardLaunch; () when no tokens. Each is called as launch(q, k, u, v, r, do,
+    # dk, du, dv)
+    launches: tuple
     atomic: bool  # token splits: fp32 partials meet by atomics in zeroed buffers
     copy_weights: bool  # k/u/v need a contiguous copy
     copy_do: bool  # dO needs a contiguous copy in q's dtype
@@ -42,15 +45,17 @@ def flash_mhf_bwd_dkv(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torc
     key = plan_key(config, q, k, u, v, r, do)
     plan = _plans.get(key)
     if plan is not None:
-        return _run(plan, q, k, u, v, r, do)
+        return run_plan(plan, q, k, u, v, r, do)
     plan, out = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, do, c),
-                             lambda p: _run(p, q, k, u, v, r, do), (q, k, u, v, r), config)
+                             lambda p: run_plan(p, q, k, u, v, r, do), (q, k, u, v, r), config)
     remember(_plans, key, plan)
     return out
 
 
-def _run(plan: DkvPlan, q, k, u, v, r, do) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Allocate the gradients and launch the plan's kernels."""
+def run_plan(plan: DkvPlan, q, k, u, v, r, do
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Allocate the gradients and launch the plan's kernels (also flash_mhf_bwd_dkv_ws's
+    plans)."""
     if not plan.launches:
         return tuple(torch.zeros(k.shape, dtype=k.dtype, device=k.device) for _ in range(3))
     if plan.copy_weights:

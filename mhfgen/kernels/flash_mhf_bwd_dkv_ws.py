@@ -24,20 +24,20 @@ from ..registry import VariantConfig
 from ..spec import KernelSpec
 from ..tiling import cdiv
 from ..validation import check_flash_mhf_inputs
-from .buffers import empty, grad_plan_inputs
+from .buffers import grad_plan_inputs
 from .configs import first_launch, resolve_config, spec_of
+from .flash_mhf_bwd_dkv import DkvPlan, run_plan
 from .plans import plan_cache, plan_key, remember
-from .sm90 import CompileReport, backward_descriptors, compile_gluon, rows_view
+from .sm90 import (BACKWARD_BLOCK_N, BACKWARD_DTYPES, BackwardLaunch, CompileReport,
+                   backward_descriptors, backward_register_cap,
+                   backward_resource_problems, backward_unsupported, compile_gluon)
 
 KERNEL = "flash_mhf_bwd_dkv_ws"
-DTYPES = ("bfloat16", "float16")
-HEAD_DIMS = (64, 128)
+DTYPES = BACKWARD_DTYPES
 #: weight-tile rows per program: the M of the accumulating wgmma
-BLOCK_N = 64
+BLOCK_N = BACKWARD_BLOCK_N
 #: tokens per row tile: 64 per consumer warpgroup
 BLOCK_M = 128
-SM90_SHARED_MEMORY = 232448
-SM90_REGISTERS = 65536
 #: programs per multiprocessor above which a token split only adds atomic traffic
 MAX_PROGRAMS_PER_SM = 8
 
@@ -85,17 +85,7 @@ class BwdDkvWsConfig(VariantConfig):
         return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
 
 
-def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
-    """Why flash_mhf_bwd_dkv_ws cannot run `spec`, or None."""
-    if not spec.target.startswith("sm9"):
-        return f"Gluon wgmma kernel for sm90 (Hopper); target is {spec.target}"
-    if spec.dtype not in DTYPES:
-        return f"bf16/fp16 only; dtype is {spec.dtype}"
-    if spec.head_dim not in HEAD_DIMS:
-        return f"head_dim 64 or 128 only; it is {spec.head_dim}"
-    if spec.expert_dim % BLOCK_N:
-        return f"expert_dim must be a multiple of {BLOCK_N}; it is {spec.expert_dim}"
-    return None
+unsupported = backward_unsupported
 
 
 def shared_memory(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
@@ -108,22 +98,12 @@ def shared_memory(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
     return ring + weights + exchange + 8 * (2 * config.stages + 3) + 1024
 
 
-def max_registers(config: BwdDkvWsConfig) -> int:
-    """The launch's per-thread register cap: the SM's registers over 12 warps (two
-    consumer warpgroups and the producer's, rounded to a warpgroup), down to a multiple
-    of 8."""
-    return min(255, SM90_REGISTERS // (32 * 12)) // 8 * 8
-
-
 def config_problems(spec: KernelSpec, config: BwdDkvWsConfig) -> list[str]:
-    problems = []
-    if shared_memory(spec, config) > SM90_SHARED_MEMORY:
-        problems.append(f"needs {shared_memory(spec, config)} bytes of shared memory")
-    if 128 * (config.consumer_regs + config.producer_regs) > SM90_REGISTERS - 128 * 192:
-        problems.append(f"consumer_regs + producer_regs = {config.consumer_regs} + "
-                        f"{config.producer_regs} leave the first consumer fewer than 192 "
-                        "registers")
-    return problems
+    """What of `config` does not fit an SM: shared memory, and the register split
+    (the first consumer needs 192 registers a thread)."""
+    return backward_resource_problems(shared_memory(spec, config), "consumer_regs",
+                                      config.consumer_regs, config.producer_regs,
+                                      "the first consumer", 192)
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConfig:
@@ -166,35 +146,6 @@ def constexprs(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
                 PRODUCER_REGS=config.producer_regs)
 
 
-class GluonLaunch:
-    """The launch: descriptors built per call over the tensors, the rest fixed."""
-
-    def __init__(self, kernel, grid: tuple, scalars: tuple, meta: dict, layouts: dict) -> None:
-        self.kernel, self.grid, self.scalars, self.meta = kernel, grid, scalars, meta
-        self.rows_layout, self.weights_layout = layouts["rows"], layouts["weights"]
-
-    def __call__(self, q, k, u, v, r, do, dk, du, dv) -> None:
-        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-        D = q.shape[-1]
-        rows = [TensorDescriptor.from_tensor(rows_view(t), *self.rows_layout) for t in (q, do)]
-        weights = [TensorDescriptor.from_tensor(w.view(-1, D), *self.weights_layout)
-                   for w in (k, u, v)]
-        with torch.cuda.device(q.device):
-            self.kernel[self.grid](rows[0], rows[1], *weights, r, dk, du, dv, *self.scalars,
-                                   **self.meta)
-
-
-@dataclass(frozen=True)
-class DkvWsPlan:
-    """What a call's signature decides, computed once (see kernels.plans.signature)."""
-
-    launch: GluonLaunch | None  # None when there are no tokens
-    atomic: bool  # token splits: fp32 partials meet by atomics in zeroed buffers
-    copy_weights: bool  # k/u/v need a contiguous copy
-    copy_do: bool  # dO needs a contiguous copy in q's dtype
-
-
 _plans = plan_cache()
 
 
@@ -208,33 +159,14 @@ def flash_mhf_bwd_dkv_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: t
     key = plan_key(config, q, k, u, v, r, do)
     plan = _plans.get(key)
     if plan is not None:
-        return _run(plan, q, k, u, v, r, do)
+        return run_plan(plan, q, k, u, v, r, do)
     plan, out = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, do, c),
-                             lambda p: _run(p, q, k, u, v, r, do), (q, k, u, v, r), config)
+                             lambda p: run_plan(p, q, k, u, v, r, do), (q, k, u, v, r), config)
     remember(_plans, key, plan)
     return out
 
 
-def _run(plan: DkvWsPlan, q, k, u, v, r, do):
-    """Allocate the gradients and launch."""
-    if plan.launch is None:
-        return tuple(torch.zeros(k.shape, dtype=k.dtype, device=k.device) for _ in range(3))
-    if plan.copy_weights:
-        k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
-    if plan.copy_do:
-        do = do.to(q.dtype).contiguous()
-    # three separate buffers: outputs of a custom op may not alias each other
-    if plan.atomic:
-        grads = [torch.zeros(k.shape, dtype=torch.float32, device=k.device) for _ in range(3)]
-    else:
-        grads = [empty(k.shape, k.dtype, k.device) for _ in range(3)]
-    plan.launch(q, k, u, v, r, do, *grads)
-    if plan.atomic:
-        grads = [g.to(k.dtype) for g in grads]
-    return grads[0], grads[1], grads[2]
-
-
-def _make_plan(q, k, u, v, r, do, config) -> DkvWsPlan:
+def _make_plan(q, k, u, v, r, do, config) -> DkvPlan:
     """Check the inputs and the config, load the kernel: everything but the launch."""
     problem = check_flash_mhf_inputs(q, k, u, v, r)
     copy_do, _ = grad_plan_inputs(q, do)
@@ -250,13 +182,13 @@ def _make_plan(q, k, u, v, r, do, config) -> DkvWsPlan:
     copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
     tokens = problem.tokens
     if tokens == 0:
-        return DkvWsPlan(None, False, copy, copy_do)
+        return DkvPlan((), False, copy, copy_do)
     per_split, splits, atomic = token_split_plan(tokens, config)
     scalars = (*r.stride(), q.shape[1], tokens, per_split)
-    meta = {**constexprs(spec, config), "num_warps": 4, "maxnreg": max_registers(config)}
+    meta = {**constexprs(spec, config), "num_warps": 4, "maxnreg": backward_register_cap()}
     grid = (spec.intermediate // BLOCK_N, spec.kv_heads, splits)
-    launch = GluonLaunch(load_kernel(spec, config), grid, scalars, meta, smem_layouts(spec))
-    return DkvWsPlan(launch, atomic, copy, copy_do)
+    launch = BackwardLaunch(load_kernel(spec, config), grid, scalars, meta, smem_layouts(spec))
+    return DkvPlan((launch,), atomic, copy, copy_do)
 
 
 def token_split_plan(tokens: int, config: BwdDkvWsConfig) -> tuple[int, int, bool]:
@@ -277,4 +209,4 @@ def compile_sm90(spec: KernelSpec, config: BwdDkvWsConfig) -> CompileReport:
     args = dict(backward_descriptors(spec, smem_layouts(spec), BLOCK_M),
                 R=f32, DK=grads, DU=grads, DV=grads)
     return compile_gluon(load_kernel(spec, config), args, constexprs(spec, config),
-                         dict(num_warps=4, maxnreg=max_registers(config)))
+                         dict(num_warps=4, maxnreg=backward_register_cap()))

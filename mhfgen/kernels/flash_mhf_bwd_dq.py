@@ -20,7 +20,9 @@ KERNEL = "flash_mhf_bwd_dq"
 class DqPlan:
     """What a call's signature decides, computed once (see kernels.plans.signature)."""
 
-    launch: DirectLaunch | None  # the generated kernel's launch; None when there are no tokens
+    # the kernel's launch (a DirectLaunch here, an sm90.BackwardLaunch for
+    # flash_mhf_bwd_dq_ws): launch(q, k, u, v, r, do, dq, dr); None when there are no tokens
+    launch: object
     dq_shape: tuple
     dr_shape: tuple
     copy_weights: bool  # k/u/v need a contiguous copy
@@ -40,15 +42,15 @@ def flash_mhf_bwd_dq(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     key = plan_key(config, q, k, u, v, r, do)
     plan = _plans.get(key)
     if plan is not None:
-        return _run(plan, q, k, u, v, r, do)
+        return run_plan(plan, q, k, u, v, r, do)
     plan, out = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, do, c),
-                             lambda p: _run(p, q, k, u, v, r, do), (q, k, u, v, r), config)
+                             lambda p: run_plan(p, q, k, u, v, r, do), (q, k, u, v, r), config)
     remember(_plans, key, plan)
     return out
 
 
-def _run(plan: DqPlan, q, k, u, v, r, do) -> tuple[torch.Tensor, torch.Tensor]:
-    """Allocate dq and dr and launch the plan's kernel."""
+def run_plan(plan: DqPlan, q, k, u, v, r, do) -> tuple[torch.Tensor, torch.Tensor]:
+    """Allocate dq and dr and launch the plan's kernel (also flash_mhf_bwd_dq_ws's plans)."""
     dq = empty(plan.dq_shape, q.dtype, q.device)
     dr = empty(plan.dr_shape, r.dtype, r.device)
     if plan.launch is None:

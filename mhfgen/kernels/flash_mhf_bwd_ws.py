@@ -26,15 +26,14 @@ from .buffers import contiguous_strides, grad_plan_inputs
 from .bwd_chunks import Chunk, ChunkPlan, head_chunks, plan_fields, run_chunks
 from .configs import first_launch, resolve_config, spec_of
 from .plans import plan_cache, plan_key, remember
-from .sm90 import CompileReport, backward_descriptors, compile_gluon, rows_view
+from .sm90 import (BACKWARD_BLOCK_N, BACKWARD_DTYPES, BackwardLaunch, CompileReport,
+                   backward_descriptors, backward_register_cap,
+                   backward_resource_problems, backward_unsupported, compile_gluon)
 
 KERNEL = "flash_mhf_bwd_ws"
-DTYPES = ("bfloat16", "float16")
-HEAD_DIMS = (64, 128)
+DTYPES = BACKWARD_DTYPES
 #: weight-tile rows per program: one warpgroup's wgmma M
-BLOCK_N = 64
-SM90_SHARED_MEMORY = 232448
-SM90_REGISTERS = 65536
+BLOCK_N = BACKWARD_BLOCK_N
 
 
 @dataclass(frozen=True)
@@ -91,17 +90,7 @@ class BwdWsConfig(VariantConfig):
             f" hc{self.head_chunk}"
 
 
-def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
-    """Why flash_mhf_bwd_ws cannot run `spec`, or None."""
-    if not spec.target.startswith("sm9"):
-        return f"Gluon wgmma kernel for sm90 (Hopper); target is {spec.target}"
-    if spec.dtype not in DTYPES:
-        return f"bf16/fp16 only; dtype is {spec.dtype}"
-    if spec.head_dim not in HEAD_DIMS:
-        return f"head_dim 64 or 128 only; it is {spec.head_dim}"
-    if spec.expert_dim % BLOCK_N:
-        return f"expert_dim must be a multiple of {BLOCK_N}; it is {spec.expert_dim}"
-    return None
+unsupported = backward_unsupported
 
 
 def shared_memory(spec: KernelSpec, config: BwdWsConfig) -> int:
@@ -117,20 +106,12 @@ def shared_memory(spec: KernelSpec, config: BwdWsConfig) -> int:
     return ring + weights + exchange + relayout + 8 * (2 * config.stages + 9) + 1536
 
 
-def max_registers(config: BwdWsConfig) -> int:
-    """The launch's per-thread register cap: the SM's registers over 12 warps (two
-    warpgroups and the producer's, rounded to a warpgroup), down to a multiple of 8."""
-    return min(255, SM90_REGISTERS // (32 * 12)) // 8 * 8
-
-
 def config_problems(spec: KernelSpec, config: BwdWsConfig) -> list[str]:
-    problems = []
-    if shared_memory(spec, config) > SM90_SHARED_MEMORY:
-        problems.append(f"needs {shared_memory(spec, config)} bytes of shared memory")
-    if 128 * (config.grads_regs + config.producer_regs) > SM90_REGISTERS - 128 * 128:
-        problems.append(f"grads_regs + producer_regs = {config.grads_regs} + "
-                        f"{config.producer_regs} leave warpgroup A fewer than 128 registers")
-    return problems
+    """What of `config` does not fit an SM: shared memory, and the register split
+    (warpgroup A needs 128 registers a thread)."""
+    return backward_resource_problems(shared_memory(spec, config), "grads_regs",
+                                      config.grads_regs, config.producer_regs,
+                                      "warpgroup A", 128)
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdWsConfig:
@@ -169,25 +150,6 @@ def constexprs(spec: KernelSpec, config: BwdWsConfig) -> dict:
     return dict(BLOCK_M=config.block_m, BLOCK_N=BLOCK_N, STAGES=config.stages,
                 EX_LAYOUT=layouts["EX_LAYOUT"], DP_LAYOUT=layouts["DP_LAYOUT"],
                 GRADS_REGS=config.grads_regs, PRODUCER_REGS=config.producer_regs)
-
-
-class GluonLaunch:
-    """One chunk's launch: descriptors built per call over the tensors, the rest fixed."""
-
-    def __init__(self, kernel, grid: tuple, scalars: tuple, meta: dict, layouts: dict) -> None:
-        self.kernel, self.grid, self.scalars, self.meta = kernel, grid, scalars, meta
-        self.rows_layout, self.weights_layout = layouts["rows"], layouts["weights"]
-
-    def __call__(self, q, k, u, v, r, do, dq, dr, dk, du, dv) -> None:
-        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-        D = q.shape[-1]
-        rows = [TensorDescriptor.from_tensor(rows_view(t), *self.rows_layout) for t in (q, do)]
-        weights = [TensorDescriptor.from_tensor(w.view(-1, D), *self.weights_layout)
-                   for w in (k, u, v)]
-        with torch.cuda.device(q.device):
-            self.kernel[self.grid](*rows[:1], rows[1], *weights, r, dq, dr, dk, du, dv,
-                                   *self.scalars, **self.meta)
 
 
 _plans = plan_cache()
@@ -235,14 +197,14 @@ def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
     splits = cdiv(token_blocks, per_split)
     dr_workspace = fields["dr_mode"] == "workspace"
     dr_strides = contiguous_strides((B, L, width if dr_workspace else H, r.shape[-1]))
-    meta = {**constexprs(spec, config), "num_warps": 4, "maxnreg": max_registers(config)}
+    meta = {**constexprs(spec, config), "num_warps": 4, "maxnreg": backward_register_cap()}
     layouts = smem_layouts(spec, config)
     chunks = []
     for kv0, n, h0, h1 in head_chunks(spec, config):
         scalars = (*r.stride(), width * D, D, *dr_strides, L, tokens, per_split, kv0, h0,
                    h0 if dr_workspace else 0)
         grid = (spec.intermediate // BLOCK_N, n, splits)
-        chunks.append(Chunk(kv0, n, h0, h1, GluonLaunch(kernel, grid, scalars, meta, layouts)))
+        chunks.append(Chunk(kv0, n, h0, h1, BackwardLaunch(kernel, grid, scalars, meta, layouts)))
     return ChunkPlan(chunks=tuple(chunks), **fields)
 
 
@@ -254,4 +216,4 @@ def compile_sm90(spec: KernelSpec, config: BwdWsConfig) -> CompileReport:
     args = dict(backward_descriptors(spec, smem_layouts(spec, config), max(config.block_m, 16)),
                 R=f32, DQ=f32, DR=f32, DK=grads, DU=grads, DV=grads)
     return compile_gluon(load_kernel(spec, config), args, constexprs(spec, config),
-                         dict(num_warps=4, maxnreg=max_registers(config)))
+                         dict(num_warps=4, maxnreg=backward_register_cap()))

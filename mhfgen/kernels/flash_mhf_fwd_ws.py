@@ -29,13 +29,10 @@ from ..spec import KernelSpec, dtype_name, head_dim_chunks
 from ..validation import check_flash_mhf_inputs
 from .configs import first_launch, resolve_config
 from .plans import plan_cache, plan_key, remember
-from .sm90 import CompileReport, compile_gluon, rows_view
+from .sm90 import SM90_REGISTERS, SM90_SHARED_MEMORY, CompileReport, compile_gluon, rows_view
 
 KERNEL = "flash_mhf_fwd_ws"
 TEMPLATE = f"{KERNEL}.py.jinja"
-#: shared memory per block on sm90 (227 KiB) and the registers of one SM
-SM90_SHARED_MEMORY = 232448
-SM90_REGISTERS = 65536
 #: query heads x tokens below which the variant is not meant to run (decode stays on the
 #: Triton-language kernel, whose split-intermediate path fills the GPU with few rows)
 MIN_TOKENS = 65

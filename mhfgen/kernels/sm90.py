@@ -1,6 +1,7 @@
-"""What the Gluon kernels for Hopper (sm90) share: the (tokens, H * D) view TMA reads rows
-through, ptxas's register and spill report of a compiled kernel, and compiling a kernel
-for sm90 on a machine without a GPU (the tests' compile checks)."""
+"""What the Gluon kernels for Hopper (sm90) share: the SM's limits, the (tokens, H * D) view
+TMA reads rows through, ptxas's register and spill report of a compiled kernel, compiling
+a kernel for sm90 on a machine without a GPU (the tests' compile checks), and, for the
+three backward kernels, what they support, their register split and their launch."""
 from __future__ import annotations
 
 import re
@@ -10,6 +11,78 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+#: dynamic shared memory a block may allocate on sm90 (227 KiB)
+SM90_SHARED_MEMORY = 232448
+#: 32-bit registers per SM
+SM90_REGISTERS = 65536
+#: what the Gluon backward kernels take: dtypes, head dims, and the weight-tile rows
+#: (one warpgroup's wgmma M) that an expert's width must be a multiple of
+BACKWARD_DTYPES = ("bfloat16", "float16")
+BACKWARD_HEAD_DIMS = (64, 128)
+BACKWARD_BLOCK_N = 64
+
+
+def backward_unsupported(spec, tokens: int | None = None) -> str | None:
+    """Why a Gluon backward kernel (two consumer warpgroups and a TMA producer, 64-row
+    weight tiles) cannot run `spec` (at any token count), or None."""
+    if not spec.target.startswith("sm9"):
+        return f"Gluon wgmma kernel for sm90 (Hopper); target is {spec.target}"
+    if spec.dtype not in BACKWARD_DTYPES:
+        return f"bf16/fp16 only; dtype is {spec.dtype}"
+    if spec.head_dim not in BACKWARD_HEAD_DIMS:
+        return f"head_dim 64 or 128 only; it is {spec.head_dim}"
+    if spec.expert_dim % BACKWARD_BLOCK_N:
+        return (f"expert_dim must be a multiple of {BACKWARD_BLOCK_N}; "
+                f"it is {spec.expert_dim}")
+    return None
+
+
+def backward_register_cap() -> int:
+    """A backward launch's per-thread register cap: the SM's registers over 12 warps (two
+    consumer warpgroups and the producer's, rounded to a warpgroup), down to a multiple
+    of 8. setmaxnreg then moves registers between the partitions."""
+    return min(255, SM90_REGISTERS // (32 * 12)) // 8 * 8
+
+
+def backward_resource_problems(shared: int, worker: str, worker_regs: int,
+                               producer_regs: int, first: str, least: int) -> list[str]:
+    """What does not fit of a backward config: `shared` bytes of shared memory, and a
+    register split where the worker warpgroup (its field `worker`) and the producer take
+    `worker_regs` + `producer_regs` per thread and the default partition (`first`) needs
+    at least `least`."""
+    problems = []
+    if shared > SM90_SHARED_MEMORY:
+        problems.append(f"needs {shared} bytes of shared memory")
+    if 128 * (worker_regs + producer_regs) > SM90_REGISTERS - 128 * least:
+        problems.append(f"{worker} + producer_regs = {worker_regs} + {producer_regs} leave "
+                        f"{first} fewer than {least} registers")
+    return problems
+
+
+class BackwardLaunch:
+    """One launch of a Gluon backward kernel, whose arguments are the descriptors of q and
+    dO (rows) and of k, u, v (weights), r, the outputs, then fixed scalars and
+    constexprs: the descriptors are built per call over the tensors, the rest fixed."""
+
+    def __init__(self, kernel, grid: tuple, scalars: tuple, meta: dict, layouts: dict) -> None:
+        self.kernel, self.grid, self.scalars, self.meta = kernel, grid, scalars, meta
+        self.rows_layout, self.weights_layout = layouts["rows"], layouts["weights"]
+
+    def arguments(self, q, k, u, v, r, do, *outputs) -> tuple:
+        """The kernel's positional arguments for one call."""
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+        D = q.shape[-1]
+        rows = [TensorDescriptor.from_tensor(rows_view(t), *self.rows_layout) for t in (q, do)]
+        weights = [TensorDescriptor.from_tensor(w.view(-1, D), *self.weights_layout)
+                   for w in (k, u, v)]
+        return (*rows, *weights, r, *outputs, *self.scalars)
+
+    def __call__(self, q, k, u, v, r, do, *outputs) -> None:
+        args = self.arguments(q, k, u, v, r, do, *outputs)
+        with torch.cuda.device(q.device):
+            self.kernel[self.grid](*args, **self.meta)
 
 
 def rows_view(q: torch.Tensor) -> torch.Tensor:
