@@ -17,10 +17,6 @@ printing what was measured.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
-import threading
-import time
 
 import torch
 import triton
@@ -32,7 +28,7 @@ from mhfgen.kernels.flash_mhf_bwd_dq import flash_mhf_bwd_dq
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
-from hangs import Hang, finish  # benchmarks/hangs.py, beside this script
+from hangs import attempt, finish, row, run_watched  # benchmarks/hangs.py, beside this script
 
 GRADS = ("dk", "du", "dv")
 VERIFY_CASES = [
@@ -53,24 +49,6 @@ SPEED_SHAPES = {"1.3B": (16, 16, 128, 22, 256), "370M": (8, 8, 128, 11, 256),
 
 def errors(out, ref) -> float:
     return max(relative_error(o, ref[g]) for g, o in zip(GRADS, out))
-
-
-def row(rows, *cells):
-    rows.append(cells)
-    print(*cells, flush=True)
-
-
-def attempt(rows, kind, label, fn):
-    """fn() -> (value, note) as a row; a hang re-raises, other errors are rows."""
-    try:
-        value, note = fn()
-        row(rows, kind, label, value, note)
-    except Hang:
-        row(rows, kind, label, "-", "HANG")
-        raise
-    except Exception as exc:  # noqa: BLE001 - a failing config is a row
-        row(rows, kind, label, "-", f"ERROR {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:110] if str(exc) else ''}")
 
 
 def verify(rows):
@@ -133,13 +111,6 @@ def speed(rows, shapes):
             attempt(rows, "speed", f"{name} dkv_ws {config.describe()}", timed)
 
 
-def print_rows(rows, t0):
-    print("\n## results")
-    for cells in rows:
-        print("|", " | ".join(cells), "|")
-    print(f"wall {time.time() - t0:.0f} s", flush=True)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=500, help="seconds before the watchdog")
@@ -147,29 +118,13 @@ def main():
     parser.add_argument("--shapes", default="1.3B,370M,H16D64,1.3B-gqa4",
                         help="speed shapes ('' for none)")
     args = parser.parse_args()
-    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}",
-          flush=True)
-    rows, t0 = [], time.time()
 
-    def watchdog():
-        print("WATCHDOG: budget spent", flush=True)
-        print_rows(rows, t0)
-        os._exit(3)
-
-    timer = threading.Timer(args.budget, watchdog)
-    timer.daemon = True
-    timer.start()
-    try:
+    def steps(rows):
         if not args.skip_verify:
             verify(rows)
         speed(rows, [s for s in args.shapes.split(",") if s])
-    except Hang:
-        print("HANG: the CUDA context is unusable; stopping", flush=True)
-        print_rows(rows, t0)
-        os._exit(2)
-    timer.cancel()
-    print_rows(rows, t0)
 
+    run_watched(steps, args.budget)
 
 if __name__ == "__main__":
     main()

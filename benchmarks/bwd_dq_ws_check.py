@@ -16,9 +16,6 @@ Exits 1 when a verify row fails, 2 on a hang.
 from __future__ import annotations
 
 import argparse
-import os
-import threading
-import time
 
 import torch
 import triton
@@ -30,8 +27,8 @@ from mhfgen.kernels.flash_mhf_bwd_dq_ws import BwdDqWsConfig, flash_mhf_bwd_dq_w
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
-from bwd_dkv_ws_check import SPEED_SHAPES, VERIFY_CASES, attempt, print_rows
-from hangs import Hang, finish  # benchmarks/hangs.py, beside this script
+from bwd_dkv_ws_check import SPEED_SHAPES, VERIFY_CASES
+from hangs import attempt, finish, run_watched  # benchmarks/hangs.py, beside this script
 
 GRADS = ("dq", "dr")
 VERIFY_CONFIGS = {"default": None, "s2 exp regs 40/232": BwdDqWsConfig(
@@ -108,29 +105,14 @@ def main():
     parser.add_argument("--shapes", default="1.3B,370M,H16D64,1.3B-gqa4",
                         help="speed shapes ('' for none)")
     args = parser.parse_args()
-    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}",
-          flush=True)
-    rows, t0 = [], time.time()
 
-    def watchdog():
-        print("WATCHDOG: budget spent", flush=True)
-        print_rows(rows, t0)
-        os._exit(3)
-
-    timer = threading.Timer(args.budget, watchdog)
-    timer.daemon = True
-    timer.start()
-    try:
+    def steps(rows):
         good = verify(rows)
         if good:
             speed(rows, [s for s in args.shapes.split(",") if s])
-    except Hang:
-        print("HANG: the CUDA context is unusable; stopping", flush=True)
-        print_rows(rows, t0)
-        os._exit(2)
-    timer.cancel()
-    print_rows(rows, t0)
-    raise SystemExit(0 if good else 1)
+        return good
+
+    raise SystemExit(0 if run_watched(steps, args.budget) else 1)
 
 
 if __name__ == "__main__":

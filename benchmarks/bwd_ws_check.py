@@ -23,11 +23,8 @@ import argparse
 import dataclasses
 import hashlib
 import importlib.util
-import os
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import torch
@@ -40,7 +37,7 @@ from mhfgen.kernels.plans import clear_plans
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
-from hangs import Hang, finish  # benchmarks/hangs.py, beside this script
+from hangs import Hang, finish, run_watched  # benchmarks/hangs.py, beside this script
 
 GRADS = ("dq", "dr", "dk", "du", "dv")
 VERIFY_CASES = [
@@ -190,13 +187,6 @@ def diagnose(rows):
     clear_plans()
 
 
-def print_rows(rows, t0):
-    print("\n## results")
-    for row in rows:
-        print("|", " | ".join(row), "|")
-    print(f"wall {time.time() - t0:.0f} s", flush=True)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=500, help="seconds before the watchdog")
@@ -205,31 +195,15 @@ def main():
                         help="speed shapes ('' for none)")
     parser.add_argument("--diagnose", action="store_true")
     args = parser.parse_args()
-    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}",
-          flush=True)
-    rows, t0 = [], time.time()
 
-    def watchdog():
-        print("WATCHDOG: budget spent", flush=True)
-        print_rows(rows, t0)
-        os._exit(3)
-
-    timer = threading.Timer(args.budget, watchdog)
-    timer.daemon = True
-    timer.start()
-    try:
+    def steps(rows):
         if not args.skip_verify:
             verify(rows)
         if args.diagnose:
             diagnose(rows)
         speed(rows, [s for s in args.shapes.split(",") if s])
-    except Hang:
-        print("HANG: the CUDA context is unusable; stopping", flush=True)
-        print_rows(rows, t0)
-        os._exit(2)
-    timer.cancel()
-    print_rows(rows, t0)
 
+    run_watched(steps, args.budget)
 
 if __name__ == "__main__":
     main()

@@ -17,8 +17,6 @@ what was measured. The tables are printed last.
 from __future__ import annotations
 
 import argparse
-import os
-import threading
 import time
 import traceback
 
@@ -32,7 +30,7 @@ from mhfgen.spec import KernelSpec
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs
 
-from hangs import Hang, finish  # benchmarks/hangs.py, beside this script
+from hangs import Hang, finish, run_watched  # benchmarks/hangs.py, beside this script
 
 C1 = WsConfig(consumers=1, consumer_warps=8)  # 1 consumer of 8 warps
 C2 = WsConfig(consumers=2, consumer_warps=4)
@@ -180,31 +178,13 @@ def main():
     parser.add_argument("--budget", type=float, default=420, help="seconds before the watchdog")
     parser.add_argument("--only", nargs="*", default=[], help="config name substrings")
     args = parser.parse_args()
-    import triton
 
-    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}",
-          flush=True)
-    rows, t0 = [], time.time()
-
-    def watchdog():
-        print("WATCHDOG: budget spent", flush=True)
-        print_rows(rows, t0)
-        os._exit(3)
-
-    timer = threading.Timer(args.budget, watchdog)
-    timer.daemon = True
-    timer.start()
-    try:
+    def steps(rows):
         if not args.skip_verify:
             verify(rows, args.only)
         speed(rows, args.quick, args.only)
-    except Hang:
-        print("HANG: the CUDA context is unusable; stopping", flush=True)
-        print_rows(rows, t0)
-        os._exit(2)
-    timer.cancel()
-    print_rows(rows, t0)
 
+    run_watched(steps, args.budget, report=print_rows)
 
 if __name__ == "__main__":
     main()
