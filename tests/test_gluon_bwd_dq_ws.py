@@ -1,8 +1,8 @@
-"""The Gluon dQ/dR backward (flash_mhf_bwd_dq_ws) on the CPU: what it supports, its place
-among the bwd_dq variants, its config checks and heuristic, and its schedules compiled
-for sm90 within the shared-memory estimate, without spills (Gluon kernels do not run in
-the interpreter; their numbers and deadlocks are checked on the GPU by
-benchmarks/bwd_dq_ws_check.py)."""
+"""The Gluon dQ/dR backward (flash_mhf_bwd_dq_ws) on the CPU: its config checks (what it
+supports, its place among the variants and its launch: test_gluon_backward.py) and
+heuristic, and its schedules compiled for sm90 within the shared-memory estimate, without
+spills (Gluon kernels do not run in the interpreter; their numbers and deadlocks are
+checked on the GPU by benchmarks/bwd_dq_ws_check.py)."""
 import json
 
 import pytest
@@ -17,26 +17,6 @@ SPEC_D64_GQA = KernelSpec(16, 4, 64, 11, 256, "float16", "sm90")
 SPEC_L37_GQA = KernelSpec(8, 2, 128, 4, 128, "bfloat16", "sm90")
 SPEC_E1 = KernelSpec(4, 4, 64, 1, 512, "bfloat16", "sm90")
 STEM = "flash_mhf_bwd_dq_ws"
-
-
-@pytest.mark.parametrize("spec,reason", [
-    (KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm80"), "not sm80"),
-    (KernelSpec(16, 16, 128, 22, 256, "float32", "sm90"), "float32"),
-    (KernelSpec(8, 8, 96, 8, 256, "bfloat16", "sm90"), "head_dim 64 or 128"),
-    (KernelSpec(8, 8, 128, 16, 80, "bfloat16", "sm90"), "multiple of 64"),
-])
-def test_unsupported_shapes_go_to_the_triton_variant(spec, reason):
-    assert reason in registry.get(STEM).unsupported(spec)
-    usable = [v.stem for v in registry.usable("bwd_dq", spec)]
-    assert STEM not in usable
-    if spec.target.startswith("sm"):
-        assert "flash_mhf_bwd_dq" in usable
-
-
-def test_it_is_the_preferred_dq_variant_where_it_runs():
-    assert [v.stem for v in registry.usable("bwd_dq", SPEC_13B)] == [STEM, "flash_mhf_bwd_dq"]
-    interp = KernelSpec(2, 2, 64, 2, 64, "float16", "interpreter")
-    assert [v.stem for v in registry.usable("bwd_dq", interp)] == ["flash_mhf_bwd_dq"]
 
 
 @pytest.mark.parametrize("field,value", [

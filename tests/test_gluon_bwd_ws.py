@@ -1,7 +1,8 @@
-"""The Gluon one-pass backward (flash_mhf_bwd_ws) on the CPU: what it supports, its
-config checks, its heuristic within the workspace budget, and every schedule compiled for
-sm90 (Gluon kernels do not run in the interpreter; their numbers and deadlocks are checked
-on the GPU by benchmarks/bwd_ws_check.py)."""
+"""The Gluon one-pass backward (flash_mhf_bwd_ws) on the CPU: its config checks (what it
+supports and its launch: tests/test_gluon_backward.py), its heuristic within the
+workspace budget, and every schedule compiled for sm90 (Gluon kernels do not run in the
+interpreter; their numbers and deadlocks are checked on the GPU by
+benchmarks/bwd_ws_check.py)."""
 import dataclasses
 
 import pytest
@@ -16,27 +17,6 @@ SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
 SPEC_D64_GQA = KernelSpec(16, 4, 64, 11, 256, "float16", "sm90")
 SPEC_L37_GQA = KernelSpec(8, 2, 128, 4, 128, "bfloat16", "sm90")
 SPEC_E1 = KernelSpec(4, 4, 64, 1, 512, "bfloat16", "sm90")
-
-
-@pytest.mark.parametrize("spec,reason", [
-    (KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm80"), "not sm80"),
-    (KernelSpec(16, 16, 128, 22, 256, "float32", "sm90"), "float32"),
-    (KernelSpec(8, 8, 96, 8, 256, "bfloat16", "sm90"), "head_dim 64 or 128"),
-    (KernelSpec(8, 8, 128, 16, 80, "bfloat16", "sm90"), "multiple of 64"),
-])
-def test_unsupported_shapes_go_to_the_triton_variant(spec, reason):
-    variant = registry.get("flash_mhf_bwd_ws")
-    assert reason in variant.unsupported(spec)
-    usable = [v.stem for v in registry.usable("bwd", spec)]
-    assert "flash_mhf_bwd_ws" not in usable
-    if spec.target.startswith("sm") or spec.dtype != "float32":
-        assert "flash_mhf_bwd_fused" in usable
-
-
-def test_it_is_the_preferred_variant_where_it_runs():
-    assert [v.stem for v in registry.usable("bwd", SPEC_13B)][0] == "flash_mhf_bwd_ws"
-    interp = KernelSpec(2, 2, 64, 2, 64, "float16", "interpreter")
-    assert [v.stem for v in registry.usable("bwd", interp)] == ["flash_mhf_bwd_fused"]
 
 
 @pytest.mark.parametrize("field,value", [
