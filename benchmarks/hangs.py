@@ -77,6 +77,7 @@ def run_watched(steps, budget_s: float, report=print_table):
     try:
         result = steps(rows)
     except Hang:
+        timer.cancel()
         print("HANG: the CUDA context is unusable; stopping", flush=True)
         report(rows, t0)
         os._exit(2)

@@ -3,6 +3,7 @@ watched run), on the CPU with the GPU's name faked; and that every check script 
 imports (they run only on an H100/H200)."""
 import importlib
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,9 @@ def test_a_hang_reports_and_exits_2(hangs, monkeypatch):
         hangs.run_watched(steps, 60, report=lambda r, t0: reported.append(list(r)))
     assert stop.value.code == 2
     assert reported == [[("speed", "x", "-", "HANG")]]
+    # the watchdog is off: it must not fire later in this process
+    assert not [t for t in threading.enumerate() if isinstance(t, threading.Timer)
+                and t.is_alive() and not t.finished.is_set()]
 
 
 @pytest.mark.parametrize("script", ["gluon_fwd_check", "bwd_ws_check", "bwd_dkv_ws_check",
