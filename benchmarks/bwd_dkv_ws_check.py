@@ -4,8 +4,8 @@
 
 1. verify: dk, du, dv against float64 (relative Frobenius error, the bar of
    mhfgen.tolerances) in bf16 and fp16 on the 1.3B shape's slice, L = 1, L = 37 with
-   Hkv < H, E = 1 at D = 64 and Hkv < H at D = 64, for a few configs (token splits, exp
-   sigmoid, a deeper ring).
+   Hkv < H, E = 1 at D = 64 and Hkv < H at D = 64, for a few configs of both splits
+   (token splits, exp sigmoid, other register budgets, deeper rings).
 2. speed at 16384 tokens in bf16: a config sweep beside the Triton-language dK/dU/dV and
    dQ/dR kernels as dispatched and the forward as dispatched, in one process. TFLOP/s of
    the dK/dU/dV kernel count its 6 executed GEMM units (12 T H I D); 'split' adds the
@@ -42,6 +42,8 @@ VERIFY_CONFIGS = {
     "default": BwdDkvWsConfig(),
     "ts2 exp": BwdDkvWsConfig(token_splits=2, sigmoid="exp"),
     "regs 40/232": BwdDkvWsConfig(producer_regs=40, consumer_regs=232),
+    "rows s4": BwdDkvWsConfig(split="rows", stages=4),
+    "rows s2 ts2 exp": BwdDkvWsConfig(split="rows", token_splits=2, sigmoid="exp"),
 }
 SPEED_SHAPES = {"1.3B": (16, 16, 128, 22, 256), "370M": (8, 8, 128, 11, 256),
                 "H16D64": (16, 16, 64, 11, 256), "1.3B-gqa4": (16, 4, 128, 22, 256)}
@@ -66,6 +68,15 @@ def verify(rows):
 
 def sweep_configs(name):
     out = [BwdDkvWsConfig()]
+    by_rows = lambda **kw: BwdDkvWsConfig(split="rows", **kw)  # noqa: E731
+    if name == "H16D64":
+        out += [by_rows(stages=s) for s in (3, 4, 6, 8)]
+    else:
+        out += [by_rows(stages=s) for s in (2, 3, 4)]
+    if name == "1.3B":
+        out += [by_rows(stages=4, sigmoid="exp"), by_rows(stages=4, producer_regs=40,
+                                                       consumer_regs=232),
+                by_rows(stages=4, token_splits=2)]
     if name in ("1.3B", "H16D64"):
         out += [BwdDkvWsConfig(sigmoid="exp"), BwdDkvWsConfig(producer_regs=40,
                                                                consumer_regs=232)]

@@ -22,7 +22,7 @@ STEM = "flash_mhf_bwd_dkv_ws"
 
 
 @pytest.mark.parametrize("field,value", [
-    ("stages", 1), ("stages", 5), ("sigmoid", "erf"), ("token_splits", 0),
+    ("stages", 1), ("stages", 9), ("split", "cols"), ("sigmoid", "erf"), ("token_splits", 0),
     ("consumer_regs", 100), ("producer_regs", 20),
 ])
 def test_bad_config_fields_are_value_errors(field, value):
@@ -37,6 +37,24 @@ def test_config_round_trips_through_json_and_describes_itself():
     assert variant.config_from_dict(json.loads(config.to_json())) == config
     assert config.describe() == "s3 regs 40/232 ts2 exp"
     assert ws.BwdDkvWsConfig().describe() == "s2 regs 24/240"
+    assert ws.BwdDkvWsConfig(split="rows", stages=4).describe() == "s4 regs 24/240 rows"
+
+
+def test_a_stored_config_from_before_the_split_knob_reads_as_the_tokens_split():
+    stored = {"stages": 2, "sigmoid": "tanh", "token_splits": 1, "consumer_regs": 240,
+              "producer_regs": 24}
+    config = registry.get(STEM).config_from_dict(stored)
+    assert config == ws.BwdDkvWsConfig() and config.split == "tokens"
+
+
+def test_the_tokens_split_renders_the_code_it_rendered_before_the_knob():
+    """Its stored winners stay current (mhfgen.tuning.lookup.still_current compares code
+    hashes): 'tokens' adds no static parameter, and 'rows' changes the code."""
+    tokens = ws.BwdDkvWsConfig()
+    assert "rows_split" not in ws.static_params(SPEC_13B, tokens)
+    assert "rows_split" not in render(STEM, SPEC_13B, tokens)
+    rows = render(STEM, SPEC_13B, ws.BwdDkvWsConfig(split="rows"))
+    assert "rows_split" in rows and "def _weight" in rows
 
 
 def test_resources_rule_out_what_cannot_fit():
@@ -46,6 +64,15 @@ def test_resources_rule_out_what_cannot_fit():
     assert not ws.config_problems(SPEC_D64_GQA, ws.BwdDkvWsConfig(stages=4))
     greedy = ws.BwdDkvWsConfig(consumer_regs=256, producer_regs=120)
     assert "fewer than 192" in ws.config_problems(SPEC_13B, greedy)[0]
+    # 'rows': 64-token slots of 32 KiB at D = 128: four fit (200 KiB), six do not
+    assert not ws.config_problems(SPEC_13B, ws.BwdDkvWsConfig(split="rows", stages=4))
+    six = ws.config_problems(SPEC_13B, ws.BwdDkvWsConfig(split="rows", stages=6))
+    assert "shared memory" in six[0]
+    assert not ws.config_problems(SPEC_D64_GQA, ws.BwdDkvWsConfig(split="rows", stages=8))
+    # and half-width score tiles: 144 registers a consumer thread
+    assert ws.consumer_registers(SPEC_13B, ws.BwdDkvWsConfig(split="rows")) == 144
+    assert "fewer than 144" in ws.config_problems(
+        SPEC_13B, ws.BwdDkvWsConfig(split="rows", consumer_regs=256, producer_regs=136))[0]
 
 
 def test_heuristic_fits_and_splits_only_few_weight_tiles():
@@ -54,6 +81,8 @@ def test_heuristic_fits_and_splits_only_few_weight_tiles():
         assert not ws.config_problems(spec, config), spec.key()
         assert registry.get(STEM).prune_reason(spec, config, 16384, 132) is None
     assert ws.default_config(SPEC_13B, 16384, 132).token_splits == 1  # 1408 programs
+    assert ws.default_config(SPEC_13B, 16384, 132).split == "rows"
+    assert ws.default_config(SPEC_D64_GQA, 16384, 132).split == "tokens"
     assert ws.default_config(SPEC_D64_GQA, 16384, 132).stages == 3
     small = ws.default_config(SPEC_E1, 16384, 132)  # 32 weight tiles: split the tokens
     assert small.token_splits > 1
@@ -88,10 +117,17 @@ def test_token_split_plan_zeroes_fp32_buffers_whenever_the_template_adds(tokens,
     assert ws.static_params(SPEC_13B, config)["token_split"] == expect[2]
 
 
+def test_token_split_plan_counts_the_rows_split_in_64_token_tiles():
+    assert ws.token_split_plan(16384, ws.BwdDkvWsConfig(split="rows")) == (256, 1, False)
+    assert ws.token_split_plan(1000, ws.BwdDkvWsConfig(split="rows", token_splits=3)) == (
+        6, 3, True)  # 16 tiles: 6 + 6 + 4
+
+
 @pytest.mark.parametrize("spec", [SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1],
                          ids=lambda s: s.key())
 def test_every_spec_renders(spec):
-    for config in (ws.BwdDkvWsConfig(), ws.BwdDkvWsConfig(token_splits=2, sigmoid="exp")):
+    for config in (ws.BwdDkvWsConfig(), ws.BwdDkvWsConfig(token_splits=2, sigmoid="exp"),
+                   ws.BwdDkvWsConfig(split="rows", token_splits=2)):
         source = render(STEM, spec, config)
         compile(source, STEM, "exec")
         assert f"def {STEM}_kernel" in source
@@ -105,6 +141,11 @@ COMPILE_CASES = [
     (SPEC_D64_GQA, ws.BwdDkvWsConfig(stages=3)),
     (SPEC_L37_GQA, ws.BwdDkvWsConfig()),
     (SPEC_E1, ws.BwdDkvWsConfig(stages=4, sigmoid="exp")),
+    (SPEC_13B, ws.BwdDkvWsConfig(split="rows", stages=3)),
+    (SPEC_13B, ws.BwdDkvWsConfig(split="rows", stages=4, sigmoid="exp", token_splits=2)),
+    (SPEC_D64_GQA, ws.BwdDkvWsConfig(split="rows", stages=8)),
+    (SPEC_L37_GQA, ws.BwdDkvWsConfig(split="rows", stages=4, producer_regs=40,
+                                     consumer_regs=232)),
 ]
 
 
@@ -115,7 +156,14 @@ def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     estimate = ws.shared_memory(spec, config)
     assert report.shared <= estimate <= report.shared + 1024
     # per consumer: 3 score products x 2 head_dim halves (K = D / 2: D / 32 instructions
-    # each), issued before and in the loop, and 6 accumulating wgmma (K = 64 tokens: 4)
-    assert report.wgmma == 2 * (2 * 6 * (spec.head_dim // 32) + 6 * 4)
-    assert report.tma_loads == 6 + 8  # K/U/V halves once, then q/dO per tile
+    # each), issued before and in the loop, and the accumulating wgmma (K = 64 tokens: 4
+    # instructions each): 6 for 'tokens' (two 64-token blocks), 3 for 'rows'
+    accumulating = 6 if config.split == "tokens" else 3
+    assert report.wgmma == 2 * (2 * 6 * (spec.head_dim // 32) + accumulating * 4)
+    if config.split == "tokens":
+        assert report.tma_loads == 6 + 8  # K/U/V halves once, then q/dO per tile
+    else:
+        assert report.tma_loads == 12 + 4  # K/U/V halves x row blocks, q/dO halves
+    if spec.head_dim == 128 and config.split == "rows":
+        assert report.spill_bytes <= 8  # the 'tokens' split spills 468 bytes here
 

@@ -3,14 +3,23 @@
 sm90 compile check.
 
 A program owns one 64-row weight tile (within one expert) of one kv head and walks row
-tiles of 128 tokens of each query head of the group. Two consumer warpgroups split each
-tile: warpgroup w computes S, A, dP of tokens [64 w, 64 w + 64) and the element-wise math,
-writes P, dS, dA (bf16) to shared memory, and, once both halves are there, accumulates
-head_dim columns [w D / 2, (w + 1) D / 2) of dV += P^T dO, dK += dS^T q, dU += dA^T q over
-all 128 tokens. Each warpgroup so holds three (64 x D / 2) fp32 accumulators and three
-(64 x 64) score tiles, 192 registers a thread, where one warpgroup holding whole
-(64 x D) accumulators would need 288. A one-warp producer loads K, U, V once and q, dO
-per tile by TMA into a ring of `stages` slots.
+tiles of each query head of the group. Two consumer warpgroups split each tile's scores,
+in one of two ways (config.split):
+
+- "tokens": row tiles of 128 tokens; warpgroup w computes S, A, dP (64 x 64) of tokens
+  [64 w, 64 w + 64);
+- "rows": row tiles of 64 tokens; warpgroup w computes S, A, dP (64 x 32) of weight rows
+  [32 w, 32 w + 32). The score MMAs are half as wide, but a ring slot is half the size:
+  at D = 128 four slots fit where "tokens" fits two, so the loads of the next tiles
+  are in flight while a tile is consumed.
+
+Each writes P, dS, dA (bf16) of its share to shared memory and, once both shares are
+there, accumulates head_dim columns [w D / 2, (w + 1) D / 2) of dV += P^T dO,
+dK += dS^T q, dU += dA^T q over the tile's tokens. A warpgroup so holds three
+(64 x D / 2) fp32 accumulators (96 registers a thread at D = 128) and three score tiles
+(96 or 48), where one warpgroup holding whole (64 x D) accumulators would need 288. A
+one-warp producer loads K, U, V once and q, dO per tile by TMA into a ring of `stages`
+slots.
 """
 from __future__ import annotations
 
@@ -36,8 +45,8 @@ KERNEL = "flash_mhf_bwd_dkv_ws"
 DTYPES = BACKWARD_DTYPES
 #: weight-tile rows per program: the M of the accumulating wgmma
 BLOCK_N = BACKWARD_BLOCK_N
-#: tokens per row tile: 64 per consumer warpgroup
-BLOCK_M = 128
+#: tokens per row tile of each split (config.split)
+ROW_TILE = {"tokens": 128, "rows": 64}
 #: programs per multiprocessor above which a token split only adds atomic traffic
 MAX_PROGRAMS_PER_SM = 8
 
@@ -46,7 +55,9 @@ MAX_PROGRAMS_PER_SM = 8
 class BwdDkvWsConfig(VariantConfig):
     """Launch parameters of flash_mhf_bwd_dkv_ws.
 
-    stages:        slots of the q/dO ring (each 2 * 128 * D * 2 bytes).
+    stages:        slots of the q/dO ring (each 2 * block_m * D * 2 bytes).
+    split:         how the two consumers share a row tile's scores: 'tokens' (128-token
+                   tiles, 64 tokens each) or 'rows' (64-token tiles, 32 weight rows each).
     sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
     token_splits:  programs per weight tile, each a share of the token blocks; their
                    partial sums meet by fp32 atomics (never in deterministic runs).
@@ -57,14 +68,20 @@ class BwdDkvWsConfig(VariantConfig):
     variant = KERNEL
 
     stages: int = 2
+    split: str = "tokens"
     sigmoid: str = "tanh"
     token_splits: int = 1
     consumer_regs: int = 240
     producer_regs: int = 24
 
+    #: fields added after configs of this variant were stored: a stored or imported config
+    #: without them means these values (whose generated code is the code it was tuned with)
+    added_fields = {"split": "tokens"}
+
     def __post_init__(self) -> None:
         where = f"{KERNEL} config: "
-        choice(self.stages, where + "stages", (2, 3, 4))
+        choice(self.stages, where + "stages", tuple(range(2, 9)))
+        choice(self.split, where + "split", tuple(ROW_TILE))
         choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
         positive_int(self.token_splits, where + "token_splits", 1024)
         choice(self.consumer_regs, where + "consumer_regs", range(24, 257, 8))
@@ -76,10 +93,18 @@ class BwdDkvWsConfig(VariantConfig):
 
     @property
     def block_m(self) -> int:
-        return BLOCK_M
+        """Tokens per row tile."""
+        return ROW_TILE[self.split]
+
+    @property
+    def score_cols(self) -> int:
+        """Weight rows of one consumer's score tiles (their N)."""
+        return BLOCK_N if self.split == "tokens" else BLOCK_N // 2
 
     def describe(self) -> str:
         text = f"s{self.stages} regs {self.producer_regs}/{self.consumer_regs}"
+        if self.split != "tokens":
+            text += f" {self.split}"
         if self.token_splits > 1:
             text += f" ts{self.token_splits}"
         return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
@@ -89,60 +114,76 @@ unsupported = backward_unsupported
 
 
 def shared_memory(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
-    """Bytes: the q/dO ring, K/U/V, the exchange tiles (P, dS, dA of 128 tokens, bf16),
+    """Bytes: the q/dO ring, K/U/V, the exchange tiles (P, dS, dA of a row tile, bf16),
     the mbarriers and 1 KiB of compiler scratch."""
     d = spec.head_dim
-    ring = config.stages * 2 * BLOCK_M * d * 2
+    ring = config.stages * 2 * config.block_m * d * 2
     weights = 3 * BLOCK_N * d * 2
-    exchange = 3 * BLOCK_M * BLOCK_N * 2
+    exchange = 3 * config.block_m * BLOCK_N * 2
     return ring + weights + exchange + 8 * (2 * config.stages + 3) + 1024
 
 
 def config_problems(spec: KernelSpec, config: BwdDkvWsConfig) -> list[str]:
     """What of `config` does not fit an SM: shared memory, and the register split
-    (the first consumer needs 192 registers a thread)."""
+    (the first consumer needs its accumulators and score tiles: consumer_registers)."""
     return backward_resource_problems(shared_memory(spec, config), "consumer_regs",
                                       config.consumer_regs, config.producer_regs,
-                                      "the first consumer", 192)
+                                      "the first consumer", consumer_registers(spec, config))
+
+
+def consumer_registers(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
+    """fp32 registers a consumer thread holds in tiles: three (64 x D / 2) accumulators
+    and S, A, dP (64 x score_cols), over 128 threads (192 at D = 128, 'tokens')."""
+    return (3 * BLOCK_N * spec.head_dim // 2 + 3 * 64 * config.score_cols) // 128
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConfig:
-    """A 2-slot ring (3 at D = 64, where shared memory allows it), tanh, and token splits
-    only where the weight tiles fill fewer than two waves of programs."""
-    stages = 3 if spec.head_dim <= 64 else 2
+    """The split and ring depth measured best on an H200 (docs/PERFORMANCE.md): at
+    D = 128 'rows' with 3 slots (1.33x 'tokens' with the 2 slots that fit it), at D = 64
+    'tokens' with 3; tanh; token splits only where the weight tiles fill fewer than two
+    waves of programs."""
+    split = "tokens" if spec.head_dim <= 64 else "rows"
     programs = spec.kv_heads * spec.intermediate // BLOCK_N
-    blocks = spec.group * cdiv(max(1, tokens), BLOCK_M)
+    blocks = spec.group * cdiv(max(1, tokens), ROW_TILE[split])
     splits = 1
     if programs < 2 * sm_count:
         splits = max(1, min(cdiv(2 * sm_count, programs), blocks // 4))
-    return BwdDkvWsConfig(stages=stages, token_splits=splits)
+    return BwdDkvWsConfig(stages=3, split=split, token_splits=splits)
 
 
 def static_params(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
-    return {"sigmoid": config.sigmoid, "token_split": config.token_splits > 1}
+    """sigmoid, token_split, and rows_split only where set: the 'tokens' split renders
+    the code it rendered before the knob existed, so its stored winners stay current."""
+    params = {"sigmoid": config.sigmoid, "token_split": config.token_splits > 1}
+    if config.split == "rows":
+        params["rows_split"] = True
+    return params
 
 
 def load_kernel(spec: KernelSpec, config: BwdDkvWsConfig):
     return codegen.load_kernel(KERNEL, spec, config)
 
 
-def smem_layouts(spec: KernelSpec) -> dict:
-    """The shared layouts: of the descriptors (q/dO blocks of 64 tokens x D / 2, K/U/V
-    blocks of 64 rows x D / 2) and of the exchange tiles (EX_LAYOUT: bf16 (64, 64))."""
+def smem_layouts(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
+    """The shared layouts: of the descriptors (q/dO blocks of 64 tokens x D / 2; K/U/V
+    blocks of score_cols rows x D / 2) and of the exchange tiles (EX_LAYOUT: bf16
+    (64, 64): tokens x rows for 'tokens', rows x tokens for 'rows')."""
     from triton.experimental.gluon import language as gl
 
     dt = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
     half = spec.head_dim // 2
-    rows = BLOCK_M // 2
+    rows = 64
+    w_rows = config.score_cols
     return {"rows": ([rows, half], gl.NVMMASharedLayout.get_default_for([rows, half], dt)),
-            "weights": ([BLOCK_N, half],
-                        gl.NVMMASharedLayout.get_default_for([BLOCK_N, half], dt)),
+            "weights": ([w_rows, half],
+                        gl.NVMMASharedLayout.get_default_for([w_rows, half], dt)),
             "EX_LAYOUT": gl.NVMMASharedLayout.get_default_for([rows, BLOCK_N], dt)}
 
 
 def constexprs(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
     return dict(BLOCK_N=BLOCK_N, STAGES=config.stages,
-                EX_LAYOUT=smem_layouts(spec)["EX_LAYOUT"], CONSUMER_REGS=config.consumer_regs,
+                EX_LAYOUT=smem_layouts(spec, config)["EX_LAYOUT"],
+                CONSUMER_REGS=config.consumer_regs,
                 PRODUCER_REGS=config.producer_regs)
 
 
@@ -187,7 +228,8 @@ def _make_plan(q, k, u, v, r, do, config) -> DkvPlan:
     scalars = (*r.stride(), q.shape[1], tokens, per_split)
     meta = {**constexprs(spec, config), "num_warps": 4, "maxnreg": backward_register_cap()}
     grid = (spec.intermediate // BLOCK_N, spec.kv_heads, splits)
-    launch = BackwardLaunch(load_kernel(spec, config), grid, scalars, meta, smem_layouts(spec))
+    launch = BackwardLaunch(load_kernel(spec, config), grid, scalars, meta,
+                            smem_layouts(spec, config))
     return DkvPlan((launch,), atomic, copy, copy_do)
 
 
@@ -196,7 +238,7 @@ def token_split_plan(tokens: int, config: BwdDkvWsConfig) -> tuple[int, int, boo
     config, not the split count: the template adds by atomics whenever the config splits,
     also where the tokens make a single split, and the gradients must then be zeroed fp32
     buffers."""
-    token_blocks = cdiv(tokens, BLOCK_M)
+    token_blocks = cdiv(tokens, config.block_m)
     per_split = cdiv(token_blocks, config.token_splits)
     return per_split, cdiv(token_blocks, per_split), config.token_splits > 1
 
@@ -206,7 +248,7 @@ def compile_sm90(spec: KernelSpec, config: BwdDkvWsConfig) -> CompileReport:
     f32 = torch.empty(16, dtype=torch.float32)
     narrow = torch.empty(16, dtype=spec.torch_dtype)
     grads = f32 if config.token_splits > 1 else narrow
-    args = dict(backward_descriptors(spec, smem_layouts(spec), BLOCK_M),
+    args = dict(backward_descriptors(spec, smem_layouts(spec, config), config.block_m),
                 R=f32, DK=grads, DU=grads, DV=grads)
     return compile_gluon(load_kernel(spec, config), args, constexprs(spec, config),
                          dict(num_warps=4, maxnreg=backward_register_cap()))

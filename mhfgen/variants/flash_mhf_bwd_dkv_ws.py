@@ -2,10 +2,11 @@
 (templates/flash_mhf_bwd_dkv_ws.py.jinja; launcher, config type and resource model in
 mhfgen.kernels.flash_mhf_bwd_dkv_ws).
 
-Two consumer warpgroups share a 128-token row tile: each computes the scores of 64 of its
-tokens, the two exchange P, dS, dA through shared memory, and each accumulates half of
-head_dim's columns of dK, dU and dV over all 128 tokens; a one-warp producer loads q and
-dO by TMA. sm90, bf16/fp16, D = 64 or 128, expert_dim a multiple of 64. Without token
+Two consumer warpgroups share a row tile: each computes the scores of 64 of a 128-token
+tile's tokens (split 'tokens') or of 32 of the weight tile's 64 rows for a 64-token tile
+(split 'rows'), the two exchange P, dS, dA through shared memory, and each accumulates
+half of head_dim's columns of dK, dU and dV over the tile's tokens; a one-warp producer
+loads q and dO by TMA. sm90, bf16/fp16, D = 64 or 128, expert_dim a multiple of 64. Without token
 splits it adds nothing by atomics: its gradients are bitwise reproducible.
 """
 from __future__ import annotations
@@ -39,8 +40,7 @@ class FlashMhfBwdDkvWs(Variant):
         return ws.shared_memory(spec, config)
 
     def registers(self, spec: KernelSpec, config: ws.BwdDkvWsConfig) -> float:
-        # a consumer: three (64 x D/2) accumulators and S, A, dP of (64 x 64)
-        return (3 * ws.BLOCK_N * spec.head_dim // 2 + 3 * 64 * ws.BLOCK_N) / 128
+        return ws.consumer_registers(spec, config)
 
     def default_config(self, spec: KernelSpec, tokens: int,
                        sm_count: int) -> ws.BwdDkvWsConfig:
@@ -49,7 +49,7 @@ class FlashMhfBwdDkvWs(Variant):
     def prune_reason(self, spec: KernelSpec, config: ws.BwdDkvWsConfig, tokens: int,
                      sm_count: int) -> str | None:
         problems = ws.config_problems(spec, config)
-        blocks = spec.group * cdiv(max(1, tokens), ws.BLOCK_M)
+        blocks = spec.group * cdiv(max(1, tokens), config.block_m)
         if config.token_splits > 1:
             if config.token_splits > blocks:
                 problems.append(f"token_splits={config.token_splits} exceeds the row blocks")
