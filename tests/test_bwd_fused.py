@@ -213,6 +213,21 @@ def test_env_var_requests_deterministic_gradients(monkeypatch):
     assert dispatch.deterministic_requested() == torch.are_deterministic_algorithms_enabled()
 
 
+def test_split_backward_uses_two_streams_on_a_gpu_unless_told_not_to(monkeypatch):
+    """The split pair's dQ/dR runs on a side stream beside dK/dU/dV on CUDA devices
+    (bitwise the same gradients and the speed-up measured by
+    benchmarks/bwd_streams_check.py); MHFGEN_BACKWARD_STREAMS=1 keeps one stream."""
+    from mhfgen.kernels.dispatched import STREAMS_ENV, two_streams
+
+    monkeypatch.delenv(STREAMS_ENV, raising=False)
+    assert not two_streams(torch.device("cpu"))
+    assert two_streams(torch.device("cuda", 0))
+    monkeypatch.setenv(STREAMS_ENV, "1")
+    assert not two_streams(torch.device("cuda", 0))
+    monkeypatch.setenv(STREAMS_ENV, "2")
+    assert two_streams(torch.device("cuda", 0))
+
+
 def test_autograd_runs_the_dispatched_backward(monkeypatch):
     """mhfgen.flash_mhf's backward is kernels.backward: the one pass where the (faked)
     stored times say it is the faster form."""

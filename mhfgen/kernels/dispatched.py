@@ -9,12 +9,18 @@ A tuned config that fails on the first call is replaced by the heuristic, as in 
 launchers (mhfgen.kernels.configs.first_launch).
 
 `backward` runs the whole backward in the form the dispatcher picks for the call
-(mhfgen.dispatch.backward_form): the one-pass op 'bwd', or 'bwd_dq' then 'bwd_dkv'; in a
-deterministic run the split pair with dK/dU/dV's token splits off.
+(mhfgen.dispatch.backward_form): the one-pass op 'bwd', or 'bwd_dq' beside 'bwd_dkv'; in
+a deterministic run the split pair with dK/dU/dV's token splits off. On a GPU the split
+pair's two kernels run on two streams, dK/dU/dV on the caller's and then dQ/dR on a side
+stream joined before the call returns: they read the same inputs and write different
+outputs, and dQ/dR's programs (shorter, and more of them) fill the multiprocessors that
+dK/dU/dV's last partial wave leaves idle. MHFGEN_BACKWARD_STREAMS=1 runs them one after
+the other on the caller's stream.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 
@@ -26,6 +32,8 @@ from .plans import plan_cache, plan_key, remember
 
 _plans = plan_cache()
 _backward_plans = plan_cache()
+_side_streams: dict = {}
+STREAMS_ENV = "MHFGEN_BACKWARD_STREAMS"
 
 
 def run_op(op: str, *tensors: torch.Tensor):
@@ -69,7 +77,8 @@ def backward_dkv(q, k, u, v, r, do) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 def backward(q, k, u, v, r, do) -> tuple[torch.Tensor, ...]:
     """(dq, dr, dk, du, dv) in the backward form the dispatcher picks for the call: the
-    one pass ('bwd'), or 'bwd_dq' then 'bwd_dkv'. Where deterministic algorithms are
+    one pass ('bwd'), or the split pair 'bwd_dkv' and 'bwd_dq' (on two streams on a GPU:
+    two_streams). Where deterministic algorithms are
     requested (mhfgen.dispatch.deterministic_requested) the split pair runs, dK/dU/dV
     without token splits: no atomic adds, bitwise-reproducible gradients."""
     deterministic = deterministic_requested()
@@ -79,13 +88,44 @@ def backward(q, k, u, v, r, do) -> tuple[torch.Tensor, ...]:
         plan = remember(_backward_plans, key, _backward_plan(q, k, u, v, r, do, deterministic))
     if plan is FUSED:
         return run_op("bwd", q, k, u, v, r, do)
-    dq, dr = run_op("bwd_dq", q, k, u, v, r, do)
-    if plan is None:
-        dk, du, dv = run_op("bwd_dkv", q, k, u, v, r, do)
-    else:  # deterministic: this dK/dU/dV config, token splits off
-        launcher, config = plan
-        dk, du, dv = launcher(q, k, u, v, r, do, config=config)
+
+    def dkv():
+        if plan is None:
+            return run_op("bwd_dkv", q, k, u, v, r, do)
+        launcher, config = plan  # deterministic: this dK/dU/dV config, token splits off
+        return launcher(q, k, u, v, r, do, config=config)
+
+    if not two_streams(q.device):
+        dq, dr = run_op("bwd_dq", q, k, u, v, r, do)
+        dk, du, dv = dkv()
+        return dq, dr, dk, du, dv
+    main = torch.cuda.current_stream(q.device)
+    side = _side_stream(q.device)
+    side.wait_stream(main)  # the inputs are ready
+    dk, du, dv = dkv()  # launched first: its programs are dispatched first
+    with torch.cuda.stream(side):
+        dq, dr = run_op("bwd_dq", q, k, u, v, r, do)
+    main.wait_stream(side)
+    # dq and dr were allocated on the side stream and are used on the caller's: their
+    # memory must not return to the side stream's pool before the caller's work on them
+    dq.record_stream(main)
+    dr.record_stream(main)
     return dq, dr, dk, du, dv
+
+
+def two_streams(device: torch.device) -> bool:
+    """Whether the split backward's kernels run on two streams: on a CUDA device unless
+    MHFGEN_BACKWARD_STREAMS is '1'."""
+    return device.type == "cuda" and os.environ.get(STREAMS_ENV, "") != "1"
+
+
+def _side_stream(device: torch.device):
+    """The side stream of `device` (one per device, made on first use)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = _side_streams.get(index)
+    if stream is None:
+        stream = _side_streams.setdefault(index, torch.cuda.Stream(index))
+    return stream
 
 
 def _backward_plan(q, k, u, v, r, do, deterministic: bool):
