@@ -1,16 +1,18 @@
 """The Gluon dK/dU/dV backward (flash_mhf_bwd_dkv_ws) on an H100/H200: correctness, then speed.
 
     python3 benchmarks/bwd_dkv_ws_check.py [--budget 500] [--shapes 1.3B,370M,...]
+        [--verify-configs 'default,rows s4'] [--configs 's3 regs 24/240 rows,...'] [--triton]
 
 1. verify: dk, du, dv against float64 (relative Frobenius error, the bar of
    mhfgen.tolerances) in bf16 and fp16 on the 1.3B shape's slice, L = 1, L = 37 with
    Hkv < H, E = 1 at D = 64 and Hkv < H at D = 64, for a few configs of both splits
    (token splits, exp sigmoid, other register budgets, deeper rings).
-2. speed at 16384 tokens in bf16: a config sweep beside the Triton-language dK/dU/dV and
-   dQ/dR kernels as dispatched and the forward as dispatched, in one process. TFLOP/s of
-   the dK/dU/dV kernel count its 6 executed GEMM units (12 T H I D); 'split' adds the
-   dispatched dQ/dR kernel and counts the backward as 12 T H I D, forward + backward as
-   18 T H I D. Each timed config's gradients are checked against float64 first.
+2. speed at 16384 tokens in bf16: a config sweep (or the configs named by --configs, as
+   their describe() strings) beside the dispatched forward, backward and dQ/dR (and, with
+   --triton, the Triton-language dK/dU/dV), in one process. TFLOP/s of the dK/dU/dV
+   kernel count its 6 executed GEMM units (12 T H I D); 'split' adds the dispatched dQ/dR
+   and counts the backward as 12 T H I D, forward + backward as 18 T H I D. Each timed
+   config's gradients are checked against float64 first.
 Every first launch is watched for a hang (an mbarrier deadlock): a hang ends the run,
 printing what was measured.
 """
@@ -24,7 +26,6 @@ import triton
 from mhfgen import kernels
 from mhfgen.kernels.flash_mhf_bwd_dkv import flash_mhf_bwd_dkv
 from mhfgen.kernels.flash_mhf_bwd_dkv_ws import BwdDkvWsConfig, flash_mhf_bwd_dkv_ws
-from mhfgen.kernels.flash_mhf_bwd_dq import flash_mhf_bwd_dq
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
@@ -44,6 +45,7 @@ VERIFY_CONFIGS = {
     "regs 40/232": BwdDkvWsConfig(producer_regs=40, consumer_regs=232),
     "rows s4": BwdDkvWsConfig(split="rows", stages=4),
     "rows s2 ts2 exp": BwdDkvWsConfig(split="rows", token_splits=2, sigmoid="exp"),
+    "rows s3 qregs": BwdDkvWsConfig(split="rows", stages=3, q_regs=True),
 }
 SPEED_SHAPES = {"1.3B": (16, 16, 128, 22, 256), "370M": (8, 8, 128, 11, 256),
                 "H16D64": (16, 16, 64, 11, 256), "1.3B-gqa4": (16, 4, 128, 22, 256)}
@@ -53,13 +55,14 @@ def errors(out, ref) -> float:
     return max(relative_error(o, ref[g]) for g, o in zip(GRADS, out))
 
 
-def verify(rows):
+def verify(rows, names):
     for dtype in (torch.bfloat16, torch.float16):
         bar = tolerance(dtype, grad=True)
         for case in VERIFY_CASES:
             inputs = make_inputs(case, dtype, "cuda", seed=1)
             ref = reference_outputs(*inputs)
-            for name, config in VERIFY_CONFIGS.items():
+            for name in names:
+                config = VERIFY_CONFIGS[name]
                 def check(config=config):
                     err = errors(finish(lambda: flash_mhf_bwd_dkv_ws(*inputs, config=config)), ref)
                     return f"{err:.2e}", "ok" if err <= bar else "FAIL"
@@ -73,6 +76,8 @@ def sweep_configs(name):
         out += [by_rows(stages=s) for s in (3, 4, 6, 8)]
     else:
         out += [by_rows(stages=s) for s in (2, 3, 4)]
+    if name != "H16D64":
+        out += [by_rows(stages=s, q_regs=True) for s in (3, 4)]
     if name == "1.3B":
         out += [by_rows(stages=4, sigmoid="exp"), by_rows(stages=4, producer_regs=40,
                                                        consumer_regs=232),
@@ -88,7 +93,20 @@ def sweep_configs(name):
     return out
 
 
-def speed(rows, shapes):
+def chosen_configs(name, wanted):
+    """The sweep of shape `name`, or the configs among it (and the verify configs) whose
+    describe() is in `wanted`."""
+    configs = sweep_configs(name)
+    if not wanted:
+        return configs
+    known = {c.describe(): c for c in [*configs, *VERIFY_CONFIGS.values()]}
+    missing = [w for w in wanted if w not in known]
+    if missing:
+        raise SystemExit(f"unknown configs {missing}; known: {sorted(known)}")
+    return [known[w] for w in wanted]
+
+
+def speed(rows, shapes, wanted=(), triton_dkv=False):
     bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=40)  # noqa: E731
     for name in shapes:
         H, Hkv, D, E, De = SPEED_SHAPES[name]
@@ -99,17 +117,18 @@ def speed(rows, shapes):
         bar = tolerance(torch.bfloat16, grad=True)
         t_fwd = bench(lambda: kernels.forward(*inputs[:5]))
         t_bwd = bench(lambda: kernels.backward(*inputs))
-        t_dq = bench(lambda: flash_mhf_bwd_dq(*inputs))
-        t_dkv = bench(lambda: flash_mhf_bwd_dkv(*inputs))
+        t_dq = bench(lambda: kernels.backward_dq(*inputs))
         row(rows, "speed", f"{name} forward (dispatched)", f"{t_fwd:.3f} ms",
             f"{3 * unit / t_fwd / 1e9:.0f} TFLOP/s")
         row(rows, "speed", f"{name} backward (dispatched)", f"{t_bwd:.3f} ms",
             f"bwd {6 * unit / t_bwd / 1e9:.0f} fwd+bwd {9 * unit / (t_fwd + t_bwd) / 1e9:.0f}")
-        row(rows, "speed", f"{name} dq (Triton, dispatched)", f"{t_dq:.3f} ms",
+        row(rows, "speed", f"{name} dq (dispatched)", f"{t_dq:.3f} ms",
             f"executed {5 * unit / t_dq / 1e9:.0f}")
-        row(rows, "speed", f"{name} dkv (Triton, dispatched)", f"{t_dkv:.3f} ms",
-            f"executed {6 * unit / t_dkv / 1e9:.0f}")
-        for config in sweep_configs(name):
+        if triton_dkv:
+            t_dkv = bench(lambda: flash_mhf_bwd_dkv(*inputs))
+            row(rows, "speed", f"{name} dkv (Triton)", f"{t_dkv:.3f} ms",
+                f"executed {6 * unit / t_dkv / 1e9:.0f}")
+        for config in chosen_configs(name, wanted):
             def timed(config=config):
                 err = errors(finish(lambda: flash_mhf_bwd_dkv_ws(*inputs, config=config)), ref)
                 if err > bar:
@@ -128,12 +147,23 @@ def main():
     parser.add_argument("--skip-verify", action="store_true")
     parser.add_argument("--shapes", default="1.3B,370M,H16D64,1.3B-gqa4",
                         help="speed shapes ('' for none)")
+    parser.add_argument("--verify-configs", default=",".join(VERIFY_CONFIGS),
+                        help="names of the configs to verify (default: all)")
+    parser.add_argument("--configs", default="",
+                        help="describe() strings of the configs to time (default: the sweep)")
+    parser.add_argument("--triton", action="store_true",
+                        help="also time the Triton-language dK/dU/dV kernel")
     args = parser.parse_args()
+    names = [n for n in args.verify_configs.split(",") if n]
+    unknown = [n for n in names if n not in VERIFY_CONFIGS]
+    if unknown:
+        parser.error(f"unknown verify configs {unknown}; known: {list(VERIFY_CONFIGS)}")
+    wanted = [c for c in args.configs.split(",") if c]
 
     def steps(rows):
         if not args.skip_verify:
-            verify(rows)
-        speed(rows, [s for s in args.shapes.split(",") if s])
+            verify(rows, names)
+        speed(rows, [s for s in args.shapes.split(",") if s], wanted, args.triton)
 
     run_watched(steps, args.budget)
 
