@@ -45,7 +45,6 @@ VERIFY_CONFIGS = {
     "regs 40/232": BwdDkvWsConfig(producer_regs=40, consumer_regs=232),
     "rows s4": BwdDkvWsConfig(split="rows", stages=4),
     "rows s2 ts2 exp": BwdDkvWsConfig(split="rows", token_splits=2, sigmoid="exp"),
-    "rows s3 qregs": BwdDkvWsConfig(split="rows", stages=3, q_regs=True),
 }
 SPEED_SHAPES = {"1.3B": (16, 16, 128, 22, 256), "370M": (8, 8, 128, 11, 256),
                 "H16D64": (16, 16, 64, 11, 256), "1.3B-gqa4": (16, 4, 128, 22, 256)}
@@ -76,8 +75,6 @@ def sweep_configs(name):
         out += [by_rows(stages=s) for s in (3, 4, 6, 8)]
     else:
         out += [by_rows(stages=s) for s in (2, 3, 4)]
-    if name != "H16D64":
-        out += [by_rows(stages=s, q_regs=True) for s in (3, 4)]
     if name == "1.3B":
         out += [by_rows(stages=4, sigmoid="exp"), by_rows(stages=4, producer_regs=40,
                                                        consumer_regs=232),

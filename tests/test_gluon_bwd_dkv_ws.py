@@ -22,8 +22,7 @@ STEM = "flash_mhf_bwd_dkv_ws"
 
 
 @pytest.mark.parametrize("field,value", [
-    ("stages", 1), ("stages", 9), ("split", "cols"), ("q_regs", 1), ("sigmoid", "erf"),
-    ("token_splits", 0),
+    ("stages", 1), ("stages", 9), ("split", "cols"), ("sigmoid", "erf"), ("token_splits", 0),
     ("consumer_regs", 100), ("producer_regs", 20),
 ])
 def test_bad_config_fields_are_value_errors(field, value):
@@ -39,22 +38,13 @@ def test_config_round_trips_through_json_and_describes_itself():
     assert config.describe() == "s3 regs 40/232 ts2 exp"
     assert ws.BwdDkvWsConfig().describe() == "s2 regs 24/240"
     assert ws.BwdDkvWsConfig(split="rows", stages=4).describe() == "s4 regs 24/240 rows"
-    assert (ws.BwdDkvWsConfig(split="rows", q_regs=True).describe()
-            == "s2 regs 24/240 rows qregs")
-
-
-def test_q_in_registers_needs_the_rows_split():
-    with pytest.raises(ValueError, match="q_regs needs split='rows'"):
-        ws.BwdDkvWsConfig(q_regs=True)
 
 
 def test_a_stored_config_from_before_the_split_knob_reads_as_the_tokens_split():
     stored = {"stages": 2, "sigmoid": "tanh", "token_splits": 1, "consumer_regs": 240,
               "producer_regs": 24}
     config = registry.get(STEM).config_from_dict(stored)
-    assert config == ws.BwdDkvWsConfig() and config.split == "tokens" and not config.q_regs
-    rows = registry.get(STEM).config_from_dict({**stored, "split": "rows"})
-    assert rows == ws.BwdDkvWsConfig(split="rows") and not rows.q_regs
+    assert config == ws.BwdDkvWsConfig() and config.split == "tokens"
 
 
 def test_the_tokens_split_renders_the_code_it_rendered_before_the_knob():
@@ -65,9 +55,6 @@ def test_the_tokens_split_renders_the_code_it_rendered_before_the_knob():
     assert "rows_split" not in render(STEM, SPEC_13B, tokens)
     rows = render(STEM, SPEC_13B, ws.BwdDkvWsConfig(split="rows"))
     assert "rows_split" in rows and "def _weight" in rows
-    # likewise q_regs: absent unless set, so the 'rows' winners stored before it stay
-    assert "q_regs" not in rows and ".load(a_op)" not in rows
-    assert ".load(a_op)" in render(STEM, SPEC_13B, ws.BwdDkvWsConfig(split="rows", q_regs=True))
 
 
 def test_resources_rule_out_what_cannot_fit():
@@ -95,8 +82,6 @@ def test_heuristic_fits_and_splits_only_few_weight_tiles():
         assert registry.get(STEM).prune_reason(spec, config, 16384, 132) is None
     assert ws.default_config(SPEC_13B, 16384, 132).token_splits == 1  # 1408 programs
     assert ws.default_config(SPEC_13B, 16384, 132).split == "rows"
-    assert ws.default_config(SPEC_13B, 16384, 132).q_regs
-    assert not ws.default_config(SPEC_D64_GQA, 16384, 132).q_regs
     assert ws.default_config(SPEC_D64_GQA, 16384, 132).split == "tokens"
     assert ws.default_config(SPEC_D64_GQA, 16384, 132).stages == 3
     small = ws.default_config(SPEC_E1, 16384, 132)  # 32 weight tiles: split the tokens
@@ -161,8 +146,6 @@ COMPILE_CASES = [
     (SPEC_D64_GQA, ws.BwdDkvWsConfig(split="rows", stages=8)),
     (SPEC_L37_GQA, ws.BwdDkvWsConfig(split="rows", stages=4, producer_regs=40,
                                      consumer_regs=232)),
-    (SPEC_13B, ws.BwdDkvWsConfig(split="rows", stages=3, q_regs=True)),
-    (SPEC_D64_GQA, ws.BwdDkvWsConfig(split="rows", stages=6, q_regs=True, token_splits=2)),
 ]
 
 
@@ -182,7 +165,5 @@ def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     else:
         assert report.tma_loads == 12 + 4  # K/U/V halves x row blocks, q/dO halves
     if spec.head_dim == 128 and config.split == "rows":
-        # the 'tokens' split spills 468 bytes here; q in registers costs some (loop
-        # invariants reloaded from L1)
-        assert report.spill_bytes <= (128 if config.q_regs else 8)
+        assert report.spill_bytes <= 8  # the 'tokens' split spills 468 bytes here
 

@@ -4,6 +4,11 @@
 # tuned again on 1.3B and 370M at 16384 tokens (the heuristic, evaluated first, now has
 # q_regs) into a fresh database, exported; then the training step with the shipped
 # database under them (docs/figures/*_h200_2026-12-02f*).
+# Ran 2026-12-02 08:12-08:14 UTC, 123 s, at commit ad1b40e (the q_regs knob, since
+# removed: 1.15x slower than 'rows' without it on 1.3B and 1.16x on 370M; verified 10/10).
+# The tuned winners were not merged (slower than the shipped 'rows' s3 records), and the
+# training step here ran with them layered above the shipped database: not the shipped
+# configuration.
 source .whl/preamble.sh || exit
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import codegen
-from ..config_fields import choice, positive_int, strict_bool
+from ..config_fields import choice, positive_int
 from ..registry import VariantConfig
 from ..spec import KernelSpec
 from ..tiling import cdiv
@@ -58,8 +58,6 @@ class BwdDkvWsConfig(VariantConfig):
     stages:        slots of the q/dO ring (each 2 * block_m * D * 2 bytes).
     split:         how the two consumers share a row tile's scores: 'tokens' (128-token
                    tiles, 64 tokens each) or 'rows' (64-token tiles, 32 weight rows each).
-    q_regs:        ('rows' only) the score MMAs take q from registers, loaded once per
-                   tile, instead of reading it from shared memory for S and again for A.
     sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
     token_splits:  programs per weight tile, each a share of the token blocks; their
                    partial sums meet by fp32 atomics (never in deterministic runs).
@@ -71,7 +69,6 @@ class BwdDkvWsConfig(VariantConfig):
 
     stages: int = 2
     split: str = "tokens"
-    q_regs: bool = False
     sigmoid: str = "tanh"
     token_splits: int = 1
     consumer_regs: int = 240
@@ -79,15 +76,12 @@ class BwdDkvWsConfig(VariantConfig):
 
     #: fields added after configs of this variant were stored: a stored or imported config
     #: without them means these values (whose generated code is the code it was tuned with)
-    added_fields = {"split": "tokens", "q_regs": False}
+    added_fields = {"split": "tokens"}
 
     def __post_init__(self) -> None:
         where = f"{KERNEL} config: "
         choice(self.stages, where + "stages", tuple(range(2, 9)))
         choice(self.split, where + "split", tuple(ROW_TILE))
-        strict_bool(self.q_regs, where + "q_regs")
-        if self.q_regs and self.split != "rows":
-            raise ValueError(where + "q_regs needs split='rows'")
         choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
         positive_int(self.token_splits, where + "token_splits", 1024)
         choice(self.consumer_regs, where + "consumer_regs", range(24, 257, 8))
@@ -111,8 +105,6 @@ class BwdDkvWsConfig(VariantConfig):
         text = f"s{self.stages} regs {self.producer_regs}/{self.consumer_regs}"
         if self.split != "tokens":
             text += f" {self.split}"
-        if self.q_regs:
-            text += " qregs"
         if self.token_splits > 1:
             text += f" ts{self.token_splits}"
         return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
@@ -147,16 +139,16 @@ def consumer_registers(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConfig:
     """The split and ring depth measured best on an H200 (docs/PERFORMANCE.md): at
-    D = 128 'rows' with 3 slots (1.33x 'tokens' with the 2 slots that fit it) and q in
-    registers, at D = 64 'tokens' with 3; tanh; token splits only where the weight tiles
-    fill fewer than two waves of programs."""
+    D = 128 'rows' with 3 slots (1.33x 'tokens' with the 2 slots that fit it), at D = 64
+    'tokens' with 3; tanh; token splits only where the weight tiles fill fewer than two
+    waves of programs."""
     split = "tokens" if spec.head_dim <= 64 else "rows"
     programs = spec.kv_heads * spec.intermediate // BLOCK_N
     blocks = spec.group * cdiv(max(1, tokens), ROW_TILE[split])
     splits = 1
     if programs < 2 * sm_count:
         splits = max(1, min(cdiv(2 * sm_count, programs), blocks // 4))
-    return BwdDkvWsConfig(stages=3, split=split, q_regs=split == "rows", token_splits=splits)
+    return BwdDkvWsConfig(stages=3, split=split, token_splits=splits)
 
 
 def static_params(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
@@ -165,8 +157,6 @@ def static_params(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
     params = {"sigmoid": config.sigmoid, "token_split": config.token_splits > 1}
     if config.split == "rows":
         params["rows_split"] = True
-    if config.q_regs:
-        params["q_regs"] = True
     return params
 
 
