@@ -27,6 +27,34 @@ def compile_report(stem: str, spec, config) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+_GLUON = """
+import dataclasses, importlib, json, sys
+from mhfgen.spec import KernelSpec
+module = importlib.import_module(sys.argv[1])
+spec = KernelSpec(**json.loads(sys.argv[2]))
+config = getattr(module, sys.argv[3])(**json.loads(sys.argv[4]))
+print(json.dumps(dataclasses.asdict(module.compile_sm90(spec, config))))
+"""
+
+
+def gluon_report(module, spec, config):
+    """`module.compile_sm90(spec, config)` (a Gluon kernel module's CompileReport), run in
+    a fresh process with TRITON_INTERPRET=0: in a process whose interpreter runs have
+    patched Triton's modules, a Gluon compile can see its descriptors as plain values."""
+    import dataclasses
+
+    from mhfgen.kernels.sm90 import CompileReport
+
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    args = [sys.executable, "-c", _GLUON, module.__name__, json.dumps(dataclasses.asdict(spec)),
+            type(config).__name__, config.to_json()]
+    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    if out.returncode:
+        raise AssertionError(f"sm90 compile of {module.__name__} {config.describe()} failed:\n"
+                             f"{out.stderr[-3000:]}")
+    return CompileReport(**json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 def _main(stem: str, spec_json: str, config_json: str) -> None:
     import triton
     from triton.backends.compiler import GPUTarget
