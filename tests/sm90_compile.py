@@ -15,16 +15,8 @@ from pathlib import Path
 def compile_report(stem: str, spec, config) -> dict:
     """{'shared': bytes, 'wgmma': n, 'tma_loads': n, 'tma_reduces': n} of the kernel of
     (stem, spec, config), compiled in a subprocess."""
-    import dataclasses
-
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    args = [sys.executable, str(Path(__file__).resolve()), stem,
-            json.dumps(dataclasses.asdict(spec)), config.to_json()]
-    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
-    if out.returncode:
-        raise AssertionError(f"sm90 compile of {stem} {config.describe()} failed:\n"
-                             f"{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _in_subprocess([str(Path(__file__).resolve()), stem, _spec_json(spec),
+                           config.to_json()], f"{stem} {config.describe()}")
 
 
 _GLUON = """
@@ -41,18 +33,28 @@ def gluon_report(module, spec, config):
     """`module.compile_sm90(spec, config)` (a Gluon kernel module's CompileReport), run in
     a fresh process with TRITON_INTERPRET=0: in a process whose interpreter runs have
     patched Triton's modules, a Gluon compile can see its descriptors as plain values."""
-    import dataclasses
-
     from mhfgen.kernels.sm90 import CompileReport
 
+    report = _in_subprocess(["-c", _GLUON, module.__name__, _spec_json(spec),
+                             type(config).__name__, config.to_json()],
+                            f"{module.__name__} {config.describe()}")
+    return CompileReport(**report)
+
+
+def _spec_json(spec) -> str:
+    import dataclasses
+
+    return json.dumps(dataclasses.asdict(spec))
+
+
+def _in_subprocess(args: list, what: str) -> dict:
+    """The JSON object printed last by `python ARGS` run with TRITON_INTERPRET=0."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    args = [sys.executable, "-c", _GLUON, module.__name__, json.dumps(dataclasses.asdict(spec)),
-            type(config).__name__, config.to_json()]
-    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                         timeout=600)
     if out.returncode:
-        raise AssertionError(f"sm90 compile of {module.__name__} {config.describe()} failed:\n"
-                             f"{out.stderr[-3000:]}")
-    return CompileReport(**json.loads(out.stdout.strip().splitlines()[-1]))
+        raise AssertionError(f"sm90 compile of {what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _main(stem: str, spec_json: str, config_json: str) -> None:
