@@ -45,6 +45,10 @@ VERIFY_CONFIGS = {
     "regs 40/232": BwdDkvWsConfig(producer_regs=40, consumer_regs=232),
     "rows s4": BwdDkvWsConfig(split="rows", stages=4),
     "rows s2 ts2 exp": BwdDkvWsConfig(split="rows", token_splits=2, sigmoid="exp"),
+    "rows s3 joint": BwdDkvWsConfig(split="rows", stages=3, joint_scores=True),
+    "s3 joint": BwdDkvWsConfig(stages=3, joint_scores=True),
+    "rows s2 ts2 exp joint": BwdDkvWsConfig(split="rows", token_splits=2, sigmoid="exp",
+                                            joint_scores=True),
 }
 SPEED_SHAPES = {"1.3B": (16, 16, 128, 22, 256), "370M": (8, 8, 128, 11, 256),
                 "H16D64": (16, 16, 64, 11, 256), "1.3B-gqa4": (16, 4, 128, 22, 256)}
@@ -85,18 +89,22 @@ def sweep_configs(name):
         out += [BwdDkvWsConfig(token_splits=2)]
     if name == "H16D64":
         out += [BwdDkvWsConfig(stages=3), BwdDkvWsConfig(stages=4)]
+        out += [BwdDkvWsConfig(stages=s, joint_scores=True) for s in (3, 4)]
+    else:
+        out += [by_rows(stages=s, joint_scores=True) for s in (3, 4)]
     if name == "370M":
         out += [BwdDkvWsConfig(token_splits=2), BwdDkvWsConfig(sigmoid="exp")]
     return out
 
 
 def chosen_configs(name, wanted):
-    """The sweep of shape `name`, or the configs among it (and the verify configs) whose
-    describe() is in `wanted`."""
+    """The sweep of shape `name`, or the configs among every shape's sweep (and the verify
+    configs) whose describe() is in `wanted`."""
     configs = sweep_configs(name)
     if not wanted:
         return configs
-    known = {c.describe(): c for c in [*configs, *VERIFY_CONFIGS.values()]}
+    every = [c for shape in SPEED_SHAPES for c in sweep_configs(shape)]
+    known = {c.describe(): c for c in [*every, *VERIFY_CONFIGS.values()]}
     missing = [w for w in wanted if w not in known]
     if missing:
         raise SystemExit(f"unknown configs {missing}; known: {sorted(known)}")

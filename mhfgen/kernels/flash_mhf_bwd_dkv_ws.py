@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import codegen
-from ..config_fields import choice, positive_int
+from ..config_fields import choice, positive_int, strict_bool
 from ..registry import VariantConfig
 from ..spec import KernelSpec
 from ..tiling import cdiv
@@ -58,6 +58,9 @@ class BwdDkvWsConfig(VariantConfig):
     stages:        slots of the q/dO ring (each 2 * block_m * D * 2 bytes).
     split:         how the two consumers share a row tile's scores: 'tokens' (128-token
                    tiles, 64 tokens each) or 'rows' (64-token tiles, 32 weight rows each).
+    joint_scores:  S and A by one wgmma chain of twice the width, [S | A] = q [K; U]^T
+                   (K and U rows stacked in one shared tile): q is read from shared
+                   memory once for both, not twice.
     sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
     token_splits:  programs per weight tile, each a share of the token blocks; their
                    partial sums meet by fp32 atomics (never in deterministic runs).
@@ -69,6 +72,7 @@ class BwdDkvWsConfig(VariantConfig):
 
     stages: int = 2
     split: str = "tokens"
+    joint_scores: bool = False
     sigmoid: str = "tanh"
     token_splits: int = 1
     consumer_regs: int = 240
@@ -76,12 +80,13 @@ class BwdDkvWsConfig(VariantConfig):
 
     #: fields added after configs of this variant were stored: a stored or imported config
     #: without them means these values (whose generated code is the code it was tuned with)
-    added_fields = {"split": "tokens"}
+    added_fields = {"split": "tokens", "joint_scores": False}
 
     def __post_init__(self) -> None:
         where = f"{KERNEL} config: "
         choice(self.stages, where + "stages", tuple(range(2, 9)))
         choice(self.split, where + "split", tuple(ROW_TILE))
+        strict_bool(self.joint_scores, where + "joint_scores")
         choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
         positive_int(self.token_splits, where + "token_splits", 1024)
         choice(self.consumer_regs, where + "consumer_regs", range(24, 257, 8))
@@ -105,6 +110,8 @@ class BwdDkvWsConfig(VariantConfig):
         text = f"s{self.stages} regs {self.producer_regs}/{self.consumer_regs}"
         if self.split != "tokens":
             text += f" {self.split}"
+        if self.joint_scores:
+            text += " joint"
         if self.token_splits > 1:
             text += f" ts{self.token_splits}"
         return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
@@ -152,11 +159,14 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConf
 
 
 def static_params(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
-    """sigmoid, token_split, and rows_split only where set: the 'tokens' split renders
-    the code it rendered before the knob existed, so its stored winners stay current."""
+    """sigmoid, token_split, and rows_split and joint_scores only where set: a config
+    without them renders the code it rendered before those knobs existed, so its stored
+    winners stay current."""
     params = {"sigmoid": config.sigmoid, "token_split": config.token_splits > 1}
     if config.split == "rows":
         params["rows_split"] = True
+    if config.joint_scores:
+        params["joint_scores"] = True
     return params
 
 
