@@ -1,10 +1,12 @@
 """The Gluon dQ/dR backward (flash_mhf_bwd_dq_ws) on an H100/H200: correctness, then speed.
 
     python3 benchmarks/bwd_dq_ws_check.py [--budget 300] [--shapes 1.3B,370M,...]
+        [--verify-configs 'default,joint']
 
 1. verify: dq and dr against float64 (relative Frobenius error, the bar of
    mhfgen.tolerances) in bf16 and fp16 on the shapes of bwd_dkv_ws_check.py (the 1.3B
-   slice, L = 1, L = 37 with Hkv < H, E = 1 at D = 64, Hkv < H at D = 64), two configs.
+   slice, L = 1, L = 37 with Hkv < H, E = 1 at D = 64, Hkv < H at D = 64), four configs
+   (two with joint scores).
 2. speed at 16384 tokens in bf16: a config sweep beside the Triton-language dQ/dR kernel
    and the Gluon dK/dU/dV kernel (its stored winner), the backward and the forward as
    dispatched, in one process.
@@ -32,21 +34,24 @@ from hangs import attempt, finish, run_watched  # benchmarks/hangs.py, beside th
 
 GRADS = ("dq", "dr")
 VERIFY_CONFIGS = {"default": None, "s2 exp regs 40/232": BwdDqWsConfig(
-    stages=2, sigmoid="exp", producer_regs=40, consumer_regs=232)}
+    stages=2, sigmoid="exp", producer_regs=40, consumer_regs=232),
+    "joint": BwdDqWsConfig(joint_scores=True),
+    "s2 exp joint": BwdDqWsConfig(stages=2, sigmoid="exp", joint_scores=True)}
 
 
 def errors(out, ref) -> float:
     return max(relative_error(o, ref[g]) for g, o in zip(GRADS, out))
 
 
-def verify(rows) -> bool:
+def verify(rows, names=tuple(VERIFY_CONFIGS)) -> bool:
     ok = True
     for dtype in (torch.bfloat16, torch.float16):
         bar = tolerance(dtype, grad=True)
         for case in VERIFY_CASES:
             inputs = make_inputs(case, dtype, "cuda", seed=1)
             ref = reference_outputs(*inputs)
-            for name, config in VERIFY_CONFIGS.items():
+            for name in names:
+                config = VERIFY_CONFIGS[name]
                 def check(config=config):
                     err = errors(finish(lambda: flash_mhf_bwd_dq_ws(*inputs, config=config)), ref)
                     return f"{err:.2e}", "ok" if err <= bar else "FAIL"
@@ -57,8 +62,9 @@ def verify(rows) -> bool:
 
 def sweep_configs(name):
     if name == "H16D64":
-        return [BwdDqWsConfig(stages=s) for s in (3, 4, 6)] + [BwdDqWsConfig(sigmoid="exp")]
-    out = [BwdDqWsConfig(), BwdDqWsConfig(stages=2)]
+        return ([BwdDqWsConfig(stages=s) for s in (3, 4, 6)] + [BwdDqWsConfig(sigmoid="exp")]
+                + [BwdDqWsConfig(stages=s, joint_scores=True) for s in (4, 6)])
+    out = [BwdDqWsConfig(), BwdDqWsConfig(stages=2), BwdDqWsConfig(joint_scores=True)]
     if name == "1.3B":
         out += [BwdDqWsConfig(sigmoid="exp"), BwdDqWsConfig(producer_regs=40, consumer_regs=232)]
     return out
@@ -104,10 +110,16 @@ def main():
     parser.add_argument("--budget", type=float, default=300, help="seconds before the watchdog")
     parser.add_argument("--shapes", default="1.3B,370M,H16D64,1.3B-gqa4",
                         help="speed shapes ('' for none)")
+    parser.add_argument("--verify-configs", default=",".join(VERIFY_CONFIGS),
+                        help="names of the configs to verify (default: all)")
     args = parser.parse_args()
+    names = [n for n in args.verify_configs.split(",") if n]
+    unknown = [n for n in names if n not in VERIFY_CONFIGS]
+    if unknown:
+        parser.error(f"unknown verify configs {unknown}; known: {list(VERIFY_CONFIGS)}")
 
     def steps(rows):
-        good = verify(rows)
+        good = verify(rows, names)
         if good:
             speed(rows, [s for s in args.shapes.split(",") if s])
         return good

@@ -24,7 +24,7 @@ STEM = "flash_mhf_bwd_dkv_ws"
 
 @pytest.mark.parametrize("field,value", [
     ("stages", 1), ("stages", 9), ("split", "cols"), ("sigmoid", "erf"), ("token_splits", 0),
-    ("consumer_regs", 100), ("producer_regs", 20),
+    ("consumer_regs", 100), ("producer_regs", 20), ("joint_scores", 1),
 ])
 def test_bad_config_fields_are_value_errors(field, value):
     with pytest.raises(ValueError, match=field):
@@ -39,6 +39,9 @@ def test_config_round_trips_through_json_and_describes_itself():
     assert config.describe() == "s3 regs 40/232 ts2 exp"
     assert ws.BwdDkvWsConfig().describe() == "s2 regs 24/240"
     assert ws.BwdDkvWsConfig(split="rows", stages=4).describe() == "s4 regs 24/240 rows"
+    joint = ws.BwdDkvWsConfig(split="rows", stages=3, joint_scores=True)
+    assert joint.describe() == "s3 regs 24/240 rows joint"
+    assert variant.config_from_dict(json.loads(joint.to_json())) == joint
 
 
 def test_a_stored_config_from_before_the_split_knob_reads_as_the_tokens_split():
@@ -46,6 +49,7 @@ def test_a_stored_config_from_before_the_split_knob_reads_as_the_tokens_split():
               "producer_regs": 24}
     config = registry.get(STEM).config_from_dict(stored)
     assert config == ws.BwdDkvWsConfig() and config.split == "tokens"
+    assert not config.joint_scores
 
 
 def test_the_tokens_split_renders_the_code_it_rendered_before_the_knob():
@@ -56,6 +60,21 @@ def test_the_tokens_split_renders_the_code_it_rendered_before_the_knob():
     assert "rows_split" not in render(STEM, SPEC_13B, tokens)
     rows = render(STEM, SPEC_13B, ws.BwdDkvWsConfig(split="rows"))
     assert "rows_split" in rows and "def _weight" in rows
+
+
+@pytest.mark.parametrize("split", ["tokens", "rows"])
+def test_joint_scores_changes_the_code_only_where_it_is_set(split):
+    """Without joint_scores a config adds no static parameter and renders one wgmma chain
+    per score product (its stored winners keep their code hashes); with it, K and U share
+    one shared tile and [S | A] is split in registers."""
+    plain = ws.BwdDkvWsConfig(split=split)
+    joint = dataclasses.replace(plain, joint_scores=True)
+    assert "joint_scores" not in ws.static_params(SPEC_13B, plain)
+    assert ws.static_params(SPEC_13B, joint)["joint_scores"] is True
+    plain_code, joint_code = render(STEM, SPEC_13B, plain), render(STEM, SPEC_13B, joint)
+    assert "ku_smem" not in plain_code and "_split_scores" not in plain_code
+    assert "ku_smem" in joint_code and "def _split_scores" in joint_code
+    assert ws.shared_memory(SPEC_13B, joint) == ws.shared_memory(SPEC_13B, plain)
 
 
 def test_resources_rule_out_what_cannot_fit():
@@ -83,7 +102,9 @@ def test_heuristic_fits_and_splits_only_few_weight_tiles():
         assert registry.get(STEM).prune_reason(spec, config, 16384, 132) is None
     assert ws.default_config(SPEC_13B, 16384, 132).token_splits == 1  # 1408 programs
     assert ws.default_config(SPEC_13B, 16384, 132).split == "rows"
+    assert ws.default_config(SPEC_13B, 16384, 132).joint_scores
     assert ws.default_config(SPEC_D64_GQA, 16384, 132).split == "tokens"
+    assert not ws.default_config(SPEC_D64_GQA, 16384, 132).joint_scores
     assert ws.default_config(SPEC_D64_GQA, 16384, 132).stages == 3
     small = ws.default_config(SPEC_E1, 16384, 132)  # 32 weight tiles: split the tokens
     assert small.token_splits > 1
@@ -147,6 +168,12 @@ COMPILE_CASES = [
     (SPEC_D64_GQA, ws.BwdDkvWsConfig(split="rows", stages=8)),
     (SPEC_L37_GQA, ws.BwdDkvWsConfig(split="rows", stages=4, producer_regs=40,
                                      consumer_regs=232)),
+    (SPEC_13B, ws.BwdDkvWsConfig(split="rows", stages=3, joint_scores=True)),
+    (SPEC_13B, ws.BwdDkvWsConfig(split="rows", stages=4, sigmoid="exp", token_splits=2,
+                                 joint_scores=True)),
+    (SPEC_D64_GQA, ws.BwdDkvWsConfig(stages=3, joint_scores=True)),
+    (SPEC_E1, ws.BwdDkvWsConfig(split="rows", stages=6, joint_scores=True)),
+    (SPEC_L37_GQA, ws.BwdDkvWsConfig(joint_scores=True)),
 ]
 
 
@@ -156,11 +183,13 @@ def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     report = gluon_report(ws, spec, config)
     estimate = ws.shared_memory(spec, config)
     assert report.shared <= estimate <= report.shared + 1024
-    # per consumer: 3 score products x 2 head_dim halves (K = D / 2: D / 32 instructions
-    # each), issued before and in the loop, and the accumulating wgmma (K = 64 tokens: 4
-    # instructions each): 6 for 'tokens' (two 64-token blocks), 3 for 'rows'
+    # per consumer: 3 score products (2 with joint_scores: [S | A] and dP) x 2 head_dim
+    # halves (K = D / 2: D / 32 instructions each), issued before and in the loop, and the
+    # accumulating wgmma (K = 64 tokens: 4 instructions each): 6 for 'tokens' (two
+    # 64-token blocks), 3 for 'rows'
     accumulating = 6 if config.split == "tokens" else 3
-    assert report.wgmma == 2 * (2 * 6 * (spec.head_dim // 32) + accumulating * 4)
+    chains = 4 if config.joint_scores else 6
+    assert report.wgmma == 2 * (2 * chains * (spec.head_dim // 32) + accumulating * 4)
     if config.split == "tokens":
         assert report.tma_loads == 6 + 8  # K/U/V halves once, then q/dO per tile
     else:

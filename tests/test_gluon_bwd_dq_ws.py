@@ -22,7 +22,7 @@ STEM = "flash_mhf_bwd_dq_ws"
 
 @pytest.mark.parametrize("field,value", [
     ("stages", 1), ("stages", 7), ("sigmoid", "erf"), ("consumer_regs", 100),
-    ("producer_regs", 20),
+    ("producer_regs", 20), ("joint_scores", "yes"),
 ])
 def test_bad_config_fields_are_value_errors(field, value):
     with pytest.raises(ValueError, match=field):
@@ -34,6 +34,25 @@ def test_config_round_trips_through_json_and_describes_itself():
     assert registry.get(STEM).config_from_dict(json.loads(config.to_json())) == config
     assert config.describe() == "s5 regs 40/232 exp"
     assert ws.BwdDqWsConfig().describe() == "s3 regs 24/240"
+    joint = ws.BwdDqWsConfig(joint_scores=True, sigmoid="exp")
+    assert joint.describe() == "s3 regs 24/240 joint exp"
+    assert registry.get(STEM).config_from_dict(json.loads(joint.to_json())) == joint
+
+
+def test_a_stored_config_from_before_the_joint_knob_reads_without_it():
+    stored = {"stages": 3, "sigmoid": "tanh", "consumer_regs": 240, "producer_regs": 24}
+    assert registry.get(STEM).config_from_dict(stored) == ws.BwdDqWsConfig()
+
+
+def test_joint_scores_changes_the_code_only_where_it_is_set():
+    """Without the knob no static parameter is added (stored winners keep their code
+    hashes); with it, K and U share one ring tile and [S | A] is split in registers."""
+    plain, joint = ws.BwdDqWsConfig(), ws.BwdDqWsConfig(joint_scores=True)
+    assert "joint_scores" not in ws.static_params(SPEC_13B, plain)
+    plain_code, joint_code = render(STEM, SPEC_13B, plain), render(STEM, SPEC_13B, joint)
+    assert "ku_smem" not in plain_code and "_split_scores" not in plain_code
+    assert "ku_smem" in joint_code and "def _split_scores" in joint_code
+    assert ws.shared_memory(SPEC_13B, joint) == ws.shared_memory(SPEC_13B, plain)
 
 
 def test_resources_rule_out_what_cannot_fit():
@@ -72,6 +91,9 @@ COMPILE_CASES = [
     (SPEC_D64_GQA, ws.BwdDqWsConfig(stages=4)),
     (SPEC_L37_GQA, ws.BwdDqWsConfig()),
     (SPEC_E1, ws.BwdDqWsConfig(stages=6, sigmoid="exp")),
+    (SPEC_13B, ws.BwdDqWsConfig(joint_scores=True)),
+    (SPEC_D64_GQA, ws.BwdDqWsConfig(stages=4, joint_scores=True, sigmoid="exp")),
+    (SPEC_L37_GQA, ws.BwdDqWsConfig(stages=2, joint_scores=True)),
 ]
 
 
@@ -82,7 +104,9 @@ def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     estimate = ws.shared_memory(spec, config)
     assert report.shared <= estimate <= report.shared + 1024
     assert report.spill_bytes == 0
-    # per consumer: S, A, dP (K = D: D / 16 instructions each) and dq's two (K = 64: 4)
-    assert report.wgmma == 2 * (3 * spec.head_dim // 16 + 2 * 4)
+    # per consumer: S, A, dP (K = D: D / 16 instructions each; [S | A] one chain with
+    # joint_scores) and dq's two (K = 64: 4)
+    chains = 2 if config.joint_scores else 3
+    assert report.wgmma == 2 * (chains * spec.head_dim // 16 + 2 * 4)
     # q and dO of both consumers, K/U/V per tile; a (64, 128) box is two TMA copies
     assert report.tma_loads == 7 * (spec.head_dim // 64)

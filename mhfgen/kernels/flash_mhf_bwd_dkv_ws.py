@@ -146,16 +146,18 @@ def consumer_registers(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConfig:
     """The split and ring depth measured best on an H200 (docs/PERFORMANCE.md): at
-    D = 128 'rows' with 3 slots (1.33x 'tokens' with the 2 slots that fit it), at D = 64
-    'tokens' with 3; tanh; token splits only where the weight tiles fill fewer than two
-    waves of programs."""
+    D = 128 'rows' with 3 slots (1.33x 'tokens' with the 2 slots that fit it) and joint
+    scores (1.05-1.07x without), at D = 64 'tokens' with 3 and separate scores (joint is
+    1.16x slower there); tanh; token splits only where the weight tiles fill fewer than
+    two waves of programs."""
     split = "tokens" if spec.head_dim <= 64 else "rows"
     programs = spec.kv_heads * spec.intermediate // BLOCK_N
     blocks = spec.group * cdiv(max(1, tokens), ROW_TILE[split])
     splits = 1
     if programs < 2 * sm_count:
         splits = max(1, min(cdiv(2 * sm_count, programs), blocks // 4))
-    return BwdDkvWsConfig(stages=3, split=split, token_splits=splits)
+    return BwdDkvWsConfig(stages=3, split=split, token_splits=splits,
+                          joint_scores=split == "rows")
 
 
 def static_params(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:

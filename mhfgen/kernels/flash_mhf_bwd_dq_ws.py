@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import codegen
-from ..config_fields import choice
+from ..config_fields import choice, strict_bool
 from ..registry import VariantConfig
 from ..spec import KernelSpec
 from ..tiling import cdiv
@@ -42,6 +42,9 @@ class BwdDqWsConfig(VariantConfig):
 
     stages:        slots of the K/U/V ring (each 3 * 64 * D * 2 bytes).
     sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
+    joint_scores:  S and A by one wgmma of twice the width, [S | A] = q [K; U]^T (K and U
+                   of a weight tile stacked in one ring tile): q is read from shared
+                   memory once for both, not twice.
     consumer_regs, producer_regs: registers per thread of the second consumer warpgroup
                    and of the producer (setmaxnreg); the first consumer gets what is left.
     """
@@ -50,13 +53,19 @@ class BwdDqWsConfig(VariantConfig):
 
     stages: int = 3
     sigmoid: str = "tanh"
+    joint_scores: bool = False
     consumer_regs: int = 240
     producer_regs: int = 24
+
+    #: fields added after configs of this variant were stored: a stored or imported config
+    #: without them means these values (whose generated code is the code it was tuned with)
+    added_fields = {"joint_scores": False}
 
     def __post_init__(self) -> None:
         where = f"{KERNEL} config: "
         choice(self.stages, where + "stages", (2, 3, 4, 5, 6))
         choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
+        strict_bool(self.joint_scores, where + "joint_scores")
         choice(self.consumer_regs, where + "consumer_regs", range(24, 257, 8))
         choice(self.producer_regs, where + "producer_regs", range(24, 257, 8))
 
@@ -70,6 +79,7 @@ class BwdDqWsConfig(VariantConfig):
 
     def describe(self) -> str:
         text = f"s{self.stages} regs {self.producer_regs}/{self.consumer_regs}"
+        text += " joint" if self.joint_scores else ""
         return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
 
 
@@ -103,7 +113,12 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDqWsConfi
 
 
 def static_params(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
-    return {"sigmoid": config.sigmoid}
+    """sigmoid, and joint_scores only where set: a config without it renders the code it
+    rendered before the knob existed, so its stored winners stay current."""
+    params = {"sigmoid": config.sigmoid}
+    if config.joint_scores:
+        params["joint_scores"] = True
+    return params
 
 
 def load_kernel(spec: KernelSpec, config: BwdDqWsConfig):
