@@ -70,6 +70,7 @@ def test_resources_rule_out_what_cannot_fit():
 def test_heuristic_takes_the_deepest_ring_that_fits():
     assert ws.default_config(SPEC_13B, 16384, 132).stages == 3
     assert ws.default_config(SPEC_D64_GQA, 16384, 132).stages == 4
+    assert ws.default_config(SPEC_13B, 16384, 132).joint_scores
     for spec in (SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1):
         config = ws.default_config(spec, 16384, 132)
         assert registry.get(STEM).prune_reason(spec, config, 16384, 132) is None
