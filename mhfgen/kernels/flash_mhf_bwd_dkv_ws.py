@@ -19,7 +19,10 @@ dK += dS^T q, dU += dA^T q over the tile's tokens. A warpgroup so holds three
 (64 x D / 2) fp32 accumulators (96 registers a thread at D = 128) and three score tiles
 (96 or 48), where one warpgroup holding whole (64 x D) accumulators would need 288. A
 one-warp producer loads K, U, V once and q, dO per tile by TMA into a ring of `stages`
-slots.
+slots. With `joint_scores` it loads a block of K and the same block of U into the two
+halves of one shared tile, and S and A come from one wgmma chain, [S | A] = q [K; U]^T, that
+reads q once instead of twice (the 'rows' split's N = 32 score MMAs are bound by shared-
+memory reads; docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ recomputing S, A and dP per tile and accumulating dq (64 x D, fp32) in registers
 per expert; a one-warp producer loads q and dO once and K, U, V per tile by TMA into a
 ring of `stages` slots that both consumers read. It is the forward's structure with two
 more MMAs per tile, and like the forward it writes every output once, with no atomics.
+With `joint_scores` a ring slot holds K over U in one (128, D) tile and S and A come from
+one wgmma of twice the width, [S | A] = q [K; U]^T, reading q once instead of twice.
 """
 from __future__ import annotations
 
