@@ -1,14 +1,17 @@
 """The Gluon forward (flash_mhf_fwd_ws) on an H100/H200: correctness, then speed, one run.
 
     python3 benchmarks/gluon_fwd_check.py [--quick] [--only SUBSTR ...]
+        [--shapes 1.3B,370M] [--configs 'BN64 s4 2x4w regs 24/240 joint,...']
 
 1. verify: flash_mhf_fwd_ws against the float64 reference (relative Frobenius error, the
    bar of mhfgen.tolerances) in bf16 and fp16 on odd shapes (L = 1, L = 37, D = 96 with
    De = 80, E = 1, Hkv < H, strided q) for every schedule family (1 x 8-warp consumer,
-   2 x 4-warp consumers, ping-pong, kv-group sharing, exp sigmoid, 3 stages).
+   2 x 4-warp consumers, ping-pong, kv-group sharing, exp sigmoid, 3 stages, and joint
+   score MMAs with three of them).
 2. speed: TFLOP/s (6 * tokens * H * I * D over the median of do_bench) at 16384 tokens in
    bf16 on the 1.3B, 370M, (H16, D64) and 128M (D = 96) shapes over a sweep of configs
-   (the whole sweep on 1.3B, the --quick one on the others),
+   (the whole sweep on 1.3B, the --quick one on the others; or the configs --configs
+   names by their describe() strings, on every shape they fit),
    beside mhfgen's Triton-language forward (as dispatched) and a SwiGLU FFN of equal FLOPs
    (cuBLAS), in the same process.
 Every first launch is watched for a hang (mbarrier deadlock): a hang ends the run, printing
@@ -17,6 +20,7 @@ what was measured. The tables are printed last.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import traceback
 
@@ -38,7 +42,12 @@ PP = WsConfig(consumers=2, consumer_warps=4, pingpong=True)
 GQA = WsConfig(consumers=2, consumer_warps=4, group_heads=2)
 EXP = WsConfig(consumers=1, consumer_warps=8, sigmoid="exp")
 S3 = WsConfig(consumers=1, consumer_warps=8, stages=3)
-VERIFY_CONFIGS = {"1x8w": C1, "2x4w": C2, "pingpong": PP, "gqa2": GQA, "exp": EXP, "s3": S3}
+VERIFY_CONFIGS = {"1x8w": C1, "2x4w": C2, "pingpong": PP, "gqa2": GQA, "exp": EXP, "s3": S3,
+                  "2x4w-joint": WsConfig(consumers=2, consumer_warps=4, joint_scores=True),
+                  "pingpong-joint": WsConfig(consumers=2, consumer_warps=4, pingpong=True,
+                                             joint_scores=True),
+                  "gqa2-exp-joint": WsConfig(consumers=2, consumer_warps=4, group_heads=2,
+                                             sigmoid="exp", joint_scores=True)}
 
 VERIFY_CASES = [
     Case("1.3B-slice", 2, 300, 16, 16, 128, 22, 256),
@@ -66,12 +75,27 @@ def sweep_configs(quick: bool) -> dict[str, WsConfig]:
                     for sigmoid in ("tanh", "exp"):
                         if quick and (stages > 4 or sigmoid == "exp" or block_n == 32):
                             continue
-                        c = WsConfig(block_n=block_n, stages=stages, consumers=consumers,
-                                     consumer_warps=warps, pingpong=pingpong, sigmoid=sigmoid)
-                        name = (f"{consumers}x{warps}w-bn{block_n}-s{stages}"
-                                f"{'-pp' if pingpong else ''}-{sigmoid}")
-                        out[name] = c
+                        for joint in (False, True):
+                            c = WsConfig(block_n=block_n, stages=stages, consumers=consumers,
+                                         consumer_warps=warps, pingpong=pingpong,
+                                         sigmoid=sigmoid, joint_scores=joint)
+                            name = (f"{consumers}x{warps}w-bn{block_n}-s{stages}"
+                                    f"{'-pp' if pingpong else ''}-{sigmoid}"
+                                    f"{'-joint' if joint else ''}")
+                            out[name] = c
     return out
+
+
+def named_configs(wanted) -> dict[str, WsConfig]:
+    """The configs whose describe() is in `wanted`, from the whole sweep and its
+    persistent twins."""
+    every = list(sweep_configs(False).values())
+    every += [dataclasses.replace(c, persistent=True) for c in every]
+    known = {c.describe(): c for c in every}
+    missing = [w for w in wanted if w not in known]
+    if missing:
+        raise SystemExit(f"unknown configs {missing}")
+    return {w: known[w] for w in wanted}
 
 
 def spec_of(H, Hkv, D, E, De, dtype):
@@ -116,9 +140,11 @@ def bench_ms(fn):
     return do_bench(fn, warmup=25, rep=150, return_mode="median")
 
 
-def speed(rows, quick, only, tokens=16384):
-    for sname, (H, Hkv, D, E, De) in SHAPES.items():
-        configs = sweep_configs(quick or sname != "1.3B")  # the whole sweep on 1.3B only
+def speed(rows, quick, only, tokens=16384, shapes=tuple(SHAPES), wanted=()):
+    for sname in shapes:
+        H, Hkv, D, E, De = SHAPES[sname]
+        # the whole sweep on 1.3B only
+        configs = named_configs(wanted) if wanted else sweep_configs(quick or sname != "1.3B")
         case = Case(sname, tokens // 2048, 2048, H, Hkv, D, E, De)
         q, k, u, v, r, _ = make_inputs(case, torch.bfloat16, "cuda", seed=2)
         flops = 6.0 * tokens * H * E * De * D
@@ -138,7 +164,7 @@ def speed(rows, quick, only, tokens=16384):
         spec = spec_of(H, Hkv, D, E, De, "bfloat16")
         print(f"{sname}: baselines done", flush=True)
         for cname, config in configs.items():
-            if only and not any(o in cname for o in only):
+            if only and not wanted and not any(o in cname for o in only):
                 continue
             if config_problems(spec, config):
                 continue
@@ -177,12 +203,21 @@ def main():
     parser.add_argument("--skip-verify", action="store_true")
     parser.add_argument("--budget", type=float, default=420, help="seconds before the watchdog")
     parser.add_argument("--only", nargs="*", default=[], help="config name substrings")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="speed shapes")
+    parser.add_argument("--configs", default="",
+                        help="describe() strings of the configs to time (default: the sweep)")
     args = parser.parse_args()
+    shapes = [s for s in args.shapes.split(",") if s]
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        parser.error(f"unknown shapes {unknown}; known: {list(SHAPES)}")
+    wanted = [c for c in args.configs.split(",") if c]
+    named_configs(wanted)  # unknown names fail before the GPU work
 
     def steps(rows):
         if not args.skip_verify:
             verify(rows, args.only)
-        speed(rows, args.quick, args.only)
+        speed(rows, args.quick, args.only, shapes=shapes, wanted=wanted)
 
     run_watched(steps, args.budget, report=print_rows)
 

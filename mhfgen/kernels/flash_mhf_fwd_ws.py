@@ -55,6 +55,9 @@ class WsConfig(VariantConfig):
     sigmoid:        'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
     persistent:     one program per SM walking the work tiles, instead of one per tile
                     (the same code; only the grid differs).
+    joint_scores:   S and G by one wgmma chain of twice the width, [S | G] = q [K; U]^T
+                    (K and U of a weight tile stacked in one ring tile): q is read from
+                    shared memory once for both, not twice (block_n <= 128).
     producer_regs, consumer_regs: registers per thread of the producer and of the second
                     consumer partition (setmaxnreg); the first consumer gets what is left.
     """
@@ -69,8 +72,13 @@ class WsConfig(VariantConfig):
     pingpong: bool = False
     sigmoid: str = "tanh"
     persistent: bool = False
+    joint_scores: bool = False
     producer_regs: int = 24
     consumer_regs: int = 240
+
+    #: fields added after configs of this variant were stored: a stored or imported config
+    #: without them means these values (whose generated code is the code it was tuned with)
+    added_fields = {"joint_scores": False}
 
     def __post_init__(self) -> None:
         where = f"{KERNEL} config: "
@@ -81,6 +89,7 @@ class WsConfig(VariantConfig):
             choice(getattr(self, name), where + name, allowed)
         strict_bool(self.pingpong, where + "pingpong")
         strict_bool(self.persistent, where + "persistent")
+        strict_bool(self.joint_scores, where + "joint_scores")
         choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
         if self.consumers % self.group_heads:
             raise ValueError(f"WsConfig.group_heads={self.group_heads} must divide "
@@ -99,13 +108,15 @@ class WsConfig(VariantConfig):
 
     @classmethod
     def from_dict(cls, data: dict, partial: bool = False) -> "WsConfig":
-        """Every field must be present unless `partial` (missing ones take defaults);
-        unknown fields are an error."""
+        """Every field must be present unless `partial` (missing ones take defaults) or it
+        is one of `added_fields` (it then takes that value); unknown fields are an
+        error."""
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"WsConfig: unknown fields {sorted(unknown)}")
-        missing = [f.name for f in fields(cls) if f.name not in data]
+        missing = [f.name for f in fields(cls)
+                   if f.name not in data and f.name not in cls.added_fields]
         if missing and not partial:
             raise ValueError(f"WsConfig: missing fields {missing}")
         return cls(**data)
@@ -119,7 +130,8 @@ class WsConfig(VariantConfig):
     def describe(self) -> str:
         text = (f"BN{self.block_n} s{self.stages} {self.consumers}x{self.consumer_warps}w "
                 f"regs {self.producer_regs}/{self.consumer_regs}")
-        for flag, short in (("pingpong", "pingpong"), ("persistent", "persistent")):
+        for flag, short in (("pingpong", "pingpong"), ("persistent", "persistent"),
+                            ("joint_scores", "joint")):
             if getattr(self, flag):
                 text += f" {short}"
         if self.group_heads > 1:
@@ -150,6 +162,9 @@ def config_problems(spec: KernelSpec, config: WsConfig) -> list[str]:
     problems = []
     if spec.group % config.group_heads:
         problems.append(f"group_heads={config.group_heads} must divide H/Hkv={spec.group}")
+    if config.joint_scores and config.block_n > 128:
+        problems.append(f"joint_scores needs block_n <= 128 (a wgmma is at most 256 wide); "
+                        f"block_n is {config.block_n}")
     if shared_memory(spec, config) > SM90_SHARED_MEMORY:
         problems.append(f"needs {shared_memory(spec, config)} bytes of shared memory "
                         f"(> {SM90_SHARED_MEMORY})")
@@ -198,10 +213,11 @@ def default_config(spec: KernelSpec, tokens: int) -> WsConfig:
     of one head (group_heads = 2, two heads of a kv group, is the tuner's to try).
     """
     for block_n, stages in ((64, 4), (64, 3), (32, 4), (32, 3)):
-        candidate = WsConfig(block_n=block_n, stages=stages, consumers=2, consumer_warps=4)
+        candidate = WsConfig(block_n=block_n, stages=stages, consumers=2, consumer_warps=4,
+                             joint_scores=True)
         if not config_problems(spec, candidate):
             return candidate
-    return WsConfig(block_n=16, stages=3, consumers=2, consumer_warps=4)
+    return WsConfig(block_n=16, stages=3, consumers=2, consumer_warps=4, joint_scores=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -217,7 +233,8 @@ def static_params(spec: KernelSpec, config: WsConfig) -> dict:
     return {"chunks": chunks, "even_de": spec.expert_dim % config.block_n == 0,
             "consumers": config.consumers,
             "group_heads": config.group_heads, "pingpong": config.pingpong,
-            "sigmoid": config.sigmoid, "persistent": config.persistent}
+            "sigmoid": config.sigmoid, "persistent": config.persistent,
+            **({"joint_scores": True} if config.joint_scores else {})}
 
 
 def template_hash() -> str:
