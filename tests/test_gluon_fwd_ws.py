@@ -28,6 +28,8 @@ FAMILIES = {
     # (with 4 stages at D = 128 ptxas spills 32-48 bytes in the persistent loop: the tuner
     # rejects candidates whose compiled binary spills)
     "persistent": ws.WsConfig(persistent=True, stages=3),
+    "joint": ws.WsConfig(joint_scores=True),
+    "joint-pingpong-kv-group": ws.WsConfig(joint_scores=True, pingpong=True, group_heads=2),
 }
 
 #: (H, Hkv, D, E, De): the presets, the odd shapes of the verify table, GQA, fp16
@@ -88,8 +90,10 @@ def test_gluon_compiles_for_sm90_without_spills(spec, family):
     assert report.shared <= ws.shared_memory(spec, config) <= ws.SM90_SHARED_MEMORY
     chunks = len(ws.head_dim_chunks(spec.head_dim, "chunks"))
     # per consumer: S and G of the first tile and of tile j+1 in the loop (D / 16 wgmma
-    # instructions each), and O += p V over each chunk (BLOCK_N / 16 each)
-    per_consumer = 4 * spec.head_dim // 16 + chunks * config.block_n // 16
+    # instructions each; [S | G] one chain with joint_scores), and O += p V over each
+    # chunk (BLOCK_N / 16 each)
+    scores = 2 if config.joint_scores else 4
+    per_consumer = scores * spec.head_dim // 16 + chunks * config.block_n // 16
     assert report.wgmma == per_consumer * config.consumers
     assert report.tma_loads >= 4 * chunks  # q, k, u, v loads (and the o store)
 
@@ -103,7 +107,7 @@ def test_gluon_default_config_runs_every_supported_preset():
 @pytest.mark.parametrize("field, value", [
     ("block_n", 48), ("block_n", 2 ** 40), ("stages", 2), ("consumers", 3),
     ("consumer_warps", 6), ("group_heads", 2.0), ("pingpong", "false"), ("sigmoid", "fast"),
-    ("producer_regs", 25), ("stages", True), ("persistent", 1),
+    ("producer_regs", 25), ("stages", True), ("persistent", 1), ("joint_scores", 0),
 ])
 def test_gluon_config_rejects_bad_fields(field, value):
     with pytest.raises((ValueError, TypeError), match=field):
@@ -117,6 +121,23 @@ def test_gluon_config_rejects_inconsistent_combinations():
         ws.WsConfig(consumers=1, consumer_warps=8, group_heads=2)
     with pytest.raises(ValueError, match="unknown fields"):
         ws.WsConfig.from_dict({"block_n": 64, "warp_specialise": True})
+
+
+def test_joint_scores_is_read_absent_and_changes_the_code_only_where_set():
+    """A stored config from before the knob reads without it (its code hash unchanged:
+    no static parameter is added); with it K and U share a ring tile, and a wgmma of
+    2 x block_n must stay within 256."""
+    stored = {f: getattr(ws.WsConfig(), f) for f in ws.WsConfig.field_names()
+              if f != "joint_scores"}
+    assert ws.WsConfig.from_dict(stored) == ws.WsConfig()
+    spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
+    plain, joint = ws.WsConfig(), ws.WsConfig(joint_scores=True)
+    assert "joint_scores" not in ws.static_params(spec, plain)
+    assert "ku_smem" not in ws.render(spec, plain)
+    assert "ku_smem0" in ws.render(spec, joint) and "def _split_scores" in ws.render(spec, joint)
+    assert joint.describe() == "BN64 s4 2x4w regs 24/240 joint"
+    wide = ws.WsConfig(block_n=256, stages=3, joint_scores=True)
+    assert any("joint_scores" in p for p in ws.config_problems(spec, wide))
 
 
 def test_gluon_config_problems_name_the_resource():
