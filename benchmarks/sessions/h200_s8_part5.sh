@@ -4,6 +4,9 @@
 # fp16) and timed beside the stored winners' config on 370M and 1.3B; then op 'fwd' tuned
 # on 370M at 16384 tokens (the heuristic, now joint, is the study's first trial) into a
 # fresh user database, and the training step with it (docs/figures/*_h200_2026-12-02k*).
+# NOT RUN: the session had too little device time left to start a machine (2026-12-02
+# 13:41 UTC). Before running it, put joint_scores back into the heuristic
+# (flash_mhf_fwd_ws.default_config) and the search space.
 source .whl/preamble.sh || exit
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

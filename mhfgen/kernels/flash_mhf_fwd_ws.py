@@ -57,7 +57,9 @@ class WsConfig(VariantConfig):
                     (the same code; only the grid differs).
     joint_scores:   S and G by one wgmma chain of twice the width, [S | G] = q [K; U]^T
                     (K and U of a weight tile stacked in one ring tile): q is read from
-                    shared memory once for both, not twice (block_n <= 128).
+                    shared memory once for both, not twice (block_n <= 128). Compiled
+                    and checked for sm90 on the CPU but not yet run on a GPU: it is in
+                    neither the heuristic nor the search space (docs/PERFORMANCE.md).
     producer_regs, consumer_regs: registers per thread of the producer and of the second
                     consumer partition (setmaxnreg); the first consumer gets what is left.
     """
@@ -213,11 +215,10 @@ def default_config(spec: KernelSpec, tokens: int) -> WsConfig:
     of one head (group_heads = 2, two heads of a kv group, is the tuner's to try).
     """
     for block_n, stages in ((64, 4), (64, 3), (32, 4), (32, 3)):
-        candidate = WsConfig(block_n=block_n, stages=stages, consumers=2, consumer_warps=4,
-                             joint_scores=True)
+        candidate = WsConfig(block_n=block_n, stages=stages, consumers=2, consumer_warps=4)
         if not config_problems(spec, candidate):
             return candidate
-    return WsConfig(block_n=16, stages=3, consumers=2, consumer_warps=4, joint_scores=True)
+    return WsConfig(block_n=16, stages=3, consumers=2, consumer_warps=4)
 
 
 # ---------------------------------------------------------------------------------------
