@@ -251,3 +251,21 @@ def test_the_shipped_database_is_current_schema():
     finally:
         conn.close()
     assert version == (str(SCHEMA_VERSION),) and {"op", "variant"} <= columns
+
+
+def test_every_shipped_winner_runs_the_code_it_was_tuned_with():
+    """A template edit (a new knob, a branch a stored config does not take) may change a
+    variant's template hash but not the code generated for a stored config: dispatch
+    would silently skip such a winner (mhfgen.tuning.lookup.still_current)."""
+    from mhfgen import paths
+    from mhfgen.codegen import template_hash
+    from mhfgen.tuning.db import TuningDB
+    from mhfgen.tuning.lookup import still_current
+
+    with TuningDB.open(paths.shipped_db_path(), readonly=True) as db:
+        records = list(db.winners())
+    assert len(records) >= 100
+    hashes = {rec.key.variant: template_hash(rec.key.variant) for rec in records}
+    stale = [f"{rec.key.variant} {rec.key.spec_fields()} {rec.key.tokens}"
+             for rec in records if not still_current(rec, hashes)]
+    assert stale == []
