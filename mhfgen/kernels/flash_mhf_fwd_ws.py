@@ -57,9 +57,9 @@ class WsConfig(VariantConfig):
                     (the same code; only the grid differs).
     joint_scores:   S and G by one wgmma chain of twice the width, [S | G] = q [K; U]^T
                     (K and U of a weight tile stacked in one ring tile): q is read from
-                    shared memory once for both, not twice (block_n <= 128). Compiled
-                    and checked for sm90 on the CPU but not yet run on a GPU: it is in
-                    neither the heuristic nor the search space (docs/PERFORMANCE.md).
+                    shared memory once for both, not twice (block_n <= 128); 1.05x on
+                    370M and 1.06x on 1.3B, neutral at D = 64 and 96 on an H200
+                    (docs/PERFORMANCE.md).
     producer_regs, consumer_regs: registers per thread of the producer and of the second
                     consumer partition (setmaxnreg); the first consumer gets what is left.
     """
@@ -208,14 +208,16 @@ def max_registers(config: WsConfig) -> int:
 
 
 def default_config(spec: KernelSpec, tokens: int) -> WsConfig:
-    """The built-in config, from the H200 sweep of 2026-12-01 (docs/PERFORMANCE.md): two
-    4-warp consumers sharing 64-column tiles through a 4-slot ring, tanh silu (654 TFLOP/s
-    on the 1.3B shape, 651 on 370M, 491 at D = 64, 530 at D = 96); the next shallower ring,
-    then 32-column tiles, where that does not fit. The two consumers take two token blocks
-    of one head (group_heads = 2, two heads of a kv group, is the tuner's to try).
+    """The built-in config, from the H200 sweeps of 2026-12-01 and 12-02
+    (docs/PERFORMANCE.md): two 4-warp consumers sharing 64-column tiles through a 4-slot
+    ring, tanh silu, S and G from one joint wgmma chain (688 TFLOP/s on the 1.3B shape, 680
+    on 370M, 482 at D = 64, 532 at D = 96); the next shallower ring, then 32-column tiles,
+    where that does not fit. The two consumers take two token blocks of one head
+    (group_heads = 2, two heads of a kv group, is the tuner's to try).
     """
     for block_n, stages in ((64, 4), (64, 3), (32, 4), (32, 3)):
-        candidate = WsConfig(block_n=block_n, stages=stages, consumers=2, consumer_warps=4)
+        candidate = WsConfig(block_n=block_n, stages=stages, consumers=2, consumer_warps=4,
+                             joint_scores=True)
         if not config_problems(spec, candidate):
             return candidate
     return WsConfig(block_n=16, stages=3, consumers=2, consumer_warps=4)
