@@ -7,7 +7,7 @@
    bar of mhfgen.tolerances) in bf16 and fp16 on odd shapes (L = 1, L = 37, D = 96 with
    De = 80, E = 1, Hkv < H, strided q) for every schedule family (1 x 8-warp consumer,
    2 x 4-warp consumers, ping-pong, kv-group sharing, exp sigmoid, 3 stages, and joint
-   score MMAs with three of them).
+   score MMAs with five of them).
 2. speed: TFLOP/s (6 * tokens * H * I * D over the median of do_bench) at 16384 tokens in
    bf16 on the 1.3B, 370M, (H16, D64) and 128M (D = 96) shapes over a sweep of configs
    (the whole sweep on 1.3B, the --quick one on the others; or the configs --configs
@@ -47,7 +47,19 @@ VERIFY_CONFIGS = {"1x8w": C1, "2x4w": C2, "pingpong": PP, "gqa2": GQA, "exp": EX
                   "pingpong-joint": WsConfig(consumers=2, consumer_warps=4, pingpong=True,
                                              joint_scores=True),
                   "gqa2-exp-joint": WsConfig(consumers=2, consumer_warps=4, group_heads=2,
-                                             sigmoid="exp", joint_scores=True)}
+                                             sigmoid="exp", joint_scores=True),
+                  "1x8w-joint": WsConfig(consumers=1, consumer_warps=8, joint_scores=True),
+                  "bn32-s6-persistent-joint": WsConfig(block_n=32, stages=6, consumers=2,
+                                                       consumer_warps=4, persistent=True,
+                                                       joint_scores=True),
+                  # which of 32-column tiles, 6 slots, persistence and joint scores gives
+                  # bn32-s6-persistent-joint its wrong 1.3B-slice (2026-12-02l)
+                  "bn32-s6-persistent": WsConfig(block_n=32, stages=6, persistent=True),
+                  "bn32-s6": WsConfig(block_n=32, stages=6),
+                  "bn32-s6-joint": WsConfig(block_n=32, stages=6, joint_scores=True),
+                  "bn32-s4-joint": WsConfig(block_n=32, stages=4, joint_scores=True),
+                  "bn32-s4": WsConfig(block_n=32, stages=4),
+                  "persistent-joint": WsConfig(persistent=True, joint_scores=True)}
 
 VERIFY_CASES = [
     Case("1.3B-slice", 2, 300, 16, 16, 128, 22, 256),

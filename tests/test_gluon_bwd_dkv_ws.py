@@ -24,7 +24,7 @@ STEM = "flash_mhf_bwd_dkv_ws"
 
 @pytest.mark.parametrize("field,value", [
     ("stages", 1), ("stages", 9), ("split", "cols"), ("sigmoid", "erf"), ("token_splits", 0),
-    ("consumer_regs", 100), ("producer_regs", 20), ("joint_scores", 1),
+    ("consumer_regs", 100), ("producer_regs", 20), ("joint_scores", 1), ("joint_grads", 1),
 ])
 def test_bad_config_fields_are_value_errors(field, value):
     with pytest.raises(ValueError, match=field):
@@ -42,6 +42,31 @@ def test_config_round_trips_through_json_and_describes_itself():
     joint = ws.BwdDkvWsConfig(split="rows", stages=3, joint_scores=True)
     assert joint.describe() == "s3 regs 24/240 rows joint"
     assert variant.config_from_dict(json.loads(joint.to_json())) == joint
+    grads = dataclasses.replace(joint, joint_grads=True)
+    assert grads.describe() == "s3 regs 24/240 rows joint jgrads"
+    assert variant.config_from_dict(json.loads(grads.to_json())) == grads
+
+
+def test_joint_grads_needs_the_rows_split_and_head_dim_128():
+    with pytest.raises(ValueError, match="joint_grads needs split='rows'"):
+        ws.BwdDkvWsConfig(joint_grads=True)
+    config = ws.BwdDkvWsConfig(split="rows", stages=3, joint_grads=True)
+    assert ws.config_problems(SPEC_13B, config) == []
+    assert any("joint_grads needs head_dim 128" in p
+               for p in ws.config_problems(SPEC_D64_GQA, config))
+
+
+def test_joint_grads_changes_the_code_only_where_it_is_set():
+    """Without joint_grads a config adds no static parameter (its stored winners keep their
+    code hashes); with it, the accumulators are transposed and dK, dU one wgmma chain."""
+    plain = ws.BwdDkvWsConfig(split="rows", stages=3, joint_scores=True)
+    grads = dataclasses.replace(plain, joint_grads=True)
+    assert "joint_grads" not in ws.static_params(SPEC_13B, plain)
+    assert ws.static_params(SPEC_13B, grads)["joint_grads"] is True
+    plain_code, grads_code = render(STEM, SPEC_13B, plain), render(STEM, SPEC_13B, grads)
+    assert "dkut" not in plain_code and "_store_grad_t" not in plain_code
+    assert "dkut" in grads_code and "def _store_grad_t" in grads_code
+    assert ws.shared_memory(SPEC_13B, grads) == ws.shared_memory(SPEC_13B, plain)
 
 
 def test_a_stored_config_from_before_the_split_knob_reads_as_the_tokens_split():
@@ -103,6 +128,11 @@ def test_heuristic_fits_and_splits_only_few_weight_tiles():
     assert ws.default_config(SPEC_13B, 16384, 132).token_splits == 1  # 1408 programs
     assert ws.default_config(SPEC_13B, 16384, 132).split == "rows"
     assert ws.default_config(SPEC_13B, 16384, 132).joint_scores
+    # joint transposed gradients with 4 slots at D = 128 without grouped heads only
+    assert ws.default_config(SPEC_13B, 16384, 132).joint_grads
+    assert ws.default_config(SPEC_370M, 16384, 132).stages == 4
+    gqa = ws.default_config(SPEC_L37_GQA, 16384, 132)
+    assert gqa.joint_scores and not gqa.joint_grads and gqa.stages == 3
     assert ws.default_config(SPEC_D64_GQA, 16384, 132).split == "tokens"
     assert not ws.default_config(SPEC_D64_GQA, 16384, 132).joint_scores
     assert ws.default_config(SPEC_D64_GQA, 16384, 132).stages == 3
@@ -174,6 +204,10 @@ COMPILE_CASES = [
     (SPEC_D64_GQA, ws.BwdDkvWsConfig(stages=3, joint_scores=True)),
     (SPEC_E1, ws.BwdDkvWsConfig(split="rows", stages=6, joint_scores=True)),
     (SPEC_L37_GQA, ws.BwdDkvWsConfig(joint_scores=True)),
+    (SPEC_13B, ws.BwdDkvWsConfig(split="rows", stages=3, joint_scores=True, joint_grads=True)),
+    (SPEC_370M, ws.BwdDkvWsConfig(split="rows", stages=4, joint_grads=True)),
+    (SPEC_L37_GQA, ws.BwdDkvWsConfig(split="rows", stages=2, sigmoid="exp", token_splits=2,
+                                     joint_scores=True, joint_grads=True)),
 ]
 
 
@@ -186,8 +220,8 @@ def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     # per consumer: 3 score products (2 with joint_scores: [S | A] and dP) x 2 head_dim
     # halves (K = D / 2: D / 32 instructions each), issued before and in the loop, and the
     # accumulating wgmma (K = 64 tokens: 4 instructions each): 6 for 'tokens' (two
-    # 64-token blocks), 3 for 'rows'
-    accumulating = 6 if config.split == "tokens" else 3
+    # 64-token blocks), 3 for 'rows', 2 with joint_grads ([dK^T | dU^T] and dV^T)
+    accumulating = 6 if config.split == "tokens" else 2 if config.joint_grads else 3
     chains = 4 if config.joint_scores else 6
     assert report.wgmma == 2 * (2 * chains * (spec.head_dim // 32) + accumulating * 4)
     if config.split == "tokens":

@@ -64,6 +64,10 @@ class BwdDkvWsConfig(VariantConfig):
     joint_scores:  S and A by one wgmma chain of twice the width, [S | A] = q [K; U]^T
                    (K and U rows stacked in one shared tile): q is read from shared
                    memory once for both, not twice.
+    joint_grads:   ('rows', D = 128) the accumulators transposed, dK and dU as one:
+                   [dK^T | dU^T] += q^T [dS | dA] (D / 2 x 2 * 64, one wgmma chain of
+                   N = 128 that reads q once) and dV^T += dO^T P (N = 64), where
+                   dK += dS^T q, dU += dA^T q and dV += P^T dO are three chains of N = D / 2.
     sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
     token_splits:  programs per weight tile, each a share of the token blocks; their
                    partial sums meet by fp32 atomics (never in deterministic runs).
@@ -76,6 +80,7 @@ class BwdDkvWsConfig(VariantConfig):
     stages: int = 2
     split: str = "tokens"
     joint_scores: bool = False
+    joint_grads: bool = False
     sigmoid: str = "tanh"
     token_splits: int = 1
     consumer_regs: int = 240
@@ -83,13 +88,16 @@ class BwdDkvWsConfig(VariantConfig):
 
     #: fields added after configs of this variant were stored: a stored or imported config
     #: without them means these values (whose generated code is the code it was tuned with)
-    added_fields = {"split": "tokens", "joint_scores": False}
+    added_fields = {"split": "tokens", "joint_scores": False, "joint_grads": False}
 
     def __post_init__(self) -> None:
         where = f"{KERNEL} config: "
         choice(self.stages, where + "stages", tuple(range(2, 9)))
         choice(self.split, where + "split", tuple(ROW_TILE))
         strict_bool(self.joint_scores, where + "joint_scores")
+        strict_bool(self.joint_grads, where + "joint_grads")
+        if self.joint_grads and self.split != "rows":
+            raise ValueError(f"{where}joint_grads needs split='rows'")
         choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
         positive_int(self.token_splits, where + "token_splits", 1024)
         choice(self.consumer_regs, where + "consumer_regs", range(24, 257, 8))
@@ -115,6 +123,8 @@ class BwdDkvWsConfig(VariantConfig):
             text += f" {self.split}"
         if self.joint_scores:
             text += " joint"
+        if self.joint_grads:
+            text += " jgrads"
         if self.token_splits > 1:
             text += f" ts{self.token_splits}"
         return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
@@ -136,9 +146,14 @@ def shared_memory(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
 def config_problems(spec: KernelSpec, config: BwdDkvWsConfig) -> list[str]:
     """What of `config` does not fit an SM: shared memory, and the register split
     (the first consumer needs its accumulators and score tiles: consumer_registers)."""
-    return backward_resource_problems(shared_memory(spec, config), "consumer_regs",
-                                      config.consumer_regs, config.producer_regs,
-                                      "the first consumer", consumer_registers(spec, config))
+    problems = backward_resource_problems(shared_memory(spec, config), "consumer_regs",
+                                          config.consumer_regs, config.producer_regs,
+                                          "the first consumer",
+                                          consumer_registers(spec, config))
+    if config.joint_grads and spec.head_dim != 128:
+        problems.append(f"joint_grads needs head_dim 128 (the transposed accumulators' M is "
+                        f"D / 2, a warpgroup's wgmma takes 64); head_dim is {spec.head_dim}")
+    return problems
 
 
 def consumer_registers(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
@@ -150,28 +165,33 @@ def consumer_registers(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConfig:
     """The split and ring depth measured best on an H200 (docs/PERFORMANCE.md): at
     D = 128 'rows' with 3 slots (1.33x 'tokens' with the 2 slots that fit it) and joint
-    scores (1.05-1.07x without), at D = 64 'tokens' with 3 and separate scores (joint is
-    1.16x slower there); tanh; token splits only where the weight tiles fill fewer than
-    two waves of programs."""
+    scores (1.05-1.07x without), and without grouped query heads joint transposed
+    gradients with 4 slots (1.09-1.10x 'rows' s3 joint; with 4 query heads per kv head
+    0.86x, so grouped shapes keep s3); at D = 64 'tokens' with 3 and separate scores
+    (joint is 1.16x slower there); tanh; token splits only where the weight tiles fill
+    fewer than two waves of programs."""
     split = "tokens" if spec.head_dim <= 64 else "rows"
+    grads = split == "rows" and spec.head_dim == 128 and spec.group == 1
     programs = spec.kv_heads * spec.intermediate // BLOCK_N
     blocks = spec.group * cdiv(max(1, tokens), ROW_TILE[split])
     splits = 1
     if programs < 2 * sm_count:
         splits = max(1, min(cdiv(2 * sm_count, programs), blocks // 4))
-    return BwdDkvWsConfig(stages=3, split=split, token_splits=splits,
-                          joint_scores=split == "rows")
+    return BwdDkvWsConfig(stages=4 if grads else 3, split=split, token_splits=splits,
+                          joint_scores=split == "rows", joint_grads=grads)
 
 
 def static_params(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
-    """sigmoid, token_split, and rows_split and joint_scores only where set: a config
-    without them renders the code it rendered before those knobs existed, so its stored
+    """sigmoid, token_split, and rows_split, joint_scores and joint_grads only where set: a
+    config without them renders the code it rendered before those knobs existed, so its stored
     winners stay current."""
     params = {"sigmoid": config.sigmoid, "token_split": config.token_splits > 1}
     if config.split == "rows":
         params["rows_split"] = True
     if config.joint_scores:
         params["joint_scores"] = True
+    if config.joint_grads:
+        params["joint_grads"] = True
     return params
 
 
