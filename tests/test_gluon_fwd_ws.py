@@ -26,7 +26,8 @@ FAMILIES = {
     "exp-sigmoid": ws.WsConfig(sigmoid="exp", stages=3),
     "narrow-deep": ws.WsConfig(block_n=32, stages=6, consumers=1, consumer_warps=4),
     # (with 4 stages at D = 128 ptxas spills 32-48 bytes in the persistent loop: the tuner
-    # rejects candidates whose compiled binary spills)
+    # rejects candidates whose compiled binary spills). Disabled for wrong outputs on the
+    # H200 (config_problems says so), it is still compiled: its code is kept to be fixed
     "persistent": ws.WsConfig(persistent=True, stages=3),
     "joint": ws.WsConfig(joint_scores=True),
     "joint-pingpong-kv-group": ws.WsConfig(joint_scores=True, pingpong=True, group_heads=2),
@@ -81,7 +82,8 @@ def test_gluon_compiles_for_sm90_without_spills(spec, family):
     config = FAMILIES[family]
     if spec.group % config.group_heads:
         config = dataclasses.replace(config, group_heads=1)
-    assert ws.config_problems(spec, config) == []
+    problems = ws.config_problems(spec, config)
+    assert [p for p in problems if not p.startswith("persistent=True is disabled")] == []
     report = gluon_report(ws, spec, config)
     assert report.cubin_bytes > 0
     assert report.spill_bytes == 0, report
@@ -172,3 +174,14 @@ def test_gluon_register_cap_fits_every_warp_on_one_sm():
     for config in FAMILIES.values():
         warps = config.consumers * config.consumer_warps + 4
         assert ws.max_registers(config) * 32 * warps <= ws.SM90_REGISTERS
+
+
+def test_persistent_configs_are_refused_until_their_wrong_outputs_are_understood():
+    """On the H200 (2026-12-02) persistent programs gave wrong outputs on shapes of 48 and 80
+    work tiles: config_problems refuses them, so the tuner never proposes one and a stored
+    winner with it gives way to the heuristic at its first launch."""
+    spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
+    for config in (ws.WsConfig(persistent=True), ws.WsConfig(persistent=True, joint_scores=True)):
+        assert any(p.startswith("persistent=True is disabled")
+                   for p in ws.config_problems(spec, config))
+    assert ws.config_problems(spec, ws.WsConfig(joint_scores=True)) == []

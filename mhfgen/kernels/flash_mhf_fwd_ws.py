@@ -53,8 +53,9 @@ class WsConfig(VariantConfig):
                     consumers and H / Hkv); the others take further token blocks.
     pingpong:       two consumers take turns issuing their GEMMs (needs consumers = 2).
     sigmoid:        'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
-    persistent:     one program per SM walking the work tiles, instead of one per tile
-                    (the same code; only the grid differs).
+    persistent:     one program per SM walking the work tiles, instead of one per tile.
+                    Disabled (config_problems rejects it, so stored winners with it give
+                    way to the heuristic): wrong outputs on small shapes on the H200.
     joint_scores:   S and G by one wgmma chain of twice the width, [S | G] = q [K; U]^T
                     (K and U of a weight tile stacked in one ring tile): q is read from
                     shared memory once for both, not twice (block_n <= 128); 1.05x on
@@ -164,6 +165,11 @@ def config_problems(spec: KernelSpec, config: WsConfig) -> list[str]:
     problems = []
     if spec.group % config.group_heads:
         problems.append(f"group_heads={config.group_heads} must divide H/Hkv={spec.group}")
+    if config.persistent:
+        problems.append("persistent=True is disabled: on the H200 it gave wrong outputs on "
+                        "shapes of 48 and 80 work tiles (one per program, where its code "
+                        "path should match the full grid's), with and without joint_scores; "
+                        "docs/PERFORMANCE.md")
     if config.joint_scores and config.block_n > 128:
         problems.append(f"joint_scores needs block_n <= 128 (a wgmma is at most 256 wide); "
                         f"block_n is {config.block_n}")
