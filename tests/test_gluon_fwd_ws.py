@@ -82,8 +82,11 @@ def test_gluon_compiles_for_sm90_without_spills(spec, family):
     config = FAMILIES[family]
     if spec.group % config.group_heads:
         config = dataclasses.replace(config, group_heads=1)
+    # configs refused for wrong outputs on the H200 are still compiled: their code is kept
+    # to be fixed
+    refused = ("persistent=True is disabled", "joint_scores needs a head_dim of one chunk")
     problems = ws.config_problems(spec, config)
-    assert [p for p in problems if not p.startswith("persistent=True is disabled")] == []
+    assert [p for p in problems if not p.startswith(refused)] == []
     report = gluon_report(ws, spec, config)
     assert report.cubin_bytes > 0
     assert report.spill_bytes == 0, report
@@ -185,3 +188,15 @@ def test_persistent_configs_are_refused_until_their_wrong_outputs_are_understood
         assert any(p.startswith("persistent=True is disabled")
                    for p in ws.config_problems(spec, config))
     assert ws.config_problems(spec, ws.WsConfig(joint_scores=True)) == []
+
+
+def test_joint_scores_is_refused_where_the_head_dim_is_several_chunks():
+    """At D = 96 (chunks 64 + 32) the joint forward gave inf outputs on the H200 (128M,
+    fp16, 16384 tokens): refused there, and the heuristic takes separate score MMAs."""
+    d96 = KernelSpec(8, 8, 96, 8, 256, "float16", "sm90")
+    assert any(p.startswith("joint_scores needs a head_dim of one chunk")
+               for p in ws.config_problems(d96, ws.WsConfig(joint_scores=True)))
+    assert not ws.default_config(d96, 16384).joint_scores
+    for d in (64, 128):
+        spec = KernelSpec(8, 8, d, 11, 256, "bfloat16", "sm90")
+        assert ws.default_config(spec, 16384).joint_scores

@@ -58,9 +58,9 @@ class WsConfig(VariantConfig):
                     way to the heuristic): wrong outputs on small shapes on the H200.
     joint_scores:   S and G by one wgmma chain of twice the width, [S | G] = q [K; U]^T
                     (K and U of a weight tile stacked in one ring tile): q is read from
-                    shared memory once for both, not twice (block_n <= 128); 1.05x on
-                    370M and 1.06x on 1.3B, neutral at D = 64 and 96 on an H200
-                    (docs/PERFORMANCE.md).
+                    shared memory once for both, not twice (block_n <= 128; a head_dim
+                    of one chunk: at D = 96 it gave inf outputs); 1.05x on 370M and
+                    1.06x on 1.3B, neutral at D = 64 on an H200 (docs/PERFORMANCE.md).
     producer_regs, consumer_regs: registers per thread of the producer and of the second
                     consumer partition (setmaxnreg); the first consumer gets what is left.
     """
@@ -170,6 +170,10 @@ def config_problems(spec: KernelSpec, config: WsConfig) -> list[str]:
                         "shapes of 48 and 80 work tiles (one per program, where its code "
                         "path should match the full grid's), with and without joint_scores; "
                         "docs/PERFORMANCE.md")
+    if config.joint_scores and len(head_dim_chunks(spec.head_dim, "chunks")) > 1:
+        problems.append(f"joint_scores needs a head_dim of one chunk (64 or 128): at D = 96 "
+                        f"(64 + 32) it gave inf outputs on the H200 (128M, fp16, 16384 "
+                        f"tokens; docs/PERFORMANCE.md); head_dim is {spec.head_dim}")
     if config.joint_scores and config.block_n > 128:
         problems.append(f"joint_scores needs block_n <= 128 (a wgmma is at most 256 wide); "
                         f"block_n is {config.block_n}")
@@ -222,10 +226,11 @@ def default_config(spec: KernelSpec, tokens: int) -> WsConfig:
     (group_heads = 2, two heads of a kv group, is the tuner's to try).
     """
     for block_n, stages in ((64, 4), (64, 3), (32, 4), (32, 3)):
-        candidate = WsConfig(block_n=block_n, stages=stages, consumers=2, consumer_warps=4,
-                             joint_scores=True)
-        if not config_problems(spec, candidate):
-            return candidate
+        for joint in (True, False):  # joint where the head_dim is one chunk (not D = 96)
+            candidate = WsConfig(block_n=block_n, stages=stages, consumers=2,
+                                 consumer_warps=4, joint_scores=joint)
+            if not config_problems(spec, candidate):
+                return candidate
     return WsConfig(block_n=16, stages=3, consumers=2, consumer_warps=4)
 
 
