@@ -22,7 +22,11 @@ one-warp producer loads K, U, V once and q, dO per tile by TMA into a ring of `s
 slots. With `joint_scores` it loads a block of K and the same block of U into the two
 halves of one shared tile, and S and A come from one wgmma chain, [S | A] = q [K; U]^T, that
 reads q once instead of twice (the 'rows' split's N = 32 score MMAs are bound by shared-
-memory reads; docs/PERFORMANCE.md).
+memory reads; docs/PERFORMANCE.md). With `joint_grads` ('rows', D = 128) a warpgroup
+accumulates the transposes instead, dV^T += dO^T P (D / 2 x 64) and [dK^T | dU^T] +=
+q^T [dS | dA] (D / 2 x 128: one chain of N = 128 that reads q once, A read transposed by
+the wgmma descriptor), from dS^T over dA^T in one (128, 64) exchange buffer; the
+gradients are stored transposed back into (Hkv, I, D).
 """
 from __future__ import annotations
 
