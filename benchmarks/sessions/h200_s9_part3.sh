@@ -4,7 +4,7 @@
 # then op 'bwd_dkv' re-tuned on the nine D = 128 problems of the shipped database with
 # joint_grads in the space (the heuristic, 'rows' s4 joint jgrads without grouped heads, is
 # each study's first trial) into a fresh database; every failed trial's reason; and the
-# training step with the new winners (docs/figures/*_h200_2026-12-02m*).
+# training step with the new winners (docs/figures/*_h200_2026-12-02m*; run 2026-12-02 18:17-18:22 UTC).
 source .whl/preamble.sh || exit
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

@@ -4,7 +4,7 @@
 # problems whose persistent winners left (1.3B and H16 D64 at 16384 tokens, 128M D96 at
 # 2048) into a fresh user database; then with it the training step, mhfgen verify of the
 # split backward as dispatched (two streams), determinism and its cost, and the reference
-# comparison (bench_h200.py, no Helion rows) (docs/figures/*_h200_2026-12-02n*).
+# comparison (bench_h200.py, no Helion rows) (docs/figures/*_h200_2026-12-02n*; run 2026-12-02 18:31-18:37 UTC).
 source .whl/preamble.sh || exit
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/bench"

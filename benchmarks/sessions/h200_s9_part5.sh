@@ -3,7 +3,7 @@
 # forward winners merged): mhfgen verify of the split backward as dispatched (two streams;
 # bf16 and fp16: part 4's run of all three dtypes outran its 160 s), the reason of the one
 # failed trial each forward tune of part 4 reported (op 'fwd' on 1.3B again, fresh
-# database, its failed trials printed), and the training step (docs/figures/*_h200_2026-12-02o*).
+# database, its failed trials printed), and the training step (docs/figures/*_h200_2026-12-02o*; run 2026-12-02 18:38-18:40 UTC).
 source .whl/preamble.sh || exit
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

@@ -2,7 +2,7 @@
 # Session 9, part 6 (1 x H200): after part 5's inf at 128M fp16 (the joint forward at
 # D = 96, the heuristic's), joint scores refused where the head_dim is several chunks and
 # the D = 96 joint winner removed: mhfgen verify of the split backward as dispatched again
-# (bf16 and fp16, two streams) (docs/figures/*_h200_2026-12-02p*).
+# (bf16 and fp16, two streams) (docs/figures/*_h200_2026-12-02p*; run 2026-12-02 18:44-18:45 UTC).
 source .whl/preamble.sh || exit
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
