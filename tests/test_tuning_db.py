@@ -275,8 +275,6 @@ def test_every_shipped_winner_is_a_config_its_variant_accepts_today():
     """A config a variant now refuses (a resource rule, a knob disabled for wrong outputs)
     must leave the shipped database with the change that refuses it."""
     from mhfgen import paths, registry
-    from mhfgen.device import target_for
-    from mhfgen.spec import KernelSpec
     from mhfgen.tuning.db import TuningDB
 
     with TuningDB.open(paths.shipped_db_path(), readonly=True) as db:
@@ -284,8 +282,7 @@ def test_every_shipped_winner_is_a_config_its_variant_accepts_today():
     refused = []
     for rec in records:
         k = rec.key
-        spec = KernelSpec(*k.spec_fields(), target_for(k.compute_capability))
-        reason = registry.get(k.variant).prune_reason(spec, rec.config, k.tokens, 132)
+        reason = registry.get(k.variant).prune_reason(k.spec(), rec.config, k.tokens, 132)
         if reason:
             refused.append(f"{k.variant} {k.spec_fields()} {k.tokens}: {reason}")
     assert refused == []

@@ -235,6 +235,13 @@ class TuningKey:
         return (self.heads, self.kv_heads, self.head_dim, self.experts, self.expert_dim,
                 self.dtype)
 
+    def spec(self) -> KernelSpec:
+        """The KernelSpec of the key's shape and dtype for its compute capability's target
+        (ValueError where those do not make one)."""
+        from ..device import target_for
+
+        return KernelSpec(*self.spec_fields(), target_for(self.compute_capability))
+
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 
 from .. import registry
 from ..config_fields import strict_float, strict_int, strict_str
-from ..device import target_for
-from ..spec import KernelSpec
 from ..version import __version__
 from .buckets import shape_bucket
 from .db import KEY_COLUMNS, SCHEMA_VERSION, TuningDB, TuningKey, WinnerRecord, utc_now
@@ -97,7 +95,7 @@ def _record(i: int, rec) -> WinnerRecord | UnknownRecord:
             if name not in rec:
                 raise ValueError(f"missing field {name}")
         key = TuningKey.from_row(rec, where="")
-        KernelSpec(*key.spec_fields(), target_for(key.compute_capability))
+        key.spec()
         if key.bucket != shape_bucket(key.tokens):
             raise ValueError(f"bucket {key.bucket} is not the bucket of {key.tokens} tokens "
                              f"({shape_bucket(key.tokens)})")

@@ -47,12 +47,10 @@ def still_current(rec: "WinnerRecord", template_hashes: dict[str, str]) -> bool:
     if not rec.code_hash:
         return False
     from ..codegen import code_hash
-    from ..device import target_for
 
     k = rec.key
     try:
-        spec = KernelSpec(*k.spec_fields(), target_for(k.compute_capability))
-        return code_hash(k.variant, spec, rec.config) == rec.code_hash
+        return code_hash(k.variant, k.spec(), rec.config) == rec.code_hash
     except (ValueError, TypeError) as exc:  # a config today's templates reject
         log.debug("winner of %s no longer renders: %s", k.variant, exc)
         return False
