@@ -1,4 +1,5 @@
-"""The Gluon dK/dU/dV backward (flash_mhf_bwd_dkv_ws) on an H100/H200: correctness, then speed.
+"""The Gluon dK/dU/dV backwards (flash_mhf_bwd_dkv_ws, flash_mhf_bwd_dkvt_ws) on an H100/H200:
+correctness, then speed.
 
     python3 benchmarks/bwd_dkv_ws_check.py [--budget 500] [--shapes 1.3B,370M,...]
         [--verify-configs 'default,rows s4'] [--configs 's3 regs 24/240 rows,...'] [--triton]
@@ -7,9 +8,11 @@
    mhfgen.tolerances) in bf16 and fp16 on the 1.3B shape's slice, L = 1, L = 37 with
    Hkv < H, E = 1 at D = 64 and Hkv < H at D = 64, for a few configs of both splits
    (token splits, exp sigmoid, other register budgets, deeper rings, joint scores and
-   joint transposed gradients; 'n/a' where a config does not fit the shape).
+   joint transposed gradients; and the row-owning flash_mhf_bwd_dkvt_ws, whose config
+   names start 'dkvt'; 'n/a' where a config does not fit the shape).
 2. speed at 16384 tokens in bf16: a config sweep (or the configs named by --configs, as
-   their describe() strings) beside the dispatched forward, backward and dQ/dR (and, with
+   'dkv_ws DESCRIBE' or 'dkvt DESCRIBE', DESCRIBE the config's describe(); a bare DESCRIBE
+   names a flash_mhf_bwd_dkv_ws config) beside the dispatched forward, backward and dQ/dR (and, with
    --triton, the Triton-language dK/dU/dV), in one process. TFLOP/s of the dK/dU/dV
    kernel count its 6 executed GEMM units (12 T H I D); 'split' adds the dispatched dQ/dR
    and counts the backward as 12 T H I D, forward + backward as 18 T H I D. Each timed
@@ -26,8 +29,10 @@ import triton
 
 from mhfgen import kernels
 from mhfgen.kernels.flash_mhf_bwd_dkv import flash_mhf_bwd_dkv
-from mhfgen.kernels.flash_mhf_bwd_dkv_ws import (BwdDkvWsConfig, config_problems,
-                                                 flash_mhf_bwd_dkv_ws)
+from mhfgen.kernels import flash_mhf_bwd_dkv_ws as ws
+from mhfgen.kernels import flash_mhf_bwd_dkvt_ws as wst
+from mhfgen.kernels.flash_mhf_bwd_dkv_ws import BwdDkvWsConfig
+from mhfgen.kernels.flash_mhf_bwd_dkvt_ws import BwdDkvtWsConfig
 from mhfgen.spec import KernelSpec
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs, reference_outputs
@@ -58,6 +63,11 @@ VERIFY_CONFIGS = {
     "rows s2 ts2 exp joint jgrads": BwdDkvWsConfig(split="rows", token_splits=2,
                                                    sigmoid="exp", joint_scores=True,
                                                    joint_grads=True),
+    "dkvt s4 wg32": BwdDkvtWsConfig(stages=4),
+    "dkvt s3 wg64": BwdDkvtWsConfig(stages=3, wg_rows=64),
+    "dkvt s2 ts2 exp wg32": BwdDkvtWsConfig(stages=2, token_splits=2, sigmoid="exp"),
+    "dkvt s6 regs 40/232 wg32": BwdDkvtWsConfig(stages=6, producer_regs=40,
+                                                consumer_regs=232),
 }
 SPEED_SHAPES = {"1.3B": (16, 16, 128, 22, 256), "370M": (8, 8, 128, 11, 256),
                 "H16D64": (16, 16, 64, 11, 256), "1.3B-gqa4": (16, 4, 128, 22, 256)}
@@ -66,6 +76,25 @@ SPEED_SHAPES = {"1.3B": (16, 16, 128, 22, 256), "370M": (8, 8, 128, 11, 256),
 def spec_of(case, dtype) -> KernelSpec:
     return KernelSpec(case.heads, case.kv_heads, case.head_dim, case.experts,
                       case.expert_dim, str(dtype).removeprefix("torch."), "sm90")
+
+
+def module_of(config):
+    """The kernel module of a config: flash_mhf_bwd_dkv_ws or flash_mhf_bwd_dkvt_ws."""
+    return wst if isinstance(config, BwdDkvtWsConfig) else ws
+
+
+def config_problems(spec, config) -> list[str]:
+    return module_of(config).config_problems(spec, config)
+
+
+def launch(inputs, config):
+    """dk, du, dv of `inputs` through the kernel of `config`."""
+    m = module_of(config)
+    return getattr(m, m.KERNEL)(*inputs, config=config)
+
+
+def label(config) -> str:
+    return f"{'dkvt' if module_of(config) is wst else 'dkv_ws'} {config.describe()}"
 
 
 def errors(out, ref) -> float:
@@ -85,7 +114,7 @@ def verify(rows, names):
                     row(rows, "verify", f"{str(dtype)[6:]} {case.name} {name}", "-", "n/a")
                     continue
                 def check(config=config):
-                    err = errors(finish(lambda: flash_mhf_bwd_dkv_ws(*inputs, config=config)), ref)
+                    err = errors(finish(lambda: launch(inputs, config)), ref)
                     return f"{err:.2e}", "ok" if err <= bar else "FAIL"
                 attempt(rows, "verify", f"{str(dtype)[6:]} {case.name} {name}", check)
 
@@ -113,17 +142,28 @@ def sweep_configs(name):
         out += [by_rows(stages=s, joint_scores=True, joint_grads=True) for s in (3, 4)]
     if name == "370M":
         out += [BwdDkvWsConfig(token_splits=2), BwdDkvWsConfig(sigmoid="exp")]
+    if name == "H16D64":
+        out += [BwdDkvtWsConfig(stages=s) for s in (2, 3, 4, 6, 8)]
+        out += [BwdDkvtWsConfig(stages=s, wg_rows=64) for s in (2, 3, 4)]
+        out += [BwdDkvtWsConfig(stages=4, token_splits=2), BwdDkvtWsConfig(stages=4, sigmoid="exp"),
+                BwdDkvtWsConfig(stages=4, producer_regs=40, consumer_regs=232)]
+    else:
+        out += [BwdDkvtWsConfig(stages=s) for s in (2, 3)]
     return out
 
 
 def chosen_configs(name, wanted):
     """The sweep of shape `name`, or the configs among every shape's sweep (and the verify
-    configs) whose describe() is in `wanted`."""
+    configs) named in `wanted` (by label(), or a flash_mhf_bwd_dkv_ws config's describe())."""
     configs = sweep_configs(name)
     if not wanted:
         return configs
     every = [c for shape in SPEED_SHAPES for c in sweep_configs(shape)]
-    known = {c.describe(): c for c in [*every, *VERIFY_CONFIGS.values()]}
+    known = {}
+    for c in [*every, *VERIFY_CONFIGS.values()]:
+        known[label(c)] = c
+        if module_of(c) is ws:  # a bare describe() names a flash_mhf_bwd_dkv_ws config
+            known[c.describe()] = c
     missing = [w for w in wanted if w not in known]
     if missing:
         raise SystemExit(f"unknown configs {missing}; known: {sorted(known)}")
@@ -156,15 +196,15 @@ def speed(rows, shapes, wanted=(), triton_dkv=False):
             if config_problems(spec_of(case, torch.bfloat16), config):
                 continue
             def timed(config=config):
-                err = errors(finish(lambda: flash_mhf_bwd_dkv_ws(*inputs, config=config)), ref)
+                err = errors(finish(lambda: launch(inputs, config)), ref)
                 if err > bar:
                     return "-", f"WRONG {err:.2e}"
-                t = bench(lambda: flash_mhf_bwd_dkv_ws(*inputs, config=config))
+                t = bench(lambda: launch(inputs, config))
                 split = t_dq + t
                 return f"{t:.3f} ms", (f"executed {6 * unit / t / 1e9:.0f}; split {split:.3f} ms: "
                                        f"bwd {6 * unit / split / 1e9:.0f} fwd+bwd "
                                        f"{9 * unit / (t_fwd + split) / 1e9:.0f}; err {err:.2e}")
-            attempt(rows, "speed", f"{name} dkv_ws {config.describe()}", timed)
+            attempt(rows, "speed", f"{name} {label(config)}", timed)
 
 
 def main():
@@ -176,7 +216,8 @@ def main():
     parser.add_argument("--verify-configs", default=",".join(VERIFY_CONFIGS),
                         help="names of the configs to verify (default: all)")
     parser.add_argument("--configs", default="",
-                        help="describe() strings of the configs to time (default: the sweep)")
+                        help="the configs to time, as 'dkv_ws DESCRIBE' or 'dkvt DESCRIBE' "
+                             "(default: the sweep)")
     parser.add_argument("--triton", action="store_true",
                         help="also time the Triton-language dK/dU/dV kernel")
     args = parser.parse_args()

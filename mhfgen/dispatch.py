@@ -8,7 +8,8 @@ None for the call (targets, dtypes, the interpreter, shape limits). Order
     1. exact key    a winner tuned on this GPU at exactly this token count
     2. same bucket  a winner of the same shape bucket (mhfgen.tuning.buckets.shape_bucket)
     3. nearest      the winner of the same spec on this GPU nearest in log2(tokens)
-    4. heuristic    the default config of the preferred variant (lowest `preference`)
+    4. heuristic    the default config of the preferred variant (lowest rank(spec):
+                    its `preference`, unless the variant ranks itself per spec)
 At steps 1-3 a winner of any considered variant qualifies; between winners of one step,
 the user database beats the shipped one, then (mhfgen.tuning.lookup) the larger tuned
 token count, then the lower stored time (so the faster variant at that shape). Winners
@@ -155,7 +156,8 @@ def candidates(kernel: str, spec: KernelSpec, tokens: int) -> list:
         variants, at = registry.variants_for(kernel), tokens
     else:  # a variant named directly: what it can run, token counts it would leave alone
         variants, at = [registry.get(kernel)], None
-    usable = [v for v in variants if v.unsupported(spec, at) is None]
+    usable = sorted([v for v in variants if v.unsupported(spec, at) is None],
+                    key=lambda v: v.rank(spec))
     if not usable:
         reasons = "; ".join(v.unsupported(spec, at) for v in variants)
         raise ValueError(f"no kernel variant of {kernel} runs {spec.key()} at {tokens} "

@@ -148,7 +148,8 @@ class Variant:
     shared_templates: other files of template_dir its template includes; they are part of
                  its template hash.
     preference:  order among the variants of one op for the heuristic fallback (lowest
-                 first among those that support the call).
+                 first among those that support the call); rank(spec) may refine it per
+                 spec, where measurements put a variant first on some shapes only.
     legacy_kernel: the `kernel` name its records had in tuning databases of schema 1 and 2
                  (the migration maps those rows to this variant), or None.
     flop_factor: dot FLOPs per call in units of tokens * H * I * D.
@@ -215,6 +216,12 @@ class Variant:
         if spec.dtype not in self.dtypes:
             return f"{self.stem} takes {', '.join(self.dtypes)}, not {spec.dtype}"
         return self.supports(spec, 1 if tokens is None else tokens)
+
+    def rank(self, spec: KernelSpec) -> int:
+        """This variant's place among its op's variants for `spec` (lowest first): the
+        heuristic fallback takes the first that supports the call. `preference` unless
+        overridden."""
+        return self.preference
 
     # -- configs -----------------------------------------------------------------
     def coerce(self, config) -> VariantConfig:
@@ -408,5 +415,7 @@ def by_legacy_kernel(kernel: str) -> Variant | None:
 
 
 def usable(op: str, spec: KernelSpec, tokens: int | None = None) -> list[Variant]:
-    """The variants of `op` that can run `spec` (at `tokens` tokens), preferred first."""
-    return [v for v in variants_for(op) if v.unsupported(spec, tokens) is None]
+    """The variants of `op` that can run `spec` (at `tokens` tokens), preferred first
+    (by rank(spec))."""
+    return sorted([v for v in variants_for(op) if v.unsupported(spec, tokens) is None],
+                  key=lambda v: v.rank(spec))

@@ -1,4 +1,4 @@
-"""What the three Gluon backward kernels share, on the CPU: their support check
+"""What the four Gluon backward kernels share, on the CPU: their support check
 (mhfgen.kernels.sm90.backward_unsupported) and place before the Triton-language variant of
 their op, and their launch (mhfgen.kernels.sm90.BackwardLaunch), checked against each
 generated kernel's parameters."""
@@ -15,6 +15,7 @@ from mhfgen.verification import Case, make_inputs
 
 #: (Gluon variant, its op, the Triton-language variant the op falls back to)
 VARIANTS = [("flash_mhf_bwd_dkv_ws", "bwd_dkv", "flash_mhf_bwd_dkv"),
+            ("flash_mhf_bwd_dkvt_ws", "bwd_dkv", "flash_mhf_bwd_dkv"),
             ("flash_mhf_bwd_dq_ws", "bwd_dq", "flash_mhf_bwd_dq"),
             ("flash_mhf_bwd_ws", "bwd", "flash_mhf_bwd_fused")]
 SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
@@ -36,19 +37,25 @@ def test_unsupported_shapes_go_to_the_triton_variant(stem, op, triton, spec, rea
 
 @pytest.mark.parametrize("stem,op,triton", VARIANTS)
 def test_it_is_the_preferred_variant_where_it_runs(stem, op, triton):
-    assert [v.stem for v in registry.usable(op, SPEC_13B)] == [stem, triton]
+    """Before the Triton-language variant of its op (the dK/dU/dV kernels' order between
+    themselves per spec: test_gluon_bwd_dkvt_ws.py)."""
+    usable = [v.stem for v in registry.usable(op, SPEC_13B)]
+    assert usable[-1] == triton and stem in usable[:-1]
     interp = KernelSpec(2, 2, 64, 2, 64, "float16", "interpreter")
     assert [v.stem for v in registry.usable(op, interp)] == [triton]
 
 
 @pytest.mark.parametrize("stem", [v[0] for v in VARIANTS])
 def test_the_shared_launch_passes_every_kernel_argument_in_order(stem, monkeypatch):
-    """The three Gluon backward launchers share sm90.BackwardLaunch: on the CPU (the plan
+    """The Gluon backward launchers share sm90.BackwardLaunch: on the CPU (the plan
     made as for an sm90 device), its positional arguments and constexprs are exactly the
     generated kernel's parameters, in order, the outputs where the kernel takes them."""
     module = importlib.import_module(f"mhfgen.kernels.{stem}")
-    real_spec_of = module.spec_of
-    monkeypatch.setattr(module, "spec_of", lambda problem, q: dataclasses.replace(
+    # the module whose plan function looks the spec up (the dK/dU/dV kernels share one)
+    plan_fn = getattr(module, "gluon_dkv_plan", module._make_plan)
+    planner = importlib.import_module(plan_fn.__module__)
+    real_spec_of = planner.spec_of
+    monkeypatch.setattr(planner, "spec_of", lambda problem, q: dataclasses.replace(
         real_spec_of(problem, q), target="sm90"))
     inputs = make_inputs(Case("gqa", 1, 300, 8, 2, 128, 4, 128), torch.float16, "cpu")
     q, k, u, v, r, do = inputs

@@ -30,6 +30,7 @@ gradients are stored transposed back into (Hkv, I, D).
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -236,28 +237,41 @@ def flash_mhf_bwd_dkv_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: t
     """(dk, du, dv) of FlashMHF for the output gradient `do` (B, L, H, D) through the
     warp-specialised Gluon kernel (sm90); each (Hkv, E, De, D), contiguous, in k's dtype.
     ValueError where the variant does not support the problem."""
+    return launch_gluon_dkv(sys.modules[__name__], _plans, q, k, u, v, r, do, config)
+
+
+def launch_gluon_dkv(m, plans: dict, q, k, u, v, r, do, config):
+    """(dk, du, dv) through the Gluon dK/dU/dV kernel of module `m` (this one or
+    flash_mhf_bwd_dkvt_ws: each has KERNEL, _make_plan, unsupported, config_problems,
+    load_kernel, smem_layouts and constexprs), its plan cached in `plans`."""
     key = plan_key(config, q, k, u, v, r, do)
-    plan = _plans.get(key)
+    plan = plans.get(key)
     if plan is not None:
         return run_plan(plan, q, k, u, v, r, do)
-    plan, out = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, do, c),
+    plan, out = first_launch(m.KERNEL, lambda c: m._make_plan(q, k, u, v, r, do, c),
                              lambda p: run_plan(p, q, k, u, v, r, do), (q, k, u, v, r), config)
-    remember(_plans, key, plan)
+    remember(plans, key, plan)
     return out
 
 
 def _make_plan(q, k, u, v, r, do, config) -> DkvPlan:
     """Check the inputs and the config, load the kernel: everything but the launch."""
+    return gluon_dkv_plan(sys.modules[__name__], q, k, u, v, r, do, config)
+
+
+def gluon_dkv_plan(m, q, k, u, v, r, do, config) -> DkvPlan:
+    """The launch plan of module `m`'s Gluon dK/dU/dV kernel for one call signature:
+    the inputs and the config checked, the kernel loaded, grid and scalars fixed."""
     problem = check_flash_mhf_inputs(q, k, u, v, r)
     copy_do, _ = grad_plan_inputs(q, do)
     spec = spec_of(problem, q)
-    reason = unsupported(spec)
+    reason = m.unsupported(spec)
     if reason:
-        raise ValueError(f"{KERNEL} cannot run {spec.key()}: {reason}")
-    config = resolve_config(KERNEL, spec, problem, q, config)
-    problems = config_problems(spec, config)
+        raise ValueError(f"{m.KERNEL} cannot run {spec.key()}: {reason}")
+    config = resolve_config(m.KERNEL, spec, problem, q, config)
+    problems = m.config_problems(spec, config)
     if problems:
-        raise ValueError(f"{KERNEL} config {config.describe()} cannot run {spec.key()}: "
+        raise ValueError(f"{m.KERNEL} config {config.describe()} cannot run {spec.key()}: "
                          + "; ".join(problems))
     copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
     tokens = problem.tokens
@@ -265,14 +279,30 @@ def _make_plan(q, k, u, v, r, do, config) -> DkvPlan:
         return DkvPlan((), False, copy, copy_do)
     per_split, splits, atomic = token_split_plan(tokens, config)
     scalars = (*r.stride(), q.shape[1], tokens, per_split)
-    meta = {**constexprs(spec, config), "num_warps": 4, "maxnreg": backward_register_cap()}
-    grid = (spec.intermediate // BLOCK_N, spec.kv_heads, splits)
-    launch = BackwardLaunch(load_kernel(spec, config), grid, scalars, meta,
-                            smem_layouts(spec, config))
+    meta = {**m.constexprs(spec, config), "num_warps": 4, "maxnreg": backward_register_cap()}
+    grid = (spec.intermediate // config.block_n, spec.kv_heads, splits)
+    launch = BackwardLaunch(m.load_kernel(spec, config), grid, scalars, meta,
+                            m.smem_layouts(spec, config))
     return DkvPlan((launch,), atomic, copy, copy_do)
 
 
-def token_split_plan(tokens: int, config: BwdDkvWsConfig) -> tuple[int, int, bool]:
+def token_split_problems(spec: KernelSpec, config, tokens: int, sm_count: int) -> list[str]:
+    """What is wrong with a Gluon dK/dU/dV config's token splits at `tokens` tokens on
+    `sm_count` SMs: more splits than row blocks, or more programs than
+    MAX_PROGRAMS_PER_SM a multiprocessor (past that a split only adds atomic traffic)."""
+    if config.token_splits == 1:
+        return []
+    problems = []
+    if config.token_splits > spec.group * cdiv(max(1, tokens), config.block_m):
+        problems.append(f"token_splits={config.token_splits} exceeds the row blocks")
+    programs = spec.kv_heads * spec.intermediate // config.block_n
+    budget = MAX_PROGRAMS_PER_SM * max(1, sm_count)
+    if programs * config.token_splits > budget:
+        problems.append(f"token_splits={config.token_splits} makes more than {budget} programs")
+    return problems
+
+
+def token_split_plan(tokens: int, config) -> tuple[int, int, bool]:
     """(row blocks per split, splits, atomic) for `tokens` tokens. `atomic` follows the
     config, not the split count: the template adds by atomics whenever the config splits,
     also where the tokens make a single split, and the gradients must then be zeroed fp32
@@ -284,10 +314,15 @@ def token_split_plan(tokens: int, config: BwdDkvWsConfig) -> tuple[int, int, boo
 
 def compile_sm90(spec: KernelSpec, config: BwdDkvWsConfig) -> CompileReport:
     """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
+    return compile_gluon_dkv(sys.modules[__name__], spec, config)
+
+
+def compile_gluon_dkv(m, spec: KernelSpec, config) -> CompileReport:
+    """Compile module `m`'s Gluon dK/dU/dV kernel for sm90 down to cubin (no GPU)."""
     f32 = torch.empty(16, dtype=torch.float32)
     narrow = torch.empty(16, dtype=spec.torch_dtype)
     grads = f32 if config.token_splits > 1 else narrow
-    args = dict(backward_descriptors(spec, smem_layouts(spec, config), config.block_m),
+    args = dict(backward_descriptors(spec, m.smem_layouts(spec, config), config.block_m),
                 R=f32, DK=grads, DU=grads, DV=grads)
-    return compile_gluon(load_kernel(spec, config), args, constexprs(spec, config),
+    return compile_gluon(m.load_kernel(spec, config), args, m.constexprs(spec, config),
                          dict(num_warps=4, maxnreg=backward_register_cap()))

@@ -130,10 +130,12 @@ def describe_config(config) -> str:
 
 
 def tunable(kernels: Iterable[str], spec, tokens: int) -> list[str]:
-    """The variants of `kernels` (stems) that can run `spec` at `tokens` tokens: a
-    variant that needs a GPU is left out on the interpreter, one whose supports()
-    refuses the shape everywhere."""
-    return [k for k in kernels if registry.get(k).unsupported(spec, tokens) is None]
+    """The variants of `kernels` (stems) that can run `spec` at `tokens` tokens, by their
+    rank for `spec` (the first one's default is a study's first trial): a variant that
+    needs a GPU is left out on the interpreter, one whose supports() refuses the shape
+    everywhere."""
+    return sorted([k for k in kernels if registry.get(k).unsupported(spec, tokens) is None],
+                  key=lambda k: registry.get(k).rank(spec))
 
 
 def tuning_units(names: Iterable[str], spec, tokens: int) -> list[str]:

@@ -12,9 +12,9 @@ splits it adds nothing by atomics: its gradients are bitwise reproducible.
 from __future__ import annotations
 
 from ..kernels import flash_mhf_bwd_dkv_ws as ws
+from ..kernels.flash_mhf_bwd_dkv_ws import token_split_problems
 from ..registry import Variant, register
 from ..spec import KernelSpec
-from ..tiling import cdiv
 
 
 class FlashMhfBwdDkvWs(Variant):
@@ -48,16 +48,8 @@ class FlashMhfBwdDkvWs(Variant):
 
     def prune_reason(self, spec: KernelSpec, config: ws.BwdDkvWsConfig, tokens: int,
                      sm_count: int) -> str | None:
-        problems = ws.config_problems(spec, config)
-        blocks = spec.group * cdiv(max(1, tokens), config.block_m)
-        if config.token_splits > 1:
-            if config.token_splits > blocks:
-                problems.append(f"token_splits={config.token_splits} exceeds the row blocks")
-            programs = spec.kv_heads * spec.intermediate // ws.BLOCK_N
-            budget = ws.MAX_PROGRAMS_PER_SM * max(1, sm_count)
-            if programs * config.token_splits > budget:
-                problems.append(f"token_splits={config.token_splits} makes more than "
-                                f"{budget} programs")
+        problems = [*ws.config_problems(spec, config),
+                    *token_split_problems(spec, config, tokens, sm_count)]
         return "; ".join(problems) if problems else None
 
 
