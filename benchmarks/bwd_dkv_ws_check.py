@@ -144,7 +144,10 @@ def sweep_configs(name):
         out += [BwdDkvWsConfig(token_splits=2), BwdDkvWsConfig(sigmoid="exp")]
     if name == "H16D64":
         out += [BwdDkvtWsConfig(stages=s) for s in (2, 3, 4, 6, 8)]
-        out += [BwdDkvtWsConfig(stages=s, wg_rows=64) for s in (2, 3, 4)]
+        out += [BwdDkvtWsConfig(stages=s, wg_rows=64) for s in (2, 3, 4, 6, 8)]
+        out += [BwdDkvtWsConfig(stages=6, wg_rows=64, token_splits=t) for t in (2, 3, 4)]
+        out += [BwdDkvtWsConfig(stages=6, wg_rows=64, sigmoid="exp"),
+                BwdDkvtWsConfig(stages=6, wg_rows=64, producer_regs=40, consumer_regs=232)]
         out += [BwdDkvtWsConfig(stages=4, token_splits=2), BwdDkvtWsConfig(stages=4, sigmoid="exp"),
                 BwdDkvtWsConfig(stages=4, producer_regs=40, consumer_regs=232)]
     else:
