@@ -12,11 +12,11 @@ correctness, then speed.
    names start 'dkvt'; 'n/a' where a config does not fit the shape).
 2. speed at 16384 tokens in bf16: a config sweep (or the configs named by --configs, as
    'dkv_ws DESCRIBE' or 'dkvt DESCRIBE', DESCRIBE the config's describe(); a bare DESCRIBE
-   names a flash_mhf_bwd_dkv_ws config) beside the dispatched forward, backward and dQ/dR (and, with
-   --triton, the Triton-language dK/dU/dV), in one process. TFLOP/s of the dK/dU/dV
-   kernel count its 6 executed GEMM units (12 T H I D); 'split' adds the dispatched dQ/dR
-   and counts the backward as 12 T H I D, forward + backward as 18 T H I D. Each timed
-   config's gradients are checked against float64 first.
+   names a flash_mhf_bwd_dkv_ws config; any config can be named so) beside the dispatched
+   forward, backward and dQ/dR (and, with --triton, the Triton-language dK/dU/dV), in one
+   process. TFLOP/s of the dK/dU/dV kernel count its 6 executed GEMM units (12 T H I D);
+   'split' adds the dispatched dQ/dR and counts the backward as 12 T H I D, forward +
+   backward as 18 T H I D. Each timed config's gradients are checked against float64 first.
 Every first launch is watched for a hang (an mbarrier deadlock): a hang ends the run,
 printing what was measured.
 """
@@ -155,6 +155,42 @@ def sweep_configs(name):
     return out
 
 
+def parse_label(text):
+    """The config a label() names: 'dkvt' or 'dkv_ws' (or nothing: dkv_ws), then the
+    words of its describe(), e.g. 'dkvt s6 regs 24/240 wg64 ts3 exp' or
+    's4 regs 24/240 rows joint jgrads'; None where a word is not one of theirs."""
+    words = text.split()
+    cls = BwdDkvtWsConfig if words[:1] == ["dkvt"] else BwdDkvWsConfig
+    if words[:1] in (["dkvt"], ["dkv_ws"]):
+        words = words[1:]
+    kw, i = {}, 0
+    while i < len(words):
+        w = words[i]
+        if w == "regs" and i + 1 < len(words) and "/" in words[i + 1]:
+            producer, consumer = words[i + 1].split("/")
+            kw.update(producer_regs=int(producer), consumer_regs=int(consumer))
+            i += 1
+        elif w[:1] == "s" and w[1:].isdigit():
+            kw["stages"] = int(w[1:])
+        elif w[:2] == "ts" and w[2:].isdigit():
+            kw["token_splits"] = int(w[2:])
+        elif cls is BwdDkvtWsConfig and w[:2] == "wg" and w[2:].isdigit():
+            kw["wg_rows"] = int(w[2:])
+        elif w == "exp":
+            kw["sigmoid"] = "exp"
+        elif cls is BwdDkvWsConfig and w in ("rows", "tokens"):
+            kw["split"] = w
+        elif cls is BwdDkvWsConfig and w in ("joint", "jgrads"):
+            kw["joint_scores" if w == "joint" else "joint_grads"] = True
+        else:
+            return None
+        i += 1
+    try:
+        return cls(**kw)
+    except ValueError:
+        return None
+
+
 def chosen_configs(name, wanted):
     """The sweep of shape `name`, or the configs among every shape's sweep (and the verify
     configs) named in `wanted` (by label(), or a flash_mhf_bwd_dkv_ws config's describe())."""
@@ -167,6 +203,9 @@ def chosen_configs(name, wanted):
         known[label(c)] = c
         if module_of(c) is ws:  # a bare describe() names a flash_mhf_bwd_dkv_ws config
             known[c.describe()] = c
+    for w in wanted:
+        if w not in known and parse_label(w) is not None:
+            known[w] = parse_label(w)
     missing = [w for w in wanted if w not in known]
     if missing:
         raise SystemExit(f"unknown configs {missing}; known: {sorted(known)}")

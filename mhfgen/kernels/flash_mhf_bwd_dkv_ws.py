@@ -57,6 +57,12 @@ BLOCK_N = BACKWARD_BLOCK_N
 ROW_TILE = {"tokens": 128, "rows": 64}
 #: programs per multiprocessor above which a token split only adds atomic traffic
 MAX_PROGRAMS_PER_SM = 8
+#: the heuristic's price of splitting the tokens, as a fraction of the kernel's time (fp32
+#: atomics into zeroed buffers, then their conversion): on an H200, 2 splits of 352 weight
+#: tiles (the same 2.67 waves as 1) measured 1.04-1.05x slower than none
+SPLIT_COST = 0.05
+#: the most token splits the heuristic takes to even out the last wave
+MAX_WAVE_SPLITS = 4
 
 
 @dataclass(frozen=True)
@@ -173,17 +179,36 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConf
     scores (1.05-1.07x without), and without grouped query heads joint transposed
     gradients with 4 slots (1.09-1.10x 'rows' s3 joint; with 4 query heads per kv head
     0.86x, so grouped shapes keep s3); at D = 64 'tokens' with 3 and separate scores
-    (joint is 1.16x slower there); tanh; token splits only where the weight tiles fill
-    fewer than two waves of programs."""
+    (joint is 1.16x slower there); tanh; token splits by wave_token_splits."""
     split = "tokens" if spec.head_dim <= 64 else "rows"
     grads = split == "rows" and spec.head_dim == 128 and spec.group == 1
     programs = spec.kv_heads * spec.intermediate // BLOCK_N
     blocks = spec.group * cdiv(max(1, tokens), ROW_TILE[split])
-    splits = 1
-    if programs < 2 * sm_count:
-        splits = max(1, min(cdiv(2 * sm_count, programs), blocks // 4))
-    return BwdDkvWsConfig(stages=4 if grads else 3, split=split, token_splits=splits,
+    return BwdDkvWsConfig(stages=4 if grads else 3, split=split,
+                          token_splits=wave_token_splits(programs, blocks, sm_count),
                           joint_scores=split == "rows", joint_grads=grads)
+
+
+def wave_token_splits(programs: int, blocks: int, sm_count: int) -> int:
+    """The token splits the Gluon dK/dU/dV heuristics take for `programs` weight tiles,
+    `blocks` row blocks of tokens and `sm_count` multiprocessors (one program each).
+
+    Fewer than two waves of weight tiles: enough splits for two waves, at most blocks / 4.
+    Otherwise the splits s <= MAX_WAVE_SPLITS that minimise the modelled time
+    ceil(programs * s / sm_count) / s * (1 + SPLIT_COST [s > 1]): whole waves of
+    programs each 1 / s as long, and the atomics' price. 352 tiles on 132 SMs (2.67 waves:
+    370M, 1.3B with 4 kv heads, and H16 D64 at 128-row tiles) take 3 splits (8 full
+    waves, modelled 0.93x; measured 0.92-0.95x on an H200); 1408 tiles (1.3B) take none.
+    Splits past the row blocks or MAX_PROGRAMS_PER_SM programs an SM are not taken."""
+    if programs < 2 * sm_count:
+        return max(1, min(cdiv(2 * sm_count, programs), blocks // 4))
+
+    def cost(splits: int) -> float:
+        waves = cdiv(programs * splits, sm_count) / splits
+        return waves * (1 + SPLIT_COST) if splits > 1 else waves
+    fits = [s for s in range(2, MAX_WAVE_SPLITS + 1)
+            if s <= blocks // 4 and programs * s <= MAX_PROGRAMS_PER_SM * sm_count]
+    return min([1, *fits], key=lambda s: (cost(s), s))
 
 
 def static_params(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
