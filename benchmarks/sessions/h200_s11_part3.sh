@@ -3,7 +3,7 @@
 # speed up the training step, whose split backward runs dQ/dR and dK/dU/dV on two
 # streams? The training step alternately with the shipped database alone (A) and with
 # part 2's three winners over it (B), A B A B in one call
-# (docs/figures/*_h200_2026-12-03c*).
+# ; then mhfgen verify --backward split with B (docs/figures/*_h200_2026-12-03c*).
 source .whl/preamble.sh || exit
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -18,3 +18,8 @@ for run in A1 B1 A2 B2; do
   grep "| mhfgen | fwdbwd\|layer_mhfgen | fwdbwd" "$OUT/train_step_$run.log"
   date -u >> "$OUT/machine.txt"
 done
+# mhfgen verify of the split backward as dispatched with B, all three dtypes
+export MHFGEN_DB=/tmp/s11b.sqlite
+timeout 300 python3 -m mhfgen verify --backward split > "$OUT/verify.txt" 2>&1
+echo "verify rc $?" >> "$OUT/verify.txt"; tail -4 "$OUT/verify.txt"
+date -u >> "$OUT/machine.txt"
