@@ -142,6 +142,13 @@ def stored_choice(op: str, spec: KernelSpec, tokens: int, device: torch.device) 
     return _tuned(op, _considered(op, spec, tokens, device), spec, tokens, device)
 
 
+def decide(op: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice:
+    """The choice the dispatch order makes for `op` (steps 1-4), made afresh: not cached,
+    and not a miss to record or tune (mhfgen.record.on_miss). The tuner times dK/dU/dV
+    beside this choice of dQ/dR (mhfgen.tuning.workload)."""
+    return _decide(op, spec, tokens, device)
+
+
 def tuned_configs_enabled() -> bool:
     """False when MHFGEN_NO_TUNED is set to anything but '' or '0'."""
     return os.environ.get(NO_TUNED_ENV, "") in ("", "0")

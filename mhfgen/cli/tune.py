@@ -232,6 +232,11 @@ def _summary(problem, device, timer, results, db_path, storage) -> str:
     lines = [f"Tuned {problem.describe()} on {device.gpu_name} ({device.target}, compute "
              f"capability {device.compute_capability})",
              f"timings: {timer.label}"]
+    for r in results:  # kernels timed in context (mhfgen.tuning.workload): what beside
+        label = timer.label_for(r.variant) if r.variant else timer.label
+        if label != timer.label:
+            lines.append(f"{r.kernel} timed {label.removeprefix(timer.label + '; ')}: its ms "
+                         f"are what it adds to the split backward")
     if not timer.gpu_timings:
         lines.append("NOTE: these are NOT GPU timings; they rank configs for Triton's "
                      "interpreter only. Run `mhfgen tune` on a GPU for real ones.")

@@ -134,7 +134,7 @@ def _tune(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> C
     from .search import describe_config
 
     log.warning("mhfgen: tuned %s in %.1f s: %s, %.4g ms (%s)", kernel, seconds,
-                describe_config(result.winner), result.ms, timer.label)
+                describe_config(result.winner), result.ms, timer.label_for(result.variant))
     return Choice(result.winner, "exact", "user", tokens, result.variant)
 
 

@@ -400,7 +400,8 @@ class Tuner:
                 else:
                     study.declare(self._declaration(result, study))
         if result.winner is not None:
-            self._store_winner(kernel, result, result.timer_label or self.timer.label)
+            self._store_winner(kernel, result,
+                               result.timer_label or self.timer.label_for(result.variant))
         study.close()
         return result
 
@@ -409,7 +410,7 @@ class Tuner:
         (study.key_of: their JSON, in a joint study with the variant)."""
         return {"evaluated": r.evaluated, "config": study.key_of(r.winner), "ms": r.ms,
                 "tflops": r.tflops, "default_ms": r.default_ms, "speedup": r.speedup,
-                "timer": self.timer.label,
+                "timer": self.timer.label_for(r.variant),
                 "side_by_side": [[study.key_of(c), ms] for c, ms in r.side_by_side],
                 "by": f"{HOST}:{os.getpid()}", "created": utc_now()}
 
@@ -439,7 +440,7 @@ class Tuner:
             return
         self.db.add_trials([self._trial_record(
             kernel, e.config, e.ms, e.error, e.failure, study.name, e.number,
-            e.timer or self.timer.label, e.finished) for e in study.evaluated_trials()],
+            e.timer or self.timer.label_for(e.config.variant), e.finished) for e in study.evaluated_trials()],
             once=True)
 
     @staticmethod
@@ -473,10 +474,10 @@ class Tuner:
                 except CandidateFailed as exc:
                     failure = exc.failure
             if failure is None:
-                study.tell_time(a, ms, error, self.timer.label)
+                study.tell_time(a, ms, error, self.timer.label_for(c.kernel))
                 last = f"{describe_config(c.config)}: {ms:.4g} ms"
             else:
-                study.tell_failure(a, failure, error, self.timer.label)
+                study.tell_failure(a, failure, error, self.timer.label_for(c.kernel))
                 last = f"{describe_config(c.config)}: {failure}"
             self._store_trial(kernel, c.config, ms, error, failure, study.name, a.number)
             self._report(kernel, "search", study, budget, last)
@@ -503,7 +504,8 @@ class Tuner:
         if self.db is None:
             return
         self.db.add_trial(self._trial_record(kernel, config, ms, error, failure, study, number,
-                                             self.timer.label), once=True)
+                                             self.timer.label_for(config.variant)),
+                        once=True)
         self._stored += 1
         if self._stored == _pause_after():
             _pause(self._stored)

@@ -4,8 +4,15 @@ A Timer turns candidates into outcomes in three steps:
     prepare(candidates) -> [Failure | None]   compile (in parallel where it can)
     check(candidate)    -> (error, Failure | None)  the answer against float64
     time(candidate)     -> milliseconds         one median; raises CandidateFailed
-and says what its numbers are: `label` (printed beside every result and stored with
-every trial) and `gpu_timings` (False: the numbers must not be read as GPU speed).
+and says what its numbers are: `label` (printed beside every result), label_for(kernel)
+(stored with every trial of variant `kernel`: the label, and for a kernel timed in
+context what it was timed beside) and `gpu_timings` (False: the numbers must not be read
+as GPU speed).
+
+In context (mhfgen.tuning.workload, Workload.pairing): a dK/dU/dV candidate's time is
+the median of the candidate launched beside the dispatcher's dQ/dR on a second stream,
+less the median of that dQ/dR alone (measured once per timer, the same way): what the
+candidate adds to the split backward.
 
     GpuTimer          a CUDA device: compile pool, triton.testing.do_bench medians
                       (warm-up, then repeats each preceded by an L2 flush)
@@ -66,14 +73,39 @@ class Timer(Protocol):
 
     def time(self, candidate: Candidate) -> float: ...
 
+    def label_for(self, kernel: str) -> str: ...
+
     def close(self) -> None: ...
 
 
 class _WorkloadTimer:
-    """What the GPU and interpreter timers share: a Workload and answer checks."""
+    """What the GPU and interpreter timers share: a Workload, answer checks, and the
+    subtraction of a paired kernel's own time (module doc)."""
 
     def __init__(self, workload) -> None:
         self.workload = workload
+        self._beside: dict[str, float] = {}  # paired op -> its median alone, ms
+
+    def _beside_ms(self, kernel: str, measure) -> float:
+        """The median time alone of what `kernel` is timed beside, by `measure` (a
+        closure -> ms), measured on first use; 0 for a kernel timed alone."""
+        pairing = self.workload.pairing(kernel)
+        if pairing is None:
+            return 0.0
+        if pairing.op not in self._beside:
+            self._beside[pairing.op] = measure(pairing.launch)
+        return self._beside[pairing.op]
+
+    def label_for(self, kernel: str) -> str:
+        pairing = self.workload.pairing(kernel)
+        if pairing is None:
+            return self.label
+        from .search import describe_config
+
+        alone = self._beside.get(pairing.op)
+        less = f", less its {alone:.4g} ms alone" if alone is not None else ", less its time alone"
+        return (f"{self.label}; in the split backward: beside {pairing.variant} "
+                f"{describe_config(pairing.config)} on a second stream{less}")
 
     def check(self, candidate: Candidate) -> tuple[float | None, Failure | None]:
         try:
@@ -151,8 +183,11 @@ class GpuTimer(_WorkloadTimer):
             once = time.perf_counter() - start
             if once > self.launch_timeout_s:
                 raise CandidateFailed(Failure("timeout", f"one launch took {once:.1f} s"))
-            return float(do_bench(fn, warmup=self.warmup_ms, rep=self.rep_ms,
-                                  return_mode="median"))
+
+            def bench(f) -> float:
+                return float(do_bench(f, warmup=self.warmup_ms, rep=self.rep_ms,
+                                      return_mode="median"))
+            return bench(fn) - self._beside_ms(candidate.kernel, bench)
         except CandidateFailed:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -188,13 +223,16 @@ class InterpreterTimer(_WorkloadTimer):
         fn = self.workload.launch_fn(candidate.kernel, candidate.config)
         try:
             fn()
-            samples = []
-            for _ in range(self.repeats):
-                start = time.perf_counter()
-                fn()
-                samples.append((time.perf_counter() - start) * 1e3)
+            return self._median(fn) - self._beside_ms(candidate.kernel, self._median)
         except Exception as exc:  # noqa: BLE001
             raise CandidateFailed(classify(exc)) from exc
+
+    def _median(self, fn) -> float:
+        samples = []
+        for _ in range(self.repeats):
+            start = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - start) * 1e3)
         return statistics.median(samples)
 
 
@@ -258,6 +296,9 @@ class ReplayTimer:
             raise CandidateFailed(Failure(rec["failure"]["stage"], rec["failure"]["reason"]))
         return float(rec["ms"])
 
+    def label_for(self, kernel: str) -> str:
+        return self.label
+
     def close(self) -> None:
         pass
 
@@ -295,6 +336,9 @@ class RecordingTimer:
             raise
         self._times.setdefault(candidate, []).append(ms)
         return ms
+
+    def label_for(self, kernel: str) -> str:
+        return self.inner.label_for(kernel)
 
     def close(self) -> None:
         self.inner.close()

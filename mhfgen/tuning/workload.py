@@ -9,9 +9,24 @@ References (o and the five gradients, float64, by autograd over chunks of tokens
 computed once, on first use. A candidate passes when every output of its variant (Variant.outputs)
 is within mhfgen.tolerances.tolerance(dtype, grad): the forward bar for o, the gradient
 bar for dq, dr, dk, du, dv.
+
+Timing in context (`pairing`): the split backward runs dK/dU/dV on the caller's stream
+and dQ/dR beside it on a second one (mhfgen.kernels.dispatched.backward), so what a
+dK/dU/dV config costs a training step is not its time alone: dQ/dR's programs fill the
+multiprocessors its last partial wave leaves idle, and a config that evens out that wave
+alone (token splits, say) can be slower beside dQ/dR. Where the runtime runs the pair on
+two streams (dispatched.two_streams: a GPU, MHFGEN_BACKWARD_STREAMS unset), a dK/dU/dV
+candidate is launched the same way, beside the dQ/dR kernel the dispatcher picks for the
+problem (its stored winner, else its heuristic), and timed as the pair's time less that
+dQ/dR's time alone (the timers do the subtraction: mhfgen.tuning.timer). So a dK/dU/dV
+record's ms is what the candidate adds to the split backward, and the dQ/dR record's ms
+plus it is the split backward's time (mhfgen.dispatch.backward_form compares that sum
+with the one pass). dQ/dR is timed alone: pairing both ways would count the overlap twice.
+The answer check always runs the candidate alone.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -30,12 +45,36 @@ def batch_of(tokens: int) -> int:
     return tokens // 2048 if tokens >= 2048 and tokens % 2048 == 0 else 1
 
 
-class Workload:
-    """Inputs of `problem` on `device` and the checks of candidates against float64."""
+#: the op timed in context -> the op launched beside it (see the module doc)
+PAIRED_OPS = {"bwd_dkv": "bwd_dq"}
 
-    def __init__(self, problem: TuningProblem, device: torch.device | str, seed: int = 0) -> None:
+
+@dataclass(frozen=True)
+class Pairing:
+    """The kernel a candidate is timed beside: `variant` with `config` (op `op`), launched
+    by `launch` (no arguments) on a second stream."""
+
+    op: str
+    variant: str
+    config: object
+    launch: Callable[[], object]
+
+
+class Workload:
+    """Inputs of `problem` on `device` and the checks of candidates against float64.
+
+    paired: time dK/dU/dV candidates beside dQ/dR (module doc); None: as the runtime
+    runs the split backward (mhfgen.kernels.dispatched.two_streams). On the CPU a paired
+    launch runs the two kernels one after the other."""
+
+    def __init__(self, problem: TuningProblem, device: torch.device | str, seed: int = 0,
+                 paired: bool | None = None) -> None:
+        from ..kernels.dispatched import two_streams
+
         self.problem = problem
         self.device = torch.device(device)
+        self.paired = two_streams(self.device) if paired is None else paired
+        self._pairings: dict[str, Pairing | None] = {}
         s, T = problem.spec, problem.tokens
         B = batch_of(T)
         self.case = Case("tuning", B, T // B, s.heads, s.kv_heads, s.head_dim, s.experts,
@@ -56,9 +95,50 @@ class Workload:
         return out if isinstance(out, tuple) else (out,)
 
     def launch_fn(self, kernel: str, config) -> Callable[[], object]:
-        """A no-argument closure launching `kernel` with `config` (for timing)."""
+        """A no-argument closure launching `kernel` with `config` (for timing); where
+        `kernel` is timed in context, with its pairing's kernel beside it, as
+        mhfgen.kernels.dispatched.backward launches the two (the candidate first, on the
+        current stream; the other on a side stream that the current one then waits for)."""
         fn, args = registry.get(kernel).launch_fn(), self.args(kernel)
-        return lambda: fn(*args, config=config)
+        alone = lambda: fn(*args, config=config)  # noqa: E731
+        pairing = self.pairing(kernel)
+        if pairing is None:
+            return alone
+        if self.device.type != "cuda":
+            def in_turn():
+                alone()
+                pairing.launch()
+            return in_turn
+        side = torch.cuda.Stream(self.device)
+
+        def beside():
+            main = torch.cuda.current_stream(self.device)
+            side.wait_stream(main)
+            alone()
+            with torch.cuda.stream(side):
+                pairing.launch()
+            main.wait_stream(side)
+        return beside
+
+    def pairing(self, kernel: str) -> Pairing | None:
+        """What variant `kernel` is timed beside (module doc), or None (timed alone). The
+        other op's dispatch choice is made once per workload, from the databases as the
+        dispatcher has read them in this process, and the other kernel run once (compiled) before it is returned."""
+        op = registry.get(kernel).op
+        if not self.paired or op not in PAIRED_OPS:
+            return None
+        if op not in self._pairings:
+            from ..dispatch import decide
+
+            other = PAIRED_OPS[op]
+            s = self.problem.spec
+            choice = decide(other, s, self.problem.tokens, self.device)
+            fn, args = registry.get(choice.variant).launch_fn(), self.args(choice.variant)
+            config = choice.config
+            launch = lambda: fn(*args, config=config)  # noqa: E731
+            launch()
+            self._pairings[op] = Pairing(other, choice.variant, config, launch)
+        return self._pairings[op]
 
     # -- checking ----------------------------------------------------------------
     def reference(self, kernel: str) -> tuple[torch.Tensor, ...]:
