@@ -290,3 +290,25 @@ def test_a_candidate_that_loses_the_device_is_stored_failed_and_stops_the_run(tm
         study = tuner.open_study(DQ)
         assert study.resumed == 5
         assert tuner.tune_kernel(DQ, study).evaluated == 20
+
+
+def test_a_baseline_databases_winner_is_retimed_and_kept_when_it_is_faster(tmp_path):
+    """The shipped database's winner of the problem (a `baselines` database) is timed
+    beside the finalists: a short search into a user database never stores a config
+    that the winner it would shadow beats."""
+    rec = recording(PROBLEM, kernels=[DQ])
+    with TuningDB.open(tmp_path / "shipped.sqlite") as shipped:
+        best = tuner_for(rec, SearchSettings(trials=10_000, strategy="grid"),
+                         db=shipped).tune_kernel(DQ)
+    assert best.ms == pytest.approx(best_of(rec, DQ))
+    short = SearchSettings(trials=4, batch=4, seed=1, startup=4, refine=0)
+    with TuningDB.open(tmp_path / "alone.sqlite") as db:
+        alone = tuner_for(rec, short, db=db).tune_kernel(DQ)
+    assert alone.ms > best.ms  # four trials miss the grid's best
+    with TuningDB.open(tmp_path / "user.sqlite") as db:
+        tuner = Tuner(PROBLEM, H200, ReplayTimer(rec), db, short,
+                      baselines=[tmp_path / "shipped.sqlite", tmp_path / "missing.sqlite"])
+        result = tuner.tune_kernel(DQ)
+        stored, = db.winners(variant=result.variant)
+    assert result.winner == best.winner and result.ms == pytest.approx(best.ms)
+    assert stored.config == best.winner

@@ -249,6 +249,10 @@ def _summary(problem, device, timer, results, db_path, storage) -> str:
                      f"{r.default_ms:.4g}" if r.default_ms else "-",
                      f"{r.speedup:.2f}x" if r.speedup else "-", f"{r.evaluated} ({r.failed})"))
     lines.append(table(header, rows))
+    for r in results:  # the final re-timing: the finalists, the default, stored winners
+        if len(r.side_by_side) > 1:
+            lines.append(f"{r.kernel} side by side (ms): " + ", ".join(
+                f"{describe_config(c)} {ms:.4g}" for c, ms in r.side_by_side))
     if len(results) == 3 and all(r.ms for r in results):
         total = sum(r.ms for r in results)
         line = (f"forward + backward: {total:.4g} ms, "
@@ -485,10 +489,11 @@ def _open_studies(tuner, kernels, storage):
 def _tune_here(args, problem, device, timer, db, settings, storage, kernels):
     """--workers 1: search and finish in this process (sharing the study with other
     hosts when --storage is given)."""
+    from .. import paths
     from ..tuning.search import Tuner
 
     tuner = Tuner(problem, device, timer, db, settings, storage,
-                  shared=args.storage is not None)
+                  shared=args.storage is not None, baselines=[paths.shipped_db_path()])
     studies = _open_studies(tuner, kernels, storage)
     resumed = sum(s.resumed for s in studies.values())
     if resumed:

@@ -100,7 +100,7 @@ def tune_missing(kernel: str, spec: KernelSpec, tokens: int,
 def _tune(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice | None:
     import contextlib
 
-    from ..paths import user_db_path
+    from ..paths import shipped_db_path, user_db_path
     from .db import TuningDB
     from .problem import DeviceFacts, TuningProblem
     from .search import SearchSettings, Tuner, tuning_units
@@ -123,7 +123,8 @@ def _tune(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> C
                 units = tuning_units([kernel], spec, tokens)
                 if not units:
                     return None
-                result = Tuner(problem, facts, timer, db, settings).tune(units)[0]
+                result = Tuner(problem, facts, timer, db, settings,
+                               baselines=[shipped_db_path()]).tune(units)[0]
         finally:
             timer.close()
     seconds = time.perf_counter() - start

@@ -203,7 +203,8 @@ class Tuner:
                  db: TuningDB | None, settings: SearchSettings = SearchSettings(),
                  storage_url: str | None = None,
                  progress: Callable[[Progress], None] | None = None,
-                 shared: bool = False, worker: int = 0, poll_s: float = 0.5) -> None:
+                 shared: bool = False, worker: int = 0, poll_s: float = 0.5,
+                 baselines: Iterable[str | Path] = ()) -> None:
         import torch
         import triton
 
@@ -213,6 +214,7 @@ class Tuner:
         self.problem, self.device, self.timer, self.db = problem, device, timer, db
         self.settings, self.storage_url = settings, storage_url
         self.shared, self.worker, self.poll_s = shared, worker, poll_s
+        self.baselines = [Path(b) for b in baselines]
         self.progress = progress or (lambda p: None)
         self.triton_version, self.torch_version = triton.__version__, torch.__version__
         self._stored = 0  # trials this process stored (see PAUSE_ENV)
@@ -435,6 +437,23 @@ class Tuner:
         return [w for stem in self.variants(kernel)
                 for w in self.db.winners(**self.key(stem).as_dict())]
 
+    def _baseline_winners(self, kernel: str) -> list:
+        """The winners of this problem (exact key) in the `baselines` databases (the CLI
+        passes the shipped one): re-timed beside the finalists, so a winner stored in a
+        user database is never one that the winner it shadows beats on this GPU."""
+        out = []
+        target = Path(self.db.path).resolve() if self.db is not None else None
+        for path in self.baselines:
+            if not path.exists() or path.resolve() == target:
+                continue
+            try:
+                with TuningDB.open(path, readonly=True) as db:
+                    out += [w for stem in self.variants(kernel)
+                            for w in db.winners(**self.key(stem).as_dict())]
+            except Exception as exc:  # noqa: BLE001 - a baseline is a courtesy, not a need
+                log.warning("%s: cannot read the baseline database %s (%s)", kernel, path, exc)
+        return out
+
     def _sync_trials(self, kernel: str, study: ConfigStudy) -> None:
         if self.db is None:
             return
@@ -532,6 +551,7 @@ class Tuner:
         extras = [result.default]
         if self.db is not None:
             extras += [w.config for w in self._stored_winners(kernel)]
+        extras += [w.config for w in self._baseline_winners(kernel)]
         for config in extras:
             if config not in finalists and self._baseline_ok(kernel, config, study):
                 finalists.append(config)

@@ -94,6 +94,7 @@ def run_worker(job: WorkerJob) -> int:
     spent. Returns the exit status (0: done)."""
     import mhfgen  # noqa: F401 - first: switches Triton's interpreter on without CUDA
 
+    from .. import paths
     from ..spec import KernelSpec
     from .db import TuningDB
     from .problem import DeviceFacts, TuningProblem
@@ -118,7 +119,7 @@ def run_worker(job: WorkerJob) -> int:
     db = TuningDB.open(job.db) if job.db else None
     settings = SearchSettings(**{**job.settings, "fresh": False})
     tuner = Tuner(problem, device, timer, db, settings, job.storage, shared=True,
-                  worker=job.index)
+                  worker=job.index, baselines=[paths.shipped_db_path()])
     studies = {}
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
