@@ -81,9 +81,9 @@ def test_heuristic_fits_and_takes_wide_rows_at_head_dim_64():
         assert not wst.config_problems(spec, config), spec.key()
         assert variant.prune_reason(spec, config, 16384, 132) is None
     d64 = wst.default_config(SPEC_D64, 16384, 132)
-    assert (d64.wg_rows, d64.stages, d64.token_splits) == (64, 6, 3)  # 352 tiles: 8 waves
+    assert (d64.wg_rows, d64.stages, d64.token_splits) == (64, 6, 1)  # 352 tiles: dQ/dR fills
     gqa = wst.default_config(SPEC_GQA4, 16384, 132)
-    assert (gqa.wg_rows, gqa.stages, gqa.token_splits) == (32, 3, 3)
+    assert (gqa.wg_rows, gqa.stages, gqa.token_splits) == (32, 3, 1)
     assert wst.default_config(SPEC_13B, 16384, 132).token_splits == 1  # 1408 tiles
     assert wst.default_config(SPEC_DE192, 16384, 132).wg_rows == 32  # 128 does not divide 192
     assert wst.default_config(SPEC_E1, 16384, 132).token_splits > 1  # 16 weight tiles

@@ -57,13 +57,6 @@ BLOCK_N = BACKWARD_BLOCK_N
 ROW_TILE = {"tokens": 128, "rows": 64}
 #: programs per multiprocessor above which a token split only adds atomic traffic
 MAX_PROGRAMS_PER_SM = 8
-#: the heuristic's price of splitting the tokens, as a fraction of the kernel's time (fp32
-#: atomics into zeroed buffers, then their conversion): on an H200, 2 splits of 352 weight
-#: tiles (the same 2.67 waves as 1) measured 1.04-1.05x slower than none
-SPLIT_COST = 0.05
-#: the most token splits the heuristic takes to even out the last wave
-MAX_WAVE_SPLITS = 4
-
 
 @dataclass(frozen=True)
 class BwdDkvWsConfig(VariantConfig):
@@ -191,24 +184,20 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConf
 
 def wave_token_splits(programs: int, blocks: int, sm_count: int) -> int:
     """The token splits the Gluon dK/dU/dV heuristics take for `programs` weight tiles,
-    `blocks` row blocks of tokens and `sm_count` multiprocessors (one program each).
+    `blocks` row blocks of tokens and `sm_count` multiprocessors (one program each):
+    fewer than two waves of weight tiles, enough splits for two, at most blocks / 4;
+    otherwise none.
 
-    Fewer than two waves of weight tiles: enough splits for two waves, at most blocks / 4.
-    Otherwise the splits s <= MAX_WAVE_SPLITS that minimise the modelled time
-    ceil(programs * s / sm_count) / s * (1 + SPLIT_COST [s > 1]): whole waves of
-    programs each 1 / s as long, and the atomics' price. 352 tiles on 132 SMs (2.67 waves:
-    370M, 1.3B with 4 kv heads, and H16 D64 at 128-row tiles) take 3 splits (8 full
-    waves, modelled 0.93x; measured 0.92-0.95x on an H200); 1408 tiles (1.3B) take none.
-    Splits past the row blocks or MAX_PROGRAMS_PER_SM programs an SM are not taken."""
+    A split that evens out a partial last wave is faster alone (352 tiles on 132 SMs, 2.67
+    waves: 3 splits measured 1.05-1.08x on an H200 at 370M, H16 D64 and 1.3B with 4 kv
+    heads) but not where the backward runs it: beside dQ/dR on a second stream, whose
+    programs already fill that last wave, 3 splits measured 0.97x at H16 D64 (1.236 against
+    1.195 ms added to the split backward), and the training step 0.98x at 370M and H16 D64
+    (docs/PERFORMANCE.md, session 12). The tuner, which times dK/dU/dV beside dQ/dR, keeps
+    the choice per shape."""
     if programs < 2 * sm_count:
         return max(1, min(cdiv(2 * sm_count, programs), blocks // 4))
-
-    def cost(splits: int) -> float:
-        waves = cdiv(programs * splits, sm_count) / splits
-        return waves * (1 + SPLIT_COST) if splits > 1 else waves
-    fits = [s for s in range(2, MAX_WAVE_SPLITS + 1)
-            if s <= blocks // 4 and programs * s <= MAX_PROGRAMS_PER_SM * sm_count]
-    return min([1, *fits], key=lambda s: (cost(s), s))
+    return 1
 
 
 def static_params(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:

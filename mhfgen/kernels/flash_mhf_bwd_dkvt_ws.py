@@ -152,8 +152,7 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvtWsCon
     """The rows per warpgroup and ring depth measured best on an H200: 64 rows and 6
     slots at D = 64 where the expert width takes 128-row tiles (1.02x 4 slots, 1.01x 8),
     else 32 rows (3 slots at D = 128, 4 at D = 64); token splits by wave_token_splits
-    (3 where the weight tiles make 352 programs: 1.06x at H16 D64, 1.08x at 1.3B with 4
-    kv heads)."""
+    (none from two waves of weight tiles up: dQ/dR fills the last one)."""
     wide = spec.head_dim == 64 and spec.expert_dim % 128 == 0
     stages = 6 if wide else 3 if spec.head_dim > 64 else 4
     config = BwdDkvtWsConfig(stages=stages, wg_rows=64 if wide else 32)

@@ -434,8 +434,21 @@ class Tuner:
 
     def _stored_winners(self, kernel: str) -> list:
         """The database's winners of this problem for `kernel`'s variants."""
-        return [w for stem in self.variants(kernel)
-                for w in self.db.winners(**self.key(stem).as_dict())]
+        return self._current_winners(self.db, kernel)
+
+    def _current_winners(self, db: TuningDB, kernel: str) -> list:
+        """`db`'s winners of this problem for `kernel`'s variants that still run the code
+        they were tuned with (lookup.still_current: this template hash, or an older one
+        whose change left the config's generated code as it was)."""
+        from .lookup import still_current
+
+        out = []
+        for stem in self.variants(kernel):
+            fields = self.key(stem).as_dict()
+            del fields["template_hash"]
+            out += [w for w in db.winners(**fields)
+                    if still_current(w, {stem: template_hash(stem)})]
+        return out
 
     def _baseline_winners(self, kernel: str) -> list:
         """The winners of this problem (exact key) in the `baselines` databases (the CLI
@@ -448,8 +461,7 @@ class Tuner:
                 continue
             try:
                 with TuningDB.open(path, readonly=True) as db:
-                    out += [w for stem in self.variants(kernel)
-                            for w in db.winners(**self.key(stem).as_dict())]
+                    out += self._current_winners(db, kernel)
             except Exception as exc:  # noqa: BLE001 - a baseline is a courtesy, not a need
                 log.warning("%s: cannot read the baseline database %s (%s)", kernel, path, exc)
         return out
