@@ -143,10 +143,15 @@ def stored_choice(op: str, spec: KernelSpec, tokens: int, device: torch.device) 
 
 
 def decide(op: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice:
-    """The choice the dispatch order makes for `op` (steps 1-4), made afresh: not cached,
-    and not a miss to record or tune (mhfgen.record.on_miss). The tuner times dK/dU/dV
-    beside this choice of dQ/dR (mhfgen.tuning.workload)."""
-    return _decide(op, spec, tokens, device)
+    """The choice the dispatch order makes for `op` (steps 1-4), made afresh from the
+    databases as they are now (read again, whatever this process cached), not cached, and
+    not a miss to record or tune (mhfgen.record.on_miss). The tuner times dK/dU/dV beside
+    this choice of dQ/dR (mhfgen.tuning.workload): a dQ/dR winner stored a moment before,
+    in the same `mhfgen tune` run, is the one it pairs with."""
+    gpu = (_device.gpu_name(device), _device.compute_capability(device))
+    variants = _considered(op, spec, tokens, device)
+    found = _tuned(op, variants, spec, tokens, device, _load_index(*gpu))
+    return found if found is not None else _heuristic(variants, spec, tokens, device)
 
 
 def tuned_configs_enabled() -> bool:
@@ -252,12 +257,14 @@ def _considered(kernel: str, spec: KernelSpec, tokens: int, device: torch.device
 
 
 def _tuned(kernel: str, variants: list, spec: KernelSpec, tokens: int,
-           device: torch.device) -> Choice | None:
+           device: torch.device, index: TunedIndex | None = None) -> Choice | None:
     """Steps 1-3 of the dispatch order over `variants`: the stored winner, or None (tuned
-    configs off, nothing stored, or the winner failed earlier in this process)."""
+    configs off, nothing stored, or the winner failed earlier in this process). `index`:
+    the winners to search (default: the databases as this process first read them)."""
     if not tuned_configs_enabled():
         return None
-    found = _index_for(device).find([v.stem for v in variants], spec, tokens)
+    index = index if index is not None else _index_for(device)
+    found = index.find([v.stem for v in variants], spec, tokens)
     if found is not None and (found.variant, spec, found.config, device) in _rejected:
         log.debug("%s %s tokens=%d: the %s config failed earlier, using the heuristic",
                   kernel, spec.key(), tokens, found.source)

@@ -88,3 +88,28 @@ def test_the_tuner_stores_what_a_paired_time_was_measured_beside(tmp_path):
         trials = db.trials(variant=DKV)
     assert "in the split backward: beside flash_mhf_bwd_dq" in winner.timer
     assert trials and all("in the split backward" in t.timer for t in trials)
+
+
+def test_the_pairing_reads_a_dq_winner_stored_after_the_dispatcher_read_the_databases(
+        fresh_dispatch):
+    """`mhfgen tune` stores dQ/dR's winner before it tunes dK/dU/dV: that winner, not what
+    the dispatcher cached earlier in the process, is what dK/dU/dV is timed beside."""
+    import triton
+
+    from mhfgen import paths
+    from mhfgen.codegen import template_hash
+    from mhfgen.tuning.db import TuningKey, WinnerRecord, utc_now
+
+    before = dispatch.explain_choice("bwd_dq", TINY.spec, TINY.tokens, CPU)  # read, cached
+    assert before.source == "heuristic"
+    stem = before.variant
+    tuned = dataclasses.replace(before.config, block_m=64, block_n=16)
+    assert tuned != before.config
+    key = TuningKey.of(stem, template_hash(stem), TINY.spec, TINY.bucket, TINY.tokens,
+                       "interpreter", "none", triton.__version__)
+    with TuningDB.open(paths.user_db_path()) as db:
+        db.put_winner(WinnerRecord(key, tuned, 1.0, 1.0, 2.0, 2.0, "test", 5, "0", "0",
+                                   utc_now()))
+    assert dispatch.explain_choice("bwd_dq", TINY.spec, TINY.tokens, CPU).config == before.config
+    pairing = Workload(TINY, "cpu", paired=True).pairing(DKV)
+    assert (pairing.variant, pairing.config) == (stem, tuned)

@@ -122,8 +122,8 @@ class Workload:
 
     def pairing(self, kernel: str) -> Pairing | None:
         """What variant `kernel` is timed beside (module doc), or None (timed alone). The
-        other op's dispatch choice is made once per workload, from the databases as the
-        dispatcher has read them in this process, and the other kernel run once (compiled) before it is returned."""
+        other op's dispatch choice is made once per workload, from the databases as they
+        are then (dispatch.decide: a winner stored earlier in the same run counts), and the other kernel run once (compiled) before it is returned."""
         op = registry.get(kernel).op
         if not self.paired or op not in PAIRED_OPS:
             return None
