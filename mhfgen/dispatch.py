@@ -149,9 +149,7 @@ def decide(op: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choi
     this choice of dQ/dR (mhfgen.tuning.workload): a dQ/dR winner stored a moment before,
     in the same `mhfgen tune` run, is the one it pairs with."""
     gpu = (_device.gpu_name(device), _device.compute_capability(device))
-    variants = _considered(op, spec, tokens, device)
-    found = _tuned(op, variants, spec, tokens, device, _load_index(*gpu))
-    return found if found is not None else _heuristic(variants, spec, tokens, device)
+    return _decide(op, spec, tokens, device, _load_index(*gpu))
 
 
 def tuned_configs_enabled() -> bool:
@@ -241,9 +239,10 @@ def _live(variants: list, spec: KernelSpec, device: torch.device) -> list:
     return [v for v in variants if (v.stem, spec, device) not in _failed_variants]
 
 
-def _decide(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice:
+def _decide(kernel: str, spec: KernelSpec, tokens: int, device: torch.device,
+            index: TunedIndex | None = None) -> Choice:
     variants = _considered(kernel, spec, tokens, device)
-    found = _tuned(kernel, variants, spec, tokens, device)
+    found = _tuned(kernel, variants, spec, tokens, device, index)
     return found if found is not None else _heuristic(variants, spec, tokens, device)
 
 

@@ -74,7 +74,7 @@ class Workload:
         self.problem = problem
         self.device = torch.device(device)
         self.paired = two_streams(self.device) if paired is None else paired
-        self._pairings: dict[str, Pairing | None] = {}
+        self._pairings: dict[str, Pairing] = {}  # op -> what it is timed beside
         s, T = problem.spec, problem.tokens
         B = batch_of(T)
         self.case = Case("tuning", B, T // B, s.heads, s.kv_heads, s.head_dim, s.experts,
@@ -99,8 +99,7 @@ class Workload:
         `kernel` is timed in context, with its pairing's kernel beside it, as
         mhfgen.kernels.dispatched.backward launches the two (the candidate first, on the
         current stream; the other on a side stream that the current one then waits for)."""
-        fn, args = registry.get(kernel).launch_fn(), self.args(kernel)
-        alone = lambda: fn(*args, config=config)  # noqa: E731
+        alone = self._alone(kernel, config)
         pairing = self.pairing(kernel)
         if pairing is None:
             return alone
@@ -120,10 +119,16 @@ class Workload:
             main.wait_stream(side)
         return beside
 
+    def _alone(self, kernel: str, config) -> Callable[[], object]:
+        """A no-argument closure launching `kernel` with `config` on this workload's inputs."""
+        fn, args = registry.get(kernel).launch_fn(), self.args(kernel)
+        return lambda: fn(*args, config=config)
+
     def pairing(self, kernel: str) -> Pairing | None:
         """What variant `kernel` is timed beside (module doc), or None (timed alone). The
         other op's dispatch choice is made once per workload, from the databases as they
-        are then (dispatch.decide: a winner stored earlier in the same run counts), and the other kernel run once (compiled) before it is returned."""
+        are then (dispatch.decide: a winner stored earlier in the same run counts), and
+        the other kernel run once (compiled) before it is returned."""
         op = registry.get(kernel).op
         if not self.paired or op not in PAIRED_OPS:
             return None
@@ -131,13 +136,10 @@ class Workload:
             from ..dispatch import decide
 
             other = PAIRED_OPS[op]
-            s = self.problem.spec
-            choice = decide(other, s, self.problem.tokens, self.device)
-            fn, args = registry.get(choice.variant).launch_fn(), self.args(choice.variant)
-            config = choice.config
-            launch = lambda: fn(*args, config=config)  # noqa: E731
+            choice = decide(other, self.problem.spec, self.problem.tokens, self.device)
+            launch = self._alone(choice.variant, choice.config)
             launch()
-            self._pairings[op] = Pairing(other, choice.variant, config, launch)
+            self._pairings[op] = Pairing(other, choice.variant, choice.config, launch)
         return self._pairings[op]
 
     # -- checking ----------------------------------------------------------------
