@@ -30,8 +30,13 @@ names it), fills `op` from that variant and rewrites each config as the variant'
 
 Writers use WAL and a 60 s busy timeout, and every read-modify-write runs in one
 `BEGIN IMMEDIATE` transaction, so several tuning processes can write one file at once.
-A file that is not SQLite, is SQLite but not mhfgen's, or has a newer schema raises a
-typed TuningDBError with a one-line message.
+A writer that still finds the file locked when the busy timeout expires waits and tries
+again with a growing pause, logging a warning each time, for up to WRITE_WAIT_S in all
+(then DatabaseBusyError). A migration runs under the same write lock and reads the schema
+version again inside it, so writers racing on an older file migrate it once.
+A file that is not SQLite, is SQLite but not mhfgen's, has a newer schema, fails SQLite's
+`PRAGMA quick_check` when opened for writing, is not a regular file, or a disk that fills
+up raises a typed TuningDBError with a one-line message.
 """
 from __future__ import annotations
 
@@ -40,6 +45,8 @@ import json
 import logging
 import os
 import sqlite3
+import stat
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -58,6 +65,10 @@ log = logging.getLogger(__name__)
 FORMAT = "mhfgen-tuning"
 SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 60.0
+#: how long, in all, a write waits for another writer's lock (BUSY_TIMEOUT_S per attempt,
+#: then a pause that doubles from WRITE_RETRY_FIRST_S up to WRITE_RETRY_MAX_S)
+WRITE_WAIT_S = 1800.0
+WRITE_RETRY_FIRST_S, WRITE_RETRY_MAX_S = 1.0, 30.0
 
 KEY_COLUMNS = ("op", "variant", "template_hash", "heads", "kv_heads", "head_dim", "experts",
                "expert_dim", "dtype", "bucket", "tokens", "gpu_name", "compute_capability",
@@ -156,6 +167,28 @@ class SchemaVersionError(TuningDBError):
     """A tuning database of a schema version this mhfgen cannot read or migrate."""
 
 
+class DatabaseBusyError(TuningDBError):
+    """Another writer held the database past WRITE_WAIT_S."""
+
+
+class StorageFullError(TuningDBError):
+    """The disk (or the database's page limit) is full; the write was rolled back."""
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database is busy" in text
+
+
+def _full(exc: sqlite3.Error) -> bool:
+    return "database or disk is full" in str(exc).lower()
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class _Probe(Exception):
     """Rolls back TuningDB._probe_write's transaction."""
 
@@ -187,6 +220,22 @@ def _check_writable(path: Path) -> None:
                             f"journal files there ({path.name}-wal, {path.name}-journal); "
                             f"make the folder writable or use another file (--db or "
                             f"$MHFGEN_DB)")
+
+
+def _check_regular(path: Path) -> None:
+    """TuningDBError when `path` exists and is not a regular file (a character or block
+    device, a FIFO, a socket): SQLite would hang, fail half-way or write into a device."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # absent (or unreachable: opening it says why)
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a character device" if stat.S_ISCHR(mode) else "a block device"
+            if stat.S_ISBLK(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
+            if stat.S_ISSOCK(mode) else "not a regular file")
+    raise TuningDBError(f"{path} is {kind}, not a tuning database file; use a regular file "
+                        f"(--db or $MHFGEN_DB)")
 
 
 def utc_now() -> str:
@@ -407,6 +456,7 @@ class TuningDB:
         path = Path(path).expanduser()
         if path.is_dir():
             raise TuningDBError(f"{path} is a directory, not a tuning database file")
+        _check_regular(path)
         if readonly:
             if not path.exists() or path.stat().st_size == 0:
                 self = cls(path, sqlite3.connect(":memory:"), True)
@@ -466,8 +516,15 @@ class TuningDB:
         self = cls(path, conn, readonly)
         try:
             self._validate_or_create()
+        except sqlite3.Error as exc:
+            self.db.conn.close()
+            if _full(exc):
+                raise StorageFullError(
+                    f"{path}: the disk is full (or the database reached its size limit); "
+                    f"free some space and run the command again") from exc
+            raise TuningDBError(f"{path}: cannot open it ({_one_line(exc)})") from exc
         except BaseException:
-            conn.close()
+            self.db.conn.close()
             raise
         return self
 
@@ -487,6 +544,13 @@ class TuningDB:
                 return
             self._create()
             return
+        if not self.readonly:
+            problem = self.integrity_problem()
+            if problem is not None:
+                raise CorruptDatabaseError(
+                    f"{self.path} is damaged (SQLite's quick_check: {problem}); writing to it "
+                    f"could lose what it holds: restore it from a copy, or export what still "
+                    f"reads (`mhfgen export --db {self.path}`) and import that into a new file")
         version = self._schema_version(tables)
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
@@ -497,6 +561,18 @@ class TuningDB:
         self._check_columns()
         if not self.readonly:
             self.db.enable_wal()
+
+    def integrity_problem(self) -> str | None:
+        """None when SQLite's `PRAGMA quick_check` finds the file sound, else its first
+        finding in one line (with how many more there are)."""
+        try:
+            rows = [r[0] for r in self.db.execute("PRAGMA quick_check(20)").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            return _one_line(exc)
+        if rows == ["ok"]:
+            return None
+        more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
+        return _one_line(rows[0] if rows else "no answer", 200) + more
 
     def _schema_version(self, tables: set[str]) -> int:
         if "meta" not in tables:
@@ -529,13 +605,27 @@ class TuningDB:
         self._upgrade(version)
 
     def _upgrade(self, version: int, readonly_copy: bool = False) -> None:
-        while version < SCHEMA_VERSION:
-            step = MIGRATIONS.get(version)
-            if step is None or (self.readonly and not readonly_copy):
+        """Every step from `version` to SCHEMA_VERSION in one write transaction. The
+        version is read again inside it: another writer may have migrated the file
+        between this process's first read and its taking the lock."""
+        def missing(v: int) -> SchemaVersionError:
+            return SchemaVersionError(
+                f"{self.path} has tuning-database schema {v}, older than "
+                f"{SCHEMA_VERSION}, and no migration exists; re-tune into a new database")
+
+        if self.readonly and not readonly_copy:
+            raise missing(version)
+        with self.transaction():
+            version = self._schema_version(set(self.db.table_names()))
+            if version > SCHEMA_VERSION:
                 raise SchemaVersionError(
-                    f"{self.path} has tuning-database schema {version}, older than "
-                    f"{SCHEMA_VERSION}, and no migration exists; re-tune into a new database")
-            with self.transaction():
+                    f"{self.path} has tuning-database schema {version}, newer than the "
+                    f"{SCHEMA_VERSION} this mhfgen reads; upgrade mhfgen or use another "
+                    f"database")
+            while version < SCHEMA_VERSION:
+                step = MIGRATIONS.get(version)
+                if step is None:
+                    raise missing(version)
                 step(self.db)
                 version += 1
                 self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
@@ -571,16 +661,65 @@ class TuningDB:
     # -- transactions ------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front (waiting up to the
-        busy timeout), so a read-modify-write cannot interleave with another writer."""
+        """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front (waiting for another
+        writer, see _begin), so a read-modify-write cannot interleave with another writer.
+        A full disk rolls the whole transaction back and raises StorageFullError."""
         conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             yield
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, sqlite3.Error) and _full(exc):
+                raise StorageFullError(
+                    f"{self.path}: the disk is full (or the database reached its size "
+                    f"limit); nothing of this write was stored: free some space and run the "
+                    f"command again") from exc
             raise
-        conn.execute("COMMIT")
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE. Where another writer still holds the lock when SQLite's busy
+        timeout expires, wait and try again, the pause doubling from WRITE_RETRY_FIRST_S
+        up to WRITE_RETRY_MAX_S, with a warning each time, for WRITE_WAIT_S in all; then
+        DatabaseBusyError. A tuner thus outlives a long import or a stuck writer instead
+        of dying with "database is locked" and losing the trial it was storing."""
+        conn = self.db.conn
+        start = time.monotonic()
+        pause = WRITE_RETRY_FIRST_S
+        attempt = 0
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if attempt:
+                    log.warning("mhfgen: %s: got the write lock after %.1f s", self.path,
+                                time.monotonic() - start)
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    if _full(exc):
+                        raise StorageFullError(
+                            f"{self.path}: the disk is full (or the database reached its "
+                            f"size limit): free some space and run the command again"
+                        ) from exc
+                    raise
+                waited = time.monotonic() - start
+                if waited + pause > WRITE_WAIT_S:
+                    raise DatabaseBusyError(
+                        f"{self.path} is still locked by another writer after {waited:.0f} s "
+                        f"({attempt + 1} attempts); find the process that holds it (`fuser "
+                        f"{self.path}`) or write to another file (--db or $MHFGEN_DB)"
+                    ) from exc
+                attempt += 1
+                log.warning("mhfgen: %s is locked by another writer (waited %.1f s); "
+                            "retrying in %.1f s (attempt %d)", self.path, waited, pause,
+                            attempt + 1)
+                time.sleep(pause)
+                pause = min(pause * 2, WRITE_RETRY_MAX_S)
 
     def _writable(self) -> None:
         if self.readonly:

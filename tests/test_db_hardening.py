@@ -1,0 +1,309 @@
+"""The tuning database under a hostile machine: writers racing a migration, a writer
+killed mid-transaction, corrupt pages, a lock held past the busy timeout, a full disk,
+a character device as the file."""
+import multiprocessing
+import os
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from mhfgen.spec import LaunchConfig
+from mhfgen.tuning import db as dbmod
+from mhfgen.tuning.db import CorruptDatabaseError, TrialRecord, TuningDB, TuningDBError
+from test_tuning_db import _legacy_file, key, winner
+
+
+def _fork():
+    return multiprocessing.get_context("fork")
+
+
+def _open_and_write(path: str, barrier, worker: int) -> None:
+    barrier.wait()
+    with TuningDB.open(path) as db:
+        db.put_winner(winner(ms=1.0 + worker), policy="faster")
+        db.add_trial(TrialRecord(key(), LaunchConfig(), "ok", ms=1.0, study=f"w{worker}"))
+
+
+def test_two_writers_racing_on_an_older_schema_both_succeed(tmp_path):
+    """The schema version is read again inside the migration's write lock: the second
+    writer finds the file migrated and does not run the step again (it used to fail with
+    'no such column: kernel')."""
+    ctx = _fork()
+    for attempt in range(6):
+        path = str(tmp_path / f"old{attempt}.sqlite")
+        _legacy_file(path, 2)
+        barrier = ctx.Barrier(3)
+        procs = [ctx.Process(target=_open_and_write, args=(path, barrier, w)) for w in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0], f"attempt {attempt}"
+        with TuningDB.open(path, readonly=True) as db:
+            assert db.old_schema is None
+            assert [w.ms for w in db.winners()] == [1.0]
+            assert {t.study for t in db.trials()} >= {"w0", "w1", "w2"}
+
+
+# -- a writer killed mid-transaction -------------------------------------------------------
+def _batches(path: str, ready) -> None:
+    """Winners in transactions of 50 records each, for ever (killed by the test)."""
+    with TuningDB.open(path) as db:
+        batch = 0
+        while True:
+            records = [winner(tokens=100_000 + batch * 50 + i, bucket=131072)
+                       for i in range(50)]
+            db.put_winners(records)
+            batch += 1
+            if batch == 3:
+                ready.set()
+
+
+def _held_open(path: str, ready) -> None:
+    """Two committed winners, then a third inside a transaction that never commits."""
+    with TuningDB.open(path) as db:
+        db.put_winners([winner(tokens=t, bucket=128) for t in (100, 101)])
+        with db.transaction():
+            db.db["winners"].insert(winner(tokens=102, bucket=128).to_row())
+            db.db["trials"].insert(TrialRecord(key(), LaunchConfig(), "ok", ms=1.0).to_row())
+            ready.set()
+            time.sleep(600)
+
+
+def _integrity(path) -> list:
+    conn = sqlite3.connect(path)
+    try:
+        return [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
+    finally:
+        conn.close()
+
+
+def test_sigkill_of_a_writer_mid_transaction_leaves_a_sound_file(tmp_path):
+    """SIGKILL (no handler runs, nothing is flushed or rolled back by Python) inside an
+    open write transaction: the file passes integrity_check, holds exactly what was
+    committed, and the next writer opens it (quick_check) and writes."""
+    ctx = _fork()
+    path = str(tmp_path / "t.sqlite")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_held_open, args=(path, ready))
+    proc.start()
+    assert ready.wait(60)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(30)
+    assert proc.exitcode == -signal.SIGKILL
+    assert _integrity(path) == ["ok"]
+    with TuningDB.open(path) as db:  # writable: quick_check passes, the lock is free
+        assert sorted(w.key.tokens for w in db.winners()) == [100, 101]
+        assert db.trials() == []
+        db.put_winner(winner(tokens=102, bucket=128))
+        assert len(db.winners()) == 3
+
+
+def test_sigkill_during_batches_of_writes_keeps_whole_batches(tmp_path):
+    """Killed at an arbitrary point of a stream of 50-record transactions: the winners
+    recounted are a whole number of batches, and the file is sound."""
+    ctx = _fork()
+    for attempt in range(3):
+        path = str(tmp_path / f"t{attempt}.sqlite")
+        ready = ctx.Event()
+        proc = ctx.Process(target=_batches, args=(path, ready))
+        proc.start()
+        assert ready.wait(60)
+        time.sleep(0.05 * attempt)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(30)
+        assert _integrity(path) == ["ok"]
+        with TuningDB.open(path) as db:
+            count = len(db.winners())
+        assert count >= 150 and count % 50 == 0, count
+
+
+# -- corrupt pages ------------------------------------------------------------------------
+def _with_trials(path, n: int = 400) -> None:
+    with TuningDB.open(path) as db:
+        db.put_winner(winner())
+        db.add_trials([TrialRecord(key(), LaunchConfig(block_m=16 << (i % 4)), "ok",
+                                   ms=1.0 + i, study="s", trial_number=i) for i in range(n)])
+
+
+def corrupt_trials_page(path) -> None:
+    """Garbage over a page of the `trials` table of a real database file (its root page,
+    an interior b-tree page once it holds a few hundred trials)."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'trials'"
+                               ).fetchone()
+        conn.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        conn.close()
+    assert root > 1
+    garbage = bytes((i * 37 + 11) % 256 for i in range(page_size))
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(garbage)
+
+
+def test_a_corrupt_page_is_found_when_opened_for_writing(tmp_path):
+    path = tmp_path / "t.sqlite"
+    _with_trials(path)
+    corrupt_trials_page(path)
+    before = path.read_bytes()
+    with pytest.raises(CorruptDatabaseError) as info:
+        TuningDB.open(path)
+    message = str(info.value)
+    assert "is damaged (SQLite's quick_check: " in message and "\n" not in message
+    assert path.read_bytes() == before  # nothing written into the damaged file
+
+
+# -- an expired busy timeout ---------------------------------------------------------------
+def _hold_the_write_lock(path, seconds: float, held):
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")
+    held.set()
+    time.sleep(seconds)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_a_write_outlives_an_expired_busy_timeout_and_says_so(tmp_path, monkeypatch, caplog):
+    """Another writer holds the lock past SQLite's busy timeout: the trial is stored after
+    retries with a growing pause, each one logged, instead of 'database is locked'."""
+    import logging
+    import threading
+
+    monkeypatch.setattr(dbmod, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(dbmod, "WRITE_RETRY_FIRST_S", 0.1)
+    path = str(tmp_path / "t.sqlite")
+    db = TuningDB.open(path)
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_the_write_lock, args=(path, 1.5, held))
+    holder.start()
+    assert held.wait(10)
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert db.add_trial(TrialRecord(key(), LaunchConfig(), "ok", ms=1.0))
+    finally:
+        holder.join()
+    assert len(db.trials()) == 1
+    db.close()
+    assert "is locked by another writer" in caplog.text and "retrying in" in caplog.text
+    assert "got the write lock after" in caplog.text
+
+
+def test_a_lock_held_past_the_whole_wait_is_one_line(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(dbmod, "BUSY_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(dbmod, "WRITE_RETRY_FIRST_S", 0.1)
+    monkeypatch.setattr(dbmod, "WRITE_WAIT_S", 0.5)
+    path = str(tmp_path / "t.sqlite")
+    db = TuningDB.open(path)
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_the_write_lock, args=(path, 2.0, held))
+    holder.start()
+    assert held.wait(10)
+    try:
+        with pytest.raises(dbmod.DatabaseBusyError, match="still locked by another writer"):
+            db.add_trial(TrialRecord(key(), LaunchConfig(), "ok", ms=1.0))
+    finally:
+        holder.join()
+    assert db.add_trial(TrialRecord(key(), LaunchConfig(), "ok", ms=1.0))  # free again
+    db.close()
+
+
+# -- disk full ------------------------------------------------------------------------------
+@pytest.fixture(params=["tmpfs", "max_page_count"])
+def small_disk(request, tmp_path, monkeypatch):
+    """A folder whose disk fills up on demand: a 256 KiB tmpfs filled to its last byte
+    (where this test may mount one), and SQLite's max_page_count (a cap on the file's
+    size, set on every connection) everywhere. Yields (folder, fill)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if request.param == "tmpfs":
+        if not subprocess_ok(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)]):
+            pytest.skip("no tmpfs can be mounted here")
+
+        def fill():
+            try:
+                with open(mount / "filler", "wb", buffering=0) as f:
+                    while True:
+                        f.write(b"\0" * 512)
+            except OSError:
+                pass
+        try:
+            yield mount, fill
+        finally:
+            subprocess_ok(["umount", "-l", str(mount)])
+        return
+    real = sqlite3.connect
+    full = {"on": False}
+    opened = []
+
+    def cap(conn):  # never below the pages the file has: it is full from here on
+        try:
+            conn.execute("PRAGMA max_page_count = 1")
+        except sqlite3.ProgrammingError:  # closed
+            pass
+
+    def connect(*args, **kwargs):
+        conn = real(*args, **kwargs)
+        opened.append(conn)
+        if full["on"]:
+            cap(conn)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+
+    def fill():
+        full["on"] = True
+        for conn in opened:
+            cap(conn)
+
+    yield mount, fill
+
+
+def subprocess_ok(command) -> bool:
+    import subprocess
+
+    if os.geteuid() != 0:
+        return False
+    try:
+        return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def test_a_new_database_on_a_full_disk_is_one_line(small_disk):
+    folder, fill = small_disk
+    fill()
+    with pytest.raises(TuningDBError) as info:
+        TuningDB.open(folder / "new.sqlite")
+    assert "the disk is full" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_disk_that_fills_mid_write_keeps_what_was_stored(small_disk):
+    folder, fill = small_disk
+    path = folder / "t.sqlite"
+    db = TuningDB.open(path)
+    db.add_trials([TrialRecord(key(), LaunchConfig(), "ok", ms=1.0 + i, trial_number=i)
+                   for i in range(3)])
+    fill()
+    with pytest.raises(dbmod.StorageFullError, match="nothing of this write was stored"):
+        for i in range(2000):  # until a page more is needed
+            db.add_trials([TrialRecord(key(), LaunchConfig(), "ok", ms=10.0 + i,
+                                       reason="x" * 2000)])
+    db.close()
+    assert _integrity(str(path)) == ["ok"]
+    with TuningDB.open(path, readonly=True) as db:
+        assert {t.trial_number for t in db.trials()} >= {0, 1, 2}
+
+
+# -- not a regular file ---------------------------------------------------------------------
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_character_device_is_not_a_database(readonly):
+    with pytest.raises(TuningDBError, match="is a character device, not a tuning database"):
+        TuningDB.open("/dev/null", readonly=readonly)
