@@ -16,6 +16,11 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 }
 
 
+#: the worst row of an output may be this many times the tensor's tolerance (row_error):
+#: a row's error averages over D (or E) values only, not over the whole tensor
+ROW_FACTOR = 4.0
+
+
 def tolerance(dtype: str | torch.dtype, grad: bool = False) -> float:
     """The bar for the forward output (grad=False) or a gradient (grad=True)."""
     if isinstance(dtype, torch.dtype):
@@ -35,3 +40,22 @@ def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
     if denom == 0.0:
         return 0.0 if num == 0.0 else float("inf")
     return num / denom
+
+
+def row_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """The worst row's relative error, rows along the last dimension:
+    max_r ||x_r - ref_r|| / max(||ref_r||, rms_r ||ref_r||), in float64. The floor (the
+    root-mean-square row norm) keeps a row whose reference is near zero from dividing by
+    almost nothing. NaN or inf anywhere in x gives inf; 0 for empty tensors."""
+    x64, ref64 = x.detach().double(), ref.detach().double()
+    if x64.numel() == 0:
+        return 0.0
+    if not torch.isfinite(x64).all():
+        return float("inf")
+    width = ref64.shape[-1] if ref64.dim() else 1
+    x2, ref2 = x64.reshape(-1, width), ref64.reshape(-1, width)
+    norms = ref2.norm(dim=1)
+    floor = norms.square().mean().sqrt()
+    if floor.item() == 0.0:
+        return 0.0 if torch.equal(x2, ref2) else float("inf")
+    return ((x2 - ref2).norm(dim=1) / norms.clamp(min=floor.item())).max().item()

@@ -32,6 +32,21 @@ def register(sub) -> None:
                         "split pair (dq/dr, then dk/du/dv: what deterministic runs use), "
                         "the form the dispatcher picks, or both forms, a row each "
                         "(default: all)")
+    p.add_argument("--matrix", action="store_true",
+                   help="the verification matrix instead: every registered variant forced "
+                        "one at a time (not only what dispatch picks) on every documented "
+                        "input form (r in fp32 and in q's dtype, q as a strided or "
+                        "transposed view, strided weights, B > 1, L = 1, 37 and the tile "
+                        "edges 63/65/127/129, GQA, D 64/96/128, E = 1, De = 80), each output "
+                        "checked whole and row by row; docs/VERIFY.md")
+    p.add_argument("--shapes", default=None,
+                   help="with --matrix: comma list of matrix shapes (default: all; names in "
+                        "mhfgen.verify_matrix)")
+    p.add_argument("--variants", default=None,
+                   help="with --matrix: comma list of variant stems (default: every one)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="with --matrix: child processes that compile and run (shape, dtype) "
+                        "groups side by side (default 1)")
     add_json_arg(p, VERIFY_FORMAT)
     p.set_defaults(handler=run)
 
@@ -97,6 +112,11 @@ def run(args) -> int:
             raise CommandError("bfloat16 needs a GPU: Triton's interpreter cannot multiply bf16")
     where = _device.gpu_name(dev)
     out = text_stream(args)
+    if args.matrix:
+        return _run_matrix(args, gpu, dev, names, where, out)
+    for flag in ("shapes", "variants"):
+        if getattr(args, flag) is not None:
+            raise CommandError(f"--{flag} needs --matrix")
     print(f"mhfgen verify on {where}" + ("" if gpu else " (Triton interpreter, small problems)"),
           file=out)
     forms = ("fused", "split") if args.backward == "all" else (args.backward,)
@@ -159,6 +179,77 @@ def run(args) -> int:
                      "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      "passed": len(rows) - failed, "failed": failed, "results": rows})
     print(f"{len(rows) - failed} of {len(rows)} passed", file=out)
+    return 1 if failed else 0
+
+
+def _run_matrix(args, gpu: bool, dev, names: list, where: str, out) -> int:
+    """`mhfgen verify --matrix`: mhfgen.verify_matrix over the chosen shapes and dtypes."""
+    import torch
+    import triton
+
+    from .. import device as _device
+    from .. import registry
+    from ..verify_matrix import run_matrix, shapes_named
+
+    if args.presets is not None or args.tokens is not None:
+        raise CommandError("--presets and --tokens do not apply to --matrix (use --shapes)")
+    if args.jobs < 1:
+        raise CommandError(f"--jobs must be >= 1, got {args.jobs}")
+    try:
+        shapes = shapes_named(args.shapes, gpu)
+    except ValueError as exc:
+        raise CommandError(f"--shapes: {exc}") from None
+    stems = None
+    if args.variants:
+        stems = [s for s in args.variants.split(",") if s]
+        unknown = [s for s in stems if s not in registry.stems()]
+        if unknown:
+            raise CommandError(f"--variants: unknown stem(s) {', '.join(unknown)}; known: "
+                               f"{', '.join(registry.stems())}")
+    print(f"mhfgen verify --matrix on {where}: {len(shapes)} shapes x {len(names)} dtypes"
+          + ("" if gpu else " (Triton interpreter: the Gluon variants are n/a)"), file=out)
+    start = time.perf_counter()
+
+    def progress(done: int, total: int, group: str) -> None:
+        print(f"[{done}/{total}] {group} done ({time.perf_counter() - start:.0f} s)",
+              file=sys.stderr, flush=True)
+
+    rows = list(run_matrix(shapes, names, stems=stems, jobs=args.jobs, progress=progress))
+    ran = [r for r in rows if r.status != "n/a"]
+    failed = [r for r in ran if not r.ok]
+    lines = []
+    for r in rows:
+        if r.status == "n/a":
+            continue
+        worst = {name: e for name, e in r.errors.items()}
+        lines.append((r.shape, r.batch, r.seqlen, r.form, r.dtype, r.variant,
+                      *(f"{worst[o][0]:.1e}/{worst[o][1]:.1e}" if o in worst else ""
+                        for o in OUTPUTS), r.status))
+    shown = [line for line in lines if not line[-1].startswith("ok")] if len(lines) > 60 else lines
+    if shown:
+        print(table(("shape", "B", "L", "form", "dtype", "variant",
+                     *(f"{o} tensor/row" for o in OUTPUTS), "status"), shown), file=out)
+    summary = {}
+    for r in ran:
+        key = (r.variant, r.dtype)
+        ok, total = summary.get(key, (0, 0))
+        summary[key] = (ok + r.ok, total + 1)
+    print(table(("variant", "dtype", "passed"),
+                [(v, d, f"{ok} of {total}") for (v, d), (ok, total) in sorted(summary.items())]),
+          file=out)
+    skipped = sorted({(r.variant, r.dtype, r.errors.get("reason", "")) for r in rows
+                      if r.status == "n/a"})
+    for variant, dtype, reason in skipped:
+        print(f"n/a: {variant} {dtype}: {reason}", file=out)
+    emit_json(args, {"format": VERIFY_FORMAT, "mode": "matrix", "gpu": where,
+                     "compute_capability": _device.compute_capability(dev),
+                     "torch": torch.__version__, "triton": triton.__version__,
+                     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "passed": len(ran) - len(failed), "failed": len(failed),
+                     "not_applicable": len(rows) - len(ran),
+                     "results": [r.as_dict() for r in rows]})
+    print(f"{len(ran) - len(failed)} of {len(ran)} passed ({len(rows) - len(ran)} n/a) in "
+          f"{time.perf_counter() - start:.0f} s", file=out)
     return 1 if failed else 0
 
 

@@ -50,16 +50,38 @@ def first_launch(kernel: str, make_plan, run, inputs: tuple, config):
     launch error) is not the caller's fault: where the dispatcher chose it (`config` is
     None) and it came from a tuning database, mhfgen.dispatch.reject_tuned logs it once
     and puts the built-in heuristic in its place, and the call is made again with that.
-    Errors of the inputs, of a config the caller passed and of the heuristic propagate.
+    Errors of the inputs, of a config the caller passed and of the heuristic propagate,
+    and so do the errors the call itself causes wherever they arise (caller_error: out of
+    memory, a CUDA context that an earlier fault left unusable): they say nothing about
+    the variant, so it stays chosen.
     """
     try:
         plan = make_plan(config)
         return plan, run(plan)
     except Exception as exc:
-        if config is not None or not _tuned_config_failed(kernel, inputs, exc):
+        if (config is not None or caller_error(exc)
+                or not _tuned_config_failed(kernel, inputs, exc)):
             raise
     plan = make_plan(None)
     return plan, run(plan)
+
+
+#: CUDA errors that leave the context unusable: no other variant could run the call after
+#: them, so they are the caller's to see, never a reason to demote a variant
+STICKY_CUDA_ERRORS = ("illegal memory access", "device-side assert", "unspecified launch failure",
+                      "illegal instruction", "misaligned address", "hardware stack error")
+
+
+def caller_error(error: BaseException) -> bool:
+    """Whether `error`, raised at a call's first launch, belongs to the call rather than
+    to the variant or config that ran it: out of memory (torch's OutOfMemoryError, a
+    MemoryError, or a CUDA driver's 'out of memory'; not Triton's 'out of resource', which
+    is the config's), or a sticky CUDA error. Compile errors and the other launch errors
+    are the variant's (mhfgen.dispatch.reject_tuned demotes it)."""
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(error).lower()
+    return "out of memory" in text or any(s in text for s in STICKY_CUDA_ERRORS)
 
 
 def _tuned_config_failed(kernel: str, inputs: tuple, error: Exception) -> bool:

@@ -47,7 +47,8 @@ from .flash_mhf_bwd_dkv import DkvPlan, run_plan
 from .plans import plan_cache, plan_key, remember
 from .sm90 import (BACKWARD_BLOCK_N, BACKWARD_DTYPES, BackwardLaunch, CompileReport,
                    backward_descriptors, backward_register_cap,
-                   backward_resource_problems, backward_unsupported, compile_gluon)
+                   backward_resource_problems, backward_unsupported, compile_gluon,
+                   routing_fp32)
 
 KERNEL = "flash_mhf_bwd_dkv_ws"
 DTYPES = BACKWARD_DTYPES
@@ -257,7 +258,9 @@ def flash_mhf_bwd_dkv_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: t
 def launch_gluon_dkv(m, plans: dict, q, k, u, v, r, do, config):
     """(dk, du, dv) through the Gluon dK/dU/dV kernel of module `m` (this one or
     flash_mhf_bwd_dkvt_ws: each has KERNEL, _make_plan, unsupported, config_problems,
-    load_kernel, smem_layouts and constexprs), its plan cached in `plans`."""
+    load_kernel, smem_layouts and constexprs), its plan cached in `plans`. r is read in
+    fp32 (routing_fp32)."""
+    r = routing_fp32(r)
     key = plan_key(config, q, k, u, v, r, do)
     plan = plans.get(key)
     if plan is not None:

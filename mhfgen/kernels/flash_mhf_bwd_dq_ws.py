@@ -28,7 +28,8 @@ from .flash_mhf_bwd_dq import DqPlan, run_plan
 from .plans import plan_cache, plan_key, remember
 from .sm90 import (BACKWARD_BLOCK_N, BACKWARD_DTYPES, BackwardLaunch, CompileReport,
                    backward_descriptors, backward_register_cap,
-                   backward_resource_problems, backward_unsupported, compile_gluon)
+                   backward_resource_problems, backward_unsupported, compile_gluon,
+                   routing_fp32)
 
 KERNEL = "flash_mhf_bwd_dq_ws"
 DTYPES = BACKWARD_DTYPES
@@ -156,6 +157,14 @@ def flash_mhf_bwd_dq_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: to
     warp-specialised Gluon kernel (sm90). dq: (B, L, H, D) contiguous in q's dtype; dr:
     (B, L, H, E) contiguous in r's dtype. ValueError where the variant does not support
     the problem."""
+    narrow = r.dtype  # dr is returned in r's dtype; the kernel reads and writes fp32
+    r = routing_fp32(r)
+    dq, dr = _launch(q, k, u, v, r, do, config)
+    return dq, dr.to(narrow)
+
+
+def _launch(q, k, u, v, r, do, config):
+    """The launch with r in fp32: the plan cached per call signature."""
     key = plan_key(config, q, k, u, v, r, do)
     plan = _plans.get(key)
     if plan is not None:

@@ -27,9 +27,11 @@ from .. import device as _device
 from ..registry import VariantConfig
 from ..spec import KernelSpec, dtype_name, head_dim_chunks
 from ..validation import check_flash_mhf_inputs
+from .buffers import empty
 from .configs import first_launch, resolve_config
 from .plans import plan_cache, plan_key, remember
-from .sm90 import SM90_REGISTERS, SM90_SHARED_MEMORY, CompileReport, compile_gluon, rows_view
+from .sm90 import (SM90_REGISTERS, SM90_SHARED_MEMORY, CompileReport, compile_gluon,
+                   routing_fp32, rows_view)
 
 KERNEL = "flash_mhf_fwd_ws"
 TEMPLATE = f"{KERNEL}.py.jinja"
@@ -337,13 +339,14 @@ def flash_mhf_fwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     """o = FlashMHF(q, k, u, v, r) through the warp-specialised Gluon kernel (sm90).
 
     q: (B, L, H, D) with unit last stride; k/u/v: (Hkv, E, De, D); r: (B, L, H, E) fp32 or
-    q's dtype. Returns o (B, L, H, D), contiguous, in q's dtype. ValueError where the
+    q's dtype (converted to fp32 first: routing_fp32). Returns o (B, L, H, D), contiguous, in q's dtype. ValueError where the
     variant does not support the problem (see `unsupported`) or `config` cannot run it.
     The checks, the config and the compiled kernel are cached per call signature (shapes,
     strides, dtypes, device, config), and the first call goes through first_launch, as in
     the Triton-language launchers (a tuned config that fails there gives way to the
     heuristic).
     """
+    r = routing_fp32(r)
     key = plan_key(config, q, k, u, v, r)
     plan = _plans.get(key)
     if plan is not None:
@@ -357,7 +360,7 @@ def flash_mhf_fwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
 def _run(plan: WsPlan, q, k, u, v, r) -> torch.Tensor:
     """Allocate o and launch: the per-call part."""
     B, L, H, D = q.shape
-    o = torch.empty((B, L, H, D), dtype=q.dtype, device=q.device)
+    o = empty((B, L, H, D), q.dtype, q.device)
     if plan.kernel is None:
         return o
     descs = descriptors(plan.layouts, rows_view(q),

@@ -85,6 +85,20 @@ class BackwardLaunch:
             self.kernel[self.grid](*args, **self.meta)
 
 
+def routing_fp32(r: torch.Tensor) -> torch.Tensor:
+    """r (B, L, H, E) as every Gluon kernel reads it: float32, converted once per call
+    (to a contiguous tensor) where the caller passed it in q's dtype.
+
+    NOTE: the Gluon kernels are compiled and proven with an fp32 routing pointer only; a
+    bf16/fp16 r reaching the forward's kernel gave non-finite outputs on an H100 (the
+    verification matrix of `mhfgen verify --matrix` covers both forms for every variant).
+    The copy reads and writes B * L * H * E elements, a small fraction of the call's
+    traffic (docs/VERIFY.md gives the measured cost)."""
+    if r.dtype == torch.float32:
+        return r
+    return r.to(torch.float32, memory_format=torch.contiguous_format)
+
+
 def rows_view(q: torch.Tensor) -> torch.Tensor:
     """q (B, L, H, D) as the (B * L, H * D) view TMA reads; a contiguous copy when the
     strides do not allow it (TMA needs 16-byte aligned base and row stride)."""
