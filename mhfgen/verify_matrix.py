@@ -85,6 +85,11 @@ GPU_SHAPES = (
     MatrixShape("E1_D64_gqa4", 4, 1, 64, 1, 512, TILE_EDGES),
     MatrixShape("1.3B_heads", 16, 16, 128, 22, 256, ((1, 128), (1, 2048))),
 )
+#: small shapes that still reach every variant, for slow runs (compute-sanitizer's memcheck)
+MEMCHECK_SHAPES = (
+    MatrixShape("small_gqa_D128", 4, 2, 128, 2, 128, ((1, 1), (2, 65))),
+    MatrixShape("small_D96_De80", 2, 2, 96, 2, 80, ((2, 65),)),
+)
 #: the CPU matrix (Triton's interpreter): the same forms on small sizes
 CPU_SHAPES = (
     MatrixShape("gqa_D32", 4, 2, 32, 2, 32, ((1, 1), (1, 37), (2, 17))),
@@ -94,11 +99,12 @@ CPU_SHAPES = (
 
 
 def shapes_named(names: str | None, gpu: bool) -> tuple[MatrixShape, ...]:
-    """The matrix shapes to run: all of this machine's kind, or those named (comma list)."""
+    """The matrix shapes to run: all of this machine's kind, or those named (comma list;
+    on a GPU the MEMCHECK_SHAPES too)."""
     table = GPU_SHAPES if gpu else CPU_SHAPES
     if not names:
         return table
-    known = {s.name: s for s in table}
+    known = {s.name: s for s in table + (MEMCHECK_SHAPES if gpu else ())}
     wanted = [n for n in names.split(",") if n]
     unknown = [n for n in wanted if n not in known]
     if unknown:
