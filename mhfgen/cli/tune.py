@@ -46,14 +46,13 @@ def register(sub) -> None:
             action.help = f"tokens B*L (default {GPU_TOKENS} on a GPU, {CPU_PROBLEM['tokens']} on the CPU)"
         elif action.dest == "dtype":
             action.help = f"default {GPU_DTYPE} on a GPU, float32 on the CPU"
-    from .. import registry
-
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=int, default=None,
                    help=f"distinct configs evaluated per kernel, the default included "
                         f"(default {GPU_TRIALS} on a GPU, {CPU_TRIALS} on the CPU)")
-    g.add_argument("--kernels", default=",".join(registry.OPS[op].short
-                                                  for op in registry.default_ops()),
+    # NOTE: the default (registry.default_ops) is resolved when the command runs: the
+    # registry imports torch, which building the parsers does not
+    g.add_argument("--kernels", default=None,
                    help="comma list of fwd, dq, dkv, bwd (default fwd,dq,dkv: the forward "
                         "and the split backward; bwd, the one-pass backward, is opt-in: "
                         "dispatch runs it where its time beats dq + dkv's)")
@@ -95,11 +94,14 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
-def _kernels(text: str) -> list[str]:
+def _kernels(text: str | None) -> list[str]:
     """The names of a --kernels list: ops (by short name fwd, dq, dkv, or bwd_dq, ...)
     or variant stems, in the order given (see mhfgen.tuning.search.tuning_units for what
-    an op becomes)."""
+    an op becomes); None: the ops a tune tunes by default (registry.default_ops)."""
     from .. import registry
+
+    if text is None:
+        text = ",".join(registry.OPS[op].short for op in registry.default_ops())
 
     out: list[str] = []
     for name in filter(None, (t.strip() for t in text.split(","))):
