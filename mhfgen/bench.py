@@ -37,11 +37,12 @@ import statistics
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
-import torch
+from .presets import DTYPE_NAMES
 
-from .spec import DTYPES
+if TYPE_CHECKING:  # torch is imported where it is used: `mhfgen bench --help` runs without it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ class BenchProblem:
                              f"experts ({self.experts})")
         if self.heads % self.kv_heads:
             raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
 
     @property
     def d_model(self) -> int:
@@ -111,6 +112,8 @@ class BenchProblem:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        from .spec import DTYPES
+
         return DTYPES[self.dtype]
 
     @property
@@ -200,6 +203,7 @@ def methods_of(scope: str, available_only: bool = False) -> list[str]:
 
 
 def _randn(shape, p: BenchProblem, device, scale: float = 1.0, grad: bool = False) -> torch.Tensor:
+    import torch
     t = (torch.randn(shape, device=device, dtype=torch.float32) * scale).to(p.torch_dtype)
     return t.requires_grad_(grad)
 
@@ -207,6 +211,7 @@ def _randn(shape, p: BenchProblem, device, scale: float = 1.0, grad: bool = Fals
 def core_inputs(p: BenchProblem, device, grad: bool):
     """proj (B, L, d), the in-projection's output that q (B, L, H, D) is a view of; k, u, v
     (Hkv, E, De, D) ~ N(0, 1/D); r (B, L, H, E) fp32, sigmoid gates normalised over E."""
+    import torch
     torch.manual_seed(0)
     B, L = p.batch, p.seqlen
     proj = _randn((B, L, p.d_model), p, device, grad=grad)
@@ -218,6 +223,7 @@ def core_inputs(p: BenchProblem, device, grad: bool):
 
 
 def _core_case(fn, p: BenchProblem, pass_: str, device) -> Case:
+    import torch
     grad = pass_ == "fwdbwd"
     proj, k, u, v, r = core_inputs(p, device, grad)
     qshape = (p.batch, p.seqlen, p.heads, p.head_dim)
@@ -234,6 +240,7 @@ def _core_case(fn, p: BenchProblem, pass_: str, device) -> Case:
 
 
 def _module_case(module: torch.nn.Module, p: BenchProblem, pass_: str, device) -> Case:
+    import torch
     grad = pass_ == "fwdbwd"
     torch.manual_seed(1)
     x = _randn((p.batch, p.seqlen, p.d_model), p, device, grad=grad)
@@ -265,6 +272,8 @@ def _build_torch(p, pass_, device):
 @register_method("torch_compile", "core",
                  "torch.compile (default mode) of the reference; compilation not timed")
 def _build_torch_compile(p, pass_, device):
+    import torch
+
     from . import reference
     # NOTE: a fresh dynamo state per (problem, pass): each size compiles static shapes, as
     # a user compiling for one size would, instead of dynamic-shape graphs after the first
@@ -275,6 +284,8 @@ def _build_torch_compile(p, pass_, device):
 
 @register_method("swiglu", "core", "SwiGLU FFN of equal FLOPs (d = H*D, intermediate I; cuBLAS)")
 def _build_swiglu(p, pass_, device):
+    import torch
+
     from .layers import SwiGLU
     torch.manual_seed(2)
     return _module_case(SwiGLU(p.d_model, p.intermediate, device=device, dtype=p.torch_dtype),
@@ -300,6 +311,8 @@ def _build_helion(p, pass_, device):
                  "FlashMHF layer (projections, RMSNorm, router, core on the kernels)",
                  forward_flops=layer_flops)
 def _build_layer_mhfgen(p, pass_, device):
+    import torch
+
     from .layers import FlashMHF
     torch.manual_seed(2)
     layer = FlashMHF(p.d_model, p.heads, p.intermediate, p.experts, n_kv_heads=p.kv_heads,
@@ -323,6 +336,7 @@ class CudaTimer:
         self.warmup_ms, self.rep_ms = warmup_ms, rep_ms
 
     def sync(self) -> None:
+        import torch
         torch.cuda.synchronize()
 
     def time_ms(self, case: Case) -> float:
@@ -332,6 +346,7 @@ class CudaTimer:
                               grad_to_none=case.leaves or None, return_mode="median"))
 
     def peak_mib(self, case: Case) -> float | None:
+        import torch
         case.reset_grads()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -343,6 +358,7 @@ class CudaTimer:
         return peak / 2 ** 20
 
     def release(self) -> None:
+        import torch
         gc.collect()
         torch.cuda.empty_cache()
 
@@ -431,6 +447,7 @@ ROW_FIELDS = tuple("pass" if f.name == "pass_" else f.name for f in fields(Row))
 
 def environment(device: torch.device, timer) -> dict:
     """GPU, compute capability, versions, UTC date and timer of this run."""
+    import torch
     import triton
 
     from .device import compute_capability, gpu_name
@@ -447,6 +464,7 @@ def _short(exc: BaseException) -> str:
 
 
 def _is_oom(exc: BaseException) -> bool:
+    import torch
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
@@ -513,6 +531,7 @@ def run_benchmarks(problems: Iterable[BenchProblem], methods: Iterable[str],
     their ratios; a method is measured only in the passes it implements. `on_row(row,
     index, total)` is called after each measurement. ValueError for an unknown method or
     one that cannot run here (Method.unavailable)."""
+    import torch
     problems, methods, passes = list(problems), list(methods), list(passes)
     for name in methods:
         if name not in METHODS:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: the dtypes a problem may name, as mhfgen.spec.DTYPES maps them to torch dtypes (here
+#: without torch, for the command-line parsers; tests/test_startup.py checks they agree)
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
 
 @dataclass(frozen=True)
 class Preset:

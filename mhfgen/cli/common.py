@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..presets import PRESETS
-from ..spec import DTYPES, KernelSpec
+from ..presets import DTYPE_NAMES, PRESETS
 from . import CommandError
+
+if TYPE_CHECKING:
+    from ..spec import KernelSpec
 
 
 def add_problem_args(p: argparse.ArgumentParser, tokens: int = 16384) -> None:
@@ -18,7 +21,7 @@ def add_problem_args(p: argparse.ArgumentParser, tokens: int = 16384) -> None:
     g.add_argument("--intermediate", type=int, default=None,
                    help="intermediate size I per head (default 2048)")
     g.add_argument("--experts", type=int, default=None, help="sub-networks E (default 8)")
-    g.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    g.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bfloat16")
     g.add_argument("--tokens", type=int, default=tokens, help=f"tokens B*L (default {tokens})")
 
 
@@ -52,6 +55,7 @@ def spec_from_args(args, target: str | None = None) -> KernelSpec:
     import torch
 
     from ..device import target as device_target
+    from ..spec import KernelSpec
 
     p = problem_from_args(args)
     if target is None:
