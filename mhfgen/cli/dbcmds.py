@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import CommandError
 from .common import add_problem_args, problem_from_args
-from .output import add_json_arg, emit_json, table, text_stream
+from .output import add_json_arg, emit_json, printable, table, text_stream
 
 #: the formats of the --json documents of list and show (keys: docs/SCRIPTING.md)
 LIST_FORMAT, SHOW_FORMAT = "mhfgen-list/1", "mhfgen-show/1"
@@ -70,19 +70,27 @@ def _add_db(p) -> None:
                         "read the shipped one)")
 
 
-def _open(path, readonly: bool):
+def _open(path, readonly: bool, create_parents: bool = True):
     from ..tuning.db import TuningDB, TuningDBError
 
     try:
-        return TuningDB.open(path, readonly=readonly)
+        return TuningDB.open(path, readonly=readonly, create_parents=create_parents)
     except TuningDBError as exc:
         raise CommandError(str(exc)) from exc
 
 
 def _layers(args) -> list[tuple[str, Path]]:
+    """The databases a read command reads: --db alone, which must exist (a typo is an
+    error, not "nothing tuned yet"), else the user and shipped layers."""
     from ..tuning.db import layer_paths
 
-    return [("db", Path(args.db))] if args.db else layer_paths()
+    if not args.db:
+        return layer_paths()
+    path = Path(args.db).expanduser()
+    if not path.exists():
+        raise CommandError(f"{path}: no such tuning database (--db names a file to read; "
+                           f"`mhfgen tune` and `mhfgen import` create one)")
+    return [("db", path)]
 
 
 def _spec_text(key) -> str:
@@ -144,14 +152,17 @@ def run_list(args) -> int:
                               []).append(w)
         for (gpu, cc, triton), ws in sorted(groups.items()):
             found = True
-            print(f"\n{gpu} (compute capability {cc}), Triton {triton}", file=out)
+            print(printable(f"\n{gpu} (compute capability {cc}), Triton {triton}"), file=out)
             rows = [(w.key.variant, w.key.op, _spec_text(w.key), w.key.bucket, w.key.tokens,
                      _fmt(w.ms), _fmt(w.tflops, ".3g"), _fmt(w.speedup, ".2f", "x"),
                      describe_config(w.config),
                      "" if still_current(w, current) else "stale: kernel code changed")
                     for w in ws]
-            print(table(("kernel", "op", "spec", "bucket", "tokens", "ms", "TFLOP/s",
-                         "speed-up", "config", ""), rows, indent="  "), file=out)
+            header = ["kernel", "op", "spec", "bucket", "tokens", "ms", "TFLOP/s",
+                      "speed-up", "config", "note"]
+            if not any(row[-1] for row in rows):  # no column of empty cells
+                header, rows = header[:-1], [row[:-1] for row in rows]
+            print(table(header, rows, indent="  "), file=out)
         print(file=out)
     if found:
         print("config codes:\n" + config_legend(), file=out)
@@ -308,6 +319,7 @@ def run_import(args) -> int:
     from .. import registry
     from ..codegen import template_hash
     from ..paths import user_db_path
+    from ..tuning.db import TuningDBError
     from ..tuning.exchange import ExchangeError, import_winners, parse_export
 
     try:
@@ -320,15 +332,18 @@ def run_import(args) -> int:
     except RecursionError:
         raise CommandError(f"{args.file}: not an mhfgen export (JSON nested too deeply)"
                            ) from None
-    path = Path(args.db or user_db_path())
-    with _open(path, readonly=False) as db:
+    path = Path(args.db or user_db_path()).expanduser()
+    with _open(path, readonly=False, create_parents=not args.db) as db:
         try:
             report = import_winners(db, records,
                                     {k: template_hash(k) for k in registry.stems()})
+        except TuningDBError as exc:
+            raise CommandError(f"the import failed and wrote nothing: {exc}") from exc
         except sqlite3.Error as exc:
             raise CommandError(f"{path}: the import failed and wrote nothing ({exc})") from exc
     for message in report.messages:
         print(f"mhfgen import: {message}", file=sys.stderr)
     print(f"imported into {path}: {report.added} added, {report.replaced} replaced (faster), "
-          f"{report.kept} kept (stored one faster), {report.refused} refused")
+          f"{report.kept} kept (the stored one is as fast or faster), {report.same} already "
+          f"stored, {report.refused} refused")
     return 1 if report.refused else 0

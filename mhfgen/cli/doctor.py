@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 
 from .output import add_json_arg, emit_json, key_values, text_stream
 
@@ -33,6 +34,7 @@ def run(args) -> int:
     else:
         gpu = "none (kernels run through Triton's interpreter on CPU tensors)"
     shipped = paths.shipped_db_path()
+    user_ok, user_state = _user_db_state(paths.user_db_path())
     from ..kernels.launch import DIRECT_LAUNCH, DIRECT_LAUNCH_TRITON, JIT_LAUNCH_REQUESTED
 
     if not torch.cuda.is_available():
@@ -52,7 +54,7 @@ def run(args) -> int:
         ("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "unset")),
         ("gpu", gpu),
         ("launches", launch),
-        ("user database", str(paths.user_db_path())),
+        ("user database", f"{paths.user_db_path()} ({user_state})"),
         ("shipped database", f"{shipped}{'' if shipped.exists() else ' (absent)'}"),
         ("templates", str(paths.templates_dir())),
         ("kernel variants", _variants_summary()),
@@ -71,12 +73,35 @@ def run(args) -> int:
         "format": DOCTOR_FORMAT, "mhfgen": __version__, "python": platform.python_version(),
         "torch": torch.__version__, "triton": triton.__version__,
         "triton_interpret": os.environ.get("TRITON_INTERPRET"), "gpu": gpu_doc,
-        "launches": launch, "user_db": str(paths.user_db_path()), "shipped_db": str(shipped),
+        "launches": launch, "user_db": str(paths.user_db_path()),
+        "user_db_ok": user_ok, "user_db_state": user_state, "shipped_db": str(shipped),
         "shipped_db_exists": shipped.exists(), "templates": str(paths.templates_dir()),
         "cache_dir": str(paths.cache_dir()), "shipped_configs": summary,
         "record": os.environ.get(RECORD_ENV) or None,
         "tune_on_miss": os.environ.get(ENABLE_ENV, "") not in ("", "0")})
+    if not user_ok:
+        print(f"mhfgen doctor: the user database {paths.user_db_path()} is unusable: "
+              f"{user_state}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _user_db_state(path) -> tuple[bool, str]:
+    """(usable, what it holds): absent, N tuned configs, or why it cannot be used (not
+    mhfgen's, damaged pages found by SQLite's quick_check, ...)."""
+    from ..tuning.db import TuningDB, TuningDBError
+
+    if not path.exists():
+        return True, "absent: `mhfgen tune` or `mhfgen import` creates it"
+    try:
+        with TuningDB.open(path, readonly=True) as db:
+            problem = db.integrity_problem()
+            if problem is not None:
+                return False, f"damaged (SQLite's quick_check: {problem})"
+            count = len(db.winners())
+    except (TuningDBError, OSError) as exc:
+        return False, str(exc)
+    return True, f"{count} tuned config(s)"
 
 
 def _variants_summary() -> str:

@@ -16,15 +16,24 @@ from typing import Sequence
 from . import CommandError
 
 
+def printable(text: str) -> str:
+    """`text` with every non-printable character but the newline written as its Python
+    escape (ESC as \\x1b): a value read from a database or an imported file never
+    drives the terminal (colours, cursor moves, a retitled window)."""
+    return "".join(c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode()
+                   for c in str(text))
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence], indent: str = "",
           numalign: str = "right") -> str:
     """An aligned text table (tabulate's 'simple' format: a header, a rule of dashes,
-    one line per row), each line prefixed by `indent`. Cells are printed as given (str())."""
+    one line per row), each line prefixed by `indent`. Cells are printed as given (str()),
+    non-printable characters escaped (printable)."""
     from tabulate import tabulate
 
     if not rows:
         rows = [["" for _ in header]]
-    text = tabulate([[("" if c is None else str(c)) for c in row] for row in rows],
+    text = tabulate([[("" if c is None else printable(c)) for c in row] for row in rows],
                     headers=list(header), tablefmt="simple", disable_numparse=True,
                     numalign=numalign, stralign="left")
     return "\n".join((indent + line).rstrip() for line in text.splitlines())

@@ -262,7 +262,8 @@ def _summary(problem, device, timer, results, db_path, storage) -> str:
         if all(r.default_ms for r in results):
             line += f", {sum(r.default_ms for r in results) / total:.2f}x the built-in defaults"
         lines.append(line)
-    lines.append(f"stored in {db_path}")
+    if db_path is not None:  # None: the winners did not read back (_not_stored)
+        lines.append(f"stored in {db_path}")
     if storage:
         from ..tuning.study import journal_path, redact
 
@@ -410,8 +411,8 @@ def _run_problem(args) -> int:
             except OSError as exc:
                 raise CommandError(f"cannot lock the study {storage_path(storage)} ({exc}); "
                                    f"set MHFGEN_CACHE_DIR to a writable folder") from exc
-        try:
-            db = TuningDB.open(db_path)
+        try:  # a --db the user named gets its file created, never its folders
+            db = TuningDB.open(db_path, create_parents=args.db is None)
         except TuningDBError as exc:
             raise CommandError(str(exc)) from exc
         return _run_locked(args, problem, device, kind, replay, storage, bare, gpus, db,
@@ -421,6 +422,7 @@ def _run_problem(args) -> int:
 def _run_locked(args, problem, device, kind, replay, storage, bare, gpus, db, db_path,
                 kernels) -> int:
     """run()'s search, once the study is this process's and the database is open."""
+    from ..tuning.db import TuningDBError
     from ..tuning.search import SearchSettings
     from ..tuning.study import redact
 
@@ -465,6 +467,10 @@ def _run_locked(args, problem, device, kind, replay, storage, bare, gpus, db, db
               f"stored as a failed trial with the finished ones: run the same command "
               f"again to resume", file=sys.stderr)
         return 1
+    except TuningDBError as exc:  # a full disk, a lock held past the whole wait
+        resume = ("; the trials finished before it are kept in the study: run the same "
+                  "command again to resume" if storage else "")
+        raise CommandError(f"{exc}{resume}") from exc
     finally:
         signal.signal(signal.SIGTERM, previous)
         if timer is not None:
@@ -472,8 +478,45 @@ def _run_locked(args, problem, device, kind, replay, storage, bare, gpus, db, db
                 timer.save(args.record)
             timer.close()
         db.close()
-    print(_summary(problem, device, timer, results, db_path, storage))
+    missing = _not_stored(db_path, problem, device, results)
+    print(_summary(problem, device, timer, results, None if missing else db_path, storage))
+    if missing:
+        print(f"mhfgen tune: error: {missing}", file=sys.stderr)
+        return 1
     return 0 if all(r.winner for r in results) else 1
+
+
+def _not_stored(db_path, problem, device, results) -> str | None:
+    """None when every winner of `results` reads back from the file at `db_path` (opened
+    afresh: the file deleted or replaced while the tune ran is not the one written),
+    else a line saying which are missing and why."""
+    from pathlib import Path
+
+    from ..tuning.db import TuningDB, TuningDBError
+
+    expected = [r for r in results if r.winner is not None]
+    if not expected:
+        return None
+    again = ("the trials are kept in the study: run the same command again to store the "
+             "winners")
+    if not Path(db_path).is_file():
+        return f"{db_path} no longer exists (deleted while tuning?); nothing is stored; {again}"
+    s = problem.spec
+    try:
+        with TuningDB.open(db_path, readonly=True) as db:
+            stored = db.winners(heads=s.heads, kv_heads=s.kv_heads, head_dim=s.head_dim,
+                                experts=s.experts, expert_dim=s.expert_dim, dtype=s.dtype,
+                                tokens=problem.tokens, gpu_name=device.gpu_name,
+                                compute_capability=device.compute_capability)
+    except TuningDBError as exc:
+        return f"cannot read the winners back: {exc}"
+    lost = [r.kernel for r in expected
+            if not any(w.key.variant == r.winner.variant and w.config == r.winner
+                       for w in stored)]
+    if lost:
+        return (f"the winners of {', '.join(lost)} are not in {db_path} after the write "
+                f"(the file was replaced while tuning?); {again}")
+    return None
 
 
 def _open_studies(tuner, kernels, storage):

@@ -44,6 +44,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sqlite3
 import stat
 import time
@@ -137,10 +138,15 @@ TRIAL_COLUMNS = {"id": int, **{c: _KEY_TYPES.get(c, str) for c in KEY_COLUMNS},
 MAX_TOKENS = 2**62
 
 
+_COMPUTE_CAPABILITY = re.compile(r"none|[0-9]{1,3}\.[0-9]{1,3}")
+
+
 def check_key_values(values: dict, where: str) -> None:
     """ValueError naming `where` and the column when a key value has the wrong type or
     range: spec sizes positive ints, bucket and tokens ints in 0..MAX_TOKENS, the rest
-    non-empty strings. Nothing is converted (2.7 heads is an error, not 2 heads)."""
+    non-empty strings of printable characters (no terminal escape codes: `mhfgen list`
+    prints them), the compute capability 'MAJOR.MINOR' or 'none'. Nothing is converted
+    (2.7 heads is an error, not 2 heads)."""
     for column in KEY_COLUMNS:
         value = values[column]
         if column in ("bucket", "tokens"):
@@ -149,6 +155,11 @@ def check_key_values(values: dict, where: str) -> None:
             strict_int(value, f"{where}{column}", 1, 2**31 - 1)
         else:
             strict_str(value, f"{where}{column}", nonempty=True)
+            if not value.isprintable():
+                raise ValueError(f"{where}{column} must be printable text, got {value!r}")
+    if not _COMPUTE_CAPABILITY.fullmatch(values["compute_capability"]):
+        raise ValueError(f"{where}compute_capability must be 'MAJOR.MINOR' (e.g. '9.0') or "
+                         f"'none', got {values['compute_capability']!r}")
 
 
 class TuningDBError(Exception):
@@ -200,11 +211,16 @@ def _not_a_database(exc: sqlite3.DatabaseError) -> bool:
     return "not a database" in text or "malformed" in text or "corrupt" in text
 
 
-def _check_writable(path: Path) -> None:
+def _check_writable(path: Path, create_parents: bool = True) -> None:
     """TuningDBError saying what is wrong when `path` cannot be a writable database: its
-    folder cannot be created or written (SQLite creates its -wal and -journal files
-    there), or the file exists and cannot be written."""
+    folder cannot be created (or, without `create_parents`, does not exist) or written
+    (SQLite creates its -wal and -journal files there), or the file exists and cannot be
+    written."""
     folder = path.parent
+    if not create_parents and not folder.is_dir():
+        raise TuningDBError(f"{folder} does not exist (the folder of {path}); mhfgen creates "
+                            f"the database file, not its folders: create the folder or name "
+                            f"another file")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -315,6 +331,11 @@ class TuningKey:
             raise ValueError(f"{where}missing key field{'s' if len(missing) > 1 else ''} "
                              f"{', '.join(missing)}")
         check_key_values(row, where)
+        if row["variant"] in registry.stems():
+            op = registry.get(row["variant"]).op
+            if row["op"] != op:  # one variant key would hold two winners, under two ops
+                raise ValueError(f"{where}op {row['op']!r} is not the op of variant "
+                                 f"{row['variant']} ({op!r})")
         return cls(**{c: row[c] for c in KEY_COLUMNS})
 
     def parse_config(self, data):
@@ -452,7 +473,11 @@ class TuningDB:
 
     # -- opening -----------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, readonly: bool = False) -> "TuningDB":
+    def open(cls, path: str | Path, readonly: bool = False,
+             create_parents: bool = True) -> "TuningDB":
+        """The database at `path`; writable unless `readonly`. A writable open creates
+        the file, and its missing folders only with `create_parents` (a path the user
+        named must not make folders appear: `--db /typo/dir/x.sqlite` is an error)."""
         path = Path(path).expanduser()
         if path.is_dir():
             raise TuningDBError(f"{path} is a directory, not a tuning database file")
@@ -476,7 +501,7 @@ class TuningDB:
                 except TuningDBError:
                     raise exc from None
         else:
-            _check_writable(path)
+            _check_writable(path, create_parents)
             try:
                 conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S,
                                        isolation_level=None, check_same_thread=False)
@@ -757,7 +782,8 @@ class TuningDB:
     def put_winner(self, record: WinnerRecord, policy: str = "replace") -> str:
         """Store the winner of its key. policy 'replace' overwrites a stored winner (the
         tuner, whose final side-by-side timing included it); 'faster' keeps whichever
-        has the lower time (import). Returns 'added', 'replaced' or 'kept'."""
+        has the lower time (import). Returns 'added', 'replaced', 'kept' or 'same' (the
+        stored record is this one, every column equal: nothing to write)."""
         return self.put_winners([record], policy)[0]
 
     def put_winners(self, records: list[WinnerRecord], policy: str = "replace") -> list[str]:
@@ -767,19 +793,27 @@ class TuningDB:
             raise ValueError(f"policy must be 'replace' or 'faster', got {policy!r}")
         self._writable()
         where = " AND ".join(f"{c} = ?" for c in KEY_COLUMNS)
+        rows = [record.to_row() for record in records]  # outside the write lock
+        columns = list(WINNER_COLUMNS)
+        select = f"SELECT {', '.join(columns)} FROM winners WHERE {where}"
+        insert = (f"INSERT INTO winners ({', '.join(columns)}) "
+                  f"VALUES ({', '.join('?' for _ in columns)})")
         outcomes = []
         with self.transaction():
-            for record in records:
-                row = record.to_row()
+            conn = self.db.conn
+            for row in rows:
                 key_values = [row[c] for c in KEY_COLUMNS]
-                old = self.db.execute(f"SELECT ms FROM winners WHERE {where}",
-                                      key_values).fetchone()
-                if old is not None and policy == "faster" and old[0] <= record.ms:
+                old = conn.execute(select, key_values).fetchone()
+                if old is not None and list(old) == [row[c] for c in columns]:
+                    outcomes.append("same")
+                    continue
+                if old is not None and policy == "faster" and \
+                        old[columns.index("ms")] <= row["ms"]:
                     outcomes.append("kept")
                     continue
                 if old is not None:
-                    self.db.execute(f"DELETE FROM winners WHERE {where}", key_values)
-                self.db["winners"].insert(row)
+                    conn.execute(f"DELETE FROM winners WHERE {where}", key_values)
+                conn.execute(insert, [row[c] for c in columns])
                 outcomes.append("added" if old is None else "replaced")
         return outcomes
 

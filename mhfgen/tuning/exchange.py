@@ -13,7 +13,8 @@ configs: each record maps to the variant that took that kernel over, as the data
 migration maps rows (mhfgen.tuning.db).
 
 Import merges record by record: a key not stored is added; for a stored key the faster
-record (lower ms) wins. Every record is checked before anything is written (strict types:
+record (lower ms) wins, and a record equal to the stored one in every field counts as
+already stored. Every record is checked before anything is written (strict types:
 an int field is an int, a flag a JSON bool, a config complete; see _record), and the
 records are written in one transaction: an import stores all of its records or none.
 Records that no longer run the code they were tuned with are refused
@@ -61,6 +62,7 @@ class ImportReport:
     added: int = 0
     replaced: int = 0
     kept: int = 0
+    same: int = 0  # stored already, every field equal
     refused: int = 0
     messages: list[str] = field(default_factory=list)
 
@@ -70,6 +72,14 @@ class UnknownRecord:
     """An export record of a variant (or old kernel) this mhfgen does not have."""
 
     name: str
+
+
+def _text(value, name: str, nonempty: bool = False) -> str:
+    """A provenance string: a str of printable characters (`list` and `show` print it)."""
+    strict_str(value, name, nonempty=nonempty)
+    if not value.isprintable():
+        raise ValueError(f"{name} must be printable text, got {value!r}")
+    return value
 
 
 def _record(i: int, rec) -> WinnerRecord | UnknownRecord:
@@ -106,17 +116,24 @@ def _record(i: int, rec) -> WinnerRecord | UnknownRecord:
         except (ValueError, TypeError) as exc:
             raise ValueError(f"config: {exc}") from None
         ms = strict_float(rec["ms"], "ms", positive=True)
+
+        def given(name: str, check, default):
+            """The field checked as it is; only an absent field or null takes the default
+            (False, "" or [] is a wrong value, not a missing one)."""
+            value = rec.get(name)
+            return default if value is None else check(value, name)
+
         return WinnerRecord(
             key, config, ms,
-            strict_float(rec.get("tflops") or 0.0, "tflops", low=0.0),
+            given("tflops", lambda v, n: strict_float(v, n, low=0.0), 0.0),
             strict_float(rec.get("default_ms"), "default_ms", positive=True, optional=True),
             strict_float(rec.get("speedup"), "speedup", positive=True, optional=True),
-            strict_str(rec.get("timer") or "", "timer"),
-            strict_int(rec.get("trials") or 0, "trials", 0, 2**31 - 1),
-            strict_str(rec.get("mhfgen_version") or "", "mhfgen_version"),
-            strict_str(rec.get("torch_version") or "", "torch_version"),
-            strict_str(rec.get("created") or "", "created"),
-            strict_str(rec.get("code_hash") or None, "code_hash", optional=True))
+            given("timer", _text, ""),
+            given("trials", lambda v, n: strict_int(v, n, 0, 2**31 - 1), 0),
+            given("mhfgen_version", _text, ""),
+            given("torch_version", _text, ""),
+            given("created", _text, ""),
+            given("code_hash", lambda v, n: _text(v, n, nonempty=True), None))
     except (ValueError, TypeError) as exc:
         raise ExchangeError(f"{where}{exc}") from None
 
@@ -131,6 +148,8 @@ def parse_export(data) -> list[WinnerRecord | UnknownRecord]:
     if version > SCHEMA_VERSION:
         raise ExchangeError(f"export schema {version!r} is newer than the {SCHEMA_VERSION} "
                             f"this mhfgen reads; upgrade mhfgen")
+    if version < 1:
+        raise ExchangeError(f"'schema_version' must be 1..{SCHEMA_VERSION}, got {version!r}")
     records = data.get("records")
     if not isinstance(records, list):
         raise ExchangeError("'records' must be a list")
