@@ -42,7 +42,6 @@ workspace budget: docs/PERFORMANCE.md).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Callable
 
@@ -50,6 +49,7 @@ import torch
 
 from . import device as _device
 from . import registry
+from .env import flag
 from .record import on_miss
 from .spec import KernelSpec
 from .tuning.lookup import Choice, TunedIndex
@@ -106,9 +106,8 @@ def explain_choice(kernel: str, spec: KernelSpec, tokens: int, device: torch.dev
 
 def deterministic_requested() -> bool:
     """Whether gradients must be bitwise reproducible: torch's deterministic algorithms
-    are on, or MHFGEN_DETERMINISTIC is set to anything but '' or '0'."""
-    return (torch.are_deterministic_algorithms_enabled()
-            or os.environ.get(DETERMINISTIC_ENV, "") not in ("", "0"))
+    are on, or MHFGEN_DETERMINISTIC is on (mhfgen.env.flag: 1/true/yes/on)."""
+    return torch.are_deterministic_algorithms_enabled() or flag(DETERMINISTIC_ENV)
 
 
 def backward_form(spec: KernelSpec, tokens: int, device: torch.device,
@@ -153,8 +152,8 @@ def decide(op: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choi
 
 
 def tuned_configs_enabled() -> bool:
-    """False when MHFGEN_NO_TUNED is set to anything but '' or '0'."""
-    return os.environ.get(NO_TUNED_ENV, "") in ("", "0")
+    """False when MHFGEN_NO_TUNED is on (mhfgen.env.flag: 1/true/yes/on)."""
+    return not flag(NO_TUNED_ENV)
 
 
 def candidates(kernel: str, spec: KernelSpec, tokens: int) -> list:

@@ -61,12 +61,14 @@ def run(args) -> int:
         ("cache dir", str(paths.cache_dir())),
     ]
     from ..record import RECORD_ENV
-    from ..tuning.on_miss import ENABLE_ENV
+    from ..tuning.on_miss import ENABLE_ENV, enabled
 
     summary = _shipped_summary(shipped)
     rows.append(("shipped configs", summary))
     rows.append(("recording", os.environ.get(RECORD_ENV) or f"off ({RECORD_ENV} unset)"))
-    rows.append(("tune on miss", "on" if os.environ.get(ENABLE_ENV, "") not in ("", "0")
+    tune_on_miss = enabled()
+    rows.append(("tune on miss", "on" if tune_on_miss
+                 else f"off ({ENABLE_ENV}={os.environ[ENABLE_ENV]!r})" if ENABLE_ENV in os.environ
                  else f"off ({ENABLE_ENV} unset)"))
     print(key_values(rows), file=text_stream(args))
     emit_json(args, {
@@ -78,7 +80,7 @@ def run(args) -> int:
         "shipped_db_exists": shipped.exists(), "templates": str(paths.templates_dir()),
         "cache_dir": str(paths.cache_dir()), "shipped_configs": summary,
         "record": os.environ.get(RECORD_ENV) or None,
-        "tune_on_miss": os.environ.get(ENABLE_ENV, "") not in ("", "0")})
+        "tune_on_miss": tune_on_miss})
     if not user_ok:
         print(f"mhfgen doctor: the user database {paths.user_db_path()} is unusable: "
               f"{user_state}", file=sys.stderr)

@@ -20,12 +20,12 @@ the other on the caller's stream.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
 
 from .. import registry
 from ..dispatch import FUSED, backward_form, deterministic_requested, explain_choice
+from ..env import flag
 from ..validation import check_flash_mhf_inputs
 from .configs import first_launch, spec_of
 from .plans import plan_cache, plan_key, remember
@@ -115,8 +115,8 @@ def backward(q, k, u, v, r, do) -> tuple[torch.Tensor, ...]:
 
 def two_streams(device: torch.device) -> bool:
     """Whether the split backward's kernels run on two streams: on a CUDA device unless
-    MHFGEN_BACKWARD_STREAMS is '1'."""
-    return device.type == "cuda" and os.environ.get(STREAMS_ENV, "") != "1"
+    MHFGEN_BACKWARD_STREAMS is on (mhfgen.env.flag)."""
+    return device.type == "cuda" and not flag(STREAMS_ENV)
 
 
 def _side_stream(device: torch.device):

@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import contextlib
-import os
 
 import torch
 import triton
 from triton import knobs
 
+from ..env import flag
+
 #: Triton releases whose launcher protocol DirectLaunch was written against and tested on
 #: (CompiledKernel.run(gridX, gridY, gridZ, stream, function, packed_metadata,
 #: launch_metadata, enter_hook, exit_hook, *every_parameter)); others take the JIT path
 DIRECT_LAUNCH_TRITON = ("3.6.",)
-#: MHFGEN_JIT_LAUNCH=1: launch every call through JITFunction.run (debugging)
-JIT_LAUNCH_REQUESTED = os.environ.get("MHFGEN_JIT_LAUNCH", "") not in ("", "0")
+#: MHFGEN_JIT_LAUNCH on (mhfgen.env.flag): launch every call through JITFunction.run (debugging)
+JIT_LAUNCH_REQUESTED = flag("MHFGEN_JIT_LAUNCH")
 #: whether launches reuse compiled binaries: a tested Triton, and no JIT launch requested
 DIRECT_LAUNCH = triton.__version__.startswith(DIRECT_LAUNCH_TRITON) and not JIT_LAUNCH_REQUESTED
 

@@ -29,6 +29,7 @@ import time
 
 import torch
 
+from ..env import flag
 from ..spec import KernelSpec
 from .lookup import Choice
 
@@ -44,8 +45,8 @@ _local = threading.local()
 
 
 def enabled() -> bool:
-    """True when MHFGEN_TUNE_ON_MISS is set to anything but '' or '0'."""
-    return os.environ.get(ENABLE_ENV, "") not in ("", "0")
+    """Whether MHFGEN_TUNE_ON_MISS is on (mhfgen.env.flag: 1/true/yes/on; off by default)."""
+    return flag(ENABLE_ENV)
 
 
 def trials() -> int:
