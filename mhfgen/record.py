@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ RECORD_ENV = "MHFGEN_RECORD"
 SPEC_FIELDS = ("heads", "kv_heads", "head_dim", "experts", "expert_dim", "dtype", "target")
 
 _seen: set[tuple] = set()
+_refused: set[str] = set()  # record paths refused (RecordPathError), warned about once
 _lock = threading.Lock()
 
 
@@ -59,6 +61,13 @@ def on_miss(kernel: str, spec: KernelSpec, tokens: int, device: torch.device,
     if path:
         try:
             record_miss(path, kernel, spec, tokens, device, choice)
+        except RecordPathError as exc:  # once per path: every later miss would say it again
+            with _lock:
+                first = path not in _refused
+                _refused.add(path)
+            if first:
+                log.warning("mhfgen: cannot record a dispatch miss in %s: %s (not recording "
+                            "there)", path, exc)
         except Exception as exc:  # noqa: BLE001 - recording must never break the caller
             log.warning("mhfgen: cannot record a dispatch miss in %s: %s", path, exc)
     from .tuning import on_miss as tuning_on_miss
@@ -91,11 +100,55 @@ def record_miss(path: str | os.PathLike, kernel: str, spec: KernelSpec, tokens: 
     return True
 
 
+class RecordPathError(OSError):
+    """A record path that is not a regular file, nor a new file in an existing folder."""
+
+
+def _not_a_file(path: Path, mode: int, write: bool) -> str:
+    """The one-line reason a record path of file mode `mode` is refused."""
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode)
+            else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+    hint = f"; point {RECORD_ENV} at a file" if write else ""
+    return f"{path} is {kind}, not a regular file{hint}"
+
+
+def open_record_file(path: Path, write: bool) -> int:
+    """A descriptor of the regular file `path`: opened to append (created, in a folder
+    that exists, when it does not) or to read. Never blocks: a FIFO, a device, a socket
+    or a folder is a RecordPathError naming what it is, checked before opening and again
+    on the open descriptor (O_NONBLOCK: opening a FIFO does not wait for its other end);
+    a missing folder is a RecordPathError too (it is not created)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if write and not path.parent.is_dir():
+            raise RecordPathError(f"{path.parent} does not exist or is not a folder; "
+                                  f"create it or point {RECORD_ENV} at a file in an "
+                                  f"existing folder") from None
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise RecordPathError(_not_a_file(path, mode, write))
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT if write else os.O_RDONLY
+    flags |= getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags, 0o644)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise RecordPathError(_not_a_file(path, mode, write))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def append_line(path: Path, text: str) -> None:
-    """Append `text` and a newline to `path` in one write() under an exclusive lock."""
+    """Append `text` and a newline to the regular file `path` (open_record_file) in one
+    write() under an exclusive lock."""
     data = (text.rstrip("\n") + "\n").encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_record_file(path, write=True)
     try:
         try:
             import fcntl
@@ -112,6 +165,7 @@ def forget_seen() -> None:
     """Forget which keys this process recorded (tests; a new record file)."""
     with _lock:
         _seen.clear()
+        _refused.clear()
 
 
 @dataclass(frozen=True)
@@ -129,20 +183,40 @@ class RecordedProblem:
 
 def read_records(path: str | os.PathLike) -> list[dict]:
     """The record lines of `path`; a torn last line (a writer killed mid-write) is skipped
-    with a warning, any other bad line is a RecordError."""
+    with a warning, any other bad line is a RecordError, and so is a path that is not a
+    regular file (open_record_file: a FIFO is refused, not waited on).
+
+    Torn means what a killed writer leaves: after at least one whole record, a last line
+    without its newline that starts a JSON object and does not parse. A file whose only
+    line is not JSON is an error, not a torn line: no writer of records wrote it."""
     from . import registry
 
     path = Path(path).expanduser()
     try:
-        lines = path.read_text().splitlines()
+        with os.fdopen(open_record_file(path, write=False), encoding="utf-8") as f:
+            content = f.read()
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"cannot read {path}: not UTF-8 text ({exc.reason} at byte "
+                          f"{exc.start})") from exc
     except OSError as exc:
         raise RecordError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    lines = content.splitlines()
     out = []
     for number, text in enumerate(lines, 1):
         if not text.strip():
             continue
         try:
-            rec = json.loads(text)
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError as exc:
+                torn = (number == len(lines) and out and not content.endswith("\n")
+                        and text.lstrip().startswith("{"))
+                if torn:
+                    log.warning("%s: skipping a torn last line %d", path, number)
+                    continue
+                raise ValueError(f"not a JSON line ({exc.msg} at column {exc.colno})") from exc
+            except RecursionError:
+                raise ValueError("JSON nested too deeply") from None
             if not isinstance(rec, dict):
                 raise ValueError("not a JSON object")
             missing = [k for k in ("kernel", *SPEC_FIELDS, "tokens", "gpu_name",
@@ -151,13 +225,11 @@ def read_records(path: str | os.PathLike) -> list[dict]:
                 raise ValueError(f"missing {', '.join(missing)}")
             if rec["kernel"] not in registry.OPS and rec["kernel"] not in registry.stems():
                 raise ValueError(f"unknown kernel {rec['kernel']!r}")
-            if not isinstance(rec["tokens"], int) or rec["tokens"] < 1:
+            tokens = rec["tokens"]
+            if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
                 raise ValueError(f"tokens must be a positive int, got {rec['tokens']!r}")
             KernelSpec(**{k: rec[k] for k in SPEC_FIELDS})
         except (ValueError, TypeError) as exc:
-            if number == len(lines) and not text.endswith("}"):
-                log.warning("%s: skipping a torn last line %d", path, number)
-                continue
             raise RecordError(f"{path}, line {number}: {exc}") from exc
         out.append(rec)
     return out
