@@ -1,0 +1,239 @@
+"""Render the tables of docs/PERFORMANCE.md from benchmarks/results/*.json.
+
+The results files are the machine-readable home of the measured figures: one file per GPU
+model, benchmarks/results/<gpu>.json ('h200' for "NVIDIA H200"), in this format:
+
+    {
+      "format": "mhfgen-results/1",
+      "gpu": "NVIDIA H200",                 # as the driver names it
+      "machine": "132 SMs, driver ...",     # optional: what else a reader needs to compare
+      "tables": {
+        "<id>": {
+          "title": "...",                   # one line above the table
+          "torch": "2.11.0+cu130", "triton": "3.6.0",
+          "date": "2026-12-02",             # the UTC day of the measurement
+          "command": "python3 benchmarks/...",  # the reusable command that measures it
+          "row_label": "shape",             # the first column's heading
+          "ratio": "...",                   # optional: what a row's ratio is
+          "rows": [
+            {"row": "370M", "metric": "mhfgen fwd+bwd", "value": 361, "unit": "TFLOP/s",
+             "ratio": 1.58}                 # ratio optional
+          ]
+        }
+      }
+    }
+
+A table renders as one line per distinct `row` and one column per distinct `metric` (in
+the order they first appear), each cell the value, with "(ratio x)" after it where the
+row has a ratio. In docs/PERFORMANCE.md a table's place is marked by
+
+    <!-- results h200 comparison -->
+    ... (rendered; do not edit by hand)
+    <!-- /results -->
+
+and this script rewrites what lies between the markers. tests/test_performance_doc.py
+checks that the document matches the results files.
+
+    python3 benchmarks/render_performance.py            # rewrite docs/PERFORMANCE.md
+    python3 benchmarks/render_performance.py --check    # exit 1 if the doc is stale
+    python3 -m mhfgen bench --preset 1.3B --json OUT/bench.json
+    python3 benchmarks/render_performance.py --add-bench OUT/bench.json --table bench-1.3B
+        # a table of `mhfgen bench` rows (TFLOP/s; ratio: method time / mhfgen time) into
+        # the results file of the GPU that measured them; then render (no --check)
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DOC = REPO / "docs" / "PERFORMANCE.md"
+FORMAT = "mhfgen-results/1"
+TABLE_KEYS = ("title", "torch", "triton", "date", "command", "row_label", "rows")
+ROW_KEYS = ("row", "metric", "value", "unit")
+SECTION = re.compile(r"(<!-- results (\S+) (\S+) -->\n)(.*?)(<!-- /results -->)", re.S)
+
+
+class ResultsError(ValueError):
+    """A results file or a marked section that does not follow the format."""
+
+
+def gpu_slug(gpu: str) -> str:
+    """The results file's name for a GPU: 'NVIDIA H200' -> 'h200'."""
+    name = re.sub(r"^nvidia\s+", "", gpu.strip(), flags=re.I).lower()
+    return re.sub(r"[^a-z0-9]+", "_", name).strip("_")
+
+
+def load(folder: Path = RESULTS) -> dict[str, dict]:
+    """Every results file of `folder`, by file stem, checked against the format."""
+    docs = {}
+    for path in sorted(folder.glob("*.json")):
+        doc = json.loads(path.read_text())
+        check(doc, path.name)
+        docs[path.stem] = doc
+    return docs
+
+
+def check(doc: dict, where: str) -> None:
+    if doc.get("format") != FORMAT:
+        raise ResultsError(f"{where}: format must be {FORMAT!r}, got {doc.get('format')!r}")
+    if not isinstance(doc.get("gpu"), str) or not isinstance(doc.get("tables"), dict):
+        raise ResultsError(f"{where}: needs 'gpu' (a string) and 'tables' (an object)")
+    for name, table in doc["tables"].items():
+        missing = [k for k in TABLE_KEYS if k not in table]
+        if missing:
+            raise ResultsError(f"{where}: table {name!r} lacks {', '.join(missing)}")
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", table["date"]):
+            raise ResultsError(f"{where}: table {name!r}: date must be YYYY-MM-DD")
+        for i, row in enumerate(table["rows"]):
+            missing = [k for k in ROW_KEYS if k not in row]
+            if missing:
+                raise ResultsError(f"{where}: table {name!r} row {i} lacks {', '.join(missing)}")
+            for key in ("value", "ratio"):
+                value = row.get(key)
+                if value is not None and (isinstance(value, bool)
+                                          or not isinstance(value, (int, float))):
+                    raise ResultsError(f"{where}: table {name!r} row {i}: {key} must be a number")
+
+
+def _decimals(value: float) -> int:
+    text = repr(value)
+    return len(text.partition(".")[2]) if isinstance(value, float) and "e" not in text else 0
+
+
+def _number(value: float, decimals: int) -> str:
+    """JSON drops trailing zeros (1.270 reads 1.27): a column shows every value with the
+    decimals of its most precise one."""
+    return f"{value:.{decimals}f}" if isinstance(value, float) else str(value)
+
+
+def render_table(doc: dict, name: str) -> str:
+    """The Markdown of one table: a line naming the GPU, versions, date and command, then
+    the table (rows by `row`, columns by `metric`)."""
+    table = doc["tables"][name]
+    labels, metrics, units, cells, decimals = [], [], {}, {}, {}
+    for r in table["rows"]:
+        for key in ("value", "ratio"):
+            if r.get(key) is not None:
+                column = (r["metric"], r["unit"], key)
+                decimals[column] = max(decimals.get(column, 0), _decimals(r[key]))
+    for r in table["rows"]:
+        if r["row"] not in labels:
+            labels.append(r["row"])
+        if r["metric"] not in metrics:
+            metrics.append(r["metric"])
+            units[r["metric"]] = r["unit"]
+        text = _number(r["value"], decimals[r["metric"], r["unit"], "value"])
+        if r["unit"] != units[r["metric"]]:
+            text += r["unit"] if r["unit"] == "x" else f" {r['unit']}"
+        if r.get("ratio") is not None:
+            text += f" ({_number(r['ratio'], decimals[r['metric'], r['unit'], 'ratio'])}x)"
+        cells[r["row"], r["metric"]] = text
+    lines = [f"**{table['title']}** {doc['gpu']}, torch {table['torch']}, Triton "
+             f"{table['triton']}, measured {table['date']}. Reproduce: `{table['command']}`.",
+             ""]
+    if table.get("ratio"):
+        lines[0] += f" In brackets: {table['ratio']}."
+    head = [table["row_label"]] + [f"{m} ({units[m]})" if units[m] else m for m in metrics]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for label in labels:
+        lines.append("| " + " | ".join([label] + [cells.get((label, m), "-") for m in metrics])
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render(text: str, docs: dict[str, dict]) -> str:
+    """`text` with every marked section replaced by its table."""
+    def replace(match: re.Match) -> str:
+        slug, name = match.group(2), match.group(3)
+        if slug not in docs or name not in docs[slug]["tables"]:
+            raise ResultsError(f"marked section {slug} {name}: no such table in "
+                               f"benchmarks/results/{slug}.json")
+        return match.group(1) + render_table(docs[slug], name) + match.group(5)
+    return SECTION.sub(replace, text)
+
+
+def bench_table(bench_doc: dict, command: str) -> tuple[str, dict]:
+    """(GPU, a results table) from an `mhfgen bench --json` document (mhfgen-bench/1):
+    one row per problem shape, one column per method and pass, TFLOP/s with the time
+    ratio against mhfgen's."""
+    if bench_doc.get("format") != "mhfgen-bench/1":
+        raise ResultsError(f"expected an mhfgen-bench/1 document, got "
+                           f"{bench_doc.get('format')!r}")
+    rows = [r for r in bench_doc["rows"] if r["status"] == "ok" and r["tflops"] is not None]
+    if not rows:
+        raise ResultsError("the bench document has no measured rows")
+    first = rows[0]
+    if {(r["gpu"], r["torch"], r["triton"]) for r in rows} != \
+            {(first["gpu"], first["torch"], first["triton"])}:
+        raise ResultsError("the bench rows come from more than one GPU or version")
+    table = {
+        "title": f"`mhfgen bench`, {first['dtype']}, TFLOP/s per method and pass.",
+        "torch": first["torch"], "triton": first["triton"], "date": first["date"][:10],
+        "command": command, "row_label": "shape (d, H, D, I, E), tokens",
+        "ratio": "the method's time over mhfgen's (above 1: mhfgen is faster)",
+        "rows": [{"row": f"{r['shape']}, {r['tokens']}", "metric": f"{r['method']} {r['pass']}",
+                  "value": round(r["tflops"]), "unit": "TFLOP/s",
+                  "ratio": None if r["method"] in ("mhfgen", "layer_mhfgen")
+                  or r["time_vs_mhfgen"] is None else round(r["time_vs_mhfgen"], 2)}
+                 for r in rows],
+    }
+    return first["gpu"], table
+
+
+def add_bench(bench_path: Path, name: str, folder: Path = RESULTS) -> Path:
+    """Write (or replace) table `name` of the GPU's results file from an mhfgen bench run."""
+    gpu, table = bench_table(json.loads(bench_path.read_text()),
+                             f"python3 -m mhfgen bench ... --json {bench_path.name}")
+    path = folder / f"{gpu_slug(gpu)}.json"
+    doc = json.loads(path.read_text()) if path.exists() else \
+        {"format": FORMAT, "gpu": gpu, "tables": {}}
+    doc["tables"][name] = table
+    check(doc, path.name)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Render the marked tables of docs/PERFORMANCE.md from "
+                    "benchmarks/results/*.json (format: this script's docstring).")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 and print a diff if the doc is stale")
+    parser.add_argument("--doc", type=Path, default=DOC, help="the document (default %(default)s)")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="the folder of results files (default %(default)s)")
+    parser.add_argument("--add-bench", type=Path, metavar="BENCH_JSON",
+                        help="first add the rows of an `mhfgen bench --json` file as table "
+                             "--table of its GPU's results file")
+    parser.add_argument("--table", default="bench", help="the table --add-bench writes")
+    args = parser.parse_args(argv)
+    try:
+        if args.add_bench:
+            print(f"wrote {add_bench(args.add_bench, args.table, args.results)}",
+                  file=sys.stderr)
+        text = args.doc.read_text()
+        new = render(text, load(args.results))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"render_performance: error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        if new != text:
+            sys.stdout.writelines(difflib.unified_diff(
+                text.splitlines(True), new.splitlines(True), str(args.doc), "rendered"))
+            return 1
+        return 0
+    if new != text:
+        args.doc.write_text(new)
+        print(f"updated {args.doc}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
