@@ -182,3 +182,57 @@ def test_tune_on_miss_skips_what_the_interpreter_cannot_run(monkeypatch, caplog)
     spec = KernelSpec(2, 2, 16, 2, 16, "bfloat16", "interpreter")
     assert dispatch.explain_choice(FWD, spec, 6, CPU).source == "heuristic"
     assert "bfloat16 does not run" in caplog.text
+
+
+def _training_inputs(tokens=5, grad=True):
+    """q, k, u, v, r of SPEC at `tokens` tokens (float32), requiring grad when `grad`."""
+    g = torch.Generator().manual_seed(0)
+    s = SPEC
+    q = torch.randn(1, tokens, s.heads, s.head_dim, generator=g)
+    k, u, v = (torch.randn(s.kv_heads, s.experts, s.expert_dim, s.head_dim, generator=g) / 4
+               for _ in range(3))
+    r = torch.rand(1, tokens, s.heads, s.experts, generator=g)
+    return [t.requires_grad_(grad) for t in (q, k, u, v, r)]
+
+
+def test_tune_on_miss_of_a_training_call_tunes_forward_and_backward(monkeypatch, caplog):
+    """A miss met inside a training call (q.requires_grad: the forward of an autograd
+    Function and its backward, both with grad off) is tuned on the search's own detached
+    inputs: a winner of each kernel is stored, and the caller's gradients are right."""
+    from mhfgen import reference
+    from mhfgen.ops import flash_mhf
+
+    monkeypatch.setenv(on_miss.ENABLE_ENV, "1")
+    monkeypatch.setenv(on_miss.TRIALS_ENV, "2")
+    caplog.set_level("WARNING")
+    inputs = _training_inputs()
+    out = flash_mhf(*inputs)
+    do = torch.randn_like(out)
+    out.backward(do)
+    assert "does not require grad" not in caplog.text and "no config" not in caplog.text
+    assert "failed" not in caplog.text, caplog.text
+    with TuningDB.open(os.environ["MHFGEN_DB"], readonly=True) as db:
+        stored = {(w.key.op, w.key.tokens) for w in db.winners()}
+    assert stored == {(op, 5) for op in registry.default_ops()}
+    ref_inputs = [t.detach().double().requires_grad_() for t in inputs]
+    ref = reference.flash_mhf(*ref_inputs)
+    ref.backward(do.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+    for mine, theirs in zip(inputs, ref_inputs):
+        torch.testing.assert_close(mine.grad.double(), theirs.grad, rtol=1e-4, atol=1e-4)
+    dispatch.clear_cache()  # stored: the next process finds every kernel exact
+    monkeypatch.delenv(on_miss.ENABLE_ENV)
+    for op in registry.default_ops():
+        assert dispatch.explain_choice(op, SPEC, 5, CPU).source == "exact"
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_tune_on_miss_under_no_grad_or_inference_mode_stores_a_winner(mode, monkeypatch):
+    from mhfgen.ops import flash_mhf
+
+    monkeypatch.setenv(on_miss.ENABLE_ENV, "1")
+    monkeypatch.setenv(on_miss.TRIALS_ENV, "1")
+    with getattr(torch, mode)():
+        flash_mhf(*_training_inputs(tokens=4, grad=False))
+    with TuningDB.open(os.environ["MHFGEN_DB"], readonly=True) as db:
+        assert [(w.key.op, w.key.tokens) for w in db.winners()] == [("fwd", 4)]

@@ -89,13 +89,31 @@ def tune_missing(kernel: str, spec: KernelSpec, tokens: int,
         return None
     _local.active = True
     try:
-        return _tune(kernel, spec, tokens, device)
+        with _own_inputs_mode(device):
+            return _tune(kernel, spec, tokens, device)
     except Exception as exc:  # noqa: BLE001 - a failed search keeps the fallback choice
         log.warning("mhfgen: tuning %s %s at %d tokens on a miss failed (%s: %s); using "
                     "the fallback config", kernel, spec.key(), tokens, type(exc).__name__, exc)
         return None
     finally:
         _local.active = False
+
+
+def _own_inputs_mode(device: torch.device):
+    """The autograd state the search needs, whatever the caller's: a miss is met inside
+    a training call's forward (an autograd Function runs with grad off), its backward
+    (grad off again), torch.no_grad or torch.inference_mode, and under autocast. The
+    search builds its own inputs, detached from the caller's graph (mhfgen.tuning.workload),
+    and needs gradients of them for the float64 reference of the backward kernels, at the
+    problem's own dtype: grad on, inference mode off, autocast off. The caller's tensors
+    and graph are not touched."""
+    import contextlib
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.enable_grad())
+    stack.enter_context(torch.autocast(device.type, enabled=False))
+    return stack
 
 
 def _tune(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice | None:
