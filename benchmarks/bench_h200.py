@@ -7,7 +7,7 @@
    the Helion forward (mhfgen.peers.helion_fwd) after Helion's autotuner, whose effort and
    per-shape time budget --helion-effort and --helion-budget set (its autotuning is not in
    BUDGET_S's reckoning: three shapes take up to 3x the Helion budget more).
-2. sweep: the 1.3B shape over tokens (the 16384-token rows of part 1 are reused), the core
+2. sweep: the 1.3B shape over tokens (the 16384-token rows of step 1 are reused), the core
    methods but Helion (whose static shapes would autotune again per token count), both
    passes, plotted as TFLOP/s against tokens.
 

@@ -53,7 +53,7 @@ VERIFY_CONFIGS = {"1x8w": C1, "2x4w": C2, "pingpong": PP, "gqa2": GQA, "exp": EX
                                                        consumer_warps=4, persistent=True,
                                                        joint_scores=True),
                   # which of 32-column tiles, 6 slots, persistence and joint scores gives
-                  # bn32-s6-persistent-joint its wrong 1.3B-slice (2026-12-02l)
+                  # bn32-s6-persistent-joint its wrong 1.3B-slice outputs
                   "bn32-s6-persistent": WsConfig(block_n=32, stages=6, persistent=True),
                   "bn32-s6": WsConfig(block_n=32, stages=6),
                   "bn32-s6-joint": WsConfig(block_n=32, stages=6, joint_scores=True),

@@ -87,11 +87,10 @@ def _presets_at(tokens: tuple[int, ...]) -> list[Shape]:
     return [Shape(f"{name}-T{t}", *dims[name], t) for t in tokens for name in dims]
 
 
-#: the suite is also what ships in tuning_db/ (issue 5): the presets at 16384 tokens first,
-#: then decode (1, 8, 64 tokens), then 2048, 8192 and 32768 tokens, then Hkv < H and D = 64
-#: (23 shapes, 2026-11-28); then 7 more shapes of the "other" group (shapes 24-30,
-#: 2026-11-28, third session): Hkv < H, smaller and single experts, D = 96 with De = 80,
-#: D = 64 with GQA, float16, d = 1536
+#: the suite is also what ships in tuning_db/: the presets at 16384 tokens first, then
+#: decode (1, 8, 64 tokens), then 2048, 8192 and 32768 tokens, then Hkv < H and D = 64
+#: (23 shapes); then 7 more shapes of the "other" group (shapes 24-30): Hkv < H, smaller
+#: and single experts, D = 96 with De = 80, D = 64 with GQA, float16, d = 1536
 SUITE = (_presets_at((16384, 1, 8, 64, 2048, 8192, 32768))
          + [Shape("1.3B-GQA4-T16384", 16, 4, 128, 5632, 22, 16384, group="other"),
             Shape("H16D64-T16384", 16, 16, 64, 2816, 11, 16384, group="other"),

@@ -180,7 +180,7 @@ def test_gluon_register_cap_fits_every_warp_on_one_sm():
 
 
 def test_persistent_configs_are_refused_until_their_wrong_outputs_are_understood():
-    """On the H200 (2026-12-02) persistent programs gave wrong outputs on shapes of 48 and 80
+    """On an H200 persistent programs gave wrong outputs on shapes of 48 and 80
     work tiles: config_problems refuses them, so the tuner never proposes one and a stored
     winner with it gives way to the heuristic at its first launch."""
     spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")

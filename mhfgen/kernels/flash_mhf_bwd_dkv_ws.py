@@ -194,7 +194,7 @@ def wave_token_splits(programs: int, blocks: int, sm_count: int) -> int:
     heads) but not where the backward runs it: beside dQ/dR on a second stream, whose
     programs already fill that last wave, 3 splits measured 0.97x at H16 D64 (1.236 against
     1.195 ms added to the split backward), and the training step 0.98x at 370M and H16 D64
-    (docs/PERFORMANCE.md, session 12). The tuner, which times dK/dU/dV beside dQ/dR, keeps
+    (docs/PERFORMANCE.md). The tuner, which times dK/dU/dV beside dQ/dR, keeps
     the choice per shape."""
     if programs < 2 * sm_count:
         return max(1, min(cdiv(2 * sm_count, programs), blocks // 4))

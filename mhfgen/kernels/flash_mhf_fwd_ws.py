@@ -220,8 +220,7 @@ def max_registers(config: WsConfig) -> int:
 
 
 def default_config(spec: KernelSpec, tokens: int) -> WsConfig:
-    """The built-in config, from the H200 sweeps of 2026-12-01 and 12-02
-    (docs/PERFORMANCE.md): two 4-warp consumers sharing 64-column tiles through a 4-slot
+    """The built-in config, from sweeps on an H200 (docs/PERFORMANCE.md): two 4-warp consumers sharing 64-column tiles through a 4-slot
     ring, tanh silu, S and G from one joint wgmma chain (688 TFLOP/s on the 1.3B shape, 680
     on 370M, 482 at D = 64, 532 at D = 96); the next shallower ring, then 32-column tiles,
     where that does not fit. The two consumers take two token blocks of one head

@@ -206,7 +206,7 @@ def _pad(size: int) -> int:
 
 
 #: H200 sweeps behind the launches below (`python3 benchmarks/norm_router_check.py --sweep`,
-#: 16384 tokens, q bf16, fp32 weights; figures/norm_router_h200_2026-11-28.md), in ms:
+#: 16384 tokens, q bf16, fp32 weights; docs/figures/norm_router_h200.md), in ms:
 #:                     1.3B (D 128, E 22)   D 128, E 64    D 256, E 32
 #: forward  IEEE, old  0.154 (32, 8)        3.40 (32, 8)   2.22 (32, 8)   (CUDA-core dots)
 #:          TF32       0.066 (64, 4)        0.102 (64, 4)  0.077 (64, 4)  R error 1e-4

@@ -101,7 +101,7 @@ class FlashMhfBwdDkv(Variant):
             return f"block_m={config.block_m} is larger than the {rows} rows"
         if (spec.target.startswith("sm9") and config.split_grads and config.transpose_acc
                 and config.num_stages == 1):
-            # seen on an H200 with Triton 3.6 (2026-11-28): an illegal memory access at
+            # seen on an H200 with Triton 3.6: an illegal memory access at
             # block_n = 32 and block_m = 64 / 128; the interpreter runs it correctly
             return "split_grads with transpose_acc and one stage faults on sm90 (Triton 3.6)"
         reason = _triton.tile_prune_reason(spec, config, rows)
