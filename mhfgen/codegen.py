@@ -7,15 +7,20 @@ Jinja decides static structure only (which loops, masks and dot operands exist);
 sizes stay `tl.constexpr` arguments, num_warps/num_stages launch options.
 
 NOTE: generated modules are written under a content-hash name, atomically (temp file +
-os.replace), and imported by path. Triton's JIT reads the kernel's source through
+os.replace), into a private cache folder (0700, refused when another user owns it or may
+write to it: mhfgen.paths.private_dir). Triton's JIT reads the kernel's source through
 `inspect`, so the code must live in a real file; the hash name makes concurrent processes
-and repeated renders agree on one file without locks.
+and repeated renders agree on one file without locks. A module is executed from the
+source just rendered in memory, after the file is checked to hold exactly that source,
+and never from bytecode: a .pyc planted in __pycache__ beside it is never read, and
+`inspect` is served the same verified lines (linecache).
 """
 from __future__ import annotations
 
 import atexit
 import hashlib
 import importlib.util
+import linecache
 import logging
 import os
 import shutil
@@ -129,7 +134,8 @@ registry.on_change(_clear_caches)
 
 
 def kernel_dir() -> Path:
-    return paths.cache_dir() / "kernels"
+    """The folder of generated kernel sources (created 0700, checked private)."""
+    return paths.private_cache_subdir("kernels")
 
 
 def load_kernel(kernel: str, spec: KernelSpec, config, entry: str | None = None):
@@ -154,7 +160,7 @@ def load_kernel(kernel: str, spec: KernelSpec, config, entry: str | None = None)
             path = _written(f"{kernel}_{digest}.py", source)
             module = _modules.get(path)
             if module is None:
-                module = _import(path, f"mhfgen_generated.{kernel}_{digest}",
+                module = _import(path, source, f"mhfgen_generated.{kernel}_{digest}",
                                  spec.target == INTERPRETER)
                 _modules[path] = module
             fn = getattr(module, entry)
@@ -167,17 +173,19 @@ _fallback: Path | None = None
 
 def _written(name: str, source: str) -> Path:
     """The file `name` holding `source` in kernel_dir(), written (atomically) if absent or
-    different. Where that folder cannot be written (read-only, not a folder, a file of
-    that name replaced by a folder) a private temporary folder of this process serves
+    different. Where that folder cannot be written or trusted (read-only, not a folder, a
+    file of that name replaced by a folder, owned by another user or writable by others:
+    mhfgen.paths.private_dir) a private temporary folder of this process serves
     instead, with one logged warning: a cache that cannot be written must not stop the
     kernels from running."""
     global _fallback
-    path = kernel_dir() / name
     try:
+        path = kernel_dir() / name
         if not path.is_file() or path.read_text() != source:
             _write_atomic(path, source)
         return path
     except OSError as exc:
+        path = paths.cache_dir() / "kernels" / name
         if _fallback is None:
             try:
                 _fallback = Path(tempfile.mkdtemp(prefix="mhfgen-kernels-"))
@@ -196,13 +204,30 @@ def _written(name: str, source: str) -> Path:
     return path
 
 
-def _import(path: Path, name: str, interpret: bool):
+def _import(path: Path, source: str, name: str, interpret: bool):
+    """The module `name` of the generated `source`, which `path` holds: compiled from the
+    string (no loader, so no bytecode cache is read or written) with `path` as its file,
+    and `path`'s lines served from memory to `inspect` (Triton's JIT reads its kernels'
+    source through it)."""
     if interpret:
         from .device import require_interpreter
 
         require_interpreter()
-    module_spec = importlib.util.spec_from_file_location(name, path)
+    if path.read_text() != source:  # replaced since it was written or checked
+        raise RuntimeError(f"mhfgen: the generated kernel {path} changed on disk while it "
+                           f"was loaded; another process writes to the kernel cache "
+                           f"({path.parent})")
+    filename = str(path)
+    code = compile(source, filename, "exec", dont_inherit=True)
+    module_spec = importlib.util.spec_from_loader(name, loader=None, origin=filename)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module.__file__ = filename
+    # mtime None: linecache.checkcache never re-reads the file behind these lines
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     sys.modules[name] = module
+    try:
+        exec(code, module.__dict__)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
     return module

@@ -12,10 +12,15 @@ Everything mhfgen writes lives under one folder, cache_dir():
       tuning.sqlite   the user tuning database (unless $MHFGEN_DB names another file)
       kernels/        generated kernel sources, named by content hash
       studies/        Optuna studies of `mhfgen tune`, one file per problem and GPU
+
+The cache folder and its kernels/ and studies/ are private (private_dir): created 0700,
+and refused when another user owns them or anyone but their owner may write to them, as
+code is imported from kernels/ and lock files live in studies/.
 """
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -57,3 +62,39 @@ def user_db_path() -> Path:
     """The user's tuning database: $MHFGEN_DB, else cache_dir() / 'tuning.sqlite'."""
     env = os.environ.get(DB_ENV)
     return Path(env).expanduser() if env else cache_dir() / "tuning.sqlite"
+
+
+class UnsafeFolderError(PermissionError):
+    """A cache folder that another user owns or may write to; str() is one line."""
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a folder only this user can write: created with mode 0700 where absent
+    (the folders above it as mkdir makes them), else checked. UnsafeFolderError when it
+    is owned by another user or writable by its group or by others (chmod 700 fixes the
+    latter); another OSError when it cannot be created."""
+    path = Path(path)
+    if not path.is_dir():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by another process, or not a folder
+            pass
+    info = path.stat()  # a symlinked cache folder is judged by the folder it names
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(f"{path} is not a folder")
+    if info.st_uid != os.geteuid():
+        raise UnsafeFolderError(f"{path} belongs to another user (uid {info.st_uid}); mhfgen "
+                                f"imports code and takes locks there, so it must be yours: "
+                                f"set {CACHE_DIR_ENV} to a folder of your own")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeFolderError(f"{path} may be written by other users (mode "
+                                f"{stat.S_IMODE(info.st_mode):o}); mhfgen imports code and "
+                                f"takes locks there: `chmod 700 {path}`, or set "
+                                f"{CACHE_DIR_ENV} to a private folder")
+    return path
+
+
+def private_cache_subdir(name: str) -> Path:
+    """cache_dir() / name, both checked (and created) by private_dir."""
+    return private_dir(private_dir(cache_dir()) / name)

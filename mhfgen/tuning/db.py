@@ -217,6 +217,11 @@ def _check_writable(path: Path, create_parents: bool = True) -> None:
     (SQLite creates its -wal and -journal files there), or the file exists and cannot be
     written."""
     folder = path.parent
+    if not folder.exists() and folder == paths.cache_dir():
+        try:  # the default place, the cache folder: created private (0700)
+            paths.private_dir(folder)
+        except OSError:
+            pass  # reported below, as for any other folder
     if not create_parents and not folder.is_dir():
         raise TuningDBError(f"{folder} does not exist (the folder of {path}); mhfgen creates "
                             f"the database file, not its folders: create the folder or name "

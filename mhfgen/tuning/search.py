@@ -190,8 +190,7 @@ def config_legend(indent: str = "  ") -> str:
 def study_storage_url(problem: TuningProblem, device: DeviceFacts) -> str:
     """sqlite:/// URL of the study file of one problem on one GPU, under the cache dir
     (open it with `optuna-dashboard <url>`)."""
-    folder = paths.cache_dir() / "studies"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = paths.private_cache_subdir("studies")  # 0700; refused if others may write it
     name = f"{device.slug()}-{problem.spec.key()}-T{problem.tokens}.sqlite"
     return f"sqlite:///{(folder / name).resolve()}"
 

@@ -130,38 +130,68 @@ class StudyBusyError(RuntimeError):
 
 @contextmanager
 def study_lock(path: str | Path) -> Iterator[None]:
-    """Hold the lock of the study file `path` (an exclusive flock of `path` + '.lock')
-    for the duration, or raise StudyBusyError at once when another process holds it.
+    """Hold the lock of the study file `path` (`path` + '.lock', through filelock: an
+    exclusive flock, the file opened with O_NOFOLLOW) for the duration, or raise
+    StudyBusyError at once when another process holds it.
 
     An unshared study (`mhfgen tune` alone, the default per-problem file) belongs to one
     process: a second one opening it would fail the first's running trials as
     interrupted (ConfigStudy._restore) and evaluate the same configs again. Processes
     that mean to share one study say so (--workers, --storage) and take no lock.
-    The lock goes with the process: a killed tuner leaves nothing to clean up."""
-    try:
-        import fcntl
-    except ImportError:  # no flock on this platform: nothing to hold
-        yield
-        return
+    The lock goes with the process: the kernel releases a flock when its holder dies, so
+    a killed tuner leaves nothing to clean up. A lock path that is a symbolic link is
+    never followed (OSError, ELOOP): it could point at any file of the user's."""
+    from filelock import FileLock, Timeout
+
     lock_path = Path(f"{path}.lock")
-    f = open(lock_path, "a+")
+    lock = FileLock(str(lock_path), timeout=0, mode=0o600)
     try:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise StudyBusyError(
-                f"{holder} is tuning this problem already (study {path}); wait for it to "
-                f"finish, or share the work: run every tuner of the problem with "
-                f"--storage URL, or one with --workers N") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"mhfgen tune (pid {os.getpid()} on {socket.gethostname()})")
-        f.flush()
+        lock.acquire()
+    except Timeout:
+        holder = _read_holder(lock_path) or "another process"
+        raise StudyBusyError(
+            f"{holder} is tuning this problem already (study {path}); wait for it to "
+            f"finish, or share the work: run every tuner of the problem with "
+            f"--storage URL, or one with --workers N") from None
+    try:
+        _write_holder(lock_path, f"mhfgen tune (pid {os.getpid()} on {socket.gethostname()})")
         yield
     finally:
-        f.close()  # releases the lock
+        lock.release()
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def _write_holder(lock_path: Path, text: str) -> None:
+    """Who holds the lock, into the lock file (opened without following a link; a
+    second descriptor of the file leaves the flock as it is). Best effort."""
+    try:
+        fd = os.open(lock_path, os.O_WRONLY | _NOFOLLOW)
+    except OSError:
+        return
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, text.encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_holder(lock_path: Path) -> str:
+    """The holder written by _write_holder ('' where none can be read), printable."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | _NOFOLLOW)
+    except OSError:
+        return ""
+    try:
+        text = os.read(fd, 200).decode(errors="replace").strip()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    return "".join(c for c in text if c.isprintable())
 
 
 def journal_path(url: str) -> str | None:
