@@ -1,4 +1,5 @@
-"""Decode (1 to 64 tokens): weight bandwidth of the forward, against the bar of issue 5.
+"""Decode (1 to 64 tokens): weight bandwidth of the forward, against the decode bar of
+docs/CONTRACTS.md, section 6.
 
     python benchmarks/decode.py [--shapes 1.3B,370M] [--tokens 1,8,64] [--json FILE]
 

@@ -30,7 +30,7 @@ def run_one(spec: RunSpec, corpus: ByteCorpus, out_dir: Path, progress: bool = T
     """Train one run, write `<out_dir>/<name>.csv`; return (summary, rows).
 
     NOTE: an exception is logged with its traceback and returned as {"name", "error"}
-    instead of propagating: a one-shot GPU session should still record the runs that
+    instead of propagating: a one-shot GPU run should still record the runs that
     worked. Callers that want exceptions call mhfgen.lm.train directly.
     """
     try:
