@@ -201,9 +201,11 @@ class Variant:
     def entry_names(self) -> tuple[str, ...]:
         return self.entries or (f"{self.stem}_kernel",)
 
-    def supports(self, spec: KernelSpec, tokens: int) -> str | None:
-        """Why this variant cannot run `spec` at `tokens` tokens beyond its targets and
-        dtypes (None: it can). Override for shape limits."""
+    def supports(self, spec: KernelSpec, tokens: int | None) -> str | None:
+        """Why this variant cannot run `spec` at `tokens` tokens (None: at any count it
+        can run) beyond its targets and dtypes (None: it can). Override for shape limits;
+        a limit on small token counts that only says which variant dispatch prefers
+        applies where `tokens` is given."""
         return None
 
     def unsupported(self, spec: KernelSpec, tokens: int | None = None) -> str | None:
@@ -215,7 +217,7 @@ class Variant:
             return f"{self.stem} runs on {', '.join(self.targets)}, not {spec.target}"
         if spec.dtype not in self.dtypes:
             return f"{self.stem} takes {', '.join(self.dtypes)}, not {spec.dtype}"
-        return self.supports(spec, 1 if tokens is None else tokens)
+        return self.supports(spec, tokens)
 
     def rank(self, spec: KernelSpec) -> int:
         """This variant's place among its op's variants for `spec` (lowest first): the

@@ -137,6 +137,8 @@ class Check:
 
 
 def compare(outputs: dict, expected: dict, dtype: torch.dtype) -> list[Check]:
-    """Relative Frobenius error of each output, with its dtype's tolerance."""
+    """Relative Frobenius error of each output, with its dtype's tolerance for a tensor
+    of its size (mhfgen.tolerances.tolerance)."""
     return [Check(name, relative_error(outputs[name], expected[name]),
-                  tolerance(dtype, grad=name != "o")) for name in OUTPUTS]
+                  tolerance(dtype, grad=name != "o", numel=expected[name].numel()))
+            for name in OUTPUTS]

@@ -256,3 +256,23 @@ def test_inputs_past_2_to_the_31_elements():
                 assert row_error(got, ref[name]) < ROW_FACTOR * tol, (variant.stem, name, w)
         del out
         torch.cuda.empty_cache()
+
+
+def test_a_variant_named_directly_runs_token_counts_dispatch_leaves_to_another():
+    """Calling a variant's launcher without a config asks the dispatcher for that
+    variant's config: decode-sized or not, the variant named runs (the op's own choice
+    still leaves small calls to flash_mhf_fwd)."""
+    from mhfgen import dispatch
+    from mhfgen.spec import KernelSpec
+
+    spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
+    cpu = torch.device("cpu")
+    for tokens in (1, 2048):
+        config = dispatch.choose_config("flash_mhf_fwd_ws", spec, tokens, cpu)
+        assert config.variant == "flash_mhf_fwd_ws"
+    assert dispatch.explain_choice("fwd", spec, 1, cpu).variant == "flash_mhf_fwd"
+
+
+def test_tiny_outputs_get_the_sampling_allowance_and_large_ones_the_bar():
+    assert tolerance("bfloat16", numel=384) == pytest.approx(2.5e-3 * (1 + 2 / 768 ** 0.5))
+    assert tolerance("bfloat16", numel=10**8) == pytest.approx(2.5e-3, rel=1e-3)
