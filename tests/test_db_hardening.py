@@ -307,3 +307,34 @@ def test_a_disk_that_fills_mid_write_keeps_what_was_stored(small_disk):
 def test_a_character_device_is_not_a_database(readonly):
     with pytest.raises(TuningDBError, match="is a character device, not a tuning database"):
         TuningDB.open("/dev/null", readonly=readonly)
+
+
+# -- what the docs say of the shipped database -------------------------------------------------
+def test_tuning_md_counts_the_shipped_winners():
+    """docs/TUNING.md's counts of the shipped winners are those of the file."""
+    import re
+    from collections import Counter
+    from pathlib import Path
+
+    from mhfgen import paths
+
+    text = " ".join((Path(__file__).resolve().parents[1] / "docs" / "TUNING.md")
+                    .read_text().split())
+    para = text[text.index("The shipped database `tuning_db/tuning.sqlite` holds"):]
+    para = para[:para.index("dispatch takes the faster")]
+    with TuningDB.open(paths.shipped_db_path(), readonly=True) as db:
+        winners = db.winners()
+    assert int(re.search(r"holds (\d+) winners", para).group(1)) == len(winners)
+    (gpu,) = {(w.key.gpu_name, w.key.compute_capability, w.key.triton_version)
+              for w in winners}
+    assert f"all of the {gpu[0]} (compute capability {gpu[1]}, Triton {gpu[2]})" in para
+    shapes = {(w.key.spec_fields(), w.key.tokens) for w in winners}
+    assert int(re.search(r"over (\d+) shapes", para).group(1)) == len(shapes)
+    per_op = {op: {(w.key.spec_fields(), w.key.tokens) for w in winners if w.key.op == op}
+              for op in {w.key.op for w in winners}}
+    assert all(len(per_op[op]) == len(shapes) for op in ("fwd", "bwd_dq", "bwd_dkv"))
+    assert f"the one-pass backward at {len(per_op['bwd'])} of them" in para
+    stated = {name: int(n) for n, name in re.findall(r"(\d+) `(flash_mhf_\w+)`", para)}
+    assert stated == dict(Counter(w.key.variant for w in winners))
+    pairs = Counter((w.key.op, w.key.spec_fields(), w.key.tokens) for w in winners)
+    assert f"At {sum(n > 1 for n in pairs.values())} of the (op, shape) pairs" in para
