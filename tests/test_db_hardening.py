@@ -338,3 +338,36 @@ def test_tuning_md_counts_the_shipped_winners():
     assert stated == dict(Counter(w.key.variant for w in winners))
     pairs = Counter((w.key.op, w.key.spec_fields(), w.key.tokens) for w in winners)
     assert f"At {sum(n > 1 for n in pairs.values())} of the (op, shape) pairs" in para
+
+
+# -- short write transactions --------------------------------------------------------------------
+def test_records_are_prepared_before_the_write_lock_and_merged_in_order(tmp_path, monkeypatch):
+    """put_winners converts every record before BEGIN IMMEDIATE (the lock is held for the
+    indexed reads and bulk writes only), and records of one key in one call merge in
+    order, as if put one by one."""
+    path = tmp_path / "t.sqlite"
+    db = TuningDB.open(path)
+    db.put_winner(winner(ms=2.0, tokens=100, bucket=128))
+    in_lock = {"on": False, "converted": 0}
+    real_begin, real_to_row = TuningDB._begin, dbmod.WinnerRecord.to_row
+
+    def begin(self):
+        real_begin(self)
+        in_lock["on"] = True
+
+    def to_row(self):
+        in_lock["converted"] += in_lock["on"]
+        return real_to_row(self)
+
+    monkeypatch.setattr(TuningDB, "_begin", begin)
+    monkeypatch.setattr(dbmod.WinnerRecord, "to_row", to_row)
+    same = db.winners()[0]
+    records = [same, winner(ms=3.0, tokens=100, bucket=128), winner(ms=1.0, tokens=100, bucket=128),
+               winner(ms=0.5, tokens=200, bucket=256), winner(ms=0.7, tokens=200, bucket=256),
+               winner(ms=0.4, tokens=200, bucket=256)]
+    assert db.put_winners(records, "faster") == ["same", "kept", "replaced", "added", "kept",
+                                                 "replaced"]
+    assert in_lock["converted"] == 0
+    monkeypatch.undo()
+    assert sorted((w.key.tokens, w.ms) for w in db.winners()) == [(100, 1.0), (200, 0.4)]
+    db.close()

@@ -803,23 +803,31 @@ class TuningDB:
         select = f"SELECT {', '.join(columns)} FROM winners WHERE {where}"
         insert = (f"INSERT INTO winners ({', '.join(columns)}) "
                   f"VALUES ({', '.join('?' for _ in columns)})")
+        ms_at = columns.index("ms")
         outcomes = []
-        with self.transaction():
+        with self.transaction():  # short: one indexed read per record, writes in bulk
             conn = self.db.conn
+            pending: dict[tuple, list] = {}  # key -> the row it gets (in record order)
+            stored: set[tuple] = set()  # keys that held a winner before
             for row in rows:
-                key_values = [row[c] for c in KEY_COLUMNS]
-                old = conn.execute(select, key_values).fetchone()
-                if old is not None and list(old) == [row[c] for c in columns]:
+                key = tuple(row[c] for c in KEY_COLUMNS)
+                values = [row[c] for c in columns]
+                old = pending.get(key)
+                if old is None:
+                    old = conn.execute(select, key).fetchone()
+                    if old is not None:
+                        stored.add(key)
+                if old is not None and list(old) == values:
                     outcomes.append("same")
                     continue
-                if old is not None and policy == "faster" and \
-                        old[columns.index("ms")] <= row["ms"]:
+                if old is not None and policy == "faster" and old[ms_at] <= row["ms"]:
                     outcomes.append("kept")
                     continue
-                if old is not None:
-                    conn.execute(f"DELETE FROM winners WHERE {where}", key_values)
-                conn.execute(insert, [row[c] for c in columns])
+                pending[key] = values
                 outcomes.append("added" if old is None else "replaced")
+            conn.executemany(f"DELETE FROM winners WHERE {where}",
+                             [key for key in pending if key in stored])
+            conn.executemany(insert, list(pending.values()))
         return outcomes
 
     def remove_winner(self, key: TuningKey) -> bool:
