@@ -6,9 +6,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_REQ := requirements/$(if $(HAS_GPU),gpu,cpu).txt
-PYTEST_ARGS ?= -q
+# every core; tests that share processes or GPUs run in their xdist_group (tests/conftest.py)
+PYTEST_ARGS ?= -q -n auto --dist loadgroup
 
-.PHONY: setup tune test clean
+.PHONY: setup tune test test-fast lint clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +27,14 @@ tune: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the edit loop: the pure-Python checks (marker `fast`), under a minute on two cores
+test-fast: setup
+	$(BIN)/python -m pytest -q -n auto -m fast
+
+# ruff's lint rules of pyproject.toml over the code, the tests and the benchmarks
+lint: setup
+	$(BIN)/ruff check mhfgen tests benchmarks
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
