@@ -40,7 +40,15 @@ def run(args) -> int:
     spec = spec_from_args(args, target=args.target)
     if args.config:
         try:
-            config = variant.config_from_dict(json.loads(args.config), partial=True)
+            data = json.loads(args.config)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--config is not JSON ({exc.msg} at character {exc.pos + 1}); "
+                               f"give a JSON object, e.g. --config "
+                               f"'{{\"block_m\": 64, \"block_n\": 32}}'") from None
+        except RecursionError:
+            raise CommandError("--config is not a config: JSON nested too deeply") from None
+        try:
+            config = variant.config_from_dict(data, partial=True)
         except (ValueError, TypeError) as exc:
             raise CommandError(f"--config: {exc}") from exc
     else:

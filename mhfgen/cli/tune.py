@@ -24,8 +24,16 @@ CPU_PROBLEM = dict(heads=2, kv_heads=1, head_dim=32, intermediate=64, experts=2,
                    dtype="float32")
 CPU_TRIALS = 8
 GPU_PRESET, GPU_TOKENS, GPU_DTYPE, GPU_TRIALS = "370M", 16384, "bfloat16", 32
-_PROBLEM_FLAGS = ("preset", "heads", "kv_heads", "head_dim", "intermediate", "experts", "tokens",
-                  "dtype")
+_SIZE_FLAGS = ("preset", "heads", "kv_heads", "head_dim", "intermediate", "experts")
+_PROBLEM_FLAGS = (*_SIZE_FLAGS, "tokens", "dtype")
+#: the most tokens `mhfgen tune` takes (2**24): past it the tuning inputs and their float64
+#: references of the smallest preset (H*D = 768) need over 300 GiB, more than any one GPU
+#: or a usual host holds
+MAX_TUNE_TOKENS = 2**24
+#: the model FLOPs (18*T*H*I*D, forward + backward) above which `tune` without a GPU
+#: refuses a problem: about 40 times the small CPU problem, whose default tune takes
+#: seconds; a default tune at the bound takes minutes through Triton's interpreter
+CPU_MAX_TUNE_FLOPS = 1e8
 
 
 def register(sub) -> None:
@@ -132,8 +140,14 @@ def _short(stem: str) -> str:
 
 
 def _fill_defaults(args, on_gpu: bool) -> bool:
-    """Fill the problem flags the user left out; True when none was given (main job)."""
+    """Fill the problem flags the user left out; True when none was given (main job).
+    Without a GPU, a problem of no size flag (--preset, --heads, ... only --tokens or
+    --dtype given) is the small CPU problem at those tokens and that dtype: not the
+    8-head, D=128 sizes of the flags' defaults, which the interpreter cannot tune."""
     bare = all(getattr(args, name) is None for name in _PROBLEM_FLAGS)
+    if not on_gpu and all(getattr(args, name) is None for name in _SIZE_FLAGS):
+        for name in _SIZE_FLAGS[1:]:
+            setattr(args, name, CPU_PROBLEM[name])
     if on_gpu:
         if bare:
             args.preset = GPU_PRESET
@@ -174,6 +188,10 @@ def _setup(args):
         device, kind = DeviceFacts.of(torch.device("cpu")), "interpreter"
     bare = _fill_defaults(args, device.is_gpu)
     p = problem_from_args(args)
+    if args.tokens > MAX_TUNE_TOKENS:
+        raise CommandError(f"--tokens {args.tokens} is more than mhfgen tune takes "
+                           f"({MAX_TUNE_TOKENS} = 2**24); larger calls use the winner tuned "
+                           f"nearest in tokens")
     try:
         spec = KernelSpec(p["heads"], p["kv_heads"], p["head_dim"], p["experts"],
                           p["expert_dim"], args.dtype, device.target)
@@ -183,6 +201,8 @@ def _setup(args):
     if not device.is_gpu and args.dtype == "bfloat16" and not args.replay:
         raise CommandError("bfloat16 does not run in Triton's interpreter (no GPU here); "
                            "use --dtype float32 or float16")
+    if not args.replay:
+        _check_fits(problem, device)
     storage = args.storage
     if storage is None and not args.replay:
         try:
@@ -193,6 +213,61 @@ def _setup(args):
     if args.storage is not None:
         _check_storage(args.storage)
     return problem, device, kind, replay, storage, bare
+
+
+def workload_bytes(problem) -> int:
+    """About the memory the tuning of `problem` holds (mhfgen.tuning.workload): per token
+    and head, q, do, o and dq in the dtype, their float64 references (q, do, o, dq), the
+    float32 q and do made on the host first, and r, dr with their float32 and float64
+    forms; the weights are small beside them."""
+    s = problem.spec
+    per_row = s.head_dim * (4 * s.torch_dtype.itemsize + 4 * 8 + 2 * 4) + s.experts * (3 * 4 + 2 * 8)
+    weights = 3 * s.kv_heads * s.experts * s.expert_dim * s.head_dim * (2 * 8 + 3 * 4)
+    return problem.tokens * s.heads * per_row + weights
+
+
+def _device_memory(device) -> int | None:
+    """The memory of the device tuned on (a GPU's, else the host's), None if unknown."""
+    import torch
+
+    if device.is_gpu:
+        try:
+            return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        except Exception:  # noqa: BLE001 - unknown: no check
+            return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_fits(problem, device) -> None:
+    """Refuse up front, in one line, a problem this machine cannot tune: without a GPU,
+    more than CPU_MAX_TUNE_FLOPS (suggesting one that fits); anywhere, a workload larger
+    than the device's memory."""
+    from ..tuning.problem import MODEL_FWD_BWD_FACTOR
+
+    if not device.is_gpu:
+        flops = problem.model_flops_fwd_bwd()
+        if flops > CPU_MAX_TUNE_FLOPS:
+            small = CPU_PROBLEM
+            per_token = (MODEL_FWD_BWD_FACTOR * small["heads"] * small["intermediate"]
+                         * small["head_dim"])
+            fits = 1 << max(0, int(CPU_MAX_TUNE_FLOPS // per_token).bit_length() - 1)
+            tokens = min(problem.tokens, fits)  # the given tokens, or a power of 2 that fits
+            raise CommandError(
+                f"no GPU: {problem.describe()} is too big for Triton's interpreter "
+                f"({flops:.2g} FLOPs per forward + backward, at most {CPU_MAX_TUNE_FLOPS:.0e} "
+                f"here); tune it on a GPU, or try --heads {small['heads']} --kv-heads "
+                f"{small['kv_heads']} --head-dim {small['head_dim']} --intermediate "
+                f"{small['intermediate']} --experts {small['experts']} --tokens {tokens} "
+                f"--dtype float32")
+    need, have = workload_bytes(problem), _device_memory(device)
+    if have is not None and need > have:
+        where = f"{device.gpu_name}'s" if device.is_gpu else "this host's"
+        raise CommandError(f"{problem.describe()} does not fit: tuning it holds about "
+                           f"{need / 2**30:.0f} GiB, more than {where} {have / 2**30:.0f} GiB; "
+                           f"use fewer --tokens")
 
 
 def _check_storage(url: str) -> None:
