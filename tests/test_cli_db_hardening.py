@@ -3,19 +3,20 @@ character device, a damaged page, a full disk, a database deleted while `tune` r
 re-imports, values that mean something else, and what `list` prints."""
 import copy
 import json
-import os
 import sqlite3
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
+from test_db_hardening import _with_trials, corrupt_trials_page
+from test_import_strict import _bad, export_doc, winner  # noqa: F401 - the fixture
+from tuning_helpers import SPEC_370M, recording, run_sql
 
 from mhfgen.cli import main
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.db import TuningDB
 from mhfgen.tuning.exchange import ExchangeError, parse_export
-from test_db_hardening import _with_trials, corrupt_trials_page
-from test_import_strict import _bad, export_doc, winner  # noqa: F401 - the fixture
-from tuning_helpers import SPEC_370M, recording, run_sql
 from mhfgen.tuning.problem import TuningProblem
 
 pytestmark = pytest.mark.usefixtures("fresh_dispatch")
@@ -98,6 +99,16 @@ def test_tune_into_a_file_with_a_damaged_page_is_one_line(tmp_path, capsys):
     assert main(["tune", "--no-progress", "--db", str(path), "--kernels", "fwd",
                  "--trials", "1"]) == 2
     one_line_error(capsys, "is damaged")
+
+
+def test_show_of_a_file_with_a_damaged_page_is_one_line(tmp_path, capsys):
+    path = tmp_path / "t.sqlite"
+    _with_trials(path)
+    corrupt_trials_page(path)
+    assert main(["show", "--preset", "370M", "--gpu", "NVIDIA H200", "--db", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # refused before anything is printed
+    assert len(err.strip().splitlines()) == 1 and "is damaged (SQLite's quick_check:" in err
 
 
 def test_doctor_fails_on_a_damaged_user_database(tmp_path, monkeypatch, capsys):

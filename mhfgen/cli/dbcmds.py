@@ -180,6 +180,7 @@ def run_show(args) -> int:
     from ..device import compute_capability, gpu_name, target
     from ..spec import KernelSpec
     from ..tuning.buckets import shape_bucket
+    from ..tuning.db import TuningDBError
     from ..tuning.exchange import winner_as_dict
     from ..tuning.search import config_legend, describe_config
 
@@ -187,7 +188,10 @@ def run_show(args) -> int:
     p = problem_from_args(args)
     for _, path in _layers(args):  # an unusable file is an error before anything prints
         if Path(path).exists():
-            _open(path, readonly=True).close()
+            with _open(path, readonly=True) as db:
+                problem = db.integrity_problem()  # show reads every table
+            if problem is not None:
+                raise CommandError(f"{path} is damaged (SQLite's quick_check: {problem})")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = args.gpu or gpu_name(device)
     try:
@@ -240,8 +244,11 @@ def run_show(args) -> int:
             if not Path(path).exists():
                 continue
             with _open(path, readonly=True) as db:
-                winners = db.winners(variant=kernel, **spec_filter)
-                trials = db.trials(variant=kernel, bucket=bucket, **spec_filter)
+                try:
+                    winners = db.winners(variant=kernel, **spec_filter)
+                    trials = db.trials(variant=kernel, bucket=bucket, **spec_filter)
+                except TuningDBError as exc:
+                    raise CommandError(str(exc)) from exc
             ok = [t for t in trials if t.status == "ok"]
             failed: dict[str, int] = {}
             for t in trials:
