@@ -116,3 +116,14 @@ def test_codegen_config_that_is_not_json_is_one_line_naming_the_flag(config, sai
     err = one_line_error(capsys, said)
     assert "line 1 column" not in err  # not the raw decoder message
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("command", [["show"], ["codegen"]])
+@pytest.mark.parametrize("flags, said", [
+    (["--tokens", str(10**30)], "--tokens must be at most 4611686018427387904 (2**62)"),
+    (["--heads", str(10**23), "--kv-heads", "1"], "--heads must be at most"),
+    (["--experts", str(10**23), "--intermediate", str(10**23)], "--intermediate must be at most"),
+])
+def test_sizes_past_what_the_database_stores_are_one_line_errors(command, flags, said, capsys):
+    assert main([*command, *flags]) == 2
+    one_line_error(capsys, said)

@@ -26,7 +26,14 @@ def add_problem_args(p: argparse.ArgumentParser, tokens: int = 16384) -> None:
 
 
 def problem_from_args(args) -> dict:
-    """heads, kv_heads, head_dim, intermediate, experts, expert_dim from the flags."""
+    """heads, kv_heads, head_dim, intermediate, experts, expert_dim from the flags.
+    Sizes and --tokens are at least 1 and at most what the tuning database stores (sizes
+    64-bit integers, tokens mhfgen.tuning.db.MAX_TOKENS with their bucket), so that an
+    absurd value is one line, not an overflow deep in a lookup; `tune` bounds tokens
+    further (mhfgen.cli.tune.MAX_TUNE_TOKENS)."""
+    from ..config_fields import INT64_MAX
+    from ..tuning.db import MAX_TOKENS
+
     preset = PRESETS[args.preset] if args.preset else None
 
     def size(flag: str, given, default: int) -> int:
@@ -34,6 +41,8 @@ def problem_from_args(args) -> dict:
             return default
         if given < 1:
             raise CommandError(f"--{flag} must be >= 1, got {given}")
+        if given > INT64_MAX:
+            raise CommandError(f"--{flag} must be at most {INT64_MAX} (2**63 - 1), got {given}")
         return given
 
     heads = size("heads", args.heads, preset.heads if preset else 8)
@@ -46,6 +55,8 @@ def problem_from_args(args) -> dict:
         raise CommandError(f"--intermediate ({intermediate}) must be divisible by --experts ({experts})")
     if args.tokens < 1:
         raise CommandError(f"--tokens must be >= 1, got {args.tokens}")
+    if args.tokens > MAX_TOKENS:
+        raise CommandError(f"--tokens must be at most {MAX_TOKENS} (2**62), got {args.tokens}")
     return dict(heads=heads, kv_heads=kv_heads, head_dim=head_dim, intermediate=intermediate,
                 experts=experts, expert_dim=intermediate // experts)
 

@@ -187,11 +187,11 @@ def _setup(args):
     else:
         device, kind = DeviceFacts.of(torch.device("cpu")), "interpreter"
     bare = _fill_defaults(args, device.is_gpu)
-    p = problem_from_args(args)
     if args.tokens > MAX_TUNE_TOKENS:
         raise CommandError(f"--tokens {args.tokens} is more than mhfgen tune takes "
                            f"({MAX_TUNE_TOKENS} = 2**24); larger calls use the winner tuned "
                            f"nearest in tokens")
+    p = problem_from_args(args)
     try:
         spec = KernelSpec(p["heads"], p["kv_heads"], p["head_dim"], p["experts"],
                           p["expert_dim"], args.dtype, device.target)
