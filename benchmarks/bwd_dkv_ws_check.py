@@ -26,18 +26,17 @@ import argparse
 
 import torch
 import triton
+from hangs import attempt, finish, row, run_watched  # benchmarks/hangs.py, beside this script
 
 from mhfgen import kernels
-from mhfgen.kernels.flash_mhf_bwd_dkv import flash_mhf_bwd_dkv
 from mhfgen.kernels import flash_mhf_bwd_dkv_ws as ws
 from mhfgen.kernels import flash_mhf_bwd_dkvt_ws as wst
+from mhfgen.kernels.flash_mhf_bwd_dkv import flash_mhf_bwd_dkv
 from mhfgen.kernels.flash_mhf_bwd_dkv_ws import BwdDkvWsConfig
 from mhfgen.kernels.flash_mhf_bwd_dkvt_ws import BwdDkvtWsConfig
 from mhfgen.spec import KernelSpec
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs, reference_outputs
-
-from hangs import attempt, finish, row, run_watched  # benchmarks/hangs.py, beside this script
 
 GRADS = ("dk", "du", "dv")
 VERIFY_CASES = [

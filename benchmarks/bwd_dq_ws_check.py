@@ -21,6 +21,8 @@ import argparse
 
 import torch
 import triton
+from bwd_dkv_ws_check import SPEED_SHAPES, VERIFY_CASES
+from hangs import attempt, finish, run_watched  # benchmarks/hangs.py, beside this script
 
 from mhfgen import kernels
 from mhfgen.kernels.flash_mhf_bwd_dkv_ws import flash_mhf_bwd_dkv_ws
@@ -28,9 +30,6 @@ from mhfgen.kernels.flash_mhf_bwd_dq import flash_mhf_bwd_dq
 from mhfgen.kernels.flash_mhf_bwd_dq_ws import BwdDqWsConfig, flash_mhf_bwd_dq_ws
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs, reference_outputs
-
-from bwd_dkv_ws_check import SPEED_SHAPES, VERIFY_CASES
-from hangs import attempt, finish, run_watched  # benchmarks/hangs.py, beside this script
 
 GRADS = ("dq", "dr")
 VERIFY_CONFIGS = {"default": None, "s2 exp regs 40/232": BwdDqWsConfig(

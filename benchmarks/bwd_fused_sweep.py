@@ -24,8 +24,8 @@ import torch
 import triton
 
 from mhfgen import kernels
-from mhfgen.kernels.flash_mhf_bwd_fused import flash_mhf_bwd_fused
 from mhfgen.kernels.configs import spec_of
+from mhfgen.kernels.flash_mhf_bwd_fused import flash_mhf_bwd_fused
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.tuning.compile import CompilePool
 from mhfgen.validation import check_flash_mhf_inputs
@@ -196,8 +196,8 @@ def main() -> None:
     print("\n## verify (worst relative error of the five gradients vs float64)")
     for r in vrows:
         print("|", " | ".join(r), "|")
-    print("\n## speed (bf16, %d tokens): shape | config | ms | bwd TFLOP/s | fwd+bwd TFLOP/s "
-          "| error | workspace" % args.tokens)
+    print(f"\n## speed (bf16, {args.tokens} tokens): shape | config | ms | bwd TFLOP/s "
+          "| fwd+bwd TFLOP/s | error | workspace")
     for r in rows:
         print("|", " | ".join(r), "|")
 

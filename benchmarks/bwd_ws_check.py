@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import triton
+from hangs import Hang, finish, run_watched  # benchmarks/hangs.py, beside this script
 
 from mhfgen import codegen, kernels
 from mhfgen.kernels import flash_mhf_bwd_ws as ws_module
@@ -36,8 +37,6 @@ from mhfgen.kernels.flash_mhf_bwd_ws import BwdWsConfig, flash_mhf_bwd_ws
 from mhfgen.kernels.plans import clear_plans
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs, reference_outputs
-
-from hangs import Hang, finish, run_watched  # benchmarks/hangs.py, beside this script
 
 GRADS = ("dq", "dr", "dk", "du", "dv")
 VERIFY_CASES = [

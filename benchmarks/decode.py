@@ -32,6 +32,8 @@ import sys
 from datetime import datetime, timezone
 
 import mhfgen  # first: switches Triton's interpreter on where there is no GPU
+
+# isort: split
 import torch
 import triton
 

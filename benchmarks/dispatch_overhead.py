@@ -35,6 +35,8 @@ import time
 from datetime import datetime, timezone
 
 import mhfgen  # first: switches Triton's interpreter on where there is no GPU
+
+# isort: split
 import torch
 import triton
 

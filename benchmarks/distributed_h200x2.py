@@ -44,6 +44,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import mhfgen  # first: switches Triton's interpreter on where there is no GPU
+
+# isort: split
 import torch
 import torch.distributed as dist
 
@@ -51,8 +53,14 @@ from mhfgen import FlashMHF
 from mhfgen.lm.model import ModelConfig
 from mhfgen.parallel import parallelize_flashmhf
 from mhfgen.parallel.launch import init_process_group
-from mhfgen.parallel.parity import (LMCase, ParityResult, TPCase, lm_step_parity,
-                                    tiny_lm_case, tp_layer_parity)
+from mhfgen.parallel.parity import (
+    LMCase,
+    ParityResult,
+    TPCase,
+    lm_step_parity,
+    tiny_lm_case,
+    tp_layer_parity,
+)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import traceback
 
 import torch
 import torch.nn.functional as F
+from hangs import Hang, finish, run_watched  # benchmarks/hangs.py, beside this script
 
 from mhfgen import reference
 from mhfgen.kernels.flash_mhf_fwd import flash_mhf_fwd
@@ -33,8 +34,6 @@ from mhfgen.kernels.flash_mhf_fwd_ws import WsConfig, config_problems, flash_mhf
 from mhfgen.spec import KernelSpec
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs
-
-from hangs import Hang, finish, run_watched  # benchmarks/hangs.py, beside this script
 
 C1 = WsConfig(consumers=1, consumer_warps=8)  # 1 consumer of 8 warps
 C2 = WsConfig(consumers=2, consumer_warps=4)
@@ -172,7 +171,7 @@ def speed(rows, quick, only, tokens=16384, shapes=tuple(SHAPES), wanted=()):
         ms = bench_ms(lambda: F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2))
         rows.append(("speed", "bfloat16", sname, "SwiGLU (cuBLAS)", "ok", f"{ms:.3f}",
                      f"{flops / ms * 1e-9:.1f}"))
-        del x, w1, w2, w3
+        x = w1 = w2 = w3 = None  # free the GPU memory before the next shape
         spec = spec_of(H, Hkv, D, E, De, "bfloat16")
         print(f"{sname}: baselines done", flush=True)
         for cname, config in configs.items():
@@ -195,7 +194,7 @@ def speed(rows, quick, only, tokens=16384, shapes=tuple(SHAPES), wanted=()):
                 rows.append(("speed", "bfloat16", sname, cname, f"error {type(exc).__name__}",
                              str(exc)[:60], ""))
         print(f"{sname}: sweep done", flush=True)
-        del q, k, u, v, r, ref_o
+        q = k = u = v = r = ref_o = None
         torch.cuda.empty_cache()
 
 

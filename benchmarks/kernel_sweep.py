@@ -130,7 +130,7 @@ def main() -> int:
             b = best_ms["flash_mhf_bwd_dq"][idx] + best_ms["flash_mhf_bwd_dkv"][idx]
             print(f"{name:<7} {label:<8} fwd {6 * unit / f / 1e9:6.1f} TF/s  bwd {12 * unit / b / 1e9:6.1f}"
                   f"  fwd+bwd {18 * unit / (f + b) / 1e9:6.1f} TF/s")
-        del inputs
+        inputs = None  # free the GPU memory before the next shape
         torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as fh:

@@ -22,6 +22,8 @@ import copy
 import sys
 
 import mhfgen  # first: switches Triton's interpreter on where there is no GPU
+
+# isort: split
 import torch
 
 from mhfgen import FlashMHF

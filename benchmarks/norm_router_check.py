@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import mhfgen  # first: Triton's interpreter switch
+# isort: split
 import torch
 import triton
 

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mhfgen  # first: switches Triton's interpreter on where there is no GPU
+
+# isort: split
 import torch
 import triton
 

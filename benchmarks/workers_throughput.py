@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 
 import mhfgen  # first: switches Triton's interpreter on where there is no GPU
+
+# isort: split
 import optuna
 import torch
 import triton

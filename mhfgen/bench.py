@@ -34,10 +34,11 @@ import gc
 import json
 import logging
 import statistics
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from .presets import DTYPE_NAMES
 
@@ -122,7 +123,7 @@ class BenchProblem:
         s = f"({self.d_model}, {self.heads}, {self.head_dim}, {self.intermediate}, {self.experts}"
         return s + (f", Hkv={self.kv_heads})" if self.kv_heads != self.heads else ")")
 
-    def with_tokens(self, tokens: int) -> "BenchProblem":
+    def with_tokens(self, tokens: int) -> BenchProblem:
         return BenchProblem(self.heads, self.kv_heads, self.head_dim, self.intermediate,
                             self.experts, self.dtype, tokens)
 
@@ -669,7 +670,7 @@ def plot(rows: list[Row], path, title: str | None = None) -> None:
         for r in ok:
             if r.scope == scope:
                 series.setdefault((r.method, r.pass_, r.shape, r.dtype), []).append(r)
-        for (method, pass_, shape, dtype), pts in series.items():
+        for (method, pass_, shape, _dtype), pts in series.items():
             pts.sort(key=lambda r: r.tokens)
             label = f"{method} {PASS_LABELS[pass_]}" + (f" {shape}" if len(shapes) > 1 else "")
             ax.plot([r.tokens for r in pts], [r.tflops for r in pts],

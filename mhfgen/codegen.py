@@ -27,7 +27,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import jinja2
@@ -44,7 +44,7 @@ def _environment(folder: str | None = None) -> jinja2.Environment:
     return _environment_of(folder or str(paths.templates_dir()))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _environment_of(folder: str) -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(folder),
@@ -60,7 +60,7 @@ def template_name(kernel: str) -> str:
     return registry.get(kernel).template_name
 
 
-@lru_cache(maxsize=None)
+@cache
 def template_hash(kernel: str) -> str:
     """sha256 (16 hex digits) of the variant's template and the files it includes (its
     shared_templates): the part of the tuning key that invalidates stored configs when

@@ -11,7 +11,7 @@ otherwise. None of them converts: a value is accepted as it is or refused.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 #: SQLite's INTEGER is a signed 64-bit value; a larger Python int cannot be stored
 INT64_MAX = 2**63 - 1

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import os
 import sys
-from functools import lru_cache
+from functools import cache
 
 import torch
 
 from .spec import INTERPRETER
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cuda_facts(index: int) -> tuple[str, int, str, str]:
     props = torch.cuda.get_device_properties(index)
     return f"sm{props.major}{props.minor}", props.multi_processor_count, props.name, \

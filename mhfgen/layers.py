@@ -1,8 +1,6 @@
 """nn.Modules: FlashMHF (the multi-head FFN layer) and SwiGLU (the baseline FFN)."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn

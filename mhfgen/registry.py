@@ -30,9 +30,10 @@ import importlib
 import json
 import pkgutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 from .spec import DTYPES, INTERPRETER, KernelSpec, LaunchConfig
 
@@ -92,7 +93,7 @@ class VariantConfig:
         return json.dumps(self.as_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict, partial: bool = False) -> "VariantConfig":
+    def from_dict(cls, data: dict, partial: bool = False) -> VariantConfig:
         """The config of `data`. Every field of this variant must be present (a stored or
         imported config that lacks one is refused, not defaulted) unless `partial`, where
         missing fields take their defaults (`mhfgen codegen --config`). Fields of the

@@ -6,7 +6,7 @@ and .registers, documented there); this module adds the target's limits.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -30,7 +30,7 @@ def register_estimate(kernel: str, spec: KernelSpec, config) -> float:
     return variant.registers(spec, variant.coerce(config))
 
 
-@lru_cache(maxsize=None)
+@cache
 def shared_memory_limit(target: str) -> int:
     """The per-block shared memory limit of `target` (unbounded for the interpreter)."""
     if target == INTERPRETER:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from .config_fields import choice, power_of_two, positive_int, strict_bool, strict_int
+from .config_fields import choice, positive_int, power_of_two, strict_bool, strict_int
 from .tiling import head_dim_chunks  # noqa: F401 - re-exported
 
 #: dtype name -> torch dtype, for every dtype the kernels support.
@@ -170,7 +170,7 @@ class LaunchConfig:
         return json.dumps(self.as_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict, partial: bool = False) -> "LaunchConfig":
+    def from_dict(cls, data: dict, partial: bool = False) -> LaunchConfig:
         """The config of a JSON object. Every field must be present (a stored or imported
         config that lacks one is refused, not defaulted) unless `partial`, where missing
         fields take their defaults (`mhfgen codegen --config`). Unknown fields and values

@@ -1,5 +1,5 @@
 """Runs one kernel of one case against the float64 reference, with poisoned outputs."""
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -8,7 +8,7 @@ from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
 
-@lru_cache(maxsize=None)
+@cache
 def inputs_and_reference(case: Case, dtype: torch.dtype, q_layout: str = "view"):
     inputs = make_inputs(case, dtype, "cpu", seed=hash(case.name) % 1000, q_layout=q_layout)
     return inputs, reference_outputs(*inputs)

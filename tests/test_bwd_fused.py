@@ -2,13 +2,12 @@
 shape table, its workspace budget, the choice between it and the split pair, the
 deterministic mode, and its TMA form compiled for sm90 on the CPU."""
 import dataclasses
-import re
 
 import pytest
 import torch
-
 from cases import CASES, CONFIGS, DTYPES, EMPTY
 from kernel_harness import assert_close, inputs_and_reference, run_poisoned
+
 from mhfgen import dispatch, kernels
 from mhfgen.kernels import flash_mhf_bwd_fused
 from mhfgen.spec import KernelSpec

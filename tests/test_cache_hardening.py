@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
 
-from mhfgen import codegen, paths
+from mhfgen import codegen
 from mhfgen.cli import main
 from mhfgen.spec import KernelSpec, LaunchConfig
 from mhfgen.tuning import db as dbmod

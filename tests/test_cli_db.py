@@ -3,8 +3,11 @@ import json
 import os
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
 import triton
+from tuning_helpers import run_sql
 
 from mhfgen.cli import main
 from mhfgen.codegen import template_hash
@@ -12,7 +15,6 @@ from mhfgen.spec import KernelSpec, LaunchConfig
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.buckets import shape_bucket
 from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord, utc_now
-from tuning_helpers import run_sql
 
 H200 = ("NVIDIA H200", "9.0")
 SPEC = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")

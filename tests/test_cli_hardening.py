@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
 
 from mhfgen.cli import main
@@ -142,10 +144,11 @@ def test_a_second_tune_of_the_same_problem_is_refused_while_the_first_runs(tmp_p
     """Deterministic: the first tuner's lock is held here (as a running `mhfgen tune`
     holds it) while a second one starts; nothing is evaluated twice and no trial of the
     first is failed. Once released, tuning proceeds."""
+    import torch
+
     from mhfgen.cli.tune import CPU_PROBLEM
     from mhfgen.device import target
     from mhfgen.spec import KernelSpec
-    import torch
     from mhfgen.tuning.problem import DeviceFacts, TuningProblem
     from mhfgen.tuning.search import storage_path, study_storage_url
     from mhfgen.tuning.study import study_lock

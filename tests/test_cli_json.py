@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
 import triton
 

@@ -4,12 +4,21 @@ import dataclasses
 import json
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
 
 from mhfgen import codegen
 from mhfgen.cli import main
-from mhfgen.config_fields import (choice, power_of_two, require_fields, strict_bool,
-                                  strict_float, strict_int, strict_str)
+from mhfgen.config_fields import (
+    choice,
+    power_of_two,
+    require_fields,
+    strict_bool,
+    strict_float,
+    strict_int,
+    strict_str,
+)
 from mhfgen.spec import TARGETS, KernelSpec, LaunchConfig
 
 TINY = KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter")

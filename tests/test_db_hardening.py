@@ -8,11 +8,11 @@ import sqlite3
 import time
 
 import pytest
+from test_tuning_db import _legacy_file, key, winner
 
 from mhfgen.spec import LaunchConfig
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.db import CorruptDatabaseError, TrialRecord, TuningDB, TuningDBError
-from test_tuning_db import _legacy_file, key, winner
 
 
 def _fork():

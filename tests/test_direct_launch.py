@@ -9,6 +9,8 @@ from __future__ import annotations
 import inspect
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on where there is no GPU
+
+# isort: split
 import pytest
 import torch
 from triton import knobs

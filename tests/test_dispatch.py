@@ -5,9 +5,12 @@ import logging
 import sys
 
 import mhfgen  # first: it switches Triton's interpreter on before triton is imported
+
+# isort: split
 import pytest
 import torch
 import triton
+
 from mhfgen import dispatch
 from mhfgen.codegen import template_hash
 from mhfgen.heuristics import default_config

@@ -9,7 +9,7 @@ from torch import nn
 
 import mhfgen
 from mhfgen.lm.model import CausalLM
-from mhfgen.parallel import HEAD_PARAMETERS, HeadParallel, parallelize_flashmhf
+from mhfgen.parallel import HEAD_PARAMETERS, parallelize_flashmhf
 from mhfgen.parallel.launch import run_on_ranks
 from mhfgen.parallel.parity import TPCase, tiny_lm_case, tp_layer_parity, wrap_model
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
 import torch
 import triton

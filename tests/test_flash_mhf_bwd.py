@@ -1,9 +1,9 @@
 """The generated backward kernels (dQ/dR and dK/dU/dV) against float64 autograd."""
 import pytest
 import torch
-
 from cases import CASES, CONFIGS, DTYPES, EMPTY, grouped
 from kernel_harness import assert_close, inputs_and_reference, run_poisoned
+
 from mhfgen.kernels import flash_mhf_bwd_dkv, flash_mhf_bwd_dq
 
 

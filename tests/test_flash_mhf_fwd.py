@@ -1,9 +1,9 @@
 """The generated forward kernel against the float64 reference (Triton interpreter)."""
 import pytest
 import torch
-
 from cases import CASES, CONFIGS, DTYPES, EMPTY, grouped
 from kernel_harness import assert_close, inputs_and_reference, run_poisoned
+
 from mhfgen.kernels import flash_mhf_fwd
 
 

@@ -7,12 +7,12 @@ import dataclasses
 import json
 
 import pytest
+from sm90_compile import gluon_report
 
 from mhfgen import registry
 from mhfgen.codegen import render
 from mhfgen.kernels import flash_mhf_bwd_dkv_ws as ws
 from mhfgen.spec import KernelSpec
-from sm90_compile import gluon_report
 
 SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
 SPEC_370M = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")

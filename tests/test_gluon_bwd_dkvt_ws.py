@@ -7,13 +7,13 @@ import dataclasses
 import json
 
 import pytest
+from sm90_compile import gluon_report
 
 from mhfgen import registry
 from mhfgen.codegen import render
 from mhfgen.kernels import flash_mhf_bwd_dkvt_ws as wst
 from mhfgen.spec import KernelSpec
 from mhfgen.tuning.search import tunable
-from sm90_compile import gluon_report
 
 SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
 SPEC_GQA4 = KernelSpec(16, 4, 128, 22, 256, "bfloat16", "sm90")

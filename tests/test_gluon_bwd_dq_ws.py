@@ -6,12 +6,12 @@ checked on the GPU by benchmarks/bwd_dq_ws_check.py)."""
 import json
 
 import pytest
+from sm90_compile import gluon_report
 
 from mhfgen import registry
 from mhfgen.codegen import render
 from mhfgen.kernels import flash_mhf_bwd_dq_ws as ws
 from mhfgen.spec import KernelSpec
-from sm90_compile import gluon_report
 
 SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
 SPEC_D64_GQA = KernelSpec(16, 4, 64, 11, 256, "float16", "sm90")

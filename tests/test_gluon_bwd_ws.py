@@ -6,12 +6,12 @@ benchmarks/bwd_ws_check.py)."""
 import dataclasses
 
 import pytest
+from sm90_compile import gluon_report
 
 from mhfgen import registry
 from mhfgen.codegen import render
 from mhfgen.kernels import flash_mhf_bwd_ws as ws
 from mhfgen.spec import KernelSpec
-from sm90_compile import gluon_report
 from mhfgen.variants import flash_mhf_bwd_fused as fused
 
 SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")

@@ -10,12 +10,11 @@ import ast
 import dataclasses
 
 import pytest
+from cases import CASES
+from sm90_compile import gluon_report
 
 from mhfgen.kernels import flash_mhf_fwd_ws as ws
 from mhfgen.spec import KernelSpec
-from sm90_compile import gluon_report
-
-from cases import CASES
 
 #: one config per schedule family the template can generate
 FAMILIES = {
@@ -71,7 +70,7 @@ def test_gluon_renders_valid_python_for_every_spec(case, family):
     assert f"# spec: {spec.key()}" in source
     # one descriptor per head_dim chunk and tensor; one consumer partition per consumer
     chunks = len(ws.head_dim_chunks(spec.head_dim, "chunks"))
-    assert source.count("k_desc%d, " % (chunks - 1)) >= 1
+    assert source.count(f"k_desc{chunks - 1}, ") >= 1
     assert source.count("(_consumer, (") == config.consumers
     assert ("mbarrier.wait(turn.index(C)" in source) == config.pingpong
 

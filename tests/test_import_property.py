@@ -12,9 +12,12 @@ import tempfile
 from pathlib import Path
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_import_strict import winner
 
 from mhfgen import registry
 from mhfgen.cli import main
@@ -22,7 +25,6 @@ from mhfgen.codegen import template_hash
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.db import KEY_COLUMNS, TuningDB
 from mhfgen.tuning.exchange import ExchangeError, export_winners, parse_export
-from test_import_strict import winner
 
 EXAMPLES = 150
 PROVENANCE = ("ms", "tflops", "default_ms", "speedup", "timer", "trials", "mhfgen_version",

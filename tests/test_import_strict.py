@@ -5,8 +5,11 @@ import json
 import os
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
 import triton
+from tuning_helpers import run_sql
 
 from mhfgen.cli import main
 from mhfgen.codegen import template_hash
@@ -15,7 +18,6 @@ from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.buckets import shape_bucket
 from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord, utc_now
 from mhfgen.tuning.exchange import ExchangeError, export_winners, parse_export
-from tuning_helpers import run_sql
 
 SPEC = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")
 

@@ -10,6 +10,8 @@ bitwise for outputs, within bf16's gradient tolerance for gradients (dK/dU/dV wi
 splits sum fp32 partials by atomics, in no fixed order).
 """
 import mhfgen  # noqa: F401 - first
+
+# isort: split
 import pytest
 import torch
 

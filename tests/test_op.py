@@ -2,8 +2,8 @@
 import torch
 
 import mhfgen
-from mhfgen.verification import Case, make_inputs, reference_outputs
 from mhfgen.tolerances import relative_error
+from mhfgen.verification import Case, make_inputs, reference_outputs
 
 CASE = Case("op", batch=2, seqlen=5, heads=4, kv_heads=2, head_dim=32, experts=2, expert_dim=32)
 

@@ -6,6 +6,8 @@ import multiprocessing
 import os
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
 import torch
 import triton

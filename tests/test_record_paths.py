@@ -7,6 +7,8 @@ import os
 import threading
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
 import torch
 

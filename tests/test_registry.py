@@ -6,13 +6,15 @@ import dataclasses
 import importlib.util
 import json
 import re
-import textwrap
 from pathlib import Path
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
 import torch
 import triton
+from tuning_helpers import H200, recording, synthetic_ms
 
 from mhfgen import codegen, dispatch, kernels, registry
 from mhfgen.spec import KernelSpec, LaunchConfig
@@ -25,7 +27,6 @@ from mhfgen.tuning.search import SearchSettings, Tuner, tuning_units
 from mhfgen.tuning.space import load_space
 from mhfgen.tuning.timer import ReplayTimer
 from mhfgen.variants import flash_mhf_bwd_dkv, flash_mhf_fwd
-from tuning_helpers import H200, recording, synthetic_ms
 
 CPU = torch.device("cpu")
 TINY = KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter")

@@ -5,6 +5,8 @@ import importlib
 import logging
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
 import torch
 import triton

@@ -5,8 +5,10 @@ import dataclasses
 import json
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
-import torch
+from tuning_helpers import H200, SPEC_370M, recording, synthetic_ms
 
 from mhfgen import registry
 from mhfgen.codegen import template_hash
@@ -16,10 +18,8 @@ from mhfgen.tuning.db import TuningDB
 from mhfgen.tuning.outcome import Candidate
 from mhfgen.tuning.problem import DeviceFacts, TuningProblem
 from mhfgen.tuning.search import SearchSettings, Tuner, study_storage_url
-from mhfgen.tuning.timer import (CandidateFailed, InterpreterTimer, RecordingTimer,
-                                 ReplayTimer)
+from mhfgen.tuning.timer import CandidateFailed, InterpreterTimer, RecordingTimer, ReplayTimer
 from mhfgen.tuning.workload import Workload
-from tuning_helpers import H200, SPEC_370M, recording, synthetic_ms
 
 FWD, DQ, DKV = KERNELS
 PROBLEM = TuningProblem(SPEC_370M, 16384)

@@ -112,8 +112,9 @@ def test_the_command_line_dtype_names_are_the_kernels():
 
 
 def test_a_forward_served_from_a_tuned_database_loads_no_optuna(tmp_path):
-    import mhfgen  # noqa: F401 - first: Triton's interpreter on before triton is imported
     import triton
+
+    import mhfgen  # noqa: F401 - first: Triton's interpreter on before triton is imported
     from mhfgen.codegen import template_hash
     from mhfgen.spec import KernelSpec
     from mhfgen.tuning.buckets import shape_bucket

@@ -13,12 +13,16 @@ import pytest
 import torch
 
 import mhfgen.ops
-
 from mhfgen.lm import BatchSampler, ModelConfig, TrainConfig, load_corpus, train
 from mhfgen.lm.data import SEPARATOR, is_validation, source_files
 from mhfgen.lm.experiment import RunSpec, plot_or_explain, run_all
-from mhfgen.lm.model import (CausalLM, count_parameters, flashmhf_layer_params,
-                             matched_swiglu_intermediate, run_ffn)
+from mhfgen.lm.model import (
+    CausalLM,
+    count_parameters,
+    flashmhf_layer_params,
+    matched_swiglu_intermediate,
+    run_ffn,
+)
 from mhfgen.lm.report import curve_difference, read_curve_csv
 from mhfgen.lm.train import lr_at, make_optimizer, train_step
 

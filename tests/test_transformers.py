@@ -5,15 +5,21 @@ exact round trip, patching a model by parameter layout, and a Llama with FlashMH
 from types import SimpleNamespace
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mhfgen import FlashMHF
-from mhfgen.integrations.transformers import (flashmhf_llama, load_flashmhf_llama,
-                                              load_mhffnmoe_layer, patch_model,
-                                              to_mhffnmoe_state_dict)
+from mhfgen.integrations.transformers import (
+    flashmhf_llama,
+    load_flashmhf_llama,
+    load_mhffnmoe_layer,
+    patch_model,
+    to_mhffnmoe_state_dict,
+)
 
 pytestmark = pytest.mark.usefixtures("fresh_dispatch")
 

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
-import pytest
 
+# isort: split
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -6,13 +6,22 @@ import multiprocessing
 import sqlite3
 
 import pytest
+from tuning_helpers import run_sql
 
 from mhfgen.spec import KernelSpec, LaunchConfig
 from mhfgen.tuning import db as dbmod
-from mhfgen.tuning.db import (SCHEMA_VERSION, CorruptDatabaseError, ForeignDatabaseError,
-                              SchemaVersionError, TrialRecord, TuningDB, TuningKey, WinnerRecord,
-                              load_layered_winners, utc_now)
-from tuning_helpers import run_sql
+from mhfgen.tuning.db import (
+    SCHEMA_VERSION,
+    CorruptDatabaseError,
+    ForeignDatabaseError,
+    SchemaVersionError,
+    TrialRecord,
+    TuningDB,
+    TuningKey,
+    WinnerRecord,
+    load_layered_winners,
+    utc_now,
+)
 
 SPEC = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")
 

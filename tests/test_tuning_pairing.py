@@ -5,6 +5,8 @@ kernels, the subtraction and the labels the database stores are proved on the CP
 import dataclasses
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import torch
 
 from mhfgen import dispatch

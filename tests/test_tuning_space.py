@@ -2,6 +2,8 @@
 import dataclasses
 
 import mhfgen
+
+# isort: split
 import pytest
 
 from mhfgen import registry

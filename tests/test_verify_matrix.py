@@ -6,6 +6,8 @@ GPU-marked tests run every variant, Gluon ones included, in all three dtypes, pl
 seeded property-based pass, the r-in-q's-dtype regression and inputs past 2^31 elements.
 """
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on where there is no GPU
+
+# isort: split
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -15,8 +17,17 @@ from mhfgen import registry
 from mhfgen.kernels.configs import caller_error
 from mhfgen.tolerances import ROW_FACTOR, relative_error, row_error, tolerance
 from mhfgen.verification import Case, reference_outputs
-from mhfgen.verify_matrix import (CPU_SHAPES, FORMS, GPU_SHAPES, InputForm, MatrixShape,
-                                  check_variant, form_inputs, run_group, shapes_named)
+from mhfgen.verify_matrix import (
+    CPU_SHAPES,
+    FORMS,
+    GPU_SHAPES,
+    InputForm,
+    MatrixShape,
+    check_variant,
+    form_inputs,
+    run_group,
+    shapes_named,
+)
 
 GPU = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")

@@ -15,19 +15,27 @@ import uuid
 from pathlib import Path
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import optuna
 import pytest
+from tuning_helpers import H200, SPEC_370M, recording
 
-from mhfgen.cli import main
 from mhfgen import registry
+from mhfgen.cli import main
 from mhfgen.spec import KERNELS, KernelSpec, LaunchConfig
 from mhfgen.tuning.db import TuningDB
 from mhfgen.tuning.problem import TuningProblem
 from mhfgen.tuning.search import SearchSettings, Tuner
-from mhfgen.tuning.study import (HOST, STALE_S, journal_path, redact, storage_for,
-                                 _with_postgres_driver)
+from mhfgen.tuning.study import (
+    HOST,
+    STALE_S,
+    _with_postgres_driver,
+    journal_path,
+    redact,
+    storage_for,
+)
 from mhfgen.tuning.timer import ReplayTimer
-from tuning_helpers import H200, SPEC_370M, recording
 
 FWD, DQ, DKV = KERNELS
 ROOT = Path(__file__).resolve().parents[1]

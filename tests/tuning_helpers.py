@@ -13,6 +13,7 @@ from mhfgen.tuning.problem import DeviceFacts, TuningProblem
 from mhfgen.tuning.search import SearchSettings, Tuner
 from mhfgen.tuning.timer import TIMINGS_FORMAT
 
+
 def run_sql(path, *statements) -> None:
     """Run SQL statements (a string, or (sql, parameters)) on a database file outside
     mhfgen, and commit: how the tests damage, downgrade or forge tuning databases."""

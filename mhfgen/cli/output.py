@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import CommandError
 

@@ -70,7 +70,7 @@ class MHFFNMoESizes:
     bias: bool
 
     @classmethod
-    def of(cls, config) -> "MHFFNMoESizes":
+    def of(cls, config) -> MHFFNMoESizes:
         """From a transformers config or any object with the authors' attribute names;
         ValueError naming what is missing or what FlashMHF does not compute."""
         def get(name, default=None, required=True):

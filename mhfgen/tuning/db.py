@@ -48,11 +48,11 @@ import re
 import sqlite3
 import stat
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote
 
 import sqlite_utils
@@ -77,7 +77,7 @@ KEY_COLUMNS = ("op", "variant", "template_hash", "heads", "kv_heads", "head_dim"
 TRIALS_INDEX = ("variant", "template_hash", "gpu_name", "heads", "head_dim", "bucket")
 
 
-def _add_code_hash(db: "sqlite_utils.Database") -> None:
+def _add_code_hash(db: sqlite_utils.Database) -> None:
     db["winners"].add_column("code_hash", str)
 
 
@@ -95,7 +95,7 @@ def canonical_config_json(variant, text: str) -> str:
         return text
 
 
-def _add_variant(db: "sqlite_utils.Database") -> None:
+def _add_variant(db: sqlite_utils.Database) -> None:
     """Schema 2 -> 3: kernel -> (op, variant), configs as the variant's JSON."""
     conn = db.conn
     for table in ("winners", "trials"):
@@ -294,7 +294,7 @@ class TuningKey:
 
     @classmethod
     def of(cls, kernel: str, template_hash: str, spec: KernelSpec, bucket: int, tokens: int,
-           gpu_name: str, compute_capability: str, triton_version: str) -> "TuningKey":
+           gpu_name: str, compute_capability: str, triton_version: str) -> TuningKey:
         """The key of variant `kernel` (its op from the registry)."""
         return cls(registry.get(kernel).op, kernel, template_hash, spec.heads, spec.kv_heads,
                    spec.head_dim, spec.experts, spec.expert_dim, spec.dtype, bucket, tokens,
@@ -316,7 +316,7 @@ class TuningKey:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_row(cls, row: dict, where: str = "") -> "TuningKey":
+    def from_row(cls, row: dict, where: str = "") -> TuningKey:
         """The key of a database row or an imported record; ValueError naming `where`
         (e.g. 'record 3: ') and the column when a value is missing or of the wrong type.
         A record of schema 2, with `kernel` and no variant, maps to the variant that took
@@ -349,7 +349,7 @@ class TuningKey:
         return variant.config_from_dict(json.loads(data) if isinstance(data, str) else data)
 
 
-def _variant_config(key: "TuningKey", config, where: str):
+def _variant_config(key: TuningKey, config, where: str):
     """`config` as the config of `key`'s variant (a LaunchConfig converts); ValueError
     naming `where` for anything else."""
     try:
@@ -397,7 +397,7 @@ class WinnerRecord:
         return row
 
     @classmethod
-    def from_row(cls, row: dict) -> "WinnerRecord":
+    def from_row(cls, row: dict) -> WinnerRecord:
         key = TuningKey.from_row(row)
         return cls(key, key.parse_config(row["config"]),
                    float(row["ms"]), float(row["tflops"] or 0.0),
@@ -451,7 +451,7 @@ class TrialRecord:
         return row
 
     @classmethod
-    def from_row(cls, row: dict) -> "TrialRecord":
+    def from_row(cls, row: dict) -> TrialRecord:
         key = TuningKey.from_row(row)
         return cls(key, key.parse_config(row["config"]),
                    row["status"], row.get("ms"), row.get("tflops"), row.get("error"),
@@ -479,7 +479,7 @@ class TuningDB:
     # -- opening -----------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path, readonly: bool = False,
-             create_parents: bool = True) -> "TuningDB":
+             create_parents: bool = True) -> TuningDB:
         """The database at `path`; writable unless `readonly`. A writable open creates
         the file, and its missing folders only with `create_parents` (a path the user
         named must not make folders appear: `--db /typo/dir/x.sqlite` is an error)."""
@@ -533,14 +533,14 @@ class TuningDB:
                                 f"file (--db or $MHFGEN_DB)") from exc
 
     @classmethod
-    def _open_readonly(cls, path: Path, query: str) -> "TuningDB":
+    def _open_readonly(cls, path: Path, query: str) -> TuningDB:
         conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?{query}", uri=True,
                                timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False)
         return cls._checked(path, conn, True)
 
     @classmethod
-    def _checked(cls, path: Path, conn: sqlite3.Connection, readonly: bool) -> "TuningDB":
+    def _checked(cls, path: Path, conn: sqlite3.Connection, readonly: bool) -> TuningDB:
         """The database on `conn`, its schema validated (or created); the connection is
         closed if that fails."""
         self = cls(path, conn, readonly)
@@ -882,7 +882,7 @@ class TuningDB:
     def close(self) -> None:
         self.db.conn.close()
 
-    def __enter__(self) -> "TuningDB":
+    def __enter__(self) -> TuningDB:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 LAYER_RANK = {"user": 0, "shipped": 1}
 
 
-def still_current(rec: "WinnerRecord", template_hashes: dict[str, str]) -> bool:
+def still_current(rec: WinnerRecord, template_hashes: dict[str, str]) -> bool:
     """Whether a stored winner runs the code it was tuned with: its template hash is the
     variant's current one, or the template changed but the code generated today for the
     record's spec and config hashes to the code_hash stored with it (the change did not

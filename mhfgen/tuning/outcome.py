@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 #: failure stages, in the order a candidate meets them
 STAGES = ("pruned", "compile", "resources", "timeout", "crash", "wrong answer", "error",
           "interrupted")

@@ -69,7 +69,7 @@ class DeviceFacts:
     sm_count: int
 
     @classmethod
-    def of(cls, device: torch.device) -> "DeviceFacts":
+    def of(cls, device: torch.device) -> DeviceFacts:
         return cls(_device.target(device), _device.gpu_name(device),
                    _device.compute_capability(device), _device.sm_count(device))
 

@@ -28,9 +28,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .. import paths, registry
 from ..codegen import code_hash, template_hash

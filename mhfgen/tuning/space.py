@@ -24,9 +24,9 @@ compile becomes a failed trial with Triton's reason, never a crashed run.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from functools import lru_cache
-from typing import Iterable, Mapping
+from functools import cache
 
 from .. import registry
 from ..resources import register_estimate, shared_memory_limit  # noqa: F401 - re-exported
@@ -148,7 +148,7 @@ def parse_space_toml(text: str) -> dict:
     return data
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read(kernel: str) -> dict:
     path = _space_path(kernel)
     try:

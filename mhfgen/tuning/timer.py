@@ -34,9 +34,10 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from .. import registry
 from .outcome import Candidate, Failure, classify

@@ -32,9 +32,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class WorkerJob:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "WorkerJob":
+    def load(cls, path: str | Path) -> WorkerJob:
         return cls(**json.loads(Path(path).read_text()))
 
 

@@ -26,8 +26,8 @@ The answer check always runs the candidate alone.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -16,8 +16,15 @@ from dataclasses import dataclass
 
 from ..config_fields import choice, positive_int, power_of_two, strict_bool, strict_int
 from ..registry import VariantConfig
-from ..spec import (BLOCK_RANGE, DTYPES, HEAD_DIM_SPLITS, INTERPRETER, NUM_WARPS, SPLIT_MAX,
-                    KernelSpec)
+from ..spec import (
+    BLOCK_RANGE,
+    DTYPES,
+    HEAD_DIM_SPLITS,
+    INTERPRETER,
+    NUM_WARPS,
+    SPLIT_MAX,
+    KernelSpec,
+)
 from ..tiling import chunks_of, head_dim_chunks, pow2_ceil  # noqa: F401 - pow2_ceil for variants
 
 #: the heuristic's starting point in the interpreter: (block_m, block_n, warps, stages)

@@ -41,8 +41,14 @@ from ..config_fields import choice, positive_int
 from ..registry import Variant, register
 from ..spec import INTERPRETER, KernelSpec
 from ..tiling import cdiv, intermediate_blocks
-from ..workspace import (SCRATCH_FRACTION, dr_atomic, fit_launches, kv_heads_per_launch,
-                         workspace_budget, workspace_bytes)
+from ..workspace import (
+    SCRATCH_FRACTION,
+    dr_atomic,
+    fit_launches,
+    kv_heads_per_launch,
+    workspace_budget,
+    workspace_bytes,
+)
 from . import _triton
 from ._triton import TileConfig
 
