@@ -4,9 +4,9 @@ on the CPU, --tokens alone tunes the small CPU problem, not another one; `codege
 --config` that is not JSON is one line naming the flag."""
 import os
 
-import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 import pytest
 
+import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 from mhfgen.cli import main
 from mhfgen.cli import tune as tune_cli
 from mhfgen.presets import PRESETS

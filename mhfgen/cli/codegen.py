@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from .common import add_problem_args, spec_from_args
 from . import CommandError
+from .common import add_problem_args, spec_from_args
 
 
 def register(sub) -> None:
