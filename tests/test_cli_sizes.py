@@ -90,9 +90,11 @@ def test_a_problem_larger_than_the_devices_memory_is_refused(monkeypatch, capsys
     nothing_stored()
 
 
-def test_tokens_alone_on_the_cpu_tune_the_small_problem_at_those_tokens(capsys):
+def test_tokens_alone_on_the_cpu_tune_the_small_problem_at_those_tokens(tmp_path, monkeypatch,
+                                                                        capsys):
     """Not the 8-head, D=128 problem of the flags' defaults, which the interpreter cannot
     tune: the small CPU problem, at the tokens asked for."""
+    monkeypatch.setenv("MHFGEN_CACHE_DIR", str(tmp_path / "cache"))  # a study of its own
     assert main(["tune", "--no-progress", "--tokens", "16", "--kernels", "fwd",
                  "--trials", "1"]) == 0
     captured = capsys.readouterr()
