@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import reference
-from . import kernels, registry
+from . import kernels, reference, registry
 from .tolerances import relative_error, tolerance
 
 OUTPUTS = ("o", "dq", "dk", "du", "dv", "dr")

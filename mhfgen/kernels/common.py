@@ -9,10 +9,21 @@
 New code imports from those modules; this one only re-exports them.
 """
 from ..tiling import cdiv, intermediate_blocks  # noqa: F401
-from .buffers import (contiguous_strides, empty, ensure_descriptor_allocator,  # noqa: F401
-                      grad_plan_inputs, set_poison, split_counters)
-from .configs import (BF16_INTERPRETER_ERROR, first_launch, resolve_config,  # noqa: F401
-                      spec_of)
-from .launch import (DIRECT_LAUNCH, DIRECT_LAUNCH_TRITON, JIT_LAUNCH_REQUESTED,  # noqa: F401
-                     DirectLaunch, foreign_device, on_device_of)
+from .buffers import (  # noqa: F401
+                      contiguous_strides,
+                      empty,
+                      ensure_descriptor_allocator,
+                      grad_plan_inputs,
+                      set_poison,
+                      split_counters,
+)
+from .configs import BF16_INTERPRETER_ERROR, first_launch, resolve_config, spec_of  # noqa: F401
+from .launch import (  # noqa: F401
+                      DIRECT_LAUNCH,
+                      DIRECT_LAUNCH_TRITON,
+                      JIT_LAUNCH_REQUESTED,
+                      DirectLaunch,
+                      foreign_device,
+                      on_device_of,
+)
 from .plans import MAX_PLANS, clear_plans, plan_cache, plan_key, remember, signature  # noqa: F401

@@ -9,7 +9,6 @@ from ..dispatch import choose_config, reject_tuned
 from ..spec import INTERPRETER, KernelSpec, dtype_name
 from ..validation import Problem
 
-
 #: what a bfloat16 call on CPU tensors gets instead of a wrong answer
 BF16_INTERPRETER_ERROR = (
     "mhfgen kernels cannot run bfloat16 on CPU tensors: Triton's interpreter does not "

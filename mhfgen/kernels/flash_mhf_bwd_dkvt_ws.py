@@ -39,11 +39,14 @@ from ..registry import VariantConfig
 from ..spec import KernelSpec
 from ..tiling import cdiv
 from .flash_mhf_bwd_dkv import DkvPlan
-from .flash_mhf_bwd_dkv_ws import (compile_gluon_dkv, gluon_dkv_plan, launch_gluon_dkv,
-                                   wave_token_splits)
+from .flash_mhf_bwd_dkv_ws import (
+    compile_gluon_dkv,
+    gluon_dkv_plan,
+    launch_gluon_dkv,
+    wave_token_splits,
+)
 from .plans import plan_cache
-from .sm90 import (BACKWARD_DTYPES, CompileReport, backward_resource_problems,
-                   backward_unsupported)
+from .sm90 import BACKWARD_DTYPES, CompileReport, backward_resource_problems, backward_unsupported
 
 KERNEL = "flash_mhf_bwd_dkvt_ws"
 DTYPES = BACKWARD_DTYPES

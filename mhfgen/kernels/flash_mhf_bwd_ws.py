@@ -26,10 +26,18 @@ from .buffers import contiguous_strides, grad_plan_inputs
 from .bwd_chunks import Chunk, ChunkPlan, head_chunks, plan_fields, run_chunks
 from .configs import first_launch, resolve_config, spec_of
 from .plans import plan_cache, plan_key, remember
-from .sm90 import (BACKWARD_BLOCK_N, BACKWARD_DTYPES, BackwardLaunch, CompileReport,
-                   backward_descriptors, backward_register_cap,
-                   backward_resource_problems, backward_unsupported, compile_gluon,
-                   routing_fp32)
+from .sm90 import (
+    BACKWARD_BLOCK_N,
+    BACKWARD_DTYPES,
+    BackwardLaunch,
+    CompileReport,
+    backward_descriptors,
+    backward_register_cap,
+    backward_resource_problems,
+    backward_unsupported,
+    compile_gluon,
+    routing_fp32,
+)
 
 KERNEL = "flash_mhf_bwd_ws"
 DTYPES = BACKWARD_DTYPES

@@ -22,16 +22,22 @@ from dataclasses import dataclass, fields
 import torch
 
 from .. import codegen
-from ..config_fields import choice, strict_bool
 from .. import device as _device
+from ..config_fields import choice, strict_bool
 from ..registry import VariantConfig
 from ..spec import KernelSpec, dtype_name, head_dim_chunks
 from ..validation import check_flash_mhf_inputs
 from .buffers import empty
 from .configs import first_launch, resolve_config
 from .plans import plan_cache, plan_key, remember
-from .sm90 import (SM90_REGISTERS, SM90_SHARED_MEMORY, CompileReport, compile_gluon,
-                   routing_fp32, rows_view)
+from .sm90 import (
+    SM90_REGISTERS,
+    SM90_SHARED_MEMORY,
+    CompileReport,
+    compile_gluon,
+    routing_fp32,
+    rows_view,
+)
 
 KERNEL = "flash_mhf_fwd_ws"
 TEMPLATE = f"{KERNEL}.py.jinja"
@@ -112,7 +118,7 @@ class WsConfig(VariantConfig):
         return self.block_m * self.consumers
 
     @classmethod
-    def from_dict(cls, data: dict, partial: bool = False) -> "WsConfig":
+    def from_dict(cls, data: dict, partial: bool = False) -> WsConfig:
         """Every field must be present unless `partial` (missing ones take defaults) or it
         is one of `added_fields` (it then takes that value); unknown fields are an
         error."""
