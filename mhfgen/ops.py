@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .kernels import backward, forward
-from .validation import check_flash_mhf_inputs_cached
+from .validation import check_flash_mhf_inputs_cached, int32_safe
 
 
 @torch.library.custom_op("mhfgen::flash_mhf", mutates_args=())
@@ -46,7 +46,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, do):
     q, k, u, v, r = ctx.saved_tensors
-    return _flash_mhf_backward_op(q, k, u, v, r, do)
+    return _flash_mhf_backward_op(q, k, u, v, r, int32_safe(do))
 
 
 _flash_mhf_op.register_autograd(_backward, setup_context=_setup_context)
@@ -87,13 +87,18 @@ def flash_mhf(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor
 
     O[b,l,h] = sum_e r[b,l,h,e] * (silu(q[b,l,h] K[g,e]^T) * (q[b,l,h] U[g,e]^T)) V[g,e],
     g = h // (H / Hkv). q: (B, L, H, D), any strides with stride(-1) == 1 (a view of
-    x @ W_in^T); k, u, v: (Hkv, E, De, D); r: (B, L, H, E) in fp32 or q's dtype.
+    x @ W_in^T; one whose head offsets pass 2^31 elements runs on a contiguous copy);
+    k, u, v: (Hkv, E, De, D); r: (B, L, H, E) in fp32 or q's dtype. At most 2^31 - 1
+    rows of tokens x heads per call (mhfgen.validation.INT32_LIMIT).
     Returns o (B, L, H, D) in q's dtype. CUDA tensors run compiled kernels, CPU tensors
     Triton's interpreter (float32 and float16 only: bfloat16 there is a TypeError, as the
     interpreter computes it wrongly). Bad input raises ValueError/TypeError before any
     kernel runs.
     Eager calls that need no gradient skip the custom op's dispatch (see plain_eager_call).
     """
+    # a view whose head offsets pass 2^31 elements runs on a contiguous copy (the kernels'
+    # head offsets are 32-bit; validation.head_offset_problem); autograd sees the copy
+    q, r = int32_safe(q), int32_safe(r)
     if plain_eager_call(q, k, u, v, r):
         return forward(q, k, u, v, r)  # checks the inputs as the op would
     check_flash_mhf_inputs_cached(q, k, u, v, r)

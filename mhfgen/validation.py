@@ -52,6 +52,32 @@ def _check_tensor(name: str, t, ndim: int, layout: str) -> None:
         raise ValueError(f"{name} must have shape {layout}, got {tuple(t.shape)}")
 
 
+#: the kernels index a row (token x query head) and a head's offset (head x head stride)
+#: in 32-bit integers; token offsets (batch x batch stride, position x position stride)
+#: are 64-bit, so inputs past 2^31 elements run while these two stay below the limit
+INT32_LIMIT = 2**31
+
+
+def head_offset_problem(name: str, t: torch.Tensor) -> str | None:
+    """Why the (B, L, H, X) tensor `t` cannot be indexed by the kernels (its last head's
+    offset, (H - 1) x head stride, passes 2^31 elements), or None. A transposed view of
+    a (B, H, L, X) buffer at millions of tokens is such a tensor; a contiguous copy is
+    not (mhfgen.flash_mhf makes that copy itself: int32_safe)."""
+    if t.dim() == 4 and t.numel() and (t.shape[2] - 1) * abs(t.stride(2)) >= INT32_LIMIT:
+        return (f"{name}'s last head starts {(t.shape[2] - 1) * abs(t.stride(2))} elements in "
+                f"(head stride {t.stride(2)}), past the kernels' 32-bit head offsets "
+                f"(< 2^31): pass {name}.contiguous()")
+    return None
+
+
+def int32_safe(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a contiguous copy where its head offsets pass 2^31 (head_offset_problem).
+    Anything but a tensor is returned as it is (the input checks name it)."""
+    if isinstance(t, torch.Tensor) and t.dim() == 4 and t.numel() and (t.shape[2] - 1) * abs(t.stride(2)) >= INT32_LIMIT:
+        return t.contiguous()
+    return t
+
+
 def check_flash_mhf_inputs(q, k, u, v, r, *, allow_float64: bool = False) -> Problem:
     """Validate the core op's arguments and return their sizes.
 
@@ -92,6 +118,17 @@ def check_flash_mhf_inputs(q, k, u, v, r, *, allow_float64: bool = False) -> Pro
         raise ValueError(f"q, k, u, v, r must be on one device, got {sorted(map(str, devices))}")
     if q.numel() and q.stride(-1) != 1:
         raise ValueError(f"q must have unit stride in its last dim (head_dim), got stride {q.stride()}")
+    if B * L * H >= INT32_LIMIT:
+        raise ValueError(f"B * L * H = {B * L * H} rows (tokens x heads) pass the kernels' "
+                         f"32-bit row index: at most {INT32_LIMIT - 1} rows, that is "
+                         f"{(INT32_LIMIT - 1) // H} tokens at H = {H}; split the call")
+    if Hkv * E * De * D >= INT32_LIMIT:
+        raise ValueError(f"k, u, v of {Hkv * E * De * D} elements each pass the kernels' "
+                         f"32-bit weight offsets (< 2^31)")
+    for name, t in (("q", q), ("r", r)):
+        problem = head_offset_problem(name, t)
+        if problem:
+            raise ValueError(problem)
     return Problem(B, L, H, Hkv, D, E, De)
 
 
