@@ -58,24 +58,31 @@ def _check_tensor(name: str, t, ndim: int, layout: str) -> None:
 INT32_LIMIT = 2**31
 
 
+def _int32_overrun(t: torch.Tensor) -> int:
+    """The largest of (H - 1) x head stride and (X - 1) x last stride of a (B, L, H, X)
+    tensor: the offsets the kernels compute in 32 bits (0 for other tensors)."""
+    if not isinstance(t, torch.Tensor) or t.dim() != 4 or not t.numel():
+        return 0
+    return max((t.shape[2] - 1) * abs(t.stride(2)), (t.shape[3] - 1) * abs(t.stride(3)))
+
+
 def head_offset_problem(name: str, t: torch.Tensor) -> str | None:
-    """Why the (B, L, H, X) tensor `t` cannot be indexed by the kernels (its last head's
-    offset, (H - 1) x head stride, passes 2^31 elements), or None. A transposed view of
-    a (B, H, L, X) buffer at millions of tokens is such a tensor; a contiguous copy is
-    not (mhfgen.flash_mhf makes that copy itself: int32_safe)."""
-    if t.dim() == 4 and t.numel() and (t.shape[2] - 1) * abs(t.stride(2)) >= INT32_LIMIT:
-        return (f"{name}'s last head starts {(t.shape[2] - 1) * abs(t.stride(2))} elements in "
-                f"(head stride {t.stride(2)}), past the kernels' 32-bit head offsets "
-                f"(< 2^31): pass {name}.contiguous()")
+    """Why the (B, L, H, X) tensor `t` (q, r or dO) cannot be indexed by the kernels, or
+    None: its last head, or its last element of a row, starts 2^31 elements or more in.
+    A transposed view of a (B, H, L, X) buffer at millions of tokens is such a tensor; a
+    contiguous copy is not (mhfgen.flash_mhf makes that copy itself: int32_safe)."""
+    offset = _int32_overrun(t)
+    if offset >= INT32_LIMIT:
+        return (f"{name}'s strides {tuple(t.stride())} put a head or element offset "
+                f"{offset} elements in, past the kernels' 32-bit head offsets (< 2^31): "
+                f"pass {name}.contiguous()")
     return None
 
 
 def int32_safe(t: torch.Tensor) -> torch.Tensor:
-    """`t`, or a contiguous copy where its head offsets pass 2^31 (head_offset_problem).
-    Anything but a tensor is returned as it is (the input checks name it)."""
-    if isinstance(t, torch.Tensor) and t.dim() == 4 and t.numel() and (t.shape[2] - 1) * abs(t.stride(2)) >= INT32_LIMIT:
-        return t.contiguous()
-    return t
+    """`t`, or a contiguous copy where head_offset_problem would refuse it. Anything but a
+    tensor is returned as it is (the input checks name it)."""
+    return t.contiguous() if _int32_overrun(t) >= INT32_LIMIT else t
 
 
 def check_flash_mhf_inputs(q, k, u, v, r, *, allow_float64: bool = False) -> Problem:

@@ -43,7 +43,7 @@ def test_a_view_with_head_offsets_past_2_to_the_31_runs_through_the_op():
 def test_a_launcher_called_directly_refuses_such_a_view_in_one_line():
     q = _huge_head_stride_q()
     k, u, v, r = _weights_and_r()
-    with pytest.raises(ValueError, match=r"q's last head .*2\^31.*q\.contiguous\(\)"):
+    with pytest.raises(ValueError, match=r"q.s strides .*2\^31.*q\.contiguous\(\)"):
         flash_mhf_fwd(q, k, u, v, r)
 
 
@@ -58,3 +58,69 @@ def test_calls_of_2_to_the_31_rows_are_refused_before_any_kernel_runs():
     q1 = torch.empty(1, tokens - 1, H, 64, device="meta")
     r1 = torch.empty(1, tokens - 1, H, 2, device="meta")
     assert check_flash_mhf_inputs(q1, k, k, k, r1).tokens == tokens - 1
+
+
+def test_r_with_an_expert_stride_past_2_to_the_31_runs_through_the_op():
+    """r viewed out of an (E, B, L, H) buffer: its expert stride is tokens x heads."""
+    k, u, v, _ = _weights_and_r()
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 4, 16, 64, generator=g).half()
+    buf = torch.empty((2, 1, 2**27, 16), dtype=torch.float16)  # expert stride 2^31
+    r = buf.permute(1, 2, 3, 0)[:, :4]
+    r.copy_(torch.softmax(torch.randn(1, 4, 16, 2, generator=g), -1))
+    assert (r.shape[3] - 1) * r.stride(3) >= INT32_LIMIT
+    o = mhfgen.flash_mhf(q, k, u, v, r)
+    want = mhfgen.reference.flash_mhf(q.double(), k.double(), u.double(), v.double(),
+                                      r.contiguous().double())
+    assert relative_error(o, want) < 1e-3
+
+
+# -- the shape checks, property-based -----------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_BREAKS = ["none", "none", "none", "none", "r_experts", "r_dtype", "w_dtype", "heads",
+           "head_dim_small", "head_dim_large", "last_stride", "u_shape", "q_int", "r_rank"]
+
+
+@settings(max_examples=40, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(B=st.integers(0, 2), L=st.integers(0, 5), Hkv=st.integers(1, 2),
+       group=st.integers(1, 2), D=st.sampled_from([16, 32]), E=st.integers(1, 2),
+       De=st.sampled_from([16, 40]), dtype=st.sampled_from([torch.float32, torch.float16]),
+       r_narrow=st.booleans(), breaks=st.sampled_from(_BREAKS))
+def test_any_input_is_computed_right_or_refused_in_one_line(B, L, Hkv, group, D, E, De,
+                                                            dtype, r_narrow, breaks):
+    """A valid call, or one broken in one way: mhfgen.flash_mhf either refuses it with a
+    ValueError or TypeError naming the problem before any kernel runs, or returns the
+    reference's answer; nothing else (no other exception, no crash, no wrong number)."""
+    g = torch.Generator().manual_seed(0)
+    H = Hkv * group + (1 if breaks == "heads" and Hkv > 1 else 0)
+    if breaks == "head_dim_small":
+        D = 8
+    elif breaks == "head_dim_large":
+        D = 300
+    q = torch.randn(B, L, H, D * (2 if breaks == "last_stride" else 1), generator=g)
+    q = (q[..., ::2] if breaks == "last_stride" else q).to(
+        torch.int32 if breaks == "q_int" else dtype)
+    w_dtype = torch.float64 if breaks == "w_dtype" else dtype
+    k, u, v = (0.25 * torch.randn(Hkv, E, De, D, generator=g)).to(w_dtype), None, None
+    u = (0.25 * torch.randn(Hkv, E, De + (1 if breaks == "u_shape" else 0), D,
+                            generator=g)).to(w_dtype)
+    v = (0.25 * torch.randn(Hkv, E, De, D, generator=g)).to(w_dtype)
+    r = torch.softmax(torch.randn(B, L, H, E + (1 if breaks == "r_experts" else 0),
+                                  generator=g), -1)
+    r = r.to(torch.int64 if breaks == "r_dtype" else (dtype if r_narrow else torch.float32))
+    if breaks == "r_rank":
+        r = r[..., 0]
+    try:
+        check_flash_mhf_inputs(q, k, u, v, r)
+    except (ValueError, TypeError) as exc:
+        assert str(exc) and breaks != "none"
+        with pytest.raises(type(exc)):
+            mhfgen.flash_mhf(q, k, u, v, r)
+        return
+    o = mhfgen.flash_mhf(q, k, u, v, r)
+    want = mhfgen.reference.flash_mhf(*(t.double() for t in (q, k, u, v, r)))
+    assert o.shape == q.shape and o.dtype == q.dtype
+    assert relative_error(o, want) < (1e-5 if dtype == torch.float32 else 5e-3)

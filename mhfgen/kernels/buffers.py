@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..validation import head_offset_problem
+
 
 def contiguous_strides(shape: tuple) -> tuple:
     """The strides of a contiguous tensor of `shape`."""
@@ -50,11 +52,13 @@ def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 def grad_plan_inputs(q: torch.Tensor, do: torch.Tensor) -> tuple[bool, tuple]:
     """For a backward launcher's plan: whether `do` needs a contiguous copy in q's dtype
-    (it has another dtype or a non-unit last stride) and the (batch, seq, head) strides the
+    (it has another dtype, a non-unit last stride or offsets past the kernels' 32-bit
+    head offsets) and the (batch, seq, head) strides the
     kernel will see."""
     if do.shape != q.shape:
         raise ValueError(f"do must have q's shape {tuple(q.shape)}, got {tuple(do.shape)}")
-    copy = do.dtype != q.dtype or (do.numel() > 0 and do.stride(-1) != 1)
+    copy = (do.dtype != q.dtype or (do.numel() > 0 and do.stride(-1) != 1)
+            or head_offset_problem("do", do) is not None)
     strides = contiguous_strides(tuple(do.shape)) if copy else do.stride()
     return copy, strides[:3]
 
