@@ -3,8 +3,12 @@ A view whose head offsets pass 2^31 elements runs through mhfgen.flash_mhf on a
 contiguous copy, and is refused with one clear error by a launcher called directly;
 calls of 2^31 rows or more are refused before any kernel runs."""
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
+
+# isort: split
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mhfgen.kernels.flash_mhf_fwd import flash_mhf_fwd
 from mhfgen.tolerances import relative_error
@@ -76,9 +80,6 @@ def test_r_with_an_expert_stride_past_2_to_the_31_runs_through_the_op():
 
 
 # -- the shape checks, property-based -----------------------------------------------------
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 _BREAKS = ["none", "none", "none", "none", "r_experts", "r_dtype", "w_dtype", "heads",
            "head_dim_small", "head_dim_large", "last_stride", "u_shape", "q_int", "r_rank"]
 
