@@ -125,3 +125,22 @@ def test_any_input_is_computed_right_or_refused_in_one_line(B, L, Hkv, group, D,
     want = mhfgen.reference.flash_mhf(*(t.double() for t in (q, k, u, v, r)))
     assert o.shape == q.shape and o.dtype == q.dtype
     assert relative_error(o, want) < (1e-5 if dtype == torch.float32 else 5e-3)
+
+
+def test_the_split_forward_keeps_its_workspace_offsets_below_2_to_the_31():
+    """A split-intermediate config at 2^31 output elements runs as one split (the kernel
+    offsets a split's workspace by split x B * L * H * D in 32 bits). Only the plan is
+    made: the tensors are reserved, never touched."""
+    import importlib
+
+    from mhfgen.spec import LaunchConfig
+
+    fwd = importlib.import_module("mhfgen.kernels.flash_mhf_fwd")
+
+    q = torch.empty(1, 2**21, 16, 64, dtype=torch.float16)
+    k = torch.empty(4, 2, 64, 64, dtype=torch.float16)
+    r = torch.empty(1, 2**21, 16, 2)
+    config = LaunchConfig(block_m=16, block_n=32, inter_splits=3)
+    assert fwd._make_plan(q, k, k, k, r, config).splits == 1
+    small = q[:, :1024]
+    assert fwd._make_plan(small, k, k, k, r[:, :1024], config).splits > 1

@@ -7,7 +7,7 @@ import torch
 
 from ..codegen import load_kernel
 from ..tiling import cdiv, intermediate_blocks
-from ..validation import check_flash_mhf_inputs
+from ..validation import INT32_LIMIT, check_flash_mhf_inputs
 from .buffers import contiguous_strides, empty, ensure_descriptor_allocator, split_counters
 from .configs import first_launch, resolve_config, spec_of
 from .launch import DirectLaunch
@@ -83,6 +83,10 @@ def _make_plan(q, k, u, v, r, config) -> FwdPlan:
              else spec.experts)  # what the splits divide: tiles, or experts
     # no split left empty: ceil(units / ceil(units / S)) splits of ceil(units / S) units
     splits = cdiv(units, cdiv(units, min(config.inter_splits, units)))
+    if (splits - 1) * B * L * H * D >= INT32_LIMIT:
+        # NOTE: the kernel offsets a split's workspace by split x (B * L * H * D) in 32
+        # bits; past 2^31 one split does the same work (the split path stays compiled)
+        splits = 1
     grid = (cdiv(rows, config.block_m), H // config.group_heads, splits)
     if config.inter_splits == 1:
         out_strides = contiguous_strides((B, L, H, D))[:3]
