@@ -17,8 +17,12 @@ is opened with O_APPEND and each line goes out in one write() under an exclusive
 so lines never interleave, and readers skip a torn last line of a process killed mid-write.
 
 MHFGEN_TUNE_ON_MISS=1 (off by default) additionally tunes a missed key in this process,
-on first sight, with a small budget (mhfgen.tuning.on_miss); both act through on_miss,
-the one call the dispatcher makes for a choice whose source is not 'exact'.
+on first sight, with a small budget; both act through on_miss, the one call the dispatcher
+makes for a choice whose source is not 'exact'. The tuning itself is the tuner's
+(mhfgen.tuning.on_miss), which this runtime module never imports: the tuner registers its
+function here (register_miss_tuner, when mhfgen.tuning.on_miss is imported), and where
+nothing has, the function an installed distribution names under the entry-point group
+MISS_TUNER_GROUP is loaded on the first miss (mhfgen's pyproject.toml names its own).
 """
 from __future__ import annotations
 
@@ -28,11 +32,13 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .env import flag
 from .spec import KernelSpec
 from .tuning.lookup import Choice
 
@@ -40,16 +46,68 @@ log = logging.getLogger(__name__)
 
 #: the JSON-lines file that dispatch misses are appended to
 RECORD_ENV = "MHFGEN_RECORD"
+#: set to 1 to tune a missed key in this process (off by default; see miss_tuner)
+TUNE_ON_MISS_ENV = "MHFGEN_TUNE_ON_MISS"
+#: the entry-point group under which an installed tuner names its tune-on-miss function,
+#: called as fn(kernel, spec, tokens, device) -> Choice | None
+MISS_TUNER_GROUP = "mhfgen.miss_tuner"
 #: fields of a record line that name the problem (the rest is provenance)
 SPEC_FIELDS = ("heads", "kv_heads", "head_dim", "experts", "expert_dim", "dtype", "target")
 
 _seen: set[tuple] = set()
 _refused: set[str] = set()  # record paths refused (RecordPathError), warned about once
 _lock = threading.Lock()
+#: the tune-on-miss function the tuner registered (None: not yet looked for)
+_miss_tuner: Callable | None = None
+_no_miss_tuner = False  # looked for, none installed (warned once)
 
 
 class RecordError(ValueError):
     """A record file that cannot be read (one line naming the file and the line)."""
+
+
+def tune_on_miss_enabled() -> bool:
+    """Whether MHFGEN_TUNE_ON_MISS is on (mhfgen.env.flag: 1/true/yes/on; off by default)."""
+    return flag(TUNE_ON_MISS_ENV)
+
+
+def register_miss_tuner(fn: Callable | None) -> None:
+    """Make `fn(kernel, spec, tokens, device) -> Choice | None` what on_miss calls with
+    MHFGEN_TUNE_ON_MISS on (None: look for an installed one again). mhfgen.tuning.on_miss
+    registers its tune_missing when it is imported."""
+    global _miss_tuner, _no_miss_tuner
+    with _lock:
+        _miss_tuner, _no_miss_tuner = fn, False
+
+
+def miss_tuner() -> Callable | None:
+    """The registered tune-on-miss function; where none is, the one an installed
+    distribution names under MISS_TUNER_GROUP, loaded now (mhfgen names
+    mhfgen.tuning.on_miss:tune_missing). None, with one warning, where there is none."""
+    global _no_miss_tuner
+    if _miss_tuner is not None or _no_miss_tuner:
+        return _miss_tuner
+    from importlib.metadata import distributions
+
+    # every distribution's, not entry_points()'s first of each name: a stale egg-info of
+    # an earlier build in the working directory would hide the installed one's
+    points = {(p.name, p.value): p for dist in distributions() for p in dist.entry_points
+              if p.group == MISS_TUNER_GROUP}
+    for _, point in sorted(points.items()):
+        try:
+            fn = point.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the caller
+            log.warning("mhfgen: cannot load the tune-on-miss function %s (%s: %s)",
+                        point.value, type(exc).__name__, exc)
+            continue
+        if _miss_tuner is None:  # loading it may have registered it already
+            register_miss_tuner(fn)
+        return _miss_tuner
+    log.warning("mhfgen: %s is on but no tuner is installed (no %r entry point: reinstall "
+                "mhfgen, or import mhfgen.tuning.on_miss); not tuning on a miss",
+                TUNE_ON_MISS_ENV, MISS_TUNER_GROUP)
+    _no_miss_tuner = True
+    return None
 
 
 def on_miss(kernel: str, spec: KernelSpec, tokens: int, device: torch.device,
@@ -70,10 +128,9 @@ def on_miss(kernel: str, spec: KernelSpec, tokens: int, device: torch.device,
                             "there)", path, exc)
         except Exception as exc:  # noqa: BLE001 - recording must never break the caller
             log.warning("mhfgen: cannot record a dispatch miss in %s: %s", path, exc)
-    from .tuning import on_miss as tuning_on_miss
-
-    if tuning_on_miss.enabled():
-        tuned = tuning_on_miss.tune_missing(kernel, spec, tokens, device)
+    if tune_on_miss_enabled():
+        tune = miss_tuner()
+        tuned = tune(kernel, spec, tokens, device) if tune is not None else None
         if tuned is not None:
             return tuned
     return choice

@@ -14,7 +14,7 @@ import pytest
 import torch
 import triton
 
-from mhfgen import dispatch, env
+from mhfgen import dispatch, env, record
 from mhfgen.cli import main
 from mhfgen.codegen import template_hash
 from mhfgen.kernels.dispatched import two_streams
@@ -77,17 +77,17 @@ def test_unset_or_empty_is_the_default_without_a_warning(text, monkeypatch, capl
 
 @pytest.mark.parametrize("value", ["no", "false", "off", "0", " OFF "])
 def test_tune_on_miss_off_words_do_not_tune(value, monkeypatch):
-    monkeypatch.setenv(on_miss.ENABLE_ENV, value)
+    monkeypatch.setenv(record.TUNE_ON_MISS_ENV, value)
     monkeypatch.setenv(on_miss.TRIALS_ENV, "1")
-    assert not on_miss.enabled()
+    assert not record.tune_on_miss_enabled()
     assert dispatch.explain_choice(FWD, SPEC, 6, CPU).source == "heuristic"
     assert not dbmod.paths.user_db_path().exists()  # nothing tuned, nothing stored
 
 
 @pytest.mark.parametrize("value", ["1", "yes", "on", "TRUE"])
 def test_tune_on_miss_on_words_switch_it_on(value, monkeypatch):
-    monkeypatch.setenv(on_miss.ENABLE_ENV, value)
-    assert on_miss.enabled()
+    monkeypatch.setenv(record.TUNE_ON_MISS_ENV, value)
+    assert record.tune_on_miss_enabled()
 
 
 @pytest.mark.parametrize("value, tuned", [("false", True), ("no", True), ("off", True),
@@ -116,10 +116,10 @@ def test_junk_gives_one_warning_and_the_default(monkeypatch, caplog):
     caplog.set_level(logging.WARNING)
     store(100, LaunchConfig(block_m=16, block_n=16))
     monkeypatch.setenv("MHFGEN_NO_TUNED", "maybe")
-    monkeypatch.setenv(on_miss.ENABLE_ENV, "2")
+    monkeypatch.setenv(record.TUNE_ON_MISS_ENV, "2")
     for _ in range(3):
         assert dispatch.tuned_configs_enabled()  # the default: tuned configs used
-        assert not on_miss.enabled()  # the default: off
+        assert not record.tune_on_miss_enabled()  # the default: off
         dispatch.clear_cache()
         assert dispatch.explain_choice(FWD, SPEC, 100, CPU).source == "exact"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -130,10 +130,10 @@ def test_junk_gives_one_warning_and_the_default(monkeypatch, caplog):
 
 
 def test_doctor_reports_tune_on_miss_as_parsed(monkeypatch, capsys):
-    monkeypatch.setenv(on_miss.ENABLE_ENV, "off")
+    monkeypatch.setenv(record.TUNE_ON_MISS_ENV, "off")
     assert main(["doctor", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tune_on_miss"] is False
-    monkeypatch.setenv(on_miss.ENABLE_ENV, "Yes")
+    monkeypatch.setenv(record.TUNE_ON_MISS_ENV, "Yes")
     assert main(["doctor", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["tune_on_miss"] is True
 

@@ -29,7 +29,7 @@ FWD = "flash_mhf_fwd"
 @pytest.fixture(autouse=True)
 def clean(tmp_path, monkeypatch, fresh_dispatch):
     monkeypatch.setattr(dbmod.paths, "shipped_db_path", lambda: tmp_path / "shipped.sqlite")
-    for name in ("MHFGEN_NO_TUNED", record.RECORD_ENV, on_miss.ENABLE_ENV, on_miss.TRIALS_ENV):
+    for name in ("MHFGEN_NO_TUNED", record.RECORD_ENV, record.TUNE_ON_MISS_ENV, on_miss.TRIALS_ENV):
         monkeypatch.delenv(name, raising=False)
     record.forget_seen()
     on_miss.forget_tried()
@@ -159,12 +159,12 @@ def test_tune_from_record_errors(tmp_path, capsys):
 
 
 def test_tune_on_miss_is_off_by_default():
-    assert not on_miss.enabled()
+    assert not record.tune_on_miss_enabled()
     assert dispatch.explain_choice(FWD, SPEC, 6, CPU).source == "heuristic"
 
 
 def test_tune_on_miss_tunes_once_with_a_small_budget_and_stores(monkeypatch, caplog):
-    monkeypatch.setenv(on_miss.ENABLE_ENV, "1")
+    monkeypatch.setenv(record.TUNE_ON_MISS_ENV, "1")
     monkeypatch.setenv(on_miss.TRIALS_ENV, "2")
     caplog.set_level("WARNING")
     choice = dispatch.explain_choice(FWD, SPEC, 6, CPU)
@@ -175,12 +175,12 @@ def test_tune_on_miss_tunes_once_with_a_small_budget_and_stores(monkeypatch, cap
             [(FWD, 6, choice.config)]
         assert len(db.trials()) == 2
     dispatch.clear_cache()  # the next process (or a cleared cache) finds it stored
-    monkeypatch.delenv(on_miss.ENABLE_ENV)
+    monkeypatch.delenv(record.TUNE_ON_MISS_ENV)
     assert dispatch.explain_choice(FWD, SPEC, 6, CPU).source == "exact"
 
 
 def test_tune_on_miss_skips_what_the_interpreter_cannot_run(monkeypatch, caplog):
-    monkeypatch.setenv(on_miss.ENABLE_ENV, "1")
+    monkeypatch.setenv(record.TUNE_ON_MISS_ENV, "1")
     spec = KernelSpec(2, 2, 16, 2, 16, "bfloat16", "interpreter")
     assert dispatch.explain_choice(FWD, spec, 6, CPU).source == "heuristic"
     assert "bfloat16 does not run" in caplog.text
@@ -204,7 +204,7 @@ def test_tune_on_miss_of_a_training_call_tunes_forward_and_backward(monkeypatch,
     from mhfgen import reference
     from mhfgen.ops import flash_mhf
 
-    monkeypatch.setenv(on_miss.ENABLE_ENV, "1")
+    monkeypatch.setenv(record.TUNE_ON_MISS_ENV, "1")
     monkeypatch.setenv(on_miss.TRIALS_ENV, "2")
     caplog.set_level("WARNING")
     inputs = _training_inputs()
@@ -223,7 +223,7 @@ def test_tune_on_miss_of_a_training_call_tunes_forward_and_backward(monkeypatch,
     for mine, theirs in zip(inputs, ref_inputs):
         torch.testing.assert_close(mine.grad.double(), theirs.grad, rtol=1e-4, atol=1e-4)
     dispatch.clear_cache()  # stored: the next process finds every kernel exact
-    monkeypatch.delenv(on_miss.ENABLE_ENV)
+    monkeypatch.delenv(record.TUNE_ON_MISS_ENV)
     for op in registry.default_ops():
         assert dispatch.explain_choice(op, SPEC, 5, CPU).source == "exact"
 
@@ -232,7 +232,7 @@ def test_tune_on_miss_of_a_training_call_tunes_forward_and_backward(monkeypatch,
 def test_tune_on_miss_under_no_grad_or_inference_mode_stores_a_winner(mode, monkeypatch):
     from mhfgen.ops import flash_mhf
 
-    monkeypatch.setenv(on_miss.ENABLE_ENV, "1")
+    monkeypatch.setenv(record.TUNE_ON_MISS_ENV, "1")
     monkeypatch.setenv(on_miss.TRIALS_ENV, "1")
     with getattr(torch, mode)():
         flash_mhf(*_training_inputs(tokens=4, grad=False))

@@ -16,7 +16,6 @@ from mhfgen import dispatch, record
 from mhfgen.cli import main
 from mhfgen.spec import KernelSpec
 from mhfgen.tuning import db as dbmod
-from mhfgen.tuning import on_miss
 
 CPU = torch.device("cpu")
 SPEC = KernelSpec(2, 2, 16, 2, 16, "float32", "interpreter")
@@ -28,7 +27,7 @@ LIMIT = 60
 @pytest.fixture(autouse=True)
 def clean(tmp_path, monkeypatch, fresh_dispatch):
     monkeypatch.setattr(dbmod.paths, "shipped_db_path", lambda: tmp_path / "shipped.sqlite")
-    for name in ("MHFGEN_NO_TUNED", record.RECORD_ENV, on_miss.ENABLE_ENV):
+    for name in ("MHFGEN_NO_TUNED", record.RECORD_ENV, record.TUNE_ON_MISS_ENV):
         monkeypatch.delenv(name, raising=False)
     record.forget_seen()
     yield

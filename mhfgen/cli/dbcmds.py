@@ -288,10 +288,9 @@ def run_show(args) -> int:
 def _not_observed():
     """Dispatch decisions made to be shown, not served: neither recorded (MHFGEN_RECORD)
     nor tuned on the spot (MHFGEN_TUNE_ON_MISS)."""
-    from ..record import RECORD_ENV
-    from ..tuning.on_miss import ENABLE_ENV
+    from ..record import RECORD_ENV, TUNE_ON_MISS_ENV
 
-    saved = {k: os.environ.pop(k) for k in (RECORD_ENV, ENABLE_ENV) if k in os.environ}
+    saved = {k: os.environ.pop(k) for k in (RECORD_ENV, TUNE_ON_MISS_ENV) if k in os.environ}
     try:
         yield
     finally:

@@ -61,7 +61,8 @@ def run(args) -> int:
         ("cache dir", str(paths.cache_dir())),
     ]
     from ..record import RECORD_ENV
-    from ..tuning.on_miss import ENABLE_ENV, enabled
+    from ..record import TUNE_ON_MISS_ENV as ENABLE_ENV
+    from ..record import tune_on_miss_enabled as enabled
 
     summary = _shipped_summary(shipped)
     rows.append(("shipped configs", summary))

@@ -14,6 +14,12 @@ that fails is logged and the dispatcher keeps its fallback choice. Other keys th
 now use the new winner (same bucket) see it in the next process or after
 mhfgen.dispatch.clear_cache().
 
+The runtime reaches this module only through its hook: importing it registers
+tune_missing with mhfgen.record (register_miss_tuner), and pyproject.toml names it under the
+entry-point group mhfgen.record.MISS_TUNER_GROUP, which mhfgen.record loads on the first
+miss where nothing has been registered. The switch itself (MHFGEN_TUNE_ON_MISS,
+mhfgen.record.tune_on_miss_enabled) is read by the runtime.
+
 NOTE: the search runs in the caller's process and CUDA context (configs compiled in-process,
 one at a time). Candidates are pruned by the same search-space rules as `mhfgen tune`, but
 a candidate that faulted the GPU would take the process's context with it, which a separate
@@ -29,24 +35,18 @@ import time
 
 import torch
 
-from ..env import flag
+from ..record import TUNE_ON_MISS_ENV, register_miss_tuner
 from ..spec import KernelSpec
 from .lookup import Choice
 
 log = logging.getLogger(__name__)
 
-ENABLE_ENV = "MHFGEN_TUNE_ON_MISS"
 TRIALS_ENV = "MHFGEN_TUNE_ON_MISS_TRIALS"
 DEFAULT_TRIALS = 8
 
 _tried: set[tuple] = set()
 _lock = threading.Lock()
 _local = threading.local()
-
-
-def enabled() -> bool:
-    """Whether MHFGEN_TUNE_ON_MISS is on (mhfgen.env.flag: 1/true/yes/on; off by default)."""
-    return flag(ENABLE_ENV)
 
 
 def trials() -> int:
@@ -81,7 +81,7 @@ def tune_missing(kernel: str, spec: KernelSpec, tokens: int,
         return None
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         log.warning("mhfgen: %s=1 but %s %s at %d tokens was first seen inside a CUDA graph "
-                    "capture; not tuning it there", ENABLE_ENV, kernel, spec.key(), tokens)
+                    "capture; not tuning it there", TUNE_ON_MISS_ENV, kernel, spec.key(), tokens)
         return None
     if device.type != "cuda" and spec.dtype == "bfloat16":
         log.warning("mhfgen: not tuning %s on a miss: bfloat16 does not run in Triton's "
@@ -129,7 +129,7 @@ def _tune(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> C
     problem = TuningProblem(spec, tokens)
     facts = DeviceFacts.of(device)
     log.warning("mhfgen: %s=1: tuning %s for %s on %s in this process (%d configs), then "
-                "storing the winner in %s", ENABLE_ENV, kernel, problem.describe(),
+                "storing the winner in %s", TUNE_ON_MISS_ENV, kernel, problem.describe(),
                 facts.gpu_name, budget, user_db_path())
     start = time.perf_counter()
     settings = SearchSettings(trials=budget, batch=min(budget, 4), top_k=2, rounds=2)
@@ -162,3 +162,6 @@ def forget_tried() -> None:
     """Forget which keys this process tried (tests)."""
     with _lock:
         _tried.clear()
+
+
+register_miss_tuner(tune_missing)
