@@ -12,7 +12,6 @@ import torch
 
 from . import registry
 from .spec import INTERPRETER, KernelSpec
-from .variants._triton import padded_head_dim  # noqa: F401 - Dp, re-exported
 
 #: sm90's opt-in limit per block, the default where the device cannot be asked
 DEFAULT_SMEM_LIMIT = 232448

@@ -101,12 +101,10 @@ class _WorkloadTimer:
         pairing = self.workload.pairing(kernel)
         if pairing is None:
             return self.label
-        from .search import describe_config
-
         alone = self._beside.get(pairing.op)
         less = f", less its {alone:.4g} ms alone" if alone is not None else ", less its time alone"
         return (f"{self.label}; in the split backward: beside {pairing.variant} "
-                f"{describe_config(pairing.config)} on a second stream{less}")
+                f"{pairing.config.describe()} on a second stream{less}")
 
     def check(self, candidate: Candidate) -> tuple[float | None, Failure | None]:
         try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..config_fields import choice, positive_int, power_of_two, strict_bool, strict_int
 from ..registry import VariantConfig
+from ..resources import shared_memory_limit
 from ..spec import (
     BLOCK_RANGE,
     DTYPES,
@@ -129,8 +130,6 @@ def rows_block(rows: int, preferred: int) -> int:
 def shrink_to_fit(variant, spec: KernelSpec, config: TileConfig) -> TileConfig:
     """Lower num_stages, then the larger tile dimension, until the config's shared
     memory estimate fits the target."""
-    from ..resources import shared_memory_limit
-
     limit = shared_memory_limit(spec.target)
     while variant.shared_memory(spec, config) > limit:
         if config.num_stages > 1:
