@@ -32,9 +32,11 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -n auto -m fast
 
-# ruff's lint rules of pyproject.toml over the code, the tests and the benchmarks
+# ruff's lint rules of pyproject.toml over the code, the tests and the benchmarks, then
+# the layer contracts of pyproject.toml ([tool.importlinter]; docs/ARCHITECTURE.md)
 lint: setup
 	$(BIN)/ruff check mhfgen tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -28,7 +28,8 @@ launcher.
 
 A decision whose source is not 'exact' goes through mhfgen.record.on_miss, once per key:
 MHFGEN_RECORD=PATH appends it to PATH for `mhfgen tune --from-record PATH`, and
-MHFGEN_TUNE_ON_MISS=1 tunes it in this process (mhfgen.tuning.on_miss).
+MHFGEN_TUNE_ON_MISS=1 tunes it in this process (through the hook the tuner registers,
+mhfgen.record.miss_tuner: this module imports nothing of the tuner).
 
 The backward has two forms (`backward_form`): the one-pass op 'bwd', or the split pair
 'bwd_dq' + 'bwd_dkv'. Deterministic runs (torch.use_deterministic_algorithms(True), or
@@ -163,10 +164,10 @@ def candidates(kernel: str, spec: KernelSpec, tokens: int) -> list:
     op's choice honours that; a variant named directly runs any count it can."""
     if kernel in registry.OPS:
         variants, at = registry.variants_for(kernel), tokens
+        usable = registry.usable(kernel, spec, tokens)
     else:  # a variant named directly: what it can run, token counts it would leave alone
         variants, at = [registry.get(kernel)], None
-    usable = sorted([v for v in variants if v.unsupported(spec, at) is None],
-                    key=lambda v: v.rank(spec))
+        usable = [v for v in variants if v.unsupported(spec) is None]
     if not usable:
         reasons = "; ".join(v.unsupported(spec, at) for v in variants)
         raise ValueError(f"no kernel variant of {kernel} runs {spec.key()} at {tokens} "

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from . import device as _device
+from . import registry
 from .env import flag
 from .spec import KernelSpec
 from .tuning.lookup import Choice
@@ -142,8 +144,6 @@ def record_miss(path: str | os.PathLike, kernel: str, spec: KernelSpec, tokens: 
     before; True when a line was written."""
     import triton
 
-    from . import device as _device
-
     gpu, cc = _device.gpu_name(device), _device.compute_capability(device)
     key = (str(Path(path).expanduser()), kernel, spec, tokens, gpu, cc)
     with _lock:
@@ -246,8 +246,6 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     Torn means what a killed writer leaves: after at least one whole record, a last line
     without its newline that starts a JSON object and does not parse. A file whose only
     line is not JSON is an error, not a torn line: no writer of records wrote it."""
-    from . import registry
-
     path = Path(path).expanduser()
     try:
         with os.fdopen(open_record_file(path, write=False), encoding="utf-8") as f:
@@ -295,8 +293,6 @@ def read_records(path: str | os.PathLike) -> list[dict]:
 def read_problems(path: str | os.PathLike) -> list[RecordedProblem]:
     """The distinct problems of a record file, in the order first recorded: records of
     one (spec, tokens, GPU) merge into one problem whose kernels are those recorded."""
-    from . import registry
-
     problems: dict[tuple, set[str]] = {}
     for rec in read_records(path):
         spec = KernelSpec(**{k: rec[k] for k in SPEC_FIELDS})

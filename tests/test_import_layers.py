@@ -64,3 +64,18 @@ print(sorted(m for m in sys.modules if m.startswith("mhfgen.tuning.")
                         env={**env, "MHFGEN_TUNE_ON_MISS": "1"}, check=True)
     assert "mhfgen.tuning.on_miss" in on.stdout
     assert "bfloat16 does not run in Triton's interpreter" in on.stderr
+
+
+def test_no_import_circle_in_mhfgen():
+    """Every import counts, those inside functions too (grimp reads them all): a module
+    never reaches itself again through the modules it imports."""
+    import grimp
+
+    graph = grimp.build_graph("mhfgen", cache_dir=None)
+    circles = []
+    for module in sorted(graph.modules):
+        for imported in graph.find_modules_directly_imported_by(module):
+            back = graph.find_shortest_chain(importer=imported, imported=module)
+            if back is not None:
+                circles.append(" -> ".join((module, *back)))
+    assert circles == []

@@ -28,6 +28,7 @@ the default path and this one is opt-in.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -35,9 +36,15 @@ import time
 
 import torch
 
+from .. import device as _device
+from .. import paths
 from ..record import TUNE_ON_MISS_ENV, register_miss_tuner
 from ..spec import KernelSpec
+from .db import TuningDB
 from .lookup import Choice
+from .problem import DeviceFacts, TuningProblem
+from .search import SearchSettings, Tuner, describe_config, tuning_units
+from .workers import build_timer
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +76,6 @@ def tune_missing(kernel: str, spec: KernelSpec, tokens: int,
                  device: torch.device) -> Choice | None:
     """Tune (kernel, spec, tokens) on `device` once per process; the new winner as an
     exact choice of the user database, or None (skipped, already tried, or failed)."""
-    from .. import device as _device
-
     key = (kernel, spec, tokens, _device.gpu_name(device), _device.compute_capability(device))
     with _lock:
         if key in _tried:
@@ -107,8 +112,6 @@ def _own_inputs_mode(device: torch.device):
     and needs gradients of them for the float64 reference of the backward kernels, at the
     problem's own dtype: grad on, inference mode off, autocast off. The caller's tensors
     and graph are not touched."""
-    import contextlib
-
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode(False))
     stack.enter_context(torch.enable_grad())
@@ -117,33 +120,25 @@ def _own_inputs_mode(device: torch.device):
 
 
 def _tune(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice | None:
-    import contextlib
-
-    from ..paths import shipped_db_path, user_db_path
-    from .db import TuningDB
-    from .problem import DeviceFacts, TuningProblem
-    from .search import SearchSettings, Tuner, tuning_units
-    from .workers import build_timer
-
     budget = trials()
     problem = TuningProblem(spec, tokens)
     facts = DeviceFacts.of(device)
     log.warning("mhfgen: %s=1: tuning %s for %s on %s in this process (%d configs), then "
                 "storing the winner in %s", TUNE_ON_MISS_ENV, kernel, problem.describe(),
-                facts.gpu_name, budget, user_db_path())
+                facts.gpu_name, budget, paths.user_db_path())
     start = time.perf_counter()
     settings = SearchSettings(trials=budget, batch=min(budget, 4), top_k=2, rounds=2)
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     with on_device:
         timer = build_timer("gpu" if facts.is_gpu else "interpreter", problem, seed=0, jobs=1)
         try:
-            with TuningDB.open(user_db_path()) as db:
+            with TuningDB.open(paths.user_db_path()) as db:
                 # an op: its variants that run the problem, together (a variant: itself)
                 units = tuning_units([kernel], spec, tokens)
                 if not units:
                     return None
                 result = Tuner(problem, facts, timer, db, settings,
-                               baselines=[shipped_db_path()]).tune(units)[0]
+                               baselines=[paths.shipped_db_path()]).tune(units)[0]
         finally:
             timer.close()
     seconds = time.perf_counter() - start
@@ -151,8 +146,6 @@ def _tune(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> C
         log.warning("mhfgen: no config of %s passed in %.1f s; using the fallback config",
                     kernel, seconds)
         return None
-    from .search import describe_config
-
     log.warning("mhfgen: tuned %s in %.1f s: %s, %.4g ms (%s)", kernel, seconds,
                 describe_config(result.winner), result.ms, timer.label_for(result.variant))
     return Choice(result.winner, "exact", "user", tokens, result.variant)

@@ -129,24 +129,16 @@ def describe_config(config) -> str:
     return config.describe()
 
 
-def tunable(kernels: Iterable[str], spec, tokens: int) -> list[str]:
-    """The variants of `kernels` (stems) that can run `spec` at `tokens` tokens, by their
-    rank for `spec` (the first one's default is a study's first trial): a variant that
-    needs a GPU is left out on the interpreter, one whose supports() refuses the shape
-    everywhere."""
-    return sorted([k for k in kernels if registry.get(k).unsupported(spec, tokens) is None],
-                  key=lambda k: registry.get(k).rank(spec))
-
-
 def tuning_units(names: Iterable[str], spec, tokens: int) -> list[str]:
     """What to tune for `names` (ops or variant stems), one study each: a variant stem
     alone; for an op, its one usable variant's stem, or the op itself when several of
     its variants can run the problem (one joint study picks variant and config
-    together). Ops no variant can run are left out."""
+    together; registry.usable: a variant that needs a GPU is left out on the
+    interpreter). Ops no variant can run are left out."""
     out: list[str] = []
     for name in names:
         if name in registry.OPS:
-            stems = tunable([v.stem for v in registry.variants_for(name)], spec, tokens)
+            stems = [v.stem for v in registry.usable(name, spec, tokens)]
             unit = stems[0] if len(stems) == 1 else (name if stems else None)
         else:
             unit = name
@@ -223,10 +215,12 @@ class Tuner:
     # problem are searched together (tuning_units), the default is the preferred one's,
     # and every trial and winner is stored under its own variant's key.
     def variants(self, kernel: str) -> list[str]:
-        """The variant stems `kernel` (a stem or an op) searches."""
+        """The variant stems `kernel` (a stem or an op) searches: for an op, those that
+        can run the problem by their rank for its spec (registry.usable; the first one's
+        default is a study's first trial)."""
         if kernel in registry.OPS:
-            return tunable([v.stem for v in registry.variants_for(kernel)],
-                           self.problem.spec, self.problem.tokens)
+            return [v.stem for v in registry.usable(kernel, self.problem.spec,
+                                                    self.problem.tokens)]
         return [kernel]
 
     def default(self, kernel: str):

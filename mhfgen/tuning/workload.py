@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import registry
+from ..dispatch import decide
+from ..kernels.dispatched import two_streams
 from ..tolerances import relative_error, tolerance
 from ..verification import Case, make_inputs, reference_outputs
 from .problem import TuningProblem
@@ -69,8 +71,6 @@ class Workload:
 
     def __init__(self, problem: TuningProblem, device: torch.device | str, seed: int = 0,
                  paired: bool | None = None) -> None:
-        from ..kernels.dispatched import two_streams
-
         self.problem = problem
         self.device = torch.device(device)
         self.paired = two_streams(self.device) if paired is None else paired
@@ -133,8 +133,6 @@ class Workload:
         if not self.paired or op not in PAIRED_OPS:
             return None
         if op not in self._pairings:
-            from ..dispatch import decide
-
             other = PAIRED_OPS[op]
             choice = decide(other, self.problem.spec, self.problem.tokens, self.device)
             launch = self._alone(choice.variant, choice.config)
