@@ -32,6 +32,16 @@ def positive_int(value, where: str, high: int | None = None) -> int:
     return strict_int(value, where, 1, high)
 
 
+def token_count(value, where: str = "tokens") -> int:
+    """`value` if it is a token count (T = B * L): an int, not a bool, of at least 1. The
+    one check of a token count, a tuned problem's, a record line's or a command's flag."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{where} must be >= 1, got {value}")
+    return value
+
+
 def power_of_two(value, where: str, low: int, high: int) -> int:
     """`value` if it is an int power of two in low..high."""
     strict_int(value, where)

@@ -40,6 +40,7 @@ import torch
 
 from . import device as _device
 from . import registry
+from .config_fields import token_count
 from .env import flag
 from .spec import KernelSpec
 from .tuning.lookup import Choice
@@ -280,9 +281,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
                 raise ValueError(f"missing {', '.join(missing)}")
             if rec["kernel"] not in registry.OPS and rec["kernel"] not in registry.stems():
                 raise ValueError(f"unknown kernel {rec['kernel']!r}")
-            tokens = rec["tokens"]
-            if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
-                raise ValueError(f"tokens must be a positive int, got {rec['tokens']!r}")
+            token_count(rec["tokens"])
             KernelSpec(**{k: rec[k] for k in SPEC_FIELDS})
         except (ValueError, TypeError) as exc:
             raise RecordError(f"{path}, line {number}: {exc}") from exc

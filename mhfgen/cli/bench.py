@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from . import CommandError
-from .common import add_problem_args, spec_from_args
+from .common import add_problem_args, spec_from_args, tokens_flag
 
 #: FLOPs per pass above which the CPU fallback refuses (the interpreter would take hours)
 CPU_MAX_FLOPS = 2e9
@@ -93,9 +93,7 @@ def parse_tokens(text: str) -> list[int]:
         except ValueError:
             raise CommandError(f"--tokens: expected positive integers separated by commas, "
                                f"got {text!r}") from None
-        if value < 1:
-            raise CommandError(f"--tokens must be >= 1, got {value}")
-        out.append(value)
+        out.append(tokens_flag(value))
     return sorted(dict.fromkeys(out))
 
 

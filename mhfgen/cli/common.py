@@ -25,6 +25,17 @@ def add_problem_args(p: argparse.ArgumentParser, tokens: int = 16384) -> None:
     g.add_argument("--tokens", type=int, default=tokens, help=f"tokens B*L (default {tokens})")
 
 
+def tokens_flag(value, flag: str = "--tokens") -> int:
+    """`value` if it is a token count (mhfgen.config_fields.token_count), else a
+    CommandError naming `flag`."""
+    from ..config_fields import token_count
+
+    try:
+        return token_count(value, flag)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def problem_from_args(args) -> dict:
     """heads, kv_heads, head_dim, intermediate, experts, expert_dim from the flags.
     Sizes and --tokens are at least 1 and at most what the tuning database stores (sizes
@@ -53,8 +64,7 @@ def problem_from_args(args) -> dict:
     kv_heads = size("kv-heads", args.kv_heads, heads)
     if intermediate % experts:
         raise CommandError(f"--intermediate ({intermediate}) must be divisible by --experts ({experts})")
-    if args.tokens < 1:
-        raise CommandError(f"--tokens must be >= 1, got {args.tokens}")
+    tokens_flag(args.tokens)
     if args.tokens > MAX_TOKENS:
         raise CommandError(f"--tokens must be at most {MAX_TOKENS} (2**62), got {args.tokens}")
     return dict(heads=heads, kv_heads=kv_heads, head_dim=head_dim, intermediate=intermediate,

@@ -5,6 +5,7 @@ import sys
 import time
 
 from . import CommandError
+from .common import tokens_flag
 from .output import add_json_arg, emit_json, json_to_stdout, table, text_stream
 
 #: the format of the --json document (keys: docs/SCRIPTING.md)
@@ -71,8 +72,7 @@ def _cases(args, gpu: bool):
         return odd
     cases = []
     tokens = 16384 if args.tokens is None else args.tokens
-    if tokens < 1:
-        raise CommandError(f"--tokens must be >= 1, got {tokens}")
+    tokens_flag(tokens)
     for name in filter(None, (args.presets or "128M,370M,1.3B").split(",")):
         if name not in PRESETS:
             raise CommandError(f"--presets: unknown preset {name!r}; known: {', '.join(PRESETS)}")

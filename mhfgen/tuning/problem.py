@@ -8,6 +8,7 @@ import torch
 
 from .. import device as _device
 from .. import registry
+from ..config_fields import token_count
 from ..spec import KernelSpec
 from .buckets import shape_bucket
 
@@ -27,8 +28,7 @@ class TuningProblem:
     tokens: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tokens, int) or self.tokens < 1:
-            raise ValueError(f"TuningProblem.tokens must be a positive int, got {self.tokens!r}")
+        token_count(self.tokens, "TuningProblem.tokens")
 
     @property
     def bucket(self) -> int:
