@@ -14,6 +14,11 @@
     db        the SQLite tuning database (trials, winners, schema version, layers)
     lookup    the in-memory index of winners the dispatcher searches
     exchange  JSON export and import of winners with provenance
+    on_miss   MHFGEN_TUNE_ON_MISS: a search of one missed key in the caller's process,
+              registered with mhfgen.record as its tune-on-miss hook
 
-Modules are imported on demand: `import mhfgen` loads only buckets and lookup.
+buckets, db and lookup are the store's read side, which the runtime (dispatch, record)
+imports; the other modules are the tuner, which the runtime never imports (the contracts
+of pyproject.toml, docs/ARCHITECTURE.md). Modules are imported on demand: `import mhfgen`
+before torch loads none of them, and a call of the op only the read side.
 """
