@@ -13,7 +13,7 @@ clock stops, median (and min) of `repeats`, the rows taking turns within each re
 
 Rows: the bare launch `kernel[grid](...)` (JITFunction.run: binds and specialises the
 arguments, then calls the binary's launcher); the binary's launcher alone
-(`CompiledKernel.run`, what kernels.common.DirectLaunch calls after the first launch: the
+(`CompiledKernel.run`, what kernels.launch.DirectLaunch calls after the first launch: the
 floor); the launcher with an explicit config (plan lookup, output allocation, launch); the
 launcher with dispatch (what mhfgen users get); `mhfgen.flash_mhf` under no_grad (which
 calls the launcher directly) and the custom op `torch.ops.mhfgen.flash_mhf` (what
@@ -44,7 +44,7 @@ from mhfgen import dispatch
 from mhfgen.codegen import template_hash
 from mhfgen.heuristics import default_config
 from mhfgen.kernels import flash_mhf_fwd
-from mhfgen.kernels.common import plan_key
+from mhfgen.kernels.plans import plan_key
 from mhfgen.presets import PRESETS
 from mhfgen.spec import KernelSpec, dtype_name
 from mhfgen.tuning.buckets import shape_bucket

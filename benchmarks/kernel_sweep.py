@@ -18,11 +18,11 @@ import torch
 import triton
 
 from mhfgen import device as _device
+from mhfgen import registry
 from mhfgen.heuristics import default_config
 from mhfgen.kernels import flash_mhf_bwd_dkv, flash_mhf_bwd_dq, flash_mhf_fwd
-from mhfgen.kernels.common import spec_of
+from mhfgen.kernels.configs import spec_of
 from mhfgen.presets import PRESETS, Preset
-from mhfgen.spec import LaunchConfig
 from mhfgen.validation import check_flash_mhf_inputs
 from mhfgen.verification import Case, make_inputs
 
@@ -43,8 +43,7 @@ FOCUSED = {
 }
 
 
-def grid(kernel: str, base: LaunchConfig, focused: bool = False,
-         knob: str | None = None) -> list[LaunchConfig]:
+def grid(kernel: str, base, focused: bool = False, knob: str | None = None) -> list:
     """A full grid of tile sizes, warps and stages, or a focused list with a boolean knob
     both ways (default per kernel: prefetch_scores, tma, transpose_acc)."""
     if focused:
@@ -60,9 +59,11 @@ def grid(kernel: str, base: LaunchConfig, focused: bool = False,
                     "flash_mhf_bwd_dkv": "transpose_acc"}[kernel]
     values = (False, True) if focused else (False,)
     extra = {"tma": True} if knob == "warp_specialize" else {}  # WS needs descriptor loads
-    return [LaunchConfig(block_m=bm, block_n=bn, num_warps=w, num_stages=s,
-                         group_heads=base.group_heads, token_splits=base.token_splits,
-                         inter_splits=base.inter_splits, **extra, **{knob: value})
+    # the default's split knobs, where the variant has them
+    kept = {name: getattr(base, name) for name in ("group_heads", "token_splits", "inter_splits")
+            if hasattr(base, name)}
+    return [registry.get(kernel).Config(block_m=bm, block_n=bn, num_warps=w, num_stages=s,
+                                        **kept, **extra, **{knob: value})
             for (bm, bn, w, s) in space for value in values]
 
 
@@ -79,7 +80,7 @@ def main() -> int:
     ap.add_argument("--grid-shapes", default="1.3B", help="shapes that get the grid")
     ap.add_argument("--kernels", default=",".join(LAUNCH), help="kernels to time")
     ap.add_argument("--knob", default=None,
-                    help="the boolean LaunchConfig field a focused sweep varies "
+                    help="the boolean config field a focused sweep varies "
                          "(e.g. warp_specialize; default per kernel)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()

@@ -16,7 +16,7 @@ import torch
 
 import mhfgen  # noqa: F401  (switches the interpreter on without CUDA)
 from mhfgen.kernels import flash_mhf_fwd
-from mhfgen.spec import LaunchConfig
+from mhfgen.variants.flash_mhf_fwd import Config as FwdConfig
 
 
 class _NoLaunch:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         q = torch.randn(1, 256, 8, 128)
         k = torch.randn(8, 11, 256, 128)
         r = torch.rand(1, 256, 8, 11)
-        config = LaunchConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+        config = FwdConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
         print(f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
               f"median of 5 x {calls} calls, launch stubbed out")
         for label, cfg in (("explicit config", config), ("dispatched", None)):

@@ -1,10 +1,10 @@
 """Strict checks of one config field each: ints that are ints, bools that are bools.
 
-The typed configs (mhfgen.spec's KernelSpec and LaunchConfig), the tuning database's
+The typed configs (mhfgen.spec's KernelSpec, the variants' configs), the tuning database's
 records and `mhfgen import` all read values that may come from JSON or SQLite, where
 `2.0`, `1.5`, `"false"` and `true` are easy to write and Python converts silently
 (`int(2.7) == 2`, `bool("false") is True`, `True == 1`). Each function here takes the
-value as it came, raises ValueError naming `where` (e.g. "LaunchConfig.block_m" or
+value as it came, raises ValueError naming `where` (e.g. "KernelSpec.heads" or
 "record 3: tokens") when it is not exactly what the field means, and returns it unchanged
 otherwise. None of them converts: a value is accepted as it is or refused.
 """

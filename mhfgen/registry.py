@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from .spec import DTYPES, INTERPRETER, KernelSpec, LaunchConfig
+from .spec import DTYPES, INTERPRETER, KernelSpec
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,6 @@ def default_ops() -> list[str]:
 #: families of kernel source: the Triton language, or Gluon (Triton's explicit-layout,
 #: warp-specialised dialect, triton.experimental.gluon), which needs a real GPU
 FAMILIES = ("triton", "gluon")
-#: the values schema-2 LaunchConfig fields took where a kernel did not use them: a
-#: legacy config (a stored row, an old export, a LaunchConfig) converts to a variant's
-#: config when every field the variant lacks has this value
-LEGACY_NEUTRAL = {f.name: f.default for f in dataclasses.fields(LaunchConfig)}
 
 
 class RegistryError(ValueError):
@@ -96,27 +92,22 @@ class VariantConfig:
     def from_dict(cls, data: dict, partial: bool = False) -> VariantConfig:
         """The config of `data`. Every field of this variant must be present (a stored or
         imported config that lacks one is refused, not defaulted) unless `partial`, where
-        missing fields take their defaults (`mhfgen codegen --config`). Fields of the
-        schema-2 LaunchConfig that this variant does not use are accepted at their neutral
-        value (LEGACY_NEUTRAL) and dropped; any other field is an error. Fields a variant
+        missing fields take their defaults (`mhfgen codegen --config`). Any other field is
+        an error (mhfgen.schema2 reads the configs of schema-2 data). Fields a variant
         added after its configs were stored (its `added_fields`, name -> value) may be
         missing: they then take that value, which generates the code the config had."""
         if not isinstance(data, dict):
             raise ValueError(f"{cls.variant} config must be a JSON object, "
                              f"got {type(data).__name__}")
         known = set(cls.field_names())
-        unknown = sorted(set(data) - known - set(LEGACY_NEUTRAL))
+        unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{cls.variant} config: unknown fields {unknown}")
         added = getattr(cls, "added_fields", {})
         missing = [n for n in cls.field_names() if n not in data and n not in added]
         if missing and not partial:
             raise ValueError(f"{cls.variant} config: missing fields {missing}")
-        for name in sorted(set(data) - known):
-            if data[name] != LEGACY_NEUTRAL[name]:
-                raise ValueError(f"{cls.variant} config: {name}={data[name]!r} does not apply "
-                                 f"to {cls.variant}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**data)
 
     def check_for(self, spec: KernelSpec) -> None:
         """Raise ValueError if this config cannot run `spec` (independent of the shape)."""
@@ -151,12 +142,12 @@ class Variant:
     preference:  order among the variants of one op for the heuristic fallback (lowest
                  first among those that support the call); rank(spec) may refine it per
                  spec, where measurements put a variant first on some shapes only.
-    legacy_kernel: the `kernel` name its records had in tuning databases of schema 1 and 2
-                 (the migration maps those rows to this variant), or None.
     flop_factor: dot FLOPs per call in units of tokens * H * I * D.
     outputs:     output names in the order the launcher returns them (the tuner's answer
                  check compares them with the float64 reference's of the same name).
     takes_grad:  the launcher takes the output gradient `do` after r.
+    schema2_kernel: the `kernel` name its records had in tuning data of schema 1 and 2
+                 (mhfgen.schema2 reads those records as this variant's), or None.
     """
 
     stem: ClassVar[str]
@@ -170,10 +161,10 @@ class Variant:
     template_dir: ClassVar[Path | None] = None
     shared_templates: ClassVar[tuple[str, ...]] = ()
     preference: ClassVar[int] = 100
-    legacy_kernel: ClassVar[str | None] = None
     flop_factor: ClassVar[int]
     outputs: ClassVar[tuple[str, ...]]
     takes_grad: ClassVar[bool] = False
+    schema2_kernel: ClassVar[str | None] = None
 
     # -- what it is --------------------------------------------------------------
     @property
@@ -228,16 +219,14 @@ class Variant:
 
     # -- configs -----------------------------------------------------------------
     def coerce(self, config) -> VariantConfig:
-        """`config` as this variant's Config: itself, or converted from a schema-2
-        LaunchConfig (ValueError when a field this variant lacks is not neutral)."""
+        """`config`, checked to be this variant's Config (TypeError naming both types
+        otherwise)."""
         if isinstance(config, self.Config):
             return config
-        if isinstance(config, LaunchConfig):
-            return self.Config.from_dict(config.as_dict())
         got = (f"a {config.variant} config" if isinstance(config, VariantConfig)
                else type(config).__name__)
         raise TypeError(f"config of {self.stem} must be a {self.Config.__module__}."
-                        f"{self.Config.__qualname__} (or a LaunchConfig), got {got}")
+                        f"{self.Config.__qualname__}, got {got}")
 
     def config_from_dict(self, data: dict, partial: bool = False) -> VariantConfig:
         """The variant's config of a JSON object (see VariantConfig.from_dict)."""
@@ -407,14 +396,6 @@ def op_named(name: str) -> str:
         if op.short == name:
             return op.name
     return get(name).op
-
-
-def by_legacy_kernel(kernel: str) -> Variant | None:
-    """The variant that took over the records of schema-2 kernel `kernel`, if any."""
-    for v in all_variants():
-        if v.legacy_kernel == kernel:
-            return v
-    return None
 
 
 def usable(op: str, spec: KernelSpec, tokens: int | None = None) -> list[Variant]:

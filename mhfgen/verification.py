@@ -80,16 +80,14 @@ def reference_outputs(q, k, u, v, r, do, token_chunk: int = 4096) -> dict[str, t
 
 def _run(op: str, config, *tensors):
     """`op` through the dispatcher (config None: it picks the variant too), else through
-    the variant `config` belongs to (a LaunchConfig: the op's preferred variant that
-    takes one, the Triton-language one)."""
+    the variant `config` belongs to."""
     if config is None:
         return kernels.run_op(op, *tensors)
-    stem = getattr(config, "variant", None) or registry.variants_for(op)[-1].stem
+    stem = getattr(config, "variant", None)
     for variant in registry.variants_for(op):
-        if variant.stem == stem or (not getattr(config, "variant", None)
-                                    and variant.legacy_kernel is not None):
+        if variant.stem == stem:
             return variant.launch(*tensors, config=config)
-    raise ValueError(f"a {stem} config does not run op {op}")
+    raise ValueError(f"a {stem or type(config).__name__} config does not run op {op}")
 
 
 #: the backward forms kernel_outputs takes: the dispatcher's choice (what autograd runs),
@@ -100,8 +98,8 @@ BACKWARD_FORMS = ("dispatched", "fused", "split")
 def kernel_outputs(q, k, u, v, r, do, fwd=None, dq=None, dkv=None, bwd=None,
                    backward: str = "dispatched") -> dict[str, torch.Tensor]:
     """o and the five gradients through the generated kernels: each op through the
-    dispatcher's variant and config, or with the given config (of a variant of that op,
-    or a LaunchConfig) through its variant. The gradients come from `backward`: the
+    dispatcher's variant and config, or with the given config (of a variant of that op)
+    through its variant. The gradients come from `backward`: the
     form the dispatcher picks ('dispatched', as autograd runs it), the one-pass op 'bwd'
     ('fused', config `bwd`) or 'bwd_dq' then 'bwd_dkv' ('split', configs `dq`, `dkv`)."""
     if backward not in BACKWARD_FORMS:

@@ -6,10 +6,16 @@ use fp32 and fp16; `mhfgen verify` covers bf16 on the GPU.
 """
 import torch
 
-from mhfgen.spec import LaunchConfig
+from mhfgen.variants import flash_mhf_bwd_dkv as dkv_variant
+from mhfgen.variants import flash_mhf_bwd_dq as dq_variant
 from mhfgen.variants import flash_mhf_bwd_fused as fused_variant
 from mhfgen.variants import flash_mhf_fwd as fwd_variant
 from mhfgen.verification import Case
+
+#: the configs of the Triton-language variant of each op of the split training step
+Fwd, Dq, Dkv = fwd_variant.Config, dq_variant.Config, dkv_variant.Config
+#: those variants' stems (the three kernels of tuning databases of schema 2)
+KERNELS = (Fwd.variant, Dq.variant, Dkv.variant)
 
 CASES = [
     Case("base", batch=2, seqlen=8, heads=2, kv_heads=2, head_dim=32, experts=2, expert_dim=32),
@@ -31,32 +37,31 @@ DTYPES = [torch.float32, torch.float16]
 #: summed by atomics, kv heads one launch at a time and all at once.
 CONFIGS = {
     "flash_mhf_fwd": [
-        LaunchConfig(block_m=16, block_n=16),
-        LaunchConfig(block_m=32, block_n=32, head_dim_split="pad", inter_splits=2),
-        LaunchConfig(block_m=16, block_n=64, inter_splits=3),
-        LaunchConfig(block_m=16, block_n=32, tma=True),
-        LaunchConfig(block_m=16, block_n=16, prefetch_scores=True, inter_splits=3),
-        LaunchConfig(block_m=32, block_n=16, prefetch_scores=True, tma=True, head_dim_split="pad"),
-        LaunchConfig(block_m=16, block_n=16, tma=True, warp_specialize=True),
+        Fwd(block_m=16, block_n=16),
+        Fwd(block_m=32, block_n=32, head_dim_split="pad", inter_splits=2),
+        Fwd(block_m=16, block_n=64, inter_splits=3),
+        Fwd(block_m=16, block_n=32, tma=True),
+        Fwd(block_m=16, block_n=16, prefetch_scores=True, inter_splits=3),
+        Fwd(block_m=32, block_n=16, prefetch_scores=True, tma=True, head_dim_split="pad"),
+        Fwd(block_m=16, block_n=16, tma=True, warp_specialize=True),
         # the Helion knobs: an unrolled intermediate loop, K/U/V loads kept in L2
-        fwd_variant.Config(block_m=16, block_n=16, unroll=2, evict_weights=True),
-        fwd_variant.Config(block_m=16, block_n=32, unroll=4, prefetch_scores=True,
-                           inter_splits=2),
+        Fwd(block_m=16, block_n=16, unroll=2, evict_weights=True),
+        Fwd(block_m=16, block_n=32, unroll=4, prefetch_scores=True, inter_splits=2),
     ],
     "flash_mhf_bwd_dq": [
-        LaunchConfig(block_m=16, block_n=16),
-        LaunchConfig(block_m=32, block_n=64, head_dim_split="pad"),
-        LaunchConfig(block_m=16, block_n=32, head_dim_split="pad", tma=True),
-        LaunchConfig(block_m=16, block_n=16, tma=True, warp_specialize=True),
+        Dq(block_m=16, block_n=16),
+        Dq(block_m=32, block_n=64, head_dim_split="pad"),
+        Dq(block_m=16, block_n=32, head_dim_split="pad", tma=True),
+        Dq(block_m=16, block_n=16, tma=True, warp_specialize=True),
     ],
     "flash_mhf_bwd_dkv": [
-        LaunchConfig(block_m=16, block_n=16),
-        LaunchConfig(block_m=16, block_n=64, head_dim_split="pad", token_splits=3),
-        LaunchConfig(block_m=32, block_n=16, transpose_acc=True),
-        LaunchConfig(block_m=16, block_n=32, token_splits=2, transpose_acc=True),
-        LaunchConfig(block_m=16, block_n=16, split_grads=True),
-        LaunchConfig(block_m=32, block_n=64, token_splits=2, transpose_acc=True, split_grads=True,
-                     head_dim_split="pad"),
+        Dkv(block_m=16, block_n=16),
+        Dkv(block_m=16, block_n=64, head_dim_split="pad", token_splits=3),
+        Dkv(block_m=32, block_n=16, transpose_acc=True),
+        Dkv(block_m=16, block_n=32, token_splits=2, transpose_acc=True),
+        Dkv(block_m=16, block_n=16, split_grads=True),
+        Dkv(block_m=32, block_n=64, token_splits=2, transpose_acc=True, split_grads=True,
+            head_dim_split="pad"),
     ],
     "flash_mhf_bwd_fused": [
         fused_variant.Config(block_m=16, block_n=16, num_warps=4, num_stages=1),
@@ -70,7 +75,7 @@ CONFIGS = {
 }
 
 
-def grouped(config: LaunchConfig, case: Case) -> LaunchConfig:
+def grouped(config, case: Case):
     """`config` with group_heads = all heads of a kv group (the shared-weight-load path)."""
     import dataclasses
     return dataclasses.replace(config, group_heads=case.heads // case.kv_heads)

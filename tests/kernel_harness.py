@@ -3,7 +3,7 @@ from functools import cache
 
 import torch
 
-from mhfgen.kernels import common
+from mhfgen.kernels import buffers
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
@@ -27,8 +27,8 @@ def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, dtype, case) 
 
 
 def run_poisoned(fn, *args):
-    common.set_poison(True)
+    buffers.set_poison(True)
     try:
         return fn(*args)
     finally:
-        common.set_poison(False)
+        buffers.set_poison(False)

@@ -34,10 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mhfgen import codegen, paths  # noqa: E402
-from mhfgen.spec import KERNELS, KernelSpec, LaunchConfig  # noqa: E402
+from mhfgen import codegen, paths, registry  # noqa: E402
+from mhfgen.schema2 import SCHEMA2_FIELDS  # noqa: E402
+from mhfgen.spec import KernelSpec  # noqa: E402
 
 DIGESTS = REPO / "tests" / "data" / "render_digests.json"
+#: the Triton-language templates the grid renders
+KERNELS = ("flash_mhf_fwd", "flash_mhf_bwd_dq", "flash_mhf_bwd_dkv")
 
 # (heads, kv_heads) x head_dim x (experts, expert_dim) x dtype x target
 HEADS = ((4, 4), (8, 2))
@@ -53,23 +56,32 @@ def specs() -> list[KernelSpec]:
             in itertools.product(HEADS, HEAD_DIMS, EXPERTS, DTYPES, TARGETS)]
 
 
-def configs(kernel: str, spec: KernelSpec) -> Iterator[LaunchConfig]:
+def configs(kernel: str, spec: KernelSpec) -> Iterator[registry.VariantConfig]:
     """Every combination of the fields that change `kernel`'s code (block_m, num_warps and
     num_stages are launch arguments and never do)."""
+    config_type = registry.get(kernel).Config
     groups = sorted({1, spec.group})
     common = itertools.product((16, 32, 64, 128), ("chunks", "pad"))
     if kernel == "flash_mhf_bwd_dkv":
         for (block_n, split), tok, tr, sg in itertools.product(
                 common, (1, 2), (False, True), (False, True)):
-            yield LaunchConfig(block_n=block_n, head_dim_split=split, token_splits=tok,
-                               transpose_acc=tr, split_grads=sg)
+            yield config_type(block_n=block_n, head_dim_split=split, token_splits=tok,
+                              transpose_acc=tr, split_grads=sg)
         return
     fwd = kernel == "flash_mhf_fwd"
     for (block_n, split), g, tma, ws, inter, pre in itertools.product(
             common, groups, (False, True), (False, True),
             (1, 2) if fwd else (1,), (False, True) if fwd else (False,)):
-        yield LaunchConfig(block_n=block_n, head_dim_split=split, group_heads=g, tma=tma,
-                           warp_specialize=ws, inter_splits=inter, prefetch_scores=pre)
+        extra = {"inter_splits": inter, "prefetch_scores": pre} if fwd else {}
+        yield config_type(block_n=block_n, head_dim_split=split, group_heads=g, tma=tma,
+                          warp_specialize=ws, **extra)
+
+
+def config_text(config: registry.VariantConfig) -> str:
+    """A grid config as the digests name it: its values of the 13 fields of schema 2
+    (mhfgen.schema2), the form the committed digests were written with."""
+    return json.dumps({k: getattr(config, k, neutral) for k, neutral in SCHEMA2_FIELDS.items()},
+                      sort_keys=True)
 
 
 def _code(source: str) -> str:
@@ -101,7 +113,7 @@ def render_grid(kernels=KERNELS) -> dict[tuple, str]:
                     source = codegen.render(kernel, spec, config)
                 except ValueError:  # the config cannot run this spec (tma on sm80, ...)
                     continue
-                out[(kernel, spec.key(), config.to_json())] = _code(source)
+                out[(kernel, spec.key(), config_text(config))] = _code(source)
     return out
 
 

@@ -18,8 +18,9 @@ import pytest
 
 from mhfgen import codegen
 from mhfgen.cli import main
-from mhfgen.spec import KernelSpec, LaunchConfig
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning import db as dbmod
+from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
 SPEC = KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter")
 TINY = ["--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--intermediate", "64",
@@ -43,7 +44,7 @@ def fresh_cache(tmp_path, monkeypatch):
 
 
 def _load():
-    return codegen.load_kernel("flash_mhf_fwd", SPEC, LaunchConfig(block_m=16, block_n=16))
+    return codegen.load_kernel("flash_mhf_fwd", SPEC, Fwd(block_m=16, block_n=16))
 
 
 def test_a_planted_pyc_beside_a_generated_module_never_runs(fresh_cache, tmp_path):

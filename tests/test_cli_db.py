@@ -9,12 +9,14 @@ import pytest
 import triton
 from tuning_helpers import run_sql
 
+from mhfgen import registry
 from mhfgen.cli import main
 from mhfgen.codegen import template_hash
-from mhfgen.spec import KernelSpec, LaunchConfig
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.buckets import shape_bucket
 from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord, utc_now
+from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
 H200 = ("NVIDIA H200", "9.0")
 SPEC = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")
@@ -27,7 +29,9 @@ def _isolated(tmp_path, monkeypatch, fresh_dispatch):
 
 
 def winner(kernel="flash_mhf_fwd", tokens=16384, ms=1.0, gpu=H200, spec=SPEC, template=None,
-           config=LaunchConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)):
+           config=None):
+    config = config or registry.get(kernel).Config(block_m=128, block_n=64, num_warps=8,
+                                                   num_stages=3)
     key = TuningKey.of(kernel, template or template_hash(kernel), spec, shape_bucket(tokens),
                        tokens, gpu[0], gpu[1], triton.__version__)
     return WinnerRecord(key, config, ms, 400.0, 1.25 * ms, 1.25, "GPU test timer", 32,
@@ -62,7 +66,7 @@ def test_list_of_an_empty_setup_says_how_to_tune(capsys):
 
 
 def test_show_explains_the_dispatch_choice(capsys):
-    tuned = LaunchConfig(block_m=16, block_n=16)
+    tuned = Fwd(block_m=16, block_n=16)
     fill(os.environ["MHFGEN_DB"],
          winner(spec=TINY, tokens=32, gpu=("interpreter", "none"), config=tuned))
     args = ["show", "--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--intermediate", "64",
@@ -78,7 +82,7 @@ def test_show_explains_the_dispatch_choice(capsys):
 def test_export_carries_provenance_and_import_merges(tmp_path, capsys):
     source, target = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
     fill(source, winner(ms=1.0), winner(tokens=4096, ms=0.3))
-    fill(target, winner(ms=2.0, config=LaunchConfig(block_m=64)), winner(tokens=4096, ms=0.1))
+    fill(target, winner(ms=2.0, config=Fwd(block_m=64)), winner(tokens=4096, ms=0.1))
     out_file = tmp_path / "e.json"
     assert main(["export", "-o", str(out_file), "--db", str(source)]) == 0
     doc = json.loads(out_file.read_text())

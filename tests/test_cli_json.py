@@ -15,11 +15,13 @@ import triton
 from mhfgen import paths
 from mhfgen.cli import main
 from mhfgen.codegen import template_hash
-from mhfgen.spec import KernelSpec, LaunchConfig
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.buckets import shape_bucket
 from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord, utc_now
 from mhfgen.tuning.search import CONFIG_LEGEND, describe_config
+from mhfgen.variants.flash_mhf_bwd_dkv import Config as Dkv
+from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = KernelSpec(2, 2, 32, 2, 32, "float32", "interpreter")
@@ -42,7 +44,7 @@ def store(tokens, config):
 
 
 def test_list_json(capsys):
-    store(100, LaunchConfig(block_m=32, block_n=16, group_heads=2))
+    store(100, Fwd(block_m=32, block_n=16, group_heads=2))
     assert main(["list", "--json"]) == 0
     out = capsys.readouterr().out
     doc = json.loads(out)  # nothing but the document on stdout
@@ -59,7 +61,7 @@ def test_list_json(capsys):
 
 
 def test_list_text_is_a_table_with_the_legend(capsys):
-    store(100, LaunchConfig(block_m=32, block_n=16))
+    store(100, Fwd(block_m=32, block_n=16))
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
@@ -70,7 +72,7 @@ def test_list_text_is_a_table_with_the_legend(capsys):
 
 
 def test_show_json(capsys):
-    store(100, LaunchConfig(block_m=32, block_n=16))
+    store(100, Fwd(block_m=32, block_n=16))
     assert main(["show", *PROBLEM, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["format"] == "mhfgen-show/1"
@@ -133,11 +135,12 @@ def test_cache_dir_and_user_db_follow_xdg_and_the_variables(monkeypatch, tmp_pat
 
 
 def test_the_legend_explains_every_code():
-    every = LaunchConfig(block_m=64, block_n=64, group_heads=2, head_dim_split="pad",
-                         inter_splits=2, token_splits=2, tma=True, transpose_acc=True,
-                         prefetch_scores=True, split_grads=True, warp_specialize=True)
+    every = (Fwd(block_m=64, block_n=64, group_heads=2, head_dim_split="pad", inter_splits=2,
+                 tma=True, prefetch_scores=True, warp_specialize=True),
+             Dkv(block_m=64, block_n=64, head_dim_split="pad", token_splits=2,
+                 transpose_acc=True, split_grads=True))
     codes = {code for code, _ in CONFIG_LEGEND}
-    for part in describe_config(every).split():
+    for part in " ".join(describe_config(c) for c in every).split():
         stem = part.rstrip("0123456789")
         assert stem in codes, part
     # the Gluon backward variants' and the one-pass Triton one's codes too (a register

@@ -10,10 +10,10 @@ import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 
 # isort: split
 import pytest
+from cases import KERNELS
 
 from mhfgen.cli import main
 from mhfgen.cli.tune import CPU_TRIALS
-from mhfgen.spec import KERNELS
 from mhfgen.tuning.db import TuningDB
 from mhfgen.tuning.search import PAUSE_ENV
 

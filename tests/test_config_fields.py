@@ -19,7 +19,10 @@ from mhfgen.config_fields import (
     strict_int,
     strict_str,
 )
-from mhfgen.spec import TARGETS, KernelSpec, LaunchConfig
+from mhfgen.spec import TARGETS, KernelSpec
+from mhfgen.variants.flash_mhf_bwd_dkv import Config as Dkv
+from mhfgen.variants.flash_mhf_bwd_dq import Config as Dq
+from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
 TINY = KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter")
 
@@ -62,24 +65,25 @@ def test_field_checks_return_good_values_unchanged():
     ("inter_splits", 1.5), ("token_splits", 0), ("num_stages", 2.0), ("num_warps", True),
     ("tma", "false"), ("tma", 1), ("split_grads", "yes"), ("head_dim_split", "Pad"),
 ])
-def test_launch_config_refuses_values_of_another_type_or_range(field, value):
-    with pytest.raises(ValueError, match=f"LaunchConfig.{field}"):
-        LaunchConfig(**{field: value})
-    full = LaunchConfig().as_dict()
-    with pytest.raises(ValueError, match=f"LaunchConfig.{field}"):
-        LaunchConfig.from_dict({**full, field: value})
+def test_a_variant_config_refuses_values_of_another_type_or_range(field, value):
+    cls = Fwd if field in Fwd.field_names() else Dkv
+    with pytest.raises(ValueError, match=f"{cls.variant} config: {field}"):
+        cls(**{field: value})
+    full = cls().as_dict()
+    with pytest.raises(ValueError, match=f"{cls.variant} config: {field}"):
+        cls.from_dict({**full, field: value})
 
 
 def test_a_stored_config_must_have_every_field():
-    data = LaunchConfig(block_m=32).as_dict()
-    assert LaunchConfig.from_dict(data) == LaunchConfig(block_m=32)
+    data = Fwd(block_m=32).as_dict()
+    assert Fwd.from_dict(data) == Fwd(block_m=32)
     del data["tma"]
     with pytest.raises(ValueError, match=r"missing fields \['tma'\]"):
-        LaunchConfig.from_dict(data)
+        Fwd.from_dict(data)
     # `mhfgen codegen --config` takes a partial config on purpose
-    assert LaunchConfig.from_dict({"block_m": 32}, partial=True) == LaunchConfig(block_m=32)
+    assert Fwd.from_dict({"block_m": 32}, partial=True) == Fwd(block_m=32)
     with pytest.raises(ValueError, match="JSON object"):
-        LaunchConfig.from_dict([1, 2])
+        Fwd.from_dict([1, 2])
 
 
 @pytest.mark.parametrize("field,value", [("heads", 2.7), ("heads", True), ("experts", 0),
@@ -104,16 +108,18 @@ def test_every_string_a_template_sees_is_from_a_fixed_set():
     import typing
 
     closed = {("KernelSpec", "dtype"), ("KernelSpec", "target"),
-              ("LaunchConfig", "head_dim_split")}
-    for cls in (KernelSpec, LaunchConfig):
+              *((c.variant, "head_dim_split") for c in (Fwd, Dq, Dkv))}
+    for cls in (KernelSpec, Fwd, Dq, Dkv):
+        name = getattr(cls, "variant", cls.__name__)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            assert hints[f.name] in (int, bool, str), (cls.__name__, f.name)
+            assert hints[f.name] in (int, bool, str), (name, f.name)
             if hints[f.name] is str:
-                assert (cls.__name__, f.name) in closed, f"{cls.__name__}.{f.name}"
-    config = LaunchConfig(block_m=16, block_n=32)
-    with pytest.raises(ValueError, match="head_dim_split"):
-        LaunchConfig(head_dim_split="chunks\nimport os")
+                assert (name, f.name) in closed, f"{name}.{f.name}"
+    config = Fwd(block_m=16, block_n=32)
+    for cls in (Fwd, Dq, Dkv):
+        with pytest.raises(ValueError, match="head_dim_split"):
+            cls(head_dim_split="chunks\nimport os")
     source = codegen.render("flash_mhf_fwd", TINY, config)
     assert "import os" not in source
 

@@ -10,9 +10,9 @@ import time
 import pytest
 from test_tuning_db import _legacy_file, key, winner
 
-from mhfgen.spec import LaunchConfig
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.db import CorruptDatabaseError, TrialRecord, TuningDB, TuningDBError
+from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
 
 def _fork():
@@ -23,7 +23,7 @@ def _open_and_write(path: str, barrier, worker: int) -> None:
     barrier.wait()
     with TuningDB.open(path) as db:
         db.put_winner(winner(ms=1.0 + worker), policy="faster")
-        db.add_trial(TrialRecord(key(), LaunchConfig(), "ok", ms=1.0, study=f"w{worker}"))
+        db.add_trial(TrialRecord(key(), Fwd(), "ok", ms=1.0, study=f"w{worker}"))
 
 
 def test_two_writers_racing_on_an_older_schema_both_succeed(tmp_path):
@@ -67,7 +67,7 @@ def _held_open(path: str, ready) -> None:
         db.put_winners([winner(tokens=t, bucket=128) for t in (100, 101)])
         with db.transaction():
             db.db["winners"].insert(winner(tokens=102, bucket=128).to_row())
-            db.db["trials"].insert(TrialRecord(key(), LaunchConfig(), "ok", ms=1.0).to_row())
+            db.db["trials"].insert(TrialRecord(key(), Fwd(), "ok", ms=1.0).to_row())
             ready.set()
             time.sleep(600)
 
@@ -124,7 +124,7 @@ def test_sigkill_during_batches_of_writes_keeps_whole_batches(tmp_path):
 def _with_trials(path, n: int = 400) -> None:
     with TuningDB.open(path) as db:
         db.put_winner(winner())
-        db.add_trials([TrialRecord(key(), LaunchConfig(block_m=16 << (i % 4)), "ok",
+        db.add_trials([TrialRecord(key(), Fwd(block_m=16 << (i % 4)), "ok",
                                    ms=1.0 + i, study="s", trial_number=i) for i in range(n)])
 
 
@@ -185,7 +185,7 @@ def test_a_write_outlives_an_expired_busy_timeout_and_says_so(tmp_path, monkeypa
     assert held.wait(10)
     try:
         with caplog.at_level(logging.WARNING):
-            assert db.add_trial(TrialRecord(key(), LaunchConfig(), "ok", ms=1.0))
+            assert db.add_trial(TrialRecord(key(), Fwd(), "ok", ms=1.0))
     finally:
         holder.join()
     assert len(db.trials()) == 1
@@ -208,10 +208,10 @@ def test_a_lock_held_past_the_whole_wait_is_one_line(tmp_path, monkeypatch):
     assert held.wait(10)
     try:
         with pytest.raises(dbmod.DatabaseBusyError, match="still locked by another writer"):
-            db.add_trial(TrialRecord(key(), LaunchConfig(), "ok", ms=1.0))
+            db.add_trial(TrialRecord(key(), Fwd(), "ok", ms=1.0))
     finally:
         holder.join()
-    assert db.add_trial(TrialRecord(key(), LaunchConfig(), "ok", ms=1.0))  # free again
+    assert db.add_trial(TrialRecord(key(), Fwd(), "ok", ms=1.0))  # free again
     db.close()
 
 
@@ -289,12 +289,12 @@ def test_a_disk_that_fills_mid_write_keeps_what_was_stored(small_disk):
     folder, fill = small_disk
     path = folder / "t.sqlite"
     db = TuningDB.open(path)
-    db.add_trials([TrialRecord(key(), LaunchConfig(), "ok", ms=1.0 + i, trial_number=i)
+    db.add_trials([TrialRecord(key(), Fwd(), "ok", ms=1.0 + i, trial_number=i)
                    for i in range(3)])
     fill()
     with pytest.raises(dbmod.StorageFullError, match="nothing of this write was stored"):
         for i in range(2000):  # until a page more is needed
-            db.add_trials([TrialRecord(key(), LaunchConfig(), "ok", ms=10.0 + i,
+            db.add_trials([TrialRecord(key(), Fwd(), "ok", ms=10.0 + i,
                                        reason="x" * 2000)])
     db.close()
     assert _integrity(str(path)) == ["ok"]

@@ -10,14 +10,16 @@ import mhfgen  # first: it switches Triton's interpreter on before triton is imp
 import pytest
 import torch
 import triton
+from cases import KERNELS
 
 from mhfgen import dispatch
 from mhfgen.codegen import template_hash
 from mhfgen.heuristics import default_config
-from mhfgen.spec import KernelSpec, LaunchConfig
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.buckets import shape_bucket
 from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord, utc_now
+from mhfgen.variants.flash_mhf_bwd_dq import Config as DqConfig
 from mhfgen.variants.flash_mhf_fwd import Config as FwdConfig
 
 CPU = torch.device("cpu")
@@ -82,7 +84,7 @@ def test_other_specs_gpus_versions_and_templates_never_match():
     store(100, A, gpu="NVIDIA H200", cc="9.0")
     store(100, A, triton_version="0.0.1")
     store(100, A, template="0000000000000000")
-    store(100, LaunchConfig(block_m=16, block_n=16), kernel="flash_mhf_bwd_dq")
+    store(100, DqConfig(block_m=16, block_n=16), kernel="flash_mhf_bwd_dq")
     assert dispatch.explain_choice(FWD, SPEC, 100, CPU).source == "heuristic"
 
 
@@ -117,7 +119,7 @@ def test_a_broken_database_only_logs_a_warning(content, caplog):
 
 
 def test_a_config_that_does_not_fit_the_spec_is_skipped(caplog):
-    store(100, LaunchConfig(group_heads=2))  # SPEC has H / Hkv = 1
+    store(100, FwdConfig(group_heads=2))  # SPEC has H / Hkv = 1
     with caplog.at_level(logging.WARNING):
         assert dispatch.explain_choice(FWD, SPEC, 100, CPU).source == "heuristic"
     assert "does not fit" in caplog.text
@@ -135,7 +137,7 @@ def test_the_database_is_read_once_and_choices_are_cached(monkeypatch):
     monkeypatch.setattr(dbmod, "load_layered_winners", counting)
     first = dispatch.choose_config(FWD, SPEC, 100, CPU)
     for tokens in (100, 101, 5000, 1):
-        for kernel in mhfgen.spec.KERNELS:
+        for kernel in KERNELS:
             dispatch.choose_config(kernel, SPEC, tokens, CPU)
     assert len(calls) == 1
     assert dispatch.choose_config(FWD, SPEC, 100, CPU) is first

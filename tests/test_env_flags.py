@@ -18,11 +18,12 @@ from mhfgen import dispatch, env, record
 from mhfgen.cli import main
 from mhfgen.codegen import template_hash
 from mhfgen.kernels.dispatched import two_streams
-from mhfgen.spec import KernelSpec, LaunchConfig
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning import on_miss
 from mhfgen.tuning.buckets import shape_bucket
 from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord, utc_now
+from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
 CPU = torch.device("cpu")
 SPEC = KernelSpec(2, 2, 16, 2, 16, "float32", "interpreter")
@@ -94,7 +95,7 @@ def test_tune_on_miss_on_words_switch_it_on(value, monkeypatch):
                                           ("0", True), ("true", False), ("yes", False),
                                           ("1", False)])
 def test_no_tuned_false_keeps_tuned_winners(value, tuned, monkeypatch):
-    store(100, LaunchConfig(block_m=16, block_n=16))
+    store(100, Fwd(block_m=16, block_n=16))
     monkeypatch.setenv("MHFGEN_NO_TUNED", value)
     assert dispatch.tuned_configs_enabled() is tuned
     source = dispatch.explain_choice(FWD, SPEC, 100, CPU).source
@@ -114,7 +115,7 @@ def test_deterministic_and_backward_streams_read_the_same_words(monkeypatch):
 
 def test_junk_gives_one_warning_and_the_default(monkeypatch, caplog):
     caplog.set_level(logging.WARNING)
-    store(100, LaunchConfig(block_m=16, block_n=16))
+    store(100, Fwd(block_m=16, block_n=16))
     monkeypatch.setenv("MHFGEN_NO_TUNED", "maybe")
     monkeypatch.setenv(record.TUNE_ON_MISS_ENV, "2")
     for _ in range(3):

@@ -38,12 +38,12 @@ def test_split_reduction_is_deterministic_and_resets_its_counters():
     """inter_splits > 1: the last program of each row block sums the partials in split
     order and zeroes its ticket counter, so repeated launches agree bit for bit and the
     shared counter buffer is all zeros between launches."""
-    from mhfgen.kernels.common import split_counters
-    from mhfgen.spec import LaunchConfig
+    from mhfgen.kernels.buffers import split_counters
+    from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
     case = CASES[2]  # L37_gqa: several row blocks, grouped heads
     (q, k, u, v, r, _), ref = inputs_and_reference(case, torch.float32)
-    config = LaunchConfig(block_m=16, block_n=16, inter_splits=4)
+    config = Fwd(block_m=16, block_n=16, inter_splits=4)
     first = flash_mhf_fwd(q, k, u, v, r, config)
     assert int(split_counters(1, q.device).abs().sum()) == 0
     second = flash_mhf_fwd(q, k, u, v, r, config)

@@ -1,9 +1,10 @@
 """The built-in configs: valid and within the shared memory estimate for every spec."""
 import pytest
+from cases import KERNELS, Dkv, Dq, Fwd
 
 from mhfgen.heuristics import default_config, pick_block_n
 from mhfgen.resources import fits, shared_memory_estimate
-from mhfgen.spec import KERNELS, KernelSpec
+from mhfgen.spec import KernelSpec
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -20,17 +21,16 @@ def test_gpu_defaults_fit_shared_memory(kernel, dtype, head_dim, tokens):
 def test_estimate_matches_measured_triton_allocations():
     # Required bytes Triton 3.6 reported on an H200 for the 1.3B spec (bf16, D = 128)
     spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
-    from mhfgen.spec import LaunchConfig
     for bm, bn, st, measured in ((64, 128, 3, 311808), (64, 128, 4, 410368), (128, 128, 3, 328704)):
-        est = shared_memory_estimate("flash_mhf_fwd", spec, LaunchConfig(block_m=bm, block_n=bn, num_stages=st))
+        est = shared_memory_estimate("flash_mhf_fwd", spec, Fwd(block_m=bm, block_n=bn, num_stages=st))
         assert abs(est - measured) <= 1024, (bm, bn, st, est, measured)
     # dK/dU/dV with transpose_acc, fp32, D = 96 (the 128M spec), one stage: 270336 reported
     spec = KernelSpec(8, 8, 96, 8, 256, "float32", "sm90")
-    config = LaunchConfig(block_m=128, block_n=64, num_stages=1, transpose_acc=True)
+    config = Dkv(block_m=128, block_n=64, num_stages=1, transpose_acc=True)
     assert abs(shared_memory_estimate("flash_mhf_bwd_dkv", spec, config) - 270336) <= 1024
     # dQ in fp32 (IEEE dots), 1.3B spec, 128/64, one stage: 262144 reported
     spec = KernelSpec(16, 16, 128, 22, 256, "float32", "sm90")
-    config = LaunchConfig(block_m=128, block_n=64, num_stages=1)
+    config = Dq(block_m=128, block_n=64, num_stages=1)
     assert shared_memory_estimate("flash_mhf_bwd_dq", spec, config) >= 262144
 
 

@@ -11,13 +11,15 @@ import pytest
 import triton
 from tuning_helpers import run_sql
 
+from mhfgen import registry
 from mhfgen.cli import main
 from mhfgen.codegen import template_hash
-from mhfgen.spec import KernelSpec, LaunchConfig
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.buckets import shape_bucket
 from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord, utc_now
 from mhfgen.tuning.exchange import ExchangeError, export_winners, parse_export
+from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
 SPEC = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")
 
@@ -30,7 +32,8 @@ def _isolated(tmp_path, monkeypatch, fresh_dispatch):
 def winner(tokens=16384, ms=1.0, kernel="flash_mhf_fwd"):
     key = TuningKey.of(kernel, template_hash(kernel), SPEC, shape_bucket(tokens), tokens,
                        "NVIDIA H200", "9.0", triton.__version__)
-    return WinnerRecord(key, LaunchConfig(block_m=128, block_n=64, num_warps=8, num_stages=3),
+    config = registry.get(kernel).Config(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    return WinnerRecord(key, config,
                         ms, 400.0, 1.25 * ms, 1.25, "GPU test timer", 32, "0.1.0", "2.11.0",
                         utc_now())
 
@@ -117,7 +120,8 @@ def test_a_failure_while_writing_rolls_the_whole_import_back(export_doc, tmp_pat
     run_sql(target, "CREATE TRIGGER no_1024 BEFORE INSERT ON winners WHEN NEW.tokens = 1024 "
                     "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
     records = parse_export(export_doc)
-    from mhfgen.spec import KERNELS
+    from cases import KERNELS
+
     from mhfgen.tuning.exchange import import_winners
 
     hashes = {k: template_hash(k) for k in KERNELS}
@@ -142,9 +146,9 @@ def test_good_imports_still_merge(export_doc, tmp_path, capsys):
                       "g", "c", "t"),
     lambda: TuningKey("fwd", "flash_mhf_fwd", "", 2, 2, 128, 1, 64, "float32", 1, 1, "g", "c",
                       "t"),
-    lambda: WinnerRecord(winner().key, LaunchConfig(), "fast", 1.0, None, None, "", 1, "",
+    lambda: WinnerRecord(winner().key, Fwd(), "fast", 1.0, None, None, "", 1, "",
                          "", ""),
-    lambda: WinnerRecord(winner().key, LaunchConfig(), 1.0, 1.0, None, None, "", "many", "",
+    lambda: WinnerRecord(winner().key, Fwd(), 1.0, 1.0, None, None, "", "many", "",
                          "", ""),
     lambda: WinnerRecord(winner().key, {"block_m": 64}, 1.0, 1.0, None, None, "", 1, "", "",
                          ""),
@@ -161,7 +165,7 @@ def test_a_stored_row_with_a_float_size_is_skipped_not_truncated(tmp_path, caplo
         db.put_winner(winner(4096))
     run_sql(path, "UPDATE winners SET heads = 8.5 WHERE tokens = 4096",
             ("UPDATE winners SET config = ? WHERE tokens = 16384",
-             [json.dumps({**LaunchConfig().as_dict(), "tma": "false"})]))
+             [json.dumps({**Fwd().as_dict(), "tma": "false"})]))
     with TuningDB.open(path, readonly=True) as db:
         assert db.winners() == []
     assert caplog.text.count("skipping an unreadable winner") == 2
@@ -176,10 +180,10 @@ def test_dispatch_ignores_the_bad_rows_of_a_database(tmp_path, monkeypatch, capl
     key = TuningKey.of("flash_mhf_fwd", template_hash("flash_mhf_fwd"), tiny, 32, 32,
                        "interpreter", "none", triton.__version__)
     with TuningDB.open(path) as db:
-        db.put_winner(WinnerRecord(key, LaunchConfig(block_m=16, block_n=16), 1.0, 1.0, None,
+        db.put_winner(WinnerRecord(key, Fwd(block_m=16, block_n=16), 1.0, 1.0, None,
                                    None, "", 1, "", "", ""))
     run_sql(path, ("UPDATE winners SET config = ?",
-                   [json.dumps({**LaunchConfig(block_m=16, block_n=16).as_dict(),
+                   [json.dumps({**Fwd(block_m=16, block_n=16).as_dict(),
                                 "group_heads": 1.0})]))
     monkeypatch.setenv("MHFGEN_DB", str(path))
     dispatch.clear_cache()

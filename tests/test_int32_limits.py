@@ -133,14 +133,14 @@ def test_the_split_forward_keeps_its_workspace_offsets_below_2_to_the_31():
     made: the tensors are reserved, never touched."""
     import importlib
 
-    from mhfgen.spec import LaunchConfig
+    from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
     fwd = importlib.import_module("mhfgen.kernels.flash_mhf_fwd")
 
     q = torch.empty(1, 2**21, 16, 64, dtype=torch.float16)
     k = torch.empty(4, 2, 64, 64, dtype=torch.float16)
     r = torch.empty(1, 2**21, 16, 2)
-    config = LaunchConfig(block_m=16, block_n=32, inter_splits=3)
+    config = Fwd(block_m=16, block_n=32, inter_splits=3)
     assert fwd._make_plan(q, k, k, k, r, config).splits == 1
     small = q[:, :1024]
     assert fwd._make_plan(small, k, k, k, r[:, :1024], config).splits > 1

@@ -4,7 +4,7 @@ Needs two CUDA GPUs (skipped elsewhere, CI included); run on a 2-GPU machine wit
 `python -m pytest tests/test_multi_gpu.py`. A model spread over GPUs in one process calls
 layers whose tensors are not on the current device; Triton's `kernel[grid](...)` launches
 on the current device, so the launchers put a device guard around launches where the two
-differ (kernels.common.DirectLaunch, on_device_of). Each test runs the same call on GPU 1
+differ (kernels.launch.DirectLaunch, on_device_of). Each test runs the same call on GPU 1
 twice, once with GPU 1 current and once with GPU 0 current, and wants the same results:
 bitwise for outputs, within bf16's gradient tolerance for gradients (dK/dU/dV with token
 splits sum fp32 partials by atomics, in no fixed order).

@@ -11,15 +11,17 @@ import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 import pytest
 import torch
 import triton
+from cases import KERNELS
 
 from mhfgen import dispatch, record, registry
 from mhfgen.cli import main
 from mhfgen.codegen import template_hash
-from mhfgen.spec import KERNELS, KernelSpec, LaunchConfig
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning import on_miss
 from mhfgen.tuning.buckets import shape_bucket
 from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord, utc_now
+from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
 CPU = torch.device("cpu")
 SPEC = KernelSpec(2, 2, 16, 2, 16, "float32", "interpreter")
@@ -53,7 +55,7 @@ def lines(path):
 def test_misses_are_recorded_once_per_key_and_exact_keys_never(tmp_path, monkeypatch):
     path = tmp_path / "rec.jsonl"
     monkeypatch.setenv(record.RECORD_ENV, str(path))
-    store(100, LaunchConfig(block_m=16, block_n=16))
+    store(100, Fwd(block_m=16, block_n=16))
     assert dispatch.explain_choice(FWD, SPEC, 100, CPU).source == "exact"
     assert not path.exists()
     assert dispatch.explain_choice(FWD, SPEC, 90, CPU).source == "bucket"

@@ -1,5 +1,5 @@
 """The kernel registry: the built-in variants, their typed configs and the schema-2
-LaunchConfig they replace, and a toy variant added as a template, a space file and one
+configs they replaced, and a toy variant added as a template, a space file and one
 module in a temporary folder that codegen, the search space, the dispatcher and the tuner
 pick up without any other edit."""
 import dataclasses
@@ -16,8 +16,9 @@ import torch
 import triton
 from tuning_helpers import H200, recording, synthetic_ms
 
-from mhfgen import codegen, dispatch, kernels, registry
-from mhfgen.spec import KernelSpec, LaunchConfig
+from mhfgen import codegen, dispatch, kernels, registry, schema2
+from mhfgen.schema2 import SCHEMA2_FIELDS
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.buckets import shape_bucket
 from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord, utc_now
@@ -158,7 +159,8 @@ def test_each_op_has_its_triton_variant_with_template_space_and_launcher():
         assert variant.space_path() == ROOT / "templates" / f"{variant.stem}.space.toml"
         assert variant.launch_fn() is getattr(kernels, variant.stem)
         # schema-2 rows map to the original three ops' kernels; the one-pass op is newer
-        assert variant.legacy_kernel == (None if op == "bwd" else variant.stem)
+        assert variant.schema2_kernel == (None if op == "bwd" else variant.stem)
+        assert schema2.variant_of_kernel(variant.stem) is (None if op == "bwd" else variant)
         assert variant.Config.variant == variant.stem
         assert registry.op_named(variant.stem) == registry.op_named(registry.OPS[op].short) == op
 
@@ -209,14 +211,17 @@ def test_a_variant_config_holds_only_its_own_fields():
         flash_mhf_fwd.Config(token_splits=2)
 
 
-def test_a_launch_config_and_old_json_convert_when_the_unused_fields_are_neutral():
+def test_a_schema2_config_converts_when_the_unused_fields_are_neutral():
     fwd = registry.get("flash_mhf_fwd")
-    assert fwd.coerce(LaunchConfig(block_m=32, tma=True)) == \
-        flash_mhf_fwd.Config(block_m=32, tma=True)
-    legacy = LaunchConfig(block_m=32).as_dict()  # 13 fields, as schema-2 rows hold them
-    assert fwd.config_from_dict(legacy) == flash_mhf_fwd.Config(block_m=32)
+    old = {**SCHEMA2_FIELDS, "block_m": 32, "tma": True}  # 13 fields, as schema-2 rows hold
+    assert schema2.config(fwd, old) == flash_mhf_fwd.Config(block_m=32, tma=True)
+    assert schema2.config(fwd, {**SCHEMA2_FIELDS, "block_m": 32}) == \
+        flash_mhf_fwd.Config(block_m=32)
     with pytest.raises(ValueError, match="token_splits=2 does not apply to flash_mhf_fwd"):
-        fwd.coerce(LaunchConfig(token_splits=2))
+        schema2.config(fwd, {**SCHEMA2_FIELDS, "token_splits": 2})
+    # today's configs hold their variant's fields only
+    with pytest.raises(ValueError, match="unknown fields.*split_grads"):
+        fwd.config_from_dict(dict(SCHEMA2_FIELDS))
     with pytest.raises(ValueError, match="unknown fields"):
         fwd.config_from_dict({"block_mm": 16})
     with pytest.raises(ValueError, match="power of two"):
@@ -225,10 +230,12 @@ def test_a_launch_config_and_old_json_convert_when_the_unused_fields_are_neutral
         fwd.coerce(flash_mhf_bwd_dkv.Config())
 
 
-def test_launchers_take_their_variant_config_or_a_launch_config():
+def test_launchers_take_their_variant_config():
     q, k, u, v, r = inputs()
-    a = kernels.flash_mhf_fwd(q, k, u, v, r, config=flash_mhf_fwd.Config(block_m=16))
-    b = kernels.flash_mhf_fwd(q, k, u, v, r, config=LaunchConfig(block_m=16))
+    config = flash_mhf_fwd.Config(block_m=16)
+    a = kernels.flash_mhf_fwd(q, k, u, v, r, config=config)
+    again = registry.get("flash_mhf_fwd").config_from_dict(json.loads(config.to_json()))
+    b = kernels.flash_mhf_fwd(q, k, u, v, r, config=again)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(TypeError, match="config must be a flash_mhf_fwd config"):
         kernels.flash_mhf_fwd(q, k, u, v, r, config=flash_mhf_bwd_dkv.Config())
@@ -376,7 +383,7 @@ def test_export_carries_the_variant_and_an_old_export_maps_to_todays(tmp_path):
     for r in old["records"]:
         r["kernel"] = r.pop("variant")
         del r["op"]
-        r["config"] = LaunchConfig(block_m=32).as_dict()
+        r["config"] = {**SCHEMA2_FIELDS, "block_m": 32}
     old["records"].append({**old["records"][0], "kernel": "flash_mhf_something_else"})
     records = parse_export(old)
     assert records[0].key.variant == "flash_mhf_fwd" and records[0].key.op == "fwd"

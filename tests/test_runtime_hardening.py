@@ -13,11 +13,12 @@ import triton
 
 from mhfgen import codegen, dispatch, registry
 from mhfgen.codegen import template_hash
-from mhfgen.spec import KernelSpec, LaunchConfig
+from mhfgen.spec import KernelSpec
 from mhfgen.tolerances import relative_error
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.buckets import shape_bucket
 from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord
+from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
 fwd_module = importlib.import_module("mhfgen.kernels.flash_mhf_fwd")
@@ -150,7 +151,7 @@ def test_an_unwritable_kernel_cache_falls_back_to_a_private_folder(tmp_path, mon
     monkeypatch.setattr(codegen, "_fallback", None)
     monkeypatch.setattr(codegen, "_loaded", {})
     q, k, u, v, r, do = inputs(seed=5)
-    config = LaunchConfig(block_m=32, block_n=32, num_warps=1, num_stages=1)
+    config = Fwd(block_m=32, block_n=32, num_warps=1, num_stages=1)
     with caplog.at_level(logging.WARNING, logger="mhfgen.codegen"):
         got = fwd_module.flash_mhf_fwd(q, k, u, v, r, config=config)
     assert relative_error(got, reference_outputs(q, k, u, v, r, do)["o"]) < 1e-5
@@ -162,7 +163,7 @@ def test_a_cache_file_replaced_by_a_folder_is_worked_around(tmp_path, monkeypatc
     monkeypatch.setenv("MHFGEN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(codegen, "_fallback", None)
     monkeypatch.setattr(codegen, "_loaded", {})
-    config = LaunchConfig(block_m=16, block_n=32, num_warps=1, num_stages=1)
+    config = Fwd(block_m=16, block_n=32, num_warps=1, num_stages=1)
     source = codegen.render("flash_mhf_fwd", SPEC, config)
     import hashlib
 
@@ -204,8 +205,7 @@ def test_cpu_kernels_with_the_interpreter_switched_off_say_how_to_switch_it_on(t
     assert all("set TRITON_INTERPRET=1" in line for line in lines), lines
 
 
-def test_a_launcher_config_that_is_not_a_launch_config_is_named():
+def test_a_launcher_config_that_is_not_a_variant_config_is_named():
     q, k, u, v, r, do = inputs()
-    with pytest.raises(TypeError,
-                       match="config must be a LaunchConfig or a kernel variant's config, got dict"):
+    with pytest.raises(TypeError, match="config must be a kernel variant's config, got dict"):
         fwd_module.flash_mhf_fwd(q, k, u, v, r, config={"block_m": 16})

@@ -8,11 +8,12 @@ import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 
 # isort: split
 import pytest
+from cases import KERNELS, Dkv, Dq, Fwd
 from tuning_helpers import H200, SPEC_370M, recording, synthetic_ms
 
 from mhfgen import registry
 from mhfgen.codegen import template_hash
-from mhfgen.spec import KERNELS, KernelSpec, LaunchConfig
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning.compile import CompilePool
 from mhfgen.tuning.db import TuningDB
 from mhfgen.tuning.outcome import Candidate
@@ -168,7 +169,7 @@ def test_recording_replays_what_was_measured(tmp_path):
 def test_replay_of_an_unrecorded_config_fails_cleanly():
     timer = ReplayTimer(recording(PROBLEM, kernels=[FWD]))
     with pytest.raises(CandidateFailed, match="no recorded timing"):
-        timer.time(Candidate(DKV, LaunchConfig()))
+        timer.time(Candidate(DKV, Dkv()))
 
 
 TINY = TuningProblem(KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter"), 8)
@@ -176,7 +177,7 @@ TINY = TuningProblem(KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter"), 8)
 
 def test_interpreter_checks_candidates_against_float64():
     timer = InterpreterTimer(Workload(TINY, "cpu"), repeats=1)
-    good = Candidate(DKV, LaunchConfig(block_m=16, block_n=32))
+    good = Candidate(DKV, Dkv(block_m=16, block_n=32))
     assert timer.prepare([good]) == [None]
     error, failure = timer.check(good)
     assert failure is None and error < 1e-5
@@ -184,9 +185,9 @@ def test_interpreter_checks_candidates_against_float64():
     timer.workload._refs["du"] = timer.workload._refs["du"] * 1.01
     error, failure = timer.check(good)
     assert failure.stage == "wrong answer" and "du relative error" in failure.reason
-    bad = Candidate(FWD, LaunchConfig(group_heads=2))  # H / Hkv = 2: fine; 3 would not be
+    bad = Candidate(FWD, Fwd(group_heads=2))  # H / Hkv = 2: fine; 3 would not be
     assert timer.check(bad)[1] is None
-    error, failure = timer.check(Candidate(FWD, LaunchConfig(group_heads=3)))
+    error, failure = timer.check(Candidate(FWD, Fwd(group_heads=3)))
     assert failure.stage == "error" and "group_heads" in failure.reason
     assert timer.time(good) > 0
 
@@ -196,10 +197,10 @@ def test_compile_pool_compiles_in_worker_processes():
     other = TuningProblem(KernelSpec(2, 2, 16, 1, 16, "float32", "interpreter"), 4)
     try:
         results = pool.compile(TINY.spec, TINY.tokens,
-                               [(FWD, LaunchConfig(block_m=16, block_n=16)),
-                                (DQ, LaunchConfig(block_m=32, block_n=32, group_heads=2)),
-                                (FWD, LaunchConfig(group_heads=3))])
-        again = pool.compile(other.spec, other.tokens, [(DKV, LaunchConfig(block_m=16, block_n=16))])
+                               [(FWD, Fwd(block_m=16, block_n=16)),
+                                (DQ, Dq(block_m=32, block_n=32, group_heads=2)),
+                                (FWD, Fwd(group_heads=3))])
+        again = pool.compile(other.spec, other.tokens, [(DKV, Dkv(block_m=16, block_n=16))])
     finally:
         pool.close()
     assert results[:2] == [None, None]
@@ -240,7 +241,7 @@ def test_compile_pool_redoes_the_tasks_of_a_broken_worker(monkeypatch):
     monkeypatch.setattr(pool, "_round", lambda spec, tokens, cands: next(answers))
     closed = []
     monkeypatch.setattr(pool, "close", lambda: closed.append(True))
-    got = pool.compile(TINY.spec, TINY.tokens, [(FWD, LaunchConfig()), (DQ, LaunchConfig())])
+    got = pool.compile(TINY.spec, TINY.tokens, [(FWD, Fwd()), (DQ, Dq())])
     assert got == [None, None] and closed == [True]
 
 
@@ -261,9 +262,9 @@ def test_compile_pool_isolates_a_candidate_that_kills_its_worker(monkeypatch):
     pool = CompilePool("cpu", jobs=2, timeout_s=60)
     try:
         got = pool.compile(TINY.spec, TINY.tokens,
-                           [(FWD, LaunchConfig(block_m=16, block_n=16)),
-                            (FWD, LaunchConfig(block_m=16, block_n=32)),
-                            (DQ, LaunchConfig(block_m=32, block_n=16))])
+                           [(FWD, Fwd(block_m=16, block_n=16)),
+                            (FWD, Fwd(block_m=16, block_n=32)),
+                            (DQ, Dq(block_m=32, block_n=16))])
     finally:
         pool.close()
     assert got[0] is None and got[2] is None

@@ -1,6 +1,7 @@
 """The SQLite tuning database: schema, keys, merge policies, typed errors, WAL and
 concurrent writers, the layered (user over shipped) read."""
 import dataclasses
+import json
 import logging
 import multiprocessing
 import sqlite3
@@ -8,7 +9,9 @@ import sqlite3
 import pytest
 from tuning_helpers import run_sql
 
-from mhfgen.spec import KernelSpec, LaunchConfig
+from mhfgen import registry
+from mhfgen.schema2 import SCHEMA2_FIELDS
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.db import (
     SCHEMA_VERSION,
@@ -22,6 +25,8 @@ from mhfgen.tuning.db import (
     load_layered_winners,
     utc_now,
 )
+from mhfgen.variants.flash_mhf_bwd_dkv import Config as Dkv
+from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
 SPEC = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")
 
@@ -30,7 +35,8 @@ def key(tokens=16384, bucket=16384, kernel="flash_mhf_fwd", gpu="NVIDIA H200"):
     return TuningKey.of(kernel, "abc123", SPEC, bucket, tokens, gpu, "9.0", "3.6.0")
 
 
-def winner(ms=1.0, config=LaunchConfig(block_m=128), **key_args):
+def winner(ms=1.0, config=None, **key_args):
+    config = config or registry.get(key_args.get("kernel", "flash_mhf_fwd")).Config(block_m=128)
     return WinnerRecord(key(**key_args), config, ms, 300.0, 1.2, 1.2 / ms, "test timer", 10,
                         "0.1.0", "2.11", utc_now())
 
@@ -47,8 +53,8 @@ def test_a_new_database_has_schema_version_wal_and_tables(tmp_path):
 
 def test_trials_and_winners_round_trip(tmp_path):
     with TuningDB.open(tmp_path / "t.sqlite") as db:
-        db.add_trial(TrialRecord(key(), LaunchConfig(), "ok", ms=2.0, tflops=100.0, error=1e-3))
-        db.add_trial(TrialRecord(key(), LaunchConfig(block_m=256), "failed", stage="resources",
+        db.add_trial(TrialRecord(key(), Fwd(), "ok", ms=2.0, tflops=100.0, error=1e-3))
+        db.add_trial(TrialRecord(key(), Fwd(block_m=256), "failed", stage="resources",
                                  reason="out of shared memory"))
         w = winner()
         assert db.put_winner(w) == "added"
@@ -71,9 +77,9 @@ def test_the_key_separates_token_counts_gpus_and_kernels(tmp_path):
 def test_replace_and_faster_policies(tmp_path):
     with TuningDB.open(tmp_path / "t.sqlite") as db:
         db.put_winner(winner(ms=1.0))
-        assert db.put_winner(winner(ms=2.0, config=LaunchConfig(block_m=64)), "faster") == "kept"
+        assert db.put_winner(winner(ms=2.0, config=Fwd(block_m=64)), "faster") == "kept"
         assert db.winners()[0].ms == 1.0
-        assert db.put_winner(winner(ms=0.5, config=LaunchConfig(block_m=32)), "faster") == \
+        assert db.put_winner(winner(ms=0.5, config=Fwd(block_m=32)), "faster") == \
             "replaced"
         assert db.winners()[0].config.block_m == 32
         assert db.put_winner(winner(ms=3.0), "replace") == "replaced"
@@ -135,7 +141,7 @@ def test_a_damaged_table_is_reported(tmp_path):
 def _writer(path: str, worker: int, n: int) -> None:
     with TuningDB.open(path) as db:
         for i in range(n):
-            db.add_trial(TrialRecord(key(), LaunchConfig(block_m=16 << (i % 4)), "ok",
+            db.add_trial(TrialRecord(key(), Fwd(block_m=16 << (i % 4)), "ok",
                                      ms=1.0 + i, study=f"w{worker}"))
             db.put_winner(winner(ms=1.0 + (worker * n + i) % 7), policy="faster")
 
@@ -189,19 +195,20 @@ def test_an_unreadable_config_row_is_skipped_with_a_warning(tmp_path, caplog):
 
 def _legacy_file(path, version: int):
     """A database as mhfgen wrote it at schema `version` (1: no code_hash column; 1 and 2:
-    a `kernel` column instead of op and variant, configs as 13-field LaunchConfig JSON)."""
+    a `kernel` column instead of op and variant, configs as 13-field JSON)."""
     with TuningDB.open(path) as db:
-        db.put_winner(dataclasses.replace(winner(config=LaunchConfig(block_m=128, tma=True)),
+        db.put_winner(dataclasses.replace(winner(config=Fwd(block_m=128, tma=True)),
                                           code_hash="c0de"))
         db.add_trial(TrialRecord(key(kernel="flash_mhf_bwd_dkv"),
-                                 LaunchConfig(token_splits=2, transpose_acc=True), "ok", ms=2.0))
-    legacy = {"flash_mhf_fwd": LaunchConfig(block_m=128, tma=True),
-              "flash_mhf_bwd_dkv": LaunchConfig(token_splits=2, transpose_acc=True)}
+                                 Dkv(token_splits=2, transpose_acc=True), "ok", ms=2.0))
+    legacy = {"flash_mhf_fwd": {"block_m": 128, "tma": True},
+              "flash_mhf_bwd_dkv": {"token_splits": 2, "transpose_acc": True}}
     statements = ["DROP INDEX winners_key", "DROP INDEX trials_problem"]
     for table in ("winners", "trials"):
         statements += [f"ALTER TABLE {table} RENAME COLUMN variant TO kernel",
                        f"ALTER TABLE {table} DROP COLUMN op"]
-        statements += [(f"UPDATE {table} SET config = ? WHERE kernel = ?", [c.to_json(), k])
+        statements += [(f"UPDATE {table} SET config = ? WHERE kernel = ?",
+                        [json.dumps({**SCHEMA2_FIELDS, **c}, sort_keys=True), k])
                        for k, c in legacy.items()]
     statements.append("CREATE UNIQUE INDEX winners_key ON winners (kernel, template_hash, "
                       "heads, kv_heads, head_dim, experts, expert_dim, dtype, bucket, tokens, "

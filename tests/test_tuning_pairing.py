@@ -8,9 +8,10 @@ import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 
 # isort: split
 import torch
+from cases import KERNELS, Dkv
 
 from mhfgen import dispatch
-from mhfgen.spec import KERNELS, KernelSpec, LaunchConfig
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning.db import TuningDB
 from mhfgen.tuning.outcome import Candidate
 from mhfgen.tuning.problem import DeviceFacts, TuningProblem
@@ -44,11 +45,11 @@ def test_a_paired_launch_runs_the_candidate_and_its_partner():
     calls = []
     pairing = w.pairing(DKV)
     w._pairings["bwd_dkv"] = dataclasses.replace(pairing, launch=lambda: calls.append("dq"))
-    fn = w.launch_fn(DKV, LaunchConfig(block_m=16, block_n=32))
+    fn = w.launch_fn(DKV, Dkv(block_m=16, block_n=32))
     fn()
     fn()
     assert calls == ["dq", "dq"]
-    alone = Workload(TINY, "cpu").launch_fn(DKV, LaunchConfig(block_m=16, block_n=32))
+    alone = Workload(TINY, "cpu").launch_fn(DKV, Dkv(block_m=16, block_n=32))
     alone()
     assert calls == ["dq", "dq"]
 
@@ -69,7 +70,7 @@ def test_a_paired_time_is_the_pair_less_the_partner_alone_measured_once():
     pairing = timer.workload.pairing(DKV)
     fake = FakeMedian(pairing.launch)
     timer._median = fake
-    candidate = Candidate(DKV, LaunchConfig(block_m=16, block_n=32))
+    candidate = Candidate(DKV, Dkv(block_m=16, block_n=32))
     assert timer.time(candidate) == 6.0
     assert timer.time(candidate) == 6.0
     assert sum(fn is pairing.launch for fn in fake.calls) == 1  # measured once

@@ -5,11 +5,12 @@ import mhfgen
 
 # isort: split
 import pytest
+from cases import KERNELS, Dkv, Fwd
 
 from mhfgen import registry
 from mhfgen.heuristics import default_config
 from mhfgen.resources import shared_memory_estimate
-from mhfgen.spec import KERNELS, KernelSpec, LaunchConfig
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning import space as space_mod
 from mhfgen.tuning.space import Limits, SpaceError, keep, load_space, prune_reason
 
@@ -45,7 +46,7 @@ def test_divisors_resolve_per_spec():
 
 
 def test_the_default_config_joins_the_choices():
-    odd = LaunchConfig(block_m=512 // 2, block_n=16)
+    odd = Fwd(block_m=512 // 2, block_n=16)
     choices = load_space("flash_mhf_fwd", "sm90").choices(SM90, extra=[odd])
     assert 16 in choices["block_n"]
 
@@ -59,16 +60,15 @@ def test_the_built_in_default_is_kept_on_sm90(kernel, tokens):
 
 
 @pytest.mark.parametrize("config,tokens,expert_dim,fragment", [
-    (LaunchConfig(group_heads=2), 4096, 64, "group_heads"),
-    (LaunchConfig(block_m=256), 16, 64, "larger than the 16 rows"),
-    (LaunchConfig(block_n=128), 4096, 64, "larger than expert_dim"),
-    (LaunchConfig(head_dim_split="pad"), 4096, 64, "same code"),
-    (LaunchConfig(block_n=64, prefetch_scores=True), 4096, 96, "prefetch_scores"),
-    (LaunchConfig(token_splits=2), 4096, 64, "does not apply"),
-    (LaunchConfig(inter_splits=2), 16384, 64, "more than 1056 programs"),
-    (LaunchConfig(block_m=16, block_n=16, inter_splits=64), 1, 64, "exceeds the 8 intermediate"),
-    (LaunchConfig(block_m=256, block_n=64, num_stages=4), 16384, 64, "shared memory"),
-    (LaunchConfig(block_m=256, block_n=64, num_warps=4, num_stages=1), 16384, 64, "registers"),
+    (Fwd(group_heads=2), 4096, 64, "group_heads"),
+    (Fwd(block_m=256), 16, 64, "larger than the 16 rows"),
+    (Fwd(block_n=128), 4096, 64, "larger than expert_dim"),
+    (Fwd(head_dim_split="pad"), 4096, 64, "same code"),
+    (Fwd(block_n=64, prefetch_scores=True), 4096, 96, "prefetch_scores"),
+    (Fwd(inter_splits=2), 16384, 64, "more than 1056 programs"),
+    (Fwd(block_m=16, block_n=16, inter_splits=64), 1, 64, "exceeds the 8 intermediate"),
+    (Fwd(block_m=256, block_n=64, num_stages=4), 16384, 64, "shared memory"),
+    (Fwd(block_m=256, block_n=64, num_warps=4, num_stages=1), 16384, 64, "registers"),
 ])
 def test_keep_prunes_impossible_forward_configs(config, tokens, expert_dim, fragment):
     spec = KernelSpec(12, 4, 128, 2, expert_dim, "bfloat16", "sm90")
@@ -77,25 +77,32 @@ def test_keep_prunes_impossible_forward_configs(config, tokens, expert_dim, frag
     assert reason is not None and fragment in reason, reason
 
 
+def test_a_config_of_another_variant_is_a_type_error():
+    limits = load_space("flash_mhf_fwd", "sm90").limits
+    with pytest.raises(TypeError, match="got a flash_mhf_bwd_dkv config"):
+        prune_reason("flash_mhf_fwd", SM90, Dkv(token_splits=2), 4096, limits, 132)
+    with pytest.raises(TypeError, match="got a flash_mhf_fwd config"):
+        keep("flash_mhf_bwd_dkv", SM90, Fwd(tma=True), 4096, limits, 132)
+    with pytest.raises(TypeError, match="got a flash_mhf_bwd_dkv config"):
+        keep("flash_mhf_bwd_dq", SM90, Dkv(transpose_acc=True), 4096, limits, 132)
+
+
 def test_keep_prunes_backward_specific_fields():
     limits = load_space("flash_mhf_bwd_dkv", "sm90").limits
-    assert not keep("flash_mhf_bwd_dkv", SM90, LaunchConfig(group_heads=1, tma=True), 4096,
-                    limits, 132)
-    assert not keep("flash_mhf_bwd_dq", SM90, LaunchConfig(transpose_acc=True), 4096, limits, 132)
-    reason = prune_reason("flash_mhf_bwd_dkv", SM90, LaunchConfig(block_m=64, token_splits=128),
+    reason = prune_reason("flash_mhf_bwd_dkv", SM90, Dkv(block_m=64, token_splits=128),
                           256, limits, 132)
     assert "row blocks" in reason
-    faulting = LaunchConfig(block_m=64, block_n=32, num_stages=1, split_grads=True,
-                            transpose_acc=True)
+    faulting = Dkv(block_m=64, block_n=32, num_stages=1, split_grads=True,
+                   transpose_acc=True)
     assert "faults" in prune_reason("flash_mhf_bwd_dkv", SM90, faulting, 16384, limits, 132)
     assert prune_reason("flash_mhf_bwd_dkv", SM90, dataclasses.replace(faulting, num_stages=2),
                         16384, limits, 132) is None
 
 
 @pytest.mark.parametrize("config,fragment", [
-    (LaunchConfig(block_m=16, block_n=64), "warpgroup"),
-    (LaunchConfig(block_m=128, block_n=64, tma=True, warp_specialize=True,
-                  prefetch_scores=True), "prefetch_scores loop"),
+    (Fwd(block_m=16, block_n=64), "warpgroup"),
+    (Fwd(block_m=128, block_n=64, tma=True, warp_specialize=True,
+         prefetch_scores=True), "prefetch_scores loop"),
 ])
 def test_keep_prunes_sm90_specific_forward_configs(config, fragment):
     spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
@@ -105,7 +112,7 @@ def test_keep_prunes_sm90_specific_forward_configs(config, fragment):
 
 
 def test_shared_memory_limit_comes_from_the_family():
-    config = LaunchConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    config = Fwd(block_m=128, block_n=64, num_warps=8, num_stages=3)
     need = shared_memory_estimate("flash_mhf_fwd", SM90, config)
     assert keep("flash_mhf_fwd", SM90, config, 16384, Limits(shared_memory=need), 132)
     assert not keep("flash_mhf_fwd", SM90, config, 16384, Limits(shared_memory=need - 1), 132)
@@ -113,7 +120,7 @@ def test_shared_memory_limit_comes_from_the_family():
 
 def test_interpreter_has_no_resource_limits():
     spec = dataclasses.replace(SM90, target="interpreter", dtype="float32")
-    big = LaunchConfig(block_m=256, block_n=128, num_warps=1, num_stages=8)
+    big = Fwd(block_m=256, block_n=128, num_warps=1, num_stages=8)
     assert keep("flash_mhf_fwd", spec, big, 16384, load_space("flash_mhf_fwd", "interpreter").limits,
                 1)
 

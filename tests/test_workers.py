@@ -19,11 +19,12 @@ import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 # isort: split
 import optuna
 import pytest
+from cases import KERNELS, Fwd
 from tuning_helpers import H200, SPEC_370M, recording
 
 from mhfgen import registry
 from mhfgen.cli import main
-from mhfgen.spec import KERNELS, KernelSpec, LaunchConfig
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning.db import TuningDB
 from mhfgen.tuning.problem import TuningProblem
 from mhfgen.tuning.search import SearchSettings, Tuner
@@ -313,9 +314,10 @@ import json, sys
 import mhfgen, torch, triton, triton.testing
 from mhfgen import dispatch
 from mhfgen.codegen import template_hash
-from mhfgen.spec import KERNELS, KernelSpec
+from mhfgen.spec import KernelSpec
 from mhfgen.tuning.db import load_layered_winners
 from mhfgen.tuning.lookup import TunedIndex
+KERNELS = ("flash_mhf_fwd", "flash_mhf_bwd_dq", "flash_mhf_bwd_dkv")
 
 def no_timing(*args, **kwargs):
     raise AssertionError("something was timed at run time")
@@ -361,7 +363,7 @@ def _tuned_db(path):
             config = registry.get(FWD).Config(block_m=block, block_n=32)
             configs[(gpu, tokens)] = config
             db.put_winner(WinnerRecord(key, config, 1.0, 1.0, 2.0, 2.0, "test", 4, "", "", ""))
-            db.add_trial(TrialRecord(key, LaunchConfig(block_m=16, block_n=16), "ok", ms=0.01))
+            db.add_trial(TrialRecord(key, Fwd(block_m=16, block_n=16), "ok", ms=0.01))
     return configs
 
 

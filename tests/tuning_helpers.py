@@ -57,7 +57,7 @@ def recording(problem: TuningProblem, device: DeviceFacts = H200, kernels=None,
               cost=synthetic_ms, failures: dict | None = None) -> dict:
     """An mhfgen-timings document covering every valid config and the default of
     `kernels` for `problem`; failures: {(kernel, config): (stage, reason)}, the config a
-    variant's config or a LaunchConfig."""
+    variant's config."""
     tuner = Tuner(problem, device, timer=None, db=None, settings=SearchSettings())
     records = []
     for kernel in kernels or ("flash_mhf_fwd", "flash_mhf_bwd_dq", "flash_mhf_bwd_dkv"):

@@ -33,8 +33,8 @@ def run(args) -> int:
                   f"{', '.join(v.targets) if v.targets else 'all'}, {', '.join(v.dtypes)}")
         return 0
     try:
-        variant = (registry.get(args.kernel) if args.kernel else  # the original forward
-                   next(v for v in registry.variants_for("fwd") if v.legacy_kernel))
+        variant = (registry.get(args.kernel) if args.kernel else  # a forward that runs anywhere
+                   next(v for v in registry.variants_for("fwd") if not v.needs_gpu))
     except registry.RegistryError as exc:
         raise CommandError(f"--kernel: {exc}") from exc
     spec = spec_from_args(args, target=args.target)

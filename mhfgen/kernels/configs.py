@@ -28,16 +28,17 @@ def spec_of(problem: Problem, q: torch.Tensor) -> KernelSpec:
 
 
 def resolve_config(kernel: str, spec: KernelSpec, problem: Problem, q: torch.Tensor, config):
-    """The config variant `kernel` launches with: `config` if given (a LaunchConfig is
-    converted to the variant's config; checked against the spec), else the dispatcher's
-    choice among this variant's tuned configs and its heuristic."""
+    """The config variant `kernel` launches with: `config` if given (the variant's own
+    config type, checked against the spec), else the dispatcher's choice among this
+    variant's tuned configs and its heuristic."""
     variant = registry.get(kernel)
     if config is None:
         return choose_config(kernel, spec, problem.tokens, q.device)
     try:
         return variant.check(spec, config)
     except TypeError:
-        raise TypeError(f"config must be a {variant.stem} config or a LaunchConfig, "
+        raise TypeError(f"config must be a {variant.stem} config "
+                        f"({variant.Config.__module__}.{variant.Config.__qualname__}), "
                         f"got {type(config).__name__}") from None
 
 

@@ -25,7 +25,8 @@ from .. import codegen
 from .. import device as _device
 from ..config_fields import choice, strict_bool
 from ..registry import VariantConfig
-from ..spec import KernelSpec, dtype_name, head_dim_chunks
+from ..spec import KernelSpec, dtype_name
+from ..tiling import head_dim_chunks
 from ..validation import check_flash_mhf_inputs
 from .buffers import empty
 from .configs import first_launch, resolve_config

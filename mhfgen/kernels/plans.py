@@ -12,7 +12,6 @@ import torch
 
 from .. import dispatch
 from ..registry import VariantConfig
-from ..spec import LaunchConfig
 
 #: every launcher's plan cache, so that clear_plans() can empty them all
 _plan_caches: list[dict] = []
@@ -48,11 +47,9 @@ def signature(t: torch.Tensor) -> tuple:
 def plan_key(config, q, k, u, v, r, do=None) -> tuple:
     """The plan-cache key of a launcher call: the signatures of its tensors and the config.
     Arguments that are not tensors get the input checks' TypeError naming them, and a
-    config that is neither a LaunchConfig nor a kernel variant's config (a dict, say) a
-    TypeError naming it."""
-    if config is not None and type(config) is not LaunchConfig \
-            and not isinstance(config, VariantConfig):
-        raise TypeError(f"config must be a LaunchConfig or a kernel variant's config, got "
+    config that is not a kernel variant's config (a dict, say) a TypeError naming it."""
+    if config is not None and not isinstance(config, VariantConfig):
+        raise TypeError(f"config must be a kernel variant's config, got "
                         f"{type(config).__name__}")
     try:
         key = (signature(q), signature(k), signature(u), signature(v), signature(r))

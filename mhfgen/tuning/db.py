@@ -21,11 +21,11 @@ a winner whose template hash is no longer current still applies while that code 
 unchanged (mhfgen.tuning.lookup).
 
 Schemas: 1 (no code_hash), 2 (a `kernel` column naming one of three kernels, configs as
-the 13-field LaunchConfig JSON), 3 (op + variant; per-variant config JSON). Older files
+the 13-field JSON of mhfgen.schema2), 3 (op + variant; per-variant config JSON). Older files
 are upgraded in place when opened for writing (MIGRATIONS); opened read-only they are
 copied into memory and upgraded there, so every reader sees schema 3. The 2 -> 3 step
-renames `kernel` to `variant` (each old kernel is the variant whose `legacy_kernel`
-names it), fills `op` from that variant and rewrites each config as the variant's JSON
+renames `kernel` to `variant` (each old kernel is the variant whose `schema2_kernel`
+names it, mhfgen.schema2), fills `op` from that variant and rewrites each config as the variant's JSON
 (fields the variant does not use dropped; they held their neutral values).
 
 Writers use WAL and a 60 s busy timeout, and every read-modify-write runs in one
@@ -57,7 +57,7 @@ from urllib.parse import quote
 
 import sqlite_utils
 
-from .. import paths, registry
+from .. import paths, registry, schema2
 from ..config_fields import strict_float, strict_int, strict_str
 from ..spec import KernelSpec
 
@@ -81,16 +81,11 @@ def _add_code_hash(db: sqlite_utils.Database) -> None:
     db["winners"].add_column("code_hash", str)
 
 
-def legacy_variant(kernel: str):
-    """The variant that took over schema-2 kernel `kernel` (None: no registered one)."""
-    return registry.by_legacy_kernel(kernel)
-
-
 def canonical_config_json(variant, text: str) -> str:
-    """A stored config as `variant`'s JSON; `text` unchanged where it does not convert
-    (its reader then skips that row with a warning)."""
+    """A stored schema-2 config as `variant`'s JSON; `text` unchanged where it does not
+    convert (its reader then skips that row with a warning)."""
     try:
-        return variant.config_from_dict(json.loads(text)).to_json()
+        return schema2.config(variant, json.loads(text)).to_json()
     except (ValueError, TypeError):
         return text
 
@@ -102,7 +97,7 @@ def _add_variant(db: sqlite_utils.Database) -> None:
         conn.execute(f"ALTER TABLE {table} RENAME COLUMN kernel TO variant")
         conn.execute(f"ALTER TABLE {table} ADD COLUMN op TEXT NOT NULL DEFAULT ''")
         for (kernel,) in conn.execute(f"SELECT DISTINCT variant FROM {table}").fetchall():
-            variant = legacy_variant(kernel)
+            variant = schema2.variant_of_kernel(kernel)
             if variant is None:
                 continue  # not a kernel of schema 2: its rows stay unreadable, as before
             conn.execute(f"UPDATE {table} SET variant = ?, op = ? WHERE variant = ?",
@@ -322,7 +317,7 @@ class TuningKey:
         A record of schema 2, with `kernel` and no variant, maps to the variant that took
         that kernel over (and one with a variant but no op gets its variant's op)."""
         if "variant" not in row and "kernel" in row:
-            variant = legacy_variant(row["kernel"])
+            variant = schema2.variant_of_kernel(row["kernel"])
             if variant is None:
                 raise ValueError(f"{where}unknown kernel {row['kernel']!r}")
             row = {**row, "variant": variant.stem, "op": variant.op}
@@ -350,8 +345,8 @@ class TuningKey:
 
 
 def _variant_config(key: TuningKey, config, where: str):
-    """`config` as the config of `key`'s variant (a LaunchConfig converts); ValueError
-    naming `where` for anything else."""
+    """`config`, checked to be the config of `key`'s variant; ValueError naming `where`
+    for anything else."""
     try:
         return registry.get(key.variant).coerce(config)
     except (TypeError, ValueError) as exc:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import registry
+from .. import registry, schema2
 from ..config_fields import strict_float, strict_int, strict_str
 from ..version import __version__
 from .buckets import shape_bucket
@@ -94,7 +94,7 @@ def _record(i: int, rec) -> WinnerRecord | UnknownRecord:
         if not isinstance(rec, dict):
             raise ValueError(f"must be an object, got {type(rec).__name__}")
         name = rec.get("variant", rec.get("kernel"))
-        known = (registry.by_legacy_kernel(name) is not None if "variant" not in rec
+        known = (schema2.variant_of_kernel(name) is not None if "variant" not in rec
                  else name in registry.stems())
         if isinstance(name, str) and not known:
             return UnknownRecord(name)
@@ -112,7 +112,8 @@ def _record(i: int, rec) -> WinnerRecord | UnknownRecord:
         try:
             if not isinstance(rec["config"], dict):
                 raise ValueError(f"must be an object, got {type(rec['config']).__name__}")
-            config = key.parse_config(rec["config"])
+            config = (key.parse_config(rec["config"]) if "variant" in rec  # else schema 2
+                      else schema2.config(registry.get(key.variant), rec["config"]))
         except (ValueError, TypeError) as exc:
             raise ValueError(f"config: {exc}") from None
         ms = strict_float(rec["ms"], "ms", positive=True)

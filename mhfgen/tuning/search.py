@@ -122,10 +122,6 @@ class KernelResult:
 def describe_config(config) -> str:
     """A compact form (the config's describe(): 'BM128 BN64 w8 s3' plus the fields away
     from their neutral value for the Triton-language variants)."""
-    if not hasattr(config, "describe"):  # a LaunchConfig: every field, in one record
-        from ..variants._triton import TileConfig
-
-        return TileConfig.describe(config)
     return config.describe()
 
 

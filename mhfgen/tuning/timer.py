@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-from .. import registry
+from .. import registry, schema2
 from .outcome import Candidate, Failure, classify
 from .problem import DeviceFacts
 
@@ -240,9 +240,9 @@ def _record_key(kernel: str, config) -> tuple[str, str]:
 
 
 def _parse(kernel: str, data: dict):
-    """A recorded config (the variant's fields, or a 13-field LaunchConfig of old
-    recordings) as the variant's config."""
-    return registry.get(kernel).config_from_dict(data)
+    """A recorded config (the variant's fields, or the 13-field config of a schema-2
+    recording, mhfgen.schema2) as the variant's config."""
+    return schema2.config(registry.get(kernel), data)
 
 
 class ReplayTimer:

@@ -55,7 +55,7 @@ class FlashMhfBwdDkv(Variant):
     entries = ("flash_mhf_bwd_dkv_kernel", "flash_mhf_bwd_dkv_dv_kernel")
     shared_templates = ("_macros.jinja",)
     preference = 50
-    legacy_kernel = "flash_mhf_bwd_dkv"
+    schema2_kernel = "flash_mhf_bwd_dkv"
     flop_factor = 12  # S^T, A^T, dP^T recomputed, then dV, dK, dU
     outputs = ("dk", "du", "dv")
     takes_grad = True

@@ -46,7 +46,7 @@ class FlashMhfBwdDq(Variant):
     launcher = "mhfgen.kernels.flash_mhf_bwd_dq:flash_mhf_bwd_dq"
     shared_templates = ("_macros.jinja",)
     preference = 50
-    legacy_kernel = "flash_mhf_bwd_dq"
+    schema2_kernel = "flash_mhf_bwd_dq"
     flop_factor = 10  # S, A, dP recomputed; dQ from dS and dA
     outputs = ("dq", "dr")
     takes_grad = True

@@ -78,7 +78,7 @@ class FlashMhfFwd(Variant):
     launcher = "mhfgen.kernels.flash_mhf_fwd:flash_mhf_fwd"
     shared_templates = ("_macros.jinja",)
     preference = 50
-    legacy_kernel = "flash_mhf_fwd"
+    schema2_kernel = "flash_mhf_fwd"
     flop_factor = 6  # S = q K^T, A = q U^T, then P V: 3 GEMMs of 2 N FLOPs
     outputs = ("o",)
     #: heuristic start on a GPU: sweep on an H200 (bf16, 1.3B shape, 16384 tokens)
