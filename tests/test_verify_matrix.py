@@ -287,3 +287,14 @@ def test_a_variant_named_directly_runs_token_counts_dispatch_leaves_to_another()
 def test_tiny_outputs_get_the_sampling_allowance_and_large_ones_the_bar():
     assert tolerance("bfloat16", numel=384) == pytest.approx(2.5e-3 * (1 + 2 / 768 ** 0.5))
     assert tolerance("bfloat16", numel=10**8) == pytest.approx(2.5e-3, rel=1e-3)
+
+
+@cpu_only
+def test_verify_shows_progress_per_row_on_stderr_also_in_a_log(capsys):
+    """Kernels compile for minutes on a GPU: verify says which row it finished, also when
+    stderr is a file, not only on a terminal."""
+    from mhfgen.cli import main
+
+    assert main(["verify", "--dtypes", "float32", "--backward", "fused"]) == 0
+    err = capsys.readouterr().err
+    assert "[1/5] small float32 fused" in err and "[5/5]" in err

@@ -121,7 +121,9 @@ def run(args) -> int:
           file=out)
     forms = ("fused", "split") if args.backward == "all" else (args.backward,)
     rows, lines, failed = [], [], 0
-    for case in _cases(args, gpu):
+    cases = _cases(args, gpu)
+    total, began = len(cases) * len(names) * len(forms), time.perf_counter()
+    for case in cases:
         ref_inputs = make_inputs(case, torch.float32, dev, seed=0)
         for name in names:
             dtype = DTYPES[name]
@@ -145,7 +147,7 @@ def run(args) -> int:
                 if got is None:
                     lines.append((case.name, name, form, case.tokens, *[""] * len(OUTPUTS),
                                   f"FAIL {why}"))
-                    _progress(args, lines[-1])
+                    _progress(args, lines[-1], len(lines), total, began)
                     rows.append({**row, "ok": False, "error": why})
                     failed += 1
                     continue
@@ -156,7 +158,7 @@ def run(args) -> int:
                 errors = {c.output: f"{c.error:.2e}" for c in checks}
                 lines.append((case.name, name, form, case.tokens,
                               *(errors.get(o, "") for o in OUTPUTS), status))
-                _progress(args, lines[-1])
+                _progress(args, lines[-1], len(lines), total, began)
                 rows.append({**row, "seconds": time.perf_counter() - start,
                              "errors": {c.output: c.error for c in checks},
                              "tolerances": {c.output: c.tolerance for c in checks},
@@ -258,9 +260,13 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
 
 
-def _progress(args, line: tuple) -> None:
-    """One case done: overwrite a status line on a terminal's stderr (the table follows)."""
+def _progress(args, line: tuple, done: int, total: int, start: float) -> None:
+    """One row done, on stderr (the table follows on stdout): a status line overwritten
+    on a terminal, else a line per row, so a log shows progress while kernels compile."""
+    case, dtype, form, tokens, *_, status = line
+    text = (f"[{done}/{total}] {case} {dtype} {form} {tokens}: {status} "
+            f"({time.perf_counter() - start:.0f} s)")
     if sys.stderr.isatty():
-        case, dtype, form, tokens, *_, status = line
-        print(f"\r\033[K{case} {dtype} {form} {tokens}: {status}", end="", file=sys.stderr,
-              flush=True)
+        print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
