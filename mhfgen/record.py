@@ -42,7 +42,7 @@ from . import device as _device
 from . import registry
 from .config_fields import token_count
 from .env import flag
-from .spec import KernelSpec
+from .spec import SPEC_FIELDS, KernelSpec
 from .tuning.lookup import Choice
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,6 @@ TUNE_ON_MISS_ENV = "MHFGEN_TUNE_ON_MISS"
 #: the entry-point group under which an installed tuner names its tune-on-miss function,
 #: called as fn(kernel, spec, tokens, device) -> Choice | None
 MISS_TUNER_GROUP = "mhfgen.miss_tuner"
-#: fields of a record line that name the problem (the rest is provenance)
-SPEC_FIELDS = ("heads", "kv_heads", "head_dim", "experts", "expert_dim", "dtype", "target")
 
 _seen: set[tuple] = set()
 _refused: set[str] = set()  # record paths refused (RecordPathError), warned about once

@@ -11,6 +11,7 @@ common fields are here.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -100,3 +101,10 @@ class KernelSpec:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+#: KernelSpec's fields in order: the one list the tuning database's key columns and the
+#: record files' problem fields are made of
+SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(KernelSpec))
+#: their types
+SPEC_FIELD_TYPES: dict[str, type] = typing.get_type_hints(KernelSpec)

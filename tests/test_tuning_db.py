@@ -51,6 +51,18 @@ def test_a_new_database_has_schema_version_wal_and_tables(tmp_path):
         assert set(dbmod.KEY_COLUMNS) <= set(db.db["winners"].columns_dict)
 
 
+def test_the_key_columns_are_the_contract_s_and_follow_kernel_spec():
+    """KEY_COLUMNS and TuningKey are made from KernelSpec's fields; the columns (names
+    and order) are the database's and the exports' contract."""
+    assert dbmod.KEY_COLUMNS == (
+        "op", "variant", "template_hash", "heads", "kv_heads", "head_dim", "experts",
+        "expert_dim", "dtype", "bucket", "tokens", "gpu_name", "compute_capability",
+        "triton_version")
+    assert tuple(f.name for f in dataclasses.fields(TuningKey)) == dbmod.KEY_COLUMNS
+    assert key().spec() == dataclasses.replace(SPEC, target="sm90")
+    assert key().spec_fields() == tuple(v for k, v in SPEC.as_dict().items() if k != "target")
+
+
 def test_trials_and_winners_round_trip(tmp_path):
     with TuningDB.open(tmp_path / "t.sqlite") as db:
         db.add_trial(TrialRecord(key(), Fwd(), "ok", ms=2.0, tflops=100.0, error=1e-3))

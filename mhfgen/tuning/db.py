@@ -59,7 +59,7 @@ import sqlite_utils
 
 from .. import paths, registry, schema2
 from ..config_fields import strict_float, strict_int, strict_str
-from ..spec import KernelSpec
+from ..spec import SPEC_FIELD_TYPES, SPEC_FIELDS, KernelSpec
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,11 @@ BUSY_TIMEOUT_S = 60.0
 WRITE_WAIT_S = 1800.0
 WRITE_RETRY_FIRST_S, WRITE_RETRY_MAX_S = 1.0, 30.0
 
-KEY_COLUMNS = ("op", "variant", "template_hash", "heads", "kv_heads", "head_dim", "experts",
-               "expert_dim", "dtype", "bucket", "tokens", "gpu_name", "compute_capability",
-               "triton_version")
+#: the KernelSpec fields a key holds as columns, in KernelSpec's order (the target follows
+#: from the key's compute capability)
+SPEC_COLUMNS = tuple(name for name in SPEC_FIELDS if name != "target")
+KEY_COLUMNS = ("op", "variant", "template_hash", *SPEC_COLUMNS, "bucket", "tokens", "gpu_name",
+               "compute_capability", "triton_version")
 TRIALS_INDEX = ("variant", "template_hash", "gpu_name", "heads", "head_dim", "bucket")
 
 
@@ -115,8 +117,8 @@ def _add_variant(db: sqlite_utils.Database) -> None:
 
 #: schema version -> function upgrading a connection from it to the next version
 MIGRATIONS: dict[int, object] = {1: _add_code_hash, 2: _add_variant}
-_KEY_TYPES = {"heads": int, "kv_heads": int, "head_dim": int, "experts": int,
-              "expert_dim": int, "bucket": int, "tokens": int}
+_KEY_TYPES = {**{name: int for name in SPEC_COLUMNS if SPEC_FIELD_TYPES[name] is int},
+              "bucket": int, "tokens": int}
 WINNER_COLUMNS = {**{c: _KEY_TYPES.get(c, str) for c in KEY_COLUMNS},
                   "config": str, "ms": float, "tflops": float, "default_ms": float,
                   "speedup": float, "timer": str, "trials": int, "mhfgen_version": str,
@@ -258,26 +260,11 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-@dataclass(frozen=True)
-class TuningKey:
+class _TuningKey:
     """Everything that decides whether a stored config applies (see the module doc): the
     spec's fields flattened into the table's columns (SQL filters and a unique index need
-    them apart; spec_fields() gathers them), the tuned token count and the GPU."""
-
-    op: str
-    variant: str
-    template_hash: str
-    heads: int
-    kv_heads: int
-    head_dim: int
-    experts: int
-    expert_dim: int
-    dtype: str
-    bucket: int
-    tokens: int
-    gpu_name: str
-    compute_capability: str
-    triton_version: str
+    them apart; spec_fields() gathers them), the tuned token count and the GPU. Its fields
+    are KEY_COLUMNS, typed as the table's columns (TuningKey below)."""
 
     def __post_init__(self) -> None:
         check_key_values(self.as_dict(), "TuningKey.")
@@ -291,21 +278,23 @@ class TuningKey:
     def of(cls, kernel: str, template_hash: str, spec: KernelSpec, bucket: int, tokens: int,
            gpu_name: str, compute_capability: str, triton_version: str) -> TuningKey:
         """The key of variant `kernel` (its op from the registry)."""
-        return cls(registry.get(kernel).op, kernel, template_hash, spec.heads, spec.kv_heads,
-                   spec.head_dim, spec.experts, spec.expert_dim, spec.dtype, bucket, tokens,
-                   gpu_name, compute_capability, triton_version)
+        return cls(op=registry.get(kernel).op, variant=kernel, template_hash=template_hash,
+                   **{name: getattr(spec, name) for name in SPEC_COLUMNS}, bucket=bucket,
+                   tokens=tokens, gpu_name=gpu_name, compute_capability=compute_capability,
+                   triton_version=triton_version)
 
     def spec_fields(self) -> tuple:
-        """(heads, kv_heads, head_dim, experts, expert_dim, dtype)."""
-        return (self.heads, self.kv_heads, self.head_dim, self.experts, self.expert_dim,
-                self.dtype)
+        """The values of SPEC_COLUMNS (heads, kv_heads, head_dim, experts, expert_dim,
+        dtype)."""
+        return tuple(getattr(self, name) for name in SPEC_COLUMNS)
 
     def spec(self) -> KernelSpec:
         """The KernelSpec of the key's shape and dtype for its compute capability's target
         (ValueError where those do not make one)."""
         from ..device import target_for
 
-        return KernelSpec(*self.spec_fields(), target_for(self.compute_capability))
+        return KernelSpec(**dict(zip(SPEC_COLUMNS, self.spec_fields())),
+                          target=target_for(self.compute_capability))
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -342,6 +331,12 @@ class TuningKey:
         """A stored config (JSON text or a dict) as this key's variant's config."""
         variant = registry.get(self.variant)
         return variant.config_from_dict(json.loads(data) if isinstance(data, str) else data)
+
+
+TuningKey = dataclasses.make_dataclass(
+    "TuningKey", [(c, _KEY_TYPES.get(c, str)) for c in KEY_COLUMNS], bases=(_TuningKey,),
+    frozen=True)
+TuningKey.__module__, TuningKey.__doc__ = __name__, _TuningKey.__doc__
 
 
 def _variant_config(key: TuningKey, config, where: str):
