@@ -116,3 +116,16 @@ def test_the_pairing_reads_a_dq_winner_stored_after_the_dispatcher_read_the_data
     assert dispatch.explain_choice("bwd_dq", TINY.spec, TINY.tokens, CPU).config == before.config
     pairing = Workload(TINY, "cpu", paired=True).pairing(DKV)
     assert (pairing.variant, pairing.config) == (stem, tuned)
+
+
+def test_a_paired_interpreter_time_never_goes_below_its_floor(monkeypatch):
+    """On a loaded CPU the median of the pair less the median of dQ/dR alone can come out
+    negative (noise larger than the kernel's own time): the timer reports its floor
+    instead, so the tuner keeps the candidate rather than failing every trial."""
+    from mhfgen import registry
+    from mhfgen.tuning.timer import MIN_INTERPRETER_MS
+
+    timer = InterpreterTimer(Workload(TINY, "cpu", paired=True), repeats=1)
+    monkeypatch.setattr(timer, "_beside_ms", lambda kernel, measure: 1e9)
+    config = registry.get(DKV).default_config(TINY.spec, TINY.tokens, 1)
+    assert timer.time(Candidate(DKV, config)) == MIN_INTERPRETER_MS

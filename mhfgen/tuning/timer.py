@@ -201,6 +201,10 @@ class GpuTimer(_WorkloadTimer):
             self._pool.close()
 
 
+#: the least time the interpreter timer reports for a kernel timed beside another, ms
+MIN_INTERPRETER_MS = 1e-3
+
+
 class InterpreterTimer(_WorkloadTimer):
     """Wall-clock medians of candidates run by Triton's interpreter on the CPU.
 
@@ -222,9 +226,15 @@ class InterpreterTimer(_WorkloadTimer):
         fn = self.workload.launch_fn(candidate.kernel, candidate.config)
         try:
             fn()
-            return self._median(fn) - self._beside_ms(candidate.kernel, self._median)
+            paired = self._median(fn)
+            alone = self._beside_ms(candidate.kernel, self._median)
         except Exception as exc:  # noqa: BLE001
             raise CandidateFailed(classify(exc)) from exc
+        # NOTE: the interpreter runs a pair one kernel after the other, so the difference
+        # is this kernel's time; on a loaded CPU the noise of two medians can exceed it
+        # and make it negative. A floor keeps the candidate timed (interpreter timings
+        # only rank configs for the interpreter) instead of failing every trial.
+        return max(paired - alone, MIN_INTERPRETER_MS)
 
     def _median(self, fn) -> float:
         samples = []
