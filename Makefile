@@ -32,10 +32,12 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -n auto -m fast
 
-# ruff's lint rules of pyproject.toml over the code, the tests and the benchmarks, then
-# the layer contracts of pyproject.toml ([tool.importlinter]; docs/ARCHITECTURE.md)
+# ruff's lint rules and format of pyproject.toml over the code, the tests and the
+# benchmarks, then the layer contracts of pyproject.toml ([tool.importlinter];
+# docs/ARCHITECTURE.md)
 lint: setup
-	$(BIN)/ruff check mhfgen tests benchmarks
+	$(BIN)/ruff check mhfgen tests benchmarks cli.py
+	$(BIN)/ruff format --check mhfgen tests benchmarks cli.py
 	$(BIN)/lint-imports
 
 clean:

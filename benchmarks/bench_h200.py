@@ -17,6 +17,7 @@ measurement, as it happens).
 The sweep stops early (and says so) once the run has taken BUDGET_S seconds, so the whole
 run stays near 6 minutes on an H200. Prints summary.md last.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,9 @@ def shapes() -> dict[str, bench.BenchProblem]:
     out = {}
     for name in ("370M", "1.3B"):
         p = PRESETS[name]
-        out[name] = bench.BenchProblem(p.heads, p.kv_heads or p.heads, p.head_dim, p.intermediate,
-                                       p.experts, DTYPE, TOKENS)
+        out[name] = bench.BenchProblem(
+            p.heads, p.kv_heads or p.heads, p.head_dim, p.intermediate, p.experts, DTYPE, TOKENS
+        )
     out["(1024, 16, 64, 2816, 11)"] = bench.BenchProblem(16, 16, 64, 2816, 11, DTYPE, TOKENS)
     return out
 
@@ -53,8 +55,17 @@ def _cell(rows, shape, method, what="tflops"):
     """'fwd / fwdbwd' of a field for one shape and method at TOKENS."""
     vals = []
     for pass_ in bench.PASSES:
-        r = next((r for r in rows if r.shape == shape and r.method == method
-                  and r.pass_ == pass_ and r.tokens == TOKENS), None)
+        r = next(
+            (
+                r
+                for r in rows
+                if r.shape == shape
+                and r.method == method
+                and r.pass_ == pass_
+                and r.tokens == TOKENS
+            ),
+            None,
+        )
         if r is None:
             vals.append("-")
         elif r.status != "ok":
@@ -66,8 +77,14 @@ def _cell(rows, shape, method, what="tflops"):
 
 
 def _peak(rows, shape, method, pass_="fwdbwd"):
-    r = next((r for r in rows if r.shape == shape and r.method == method
-              and r.pass_ == pass_ and r.tokens == TOKENS), None)
+    r = next(
+        (
+            r
+            for r in rows
+            if r.shape == shape and r.method == method and r.pass_ == pass_ and r.tokens == TOKENS
+        ),
+        None,
+    )
     return "-" if r is None or r.peak_mib is None else f"{r.peak_mib:.0f} MiB"
 
 
@@ -76,53 +93,83 @@ def summary_markdown(rows: list[bench.Row], names: dict[str, str]) -> str:
     ratios mhfgen/method (TFLOP/s, so above 1 means mhfgen is faster); then the layers."""
     r0 = rows[0]
     helion = any(r.method == "helion" for r in rows)
-    lines = [f"GPU {r0.gpu} (cc {r0.compute_capability}), torch {r0.torch}, triton {r0.triton}, "
-             f"mhfgen {r0.mhfgen}, {r0.date}, {DTYPE}, {TOKENS} tokens (B=8, L=2048).",
-             "", bench.FLOP_NOTE, "",
-             "TFLOP/s forward / forward + backward, peak MiB of forward + backward above the inputs:",
-             "",
-             "| shape (d, H, D, I, E) | mhfgen | PyTorch naive | torch.compile of naive | "
-             "SwiGLU FFN (cuBLAS) |" + (" Helion, autotuned (forward only; its peak) |"
-                                         if helion else ""),
-             "|---|---|---|---|---|" + ("---|" if helion else "")]
+    lines = [
+        f"GPU {r0.gpu} (cc {r0.compute_capability}), torch {r0.torch}, triton {r0.triton}, "
+        f"mhfgen {r0.mhfgen}, {r0.date}, {DTYPE}, {TOKENS} tokens (B=8, L=2048).",
+        "",
+        bench.FLOP_NOTE,
+        "",
+        "TFLOP/s forward / forward + backward, peak MiB of forward + backward above the inputs:",
+        "",
+        "| shape (d, H, D, I, E) | mhfgen | PyTorch naive | torch.compile of naive | "
+        "SwiGLU FFN (cuBLAS) |"
+        + (" Helion, autotuned (forward only; its peak) |" if helion else ""),
+        "|---|---|---|---|---|" + ("---|" if helion else ""),
+    ]
     core = ["mhfgen", "torch", "torch_compile", "swiglu"] + (["helion"] if helion else [])
     for name, p in names.items():
-        cells = [f"{_cell(rows, p, m)}, {_peak(rows, p, m, 'fwd' if m == 'helion' else 'fwdbwd')}"
-                 for m in core]
+        cells = [
+            f"{_cell(rows, p, m)}, {_peak(rows, p, m, 'fwd' if m == 'helion' else 'fwdbwd')}"
+            for m in core
+        ]
         label = name if name == p else f"{name} {p}"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "mhfgen's speed over each method (method ms / mhfgen ms), forward / forward + backward:",
-              "", "| shape | vs naive | vs torch.compile | vs SwiGLU FFN |"
-              + (" vs Helion (forward) |" if helion else ""),
-              "|---|---|---|---|" + ("---|" if helion else "")]
+    lines += [
+        "",
+        "mhfgen's speed over each method (method ms / mhfgen ms), forward / forward + backward:",
+        "",
+        "| shape | vs naive | vs torch.compile | vs SwiGLU FFN |"
+        + (" vs Helion (forward) |" if helion else ""),
+        "|---|---|---|---|" + ("---|" if helion else ""),
+    ]
     for name, p in names.items():
         cells = [_cell(rows, p, m, "time_vs_mhfgen") for m in core[1:]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Whole layers, same d_model and intermediate size (TFLOP/s fwd / fwd+bwd; "
-              "the FlashMHF layer's count includes its 4*T*d^2 projections):", "",
-              "| shape | FlashMHF layer (mhfgen) | SwiGLU layer | SwiGLU time / FlashMHF time |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        "Whole layers, same d_model and intermediate size (TFLOP/s fwd / fwd+bwd; "
+        "the FlashMHF layer's count includes its 4*T*d^2 projections):",
+        "",
+        "| shape | FlashMHF layer (mhfgen) | SwiGLU layer | SwiGLU time / FlashMHF time |",
+        "|---|---|---|---|",
+    ]
     for name, p in names.items():
-        lines.append(f"| {name} | {_cell(rows, p, 'layer_mhfgen')}, {_peak(rows, p, 'layer_mhfgen')} "
-                     f"| {_cell(rows, p, 'layer_swiglu')}, {_peak(rows, p, 'layer_swiglu')} "
-                     f"| {_cell(rows, p, 'layer_swiglu', 'time_vs_mhfgen')} |")
+        lines.append(
+            f"| {name} | {_cell(rows, p, 'layer_mhfgen')}, {_peak(rows, p, 'layer_mhfgen')} "
+            f"| {_cell(rows, p, 'layer_swiglu')}, {_peak(rows, p, 'layer_swiglu')} "
+            f"| {_cell(rows, p, 'layer_swiglu', 'time_vs_mhfgen')} |"
+        )
     bad = [r for r in rows if r.status != "ok"]
     if bad:
         lines += ["", "Rows that did not run:"]
-        lines += [f"- {r.shape} {r.tokens} {r.pass_} {r.method}: {r.status}: {r.error}" for r in bad]
+        lines += [
+            f"- {r.shape} {r.tokens} {r.pass_} {r.method}: {r.status}: {r.error}" for r in bad
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("outdir", help="directory for the JSON, CSV, PNG and text outputs")
-    ap.add_argument("--budget-s", type=float, default=BUDGET_S,
-                    help=f"start no sweep point after this many seconds (default {BUDGET_S})")
-    ap.add_argument("--helion-effort", choices=helion_fwd.EFFORTS,
-                    default=helion_fwd.AutotuneSettings.effort,
-                    help="Helion's autotune effort, where helion is installed")
-    ap.add_argument("--helion-budget", type=int, default=helion_fwd.AutotuneSettings.budget_s,
-                    metavar="SECONDS", help="Helion's autotune budget per shape")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=BUDGET_S,
+        help=f"start no sweep point after this many seconds (default {BUDGET_S})",
+    )
+    ap.add_argument(
+        "--helion-effort",
+        choices=helion_fwd.EFFORTS,
+        default=helion_fwd.AutotuneSettings.effort,
+        help="Helion's autotune effort, where helion is installed",
+    )
+    ap.add_argument(
+        "--helion-budget",
+        type=int,
+        default=helion_fwd.AutotuneSettings.budget_s,
+        metavar="SECONDS",
+        help="Helion's autotune budget per shape",
+    )
     args = ap.parse_args()
     helion_fwd.configure(helion_fwd.AutotuneSettings(args.helion_effort, args.helion_budget))
     if not torch.cuda.is_available():
@@ -156,11 +203,15 @@ def main() -> int:
         if time.perf_counter() - start > args.budget_s:
             skipped.append(tokens)
             continue
-        sweep += bench.run_benchmarks([big.with_tokens(tokens)], SWEEP, bench.PASSES,
-                                      on_row=progress)
+        sweep += bench.run_benchmarks(
+            [big.with_tokens(tokens)], SWEEP, bench.PASSES, on_row=progress
+        )
     sweep.sort(key=lambda r: (r.tokens, bench.PASSES.index(r.pass_), CORE.index(r.method)))
-    note = (f"\nsweep: skipped tokens {skipped} (over the {args.budget_s:.0f} s budget)\n"
-            if skipped else "")
+    note = (
+        f"\nsweep: skipped tokens {skipped} (over the {args.budget_s:.0f} s budget)\n"
+        if skipped
+        else ""
+    )
     (out / "sweep.txt").write_text(bench.format_table(sweep) + "\n" + note)
     bench.write_json(sweep, out / "sweep.json")
     bench.write_csv(sweep, out / "sweep.csv")
@@ -176,7 +227,9 @@ def main() -> int:
     print(bench.format_table(table))
     print()
     print(summary)
-    print(f"bench_h200: {time.perf_counter() - start:.0f} s; wrote {', '.join(sorted(p.name for p in out.iterdir()))}")
+    print(
+        f"bench_h200: {time.perf_counter() - start:.0f} s; wrote {', '.join(sorted(p.name for p in out.iterdir()))}"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ backward (torch.use_deterministic_algorithms(True): the split pair, dK/dU/dV wit
 token splits), each run three times on the same inputs. Prints whether the runs are
 bitwise identical, the median time of each (triton.testing.do_bench) and the ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,11 @@ from mhfgen.kernels.configs import spec_of
 from mhfgen.validation import check_flash_mhf_inputs
 from mhfgen.verification import Case, make_inputs
 
-SHAPES = {"1.3B": (16, 16, 128, 22, 256), "370M": (8, 8, 128, 11, 256),
-          "H16D64": (16, 16, 64, 11, 256)}
+SHAPES = {
+    "1.3B": (16, 16, 128, 22, 256),
+    "370M": (8, 8, 128, 11, 256),
+    "H16D64": (16, 16, 64, 11, 256),
+}
 
 
 def identical(runs) -> bool:
@@ -52,15 +56,24 @@ def main() -> None:
             out[mode] = (same, ms)
             del runs
         flops = 2 * case.tokens * H * E * De * D * 6  # the backward's 12 T H I D
-        rows.append((name, form, *(f"{'yes' if out[m][0] else 'no'}" for m in out),
-                     f"{out['dispatched'][1]:.3f}", f"{out['deterministic'][1]:.3f}",
-                     f"{flops / out['dispatched'][1] / 1e9:.0f}",
-                     f"{flops / out['deterministic'][1] / 1e9:.0f}",
-                     f"{out['deterministic'][1] / out['dispatched'][1]:.2f}x"))
+        rows.append(
+            (
+                name,
+                form,
+                *(f"{'yes' if out[m][0] else 'no'}" for m in out),
+                f"{out['dispatched'][1]:.3f}",
+                f"{out['deterministic'][1]:.3f}",
+                f"{flops / out['dispatched'][1] / 1e9:.0f}",
+                f"{flops / out['deterministic'][1] / 1e9:.0f}",
+                f"{out['deterministic'][1] / out['dispatched'][1]:.2f}x",
+            )
+        )
         print(*rows[-1], flush=True)
-    print("\n| shape | dispatched form | dispatched bitwise-reproducible | deterministic "
-          "bitwise-reproducible | dispatched ms | deterministic ms | dispatched TFLOP/s | "
-          "deterministic TFLOP/s | cost |")
+    print(
+        "\n| shape | dispatched form | dispatched bitwise-reproducible | deterministic "
+        "bitwise-reproducible | dispatched ms | deterministic ms | dispatched TFLOP/s | "
+        "deterministic TFLOP/s | cost |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print("|", " | ".join(r), "|")

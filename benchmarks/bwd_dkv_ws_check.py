@@ -20,6 +20,7 @@ correctness, then speed.
 Every first launch is watched for a hang (an mbarrier deadlock): a hang ends the run,
 printing what was measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,27 +55,39 @@ VERIFY_CONFIGS = {
     "rows s2 ts2 exp": BwdDkvWsConfig(split="rows", token_splits=2, sigmoid="exp"),
     "rows s3 joint": BwdDkvWsConfig(split="rows", stages=3, joint_scores=True),
     "s3 joint": BwdDkvWsConfig(stages=3, joint_scores=True),
-    "rows s2 ts2 exp joint": BwdDkvWsConfig(split="rows", token_splits=2, sigmoid="exp",
-                                            joint_scores=True),
-    "rows s3 joint jgrads": BwdDkvWsConfig(split="rows", stages=3, joint_scores=True,
-                                           joint_grads=True),
+    "rows s2 ts2 exp joint": BwdDkvWsConfig(
+        split="rows", token_splits=2, sigmoid="exp", joint_scores=True
+    ),
+    "rows s3 joint jgrads": BwdDkvWsConfig(
+        split="rows", stages=3, joint_scores=True, joint_grads=True
+    ),
     "rows s3 jgrads": BwdDkvWsConfig(split="rows", stages=3, joint_grads=True),
-    "rows s2 ts2 exp joint jgrads": BwdDkvWsConfig(split="rows", token_splits=2,
-                                                   sigmoid="exp", joint_scores=True,
-                                                   joint_grads=True),
+    "rows s2 ts2 exp joint jgrads": BwdDkvWsConfig(
+        split="rows", token_splits=2, sigmoid="exp", joint_scores=True, joint_grads=True
+    ),
     "dkvt s4 wg32": BwdDkvtWsConfig(stages=4),
     "dkvt s3 wg64": BwdDkvtWsConfig(stages=3, wg_rows=64),
     "dkvt s2 ts2 exp wg32": BwdDkvtWsConfig(stages=2, token_splits=2, sigmoid="exp"),
-    "dkvt s6 regs 40/232 wg32": BwdDkvtWsConfig(stages=6, producer_regs=40,
-                                                consumer_regs=232),
+    "dkvt s6 regs 40/232 wg32": BwdDkvtWsConfig(stages=6, producer_regs=40, consumer_regs=232),
 }
-SPEED_SHAPES = {"1.3B": (16, 16, 128, 22, 256), "370M": (8, 8, 128, 11, 256),
-                "H16D64": (16, 16, 64, 11, 256), "1.3B-gqa4": (16, 4, 128, 22, 256)}
+SPEED_SHAPES = {
+    "1.3B": (16, 16, 128, 22, 256),
+    "370M": (8, 8, 128, 11, 256),
+    "H16D64": (16, 16, 64, 11, 256),
+    "1.3B-gqa4": (16, 4, 128, 22, 256),
+}
 
 
 def spec_of(case, dtype) -> KernelSpec:
-    return KernelSpec(case.heads, case.kv_heads, case.head_dim, case.experts,
-                      case.expert_dim, str(dtype).removeprefix("torch."), "sm90")
+    return KernelSpec(
+        case.heads,
+        case.kv_heads,
+        case.head_dim,
+        case.experts,
+        case.expert_dim,
+        str(dtype).removeprefix("torch."),
+        "sm90",
+    )
 
 
 def module_of(config):
@@ -112,9 +125,11 @@ def verify(rows, names):
                 if config_problems(spec, config):  # e.g. joint_grads at D = 64
                     row(rows, "verify", f"{str(dtype)[6:]} {case.name} {name}", "-", "n/a")
                     continue
+
                 def check(config=config):
                     err = errors(finish(lambda: launch(inputs, config)), ref)
                     return f"{err:.2e}", "ok" if err <= bar else "FAIL"
+
                 attempt(rows, "verify", f"{str(dtype)[6:]} {case.name} {name}", check)
 
 
@@ -126,12 +141,13 @@ def sweep_configs(name):
     else:
         out += [by_rows(stages=s) for s in (2, 3, 4)]
     if name == "1.3B":
-        out += [by_rows(stages=4, sigmoid="exp"), by_rows(stages=4, producer_regs=40,
-                                                       consumer_regs=232),
-                by_rows(stages=4, token_splits=2)]
+        out += [
+            by_rows(stages=4, sigmoid="exp"),
+            by_rows(stages=4, producer_regs=40, consumer_regs=232),
+            by_rows(stages=4, token_splits=2),
+        ]
     if name in ("1.3B", "H16D64"):
-        out += [BwdDkvWsConfig(sigmoid="exp"), BwdDkvWsConfig(producer_regs=40,
-                                                               consumer_regs=232)]
+        out += [BwdDkvWsConfig(sigmoid="exp"), BwdDkvWsConfig(producer_regs=40, consumer_regs=232)]
         out += [BwdDkvWsConfig(token_splits=2)]
     if name == "H16D64":
         out += [BwdDkvWsConfig(stages=3), BwdDkvWsConfig(stages=4)]
@@ -145,10 +161,15 @@ def sweep_configs(name):
         out += [BwdDkvtWsConfig(stages=s) for s in (2, 3, 4, 6, 8)]
         out += [BwdDkvtWsConfig(stages=s, wg_rows=64) for s in (2, 3, 4, 6, 8)]
         out += [BwdDkvtWsConfig(stages=6, wg_rows=64, token_splits=t) for t in (2, 3, 4)]
-        out += [BwdDkvtWsConfig(stages=6, wg_rows=64, sigmoid="exp"),
-                BwdDkvtWsConfig(stages=6, wg_rows=64, producer_regs=40, consumer_regs=232)]
-        out += [BwdDkvtWsConfig(stages=4, token_splits=2), BwdDkvtWsConfig(stages=4, sigmoid="exp"),
-                BwdDkvtWsConfig(stages=4, producer_regs=40, consumer_regs=232)]
+        out += [
+            BwdDkvtWsConfig(stages=6, wg_rows=64, sigmoid="exp"),
+            BwdDkvtWsConfig(stages=6, wg_rows=64, producer_regs=40, consumer_regs=232),
+        ]
+        out += [
+            BwdDkvtWsConfig(stages=4, token_splits=2),
+            BwdDkvtWsConfig(stages=4, sigmoid="exp"),
+            BwdDkvtWsConfig(stages=4, producer_regs=40, consumer_regs=232),
+        ]
     else:
         out += [BwdDkvtWsConfig(stages=s) for s in (2, 3)]
     return out
@@ -223,28 +244,52 @@ def speed(rows, shapes, wanted=(), triton_dkv=False):
         t_fwd = bench(lambda: kernels.forward(*inputs[:5]))
         t_bwd = bench(lambda: kernels.backward(*inputs))
         t_dq = bench(lambda: kernels.backward_dq(*inputs))
-        row(rows, "speed", f"{name} forward (dispatched)", f"{t_fwd:.3f} ms",
-            f"{3 * unit / t_fwd / 1e9:.0f} TFLOP/s")
-        row(rows, "speed", f"{name} backward (dispatched)", f"{t_bwd:.3f} ms",
-            f"bwd {6 * unit / t_bwd / 1e9:.0f} fwd+bwd {9 * unit / (t_fwd + t_bwd) / 1e9:.0f}")
-        row(rows, "speed", f"{name} dq (dispatched)", f"{t_dq:.3f} ms",
-            f"executed {5 * unit / t_dq / 1e9:.0f}")
+        row(
+            rows,
+            "speed",
+            f"{name} forward (dispatched)",
+            f"{t_fwd:.3f} ms",
+            f"{3 * unit / t_fwd / 1e9:.0f} TFLOP/s",
+        )
+        row(
+            rows,
+            "speed",
+            f"{name} backward (dispatched)",
+            f"{t_bwd:.3f} ms",
+            f"bwd {6 * unit / t_bwd / 1e9:.0f} fwd+bwd {9 * unit / (t_fwd + t_bwd) / 1e9:.0f}",
+        )
+        row(
+            rows,
+            "speed",
+            f"{name} dq (dispatched)",
+            f"{t_dq:.3f} ms",
+            f"executed {5 * unit / t_dq / 1e9:.0f}",
+        )
         if triton_dkv:
             t_dkv = bench(lambda: flash_mhf_bwd_dkv(*inputs))
-            row(rows, "speed", f"{name} dkv (Triton)", f"{t_dkv:.3f} ms",
-                f"executed {6 * unit / t_dkv / 1e9:.0f}")
+            row(
+                rows,
+                "speed",
+                f"{name} dkv (Triton)",
+                f"{t_dkv:.3f} ms",
+                f"executed {6 * unit / t_dkv / 1e9:.0f}",
+            )
         for config in chosen_configs(name, wanted):
             if config_problems(spec_of(case, torch.bfloat16), config):
                 continue
+
             def timed(config=config):
                 err = errors(finish(lambda: launch(inputs, config)), ref)
                 if err > bar:
                     return "-", f"WRONG {err:.2e}"
                 t = bench(lambda: launch(inputs, config))
                 split = t_dq + t
-                return f"{t:.3f} ms", (f"executed {6 * unit / t / 1e9:.0f}; split {split:.3f} ms: "
-                                       f"bwd {6 * unit / split / 1e9:.0f} fwd+bwd "
-                                       f"{9 * unit / (t_fwd + split) / 1e9:.0f}; err {err:.2e}")
+                return f"{t:.3f} ms", (
+                    f"executed {6 * unit / t / 1e9:.0f}; split {split:.3f} ms: "
+                    f"bwd {6 * unit / split / 1e9:.0f} fwd+bwd "
+                    f"{9 * unit / (t_fwd + split) / 1e9:.0f}; err {err:.2e}"
+                )
+
             attempt(rows, "speed", f"{name} {label(config)}", timed)
 
 
@@ -252,15 +297,22 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=500, help="seconds before the watchdog")
     parser.add_argument("--skip-verify", action="store_true")
-    parser.add_argument("--shapes", default="1.3B,370M,H16D64,1.3B-gqa4",
-                        help="speed shapes ('' for none)")
-    parser.add_argument("--verify-configs", default=",".join(VERIFY_CONFIGS),
-                        help="names of the configs to verify (default: all)")
-    parser.add_argument("--configs", default="",
-                        help="the configs to time, as 'dkv_ws DESCRIBE' or 'dkvt DESCRIBE' "
-                             "(default: the sweep)")
-    parser.add_argument("--triton", action="store_true",
-                        help="also time the Triton-language dK/dU/dV kernel")
+    parser.add_argument(
+        "--shapes", default="1.3B,370M,H16D64,1.3B-gqa4", help="speed shapes ('' for none)"
+    )
+    parser.add_argument(
+        "--verify-configs",
+        default=",".join(VERIFY_CONFIGS),
+        help="names of the configs to verify (default: all)",
+    )
+    parser.add_argument(
+        "--configs",
+        default="",
+        help="the configs to time, as 'dkv_ws DESCRIBE' or 'dkvt DESCRIBE' (default: the sweep)",
+    )
+    parser.add_argument(
+        "--triton", action="store_true", help="also time the Triton-language dK/dU/dV kernel"
+    )
     args = parser.parse_args()
     names = [n for n in args.verify_configs.split(",") if n]
     unknown = [n for n in names if n not in VERIFY_CONFIGS]
@@ -274,6 +326,7 @@ def main():
         speed(rows, [s for s in args.shapes.split(",") if s], wanted, args.triton)
 
     run_watched(steps, args.budget)
+
 
 if __name__ == "__main__":
     main()

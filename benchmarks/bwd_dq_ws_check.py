@@ -15,6 +15,7 @@
    backward as 18 T H I D. Each timed config's gradients are checked against float64 first.
 Exits 1 when a verify row fails, 2 on a hang.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,14 @@ from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
 GRADS = ("dq", "dr")
-VERIFY_CONFIGS = {"default": None, "s2 exp regs 40/232": BwdDqWsConfig(
-    stages=2, sigmoid="exp", producer_regs=40, consumer_regs=232),
+VERIFY_CONFIGS = {
+    "default": None,
+    "s2 exp regs 40/232": BwdDqWsConfig(
+        stages=2, sigmoid="exp", producer_regs=40, consumer_regs=232
+    ),
     "joint": BwdDqWsConfig(joint_scores=True),
-    "s2 exp joint": BwdDqWsConfig(stages=2, sigmoid="exp", joint_scores=True)}
+    "s2 exp joint": BwdDqWsConfig(stages=2, sigmoid="exp", joint_scores=True),
+}
 
 
 def errors(out, ref) -> float:
@@ -51,9 +56,11 @@ def verify(rows, names=tuple(VERIFY_CONFIGS)) -> bool:
             ref = reference_outputs(*inputs)
             for name in names:
                 config = VERIFY_CONFIGS[name]
+
                 def check(config=config):
                     err = errors(finish(lambda: flash_mhf_bwd_dq_ws(*inputs, config=config)), ref)
                     return f"{err:.2e}", "ok" if err <= bar else "FAIL"
+
                 attempt(rows, "verify", f"{str(dtype)[6:]} {case.name} {name}", check)
                 ok = ok and rows[-1][-1] == "ok"
     return ok
@@ -61,8 +68,11 @@ def verify(rows, names=tuple(VERIFY_CONFIGS)) -> bool:
 
 def sweep_configs(name):
     if name == "H16D64":
-        return ([BwdDqWsConfig(stages=s) for s in (3, 4, 6)] + [BwdDqWsConfig(sigmoid="exp")]
-                + [BwdDqWsConfig(stages=s, joint_scores=True) for s in (4, 6)])
+        return (
+            [BwdDqWsConfig(stages=s) for s in (3, 4, 6)]
+            + [BwdDqWsConfig(sigmoid="exp")]
+            + [BwdDqWsConfig(stages=s, joint_scores=True) for s in (4, 6)]
+        )
     out = [BwdDqWsConfig(), BwdDqWsConfig(stages=2), BwdDqWsConfig(joint_scores=True)]
     if name == "1.3B":
         out += [BwdDqWsConfig(sigmoid="exp"), BwdDqWsConfig(producer_regs=40, consumer_regs=232)]
@@ -82,35 +92,61 @@ def speed(rows, shapes):
         t_dq = bench(lambda: flash_mhf_bwd_dq(*inputs))
         t_dkv = bench(lambda: flash_mhf_bwd_dkv_ws(*inputs))  # its stored winner
         t_bwd = bench(lambda: kernels.backward(*inputs))
-        attempt(rows, "speed", f"{name} forward (dispatched)",
-                lambda: (f"{t_fwd:.3f} ms", f"{3 * unit / t_fwd / 1e9:.0f} TFLOP/s"))
-        attempt(rows, "speed", f"{name} dq (Triton, dispatched)",
-                lambda: (f"{t_dq:.3f} ms", f"executed {5 * unit / t_dq / 1e9:.0f}"))
-        attempt(rows, "speed", f"{name} dkv (Gluon, stored winner)",
-                lambda: (f"{t_dkv:.3f} ms", f"executed {6 * unit / t_dkv / 1e9:.0f}"))
-        attempt(rows, "speed", f"{name} backward (dispatched)",
-                lambda: (f"{t_bwd:.3f} ms", f"bwd {6 * unit / t_bwd / 1e9:.0f} fwd+bwd "
-                                            f"{9 * unit / (t_fwd + t_bwd) / 1e9:.0f}"))
+        attempt(
+            rows,
+            "speed",
+            f"{name} forward (dispatched)",
+            lambda: (f"{t_fwd:.3f} ms", f"{3 * unit / t_fwd / 1e9:.0f} TFLOP/s"),
+        )
+        attempt(
+            rows,
+            "speed",
+            f"{name} dq (Triton, dispatched)",
+            lambda: (f"{t_dq:.3f} ms", f"executed {5 * unit / t_dq / 1e9:.0f}"),
+        )
+        attempt(
+            rows,
+            "speed",
+            f"{name} dkv (Gluon, stored winner)",
+            lambda: (f"{t_dkv:.3f} ms", f"executed {6 * unit / t_dkv / 1e9:.0f}"),
+        )
+        attempt(
+            rows,
+            "speed",
+            f"{name} backward (dispatched)",
+            lambda: (
+                f"{t_bwd:.3f} ms",
+                f"bwd {6 * unit / t_bwd / 1e9:.0f} fwd+bwd {9 * unit / (t_fwd + t_bwd) / 1e9:.0f}",
+            ),
+        )
         for config in sweep_configs(name):
+
             def timed(config=config):
                 err = errors(finish(lambda: flash_mhf_bwd_dq_ws(*inputs, config=config)), ref)
                 if err > bar:
                     return "-", f"WRONG {err:.2e}"
                 t = bench(lambda: flash_mhf_bwd_dq_ws(*inputs, config=config))
                 split = t + t_dkv
-                return f"{t:.3f} ms", (f"executed {5 * unit / t / 1e9:.0f}; split {split:.3f} ms: "
-                                       f"bwd {6 * unit / split / 1e9:.0f} fwd+bwd "
-                                       f"{9 * unit / (t_fwd + split) / 1e9:.0f}; err {err:.2e}")
+                return f"{t:.3f} ms", (
+                    f"executed {5 * unit / t / 1e9:.0f}; split {split:.3f} ms: "
+                    f"bwd {6 * unit / split / 1e9:.0f} fwd+bwd "
+                    f"{9 * unit / (t_fwd + split) / 1e9:.0f}; err {err:.2e}"
+                )
+
             attempt(rows, "speed", f"{name} dq_ws {config.describe()}", timed)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=300, help="seconds before the watchdog")
-    parser.add_argument("--shapes", default="1.3B,370M,H16D64,1.3B-gqa4",
-                        help="speed shapes ('' for none)")
-    parser.add_argument("--verify-configs", default=",".join(VERIFY_CONFIGS),
-                        help="names of the configs to verify (default: all)")
+    parser.add_argument(
+        "--shapes", default="1.3B,370M,H16D64,1.3B-gqa4", help="speed shapes ('' for none)"
+    )
+    parser.add_argument(
+        "--verify-configs",
+        default=",".join(VERIFY_CONFIGS),
+        help="names of the configs to verify (default: all)",
+    )
     args = parser.parse_args()
     names = [n for n in args.verify_configs.split(",") if n]
     unknown = [n for n in names if n not in VERIFY_CONFIGS]

@@ -13,6 +13,7 @@
    forward + backward; every timed config's gradients are checked against float64 first.
 Candidates compile in parallel worker processes first (mhfgen.tuning.compile).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,13 +45,35 @@ VERIFY_CASES = [
     Case("Hkv<H,D64", 3, 100, 16, 4, 64, 11, 256),
 ]
 VERIFY_CONFIGS = {
-    "tma T": Config(block_m=64, block_n=64, num_warps=8, num_stages=2, transpose_acc=True,
-                    tma=True, head_chunk=2),
-    "tma tanh ts2": Config(block_m=64, block_n=32, num_warps=8, num_stages=2,
-                           transpose_acc=True, tma=True, sigmoid="tanh", token_splits=2),
+    "tma T": Config(
+        block_m=64,
+        block_n=64,
+        num_warps=8,
+        num_stages=2,
+        transpose_acc=True,
+        tma=True,
+        head_chunk=2,
+    ),
+    "tma tanh ts2": Config(
+        block_m=64,
+        block_n=32,
+        num_warps=8,
+        num_stages=2,
+        transpose_acc=True,
+        tma=True,
+        sigmoid="tanh",
+        token_splits=2,
+    ),
     "ptr": Config(block_m=64, block_n=64, num_warps=8, num_stages=2, head_chunk=4),
-    "ptr T ts3": Config(block_m=64, block_n=32, num_warps=4, num_stages=1, transpose_acc=True,
-                        token_splits=3, head_chunk=16),
+    "ptr T ts3": Config(
+        block_m=64,
+        block_n=32,
+        num_warps=4,
+        num_stages=1,
+        transpose_acc=True,
+        token_splits=3,
+        head_chunk=16,
+    ),
 }
 SPEED_SHAPES = {  # name: (H, Hkv, D, E, De)
     "1.3B": (16, 16, 128, 22, 256),
@@ -58,9 +81,19 @@ SPEED_SHAPES = {  # name: (H, Hkv, D, E, De)
     "H16D64": (16, 16, 64, 11, 256),
     "1.3B-gqa4": (16, 4, 128, 22, 256),
 }
-TILES = [(64, 64, 8, 1), (64, 64, 8, 2), (64, 64, 8, 3), (64, 32, 8, 2), (64, 32, 8, 3),
-         (128, 32, 8, 2), (128, 64, 8, 1), (128, 64, 8, 2), (64, 128, 8, 1), (64, 32, 4, 2),
-         (128, 32, 8, 3)]
+TILES = [
+    (64, 64, 8, 1),
+    (64, 64, 8, 2),
+    (64, 64, 8, 3),
+    (64, 32, 8, 2),
+    (64, 32, 8, 3),
+    (128, 32, 8, 2),
+    (128, 64, 8, 1),
+    (128, 64, 8, 2),
+    (64, 128, 8, 1),
+    (64, 32, 4, 2),
+    (128, 32, 8, 3),
+]
 
 
 def fused(inputs, config):
@@ -90,11 +123,25 @@ def verify(quick: bool) -> list:
                 try:
                     err = errors(fused(inputs, config), ref)
                     worst = max(err.values())
-                    rows.append((str(dtype)[6:], case.name, name, f"{worst:.2e}",
-                                 "ok" if worst <= bar else "FAIL"))
+                    rows.append(
+                        (
+                            str(dtype)[6:],
+                            case.name,
+                            name,
+                            f"{worst:.2e}",
+                            "ok" if worst <= bar else "FAIL",
+                        )
+                    )
                 except Exception as exc:  # noqa: BLE001 - a failing config is a row
-                    rows.append((str(dtype)[6:], case.name, name, "-",
-                                 f"ERROR {type(exc).__name__}: {str(exc)[:80]}"))
+                    rows.append(
+                        (
+                            str(dtype)[6:],
+                            case.name,
+                            name,
+                            "-",
+                            f"ERROR {type(exc).__name__}: {str(exc)[:80]}",
+                        )
+                    )
                 print(*rows[-1], flush=True)
     return rows
 
@@ -118,11 +165,18 @@ def speed_shape(name, shape, configs, pool, tokens) -> list:
     t_fwd = bench(lambda: kernels.forward(*inputs[:5]))
     t_split = bench(lambda: split(inputs))
     err_split = max(errors(split(inputs), ref).values())
-    rows = [(name, "split (dispatched dq + dkv)", f"{t_split:.3f}",
-             f"{6 * flops / t_split / 1e9:.0f}", f"{9 * flops / (t_fwd + t_split) / 1e9:.0f}",
-             f"{err_split:.2e}", "-")]
-    print(*rows[-1], f"(forward {t_fwd:.3f} ms, {3 * flops / t_fwd / 1e9:.0f} TFLOP/s)",
-          flush=True)
+    rows = [
+        (
+            name,
+            "split (dispatched dq + dkv)",
+            f"{t_split:.3f}",
+            f"{6 * flops / t_split / 1e9:.0f}",
+            f"{9 * flops / (t_fwd + t_split) / 1e9:.0f}",
+            f"{err_split:.2e}",
+            "-",
+        )
+    ]
+    print(*rows[-1], f"(forward {t_fwd:.3f} ms, {3 * flops / t_fwd / 1e9:.0f} TFLOP/s)", flush=True)
     for config, failure in zip(configs, failures):
         label = config.describe()
         if failure is not None:
@@ -137,8 +191,17 @@ def speed_shape(name, shape, configs, pool, tokens) -> list:
                 continue
             t = bench(lambda: fused(inputs, config))
             ws = workspace_bytes(spec, config, tokens) >> 20
-            rows.append((name, label, f"{t:.3f}", f"{6 * flops / t / 1e9:.0f}",
-                         f"{9 * flops / (t_fwd + t) / 1e9:.0f}", f"{err:.2e}", f"{ws} MiB"))
+            rows.append(
+                (
+                    name,
+                    label,
+                    f"{t:.3f}",
+                    f"{6 * flops / t / 1e9:.0f}",
+                    f"{9 * flops / (t_fwd + t) / 1e9:.0f}",
+                    f"{err:.2e}",
+                    f"{ws} MiB",
+                )
+            )
         except Exception as exc:  # noqa: BLE001
             rows.append((name, label, "-", "-", "-", "-", f"{type(exc).__name__}"[:60]))
         print(*rows[-1], flush=True)
@@ -155,8 +218,11 @@ def speed_shape(name, shape, configs, pool, tokens) -> list:
         split(inputs)
         torch.cuda.synchronize()
         peak_split = (torch.cuda.max_memory_allocated() - base) >> 20
-        print(f"{name}: best {best.describe()}: backward peak {peak} MiB above the inputs "
-              f"(split: {peak_split} MiB)", flush=True)
+        print(
+            f"{name}: best {best.describe()}: backward peak {peak} MiB above the inputs "
+            f"(split: {peak_split} MiB)",
+            flush=True,
+        )
     return rows
 
 
@@ -170,12 +236,22 @@ def main() -> None:
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__, flush=True)
     vrows = [] if args.skip_verify else verify(args.quick)
     pool = CompilePool("cuda", args.jobs)
-    grid = [Config(block_m=bm, block_n=bn, num_warps=w, num_stages=st, transpose_acc=t,
-                   tma=True, head_chunk=16)
-            for (bm, bn, w, st), t in itertools.product(TILES, (True, False))]
+    grid = [
+        Config(
+            block_m=bm,
+            block_n=bn,
+            num_warps=w,
+            num_stages=st,
+            transpose_acc=t,
+            tma=True,
+            head_chunk=16,
+        )
+        for (bm, bn, w, st), t in itertools.product(TILES, (True, False))
+    ]
     rows = speed_shape("1.3B", SPEED_SHAPES["1.3B"], grid, pool, args.tokens)
-    timed = sorted(((float(r[2]), c) for r, c in zip(rows[1:], grid) if r[2] != "-"),
-                   key=lambda x: x[0])
+    timed = sorted(
+        ((float(r[2]), c) for r, c in zip(rows[1:], grid) if r[2] != "-"), key=lambda x: x[0]
+    )
     top = [c for _, c in timed[:4]]
     more = []
     for c in top:
@@ -183,8 +259,9 @@ def main() -> None:
         for hc, ts in ((1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (4, 1)):
             more.append(dataclasses.replace(c, head_chunk=hc, token_splits=ts))
     rows += speed_shape("1.3B", SPEED_SHAPES["1.3B"], more, pool, args.tokens)[1:]
-    timed = sorted(((float(r[2]), c) for r, c in zip(rows[1:], grid + more) if r[2] != "-"),
-                   key=lambda x: x[0])
+    timed = sorted(
+        ((float(r[2]), c) for r, c in zip(rows[1:], grid + more) if r[2] != "-"), key=lambda x: x[0]
+    )
     top = [c for _, c in timed[:3]]
     for name in ("370M", "H16D64", "1.3B-gqa4"):
         configs = []
@@ -196,8 +273,10 @@ def main() -> None:
     print("\n## verify (worst relative error of the five gradients vs float64)")
     for r in vrows:
         print("|", " | ".join(r), "|")
-    print(f"\n## speed (bf16, {args.tokens} tokens): shape | config | ms | bwd TFLOP/s "
-          "| fwd+bwd TFLOP/s | error | workspace")
+    print(
+        f"\n## speed (bf16, {args.tokens} tokens): shape | config | ms | bwd TFLOP/s "
+        "| fwd+bwd TFLOP/s | error | workspace"
+    )
     for r in rows:
         print("|", " | ".join(r), "|")
 

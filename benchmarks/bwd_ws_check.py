@@ -17,6 +17,7 @@
 Every first launch is watched for a hang (an mbarrier deadlock): a hang ends the run,
 printing what was measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,12 @@ VERIFY_CONFIGS = {
     "ts3 hc2": BwdWsConfig(token_splits=3, head_chunk=2),
     "exp s3 hc16": BwdWsConfig(sigmoid="exp", stages=3, head_chunk=16),
 }
-SPEED_SHAPES = {"1.3B": (16, 16, 128, 22, 256), "370M": (8, 8, 128, 11, 256),
-                "H16D64": (16, 16, 64, 11, 256), "1.3B-gqa4": (16, 4, 128, 22, 256)}
+SPEED_SHAPES = {
+    "1.3B": (16, 16, 128, 22, 256),
+    "370M": (8, 8, 128, 11, 256),
+    "H16D64": (16, 16, 64, 11, 256),
+    "1.3B-gqa4": (16, 4, 128, 22, 256),
+}
 
 
 def errors(out, ref) -> float:
@@ -74,8 +79,14 @@ def verify(rows):
                     rows.append(("verify", label, "-", "HANG"))
                     raise
                 except Exception as exc:  # noqa: BLE001 - a failing config is a row
-                    rows.append(("verify", label, "-", f"ERROR {type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:90]}"))
+                    rows.append(
+                        (
+                            "verify",
+                            label,
+                            "-",
+                            f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:90]}",
+                        )
+                    )
                 print(*rows[-1], flush=True)
 
 
@@ -103,9 +114,15 @@ def speed(rows, shapes):
         bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=40)  # noqa: E731
         t_fwd = bench(lambda: kernels.forward(*inputs[:5]))
         t_split = bench(lambda: kernels.backward(*inputs))
-        rows.append(("speed", f"{name} split (dispatched)", f"{t_split:.3f} ms",
-                     f"bwd {6 * unit / t_split / 1e9:.0f} fwd+bwd "
-                     f"{9 * unit / (t_fwd + t_split) / 1e9:.0f} (fwd {t_fwd:.3f} ms)"))
+        rows.append(
+            (
+                "speed",
+                f"{name} split (dispatched)",
+                f"{t_split:.3f} ms",
+                f"bwd {6 * unit / t_split / 1e9:.0f} fwd+bwd "
+                f"{9 * unit / (t_fwd + t_split) / 1e9:.0f} (fwd {t_fwd:.3f} ms)",
+            )
+        )
         print(*rows[-1], flush=True)
         for config in sweep_configs(name):
             label = f"{name} {config.describe()}"
@@ -115,25 +132,40 @@ def speed(rows, shapes):
                     rows.append(("speed", label, "-", f"WRONG {err:.2e}"))
                 else:
                     t = bench(lambda: flash_mhf_bwd_ws(*inputs, config=config))
-                    rows.append(("speed", label, f"{t:.3f} ms",
-                                 f"bwd {6 * unit / t / 1e9:.0f} fwd+bwd "
-                                 f"{9 * unit / (t_fwd + t) / 1e9:.0f} err {err:.2e}"))
+                    rows.append(
+                        (
+                            "speed",
+                            label,
+                            f"{t:.3f} ms",
+                            f"bwd {6 * unit / t / 1e9:.0f} fwd+bwd "
+                            f"{9 * unit / (t_fwd + t) / 1e9:.0f} err {err:.2e}",
+                        )
+                    )
             except Hang:
                 rows.append(("speed", label, "-", "HANG"))
                 raise
             except Exception as exc:  # noqa: BLE001
-                rows.append(("speed", label, "-", f"ERROR {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:90]}"))
+                rows.append(
+                    (
+                        "speed",
+                        label,
+                        "-",
+                        f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:90]}",
+                    )
+                )
             print(*rows[-1], flush=True)
 
 
 NO_DQ = ("_red_add_v4(ptrs, dqt, ok)", "_red_add_v4(ptrs, dqt, ok * 0)")
-NO_DR = ('gl.atomic_add(dr_ptrs, dr_part, mask=ok, sem="relaxed")',
-         'gl.atomic_add(dr_ptrs, dr_part, mask=ok & (toks < 0), sem="relaxed")')
+NO_DR = (
+    'gl.atomic_add(dr_ptrs, dr_part, mask=ok, sem="relaxed")',
+    'gl.atomic_add(dr_ptrs, dr_part, mask=ok & (toks < 0), sem="relaxed")',
+)
 
 
 def patched_loader(replacements):
     """A load_kernel for flash_mhf_bwd_ws whose generated source has `replacements`."""
+
     def load(spec, config):
         src = codegen.render("flash_mhf_bwd_ws", spec, config)
         for old, new in replacements:
@@ -147,6 +179,7 @@ def patched_loader(replacements):
         sys.modules[name] = module
         module_spec.loader.exec_module(module)
         return module.flash_mhf_bwd_ws_kernel
+
     return load
 
 
@@ -158,29 +191,44 @@ def diagnose(rows):
         inputs = make_inputs(case, torch.bfloat16, "cuda")
         unit = 2 * case.tokens * H * E * De * D
         vec = BwdWsConfig(dq_vec=True, sigmoid="exp", head_chunk=16)
-        runs = [("default hc16", BwdWsConfig(head_chunk=16), ()),
-                ("vec hc16", BwdWsConfig(dq_vec=True, head_chunk=16), ()),
-                ("vec exp hc16", vec, ()),
-                ("vec exp hc1 ts3", dataclasses.replace(vec, head_chunk=1, token_splits=3), ()),
-                ("vec exp hc2 ts2", dataclasses.replace(vec, head_chunk=2, token_splits=2), ()),
-                ("vec exp hc16, no dq reductions", vec, (NO_DQ,)),
-                ("vec exp hc16, no dr reductions", vec, (NO_DR,)),
-                ("vec exp hc16, neither", vec, (NO_DQ, NO_DR))]
+        runs = [
+            ("default hc16", BwdWsConfig(head_chunk=16), ()),
+            ("vec hc16", BwdWsConfig(dq_vec=True, head_chunk=16), ()),
+            ("vec exp hc16", vec, ()),
+            ("vec exp hc1 ts3", dataclasses.replace(vec, head_chunk=1, token_splits=3), ()),
+            ("vec exp hc2 ts2", dataclasses.replace(vec, head_chunk=2, token_splits=2), ()),
+            ("vec exp hc16, no dq reductions", vec, (NO_DQ,)),
+            ("vec exp hc16, no dr reductions", vec, (NO_DR,)),
+            ("vec exp hc16, neither", vec, (NO_DQ, NO_DR)),
+        ]
         for label, config, patch in runs:
             ws_module.load_kernel = patched_loader(patch) if patch else real
             clear_plans()
             try:
                 finish(lambda: flash_mhf_bwd_ws(*inputs, config=config))
-                t = triton.testing.do_bench(lambda: flash_mhf_bwd_ws(*inputs, config=config),
-                                            warmup=10, rep=40)
-                rows.append(("diagnose", f"{name} {label}", f"{t:.3f} ms",
-                             f"bwd {6 * unit / t / 1e9:.0f}, executed {8 * unit / t / 1e9:.0f}"))
+                t = triton.testing.do_bench(
+                    lambda: flash_mhf_bwd_ws(*inputs, config=config), warmup=10, rep=40
+                )
+                rows.append(
+                    (
+                        "diagnose",
+                        f"{name} {label}",
+                        f"{t:.3f} ms",
+                        f"bwd {6 * unit / t / 1e9:.0f}, executed {8 * unit / t / 1e9:.0f}",
+                    )
+                )
             except Hang:
                 rows.append(("diagnose", f"{name} {label}", "-", "HANG"))
                 raise
             except Exception as exc:  # noqa: BLE001
-                rows.append(("diagnose", f"{name} {label}", "-", f"ERROR {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:90]}"))
+                rows.append(
+                    (
+                        "diagnose",
+                        f"{name} {label}",
+                        "-",
+                        f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:90]}",
+                    )
+                )
             print(*rows[-1], flush=True)
     ws_module.load_kernel = real
     clear_plans()
@@ -190,8 +238,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=500, help="seconds before the watchdog")
     parser.add_argument("--skip-verify", action="store_true")
-    parser.add_argument("--shapes", default="1.3B,370M,H16D64,1.3B-gqa4",
-                        help="speed shapes ('' for none)")
+    parser.add_argument(
+        "--shapes", default="1.3B,370M,H16D64,1.3B-gqa4", help="speed shapes ('' for none)"
+    )
     parser.add_argument("--diagnose", action="store_true")
     args = parser.parse_args()
 
@@ -203,6 +252,7 @@ def main():
         speed(rows, [s for s in args.shapes.split(",") if s])
 
     run_watched(steps, args.budget)
+
 
 if __name__ == "__main__":
     main()

@@ -21,6 +21,7 @@ With --sweep, also a grid of forward launch configs (tile width, pipeline depth,
 intermediate splits; 16-row blocks and the heuristic's), CUDA-graph timed the same way: how far the dispatched config is from
 the best this kernel design reaches.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,17 +83,30 @@ def _problem(preset_name: str, tokens: int, device) -> _Problem:
     gen = torch.Generator(device="cpu").manual_seed(tokens)
     q = torch.randn(1, tokens, H, D, generator=gen).to(device, torch.bfloat16)
     r = torch.softmax(torch.randn(1, tokens, H, E, generator=gen), -1).to(device)
-    weights = [tuple((torch.randn(Hkv, E, De, D, generator=gen) * 0.05).to(device, torch.bfloat16)
-                     for _ in range(3)) for _ in range(copies)]
+    weights = [
+        tuple(
+            (torch.randn(Hkv, E, De, D, generator=gen) * 0.05).to(device, torch.bfloat16)
+            for _ in range(3)
+        )
+        for _ in range(copies)
+    ]
     spec = KernelSpec(H, Hkv, D, E, De, "bfloat16", mdevice.target(device))
     return _Problem(preset_name, tokens, spec, q, r, weights, weight_bytes)
 
 
 def _row(p: _Problem, method: str, mode: str, ms: float, copy_bps: float, config: str) -> dict:
     bps = p.weight_bytes / (ms * 1e-3)
-    return dict(shape=p.name, tokens=p.tokens, method=method, mode=mode, us=round(ms * 1e3, 2),
-                weight_bytes=p.weight_bytes, tb_per_s=round(bps / 1e12, 3),
-                of_copy=round(bps / copy_bps, 3), config=config)
+    return dict(
+        shape=p.name,
+        tokens=p.tokens,
+        method=method,
+        mode=mode,
+        us=round(ms * 1e3, 2),
+        weight_bytes=p.weight_bytes,
+        tb_per_s=round(bps / 1e12, 3),
+        of_copy=round(bps / copy_bps, 3),
+        config=config,
+    )
 
 
 def _time(calls, graph: bool, replays: int = 20) -> float:
@@ -107,9 +121,11 @@ def _time(calls, graph: bool, replays: int = 20) -> float:
                 fn()
         run = g.replay
     else:
+
         def run():
             for fn in calls:
                 fn()
+
     run()
     times = []
     for _ in range(replays):
@@ -134,8 +150,7 @@ def measure(preset_name: str, tokens: int, device, copy_bps: float) -> list[dict
         for mode in ("graph", "eager"):
             with torch.no_grad():
                 ms = _time(calls, mode == "graph") / p.copies
-            rows.append(_row(p, method, mode, ms, copy_bps,
-                             chosen if method == "mhfgen" else ""))
+            rows.append(_row(p, method, mode, ms, copy_bps, chosen if method == "mhfgen" else ""))
     return rows
 
 
@@ -148,17 +163,33 @@ def sweep(preset_name: str, tokens: int, device, copy_bps: float, top: int = 6) 
     base = default_config("flash_mhf_fwd", p.spec, tokens, mdevice.sm_count(device))
     rows = []
     if base.block_m > 16:  # more rows than one 16-row block: also 16-row blocks, 4 warps
-        grid = [(bm, bn, st, sp) for bm in (16, base.block_m) for bn in (64, 128)
-                for st in (3, 4) for sp in (4, 8, 16)]
+        grid = [
+            (bm, bn, st, sp)
+            for bm in (16, base.block_m)
+            for bn in (64, 128)
+            for st in (3, 4)
+            for sp in (4, 8, 16)
+        ]
     else:
-        grid = [(16, bn, st, sp) for bn in (64, 128) for st in (2, 3, 4)
-                for sp in (4, 8, 11, 16, 22, 44)]
+        grid = [
+            (16, bn, st, sp)
+            for bn in (64, 128)
+            for st in (2, 3, 4)
+            for sp in (4, 8, 11, 16, 22, 44)
+        ]
     for bm, bn, stages, splits in grid:
-        config = dataclasses.replace(base, block_m=bm, block_n=bn, num_stages=stages,
-                                     inter_splits=splits,
-                                     num_warps=4 if bm == 16 else base.num_warps)
-        calls = [lambda k=k, u=u, v=v, c=config: flash_mhf_fwd(p.q, k, u, v, p.r, c)
-                 for (k, u, v) in p.weights]
+        config = dataclasses.replace(
+            base,
+            block_m=bm,
+            block_n=bn,
+            num_stages=stages,
+            inter_splits=splits,
+            num_warps=4 if bm == 16 else base.num_warps,
+        )
+        calls = [
+            lambda k=k, u=u, v=v, c=config: flash_mhf_fwd(p.q, k, u, v, p.r, c)
+            for (k, u, v) in p.weights
+        ]
         try:
             with torch.no_grad():
                 ms = _time(calls, True, replays=10) / p.copies
@@ -174,41 +205,65 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default="1.3B,370M", help="comma list of presets")
     ap.add_argument("--tokens", default="1,8,64", help="comma list of token counts")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
-    ap.add_argument("--sweep", default="", help="comma list of token counts whose forward "
-                    "configs are swept on the first shape (e.g. 1,64)")
+    ap.add_argument(
+        "--sweep",
+        default="",
+        help="comma list of token counts whose forward "
+        "configs are swept on the first shape (e.g. 1,64)",
+    )
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("decode: needs a CUDA GPU (timing CUDA graphs)", file=sys.stderr)
         return 2
     device = torch.device("cuda")
     copy_bps = copy_bandwidth(device)
-    header = (f"decode bench on {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
-              f"triton {triton.__version__}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
-              f"copy bandwidth measured now: {copy_bps / 1e12:.2f} TB/s (read + write); "
-              f"bar: weight bytes/s >= {BAR:.0%} of it on 1.3B at 1, 8, 64 tokens")
+    header = (
+        f"decode bench on {torch.cuda.get_device_name(device)}, torch {torch.__version__}, "
+        f"triton {triton.__version__}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
+        f"copy bandwidth measured now: {copy_bps / 1e12:.2f} TB/s (read + write); "
+        f"bar: weight bytes/s >= {BAR:.0%} of it on 1.3B at 1, 8, 64 tokens"
+    )
     print(header, flush=True)
     rows = []
-    print(f"{'shape':6} {'T':>3} {'method':13} {'mode':5} {'us':>8} {'TB/s':>6} {'of copy':>7}  config")
+    print(
+        f"{'shape':6} {'T':>3} {'method':13} {'mode':5} {'us':>8} {'TB/s':>6} {'of copy':>7}  config"
+    )
     for name in args.shapes.split(","):
         for tokens in (int(t) for t in args.tokens.split(",")):
             for row in measure(name, tokens, device, copy_bps):
                 rows.append(row)
-                print(f"{row['shape']:6} {row['tokens']:>3} {row['method']:13} {row['mode']:5} "
-                      f"{row['us']:>8.1f} {row['tb_per_s']:>6.2f} {row['of_copy']:>7.1%}  "
-                      f"{row['config']}", flush=True)
+                print(
+                    f"{row['shape']:6} {row['tokens']:>3} {row['method']:13} {row['mode']:5} "
+                    f"{row['us']:>8.1f} {row['tb_per_s']:>6.2f} {row['of_copy']:>7.1%}  "
+                    f"{row['config']}",
+                    flush=True,
+                )
     for tokens in (int(t) for t in filter(None, args.sweep.split(","))):
         name = args.shapes.split(",")[0]
-        print(f"sweep of forward configs, {name}, {tokens} tokens (CUDA graph), fastest first:",
-              flush=True)
+        print(
+            f"sweep of forward configs, {name}, {tokens} tokens (CUDA graph), fastest first:",
+            flush=True,
+        )
         for row in sweep(name, tokens, device, copy_bps):
             rows.append(row)
-            print(f"{row['shape']:6} {row['tokens']:>3} {'sweep':13} {'graph':5} "
-                  f"{row['us']:>8.1f} {row['tb_per_s']:>6.2f} {row['of_copy']:>7.1%}  "
-                  f"{row['config']}", flush=True)
+            print(
+                f"{row['shape']:6} {row['tokens']:>3} {'sweep':13} {'graph':5} "
+                f"{row['us']:>8.1f} {row['tb_per_s']:>6.2f} {row['of_copy']:>7.1%}  "
+                f"{row['config']}",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(header=header, copy_tb_per_s=copy_bps / 1e12,
-                           python=platform.python_version(), rows=rows), f, indent=1)
+            json.dump(
+                dict(
+                    header=header,
+                    copy_tb_per_s=copy_bps / 1e12,
+                    python=platform.python_version(),
+                    rows=rows,
+                ),
+                f,
+                indent=1,
+            )
     return 0
 
 

@@ -21,6 +21,7 @@ autograd and torch.compile go through); `triton.autotune` of the same kernel wit
 configs (16 to 19 us in the reference figures of docs/PERFORMANCE.md); `choose_config`
 alone. The bar (docs/CONTRACTS.md): launcher with dispatch minus bare launch <= 10 us.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,9 @@ def compiled_run(launch, tensors):
     g0, g1, g2 = launch.grid
     device, run, tail = launch.device, c.run, launch.tail
     stream = torch._C._cuda_getCurrentRawStream
-    return lambda: run(g0, g1, g2, stream(device), c.function, c.packed_metadata,
-                       None, None, None, *tensors, *tail)
+    return lambda: run(
+        g0, g1, g2, stream(device), c.function, c.packed_metadata, None, None, None, *tensors, *tail
+    )
 
 
 def host_us_rows(fns: dict, sync, calls: int, repeats: int) -> dict:
@@ -93,7 +95,7 @@ def host_us_rows(fns: dict, sync, calls: int, repeats: int) -> dict:
     samples = {name: [] for name in fns}
     names = list(fns)
     for rep in range(repeats):
-        for name in names[rep % len(names):] + names[:rep % len(names)]:
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             fn = fns[name]
             sync()
             start = time.perf_counter()
@@ -110,11 +112,15 @@ def autotuned(fn, kwargs):
     the autotuner computes its key and looks up its cache on every call)."""
     meta = {k: kwargs[k] for k in ("BLOCK_M", "BLOCK_N")}
     warps = kwargs["num_warps"]
-    configs = [triton.Config(meta, num_warps=warps, num_stages=kwargs["num_stages"]),
-               triton.Config(meta, num_warps=8 if warps == 4 else 4,
-                             num_stages=kwargs["num_stages"])]
-    rest = {k: v for k, v in kwargs.items()
-            if k not in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")}
+    configs = [
+        triton.Config(meta, num_warps=warps, num_stages=kwargs["num_stages"]),
+        triton.Config(meta, num_warps=8 if warps == 4 else 4, num_stages=kwargs["num_stages"]),
+    ]
+    rest = {
+        k: v
+        for k, v in kwargs.items()
+        if k not in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
+    }
     return triton.autotune(configs=configs, key=["seqlen", "rows"])(fn), rest
 
 
@@ -126,21 +132,33 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--cpu-smoke", action="store_true",
-                        help="run the script's logic through Triton's interpreter on a tiny "
-                             "problem (numbers are meaningless: NOT GPU timings)")
+    parser.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="run the script's logic through Triton's interpreter on a tiny "
+        "problem (numbers are meaningless: NOT GPU timings)",
+    )
     args = parser.parse_args(argv)
 
     gpu = torch.cuda.is_available() and not args.cpu_smoke
     if not gpu and not args.cpu_smoke:
-        print("dispatch_overhead: needs a CUDA GPU (or --cpu-smoke to check the script)",
-              file=sys.stderr)
+        print(
+            "dispatch_overhead: needs a CUDA GPU (or --cpu-smoke to check the script)",
+            file=sys.stderr,
+        )
         return 2
     device = torch.device("cuda" if gpu else "cpu")
     if gpu:
         p = PRESETS[args.preset]
-        heads, kv, d, e, de, tokens, dtype = (p.heads, p.heads, p.head_dim, p.experts,
-                                              p.expert_dim, args.tokens, getattr(torch, args.dtype))
+        heads, kv, d, e, de, tokens, dtype = (
+            p.heads,
+            p.heads,
+            p.head_dim,
+            p.experts,
+            p.expert_dim,
+            args.tokens,
+            getattr(torch, args.dtype),
+        )
         sync = torch.cuda.synchronize
     else:
         heads, kv, d, e, de, tokens, dtype = 2, 1, 32, 2, 32, 16, torch.float32
@@ -150,27 +168,49 @@ def main(argv=None) -> int:
 
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, tokens, heads, d, generator=g).to(device, dtype)
-    k, u, v = ((torch.randn(kv, e, de, d, generator=g) * d ** -0.5).to(device, dtype)
-               for _ in range(3))
+    k, u, v = (
+        (torch.randn(kv, e, de, d, generator=g) * d**-0.5).to(device, dtype) for _ in range(3)
+    )
     r = torch.softmax(torch.randn(1, tokens, heads, e, generator=g), -1).to(device)
     inputs = (q, k, u, v, r)
 
     spec = KernelSpec(heads, kv, d, e, de, dtype_name(dtype), facts.target)
-    config = dataclasses.replace(default_config(KERNEL, spec, tokens, facts.sm_count),
-                                 inter_splits=1)
+    config = dataclasses.replace(
+        default_config(KERNEL, spec, tokens, facts.sm_count), inter_splits=1
+    )
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MHFGEN_DB"] = os.path.join(tmp, "tuning.sqlite")
         os.environ.pop("MHFGEN_NO_TUNED", None)
         with TuningDB.open(os.environ["MHFGEN_DB"]) as db:
-            key = TuningKey.of(KERNEL, template_hash(KERNEL), spec, shape_bucket(tokens), tokens,
-                               facts.gpu_name, facts.compute_capability, triton.__version__)
-            db.put_winner(WinnerRecord(key, config, 1.0, 0.0, None, None, "dispatch benchmark",
-                                       1, mhfgen.__version__, torch.__version__, utc_now()))
+            key = TuningKey.of(
+                KERNEL,
+                template_hash(KERNEL),
+                spec,
+                shape_bucket(tokens),
+                tokens,
+                facts.gpu_name,
+                facts.compute_capability,
+                triton.__version__,
+            )
+            db.put_winner(
+                WinnerRecord(
+                    key,
+                    config,
+                    1.0,
+                    0.0,
+                    None,
+                    None,
+                    "dispatch benchmark",
+                    1,
+                    mhfgen.__version__,
+                    torch.__version__,
+                    utc_now(),
+                )
+            )
         dispatch.clear_cache()
         choice = dispatch.explain_choice(KERNEL, spec, tokens, device)
         if choice.source != "exact" or choice.config != config:
-            print(f"warning: dispatch chose {choice} instead of the stored config",
-                  file=sys.stderr)
+            print(f"warning: dispatch chose {choice} instead of the stored config", file=sys.stderr)
 
         launch, out = captured_launch(inputs, config)
         fn, grid, kkwargs = launch.kernel, launch.grid, launch.meta
@@ -179,18 +219,24 @@ def main(argv=None) -> int:
         binary = compiled_run(launch, (*inputs, out))
         if binary is not None:
             fns[BINARY] = binary
-        fns.update({
-            "launcher, explicit config": lambda: flash_mhf_fwd(*inputs, config=config),
-            DISPATCHED: lambda: flash_mhf_fwd(*inputs),
-            "mhfgen.flash_mhf, no grad (launcher called directly)":
-                lambda: mhfgen.flash_mhf(*inputs),
-            "torch.ops.mhfgen.flash_mhf (the custom op's dispatch)":
-                lambda: torch.ops.mhfgen.flash_mhf(*inputs)})
+        fns.update(
+            {
+                "launcher, explicit config": lambda: flash_mhf_fwd(*inputs, config=config),
+                DISPATCHED: lambda: flash_mhf_fwd(*inputs),
+                "mhfgen.flash_mhf, no grad (launcher called directly)": lambda: mhfgen.flash_mhf(
+                    *inputs
+                ),
+                "torch.ops.mhfgen.flash_mhf (the custom op's dispatch)": lambda: (
+                    torch.ops.mhfgen.flash_mhf(*inputs)
+                ),
+            }
+        )
         if gpu:
             at, rest = autotuned(fn, kkwargs)
             fns["triton.autotune, 2 configs (reference)"] = lambda: at[grid](*kargs, **rest)
-        fns["choose_config alone (cached)"] = (
-            lambda: dispatch.choose_config(KERNEL, spec, tokens, device))
+        fns["choose_config alone (cached)"] = lambda: dispatch.choose_config(
+            KERNEL, spec, tokens, device
+        )
         with torch.no_grad():
             stats = host_us_rows(fns, sync, args.calls, args.repeats)
         rows = [(name, med) for name, (med, _) in stats.items()]
@@ -199,36 +245,58 @@ def main(argv=None) -> int:
     times = dict(rows)
     bare = times[BARE]
     overhead = times[DISPATCHED] - bare
-    lines = [f"# Dispatch host overhead ({'GPU' if gpu else 'INTERPRETER SMOKE RUN: NOT GPU timings'})",
-             "",
-             f"{facts.gpu_name} (compute capability {facts.compute_capability}), torch "
-             f"{torch.__version__}, Triton {triton.__version__}, mhfgen {mhfgen.__version__}, "
-             f"Python {platform.python_version()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-             f"problem: {spec.key()} at {tokens} tokens, config {config}",
-             f"each row: median (and min) of {args.repeats} x {args.calls} back-to-back calls, "
-             f"the rows taking turns", "",
-             "| path | host us / call, median | min | median above bare launch |",
-             "|---|---|---|---|"]
+    lines = [
+        f"# Dispatch host overhead ({'GPU' if gpu else 'INTERPRETER SMOKE RUN: NOT GPU timings'})",
+        "",
+        f"{facts.gpu_name} (compute capability {facts.compute_capability}), torch "
+        f"{torch.__version__}, Triton {triton.__version__}, mhfgen {mhfgen.__version__}, "
+        f"Python {platform.python_version()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"problem: {spec.key()} at {tokens} tokens, config {config}",
+        f"each row: median (and min) of {args.repeats} x {args.calls} back-to-back calls, "
+        f"the rows taking turns",
+        "",
+        "| path | host us / call, median | min | median above bare launch |",
+        "|---|---|---|---|",
+    ]
     for name, us in rows:
         above = "" if name in (BARE, BINARY) or name.startswith("choose") else f"{us - bare:+.2f}"
         lines.append(f"| {name} | {us:.2f} | {stats[name][1]:.2f} | {above} |")
     verdict = "PASS" if overhead <= BAR_US else "FAIL"
-    lines += ["", f"dispatch overhead = launcher with dispatch - bare launch = {overhead:.2f} us "
-              f"(bar <= {BAR_US:g} us): {verdict if gpu else 'n/a on the interpreter'}"]
+    lines += [
+        "",
+        f"dispatch overhead = launcher with dispatch - bare launch = {overhead:.2f} us "
+        f"(bar <= {BAR_US:g} us): {verdict if gpu else 'n/a on the interpreter'}",
+    ]
     if BINARY in times:
-        lines.append(f"the launcher's own work (plan lookup, output allocation, checks) = "
-                     f"launcher with dispatch - binary's launcher = "
-                     f"{times[DISPATCHED] - times[BINARY]:.2f} us")
+        lines.append(
+            f"the launcher's own work (plan lookup, output allocation, checks) = "
+            f"launcher with dispatch - binary's launcher = "
+            f"{times[DISPATCHED] - times[BINARY]:.2f} us"
+        )
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"gpu": dataclasses.asdict(facts), "torch": torch.__version__,
-                       "triton": triton.__version__, "mhfgen": mhfgen.__version__,
-                       "date": utc_now(), "gpu_timings": gpu, "spec": spec.as_dict(),
-                       "tokens": tokens, "config": config.as_dict(),
-                       "calls": args.calls, "repeats": args.repeats,
-                       "rows_us": times, "rows_min_us": {n: m for n, (_, m) in stats.items()},
-                       "overhead_us": overhead, "bar_us": BAR_US}, f, indent=1)
+            json.dump(
+                {
+                    "gpu": dataclasses.asdict(facts),
+                    "torch": torch.__version__,
+                    "triton": triton.__version__,
+                    "mhfgen": mhfgen.__version__,
+                    "date": utc_now(),
+                    "gpu_timings": gpu,
+                    "spec": spec.as_dict(),
+                    "tokens": tokens,
+                    "config": config.as_dict(),
+                    "calls": args.calls,
+                    "repeats": args.repeats,
+                    "rows_us": times,
+                    "rows_min_us": {n: m for n, (_, m) in stats.items()},
+                    "overhead_us": overhead,
+                    "bar_us": BAR_US,
+                },
+                f,
+                indent=1,
+            )
     return 0
 
 

@@ -32,6 +32,7 @@ the built-in heuristic config; no log line).
 The table is printed after the figure and again, complete, after the compiled checks.
 Exit status 1 if a parity check fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,30 +97,42 @@ class FigureRow:
 
 def gpu_lm_case() -> LMCase:
     """The GPU parity model: two blocks, FlashMHF with D = 128 through the kernels."""
-    cfg = ModelConfig(d_model=256, n_layers=2, n_heads=4, mhf_heads=2, mhf_intermediate=512,
-                      mhf_experts=2, max_seq_len=256, backend="triton")
+    cfg = ModelConfig(
+        d_model=256,
+        n_layers=2,
+        n_heads=4,
+        mhf_heads=2,
+        mhf_intermediate=512,
+        mhf_experts=2,
+        max_seq_len=256,
+        backend="triton",
+    )
     return LMCase(cfg, batch=4, seq=256, steps=2, lr=0.5)
 
 
 def gpu_tp_case() -> TPCase:
     """The GPU tensor-parallel parity layer: H = 8, Hkv = 4, D = 128, E = 4, De = 256."""
-    return TPCase(d_model=1024, n_heads=8, intermediate_size=1024, n_experts=4, n_kv_heads=4,
-                  batch=2, seq=512)
+    return TPCase(
+        d_model=1024, n_heads=8, intermediate_size=1024, n_experts=4, n_kv_heads=4, batch=2, seq=512
+    )
 
 
 def parity_checks(device: torch.device, tiny: bool, compiled: bool) -> list[ParityResult]:
     """The DDP, FSDP2 and TP steps of the model (eager or compiled) and, eager only, the TP
     layer checks."""
     lm_case = tiny_lm_case("triton") if tiny else gpu_lm_case()
-    results = [lm_step_parity(wrapper, lm_case, device, compiled=compiled)
-               for wrapper in ("ddp", "fsdp2", "tp")]
+    results = [
+        lm_step_parity(wrapper, lm_case, device, compiled=compiled)
+        for wrapper in ("ddp", "fsdp2", "tp")
+    ]
     if not compiled:
         tp_case = TPCase() if tiny else gpu_tp_case()
         results.append(tp_layer_parity(tp_case, device, torch.float32, backend="triton"))
         # NOTE: Triton's interpreter cannot multiply bf16 (it multiplies the raw bits), so on
         # the CPU the bf16 check runs the layer's PyTorch path; on a GPU, the kernels
-        results.append(tp_layer_parity(tp_case, device, torch.bfloat16,
-                                       backend="torch" if tiny else "triton"))
+        results.append(
+            tp_layer_parity(tp_case, device, torch.bfloat16, backend="torch" if tiny else "triton")
+        )
     return results
 
 
@@ -128,8 +141,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_training_step(layer: FlashMHF, x: torch.Tensor, dy: torch.Tensor, warmup: int,
-                       steps: int, repeats: int) -> tuple[list[float], float | None]:
+def time_training_step(
+    layer: FlashMHF, x: torch.Tensor, dy: torch.Tensor, warmup: int, steps: int, repeats: int
+) -> tuple[list[float], float | None]:
     """Seconds of one forward + backward of `layer` (gradients, dx included, freed each
     step; x must require its gradient), one value per timing of `steps` steps, and the peak
     memory in MiB over the timed steps (None on the CPU). Every rank calls it at the same
@@ -158,12 +172,13 @@ def time_training_step(layer: FlashMHF, x: torch.Tensor, dy: torch.Tensor, warmu
             step()
         _sync(device)
         times.append((time.perf_counter() - start) / steps)
-    peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return times, peak
 
 
-def figure(device: torch.device, case: FigureCase, warmup: int, steps: int,
-           repeats: int) -> list[FigureRow]:
+def figure(
+    device: torch.device, case: FigureCase, warmup: int, steps: int, repeats: int
+) -> list[FigureRow]:
     """The 1-GPU and TP rows of the figure (every rank returns the same rows)."""
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -177,8 +192,15 @@ def figure(device: torch.device, case: FigureCase, warmup: int, steps: int,
 
     def new_layer() -> FlashMHF:
         torch.manual_seed(0)
-        return FlashMHF(case.d_model, case.n_heads, case.intermediate_size, case.n_experts,
-                        backend=case.backend, device=device, dtype=dtype)
+        return FlashMHF(
+            case.d_model,
+            case.n_heads,
+            case.intermediate_size,
+            case.n_experts,
+            backend=case.backend,
+            device=device,
+            dtype=dtype,
+        )
 
     rows = []
     for mode, degree in (("1 GPU", 1), (f"TP={world}", world)):
@@ -191,8 +213,16 @@ def figure(device: torch.device, case: FigureCase, warmup: int, steps: int,
         dist.all_gather_object(gathered, (times, peak))
         slowest = [max(per_rank[i] for per_rank, _ in gathered) for i in range(repeats)]
         seconds = statistics.median(slowest)
-        rows.append(FigureRow(mode, degree, seconds * 1e3, [t * 1e3 for t in slowest],
-                              case.tokens / seconds, [p for _, p in gathered]))
+        rows.append(
+            FigureRow(
+                mode,
+                degree,
+                seconds * 1e3,
+                [t * 1e3 for t in slowest],
+                case.tokens / seconds,
+                [p for _, p in gathered],
+            )
+        )
         del layer
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -203,40 +233,51 @@ def _mib(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
 
-def table(parity: list[ParityResult], rows: list[FigureRow], case: FigureCase,
-          device: torch.device) -> str:
+def table(
+    parity: list[ParityResult], rows: list[FigureRow], case: FigureCase, device: torch.device
+) -> str:
     """The closing table: one line per parity check, then the figure."""
     lines = ["parity against one process (relative Frobenius error, worst quantity):"]
     lines += [f"  {r.describe()}" for r in parity]
-    lines.append(f"training step (fwd + bwd) of FlashMHF({case.d_model}, {case.n_heads}, "
-                 f"{case.intermediate_size}, {case.n_experts}) {case.dtype}, "
-                 f"{case.batch} x {case.seq} tokens, {device.type}:")
-    lines.append(f"  {'mode':7s} {'step ms':>9s} {'min-max ms':>15s} {'tokens/s':>11s} "
-                 f"{'speedup':>8s} {'peak MiB per GPU':>20s}")
+    lines.append(
+        f"training step (fwd + bwd) of FlashMHF({case.d_model}, {case.n_heads}, "
+        f"{case.intermediate_size}, {case.n_experts}) {case.dtype}, "
+        f"{case.batch} x {case.seq} tokens, {device.type}:"
+    )
+    lines.append(
+        f"  {'mode':7s} {'step ms':>9s} {'min-max ms':>15s} {'tokens/s':>11s} "
+        f"{'speedup':>8s} {'peak MiB per GPU':>20s}"
+    )
     base = rows[0].step_ms if rows else None
     for row in rows:
         peaks = " / ".join(_mib(p) for p in row.peak_mib)
         spread = f"{min(row.timings_ms):.2f}-{max(row.timings_ms):.2f}"
-        lines.append(f"  {row.mode:7s} {row.step_ms:9.2f} {spread:>15s} "
-                     f"{row.tokens_per_s:11,.0f} {base / row.step_ms:7.2f}x {peaks:>20s}")
+        lines.append(
+            f"  {row.mode:7s} {row.step_ms:9.2f} {spread:>15s} "
+            f"{row.tokens_per_s:11,.0f} {base / row.step_ms:7.2f}x {peaks:>20s}"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tiny", action="store_true",
-                    help="CPU-sized models and layer (what the CPU test runs)")
+    ap.add_argument(
+        "--tiny", action="store_true", help="CPU-sized models and layer (what the CPU test runs)"
+    )
     ap.add_argument("--json", help="write the parity errors and the figure here (rank 0)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     ap.add_argument("--steps", type=int, default=10, help="steps per timing")
     ap.add_argument("--repeats", type=int, default=5, help="timings (the median is kept)")
-    ap.add_argument("--no-compiled", action="store_true",
-                    help="leave out the compiled DDP, FSDP2 and TP checks")
+    ap.add_argument(
+        "--no-compiled", action="store_true", help="leave out the compiled DDP, FSDP2 and TP checks"
+    )
     args = ap.parse_args(argv)
     if "RANK" not in os.environ:
-        print("distributed_h200x2: run it under torchrun: python -m torch.distributed.run "
-              "--standalone --nproc_per_node 2 benchmarks/distributed_h200x2.py",
-              file=sys.stderr)
+        print(
+            "distributed_h200x2: run it under torchrun: python -m torch.distributed.run "
+            "--standalone --nproc_per_node 2 benchmarks/distributed_h200x2.py",
+            file=sys.stderr,
+        )
         return 2
     device = init_process_group()
     rank = dist.get_rank()
@@ -245,13 +286,24 @@ def main(argv=None) -> int:
         logging.getLogger("mhfgen.dispatch").setLevel(logging.DEBUG)
     case = FigureCase()
     if args.tiny:
-        case = replace(case, d_model=64, n_heads=4, intermediate_size=64, n_experts=2, batch=2,
-                       seq=8, dtype="float32", backend="triton")
+        case = replace(
+            case,
+            d_model=64,
+            n_heads=4,
+            intermediate_size=64,
+            n_experts=2,
+            batch=2,
+            seq=8,
+            dtype="float32",
+            backend="triton",
+        )
     if rank == 0:
-        print(f"torch {torch.__version__}, mhfgen {mhfgen.__version__}, "
-              f"{dist.get_world_size()} ranks on {device.type} ({dist.get_backend()})"
-              + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
-              flush=True)
+        print(
+            f"torch {torch.__version__}, mhfgen {mhfgen.__version__}, "
+            f"{dist.get_world_size()} ranks on {device.type} ({dist.get_backend()})"
+            + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+            flush=True,
+        )
 
     def stage(name: str, fn):
         start = time.perf_counter()
@@ -265,29 +317,39 @@ def main(argv=None) -> int:
     report(parity, rows, case, device, args.json)
     if not args.no_compiled:
         # last: the slowest part (inductor compiles the blocks); what came before is printed
-        parity += stage("parity, compiled",
-                        lambda: parity_checks(device, args.tiny, compiled=True))
+        parity += stage("parity, compiled", lambda: parity_checks(device, args.tiny, compiled=True))
         report(parity, rows, case, device, args.json)
     dist.destroy_process_group()
     return 1 if any(not r.ok for r in parity) else 0
 
 
-def report(parity: list[ParityResult], rows: list[FigureRow], case: FigureCase,
-           device: torch.device, json_path: str | None) -> None:
+def report(
+    parity: list[ParityResult],
+    rows: list[FigureRow],
+    case: FigureCase,
+    device: torch.device,
+    json_path: str | None,
+) -> None:
     """Rank 0 prints the table and writes the JSON (again after each stage)."""
     if dist.get_rank() != 0:
         return
     print(table(parity, rows, case, device), flush=True)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"device": device.type,
-                       "gpu": torch.cuda.get_device_name(device) if device.type == "cuda"
-                       else None,
-                       "torch": torch.__version__, "mhfgen": mhfgen.__version__,
-                       "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                       "case": asdict(case),
-                       "parity": [{**asdict(r), "ok": r.ok} for r in parity],
-                       "figure": [asdict(row) for row in rows]}, f, indent=1)
+            json.dump(
+                {
+                    "device": device.type,
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                    "torch": torch.__version__,
+                    "mhfgen": mhfgen.__version__,
+                    "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                    "case": asdict(case),
+                    "parity": [{**asdict(r), "ok": r.ok} for r in parity],
+                    "figure": [asdict(row) for row in rows],
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

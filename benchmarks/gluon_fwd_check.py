@@ -17,6 +17,7 @@
 Every first launch is watched for a hang (mbarrier deadlock): a hang ends the run, printing
 what was measured. The tables are printed last.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,24 +42,31 @@ PP = WsConfig(consumers=2, consumer_warps=4, pingpong=True)
 GQA = WsConfig(consumers=2, consumer_warps=4, group_heads=2)
 EXP = WsConfig(consumers=1, consumer_warps=8, sigmoid="exp")
 S3 = WsConfig(consumers=1, consumer_warps=8, stages=3)
-VERIFY_CONFIGS = {"1x8w": C1, "2x4w": C2, "pingpong": PP, "gqa2": GQA, "exp": EXP, "s3": S3,
-                  "2x4w-joint": WsConfig(consumers=2, consumer_warps=4, joint_scores=True),
-                  "pingpong-joint": WsConfig(consumers=2, consumer_warps=4, pingpong=True,
-                                             joint_scores=True),
-                  "gqa2-exp-joint": WsConfig(consumers=2, consumer_warps=4, group_heads=2,
-                                             sigmoid="exp", joint_scores=True),
-                  "1x8w-joint": WsConfig(consumers=1, consumer_warps=8, joint_scores=True),
-                  "bn32-s6-persistent-joint": WsConfig(block_n=32, stages=6, consumers=2,
-                                                       consumer_warps=4, persistent=True,
-                                                       joint_scores=True),
-                  # which of 32-column tiles, 6 slots, persistence and joint scores gives
-                  # bn32-s6-persistent-joint its wrong 1.3B-slice outputs
-                  "bn32-s6-persistent": WsConfig(block_n=32, stages=6, persistent=True),
-                  "bn32-s6": WsConfig(block_n=32, stages=6),
-                  "bn32-s6-joint": WsConfig(block_n=32, stages=6, joint_scores=True),
-                  "bn32-s4-joint": WsConfig(block_n=32, stages=4, joint_scores=True),
-                  "bn32-s4": WsConfig(block_n=32, stages=4),
-                  "persistent-joint": WsConfig(persistent=True, joint_scores=True)}
+VERIFY_CONFIGS = {
+    "1x8w": C1,
+    "2x4w": C2,
+    "pingpong": PP,
+    "gqa2": GQA,
+    "exp": EXP,
+    "s3": S3,
+    "2x4w-joint": WsConfig(consumers=2, consumer_warps=4, joint_scores=True),
+    "pingpong-joint": WsConfig(consumers=2, consumer_warps=4, pingpong=True, joint_scores=True),
+    "gqa2-exp-joint": WsConfig(
+        consumers=2, consumer_warps=4, group_heads=2, sigmoid="exp", joint_scores=True
+    ),
+    "1x8w-joint": WsConfig(consumers=1, consumer_warps=8, joint_scores=True),
+    "bn32-s6-persistent-joint": WsConfig(
+        block_n=32, stages=6, consumers=2, consumer_warps=4, persistent=True, joint_scores=True
+    ),
+    # which of 32-column tiles, 6 slots, persistence and joint scores gives
+    # bn32-s6-persistent-joint its wrong 1.3B-slice outputs
+    "bn32-s6-persistent": WsConfig(block_n=32, stages=6, persistent=True),
+    "bn32-s6": WsConfig(block_n=32, stages=6),
+    "bn32-s6-joint": WsConfig(block_n=32, stages=6, joint_scores=True),
+    "bn32-s4-joint": WsConfig(block_n=32, stages=4, joint_scores=True),
+    "bn32-s4": WsConfig(block_n=32, stages=4),
+    "persistent-joint": WsConfig(persistent=True, joint_scores=True),
+}
 
 VERIFY_CASES = [
     Case("1.3B-slice", 2, 300, 16, 16, 128, 22, 256),
@@ -82,17 +90,25 @@ def sweep_configs(quick: bool) -> dict[str, WsConfig]:
     for consumers, warps in ((1, 8), (2, 4)):
         for block_n in (64, 32, 128):
             for stages in (3, 4, 5, 6):
-                for pingpong in ((False, True) if consumers == 2 else (False,)):
+                for pingpong in (False, True) if consumers == 2 else (False,):
                     for sigmoid in ("tanh", "exp"):
                         if quick and (stages > 4 or sigmoid == "exp" or block_n == 32):
                             continue
                         for joint in (False, True):
-                            c = WsConfig(block_n=block_n, stages=stages, consumers=consumers,
-                                         consumer_warps=warps, pingpong=pingpong,
-                                         sigmoid=sigmoid, joint_scores=joint)
-                            name = (f"{consumers}x{warps}w-bn{block_n}-s{stages}"
-                                    f"{'-pp' if pingpong else ''}-{sigmoid}"
-                                    f"{'-joint' if joint else ''}")
+                            c = WsConfig(
+                                block_n=block_n,
+                                stages=stages,
+                                consumers=consumers,
+                                consumer_warps=warps,
+                                pingpong=pingpong,
+                                sigmoid=sigmoid,
+                                joint_scores=joint,
+                            )
+                            name = (
+                                f"{consumers}x{warps}w-bn{block_n}-s{stages}"
+                                f"{'-pp' if pingpong else ''}-{sigmoid}"
+                                f"{'-joint' if joint else ''}"
+                            )
                             out[name] = c
     return out
 
@@ -121,8 +137,9 @@ def verify(rows, only):
             if case.name.startswith("E=1"):  # also a strided q (head stride D + 8)
                 q, k, u, v, r, _ = make_inputs(case, dtype, "cuda", seed=1, q_layout="strided")
             ref = reference.flash_mhf(q.double(), k.double(), u.double(), v.double(), r.double())
-            spec = spec_of(case.heads, case.kv_heads, case.head_dim, case.experts,
-                           case.expert_dim, dname)
+            spec = spec_of(
+                case.heads, case.kv_heads, case.head_dim, case.experts, case.expert_dim, dname
+            )
             for cname, config in VERIFY_CONFIGS.items():
                 if only and not any(o in cname for o in only):
                     continue
@@ -133,15 +150,33 @@ def verify(rows, only):
                     o = finish(lambda: flash_mhf_fwd_ws(q, k, u, v, r, config))
                     err = relative_error(o, ref)
                     ok = err <= tolerance(dname)
-                    rows.append(("verify", dname, case.name, cname, "ok" if ok else "WRONG",
-                                 f"{err:.2e}", ""))
+                    rows.append(
+                        (
+                            "verify",
+                            dname,
+                            case.name,
+                            cname,
+                            "ok" if ok else "WRONG",
+                            f"{err:.2e}",
+                            "",
+                        )
+                    )
                 except Hang:
                     rows.append(("verify", dname, case.name, cname, "HANG", "", ""))
                     raise
                 except Exception as exc:  # noqa: BLE001
                     traceback.print_exc()
-                    rows.append(("verify", dname, case.name, cname,
-                                 f"error {type(exc).__name__}", str(exc)[:60], ""))
+                    rows.append(
+                        (
+                            "verify",
+                            dname,
+                            case.name,
+                            cname,
+                            f"error {type(exc).__name__}",
+                            str(exc)[:60],
+                            "",
+                        )
+                    )
             print(f"verified {dname} {case.name}", flush=True)
 
 
@@ -161,16 +196,35 @@ def speed(rows, quick, only, tokens=16384, shapes=tuple(SHAPES), wanted=()):
         flops = 6.0 * tokens * H * E * De * D
         ref_o = flash_mhf_fwd(q, k, u, v, r)
         ms = bench_ms(lambda: flash_mhf_fwd(q, k, u, v, r))
-        rows.append(("speed", "bfloat16", sname, "triton flash_mhf_fwd", "ok",
-                     f"{ms:.3f}", f"{flops / ms * 1e-9:.1f}"))
+        rows.append(
+            (
+                "speed",
+                "bfloat16",
+                sname,
+                "triton flash_mhf_fwd",
+                "ok",
+                f"{ms:.3f}",
+                f"{flops / ms * 1e-9:.1f}",
+            )
+        )
         d, inter = H * D, E * De
         x = torch.randn(tokens, d, device="cuda", dtype=torch.bfloat16)
-        w1, w3 = (torch.randn(inter, d, device="cuda", dtype=torch.bfloat16) * d ** -0.5
-                  for _ in range(2))
-        w2 = torch.randn(d, inter, device="cuda", dtype=torch.bfloat16) * inter ** -0.5
+        w1, w3 = (
+            torch.randn(inter, d, device="cuda", dtype=torch.bfloat16) * d**-0.5 for _ in range(2)
+        )
+        w2 = torch.randn(d, inter, device="cuda", dtype=torch.bfloat16) * inter**-0.5
         ms = bench_ms(lambda: F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2))
-        rows.append(("speed", "bfloat16", sname, "SwiGLU (cuBLAS)", "ok", f"{ms:.3f}",
-                     f"{flops / ms * 1e-9:.1f}"))
+        rows.append(
+            (
+                "speed",
+                "bfloat16",
+                sname,
+                "SwiGLU (cuBLAS)",
+                "ok",
+                f"{ms:.3f}",
+                f"{flops / ms * 1e-9:.1f}",
+            )
+        )
         x = w1 = w2 = w3 = None  # free the GPU memory before the next shape
         spec = spec_of(H, Hkv, D, E, De, "bfloat16")
         print(f"{sname}: baselines done", flush=True)
@@ -183,16 +237,33 @@ def speed(rows, quick, only, tokens=16384, shapes=tuple(SHAPES), wanted=()):
                 o = finish(lambda: flash_mhf_fwd_ws(q, k, u, v, r, config))
                 agree = relative_error(o, ref_o)
                 ms = bench_ms(lambda: flash_mhf_fwd_ws(q, k, u, v, r, config))
-                rows.append(("speed", "bfloat16", sname, cname,
-                             "ok" if agree < 5e-3 else f"DIFF {agree:.1e}", f"{ms:.3f}",
-                             f"{flops / ms * 1e-9:.1f}"))
+                rows.append(
+                    (
+                        "speed",
+                        "bfloat16",
+                        sname,
+                        cname,
+                        "ok" if agree < 5e-3 else f"DIFF {agree:.1e}",
+                        f"{ms:.3f}",
+                        f"{flops / ms * 1e-9:.1f}",
+                    )
+                )
             except Hang:
                 rows.append(("speed", "bfloat16", sname, cname, "HANG", "", ""))
                 raise
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc()
-                rows.append(("speed", "bfloat16", sname, cname, f"error {type(exc).__name__}",
-                             str(exc)[:60], ""))
+                rows.append(
+                    (
+                        "speed",
+                        "bfloat16",
+                        sname,
+                        cname,
+                        f"error {type(exc).__name__}",
+                        str(exc)[:60],
+                        "",
+                    )
+                )
         print(f"{sname}: sweep done", flush=True)
         q = k = u = v = r = ref_o = None
         torch.cuda.empty_cache()
@@ -200,11 +271,15 @@ def speed(rows, quick, only, tokens=16384, shapes=tuple(SHAPES), wanted=()):
 
 def print_rows(rows, t0):
     print()
-    print(f"{'part':7s} {'dtype':9s} {'shape':14s} {'config':28s} {'status':12s} "
-          f"{'err/ms':>10s} {'TFLOP/s':>8s}")
+    print(
+        f"{'part':7s} {'dtype':9s} {'shape':14s} {'config':28s} {'status':12s} "
+        f"{'err/ms':>10s} {'TFLOP/s':>8s}"
+    )
     for row in rows:
-        print(f"{row[0]:7s} {row[1]:9s} {row[2]:14s} {row[3]:28s} {row[4]:12s} {row[5]:>10s} "
-              f"{row[6]:>8s}")
+        print(
+            f"{row[0]:7s} {row[1]:9s} {row[2]:14s} {row[3]:28s} {row[4]:12s} {row[5]:>10s} "
+            f"{row[6]:>8s}"
+        )
     print(f"wall {time.time() - t0:.0f} s", flush=True)
 
 
@@ -215,8 +290,11 @@ def main():
     parser.add_argument("--budget", type=float, default=420, help="seconds before the watchdog")
     parser.add_argument("--only", nargs="*", default=[], help="config name substrings")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="speed shapes")
-    parser.add_argument("--configs", default="",
-                        help="describe() strings of the configs to time (default: the sweep)")
+    parser.add_argument(
+        "--configs",
+        default="",
+        help="describe() strings of the configs to time (default: the sweep)",
+    )
     args = parser.parse_args()
     shapes = [s for s in args.shapes.split(",") if s]
     unknown = [s for s in shapes if s not in SHAPES]
@@ -231,6 +309,7 @@ def main():
         speed(rows, args.quick, args.only, shapes=shapes, wanted=wanted)
 
     run_watched(steps, args.budget, report=print_rows)
+
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 whole check run for its time budget, for the GPU check scripts of this folder
 (gluon_fwd_check.py, bwd_ws_check.py, bwd_dkv_ws_check.py, bwd_dq_ws_check.py); with the
 result rows they share."""
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,13 @@ def attempt(rows: list, kind: str, label: str, fn) -> None:
         row(rows, kind, label, "-", "HANG")
         raise
     except Exception as exc:  # noqa: BLE001 - a failing config is a row
-        row(rows, kind, label, "-", f"ERROR {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:110] if str(exc) else ''}")
+        row(
+            rows,
+            kind,
+            label,
+            "-",
+            f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0][:110] if str(exc) else ''}",
+        )
 
 
 def print_table(rows: list, t0: float) -> None:
@@ -62,8 +68,10 @@ def run_watched(steps, budget_s: float, report=print_table):
     import torch
     import triton
 
-    print(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}",
-          flush=True)
+    print(
+        f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}",
+        flush=True,
+    )
     rows, t0 = [], time.time()
 
     def watchdog():

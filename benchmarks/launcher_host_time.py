@@ -6,6 +6,7 @@ controls. The GPU figure against a bare launch is benchmarks/dispatch_overhead.p
 
     PYTHONPATH=. python benchmarks/launcher_host_time.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,14 @@ class _NoLaunch:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Host time per call of the forward launcher with the kernel launch "
-                    "stubbed out (370M forward at 256 tokens); runs without a GPU.")
-    parser.add_argument("--calls", type=int, default=5000,
-                        help="calls per timed block (median of 5 blocks; default 5000)")
+        "stubbed out (370M forward at 256 tokens); runs without a GPU."
+    )
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=5000,
+        help="calls per timed block (median of 5 blocks; default 5000)",
+    )
     args = parser.parse_args(argv)
     calls = args.calls
     module = sys.modules["mhfgen.kernels.flash_mhf_fwd"]
@@ -40,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         k = torch.randn(8, 11, 256, 128)
         r = torch.rand(1, 256, 8, 11)
         config = FwdConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
-        print(f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
-              f"median of 5 x {calls} calls, launch stubbed out")
+        print(
+            f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "
+            f"median of 5 x {calls} calls, launch stubbed out"
+        )
         for label, cfg in (("explicit config", config), ("dispatched", None)):
             for _ in range(200):
                 flash_mhf_fwd(q, k, k, k, r, cfg)

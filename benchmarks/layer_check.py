@@ -15,6 +15,7 @@ this checks what the layer adds (TF32 router dots on a GPU, the analytic norm + 
 backward) end to end. Verdict: every mhfgen error at most RATIO_BAR times PyTorch's, or
 within the dtype's tolerance (mhfgen.tolerances).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,11 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="1.3B", choices=sorted(PRESETS))
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
-    ap.add_argument("--cpu-smoke", action="store_true",
-                    help="a tiny layer through Triton's interpreter (checks the script)")
+    ap.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="a tiny layer through Triton's interpreter (checks the script)",
+    )
     args = ap.parse_args(argv)
     gpu = torch.cuda.is_available() and not args.cpu_smoke
     if not gpu and not args.cpu_smoke:
@@ -77,8 +81,10 @@ def main(argv=None) -> int:
 
     name = args.preset if gpu else "smoke"
     where = torch.cuda.get_device_name(dev) if gpu else "INTERPRETER SMOKE RUN"
-    print(f"{where}, torch {torch.__version__}, mhfgen {mhfgen.__version__}; FlashMHF layer "
-          f"{name} (d, H, I, E) = {dims}, {batch * seqlen} tokens, {dtype_name(dtype)}")
+    print(
+        f"{where}, torch {torch.__version__}, mhfgen {mhfgen.__version__}; FlashMHF layer "
+        f"{name} (d, H, I, E) = {dims}, {batch * seqlen} tokens, {dtype_name(dtype)}"
+    )
     print(f"  {'tensor':18} {'mhfgen':>9} {'PyTorch':>9} {'ratio':>7}  (relative error vs float64)")
     ok = True
     for key in want:
@@ -88,8 +94,10 @@ def main(argv=None) -> int:
         ok &= good
         ratio = e_k / e_t if e_t else float("inf")
         print(f"  {key:18} {e_k:9.2e} {e_t:9.2e} {ratio:7.2f}  {'ok' if good else 'FAIL'}")
-    print(f"  verdict: {'PASS' if ok else 'FAIL'} (each mhfgen error <= {RATIO_BAR:g}x "
-          f"PyTorch's or <= the dtype's tolerance)")
+    print(
+        f"  verdict: {'PASS' if ok else 'FAIL'} (each mhfgen error <= {RATIO_BAR:g}x "
+        f"PyTorch's or <= the dtype's tolerance)"
+    )
     return 0 if ok else 1
 
 

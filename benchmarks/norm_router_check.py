@@ -10,6 +10,7 @@ computed from the same inputs and output gradients; then the median time of the 
 and of forward + backward of each path (triton.testing.do_bench) and the peak memory of
 forward + backward above the inputs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,10 @@ def _sweep(q, w, wr, dqn, dr, ref) -> None:
     q, w, wr = q.detach(), w.detach(), wr.detach()
     grid = list(itertools.product((16, 32, 64), (4, 8), ("ieee", "tf32x3", "tf32")))
     for name in ("forward", "backward"):
-        print(f"  {name} kernel sweep (block_t, warps, precision): ms, errors vs the PyTorch "
-              f"path", flush=True)
+        print(
+            f"  {name} kernel sweep (block_t, warps, precision): ms, errors vs the PyTorch path",
+            flush=True,
+        )
         rows = []
         for bt, warps, prec in grid:
             launch = dict(block_t=bt, num_warps=warps, precision=prec)
@@ -61,8 +64,11 @@ def _sweep(q, w, wr, dqn, dr, ref) -> None:
                 print(f"    {bt:3} {warps} {prec}: {ms}", flush=True)
                 continue
             out = fn()
-            errs = (f"R {_rel(out[1], ref[1]):.1e}" if name == "forward" else
-                    f"dq {_rel(out[0], ref[2]):.1e}  dW_R {_rel(out[2], ref[4]):.1e}")
+            errs = (
+                f"R {_rel(out[1], ref[1]):.1e}"
+                if name == "forward"
+                else f"dq {_rel(out[0], ref[2]):.1e}  dW_R {_rel(out[2], ref[4]):.1e}"
+            )
             rows.append((ms, bt, warps, prec, errs))
             print(f"    {bt:3} {warps} {prec:6}: {ms:.3f} ms  {errs}", flush=True)
         for ms, bt, warps, prec, errs in sorted(rows)[:3]:
@@ -76,11 +82,18 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=int, default=None, help="H (default: the preset's)")
     ap.add_argument("--head-dim", type=int, default=None, help="D (default: the preset's)")
     ap.add_argument("--experts", type=int, default=None, help="E (default: the preset's)")
-    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
-                    help="q's dtype (the weights stay fp32)")
-    ap.add_argument("--sweep", action="store_true",
-                    help="also time the forward and backward kernels over block_t, num_warps "
-                         "and dot precision, with the errors of each against the PyTorch path")
+    ap.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=("bfloat16", "float16", "float32"),
+        help="q's dtype (the weights stay fp32)",
+    )
+    ap.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also time the forward and backward kernels over block_t, num_warps "
+        "and dot precision, with the errors of each against the PyTorch path",
+    )
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("norm_router_check: needs a CUDA GPU", file=sys.stderr)
@@ -90,8 +103,11 @@ def main(argv=None) -> int:
     custom = (H, D, E) != (p.heads, p.head_dim, p.experts)
     label = f"H={H} D={D} E={E}" if custom else f"{args.preset} H={H} D={D} E={E}"
     g = torch.Generator(device="cpu").manual_seed(0)
-    q = torch.randn(args.tokens // 2048 or 1, min(args.tokens, 2048), H, D, generator=g
-                    ).to(dev, getattr(torch, args.dtype)).requires_grad_()
+    q = (
+        torch.randn(args.tokens // 2048 or 1, min(args.tokens, 2048), H, D, generator=g)
+        .to(dev, getattr(torch, args.dtype))
+        .requires_grad_()
+    )
     w = (1 + 0.1 * torch.randn(H, D, generator=g)).to(dev).requires_grad_()
     wr = (0.05 * torch.randn(H, D, E, generator=g)).to(dev).requires_grad_()
     dqn = torch.randn(q.shape, generator=g).to(dev, q.dtype)
@@ -102,15 +118,20 @@ def main(argv=None) -> int:
         qn, r = norm_router(q, w, wr, use_kernels=kern)
         grads = torch.autograd.grad((qn, r), (q, w, wr), (dqn, dr))
         outs[name] = (qn, r, *grads)
-    print(f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}, triton "
-          f"{triton.__version__}; {label}, {q.shape[0] * q.shape[1]} "
-          f"tokens, q {args.dtype}, weights fp32")
+    print(
+        f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}, triton "
+        f"{triton.__version__}; {label}, {q.shape[0] * q.shape[1]} "
+        f"tokens, q {args.dtype}, weights fp32"
+    )
     for i, label in enumerate(("qn", "R", "dq", "d norm weight", "d router weight")):
-        print(f"  {label:16} kernels vs PyTorch path: {_rel(outs['kernels'][i], outs['pytorch'][i]):.2e}")
+        print(
+            f"  {label:16} kernels vs PyTorch path: {_rel(outs['kernels'][i], outs['pytorch'][i]):.2e}"
+        )
     if args.sweep:
         _sweep(q, w, wr, dqn, dr, outs["pytorch"])
     del outs
     for name, kern in (("kernels", True), ("pytorch", False)):
+
         def fwd():
             with torch.no_grad():
                 norm_router(q, w, wr, use_kernels=kern)
@@ -127,8 +148,10 @@ def main(argv=None) -> int:
         fwdbwd()
         torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-        print(f"  {name:8} forward {t_f:.3f} ms, forward + backward {t_fb:.3f} ms, "
-              f"peak {peak:.0f} MiB above the inputs")
+        print(
+            f"  {name:8} forward {t_f:.3f} ms, forward + backward {t_fb:.3f} ms, "
+            f"peak {peak:.0f} MiB above the inputs"
+        )
     return 0
 
 

@@ -41,6 +41,7 @@ checks that the document matches the results files.
         # a table of `mhfgen bench` rows (TFLOP/s; ratio: method time / mhfgen time) into
         # the results file of the GPU that measured them; then render (no --check)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,8 +97,9 @@ def check(doc: dict, where: str) -> None:
                 raise ResultsError(f"{where}: table {name!r} row {i} lacks {', '.join(missing)}")
             for key in ("value", "ratio"):
                 value = row.get(key)
-                if value is not None and (isinstance(value, bool)
-                                          or not isinstance(value, (int, float))):
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))
+                ):
                     raise ResultsError(f"{where}: table {name!r} row {i}: {key} must be a number")
 
 
@@ -134,28 +136,34 @@ def render_table(doc: dict, name: str) -> str:
         if r.get("ratio") is not None:
             text += f" ({_number(r['ratio'], decimals[r['metric'], r['unit'], 'ratio'])}x)"
         cells[r["row"], r["metric"]] = text
-    lines = [f"**{table['title']}** {doc['gpu']}, torch {table['torch']}, Triton "
-             f"{table['triton']}, measured {table['date']}. Reproduce: `{table['command']}`.",
-             ""]
+    lines = [
+        f"**{table['title']}** {doc['gpu']}, torch {table['torch']}, Triton "
+        f"{table['triton']}, measured {table['date']}. Reproduce: `{table['command']}`.",
+        "",
+    ]
     if table.get("ratio"):
         lines[0] += f" In brackets: {table['ratio']}."
     head = [table["row_label"]] + [f"{m} ({units[m]})" if units[m] else m for m in metrics]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for label in labels:
-        lines.append("| " + " | ".join([label] + [cells.get((label, m), "-") for m in metrics])
-                     + " |")
+        lines.append(
+            "| " + " | ".join([label] + [cells.get((label, m), "-") for m in metrics]) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def render(text: str, docs: dict[str, dict]) -> str:
     """`text` with every marked section replaced by its table."""
+
     def replace(match: re.Match) -> str:
         slug, name = match.group(2), match.group(3)
         if slug not in docs or name not in docs[slug]["tables"]:
-            raise ResultsError(f"marked section {slug} {name}: no such table in "
-                               f"benchmarks/results/{slug}.json")
+            raise ResultsError(
+                f"marked section {slug} {name}: no such table in benchmarks/results/{slug}.json"
+            )
         return match.group(1) + render_table(docs[slug], name) + match.group(5)
+
     return SECTION.sub(replace, text)
 
 
@@ -164,36 +172,50 @@ def bench_table(bench_doc: dict, command: str) -> tuple[str, dict]:
     one row per problem shape, one column per method and pass, TFLOP/s with the time
     ratio against mhfgen's."""
     if bench_doc.get("format") != "mhfgen-bench/1":
-        raise ResultsError(f"expected an mhfgen-bench/1 document, got "
-                           f"{bench_doc.get('format')!r}")
+        raise ResultsError(f"expected an mhfgen-bench/1 document, got {bench_doc.get('format')!r}")
     rows = [r for r in bench_doc["rows"] if r["status"] == "ok" and r["tflops"] is not None]
     if not rows:
         raise ResultsError("the bench document has no measured rows")
     first = rows[0]
-    if {(r["gpu"], r["torch"], r["triton"]) for r in rows} != \
-            {(first["gpu"], first["torch"], first["triton"])}:
+    if {(r["gpu"], r["torch"], r["triton"]) for r in rows} != {
+        (first["gpu"], first["torch"], first["triton"])
+    }:
         raise ResultsError("the bench rows come from more than one GPU or version")
     table = {
         "title": f"`mhfgen bench`, {first['dtype']}, TFLOP/s per method and pass.",
-        "torch": first["torch"], "triton": first["triton"], "date": first["date"][:10],
-        "command": command, "row_label": "shape (d, H, D, I, E), tokens",
+        "torch": first["torch"],
+        "triton": first["triton"],
+        "date": first["date"][:10],
+        "command": command,
+        "row_label": "shape (d, H, D, I, E), tokens",
         "ratio": "the method's time over mhfgen's (above 1: mhfgen is faster)",
-        "rows": [{"row": f"{r['shape']}, {r['tokens']}", "metric": f"{r['method']} {r['pass']}",
-                  "value": round(r["tflops"]), "unit": "TFLOP/s",
-                  "ratio": None if r["method"] in ("mhfgen", "layer_mhfgen")
-                  or r["time_vs_mhfgen"] is None else round(r["time_vs_mhfgen"], 2)}
-                 for r in rows],
+        "rows": [
+            {
+                "row": f"{r['shape']}, {r['tokens']}",
+                "metric": f"{r['method']} {r['pass']}",
+                "value": round(r["tflops"]),
+                "unit": "TFLOP/s",
+                "ratio": None
+                if r["method"] in ("mhfgen", "layer_mhfgen") or r["time_vs_mhfgen"] is None
+                else round(r["time_vs_mhfgen"], 2),
+            }
+            for r in rows
+        ],
     }
     return first["gpu"], table
 
 
 def add_bench(bench_path: Path, name: str, folder: Path = RESULTS) -> Path:
     """Write (or replace) table `name` of the GPU's results file from an mhfgen bench run."""
-    gpu, table = bench_table(json.loads(bench_path.read_text()),
-                             f"python3 -m mhfgen bench ... --json {bench_path.name}")
+    gpu, table = bench_table(
+        json.loads(bench_path.read_text()), f"python3 -m mhfgen bench ... --json {bench_path.name}"
+    )
     path = folder / f"{gpu_slug(gpu)}.json"
-    doc = json.loads(path.read_text()) if path.exists() else \
-        {"format": FORMAT, "gpu": gpu, "tables": {}}
+    doc = (
+        json.loads(path.read_text())
+        if path.exists()
+        else {"format": FORMAT, "gpu": gpu, "tables": {}}
+    )
     doc["tables"][name] = table
     check(doc, path.name)
     path.write_text(json.dumps(doc, indent=1) + "\n")
@@ -203,21 +225,32 @@ def add_bench(bench_path: Path, name: str, folder: Path = RESULTS) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Render the marked tables of docs/PERFORMANCE.md from "
-                    "benchmarks/results/*.json (format: this script's docstring).")
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 and print a diff if the doc is stale")
+        "benchmarks/results/*.json (format: this script's docstring)."
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 and print a diff if the doc is stale",
+    )
     parser.add_argument("--doc", type=Path, default=DOC, help="the document (default %(default)s)")
-    parser.add_argument("--results", type=Path, default=RESULTS,
-                        help="the folder of results files (default %(default)s)")
-    parser.add_argument("--add-bench", type=Path, metavar="BENCH_JSON",
-                        help="first add the rows of an `mhfgen bench --json` file as table "
-                             "--table of its GPU's results file")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="the folder of results files (default %(default)s)",
+    )
+    parser.add_argument(
+        "--add-bench",
+        type=Path,
+        metavar="BENCH_JSON",
+        help="first add the rows of an `mhfgen bench --json` file as table "
+        "--table of its GPU's results file",
+    )
     parser.add_argument("--table", default="bench", help="the table --add-bench writes")
     args = parser.parse_args(argv)
     try:
         if args.add_bench:
-            print(f"wrote {add_bench(args.add_bench, args.table, args.results)}",
-                  file=sys.stderr)
+            print(f"wrote {add_bench(args.add_bench, args.table, args.results)}", file=sys.stderr)
         text = args.doc.read_text()
         new = render(text, load(args.results))
     except (OSError, ValueError, KeyError) as exc:
@@ -225,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         if new != text:
-            sys.stdout.writelines(difflib.unified_diff(
-                text.splitlines(True), new.splitlines(True), str(args.doc), "rendered"))
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    text.splitlines(True), new.splitlines(True), str(args.doc), "rendered"
+                )
+            )
             return 1
         return 0
     if new != text:

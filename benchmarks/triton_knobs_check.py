@@ -7,6 +7,7 @@ tokens, fp32 at 2048 tokens, on the 1.3B and 370M presets), the dispatcher's con
 flash_mhf_fwd, then the same with unroll 2 / 4 and evict_weights: error against float64
 (the bar of mhfgen.tolerances) and the median time of do_bench. Prints one table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,17 +24,27 @@ from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.validation import check_flash_mhf_inputs
 from mhfgen.verification import Case, make_inputs
 
-KNOBS = [dict(), dict(unroll=2), dict(unroll=4), dict(evict_weights=True),
-         dict(unroll=2, evict_weights=True)]
-PROBLEMS = [("1.3B", torch.bfloat16, 8), ("1.3B", torch.bfloat16, 64),
-            ("370M", torch.bfloat16, 64), ("1.3B", torch.float32, 2048)]
+KNOBS = [
+    dict(),
+    dict(unroll=2),
+    dict(unroll=4),
+    dict(evict_weights=True),
+    dict(unroll=2, evict_weights=True),
+]
+PROBLEMS = [
+    ("1.3B", torch.bfloat16, 8),
+    ("1.3B", torch.bfloat16, 64),
+    ("370M", torch.bfloat16, 64),
+    ("1.3B", torch.float32, 2048),
+]
 
 
 def main(argv: list[str] | None = None) -> None:
     argparse.ArgumentParser(
         description="The Triton-language forward's unroll and evict_weights knobs against "
-                    "its dispatched config on a CUDA GPU: error against float64 and median "
-                    "time per problem; prints one table.").parse_args(argv)
+        "its dispatched config on a CUDA GPU: error against float64 and median "
+        "time per problem; prints one table."
+    ).parse_args(argv)
     print(torch.cuda.get_device_name(), torch.__version__)
     rows = []
     for name, dtype, tokens in PROBLEMS:
@@ -50,18 +61,39 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 o = flash_mhf_fwd(q, k, u, v, r, config=config)
                 err = relative_error(o, ref)
-                ms = do_bench(lambda: flash_mhf_fwd(q, k, u, v, r, config=config), warmup=10,
-                              rep=60, return_mode="median")
+                ms = do_bench(
+                    lambda: flash_mhf_fwd(q, k, u, v, r, config=config),
+                    warmup=10,
+                    rep=60,
+                    return_mode="median",
+                )
                 base_ms = base_ms or ms
                 ok = "ok" if err <= tolerance(spec.dtype) else "WRONG"
-                rows.append((f"{name} {spec.dtype} T={tokens}", label, ok, f"{err:.2e}",
-                             f"{ms * 1e3:.1f}", f"{base_ms / ms:.3f}"))
+                rows.append(
+                    (
+                        f"{name} {spec.dtype} T={tokens}",
+                        label,
+                        ok,
+                        f"{err:.2e}",
+                        f"{ms * 1e3:.1f}",
+                        f"{base_ms / ms:.3f}",
+                    )
+                )
             except Exception as exc:  # noqa: BLE001 - a knob that fails is a row, not an end
-                rows.append((f"{name} {spec.dtype} T={tokens}", label,
-                             f"error {type(exc).__name__}", str(exc)[:40], "", ""))
+                rows.append(
+                    (
+                        f"{name} {spec.dtype} T={tokens}",
+                        label,
+                        f"error {type(exc).__name__}",
+                        str(exc)[:40],
+                        "",
+                        "",
+                    )
+                )
             print(rows[-1], flush=True)
-    print(f"\n{'problem':24s} {'config':28s} {'status':8s} {'error':>9s} {'us':>8s} "
-          f"{'speed-up':>8s}")
+    print(
+        f"\n{'problem':24s} {'config':28s} {'status':8s} {'error':>9s} {'us':>8s} {'speed-up':>8s}"
+    )
     for row in rows:
         print(f"{row[0]:24s} {row[1]:28s} {row[2]:8s} {row[3]:>9s} {row[4]:>8s} {row[5]:>8s}")
 

@@ -8,6 +8,7 @@ Importing the package is cheap: the names above are loaded on first use (PEP 562
 Where torch is already imported, `import mhfgen` loads the op at once, so that
 `torch.ops.mhfgen.*` is registered as soon as the package is imported.
 """
+
 import importlib as _importlib
 import sys as _sys
 

@@ -27,6 +27,7 @@ and its tests run on tiny problems through Triton's interpreter; those rows are 
 `CPU_LABEL` and are no GPU figures. (One call timed once per measurement, as before, read
 39.7, 18.7, 19.4 and 0.156 ms for one op across runs; a stable median needs many runs.)
 """
+
 from __future__ import annotations
 
 import csv
@@ -55,14 +56,19 @@ BASELINES = {"core": "mhfgen", "layer": "layer_mhfgen"}
 #: tokens per sequence when the token count allows: B = tokens / 2048, else B = 1
 SEQLEN = 2048
 CPU_LABEL = "CPU/interpreter timings, not GPU figures"
-FLOP_NOTE = ("TFLOP/s counts: core op and SwiGLU FFN 6*T*H*I*D = 6*T*d*I per forward (equal); "
-             "FlashMHF layer 6*T*d*I + 4*T*d^2 (its two d x d projections; router and RMSNorm "
-             "not counted); SwiGLU layer 6*T*d*I; forward + backward = 3x forward.")
-RATIO_NOTE = ("time/mhfgen = method ms / mhfgen ms (above 1: mhfgen is faster); TFLOP/s/mhfgen "
-              "and mem/mhfgen likewise; the layer rows are compared with layer_mhfgen.")
+FLOP_NOTE = (
+    "TFLOP/s counts: core op and SwiGLU FFN 6*T*H*I*D = 6*T*d*I per forward (equal); "
+    "FlashMHF layer 6*T*d*I + 4*T*d^2 (its two d x d projections; router and RMSNorm "
+    "not counted); SwiGLU layer 6*T*d*I; forward + backward = 3x forward."
+)
+RATIO_NOTE = (
+    "time/mhfgen = method ms / mhfgen ms (above 1: mhfgen is faster); TFLOP/s/mhfgen "
+    "and mem/mhfgen likewise; the layer rows are compared with layer_mhfgen."
+)
 
 
 # --------------------------------------------------------------------------- problem
+
 
 @dataclass(frozen=True)
 class BenchProblem:
@@ -88,10 +94,13 @@ class BenchProblem:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"BenchProblem.{name} must be a positive int, got {value!r}")
         if self.intermediate % self.experts:
-            raise ValueError(f"intermediate ({self.intermediate}) must be divisible by "
-                             f"experts ({self.experts})")
+            raise ValueError(
+                f"intermediate ({self.intermediate}) must be divisible by experts ({self.experts})"
+            )
         if self.heads % self.kv_heads:
-            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+            raise ValueError(
+                f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})"
+            )
         if self.dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
 
@@ -124,8 +133,15 @@ class BenchProblem:
         return s + (f", Hkv={self.kv_heads})" if self.kv_heads != self.heads else ")")
 
     def with_tokens(self, tokens: int) -> BenchProblem:
-        return BenchProblem(self.heads, self.kv_heads, self.head_dim, self.intermediate,
-                            self.experts, self.dtype, tokens)
+        return BenchProblem(
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.intermediate,
+            self.experts,
+            self.dtype,
+            tokens,
+        )
 
 
 def core_flops(p: BenchProblem) -> int:
@@ -135,7 +151,7 @@ def core_flops(p: BenchProblem) -> int:
 
 def layer_flops(p: BenchProblem) -> int:
     """Forward FLOPs of the FlashMHF layer: the core plus the projections, 4 * T * d^2."""
-    return core_flops(p) + 4 * p.tokens * p.d_model ** 2
+    return core_flops(p) + 4 * p.tokens * p.d_model**2
 
 
 def pass_flops(forward_flops: int, pass_: str) -> int:
@@ -144,6 +160,7 @@ def pass_flops(forward_flops: int, pass_: str) -> int:
 
 
 # --------------------------------------------------------------------------- methods
+
 
 @dataclass
 class Case:
@@ -178,10 +195,14 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, scope: str, description: str,
-                    forward_flops: Callable[[BenchProblem], int] = core_flops,
-                    passes: tuple[str, ...] = PASSES,
-                    unavailable: Callable[[], str | None] = lambda: None):
+def register_method(
+    name: str,
+    scope: str,
+    description: str,
+    forward_flops: Callable[[BenchProblem], int] = core_flops,
+    passes: tuple[str, ...] = PASSES,
+    unavailable: Callable[[], str | None] = lambda: None,
+):
     """Decorator: add a Case builder to METHODS under `name`."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -191,20 +212,26 @@ def register_method(name: str, scope: str, description: str,
     def add(build):
         if name in METHODS:
             raise ValueError(f"benchmark method {name!r} is already registered")
-        METHODS[name] = Method(name, scope, description, build, forward_flops, tuple(passes),
-                               unavailable)
+        METHODS[name] = Method(
+            name, scope, description, build, forward_flops, tuple(passes), unavailable
+        )
         return build
+
     return add
 
 
 def methods_of(scope: str, available_only: bool = False) -> list[str]:
     """The methods of `scope`; with `available_only`, those that can run here."""
-    return [name for name, m in METHODS.items()
-            if m.scope == scope and not (available_only and m.unavailable())]
+    return [
+        name
+        for name, m in METHODS.items()
+        if m.scope == scope and not (available_only and m.unavailable())
+    ]
 
 
 def _randn(shape, p: BenchProblem, device, scale: float = 1.0, grad: bool = False) -> torch.Tensor:
     import torch
+
     t = (torch.randn(shape, device=device, dtype=torch.float32) * scale).to(p.torch_dtype)
     return t.requires_grad_(grad)
 
@@ -213,11 +240,14 @@ def core_inputs(p: BenchProblem, device, grad: bool):
     """proj (B, L, d), the in-projection's output that q (B, L, H, D) is a view of; k, u, v
     (Hkv, E, De, D) ~ N(0, 1/D); r (B, L, H, E) fp32, sigmoid gates normalised over E."""
     import torch
+
     torch.manual_seed(0)
     B, L = p.batch, p.seqlen
     proj = _randn((B, L, p.d_model), p, device, grad=grad)
-    k, u, v = (_randn((p.kv_heads, p.experts, p.expert_dim, p.head_dim), p, device,
-                      p.head_dim ** -0.5, grad) for _ in range(3))
+    k, u, v = (
+        _randn((p.kv_heads, p.experts, p.expert_dim, p.head_dim), p, device, p.head_dim**-0.5, grad)
+        for _ in range(3)
+    )
     gates = torch.sigmoid(torch.randn(B, L, p.heads, p.experts, device=device))
     r = (gates / gates.sum(-1, keepdim=True)).requires_grad_(grad)
     return proj, k, u, v, r
@@ -225,57 +255,69 @@ def core_inputs(p: BenchProblem, device, grad: bool):
 
 def _core_case(fn, p: BenchProblem, pass_: str, device) -> Case:
     import torch
+
     grad = pass_ == "fwdbwd"
     proj, k, u, v, r = core_inputs(p, device, grad)
     qshape = (p.batch, p.seqlen, p.heads, p.head_dim)
     if not grad:
+
         def run():
             with torch.no_grad():
                 return fn(proj.view(qshape), k, u, v, r)
+
         return Case(run, [])
     do = _randn(qshape, p, device)
 
     def run_fwdbwd():
         fn(proj.view(qshape), k, u, v, r).backward(do)
+
     return Case(run_fwdbwd, [proj, k, u, v, r])
 
 
 def _module_case(module: torch.nn.Module, p: BenchProblem, pass_: str, device) -> Case:
     import torch
+
     grad = pass_ == "fwdbwd"
     torch.manual_seed(1)
     x = _randn((p.batch, p.seqlen, p.d_model), p, device, grad=grad)
     module.requires_grad_(grad)
     if not grad:
+
         def run():
             with torch.no_grad():
                 return module(x)
+
         return Case(run, [])
     dy = _randn(x.shape, p, device)
 
     def run_fwdbwd():
         module(x).backward(dy)
+
     return Case(run_fwdbwd, [x, *module.parameters()])
 
 
 @register_method("mhfgen", "core", "the generated Triton kernels, mhfgen.flash_mhf")
 def _build_mhfgen(p, pass_, device):
     from .ops import flash_mhf
+
     return _core_case(flash_mhf, p, pass_, device)
 
 
 @register_method("torch", "core", "the naive PyTorch reference, mhfgen.reference.flash_mhf")
 def _build_torch(p, pass_, device):
     from . import reference
+
     return _core_case(reference.flash_mhf, p, pass_, device)
 
 
-@register_method("torch_compile", "core",
-                 "torch.compile (default mode) of the reference; compilation not timed")
+@register_method(
+    "torch_compile", "core", "torch.compile (default mode) of the reference; compilation not timed"
+)
 def _build_torch_compile(p, pass_, device):
     import torch
 
     from . import reference
+
     # NOTE: a fresh dynamo state per (problem, pass): each size compiles static shapes, as
     # a user compiling for one size would, instead of dynamic-shape graphs after the first
     # size of a sweep, and the recompile limit is never reached.
@@ -288,36 +330,56 @@ def _build_swiglu(p, pass_, device):
     import torch
 
     from .layers import SwiGLU
+
     torch.manual_seed(2)
-    return _module_case(SwiGLU(p.d_model, p.intermediate, device=device, dtype=p.torch_dtype),
-                        p, pass_, device)
+    return _module_case(
+        SwiGLU(p.d_model, p.intermediate, device=device, dtype=p.torch_dtype), p, pass_, device
+    )
 
 
 def _helion_unavailable() -> str | None:
     from .peers import helion_fwd
+
     return helion_fwd.available()
 
 
-@register_method("helion", "core",
-                 "a FlashMHF forward written in Helion (mhfgen.peers.helion_kernel) after "
-                 "Helion's autotuner (not timed); forward only; on a CUDA GPU where helion is "
-                 "installed",
-                 passes=("fwd",), unavailable=_helion_unavailable)
+@register_method(
+    "helion",
+    "core",
+    "a FlashMHF forward written in Helion (mhfgen.peers.helion_kernel) after "
+    "Helion's autotuner (not timed); forward only; on a CUDA GPU where helion is "
+    "installed",
+    passes=("fwd",),
+    unavailable=_helion_unavailable,
+)
 def _build_helion(p, pass_, device):
     from .peers import helion_fwd
+
     return _core_case(helion_fwd.flash_mhf_fwd, p, pass_, device)
 
 
-@register_method("layer_mhfgen", "layer",
-                 "FlashMHF layer (projections, RMSNorm, router, core on the kernels)",
-                 forward_flops=layer_flops)
+@register_method(
+    "layer_mhfgen",
+    "layer",
+    "FlashMHF layer (projections, RMSNorm, router, core on the kernels)",
+    forward_flops=layer_flops,
+)
 def _build_layer_mhfgen(p, pass_, device):
     import torch
 
     from .layers import FlashMHF
+
     torch.manual_seed(2)
-    layer = FlashMHF(p.d_model, p.heads, p.intermediate, p.experts, n_kv_heads=p.kv_heads,
-                     backend="triton", device=device, dtype=p.torch_dtype)
+    layer = FlashMHF(
+        p.d_model,
+        p.heads,
+        p.intermediate,
+        p.experts,
+        n_kv_heads=p.kv_heads,
+        backend="triton",
+        device=device,
+        dtype=p.torch_dtype,
+    )
     return _module_case(layer, p, pass_, device)
 
 
@@ -327,6 +389,7 @@ def _build_layer_swiglu(p, pass_, device):
 
 
 # --------------------------------------------------------------------------- timers
+
 
 class CudaTimer:
     """Medians of triton.testing.do_bench; peak memory above the inputs."""
@@ -338,16 +401,26 @@ class CudaTimer:
 
     def sync(self) -> None:
         import torch
+
         torch.cuda.synchronize()
 
     def time_ms(self, case: Case) -> float:
         from triton.testing import do_bench
+
         case.reset_grads()
-        return float(do_bench(case.run, warmup=self.warmup_ms, rep=self.rep_ms,
-                              grad_to_none=case.leaves or None, return_mode="median"))
+        return float(
+            do_bench(
+                case.run,
+                warmup=self.warmup_ms,
+                rep=self.rep_ms,
+                grad_to_none=case.leaves or None,
+                return_mode="median",
+            )
+        )
 
     def peak_mib(self, case: Case) -> float | None:
         import torch
+
         case.reset_grads()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -356,10 +429,11 @@ class CudaTimer:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
         case.reset_grads()
-        return peak / 2 ** 20
+        return peak / 2**20
 
     def release(self) -> None:
         import torch
+
         gc.collect()
         torch.cuda.empty_cache()
 
@@ -371,8 +445,9 @@ class CpuTimer:
 
     label = CPU_LABEL + " (torch.utils.benchmark adaptive_autorange medians, no peak memory)"
 
-    def __init__(self, threshold: float = 0.1, min_run_s: float = 0.01,
-                 max_run_s: float = 0.25) -> None:
+    def __init__(
+        self, threshold: float = 0.1, min_run_s: float = 0.01, max_run_s: float = 0.25
+    ) -> None:
         self.threshold, self.min_run_s, self.max_run_s = threshold, min_run_s, max_run_s
 
     def sync(self) -> None:
@@ -381,10 +456,12 @@ class CpuTimer:
     def time_ms(self, case: Case) -> float:
         from torch.utils import benchmark
 
-        timer = benchmark.Timer(stmt="reset(); run()",
-                                globals={"reset": case.reset_grads, "run": case.run})
-        m = timer.adaptive_autorange(threshold=self.threshold, min_run_time=self.min_run_s,
-                                     max_run_time=self.max_run_s)
+        timer = benchmark.Timer(
+            stmt="reset(); run()", globals={"reset": case.reset_grads, "run": case.run}
+        )
+        m = timer.adaptive_autorange(
+            threshold=self.threshold, min_run_time=self.min_run_s, max_run_time=self.max_run_s
+        )
         return m.median * 1e3
 
     def peak_mib(self, case: Case) -> float | None:
@@ -399,6 +476,7 @@ def default_timer(device: torch.device):
 
 
 # --------------------------------------------------------------------------- rows
+
 
 @dataclass
 class Row:
@@ -427,7 +505,7 @@ class Row:
     batch: int
     seqlen: int
     flops: int
-    status: str = "ok"            # ok | oom | failed
+    status: str = "ok"  # ok | oom | failed
     median_ms: float | None = None
     spread_pct: float | None = None  # (max - min) / median of the --repeat timings
     tflops: float | None = None
@@ -453,10 +531,16 @@ def environment(device: torch.device, timer) -> dict:
 
     from .device import compute_capability, gpu_name
     from .version import __version__
-    return dict(gpu=gpu_name(device), compute_capability=compute_capability(device),
-                torch=torch.__version__, triton=triton.__version__, mhfgen=__version__,
-                date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                timer=timer.label)
+
+    return dict(
+        gpu=gpu_name(device),
+        compute_capability=compute_capability(device),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        mhfgen=__version__,
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        timer=timer.label,
+    )
 
 
 def _short(exc: BaseException) -> str:
@@ -466,25 +550,44 @@ def _short(exc: BaseException) -> str:
 
 def _is_oom(exc: BaseException) -> bool:
     import torch
+
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
 
 
-def measure(method: Method, p: BenchProblem, pass_: str, device: torch.device, timer,
-            repeat: int, env: dict) -> Row:
+def measure(
+    method: Method, p: BenchProblem, pass_: str, device: torch.device, timer, repeat: int, env: dict
+) -> Row:
     """Build the method's inputs, warm up (compiling), take the peak memory of one call,
     then `repeat` timings; the Row's median is theirs. An out-of-memory gives status 'oom',
     any other error status 'failed' with the reason; neither stops the caller."""
     flops = pass_flops(method.forward_flops(p), pass_)
-    row = Row(**env, scope=method.scope, method=method.name, pass_=pass_, shape=p.shape,
-              d_model=p.d_model, heads=p.heads, kv_heads=p.kv_heads, head_dim=p.head_dim,
-              intermediate=p.intermediate, experts=p.experts, expert_dim=p.expert_dim,
-              dtype=p.dtype, tokens=p.tokens, batch=p.batch, seqlen=p.seqlen, flops=flops)
+    row = Row(
+        **env,
+        scope=method.scope,
+        method=method.name,
+        pass_=pass_,
+        shape=p.shape,
+        d_model=p.d_model,
+        heads=p.heads,
+        kv_heads=p.kv_heads,
+        head_dim=p.head_dim,
+        intermediate=p.intermediate,
+        experts=p.experts,
+        expert_dim=p.expert_dim,
+        dtype=p.dtype,
+        tokens=p.tokens,
+        batch=p.batch,
+        seqlen=p.seqlen,
+        flops=flops,
+    )
     case, phase = None, "building inputs"
     try:
         case = method.build(p, pass_, device)
-        phase = "warm-up" + {"torch_compile": " (compilation)",
-                             "helion": " (autotuning)"}.get(method.name, "")
+        phase = "warm-up" + {"torch_compile": " (compilation)", "helion": " (autotuning)"}.get(
+            method.name, ""
+        )
         case.run()
         timer.sync()
         phase = "peak memory run"
@@ -493,13 +596,17 @@ def measure(method: Method, p: BenchProblem, pass_: str, device: torch.device, t
         times = [timer.time_ms(case) for _ in range(repeat)]
     except Exception as exc:  # NOTE: recorded in the row (status, error), logged, not re-raised
         row.status = "oom" if _is_oom(exc) else "failed"
-        row.error = f"out of memory during {phase}" if row.status == "oom" else f"{phase}: {_short(exc)}"
+        row.error = (
+            f"out of memory during {phase}" if row.status == "oom" else f"{phase}: {_short(exc)}"
+        )
         row.peak_mib = None
         log.warning("%s %s %s tokens=%d: %s", method.name, pass_, p.shape, p.tokens, row.error)
         log.debug("benchmark failure", exc_info=True)
     else:
         row.median_ms = statistics.median(times)
-        row.spread_pct = 100 * (max(times) - min(times)) / row.median_ms if row.median_ms > 0 else 0.0
+        row.spread_pct = (
+            100 * (max(times) - min(times)) / row.median_ms if row.median_ms > 0 else 0.0
+        )
         row.tflops = flops / (row.median_ms * 1e-3) / 1e12 if row.median_ms > 0 else None
     finally:
         case = None
@@ -510,8 +617,11 @@ def measure(method: Method, p: BenchProblem, pass_: str, device: torch.device, t
 def add_ratios(rows: list[Row]) -> None:
     """Fill the *_vs_mhfgen ratios of every row against its scope's baseline method
     (mhfgen, layer_mhfgen) at the same shape, dtype, tokens and pass."""
-    base = {(r.scope, r.shape, r.dtype, r.tokens, r.pass_): r for r in rows
-            if r.method == BASELINES[r.scope] and r.status == "ok"}
+    base = {
+        (r.scope, r.shape, r.dtype, r.tokens, r.pass_): r
+        for r in rows
+        if r.method == BASELINES[r.scope] and r.status == "ok"
+    }
     for r in rows:
         b = base.get((r.scope, r.shape, r.dtype, r.tokens, r.pass_))
         if b is None or r.status != "ok":
@@ -524,15 +634,21 @@ def add_ratios(rows: list[Row]) -> None:
             r.memory_vs_mhfgen = r.peak_mib / b.peak_mib
 
 
-def run_benchmarks(problems: Iterable[BenchProblem], methods: Iterable[str],
-                   passes: Iterable[str] = PASSES, device: torch.device | None = None,
-                   repeat: int = 3, timer=None,
-                   on_row: Callable[[Row, int, int], None] | None = None) -> list[Row]:
+def run_benchmarks(
+    problems: Iterable[BenchProblem],
+    methods: Iterable[str],
+    passes: Iterable[str] = PASSES,
+    device: torch.device | None = None,
+    repeat: int = 3,
+    timer=None,
+    on_row: Callable[[Row, int, int], None] | None = None,
+) -> list[Row]:
     """Measure every (problem, pass, method), in that nesting, and return the rows with
     their ratios; a method is measured only in the passes it implements. `on_row(row,
     index, total)` is called after each measurement. ValueError for an unknown method or
     one that cannot run here (Method.unavailable)."""
     import torch
+
     problems, methods, passes = list(problems), list(methods), list(passes)
     for name in methods:
         if name not in METHODS:
@@ -550,8 +666,9 @@ def run_benchmarks(problems: Iterable[BenchProblem], methods: Iterable[str],
     timer = timer or default_timer(device)
     env = environment(device, timer)
     rows: list[Row] = []
-    total = len(problems) * sum(pass_ in METHODS[name].passes
-                                for pass_ in passes for name in methods)
+    total = len(problems) * sum(
+        pass_ in METHODS[name].passes for pass_ in passes for name in methods
+    )
     for p in problems:
         for pass_ in passes:
             for name in methods:
@@ -567,11 +684,12 @@ def run_benchmarks(problems: Iterable[BenchProblem], methods: Iterable[str],
 
 # --------------------------------------------------------------------------- output
 
+
 def _num(x, digits: int) -> str:
     """x with `digits` decimals; 3 significant digits when that would print 0.0."""
     if x is None:
         return "n/a"
-    if x != 0 and abs(x) < 10 ** -digits * 10:
+    if x != 0 and abs(x) < 10**-digits * 10:
         return f"{x:.3g}"
     return f"{x:,.{digits}f}"
 
@@ -581,8 +699,10 @@ def format_row_line(row: Row) -> str:
     what = f"{row.shape} {row.dtype} T={row.tokens} {PASS_LABELS[row.pass_]:<18} {row.method:<13}"
     if row.status != "ok":
         return f"{what} {row.status.upper()}: {row.error}"
-    return (f"{what} {_num(row.median_ms, 3)} ms  {_num(row.tflops, 1)} TFLOP/s  "
-            f"peak {_num(row.peak_mib, 0)} MiB")
+    return (
+        f"{what} {_num(row.median_ms, 3)} ms  {_num(row.tflops, 1)} TFLOP/s  "
+        f"peak {_num(row.peak_mib, 0)} MiB"
+    )
 
 
 def format_table(rows: list[Row]) -> str:
@@ -593,14 +713,24 @@ def format_table(rows: list[Row]) -> str:
     if not rows:
         return "no rows"
     r0 = rows[0]
-    lines = [f"mhfgen bench on {r0.gpu} (compute capability {r0.compute_capability}), "
-             f"torch {r0.torch}, triton {r0.triton}, mhfgen {r0.mhfgen}, {r0.date}",
-             f"timer: {r0.timer}"]
+    lines = [
+        f"mhfgen bench on {r0.gpu} (compute capability {r0.compute_capability}), "
+        f"torch {r0.torch}, triton {r0.triton}, mhfgen {r0.mhfgen}, {r0.date}",
+        f"timer: {r0.timer}",
+    ]
     if r0.compute_capability == "none":
         lines.append(f"*** {CPU_LABEL} ***")
     lines += [FLOP_NOTE, RATIO_NOTE]
-    head = ("method", "ms", "TFLOP/s", "peak MiB", "time/mhfgen", "TFLOP/s/mhfgen", "mem/mhfgen",
-            "status")
+    head = (
+        "method",
+        "ms",
+        "TFLOP/s",
+        "peak MiB",
+        "time/mhfgen",
+        "TFLOP/s/mhfgen",
+        "mem/mhfgen",
+        "status",
+    )
     groups: dict[tuple, list[Row]] = {}
     for r in rows:
         groups.setdefault((r.scope, r.shape, r.dtype, r.tokens, r.pass_), []).append(r)
@@ -608,17 +738,30 @@ def format_table(rows: list[Row]) -> str:
     for (scope, shape, dtype, tokens, pass_), group in groups.items():
         g0 = group[0]
         lines.append("")
-        lines.append(f"{scope} {shape} {dtype}, {tokens} tokens (B={g0.batch}, L={g0.seqlen}), "
-                     f"{PASS_LABELS[pass_]}")
+        lines.append(
+            f"{scope} {shape} {dtype}, {tokens} tokens (B={g0.batch}, L={g0.seqlen}), "
+            f"{PASS_LABELS[pass_]}"
+        )
         body = []
         for r in group:
             status = r.status
             if r.error:
-                footnotes.append(f"[{len(footnotes) + 1}] {r.method} {shape} {tokens} {pass_}: {r.error}")
+                footnotes.append(
+                    f"[{len(footnotes) + 1}] {r.method} {shape} {tokens} {pass_}: {r.error}"
+                )
                 status += f" [{len(footnotes)}]"
-            body.append((r.method, _num(r.median_ms, 3), _num(r.tflops, 1), _num(r.peak_mib, 0),
-                         _num(r.time_vs_mhfgen, 2), _num(r.tflops_vs_mhfgen, 2),
-                         _num(r.memory_vs_mhfgen, 2), status))
+            body.append(
+                (
+                    r.method,
+                    _num(r.median_ms, 3),
+                    _num(r.tflops, 1),
+                    _num(r.peak_mib, 0),
+                    _num(r.time_vs_mhfgen, 2),
+                    _num(r.tflops_vs_mhfgen, 2),
+                    _num(r.memory_vs_mhfgen, 2),
+                    status,
+                )
+            )
         lines.append(table(head, body))
     if footnotes:
         lines += ["", *footnotes]
@@ -628,8 +771,12 @@ def format_table(rows: list[Row]) -> str:
 def write_json(rows: list[Row], path) -> None:
     """{"format", "flop_note", "ratio_note", "rows": [row, ...]}; every row carries the GPU,
     versions, date and timer; n/a values are null."""
-    doc = {"format": "mhfgen-bench/1", "flop_note": FLOP_NOTE, "ratio_note": RATIO_NOTE,
-           "rows": [r.as_dict() for r in rows]}
+    doc = {
+        "format": "mhfgen-bench/1",
+        "flop_note": FLOP_NOTE,
+        "ratio_note": RATIO_NOTE,
+        "rows": [r.as_dict() for r in rows],
+    }
     Path(path).write_text(json.dumps(doc, indent=1) + "\n")
 
 
@@ -647,8 +794,9 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
-        raise ImportError("--plot needs matplotlib, which is not installed here "
-                          "(pip install matplotlib)") from exc
+        raise ImportError(
+            "--plot needs matplotlib, which is not installed here (pip install matplotlib)"
+        ) from exc
 
 
 def plot(rows: list[Row], path, title: str | None = None) -> None:
@@ -657,6 +805,7 @@ def plot(rows: list[Row], path, title: str | None = None) -> None:
     left out."""
     require_matplotlib()
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -673,10 +822,14 @@ def plot(rows: list[Row], path, title: str | None = None) -> None:
         for (method, pass_, shape, _dtype), pts in series.items():
             pts.sort(key=lambda r: r.tokens)
             label = f"{method} {PASS_LABELS[pass_]}" + (f" {shape}" if len(shapes) > 1 else "")
-            ax.plot([r.tokens for r in pts], [r.tflops for r in pts],
-                    marker="o" if pass_ == "fwd" else "s",
-                    linestyle="-" if pass_ == "fwd" else "--", color=colors.get(method),
-                    label=label)
+            ax.plot(
+                [r.tokens for r in pts],
+                [r.tflops for r in pts],
+                marker="o" if pass_ == "fwd" else "s",
+                linestyle="-" if pass_ == "fwd" else "--",
+                color=colors.get(method),
+                label=label,
+            )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("tokens (B*L)")
         ax.set_ylabel("TFLOP/s")
@@ -686,8 +839,10 @@ def plot(rows: list[Row], path, title: str | None = None) -> None:
             ax.legend(fontsize=8)
     r0 = rows[0] if rows else None
     if title is None and r0 is not None:
-        title = (f"mhfgen bench, {r0.gpu} (cc {r0.compute_capability}), {r0.dtype}, "
-                 f"torch {r0.torch}, triton {r0.triton}, {r0.date}")
+        title = (
+            f"mhfgen bench, {r0.gpu} (cc {r0.compute_capability}), {r0.dtype}, "
+            f"torch {r0.torch}, triton {r0.triton}, {r0.date}"
+        )
         if r0.compute_capability == "none":
             title += f"\n{CPU_LABEL}"
     if title:

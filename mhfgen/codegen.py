@@ -15,6 +15,7 @@ source just rendered in memory, after the file is checked to hold exactly that s
 and never from bytecode: a .pyc planted in __pycache__ beside it is never read, and
 `inspect` is served the same verified lines (linecache).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -48,8 +49,12 @@ def _environment(folder: str | None = None) -> jinja2.Environment:
 def _environment_of(folder: str) -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(folder),
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-        keep_trailing_newline=True, autoescape=False)
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
 
 
 _environment.cache_clear = _environment_of.cache_clear  # forget every folder's environment
@@ -84,13 +89,20 @@ def render(kernel: str, spec: KernelSpec, config) -> str:
     for every family (a Gluon template renders and loads as a Triton-language one)."""
     variant = registry.get(kernel)
     params = static_params(kernel, spec, config)
-    static = {k: (v if k != "chunks" else [(c.off, c.width, c.masked) for c in v])
-              for k, v in params.items()}
+    static = {
+        k: (v if k != "chunks" else [(c.off, c.width, c.masked) for c in v])
+        for k, v in params.items()
+    }
     precision = ', input_precision="ieee"' if spec.dtype == "float32" else ""
     template = _environment(str(variant.templates_dir())).get_template(variant.template_name)
-    return template.render(template_name=variant.template_name,
-                           template_hash=template_hash(kernel), spec=spec, static=static,
-                           precision=precision, **params)
+    return template.render(
+        template_name=variant.template_name,
+        template_hash=template_hash(kernel),
+        spec=spec,
+        static=static,
+        precision=precision,
+        **params,
+    )
 
 
 def _clear_caches() -> None:
@@ -108,8 +120,9 @@ def code_hash(kernel: str, spec: KernelSpec, config) -> str:
     config's code as it was (a new knob, a branch that config does not take) does not
     invalidate that config (mhfgen.tuning.lookup.still_current)."""
     source = render(kernel, spec, config)
-    body = "\n".join(line for line in source.splitlines()
-                     if not line.startswith("# template hash:"))
+    body = "\n".join(
+        line for line in source.splitlines() if not line.startswith("# template hash:")
+    )
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
@@ -160,8 +173,9 @@ def load_kernel(kernel: str, spec: KernelSpec, config, entry: str | None = None)
             path = _written(f"{kernel}_{digest}.py", source)
             module = _modules.get(path)
             if module is None:
-                module = _import(path, source, f"mhfgen_generated.{kernel}_{digest}",
-                                 spec.target == INTERPRETER)
+                module = _import(
+                    path, source, f"mhfgen_generated.{kernel}_{digest}", spec.target == INTERPRETER
+                )
                 _modules[path] = module
             fn = getattr(module, entry)
             _loaded[key] = fn
@@ -193,11 +207,16 @@ def _written(name: str, source: str) -> Path:
                 raise RuntimeError(
                     f"mhfgen: cannot write generated kernels to {path.parent} ({exc}) nor to "
                     f"a temporary folder ({tmp_exc}); set MHFGEN_CACHE_DIR to a writable "
-                    f"folder") from None
+                    f"folder"
+                ) from None
             atexit.register(shutil.rmtree, _fallback, True)
-            log.warning("mhfgen: cannot write generated kernels to %s (%s); using %s for "
-                        "this process. Set MHFGEN_CACHE_DIR to a writable folder to keep them.",
-                        path.parent, exc, _fallback)
+            log.warning(
+                "mhfgen: cannot write generated kernels to %s (%s); using %s for "
+                "this process. Set MHFGEN_CACHE_DIR to a writable folder to keep them.",
+                path.parent,
+                exc,
+                _fallback,
+            )
     path = _fallback / name
     if not path.is_file():
         _write_atomic(path, source)
@@ -214,9 +233,11 @@ def _import(path: Path, source: str, name: str, interpret: bool):
 
         require_interpreter()
     if path.read_text() != source:  # replaced since it was written or checked
-        raise RuntimeError(f"mhfgen: the generated kernel {path} changed on disk while it "
-                           f"was loaded; another process writes to the kernel cache "
-                           f"({path.parent})")
+        raise RuntimeError(
+            f"mhfgen: the generated kernel {path} changed on disk while it "
+            f"was loaded; another process writes to the kernel cache "
+            f"({path.parent})"
+        )
     filename = str(path)
     code = compile(source, filename, "exec", dont_inherit=True)
     module_spec = importlib.util.spec_from_loader(name, loader=None, origin=filename)

@@ -8,6 +8,7 @@ value as it came, raises ValueError naming `where` (e.g. "KernelSpec.heads" or
 "record 3: tokens") when it is not exactly what the field means, and returns it unchanged
 otherwise. None of them converts: a value is accepted as it is or refused.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,7 @@ INT64_MAX = 2**63 - 1
 def strict_int(value, where: str, low: int | None = None, high: int | None = None) -> int:
     """`value` if it is an int (not a bool, not a float such as 2.0) in low..high."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{where} must be an integer, got {value!r} "
-                         f"({type(value).__name__})")
+        raise ValueError(f"{where} must be an integer, got {value!r} ({type(value).__name__})")
     if (low is not None and value < low) or (high is not None and value > high):
         raise ValueError(f"{where} must be in {_range(low, high)}, got {value}")
     return value
@@ -53,8 +53,7 @@ def power_of_two(value, where: str, low: int, high: int) -> int:
 def strict_bool(value, where: str) -> bool:
     """`value` if it is True or False (not 0/1, not "false")."""
     if not isinstance(value, bool):
-        raise ValueError(f"{where} must be true or false, got {value!r} "
-                         f"({type(value).__name__})")
+        raise ValueError(f"{where} must be true or false, got {value!r} ({type(value).__name__})")
     return value
 
 
@@ -62,13 +61,13 @@ def choice(value, where: str, options: Iterable) -> object:
     """`value` if it is one of `options` (compared by type as well: True is not 1)."""
     options = tuple(options)
     if not any(type(value) is type(o) and value == o for o in options):
-        raise ValueError(f"{where} must be one of {', '.join(map(repr, options))}, "
-                         f"got {value!r}")
+        raise ValueError(f"{where} must be one of {', '.join(map(repr, options))}, got {value!r}")
     return value
 
 
-def strict_float(value, where: str, low: float | None = None, positive: bool = False,
-                 optional: bool = False) -> float | None:
+def strict_float(
+    value, where: str, low: float | None = None, positive: bool = False, optional: bool = False
+) -> float | None:
     """`value` as a float if it is a finite int or float (not a bool, not a string);
     >= low when given, > 0 with `positive`; None passes with `optional`."""
     if value is None and optional:
@@ -88,8 +87,7 @@ def strict_float(value, where: str, low: float | None = None, positive: bool = F
     return out
 
 
-def strict_str(value, where: str, optional: bool = False, nonempty: bool = False
-               ) -> str | None:
+def strict_str(value, where: str, optional: bool = False, nonempty: bool = False) -> str | None:
     """`value` if it is a str (non-empty with `nonempty`); None passes with `optional`."""
     if value is None and optional:
         return None
@@ -108,8 +106,9 @@ def require_fields(data, names: Iterable[str], where: str) -> None:
     names = tuple(names)
     missing = [n for n in names if n not in data]
     if missing:
-        raise ValueError(f"{where} lacks the field{'s' if len(missing) > 1 else ''} "
-                         f"{', '.join(missing)}")
+        raise ValueError(
+            f"{where} lacks the field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+        )
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ValueError(f"{where} has unknown fields {', '.join(unknown)}")

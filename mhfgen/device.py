@@ -1,4 +1,5 @@
 """Facts about the device a call runs on, cached per device: target, SM count, GPU name."""
+
 from __future__ import annotations
 
 import os
@@ -13,18 +14,26 @@ from .spec import INTERPRETER
 @cache
 def _cuda_facts(index: int) -> tuple[str, int, str, str]:
     props = torch.cuda.get_device_properties(index)
-    return f"sm{props.major}{props.minor}", props.multi_processor_count, props.name, \
-        f"{props.major}.{props.minor}"
+    return (
+        f"sm{props.major}{props.minor}",
+        props.multi_processor_count,
+        props.name,
+        f"{props.major}.{props.minor}",
+    )
 
 
 def target(device: torch.device) -> str:
     """'sm90'-style target of a CUDA device; 'interpreter' for the CPU."""
     if device.type == "cuda":
-        return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())[0]
+        return _cuda_facts(
+            device.index if device.index is not None else torch.cuda.current_device()
+        )[0]
     if device.type == "cpu":
         return INTERPRETER
-    raise ValueError(f"mhfgen kernels run on CUDA or (through Triton's interpreter) CPU tensors, "
-                     f"got a tensor on {device}")
+    raise ValueError(
+        f"mhfgen kernels run on CUDA or (through Triton's interpreter) CPU tensors, "
+        f"got a tensor on {device}"
+    )
 
 
 def target_for(compute_capability: str) -> str:
@@ -38,21 +47,27 @@ def target_for(compute_capability: str) -> str:
 def sm_count(device: torch.device) -> int:
     """Multiprocessors of a CUDA device; 1 for the interpreter."""
     if device.type == "cuda":
-        return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())[1]
+        return _cuda_facts(
+            device.index if device.index is not None else torch.cuda.current_device()
+        )[1]
     return 1
 
 
 def gpu_name(device: torch.device) -> str:
     """The GPU's name as the driver reports it ('NVIDIA H200'); 'interpreter' for the CPU."""
     if device.type == "cuda":
-        return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())[2]
+        return _cuda_facts(
+            device.index if device.index is not None else torch.cuda.current_device()
+        )[2]
     return INTERPRETER
 
 
 def compute_capability(device: torch.device) -> str:
     """'9.0' style compute capability; 'none' for the CPU."""
     if device.type == "cuda":
-        return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())[3]
+        return _cuda_facts(
+            device.index if device.index is not None else torch.cuda.current_device()
+        )[3]
     return "none"
 
 
@@ -65,7 +80,8 @@ def require_interpreter() -> None:
         raise RuntimeError(
             "mhfgen: kernels on CPU tensors run through Triton's interpreter, which must be on "
             "before triton is imported: set TRITON_INTERPRET=1 in the environment (mhfgen sets "
-            "it itself when imported first on a machine without CUDA), or use backend='torch'")
+            "it itself when imported first on a machine without CUDA), or use backend='torch'"
+        )
 
 
 def enable_interpreter_default() -> None:

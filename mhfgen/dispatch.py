@@ -40,6 +40,7 @@ count and the one pass's time is below the sum of the split pair's (on an H200 t
 pair measured faster at 16384 tokens on every shape tried, within the one pass's
 workspace budget: docs/PERFORMANCE.md).
 """
+
 from __future__ import annotations
 
 import logging
@@ -111,8 +112,9 @@ def deterministic_requested() -> bool:
     return torch.are_deterministic_algorithms_enabled() or flag(DETERMINISTIC_ENV)
 
 
-def backward_form(spec: KernelSpec, tokens: int, device: torch.device,
-                  deterministic: bool = False) -> str:
+def backward_form(
+    spec: KernelSpec, tokens: int, device: torch.device, deterministic: bool = False
+) -> str:
     """FUSED (the op 'bwd') or SPLIT ('bwd_dq' then 'bwd_dkv') for a backward call.
 
     FUSED only where the databases hold winners of 'bwd', 'bwd_dq' and 'bwd_dkv' tuned at
@@ -170,13 +172,15 @@ def candidates(kernel: str, spec: KernelSpec, tokens: int) -> list:
         usable = [v for v in variants if v.unsupported(spec) is None]
     if not usable:
         reasons = "; ".join(v.unsupported(spec, at) for v in variants)
-        raise ValueError(f"no kernel variant of {kernel} runs {spec.key()} at {tokens} "
-                         f"tokens: {reasons}")
+        raise ValueError(
+            f"no kernel variant of {kernel} runs {spec.key()} at {tokens} tokens: {reasons}"
+        )
     return usable
 
 
-def reject_tuned(kernel: str, spec: KernelSpec, tokens: int, device: torch.device,
-                 error: BaseException) -> bool:
+def reject_tuned(
+    kernel: str, spec: KernelSpec, tokens: int, device: torch.device, error: BaseException
+) -> bool:
     """A launcher's report that the config chosen for this key (`kernel`: an op or a
     variant stem) failed to compile or launch. When that config came from a tuning
     database, it is logged (once per config) and never chosen again in this process: this
@@ -191,14 +195,25 @@ def reject_tuned(kernel: str, spec: KernelSpec, tokens: int, device: torch.devic
     _rejected.add((choice.variant, spec, choice.config, device))
     if first:
         reason = (str(error).strip().splitlines() or [""])[0][:200]
-        log.warning("mhfgen: the tuned %s config %s for %s (%s database, tuned at %s tokens) "
-                    "failed to compile or launch (%s: %s); using the built-in heuristic "
-                    "instead. Re-tune with `mhfgen tune`.", choice.variant,
-                    choice.config.to_json(), spec.key(), choice.layer, choice.tuned_tokens,
-                    type(error).__name__, reason)
+        log.warning(
+            "mhfgen: the tuned %s config %s for %s (%s database, tuned at %s tokens) "
+            "failed to compile or launch (%s: %s); using the built-in heuristic "
+            "instead. Re-tune with `mhfgen tune`.",
+            choice.variant,
+            choice.config.to_json(),
+            spec.key(),
+            choice.layer,
+            choice.tuned_tokens,
+            type(error).__name__,
+            reason,
+        )
     for other, made in list(_choices.items()):  # every cached decision that picked it
-        if (made.variant, made.config, other[1], other[3]) == \
-                (choice.variant, choice.config, spec, device):
+        if (made.variant, made.config, other[1], other[3]) == (
+            choice.variant,
+            choice.config,
+            spec,
+            device,
+        ):
             _choices.pop(other, None)
             _cache.pop(other, None)
     fallback = _heuristic(candidates(kernel, spec, tokens), spec, tokens, device)
@@ -206,8 +221,15 @@ def reject_tuned(kernel: str, spec: KernelSpec, tokens: int, device: torch.devic
     _cache[key] = fallback.config
     return True
 
-def _reject_variant(op: str, spec: KernelSpec, tokens: int, device: torch.device,
-                    choice: Choice, error: BaseException) -> bool:
+
+def _reject_variant(
+    op: str,
+    spec: KernelSpec,
+    tokens: int,
+    device: torch.device,
+    choice: Choice,
+    error: BaseException,
+) -> bool:
     """The heuristic config of an op's preferred variant failed to compile or launch (a
     Gluon kernel on a GPU or a Triton build it was not tested on, say): where another of
     the op's variants can run the call, that variant is dropped for this spec and device in
@@ -215,15 +237,22 @@ def _reject_variant(op: str, spec: KernelSpec, tokens: int, device: torch.device
     there is no other (the caller raises the error)."""
     if op not in registry.OPS:
         return False  # a variant named directly is that variant only
-    rest = [v for v in _live(candidates(op, spec, tokens), spec, device)
-            if v.stem != choice.variant]
+    rest = [
+        v for v in _live(candidates(op, spec, tokens), spec, device) if v.stem != choice.variant
+    ]
     if not rest:
         return False
     _failed_variants.add((choice.variant, spec, device))
     reason = (str(error).strip().splitlines() or [""])[0][:200]
-    log.warning("mhfgen: %s's built-in config for %s failed to compile or launch (%s: %s); "
-                "%s runs this call instead in this process", choice.variant, spec.key(),
-                type(error).__name__, reason, rest[0].stem)
+    log.warning(
+        "mhfgen: %s's built-in config for %s failed to compile or launch (%s: %s); "
+        "%s runs this call instead in this process",
+        choice.variant,
+        spec.key(),
+        type(error).__name__,
+        reason,
+        rest[0].stem,
+    )
     for other, made in list(_choices.items()):  # every cached decision that picked it
         if made.variant == choice.variant and (other[1], other[3]) == (spec, device):
             _choices.pop(other, None)
@@ -239,8 +268,13 @@ def _live(variants: list, spec: KernelSpec, device: torch.device) -> list:
     return [v for v in variants if (v.stem, spec, device) not in _failed_variants]
 
 
-def _decide(kernel: str, spec: KernelSpec, tokens: int, device: torch.device,
-            index: TunedIndex | None = None) -> Choice:
+def _decide(
+    kernel: str,
+    spec: KernelSpec,
+    tokens: int,
+    device: torch.device,
+    index: TunedIndex | None = None,
+) -> Choice:
     variants = _considered(kernel, spec, tokens, device)
     found = _tuned(kernel, variants, spec, tokens, device, index)
     return found if found is not None else _heuristic(variants, spec, tokens, device)
@@ -255,8 +289,14 @@ def _considered(kernel: str, spec: KernelSpec, tokens: int, device: torch.device
     return variants
 
 
-def _tuned(kernel: str, variants: list, spec: KernelSpec, tokens: int,
-           device: torch.device, index: TunedIndex | None = None) -> Choice | None:
+def _tuned(
+    kernel: str,
+    variants: list,
+    spec: KernelSpec,
+    tokens: int,
+    device: torch.device,
+    index: TunedIndex | None = None,
+) -> Choice | None:
     """Steps 1-3 of the dispatch order over `variants`: the stored winner, or None (tuned
     configs off, nothing stored, or the winner failed earlier in this process). `index`:
     the winners to search (default: the databases as this process first read them)."""
@@ -265,13 +305,25 @@ def _tuned(kernel: str, variants: list, spec: KernelSpec, tokens: int,
     index = index if index is not None else _index_for(device)
     found = index.find([v.stem for v in variants], spec, tokens)
     if found is not None and (found.variant, spec, found.config, device) in _rejected:
-        log.debug("%s %s tokens=%d: the %s config failed earlier, using the heuristic",
-                  kernel, spec.key(), tokens, found.source)
+        log.debug(
+            "%s %s tokens=%d: the %s config failed earlier, using the heuristic",
+            kernel,
+            spec.key(),
+            tokens,
+            found.source,
+        )
         return None
     if found is not None:
-        log.debug("%s %s tokens=%d: %s %s config from the %s database (tuned at %d "
-                  "tokens)", kernel, spec.key(), tokens, found.source, found.variant,
-                  found.layer, found.tuned_tokens)
+        log.debug(
+            "%s %s tokens=%d: %s %s config from the %s database (tuned at %d tokens)",
+            kernel,
+            spec.key(),
+            tokens,
+            found.source,
+            found.variant,
+            found.layer,
+            found.tuned_tokens,
+        )
     return found
 
 
@@ -307,8 +359,12 @@ def _load_index(gpu_name: str, compute_capability: str) -> TunedIndex:
         log.warning("mhfgen: cannot read the tuning databases, using built-in configs: %s", exc)
         return TunedIndex([], {})
     index = TunedIndex(winners, hashes)
-    log.debug("mhfgen: %d tuned configs for %s (compute capability %s)", len(index), gpu_name,
-              compute_capability)
+    log.debug(
+        "mhfgen: %d tuned configs for %s (compute capability %s)",
+        len(index),
+        gpu_name,
+        compute_capability,
+    )
     return index
 
 

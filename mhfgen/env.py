@@ -9,6 +9,7 @@ process, and the default applies. So `MHFGEN_TUNE_ON_MISS=no` never tunes, and
 
 A leaf module: it imports nothing of mhfgen, so any layer may read a switch through it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,8 +52,13 @@ def flag(name: str, default: bool = False) -> bool:
             first = (name, text) not in _warned
             _warned.add((name, text))
         if first:
-            log.warning("mhfgen: ignoring %s=%r: not one of 1/true/yes/on or 0/false/no/off; "
-                        "treated as unset (%s)", name, text, "on" if default else "off")
+            log.warning(
+                "mhfgen: ignoring %s=%r: not one of 1/true/yes/on or 0/false/no/off; "
+                "treated as unset (%s)",
+                name,
+                text,
+                "on" if default else "off",
+            )
     return default
 
 

@@ -7,6 +7,7 @@ Triton-language ones start from a sweep on an H200 (bf16, 1.3B shape, 16384 toke
 docs/PERFORMANCE.md) and shrink (pipeline depth, then tile sizes) until the shared memory
 estimate of mhfgen.resources fits the target (mhfgen.variants._triton.shrink_to_fit).
 """
+
 from __future__ import annotations
 
 from . import registry

@@ -1,4 +1,5 @@
 """nn.Modules: FlashMHF (the multi-head FFN layer) and SwiGLU (the baseline FFN)."""
+
 from __future__ import annotations
 
 import torch
@@ -41,17 +42,31 @@ class FlashMHF(nn.Module):
     (reference).
     """
 
-    def __init__(self, d_model: int, n_heads: int, intermediate_size: int, n_experts: int,
-                 n_kv_heads: int | None = None, qk_norm: bool = True, bias: bool = False,
-                 backend: str = "auto", device=None, dtype=None, norm_eps: float = 1e-5,
-                 projections: bool = True) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        intermediate_size: int,
+        n_experts: int,
+        n_kv_heads: int | None = None,
+        qk_norm: bool = True,
+        bias: bool = False,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+        norm_eps: float = 1e-5,
+        projections: bool = True,
+    ) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         check_layer_sizes(d_model, n_heads, intermediate_size, n_experts, n_kv_heads)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool) \
-                or not 0 < norm_eps < 1:
+        if (
+            not isinstance(norm_eps, (int, float))
+            or isinstance(norm_eps, bool)
+            or not 0 < norm_eps < 1
+        ):
             raise ValueError(f"norm_eps must be a float in (0, 1), got {norm_eps!r}")
         self.norm_eps = float(norm_eps)
         self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
@@ -67,8 +82,9 @@ class FlashMHF(nn.Module):
         self.key = nn.Parameter(torch.empty(weight_shape, **factory))
         self.up = nn.Parameter(torch.empty(weight_shape, **factory))
         self.value = nn.Parameter(torch.empty(weight_shape, **factory))
-        self.q_norm = (nn.Parameter(torch.ones(n_heads, self.head_dim, **factory))
-                       if qk_norm else None)
+        self.q_norm = (
+            nn.Parameter(torch.ones(n_heads, self.head_dim, **factory)) if qk_norm else None
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -106,12 +122,18 @@ class FlashMHF(nn.Module):
         # RMSNorm and router in fp32, saving only q for an analytic backward: autograd of
         # the plain form would keep several fp32 copies of Q (mhfgen.norm_router); fused
         # Triton kernels with the core's kernels, PyTorch with the reference core
-        q, r = norm_router(q, _local(self.q_norm), _local(self.router),
-                           use_kernels=self._use_kernels(x), eps=self.norm_eps)
+        q, r = norm_router(
+            q,
+            _local(self.q_norm),
+            _local(self.router),
+            use_kernels=self._use_kernels(x),
+            eps=self.norm_eps,
+        )
         # under autocast q comes out of in_proj in the autocast dtype: the core runs in it
         k, u, v = (_local(w).to(q.dtype) for w in (self.key, self.up, self.value))
         if self._use_kernels(x):
             from .ops import flash_mhf  # imported lazily: the reference path needs no Triton
+
             o = flash_mhf(q, k, u, v, r)
         else:
             o = reference.flash_mhf(q, k, u, v, r)
@@ -119,19 +141,22 @@ class FlashMHF(nn.Module):
         return self.out_proj(o) if self.out_proj is not None else o
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
-                f"intermediate_size={self.intermediate_size}, n_experts={self.n_experts}, "
-                f"qk_norm={self.q_norm is not None}, backend={self.backend!r}"
-                + (f", norm_eps={self.norm_eps:g}" if self.norm_eps != 1e-5 else "")
-                + ("" if self.in_proj is not None else ", projections=False"))
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+            f"intermediate_size={self.intermediate_size}, n_experts={self.n_experts}, "
+            f"qk_norm={self.q_norm is not None}, backend={self.backend!r}"
+            + (f", norm_eps={self.norm_eps:g}" if self.norm_eps != 1e-5 else "")
+            + ("" if self.in_proj is not None else ", projections=False")
+        )
 
 
 class SwiGLU(nn.Module):
     """The baseline FFN: y = (silu(x W_gate^T) * (x W_up^T)) W_down^T, 6 d I FLOPs per token,
     the same as FlashMHF's core at equal d_model and intermediate_size."""
 
-    def __init__(self, d_model: int, intermediate_size: int, bias: bool = False,
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self, d_model: int, intermediate_size: int, bias: bool = False, device=None, dtype=None
+    ) -> None:
         super().__init__()
         for name, value in (("d_model", d_model), ("intermediate_size", intermediate_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

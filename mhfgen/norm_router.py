@@ -33,6 +33,7 @@ more than the whole fused core needs. Here only q (its own dtype) is saved, by b
 Both give the reference's values (tests/test_norm_router.py checks values and gradients,
 gradcheck in float64; tests/test_norm_router_kernels.py checks the kernels against it).
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,8 +49,9 @@ def _work_dtype(q: torch.Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-def _forward_chunk(x: torch.Tensor, norm_weight, w_router: torch.Tensor, dtype: torch.dtype,
-                   eps: float):
+def _forward_chunk(
+    x: torch.Tensor, norm_weight, w_router: torch.Tensor, dtype: torch.dtype, eps: float
+):
     """x: (T, H, D) in the work dtype -> (n, rstd, qn, g, s) of the formulas above; qn is
     rounded to `dtype` (q's), as the core and the reference's router see it."""
     if norm_weight is not None:
@@ -85,10 +87,10 @@ class _NormRouter(torch.autograd.Function):
         nw = norm_weight.to(work) if norm_weight is not None else None
         wr = w_router.to(work)
         for lo in range(0, B * L, chunk):
-            _, _, qn, g, s = _forward_chunk(flat[lo:lo + chunk].to(work), nw, wr, q.dtype, eps)
-            r_flat[lo:lo + chunk] = g / s.clamp_min(ROUTER_EPS)
+            _, _, qn, g, s = _forward_chunk(flat[lo : lo + chunk].to(work), nw, wr, q.dtype, eps)
+            r_flat[lo : lo + chunk] = g / s.clamp_min(ROUTER_EPS)
             if qn_flat is not None:
-                qn_flat[lo:lo + chunk] = qn
+                qn_flat[lo : lo + chunk] = qn
         ctx.save_for_backward(q, norm_weight, w_router)
         ctx.chunk, ctx.eps = chunk, eps
         if qn_out is None:
@@ -137,9 +139,13 @@ class _NormRouter(torch.autograd.Function):
             dnw += (dqn * n).sum(0)
             dn = dqn * nw
             dq[lo:hi] = rstd * (dn - n * (dn * n).mean(-1, keepdim=True))
-        return (dq.view(q.shape),
-                dnw.to(norm_weight.dtype) if dnw is not None else None,
-                dwr.to(w_router.dtype), None, None)
+        return (
+            dq.view(q.shape),
+            dnw.to(norm_weight.dtype) if dnw is not None else None,
+            dwr.to(w_router.dtype),
+            None,
+            None,
+        )
 
 
 #: dtypes the kernels take (q, norm_weight and w_router); float64 runs the PyTorch path
@@ -147,8 +153,9 @@ _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @torch.library.custom_op("mhfgen::norm_router", mutates_args=())
-def _norm_router_op(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router: torch.Tensor,
-                    eps: float = RMS_EPS) -> tuple[torch.Tensor, torch.Tensor]:
+def _norm_router_op(
+    q: torch.Tensor, norm_weight: torch.Tensor | None, w_router: torch.Tensor, eps: float = RMS_EPS
+) -> tuple[torch.Tensor, torch.Tensor]:
     from .kernels.norm_router import norm_router_fwd  # lazily: the PyTorch path needs no Triton
 
     qn, r = norm_router_fwd(q, norm_weight, w_router, eps=eps)
@@ -163,10 +170,14 @@ def _(q, norm_weight, w_router, eps=RMS_EPS):
 
 
 @torch.library.custom_op("mhfgen::norm_router_backward", mutates_args=())
-def _norm_router_backward_op(q: torch.Tensor, norm_weight: torch.Tensor | None,
-                             w_router: torch.Tensor, dqn: torch.Tensor | None,
-                             dr: torch.Tensor | None, eps: float = RMS_EPS
-                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _norm_router_backward_op(
+    q: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    w_router: torch.Tensor,
+    dqn: torch.Tensor | None,
+    dr: torch.Tensor | None,
+    eps: float = RMS_EPS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from .kernels.norm_router import norm_router_bwd
 
     dq, dnw, dwr = norm_router_bwd(q, norm_weight, w_router, dqn, dr, eps=eps)
@@ -204,9 +215,14 @@ def _kernels_apply(q, norm_weight, w_router, use_kernels) -> bool:
     return bool(use_kernels) or q.is_cuda
 
 
-def norm_router(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router: torch.Tensor,
-                chunk: int = CHUNK, use_kernels: bool | None = None, eps: float = RMS_EPS
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def norm_router(
+    q: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    w_router: torch.Tensor,
+    chunk: int = CHUNK,
+    use_kernels: bool | None = None,
+    eps: float = RMS_EPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q normalised per head in q's dtype, or q itself without norm_weight; R in fp32).
 
     q: (B, L, H, D); norm_weight: (H, D) or None; w_router: (H, D, E). Same values as

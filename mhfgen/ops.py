@@ -6,6 +6,7 @@ custom ops `mhfgen::flash_mhf` and `mhfgen::flash_mhf_backward` (fake implementa
 for tracing, registered autograd) -> `flash_mhf` (this public function) -> FlashMHF.
 torch.compile(fullgraph=True) traces through the ops as opaque calls.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,9 @@ from .validation import check_flash_mhf_inputs_cached, int32_safe
 
 
 @torch.library.custom_op("mhfgen::flash_mhf", mutates_args=())
-def _flash_mhf_op(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                  r: torch.Tensor) -> torch.Tensor:
+def _flash_mhf_op(
+    q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor
+) -> torch.Tensor:
     return forward(q, k, u, v, r)
 
 
@@ -26,18 +28,27 @@ def _(q, k, u, v, r):
 
 
 @torch.library.custom_op("mhfgen::flash_mhf_backward", mutates_args=())
-def _flash_mhf_backward_op(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                           r: torch.Tensor, do: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                      torch.Tensor]:
+def _flash_mhf_backward_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    do: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     dq, dr, dk, du, dv = backward(q, k, u, v, r, do)
     return dq, dk, du, dv, dr
 
 
 @_flash_mhf_backward_op.register_fake
 def _(q, k, u, v, r, do):
-    return (q.new_empty(q.shape), k.new_empty(k.shape), u.new_empty(u.shape),
-            v.new_empty(v.shape), r.new_empty(r.shape))
+    return (
+        q.new_empty(q.shape),
+        k.new_empty(k.shape),
+        u.new_empty(u.shape),
+        v.new_empty(v.shape),
+        r.new_empty(r.shape),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -81,8 +92,9 @@ def plain_eager_call(*tensors: torch.Tensor | None) -> bool:
     return True
 
 
-def flash_mhf(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-              r: torch.Tensor) -> torch.Tensor:
+def flash_mhf(
+    q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor
+) -> torch.Tensor:
     """FlashMHF core through the generated Triton kernels, differentiable.
 
     O[b,l,h] = sum_e r[b,l,h,e] * (silu(q[b,l,h] K[g,e]^T) * (q[b,l,h] U[g,e]^T)) V[g,e],

@@ -17,6 +17,7 @@ The cache folder and its kernels/ and studies/ are private (private_dir): create
 and refused when another user owns them or anyone but their owner may write to them, as
 code is imported from kernels/ and lock files live in studies/.
 """
+
 from __future__ import annotations
 
 import os
@@ -84,14 +85,18 @@ def private_dir(path: Path) -> Path:
     if not stat.S_ISDIR(info.st_mode):
         raise NotADirectoryError(f"{path} is not a folder")
     if info.st_uid != os.geteuid():
-        raise UnsafeFolderError(f"{path} belongs to another user (uid {info.st_uid}); mhfgen "
-                                f"imports code and takes locks there, so it must be yours: "
-                                f"set {CACHE_DIR_ENV} to a folder of your own")
+        raise UnsafeFolderError(
+            f"{path} belongs to another user (uid {info.st_uid}); mhfgen "
+            f"imports code and takes locks there, so it must be yours: "
+            f"set {CACHE_DIR_ENV} to a folder of your own"
+        )
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UnsafeFolderError(f"{path} may be written by other users (mode "
-                                f"{stat.S_IMODE(info.st_mode):o}); mhfgen imports code and "
-                                f"takes locks there: `chmod 700 {path}`, or set "
-                                f"{CACHE_DIR_ENV} to a private folder")
+        raise UnsafeFolderError(
+            f"{path} may be written by other users (mode "
+            f"{stat.S_IMODE(info.st_mode):o}); mhfgen imports code and "
+            f"takes locks there: `chmod 700 {path}`, or set "
+            f"{CACHE_DIR_ENV} to a private folder"
+        )
     return path
 
 

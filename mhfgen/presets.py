@@ -1,5 +1,6 @@
 """The reference problems (docs/CONTRACTS.md, section 1): (d_model, heads, head_dim,
 intermediate, experts)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,8 +29,11 @@ class Preset:
         return self.intermediate // self.experts
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("128M", 768, 8, 96, 2048, 8),
-    Preset("370M", 1024, 8, 128, 2816, 11),
-    Preset("1.3B", 2048, 16, 128, 5632, 22),
-)}
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("128M", 768, 8, 96, 2048, 8),
+        Preset("370M", 1024, 8, 128, 2816, 11),
+        Preset("1.3B", 2048, 16, 128, 5632, 22),
+    )
+}

@@ -24,6 +24,7 @@ function here (register_miss_tuner, when mhfgen.tuning.on_miss is imported), and
 nothing has, the function an installed distribution names under the entry-point group
 MISS_TUNER_GROUP is loaded on the first miss (mhfgen's pyproject.toml names its own).
 """
+
 from __future__ import annotations
 
 import json
@@ -92,27 +93,39 @@ def miss_tuner() -> Callable | None:
 
     # every distribution's, not entry_points()'s first of each name: a stale egg-info of
     # an earlier build in the working directory would hide the installed one's
-    points = {(p.name, p.value): p for dist in distributions() for p in dist.entry_points
-              if p.group == MISS_TUNER_GROUP}
+    points = {
+        (p.name, p.value): p
+        for dist in distributions()
+        for p in dist.entry_points
+        if p.group == MISS_TUNER_GROUP
+    }
     for _, point in sorted(points.items()):
         try:
             fn = point.load()
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the caller
-            log.warning("mhfgen: cannot load the tune-on-miss function %s (%s: %s)",
-                        point.value, type(exc).__name__, exc)
+            log.warning(
+                "mhfgen: cannot load the tune-on-miss function %s (%s: %s)",
+                point.value,
+                type(exc).__name__,
+                exc,
+            )
             continue
         if _miss_tuner is None:  # loading it may have registered it already
             register_miss_tuner(fn)
         return _miss_tuner
-    log.warning("mhfgen: %s is on but no tuner is installed (no %r entry point: reinstall "
-                "mhfgen, or import mhfgen.tuning.on_miss); not tuning on a miss",
-                TUNE_ON_MISS_ENV, MISS_TUNER_GROUP)
+    log.warning(
+        "mhfgen: %s is on but no tuner is installed (no %r entry point: reinstall "
+        "mhfgen, or import mhfgen.tuning.on_miss); not tuning on a miss",
+        TUNE_ON_MISS_ENV,
+        MISS_TUNER_GROUP,
+    )
     _no_miss_tuner = True
     return None
 
 
-def on_miss(kernel: str, spec: KernelSpec, tokens: int, device: torch.device,
-            choice: Choice) -> Choice:
+def on_miss(
+    kernel: str, spec: KernelSpec, tokens: int, device: torch.device, choice: Choice
+) -> Choice:
     """What the dispatcher calls for a choice that is not an exact tuned key: append it to
     $MHFGEN_RECORD, and with MHFGEN_TUNE_ON_MISS=1 tune it here and return the new winner.
     Never raises: recording or tuning problems are logged, the caller keeps `choice`."""
@@ -125,8 +138,11 @@ def on_miss(kernel: str, spec: KernelSpec, tokens: int, device: torch.device,
                 first = path not in _refused
                 _refused.add(path)
             if first:
-                log.warning("mhfgen: cannot record a dispatch miss in %s: %s (not recording "
-                            "there)", path, exc)
+                log.warning(
+                    "mhfgen: cannot record a dispatch miss in %s: %s (not recording there)",
+                    path,
+                    exc,
+                )
         except Exception as exc:  # noqa: BLE001 - recording must never break the caller
             log.warning("mhfgen: cannot record a dispatch miss in %s: %s", path, exc)
     if tune_on_miss_enabled():
@@ -137,8 +153,14 @@ def on_miss(kernel: str, spec: KernelSpec, tokens: int, device: torch.device,
     return choice
 
 
-def record_miss(path: str | os.PathLike, kernel: str, spec: KernelSpec, tokens: int,
-                device: torch.device, choice: Choice) -> bool:
+def record_miss(
+    path: str | os.PathLike,
+    kernel: str,
+    spec: KernelSpec,
+    tokens: int,
+    device: torch.device,
+    choice: Choice,
+) -> bool:
     """Append one record line to `path` unless this process wrote the same key to it
     before; True when a line was written."""
     import triton
@@ -149,9 +171,17 @@ def record_miss(path: str | os.PathLike, kernel: str, spec: KernelSpec, tokens: 
         if key in _seen:
             return False
         _seen.add(key)
-    line = dict(kernel=kernel, **spec.as_dict(), tokens=tokens, gpu_name=gpu,
-                compute_capability=cc, triton_version=triton.__version__,
-                source=choice.source, pid=os.getpid(), time=round(time.time(), 3))
+    line = dict(
+        kernel=kernel,
+        **spec.as_dict(),
+        tokens=tokens,
+        gpu_name=gpu,
+        compute_capability=cc,
+        triton_version=triton.__version__,
+        source=choice.source,
+        pid=os.getpid(),
+        time=round(time.time(), 3),
+    )
     append_line(Path(path).expanduser(), json.dumps(line, sort_keys=True))
     return True
 
@@ -162,9 +192,17 @@ class RecordPathError(OSError):
 
 def _not_a_file(path: Path, mode: int, write: bool) -> str:
     """The one-line reason a record path of file mode `mode` is refused."""
-    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode)
-            else "a socket" if stat.S_ISSOCK(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+    kind = (
+        "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a folder"
+        if stat.S_ISDIR(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "not a file"
+    )
     hint = f"; point {RECORD_ENV} at a file" if write else ""
     return f"{path} is {kind}, not a regular file{hint}"
 
@@ -179,9 +217,11 @@ def open_record_file(path: Path, write: bool) -> int:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         if write and not path.parent.is_dir():
-            raise RecordPathError(f"{path.parent} does not exist or is not a folder; "
-                                  f"create it or point {RECORD_ENV} at a file in an "
-                                  f"existing folder") from None
+            raise RecordPathError(
+                f"{path.parent} does not exist or is not a folder; "
+                f"create it or point {RECORD_ENV} at a file in an "
+                f"existing folder"
+            ) from None
         mode = None
     if mode is not None and not stat.S_ISREG(mode):
         raise RecordPathError(_not_a_file(path, mode, write))
@@ -250,8 +290,9 @@ def read_records(path: str | os.PathLike) -> list[dict]:
         with os.fdopen(open_record_file(path, write=False), encoding="utf-8") as f:
             content = f.read()
     except UnicodeDecodeError as exc:
-        raise RecordError(f"cannot read {path}: not UTF-8 text ({exc.reason} at byte "
-                          f"{exc.start})") from exc
+        raise RecordError(
+            f"cannot read {path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from exc
     except OSError as exc:
         raise RecordError(f"cannot read {path}: {exc.strerror or exc}") from exc
     lines = content.splitlines()
@@ -263,8 +304,12 @@ def read_records(path: str | os.PathLike) -> list[dict]:
             try:
                 rec = json.loads(text)
             except json.JSONDecodeError as exc:
-                torn = (number == len(lines) and out and not content.endswith("\n")
-                        and text.lstrip().startswith("{"))
+                torn = (
+                    number == len(lines)
+                    and out
+                    and not content.endswith("\n")
+                    and text.lstrip().startswith("{")
+                )
                 if torn:
                     log.warning("%s: skipping a torn last line %d", path, number)
                     continue
@@ -273,8 +318,11 @@ def read_records(path: str | os.PathLike) -> list[dict]:
                 raise ValueError("JSON nested too deeply") from None
             if not isinstance(rec, dict):
                 raise ValueError("not a JSON object")
-            missing = [k for k in ("kernel", *SPEC_FIELDS, "tokens", "gpu_name",
-                                   "compute_capability") if k not in rec]
+            missing = [
+                k
+                for k in ("kernel", *SPEC_FIELDS, "tokens", "gpu_name", "compute_capability")
+                if k not in rec
+            ]
             if missing:
                 raise ValueError(f"missing {', '.join(missing)}")
             if rec["kernel"] not in registry.OPS and rec["kernel"] not in registry.stems():
@@ -296,5 +344,7 @@ def read_problems(path: str | os.PathLike) -> list[RecordedProblem]:
         key = (spec, rec["tokens"], rec["gpu_name"], rec["compute_capability"])
         problems.setdefault(key, set()).add(rec["kernel"])
     order = [*registry.OPS, *registry.stems()]
-    return [RecordedProblem(spec, tokens, gpu, cc, tuple(k for k in order if k in kernels))
-            for (spec, tokens, gpu, cc), kernels in problems.items()]
+    return [
+        RecordedProblem(spec, tokens, gpu, cc, tuple(k for k in order if k in kernels))
+        for (spec, tokens, gpu, cc), kernels in problems.items()
+    ]

@@ -3,6 +3,7 @@
 docs/CONTRACTS.md, section 1. Works in any floating dtype, float64 included, on any device. It
 materialises the (B, L, H, I) activation: this is the naive form the kernels avoid.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,9 @@ RMS_EPS = 1e-5
 ROUTER_EPS = 1e-20
 
 
-def flash_mhf(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-              r: torch.Tensor) -> torch.Tensor:
+def flash_mhf(
+    q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor
+) -> torch.Tensor:
     """The FlashMHF core.
 
     O[b,l,h] = sum_e r[b,l,h,e] * (silu(q[b,l,h] K[g,e]^T) * (q[b,l,h] U[g,e]^T)) V[g,e]
@@ -52,10 +54,18 @@ def router(q: torch.Tensor, w_router: torch.Tensor) -> torch.Tensor:
         return gates / gates.sum(-1, keepdim=True).clamp_min(ROUTER_EPS)
 
 
-def flash_mhf_layer(x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor,
-                    w_router: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                    norm_weight: torch.Tensor | None = None, b_in: torch.Tensor | None = None,
-                    b_out: torch.Tensor | None = None) -> torch.Tensor:
+def flash_mhf_layer(
+    x: torch.Tensor,
+    w_in: torch.Tensor,
+    w_out: torch.Tensor,
+    w_router: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    norm_weight: torch.Tensor | None = None,
+    b_in: torch.Tensor | None = None,
+    b_out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The whole layer: y = O.view(B, L, d) W_out^T, O = flash_mhf(Q, K, U, V, R).
 
     x: (B, L, d); w_in, w_out: (d, d); w_router: (H, D, E); k/u/v: (Hkv, E, De, D);

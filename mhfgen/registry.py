@@ -23,6 +23,7 @@ The modules of mhfgen/variants are imported on the first registry lookup, so add
 module there is the whole registration; code outside the package (a plugin, a test) calls
 `register` itself.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,17 +52,22 @@ class Op:
 
 
 #: the ops, in the order a training step runs them
-OPS: dict[str, Op] = {op.name: op for op in (
-    Op("fwd", "fwd", "forward: o"),
-    Op("bwd_dq", "dq", "backward: dq and dr"),
-    Op("bwd_dkv", "dkv", "backward: dk, du and dv"),
-    Op("bwd", "bwd", "backward in one pass: dq, dr, dk, du and dv", default_tuned=False),
-)}
+OPS: dict[str, Op] = {
+    op.name: op
+    for op in (
+        Op("fwd", "fwd", "forward: o"),
+        Op("bwd_dq", "dq", "backward: dq and dr"),
+        Op("bwd_dkv", "dkv", "backward: dk, du and dv"),
+        Op("bwd", "bwd", "backward in one pass: dq, dr, dk, du and dv", default_tuned=False),
+    )
+}
 
 
 def default_ops() -> list[str]:
     """The ops a tune that names no kernels tunes (`mhfgen tune` without --kernels)."""
     return [name for name, op in OPS.items() if op.default_tuned]
+
+
 #: families of kernel source: the Triton language, or Gluon (Triton's explicit-layout,
 #: warp-specialised dialect, triton.experimental.gluon), which needs a real GPU
 FAMILIES = ("triton", "gluon")
@@ -97,8 +103,9 @@ class VariantConfig:
         added after its configs were stored (its `added_fields`, name -> value) may be
         missing: they then take that value, which generates the code the config had."""
         if not isinstance(data, dict):
-            raise ValueError(f"{cls.variant} config must be a JSON object, "
-                             f"got {type(data).__name__}")
+            raise ValueError(
+                f"{cls.variant} config must be a JSON object, got {type(data).__name__}"
+            )
         known = set(cls.field_names())
         unknown = sorted(set(data) - known)
         if unknown:
@@ -115,8 +122,10 @@ class VariantConfig:
     def describe(self) -> str:
         """A compact one-line form for tables (the fields away from their default)."""
         default = type(self)()
-        return " ".join(f"{k}={v}" for k, v in self.as_dict().items()
-                        if getattr(default, k) != v) or "default"
+        return (
+            " ".join(f"{k}={v}" for k, v in self.as_dict().items() if getattr(default, k) != v)
+            or "default"
+        )
 
 
 class Variant:
@@ -223,16 +232,20 @@ class Variant:
         otherwise)."""
         if isinstance(config, self.Config):
             return config
-        got = (f"a {config.variant} config" if isinstance(config, VariantConfig)
-               else type(config).__name__)
-        raise TypeError(f"config of {self.stem} must be a {self.Config.__module__}."
-                        f"{self.Config.__qualname__}, got {got}")
+        got = (
+            f"a {config.variant} config"
+            if isinstance(config, VariantConfig)
+            else type(config).__name__
+        )
+        raise TypeError(
+            f"config of {self.stem} must be a {self.Config.__module__}."
+            f"{self.Config.__qualname__}, got {got}"
+        )
 
     def config_from_dict(self, data: dict, partial: bool = False) -> VariantConfig:
         """The variant's config of a JSON object (see VariantConfig.from_dict)."""
         if not isinstance(data, dict):
-            raise ValueError(f"{self.stem} config must be a JSON object, "
-                             f"got {type(data).__name__}")
+            raise ValueError(f"{self.stem} config must be a JSON object, got {type(data).__name__}")
         return self.Config.from_dict(dict(data), partial=partial)
 
     def check(self, spec: KernelSpec, config) -> VariantConfig:
@@ -268,8 +281,9 @@ class Variant:
         """The launcher function (imported on first use)."""
         fn = self.__dict__.get("_launch_fn")
         if fn is None:
-            raw = next(cls.__dict__["launcher"] for cls in type(self).__mro__
-                       if "launcher" in cls.__dict__)
+            raw = next(
+                cls.__dict__["launcher"] for cls in type(self).__mro__ if "launcher" in cls.__dict__
+            )
             if isinstance(raw, staticmethod):
                 raw = raw.__func__
             if callable(raw):  # a function set as the class attribute
@@ -320,8 +334,9 @@ def register(variant: Variant, replace: bool = False) -> Variant:
     if not isinstance(variant, Variant):
         raise RegistryError(f"register() takes a Variant instance, got {type(variant).__name__}")
     if variant.op not in OPS:
-        raise RegistryError(f"{variant.stem}: unknown op {variant.op!r}; expected one of "
-                            f"{', '.join(OPS)}")
+        raise RegistryError(
+            f"{variant.stem}: unknown op {variant.op!r}; expected one of {', '.join(OPS)}"
+        )
     if variant.family not in FAMILIES:
         raise RegistryError(f"{variant.stem}: unknown family {variant.family!r}")
     if not (isinstance(variant.Config, type) and issubclass(variant.Config, VariantConfig)):
@@ -364,8 +379,9 @@ def get(stem: str) -> Variant:
     _discover()
     variant = _variants.get(stem)
     if variant is None:
-        raise RegistryError(f"unknown kernel variant {stem!r}; expected one of "
-                            f"{', '.join(stems())}")
+        raise RegistryError(
+            f"unknown kernel variant {stem!r}; expected one of {', '.join(stems())}"
+        )
     return variant
 
 
@@ -401,5 +417,7 @@ def op_named(name: str) -> str:
 def usable(op: str, spec: KernelSpec, tokens: int | None = None) -> list[Variant]:
     """The variants of `op` that can run `spec` (at `tokens` tokens), preferred first
     (by rank(spec))."""
-    return sorted([v for v in variants_for(op) if v.unsupported(spec, tokens) is None],
-                  key=lambda v: v.rank(spec))
+    return sorted(
+        [v for v in variants_for(op) if v.unsupported(spec, tokens) is None],
+        key=lambda v: v.rank(spec),
+    )

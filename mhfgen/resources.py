@@ -4,6 +4,7 @@ compiling (heuristics and tuner alike).
 Each variant's module holds its fitted formulas (mhfgen.registry.Variant.shared_memory
 and .registers, documented there); this module adds the target's limits.
 """
+
 from __future__ import annotations
 
 from functools import cache

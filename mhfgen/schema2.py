@@ -9,6 +9,7 @@ holds only its variant's fields. The database's 2 -> 3 migration
 (mhfgen.tuning.db), the import of old exports (mhfgen.tuning.exchange) and the replay of
 old timing recordings (mhfgen.tuning.timer) read such data through this module.
 """
+
 from __future__ import annotations
 
 from . import registry
@@ -16,9 +17,18 @@ from . import registry
 #: the 13 fields of a schema-2 config, with the neutral value each held where a kernel
 #: did not use it
 SCHEMA2_FIELDS: dict[str, object] = {
-    "block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2, "group_heads": 1,
-    "head_dim_split": "chunks", "inter_splits": 1, "token_splits": 1, "tma": False,
-    "transpose_acc": False, "prefetch_scores": False, "split_grads": False,
+    "block_m": 64,
+    "block_n": 64,
+    "num_warps": 4,
+    "num_stages": 2,
+    "group_heads": 1,
+    "head_dim_split": "chunks",
+    "inter_splits": 1,
+    "token_splits": 1,
+    "tma": False,
+    "transpose_acc": False,
+    "prefetch_scores": False,
+    "split_grads": False,
     "warp_specialize": False,
 }
 
@@ -42,7 +52,9 @@ def config(variant: registry.Variant, data: dict) -> registry.VariantConfig:
     known = set(variant.Config.field_names())
     for name in sorted(set(data) - known):
         if name in SCHEMA2_FIELDS and data[name] != SCHEMA2_FIELDS[name]:
-            raise ValueError(f"{variant.stem} config: {name}={data[name]!r} does not apply "
-                             f"to {variant.stem}")
+            raise ValueError(
+                f"{variant.stem} config: {name}={data[name]!r} does not apply to {variant.stem}"
+            )
     return variant.config_from_dict(
-        {k: v for k, v in data.items() if k in known or k not in SCHEMA2_FIELDS})
+        {k: v for k, v in data.items() if k in known or k not in SCHEMA2_FIELDS}
+    )

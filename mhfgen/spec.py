@@ -8,6 +8,7 @@ What the tuner varies is each kernel variant's own config type (mhfgen.registry:
 mhfgen.variants.flash_mhf_fwd.Config, registry.get(stem).Config); the bounds of their
 common fields are here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,23 @@ INTERPRETER = "interpreter"
 #: every target a kernel is generated for: Triton's interpreter and the NVIDIA compute
 #: capabilities Triton compiles for ('sm' + major + minor). A closed set: the target is
 #: written into the generated source and into file names, so nothing else may reach them.
-TARGETS = (INTERPRETER, "sm70", "sm72", "sm75", "sm80", "sm86", "sm87", "sm89", "sm90",
-           "sm100", "sm101", "sm103", "sm110", "sm120", "sm121")
+TARGETS = (
+    INTERPRETER,
+    "sm70",
+    "sm72",
+    "sm75",
+    "sm80",
+    "sm86",
+    "sm87",
+    "sm89",
+    "sm90",
+    "sm100",
+    "sm101",
+    "sm103",
+    "sm110",
+    "sm120",
+    "sm121",
+)
 #: bounds of the variants' config fields (block sizes are powers of two in their range)
 BLOCK_RANGE = (16, 1024)
 SPLIT_MAX = 1024
@@ -70,15 +86,18 @@ class KernelSpec:
             positive_int(getattr(self, name), f"KernelSpec.{name}")
         if self.heads % self.kv_heads:
             raise ValueError(
-                f"KernelSpec: heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+                f"KernelSpec: heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})"
+            )
         if not MIN_HEAD_DIM <= self.head_dim <= MAX_HEAD_DIM:
             raise ValueError(
-                f"KernelSpec.head_dim must be in {MIN_HEAD_DIM}..{MAX_HEAD_DIM}, got {self.head_dim}")
+                f"KernelSpec.head_dim must be in {MIN_HEAD_DIM}..{MAX_HEAD_DIM}, got {self.head_dim}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"KernelSpec.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.target, str) or self.target not in TARGETS:
-            raise ValueError(f"KernelSpec.target must be one of {', '.join(TARGETS)}, "
-                             f"got {self.target!r}")
+            raise ValueError(
+                f"KernelSpec.target must be one of {', '.join(TARGETS)}, got {self.target!r}"
+            )
 
     @property
     def group(self) -> int:
@@ -96,8 +115,10 @@ class KernelSpec:
 
     def key(self) -> str:
         """A compact, stable text form, used in file names and database keys."""
-        return (f"H{self.heads}-Hkv{self.kv_heads}-D{self.head_dim}-E{self.experts}"
-                f"-De{self.expert_dim}-{self.dtype}-{self.target}")
+        return (
+            f"H{self.heads}-Hkv{self.kv_heads}-D{self.head_dim}-E{self.experts}"
+            f"-De{self.expert_dim}-{self.dtype}-{self.target}"
+        )
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

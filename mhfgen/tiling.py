@@ -3,6 +3,7 @@ into dot operands and how the intermediate dimension splits into BLOCK_N tiles.
 
 Pure functions of sizes; nothing here imports torch, Triton or a kernel.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,8 +52,10 @@ class Chunk:
 
 def chunks_of(head_dim: int, mode: str) -> tuple[Chunk, ...]:
     """head_dim_chunks as Chunk records, numbered."""
-    return tuple(Chunk(i, off, width, masked)
-                 for i, (off, width, masked) in enumerate(head_dim_chunks(head_dim, mode)))
+    return tuple(
+        Chunk(i, off, width, masked)
+        for i, (off, width, masked) in enumerate(head_dim_chunks(head_dim, mode))
+    )
 
 
 def intermediate_blocks(spec, block_n: int) -> int:

@@ -4,6 +4,7 @@ Errors are relative Frobenius norms, ||x - x_ref|| / ||x_ref||, with x_ref compu
 float64 from the same (rounded) inputs. bf16 figures are the bar of docs/CONTRACTS.md
 (section 6); fp32 uses IEEE dots; fp16 keeps 3 more mantissa bits than bf16.
 """
+
 from __future__ import annotations
 
 import torch

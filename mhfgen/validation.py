@@ -2,6 +2,7 @@
 
 Every error names the argument and what was expected, and is raised before any compute.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -73,9 +74,11 @@ def head_offset_problem(name: str, t: torch.Tensor) -> str | None:
     contiguous copy is not (mhfgen.flash_mhf makes that copy itself: int32_safe)."""
     offset = _int32_overrun(t)
     if offset >= INT32_LIMIT:
-        return (f"{name}'s strides {tuple(t.stride())} put a head or element offset "
-                f"{offset} elements in, past the kernels' 32-bit head offsets (< 2^31): "
-                f"pass {name}.contiguous()")
+        return (
+            f"{name}'s strides {tuple(t.stride())} put a head or element offset "
+            f"{offset} elements in, past the kernels' 32-bit head offsets (< 2^31): "
+            f"pass {name}.contiguous()"
+        )
     return None
 
 
@@ -99,8 +102,10 @@ def check_flash_mhf_inputs(q, k, u, v, r, *, allow_float64: bool = False) -> Pro
     Hkv, E, De, Dk = k.shape
     for name, w in (("u", u), ("v", v)):
         if w.shape != k.shape:
-            raise ValueError(f"{name} must have the shape of k {tuple(k.shape)} (Hkv, E, De, D), "
-                             f"got {tuple(w.shape)}")
+            raise ValueError(
+                f"{name} must have the shape of k {tuple(k.shape)} (Hkv, E, De, D), "
+                f"got {tuple(w.shape)}"
+            )
     if Dk != D:
         raise ValueError(f"k, u, v must have head_dim D={D} of q in their last dim, got {Dk}")
     if r.shape != (B, L, H, E):
@@ -124,14 +129,20 @@ def check_flash_mhf_inputs(q, k, u, v, r, *, allow_float64: bool = False) -> Pro
     if len(devices) > 1:
         raise ValueError(f"q, k, u, v, r must be on one device, got {sorted(map(str, devices))}")
     if q.numel() and q.stride(-1) != 1:
-        raise ValueError(f"q must have unit stride in its last dim (head_dim), got stride {q.stride()}")
+        raise ValueError(
+            f"q must have unit stride in its last dim (head_dim), got stride {q.stride()}"
+        )
     if B * L * H >= INT32_LIMIT:
-        raise ValueError(f"B * L * H = {B * L * H} rows (tokens x heads) pass the kernels' "
-                         f"32-bit row index: at most {INT32_LIMIT - 1} rows, that is "
-                         f"{(INT32_LIMIT - 1) // H} tokens at H = {H}; split the call")
+        raise ValueError(
+            f"B * L * H = {B * L * H} rows (tokens x heads) pass the kernels' "
+            f"32-bit row index: at most {INT32_LIMIT - 1} rows, that is "
+            f"{(INT32_LIMIT - 1) // H} tokens at H = {H}; split the call"
+        )
     if Hkv * E * De * D >= INT32_LIMIT:
-        raise ValueError(f"k, u, v of {Hkv * E * De * D} elements each pass the kernels' "
-                         f"32-bit weight offsets (< 2^31)")
+        raise ValueError(
+            f"k, u, v of {Hkv * E * De * D} elements each pass the kernels' "
+            f"32-bit weight offsets (< 2^31)"
+        )
     for name, t in (("q", q), ("r", r)):
         problem = head_offset_problem(name, t)
         if problem:
@@ -139,25 +150,32 @@ def check_flash_mhf_inputs(q, k, u, v, r, *, allow_float64: bool = False) -> Pro
     return Problem(B, L, H, Hkv, D, E, De)
 
 
-def check_layer_sizes(d_model: int, n_heads: int, intermediate_size: int, n_experts: int,
-                      n_kv_heads: int) -> None:
+def check_layer_sizes(
+    d_model: int, n_heads: int, intermediate_size: int, n_experts: int, n_kv_heads: int
+) -> None:
     """Constructor checks of the FlashMHF layer (d % H, I % E, H % Hkv, head_dim range)."""
-    for name, value in (("d_model", d_model), ("n_heads", n_heads),
-                        ("intermediate_size", intermediate_size), ("n_experts", n_experts),
-                        ("n_kv_heads", n_kv_heads)):
+    for name, value in (
+        ("d_model", d_model),
+        ("n_heads", n_heads),
+        ("intermediate_size", intermediate_size),
+        ("n_experts", n_experts),
+        ("n_kv_heads", n_kv_heads),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if d_model % n_heads:
         raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
     if intermediate_size % n_experts:
         raise ValueError(
-            f"intermediate_size ({intermediate_size}) must be divisible by n_experts ({n_experts})")
+            f"intermediate_size ({intermediate_size}) must be divisible by n_experts ({n_experts})"
+        )
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
     head_dim = d_model // n_heads
     if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"head_dim = d_model / n_heads = {head_dim} must be in "
-                         f"{MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
+        raise ValueError(
+            f"head_dim = d_model / n_heads = {head_dim} must be in {MIN_HEAD_DIM}..{MAX_HEAD_DIM}"
+        )
 
 
 _validated: set = set()

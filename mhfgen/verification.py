@@ -1,6 +1,7 @@
 """Proving the kernels against the float64 reference: inputs, reference gradients and the
 per-output errors that tests and `mhfgen verify` both use.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,8 +34,14 @@ class Case:
         return self.batch * self.seqlen
 
 
-def make_inputs(case: Case, dtype: torch.dtype, device, seed: int = 0, r_dtype=torch.float32,
-                q_layout: str = "view"):
+def make_inputs(
+    case: Case,
+    dtype: torch.dtype,
+    device,
+    seed: int = 0,
+    r_dtype=torch.float32,
+    q_layout: str = "view",
+):
     """Random inputs of realistic scale (unit-variance q, weights ~ D^-1/2, normalised
     sigmoid routing). q_layout 'view': q is a view of a (B, L, H*D) projection output;
     'strided': q is a slice of a wider (B, L, H, D + 8) buffer (non-trivial head stride)."""
@@ -47,7 +54,7 @@ def make_inputs(case: Case, dtype: torch.dtype, device, seed: int = 0, r_dtype=t
     else:
         raise ValueError(f"q_layout must be 'view' or 'strided', got {q_layout!r}")
     shape = (case.kv_heads, case.experts, case.expert_dim, D)
-    k, u, v = (torch.randn(shape, generator=g) * D ** -0.5 for _ in range(3))
+    k, u, v = (torch.randn(shape, generator=g) * D**-0.5 for _ in range(3))
     gates = torch.sigmoid(torch.randn(B, L, H, case.experts, generator=g))
     r = gates / gates.sum(-1, keepdim=True)
     do = torch.randn(B, L, H, D, generator=g)
@@ -64,18 +71,24 @@ def reference_outputs(q, k, u, v, r, do, token_chunk: int = 4096) -> dict[str, t
     w64 = [w.double().requires_grad_() for w in (k, u, v)]
     o, dq, dr = torch.empty_like(q64), torch.empty_like(q64), torch.empty_like(r64)
     for lo in range(0, B * L, token_chunk):
-        qc = q64[lo:lo + token_chunk].detach().requires_grad_()
-        rc = r64[lo:lo + token_chunk].detach().requires_grad_()
+        qc = q64[lo : lo + token_chunk].detach().requires_grad_()
+        rc = r64[lo : lo + token_chunk].detach().requires_grad_()
         oc = reference.flash_mhf(qc, *w64, rc)
-        oc.backward(do64[lo:lo + token_chunk])
-        o[lo:lo + token_chunk], dq[lo:lo + token_chunk] = oc.detach(), qc.grad
-        dr[lo:lo + token_chunk] = rc.grad
+        oc.backward(do64[lo : lo + token_chunk])
+        o[lo : lo + token_chunk], dq[lo : lo + token_chunk] = oc.detach(), qc.grad
+        dr[lo : lo + token_chunk] = rc.grad
     if B * L == 0:
         grads = [torch.zeros_like(w) for w in w64]
     else:
         grads = [w.grad for w in w64]
-    return {"o": o.view(B, L, H, D), "dq": dq.view(B, L, H, D), "dk": grads[0], "du": grads[1],
-            "dv": grads[2], "dr": dr.view(r.shape)}
+    return {
+        "o": o.view(B, L, H, D),
+        "dq": dq.view(B, L, H, D),
+        "dk": grads[0],
+        "du": grads[1],
+        "dv": grads[2],
+        "dr": dr.view(r.shape),
+    }
 
 
 def _run(op: str, config, *tensors):
@@ -95,16 +108,16 @@ def _run(op: str, config, *tensors):
 BACKWARD_FORMS = ("dispatched", "fused", "split")
 
 
-def kernel_outputs(q, k, u, v, r, do, fwd=None, dq=None, dkv=None, bwd=None,
-                   backward: str = "dispatched") -> dict[str, torch.Tensor]:
+def kernel_outputs(
+    q, k, u, v, r, do, fwd=None, dq=None, dkv=None, bwd=None, backward: str = "dispatched"
+) -> dict[str, torch.Tensor]:
     """o and the five gradients through the generated kernels: each op through the
     dispatcher's variant and config, or with the given config (of a variant of that op)
     through its variant. The gradients come from `backward`: the
     form the dispatcher picks ('dispatched', as autograd runs it), the one-pass op 'bwd'
     ('fused', config `bwd`) or 'bwd_dq' then 'bwd_dkv' ('split', configs `dq`, `dkv`)."""
     if backward not in BACKWARD_FORMS:
-        raise ValueError(f"backward must be one of {', '.join(BACKWARD_FORMS)}, got "
-                         f"{backward!r}")
+        raise ValueError(f"backward must be one of {', '.join(BACKWARD_FORMS)}, got {backward!r}")
     if backward == "dispatched" and (dq is not None or dkv is not None):
         backward = "split"
     if backward == "dispatched" and bwd is not None:
@@ -136,6 +149,11 @@ class Check:
 def compare(outputs: dict, expected: dict, dtype: torch.dtype) -> list[Check]:
     """Relative Frobenius error of each output, with its dtype's tolerance for a tensor
     of its size (mhfgen.tolerances.tolerance)."""
-    return [Check(name, relative_error(outputs[name], expected[name]),
-                  tolerance(dtype, grad=name != "o", numel=expected[name].numel()))
-            for name in OUTPUTS]
+    return [
+        Check(
+            name,
+            relative_error(outputs[name], expected[name]),
+            tolerance(dtype, grad=name != "o", numel=expected[name].numel()),
+        )
+        for name in OUTPUTS
+    ]

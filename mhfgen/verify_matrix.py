@@ -22,6 +22,7 @@ thousands is a failure. The launchers' output buffers are NaN-filled before each
 Layouts of the rows compared: o, dq and dO rows are (b, l, h) with D values; dr rows
 (b, l, h) with E values; dk, du, dv rows (g, e, n) with D values.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -70,8 +71,19 @@ class MatrixShape:
     tokens: tuple[tuple[int, int], ...]
 
     def cases(self) -> list[Case]:
-        return [Case(f"{self.name}_B{b}_L{seq}", b, seq, self.heads, self.kv_heads,
-                     self.head_dim, self.experts, self.expert_dim) for b, seq in self.tokens]
+        return [
+            Case(
+                f"{self.name}_B{b}_L{seq}",
+                b,
+                seq,
+                self.heads,
+                self.kv_heads,
+                self.head_dim,
+                self.experts,
+                self.expert_dim,
+            )
+            for b, seq in self.tokens
+        ]
 
 
 #: (batch, seqlen): L = 1, L = 37, and both sides of the 64- and 128-row tiles, B > 1
@@ -108,8 +120,9 @@ def shapes_named(names: str | None, gpu: bool) -> tuple[MatrixShape, ...]:
     wanted = [n for n in names.split(",") if n]
     unknown = [n for n in wanted if n not in known]
     if unknown:
-        raise ValueError(f"unknown matrix shape(s) {', '.join(unknown)}; known here: "
-                         f"{', '.join(known)}")
+        raise ValueError(
+            f"unknown matrix shape(s) {', '.join(unknown)}; known here: {', '.join(known)}"
+        )
     return tuple(known[n] for n in wanted)
 
 
@@ -120,8 +133,7 @@ def form_inputs(case: Case, form: InputForm, dtype: torch.dtype, device, seed: i
     q, k, u, v, r, do = make_inputs(case, torch.float32, "cpu", seed=seed)
     r_dtype = torch.float32 if form.r == "float32" else dtype
     q, do = (_rows_layout(t.to(device=device, dtype=dtype), form.q) for t in (q, do))
-    k, u, v = (_weights_layout(w.to(device=device, dtype=dtype), form.weights)
-               for w in (k, u, v))
+    k, u, v = (_weights_layout(w.to(device=device, dtype=dtype), form.weights) for w in (k, u, v))
     return q, k, u, v, r.to(device=device, dtype=r_dtype), do
 
 
@@ -174,8 +186,9 @@ class MatrixRow:
         return asdict(self)
 
 
-def check_variant(variant, inputs: tuple, expected: dict,
-                  dtype: torch.dtype) -> tuple[str, dict, dict]:
+def check_variant(
+    variant, inputs: tuple, expected: dict, dtype: torch.dtype
+) -> tuple[str, dict, dict]:
     """(status, errors, tolerances) of `variant` forced on `inputs` (its own tuned or
     built-in config): each of its outputs against `expected`, whole and row by row."""
     q, k, u, v, r, do = inputs
@@ -203,8 +216,9 @@ def check_variant(variant, inputs: tuple, expected: dict,
     return ("ok" if not bad else "FAIL " + ",".join(bad)), errors, tols
 
 
-def run_group(shape: MatrixShape, dtype_name: str, forms=FORMS, stems=None,
-              seed: int = 0) -> list[MatrixRow]:
+def run_group(
+    shape: MatrixShape, dtype_name: str, forms=FORMS, stems=None, seed: int = 0
+) -> list[MatrixRow]:
     """Every (case, form) of `shape` in one dtype, through every variant (or the stems
     given): the reference once per (case, form), then each variant forced on it."""
     from . import device as _device
@@ -216,8 +230,15 @@ def run_group(shape: MatrixShape, dtype_name: str, forms=FORMS, stems=None,
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     target = _device.target(dev)
     variants = [v for v in registry.all_variants() if stems is None or v.stem in stems]
-    spec = KernelSpec(shape.heads, shape.kv_heads, shape.head_dim, shape.experts,
-                      shape.expert_dim, dtype_name, target)
+    spec = KernelSpec(
+        shape.heads,
+        shape.kv_heads,
+        shape.head_dim,
+        shape.experts,
+        shape.expert_dim,
+        dtype_name,
+        target,
+    )
     # what a variant takes at all (its targets, dtypes, head dims), at any token count:
     # forced here also where dispatch would leave small calls to another variant
     reasons = {v.stem: v.unsupported(spec) for v in variants}
@@ -234,11 +255,13 @@ def run_group(shape: MatrixShape, dtype_name: str, forms=FORMS, stems=None,
                 inputs = form_inputs(case, form, dtype, dev, seed)
                 expected = reference_outputs(*inputs)
                 for v in variants:
-                    row = MatrixRow(shape.name, case.batch, case.seqlen, form.name,
-                                    dtype_name, v.stem, "n/a")
+                    row = MatrixRow(
+                        shape.name, case.batch, case.seqlen, form.name, dtype_name, v.stem, "n/a"
+                    )
                     if reasons[v.stem] is None:
                         row.status, row.errors, row.tolerances = check_variant(
-                            v, inputs, expected, dtype)
+                            v, inputs, expected, dtype
+                        )
                     else:
                         row.errors = {"reason": reasons[v.stem]}
                     rows.append(row)
@@ -253,8 +276,9 @@ def _run_group_in_child(args: tuple) -> list[dict]:
     return [row.as_dict() for row in run_group(shape, dtype_name, forms, stems, seed)]
 
 
-def run_matrix(shapes, dtypes, forms=FORMS, stems=None, jobs: int = 1, seed: int = 0,
-               progress=None):
+def run_matrix(
+    shapes, dtypes, forms=FORMS, stems=None, jobs: int = 1, seed: int = 0, progress=None
+):
     """Yield the MatrixRows of every (shape, dtype) group; `jobs` > 1 runs the groups in
     that many child processes (compiling is what takes the time, and it runs on the
     CPU: the children share the GPU). `progress(done, total, group)` after each group."""
@@ -270,8 +294,10 @@ def run_matrix(shapes, dtypes, forms=FORMS, stems=None, jobs: int = 1, seed: int
 
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(jobs, len(groups)), mp_context=ctx) as pool:
-        futures = {pool.submit(_run_group_in_child, (shape, d, forms, stems, seed)):
-                   f"{shape.name} {d}" for shape, d in groups}
+        futures = {
+            pool.submit(_run_group_in_child, (shape, d, forms, stems, seed)): f"{shape.name} {d}"
+            for shape, d in groups
+        }
         for i, future in enumerate(as_completed(futures)):
             for row in future.result():
                 yield MatrixRow(**row)

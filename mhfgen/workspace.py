@@ -8,6 +8,7 @@ the workspace is tokens * head_chunk * (H / Hkv) * D floats; dr's partial sums n
 where an expert spans several tiles and r is not fp32, and dK/dU/dV's where the tokens are
 split. A config is read only for its `head_chunk`, `token_splits` and `block_n`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,8 +56,7 @@ def workspace_budget(spec: KernelSpec, tokens: int) -> int:
     return max(int(dq_bytes * SCRATCH_FRACTION), SCRATCH_FLOOR, one_head)
 
 
-def fit_launches(spec: KernelSpec, config, tokens: int, sm_count: int, tiles: int,
-                 max_splits: int):
+def fit_launches(spec: KernelSpec, config, tokens: int, sm_count: int, tiles: int, max_splits: int):
     """`config` with the heuristic's launch shape: the widest head_chunk (all kv heads,
     halved until the workspace fits the budget), then token splits where one launch's
     programs (`tiles` weight tiles per kv head x head_chunk) fill fewer than two waves of

@@ -4,6 +4,7 @@ launch configs that reach every template branch, and the CPU dtypes.
 Triton's interpreter cannot multiply bf16 (its tl.dot reads the raw bits), so CPU tests
 use fp32 and fp16; `mhfgen verify` covers bf16 on the GPU.
 """
+
 import torch
 
 from mhfgen.variants import flash_mhf_bwd_dkv as dkv_variant
@@ -60,17 +61,38 @@ CONFIGS = {
         Dkv(block_m=32, block_n=16, transpose_acc=True),
         Dkv(block_m=16, block_n=32, token_splits=2, transpose_acc=True),
         Dkv(block_m=16, block_n=16, split_grads=True),
-        Dkv(block_m=32, block_n=64, token_splits=2, transpose_acc=True, split_grads=True,
-            head_dim_split="pad"),
+        Dkv(
+            block_m=32,
+            block_n=64,
+            token_splits=2,
+            transpose_acc=True,
+            split_grads=True,
+            head_dim_split="pad",
+        ),
     ],
     "flash_mhf_bwd_fused": [
         fused_variant.Config(block_m=16, block_n=16, num_warps=4, num_stages=1),
-        fused_variant.Config(block_m=32, block_n=64, num_warps=4, num_stages=1,
-                             transpose_acc=True, head_chunk=16, head_dim_split="pad"),
-        fused_variant.Config(block_m=16, block_n=32, num_warps=4, num_stages=1,
-                             token_splits=3, head_chunk=2),
-        fused_variant.Config(block_m=16, block_n=16, num_warps=4, num_stages=1,
-                             transpose_acc=True, token_splits=2, head_chunk=1),
+        fused_variant.Config(
+            block_m=32,
+            block_n=64,
+            num_warps=4,
+            num_stages=1,
+            transpose_acc=True,
+            head_chunk=16,
+            head_dim_split="pad",
+        ),
+        fused_variant.Config(
+            block_m=16, block_n=32, num_warps=4, num_stages=1, token_splits=3, head_chunk=2
+        ),
+        fused_variant.Config(
+            block_m=16,
+            block_n=16,
+            num_warps=4,
+            num_stages=1,
+            transpose_acc=True,
+            token_splits=2,
+            head_chunk=1,
+        ),
     ],
 }
 
@@ -78,4 +100,5 @@ CONFIGS = {
 def grouped(config, case: Case):
     """`config` with group_heads = all heads of a kv group (the shared-weight-load path)."""
     import dataclasses
+
     return dataclasses.replace(config, group_heads=case.heads // case.kv_heads)

@@ -1,4 +1,5 @@
 """Shared fixtures: isolate mhfgen's caches and databases from the user's home."""
+
 import os
 
 import pytest
@@ -29,18 +30,35 @@ def fresh_dispatch():
 #: cores; everything that compiles or tunes through the interpreter, builds a wheel or
 #: starts processes stays in `make test`. A test elsewhere can opt in with
 #: @pytest.mark.fast.
-FAST_MODULES = frozenset({
-    "test_buckets", "test_cli_db", "test_cli_json", "test_codegen", "test_config_fields",
-    "test_dispatch", "test_heuristics", "test_import_property", "test_import_strict",
-    "test_launch_plans", "test_no_outside_citations", "test_performance_doc",
-    "test_record_paths", "test_reference", "test_registry", "test_tuning_db",
-    "test_tuning_space", "test_validation",
-})
+FAST_MODULES = frozenset(
+    {
+        "test_buckets",
+        "test_cli_db",
+        "test_cli_json",
+        "test_codegen",
+        "test_config_fields",
+        "test_dispatch",
+        "test_heuristics",
+        "test_import_property",
+        "test_import_strict",
+        "test_launch_plans",
+        "test_no_outside_citations",
+        "test_performance_doc",
+        "test_record_paths",
+        "test_reference",
+        "test_registry",
+        "test_tuning_db",
+        "test_tuning_space",
+        "test_validation",
+    }
+)
 #: modules whose tests share something beyond their own tmp_path (processes that take every
 #: core, GPUs): `--dist loadgroup` runs each group's tests one after another on one worker
 XDIST_GROUPS = {
-    "test_distributed_benchmark": "distributed", "test_distributed_training": "distributed",
-    "test_distributed_tp": "distributed", "test_multi_gpu": "gpus",
+    "test_distributed_benchmark": "distributed",
+    "test_distributed_training": "distributed",
+    "test_distributed_tp": "distributed",
+    "test_multi_gpu": "gpus",
 }
 
 

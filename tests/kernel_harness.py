@@ -1,4 +1,5 @@
 """Runs one kernel of one case against the float64 reference, with poisoned outputs."""
+
 from functools import cache
 
 import torch
@@ -22,8 +23,10 @@ def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, dtype, case) 
         diff = (got.double() - want).abs()
         where = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0]) if diff.numel() else ()
         nan = int(torch.isnan(got).sum())
-        raise AssertionError(f"{case.name} {dtype} {name}: relative error {err:.3g} > {tol:.1g}; "
-                             f"largest |diff| {diff.max().item():.3g} at {where}; NaNs {nan}")
+        raise AssertionError(
+            f"{case.name} {dtype} {name}: relative error {err:.3g} > {tol:.1g}; "
+            f"largest |diff| {diff.max().item():.3g} at {where}; NaNs {nan}"
+        )
 
 
 def run_poisoned(fn, *args):

@@ -15,6 +15,7 @@ and the interpreter, sm80, sm90 and sm100 targets. Renders are compared with the
 
 tests/test_render_grid.py checks the working tree against the committed digests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,9 +52,12 @@ TARGETS = ("interpreter", "sm80", "sm90", "sm100")
 
 
 def specs() -> list[KernelSpec]:
-    return [KernelSpec(h, hkv, d, e, de, dtype, target)
-            for (h, hkv), d, (e, de), dtype, target
-            in itertools.product(HEADS, HEAD_DIMS, EXPERTS, DTYPES, TARGETS)]
+    return [
+        KernelSpec(h, hkv, d, e, de, dtype, target)
+        for (h, hkv), d, (e, de), dtype, target in itertools.product(
+            HEADS, HEAD_DIMS, EXPERTS, DTYPES, TARGETS
+        )
+    ]
 
 
 def configs(kernel: str, spec: KernelSpec) -> Iterator[registry.VariantConfig]:
@@ -64,37 +68,58 @@ def configs(kernel: str, spec: KernelSpec) -> Iterator[registry.VariantConfig]:
     common = itertools.product((16, 32, 64, 128), ("chunks", "pad"))
     if kernel == "flash_mhf_bwd_dkv":
         for (block_n, split), tok, tr, sg in itertools.product(
-                common, (1, 2), (False, True), (False, True)):
-            yield config_type(block_n=block_n, head_dim_split=split, token_splits=tok,
-                              transpose_acc=tr, split_grads=sg)
+            common, (1, 2), (False, True), (False, True)
+        ):
+            yield config_type(
+                block_n=block_n,
+                head_dim_split=split,
+                token_splits=tok,
+                transpose_acc=tr,
+                split_grads=sg,
+            )
         return
     fwd = kernel == "flash_mhf_fwd"
     for (block_n, split), g, tma, ws, inter, pre in itertools.product(
-            common, groups, (False, True), (False, True),
-            (1, 2) if fwd else (1,), (False, True) if fwd else (False,)):
+        common,
+        groups,
+        (False, True),
+        (False, True),
+        (1, 2) if fwd else (1,),
+        (False, True) if fwd else (False,),
+    ):
         extra = {"inter_splits": inter, "prefetch_scores": pre} if fwd else {}
-        yield config_type(block_n=block_n, head_dim_split=split, group_heads=g, tma=tma,
-                          warp_specialize=ws, **extra)
+        yield config_type(
+            block_n=block_n,
+            head_dim_split=split,
+            group_heads=g,
+            tma=tma,
+            warp_specialize=ws,
+            **extra,
+        )
 
 
 def config_text(config: registry.VariantConfig) -> str:
     """A grid config as the digests name it: its values of the 13 fields of schema 2
     (mhfgen.schema2), the form the committed digests were written with."""
-    return json.dumps({k: getattr(config, k, neutral) for k, neutral in SCHEMA2_FIELDS.items()},
-                      sort_keys=True)
+    return json.dumps(
+        {k: getattr(config, k, neutral) for k, neutral in SCHEMA2_FIELDS.items()}, sort_keys=True
+    )
 
 
 def _code(source: str) -> str:
-    return "\n".join(line for line in source.splitlines()
-                     if not line.startswith("# template hash:"))
+    return "\n".join(
+        line for line in source.splitlines() if not line.startswith("# template hash:")
+    )
 
 
 @contextlib.contextmanager
 def templates_from(folder: Path):
     """Render from the templates in `folder` instead of the package's."""
+
     def clear():
         codegen._environment.cache_clear()
         codegen.template_hash.cache_clear()
+
     clear()
     try:
         with mock.patch.object(paths, "templates_dir", lambda: folder):
@@ -128,11 +153,18 @@ def digests(renders: dict[tuple, str]) -> dict[str, str]:
 
 def templates_at(rev: str, into: Path) -> Path:
     """Write the templates/ folder of git revision `rev` into `into`."""
-    names = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", f"{rev}:templates"],
-                           check=True, capture_output=True, text=True).stdout.split()
+    names = subprocess.run(
+        ["git", "-C", str(REPO), "ls-tree", "--name-only", f"{rev}:templates"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     for name in names:
-        blob = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:templates/{name}"],
-                              check=True, capture_output=True).stdout
+        blob = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{rev}:templates/{name}"],
+            check=True,
+            capture_output=True,
+        ).stdout
         (into / name).write_bytes(blob)
     return into
 
@@ -145,23 +177,34 @@ def compare(rev: str) -> int:
         print(f"the grid's valid points differ: {len(old)} at {rev}, {len(new)} now")
         return 1
     differ = [key for key in new if new[key] != old[key]]
-    print(f"{len(new)} renders ({len(set(new.values()))} distinct sources) compared with {rev}: "
-          f"{len(differ)} differ")
+    print(
+        f"{len(new)} renders ({len(set(new.values()))} distinct sources) compared with {rev}: "
+        f"{len(differ)} differ"
+    )
     for kernel, spec_key, config in differ[:10]:
         print(f"  {kernel} {spec_key} {config}")
     if differ:
         key = differ[0]
-        sys.stdout.writelines(difflib.unified_diff(
-            old[key].splitlines(True), new[key].splitlines(True), rev, "working tree"))
+        sys.stdout.writelines(
+            difflib.unified_diff(
+                old[key].splitlines(True), new[key].splitlines(True), rev, "working tree"
+            )
+        )
     return 1 if differ else 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--against", metavar="REV",
-                        help="compare the working tree's renders with git revision REV's")
-    parser.add_argument("--write-digests", action="store_true",
-                        help=f"write the grid's digests to {DIGESTS.relative_to(REPO)}")
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="compare the working tree's renders with git revision REV's",
+    )
+    parser.add_argument(
+        "--write-digests",
+        action="store_true",
+        help=f"write the grid's digests to {DIGESTS.relative_to(REPO)}",
+    )
     args = parser.parse_args(argv)
     if args.write_digests:
         DIGESTS.parent.mkdir(exist_ok=True)

@@ -4,6 +4,7 @@ that has run Triton's interpreter cannot compile (its language module is patched
 
     python tests/sm90_compile.py STEM SPEC_JSON CONFIG_JSON  ->  one JSON line
 """
+
 import json
 import os
 import re
@@ -15,8 +16,10 @@ from pathlib import Path
 def compile_report(stem: str, spec, config) -> dict:
     """{'shared': bytes, 'wgmma': n, 'tma_loads': n, 'tma_reduces': n} of the kernel of
     (stem, spec, config), compiled in a subprocess."""
-    return _in_subprocess([str(Path(__file__).resolve()), stem, _spec_json(spec),
-                           config.to_json()], f"{stem} {config.describe()}")
+    return _in_subprocess(
+        [str(Path(__file__).resolve()), stem, _spec_json(spec), config.to_json()],
+        f"{stem} {config.describe()}",
+    )
 
 
 _GLUON = """
@@ -35,9 +38,10 @@ def gluon_report(module, spec, config):
     patched Triton's modules, a Gluon compile can see its descriptors as plain values."""
     from mhfgen.kernels.sm90 import CompileReport
 
-    report = _in_subprocess(["-c", _GLUON, module.__name__, _spec_json(spec),
-                             type(config).__name__, config.to_json()],
-                            f"{module.__name__} {config.describe()}")
+    report = _in_subprocess(
+        ["-c", _GLUON, module.__name__, _spec_json(spec), type(config).__name__, config.to_json()],
+        f"{module.__name__} {config.describe()}",
+    )
     return CompileReport(**report)
 
 
@@ -50,8 +54,9 @@ def _spec_json(spec) -> str:
 def _in_subprocess(args: list, what: str) -> dict:
     """The JSON object printed last by `python ARGS` run with TRITON_INTERPRET=0."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
-                         timeout=600)
+    out = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=600
+    )
     if out.returncode:
         raise AssertionError(f"sm90 compile of {what} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -72,8 +77,9 @@ def _main(stem: str, spec_json: str, config_json: str) -> None:
     config = variant.check(spec, variant.config_from_dict(json.loads(config_json)))
     kernel = load_kernel(stem, spec, config)
     narrow = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[spec.dtype]
-    fp32 = {"DQ", "DR", "R"} | ({"DK", "DU", "DV"} if getattr(config, "token_splits", 1) > 1
-                                else set())
+    fp32 = {"DQ", "DR", "R"} | (
+        {"DK", "DU", "DV"} if getattr(config, "token_splits", 1) > 1 else set()
+    )
     signature = {}
     for name in kernel.arg_names:
         if name in ("BLOCK_M", "BLOCK_N"):
@@ -82,18 +88,30 @@ def _main(stem: str, spec_json: str, config_json: str) -> None:
             signature[name] = "*fp32" if name in fp32 else f"*{narrow}"
         else:
             signature[name] = "i32"
-    source = ASTSource(fn=kernel, signature=signature,
-                       constexprs={"BLOCK_M": config.block_m, "BLOCK_N": config.block_n})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": config.num_warps,
-                                       "num_stages": config.num_stages})
+    source = ASTSource(
+        fn=kernel,
+        signature=signature,
+        constexprs={"BLOCK_M": config.block_m, "BLOCK_N": config.block_n},
+    )
+    compiled = triton.compile(
+        source,
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": config.num_warps, "num_stages": config.num_stages},
+    )
     ptx = compiled.asm["ptx"]
     registers, spills = ptxas_usage(ptx)
-    print(json.dumps({"shared": compiled.metadata.shared, "registers": registers,
-                      "spill_bytes": spills,
-                      "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
-                      "tma_loads": len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
-                      "tma_reduces": len(re.findall(r"cp\.reduce\.async\.bulk\.tensor", ptx))}))
+    print(
+        json.dumps(
+            {
+                "shared": compiled.metadata.shared,
+                "registers": registers,
+                "spill_bytes": spills,
+                "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
+                "tma_loads": len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
+                "tma_reduces": len(re.findall(r"cp\.reduce\.async\.bulk\.tensor", ptx)),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

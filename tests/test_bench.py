@@ -3,6 +3,7 @@
 Tiny fp32 problems; without a GPU they run through Triton's interpreter and the wall-clock
 fallback (the figures are meaningless, the fields are not).
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,15 +16,28 @@ import torch
 from mhfgen import bench
 from mhfgen.cli import main
 
-TINY = ["--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--intermediate", "64",
-        "--experts", "2", "--dtype", "float32"]
+TINY = [
+    "--heads",
+    "2",
+    "--kv-heads",
+    "1",
+    "--head-dim",
+    "32",
+    "--intermediate",
+    "64",
+    "--experts",
+    "2",
+    "--dtype",
+    "float32",
+]
 ENV_FIELDS = ("gpu", "compute_capability", "torch", "triton", "mhfgen", "date", "timer")
 GPU = torch.cuda.is_available()
 
 
 def tiny(tokens: int = 64) -> bench.BenchProblem:
-    return bench.BenchProblem(heads=2, kv_heads=1, head_dim=32, intermediate=64, experts=2,
-                              dtype="float32", tokens=tokens)
+    return bench.BenchProblem(
+        heads=2, kv_heads=1, head_dim=32, intermediate=64, experts=2, dtype="float32", tokens=tokens
+    )
 
 
 def test_problem_sizes_and_flops():
@@ -32,7 +46,7 @@ def test_problem_sizes_and_flops():
     assert (tiny(100).batch, tiny(100).seqlen) == (1, 100)
     assert p.shape == "(64, 2, 32, 64, 2, Hkv=1)"
     assert bench.core_flops(p) == 6 * 4096 * 2 * 64 * 32
-    assert bench.layer_flops(p) == bench.core_flops(p) + 4 * 4096 * 64 ** 2
+    assert bench.layer_flops(p) == bench.core_flops(p) + 4 * 4096 * 64**2
     assert bench.pass_flops(10, "fwdbwd") == 30 and bench.pass_flops(10, "fwd") == 10
     with pytest.raises(ValueError, match="divisible"):
         bench.BenchProblem(2, 2, 32, 65, 2, "float32", 64)
@@ -73,21 +87,28 @@ def test_failures_become_rows(monkeypatch):
     def bad_compile(fn):
         def compiled(*args):
             raise RuntimeError("InductorError: no C compiler")
+
         return compiled
 
-    monkeypatch.setitem(bench.METHODS, "oomer", bench.Method("oomer", "core", "", oom,
-                                                             bench.core_flops))
-    monkeypatch.setitem(bench.METHODS, "broken", bench.Method("broken", "core", "", broken,
-                                                              bench.core_flops))
+    monkeypatch.setitem(
+        bench.METHODS, "oomer", bench.Method("oomer", "core", "", oom, bench.core_flops)
+    )
+    monkeypatch.setitem(
+        bench.METHODS, "broken", bench.Method("broken", "core", "", broken, bench.core_flops)
+    )
     monkeypatch.setattr(torch, "compile", bad_compile)
-    rows = bench.run_benchmarks([tiny()], ["oomer", "broken", "torch_compile", "torch"], ["fwd"],
-                                repeat=1)
+    rows = bench.run_benchmarks(
+        [tiny()], ["oomer", "broken", "torch_compile", "torch"], ["fwd"], repeat=1
+    )
     status = {r.method: r for r in rows}
     assert status["oomer"].status == "oom" and "out of memory" in status["oomer"].error
     assert status["broken"].status == "failed"
     assert status["broken"].error == "building inputs: RuntimeError: no kernel today"
     assert status["torch_compile"].status == "failed"
-    assert "compilation" in status["torch_compile"].error and "no C compiler" in status["torch_compile"].error
+    assert (
+        "compilation" in status["torch_compile"].error
+        and "no C compiler" in status["torch_compile"].error
+    )
     assert status["torch"].status == "ok"  # later rows still run
     assert all(r.median_ms is None and r.tflops is None for r in rows[:3])
     table = bench.format_table(rows)
@@ -96,8 +117,21 @@ def test_failures_become_rows(monkeypatch):
 
 def test_cli_json_csv_sweep(tmp_path, capsys):
     js, cs = tmp_path / "b.json", tmp_path / "b.csv"
-    code = main(["bench", *TINY, "--tokens", "64,32", "--layer", "--repeat", "1",
-                 "--json", str(js), "--csv", str(cs)])
+    code = main(
+        [
+            "bench",
+            *TINY,
+            "--tokens",
+            "64,32",
+            "--layer",
+            "--repeat",
+            "1",
+            "--json",
+            str(js),
+            "--csv",
+            str(cs),
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     methods = bench.methods_of("core", available_only=True) + bench.methods_of("layer")
@@ -106,7 +140,8 @@ def test_cli_json_csv_sweep(tmp_path, capsys):
     assert doc["format"] == "mhfgen-bench/1" and "6*T*H*I*D" in doc["flop_note"]
     assert len(rows) == 2 * 2 * len(methods)
     assert {(r["tokens"], r["pass"], r["method"]) for r in rows} == {
-        (t, p, m) for t in (32, 64) for p in bench.PASSES for m in methods}
+        (t, p, m) for t in (32, 64) for p in bench.PASSES for m in methods
+    }
     for r in rows:
         assert set(r) == set(bench.ROW_FIELDS)
         assert r["dtype"] == "float32" and r["shape"] == "(64, 2, 32, 64, 2, Hkv=1)"
@@ -125,18 +160,21 @@ def test_cli_json_csv_sweep(tmp_path, capsys):
     assert "mhfgen" in out.out and "forward + backward" in out.out
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--tokens", "abc"], "--tokens: expected positive integers"),
-    (["--tokens", "64,0"], "--tokens must be >= 1"),
-    (["--passes", "fwd,back"], "--passes: unknown 'back'"),
-    (["--methods", "mhfgen,cublas"], "--methods: unknown 'cublas'"),
-    (["--repeat", "0"], "--repeat must be >= 1"),
-    (["--plot", "x.jpg"], "--plot: expected a .png"),
-    (["--json", "/nonexistent/dir/x.json"], "--json: directory"),
-    (["--intermediate", "65"], "divisible by --experts"),
-    (["--head-dim", "8"], "head_dim"),
-    (["--kv-heads", "3"], "kv_heads"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--tokens", "abc"], "--tokens: expected positive integers"),
+        (["--tokens", "64,0"], "--tokens must be >= 1"),
+        (["--passes", "fwd,back"], "--passes: unknown 'back'"),
+        (["--methods", "mhfgen,cublas"], "--methods: unknown 'cublas'"),
+        (["--repeat", "0"], "--repeat must be >= 1"),
+        (["--plot", "x.jpg"], "--plot: expected a .png"),
+        (["--json", "/nonexistent/dir/x.json"], "--json: directory"),
+        (["--intermediate", "65"], "divisible by --experts"),
+        (["--head-dim", "8"], "head_dim"),
+        (["--kv-heads", "3"], "kv_heads"),
+    ],
+)
 def test_cli_bad_flags(flags, message, capsys):
     argv = ["bench", *TINY, "--tokens", "64", *flags]
     assert main(argv) == 2
@@ -154,8 +192,20 @@ def test_cli_cpu_refusals(capsys):
 
 def test_cli_plot(tmp_path, capsys):
     png = tmp_path / "b.png"
-    argv = ["bench", *TINY, "--tokens", "32,64", "--methods", "mhfgen,torch", "--passes", "fwd",
-            "--repeat", "1", "--plot", str(png)]
+    argv = [
+        "bench",
+        *TINY,
+        "--tokens",
+        "32,64",
+        "--methods",
+        "mhfgen,torch",
+        "--passes",
+        "fwd",
+        "--repeat",
+        "1",
+        "--plot",
+        str(png),
+    ]
     if importlib.util.find_spec("matplotlib") is None:
         assert main(argv) == 2
         assert "--plot needs matplotlib" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """The one shape-bucketing function, shared by the tuner and the dispatcher."""
+
 import pytest
 
 from mhfgen.spec import KernelSpec
@@ -11,8 +12,10 @@ def test_decode_token_counts_are_their_own_bucket(tokens):
     assert shape_bucket(tokens) == tokens
 
 
-@pytest.mark.parametrize("tokens,bucket", [(65, 128), (100, 128), (128, 128), (129, 256),
-                                           (12000, 16384), (16384, 16384), (16385, 32768)])
+@pytest.mark.parametrize(
+    "tokens,bucket",
+    [(65, 128), (100, 128), (128, 128), (129, 256), (12000, 16384), (16384, 16384), (16385, 32768)],
+)
 def test_larger_counts_round_up_to_a_power_of_two(tokens, bucket):
     assert shape_bucket(tokens) == bucket
 

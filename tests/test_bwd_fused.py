@@ -1,6 +1,7 @@
 """The one-pass backward (flash_mhf_bwd_fused): gradients against float64 autograd on the
 shape table, its workspace budget, the choice between it and the split pair, the
 deterministic mode, and its TMA form compiled for sm90 on the CPU."""
+
 import dataclasses
 
 import pytest
@@ -36,8 +37,8 @@ def test_bwd_fused_strided_q_and_narrow_r():
     case = CASES[2]  # L37_gqa
     (q, k, u, v, r, do), ref = inputs_and_reference(case, torch.float16)
     wide = torch.zeros(*q.shape[:3], q.shape[3] + 8, dtype=q.dtype)
-    wide[..., :q.shape[3]] = q
-    q = wide[..., :q.shape[3]]
+    wide[..., : q.shape[3]] = q
+    q = wide[..., : q.shape[3]]
     assert not q.is_contiguous()
     r16 = r.to(torch.float16)
     config = fused.Config(block_m=16, block_n=16, num_warps=4, num_stages=1, head_chunk=1)
@@ -63,8 +64,7 @@ def test_workspace_of_one_kv_head_at_the_13b_preset():
     one = fused.Config(block_m=128, block_n=64, num_warps=8, num_stages=2, head_chunk=1)
     assert fused.workspace_bytes(SPEC_13B, one, 16384) == 16384 * 128 * 4  # 8 MiB
     split = dataclasses.replace(one, token_splits=3)
-    assert fused.workspace_bytes(SPEC_13B, split, 16384) == \
-        16384 * 128 * 4 + 3 * 5632 * 128 * 4
+    assert fused.workspace_bytes(SPEC_13B, split, 16384) == 16384 * 128 * 4 + 3 * 5632 * 128 * 4
     fp32 = KernelSpec(16, 16, 128, 22, 256, "float32", "sm90")
     assert fused.workspace_bytes(fp32, split, 16384) == 0  # atomics into the outputs
 
@@ -77,8 +77,9 @@ def test_budget_prunes_wide_head_chunks_and_the_heuristic_fits():
     assert "exceeds the budget" in variant.prune_reason(SPEC_13B, wide, 16384, 132)
     assert variant.prune_reason(SPEC_13B, wide, 2048, 132) is None  # 2 MiB at 2048 tokens
     default = variant.default_config(SPEC_13B, 16384, 132)
-    assert fused.workspace_bytes(SPEC_13B, default, 16384) <= \
-        fused.workspace_budget(SPEC_13B, 16384)
+    assert fused.workspace_bytes(SPEC_13B, default, 16384) <= fused.workspace_budget(
+        SPEC_13B, 16384
+    )
     assert default.head_chunk == 1
 
 
@@ -102,12 +103,12 @@ SMALL = CASES[0]
 def _choices(monkeypatch, times: dict, tokens: dict):
     """stored_choice answering winners with the given times and tuned tokens (the
     heuristic's config and variant), None for the ops not named."""
+
     def fake(kernel, spec, n, device):
         if kernel not in times:
             return None
         choice = dispatch.explain_choice(kernel, spec, n, device)
-        return Choice(choice.config, "exact", "user", tokens[kernel], choice.variant,
-                      times[kernel])
+        return Choice(choice.config, "exact", "user", tokens[kernel], choice.variant, times[kernel])
 
     monkeypatch.setattr(dispatch, "stored_choice", fake)
     dispatch.clear_cache()
@@ -116,7 +117,8 @@ def _choices(monkeypatch, times: dict, tokens: dict):
 def _form(dtype=torch.float32, deterministic=False):
     (q, *_), _ = inputs_and_reference(SMALL, dtype)
     spec = kernels.dispatched.spec_of(
-        kernels.dispatched.check_flash_mhf_inputs(*inputs_and_reference(SMALL, dtype)[0][:5]), q)
+        kernels.dispatched.check_flash_mhf_inputs(*inputs_and_reference(SMALL, dtype)[0][:5]), q
+    )
     return dispatch.backward_form(spec, SMALL.tokens, q.device, deterministic)
 
 
@@ -127,16 +129,25 @@ def test_backward_form_is_the_split_pair_without_tuned_times():
 
 
 def test_backward_form_follows_stored_times_of_one_token_count(monkeypatch):
-    _choices(monkeypatch, {"bwd": 3.0, "bwd_dq": 1.0, "bwd_dkv": 1.5},
-             {"bwd": 16, "bwd_dq": 16, "bwd_dkv": 16})
+    _choices(
+        monkeypatch,
+        {"bwd": 3.0, "bwd_dq": 1.0, "bwd_dkv": 1.5},
+        {"bwd": 16, "bwd_dq": 16, "bwd_dkv": 16},
+    )
     assert _form() == dispatch.SPLIT  # 2.5 ms < 3.0 ms
-    _choices(monkeypatch, {"bwd": 2.0, "bwd_dq": 1.0, "bwd_dkv": 1.5},
-             {"bwd": 16, "bwd_dq": 16, "bwd_dkv": 16})
+    _choices(
+        monkeypatch,
+        {"bwd": 2.0, "bwd_dq": 1.0, "bwd_dkv": 1.5},
+        {"bwd": 16, "bwd_dq": 16, "bwd_dkv": 16},
+    )
     assert _form() == dispatch.FUSED
     assert _form(deterministic=True) == dispatch.SPLIT
     # times of different token counts are not compared: the split pair stays
-    _choices(monkeypatch, {"bwd": 2.0, "bwd_dq": 1.0, "bwd_dkv": 1.5},
-             {"bwd": 16, "bwd_dq": 4096, "bwd_dkv": 16})
+    _choices(
+        monkeypatch,
+        {"bwd": 2.0, "bwd_dq": 1.0, "bwd_dkv": 1.5},
+        {"bwd": 16, "bwd_dq": 4096, "bwd_dkv": 16},
+    )
     assert _form() == dispatch.SPLIT
     # no stored split pair: nothing to compare with, the split pair stays
     _choices(monkeypatch, {"bwd": 0.5}, {"bwd": 16})
@@ -189,8 +200,7 @@ def test_deterministic_mode_runs_the_split_pair_without_token_splits(monkeypatch
     monkeypatch.setattr(dispatch, "explain_choice", fake)
     monkeypatch.setattr("mhfgen.kernels.dispatched.explain_choice", fake)
     monkeypatch.setattr(dispatch.registry.get("flash_mhf_bwd_dkv"), "launch_fn", lambda: spy)
-    monkeypatch.setattr(dispatch.registry.get("flash_mhf_bwd_fused"), "launch_fn",
-                        lambda: no_fused)
+    monkeypatch.setattr(dispatch.registry.get("flash_mhf_bwd_fused"), "launch_fn", lambda: no_fused)
     dispatch.clear_cache()
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
@@ -239,8 +249,11 @@ def test_autograd_runs_the_dispatched_backward(monkeypatch):
         calls.append(config)
         return real(*args, config=config)
 
-    _choices(monkeypatch, {"bwd": 2.0, "bwd_dq": 1.0, "bwd_dkv": 1.5},
-             {"bwd": 16, "bwd_dq": 16, "bwd_dkv": 16})
+    _choices(
+        monkeypatch,
+        {"bwd": 2.0, "bwd_dq": 1.0, "bwd_dkv": 1.5},
+        {"bwd": 16, "bwd_dq": 16, "bwd_dkv": 16},
+    )
     monkeypatch.setattr(dispatch.registry.get("flash_mhf_bwd_fused"), "launch_fn", lambda: spy)
     dispatch.clear_cache()
     (q, k, u, v, r, do), ref = inputs_and_reference(SMALL, torch.float32)
@@ -261,19 +274,45 @@ def _spec_tokens(q, k, u, v, r):
 # -- the TMA form, compiled for sm90 on the CPU ------------------------------------------
 SPEC_D96 = KernelSpec(8, 2, 96, 8, 80, "float16", "sm90")
 SM90_CASES = [  # (spec, config): the 1.3B sweep's best, token splits, D = 96 with De = 80
-    (SPEC_13B, fused.Config(block_m=128, block_n=64, num_warps=8, num_stages=2,
-                            transpose_acc=True, tma=True, sigmoid="tanh")),
-    (SPEC_13B, fused.Config(block_m=64, block_n=32, num_warps=8, num_stages=2, tma=True,
-                            token_splits=3)),
-    (SPEC_D96, fused.Config(block_m=64, block_n=64, num_warps=8, num_stages=2,
-                            transpose_acc=True, tma=True, sigmoid="tanh", head_chunk=2)),
-    (SPEC_D96, fused.Config(block_m=64, block_n=32, num_warps=4, num_stages=2, tma=True,
-                            token_splits=2)),
+    (
+        SPEC_13B,
+        fused.Config(
+            block_m=128,
+            block_n=64,
+            num_warps=8,
+            num_stages=2,
+            transpose_acc=True,
+            tma=True,
+            sigmoid="tanh",
+        ),
+    ),
+    (
+        SPEC_13B,
+        fused.Config(block_m=64, block_n=32, num_warps=8, num_stages=2, tma=True, token_splits=3),
+    ),
+    (
+        SPEC_D96,
+        fused.Config(
+            block_m=64,
+            block_n=64,
+            num_warps=8,
+            num_stages=2,
+            transpose_acc=True,
+            tma=True,
+            sigmoid="tanh",
+            head_chunk=2,
+        ),
+    ),
+    (
+        SPEC_D96,
+        fused.Config(block_m=64, block_n=32, num_warps=4, num_stages=2, tma=True, token_splits=2),
+    ),
 ]
 
 
-@pytest.mark.parametrize("spec,config", SM90_CASES,
-                         ids=[f"{s.key()}-{c.describe()}" for s, c in SM90_CASES])
+@pytest.mark.parametrize(
+    "spec,config", SM90_CASES, ids=[f"{s.key()}-{c.describe()}" for s, c in SM90_CASES]
+)
 def test_tma_form_compiles_for_sm90(spec, config):
     """The TMA loads and reductions cannot run in the interpreter: compile them for sm90
     here (wgmma MMAs, TMA loads of q/dO, TMA reduce-adds of dq), within shared memory."""

@@ -2,6 +2,7 @@
 generated modules run from verified source only (never a planted .pyc), the folders are
 private, a folder another user owns or may write is refused, and the study lock never
 follows a symbolic link and dies with its holder."""
+
 import importlib.util
 import logging
 import multiprocessing
@@ -23,8 +24,22 @@ from mhfgen.tuning import db as dbmod
 from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
 SPEC = KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter")
-TINY = ["--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--intermediate", "64",
-        "--experts", "2", "--dtype", "float32", "--tokens", "32"]
+TINY = [
+    "--heads",
+    "2",
+    "--kv-heads",
+    "1",
+    "--head-dim",
+    "32",
+    "--intermediate",
+    "64",
+    "--experts",
+    "2",
+    "--dtype",
+    "float32",
+    "--tokens",
+    "32",
+]
 
 pytestmark = pytest.mark.usefixtures("fresh_dispatch")
 
@@ -90,8 +105,7 @@ def test_cache_folders_are_created_private(fresh_cache):
     from mhfgen.tuning.problem import DeviceFacts, TuningProblem
     from mhfgen.tuning.search import study_storage_url
 
-    study_storage_url(TuningProblem(SPEC, 32), DeviceFacts("interpreter", "interpreter",
-                                                           "none", 1))
+    study_storage_url(TuningProblem(SPEC, 32), DeviceFacts("interpreter", "interpreter", "none", 1))
     for folder in (fresh_cache, fresh_cache / "kernels", fresh_cache / "studies"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 
@@ -114,10 +128,10 @@ def test_an_unsafe_kernel_cache_is_refused(fresh_cache, caplog, how, which):
         fn = _load()
     path = Path(sys.modules[fn.fn.__module__].__file__)
     assert fresh_cache not in path.parents  # a private temporary folder instead
-    assert not (fresh_cache / "kernels").exists() or \
-        not any((fresh_cache / "kernels").iterdir())
-    message = "may be written by other users" if how.startswith("writable") \
-        else "belongs to another user"
+    assert not (fresh_cache / "kernels").exists() or not any((fresh_cache / "kernels").iterdir())
+    message = (
+        "may be written by other users" if how.startswith("writable") else "belongs to another user"
+    )
     assert message in caplog.text and "MHFGEN_CACHE_DIR" in caplog.text
 
 

@@ -1,4 +1,5 @@
 """`mhfgen list`, `show`, `export`, `import` on databases filled through the API."""
+
 import json
 import os
 
@@ -28,14 +29,25 @@ def _isolated(tmp_path, monkeypatch, fresh_dispatch):
     monkeypatch.setattr(dbmod.paths, "shipped_db_path", lambda: tmp_path / "shipped.sqlite")
 
 
-def winner(kernel="flash_mhf_fwd", tokens=16384, ms=1.0, gpu=H200, spec=SPEC, template=None,
-           config=None):
-    config = config or registry.get(kernel).Config(block_m=128, block_n=64, num_warps=8,
-                                                   num_stages=3)
-    key = TuningKey.of(kernel, template or template_hash(kernel), spec, shape_bucket(tokens),
-                       tokens, gpu[0], gpu[1], triton.__version__)
-    return WinnerRecord(key, config, ms, 400.0, 1.25 * ms, 1.25, "GPU test timer", 32,
-                        "0.1.0", "2.11.0", utc_now())
+def winner(
+    kernel="flash_mhf_fwd", tokens=16384, ms=1.0, gpu=H200, spec=SPEC, template=None, config=None
+):
+    config = config or registry.get(kernel).Config(
+        block_m=128, block_n=64, num_warps=8, num_stages=3
+    )
+    key = TuningKey.of(
+        kernel,
+        template or template_hash(kernel),
+        spec,
+        shape_bucket(tokens),
+        tokens,
+        gpu[0],
+        gpu[1],
+        triton.__version__,
+    )
+    return WinnerRecord(
+        key, config, ms, 400.0, 1.25 * ms, 1.25, "GPU test timer", 32, "0.1.0", "2.11.0", utc_now()
+    )
 
 
 def fill(path, *records):
@@ -45,9 +57,13 @@ def fill(path, *records):
 
 
 def test_list_groups_per_gpu_and_flags_stale_templates(capsys):
-    fill(os.environ["MHFGEN_DB"], winner(), winner(kernel="flash_mhf_bwd_dq", ms=2.0),
-         winner(gpu=("NVIDIA A100-SXM4-80GB", "8.0"), ms=3.0),
-         winner(tokens=2048, template="0123456789abcdef"))
+    fill(
+        os.environ["MHFGEN_DB"],
+        winner(),
+        winner(kernel="flash_mhf_bwd_dq", ms=2.0),
+        winner(gpu=("NVIDIA A100-SXM4-80GB", "8.0"), ms=3.0),
+        winner(tokens=2048, template="0123456789abcdef"),
+    )
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "user database" in out and "4 tuned config(s)" in out
@@ -67,10 +83,25 @@ def test_list_of_an_empty_setup_says_how_to_tune(capsys):
 
 def test_show_explains_the_dispatch_choice(capsys):
     tuned = Fwd(block_m=16, block_n=16)
-    fill(os.environ["MHFGEN_DB"],
-         winner(spec=TINY, tokens=32, gpu=("interpreter", "none"), config=tuned))
-    args = ["show", "--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--intermediate", "64",
-            "--experts", "2", "--dtype", "float32"]
+    fill(
+        os.environ["MHFGEN_DB"],
+        winner(spec=TINY, tokens=32, gpu=("interpreter", "none"), config=tuned),
+    )
+    args = [
+        "show",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--head-dim",
+        "32",
+        "--intermediate",
+        "64",
+        "--experts",
+        "2",
+        "--dtype",
+        "float32",
+    ]
     assert main([*args, "--tokens", "32"]) == 0
     out = capsys.readouterr().out
     assert "dispatch picks BM16 BN16 w4 s2 (exact, tuned at 32 tokens, user database)" in out
@@ -88,9 +119,23 @@ def test_export_carries_provenance_and_import_merges(tmp_path, capsys):
     doc = json.loads(out_file.read_text())
     assert doc["format"] == "mhfgen-tuning-export" and len(doc["records"]) == 2
     rec = doc["records"][0]
-    for field in ("gpu_name", "compute_capability", "triton_version", "torch_version",
-                  "mhfgen_version", "template_hash", "created", "ms", "default_ms", "speedup",
-                  "tflops", "timer", "config", "bucket", "tokens"):
+    for field in (
+        "gpu_name",
+        "compute_capability",
+        "triton_version",
+        "torch_version",
+        "mhfgen_version",
+        "template_hash",
+        "created",
+        "ms",
+        "default_ms",
+        "speedup",
+        "tflops",
+        "timer",
+        "config",
+        "bucket",
+        "tokens",
+    ):
         assert rec[field] is not None, field
     capsys.readouterr()
     assert main(["import", str(out_file), "--db", str(target)]) == 0
@@ -132,13 +177,18 @@ def test_import_keeps_records_of_another_template_whose_code_is_unchanged(tmp_pa
     assert "1 added" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("content,message", [
-    ("{not json", "Expecting property name"),
-    ('{"format": "something"}', "not an mhfgen export"),
-    ('{"format": "mhfgen-tuning-export", "schema_version": 99, "records": []}', "newer"),
-    ('{"format": "mhfgen-tuning-export", "schema_version": 1, "records": [{"kernel": 1}]}',
-     "record 0"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("{not json", "Expecting property name"),
+        ('{"format": "something"}', "not an mhfgen export"),
+        ('{"format": "mhfgen-tuning-export", "schema_version": 99, "records": []}', "newer"),
+        (
+            '{"format": "mhfgen-tuning-export", "schema_version": 1, "records": [{"kernel": 1}]}',
+            "record 0",
+        ),
+    ],
+)
 def test_import_of_a_bad_file_is_a_one_line_error(tmp_path, capsys, content, message):
     path = tmp_path / "x.json"
     path.write_text(content)
@@ -147,8 +197,9 @@ def test_import_of_a_bad_file_is_a_one_line_error(tmp_path, capsys, content, mes
     assert message in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", [["list"], ["export", "-o", "-"], ["show"],
-                                     ["import", "IMPORT"]])
+@pytest.mark.parametrize(
+    "command", [["list"], ["export", "-o", "-"], ["show"], ["import", "IMPORT"]]
+)
 @pytest.mark.parametrize("damage", ["corrupt", "foreign", "newer"])
 def test_broken_databases_are_one_line_errors(tmp_path, capsys, command, damage):
     path = tmp_path / "broken.sqlite"
@@ -156,11 +207,16 @@ def test_broken_databases_are_one_line_errors(tmp_path, capsys, command, damage)
         path.write_bytes(b"definitely not sqlite" * 64)
     else:
         fill(path, winner())
-        run_sql(path, "DELETE FROM meta WHERE key = 'format'" if damage == "foreign"
-                else "UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+        run_sql(
+            path,
+            "DELETE FROM meta WHERE key = 'format'"
+            if damage == "foreign"
+            else "UPDATE meta SET value = '999' WHERE key = 'schema_version'",
+        )
     export = tmp_path / "e.json"
-    export.write_text(json.dumps({"format": "mhfgen-tuning-export", "schema_version": 1,
-                                  "records": []}))
+    export.write_text(
+        json.dumps({"format": "mhfgen-tuning-export", "schema_version": 1, "records": []})
+    )
     command = [str(export) if c == "IMPORT" else c for c in command]
     assert main([*command, "--db", str(path)]) == 2
     err = capsys.readouterr().err.strip()

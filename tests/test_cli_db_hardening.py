@@ -1,6 +1,7 @@
 """The database commands on hostile files and paths: explicit paths that do not exist, a
 character device, a damaged page, a full disk, a database deleted while `tune` runs,
 re-imports, values that mean something else, and what `list` prints."""
+
 import copy
 import json
 import sqlite3
@@ -56,14 +57,17 @@ def test_import_into_a_missing_folder_creates_no_folder(export_doc, tmp_path, ca
 
 def test_tune_into_a_missing_folder_creates_no_folder(tmp_path, capsys):
     target = tmp_path / "nonexistent" / "x.sqlite"
-    assert main(["tune", "--no-progress", "--db", str(target), "--kernels", "fwd",
-                 "--trials", "1"]) == 2
+    assert (
+        main(["tune", "--no-progress", "--db", str(target), "--kernels", "fwd", "--trials", "1"])
+        == 2
+    )
     one_line_error(capsys, "does not exist")
     assert not target.parent.exists()
 
 
-@pytest.mark.parametrize("command", [["list"], ["show", "--heads", "2", "--head-dim", "32"],
-                                     ["export", "-o", "-"]])
+@pytest.mark.parametrize(
+    "command", [["list"], ["show", "--heads", "2", "--head-dim", "32"], ["export", "-o", "-"]]
+)
 def test_read_commands_on_an_explicit_path_that_does_not_exist(tmp_path, capsys, command):
     typo = tmp_path / "typo.sqlite"
     assert main([*command, "--db", str(typo)]) == 2
@@ -72,9 +76,14 @@ def test_read_commands_on_an_explicit_path_that_does_not_exist(tmp_path, capsys,
 
 
 # -- not a regular file ---------------------------------------------------------------------
-@pytest.mark.parametrize("command", [["import", "EXPORT"], ["list"],
-                                     ["tune", "--no-progress", "--kernels", "fwd",
-                                      "--trials", "1"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["import", "EXPORT"],
+        ["list"],
+        ["tune", "--no-progress", "--kernels", "fwd", "--trials", "1"],
+    ],
+)
 def test_a_character_device_as_db_is_one_line(export_doc, tmp_path, capsys, command):
     command = [_export_file(tmp_path, export_doc) if c == "EXPORT" else c for c in command]
     assert main([*command, "--db", "/dev/null"]) == 2
@@ -96,8 +105,9 @@ def test_tune_into_a_file_with_a_damaged_page_is_one_line(tmp_path, capsys):
     path = tmp_path / "t.sqlite"
     _with_trials(path)
     corrupt_trials_page(path)
-    assert main(["tune", "--no-progress", "--db", str(path), "--kernels", "fwd",
-                 "--trials", "1"]) == 2
+    assert (
+        main(["tune", "--no-progress", "--db", str(path), "--kernels", "fwd", "--trials", "1"]) == 2
+    )
     one_line_error(capsys, "is damaged")
 
 
@@ -131,15 +141,27 @@ def test_doctor_fails_on_a_damaged_user_database(tmp_path, monkeypatch, capsys):
 
 
 # -- a full disk and a deleted file during a tune ----------------------------------------------
-REPLAY_PROBLEM = ["--preset", "370M", "--tokens", "16384", "--no-progress",
-                  "--kernels", "flash_mhf_fwd", "--strategy", "grid", "--trials", "40"]
+REPLAY_PROBLEM = [
+    "--preset",
+    "370M",
+    "--tokens",
+    "16384",
+    "--no-progress",
+    "--kernels",
+    "flash_mhf_fwd",
+    "--strategy",
+    "grid",
+    "--trials",
+    "40",
+]
 
 
 @pytest.fixture
 def replay_file(tmp_path):
     path = tmp_path / "timings.json"
-    path.write_text(json.dumps(recording(TuningProblem(SPEC_370M, 16384),
-                                         kernels=["flash_mhf_fwd"])))
+    path.write_text(
+        json.dumps(recording(TuningProblem(SPEC_370M, 16384), kernels=["flash_mhf_fwd"]))
+    )
     return str(path)
 
 
@@ -171,8 +193,9 @@ def test_a_disk_that_fills_mid_tune_is_one_line(tmp_path, capsys, monkeypatch, r
         assert len(db.winners()) == 1 and len(db.trials()) >= 40
 
 
-def test_tune_does_not_say_stored_when_the_database_was_deleted(tmp_path, capsys, monkeypatch,
-                                                                replay_file):
+def test_tune_does_not_say_stored_when_the_database_was_deleted(
+    tmp_path, capsys, monkeypatch, replay_file
+):
     from mhfgen.tuning import search
 
     path = tmp_path / "t.sqlite"
@@ -201,26 +224,30 @@ def test_reimporting_identical_records_says_already_stored(export_doc, tmp_path,
     assert "0 added" in out and "3 already stored" in out and "0 kept" in out
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("op", "bwd_dq", "op 'bwd_dq' is not the op of variant flash_mhf_fwd ('fwd')"),
-    ("tflops", False, "tflops must be a number"),
-    ("tflops", "", "tflops must be a number"),
-    ("tflops", [], "tflops must be a number"),
-    ("trials", False, "trials must be an integer"),
-    ("trials", "", "trials must be an integer"),
-    ("trials", [], "trials must be an integer"),
-    ("timer", False, "timer must be a string"),
-    ("timer", [], "timer must be a string"),
-    ("code_hash", "", "code_hash must be a non-empty string"),
-    ("code_hash", False, "code_hash must be a string"),
-    ("created", [], "created must be a string"),
-    ("created", False, "created must be a string"),
-    ("compute_capability", "abc", "compute_capability must be 'MAJOR.MINOR'"),
-    ("gpu_name", "NVIDIA \x1b[31mH200\x1b[0m", "gpu_name must be printable text"),
-    ("timer", "GPU\x1b]0;pwned\x07", "timer must be printable text"),
-])
-def test_values_that_mean_something_else_are_refused(export_doc, tmp_path, capsys, field,
-                                                     value, message):
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("op", "bwd_dq", "op 'bwd_dq' is not the op of variant flash_mhf_fwd ('fwd')"),
+        ("tflops", False, "tflops must be a number"),
+        ("tflops", "", "tflops must be a number"),
+        ("tflops", [], "tflops must be a number"),
+        ("trials", False, "trials must be an integer"),
+        ("trials", "", "trials must be an integer"),
+        ("trials", [], "trials must be an integer"),
+        ("timer", False, "timer must be a string"),
+        ("timer", [], "timer must be a string"),
+        ("code_hash", "", "code_hash must be a non-empty string"),
+        ("code_hash", False, "code_hash must be a string"),
+        ("created", [], "created must be a string"),
+        ("created", False, "created must be a string"),
+        ("compute_capability", "abc", "compute_capability must be 'MAJOR.MINOR'"),
+        ("gpu_name", "NVIDIA \x1b[31mH200\x1b[0m", "gpu_name must be printable text"),
+        ("timer", "GPU\x1b]0;pwned\x07", "timer must be printable text"),
+    ],
+)
+def test_values_that_mean_something_else_are_refused(
+    export_doc, tmp_path, capsys, field, value, message
+):
     doc = _bad(export_doc, 1, field, value)
     target = tmp_path / "t.sqlite"
     assert main(["import", _export_file(tmp_path, doc), "--db", str(target)]) == 2

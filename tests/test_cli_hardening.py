@@ -1,5 +1,6 @@
 """The command line on bad paths, bad flags, closed pipes and a second tuner: one line
 saying what is wrong, checked before any work, never a traceback."""
+
 import os
 import subprocess
 import sys
@@ -15,8 +16,22 @@ from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.db import TuningDB, TuningDBError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--intermediate", "64",
-        "--experts", "2", "--dtype", "float32", "--tokens", "32"]
+TINY = [
+    "--heads",
+    "2",
+    "--kv-heads",
+    "1",
+    "--head-dim",
+    "32",
+    "--intermediate",
+    "64",
+    "--experts",
+    "2",
+    "--dtype",
+    "float32",
+    "--tokens",
+    "32",
+]
 
 pytestmark = pytest.mark.usefixtures("fresh_dispatch")
 
@@ -42,13 +57,15 @@ def _not_writable(monkeypatch, *paths):
     if os.geteuid() == 0:
         real = os.access
         blocked = {str(Path(p)) for p in paths}
-        monkeypatch.setattr(dbmod.os, "access",
-                            lambda p, mode: False if str(Path(p)) in blocked else real(p, mode))
+        monkeypatch.setattr(
+            dbmod.os, "access", lambda p, mode: False if str(Path(p)) in blocked else real(p, mode)
+        )
 
 
 # -- database paths ----------------------------------------------------------------------
-@pytest.mark.parametrize("command", [["list"], ["show", *TINY], ["export", "-o", "-"],
-                                     ["tune", "--no-progress", *TINY]])
+@pytest.mark.parametrize(
+    "command", [["list"], ["show", *TINY], ["export", "-o", "-"], ["tune", "--no-progress", *TINY]]
+)
 def test_a_database_path_that_is_a_folder_is_one_line(tmp_path, capsys, command):
     folder = tmp_path / "a-folder"
     folder.mkdir()
@@ -64,8 +81,9 @@ def test_tune_into_a_read_only_database_stops_before_searching(tmp_path, capsys,
     assert main(["tune", "--no-progress", *TINY, "--db", str(path)]) == 2
     err = one_line_error(capsys, str(path), "read-only")
     assert "delete" not in err
-    assert not (tmp_path / "cache" / "studies").exists() or \
-        not any((tmp_path / "cache" / "studies").glob("*.sqlite"))  # no search started
+    assert not (tmp_path / "cache" / "studies").exists() or not any(
+        (tmp_path / "cache" / "studies").glob("*.sqlite")
+    )  # no search started
 
 
 def test_a_valid_database_in_a_read_only_folder(tmp_path, capsys, monkeypatch):
@@ -80,8 +98,7 @@ def test_a_valid_database_in_a_read_only_folder(tmp_path, capsys, monkeypatch):
         assert "0 tuned config(s)" in capsys.readouterr().out
         # writing it is refused, saying the folder is the problem, not the file
         export = tmp_path / "e.json"
-        export.write_text('{"format": "mhfgen-tuning-export", "schema_version": 1, '
-                          '"records": []}')
+        export.write_text('{"format": "mhfgen-tuning-export", "schema_version": 1, "records": []}')
         assert main(["import", str(export), "--db", str(path)]) == 2
         err = one_line_error(capsys, f"{folder} is not writable", "journal")
         assert "not a usable SQLite file" not in err and "delete" not in err
@@ -106,8 +123,9 @@ def test_a_file_sqlite_opens_read_only_is_caught_by_the_write_probe(tmp_path, mo
 
 # -- flags -------------------------------------------------------------------------------
 @pytest.mark.parametrize("command", ["tune", "show", "codegen", "bench"])
-@pytest.mark.parametrize("flag", ["--heads", "--kv-heads", "--head-dim", "--intermediate",
-                                  "--experts"])
+@pytest.mark.parametrize(
+    "flag", ["--heads", "--kv-heads", "--head-dim", "--intermediate", "--experts"]
+)
 def test_zero_sizes_are_errors_not_defaults(command, flag, capsys):
     assert main([command, flag, "0"]) == 2
     one_line_error(capsys, f"{flag} must be >= 1, got 0")
@@ -130,8 +148,13 @@ def test_verify_gpu_flags_are_refused_on_the_cpu(flags, capsys):
 @pytest.mark.parametrize("command", [["list"], ["codegen", *TINY[:-2]], ["tune", "--help"]])
 def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, command):
     env = dict(os.environ, PYTHONPATH=str(ROOT), MHFGEN_DB=str(tmp_path / "t.sqlite"))
-    proc = subprocess.Popen([sys.executable, "cli.py", *command], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "cli.py", *command],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()  # the reader is gone before the first line (| head -0)
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) in (0, 141), err
@@ -139,8 +162,9 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, command):
 
 
 # -- two tuners of one problem -----------------------------------------------------------
-def test_a_second_tune_of_the_same_problem_is_refused_while_the_first_runs(tmp_path, capsys,
-                                                                           monkeypatch):
+def test_a_second_tune_of_the_same_problem_is_refused_while_the_first_runs(
+    tmp_path, capsys, monkeypatch
+):
     """Deterministic: the first tuner's lock is held here (as a running `mhfgen tune`
     holds it) while a second one starts; nothing is evaluated twice and no trial of the
     first is failed. Once released, tuning proceeds."""
@@ -160,8 +184,9 @@ def test_a_second_tune_of_the_same_problem_is_refused_while_the_first_runs(tmp_p
     args = ["tune", "--no-progress", "--kernels", "fwd", "--trials", "2", *TINY]
     with study_lock(storage_path(url)):
         assert main(args) == 2
-        one_line_error(capsys, f"pid {os.getpid()}", "is tuning this problem already",
-                       "--storage", "--workers")
+        one_line_error(
+            capsys, f"pid {os.getpid()}", "is tuning this problem already", "--storage", "--workers"
+        )
     with TuningDB.open(os.environ["MHFGEN_DB"], readonly=True) as db:
         assert db.trials() == []
     assert main(args) == 0
@@ -169,11 +194,14 @@ def test_a_second_tune_of_the_same_problem_is_refused_while_the_first_runs(tmp_p
         assert len(db.trials()) == 2
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--tokens", "0"], "--tokens must be >= 1, got 0"),
-    (["--batch", "0"], "--batch must be >= 1, got 0"),
-    (["--jobs", "0"], "--jobs must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--tokens", "0"], "--tokens must be >= 1, got 0"),
+        (["--batch", "0"], "--batch must be >= 1, got 0"),
+        (["--jobs", "0"], "--jobs must be >= 1, got 0"),
+    ],
+)
 def test_tune_counts_of_zero_are_errors_not_defaults(flags, message, capsys):
     assert main(["tune", "--no-progress", *TINY[:-2], *flags]) == 2
     one_line_error(capsys, message)
@@ -185,16 +213,19 @@ def test_verify_json_into_a_missing_folder_is_refused_before_checking(tmp_path, 
     assert out == "" and "--json: cannot write" in err and len(err.strip().splitlines()) == 1
 
 
-def test_on_a_read_only_file_system_reads_work_and_writes_are_refused_up_front(tmp_path,
-                                                                             capsys):
+def test_on_a_read_only_file_system_reads_work_and_writes_are_refused_up_front(tmp_path, capsys):
     """A real read-only mount (where this machine allows a bind mount): `list` reads the
     database, `import` and `tune` say it is read-only before doing anything."""
     src, mnt = tmp_path / "src", tmp_path / "mnt"
     src.mkdir()
     mnt.mkdir()
     TuningDB.open(src / "t.sqlite").close()
-    if subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(mnt)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "--bind", "-o", "ro", str(src), str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot make a read-only bind mount here (needs root)")
     try:
         subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], capture_output=True)
@@ -204,8 +235,7 @@ def test_on_a_read_only_file_system_reads_work_and_writes_are_refused_up_front(t
         assert main(["list", "--db", str(path)]) == 0
         assert "0 tuned config(s)" in capsys.readouterr().out
         export = tmp_path / "e.json"
-        export.write_text('{"format": "mhfgen-tuning-export", "schema_version": 1, '
-                          '"records": []}')
+        export.write_text('{"format": "mhfgen-tuning-export", "schema_version": 1, "records": []}')
         assert main(["import", str(export), "--db", str(path)]) == 2
         err = one_line_error(capsys, "read-only")
         assert "delete" not in err

@@ -1,5 +1,6 @@
 """Scripting: `--json` of list, show, doctor and verify (documented keys), `python -m
 mhfgen`, tables through tabulate, the legend of config codes, and where files live."""
+
 import json
 import os
 import subprocess
@@ -26,8 +27,20 @@ from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = KernelSpec(2, 2, 32, 2, 32, "float32", "interpreter")
 FWD = "flash_mhf_fwd"
-PROBLEM = ["--heads", "2", "--head-dim", "32", "--intermediate", "64", "--experts", "2",
-           "--dtype", "float32", "--tokens", "100"]
+PROBLEM = [
+    "--heads",
+    "2",
+    "--head-dim",
+    "32",
+    "--intermediate",
+    "64",
+    "--experts",
+    "2",
+    "--dtype",
+    "float32",
+    "--tokens",
+    "100",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -36,11 +49,18 @@ def no_shipped(tmp_path, monkeypatch, fresh_dispatch):
 
 
 def store(tokens, config):
-    key = TuningKey.of(FWD, template_hash(FWD), SPEC, shape_bucket(tokens), tokens,
-                       "interpreter", "none", triton.__version__)
+    key = TuningKey.of(
+        FWD,
+        template_hash(FWD),
+        SPEC,
+        shape_bucket(tokens),
+        tokens,
+        "interpreter",
+        "none",
+        triton.__version__,
+    )
     with TuningDB.open(paths.user_db_path()) as db:
-        db.put_winner(WinnerRecord(key, config, 1.5, 2.0, 3.0, 2.0, "test", 5, "0", "0",
-                                   utc_now()))
+        db.put_winner(WinnerRecord(key, config, 1.5, 2.0, 3.0, 2.0, "test", 5, "0", "0", utc_now()))
 
 
 def test_list_json(capsys):
@@ -50,14 +70,34 @@ def test_list_json(capsys):
     doc = json.loads(out)  # nothing but the document on stdout
     assert doc["format"] == "mhfgen-list/1"
     user, shipped = doc["databases"]
-    assert (user["layer"], user["exists"], shipped["layer"], shipped["exists"]) == \
-        ("user", True, "shipped", False)
+    assert (user["layer"], user["exists"], shipped["layer"], shipped["exists"]) == (
+        "user",
+        True,
+        "shipped",
+        False,
+    )
     (w,) = user["winners"]
-    assert (w["kernel"], w["tokens"], w["bucket"], w["ms"], w["speedup"], w["current"]) == \
-        (FWD, 100, shape_bucket(100), 1.5, 2.0, True)
+    assert (w["kernel"], w["tokens"], w["bucket"], w["ms"], w["speedup"], w["current"]) == (
+        FWD,
+        100,
+        shape_bucket(100),
+        1.5,
+        2.0,
+        True,
+    )
     assert w["config"]["block_m"] == 32 and w["config_text"] == "BM32 BN16 w4 s2 gh2"
-    assert {"heads", "kv_heads", "head_dim", "experts", "expert_dim", "dtype", "gpu_name",
-            "compute_capability", "triton_version", "template_hash"} <= set(w)
+    assert {
+        "heads",
+        "kv_heads",
+        "head_dim",
+        "experts",
+        "expert_dim",
+        "dtype",
+        "gpu_name",
+        "compute_capability",
+        "triton_version",
+        "template_hash",
+    } <= set(w)
 
 
 def test_list_text_is_a_table_with_the_legend(capsys):
@@ -114,8 +154,13 @@ def test_json_file_and_bad_file(tmp_path, capsys):
 
 
 def test_python_dash_m_mhfgen():
-    done = subprocess.run([sys.executable, "-m", "mhfgen", "--version"], capture_output=True,
-                          text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-m", "mhfgen", "--version"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0 and done.stdout.strip() == f"mhfgen {mhfgen.__version__}"
 
 
@@ -135,10 +180,26 @@ def test_cache_dir_and_user_db_follow_xdg_and_the_variables(monkeypatch, tmp_pat
 
 
 def test_the_legend_explains_every_code():
-    every = (Fwd(block_m=64, block_n=64, group_heads=2, head_dim_split="pad", inter_splits=2,
-                 tma=True, prefetch_scores=True, warp_specialize=True),
-             Dkv(block_m=64, block_n=64, head_dim_split="pad", token_splits=2,
-                 transpose_acc=True, split_grads=True))
+    every = (
+        Fwd(
+            block_m=64,
+            block_n=64,
+            group_heads=2,
+            head_dim_split="pad",
+            inter_splits=2,
+            tma=True,
+            prefetch_scores=True,
+            warp_specialize=True,
+        ),
+        Dkv(
+            block_m=64,
+            block_n=64,
+            head_dim_split="pad",
+            token_splits=2,
+            transpose_acc=True,
+            split_grads=True,
+        ),
+    )
     codes = {code for code, _ in CONFIG_LEGEND}
     for part in " ".join(describe_config(c) for c in every).split():
         stem = part.rstrip("0123456789")
@@ -150,11 +211,19 @@ def test_the_legend_explains_every_code():
     from mhfgen.kernels.flash_mhf_bwd_ws import BwdWsConfig
     from mhfgen.variants.flash_mhf_bwd_fused import Config as FusedConfig
 
-    for config in (FusedConfig(token_splits=2, transpose_acc=True, sigmoid="tanh",
-                               head_chunk=2, tma=True, head_dim_split="pad"),
-                   BwdWsConfig(token_splits=2, sigmoid="exp", dq_vec=True, head_chunk=2),
-                   BwdDkvWsConfig(stages=3, token_splits=2, sigmoid="exp"),
-                   BwdDqWsConfig(stages=5, sigmoid="exp")):
+    for config in (
+        FusedConfig(
+            token_splits=2,
+            transpose_acc=True,
+            sigmoid="tanh",
+            head_chunk=2,
+            tma=True,
+            head_dim_split="pad",
+        ),
+        BwdWsConfig(token_splits=2, sigmoid="exp", dq_vec=True, head_chunk=2),
+        BwdDkvWsConfig(stages=3, token_splits=2, sigmoid="exp"),
+        BwdDqWsConfig(stages=5, sigmoid="exp"),
+    ):
         for part in config.describe().split():
             if "/" not in part:
                 assert part.rstrip("0123456789") in codes, part

@@ -1,5 +1,6 @@
 """`mhfgen tune` end to end: the README's main job on the CPU (a tiny problem through
 Triton's interpreter), replay, interruption and resumption, and its one-line errors."""
+
 import os
 import signal
 import subprocess
@@ -37,8 +38,9 @@ def test_bare_tune_on_the_cpu_is_the_main_job(tmp_path, capsys, monkeypatch):
     with TuningDB.open(os.environ["MHFGEN_DB"], readonly=True) as db:
         winners = db.winners()
         assert {w.key.kernel for w in winners} == set(KERNELS)
-        assert {(w.key.gpu_name, w.key.compute_capability) for w in winners} == \
-            {("interpreter", "none")}
+        assert {(w.key.gpu_name, w.key.compute_capability) for w in winners} == {
+            ("interpreter", "none")
+        }
         assert all(w.speedup > 0 and w.default_ms > 0 for w in winners)
         assert len(db.trials()) == 3 * CPU_TRIALS
 
@@ -52,16 +54,25 @@ def test_bare_tune_on_the_cpu_is_the_main_job(tmp_path, capsys, monkeypatch):
 
 
 def _run(args, env):
-    return subprocess.Popen([sys.executable, "-c", "from mhfgen.cli import main; main()", *args],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from mhfgen.cli import main; main()", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_kill_and_rerun_resumes_without_losing_trials(tmp_path):
     """Deterministic: the tuner pauses itself after its third stored trial (the testing
     hook of mhfgen.tuning.search.PAUSE_ENV) and is killed there, not after a timer."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MHFGEN_DB=str(tmp_path / "t.sqlite"),
-               MHFGEN_CACHE_DIR=str(tmp_path / "cache"))
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        MHFGEN_DB=str(tmp_path / "t.sqlite"),
+        MHFGEN_CACHE_DIR=str(tmp_path / "cache"),
+    )
     args = ["tune", "--kernels", "fwd", "--trials", "8", "--batch", "2", "--no-progress"]
     proc = _run(args, {**env, PAUSE_ENV: "3"})
     seen = []
@@ -89,13 +100,16 @@ def test_kill_and_rerun_resumes_without_losing_trials(tmp_path):
         assert len(db.winners()) == 1
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--dtype", "bfloat16"], "bfloat16 does not run in Triton's interpreter"),
-    (["--kernels", "fwd,bwdx"], "unknown kernel 'bwdx'"),
-    (["--intermediate", "100", "--experts", "3"], "must be divisible by --experts"),
-    (["--trials", "0"], "--trials must be >= 1"),
-    (["--heads", "3", "--kv-heads", "2"], "multiple of kv_heads"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dtype", "bfloat16"], "bfloat16 does not run in Triton's interpreter"),
+        (["--kernels", "fwd,bwdx"], "unknown kernel 'bwdx'"),
+        (["--intermediate", "100", "--experts", "3"], "must be divisible by --experts"),
+        (["--trials", "0"], "--trials must be >= 1"),
+        (["--heads", "3", "--kv-heads", "2"], "multiple of kv_heads"),
+    ],
+)
 def test_bad_flags_are_one_line_errors(args, message, capsys):
     assert main(["tune", "--no-progress", *args]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,4 +1,5 @@
 """Rendering, the content-hash cache and the specialisation of the generated source."""
+
 import jinja2
 import pytest
 
@@ -11,15 +12,18 @@ from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 SPEC = KernelSpec(4, 2, 96, 3, 80, "float16", "interpreter")
 
 
-@pytest.mark.parametrize("head_dim,mode,chunks", [
-    (128, "chunks", [(0, 128, False)]),
-    (96, "chunks", [(0, 64, False), (64, 32, False)]),
-    (96, "pad", [(0, 128, True)]),
-    (80, "chunks", [(0, 64, False), (64, 16, False)]),
-    (100, "chunks", [(0, 64, False), (64, 32, False), (96, 16, True)]),
-    (24, "chunks", [(0, 32, True)]),
-    (16, "pad", [(0, 16, False)]),
-])
+@pytest.mark.parametrize(
+    "head_dim,mode,chunks",
+    [
+        (128, "chunks", [(0, 128, False)]),
+        (96, "chunks", [(0, 64, False), (64, 32, False)]),
+        (96, "pad", [(0, 128, True)]),
+        (80, "chunks", [(0, 64, False), (64, 16, False)]),
+        (100, "chunks", [(0, 64, False), (64, 32, False), (96, 16, True)]),
+        (24, "chunks", [(0, 32, True)]),
+        (16, "pad", [(0, 16, False)]),
+    ],
+)
 def test_head_dim_chunks(head_dim, mode, chunks):
     assert head_dim_chunks(head_dim, mode) == chunks
 
@@ -35,8 +39,7 @@ def test_render_is_deterministic_and_specialised():
     flat = codegen.render("flash_mhf_fwd", SPEC, Fwd(block_m=32, block_n=16))
     assert "for n0 in range(n_lo, n_hi, BLOCK_N):" in flat and "n_ok" not in flat
     # block sizes are constexpr arguments, not baked into the source
-    assert codegen.render("flash_mhf_fwd", SPEC, Fwd(block_m=64, block_n=32,
-                                                    group_heads=2)) == a
+    assert codegen.render("flash_mhf_fwd", SPEC, Fwd(block_m=64, block_n=32, group_heads=2)) == a
 
 
 def test_masks_only_where_the_shape_needs_them():

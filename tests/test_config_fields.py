@@ -1,5 +1,6 @@
 """Strict config fields: no value is converted into another meaning (2.0 blocks, "false"
 flags, 2**40 tiles, missing fields), and nothing from outside reaches generated source."""
+
 import dataclasses
 import json
 
@@ -27,27 +28,30 @@ from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 TINY = KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter")
 
 
-@pytest.mark.parametrize("check,value", [
-    (lambda v: strict_int(v, "f"), 2.0),
-    (lambda v: strict_int(v, "f"), True),
-    (lambda v: strict_int(v, "f"), "2"),
-    (lambda v: strict_int(v, "f", 1, 8), 9),
-    (lambda v: power_of_two(v, "f", 16, 1024), 48),
-    (lambda v: power_of_two(v, "f", 16, 1024), 2**40),
-    (lambda v: power_of_two(v, "f", 16, 1024), 64.0),
-    (lambda v: strict_bool(v, "f"), "false"),
-    (lambda v: strict_bool(v, "f"), 0),
-    (lambda v: choice(v, "f", (1, 2, 4)), True),  # True == 1, but it is not 1
-    (lambda v: choice(v, "f", ("chunks", "pad")), "Chunks"),
-    (lambda v: strict_float(v, "f"), "fast"),
-    (lambda v: strict_float(v, "f"), [1]),
-    (lambda v: strict_float(v, "f"), float("nan")),
-    (lambda v: strict_float(v, "f"), 10**400),
-    (lambda v: strict_float(v, "f", positive=True), 0.0),
-    (lambda v: strict_str(v, "f"), 3),
-    (lambda v: require_fields(v, ("a", "b"), "f"), {"a": 1}),
-    (lambda v: require_fields(v, ("a",), "f"), {"a": 1, "c": 2}),
-])
+@pytest.mark.parametrize(
+    "check,value",
+    [
+        (lambda v: strict_int(v, "f"), 2.0),
+        (lambda v: strict_int(v, "f"), True),
+        (lambda v: strict_int(v, "f"), "2"),
+        (lambda v: strict_int(v, "f", 1, 8), 9),
+        (lambda v: power_of_two(v, "f", 16, 1024), 48),
+        (lambda v: power_of_two(v, "f", 16, 1024), 2**40),
+        (lambda v: power_of_two(v, "f", 16, 1024), 64.0),
+        (lambda v: strict_bool(v, "f"), "false"),
+        (lambda v: strict_bool(v, "f"), 0),
+        (lambda v: choice(v, "f", (1, 2, 4)), True),  # True == 1, but it is not 1
+        (lambda v: choice(v, "f", ("chunks", "pad")), "Chunks"),
+        (lambda v: strict_float(v, "f"), "fast"),
+        (lambda v: strict_float(v, "f"), [1]),
+        (lambda v: strict_float(v, "f"), float("nan")),
+        (lambda v: strict_float(v, "f"), 10**400),
+        (lambda v: strict_float(v, "f", positive=True), 0.0),
+        (lambda v: strict_str(v, "f"), 3),
+        (lambda v: require_fields(v, ("a", "b"), "f"), {"a": 1}),
+        (lambda v: require_fields(v, ("a",), "f"), {"a": 1, "c": 2}),
+    ],
+)
 def test_field_checks_refuse_without_converting(check, value):
     with pytest.raises(ValueError, match="^f"):
         check(value)
@@ -60,11 +64,23 @@ def test_field_checks_return_good_values_unchanged():
     require_fields({"a": 1}, ("a",), "f")
 
 
-@pytest.mark.parametrize("field,value", [
-    ("block_m", 2**40), ("block_n", 48), ("block_m", 64.0), ("group_heads", 2.0),
-    ("inter_splits", 1.5), ("token_splits", 0), ("num_stages", 2.0), ("num_warps", True),
-    ("tma", "false"), ("tma", 1), ("split_grads", "yes"), ("head_dim_split", "Pad"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("block_m", 2**40),
+        ("block_n", 48),
+        ("block_m", 64.0),
+        ("group_heads", 2.0),
+        ("inter_splits", 1.5),
+        ("token_splits", 0),
+        ("num_stages", 2.0),
+        ("num_warps", True),
+        ("tma", "false"),
+        ("tma", 1),
+        ("split_grads", "yes"),
+        ("head_dim_split", "Pad"),
+    ],
+)
 def test_a_variant_config_refuses_values_of_another_type_or_range(field, value):
     cls = Fwd if field in Fwd.field_names() else Dkv
     with pytest.raises(ValueError, match=f"{cls.variant} config: {field}"):
@@ -86,8 +102,10 @@ def test_a_stored_config_must_have_every_field():
         Fwd.from_dict([1, 2])
 
 
-@pytest.mark.parametrize("field,value", [("heads", 2.7), ("heads", True), ("experts", 0),
-                                         ("expert_dim", 2.0), ("dtype", "float64")])
+@pytest.mark.parametrize(
+    "field,value",
+    [("heads", 2.7), ("heads", True), ("experts", 0), ("expert_dim", 2.0), ("dtype", "float64")],
+)
 def test_kernel_spec_refuses_values_of_another_type(field, value):
     with pytest.raises(ValueError, match=f"KernelSpec.{field}"):
         dataclasses.replace(TINY, **{field: value})
@@ -107,8 +125,11 @@ def test_every_string_a_template_sees_is_from_a_fixed_set():
     check fails here."""
     import typing
 
-    closed = {("KernelSpec", "dtype"), ("KernelSpec", "target"),
-              *((c.variant, "head_dim_split") for c in (Fwd, Dq, Dkv))}
+    closed = {
+        ("KernelSpec", "dtype"),
+        ("KernelSpec", "target"),
+        *((c.variant, "head_dim_split") for c in (Fwd, Dq, Dkv)),
+    }
     for cls in (KernelSpec, Fwd, Dq, Dkv):
         name = getattr(cls, "variant", cls.__name__)
         hints = typing.get_type_hints(cls)
@@ -124,21 +145,50 @@ def test_every_string_a_template_sees_is_from_a_fixed_set():
     assert "import os" not in source
 
 
-@pytest.mark.parametrize("target,message", [
-    ("interpreter\nimport os", "KernelSpec.target must be one of"),
-    ("sm12", "KernelSpec.target must be one of"),
-])
+@pytest.mark.parametrize(
+    "target,message",
+    [
+        ("interpreter\nimport os", "KernelSpec.target must be one of"),
+        ("sm12", "KernelSpec.target must be one of"),
+    ],
+)
 def test_codegen_target_is_checked_before_rendering(target, message, capsys):
-    args = ["codegen", "--heads", "2", "--head-dim", "32", "--intermediate", "64",
-            "--experts", "2", "--dtype", "float32", "--target", target]
+    args = [
+        "codegen",
+        "--heads",
+        "2",
+        "--head-dim",
+        "32",
+        "--intermediate",
+        "64",
+        "--experts",
+        "2",
+        "--dtype",
+        "float32",
+        "--target",
+        target,
+    ]
     assert main(args) == 2
     out, err = capsys.readouterr()
     assert out == "" and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_codegen_config_flags_are_strict(capsys):
-    args = ["codegen", "--heads", "2", "--head-dim", "32", "--intermediate", "64",
-            "--experts", "2", "--dtype", "float32", "--target", "interpreter"]
+    args = [
+        "codegen",
+        "--heads",
+        "2",
+        "--head-dim",
+        "32",
+        "--intermediate",
+        "64",
+        "--experts",
+        "2",
+        "--dtype",
+        "float32",
+        "--target",
+        "interpreter",
+    ]
     assert main([*args, "--config", json.dumps({"block_m": 32, "tma": "false"})]) == 2
     assert "flash_mhf_fwd config: tma must be true or false" in capsys.readouterr().err
     assert main([*args, "--config", json.dumps({"block_m": 32})]) == 0

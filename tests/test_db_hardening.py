@@ -1,6 +1,7 @@
 """The tuning database under a hostile machine: writers racing a migration, a writer
 killed mid-transaction, corrupt pages, a lock held past the busy timeout, a full disk,
 a character device as the file."""
+
 import multiprocessing
 import os
 import signal
@@ -53,8 +54,7 @@ def _batches(path: str, ready) -> None:
     with TuningDB.open(path) as db:
         batch = 0
         while True:
-            records = [winner(tokens=100_000 + batch * 50 + i, bucket=131072)
-                       for i in range(50)]
+            records = [winner(tokens=100_000 + batch * 50 + i, bucket=131072) for i in range(50)]
             db.put_winners(records)
             batch += 1
             if batch == 3:
@@ -124,8 +124,14 @@ def test_sigkill_during_batches_of_writes_keeps_whole_batches(tmp_path):
 def _with_trials(path, n: int = 400) -> None:
     with TuningDB.open(path) as db:
         db.put_winner(winner())
-        db.add_trials([TrialRecord(key(), Fwd(block_m=16 << (i % 4)), "ok",
-                                   ms=1.0 + i, study="s", trial_number=i) for i in range(n)])
+        db.add_trials(
+            [
+                TrialRecord(
+                    key(), Fwd(block_m=16 << (i % 4)), "ok", ms=1.0 + i, study="s", trial_number=i
+                )
+                for i in range(n)
+            ]
+        )
 
 
 def corrupt_trials_page(path) -> None:
@@ -135,8 +141,9 @@ def corrupt_trials_page(path) -> None:
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'trials'"
-                               ).fetchone()
+        (root,) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'trials'"
+        ).fetchone()
         conn.execute("PRAGMA journal_mode = DELETE")
     finally:
         conn.close()
@@ -234,6 +241,7 @@ def small_disk(request, tmp_path, monkeypatch):
                         f.write(b"\0" * 512)
             except OSError:
                 pass
+
         try:
             yield mount, fill
         finally:
@@ -289,13 +297,11 @@ def test_a_disk_that_fills_mid_write_keeps_what_was_stored(small_disk):
     folder, fill = small_disk
     path = folder / "t.sqlite"
     db = TuningDB.open(path)
-    db.add_trials([TrialRecord(key(), Fwd(), "ok", ms=1.0 + i, trial_number=i)
-                   for i in range(3)])
+    db.add_trials([TrialRecord(key(), Fwd(), "ok", ms=1.0 + i, trial_number=i) for i in range(3)])
     fill()
     with pytest.raises(dbmod.StorageFullError, match="nothing of this write was stored"):
         for i in range(2000):  # until a page more is needed
-            db.add_trials([TrialRecord(key(), Fwd(), "ok", ms=10.0 + i,
-                                       reason="x" * 2000)])
+            db.add_trials([TrialRecord(key(), Fwd(), "ok", ms=10.0 + i, reason="x" * 2000)])
     db.close()
     assert _integrity(str(path)) == ["ok"]
     with TuningDB.open(path, readonly=True) as db:
@@ -318,20 +324,22 @@ def test_tuning_md_counts_the_shipped_winners():
 
     from mhfgen import paths
 
-    text = " ".join((Path(__file__).resolve().parents[1] / "docs" / "TUNING.md")
-                    .read_text().split())
-    para = text[text.index("The shipped database `tuning_db/tuning.sqlite` holds"):]
-    para = para[:para.index("dispatch takes the faster")]
+    text = " ".join(
+        (Path(__file__).resolve().parents[1] / "docs" / "TUNING.md").read_text().split()
+    )
+    para = text[text.index("The shipped database `tuning_db/tuning.sqlite` holds") :]
+    para = para[: para.index("dispatch takes the faster")]
     with TuningDB.open(paths.shipped_db_path(), readonly=True) as db:
         winners = db.winners()
     assert int(re.search(r"holds (\d+) winners", para).group(1)) == len(winners)
-    (gpu,) = {(w.key.gpu_name, w.key.compute_capability, w.key.triton_version)
-              for w in winners}
+    (gpu,) = {(w.key.gpu_name, w.key.compute_capability, w.key.triton_version) for w in winners}
     assert f"all of the {gpu[0]} (compute capability {gpu[1]}, Triton {gpu[2]})" in para
     shapes = {(w.key.spec_fields(), w.key.tokens) for w in winners}
     assert int(re.search(r"over (\d+) shapes", para).group(1)) == len(shapes)
-    per_op = {op: {(w.key.spec_fields(), w.key.tokens) for w in winners if w.key.op == op}
-              for op in {w.key.op for w in winners}}
+    per_op = {
+        op: {(w.key.spec_fields(), w.key.tokens) for w in winners if w.key.op == op}
+        for op in {w.key.op for w in winners}
+    }
     assert all(len(per_op[op]) == len(shapes) for op in ("fwd", "bwd_dq", "bwd_dkv"))
     assert f"the one-pass backward at {len(per_op['bwd'])} of them" in para
     stated = {name: int(n) for n, name in re.findall(r"(\d+) `(flash_mhf_\w+)`", para)}
@@ -362,11 +370,22 @@ def test_records_are_prepared_before_the_write_lock_and_merged_in_order(tmp_path
     monkeypatch.setattr(TuningDB, "_begin", begin)
     monkeypatch.setattr(dbmod.WinnerRecord, "to_row", to_row)
     same = db.winners()[0]
-    records = [same, winner(ms=3.0, tokens=100, bucket=128), winner(ms=1.0, tokens=100, bucket=128),
-               winner(ms=0.5, tokens=200, bucket=256), winner(ms=0.7, tokens=200, bucket=256),
-               winner(ms=0.4, tokens=200, bucket=256)]
-    assert db.put_winners(records, "faster") == ["same", "kept", "replaced", "added", "kept",
-                                                 "replaced"]
+    records = [
+        same,
+        winner(ms=3.0, tokens=100, bucket=128),
+        winner(ms=1.0, tokens=100, bucket=128),
+        winner(ms=0.5, tokens=200, bucket=256),
+        winner(ms=0.7, tokens=200, bucket=256),
+        winner(ms=0.4, tokens=200, bucket=256),
+    ]
+    assert db.put_winners(records, "faster") == [
+        "same",
+        "kept",
+        "replaced",
+        "added",
+        "kept",
+        "replaced",
+    ]
     assert in_lock["converted"] == 0
     monkeypatch.undo()
     assert sorted((w.key.tokens, w.ms) for w in db.winners()) == [(100, 1.0), (200, 0.4)]

@@ -4,6 +4,7 @@ returns a recording CompiledKernel, tensors with chosen data pointers, and the c
 device and stream. The H200 runs (mhfgen verify, benchmarks/dispatch_overhead.py) prove the
 real binaries; these tests prove the decisions: when the binary is reused, with which
 positional arguments, and when the JIT path is taken instead."""
+
 from __future__ import annotations
 
 import inspect
@@ -50,6 +51,7 @@ class FakeJit:
             self.jit_calls.append((grid, args, kwargs))
             self.jit_devices.append(self.current_device())
             return self.compiled
+
         return launch
 
 
@@ -87,8 +89,9 @@ def cuda(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: state["device"])
     monkeypatch.setattr(torch.cuda, "device", Guard)
-    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda idx: 1234 + idx,
-                        raising=False)
+    monkeypatch.setattr(
+        torch._C, "_cuda_getCurrentRawStream", lambda idx: 1234 + idx, raising=False
+    )
     return state
 
 
@@ -111,8 +114,25 @@ def test_first_launch_jit_then_the_binary_with_jits_positional_arguments(cuda):
     assert len(kernel.jit_calls) == 1
     # grid padded to 3-D, current stream, function and metadata, no launch metadata or
     # hooks, then every parameter in signature order: constexprs and defaults included
-    expected = (5, 2, 1, 1234, "cu-function", "packed", None, None, None,
-                a, b, out, 96, 37, 64, 32, 7)
+    expected = (
+        5,
+        2,
+        1,
+        1234,
+        "cu-function",
+        "packed",
+        None,
+        None,
+        None,
+        a,
+        b,
+        out,
+        96,
+        37,
+        64,
+        32,
+        7,
+    )
     assert kernel.compiled.runs == [expected, expected]
 
 
@@ -192,6 +212,7 @@ def test_mhfgen_jit_launch_environment_variable(value, direct):
 
     code = "import mhfgen.kernels.launch as c; print(c.DIRECT_LAUNCH)"
     env = dict(os.environ, MHFGEN_JIT_LAUNCH=value)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == str(direct)

@@ -1,6 +1,7 @@
 """The dispatcher: exact key, then same bucket, then nearest tuned shape of the same spec
 on the same GPU, then the heuristic; a cached lookup; a broken database never breaks a
 call."""
+
 import logging
 import sys
 
@@ -33,18 +34,40 @@ def fresh_dispatcher(tmp_path, monkeypatch, fresh_dispatch):
     monkeypatch.delenv("MHFGEN_NO_TUNED", raising=False)
 
 
-def store(tokens, config, path=None, kernel=FWD, gpu="interpreter", cc="none", spec=SPEC,
-          template=None, triton_version=None, ms=1.0):
+def store(
+    tokens,
+    config,
+    path=None,
+    kernel=FWD,
+    gpu="interpreter",
+    cc="none",
+    spec=SPEC,
+    template=None,
+    triton_version=None,
+    ms=1.0,
+):
     path = path or dbmod.paths.user_db_path()
-    key = TuningKey.of(kernel, template or template_hash(kernel), spec, shape_bucket(tokens),
-                       tokens, gpu, cc, triton_version or triton.__version__)
+    key = TuningKey.of(
+        kernel,
+        template or template_hash(kernel),
+        spec,
+        shape_bucket(tokens),
+        tokens,
+        gpu,
+        cc,
+        triton_version or triton.__version__,
+    )
     with TuningDB.open(path) as db:
-        db.put_winner(WinnerRecord(key, config, ms, 1.0, 2 * ms, 2.0, "test", 5, "0", "0",
-                                   utc_now()))
+        db.put_winner(
+            WinnerRecord(key, config, ms, 1.0, 2 * ms, 2.0, "test", 5, "0", "0", utc_now())
+        )
 
 
-A, B, C = (FwdConfig(block_m=16, block_n=16), FwdConfig(block_m=32, block_n=16),
-           FwdConfig(block_m=64, block_n=32))
+A, B, C = (
+    FwdConfig(block_m=16, block_n=16),
+    FwdConfig(block_m=32, block_n=16),
+    FwdConfig(block_m=64, block_n=32),
+)
 
 
 def test_heuristic_when_nothing_is_tuned():
@@ -57,12 +80,16 @@ def test_exact_key_first():
     store(100, A)
     store(120, B)
     choice = dispatch.explain_choice(FWD, SPEC, 100, CPU)
-    assert (choice.source, choice.config, choice.tuned_tokens, choice.layer) == \
-        ("exact", A, 100, "user")
+    assert (choice.source, choice.config, choice.tuned_tokens, choice.layer) == (
+        "exact",
+        A,
+        100,
+        "user",
+    )
 
 
 def test_same_bucket_picks_the_nearest_token_count_in_it():
-    store(70, A)   # bucket 128
+    store(70, A)  # bucket 128
     store(100, B)  # bucket 128
     store(256, C)  # bucket 256
     choice = dispatch.explain_choice(FWD, SPEC, 120, CPU)
@@ -108,7 +135,9 @@ def test_no_tuned_env_switches_tuned_configs_off(monkeypatch):
     assert dispatch.explain_choice(FWD, SPEC, 100, CPU).source == "exact"
 
 
-@pytest.mark.parametrize("content", [b"not a database" * 50, b"SQLite format 3\x00" + b"\x07" * 300])
+@pytest.mark.parametrize(
+    "content", [b"not a database" * 50, b"SQLite format 3\x00" + b"\x07" * 300]
+)
 def test_a_broken_database_only_logs_a_warning(content, caplog):
     dbmod.paths.user_db_path().write_bytes(content)
     store(100, A, path=dbmod.paths.shipped_db_path())
@@ -165,11 +194,13 @@ def test_launches_use_the_tuned_config(monkeypatch):
 
 
 def _store_with_code_hash(tokens, config, template, code):
-    key = TuningKey.of(FWD, template, SPEC, shape_bucket(tokens), tokens, "interpreter",
-                       "none", triton.__version__)
+    key = TuningKey.of(
+        FWD, template, SPEC, shape_bucket(tokens), tokens, "interpreter", "none", triton.__version__
+    )
     with TuningDB.open(dbmod.paths.user_db_path()) as db:
-        db.put_winner(WinnerRecord(key, config, 1.0, 1.0, 2.0, 2.0, "test", 5, "0", "0",
-                                   utc_now(), code))
+        db.put_winner(
+            WinnerRecord(key, config, 1.0, 1.0, 2.0, 2.0, "test", 5, "0", "0", utc_now(), code)
+        )
 
 
 def test_a_winner_of_an_older_template_whose_code_is_unchanged_is_still_used():

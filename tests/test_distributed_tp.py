@@ -1,6 +1,7 @@
 """Tensor parallelism over FlashMHF's heads (mhfgen.parallel) on 2 gloo processes: the
 sharded layer against the unsharded one, the meshes it refuses, and checkpoints
 (torch.distributed.checkpoint) between sharded and unsharded layers and models."""
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -19,8 +20,19 @@ CPU = torch.device("cpu")
 #: Hkv = H, through the PyTorch path
 TP_CASES = [
     (TPCase(), "triton"),
-    (TPCase(d_model=32, n_heads=2, n_kv_heads=2, intermediate_size=48, n_experts=3,
-            qk_norm=False, bias=True, seq=7), "torch"),
+    (
+        TPCase(
+            d_model=32,
+            n_heads=2,
+            n_kv_heads=2,
+            intermediate_size=48,
+            n_experts=3,
+            qk_norm=False,
+            bias=True,
+            seq=7,
+        ),
+        "torch",
+    ),
 ]
 
 
@@ -29,22 +41,25 @@ def _tp_checks() -> dict:
     from torch.distributed.tensor import DTensor
 
     out = {"parity": [tp_layer_parity(case, CPU, backend=backend) for case, backend in TP_CASES]}
-    layer = parallelize_flashmhf(TPCase().layer("triton", CPU, torch.float32),
-                                 init_device_mesh("cpu", (2,)))
-    out["local_shapes"] = {name: tuple(p.to_local().shape) for name, p in
-                           layer.named_parameters()}
+    layer = parallelize_flashmhf(
+        TPCase().layer("triton", CPU, torch.float32), init_device_mesh("cpu", (2,))
+    )
+    out["local_shapes"] = {name: tuple(p.to_local().shape) for name, p in layer.named_parameters()}
     out["all_dtensors"] = all(isinstance(p, DTensor) for p in layer.parameters())
     refusals = {}
     mesh = init_device_mesh("cpu", (2,))
     attempts = {
         "kv_heads_1": lambda: parallelize_flashmhf(
-            mhfgen.FlashMHF(32, 2, 32, 2, n_kv_heads=1), mesh),
+            mhfgen.FlashMHF(32, 2, 32, 2, n_kv_heads=1), mesh
+        ),
         "kv_heads_3": lambda: parallelize_flashmhf(mhfgen.FlashMHF(48, 3, 32, 2), mesh),
-        "mesh_2d": lambda: parallelize_flashmhf(mhfgen.FlashMHF(32, 2, 32, 2),
-                                                init_device_mesh("cpu", (1, 2))),
+        "mesh_2d": lambda: parallelize_flashmhf(
+            mhfgen.FlashMHF(32, 2, 32, 2), init_device_mesh("cpu", (1, 2))
+        ),
         "not_flashmhf": lambda: parallelize_flashmhf(nn.Linear(4, 4), mesh),
         "no_projections": lambda: parallelize_flashmhf(
-            mhfgen.FlashMHF(32, 2, 32, 2, projections=False), mesh),
+            mhfgen.FlashMHF(32, 2, 32, 2, projections=False), mesh
+        ),
         "twice": lambda: parallelize_flashmhf(layer, mesh),
     }
     for name, attempt in attempts.items():
@@ -66,29 +81,39 @@ def test_sharded_layer_matches_unsharded(tp_run):
     for rank_result in tp_run:
         for result, (case, backend) in zip(rank_result["parity"], TP_CASES):
             assert result.ok, (backend, result.describe())
-            expected = {"y", "dx"} | {f"grad:{n}" for n, _ in
-                                      case.layer("torch", CPU, torch.float32).named_parameters()}
+            expected = {"y", "dx"} | {
+                f"grad:{n}" for n, _ in case.layer("torch", CPU, torch.float32).named_parameters()
+            }
             assert set(result.errors) == expected
 
 
 def test_local_shards_hold_whole_kv_head_groups(tp_run):
     # TPCase: d 64, H 4, Hkv 2, D 16, E 2, De 32; each of 2 ranks: heads 2, kv heads 1
     shapes = tp_run[0]["local_shapes"]
-    assert shapes == {"router": (2, 16, 2), "key": (1, 2, 32, 16), "up": (1, 2, 32, 16),
-                      "value": (1, 2, 32, 16), "q_norm": (2, 16),
-                      "in_proj.weight": (32, 64), "out_proj.weight": (64, 32)}
+    assert shapes == {
+        "router": (2, 16, 2),
+        "key": (1, 2, 32, 16),
+        "up": (1, 2, 32, 16),
+        "value": (1, 2, 32, 16),
+        "q_norm": (2, 16),
+        "in_proj.weight": (32, 64),
+        "out_proj.weight": (64, 32),
+    }
     assert tp_run[0]["all_dtensors"]
     assert set(HEAD_PARAMETERS) <= set(shapes)
 
 
-@pytest.mark.parametrize("name, kind, message", [
-    ("kv_heads_1", "ValueError", "mesh of size 2 does not divide the layer's n_kv_heads=1"),
-    ("kv_heads_3", "ValueError", "mesh of size 2 does not divide the layer's n_kv_heads=3"),
-    ("mesh_2d", "ValueError", "device_mesh must be 1-D"),
-    ("not_flashmhf", "TypeError", "applies to mhfgen.FlashMHF layers, got Linear"),
-    ("twice", "ValueError", "the layer is already sharded"),
-    ("no_projections", "ValueError", "built with projections=False"),
-])
+@pytest.mark.parametrize(
+    "name, kind, message",
+    [
+        ("kv_heads_1", "ValueError", "mesh of size 2 does not divide the layer's n_kv_heads=1"),
+        ("kv_heads_3", "ValueError", "mesh of size 2 does not divide the layer's n_kv_heads=3"),
+        ("mesh_2d", "ValueError", "device_mesh must be 1-D"),
+        ("not_flashmhf", "TypeError", "applies to mhfgen.FlashMHF layers, got Linear"),
+        ("twice", "ValueError", "the layer is already sharded"),
+        ("no_projections", "ValueError", "built with projections=False"),
+    ],
+)
 def test_refusals(tp_run, name, kind, message):
     got = tp_run[0]["refusals"][name]
     assert got is not None, f"{name}: not refused"

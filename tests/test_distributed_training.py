@@ -6,6 +6,7 @@ The FlashMHF layers run the generated kernels through Triton's interpreter (back
 "triton"; the 2 x 2 mesh excepted). Each check: 2 SGD steps; the loss and every gradient
 at each step, every parameter after the last (mhfgen.parallel.parity.lm_step_parity).
 """
+
 import pytest
 import torch
 

@@ -1,6 +1,7 @@
 """mhfgen's on/off environment variables are read by one parser (mhfgen.env.flag):
 1/true/yes/on and 0/false/no/off, any case, spaces around; anything else is one warning
 and the default. "Off" words never switch a feature on."""
+
 import json
 import logging
 import os
@@ -28,8 +29,14 @@ from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 CPU = torch.device("cpu")
 SPEC = KernelSpec(2, 2, 16, 2, 16, "float32", "interpreter")
 FWD = "flash_mhf_fwd"
-SWITCHES = ("MHFGEN_TUNE_ON_MISS", "MHFGEN_NO_TUNED", "MHFGEN_DETERMINISTIC",
-            "MHFGEN_BACKWARD_STREAMS", "MHFGEN_JIT_LAUNCH", "MHFGEN_RECORD")
+SWITCHES = (
+    "MHFGEN_TUNE_ON_MISS",
+    "MHFGEN_NO_TUNED",
+    "MHFGEN_DETERMINISTIC",
+    "MHFGEN_BACKWARD_STREAMS",
+    "MHFGEN_JIT_LAUNCH",
+    "MHFGEN_RECORD",
+)
 ON = ["1", "true", "yes", "on", "TRUE", " Yes ", "On\n"]
 OFF = ["0", "false", "no", "off", "FALSE", " No ", "OFF\t"]
 
@@ -47,11 +54,18 @@ def clean(tmp_path, monkeypatch, fresh_dispatch):
 
 
 def store(tokens, config):
-    key = TuningKey.of(FWD, template_hash(FWD), SPEC, shape_bucket(tokens), tokens,
-                       "interpreter", "none", triton.__version__)
+    key = TuningKey.of(
+        FWD,
+        template_hash(FWD),
+        SPEC,
+        shape_bucket(tokens),
+        tokens,
+        "interpreter",
+        "none",
+        triton.__version__,
+    )
     with TuningDB.open(dbmod.paths.user_db_path()) as db:
-        db.put_winner(WinnerRecord(key, config, 1.0, 1.0, 2.0, 2.0, "test", 5, "0", "0",
-                                   utc_now()))
+        db.put_winner(WinnerRecord(key, config, 1.0, 1.0, 2.0, 2.0, "test", 5, "0", "0", utc_now()))
 
 
 @pytest.mark.parametrize("text", ON)
@@ -91,9 +105,18 @@ def test_tune_on_miss_on_words_switch_it_on(value, monkeypatch):
     assert record.tune_on_miss_enabled()
 
 
-@pytest.mark.parametrize("value, tuned", [("false", True), ("no", True), ("off", True),
-                                          ("0", True), ("true", False), ("yes", False),
-                                          ("1", False)])
+@pytest.mark.parametrize(
+    "value, tuned",
+    [
+        ("false", True),
+        ("no", True),
+        ("off", True),
+        ("0", True),
+        ("true", False),
+        ("yes", False),
+        ("1", False),
+    ],
+)
 def test_no_tuned_false_keeps_tuned_winners(value, tuned, monkeypatch):
     store(100, Fwd(block_m=16, block_n=16))
     monkeypatch.setenv("MHFGEN_NO_TUNED", value)
@@ -104,8 +127,14 @@ def test_no_tuned_false_keeps_tuned_winners(value, tuned, monkeypatch):
 
 def test_deterministic_and_backward_streams_read_the_same_words(monkeypatch):
     gpu = torch.device("cuda", 0)
-    for value, on in [("off", False), ("no", False), ("false", False), ("yes", True),
-                      ("on", True), ("1", True)]:
+    for value, on in [
+        ("off", False),
+        ("no", False),
+        ("false", False),
+        ("yes", True),
+        ("on", True),
+        ("1", True),
+    ]:
         monkeypatch.setenv("MHFGEN_DETERMINISTIC", value)
         assert dispatch.deterministic_requested() is on, value
         monkeypatch.setenv("MHFGEN_BACKWARD_STREAMS", value)
@@ -139,13 +168,19 @@ def test_doctor_reports_tune_on_miss_as_parsed(monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out)["tune_on_miss"] is True
 
 
-@pytest.mark.parametrize("value, requested, warned", [("off", False, False),
-                                                      ("yes", True, False),
-                                                      ("sometimes", False, True)])
+@pytest.mark.parametrize(
+    "value, requested, warned",
+    [("off", False, False), ("yes", True, False), ("sometimes", False, True)],
+)
 def test_jit_launch_reads_the_same_words(value, requested, warned):
     code = "import mhfgen.kernels.launch as c; print(c.JIT_LAUNCH_REQUESTED)"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=dict(os.environ, MHFGEN_JIT_LAUNCH=value), check=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, MHFGEN_JIT_LAUNCH=value),
+        check=True,
+        timeout=120,
+    )
     assert proc.stdout.strip() == str(requested)
     assert ("MHFGEN_JIT_LAUNCH='sometimes'" in proc.stderr) is warned

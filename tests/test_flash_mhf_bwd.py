@@ -1,4 +1,5 @@
 """The generated backward kernels (dQ/dR and dK/dU/dV) against float64 autograd."""
+
 import pytest
 import torch
 from cases import CASES, CONFIGS, DTYPES, EMPTY, grouped

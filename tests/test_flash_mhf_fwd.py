@@ -1,4 +1,5 @@
 """The generated forward kernel against the float64 reference (Triton interpreter)."""
+
 import pytest
 import torch
 from cases import CASES, CONFIGS, DTYPES, EMPTY, grouped

@@ -2,6 +2,7 @@
 (mhfgen.kernels.sm90.backward_unsupported) and place before the Triton-language variant of
 their op, and their launch (mhfgen.kernels.sm90.BackwardLaunch), checked against each
 generated kernel's parameters."""
+
 import dataclasses
 import importlib
 
@@ -14,20 +15,25 @@ from mhfgen.spec import KernelSpec
 from mhfgen.verification import Case, make_inputs
 
 #: (Gluon variant, its op, the Triton-language variant the op falls back to)
-VARIANTS = [("flash_mhf_bwd_dkv_ws", "bwd_dkv", "flash_mhf_bwd_dkv"),
-            ("flash_mhf_bwd_dkvt_ws", "bwd_dkv", "flash_mhf_bwd_dkv"),
-            ("flash_mhf_bwd_dq_ws", "bwd_dq", "flash_mhf_bwd_dq"),
-            ("flash_mhf_bwd_ws", "bwd", "flash_mhf_bwd_fused")]
+VARIANTS = [
+    ("flash_mhf_bwd_dkv_ws", "bwd_dkv", "flash_mhf_bwd_dkv"),
+    ("flash_mhf_bwd_dkvt_ws", "bwd_dkv", "flash_mhf_bwd_dkv"),
+    ("flash_mhf_bwd_dq_ws", "bwd_dq", "flash_mhf_bwd_dq"),
+    ("flash_mhf_bwd_ws", "bwd", "flash_mhf_bwd_fused"),
+]
 SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
 
 
 @pytest.mark.parametrize("stem,op,triton", VARIANTS)
-@pytest.mark.parametrize("spec,reason", [
-    (KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm80"), "not sm80"),
-    (KernelSpec(16, 16, 128, 22, 256, "float32", "sm90"), "float32"),
-    (KernelSpec(8, 8, 96, 8, 256, "bfloat16", "sm90"), "head_dim 64 or 128"),
-    (KernelSpec(8, 8, 128, 16, 80, "bfloat16", "sm90"), "multiple of 64"),
-])
+@pytest.mark.parametrize(
+    "spec,reason",
+    [
+        (KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm80"), "not sm80"),
+        (KernelSpec(16, 16, 128, 22, 256, "float32", "sm90"), "float32"),
+        (KernelSpec(8, 8, 96, 8, 256, "bfloat16", "sm90"), "head_dim 64 or 128"),
+        (KernelSpec(8, 8, 128, 16, 80, "bfloat16", "sm90"), "multiple of 64"),
+    ],
+)
 def test_unsupported_shapes_go_to_the_triton_variant(stem, op, triton, spec, reason):
     assert reason in registry.get(stem).unsupported(spec)
     usable = [v.stem for v in registry.usable(op, spec)]
@@ -55,21 +61,29 @@ def test_the_shared_launch_passes_every_kernel_argument_in_order(stem, monkeypat
     plan_fn = getattr(module, "gluon_dkv_plan", module._make_plan)
     planner = importlib.import_module(plan_fn.__module__)
     real_spec_of = planner.spec_of
-    monkeypatch.setattr(planner, "spec_of", lambda problem, q: dataclasses.replace(
-        real_spec_of(problem, q), target="sm90"))
+    monkeypatch.setattr(
+        planner,
+        "spec_of",
+        lambda problem, q: dataclasses.replace(real_spec_of(problem, q), target="sm90"),
+    )
     inputs = make_inputs(Case("gqa", 1, 300, 8, 2, 128, 4, 128), torch.float16, "cpu")
     q, k, u, v, r, do = inputs
     config = registry.get(stem).Config()
     plan = module._make_plan(*inputs, config)
-    launch = (plan.chunks[0].launch if hasattr(plan, "chunks")
-              else plan.launches[0] if hasattr(plan, "launches") else plan.launch)
+    launch = (
+        plan.chunks[0].launch
+        if hasattr(plan, "chunks")
+        else plan.launches[0]
+        if hasattr(plan, "launches")
+        else plan.launch
+    )
     assert isinstance(launch, sm90.BackwardLaunch)
     outputs = registry.get(stem).outputs
     outs = [torch.empty(1) for _ in outputs]
     args = launch.arguments(q, k, u, v, r, do, *outs)
     names = launch.kernel.arg_names
     constexprs = [n for n in launch.meta if n not in ("num_warps", "maxnreg")]
-    assert list(names[len(args):]) == constexprs
+    assert list(names[len(args) :]) == constexprs
     assert list(names[:6]) == ["q_desc", "do_desc", "k_desc", "u_desc", "v_desc", "R"]
-    assert [n.lower() for n in names[6:6 + len(outputs)]] == list(outputs)
-    assert all(a is o for a, o in zip(args[6:6 + len(outputs)], outs))
+    assert [n.lower() for n in names[6 : 6 + len(outputs)]] == list(outputs)
+    assert all(a is o for a, o in zip(args[6 : 6 + len(outputs)], outs))

@@ -3,6 +3,7 @@ supports, its place among the variants and its launch: test_gluon_backward.py) a
 heuristic, deterministic routing, and its schedules compiled for sm90 within the
 shared-memory estimate (Gluon kernels do not run in the interpreter; their numbers and
 deadlocks are checked on the GPU by benchmarks/bwd_dkv_ws_check.py)."""
+
 import dataclasses
 import json
 
@@ -22,18 +23,29 @@ SPEC_E1 = KernelSpec(4, 4, 64, 1, 512, "bfloat16", "sm90")
 STEM = "flash_mhf_bwd_dkv_ws"
 
 
-@pytest.mark.parametrize("field,value", [
-    ("stages", 1), ("stages", 9), ("split", "cols"), ("sigmoid", "erf"), ("token_splits", 0),
-    ("consumer_regs", 100), ("producer_regs", 20), ("joint_scores", 1), ("joint_grads", 1),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("stages", 1),
+        ("stages", 9),
+        ("split", "cols"),
+        ("sigmoid", "erf"),
+        ("token_splits", 0),
+        ("consumer_regs", 100),
+        ("producer_regs", 20),
+        ("joint_scores", 1),
+        ("joint_grads", 1),
+    ],
+)
 def test_bad_config_fields_are_value_errors(field, value):
     with pytest.raises(ValueError, match=field):
         ws.BwdDkvWsConfig(**{field: value})
 
 
 def test_config_round_trips_through_json_and_describes_itself():
-    config = ws.BwdDkvWsConfig(stages=3, sigmoid="exp", token_splits=2, consumer_regs=232,
-                               producer_regs=40)
+    config = ws.BwdDkvWsConfig(
+        stages=3, sigmoid="exp", token_splits=2, consumer_regs=232, producer_regs=40
+    )
     variant = registry.get(STEM)
     assert variant.config_from_dict(json.loads(config.to_json())) == config
     assert config.describe() == "s3 regs 40/232 ts2 exp"
@@ -52,8 +64,9 @@ def test_joint_grads_needs_the_rows_split_and_head_dim_128():
         ws.BwdDkvWsConfig(joint_grads=True)
     config = ws.BwdDkvWsConfig(split="rows", stages=3, joint_grads=True)
     assert ws.config_problems(SPEC_13B, config) == []
-    assert any("joint_grads needs head_dim 128" in p
-               for p in ws.config_problems(SPEC_D64_GQA, config))
+    assert any(
+        "joint_grads needs head_dim 128" in p for p in ws.config_problems(SPEC_D64_GQA, config)
+    )
 
 
 def test_joint_grads_changes_the_code_only_where_it_is_set():
@@ -70,8 +83,13 @@ def test_joint_grads_changes_the_code_only_where_it_is_set():
 
 
 def test_a_stored_config_from_before_the_split_knob_reads_as_the_tokens_split():
-    stored = {"stages": 2, "sigmoid": "tanh", "token_splits": 1, "consumer_regs": 240,
-              "producer_regs": 24}
+    stored = {
+        "stages": 2,
+        "sigmoid": "tanh",
+        "token_splits": 1,
+        "consumer_regs": 240,
+        "producer_regs": 24,
+    }
     config = registry.get(STEM).config_from_dict(stored)
     assert config == ws.BwdDkvWsConfig() and config.split == "tokens"
     assert not config.joint_scores
@@ -116,8 +134,12 @@ def test_resources_rule_out_what_cannot_fit():
     assert not ws.config_problems(SPEC_D64_GQA, ws.BwdDkvWsConfig(split="rows", stages=8))
     # and half-width score tiles: 144 registers a consumer thread
     assert ws.consumer_registers(SPEC_13B, ws.BwdDkvWsConfig(split="rows")) == 144
-    assert "fewer than 144" in ws.config_problems(
-        SPEC_13B, ws.BwdDkvWsConfig(split="rows", consumer_regs=256, producer_regs=136))[0]
+    assert (
+        "fewer than 144"
+        in ws.config_problems(
+            SPEC_13B, ws.BwdDkvWsConfig(split="rows", consumer_regs=256, producer_regs=136)
+        )[0]
+    )
 
 
 def test_heuristic_fits_and_splits_only_few_weight_tiles():
@@ -156,15 +178,17 @@ def test_deterministic_runs_drop_its_token_splits():
     assert ws.static_params(SPEC_13B, config)["token_split"] is False
 
 
-@pytest.mark.parametrize("tokens,splits,expect", [
-    (1, 2, (1, 1, True)),  # one row block: one split, but the template still adds
-    (37, 4, (1, 1, True)),
-    (16384, 1, (128, 1, False)),
-    (16384, 4, (32, 4, True)),
-    (1000, 3, (3, 3, True)),  # 8 blocks: 3 + 3 + 2
-])
-def test_token_split_plan_zeroes_fp32_buffers_whenever_the_template_adds(tokens, splits,
-                                                                         expect):
+@pytest.mark.parametrize(
+    "tokens,splits,expect",
+    [
+        (1, 2, (1, 1, True)),  # one row block: one split, but the template still adds
+        (37, 4, (1, 1, True)),
+        (16384, 1, (128, 1, False)),
+        (16384, 4, (32, 4, True)),
+        (1000, 3, (3, 3, True)),  # 8 blocks: 3 + 3 + 2
+    ],
+)
+def test_token_split_plan_zeroes_fp32_buffers_whenever_the_template_adds(tokens, splits, expect):
     config = ws.BwdDkvWsConfig(token_splits=splits)
     assert ws.token_split_plan(tokens, config) == expect
     assert ws.static_params(SPEC_13B, config)["token_split"] == expect[2]
@@ -173,14 +197,21 @@ def test_token_split_plan_zeroes_fp32_buffers_whenever_the_template_adds(tokens,
 def test_token_split_plan_counts_the_rows_split_in_64_token_tiles():
     assert ws.token_split_plan(16384, ws.BwdDkvWsConfig(split="rows")) == (256, 1, False)
     assert ws.token_split_plan(1000, ws.BwdDkvWsConfig(split="rows", token_splits=3)) == (
-        6, 3, True)  # 16 tiles: 6 + 6 + 4
+        6,
+        3,
+        True,
+    )  # 16 tiles: 6 + 6 + 4
 
 
-@pytest.mark.parametrize("spec", [SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1],
-                         ids=lambda s: s.key())
+@pytest.mark.parametrize(
+    "spec", [SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1], ids=lambda s: s.key()
+)
 def test_every_spec_renders(spec):
-    for config in (ws.BwdDkvWsConfig(), ws.BwdDkvWsConfig(token_splits=2, sigmoid="exp"),
-                   ws.BwdDkvWsConfig(split="rows", token_splits=2)):
+    for config in (
+        ws.BwdDkvWsConfig(),
+        ws.BwdDkvWsConfig(token_splits=2, sigmoid="exp"),
+        ws.BwdDkvWsConfig(split="rows", token_splits=2),
+    ):
         source = render(STEM, spec, config)
         compile(source, STEM, "exec")
         assert f"def {STEM}_kernel" in source
@@ -189,31 +220,44 @@ def test_every_spec_renders(spec):
 
 COMPILE_CASES = [
     (SPEC_13B, ws.BwdDkvWsConfig()),
-    (SPEC_13B, ws.BwdDkvWsConfig(sigmoid="exp", token_splits=2, producer_regs=40,
-                                 consumer_regs=232)),
+    (
+        SPEC_13B,
+        ws.BwdDkvWsConfig(sigmoid="exp", token_splits=2, producer_regs=40, consumer_regs=232),
+    ),
     (SPEC_D64_GQA, ws.BwdDkvWsConfig(stages=3)),
     (SPEC_L37_GQA, ws.BwdDkvWsConfig()),
     (SPEC_E1, ws.BwdDkvWsConfig(stages=4, sigmoid="exp")),
     (SPEC_13B, ws.BwdDkvWsConfig(split="rows", stages=3)),
     (SPEC_13B, ws.BwdDkvWsConfig(split="rows", stages=4, sigmoid="exp", token_splits=2)),
     (SPEC_D64_GQA, ws.BwdDkvWsConfig(split="rows", stages=8)),
-    (SPEC_L37_GQA, ws.BwdDkvWsConfig(split="rows", stages=4, producer_regs=40,
-                                     consumer_regs=232)),
+    (SPEC_L37_GQA, ws.BwdDkvWsConfig(split="rows", stages=4, producer_regs=40, consumer_regs=232)),
     (SPEC_13B, ws.BwdDkvWsConfig(split="rows", stages=3, joint_scores=True)),
-    (SPEC_13B, ws.BwdDkvWsConfig(split="rows", stages=4, sigmoid="exp", token_splits=2,
-                                 joint_scores=True)),
+    (
+        SPEC_13B,
+        ws.BwdDkvWsConfig(split="rows", stages=4, sigmoid="exp", token_splits=2, joint_scores=True),
+    ),
     (SPEC_D64_GQA, ws.BwdDkvWsConfig(stages=3, joint_scores=True)),
     (SPEC_E1, ws.BwdDkvWsConfig(split="rows", stages=6, joint_scores=True)),
     (SPEC_L37_GQA, ws.BwdDkvWsConfig(joint_scores=True)),
     (SPEC_13B, ws.BwdDkvWsConfig(split="rows", stages=3, joint_scores=True, joint_grads=True)),
     (SPEC_370M, ws.BwdDkvWsConfig(split="rows", stages=4, joint_grads=True)),
-    (SPEC_L37_GQA, ws.BwdDkvWsConfig(split="rows", stages=2, sigmoid="exp", token_splits=2,
-                                     joint_scores=True, joint_grads=True)),
+    (
+        SPEC_L37_GQA,
+        ws.BwdDkvWsConfig(
+            split="rows",
+            stages=2,
+            sigmoid="exp",
+            token_splits=2,
+            joint_scores=True,
+            joint_grads=True,
+        ),
+    ),
 ]
 
 
-@pytest.mark.parametrize("spec,config", COMPILE_CASES,
-                         ids=[f"{s.key()}-{c.describe()}" for s, c in COMPILE_CASES])
+@pytest.mark.parametrize(
+    "spec,config", COMPILE_CASES, ids=[f"{s.key()}-{c.describe()}" for s, c in COMPILE_CASES]
+)
 def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     report = gluon_report(ws, spec, config)
     estimate = ws.shared_memory(spec, config)
@@ -233,15 +277,17 @@ def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
         assert report.spill_bytes <= 8  # the 'tokens' split spills 468 bytes here
 
 
-
-@pytest.mark.parametrize("programs, blocks, splits", [
-    (352, 1024, 1),   # 2.67 waves: dQ/dR, beside it, fills the last one
-    (1408, 1024, 1),
-    (264, 1024, 1),   # 2 whole waves already
-    (131, 1024, 3),   # under two waves: splits for two
-    (32, 1024, 9),
-    (32, 12, 3),      # ... at most blocks / 4
-    (32, 3, 1),
-])
+@pytest.mark.parametrize(
+    "programs, blocks, splits",
+    [
+        (352, 1024, 1),  # 2.67 waves: dQ/dR, beside it, fills the last one
+        (1408, 1024, 1),
+        (264, 1024, 1),  # 2 whole waves already
+        (131, 1024, 3),  # under two waves: splits for two
+        (32, 1024, 9),
+        (32, 12, 3),  # ... at most blocks / 4
+        (32, 3, 1),
+    ],
+)
 def test_wave_token_splits_fill_two_waves_and_no_more(programs, blocks, splits):
     assert ws.wave_token_splits(programs, blocks, 132) == splits

@@ -3,6 +3,7 @@ checks, resource model, rank among the op's variants and heuristic, token-split 
 rendering, and its schedules compiled for sm90 within the shared-memory estimate (Gluon
 kernels do not run in the interpreter; their numbers and deadlocks are checked on the GPU
 by benchmarks/bwd_dkv_ws_check.py)."""
+
 import dataclasses
 import json
 
@@ -25,18 +26,28 @@ STEM = "flash_mhf_bwd_dkvt_ws"
 OP_VARIANTS = ["flash_mhf_bwd_dkv_ws", STEM, "flash_mhf_bwd_dkv"]
 
 
-@pytest.mark.parametrize("field,value", [
-    ("stages", 1), ("stages", 9), ("wg_rows", 16), ("wg_rows", 128), ("sigmoid", "erf"),
-    ("token_splits", 0), ("consumer_regs", 100), ("producer_regs", 20),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("stages", 1),
+        ("stages", 9),
+        ("wg_rows", 16),
+        ("wg_rows", 128),
+        ("sigmoid", "erf"),
+        ("token_splits", 0),
+        ("consumer_regs", 100),
+        ("producer_regs", 20),
+    ],
+)
 def test_bad_config_fields_are_value_errors(field, value):
     with pytest.raises(ValueError, match=field):
         wst.BwdDkvtWsConfig(**{field: value})
 
 
 def test_config_round_trips_through_json_and_describes_itself():
-    config = wst.BwdDkvtWsConfig(stages=6, wg_rows=64, sigmoid="exp", token_splits=3,
-                                 consumer_regs=232, producer_regs=40)
+    config = wst.BwdDkvtWsConfig(
+        stages=6, wg_rows=64, sigmoid="exp", token_splits=3, consumer_regs=232, producer_regs=40
+    )
     assert registry.get(STEM).config_from_dict(json.loads(config.to_json())) == config
     assert config.describe() == "s6 regs 40/232 wg64 ts3 exp"
     assert wst.BwdDkvtWsConfig().describe() == "s4 regs 24/240 wg32"
@@ -56,8 +67,10 @@ def test_resources_rule_out_what_cannot_fit():
     assert not wst.config_problems(SPEC_13B, wst.BwdDkvtWsConfig(stages=4))
     assert "shared memory" in wst.config_problems(SPEC_13B, wst.BwdDkvtWsConfig(stages=6))[0]
     # a 128-row weight tile must lie within one expert
-    assert any("expert_dim 192" in p for p in
-               wst.config_problems(SPEC_DE192, wst.BwdDkvtWsConfig(wg_rows=64)))
+    assert any(
+        "expert_dim 192" in p
+        for p in wst.config_problems(SPEC_DE192, wst.BwdDkvtWsConfig(wg_rows=64))
+    )
     assert not wst.config_problems(SPEC_DE192, wst.BwdDkvtWsConfig())
 
 
@@ -74,8 +87,7 @@ def test_it_ranks_first_at_head_dim_64_and_with_grouped_heads_only():
 
 def test_heuristic_fits_and_takes_wide_rows_at_head_dim_64():
     variant = registry.get(STEM)
-    for spec in (SPEC_13B, SPEC_GQA4, SPEC_D64, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1,
-                 SPEC_DE192):
+    for spec in (SPEC_13B, SPEC_GQA4, SPEC_D64, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1, SPEC_DE192):
         config = wst.default_config(spec, 16384, 132)
         assert not wst.config_problems(spec, config), spec.key()
         assert variant.prune_reason(spec, config, 16384, 132) is None
@@ -91,16 +103,23 @@ def test_heuristic_fits_and_takes_wide_rows_at_head_dim_64():
 
 def test_prune_reason_names_token_splits_past_the_row_blocks_or_the_budget():
     variant = registry.get(STEM)
-    assert "row blocks" in variant.prune_reason(SPEC_E1, wst.BwdDkvtWsConfig(token_splits=4),
-                                                150, 132)  # 3 tiles
-    assert "programs" in variant.prune_reason(SPEC_13B, wst.BwdDkvtWsConfig(token_splits=4),
-                                              16384, 132)
+    assert "row blocks" in variant.prune_reason(
+        SPEC_E1, wst.BwdDkvtWsConfig(token_splits=4), 150, 132
+    )  # 3 tiles
+    assert "programs" in variant.prune_reason(
+        SPEC_13B, wst.BwdDkvtWsConfig(token_splits=4), 16384, 132
+    )
 
 
-@pytest.mark.parametrize("tokens,splits,expect", [
-    (1, 2, (1, 1, True)), (16384, 1, (256, 1, False)), (16384, 3, (86, 3, True)),
-    (1000, 3, (6, 3, True)),  # 16 tiles of 64 tokens: 6 + 6 + 4
-])
+@pytest.mark.parametrize(
+    "tokens,splits,expect",
+    [
+        (1, 2, (1, 1, True)),
+        (16384, 1, (256, 1, False)),
+        (16384, 3, (86, 3, True)),
+        (1000, 3, (6, 3, True)),  # 16 tiles of 64 tokens: 6 + 6 + 4
+    ],
+)
 def test_token_split_plan_counts_64_token_tiles(tokens, splits, expect):
     from mhfgen.kernels.flash_mhf_bwd_dkv_ws import token_split_plan
 
@@ -109,8 +128,9 @@ def test_token_split_plan_counts_64_token_tiles(tokens, splits, expect):
     assert wst.static_params(SPEC_13B, config)["token_split"] == expect[2]
 
 
-@pytest.mark.parametrize("spec", [SPEC_13B, SPEC_D64, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1],
-                         ids=lambda s: s.key())
+@pytest.mark.parametrize(
+    "spec", [SPEC_13B, SPEC_D64, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1], ids=lambda s: s.key()
+)
 def test_every_spec_renders_one_accumulator_pair_per_head_dim_chunk(spec):
     chunks = spec.head_dim // 64
     for config in (wst.BwdDkvtWsConfig(), wst.BwdDkvtWsConfig(token_splits=2, sigmoid="exp")):
@@ -133,13 +153,18 @@ COMPILE_CASES = [
     (SPEC_D64_GQA, wst.BwdDkvtWsConfig(stages=8, sigmoid="exp", token_splits=2)),
     (SPEC_E1, wst.BwdDkvtWsConfig(stages=2, wg_rows=64, producer_regs=40, consumer_regs=232)),
     (SPEC_GQA4, wst.BwdDkvtWsConfig(stages=3)),
-    (SPEC_L37_GQA, wst.BwdDkvtWsConfig(stages=4, sigmoid="exp", token_splits=3,
-                                       producer_regs=40, consumer_regs=232)),
+    (
+        SPEC_L37_GQA,
+        wst.BwdDkvtWsConfig(
+            stages=4, sigmoid="exp", token_splits=3, producer_regs=40, consumer_regs=232
+        ),
+    ),
 ]
 
 
-@pytest.mark.parametrize("spec,config", COMPILE_CASES,
-                         ids=[f"{s.key()}-{c.describe()}" for s, c in COMPILE_CASES])
+@pytest.mark.parametrize(
+    "spec,config", COMPILE_CASES, ids=[f"{s.key()}-{c.describe()}" for s, c in COMPILE_CASES]
+)
 def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     report = gluon_report(wst, spec, config)
     estimate = wst.shared_memory(spec, config)

@@ -3,6 +3,7 @@ supports, its place among the variants and its launch: test_gluon_backward.py) a
 heuristic, and its schedules compiled for sm90 within the shared-memory estimate, without
 spills (Gluon kernels do not run in the interpreter; their numbers and deadlocks are
 checked on the GPU by benchmarks/bwd_dq_ws_check.py)."""
+
 import json
 
 import pytest
@@ -20,10 +21,17 @@ SPEC_E1 = KernelSpec(4, 4, 64, 1, 512, "bfloat16", "sm90")
 STEM = "flash_mhf_bwd_dq_ws"
 
 
-@pytest.mark.parametrize("field,value", [
-    ("stages", 1), ("stages", 7), ("sigmoid", "erf"), ("consumer_regs", 100),
-    ("producer_regs", 20), ("joint_scores", "yes"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("stages", 1),
+        ("stages", 7),
+        ("sigmoid", "erf"),
+        ("consumer_regs", 100),
+        ("producer_regs", 20),
+        ("joint_scores", "yes"),
+    ],
+)
 def test_bad_config_fields_are_value_errors(field, value):
     with pytest.raises(ValueError, match=field):
         ws.BwdDqWsConfig(**{field: value})
@@ -63,8 +71,7 @@ def test_resources_rule_out_what_cannot_fit():
     greedy = ws.BwdDqWsConfig(consumer_regs=256, producer_regs=120)
     assert "fewer than 192" in ws.config_problems(SPEC_13B, greedy)[0]
     variant = registry.get(STEM)
-    assert "shared memory" in variant.prune_reason(SPEC_13B, ws.BwdDqWsConfig(stages=4),
-                                                   16384, 132)
+    assert "shared memory" in variant.prune_reason(SPEC_13B, ws.BwdDqWsConfig(stages=4), 16384, 132)
 
 
 def test_heuristic_takes_the_deepest_ring_that_fits():
@@ -76,8 +83,9 @@ def test_heuristic_takes_the_deepest_ring_that_fits():
         assert registry.get(STEM).prune_reason(spec, config, 16384, 132) is None
 
 
-@pytest.mark.parametrize("spec", [SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1],
-                         ids=lambda s: s.key())
+@pytest.mark.parametrize(
+    "spec", [SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1], ids=lambda s: s.key()
+)
 def test_every_spec_renders_without_atomics(spec):
     for config in (ws.BwdDqWsConfig(), ws.BwdDqWsConfig(stages=2, sigmoid="exp")):
         source = render(STEM, spec, config)
@@ -98,8 +106,9 @@ COMPILE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("spec,config", COMPILE_CASES,
-                         ids=[f"{s.key()}-{c.describe()}" for s, c in COMPILE_CASES])
+@pytest.mark.parametrize(
+    "spec,config", COMPILE_CASES, ids=[f"{s.key()}-{c.describe()}" for s, c in COMPILE_CASES]
+)
 def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     report = gluon_report(ws, spec, config)
     estimate = ws.shared_memory(spec, config)

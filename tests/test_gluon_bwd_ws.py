@@ -3,6 +3,7 @@ supports and its launch: tests/test_gluon_backward.py), its heuristic within the
 workspace budget, and every schedule compiled for sm90 (Gluon kernels do not run in the
 interpreter; their numbers and deadlocks are checked on the GPU by
 benchmarks/bwd_ws_check.py)."""
+
 import dataclasses
 
 import pytest
@@ -20,20 +21,37 @@ SPEC_L37_GQA = KernelSpec(8, 2, 128, 4, 128, "bfloat16", "sm90")
 SPEC_E1 = KernelSpec(4, 4, 64, 1, 512, "bfloat16", "sm90")
 
 
-@pytest.mark.parametrize("field,value", [
-    ("block_m", 48), ("stages", 1), ("sigmoid", "erf"), ("token_splits", 0),
-    ("head_chunk", 0), ("grads_regs", 100), ("producer_regs", 20), ("dq_vec", 1),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("block_m", 48),
+        ("stages", 1),
+        ("sigmoid", "erf"),
+        ("token_splits", 0),
+        ("head_chunk", 0),
+        ("grads_regs", 100),
+        ("producer_regs", 20),
+        ("dq_vec", 1),
+    ],
+)
 def test_bad_config_fields_are_value_errors(field, value):
     with pytest.raises(ValueError, match=field):
         ws.BwdWsConfig(**{field: value})
 
 
 def test_config_round_trips_through_json():
-    config = ws.BwdWsConfig(block_m=64, stages=3, sigmoid="exp", token_splits=3,
-                            head_chunk=2, grads_regs=160, dq_vec=True)
+    config = ws.BwdWsConfig(
+        block_m=64,
+        stages=3,
+        sigmoid="exp",
+        token_splits=3,
+        head_chunk=2,
+        grads_regs=160,
+        dq_vec=True,
+    )
     variant = registry.get("flash_mhf_bwd_ws")
     import json
+
     assert variant.config_from_dict(json.loads(config.to_json())) == config
     assert "vec" in config.describe() and "ts3" in config.describe()
 
@@ -41,8 +59,7 @@ def test_config_round_trips_through_json():
 def test_heuristic_stays_within_the_workspace_budget():
     config = ws.default_config(SPEC_13B, 16384, 132)
     assert config.block_m == 32 and config.head_chunk == 1
-    assert fused.workspace_bytes(SPEC_13B, config, 16384) <= \
-        fused.workspace_budget(SPEC_13B, 16384)
+    assert fused.workspace_bytes(SPEC_13B, config, 16384) <= fused.workspace_budget(SPEC_13B, 16384)
     assert ws.default_config(SPEC_D64_GQA, 16384, 132).block_m == 64
     small = ws.default_config(SPEC_13B, 2048, 132)  # 1 MiB per head: more per launch
     assert small.head_chunk > 1
@@ -57,11 +74,11 @@ def test_register_split_leaves_warpgroup_a_enough():
     assert not ws.config_problems(SPEC_13B, ws.BwdWsConfig())
 
 
-@pytest.mark.parametrize("spec", [SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1],
-                         ids=lambda s: s.key())
+@pytest.mark.parametrize(
+    "spec", [SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1], ids=lambda s: s.key()
+)
 def test_every_spec_renders(spec):
-    for config in (ws.BwdWsConfig(), ws.BwdWsConfig(token_splits=2, dq_vec=True,
-                                                    sigmoid="exp")):
+    for config in (ws.BwdWsConfig(), ws.BwdWsConfig(token_splits=2, dq_vec=True, sigmoid="exp")):
         source = render("flash_mhf_bwd_ws", spec, config)
         compile(source, "flash_mhf_bwd_ws", "exec")
         assert "def flash_mhf_bwd_ws_kernel" in source
@@ -77,8 +94,9 @@ COMPILE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("spec,config", COMPILE_CASES,
-                         ids=[f"{s.key()}-{c.describe()}" for s, c in COMPILE_CASES])
+@pytest.mark.parametrize(
+    "spec,config", COMPILE_CASES, ids=[f"{s.key()}-{c.describe()}" for s, c in COMPILE_CASES]
+)
 def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     report = gluon_report(ws, spec, config)
     estimate = ws.shared_memory(spec, config)

@@ -6,6 +6,7 @@ Numbers and deadlocks need the GPU (benchmarks/gluon_fwd_check.py, docs/VERIFY.m
 
 `pytest -k gluon` selects these tests.
 """
+
 import ast
 import dataclasses
 
@@ -43,8 +44,9 @@ COMPILE_SPECS = [
 
 
 def _spec_of(case, dtype="bfloat16"):
-    return KernelSpec(case.heads, case.kv_heads, case.head_dim, case.experts, case.expert_dim,
-                      dtype, "sm90")
+    return KernelSpec(
+        case.heads, case.kv_heads, case.head_dim, case.experts, case.expert_dim, dtype, "sm90"
+    )
 
 
 #: the test table's shapes the variant runs (D = 40 is not a multiple of 16: dispatch keeps
@@ -108,11 +110,23 @@ def test_gluon_default_config_runs_every_supported_preset():
         assert ws.config_problems(spec, config) == []
 
 
-@pytest.mark.parametrize("field, value", [
-    ("block_n", 48), ("block_n", 2 ** 40), ("stages", 2), ("consumers", 3),
-    ("consumer_warps", 6), ("group_heads", 2.0), ("pingpong", "false"), ("sigmoid", "fast"),
-    ("producer_regs", 25), ("stages", True), ("persistent", 1), ("joint_scores", 0),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("block_n", 48),
+        ("block_n", 2**40),
+        ("stages", 2),
+        ("consumers", 3),
+        ("consumer_warps", 6),
+        ("group_heads", 2.0),
+        ("pingpong", "false"),
+        ("sigmoid", "fast"),
+        ("producer_regs", 25),
+        ("stages", True),
+        ("persistent", 1),
+        ("joint_scores", 0),
+    ],
+)
 def test_gluon_config_rejects_bad_fields(field, value):
     with pytest.raises((ValueError, TypeError), match=field):
         ws.WsConfig(**{field: value})
@@ -131,8 +145,9 @@ def test_joint_scores_is_read_absent_and_changes_the_code_only_where_set():
     """A stored config from before the knob reads without it (its code hash unchanged:
     no static parameter is added); with it K and U share a ring tile, and a wgmma of
     2 x block_n must stay within 256."""
-    stored = {f: getattr(ws.WsConfig(), f) for f in ws.WsConfig.field_names()
-              if f != "joint_scores"}
+    stored = {
+        f: getattr(ws.WsConfig(), f) for f in ws.WsConfig.field_names() if f != "joint_scores"
+    }
     assert ws.WsConfig.from_dict(stored) == ws.WsConfig()
     spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
     plain, joint = ws.WsConfig(), ws.WsConfig(joint_scores=True)
@@ -146,22 +161,25 @@ def test_joint_scores_is_read_absent_and_changes_the_code_only_where_set():
 
 def test_gluon_config_problems_name_the_resource():
     spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
-    assert any("shared memory" in p for p in
-               ws.config_problems(spec, ws.WsConfig(stages=5)))
-    assert any("accumulator registers" in p for p in
-               ws.config_problems(spec, ws.WsConfig(block_n=128, stages=3)))
+    assert any("shared memory" in p for p in ws.config_problems(spec, ws.WsConfig(stages=5)))
+    assert any(
+        "accumulator registers" in p
+        for p in ws.config_problems(spec, ws.WsConfig(block_n=128, stages=3))
+    )
     gqa = KernelSpec(16, 16, 64, 11, 256, "bfloat16", "sm90")
-    assert any("group_heads" in p for p in
-               ws.config_problems(gqa, ws.WsConfig(group_heads=2)))
+    assert any("group_heads" in p for p in ws.config_problems(gqa, ws.WsConfig(group_heads=2)))
 
 
-@pytest.mark.parametrize("spec, reason", [
-    (KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm80"), "sm90"),
-    (KernelSpec(8, 8, 128, 11, 256, "float32", "sm90"), "bf16/fp16"),
-    (KernelSpec(8, 8, 40, 11, 256, "bfloat16", "sm90"), "multiple of 16"),
-    (KernelSpec(8, 8, 256, 11, 256, "bfloat16", "sm90"), "up to 128"),
-    (KernelSpec(8, 8, 128, 11, 256, "bfloat16", "interpreter"), "sm90"),
-])
+@pytest.mark.parametrize(
+    "spec, reason",
+    [
+        (KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm80"), "sm90"),
+        (KernelSpec(8, 8, 128, 11, 256, "float32", "sm90"), "bf16/fp16"),
+        (KernelSpec(8, 8, 40, 11, 256, "bfloat16", "sm90"), "multiple of 16"),
+        (KernelSpec(8, 8, 256, 11, 256, "bfloat16", "sm90"), "up to 128"),
+        (KernelSpec(8, 8, 128, 11, 256, "bfloat16", "interpreter"), "sm90"),
+    ],
+)
 def test_gluon_unsupported_says_why(spec, reason):
     assert reason in ws.unsupported(spec)
 
@@ -184,8 +202,9 @@ def test_persistent_configs_are_refused_until_their_wrong_outputs_are_understood
     winner with it gives way to the heuristic at its first launch."""
     spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
     for config in (ws.WsConfig(persistent=True), ws.WsConfig(persistent=True, joint_scores=True)):
-        assert any(p.startswith("persistent=True is disabled")
-                   for p in ws.config_problems(spec, config))
+        assert any(
+            p.startswith("persistent=True is disabled") for p in ws.config_problems(spec, config)
+        )
     assert ws.config_problems(spec, ws.WsConfig(joint_scores=True)) == []
 
 
@@ -193,8 +212,10 @@ def test_joint_scores_is_refused_where_the_head_dim_is_several_chunks():
     """At D = 96 (chunks 64 + 32) the joint forward gave inf outputs on the H200 (128M,
     fp16, 16384 tokens): refused there, and the heuristic takes separate score MMAs."""
     d96 = KernelSpec(8, 8, 96, 8, 256, "float16", "sm90")
-    assert any(p.startswith("joint_scores needs a head_dim of one chunk")
-               for p in ws.config_problems(d96, ws.WsConfig(joint_scores=True)))
+    assert any(
+        p.startswith("joint_scores needs a head_dim of one chunk")
+        for p in ws.config_problems(d96, ws.WsConfig(joint_scores=True))
+    )
     assert not ws.default_config(d96, 16384).joint_scores
     for d in (64, 128):
         spec = KernelSpec(8, 8, d, 11, 256, "bfloat16", "sm90")

@@ -14,6 +14,7 @@ CI has neither Helion nor a GPU, so:
 - where Helion itself is installed, the kernel is also compiled by Helion and run through
   Triton's interpreter with fixed configs against the reference (skipped otherwise).
 """
+
 from __future__ import annotations
 
 import importlib.machinery
@@ -30,19 +31,33 @@ from mhfgen import bench, peers, reference
 from mhfgen.cli import main
 from mhfgen.peers import helion_fwd
 
-TINY = ["--heads", "2", "--kv-heads", "1", "--head-dim", "32", "--intermediate", "64",
-        "--experts", "2", "--dtype", "float32"]
+TINY = [
+    "--heads",
+    "2",
+    "--kv-heads",
+    "1",
+    "--head-dim",
+    "32",
+    "--intermediate",
+    "64",
+    "--experts",
+    "2",
+    "--dtype",
+    "float32",
+]
 
 
 @pytest.fixture
 def no_helion(monkeypatch):
     """Helion's module lookup finds nothing, as on a machine without it."""
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "helion" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "helion" else real(name, *a)
+    )
 
 
 # --------------------------------------------------------------------------- not installed
+
 
 def test_without_helion_the_method_is_listed_but_not_run(no_helion):
     assert "not installed" in helion_fwd.available()
@@ -56,14 +71,17 @@ def test_without_helion_the_method_is_listed_but_not_run(no_helion):
 def test_cli_without_helion(no_helion, capsys):
     assert main(["bench", *TINY, "--tokens", "16", "--methods", "mhfgen,helion"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mhfgen bench: error: --methods: helion cannot run here: the helion "
-                          "package is not installed (pip install helion")
+    assert err.startswith(
+        "mhfgen bench: error: --methods: helion cannot run here: the helion "
+        "package is not installed (pip install helion"
+    )
     assert len(err.strip().splitlines()) == 1
 
 
 def test_cli_bad_helion_flags(capsys):
-    assert main(["bench", *TINY, "--tokens", "16", "--methods", "torch",
-                 "--helion-budget", "0"]) == 2
+    assert (
+        main(["bench", *TINY, "--tokens", "16", "--methods", "torch", "--helion-budget", "0"]) == 2
+    )
     assert "--helion-budget: Helion autotune budget must be a positive" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # argparse's choices
         main(["bench", *TINY, "--tokens", "16", "--helion-effort", "max"])
@@ -121,8 +139,9 @@ class _FakeLanguage(types.ModuleType):
 
     @staticmethod
     def zeros(shape, dtype):
-        return torch.zeros([len(s) if isinstance(s, torch.Tensor) else s for s in shape],
-                           dtype=dtype)
+        return torch.zeros(
+            [len(s) if isinstance(s, torch.Tensor) else s for s in shape], dtype=dtype
+        )
 
     @staticmethod
     def dot(a, b, acc=None, out_dtype=None):
@@ -153,6 +172,7 @@ def fake_helion(monkeypatch):
         k = _FakeKernel(fn, settings)
         helion.kernels.append(k)
         return k
+
     helion.kernel = kernel
     monkeypatch.setitem(sys.modules, "helion", helion)
     monkeypatch.setitem(sys.modules, "helion.language", helion.language)
@@ -170,14 +190,17 @@ def fake_helion(monkeypatch):
         delattr(peers, "helion_kernel")
 
 
-@pytest.mark.parametrize("B,L,H,Hkv,D,E,De", [
-    (1, 40, 2, 2, 32, 2, 32),   # 40 tokens: a ragged last token tile
-    (2, 20, 4, 2, 16, 3, 48),   # kv-head groups, De = 48: a ragged tile in each expert
-])
+@pytest.mark.parametrize(
+    "B,L,H,Hkv,D,E,De",
+    [
+        (1, 40, 2, 2, 32, 2, 32),  # 40 tokens: a ragged last token tile
+        (2, 20, 4, 2, 16, 3, 48),  # kv-head groups, De = 48: a ragged tile in each expert
+    ],
+)
 def test_the_kernel_body_computes_flash_mhf(fake_helion, B, L, H, Hkv, D, E, De):
     torch.manual_seed(0)
     q = torch.randn(B, L, H, D)
-    k, u, v = (torch.randn(Hkv, E, De, D) * D ** -0.5 for _ in range(3))
+    k, u, v = (torch.randn(Hkv, E, De, D) * D**-0.5 for _ in range(3))
     r = torch.softmax(torch.randn(B, L, H, E), -1)
     o = helion_fwd.flash_mhf_fwd(q, k, u, v, r)
     want = reference.flash_mhf(*(t.double() for t in (q, k, u, v, r)))
@@ -187,8 +210,11 @@ def test_the_kernel_body_computes_flash_mhf(fake_helion, B, L, H, Hkv, D, E, De)
 
 def test_settings_reach_helion_and_the_autotuner_runs_once_per_shape(fake_helion):
     helion_fwd.configure(helion_fwd.AutotuneSettings("full", 7))
-    args = [torch.randn(1, 16, 2, 32), *(torch.randn(1, 2, 32, 32) for _ in range(3)),
-            torch.rand(1, 16, 2, 2)]
+    args = [
+        torch.randn(1, 16, 2, 32),
+        *(torch.randn(1, 2, 32, 32) for _ in range(3)),
+        torch.rand(1, 16, 2, 2),
+    ]
     for _ in range(2):
         helion_fwd.flash_mhf_fwd(*args)
     (kernel,) = fake_helion.kernels
@@ -205,14 +231,32 @@ def test_settings_reach_helion_and_the_autotuner_runs_once_per_shape(fake_helion
 
 def test_bench_measures_helion_forward_only_with_ratios(fake_helion, tmp_path, capsys):
     out = tmp_path / "b.json"
-    code = main(["bench", *TINY, "--tokens", "32", "--methods", "mhfgen,helion",
-                 "--helion-effort", "quick", "--helion-budget", "5", "--repeat", "1",
-                 "--json", str(out)])
+    code = main(
+        [
+            "bench",
+            *TINY,
+            "--tokens",
+            "32",
+            "--methods",
+            "mhfgen,helion",
+            "--helion-effort",
+            "quick",
+            "--helion-budget",
+            "5",
+            "--repeat",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     rows = json.loads(out.read_text())["rows"]
     assert sorted((r["method"], r["pass"]) for r in rows) == [
-        ("helion", "fwd"), ("mhfgen", "fwd"), ("mhfgen", "fwdbwd")]
+        ("helion", "fwd"),
+        ("mhfgen", "fwd"),
+        ("mhfgen", "fwdbwd"),
+    ]
     (row,) = [r for r in rows if r["method"] == "helion"]
     assert row["status"] == "ok" and row["tflops"] > 0 and row["time_vs_mhfgen"] > 0
     assert "helion autotune (effort quick, budget 5 s)" in captured.err
@@ -230,8 +274,7 @@ def test_bench_h200_summary_has_a_helion_column(fake_helion, monkeypatch):
     module_spec.loader.exec_module(bench_h200)
     problem = bench.BenchProblem(2, 1, 32, 64, 2, "float32", 32)
     monkeypatch.setattr(bench_h200, "TOKENS", problem.tokens)
-    rows = bench.run_benchmarks([problem], ["mhfgen", "torch", "helion"], bench.PASSES,
-                                repeat=1)
+    rows = bench.run_benchmarks([problem], ["mhfgen", "torch", "helion"], bench.PASSES, repeat=1)
     summary = bench_h200.summary_markdown(rows, {"tiny": problem.shape})
     assert "Helion, autotuned" in summary and "vs Helion (forward)" in summary
     helion_row = [line for line in summary.splitlines() if line.startswith("| tiny")][0]
@@ -239,6 +282,7 @@ def test_bench_h200_summary_has_a_helion_column(fake_helion, monkeypatch):
 
 
 # --------------------------------------------------------------------------- real Helion
+
 
 def _real_helion():
     try:
@@ -249,10 +293,13 @@ def _real_helion():
 
 
 @pytest.mark.skipif(_real_helion() is None, reason="helion is not installed")
-@pytest.mark.parametrize("sizes,block_sizes", [
-    ((1, 40, 2, 2, 32, 2, 32), [16, 16]),
-    ((2, 20, 4, 2, 16, 3, 48), [16, 32]),
-])
+@pytest.mark.parametrize(
+    "sizes,block_sizes",
+    [
+        ((1, 40, 2, 2, 32, 2, 32), [16, 16]),
+        ((2, 20, 4, 2, 16, 3, 48), [16, 32]),
+    ],
+)
 def test_helion_compiles_the_kernel_and_it_matches_the_reference(sizes, block_sizes):
     """Helion's own compiler on the body, run by Triton's interpreter (no GPU), fp32."""
     import os
@@ -265,10 +312,14 @@ def test_helion_compiles_the_kernel_and_it_matches_the_reference(sizes, block_si
     B, L, H, Hkv, D, E, De = sizes
     torch.manual_seed(0)
     q = torch.randn(B, L, H, D)
-    k, u, v = (torch.randn(Hkv, E, De, D) * D ** -0.5 for _ in range(3))
+    k, u, v = (torch.randn(Hkv, E, De, D) * D**-0.5 for _ in range(3))
     r = torch.softmax(torch.randn(B, L, H, E), -1)
-    kernel = helion.kernel(helion_kernel.flash_mhf_fwd, static_shapes=True,
-                           dot_precision="ieee", config=helion.Config(block_sizes=block_sizes))
+    kernel = helion.kernel(
+        helion_kernel.flash_mhf_fwd,
+        static_shapes=True,
+        dot_precision="ieee",
+        config=helion.Config(block_sizes=block_sizes),
+    )
     o = kernel(q, k, u, v, r)
     want = reference.flash_mhf(*(t.double() for t in (q, k, u, v, r)))
     assert ((o.double() - want).norm() / want.norm()).item() < 1e-5

@@ -1,4 +1,5 @@
 """The built-in configs: valid and within the shared memory estimate for every spec."""
+
 import pytest
 from cases import KERNELS, Dkv, Dq, Fwd
 
@@ -22,7 +23,9 @@ def test_estimate_matches_measured_triton_allocations():
     # Required bytes Triton 3.6 reported on an H200 for the 1.3B spec (bf16, D = 128)
     spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
     for bm, bn, st, measured in ((64, 128, 3, 311808), (64, 128, 4, 410368), (128, 128, 3, 328704)):
-        est = shared_memory_estimate("flash_mhf_fwd", spec, Fwd(block_m=bm, block_n=bn, num_stages=st))
+        est = shared_memory_estimate(
+            "flash_mhf_fwd", spec, Fwd(block_m=bm, block_n=bn, num_stages=st)
+        )
         assert abs(est - measured) <= 1024, (bm, bn, st, est, measured)
     # dK/dU/dV with transpose_acc, fp32, D = 96 (the 128M spec), one stage: 270336 reported
     spec = KernelSpec(8, 8, 96, 8, 256, "float32", "sm90")
@@ -42,6 +45,8 @@ def test_decode_splits_the_intermediate_dimension():
     assert many.inter_splits == 1
 
 
-@pytest.mark.parametrize("de,preferred,want", [(256, 64, 64), (80, 64, 32), (96, 64, 32), (48, 32, 16)])
+@pytest.mark.parametrize(
+    "de,preferred,want", [(256, 64, 64), (80, 64, 32), (96, 64, 32), (48, 32, 16)]
+)
 def test_pick_block_n(de, preferred, want):
     assert pick_block_n(de, preferred) == want

@@ -1,5 +1,6 @@
 """The layers of docs/ARCHITECTURE.md: the runtime reaches the tuner only through the
 tune-on-miss hook, and no module of mhfgen imports itself back through others."""
+
 from __future__ import annotations
 
 import subprocess
@@ -56,12 +57,18 @@ print(sorted(m for m in sys.modules if m.startswith("mhfgen.tuning.")
              and m not in ("mhfgen.tuning.lookup", "mhfgen.tuning.db", "mhfgen.tuning.buckets")))
 """
     env = {"MHFGEN_NO_TUNED": "1", "MHFGEN_TUNE_ON_MISS": "0", "PATH": "/usr/bin:/bin"}
-    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, check=True)
+    off = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
     assert off.stdout.strip() == "[]"
     # bfloat16 on the interpreter: the tuner is loaded, and declines without searching
-    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                        env={**env, "MHFGEN_TUNE_ON_MISS": "1"}, check=True)
+    on = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**env, "MHFGEN_TUNE_ON_MISS": "1"},
+        check=True,
+    )
     assert "mhfgen.tuning.on_miss" in on.stdout
     assert "bfloat16 does not run in Triton's interpreter" in on.stderr
 

@@ -5,6 +5,7 @@ kernels counted as refused) or refused in one line with the database unchanged.
 Hypothesis derives documents from a valid export by replacing, adding or deleting up to
 two fields with arbitrary JSON values; a fixed example budget and derandomize keep the
 run the same on every machine."""
+
 import copy
 import json
 import sqlite3
@@ -27,12 +28,30 @@ from mhfgen.tuning.db import KEY_COLUMNS, TuningDB
 from mhfgen.tuning.exchange import ExchangeError, export_winners, parse_export
 
 EXAMPLES = 150
-PROVENANCE = ("ms", "tflops", "default_ms", "speedup", "timer", "trials", "mhfgen_version",
-              "torch_version", "created", "code_hash")
+PROVENANCE = (
+    "ms",
+    "tflops",
+    "default_ms",
+    "speedup",
+    "timer",
+    "trials",
+    "mhfgen_version",
+    "torch_version",
+    "created",
+    "code_hash",
+)
 FLOATS = {"ms", "tflops", "default_ms", "speedup"}
-DEFAULTS = {"tflops": 0.0, "timer": "", "trials": 0, "mhfgen_version": "",
-            "torch_version": "", "created": "", "code_hash": None, "default_ms": None,
-            "speedup": None}
+DEFAULTS = {
+    "tflops": 0.0,
+    "timer": "",
+    "trials": 0,
+    "mhfgen_version": "",
+    "torch_version": "",
+    "created": "",
+    "code_hash": None,
+    "default_ms": None,
+    "speedup": None,
+}
 CONFIG_FIELDS = sorted(registry.get("flash_mhf_fwd").Config().as_dict())
 
 
@@ -57,19 +76,50 @@ def base():
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=6)
-    | st.sampled_from(["", "9.0", "abc", "fwd", "bwd_dq", "flash_mhf_fwd",
-                       "flash_mhf_bwd_dq", "nope", "\x1b[31m", "NVIDIA H200", "float32"]),
-    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner,
-                                                                 max_size=2),
-    max_leaves=3)
-field_names = st.sampled_from([*KEY_COLUMNS, *PROVENANCE, "config", "kernel", "surprise",
-                               *(f"config.{f}" for f in CONFIG_FIELDS), "config.extra",
-                               "@schema_version", "@records"])
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6)
+    | st.sampled_from(
+        [
+            "",
+            "9.0",
+            "abc",
+            "fwd",
+            "bwd_dq",
+            "flash_mhf_fwd",
+            "flash_mhf_bwd_dq",
+            "nope",
+            "\x1b[31m",
+            "NVIDIA H200",
+            "float32",
+        ]
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2)
+    ),
+    max_leaves=3,
+)
+field_names = st.sampled_from(
+    [
+        *KEY_COLUMNS,
+        *PROVENANCE,
+        "config",
+        "kernel",
+        "surprise",
+        *(f"config.{f}" for f in CONFIG_FIELDS),
+        "config.extra",
+        "@schema_version",
+        "@records",
+    ]
+)
 DELETE = object()
-mutations = st.lists(st.tuples(st.integers(0, 1), field_names,
-                               st.one_of(json_values, st.just(DELETE))), min_size=1, max_size=2)
+mutations = st.lists(
+    st.tuples(st.integers(0, 1), field_names, st.one_of(json_values, st.just(DELETE))),
+    min_size=1,
+    max_size=2,
+)
 
 
 def _mutate(doc: dict, changes) -> dict:
@@ -78,8 +128,11 @@ def _mutate(doc: dict, changes) -> dict:
         if field.startswith("@"):
             target, name = doc, field[1:]
         else:
-            record = doc["records"][index] if isinstance(doc.get("records"), list) and \
-                len(doc["records"]) > index else None
+            record = (
+                doc["records"][index]
+                if isinstance(doc.get("records"), list) and len(doc["records"]) > index
+                else None
+            )
             if not isinstance(record, dict):
                 continue
             if field.startswith("config."):
@@ -122,12 +175,17 @@ def _expected(rec: dict) -> dict:
     return out
 
 
-@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                 HealthCheck.too_slow])
+@settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(changes=mutations)
-def test_any_document_is_imported_exactly_or_refused_with_nothing_changed(base, changes,
-                                                                          monkeypatch):
+def test_any_document_is_imported_exactly_or_refused_with_nothing_changed(
+    base, changes, monkeypatch
+):
     monkeypatch.setattr(dbmod.paths, "shipped_db_path", lambda: BASE_DIR / "none.sqlite")
     good, stored = base
     doc = _mutate(good, changes)

@@ -2,6 +2,7 @@
 A view whose head offsets pass 2^31 elements runs through mhfgen.flash_mhf on a
 contiguous copy, and is refused with one clear error by a launcher called directly;
 calls of 2^31 rows or more are refused before any kernel runs."""
+
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 
 # isort: split
@@ -39,8 +40,9 @@ def test_a_view_with_head_offsets_past_2_to_the_31_runs_through_the_op():
     assert (q.shape[2] - 1) * q.stride(2) >= INT32_LIMIT
     k, u, v, r = _weights_and_r()
     o = mhfgen.flash_mhf(q, k, u, v, r)
-    want = mhfgen.reference.flash_mhf(q.contiguous().double(), k.double(), u.double(),
-                                      v.double(), r.double())
+    want = mhfgen.reference.flash_mhf(
+        q.contiguous().double(), k.double(), u.double(), v.double(), r.double()
+    )
     assert relative_error(o, want) < 1e-3
 
 
@@ -74,24 +76,53 @@ def test_r_with_an_expert_stride_past_2_to_the_31_runs_through_the_op():
     r.copy_(torch.softmax(torch.randn(1, 4, 16, 2, generator=g), -1))
     assert (r.shape[3] - 1) * r.stride(3) >= INT32_LIMIT
     o = mhfgen.flash_mhf(q, k, u, v, r)
-    want = mhfgen.reference.flash_mhf(q.double(), k.double(), u.double(), v.double(),
-                                      r.contiguous().double())
+    want = mhfgen.reference.flash_mhf(
+        q.double(), k.double(), u.double(), v.double(), r.contiguous().double()
+    )
     assert relative_error(o, want) < 1e-3
 
 
 # -- the shape checks, property-based -----------------------------------------------------
-_BREAKS = ["none", "none", "none", "none", "r_experts", "r_dtype", "w_dtype", "heads",
-           "head_dim_small", "head_dim_large", "last_stride", "u_shape", "q_int", "r_rank"]
+_BREAKS = [
+    "none",
+    "none",
+    "none",
+    "none",
+    "r_experts",
+    "r_dtype",
+    "w_dtype",
+    "heads",
+    "head_dim_small",
+    "head_dim_large",
+    "last_stride",
+    "u_shape",
+    "q_int",
+    "r_rank",
+]
 
 
-@settings(max_examples=40, derandomize=True, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(B=st.integers(0, 2), L=st.integers(0, 5), Hkv=st.integers(1, 2),
-       group=st.integers(1, 2), D=st.sampled_from([16, 32]), E=st.integers(1, 2),
-       De=st.sampled_from([16, 40]), dtype=st.sampled_from([torch.float32, torch.float16]),
-       r_narrow=st.booleans(), breaks=st.sampled_from(_BREAKS))
-def test_any_input_is_computed_right_or_refused_in_one_line(B, L, Hkv, group, D, E, De,
-                                                            dtype, r_narrow, breaks):
+@settings(
+    max_examples=40,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    B=st.integers(0, 2),
+    L=st.integers(0, 5),
+    Hkv=st.integers(1, 2),
+    group=st.integers(1, 2),
+    D=st.sampled_from([16, 32]),
+    E=st.integers(1, 2),
+    De=st.sampled_from([16, 40]),
+    dtype=st.sampled_from([torch.float32, torch.float16]),
+    r_narrow=st.booleans(),
+    breaks=st.sampled_from(_BREAKS),
+)
+def test_any_input_is_computed_right_or_refused_in_one_line(
+    B, L, Hkv, group, D, E, De, dtype, r_narrow, breaks
+):
     """A valid call, or one broken in one way: mhfgen.flash_mhf either refuses it with a
     ValueError or TypeError naming the problem before any kernel runs, or returns the
     reference's answer; nothing else (no other exception, no crash, no wrong number)."""
@@ -103,14 +134,17 @@ def test_any_input_is_computed_right_or_refused_in_one_line(B, L, Hkv, group, D,
         D = 300
     q = torch.randn(B, L, H, D * (2 if breaks == "last_stride" else 1), generator=g)
     q = (q[..., ::2] if breaks == "last_stride" else q).to(
-        torch.int32 if breaks == "q_int" else dtype)
+        torch.int32 if breaks == "q_int" else dtype
+    )
     w_dtype = torch.float64 if breaks == "w_dtype" else dtype
     k, u, v = (0.25 * torch.randn(Hkv, E, De, D, generator=g)).to(w_dtype), None, None
-    u = (0.25 * torch.randn(Hkv, E, De + (1 if breaks == "u_shape" else 0), D,
-                            generator=g)).to(w_dtype)
+    u = (0.25 * torch.randn(Hkv, E, De + (1 if breaks == "u_shape" else 0), D, generator=g)).to(
+        w_dtype
+    )
     v = (0.25 * torch.randn(Hkv, E, De, D, generator=g)).to(w_dtype)
-    r = torch.softmax(torch.randn(B, L, H, E + (1 if breaks == "r_experts" else 0),
-                                  generator=g), -1)
+    r = torch.softmax(
+        torch.randn(B, L, H, E + (1 if breaks == "r_experts" else 0), generator=g), -1
+    )
     r = r.to(torch.int64 if breaks == "r_dtype" else (dtype if r_narrow else torch.float32))
     if breaks == "r_rank":
         r = r[..., 0]

@@ -1,4 +1,5 @@
 """Launchers cache a plan per call signature; the dispatcher's clear_cache empties them."""
+
 import sys
 
 import torch

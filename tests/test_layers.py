@@ -1,4 +1,5 @@
 """The FlashMHF and SwiGLU modules."""
+
 import pytest
 import torch
 
@@ -35,8 +36,16 @@ def test_every_parameter_gets_a_gradient():
 def test_matches_layer_reference():
     layer = make_layer().double()
     x = torch.randn(2, 3, 64, dtype=torch.float64)
-    want = reference.flash_mhf_layer(x, layer.in_proj.weight, layer.out_proj.weight, layer.router,
-                                     layer.key, layer.up, layer.value, layer.q_norm)
+    want = reference.flash_mhf_layer(
+        x,
+        layer.in_proj.weight,
+        layer.out_proj.weight,
+        layer.router,
+        layer.key,
+        layer.up,
+        layer.value,
+        layer.q_norm,
+    )
     torch.testing.assert_close(layer(x), want)
 
 
@@ -69,8 +78,15 @@ def test_state_dict_round_trip():
     b.load_state_dict(a.state_dict())
     x = torch.randn(1, 3, 64)
     torch.testing.assert_close(a(x), b(x))
-    assert set(a.state_dict()) == {"in_proj.weight", "out_proj.weight", "router", "key", "up",
-                                   "value", "q_norm"}
+    assert set(a.state_dict()) == {
+        "in_proj.weight",
+        "out_proj.weight",
+        "router",
+        "key",
+        "up",
+        "value",
+        "q_norm",
+    }
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
@@ -94,7 +110,9 @@ def test_swiglu_forward_and_flops_match():
     torch.manual_seed(0)
     m = mhfgen.SwiGLU(32, 48)
     x = torch.randn(2, 3, 32)
-    want = (torch.nn.functional.silu(x @ m.gate_proj.weight.T) * (x @ m.up_proj.weight.T)) @ m.down_proj.weight.T
+    want = (
+        torch.nn.functional.silu(x @ m.gate_proj.weight.T) * (x @ m.up_proj.weight.T)
+    ) @ m.down_proj.weight.T
     torch.testing.assert_close(m(x), want)
     assert sum(p.numel() for p in m.parameters()) == 3 * 32 * 48
     with pytest.raises(ValueError, match="intermediate_size"):

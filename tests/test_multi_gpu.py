@@ -9,6 +9,7 @@ twice, once with GPU 1 current and once with GPU 0 current, and wants the same r
 bitwise for outputs, within bf16's gradient tolerance for gradients (dK/dU/dV with token
 splits sum fp32 partials by atomics, in no fixed order).
 """
+
 import mhfgen  # noqa: F401 - first
 
 # isort: split
@@ -21,8 +22,9 @@ from mhfgen.verification import Case, make_inputs
 
 pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 
-CASE = Case("multi_gpu", batch=2, seqlen=96, heads=8, kv_heads=4, head_dim=64, experts=4,
-            expert_dim=64)
+CASE = Case(
+    "multi_gpu", batch=2, seqlen=96, heads=8, kv_heads=4, head_dim=64, experts=4, expert_dim=64
+)
 
 
 def _assert_same(got: list, want: list) -> None:

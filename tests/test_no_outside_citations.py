@@ -5,20 +5,34 @@ A citation of a project note that lives beside the checkout (a spec, anchors or 
 or a path into a shared folder next to the repository) would point a reader at nothing in
 a clone; this test fails when one reappears in code, tests, benchmarks, templates or docs.
 """
+
 import re
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ROOTS = ("mhfgen", "tests", "benchmarks", "docs", "templates", "examples", "requirements",
-         "README.md", "cli.py", "Makefile", "pyproject.toml", ".ci")
+ROOTS = (
+    "mhfgen",
+    "tests",
+    "benchmarks",
+    "docs",
+    "templates",
+    "examples",
+    "requirements",
+    "README.md",
+    "cli.py",
+    "Makefile",
+    "pyproject.toml",
+    ".ci",
+)
 TEXT = {".py", ".md", ".jinja", ".toml", ".sh", ".txt", ".csv", ".json", ".cfg", ".ini", ""}
 CITATION = re.compile(
-    r"\b(?:SPEC|ANCHORS|STYLE)\.md\b"   # the project notes beside the repository
-    r"|\bANCHORS\b"                     # ... also without the suffix
-    r"|(?:\.\./|/work/)shared\b"         # the shared folder next to the checkout
-    r"|\bshared/(?:gpu|seed|hooks)\b")   # ... and its sub-folders
+    r"\b(?:SPEC|ANCHORS|STYLE)\.md\b"  # the project notes beside the repository
+    r"|\bANCHORS\b"  # ... also without the suffix
+    r"|(?:\.\./|/work/)shared\b"  # the shared folder next to the checkout
+    r"|\bshared/(?:gpu|seed|hooks)\b"
+)  # ... and its sub-folders
 
 
 def _files():
@@ -26,22 +40,37 @@ def _files():
         path = REPO / root
         paths = [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []
         for p in paths:
-            if (p.is_file() and p.suffix in TEXT and "__pycache__" not in p.parts
-                    and p != Path(__file__).resolve()):
+            if (
+                p.is_file()
+                and p.suffix in TEXT
+                and "__pycache__" not in p.parts
+                and p != Path(__file__).resolve()
+            ):
                 yield p
 
 
 def test_the_scan_sees_the_tree():
     names = {p.relative_to(REPO).as_posix() for p in _files()}
-    assert {"README.md", "mhfgen/dispatch.py", "docs/CONTRACTS.md",
-            "templates/flash_mhf_fwd.py.jinja", "benchmarks/bench_h200.py"} <= names
+    assert {
+        "README.md",
+        "mhfgen/dispatch.py",
+        "docs/CONTRACTS.md",
+        "templates/flash_mhf_fwd.py.jinja",
+        "benchmarks/bench_h200.py",
+    } <= names
 
 
-@pytest.mark.parametrize("line,cites", [
-    ("Contract (SPEC.md section 4).", True), ("the bar of ANCHORS", True),
-    ("see ../shared/gpu/helion_peer/", True), ("a spill in shared memory", False),
-    ("journal:/mnt/nfs/study.log", False), ("docs/CONTRACTS.md, section 4", False),
-])
+@pytest.mark.parametrize(
+    "line,cites",
+    [
+        ("Contract (SPEC.md section 4).", True),
+        ("the bar of ANCHORS", True),
+        ("see ../shared/gpu/helion_peer/", True),
+        ("a spill in shared memory", False),
+        ("journal:/mnt/nfs/study.log", False),
+        ("docs/CONTRACTS.md, section 4", False),
+    ],
+)
 def test_the_pattern(line, cites):
     assert bool(CITATION.search(line)) == cites
 

@@ -1,5 +1,6 @@
 """mhfgen.norm_router: the layer's RMSNorm + router with an analytic, chunked backward,
 against autograd of the reference form."""
+
 import pytest
 import torch
 
@@ -29,7 +30,10 @@ def test_values_and_gradients_match_autograd_of_the_reference(norm, chunk):
     torch.testing.assert_close(qn, rq)
     torch.testing.assert_close(r, rr)
     g = torch.Generator().manual_seed(1)
-    dqn, dr = torch.randn(qn.shape, generator=g, dtype=qn.dtype), torch.randn(r.shape, generator=g, dtype=r.dtype)
+    dqn, dr = (
+        torch.randn(qn.shape, generator=g, dtype=qn.dtype),
+        torch.randn(r.shape, generator=g, dtype=r.dtype),
+    )
     params = [t for t in (q, w, wr) if t is not None]
     mine = torch.autograd.grad((qn, r), params, (dqn, dr), allow_unused=True)
     theirs = torch.autograd.grad((rq, rr), params, (dqn, dr))
@@ -60,8 +64,8 @@ def test_half_precision_matches_the_reference_form():
     assert qn.dtype == torch.float16 and r.dtype == torch.float32
     torch.testing.assert_close(qn, rq, atol=0, rtol=0)
     torch.testing.assert_close(r, rr, atol=1e-6, rtol=1e-5)
-    dq, = torch.autograd.grad(qn.float().sum() + r.sum(), (q,))
-    rdq, = torch.autograd.grad(rq.float().sum() + rr.sum(), (q,))
+    (dq,) = torch.autograd.grad(qn.float().sum() + r.sum(), (q,))
+    (rdq,) = torch.autograd.grad(rq.float().sum() + rr.sum(), (q,))
     torch.testing.assert_close(dq, rdq, atol=2e-3, rtol=2e-3)
 
 

@@ -1,5 +1,6 @@
 """mhfgen.kernels.norm_router (fused RMSNorm + router kernels) through Triton's interpreter,
 against mhfgen.norm_router's PyTorch path in float64, behind the custom ops."""
+
 import pytest
 import torch
 
@@ -25,7 +26,7 @@ def _inputs(B, L, H, D, E, norm, dtype, seed=0, weight_dtype=None):
     weight_dtype = weight_dtype or dtype
     q = torch.randn(B, L, H, D, generator=g).to(dtype)
     w = (1 + 0.1 * torch.randn(H, D, generator=g)).to(weight_dtype) if norm else None
-    wr = (torch.randn(H, D, E, generator=g) / D ** 0.5).to(weight_dtype)
+    wr = (torch.randn(H, D, E, generator=g) / D**0.5).to(weight_dtype)
     return q, w, wr
 
 
@@ -36,8 +37,10 @@ def _cotangents(qn, r, seed=1):
 
 def _run(q, w, wr, dqn, dr, use_kernels, dtype=None):
     """Values and gradients of norm_router; inputs cast to `dtype` first (if given)."""
-    leaves = [t.detach().to(dtype or t.dtype).requires_grad_() if t is not None else None
-              for t in (q, w, wr)]
+    leaves = [
+        t.detach().to(dtype or t.dtype).requires_grad_() if t is not None else None
+        for t in (q, w, wr)
+    ]
     qn, r = norm_router(*leaves, use_kernels=use_kernels)
     params = [t for t in leaves if t is not None]
     grads = torch.autograd.grad((qn, r), params, (dqn.to(qn.dtype), dr.to(r.dtype)))
@@ -107,7 +110,7 @@ def test_strided_inputs_and_gradients():
     g = torch.Generator().manual_seed(3)
     q = torch.randn(L, B, H, D + 8, generator=g)[..., :D].transpose(0, 1)
     w = 1 + 0.1 * torch.randn(H, D, generator=g)
-    wr = torch.randn(H, D, E, generator=g) / D ** 0.5
+    wr = torch.randn(H, D, E, generator=g) / D**0.5
     dqn = torch.randn(B, L, H, 2 * D, generator=g)[..., ::2]  # last stride 2
     dr = torch.randn(E, B, L, H, generator=g).permute(1, 2, 3, 0)
     assert not q.is_contiguous() and not dqn.is_contiguous() and not dr.is_contiguous()
@@ -124,8 +127,13 @@ def test_launcher_none_gradients_equal_zero_gradients():
     dqn, dr = _cotangents(q, torch.empty(1, 21, 2, 11))
     for a, b in ((None, dr), (dqn, None), (None, None)):
         got = kernels.norm_router_bwd(q, w, wr, a, b)
-        want = kernels.norm_router_bwd(q, w, wr, torch.zeros_like(dqn) if a is None else a,
-                                       torch.zeros_like(dr) if b is None else b)
+        want = kernels.norm_router_bwd(
+            q,
+            w,
+            wr,
+            torch.zeros_like(dqn) if a is None else a,
+            torch.zeros_like(dr) if b is None else b,
+        )
         for x, y in zip(got, want):
             torch.testing.assert_close(x, y, rtol=0, atol=0)
 
@@ -159,8 +167,7 @@ def test_no_tokens(norm, monkeypatch):
 def test_which_path_runs(monkeypatch):
     calls = []
     fwd = kernels.norm_router_fwd
-    monkeypatch.setattr(kernels, "norm_router_fwd",
-                        lambda *a, **k: calls.append(1) or fwd(*a, **k))
+    monkeypatch.setattr(kernels, "norm_router_fwd", lambda *a, **k: calls.append(1) or fwd(*a, **k))
     q, w, wr = _inputs(1, 3, 2, 16, 4, True, torch.float32)
     norm_router(q, w, wr)  # CPU tensors: PyTorch by default
     norm_router(q, w, wr, use_kernels=False)
@@ -179,9 +186,10 @@ def test_custom_ops_pass_opcheck(norm):
         w.requires_grad_()
     torch.library.opcheck(torch.ops.mhfgen.norm_router.default, (q, w, wr))
     dqn, dr = _cotangents(q, torch.empty(1, 5, 2, 3))
-    torch.library.opcheck(torch.ops.mhfgen.norm_router_backward.default,
-                          (q.detach(), w.detach() if w is not None else None, wr.detach(),
-                           dqn, dr))
+    torch.library.opcheck(
+        torch.ops.mhfgen.norm_router_backward.default,
+        (q.detach(), w.detach() if w is not None else None, wr.detach(), dqn, dr),
+    )
 
 
 def test_torch_compile_fullgraph_traces_the_custom_ops():
@@ -205,11 +213,11 @@ def test_torch_compile_fullgraph_traces_the_custom_ops():
 def test_layer_triton_backend_on_cpu_matches_torch_backend(qk_norm, monkeypatch):
     calls = []
     fwd = kernels.norm_router_fwd
-    monkeypatch.setattr(kernels, "norm_router_fwd",
-                        lambda *a, **k: calls.append(1) or fwd(*a, **k))
+    monkeypatch.setattr(kernels, "norm_router_fwd", lambda *a, **k: calls.append(1) or fwd(*a, **k))
     torch.manual_seed(0)
-    args = dict(d_model=64, n_heads=2, intermediate_size=64, n_experts=2, n_kv_heads=1,
-                qk_norm=qk_norm)
+    args = dict(
+        d_model=64, n_heads=2, intermediate_size=64, n_experts=2, n_kv_heads=1, qk_norm=qk_norm
+    )
     a = mhfgen.FlashMHF(backend="torch", **args)
     b = mhfgen.FlashMHF(backend="triton", **args)
     b.load_state_dict(a.state_dict())
@@ -236,17 +244,22 @@ def test_launch_defaults_follow_the_h200_sweep():
 
     for dtype in (torch.bfloat16, torch.float16):
         for d_pad, e_pad in ((128, 32), (128, 64), (256, 32)):
-            assert nr.forward_launch(dtype, d_pad, e_pad) == dict(block_t=64, num_warps=4,
-                                                                  precision="tf32")
+            assert nr.forward_launch(dtype, d_pad, e_pad) == dict(
+                block_t=64, num_warps=4, precision="tf32"
+            )
     assert nr.forward_launch(torch.float32, 128, 32)["precision"] == "tf32x3"
     assert nr.forward_launch(torch.bfloat16, 256, 64)["block_t"] == 32  # unmeasured tiles
-    assert nr.backward_launch(torch.bfloat16, 128, 32) == dict(block_t=32, num_warps=4,
-                                                               precision="tf32")
-    assert nr.backward_launch(torch.bfloat16, 128, 64) == dict(block_t=16, num_warps=4,
-                                                               precision="tf32")
-    assert nr.backward_launch(torch.float32, 128, 32) == dict(block_t=16, num_warps=4,
-                                                              precision="tf32x3")
-    assert nr.backward_launch(torch.float32, 256, 32) == dict(block_t=16, num_warps=8,
-                                                              precision="tf32x3")
+    assert nr.backward_launch(torch.bfloat16, 128, 32) == dict(
+        block_t=32, num_warps=4, precision="tf32"
+    )
+    assert nr.backward_launch(torch.bfloat16, 128, 64) == dict(
+        block_t=16, num_warps=4, precision="tf32"
+    )
+    assert nr.backward_launch(torch.float32, 128, 32) == dict(
+        block_t=16, num_warps=4, precision="tf32x3"
+    )
+    assert nr.backward_launch(torch.float32, 256, 32) == dict(
+        block_t=16, num_warps=8, precision="tf32x3"
+    )
     for launch in (nr.forward_launch, nr.backward_launch):  # the interpreter: IEEE
         assert launch(torch.float16, 128, 32, interpreter=True)["precision"] == "ieee"

@@ -1,4 +1,5 @@
 """mhfgen.flash_mhf: the custom op, its autograd and torch.compile tracing."""
+
 import torch
 
 import mhfgen
@@ -55,8 +56,11 @@ def test_fake_tensor_shapes():
 
 def test_opcheck():
     (q, k, u, v, r), _ = leaf_inputs()
-    torch.library.opcheck(torch.ops.mhfgen.flash_mhf.default, (q, k, u, v, r),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(
+        torch.ops.mhfgen.flash_mhf.default,
+        (q, k, u, v, r),
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
 
 
 class _CountingOp:
@@ -99,7 +103,8 @@ def test_calls_that_need_the_op_go_through_it(monkeypatch):
         mhfgen.flash_mhf(q, k, u, v, r)
     assert op.calls == 2
     torch.compile(mhfgen.flash_mhf, fullgraph=True, backend="eager")(  # traced
-        *(t.detach() for t in (q, k, u, v, r)))
+        *(t.detach() for t in (q, k, u, v, r))
+    )
     assert op.calls == 3
 
 

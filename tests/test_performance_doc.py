@@ -1,5 +1,6 @@
 """docs/PERFORMANCE.md's tables are rendered from benchmarks/results/*.json: the document
 cannot drift from the results files, and the results files follow their format."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -11,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _renderer():
     spec = importlib.util.spec_from_file_location(
-        "render_performance", REPO / "benchmarks" / "render_performance.py")
+        "render_performance", REPO / "benchmarks" / "render_performance.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -21,8 +23,9 @@ def test_the_rendered_sections_match_the_results_files():
     r = _renderer()
     text = r.DOC.read_text()
     assert r.SECTION.search(text), "docs/PERFORMANCE.md has no marked results section"
-    assert r.render(text, r.load()) == text, \
+    assert r.render(text, r.load()) == text, (
         "docs/PERFORMANCE.md is stale: run python3 benchmarks/render_performance.py"
+    )
 
 
 def test_every_results_table_is_shown_and_names_how_to_reproduce_it():
@@ -47,22 +50,40 @@ def test_a_stale_section_is_found_and_rewritten(tmp_path, capsys):
 
 def test_the_format_is_checked(tmp_path):
     r = _renderer()
-    (tmp_path / "x.json").write_text(json.dumps(
-        {"format": r.FORMAT, "gpu": "X", "tables": {"t": {"title": "t", "rows": []}}}))
+    (tmp_path / "x.json").write_text(
+        json.dumps({"format": r.FORMAT, "gpu": "X", "tables": {"t": {"title": "t", "rows": []}}})
+    )
     with pytest.raises(r.ResultsError, match="lacks"):
         r.load(tmp_path)
 
 
 def test_an_mhfgen_bench_document_becomes_a_results_table(tmp_path):
     r = _renderer()
-    base = dict(gpu="NVIDIA H100 80GB HBM3", torch="2.11.0", triton="3.6.0",
-                date="2026-01-02T03:04:05+00:00", dtype="bfloat16", status="ok",
-                shape="(1024, 8, 128, 2816, 11)", tokens=16384)
-    bench = {"format": "mhfgen-bench/1", "rows": [
-        dict(base, method="mhfgen", **{"pass": "fwd"}, tflops=650.4, time_vs_mhfgen=1.0),
-        dict(base, method="torch", **{"pass": "fwd"}, tflops=108.2, time_vs_mhfgen=6.013),
-        dict(base, method="swiglu", **{"pass": "fwd"}, status="oom", tflops=None,
-             time_vs_mhfgen=None)]}
+    base = dict(
+        gpu="NVIDIA H100 80GB HBM3",
+        torch="2.11.0",
+        triton="3.6.0",
+        date="2026-01-02T03:04:05+00:00",
+        dtype="bfloat16",
+        status="ok",
+        shape="(1024, 8, 128, 2816, 11)",
+        tokens=16384,
+    )
+    bench = {
+        "format": "mhfgen-bench/1",
+        "rows": [
+            dict(base, method="mhfgen", **{"pass": "fwd"}, tflops=650.4, time_vs_mhfgen=1.0),
+            dict(base, method="torch", **{"pass": "fwd"}, tflops=108.2, time_vs_mhfgen=6.013),
+            dict(
+                base,
+                method="swiglu",
+                **{"pass": "fwd"},
+                status="oom",
+                tflops=None,
+                time_vs_mhfgen=None,
+            ),
+        ],
+    }
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(bench))
     results = tmp_path / "results"
@@ -71,10 +92,13 @@ def test_an_mhfgen_bench_document_becomes_a_results_table(tmp_path):
     assert written.name == "h100_80gb_hbm3.json"
     table = r.load(results)["h100_80gb_hbm3"]["tables"]["bench-370M"]
     assert table["date"] == "2026-01-02" and table["torch"] == "2.11.0"
-    assert [(row["metric"], row["value"], row.get("ratio")) for row in table["rows"]] == \
-        [("mhfgen fwd", 650, None), ("torch fwd", 108, 6.01)]
-    assert "| (1024, 8, 128, 2816, 11), 16384 | 650 | 108 (6.01x) |" in \
-        r.render_table(r.load(results)["h100_80gb_hbm3"], "bench-370M")
+    assert [(row["metric"], row["value"], row.get("ratio")) for row in table["rows"]] == [
+        ("mhfgen fwd", 650, None),
+        ("torch fwd", 108, 6.01),
+    ]
+    assert "| (1024, 8, 128, 2816, 11), 16384 | 650 | 108 (6.01x) |" in r.render_table(
+        r.load(results)["h100_80gb_hbm3"], "bench-370M"
+    )
 
 
 def test_the_script_has_help():

@@ -1,4 +1,5 @@
 """The README's Python snippet runs as written (here: on the CPU, through the interpreter)."""
+
 import re
 import subprocess
 import sys
@@ -16,8 +17,13 @@ def test_the_readme_python_snippet_runs(tmp_path):
     snippet = next(b for b in blocks if "mhfgen.flash_mhf(q, k, u, v, r)" in b)
     script = tmp_path / "snippet.py"
     script.write_text(snippet)
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip().splitlines()[-1]) < 1e-4  # kernels vs the reference

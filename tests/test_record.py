@@ -1,6 +1,7 @@
 """Run-time recording (MHFGEN_RECORD), `mhfgen tune --from-record` and
 MHFGEN_TUNE_ON_MISS: what dispatch serves without an exact key is recorded once per key per
 process, safely from many processes, and tuned offline or on first sight."""
+
 import json
 import multiprocessing
 import os
@@ -41,11 +42,18 @@ def clean(tmp_path, monkeypatch, fresh_dispatch):
 
 
 def store(tokens, config, kernel=FWD):
-    key = TuningKey.of(kernel, template_hash(kernel), SPEC, shape_bucket(tokens), tokens,
-                       "interpreter", "none", triton.__version__)
+    key = TuningKey.of(
+        kernel,
+        template_hash(kernel),
+        SPEC,
+        shape_bucket(tokens),
+        tokens,
+        "interpreter",
+        "none",
+        triton.__version__,
+    )
     with TuningDB.open(dbmod.paths.user_db_path()) as db:
-        db.put_winner(WinnerRecord(key, config, 1.0, 1.0, 2.0, 2.0, "test", 5, "0", "0",
-                                   utc_now()))
+        db.put_winner(WinnerRecord(key, config, 1.0, 1.0, 2.0, 2.0, "test", 5, "0", "0", utc_now()))
 
 
 def lines(path):
@@ -65,11 +73,18 @@ def test_misses_are_recorded_once_per_key_and_exact_keys_never(tmp_path, monkeyp
     dispatch.explain_choice(FWD, SPEC, 90, CPU)
     got = lines(path)
     assert [(r["kernel"], r["tokens"], r["source"]) for r in got] == [
-        (FWD, 90, "bucket"), (FWD, 5000, "nearest"), ("flash_mhf_bwd_dq", 90, "heuristic")]
+        (FWD, 90, "bucket"),
+        (FWD, 5000, "nearest"),
+        ("flash_mhf_bwd_dq", 90, "heuristic"),
+    ]
     first = got[0]
     assert {k: first[k] for k in record.SPEC_FIELDS} == SPEC.as_dict()
-    assert (first["gpu_name"], first["compute_capability"], first["triton_version"],
-            first["pid"]) == ("interpreter", "none", triton.__version__, os.getpid())
+    assert (
+        first["gpu_name"],
+        first["compute_capability"],
+        first["triton_version"],
+        first["pid"],
+    ) == ("interpreter", "none", triton.__version__, os.getpid())
 
 
 def test_recording_is_off_without_the_variable(tmp_path):
@@ -86,8 +101,10 @@ def test_an_unwritable_record_file_never_breaks_the_call(tmp_path, monkeypatch, 
 
 def _append_many(path: str, writer: int, count: int) -> None:
     for i in range(count):
-        record.append_line(__import__("pathlib").Path(path),
-                           json.dumps({"writer": writer, "i": i, "pad": "x" * (500 + writer)}))
+        record.append_line(
+            __import__("pathlib").Path(path),
+            json.dumps({"writer": writer, "i": i, "pad": "x" * (500 + writer)}),
+        )
 
 
 def test_many_processes_append_whole_lines(tmp_path):
@@ -100,25 +117,34 @@ def test_many_processes_append_whole_lines(tmp_path):
         p.join(60)
         assert p.exitcode == 0
     got = lines(path)  # every line parses: none torn or interleaved
-    assert sorted((r["writer"], r["i"]) for r in got) == \
-        [(w, i) for w in range(6) for i in range(200)]
+    assert sorted((r["writer"], r["i"]) for r in got) == [
+        (w, i) for w in range(6) for i in range(200)
+    ]
 
 
 def test_reading_skips_a_torn_last_line_and_names_a_bad_one(tmp_path):
-    good = json.dumps(dict(kernel=FWD, **SPEC.as_dict(), tokens=7, gpu_name="interpreter",
-                           compute_capability="none"))
+    good = json.dumps(
+        dict(
+            kernel=FWD,
+            **SPEC.as_dict(),
+            tokens=7,
+            gpu_name="interpreter",
+            compute_capability="none",
+        )
+    )
     path = tmp_path / "rec.jsonl"
     path.write_text(good + "\n" + good.replace("7", "9") + "\n" + good[:40])
     problems = record.read_problems(path)
-    assert [(p.spec, p.tokens, p.kernels) for p in problems] == \
-        [(SPEC, 7, (FWD,)), (SPEC, 9, (FWD,))]
-    path.write_text(good + "\n{\"kernel\": \"nope\"}\n" + good + "\n")
+    assert [(p.spec, p.tokens, p.kernels) for p in problems] == [
+        (SPEC, 7, (FWD,)),
+        (SPEC, 9, (FWD,)),
+    ]
+    path.write_text(good + '\n{"kernel": "nope"}\n' + good + "\n")
     with pytest.raises(record.RecordError, match="line 2: missing"):
         record.read_records(path)
 
 
-def test_tune_from_record_tunes_what_a_run_recorded_and_resumes(tmp_path, monkeypatch,
-                                                                capsys):
+def test_tune_from_record_tunes_what_a_run_recorded_and_resumes(tmp_path, monkeypatch, capsys):
     path = tmp_path / "rec.jsonl"
     monkeypatch.setenv(record.RECORD_ENV, str(path))
     layer = mhfgen.FlashMHF(32, 2, 32, 2, backend="triton")
@@ -150,8 +176,18 @@ def test_tune_from_record_errors(tmp_path, capsys):
     assert main(["tune", "--from-record", str(tmp_path / "absent.jsonl")]) == 2
     assert "cannot read" in capsys.readouterr().err
     path = tmp_path / "rec.jsonl"
-    path.write_text(json.dumps(dict(kernel=FWD, **SPEC.as_dict(), tokens=7, gpu_name="NVIDIA X",
-                                    compute_capability="9.0")) + "\n")
+    path.write_text(
+        json.dumps(
+            dict(
+                kernel=FWD,
+                **SPEC.as_dict(),
+                tokens=7,
+                gpu_name="NVIDIA X",
+                compute_capability="9.0",
+            )
+        )
+        + "\n"
+    )
     assert main(["tune", "--from-record", str(path), "--heads", "4"]) == 2
     assert "drop --heads" in capsys.readouterr().err
     assert main(["tune", "--from-record", str(path)]) == 0
@@ -173,8 +209,9 @@ def test_tune_on_miss_tunes_once_with_a_small_budget_and_stores(monkeypatch, cap
     assert (choice.source, choice.layer, choice.tuned_tokens) == ("exact", "user", 6)
     assert "tuning flash_mhf_fwd" in caplog.text and "tuned flash_mhf_fwd in" in caplog.text
     with TuningDB.open(os.environ["MHFGEN_DB"], readonly=True) as db:
-        assert [(w.key.kernel, w.key.tokens, w.config) for w in db.winners()] == \
-            [(FWD, 6, choice.config)]
+        assert [(w.key.kernel, w.key.tokens, w.config) for w in db.winners()] == [
+            (FWD, 6, choice.config)
+        ]
         assert len(db.trials()) == 2
     dispatch.clear_cache()  # the next process (or a cleared cache) finds it stored
     monkeypatch.delenv(record.TUNE_ON_MISS_ENV)
@@ -193,8 +230,10 @@ def _training_inputs(tokens=5, grad=True):
     g = torch.Generator().manual_seed(0)
     s = SPEC
     q = torch.randn(1, tokens, s.heads, s.head_dim, generator=g)
-    k, u, v = (torch.randn(s.kv_heads, s.experts, s.expert_dim, s.head_dim, generator=g) / 4
-               for _ in range(3))
+    k, u, v = (
+        torch.randn(s.kv_heads, s.experts, s.expert_dim, s.head_dim, generator=g) / 4
+        for _ in range(3)
+    )
     r = torch.rand(1, tokens, s.heads, s.experts, generator=g)
     return [t.requires_grad_(grad) for t in (q, k, u, v, r)]
 

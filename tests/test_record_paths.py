@@ -1,6 +1,7 @@
 """MHFGEN_RECORD and `mhfgen tune --from-record` take regular files only: a FIFO, a
 device, a folder or a missing folder is refused in one line instead of hanging or
 creating folders, and a record file that is not JSON is an error, not a torn line."""
+
 import json
 import logging
 import os
@@ -59,8 +60,9 @@ def within_limit(fn, fifo=None):
     return out["value"]
 
 
-def test_a_fifo_as_record_path_is_refused_with_one_warning_not_a_hang(tmp_path, monkeypatch,
-                                                                       caplog):
+def test_a_fifo_as_record_path_is_refused_with_one_warning_not_a_hang(
+    tmp_path, monkeypatch, caplog
+):
     fifo = tmp_path / "rec.fifo"
     os.mkfifo(fifo)
     monkeypatch.setenv(record.RECORD_ENV, str(fifo))
@@ -79,16 +81,20 @@ def test_a_fifo_behind_a_symlink_is_refused(tmp_path, monkeypatch, caplog):
     os.mkfifo(tmp_path / "rec.fifo")
     (tmp_path / "link.jsonl").symlink_to(tmp_path / "rec.fifo")
     monkeypatch.setenv(record.RECORD_ENV, str(tmp_path / "link.jsonl"))
-    assert within_limit(lambda: dispatch.explain_choice(FWD, SPEC, 90, CPU).source,
-                        tmp_path / "rec.fifo") == "heuristic"
+    assert (
+        within_limit(
+            lambda: dispatch.explain_choice(FWD, SPEC, 90, CPU).source, tmp_path / "rec.fifo"
+        )
+        == "heuristic"
+    )
     assert "is a FIFO" in caplog.text
 
 
-@pytest.mark.parametrize("where, said", [("folder", "is a folder"),
-                                         ("device", "is a device"),
-                                         ("missing", "does not exist")])
-def test_record_paths_that_are_not_files_are_refused(where, said, tmp_path, monkeypatch,
-                                                     caplog):
+@pytest.mark.parametrize(
+    "where, said",
+    [("folder", "is a folder"), ("device", "is a device"), ("missing", "does not exist")],
+)
+def test_record_paths_that_are_not_files_are_refused(where, said, tmp_path, monkeypatch, caplog):
     if where == "folder":
         path = tmp_path / "dir"
         path.mkdir()
@@ -97,8 +103,7 @@ def test_record_paths_that_are_not_files_are_refused(where, said, tmp_path, monk
     else:
         path = tmp_path / "no" / "such" / "rec.jsonl"
     monkeypatch.setenv(record.RECORD_ENV, str(path))
-    assert within_limit(lambda: dispatch.explain_choice(FWD, SPEC, 90, CPU).source) == \
-        "heuristic"
+    assert within_limit(lambda: dispatch.explain_choice(FWD, SPEC, 90, CPU).source) == "heuristic"
     assert said in caplog.text
     assert not (tmp_path / "no").exists()  # folders are not created
 
@@ -120,12 +125,18 @@ def test_tune_from_a_fifo_is_a_one_line_error_not_a_hang(tmp_path, capsys):
 
 
 def _record_line(tokens=7):
-    return json.dumps(dict(kernel=FWD, **SPEC.as_dict(), tokens=tokens,
-                           gpu_name="interpreter", compute_capability="none"))
+    return json.dumps(
+        dict(
+            kernel=FWD,
+            **SPEC.as_dict(),
+            tokens=tokens,
+            gpu_name="interpreter",
+            compute_capability="none",
+        )
+    )
 
 
-@pytest.mark.parametrize("text", ["notjson", "notjson\n", "{\"kernel\": \"fl",
-                                  "[1, 2", "\x00\x01"])
+@pytest.mark.parametrize("text", ["notjson", "notjson\n", '{"kernel": "fl', "[1, 2", "\x00\x01"])
 def test_a_one_line_record_file_that_is_not_json_is_an_error(text, tmp_path, capsys):
     path = tmp_path / "rec.jsonl"
     path.write_text(text)

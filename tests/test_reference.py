@@ -1,4 +1,5 @@
 """mhfgen.reference against an independent loop over heads and experts, in float64."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,8 +36,9 @@ def loop_formula(q, k, u, v, r):
 @pytest.mark.parametrize("case", SHAPES, ids=lambda c: c.name)
 def test_reference_matches_loop_formula(case):
     q, k, u, v, r, _ = make_inputs(case, torch.float64, "cpu", r_dtype=torch.float64)
-    torch.testing.assert_close(reference.flash_mhf(q, k, u, v, r), loop_formula(q, k, u, v, r),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        reference.flash_mhf(q, k, u, v, r), loop_formula(q, k, u, v, r), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_router_sums_to_one_and_handles_underflow():

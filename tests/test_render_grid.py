@@ -7,6 +7,7 @@ meant to alter generated code refreshes them (`python tests/render_grid.py
 --write-digests`) and re-tunes or re-checks the shipped database, whose winners are keyed
 by the hash of their code.
 """
+
 import json
 
 import pytest
@@ -20,11 +21,21 @@ def renders():
 
 def test_the_grid_takes_every_branch(renders):
     code = "\n".join(renders.values())
-    for branch in ("for e in range(e_lo, e_hi):", "for n0 in range(n_lo, n_hi, BLOCK_N):",
-                   "for n0 in range(n_lo + BLOCK_N, n_hi, BLOCK_N):", "warp_specialize=True",
-                   "tl.make_tensor_descriptor(", "ticket = tl.atomic_add(", "n_ok",
-                   "< HEAD_DIM", 'input_precision="ieee"', "def flash_mhf_bwd_dkv_dv_kernel(",
-                   "tl.atomic_add(DK", "# dk^T", "GROUP_HEADS: tl.constexpr = 4"):
+    for branch in (
+        "for e in range(e_lo, e_hi):",
+        "for n0 in range(n_lo, n_hi, BLOCK_N):",
+        "for n0 in range(n_lo + BLOCK_N, n_hi, BLOCK_N):",
+        "warp_specialize=True",
+        "tl.make_tensor_descriptor(",
+        "ticket = tl.atomic_add(",
+        "n_ok",
+        "< HEAD_DIM",
+        'input_precision="ieee"',
+        "def flash_mhf_bwd_dkv_dv_kernel(",
+        "tl.atomic_add(DK",
+        "# dk^T",
+        "GROUP_HEADS: tl.constexpr = 4",
+    ):
         assert branch in code, branch
 
 
@@ -33,5 +44,7 @@ def test_renders_match_the_committed_digests(renders):
     got = render_grid.digests(renders)
     assert got.keys() == want.keys()
     changed = sorted(key for key in got if got[key] != want[key])
-    assert not changed, (f"generated code changed for {len(changed)} (kernel, spec) pairs, "
-                         f"e.g. {changed[:3]}: see tests/render_grid.py")
+    assert not changed, (
+        f"generated code changed for {len(changed)} (kernel, spec) pairs, "
+        f"e.g. {changed[:3]}: see tests/render_grid.py"
+    )

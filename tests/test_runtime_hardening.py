@@ -1,6 +1,7 @@
 """The run-time paths never return a wrong number and never break on a bad cache or a bad
 stored config: bf16 on the CPU is refused, a tuned config that fails to compile is
 replaced by the heuristic (logged once), an unwritable kernel cache is worked around."""
+
 import importlib
 import logging
 
@@ -22,8 +23,7 @@ from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
 fwd_module = importlib.import_module("mhfgen.kernels.flash_mhf_fwd")
-CASE = Case("hard", batch=1, seqlen=8, heads=2, kv_heads=1, head_dim=32, experts=2,
-            expert_dim=32)
+CASE = Case("hard", batch=1, seqlen=8, heads=2, kv_heads=1, head_dim=32, experts=2, expert_dim=32)
 SPEC = KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter")
 CPU = torch.device("cpu")
 
@@ -75,8 +75,16 @@ BAD = registry.get("flash_mhf_fwd").Config(block_m=16, block_n=16, num_warps=2, 
 
 def _store(tmp_path, monkeypatch, config=BAD, tokens=CASE.tokens):
     path = tmp_path / "tuned.sqlite"
-    key = TuningKey.of("flash_mhf_fwd", template_hash("flash_mhf_fwd"), SPEC,
-                       shape_bucket(tokens), tokens, "interpreter", "none", triton.__version__)
+    key = TuningKey.of(
+        "flash_mhf_fwd",
+        template_hash("flash_mhf_fwd"),
+        SPEC,
+        shape_bucket(tokens),
+        tokens,
+        "interpreter",
+        "none",
+        triton.__version__,
+    )
     with TuningDB.open(path) as db:
         db.put_winner(WinnerRecord(key, config, 1.0, 1.0, None, None, "test", 1, "", "", ""))
     monkeypatch.setenv("MHFGEN_DB", str(path))
@@ -101,7 +109,8 @@ def _failing_compile(monkeypatch, bad=BAD):
 
 
 def test_a_stored_config_that_fails_to_compile_is_replaced_by_the_heuristic(
-        tmp_path, monkeypatch, caplog):
+    tmp_path, monkeypatch, caplog
+):
     _store(tmp_path, monkeypatch)
     assert dispatch.explain_choice("flash_mhf_fwd", SPEC, CASE.tokens, CPU).config == BAD
     calls = _failing_compile(monkeypatch)
@@ -110,8 +119,9 @@ def test_a_stored_config_that_fails_to_compile_is_replaced_by_the_heuristic(
         got = mhfgen.flash_mhf(q, k, u, v, r)
         again = mhfgen.flash_mhf(q, k, u, v, r)
         # another token count of the same bucket would pick the same stored config
-        q2, k2, u2, v2, r2, _ = make_inputs(Case("b", 1, 7, 2, 1, 32, 2, 32), torch.float32,
-                                            "cpu", seed=1)
+        q2, k2, u2, v2, r2, _ = make_inputs(
+            Case("b", 1, 7, 2, 1, 32, 2, 32), torch.float32, "cpu", seed=1
+        )
         mhfgen.flash_mhf(q2, k2, u2, v2, r2)
     want = reference_outputs(q, k, u, v, r, do)["o"]
     assert relative_error(got, want) < 1e-5 and torch.equal(got, again)
@@ -122,8 +132,7 @@ def test_a_stored_config_that_fails_to_compile_is_replaced_by_the_heuristic(
     assert calls.count(BAD) == 1  # tried once, never again
 
 
-def test_a_failing_config_the_caller_passed_or_the_heuristic_still_raises(tmp_path,
-                                                                          monkeypatch):
+def test_a_failing_config_the_caller_passed_or_the_heuristic_still_raises(tmp_path, monkeypatch):
     _failing_compile(monkeypatch)
     q, k, u, v, r, _ = inputs()
     with pytest.raises(RuntimeError, match="out of resource"):
@@ -143,8 +152,7 @@ def test_bad_inputs_keep_their_own_error_with_a_stored_config(tmp_path, monkeypa
 
 
 # -- the kernel cache --------------------------------------------------------------------
-def test_an_unwritable_kernel_cache_falls_back_to_a_private_folder(tmp_path, monkeypatch,
-                                                                   caplog):
+def test_an_unwritable_kernel_cache_falls_back_to_a_private_folder(tmp_path, monkeypatch, caplog):
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder should be")
     monkeypatch.setenv("MHFGEN_CACHE_DIR", str(blocked))
@@ -185,21 +193,28 @@ def test_cpu_kernels_with_the_interpreter_switched_off_say_how_to_switch_it_on(t
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA machine has a driver")
-    code = ("import mhfgen, torch\n"
-            "from mhfgen.verification import Case, make_inputs\n"
-            "q, k, u, v, r, _ = make_inputs(Case('p', 1, 4, 2, 1, 32, 2, 32), torch.float32,"
-            " 'cpu', seed=0)\n"
-            "for call in (lambda: mhfgen.FlashMHF(64, 2, 64, 2, backend='triton')("
-            "torch.randn(1, 2, 64)), lambda: mhfgen.flash_mhf(q, k, u, v, r)):\n"
-            "    try:\n"
-            "        call()\n"
-            "    except RuntimeError as exc:\n"
-            "        print(str(exc).splitlines()[0])\n")
+    code = (
+        "import mhfgen, torch\n"
+        "from mhfgen.verification import Case, make_inputs\n"
+        "q, k, u, v, r, _ = make_inputs(Case('p', 1, 4, 2, 1, 32, 2, 32), torch.float32,"
+        " 'cpu', seed=0)\n"
+        "for call in (lambda: mhfgen.FlashMHF(64, 2, 64, 2, backend='triton')("
+        "torch.randn(1, 2, 64)), lambda: mhfgen.flash_mhf(q, k, u, v, r)):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except RuntimeError as exc:\n"
+        "        print(str(exc).splitlines()[0])\n"
+    )
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=str(root),
-               MHFGEN_CACHE_DIR=str(tmp_path / "cache"))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
+    env = dict(
+        os.environ,
+        TRITON_INTERPRET="0",
+        PYTHONPATH=str(root),
+        MHFGEN_CACHE_DIR=str(tmp_path / "cache"),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     lines = out.stdout.splitlines()
     assert len(lines) == 2, out.stdout + out.stderr
     assert all("set TRITON_INTERPRET=1" in line for line in lines), lines

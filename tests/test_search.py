@@ -1,6 +1,7 @@
 """The search, without a GPU: replayed timings drive the Optuna loop, the grid baseline,
 failures, the database records, interruption and resumption; the interpreter checks
 candidates against float64 and the compile pool runs in worker processes."""
+
 import dataclasses
 import json
 
@@ -46,8 +47,9 @@ def test_optuna_reaches_the_grid_best_with_under_a_third_of_its_trials():
 def test_grid_strategy_evaluates_every_valid_config_exactly_once():
     rec = recording(PROBLEM, kernels=[DKV])
     timer = ReplayTimer(rec)
-    tuner = tuner_for(rec, SearchSettings(trials=10_000, batch=16, strategy="grid", rounds=2),
-                      timer=timer)
+    tuner = tuner_for(
+        rec, SearchSettings(trials=10_000, batch=16, strategy="grid", rounds=2), timer=timer
+    )
     result = tuner.tune_kernel(DKV)
     assert result.evaluated == result.grid_size == len(tuner.grid(DKV))
     assert result.ms == pytest.approx(best_of(rec, DKV))
@@ -75,14 +77,16 @@ def test_failures_become_failed_trials_with_their_reason(tmp_path):
     failures = {(FWD, c): (stage, f"{stage} in the test") for c, stage in zip(configs, stages)}
     rec = recording(PROBLEM, kernels=[FWD], failures=failures)
     with TuningDB.open(tmp_path / "t.sqlite") as db:
-        result = tuner_for(rec, SearchSettings(trials=10_000, strategy="grid"), db=db) \
-            .tune_kernel(FWD)
+        result = tuner_for(rec, SearchSettings(trials=10_000, strategy="grid"), db=db).tune_kernel(
+            FWD
+        )
         assert result.failures == {stage: 1 for stage in stages}
         assert result.winner not in configs
         assert result.ms == pytest.approx(ranked[4]["ms"])
         failed = [t for t in db.trials(kernel=FWD) if t.status == "failed"]
-        assert sorted((t.stage, t.reason) for t in failed) == \
-            sorted((s, f"{s} in the test") for s in stages)
+        assert sorted((t.stage, t.reason) for t in failed) == sorted(
+            (s, f"{s} in the test") for s in stages
+        )
         assert all(t.ms is None for t in failed)
 
 
@@ -95,9 +99,13 @@ def test_winners_and_trials_are_stored_under_the_full_key(tmp_path):
         assert set(winners) == set(KERNELS)
         for r in results:
             w = winners[r.kernel]
-            assert (w.key.template_hash, w.key.bucket, w.key.tokens, w.key.gpu_name,
-                    w.key.compute_capability) == (template_hash(r.kernel), 16384, 16384,
-                                                  "NVIDIA H200", "9.0")
+            assert (
+                w.key.template_hash,
+                w.key.bucket,
+                w.key.tokens,
+                w.key.gpu_name,
+                w.key.compute_capability,
+            ) == (template_hash(r.kernel), 16384, 16384, "NVIDIA H200", "9.0")
             assert (w.config, w.ms, w.default_ms) == (r.winner, r.ms, r.default_ms)
             assert w.speedup == pytest.approx(r.default_ms / r.ms) and w.speedup >= 1.0
             assert w.tflops == pytest.approx(PROBLEM.flops(r.kernel) / (r.ms * 1e-3) / 1e12)
@@ -196,10 +204,15 @@ def test_compile_pool_compiles_in_worker_processes():
     pool = CompilePool("cpu", jobs=2, timeout_s=120)
     other = TuningProblem(KernelSpec(2, 2, 16, 1, 16, "float32", "interpreter"), 4)
     try:
-        results = pool.compile(TINY.spec, TINY.tokens,
-                               [(FWD, Fwd(block_m=16, block_n=16)),
-                                (DQ, Dq(block_m=32, block_n=32, group_heads=2)),
-                                (FWD, Fwd(group_heads=3))])
+        results = pool.compile(
+            TINY.spec,
+            TINY.tokens,
+            [
+                (FWD, Fwd(block_m=16, block_n=16)),
+                (DQ, Dq(block_m=32, block_n=32, group_heads=2)),
+                (FWD, Fwd(group_heads=3)),
+            ],
+        )
         again = pool.compile(other.spec, other.tokens, [(DKV, Dkv(block_m=16, block_n=16))])
     finally:
         pool.close()
@@ -261,10 +274,15 @@ def test_compile_pool_isolates_a_candidate_that_kills_its_worker(monkeypatch):
     monkeypatch.setattr(compile_mod, "_compile_one", _abort_on_block_n_32)
     pool = CompilePool("cpu", jobs=2, timeout_s=60)
     try:
-        got = pool.compile(TINY.spec, TINY.tokens,
-                           [(FWD, Fwd(block_m=16, block_n=16)),
-                            (FWD, Fwd(block_m=16, block_n=32)),
-                            (DQ, Dq(block_m=32, block_n=16))])
+        got = pool.compile(
+            TINY.spec,
+            TINY.tokens,
+            [
+                (FWD, Fwd(block_m=16, block_n=16)),
+                (FWD, Fwd(block_m=16, block_n=32)),
+                (DQ, Dq(block_m=32, block_n=16)),
+            ],
+        )
     finally:
         pool.close()
     assert got[0] is None and got[2] is None
@@ -279,8 +297,7 @@ def test_a_candidate_that_loses_the_device_is_stored_failed_and_stops_the_run(tm
     storage = f"sqlite:///{tmp_path / 'study.sqlite'}"
     settings = SearchSettings(trials=20, batch=6, seed=1)
     # the 5th timing faults and loses the GPU context (an illegal address)
-    faulting = Interrupting(rec, after=4,
-                            exc=DeviceLost(Failure("error", "illegal memory access")))
+    faulting = Interrupting(rec, after=4, exc=DeviceLost(Failure("error", "illegal memory access")))
     with TuningDB.open(tmp_path / "t.sqlite") as db:
         with pytest.raises(DeviceLost):
             tuner_for(rec, settings, db=db, storage=storage, timer=faulting).tune_kernel(DQ)
@@ -299,17 +316,24 @@ def test_a_baseline_databases_winner_is_retimed_and_kept_when_it_is_faster(tmp_p
     that the winner it would shadow beats."""
     rec = recording(PROBLEM, kernels=[DQ])
     with TuningDB.open(tmp_path / "shipped.sqlite") as shipped:
-        best = tuner_for(rec, SearchSettings(trials=10_000, strategy="grid"),
-                         db=shipped).tune_kernel(DQ)
+        best = tuner_for(
+            rec, SearchSettings(trials=10_000, strategy="grid"), db=shipped
+        ).tune_kernel(DQ)
     assert best.ms == pytest.approx(best_of(rec, DQ))
     short = SearchSettings(trials=4, batch=4, seed=1, startup=4, refine=0)
     with TuningDB.open(tmp_path / "alone.sqlite") as db:
         alone = tuner_for(rec, short, db=db).tune_kernel(DQ)
     assert alone.ms > best.ms  # four trials miss the grid's best
     with TuningDB.open(tmp_path / "user.sqlite") as db:
-        tuner = Tuner(PROBLEM, H200, ReplayTimer(rec), db, short,
-                      baselines=[tmp_path / "shipped.sqlite", tmp_path / "missing.sqlite"])
+        tuner = Tuner(
+            PROBLEM,
+            H200,
+            ReplayTimer(rec),
+            db,
+            short,
+            baselines=[tmp_path / "shipped.sqlite", tmp_path / "missing.sqlite"],
+        )
         result = tuner.tune_kernel(DQ)
-        stored, = db.winners(variant=result.variant)
+        (stored,) = db.winners(variant=result.variant)
     assert result.winner == best.winner and result.ms == pytest.approx(best.ms)
     assert stored.config == best.winner

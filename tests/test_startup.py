@@ -1,6 +1,7 @@
 """Start-up: the command line's parsers need neither torch nor Triton, `import mhfgen` loads
 neither the tuner nor optuna, and a forward call served from a tuned database loads no
 optuna. Each check runs in a fresh interpreter, where sys.modules tells what was imported."""
+
 import json
 import os
 import subprocess
@@ -12,16 +13,29 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 #: modules of the tuner: what the runtime must not import
-TUNER = ("optuna", "mhfgen.tuning.search", "mhfgen.tuning.study", "mhfgen.tuning.timer",
-         "mhfgen.tuning.workers", "mhfgen.tuning.workload", "mhfgen.tuning.compile")
+TUNER = (
+    "optuna",
+    "mhfgen.tuning.search",
+    "mhfgen.tuning.study",
+    "mhfgen.tuning.timer",
+    "mhfgen.tuning.workers",
+    "mhfgen.tuning.workload",
+    "mhfgen.tuning.compile",
+)
 COMMANDS = ("tune", "list", "show", "export", "import", "verify", "bench", "codegen", "doctor")
 
 
 def _python(code: str, **env) -> dict:
     """Run `code` in a fresh interpreter; the JSON object it printed last."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=full_env, cwd=REPO, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=REPO,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -38,7 +52,8 @@ def _top(modules) -> set:
 
 
 def test_every_help_builds_its_parser_without_torch_or_triton():
-    code = f"""
+    code = (
+        f"""
 import contextlib, io
 from mhfgen.cli import main
 for argv in [["--help"]] + [[c, "--help"] for c in {COMMANDS!r}]:
@@ -48,7 +63,9 @@ for argv in [["--help"]] + [[c, "--help"] for c in {COMMANDS!r}]:
         except SystemExit as exc:
             assert exc.code == 0, (argv, exc.code)
     assert "usage: mhfgen" in out.getvalue(), argv
-""" + LOADED
+"""
+        + LOADED
+    )
     modules = _python(code)["modules"]
     assert not _top(modules) & {"torch", "triton", "optuna"}, modules
 
@@ -60,13 +77,16 @@ def test_import_mhfgen_loads_neither_torch_nor_the_tuner():
 
 
 def test_the_public_names_load_on_first_use_without_the_tuner():
-    code = """
+    code = (
+        """
 import mhfgen
 from mhfgen import FlashMHF, SwiGLU, flash_mhf, reference
 assert callable(flash_mhf) and mhfgen.flash_mhf is flash_mhf
 assert reference.flash_mhf and FlashMHF and SwiGLU
 assert set(mhfgen.__all__) <= set(dir(mhfgen))
-""" + LOADED
+"""
+        + LOADED
+    )
     modules = set(_python(code)["modules"])
     assert not modules & set(TUNER), sorted(modules & set(TUNER))
     assert "mhfgen.tuning.on_miss" not in modules
@@ -98,8 +118,14 @@ print(json.dumps({"env": os.environ.get("TRITON_INTERPRET"),
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     full_env = {**env, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=full_env, cwd=REPO, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=REPO,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"env": "1", "interpret": True}
 
@@ -125,12 +151,33 @@ def test_a_forward_served_from_a_tuned_database_loads_no_optuna(tmp_path):
         pytest.skip("runs the forward through Triton's interpreter (no CUDA here)")
     spec = KernelSpec(2, 2, 32, 2, 32, "float32", "interpreter")
     tokens = 16
-    key = TuningKey.of("flash_mhf_fwd", template_hash("flash_mhf_fwd"), spec,
-                       shape_bucket(tokens), tokens, "interpreter", "none", triton.__version__)
+    key = TuningKey.of(
+        "flash_mhf_fwd",
+        template_hash("flash_mhf_fwd"),
+        spec,
+        shape_bucket(tokens),
+        tokens,
+        "interpreter",
+        "none",
+        triton.__version__,
+    )
     db_path = tmp_path / "tuned.sqlite"
     with TuningDB.open(db_path) as db:
-        db.put_winner(WinnerRecord(key, Config(block_m=16, block_n=16), 1.0, 1.0, 2.0, 2.0,
-                                   "test", 5, "0", "0", utc_now()))
+        db.put_winner(
+            WinnerRecord(
+                key,
+                Config(block_m=16, block_n=16),
+                1.0,
+                1.0,
+                2.0,
+                2.0,
+                "test",
+                5,
+                "0",
+                "0",
+                utc_now(),
+            )
+        )
     code = """
 import json, sys, torch
 import mhfgen
@@ -145,8 +192,7 @@ spec = KernelSpec(2, 2, 32, 2, 32, "float32", "interpreter")
 choice = dispatch.explain_choice("flash_mhf_fwd", spec, 16, torch.device("cpu"))
 print(json.dumps({"source": choice.source, "modules": sorted(sys.modules)}))
 """
-    result = _python(code, MHFGEN_DB=str(db_path), MHFGEN_TUNE_ON_MISS="1",
-                     TRITON_INTERPRET="1")
+    result = _python(code, MHFGEN_DB=str(db_path), MHFGEN_TUNE_ON_MISS="1", TRITON_INTERPRET="1")
     assert result["source"] == "exact"
     assert not set(result["modules"]) & set(TUNER), sorted(set(result["modules"]) & set(TUNER))
 
@@ -155,8 +201,14 @@ def _best_of(argv: list[str], runs: int = 3) -> float:
     best = float("inf")
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(argv, capture_output=True, check=True, cwd=REPO,
-                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+        subprocess.run(
+            argv,
+            capture_output=True,
+            check=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=300,
+        )
         best = min(best, time.perf_counter() - start)
     return best
 

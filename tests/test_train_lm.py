@@ -1,6 +1,7 @@
 """CPU smoke tests of mhfgen.lm: data split and batches, parameter matching, the schedule, a
 tiny model that learns with each FFN, and one training step with backend="triton" (Triton's
 interpreter, fp32) against backend="torch"."""
+
 from __future__ import annotations
 
 import builtins
@@ -27,10 +28,28 @@ from mhfgen.lm.report import curve_difference, read_curve_csv
 from mhfgen.lm.train import lr_at, make_optimizer, train_step
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TINY = ModelConfig(ffn="flashmhf", d_model=64, n_layers=2, n_heads=2, mhf_heads=2,
-                   mhf_intermediate=128, mhf_experts=2, backend="torch", max_seq_len=64)
-TINY_TRAIN = TrainConfig(steps=40, batch_size=8, seq_len=64, lr=3e-3, warmup_steps=5,
-                         eval_every=20, eval_batches=2, log_every=10, device="cpu")
+TINY = ModelConfig(
+    ffn="flashmhf",
+    d_model=64,
+    n_layers=2,
+    n_heads=2,
+    mhf_heads=2,
+    mhf_intermediate=128,
+    mhf_experts=2,
+    backend="torch",
+    max_seq_len=64,
+)
+TINY_TRAIN = TrainConfig(
+    steps=40,
+    batch_size=8,
+    seq_len=64,
+    lr=3e-3,
+    warmup_steps=5,
+    eval_every=20,
+    eval_batches=2,
+    log_every=10,
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,24 +94,29 @@ def test_batches_are_seeded_windows_with_shifted_targets(corpus):
     assert not torch.equal(a[0][0], c[0])
 
 
-@pytest.mark.parametrize("cfg", [
-    ModelConfig(),   # the comparison model of docs/TRAINING.md
-    ModelConfig(d_model=768, n_layers=2, n_heads=12, mhf_heads=8, mhf_intermediate=2048,
-                mhf_experts=8),  # the paper's 128M layer shape
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ModelConfig(),  # the comparison model of docs/TRAINING.md
+        ModelConfig(
+            d_model=768, n_layers=2, n_heads=12, mhf_heads=8, mhf_intermediate=2048, mhf_experts=8
+        ),  # the paper's 128M layer shape
+    ],
+)
 def test_swiglu_width_matches_flashmhf_parameters(cfg):
     width = matched_swiglu_intermediate(cfg)
     with torch.device("meta"):
         flash = count_parameters(CausalLM(replace(cfg, ffn="flashmhf")))
         swiglu = count_parameters(CausalLM(replace(cfg, ffn="swiglu")))
     assert flash["other"] == swiglu["other"]
-    per_layer = flashmhf_layer_params(cfg.d_model, cfg.mhf_heads, cfg.mhf_intermediate,
-                                      cfg.mhf_experts)
+    per_layer = flashmhf_layer_params(
+        cfg.d_model, cfg.mhf_heads, cfg.mhf_intermediate, cfg.mhf_experts
+    )
     assert flash["ffn"] == cfg.n_layers * per_layer
     assert swiglu["ffn"] == cfg.n_layers * 3 * cfg.d_model * width
     assert abs(flash["total"] - swiglu["total"]) / flash["total"] < 1e-3
     # equal parameters also means equal FFN FLOPs: 6 d I_s vs 6 d I + 4 d^2
-    flash_flops = 6 * cfg.d_model * cfg.mhf_intermediate + 4 * cfg.d_model ** 2
+    flash_flops = 6 * cfg.d_model * cfg.mhf_intermediate + 4 * cfg.d_model**2
     assert abs(6 * cfg.d_model * width - flash_flops) / flash_flops < 5e-3
 
 
@@ -101,7 +125,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lr_at(0, cfg) == pytest.approx(1e-4)
     assert lr_at(9, cfg) == pytest.approx(1e-3)
     assert lr_at(10, cfg) == pytest.approx(1e-3)
-    assert lr_at(60, cfg) == pytest.approx(0.55e-3)   # half way: the mean of peak and floor
+    assert lr_at(60, cfg) == pytest.approx(0.55e-3)  # half way: the mean of peak and floor
     assert lr_at(110, cfg) == pytest.approx(1e-4)
     lrs = [lr_at(s, cfg) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
@@ -122,8 +146,9 @@ def test_tiny_model_learns(corpus, ffn):
 
 
 def _tiny_triton_pair(backend: str) -> tuple[CausalLM, torch.optim.Optimizer]:
-    cfg = replace(TINY, d_model=32, n_layers=1, mhf_intermediate=64, backend=backend,
-                  max_seq_len=16)
+    cfg = replace(
+        TINY, d_model=32, n_layers=1, mhf_intermediate=64, backend=backend, max_seq_len=16
+    )
     torch.manual_seed(0)
     model = CausalLM(cfg)
     return model, make_optimizer(model, TrainConfig(lr=1e-2, device="cpu"))
@@ -132,8 +157,7 @@ def _tiny_triton_pair(backend: str) -> tuple[CausalLM, torch.optim.Optimizer]:
 def test_triton_step_matches_torch_in_fp32(corpus, monkeypatch):
     kernel_calls = []
     real_op = mhfgen.ops.flash_mhf
-    monkeypatch.setattr(mhfgen.ops, "flash_mhf",
-                        lambda *a: kernel_calls.append(1) or real_op(*a))
+    monkeypatch.setattr(mhfgen.ops, "flash_mhf", lambda *a: kernel_calls.append(1) or real_op(*a))
     x, y = BatchSampler(corpus.train, 2, 16, seed=3).next()
     cfg = TrainConfig(steps=4, lr=1e-2, warmup_steps=1, device="cpu")
     grads, params, losses = {}, {}, {}
@@ -145,7 +169,7 @@ def test_triton_step_matches_torch_in_fp32(corpus, monkeypatch):
         optimizer.zero_grad(set_to_none=True)
         losses[backend] = train_step(model, optimizer, x, y, 0, cfg)[0].item()
         params[backend] = {n: p.detach().clone() for n, p in model.named_parameters()}
-    assert len(kernel_calls) == 2   # the triton model's two forwards ran the kernels
+    assert len(kernel_calls) == 2  # the triton model's two forwards ran the kernels
     assert losses["triton"] == pytest.approx(losses["torch"], rel=1e-5)
     ffn_grads = [n for n in grads["torch"] if ".ffn." in n]
     assert {n.rsplit(".", 1)[-1] for n in ffn_grads} >= {"key", "up", "value", "router"}
@@ -156,8 +180,13 @@ def test_triton_step_matches_torch_in_fp32(corpus, monkeypatch):
     for name, want in params["torch"].items():
         # AdamW's first step moves each weight by about +-lr (g / |g|): a wrong gradient sign
         # shows as 2 lr; 1e-3 lr leaves room for weights whose gradient is near zero
-        torch.testing.assert_close(params["triton"][name], want, rtol=0, atol=1e-3 * 1e-2,
-                                   msg=lambda m, n=name: f"{n} after one step: {m}")
+        torch.testing.assert_close(
+            params["triton"][name],
+            want,
+            rtol=0,
+            atol=1e-3 * 1e-2,
+            msg=lambda m, n=name: f"{n} after one step: {m}",
+        )
 
 
 def test_autocast_casts_flashmhf_weights_and_keeps_fp32_grads():
@@ -194,8 +223,10 @@ def test_run_all_writes_curves_and_survives_a_missing_matplotlib(corpus, tmp_pat
     for name in [m for m in sys.modules if m.startswith("matplotlib")]:
         monkeypatch.delitem(sys.modules, name)
     cfg = replace(TINY_TRAIN, steps=6, eval_every=3)
-    specs = [RunSpec("a", replace(TINY, ffn="swiglu", n_layers=1), cfg),
-             RunSpec("b", replace(TINY, ffn="swiglu", n_layers=1), cfg)]
+    specs = [
+        RunSpec("a", replace(TINY, ffn="swiglu", n_layers=1), cfg),
+        RunSpec("b", replace(TINY, ffn="swiglu", n_layers=1), cfg),
+    ]
     summaries, curves = run_all(specs, corpus, tmp_path, progress=False)
     assert [s["name"] for s in summaries] == ["a", "b"]
     rows = read_curve_csv(tmp_path / "a.csv")
@@ -215,11 +246,41 @@ def test_train_lm_script_runs_both_ffns(tmp_path, capsys):
         import train_lm
     finally:
         sys.path.remove(str(EXAMPLES))
-    train_lm.main(["--d-model", "32", "--layers", "1", "--heads", "2", "--mhf-heads", "2",
-                   "--mhf-intermediate", "64", "--mhf-experts", "2", "--steps", "3",
-                   "--batch-size", "2", "--seq-len", "16", "--eval-every", "3",
-                   "--eval-batches", "1", "--warmup", "1", "--device", "cpu",
-                   "--max-bytes", "300000", "--out", str(tmp_path), "--no-progress"])
+    train_lm.main(
+        [
+            "--d-model",
+            "32",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--mhf-heads",
+            "2",
+            "--mhf-intermediate",
+            "64",
+            "--mhf-experts",
+            "2",
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "16",
+            "--eval-every",
+            "3",
+            "--eval-batches",
+            "1",
+            "--warmup",
+            "1",
+            "--device",
+            "cpu",
+            "--max-bytes",
+            "300000",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert "flashmhf:" in out and "swiglu:" in out and "| swiglu |" in out
     assert (tmp_path / "flashmhf-auto.csv").is_file() and (tmp_path / "swiglu.csv").is_file()
@@ -231,4 +292,6 @@ def test_curve_difference_finds_the_largest_gap():
     diff = curve_difference(a, b)["train_loss"]
     assert diff["steps_compared"] == 2 and diff["at_step"] == 2
     assert diff["max_abs_diff"] == pytest.approx(0.5)
-    assert diff["mean_abs_diff"] == pytest.approx(0.3) and diff["first_abs_diff"] == pytest.approx(0.1)
+    assert diff["mean_abs_diff"] == pytest.approx(0.3) and diff["first_abs_diff"] == pytest.approx(
+        0.1
+    )

@@ -2,6 +2,7 @@
 against an implementation of their layer's math written here from its description, the
 exact round trip, patching a model by parameter layout, and a Llama with FlashMHF FFNs
 (a training step, save_pretrained and reload bit for bit). Tiny configs, on the CPU."""
+
 from types import SimpleNamespace
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
@@ -25,10 +26,18 @@ pytestmark = pytest.mark.usefixtures("fresh_dispatch")
 
 
 def config(**over):
-    base = dict(hidden_size=64, intermediate_size=48, mhffnmoe_num_heads=4,
-                mhffnmoe_num_kuv_heads=2, mhffnmoe_num_experts=3, rms_norm_eps=1e-6,
-                mhffnmoe_apply_rmsnorm=True, mhffnmoe_skip_linear=False, mlp_bias=False,
-                hidden_act="silu")
+    base = dict(
+        hidden_size=64,
+        intermediate_size=48,
+        mhffnmoe_num_heads=4,
+        mhffnmoe_num_kuv_heads=2,
+        mhffnmoe_num_experts=3,
+        rms_norm_eps=1e-6,
+        mhffnmoe_apply_rmsnorm=True,
+        mhffnmoe_skip_linear=False,
+        mlp_bias=False,
+        hidden_act="silu",
+    )
     return SimpleNamespace(**{**base, **over})
 
 
@@ -85,7 +94,7 @@ class AuthorsFFN(nn.Module):
             acc = torch.zeros(B, L, D, dtype=torch.float32)
             for e in range(E):
                 act = F.silu(q[:, :, h] @ K[g, e].T) * (q[:, :, h] @ U[g, e].T)
-                acc = acc + (act @ V[g, e]).float() * R[:, :, h, e:e + 1]
+                acc = acc + (act @ V[g, e]).float() * R[:, :, h, e : e + 1]
             out.append(acc)
         o = torch.stack(out, dim=2).to(x.dtype).reshape(B, L, d)
         return o if c.mhffnmoe_skip_linear else self.w_self_2(o)
@@ -122,8 +131,12 @@ def test_the_norm_epsilon_is_the_configs():
     authors = AuthorsFFN(config())
     x = _x(3e-3)
     want = authors(x)
-    torch.testing.assert_close(load_mhffnmoe_layer(authors.state_dict(), authors.config)(x),
-                               want, rtol=2e-5, atol=2e-5 * want.abs().max().item())
+    torch.testing.assert_close(
+        load_mhffnmoe_layer(authors.state_dict(), authors.config)(x),
+        want,
+        rtol=2e-5,
+        atol=2e-5 * want.abs().max().item(),
+    )
     other = load_mhffnmoe_layer(authors.state_dict(), config(rms_norm_eps=1e-5))
     assert not torch.allclose(other(x), want, rtol=1e-2)  # the case above can fail
 
@@ -143,8 +156,16 @@ def test_converted_layer_on_the_kernels_matches_values_and_gradients():
     torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-5)
     grads = {k: v.grad for k, v in authors.named_parameters()}
     mapped = to_mhffnmoe_state_dict(_grads_as_layer(layer))
-    for key in ("gate_weight", "up_weight", "down_weight", "router", "q_norm.weight",
-                "w_self.weight", "w_self.bias", "w_self_2.weight"):
+    for key in (
+        "gate_weight",
+        "up_weight",
+        "down_weight",
+        "router",
+        "q_norm.weight",
+        "w_self.weight",
+        "w_self.bias",
+        "w_self_2.weight",
+    ):
         torch.testing.assert_close(mapped[key], grads[key], rtol=2e-4, atol=1e-5, msg=key)
 
 
@@ -211,8 +232,9 @@ def test_patch_model_replaces_every_layer_found_by_its_parameters():
     w_self = model[0].feed_forward.w_self.weight
     assert patch_model(model, backend="torch") == 2
     assert model[0].feed_forward.in_proj.weight.data_ptr() == w_self.data_ptr()  # the same
-    assert isinstance(model[0].feed_forward, FlashMHF) and isinstance(model[2].feed_forward,
-                                                                      FlashMHF)
+    assert isinstance(model[0].feed_forward, FlashMHF) and isinstance(
+        model[2].feed_forward, FlashMHF
+    )
     assert isinstance(model[1], nn.Linear) and isinstance(model[0].norm, nn.LayerNorm)
     torch.testing.assert_close(model(x), want, rtol=2e-5, atol=1e-6)
     assert patch_model(model) == 0  # nothing left to patch
@@ -222,17 +244,29 @@ def test_patch_model_needs_the_layers_config():
     torch.manual_seed(0)
     block = Block(config())
     del block.feed_forward.config
-    with pytest.raises(ValueError, match="feed_forward .AuthorsFFN. has the mhffnmoe FFN "
-                                         "parameters but no .config"):
+    with pytest.raises(
+        ValueError, match="feed_forward .AuthorsFFN. has the mhffnmoe FFN parameters but no .config"
+    ):
         patch_model(block)
 
 
 def _llama_config(**over):
     from transformers import LlamaConfig
 
-    return LlamaConfig(**{**dict(vocab_size=64, hidden_size=64, intermediate_size=48,
-                                 num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, max_position_embeddings=32), **over})
+    return LlamaConfig(
+        **{
+            **dict(
+                vocab_size=64,
+                hidden_size=64,
+                intermediate_size=48,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=32,
+            ),
+            **over,
+        }
+    )
 
 
 def test_flashmhf_llama_trains_and_reloads_bit_for_bit(tmp_path):
@@ -244,8 +278,13 @@ def test_flashmhf_llama_trains_and_reloads_bit_for_bit(tmp_path):
     for layer in model.model.layers:
         mlp = layer.mlp
         assert isinstance(mlp, FlashMHF)
-        assert (mlp.d_model, mlp.n_heads, mlp.n_kv_heads, mlp.intermediate_size,
-                mlp.n_experts) == (64, 4, 2, 48, 3)
+        assert (mlp.d_model, mlp.n_heads, mlp.n_kv_heads, mlp.intermediate_size, mlp.n_experts) == (
+            64,
+            4,
+            2,
+            48,
+            3,
+        )
     assert model.config.intermediate_size == 48
     ids = torch.randint(0, 64, (2, 12))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -254,8 +293,10 @@ def test_flashmhf_llama_trains_and_reloads_bit_for_bit(tmp_path):
         loss = model(input_ids=ids, labels=ids).loss
         optimizer.zero_grad()
         loss.backward()
-        assert all(p.grad is not None and torch.isfinite(p.grad).all()
-                   for p in model.model.layers[0].mlp.parameters())
+        assert all(
+            p.grad is not None and torch.isfinite(p.grad).all()
+            for p in model.model.layers[0].mlp.parameters()
+        )
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
@@ -273,21 +314,25 @@ def test_flashmhf_llama_trains_and_reloads_bit_for_bit(tmp_path):
 
 def test_flashmhf_llama_on_the_kernels_and_tied_embeddings(tmp_path):
     torch.manual_seed(0)
-    model = flashmhf_llama(_llama_config(tie_word_embeddings=True), n_heads=2, n_experts=2,
-                           backend="triton").eval()
-    reference = flashmhf_llama(_llama_config(tie_word_embeddings=True), n_heads=2,
-                               n_experts=2, backend="torch").eval()
+    model = flashmhf_llama(
+        _llama_config(tie_word_embeddings=True), n_heads=2, n_experts=2, backend="triton"
+    ).eval()
+    reference = flashmhf_llama(
+        _llama_config(tie_word_embeddings=True), n_heads=2, n_experts=2, backend="torch"
+    ).eval()
     reference.load_state_dict(model.state_dict())
     ids = torch.randint(0, 64, (1, 7))
     with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids).logits,
-                                   reference(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            model(input_ids=ids).logits, reference(input_ids=ids).logits, rtol=1e-4, atol=1e-5
+        )
     model.save_pretrained(tmp_path)
     again = load_flashmhf_llama(tmp_path, backend="triton")
     assert again.lm_head.weight is again.get_input_embeddings().weight
     assert again.model.layers[0].mlp.backend == "triton"
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                  again.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values())
+    )
 
 
 def test_load_flashmhf_llama_refuses_a_plain_llama(tmp_path):

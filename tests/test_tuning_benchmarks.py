@@ -1,5 +1,6 @@
 """The H200 figure scripts run end to end on the CPU (--cpu-smoke), so they do not rot
 between GPU runs; their numbers here mean nothing and say so."""
+
 import importlib.util
 import json
 import sys
@@ -32,8 +33,10 @@ def test_dispatch_overhead_smoke(tmp_path, capsys, monkeypatch):
     assert "NOT GPU timings" in out
     assert "| bare launch: kernel[grid](...) (JITFunction.run) |" in out
     data = json.loads(out_json.read_text())
-    assert data["gpu_timings"] is False and "launcher with dispatch (tuned, exact key)" in \
-        data["rows_us"]
+    assert (
+        data["gpu_timings"] is False
+        and "launcher with dispatch (tuned, exact key)" in data["rows_us"]
+    )
 
 
 def test_tuning_figures_suite_smoke(tmp_path, capsys):
@@ -58,15 +61,27 @@ def test_grid_spread_sets_the_default_against_the_recorded_grid(tmp_path):
     default = default_config("flash_mhf_fwd", shape.problem("sm90").spec, shape.tokens, 132)
     other = dc.replace(default, num_stages=default.num_stages + 1)
     worse = dc.replace(default, block_n=32)
-    records = [{"config": dc.asdict(default), "ms": 2.0}, {"config": dc.asdict(other), "ms": 1.6},
-               {"config": dc.asdict(worse), "ms": 5.0}, {"config": dc.asdict(worse), "error": "x"}]
+    records = [
+        {"config": dc.asdict(default), "ms": 2.0},
+        {"config": dc.asdict(other), "ms": 1.6},
+        {"config": dc.asdict(worse), "ms": 5.0},
+        {"config": dc.asdict(worse), "error": "x"},
+    ]
     (tmp_path / "grid").mkdir()
     (tmp_path / "grid" / f"{shape.name}-fwd.timings.json").write_text(
-        json.dumps({"records": records}))
+        json.dumps({"records": records})
+    )
     doc = {"shape": dc.asdict(shape), "kernel": "flash_mhf_fwd", "gpu": gpu}
     spread = figures.grid_spread(tmp_path, doc)
-    assert spread == {"shape": shape.name, "kernel": "flash_mhf_fwd", "valid": 3, "best_ms": 1.6,
-                      "default_ms": 2.0, "median_ms": 2.0, "worst_ms": 5.0}
+    assert spread == {
+        "shape": shape.name,
+        "kernel": "flash_mhf_fwd",
+        "valid": 3,
+        "best_ms": 1.6,
+        "default_ms": 2.0,
+        "median_ms": 2.0,
+        "worst_ms": 5.0,
+    }
     doc["kernel"] = "flash_mhf_bwd_dq"  # no timings recorded for it
     assert figures.grid_spread(tmp_path, doc) is None
 

@@ -1,5 +1,6 @@
 """The SQLite tuning database: schema, keys, merge policies, typed errors, WAL and
 concurrent writers, the layered (user over shipped) read."""
+
 import dataclasses
 import json
 import logging
@@ -37,8 +38,19 @@ def key(tokens=16384, bucket=16384, kernel="flash_mhf_fwd", gpu="NVIDIA H200"):
 
 def winner(ms=1.0, config=None, **key_args):
     config = config or registry.get(key_args.get("kernel", "flash_mhf_fwd")).Config(block_m=128)
-    return WinnerRecord(key(**key_args), config, ms, 300.0, 1.2, 1.2 / ms, "test timer", 10,
-                        "0.1.0", "2.11", utc_now())
+    return WinnerRecord(
+        key(**key_args),
+        config,
+        ms,
+        300.0,
+        1.2,
+        1.2 / ms,
+        "test timer",
+        10,
+        "0.1.0",
+        "2.11",
+        utc_now(),
+    )
 
 
 def test_a_new_database_has_schema_version_wal_and_tables(tmp_path):
@@ -55,9 +67,21 @@ def test_the_key_columns_are_the_contract_s_and_follow_kernel_spec():
     """KEY_COLUMNS and TuningKey are made from KernelSpec's fields; the columns (names
     and order) are the database's and the exports' contract."""
     assert dbmod.KEY_COLUMNS == (
-        "op", "variant", "template_hash", "heads", "kv_heads", "head_dim", "experts",
-        "expert_dim", "dtype", "bucket", "tokens", "gpu_name", "compute_capability",
-        "triton_version")
+        "op",
+        "variant",
+        "template_hash",
+        "heads",
+        "kv_heads",
+        "head_dim",
+        "experts",
+        "expert_dim",
+        "dtype",
+        "bucket",
+        "tokens",
+        "gpu_name",
+        "compute_capability",
+        "triton_version",
+    )
     assert tuple(f.name for f in dataclasses.fields(TuningKey)) == dbmod.KEY_COLUMNS
     assert key().spec() == dataclasses.replace(SPEC, target="sm90")
     assert key().spec_fields() == tuple(v for k, v in SPEC.as_dict().items() if k != "target")
@@ -66,8 +90,11 @@ def test_the_key_columns_are_the_contract_s_and_follow_kernel_spec():
 def test_trials_and_winners_round_trip(tmp_path):
     with TuningDB.open(tmp_path / "t.sqlite") as db:
         db.add_trial(TrialRecord(key(), Fwd(), "ok", ms=2.0, tflops=100.0, error=1e-3))
-        db.add_trial(TrialRecord(key(), Fwd(block_m=256), "failed", stage="resources",
-                                 reason="out of shared memory"))
+        db.add_trial(
+            TrialRecord(
+                key(), Fwd(block_m=256), "failed", stage="resources", reason="out of shared memory"
+            )
+        )
         w = winner()
         assert db.put_winner(w) == "added"
     with TuningDB.open(tmp_path / "t.sqlite", readonly=True) as db:
@@ -80,8 +107,12 @@ def test_trials_and_winners_round_trip(tmp_path):
 
 def test_the_key_separates_token_counts_gpus_and_kernels(tmp_path):
     with TuningDB.open(tmp_path / "t.sqlite") as db:
-        for k in (dict(), dict(tokens=12000), dict(gpu="NVIDIA A100"),
-                  dict(kernel="flash_mhf_bwd_dq")):
+        for k in (
+            dict(),
+            dict(tokens=12000),
+            dict(gpu="NVIDIA A100"),
+            dict(kernel="flash_mhf_bwd_dq"),
+        ):
             assert db.put_winner(winner(**k)) == "added"
         assert len(db.winners()) == 4
 
@@ -91,8 +122,7 @@ def test_replace_and_faster_policies(tmp_path):
         db.put_winner(winner(ms=1.0))
         assert db.put_winner(winner(ms=2.0, config=Fwd(block_m=64)), "faster") == "kept"
         assert db.winners()[0].ms == 1.0
-        assert db.put_winner(winner(ms=0.5, config=Fwd(block_m=32)), "faster") == \
-            "replaced"
+        assert db.put_winner(winner(ms=0.5, config=Fwd(block_m=32)), "faster") == "replaced"
         assert db.winners()[0].config.block_m == 32
         assert db.put_winner(winner(ms=3.0), "replace") == "replaced"
         assert [w.ms for w in db.winners()] == [3.0]
@@ -123,9 +153,11 @@ def test_foreign_sqlite_file_is_refused(tmp_path):
     run_sql(path, "CREATE TABLE recipes (name TEXT)")
     with pytest.raises(ForeignDatabaseError, match="not an mhfgen tuning database"):
         TuningDB.open(path)
-    run_sql(path,
-            "CREATE TABLE meta (key TEXT, value TEXT)",
-            "INSERT INTO meta VALUES ('format', 'someone-else')")
+    run_sql(
+        path,
+        "CREATE TABLE meta (key TEXT, value TEXT)",
+        "INSERT INTO meta VALUES ('format', 'someone-else')",
+    )
     with pytest.raises(ForeignDatabaseError, match="someone-else"):
         TuningDB.open(path, readonly=True)
 
@@ -133,8 +165,9 @@ def test_foreign_sqlite_file_is_refused(tmp_path):
 def test_newer_schema_is_refused_and_older_without_migration_too(tmp_path):
     path = tmp_path / "t.sqlite"
     TuningDB.open(path).close()
-    run_sql(path, ("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                   [str(SCHEMA_VERSION + 1)]))
+    run_sql(
+        path, ("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)])
+    )
     with pytest.raises(SchemaVersionError, match="newer"):
         TuningDB.open(path, readonly=True)
     run_sql(path, "UPDATE meta SET value = '0' WHERE key = 'schema_version'")
@@ -153,8 +186,9 @@ def test_a_damaged_table_is_reported(tmp_path):
 def _writer(path: str, worker: int, n: int) -> None:
     with TuningDB.open(path) as db:
         for i in range(n):
-            db.add_trial(TrialRecord(key(), Fwd(block_m=16 << (i % 4)), "ok",
-                                     ms=1.0 + i, study=f"w{worker}"))
+            db.add_trial(
+                TrialRecord(key(), Fwd(block_m=16 << (i % 4)), "ok", ms=1.0 + i, study=f"w{worker}")
+            )
             db.put_winner(winner(ms=1.0 + (worker * n + i) % 7), policy="faster")
 
 
@@ -209,22 +243,39 @@ def _legacy_file(path, version: int):
     """A database as mhfgen wrote it at schema `version` (1: no code_hash column; 1 and 2:
     a `kernel` column instead of op and variant, configs as 13-field JSON)."""
     with TuningDB.open(path) as db:
-        db.put_winner(dataclasses.replace(winner(config=Fwd(block_m=128, tma=True)),
-                                          code_hash="c0de"))
-        db.add_trial(TrialRecord(key(kernel="flash_mhf_bwd_dkv"),
-                                 Dkv(token_splits=2, transpose_acc=True), "ok", ms=2.0))
-    legacy = {"flash_mhf_fwd": {"block_m": 128, "tma": True},
-              "flash_mhf_bwd_dkv": {"token_splits": 2, "transpose_acc": True}}
+        db.put_winner(
+            dataclasses.replace(winner(config=Fwd(block_m=128, tma=True)), code_hash="c0de")
+        )
+        db.add_trial(
+            TrialRecord(
+                key(kernel="flash_mhf_bwd_dkv"),
+                Dkv(token_splits=2, transpose_acc=True),
+                "ok",
+                ms=2.0,
+            )
+        )
+    legacy = {
+        "flash_mhf_fwd": {"block_m": 128, "tma": True},
+        "flash_mhf_bwd_dkv": {"token_splits": 2, "transpose_acc": True},
+    }
     statements = ["DROP INDEX winners_key", "DROP INDEX trials_problem"]
     for table in ("winners", "trials"):
-        statements += [f"ALTER TABLE {table} RENAME COLUMN variant TO kernel",
-                       f"ALTER TABLE {table} DROP COLUMN op"]
-        statements += [(f"UPDATE {table} SET config = ? WHERE kernel = ?",
-                        [json.dumps({**SCHEMA2_FIELDS, **c}, sort_keys=True), k])
-                       for k, c in legacy.items()]
-    statements.append("CREATE UNIQUE INDEX winners_key ON winners (kernel, template_hash, "
-                      "heads, kv_heads, head_dim, experts, expert_dim, dtype, bucket, tokens, "
-                      "gpu_name, compute_capability, triton_version)")
+        statements += [
+            f"ALTER TABLE {table} RENAME COLUMN variant TO kernel",
+            f"ALTER TABLE {table} DROP COLUMN op",
+        ]
+        statements += [
+            (
+                f"UPDATE {table} SET config = ? WHERE kernel = ?",
+                [json.dumps({**SCHEMA2_FIELDS, **c}, sort_keys=True), k],
+            )
+            for k, c in legacy.items()
+        ]
+    statements.append(
+        "CREATE UNIQUE INDEX winners_key ON winners (kernel, template_hash, "
+        "heads, kv_heads, head_dim, experts, expert_dim, dtype, bucket, tokens, "
+        "gpu_name, compute_capability, triton_version)"
+    )
     if version == 1:
         statements.append("ALTER TABLE winners DROP COLUMN code_hash")
     statements.append(("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(version)]))
@@ -232,8 +283,7 @@ def _legacy_file(path, version: int):
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_an_older_file_is_read_through_a_migrated_copy_and_upgraded_when_written(
-        tmp_path, version):
+def test_an_older_file_is_read_through_a_migrated_copy_and_upgraded_when_written(tmp_path, version):
     from mhfgen.variants import flash_mhf_bwd_dkv, flash_mhf_fwd
 
     path = tmp_path / "t.sqlite"
@@ -241,16 +291,16 @@ def test_an_older_file_is_read_through_a_migrated_copy_and_upgraded_when_written
     with TuningDB.open(path, readonly=True) as db:  # read-only: the file is not written
         assert db.old_schema == version
         (w,) = db.winners()
-        assert (w.key.op, w.key.variant, w.key.kernel) == ("fwd", "flash_mhf_fwd",
-                                                          "flash_mhf_fwd")
+        assert (w.key.op, w.key.variant, w.key.kernel) == ("fwd", "flash_mhf_fwd", "flash_mhf_fwd")
         assert w.config == flash_mhf_fwd.Config(block_m=128, tma=True)
         assert w.code_hash == (None if version == 1 else "c0de") and w.ms == 1.0
         (t,) = db.trials(kernel="flash_mhf_bwd_dkv")
         assert t.key.op == "bwd_dkv"
         assert t.config == flash_mhf_bwd_dkv.Config(token_splits=2, transpose_acc=True)
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == \
-        (str(version),)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+        str(version),
+    )
     conn.close()
     with TuningDB.open(path) as db:  # writable: migrated in place
         assert {"op", "variant", "code_hash"} <= set(db.db["winners"].columns_dict)
@@ -261,8 +311,9 @@ def test_an_older_file_is_read_through_a_migrated_copy_and_upgraded_when_written
         (t,) = db.trials(variant="flash_mhf_bwd_dkv")
         assert t.config == flash_mhf_bwd_dkv.Config(token_splits=2, transpose_acc=True)
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == \
-        (str(SCHEMA_VERSION),)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+        str(SCHEMA_VERSION),
+    )
     stored = {row[0] for row in conn.execute("SELECT config FROM trials")}
     conn.close()
     # rewritten as the variant's own fields: nothing of the 13-field union is left
@@ -294,8 +345,11 @@ def test_every_shipped_winner_runs_the_code_it_was_tuned_with():
         records = list(db.winners())
     assert len(records) >= 100
     hashes = {rec.key.variant: template_hash(rec.key.variant) for rec in records}
-    stale = [f"{rec.key.variant} {rec.key.spec_fields()} {rec.key.tokens}"
-             for rec in records if not still_current(rec, hashes)]
+    stale = [
+        f"{rec.key.variant} {rec.key.spec_fields()} {rec.key.tokens}"
+        for rec in records
+        if not still_current(rec, hashes)
+    ]
     assert stale == []
 
 

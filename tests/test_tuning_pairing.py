@@ -2,6 +2,7 @@
 them, less that dQ/dR's time alone (mhfgen.tuning.workload, mhfgen.tuning.timer). The
 two-stream launch itself needs a GPU; here the pairing's choice, the launch of both
 kernels, the subtraction and the labels the database stores are proved on the CPU."""
+
 import dataclasses
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
@@ -34,8 +35,11 @@ def test_dkv_is_paired_with_the_dispatched_dq_and_dq_with_nothing():
     w = Workload(TINY, "cpu", paired=True)
     pairing = w.pairing(DKV)
     choice = dispatch.decide("bwd_dq", TINY.spec, TINY.tokens, CPU)
-    assert (pairing.op, pairing.variant, pairing.config) == ("bwd_dq", choice.variant,
-                                                             choice.config)
+    assert (pairing.op, pairing.variant, pairing.config) == (
+        "bwd_dq",
+        choice.variant,
+        choice.config,
+    )
     assert w.pairing(DKV) is pairing  # chosen once per workload
     assert w.pairing(DQ) is None and w.pairing(FWD) is None  # dQ/dR alone: no double count
 
@@ -74,8 +78,9 @@ def test_a_paired_time_is_the_pair_less_the_partner_alone_measured_once():
     assert timer.time(candidate) == 6.0
     assert timer.time(candidate) == 6.0
     assert sum(fn is pairing.launch for fn in fake.calls) == 1  # measured once
-    assert timer.label_for(DKV).startswith(timer.label + "; in the split backward: beside "
-                                           + pairing.variant)
+    assert timer.label_for(DKV).startswith(
+        timer.label + "; in the split backward: beside " + pairing.variant
+    )
     assert "less its 4 ms alone" in timer.label_for(DKV)
     assert timer.label_for(DQ) == timer.label
 
@@ -84,17 +89,19 @@ def test_the_tuner_stores_what_a_paired_time_was_measured_beside(tmp_path):
     timer = InterpreterTimer(Workload(TINY, "cpu", paired=True), repeats=1)
     facts = DeviceFacts.of(CPU)
     with TuningDB.open(tmp_path / "t.sqlite") as db:
-        result = Tuner(TINY, facts, timer, db, SearchSettings(trials=2, batch=2, rounds=1,
-                                                              top_k=1)).tune_kernel(DKV)
+        result = Tuner(
+            TINY, facts, timer, db, SearchSettings(trials=2, batch=2, rounds=1, top_k=1)
+        ).tune_kernel(DKV)
         assert result.winner is not None
-        winner, = db.winners(variant=DKV)
+        (winner,) = db.winners(variant=DKV)
         trials = db.trials(variant=DKV)
     assert "in the split backward: beside flash_mhf_bwd_dq" in winner.timer
     assert trials and all("in the split backward" in t.timer for t in trials)
 
 
 def test_the_pairing_reads_a_dq_winner_stored_after_the_dispatcher_read_the_databases(
-        fresh_dispatch):
+    fresh_dispatch,
+):
     """`mhfgen tune` stores dQ/dR's winner before it tunes dK/dU/dV: that winner, not what
     the dispatcher cached earlier in the process, is what dK/dU/dV is timed beside."""
     import triton
@@ -108,11 +115,18 @@ def test_the_pairing_reads_a_dq_winner_stored_after_the_dispatcher_read_the_data
     stem = before.variant
     tuned = dataclasses.replace(before.config, block_m=64, block_n=16)
     assert tuned != before.config
-    key = TuningKey.of(stem, template_hash(stem), TINY.spec, TINY.bucket, TINY.tokens,
-                       "interpreter", "none", triton.__version__)
+    key = TuningKey.of(
+        stem,
+        template_hash(stem),
+        TINY.spec,
+        TINY.bucket,
+        TINY.tokens,
+        "interpreter",
+        "none",
+        triton.__version__,
+    )
     with TuningDB.open(paths.user_db_path()) as db:
-        db.put_winner(WinnerRecord(key, tuned, 1.0, 1.0, 2.0, 2.0, "test", 5, "0", "0",
-                                   utc_now()))
+        db.put_winner(WinnerRecord(key, tuned, 1.0, 1.0, 2.0, 2.0, "test", 5, "0", "0", utc_now()))
     assert dispatch.explain_choice("bwd_dq", TINY.spec, TINY.tokens, CPU).config == before.config
     pairing = Workload(TINY, "cpu", paired=True).pairing(DKV)
     assert (pairing.variant, pairing.config) == (stem, tuned)

@@ -1,4 +1,5 @@
 """Search spaces from templates/<kernel>.space.toml and the keep() constraints."""
+
 import dataclasses
 
 import mhfgen
@@ -59,21 +60,25 @@ def test_the_built_in_default_is_kept_on_sm90(kernel, tokens):
     assert prune_reason(kernel, SM90, config, tokens, limits, 132) is None
 
 
-@pytest.mark.parametrize("config,tokens,expert_dim,fragment", [
-    (Fwd(group_heads=2), 4096, 64, "group_heads"),
-    (Fwd(block_m=256), 16, 64, "larger than the 16 rows"),
-    (Fwd(block_n=128), 4096, 64, "larger than expert_dim"),
-    (Fwd(head_dim_split="pad"), 4096, 64, "same code"),
-    (Fwd(block_n=64, prefetch_scores=True), 4096, 96, "prefetch_scores"),
-    (Fwd(inter_splits=2), 16384, 64, "more than 1056 programs"),
-    (Fwd(block_m=16, block_n=16, inter_splits=64), 1, 64, "exceeds the 8 intermediate"),
-    (Fwd(block_m=256, block_n=64, num_stages=4), 16384, 64, "shared memory"),
-    (Fwd(block_m=256, block_n=64, num_warps=4, num_stages=1), 16384, 64, "registers"),
-])
+@pytest.mark.parametrize(
+    "config,tokens,expert_dim,fragment",
+    [
+        (Fwd(group_heads=2), 4096, 64, "group_heads"),
+        (Fwd(block_m=256), 16, 64, "larger than the 16 rows"),
+        (Fwd(block_n=128), 4096, 64, "larger than expert_dim"),
+        (Fwd(head_dim_split="pad"), 4096, 64, "same code"),
+        (Fwd(block_n=64, prefetch_scores=True), 4096, 96, "prefetch_scores"),
+        (Fwd(inter_splits=2), 16384, 64, "more than 1056 programs"),
+        (Fwd(block_m=16, block_n=16, inter_splits=64), 1, 64, "exceeds the 8 intermediate"),
+        (Fwd(block_m=256, block_n=64, num_stages=4), 16384, 64, "shared memory"),
+        (Fwd(block_m=256, block_n=64, num_warps=4, num_stages=1), 16384, 64, "registers"),
+    ],
+)
 def test_keep_prunes_impossible_forward_configs(config, tokens, expert_dim, fragment):
     spec = KernelSpec(12, 4, 128, 2, expert_dim, "bfloat16", "sm90")
-    reason = prune_reason("flash_mhf_fwd", spec, config, tokens,
-                          load_space("flash_mhf_fwd", "sm90").limits, 132)
+    reason = prune_reason(
+        "flash_mhf_fwd", spec, config, tokens, load_space("flash_mhf_fwd", "sm90").limits, 132
+    )
     assert reason is not None and fragment in reason, reason
 
 
@@ -89,25 +94,40 @@ def test_a_config_of_another_variant_is_a_type_error():
 
 def test_keep_prunes_backward_specific_fields():
     limits = load_space("flash_mhf_bwd_dkv", "sm90").limits
-    reason = prune_reason("flash_mhf_bwd_dkv", SM90, Dkv(block_m=64, token_splits=128),
-                          256, limits, 132)
+    reason = prune_reason(
+        "flash_mhf_bwd_dkv", SM90, Dkv(block_m=64, token_splits=128), 256, limits, 132
+    )
     assert "row blocks" in reason
-    faulting = Dkv(block_m=64, block_n=32, num_stages=1, split_grads=True,
-                   transpose_acc=True)
+    faulting = Dkv(block_m=64, block_n=32, num_stages=1, split_grads=True, transpose_acc=True)
     assert "faults" in prune_reason("flash_mhf_bwd_dkv", SM90, faulting, 16384, limits, 132)
-    assert prune_reason("flash_mhf_bwd_dkv", SM90, dataclasses.replace(faulting, num_stages=2),
-                        16384, limits, 132) is None
+    assert (
+        prune_reason(
+            "flash_mhf_bwd_dkv",
+            SM90,
+            dataclasses.replace(faulting, num_stages=2),
+            16384,
+            limits,
+            132,
+        )
+        is None
+    )
 
 
-@pytest.mark.parametrize("config,fragment", [
-    (Fwd(block_m=16, block_n=64), "warpgroup"),
-    (Fwd(block_m=128, block_n=64, tma=True, warp_specialize=True,
-         prefetch_scores=True), "prefetch_scores loop"),
-])
+@pytest.mark.parametrize(
+    "config,fragment",
+    [
+        (Fwd(block_m=16, block_n=64), "warpgroup"),
+        (
+            Fwd(block_m=128, block_n=64, tma=True, warp_specialize=True, prefetch_scores=True),
+            "prefetch_scores loop",
+        ),
+    ],
+)
 def test_keep_prunes_sm90_specific_forward_configs(config, fragment):
     spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
-    reason = prune_reason("flash_mhf_fwd", spec, config, 16384,
-                          load_space("flash_mhf_fwd", "sm90").limits, 132)
+    reason = prune_reason(
+        "flash_mhf_fwd", spec, config, 16384, load_space("flash_mhf_fwd", "sm90").limits, 132
+    )
     assert reason is not None and fragment in reason, reason
 
 
@@ -121,8 +141,9 @@ def test_shared_memory_limit_comes_from_the_family():
 def test_interpreter_has_no_resource_limits():
     spec = dataclasses.replace(SM90, target="interpreter", dtype="float32")
     big = Fwd(block_m=256, block_n=128, num_warps=1, num_stages=8)
-    assert keep("flash_mhf_fwd", spec, big, 16384, load_space("flash_mhf_fwd", "interpreter").limits,
-                1)
+    assert keep(
+        "flash_mhf_fwd", spec, big, 16384, load_space("flash_mhf_fwd", "interpreter").limits, 1
+    )
 
 
 def test_bad_space_files_raise_space_error(tmp_path, monkeypatch):

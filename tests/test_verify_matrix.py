@@ -5,6 +5,7 @@ On the CPU the Triton-language variants run through the interpreter (fp32, fp16)
 GPU-marked tests run every variant, Gluon ones included, in all three dtypes, plus the
 seeded property-based pass, the r-in-q's-dtype regression and inputs past 2^31 elements.
 """
+
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on where there is no GPU
 
 # isort: split
@@ -107,29 +108,46 @@ def test_a_variant_that_leaves_a_row_unwritten_fails_its_row():
 def test_cpu_matrix(shape, dtype):
     rows = run_group(shape, dtype)
     ran = [r for r in rows if r.status != "n/a"]
-    assert {r.variant for r in ran} == {v.stem for v in registry.all_variants()
-                                        if v.family == "triton"}
+    assert {r.variant for r in ran} == {
+        v.stem for v in registry.all_variants() if v.family == "triton"
+    }
     failed = [(r.variant, r.batch, r.seqlen, r.form, r.status) for r in ran if not r.ok]
     assert not failed
 
 
 def _forms():
-    return st.builds(InputForm, name=st.just("drawn"), r=st.sampled_from(["float32", "q"]),
-                     q=st.sampled_from(["view", "strided", "transposed"]),
-                     weights=st.sampled_from(["contiguous", "strided"]))
+    return st.builds(
+        InputForm,
+        name=st.just("drawn"),
+        r=st.sampled_from(["float32", "q"]),
+        q=st.sampled_from(["view", "strided", "transposed"]),
+        weights=st.sampled_from(["contiguous", "strided"]),
+    )
 
 
 @cpu_only
-@settings(max_examples=10, derandomize=True, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(batch=st.integers(1, 3), seqlen=st.integers(1, 20), group=st.sampled_from([1, 2, 3]),
-       kv_heads=st.integers(1, 2), head_dim=st.sampled_from([16, 32, 48]),
-       experts=st.integers(1, 3), expert_dim=st.sampled_from([16, 32, 48]), form=_forms(),
-       dtype=st.sampled_from(["float32", "float16"]))
-def test_property_cpu(batch, seqlen, group, kv_heads, head_dim, experts, expert_dim, form,
-                      dtype):
-    shape = MatrixShape("drawn", group * kv_heads, kv_heads, head_dim, experts, expert_dim,
-                        ((batch, seqlen),))
+@settings(
+    max_examples=10,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    batch=st.integers(1, 3),
+    seqlen=st.integers(1, 20),
+    group=st.sampled_from([1, 2, 3]),
+    kv_heads=st.integers(1, 2),
+    head_dim=st.sampled_from([16, 32, 48]),
+    experts=st.integers(1, 3),
+    expert_dim=st.sampled_from([16, 32, 48]),
+    form=_forms(),
+    dtype=st.sampled_from(["float32", "float16"]),
+)
+def test_property_cpu(batch, seqlen, group, kv_heads, head_dim, experts, expert_dim, form, dtype):
+    shape = MatrixShape(
+        "drawn", group * kv_heads, kv_heads, head_dim, experts, expert_dim, ((batch, seqlen),)
+    )
     rows = run_group(shape, dtype, forms=(form,))
     failed = [(r.variant, r.status) for r in rows if not r.ok]
     assert not failed
@@ -145,7 +163,8 @@ def test_out_of_memory_and_sticky_cuda_errors_are_the_callers():
 
 
 def test_an_out_of_memory_error_at_the_first_launch_is_raised_and_demotes_nothing(
-        tmp_path, monkeypatch, caplog):
+    tmp_path, monkeypatch, caplog
+):
     """An OOM at a stored config's first launch reaches the caller, no warning is
     logged, and the stored config is still the choice for the next call."""
     import importlib
@@ -217,16 +236,32 @@ def test_r_in_q_dtype_through_the_public_op(seqlen, dtype):
 
 @gpu
 @pytest.mark.gpu
-@settings(max_examples=20, derandomize=True, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(shape=st.sampled_from(GPU_SHAPES[:3]), batch=st.integers(1, 4),
-       seqlen=st.integers(1, 300), form=_forms(),
-       dtype=st.sampled_from(["bfloat16", "float16", "float32"]))
+@settings(
+    max_examples=20,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    shape=st.sampled_from(GPU_SHAPES[:3]),
+    batch=st.integers(1, 4),
+    seqlen=st.integers(1, 300),
+    form=_forms(),
+    dtype=st.sampled_from(["bfloat16", "float16", "float32"]),
+)
 def test_property_gpu(shape, batch, seqlen, form, dtype):
     """Drawn token layouts and input forms on the matrix's specs (their kernels are
     compiled once), every variant."""
-    drawn = MatrixShape(shape.name, shape.heads, shape.kv_heads, shape.head_dim, shape.experts,
-                        shape.expert_dim, ((batch, seqlen),))
+    drawn = MatrixShape(
+        shape.name,
+        shape.heads,
+        shape.kv_heads,
+        shape.head_dim,
+        shape.experts,
+        shape.expert_dim,
+        ((batch, seqlen),),
+    )
     rows = run_group(drawn, dtype, forms=(form,))
     failed = [(r.variant, r.status) for r in rows if not r.ok]
     assert not failed
@@ -246,8 +281,7 @@ def test_inputs_past_2_to_the_31_elements():
     dev, dtype = "cuda", torch.bfloat16
     q = torch.randn(1, T, H, D, device=dev, dtype=dtype)
     do = torch.randn(1, T, H, D, device=dev, dtype=dtype)
-    k, u, v = (torch.randn(Hkv, E, De, D, device=dev, dtype=dtype) * D ** -0.5
-               for _ in range(3))
+    k, u, v = (torch.randn(Hkv, E, De, D, device=dev, dtype=dtype) * D**-0.5 for _ in range(3))
     r = torch.softmax(torch.randn(1, T, H, E, device=dev), -1)
     assert q.numel() > 2**31
     windows = [slice(0, 256), slice(edge - 256, edge + 256), slice(T - 256, T)]
@@ -285,7 +319,7 @@ def test_a_variant_named_directly_runs_token_counts_dispatch_leaves_to_another()
 
 
 def test_tiny_outputs_get_the_sampling_allowance_and_large_ones_the_bar():
-    assert tolerance("bfloat16", numel=384) == pytest.approx(2.5e-3 * (1 + 2 / 768 ** 0.5))
+    assert tolerance("bfloat16", numel=384) == pytest.approx(2.5e-3 * (1 + 2 / 768**0.5))
     assert tolerance("bfloat16", numel=10**8) == pytest.approx(2.5e-3, rel=1e-3)
 
 

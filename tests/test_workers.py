@@ -4,6 +4,7 @@ replayed timings and Triton's interpreter, a journal file and a real PostgreSQL 
 evaluated once by one worker, every trial stored once, one winner per kernel, and the
 database equals the one a single process stores from the same recorded timings. At run
 time the config is a pure function of the database, the spec, the shape and the GPU."""
+
 import collections
 import json
 import os
@@ -52,8 +53,10 @@ def postgres_url():
     """A fresh PostgreSQL database for one test, dropped after it."""
     base = os.environ.get("MHFGEN_TEST_POSTGRES_URL")
     if not base:
-        pytest.skip("MHFGEN_TEST_POSTGRES_URL is not set: no PostgreSQL server to test "
-                    "against (.ci/run starts one and sets it)")
+        pytest.skip(
+            "MHFGEN_TEST_POSTGRES_URL is not set: no PostgreSQL server to test "
+            "against (.ci/run starts one and sets it)"
+        )
     import psycopg2  # in CI a missing driver fails the test rather than skipping it
 
     name = f"mhfgen_t_{uuid.uuid4().hex[:12]}"
@@ -79,8 +82,10 @@ def _failing_recording():
     clean = recording(PROBLEM, kernels=[FWD, DQ])
     fwd = sorted((r for r in clean["records"] if r["kernel"] == FWD), key=lambda r: r["ms"])
     parse = registry.get(FWD).config_from_dict
-    failures = {(FWD, parse(r["config"])): (stage, f"{stage} in the test")
-                for r, stage in zip(fwd[5::20], ("compile", "wrong answer", "timeout"))}
+    failures = {
+        (FWD, parse(r["config"])): (stage, f"{stage} in the test")
+        for r, stage in zip(fwd[5::20], ("compile", "wrong answer", "timeout"))
+    }
     return recording(PROBLEM, kernels=[FWD, DQ], failures=failures)
 
 
@@ -88,10 +93,33 @@ def contents(path):
     """A database's trials and winners, without what differs between two runs of the
     same search (row ids, dates, study names and trial numbers)."""
     with TuningDB.open(path, readonly=True) as db:
-        trials = sorted((json.dumps(t.key.as_dict()), t.config.to_json(), t.status, t.stage,
-                         t.reason, t.ms, t.tflops, t.error, t.timer) for t in db.trials())
-        winners = sorted((json.dumps(w.key.as_dict()), w.config.to_json(), w.ms, w.tflops,
-                          w.default_ms, w.speedup, w.timer, w.trials) for w in db.winners())
+        trials = sorted(
+            (
+                json.dumps(t.key.as_dict()),
+                t.config.to_json(),
+                t.status,
+                t.stage,
+                t.reason,
+                t.ms,
+                t.tflops,
+                t.error,
+                t.timer,
+            )
+            for t in db.trials()
+        )
+        winners = sorted(
+            (
+                json.dumps(w.key.as_dict()),
+                w.config.to_json(),
+                w.ms,
+                w.tflops,
+                w.default_ms,
+                w.speedup,
+                w.timer,
+                w.trials,
+            )
+            for w in db.winners()
+        )
     return trials, winners
 
 
@@ -106,23 +134,43 @@ def study_trials(storage_url):
 
 
 def evaluated(trials):
-    return [t for t in trials if t.user_attrs.get("config") and (
-        t.state == optuna.trial.TrialState.COMPLETE
-        or t.user_attrs.get("stage") not in (None, "pruned", "duplicate", "surplus"))]
+    return [
+        t
+        for t in trials
+        if t.user_attrs.get("config")
+        and (
+            t.state == optuna.trial.TrialState.COMPLETE
+            or t.user_attrs.get("stage") not in (None, "pruned", "duplicate", "surplus")
+        )
+    ]
 
 
 # NOTE: PostgreSQL costs Optuna about 0.1 s per trial here (a transaction per parameter);
 # its run searches one grid of the two. The kernels are named by their Triton-language
 # variants: on the replayed H200 `fwd` and `dq` would be the joint studies of both
 # variants of each op, and the recording covers these.
-@pytest.mark.parametrize("backend,kernels", [("journal", "flash_mhf_fwd,flash_mhf_bwd_dq"),
-                                             ("postgres", "flash_mhf_fwd")])
+@pytest.mark.parametrize(
+    "backend,kernels",
+    [("journal", "flash_mhf_fwd,flash_mhf_bwd_dq"), ("postgres", "flash_mhf_fwd")],
+)
 def test_three_workers_store_what_one_process_stores(backend, kernels, tmp_path, request):
     storage = _storage(backend, tmp_path, request)
     rec = tmp_path / "timings.json"
     rec.write_text(json.dumps(_failing_recording()))
-    args = ["tune", "--replay", str(rec), *CLI_PROBLEM, "--kernels", kernels,
-            "--strategy", "grid", "--trials", "10000", "--batch", "8"]
+    args = [
+        "tune",
+        "--replay",
+        str(rec),
+        *CLI_PROBLEM,
+        "--kernels",
+        kernels,
+        "--strategy",
+        "grid",
+        "--trials",
+        "10000",
+        "--batch",
+        "8",
+    ]
     single, multi = tmp_path / "single.sqlite", tmp_path / "multi.sqlite"
     assert main([*args, "--db", str(single)]) == 0
     assert main([*args, "--db", str(multi), "--workers", "3", "--storage", storage]) == 0
@@ -132,9 +180,12 @@ def test_three_workers_store_what_one_process_stores(backend, kernels, tmp_path,
     tuner = Tuner(PROBLEM, H200, None, None)
     names = kernels.split(",")
     assert len(trials) == sum(len(tuner.grid(k)) for k in names)  # none lost
-    assert len({t[:2] for t in trials}) == len(trials)           # none twice
-    assert sorted(t[3] for t in trials if t[2] == "failed") == \
-        ["compile", "timeout", "wrong answer"]
+    assert len({t[:2] for t in trials}) == len(trials)  # none twice
+    assert sorted(t[3] for t in trials if t[2] == "failed") == [
+        "compile",
+        "timeout",
+        "wrong answer",
+    ]
     assert len(winners) == len(names)
     for kernel, study in study_trials(storage).items():
         done = evaluated(study)
@@ -145,15 +196,34 @@ def test_three_workers_store_what_one_process_stores(backend, kernels, tmp_path,
 
 
 @pytest.mark.parametrize("backend", ["journal", "postgres"])
-def test_tpe_workers_spend_exactly_the_budget_and_declare_one_winner(backend, tmp_path,
-                                                                     request):
+def test_tpe_workers_spend_exactly_the_budget_and_declare_one_winner(backend, tmp_path, request):
     storage = _storage(backend, tmp_path, request)
     rec = tmp_path / "timings.json"
     rec.write_text(json.dumps(recording(PROBLEM)))
     db = tmp_path / "t.sqlite"
-    assert main(["tune", "--replay", str(rec), *CLI_PROBLEM, "--trials", "20", "--batch", "4",
-                 "--kernels", ",".join(KERNELS),  # the Triton-language forward (see above)
-                 "--workers", "3", "--storage", storage, "--db", str(db)]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                "--replay",
+                str(rec),
+                *CLI_PROBLEM,
+                "--trials",
+                "20",
+                "--batch",
+                "4",
+                "--kernels",
+                ",".join(KERNELS),  # the Triton-language forward (see above)
+                "--workers",
+                "3",
+                "--storage",
+                storage,
+                "--db",
+                str(db),
+            ]
+        )
+        == 0
+    )
     studies = study_trials(storage)
     assert set(studies) == set(KERNELS)
     with TuningDB.open(db, readonly=True) as tdb:
@@ -161,16 +231,21 @@ def test_tpe_workers_spend_exactly_the_budget_and_declare_one_winner(backend, tm
             done = evaluated(study)
             assert len(done) == 20 and len({t.user_attrs["config"] for t in done}) == 20
             stored = tdb.trials(kernel=kernel)
-            assert sorted(t.config.to_json() for t in stored) == \
-                sorted(t.user_attrs["config"] for t in done)
+            assert sorted(t.config.to_json() for t in stored) == sorted(
+                t.user_attrs["config"] for t in done
+            )
             assert sorted(t.trial_number for t in stored) == sorted(t.number for t in done)
             (winner,) = tdb.winners(kernel=kernel)
             assert winner.trials == 20
             assert winner.ms == pytest.approx(min(t.ms for t in stored))
-            (declared,) = [s.user_attrs["declared"] for s in
-                           [optuna.load_study(study_name=n, storage=storage_for(storage))
-                            for n in optuna.get_all_study_names(storage_for(storage))]
-                           if json.loads(s.study_name)[0] == kernel]
+            (declared,) = [
+                s.user_attrs["declared"]
+                for s in [
+                    optuna.load_study(study_name=n, storage=storage_for(storage))
+                    for n in optuna.get_all_study_names(storage_for(storage))
+                ]
+                if json.loads(s.study_name)[0] == kernel
+            ]
             assert declared["config"] == winner.config.to_json()
             assert len(declared["side_by_side"]) >= 2  # re-timed against the others
 
@@ -178,8 +253,27 @@ def test_tpe_workers_spend_exactly_the_budget_and_declare_one_winner(backend, tm
 def test_interpreter_workers_share_a_journal_study(tmp_path, capsys):
     storage = f"journal:{tmp_path / 'study.journal'}"
     db = tmp_path / "t.sqlite"
-    assert main(["tune", "--no-progress", "--kernels", "fwd", "--trials", "6", "--batch", "2",
-                 "--workers", "2", "--storage", storage, "--db", str(db)]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                "--no-progress",
+                "--kernels",
+                "fwd",
+                "--trials",
+                "6",
+                "--batch",
+                "2",
+                "--workers",
+                "2",
+                "--storage",
+                storage,
+                "--db",
+                str(db),
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     assert "with 2 workers" in err and "NOT GPU timings" in out
     done = evaluated(study_trials(storage)[FWD])
@@ -201,8 +295,9 @@ def test_a_second_host_stores_the_same_trials_and_winner_without_timing(tmp_path
         Tuner(PROBLEM, H200, ReplayTimer(rec), a, settings, storage, shared=True).tune([DQ])
     late = ReplayTimer(rec)
     with TuningDB.open(tmp_path / "b.sqlite") as b:
-        result, = Tuner(PROBLEM, H200, late, b, settings, storage, shared=True,
-                        worker=1).tune([DQ])
+        (result,) = Tuner(PROBLEM, H200, late, b, settings, storage, shared=True, worker=1).tune(
+            [DQ]
+        )
     assert late.calls == {}  # the study was complete and its winner declared
     assert contents(tmp_path / "b.sqlite") == contents(tmp_path / "a.sqlite")
     assert len(contents(tmp_path / "a.sqlite")[0]) == 12
@@ -212,8 +307,12 @@ def test_a_second_host_stores_the_same_trials_and_winner_without_timing(tmp_path
 
 
 def _dead_pid():
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(proc.stdout)
 
 
@@ -221,18 +320,22 @@ def test_stale_claims_are_retried_and_live_ones_waited_for(tmp_path):
     rec = recording(PROBLEM, kernels=[FWD])
     storage = f"journal:{tmp_path / 'study.journal'}"
     settings = SearchSettings(trials=8, batch=4)
-    other = Tuner(PROBLEM, H200, ReplayTimer(rec), None, settings, storage, shared=True,
-                  worker=1).open_study(FWD)
+    other = Tuner(
+        PROBLEM, H200, ReplayTimer(rec), None, settings, storage, shared=True, worker=1
+    ).open_study(FWD)
     dead, old, live = other.ask_batch(3)
-    forge = [(dead, {"worker": f"{HOST}:{_dead_pid()}"}),
-             (old, {"worker": "elsewhere/pid:[1]:42", "heartbeat": time.time() - STALE_S - 9}),
-             (live, {"worker": "elsewhere/pid:[1]:43", "heartbeat": time.time()})]
+    forge = [
+        (dead, {"worker": f"{HOST}:{_dead_pid()}"}),
+        (old, {"worker": "elsewhere/pid:[1]:42", "heartbeat": time.time() - STALE_S - 9}),
+        (live, {"worker": "elsewhere/pid:[1]:43", "heartbeat": time.time()}),
+    ]
     for asked, attrs in forge:
         for key, value in attrs.items():
             other.storage.set_trial_user_attr(asked.trial._trial_id, key, value)
 
-    tuner = Tuner(PROBLEM, H200, ReplayTimer(rec), None, settings, storage, shared=True,
-                  poll_s=0.01)
+    tuner = Tuner(
+        PROBLEM, H200, ReplayTimer(rec), None, settings, storage, shared=True, poll_s=0.01
+    )
     study = tuner.open_study(FWD)  # another process: the three are not its own
     assert study.in_flight() == 1  # the dead worker's and the silent one's were failed
     assert tuner.search_kernel(FWD, study) is False  # the rest is the live claim's
@@ -250,8 +353,12 @@ def test_stale_claims_are_retried_and_live_ones_waited_for(tmp_path):
 def test_claims_of_one_config_at_the_same_moment_both_give_way(tmp_path):
     rec = recording(PROBLEM, kernels=[FWD])
     storage = f"journal:{tmp_path / 'study.journal'}"
-    a, b = (Tuner(PROBLEM, H200, ReplayTimer(rec), None, SearchSettings(), storage,
-                  shared=True, worker=w).open_study(FWD) for w in (0, 1))
+    a, b = (
+        Tuner(
+            PROBLEM, H200, ReplayTimer(rec), None, SearchSettings(), storage, shared=True, worker=w
+        ).open_study(FWD)
+        for w in (0, 1)
+    )
     config = a.grid[3]
     ta, tb = a._ask(config), b._ask(config)
     ta.set_user_attr("config", config.to_json())
@@ -265,8 +372,9 @@ def test_claims_of_one_config_at_the_same_moment_both_give_way(tmp_path):
     second = b.ask_batch(2, limit=3)
     keys = {x.config.to_json() for x in first}
     assert len(second) == 1 and not keys & {x.config.to_json() for x in second}
-    stages = collections.Counter(t.user_attrs.get("stage")
-                                 for t in b.study.get_trials(deepcopy=False))
+    stages = collections.Counter(
+        t.user_attrs.get("stage") for t in b.study.get_trials(deepcopy=False)
+    )
     assert stages["surplus"] == 1  # the budget of 3 was filled by the earlier trials
 
 
@@ -275,15 +383,22 @@ def test_fresh_starts_a_new_generation_whose_trials_are_all_stored(tmp_path):
     storage = f"journal:{tmp_path / 'study.journal'}"
     with TuningDB.open(tmp_path / "t.sqlite") as db:
         for fresh in (False, True):
-            Tuner(PROBLEM, H200, ReplayTimer(rec), db, SearchSettings(trials=4, batch=2,
-                                                                      fresh=fresh),
-                  storage, shared=True).tune([FWD])
+            Tuner(
+                PROBLEM,
+                H200,
+                ReplayTimer(rec),
+                db,
+                SearchSettings(trials=4, batch=2, fresh=fresh),
+                storage,
+                shared=True,
+            ).tune([FWD])
         trials = db.trials()
     assert len(trials) == 8
     names = {t.study for t in trials}
     assert len(names) == 2 and any(n.endswith("#1") for n in names)
     assert optuna.get_all_study_names(storage_for(storage)) == [
-        n for n in names if n.endswith("#1")]
+        n for n in names if n.endswith("#1")
+    ]
 
 
 def test_storage_urls():
@@ -297,11 +412,16 @@ def test_storage_urls():
     assert _with_postgres_driver("mysql://u@h/db") == "mysql://u@h/db"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--workers", "0"], "--workers must be >= 1"),
-    (["--storage", "postgresql://nobody:hunter2@127.0.0.1:1/none"], "--storage postgresql://"
-                                                                    "nobody:***@127.0.0.1:1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--workers", "0"], "--workers must be >= 1"),
+        (
+            ["--storage", "postgresql://nobody:hunter2@127.0.0.1:1/none"],
+            "--storage postgresql://nobody:***@127.0.0.1:1",
+        ),
+    ],
+)
 def test_bad_worker_flags_are_one_line_errors(args, message, capsys):
     assert main(["tune", "--no-progress", *args]) == 2
     err = capsys.readouterr().err.strip()
@@ -352,14 +472,27 @@ def _tuned_db(path):
     configs = {}
     with TuningDB.open(path) as db:
         for gpu, cc, spec, tokens, block in (
-                ("NVIDIA H200", "9.0", KernelSpec(4, 4, 64, 2, 128, "bfloat16", "sm90"), 1024, 64),
-                ("NVIDIA H200", "9.0", KernelSpec(4, 4, 64, 2, 128, "bfloat16", "sm90"), 8192, 128),
-                ("NVIDIA A100-SXM4-80GB", "8.0", KernelSpec(4, 4, 64, 2, 128, "bfloat16", "sm80"),
-                 1024, 32),
-                ("interpreter", "none", KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter"),
-                 32, 16)):
-            key = TuningKey.of(FWD, template_hash(FWD), spec, shape_bucket(tokens), tokens, gpu,
-                               cc, triton.__version__)
+            ("NVIDIA H200", "9.0", KernelSpec(4, 4, 64, 2, 128, "bfloat16", "sm90"), 1024, 64),
+            ("NVIDIA H200", "9.0", KernelSpec(4, 4, 64, 2, 128, "bfloat16", "sm90"), 8192, 128),
+            (
+                "NVIDIA A100-SXM4-80GB",
+                "8.0",
+                KernelSpec(4, 4, 64, 2, 128, "bfloat16", "sm80"),
+                1024,
+                32,
+            ),
+            ("interpreter", "none", KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter"), 32, 16),
+        ):
+            key = TuningKey.of(
+                FWD,
+                template_hash(FWD),
+                spec,
+                shape_bucket(tokens),
+                tokens,
+                gpu,
+                cc,
+                triton.__version__,
+            )
             config = registry.get(FWD).Config(block_m=block, block_n=32)
             configs[(gpu, tokens)] = config
             db.put_winner(WinnerRecord(key, config, 1.0, 1.0, 2.0, 2.0, "test", 4, "", "", ""))
@@ -376,10 +509,23 @@ def test_runtime_choice_is_a_pure_function_of_the_database(tmp_path):
     shipped.chmod(0o444)
     runs = []
     for i, db in enumerate((tuned, shipped)):
-        env = dict(os.environ, PYTHONPATH=str(ROOT), MHFGEN_DB=str(db),
-                   MHFGEN_CACHE_DIR=str(tmp_path / f"cache{i}"), PYTHONHASHSEED=str(i))
-        runs.append(subprocess.Popen([sys.executable, "-c", CHOOSE], cwd=tmp_path, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            MHFGEN_DB=str(db),
+            MHFGEN_CACHE_DIR=str(tmp_path / f"cache{i}"),
+            PYTHONHASHSEED=str(i),
+        )
+        runs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", CHOOSE],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outs = []
     for proc in runs:
         out, err = proc.communicate(timeout=120)
@@ -406,13 +552,19 @@ def test_a_database_on_a_read_only_file_system_is_read(tmp_path):
     src.mkdir()
     mnt.mkdir()
     _tuned_db(src / "job.sqlite")
-    if subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(mnt)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "--bind", "-o", "ro", str(src), str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot make a read-only bind mount here (needs root)")
     try:
         subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], capture_output=True)
-        if os.access(mnt, os.W_OK) and subprocess.run(
-                ["touch", str(mnt / "probe")], capture_output=True).returncode == 0:
+        if (
+            os.access(mnt, os.W_OK)
+            and subprocess.run(["touch", str(mnt / "probe")], capture_output=True).returncode == 0
+        ):
             pytest.skip("the bind mount is writable here")
         with TuningDB.open(mnt / "job.sqlite", readonly=True) as db:
             assert len(db.winners()) == 4 and len(db.trials()) == 4

@@ -1,6 +1,7 @@
 """Helpers of the tuning tests: recorded-timing documents for ReplayTimer built from a
 synthetic cost function over every valid config, so search, database, export/import and
 dispatch are tested without a GPU."""
+
 from __future__ import annotations
 
 import hashlib
@@ -41,20 +42,35 @@ def synthetic_ms(kernel: str, config) -> float:
     """A smooth landscape with one best region (BM 128, BN 64, 8 warps, 3 stages, TMA)
     and 2% deterministic noise: what a GPU's timings roughly look like. A field the
     variant's config lacks counts at its neutral value."""
+
     def get(name, neutral):
         return getattr(config, name, neutral)
 
-    cost = (1.0 + 0.30 * abs(math.log2(config.block_m / 128))
-            + 0.20 * abs(math.log2(config.block_n / 64))
-            + 0.10 * (config.num_warps != 8) + 0.06 * abs(config.num_stages - 3)
-            + 0.05 * (not get("tma", False)) + 0.08 * (get("inter_splits", 1) - 1)
-            + 0.08 * (get("token_splits", 1) - 1) + 0.15 * (config.head_dim_split == "pad"))
-    return {"flash_mhf_fwd": 0.5, "flash_mhf_bwd_dq": 0.8, "flash_mhf_bwd_dkv": 0.9}[kernel] \
-        * cost * jitter(config, kernel)
+    cost = (
+        1.0
+        + 0.30 * abs(math.log2(config.block_m / 128))
+        + 0.20 * abs(math.log2(config.block_n / 64))
+        + 0.10 * (config.num_warps != 8)
+        + 0.06 * abs(config.num_stages - 3)
+        + 0.05 * (not get("tma", False))
+        + 0.08 * (get("inter_splits", 1) - 1)
+        + 0.08 * (get("token_splits", 1) - 1)
+        + 0.15 * (config.head_dim_split == "pad")
+    )
+    return (
+        {"flash_mhf_fwd": 0.5, "flash_mhf_bwd_dq": 0.8, "flash_mhf_bwd_dkv": 0.9}[kernel]
+        * cost
+        * jitter(config, kernel)
+    )
 
 
-def recording(problem: TuningProblem, device: DeviceFacts = H200, kernels=None,
-              cost=synthetic_ms, failures: dict | None = None) -> dict:
+def recording(
+    problem: TuningProblem,
+    device: DeviceFacts = H200,
+    kernels=None,
+    cost=synthetic_ms,
+    failures: dict | None = None,
+) -> dict:
     """An mhfgen-timings document covering every valid config and the default of
     `kernels` for `problem`; failures: {(kernel, config): (stage, reason)}, the config a
     variant's config."""
@@ -66,13 +82,23 @@ def recording(problem: TuningProblem, device: DeviceFacts = H200, kernels=None,
             configs.append(tuner.default(kernel))
         for config in configs:
             rec = {"kernel": kernel, "config": config.as_dict()}
-            failure = next((f for (k, c), f in (failures or {}).items()
-                            if k == kernel and registry.get(k).coerce(c) == config), None)
+            failure = next(
+                (
+                    f
+                    for (k, c), f in (failures or {}).items()
+                    if k == kernel and registry.get(k).coerce(c) == config
+                ),
+                None,
+            )
             if failure:
                 rec["failure"] = {"stage": failure[0], "reason": failure[1]}
             else:
                 rec["ms"] = cost(kernel, config)
                 rec["error"] = 1e-3
             records.append(rec)
-    return {"format": TIMINGS_FORMAT, "label": "synthetic test timings",
-            "device": device.__dict__.copy(), "records": records}
+    return {
+        "format": TIMINGS_FORMAT,
+        "label": "synthetic test timings",
+        "device": device.__dict__.copy(),
+        "records": records,
+    }

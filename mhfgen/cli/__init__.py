@@ -1,5 +1,6 @@
 """The `mhfgen` command line. Each command lives in its own module with a
 `register(subparsers)` function that adds its parser and sets `handler`."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,8 @@ class CommandError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mhfgen",
-        description="Generated, autotuned Triton kernels for the Flash Multi-Head FFN.")
+        description="Generated, autotuned Triton kernels for the Flash Multi-Head FFN.",
+    )
     parser.add_argument("--version", action="version", version=f"mhfgen {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -50,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0

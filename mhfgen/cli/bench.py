@@ -1,6 +1,7 @@
 """`mhfgen bench`: the mhfgen op against the PyTorch reference, torch.compile of it, a
 SwiGLU FFN of equal FLOPs and, where Helion is installed, a Helion forward (and the FlashMHF
 layer against the SwiGLU layer), side by side."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,47 +31,82 @@ def register(sub) -> None:
 
     method_help = "; ".join(f"{name}: {m.description}" for name, m in METHODS.items())
     p = sub.add_parser(
-        "bench", help="time and peak memory against the reference, torch.compile and SwiGLU",
-        description=textwrap.fill("For a problem and each pass (forward; forward + backward), measure the "
-                    "median time, TFLOP/s and peak memory of the mhfgen op, the PyTorch "
-                    "reference, torch.compile of the reference and a SwiGLU FFN of equal "
-                    "FLOPs (and, where helion is installed, a Helion forward after Helion's "
-                    "autotuner), side by side in one run, with ratios against mhfgen. "
-                    + FLOP_NOTE
-                    + " Without a GPU, tiny problems run through Triton's interpreter and "
-                      "the timings are labelled as such.", 88),
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-        conflict_handler="resolve")  # NOTE: replaces add_problem_args' int --tokens by a list
+        "bench",
+        help="time and peak memory against the reference, torch.compile and SwiGLU",
+        description=textwrap.fill(
+            "For a problem and each pass (forward; forward + backward), measure the "
+            "median time, TFLOP/s and peak memory of the mhfgen op, the PyTorch "
+            "reference, torch.compile of the reference and a SwiGLU FFN of equal "
+            "FLOPs (and, where helion is installed, a Helion forward after Helion's "
+            "autotuner), side by side in one run, with ratios against mhfgen. "
+            + FLOP_NOTE
+            + " Without a GPU, tiny problems run through Triton's interpreter and "
+            "the timings are labelled as such.",
+            88,
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        conflict_handler="resolve",
+    )  # NOTE: replaces add_problem_args' int --tokens by a list
     add_problem_args(p)
-    p.add_argument("--tokens", default="16384", metavar="N[,N...]",
-                   help="tokens B*L, or a comma list for a sweep (default 16384); "
-                        "B = tokens / 2048 when 2048 divides tokens, else B = 1")
-    p.add_argument("--passes", default="fwd,fwdbwd",
-                   help="comma list of fwd (forward) and fwdbwd (forward + backward)")
+    p.add_argument(
+        "--tokens",
+        default="16384",
+        metavar="N[,N...]",
+        help="tokens B*L, or a comma list for a sweep (default 16384); "
+        "B = tokens / 2048 when 2048 divides tokens, else B = 1",
+    )
+    p.add_argument(
+        "--passes",
+        default="fwd,fwdbwd",
+        help="comma list of fwd (forward) and fwdbwd (forward + backward)",
+    )
     # NOTE: the default is resolved when the command runs: whether helion imports is
     # not asked while every command's parser is built
-    p.add_argument("--methods", default=None,
-                   help=f"comma list of methods (default: those of "
-                        f"{','.join(methods_of('core'))} that can run here; helion only on a "
-                        "GPU where it is installed). " + method_help)
-    p.add_argument("--layer", action="store_true",
-                   help="also bench the whole FlashMHF layer against the SwiGLU layer "
-                        "(methods " + ",".join(methods_of("layer")) + ")")
-    p.add_argument("--helion-effort", choices=EFFORTS, default=AutotuneSettings.effort,
-                   help="Helion's autotune effort for the helion method; none: Helion's default "
-                        f"config, no search (default {AutotuneSettings.effort})")
-    p.add_argument("--helion-budget", type=int, default=AutotuneSettings.budget_s,
-                   metavar="SECONDS",
-                   help="time budget of Helion's autotuner per shape; it returns its best "
-                        f"config so far then (default {AutotuneSettings.budget_s})")
-    p.add_argument("--repeat", type=int, default=3,
-                   help="timings per row, the row reports their median (default 3); on a GPU "
-                        "each is a do_bench median over ~100 ms of runs")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma list of methods (default: those of "
+        f"{','.join(methods_of('core'))} that can run here; helion only on a "
+        "GPU where it is installed). " + method_help,
+    )
+    p.add_argument(
+        "--layer",
+        action="store_true",
+        help="also bench the whole FlashMHF layer against the SwiGLU layer "
+        "(methods " + ",".join(methods_of("layer")) + ")",
+    )
+    p.add_argument(
+        "--helion-effort",
+        choices=EFFORTS,
+        default=AutotuneSettings.effort,
+        help="Helion's autotune effort for the helion method; none: Helion's default "
+        f"config, no search (default {AutotuneSettings.effort})",
+    )
+    p.add_argument(
+        "--helion-budget",
+        type=int,
+        default=AutotuneSettings.budget_s,
+        metavar="SECONDS",
+        help="time budget of Helion's autotuner per shape; it returns its best "
+        f"config so far then (default {AutotuneSettings.budget_s})",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="timings per row, the row reports their median (default 3); on a GPU "
+        "each is a do_bench median over ~100 ms of runs",
+    )
     p.add_argument("--json", metavar="FILE", default=None, help="write the rows as JSON")
     p.add_argument("--csv", metavar="FILE", default=None, help="write the rows as CSV")
-    p.add_argument("--plot", metavar="FILE.png", default=None,
-                   help="write a PNG of TFLOP/s against tokens, one line per method and pass "
-                        "(needs matplotlib)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        default=None,
+        help="write a PNG of TFLOP/s against tokens, one line per method and pass "
+        "(needs matplotlib)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -80,7 +116,9 @@ def _comma_list(flag: str, text: str, known) -> list[str]:
         raise CommandError(f"{flag}: expected a comma list of {', '.join(known)}, got {text!r}")
     for item in items:
         if item not in known:
-            raise CommandError(f"{flag}: unknown {item!r}; expected a comma list of {', '.join(known)}")
+            raise CommandError(
+                f"{flag}: unknown {item!r}; expected a comma list of {', '.join(known)}"
+            )
     return list(dict.fromkeys(items))
 
 
@@ -91,8 +129,9 @@ def parse_tokens(text: str) -> list[int]:
         try:
             value = int(item.strip())
         except ValueError:
-            raise CommandError(f"--tokens: expected positive integers separated by commas, "
-                               f"got {text!r}") from None
+            raise CommandError(
+                f"--tokens: expected positive integers separated by commas, got {text!r}"
+            ) from None
         out.append(tokens_flag(value))
     return sorted(dict.fromkeys(out))
 
@@ -147,32 +186,45 @@ def run(args) -> int:
     spec = spec_from_args(ns)  # validates sizes and dtype (CommandError)
     if any(bench.METHODS[m].scope == "layer" for m in methods):
         try:
-            check_layer_sizes(spec.heads * spec.head_dim, spec.heads, spec.intermediate,
-                              spec.experts, spec.kv_heads)
+            check_layer_sizes(
+                spec.heads * spec.head_dim,
+                spec.heads,
+                spec.intermediate,
+                spec.experts,
+                spec.kv_heads,
+            )
         except ValueError as exc:
             raise CommandError(f"layer: {exc}") from None
-    problems = [bench.BenchProblem(spec.heads, spec.kv_heads, spec.head_dim, spec.intermediate,
-                                   spec.experts, spec.dtype, t) for t in tokens]
+    problems = [
+        bench.BenchProblem(
+            spec.heads, spec.kv_heads, spec.head_dim, spec.intermediate, spec.experts, spec.dtype, t
+        )
+        for t in tokens
+    ]
 
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     if not gpu:
         if spec.dtype == "bfloat16":
-            raise CommandError("bfloat16 needs a GPU: Triton's interpreter cannot multiply bf16; "
-                               "pass --dtype float32 (or float16) for CPU/interpreter timings")
+            raise CommandError(
+                "bfloat16 needs a GPU: Triton's interpreter cannot multiply bf16; "
+                "pass --dtype float32 (or float16) for CPU/interpreter timings"
+            )
         biggest = max(bench.pass_flops(bench.layer_flops(p), "fwdbwd") for p in problems)
         if biggest > CPU_MAX_FLOPS:
             raise CommandError(
                 f"no CUDA GPU: the CPU/interpreter fallback is for tiny problems (at most "
                 f"{CPU_MAX_FLOPS:.0e} FLOPs per pass, this one needs {biggest:.1e}); try "
-                f"--heads 2 --head-dim 32 --intermediate 64 --experts 2 --tokens 64 --dtype float32")
+                f"--heads 2 --head-dim 32 --intermediate 64 --experts 2 --tokens 64 --dtype float32"
+            )
         print(f"mhfgen bench: no CUDA GPU, {bench.CPU_LABEL}", file=sys.stderr)
 
     def progress(row, index, total):
         print(f"[{index}/{total}] {bench.format_row_line(row)}", file=sys.stderr, flush=True)
 
-    rows = bench.run_benchmarks(problems, methods, passes, device, repeat=args.repeat,
-                                on_row=progress)
+    rows = bench.run_benchmarks(
+        problems, methods, passes, device, repeat=args.repeat, on_row=progress
+    )
     print(bench.format_table(rows))
     for line in helion_fwd.describe_tunings():
         print(line, file=sys.stderr)
@@ -187,6 +239,9 @@ def run(args) -> int:
             print(f"wrote {path}", file=sys.stderr)
     bad = [r for r in rows if r.status != "ok"]
     if bad:
-        print(f"mhfgen bench: {len(bad)} of {len(rows)} rows did not run (status oom/failed; "
-              f"see the error column)", file=sys.stderr)
+        print(
+            f"mhfgen bench: {len(bad)} of {len(rows)} rows did not run (status oom/failed; "
+            f"see the error column)",
+            file=sys.stderr,
+        )
     return 0

@@ -1,4 +1,5 @@
 """Arguments shared by the commands: the problem (heads, head_dim, ... or --preset)."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,13 +14,18 @@ if TYPE_CHECKING:
 
 def add_problem_args(p: argparse.ArgumentParser, tokens: int = 16384) -> None:
     g = p.add_argument_group("problem")
-    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="a reference problem (sets heads, head-dim, intermediate, experts)")
+    g.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="a reference problem (sets heads, head-dim, intermediate, experts)",
+    )
     g.add_argument("--heads", type=int, default=None, help="query heads H (default 8)")
     g.add_argument("--kv-heads", type=int, default=None, help="key/up/value heads Hkv (default H)")
     g.add_argument("--head-dim", type=int, default=None, help="head width D (default 128)")
-    g.add_argument("--intermediate", type=int, default=None,
-                   help="intermediate size I per head (default 2048)")
+    g.add_argument(
+        "--intermediate", type=int, default=None, help="intermediate size I per head (default 2048)"
+    )
     g.add_argument("--experts", type=int, default=None, help="sub-networks E (default 8)")
     g.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bfloat16")
     g.add_argument("--tokens", type=int, default=tokens, help=f"tokens B*L (default {tokens})")
@@ -58,17 +64,24 @@ def problem_from_args(args) -> dict:
 
     heads = size("heads", args.heads, preset.heads if preset else 8)
     head_dim = size("head-dim", args.head_dim, preset.head_dim if preset else 128)
-    intermediate = size("intermediate", args.intermediate,
-                        preset.intermediate if preset else 2048)
+    intermediate = size("intermediate", args.intermediate, preset.intermediate if preset else 2048)
     experts = size("experts", args.experts, preset.experts if preset else 8)
     kv_heads = size("kv-heads", args.kv_heads, heads)
     if intermediate % experts:
-        raise CommandError(f"--intermediate ({intermediate}) must be divisible by --experts ({experts})")
+        raise CommandError(
+            f"--intermediate ({intermediate}) must be divisible by --experts ({experts})"
+        )
     tokens_flag(args.tokens)
     if args.tokens > MAX_TOKENS:
         raise CommandError(f"--tokens must be at most {MAX_TOKENS} (2**62), got {args.tokens}")
-    return dict(heads=heads, kv_heads=kv_heads, head_dim=head_dim, intermediate=intermediate,
-                experts=experts, expert_dim=intermediate // experts)
+    return dict(
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate=intermediate,
+        experts=experts,
+        expert_dim=intermediate // experts,
+    )
 
 
 def spec_from_args(args, target: str | None = None) -> KernelSpec:
@@ -82,7 +95,14 @@ def spec_from_args(args, target: str | None = None) -> KernelSpec:
     if target is None:
         target = device_target(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        return KernelSpec(p["heads"], p["kv_heads"], p["head_dim"], p["experts"], p["expert_dim"],
-                          args.dtype, target)
+        return KernelSpec(
+            p["heads"],
+            p["kv_heads"],
+            p["head_dim"],
+            p["experts"],
+            p["expert_dim"],
+            args.dtype,
+            target,
+        )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc

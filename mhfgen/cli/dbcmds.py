@@ -1,5 +1,6 @@
 """`mhfgen list`, `show`, `export`, `import`: what the tuning databases hold, and moving
 tuned configs between machines as JSON with provenance."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,56 +19,78 @@ LIST_FORMAT, SHOW_FORMAT = "mhfgen-list/1", "mhfgen-show/1"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("list", help="list the tuned configs stored, per GPU and shape",
-                       description="List the winners of the tuning databases (the user "
-                                   "database, then the shipped one; or only --db), grouped by "
-                                   "GPU, compute capability and Triton version.")
+    p = sub.add_parser(
+        "list",
+        help="list the tuned configs stored, per GPU and shape",
+        description="List the winners of the tuning databases (the user "
+        "database, then the shipped one; or only --db), grouped by "
+        "GPU, compute capability and Triton version.",
+    )
     _add_db(p)
-    p.add_argument("--kernel", default=None,
-                   help="only this op (fwd, dq, dkv) or kernel variant (e.g. flash_mhf_fwd)")
+    p.add_argument(
+        "--kernel",
+        default=None,
+        help="only this op (fwd, dq, dkv) or kernel variant (e.g. flash_mhf_fwd)",
+    )
     p.add_argument("--gpu", default=None, help="only this GPU name (e.g. 'NVIDIA H200')")
     add_json_arg(p, LIST_FORMAT)
     p.set_defaults(handler=run_list)
 
-    p = sub.add_parser("show", help="show the configs of one problem and how dispatch picks",
-                       description="For one problem: the config the dispatcher picks on this "
-                                   "machine and why (exact key, same bucket, nearest tuned "
-                                   "shape or heuristic), the winners stored for its spec, and "
-                                   "the best trials at its shape bucket.")
+    p = sub.add_parser(
+        "show",
+        help="show the configs of one problem and how dispatch picks",
+        description="For one problem: the config the dispatcher picks on this "
+        "machine and why (exact key, same bucket, nearest tuned "
+        "shape or heuristic), the winners stored for its spec, and "
+        "the best trials at its shape bucket.",
+    )
     add_problem_args(p)
     _add_db(p)
-    p.add_argument("--gpu", default=None,
-                   help="show records of this GPU name instead of this machine's device")
+    p.add_argument(
+        "--gpu", default=None, help="show records of this GPU name instead of this machine's device"
+    )
     p.add_argument("--top", type=int, default=5, help="trials listed per kernel (default 5)")
     add_json_arg(p, SHOW_FORMAT)
     p.set_defaults(handler=run_show)
 
-    p = sub.add_parser("export", help="write tuned configs as JSON with provenance",
-                       description="Write the winners of a tuning database (with GPU, compute "
-                                   "capability, versions, template hash, date and timings) to "
-                                   "a JSON file that `mhfgen import` merges elsewhere.")
+    p = sub.add_parser(
+        "export",
+        help="write tuned configs as JSON with provenance",
+        description="Write the winners of a tuning database (with GPU, compute "
+        "capability, versions, template hash, date and timings) to "
+        "a JSON file that `mhfgen import` merges elsewhere.",
+    )
     p.add_argument("-o", "--output", required=True, help="the JSON file to write ('-': stdout)")
     _add_db(p)
-    p.add_argument("--kernel", default=None,
-                   help="only this op (fwd, dq, dkv) or kernel variant (e.g. flash_mhf_fwd)")
+    p.add_argument(
+        "--kernel",
+        default=None,
+        help="only this op (fwd, dq, dkv) or kernel variant (e.g. flash_mhf_fwd)",
+    )
     p.add_argument("--gpu", default=None, help="only this GPU name")
     p.set_defaults(handler=run_export)
 
-    p = sub.add_parser("import", help="merge tuned configs from an exported JSON file",
-                       description="Merge the winners of an `mhfgen export` file into a tuning "
-                                   "database: new keys are added, for a stored key the faster "
-                                   "record wins. Records tuned for another version of a "
-                                   "kernel's template are refused (exit status 1).")
+    p = sub.add_parser(
+        "import",
+        help="merge tuned configs from an exported JSON file",
+        description="Merge the winners of an `mhfgen export` file into a tuning "
+        "database: new keys are added, for a stored key the faster "
+        "record wins. Records tuned for another version of a "
+        "kernel's template are refused (exit status 1).",
+    )
     p.add_argument("file", help="the JSON file written by `mhfgen export`")
     _add_db(p)
     p.set_defaults(handler=run_import)
 
 
 def _add_db(p) -> None:
-    p.add_argument("--db", default=None,
-                   help="the tuning database file (default: $MHFGEN_DB or "
-                        "tuning.sqlite in the cache folder, see `mhfgen doctor`; list/show also "
-                        "read the shipped one)")
+    p.add_argument(
+        "--db",
+        default=None,
+        help="the tuning database file (default: $MHFGEN_DB or "
+        "tuning.sqlite in the cache folder, see `mhfgen doctor`; list/show also "
+        "read the shipped one)",
+    )
 
 
 def _open(path, readonly: bool, create_parents: bool = True):
@@ -88,14 +111,18 @@ def _layers(args) -> list[tuple[str, Path]]:
         return layer_paths()
     path = Path(args.db).expanduser()
     if not path.exists():
-        raise CommandError(f"{path}: no such tuning database (--db names a file to read; "
-                           f"`mhfgen tune` and `mhfgen import` create one)")
+        raise CommandError(
+            f"{path}: no such tuning database (--db names a file to read; "
+            f"`mhfgen tune` and `mhfgen import` create one)"
+        )
     return [("db", path)]
 
 
 def _spec_text(key) -> str:
-    return (f"H{key.heads}/Hkv{key.kv_heads} D{key.head_dim} E{key.experts}x{key.expert_dim} "
-            f"{key.dtype}")
+    return (
+        f"H{key.heads}/Hkv{key.kv_heads} D{key.head_dim} E{key.experts}x{key.expert_dim} "
+        f"{key.dtype}"
+    )
 
 
 def _fmt(x, spec: str = ".4g", suffix: str = "") -> str:
@@ -112,9 +139,11 @@ def _kernel_filter(name):
         try:
             registry.op_named(name)
         except registry.RegistryError:
-            raise CommandError(f"--kernel: unknown kernel {name!r}; use an op "
-                               f"({', '.join(registry.OPS)}, or fwd, dq, dkv) or a variant "
-                               f"({', '.join(registry.stems())})") from None
+            raise CommandError(
+                f"--kernel: unknown kernel {name!r}; use an op "
+                f"({', '.join(registry.OPS)}, or fwd, dq, dkv) or a variant "
+                f"({', '.join(registry.stems())})"
+            ) from None
     return kernel_filter(name)
 
 
@@ -142,24 +171,51 @@ def run_list(args) -> int:
                 winners = db.winners(**filters, **({"gpu_name": args.gpu} if args.gpu else {}))
             except TuningDBError as exc:
                 raise CommandError(str(exc)) from exc
-        entry["winners"] = [dict(winner_as_dict(w), kernel=w.key.variant,  # its schema-2 name
-                                 config_text=describe_config(w.config),
-                                 current=still_current(w, current)) for w in winners]
+        entry["winners"] = [
+            dict(
+                winner_as_dict(w),
+                kernel=w.key.variant,  # its schema-2 name
+                config_text=describe_config(w.config),
+                current=still_current(w, current),
+            )
+            for w in winners
+        ]
         print(f"{layer} database {path}: {len(winners)} tuned config(s)", file=out)
         groups: dict[tuple, list] = {}
         for w in winners:
-            groups.setdefault((w.key.gpu_name, w.key.compute_capability, w.key.triton_version),
-                              []).append(w)
+            groups.setdefault(
+                (w.key.gpu_name, w.key.compute_capability, w.key.triton_version), []
+            ).append(w)
         for (gpu, cc, triton), ws in sorted(groups.items()):
             found = True
             print(printable(f"\n{gpu} (compute capability {cc}), Triton {triton}"), file=out)
-            rows = [(w.key.variant, w.key.op, _spec_text(w.key), w.key.bucket, w.key.tokens,
-                     _fmt(w.ms), _fmt(w.tflops, ".3g"), _fmt(w.speedup, ".2f", "x"),
-                     describe_config(w.config),
-                     "" if still_current(w, current) else "stale: kernel code changed")
-                    for w in ws]
-            header = ["kernel", "op", "spec", "bucket", "tokens", "ms", "TFLOP/s",
-                      "speed-up", "config", "note"]
+            rows = [
+                (
+                    w.key.variant,
+                    w.key.op,
+                    _spec_text(w.key),
+                    w.key.bucket,
+                    w.key.tokens,
+                    _fmt(w.ms),
+                    _fmt(w.tflops, ".3g"),
+                    _fmt(w.speedup, ".2f", "x"),
+                    describe_config(w.config),
+                    "" if still_current(w, current) else "stale: kernel code changed",
+                )
+                for w in ws
+            ]
+            header = [
+                "kernel",
+                "op",
+                "spec",
+                "bucket",
+                "tokens",
+                "ms",
+                "TFLOP/s",
+                "speed-up",
+                "config",
+                "note",
+            ]
             if not any(row[-1] for row in rows):  # no column of empty cells
                 header, rows = header[:-1], [row[:-1] for row in rows]
             print(table(header, rows, indent="  "), file=out)
@@ -195,27 +251,49 @@ def run_show(args) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = args.gpu or gpu_name(device)
     try:
-        spec = KernelSpec(p["heads"], p["kv_heads"], p["head_dim"], p["experts"],
-                          p["expert_dim"], args.dtype, target(device))
+        spec = KernelSpec(
+            p["heads"],
+            p["kv_heads"],
+            p["head_dim"],
+            p["experts"],
+            p["expert_dim"],
+            args.dtype,
+            target(device),
+        )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     bucket = shape_bucket(args.tokens)
     print(f"{spec.key()} at {args.tokens} tokens (bucket {bucket}) on {gpu}", file=out)
-    doc = {"format": SHOW_FORMAT, "spec": spec.as_dict(), "tokens": args.tokens,
-           "bucket": bucket, "gpu_name": gpu,
-           "compute_capability": None if args.gpu else compute_capability(device),
-           "kernels": {}}
+    doc = {
+        "format": SHOW_FORMAT,
+        "spec": spec.as_dict(),
+        "tokens": args.tokens,
+        "bucket": bucket,
+        "gpu_name": gpu,
+        "compute_capability": None if args.gpu else compute_capability(device),
+        "kernels": {},
+    }
     if args.db:
         os.environ["MHFGEN_DB"] = str(Path(args.db).expanduser())
     dispatch.clear_cache()
-    spec_filter = dict(heads=spec.heads, kv_heads=spec.kv_heads, head_dim=spec.head_dim,
-                       experts=spec.experts, expert_dim=spec.expert_dim, dtype=spec.dtype,
-                       gpu_name=gpu)
+    spec_filter = dict(
+        heads=spec.heads,
+        kv_heads=spec.kv_heads,
+        head_dim=spec.head_dim,
+        experts=spec.experts,
+        expert_dim=spec.expert_dim,
+        dtype=spec.dtype,
+        gpu_name=gpu,
+    )
     choices: dict = {}  # op -> the dispatcher's choice (a variant and its config), or why none
     for variant in registry.all_variants():
         kernel, op = variant.stem, variant.op
-        entry = {"op": op, "template_hash": template_hash(kernel), "dispatch": None,
-                 "databases": []}
+        entry = {
+            "op": op,
+            "template_hash": template_hash(kernel),
+            "dispatch": None,
+            "databases": [],
+        }
         doc["kernels"][kernel] = entry
         print(f"\n{kernel} (op {op}, template {entry['template_hash']})", file=out)
         if args.gpu is None:
@@ -231,15 +309,23 @@ def run_show(args) -> int:
             elif choice.variant != kernel:
                 print(f"  dispatch picks {choice.variant} for {op}", file=out)
             else:
-                entry["dispatch"] = {"source": choice.source, "layer": choice.layer,
-                                     "tuned_tokens": choice.tuned_tokens,
-                                     "variant": choice.variant,
-                                     "config": choice.config.as_dict(),
-                                     "config_text": describe_config(choice.config)}
-                where = (f", tuned at {choice.tuned_tokens} tokens, {choice.layer} database"
-                         if choice.layer else "")
-                print(f"  dispatch picks {describe_config(choice.config)} "
-                      f"({choice.source}{where})", file=out)
+                entry["dispatch"] = {
+                    "source": choice.source,
+                    "layer": choice.layer,
+                    "tuned_tokens": choice.tuned_tokens,
+                    "variant": choice.variant,
+                    "config": choice.config.as_dict(),
+                    "config_text": describe_config(choice.config),
+                }
+                where = (
+                    f", tuned at {choice.tuned_tokens} tokens, {choice.layer} database"
+                    if choice.layer
+                    else ""
+                )
+                print(
+                    f"  dispatch picks {describe_config(choice.config)} ({choice.source}{where})",
+                    file=out,
+                )
         for layer, path in _layers(args):
             if not Path(path).exists():
                 continue
@@ -254,31 +340,90 @@ def run_show(args) -> int:
             for t in trials:
                 if t.status != "ok":
                     failed[t.stage or "?"] = failed.get(t.stage or "?", 0) + 1
-            entry["databases"].append({
-                "layer": layer, "path": str(path),
-                "winners": [dict(winner_as_dict(w), kernel=w.key.variant,
-                                 config_text=describe_config(w.config)) for w in winners],
-                "trials_timed": len(ok), "trials_failed": failed,
-                "best_trials": [{"tokens": t.key.tokens, "ms": t.ms, "tflops": t.tflops,
-                                 "error": t.error, "config": t.config.as_dict(),
-                                 "config_text": describe_config(t.config)}
-                                for t in ok[:max(0, args.top)]]})
+            entry["databases"].append(
+                {
+                    "layer": layer,
+                    "path": str(path),
+                    "winners": [
+                        dict(
+                            winner_as_dict(w),
+                            kernel=w.key.variant,
+                            config_text=describe_config(w.config),
+                        )
+                        for w in winners
+                    ],
+                    "trials_timed": len(ok),
+                    "trials_failed": failed,
+                    "best_trials": [
+                        {
+                            "tokens": t.key.tokens,
+                            "ms": t.ms,
+                            "tflops": t.tflops,
+                            "error": t.error,
+                            "config": t.config.as_dict(),
+                            "config_text": describe_config(t.config),
+                        }
+                        for t in ok[: max(0, args.top)]
+                    ],
+                }
+            )
             if winners:
                 print(f"  winners in the {layer} database:", file=out)
-                print(table(("bucket", "tokens", "ms", "TFLOP/s", "speed-up", "config",
-                             "compute cap.", "triton", "template"),
-                            [(w.key.bucket, w.key.tokens, _fmt(w.ms), _fmt(w.tflops, ".3g"),
-                              _fmt(w.speedup, ".2f", "x"), describe_config(w.config),
-                              w.key.compute_capability, w.key.triton_version,
-                              w.key.template_hash) for w in winners], indent="    "), file=out)
+                print(
+                    table(
+                        (
+                            "bucket",
+                            "tokens",
+                            "ms",
+                            "TFLOP/s",
+                            "speed-up",
+                            "config",
+                            "compute cap.",
+                            "triton",
+                            "template",
+                        ),
+                        [
+                            (
+                                w.key.bucket,
+                                w.key.tokens,
+                                _fmt(w.ms),
+                                _fmt(w.tflops, ".3g"),
+                                _fmt(w.speedup, ".2f", "x"),
+                                describe_config(w.config),
+                                w.key.compute_capability,
+                                w.key.triton_version,
+                                w.key.template_hash,
+                            )
+                            for w in winners
+                        ],
+                        indent="    ",
+                    ),
+                    file=out,
+                )
             if trials:
                 fails = ", ".join(f"{n} {stage}" for stage, n in sorted(failed.items()))
-                print(f"  trials in the {layer} database at bucket {bucket}: {len(ok)} timed"
-                      f"{', failed: ' + fails if fails else ''}", file=out)
-                print(table(("tokens", "ms", "TFLOP/s", "error", "config"),
-                            [(t.key.tokens, _fmt(t.ms), _fmt(t.tflops, ".3g"),
-                              _fmt(t.error, ".2g"), describe_config(t.config))
-                             for t in ok[:max(0, args.top)]], indent="    "), file=out)
+                print(
+                    f"  trials in the {layer} database at bucket {bucket}: {len(ok)} timed"
+                    f"{', failed: ' + fails if fails else ''}",
+                    file=out,
+                )
+                print(
+                    table(
+                        ("tokens", "ms", "TFLOP/s", "error", "config"),
+                        [
+                            (
+                                t.key.tokens,
+                                _fmt(t.ms),
+                                _fmt(t.tflops, ".3g"),
+                                _fmt(t.error, ".2g"),
+                                describe_config(t.config),
+                            )
+                            for t in ok[: max(0, args.top)]
+                        ],
+                        indent="    ",
+                    ),
+                    file=out,
+                )
     print("\nconfig codes:\n" + config_legend(), file=out)
     emit_json(args, doc)
     return 0
@@ -306,8 +451,7 @@ def run_export(args) -> int:
     if not path.exists():
         raise CommandError(f"{path}: no such tuning database")
     with _open(path, readonly=True) as db:
-        filters = {**_kernel_filter(args.kernel),
-                   **({"gpu_name": args.gpu} if args.gpu else {})}
+        filters = {**_kernel_filter(args.kernel), **({"gpu_name": args.gpu} if args.gpu else {})}
         doc = export_winners(db, **filters)
     text = json.dumps(doc, indent=1) + "\n"
     if args.output == "-":
@@ -336,20 +480,20 @@ def run_import(args) -> int:
     except (ValueError, ExchangeError) as exc:  # JSON, UTF-8 and the records' checks
         raise CommandError(f"{args.file}: {exc}") from exc
     except RecursionError:
-        raise CommandError(f"{args.file}: not an mhfgen export (JSON nested too deeply)"
-                           ) from None
+        raise CommandError(f"{args.file}: not an mhfgen export (JSON nested too deeply)") from None
     path = Path(args.db or user_db_path()).expanduser()
     with _open(path, readonly=False, create_parents=not args.db) as db:
         try:
-            report = import_winners(db, records,
-                                    {k: template_hash(k) for k in registry.stems()})
+            report = import_winners(db, records, {k: template_hash(k) for k in registry.stems()})
         except TuningDBError as exc:
             raise CommandError(f"the import failed and wrote nothing: {exc}") from exc
         except sqlite3.Error as exc:
             raise CommandError(f"{path}: the import failed and wrote nothing ({exc})") from exc
     for message in report.messages:
         print(f"mhfgen import: {message}", file=sys.stderr)
-    print(f"imported into {path}: {report.added} added, {report.replaced} replaced (faster), "
-          f"{report.kept} kept (the stored one is as fast or faster), {report.same} already "
-          f"stored, {report.refused} refused")
+    print(
+        f"imported into {path}: {report.added} added, {report.replaced} replaced (faster), "
+        f"{report.kept} kept (the stored one is as fast or faster), {report.same} already "
+        f"stored, {report.refused} refused"
+    )
     return 1 if report.refused else 0

@@ -1,4 +1,5 @@
 """`mhfgen doctor`: what this machine offers mhfgen."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,11 @@ DOCTOR_FORMAT = "mhfgen-doctor/1"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("doctor", help="report torch, Triton, GPU and database paths",
-                       description="Report the versions, GPU and paths mhfgen uses here.")
+    p = sub.add_parser(
+        "doctor",
+        help="report torch, Triton, GPU and database paths",
+        description="Report the versions, GPU and paths mhfgen uses here.",
+    )
     add_json_arg(p, DOCTOR_FORMAT)
     p.set_defaults(handler=run)
 
@@ -27,10 +31,15 @@ def run(args) -> int:
     gpu_doc = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        gpu = f"{props.name} (compute capability {props.major}.{props.minor}, " \
-              f"{props.multi_processor_count} SMs)"
-        gpu_doc = {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
-                   "sm_count": props.multi_processor_count}
+        gpu = (
+            f"{props.name} (compute capability {props.major}.{props.minor}, "
+            f"{props.multi_processor_count} SMs)"
+        )
+        gpu_doc = {
+            "name": props.name,
+            "compute_capability": f"{props.major}.{props.minor}",
+            "sm_count": props.multi_processor_count,
+        }
     else:
         gpu = "none (kernels run through Triton's interpreter on CPU tensors)"
     shipped = paths.shipped_db_path()
@@ -44,8 +53,10 @@ def run(args) -> int:
     elif JIT_LAUNCH_REQUESTED:
         launch = "JITFunction.run on every call (MHFGEN_JIT_LAUNCH is set)"
     else:
-        launch = (f"JITFunction.run on every call (DirectLaunch is tested on Triton "
-                  f"{', '.join(v + 'x' for v in DIRECT_LAUNCH_TRITON)} only)")
+        launch = (
+            f"JITFunction.run on every call (DirectLaunch is tested on Triton "
+            f"{', '.join(v + 'x' for v in DIRECT_LAUNCH_TRITON)} only)"
+        )
     rows = [
         ("mhfgen", __version__),
         ("python", platform.python_version()),
@@ -68,23 +79,45 @@ def run(args) -> int:
     rows.append(("shipped configs", summary))
     rows.append(("recording", os.environ.get(RECORD_ENV) or f"off ({RECORD_ENV} unset)"))
     tune_on_miss = enabled()
-    rows.append(("tune on miss", "on" if tune_on_miss
-                 else f"off ({ENABLE_ENV}={os.environ[ENABLE_ENV]!r})" if ENABLE_ENV in os.environ
-                 else f"off ({ENABLE_ENV} unset)"))
+    rows.append(
+        (
+            "tune on miss",
+            "on"
+            if tune_on_miss
+            else f"off ({ENABLE_ENV}={os.environ[ENABLE_ENV]!r})"
+            if ENABLE_ENV in os.environ
+            else f"off ({ENABLE_ENV} unset)",
+        )
+    )
     print(key_values(rows), file=text_stream(args))
-    emit_json(args, {
-        "format": DOCTOR_FORMAT, "mhfgen": __version__, "python": platform.python_version(),
-        "torch": torch.__version__, "triton": triton.__version__,
-        "triton_interpret": os.environ.get("TRITON_INTERPRET"), "gpu": gpu_doc,
-        "launches": launch, "user_db": str(paths.user_db_path()),
-        "user_db_ok": user_ok, "user_db_state": user_state, "shipped_db": str(shipped),
-        "shipped_db_exists": shipped.exists(), "templates": str(paths.templates_dir()),
-        "cache_dir": str(paths.cache_dir()), "shipped_configs": summary,
-        "record": os.environ.get(RECORD_ENV) or None,
-        "tune_on_miss": tune_on_miss})
+    emit_json(
+        args,
+        {
+            "format": DOCTOR_FORMAT,
+            "mhfgen": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "triton_interpret": os.environ.get("TRITON_INTERPRET"),
+            "gpu": gpu_doc,
+            "launches": launch,
+            "user_db": str(paths.user_db_path()),
+            "user_db_ok": user_ok,
+            "user_db_state": user_state,
+            "shipped_db": str(shipped),
+            "shipped_db_exists": shipped.exists(),
+            "templates": str(paths.templates_dir()),
+            "cache_dir": str(paths.cache_dir()),
+            "shipped_configs": summary,
+            "record": os.environ.get(RECORD_ENV) or None,
+            "tune_on_miss": tune_on_miss,
+        },
+    )
     if not user_ok:
-        print(f"mhfgen doctor: the user database {paths.user_db_path()} is unusable: "
-              f"{user_state}", file=sys.stderr)
+        print(
+            f"mhfgen doctor: the user database {paths.user_db_path()} is unusable: {user_state}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -111,9 +144,10 @@ def _variants_summary() -> str:
     """The registered kernel variants per op, with their family."""
     from .. import registry
 
-    return "; ".join(f"{op}: " + ", ".join(f"{v.stem} ({v.family})"
-                                           for v in registry.variants_for(op))
-                     for op in registry.OPS)
+    return "; ".join(
+        f"{op}: " + ", ".join(f"{v.stem} ({v.family})" for v in registry.variants_for(op))
+        for op in registry.OPS
+    )
 
 
 def _shipped_summary(path) -> str:
@@ -136,5 +170,10 @@ def _shipped_summary(path) -> str:
         counts = per_gpu.setdefault(w.key.gpu_name, [0, 0])
         counts[0] += still_current(w, current)
         counts[1] += 1
-    return "; ".join(f"{gpu}: {ok} of {n} valid for the current templates"
-                     for gpu, (ok, n) in sorted(per_gpu.items())) or "none"
+    return (
+        "; ".join(
+            f"{gpu}: {ok} of {n} valid for the current templates"
+            for gpu, (ok, n) in sorted(per_gpu.items())
+        )
+        or "none"
+    )

@@ -6,6 +6,7 @@ bfloat16; without one, a small fp32 problem through Triton's interpreter on the 
 timings are interpreter wall-clock times, not GPU timings, and are stored for the
 interpreter only). Interrupt it (Ctrl-C, kill) and run it again: it resumes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,9 @@ from .common import add_problem_args, problem_from_args
 from .output import table
 
 #: the problem of a bare `mhfgen tune` on a machine without a GPU
-CPU_PROBLEM = dict(heads=2, kv_heads=1, head_dim=32, intermediate=64, experts=2, tokens=32,
-                   dtype="float32")
+CPU_PROBLEM = dict(
+    heads=2, kv_heads=1, head_dim=32, intermediate=64, experts=2, tokens=32, dtype="float32"
+)
 CPU_TRIALS = 8
 GPU_PRESET, GPU_TOKENS, GPU_DTYPE, GPU_TRIALS = "370M", 16384, "bfloat16", 32
 _SIZE_FLAGS = ("preset", "heads", "kv_heads", "head_dim", "intermediate", "experts")
@@ -38,67 +40,113 @@ CPU_MAX_TUNE_FLOPS = 1e8
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "tune", help="tune the kernels' launch parameters for one problem",
+        "tune",
+        help="tune the kernels' launch parameters for one problem",
         description="Search the launch parameters of the forward and both backward kernels "
-                    "for one problem on this machine (Optuna; candidates compiled in parallel, "
-                    "checked against the float64 reference, timed one at a time; the best "
-                    "re-timed side by side with the built-in default). Every trial and the "
-                    "winners go to the tuning database. Resumable: run it again after an "
-                    "interruption. With no problem flags: the 370M preset at 16384 tokens in "
-                    "bfloat16 on a GPU, a small float32 problem through Triton's interpreter "
-                    "without one.")
+        "for one problem on this machine (Optuna; candidates compiled in parallel, "
+        "checked against the float64 reference, timed one at a time; the best "
+        "re-timed side by side with the built-in default). Every trial and the "
+        "winners go to the tuning database. Resumable: run it again after an "
+        "interruption. With no problem flags: the 370M preset at 16384 tokens in "
+        "bfloat16 on a GPU, a small float32 problem through Triton's interpreter "
+        "without one.",
+    )
     add_problem_args(p)
     p.set_defaults(tokens=None, dtype=None)
     for action in p._actions:  # the defaults depend on the machine here
         if action.dest == "tokens":
-            action.help = f"tokens B*L (default {GPU_TOKENS} on a GPU, {CPU_PROBLEM['tokens']} on the CPU)"
+            action.help = (
+                f"tokens B*L (default {GPU_TOKENS} on a GPU, {CPU_PROBLEM['tokens']} on the CPU)"
+            )
         elif action.dest == "dtype":
             action.help = f"default {GPU_DTYPE} on a GPU, float32 on the CPU"
     g = p.add_argument_group("search")
-    g.add_argument("--trials", type=int, default=None,
-                   help=f"distinct configs evaluated per kernel, the default included "
-                        f"(default {GPU_TRIALS} on a GPU, {CPU_TRIALS} on the CPU)")
+    g.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help=f"distinct configs evaluated per kernel, the default included "
+        f"(default {GPU_TRIALS} on a GPU, {CPU_TRIALS} on the CPU)",
+    )
     # NOTE: the default (registry.default_ops) is resolved when the command runs: the
     # registry imports torch, which building the parsers does not
-    g.add_argument("--kernels", default=None,
-                   help="comma list of fwd, dq, dkv, bwd (default fwd,dq,dkv: the forward "
-                        "and the split backward; bwd, the one-pass backward, is opt-in: "
-                        "dispatch runs it where its time beats dq + dkv's)")
-    g.add_argument("--strategy", choices=("optuna", "grid"), default="optuna",
-                   help="optuna (TPE) or grid (every valid config; the exhaustive baseline)")
-    g.add_argument("--batch", type=int, default=None,
-                   help="configs asked and compiled together (default: CPU cores, at most 16)")
-    g.add_argument("--jobs", type=int, default=None,
-                   help="compile processes on a GPU (default: CPU cores)")
+    g.add_argument(
+        "--kernels",
+        default=None,
+        help="comma list of fwd, dq, dkv, bwd (default fwd,dq,dkv: the forward "
+        "and the split backward; bwd, the one-pass backward, is opt-in: "
+        "dispatch runs it where its time beats dq + dkv's)",
+    )
+    g.add_argument(
+        "--strategy",
+        choices=("optuna", "grid"),
+        default="optuna",
+        help="optuna (TPE) or grid (every valid config; the exhaustive baseline)",
+    )
+    g.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="configs asked and compiled together (default: CPU cores, at most 16)",
+    )
+    g.add_argument(
+        "--jobs", type=int, default=None, help="compile processes on a GPU (default: CPU cores)"
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of the sampler and the inputs")
-    g.add_argument("--fresh", action="store_true",
-                   help="discard the stored study of this problem instead of resuming it")
-    g.add_argument("--db", default=None, help="tuning database (default: $MHFGEN_DB or "
-                                              "tuning.sqlite in the cache folder)")
-    g.add_argument("--replay", default=None, metavar="FILE",
-                   help="time nothing: replay timings recorded in FILE (mhfgen-timings JSON)")
-    g.add_argument("--record", default=None, metavar="FILE",
-                   help="also write every measured timing to FILE (replayable with --replay)")
+    g.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard the stored study of this problem instead of resuming it",
+    )
+    g.add_argument(
+        "--db",
+        default=None,
+        help="tuning database (default: $MHFGEN_DB or tuning.sqlite in the cache folder)",
+    )
+    g.add_argument(
+        "--replay",
+        default=None,
+        metavar="FILE",
+        help="time nothing: replay timings recorded in FILE (mhfgen-timings JSON)",
+    )
+    g.add_argument(
+        "--record",
+        default=None,
+        metavar="FILE",
+        help="also write every measured timing to FILE (replayable with --replay)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     r = p.add_argument_group("recorded problems")
-    r.add_argument("--from-record", default=None, metavar="PATH",
-                   help="tune every problem recorded in PATH by a run with MHFGEN_RECORD=PATH "
-                        "(JSON lines) on this GPU, one after the other, instead of one problem "
-                        "from the flags; problems already tuned are skipped, so it resumes; "
-                        "--trials, --workers and the other search flags apply to each")
+    r.add_argument(
+        "--from-record",
+        default=None,
+        metavar="PATH",
+        help="tune every problem recorded in PATH by a run with MHFGEN_RECORD=PATH "
+        "(JSON lines) on this GPU, one after the other, instead of one problem "
+        "from the flags; problems already tuned are skipped, so it resumes; "
+        "--trials, --workers and the other search flags apply to each",
+    )
     w = p.add_argument_group("several GPUs and hosts")
-    w.add_argument("--workers", type=int, default=1,
-                   help="worker processes sharing one Optuna study: one per GPU (the first N "
-                        "visible ones), or N processes on the CPU; each config is evaluated "
-                        "once by one of them, and the winner is re-timed side by side on the "
-                        "first GPU (default 1: this process alone)")
-    w.add_argument("--storage", default=None, metavar="URL",
-                   help="the Optuna storage of the study, shared by the workers and by "
-                        "`mhfgen tune --storage URL` of the same problem on other hosts: "
-                        "postgresql://USER:PASSWORD@HOST/DB (needs mhfgen[postgres]), "
-                        "journal:FILE (a journal file; other hosts need the same file system), "
-                        "sqlite:///FILE (one host) (default: one SQLite file per problem "
-                        "under $MHFGEN_CACHE_DIR/studies)")
+    w.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing one Optuna study: one per GPU (the first N "
+        "visible ones), or N processes on the CPU; each config is evaluated "
+        "once by one of them, and the winner is re-timed side by side on the "
+        "first GPU (default 1: this process alone)",
+    )
+    w.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="the Optuna storage of the study, shared by the workers and by "
+        "`mhfgen tune --storage URL` of the same problem on other hosts: "
+        "postgresql://USER:PASSWORD@HOST/DB (needs mhfgen[postgres]), "
+        "journal:FILE (a journal file; other hosts need the same file system), "
+        "sqlite:///FILE (one host) (default: one SQLite file per problem "
+        "under $MHFGEN_CACHE_DIR/studies)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -117,8 +165,10 @@ def _kernels(text: str | None) -> list[str]:
             full = name if name in registry.stems() else registry.op_named(name)
         except registry.RegistryError:
             shorts = ", ".join(op.short for op in registry.OPS.values())
-            raise CommandError(f"--kernels: unknown kernel {name!r}; use {shorts} or a "
-                               f"variant ({', '.join(registry.stems())})") from None
+            raise CommandError(
+                f"--kernels: unknown kernel {name!r}; use {shorts} or a "
+                f"variant ({', '.join(registry.stems())})"
+            ) from None
         if full not in out:
             out.append(full)
     if not out:
@@ -188,19 +238,30 @@ def _setup(args):
         device, kind = DeviceFacts.of(torch.device("cpu")), "interpreter"
     bare = _fill_defaults(args, device.is_gpu)
     if args.tokens > MAX_TUNE_TOKENS:
-        raise CommandError(f"--tokens {args.tokens} is more than mhfgen tune takes "
-                           f"({MAX_TUNE_TOKENS} = 2**24); larger calls use the winner tuned "
-                           f"nearest in tokens")
+        raise CommandError(
+            f"--tokens {args.tokens} is more than mhfgen tune takes "
+            f"({MAX_TUNE_TOKENS} = 2**24); larger calls use the winner tuned "
+            f"nearest in tokens"
+        )
     p = problem_from_args(args)
     try:
-        spec = KernelSpec(p["heads"], p["kv_heads"], p["head_dim"], p["experts"],
-                          p["expert_dim"], args.dtype, device.target)
+        spec = KernelSpec(
+            p["heads"],
+            p["kv_heads"],
+            p["head_dim"],
+            p["experts"],
+            p["expert_dim"],
+            args.dtype,
+            device.target,
+        )
         problem = TuningProblem(spec, args.tokens)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     if not device.is_gpu and args.dtype == "bfloat16" and not args.replay:
-        raise CommandError("bfloat16 does not run in Triton's interpreter (no GPU here); "
-                           "use --dtype float32 or float16")
+        raise CommandError(
+            "bfloat16 does not run in Triton's interpreter (no GPU here); "
+            "use --dtype float32 or float16"
+        )
     if not args.replay:
         _check_fits(problem, device)
     storage = args.storage
@@ -208,8 +269,10 @@ def _setup(args):
         try:
             storage = study_storage_url(problem, device)
         except OSError as exc:
-            raise CommandError(f"cannot create the study folder under the cache folder "
-                               f"({exc}); set MHFGEN_CACHE_DIR to a writable folder") from exc
+            raise CommandError(
+                f"cannot create the study folder under the cache folder "
+                f"({exc}); set MHFGEN_CACHE_DIR to a writable folder"
+            ) from exc
     if args.storage is not None:
         _check_storage(args.storage)
     return problem, device, kind, replay, storage, bare
@@ -221,7 +284,9 @@ def workload_bytes(problem) -> int:
     float32 q and do made on the host first, and r, dr with their float32 and float64
     forms; the weights are small beside them."""
     s = problem.spec
-    per_row = s.head_dim * (4 * s.torch_dtype.itemsize + 4 * 8 + 2 * 4) + s.experts * (3 * 4 + 2 * 8)
+    per_row = s.head_dim * (4 * s.torch_dtype.itemsize + 4 * 8 + 2 * 4) + s.experts * (
+        3 * 4 + 2 * 8
+    )
     weights = 3 * s.kv_heads * s.experts * s.expert_dim * s.head_dim * (2 * 8 + 3 * 4)
     return problem.tokens * s.heads * per_row + weights
 
@@ -251,8 +316,9 @@ def _check_fits(problem, device) -> None:
         flops = problem.model_flops_fwd_bwd()
         if flops > CPU_MAX_TUNE_FLOPS:
             small = CPU_PROBLEM
-            per_token = (MODEL_FWD_BWD_FACTOR * small["heads"] * small["intermediate"]
-                         * small["head_dim"])
+            per_token = (
+                MODEL_FWD_BWD_FACTOR * small["heads"] * small["intermediate"] * small["head_dim"]
+            )
             fits = 1 << max(0, int(CPU_MAX_TUNE_FLOPS // per_token).bit_length() - 1)
             tokens = min(problem.tokens, fits)  # the given tokens, or a power of 2 that fits
             raise CommandError(
@@ -261,13 +327,16 @@ def _check_fits(problem, device) -> None:
                 f"here); tune it on a GPU, or try --heads {small['heads']} --kv-heads "
                 f"{small['kv_heads']} --head-dim {small['head_dim']} --intermediate "
                 f"{small['intermediate']} --experts {small['experts']} --tokens {tokens} "
-                f"--dtype float32")
+                f"--dtype float32"
+            )
     need, have = workload_bytes(problem), _device_memory(device)
     if have is not None and need > have:
         where = f"{device.gpu_name}'s" if device.is_gpu else "this host's"
-        raise CommandError(f"{problem.describe()} does not fit: tuning it holds about "
-                           f"{need / 2**30:.0f} GiB, more than {where} {have / 2**30:.0f} GiB; "
-                           f"use fewer --tokens")
+        raise CommandError(
+            f"{problem.describe()} does not fit: tuning it holds about "
+            f"{need / 2**30:.0f} GiB, more than {where} {have / 2**30:.0f} GiB; "
+            f"use fewer --tokens"
+        )
 
 
 def _check_storage(url: str) -> None:
@@ -285,8 +354,13 @@ def _progress_bar(budgets: dict[str, int], disable: bool):
     """A tqdm bar over the configs of every kernel, and the Tuner's progress callback."""
     from tqdm import tqdm
 
-    bar = tqdm(total=sum(budgets.values()), unit="config", file=sys.stderr,
-               disable=True if disable else None, dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(budgets.values()),
+        unit="config",
+        file=sys.stderr,
+        disable=True if disable else None,
+        dynamic_ncols=True,
+    )
     names = list(budgets)
     base = {k: sum(budgets[n] for n in names[:i]) for i, k in enumerate(names)}
 
@@ -306,34 +380,51 @@ def _summary(problem, device, timer, results, db_path, storage) -> str:
     from ..tuning.problem import tflops
     from ..tuning.search import describe_config
 
-    lines = [f"Tuned {problem.describe()} on {device.gpu_name} ({device.target}, compute "
-             f"capability {device.compute_capability})",
-             f"timings: {timer.label}"]
+    lines = [
+        f"Tuned {problem.describe()} on {device.gpu_name} ({device.target}, compute "
+        f"capability {device.compute_capability})",
+        f"timings: {timer.label}",
+    ]
     for r in results:  # kernels timed in context (mhfgen.tuning.workload): what beside
         label = timer.label_for(r.variant) if r.variant else timer.label
         if label != timer.label:
-            lines.append(f"{r.kernel} timed {label.removeprefix(timer.label + '; ')}: its ms "
-                         f"are what it adds to the split backward")
+            lines.append(
+                f"{r.kernel} timed {label.removeprefix(timer.label + '; ')}: its ms "
+                f"are what it adds to the split backward"
+            )
     if not timer.gpu_timings:
-        lines.append("NOTE: these are NOT GPU timings; they rank configs for Triton's "
-                     "interpreter only. Run `mhfgen tune` on a GPU for real ones.")
+        lines.append(
+            "NOTE: these are NOT GPU timings; they rank configs for Triton's "
+            "interpreter only. Run `mhfgen tune` on a GPU for real ones."
+        )
     header = ("kernel", "best config", "ms", "TFLOP/s", "default ms", "speed-up", "trials (failed)")
     rows = []
     for r in results:
         name = r.kernel if r.variant in (None, r.kernel) else f"{r.kernel}: {r.variant}"
-        rows.append((name, describe_config(r.winner) if r.winner else "none passed",
-                     f"{r.ms:.4g}" if r.ms else "-", f"{r.tflops:.3g}" if r.tflops else "-",
-                     f"{r.default_ms:.4g}" if r.default_ms else "-",
-                     f"{r.speedup:.2f}x" if r.speedup else "-", f"{r.evaluated} ({r.failed})"))
+        rows.append(
+            (
+                name,
+                describe_config(r.winner) if r.winner else "none passed",
+                f"{r.ms:.4g}" if r.ms else "-",
+                f"{r.tflops:.3g}" if r.tflops else "-",
+                f"{r.default_ms:.4g}" if r.default_ms else "-",
+                f"{r.speedup:.2f}x" if r.speedup else "-",
+                f"{r.evaluated} ({r.failed})",
+            )
+        )
     lines.append(table(header, rows))
     for r in results:  # the final re-timing: the finalists, the default, stored winners
         if len(r.side_by_side) > 1:
-            lines.append(f"{r.kernel} side by side (ms): " + ", ".join(
-                f"{describe_config(c)} {ms:.4g}" for c, ms in r.side_by_side))
+            lines.append(
+                f"{r.kernel} side by side (ms): "
+                + ", ".join(f"{describe_config(c)} {ms:.4g}" for c, ms in r.side_by_side)
+            )
     if len(results) == 3 and all(r.ms for r in results):
         total = sum(r.ms for r in results)
-        line = (f"forward + backward: {total:.4g} ms, "
-                f"{tflops(problem.model_flops_fwd_bwd(), total):.3g} TFLOP/s (18*T*H*I*D)")
+        line = (
+            f"forward + backward: {total:.4g} ms, "
+            f"{tflops(problem.model_flops_fwd_bwd(), total):.3g} TFLOP/s (18*T*H*I*D)"
+        )
         if all(r.default_ms for r in results):
             line += f", {sum(r.default_ms for r in results) / total:.2f}x the built-in defaults"
         lines.append(line)
@@ -342,8 +433,10 @@ def _summary(problem, device, timer, results, db_path, storage) -> str:
     if storage:
         from ..tuning.study import journal_path, redact
 
-        lines.append(f"study: optuna-dashboard {journal_path(storage) or redact(storage)}"
-                     f"  (the dashboard extra: pip install 'mhfgen[dashboard]')")
+        lines.append(
+            f"study: optuna-dashboard {journal_path(storage) or redact(storage)}"
+            f"  (the dashboard extra: pip install 'mhfgen[dashboard]')"
+        )
     return "\n".join(lines)
 
 
@@ -379,18 +472,26 @@ def _run_recorded(args) -> int:
             raise CommandError(f"--replay {args.replay}: {exc}") from exc
     else:
         device = DeviceFacts.of(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    here = [p for p in problems
-            if (p.gpu_name, p.compute_capability) == (device.gpu_name, device.compute_capability)]
+    here = [
+        p
+        for p in problems
+        if (p.gpu_name, p.compute_capability) == (device.gpu_name, device.compute_capability)
+    ]
     others: dict[str, int] = {}
     for p in problems:
         if p not in here:
             others[p.gpu_name] = others.get(p.gpu_name, 0) + 1
     for gpu, n in sorted(others.items()):
-        print(f"{args.from_record}: {n} problem(s) recorded on {gpu}, not this device "
-              f"({device.gpu_name}): tune them there", file=sys.stderr)
+        print(
+            f"{args.from_record}: {n} problem(s) recorded on {gpu}, not this device "
+            f"({device.gpu_name}): tune them there",
+            file=sys.stderr,
+        )
     if not here:
-        print(f"{args.from_record}: nothing recorded on {device.gpu_name} "
-              f"({len(problems)} problem(s) in all)")
+        print(
+            f"{args.from_record}: nothing recorded on {device.gpu_name} "
+            f"({len(problems)} problem(s) in all)"
+        )
         return 0
     db_path = args.db or str(user_db_path())
     codes, skipped = [], 0
@@ -413,8 +514,10 @@ def _run_recorded(args) -> int:
             print(f"{where}: error: {exc}", file=sys.stderr)
             codes.append(2)
     tuned = sum(c == 0 for c in codes)
-    print(f"{args.from_record}: {len(here)} problem(s) on {device.gpu_name}: {tuned} tuned now, "
-          f"{skipped} tuned before, {len(codes) - tuned} failed")
+    print(
+        f"{args.from_record}: {len(here)} problem(s) on {device.gpu_name}: {tuned} tuned now, "
+        f"{skipped} tuned before, {len(codes) - tuned} failed"
+    )
     return 0 if tuned == len(codes) else 1
 
 
@@ -432,15 +535,25 @@ def _untuned(db_path: str, problem, device) -> list[str]:
     s = problem.spec
     try:
         with TuningDB.open(db_path, readonly=True) as db:
-            winners = db.winners(heads=s.heads, kv_heads=s.kv_heads, head_dim=s.head_dim,
-                                 experts=s.experts, expert_dim=s.expert_dim, dtype=s.dtype,
-                                 gpu_name=device.gpu_name)
+            winners = db.winners(
+                heads=s.heads,
+                kv_heads=s.kv_heads,
+                head_dim=s.head_dim,
+                experts=s.experts,
+                expert_dim=s.expert_dim,
+                dtype=s.dtype,
+                gpu_name=device.gpu_name,
+            )
     except TuningDBError as exc:
         raise CommandError(str(exc)) from exc
-    current = [w for w in winners
-               if w.key.tokens == problem.tokens and w.key.triton_version == triton.__version__
-               and w.key.compute_capability == device.compute_capability
-               and w.key.template_hash == template_hash(w.key.variant)]
+    current = [
+        w
+        for w in winners
+        if w.key.tokens == problem.tokens
+        and w.key.triton_version == triton.__version__
+        and w.key.compute_capability == device.compute_capability
+        and w.key.template_hash == template_hash(w.key.variant)
+    ]
     # a recorded variant is done with a winner of its own, a recorded op with one of any
     # of its variants
     done = {w.key.variant for w in current} | {w.key.op for w in current}
@@ -465,17 +578,20 @@ def _run_problem(args) -> int:
 
     kernels = tuning_units(kernels, problem.spec, problem.tokens)
     if not kernels:
-        raise CommandError(f"--kernels: no kernel variant runs {problem.describe()} on "
-                           f"{problem.spec.target}")
+        raise CommandError(
+            f"--kernels: no kernel variant runs {problem.describe()} on {problem.spec.target}"
+        )
     gpus = None
     if args.workers > 1 and kind == "gpu":
         from ..tuning.workers import visible_gpus
 
         gpus = visible_gpus()
         if len(gpus) < args.workers:
-            raise CommandError(f"--workers {args.workers}: only {len(gpus)} GPU(s) visible "
-                               f"({','.join(gpus) or 'none'}); one worker per GPU")
-        gpus = gpus[:args.workers]
+            raise CommandError(
+                f"--workers {args.workers}: only {len(gpus)} GPU(s) visible "
+                f"({','.join(gpus) or 'none'}); one worker per GPU"
+            )
+        gpus = gpus[: args.workers]
     db_path = args.db or str(user_db_path())
     with contextlib.ExitStack() as stack:
         if args.storage is None and storage is not None:  # this problem's private study
@@ -484,18 +600,22 @@ def _run_problem(args) -> int:
             except StudyBusyError as exc:
                 raise CommandError(str(exc)) from exc
             except OSError as exc:
-                raise CommandError(f"cannot lock the study {storage_path(storage)} ({exc}); "
-                                   f"set MHFGEN_CACHE_DIR to a writable folder") from exc
+                raise CommandError(
+                    f"cannot lock the study {storage_path(storage)} ({exc}); "
+                    f"set MHFGEN_CACHE_DIR to a writable folder"
+                ) from exc
         try:  # a --db the user named gets its file created, never its folders
             db = TuningDB.open(db_path, create_parents=args.db is None)
         except TuningDBError as exc:
             raise CommandError(str(exc)) from exc
-        return _run_locked(args, problem, device, kind, replay, storage, bare, gpus, db,
-                           db_path, kernels)
+        return _run_locked(
+            args, problem, device, kind, replay, storage, bare, gpus, db, db_path, kernels
+        )
 
 
-def _run_locked(args, problem, device, kind, replay, storage, bare, gpus, db, db_path,
-                kernels) -> int:
+def _run_locked(
+    args, problem, device, kind, replay, storage, bare, gpus, db, db_path, kernels
+) -> int:
     """run()'s search, once the study is this process's and the database is open."""
     from ..tuning.db import TuningDBError
     from ..tuning.search import SearchSettings
@@ -503,16 +623,26 @@ def _run_locked(args, problem, device, kind, replay, storage, bare, gpus, db, db
 
     if not device.is_gpu:
         where = "a small problem " if bare else ""
-        print(f"No GPU here: tuning {where}through Triton's interpreter on the CPU. Its "
-              f"timings are interpreter wall-clock times, NOT GPU timings.", file=sys.stderr)
+        print(
+            f"No GPU here: tuning {where}through Triton's interpreter on the CPU. Its "
+            f"timings are interpreter wall-clock times, NOT GPU timings.",
+            file=sys.stderr,
+        )
     batch = args.batch or min(16, os.cpu_count() or 1)
-    settings = SearchSettings(trials=args.trials, batch=max(1, batch), strategy=args.strategy,
-                              seed=args.seed, fresh=args.fresh)
+    settings = SearchSettings(
+        trials=args.trials,
+        batch=max(1, batch),
+        strategy=args.strategy,
+        seed=args.seed,
+        fresh=args.fresh,
+    )
     who = ""
     if args.workers > 1:
         who = f" with {args.workers} workers" + (f" (GPUs {','.join(gpus)})" if gpus else "")
-    print(f"Tuning {', '.join(kernels)} for {problem.describe()} on {device.gpu_name}{who}",
-          file=sys.stderr)
+    print(
+        f"Tuning {', '.join(kernels)} for {problem.describe()} on {device.gpu_name}{who}",
+        file=sys.stderr,
+    )
     if args.storage:
         print(f"Study storage: {redact(args.storage)}", file=sys.stderr)
     from ..tuning.timer import DeviceLost
@@ -521,30 +651,41 @@ def _run_locked(args, problem, device, kind, replay, storage, bare, gpus, db, db
     timer = None
     try:
         if args.workers > 1:
-            timer, results = _tune_with_workers(args, problem, device, kind, replay, storage,
-                                                db, db_path, settings, kernels, gpus)
+            timer, results = _tune_with_workers(
+                args, problem, device, kind, replay, storage, db, db_path, settings, kernels, gpus
+            )
         else:
             from ..tuning.workers import build_timer
 
-            timer = replay or build_timer(kind, problem, args.seed,
-                                          args.jobs or os.cpu_count() or 1)
+            timer = replay or build_timer(
+                kind, problem, args.seed, args.jobs or os.cpu_count() or 1
+            )
             if args.record:
                 from ..tuning.timer import RecordingTimer
 
                 timer = RecordingTimer(timer, device)
             results = _tune_here(args, problem, device, timer, db, settings, storage, kernels)
     except KeyboardInterrupt:
-        print("\nInterrupted: finished trials are stored; run the same command again to "
-              "resume.", file=sys.stderr)
+        print(
+            "\nInterrupted: finished trials are stored; run the same command again to resume.",
+            file=sys.stderr,
+        )
         raise
     except DeviceLost as exc:
-        print(f"mhfgen tune: a candidate faulted and the GPU context is lost ({exc}); it is "
-              f"stored as a failed trial with the finished ones: run the same command "
-              f"again to resume", file=sys.stderr)
+        print(
+            f"mhfgen tune: a candidate faulted and the GPU context is lost ({exc}); it is "
+            f"stored as a failed trial with the finished ones: run the same command "
+            f"again to resume",
+            file=sys.stderr,
+        )
         return 1
     except TuningDBError as exc:  # a full disk, a lock held past the whole wait
-        resume = ("; the trials finished before it are kept in the study: run the same "
-                  "command again to resume" if storage else "")
+        resume = (
+            "; the trials finished before it are kept in the study: run the same "
+            "command again to resume"
+            if storage
+            else ""
+        )
         raise CommandError(f"{exc}{resume}") from exc
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -572,25 +713,35 @@ def _not_stored(db_path, problem, device, results) -> str | None:
     expected = [r for r in results if r.winner is not None]
     if not expected:
         return None
-    again = ("the trials are kept in the study: run the same command again to store the "
-             "winners")
+    again = "the trials are kept in the study: run the same command again to store the winners"
     if not Path(db_path).is_file():
         return f"{db_path} no longer exists (deleted while tuning?); nothing is stored; {again}"
     s = problem.spec
     try:
         with TuningDB.open(db_path, readonly=True) as db:
-            stored = db.winners(heads=s.heads, kv_heads=s.kv_heads, head_dim=s.head_dim,
-                                experts=s.experts, expert_dim=s.expert_dim, dtype=s.dtype,
-                                tokens=problem.tokens, gpu_name=device.gpu_name,
-                                compute_capability=device.compute_capability)
+            stored = db.winners(
+                heads=s.heads,
+                kv_heads=s.kv_heads,
+                head_dim=s.head_dim,
+                experts=s.experts,
+                expert_dim=s.expert_dim,
+                dtype=s.dtype,
+                tokens=problem.tokens,
+                gpu_name=device.gpu_name,
+                compute_capability=device.compute_capability,
+            )
     except TuningDBError as exc:
         return f"cannot read the winners back: {exc}"
-    lost = [r.kernel for r in expected
-            if not any(w.key.variant == r.winner.variant and w.config == r.winner
-                       for w in stored)]
+    lost = [
+        r.kernel
+        for r in expected
+        if not any(w.key.variant == r.winner.variant and w.config == r.winner for w in stored)
+    ]
     if lost:
-        return (f"the winners of {', '.join(lost)} are not in {db_path} after the write "
-                f"(the file was replaced while tuning?); {again}")
+        return (
+            f"the winners of {', '.join(lost)} are not in {db_path} after the write "
+            f"(the file was replaced while tuning?); {again}"
+        )
     return None
 
 
@@ -612,22 +763,32 @@ def _tune_here(args, problem, device, timer, db, settings, storage, kernels):
     from .. import paths
     from ..tuning.search import Tuner
 
-    tuner = Tuner(problem, device, timer, db, settings, storage,
-                  shared=args.storage is not None, baselines=[paths.shipped_db_path()])
+    tuner = Tuner(
+        problem,
+        device,
+        timer,
+        db,
+        settings,
+        storage,
+        shared=args.storage is not None,
+        baselines=[paths.shipped_db_path()],
+    )
     studies = _open_studies(tuner, kernels, storage)
     resumed = sum(s.resumed for s in studies.values())
     if resumed:
         print(f"Resuming: {resumed} configs already evaluated", file=sys.stderr)
     bar, tuner.progress = _progress_bar(
-        {k: tuner.budget_of(s) for k, s in studies.items()}, args.no_progress)
+        {k: tuner.budget_of(s) for k, s in studies.items()}, args.no_progress
+    )
     try:
         return tuner.tune(kernels, studies)
     finally:
         bar.close()
 
 
-def _tune_with_workers(args, problem, device, kind, replay, storage, db, db_path, settings,
-                       kernels, gpus):
+def _tune_with_workers(
+    args, problem, device, kind, replay, storage, db, db_path, settings, kernels, gpus
+):
     """--workers N: N worker processes search the shared study; this process shows their
     progress, evaluates what they left (a worker that died), then finishes each kernel
     (mhfgen.tuning.workers). Returns (the timer that re-timed the winners, results)."""
@@ -649,16 +810,32 @@ def _tune_with_workers(args, problem, device, kind, replay, storage, db, db_path
     if resumed:
         print(f"Resuming: {resumed} configs already evaluated", file=sys.stderr)
     jobs = args.jobs or max(1, (os.cpu_count() or 1) // args.workers)
-    pool = WorkerPool([WorkerJob(
-        index=i, spec=problem.spec.as_dict(), tokens=problem.tokens,
-        device=dataclasses.asdict(device), settings=dataclasses.asdict(settings),
-        storage=storage, kernels=kernels, timer=kind, seed=args.seed, jobs=jobs,
-        replay=args.replay, db=db_path,
-        record=str(folder / f"worker{i}.timings.json") if args.record else None,
-        verbose=logging.getLogger().isEnabledFor(logging.DEBUG))
-        for i in range(args.workers)], folder, gpus)
+    pool = WorkerPool(
+        [
+            WorkerJob(
+                index=i,
+                spec=problem.spec.as_dict(),
+                tokens=problem.tokens,
+                device=dataclasses.asdict(device),
+                settings=dataclasses.asdict(settings),
+                storage=storage,
+                kernels=kernels,
+                timer=kind,
+                seed=args.seed,
+                jobs=jobs,
+                replay=args.replay,
+                db=db_path,
+                record=str(folder / f"worker{i}.timings.json") if args.record else None,
+                verbose=logging.getLogger().isEnabledFor(logging.DEBUG),
+            )
+            for i in range(args.workers)
+        ],
+        folder,
+        gpus,
+    )
     bar, tuner.progress = _progress_bar(
-        {k: tuner.budget_of(s) for k, s in studies.items()}, args.no_progress)
+        {k: tuner.budget_of(s) for k, s in studies.items()}, args.no_progress
+    )
 
     def poll() -> None:
         try:
@@ -674,8 +851,11 @@ def _tune_with_workers(args, problem, device, kind, replay, storage, db, db_path
         failed = pool.wait(poll)
         for w in failed:
             where = f" (GPU {w.gpu})" if w.gpu is not None else ""
-            print(f"worker {w.job.index}{where} failed with exit status {w.proc.returncode}; "
-                  f"its log, {w.log_path}, ends with:\n{w.tail()}", file=sys.stderr)
+            print(
+                f"worker {w.job.index}{where} failed with exit status {w.proc.returncode}; "
+                f"its log, {w.log_path}, ends with:\n{w.tail()}",
+                file=sys.stderr,
+            )
         # the finalists are in Triton's cache already: no compile pool to re-time them
         timer = replay if replay is not None else build_timer(kind, problem, args.seed, 1)
         if args.record:

@@ -1,4 +1,5 @@
 """`mhfgen verify`: the generated kernels against the float64 reference on this machine."""
+
 from __future__ import annotations
 
 import sys
@@ -15,39 +16,67 @@ OUTPUTS = ("o", "dq", "dk", "du", "dv", "dr")
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "verify", help="check the kernels against the float64 reference here",
+        "verify",
+        help="check the kernels against the float64 reference here",
         description="Run the forward and backward kernels on the reference problems (GPU: the "
-                    "presets at --tokens tokens in bf16, fp16 and fp32, plus odd shapes; CPU: "
-                    "small problems through Triton's interpreter in fp32 and fp16) and print "
-                    "each output's relative error against its tolerance. Exit 1 on a failure.")
-    p.add_argument("--presets", default=None,
-                   help="comma list of presets to check on a GPU (default: all three; "
-                        "the CPU checks small problems only)")
-    p.add_argument("--dtypes", default=None,
-                   help="comma list (default: bfloat16,float16,float32 on a GPU, "
-                        "float32,float16 on the CPU)")
-    p.add_argument("--tokens", type=int, default=None,
-                   help="tokens of the preset problems on a GPU (default 16384)")
-    p.add_argument("--backward", default="all", choices=("all", "dispatched", "fused", "split"),
-                   help="which backward computes the gradients: the one-pass kernel, the "
-                        "split pair (dq/dr, then dk/du/dv: what deterministic runs use), "
-                        "the form the dispatcher picks, or both forms, a row each "
-                        "(default: all)")
-    p.add_argument("--matrix", action="store_true",
-                   help="the verification matrix instead: every registered variant forced "
-                        "one at a time (not only what dispatch picks) on every documented "
-                        "input form (r in fp32 and in q's dtype, q as a strided or "
-                        "transposed view, strided weights, B > 1, L = 1, 37 and the tile "
-                        "edges 63/65/127/129, GQA, D 64/96/128, E = 1, De = 80), each output "
-                        "checked whole and row by row; docs/VERIFY.md")
-    p.add_argument("--shapes", default=None,
-                   help="with --matrix: comma list of matrix shapes (default: all; names in "
-                        "mhfgen.verify_matrix)")
-    p.add_argument("--variants", default=None,
-                   help="with --matrix: comma list of variant stems (default: every one)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="with --matrix: child processes that compile and run (shape, dtype) "
-                        "groups side by side (default 1)")
+        "presets at --tokens tokens in bf16, fp16 and fp32, plus odd shapes; CPU: "
+        "small problems through Triton's interpreter in fp32 and fp16) and print "
+        "each output's relative error against its tolerance. Exit 1 on a failure.",
+    )
+    p.add_argument(
+        "--presets",
+        default=None,
+        help="comma list of presets to check on a GPU (default: all three; "
+        "the CPU checks small problems only)",
+    )
+    p.add_argument(
+        "--dtypes",
+        default=None,
+        help="comma list (default: bfloat16,float16,float32 on a GPU, float32,float16 on the CPU)",
+    )
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=None,
+        help="tokens of the preset problems on a GPU (default 16384)",
+    )
+    p.add_argument(
+        "--backward",
+        default="all",
+        choices=("all", "dispatched", "fused", "split"),
+        help="which backward computes the gradients: the one-pass kernel, the "
+        "split pair (dq/dr, then dk/du/dv: what deterministic runs use), "
+        "the form the dispatcher picks, or both forms, a row each "
+        "(default: all)",
+    )
+    p.add_argument(
+        "--matrix",
+        action="store_true",
+        help="the verification matrix instead: every registered variant forced "
+        "one at a time (not only what dispatch picks) on every documented "
+        "input form (r in fp32 and in q's dtype, q as a strided or "
+        "transposed view, strided weights, B > 1, L = 1, 37 and the tile "
+        "edges 63/65/127/129, GQA, D 64/96/128, E = 1, De = 80), each output "
+        "checked whole and row by row; docs/VERIFY.md",
+    )
+    p.add_argument(
+        "--shapes",
+        default=None,
+        help="with --matrix: comma list of matrix shapes (default: all; names in "
+        "mhfgen.verify_matrix)",
+    )
+    p.add_argument(
+        "--variants",
+        default=None,
+        help="with --matrix: comma list of variant stems (default: every one)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="with --matrix: child processes that compile and run (shape, dtype) "
+        "groups side by side (default 1)",
+    )
     add_json_arg(p, VERIFY_FORMAT)
     p.set_defaults(handler=run)
 
@@ -56,18 +85,22 @@ def _cases(args, gpu: bool):
     from ..presets import PRESETS
     from ..verification import Case
 
-    odd = [
-        Case("L1", 1, 1, 8, 8, 128, 4, 256),
-        Case("L37_gqa", 1, 37, 8, 2, 128, 4, 256),
-        Case("D96_De80", 2, 333, 4, 4, 96, 3, 80),
-        Case("E1_D64", 2, 1000, 4, 1, 64, 1, 512),
-    ] if gpu else [
-        Case("small", 2, 16, 2, 2, 32, 2, 64),
-        Case("L1", 1, 1, 2, 1, 32, 2, 32),
-        Case("L37_gqa", 1, 37, 4, 2, 32, 2, 32),
-        Case("D96_De80", 1, 9, 2, 2, 96, 2, 80),
-        Case("E1", 1, 5, 2, 2, 16, 1, 64),
-    ]
+    odd = (
+        [
+            Case("L1", 1, 1, 8, 8, 128, 4, 256),
+            Case("L37_gqa", 1, 37, 8, 2, 128, 4, 256),
+            Case("D96_De80", 2, 333, 4, 4, 96, 3, 80),
+            Case("E1_D64", 2, 1000, 4, 1, 64, 1, 512),
+        ]
+        if gpu
+        else [
+            Case("small", 2, 16, 2, 2, 32, 2, 64),
+            Case("L1", 1, 1, 2, 1, 32, 2, 32),
+            Case("L37_gqa", 1, 37, 4, 2, 32, 2, 32),
+            Case("D96_De80", 1, 9, 2, 2, 96, 2, 80),
+            Case("E1", 1, 5, 2, 2, 16, 1, 64),
+        ]
+    )
     if not gpu:
         return odd
     cases = []
@@ -78,8 +111,11 @@ def _cases(args, gpu: bool):
             raise CommandError(f"--presets: unknown preset {name!r}; known: {', '.join(PRESETS)}")
         p = PRESETS[name]
         batch = max(1, tokens // 2048)
-        cases.append(Case(name, batch, tokens // batch, p.heads, p.heads, p.head_dim,
-                          p.experts, p.expert_dim))
+        cases.append(
+            Case(
+                name, batch, tokens // batch, p.heads, p.heads, p.head_dim, p.experts, p.expert_dim
+            )
+        )
     return cases + odd
 
 
@@ -98,12 +134,15 @@ def run(args) -> int:
 
         json_path = Path(args.json)
         if json_path.is_dir() or not json_path.parent.is_dir():
-            raise CommandError(f"--json: cannot write {args.json} (a folder, or in a folder "
-                               f"that does not exist)")
+            raise CommandError(
+                f"--json: cannot write {args.json} (a folder, or in a folder that does not exist)"
+            )
     for flag, value in (("--presets", args.presets), ("--tokens", args.tokens)):
         if value is not None and not gpu:
-            raise CommandError(f"{flag} needs a GPU: without one verify checks small problems "
-                               f"through Triton's interpreter (leave {flag} out)")
+            raise CommandError(
+                f"{flag} needs a GPU: without one verify checks small problems "
+                f"through Triton's interpreter (leave {flag} out)"
+            )
     names = (args.dtypes or ("bfloat16,float16,float32" if gpu else "float32,float16")).split(",")
     for name in names:
         if name not in DTYPES:
@@ -117,8 +156,10 @@ def run(args) -> int:
     for flag in ("shapes", "variants"):
         if getattr(args, flag) is not None:
             raise CommandError(f"--{flag} needs --matrix")
-    print(f"mhfgen verify on {where}" + ("" if gpu else " (Triton interpreter, small problems)"),
-          file=out)
+    print(
+        f"mhfgen verify on {where}" + ("" if gpu else " (Triton interpreter, small problems)"),
+        file=out,
+    )
     forms = ("fused", "split") if args.backward == "all" else (args.backward,)
     rows, lines, failed = [], [], 0
     cases = _cases(args, gpu)
@@ -135,8 +176,13 @@ def run(args) -> int:
             except Exception as exc:  # noqa: BLE001 - a failing reference fails its rows
                 expected, reason = None, _reason(exc)
             for form in forms:
-                row = {"case": case.name, "dtype": name, "backward": form,
-                       "tokens": case.tokens, "shape": case.__dict__}
+                row = {
+                    "case": case.name,
+                    "dtype": name,
+                    "backward": form,
+                    "tokens": case.tokens,
+                    "shape": case.__dict__,
+                }
                 if reason is None:
                     try:
                         got = kernel_outputs(q, k, u, v, r, do, backward=form)
@@ -145,8 +191,9 @@ def run(args) -> int:
                 else:
                     got, why = None, reason
                 if got is None:
-                    lines.append((case.name, name, form, case.tokens, *[""] * len(OUTPUTS),
-                                  f"FAIL {why}"))
+                    lines.append(
+                        (case.name, name, form, case.tokens, *[""] * len(OUTPUTS), f"FAIL {why}")
+                    )
                     _progress(args, lines[-1], len(lines), total, began)
                     rows.append({**row, "ok": False, "error": why})
                     failed += 1
@@ -156,30 +203,54 @@ def run(args) -> int:
                 failed += bool(bad)
                 status = "ok" if not bad else "FAIL " + ",".join(c.output for c in bad)
                 errors = {c.output: f"{c.error:.2e}" for c in checks}
-                lines.append((case.name, name, form, case.tokens,
-                              *(errors.get(o, "") for o in OUTPUTS), status))
+                lines.append(
+                    (
+                        case.name,
+                        name,
+                        form,
+                        case.tokens,
+                        *(errors.get(o, "") for o in OUTPUTS),
+                        status,
+                    )
+                )
                 _progress(args, lines[-1], len(lines), total, began)
-                rows.append({**row, "seconds": time.perf_counter() - start,
-                             "errors": {c.output: c.error for c in checks},
-                             "tolerances": {c.output: c.tolerance for c in checks},
-                             "ok": not bad})
+                rows.append(
+                    {
+                        **row,
+                        "seconds": time.perf_counter() - start,
+                        "errors": {c.output: c.error for c in checks},
+                        "tolerances": {c.output: c.tolerance for c in checks},
+                        "ok": not bad,
+                    }
+                )
                 start = time.perf_counter()
                 del got
             del expected
     if sys.stderr.isatty() and not json_to_stdout(args):
         print(file=sys.stderr)  # past the progress line
     print(table(("case", "dtype", "backward", "tokens", *OUTPUTS, "status"), lines), file=out)
-    tols = {n: (tolerance(n), tolerance(n, grad=True))
-            for n in names}
-    print("tolerances (output, gradients): " +
-          ", ".join(f"{n} {a:.1e}/{b:.1e}" for n, (a, b) in tols.items()), file=out)
+    tols = {n: (tolerance(n), tolerance(n, grad=True)) for n in names}
+    print(
+        "tolerances (output, gradients): "
+        + ", ".join(f"{n} {a:.1e}/{b:.1e}" for n, (a, b) in tols.items()),
+        file=out,
+    )
     import triton
 
-    emit_json(args, {"format": VERIFY_FORMAT, "gpu": where,
-                     "compute_capability": _device.compute_capability(dev),
-                     "torch": torch.__version__, "triton": triton.__version__,
-                     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "passed": len(rows) - failed, "failed": failed, "results": rows})
+    emit_json(
+        args,
+        {
+            "format": VERIFY_FORMAT,
+            "gpu": where,
+            "compute_capability": _device.compute_capability(dev),
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "passed": len(rows) - failed,
+            "failed": failed,
+            "results": rows,
+        },
+    )
     print(f"{len(rows) - failed} of {len(rows)} passed", file=out)
     return 1 if failed else 0
 
@@ -206,15 +277,23 @@ def _run_matrix(args, gpu: bool, dev, names: list, where: str, out) -> int:
         stems = [s for s in args.variants.split(",") if s]
         unknown = [s for s in stems if s not in registry.stems()]
         if unknown:
-            raise CommandError(f"--variants: unknown stem(s) {', '.join(unknown)}; known: "
-                               f"{', '.join(registry.stems())}")
-    print(f"mhfgen verify --matrix on {where}: {len(shapes)} shapes x {len(names)} dtypes"
-          + ("" if gpu else " (Triton interpreter: the Gluon variants are n/a)"), file=out)
+            raise CommandError(
+                f"--variants: unknown stem(s) {', '.join(unknown)}; known: "
+                f"{', '.join(registry.stems())}"
+            )
+    print(
+        f"mhfgen verify --matrix on {where}: {len(shapes)} shapes x {len(names)} dtypes"
+        + ("" if gpu else " (Triton interpreter: the Gluon variants are n/a)"),
+        file=out,
+    )
     start = time.perf_counter()
 
     def progress(done: int, total: int, group: str) -> None:
-        print(f"[{done}/{total}] {group} done ({time.perf_counter() - start:.0f} s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{done}/{total}] {group} done ({time.perf_counter() - start:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     rows = list(run_matrix(shapes, names, stems=stems, jobs=args.jobs, progress=progress))
     ran = [r for r in rows if r.status != "n/a"]
@@ -224,34 +303,74 @@ def _run_matrix(args, gpu: bool, dev, names: list, where: str, out) -> int:
         if r.status == "n/a":
             continue
         worst = {name: e for name, e in r.errors.items()}
-        lines.append((r.shape, r.batch, r.seqlen, r.form, r.dtype, r.variant,
-                      *(f"{worst[o][0]:.1e}/{worst[o][1]:.1e}" if o in worst else ""
-                        for o in OUTPUTS), r.status))
+        lines.append(
+            (
+                r.shape,
+                r.batch,
+                r.seqlen,
+                r.form,
+                r.dtype,
+                r.variant,
+                *(f"{worst[o][0]:.1e}/{worst[o][1]:.1e}" if o in worst else "" for o in OUTPUTS),
+                r.status,
+            )
+        )
     shown = [line for line in lines if not line[-1].startswith("ok")] if len(lines) > 60 else lines
     if shown:
-        print(table(("shape", "B", "L", "form", "dtype", "variant",
-                     *(f"{o} tensor/row" for o in OUTPUTS), "status"), shown), file=out)
+        print(
+            table(
+                (
+                    "shape",
+                    "B",
+                    "L",
+                    "form",
+                    "dtype",
+                    "variant",
+                    *(f"{o} tensor/row" for o in OUTPUTS),
+                    "status",
+                ),
+                shown,
+            ),
+            file=out,
+        )
     summary = {}
     for r in ran:
         key = (r.variant, r.dtype)
         ok, total = summary.get(key, (0, 0))
         summary[key] = (ok + r.ok, total + 1)
-    print(table(("variant", "dtype", "passed"),
-                [(v, d, f"{ok} of {total}") for (v, d), (ok, total) in sorted(summary.items())]),
-          file=out)
-    skipped = sorted({(r.variant, r.dtype, r.errors.get("reason", "")) for r in rows
-                      if r.status == "n/a"})
+    print(
+        table(
+            ("variant", "dtype", "passed"),
+            [(v, d, f"{ok} of {total}") for (v, d), (ok, total) in sorted(summary.items())],
+        ),
+        file=out,
+    )
+    skipped = sorted(
+        {(r.variant, r.dtype, r.errors.get("reason", "")) for r in rows if r.status == "n/a"}
+    )
     for variant, dtype, reason in skipped:
         print(f"n/a: {variant} {dtype}: {reason}", file=out)
-    emit_json(args, {"format": VERIFY_FORMAT, "mode": "matrix", "gpu": where,
-                     "compute_capability": _device.compute_capability(dev),
-                     "torch": torch.__version__, "triton": triton.__version__,
-                     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "passed": len(ran) - len(failed), "failed": len(failed),
-                     "not_applicable": len(rows) - len(ran),
-                     "results": [r.as_dict() for r in rows]})
-    print(f"{len(ran) - len(failed)} of {len(ran)} passed ({len(rows) - len(ran)} n/a) in "
-          f"{time.perf_counter() - start:.0f} s", file=out)
+    emit_json(
+        args,
+        {
+            "format": VERIFY_FORMAT,
+            "mode": "matrix",
+            "gpu": where,
+            "compute_capability": _device.compute_capability(dev),
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "passed": len(ran) - len(failed),
+            "failed": len(failed),
+            "not_applicable": len(rows) - len(ran),
+            "results": [r.as_dict() for r in rows],
+        },
+    )
+    print(
+        f"{len(ran) - len(failed)} of {len(ran)} passed ({len(rows) - len(ran)} n/a) in "
+        f"{time.perf_counter() - start:.0f} s",
+        file=out,
+    )
     return 1 if failed else 0
 
 
@@ -264,8 +383,10 @@ def _progress(args, line: tuple, done: int, total: int, start: float) -> None:
     """One row done, on stderr (the table follows on stdout): a status line overwritten
     on a terminal, else a line per row, so a log shows progress while kernels compile."""
     case, dtype, form, tokens, *_, status = line
-    text = (f"[{done}/{total}] {case} {dtype} {form} {tokens}: {status} "
-            f"({time.perf_counter() - start:.0f} s)")
+    text = (
+        f"[{done}/{total}] {case} {dtype} {form} {tokens}: {status} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
     if sys.stderr.isatty():
         print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
     else:

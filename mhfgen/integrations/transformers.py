@@ -27,6 +27,7 @@ they are (qk_norm = apply_rmsnorm, norm_eps = rms_norm_eps). The converter refus
 options FlashMHF does not compute (a hidden_act other than silu, dot or final scaling)
 instead of converting them into a different function.
 """
+
 from __future__ import annotations
 
 import copy
@@ -73,29 +74,40 @@ class MHFFNMoESizes:
     def of(cls, config) -> MHFFNMoESizes:
         """From a transformers config or any object with the authors' attribute names;
         ValueError naming what is missing or what FlashMHF does not compute."""
+
         def get(name, default=None, required=True):
             if not hasattr(config, name):
                 if required:
-                    raise ValueError(f"the config has no attribute {name!r} (an 'mhffnmoe' "
-                                     f"config names hidden_size, intermediate_size, "
-                                     f"mhffnmoe_num_heads, mhffnmoe_num_experts, ...)")
+                    raise ValueError(
+                        f"the config has no attribute {name!r} (an 'mhffnmoe' "
+                        f"config names hidden_size, intermediate_size, "
+                        f"mhffnmoe_num_heads, mhffnmoe_num_experts, ...)"
+                    )
                 return default
             return getattr(config, name)
 
         for name in _OFF_OPTIONS:
             if get(name, False, required=False):
-                raise ValueError(f"{name}=True is not computed by mhfgen.FlashMHF; "
-                                 f"convert only configs with it off")
+                raise ValueError(
+                    f"{name}=True is not computed by mhfgen.FlashMHF; "
+                    f"convert only configs with it off"
+                )
         act = get("hidden_act", "silu", required=False)
         if act != "silu":
             raise ValueError(f"hidden_act={act!r}: mhfgen.FlashMHF computes silu only")
         heads = get("mhffnmoe_num_heads")
         kv_heads = get("mhffnmoe_num_kuv_heads", None, required=False) or heads
-        return cls(get("hidden_size"), get("intermediate_size"), heads, kv_heads,
-                   get("mhffnmoe_num_experts"), float(get("rms_norm_eps", 1e-6, False)),
-                   bool(get("mhffnmoe_apply_rmsnorm", False, False)),
-                   bool(get("mhffnmoe_skip_linear", False, False)),
-                   bool(get("mlp_bias", False, False)))
+        return cls(
+            get("hidden_size"),
+            get("intermediate_size"),
+            heads,
+            kv_heads,
+            get("mhffnmoe_num_experts"),
+            float(get("rms_norm_eps", 1e-6, False)),
+            bool(get("mhffnmoe_apply_rmsnorm", False, False)),
+            bool(get("mhffnmoe_skip_linear", False, False)),
+            bool(get("mlp_bias", False, False)),
+        )
 
     @property
     def head_dim(self) -> int:
@@ -117,8 +129,11 @@ class MHFFNMoESizes:
 
 def _kuv_from_authors(w: torch.Tensor, s: MHFFNMoESizes) -> torch.Tensor:
     """(I, Hkv * D) -> (Hkv, E, De, D): view (I, Hkv, D), transpose, view the experts."""
-    return (w.view(s.intermediate_size, s.kv_heads, s.head_dim).transpose(0, 1)
-            .reshape(s.kv_heads, s.experts, s.expert_dim, s.head_dim))
+    return (
+        w.view(s.intermediate_size, s.kv_heads, s.head_dim)
+        .transpose(0, 1)
+        .reshape(s.kv_heads, s.experts, s.expert_dim, s.head_dim)
+    )
 
 
 def _kuv_to_authors(w: torch.Tensor) -> torch.Tensor:
@@ -127,8 +142,9 @@ def _kuv_to_authors(w: torch.Tensor) -> torch.Tensor:
     return w.permute(1, 2, 0, 3).reshape(e * de, hkv * d)
 
 
-def load_mhffnmoe_layer(state_dict: dict, config, backend: str = "auto", device=None,
-                        dtype=None) -> FlashMHF:
+def load_mhffnmoe_layer(
+    state_dict: dict, config, backend: str = "auto", device=None, dtype=None
+) -> FlashMHF:
     """An mhfgen.FlashMHF computing the authors' FFN layer of `state_dict` (keys relative
     to the layer: gate_weight, ..., w_self.weight) and `config` (see the module doc).
 
@@ -139,26 +155,46 @@ def load_mhffnmoe_layer(state_dict: dict, config, backend: str = "auto", device=
     got, want = set(state_dict), s.keys()
     if got != want:
         missing, extra = sorted(want - got), sorted(got - want)
-        raise ValueError(f"not an mhffnmoe FFN state dict for this config: "
-                         f"missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
+        raise ValueError(
+            f"not an mhffnmoe FFN state dict for this config: "
+            f"missing {missing or 'nothing'}, unexpected {extra or 'nothing'}"
+        )
     first = state_dict["gate_weight"]
-    factory = {"device": device if device is not None else first.device,
-               "dtype": dtype if dtype is not None else first.dtype}
+    factory = {
+        "device": device if device is not None else first.device,
+        "dtype": dtype if dtype is not None else first.dtype,
+    }
     kuv = (s.intermediate_size, s.kv_heads * s.head_dim)
     d = s.hidden_size
-    expected = {"gate_weight": kuv, "up_weight": kuv, "down_weight": kuv,
-                "router": (s.heads, s.head_dim, s.experts), "q_norm.weight": (s.heads, s.head_dim),
-                "w_self.weight": (d, d), "w_self_2.weight": (d, d), "w_self.bias": (d,),
-                "w_self_2.bias": (d,)}
+    expected = {
+        "gate_weight": kuv,
+        "up_weight": kuv,
+        "down_weight": kuv,
+        "router": (s.heads, s.head_dim, s.experts),
+        "q_norm.weight": (s.heads, s.head_dim),
+        "w_self.weight": (d, d),
+        "w_self_2.weight": (d, d),
+        "w_self.bias": (d,),
+        "w_self_2.bias": (d,),
+    }
     for key, tensor in state_dict.items():
         shape = expected[key]
         if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != shape:
             got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise ValueError(f"{key} must have shape {shape} for this config, got {got}")
     with torch.device("meta"):  # parameters are assigned below; nothing to initialise
-        layer = FlashMHF(s.hidden_size, s.heads, s.intermediate_size, s.experts, s.kv_heads,
-                         qk_norm=s.apply_rmsnorm, bias=s.bias, backend=backend,
-                         norm_eps=s.rms_norm_eps, projections=not s.skip_linear)
+        layer = FlashMHF(
+            s.hidden_size,
+            s.heads,
+            s.intermediate_size,
+            s.experts,
+            s.kv_heads,
+            qk_norm=s.apply_rmsnorm,
+            bias=s.bias,
+            backend=backend,
+            norm_eps=s.rms_norm_eps,
+            projections=not s.skip_linear,
+        )
 
     def param(t: torch.Tensor) -> nn.Parameter:
         return nn.Parameter(t.detach().to(**factory))
@@ -175,8 +211,9 @@ def load_mhffnmoe_layer(state_dict: dict, config, backend: str = "auto", device=
     if s.apply_rmsnorm:
         layer.q_norm = param(state_dict["q_norm.weight"])
     else:  # unused by the authors' forward too, kept for the round trip
-        layer.register_buffer(UNUSED_NORM, state_dict["q_norm.weight"].detach().to(**factory),
-                              persistent=False)
+        layer.register_buffer(
+            UNUSED_NORM, state_dict["q_norm.weight"].detach().to(**factory), persistent=False
+        )
     return layer
 
 
@@ -199,8 +236,13 @@ def to_mhffnmoe_state_dict(layer: FlashMHF) -> dict[str, torch.Tensor]:
         out["q_norm.weight"] = layer.q_norm.detach()
     else:
         unused = getattr(layer, UNUSED_NORM, None)
-        out["q_norm.weight"] = unused if unused is not None else torch.ones(
-            layer.n_heads, layer.head_dim, dtype=layer.router.dtype, device=layer.router.device)
+        out["q_norm.weight"] = (
+            unused
+            if unused is not None
+            else torch.ones(
+                layer.n_heads, layer.head_dim, dtype=layer.router.dtype, device=layer.router.device
+            )
+        )
     return out
 
 
@@ -226,8 +268,10 @@ def patch_model(model: nn.Module, backend: str = "auto") -> int:
             continue
         config = getattr(module, "config", None)
         if config is None:
-            raise ValueError(f"{name} ({type(module).__name__}) has the mhffnmoe FFN "
-                             f"parameters but no .config to read its sizes from")
+            raise ValueError(
+                f"{name} ({type(module).__name__}) has the mhffnmoe FFN "
+                f"parameters but no .config to read its sizes from"
+            )
         try:
             layer = load_mhffnmoe_layer(dict(module.state_dict()), config, backend=backend)
         except ValueError as exc:
@@ -241,8 +285,14 @@ def patch_model(model: nn.Module, backend: str = "auto") -> int:
     return replaced
 
 
-def flashmhf_llama(llama_config, n_heads: int, n_experts: int, n_kv_heads: int | None = None,
-                   qk_norm: bool = True, backend: str = "auto"):
+def flashmhf_llama(
+    llama_config,
+    n_heads: int,
+    n_experts: int,
+    n_kv_heads: int | None = None,
+    qk_norm: bool = True,
+    backend: str = "auto",
+):
     """A transformers.LlamaForCausalLM whose every decoder layer's `mlp` is an
     mhfgen.FlashMHF(hidden_size, n_heads, intermediate_size, n_experts, n_kv_heads) of the
     config's sizes (bias = mlp_bias), the FFN the paper trained in place of SwiGLU.
@@ -253,21 +303,30 @@ def flashmhf_llama(llama_config, n_heads: int, n_experts: int, n_kv_heads: int |
     then given the FlashMHF layers and its real config back)."""
     from transformers import LlamaForCausalLM
 
-    settings = dict(n_heads=n_heads, n_experts=n_experts, n_kv_heads=n_kv_heads,
-                    qk_norm=qk_norm)
+    settings = dict(n_heads=n_heads, n_experts=n_experts, n_kv_heads=n_kv_heads, qk_norm=qk_norm)
     config = copy.deepcopy(llama_config)
     intermediate = config.intermediate_size
-    FlashMHF(config.hidden_size, n_heads, intermediate, n_experts, n_kv_heads,
-             device="meta")  # the sizes' checks, before building anything
+    FlashMHF(
+        config.hidden_size, n_heads, intermediate, n_experts, n_kv_heads, device="meta"
+    )  # the sizes' checks, before building anything
     config.intermediate_size = 1
     model = LlamaForCausalLM(config)
     config.intermediate_size = intermediate  # the same object every submodule holds
     setattr(config, LLAMA_CONFIG_KEY, settings)
     weight = model.get_input_embeddings().weight
     for layer in model.model.layers:
-        layer.mlp = FlashMHF(config.hidden_size, n_heads, intermediate, n_experts, n_kv_heads,
-                             qk_norm=qk_norm, bias=bool(getattr(config, "mlp_bias", False)),
-                             backend=backend, device=weight.device, dtype=weight.dtype)
+        layer.mlp = FlashMHF(
+            config.hidden_size,
+            n_heads,
+            intermediate,
+            n_experts,
+            n_kv_heads,
+            qk_norm=qk_norm,
+            bias=bool(getattr(config, "mlp_bias", False)),
+            backend=backend,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
     return model
 
 
@@ -281,8 +340,10 @@ def load_flashmhf_llama(path: str | Path, backend: str = "auto"):
     config = LlamaConfig.from_pretrained(path)
     settings = getattr(config, LLAMA_CONFIG_KEY, None)
     if not isinstance(settings, dict):
-        raise ValueError(f"{path}: its config.json has no '{LLAMA_CONFIG_KEY}' entry; "
-                         f"it was not written by a flashmhf_llama model")
+        raise ValueError(
+            f"{path}: its config.json has no '{LLAMA_CONFIG_KEY}' entry; "
+            f"it was not written by a flashmhf_llama model"
+        )
     model = flashmhf_llama(config, backend=backend, **settings)
     index = path / "model.safetensors.index.json"
     if index.exists():
@@ -297,8 +358,10 @@ def load_flashmhf_llama(path: str | Path, backend: str = "auto"):
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
-        raise ValueError(f"{path}: the checkpoint does not match the model: missing "
-                         f"{sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+        raise ValueError(
+            f"{path}: the checkpoint does not match the model: missing "
+            f"{sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}"
+        )
     if tied:
         model.tie_weights()
     return model

@@ -1,4 +1,5 @@
 """Output buffers, workspaces and the stride and copy decisions of launchers."""
+
 from __future__ import annotations
 
 import torch
@@ -57,8 +58,11 @@ def grad_plan_inputs(q: torch.Tensor, do: torch.Tensor) -> tuple[bool, tuple]:
     kernel will see."""
     if do.shape != q.shape:
         raise ValueError(f"do must have q's shape {tuple(q.shape)}, got {tuple(do.shape)}")
-    copy = (do.dtype != q.dtype or (do.numel() > 0 and do.stride(-1) != 1)
-            or head_offset_problem("do", do) is not None)
+    copy = (
+        do.dtype != q.dtype
+        or (do.numel() > 0 and do.stride(-1) != 1)
+        or head_offset_problem("do", do) is not None
+    )
     strides = contiguous_strides(tuple(do.shape)) if copy else do.stride()
     return copy, strides[:3]
 

@@ -11,6 +11,7 @@ atomics (into dr itself when r is fp32, else in a workspace). dK/dU/dV are store
 or with token splits summed in an fp32 workspace of the chunk (in fp32: in them). The
 workspace's size and budget: mhfgen.workspace.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,13 +56,21 @@ def plan_fields(spec: KernelSpec, config, q, k, u, v, r, copy_do: bool) -> dict:
     B, L, H, D = q.shape
     fp32 = q.dtype == torch.float32
     splits = config.token_splits > 1
-    dr_mode = "store" if not dr_atomic(spec, config) else (
-        "atomic" if r.dtype == torch.float32 else "workspace")
-    return dict(dq_shape=(B, L, H, D), dr_shape=(B, L, H, r.shape[-1]), dq_direct=fp32,
-                dr_mode=dr_mode, dkv_workspace=splits and not fp32, dkv_atomic=splits,
-                copy_weights=not (k.is_contiguous() and u.is_contiguous()
-                                  and v.is_contiguous()),
-                copy_do=copy_do)
+    dr_mode = (
+        "store"
+        if not dr_atomic(spec, config)
+        else ("atomic" if r.dtype == torch.float32 else "workspace")
+    )
+    return dict(
+        dq_shape=(B, L, H, D),
+        dr_shape=(B, L, H, r.shape[-1]),
+        dq_direct=fp32,
+        dr_mode=dr_mode,
+        dkv_workspace=splits and not fp32,
+        dkv_atomic=splits,
+        copy_weights=not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous()),
+        copy_do=copy_do,
+    )
 
 
 def head_chunks(spec: KernelSpec, config) -> list[tuple[int, int, int, int]]:
@@ -80,8 +89,11 @@ def run_chunks(plan: ChunkPlan, q, k, u, v, r, do) -> tuple[torch.Tensor, ...]:
     dev = q.device
     if not plan.chunks:
         zeros = [torch.zeros(k.shape, dtype=k.dtype, device=dev) for _ in range(3)]
-        return (torch.zeros(plan.dq_shape, dtype=q.dtype, device=dev),
-                torch.zeros(plan.dr_shape, dtype=r.dtype, device=dev), *zeros)
+        return (
+            torch.zeros(plan.dq_shape, dtype=q.dtype, device=dev),
+            torch.zeros(plan.dr_shape, dtype=r.dtype, device=dev),
+            *zeros,
+        )
     if plan.copy_weights:
         k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
     if plan.copy_do:
@@ -111,8 +123,9 @@ def run_chunks(plan: ChunkPlan, q, k, u, v, r, do) -> tuple[torch.Tensor, ...]:
         grads = [empty(k.shape, k.dtype, dev) for _ in range(3)]
     dkv_ws = None
     if plan.dkv_workspace:
-        dkv_ws = [torch.empty((first.n, *k.shape[1:]), dtype=torch.float32, device=dev)
-                  for _ in range(3)]
+        dkv_ws = [
+            torch.empty((first.n, *k.shape[1:]), dtype=torch.float32, device=dev) for _ in range(3)
+        ]
     for chunk in plan.chunks:
         hq = chunk.h1 - chunk.h0
         if dq_ws is not None:
@@ -126,17 +139,17 @@ def run_chunks(plan: ChunkPlan, q, k, u, v, r, do) -> tuple[torch.Tensor, ...]:
         else:
             dr_c = dr
         if dkv_ws is not None:
-            outs = [w[:chunk.n] for w in dkv_ws]
+            outs = [w[: chunk.n] for w in dkv_ws]
             for w in outs:
                 w.zero_()
         else:
-            outs = [g[chunk.kv0:chunk.kv0 + chunk.n] for g in grads]
+            outs = [g[chunk.kv0 : chunk.kv0 + chunk.n] for g in grads]
         chunk.launch(q, k, u, v, r, do, dq_c, dr_c, *outs)
         if dq_ws is not None:
-            dq[:, :, chunk.h0:chunk.h1].copy_(dq_c)
+            dq[:, :, chunk.h0 : chunk.h1].copy_(dq_c)
         if dr_ws is not None:
-            dr[:, :, chunk.h0:chunk.h1].copy_(dr_c)
+            dr[:, :, chunk.h0 : chunk.h1].copy_(dr_c)
         if dkv_ws is not None:
             for g, w in zip(grads, outs):
-                g[chunk.kv0:chunk.kv0 + chunk.n].copy_(w)
+                g[chunk.kv0 : chunk.kv0 + chunk.n].copy_(w)
     return (dq, dr, *grads)

@@ -1,4 +1,5 @@
 """Which spec a call has and which config it runs with (given, or the dispatcher's)."""
+
 from __future__ import annotations
 
 import torch
@@ -14,7 +15,8 @@ BF16_INTERPRETER_ERROR = (
     "mhfgen kernels cannot run bfloat16 on CPU tensors: Triton's interpreter does not "
     "multiply bfloat16 correctly (its results are wrong, not merely imprecise). Use "
     "float32 or float16 on the CPU, backend='torch' (the PyTorch reference, any dtype), "
-    "or a CUDA device")
+    "or a CUDA device"
+)
 
 
 def spec_of(problem: Problem, q: torch.Tensor) -> KernelSpec:
@@ -23,8 +25,15 @@ def spec_of(problem: Problem, q: torch.Tensor) -> KernelSpec:
     target = _device.target(q.device)
     if q.dtype == torch.bfloat16 and target == INTERPRETER:
         raise TypeError(BF16_INTERPRETER_ERROR)
-    return KernelSpec(problem.heads, problem.kv_heads, problem.head_dim, problem.experts,
-                      problem.expert_dim, dtype_name(q.dtype), target)
+    return KernelSpec(
+        problem.heads,
+        problem.kv_heads,
+        problem.head_dim,
+        problem.experts,
+        problem.expert_dim,
+        dtype_name(q.dtype),
+        target,
+    )
 
 
 def resolve_config(kernel: str, spec: KernelSpec, problem: Problem, q: torch.Tensor, config):
@@ -37,9 +46,11 @@ def resolve_config(kernel: str, spec: KernelSpec, problem: Problem, q: torch.Ten
     try:
         return variant.check(spec, config)
     except TypeError:
-        raise TypeError(f"config must be a {variant.stem} config "
-                        f"({variant.Config.__module__}.{variant.Config.__qualname__}), "
-                        f"got {type(config).__name__}") from None
+        raise TypeError(
+            f"config must be a {variant.stem} config "
+            f"({variant.Config.__module__}.{variant.Config.__qualname__}), "
+            f"got {type(config).__name__}"
+        ) from None
 
 
 def first_launch(kernel: str, make_plan, run, inputs: tuple, config):
@@ -59,8 +70,7 @@ def first_launch(kernel: str, make_plan, run, inputs: tuple, config):
         plan = make_plan(config)
         return plan, run(plan)
     except Exception as exc:
-        if (config is not None or caller_error(exc)
-                or not _tuned_config_failed(kernel, inputs, exc)):
+        if config is not None or caller_error(exc) or not _tuned_config_failed(kernel, inputs, exc):
             raise
     plan = make_plan(None)
     return plan, run(plan)
@@ -68,8 +78,14 @@ def first_launch(kernel: str, make_plan, run, inputs: tuple, config):
 
 #: CUDA errors that leave the context unusable: no other variant could run the call after
 #: them, so they are the caller's to see, never a reason to demote a variant
-STICKY_CUDA_ERRORS = ("illegal memory access", "device-side assert", "unspecified launch failure",
-                      "illegal instruction", "misaligned address", "hardware stack error")
+STICKY_CUDA_ERRORS = (
+    "illegal memory access",
+    "device-side assert",
+    "unspecified launch failure",
+    "illegal instruction",
+    "misaligned address",
+    "hardware stack error",
+)
 
 
 def caller_error(error: BaseException) -> bool:

@@ -17,6 +17,7 @@ outputs, and dQ/dR's programs (shorter, and more of them) fill the multiprocesso
 dK/dU/dV's last partial wave leaves idle. MHFGEN_BACKWARD_STREAMS=1 runs them one after
 the other on the caller's stream.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,9 @@ def run_op(op: str, *tensors: torch.Tensor):
         return launcher(*tensors, config=config)
     # the first call: a tuned config that fails to compile or launch is replaced by the
     # heuristic (mhfgen.kernels.configs.first_launch, mhfgen.dispatch.reject_tuned)
-    plan, out = first_launch(op, lambda _: _plan(op, tensors),
-                             lambda p: p[0](*tensors, config=p[1]), tensors[:5], None)
+    plan, out = first_launch(
+        op, lambda _: _plan(op, tensors), lambda p: p[0](*tensors, config=p[1]), tensors[:5], None
+    )
     remember(_plans, key, plan)
     return out
 

@@ -1,4 +1,5 @@
 """Launcher of the generated dK/dU/dV backward kernel (templates/flash_mhf_bwd_dkv.py.jinja)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,9 +33,15 @@ class DkvPlan:
 _plans = plan_cache()
 
 
-def flash_mhf_bwd_dkv(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                      r: torch.Tensor, do: torch.Tensor, config=None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def flash_mhf_bwd_dkv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    do: torch.Tensor,
+    config=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dk, du, dv) of FlashMHF for the output gradient `do` (B, L, H, D).
 
     Each (Hkv, E, De, D), contiguous, in k's dtype. With token_splits = S > 1 the tokens
@@ -46,14 +53,18 @@ def flash_mhf_bwd_dkv(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torc
     plan = _plans.get(key)
     if plan is not None:
         return run_plan(plan, q, k, u, v, r, do)
-    plan, out = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, do, c),
-                             lambda p: run_plan(p, q, k, u, v, r, do), (q, k, u, v, r), config)
+    plan, out = first_launch(
+        KERNEL,
+        lambda c: _make_plan(q, k, u, v, r, do, c),
+        lambda p: run_plan(p, q, k, u, v, r, do),
+        (q, k, u, v, r),
+        config,
+    )
     remember(_plans, key, plan)
     return out
 
 
-def run_plan(plan: DkvPlan, q, k, u, v, r, do
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def run_plan(plan: DkvPlan, q, k, u, v, r, do) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Allocate the gradients and launch the plan's kernels (also flash_mhf_bwd_dkv_ws's
     plans)."""
     if not plan.launches:
@@ -88,11 +99,25 @@ def _make_plan(q, k, u, v, r, do, config) -> DkvPlan:
     grid = (intermediate_blocks(spec, config.block_n), spec.kv_heads, splits)
     entries = (f"{KERNEL}_kernel", f"{KERNEL}_dv_kernel") if config.split_grads else (None,)
     kernels = tuple(load_kernel(KERNEL, spec, config, entry) for entry in entries)
-    scalars = (q.stride(0), q.stride(1), q.stride(2),
-               r.stride(0), r.stride(1), r.stride(2), r.stride(3),
-               *do_strides, q.shape[1], rows, per_split)
-    meta = dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-                num_warps=config.num_warps, num_stages=config.num_stages)
+    scalars = (
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        r.stride(0),
+        r.stride(1),
+        r.stride(2),
+        r.stride(3),
+        *do_strides,
+        q.shape[1],
+        rows,
+        per_split,
+    )
+    meta = dict(
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
     copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
     launches = tuple(DirectLaunch(kernel, grid, scalars, meta) for kernel in kernels)
     return DkvPlan(launches, config.token_splits > 1, copy, copy_do)

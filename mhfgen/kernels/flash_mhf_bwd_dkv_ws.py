@@ -28,6 +28,7 @@ q^T [dS | dA] (D / 2 x 128: one chain of N = 128 that reads q once, A read trans
 the wgmma descriptor), from dS^T over dA^T in one (128, 64) exchange buffer; the
 gradients are stored transposed back into (Hkv, I, D).
 """
+
 from __future__ import annotations
 
 import sys
@@ -66,6 +67,7 @@ BLOCK_N = BACKWARD_BLOCK_N
 ROW_TILE = {"tokens": 128, "rows": 64}
 #: programs per multiprocessor above which a token split only adds atomic traffic
 MAX_PROGRAMS_PER_SM = 8
+
 
 @dataclass(frozen=True)
 class BwdDkvWsConfig(VariantConfig):
@@ -159,13 +161,19 @@ def shared_memory(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
 def config_problems(spec: KernelSpec, config: BwdDkvWsConfig) -> list[str]:
     """What of `config` does not fit an SM: shared memory, and the register split
     (the first consumer needs its accumulators and score tiles: consumer_registers)."""
-    problems = backward_resource_problems(shared_memory(spec, config), "consumer_regs",
-                                          config.consumer_regs, config.producer_regs,
-                                          "the first consumer",
-                                          consumer_registers(spec, config))
+    problems = backward_resource_problems(
+        shared_memory(spec, config),
+        "consumer_regs",
+        config.consumer_regs,
+        config.producer_regs,
+        "the first consumer",
+        consumer_registers(spec, config),
+    )
     if config.joint_grads and spec.head_dim != 128:
-        problems.append(f"joint_grads needs head_dim 128 (the transposed accumulators' M is "
-                        f"D / 2, a warpgroup's wgmma takes 64); head_dim is {spec.head_dim}")
+        problems.append(
+            f"joint_grads needs head_dim 128 (the transposed accumulators' M is "
+            f"D / 2, a warpgroup's wgmma takes 64); head_dim is {spec.head_dim}"
+        )
     return problems
 
 
@@ -186,9 +194,13 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConf
     grads = split == "rows" and spec.head_dim == 128 and spec.group == 1
     programs = spec.kv_heads * spec.intermediate // BLOCK_N
     blocks = spec.group * cdiv(max(1, tokens), ROW_TILE[split])
-    return BwdDkvWsConfig(stages=4 if grads else 3, split=split,
-                          token_splits=wave_token_splits(programs, blocks, sm_count),
-                          joint_scores=split == "rows", joint_grads=grads)
+    return BwdDkvWsConfig(
+        stages=4 if grads else 3,
+        split=split,
+        token_splits=wave_token_splits(programs, blocks, sm_count),
+        joint_scores=split == "rows",
+        joint_grads=grads,
+    )
 
 
 def wave_token_splits(programs: int, blocks: int, sm_count: int) -> int:
@@ -237,26 +249,35 @@ def smem_layouts(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
     half = spec.head_dim // 2
     rows = 64
     w_rows = config.score_cols
-    return {"rows": ([rows, half], gl.NVMMASharedLayout.get_default_for([rows, half], dt)),
-            "weights": ([w_rows, half],
-                        gl.NVMMASharedLayout.get_default_for([w_rows, half], dt)),
-            "EX_LAYOUT": gl.NVMMASharedLayout.get_default_for([rows, BLOCK_N], dt)}
+    return {
+        "rows": ([rows, half], gl.NVMMASharedLayout.get_default_for([rows, half], dt)),
+        "weights": ([w_rows, half], gl.NVMMASharedLayout.get_default_for([w_rows, half], dt)),
+        "EX_LAYOUT": gl.NVMMASharedLayout.get_default_for([rows, BLOCK_N], dt),
+    }
 
 
 def constexprs(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
-    return dict(BLOCK_N=BLOCK_N, STAGES=config.stages,
-                EX_LAYOUT=smem_layouts(spec, config)["EX_LAYOUT"],
-                CONSUMER_REGS=config.consumer_regs,
-                PRODUCER_REGS=config.producer_regs)
+    return dict(
+        BLOCK_N=BLOCK_N,
+        STAGES=config.stages,
+        EX_LAYOUT=smem_layouts(spec, config)["EX_LAYOUT"],
+        CONSUMER_REGS=config.consumer_regs,
+        PRODUCER_REGS=config.producer_regs,
+    )
 
 
 _plans = plan_cache()
 
 
-def flash_mhf_bwd_dkv_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                         r: torch.Tensor, do: torch.Tensor,
-                         config: BwdDkvWsConfig | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def flash_mhf_bwd_dkv_ws(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    do: torch.Tensor,
+    config: BwdDkvWsConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dk, du, dv) of FlashMHF for the output gradient `do` (B, L, H, D) through the
     warp-specialised Gluon kernel (sm90); each (Hkv, E, De, D), contiguous, in k's dtype.
     ValueError where the variant does not support the problem."""
@@ -273,8 +294,13 @@ def launch_gluon_dkv(m, plans: dict, q, k, u, v, r, do, config):
     plan = plans.get(key)
     if plan is not None:
         return run_plan(plan, q, k, u, v, r, do)
-    plan, out = first_launch(m.KERNEL, lambda c: m._make_plan(q, k, u, v, r, do, c),
-                             lambda p: run_plan(p, q, k, u, v, r, do), (q, k, u, v, r), config)
+    plan, out = first_launch(
+        m.KERNEL,
+        lambda c: m._make_plan(q, k, u, v, r, do, c),
+        lambda p: run_plan(p, q, k, u, v, r, do),
+        (q, k, u, v, r),
+        config,
+    )
     remember(plans, key, plan)
     return out
 
@@ -296,8 +322,9 @@ def gluon_dkv_plan(m, q, k, u, v, r, do, config) -> DkvPlan:
     config = resolve_config(m.KERNEL, spec, problem, q, config)
     problems = m.config_problems(spec, config)
     if problems:
-        raise ValueError(f"{m.KERNEL} config {config.describe()} cannot run {spec.key()}: "
-                         + "; ".join(problems))
+        raise ValueError(
+            f"{m.KERNEL} config {config.describe()} cannot run {spec.key()}: " + "; ".join(problems)
+        )
     copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
     tokens = problem.tokens
     if tokens == 0:
@@ -306,8 +333,9 @@ def gluon_dkv_plan(m, q, k, u, v, r, do, config) -> DkvPlan:
     scalars = (*r.stride(), q.shape[1], tokens, per_split)
     meta = {**m.constexprs(spec, config), "num_warps": 4, "maxnreg": backward_register_cap()}
     grid = (spec.intermediate // config.block_n, spec.kv_heads, splits)
-    launch = BackwardLaunch(m.load_kernel(spec, config), grid, scalars, meta,
-                            m.smem_layouts(spec, config))
+    launch = BackwardLaunch(
+        m.load_kernel(spec, config), grid, scalars, meta, m.smem_layouts(spec, config)
+    )
     return DkvPlan((launch,), atomic, copy, copy_do)
 
 
@@ -347,7 +375,16 @@ def compile_gluon_dkv(m, spec: KernelSpec, config) -> CompileReport:
     f32 = torch.empty(16, dtype=torch.float32)
     narrow = torch.empty(16, dtype=spec.torch_dtype)
     grads = f32 if config.token_splits > 1 else narrow
-    args = dict(backward_descriptors(spec, m.smem_layouts(spec, config), config.block_m),
-                R=f32, DK=grads, DU=grads, DV=grads)
-    return compile_gluon(m.load_kernel(spec, config), args, m.constexprs(spec, config),
-                         dict(num_warps=4, maxnreg=backward_register_cap()))
+    args = dict(
+        backward_descriptors(spec, m.smem_layouts(spec, config), config.block_m),
+        R=f32,
+        DK=grads,
+        DU=grads,
+        DV=grads,
+    )
+    return compile_gluon(
+        m.load_kernel(spec, config),
+        args,
+        m.constexprs(spec, config),
+        dict(num_warps=4, maxnreg=backward_register_cap()),
+    )

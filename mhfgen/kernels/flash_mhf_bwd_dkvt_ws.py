@@ -25,6 +25,7 @@ makes them meet at an exchange every tile, here the widest accumulating chain is
 N = 2 wg_rows = 64 or 128 at D = 64 and the consumers share only the q/dO ring: each
 one's element-wise math can overlap the other's MMAs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -132,13 +133,19 @@ def config_problems(spec: KernelSpec, config: BwdDkvtWsConfig) -> list[str]:
     """What of `config` does not fit the spec or an SM: weight tiles that cross an expert,
     shared memory, and the register split (the first consumer needs its accumulators and
     score tiles: consumer_registers)."""
-    problems = backward_resource_problems(shared_memory(spec, config), "consumer_regs",
-                                          config.consumer_regs, config.producer_regs,
-                                          "the first consumer",
-                                          consumer_registers(spec, config))
+    problems = backward_resource_problems(
+        shared_memory(spec, config),
+        "consumer_regs",
+        config.consumer_regs,
+        config.producer_regs,
+        "the first consumer",
+        consumer_registers(spec, config),
+    )
     if spec.expert_dim % config.block_n:
-        problems.append(f"wg_rows={config.wg_rows} makes {config.block_n}-row weight tiles; "
-                        f"expert_dim {spec.expert_dim} is not a multiple")
+        problems.append(
+            f"wg_rows={config.wg_rows} makes {config.block_n}-row weight tiles; "
+            f"expert_dim {spec.expert_dim} is not a multiple"
+        )
     return problems
 
 
@@ -161,8 +168,7 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvtWsCon
     config = BwdDkvtWsConfig(stages=stages, wg_rows=64 if wide else 32)
     programs = spec.kv_heads * spec.intermediate // config.block_n
     blocks = spec.group * cdiv(max(1, tokens), ROW_TILE)
-    return dataclasses.replace(config,
-                               token_splits=wave_token_splits(programs, blocks, sm_count))
+    return dataclasses.replace(config, token_splits=wave_token_splits(programs, blocks, sm_count))
 
 
 def static_params(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
@@ -183,26 +189,38 @@ def smem_layouts(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
     dt = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
     rows = config.wg_rows
     nvmma = gl.NVMMASharedLayout.get_default_for
-    return {"rows": ([ROW_TILE, CHUNK], nvmma([ROW_TILE, CHUNK], dt)),
-            "weights": ([rows, CHUNK], nvmma([rows, CHUNK], dt)),
-            "P_LAYOUT": nvmma([ROW_TILE, rows], dt),
-            "EX_LAYOUT": nvmma([ROW_TILE, 2 * rows], dt)}
+    return {
+        "rows": ([ROW_TILE, CHUNK], nvmma([ROW_TILE, CHUNK], dt)),
+        "weights": ([rows, CHUNK], nvmma([rows, CHUNK], dt)),
+        "P_LAYOUT": nvmma([ROW_TILE, rows], dt),
+        "EX_LAYOUT": nvmma([ROW_TILE, 2 * rows], dt),
+    }
 
 
 def constexprs(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
     layouts = smem_layouts(spec, config)
-    return dict(W_ROWS=config.wg_rows, STAGES=config.stages, P_LAYOUT=layouts["P_LAYOUT"],
-                EX_LAYOUT=layouts["EX_LAYOUT"], CONSUMER_REGS=config.consumer_regs,
-                PRODUCER_REGS=config.producer_regs)
+    return dict(
+        W_ROWS=config.wg_rows,
+        STAGES=config.stages,
+        P_LAYOUT=layouts["P_LAYOUT"],
+        EX_LAYOUT=layouts["EX_LAYOUT"],
+        CONSUMER_REGS=config.consumer_regs,
+        PRODUCER_REGS=config.producer_regs,
+    )
 
 
 _plans = plan_cache()
 
 
-def flash_mhf_bwd_dkvt_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                          r: torch.Tensor, do: torch.Tensor,
-                          config: BwdDkvtWsConfig | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def flash_mhf_bwd_dkvt_ws(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    do: torch.Tensor,
+    config: BwdDkvtWsConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dk, du, dv) of FlashMHF for the output gradient `do` (B, L, H, D) through the
     row-owning Gluon kernel (sm90); each (Hkv, E, De, D), contiguous, in k's dtype.
     ValueError where the variant does not support the problem."""

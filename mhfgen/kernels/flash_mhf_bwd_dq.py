@@ -1,4 +1,5 @@
 """Launcher of the generated dQ/dR backward kernel (templates/flash_mhf_bwd_dq.py.jinja)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,9 +33,15 @@ class DqPlan:
 _plans = plan_cache()
 
 
-def flash_mhf_bwd_dq(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                     r: torch.Tensor, do: torch.Tensor, config=None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def flash_mhf_bwd_dq(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    do: torch.Tensor,
+    config=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(dq, dr) of FlashMHF for the output gradient `do` (B, L, H, D).
 
     dq: (B, L, H, D) contiguous in q's dtype; dr: (B, L, H, E) contiguous in r's dtype.
@@ -43,8 +50,13 @@ def flash_mhf_bwd_dq(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     plan = _plans.get(key)
     if plan is not None:
         return run_plan(plan, q, k, u, v, r, do)
-    plan, out = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, do, c),
-                             lambda p: run_plan(p, q, k, u, v, r, do), (q, k, u, v, r), config)
+    plan, out = first_launch(
+        KERNEL,
+        lambda c: _make_plan(q, k, u, v, r, do, c),
+        lambda p: run_plan(p, q, k, u, v, r, do),
+        (q, k, u, v, r),
+        config,
+    )
     remember(_plans, key, plan)
     return out
 
@@ -77,14 +89,27 @@ def _make_plan(q, k, u, v, r, do, config) -> DqPlan:
         ensure_descriptor_allocator(q.device)
     rows = problem.tokens * config.group_heads
     grid = (cdiv(rows, config.block_m), H // config.group_heads)
-    scalars = (q.stride(0), q.stride(1), q.stride(2),
-               r.stride(0), r.stride(1), r.stride(2), r.stride(3),
-               *do_strides,
-               *contiguous_strides((B, L, H, D))[:3],
-               *contiguous_strides(tuple(r.shape)),
-               L, rows)
-    meta = dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-                num_warps=config.num_warps, num_stages=config.num_stages)
+    scalars = (
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        r.stride(0),
+        r.stride(1),
+        r.stride(2),
+        r.stride(3),
+        *do_strides,
+        *contiguous_strides((B, L, H, D))[:3],
+        *contiguous_strides(tuple(r.shape)),
+        L,
+        rows,
+    )
+    meta = dict(
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
     copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
-    return DqPlan(DirectLaunch(kernel, grid, scalars, meta), (B, L, H, D), tuple(r.shape),
-                  copy, copy_do)
+    return DqPlan(
+        DirectLaunch(kernel, grid, scalars, meta), (B, L, H, D), tuple(r.shape), copy, copy_do
+    )

@@ -10,6 +10,7 @@ more MMAs per tile, and like the forward it writes every output once, with no at
 With `joint_scores` a ring slot holds K over U in one (128, D) tile and S and A come from
 one wgmma of twice the width, [S | A] = q [K; U]^T, reading q once instead of twice.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -109,9 +110,14 @@ def shared_memory(spec: KernelSpec, config: BwdDqWsConfig) -> int:
 def config_problems(spec: KernelSpec, config: BwdDqWsConfig) -> list[str]:
     """What of `config` does not fit an SM: shared memory, and the register split
     (the first consumer needs 192 registers a thread)."""
-    return backward_resource_problems(shared_memory(spec, config), "consumer_regs",
-                                      config.consumer_regs, config.producer_regs,
-                                      "the first consumer", 192)
+    return backward_resource_problems(
+        shared_memory(spec, config),
+        "consumer_regs",
+        config.consumer_regs,
+        config.producer_regs,
+        "the first consumer",
+        192,
+    )
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDqWsConfig:
@@ -146,21 +152,33 @@ def smem_layouts(spec: KernelSpec) -> dict:
     dt = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
     d = spec.head_dim
     rows = BLOCK_M // 2
-    return {"rows": ([rows, d], gl.NVMMASharedLayout.get_default_for([rows, d], dt)),
-            "weights": ([BLOCK_N, d], gl.NVMMASharedLayout.get_default_for([BLOCK_N, d], dt))}
+    return {
+        "rows": ([rows, d], gl.NVMMASharedLayout.get_default_for([rows, d], dt)),
+        "weights": ([BLOCK_N, d], gl.NVMMASharedLayout.get_default_for([BLOCK_N, d], dt)),
+    }
 
 
 def constexprs(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
-    return dict(BLOCK_N=BLOCK_N, STAGES=config.stages, CONSUMER_REGS=config.consumer_regs,
-                PRODUCER_REGS=config.producer_regs)
+    return dict(
+        BLOCK_N=BLOCK_N,
+        STAGES=config.stages,
+        CONSUMER_REGS=config.consumer_regs,
+        PRODUCER_REGS=config.producer_regs,
+    )
 
 
 _plans = plan_cache()
 
 
-def flash_mhf_bwd_dq_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                        r: torch.Tensor, do: torch.Tensor, config: BwdDqWsConfig | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def flash_mhf_bwd_dq_ws(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    do: torch.Tensor,
+    config: BwdDqWsConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(dq, dr) of FlashMHF for the output gradient `do` (B, L, H, D) through the
     warp-specialised Gluon kernel (sm90). dq: (B, L, H, D) contiguous in q's dtype; dr:
     (B, L, H, E) contiguous in r's dtype. ValueError where the variant does not support
@@ -177,8 +195,13 @@ def _launch(q, k, u, v, r, do, config):
     plan = _plans.get(key)
     if plan is not None:
         return run_plan(plan, q, k, u, v, r, do)
-    plan, out = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, do, c),
-                             lambda p: run_plan(p, q, k, u, v, r, do), (q, k, u, v, r), config)
+    plan, out = first_launch(
+        KERNEL,
+        lambda c: _make_plan(q, k, u, v, r, do, c),
+        lambda p: run_plan(p, q, k, u, v, r, do),
+        (q, k, u, v, r),
+        config,
+    )
     remember(_plans, key, plan)
     return out
 
@@ -194,8 +217,9 @@ def _make_plan(q, k, u, v, r, do, config) -> DqPlan:
     config = resolve_config(KERNEL, spec, problem, q, config)
     problems = config_problems(spec, config)
     if problems:
-        raise ValueError(f"{KERNEL} config {config.describe()} cannot run {spec.key()}: "
-                         + "; ".join(problems))
+        raise ValueError(
+            f"{KERNEL} config {config.describe()} cannot run {spec.key()}: " + "; ".join(problems)
+        )
     B, L, H, D = q.shape
     copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
     if problem.tokens == 0:
@@ -211,7 +235,10 @@ def compile_sm90(spec: KernelSpec, config: BwdDqWsConfig) -> CompileReport:
     """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
     f32 = torch.empty(16, dtype=torch.float32)
     narrow = torch.empty(16, dtype=spec.torch_dtype)
-    args = dict(backward_descriptors(spec, smem_layouts(spec), BLOCK_M),
-                R=f32, DQ=narrow, DR=f32)
-    return compile_gluon(load_kernel(spec, config), args, constexprs(spec, config),
-                         dict(num_warps=4, maxnreg=backward_register_cap()))
+    args = dict(backward_descriptors(spec, smem_layouts(spec), BLOCK_M), R=f32, DQ=narrow, DR=f32)
+    return compile_gluon(
+        load_kernel(spec, config),
+        args,
+        constexprs(spec, config),
+        dict(num_warps=4, maxnreg=backward_register_cap()),
+    )

@@ -2,6 +2,7 @@
 (templates/flash_mhf_bwd_fused.py.jinja): one DirectLaunch per chunk of kv heads, run by
 mhfgen.kernels.bwd_chunks (which holds how the outputs and workspaces are handled).
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,9 +22,15 @@ KERNEL = "flash_mhf_bwd_fused"
 _plans = plan_cache()
 
 
-def flash_mhf_bwd_fused(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                        r: torch.Tensor, do: torch.Tensor, config=None
-                        ) -> tuple[torch.Tensor, ...]:
+def flash_mhf_bwd_fused(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    do: torch.Tensor,
+    config=None,
+) -> tuple[torch.Tensor, ...]:
     """(dq, dr, dk, du, dv) of FlashMHF for the output gradient `do` (B, L, H, D).
 
     dq: (B, L, H, D) contiguous in q's dtype; dr: (B, L, H, E) contiguous in r's dtype;
@@ -34,9 +41,13 @@ def flash_mhf_bwd_fused(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: to
     plan = _plans.get(key)
     if plan is not None:
         return run_chunks(plan, q, k, u, v, r, do)
-    plan, out = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, do, c),
-                             lambda p: run_chunks(p, q, k, u, v, r, do), (q, k, u, v, r),
-                             config)
+    plan, out = first_launch(
+        KERNEL,
+        lambda c: _make_plan(q, k, u, v, r, do, c),
+        lambda p: run_chunks(p, q, k, u, v, r, do),
+        (q, k, u, v, r),
+        config,
+    )
     remember(_plans, key, plan)
     return out
 
@@ -69,13 +80,28 @@ def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
     width = kv_heads_per_launch(spec, config) * spec.group
     dq_strides = contiguous_strides((B, L, H if fp32 else width, D))[:3]
     dr_strides = contiguous_strides((B, L, width if dr_workspace else H, E))
-    meta = dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-                num_warps=config.num_warps, num_stages=config.num_stages)
+    meta = dict(
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
     chunks = []
     for kv0, n, h0, h1 in head_chunks(spec, config):
-        scalars = (*q_strides, *r.stride(), *do_strides, *dq_strides, *dr_strides,
-                   L, rows, per_split, kv0, 0 if fp32 else h0, h0 if dr_workspace else 0,
-                   H if fp32 else width)
+        scalars = (
+            *q_strides,
+            *r.stride(),
+            *do_strides,
+            *dq_strides,
+            *dr_strides,
+            L,
+            rows,
+            per_split,
+            kv0,
+            0 if fp32 else h0,
+            h0 if dr_workspace else 0,
+            H if fp32 else width,
+        )
         grid = (intermediate_blocks(spec, config.block_n), n, splits)
         chunks.append(Chunk(kv0, n, h0, h1, DirectLaunch(kernel, grid, scalars, meta)))
     return ChunkPlan(chunks=tuple(chunks), **fields)

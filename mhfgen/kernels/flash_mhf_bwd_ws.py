@@ -9,6 +9,7 @@ double-buffered shared memory. The chunking of kv heads per launch and the dq/dr
 workspaces are the Triton-language one-pass backward's (mhfgen.kernels.bwd_chunks), and
 so is their budget (mhfgen.workspace).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -95,8 +96,9 @@ class BwdWsConfig(VariantConfig):
             text += f" ts{self.token_splits}"
         if self.dq_vec:
             text += " vec"
-        return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "") + \
-            f" hc{self.head_chunk}"
+        return (
+            text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "") + f" hc{self.head_chunk}"
+        )
 
 
 unsupported = backward_unsupported
@@ -118,22 +120,37 @@ def shared_memory(spec: KernelSpec, config: BwdWsConfig) -> int:
 def config_problems(spec: KernelSpec, config: BwdWsConfig) -> list[str]:
     """What of `config` does not fit an SM: shared memory, and the register split
     (warpgroup A needs 128 registers a thread)."""
-    return backward_resource_problems(shared_memory(spec, config), "grads_regs",
-                                      config.grads_regs, config.producer_regs,
-                                      "warpgroup A", 128)
+    return backward_resource_problems(
+        shared_memory(spec, config),
+        "grads_regs",
+        config.grads_regs,
+        config.producer_regs,
+        "warpgroup A",
+        128,
+    )
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdWsConfig:
     """32-token row tiles (64 at D = 64), a 2-slot ring, tanh; kv heads per launch and
     token splits as the Triton one-pass backward's heuristic picks them."""
     bm = 64 if spec.head_dim <= 64 else 32
-    return fit_launches(spec, BwdWsConfig(block_m=bm), tokens, sm_count,
-                        spec.intermediate // BLOCK_N, cdiv(max(1, tokens), 4 * bm))
+    return fit_launches(
+        spec,
+        BwdWsConfig(block_m=bm),
+        tokens,
+        sm_count,
+        spec.intermediate // BLOCK_N,
+        cdiv(max(1, tokens), 4 * bm),
+    )
 
 
 def static_params(spec: KernelSpec, config: BwdWsConfig) -> dict:
-    return {"sigmoid": config.sigmoid, "dr_atomic": dr_atomic(spec, config),
-            "token_split": config.token_splits > 1, "dq_vec": config.dq_vec}
+    return {
+        "sigmoid": config.sigmoid,
+        "dr_atomic": dr_atomic(spec, config),
+        "token_split": config.token_splits > 1,
+        "dq_vec": config.dq_vec,
+    }
 
 
 def load_kernel(spec: KernelSpec, config: BwdWsConfig):
@@ -147,26 +164,39 @@ def smem_layouts(spec: KernelSpec, config: BwdWsConfig) -> dict:
 
     dt = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
     d, bm = spec.head_dim, config.block_m
-    return {"rows": ([bm, d], gl.NVMMASharedLayout.get_default_for([bm, d], dt)),
-            "weights": ([BLOCK_N, d], gl.NVMMASharedLayout.get_default_for([BLOCK_N, d], dt)),
-            "EX_LAYOUT": gl.NVMMASharedLayout.get_default_for([BLOCK_N, bm], dt),
-            "DP_LAYOUT": gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8,
-                                                 order=[1, 0])}
+    return {
+        "rows": ([bm, d], gl.NVMMASharedLayout.get_default_for([bm, d], dt)),
+        "weights": ([BLOCK_N, d], gl.NVMMASharedLayout.get_default_for([BLOCK_N, d], dt)),
+        "EX_LAYOUT": gl.NVMMASharedLayout.get_default_for([BLOCK_N, bm], dt),
+        "DP_LAYOUT": gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8, order=[1, 0]),
+    }
 
 
 def constexprs(spec: KernelSpec, config: BwdWsConfig) -> dict:
     layouts = smem_layouts(spec, config)
-    return dict(BLOCK_M=config.block_m, BLOCK_N=BLOCK_N, STAGES=config.stages,
-                EX_LAYOUT=layouts["EX_LAYOUT"], DP_LAYOUT=layouts["DP_LAYOUT"],
-                GRADS_REGS=config.grads_regs, PRODUCER_REGS=config.producer_regs)
+    return dict(
+        BLOCK_M=config.block_m,
+        BLOCK_N=BLOCK_N,
+        STAGES=config.stages,
+        EX_LAYOUT=layouts["EX_LAYOUT"],
+        DP_LAYOUT=layouts["DP_LAYOUT"],
+        GRADS_REGS=config.grads_regs,
+        PRODUCER_REGS=config.producer_regs,
+    )
 
 
 _plans = plan_cache()
 
 
-def flash_mhf_bwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                     r: torch.Tensor, do: torch.Tensor, config: BwdWsConfig | None = None
-                     ) -> tuple[torch.Tensor, ...]:
+def flash_mhf_bwd_ws(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    do: torch.Tensor,
+    config: BwdWsConfig | None = None,
+) -> tuple[torch.Tensor, ...]:
     """(dq, dr, dk, du, dv) of FlashMHF through the warp-specialised Gluon kernel (sm90);
     shapes and dtypes as mhfgen.kernels.flash_mhf_bwd_fused's. ValueError where the
     variant does not support the problem."""
@@ -182,9 +212,13 @@ def _launch(q, k, u, v, r, do, config):
     plan = _plans.get(key)
     if plan is not None:
         return run_chunks(plan, q, k, u, v, r, do)
-    plan, out = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, do, c),
-                             lambda p: run_chunks(p, q, k, u, v, r, do), (q, k, u, v, r),
-                             config)
+    plan, out = first_launch(
+        KERNEL,
+        lambda c: _make_plan(q, k, u, v, r, do, c),
+        lambda p: run_chunks(p, q, k, u, v, r, do),
+        (q, k, u, v, r),
+        config,
+    )
     remember(_plans, key, plan)
     return out
 
@@ -200,8 +234,9 @@ def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
     config = resolve_config(KERNEL, spec, problem, q, config)
     problems = config_problems(spec, config)
     if problems:
-        raise ValueError(f"{KERNEL} config {config.describe()} cannot run {spec.key()}: "
-                         + "; ".join(problems))
+        raise ValueError(
+            f"{KERNEL} config {config.describe()} cannot run {spec.key()}: " + "; ".join(problems)
+        )
     fields = plan_fields(spec, config, q, k, u, v, r, copy_do)
     tokens = problem.tokens
     if tokens == 0:
@@ -218,8 +253,18 @@ def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
     layouts = smem_layouts(spec, config)
     chunks = []
     for kv0, n, h0, h1 in head_chunks(spec, config):
-        scalars = (*r.stride(), width * D, D, *dr_strides, L, tokens, per_split, kv0, h0,
-                   h0 if dr_workspace else 0)
+        scalars = (
+            *r.stride(),
+            width * D,
+            D,
+            *dr_strides,
+            L,
+            tokens,
+            per_split,
+            kv0,
+            h0,
+            h0 if dr_workspace else 0,
+        )
         grid = (spec.intermediate // BLOCK_N, n, splits)
         chunks.append(Chunk(kv0, n, h0, h1, BackwardLaunch(kernel, grid, scalars, meta, layouts)))
     return ChunkPlan(chunks=tuple(chunks), **fields)
@@ -230,7 +275,18 @@ def compile_sm90(spec: KernelSpec, config: BwdWsConfig) -> CompileReport:
     f32 = torch.empty(16, dtype=torch.float32)
     narrow = torch.empty(16, dtype=spec.torch_dtype)
     grads = f32 if config.token_splits > 1 else narrow
-    args = dict(backward_descriptors(spec, smem_layouts(spec, config), max(config.block_m, 16)),
-                R=f32, DQ=f32, DR=f32, DK=grads, DU=grads, DV=grads)
-    return compile_gluon(load_kernel(spec, config), args, constexprs(spec, config),
-                         dict(num_warps=4, maxnreg=backward_register_cap()))
+    args = dict(
+        backward_descriptors(spec, smem_layouts(spec, config), max(config.block_m, 16)),
+        R=f32,
+        DQ=f32,
+        DR=f32,
+        DK=grads,
+        DU=grads,
+        DV=grads,
+    )
+    return compile_gluon(
+        load_kernel(spec, config),
+        args,
+        constexprs(spec, config),
+        dict(num_warps=4, maxnreg=backward_register_cap()),
+    )

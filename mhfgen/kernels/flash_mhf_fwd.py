@@ -1,4 +1,5 @@
 """Launcher of the generated forward kernel (templates/flash_mhf_fwd.py.jinja)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ class FwdPlan:
 _plans = plan_cache()
 
 
-def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                  r: torch.Tensor, config=None) -> torch.Tensor:
+def flash_mhf_fwd(
+    q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor, config=None
+) -> torch.Tensor:
     """o = FlashMHF(q, k, u, v, r) through the generated forward kernel.
 
     q: (B, L, H, D) with unit last stride; k/u/v: (Hkv, E, De, D); r: (B, L, H, E) fp32 or
@@ -46,8 +48,13 @@ def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Te
     plan = _plans.get(key)
     if plan is not None:
         return _run(plan, q, k, u, v, r)
-    plan, o = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, c),
-                           lambda p: _run(p, q, k, u, v, r), (q, k, u, v, r), config)
+    plan, o = first_launch(
+        KERNEL,
+        lambda c: _make_plan(q, k, u, v, r, c),
+        lambda p: _run(p, q, k, u, v, r),
+        (q, k, u, v, r),
+        config,
+    )
     remember(_plans, key, plan)
     return o
 
@@ -79,8 +86,11 @@ def _make_plan(q, k, u, v, r, config) -> FwdPlan:
     if config.tma:
         ensure_descriptor_allocator(q.device)
     rows = problem.tokens * config.group_heads
-    units = (intermediate_blocks(spec, config.block_n) if spec.expert_dim % config.block_n == 0
-             else spec.experts)  # what the splits divide: tiles, or experts
+    units = (
+        intermediate_blocks(spec, config.block_n)
+        if spec.expert_dim % config.block_n == 0
+        else spec.experts
+    )  # what the splits divide: tiles, or experts
     # no split left empty: ceil(units / ceil(units / S)) splits of ceil(units / S) units
     splits = cdiv(units, cdiv(units, min(config.inter_splits, units)))
     if (splits - 1) * B * L * H * D >= INT32_LIMIT:
@@ -93,11 +103,29 @@ def _make_plan(q, k, u, v, r, config) -> FwdPlan:
     else:
         split_strides = contiguous_strides((splits, B, L, H, D))
         out_strides = (*split_strides[1:4], split_strides[0])
-    scalars = (q.stride(0), q.stride(1), q.stride(2),
-               r.stride(0), r.stride(1), r.stride(2), r.stride(3),
-               *out_strides, L, rows)
-    meta = dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-                num_warps=config.num_warps, num_stages=config.num_stages)
+    scalars = (
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        r.stride(0),
+        r.stride(1),
+        r.stride(2),
+        r.stride(3),
+        *out_strides,
+        L,
+        rows,
+    )
+    meta = dict(
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
     copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
-    return FwdPlan(DirectLaunch(kernel, grid, scalars, meta), (B, L, H, D),
-                   splits if config.inter_splits > 1 else 0, grid[0] * grid[1], copy)
+    return FwdPlan(
+        DirectLaunch(kernel, grid, scalars, meta),
+        (B, L, H, D),
+        splits if config.inter_splits > 1 else 0,
+        grid[0] * grid[1],
+        copy,
+    )

@@ -15,6 +15,7 @@ Tensor layouts the kernel reads through TMA descriptors:
 A q whose (B, L) dims do not collapse into one stride, or whose heads are not D apart, is
 copied to a contiguous tensor first (q from x @ W_in^T never is).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -94,18 +95,24 @@ class WsConfig(VariantConfig):
 
     def __post_init__(self) -> None:
         where = f"{KERNEL} config: "
-        for name, allowed in (("block_n", (16, 32, 64, 128, 256)), ("stages", range(3, 9)),
-                              ("consumers", (1, 2)), ("consumer_warps", (4, 8)),
-                              ("group_heads", (1, 2)), ("producer_regs", range(24, 257, 8)),
-                              ("consumer_regs", range(24, 257, 8))):
+        for name, allowed in (
+            ("block_n", (16, 32, 64, 128, 256)),
+            ("stages", range(3, 9)),
+            ("consumers", (1, 2)),
+            ("consumer_warps", (4, 8)),
+            ("group_heads", (1, 2)),
+            ("producer_regs", range(24, 257, 8)),
+            ("consumer_regs", range(24, 257, 8)),
+        ):
             choice(getattr(self, name), where + name, allowed)
         strict_bool(self.pingpong, where + "pingpong")
         strict_bool(self.persistent, where + "persistent")
         strict_bool(self.joint_scores, where + "joint_scores")
         choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
         if self.consumers % self.group_heads:
-            raise ValueError(f"WsConfig.group_heads={self.group_heads} must divide "
-                             f"consumers={self.consumers}")
+            raise ValueError(
+                f"WsConfig.group_heads={self.group_heads} must divide consumers={self.consumers}"
+            )
         if self.pingpong and self.consumers != 2:
             raise ValueError("WsConfig.pingpong needs consumers=2")
 
@@ -127,8 +134,9 @@ class WsConfig(VariantConfig):
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"WsConfig: unknown fields {sorted(unknown)}")
-        missing = [f.name for f in fields(cls)
-                   if f.name not in data and f.name not in cls.added_fields]
+        missing = [
+            f.name for f in fields(cls) if f.name not in data and f.name not in cls.added_fields
+        ]
         if missing and not partial:
             raise ValueError(f"WsConfig: missing fields {missing}")
         return cls(**data)
@@ -136,14 +144,20 @@ class WsConfig(VariantConfig):
     def check_for(self, spec: KernelSpec) -> None:
         """The shape-independent check: group_heads divides H / Hkv."""
         if spec.group % self.group_heads:
-            raise ValueError(f"group_heads={self.group_heads} must divide "
-                             f"heads/kv_heads={spec.group}")
+            raise ValueError(
+                f"group_heads={self.group_heads} must divide heads/kv_heads={spec.group}"
+            )
 
     def describe(self) -> str:
-        text = (f"BN{self.block_n} s{self.stages} {self.consumers}x{self.consumer_warps}w "
-                f"regs {self.producer_regs}/{self.consumer_regs}")
-        for flag, short in (("pingpong", "pingpong"), ("persistent", "persistent"),
-                            ("joint_scores", "joint")):
+        text = (
+            f"BN{self.block_n} s{self.stages} {self.consumers}x{self.consumer_warps}w "
+            f"regs {self.producer_regs}/{self.consumer_regs}"
+        )
+        for flag, short in (
+            ("pingpong", "pingpong"),
+            ("persistent", "persistent"),
+            ("joint_scores", "joint"),
+        ):
             if getattr(self, flag):
                 text += f" {short}"
         if self.group_heads > 1:
@@ -154,6 +168,7 @@ class WsConfig(VariantConfig):
 # ---------------------------------------------------------------------------------------
 # what the variant supports, and what a config needs
 # ---------------------------------------------------------------------------------------
+
 
 def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
     """Why flash_mhf_fwd_ws cannot run `spec` (at `tokens`), or None when it can."""
@@ -175,27 +190,36 @@ def config_problems(spec: KernelSpec, config: WsConfig) -> list[str]:
     if spec.group % config.group_heads:
         problems.append(f"group_heads={config.group_heads} must divide H/Hkv={spec.group}")
     if config.persistent:
-        problems.append("persistent=True is disabled: on the H200 it gave wrong outputs on "
-                        "shapes of 48 and 80 work tiles (one per program, where its code "
-                        "path should match the full grid's), with and without joint_scores; "
-                        "docs/PERFORMANCE.md")
+        problems.append(
+            "persistent=True is disabled: on the H200 it gave wrong outputs on "
+            "shapes of 48 and 80 work tiles (one per program, where its code "
+            "path should match the full grid's), with and without joint_scores; "
+            "docs/PERFORMANCE.md"
+        )
     if config.joint_scores and len(head_dim_chunks(spec.head_dim, "chunks")) > 1:
-        problems.append(f"joint_scores needs a head_dim of one chunk (64 or 128): at D = 96 "
-                        f"(64 + 32) it gave inf outputs on the H200 (128M, fp16, 16384 "
-                        f"tokens; docs/PERFORMANCE.md); head_dim is {spec.head_dim}")
+        problems.append(
+            f"joint_scores needs a head_dim of one chunk (64 or 128): at D = 96 "
+            f"(64 + 32) it gave inf outputs on the H200 (128M, fp16, 16384 "
+            f"tokens; docs/PERFORMANCE.md); head_dim is {spec.head_dim}"
+        )
     if config.joint_scores and config.block_n > 128:
-        problems.append(f"joint_scores needs block_n <= 128 (a wgmma is at most 256 wide); "
-                        f"block_n is {config.block_n}")
+        problems.append(
+            f"joint_scores needs block_n <= 128 (a wgmma is at most 256 wide); "
+            f"block_n is {config.block_n}"
+        )
     if shared_memory(spec, config) > SM90_SHARED_MEMORY:
-        problems.append(f"needs {shared_memory(spec, config)} bytes of shared memory "
-                        f"(> {SM90_SHARED_MEMORY})")
+        problems.append(
+            f"needs {shared_memory(spec, config)} bytes of shared memory (> {SM90_SHARED_MEMORY})"
+        )
     if config.consumers == 2:  # both consumers at consumer_regs (the first takes the same)
         threads = 32 * config.consumer_warps
         total = threads * 2 * config.consumer_regs + 128 * config.producer_regs
         if total > SM90_REGISTERS:
-            problems.append(f"register split 2 x {threads} threads x {config.consumer_regs} + "
-                            f"128 x {config.producer_regs} needs {total} registers "
-                            f"(> {SM90_REGISTERS})")
+            problems.append(
+                f"register split 2 x {threads} threads x {config.consumer_regs} + "
+                f"128 x {config.producer_regs} needs {total} registers "
+                f"(> {SM90_REGISTERS})"
+            )
     # accumulators per consumer thread: O (BLOCK_M x D), S, G and the next tile's S, G
     # (BLOCK_M x BLOCK_N each), over 32 * consumer_warps threads
     threads = 32 * config.consumer_warps
@@ -235,8 +259,9 @@ def default_config(spec: KernelSpec, tokens: int) -> WsConfig:
     """
     for block_n, stages in ((64, 4), (64, 3), (32, 4), (32, 3)):
         for joint in (True, False):  # joint where the head_dim is one chunk (not D = 96)
-            candidate = WsConfig(block_n=block_n, stages=stages, consumers=2,
-                                 consumer_warps=4, joint_scores=joint)
+            candidate = WsConfig(
+                block_n=block_n, stages=stages, consumers=2, consumer_warps=4, joint_scores=joint
+            )
             if not config_problems(spec, candidate):
                 return candidate
     return WsConfig(block_n=16, stages=3, consumers=2, consumer_warps=4)
@@ -246,17 +271,25 @@ def default_config(spec: KernelSpec, tokens: int) -> WsConfig:
 # code generation
 # ---------------------------------------------------------------------------------------
 
+
 def static_params(spec: KernelSpec, config: WsConfig) -> dict:
     """The parts of (spec, config) that change the generated code's structure."""
     from ..codegen import Chunk
 
-    chunks = tuple(Chunk(i, off, width, masked) for i, (off, width, masked)
-                   in enumerate(head_dim_chunks(spec.head_dim, "chunks")))
-    return {"chunks": chunks, "even_de": spec.expert_dim % config.block_n == 0,
-            "consumers": config.consumers,
-            "group_heads": config.group_heads, "pingpong": config.pingpong,
-            "sigmoid": config.sigmoid, "persistent": config.persistent,
-            **({"joint_scores": True} if config.joint_scores else {})}
+    chunks = tuple(
+        Chunk(i, off, width, masked)
+        for i, (off, width, masked) in enumerate(head_dim_chunks(spec.head_dim, "chunks"))
+    )
+    return {
+        "chunks": chunks,
+        "even_de": spec.expert_dim % config.block_n == 0,
+        "consumers": config.consumers,
+        "group_heads": config.group_heads,
+        "pingpong": config.pingpong,
+        "sigmoid": config.sigmoid,
+        "persistent": config.persistent,
+        **({"joint_scores": True} if config.joint_scores else {}),
+    }
 
 
 def template_hash() -> str:
@@ -290,10 +323,11 @@ def descriptor_layouts(spec: KernelSpec, config: WsConfig) -> tuple:
 
     dt = _gl_dtype(spec)
     widths = [width for _, width, _ in head_dim_chunks(spec.head_dim, "chunks")]
-    return tuple(([rows, width], gl.NVMMASharedLayout.get_default_for([rows, width], dt))
-                 for rows in (config.block_m, config.block_n, config.block_n,
-                              config.block_n, config.block_m)
-                 for width in widths)
+    return tuple(
+        ([rows, width], gl.NVMMASharedLayout.get_default_for([rows, width], dt))
+        for rows in (config.block_m, config.block_n, config.block_n, config.block_n, config.block_m)
+        for width in widths
+    )
 
 
 def descriptors(layouts: tuple, q2, k2, u2, v2, o2) -> list:
@@ -303,14 +337,21 @@ def descriptors(layouts: tuple, q2, k2, u2, v2, o2) -> list:
 
     views = (q2, k2, u2, v2, o2)
     per_tensor = len(layouts) // len(views)
-    return [TensorDescriptor.from_tensor(views[i // per_tensor], *layout)
-            for i, layout in enumerate(layouts)]
+    return [
+        TensorDescriptor.from_tensor(views[i // per_tensor], *layout)
+        for i, layout in enumerate(layouts)
+    ]
 
 
 def constexprs(config: WsConfig) -> dict:
-    return dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n, STAGES=config.stages,
-                CONSUMER_WARPS=config.consumer_warps, CONSUMER_REGS=config.consumer_regs,
-                PRODUCER_REGS=config.producer_regs)
+    return dict(
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        STAGES=config.stages,
+        CONSUMER_WARPS=config.consumer_warps,
+        CONSUMER_REGS=config.consumer_regs,
+        PRODUCER_REGS=config.producer_regs,
+    )
 
 
 def launch_options(config: WsConfig) -> dict:
@@ -320,6 +361,7 @@ def launch_options(config: WsConfig) -> dict:
 # ---------------------------------------------------------------------------------------
 # the launcher
 # ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class WsPlan:
@@ -340,8 +382,14 @@ class WsPlan:
 _plans = plan_cache()
 
 
-def flash_mhf_fwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                     r: torch.Tensor, config: WsConfig | None = None) -> torch.Tensor:
+def flash_mhf_fwd_ws(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    config: WsConfig | None = None,
+) -> torch.Tensor:
     """o = FlashMHF(q, k, u, v, r) through the warp-specialised Gluon kernel (sm90).
 
     q: (B, L, H, D) with unit last stride; k/u/v: (Hkv, E, De, D); r: (B, L, H, E) fp32 or
@@ -357,8 +405,13 @@ def flash_mhf_fwd_ws(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch
     plan = _plans.get(key)
     if plan is not None:
         return _run(plan, q, k, u, v, r)
-    plan, o = first_launch(KERNEL, lambda c: _make_plan(q, k, u, v, r, c),
-                           lambda p: _run(p, q, k, u, v, r), (q, k, u, v, r), config)
+    plan, o = first_launch(
+        KERNEL,
+        lambda c: _make_plan(q, k, u, v, r, c),
+        lambda p: _run(p, q, k, u, v, r),
+        (q, k, u, v, r),
+        config,
+    )
     remember(_plans, key, plan)
     return o
 
@@ -369,8 +422,12 @@ def _run(plan: WsPlan, q, k, u, v, r) -> torch.Tensor:
     o = empty((B, L, H, D), q.dtype, q.device)
     if plan.kernel is None:
         return o
-    descs = descriptors(plan.layouts, rows_view(q),
-                        *(w.contiguous().view(-1, D) for w in (k, u, v)), o.view(-1, H * D))
+    descs = descriptors(
+        plan.layouts,
+        rows_view(q),
+        *(w.contiguous().view(-1, D) for w in (k, u, v)),
+        o.view(-1, H * D),
+    )
     with torch.cuda.device(q.device):
         plan.kernel[plan.grid](*descs, r, *plan.scalars, **plan.meta)
     return o
@@ -389,16 +446,23 @@ def _make_plan(q, k, u, v, r, config) -> WsPlan:
     config = resolve_config(KERNEL, spec, problem, q, config)
     problems = config_problems(spec, config)
     if problems:
-        raise ValueError(f"flash_mhf_fwd_ws config {config} cannot run {spec.key()}: "
-                         + "; ".join(problems))
+        raise ValueError(
+            f"flash_mhf_fwd_ws config {config} cannot run {spec.key()}: " + "; ".join(problems)
+        )
     tokens = B * L
     if tokens == 0:
         return WsPlan(spec, config, None, (), (), (), {})
     tiles = work_tiles(spec, config, tokens)
     grid = (min(tiles, _device.sm_count(q.device)) if config.persistent else tiles,)
-    return WsPlan(spec, config, load_kernel(spec, config), grid,
-                  descriptor_layouts(spec, config), (*r.stride(), L, tokens, tiles),
-                  {**constexprs(config), **launch_options(config)})
+    return WsPlan(
+        spec,
+        config,
+        load_kernel(spec, config),
+        grid,
+        descriptor_layouts(spec, config),
+        (*r.stride(), L, tokens, tiles),
+        {**constexprs(config), **launch_options(config)},
+    )
 
 
 def work_tiles(spec: KernelSpec, config: WsConfig, tokens: int) -> int:
@@ -412,6 +476,7 @@ def work_tiles(spec: KernelSpec, config: WsConfig, tokens: int) -> int:
 # compiling for sm90 without a GPU (tests, CI)
 # ---------------------------------------------------------------------------------------
 
+
 def compile_sm90(spec: KernelSpec, config: WsConfig) -> CompileReport:
     """Compile the generated kernel for sm90 down to cubin on any machine (no GPU needed):
     the signature is built from host descriptors over small CPU tensors."""
@@ -424,8 +489,17 @@ def compile_sm90(spec: KernelSpec, config: WsConfig) -> CompileReport:
     r = torch.empty(1, dtype=torch.float32)
     n = len(descs) // 5
     names = [f"{t}_desc{i}" for t in ("q", "k", "u", "v", "o") for i in range(n)]
-    args = dict(zip(names, descs), R=r,
-                stride_rb=1 << 20, stride_rl=1 << 12, stride_rh=64, stride_re=1,
-                seqlen=1024, tokens=1 << 16, n_tiles=1 << 12)
-    return compile_gluon(load_kernel(spec, config), args, constexprs(config),
-                         launch_options(config))
+    args = dict(
+        zip(names, descs),
+        R=r,
+        stride_rb=1 << 20,
+        stride_rl=1 << 12,
+        stride_rh=64,
+        stride_re=1,
+        seqlen=1024,
+        tokens=1 << 16,
+        n_tiles=1 << 12,
+    )
+    return compile_gluon(
+        load_kernel(spec, config), args, constexprs(config), launch_options(config)
+    )

@@ -1,4 +1,5 @@
 """One kernel launch of a launch plan (DirectLaunch) and launching on a tensor's device."""
+
 from __future__ import annotations
 
 import contextlib
@@ -73,13 +74,28 @@ class DirectLaunch:
                 ptrs |= t.data_ptr()
         if compiled is not None and not ptrs & 15 and _no_launch_hooks():
             g0, g1, g2 = self.grid
-            compiled.run(g0, g1, g2, torch._C._cuda_getCurrentRawStream(device),
-                         compiled.function, compiled.packed_metadata, None, None, None,
-                         *tensors, *self.tail)
+            compiled.run(
+                g0,
+                g1,
+                g2,
+                torch._C._cuda_getCurrentRawStream(device),
+                compiled.function,
+                compiled.packed_metadata,
+                None,
+                None,
+                None,
+                *tensors,
+                *self.tail,
+            )
             return
         result = self.kernel[self.grid](*tensors, *self.args, **self.meta)
-        if (compiled is None and device >= 0 and not ptrs & 15 and DIRECT_LAUNCH
-                and hasattr(result, "packed_metadata")):
+        if (
+            compiled is None
+            and device >= 0
+            and not ptrs & 15
+            and DIRECT_LAUNCH
+            and hasattr(result, "packed_metadata")
+        ):
             self.tail = self._tail(tensors)
             self.device = device
             self.compiled = result
@@ -91,7 +107,7 @@ class DirectLaunch:
         params = {k: v for k, v in self.meta.items() if k in names}
         bound = self.kernel.signature.bind(*tensors, *self.args, **params)
         bound.apply_defaults()
-        return tuple(bound.arguments.values())[len(tensors):]
+        return tuple(bound.arguments.values())[len(tensors) :]
 
 
 def foreign_device(t: torch.Tensor) -> int | None:
@@ -113,5 +129,7 @@ def on_device_of(t: torch.Tensor):
 def _no_launch_hooks() -> bool:
     """Whether no Triton launch hook is set (a profiler such as Proton sets them)."""
     runtime = knobs.runtime
-    return not (getattr(runtime.launch_enter_hook, "calls", True)
-                or getattr(runtime.launch_exit_hook, "calls", True))
+    return not (
+        getattr(runtime.launch_enter_hook, "calls", True)
+        or getattr(runtime.launch_exit_hook, "calls", True)
+    )

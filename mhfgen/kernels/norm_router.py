@@ -25,6 +25,7 @@ zero and contribute nothing. Every tl.dot has fp32 operands; on a GPU they run a
 for bf16/fp16 q and as 3xTF32 (fp32-accurate) for fp32 q, IEEE fp32 in the interpreter
 (forward_launch, backward_launch; the H200 sweep behind them is in the table there).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -61,8 +62,21 @@ def _interpreting(device: torch.device) -> bool:
 
 
 @triton.jit
-def _load_weights(NW, WR, h, s_nh, s_nd, s_wh, s_wd, s_we, D: tl.constexpr, E: tl.constexpr,
-                  D_PAD: tl.constexpr, E_PAD: tl.constexpr, HAS_NORM: tl.constexpr):
+def _load_weights(
+    NW,
+    WR,
+    h,
+    s_nh,
+    s_nd,
+    s_wh,
+    s_wd,
+    s_we,
+    D: tl.constexpr,
+    E: tl.constexpr,
+    D_PAD: tl.constexpr,
+    E_PAD: tl.constexpr,
+    HAS_NORM: tl.constexpr,
+):
     """Head h's norm weight w (D_PAD,) (zero without HAS_NORM) and router tile wr
     (D_PAD, E_PAD), fp32, zero where d >= D or e >= E."""
     offs_d = tl.arange(0, D_PAD)
@@ -72,15 +86,35 @@ def _load_weights(NW, WR, h, s_nh, s_nd, s_wh, s_wd, s_we, D: tl.constexpr, E: t
         w = tl.load(NW + h * s_nh + offs_d * s_nd, mask=d_ok, other=0.0).to(tl.float32)
     else:
         w = tl.zeros((D_PAD,), dtype=tl.float32)
-    wr = tl.load(WR + h * s_wh + (offs_d * s_wd)[:, None] + (offs_e * s_we)[None, :],
-                 mask=d_ok[:, None] & (offs_e < E)[None, :], other=0.0).to(tl.float32)
+    wr = tl.load(
+        WR + h * s_wh + (offs_d * s_wd)[:, None] + (offs_e * s_we)[None, :],
+        mask=d_ok[:, None] & (offs_e < E)[None, :],
+        other=0.0,
+    ).to(tl.float32)
     return w, wr
 
 
 @triton.jit
-def _forward_tile(Q, w, wr, t, h, T, L, eps, s_qb, s_ql, s_qh, s_qd,
-                  D: tl.constexpr, E: tl.constexpr, D_PAD: tl.constexpr, E_PAD: tl.constexpr,
-                  HAS_NORM: tl.constexpr, PRECISION: tl.constexpr):
+def _forward_tile(
+    Q,
+    w,
+    wr,
+    t,
+    h,
+    T,
+    L,
+    eps,
+    s_qb,
+    s_ql,
+    s_qh,
+    s_qd,
+    D: tl.constexpr,
+    E: tl.constexpr,
+    D_PAD: tl.constexpr,
+    E_PAD: tl.constexpr,
+    HAS_NORM: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """The forward values of a (BLOCK_T,) vector of tokens t (int64) of head h: n (x without
     HAS_NORM), rstd, qn (fp32, unrounded), qn_r, g, s. Rows t >= T and columns d >= D are
     zero, g = 0 for e >= E."""
@@ -90,8 +124,7 @@ def _forward_tile(Q, w, wr, t, h, T, L, eps, s_qb, s_ql, s_qh, s_qd,
     b = t // L
     l = t - b * L
     q_ptrs = Q + (b * s_qb + l * s_ql + h * s_qh)[:, None] + (offs_d * s_qd)[None, :]
-    x = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0
-                ).to(tl.float32)
+    x = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0).to(tl.float32)
     if HAS_NORM:
         rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)
         n = x * rstd[:, None]
@@ -109,11 +142,33 @@ def _forward_tile(Q, w, wr, t, h, T, L, eps, s_qb, s_ql, s_qh, s_qd,
 
 
 @triton.jit
-def norm_router_fwd_kernel(Q, NW, WR, QN, R, T, L, eps,
-                           s_qb, s_ql, s_qh, s_qd, s_nh, s_nd, s_wh, s_wd, s_we,
-                           H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
-                           D_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
-                           HAS_NORM: tl.constexpr, PRECISION: tl.constexpr):
+def norm_router_fwd_kernel(
+    Q,
+    NW,
+    WR,
+    QN,
+    R,
+    T,
+    L,
+    eps,
+    s_qb,
+    s_ql,
+    s_qh,
+    s_qd,
+    s_nh,
+    s_nd,
+    s_wh,
+    s_wd,
+    s_we,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    E: tl.constexpr,
+    D_PAD: tl.constexpr,
+    E_PAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    HAS_NORM: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """Grid (cdiv(T, BLOCK_T), H): one (BLOCK_T, D_PAD) tile of head h per program; writes
     qn (contiguous (B, L, H, D), q's dtype; only with HAS_NORM) and R (contiguous
     (B, L, H, E), fp32). Formulas: module docstring."""
@@ -123,28 +178,60 @@ def norm_router_fwd_kernel(Q, NW, WR, QN, R, T, L, eps,
     offs_d = tl.arange(0, D_PAD)
     offs_e = tl.arange(0, E_PAD)
     row_ok = t < T
-    w, wr = _load_weights(NW, WR, h, s_nh, s_nd, s_wh, s_wd, s_we, D, E, D_PAD, E_PAD,
-                          HAS_NORM)
-    n, rstd, qn, qn_r, g, s = _forward_tile(Q, w, wr, t, h, T, L, eps, s_qb, s_ql, s_qh,
-                                            s_qd, D, E, D_PAD, E_PAD, HAS_NORM, PRECISION)
+    w, wr = _load_weights(NW, WR, h, s_nh, s_nd, s_wh, s_wd, s_we, D, E, D_PAD, E_PAD, HAS_NORM)
+    n, rstd, qn, qn_r, g, s = _forward_tile(
+        Q, w, wr, t, h, T, L, eps, s_qb, s_ql, s_qh, s_qd, D, E, D_PAD, E_PAD, HAS_NORM, PRECISION
+    )
     if HAS_NORM:
         qn_ptrs = QN + (t * (H * D) + h * D)[:, None] + offs_d[None, :]
-        tl.store(qn_ptrs, qn.to(QN.dtype.element_ty),
-                 mask=row_ok[:, None] & (offs_d < D)[None, :])
+        tl.store(qn_ptrs, qn.to(QN.dtype.element_ty), mask=row_ok[:, None] & (offs_d < D)[None, :])
     r = g / tl.maximum(s, ROUTER_EPS)[:, None]
     r_ptrs = R + (t * (H * E) + h * E)[:, None] + offs_e[None, :]
     tl.store(r_ptrs, r, mask=row_ok[:, None] & (offs_e < E)[None, :])
 
 
 @triton.jit
-def norm_router_bwd_kernel(Q, NW, WR, DQN, DR, DQ, DW_PART, DWR_PART, T, L, TOKENS_PER_SPLIT,
-                           eps,
-                           s_qb, s_ql, s_qh, s_qd, s_nh, s_nd, s_wh, s_wd, s_we,
-                           s_gb, s_gl, s_gh, s_gd, s_rb, s_rl, s_rh, s_re,
-                           H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
-                           D_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_T: tl.constexpr,
-                           HAS_NORM: tl.constexpr, HAS_DQN: tl.constexpr,
-                           HAS_DR: tl.constexpr, PRECISION: tl.constexpr):
+def norm_router_bwd_kernel(
+    Q,
+    NW,
+    WR,
+    DQN,
+    DR,
+    DQ,
+    DW_PART,
+    DWR_PART,
+    T,
+    L,
+    TOKENS_PER_SPLIT,
+    eps,
+    s_qb,
+    s_ql,
+    s_qh,
+    s_qd,
+    s_nh,
+    s_nd,
+    s_wh,
+    s_wd,
+    s_we,
+    s_gb,
+    s_gl,
+    s_gh,
+    s_gd,
+    s_rb,
+    s_rl,
+    s_rh,
+    s_re,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    E: tl.constexpr,
+    D_PAD: tl.constexpr,
+    E_PAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    HAS_NORM: tl.constexpr,
+    HAS_DQN: tl.constexpr,
+    HAS_DR: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """Grid (SPLITS, H): program (s, h) walks tokens [s * TOKENS_PER_SPLIT, (s + 1) *
     TOKENS_PER_SPLIT) of head h in BLOCK_T steps, recomputing the forward; writes dq
     (contiguous, q's dtype) and its fp32 partial sums dW_R -> DWR_PART[s, h] (D, E) and
@@ -159,25 +246,48 @@ def norm_router_bwd_kernel(Q, NW, WR, DQN, DR, DQ, DW_PART, DWR_PART, T, L, TOKE
     hi = tl.minimum(lo + TOKENS_PER_SPLIT, T)
     dwr_acc = tl.zeros((D_PAD, E_PAD), dtype=tl.float32)
     dw_acc = tl.zeros((D_PAD,), dtype=tl.float32)
-    w, wr = _load_weights(NW, WR, h, s_nh, s_nd, s_wh, s_wd, s_we, D, E, D_PAD, E_PAD,
-                          HAS_NORM)  # once per program
+    w, wr = _load_weights(
+        NW, WR, h, s_nh, s_nd, s_wh, s_wd, s_we, D, E, D_PAD, E_PAD, HAS_NORM
+    )  # once per program
     for start in range(lo, hi, BLOCK_T):
         t = start + tl.arange(0, BLOCK_T)
         row_ok = t < hi
-        n, rstd, qn, qn_r, g, s = _forward_tile(Q, w, wr, t, h, hi, L, eps, s_qb, s_ql, s_qh,
-                                                s_qd, D, E, D_PAD, E_PAD, HAS_NORM, PRECISION)
+        n, rstd, qn, qn_r, g, s = _forward_tile(
+            Q,
+            w,
+            wr,
+            t,
+            h,
+            hi,
+            L,
+            eps,
+            s_qb,
+            s_ql,
+            s_qh,
+            s_qd,
+            D,
+            E,
+            D_PAD,
+            E_PAD,
+            HAS_NORM,
+            PRECISION,
+        )
         b = t // L
         l = t - b * L
         if HAS_DQN:
-            dqn = tl.load(DQN + (b * s_gb + l * s_gl + h * s_gh)[:, None]
-                          + (offs_d * s_gd)[None, :],
-                          mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+            dqn = tl.load(
+                DQN + (b * s_gb + l * s_gl + h * s_gh)[:, None] + (offs_d * s_gd)[None, :],
+                mask=row_ok[:, None] & d_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)
         else:
             dqn = tl.zeros((BLOCK_T, D_PAD), dtype=tl.float32)
         if HAS_DR:
-            dr = tl.load(DR + (b * s_rb + l * s_rl + h * s_rh)[:, None]
-                         + (offs_e * s_re)[None, :],
-                         mask=row_ok[:, None] & e_ok[None, :], other=0.0).to(tl.float32)
+            dr = tl.load(
+                DR + (b * s_rb + l * s_rl + h * s_rh)[:, None] + (offs_e * s_re)[None, :],
+                mask=row_ok[:, None] & e_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)
             s_c = tl.maximum(s, ROUTER_EPS)
             r = g / s_c[:, None]
             dot_r = tl.where(s > ROUTER_EPS, tl.sum(dr * r, axis=1), 0.0)
@@ -195,8 +305,11 @@ def norm_router_bwd_kernel(Q, NW, WR, DQN, DR, DQ, DW_PART, DWR_PART, T, L, TOKE
         dq_ptrs = DQ + (t * (H * D) + h * D)[:, None] + offs_d[None, :]
         tl.store(dq_ptrs, dx.to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     part = split * H + h
-    tl.store(DWR_PART + part * (D * E) + (offs_d * E)[:, None] + offs_e[None, :], dwr_acc,
-             mask=d_ok[:, None] & e_ok[None, :])
+    tl.store(
+        DWR_PART + part * (D * E) + (offs_d * E)[:, None] + offs_e[None, :],
+        dwr_acc,
+        mask=d_ok[:, None] & e_ok[None, :],
+    )
     if HAS_NORM:
         tl.store(DW_PART + part * D + offs_d, dw_acc, mask=d_ok)
 
@@ -221,8 +334,7 @@ def _pad(size: int) -> int:
 _TF32_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def forward_launch(dtype: torch.dtype, d_pad: int, e_pad: int, interpreter: bool = False
-                   ) -> dict:
+def forward_launch(dtype: torch.dtype, d_pad: int, e_pad: int, interpreter: bool = False) -> dict:
     """The forward's default launch: block_t (tokens per step), num_warps and the router
     dot's precision; (64, 4) on every measured shape (see the table above), (32, 8) for
     unmeasured tiles above 8192 elements; the interpreter (16, 4) with IEEE dots."""
@@ -234,8 +346,7 @@ def forward_launch(dtype: torch.dtype, d_pad: int, e_pad: int, interpreter: bool
     return dict(block_t=64, num_warps=4, precision=precision)
 
 
-def backward_launch(dtype: torch.dtype, d_pad: int, e_pad: int, interpreter: bool = False
-                    ) -> dict:
+def backward_launch(dtype: torch.dtype, d_pad: int, e_pad: int, interpreter: bool = False) -> dict:
     """The backward's default launch: block_t, num_warps and dot precision (the table
     above): TF32 with (32, 4) up to 4096-element (D_PAD, E_PAD) tiles and (16, 4) above;
     3xTF32 with (16, 4) up to 4096 and (16, 8) above; the interpreter (16, 4), IEEE."""
@@ -272,9 +383,13 @@ def _weight_args(norm_weight, w_router):
     return (norm_weight if norm_weight is not None else w_router), nw_args, w_router.stride()
 
 
-def norm_router_fwd(q: torch.Tensor, norm_weight: torch.Tensor | None,
-                    w_router: torch.Tensor, launch: dict | None = None,
-                    eps: float = reference.RMS_EPS) -> tuple[torch.Tensor, torch.Tensor]:
+def norm_router_fwd(
+    q: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    w_router: torch.Tensor,
+    launch: dict | None = None,
+    eps: float = reference.RMS_EPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(qn, R) of q through norm_router_fwd_kernel, one launch.
 
     q: (B, L, H, D), any strides, float16/bfloat16/float32; norm_weight: (H, D) or None;
@@ -291,8 +406,12 @@ def norm_router_fwd(q: torch.Tensor, norm_weight: torch.Tensor | None,
         plan = _fwd_plan(q, norm_weight, w_router, launch, eps)
         return _fwd_run(plan, q, norm_weight, w_router)
     try:
-        key = (signature(q), None if norm_weight is None else signature(norm_weight),
-               signature(w_router), eps)
+        key = (
+            signature(q),
+            None if norm_weight is None else signature(norm_weight),
+            signature(w_router),
+            eps,
+        )
     except AttributeError:  # not a tensor: the checks' TypeError names it
         _check(q, norm_weight, w_router)
         raise
@@ -321,23 +440,32 @@ class FwdPlan:
 _fwd_plans = plan_cache()
 
 
-def _fwd_plan(q, norm_weight, w_router, launch: dict | None = None,
-              eps: float = reference.RMS_EPS) -> FwdPlan:
+def _fwd_plan(
+    q, norm_weight, w_router, launch: dict | None = None, eps: float = reference.RMS_EPS
+) -> FwdPlan:
     B, L, H, D, E = _check(q, norm_weight, w_router)
     T = B * L
     if T == 0 or H == 0:
         return FwdPlan((B, L, H, E), None)
     d_pad, e_pad = _pad(D), _pad(E)
-    launch = {**forward_launch(q.dtype, d_pad, e_pad, _interpreting(q.device)),
-              **(launch or {})}
+    launch = {**forward_launch(q.dtype, d_pad, e_pad, _interpreting(q.device)), **(launch or {})}
     block_t = launch["block_t"]
     _, nw_strides, wr_strides = _weight_args(norm_weight, w_router)
-    meta = dict(H=H, D=D, E=E, D_PAD=d_pad, E_PAD=e_pad, BLOCK_T=block_t,
-                HAS_NORM=norm_weight is not None, PRECISION=launch["precision"],
-                num_warps=launch["num_warps"])
+    meta = dict(
+        H=H,
+        D=D,
+        E=E,
+        D_PAD=d_pad,
+        E_PAD=e_pad,
+        BLOCK_T=block_t,
+        HAS_NORM=norm_weight is not None,
+        PRECISION=launch["precision"],
+        num_warps=launch["num_warps"],
+    )
     scalars = (T, L, float(eps), *q.stride()[:4], *nw_strides, *wr_strides)
-    return FwdPlan((B, L, H, E),
-                   DirectLaunch(norm_router_fwd_kernel, (cdiv(T, block_t), H), scalars, meta))
+    return FwdPlan(
+        (B, L, H, E), DirectLaunch(norm_router_fwd_kernel, (cdiv(T, block_t), H), scalars, meta)
+    )
 
 
 def _splits(q: torch.Tensor, heads: int, blocks: int) -> int:
@@ -348,10 +476,15 @@ def _splits(q: torch.Tensor, heads: int, blocks: int) -> int:
     return max(1, min(wanted, blocks))
 
 
-def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router: torch.Tensor,
-                    dqn: torch.Tensor | None, dr: torch.Tensor | None,
-                    launch: dict | None = None, eps: float = reference.RMS_EPS
-                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def norm_router_bwd(
+    q: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    w_router: torch.Tensor,
+    dqn: torch.Tensor | None,
+    dr: torch.Tensor | None,
+    launch: dict | None = None,
+    eps: float = reference.RMS_EPS,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """(dq, dnorm_weight, dw_router) of norm_router_fwd through norm_router_bwd_kernel.
 
     q, norm_weight, w_router: as for norm_router_fwd; dqn: (B, L, H, D) gradient of qn
@@ -382,11 +515,12 @@ def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router:
         dnw = torch.zeros_like(norm_weight) if has_norm else None
         return dq, dnw, torch.zeros_like(w_router)
     d_pad, e_pad = _pad(D), _pad(E)
-    launch = {**backward_launch(q.dtype, d_pad, e_pad, _interpreting(q.device)),
-              **(launch or {})}
+    launch = {**backward_launch(q.dtype, d_pad, e_pad, _interpreting(q.device)), **(launch or {})}
     block_t = launch["block_t"]
     blocks = cdiv(T, block_t)
-    splits = max(1, min(launch["splits"], blocks)) if launch.get("splits") else _splits(q, H, blocks)
+    splits = (
+        max(1, min(launch["splits"], blocks)) if launch.get("splits") else _splits(q, H, blocks)
+    )
     tokens_per_split = cdiv(blocks, splits) * block_t
     splits = cdiv(T, tokens_per_split)  # every program has tokens
     dwr_part = empty((splits, H, D, E), torch.float32, q.device)
@@ -398,12 +532,35 @@ def norm_router_bwd(q: torch.Tensor, norm_weight: torch.Tensor | None, w_router:
     dr_strides = dr.stride() if dr is not None else (0, 0, 0, 0)
     with on_device_of(q):  # Triton launches on the current device
         norm_router_bwd_kernel[(splits, H)](
-            q, nw, w_router, dqn_arg, dr_arg, dq, dw_part, dwr_part, T, L, tokens_per_split,
+            q,
+            nw,
+            w_router,
+            dqn_arg,
+            dr_arg,
+            dq,
+            dw_part,
+            dwr_part,
+            T,
+            L,
+            tokens_per_split,
             float(eps),
-            *q.stride(), *nw_strides, *wr_strides, *dqn_strides, *dr_strides,
-            H=H, D=D, E=E, D_PAD=d_pad, E_PAD=e_pad, BLOCK_T=block_t, HAS_NORM=has_norm,
-            HAS_DQN=dqn is not None, HAS_DR=dr is not None,
-            PRECISION=launch["precision"], num_warps=launch["num_warps"])
+            *q.stride(),
+            *nw_strides,
+            *wr_strides,
+            *dqn_strides,
+            *dr_strides,
+            H=H,
+            D=D,
+            E=E,
+            D_PAD=d_pad,
+            E_PAD=e_pad,
+            BLOCK_T=block_t,
+            HAS_NORM=has_norm,
+            HAS_DQN=dqn is not None,
+            HAS_DR=dr is not None,
+            PRECISION=launch["precision"],
+            num_warps=launch["num_warps"],
+        )
     dw_router = dwr_part.sum(0).to(w_router.dtype)
     dnorm_weight = dw_part.sum(0).to(norm_weight.dtype) if has_norm else None
     return dq, dnorm_weight, dw_router

@@ -6,6 +6,7 @@ and the launch: the host overhead bar is 10 us above a bare launch. The dispatch
 choices are part of a plan, so every plan cache is emptied when the dispatcher forgets
 its choices (mhfgen.dispatch.on_clear).
 """
+
 from __future__ import annotations
 
 import torch
@@ -49,8 +50,7 @@ def plan_key(config, q, k, u, v, r, do=None) -> tuple:
     Arguments that are not tensors get the input checks' TypeError naming them, and a
     config that is not a kernel variant's config (a dict, say) a TypeError naming it."""
     if config is not None and not isinstance(config, VariantConfig):
-        raise TypeError(f"config must be a kernel variant's config, got "
-                        f"{type(config).__name__}")
+        raise TypeError(f"config must be a kernel variant's config, got {type(config).__name__}")
     try:
         key = (signature(q), signature(k), signature(u), signature(v), signature(r))
         return key + ((config,) if do is None else (signature(do), config))
@@ -58,9 +58,9 @@ def plan_key(config, q, k, u, v, r, do=None) -> tuple:
         from ..validation import check_flash_mhf_inputs
 
         check_flash_mhf_inputs(q, k, u, v, r)
-        raise TypeError(f"do must be a torch.Tensor (B, L, H, D), got {type(do).__name__}"
-                        ) from None
-
+        raise TypeError(
+            f"do must be a torch.Tensor (B, L, H, D), got {type(do).__name__}"
+        ) from None
 
 
 dispatch.on_clear(clear_plans)

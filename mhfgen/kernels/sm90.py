@@ -2,6 +2,7 @@
 TMA reads rows through, ptxas's register and spill report of a compiled kernel, compiling
 a kernel for sm90 on a machine without a GPU (the tests' compile checks), and, for the
 three backward kernels, what they support, their register split and their launch."""
+
 from __future__ import annotations
 
 import re
@@ -33,8 +34,7 @@ def backward_unsupported(spec, tokens: int | None = None) -> str | None:
     if spec.head_dim not in BACKWARD_HEAD_DIMS:
         return f"head_dim 64 or 128 only; it is {spec.head_dim}"
     if spec.expert_dim % BACKWARD_BLOCK_N:
-        return (f"expert_dim must be a multiple of {BACKWARD_BLOCK_N}; "
-                f"it is {spec.expert_dim}")
+        return f"expert_dim must be a multiple of {BACKWARD_BLOCK_N}; it is {spec.expert_dim}"
     return None
 
 
@@ -45,8 +45,9 @@ def backward_register_cap() -> int:
     return min(255, SM90_REGISTERS // (32 * 12)) // 8 * 8
 
 
-def backward_resource_problems(shared: int, worker: str, worker_regs: int,
-                               producer_regs: int, first: str, least: int) -> list[str]:
+def backward_resource_problems(
+    shared: int, worker: str, worker_regs: int, producer_regs: int, first: str, least: int
+) -> list[str]:
     """What does not fit of a backward config: `shared` bytes of shared memory, and a
     register split where the worker warpgroup (its field `worker`) and the producer take
     `worker_regs` + `producer_regs` per thread and the default partition (`first`) needs
@@ -55,8 +56,10 @@ def backward_resource_problems(shared: int, worker: str, worker_regs: int,
     if shared > SM90_SHARED_MEMORY:
         problems.append(f"needs {shared} bytes of shared memory")
     if 128 * (worker_regs + producer_regs) > SM90_REGISTERS - 128 * least:
-        problems.append(f"{worker} + producer_regs = {worker_regs} + {producer_regs} leave "
-                        f"{first} fewer than {least} registers")
+        problems.append(
+            f"{worker} + producer_regs = {worker_regs} + {producer_regs} leave "
+            f"{first} fewer than {least} registers"
+        )
     return problems
 
 
@@ -75,8 +78,9 @@ class BackwardLaunch:
 
         D = q.shape[-1]
         rows = [TensorDescriptor.from_tensor(rows_view(t), *self.rows_layout) for t in (q, do)]
-        weights = [TensorDescriptor.from_tensor(w.view(-1, D), *self.weights_layout)
-                   for w in (k, u, v)]
+        weights = [
+            TensorDescriptor.from_tensor(w.view(-1, D), *self.weights_layout) for w in (k, u, v)
+        ]
         return (*rows, *weights, r, *outputs, *self.scalars)
 
     def __call__(self, q, k, u, v, r, do, *outputs) -> None:
@@ -104,8 +108,12 @@ def rows_view(q: torch.Tensor) -> torch.Tensor:
     strides do not allow it (TMA needs 16-byte aligned base and row stride)."""
     B, L, H, D = q.shape
     sb, sl, sh, _ = q.stride()
-    ok = (sh == D and (B == 1 or sb == L * sl) and (sl * q.element_size()) % 16 == 0
-          and q.data_ptr() % 16 == 0)
+    ok = (
+        sh == D
+        and (B == 1 or sb == L * sl)
+        and (sl * q.element_size()) % 16 == 0
+        and q.data_ptr() % 16 == 0
+    )
     if not ok:
         q = q.contiguous()
         sl = H * D
@@ -119,14 +127,23 @@ def ptxas_usage(ptx: str) -> tuple[int, int]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.ptx"
         path.write_text(ptx)
-        out = subprocess.run([knobs.nvidia.ptxas.path, "-v", "--gpu-name=sm_90a", str(path),
-                              "-o", str(Path(tmp) / "kernel.cubin")],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                knobs.nvidia.ptxas.path,
+                "-v",
+                "--gpu-name=sm_90a",
+                str(path),
+                "-o",
+                str(Path(tmp) / "kernel.cubin"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     log = out.stderr + out.stdout
     registers = re.findall(r"Used (\d+) registers", log)
     spills = re.findall(r"(\d+) bytes spill stores", log)
-    return (max(map(int, registers)) if registers else -1,
-            max(map(int, spills)) if spills else 0)
+    return (max(map(int, registers)) if registers else -1, max(map(int, spills)) if spills else 0)
 
 
 @dataclass(frozen=True)
@@ -164,9 +181,14 @@ def compile_gluon(kernel, args: dict, consts: dict, options: dict) -> CompileRep
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     ptx = compiled.asm["ptx"]
     registers, spills = ptxas_usage(ptx)
-    return CompileReport(compiled.metadata.shared, registers, spills,
-                         len(compiled.asm["cubin"]), len(re.findall(r"wgmma\.mma_async", ptx)),
-                         len(re.findall(r"cp\.async\.bulk\.tensor", ptx)))
+    return CompileReport(
+        compiled.metadata.shared,
+        registers,
+        spills,
+        len(compiled.asm["cubin"]),
+        len(re.findall(r"wgmma\.mma_async", ptx)),
+        len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
+    )
 
 
 def backward_descriptors(spec, layouts: dict, rows: int) -> dict:
@@ -179,6 +201,7 @@ def backward_descriptors(spec, layouts: dict, rows: int) -> dict:
     q = torch.empty(rows, spec.heads * D, dtype=spec.torch_dtype)
     w = torch.empty(spec.kv_heads * spec.intermediate, D, dtype=spec.torch_dtype)
     out = {f"{n}_desc": TensorDescriptor.from_tensor(q, *layouts["rows"]) for n in ("q", "do")}
-    out.update({f"{n}_desc": TensorDescriptor.from_tensor(w, *layouts["weights"])
-                for n in ("k", "u", "v")})
+    out.update(
+        {f"{n}_desc": TensorDescriptor.from_tensor(w, *layouts["weights"]) for n in ("k", "u", "v")}
+    )
     return out

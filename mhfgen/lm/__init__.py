@@ -5,9 +5,20 @@ FlashMHF or SwiGLU, parameters matched) -> train (AdamW, warm-up + cosine, bf16 
 -> report (CSV, PNG, markdown) -> experiment (several runs, one directory).
 See docs/TRAINING.md and examples/train_lm.py.
 """
+
 from .data import BatchSampler, ByteCorpus, load_corpus
 from .model import CausalLM, ModelConfig, count_parameters, matched_swiglu_intermediate
 from .train import RunResult, TrainConfig, train
 
-__all__ = ["BatchSampler", "ByteCorpus", "load_corpus", "CausalLM", "ModelConfig",
-           "count_parameters", "matched_swiglu_intermediate", "RunResult", "TrainConfig", "train"]
+__all__ = [
+    "BatchSampler",
+    "ByteCorpus",
+    "load_corpus",
+    "CausalLM",
+    "ModelConfig",
+    "count_parameters",
+    "matched_swiglu_intermediate",
+    "RunResult",
+    "TrainConfig",
+    "train",
+]

@@ -5,6 +5,7 @@ Every machine with Python has them (about 30 MB of real text). Tokens are bytes 
 standard library root, so the split is deterministic and does not depend on file order or on
 how many files a machine has. Batches are random windows drawn with a seeded generator.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,11 @@ def source_files(root: Path | None = None) -> list[Path]:
     root = stdlib_root() if root is None else Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no source directory at {root}")
-    files = [p for p in root.rglob("*.py")
-             if p.is_file() and not _EXCLUDED_DIRS.intersection(p.relative_to(root).parts)]
+    files = [
+        p
+        for p in root.rglob("*.py")
+        if p.is_file() and not _EXCLUDED_DIRS.intersection(p.relative_to(root).parts)
+    ]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -57,12 +61,15 @@ class ByteCorpus:
     val_files: int
 
     def describe(self) -> str:
-        return (f"{self.root}: {self.train_files} train files ({self.train.numel() / 1e6:.1f} MB), "
-                f"{self.val_files} validation files ({self.val.numel() / 1e6:.1f} MB)")
+        return (
+            f"{self.root}: {self.train_files} train files ({self.train.numel() / 1e6:.1f} MB), "
+            f"{self.val_files} validation files ({self.val.numel() / 1e6:.1f} MB)"
+        )
 
 
-def load_corpus(root: Path | None = None, val_percent: float = 5.0,
-                max_bytes: int | None = None) -> ByteCorpus:
+def load_corpus(
+    root: Path | None = None, val_percent: float = 5.0, max_bytes: int | None = None
+) -> ByteCorpus:
     """Read the `.py` files under `root` (default: the standard library) into a ByteCorpus.
 
     val_percent: share of files (by path hash) held out for validation. max_bytes: stop
@@ -81,12 +88,17 @@ def load_corpus(root: Path | None = None, val_percent: float = 5.0,
         if max_bytes is not None and total >= max_bytes and parts[False] and parts[True]:
             break
     if not parts[False] or not parts[True]:
-        raise ValueError(f"{root} gave {len(parts[False])} train and {len(parts[True])} "
-                         f"validation files; need at least one of each")
-    streams = {split: torch.frombuffer(bytearray(SEPARATOR.join(files)), dtype=torch.uint8)
-               for split, files in parts.items()}
-    corpus = ByteCorpus(streams[False], streams[True], str(root), len(parts[False]),
-                        len(parts[True]))
+        raise ValueError(
+            f"{root} gave {len(parts[False])} train and {len(parts[True])} "
+            f"validation files; need at least one of each"
+        )
+    streams = {
+        split: torch.frombuffer(bytearray(SEPARATOR.join(files)), dtype=torch.uint8)
+        for split, files in parts.items()
+    }
+    corpus = ByteCorpus(
+        streams[False], streams[True], str(root), len(parts[False]), len(parts[True])
+    )
     log.info("corpus %s", corpus.describe())
     return corpus
 
@@ -98,11 +110,19 @@ class BatchSampler:
     shifted by one token. The same seed gives the same batches on every machine.
     """
 
-    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
         if tokens.dim() != 1 or tokens.numel() <= seq_len + 1:
-            raise ValueError(f"need a 1-d token stream longer than seq_len + 1 = {seq_len + 1}, "
-                             f"got shape {tuple(tokens.shape)}")
+            raise ValueError(
+                f"need a 1-d token stream longer than seq_len + 1 = {seq_len + 1}, "
+                f"got shape {tuple(tokens.shape)}"
+            )
         self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)

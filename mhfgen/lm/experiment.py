@@ -1,4 +1,5 @@
 """Several training runs into one directory: a CSV per run, one PNG, a JSON of summaries."""
+
 from __future__ import annotations
 
 import gc
@@ -25,8 +26,9 @@ class RunSpec:
     train: TrainConfig
 
 
-def run_one(spec: RunSpec, corpus: ByteCorpus, out_dir: Path, progress: bool = True
-            ) -> tuple[dict, list[dict]]:
+def run_one(
+    spec: RunSpec, corpus: ByteCorpus, out_dir: Path, progress: bool = True
+) -> tuple[dict, list[dict]]:
     """Train one run, write `<out_dir>/<name>.csv`; return (summary, rows).
 
     NOTE: an exception is logged with its traceback and returned as {"name", "error"}
@@ -57,9 +59,14 @@ def plot_or_explain(curves: dict[str, list[dict]], path: Path, title: str) -> Pa
         return None
 
 
-def run_all(specs: list[RunSpec], corpus: ByteCorpus, out_dir: Path, title: str = "",
-            plot_name: str = "loss.png", progress: bool = True
-            ) -> tuple[list[dict], dict[str, list[dict]]]:
+def run_all(
+    specs: list[RunSpec],
+    corpus: ByteCorpus,
+    out_dir: Path,
+    title: str = "",
+    plot_name: str = "loss.png",
+    progress: bool = True,
+) -> tuple[list[dict], dict[str, list[dict]]]:
     """run_one for each spec in order, then the plot and `summaries.json`; returns
     (summaries, curves by run name)."""
     out_dir = Path(out_dir)

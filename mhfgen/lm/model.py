@@ -11,6 +11,7 @@ projections, K/U/V, router, per-head norm of Q), a SwiGLU layer 3 d I_s. The Swi
 I_s is chosen so the two are equal (`matched_swiglu_intermediate`); then I_s ~ I + 2 d / 3
 and the FFN FLOPs per token match as well (6 d I_s ~ 6 d I + 4 d^2).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -33,13 +34,13 @@ class ModelConfig:
     ffn: str = "flashmhf"
     d_model: int = 512
     n_layers: int = 8
-    n_heads: int = 8                 # attention heads
-    mhf_heads: int = 4               # FlashMHF heads, head_dim = d_model / mhf_heads
+    n_heads: int = 8  # attention heads
+    mhf_heads: int = 4  # FlashMHF heads, head_dim = d_model / mhf_heads
     mhf_intermediate: int = 1280
     mhf_experts: int = 5
     mhf_qk_norm: bool = True
     swiglu_intermediate: int | None = None
-    backend: str = "auto"            # FlashMHF backend: auto | triton | torch
+    backend: str = "auto"  # FlashMHF backend: auto | triton | torch
     max_seq_len: int = 2048
     rope_base: float = 10000.0
     vocab_size: int = VOCAB_SIZE
@@ -48,39 +49,54 @@ class ModelConfig:
         if self.ffn not in FFN_KINDS:
             raise ValueError(f"ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"d_model ({self.d_model}) / n_heads ({self.n_heads}) must be an "
-                             f"even integer (rotary embeddings rotate pairs)")
+            raise ValueError(
+                f"d_model ({self.d_model}) / n_heads ({self.n_heads}) must be an "
+                f"even integer (rotary embeddings rotate pairs)"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def flashmhf_layer_params(d_model: int, heads: int, intermediate: int, experts: int,
-                          qk_norm: bool = True) -> int:
+def flashmhf_layer_params(
+    d_model: int, heads: int, intermediate: int, experts: int, qk_norm: bool = True
+) -> int:
     """Parameters of one bias-free FlashMHF layer: 2 d^2 + 3 d I + d E (+ d for the norm)."""
-    return 2 * d_model * d_model + 3 * d_model * intermediate + d_model * experts + (
-        d_model if qk_norm else 0)
+    return (
+        2 * d_model * d_model
+        + 3 * d_model * intermediate
+        + d_model * experts
+        + (d_model if qk_norm else 0)
+    )
 
 
 def matched_swiglu_intermediate(cfg: ModelConfig, multiple: int = 8) -> int:
     """The SwiGLU width (a multiple of `multiple`) whose 3 d I_s parameters come nearest to
     one FlashMHF layer of `cfg`."""
-    target = flashmhf_layer_params(cfg.d_model, cfg.mhf_heads, cfg.mhf_intermediate,
-                                   cfg.mhf_experts, cfg.mhf_qk_norm)
+    target = flashmhf_layer_params(
+        cfg.d_model, cfg.mhf_heads, cfg.mhf_intermediate, cfg.mhf_experts, cfg.mhf_qk_norm
+    )
     return max(multiple, round(target / (3 * cfg.d_model) / multiple) * multiple)
 
 
 def build_ffn(cfg: ModelConfig) -> nn.Module:
     """The FFN of one block: FlashMHF or SwiGLU, with the layer's own initialisation."""
     if cfg.ffn == "flashmhf":
-        return FlashMHF(cfg.d_model, cfg.mhf_heads, cfg.mhf_intermediate, cfg.mhf_experts,
-                        qk_norm=cfg.mhf_qk_norm, backend=cfg.backend)
+        return FlashMHF(
+            cfg.d_model,
+            cfg.mhf_heads,
+            cfg.mhf_intermediate,
+            cfg.mhf_experts,
+            qk_norm=cfg.mhf_qk_norm,
+            backend=cfg.backend,
+        )
     width = cfg.swiglu_intermediate or matched_swiglu_intermediate(cfg)
     return SwiGLU(cfg.d_model, width)
 
 
-def rotary_tables(head_dim: int, max_seq_len: int, base: float
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(
+    head_dim: int, max_seq_len: int, base: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables (max_seq_len, head_dim) for rotate-half rotary embeddings."""
     inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
@@ -168,8 +184,9 @@ class CausalLM(nn.Module):
             if isinstance(module, (nn.Embedding, nn.Linear)) and ".ffn." not in f".{name}.":
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, tokens: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         L = tokens.shape[1]
         if L > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {L} exceeds max_seq_len {self.cfg.max_seq_len}")

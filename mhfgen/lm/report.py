@@ -4,6 +4,7 @@ environment (GPU, versions, date) every recorded figure must carry.
 matplotlib is optional: `plot_curves` imports it lazily and raises ImportError with a clear
 message when it is missing; everything else needs only the standard library and torch.
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,8 +35,10 @@ def write_curve_csv(result: RunResult, path: Path) -> Path:
 def read_curve_csv(path: Path) -> list[dict]:
     """Rows of a curve CSV, numbers parsed, empty cells as None."""
     with Path(path).open(newline="") as f:
-        return [{k: (None if v == "" else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+        return [
+            {k: (None if v == "" else float(v)) for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
 
 
 def running_mean(values: list[float], window: int) -> list[float]:
@@ -47,18 +50,19 @@ def running_mean(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "",
-                smooth: int = 10) -> Path:
+def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "", smooth: int = 10) -> Path:
     """PNG of training loss (thin; running mean over `smooth` steps) and validation loss
     (markers) against tokens, one colour per run. Raises ImportError naming the fix when
     matplotlib is not installed."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError("the loss plot needs matplotlib (pip install matplotlib); the CSVs "
-                          "hold the same curves") from exc
+        raise ImportError(
+            "the loss plot needs matplotlib (pip install matplotlib); the CSVs hold the same curves"
+        ) from exc
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     for i, (name, rows) in enumerate(runs.items()):
         colour = f"C{i}"
@@ -66,8 +70,14 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str = "",
         val = [(r["tokens"] / 1e6, r["val_loss"]) for r in rows if r["val_loss"] is not None]
         if train:
             xs, ys = zip(*train)
-            ax.plot(xs, running_mean(list(ys), smooth), color=colour, alpha=0.4, linewidth=0.8,
-                    label=f"{name} train (mean of {smooth} steps)")
+            ax.plot(
+                xs,
+                running_mean(list(ys), smooth),
+                color=colour,
+                alpha=0.4,
+                linewidth=0.8,
+                label=f"{name} train (mean of {smooth} steps)",
+            )
         if val:
             ax.plot(*zip(*val), color=colour, marker="o", markersize=3, label=f"{name} validation")
     ax.set_xlabel("training tokens (millions)")
@@ -89,9 +99,11 @@ def _fmt(value, spec: str) -> str:
 
 def summary_table(summaries: list[dict]) -> str:
     """A markdown table of run summaries (see train.train for the keys)."""
-    lines = ["| run | FFN | backend | params | FFN params | steps | tokens | final val loss "
-             "| tokens/s | peak MiB | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | FFN | backend | params | FFN params | steps | tokens | final val loss "
+        "| tokens/s | peak MiB | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in summaries:
         if "error" in s:
             error = s["error"].replace("|", "/").replace("\n", " ")
@@ -102,7 +114,8 @@ def summary_table(summaries: list[dict]) -> str:
             f"| {s['name']} | {s['ffn']} | {s['backend']} | {s['params']['total']:,} "
             f"| {s['params']['ffn']:,} | {s['steps_done']}{early} | {s['tokens']:,} "
             f"| {s['final_val_loss']:.4f} | {_fmt(s['tokens_per_s'], ',.0f')} "
-            f"| {_fmt(s['peak_mem_mib'], ',.0f')} | {s['train_seconds']:.1f} |")
+            f"| {_fmt(s['peak_mem_mib'], ',.0f')} | {s['train_seconds']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -115,37 +128,55 @@ def curve_difference(a: list[dict], b: list[dict]) -> dict:
         vb = {r["step"]: r[key] for r in b if r[key] is not None}
         common = sorted(set(va) & set(vb))
         diffs = [abs(va[s] - vb[s]) for s in common]
-        out[key] = {"max_abs_diff": max(diffs) if diffs else None,
-                    "at_step": common[diffs.index(max(diffs))] if diffs else None,
-                    "mean_abs_diff": sum(diffs) / len(diffs) if diffs else None,
-                    "first_abs_diff": diffs[0] if diffs else None,
-                    "steps_compared": len(common)}
+        out[key] = {
+            "max_abs_diff": max(diffs) if diffs else None,
+            "at_step": common[diffs.index(max(diffs))] if diffs else None,
+            "mean_abs_diff": sum(diffs) / len(diffs) if diffs else None,
+            "first_abs_diff": diffs[0] if diffs else None,
+            "steps_compared": len(common),
+        }
     return out
 
 
 def environment() -> dict:
     """GPU, versions, date and git commit, for the record beside every figure."""
-    env = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "python": platform.python_version(), "torch": torch.__version__,
-           "cuda": torch.version.cuda, "platform": platform.platform(),
-           "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    env = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "platform": platform.platform(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
     try:
         import triton
+
         env["triton"] = triton.__version__
     except ImportError:
         env["triton"] = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        env["gpu"] = f"{props.name} (sm{props.major}{props.minor}, " \
-                     f"{props.total_memory / 2**30:.0f} GiB)"
+        env["gpu"] = (
+            f"{props.name} (sm{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
+        )
     else:
         env["gpu"] = None
     try:
         git = ["git", "-C", str(Path(__file__).resolve().parent)]
-        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True, timeout=10).stdout
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
         env["git_commit"] = commit + ("+uncommitted changes" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         env["git_commit"] = None

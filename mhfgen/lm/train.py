@@ -5,6 +5,7 @@ gradient clipping, validation every N steps, tokens per second and peak memory.
 Losses are gathered on the device and read back once per `log_every` steps, so logging
 costs one synchronisation per interval rather than one per step.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,8 @@ class TrainConfig:
     seed: int = 0
     data_seed: int = 1234
     device: str = "cuda"
-    bf16: bool = True                # autocast to bf16 (CUDA only; CPU runs stay fp32)
-    timing_skip_steps: int = 10      # steps left out of tokens/s (kernel compilation, warm-up)
+    bf16: bool = True  # autocast to bf16 (CUDA only; CPU runs stay fp32)
+    timing_skip_steps: int = 10  # steps left out of tokens/s (kernel compilation, warm-up)
     max_seconds: float | None = None
     stop_after: int | None = None
 
@@ -91,20 +92,24 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     fused = all(p.is_cuda for p in model.parameters())
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
 def _autocast(device: torch.device, cfg: TrainConfig):
-    return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=cfg.bf16 and device.type == "cuda")
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"
+    )
 
 
 @torch.no_grad()
-def evaluate(model: CausalLM, batches: list[tuple[torch.Tensor, torch.Tensor]],
-             cfg: TrainConfig) -> float:
+def evaluate(
+    model: CausalLM, batches: list[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig
+) -> float:
     """Mean loss over `batches` (the model is put back in training mode afterwards)."""
     device = next(model.parameters()).device
     model.eval()
@@ -116,8 +121,14 @@ def evaluate(model: CausalLM, batches: list[tuple[torch.Tensor, torch.Tensor]],
     return total.item() / len(batches)
 
 
-def train_step(model: CausalLM, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, step: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model: CausalLM,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    step: int,
+    cfg: TrainConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step at the scheduled learning rate; returns (loss, grad norm before
     clipping) as device tensors, unsynchronised."""
     lr = lr_at(step, cfg)
@@ -137,8 +148,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train(name: str, model_cfg: ModelConfig, cfg: TrainConfig, corpus: ByteCorpus,
-          progress: bool = True) -> RunResult:
+def train(
+    name: str, model_cfg: ModelConfig, cfg: TrainConfig, corpus: ByteCorpus, progress: bool = True
+) -> RunResult:
     """Build the model (seeded), train it on `corpus` and return its curve and summary.
 
     Summary keys: name, ffn, backend, params (total/ffn/other), steps_done, tokens,
@@ -152,20 +164,35 @@ def train(name: str, model_cfg: ModelConfig, cfg: TrainConfig, corpus: ByteCorpu
     params = count_parameters(model)
     optimizer = make_optimizer(model, cfg)
     sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.seq_len, cfg.data_seed, device)
-    val_batches = BatchSampler(corpus.val, cfg.batch_size, cfg.seq_len, cfg.data_seed + 1,
-                               device).batches(cfg.eval_batches)
-    log.info("%s: %s parameters (ffn %s), %s", name, f"{params['total']:,}",
-             f"{params['ffn']:,}", model_cfg)
+    val_batches = BatchSampler(
+        corpus.val, cfg.batch_size, cfg.seq_len, cfg.data_seed + 1, device
+    ).batches(cfg.eval_batches)
+    log.info(
+        "%s: %s parameters (ffn %s), %s",
+        name,
+        f"{params['total']:,}",
+        f"{params['ffn']:,}",
+        model_cfg,
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     result = RunResult(name)
     val_losses = {0: evaluate(model, val_batches, cfg)}
-    result.rows.append({"step": 0, "tokens": 0, "lr": 0.0, "train_loss": None,
-                        "val_loss": val_losses[0], "grad_norm": None, "elapsed_s": 0.0})
+    result.rows.append(
+        {
+            "step": 0,
+            "tokens": 0,
+            "lr": 0.0,
+            "train_loss": None,
+            "val_loss": val_losses[0],
+            "grad_norm": None,
+            "elapsed_s": 0.0,
+        }
+    )
     pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-    eval_seconds = 0.0          # validation time after the timing start
-    timed_from: tuple[float, int] | None = None   # (time, step) where timing started
+    eval_seconds = 0.0  # validation time after the timing start
+    timed_from: tuple[float, int] | None = None  # (time, step) where timing started
     start = time.perf_counter()
     stopped_early = False
     final_step = min(cfg.steps, cfg.stop_after or cfg.steps)
@@ -180,21 +207,34 @@ def train(name: str, model_cfg: ModelConfig, cfg: TrainConfig, corpus: ByteCorpu
             timed_from = (time.perf_counter(), step)
         last = step == final_step
         if step % cfg.eval_every == 0 or last:
-            _sync(device)   # training work still queued must not count as validation time
+            _sync(device)  # training work still queued must not count as validation time
             t0 = time.perf_counter()
             val_losses[step] = evaluate(model, val_batches, cfg)
             if timed_from is not None and step >= timed_from[1]:
                 eval_seconds += time.perf_counter() - t0
-            log.info("%s: step %d/%d val_loss %.4f (%.0f s)", name, step, final_step,
-                     val_losses[step], time.perf_counter() - start)
+            log.info(
+                "%s: step %d/%d val_loss %.4f (%.0f s)",
+                name,
+                step,
+                final_step,
+                val_losses[step],
+                time.perf_counter() - start,
+            )
         if step % cfg.log_every == 0 or last or step in val_losses:
             elapsed = _flush(result, pending, val_losses, cfg, start, device)
             bar.update(step - bar.n)
-            bar.set_postfix(loss=f"{result.rows[-1]['train_loss']:.3f}",
-                            val=f"{val_losses[max(val_losses)]:.3f}")
+            bar.set_postfix(
+                loss=f"{result.rows[-1]['train_loss']:.3f}",
+                val=f"{val_losses[max(val_losses)]:.3f}",
+            )
             if cfg.max_seconds is not None and elapsed > cfg.max_seconds and not last:
-                log.warning("%s: stopped at step %d of %d (max_seconds=%s)", name, step,
-                            final_step, cfg.max_seconds)
+                log.warning(
+                    "%s: stopped at step %d of %d (max_seconds=%s)",
+                    name,
+                    step,
+                    final_step,
+                    cfg.max_seconds,
+                )
                 _sync(device)
                 t0 = time.perf_counter()
                 val_losses[step] = evaluate(model, val_batches, cfg)
@@ -208,22 +248,36 @@ def train(name: str, model_cfg: ModelConfig, cfg: TrainConfig, corpus: ByteCorpu
     timed_tokens = (step - timed_from[1]) * cfg.tokens_per_step if timed_from else 0
     timed_seconds = end - timed_from[0] - eval_seconds if timed_from else 0.0
     result.summary = {
-        "name": name, "ffn": model_cfg.ffn,
+        "name": name,
+        "ffn": model_cfg.ffn,
         "backend": model_cfg.backend if model_cfg.ffn == "flashmhf" else "-",
-        "params": params, "steps_done": step, "tokens": step * cfg.tokens_per_step,
-        "final_val_loss": val_losses[max(val_losses)], "best_val_loss": min(val_losses.values()),
-        "tokens_per_s": (timed_tokens / timed_seconds
-                         if timed_tokens and timed_seconds > 0 else None),
-        "peak_mem_mib": (torch.cuda.max_memory_allocated(device) / 2**20
-                         if device.type == "cuda" else None),
-        "train_seconds": end - start, "stopped_early": stopped_early,
-        "model": model_cfg.to_dict(), "train": asdict(cfg),
+        "params": params,
+        "steps_done": step,
+        "tokens": step * cfg.tokens_per_step,
+        "final_val_loss": val_losses[max(val_losses)],
+        "best_val_loss": min(val_losses.values()),
+        "tokens_per_s": (
+            timed_tokens / timed_seconds if timed_tokens and timed_seconds > 0 else None
+        ),
+        "peak_mem_mib": (
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        ),
+        "train_seconds": end - start,
+        "stopped_early": stopped_early,
+        "model": model_cfg.to_dict(),
+        "train": asdict(cfg),
     }
     return result
 
 
-def _flush(result: RunResult, pending: list, val_losses: dict[int, float], cfg: TrainConfig,
-           start: float, device: torch.device) -> float:
+def _flush(
+    result: RunResult,
+    pending: list,
+    val_losses: dict[int, float],
+    cfg: TrainConfig,
+    start: float,
+    device: torch.device,
+) -> float:
     """Read the pending losses back (one sync), append their rows, return elapsed seconds."""
     losses = torch.stack([p[1] for p in pending]).float().tolist()
     norms = torch.stack([p[2] for p in pending]).float().tolist()
@@ -231,9 +285,16 @@ def _flush(result: RunResult, pending: list, val_losses: dict[int, float], cfg: 
     for (step, _, _), loss, norm in zip(pending, losses, norms):
         if not math.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss} at step {step}")
-        result.rows.append({"step": step, "tokens": step * cfg.tokens_per_step,
-                            "lr": lr_at(step - 1, cfg), "train_loss": loss,
-                            "val_loss": val_losses.get(step), "grad_norm": norm,
-                            "elapsed_s": elapsed})
+        result.rows.append(
+            {
+                "step": step,
+                "tokens": step * cfg.tokens_per_step,
+                "lr": lr_at(step - 1, cfg),
+                "train_loss": loss,
+                "val_loss": val_losses.get(step),
+                "grad_norm": norm,
+                "elapsed_s": elapsed,
+            }
+        )
     pending.clear()
     return elapsed

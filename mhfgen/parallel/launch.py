@@ -7,6 +7,7 @@ that raises fails the call with its traceback; a group that does not finish with
 timeout_s (a collective one rank never joined hangs the others) is terminated. `torchrun`
 does the same job for scripts; this is for callers that want the results back as objects.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,10 +47,16 @@ def init_process_group(backend: str | None = None) -> torch.device:
     return device
 
 
-def _rank_main(rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple,
-               results: Any) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _rank_main(
+    rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple, results: Any
+) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     try:
         init_process_group()
         try:
@@ -62,8 +69,9 @@ def _rank_main(rank: int, world_size: int, port: int, fn: Callable[..., Any], ar
         results.put((rank, False, traceback.format_exc()))
 
 
-def run_on_ranks(fn: Callable[..., Any], world_size: int = 2, args: tuple = (),
-                 timeout_s: float = 300.0) -> list[Any]:
+def run_on_ranks(
+    fn: Callable[..., Any], world_size: int = 2, args: tuple = (), timeout_s: float = 300.0
+) -> list[Any]:
     """fn(*args) on world_size spawned ranks of one process group; their results in rank
     order. fn and its results must pickle (a module-level function, plain data)."""
     if world_size < 1:
@@ -71,8 +79,12 @@ def run_on_ranks(fn: Callable[..., Any], world_size: int = 2, args: tuple = (),
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_rank_main, args=(rank, world_size, port, fn, args, results),
-                         daemon=True) for rank in range(world_size)]
+    procs = [
+        ctx.Process(
+            target=_rank_main, args=(rank, world_size, port, fn, args, results), daemon=True
+        )
+        for rank in range(world_size)
+    ]
     for proc in procs:
         proc.start()
     got: dict[int, Any] = {}
@@ -81,8 +93,9 @@ def run_on_ranks(fn: Callable[..., Any], world_size: int = 2, args: tuple = (),
             try:
                 rank, ok, value = results.get(timeout=timeout_s)
             except queue.Empty:
-                raise TimeoutError(f"{fn.__name__} on {world_size} ranks did not finish within "
-                                   f"{timeout_s:.0f} s") from None
+                raise TimeoutError(
+                    f"{fn.__name__} on {world_size} ranks did not finish within {timeout_s:.0f} s"
+                ) from None
             if not ok:
                 raise RuntimeError(f"rank {rank} of {world_size} failed in {fn.__name__}:\n{value}")
             got[rank] = pickle.loads(value)

@@ -22,6 +22,7 @@ the partial sums of the row-parallel out_proj are added in a different order tha
 process adds them, and a compiled model fuses differently; in bf16 that is a few units of
 the last place of a bf16 number (2^-8 = 3.9e-3).
 """
+
 from __future__ import annotations
 
 import copy
@@ -75,9 +76,11 @@ class ParityResult:
         name, value = self.worst
         mode = "compiled" if self.compiled else "eager"
         verdict = "ok" if self.ok else "FAIL"
-        return (f"{self.check:8s} {mode:8s} {self.dtype:8s} {self.device:6s} "
-                f"W={self.world_size} worst {name} {value:.2e} (bar {self.tolerance:.1e}) "
-                f"{verdict}")
+        return (
+            f"{self.check:8s} {mode:8s} {self.dtype:8s} {self.device:6s} "
+            f"W={self.world_size} worst {name} {value:.2e} (bar {self.tolerance:.1e}) "
+            f"{verdict}"
+        )
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -100,8 +103,16 @@ class LMCase:
 
 def tiny_lm_case(backend: str = "torch", n_layers: int = 2) -> LMCase:
     """A model small enough for CPU processes (and Triton's interpreter)."""
-    cfg = ModelConfig(d_model=32, n_layers=n_layers, n_heads=2, mhf_heads=2,
-                      mhf_intermediate=64, mhf_experts=2, max_seq_len=16, backend=backend)
+    cfg = ModelConfig(
+        d_model=32,
+        n_layers=n_layers,
+        n_heads=2,
+        mhf_heads=2,
+        mhf_intermediate=64,
+        mhf_experts=2,
+        max_seq_len=16,
+        backend=backend,
+    )
     return LMCase(cfg, batch=4, seq=8)
 
 
@@ -147,8 +158,13 @@ def wrap_model(model: nn.Module, wrapper: str, device: torch.device) -> nn.Modul
     raise ValueError(f"wrapper must be one of {WRAPPERS}, got {wrapper!r}")
 
 
-def lm_step_parity(wrapper: str, case: LMCase, device: torch.device, compiled: bool = False,
-                   dtype: torch.dtype = torch.float32) -> ParityResult:
+def lm_step_parity(
+    wrapper: str,
+    case: LMCase,
+    device: torch.device,
+    compiled: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> ParityResult:
     """`case.steps` training steps of case.model under `wrapper` (one of WRAPPERS) against
     one process (see the module docstring); every rank returns the same errors."""
     if wrapper not in WRAPPERS:
@@ -159,10 +175,12 @@ def lm_step_parity(wrapper: str, case: LMCase, device: torch.device, compiled: b
     # the data-parallel ranks split the batch; tensor-parallel ranks (pairs of consecutive
     # ranks under "fsdp2+tp") compute the same sequences with their share of the heads
     dp_rank, dp_size = {"tp": (0, 1), "fsdp2+tp": (rank // 2, world // 2)}.get(
-        wrapper, (rank, world))
+        wrapper, (rank, world)
+    )
     if case.batch % dp_size:
-        raise ValueError(f"batch {case.batch} is not divisible by the {dp_size} "
-                         f"data-parallel ranks")
+        raise ValueError(
+            f"batch {case.batch} is not divisible by the {dp_size} data-parallel ranks"
+        )
     torch.manual_seed(case.seed)
     reference = CausalLM(case.model).to(device=device, dtype=dtype)
     model = copy.deepcopy(reference)
@@ -173,12 +191,12 @@ def lm_step_parity(wrapper: str, case: LMCase, device: torch.device, compiled: b
     opt = torch.optim.SGD(model.parameters(), lr=case.lr)
     data = torch.Generator().manual_seed(case.seed + 1)
     lo, hi = dp_rank * case.batch // dp_size, (dp_rank + 1) * case.batch // dp_size
-    result = ParityResult(wrapper, str(dtype).removeprefix("torch."), compiled, device.type,
-                          world)
+    result = ParityResult(wrapper, str(dtype).removeprefix("torch."), compiled, device.type, world)
     names = [name for name, _ in reference.named_parameters()]
     for _ in range(case.steps):
-        tokens = torch.randint(0, case.model.vocab_size, (case.batch, case.seq + 1),
-                               generator=data).to(device)
+        tokens = torch.randint(
+            0, case.model.vocab_size, (case.batch, case.seq + 1), generator=data
+        ).to(device)
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
         loss_ref = reference(inputs, targets)[1]
         loss_ref.backward()
@@ -215,13 +233,23 @@ class TPCase:
     seed: int = 0
 
     def layer(self, backend: str, device: torch.device, dtype: torch.dtype) -> FlashMHF:
-        return FlashMHF(self.d_model, self.n_heads, self.intermediate_size, self.n_experts,
-                        n_kv_heads=self.n_kv_heads, qk_norm=self.qk_norm, bias=self.bias,
-                        backend=backend, device=device, dtype=dtype)
+        return FlashMHF(
+            self.d_model,
+            self.n_heads,
+            self.intermediate_size,
+            self.n_experts,
+            n_kv_heads=self.n_kv_heads,
+            qk_norm=self.qk_norm,
+            bias=self.bias,
+            backend=backend,
+            device=device,
+            dtype=dtype,
+        )
 
 
-def tp_layer_parity(case: TPCase, device: torch.device, dtype: torch.dtype = torch.float32,
-                    backend: str = "triton") -> ParityResult:
+def tp_layer_parity(
+    case: TPCase, device: torch.device, dtype: torch.dtype = torch.float32, backend: str = "triton"
+) -> ParityResult:
     """The layer sharded by heads over every rank (a 1-D mesh of the world) against the
     unsharded layer: the output, the input's gradient and every parameter's gradient."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -240,8 +268,9 @@ def tp_layer_parity(case: TPCase, device: torch.device, dtype: torch.dtype = tor
     y_ref.backward(dy)
     y = sharded(x_tp)
     y.backward(dy)
-    result = ParityResult("tp-layer", str(dtype).removeprefix("torch."), False, device.type,
-                          dist.get_world_size())
+    result = ParityResult(
+        "tp-layer", str(dtype).removeprefix("torch."), False, device.type, dist.get_world_size()
+    )
     result.note("y", relative_error(y, y_ref))
     result.note("dx", relative_error(x_tp.grad, x_ref.grad))
     for (name, p_ref), p in zip(reference.named_parameters(), sharded.parameters()):

@@ -22,6 +22,7 @@ Use it as a style in a model's plan, `parallelize_module(model, tp_mesh,
 {"blocks.*.ffn": HeadParallel()})`, or on one layer, `parallelize_flashmhf(layer,
 tp_mesh)`. Both shard in place from rank 0's values (what `distribute_tensor` does).
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -45,25 +46,34 @@ def check_head_parallel(layer: nn.Module, device_mesh: DeviceMesh) -> int:
     layer is an unsharded FlashMHF with its projections and that T divides its kv heads;
     ValueError or TypeError otherwise."""
     if not isinstance(layer, FlashMHF):
-        raise TypeError(f"HeadParallel applies to mhfgen.FlashMHF layers, got "
-                        f"{type(layer).__name__}")
+        raise TypeError(
+            f"HeadParallel applies to mhfgen.FlashMHF layers, got {type(layer).__name__}"
+        )
     if layer.in_proj is None or layer.out_proj is None:
-        raise ValueError("HeadParallel needs the layer's in_proj and out_proj (they split and "
-                         "join the heads); this FlashMHF was built with projections=False")
+        raise ValueError(
+            "HeadParallel needs the layer's in_proj and out_proj (they split and "
+            "join the heads); this FlashMHF was built with projections=False"
+        )
     if not isinstance(device_mesh, DeviceMesh):
         raise TypeError(f"device_mesh must be a DeviceMesh, got {type(device_mesh).__name__}")
     if device_mesh.ndim != 1:
-        raise ValueError(f"device_mesh must be 1-D (the tensor-parallel dimension, e.g. "
-                         f"mesh['tp'] of a 2-D mesh), got {device_mesh.ndim} dimensions")
+        raise ValueError(
+            f"device_mesh must be 1-D (the tensor-parallel dimension, e.g. "
+            f"mesh['tp'] of a 2-D mesh), got {device_mesh.ndim} dimensions"
+        )
     degree = device_mesh.size()
     if layer.n_kv_heads % degree:
-        raise ValueError(f"a tensor-parallel mesh of size {degree} does not divide the layer's "
-                         f"n_kv_heads={layer.n_kv_heads}: each rank must hold whole kv heads "
-                         f"with their query heads; use a mesh size dividing {layer.n_kv_heads}")
+        raise ValueError(
+            f"a tensor-parallel mesh of size {degree} does not divide the layer's "
+            f"n_kv_heads={layer.n_kv_heads}: each rank must hold whole kv heads "
+            f"with their query heads; use a mesh size dividing {layer.n_kv_heads}"
+        )
     sharded = [name for name, p in layer.named_parameters() if isinstance(p, DTensor)]
     if sharded:
-        raise ValueError(f"the layer is already sharded ({', '.join(sharded)} are DTensors); "
-                         f"apply HeadParallel to an unsharded FlashMHF, before fully_shard")
+        raise ValueError(
+            f"the layer is already sharded ({', '.join(sharded)} are DTensors); "
+            f"apply HeadParallel to an unsharded FlashMHF, before fully_shard"
+        )
     return degree
 
 
@@ -74,15 +84,19 @@ class HeadParallel(ParallelStyle):
 
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
         check_head_parallel(module, device_mesh)
-        parallelize_module(module, device_mesh, {"in_proj": ColwiseParallel(),
-                                                 "out_proj": RowwiseParallel()},
-                           src_data_rank=self.src_data_rank)
+        parallelize_module(
+            module,
+            device_mesh,
+            {"in_proj": ColwiseParallel(), "out_proj": RowwiseParallel()},
+            src_data_rank=self.src_data_rank,
+        )
         for name in HEAD_PARAMETERS:
             param = getattr(module, name)
             if param is None:  # q_norm without qk_norm
                 continue
-            shards = distribute_tensor(param.data, device_mesh, [Shard(0)],
-                                       src_data_rank=self.src_data_rank)
+            shards = distribute_tensor(
+                param.data, device_mesh, [Shard(0)], src_data_rank=self.src_data_rank
+            )
             module.register_parameter(name, nn.Parameter(shards, param.requires_grad))
         return module
 

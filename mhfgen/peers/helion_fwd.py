@@ -8,6 +8,7 @@ on the first call (the benchmark's warm-up, which is not timed); `TUNINGS` recor
 it took and the config it chose. `configure()` sets the effort and the time budget that
 `mhfgen bench --helion-effort/--helion-budget` pass.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,8 +17,7 @@ from dataclasses import dataclass
 
 #: Helion's autotune efforts: 'none' runs Helion's default config without a search
 EFFORTS = ("none", "quick", "full")
-INSTALL_HINT = ("pip install helion==1.4.0, the extra mhfgen[helion]; it needs a CUDA "
-                "build of torch")
+INSTALL_HINT = "pip install helion==1.4.0, the extra mhfgen[helion]; it needs a CUDA build of torch"
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,18 @@ class AutotuneSettings:
 
     def __post_init__(self) -> None:
         if self.effort not in EFFORTS:
-            raise ValueError(f"Helion autotune effort must be one of {', '.join(EFFORTS)}, "
-                             f"got {self.effort!r}")
-        if not isinstance(self.budget_s, int) or isinstance(self.budget_s, bool) \
-                or self.budget_s < 1:
-            raise ValueError(f"Helion autotune budget must be a positive number of seconds, "
-                             f"got {self.budget_s!r}")
+            raise ValueError(
+                f"Helion autotune effort must be one of {', '.join(EFFORTS)}, got {self.effort!r}"
+            )
+        if (
+            not isinstance(self.budget_s, int)
+            or isinstance(self.budget_s, bool)
+            or self.budget_s < 1
+        ):
+            raise ValueError(
+                f"Helion autotune budget must be a positive number of seconds, "
+                f"got {self.budget_s!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ _tuned: set[tuple] = set()
 
 def _has_cuda() -> bool:
     import torch
+
     return torch.cuda.is_available()
 
 
@@ -93,8 +100,8 @@ def _kernel(ieee: bool):
     kernel = _kernels.get(key)
     if kernel is None:
         from . import helion_kernel
-        kernel = _kernels[key] = helion_kernel.make_kernel(SETTINGS.effort, SETTINGS.budget_s,
-                                                           ieee)
+
+        kernel = _kernels[key] = helion_kernel.make_kernel(SETTINGS.effort, SETTINGS.budget_s, ieee)
     return kernel
 
 
@@ -109,14 +116,23 @@ def flash_mhf_fwd(q, k, u, v, r):
     if key not in _tuned and SETTINGS.effort != "none":
         start = time.perf_counter()
         config = kernel.autotune((q, k, u, v, r), force=True)
-        TUNINGS.append(Tuning((tuple(q.shape), tuple(k.shape)), str(q.dtype).replace("torch.", ""),
-                              SETTINGS, time.perf_counter() - start, repr(config)))
+        TUNINGS.append(
+            Tuning(
+                (tuple(q.shape), tuple(k.shape)),
+                str(q.dtype).replace("torch.", ""),
+                SETTINGS,
+                time.perf_counter() - start,
+                repr(config),
+            )
+        )
     _tuned.add(key)
     return kernel(q, k, u, v, r)
 
 
 def describe_tunings() -> list[str]:
     """One line per autotuner run of this process."""
-    return [f"helion autotune (effort {t.settings.effort}, budget {t.settings.budget_s} s) of "
-            f"q {t.shape[0]} k {t.shape[1]} {t.dtype}: {t.seconds:.0f} s, config {t.config}"
-            for t in TUNINGS]
+    return [
+        f"helion autotune (effort {t.settings.effort}, budget {t.settings.budget_s} s) of "
+        f"q {t.shape[0]} k {t.shape[1]} {t.dtype}: {t.seconds:.0f} s, config {t.config}"
+        for t in TUNINGS
+    ]

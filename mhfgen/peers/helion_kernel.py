@@ -15,6 +15,7 @@ in registers; the loops walk the experts and, inside one, De in tiles; the two s
 q's dtype for the p V dot, which accumulates o's tile in fp32. Nothing of size I per token
 is written to memory.
 """
+
 from __future__ import annotations
 
 import helion
@@ -22,8 +23,9 @@ import helion.language as hl
 import torch
 
 
-def flash_mhf_fwd(q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                  r: torch.Tensor) -> torch.Tensor:
+def flash_mhf_fwd(
+    q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor
+) -> torch.Tensor:
     """The Helion kernel body (wrapped by `make_kernel`); shapes in the module docstring."""
     B, L, H, D = q.shape
     Hkv, E, De, _ = k.shape
@@ -59,11 +61,16 @@ def make_kernel(effort: str, budget_s: int, ieee: bool):
     """`helion.kernel` of the body: shapes specialised (static_shapes), the autotuner at
     `effort` ('none': Helion's default config, no search) within about `budget_s` seconds;
     IEEE fp32 dots when `ieee` (the fp32 problems), else Helion's default dot precision."""
-    settings = dict(static_shapes=True, autotune_effort=effort,
-                    autotune_budget_seconds=budget_s, autotune_progress_bar=False,
-                    # candidates are checked against the default config's output; bf16 rows
-                    # of different schedules differ by rounding, not by 1e-3
-                    autotune_baseline_atol=2e-2, autotune_baseline_rtol=2e-2)
+    settings = dict(
+        static_shapes=True,
+        autotune_effort=effort,
+        autotune_budget_seconds=budget_s,
+        autotune_progress_bar=False,
+        # candidates are checked against the default config's output; bf16 rows
+        # of different schedules differ by rounding, not by 1e-3
+        autotune_baseline_atol=2e-2,
+        autotune_baseline_rtol=2e-2,
+    )
     if ieee:
         settings["dot_precision"] = "ieee"
     return helion.kernel(flash_mhf_fwd, **settings)

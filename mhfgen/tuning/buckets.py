@@ -10,6 +10,7 @@ so a config tuned at 12000 tokens serves every call of 8193..16384 tokens. Small
 counts get exact buckets because there the grid of programs, and so the best split of the
 work (inter_splits, token_splits, BLOCK_M), changes with every token.
 """
+
 from __future__ import annotations
 
 import math

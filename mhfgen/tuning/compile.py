@@ -19,6 +19,7 @@ Failures come back classified: 'resources' (Triton's OutOfResources: shared memo
 registers), 'compile' (a compilation error), 'error' (anything else), 'timeout', 'crash'
 (the compiling process died; see CompilePool).
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,13 +56,15 @@ def _worker_inputs(spec_dict: dict, tokens: int, device: str) -> dict:
         dtype = spec.torch_dtype
         weights = (spec.kv_heads, spec.experts, spec.expert_dim, spec.head_dim)
         _worker_state.update(
-            key=key, device=dev,
+            key=key,
+            device=dev,
             q=torch.empty(1, tokens, spec.heads, spec.head_dim, dtype=dtype, device=dev),
             k=torch.empty(weights, dtype=dtype, device=dev),
             u=torch.empty(weights, dtype=dtype, device=dev),
             v=torch.empty(weights, dtype=dtype, device=dev),
             r=torch.empty(1, tokens, spec.heads, spec.experts, dtype=torch.float32, device=dev),
-            do=torch.empty(1, tokens, spec.heads, spec.head_dim, dtype=dtype, device=dev))
+            do=torch.empty(1, tokens, spec.heads, spec.head_dim, dtype=dtype, device=dev),
+        )
     return _worker_state
 
 
@@ -69,8 +72,9 @@ def _init_worker() -> None:
     import mhfgen  # noqa: F401 - sets TRITON_INTERPRET on CPU-only machines first
 
 
-def _compile_one(spec_dict: dict, tokens: int, device: str, kernel: str,
-                 config_json: str) -> Failure | None:
+def _compile_one(
+    spec_dict: dict, tokens: int, device: str, kernel: str, config_json: str
+) -> Failure | None:
     import json
 
     import torch
@@ -137,8 +141,9 @@ class CompilePool:
             self._pool = self._executor(self.jobs)
         return self._pool
 
-    def compile(self, spec, tokens: int,
-                candidates: Sequence[tuple[str, object]]) -> list[Failure | None]:
+    def compile(
+        self, spec, tokens: int, candidates: Sequence[tuple[str, object]]
+    ) -> list[Failure | None]:
         results: list[Failure | None | str] = [RETRY] * len(candidates)
         for _ in range(MAX_ROUNDS):
             todo = [i for i, r in enumerate(results) if r == RETRY]
@@ -148,21 +153,25 @@ class CompilePool:
                 results[i] = r
             crashed = [i for i, r in enumerate(results) if r == CRASHED]
             if crashed:
-                log.warning("a compile worker died: compiling %d candidate(s) one per process",
-                            len(crashed))
-                for i, r in zip(crashed, self._isolated(spec, tokens,
-                                                        [candidates[i] for i in crashed])):
+                log.warning(
+                    "a compile worker died: compiling %d candidate(s) one per process", len(crashed)
+                )
+                for i, r in zip(
+                    crashed, self._isolated(spec, tokens, [candidates[i] for i in crashed])
+                ):
                     results[i] = r
             if any(r == RETRY for r in results):
                 log.warning("a compile worker's CUDA context broke: restarting the pool")
                 self.close()
-        return [Failure("error", "compile workers kept failing") if r == RETRY else r
-                for r in results]
+        return [
+            Failure("error", "compile workers kept failing") if r == RETRY else r for r in results
+        ]
 
     def _submit(self, executor, spec_dict: dict, tokens: int, candidate):
         kernel, config = candidate
-        return executor.submit(_compile_one, spec_dict, tokens, self.device, kernel,
-                               config.to_json())
+        return executor.submit(
+            _compile_one, spec_dict, tokens, self.device, kernel, config.to_json()
+        )
 
     def _outcome(self, fut, deadline: float, broken):
         """A task's answer (Failure, None or RETRY); a 'timeout' Failure past `deadline`;
@@ -194,12 +203,13 @@ class CompilePool:
 
     def _isolated(self, spec, tokens: int, candidates) -> list:
         """Compile each candidate in a fresh process of its own, `jobs` at a time."""
-        crash = Failure("crash", "the compiler process died (an abort or a signal while "
-                                 "compiling this config)")
+        crash = Failure(
+            "crash", "the compiler process died (an abort or a signal while compiling this config)"
+        )
         results: list = []
         spec_dict = spec.as_dict()
         for lo in range(0, len(candidates), self.jobs):
-            group = candidates[lo:lo + self.jobs]
+            group = candidates[lo : lo + self.jobs]
             executors = [self._executor(1) for _ in group]
             futures = [self._submit(ex, spec_dict, tokens, c) for ex, c in zip(executors, group)]
             deadline = time.monotonic() + self.timeout_s

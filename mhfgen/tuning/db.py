@@ -38,6 +38,7 @@ A file that is not SQLite, is SQLite but not mhfgen's, has a newer schema, fails
 `PRAGMA quick_check` when opened for writing, is not a regular file, or a disk that fills
 up raises a typed TuningDBError with a one-line message.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,8 +75,17 @@ WRITE_RETRY_FIRST_S, WRITE_RETRY_MAX_S = 1.0, 30.0
 #: the KernelSpec fields a key holds as columns, in KernelSpec's order (the target follows
 #: from the key's compute capability)
 SPEC_COLUMNS = tuple(name for name in SPEC_FIELDS if name != "target")
-KEY_COLUMNS = ("op", "variant", "template_hash", *SPEC_COLUMNS, "bucket", "tokens", "gpu_name",
-               "compute_capability", "triton_version")
+KEY_COLUMNS = (
+    "op",
+    "variant",
+    "template_hash",
+    *SPEC_COLUMNS,
+    "bucket",
+    "tokens",
+    "gpu_name",
+    "compute_capability",
+    "triton_version",
+)
 TRIALS_INDEX = ("variant", "template_hash", "gpu_name", "heads", "head_dim", "bucket")
 
 
@@ -102,13 +112,17 @@ def _add_variant(db: sqlite_utils.Database) -> None:
             variant = schema2.variant_of_kernel(kernel)
             if variant is None:
                 continue  # not a kernel of schema 2: its rows stay unreadable, as before
-            conn.execute(f"UPDATE {table} SET variant = ?, op = ? WHERE variant = ?",
-                         [variant.stem, variant.op, kernel])
-            rows = conn.execute(f"SELECT rowid, config FROM {table} WHERE variant = ?",
-                                [variant.stem]).fetchall()
-            conn.executemany(f"UPDATE {table} SET config = ? WHERE rowid = ?",
-                             [(canonical_config_json(variant, text), rowid)
-                              for rowid, text in rows])
+            conn.execute(
+                f"UPDATE {table} SET variant = ?, op = ? WHERE variant = ?",
+                [variant.stem, variant.op, kernel],
+            )
+            rows = conn.execute(
+                f"SELECT rowid, config FROM {table} WHERE variant = ?", [variant.stem]
+            ).fetchall()
+            conn.executemany(
+                f"UPDATE {table} SET config = ? WHERE rowid = ?",
+                [(canonical_config_json(variant, text), rowid) for rowid, text in rows],
+            )
     conn.execute("DROP INDEX IF EXISTS winners_key")
     conn.execute("DROP INDEX IF EXISTS trials_problem")
     db["winners"].create_index(KEY_COLUMNS, unique=True, index_name="winners_key")
@@ -117,17 +131,42 @@ def _add_variant(db: sqlite_utils.Database) -> None:
 
 #: schema version -> function upgrading a connection from it to the next version
 MIGRATIONS: dict[int, object] = {1: _add_code_hash, 2: _add_variant}
-_KEY_TYPES = {**{name: int for name in SPEC_COLUMNS if SPEC_FIELD_TYPES[name] is int},
-              "bucket": int, "tokens": int}
-WINNER_COLUMNS = {**{c: _KEY_TYPES.get(c, str) for c in KEY_COLUMNS},
-                  "config": str, "ms": float, "tflops": float, "default_ms": float,
-                  "speedup": float, "timer": str, "trials": int, "mhfgen_version": str,
-                  "torch_version": str, "created": str, "code_hash": str}
-TRIAL_COLUMNS = {"id": int, **{c: _KEY_TYPES.get(c, str) for c in KEY_COLUMNS},
-                 "config": str, "status": str, "stage": str, "reason": str, "ms": float,
-                 "tflops": float, "error": float, "timer": str, "study": str,
-                 "trial_number": int, "mhfgen_version": str, "torch_version": str,
-                 "created": str}
+_KEY_TYPES = {
+    **{name: int for name in SPEC_COLUMNS if SPEC_FIELD_TYPES[name] is int},
+    "bucket": int,
+    "tokens": int,
+}
+WINNER_COLUMNS = {
+    **{c: _KEY_TYPES.get(c, str) for c in KEY_COLUMNS},
+    "config": str,
+    "ms": float,
+    "tflops": float,
+    "default_ms": float,
+    "speedup": float,
+    "timer": str,
+    "trials": int,
+    "mhfgen_version": str,
+    "torch_version": str,
+    "created": str,
+    "code_hash": str,
+}
+TRIAL_COLUMNS = {
+    "id": int,
+    **{c: _KEY_TYPES.get(c, str) for c in KEY_COLUMNS},
+    "config": str,
+    "status": str,
+    "stage": str,
+    "reason": str,
+    "ms": float,
+    "tflops": float,
+    "error": float,
+    "timer": str,
+    "study": str,
+    "trial_number": int,
+    "mhfgen_version": str,
+    "torch_version": str,
+    "created": str,
+}
 
 
 #: the largest token count a key may hold: its bucket (the next power of two) must still
@@ -155,8 +194,10 @@ def check_key_values(values: dict, where: str) -> None:
             if not value.isprintable():
                 raise ValueError(f"{where}{column} must be printable text, got {value!r}")
     if not _COMPUTE_CAPABILITY.fullmatch(values["compute_capability"]):
-        raise ValueError(f"{where}compute_capability must be 'MAJOR.MINOR' (e.g. '9.0') or "
-                         f"'none', got {values['compute_capability']!r}")
+        raise ValueError(
+            f"{where}compute_capability must be 'MAJOR.MINOR' (e.g. '9.0') or "
+            f"'none', got {values['compute_capability']!r}"
+        )
 
 
 class TuningDBError(Exception):
@@ -194,7 +235,7 @@ def _full(exc: sqlite3.Error) -> bool:
 
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _Probe(Exception):
@@ -220,24 +261,29 @@ def _check_writable(path: Path, create_parents: bool = True) -> None:
         except OSError:
             pass  # reported below, as for any other folder
     if not create_parents and not folder.is_dir():
-        raise TuningDBError(f"{folder} does not exist (the folder of {path}); mhfgen creates "
-                            f"the database file, not its folders: create the folder or name "
-                            f"another file")
+        raise TuningDBError(
+            f"{folder} does not exist (the folder of {path}); mhfgen creates "
+            f"the database file, not its folders: create the folder or name "
+            f"another file"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise TuningDBError(f"cannot create the folder of {path} ({exc.strerror or exc})"
-                            ) from exc
+        raise TuningDBError(f"cannot create the folder of {path} ({exc.strerror or exc})") from exc
     if path.exists() and not os.access(path, os.W_OK):
-        raise TuningDBError(f"{path} is read-only (no write permission); this command "
-                            f"writes to it: make it writable or use another file "
-                            f"(--db or $MHFGEN_DB)")
+        raise TuningDBError(
+            f"{path} is read-only (no write permission); this command "
+            f"writes to it: make it writable or use another file "
+            f"(--db or $MHFGEN_DB)"
+        )
     if not os.access(folder, os.W_OK | os.X_OK):
         what = "the database" if path.exists() else "a new database"
-        raise TuningDBError(f"{folder} is not writable: SQLite needs to create {what} and its "
-                            f"journal files there ({path.name}-wal, {path.name}-journal); "
-                            f"make the folder writable or use another file (--db or "
-                            f"$MHFGEN_DB)")
+        raise TuningDBError(
+            f"{folder} is not writable: SQLite needs to create {what} and its "
+            f"journal files there ({path.name}-wal, {path.name}-journal); "
+            f"make the folder writable or use another file (--db or "
+            f"$MHFGEN_DB)"
+        )
 
 
 def _check_regular(path: Path) -> None:
@@ -249,11 +295,20 @@ def _check_regular(path: Path) -> None:
         return  # absent (or unreachable: opening it says why)
     if stat.S_ISREG(mode):
         return
-    kind = ("a character device" if stat.S_ISCHR(mode) else "a block device"
-            if stat.S_ISBLK(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
-            if stat.S_ISSOCK(mode) else "not a regular file")
-    raise TuningDBError(f"{path} is {kind}, not a tuning database file; use a regular file "
-                        f"(--db or $MHFGEN_DB)")
+    kind = (
+        "a character device"
+        if stat.S_ISCHR(mode)
+        else "a block device"
+        if stat.S_ISBLK(mode)
+        else "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "not a regular file"
+    )
+    raise TuningDBError(
+        f"{path} is {kind}, not a tuning database file; use a regular file (--db or $MHFGEN_DB)"
+    )
 
 
 def utc_now() -> str:
@@ -275,13 +330,29 @@ class _TuningKey:
         return self.variant
 
     @classmethod
-    def of(cls, kernel: str, template_hash: str, spec: KernelSpec, bucket: int, tokens: int,
-           gpu_name: str, compute_capability: str, triton_version: str) -> TuningKey:
+    def of(
+        cls,
+        kernel: str,
+        template_hash: str,
+        spec: KernelSpec,
+        bucket: int,
+        tokens: int,
+        gpu_name: str,
+        compute_capability: str,
+        triton_version: str,
+    ) -> TuningKey:
         """The key of variant `kernel` (its op from the registry)."""
-        return cls(op=registry.get(kernel).op, variant=kernel, template_hash=template_hash,
-                   **{name: getattr(spec, name) for name in SPEC_COLUMNS}, bucket=bucket,
-                   tokens=tokens, gpu_name=gpu_name, compute_capability=compute_capability,
-                   triton_version=triton_version)
+        return cls(
+            op=registry.get(kernel).op,
+            variant=kernel,
+            template_hash=template_hash,
+            **{name: getattr(spec, name) for name in SPEC_COLUMNS},
+            bucket=bucket,
+            tokens=tokens,
+            gpu_name=gpu_name,
+            compute_capability=compute_capability,
+            triton_version=triton_version,
+        )
 
     def spec_fields(self) -> tuple:
         """The values of SPEC_COLUMNS (heads, kv_heads, head_dim, experts, expert_dim,
@@ -293,8 +364,10 @@ class _TuningKey:
         (ValueError where those do not make one)."""
         from ..device import target_for
 
-        return KernelSpec(**dict(zip(SPEC_COLUMNS, self.spec_fields())),
-                          target=target_for(self.compute_capability))
+        return KernelSpec(
+            **dict(zip(SPEC_COLUMNS, self.spec_fields())),
+            target=target_for(self.compute_capability),
+        )
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -317,14 +390,16 @@ class _TuningKey:
                 raise ValueError(f"{where}{exc}") from None
         missing = [c for c in KEY_COLUMNS if c not in row]
         if missing:
-            raise ValueError(f"{where}missing key field{'s' if len(missing) > 1 else ''} "
-                             f"{', '.join(missing)}")
+            raise ValueError(
+                f"{where}missing key field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+            )
         check_key_values(row, where)
         if row["variant"] in registry.stems():
             op = registry.get(row["variant"]).op
             if row["op"] != op:  # one variant key would hold two winners, under two ops
-                raise ValueError(f"{where}op {row['op']!r} is not the op of variant "
-                                 f"{row['variant']} ({op!r})")
+                raise ValueError(
+                    f"{where}op {row['op']!r} is not the op of variant {row['variant']} ({op!r})"
+                )
         return cls(**{c: row[c] for c in KEY_COLUMNS})
 
     def parse_config(self, data):
@@ -334,8 +409,11 @@ class _TuningKey:
 
 
 TuningKey = dataclasses.make_dataclass(
-    "TuningKey", [(c, _KEY_TYPES.get(c, str)) for c in KEY_COLUMNS], bases=(_TuningKey,),
-    frozen=True)
+    "TuningKey",
+    [(c, _KEY_TYPES.get(c, str)) for c in KEY_COLUMNS],
+    bases=(_TuningKey,),
+    frozen=True,
+)
 TuningKey.__module__, TuningKey.__doc__ = __name__, _TuningKey.__doc__
 
 
@@ -366,8 +444,7 @@ class WinnerRecord:
     code_hash: str | None = None  # mhfgen.codegen.code_hash of (variant, spec, config)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "config", _variant_config(self.key, self.config,
-                                                           "WinnerRecord"))
+        object.__setattr__(self, "config", _variant_config(self.key, self.config, "WinnerRecord"))
         strict_float(self.ms, "WinnerRecord.ms", positive=True)
         strict_float(self.tflops, "WinnerRecord.tflops", low=0.0)
         strict_float(self.default_ms, "WinnerRecord.default_ms", positive=True, optional=True)
@@ -379,23 +456,38 @@ class WinnerRecord:
 
     def to_row(self) -> dict:
         row = self.key.as_dict()
-        row.update(config=self.config.to_json(), ms=self.ms, tflops=self.tflops,
-                   default_ms=self.default_ms, speedup=self.speedup, timer=self.timer,
-                   trials=self.trials, mhfgen_version=self.mhfgen_version,
-                   torch_version=self.torch_version, created=self.created,
-                   code_hash=self.code_hash)
+        row.update(
+            config=self.config.to_json(),
+            ms=self.ms,
+            tflops=self.tflops,
+            default_ms=self.default_ms,
+            speedup=self.speedup,
+            timer=self.timer,
+            trials=self.trials,
+            mhfgen_version=self.mhfgen_version,
+            torch_version=self.torch_version,
+            created=self.created,
+            code_hash=self.code_hash,
+        )
         return row
 
     @classmethod
     def from_row(cls, row: dict) -> WinnerRecord:
         key = TuningKey.from_row(row)
-        return cls(key, key.parse_config(row["config"]),
-                   float(row["ms"]), float(row["tflops"] or 0.0),
-                   None if row.get("default_ms") is None else float(row["default_ms"]),
-                   None if row.get("speedup") is None else float(row["speedup"]),
-                   row.get("timer") or "", int(row.get("trials") or 0),
-                   row.get("mhfgen_version") or "", row.get("torch_version") or "",
-                   row.get("created") or "", row.get("code_hash") or None)
+        return cls(
+            key,
+            key.parse_config(row["config"]),
+            float(row["ms"]),
+            float(row["tflops"] or 0.0),
+            None if row.get("default_ms") is None else float(row["default_ms"]),
+            None if row.get("speedup") is None else float(row["speedup"]),
+            row.get("timer") or "",
+            int(row.get("trials") or 0),
+            row.get("mhfgen_version") or "",
+            row.get("torch_version") or "",
+            row.get("created") or "",
+            row.get("code_hash") or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -423,8 +515,9 @@ class TrialRecord:
             raise ValueError(f"TrialRecord.status must be 'ok' or 'failed', got {self.status!r}")
         for name in ("ms", "tflops", "error"):  # error may be inf or nan (a failed check)
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, (int, float))):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))
+            ):
                 raise ValueError(f"TrialRecord.{name} must be a number, got {value!r}")
         if self.status == "ok" and self.ms is None:
             raise ValueError("TrialRecord.ms is needed for a trial of status 'ok'")
@@ -433,22 +526,42 @@ class TrialRecord:
 
     def to_row(self) -> dict:
         row = self.key.as_dict()
-        row.update(config=self.config.to_json(), status=self.status, stage=self.stage,
-                   reason=self.reason, ms=self.ms, tflops=self.tflops, error=self.error,
-                   timer=self.timer, study=self.study, trial_number=self.trial_number,
-                   mhfgen_version=self.mhfgen_version, torch_version=self.torch_version,
-                   created=self.created or utc_now())
+        row.update(
+            config=self.config.to_json(),
+            status=self.status,
+            stage=self.stage,
+            reason=self.reason,
+            ms=self.ms,
+            tflops=self.tflops,
+            error=self.error,
+            timer=self.timer,
+            study=self.study,
+            trial_number=self.trial_number,
+            mhfgen_version=self.mhfgen_version,
+            torch_version=self.torch_version,
+            created=self.created or utc_now(),
+        )
         return row
 
     @classmethod
     def from_row(cls, row: dict) -> TrialRecord:
         key = TuningKey.from_row(row)
-        return cls(key, key.parse_config(row["config"]),
-                   row["status"], row.get("ms"), row.get("tflops"), row.get("error"),
-                   row.get("stage"), row.get("reason"), row.get("timer") or "",
-                   row.get("study") or "", row.get("trial_number"),
-                   row.get("mhfgen_version") or "", row.get("torch_version") or "",
-                   row.get("created") or "")
+        return cls(
+            key,
+            key.parse_config(row["config"]),
+            row["status"],
+            row.get("ms"),
+            row.get("tflops"),
+            row.get("error"),
+            row.get("stage"),
+            row.get("reason"),
+            row.get("timer") or "",
+            row.get("study") or "",
+            row.get("trial_number"),
+            row.get("mhfgen_version") or "",
+            row.get("torch_version") or "",
+            row.get("created") or "",
+        )
 
 
 class TuningDB:
@@ -468,8 +581,9 @@ class TuningDB:
 
     # -- opening -----------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, readonly: bool = False,
-             create_parents: bool = True) -> TuningDB:
+    def open(
+        cls, path: str | Path, readonly: bool = False, create_parents: bool = True
+    ) -> TuningDB:
         """The database at `path`; writable unless `readonly`. A writable open creates
         the file, and its missing folders only with `create_parents` (a path the user
         named must not make folders appear: `--db /typo/dir/x.sqlite` is an error)."""
@@ -498,8 +612,9 @@ class TuningDB:
         else:
             _check_writable(path, create_parents)
             try:
-                conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S,
-                                       isolation_level=None, check_same_thread=False)
+                conn = sqlite3.connect(
+                    str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                )
             except sqlite3.Error as exc:
                 raise TuningDBError(f"{path}: cannot open it for writing ({exc})") from exc
         self = cls._checked(path, conn, readonly)
@@ -519,14 +634,19 @@ class TuningDB:
             pass
         except sqlite3.Error as exc:
             self.close()
-            raise TuningDBError(f"{self.path} cannot be written ({exc}); use a writable "
-                                f"file (--db or $MHFGEN_DB)") from exc
+            raise TuningDBError(
+                f"{self.path} cannot be written ({exc}); use a writable file (--db or $MHFGEN_DB)"
+            ) from exc
 
     @classmethod
     def _open_readonly(cls, path: Path, query: str) -> TuningDB:
-        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?{query}", uri=True,
-                               timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                               check_same_thread=False)
+        conn = sqlite3.connect(
+            f"file:{quote(str(path.resolve()))}?{query}",
+            uri=True,
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,
+            check_same_thread=False,
+        )
         return cls._checked(path, conn, True)
 
     @classmethod
@@ -541,7 +661,8 @@ class TuningDB:
             if _full(exc):
                 raise StorageFullError(
                     f"{path}: the disk is full (or the database reached its size limit); "
-                    f"free some space and run the command again") from exc
+                    f"free some space and run the command again"
+                ) from exc
             raise TuningDBError(f"{path}: cannot open it ({_one_line(exc)})") from exc
         except BaseException:
             self.db.conn.close()
@@ -554,10 +675,13 @@ class TuningDB:
             tables = set(self.db.table_names())
         except sqlite3.DatabaseError as exc:
             if _not_a_database(exc):
-                raise CorruptDatabaseError(f"{self.path} is not a usable SQLite file ({exc}); "
-                                           f"delete or replace it") from exc
-            raise TuningDBError(f"{self.path}: cannot open it ({exc}); check the file's and "
-                                f"its folder's permissions") from exc
+                raise CorruptDatabaseError(
+                    f"{self.path} is not a usable SQLite file ({exc}); delete or replace it"
+                ) from exc
+            raise TuningDBError(
+                f"{self.path}: cannot open it ({exc}); check the file's and "
+                f"its folder's permissions"
+            ) from exc
         if not tables:
             if self.readonly:
                 self.empty = True
@@ -570,12 +694,14 @@ class TuningDB:
                 raise CorruptDatabaseError(
                     f"{self.path} is damaged (SQLite's quick_check: {problem}); writing to it "
                     f"could lose what it holds: restore it from a copy, or export what still "
-                    f"reads (`mhfgen export --db {self.path}`) and import that into a new file")
+                    f"reads (`mhfgen export --db {self.path}`) and import that into a new file"
+                )
         version = self._schema_version(tables)
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{self.path} has tuning-database schema {version}, newer than the "
-                f"{SCHEMA_VERSION} this mhfgen reads; upgrade mhfgen or use another database")
+                f"{SCHEMA_VERSION} this mhfgen reads; upgrade mhfgen or use another database"
+            )
         if version < SCHEMA_VERSION:
             self._migrate(version)
         self._check_columns()
@@ -598,7 +724,8 @@ class TuningDB:
         if "meta" not in tables:
             raise ForeignDatabaseError(
                 f"{self.path} is an SQLite database but not an mhfgen tuning database "
-                f"(it has no 'meta' table; tables: {', '.join(sorted(tables))})")
+                f"(it has no 'meta' table; tables: {', '.join(sorted(tables))})"
+            )
         try:
             meta = {r["key"]: r["value"] for r in self.db["meta"].rows}
         except (sqlite3.DatabaseError, KeyError) as exc:
@@ -606,7 +733,8 @@ class TuningDB:
         if meta.get("format") != FORMAT:
             raise ForeignDatabaseError(
                 f"{self.path} is an SQLite database but not an mhfgen tuning database "
-                f"(meta format is {meta.get('format')!r}, expected {FORMAT!r})")
+                f"(meta format is {meta.get('format')!r}, expected {FORMAT!r})"
+            )
         try:
             return int(meta["schema_version"])
         except (KeyError, ValueError) as exc:
@@ -628,10 +756,12 @@ class TuningDB:
         """Every step from `version` to SCHEMA_VERSION in one write transaction. The
         version is read again inside it: another writer may have migrated the file
         between this process's first read and its taking the lock."""
+
         def missing(v: int) -> SchemaVersionError:
             return SchemaVersionError(
                 f"{self.path} has tuning-database schema {v}, older than "
-                f"{SCHEMA_VERSION}, and no migration exists; re-tune into a new database")
+                f"{SCHEMA_VERSION}, and no migration exists; re-tune into a new database"
+            )
 
         if self.readonly and not readonly_copy:
             raise missing(version)
@@ -641,15 +771,17 @@ class TuningDB:
                 raise SchemaVersionError(
                     f"{self.path} has tuning-database schema {version}, newer than the "
                     f"{SCHEMA_VERSION} this mhfgen reads; upgrade mhfgen or use another "
-                    f"database")
+                    f"database"
+                )
             while version < SCHEMA_VERSION:
                 step = MIGRATIONS.get(version)
                 if step is None:
                     raise missing(version)
                 step(self.db)
                 version += 1
-                self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                                [str(version)])
+                self.db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(version)]
+                )
 
     def _check_columns(self) -> None:
         for table, columns in (("winners", WINNER_COLUMNS), ("trials", TRIAL_COLUMNS)):
@@ -658,25 +790,35 @@ class TuningDB:
             missing = set(columns) - set(self.db[table].columns_dict)
             if missing:
                 raise CorruptDatabaseError(
-                    f"{self.path}: the '{table}' table lacks columns {sorted(missing)}")
+                    f"{self.path}: the '{table}' table lacks columns {sorted(missing)}"
+                )
 
     def _create(self) -> None:
         self.db.enable_wal()
         with self.transaction():
             self.db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-            self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)",
-                            [FORMAT])
-            self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES "
-                            "('schema_version', ?)", [str(SCHEMA_VERSION)])
-            self.db["winners"].create(WINNER_COLUMNS, not_null=set(KEY_COLUMNS) | {"config", "ms"},
-                                      if_not_exists=True)
-            self.db["winners"].create_index(KEY_COLUMNS, unique=True, if_not_exists=True,
-                                            index_name="winners_key")
-            self.db["trials"].create(TRIAL_COLUMNS, pk="id",
-                                     not_null=set(KEY_COLUMNS) | {"config", "status"},
-                                     if_not_exists=True)
-            self.db["trials"].create_index(TRIALS_INDEX, if_not_exists=True,
-                                           index_name="trials_problem")
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", [FORMAT]
+            )
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                [str(SCHEMA_VERSION)],
+            )
+            self.db["winners"].create(
+                WINNER_COLUMNS, not_null=set(KEY_COLUMNS) | {"config", "ms"}, if_not_exists=True
+            )
+            self.db["winners"].create_index(
+                KEY_COLUMNS, unique=True, if_not_exists=True, index_name="winners_key"
+            )
+            self.db["trials"].create(
+                TRIAL_COLUMNS,
+                pk="id",
+                not_null=set(KEY_COLUMNS) | {"config", "status"},
+                if_not_exists=True,
+            )
+            self.db["trials"].create_index(
+                TRIALS_INDEX, if_not_exists=True, index_name="trials_problem"
+            )
 
     # -- transactions ------------------------------------------------------------
     @contextmanager
@@ -699,7 +841,8 @@ class TuningDB:
                 raise StorageFullError(
                     f"{self.path}: the disk is full (or the database reached its size "
                     f"limit); nothing of this write was stored: free some space and run the "
-                    f"command again") from exc
+                    f"command again"
+                ) from exc
             raise
 
     def _begin(self) -> None:
@@ -716,8 +859,11 @@ class TuningDB:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 if attempt:
-                    log.warning("mhfgen: %s: got the write lock after %.1f s", self.path,
-                                time.monotonic() - start)
+                    log.warning(
+                        "mhfgen: %s: got the write lock after %.1f s",
+                        self.path,
+                        time.monotonic() - start,
+                    )
                 return
             except sqlite3.OperationalError as exc:
                 if not _busy(exc):
@@ -735,9 +881,14 @@ class TuningDB:
                         f"{self.path}`) or write to another file (--db or $MHFGEN_DB)"
                     ) from exc
                 attempt += 1
-                log.warning("mhfgen: %s is locked by another writer (waited %.1f s); "
-                            "retrying in %.1f s (attempt %d)", self.path, waited, pause,
-                            attempt + 1)
+                log.warning(
+                    "mhfgen: %s is locked by another writer (waited %.1f s); "
+                    "retrying in %.1f s (attempt %d)",
+                    self.path,
+                    waited,
+                    pause,
+                    attempt + 1,
+                )
                 time.sleep(pause)
                 pause = min(pause * 2, WRITE_RETRY_MAX_S)
 
@@ -759,16 +910,22 @@ class TuningDB:
         study and the process that finishes it can all write, and each trial is stored
         once."""
         self._writable()
-        where = " AND ".join(f"{c} = ?" for c in (*KEY_COLUMNS, "study", "config")) \
+        where = (
+            " AND ".join(f"{c} = ?" for c in (*KEY_COLUMNS, "study", "config"))
             + " AND trial_number IS ?"
+        )
         added = 0
         with self.transaction():
             for record in records:
                 row = record.to_row()
-                if once and self.db.execute(
+                if (
+                    once
+                    and self.db.execute(
                         f"SELECT 1 FROM trials WHERE {where} LIMIT 1",
-                        [row[c] for c in (*KEY_COLUMNS, "study", "config", "trial_number")]
-                ).fetchone() is not None:
+                        [row[c] for c in (*KEY_COLUMNS, "study", "config", "trial_number")],
+                    ).fetchone()
+                    is not None
+                ):
                     continue
                 self.db["trials"].insert(row)
                 added += 1
@@ -791,8 +948,9 @@ class TuningDB:
         rows = [record.to_row() for record in records]  # outside the write lock
         columns = list(WINNER_COLUMNS)
         select = f"SELECT {', '.join(columns)} FROM winners WHERE {where}"
-        insert = (f"INSERT INTO winners ({', '.join(columns)}) "
-                  f"VALUES ({', '.join('?' for _ in columns)})")
+        insert = (
+            f"INSERT INTO winners ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        )
         ms_at = columns.index("ms")
         outcomes = []
         with self.transaction():  # short: one indexed read per record, writes in bulk
@@ -815,8 +973,9 @@ class TuningDB:
                     continue
                 pending[key] = values
                 outcomes.append("added" if old is None else "replaced")
-            conn.executemany(f"DELETE FROM winners WHERE {where}",
-                             [key for key in pending if key in stored])
+            conn.executemany(
+                f"DELETE FROM winners WHERE {where}", [key for key in pending if key in stored]
+            )
             conn.executemany(insert, list(pending.values()))
         return outcomes
 
@@ -826,8 +985,9 @@ class TuningDB:
         row = key.as_dict()
         where = " AND ".join(f"{c} = ?" for c in KEY_COLUMNS)
         with self.transaction():
-            cursor = self.db.execute(f"DELETE FROM winners WHERE {where}",
-                                     [row[c] for c in KEY_COLUMNS])
+            cursor = self.db.execute(
+                f"DELETE FROM winners WHERE {where}", [row[c] for c in KEY_COLUMNS]
+            )
         return cursor.rowcount > 0
 
     # -- reading -----------------------------------------------------------------
@@ -842,7 +1002,8 @@ class TuningDB:
         where = " AND ".join(f"{c} = ?" for c in filters) or "1"
         try:
             cursor = self.db.execute(
-                f"SELECT * FROM {table} WHERE {where} ORDER BY {order}", list(filters.values()))
+                f"SELECT * FROM {table} WHERE {where} ORDER BY {order}", list(filters.values())
+            )
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, r)) for r in cursor.fetchall()]
         except sqlite3.DatabaseError as exc:
@@ -891,8 +1052,9 @@ def layer_paths() -> list[tuple[str, Path]]:
     return layers
 
 
-def load_layered_winners(gpu_name: str, compute_capability: str, triton_version: str
-                         ) -> list[tuple[str, WinnerRecord]]:
+def load_layered_winners(
+    gpu_name: str, compute_capability: str, triton_version: str
+) -> list[tuple[str, WinnerRecord]]:
     """(layer, winner) for this GPU and Triton version from every layer, user first.
 
     A layer that cannot be read is skipped with a logged warning: at run time a broken
@@ -902,10 +1064,16 @@ def load_layered_winners(gpu_name: str, compute_capability: str, triton_version:
     for layer, path in layer_paths():
         try:
             with TuningDB.open(path, readonly=True) as db:
-                for rec in db.winners(gpu_name=gpu_name, compute_capability=compute_capability,
-                                      triton_version=triton_version):
+                for rec in db.winners(
+                    gpu_name=gpu_name,
+                    compute_capability=compute_capability,
+                    triton_version=triton_version,
+                ):
                     out.append((layer, rec))
         except (TuningDBError, sqlite3.Error, OSError) as exc:
-            log.warning("mhfgen: ignoring the %s tuning database, using built-in configs "
-                        "instead: %s", layer, exc)
+            log.warning(
+                "mhfgen: ignoring the %s tuning database, using built-in configs instead: %s",
+                layer,
+                exc,
+            )
     return out

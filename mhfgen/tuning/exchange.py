@@ -21,6 +21,7 @@ Records that no longer run the code they were tuned with are refused
 (mhfgen.tuning.lookup.still_current: another template hash, and a code hash of their spec
 and config that differs from today's or is missing).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,8 +33,18 @@ from .buckets import shape_bucket
 from .db import KEY_COLUMNS, SCHEMA_VERSION, TuningDB, TuningKey, WinnerRecord, utc_now
 
 EXPORT_FORMAT = "mhfgen-tuning-export"
-_PROVENANCE = ("ms", "tflops", "default_ms", "speedup", "timer", "trials", "mhfgen_version",
-               "torch_version", "created", "code_hash")
+_PROVENANCE = (
+    "ms",
+    "tflops",
+    "default_ms",
+    "speedup",
+    "timer",
+    "trials",
+    "mhfgen_version",
+    "torch_version",
+    "created",
+    "code_hash",
+)
 
 
 class ExchangeError(ValueError):
@@ -43,8 +54,14 @@ class ExchangeError(ValueError):
 def export_winners(db: TuningDB, **filters) -> dict:
     """Every winner of `db` whose key columns equal `filters`, as an export document."""
     records = [winner_as_dict(w) for w in db.winners(**filters)]
-    return {"format": EXPORT_FORMAT, "schema_version": SCHEMA_VERSION, "exported": utc_now(),
-            "mhfgen_version": __version__, "source": str(db.path), "records": records}
+    return {
+        "format": EXPORT_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "exported": utc_now(),
+        "mhfgen_version": __version__,
+        "source": str(db.path),
+        "records": records,
+    }
 
 
 def winner_as_dict(w: WinnerRecord) -> dict:
@@ -94,8 +111,11 @@ def _record(i: int, rec) -> WinnerRecord | UnknownRecord:
         if not isinstance(rec, dict):
             raise ValueError(f"must be an object, got {type(rec).__name__}")
         name = rec.get("variant", rec.get("kernel"))
-        known = (schema2.variant_of_kernel(name) is not None if "variant" not in rec
-                 else name in registry.stems())
+        known = (
+            schema2.variant_of_kernel(name) is not None
+            if "variant" not in rec
+            else name in registry.stems()
+        )
         if isinstance(name, str) and not known:
             return UnknownRecord(name)
         unknown = sorted(set(rec) - set(KEY_COLUMNS) - {"config", "kernel", *_PROVENANCE})
@@ -107,13 +127,18 @@ def _record(i: int, rec) -> WinnerRecord | UnknownRecord:
         key = TuningKey.from_row(rec, where="")
         key.spec()
         if key.bucket != shape_bucket(key.tokens):
-            raise ValueError(f"bucket {key.bucket} is not the bucket of {key.tokens} tokens "
-                             f"({shape_bucket(key.tokens)})")
+            raise ValueError(
+                f"bucket {key.bucket} is not the bucket of {key.tokens} tokens "
+                f"({shape_bucket(key.tokens)})"
+            )
         try:
             if not isinstance(rec["config"], dict):
                 raise ValueError(f"must be an object, got {type(rec['config']).__name__}")
-            config = (key.parse_config(rec["config"]) if "variant" in rec  # else schema 2
-                      else schema2.config(registry.get(key.variant), rec["config"]))
+            config = (
+                key.parse_config(rec["config"])
+                if "variant" in rec  # else schema 2
+                else schema2.config(registry.get(key.variant), rec["config"])
+            )
         except (ValueError, TypeError) as exc:
             raise ValueError(f"config: {exc}") from None
         ms = strict_float(rec["ms"], "ms", positive=True)
@@ -125,7 +150,9 @@ def _record(i: int, rec) -> WinnerRecord | UnknownRecord:
             return default if value is None else check(value, name)
 
         return WinnerRecord(
-            key, config, ms,
+            key,
+            config,
+            ms,
             given("tflops", lambda v, n: strict_float(v, n, low=0.0), 0.0),
             strict_float(rec.get("default_ms"), "default_ms", positive=True, optional=True),
             strict_float(rec.get("speedup"), "speedup", positive=True, optional=True),
@@ -134,7 +161,8 @@ def _record(i: int, rec) -> WinnerRecord | UnknownRecord:
             given("mhfgen_version", _text, ""),
             given("torch_version", _text, ""),
             given("created", _text, ""),
-            given("code_hash", lambda v, n: _text(v, n, nonempty=True), None))
+            given("code_hash", lambda v, n: _text(v, n, nonempty=True), None),
+        )
     except (ValueError, TypeError) as exc:
         raise ExchangeError(f"{where}{exc}") from None
 
@@ -142,13 +170,15 @@ def _record(i: int, rec) -> WinnerRecord | UnknownRecord:
 def parse_export(data) -> list[WinnerRecord | UnknownRecord]:
     """The winner records of an export document; ExchangeError when it is not one."""
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
-        raise ExchangeError(f"not an mhfgen export (expected \"format\": \"{EXPORT_FORMAT}\")")
+        raise ExchangeError(f'not an mhfgen export (expected "format": "{EXPORT_FORMAT}")')
     version = data.get("schema_version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise ExchangeError(f"'schema_version' must be an integer, got {version!r}")
     if version > SCHEMA_VERSION:
-        raise ExchangeError(f"export schema {version!r} is newer than the {SCHEMA_VERSION} "
-                            f"this mhfgen reads; upgrade mhfgen")
+        raise ExchangeError(
+            f"export schema {version!r} is newer than the {SCHEMA_VERSION} "
+            f"this mhfgen reads; upgrade mhfgen"
+        )
     if version < 1:
         raise ExchangeError(f"'schema_version' must be 1..{SCHEMA_VERSION}, got {version!r}")
     records = data.get("records")
@@ -157,8 +187,9 @@ def parse_export(data) -> list[WinnerRecord | UnknownRecord]:
     return [_record(i, rec) for i, rec in enumerate(records)]
 
 
-def import_winners(db: TuningDB, records: list[WinnerRecord],
-                   template_hashes: dict[str, str]) -> ImportReport:
+def import_winners(
+    db: TuningDB, records: list[WinnerRecord], template_hashes: dict[str, str]
+) -> ImportReport:
     """Merge `records` into `db` (see the module doc); template_hashes: variant -> the
     current hash."""
     report = ImportReport()
@@ -171,23 +202,25 @@ def import_winners(db: TuningDB, records: list[WinnerRecord],
             refused[(rec.name, None)] = refused.get((rec.name, None), 0) + 1
             continue
         if not still_current(rec, template_hashes):
-            refused[(rec.key.variant, rec.key.template_hash)] = \
+            refused[(rec.key.variant, rec.key.template_hash)] = (
                 refused.get((rec.key.variant, rec.key.template_hash), 0) + 1
+            )
             continue
         accepted.append(rec)
     for outcome in db.put_winners(accepted, policy="faster"):  # one transaction
         setattr(report, outcome, getattr(report, outcome) + 1)
-    for (kernel, old), count in sorted(refused.items(),
-                                       key=lambda kv: (kv[0][0], kv[0][1] or "")):
+    for (kernel, old), count in sorted(refused.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         report.refused += count
         if old is None:
             report.messages.append(
-                f"refused {count} record(s) of unknown kernel variant {kernel!r}")
+                f"refused {count} record(s) of unknown kernel variant {kernel!r}"
+            )
         else:
             report.messages.append(
                 f"refused {count} record(s) of {kernel} tuned for template {old}; this mhfgen's "
                 f"template is {template_hashes[kernel]} and their kernel code changed: "
-                f"re-tune with `mhfgen tune`")
+                f"re-tune with `mhfgen tune`"
+            )
     return report
 
 
@@ -204,4 +237,3 @@ def kernel_filter(name: str | None) -> dict:
     if name in registry.OPS or any(op.short == name for op in registry.OPS.values()):
         return {"op": registry.op_named(name)}
     return {"variant": name}
-

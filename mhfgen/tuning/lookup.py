@@ -16,6 +16,7 @@ larger tuned token count, then to the lower stored time (between the variants tu
 one token count: the faster one), then to the variant stem, so every process picks the
 same record.
 """
+
 from __future__ import annotations
 
 import logging
@@ -87,18 +88,31 @@ class _Entry:
 class TunedIndex:
     """Winners of one GPU and Triton version, by (variant, spec fields)."""
 
-    def __init__(self, winners: list[tuple[str, WinnerRecord]],
-                 template_hashes: dict[str, str]) -> None:
+    def __init__(
+        self, winners: list[tuple[str, WinnerRecord]], template_hashes: dict[str, str]
+    ) -> None:
         self._entries: dict[tuple, list[_Entry]] = {}
         for layer, rec in winners:
             key = rec.key
             if not still_current(rec, template_hashes):
-                log.debug("skipping a %s winner of %s tuned for template %s (current %s), "
-                          "whose code changed", layer, key.variant, key.template_hash,
-                          template_hashes.get(key.variant))
+                log.debug(
+                    "skipping a %s winner of %s tuned for template %s (current %s), "
+                    "whose code changed",
+                    layer,
+                    key.variant,
+                    key.template_hash,
+                    template_hashes.get(key.variant),
+                )
                 continue
-            entry = _Entry(key.tokens, key.bucket, LAYER_RANK.get(layer, len(LAYER_RANK)),
-                           layer, rec.config, key.variant, rec.ms)
+            entry = _Entry(
+                key.tokens,
+                key.bucket,
+                LAYER_RANK.get(layer, len(LAYER_RANK)),
+                layer,
+                rec.config,
+                key.variant,
+                rec.ms,
+            )
             self._entries.setdefault((key.variant, key.spec_fields()), []).append(entry)
 
     def __len__(self) -> int:
@@ -109,10 +123,20 @@ class TunedIndex:
         as a str is one variant), or None (see the module doc for the order)."""
         if isinstance(variants, str):
             variants = [variants]
-        spec_fields = (spec.heads, spec.kv_heads, spec.head_dim, spec.experts,
-                       spec.expert_dim, spec.dtype)
-        entries = [e for stem in variants for e in self._entries.get((stem, spec_fields), ())
-                   if _usable(e, spec)]
+        spec_fields = (
+            spec.heads,
+            spec.kv_heads,
+            spec.head_dim,
+            spec.experts,
+            spec.expert_dim,
+            spec.dtype,
+        )
+        entries = [
+            e
+            for stem in variants
+            for e in self._entries.get((stem, spec_fields), ())
+            if _usable(e, spec)
+        ]
         if not entries:
             return None
         exact = [e for e in entries if e.tokens == tokens]
@@ -121,11 +145,14 @@ class TunedIndex:
         bucket = shape_bucket(tokens)
         same = [e for e in entries if e.bucket == bucket]
         if same:
-            best = min(same, key=lambda e: (e.rank, abs(e.tokens - tokens), e.ms, -e.tokens,
-                                            e.variant))
+            best = min(
+                same, key=lambda e: (e.rank, abs(e.tokens - tokens), e.ms, -e.tokens, e.variant)
+            )
             return _choice(best, "bucket")
-        best = min(entries, key=lambda e: (bucket_distance(e.tokens, tokens), e.rank,
-                                           -e.tokens, e.ms, e.variant))
+        best = min(
+            entries,
+            key=lambda e: (bucket_distance(e.tokens, tokens), e.rank, -e.tokens, e.ms, e.variant),
+        )
         return _choice(best, "nearest")
 
 

@@ -26,6 +26,7 @@ a candidate that faulted the GPU would take the process's context with it, which
 `mhfgen tune` process survives; that is why recording and `mhfgen tune --from-record` are
 the default path and this one is opt-in.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,14 +67,14 @@ def trials() -> int:
     except ValueError:
         value = 0
     if value < 1:
-        log.warning("mhfgen: %s=%r is not a positive int; using %d", TRIALS_ENV, text,
-                    DEFAULT_TRIALS)
+        log.warning(
+            "mhfgen: %s=%r is not a positive int; using %d", TRIALS_ENV, text, DEFAULT_TRIALS
+        )
         return DEFAULT_TRIALS
     return value
 
 
-def tune_missing(kernel: str, spec: KernelSpec, tokens: int,
-                 device: torch.device) -> Choice | None:
+def tune_missing(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> Choice | None:
     """Tune (kernel, spec, tokens) on `device` once per process; the new winner as an
     exact choice of the user database, or None (skipped, already tried, or failed)."""
     key = (kernel, spec, tokens, _device.gpu_name(device), _device.compute_capability(device))
@@ -85,20 +86,34 @@ def tune_missing(kernel: str, spec: KernelSpec, tokens: int,
         log.debug("mhfgen: not tuning %s on a miss inside a running search", kernel)
         return None
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        log.warning("mhfgen: %s=1 but %s %s at %d tokens was first seen inside a CUDA graph "
-                    "capture; not tuning it there", TUNE_ON_MISS_ENV, kernel, spec.key(), tokens)
+        log.warning(
+            "mhfgen: %s=1 but %s %s at %d tokens was first seen inside a CUDA graph "
+            "capture; not tuning it there",
+            TUNE_ON_MISS_ENV,
+            kernel,
+            spec.key(),
+            tokens,
+        )
         return None
     if device.type != "cuda" and spec.dtype == "bfloat16":
-        log.warning("mhfgen: not tuning %s on a miss: bfloat16 does not run in Triton's "
-                    "interpreter", kernel)
+        log.warning(
+            "mhfgen: not tuning %s on a miss: bfloat16 does not run in Triton's interpreter", kernel
+        )
         return None
     _local.active = True
     try:
         with _own_inputs_mode(device):
             return _tune(kernel, spec, tokens, device)
     except Exception as exc:  # noqa: BLE001 - a failed search keeps the fallback choice
-        log.warning("mhfgen: tuning %s %s at %d tokens on a miss failed (%s: %s); using "
-                    "the fallback config", kernel, spec.key(), tokens, type(exc).__name__, exc)
+        log.warning(
+            "mhfgen: tuning %s %s at %d tokens on a miss failed (%s: %s); using "
+            "the fallback config",
+            kernel,
+            spec.key(),
+            tokens,
+            type(exc).__name__,
+            exc,
+        )
         return None
     finally:
         _local.active = False
@@ -123,9 +138,16 @@ def _tune(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> C
     budget = trials()
     problem = TuningProblem(spec, tokens)
     facts = DeviceFacts.of(device)
-    log.warning("mhfgen: %s=1: tuning %s for %s on %s in this process (%d configs), then "
-                "storing the winner in %s", TUNE_ON_MISS_ENV, kernel, problem.describe(),
-                facts.gpu_name, budget, paths.user_db_path())
+    log.warning(
+        "mhfgen: %s=1: tuning %s for %s on %s in this process (%d configs), then "
+        "storing the winner in %s",
+        TUNE_ON_MISS_ENV,
+        kernel,
+        problem.describe(),
+        facts.gpu_name,
+        budget,
+        paths.user_db_path(),
+    )
     start = time.perf_counter()
     settings = SearchSettings(trials=budget, batch=min(budget, 4), top_k=2, rounds=2)
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
@@ -137,17 +159,25 @@ def _tune(kernel: str, spec: KernelSpec, tokens: int, device: torch.device) -> C
                 units = tuning_units([kernel], spec, tokens)
                 if not units:
                     return None
-                result = Tuner(problem, facts, timer, db, settings,
-                               baselines=[paths.shipped_db_path()]).tune(units)[0]
+                result = Tuner(
+                    problem, facts, timer, db, settings, baselines=[paths.shipped_db_path()]
+                ).tune(units)[0]
         finally:
             timer.close()
     seconds = time.perf_counter() - start
     if result.winner is None:
-        log.warning("mhfgen: no config of %s passed in %.1f s; using the fallback config",
-                    kernel, seconds)
+        log.warning(
+            "mhfgen: no config of %s passed in %.1f s; using the fallback config", kernel, seconds
+        )
         return None
-    log.warning("mhfgen: tuned %s in %.1f s: %s, %.4g ms (%s)", kernel, seconds,
-                describe_config(result.winner), result.ms, timer.label_for(result.variant))
+    log.warning(
+        "mhfgen: tuned %s in %.1f s: %s, %.4g ms (%s)",
+        kernel,
+        seconds,
+        describe_config(result.winner),
+        result.ms,
+        timer.label_for(result.variant),
+    )
     return Choice(result.winner, "exact", "user", tokens, result.variant)
 
 

@@ -1,11 +1,20 @@
 """What evaluating one candidate can end in: the Candidate itself and its Failure."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 #: failure stages, in the order a candidate meets them
-STAGES = ("pruned", "compile", "resources", "timeout", "crash", "wrong answer", "error",
-          "interrupted")
+STAGES = (
+    "pruned",
+    "compile",
+    "resources",
+    "timeout",
+    "crash",
+    "wrong answer",
+    "error",
+    "interrupted",
+)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
 """What is tuned (a KernelSpec at a token count) and where (the device's facts)."""
+
 from __future__ import annotations
 
 import re
@@ -49,8 +50,10 @@ class TuningProblem:
 
     def describe(self) -> str:
         s = self.spec
-        return (f"H={s.heads} Hkv={s.kv_heads} D={s.head_dim} I={s.intermediate} E={s.experts} "
-                f"(De={s.expert_dim}) {s.dtype}, {self.tokens} tokens")
+        return (
+            f"H={s.heads} Hkv={s.kv_heads} D={s.head_dim} I={s.intermediate} E={s.experts} "
+            f"(De={s.expert_dim}) {s.dtype}, {self.tokens} tokens"
+        )
 
 
 def tflops(flops: int, ms: float) -> float:
@@ -70,8 +73,12 @@ class DeviceFacts:
 
     @classmethod
     def of(cls, device: torch.device) -> DeviceFacts:
-        return cls(_device.target(device), _device.gpu_name(device),
-                   _device.compute_capability(device), _device.sm_count(device))
+        return cls(
+            _device.target(device),
+            _device.gpu_name(device),
+            _device.compute_capability(device),
+            _device.sm_count(device),
+        )
 
     @property
     def is_gpu(self) -> bool:

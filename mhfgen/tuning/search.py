@@ -21,6 +21,7 @@ counting configs other processes are evaluating as done and waiting for them at 
 finish() writes every trial of the study to the database (skipping those stored already)
 and then the winner. Tuner.tune() is search() then finish() for every kernel.
 """
+
 from __future__ import annotations
 
 import logging
@@ -150,16 +151,24 @@ CONFIG_LEGEND = (
     ("w", "num_warps"),
     ("s", "num_stages (software-pipelining depth)"),
     ("gh", "group_heads: query heads of a kv-head group sharing each K/U/V tile load"),
-    ("pad", "head_dim_split=pad: head_dim padded to a power of two (default: cut into "
-            "power-of-two chunks)"),
+    (
+        "pad",
+        "head_dim_split=pad: head_dim padded to a power of two (default: cut into "
+        "power-of-two chunks)",
+    ),
     ("is", "inter_splits: forward programs splitting the intermediate dimension (decode)"),
     ("ts", "token_splits: dK/dU/dV programs splitting the tokens (fp32 atomics)"),
-    ("tma", "tiles loaded through tensor descriptors (TMA, sm90+): K/U/V in the forward "
-            "and dQ kernels; q/dO, with dq's TMA reduce-adds, in the one-pass backward"),
+    (
+        "tma",
+        "tiles loaded through tensor descriptors (TMA, sm90+): K/U/V in the forward "
+        "and dQ kernels; q/dO, with dq's TMA reduce-adds, in the one-pass backward",
+    ),
     ("ws", "warp_specialize: Triton's automatic warp specialisation of the loop (sm90+)"),
     ("T", "transpose_acc: dK/dU/dV accumulate dK^T, head_dim as the MMA's M dimension"),
-    ("prefetch", "prefetch_scores: the next tile's score MMAs issued before this tile's "
-                 "activation"),
+    (
+        "prefetch",
+        "prefetch_scores: the next tile's score MMAs issued before this tile's activation",
+    ),
     ("split", "split_grads: dK/dU/dV as two kernels (dK and dU; dV)"),
     ("hc", "head_chunk: kv heads per launch of the one-pass backward (its dq workspace)"),
     ("tanh", "sigmoid as 0.5 + 0.5 tanh.approx(x / 2): one MUFU op per element"),
@@ -186,18 +195,27 @@ def study_storage_url(problem: TuningProblem, device: DeviceFacts) -> str:
 class Tuner:
     """Tunes the kernels of one problem through `timer`, storing into `db` (optional)."""
 
-    def __init__(self, problem: TuningProblem, device: DeviceFacts, timer: Timer,
-                 db: TuningDB | None, settings: SearchSettings = SearchSettings(),
-                 storage_url: str | None = None,
-                 progress: Callable[[Progress], None] | None = None,
-                 shared: bool = False, worker: int = 0, poll_s: float = 0.5,
-                 baselines: Iterable[str | Path] = ()) -> None:
+    def __init__(
+        self,
+        problem: TuningProblem,
+        device: DeviceFacts,
+        timer: Timer,
+        db: TuningDB | None,
+        settings: SearchSettings = SearchSettings(),
+        storage_url: str | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        shared: bool = False,
+        worker: int = 0,
+        poll_s: float = 0.5,
+        baselines: Iterable[str | Path] = (),
+    ) -> None:
         import torch
         import triton
 
         if problem.spec.target != device.target:
-            raise ValueError(f"the problem's spec is for {problem.spec.target}, "
-                             f"the device is {device.target}")
+            raise ValueError(
+                f"the problem's spec is for {problem.spec.target}, the device is {device.target}"
+            )
         self.problem, self.device, self.timer, self.db = problem, device, timer, db
         self.settings, self.storage_url = settings, storage_url
         self.shared, self.worker, self.poll_s = shared, worker, poll_s
@@ -215,13 +233,13 @@ class Tuner:
         can run the problem by their rank for its spec (registry.usable; the first one's
         default is a study's first trial)."""
         if kernel in registry.OPS:
-            return [v.stem for v in registry.usable(kernel, self.problem.spec,
-                                                    self.problem.tokens)]
+            return [v.stem for v in registry.usable(kernel, self.problem.spec, self.problem.tokens)]
         return [kernel]
 
     def default(self, kernel: str):
-        return default_config(self.variants(kernel)[0], self.problem.spec, self.problem.tokens,
-                              self.device.sm_count)
+        return default_config(
+            self.variants(kernel)[0], self.problem.spec, self.problem.tokens, self.device.sm_count
+        )
 
     def grid(self, kernel: str) -> list:
         """Every valid config of `kernel` for this problem (the default included when
@@ -229,10 +247,12 @@ class Tuner:
         out = []
         for stem in self.variants(kernel):
             space = load_space(stem, self.problem.spec.target)
-            extra = [default_config(stem, self.problem.spec, self.problem.tokens,
-                                    self.device.sm_count)]
-            out += space.candidates(self.problem.spec, self.problem.tokens,
-                                    self.device.sm_count, extra=extra)
+            extra = [
+                default_config(stem, self.problem.spec, self.problem.tokens, self.device.sm_count)
+            ]
+            out += space.candidates(
+                self.problem.spec, self.problem.tokens, self.device.sm_count, extra=extra
+            )
         return out
 
     def budget(self, kernel: str) -> int:
@@ -241,31 +261,55 @@ class Tuner:
     def key(self, kernel: str) -> TuningKey:
         """The database key of variant `kernel` for this problem."""
         p = self.problem
-        return TuningKey.of(kernel, template_hash(kernel), p.spec, p.bucket, p.tokens,
-                            self.device.gpu_name, self.device.compute_capability,
-                            self.triton_version)
+        return TuningKey.of(
+            kernel,
+            template_hash(kernel),
+            p.spec,
+            p.bucket,
+            p.tokens,
+            self.device.gpu_name,
+            self.device.compute_capability,
+            self.triton_version,
+        )
 
     def _template_hash(self, kernel: str) -> str:
         return "+".join(template_hash(stem) for stem in self.variants(kernel))
 
     def open_study(self, kernel: str) -> ConfigStudy:
         default = self.default(kernel)
-        name = study_name(kernel, self._template_hash(kernel), f"{self.problem.spec.key()}-"
-                          f"T{self.problem.tokens}", f"{self.device.gpu_name}|"
-                          f"{self.device.compute_capability}", self.triton_version,
-                          self.settings.strategy)
+        name = study_name(
+            kernel,
+            self._template_hash(kernel),
+            f"{self.problem.spec.key()}-T{self.problem.tokens}",
+            f"{self.device.gpu_name}|{self.device.compute_capability}",
+            self.triton_version,
+            self.settings.strategy,
+        )
         s = self.settings
-        return ConfigStudy(name, self.storage_url, self.grid(kernel), first=[default],
-                           strategy=s.strategy, seed=s.seed, startup=s.startup_trials(),
-                           fresh=s.fresh, shared=self.shared, worker=self.worker)
+        return ConfigStudy(
+            name,
+            self.storage_url,
+            self.grid(kernel),
+            first=[default],
+            strategy=s.strategy,
+            seed=s.seed,
+            startup=s.startup_trials(),
+            fresh=s.fresh,
+            shared=self.shared,
+            worker=self.worker,
+        )
 
     # -- running -----------------------------------------------------------------
-    def tune(self, kernels: Iterable[str] | None = None,
-             studies: dict[str, ConfigStudy] | None = None) -> list[KernelResult]:
+    def tune(
+        self, kernels: Iterable[str] | None = None, studies: dict[str, ConfigStudy] | None = None
+    ) -> list[KernelResult]:
         """Search `kernels` (tuning units: variant stems, or ops for a joint study of their
         variants; None: every op, see tuning_units), then re-time and store each (finish)."""
-        kernels = list(kernels) if kernels is not None else \
-            tuning_units(registry.default_ops(), self.problem.spec, self.problem.tokens)
+        kernels = (
+            list(kernels)
+            if kernels is not None
+            else tuning_units(registry.default_ops(), self.problem.spec, self.problem.tokens)
+        )
         studies = studies or {k: self.open_study(k) for k in kernels}
         self.search(kernels, studies)
         return [self.finish(k, studies[k]) for k in kernels]
@@ -282,8 +326,11 @@ class Tuner:
         try:
             for k in kernels:
                 waiting[k] = self._ask_next(studies[k])[0]
-            prepared = iter(self.timer.prepare(
-                [Candidate(a.config.variant, a.config) for k in kernels for a in waiting[k]]))
+            prepared = iter(
+                self.timer.prepare(
+                    [Candidate(a.config.variant, a.config) for k in kernels for a in waiting[k]]
+                )
+            )
             first = {k: [next(prepared) for _ in waiting[k]] for k in kernels}
             for k in kernels:
                 if not self.search_kernel(k, studies[k], (waiting.pop(k), first[k])):
@@ -332,8 +379,12 @@ class Tuner:
             return [], "blocked"
         return [], "complete"
 
-    def search_kernel(self, kernel: str, study: ConfigStudy,
-                      first: tuple[list[Asked], list[Failure | None]] | None = None) -> bool:
+    def search_kernel(
+        self,
+        kernel: str,
+        study: ConfigStudy,
+        first: tuple[list[Asked], list[Failure | None]] | None = None,
+    ) -> bool:
         """Ask and evaluate batches of `kernel` until its budget is spent (True) or, in a
         shared study, the rest is being evaluated by other processes (False: call again
         later). `first`: a batch already asked and prepared (see search)."""
@@ -355,9 +406,12 @@ class Tuner:
                 study.abandon(asked)
                 raise
 
-    def tune_kernel(self, kernel: str, study: ConfigStudy | None = None,
-                    first: tuple[list[Asked], list[Failure | None]] | None = None
-                    ) -> KernelResult:
+    def tune_kernel(
+        self,
+        kernel: str,
+        study: ConfigStudy | None = None,
+        first: tuple[list[Asked], list[Failure | None]] | None = None,
+    ) -> KernelResult:
         """Search, re-time and store `kernel` (in `study` if given, else open_study's).
         `first`: a batch already asked and prepared (see search)."""
         study = study or self.open_study(kernel)
@@ -372,8 +426,9 @@ class Tuner:
         process already declared it for the same trials (then that one is stored, so
         every host stores the same winner)."""
         study.refresh()
-        result = KernelResult(kernel, self.default(kernel), grid_size=len(study.grid),
-                              resumed=study.resumed)
+        result = KernelResult(
+            kernel, self.default(kernel), grid_size=len(study.grid), resumed=study.resumed
+        )
         result.evaluated = study.evaluated_count()
         for outcome in study.outcomes.values():
             if isinstance(outcome, Failure):
@@ -391,19 +446,27 @@ class Tuner:
                 else:
                     study.declare(self._declaration(result, study))
         if result.winner is not None:
-            self._store_winner(kernel, result,
-                               result.timer_label or self.timer.label_for(result.variant))
+            self._store_winner(
+                kernel, result, result.timer_label or self.timer.label_for(result.variant)
+            )
         study.close()
         return result
 
     def _declaration(self, r: KernelResult, study: ConfigStudy) -> dict:
         """What finish() declares in the study; configs named as the study names them
         (study.key_of: their JSON, in a joint study with the variant)."""
-        return {"evaluated": r.evaluated, "config": study.key_of(r.winner), "ms": r.ms,
-                "tflops": r.tflops, "default_ms": r.default_ms, "speedup": r.speedup,
-                "timer": self.timer.label_for(r.variant),
-                "side_by_side": [[study.key_of(c), ms] for c, ms in r.side_by_side],
-                "by": f"{HOST}:{os.getpid()}", "created": utc_now()}
+        return {
+            "evaluated": r.evaluated,
+            "config": study.key_of(r.winner),
+            "ms": r.ms,
+            "tflops": r.tflops,
+            "default_ms": r.default_ms,
+            "speedup": r.speedup,
+            "timer": self.timer.label_for(r.variant),
+            "side_by_side": [[study.key_of(c), ms] for c, ms in r.side_by_side],
+            "by": f"{HOST}:{os.getpid()}",
+            "created": utc_now(),
+        }
 
     def _adopt(self, kernel: str, declared: dict, r: KernelResult, study: ConfigStudy) -> None:
         log.info("%s: storing the winner declared by %s", kernel, declared.get("by"))
@@ -435,8 +498,9 @@ class Tuner:
         for stem in self.variants(kernel):
             fields = self.key(stem).as_dict()
             del fields["template_hash"]
-            out += [w for w in db.winners(**fields)
-                    if still_current(w, {stem: template_hash(stem)})]
+            out += [
+                w for w in db.winners(**fields) if still_current(w, {stem: template_hash(stem)})
+            ]
         return out
 
     def _baseline_winners(self, kernel: str) -> list:
@@ -458,10 +522,23 @@ class Tuner:
     def _sync_trials(self, kernel: str, study: ConfigStudy) -> None:
         if self.db is None:
             return
-        self.db.add_trials([self._trial_record(
-            kernel, e.config, e.ms, e.error, e.failure, study.name, e.number,
-            e.timer or self.timer.label_for(e.config.variant), e.finished) for e in study.evaluated_trials()],
-            once=True)
+        self.db.add_trials(
+            [
+                self._trial_record(
+                    kernel,
+                    e.config,
+                    e.ms,
+                    e.error,
+                    e.failure,
+                    study.name,
+                    e.number,
+                    e.timer or self.timer.label_for(e.config.variant),
+                    e.finished,
+                )
+                for e in study.evaluated_trials()
+            ],
+            once=True,
+        )
 
     @staticmethod
     def _evaluated(study: ConfigStudy) -> int:
@@ -471,14 +548,29 @@ class Tuner:
         """Report the search progress of `kernel` as `study` holds it now."""
         self._report(kernel, "search", study, self.budget_of(study))
 
-    def _report(self, kernel: str, phase: str, study: ConfigStudy, budget: int,
-                last: str = "") -> None:
+    def _report(
+        self, kernel: str, phase: str, study: ConfigStudy, budget: int, last: str = ""
+    ) -> None:
         timed = study.timed()
-        self.progress(Progress(kernel, phase, self._evaluated(study), budget,
-                               min(timed.values()) if timed else None, last))
+        self.progress(
+            Progress(
+                kernel,
+                phase,
+                self._evaluated(study),
+                budget,
+                min(timed.values()) if timed else None,
+                last,
+            )
+        )
 
-    def _evaluate_batch(self, kernel: str, study: ConfigStudy, asked: list[Asked],
-                        budget: int, prepared: list[Failure | None] | None = None) -> None:
+    def _evaluate_batch(
+        self,
+        kernel: str,
+        study: ConfigStudy,
+        asked: list[Asked],
+        budget: int,
+        prepared: list[Failure | None] | None = None,
+    ) -> None:
         candidates = [Candidate(a.config.variant, a.config) for a in asked]
         if prepared is None:
             prepared = self.timer.prepare(candidates)
@@ -504,28 +596,63 @@ class Tuner:
             if lost is not None:
                 raise lost  # the trial is stored; this process can time nothing more
 
-    def _trial_record(self, kernel: str, config, ms: float | None,
-                      error: float | None, failure: Failure | None, study: str,
-                      number: int | None, timer: str, created: str = "") -> TrialRecord:
+    def _trial_record(
+        self,
+        kernel: str,
+        config,
+        ms: float | None,
+        error: float | None,
+        failure: Failure | None,
+        study: str,
+        number: int | None,
+        timer: str,
+        created: str = "",
+    ) -> TrialRecord:
         stem = config.variant  # under its own variant's key, also in a joint study
         return TrialRecord(
-            self.key(stem), config, "failed" if failure else "ok", ms=ms,
-            tflops=tflops(self.problem.flops(stem), ms) if ms else None, error=error,
-            stage=failure.stage if failure else None, reason=failure.reason if failure else None,
-            timer=timer, study=study, trial_number=number,
-            mhfgen_version=__version__, torch_version=self.torch_version,
-            created=created or utc_now())
+            self.key(stem),
+            config,
+            "failed" if failure else "ok",
+            ms=ms,
+            tflops=tflops(self.problem.flops(stem), ms) if ms else None,
+            error=error,
+            stage=failure.stage if failure else None,
+            reason=failure.reason if failure else None,
+            timer=timer,
+            study=study,
+            trial_number=number,
+            mhfgen_version=__version__,
+            torch_version=self.torch_version,
+            created=created or utc_now(),
+        )
 
-    def _store_trial(self, kernel: str, config, ms: float | None,
-                     error: float | None, failure: Failure | None, study: str,
-                     number: int | None) -> None:
+    def _store_trial(
+        self,
+        kernel: str,
+        config,
+        ms: float | None,
+        error: float | None,
+        failure: Failure | None,
+        study: str,
+        number: int | None,
+    ) -> None:
         """One trial into the database as soon as it is measured (once: finish() adds
         the trials of other processes under the same identity and skips this one)."""
         if self.db is None:
             return
-        self.db.add_trial(self._trial_record(kernel, config, ms, error, failure, study, number,
-                                             self.timer.label_for(config.variant)),
-                        once=True)
+        self.db.add_trial(
+            self._trial_record(
+                kernel,
+                config,
+                ms,
+                error,
+                failure,
+                study,
+                number,
+                self.timer.label_for(config.variant),
+            ),
+            once=True,
+        )
         self._stored += 1
         if self._stored == _pause_after():
             _pause(self._stored)
@@ -541,13 +668,17 @@ class Tuner:
         if failure is None:
             _, failure = self.timer.check(c)
         if failure is not None:
-            log.warning("%s: %s fails (%s); it is left out of the final timing",
-                        kernel, describe_config(config), failure)
+            log.warning(
+                "%s: %s fails (%s); it is left out of the final timing",
+                kernel,
+                describe_config(config),
+                failure,
+            )
         return failure is None
 
     def _retime(self, kernel: str, study: ConfigStudy, result: KernelResult, budget: int) -> None:
         timed = study.timed()
-        ranked = sorted(timed, key=timed.get)[:self.settings.top_k]
+        ranked = sorted(timed, key=timed.get)[: self.settings.top_k]
         finalists = [study.config_of(k) for k in ranked]
         extras = [result.default]
         if self.db is not None:
@@ -562,7 +693,7 @@ class Tuner:
         self._report(kernel, "retime", study, budget, f"{len(finalists)} configs side by side")
         samples: dict[object, list[float]] = {c: [] for c in finalists}
         for r in range(max(1, self.settings.rounds)):
-            order = finalists[r % len(finalists):] + finalists[:r % len(finalists)]
+            order = finalists[r % len(finalists) :] + finalists[: r % len(finalists)]
             for config in order:
                 if config not in samples:
                     continue
@@ -571,8 +702,12 @@ class Tuner:
                 except DeviceLost:
                     raise
                 except CandidateFailed as exc:
-                    log.warning("%s: %s failed when re-timed (%s)", kernel,
-                                describe_config(config), exc.failure)
+                    log.warning(
+                        "%s: %s failed when re-timed (%s)",
+                        kernel,
+                        describe_config(config),
+                        exc.failure,
+                    )
                     del samples[config]
         medians = {c: statistics.median(v) for c, v in samples.items() if v}
         if not medians:
@@ -591,10 +726,23 @@ class Tuner:
         if self.db is None:
             return
         stem = r.winner.variant
-        self.db.put_winner(WinnerRecord(
-            self.key(stem), r.winner, r.ms, r.tflops, r.default_ms, r.speedup, timer,
-            r.evaluated, __version__, self.torch_version, utc_now(),
-            code_hash(stem, self.problem.spec, r.winner)), policy="replace")
+        self.db.put_winner(
+            WinnerRecord(
+                self.key(stem),
+                r.winner,
+                r.ms,
+                r.tflops,
+                r.default_ms,
+                r.speedup,
+                timer,
+                r.evaluated,
+                __version__,
+                self.torch_version,
+                utc_now(),
+                code_hash(stem, self.problem.spec, r.winner),
+            ),
+            policy="replace",
+        )
         for other in self.variants(kernel):
             if other != stem:
                 self.db.remove_winner(self.key(other))
@@ -612,8 +760,7 @@ def _pause_after() -> int | None:
 
 
 def _pause(stored: int) -> None:
-    print(f"mhfgen tune: paused after {stored} trials ({PAUSE_ENV})", file=sys.stderr,
-          flush=True)
+    print(f"mhfgen tune: paused after {stored} trials ({PAUSE_ENV})", file=sys.stderr, flush=True)
     while True:
         time.sleep(3600)  # a signal (SIGTERM, Ctrl-C) ends it, through its handler
 

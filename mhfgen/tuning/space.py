@@ -21,6 +21,7 @@ holds the resources `keep` checks. A field not listed keeps the config type's de
 The estimates are deliberately simple; a candidate they let through that still fails to
 compile becomes a failed trial with Triton's reason, never a crashed run.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -39,6 +40,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
         import tomli as tomllib
     except ModuleNotFoundError:
         tomllib = None
+
 
 class SpaceError(ValueError):
     """A search-space file that cannot be used (bad TOML, unknown field, bad value)."""
@@ -89,8 +91,9 @@ class SearchSpace:
                 out[name].add(getattr(config, name))
         return {name: tuple(sorted(vals)) for name, vals in out.items()}
 
-    def candidates(self, spec: KernelSpec, tokens: int, sm_count: int,
-                   extra: Iterable = ()) -> list:
+    def candidates(
+        self, spec: KernelSpec, tokens: int, sm_count: int, extra: Iterable = ()
+    ) -> list:
         """Every config of the grid that `keep` accepts, in a deterministic order (none
         when the variant cannot run the spec at all)."""
         variant = self.variant
@@ -117,6 +120,7 @@ def parse_space_toml(text: str) -> dict:
     """The TOML subset the space files use: [section] and [section.sub] headers, `key =
     value` with value a quoted string, an int, true/false, or a one-line list of those;
     '#' comments. NOTE: only for Python 3.10 without tomli (tomllib is in 3.11+)."""
+
     def scalar(tok: str):
         tok = tok.strip()
         if tok in ("true", "false"):
@@ -173,8 +177,10 @@ def _check_section(path, name: str, section: dict, kernel: str) -> None:
                 raise SpaceError(f"{path}: [{name}.limits] has unknown keys {sorted(unknown)}")
             continue
         if key not in config_type.field_names():
-            raise SpaceError(f"{path}: [{name}] {key} is not a field of {kernel}'s config "
-                             f"({', '.join(config_type.field_names())})")
+            raise SpaceError(
+                f"{path}: [{name}] {key} is not a field of {kernel}'s config "
+                f"({', '.join(config_type.field_names())})"
+            )
         if value == "divisors" and key == "group_heads":
             continue
         if not isinstance(value, list) or not value:
@@ -202,8 +208,9 @@ def load_space(kernel: str, target: str) -> SearchSpace:
     return SearchSpace(kernel, family, values, limits)
 
 
-def prune_reason(kernel: str, spec: KernelSpec, config, tokens: int, limits: Limits,
-                 sm_count: int) -> str | None:
+def prune_reason(
+    kernel: str, spec: KernelSpec, config, tokens: int, limits: Limits, sm_count: int
+) -> str | None:
     """Why `config` is not worth compiling for variant `kernel`, `spec` and `tokens`
     tokens on a device with `sm_count` multiprocessors and `limits`; None when it is."""
     variant = registry.get(kernel)
@@ -217,20 +224,24 @@ def prune_reason(kernel: str, spec: KernelSpec, config, tokens: int, limits: Lim
     reason = variant.prune_reason(spec, config, tokens, sm_count)
     if reason:
         return reason
-    smem_limit = (limits.shared_memory if limits.shared_memory is not None
-                  else shared_memory_limit(spec.target))
+    smem_limit = (
+        limits.shared_memory
+        if limits.shared_memory is not None
+        else shared_memory_limit(spec.target)
+    )
     smem = variant.shared_memory(spec, config)
     if smem > smem_limit:
         return f"needs ~{smem} bytes of shared memory, limit {smem_limit}"
     if limits.registers_per_thread is not None:
         regs = variant.registers(spec, config)
         if regs > limits.registers_per_thread:
-            return (f"keeps ~{regs:.0f} fp32 values per thread live, "
-                    f"limit {limits.registers_per_thread} registers")
+            return (
+                f"keeps ~{regs:.0f} fp32 values per thread live, "
+                f"limit {limits.registers_per_thread} registers"
+            )
     return None
 
 
-def keep(kernel: str, spec: KernelSpec, config, tokens: int, limits: Limits,
-         sm_count: int) -> bool:
+def keep(kernel: str, spec: KernelSpec, config, tokens: int, limits: Limits, sm_count: int) -> bool:
     """True when `config` is worth compiling (see prune_reason)."""
     return prune_reason(kernel, spec, config, tokens, limits, sm_count) is None

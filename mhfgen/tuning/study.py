@@ -50,6 +50,7 @@ process are told FAIL without a stage and retried at once. `fresh` starts a new
 generation of the study (name suffix '#N') and deletes the old one, so the trial numbers
 of a fresh start never collide with those already recorded in the tuning database.
 """
+
 from __future__ import annotations
 
 import json
@@ -152,7 +153,8 @@ def study_lock(path: str | Path) -> Iterator[None]:
         raise StudyBusyError(
             f"{holder} is tuning this problem already (study {path}); wait for it to "
             f"finish, or share the work: run every tuner of the problem with "
-            f"--storage URL, or one with --workers N") from None
+            f"--storage URL, or one with --workers N"
+        ) from None
     try:
         _write_holder(lock_path, f"mhfgen tune (pid {os.getpid()} on {socket.gethostname()})")
         yield
@@ -198,7 +200,7 @@ def journal_path(url: str) -> str | None:
     """The file of a journal storage URL ('journal:///abs', 'journal:rel', a plain path),
     else None."""
     if url.startswith("journal:"):
-        rest = url[len("journal:"):]
+        rest = url[len("journal:") :]
         return rest[2:] if rest.startswith("//") else rest
     return None if "://" in url else url
 
@@ -210,8 +212,10 @@ def _rdb(url: str, engine_kwargs: dict):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
         except ImportError as exc:
-            raise ValueError(f"{redact(url)}: no database driver for this URL ({exc}); for "
-                             f"PostgreSQL install mhfgen[postgres]") from exc
+            raise ValueError(
+                f"{redact(url)}: no database driver for this URL ({exc}); for "
+                f"PostgreSQL install mhfgen[postgres]"
+            ) from exc
         except Exception as exc:  # noqa: BLE001 - sqlalchemy's errors
             text = str(exc).lower()
             if attempt == 2 or ("already exists" not in text and "duplicate" not in text):
@@ -232,8 +236,10 @@ def _with_postgres_driver(url: str) -> str:
         except ImportError:
             continue
         return f"postgresql+{driver}{sep}{rest}"
-    raise ValueError(f"{redact(url)}: PostgreSQL needs a driver: pip install 'mhfgen[postgres]' "
-                     f"(psycopg2-binary)")
+    raise ValueError(
+        f"{redact(url)}: PostgreSQL needs a driver: pip install 'mhfgen[postgres]' "
+        f"(psycopg2-binary)"
+    )
 
 
 def redact(url: str) -> str:
@@ -339,10 +345,19 @@ class ConfigStudy:
     (it offsets the seeds, so workers propose different configs).
     """
 
-    def __init__(self, name: str, storage_url: str | None, grid: list,
-                 first: list = (),
-                 strategy: str = "optuna", seed: int = 0, startup: int = 8,
-                 fresh: bool = False, shared: bool = False, worker: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        storage_url: str | None,
+        grid: list,
+        first: list = (),
+        strategy: str = "optuna",
+        seed: int = 0,
+        startup: int = 8,
+        fresh: bool = False,
+        shared: bool = False,
+        worker: int = 0,
+    ) -> None:
         if strategy not in ("optuna", "grid"):
             raise ValueError(f"strategy must be 'optuna' or 'grid', got {strategy!r}")
         optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -358,11 +373,13 @@ class ConfigStudy:
         self._per: dict[str, dict[str, CategoricalDistribution]] = {}
         for stem, config_type in self._types.items():
             configs = [c for c in self.grid if type(c) is config_type]
-            choices = {n: sorted({getattr(c, n) for c in configs})
-                       for n in config_type.field_names()}
+            choices = {
+                n: sorted({getattr(c, n) for c in configs}) for n in config_type.field_names()
+            }
             self._fixed[stem] = {n: v[0] for n, v in choices.items() if len(v) == 1}
-            self._per[stem] = {n: CategoricalDistribution(v)
-                               for n, v in choices.items() if len(v) > 1}
+            self._per[stem] = {
+                n: CategoricalDistribution(v) for n, v in choices.items() if len(v) > 1
+            }
         if self.joint:
             self.distributions = {"variant": CategoricalDistribution(sorted(self._types))}
             for stem, dists in self._per.items():
@@ -378,16 +395,26 @@ class ConfigStudy:
         self.name = self._generation(name, fresh)
         with warnings.catch_warnings():  # group=True is marked experimental in Optuna 4
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._sampler = _ForcingSampler(optuna.samplers.TPESampler(
-                seed=seed + 7919 * worker, multivariate=True, constant_liar=True,
-                n_startup_trials=startup, group=self.joint))
-        self.study = optuna.create_study(study_name=self.name, storage=self.storage,
-                                         sampler=self._sampler, direction="minimize",
-                                         load_if_exists=True)
+            self._sampler = _ForcingSampler(
+                optuna.samplers.TPESampler(
+                    seed=seed + 7919 * worker,
+                    multivariate=True,
+                    constant_liar=True,
+                    n_startup_trials=startup,
+                    group=self.joint,
+                )
+            )
+        self.study = optuna.create_study(
+            study_name=self.name,
+            storage=self.storage,
+            sampler=self._sampler,
+            direction="minimize",
+            load_if_exists=True,
+        )
         self.outcomes: dict[str, float | Failure] = {}
-        self._claims: dict[str, list[int]] = {}   # config -> numbers of others' RUNNING trials
-        self._running: list[int] = []             # numbers of others' RUNNING trials
-        self._open: dict[int, Asked] = {}         # this process's trials, not yet told
+        self._claims: dict[str, list[int]] = {}  # config -> numbers of others' RUNNING trials
+        self._running: list[int] = []  # numbers of others' RUNNING trials
+        self._open: dict[int, Asked] = {}  # this process's trials, not yet told
         self._heartbeat: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -401,11 +428,14 @@ class ConfigStudy:
     # -- naming ------------------------------------------------------------------
     def _generation(self, base: str, fresh: bool) -> str:
         """The name of the study's current generation; with `fresh`, a new one."""
-        names = [n for n in optuna.get_all_study_names(self.storage)
-                 if n == base or n.startswith(base + GENERATION_SEP)]
+        names = [
+            n
+            for n in optuna.get_all_study_names(self.storage)
+            if n == base or n.startswith(base + GENERATION_SEP)
+        ]
 
         def number(name: str) -> int:
-            tail = name[len(base) + 1:]
+            tail = name[len(base) + 1 :]
             return int(tail) if tail.isdigit() else 0
 
         current = max((number(n) for n in names), default=0)
@@ -430,8 +460,11 @@ class ConfigStudy:
         for trial in self.study.get_trials(deepcopy=False):
             if trial.state == TrialState.RUNNING:
                 self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-                log.info("%s: trial %d was interrupted; its config will be retried",
-                         self.name, trial.number)
+                log.info(
+                    "%s: trial %d was interrupted; its config will be retried",
+                    self.name,
+                    trial.number,
+                )
                 continue
             self._record(trial)
 
@@ -492,8 +525,12 @@ class ConfigStudy:
             self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         except (UpdateFinishedTrialError, RuntimeError):
             return
-        log.warning("%s: trial %d (worker %s) stopped answering; its config will be retried",
-                    self.name, trial.number, trial.user_attrs.get("worker", "unknown"))
+        log.warning(
+            "%s: trial %d (worker %s) stopped answering; its config will be retried",
+            self.name,
+            trial.number,
+            trial.user_attrs.get("worker", "unknown"),
+        )
 
     def timed(self) -> dict[str, float]:
         """config JSON -> median ms of every timed config."""
@@ -511,29 +548,43 @@ class ConfigStudy:
         return [k for k in self._claims if k not in self.outcomes]
 
     def untried(self, pending: set[str] = frozenset()) -> list:
-        return [c for c in self.grid
-                if self.key_of(c) not in self.outcomes and self.key_of(c) not in pending]
+        return [
+            c
+            for c in self.grid
+            if self.key_of(c) not in self.outcomes and self.key_of(c) not in pending
+        ]
 
     def evaluated_trials(self) -> list[Evaluated]:
         """Every evaluated trial as stored (all processes'), by trial number."""
         out = []
-        for trial in self.study.get_trials(deepcopy=False,
-                                           states=(TrialState.COMPLETE, TrialState.FAIL)):
+        for trial in self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)
+        ):
             key = trial.user_attrs.get("config")
             stage = trial.user_attrs.get("stage")
             if key is None or key not in self._grid_keys:
                 continue
             if trial.state == TrialState.FAIL and (not stage or stage in NOT_EVALUATED):
                 continue
-            failure = None if trial.state == TrialState.COMPLETE else \
-                Failure(stage, trial.user_attrs.get("reason", ""))
+            failure = (
+                None
+                if trial.state == TrialState.COMPLETE
+                else Failure(stage, trial.user_attrs.get("reason", ""))
+            )
             finished = trial.datetime_complete
-            out.append(Evaluated(
-                trial.number, self._by_key[key],
-                float(trial.value) if failure is None else None, failure,
-                trial.user_attrs.get("error"), trial.user_attrs.get("timer", ""),
-                finished.astimezone(timezone.utc).isoformat(timespec="seconds")
-                if finished else ""))
+            out.append(
+                Evaluated(
+                    trial.number,
+                    self._by_key[key],
+                    float(trial.value) if failure is None else None,
+                    failure,
+                    trial.user_attrs.get("error"),
+                    trial.user_attrs.get("timer", ""),
+                    finished.astimezone(timezone.utc).isoformat(timespec="seconds")
+                    if finished
+                    else "",
+                )
+            )
         return sorted(out, key=lambda e: e.number)
 
     # -- keys ------------------------------------------------------------------
@@ -542,8 +593,7 @@ class ConfigStudy:
         its JSON; in a joint study {"variant": stem, "config": its fields}."""
         if not self.joint:
             return config.to_json()
-        return json.dumps({"variant": config.variant, "config": config.as_dict()},
-                          sort_keys=True)
+        return json.dumps({"variant": config.variant, "config": config.as_dict()}, sort_keys=True)
 
     def config_of(self, key: str):
         """The config of a key (of this study's grid, or one parsed from its text)."""
@@ -567,8 +617,7 @@ class ConfigStudy:
     def _config(self, params: dict):
         if self.joint:
             stem = params["variant"]
-            values = {**self._fixed[stem],
-                      **{n: params[f"{stem}.{n}"] for n in self._per[stem]}}
+            values = {**self._fixed[stem], **{n: params[f"{stem}.{n}"] for n in self._per[stem]}}
         else:
             stem = next(iter(self._types))
             values = {**self._fixed[stem], **params}
@@ -627,8 +676,9 @@ class ConfigStudy:
             return self._rng.choice(untried), {}
         return None, {}
 
-    def ask_batch(self, n: int, refine: bool = False, pending: list[Asked] = (),
-                  limit: int | None = None) -> list[Asked]:
+    def ask_batch(
+        self, n: int, refine: bool = False, pending: list[Asked] = (), limit: int | None = None
+    ) -> list[Asked]:
         """Up to `n` untried valid configs, each an open trial (see the module doc), none
         of them among `pending` (trials asked earlier for the same batch). `limit`: the
         budget of evaluated configs; a shared study never hands out more."""
@@ -639,8 +689,12 @@ class ConfigStudy:
         while len(out) < n and attempts < 20 * n + 50:
             attempts += 1
             self.refresh()
-            busy = pending_keys | set(self._claims) | conflicts \
+            busy = (
+                pending_keys
+                | set(self._claims)
+                | conflicts
                 | {self.key_of(a.config) for a in self._open.values()}
+            )
             untried = self.untried(busy)
             if not untried:
                 break
@@ -693,8 +747,11 @@ class ConfigStudy:
         if key in self.outcomes or self._claims.get(key):
             return "conflict"
         if limit is not None:
-            before = self.evaluated_count() + sum(1 for m in self._running if m < number) \
+            before = (
+                self.evaluated_count()
+                + sum(1 for m in self._running if m < number)
                 + sum(1 for m in self._open if m < number)
+            )
             if before >= limit:
                 return "surplus"
         return "ok"
@@ -709,8 +766,9 @@ class ConfigStudy:
     def _start_heartbeat(self) -> None:
         if not self.shared or self._heartbeat is not None:
             return
-        self._heartbeat = threading.Thread(target=self._beat, daemon=True,
-                                           name=f"mhfgen-heartbeat-{self.worker}")
+        self._heartbeat = threading.Thread(
+            target=self._beat, daemon=True, name=f"mhfgen-heartbeat-{self.worker}"
+        )
         self._heartbeat.start()
 
     def _beat(self) -> None:
@@ -741,15 +799,17 @@ class ConfigStudy:
         with self._lock:
             self._open.pop(asked.number, None)
 
-    def tell_time(self, asked: Asked, ms: float, error: float | None = None,
-                  timer: str = "") -> None:
+    def tell_time(
+        self, asked: Asked, ms: float, error: float | None = None, timer: str = ""
+    ) -> None:
         self._attrs(asked, error, timer)
         self.study.tell(asked.trial, ms, skip_if_finished=True)
         self.outcomes[self.key_of(asked.config)] = float(ms)
         self._close_trial(asked)
 
-    def tell_failure(self, asked: Asked, failure: Failure, error: float | None = None,
-                     timer: str = "") -> None:
+    def tell_failure(
+        self, asked: Asked, failure: Failure, error: float | None = None, timer: str = ""
+    ) -> None:
         self._attrs(asked, error, timer)
         self._skip(asked.trial, failure.stage, failure.reason)
         self.outcomes[self.key_of(asked.config)] = failure
@@ -774,8 +834,16 @@ class ConfigStudy:
         self.study.set_user_attr("declared", record)
 
 
-def study_name(kernel: str, template_hash: str, problem_key: str, device_key: str,
-               triton_version: str, strategy: str) -> str:
+def study_name(
+    kernel: str,
+    template_hash: str,
+    problem_key: str,
+    device_key: str,
+    triton_version: str,
+    strategy: str,
+) -> str:
     """The study's name: everything its trials depend on."""
-    return json.dumps([kernel, template_hash, problem_key, device_key, triton_version, strategy],
-                      separators=(",", ":"))
+    return json.dumps(
+        [kernel, template_hash, problem_key, device_key, triton_version, strategy],
+        separators=(",", ":"),
+    )

@@ -28,6 +28,7 @@ Recorded-timings JSON:
      "records": [{"kernel": K, "config": {K's config}, "ms": 0.123, "error": 1e-6},
                  {"kernel": K, "config": {...}, "failure": {"stage": S, "reason": R}}]}
 """
+
 from __future__ import annotations
 
 import json
@@ -103,8 +104,10 @@ class _WorkloadTimer:
             return self.label
         alone = self._beside.get(pairing.op)
         less = f", less its {alone:.4g} ms alone" if alone is not None else ", less its time alone"
-        return (f"{self.label}; in the split backward: beside {pairing.variant} "
-                f"{pairing.config.describe()} on a second stream{less}")
+        return (
+            f"{self.label}; in the split backward: beside {pairing.variant} "
+            f"{pairing.config.describe()} on a second stream{less}"
+        )
 
     def check(self, candidate: Candidate) -> tuple[float | None, Failure | None]:
         try:
@@ -142,17 +145,26 @@ class GpuTimer(_WorkloadTimer):
 
     gpu_timings = True
 
-    def __init__(self, workload, jobs: int = 1, warmup_ms: float = 10.0, rep_ms: float = 40.0,
-                 compile_timeout_s: float = 180.0, launch_timeout_s: float = 5.0,
-                 pool=None) -> None:
+    def __init__(
+        self,
+        workload,
+        jobs: int = 1,
+        warmup_ms: float = 10.0,
+        rep_ms: float = 40.0,
+        compile_timeout_s: float = 180.0,
+        launch_timeout_s: float = 5.0,
+        pool=None,
+    ) -> None:
         super().__init__(workload)
         import triton
 
         self.warmup_ms, self.rep_ms = warmup_ms, rep_ms
         self.launch_timeout_s = launch_timeout_s
-        self.label = (f"GPU {DeviceFacts.of(workload.device).gpu_name}: do_bench median "
-                      f"({warmup_ms:g} ms warm-up, {rep_ms:g} ms of repeats, L2 flushed), "
-                      f"Triton {triton.__version__}")
+        self.label = (
+            f"GPU {DeviceFacts.of(workload.device).gpu_name}: do_bench median "
+            f"({warmup_ms:g} ms warm-up, {rep_ms:g} ms of repeats, L2 flushed), "
+            f"Triton {triton.__version__}"
+        )
         self._pool, self._own_pool = pool, pool is None and jobs > 1
         if self._own_pool:
             from .compile import CompilePool
@@ -163,8 +175,9 @@ class GpuTimer(_WorkloadTimer):
         if self._pool is None:
             return self._load_in_process(candidates)
         problem = self.workload.problem
-        results = self._pool.compile(problem.spec, problem.tokens,
-                                     [(c.kernel, c.config) for c in candidates])
+        results = self._pool.compile(
+            problem.spec, problem.tokens, [(c.kernel, c.config) for c in candidates]
+        )
         loaded = self._load_in_process([c for c, f in zip(candidates, results) if f is None])
         it = iter(loaded)
         return [f if f is not None else next(it) for f in results]
@@ -184,8 +197,10 @@ class GpuTimer(_WorkloadTimer):
                 raise CandidateFailed(Failure("timeout", f"one launch took {once:.1f} s"))
 
             def bench(f) -> float:
-                return float(do_bench(f, warmup=self.warmup_ms, rep=self.rep_ms,
-                                      return_mode="median"))
+                return float(
+                    do_bench(f, warmup=self.warmup_ms, rep=self.rep_ms, return_mode="median")
+                )
+
             return bench(fn) - self._beside_ms(candidate.kernel, bench)
         except CandidateFailed:
             raise
@@ -282,8 +297,11 @@ class ReplayTimer:
     def _failure(self, candidate: Candidate, stages: tuple[str, ...]) -> Failure | None:
         rec = self._records.get(_record_key(candidate.kernel, candidate.config))
         if rec is None:
-            return Failure("error", "no recorded timing for this config") if "error" in stages \
+            return (
+                Failure("error", "no recorded timing for this config")
+                if "error" in stages
                 else None
+            )
         failure = rec.get("failure")
         if failure and failure["stage"] in stages:
             return Failure(failure["stage"], failure["reason"])
@@ -364,8 +382,9 @@ class RecordingTimer:
 
     def recording(self) -> dict:
         records = []
-        for c in sorted(set(self._times) | set(self._failures),
-                        key=lambda c: (c.kernel, c.config.to_json())):
+        for c in sorted(
+            set(self._times) | set(self._failures), key=lambda c: (c.kernel, c.config.to_json())
+        ):
             rec = {"kernel": c.kernel, "config": c.config.as_dict()}
             if c in self._times:
                 rec["ms"] = statistics.median(self._times[c])
@@ -374,8 +393,12 @@ class RecordingTimer:
                 f = self._failures[c]
                 rec["failure"] = {"stage": f.stage, "reason": f.reason}
             records.append(rec)
-        return {"format": TIMINGS_FORMAT, "label": self.label,
-                "device": self.device.__dict__.copy(), "records": records}
+        return {
+            "format": TIMINGS_FORMAT,
+            "label": self.label,
+            "device": self.device.__dict__.copy(),
+            "records": records,
+        }
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.recording(), indent=1) + "\n")

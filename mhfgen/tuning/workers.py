@@ -22,6 +22,7 @@ Workers on other hosts are other `mhfgen tune --storage URL` commands with the s
 problem: each host's coordinator finishes when the study is complete, and the first to
 re-time the winner declares it in the study, so every host stores the same winner.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -107,19 +108,29 @@ def run_worker(job: WorkerJob) -> int:
         import torch
 
         here = DeviceFacts.of(torch.device("cuda"))
-        if (here.gpu_name, here.compute_capability) != (device.gpu_name,
-                                                         device.compute_capability):
-            print(f"worker {job.index}: this GPU is {here.gpu_name} ({here.compute_capability}),"
-                  f" the study tunes {device.gpu_name} ({device.compute_capability})",
-                  file=sys.stderr)
+        if (here.gpu_name, here.compute_capability) != (device.gpu_name, device.compute_capability):
+            print(
+                f"worker {job.index}: this GPU is {here.gpu_name} ({here.compute_capability}),"
+                f" the study tunes {device.gpu_name} ({device.compute_capability})",
+                file=sys.stderr,
+            )
             return 2
     timer = build_timer(job.timer, problem, job.seed, job.jobs, job.replay)
     if job.record:
         timer = RecordingTimer(timer, device)
     db = TuningDB.open(job.db) if job.db else None
     settings = SearchSettings(**{**job.settings, "fresh": False})
-    tuner = Tuner(problem, device, timer, db, settings, job.storage, shared=True,
-                  worker=job.index, baselines=[paths.shipped_db_path()])
+    tuner = Tuner(
+        problem,
+        device,
+        timer,
+        db,
+        settings,
+        job.storage,
+        shared=True,
+        worker=job.index,
+        baselines=[paths.shipped_db_path()],
+    )
     studies = {}
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -197,8 +208,12 @@ class WorkerPool:
             log_path = self.folder / f"worker{job.index}.log"
             with open(log_path, "w") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "mhfgen.tuning.workers", str(path)], env=env,
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                    [sys.executable, "-m", "mhfgen.tuning.workers", str(path)],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
             self.workers.append(Worker(job, proc, log_path, gpu))
 
     def wait(self, poll: Callable[[], None] = lambda: None, poll_s: float = 1.0) -> list[Worker]:
@@ -227,12 +242,16 @@ class WorkerPool:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m mhfgen.tuning.workers JOB.json (started by mhfgen tune "
-              "--workers)", file=sys.stderr)
+        print(
+            "usage: python -m mhfgen.tuning.workers JOB.json (started by mhfgen tune --workers)",
+            file=sys.stderr,
+        )
         return 2
     job = WorkerJob.load(args[0])
-    logging.basicConfig(level=logging.DEBUG if job.verbose else logging.WARNING,
-                        format=f"worker {job.index} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if job.verbose else logging.WARNING,
+        format=f"worker {job.index} %(levelname)s %(name)s: %(message)s",
+    )
     return run_worker(job)
 
 

@@ -24,6 +24,7 @@ plus it is the split backward's time (mhfgen.dispatch.backward_form compares tha
 with the one pass). dQ/dR is timed alone: pairing both ways would count the overlap twice.
 The answer check always runs the candidate alone.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -69,18 +70,25 @@ class Workload:
     runs the split backward (mhfgen.kernels.dispatched.two_streams). On the CPU a paired
     launch runs the two kernels one after the other."""
 
-    def __init__(self, problem: TuningProblem, device: torch.device | str, seed: int = 0,
-                 paired: bool | None = None) -> None:
+    def __init__(
+        self,
+        problem: TuningProblem,
+        device: torch.device | str,
+        seed: int = 0,
+        paired: bool | None = None,
+    ) -> None:
         self.problem = problem
         self.device = torch.device(device)
         self.paired = two_streams(self.device) if paired is None else paired
         self._pairings: dict[str, Pairing] = {}  # op -> what it is timed beside
         s, T = problem.spec, problem.tokens
         B = batch_of(T)
-        self.case = Case("tuning", B, T // B, s.heads, s.kv_heads, s.head_dim, s.experts,
-                         s.expert_dim)
+        self.case = Case(
+            "tuning", B, T // B, s.heads, s.kv_heads, s.head_dim, s.experts, s.expert_dim
+        )
         self.q, self.k, self.u, self.v, self.r, self.do = make_inputs(
-            self.case, s.torch_dtype, self.device, seed=seed)
+            self.case, s.torch_dtype, self.device, seed=seed
+        )
         self._refs: dict[str, torch.Tensor] | None = None
 
     # -- launching ---------------------------------------------------------------
@@ -104,9 +112,11 @@ class Workload:
         if pairing is None:
             return alone
         if self.device.type != "cuda":
+
             def in_turn():
                 alone()
                 pairing.launch()
+
             return in_turn
         side = torch.cuda.Stream(self.device)
 
@@ -117,6 +127,7 @@ class Workload:
             with torch.cuda.stream(side):
                 pairing.launch()
             main.wait_stream(side)
+
         return beside
 
     def _alone(self, kernel: str, config) -> Callable[[], object]:
@@ -146,8 +157,9 @@ class Workload:
         if self._refs is None:
             s = self.problem.spec
             chunk = max(1, REFERENCE_CHUNK_ELEMENTS // (s.heads * s.intermediate))
-            self._refs = reference_outputs(self.q, self.k, self.u, self.v, self.r, self.do,
-                                           token_chunk=chunk)
+            self._refs = reference_outputs(
+                self.q, self.k, self.u, self.v, self.r, self.do, token_chunk=chunk
+            )
         return tuple(self._refs[name] for name in registry.get(kernel).outputs)
 
     def check(self, kernel: str, config) -> tuple[float, str | None]:

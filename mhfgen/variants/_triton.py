@@ -9,6 +9,7 @@ Tile fields (every Triton-language variant):
     head_dim_split: 'chunks' splits a non-power-of-two head_dim into power-of-two dot
                operands (96 = 64 + 32); 'pad' pads it to the next power of two with masks.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,8 +60,13 @@ class TileConfig(VariantConfig):
         for name, short in (("inter_splits", "is"), ("token_splits", "ts")):
             if getattr(self, name, 1) > 1:
                 text += f" {short}{getattr(self, name)}"
-        for flag, short in (("tma", "tma"), ("warp_specialize", "ws"), ("transpose_acc", "T"),
-                            ("prefetch_scores", "prefetch"), ("split_grads", "split")):
+        for flag, short in (
+            ("tma", "tma"),
+            ("warp_specialize", "ws"),
+            ("transpose_acc", "T"),
+            ("prefetch_scores", "prefetch"),
+            ("split_grads", "split"),
+        ):
             if getattr(self, flag, False):
                 text += f" {short}"
         return text
@@ -81,10 +87,13 @@ def check_group_and_tma(config, spec: KernelSpec) -> None:
     sm90+ target and 16-byte head_dim rows; warp_specialize needs tma."""
     if spec.group % config.group_heads:
         raise ValueError(
-            f"group_heads={config.group_heads} must divide heads/kv_heads={spec.group}")
+            f"group_heads={config.group_heads} must divide heads/kv_heads={spec.group}"
+        )
     if config.warp_specialize and not config.tma:
-        raise ValueError("warp_specialize=True needs tma=True (Triton's Hopper warp "
-                         "specialisation handles descriptor loads, not pointer loads)")
+        raise ValueError(
+            "warp_specialize=True needs tma=True (Triton's Hopper warp "
+            "specialisation handles descriptor loads, not pointer loads)"
+        )
     if config.tma:
         check_tma_target(spec)
 
@@ -95,15 +104,19 @@ def check_tma_target(spec: KernelSpec) -> None:
     if spec.target != INTERPRETER and not spec.target.startswith(("sm9", "sm1")):
         raise ValueError(f"tma=True needs an sm90+ target, not {spec.target}")
     if spec.head_dim * DTYPES[spec.dtype].itemsize % 16:
-        raise ValueError(f"tma=True needs head_dim rows of a multiple of 16 bytes; "
-                         f"head_dim={spec.head_dim} in {spec.dtype} is not")
+        raise ValueError(
+            f"tma=True needs head_dim rows of a multiple of 16 bytes; "
+            f"head_dim={spec.head_dim} in {spec.dtype} is not"
+        )
 
 
 def tile_params(spec: KernelSpec, config: TileConfig) -> dict:
     """The template parameters every Triton-language template takes: `chunks` (the dot
     operands of head_dim) and `even_de` (BLOCK_N divides De: one flat loop, no masks)."""
-    return {"chunks": chunks_of(spec.head_dim, config.head_dim_split),
-            "even_de": spec.expert_dim % config.block_n == 0}
+    return {
+        "chunks": chunks_of(spec.head_dim, config.head_dim_split),
+        "even_de": spec.expert_dim % config.block_n == 0,
+    }
 
 
 def padded_head_dim(spec: KernelSpec, config: TileConfig) -> int:
@@ -154,7 +167,8 @@ def tile_prune_reason(spec: KernelSpec, config: TileConfig, rows: int) -> str | 
         return f"block_m={config.block_m} is below the 64-row warpgroup MMA for {rows} rows"
     if config.block_n > max(16, pow2_ceil(spec.expert_dim)):
         return f"block_n={config.block_n} is larger than expert_dim={spec.expert_dim}"
-    if config.head_dim_split == "pad" and \
-            head_dim_chunks(spec.head_dim, "pad") == head_dim_chunks(spec.head_dim, "chunks"):
+    if config.head_dim_split == "pad" and head_dim_chunks(spec.head_dim, "pad") == head_dim_chunks(
+        spec.head_dim, "chunks"
+    ):
         return "head_dim_split='pad' generates the same code as 'chunks'"
     return None

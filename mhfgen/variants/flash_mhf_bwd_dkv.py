@@ -16,6 +16,7 @@ Shared memory (fitted to Triton 3.6 on sm90; docs/PERFORMANCE.md), Dp and b as t
 Registers: (3*BN*Dp + 3*BM*BN) / (32 * num_warps) (dk/du/dv accumulators, S, A, dP tiles;
 2*BN*Dp with split_grads: the dK+dU kernel holds two accumulators).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,8 +64,11 @@ class FlashMhfBwdDkv(Variant):
 
     def static_params(self, spec: KernelSpec, config: Config) -> dict:
         params = _triton.tile_params(spec, config)
-        params.update(token_split=config.token_splits > 1, transpose_acc=config.transpose_acc,
-                      split_grads=config.split_grads)
+        params.update(
+            token_split=config.token_splits > 1,
+            transpose_acc=config.transpose_acc,
+            split_grads=config.split_grads,
+        )
         return params
 
     def shared_memory(self, spec: KernelSpec, config: Config) -> int:
@@ -90,17 +94,28 @@ class FlashMhfBwdDkv(Variant):
         if not interp and programs < 2 * sm_count:
             # few weight tiles: split the tokens too, partial sums meet by atomics
             splits = max(1, min(-(-2 * sm_count // programs), rows // (4 * bm)))
-        config = Config(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages,
-                        token_splits=splits, transpose_acc=not interp)
+        config = Config(
+            block_m=bm,
+            block_n=bn,
+            num_warps=warps,
+            num_stages=stages,
+            token_splits=splits,
+            transpose_acc=not interp,
+        )
         return config if interp else _triton.shrink_to_fit(self, spec, config)
 
-    def prune_reason(self, spec: KernelSpec, config: Config, tokens: int,
-                     sm_count: int) -> str | None:
+    def prune_reason(
+        self, spec: KernelSpec, config: Config, tokens: int, sm_count: int
+    ) -> str | None:
         rows = max(1, tokens) * spec.group
         if config.block_m > max(16, _triton.pow2_ceil(rows)):
             return f"block_m={config.block_m} is larger than the {rows} rows"
-        if (spec.target.startswith("sm9") and config.split_grads and config.transpose_acc
-                and config.num_stages == 1):
+        if (
+            spec.target.startswith("sm9")
+            and config.split_grads
+            and config.transpose_acc
+            and config.num_stages == 1
+        ):
             # seen on an H200 with Triton 3.6: an illegal memory access at
             # block_n = 32 and block_m = 64 / 128; the interpreter runs it correctly
             return "split_grads with transpose_acc and one stage faults on sm90 (Triton 3.6)"

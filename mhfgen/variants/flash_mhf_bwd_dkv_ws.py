@@ -9,6 +9,7 @@ half of head_dim's columns of dK, dU and dV over the tile's tokens; a one-warp p
 loads q and dO by TMA. sm90, bf16/fp16, D = 64 or 128, expert_dim a multiple of 64. Without token
 splits it adds nothing by atomics: its gradients are bitwise reproducible.
 """
+
 from __future__ import annotations
 
 from ..kernels import flash_mhf_bwd_dkv_ws as ws
@@ -42,14 +43,16 @@ class FlashMhfBwdDkvWs(Variant):
     def registers(self, spec: KernelSpec, config: ws.BwdDkvWsConfig) -> float:
         return ws.consumer_registers(spec, config)
 
-    def default_config(self, spec: KernelSpec, tokens: int,
-                       sm_count: int) -> ws.BwdDkvWsConfig:
+    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> ws.BwdDkvWsConfig:
         return ws.default_config(spec, tokens, sm_count)
 
-    def prune_reason(self, spec: KernelSpec, config: ws.BwdDkvWsConfig, tokens: int,
-                     sm_count: int) -> str | None:
-        problems = [*ws.config_problems(spec, config),
-                    *token_split_problems(spec, config, tokens, sm_count)]
+    def prune_reason(
+        self, spec: KernelSpec, config: ws.BwdDkvWsConfig, tokens: int, sm_count: int
+    ) -> str | None:
+        problems = [
+            *ws.config_problems(spec, config),
+            *token_split_problems(spec, config, tokens, sm_count),
+        ]
         return "; ".join(problems) if problems else None
 
 

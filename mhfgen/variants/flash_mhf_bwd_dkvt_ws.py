@@ -9,6 +9,7 @@ over all of head_dim; the two share only the q/dO ring a one-warp TMA producer f
 sm90, bf16/fp16, D = 64 or 128, expert_dim a multiple of the weight tile. Without token
 splits it adds nothing by atomics: its gradients are bitwise reproducible.
 """
+
 from __future__ import annotations
 
 from ..kernels import flash_mhf_bwd_dkvt_ws as ws
@@ -47,14 +48,16 @@ class FlashMhfBwdDkvtWs(Variant):
     def registers(self, spec: KernelSpec, config: ws.BwdDkvtWsConfig) -> float:
         return ws.consumer_registers(spec, config)
 
-    def default_config(self, spec: KernelSpec, tokens: int,
-                       sm_count: int) -> ws.BwdDkvtWsConfig:
+    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> ws.BwdDkvtWsConfig:
         return ws.default_config(spec, tokens, sm_count)
 
-    def prune_reason(self, spec: KernelSpec, config: ws.BwdDkvtWsConfig, tokens: int,
-                     sm_count: int) -> str | None:
-        problems = [*ws.config_problems(spec, config),
-                    *token_split_problems(spec, config, tokens, sm_count)]
+    def prune_reason(
+        self, spec: KernelSpec, config: ws.BwdDkvtWsConfig, tokens: int, sm_count: int
+    ) -> str | None:
+        problems = [
+            *ws.config_problems(spec, config),
+            *token_split_problems(spec, config, tokens, sm_count),
+        ]
         return "; ".join(problems) if problems else None
 
 

@@ -9,6 +9,7 @@ Shared memory (fitted to Triton 3.6 on sm90; docs/PERFORMANCE.md), Dp and b as t
     stage, D = 128 needs 262144 bytes, the base formula gives 230400) + 1 KiB.
 Registers: (BM*Dp + 3*BM*BN) / (32 * num_warps) (the dq accumulator, S, A and dP tiles).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,8 +55,11 @@ class FlashMhfBwdDq(Variant):
 
     def static_params(self, spec: KernelSpec, config: Config) -> dict:
         params = _triton.tile_params(spec, config)
-        params.update(group_heads=config.group_heads, tma=config.tma,
-                      warp_specialize=config.warp_specialize and params["even_de"])
+        params.update(
+            group_heads=config.group_heads,
+            tma=config.tma,
+            warp_specialize=config.warp_specialize and params["even_de"],
+        )
         return params
 
     def shared_memory(self, spec: KernelSpec, config: Config) -> int:
@@ -74,12 +78,18 @@ class FlashMhfBwdDq(Variant):
         bn = _triton.pick_block_n(spec.expert_dim, bn)
         heads = spec.group
         bm = _triton.rows_block(tokens * heads, bm)
-        config = Config(block_m=bm, block_n=bn, num_warps=4 if bm < 64 else warps,
-                        num_stages=stages, group_heads=heads)
+        config = Config(
+            block_m=bm,
+            block_n=bn,
+            num_warps=4 if bm < 64 else warps,
+            num_stages=stages,
+            group_heads=heads,
+        )
         return config if interp else _triton.shrink_to_fit(self, spec, config)
 
-    def prune_reason(self, spec: KernelSpec, config: Config, tokens: int,
-                     sm_count: int) -> str | None:
+    def prune_reason(
+        self, spec: KernelSpec, config: Config, tokens: int, sm_count: int
+    ) -> str | None:
         reason = _triton.tile_prune_reason(spec, config, max(1, tokens) * config.group_heads)
         if reason:
             return reason

@@ -7,6 +7,7 @@ and dP and accumulating dq in registers; a one-warp producer loads q and dO once
 K, U, V per tile by TMA. sm90, bf16/fp16, D = 64 or 128, expert_dim a multiple of 64. It
 adds nothing by atomics: its gradients are bitwise reproducible.
 """
+
 from __future__ import annotations
 
 from ..kernels import flash_mhf_bwd_dq_ws as ws
@@ -40,12 +41,12 @@ class FlashMhfBwdDqWs(Variant):
         # a consumer: dq (64 x D) and S, A, dP of (64 x 64)
         return (64 * spec.head_dim + 3 * 64 * ws.BLOCK_N) / 128
 
-    def default_config(self, spec: KernelSpec, tokens: int,
-                       sm_count: int) -> ws.BwdDqWsConfig:
+    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> ws.BwdDqWsConfig:
         return ws.default_config(spec, tokens, sm_count)
 
-    def prune_reason(self, spec: KernelSpec, config: ws.BwdDqWsConfig, tokens: int,
-                     sm_count: int) -> str | None:
+    def prune_reason(
+        self, spec: KernelSpec, config: ws.BwdDqWsConfig, tokens: int, sm_count: int
+    ) -> str | None:
         problems = ws.config_problems(spec, config)
         return "; ".join(problems) if problems else None
 

@@ -33,6 +33,7 @@ dP tiles; the dq tile takes the registers S, A and dP free. (Counting it too pru
 BN 64, 8 warps, the fastest config of the H200 sweep: 255 registers and 528 bytes of spill
 stores compiled, docs/PERFORMANCE.md.)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,15 +81,19 @@ class Config(TileConfig):
     def check_for(self, spec: KernelSpec) -> None:
         if self.tma:
             if spec.target == INTERPRETER:
-                raise ValueError("tma=True adds dq by TMA reductions, which Triton's "
-                                 "interpreter does not run")
+                raise ValueError(
+                    "tma=True adds dq by TMA reductions, which Triton's interpreter does not run"
+                )
             _triton.check_tma_target(spec)
             if self.block_m % spec.group:
-                raise ValueError(f"tma=True needs block_m={self.block_m} to be a multiple "
-                                 f"of heads/kv_heads={spec.group}")
+                raise ValueError(
+                    f"tma=True needs block_m={self.block_m} to be a multiple "
+                    f"of heads/kv_heads={spec.group}"
+                )
         if self.sigmoid == "tanh" and spec.target == INTERPRETER:
-            raise ValueError("sigmoid='tanh' is PTX inline assembly: a GPU only, not "
-                             "Triton's interpreter")
+            raise ValueError(
+                "sigmoid='tanh' is PTX inline assembly: a GPU only, not Triton's interpreter"
+            )
 
     def describe(self) -> str:
         text = super().describe()
@@ -121,9 +126,13 @@ class FlashMhfBwdFused(Variant):
 
     def static_params(self, spec: KernelSpec, config: Config) -> dict:
         params = _triton.tile_params(spec, config)
-        params.update(token_split=config.token_splits > 1, transpose_acc=config.transpose_acc,
-                      sigmoid=config.sigmoid, dr_atomic=dr_atomic(spec, config),
-                      tma=config.tma)
+        params.update(
+            token_split=config.token_splits > 1,
+            transpose_acc=config.transpose_acc,
+            sigmoid=config.sigmoid,
+            dr_atomic=dr_atomic(spec, config),
+            tma=config.tma,
+        )
         return params
 
     def shared_memory(self, spec: KernelSpec, config: Config) -> int:
@@ -152,34 +161,47 @@ class FlashMhfBwdFused(Variant):
         bm = _triton.rows_block(rows, bm)
         gpu = {}
         if not interp:
-            gpu = dict(transpose_acc=True,
-                       # tanh.approx (relative error 2^-10.7) only where the bar allows it
-                       sigmoid="tanh" if spec.dtype != "float32" else "exp",
-                       tma=_tma_fits(spec, bm))
-        config = Config(block_m=bm, block_n=bn, num_warps=warps if bm >= 64 else 4,
-                        num_stages=stages, **gpu)
-        config = fit_launches(spec, config, tokens, sm_count, intermediate_blocks(spec, bn),
-                              1 if interp else rows // (4 * bm))
+            gpu = dict(
+                transpose_acc=True,
+                # tanh.approx (relative error 2^-10.7) only where the bar allows it
+                sigmoid="tanh" if spec.dtype != "float32" else "exp",
+                tma=_tma_fits(spec, bm),
+            )
+        config = Config(
+            block_m=bm, block_n=bn, num_warps=warps if bm >= 64 else 4, num_stages=stages, **gpu
+        )
+        config = fit_launches(
+            spec,
+            config,
+            tokens,
+            sm_count,
+            intermediate_blocks(spec, bn),
+            1 if interp else rows // (4 * bm),
+        )
         return config if interp else _triton.shrink_to_fit(self, spec, config)
 
-    def prune_reason(self, spec: KernelSpec, config: Config, tokens: int,
-                     sm_count: int) -> str | None:
+    def prune_reason(
+        self, spec: KernelSpec, config: Config, tokens: int, sm_count: int
+    ) -> str | None:
         rows = max(1, tokens) * spec.group
         reason = _triton.tile_prune_reason(spec, config, rows)
         if reason:
             return reason
         if config.head_chunk > spec.kv_heads:
             return f"head_chunk={config.head_chunk} exceeds the {spec.kv_heads} kv heads"
-        used, budget = workspace_bytes(spec, config, max(1, tokens)), \
-            workspace_budget(spec, max(1, tokens))
+        used, budget = (
+            workspace_bytes(spec, config, max(1, tokens)),
+            workspace_budget(spec, max(1, tokens)),
+        )
         if used > budget:
-            return (f"a {used >> 20} MiB workspace exceeds the budget of {budget >> 20} MiB "
-                    f"({SCRATCH_FRACTION:g} of dq)")
+            return (
+                f"a {used >> 20} MiB workspace exceeds the budget of {budget >> 20} MiB "
+                f"({SCRATCH_FRACTION:g} of dq)"
+            )
         if config.token_splits > 1:
             if config.token_splits > cdiv(rows, config.block_m):
                 return f"token_splits={config.token_splits} exceeds the row blocks"
-            programs = intermediate_blocks(spec, config.block_n) * kv_heads_per_launch(
-                spec, config)
+            programs = intermediate_blocks(spec, config.block_n) * kv_heads_per_launch(spec, config)
             if programs * config.token_splits > MAX_PROGRAMS_PER_SM * max(1, sm_count):
                 return f"token_splits={config.token_splits} makes too many programs"
         return None

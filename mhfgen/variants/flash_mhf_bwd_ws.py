@@ -7,6 +7,7 @@ the element-wise math; B: dP^T, dV, dq) and swap dP^T and P^T/dS^T/dA^T through 
 memory; a one-warp producer loads q and dO by TMA. sm90, bf16/fp16, D = 64 or 128,
 expert_dim a multiple of 64. The dq workspace and its budget: mhfgen.workspace.
 """
+
 from __future__ import annotations
 
 from ..kernels import flash_mhf_bwd_ws as ws
@@ -44,16 +45,20 @@ class FlashMhfBwdWs(Variant):
     def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> ws.BwdWsConfig:
         return ws.default_config(spec, tokens, sm_count)
 
-    def prune_reason(self, spec: KernelSpec, config: ws.BwdWsConfig, tokens: int,
-                     sm_count: int) -> str | None:
+    def prune_reason(
+        self, spec: KernelSpec, config: ws.BwdWsConfig, tokens: int, sm_count: int
+    ) -> str | None:
         problems = ws.config_problems(spec, config)
         if config.head_chunk > spec.kv_heads:
             problems.append(f"head_chunk={config.head_chunk} exceeds the kv heads")
-        used, budget = workspace_bytes(spec, config, max(1, tokens)), \
-            workspace_budget(spec, max(1, tokens))
+        used, budget = (
+            workspace_bytes(spec, config, max(1, tokens)),
+            workspace_budget(spec, max(1, tokens)),
+        )
         if used > budget:
-            problems.append(f"a {used >> 20} MiB workspace exceeds the budget of "
-                            f"{budget >> 20} MiB")
+            problems.append(
+                f"a {used >> 20} MiB workspace exceeds the budget of {budget >> 20} MiB"
+            )
         return "; ".join(problems) if problems else None
 
 

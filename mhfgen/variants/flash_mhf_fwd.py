@@ -25,6 +25,7 @@ head_dim padded to its dot chunks and b the element size:
 Registers: (BM*Dp + 2*BM*BN) / (32 * num_warps) fp32 values per thread live (the
 accumulator, S and A tiles).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -87,10 +88,13 @@ class FlashMhfFwd(Variant):
     def static_params(self, spec: KernelSpec, config: Config) -> dict:
         params = _triton.tile_params(spec, config)
         even = params["even_de"]
-        params.update(group_heads=config.group_heads, inter_split=config.inter_splits > 1,
-                      tma=config.tma, prefetch_scores=config.prefetch_scores and even,
-                      warp_specialize=config.warp_specialize and even
-                      and not config.prefetch_scores)
+        params.update(
+            group_heads=config.group_heads,
+            inter_split=config.inter_splits > 1,
+            tma=config.tma,
+            prefetch_scores=config.prefetch_scores and even,
+            warp_specialize=config.warp_specialize and even and not config.prefetch_scores,
+        )
         # the Helion knobs enter the parameters (and the header's record of them) only
         # away from their defaults, so every config without them keeps its generated code
         # and its stored records their code hash
@@ -129,12 +133,19 @@ class FlashMhfFwd(Variant):
             # few tokens (decode): split the intermediate dimension to fill the GPU with
             # one wave of programs (a second, partial wave would leave most SMs idle)
             splits = max(1, min(tiles, sm_count // programs))
-        config = Config(block_m=bm, block_n=bn, num_warps=4 if bm < 64 else warps,
-                        num_stages=stages, group_heads=heads, inter_splits=splits)
+        config = Config(
+            block_m=bm,
+            block_n=bn,
+            num_warps=4 if bm < 64 else warps,
+            num_stages=stages,
+            group_heads=heads,
+            inter_splits=splits,
+        )
         return config if interp else _triton.shrink_to_fit(self, spec, config)
 
-    def prune_reason(self, spec: KernelSpec, config: Config, tokens: int,
-                     sm_count: int) -> str | None:
+    def prune_reason(
+        self, spec: KernelSpec, config: Config, tokens: int, sm_count: int
+    ) -> str | None:
         rows = max(1, tokens) * config.group_heads
         reason = _triton.tile_prune_reason(spec, config, rows)
         if reason:
@@ -151,8 +162,11 @@ class FlashMhfFwd(Variant):
             return "evict_weights applies to pointer loads, not tma"
         if config.inter_splits > 1:
             budget = MAX_PROGRAMS_PER_SM * max(1, sm_count)
-            tiles = (intermediate_blocks(spec, config.block_n)
-                     if spec.expert_dim % config.block_n == 0 else spec.experts)
+            tiles = (
+                intermediate_blocks(spec, config.block_n)
+                if spec.expert_dim % config.block_n == 0
+                else spec.experts
+            )
             if config.inter_splits > tiles:
                 return f"inter_splits={config.inter_splits} exceeds the {tiles} intermediate tiles"
             programs = cdiv(rows, config.block_m) * (spec.heads // config.group_heads)

@@ -13,6 +13,7 @@ shared memory = consumers' Q tiles + stages * 3 K/U/V tiles + mbarriers + 1 KiB;
 registers = BLOCK_M * (D + 4 * BLOCK_N) / (32 * consumer_warps) accumulator values per
 consumer thread (O, S, G and the next tile's S, G).
 """
+
 from __future__ import annotations
 
 from ..kernels import flash_mhf_fwd_ws as ws
@@ -47,8 +48,9 @@ class FlashMhfFwdWs(Variant):
     def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> ws.WsConfig:
         return ws.default_config(spec, tokens)
 
-    def prune_reason(self, spec: KernelSpec, config: ws.WsConfig, tokens: int,
-                     sm_count: int) -> str | None:
+    def prune_reason(
+        self, spec: KernelSpec, config: ws.WsConfig, tokens: int, sm_count: int
+    ) -> str | None:
         problems = ws.config_problems(spec, config)
         return "; ".join(problems) if problems else None
 
