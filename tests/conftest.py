@@ -53,12 +53,15 @@ FAST_MODULES = frozenset(
     }
 )
 #: modules whose tests share something beyond their own tmp_path (processes that take every
-#: core, GPUs): `--dist loadgroup` runs each group's tests one after another on one worker
+#: core, GPUs, the checkout's build folders): `--dist loadgroup` runs each group's tests one after another on one worker
 XDIST_GROUPS = {
     "test_distributed_benchmark": "distributed",
     "test_distributed_training": "distributed",
     "test_distributed_tp": "distributed",
     "test_multi_gpu": "gpus",
+    # its tests share one wheel built from the checkout (setuptools writes build/ and the
+    # egg-info there): two workers building at once collide
+    "test_packaging": "packaging",
 }
 
 

@@ -1,6 +1,7 @@
 """The built wheel works outside the checkout: console script, templates, shipped database."""
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -29,20 +30,30 @@ def installed(tmp_path_factory):
     site directory, does not run that directory's .pth hooks, so an editable mhfgen there
     stays invisible)."""
     tmp = tmp_path_factory.mktemp("wheel")
+    # NOTE: built from a copy of the checkout: setuptools walks the source tree, where
+    # other tests' processes write and rename __pycache__ files at the same time
+    src = tmp / "src"
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".whl", ".gpu", "__pycache__", "build", "dist", "*.egg-info"
+        ),
+    )
     _run(
         [
             sys.executable,
             "-m",
             "pip",
             "wheel",
-            str(ROOT),
+            str(src),
             "--no-deps",
             "--no-build-isolation",
             "-q",
             "-w",
             str(tmp / "dist"),
         ],
-        cwd=ROOT,
+        cwd=src,
     )
     wheel = next((tmp / "dist").glob("mhfgen-*.whl"))
     _run([sys.executable, "-m", "venv", str(tmp / "venv")])
