@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import CommandError
-from .common import add_problem_args, problem_from_args
+from .common import add_problem_args, spec_from_args
 from .output import add_json_arg, emit_json, printable, table, text_stream
 
 #: the formats of the --json documents of list and show (keys: docs/SCRIPTING.md)
@@ -234,34 +234,21 @@ def run_show(args) -> int:
     from .. import dispatch, registry
     from ..codegen import template_hash
     from ..device import compute_capability, gpu_name, target
-    from ..spec import KernelSpec
     from ..tuning.buckets import shape_bucket
     from ..tuning.db import TuningDBError
     from ..tuning.exchange import winner_as_dict
     from ..tuning.search import config_legend, describe_config
 
     out = text_stream(args)
-    p = problem_from_args(args)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    spec = spec_from_args(args, target(device))  # the flags' errors first
     for _, path in _layers(args):  # an unusable file is an error before anything prints
         if Path(path).exists():
             with _open(path, readonly=True) as db:
                 problem = db.integrity_problem()  # show reads every table
             if problem is not None:
                 raise CommandError(f"{path} is damaged (SQLite's quick_check: {problem})")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = args.gpu or gpu_name(device)
-    try:
-        spec = KernelSpec(
-            p["heads"],
-            p["kv_heads"],
-            p["head_dim"],
-            p["experts"],
-            p["expert_dim"],
-            args.dtype,
-            target(device),
-        )
-    except ValueError as exc:
-        raise CommandError(str(exc)) from exc
     bucket = shape_bucket(args.tokens)
     print(f"{spec.key()} at {args.tokens} tokens (bucket {bucket}) on {gpu}", file=out)
     doc = {

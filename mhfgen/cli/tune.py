@@ -17,7 +17,7 @@ import signal
 import sys
 
 from . import CommandError
-from .common import add_problem_args, problem_from_args
+from .common import add_problem_args, spec_from_args
 from .output import table
 
 #: the problem of a bare `mhfgen tune` on a machine without a GPU
@@ -219,7 +219,6 @@ def _setup(args):
     the flags and this machine."""
     import torch
 
-    from ..spec import KernelSpec
     from ..tuning.problem import DeviceFacts, TuningProblem
     from ..tuning.search import study_storage_url
 
@@ -243,17 +242,8 @@ def _setup(args):
             f"({MAX_TUNE_TOKENS} = 2**24); larger calls use the winner tuned "
             f"nearest in tokens"
         )
-    p = problem_from_args(args)
     try:
-        spec = KernelSpec(
-            p["heads"],
-            p["kv_heads"],
-            p["head_dim"],
-            p["experts"],
-            p["expert_dim"],
-            args.dtype,
-            device.target,
-        )
+        spec = spec_from_args(args, device.target)
         problem = TuningProblem(spec, args.tokens)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
