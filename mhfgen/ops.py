@@ -57,7 +57,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, do):
     q, k, u, v, r = ctx.saved_tensors
-    return _flash_mhf_backward_op(q, k, u, v, r, int32_safe(do))
+    return _flash_mhf_backward_op(q, k, u, v, r, do)
 
 
 _flash_mhf_op.register_autograd(_backward, setup_context=_setup_context)

@@ -82,10 +82,15 @@ def head_offset_problem(name: str, t: torch.Tensor) -> str | None:
     return None
 
 
+def overruns_int32(t: torch.Tensor) -> bool:
+    """Whether head_offset_problem refuses `t` (False for anything but a tensor)."""
+    return _int32_overrun(t) >= INT32_LIMIT
+
+
 def int32_safe(t: torch.Tensor) -> torch.Tensor:
     """`t`, or a contiguous copy where head_offset_problem would refuse it. Anything but a
     tensor is returned as it is (the input checks name it)."""
-    return t.contiguous() if _int32_overrun(t) >= INT32_LIMIT else t
+    return t.contiguous() if overruns_int32(t) else t
 
 
 def check_flash_mhf_inputs(q, k, u, v, r, *, allow_float64: bool = False) -> Problem:

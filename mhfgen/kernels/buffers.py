@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..validation import head_offset_problem
+from ..validation import overruns_int32
 
 
 def contiguous_strides(shape: tuple) -> tuple:
@@ -58,11 +58,7 @@ def grad_plan_inputs(q: torch.Tensor, do: torch.Tensor) -> tuple[bool, tuple]:
     kernel will see."""
     if do.shape != q.shape:
         raise ValueError(f"do must have q's shape {tuple(q.shape)}, got {tuple(do.shape)}")
-    copy = (
-        do.dtype != q.dtype
-        or (do.numel() > 0 and do.stride(-1) != 1)
-        or head_offset_problem("do", do) is not None
-    )
+    copy = do.dtype != q.dtype or (do.numel() > 0 and do.stride(-1) != 1) or overruns_int32(do)
     strides = contiguous_strides(tuple(do.shape)) if copy else do.stride()
     return copy, strides[:3]
 
