@@ -49,6 +49,10 @@ class InputForm:
     q: str = "view"
     weights: str = "contiguous"
 
+    def r_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """r's dtype where q, k, u and v are in `dtype`."""
+        return torch.float32 if self.r == "float32" else dtype
+
 
 FORMS = (
     InputForm("base"),
@@ -131,21 +135,18 @@ def form_inputs(case: Case, form: InputForm, dtype: torch.dtype, device, seed: i
     values are those of verification.make_inputs; the layouts are built on the device
     (a `.to(device)` would make a non-dense tensor contiguous)."""
     q, k, u, v, r, do = make_inputs(case, torch.float32, "cpu", seed=seed)
-    r_dtype = torch.float32 if form.r == "float32" else dtype
     q, do = (_rows_layout(t.to(device=device, dtype=dtype), form.q) for t in (q, do))
     k, u, v = (_weights_layout(w.to(device=device, dtype=dtype), form.weights) for w in (k, u, v))
-    return q, k, u, v, r.to(device=device, dtype=r_dtype), do
+    return q, k, u, v, r.to(device=device, dtype=form.r_dtype(dtype)), do
 
 
 def _rows_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
-    B, L, H, D = t.shape
     if layout == "view":
         return t.contiguous()
     if layout == "strided":
-        buf = torch.full((B, L, H, D + 8), float("nan"), dtype=t.dtype, device=t.device)
-        buf[..., :D] = t
-        return buf[..., :D]
+        return _padded_rows(t)
     if layout == "transposed":
+        B, L, H, D = t.shape
         buf = torch.empty((B, H, L, D), dtype=t.dtype, device=t.device)
         buf.copy_(t.transpose(1, 2))
         return buf.transpose(1, 2)
@@ -156,11 +157,16 @@ def _weights_layout(w: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "contiguous":
         return w.contiguous()
     if layout == "strided":
-        D = w.shape[-1]
-        buf = torch.full((*w.shape[:-1], D + 8), float("nan"), dtype=w.dtype, device=w.device)
-        buf[..., :D] = w
-        return buf[..., :D]
+        return _padded_rows(w)
     raise ValueError(f"unknown weights layout {layout!r}")
+
+
+def _padded_rows(t: torch.Tensor) -> torch.Tensor:
+    """`t` as a view of a buffer 8 NaN-filled elements wider in its last dimension."""
+    D = t.shape[-1]
+    buf = torch.full((*t.shape[:-1], D + 8), float("nan"), dtype=t.dtype, device=t.device)
+    buf[..., :D] = t
+    return buf[..., :D]
 
 
 @dataclass
@@ -248,10 +254,10 @@ def run_group(
         for case in shape.cases():
             seen = set()
             for form in forms:
-                r_dtype = torch.float32 if form.r == "float32" else dtype
-                if (r_dtype, form.q, form.weights) in seen:
+                layout = (form.r_dtype(dtype), form.q, form.weights)
+                if layout in seen:
                     continue  # in float32, r in q's dtype is the float32 form again
-                seen.add((r_dtype, form.q, form.weights))
+                seen.add(layout)
                 inputs = form_inputs(case, form, dtype, dev, seed)
                 expected = reference_outputs(*inputs)
                 for v in variants:

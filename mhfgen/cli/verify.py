@@ -299,10 +299,7 @@ def _run_matrix(args, gpu: bool, dev, names: list, where: str, out) -> int:
     ran = [r for r in rows if r.status != "n/a"]
     failed = [r for r in ran if not r.ok]
     lines = []
-    for r in rows:
-        if r.status == "n/a":
-            continue
-        worst = {name: e for name, e in r.errors.items()}
+    for r in ran:
         lines.append(
             (
                 r.shape,
@@ -311,7 +308,10 @@ def _run_matrix(args, gpu: bool, dev, names: list, where: str, out) -> int:
                 r.form,
                 r.dtype,
                 r.variant,
-                *(f"{worst[o][0]:.1e}/{worst[o][1]:.1e}" if o in worst else "" for o in OUTPUTS),
+                *(
+                    f"{r.errors[o][0]:.1e}/{r.errors[o][1]:.1e}" if o in r.errors else ""
+                    for o in OUTPUTS
+                ),
                 r.status,
             )
         )
