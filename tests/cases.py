@@ -102,3 +102,20 @@ def grouped(config, case: Case):
     import dataclasses
 
     return dataclasses.replace(config, group_heads=case.heads // case.kv_heads)
+
+
+#: the command-line flags of the tiny problem the CLI tests run (add --tokens where needed)
+TINY_FLAGS = [
+    "--heads",
+    "2",
+    "--kv-heads",
+    "1",
+    "--head-dim",
+    "32",
+    "--intermediate",
+    "64",
+    "--experts",
+    "2",
+    "--dtype",
+    "float32",
+]

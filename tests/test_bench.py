@@ -12,24 +12,12 @@ import json
 
 import pytest
 import torch
+from cases import TINY_FLAGS
 
 from mhfgen import bench
 from mhfgen.cli import main
 
-TINY = [
-    "--heads",
-    "2",
-    "--kv-heads",
-    "1",
-    "--head-dim",
-    "32",
-    "--intermediate",
-    "64",
-    "--experts",
-    "2",
-    "--dtype",
-    "float32",
-]
+TINY = TINY_FLAGS
 ENV_FIELDS = ("gpu", "compute_capability", "torch", "triton", "mhfgen", "date", "timer")
 GPU = torch.cuda.is_available()
 

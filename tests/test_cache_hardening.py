@@ -16,6 +16,7 @@ import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 
 # isort: split
 import pytest
+from cases import TINY_FLAGS
 
 from mhfgen import codegen
 from mhfgen.cli import main
@@ -24,22 +25,7 @@ from mhfgen.tuning import db as dbmod
 from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
 SPEC = KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter")
-TINY = [
-    "--heads",
-    "2",
-    "--kv-heads",
-    "1",
-    "--head-dim",
-    "32",
-    "--intermediate",
-    "64",
-    "--experts",
-    "2",
-    "--dtype",
-    "float32",
-    "--tokens",
-    "32",
-]
+TINY = [*TINY_FLAGS, "--tokens", "32"]
 
 pytestmark = pytest.mark.usefixtures("fresh_dispatch")
 

@@ -10,28 +10,14 @@ import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 
 # isort: split
 import pytest
+from cases import TINY_FLAGS
 
 from mhfgen.cli import main
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.db import TuningDB, TuningDBError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--heads",
-    "2",
-    "--kv-heads",
-    "1",
-    "--head-dim",
-    "32",
-    "--intermediate",
-    "64",
-    "--experts",
-    "2",
-    "--dtype",
-    "float32",
-    "--tokens",
-    "32",
-]
+TINY = [*TINY_FLAGS, "--tokens", "32"]
 
 pytestmark = pytest.mark.usefixtures("fresh_dispatch")
 

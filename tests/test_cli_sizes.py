@@ -6,6 +6,7 @@ on the CPU, --tokens alone tunes the small CPU problem, not another one; `codege
 import os
 
 import pytest
+from cases import TINY_FLAGS
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 from mhfgen.cli import main
@@ -17,20 +18,7 @@ from mhfgen.tuning.db import TuningDB
 from mhfgen.tuning.problem import TuningProblem
 
 pytestmark = pytest.mark.usefixtures("fresh_dispatch")
-TINY = [
-    "--heads",
-    "2",
-    "--kv-heads",
-    "1",
-    "--head-dim",
-    "32",
-    "--intermediate",
-    "64",
-    "--experts",
-    "2",
-    "--dtype",
-    "float32",
-]
+TINY = TINY_FLAGS
 
 
 @pytest.fixture(autouse=True)

@@ -26,25 +26,13 @@ import types
 
 import pytest
 import torch
+from cases import TINY_FLAGS
 
 from mhfgen import bench, peers, reference
 from mhfgen.cli import main
 from mhfgen.peers import helion_fwd
 
-TINY = [
-    "--heads",
-    "2",
-    "--kv-heads",
-    "1",
-    "--head-dim",
-    "32",
-    "--intermediate",
-    "64",
-    "--experts",
-    "2",
-    "--dtype",
-    "float32",
-]
+TINY = TINY_FLAGS
 
 
 @pytest.fixture
