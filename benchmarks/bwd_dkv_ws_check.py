@@ -30,13 +30,13 @@ import triton
 from hangs import attempt, finish, row, run_watched  # benchmarks/hangs.py, beside this script
 
 from mhfgen import kernels
-from mhfgen.kernels import flash_mhf_bwd_dkv_ws as ws
-from mhfgen.kernels import flash_mhf_bwd_dkvt_ws as wst
-from mhfgen.kernels.flash_mhf_bwd_dkv import flash_mhf_bwd_dkv
-from mhfgen.kernels.flash_mhf_bwd_dkv_ws import BwdDkvWsConfig
-from mhfgen.kernels.flash_mhf_bwd_dkvt_ws import BwdDkvtWsConfig
 from mhfgen.spec import KernelSpec
 from mhfgen.tolerances import relative_error, tolerance
+from mhfgen.variants import flash_mhf_bwd_dkv_ws as ws
+from mhfgen.variants import flash_mhf_bwd_dkvt_ws as wst
+from mhfgen.variants.flash_mhf_bwd_dkv import flash_mhf_bwd_dkv
+from mhfgen.variants.flash_mhf_bwd_dkv_ws import BwdDkvWsConfig
+from mhfgen.variants.flash_mhf_bwd_dkvt_ws import BwdDkvtWsConfig
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
 GRADS = ("dk", "du", "dv")

@@ -26,10 +26,10 @@ from bwd_dkv_ws_check import SPEED_SHAPES, VERIFY_CASES
 from hangs import attempt, finish, run_watched  # benchmarks/hangs.py, beside this script
 
 from mhfgen import kernels
-from mhfgen.kernels.flash_mhf_bwd_dkv_ws import flash_mhf_bwd_dkv_ws
-from mhfgen.kernels.flash_mhf_bwd_dq import flash_mhf_bwd_dq
-from mhfgen.kernels.flash_mhf_bwd_dq_ws import BwdDqWsConfig, flash_mhf_bwd_dq_ws
 from mhfgen.tolerances import relative_error, tolerance
+from mhfgen.variants.flash_mhf_bwd_dkv_ws import flash_mhf_bwd_dkv_ws
+from mhfgen.variants.flash_mhf_bwd_dq import flash_mhf_bwd_dq
+from mhfgen.variants.flash_mhf_bwd_dq_ws import BwdDqWsConfig, flash_mhf_bwd_dq_ws
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
 GRADS = ("dq", "dr")

@@ -26,11 +26,10 @@ import triton
 
 from mhfgen import kernels
 from mhfgen.kernels.configs import spec_of
-from mhfgen.kernels.flash_mhf_bwd_fused import flash_mhf_bwd_fused
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.tuning.compile import CompilePool
 from mhfgen.validation import check_flash_mhf_inputs
-from mhfgen.variants.flash_mhf_bwd_fused import Config, workspace_bytes
+from mhfgen.variants.flash_mhf_bwd_fused import Config, flash_mhf_bwd_fused, workspace_bytes
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
 GRADS = ("dq", "dr", "dk", "du", "dv")

@@ -33,10 +33,10 @@ import triton
 from hangs import Hang, finish, run_watched  # benchmarks/hangs.py, beside this script
 
 from mhfgen import codegen, kernels
-from mhfgen.kernels import flash_mhf_bwd_ws as ws_module
-from mhfgen.kernels.flash_mhf_bwd_ws import BwdWsConfig, flash_mhf_bwd_ws
 from mhfgen.kernels.plans import clear_plans
 from mhfgen.tolerances import relative_error, tolerance
+from mhfgen.variants import flash_mhf_bwd_ws as ws_module
+from mhfgen.variants.flash_mhf_bwd_ws import BwdWsConfig, flash_mhf_bwd_ws
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
 GRADS = ("dq", "dr", "dk", "du", "dv")

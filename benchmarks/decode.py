@@ -156,8 +156,8 @@ def measure(preset_name: str, tokens: int, device, copy_bps: float) -> list[dict
 
 def sweep(preset_name: str, tokens: int, device, copy_bps: float, top: int = 6) -> list[dict]:
     """CUDA-graph time of a grid of forward configs; the `top` fastest, best first."""
-    from mhfgen.heuristics import default_config
-    from mhfgen.kernels import flash_mhf_fwd
+    from mhfgen.registry import default_config
+    from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
 
     p = _problem(preset_name, tokens, device)
     base = default_config("flash_mhf_fwd", p.spec, tokens, mdevice.sm_count(device))

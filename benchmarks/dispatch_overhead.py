@@ -43,21 +43,21 @@ import triton
 
 from mhfgen import dispatch
 from mhfgen.codegen import template_hash
-from mhfgen.heuristics import default_config
-from mhfgen.kernels import flash_mhf_fwd
 from mhfgen.kernels.plans import plan_key
 from mhfgen.presets import PRESETS
+from mhfgen.registry import default_config
 from mhfgen.spec import KernelSpec, dtype_name
 from mhfgen.tuning.buckets import shape_bucket
 from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord, utc_now
 from mhfgen.tuning.problem import DeviceFacts
+from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
 
 BAR_US = 10.0
 KERNEL = "flash_mhf_fwd"
 BARE = "bare launch: kernel[grid](...) (JITFunction.run)"
 BINARY = "the binary's launcher: CompiledKernel.run(...)"
 DISPATCHED = "launcher with dispatch (tuned, exact key)"
-_LAUNCHER_MODULE = sys.modules["mhfgen.kernels.flash_mhf_fwd"]
+_LAUNCHER_MODULE = sys.modules["mhfgen.variants.flash_mhf_fwd"]
 
 
 def captured_launch(inputs, config):
@@ -65,7 +65,7 @@ def captured_launch(inputs, config):
     GPU it holds its compiled binary) and the output buffer of one call."""
     out = flash_mhf_fwd(*inputs, config=config)
     flash_mhf_fwd(*inputs, config=config)
-    plan = _LAUNCHER_MODULE._plans[plan_key(config, *inputs)]
+    plan = _LAUNCHER_MODULE._launch.plans[plan_key(config, *inputs)]
     if plan.splits:
         raise RuntimeError("the benchmark's config must not split the intermediate dimension")
     return plan.launch, out

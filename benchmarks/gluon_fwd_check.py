@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from hangs import Hang, finish, run_watched  # benchmarks/hangs.py, beside this script
 
 from mhfgen import reference
-from mhfgen.kernels.flash_mhf_fwd import flash_mhf_fwd
-from mhfgen.kernels.flash_mhf_fwd_ws import WsConfig, config_problems, flash_mhf_fwd_ws
 from mhfgen.spec import KernelSpec
 from mhfgen.tolerances import relative_error, tolerance
+from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
+from mhfgen.variants.flash_mhf_fwd_ws import WsConfig, config_problems, flash_mhf_fwd_ws
 from mhfgen.verification import Case, make_inputs
 
 C1 = WsConfig(consumers=1, consumer_warps=8)  # 1 consumer of 8 warps

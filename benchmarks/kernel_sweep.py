@@ -20,11 +20,13 @@ import triton
 
 from mhfgen import device as _device
 from mhfgen import registry
-from mhfgen.heuristics import default_config
-from mhfgen.kernels import flash_mhf_bwd_dkv, flash_mhf_bwd_dq, flash_mhf_fwd
 from mhfgen.kernels.configs import spec_of
 from mhfgen.presets import PRESETS, Preset
+from mhfgen.registry import default_config
 from mhfgen.validation import check_flash_mhf_inputs
+from mhfgen.variants.flash_mhf_bwd_dkv import flash_mhf_bwd_dkv
+from mhfgen.variants.flash_mhf_bwd_dq import flash_mhf_bwd_dq
+from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
 from mhfgen.verification import Case, make_inputs
 
 EXTRA = {"H16D64": Preset("H16D64", 1024, 16, 64, 2816, 11)}

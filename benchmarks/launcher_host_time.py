@@ -16,8 +16,8 @@ import time
 import torch
 
 import mhfgen  # noqa: F401  (switches the interpreter on without CUDA)
-from mhfgen.kernels import flash_mhf_fwd
 from mhfgen.variants.flash_mhf_fwd import Config as FwdConfig
+from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
 
 
 class _NoLaunch:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     calls = args.calls
-    module = sys.modules["mhfgen.kernels.flash_mhf_fwd"]
+    module = sys.modules["mhfgen.variants.flash_mhf_fwd"]
     real = module.load_kernel
     module.load_kernel = lambda *a, **k: _NoLaunch()
     try:

@@ -18,10 +18,10 @@ from triton.testing import do_bench
 
 from mhfgen import dispatch, reference
 from mhfgen.kernels.configs import spec_of
-from mhfgen.kernels.flash_mhf_fwd import flash_mhf_fwd
 from mhfgen.presets import PRESETS
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.validation import check_flash_mhf_inputs
+from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
 from mhfgen.verification import Case, make_inputs
 
 KNOBS = [

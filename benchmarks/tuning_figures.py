@@ -47,7 +47,7 @@ import mhfgen  # first: switches Triton's interpreter on where there is no GPU
 import torch
 import triton
 
-from mhfgen.heuristics import default_config
+from mhfgen.registry import default_config
 from mhfgen.spec import KernelSpec
 from mhfgen.tuning.outcome import Candidate
 from mhfgen.tuning.problem import DeviceFacts, TuningProblem

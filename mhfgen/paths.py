@@ -1,8 +1,9 @@
 """Where mhfgen finds its templates and shipped database, and where it writes.
 
-From a checkout the templates live in `<root>/templates` and the shipped database in
-`<root>/tuning_db`; an installed wheel carries both inside the package
-(`mhfgen/templates`, `mhfgen/tuning_db`, mapped by pyproject.toml).
+The built-in variants' templates and search spaces live beside their modules in
+`mhfgen/variants/`. The shipped database lives in `<root>/tuning_db` in a checkout; an
+installed wheel carries it inside the package (`mhfgen/tuning_db`, mapped by
+pyproject.toml).
 
 Everything mhfgen writes lives under one folder, cache_dir():
 
@@ -34,9 +35,15 @@ def _data_dir(name: str) -> Path:
     raise FileNotFoundError(f"mhfgen: cannot find its '{name}' folder beside or inside {_PACKAGE}")
 
 
+def package_dir() -> Path:
+    """The folder of the mhfgen package."""
+    return _PACKAGE
+
+
 def templates_dir() -> Path:
-    """The folder of Jinja kernel templates and their search spaces."""
-    return _data_dir("templates")
+    """The folder of the built-in variants: their modules, Jinja templates and search
+    spaces, and the template macros they share."""
+    return _PACKAGE / "variants"
 
 
 def shipped_db_path() -> Path:

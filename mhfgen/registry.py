@@ -10,9 +10,10 @@ An *op* is one piece of the FlashMHF computation with fixed inputs and outputs:
 The backward runs either `bwd` or the split pair `bwd_dq` + `bwd_dkv` (mhfgen.kernels.
 dispatched.backward decides per call: deterministic runs take the split pair).
 
-A *variant* is one kernel implementing an op: one template (templates/<stem>.py.jinja),
-one search-space file (templates/<stem>.space.toml), one module under mhfgen/variants/
-that subclasses `Variant` and calls `register(...)`, and a launcher. Everything the rest
+A *variant* is one kernel implementing an op, in three files side by side: a module
+(mhfgen/variants/<stem>.py: its config type, support checks, resource estimates,
+launcher, and a `Variant` subclass it passes to `register(...)`), its template
+(<stem>.py.jinja) and its search space (<stem>.space.toml). Everything the rest
 of mhfgen knows about a kernel (its typed config, static template parameters, resource
 estimates, heuristic default, pruning rules, FLOP count, outputs) is asked of the
 variant; codegen, heuristics, resources, the tuner, the dispatcher and the CLI switch on
@@ -30,6 +31,7 @@ import dataclasses
 import importlib
 import json
 import pkgutil
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,8 +134,8 @@ class Variant:
     """One kernel variant. Subclasses set the class attributes and override the methods
     that raise NotImplementedError; one instance is registered per stem.
 
-    stem:        the name stem, through every layer: templates/<stem>.py.jinja,
-                 templates/<stem>.space.toml, mhfgen/variants/<stem>.py, the database's
+    stem:        the name stem, through every layer: its module mhfgen/variants/<stem>.py
+                 and beside it <stem>.py.jinja and <stem>.space.toml, the database's
                  `variant` column, the generated kernel `<stem>_kernel`.
     op:          the op it implements (a key of OPS).
     family:      'triton' or 'gluon'.
@@ -145,7 +147,8 @@ class Variant:
                  launcher(q, k, u, v, r[, do], config=...).
     entries:     the @jit functions of its module that launchers load (default
                  `<stem>_kernel`).
-    template_dir: where its template and space file live (None: mhfgen's templates/).
+    template_dir: where its template and space file live (None: beside the module that
+                 defines the class, as the built-in variants' are in mhfgen/variants/).
     shared_templates: other files of template_dir its template includes; they are part of
                  its template hash.
     preference:  order among the variants of one op for the heuristic fallback (lowest
@@ -192,9 +195,17 @@ class Variant:
         return f"{self.stem}.py.jinja"
 
     def templates_dir(self) -> Path:
-        from . import paths
-
-        return self.template_dir if self.template_dir is not None else paths.templates_dir()
+        """`template_dir`, else the folder of the module that defines the variant's class
+        (its template and space file sit beside it)."""
+        if self.template_dir is not None:
+            return self.template_dir
+        module = sys.modules.get(type(self).__module__)
+        if getattr(module, "__file__", None) is None:
+            raise RegistryError(
+                f"{self.stem}: its class's module {type(self).__module__!r} has no file; "
+                f"set template_dir to the folder of its template and space file"
+            )
+        return Path(module.__file__).parent
 
     def space_path(self) -> Path:
         return self.templates_dir() / f"{self.stem}.space.toml"
@@ -412,6 +423,14 @@ def op_named(name: str) -> str:
         if op.short == name:
             return op.name
     return get(name).op
+
+
+def default_config(kernel: str, spec: KernelSpec, tokens: int, sm_count: int) -> VariantConfig:
+    """The built-in (heuristic) config of variant `kernel` for `spec` at `tokens` tokens on
+    a GPU of `sm_count` multiprocessors (any positive number for the interpreter): valid
+    for every spec and shape the variant supports, used where no tuning database has
+    better (each variant's Variant.default_config)."""
+    return get(kernel).default_config(spec, tokens, sm_count)
 
 
 def usable(op: str, spec: KernelSpec, tokens: int | None = None) -> list[Variant]:

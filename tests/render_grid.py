@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mhfgen import codegen, paths, registry  # noqa: E402
+from mhfgen import codegen, registry  # noqa: E402
 from mhfgen.schema2 import SCHEMA2_FIELDS  # noqa: E402
 from mhfgen.spec import KernelSpec  # noqa: E402
 
@@ -107,8 +107,11 @@ def config_text(config: registry.VariantConfig) -> str:
 
 
 def _code(source: str) -> str:
+    """The generated code without its provenance lines (template path and hash)."""
     return "\n".join(
-        line for line in source.splitlines() if not line.startswith("# template hash:")
+        line
+        for line in source.splitlines()
+        if not line.startswith(("# template hash:", codegen.PROVENANCE))
     )
 
 
@@ -122,7 +125,7 @@ def templates_from(folder: Path):
 
     clear()
     try:
-        with mock.patch.object(paths, "templates_dir", lambda: folder):
+        with mock.patch.object(registry.Variant, "template_dir", folder):
             yield
     finally:
         clear()
@@ -152,16 +155,23 @@ def digests(renders: dict[tuple, str]) -> dict[str, str]:
 
 
 def templates_at(rev: str, into: Path) -> Path:
-    """Write the templates/ folder of git revision `rev` into `into`."""
-    names = subprocess.run(
-        ["git", "-C", str(REPO), "ls-tree", "--name-only", f"{rev}:templates"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    for name in names:
+    """Write the templates and search spaces of git revision `rev` into `into` (from
+    mhfgen/variants/, or the top-level templates/ folder of older revisions)."""
+    for folder in ("mhfgen/variants", "templates"):
+        listed = subprocess.run(
+            ["git", "-C", str(REPO), "ls-tree", "--name-only", f"{rev}:{folder}"],
+            capture_output=True,
+            text=True,
+        )
+        if listed.returncode == 0 and ".jinja" in listed.stdout:
+            break
+    else:
+        raise SystemExit(f"{rev} has neither mhfgen/variants/ nor templates/")
+    for name in listed.stdout.split():
+        if not name.endswith((".jinja", ".toml")):
+            continue
         blob = subprocess.run(
-            ["git", "-C", str(REPO), "show", f"{rev}:templates/{name}"],
+            ["git", "-C", str(REPO), "show", f"{rev}:{folder}/{name}"],
             check=True,
             capture_output=True,
         ).stdout

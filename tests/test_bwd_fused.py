@@ -9,11 +9,11 @@ import torch
 from cases import CASES, CONFIGS, DTYPES, EMPTY
 from kernel_harness import assert_close, inputs_and_reference, run_poisoned
 
-from mhfgen import dispatch, kernels
-from mhfgen.kernels import flash_mhf_bwd_fused
+from mhfgen import dispatch, kernels, registry
 from mhfgen.spec import KernelSpec
 from mhfgen.tuning.lookup import Choice
 from mhfgen.variants import flash_mhf_bwd_fused as fused
+from mhfgen.variants.flash_mhf_bwd_fused import flash_mhf_bwd_fused
 
 GRADS = ("dq", "dr", "dk", "du", "dv")
 
@@ -188,7 +188,7 @@ def test_deterministic_mode_runs_the_split_pair_without_token_splits(monkeypatch
         return choice
 
     seen = []
-    launcher = kernels.flash_mhf_bwd_dkv
+    launcher = registry.get("flash_mhf_bwd_dkv").launch_fn()
 
     def spy(*args, config=None):
         seen.append(config)

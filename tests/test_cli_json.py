@@ -206,10 +206,10 @@ def test_the_legend_explains_every_code():
         assert stem in codes, part
     # the Gluon backward variants' and the one-pass Triton one's codes too (a register
     # pair follows `regs`)
-    from mhfgen.kernels.flash_mhf_bwd_dkv_ws import BwdDkvWsConfig
-    from mhfgen.kernels.flash_mhf_bwd_dq_ws import BwdDqWsConfig
-    from mhfgen.kernels.flash_mhf_bwd_ws import BwdWsConfig
+    from mhfgen.variants.flash_mhf_bwd_dkv_ws import BwdDkvWsConfig
+    from mhfgen.variants.flash_mhf_bwd_dq_ws import BwdDqWsConfig
     from mhfgen.variants.flash_mhf_bwd_fused import Config as FusedConfig
+    from mhfgen.variants.flash_mhf_bwd_ws import BwdWsConfig
 
     for config in (
         FusedConfig(

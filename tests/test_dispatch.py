@@ -15,7 +15,7 @@ from cases import KERNELS
 
 from mhfgen import dispatch
 from mhfgen.codegen import template_hash
-from mhfgen.heuristics import default_config
+from mhfgen.registry import default_config
 from mhfgen.spec import KernelSpec
 from mhfgen.tuning import db as dbmod
 from mhfgen.tuning.buckets import shape_bucket
@@ -175,7 +175,7 @@ def test_the_database_is_read_once_and_choices_are_cached(monkeypatch):
 
 def test_launches_use_the_tuned_config(monkeypatch):
     store(6, A)
-    module = sys.modules["mhfgen.kernels.flash_mhf_fwd"]
+    module = sys.modules["mhfgen.variants.flash_mhf_fwd"]
     seen = []
     real = module.load_kernel
 
@@ -188,7 +188,7 @@ def test_launches_use_the_tuned_config(monkeypatch):
     q = torch.randn(1, 6, 2, 32, generator=g)
     k, u, v = (torch.randn(2, 2, 32, 32, generator=g) / 6 for _ in range(3))
     r = torch.rand(1, 6, 2, 2, generator=g)
-    o = mhfgen.kernels.flash_mhf_fwd(q, k, u, v, r)
+    o = module.flash_mhf_fwd(q, k, u, v, r)
     assert seen == [A]
     torch.testing.assert_close(o, mhfgen.reference.flash_mhf(q, k, u, v, r), rtol=1e-4, atol=1e-4)
 

@@ -5,7 +5,8 @@ import torch
 from cases import CASES, CONFIGS, DTYPES, EMPTY, grouped
 from kernel_harness import assert_close, inputs_and_reference, run_poisoned
 
-from mhfgen.kernels import flash_mhf_bwd_dkv, flash_mhf_bwd_dq
+from mhfgen.variants.flash_mhf_bwd_dkv import flash_mhf_bwd_dkv
+from mhfgen.variants.flash_mhf_bwd_dq import flash_mhf_bwd_dq
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -5,7 +5,7 @@ import torch
 from cases import CASES, CONFIGS, DTYPES, EMPTY, grouped
 from kernel_harness import assert_close, inputs_and_reference, run_poisoned
 
-from mhfgen.kernels import flash_mhf_fwd
+from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -56,9 +56,9 @@ def test_the_shared_launch_passes_every_kernel_argument_in_order(stem, monkeypat
     """The Gluon backward launchers share sm90.BackwardLaunch: on the CPU (the plan
     made as for an sm90 device), its positional arguments and constexprs are exactly the
     generated kernel's parameters, in order, the outputs where the kernel takes them."""
-    module = importlib.import_module(f"mhfgen.kernels.{stem}")
+    module = importlib.import_module(f"mhfgen.variants.{stem}")
     # the module whose plan function looks the spec up (the dK/dU/dV kernels share one)
-    plan_fn = getattr(module, "gluon_dkv_plan", module._make_plan)
+    plan_fn = module._launch.make_plan
     planner = importlib.import_module(plan_fn.__module__)
     real_spec_of = planner.spec_of
     monkeypatch.setattr(
@@ -69,7 +69,7 @@ def test_the_shared_launch_passes_every_kernel_argument_in_order(stem, monkeypat
     inputs = make_inputs(Case("gqa", 1, 300, 8, 2, 128, 4, 128), torch.float16, "cpu")
     q, k, u, v, r, do = inputs
     config = registry.get(stem).Config()
-    plan = module._make_plan(*inputs, config)
+    plan = plan_fn(*inputs, config)
     launch = (
         plan.chunks[0].launch
         if hasattr(plan, "chunks")

@@ -12,8 +12,9 @@ from sm90_compile import gluon_report
 
 from mhfgen import registry
 from mhfgen.codegen import render
-from mhfgen.kernels import flash_mhf_bwd_dkv_ws as ws
 from mhfgen.spec import KernelSpec
+from mhfgen.variants import flash_mhf_bwd_dkv_ws as ws
+from mhfgen.variants._gluon import token_split_plan, wave_token_splits
 
 SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
 SPEC_370M = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")
@@ -190,13 +191,13 @@ def test_deterministic_runs_drop_its_token_splits():
 )
 def test_token_split_plan_zeroes_fp32_buffers_whenever_the_template_adds(tokens, splits, expect):
     config = ws.BwdDkvWsConfig(token_splits=splits)
-    assert ws.token_split_plan(tokens, config) == expect
+    assert token_split_plan(tokens, config) == expect
     assert ws.static_params(SPEC_13B, config)["token_split"] == expect[2]
 
 
 def test_token_split_plan_counts_the_rows_split_in_64_token_tiles():
-    assert ws.token_split_plan(16384, ws.BwdDkvWsConfig(split="rows")) == (256, 1, False)
-    assert ws.token_split_plan(1000, ws.BwdDkvWsConfig(split="rows", token_splits=3)) == (
+    assert token_split_plan(16384, ws.BwdDkvWsConfig(split="rows")) == (256, 1, False)
+    assert token_split_plan(1000, ws.BwdDkvWsConfig(split="rows", token_splits=3)) == (
         6,
         3,
         True,
@@ -290,4 +291,4 @@ def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     ],
 )
 def test_wave_token_splits_fill_two_waves_and_no_more(programs, blocks, splits):
-    assert ws.wave_token_splits(programs, blocks, 132) == splits
+    assert wave_token_splits(programs, blocks, 132) == splits

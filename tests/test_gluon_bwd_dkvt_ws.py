@@ -12,8 +12,9 @@ from sm90_compile import gluon_report
 
 from mhfgen import registry
 from mhfgen.codegen import render
-from mhfgen.kernels import flash_mhf_bwd_dkvt_ws as wst
 from mhfgen.spec import KernelSpec
+from mhfgen.variants import flash_mhf_bwd_dkvt_ws as wst
+from mhfgen.variants._gluon import token_split_plan
 
 SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
 SPEC_GQA4 = KernelSpec(16, 4, 128, 22, 256, "bfloat16", "sm90")
@@ -121,8 +122,6 @@ def test_prune_reason_names_token_splits_past_the_row_blocks_or_the_budget():
     ],
 )
 def test_token_split_plan_counts_64_token_tiles(tokens, splits, expect):
-    from mhfgen.kernels.flash_mhf_bwd_dkv_ws import token_split_plan
-
     config = wst.BwdDkvtWsConfig(token_splits=splits)
     assert token_split_plan(tokens, config) == expect
     assert wst.static_params(SPEC_13B, config)["token_split"] == expect[2]

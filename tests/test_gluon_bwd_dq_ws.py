@@ -11,8 +11,8 @@ from sm90_compile import gluon_report
 
 from mhfgen import registry
 from mhfgen.codegen import render
-from mhfgen.kernels import flash_mhf_bwd_dq_ws as ws
 from mhfgen.spec import KernelSpec
+from mhfgen.variants import flash_mhf_bwd_dq_ws as ws
 
 SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
 SPEC_D64_GQA = KernelSpec(16, 4, 64, 11, 256, "float16", "sm90")

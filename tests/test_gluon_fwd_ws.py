@@ -14,8 +14,8 @@ import pytest
 from cases import CASES
 from sm90_compile import gluon_report
 
-from mhfgen.kernels import flash_mhf_fwd_ws as ws
 from mhfgen.spec import KernelSpec
+from mhfgen.variants import flash_mhf_fwd_ws as ws
 
 #: one config per schedule family the template can generate
 FAMILIES = {

@@ -3,9 +3,10 @@
 import pytest
 from cases import KERNELS, Dkv, Dq, Fwd
 
-from mhfgen.heuristics import default_config, pick_block_n
+from mhfgen.registry import default_config
 from mhfgen.resources import fits, shared_memory_estimate
 from mhfgen.spec import KernelSpec
+from mhfgen.variants._triton import pick_block_n
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -11,9 +11,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mhfgen.kernels.flash_mhf_fwd import flash_mhf_fwd
 from mhfgen.tolerances import relative_error
 from mhfgen.validation import INT32_LIMIT, check_flash_mhf_inputs
+from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
 
 pytestmark = pytest.mark.usefixtures("fresh_dispatch")
 
@@ -169,7 +169,7 @@ def test_the_split_forward_keeps_its_workspace_offsets_below_2_to_the_31():
 
     from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
-    fwd = importlib.import_module("mhfgen.kernels.flash_mhf_fwd")
+    fwd = importlib.import_module("mhfgen.variants.flash_mhf_fwd")
 
     q = torch.empty(1, 2**21, 16, 64, dtype=torch.float16)
     k = torch.empty(4, 2, 64, 64, dtype=torch.float16)

@@ -5,28 +5,30 @@ import sys
 import torch
 
 from mhfgen import dispatch
-from mhfgen.kernels import flash_mhf_bwd_dkv, flash_mhf_bwd_dq, flash_mhf_fwd
+from mhfgen.variants.flash_mhf_bwd_dkv import flash_mhf_bwd_dkv
+from mhfgen.variants.flash_mhf_bwd_dq import flash_mhf_bwd_dq
+from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
 from mhfgen.verification import Case, make_inputs
 
 CASE = Case("plan", 1, 5, 2, 2, 32, 2, 32)
 
 
 def _count_plans(monkeypatch, module_name):
-    module = sys.modules[module_name]
+    launch = sys.modules[module_name]._launch
     calls = []
-    original = module._make_plan
+    original = launch.make_plan
 
     def counting(*args):
         calls.append(args)
         return original(*args)
 
-    monkeypatch.setattr(module, "_make_plan", counting)
+    monkeypatch.setattr(launch, "make_plan", counting)
     return calls
 
 
 def test_repeated_calls_reuse_the_plan_and_clear_cache_forgets_it(monkeypatch):
     dispatch.clear_cache()
-    calls = _count_plans(monkeypatch, "mhfgen.kernels.flash_mhf_fwd")
+    calls = _count_plans(monkeypatch, "mhfgen.variants.flash_mhf_fwd")
     q, k, u, v, r, _ = make_inputs(CASE, torch.float32, "cpu")
     first = flash_mhf_fwd(q, k, u, v, r)
     second = flash_mhf_fwd(q, k, u, v, r)

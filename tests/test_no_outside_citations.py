@@ -17,7 +17,6 @@ ROOTS = (
     "tests",
     "benchmarks",
     "docs",
-    "templates",
     "examples",
     "requirements",
     "README.md",
@@ -55,7 +54,7 @@ def test_the_scan_sees_the_tree():
         "README.md",
         "mhfgen/dispatch.py",
         "docs/CONTRACTS.md",
-        "templates/flash_mhf_fwd.py.jinja",
+        "mhfgen/variants/flash_mhf_fwd.py.jinja",
         "benchmarks/bench_h200.py",
     } <= names
 

@@ -4,9 +4,11 @@ module in a temporary folder that codegen, the search space, the dispatcher and 
 pick up without any other edit."""
 
 import dataclasses
+import importlib
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
@@ -17,7 +19,7 @@ import torch
 import triton
 from tuning_helpers import H200, recording, synthetic_ms
 
-from mhfgen import codegen, dispatch, kernels, registry, schema2
+from mhfgen import codegen, dispatch, kernels, registry, schema2, variants
 from mhfgen.schema2 import SCHEMA2_FIELDS
 from mhfgen.spec import KernelSpec
 from mhfgen.tuning import db as dbmod
@@ -28,7 +30,7 @@ from mhfgen.tuning.problem import TuningProblem
 from mhfgen.tuning.search import SearchSettings, Tuner, tuning_units
 from mhfgen.tuning.space import load_space
 from mhfgen.tuning.timer import ReplayTimer
-from mhfgen.variants import flash_mhf_bwd_dkv, flash_mhf_fwd
+from mhfgen.variants import flash_mhf_bwd_dkv, flash_mhf_fwd, flash_mhf_fwd_ws  # noqa: F401
 
 CPU = torch.device("cpu")
 TINY = KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter")
@@ -103,7 +105,6 @@ class ToyFillFwd(Variant):
     family = "triton"
     Config = Config
     launcher = toy_fill_fwd
-    template_dir = Path(__file__).parent
     preference = 10  # before the built-in forward
     flop_factor = 6
     outputs = ("o",)
@@ -130,7 +131,9 @@ register(ToyFillFwd())
 
 @pytest.fixture
 def toy(tmp_path, fresh_dispatch):
-    """The toy variant: a template, a space file and one module in tmp_path, imported."""
+    """The toy variant from its three files alone: a template, a space file and one module
+    side by side in tmp_path (the module names no folder: its template and space are found
+    beside it), imported as any module is."""
     (tmp_path / "toy_fill_fwd.py.jinja").write_text(TOY_TEMPLATE)
     (tmp_path / "toy_fill_fwd.space.toml").write_text(TOY_SPACE)
     (tmp_path / "toy_fill_fwd.py").write_text(TOY_MODULE)
@@ -138,9 +141,11 @@ def toy(tmp_path, fresh_dispatch):
         "toy_fill_fwd", tmp_path / "toy_fill_fwd.py"
     )
     module = importlib.util.module_from_spec(module_spec)
+    sys.modules["toy_fill_fwd"] = module
     module_spec.loader.exec_module(module)
     yield module
     registry.unregister("toy_fill_fwd")
+    del sys.modules["toy_fill_fwd"]
 
 
 def inputs(spec=TINY, tokens=8):
@@ -160,9 +165,11 @@ def test_each_op_has_its_triton_variant_with_template_space_and_launcher():
     for op in registry.OPS:
         (variant,) = [v for v in registry.variants_for(op) if v.family == "triton"]
         assert not variant.needs_gpu
-        assert (ROOT / "templates" / f"{variant.stem}.py.jinja").exists()
-        assert variant.space_path() == ROOT / "templates" / f"{variant.stem}.space.toml"
-        assert variant.launch_fn() is getattr(kernels, variant.stem)
+        module = importlib.import_module(f"mhfgen.variants.{variant.stem}")
+        home = Path(module.__file__).parent
+        assert (home / f"{variant.stem}.py.jinja").exists()
+        assert variant.space_path() == home / f"{variant.stem}.space.toml"
+        assert variant.launch_fn() is getattr(module, variant.stem)
         # schema-2 rows map to the original three ops' kernels; the one-pass op is newer
         assert variant.schema2_kernel == (None if op == "bwd" else variant.stem)
         assert schema2.variant_of_kernel(variant.stem) is (None if op == "bwd" else variant)
@@ -176,7 +183,7 @@ def test_the_gluon_forward_is_a_second_variant_of_the_forward():
     assert (ws.family, ws.needs_gpu, ws.launch_fn()) == (
         "gluon",
         True,
-        kernels.flash_mhf_fwd_ws.flash_mhf_fwd_ws,
+        variants.flash_mhf_fwd_ws.flash_mhf_fwd_ws,
     )
     sm90 = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
     # the heuristic fallback: the preferred variant that supports the call
@@ -199,14 +206,14 @@ def test_the_gluon_forward_is_a_second_variant_of_the_forward():
 
 
 def test_no_kernel_name_switch_outside_the_variant_modules():
-    """Per-kernel knowledge lives in mhfgen/variants/<stem>.py (and the launcher
-    mhfgen/kernels/<stem>.py): no other module names a built-in stem in code."""
+    """Per-kernel knowledge lives in mhfgen/variants/<stem>.py: no other module names a
+    built-in stem in code."""
     stems = "|".join(re.escape(s) for s in registry.stems())
     literal = re.compile(rf"""["']({stems})["']""")
     offenders = []
     for path in sorted((ROOT / "mhfgen").rglob("*.py")):
         rel = path.relative_to(ROOT / "mhfgen").as_posix()
-        if rel.startswith("variants/") or re.fullmatch(rf"kernels/({stems})\.py", rel):
+        if rel.startswith("variants/"):
             continue
         code = re.sub(r'"""[\s\S]*?"""', "", path.read_text())  # docstrings may name them
         offenders += [
@@ -247,12 +254,12 @@ def test_a_schema2_config_converts_when_the_unused_fields_are_neutral():
 def test_launchers_take_their_variant_config():
     q, k, u, v, r = inputs()
     config = flash_mhf_fwd.Config(block_m=16)
-    a = kernels.flash_mhf_fwd(q, k, u, v, r, config=config)
+    a = flash_mhf_fwd.flash_mhf_fwd(q, k, u, v, r, config=config)
     again = registry.get("flash_mhf_fwd").config_from_dict(json.loads(config.to_json()))
-    b = kernels.flash_mhf_fwd(q, k, u, v, r, config=again)
+    b = flash_mhf_fwd.flash_mhf_fwd(q, k, u, v, r, config=again)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(TypeError, match="config must be a flash_mhf_fwd config"):
-        kernels.flash_mhf_fwd(q, k, u, v, r, config=flash_mhf_bwd_dkv.Config())
+        flash_mhf_fwd.flash_mhf_fwd(q, k, u, v, r, config=flash_mhf_bwd_dkv.Config())
 
 
 # -- a toy variant, added without editing mhfgen -------------------------------------
@@ -331,6 +338,7 @@ def test_a_gpu_only_variant_renders_but_the_interpreter_never_runs_or_tunes_it(t
         stem = "toy_fill_fwd_gl"
         family = "gluon"
         preference = 1
+        template_dir = Path(toy.__file__).parent  # defined here, its template there
 
     (Path(toy.__file__).parent / "toy_fill_fwd_gl.py.jinja").write_text(TOY_GLUON_TEMPLATE)
     registry.register(ToyGluon())

@@ -22,7 +22,7 @@ from mhfgen.tuning.db import TuningDB, TuningKey, WinnerRecord
 from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
-fwd_module = importlib.import_module("mhfgen.kernels.flash_mhf_fwd")
+fwd_module = importlib.import_module("mhfgen.variants.flash_mhf_fwd")
 CASE = Case("hard", batch=1, seqlen=8, heads=2, kv_heads=1, head_dim=32, experts=2, expert_dim=32)
 SPEC = KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter")
 CPU = torch.device("cpu")

@@ -53,7 +53,7 @@ def test_tuning_figures_suite_smoke(tmp_path, capsys):
 def test_grid_spread_sets_the_default_against_the_recorded_grid(tmp_path):
     import dataclasses as dc
 
-    from mhfgen.heuristics import default_config
+    from mhfgen.registry import default_config
 
     figures = _load("tuning_figures")
     shape = figures.SUITE[0]

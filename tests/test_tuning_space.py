@@ -2,14 +2,12 @@
 
 import dataclasses
 
-import mhfgen
-
 # isort: split
 import pytest
 from cases import KERNELS, Dkv, Fwd
 
 from mhfgen import registry
-from mhfgen.heuristics import default_config
+from mhfgen.registry import default_config
 from mhfgen.resources import shared_memory_estimate
 from mhfgen.spec import KernelSpec
 from mhfgen.tuning import space as space_mod
@@ -148,7 +146,7 @@ def test_interpreter_has_no_resource_limits():
 
 def test_bad_space_files_raise_space_error(tmp_path, monkeypatch):
     (tmp_path / "flash_mhf_fwd.space.toml").write_text("[default]\nblock_mm = [16]\n")
-    monkeypatch.setattr(mhfgen.paths, "templates_dir", lambda: tmp_path)
+    monkeypatch.setattr(type(registry.get("flash_mhf_fwd")), "template_dir", tmp_path)
     space_mod._read.cache_clear()
     try:
         with pytest.raises(SpaceError, match="block_mm is not a field of flash_mhf_fwd's config"):

@@ -174,7 +174,7 @@ def test_an_out_of_memory_error_at_the_first_launch_is_raised_and_demotes_nothin
 
     from mhfgen import dispatch
 
-    fwd_module = importlib.import_module("mhfgen.kernels.flash_mhf_fwd")
+    fwd_module = importlib.import_module("mhfgen.variants.flash_mhf_fwd")
     _store(tmp_path, monkeypatch)
     real = fwd_module.load_kernel
     oom = {"left": 1}

@@ -13,6 +13,7 @@ import torch
 
 from .. import dispatch
 from ..registry import VariantConfig
+from .configs import first_launch
 
 #: every launcher's plan cache, so that clear_plans() can empty them all
 _plan_caches: list[dict] = []
@@ -61,6 +62,39 @@ def plan_key(config, q, k, u, v, r, do=None) -> tuple:
         raise TypeError(
             f"do must be a torch.Tensor (B, L, H, D), got {type(do).__name__}"
         ) from None
+
+
+class CachedLaunch:
+    """The path every variant's launcher takes: a plan per call signature, made once.
+
+    `make_plan(*tensors, config)` checks the inputs, chooses and checks the config and
+    compiles (all but the launch); `run(plan, *tensors)` allocates the outputs and
+    launches. A call looks its plan up under plan_key (the tensors' signatures and the
+    config) and runs it; the first call of a signature goes through
+    mhfgen.kernels.configs.first_launch (a tuned config that fails there gives way to the
+    heuristic) and keeps the plan. `tensors` are (q, k, u, v, r) or (q, k, u, v, r, do).
+    """
+
+    __slots__ = ("kernel", "make_plan", "run", "plans")
+
+    def __init__(self, kernel: str, make_plan, run) -> None:
+        self.kernel, self.make_plan, self.run = kernel, make_plan, run
+        self.plans = plan_cache()
+
+    def __call__(self, *tensors: torch.Tensor, config=None):
+        key = plan_key(config, *tensors)
+        plan = self.plans.get(key)
+        if plan is not None:
+            return self.run(plan, *tensors)
+        plan, out = first_launch(
+            self.kernel,
+            lambda c: self.make_plan(*tensors, c),
+            lambda p: self.run(p, *tensors),
+            tensors[:5],
+            config,
+        )
+        remember(self.plans, key, plan)
+        return out
 
 
 dispatch.on_clear(clear_plans)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .. import paths, registry
 from ..codegen import code_hash, template_hash
-from ..heuristics import default_config
+from ..registry import default_config
 from ..version import __version__
 from .db import TrialRecord, TuningDB, TuningKey, WinnerRecord, utc_now
 from .outcome import Candidate, Failure

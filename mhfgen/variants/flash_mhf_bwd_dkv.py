@@ -15,17 +15,96 @@ Shared memory (fitted to Triton 3.6 on sm90; docs/PERFORMANCE.md), Dp and b as t
     staged in shared memory) + 1 KiB.
 Registers: (3*BN*Dp + 3*BM*BN) / (32 * num_warps) (dk/du/dv accumulators, S, A, dP tiles;
 2*BN*Dp with split_grads: the dK+dU kernel holds two accumulators).
+
+The launcher:
+Launcher of the generated dK/dU/dV backward kernel (templates/flash_mhf_bwd_dkv.py.jinja).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from ..codegen import load_kernel
+from ..kernels.buffers import grad_plan_inputs
+from ..kernels.configs import resolve_config, spec_of
+from ..kernels.grad_plans import DkvPlan, run_dkv_plan
+from ..kernels.launch import DirectLaunch
+from ..kernels.plans import CachedLaunch
 from ..registry import Variant, register
 from ..spec import INTERPRETER, KernelSpec
 from ..tiling import cdiv, intermediate_blocks
+from ..validation import check_flash_mhf_inputs
 from . import _triton
 from ._triton import TileConfig
+
+KERNEL = "flash_mhf_bwd_dkv"
+
+
+def flash_mhf_bwd_dkv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    do: torch.Tensor,
+    config=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dk, du, dv) of FlashMHF for the output gradient `do` (B, L, H, D).
+
+    Each (Hkv, E, De, D), contiguous, in k's dtype. With token_splits = S > 1 the tokens
+    are split over S programs per weight tile, whose fp32 partials meet by atomic adds in
+    a zeroed fp32 buffer (the outputs themselves when the dtype is fp32). With split_grads
+    two kernels run: dK and dU, then dV.
+    """
+    return _launch(q, k, u, v, r, do, config=config)
+
+
+def _make_plan(q, k, u, v, r, do, config) -> DkvPlan:
+    """Check the inputs, choose the config and compile: everything but the launch."""
+    problem = check_flash_mhf_inputs(q, k, u, v, r)
+    copy_do, do_strides = grad_plan_inputs(q, do)
+    spec = spec_of(problem, q)
+    config = resolve_config(KERNEL, spec, problem, q, config)
+    if problem.tokens == 0:
+        return DkvPlan((), False, False, False)
+    rows = problem.tokens * spec.group
+    per_split = cdiv(cdiv(rows, config.token_splits), config.block_m) * config.block_m
+    splits = cdiv(rows, per_split)
+    grid = (intermediate_blocks(spec, config.block_n), spec.kv_heads, splits)
+    entries = (f"{KERNEL}_kernel", f"{KERNEL}_dv_kernel") if config.split_grads else (None,)
+    kernels = tuple(load_kernel(KERNEL, spec, config, entry) for entry in entries)
+    scalars = (
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        r.stride(0),
+        r.stride(1),
+        r.stride(2),
+        r.stride(3),
+        *do_strides,
+        q.shape[1],
+        rows,
+        per_split,
+    )
+    meta = dict(
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
+    launches = tuple(DirectLaunch(kernel, grid, scalars, meta) for kernel in kernels)
+    return DkvPlan(launches, config.token_splits > 1, copy, copy_do)
+
+
+_launch = CachedLaunch(KERNEL, _make_plan, run_dkv_plan)
+
+
+# ---------------------------------------------------------------------------------------
+# the registry entry
+# ---------------------------------------------------------------------------------------
 
 #: programs per multiprocessor above which a split only adds partial-sum traffic
 MAX_PROGRAMS_PER_SM = 8
@@ -52,7 +131,7 @@ class FlashMhfBwdDkv(Variant):
     op = "bwd_dkv"
     family = "triton"
     Config = Config
-    launcher = "mhfgen.kernels.flash_mhf_bwd_dkv:flash_mhf_bwd_dkv"
+    launcher = "mhfgen.variants.flash_mhf_bwd_dkv:flash_mhf_bwd_dkv"
     entries = ("flash_mhf_bwd_dkv_kernel", "flash_mhf_bwd_dkv_dv_kernel")
     shared_templates = ("_macros.jinja",)
     preference = 50

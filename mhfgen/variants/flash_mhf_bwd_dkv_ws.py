@@ -1,6 +1,6 @@
 """flash_mhf_bwd_dkv_ws: the warp-specialised Gluon dK/dU/dV backward for Hopper
 (templates/flash_mhf_bwd_dkv_ws.py.jinja; launcher, config type and resource model in
-mhfgen.kernels.flash_mhf_bwd_dkv_ws).
+mhfgen.variants.flash_mhf_bwd_dkv_ws).
 
 Two consumer warpgroups share a row tile: each computes the scores of 64 of a 128-token
 tile's tokens (split 'tokens') or of 32 of the weight tile's 64 rows for a 64-token tile
@@ -8,49 +8,311 @@ tile's tokens (split 'tokens') or of 32 of the weight tile's 64 rows for a 64-to
 half of head_dim's columns of dK, dU and dV over the tile's tokens; a one-warp producer
 loads q and dO by TMA. sm90, bf16/fp16, D = 64 or 128, expert_dim a multiple of 64. Without token
 splits it adds nothing by atomics: its gradients are bitwise reproducible.
+
+The launcher:
+The warp-specialised Gluon dK/dU/dV backward for Hopper
+(templates/flash_mhf_bwd_dkv_ws.py.jinja): its config type, resource model, launcher and
+sm90 compile check.
+
+A program owns one 64-row weight tile (within one expert) of one kv head and walks row
+tiles of each query head of the group. Two consumer warpgroups split each tile's scores,
+in one of two ways (config.split):
+
+- "tokens": row tiles of 128 tokens; warpgroup w computes S, A, dP (64 x 64) of tokens
+  [64 w, 64 w + 64);
+- "rows": row tiles of 64 tokens; warpgroup w computes S, A, dP (64 x 32) of weight rows
+  [32 w, 32 w + 32). The score MMAs are half as wide, but a ring slot is half the size:
+  at D = 128 four slots fit where "tokens" fits two, so the loads of the next tiles
+  are in flight while a tile is consumed.
+
+Each writes P, dS, dA (bf16) of its share to shared memory and, once both shares are
+there, accumulates head_dim columns [w D / 2, (w + 1) D / 2) of dV += P^T dO,
+dK += dS^T q, dU += dA^T q over the tile's tokens. A warpgroup so holds three
+(64 x D / 2) fp32 accumulators (96 registers a thread at D = 128) and three score tiles
+(96 or 48), where one warpgroup holding whole (64 x D) accumulators would need 288. A
+one-warp producer loads K, U, V once and q, dO per tile by TMA into a ring of `stages`
+slots. With `joint_scores` it loads a block of K and the same block of U into the two
+halves of one shared tile, and S and A come from one wgmma chain, [S | A] = q [K; U]^T, that
+reads q once instead of twice (the 'rows' split's N = 32 score MMAs are bound by shared-
+memory reads; docs/PERFORMANCE.md). With `joint_grads` ('rows', D = 128) a warpgroup
+accumulates the transposes instead, dV^T += dO^T P (D / 2 x 64) and [dK^T | dU^T] +=
+q^T [dS | dA] (D / 2 x 128: one chain of N = 128 that reads q once, A read transposed by
+the wgmma descriptor), from dS^T over dA^T in one (128, 64) exchange buffer; the
+gradients are stored transposed back into (Hkv, I, D).
 """
 
 from __future__ import annotations
 
-from ..kernels import flash_mhf_bwd_dkv_ws as ws
-from ..kernels.flash_mhf_bwd_dkv_ws import token_split_problems
-from ..registry import Variant, register
+from dataclasses import dataclass
+
+import torch
+
+from .. import codegen
+from ..config_fields import choice, positive_int, strict_bool
+from ..kernels.sm90 import (
+    BACKWARD_BLOCK_N,
+    BACKWARD_DTYPES,
+    CompileReport,
+    backward_resource_problems,
+    backward_unsupported,
+    routing_fp32,
+)
+from ..registry import Variant, VariantConfig, register
 from ..spec import KernelSpec
+from ..tiling import cdiv
+from ._gluon import GluonDkv, token_split_problems, wave_token_splits
+
+KERNEL = "flash_mhf_bwd_dkv_ws"
+DTYPES = BACKWARD_DTYPES
+#: weight-tile rows per program: the M of the accumulating wgmma
+BLOCK_N = BACKWARD_BLOCK_N
+#: tokens per row tile of each split (config.split)
+ROW_TILE = {"tokens": 128, "rows": 64}
+#: programs per multiprocessor above which a token split only adds atomic traffic
+
+
+@dataclass(frozen=True)
+class BwdDkvWsConfig(VariantConfig):
+    """Launch parameters of flash_mhf_bwd_dkv_ws.
+
+    stages:        slots of the q/dO ring (each 2 * block_m * D * 2 bytes).
+    split:         how the two consumers share a row tile's scores: 'tokens' (128-token
+                   tiles, 64 tokens each) or 'rows' (64-token tiles, 32 weight rows each).
+    joint_scores:  S and A by one wgmma chain of twice the width, [S | A] = q [K; U]^T
+                   (K and U rows stacked in one shared tile): q is read from shared
+                   memory once for both, not twice.
+    joint_grads:   ('rows', D = 128) the accumulators transposed, dK and dU as one:
+                   [dK^T | dU^T] += q^T [dS | dA] (D / 2 x 2 * 64, one wgmma chain of
+                   N = 128 that reads q once) and dV^T += dO^T P (N = 64), where
+                   dK += dS^T q, dU += dA^T q and dV += P^T dO are three chains of N = D / 2.
+    sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
+    token_splits:  programs per weight tile, each a share of the token blocks; their
+                   partial sums meet by fp32 atomics (never in deterministic runs).
+    consumer_regs, producer_regs: registers per thread of the second consumer warpgroup
+                   and of the producer (setmaxnreg); the first consumer gets what is left.
+    """
+
+    variant = KERNEL
+
+    stages: int = 2
+    split: str = "tokens"
+    joint_scores: bool = False
+    joint_grads: bool = False
+    sigmoid: str = "tanh"
+    token_splits: int = 1
+    consumer_regs: int = 240
+    producer_regs: int = 24
+
+    #: fields added after configs of this variant were stored: a stored or imported config
+    #: without them means these values (whose generated code is the code it was tuned with)
+    added_fields = {"split": "tokens", "joint_scores": False, "joint_grads": False}
+
+    def __post_init__(self) -> None:
+        where = f"{KERNEL} config: "
+        choice(self.stages, where + "stages", tuple(range(2, 9)))
+        choice(self.split, where + "split", tuple(ROW_TILE))
+        strict_bool(self.joint_scores, where + "joint_scores")
+        strict_bool(self.joint_grads, where + "joint_grads")
+        if self.joint_grads and self.split != "rows":
+            raise ValueError(f"{where}joint_grads needs split='rows'")
+        choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
+        positive_int(self.token_splits, where + "token_splits", 1024)
+        choice(self.consumer_regs, where + "consumer_regs", range(24, 257, 8))
+        choice(self.producer_regs, where + "producer_regs", range(24, 257, 8))
+
+    @property
+    def block_n(self) -> int:
+        return BLOCK_N
+
+    @property
+    def block_m(self) -> int:
+        """Tokens per row tile."""
+        return ROW_TILE[self.split]
+
+    @property
+    def score_cols(self) -> int:
+        """Weight rows of one consumer's score tiles (their N)."""
+        return BLOCK_N if self.split == "tokens" else BLOCK_N // 2
+
+    def describe(self) -> str:
+        text = f"s{self.stages} regs {self.producer_regs}/{self.consumer_regs}"
+        if self.split != "tokens":
+            text += f" {self.split}"
+        if self.joint_scores:
+            text += " joint"
+        if self.joint_grads:
+            text += " jgrads"
+        if self.token_splits > 1:
+            text += f" ts{self.token_splits}"
+        return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
+
+
+unsupported = backward_unsupported
+
+
+def shared_memory(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
+    """Bytes: the q/dO ring, K/U/V, the exchange tiles (P, dS, dA of a row tile, bf16),
+    the mbarriers and 1 KiB of compiler scratch."""
+    d = spec.head_dim
+    ring = config.stages * 2 * config.block_m * d * 2
+    weights = 3 * BLOCK_N * d * 2
+    exchange = 3 * config.block_m * BLOCK_N * 2
+    return ring + weights + exchange + 8 * (2 * config.stages + 3) + 1024
+
+
+def config_problems(spec: KernelSpec, config: BwdDkvWsConfig) -> list[str]:
+    """What of `config` does not fit an SM: shared memory, and the register split
+    (the first consumer needs its accumulators and score tiles: consumer_registers)."""
+    problems = backward_resource_problems(
+        shared_memory(spec, config),
+        "consumer_regs",
+        config.consumer_regs,
+        config.producer_regs,
+        "the first consumer",
+        consumer_registers(spec, config),
+    )
+    if config.joint_grads and spec.head_dim != 128:
+        problems.append(
+            f"joint_grads needs head_dim 128 (the transposed accumulators' M is "
+            f"D / 2, a warpgroup's wgmma takes 64); head_dim is {spec.head_dim}"
+        )
+    return problems
+
+
+def consumer_registers(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
+    """fp32 registers a consumer thread holds in tiles: three (64 x D / 2) accumulators
+    and S, A, dP (64 x score_cols), over 128 threads (192 at D = 128, 'tokens')."""
+    return (3 * BLOCK_N * spec.head_dim // 2 + 3 * 64 * config.score_cols) // 128
+
+
+def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConfig:
+    """The split and ring depth measured best on an H200 (docs/PERFORMANCE.md): at
+    D = 128 'rows' with 3 slots (1.33x 'tokens' with the 2 slots that fit it) and joint
+    scores (1.05-1.07x without), and without grouped query heads joint transposed
+    gradients with 4 slots (1.09-1.10x 'rows' s3 joint; with 4 query heads per kv head
+    0.86x, so grouped shapes keep s3); at D = 64 'tokens' with 3 and separate scores
+    (joint is 1.16x slower there); tanh; token splits by wave_token_splits."""
+    split = "tokens" if spec.head_dim <= 64 else "rows"
+    grads = split == "rows" and spec.head_dim == 128 and spec.group == 1
+    programs = spec.kv_heads * spec.intermediate // BLOCK_N
+    blocks = spec.group * cdiv(max(1, tokens), ROW_TILE[split])
+    return BwdDkvWsConfig(
+        stages=4 if grads else 3,
+        split=split,
+        token_splits=wave_token_splits(programs, blocks, sm_count),
+        joint_scores=split == "rows",
+        joint_grads=grads,
+    )
+
+
+def static_params(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
+    """sigmoid, token_split, and rows_split, joint_scores and joint_grads only where set: a
+    config without them renders the code it rendered before those knobs existed, so its stored
+    winners stay current."""
+    params = {"sigmoid": config.sigmoid, "token_split": config.token_splits > 1}
+    if config.split == "rows":
+        params["rows_split"] = True
+    if config.joint_scores:
+        params["joint_scores"] = True
+    if config.joint_grads:
+        params["joint_grads"] = True
+    return params
+
+
+def load_kernel(spec: KernelSpec, config: BwdDkvWsConfig):
+    return codegen.load_kernel(KERNEL, spec, config)
+
+
+def smem_layouts(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
+    """The shared layouts: of the descriptors (q/dO blocks of 64 tokens x D / 2; K/U/V
+    blocks of score_cols rows x D / 2) and of the exchange tiles (EX_LAYOUT: bf16
+    (64, 64): tokens x rows for 'tokens', rows x tokens for 'rows')."""
+    from triton.experimental.gluon import language as gl
+
+    dt = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
+    half = spec.head_dim // 2
+    rows = 64
+    w_rows = config.score_cols
+    return {
+        "rows": ([rows, half], gl.NVMMASharedLayout.get_default_for([rows, half], dt)),
+        "weights": ([w_rows, half], gl.NVMMASharedLayout.get_default_for([w_rows, half], dt)),
+        "EX_LAYOUT": gl.NVMMASharedLayout.get_default_for([rows, BLOCK_N], dt),
+    }
+
+
+def constexprs(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
+    return dict(
+        BLOCK_N=BLOCK_N,
+        STAGES=config.stages,
+        EX_LAYOUT=smem_layouts(spec, config)["EX_LAYOUT"],
+        CONSUMER_REGS=config.consumer_regs,
+        PRODUCER_REGS=config.producer_regs,
+    )
+
+
+def flash_mhf_bwd_dkv_ws(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    do: torch.Tensor,
+    config: BwdDkvWsConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dk, du, dv) of FlashMHF for the output gradient `do` (B, L, H, D) through the
+    warp-specialised Gluon kernel (sm90); each (Hkv, E, De, D), contiguous, in k's dtype.
+    ValueError where the variant does not support the problem."""
+    return _launch(q, k, u, v, routing_fp32(r), do, config=config)
+
+
+def compile_sm90(spec: KernelSpec, config: BwdDkvWsConfig) -> CompileReport:
+    """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
+    return GLUON_DKV.compile_sm90(spec, config)
+
+
+#: what the shared dK/dU/dV launch path asks of this variant (mhfgen.variants._gluon)
+GLUON_DKV = GluonDkv(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
+_launch = GLUON_DKV.launcher()
+
+
+# ---------------------------------------------------------------------------------------
+# the registry entry
+# ---------------------------------------------------------------------------------------
 
 
 class FlashMhfBwdDkvWs(Variant):
     stem = "flash_mhf_bwd_dkv_ws"
     op = "bwd_dkv"
     family = "gluon"
-    Config = ws.BwdDkvWsConfig
+    Config = BwdDkvWsConfig
     targets = ("sm9",)
-    dtypes = ws.DTYPES
-    launcher = "mhfgen.kernels.flash_mhf_bwd_dkv_ws:flash_mhf_bwd_dkv_ws"
+    dtypes = DTYPES
+    launcher = "mhfgen.variants.flash_mhf_bwd_dkv_ws:flash_mhf_bwd_dkv_ws"
     preference = 10  # before flash_mhf_bwd_dkv where it supports the call
     flop_factor = 12  # S, A, dP recomputed, then dV, dK, dU
     outputs = ("dk", "du", "dv")
     takes_grad = True
 
     def supports(self, spec: KernelSpec, tokens: int) -> str | None:
-        return ws.unsupported(spec, tokens)
+        return unsupported(spec, tokens)
 
-    def static_params(self, spec: KernelSpec, config: ws.BwdDkvWsConfig) -> dict:
-        return ws.static_params(spec, config)
+    def static_params(self, spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
+        return static_params(spec, config)
 
-    def shared_memory(self, spec: KernelSpec, config: ws.BwdDkvWsConfig) -> int:
-        return ws.shared_memory(spec, config)
+    def shared_memory(self, spec: KernelSpec, config: BwdDkvWsConfig) -> int:
+        return shared_memory(spec, config)
 
-    def registers(self, spec: KernelSpec, config: ws.BwdDkvWsConfig) -> float:
-        return ws.consumer_registers(spec, config)
+    def registers(self, spec: KernelSpec, config: BwdDkvWsConfig) -> float:
+        return consumer_registers(spec, config)
 
-    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> ws.BwdDkvWsConfig:
-        return ws.default_config(spec, tokens, sm_count)
+    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConfig:
+        return default_config(spec, tokens, sm_count)
 
     def prune_reason(
-        self, spec: KernelSpec, config: ws.BwdDkvWsConfig, tokens: int, sm_count: int
+        self, spec: KernelSpec, config: BwdDkvWsConfig, tokens: int, sm_count: int
     ) -> str | None:
         problems = [
-            *ws.config_problems(spec, config),
+            *config_problems(spec, config),
             *token_split_problems(spec, config, tokens, sm_count),
         ]
         return "; ".join(problems) if problems else None

@@ -1,6 +1,6 @@
 """flash_mhf_bwd_dkvt_ws: the warp-specialised Gluon dK/dU/dV backward for Hopper whose
 consumer warpgroups own weight rows end to end (templates/flash_mhf_bwd_dkvt_ws.py.jinja;
-launcher, config type and resource model in mhfgen.kernels.flash_mhf_bwd_dkvt_ws).
+launcher, config type and resource model in mhfgen.variants.flash_mhf_bwd_dkvt_ws).
 
 Each of two consumer warpgroups owns wg_rows of the program's 2 * wg_rows weight rows:
 it computes their scores for a 64-token row tile ([S | A] by one wgmma chain, and dP),
@@ -8,24 +8,255 @@ the element-wise math, and accumulates the transposed gradients [dK^T | dU^T] an
 over all of head_dim; the two share only the q/dO ring a one-warp TMA producer fills.
 sm90, bf16/fp16, D = 64 or 128, expert_dim a multiple of the weight tile. Without token
 splits it adds nothing by atomics: its gradients are bitwise reproducible.
+
+The launcher:
+The warp-specialised Gluon dK/dU/dV backward with row-owning warpgroups and transposed
+accumulators, for Hopper (templates/flash_mhf_bwd_dkvt_ws.py.jinja): its config type,
+resource model, launcher and sm90 compile check.
+
+A program owns a weight tile of 2 * wg_rows rows (within one expert) of one kv head and
+walks 64-token row tiles of each query head of the group. Each of its two consumer
+warpgroups owns wg_rows of those rows from end to end: per row tile it computes
+
+    [S | A] = q [K_w; U_w]^T   (64 x 2 wg_rows, one wgmma chain)
+    dP = dO V_w^T              (64 x wg_rows)
+
+the element-wise math (P, dS, dA as in flash_mhf_bwd_dkv_ws), writes P and [dS | dA]
+(bf16, tokens x rows) to its own shared tiles, and accumulates over all of head_dim, in
+64-column chunks (M = 64):
+
+    [dK_w^T | dU_w^T] += q^T [dS | dA]   (64 x 2 wg_rows per chunk)
+    dV_w^T += dO^T P                      (64 x wg_rows per chunk)
+
+with q^T and dO^T read transposed from the ring by the wgmma descriptor. The gradients are
+stored transposed back into (Hkv, I, D).
+
+Where flash_mhf_bwd_dkv_ws splits head_dim between the consumers (N = D / 2 = 32 at
+D = 64: three accumulating chains bound by shared-memory reads, docs/PERFORMANCE.md) and
+makes them meet at an exchange every tile, here the widest accumulating chain is
+N = 2 wg_rows = 64 or 128 at D = 64 and the consumers share only the q/dO ring: each
+one's element-wise math can overlap the other's MMAs.
 """
 
 from __future__ import annotations
 
-from ..kernels import flash_mhf_bwd_dkvt_ws as ws
-from ..kernels.flash_mhf_bwd_dkv_ws import token_split_problems
-from ..registry import Variant, register
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from .. import codegen
+from ..config_fields import choice, positive_int
+from ..kernels.sm90 import (
+    BACKWARD_DTYPES,
+    CompileReport,
+    backward_resource_problems,
+    backward_unsupported,
+    routing_fp32,
+)
+from ..registry import Variant, VariantConfig, register
 from ..spec import KernelSpec
+from ..tiling import cdiv
+from ._gluon import GluonDkv, token_split_problems, wave_token_splits
+
+KERNEL = "flash_mhf_bwd_dkvt_ws"
+DTYPES = BACKWARD_DTYPES
+#: tokens per row tile: the M of the score wgmma, the K of the accumulating ones
+ROW_TILE = 64
+#: head_dim columns per chunk: the M of an accumulating wgmma
+CHUNK = 64
+
+
+@dataclass(frozen=True)
+class BwdDkvtWsConfig(VariantConfig):
+    """Launch parameters of flash_mhf_bwd_dkvt_ws.
+
+    stages:        slots of the q/dO ring (each 2 * 64 * D * 2 bytes).
+    wg_rows:       weight rows each consumer warpgroup owns (32 or 64): a program's weight
+                   tile is 2 * wg_rows rows; its score tiles are 64 x wg_rows.
+    sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
+    token_splits:  programs per weight tile, each a share of the token blocks; their
+                   partial sums meet by fp32 atomics (never in deterministic runs).
+    consumer_regs, producer_regs: registers per thread of the second consumer warpgroup
+                   and of the producer (setmaxnreg); the first consumer gets what is left.
+    """
+
+    variant = KERNEL
+
+    stages: int = 4
+    wg_rows: int = 32
+    sigmoid: str = "tanh"
+    token_splits: int = 1
+    consumer_regs: int = 240
+    producer_regs: int = 24
+
+    def __post_init__(self) -> None:
+        where = f"{KERNEL} config: "
+        choice(self.stages, where + "stages", tuple(range(2, 9)))
+        choice(self.wg_rows, where + "wg_rows", (32, 64))
+        choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
+        positive_int(self.token_splits, where + "token_splits", 1024)
+        choice(self.consumer_regs, where + "consumer_regs", range(24, 257, 8))
+        choice(self.producer_regs, where + "producer_regs", range(24, 257, 8))
+
+    @property
+    def block_n(self) -> int:
+        """Weight rows per program."""
+        return 2 * self.wg_rows
+
+    @property
+    def block_m(self) -> int:
+        """Tokens per row tile."""
+        return ROW_TILE
+
+    def describe(self) -> str:
+        text = f"s{self.stages} regs {self.producer_regs}/{self.consumer_regs} wg{self.wg_rows}"
+        if self.token_splits > 1:
+            text += f" ts{self.token_splits}"
+        return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
+
+
+def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
+    """What the Gluon backward kernels share (sm90, bf16/fp16, head_dim 64 or 128, expert
+    width a multiple of 64)."""
+    return backward_unsupported(spec, tokens)
+
+
+def shared_memory(spec: KernelSpec, config: BwdDkvtWsConfig) -> int:
+    """Bytes: the q/dO ring, K/U/V of the program's rows, each consumer's P and [dS | dA]
+    tiles (bf16), the mbarriers and 1 KiB of compiler scratch."""
+    d = spec.head_dim
+    ring = config.stages * 2 * ROW_TILE * d * 2
+    weights = 3 * config.block_n * d * 2
+    exchange = 2 * ROW_TILE * 3 * config.wg_rows * 2
+    return ring + weights + exchange + 8 * (2 * config.stages + 1) + 1024
+
+
+def consumer_registers(spec: KernelSpec, config: BwdDkvtWsConfig) -> int:
+    """fp32 registers a consumer thread holds in tiles: the accumulators [dK^T | dU^T] and
+    dV^T (D x 3 wg_rows) and the scores [S | A] and dP (64 x 3 wg_rows), over 128 threads
+    (96 at D = 64 with 32 rows, 192 with 64)."""
+    return 3 * config.wg_rows * (spec.head_dim + ROW_TILE) // 128
+
+
+def config_problems(spec: KernelSpec, config: BwdDkvtWsConfig) -> list[str]:
+    """What of `config` does not fit the spec or an SM: weight tiles that cross an expert,
+    shared memory, and the register split (the first consumer needs its accumulators and
+    score tiles: consumer_registers)."""
+    problems = backward_resource_problems(
+        shared_memory(spec, config),
+        "consumer_regs",
+        config.consumer_regs,
+        config.producer_regs,
+        "the first consumer",
+        consumer_registers(spec, config),
+    )
+    if spec.expert_dim % config.block_n:
+        problems.append(
+            f"wg_rows={config.wg_rows} makes {config.block_n}-row weight tiles; "
+            f"expert_dim {spec.expert_dim} is not a multiple"
+        )
+    return problems
+
+
+def preferred(spec: KernelSpec) -> bool:
+    """Whether the heuristic should take this kernel before flash_mhf_bwd_dkv_ws: at
+    head_dim 64 (64 rows a warpgroup, 4 slots: 1.18x its 'tokens' split on an H200) and
+    with grouped query heads (1.05x its 'rows' s3 joint with 4 query heads per kv head);
+    not at D = 128 without grouping, where its joint_grads schedule is as fast
+    (docs/PERFORMANCE.md)."""
+    return spec.head_dim == 64 or spec.group > 1
+
+
+def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvtWsConfig:
+    """The rows per warpgroup and ring depth measured best on an H200: 64 rows and 6
+    slots at D = 64 where the expert width takes 128-row tiles (1.02x 4 slots, 1.01x 8),
+    else 32 rows (3 slots at D = 128, 4 at D = 64); token splits by wave_token_splits
+    (none from two waves of weight tiles up: dQ/dR fills the last one)."""
+    wide = spec.head_dim == 64 and spec.expert_dim % 128 == 0
+    stages = 6 if wide else 3 if spec.head_dim > 64 else 4
+    config = BwdDkvtWsConfig(stages=stages, wg_rows=64 if wide else 32)
+    programs = spec.kv_heads * spec.intermediate // config.block_n
+    blocks = spec.group * cdiv(max(1, tokens), ROW_TILE)
+    return dataclasses.replace(config, token_splits=wave_token_splits(programs, blocks, sm_count))
+
+
+def static_params(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
+    """sigmoid and token_split (the rows per warpgroup stay a constexpr)."""
+    return {"sigmoid": config.sigmoid, "token_split": config.token_splits > 1}
+
+
+def load_kernel(spec: KernelSpec, config: BwdDkvtWsConfig):
+    return codegen.load_kernel(KERNEL, spec, config)
+
+
+def smem_layouts(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
+    """The shared layouts: of the descriptors (q/dO blocks of 64 tokens x 64 head_dim
+    columns; K/U/V blocks of wg_rows rows x 64) and of each consumer's exchange tiles
+    (P_LAYOUT: bf16 (64 tokens, wg_rows); EX_LAYOUT: (64 tokens, 2 wg_rows))."""
+    from triton.experimental.gluon import language as gl
+
+    dt = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
+    rows = config.wg_rows
+    nvmma = gl.NVMMASharedLayout.get_default_for
+    return {
+        "rows": ([ROW_TILE, CHUNK], nvmma([ROW_TILE, CHUNK], dt)),
+        "weights": ([rows, CHUNK], nvmma([rows, CHUNK], dt)),
+        "P_LAYOUT": nvmma([ROW_TILE, rows], dt),
+        "EX_LAYOUT": nvmma([ROW_TILE, 2 * rows], dt),
+    }
+
+
+def constexprs(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
+    layouts = smem_layouts(spec, config)
+    return dict(
+        W_ROWS=config.wg_rows,
+        STAGES=config.stages,
+        P_LAYOUT=layouts["P_LAYOUT"],
+        EX_LAYOUT=layouts["EX_LAYOUT"],
+        CONSUMER_REGS=config.consumer_regs,
+        PRODUCER_REGS=config.producer_regs,
+    )
+
+
+def flash_mhf_bwd_dkvt_ws(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    do: torch.Tensor,
+    config: BwdDkvtWsConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dk, du, dv) of FlashMHF for the output gradient `do` (B, L, H, D) through the
+    row-owning Gluon kernel (sm90); each (Hkv, E, De, D), contiguous, in k's dtype.
+    ValueError where the variant does not support the problem."""
+    return _launch(q, k, u, v, routing_fp32(r), do, config=config)
+
+
+def compile_sm90(spec: KernelSpec, config: BwdDkvtWsConfig) -> CompileReport:
+    """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
+    return GLUON_DKV.compile_sm90(spec, config)
+
+
+#: what the shared dK/dU/dV launch path asks of this variant (mhfgen.variants._gluon)
+GLUON_DKV = GluonDkv(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
+_launch = GLUON_DKV.launcher()
+
+
+# ---------------------------------------------------------------------------------------
+# the registry entry
+# ---------------------------------------------------------------------------------------
 
 
 class FlashMhfBwdDkvtWs(Variant):
     stem = "flash_mhf_bwd_dkvt_ws"
     op = "bwd_dkv"
     family = "gluon"
-    Config = ws.BwdDkvtWsConfig
+    Config = BwdDkvtWsConfig
     targets = ("sm9",)
-    dtypes = ws.DTYPES
-    launcher = "mhfgen.kernels.flash_mhf_bwd_dkvt_ws:flash_mhf_bwd_dkvt_ws"
+    dtypes = DTYPES
+    launcher = "mhfgen.variants.flash_mhf_bwd_dkvt_ws:flash_mhf_bwd_dkvt_ws"
     preference = 20  # after flash_mhf_bwd_dkv_ws, before flash_mhf_bwd_dkv; but see rank
     flop_factor = 12  # S, A, dP recomputed, then dV, dK, dU
     outputs = ("dk", "du", "dv")
@@ -34,28 +265,28 @@ class FlashMhfBwdDkvtWs(Variant):
     def rank(self, spec: KernelSpec) -> int:
         """First (before flash_mhf_bwd_dkv_ws) at head_dim 64 and with grouped query heads,
         where it measured faster on an H200; after it elsewhere (docs/PERFORMANCE.md)."""
-        return 5 if ws.preferred(spec) else self.preference
+        return 5 if preferred(spec) else self.preference
 
     def supports(self, spec: KernelSpec, tokens: int) -> str | None:
-        return ws.unsupported(spec, tokens)
+        return unsupported(spec, tokens)
 
-    def static_params(self, spec: KernelSpec, config: ws.BwdDkvtWsConfig) -> dict:
-        return ws.static_params(spec, config)
+    def static_params(self, spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
+        return static_params(spec, config)
 
-    def shared_memory(self, spec: KernelSpec, config: ws.BwdDkvtWsConfig) -> int:
-        return ws.shared_memory(spec, config)
+    def shared_memory(self, spec: KernelSpec, config: BwdDkvtWsConfig) -> int:
+        return shared_memory(spec, config)
 
-    def registers(self, spec: KernelSpec, config: ws.BwdDkvtWsConfig) -> float:
-        return ws.consumer_registers(spec, config)
+    def registers(self, spec: KernelSpec, config: BwdDkvtWsConfig) -> float:
+        return consumer_registers(spec, config)
 
-    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> ws.BwdDkvtWsConfig:
-        return ws.default_config(spec, tokens, sm_count)
+    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvtWsConfig:
+        return default_config(spec, tokens, sm_count)
 
     def prune_reason(
-        self, spec: KernelSpec, config: ws.BwdDkvtWsConfig, tokens: int, sm_count: int
+        self, spec: KernelSpec, config: BwdDkvtWsConfig, tokens: int, sm_count: int
     ) -> str | None:
         problems = [
-            *ws.config_problems(spec, config),
+            *config_problems(spec, config),
             *token_split_problems(spec, config, tokens, sm_count),
         ]
         return "; ".join(problems) if problems else None

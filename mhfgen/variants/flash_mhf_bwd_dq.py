@@ -8,16 +8,99 @@ Shared memory (fitted to Triton 3.6 on sm90; docs/PERFORMANCE.md), Dp and b as t
     + 2 * BLOCK_M * BLOCK_N * b in fp32 (IEEE dots stage dS and dA; measured: 128/64, one
     stage, D = 128 needs 262144 bytes, the base formula gives 230400) + 1 KiB.
 Registers: (BM*Dp + 3*BM*BN) / (32 * num_warps) (the dq accumulator, S, A and dP tiles).
+
+The launcher:
+Launcher of the generated dQ/dR backward kernel (templates/flash_mhf_bwd_dq.py.jinja).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from ..codegen import load_kernel
+from ..kernels.buffers import (
+    contiguous_strides,
+    ensure_descriptor_allocator,
+    grad_plan_inputs,
+)
+from ..kernels.configs import resolve_config, spec_of
+from ..kernels.grad_plans import DqPlan, run_dq_plan
+from ..kernels.launch import DirectLaunch
+from ..kernels.plans import CachedLaunch
 from ..registry import Variant, register
 from ..spec import INTERPRETER, KernelSpec
+from ..tiling import cdiv
+from ..validation import check_flash_mhf_inputs
 from . import _triton
 from ._triton import TileConfig
+
+KERNEL = "flash_mhf_bwd_dq"
+
+
+def flash_mhf_bwd_dq(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    do: torch.Tensor,
+    config=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dq, dr) of FlashMHF for the output gradient `do` (B, L, H, D).
+
+    dq: (B, L, H, D) contiguous in q's dtype; dr: (B, L, H, E) contiguous in r's dtype.
+    """
+    return _launch(q, k, u, v, r, do, config=config)
+
+
+def _make_plan(q, k, u, v, r, do, config) -> DqPlan:
+    """Check the inputs, choose the config and compile: everything but the launch."""
+    problem = check_flash_mhf_inputs(q, k, u, v, r)
+    copy_do, do_strides = grad_plan_inputs(q, do)
+    spec = spec_of(problem, q)
+    config = resolve_config(KERNEL, spec, problem, q, config)
+    B, L, H, D = q.shape
+    if problem.tokens == 0:
+        return DqPlan(None, (B, L, H, D), tuple(r.shape), False, False)
+    kernel = load_kernel(KERNEL, spec, config)
+    if config.tma:
+        ensure_descriptor_allocator(q.device)
+    rows = problem.tokens * config.group_heads
+    grid = (cdiv(rows, config.block_m), H // config.group_heads)
+    scalars = (
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        r.stride(0),
+        r.stride(1),
+        r.stride(2),
+        r.stride(3),
+        *do_strides,
+        *contiguous_strides((B, L, H, D))[:3],
+        *contiguous_strides(tuple(r.shape)),
+        L,
+        rows,
+    )
+    meta = dict(
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
+    return DqPlan(
+        DirectLaunch(kernel, grid, scalars, meta), (B, L, H, D), tuple(r.shape), copy, copy_do
+    )
+
+
+_launch = CachedLaunch(KERNEL, _make_plan, run_dq_plan)
+
+
+# ---------------------------------------------------------------------------------------
+# the registry entry
+# ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -44,7 +127,7 @@ class FlashMhfBwdDq(Variant):
     op = "bwd_dq"
     family = "triton"
     Config = Config
-    launcher = "mhfgen.kernels.flash_mhf_bwd_dq:flash_mhf_bwd_dq"
+    launcher = "mhfgen.variants.flash_mhf_bwd_dq:flash_mhf_bwd_dq"
     shared_templates = ("_macros.jinja",)
     preference = 50
     schema2_kernel = "flash_mhf_bwd_dq"

@@ -1,53 +1,271 @@
 """flash_mhf_bwd_dq_ws: the warp-specialised Gluon dQ/dR backward for Hopper
 (templates/flash_mhf_bwd_dq_ws.py.jinja; launcher, config type and resource model in
-mhfgen.kernels.flash_mhf_bwd_dq_ws).
+mhfgen.variants.flash_mhf_bwd_dq_ws).
 
 Two consumer warpgroups of 64 rows each walk a kv head's weight tiles, recomputing S, A
 and dP and accumulating dq in registers; a one-warp producer loads q and dO once and
 K, U, V per tile by TMA. sm90, bf16/fp16, D = 64 or 128, expert_dim a multiple of 64. It
 adds nothing by atomics: its gradients are bitwise reproducible.
+
+The launcher:
+The warp-specialised Gluon dQ/dR backward for Hopper (templates/flash_mhf_bwd_dq_ws.py.jinja):
+its config type, resource model, launcher and sm90 compile check.
+
+A program owns 128 tokens of one query head: two consumer warpgroups of 64 rows each walk
+the kv head's weight tiles (64 rows of the intermediate dimension each) independently,
+recomputing S, A and dP per tile and accumulating dq (64 x D, fp32) in registers and dr
+per expert; a one-warp producer loads q and dO once and K, U, V per tile by TMA into a
+ring of `stages` slots that both consumers read. It is the forward's structure with two
+more MMAs per tile, and like the forward it writes every output once, with no atomics.
+With `joint_scores` a ring slot holds K over U in one (128, D) tile and S and A come from
+one wgmma of twice the width, [S | A] = q [K; U]^T, reading q once instead of twice.
 """
 
 from __future__ import annotations
 
-from ..kernels import flash_mhf_bwd_dq_ws as ws
-from ..registry import Variant, register
+from dataclasses import dataclass
+
+import torch
+
+from .. import codegen
+from ..config_fields import choice, strict_bool
+from ..kernels.buffers import contiguous_strides, grad_plan_inputs
+from ..kernels.configs import spec_of
+from ..kernels.grad_plans import DqPlan, run_dq_plan
+from ..kernels.plans import CachedLaunch
+from ..kernels.sm90 import (
+    BACKWARD_BLOCK_N,
+    BACKWARD_DTYPES,
+    BackwardLaunch,
+    CompileReport,
+    backward_descriptors,
+    backward_register_cap,
+    backward_resource_problems,
+    backward_unsupported,
+    compile_gluon,
+    routing_fp32,
+)
+from ..registry import Variant, VariantConfig, register
 from ..spec import KernelSpec
+from ..tiling import cdiv
+from ..validation import check_flash_mhf_inputs
+from ._gluon import checked_config
+
+KERNEL = "flash_mhf_bwd_dq_ws"
+DTYPES = BACKWARD_DTYPES
+#: weight-tile rows per step: the N of the score MMAs, the K of dq's
+BLOCK_N = BACKWARD_BLOCK_N
+#: tokens per program: 64 per consumer warpgroup
+BLOCK_M = 128
+
+
+@dataclass(frozen=True)
+class BwdDqWsConfig(VariantConfig):
+    """Launch parameters of flash_mhf_bwd_dq_ws.
+
+    stages:        slots of the K/U/V ring (each 3 * 64 * D * 2 bytes).
+    sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
+    joint_scores:  S and A by one wgmma of twice the width, [S | A] = q [K; U]^T (K and U
+                   of a weight tile stacked in one ring tile): q is read from shared
+                   memory once for both, not twice.
+    consumer_regs, producer_regs: registers per thread of the second consumer warpgroup
+                   and of the producer (setmaxnreg); the first consumer gets what is left.
+    """
+
+    variant = KERNEL
+
+    stages: int = 3
+    sigmoid: str = "tanh"
+    joint_scores: bool = False
+    consumer_regs: int = 240
+    producer_regs: int = 24
+
+    #: fields added after configs of this variant were stored: a stored or imported config
+    #: without them means these values (whose generated code is the code it was tuned with)
+    added_fields = {"joint_scores": False}
+
+    def __post_init__(self) -> None:
+        where = f"{KERNEL} config: "
+        choice(self.stages, where + "stages", (2, 3, 4, 5, 6))
+        choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
+        strict_bool(self.joint_scores, where + "joint_scores")
+        choice(self.consumer_regs, where + "consumer_regs", range(24, 257, 8))
+        choice(self.producer_regs, where + "producer_regs", range(24, 257, 8))
+
+    @property
+    def block_n(self) -> int:
+        return BLOCK_N
+
+    @property
+    def block_m(self) -> int:
+        return BLOCK_M
+
+    def describe(self) -> str:
+        text = f"s{self.stages} regs {self.producer_regs}/{self.consumer_regs}"
+        text += " joint" if self.joint_scores else ""
+        return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
+
+
+unsupported = backward_unsupported
+
+
+def shared_memory(spec: KernelSpec, config: BwdDqWsConfig) -> int:
+    """Bytes: q and dO of both consumers, the K/U/V ring, the mbarriers and 1 KiB of
+    compiler scratch."""
+    d = spec.head_dim
+    rows = 2 * BLOCK_M * d * 2
+    ring = config.stages * 3 * BLOCK_N * d * 2
+    return rows + ring + 8 * (2 * config.stages + 1) + 1024
+
+
+def config_problems(spec: KernelSpec, config: BwdDqWsConfig) -> list[str]:
+    """What of `config` does not fit an SM: shared memory, and the register split
+    (the first consumer needs 192 registers a thread)."""
+    return backward_resource_problems(
+        shared_memory(spec, config),
+        "consumer_regs",
+        config.consumer_regs,
+        config.producer_regs,
+        "the first consumer",
+        192,
+    )
+
+
+def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDqWsConfig:
+    """The deepest ring of up to 4 slots that fits (3 at D = 128), tanh, joint scores
+    (measured on an H200 at 16384 tokens: 1.12x separate ones on 1.3B, 1.11x on 370M,
+    1.07x at D = 64; docs/PERFORMANCE.md)."""
+    for stages in (4, 3, 2):
+        config = BwdDqWsConfig(stages=stages, joint_scores=True)
+        if not config_problems(spec, config):
+            return config
+    return BwdDqWsConfig(stages=2, joint_scores=True)
+
+
+def static_params(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
+    """sigmoid, and joint_scores only where set: a config without it renders the code it
+    rendered before the knob existed, so its stored winners stay current."""
+    params = {"sigmoid": config.sigmoid}
+    if config.joint_scores:
+        params["joint_scores"] = True
+    return params
+
+
+def load_kernel(spec: KernelSpec, config: BwdDqWsConfig):
+    return codegen.load_kernel(KERNEL, spec, config)
+
+
+def smem_layouts(spec: KernelSpec) -> dict:
+    """The descriptors' shared layouts: q/dO blocks of (64 tokens, D), K/U/V blocks of
+    (64 rows, D)."""
+    from triton.experimental.gluon import language as gl
+
+    dt = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
+    d = spec.head_dim
+    rows = BLOCK_M // 2
+    return {
+        "rows": ([rows, d], gl.NVMMASharedLayout.get_default_for([rows, d], dt)),
+        "weights": ([BLOCK_N, d], gl.NVMMASharedLayout.get_default_for([BLOCK_N, d], dt)),
+    }
+
+
+def constexprs(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
+    return dict(
+        BLOCK_N=BLOCK_N,
+        STAGES=config.stages,
+        CONSUMER_REGS=config.consumer_regs,
+        PRODUCER_REGS=config.producer_regs,
+    )
+
+
+def flash_mhf_bwd_dq_ws(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    do: torch.Tensor,
+    config: BwdDqWsConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dq, dr) of FlashMHF for the output gradient `do` (B, L, H, D) through the
+    warp-specialised Gluon kernel (sm90). dq: (B, L, H, D) contiguous in q's dtype; dr:
+    (B, L, H, E) contiguous in r's dtype. ValueError where the variant does not support
+    the problem."""
+    dq, dr = _launch(q, k, u, v, routing_fp32(r), do, config=config)
+    return dq, dr.to(r.dtype)  # the kernel reads and writes r and dr in fp32
+
+
+def _make_plan(q, k, u, v, r, do, config) -> DqPlan:
+    """Check the inputs and the config, load the kernel: everything but the launch."""
+    problem = check_flash_mhf_inputs(q, k, u, v, r)
+    copy_do, _ = grad_plan_inputs(q, do)
+    spec = spec_of(problem, q)
+    config = checked_config(KERNEL, unsupported, config_problems, spec, problem, q, config)
+    B, L, H, D = q.shape
+    copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
+    if problem.tokens == 0:
+        return DqPlan(None, (B, L, H, D), tuple(r.shape), copy, copy_do)
+    scalars = (*r.stride(), H * D, D, *contiguous_strides(tuple(r.shape)), L, problem.tokens)
+    meta = {**constexprs(spec, config), "num_warps": 4, "maxnreg": backward_register_cap()}
+    grid = (cdiv(problem.tokens, BLOCK_M), H)
+    launch = BackwardLaunch(load_kernel(spec, config), grid, scalars, meta, smem_layouts(spec))
+    return DqPlan(launch, (B, L, H, D), tuple(r.shape), copy, copy_do)
+
+
+def compile_sm90(spec: KernelSpec, config: BwdDqWsConfig) -> CompileReport:
+    """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
+    f32 = torch.empty(16, dtype=torch.float32)
+    narrow = torch.empty(16, dtype=spec.torch_dtype)
+    args = dict(backward_descriptors(spec, smem_layouts(spec), BLOCK_M), R=f32, DQ=narrow, DR=f32)
+    return compile_gluon(
+        load_kernel(spec, config),
+        args,
+        constexprs(spec, config),
+        dict(num_warps=4, maxnreg=backward_register_cap()),
+    )
+
+
+_launch = CachedLaunch(KERNEL, _make_plan, run_dq_plan)
+
+
+# ---------------------------------------------------------------------------------------
+# the registry entry
+# ---------------------------------------------------------------------------------------
 
 
 class FlashMhfBwdDqWs(Variant):
     stem = "flash_mhf_bwd_dq_ws"
     op = "bwd_dq"
     family = "gluon"
-    Config = ws.BwdDqWsConfig
+    Config = BwdDqWsConfig
     targets = ("sm9",)
-    dtypes = ws.DTYPES
-    launcher = "mhfgen.kernels.flash_mhf_bwd_dq_ws:flash_mhf_bwd_dq_ws"
+    dtypes = DTYPES
+    launcher = "mhfgen.variants.flash_mhf_bwd_dq_ws:flash_mhf_bwd_dq_ws"
     preference = 10  # before flash_mhf_bwd_dq where it supports the call
     flop_factor = 10  # S, A, dP recomputed; dQ from dS and dA
     outputs = ("dq", "dr")
     takes_grad = True
 
     def supports(self, spec: KernelSpec, tokens: int) -> str | None:
-        return ws.unsupported(spec, tokens)
+        return unsupported(spec, tokens)
 
-    def static_params(self, spec: KernelSpec, config: ws.BwdDqWsConfig) -> dict:
-        return ws.static_params(spec, config)
+    def static_params(self, spec: KernelSpec, config: BwdDqWsConfig) -> dict:
+        return static_params(spec, config)
 
-    def shared_memory(self, spec: KernelSpec, config: ws.BwdDqWsConfig) -> int:
-        return ws.shared_memory(spec, config)
+    def shared_memory(self, spec: KernelSpec, config: BwdDqWsConfig) -> int:
+        return shared_memory(spec, config)
 
-    def registers(self, spec: KernelSpec, config: ws.BwdDqWsConfig) -> float:
+    def registers(self, spec: KernelSpec, config: BwdDqWsConfig) -> float:
         # a consumer: dq (64 x D) and S, A, dP of (64 x 64)
-        return (64 * spec.head_dim + 3 * 64 * ws.BLOCK_N) / 128
+        return (64 * spec.head_dim + 3 * 64 * BLOCK_N) / 128
 
-    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> ws.BwdDqWsConfig:
-        return ws.default_config(spec, tokens, sm_count)
+    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> BwdDqWsConfig:
+        return default_config(spec, tokens, sm_count)
 
     def prune_reason(
-        self, spec: KernelSpec, config: ws.BwdDqWsConfig, tokens: int, sm_count: int
+        self, spec: KernelSpec, config: BwdDqWsConfig, tokens: int, sm_count: int
     ) -> str | None:
-        problems = ws.config_problems(spec, config)
+        problems = config_problems(spec, config)
         return "; ".join(problems) if problems else None
 
 

@@ -1,54 +1,325 @@
 """flash_mhf_bwd_ws: the warp-specialised Gluon one-pass backward for Hopper
 (templates/flash_mhf_bwd_ws.py.jinja; launcher, config type and resource model in
-mhfgen.kernels.flash_mhf_bwd_ws).
+mhfgen.variants.flash_mhf_bwd_ws).
 
 Two consumer warpgroups split the 8 MMAs of each row tile 4 + 4 (A: S^T, A^T, dK, dU and
 the element-wise math; B: dP^T, dV, dq) and swap dP^T and P^T/dS^T/dA^T through shared
 memory; a one-warp producer loads q and dO by TMA. sm90, bf16/fp16, D = 64 or 128,
 expert_dim a multiple of 64. The dq workspace and its budget: mhfgen.workspace.
+
+The launcher:
+The warp-specialised Gluon one-pass backward for Hopper (templates/flash_mhf_bwd_ws.py.jinja):
+its config type, resource model, launcher and sm90 compile check.
+
+A program owns one 64-column weight tile (within one expert) of one kv head and walks
+row tiles of BLOCK_M tokens of each query head of the group. Three partitions: warpgroup
+A (S^T, A^T, the element-wise math, dK, dU), warpgroup B (dP^T, dV, dq by fp32
+atomics) and a one-warp TMA producer; A and B exchange dP^T and P^T/dS^T/dA^T through
+double-buffered shared memory. The chunking of kv heads per launch and the dq/dr/dK/dU/dV
+workspaces are the Triton-language one-pass backward's (mhfgen.kernels.bwd_chunks), and
+so is their budget (mhfgen.workspace).
 """
 
 from __future__ import annotations
 
-from ..kernels import flash_mhf_bwd_ws as ws
-from ..registry import Variant, register
+from dataclasses import dataclass
+
+import torch
+
+from .. import codegen
+from ..config_fields import choice, positive_int, strict_bool
+from ..kernels.buffers import contiguous_strides, grad_plan_inputs
+from ..kernels.bwd_chunks import Chunk, ChunkPlan, head_chunks, plan_fields, run_chunks
+from ..kernels.configs import spec_of
+from ..kernels.plans import CachedLaunch
+from ..kernels.sm90 import (
+    BACKWARD_BLOCK_N,
+    BACKWARD_DTYPES,
+    BackwardLaunch,
+    CompileReport,
+    backward_descriptors,
+    backward_register_cap,
+    backward_resource_problems,
+    backward_unsupported,
+    compile_gluon,
+    routing_fp32,
+)
+from ..registry import Variant, VariantConfig, register
 from ..spec import KernelSpec
-from ..workspace import workspace_budget, workspace_bytes
+from ..tiling import cdiv
+from ..validation import check_flash_mhf_inputs
+from ..workspace import (
+    dr_atomic,
+    fit_launches,
+    kv_heads_per_launch,
+    workspace_budget,
+    workspace_bytes,
+)
+from ._gluon import checked_config
+
+KERNEL = "flash_mhf_bwd_ws"
+DTYPES = BACKWARD_DTYPES
+#: weight-tile rows per program: one warpgroup's wgmma M
+BLOCK_N = BACKWARD_BLOCK_N
+
+
+@dataclass(frozen=True)
+class BwdWsConfig(VariantConfig):
+    """Launch parameters of flash_mhf_bwd_ws.
+
+    block_m:       tokens per row tile (the N of the score MMAs, the K of the gradient
+                   MMAs): 32 keeps warpgroup A's S^T, A^T, dP^T and dK, dU in registers
+                   at D = 128; 64 halves the barrier rounds where D = 64.
+    stages:        slots of the q/dO ring.
+    sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
+    token_splits:  programs per weight tile, each a share of the token blocks (dK/dU/dV
+                   partial sums by fp32 atomics).
+    head_chunk:    kv heads per launch (the dq workspace; see flash_mhf_bwd_fused).
+    grads_regs, producer_regs: registers per thread of warpgroup B and of the producer
+                   (setmaxnreg); warpgroup A gets what is left.
+    dq_vec:        dq's atomics from a layout of four consecutive head_dim elements per
+                   thread (vector reductions) instead of the MMA accumulator's.
+    """
+
+    variant = KERNEL
+
+    block_m: int = 32
+    stages: int = 2
+    sigmoid: str = "tanh"
+    token_splits: int = 1
+    head_chunk: int = 1
+    grads_regs: int = 192
+    producer_regs: int = 24
+    dq_vec: bool = False
+
+    def __post_init__(self) -> None:
+        where = f"{KERNEL} config: "
+        choice(self.block_m, where + "block_m", (32, 64))
+        choice(self.stages, where + "stages", (2, 3, 4))
+        choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
+        positive_int(self.token_splits, where + "token_splits", 1024)
+        positive_int(self.head_chunk, where + "head_chunk", 1024)
+        choice(self.grads_regs, where + "grads_regs", range(24, 257, 8))
+        choice(self.producer_regs, where + "producer_regs", range(24, 257, 8))
+        strict_bool(self.dq_vec, where + "dq_vec")
+
+    @property
+    def block_n(self) -> int:
+        return BLOCK_N
+
+    def describe(self) -> str:
+        text = f"BM{self.block_m} s{self.stages} regs {self.producer_regs}/{self.grads_regs}"
+        if self.token_splits > 1:
+            text += f" ts{self.token_splits}"
+        if self.dq_vec:
+            text += " vec"
+        return (
+            text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "") + f" hc{self.head_chunk}"
+        )
+
+
+unsupported = backward_unsupported
+
+
+def shared_memory(spec: KernelSpec, config: BwdWsConfig) -> int:
+    """Bytes: the q/dO ring, K/U/V, the double-buffered exchange tiles (P^T, dS^T, dA^T
+    in bf16, dP^T in fp32), with dq_vec the dq tile's layout change (fp32), the
+    mbarriers, 1.5 KiB of compiler scratch (fitted to Triton 3.6's sm90 compiles: within
+    1.5 KiB above, tests/test_gluon_bwd_ws.py)."""
+    d, bm = spec.head_dim, config.block_m
+    ring = config.stages * 2 * bm * d * 2
+    weights = 3 * BLOCK_N * d * 2
+    exchange = 2 * BLOCK_N * bm * (3 * 2 + 4)
+    relayout = bm * d * 4 if config.dq_vec else 0
+    return ring + weights + exchange + relayout + 8 * (2 * config.stages + 9) + 1536
+
+
+def config_problems(spec: KernelSpec, config: BwdWsConfig) -> list[str]:
+    """What of `config` does not fit an SM: shared memory, and the register split
+    (warpgroup A needs 128 registers a thread)."""
+    return backward_resource_problems(
+        shared_memory(spec, config),
+        "grads_regs",
+        config.grads_regs,
+        config.producer_regs,
+        "warpgroup A",
+        128,
+    )
+
+
+def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdWsConfig:
+    """32-token row tiles (64 at D = 64), a 2-slot ring, tanh; kv heads per launch and
+    token splits as the Triton one-pass backward's heuristic picks them."""
+    bm = 64 if spec.head_dim <= 64 else 32
+    return fit_launches(
+        spec,
+        BwdWsConfig(block_m=bm),
+        tokens,
+        sm_count,
+        spec.intermediate // BLOCK_N,
+        cdiv(max(1, tokens), 4 * bm),
+    )
+
+
+def static_params(spec: KernelSpec, config: BwdWsConfig) -> dict:
+    return {
+        "sigmoid": config.sigmoid,
+        "dr_atomic": dr_atomic(spec, config),
+        "token_split": config.token_splits > 1,
+        "dq_vec": config.dq_vec,
+    }
+
+
+def load_kernel(spec: KernelSpec, config: BwdWsConfig):
+    return codegen.load_kernel(KERNEL, spec, config)
+
+
+def smem_layouts(spec: KernelSpec, config: BwdWsConfig) -> dict:
+    """The shared layouts: of the descriptors (q/dO rows, K/U/V tiles) and of the
+    exchange buffers (EX_LAYOUT: bf16 (BLOCK_N, BLOCK_M) MMA operands; DP_LAYOUT: fp32)."""
+    from triton.experimental.gluon import language as gl
+
+    dt = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
+    d, bm = spec.head_dim, config.block_m
+    return {
+        "rows": ([bm, d], gl.NVMMASharedLayout.get_default_for([bm, d], dt)),
+        "weights": ([BLOCK_N, d], gl.NVMMASharedLayout.get_default_for([BLOCK_N, d], dt)),
+        "EX_LAYOUT": gl.NVMMASharedLayout.get_default_for([BLOCK_N, bm], dt),
+        "DP_LAYOUT": gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8, order=[1, 0]),
+    }
+
+
+def constexprs(spec: KernelSpec, config: BwdWsConfig) -> dict:
+    layouts = smem_layouts(spec, config)
+    return dict(
+        BLOCK_M=config.block_m,
+        BLOCK_N=BLOCK_N,
+        STAGES=config.stages,
+        EX_LAYOUT=layouts["EX_LAYOUT"],
+        DP_LAYOUT=layouts["DP_LAYOUT"],
+        GRADS_REGS=config.grads_regs,
+        PRODUCER_REGS=config.producer_regs,
+    )
+
+
+def flash_mhf_bwd_ws(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    do: torch.Tensor,
+    config: BwdWsConfig | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """(dq, dr, dk, du, dv) of FlashMHF through the warp-specialised Gluon kernel (sm90);
+    shapes and dtypes as mhfgen.variants.flash_mhf_bwd_fused's. ValueError where the
+    variant does not support the problem."""
+    dq, dr, dk, du, dv = _launch(q, k, u, v, routing_fp32(r), do, config=config)
+    return dq, dr.to(r.dtype), dk, du, dv  # the kernel reads and writes r and dr in fp32
+
+
+def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
+    """Check the inputs and the config, load the kernel: everything but the launches."""
+    problem = check_flash_mhf_inputs(q, k, u, v, r)
+    copy_do, _ = grad_plan_inputs(q, do)
+    spec = spec_of(problem, q)
+    config = checked_config(KERNEL, unsupported, config_problems, spec, problem, q, config)
+    fields = plan_fields(spec, config, q, k, u, v, r, copy_do)
+    tokens = problem.tokens
+    if tokens == 0:
+        return ChunkPlan(chunks=(), **fields)
+    B, L, H, D = q.shape
+    kernel = load_kernel(spec, config)
+    width = kv_heads_per_launch(spec, config) * spec.group
+    token_blocks = cdiv(tokens, config.block_m)
+    per_split = cdiv(token_blocks, config.token_splits)
+    splits = cdiv(token_blocks, per_split)
+    dr_workspace = fields["dr_mode"] == "workspace"
+    dr_strides = contiguous_strides((B, L, width if dr_workspace else H, r.shape[-1]))
+    meta = {**constexprs(spec, config), "num_warps": 4, "maxnreg": backward_register_cap()}
+    layouts = smem_layouts(spec, config)
+    chunks = []
+    for kv0, n, h0, h1 in head_chunks(spec, config):
+        scalars = (
+            *r.stride(),
+            width * D,
+            D,
+            *dr_strides,
+            L,
+            tokens,
+            per_split,
+            kv0,
+            h0,
+            h0 if dr_workspace else 0,
+        )
+        grid = (spec.intermediate // BLOCK_N, n, splits)
+        chunks.append(Chunk(kv0, n, h0, h1, BackwardLaunch(kernel, grid, scalars, meta, layouts)))
+    return ChunkPlan(chunks=tuple(chunks), **fields)
+
+
+def compile_sm90(spec: KernelSpec, config: BwdWsConfig) -> CompileReport:
+    """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
+    f32 = torch.empty(16, dtype=torch.float32)
+    narrow = torch.empty(16, dtype=spec.torch_dtype)
+    grads = f32 if config.token_splits > 1 else narrow
+    args = dict(
+        backward_descriptors(spec, smem_layouts(spec, config), max(config.block_m, 16)),
+        R=f32,
+        DQ=f32,
+        DR=f32,
+        DK=grads,
+        DU=grads,
+        DV=grads,
+    )
+    return compile_gluon(
+        load_kernel(spec, config),
+        args,
+        constexprs(spec, config),
+        dict(num_warps=4, maxnreg=backward_register_cap()),
+    )
+
+
+_launch = CachedLaunch(KERNEL, _make_plan, run_chunks)
+
+
+# ---------------------------------------------------------------------------------------
+# the registry entry
+# ---------------------------------------------------------------------------------------
 
 
 class FlashMhfBwdWs(Variant):
     stem = "flash_mhf_bwd_ws"
     op = "bwd"
     family = "gluon"
-    Config = ws.BwdWsConfig
+    Config = BwdWsConfig
     targets = ("sm9",)
-    dtypes = ws.DTYPES
-    launcher = "mhfgen.kernels.flash_mhf_bwd_ws:flash_mhf_bwd_ws"
+    dtypes = DTYPES
+    launcher = "mhfgen.variants.flash_mhf_bwd_ws:flash_mhf_bwd_ws"
     preference = 10  # before flash_mhf_bwd_fused where it supports the call
     flop_factor = 16
     outputs = ("dq", "dr", "dk", "du", "dv")
     takes_grad = True
 
     def supports(self, spec: KernelSpec, tokens: int) -> str | None:
-        return ws.unsupported(spec, tokens)
+        return unsupported(spec, tokens)
 
-    def static_params(self, spec: KernelSpec, config: ws.BwdWsConfig) -> dict:
-        return ws.static_params(spec, config)
+    def static_params(self, spec: KernelSpec, config: BwdWsConfig) -> dict:
+        return static_params(spec, config)
 
-    def shared_memory(self, spec: KernelSpec, config: ws.BwdWsConfig) -> int:
-        return ws.shared_memory(spec, config)
+    def shared_memory(self, spec: KernelSpec, config: BwdWsConfig) -> int:
+        return shared_memory(spec, config)
 
-    def registers(self, spec: KernelSpec, config: ws.BwdWsConfig) -> float:
+    def registers(self, spec: KernelSpec, config: BwdWsConfig) -> float:
         # warpgroup A: dK, dU (BLOCK_N x D) and S^T, A^T, dP^T (BLOCK_N x BLOCK_M)
-        return (2 * ws.BLOCK_N * spec.head_dim + 3 * ws.BLOCK_N * config.block_m) / 128
+        return (2 * BLOCK_N * spec.head_dim + 3 * BLOCK_N * config.block_m) / 128
 
-    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> ws.BwdWsConfig:
-        return ws.default_config(spec, tokens, sm_count)
+    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> BwdWsConfig:
+        return default_config(spec, tokens, sm_count)
 
     def prune_reason(
-        self, spec: KernelSpec, config: ws.BwdWsConfig, tokens: int, sm_count: int
+        self, spec: KernelSpec, config: BwdWsConfig, tokens: int, sm_count: int
     ) -> str | None:
-        problems = ws.config_problems(spec, config)
+        problems = config_problems(spec, config)
         if config.head_chunk > spec.kv_heads:
             problems.append(f"head_chunk={config.head_chunk} exceeds the kv heads")
         used, budget = (

@@ -1,0 +1,168 @@
+"""What the Gluon variants share beyond mhfgen.kernels.sm90 (the SM's limits, the
+descriptors' row view, the backward launch, compiling for sm90 without a GPU): the
+checks every Gluon launcher makes before it compiles, the token splits of the dK/dU/dV
+kernels, and the launch path of the two dK/dU/dV variants, `GluonDkv`, a typed record of
+the four things that path asks of a variant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .. import codegen
+from ..kernels.buffers import grad_plan_inputs
+from ..kernels.configs import resolve_config, spec_of
+from ..kernels.grad_plans import DkvPlan, run_dkv_plan
+from ..kernels.plans import CachedLaunch
+from ..kernels.sm90 import (
+    BackwardLaunch,
+    CompileReport,
+    backward_descriptors,
+    backward_register_cap,
+    compile_gluon,
+)
+from ..registry import VariantConfig
+from ..spec import KernelSpec
+from ..tiling import cdiv
+from ..validation import Problem, check_flash_mhf_inputs
+
+#: programs per multiprocessor above which a token split only adds atomic traffic
+MAX_PROGRAMS_PER_SM = 8
+
+
+def checked_config(
+    stem: str,
+    unsupported: Callable[[KernelSpec], str | None],
+    config_problems: Callable[[KernelSpec, VariantConfig], list[str]],
+    spec: KernelSpec,
+    problem: Problem,
+    q: torch.Tensor,
+    config: VariantConfig | None,
+) -> VariantConfig:
+    """The config a Gluon launcher of variant `stem` runs `spec` with: ValueError where
+    the variant cannot run the spec (`unsupported`), else the given config or the
+    dispatcher's (mhfgen.kernels.configs.resolve_config), ValueError where that config
+    cannot run it (`config_problems`: shared memory, registers, tiles)."""
+    reason = unsupported(spec)
+    if reason:
+        raise ValueError(f"{stem} cannot run {spec.key()}: {reason}")
+    config = resolve_config(stem, spec, problem, q, config)
+    problems = config_problems(spec, config)
+    if problems:
+        raise ValueError(
+            f"{stem} config {config.describe()} cannot run {spec.key()}: " + "; ".join(problems)
+        )
+    return config
+
+
+def wave_token_splits(programs: int, blocks: int, sm_count: int) -> int:
+    """The token splits the Gluon dK/dU/dV heuristics take for `programs` weight tiles,
+    `blocks` row blocks of tokens and `sm_count` multiprocessors (one program each):
+    fewer than two waves of weight tiles, enough splits for two, at most blocks / 4;
+    otherwise none.
+
+    A split that evens out a partial last wave is faster alone (352 tiles on 132 SMs, 2.67
+    waves: 3 splits measured 1.05-1.08x on an H200 at 370M, H16 D64 and 1.3B with 4 kv
+    heads) but not where the backward runs it: beside dQ/dR on a second stream, whose
+    programs already fill that last wave, 3 splits measured 0.97x at H16 D64 (1.236 against
+    1.195 ms added to the split backward), and the training step 0.98x at 370M and H16 D64
+    (docs/PERFORMANCE.md). The tuner, which times dK/dU/dV beside dQ/dR, keeps
+    the choice per shape."""
+    if programs < 2 * sm_count:
+        return max(1, min(cdiv(2 * sm_count, programs), blocks // 4))
+    return 1
+
+
+def token_split_problems(spec: KernelSpec, config, tokens: int, sm_count: int) -> list[str]:
+    """What is wrong with a Gluon dK/dU/dV config's token splits at `tokens` tokens on
+    `sm_count` SMs: more splits than row blocks, or more programs than
+    MAX_PROGRAMS_PER_SM a multiprocessor (past that a split only adds atomic traffic)."""
+    if config.token_splits == 1:
+        return []
+    problems = []
+    if config.token_splits > spec.group * cdiv(max(1, tokens), config.block_m):
+        problems.append(f"token_splits={config.token_splits} exceeds the row blocks")
+    programs = spec.kv_heads * spec.intermediate // config.block_n
+    budget = MAX_PROGRAMS_PER_SM * max(1, sm_count)
+    if programs * config.token_splits > budget:
+        problems.append(f"token_splits={config.token_splits} makes more than {budget} programs")
+    return problems
+
+
+def token_split_plan(tokens: int, config) -> tuple[int, int, bool]:
+    """(row blocks per split, splits, atomic) for `tokens` tokens. `atomic` follows the
+    config, not the split count: the template adds by atomics whenever the config splits,
+    also where the tokens make a single split, and the gradients must then be zeroed fp32
+    buffers."""
+    token_blocks = cdiv(tokens, config.block_m)
+    per_split = cdiv(token_blocks, config.token_splits)
+    return per_split, cdiv(token_blocks, per_split), config.token_splits > 1
+
+
+@dataclass(frozen=True)
+class GluonDkv:
+    """A Gluon dK/dU/dV variant as its shared launch path sees it. Its config has
+    `block_m` (tokens per row tile), `block_n` (weight rows per program) and
+    `token_splits`; its kernel takes the descriptors of q, dO (rows) and k, u, v
+    (weights), r, dK, dU, dV, then (r's strides, seqlen, tokens, row blocks per split).
+
+    stem:            the variant's name stem.
+    unsupported:     spec -> why the variant cannot run it, or None.
+    config_problems: (spec, config) -> why the config cannot run it (empty: it can).
+    smem_layouts:    (spec, config) -> {'rows': (block, layout), 'weights': (block,
+                     layout), ...}: the descriptors' shared layouts.
+    constexprs:      (spec, config) -> the kernel's constexpr arguments.
+    """
+
+    stem: str
+    unsupported: Callable[[KernelSpec], str | None]
+    config_problems: Callable[[KernelSpec, VariantConfig], list[str]]
+    smem_layouts: Callable[[KernelSpec, VariantConfig], dict]
+    constexprs: Callable[[KernelSpec, VariantConfig], dict]
+
+    def launcher(self) -> CachedLaunch:
+        """The variant's cached launch: (q, k, u, v, r in fp32, do) -> (dk, du, dv)."""
+        return CachedLaunch(self.stem, self.make_plan, run_dkv_plan)
+
+    def make_plan(self, q, k, u, v, r, do, config) -> DkvPlan:
+        """The launch plan of one call signature: the inputs and the config checked, the
+        kernel loaded, grid and scalars fixed."""
+        problem = check_flash_mhf_inputs(q, k, u, v, r)
+        copy_do, _ = grad_plan_inputs(q, do)
+        spec = spec_of(problem, q)
+        config = checked_config(
+            self.stem, self.unsupported, self.config_problems, spec, problem, q, config
+        )
+        copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
+        tokens = problem.tokens
+        if tokens == 0:
+            return DkvPlan((), False, copy, copy_do)
+        per_split, splits, atomic = token_split_plan(tokens, config)
+        scalars = (*r.stride(), q.shape[1], tokens, per_split)
+        meta = {**self.constexprs(spec, config), "num_warps": 4, "maxnreg": backward_register_cap()}
+        grid = (spec.intermediate // config.block_n, spec.kv_heads, splits)
+        kernel = codegen.load_kernel(self.stem, spec, config)
+        launch = BackwardLaunch(kernel, grid, scalars, meta, self.smem_layouts(spec, config))
+        return DkvPlan((launch,), atomic, copy, copy_do)
+
+    def compile_sm90(self, spec: KernelSpec, config) -> CompileReport:
+        """Compile the variant's kernel for sm90 down to cubin on any machine (no GPU)."""
+        f32 = torch.empty(16, dtype=torch.float32)
+        narrow = torch.empty(16, dtype=spec.torch_dtype)
+        grads = f32 if config.token_splits > 1 else narrow
+        args = dict(
+            backward_descriptors(spec, self.smem_layouts(spec, config), config.block_m),
+            R=f32,
+            DK=grads,
+            DU=grads,
+            DV=grads,
+        )
+        return compile_gluon(
+            codegen.load_kernel(self.stem, spec, config),
+            args,
+            self.constexprs(spec, config),
+            dict(num_warps=4, maxnreg=backward_register_cap()),
+        )
