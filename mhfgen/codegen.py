@@ -32,6 +32,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 import jinja2
+import jinja2.meta
 
 from . import paths, registry
 from .spec import INTERPRETER, KernelSpec
@@ -67,14 +68,31 @@ def template_name(kernel: str) -> str:
 
 @cache
 def template_hash(kernel: str) -> str:
-    """sha256 (16 hex digits) of the variant's template and the files it includes (its
-    shared_templates): the part of the tuning key that invalidates stored configs when
-    the kernel code changes."""
+    """sha256 (16 hex digits) of the variant's template and every template file it
+    imports or includes (template_files): the part of the tuning key that invalidates
+    stored configs when the kernel code changes."""
     variant = registry.get(kernel)
     digest = hashlib.sha256()
-    for name in (variant.template_name, *variant.shared_templates):
+    for name in template_files(kernel):
         digest.update((variant.templates_dir() / name).read_bytes())
     return digest.hexdigest()[:16]
+
+
+def template_files(kernel: str) -> list[str]:
+    """The variant's template, then the files of its folder it imports or includes,
+    transitively, in the order they are first referenced (found by parsing: a shared
+    macro file needs no declaration)."""
+    variant = registry.get(kernel)
+    env = _environment(str(variant.templates_dir()))
+    files, todo = [], [variant.template_name]
+    while todo:
+        name = todo.pop(0)
+        if name in files:
+            continue
+        files.append(name)
+        source = env.loader.get_source(env, name)[0]
+        todo += [n for n in jinja2.meta.find_referenced_templates(env.parse(source)) if n]
+    return files
 
 
 def static_params(kernel: str, spec: KernelSpec, config) -> dict:

@@ -149,8 +149,6 @@ class Variant:
                  `<stem>_kernel`).
     template_dir: where its template and space file live (None: beside the module that
                  defines the class, as the built-in variants' are in mhfgen/variants/).
-    shared_templates: other files of template_dir its template includes; they are part of
-                 its template hash.
     preference:  order among the variants of one op for the heuristic fallback (lowest
                  first among those that support the call); rank(spec) may refine it per
                  spec, where measurements put a variant first on some shapes only.
@@ -171,7 +169,6 @@ class Variant:
     launcher: ClassVar[str | Callable]
     entries: ClassVar[tuple[str, ...]] = ()
     template_dir: ClassVar[Path | None] = None
-    shared_templates: ClassVar[tuple[str, ...]] = ()
     preference: ClassVar[int] = 100
     flop_factor: ClassVar[int]
     outputs: ClassVar[tuple[str, ...]]

@@ -133,7 +133,6 @@ class FlashMhfBwdDkv(Variant):
     Config = Config
     launcher = "mhfgen.variants.flash_mhf_bwd_dkv:flash_mhf_bwd_dkv"
     entries = ("flash_mhf_bwd_dkv_kernel", "flash_mhf_bwd_dkv_dv_kernel")
-    shared_templates = ("_macros.jinja",)
     preference = 50
     schema2_kernel = "flash_mhf_bwd_dkv"
     flop_factor = 12  # S^T, A^T, dP^T recomputed, then dV, dK, dU

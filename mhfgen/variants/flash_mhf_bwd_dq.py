@@ -128,7 +128,6 @@ class FlashMhfBwdDq(Variant):
     family = "triton"
     Config = Config
     launcher = "mhfgen.variants.flash_mhf_bwd_dq:flash_mhf_bwd_dq"
-    shared_templates = ("_macros.jinja",)
     preference = 50
     schema2_kernel = "flash_mhf_bwd_dq"
     flop_factor = 10  # S, A, dP recomputed; dQ from dS and dA

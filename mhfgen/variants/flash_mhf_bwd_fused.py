@@ -214,7 +214,6 @@ class FlashMhfBwdFused(Variant):
     family = "triton"
     Config = Config
     launcher = "mhfgen.variants.flash_mhf_bwd_fused:flash_mhf_bwd_fused"
-    shared_templates = ("_macros.jinja",)
     preference = 50
     flop_factor = 16  # S, A, dP recomputed once; dV, dK, dU; dQ from dS and from dA
     outputs = ("dq", "dr", "dk", "du", "dv")

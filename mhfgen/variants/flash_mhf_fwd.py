@@ -197,7 +197,6 @@ class FlashMhfFwd(Variant):
     family = "triton"
     Config = Config
     launcher = "mhfgen.variants.flash_mhf_fwd:flash_mhf_fwd"
-    shared_templates = ("_macros.jinja",)
     preference = 50
     schema2_kernel = "flash_mhf_fwd"
     flop_factor = 6  # S = q K^T, A = q U^T, then P V: 3 GEMMs of 2 N FLOPs
