@@ -10,28 +10,21 @@ import torch
 
 from . import kernels, reference, registry
 from .tolerances import relative_error, tolerance
+from .validation import Problem
 
 OUTPUTS = ("o", "dq", "dk", "du", "dv", "dr")
 
 
-@dataclass(frozen=True)
-class Case:
-    """One problem: q (batch, seqlen, heads, head_dim), k/u/v (kv_heads, experts,
-    expert_dim, head_dim). A validation.Problem's sizes with the name the verify table
-    reports it by (not a subclass: the name comes first in the table's rows)."""
+@dataclass(frozen=True, init=False)
+class Case(Problem):
+    """A Problem with the name the verify table reports it by, given first:
+    Case(name, batch, seqlen, heads, kv_heads, head_dim, experts, expert_dim)."""
 
-    name: str
-    batch: int
-    seqlen: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    experts: int
-    expert_dim: int
+    name: str = ""
 
-    @property
-    def tokens(self) -> int:
-        return self.batch * self.seqlen
+    def __init__(self, name: str, *sizes: int, **named_sizes: int) -> None:
+        super().__init__(*sizes, **named_sizes)
+        object.__setattr__(self, "name", name)
 
 
 def make_inputs(
