@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 def _environment(folder: str | None = None) -> jinja2.Environment:
-    """The Jinja environment of a template folder (default: mhfgen's templates/)."""
+    """The Jinja environment of a template folder (default: the built-in variants' folder)."""
     return _environment_of(folder or str(paths.templates_dir()))
 
 
@@ -62,7 +62,7 @@ _environment.cache_clear = _environment_of.cache_clear  # forget every folder's 
 
 
 def template_name(kernel: str) -> str:
-    """templates/<stem>.py.jinja of a registered variant (RegistryError otherwise)."""
+    """<stem>.py.jinja, the template of a registered variant (RegistryError otherwise)."""
     return registry.get(kernel).template_name
 
 

@@ -1,7 +1,7 @@
 """Autotuning of the generated kernels' launch parameters.
 
     buckets   the one shape-bucketing function (tuner and dispatcher)
-    space     search spaces from templates/<kernel>.space.toml and the keep() constraints
+    space     search spaces from each variant's <stem>.space.toml and the keep() constraints
     problem   TuningProblem (spec + tokens, FLOPs per kernel) and DeviceFacts
     workload  tuning inputs on a device, float64 reference outputs, candidate checks
     outcome   Candidate and Failure (the stages a candidate can fail at)
