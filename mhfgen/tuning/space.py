@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 from functools import cache
 
 from .. import registry
-from ..resources import register_estimate, shared_memory_limit  # noqa: F401 - re-exported
+from ..resources import shared_memory_limit
 from ..spec import KernelSpec
 
 try:  # Python >= 3.11
