@@ -10,15 +10,14 @@ torch.compile(fullgraph=True) traces through the ops as opaque calls.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from .kernels import backward, forward
 from .validation import check_flash_mhf_inputs_cached, int32_safe
 
 
 @torch.library.custom_op("mhfgen::flash_mhf", mutates_args=())
-def _flash_mhf_op(
-    q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor
-) -> torch.Tensor:
+def _flash_mhf_op(q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor) -> Tensor:
     return forward(q, k, u, v, r)
 
 
@@ -29,26 +28,15 @@ def _(q, k, u, v, r):
 
 @torch.library.custom_op("mhfgen::flash_mhf_backward", mutates_args=())
 def _flash_mhf_backward_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    u: torch.Tensor,
-    v: torch.Tensor,
-    r: torch.Tensor,
-    do: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, do: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     dq, dr, dk, du, dv = backward(q, k, u, v, r, do)
     return dq, dk, du, dv, dr
 
 
 @_flash_mhf_backward_op.register_fake
 def _(q, k, u, v, r, do):
-    return (
-        q.new_empty(q.shape),
-        k.new_empty(k.shape),
-        u.new_empty(u.shape),
-        v.new_empty(v.shape),
-        r.new_empty(r.shape),
-    )
+    return tuple(t.new_empty(t.shape) for t in (q, k, u, v, r))
 
 
 def _setup_context(ctx, inputs, output):
@@ -68,7 +56,7 @@ _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 
 
-def plain_eager_call(*tensors: torch.Tensor | None) -> bool:
+def plain_eager_call(*tensors: Tensor | None) -> bool:
     """Whether a call may run its launcher directly instead of through its custom op.
 
     A custom op's dispatch costs about 10 us of Python per call (autograd and the op's
@@ -92,9 +80,7 @@ def plain_eager_call(*tensors: torch.Tensor | None) -> bool:
     return True
 
 
-def flash_mhf(
-    q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor
-) -> torch.Tensor:
+def flash_mhf(q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor) -> Tensor:
     """FlashMHF core through the generated Triton kernels, differentiable.
 
     O[b,l,h] = sum_e r[b,l,h,e] * (silu(q[b,l,h] K[g,e]^T) * (q[b,l,h] U[g,e]^T)) V[g,e],

@@ -16,6 +16,12 @@ def contiguous_strides(shape: tuple) -> tuple:
     return tuple(reversed(strides))
 
 
+def weights_need_copy(k: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether a launcher must pass contiguous copies of k, u, v (Hkv, E, De, D): the
+    kernels read each as Hkv * E * De rows of D elements at stride D."""
+    return not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
+
+
 _allocator_set = False
 
 

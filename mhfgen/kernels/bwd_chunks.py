@@ -20,7 +20,7 @@ import torch
 
 from ..spec import KernelSpec
 from ..workspace import dr_atomic, kv_heads_per_launch
-from .buffers import empty
+from .buffers import empty, weights_need_copy
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def plan_fields(spec: KernelSpec, config, q, k, u, v, r, copy_do: bool) -> dict:
         dr_mode=dr_mode,
         dkv_workspace=splits and not fp32,
         dkv_atomic=splits,
-        copy_weights=not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous()),
+        copy_weights=weights_need_copy(k, u, v),
         copy_do=copy_do,
     )
 

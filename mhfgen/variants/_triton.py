@@ -27,7 +27,7 @@ from ..spec import (
     SPLIT_MAX,
     KernelSpec,
 )
-from ..tiling import chunks_of, head_dim_chunks, pow2_ceil  # noqa: F401 - pow2_ceil for variants
+from ..tiling import cdiv, chunks_of, head_dim_chunks, pow2_ceil  # noqa: F401 - pow2_ceil for variants
 
 #: the heuristic's starting point in the interpreter: (block_m, block_n, warps, stages)
 INTERPRETER_START = (32, 32, 4, 1)
@@ -138,6 +138,24 @@ def pick_block_n(expert_dim: int, preferred: int) -> int:
 def rows_block(rows: int, preferred: int) -> int:
     """BLOCK_M: `preferred`, shrunk (to >= 16) when there are fewer rows than that."""
     return max(16, min(preferred, pow2_ceil(rows)))
+
+
+def launch_meta(config: TileConfig) -> dict:
+    """The launch's tile constexprs and options: BLOCK_M, BLOCK_N, num_warps, num_stages."""
+    return dict(
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+
+
+def row_splits(rows: int, config: TileConfig) -> tuple[int, int]:
+    """(rows per split, splits) where config.token_splits programs share `rows` rows: a
+    split takes ceil(rows / token_splits) rows rounded up to a multiple of BLOCK_M, so
+    ceil(rows / per_split) <= token_splits splits remain and none is empty."""
+    per_split = cdiv(cdiv(rows, config.token_splits), config.block_m) * config.block_m
+    return per_split, cdiv(rows, per_split)
 
 
 def shrink_to_fit(variant, spec: KernelSpec, config: TileConfig) -> TileConfig:

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from torch import Tensor
 
 from ..codegen import load_kernel
-from ..kernels.buffers import grad_plan_inputs
+from ..kernels.buffers import grad_plan_inputs, weights_need_copy
 from ..kernels.configs import resolve_config, spec_of
 from ..kernels.grad_plans import DkvPlan, run_dkv_plan
 from ..kernels.launch import DirectLaunch
@@ -43,14 +43,8 @@ KERNEL = "flash_mhf_bwd_dkv"
 
 
 def flash_mhf_bwd_dkv(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    u: torch.Tensor,
-    v: torch.Tensor,
-    r: torch.Tensor,
-    do: torch.Tensor,
-    config=None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, do: Tensor, config=None
+) -> tuple[Tensor, Tensor, Tensor]:
     """(dk, du, dv) of FlashMHF for the output gradient `do` (B, L, H, D).
 
     Each (Hkv, E, De, D), contiguous, in k's dtype. With token_splits = S > 1 the tokens
@@ -70,33 +64,14 @@ def _make_plan(q, k, u, v, r, do, config) -> DkvPlan:
     if problem.tokens == 0:
         return DkvPlan((), False, False, False)
     rows = problem.tokens * spec.group
-    per_split = cdiv(cdiv(rows, config.token_splits), config.block_m) * config.block_m
-    splits = cdiv(rows, per_split)
+    per_split, splits = _triton.row_splits(rows, config)
     grid = (intermediate_blocks(spec, config.block_n), spec.kv_heads, splits)
     entries = (f"{KERNEL}_kernel", f"{KERNEL}_dv_kernel") if config.split_grads else (None,)
     kernels = tuple(load_kernel(KERNEL, spec, config, entry) for entry in entries)
-    scalars = (
-        q.stride(0),
-        q.stride(1),
-        q.stride(2),
-        r.stride(0),
-        r.stride(1),
-        r.stride(2),
-        r.stride(3),
-        *do_strides,
-        q.shape[1],
-        rows,
-        per_split,
-    )
-    meta = dict(
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
-    )
-    copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
+    scalars = (*q.stride()[:3], *r.stride(), *do_strides, q.shape[1], rows, per_split)
+    meta = _triton.launch_meta(config)
     launches = tuple(DirectLaunch(kernel, grid, scalars, meta) for kernel in kernels)
-    return DkvPlan(launches, config.token_splits > 1, copy, copy_do)
+    return DkvPlan(launches, config.token_splits > 1, weights_need_copy(k, u, v), copy_do)
 
 
 _launch = CachedLaunch(KERNEL, _make_plan, run_dkv_plan)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch
+from torch import Tensor
 
 from .. import codegen
 from ..config_fields import choice, positive_int
@@ -220,17 +220,12 @@ def constexprs(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
 
 
 def flash_mhf_bwd_dkvt_ws(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    u: torch.Tensor,
-    v: torch.Tensor,
-    r: torch.Tensor,
-    do: torch.Tensor,
-    config: BwdDkvtWsConfig | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, do: Tensor, config=None
+) -> tuple[Tensor, Tensor, Tensor]:
     """(dk, du, dv) of FlashMHF for the output gradient `do` (B, L, H, D) through the
     row-owning Gluon kernel (sm90); each (Hkv, E, De, D), contiguous, in k's dtype.
-    ValueError where the variant does not support the problem."""
+    `config`: a BwdDkvtWsConfig, or None for the dispatcher's. ValueError where the
+    variant does not support the problem."""
     return _launch(q, k, u, v, routing_fp32(r), do, config=config)
 
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from torch import Tensor
 
 from ..codegen import load_kernel
 from ..kernels.buffers import (
     contiguous_strides,
     ensure_descriptor_allocator,
     grad_plan_inputs,
+    weights_need_copy,
 )
 from ..kernels.configs import resolve_config, spec_of
 from ..kernels.grad_plans import DqPlan, run_dq_plan
@@ -40,14 +41,8 @@ KERNEL = "flash_mhf_bwd_dq"
 
 
 def flash_mhf_bwd_dq(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    u: torch.Tensor,
-    v: torch.Tensor,
-    r: torch.Tensor,
-    do: torch.Tensor,
-    config=None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, do: Tensor, config=None
+) -> tuple[Tensor, Tensor]:
     """(dq, dr) of FlashMHF for the output gradient `do` (B, L, H, D).
 
     dq: (B, L, H, D) contiguous in q's dtype; dr: (B, L, H, E) contiguous in r's dtype.
@@ -70,29 +65,16 @@ def _make_plan(q, k, u, v, r, do, config) -> DqPlan:
     rows = problem.tokens * config.group_heads
     grid = (cdiv(rows, config.block_m), H // config.group_heads)
     scalars = (
-        q.stride(0),
-        q.stride(1),
-        q.stride(2),
-        r.stride(0),
-        r.stride(1),
-        r.stride(2),
-        r.stride(3),
+        *q.stride()[:3],
+        *r.stride(),
         *do_strides,
         *contiguous_strides((B, L, H, D))[:3],
         *contiguous_strides(tuple(r.shape)),
         L,
         rows,
     )
-    meta = dict(
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
-    )
-    copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
-    return DqPlan(
-        DirectLaunch(kernel, grid, scalars, meta), (B, L, H, D), tuple(r.shape), copy, copy_do
-    )
+    launch = DirectLaunch(kernel, grid, scalars, _triton.launch_meta(config))
+    return DqPlan(launch, (B, L, H, D), tuple(r.shape), weights_need_copy(k, u, v), copy_do)
 
 
 _launch = CachedLaunch(KERNEL, _make_plan, run_dq_plan)

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from .. import codegen
 from ..config_fields import choice, strict_bool
@@ -179,18 +180,12 @@ def constexprs(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
 
 
 def flash_mhf_bwd_dq_ws(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    u: torch.Tensor,
-    v: torch.Tensor,
-    r: torch.Tensor,
-    do: torch.Tensor,
-    config: BwdDqWsConfig | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, do: Tensor, config=None
+) -> tuple[Tensor, Tensor]:
     """(dq, dr) of FlashMHF for the output gradient `do` (B, L, H, D) through the
     warp-specialised Gluon kernel (sm90). dq: (B, L, H, D) contiguous in q's dtype; dr:
-    (B, L, H, E) contiguous in r's dtype. ValueError where the variant does not support
-    the problem."""
+    (B, L, H, E) contiguous in r's dtype. `config`: a BwdDqWsConfig, or None for the
+    dispatcher's. ValueError where the variant does not support the problem."""
     dq, dr = _launch(q, k, u, v, routing_fp32(r), do, config=config)
     return dq, dr.to(r.dtype)  # the kernel reads and writes r and dr in fp32
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from torch import Tensor
 
 from ..codegen import load_kernel
 from ..config_fields import choice, positive_int
@@ -71,14 +71,8 @@ KERNEL = "flash_mhf_bwd_fused"
 
 
 def flash_mhf_bwd_fused(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    u: torch.Tensor,
-    v: torch.Tensor,
-    r: torch.Tensor,
-    do: torch.Tensor,
-    config=None,
-) -> tuple[torch.Tensor, ...]:
+    q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, do: Tensor, config=None
+) -> tuple[Tensor, ...]:
     """(dq, dr, dk, du, dv) of FlashMHF for the output gradient `do` (B, L, H, D).
 
     dq: (B, L, H, D) contiguous in q's dtype; dr: (B, L, H, E) contiguous in r's dtype;
@@ -111,17 +105,11 @@ def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
     q_strides = contiguous_strides(tuple(q.shape))[:3] if copy_q else q.stride()[:3]
     fp32, dr_workspace = fields["dq_direct"], fields["dr_mode"] == "workspace"
     rows = problem.tokens * spec.group
-    per_split = cdiv(cdiv(rows, config.token_splits), config.block_m) * config.block_m
-    splits = cdiv(rows, per_split)
+    per_split, splits = _triton.row_splits(rows, config)
     width = kv_heads_per_launch(spec, config) * spec.group
     dq_strides = contiguous_strides((B, L, H if fp32 else width, D))[:3]
     dr_strides = contiguous_strides((B, L, width if dr_workspace else H, E))
-    meta = dict(
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
-    )
+    meta = _triton.launch_meta(config)
     chunks = []
     for kv0, n, h0, h1 in head_chunks(spec, config):
         scalars = (

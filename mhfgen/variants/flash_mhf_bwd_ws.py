@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from .. import codegen
 from ..config_fields import choice, positive_int, strict_bool
@@ -203,17 +204,12 @@ def constexprs(spec: KernelSpec, config: BwdWsConfig) -> dict:
 
 
 def flash_mhf_bwd_ws(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    u: torch.Tensor,
-    v: torch.Tensor,
-    r: torch.Tensor,
-    do: torch.Tensor,
-    config: BwdWsConfig | None = None,
-) -> tuple[torch.Tensor, ...]:
+    q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, do: Tensor, config=None
+) -> tuple[Tensor, ...]:
     """(dq, dr, dk, du, dv) of FlashMHF through the warp-specialised Gluon kernel (sm90);
-    shapes and dtypes as mhfgen.variants.flash_mhf_bwd_fused's. ValueError where the
-    variant does not support the problem."""
+    shapes and dtypes as mhfgen.variants.flash_mhf_bwd_fused's. `config`: a BwdWsConfig,
+    or None for the dispatcher's. ValueError where the variant does not support the
+    problem."""
     dq, dr, dk, du, dv = _launch(q, k, u, v, routing_fp32(r), do, config=config)
     return dq, dr.to(r.dtype), dk, du, dv  # the kernel reads and writes r and dr in fp32
 

@@ -34,10 +34,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from ..codegen import load_kernel
 from ..config_fields import choice
-from ..kernels.buffers import contiguous_strides, empty, ensure_descriptor_allocator, split_counters
+from ..kernels.buffers import (
+    contiguous_strides,
+    empty,
+    ensure_descriptor_allocator,
+    split_counters,
+    weights_need_copy,
+)
 from ..kernels.configs import resolve_config, spec_of
 from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
@@ -63,9 +70,7 @@ class FwdPlan:
     copy_weights: bool  # k/u/v need a contiguous copy
 
 
-def flash_mhf_fwd(
-    q: torch.Tensor, k: torch.Tensor, u: torch.Tensor, v: torch.Tensor, r: torch.Tensor, config=None
-) -> torch.Tensor:
+def flash_mhf_fwd(q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, config=None) -> Tensor:
     """o = FlashMHF(q, k, u, v, r) through the generated forward kernel.
 
     q: (B, L, H, D) with unit last stride; k/u/v: (Hkv, E, De, D); r: (B, L, H, E) fp32 or
@@ -122,31 +127,13 @@ def _make_plan(q, k, u, v, r, config) -> FwdPlan:
     else:
         split_strides = contiguous_strides((splits, B, L, H, D))
         out_strides = (*split_strides[1:4], split_strides[0])
-    scalars = (
-        q.stride(0),
-        q.stride(1),
-        q.stride(2),
-        r.stride(0),
-        r.stride(1),
-        r.stride(2),
-        r.stride(3),
-        *out_strides,
-        L,
-        rows,
-    )
-    meta = dict(
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
-    )
-    copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
+    scalars = (*q.stride()[:3], *r.stride(), *out_strides, L, rows)
     return FwdPlan(
-        DirectLaunch(kernel, grid, scalars, meta),
+        DirectLaunch(kernel, grid, scalars, _triton.launch_meta(config)),
         (B, L, H, D),
         splits if config.inter_splits > 1 else 0,
         grid[0] * grid[1],
-        copy,
+        weights_need_copy(k, u, v),
     )
 
 

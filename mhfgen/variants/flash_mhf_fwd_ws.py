@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+from torch import Tensor
 
 from .. import codegen
 from .. import device as _device
@@ -396,13 +397,8 @@ class WsPlan:
 
 
 def flash_mhf_fwd_ws(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    u: torch.Tensor,
-    v: torch.Tensor,
-    r: torch.Tensor,
-    config: WsConfig | None = None,
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, config: WsConfig | None = None
+) -> Tensor:
     """o = FlashMHF(q, k, u, v, r) through the warp-specialised Gluon kernel (sm90).
 
     q: (B, L, H, D) with unit last stride; k/u/v: (Hkv, E, De, D); r: (B, L, H, E) fp32 or
