@@ -1,7 +1,8 @@
 """mhfgen: generated, autotuned Triton kernels for the Flash Multi-Head FFN (FlashMHF).
 
 Public API (docs/CONTRACTS.md, section 2): flash_mhf (the core op, autograd-aware), FlashMHF (the
-layer), SwiGLU (the baseline FFN), reference (the plain-PyTorch definition).
+layer), SwiGLU (the baseline FFN), reference (the plain-PyTorch definition), quantize_fp8 and
+quantize_fp8_model (FP8 storage of the expert weights: mhfgen.fp8).
 
 Importing the package is cheap: the names above are loaded on first use (PEP 562), so that
 `mhfgen --help` and the other command-line parsers run without importing torch or Triton.
@@ -14,10 +15,25 @@ import sys as _sys
 
 from .version import __version__
 
-__all__ = ["flash_mhf", "FlashMHF", "SwiGLU", "reference", "__version__"]
+__all__ = [
+    "flash_mhf",
+    "FlashMHF",
+    "SwiGLU",
+    "reference",
+    "quantize_fp8",
+    "quantize_fp8_model",
+    "__version__",
+]
 
 #: public name -> the module that defines it (None: the name is that module)
-_LAZY = {"flash_mhf": ".ops", "FlashMHF": ".layers", "SwiGLU": ".layers", "reference": None}
+_LAZY = {
+    "flash_mhf": ".ops",
+    "FlashMHF": ".layers",
+    "SwiGLU": ".layers",
+    "reference": None,
+    "quantize_fp8": ".fp8",
+    "quantize_fp8_model": ".layers",
+}
 
 
 def __getattr__(name: str):

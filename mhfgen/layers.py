@@ -87,9 +87,53 @@ class FlashMHF(nn.Module):
         )
         self.reset_parameters()
 
+    #: how K, U and V are stored: "dense" (the parameters key, up, value) or "fp8_e4m3"
+    #: (buffers <name>_fp8 and <name>_scale after quantize_fp8_)
+    weight_format = "dense"
+    EXPERT_WEIGHTS = ("key", "up", "value")
+
+    def quantize_fp8_(self) -> FlashMHF:
+        """Store K, U and V in FP8 (e4m3), one float32 scale per (kv head, expert, row)
+        (mhfgen.fp8: formula and error bound), in place; returns the layer.
+
+        The parameters key, up and value become buffers key_fp8, key_scale, up_fp8, ...
+        (a state dict saved after this loads into a layer on which quantize_fp8_ was
+        called). For serving: the FP8 weights take no gradient, and each forward
+        dequantises them to the activations' dtype before the core op. Calling it again
+        does nothing; a head-sharded layer (mhfgen.parallel) is refused."""
+        if self.weight_format == "fp8_e4m3":
+            return self
+        from .fp8 import quantize_fp8
+
+        for name in self.EXPERT_WEIGHTS:
+            if _local(getattr(self, name)) is not getattr(self, name):
+                raise ValueError("quantize_fp8_ takes a layer that is not sharded by heads")
+        for name in self.EXPERT_WEIGHTS:
+            weight = quantize_fp8(getattr(self, name))
+            delattr(self, name)
+            self.register_parameter(name, None)
+            self.register_buffer(f"{name}_fp8", weight.data)
+            self.register_buffer(f"{name}_scale", weight.scale)
+        self.weight_format = "fp8_e4m3"
+        return self
+
+    def expert_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """K, U and V in `dtype` as the core op takes them: the parameters (this rank's
+        shard where sharded by heads), or the FP8 weights dequantised."""
+        if self.weight_format == "fp8_e4m3":
+            from .fp8 import Fp8Weight
+
+            return tuple(
+                Fp8Weight(getattr(self, f"{n}_fp8"), getattr(self, f"{n}_scale")).dequantize(dtype)
+                for n in self.EXPERT_WEIGHTS
+            )
+        return tuple(_local(getattr(self, n)).to(dtype) for n in self.EXPERT_WEIGHTS)
+
     def reset_parameters(self) -> None:
         """The paper's initialisation: xavier-uniform (gain 0.707) projections, normal(0, 0.02)
         K/U/V, truncated normal(0, 0.02) router, zero biases, unit norm weight."""
+        if self.weight_format != "dense":
+            raise ValueError("reset_parameters: K, U and V are stored in FP8; build a new layer")
         for proj in (self.in_proj, self.out_proj):
             if proj is None:
                 continue
@@ -130,7 +174,7 @@ class FlashMHF(nn.Module):
             eps=self.norm_eps,
         )
         # under autocast q comes out of in_proj in the autocast dtype: the core runs in it
-        k, u, v = (_local(w).to(q.dtype) for w in (self.key, self.up, self.value))
+        k, u, v = self.expert_weights(q.dtype)
         if self._use_kernels(x):
             from .ops import flash_mhf  # imported lazily: the reference path needs no Triton
 
@@ -147,7 +191,17 @@ class FlashMHF(nn.Module):
             f"qk_norm={self.q_norm is not None}, backend={self.backend!r}"
             + (f", norm_eps={self.norm_eps:g}" if self.norm_eps != 1e-5 else "")
             + ("" if self.in_proj is not None else ", projections=False")
+            + ("" if self.weight_format == "dense" else f", weights={self.weight_format}")
         )
+
+
+def quantize_fp8_model(model: nn.Module) -> int:
+    """Convert every FlashMHF layer of `model` to FP8 expert weights in place
+    (FlashMHF.quantize_fp8_); the number of layers converted (0 where it has none)."""
+    layers = [m for m in model.modules() if isinstance(m, FlashMHF)]
+    for layer in layers:
+        layer.quantize_fp8_()
+    return len(layers)
 
 
 class SwiGLU(nn.Module):

@@ -1,0 +1,68 @@
+"""FP8 (e4m3) storage of FlashMHF's expert weights K, U and V.
+
+A weight w of shape (Hkv, E, De, D) is stored as `data` (Hkv, E, De, D) in
+torch.float8_e4m3fn and a float32 `scale` (Hkv, E, De), one per (kv head, expert, row):
+
+    scale[h, e, j] = max_d |w[h, e, j, d]| / E4M3_MAX        (1 where the row is all zero)
+    data[h, e, j, d] = e4m3(w[h, e, j, d] / scale[h, e, j])    (round to nearest even)
+    w ~ dequantized = data * scale[..., None]
+
+so each row's largest element maps to 448, e4m3's largest finite value. Rounding error,
+per element, in exact arithmetic (e4m3: 3 mantissa bits; normal down to 2^-6, subnormal
+spacing 2^-9):
+
+    |w - dequantized| <= 2^-4 |w|          where |w| / scale >= 2^-6
+    |w - dequantized| <= 2^-10 scale       below that (subnormals)
+
+(ELEMENT_BOUND). Over a whole tensor of roughly uniform mantissas the relative Frobenius
+error is about 2^-4 / sqrt(3) ~ 3.6% at worst and about 2% typically.
+
+What runs with FP8 weights today: FlashMHF.quantize_fp8_() (and
+mhfgen.layers.quantize_fp8_model for every FlashMHF layer of a model) keeps only the FP8 data and scales; each forward
+dequantises them to the activations' dtype and runs the usual kernels (or the reference).
+That halves the weights' memory, not their traffic: kernels that read FP8 weights (FP8
+wgmma at prefill sizes, weight-only FP8 for decode) are not part of mhfgen yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+FP8_DTYPE = torch.float8_e4m3fn
+#: e4m3's largest finite value: a row's largest |w| is scaled to it
+E4M3_MAX = 448.0
+#: the per-element bound of the module doc: (relative part, absolute part in units of scale)
+ELEMENT_BOUND = (2.0**-4, 2.0**-10)
+
+
+@dataclass(frozen=True)
+class Fp8Weight:
+    """One expert weight in FP8: data (Hkv, E, De, D) float8_e4m3fn and scale (Hkv, E, De)
+    float32, w ~ data * scale[..., None] (see the module doc)."""
+
+    data: torch.Tensor
+    scale: torch.Tensor
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """data * scale[..., None], computed in float32 and returned in `dtype`."""
+        return (self.data.float() * self.scale.unsqueeze(-1)).to(dtype)
+
+
+def quantize_fp8(w: torch.Tensor) -> Fp8Weight:
+    """`w` (Hkv, E, De, D), any floating dtype, as an Fp8Weight with one float32 scale per
+    (kv head, expert, row). TypeError for a non-floating tensor, ValueError for a shape
+    that is not 4-D or for non-finite values (they have no e4m3 encoding with a scale)."""
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        got = w.dtype if isinstance(w, torch.Tensor) else type(w).__name__
+        raise TypeError(f"quantize_fp8 takes a floating-point tensor, got {got}")
+    if w.dim() != 4:
+        raise ValueError(f"quantize_fp8 takes a (Hkv, E, De, D) weight, got {tuple(w.shape)}")
+    w32 = w.detach().float()
+    if not torch.isfinite(w32).all():
+        raise ValueError("quantize_fp8: the weight holds NaN or infinite values")
+    amax = w32.abs().amax(dim=-1)
+    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    data = (w32 / scale.unsqueeze(-1)).clamp(-E4M3_MAX, E4M3_MAX).to(FP8_DTYPE)
+    return Fp8Weight(data, scale)
