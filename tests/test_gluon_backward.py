@@ -12,6 +12,7 @@ import torch
 from mhfgen import registry
 from mhfgen.kernels import sm90
 from mhfgen.spec import KernelSpec
+from mhfgen.variants import _gluon
 from mhfgen.verification import Case, make_inputs
 
 #: (Gluon variant, its op, the Triton-language variant the op falls back to)
@@ -57,12 +58,11 @@ def test_the_shared_launch_passes_every_kernel_argument_in_order(stem, monkeypat
     made as for an sm90 device), its positional arguments and constexprs are exactly the
     generated kernel's parameters, in order, the outputs where the kernel takes them."""
     module = importlib.import_module(f"mhfgen.variants.{stem}")
-    # the module whose plan function looks the spec up (the dK/dU/dV kernels share one)
     plan_fn = module._launch.make_plan
-    planner = importlib.import_module(plan_fn.__module__)
-    real_spec_of = planner.spec_of
+    # every Gluon backward launcher looks the spec up in _gluon.GluonBackward.checked
+    real_spec_of = _gluon.spec_of
     monkeypatch.setattr(
-        planner,
+        _gluon,
         "spec_of",
         lambda problem, q: dataclasses.replace(real_spec_of(problem, q), target="sm90"),
     )

@@ -45,6 +45,12 @@ def backward_register_cap() -> int:
     return min(255, SM90_REGISTERS // (32 * 12)) // 8 * 8
 
 
+def backward_options() -> dict:
+    """A backward launch's options: 4 warps (the default partition's warpgroup; the
+    kernel's warp_specialize adds the others) under backward_register_cap."""
+    return dict(num_warps=4, maxnreg=backward_register_cap())
+
+
 def backward_resource_problems(
     shared: int, worker: str, worker_regs: int, producer_regs: int, first: str, least: int
 ) -> list[str]:
@@ -87,6 +93,21 @@ class BackwardLaunch:
         args = self.arguments(q, k, u, v, r, do, *outputs)
         with torch.cuda.device(q.device):
             self.kernel[self.grid](*args, **self.meta)
+
+
+def gluon_dtype(spec):
+    """The Gluon element type of the spec's dtype (bfloat16 or float16)."""
+    from triton.experimental.gluon import language as gl
+
+    return {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
+
+
+def nvmma_block(spec, rows: int, cols: int) -> tuple[list, object]:
+    """A TMA descriptor's block [rows, cols] of the spec's dtype and the default
+    NVMMASharedLayout of that block, as TensorDescriptor.from_tensor takes them."""
+    from triton.experimental.gluon import language as gl
+
+    return [rows, cols], gl.NVMMASharedLayout.get_default_for([rows, cols], gluon_dtype(spec))
 
 
 def routing_fp32(r: torch.Tensor) -> torch.Tensor:

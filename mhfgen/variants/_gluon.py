@@ -1,8 +1,9 @@
 """What the Gluon variants share beyond mhfgen.kernels.sm90 (the SM's limits, the
 descriptors' row view, the backward launch, compiling for sm90 without a GPU): the
 checks every Gluon launcher makes before it compiles, the token splits of the dK/dU/dV
-kernels, and the launch path of the two dK/dU/dV variants, `GluonDkv`, a typed record of
-the four things that path asks of a variant.
+kernels, and the launch path of the backward variants: `GluonBackward`, a typed record of
+the four things that path asks of a variant (its checks, launch and sm90 compile), and
+`GluonDkv`, the whole launcher of the two dK/dU/dV variants.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import codegen
-from ..kernels.buffers import grad_plan_inputs
+from ..kernels.buffers import grad_plan_inputs, weights_need_copy
 from ..kernels.configs import resolve_config, spec_of
 from ..kernels.grad_plans import DkvPlan, run_dkv_plan
 from ..kernels.plans import CachedLaunch
@@ -21,7 +22,7 @@ from ..kernels.sm90 import (
     BackwardLaunch,
     CompileReport,
     backward_descriptors,
-    backward_register_cap,
+    backward_options,
     compile_gluon,
 )
 from ..registry import VariantConfig
@@ -102,12 +103,18 @@ def token_split_plan(tokens: int, config) -> tuple[int, int, bool]:
     return per_split, cdiv(token_blocks, per_split), config.token_splits > 1
 
 
+def grads_dtype(spec: KernelSpec, config) -> torch.dtype:
+    """The dtype a Gluon kernel writes dK, dU, dV in: fp32 where the config splits the
+    tokens (partial sums meet by atomics), else the spec's."""
+    return torch.float32 if config.token_splits > 1 else spec.torch_dtype
+
+
 @dataclass(frozen=True)
-class GluonDkv:
-    """A Gluon dK/dU/dV variant as its shared launch path sees it. Its config has
-    `block_m` (tokens per row tile), `block_n` (weight rows per program) and
-    `token_splits`; its kernel takes the descriptors of q, dO (rows) and k, u, v
-    (weights), r, dK, dU, dV, then (r's strides, seqlen, tokens, row blocks per split).
+class GluonBackward:
+    """A Gluon backward variant as its launch path sees it (mhfgen.kernels.sm90.
+    BackwardLaunch): its kernel takes the descriptors of q, dO (rows) and k, u, v
+    (weights), r in fp32, its outputs, then fixed scalars and constexprs, and launches
+    with 4 warps under the backward register cap (sm90.backward_options).
 
     stem:            the variant's name stem.
     unsupported:     spec -> why the variant cannot run it, or None.
@@ -123,6 +130,50 @@ class GluonDkv:
     smem_layouts: Callable[[KernelSpec, VariantConfig], dict]
     constexprs: Callable[[KernelSpec, VariantConfig], dict]
 
+    def checked(self, q, k, u, v, r, do, config) -> tuple[int, KernelSpec, VariantConfig, bool]:
+        """(tokens, spec, config, copy_do) of a call: the inputs checked, whether dO needs
+        a contiguous copy (grad_plan_inputs), and the config it runs with (checked_config:
+        the given one or the dispatcher's, refused where it cannot run the spec)."""
+        problem = check_flash_mhf_inputs(q, k, u, v, r)
+        copy_do, _ = grad_plan_inputs(q, do)
+        spec = spec_of(problem, q)
+        config = checked_config(
+            self.stem, self.unsupported, self.config_problems, spec, problem, q, config
+        )
+        return problem.tokens, spec, config, copy_do
+
+    def meta(self, spec: KernelSpec, config) -> dict:
+        """The launch's constexprs and options."""
+        return {**self.constexprs(spec, config), **backward_options()}
+
+    def launch(self, kernel, spec: KernelSpec, config, grid: tuple, scalars: tuple):
+        """The BackwardLaunch of `kernel` over `grid` with these scalars."""
+        layouts = self.smem_layouts(spec, config)
+        return BackwardLaunch(kernel, grid, scalars, self.meta(spec, config), layouts)
+
+    def compile_kernel(
+        self, spec: KernelSpec, config, rows: int, **outputs: torch.dtype
+    ) -> CompileReport:
+        """Compile the variant's kernel for sm90 down to cubin on any machine (no GPU):
+        the q/dO descriptors over `rows` rows (sm90.backward_descriptors), r in fp32 and
+        each output (kernel argument name -> dtype) as small CPU tensors."""
+        args = backward_descriptors(spec, self.smem_layouts(spec, config), rows)
+        args["R"] = torch.empty(16, dtype=torch.float32)
+        args.update({name: torch.empty(16, dtype=dtype) for name, dtype in outputs.items()})
+        return compile_gluon(
+            codegen.load_kernel(self.stem, spec, config),
+            args,
+            self.constexprs(spec, config),
+            backward_options(),
+        )
+
+
+@dataclass(frozen=True)
+class GluonDkv(GluonBackward):
+    """A Gluon dK/dU/dV variant: its config has `block_m` (tokens per row tile), `block_n`
+    (weight rows per program) and `token_splits`; its kernel's outputs are dK, dU, dV and
+    its scalars (r's strides, seqlen, tokens, row blocks per split)."""
+
     def launcher(self) -> CachedLaunch:
         """The variant's cached launch: (q, k, u, v, r in fp32, do) -> (dk, du, dv)."""
         return CachedLaunch(self.stem, self.make_plan, run_dkv_plan)
@@ -130,39 +181,17 @@ class GluonDkv:
     def make_plan(self, q, k, u, v, r, do, config) -> DkvPlan:
         """The launch plan of one call signature: the inputs and the config checked, the
         kernel loaded, grid and scalars fixed."""
-        problem = check_flash_mhf_inputs(q, k, u, v, r)
-        copy_do, _ = grad_plan_inputs(q, do)
-        spec = spec_of(problem, q)
-        config = checked_config(
-            self.stem, self.unsupported, self.config_problems, spec, problem, q, config
-        )
-        copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
-        tokens = problem.tokens
+        tokens, spec, config, copy_do = self.checked(q, k, u, v, r, do, config)
+        copy = weights_need_copy(k, u, v)
         if tokens == 0:
             return DkvPlan((), False, copy, copy_do)
         per_split, splits, atomic = token_split_plan(tokens, config)
         scalars = (*r.stride(), q.shape[1], tokens, per_split)
-        meta = {**self.constexprs(spec, config), "num_warps": 4, "maxnreg": backward_register_cap()}
         grid = (spec.intermediate // config.block_n, spec.kv_heads, splits)
         kernel = codegen.load_kernel(self.stem, spec, config)
-        launch = BackwardLaunch(kernel, grid, scalars, meta, self.smem_layouts(spec, config))
-        return DkvPlan((launch,), atomic, copy, copy_do)
+        return DkvPlan((self.launch(kernel, spec, config, grid, scalars),), atomic, copy, copy_do)
 
     def compile_sm90(self, spec: KernelSpec, config) -> CompileReport:
         """Compile the variant's kernel for sm90 down to cubin on any machine (no GPU)."""
-        f32 = torch.empty(16, dtype=torch.float32)
-        narrow = torch.empty(16, dtype=spec.torch_dtype)
-        grads = f32 if config.token_splits > 1 else narrow
-        args = dict(
-            backward_descriptors(spec, self.smem_layouts(spec, config), config.block_m),
-            R=f32,
-            DK=grads,
-            DU=grads,
-            DV=grads,
-        )
-        return compile_gluon(
-            codegen.load_kernel(self.stem, spec, config),
-            args,
-            self.constexprs(spec, config),
-            dict(num_warps=4, maxnreg=backward_register_cap()),
-        )
+        grads = grads_dtype(spec, config)
+        return self.compile_kernel(spec, config, config.block_m, DK=grads, DU=grads, DV=grads)

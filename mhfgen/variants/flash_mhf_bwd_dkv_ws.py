@@ -47,7 +47,6 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .. import codegen
 from ..config_fields import choice, positive_int, strict_bool
 from ..kernels.sm90 import (
     BACKWARD_BLOCK_N,
@@ -55,6 +54,7 @@ from ..kernels.sm90 import (
     CompileReport,
     backward_resource_problems,
     backward_unsupported,
+    nvmma_block,
     routing_fp32,
 )
 from ..registry import Variant, VariantConfig, register
@@ -219,24 +219,15 @@ def static_params(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
     return params
 
 
-def load_kernel(spec: KernelSpec, config: BwdDkvWsConfig):
-    return codegen.load_kernel(KERNEL, spec, config)
-
-
 def smem_layouts(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
     """The shared layouts: of the descriptors (q/dO blocks of 64 tokens x D / 2; K/U/V
     blocks of score_cols rows x D / 2) and of the exchange tiles (EX_LAYOUT: bf16
     (64, 64): tokens x rows for 'tokens', rows x tokens for 'rows')."""
-    from triton.experimental.gluon import language as gl
-
-    dt = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
     half = spec.head_dim // 2
-    rows = 64
-    w_rows = config.score_cols
     return {
-        "rows": ([rows, half], gl.NVMMASharedLayout.get_default_for([rows, half], dt)),
-        "weights": ([w_rows, half], gl.NVMMASharedLayout.get_default_for([w_rows, half], dt)),
-        "EX_LAYOUT": gl.NVMMASharedLayout.get_default_for([rows, BLOCK_N], dt),
+        "rows": nvmma_block(spec, 64, half),
+        "weights": nvmma_block(spec, config.score_cols, half),
+        "EX_LAYOUT": nvmma_block(spec, 64, BLOCK_N)[1],
     }
 
 

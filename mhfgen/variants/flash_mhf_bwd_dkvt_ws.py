@@ -45,13 +45,13 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .. import codegen
 from ..config_fields import choice, positive_int
 from ..kernels.sm90 import (
     BACKWARD_DTYPES,
     CompileReport,
     backward_resource_problems,
     backward_unsupported,
+    nvmma_block,
     routing_fp32,
 )
 from ..registry import Variant, VariantConfig, register
@@ -186,24 +186,16 @@ def static_params(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
     return {"sigmoid": config.sigmoid, "token_split": config.token_splits > 1}
 
 
-def load_kernel(spec: KernelSpec, config: BwdDkvtWsConfig):
-    return codegen.load_kernel(KERNEL, spec, config)
-
-
 def smem_layouts(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
     """The shared layouts: of the descriptors (q/dO blocks of 64 tokens x 64 head_dim
     columns; K/U/V blocks of wg_rows rows x 64) and of each consumer's exchange tiles
     (P_LAYOUT: bf16 (64 tokens, wg_rows); EX_LAYOUT: (64 tokens, 2 wg_rows))."""
-    from triton.experimental.gluon import language as gl
-
-    dt = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
     rows = config.wg_rows
-    nvmma = gl.NVMMASharedLayout.get_default_for
     return {
-        "rows": ([ROW_TILE, CHUNK], nvmma([ROW_TILE, CHUNK], dt)),
-        "weights": ([rows, CHUNK], nvmma([rows, CHUNK], dt)),
-        "P_LAYOUT": nvmma([ROW_TILE, rows], dt),
-        "EX_LAYOUT": nvmma([ROW_TILE, 2 * rows], dt),
+        "rows": nvmma_block(spec, ROW_TILE, CHUNK),
+        "weights": nvmma_block(spec, rows, CHUNK),
+        "P_LAYOUT": nvmma_block(spec, ROW_TILE, rows)[1],
+        "EX_LAYOUT": nvmma_block(spec, ROW_TILE, 2 * rows)[1],
     }
 
 

@@ -30,27 +30,22 @@ from torch import Tensor
 
 from .. import codegen
 from ..config_fields import choice, strict_bool
-from ..kernels.buffers import contiguous_strides, grad_plan_inputs
-from ..kernels.configs import spec_of
+from ..kernels.buffers import contiguous_strides, weights_need_copy
 from ..kernels.grad_plans import DqPlan, run_dq_plan
 from ..kernels.plans import CachedLaunch
 from ..kernels.sm90 import (
     BACKWARD_BLOCK_N,
     BACKWARD_DTYPES,
-    BackwardLaunch,
     CompileReport,
-    backward_descriptors,
-    backward_register_cap,
     backward_resource_problems,
     backward_unsupported,
-    compile_gluon,
+    nvmma_block,
     routing_fp32,
 )
 from ..registry import Variant, VariantConfig, register
 from ..spec import KernelSpec
 from ..tiling import cdiv
-from ..validation import check_flash_mhf_inputs
-from ._gluon import checked_config
+from ._gluon import GluonBackward
 
 KERNEL = "flash_mhf_bwd_dq_ws"
 DTYPES = BACKWARD_DTYPES
@@ -152,22 +147,11 @@ def static_params(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
     return params
 
 
-def load_kernel(spec: KernelSpec, config: BwdDqWsConfig):
-    return codegen.load_kernel(KERNEL, spec, config)
-
-
-def smem_layouts(spec: KernelSpec) -> dict:
-    """The descriptors' shared layouts: q/dO blocks of (64 tokens, D), K/U/V blocks of
-    (64 rows, D)."""
-    from triton.experimental.gluon import language as gl
-
-    dt = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
+def smem_layouts(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
+    """The descriptors' shared layouts (the same for every config): q/dO blocks of (64
+    tokens, D), K/U/V blocks of (64 rows, D)."""
     d = spec.head_dim
-    rows = BLOCK_M // 2
-    return {
-        "rows": ([rows, d], gl.NVMMASharedLayout.get_default_for([rows, d], dt)),
-        "weights": ([BLOCK_N, d], gl.NVMMASharedLayout.get_default_for([BLOCK_N, d], dt)),
-    }
+    return {"rows": nvmma_block(spec, BLOCK_M // 2, d), "weights": nvmma_block(spec, BLOCK_N, d)}
 
 
 def constexprs(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
@@ -192,34 +176,24 @@ def flash_mhf_bwd_dq_ws(
 
 def _make_plan(q, k, u, v, r, do, config) -> DqPlan:
     """Check the inputs and the config, load the kernel: everything but the launch."""
-    problem = check_flash_mhf_inputs(q, k, u, v, r)
-    copy_do, _ = grad_plan_inputs(q, do)
-    spec = spec_of(problem, q)
-    config = checked_config(KERNEL, unsupported, config_problems, spec, problem, q, config)
+    tokens, spec, config, copy_do = GLUON.checked(q, k, u, v, r, do, config)
     B, L, H, D = q.shape
-    copy = not (k.is_contiguous() and u.is_contiguous() and v.is_contiguous())
-    if problem.tokens == 0:
+    copy = weights_need_copy(k, u, v)
+    if tokens == 0:
         return DqPlan(None, (B, L, H, D), tuple(r.shape), copy, copy_do)
-    scalars = (*r.stride(), H * D, D, *contiguous_strides(tuple(r.shape)), L, problem.tokens)
-    meta = {**constexprs(spec, config), "num_warps": 4, "maxnreg": backward_register_cap()}
-    grid = (cdiv(problem.tokens, BLOCK_M), H)
-    launch = BackwardLaunch(load_kernel(spec, config), grid, scalars, meta, smem_layouts(spec))
+    scalars = (*r.stride(), H * D, D, *contiguous_strides(tuple(r.shape)), L, tokens)
+    kernel = codegen.load_kernel(KERNEL, spec, config)
+    launch = GLUON.launch(kernel, spec, config, (cdiv(tokens, BLOCK_M), H), scalars)
     return DqPlan(launch, (B, L, H, D), tuple(r.shape), copy, copy_do)
 
 
 def compile_sm90(spec: KernelSpec, config: BwdDqWsConfig) -> CompileReport:
     """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
-    f32 = torch.empty(16, dtype=torch.float32)
-    narrow = torch.empty(16, dtype=spec.torch_dtype)
-    args = dict(backward_descriptors(spec, smem_layouts(spec), BLOCK_M), R=f32, DQ=narrow, DR=f32)
-    return compile_gluon(
-        load_kernel(spec, config),
-        args,
-        constexprs(spec, config),
-        dict(num_warps=4, maxnreg=backward_register_cap()),
-    )
+    return GLUON.compile_kernel(spec, config, BLOCK_M, DQ=spec.torch_dtype, DR=torch.float32)
 
 
+#: what the shared Gluon backward launch path asks of this variant (mhfgen.variants._gluon)
+GLUON = GluonBackward(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
 _launch = CachedLaunch(KERNEL, _make_plan, run_dq_plan)
 
 

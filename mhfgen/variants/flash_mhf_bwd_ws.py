@@ -29,26 +29,22 @@ from torch import Tensor
 
 from .. import codegen
 from ..config_fields import choice, positive_int, strict_bool
-from ..kernels.buffers import contiguous_strides, grad_plan_inputs
+from ..kernels.buffers import contiguous_strides
 from ..kernels.bwd_chunks import Chunk, ChunkPlan, head_chunks, plan_fields, run_chunks
-from ..kernels.configs import spec_of
 from ..kernels.plans import CachedLaunch
 from ..kernels.sm90 import (
     BACKWARD_BLOCK_N,
     BACKWARD_DTYPES,
     BackwardLaunch,
     CompileReport,
-    backward_descriptors,
-    backward_register_cap,
     backward_resource_problems,
     backward_unsupported,
-    compile_gluon,
+    nvmma_block,
     routing_fp32,
 )
 from ..registry import Variant, VariantConfig, register
 from ..spec import KernelSpec
 from ..tiling import cdiv
-from ..validation import check_flash_mhf_inputs
 from ..workspace import (
     dr_atomic,
     fit_launches,
@@ -56,7 +52,7 @@ from ..workspace import (
     workspace_budget,
     workspace_bytes,
 )
-from ._gluon import checked_config
+from ._gluon import GluonBackward, grads_dtype, token_split_plan
 
 KERNEL = "flash_mhf_bwd_ws"
 DTYPES = BACKWARD_DTYPES
@@ -180,12 +176,11 @@ def smem_layouts(spec: KernelSpec, config: BwdWsConfig) -> dict:
     exchange buffers (EX_LAYOUT: bf16 (BLOCK_N, BLOCK_M) MMA operands; DP_LAYOUT: fp32)."""
     from triton.experimental.gluon import language as gl
 
-    dt = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
     d, bm = spec.head_dim, config.block_m
     return {
-        "rows": ([bm, d], gl.NVMMASharedLayout.get_default_for([bm, d], dt)),
-        "weights": ([BLOCK_N, d], gl.NVMMASharedLayout.get_default_for([BLOCK_N, d], dt)),
-        "EX_LAYOUT": gl.NVMMASharedLayout.get_default_for([BLOCK_N, bm], dt),
+        "rows": nvmma_block(spec, bm, d),
+        "weights": nvmma_block(spec, BLOCK_N, d),
+        "EX_LAYOUT": nvmma_block(spec, BLOCK_N, bm)[1],
         "DP_LAYOUT": gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8, order=[1, 0]),
     }
 
@@ -216,23 +211,17 @@ def flash_mhf_bwd_ws(
 
 def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
     """Check the inputs and the config, load the kernel: everything but the launches."""
-    problem = check_flash_mhf_inputs(q, k, u, v, r)
-    copy_do, _ = grad_plan_inputs(q, do)
-    spec = spec_of(problem, q)
-    config = checked_config(KERNEL, unsupported, config_problems, spec, problem, q, config)
+    tokens, spec, config, copy_do = GLUON.checked(q, k, u, v, r, do, config)
     fields = plan_fields(spec, config, q, k, u, v, r, copy_do)
-    tokens = problem.tokens
     if tokens == 0:
         return ChunkPlan(chunks=(), **fields)
     B, L, H, D = q.shape
     kernel = load_kernel(spec, config)
     width = kv_heads_per_launch(spec, config) * spec.group
-    token_blocks = cdiv(tokens, config.block_m)
-    per_split = cdiv(token_blocks, config.token_splits)
-    splits = cdiv(token_blocks, per_split)
+    per_split, splits, _ = token_split_plan(tokens, config)
     dr_workspace = fields["dr_mode"] == "workspace"
     dr_strides = contiguous_strides((B, L, width if dr_workspace else H, r.shape[-1]))
-    meta = {**constexprs(spec, config), "num_warps": 4, "maxnreg": backward_register_cap()}
+    meta = GLUON.meta(spec, config)
     layouts = smem_layouts(spec, config)
     chunks = []
     for kv0, n, h0, h1 in head_chunks(spec, config):
@@ -255,26 +244,13 @@ def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
 
 def compile_sm90(spec: KernelSpec, config: BwdWsConfig) -> CompileReport:
     """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
-    f32 = torch.empty(16, dtype=torch.float32)
-    narrow = torch.empty(16, dtype=spec.torch_dtype)
-    grads = f32 if config.token_splits > 1 else narrow
-    args = dict(
-        backward_descriptors(spec, smem_layouts(spec, config), max(config.block_m, 16)),
-        R=f32,
-        DQ=f32,
-        DR=f32,
-        DK=grads,
-        DU=grads,
-        DV=grads,
-    )
-    return compile_gluon(
-        load_kernel(spec, config),
-        args,
-        constexprs(spec, config),
-        dict(num_warps=4, maxnreg=backward_register_cap()),
-    )
+    f32, grads = torch.float32, grads_dtype(spec, config)
+    rows = max(config.block_m, 16)
+    return GLUON.compile_kernel(spec, config, rows, DQ=f32, DR=f32, DK=grads, DU=grads, DV=grads)
 
 
+#: what the shared Gluon backward launch path asks of this variant (mhfgen.variants._gluon)
+GLUON = GluonBackward(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
 _launch = CachedLaunch(KERNEL, _make_plan, run_chunks)
 
 

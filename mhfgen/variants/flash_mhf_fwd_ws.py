@@ -49,6 +49,7 @@ from ..kernels.sm90 import (
     SM90_SHARED_MEMORY,
     CompileReport,
     compile_gluon,
+    nvmma_block,
     routing_fp32,
     rows_view,
 )
@@ -326,22 +327,13 @@ def load_kernel(spec: KernelSpec, config: WsConfig):
     return codegen.load_kernel(KERNEL, spec, config)
 
 
-def _gl_dtype(spec: KernelSpec):
-    from triton.experimental.gluon import language as gl
-
-    return {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.dtype]
-
-
 def descriptor_layouts(spec: KernelSpec, config: WsConfig) -> tuple:
     """(block shape, NVMMASharedLayout) of every TMA descriptor the kernel takes, in its
     argument order: for each of q, k, u, v, o one per head_dim chunk (D = 96 -> widths 64,
     32)."""
-    from triton.experimental.gluon import language as gl
-
-    dt = _gl_dtype(spec)
     widths = [width for _, width, _ in head_dim_chunks(spec.head_dim, "chunks")]
     return tuple(
-        ([rows, width], gl.NVMMASharedLayout.get_default_for([rows, width], dt))
+        nvmma_block(spec, rows, width)
         for rows in (config.block_m, config.block_n, config.block_n, config.block_n, config.block_m)
         for width in widths
     )
