@@ -4,11 +4,16 @@ A template refactor (macros, reordered blocks) must leave the generated code of 
 (spec, config) byte for byte as it was: the tuning database keys each winner by the hash
 of its code (mhfgen.codegen.code_hash), so a refactor that changed one character would
 silently invalidate stored winners. The grid takes every structural branch of the three
-templates: BLOCK_N dividing De or not (flat loop / per-expert loop), tma, prefetch_scores,
-warp_specialize, inter_splits > 1, head_dim as chunks or padded (D = 96, 80, 24), fp32's
-IEEE precision, Hkv < H with group_heads > 1, token_splits, transpose_acc, split_grads,
-and the interpreter, sm80, sm90 and sm100 targets. Renders are compared with the
-"# template hash:" line left out, as code_hash does.
+Triton-language templates: BLOCK_N dividing De or not (flat loop / per-expert loop), tma,
+prefetch_scores, warp_specialize, inter_splits > 1, head_dim as chunks or padded (D = 96,
+80, 24), fp32's IEEE precision, Hkv < H with group_heads > 1, token_splits,
+transpose_acc, split_grads, and the interpreter, sm80, sm90 and sm100 targets. And of the
+five Gluon templates (sm90, bf16/fp16): every combination of the config fields their
+static parameters come from (GLUON_FIELDS; the other fields are launch arguments or
+constexprs and keep their defaults) over D = 128, 96, 80, 64 (head_dim chunks in the
+forward), GQA and not, 1 to 22 experts, De = 256, 128, 96 (a forward weight tile past the
+expert's end) and 64 (one backward tile per expert: dr stored, not added). Renders are
+compared with the "# template hash:" line left out, as code_hash does.
 
     python tests/render_grid.py --against main     # working tree vs. main's templates
     python tests/render_grid.py --write-digests    # refresh tests/data/render_digests.json
@@ -41,7 +46,35 @@ from mhfgen.spec import KernelSpec  # noqa: E402
 
 DIGESTS = REPO / "tests" / "data" / "render_digests.json"
 #: the Triton-language templates the grid renders
-KERNELS = ("flash_mhf_fwd", "flash_mhf_bwd_dq", "flash_mhf_bwd_dkv")
+TRITON_KERNELS = ("flash_mhf_fwd", "flash_mhf_bwd_dq", "flash_mhf_bwd_dkv")
+#: the Gluon templates the grid renders: the config fields that change each one's code
+#: (through its static_params) and the values the grid takes of them
+GLUON_FIELDS: dict[str, dict[str, tuple]] = {
+    "flash_mhf_fwd_ws": {
+        "block_n": (64, 32),
+        "consumers": (1, 2),
+        "group_heads": (1, 2),
+        "pingpong": (False, True),
+        "sigmoid": ("tanh", "exp"),
+        "persistent": (False, True),
+        "joint_scores": (False, True),
+    },
+    "flash_mhf_bwd_dq_ws": {"sigmoid": ("tanh", "exp"), "joint_scores": (False, True)},
+    "flash_mhf_bwd_dkv_ws": {
+        "split": ("tokens", "rows"),
+        "joint_scores": (False, True),
+        "joint_grads": (False, True),
+        "sigmoid": ("tanh", "exp"),
+        "token_splits": (1, 2),
+    },
+    "flash_mhf_bwd_dkvt_ws": {"sigmoid": ("tanh", "exp"), "token_splits": (1, 2)},
+    "flash_mhf_bwd_ws": {
+        "sigmoid": ("tanh", "exp"),
+        "token_splits": (1, 2),
+        "dq_vec": (False, True),
+    },
+}
+KERNELS = TRITON_KERNELS + tuple(GLUON_FIELDS)
 
 # (heads, kv_heads) x head_dim x (experts, expert_dim) x dtype x target
 HEADS = ((4, 4), (8, 2))
@@ -51,7 +84,23 @@ DTYPES = ("bfloat16", "float16", "float32")
 TARGETS = ("interpreter", "sm80", "sm90", "sm100")
 
 
-def specs() -> list[KernelSpec]:
+# the Gluon templates' grid: sm90 only, the dtypes they take
+GLUON_HEADS = ((16, 4), (8, 8))
+GLUON_HEAD_DIMS = (128, 96, 80, 64)
+GLUON_EXPERTS = ((1, 128), (4, 256), (22, 128), (3, 96), (8, 64))
+GLUON_DTYPES = ("bfloat16", "float16")
+
+
+def specs(kernel: str) -> list[KernelSpec]:
+    """The grid's specs for `kernel` (a Gluon template's: those it supports)."""
+    if kernel in GLUON_FIELDS:
+        variant = registry.get(kernel)
+        grid = itertools.product(GLUON_HEADS, GLUON_HEAD_DIMS, GLUON_EXPERTS, GLUON_DTYPES)
+        return [
+            spec
+            for (h, hkv), d, (e, de), dtype in grid
+            if variant.unsupported(spec := KernelSpec(h, hkv, d, e, de, dtype, "sm90")) is None
+        ]
     return [
         KernelSpec(h, hkv, d, e, de, dtype, target)
         for (h, hkv), d, (e, de), dtype, target in itertools.product(
@@ -62,8 +111,16 @@ def specs() -> list[KernelSpec]:
 
 def configs(kernel: str, spec: KernelSpec) -> Iterator[registry.VariantConfig]:
     """Every combination of the fields that change `kernel`'s code (block_m, num_warps and
-    num_stages are launch arguments and never do)."""
+    num_stages are launch arguments and never do; a Gluon template's: GLUON_FIELDS)."""
     config_type = registry.get(kernel).Config
+    if kernel in GLUON_FIELDS:
+        fields = GLUON_FIELDS[kernel]
+        for values in itertools.product(*fields.values()):
+            try:
+                yield config_type(**dict(zip(fields, values)))
+            except ValueError:  # not a config (pingpong with one consumer, ...)
+                continue
+        return
     groups = sorted({1, spec.group})
     common = itertools.product((16, 32, 64, 128), ("chunks", "pad"))
     if kernel == "flash_mhf_bwd_dkv":
@@ -98,9 +155,13 @@ def configs(kernel: str, spec: KernelSpec) -> Iterator[registry.VariantConfig]:
         )
 
 
-def config_text(config: registry.VariantConfig) -> str:
-    """A grid config as the digests name it: its values of the 13 fields of schema 2
-    (mhfgen.schema2), the form the committed digests were written with."""
+def config_text(kernel: str, config: registry.VariantConfig) -> str:
+    """A grid config as the digests name it: for a Triton-language template its values of
+    the 13 fields of schema 2 (mhfgen.schema2), the form the committed digests were written
+    with; for a Gluon template its values of the fields the grid varies (GLUON_FIELDS), so
+    that a new config field with a default leaves the digests as they are."""
+    if kernel in GLUON_FIELDS:
+        return json.dumps({k: getattr(config, k) for k in GLUON_FIELDS[kernel]}, sort_keys=True)
     return json.dumps(
         {k: getattr(config, k, neutral) for k, neutral in SCHEMA2_FIELDS.items()}, sort_keys=True
     )
@@ -135,13 +196,13 @@ def render_grid(kernels=KERNELS) -> dict[tuple, str]:
     """(kernel, spec key, config json) -> generated code, for every valid grid point."""
     out = {}
     for kernel in kernels:
-        for spec in specs():
+        for spec in specs(kernel):
             for config in configs(kernel, spec):
                 try:
                     source = codegen.render(kernel, spec, config)
                 except ValueError:  # the config cannot run this spec (tma on sm80, ...)
                     continue
-                out[(kernel, spec.key(), config_text(config))] = _code(source)
+                out[(kernel, spec.key(), config_text(kernel, config))] = _code(source)
     return out
 
 

@@ -1,7 +1,7 @@
 """The generated code of every (spec, config) of a broad grid stays what it was.
 
-tests/render_grid.py renders all three templates over the grid (every structural branch,
-see its docstring); tests/data/render_digests.json holds one digest per (kernel, spec) of
+tests/render_grid.py renders the three Triton-language and the five Gluon templates over
+the grid (every structural branch, see its docstring); tests/data/render_digests.json holds one digest per (kernel, spec) of
 the code its configs generate. A template refactor must leave them as they are; a change
 meant to alter generated code refreshes them (`python tests/render_grid.py
 --write-digests`) and re-tunes or re-checks the shipped database, whose winners are keyed
@@ -35,6 +35,29 @@ def test_the_grid_takes_every_branch(renders):
         "tl.atomic_add(DK",
         "# dk^T",
         "GROUP_HEADS: tl.constexpr = 4",
+        # the Gluon templates (and their shared macros, mhfgen/variants/_gluon.jinja)
+        "def flash_mhf_fwd_ws_kernel(",
+        "def flash_mhf_bwd_dq_ws_kernel(",
+        "def flash_mhf_bwd_dkv_ws_kernel(",
+        "def flash_mhf_bwd_dkvt_ws_kernel(",
+        "def flash_mhf_bwd_ws_kernel(",
+        "for tile in range(gl.program_id(0), n_tiles, gl.num_programs(0)):",
+        "mbarrier.wait(turn.index(C)",
+        "GROUP_HEADS = gl.constexpr(2)",
+        "o_layout1",
+        "p = gl.where((cols < EXPERT_DIM)[None, :], p, 0.0)",
+        "def _split_scores(sg, layout: gl.constexpr):",
+        "def _split_scores(sat, layout: gl.constexpr):",
+        '"tanh.approx.f32 $0, $1;"',
+        "gl.exp2(-1.4426950408889634 * x)",
+        "def _weight(p, h, b):",
+        "def _store_grad_t(",
+        'gl.atomic_add(ptrs, acc_t, sem="relaxed")',
+        "gl.store(ptrs, acc.to(G.dtype.element_ty))",
+        "dkut1",
+        "_red_add_v4(ptrs, dqt, ok)",
+        "gl.atomic_add(dr_ptrs",
+        "gl.store(dr_ptrs",
     ):
         assert branch in code, branch
 
