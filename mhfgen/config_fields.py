@@ -65,6 +65,20 @@ def choice(value, where: str, options: Iterable) -> object:
     return value
 
 
+def check_fields(obj, where: str, **rules) -> None:
+    """Check fields of `obj` in the order given, each by its rule: `bool`, true or false
+    (strict_bool); an int n, an int in 1..n (positive_int); anything else, the values the
+    field may take (choice). The ValueError names `where` followed by the field."""
+    for name, rule in rules.items():
+        value = getattr(obj, name)
+        if rule is bool:
+            strict_bool(value, where + name)
+        elif isinstance(rule, int):
+            positive_int(value, where + name, rule)
+        else:
+            choice(value, where + name, rule)
+
+
 def strict_float(
     value, where: str, low: float | None = None, positive: bool = False, optional: bool = False
 ) -> float | None:

@@ -1,37 +1,159 @@
 """What the Gluon variants share beyond mhfgen.kernels.sm90 (the SM's limits, the
-descriptors' row view, the backward launch, compiling for sm90 without a GPU): the
-checks every Gluon launcher makes before it compiles, the token splits of the dK/dU/dV
-kernels, and the launch path of the backward variants: `GluonBackward`, a typed record of
-the four things that path asks of a variant (its checks, launch and sm90 compile), and
-`GluonDkv`, the whole launcher of the two dK/dU/dV variants.
+descriptors' row view, the backward launch, compiling for sm90 without a GPU): their
+configs' base (GluonConfig) and registry entries' base (GluonVariant, answering from the
+module's functions named in a GluonModel), the checks every Gluon launcher makes before
+it compiles, the token splits of the dK/dU/dV kernels, and the launch path of the
+backward variants: `GluonBackward`, a typed record of the four things that path asks of a
+variant (its checks, launch and sm90 compile), and `GluonDkv`, the whole launcher of the
+two dK/dU/dV variants.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from .. import codegen
+from ..config_fields import check_fields
 from ..kernels.buffers import grad_plan_inputs, weights_need_copy
 from ..kernels.configs import resolve_config, spec_of
 from ..kernels.grad_plans import DkvPlan, run_dkv_plan
 from ..kernels.plans import CachedLaunch
 from ..kernels.sm90 import (
+    BACKWARD_BLOCK_N,
+    BACKWARD_DTYPES,
     BackwardLaunch,
     CompileReport,
     backward_descriptors,
     backward_options,
+    backward_resource_problems,
     compile_gluon,
 )
-from ..registry import VariantConfig
+from ..registry import Variant, VariantConfig
 from ..spec import KernelSpec
 from ..tiling import cdiv
 from ..validation import Problem, check_flash_mhf_inputs
 
 #: programs per multiprocessor above which a token split only adds atomic traffic
 MAX_PROGRAMS_PER_SM = 8
+#: registers per thread setmaxnreg can give a partition: multiples of 8 from 24 to 256
+PARTITION_REGS = range(24, 257, 8)
+#: the sigmoid forms of the Gluon templates
+SIGMOIDS = ("tanh", "exp")
+#: the most token splits (programs per weight tile) a config may ask for
+MAX_TOKEN_SPLITS = 1024
+
+
+class GluonConfig(VariantConfig):
+    """Base of the Gluon variants' configs: no fields of its own (each config declares
+    its fields in its own order), the checks and the describe() pieces they share. The
+    fields several of them have mean:
+
+    sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
+    token_splits:  programs per weight tile, each a share of the token blocks; their
+                   partial sums meet by fp32 atomics (never in deterministic runs).
+    consumer_regs, producer_regs: registers per thread of the second consumer warpgroup
+                   and of the producer (setmaxnreg); the first consumer gets what is left.
+    """
+
+    def check_fields(self, **rules) -> None:
+        """config_fields.check_fields of these fields, the errors naming the variant."""
+        check_fields(self, f"{self.variant} config: ", **rules)
+
+    def describe_sigmoid(self) -> str:
+        """' {sigmoid}' away from the default 'tanh', else ''."""
+        return f" {self.sigmoid}" if self.sigmoid != "tanh" else ""
+
+
+class GluonBackwardConfig(GluonConfig):
+    """Base of the Gluon backward configs: weight tiles of BACKWARD_BLOCK_N rows unless a
+    config says otherwise, and a register split (setmaxnreg) where a worker warpgroup
+    (its field `worker_regs`) and the producer take what their fields say and the default
+    partition (`default_partition`) what is left."""
+
+    worker_regs: ClassVar[str] = "consumer_regs"
+    default_partition: ClassVar[str] = "the first consumer"
+
+    @property
+    def block_n(self) -> int:
+        """Weight rows per program: one warpgroup's wgmma M."""
+        return BACKWARD_BLOCK_N
+
+    def resource_problems(self, shared: int, least: int) -> list[str]:
+        """What does not fit an SM: `shared` bytes of shared memory, and a register split
+        that leaves the default partition fewer than `least` registers a thread
+        (sm90.backward_resource_problems)."""
+        worker = self.worker_regs
+        return backward_resource_problems(
+            shared, worker, getattr(self, worker), self.producer_regs, self.default_partition, least
+        )
+
+    def describe_regs(self) -> str:
+        """'s{stages} regs {producer_regs}/{worker's regs}': the ring and the split."""
+        return f"s{self.stages} regs {self.producer_regs}/{getattr(self, self.worker_regs)}"
+
+
+@dataclass(frozen=True)
+class GluonModel:
+    """The functions of a Gluon variant's module that its registry entry (GluonVariant)
+    answers with.
+
+    unsupported:     (spec, tokens) -> why the variant cannot run it, or None.
+    config_problems: (spec, config) -> why the config cannot run the spec (empty: it can).
+    shared_memory:   (spec, config) -> bytes of shared memory a program needs.
+    registers:       (spec, config) -> fp32 values a thread keeps live.
+    default_config:  (spec, tokens, sm_count) -> the heuristic config.
+    call_problems:   (spec, config, tokens, sm_count) -> what else rules the config out
+                     for a call of `tokens` tokens on `sm_count` SMs (None: nothing).
+    """
+
+    unsupported: Callable[[KernelSpec, int | None], str | None]
+    config_problems: Callable[[KernelSpec, VariantConfig], list[str]]
+    shared_memory: Callable[[KernelSpec, VariantConfig], int]
+    registers: Callable[[KernelSpec, VariantConfig], float]
+    default_config: Callable[[KernelSpec, int, int], VariantConfig]
+    call_problems: Callable[[KernelSpec, VariantConfig, int, int], list[str]] | None = None
+
+
+class GluonVariant(Variant):
+    """The registry entry of a Gluon variant for Hopper: family 'gluon', sm90 targets,
+    bf16/fp16 (wgmma accumulates in fp32), its model the functions of its module that
+    `model` names. prune_reason joins config_problems and call_problems."""
+
+    family = "gluon"
+    targets = ("sm9",)
+    dtypes = BACKWARD_DTYPES
+    model: ClassVar[GluonModel]
+
+    def supports(self, spec: KernelSpec, tokens: int | None) -> str | None:
+        return self.model.unsupported(spec, tokens)
+
+    def shared_memory(self, spec: KernelSpec, config) -> int:
+        return self.model.shared_memory(spec, config)
+
+    def registers(self, spec: KernelSpec, config) -> float:
+        return self.model.registers(spec, config)
+
+    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> VariantConfig:
+        return self.model.default_config(spec, tokens, sm_count)
+
+    def prune_reason(self, spec: KernelSpec, config, tokens: int, sm_count: int) -> str | None:
+        problems = self.model.config_problems(spec, config)
+        if self.model.call_problems is not None:
+            problems = [*problems, *self.model.call_problems(spec, config, tokens, sm_count)]
+        return "; ".join(problems) if problems else None
+
+
+class GluonDkvVariant(GluonVariant):
+    """The registry entry of a Gluon dK/dU/dV variant (op bwd_dkv)."""
+
+    op = "bwd_dkv"
+    flop_factor = 12  # S, A, dP recomputed, then dV, dK, dU
+    outputs = ("dk", "du", "dv")
+    takes_grad = True
 
 
 def checked_config(
@@ -173,6 +295,18 @@ class GluonDkv(GluonBackward):
     """A Gluon dK/dU/dV variant: its config has `block_m` (tokens per row tile), `block_n`
     (weight rows per program) and `token_splits`; its kernel's outputs are dK, dU, dV and
     its scalars (r's strides, seqlen, tokens, row blocks per split)."""
+
+    def model(self, shared_memory, registers, default_config) -> GluonModel:
+        """The variant's GluonModel: its checks, these resource and heuristic functions,
+        and the token splits' problems (token_split_problems)."""
+        return GluonModel(
+            self.unsupported,
+            self.config_problems,
+            shared_memory,
+            registers,
+            default_config,
+            token_split_problems,
+        )
 
     def launcher(self) -> CachedLaunch:
         """The variant's cached launch: (q, k, u, v, r in fp32, do) -> (dk, du, dv)."""

@@ -47,33 +47,25 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..config_fields import choice, positive_int, strict_bool
-from ..kernels.sm90 import (
-    BACKWARD_BLOCK_N,
-    BACKWARD_DTYPES,
-    CompileReport,
-    backward_resource_problems,
-    backward_unsupported,
-    nvmma_block,
-    routing_fp32,
-)
-from ..registry import Variant, VariantConfig, register
+from ..kernels import sm90
+from ..registry import register
 from ..spec import KernelSpec
 from ..tiling import cdiv
-from ._gluon import GluonDkv, token_split_problems, wave_token_splits
+from . import _gluon
 
 KERNEL = "flash_mhf_bwd_dkv_ws"
-DTYPES = BACKWARD_DTYPES
+DTYPES = sm90.BACKWARD_DTYPES
 #: weight-tile rows per program: the M of the accumulating wgmma
-BLOCK_N = BACKWARD_BLOCK_N
+BLOCK_N = sm90.BACKWARD_BLOCK_N
 #: tokens per row tile of each split (config.split)
 ROW_TILE = {"tokens": 128, "rows": 64}
 #: programs per multiprocessor above which a token split only adds atomic traffic
 
 
 @dataclass(frozen=True)
-class BwdDkvWsConfig(VariantConfig):
-    """Launch parameters of flash_mhf_bwd_dkv_ws.
+class BwdDkvWsConfig(_gluon.GluonBackwardConfig):
+    """Launch parameters of flash_mhf_bwd_dkv_ws (sigmoid, token_splits, consumer_regs,
+    producer_regs: see _gluon.GluonConfig).
 
     stages:        slots of the q/dO ring (each 2 * block_m * D * 2 bytes).
     split:         how the two consumers share a row tile's scores: 'tokens' (128-token
@@ -85,11 +77,6 @@ class BwdDkvWsConfig(VariantConfig):
                    [dK^T | dU^T] += q^T [dS | dA] (D / 2 x 2 * 64, one wgmma chain of
                    N = 128 that reads q once) and dV^T += dO^T P (N = 64), where
                    dK += dS^T q, dU += dA^T q and dV += P^T dO are three chains of N = D / 2.
-    sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
-    token_splits:  programs per weight tile, each a share of the token blocks; their
-                   partial sums meet by fp32 atomics (never in deterministic runs).
-    consumer_regs, producer_regs: registers per thread of the second consumer warpgroup
-                   and of the producer (setmaxnreg); the first consumer gets what is left.
     """
 
     variant = KERNEL
@@ -108,21 +95,15 @@ class BwdDkvWsConfig(VariantConfig):
     added_fields = {"split": "tokens", "joint_scores": False, "joint_grads": False}
 
     def __post_init__(self) -> None:
-        where = f"{KERNEL} config: "
-        choice(self.stages, where + "stages", tuple(range(2, 9)))
-        choice(self.split, where + "split", tuple(ROW_TILE))
-        strict_bool(self.joint_scores, where + "joint_scores")
-        strict_bool(self.joint_grads, where + "joint_grads")
+        self.check_fields(stages=range(2, 9), split=ROW_TILE, joint_scores=bool, joint_grads=bool)
         if self.joint_grads and self.split != "rows":
-            raise ValueError(f"{where}joint_grads needs split='rows'")
-        choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
-        positive_int(self.token_splits, where + "token_splits", 1024)
-        choice(self.consumer_regs, where + "consumer_regs", range(24, 257, 8))
-        choice(self.producer_regs, where + "producer_regs", range(24, 257, 8))
-
-    @property
-    def block_n(self) -> int:
-        return BLOCK_N
+            raise ValueError(f"{KERNEL} config: joint_grads needs split='rows'")
+        self.check_fields(
+            sigmoid=_gluon.SIGMOIDS,
+            token_splits=_gluon.MAX_TOKEN_SPLITS,
+            consumer_regs=_gluon.PARTITION_REGS,
+            producer_regs=_gluon.PARTITION_REGS,
+        )
 
     @property
     def block_m(self) -> int:
@@ -135,7 +116,7 @@ class BwdDkvWsConfig(VariantConfig):
         return BLOCK_N if self.split == "tokens" else BLOCK_N // 2
 
     def describe(self) -> str:
-        text = f"s{self.stages} regs {self.producer_regs}/{self.consumer_regs}"
+        text = self.describe_regs()
         if self.split != "tokens":
             text += f" {self.split}"
         if self.joint_scores:
@@ -144,10 +125,10 @@ class BwdDkvWsConfig(VariantConfig):
             text += " jgrads"
         if self.token_splits > 1:
             text += f" ts{self.token_splits}"
-        return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
+        return text + self.describe_sigmoid()
 
 
-unsupported = backward_unsupported
+unsupported = sm90.backward_unsupported
 
 
 def shared_memory(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
@@ -163,13 +144,8 @@ def shared_memory(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
 def config_problems(spec: KernelSpec, config: BwdDkvWsConfig) -> list[str]:
     """What of `config` does not fit an SM: shared memory, and the register split
     (the first consumer needs its accumulators and score tiles: consumer_registers)."""
-    problems = backward_resource_problems(
-        shared_memory(spec, config),
-        "consumer_regs",
-        config.consumer_regs,
-        config.producer_regs,
-        "the first consumer",
-        consumer_registers(spec, config),
+    problems = config.resource_problems(
+        shared_memory(spec, config), consumer_registers(spec, config)
     )
     if config.joint_grads and spec.head_dim != 128:
         problems.append(
@@ -199,7 +175,7 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConf
     return BwdDkvWsConfig(
         stages=4 if grads else 3,
         split=split,
-        token_splits=wave_token_splits(programs, blocks, sm_count),
+        token_splits=_gluon.wave_token_splits(programs, blocks, sm_count),
         joint_scores=split == "rows",
         joint_grads=grads,
     )
@@ -225,9 +201,9 @@ def smem_layouts(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
     (64, 64): tokens x rows for 'tokens', rows x tokens for 'rows')."""
     half = spec.head_dim // 2
     return {
-        "rows": nvmma_block(spec, 64, half),
-        "weights": nvmma_block(spec, config.score_cols, half),
-        "EX_LAYOUT": nvmma_block(spec, 64, BLOCK_N)[1],
+        "rows": sm90.nvmma_block(spec, 64, half),
+        "weights": sm90.nvmma_block(spec, config.score_cols, half),
+        "EX_LAYOUT": sm90.nvmma_block(spec, 64, BLOCK_N)[1],
     }
 
 
@@ -241,6 +217,13 @@ def constexprs(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
     )
 
 
+#: what the shared dK/dU/dV launch path asks of this variant (mhfgen.variants._gluon)
+GLUON_DKV = _gluon.GluonDkv(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
+_launch = GLUON_DKV.launcher()
+#: compile the generated kernel for sm90 down to cubin on any machine (no GPU)
+compile_sm90 = GLUON_DKV.compile_sm90
+
+
 def flash_mhf_bwd_dkv_ws(
     q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, do: Tensor, config=None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -248,17 +231,7 @@ def flash_mhf_bwd_dkv_ws(
     warp-specialised Gluon kernel (sm90); each (Hkv, E, De, D), contiguous, in k's dtype.
     `config`: a BwdDkvWsConfig, or None for the dispatcher's. ValueError where the variant
     does not support the problem."""
-    return _launch(q, k, u, v, routing_fp32(r), do, config=config)
-
-
-def compile_sm90(spec: KernelSpec, config: BwdDkvWsConfig) -> CompileReport:
-    """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
-    return GLUON_DKV.compile_sm90(spec, config)
-
-
-#: what the shared dK/dU/dV launch path asks of this variant (mhfgen.variants._gluon)
-GLUON_DKV = GluonDkv(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
-_launch = GLUON_DKV.launcher()
+    return _launch(q, k, u, v, sm90.routing_fp32(r), do, config=config)
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,42 +239,15 @@ _launch = GLUON_DKV.launcher()
 # ---------------------------------------------------------------------------------------
 
 
-class FlashMhfBwdDkvWs(Variant):
+class FlashMhfBwdDkvWs(_gluon.GluonDkvVariant):
     stem = "flash_mhf_bwd_dkv_ws"
-    op = "bwd_dkv"
-    family = "gluon"
     Config = BwdDkvWsConfig
-    targets = ("sm9",)
-    dtypes = DTYPES
     launcher = "mhfgen.variants.flash_mhf_bwd_dkv_ws:flash_mhf_bwd_dkv_ws"
     preference = 10  # before flash_mhf_bwd_dkv where it supports the call
-    flop_factor = 12  # S, A, dP recomputed, then dV, dK, dU
-    outputs = ("dk", "du", "dv")
-    takes_grad = True
-
-    def supports(self, spec: KernelSpec, tokens: int) -> str | None:
-        return unsupported(spec, tokens)
+    model = GLUON_DKV.model(shared_memory, consumer_registers, default_config)
 
     def static_params(self, spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
         return static_params(spec, config)
-
-    def shared_memory(self, spec: KernelSpec, config: BwdDkvWsConfig) -> int:
-        return shared_memory(spec, config)
-
-    def registers(self, spec: KernelSpec, config: BwdDkvWsConfig) -> float:
-        return consumer_registers(spec, config)
-
-    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConfig:
-        return default_config(spec, tokens, sm_count)
-
-    def prune_reason(
-        self, spec: KernelSpec, config: BwdDkvWsConfig, tokens: int, sm_count: int
-    ) -> str | None:
-        problems = [
-            *config_problems(spec, config),
-            *token_split_problems(spec, config, tokens, sm_count),
-        ]
-        return "; ".join(problems) if problems else None
 
 
 register(FlashMhfBwdDkvWs())

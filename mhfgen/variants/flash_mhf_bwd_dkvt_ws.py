@@ -45,22 +45,14 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..config_fields import choice, positive_int
-from ..kernels.sm90 import (
-    BACKWARD_DTYPES,
-    CompileReport,
-    backward_resource_problems,
-    backward_unsupported,
-    nvmma_block,
-    routing_fp32,
-)
-from ..registry import Variant, VariantConfig, register
+from ..kernels import sm90
+from ..registry import register
 from ..spec import KernelSpec
 from ..tiling import cdiv
-from ._gluon import GluonDkv, token_split_problems, wave_token_splits
+from . import _gluon
 
 KERNEL = "flash_mhf_bwd_dkvt_ws"
-DTYPES = BACKWARD_DTYPES
+DTYPES = sm90.BACKWARD_DTYPES
 #: tokens per row tile: the M of the score wgmma, the K of the accumulating ones
 ROW_TILE = 64
 #: head_dim columns per chunk: the M of an accumulating wgmma
@@ -68,17 +60,13 @@ CHUNK = 64
 
 
 @dataclass(frozen=True)
-class BwdDkvtWsConfig(VariantConfig):
-    """Launch parameters of flash_mhf_bwd_dkvt_ws.
+class BwdDkvtWsConfig(_gluon.GluonBackwardConfig):
+    """Launch parameters of flash_mhf_bwd_dkvt_ws (sigmoid, token_splits, consumer_regs,
+    producer_regs: see _gluon.GluonConfig).
 
     stages:        slots of the q/dO ring (each 2 * 64 * D * 2 bytes).
     wg_rows:       weight rows each consumer warpgroup owns (32 or 64): a program's weight
                    tile is 2 * wg_rows rows; its score tiles are 64 x wg_rows.
-    sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
-    token_splits:  programs per weight tile, each a share of the token blocks; their
-                   partial sums meet by fp32 atomics (never in deterministic runs).
-    consumer_regs, producer_regs: registers per thread of the second consumer warpgroup
-                   and of the producer (setmaxnreg); the first consumer gets what is left.
     """
 
     variant = KERNEL
@@ -91,13 +79,14 @@ class BwdDkvtWsConfig(VariantConfig):
     producer_regs: int = 24
 
     def __post_init__(self) -> None:
-        where = f"{KERNEL} config: "
-        choice(self.stages, where + "stages", tuple(range(2, 9)))
-        choice(self.wg_rows, where + "wg_rows", (32, 64))
-        choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
-        positive_int(self.token_splits, where + "token_splits", 1024)
-        choice(self.consumer_regs, where + "consumer_regs", range(24, 257, 8))
-        choice(self.producer_regs, where + "producer_regs", range(24, 257, 8))
+        self.check_fields(
+            stages=range(2, 9),
+            wg_rows=(32, 64),
+            sigmoid=_gluon.SIGMOIDS,
+            token_splits=_gluon.MAX_TOKEN_SPLITS,
+            consumer_regs=_gluon.PARTITION_REGS,
+            producer_regs=_gluon.PARTITION_REGS,
+        )
 
     @property
     def block_n(self) -> int:
@@ -110,16 +99,16 @@ class BwdDkvtWsConfig(VariantConfig):
         return ROW_TILE
 
     def describe(self) -> str:
-        text = f"s{self.stages} regs {self.producer_regs}/{self.consumer_regs} wg{self.wg_rows}"
+        text = self.describe_regs() + f" wg{self.wg_rows}"
         if self.token_splits > 1:
             text += f" ts{self.token_splits}"
-        return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
+        return text + self.describe_sigmoid()
 
 
 def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
     """What the Gluon backward kernels share (sm90, bf16/fp16, head_dim 64 or 128, expert
     width a multiple of 64)."""
-    return backward_unsupported(spec, tokens)
+    return sm90.backward_unsupported(spec, tokens)
 
 
 def shared_memory(spec: KernelSpec, config: BwdDkvtWsConfig) -> int:
@@ -143,13 +132,8 @@ def config_problems(spec: KernelSpec, config: BwdDkvtWsConfig) -> list[str]:
     """What of `config` does not fit the spec or an SM: weight tiles that cross an expert,
     shared memory, and the register split (the first consumer needs its accumulators and
     score tiles: consumer_registers)."""
-    problems = backward_resource_problems(
-        shared_memory(spec, config),
-        "consumer_regs",
-        config.consumer_regs,
-        config.producer_regs,
-        "the first consumer",
-        consumer_registers(spec, config),
+    problems = config.resource_problems(
+        shared_memory(spec, config), consumer_registers(spec, config)
     )
     if spec.expert_dim % config.block_n:
         problems.append(
@@ -178,7 +162,9 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvtWsCon
     config = BwdDkvtWsConfig(stages=stages, wg_rows=64 if wide else 32)
     programs = spec.kv_heads * spec.intermediate // config.block_n
     blocks = spec.group * cdiv(max(1, tokens), ROW_TILE)
-    return dataclasses.replace(config, token_splits=wave_token_splits(programs, blocks, sm_count))
+    return dataclasses.replace(
+        config, token_splits=_gluon.wave_token_splits(programs, blocks, sm_count)
+    )
 
 
 def static_params(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
@@ -192,10 +178,10 @@ def smem_layouts(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
     (P_LAYOUT: bf16 (64 tokens, wg_rows); EX_LAYOUT: (64 tokens, 2 wg_rows))."""
     rows = config.wg_rows
     return {
-        "rows": nvmma_block(spec, ROW_TILE, CHUNK),
-        "weights": nvmma_block(spec, rows, CHUNK),
-        "P_LAYOUT": nvmma_block(spec, ROW_TILE, rows)[1],
-        "EX_LAYOUT": nvmma_block(spec, ROW_TILE, 2 * rows)[1],
+        "rows": sm90.nvmma_block(spec, ROW_TILE, CHUNK),
+        "weights": sm90.nvmma_block(spec, rows, CHUNK),
+        "P_LAYOUT": sm90.nvmma_block(spec, ROW_TILE, rows)[1],
+        "EX_LAYOUT": sm90.nvmma_block(spec, ROW_TILE, 2 * rows)[1],
     }
 
 
@@ -211,6 +197,13 @@ def constexprs(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
     )
 
 
+#: what the shared dK/dU/dV launch path asks of this variant (mhfgen.variants._gluon)
+GLUON_DKV = _gluon.GluonDkv(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
+_launch = GLUON_DKV.launcher()
+#: compile the generated kernel for sm90 down to cubin on any machine (no GPU)
+compile_sm90 = GLUON_DKV.compile_sm90
+
+
 def flash_mhf_bwd_dkvt_ws(
     q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, do: Tensor, config=None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -218,17 +211,7 @@ def flash_mhf_bwd_dkvt_ws(
     row-owning Gluon kernel (sm90); each (Hkv, E, De, D), contiguous, in k's dtype.
     `config`: a BwdDkvtWsConfig, or None for the dispatcher's. ValueError where the
     variant does not support the problem."""
-    return _launch(q, k, u, v, routing_fp32(r), do, config=config)
-
-
-def compile_sm90(spec: KernelSpec, config: BwdDkvtWsConfig) -> CompileReport:
-    """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
-    return GLUON_DKV.compile_sm90(spec, config)
-
-
-#: what the shared dK/dU/dV launch path asks of this variant (mhfgen.variants._gluon)
-GLUON_DKV = GluonDkv(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
-_launch = GLUON_DKV.launcher()
+    return _launch(q, k, u, v, sm90.routing_fp32(r), do, config=config)
 
 
 # ---------------------------------------------------------------------------------------
@@ -236,47 +219,20 @@ _launch = GLUON_DKV.launcher()
 # ---------------------------------------------------------------------------------------
 
 
-class FlashMhfBwdDkvtWs(Variant):
+class FlashMhfBwdDkvtWs(_gluon.GluonDkvVariant):
     stem = "flash_mhf_bwd_dkvt_ws"
-    op = "bwd_dkv"
-    family = "gluon"
     Config = BwdDkvtWsConfig
-    targets = ("sm9",)
-    dtypes = DTYPES
     launcher = "mhfgen.variants.flash_mhf_bwd_dkvt_ws:flash_mhf_bwd_dkvt_ws"
     preference = 20  # after flash_mhf_bwd_dkv_ws, before flash_mhf_bwd_dkv; but see rank
-    flop_factor = 12  # S, A, dP recomputed, then dV, dK, dU
-    outputs = ("dk", "du", "dv")
-    takes_grad = True
+    model = GLUON_DKV.model(shared_memory, consumer_registers, default_config)
 
     def rank(self, spec: KernelSpec) -> int:
         """First (before flash_mhf_bwd_dkv_ws) at head_dim 64 and with grouped query heads,
         where it measured faster on an H200; after it elsewhere (docs/PERFORMANCE.md)."""
         return 5 if preferred(spec) else self.preference
 
-    def supports(self, spec: KernelSpec, tokens: int) -> str | None:
-        return unsupported(spec, tokens)
-
     def static_params(self, spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
         return static_params(spec, config)
-
-    def shared_memory(self, spec: KernelSpec, config: BwdDkvtWsConfig) -> int:
-        return shared_memory(spec, config)
-
-    def registers(self, spec: KernelSpec, config: BwdDkvtWsConfig) -> float:
-        return consumer_registers(spec, config)
-
-    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvtWsConfig:
-        return default_config(spec, tokens, sm_count)
-
-    def prune_reason(
-        self, spec: KernelSpec, config: BwdDkvtWsConfig, tokens: int, sm_count: int
-    ) -> str | None:
-        problems = [
-            *config_problems(spec, config),
-            *token_split_problems(spec, config, tokens, sm_count),
-        ]
-        return "; ".join(problems) if problems else None
 
 
 register(FlashMhfBwdDkvtWs())

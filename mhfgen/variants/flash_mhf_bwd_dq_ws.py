@@ -29,43 +29,32 @@ import torch
 from torch import Tensor
 
 from .. import codegen
-from ..config_fields import choice, strict_bool
+from ..kernels import sm90
 from ..kernels.buffers import contiguous_strides, weights_need_copy
 from ..kernels.grad_plans import DqPlan, run_dq_plan
 from ..kernels.plans import CachedLaunch
-from ..kernels.sm90 import (
-    BACKWARD_BLOCK_N,
-    BACKWARD_DTYPES,
-    CompileReport,
-    backward_resource_problems,
-    backward_unsupported,
-    nvmma_block,
-    routing_fp32,
-)
-from ..registry import Variant, VariantConfig, register
+from ..registry import register
 from ..spec import KernelSpec
 from ..tiling import cdiv
-from ._gluon import GluonBackward
+from . import _gluon
 
 KERNEL = "flash_mhf_bwd_dq_ws"
-DTYPES = BACKWARD_DTYPES
+DTYPES = sm90.BACKWARD_DTYPES
 #: weight-tile rows per step: the N of the score MMAs, the K of dq's
-BLOCK_N = BACKWARD_BLOCK_N
+BLOCK_N = sm90.BACKWARD_BLOCK_N
 #: tokens per program: 64 per consumer warpgroup
 BLOCK_M = 128
 
 
 @dataclass(frozen=True)
-class BwdDqWsConfig(VariantConfig):
-    """Launch parameters of flash_mhf_bwd_dq_ws.
+class BwdDqWsConfig(_gluon.GluonBackwardConfig):
+    """Launch parameters of flash_mhf_bwd_dq_ws (sigmoid, consumer_regs, producer_regs:
+    see _gluon.GluonConfig).
 
     stages:        slots of the K/U/V ring (each 3 * 64 * D * 2 bytes).
-    sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
     joint_scores:  S and A by one wgmma of twice the width, [S | A] = q [K; U]^T (K and U
                    of a weight tile stacked in one ring tile): q is read from shared
                    memory once for both, not twice.
-    consumer_regs, producer_regs: registers per thread of the second consumer warpgroup
-                   and of the producer (setmaxnreg); the first consumer gets what is left.
     """
 
     variant = KERNEL
@@ -81,28 +70,24 @@ class BwdDqWsConfig(VariantConfig):
     added_fields = {"joint_scores": False}
 
     def __post_init__(self) -> None:
-        where = f"{KERNEL} config: "
-        choice(self.stages, where + "stages", (2, 3, 4, 5, 6))
-        choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
-        strict_bool(self.joint_scores, where + "joint_scores")
-        choice(self.consumer_regs, where + "consumer_regs", range(24, 257, 8))
-        choice(self.producer_regs, where + "producer_regs", range(24, 257, 8))
-
-    @property
-    def block_n(self) -> int:
-        return BLOCK_N
+        self.check_fields(
+            stages=range(2, 7),
+            sigmoid=_gluon.SIGMOIDS,
+            joint_scores=bool,
+            consumer_regs=_gluon.PARTITION_REGS,
+            producer_regs=_gluon.PARTITION_REGS,
+        )
 
     @property
     def block_m(self) -> int:
         return BLOCK_M
 
     def describe(self) -> str:
-        text = f"s{self.stages} regs {self.producer_regs}/{self.consumer_regs}"
-        text += " joint" if self.joint_scores else ""
-        return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
+        joint = " joint" if self.joint_scores else ""
+        return self.describe_regs() + joint + self.describe_sigmoid()
 
 
-unsupported = backward_unsupported
+unsupported = sm90.backward_unsupported
 
 
 def shared_memory(spec: KernelSpec, config: BwdDqWsConfig) -> int:
@@ -117,14 +102,13 @@ def shared_memory(spec: KernelSpec, config: BwdDqWsConfig) -> int:
 def config_problems(spec: KernelSpec, config: BwdDqWsConfig) -> list[str]:
     """What of `config` does not fit an SM: shared memory, and the register split
     (the first consumer needs 192 registers a thread)."""
-    return backward_resource_problems(
-        shared_memory(spec, config),
-        "consumer_regs",
-        config.consumer_regs,
-        config.producer_regs,
-        "the first consumer",
-        192,
-    )
+    return config.resource_problems(shared_memory(spec, config), 192)
+
+
+def registers(spec: KernelSpec, config: BwdDqWsConfig) -> float:
+    """fp32 values a consumer thread keeps live: dq (64 x D) and S, A, dP (64 x 64), over
+    128 threads."""
+    return (64 * spec.head_dim + 3 * 64 * BLOCK_N) / 128
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDqWsConfig:
@@ -151,7 +135,10 @@ def smem_layouts(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
     """The descriptors' shared layouts (the same for every config): q/dO blocks of (64
     tokens, D), K/U/V blocks of (64 rows, D)."""
     d = spec.head_dim
-    return {"rows": nvmma_block(spec, BLOCK_M // 2, d), "weights": nvmma_block(spec, BLOCK_N, d)}
+    return {
+        "rows": sm90.nvmma_block(spec, BLOCK_M // 2, d),
+        "weights": sm90.nvmma_block(spec, BLOCK_N, d),
+    }
 
 
 def constexprs(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
@@ -170,7 +157,7 @@ def flash_mhf_bwd_dq_ws(
     warp-specialised Gluon kernel (sm90). dq: (B, L, H, D) contiguous in q's dtype; dr:
     (B, L, H, E) contiguous in r's dtype. `config`: a BwdDqWsConfig, or None for the
     dispatcher's. ValueError where the variant does not support the problem."""
-    dq, dr = _launch(q, k, u, v, routing_fp32(r), do, config=config)
+    dq, dr = _launch(q, k, u, v, sm90.routing_fp32(r), do, config=config)
     return dq, dr.to(r.dtype)  # the kernel reads and writes r and dr in fp32
 
 
@@ -187,13 +174,13 @@ def _make_plan(q, k, u, v, r, do, config) -> DqPlan:
     return DqPlan(launch, (B, L, H, D), tuple(r.shape), copy, copy_do)
 
 
-def compile_sm90(spec: KernelSpec, config: BwdDqWsConfig) -> CompileReport:
+def compile_sm90(spec: KernelSpec, config: BwdDqWsConfig) -> sm90.CompileReport:
     """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
     return GLUON.compile_kernel(spec, config, BLOCK_M, DQ=spec.torch_dtype, DR=torch.float32)
 
 
 #: what the shared Gluon backward launch path asks of this variant (mhfgen.variants._gluon)
-GLUON = GluonBackward(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
+GLUON = _gluon.GluonBackward(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
 _launch = CachedLaunch(KERNEL, _make_plan, run_dq_plan)
 
 
@@ -202,40 +189,21 @@ _launch = CachedLaunch(KERNEL, _make_plan, run_dq_plan)
 # ---------------------------------------------------------------------------------------
 
 
-class FlashMhfBwdDqWs(Variant):
+class FlashMhfBwdDqWs(_gluon.GluonVariant):
     stem = "flash_mhf_bwd_dq_ws"
     op = "bwd_dq"
-    family = "gluon"
     Config = BwdDqWsConfig
-    targets = ("sm9",)
-    dtypes = DTYPES
     launcher = "mhfgen.variants.flash_mhf_bwd_dq_ws:flash_mhf_bwd_dq_ws"
     preference = 10  # before flash_mhf_bwd_dq where it supports the call
     flop_factor = 10  # S, A, dP recomputed; dQ from dS and dA
     outputs = ("dq", "dr")
     takes_grad = True
-
-    def supports(self, spec: KernelSpec, tokens: int) -> str | None:
-        return unsupported(spec, tokens)
+    model = _gluon.GluonModel(
+        unsupported, config_problems, shared_memory, registers, default_config
+    )
 
     def static_params(self, spec: KernelSpec, config: BwdDqWsConfig) -> dict:
         return static_params(spec, config)
-
-    def shared_memory(self, spec: KernelSpec, config: BwdDqWsConfig) -> int:
-        return shared_memory(spec, config)
-
-    def registers(self, spec: KernelSpec, config: BwdDqWsConfig) -> float:
-        # a consumer: dq (64 x D) and S, A, dP of (64 x 64)
-        return (64 * spec.head_dim + 3 * 64 * BLOCK_N) / 128
-
-    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> BwdDqWsConfig:
-        return default_config(spec, tokens, sm_count)
-
-    def prune_reason(
-        self, spec: KernelSpec, config: BwdDqWsConfig, tokens: int, sm_count: int
-    ) -> str | None:
-        problems = config_problems(spec, config)
-        return "; ".join(problems) if problems else None
 
 
 register(FlashMhfBwdDqWs())

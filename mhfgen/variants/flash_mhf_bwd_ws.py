@@ -28,21 +28,11 @@ import torch
 from torch import Tensor
 
 from .. import codegen
-from ..config_fields import choice, positive_int, strict_bool
+from ..kernels import sm90
 from ..kernels.buffers import contiguous_strides
 from ..kernels.bwd_chunks import Chunk, ChunkPlan, head_chunks, plan_fields, run_chunks
 from ..kernels.plans import CachedLaunch
-from ..kernels.sm90 import (
-    BACKWARD_BLOCK_N,
-    BACKWARD_DTYPES,
-    BackwardLaunch,
-    CompileReport,
-    backward_resource_problems,
-    backward_unsupported,
-    nvmma_block,
-    routing_fp32,
-)
-from ..registry import Variant, VariantConfig, register
+from ..registry import register
 from ..spec import KernelSpec
 from ..tiling import cdiv
 from ..workspace import (
@@ -52,25 +42,25 @@ from ..workspace import (
     workspace_budget,
     workspace_bytes,
 )
-from ._gluon import GluonBackward, grads_dtype, token_split_plan
+from . import _gluon
 
 KERNEL = "flash_mhf_bwd_ws"
-DTYPES = BACKWARD_DTYPES
+DTYPES = sm90.BACKWARD_DTYPES
 #: weight-tile rows per program: one warpgroup's wgmma M
-BLOCK_N = BACKWARD_BLOCK_N
+BLOCK_N = sm90.BACKWARD_BLOCK_N
+#: the most kv heads per launch a config may ask for
+MAX_HEAD_CHUNK = 1024
 
 
 @dataclass(frozen=True)
-class BwdWsConfig(VariantConfig):
-    """Launch parameters of flash_mhf_bwd_ws.
+class BwdWsConfig(_gluon.GluonBackwardConfig):
+    """Launch parameters of flash_mhf_bwd_ws (sigmoid, token_splits, producer_regs: see
+    _gluon.GluonConfig).
 
     block_m:       tokens per row tile (the N of the score MMAs, the K of the gradient
                    MMAs): 32 keeps warpgroup A's S^T, A^T, dP^T and dK, dU in registers
                    at D = 128; 64 halves the barrier rounds where D = 64.
     stages:        slots of the q/dO ring.
-    sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
-    token_splits:  programs per weight tile, each a share of the token blocks (dK/dU/dV
-                   partial sums by fp32 atomics).
     head_chunk:    kv heads per launch (the dq workspace; see flash_mhf_bwd_fused).
     grads_regs, producer_regs: registers per thread of warpgroup B and of the producer
                    (setmaxnreg); warpgroup A gets what is left.
@@ -79,6 +69,8 @@ class BwdWsConfig(VariantConfig):
     """
 
     variant = KERNEL
+    worker_regs = "grads_regs"
+    default_partition = "warpgroup A"
 
     block_m: int = 32
     stages: int = 2
@@ -90,32 +82,27 @@ class BwdWsConfig(VariantConfig):
     dq_vec: bool = False
 
     def __post_init__(self) -> None:
-        where = f"{KERNEL} config: "
-        choice(self.block_m, where + "block_m", (32, 64))
-        choice(self.stages, where + "stages", (2, 3, 4))
-        choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
-        positive_int(self.token_splits, where + "token_splits", 1024)
-        positive_int(self.head_chunk, where + "head_chunk", 1024)
-        choice(self.grads_regs, where + "grads_regs", range(24, 257, 8))
-        choice(self.producer_regs, where + "producer_regs", range(24, 257, 8))
-        strict_bool(self.dq_vec, where + "dq_vec")
-
-    @property
-    def block_n(self) -> int:
-        return BLOCK_N
+        self.check_fields(
+            block_m=(32, 64),
+            stages=(2, 3, 4),
+            sigmoid=_gluon.SIGMOIDS,
+            token_splits=_gluon.MAX_TOKEN_SPLITS,
+            head_chunk=MAX_HEAD_CHUNK,
+            grads_regs=_gluon.PARTITION_REGS,
+            producer_regs=_gluon.PARTITION_REGS,
+            dq_vec=bool,
+        )
 
     def describe(self) -> str:
-        text = f"BM{self.block_m} s{self.stages} regs {self.producer_regs}/{self.grads_regs}"
+        text = f"BM{self.block_m} " + self.describe_regs()
         if self.token_splits > 1:
             text += f" ts{self.token_splits}"
         if self.dq_vec:
             text += " vec"
-        return (
-            text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "") + f" hc{self.head_chunk}"
-        )
+        return text + self.describe_sigmoid() + f" hc{self.head_chunk}"
 
 
-unsupported = backward_unsupported
+unsupported = sm90.backward_unsupported
 
 
 def shared_memory(spec: KernelSpec, config: BwdWsConfig) -> int:
@@ -134,14 +121,28 @@ def shared_memory(spec: KernelSpec, config: BwdWsConfig) -> int:
 def config_problems(spec: KernelSpec, config: BwdWsConfig) -> list[str]:
     """What of `config` does not fit an SM: shared memory, and the register split
     (warpgroup A needs 128 registers a thread)."""
-    return backward_resource_problems(
-        shared_memory(spec, config),
-        "grads_regs",
-        config.grads_regs,
-        config.producer_regs,
-        "warpgroup A",
-        128,
+    return config.resource_problems(shared_memory(spec, config), 128)
+
+
+def registers(spec: KernelSpec, config: BwdWsConfig) -> float:
+    """fp32 values a thread of warpgroup A keeps live: dK, dU (BLOCK_N x D) and S^T, A^T,
+    dP^T (BLOCK_N x BLOCK_M), over 128 threads."""
+    return (2 * BLOCK_N * spec.head_dim + 3 * BLOCK_N * config.block_m) / 128
+
+
+def call_problems(spec: KernelSpec, config: BwdWsConfig, tokens: int, sm_count: int) -> list:
+    """What rules `config` out for a call of `tokens` tokens: more kv heads per launch
+    than the spec has, or a dq workspace over its budget (mhfgen.workspace)."""
+    problems = []
+    if config.head_chunk > spec.kv_heads:
+        problems.append(f"head_chunk={config.head_chunk} exceeds the kv heads")
+    used, budget = (
+        workspace_bytes(spec, config, max(1, tokens)),
+        workspace_budget(spec, max(1, tokens)),
     )
+    if used > budget:
+        problems.append(f"a {used >> 20} MiB workspace exceeds the budget of {budget >> 20} MiB")
+    return problems
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdWsConfig:
@@ -178,9 +179,9 @@ def smem_layouts(spec: KernelSpec, config: BwdWsConfig) -> dict:
 
     d, bm = spec.head_dim, config.block_m
     return {
-        "rows": nvmma_block(spec, bm, d),
-        "weights": nvmma_block(spec, BLOCK_N, d),
-        "EX_LAYOUT": nvmma_block(spec, BLOCK_N, bm)[1],
+        "rows": sm90.nvmma_block(spec, bm, d),
+        "weights": sm90.nvmma_block(spec, BLOCK_N, d),
+        "EX_LAYOUT": sm90.nvmma_block(spec, BLOCK_N, bm)[1],
         "DP_LAYOUT": gl.SwizzledSharedLayout(vec=4, per_phase=1, max_phase=8, order=[1, 0]),
     }
 
@@ -205,7 +206,7 @@ def flash_mhf_bwd_ws(
     shapes and dtypes as mhfgen.variants.flash_mhf_bwd_fused's. `config`: a BwdWsConfig,
     or None for the dispatcher's. ValueError where the variant does not support the
     problem."""
-    dq, dr, dk, du, dv = _launch(q, k, u, v, routing_fp32(r), do, config=config)
+    dq, dr, dk, du, dv = _launch(q, k, u, v, sm90.routing_fp32(r), do, config=config)
     return dq, dr.to(r.dtype), dk, du, dv  # the kernel reads and writes r and dr in fp32
 
 
@@ -218,7 +219,7 @@ def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
     B, L, H, D = q.shape
     kernel = load_kernel(spec, config)
     width = kv_heads_per_launch(spec, config) * spec.group
-    per_split, splits, _ = token_split_plan(tokens, config)
+    per_split, splits, _ = _gluon.token_split_plan(tokens, config)
     dr_workspace = fields["dr_mode"] == "workspace"
     dr_strides = contiguous_strides((B, L, width if dr_workspace else H, r.shape[-1]))
     meta = GLUON.meta(spec, config)
@@ -238,19 +239,21 @@ def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
             h0 if dr_workspace else 0,
         )
         grid = (spec.intermediate // BLOCK_N, n, splits)
-        chunks.append(Chunk(kv0, n, h0, h1, BackwardLaunch(kernel, grid, scalars, meta, layouts)))
+        chunks.append(
+            Chunk(kv0, n, h0, h1, sm90.BackwardLaunch(kernel, grid, scalars, meta, layouts))
+        )
     return ChunkPlan(chunks=tuple(chunks), **fields)
 
 
-def compile_sm90(spec: KernelSpec, config: BwdWsConfig) -> CompileReport:
+def compile_sm90(spec: KernelSpec, config: BwdWsConfig) -> sm90.CompileReport:
     """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
-    f32, grads = torch.float32, grads_dtype(spec, config)
+    f32, grads = torch.float32, _gluon.grads_dtype(spec, config)
     rows = max(config.block_m, 16)
     return GLUON.compile_kernel(spec, config, rows, DQ=f32, DR=f32, DK=grads, DU=grads, DV=grads)
 
 
 #: what the shared Gluon backward launch path asks of this variant (mhfgen.variants._gluon)
-GLUON = GluonBackward(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
+GLUON = _gluon.GluonBackward(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
 _launch = CachedLaunch(KERNEL, _make_plan, run_chunks)
 
 
@@ -259,50 +262,21 @@ _launch = CachedLaunch(KERNEL, _make_plan, run_chunks)
 # ---------------------------------------------------------------------------------------
 
 
-class FlashMhfBwdWs(Variant):
+class FlashMhfBwdWs(_gluon.GluonVariant):
     stem = "flash_mhf_bwd_ws"
     op = "bwd"
-    family = "gluon"
     Config = BwdWsConfig
-    targets = ("sm9",)
-    dtypes = DTYPES
     launcher = "mhfgen.variants.flash_mhf_bwd_ws:flash_mhf_bwd_ws"
     preference = 10  # before flash_mhf_bwd_fused where it supports the call
     flop_factor = 16
     outputs = ("dq", "dr", "dk", "du", "dv")
     takes_grad = True
-
-    def supports(self, spec: KernelSpec, tokens: int) -> str | None:
-        return unsupported(spec, tokens)
+    model = _gluon.GluonModel(
+        unsupported, config_problems, shared_memory, registers, default_config, call_problems
+    )
 
     def static_params(self, spec: KernelSpec, config: BwdWsConfig) -> dict:
         return static_params(spec, config)
-
-    def shared_memory(self, spec: KernelSpec, config: BwdWsConfig) -> int:
-        return shared_memory(spec, config)
-
-    def registers(self, spec: KernelSpec, config: BwdWsConfig) -> float:
-        # warpgroup A: dK, dU (BLOCK_N x D) and S^T, A^T, dP^T (BLOCK_N x BLOCK_M)
-        return (2 * BLOCK_N * spec.head_dim + 3 * BLOCK_N * config.block_m) / 128
-
-    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> BwdWsConfig:
-        return default_config(spec, tokens, sm_count)
-
-    def prune_reason(
-        self, spec: KernelSpec, config: BwdWsConfig, tokens: int, sm_count: int
-    ) -> str | None:
-        problems = config_problems(spec, config)
-        if config.head_chunk > spec.kv_heads:
-            problems.append(f"head_chunk={config.head_chunk} exceeds the kv heads")
-        used, budget = (
-            workspace_bytes(spec, config, max(1, tokens)),
-            workspace_budget(spec, max(1, tokens)),
-        )
-        if used > budget:
-            problems.append(
-                f"a {used >> 20} MiB workspace exceeds the budget of {budget >> 20} MiB"
-            )
-        return "; ".join(problems) if problems else None
 
 
 register(FlashMhfBwdWs())

@@ -41,23 +41,15 @@ from torch import Tensor
 
 from .. import codegen
 from .. import device as _device
-from ..config_fields import choice, strict_bool
+from ..kernels import sm90
 from ..kernels.buffers import empty
 from ..kernels.plans import CachedLaunch
-from ..kernels.sm90 import (
-    SM90_REGISTERS,
-    SM90_SHARED_MEMORY,
-    CompileReport,
-    compile_gluon,
-    nvmma_block,
-    routing_fp32,
-    rows_view,
-)
-from ..registry import Variant, VariantConfig, register
+from ..kernels.sm90 import SM90_REGISTERS, SM90_SHARED_MEMORY
+from ..registry import register
 from ..spec import KernelSpec, dtype_name
 from ..tiling import head_dim_chunks
 from ..validation import check_flash_mhf_inputs
-from ._gluon import checked_config
+from . import _gluon
 
 KERNEL = "flash_mhf_fwd_ws"
 TEMPLATE = f"{KERNEL}.py.jinja"
@@ -68,7 +60,7 @@ DTYPES = ("bfloat16", "float16")
 
 
 @dataclass(frozen=True)
-class WsConfig(VariantConfig):
+class WsConfig(_gluon.GluonConfig):
     """Launch parameters of flash_mhf_fwd_ws (its registry config type, see
     mhfgen.variants.flash_mhf_fwd_ws).
 
@@ -112,21 +104,19 @@ class WsConfig(VariantConfig):
     added_fields = {"joint_scores": False}
 
     def __post_init__(self) -> None:
-        where = f"{KERNEL} config: "
-        for name, allowed in (
-            ("block_n", (16, 32, 64, 128, 256)),
-            ("stages", range(3, 9)),
-            ("consumers", (1, 2)),
-            ("consumer_warps", (4, 8)),
-            ("group_heads", (1, 2)),
-            ("producer_regs", range(24, 257, 8)),
-            ("consumer_regs", range(24, 257, 8)),
-        ):
-            choice(getattr(self, name), where + name, allowed)
-        strict_bool(self.pingpong, where + "pingpong")
-        strict_bool(self.persistent, where + "persistent")
-        strict_bool(self.joint_scores, where + "joint_scores")
-        choice(self.sigmoid, where + "sigmoid", ("tanh", "exp"))
+        self.check_fields(
+            block_n=(16, 32, 64, 128, 256),
+            stages=range(3, 9),
+            consumers=(1, 2),
+            consumer_warps=(4, 8),
+            group_heads=(1, 2),
+            producer_regs=_gluon.PARTITION_REGS,
+            consumer_regs=_gluon.PARTITION_REGS,
+            pingpong=bool,
+            persistent=bool,
+            joint_scores=bool,
+            sigmoid=_gluon.SIGMOIDS,
+        )
         if self.consumers % self.group_heads:
             raise ValueError(
                 f"WsConfig.group_heads={self.group_heads} must divide consumers={self.consumers}"
@@ -180,7 +170,7 @@ class WsConfig(VariantConfig):
                 text += f" {short}"
         if self.group_heads > 1:
             text += f" gh{self.group_heads}"
-        return text + (f" {self.sigmoid}" if self.sigmoid != "tanh" else "")
+        return text + self.describe_sigmoid()
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,6 +251,12 @@ def shared_memory(spec: KernelSpec, config: WsConfig) -> int:
     return q + ring + 8 * (3 * config.stages + 2 * config.consumers + 2) + SCRATCH_RESERVE
 
 
+def registers(spec: KernelSpec, config: WsConfig) -> float:
+    """fp32 accumulator values per consumer thread: O (BLOCK_M x D), S, G and the next
+    tile's S, G (BLOCK_M x BLOCK_N each), over 32 * consumer_warps threads."""
+    return config.block_m * (spec.head_dim + 4 * config.block_n) / (32 * config.consumer_warps)
+
+
 def max_registers(config: WsConfig) -> int:
     """The launch's per-thread register cap: the SM's registers over every warp of the
     block (the one-warp producer occupies a warpgroup), rounded down to 8."""
@@ -268,12 +264,13 @@ def max_registers(config: WsConfig) -> int:
     return min(255, SM90_REGISTERS // (32 * warps)) // 8 * 8
 
 
-def default_config(spec: KernelSpec, tokens: int) -> WsConfig:
+def default_config(spec: KernelSpec, tokens: int, sm_count: int = 0) -> WsConfig:
     """The built-in config, from sweeps on an H200 (docs/PERFORMANCE.md): two 4-warp consumers sharing 64-column tiles through a 4-slot
     ring, tanh silu, S and G from one joint wgmma chain (688 TFLOP/s on the 1.3B shape, 680
     on 370M, 482 at D = 64, 532 at D = 96); the next shallower ring, then 32-column tiles,
     where that does not fit. The two consumers take two token blocks of one head
-    (group_heads = 2, two heads of a kv group, is the tuner's to try).
+    (group_heads = 2, two heads of a kv group, is the tuner's to try). The SM count does
+    not enter it.
     """
     for block_n, stages in ((64, 4), (64, 3), (32, 4), (32, 3)):
         for joint in (True, False):  # joint where the head_dim is one chunk (not D = 96)
@@ -333,7 +330,7 @@ def descriptor_layouts(spec: KernelSpec, config: WsConfig) -> tuple:
     32)."""
     widths = [width for _, width, _ in head_dim_chunks(spec.head_dim, "chunks")]
     return tuple(
-        nvmma_block(spec, rows, width)
+        sm90.nvmma_block(spec, rows, width)
         for rows in (config.block_m, config.block_n, config.block_n, config.block_n, config.block_m)
         for width in widths
     )
@@ -401,7 +398,7 @@ def flash_mhf_fwd_ws(
     the Triton-language launchers (a tuned config that fails there gives way to the
     heuristic).
     """
-    return _launch(q, k, u, v, routing_fp32(r), config=config)
+    return _launch(q, k, u, v, sm90.routing_fp32(r), config=config)
 
 
 def _run(plan: WsPlan, q, k, u, v, r) -> torch.Tensor:
@@ -412,7 +409,7 @@ def _run(plan: WsPlan, q, k, u, v, r) -> torch.Tensor:
         return o
     descs = descriptors(
         plan.layouts,
-        rows_view(q),
+        sm90.rows_view(q),
         *(w.contiguous().view(-1, D) for w in (k, u, v)),
         o.view(-1, H * D),
     )
@@ -427,7 +424,7 @@ def _make_plan(q, k, u, v, r, config) -> WsPlan:
     B, L, H, D = q.shape
     Hkv, E, De, _ = k.shape
     spec = KernelSpec(H, Hkv, D, E, De, dtype_name(q.dtype), _device.target(q.device))
-    config = checked_config(KERNEL, unsupported, config_problems, spec, problem, q, config)
+    config = _gluon.checked_config(KERNEL, unsupported, config_problems, spec, problem, q, config)
     tokens = B * L
     if tokens == 0:
         return WsPlan(spec, config, None, (), (), (), {})
@@ -456,7 +453,7 @@ def work_tiles(spec: KernelSpec, config: WsConfig, tokens: int) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-def compile_sm90(spec: KernelSpec, config: WsConfig) -> CompileReport:
+def compile_sm90(spec: KernelSpec, config: WsConfig) -> sm90.CompileReport:
     """Compile the generated kernel for sm90 down to cubin on any machine (no GPU needed):
     the signature is built from host descriptors over small CPU tensors."""
     tdtype = spec.torch_dtype
@@ -479,7 +476,7 @@ def compile_sm90(spec: KernelSpec, config: WsConfig) -> CompileReport:
         tokens=1 << 16,
         n_tiles=1 << 12,
     )
-    return compile_gluon(
+    return sm90.compile_gluon(
         load_kernel(spec, config), args, constexprs(config), launch_options(config)
     )
 
@@ -492,38 +489,20 @@ _launch = CachedLaunch(KERNEL, _make_plan, _run)
 # ---------------------------------------------------------------------------------------
 
 
-class FlashMhfFwdWs(Variant):
+class FlashMhfFwdWs(_gluon.GluonVariant):
     stem = "flash_mhf_fwd_ws"
     op = "fwd"
-    family = "gluon"
     Config = WsConfig
-    targets = ("sm9",)
-    dtypes = DTYPES
     launcher = "mhfgen.variants.flash_mhf_fwd_ws:flash_mhf_fwd_ws"
     preference = 10  # before flash_mhf_fwd (50) where it supports the call
     flop_factor = 6
     outputs = ("o",)
-
-    def supports(self, spec: KernelSpec, tokens: int) -> str | None:
-        return unsupported(spec, tokens)
+    model = _gluon.GluonModel(
+        unsupported, config_problems, shared_memory, registers, default_config
+    )
 
     def static_params(self, spec: KernelSpec, config: WsConfig) -> dict:
         return static_params(spec, config)
-
-    def shared_memory(self, spec: KernelSpec, config: WsConfig) -> int:
-        return shared_memory(spec, config)
-
-    def registers(self, spec: KernelSpec, config: WsConfig) -> float:
-        return config.block_m * (spec.head_dim + 4 * config.block_n) / (32 * config.consumer_warps)
-
-    def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> WsConfig:
-        return default_config(spec, tokens)
-
-    def prune_reason(
-        self, spec: KernelSpec, config: WsConfig, tokens: int, sm_count: int
-    ) -> str | None:
-        problems = config_problems(spec, config)
-        return "; ".join(problems) if problems else None
 
 
 register(FlashMhfFwdWs())
