@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from .config_fields import check_fields
 from .spec import DTYPES, INTERPRETER, KernelSpec
 
 
@@ -117,6 +118,12 @@ class VariantConfig:
         if missing and not partial:
             raise ValueError(f"{cls.variant} config: missing fields {missing}")
         return cls(**data)
+
+    def check_fields(self, **rules) -> None:
+        """ValueError for the first of these fields whose value breaks its rule
+        (config_fields.check_fields: `bool`, an int maximum, or the allowed values), named
+        as '<variant> config: <field>'."""
+        check_fields(self, f"{self.variant} config: ", **rules)
 
     def check_for(self, spec: KernelSpec) -> None:
         """Raise ValueError if this config cannot run `spec` (independent of the shape)."""

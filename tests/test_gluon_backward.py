@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from mhfgen import registry
-from mhfgen.kernels import sm90
+from mhfgen.kernels import configs, sm90
 from mhfgen.spec import KernelSpec
-from mhfgen.variants import _gluon
 from mhfgen.verification import Case, make_inputs
 
 #: (Gluon variant, its op, the Triton-language variant the op falls back to)
@@ -59,10 +58,10 @@ def test_the_shared_launch_passes_every_kernel_argument_in_order(stem, monkeypat
     generated kernel's parameters, in order, the outputs where the kernel takes them."""
     module = importlib.import_module(f"mhfgen.variants.{stem}")
     plan_fn = module._launch.make_plan
-    # every Gluon backward launcher looks the spec up in _gluon.GluonBackward.checked
-    real_spec_of = _gluon.spec_of
+    # every launcher looks the spec up in mhfgen.kernels.configs.checked_call
+    real_spec_of = configs.spec_of
     monkeypatch.setattr(
-        _gluon,
+        configs,
         "spec_of",
         lambda problem, q: dataclasses.replace(real_spec_of(problem, q), target="sm90"),
     )

@@ -8,7 +8,8 @@ from .. import device as _device
 from .. import registry
 from ..dispatch import choose_config, reject_tuned
 from ..spec import INTERPRETER, KernelSpec, dtype_name
-from ..validation import Problem
+from ..validation import Problem, check_flash_mhf_inputs
+from .buffers import grad_plan_inputs
 
 #: what a bfloat16 call on CPU tensors gets instead of a wrong answer
 BF16_INTERPRETER_ERROR = (
@@ -51,6 +52,19 @@ def resolve_config(kernel: str, spec: KernelSpec, problem: Problem, q: torch.Ten
             f"({variant.Config.__module__}.{variant.Config.__qualname__}), "
             f"got {type(config).__name__}"
         ) from None
+
+
+def checked_call(q, k, u, v, r, do, config, choose) -> tuple:
+    """(tokens, spec, config, copy_do, do_strides) of a launcher call, the first steps of
+    every launcher's plan: the inputs checked (check_flash_mhf_inputs), whether dO needs a
+    contiguous copy and the (batch, seq, head) strides the kernel sees of it
+    (buffers.grad_plan_inputs; False and () where `do` is None, the forward), the spec
+    (spec_of), and the config `choose(spec, problem, q, config)` returns (resolve_config,
+    or a Gluon launcher's checked_config, given the variant's stem)."""
+    problem = check_flash_mhf_inputs(q, k, u, v, r)
+    copy_do, do_strides = (False, ()) if do is None else grad_plan_inputs(q, do)
+    spec = spec_of(problem, q)
+    return problem.tokens, spec, choose(spec, problem, q, config), copy_do, do_strides
 
 
 def first_launch(kernel: str, make_plan, run, inputs: tuple, config):
@@ -103,8 +117,6 @@ def caller_error(error: BaseException) -> bool:
 def _tuned_config_failed(kernel: str, inputs: tuple, error: Exception) -> bool:
     """Whether `error` came from a tuned config (reported to the dispatcher, which
     replaces it) rather than from the inputs or the heuristic."""
-    from ..validation import check_flash_mhf_inputs
-
     q = inputs[0]
     try:
         problem = check_flash_mhf_inputs(*inputs)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
 
 from .. import codegen
-from ..config_fields import check_fields
-from ..kernels.buffers import grad_plan_inputs, weights_need_copy
-from ..kernels.configs import resolve_config, spec_of
+from ..kernels.buffers import weights_need_copy
+from ..kernels.configs import checked_call, resolve_config
 from ..kernels.grad_plans import DkvPlan, run_dkv_plan
 from ..kernels.plans import CachedLaunch
 from ..kernels.sm90 import (
@@ -35,7 +35,7 @@ from ..kernels.sm90 import (
 from ..registry import Variant, VariantConfig
 from ..spec import KernelSpec
 from ..tiling import cdiv
-from ..validation import Problem, check_flash_mhf_inputs
+from ..validation import Problem
 
 #: programs per multiprocessor above which a token split only adds atomic traffic
 MAX_PROGRAMS_PER_SM = 8
@@ -49,8 +49,8 @@ MAX_TOKEN_SPLITS = 1024
 
 class GluonConfig(VariantConfig):
     """Base of the Gluon variants' configs: no fields of its own (each config declares
-    its fields in its own order), the checks and the describe() pieces they share. The
-    fields several of them have mean:
+    its fields in its own order, checking them with check_fields), the describe() piece
+    they share. The fields several of them have mean:
 
     sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
     token_splits:  programs per weight tile, each a share of the token blocks; their
@@ -58,10 +58,6 @@ class GluonConfig(VariantConfig):
     consumer_regs, producer_regs: registers per thread of the second consumer warpgroup
                    and of the producer (setmaxnreg); the first consumer gets what is left.
     """
-
-    def check_fields(self, **rules) -> None:
-        """config_fields.check_fields of these fields, the errors naming the variant."""
-        check_fields(self, f"{self.variant} config: ", **rules)
 
     def describe_sigmoid(self) -> str:
         """' {sigmoid}' away from the default 'tanh', else ''."""
@@ -256,13 +252,9 @@ class GluonBackward:
         """(tokens, spec, config, copy_do) of a call: the inputs checked, whether dO needs
         a contiguous copy (grad_plan_inputs), and the config it runs with (checked_config:
         the given one or the dispatcher's, refused where it cannot run the spec)."""
-        problem = check_flash_mhf_inputs(q, k, u, v, r)
-        copy_do, _ = grad_plan_inputs(q, do)
-        spec = spec_of(problem, q)
-        config = checked_config(
-            self.stem, self.unsupported, self.config_problems, spec, problem, q, config
-        )
-        return problem.tokens, spec, config, copy_do
+        choose = partial(checked_config, self.stem, self.unsupported, self.config_problems)
+        tokens, spec, config, copy_do, _ = checked_call(q, k, u, v, r, do, config, choose)
+        return tokens, spec, config, copy_do
 
     def meta(self, spec: KernelSpec, config) -> dict:
         """The launch's constexprs and options."""

@@ -1,6 +1,7 @@
-"""What the Triton-language variants share: the tile fields of their configs, the
-template parameters derived from them, the heuristic's shrinking, and the pruning rules
-that depend only on tiles.
+"""What the Triton-language variants share: the tile fields of their configs (and the
+checks of their other fields), the template parameters derived from them, the launch
+options, the heuristic's start and shrinking, the pruning rules that depend only on tiles
+and those of split work, and their registry entries' base (TritonVariant).
 
 Tile fields (every Triton-language variant):
     block_m:   rows per program; a row is one (token, query head) pair.
@@ -14,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
-from ..config_fields import choice, positive_int, power_of_two, strict_bool, strict_int
-from ..registry import VariantConfig
+from ..config_fields import choice, power_of_two, strict_int
+from ..registry import Variant, VariantConfig
 from ..resources import shared_memory_limit
 from ..spec import (
     BLOCK_RANGE,
@@ -31,11 +33,21 @@ from ..tiling import cdiv, chunks_of, head_dim_chunks, pow2_ceil  # noqa: F401 -
 
 #: the heuristic's starting point in the interpreter: (block_m, block_n, warps, stages)
 INTERPRETER_START = (32, 32, 4, 1)
+#: programs per multiprocessor above which a split only adds partial-sum traffic
+MAX_PROGRAMS_PER_SM = 8
+#: the tile fields, first in every Triton-language config
+TILE_FIELDS = ("block_m", "block_n", "num_warps", "num_stages", "head_dim_split")
 
 
 @dataclass(frozen=True)
 class TileConfig(VariantConfig):
-    """The tile fields of a Triton-language variant's config (see the module doc)."""
+    """The tile fields of a Triton-language variant's config (see the module doc). The
+    fields a variant adds are checked by their type, in their order: a bool must be True
+    or False, an int a positive int up to SPLIT_MAX, unless `choices` names the values
+    the field may take."""
+
+    #: field -> the values it may take, for the variant's fields not checked by type
+    choices: ClassVar[dict] = {}
 
     block_m: int = 64
     block_n: int = 64
@@ -50,6 +62,13 @@ class TileConfig(VariantConfig):
         choice(self.num_warps, f"{where}: num_warps", NUM_WARPS)
         strict_int(self.num_stages, f"{where}: num_stages", 1, 8)
         choice(self.head_dim_split, f"{where}: head_dim_split", HEAD_DIM_SPLITS)
+        own = (f for f in dataclasses.fields(self) if f.name not in TILE_FIELDS)
+        self.check_fields(
+            **{
+                f.name: self.choices.get(f.name, bool if f.type == "bool" else SPLIT_MAX)
+                for f in own
+            }
+        )
 
     def describe(self) -> str:
         text = f"BM{self.block_m} BN{self.block_n} w{self.num_warps} s{self.num_stages}"
@@ -70,16 +89,6 @@ class TileConfig(VariantConfig):
             if getattr(self, flag, False):
                 text += f" {short}"
         return text
-
-
-def check_positive(config, *names: str) -> None:
-    for name in names:
-        positive_int(getattr(config, name), f"{config.variant} config: {name}", SPLIT_MAX)
-
-
-def check_flags(config, *names: str) -> None:
-    for name in names:
-        strict_bool(getattr(config, name), f"{config.variant} config: {name}")
 
 
 def check_group_and_tma(config, spec: KernelSpec) -> None:
@@ -158,9 +167,26 @@ def row_splits(rows: int, config: TileConfig) -> tuple[int, int]:
     return per_split, cdiv(rows, per_split)
 
 
+def start_tiles(variant, spec: KernelSpec, rows: int, narrow_warps: bool = True) -> dict:
+    """The tile fields a heuristic starts from for `rows` (token, head) rows: from
+    INTERPRETER_START in the interpreter, else from the variant's gpu_start, (block_m,
+    block_n, num_warps, num_stages); block_m by rows_block, block_n by pick_block_n, and
+    with `narrow_warps` 4 warps where block_m < 64."""
+    start = INTERPRETER_START if spec.target == INTERPRETER else variant.gpu_start
+    bm, bn, warps, stages = start
+    bm = rows_block(rows, bm)
+    return dict(
+        block_m=bm,
+        block_n=pick_block_n(spec.expert_dim, bn),
+        num_warps=4 if narrow_warps and bm < 64 else warps,
+        num_stages=stages,
+    )
+
+
 def shrink_to_fit(variant, spec: KernelSpec, config: TileConfig) -> TileConfig:
     """Lower num_stages, then the larger tile dimension, until the config's shared
-    memory estimate fits the target."""
+    memory estimate fits the target (in the interpreter, whose shared memory is
+    unbounded, the config as it is)."""
     limit = shared_memory_limit(spec.target)
     while variant.shared_memory(spec, config) > limit:
         if config.num_stages > 1:
@@ -190,3 +216,29 @@ def tile_prune_reason(spec: KernelSpec, config: TileConfig, rows: int) -> str | 
     ):
         return "head_dim_split='pad' generates the same code as 'chunks'"
     return None
+
+
+def split_reason(
+    config, field: str, units: int, what: str, programs: int, sm_count: int
+) -> str | None:
+    """Why the config's `field` splits (programs that share one program's work, their
+    partial sums added) are not worth it: more splits than the `units` they divide
+    (`what`, e.g. 'the row blocks'), or `programs` x splits more than MAX_PROGRAMS_PER_SM
+    per multiprocessor, past which a split only adds partial-sum traffic."""
+    splits = getattr(config, field)
+    if splits > units:
+        return f"{field}={splits} exceeds {what}"
+    budget = MAX_PROGRAMS_PER_SM * max(1, sm_count)
+    if programs * splits > budget:
+        return f"{field}={splits} makes more than {budget} programs"
+    return None
+
+
+class TritonVariant(Variant):
+    """The registry entry of a Triton-language variant: it runs in Triton's interpreter
+    too, and its heuristic starts from `gpu_start` on a GPU (start_tiles)."""
+
+    family = "triton"
+    preference = 50
+    #: the heuristic's start on a GPU: (block_m, block_n, num_warps, num_stages)
+    gpu_start: ClassVar[tuple[int, int, int, int]]

@@ -23,19 +23,19 @@ Launcher of the generated dK/dU/dV backward kernel (templates/flash_mhf_bwd_dkv.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from torch import Tensor
 
 from ..codegen import load_kernel
-from ..kernels.buffers import grad_plan_inputs, weights_need_copy
-from ..kernels.configs import resolve_config, spec_of
+from ..kernels.buffers import weights_need_copy
+from ..kernels.configs import checked_call, resolve_config
 from ..kernels.grad_plans import DkvPlan, run_dkv_plan
 from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
-from ..registry import Variant, register
+from ..registry import register
 from ..spec import INTERPRETER, KernelSpec
 from ..tiling import cdiv, intermediate_blocks
-from ..validation import check_flash_mhf_inputs
 from . import _triton
 from ._triton import TileConfig
 
@@ -57,13 +57,10 @@ def flash_mhf_bwd_dkv(
 
 def _make_plan(q, k, u, v, r, do, config) -> DkvPlan:
     """Check the inputs, choose the config and compile: everything but the launch."""
-    problem = check_flash_mhf_inputs(q, k, u, v, r)
-    copy_do, do_strides = grad_plan_inputs(q, do)
-    spec = spec_of(problem, q)
-    config = resolve_config(KERNEL, spec, problem, q, config)
-    if problem.tokens == 0:
+    tokens, spec, config, copy_do, do_strides = checked_call(q, k, u, v, r, do, config, CHOOSE)
+    if tokens == 0:
         return DkvPlan((), False, False, False)
-    rows = problem.tokens * spec.group
+    rows = tokens * spec.group
     per_split, splits = _triton.row_splits(rows, config)
     grid = (intermediate_blocks(spec, config.block_n), spec.kv_heads, splits)
     entries = (f"{KERNEL}_kernel", f"{KERNEL}_dv_kernel") if config.split_grads else (None,)
@@ -74,15 +71,14 @@ def _make_plan(q, k, u, v, r, do, config) -> DkvPlan:
     return DkvPlan(launches, config.token_splits > 1, weights_need_copy(k, u, v), copy_do)
 
 
+#: the config a call runs with: the given one or the dispatcher's
+CHOOSE = partial(resolve_config, KERNEL)
 _launch = CachedLaunch(KERNEL, _make_plan, run_dkv_plan)
 
 
 # ---------------------------------------------------------------------------------------
 # the registry entry
 # ---------------------------------------------------------------------------------------
-
-#: programs per multiprocessor above which a split only adds partial-sum traffic
-MAX_PROGRAMS_PER_SM = 8
 
 
 @dataclass(frozen=True)
@@ -95,20 +91,13 @@ class Config(TileConfig):
     transpose_acc: bool = False
     split_grads: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _triton.check_positive(self, "token_splits")
-        _triton.check_flags(self, "transpose_acc", "split_grads")
 
-
-class FlashMhfBwdDkv(Variant):
+class FlashMhfBwdDkv(_triton.TritonVariant):
     stem = "flash_mhf_bwd_dkv"
     op = "bwd_dkv"
-    family = "triton"
     Config = Config
     launcher = "mhfgen.variants.flash_mhf_bwd_dkv:flash_mhf_bwd_dkv"
     entries = ("flash_mhf_bwd_dkv_kernel", "flash_mhf_bwd_dkv_dv_kernel")
-    preference = 50
     schema2_kernel = "flash_mhf_bwd_dkv"
     flop_factor = 12  # S^T, A^T, dP^T recomputed, then dV, dK, dU
     outputs = ("dk", "du", "dv")
@@ -138,24 +127,15 @@ class FlashMhfBwdDkv(Variant):
         """transpose_acc on a GPU; token_splits when the weight tiles fill fewer than two
         waves of programs."""
         interp = spec.target == INTERPRETER
-        bm, bn, warps, stages = _triton.INTERPRETER_START if interp else self.gpu_start
-        bn = _triton.pick_block_n(spec.expert_dim, bn)
         rows = tokens * spec.group
-        bm = _triton.rows_block(rows, bm)
-        programs = intermediate_blocks(spec, bn) * spec.kv_heads
+        tiles = _triton.start_tiles(self, spec, rows, narrow_warps=False)
+        programs = intermediate_blocks(spec, tiles["block_n"]) * spec.kv_heads
         splits = 1
         if not interp and programs < 2 * sm_count:
             # few weight tiles: split the tokens too, partial sums meet by atomics
-            splits = max(1, min(-(-2 * sm_count // programs), rows // (4 * bm)))
-        config = Config(
-            block_m=bm,
-            block_n=bn,
-            num_warps=warps,
-            num_stages=stages,
-            token_splits=splits,
-            transpose_acc=not interp,
-        )
-        return config if interp else _triton.shrink_to_fit(self, spec, config)
+            splits = max(1, min(-(-2 * sm_count // programs), rows // (4 * tiles["block_m"])))
+        config = Config(**tiles, token_splits=splits, transpose_acc=not interp)
+        return _triton.shrink_to_fit(self, spec, config)
 
     def prune_reason(
         self, spec: KernelSpec, config: Config, tokens: int, sm_count: int
@@ -172,16 +152,14 @@ class FlashMhfBwdDkv(Variant):
             # seen on an H200 with Triton 3.6: an illegal memory access at
             # block_n = 32 and block_m = 64 / 128; the interpreter runs it correctly
             return "split_grads with transpose_acc and one stage faults on sm90 (Triton 3.6)"
-        reason = _triton.tile_prune_reason(spec, config, rows)
-        if reason:
+        if reason := _triton.tile_prune_reason(spec, config, rows):
             return reason
         if config.token_splits > 1:
-            budget = MAX_PROGRAMS_PER_SM * max(1, sm_count)
-            if config.token_splits > cdiv(rows, config.block_m):
-                return f"token_splits={config.token_splits} exceeds the row blocks"
             programs = intermediate_blocks(spec, config.block_n) * spec.kv_heads
-            if programs * config.token_splits > budget:
-                return f"token_splits={config.token_splits} makes more than {budget} programs"
+            blocks = cdiv(rows, config.block_m)
+            return _triton.split_reason(
+                config, "token_splits", blocks, "the row blocks", programs, sm_count
+            )
         return None
 
 

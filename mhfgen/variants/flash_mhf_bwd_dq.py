@@ -16,24 +16,19 @@ Launcher of the generated dQ/dR backward kernel (templates/flash_mhf_bwd_dq.py.j
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from torch import Tensor
 
 from ..codegen import load_kernel
-from ..kernels.buffers import (
-    contiguous_strides,
-    ensure_descriptor_allocator,
-    grad_plan_inputs,
-    weights_need_copy,
-)
-from ..kernels.configs import resolve_config, spec_of
+from ..kernels.buffers import contiguous_strides, ensure_descriptor_allocator, weights_need_copy
+from ..kernels.configs import checked_call, resolve_config
 from ..kernels.grad_plans import DqPlan, run_dq_plan
 from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
-from ..registry import Variant, register
-from ..spec import INTERPRETER, KernelSpec
+from ..registry import register
+from ..spec import KernelSpec
 from ..tiling import cdiv
-from ..validation import check_flash_mhf_inputs
 from . import _triton
 from ._triton import TileConfig
 
@@ -52,17 +47,14 @@ def flash_mhf_bwd_dq(
 
 def _make_plan(q, k, u, v, r, do, config) -> DqPlan:
     """Check the inputs, choose the config and compile: everything but the launch."""
-    problem = check_flash_mhf_inputs(q, k, u, v, r)
-    copy_do, do_strides = grad_plan_inputs(q, do)
-    spec = spec_of(problem, q)
-    config = resolve_config(KERNEL, spec, problem, q, config)
+    tokens, spec, config, copy_do, do_strides = checked_call(q, k, u, v, r, do, config, CHOOSE)
     B, L, H, D = q.shape
-    if problem.tokens == 0:
+    if tokens == 0:
         return DqPlan(None, (B, L, H, D), tuple(r.shape), False, False)
     kernel = load_kernel(KERNEL, spec, config)
     if config.tma:
         ensure_descriptor_allocator(q.device)
-    rows = problem.tokens * config.group_heads
+    rows = tokens * config.group_heads
     grid = (cdiv(rows, config.block_m), H // config.group_heads)
     scalars = (
         *q.stride()[:3],
@@ -77,6 +69,8 @@ def _make_plan(q, k, u, v, r, do, config) -> DqPlan:
     return DqPlan(launch, (B, L, H, D), tuple(r.shape), weights_need_copy(k, u, v), copy_do)
 
 
+#: the config a call runs with: the given one or the dispatcher's
+CHOOSE = partial(resolve_config, KERNEL)
 _launch = CachedLaunch(KERNEL, _make_plan, run_dq_plan)
 
 
@@ -95,22 +89,15 @@ class Config(TileConfig):
     tma: bool = False
     warp_specialize: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _triton.check_positive(self, "group_heads")
-        _triton.check_flags(self, "tma", "warp_specialize")
-
     def check_for(self, spec: KernelSpec) -> None:
         _triton.check_group_and_tma(self, spec)
 
 
-class FlashMhfBwdDq(Variant):
+class FlashMhfBwdDq(_triton.TritonVariant):
     stem = "flash_mhf_bwd_dq"
     op = "bwd_dq"
-    family = "triton"
     Config = Config
     launcher = "mhfgen.variants.flash_mhf_bwd_dq:flash_mhf_bwd_dq"
-    preference = 50
     schema2_kernel = "flash_mhf_bwd_dq"
     flop_factor = 10  # S, A, dP recomputed; dQ from dS and dA
     outputs = ("dq", "dr")
@@ -137,25 +124,13 @@ class FlashMhfBwdDq(Variant):
         return (bm * dp + 3 * bm * bn) / (32 * config.num_warps)
 
     def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> Config:
-        interp = spec.target == INTERPRETER
-        bm, bn, warps, stages = _triton.INTERPRETER_START if interp else self.gpu_start
-        bn = _triton.pick_block_n(spec.expert_dim, bn)
-        heads = spec.group
-        bm = _triton.rows_block(tokens * heads, bm)
-        config = Config(
-            block_m=bm,
-            block_n=bn,
-            num_warps=4 if bm < 64 else warps,
-            num_stages=stages,
-            group_heads=heads,
-        )
-        return config if interp else _triton.shrink_to_fit(self, spec, config)
+        tiles = _triton.start_tiles(self, spec, tokens * spec.group)
+        return _triton.shrink_to_fit(self, spec, Config(**tiles, group_heads=spec.group))
 
     def prune_reason(
         self, spec: KernelSpec, config: Config, tokens: int, sm_count: int
     ) -> str | None:
-        reason = _triton.tile_prune_reason(spec, config, max(1, tokens) * config.group_heads)
-        if reason:
+        if reason := _triton.tile_prune_reason(spec, config, max(1, tokens) * config.group_heads):
             return reason
         if config.warp_specialize and spec.expert_dim % config.block_n:
             return "warp_specialize applies only when block_n divides expert_dim"

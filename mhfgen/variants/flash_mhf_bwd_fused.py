@@ -42,20 +42,19 @@ mhfgen.kernels.bwd_chunks (which holds how the outputs and workspaces are handle
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from torch import Tensor
 
 from ..codegen import load_kernel
-from ..config_fields import choice, positive_int
-from ..kernels.buffers import contiguous_strides, ensure_descriptor_allocator, grad_plan_inputs
+from ..kernels.buffers import contiguous_strides, ensure_descriptor_allocator
 from ..kernels.bwd_chunks import Chunk, ChunkPlan, head_chunks, plan_fields, run_chunks
-from ..kernels.configs import resolve_config, spec_of
+from ..kernels.configs import checked_call, resolve_config
 from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
-from ..registry import Variant, register
+from ..registry import register
 from ..spec import INTERPRETER, KernelSpec
 from ..tiling import cdiv, intermediate_blocks
-from ..validation import check_flash_mhf_inputs
 from ..workspace import (
     SCRATCH_FRACTION,
     dr_atomic,
@@ -84,14 +83,11 @@ def flash_mhf_bwd_fused(
 
 def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
     """Check the inputs, choose the config and compile: everything but the launches."""
-    problem = check_flash_mhf_inputs(q, k, u, v, r)
-    copy_do, do_strides = grad_plan_inputs(q, do)
-    spec = spec_of(problem, q)
-    config = resolve_config(KERNEL, spec, problem, q, config)
+    tokens, spec, config, copy_do, do_strides = checked_call(q, k, u, v, r, do, config, CHOOSE)
     B, L, H, D = q.shape
     E = r.shape[-1]
     fields = plan_fields(spec, config, q, k, u, v, r, copy_do)
-    if problem.tokens == 0:
+    if tokens == 0:
         return ChunkPlan(chunks=(), **fields)
     kernel = load_kernel(KERNEL, spec, config)
     copy_q = False
@@ -104,7 +100,7 @@ def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
     fields.update(copy_q=copy_q, copy_do=copy_do)
     q_strides = contiguous_strides(tuple(q.shape))[:3] if copy_q else q.stride()[:3]
     fp32, dr_workspace = fields["dq_direct"], fields["dr_mode"] == "workspace"
-    rows = problem.tokens * spec.group
+    rows = tokens * spec.group
     per_split, splits = _triton.row_splits(rows, config)
     width = kv_heads_per_launch(spec, config) * spec.group
     dq_strides = contiguous_strides((B, L, H if fp32 else width, D))[:3]
@@ -131,6 +127,8 @@ def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
     return ChunkPlan(chunks=tuple(chunks), **fields)
 
 
+#: the config a call runs with: the given one or the dispatcher's
+CHOOSE = partial(resolve_config, KERNEL)
 _launch = CachedLaunch(KERNEL, _make_plan, run_chunks)
 
 
@@ -140,8 +138,6 @@ _launch = CachedLaunch(KERNEL, _make_plan, run_chunks)
 
 #: the sigmoid forms the template can generate
 SIGMOIDS = ("exp", "tanh")
-#: programs per multiprocessor above which a token split only adds partial-sum traffic
-MAX_PROGRAMS_PER_SM = 8
 
 
 @dataclass(frozen=True)
@@ -156,12 +152,7 @@ class Config(TileConfig):
     head_chunk: int = 1
     tma: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _triton.check_positive(self, "token_splits")
-        _triton.check_flags(self, "transpose_acc", "tma")
-        choice(self.sigmoid, f"{self.variant} config: sigmoid", SIGMOIDS)
-        positive_int(self.head_chunk, f"{self.variant} config: head_chunk", 1024)
+    choices = {"sigmoid": SIGMOIDS}
 
     def check_for(self, spec: KernelSpec) -> None:
         if self.tma:
@@ -196,13 +187,11 @@ def _tma_fits(spec: KernelSpec, block_m: int) -> bool:
     return True
 
 
-class FlashMhfBwdFused(Variant):
+class FlashMhfBwdFused(_triton.TritonVariant):
     stem = "flash_mhf_bwd_fused"
     op = "bwd"
-    family = "triton"
     Config = Config
     launcher = "mhfgen.variants.flash_mhf_bwd_fused:flash_mhf_bwd_fused"
-    preference = 50
     flop_factor = 16  # S, A, dP recomputed once; dV, dK, dU; dQ from dS and from dA
     outputs = ("dq", "dr", "dk", "du", "dv")
     takes_grad = True
@@ -239,10 +228,9 @@ class FlashMhfBwdFused(Variant):
         """The widest head_chunk within the workspace budget; token splits when the
         weight tiles of one launch fill fewer than two waves of programs."""
         interp = spec.target == INTERPRETER
-        bm, bn, warps, stages = _triton.INTERPRETER_START if interp else self.gpu_start
-        bn = _triton.pick_block_n(spec.expert_dim, bn)
         rows = max(1, tokens) * spec.group
-        bm = _triton.rows_block(rows, bm)
+        tiles = _triton.start_tiles(self, spec, rows)
+        bm, bn = tiles["block_m"], tiles["block_n"]
         gpu = {}
         if not interp:
             gpu = dict(
@@ -251,25 +239,17 @@ class FlashMhfBwdFused(Variant):
                 sigmoid="tanh" if spec.dtype != "float32" else "exp",
                 tma=_tma_fits(spec, bm),
             )
-        config = Config(
-            block_m=bm, block_n=bn, num_warps=warps if bm >= 64 else 4, num_stages=stages, **gpu
-        )
+        most = 1 if interp else rows // (4 * bm)
         config = fit_launches(
-            spec,
-            config,
-            tokens,
-            sm_count,
-            intermediate_blocks(spec, bn),
-            1 if interp else rows // (4 * bm),
+            spec, Config(**tiles, **gpu), tokens, sm_count, intermediate_blocks(spec, bn), most
         )
-        return config if interp else _triton.shrink_to_fit(self, spec, config)
+        return _triton.shrink_to_fit(self, spec, config)
 
     def prune_reason(
         self, spec: KernelSpec, config: Config, tokens: int, sm_count: int
     ) -> str | None:
         rows = max(1, tokens) * spec.group
-        reason = _triton.tile_prune_reason(spec, config, rows)
-        if reason:
+        if reason := _triton.tile_prune_reason(spec, config, rows):
             return reason
         if config.head_chunk > spec.kv_heads:
             return f"head_chunk={config.head_chunk} exceeds the {spec.kv_heads} kv heads"
@@ -283,11 +263,11 @@ class FlashMhfBwdFused(Variant):
                 f"({SCRATCH_FRACTION:g} of dq)"
             )
         if config.token_splits > 1:
-            if config.token_splits > cdiv(rows, config.block_m):
-                return f"token_splits={config.token_splits} exceeds the row blocks"
             programs = intermediate_blocks(spec, config.block_n) * kv_heads_per_launch(spec, config)
-            if programs * config.token_splits > MAX_PROGRAMS_PER_SM * max(1, sm_count):
-                return f"token_splits={config.token_splits} makes too many programs"
+            blocks = cdiv(rows, config.block_m)
+            return _triton.split_reason(
+                config, "token_splits", blocks, "the row blocks", programs, sm_count
+            )
         return None
 
 

@@ -32,12 +32,12 @@ Launcher of the generated forward kernel (templates/flash_mhf_fwd.py.jinja).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from ..codegen import load_kernel
-from ..config_fields import choice
 from ..kernels.buffers import (
     contiguous_strides,
     empty,
@@ -45,13 +45,13 @@ from ..kernels.buffers import (
     split_counters,
     weights_need_copy,
 )
-from ..kernels.configs import resolve_config, spec_of
+from ..kernels.configs import checked_call, resolve_config
 from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
-from ..registry import Variant, register
+from ..registry import register
 from ..spec import INTERPRETER, KernelSpec
 from ..tiling import cdiv, intermediate_blocks
-from ..validation import INT32_LIMIT, check_flash_mhf_inputs
+from ..validation import INT32_LIMIT
 from . import _triton
 from ._triton import TileConfig
 
@@ -100,16 +100,14 @@ def _run(plan: FwdPlan, q, k, u, v, r) -> torch.Tensor:
 
 def _make_plan(q, k, u, v, r, config) -> FwdPlan:
     """Check the inputs, choose the config and compile: everything but the launch."""
-    problem = check_flash_mhf_inputs(q, k, u, v, r)
-    spec = spec_of(problem, q)
-    config = resolve_config(KERNEL, spec, problem, q, config)
+    tokens, spec, config, _, _ = checked_call(q, k, u, v, r, None, config, CHOOSE)
     B, L, H, D = q.shape
-    if problem.tokens == 0:
+    if tokens == 0:
         return FwdPlan(None, (B, L, H, D), 0, 0, False)
     kernel = load_kernel(KERNEL, spec, config)
     if config.tma:
         ensure_descriptor_allocator(q.device)
-    rows = problem.tokens * config.group_heads
+    rows = tokens * config.group_heads
     units = (
         intermediate_blocks(spec, config.block_n)
         if spec.expert_dim % config.block_n == 0
@@ -137,6 +135,8 @@ def _make_plan(q, k, u, v, r, config) -> FwdPlan:
     )
 
 
+#: the config a call runs with: the given one or the dispatcher's
+CHOOSE = partial(resolve_config, KERNEL)
 _launch = CachedLaunch(KERNEL, _make_plan, _run)
 
 
@@ -144,8 +144,6 @@ _launch = CachedLaunch(KERNEL, _make_plan, _run)
 # the registry entry
 # ---------------------------------------------------------------------------------------
 
-#: programs per multiprocessor above which a split only adds partial-sum traffic
-MAX_PROGRAMS_PER_SM = 8
 #: loop_unroll_factor values of the intermediate loop
 UNROLL_FACTORS = (1, 2, 4)
 
@@ -167,24 +165,17 @@ class Config(TileConfig):
     #: fields added after configs of this variant were stored: a stored or imported config
     #: without them means these values (whose generated code is the code it was tuned with)
     added_fields = {"unroll": 1, "evict_weights": False}
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _triton.check_positive(self, "group_heads", "inter_splits")
-        _triton.check_flags(self, "tma", "prefetch_scores", "warp_specialize", "evict_weights")
-        choice(self.unroll, f"{self.variant} config: unroll", UNROLL_FACTORS)
+    choices = {"unroll": UNROLL_FACTORS}
 
     def check_for(self, spec: KernelSpec) -> None:
         _triton.check_group_and_tma(self, spec)
 
 
-class FlashMhfFwd(Variant):
+class FlashMhfFwd(_triton.TritonVariant):
     stem = "flash_mhf_fwd"
     op = "fwd"
-    family = "triton"
     Config = Config
     launcher = "mhfgen.variants.flash_mhf_fwd:flash_mhf_fwd"
-    preference = 50
     schema2_kernel = "flash_mhf_fwd"
     flop_factor = 6  # S = q K^T, A = q U^T, then P V: 3 GEMMs of 2 N FLOPs
     outputs = ("o",)
@@ -226,35 +217,25 @@ class FlashMhfFwd(Variant):
     def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> Config:
         """All of a kv group's query heads per program; on a GPU, when the programs fill
         at most half the SMs (decode), inter_splits to fill one wave."""
-        interp = spec.target == INTERPRETER
-        bm, bn, warps, stages = _triton.INTERPRETER_START if interp else self.gpu_start
-        bn = _triton.pick_block_n(spec.expert_dim, bn)
         heads = spec.group
         rows = tokens * heads
-        bm = _triton.rows_block(rows, bm)
-        programs = cdiv(rows, bm) * (spec.heads // heads)
-        tiles = spec.intermediate // bn if spec.expert_dim % bn == 0 else spec.experts
+        tiles = _triton.start_tiles(self, spec, rows)
+        bn = tiles["block_n"]
+        programs = cdiv(rows, tiles["block_m"]) * (spec.heads // heads)
+        units = spec.intermediate // bn if spec.expert_dim % bn == 0 else spec.experts
         splits = 1
-        if not interp and 2 * programs <= sm_count:
+        if spec.target != INTERPRETER and 2 * programs <= sm_count:
             # few tokens (decode): split the intermediate dimension to fill the GPU with
             # one wave of programs (a second, partial wave would leave most SMs idle)
-            splits = max(1, min(tiles, sm_count // programs))
-        config = Config(
-            block_m=bm,
-            block_n=bn,
-            num_warps=4 if bm < 64 else warps,
-            num_stages=stages,
-            group_heads=heads,
-            inter_splits=splits,
-        )
-        return config if interp else _triton.shrink_to_fit(self, spec, config)
+            splits = max(1, min(units, sm_count // programs))
+        config = Config(**tiles, group_heads=heads, inter_splits=splits)
+        return _triton.shrink_to_fit(self, spec, config)
 
     def prune_reason(
         self, spec: KernelSpec, config: Config, tokens: int, sm_count: int
     ) -> str | None:
         rows = max(1, tokens) * config.group_heads
-        reason = _triton.tile_prune_reason(spec, config, rows)
-        if reason:
+        if reason := _triton.tile_prune_reason(spec, config, rows):
             return reason
         if config.prefetch_scores and spec.expert_dim % config.block_n:
             return "prefetch_scores applies only when block_n divides expert_dim"
@@ -267,17 +248,14 @@ class FlashMhfFwd(Variant):
         if config.evict_weights and config.tma:
             return "evict_weights applies to pointer loads, not tma"
         if config.inter_splits > 1:
-            budget = MAX_PROGRAMS_PER_SM * max(1, sm_count)
             tiles = (
                 intermediate_blocks(spec, config.block_n)
                 if spec.expert_dim % config.block_n == 0
                 else spec.experts
             )
-            if config.inter_splits > tiles:
-                return f"inter_splits={config.inter_splits} exceeds the {tiles} intermediate tiles"
             programs = cdiv(rows, config.block_m) * (spec.heads // config.group_heads)
-            if programs * config.inter_splits > budget:
-                return f"inter_splits={config.inter_splits} makes more than {budget} programs"
+            what = f"the {tiles} intermediate tiles"
+            return _triton.split_reason(config, "inter_splits", tiles, what, programs, sm_count)
         return None
 
 
