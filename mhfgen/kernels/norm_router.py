@@ -95,6 +95,22 @@ def _load_weights(
 
 
 @triton.jit
+def _load_rows(PTR, b, l, h, s_b, s_l, s_h, s_x, offs, row_ok, col_ok):
+    """The fp32 tile of head h of a (B, L, H, X) tensor at strides (s_b, s_l, s_h, s_x):
+    rows (b, l) (int64 vectors), columns offs; zero outside row_ok x col_ok."""
+    ptrs = PTR + (b * s_b + l * s_l + h * s_h)[:, None] + (offs * s_x)[None, :]
+    return tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_rows(PTR, t, h, H: tl.constexpr, X: tl.constexpr, offs, value, row_ok, col_ok):
+    """Store the tile `value` in PTR's dtype at tokens t (int64 vector), head h, columns
+    offs of a contiguous (T, H, X) tensor, inside row_ok x col_ok."""
+    ptrs = PTR + (t * (H * X) + h * X)[:, None] + offs[None, :]
+    tl.store(ptrs, value.to(PTR.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
 def _forward_tile(
     Q,
     w,
@@ -123,8 +139,7 @@ def _forward_tile(
     row_ok = t < T
     b = t // L
     l = t - b * L
-    q_ptrs = Q + (b * s_qb + l * s_ql + h * s_qh)[:, None] + (offs_d * s_qd)[None, :]
-    x = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0).to(tl.float32)
+    x = _load_rows(Q, b, l, h, s_qb, s_ql, s_qh, s_qd, offs_d, row_ok, offs_d < D)
     if HAS_NORM:
         rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)
         n = x * rstd[:, None]
@@ -183,11 +198,9 @@ def norm_router_fwd_kernel(
         Q, w, wr, t, h, T, L, eps, s_qb, s_ql, s_qh, s_qd, D, E, D_PAD, E_PAD, HAS_NORM, PRECISION
     )
     if HAS_NORM:
-        qn_ptrs = QN + (t * (H * D) + h * D)[:, None] + offs_d[None, :]
-        tl.store(qn_ptrs, qn.to(QN.dtype.element_ty), mask=row_ok[:, None] & (offs_d < D)[None, :])
+        _store_rows(QN, t, h, H, D, offs_d, qn, row_ok, offs_d < D)
     r = g / tl.maximum(s, ROUTER_EPS)[:, None]
-    r_ptrs = R + (t * (H * E) + h * E)[:, None] + offs_e[None, :]
-    tl.store(r_ptrs, r, mask=row_ok[:, None] & (offs_e < E)[None, :])
+    _store_rows(R, t, h, H, E, offs_e, r, row_ok, offs_e < E)
 
 
 @triton.jit
@@ -275,19 +288,11 @@ def norm_router_bwd_kernel(
         b = t // L
         l = t - b * L
         if HAS_DQN:
-            dqn = tl.load(
-                DQN + (b * s_gb + l * s_gl + h * s_gh)[:, None] + (offs_d * s_gd)[None, :],
-                mask=row_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            ).to(tl.float32)
+            dqn = _load_rows(DQN, b, l, h, s_gb, s_gl, s_gh, s_gd, offs_d, row_ok, d_ok)
         else:
             dqn = tl.zeros((BLOCK_T, D_PAD), dtype=tl.float32)
         if HAS_DR:
-            dr = tl.load(
-                DR + (b * s_rb + l * s_rl + h * s_rh)[:, None] + (offs_e * s_re)[None, :],
-                mask=row_ok[:, None] & e_ok[None, :],
-                other=0.0,
-            ).to(tl.float32)
+            dr = _load_rows(DR, b, l, h, s_rb, s_rl, s_rh, s_re, offs_e, row_ok, e_ok)
             s_c = tl.maximum(s, ROUTER_EPS)
             r = g / s_c[:, None]
             dot_r = tl.where(s > ROUTER_EPS, tl.sum(dr * r, axis=1), 0.0)
@@ -302,8 +307,7 @@ def norm_router_bwd_kernel(
             dx = rstd[:, None] * (dn - n * mean_dn_n[:, None])
         else:
             dx = dqn
-        dq_ptrs = DQ + (t * (H * D) + h * D)[:, None] + offs_d[None, :]
-        tl.store(dq_ptrs, dx.to(DQ.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        _store_rows(DQ, t, h, H, D, offs_d, dx, row_ok, d_ok)
     part = split * H + h
     tl.store(
         DWR_PART + part * (D * E) + (offs_d * E)[:, None] + offs_e[None, :],
@@ -376,6 +380,23 @@ def _check(q, norm_weight, w_router) -> tuple[int, int, int, int, int]:
     if norm_weight is not None and tuple(norm_weight.shape) != (H, D):
         raise ValueError(f"norm_weight must be (H={H}, D={D}), got {tuple(norm_weight.shape)}")
     return B, L, H, D, w_router.shape[2]
+
+
+def _meta(H: int, D: int, E: int, has_norm: bool, launch: dict, **flags: bool) -> dict:
+    """The constexprs both kernels take (and the backward's `flags`) and the launch's
+    num_warps, for q (.., H, D), E experts and a launch of block_t, num_warps, precision."""
+    return dict(
+        H=H,
+        D=D,
+        E=E,
+        D_PAD=_pad(D),
+        E_PAD=_pad(E),
+        BLOCK_T=launch["block_t"],
+        HAS_NORM=has_norm,
+        **flags,
+        PRECISION=launch["precision"],
+        num_warps=launch["num_warps"],
+    )
 
 
 def _weight_args(norm_weight, w_router):
@@ -451,17 +472,7 @@ def _fwd_plan(
     launch = {**forward_launch(q.dtype, d_pad, e_pad, _interpreting(q.device)), **(launch or {})}
     block_t = launch["block_t"]
     _, nw_strides, wr_strides = _weight_args(norm_weight, w_router)
-    meta = dict(
-        H=H,
-        D=D,
-        E=E,
-        D_PAD=d_pad,
-        E_PAD=e_pad,
-        BLOCK_T=block_t,
-        HAS_NORM=norm_weight is not None,
-        PRECISION=launch["precision"],
-        num_warps=launch["num_warps"],
-    )
+    meta = _meta(H, D, E, norm_weight is not None, launch)
     scalars = (T, L, float(eps), *q.stride()[:4], *nw_strides, *wr_strides)
     return FwdPlan(
         (B, L, H, E), DirectLaunch(norm_router_fwd_kernel, (cdiv(T, block_t), H), scalars, meta)
@@ -549,17 +560,7 @@ def norm_router_bwd(
             *wr_strides,
             *dqn_strides,
             *dr_strides,
-            H=H,
-            D=D,
-            E=E,
-            D_PAD=d_pad,
-            E_PAD=e_pad,
-            BLOCK_T=block_t,
-            HAS_NORM=has_norm,
-            HAS_DQN=dqn is not None,
-            HAS_DR=dr is not None,
-            PRECISION=launch["precision"],
-            num_warps=launch["num_warps"],
+            **_meta(H, D, E, has_norm, launch, HAS_DQN=dqn is not None, HAS_DR=dr is not None),
         )
     dw_router = dwr_part.sum(0).to(w_router.dtype)
     dnorm_weight = dw_part.sum(0).to(norm_weight.dtype) if has_norm else None
