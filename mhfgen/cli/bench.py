@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 from . import CommandError
-from .common import add_problem_args, spec_from_args, tokens_flag
+from .common import add_command, add_problem_args, spec_from_args, tokens_flag
 
 #: FLOPs per pass above which the CPU fallback refuses (the interpreter would take hours)
 CPU_MAX_FLOPS = 2e9
@@ -30,8 +30,10 @@ def register(sub) -> None:
     from ..peers.helion_fwd import EFFORTS, AutotuneSettings
 
     method_help = "; ".join(f"{name}: {m.description}" for name, m in METHODS.items())
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "bench",
+        run,
         help="time and peak memory against the reference, torch.compile and SwiGLU",
         description=textwrap.fill(
             "For a problem and each pass (forward; forward + backward), measure the "
@@ -107,7 +109,6 @@ def register(sub) -> None:
         help="write a PNG of TFLOP/s against tokens, one line per method and pass "
         "(needs matplotlib)",
     )
-    p.set_defaults(handler=run)
 
 
 def _comma_list(flag: str, text: str, known) -> list[str]:

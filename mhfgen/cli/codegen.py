@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 from . import CommandError
-from .common import add_problem_args, spec_from_args
+from .common import add_command, add_problem_args, spec_from_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "codegen",
+        run,
         help="print the generated Triton source of a kernel",
         description="Render a kernel template for a spec and a launch config "
         "and print the Triton source mhfgen would compile.",
@@ -34,7 +36,6 @@ def register(sub) -> None:
         'e.g. \'{"block_m": 64, "block_n": 32}\' '
         "(default: the built-in heuristic for --tokens)",
     )
-    p.set_defaults(handler=run)
 
 
 def run(args) -> int:

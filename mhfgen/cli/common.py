@@ -1,4 +1,5 @@
-"""Arguments shared by the commands: the problem (heads, head_dim, ... or --preset)."""
+"""What the commands share: their parsers' registration (add_command) and the problem
+arguments (heads, head_dim, ... or --preset)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ from . import CommandError
 
 if TYPE_CHECKING:
     from ..spec import KernelSpec
+
+
+def add_command(sub, name: str, handler, **options) -> argparse.ArgumentParser:
+    """The parser of subcommand `name` (`options`: add_parser's, help, description, ...),
+    whose parsed arguments run `handler(args)`."""
+    p = sub.add_parser(name, **options)
+    p.set_defaults(handler=handler)
+    return p
 
 
 def add_problem_args(p: argparse.ArgumentParser, tokens: int = 16384) -> None:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import CommandError
-from .common import add_problem_args, spec_from_args
+from .common import add_command, add_problem_args, spec_from_args
 from .output import add_json_arg, emit_json, printable, table, text_stream
 
 #: the formats of the --json documents of list and show (keys: docs/SCRIPTING.md)
@@ -19,25 +19,24 @@ LIST_FORMAT, SHOW_FORMAT = "mhfgen-list/1", "mhfgen-show/1"
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "list",
+        run_list,
         help="list the tuned configs stored, per GPU and shape",
         description="List the winners of the tuning databases (the user "
         "database, then the shipped one; or only --db), grouped by "
         "GPU, compute capability and Triton version.",
     )
     _add_db(p)
-    p.add_argument(
-        "--kernel",
-        default=None,
-        help="only this op (fwd, dq, dkv) or kernel variant (e.g. flash_mhf_fwd)",
-    )
+    _add_kernel(p)
     p.add_argument("--gpu", default=None, help="only this GPU name (e.g. 'NVIDIA H200')")
     add_json_arg(p, LIST_FORMAT)
-    p.set_defaults(handler=run_list)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "show",
+        run_show,
         help="show the configs of one problem and how dispatch picks",
         description="For one problem: the config the dispatcher picks on this "
         "machine and why (exact key, same bucket, nearest tuned "
@@ -51,10 +50,11 @@ def register(sub) -> None:
     )
     p.add_argument("--top", type=int, default=5, help="trials listed per kernel (default 5)")
     add_json_arg(p, SHOW_FORMAT)
-    p.set_defaults(handler=run_show)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "export",
+        run_export,
         help="write tuned configs as JSON with provenance",
         description="Write the winners of a tuning database (with GPU, compute "
         "capability, versions, template hash, date and timings) to "
@@ -62,16 +62,13 @@ def register(sub) -> None:
     )
     p.add_argument("-o", "--output", required=True, help="the JSON file to write ('-': stdout)")
     _add_db(p)
-    p.add_argument(
-        "--kernel",
-        default=None,
-        help="only this op (fwd, dq, dkv) or kernel variant (e.g. flash_mhf_fwd)",
-    )
+    _add_kernel(p)
     p.add_argument("--gpu", default=None, help="only this GPU name")
-    p.set_defaults(handler=run_export)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "import",
+        run_import,
         help="merge tuned configs from an exported JSON file",
         description="Merge the winners of an `mhfgen export` file into a tuning "
         "database: new keys are added, for a stored key the faster "
@@ -80,7 +77,14 @@ def register(sub) -> None:
     )
     p.add_argument("file", help="the JSON file written by `mhfgen export`")
     _add_db(p)
-    p.set_defaults(handler=run_import)
+
+
+def _add_kernel(p) -> None:
+    p.add_argument(
+        "--kernel",
+        default=None,
+        help="only this op (fwd, dq, dkv) or kernel variant (e.g. flash_mhf_fwd)",
+    )
 
 
 def _add_db(p) -> None:
@@ -127,6 +131,25 @@ def _spec_text(key) -> str:
 
 def _fmt(x, spec: str = ".4g", suffix: str = "") -> str:
     return "-" if x is None else f"{x:{spec}}{suffix}"
+
+
+#: the columns of a stored winner that list and show print (cells: _winner_cells)
+WINNER_COLUMNS = ("bucket", "tokens", "ms", "TFLOP/s", "speed-up", "config")
+
+
+def _winner_cells(w) -> tuple:
+    """A winner's WINNER_COLUMNS: its bucket and tokens, time, TFLOP/s, speed-up over
+    the default config, and config."""
+    from ..tuning.search import describe_config
+
+    return (
+        w.key.bucket,
+        w.key.tokens,
+        _fmt(w.ms),
+        _fmt(w.tflops, ".3g"),
+        _fmt(w.speedup, ".2f", "x"),
+        describe_config(w.config),
+    )
 
 
 def _kernel_filter(name):
@@ -194,28 +217,12 @@ def run_list(args) -> int:
                     w.key.variant,
                     w.key.op,
                     _spec_text(w.key),
-                    w.key.bucket,
-                    w.key.tokens,
-                    _fmt(w.ms),
-                    _fmt(w.tflops, ".3g"),
-                    _fmt(w.speedup, ".2f", "x"),
-                    describe_config(w.config),
+                    *_winner_cells(w),
                     "" if still_current(w, current) else "stale: kernel code changed",
                 )
                 for w in ws
             ]
-            header = [
-                "kernel",
-                "op",
-                "spec",
-                "bucket",
-                "tokens",
-                "ms",
-                "TFLOP/s",
-                "speed-up",
-                "config",
-                "note",
-            ]
+            header = ["kernel", "op", "spec", *WINNER_COLUMNS, "note"]
             if not any(row[-1] for row in rows):  # no column of empty cells
                 header, rows = header[:-1], [row[:-1] for row in rows]
             print(table(header, rows, indent="  "), file=out)
@@ -235,7 +242,7 @@ def run_show(args) -> int:
     from ..codegen import template_hash
     from ..device import compute_capability, gpu_name, target
     from ..tuning.buckets import shape_bucket
-    from ..tuning.db import TuningDBError
+    from ..tuning.db import TuningDBError, spec_columns
     from ..tuning.exchange import winner_as_dict
     from ..tuning.search import config_legend, describe_config
 
@@ -263,15 +270,7 @@ def run_show(args) -> int:
     if args.db:
         os.environ["MHFGEN_DB"] = str(Path(args.db).expanduser())
     dispatch.clear_cache()
-    spec_filter = dict(
-        heads=spec.heads,
-        kv_heads=spec.kv_heads,
-        head_dim=spec.head_dim,
-        experts=spec.experts,
-        expert_dim=spec.expert_dim,
-        dtype=spec.dtype,
-        gpu_name=gpu,
-    )
+    spec_filter = dict(spec_columns(spec), gpu_name=gpu)
     choices: dict = {}  # op -> the dispatcher's choice (a variant and its config), or why none
     for variant in registry.all_variants():
         kernel, op = variant.stem, variant.op
@@ -358,25 +357,10 @@ def run_show(args) -> int:
                 print(f"  winners in the {layer} database:", file=out)
                 print(
                     table(
-                        (
-                            "bucket",
-                            "tokens",
-                            "ms",
-                            "TFLOP/s",
-                            "speed-up",
-                            "config",
-                            "compute cap.",
-                            "triton",
-                            "template",
-                        ),
+                        (*WINNER_COLUMNS, "compute cap.", "triton", "template"),
                         [
                             (
-                                w.key.bucket,
-                                w.key.tokens,
-                                _fmt(w.ms),
-                                _fmt(w.tflops, ".3g"),
-                                _fmt(w.speedup, ".2f", "x"),
-                                describe_config(w.config),
+                                *_winner_cells(w),
                                 w.key.compute_capability,
                                 w.key.triton_version,
                                 w.key.template_hash,

@@ -6,6 +6,7 @@ import os
 import platform
 import sys
 
+from .common import add_command
 from .output import add_json_arg, emit_json, key_values, text_stream
 
 #: the format of the --json document (keys: docs/SCRIPTING.md)
@@ -13,13 +14,14 @@ DOCTOR_FORMAT = "mhfgen-doctor/1"
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "doctor",
+        run,
         help="report torch, Triton, GPU and database paths",
         description="Report the versions, GPU and paths mhfgen uses here.",
     )
     add_json_arg(p, DOCTOR_FORMAT)
-    p.set_defaults(handler=run)
 
 
 def run(args) -> int:

@@ -17,7 +17,7 @@ import signal
 import sys
 
 from . import CommandError
-from .common import add_problem_args, spec_from_args
+from .common import add_command, add_problem_args, spec_from_args
 from .output import table
 
 #: the problem of a bare `mhfgen tune` on a machine without a GPU
@@ -39,8 +39,10 @@ CPU_MAX_TUNE_FLOPS = 1e8
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "tune",
+        run,
         help="tune the kernels' launch parameters for one problem",
         description="Search the launch parameters of the forward and both backward kernels "
         "for one problem on this machine (Optuna; candidates compiled in parallel, "
@@ -147,7 +149,6 @@ def register(sub) -> None:
         "sqlite:///FILE (one host) (default: one SQLite file per problem "
         "under $MHFGEN_CACHE_DIR/studies)",
     )
-    p.set_defaults(handler=run)
 
 
 def _kernels(text: str | None) -> list[str]:
@@ -518,22 +519,13 @@ def _untuned(db_path: str, problem, device) -> list[str]:
     import triton
 
     from ..codegen import template_hash
-    from ..tuning.db import TuningDB, TuningDBError
+    from ..tuning.db import TuningDB, TuningDBError, spec_columns
 
     if not Path(db_path).exists():
         return list(problem.kernels)
-    s = problem.spec
     try:
         with TuningDB.open(db_path, readonly=True) as db:
-            winners = db.winners(
-                heads=s.heads,
-                kv_heads=s.kv_heads,
-                head_dim=s.head_dim,
-                experts=s.experts,
-                expert_dim=s.expert_dim,
-                dtype=s.dtype,
-                gpu_name=device.gpu_name,
-            )
+            winners = db.winners(**spec_columns(problem.spec), gpu_name=device.gpu_name)
     except TuningDBError as exc:
         raise CommandError(str(exc)) from exc
     current = [
@@ -698,7 +690,7 @@ def _not_stored(db_path, problem, device, results) -> str | None:
     else a line saying which are missing and why."""
     from pathlib import Path
 
-    from ..tuning.db import TuningDB, TuningDBError
+    from ..tuning.db import TuningDB, TuningDBError, spec_columns
 
     expected = [r for r in results if r.winner is not None]
     if not expected:
@@ -706,16 +698,10 @@ def _not_stored(db_path, problem, device, results) -> str | None:
     again = "the trials are kept in the study: run the same command again to store the winners"
     if not Path(db_path).is_file():
         return f"{db_path} no longer exists (deleted while tuning?); nothing is stored; {again}"
-    s = problem.spec
     try:
         with TuningDB.open(db_path, readonly=True) as db:
             stored = db.winners(
-                heads=s.heads,
-                kv_heads=s.kv_heads,
-                head_dim=s.head_dim,
-                experts=s.experts,
-                expert_dim=s.expert_dim,
-                dtype=s.dtype,
+                **spec_columns(problem.spec),
                 tokens=problem.tokens,
                 gpu_name=device.gpu_name,
                 compute_capability=device.compute_capability,
@@ -750,19 +736,9 @@ def _open_studies(tuner, kernels, storage):
 def _tune_here(args, problem, device, timer, db, settings, storage, kernels):
     """--workers 1: search and finish in this process (sharing the study with other
     hosts when --storage is given)."""
-    from .. import paths
-    from ..tuning.search import Tuner
+    from ..tuning.workers import command_tuner
 
-    tuner = Tuner(
-        problem,
-        device,
-        timer,
-        db,
-        settings,
-        storage,
-        shared=args.storage is not None,
-        baselines=[paths.shipped_db_path()],
-    )
+    tuner = command_tuner(problem, device, timer, db, settings, storage, args.storage is not None)
     studies = _open_studies(tuner, kernels, storage)
     resumed = sum(s.resumed for s in studies.values())
     if resumed:

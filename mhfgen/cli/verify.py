@@ -6,7 +6,7 @@ import sys
 import time
 
 from . import CommandError
-from .common import tokens_flag
+from .common import add_command, tokens_flag
 from .output import add_json_arg, emit_json, json_to_stdout, table, text_stream
 
 #: the format of the --json document (keys: docs/SCRIPTING.md)
@@ -15,8 +15,10 @@ OUTPUTS = ("o", "dq", "dk", "du", "dv", "dr")
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "verify",
+        run,
         help="check the kernels against the float64 reference here",
         description="Run the forward and backward kernels on the reference problems (GPU: the "
         "presets at --tokens tokens in bf16, fp16 and fp32, plus odd shapes; CPU: "
@@ -78,7 +80,6 @@ def register(sub) -> None:
         "groups side by side (default 1)",
     )
     add_json_arg(p, VERIFY_FORMAT)
-    p.set_defaults(handler=run)
 
 
 def _cases(args, gpu: bool):

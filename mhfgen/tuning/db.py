@@ -311,6 +311,12 @@ def _check_regular(path: Path) -> None:
     )
 
 
+def spec_columns(spec: KernelSpec) -> dict:
+    """The spec's SPEC_COLUMNS values by name: a key's spec part, and the filter of
+    winners() and trials() that selects the spec's shape and dtype."""
+    return {name: getattr(spec, name) for name in SPEC_COLUMNS}
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -346,7 +352,7 @@ class _TuningKey:
             op=registry.get(kernel).op,
             variant=kernel,
             template_hash=template_hash,
-            **{name: getattr(spec, name) for name in SPEC_COLUMNS},
+            **spec_columns(spec),
             bucket=bucket,
             tokens=tokens,
             gpu_name=gpu_name,

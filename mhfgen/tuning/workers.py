@@ -90,16 +90,36 @@ def build_timer(kind: str, problem, seed: int = 0, jobs: int = 1, replay: str | 
     raise ValueError(f"timer kind must be one of {TIMER_KINDS}, got {kind!r}")
 
 
+def command_tuner(problem, device, timer, db, settings, storage, shared: bool, worker: int = 0):
+    """The Tuner of `mhfgen tune`, in its own process or as worker `worker`: the study at
+    `storage` (shared with other processes or hosts where `shared`), the shipped
+    database's winners as baselines."""
+    from .. import paths
+    from .search import Tuner
+
+    baselines = [paths.shipped_db_path()]
+    return Tuner(
+        problem,
+        device,
+        timer,
+        db,
+        settings,
+        storage,
+        shared=shared,
+        worker=worker,
+        baselines=baselines,
+    )
+
+
 def run_worker(job: WorkerJob) -> int:
     """One worker: search the job's kernels in the shared study until every budget is
     spent. Returns the exit status (0: done)."""
     import mhfgen  # noqa: F401 - first: switches Triton's interpreter on without CUDA
 
-    from .. import paths
     from ..spec import KernelSpec
     from .db import TuningDB
     from .problem import DeviceFacts, TuningProblem
-    from .search import SearchSettings, Tuner
+    from .search import SearchSettings
     from .timer import RecordingTimer
 
     problem = TuningProblem(KernelSpec(**job.spec), job.tokens)
@@ -120,17 +140,7 @@ def run_worker(job: WorkerJob) -> int:
         timer = RecordingTimer(timer, device)
     db = TuningDB.open(job.db) if job.db else None
     settings = SearchSettings(**{**job.settings, "fresh": False})
-    tuner = Tuner(
-        problem,
-        device,
-        timer,
-        db,
-        settings,
-        job.storage,
-        shared=True,
-        worker=job.index,
-        baselines=[paths.shipped_db_path()],
-    )
+    tuner = command_tuner(problem, device, timer, db, settings, job.storage, True, job.index)
     studies = {}
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
