@@ -110,3 +110,9 @@ def private_dir(path: Path) -> Path:
 def private_cache_subdir(name: str) -> Path:
     """cache_dir() / name, both checked (and created) by private_dir."""
     return private_dir(private_dir(cache_dir()) / name)
+
+
+def file_kind(mode: int, kinds: tuple, other: str) -> str:
+    """How a refused path of file mode `mode` is named: the words of the first (stat
+    test, words) of `kinds` whose test holds, else `other`."""
+    return next((words for test, words in kinds if test(mode)), other)

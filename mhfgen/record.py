@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from . import device as _device
-from . import registry
+from . import paths, registry
 from .config_fields import token_count
 from .env import flag
 from .spec import SPEC_FIELDS, KernelSpec
@@ -190,19 +190,18 @@ class RecordPathError(OSError):
     """A record path that is not a regular file, nor a new file in an existing folder."""
 
 
+#: what a record path that is not a regular file is, tested in this order
+_NOT_FILES = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISSOCK, "a socket"),
+    (lambda mode: stat.S_ISCHR(mode) or stat.S_ISBLK(mode), "a device"),
+)
+
+
 def _not_a_file(path: Path, mode: int, write: bool) -> str:
     """The one-line reason a record path of file mode `mode` is refused."""
-    kind = (
-        "a FIFO"
-        if stat.S_ISFIFO(mode)
-        else "a folder"
-        if stat.S_ISDIR(mode)
-        else "a socket"
-        if stat.S_ISSOCK(mode)
-        else "a device"
-        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-        else "not a file"
-    )
+    kind = paths.file_kind(mode, _NOT_FILES, "not a file")
     hint = f"; point {RECORD_ENV} at a file" if write else ""
     return f"{path} is {kind}, not a regular file{hint}"
 

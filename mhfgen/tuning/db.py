@@ -286,6 +286,15 @@ def _check_writable(path: Path, create_parents: bool = True) -> None:
         )
 
 
+#: what a database path that is not a regular file is, tested in this order
+_NOT_FILES = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
 def _check_regular(path: Path) -> None:
     """TuningDBError when `path` exists and is not a regular file (a character or block
     device, a FIFO, a socket): SQLite would hang, fail half-way or write into a device."""
@@ -295,17 +304,7 @@ def _check_regular(path: Path) -> None:
         return  # absent (or unreachable: opening it says why)
     if stat.S_ISREG(mode):
         return
-    kind = (
-        "a character device"
-        if stat.S_ISCHR(mode)
-        else "a block device"
-        if stat.S_ISBLK(mode)
-        else "a FIFO"
-        if stat.S_ISFIFO(mode)
-        else "a socket"
-        if stat.S_ISSOCK(mode)
-        else "not a regular file"
-    )
+    kind = paths.file_kind(mode, _NOT_FILES, "not a regular file")
     raise TuningDBError(
         f"{path} is {kind}, not a tuning database file; use a regular file (--db or $MHFGEN_DB)"
     )

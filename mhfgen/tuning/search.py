@@ -532,7 +532,7 @@ class Tuner:
                     e.failure,
                     study.name,
                     e.number,
-                    e.timer or self.timer.label_for(e.config.variant),
+                    e.timer,
                     e.finished,
                 )
                 for e in study.evaluated_trials()
@@ -591,7 +591,8 @@ class Tuner:
             else:
                 study.tell_failure(a, failure, error, self.timer.label_for(c.kernel))
                 last = f"{describe_config(c.config)}: {failure}"
-            self._store_trial(kernel, c.config, ms, error, failure, study.name, a.number)
+            record = self._trial_record(kernel, c.config, ms, error, failure, study.name, a.number)
+            self._store_trial(record)
             self._report(kernel, "search", study, budget, last)
             if lost is not None:
                 raise lost  # the trial is stored; this process can time nothing more
@@ -605,9 +606,11 @@ class Tuner:
         failure: Failure | None,
         study: str,
         number: int | None,
-        timer: str,
+        timer: str | None = None,
         created: str = "",
     ) -> TrialRecord:
+        """The record of one trial; `timer`: the label of the timer that measured it
+        (None: this tuner's timer for the config's variant)."""
         stem = config.variant  # under its own variant's key, also in a joint study
         return TrialRecord(
             self.key(stem),
@@ -618,7 +621,7 @@ class Tuner:
             error=error,
             stage=failure.stage if failure else None,
             reason=failure.reason if failure else None,
-            timer=timer,
+            timer=timer or self.timer.label_for(stem),
             study=study,
             trial_number=number,
             mhfgen_version=__version__,
@@ -626,33 +629,12 @@ class Tuner:
             created=created or utc_now(),
         )
 
-    def _store_trial(
-        self,
-        kernel: str,
-        config,
-        ms: float | None,
-        error: float | None,
-        failure: Failure | None,
-        study: str,
-        number: int | None,
-    ) -> None:
+    def _store_trial(self, record: TrialRecord) -> None:
         """One trial into the database as soon as it is measured (once: finish() adds
         the trials of other processes under the same identity and skips this one)."""
         if self.db is None:
             return
-        self.db.add_trial(
-            self._trial_record(
-                kernel,
-                config,
-                ms,
-                error,
-                failure,
-                study,
-                number,
-                self.timer.label_for(config.variant),
-            ),
-            once=True,
-        )
+        self.db.add_trial(record, once=True)
         self._stored += 1
         if self._stored == _pause_after():
             _pause(self._stored)
