@@ -54,6 +54,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import quote
 
 import sqlite_utils
@@ -431,8 +432,39 @@ def _variant_config(key: TuningKey, config, where: str):
         raise ValueError(f"{where}.config: {exc}") from None
 
 
+def _text(value) -> str:
+    return value or ""
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)
+
+
+class _Record:
+    """Base of the records of a table row: fields `key` (the row's key columns) and
+    `config` (its column as JSON), then the row's other columns, one field each of the
+    same name. A NULL or absent column reads back as None, unless the record's `READERS`
+    (field -> function of the stored value) says otherwise."""
+
+    READERS: ClassVar[dict] = {}
+
+    def to_row(self) -> dict:
+        row = {**self.key.as_dict(), "config": self.config.to_json()}
+        row.update((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)[2:])
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict):
+        key = TuningKey.from_row(row)
+        values = {
+            f.name: cls.READERS.get(f.name, lambda value: value)(row.get(f.name))
+            for f in dataclasses.fields(cls)[2:]
+        }
+        return cls(key, key.parse_config(row["config"]), **values)
+
+
 @dataclass(frozen=True)
-class WinnerRecord:
+class WinnerRecord(_Record):
     """The chosen config of one key, its median time and its speed-up over the default."""
 
     key: TuningKey
@@ -459,44 +491,22 @@ class WinnerRecord:
             strict_str(getattr(self, name), f"WinnerRecord.{name}")
         strict_str(self.code_hash, "WinnerRecord.code_hash", optional=True)
 
-    def to_row(self) -> dict:
-        row = self.key.as_dict()
-        row.update(
-            config=self.config.to_json(),
-            ms=self.ms,
-            tflops=self.tflops,
-            default_ms=self.default_ms,
-            speedup=self.speedup,
-            timer=self.timer,
-            trials=self.trials,
-            mhfgen_version=self.mhfgen_version,
-            torch_version=self.torch_version,
-            created=self.created,
-            code_hash=self.code_hash,
-        )
-        return row
-
-    @classmethod
-    def from_row(cls, row: dict) -> WinnerRecord:
-        key = TuningKey.from_row(row)
-        return cls(
-            key,
-            key.parse_config(row["config"]),
-            float(row["ms"]),
-            float(row["tflops"] or 0.0),
-            None if row.get("default_ms") is None else float(row["default_ms"]),
-            None if row.get("speedup") is None else float(row["speedup"]),
-            row.get("timer") or "",
-            int(row.get("trials") or 0),
-            row.get("mhfgen_version") or "",
-            row.get("torch_version") or "",
-            row.get("created") or "",
-            row.get("code_hash") or None,
-        )
+    READERS: ClassVar[dict] = dict(
+        ms=float,
+        tflops=lambda value: float(value or 0.0),
+        default_ms=_optional_float,
+        speedup=_optional_float,
+        timer=_text,
+        trials=lambda value: int(value or 0),
+        mhfgen_version=_text,
+        torch_version=_text,
+        created=_text,
+        code_hash=lambda value: value or None,
+    )
 
 
 @dataclass(frozen=True)
-class TrialRecord:
+class TrialRecord(_Record):
     """One evaluated candidate: timed ('ok', ms) or failed (stage and reason)."""
 
     key: TuningKey
@@ -529,44 +539,13 @@ class TrialRecord:
         if self.trial_number is not None:
             strict_int(self.trial_number, "TrialRecord.trial_number", 0)
 
-    def to_row(self) -> dict:
-        row = self.key.as_dict()
-        row.update(
-            config=self.config.to_json(),
-            status=self.status,
-            stage=self.stage,
-            reason=self.reason,
-            ms=self.ms,
-            tflops=self.tflops,
-            error=self.error,
-            timer=self.timer,
-            study=self.study,
-            trial_number=self.trial_number,
-            mhfgen_version=self.mhfgen_version,
-            torch_version=self.torch_version,
-            created=self.created or utc_now(),
-        )
-        return row
+    READERS: ClassVar[dict] = {
+        name: _text for name in ("timer", "study", "mhfgen_version", "torch_version", "created")
+    }
 
-    @classmethod
-    def from_row(cls, row: dict) -> TrialRecord:
-        key = TuningKey.from_row(row)
-        return cls(
-            key,
-            key.parse_config(row["config"]),
-            row["status"],
-            row.get("ms"),
-            row.get("tflops"),
-            row.get("error"),
-            row.get("stage"),
-            row.get("reason"),
-            row.get("timer") or "",
-            row.get("study") or "",
-            row.get("trial_number"),
-            row.get("mhfgen_version") or "",
-            row.get("torch_version") or "",
-            row.get("created") or "",
-        )
+    def to_row(self) -> dict:
+        """The row; a record without a creation time is created now."""
+        return {**super().to_row(), "created": self.created or utc_now()}
 
 
 class TuningDB:
