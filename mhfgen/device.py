@@ -22,12 +22,15 @@ def _cuda_facts(index: int) -> tuple[str, int, str, str]:
     )
 
 
+def _facts(device: torch.device) -> tuple[str, int, str, str]:
+    """_cuda_facts of a CUDA device: (target, SM count, name, compute capability)."""
+    return _cuda_facts(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def target(device: torch.device) -> str:
     """'sm90'-style target of a CUDA device; 'interpreter' for the CPU."""
     if device.type == "cuda":
-        return _cuda_facts(
-            device.index if device.index is not None else torch.cuda.current_device()
-        )[0]
+        return _facts(device)[0]
     if device.type == "cpu":
         return INTERPRETER
     raise ValueError(
@@ -46,29 +49,17 @@ def target_for(compute_capability: str) -> str:
 
 def sm_count(device: torch.device) -> int:
     """Multiprocessors of a CUDA device; 1 for the interpreter."""
-    if device.type == "cuda":
-        return _cuda_facts(
-            device.index if device.index is not None else torch.cuda.current_device()
-        )[1]
-    return 1
+    return _facts(device)[1] if device.type == "cuda" else 1
 
 
 def gpu_name(device: torch.device) -> str:
     """The GPU's name as the driver reports it ('NVIDIA H200'); 'interpreter' for the CPU."""
-    if device.type == "cuda":
-        return _cuda_facts(
-            device.index if device.index is not None else torch.cuda.current_device()
-        )[2]
-    return INTERPRETER
+    return _facts(device)[2] if device.type == "cuda" else INTERPRETER
 
 
 def compute_capability(device: torch.device) -> str:
     """'9.0' style compute capability; 'none' for the CPU."""
-    if device.type == "cuda":
-        return _cuda_facts(
-            device.index if device.index is not None else torch.cuda.current_device()
-        )[3]
-    return "none"
+    return _facts(device)[3] if device.type == "cuda" else "none"
 
 
 def require_interpreter() -> None:

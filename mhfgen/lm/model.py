@@ -82,14 +82,8 @@ def matched_swiglu_intermediate(cfg: ModelConfig, multiple: int = 8) -> int:
 def build_ffn(cfg: ModelConfig) -> nn.Module:
     """The FFN of one block: FlashMHF or SwiGLU, with the layer's own initialisation."""
     if cfg.ffn == "flashmhf":
-        return FlashMHF(
-            cfg.d_model,
-            cfg.mhf_heads,
-            cfg.mhf_intermediate,
-            cfg.mhf_experts,
-            qk_norm=cfg.mhf_qk_norm,
-            backend=cfg.backend,
-        )
+        sizes = (cfg.d_model, cfg.mhf_heads, cfg.mhf_intermediate, cfg.mhf_experts)
+        return FlashMHF(*sizes, qk_norm=cfg.mhf_qk_norm, backend=cfg.backend)
     width = cfg.swiglu_intermediate or matched_swiglu_intermediate(cfg)
     return SwiGLU(cfg.d_model, width)
 

@@ -138,6 +138,14 @@ def curve_difference(a: list[dict], b: list[dict]) -> dict:
     return out
 
 
+def _git(*args: str) -> str:
+    """The output of `git ARGS` in this checkout (CalledProcessError where it fails)."""
+    folder = str(Path(__file__).resolve().parent)
+    return subprocess.run(
+        ["git", "-C", folder, *args], capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+
+
 def environment() -> dict:
     """GPU, versions, date and git commit, for the record beside every figure."""
     env = {
@@ -162,21 +170,8 @@ def environment() -> dict:
     else:
         env["gpu"] = None
     try:
-        git = ["git", "-C", str(Path(__file__).resolve().parent)]
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout
+        commit = _git("rev-parse", "--short", "HEAD").strip()
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
         env["git_commit"] = commit + ("+uncommitted changes" if dirty.strip() else "")
     except (OSError, subprocess.SubprocessError):
         env["git_commit"] = None

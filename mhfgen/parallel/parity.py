@@ -26,7 +26,7 @@ the last place of a bf16 number (2^-8 = 3.9e-3).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.distributed as dist
@@ -233,18 +233,12 @@ class TPCase:
     seed: int = 0
 
     def layer(self, backend: str, device: torch.device, dtype: torch.dtype) -> FlashMHF:
-        return FlashMHF(
-            self.d_model,
-            self.n_heads,
-            self.intermediate_size,
-            self.n_experts,
-            n_kv_heads=self.n_kv_heads,
-            qk_norm=self.qk_norm,
-            bias=self.bias,
-            backend=backend,
-            device=device,
-            dtype=dtype,
-        )
+        """The unsharded layer: the case's fields but batch, seq and seed are FlashMHF's
+        arguments of the same names."""
+        sizes = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("batch", "seq", "seed"):
+            del sizes[name]
+        return FlashMHF(**sizes, backend=backend, device=device, dtype=dtype)
 
 
 def tp_layer_parity(
