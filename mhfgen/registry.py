@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from .config_fields import check_fields
-from .spec import DTYPES, INTERPRETER, KernelSpec
+from .spec import DTYPES, INTERPRETER, SPLIT_MAX, KernelSpec
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,9 @@ class VariantConfig:
     variant uses (the tuner's knobs). Subclasses set `variant` to their stem."""
 
     variant: ClassVar[str] = ""
+    #: field -> the values it may take, for the fields check_typed does not check by their
+    #: type alone; a class's entries add to (or replace) its bases'
+    choices: ClassVar[dict] = {}
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -125,6 +128,22 @@ class VariantConfig:
         as '<variant> config: <field>'."""
         check_fields(self, f"{self.variant} config: ", **rules)
 
+    def check_typed(self, *names: str) -> None:
+        """check_fields of these fields, in order: one of its `choices` where a class of
+        the config names the field, else by its type: True or False for a bool, a
+        positive int up to SPLIT_MAX (1024) for an int."""
+        choices: dict = {}
+        for klass in reversed(type(self).__mro__):
+            choices.update(klass.__dict__.get("choices", {}))
+        by_type = {"bool": bool, "int": SPLIT_MAX}
+        rules = {}
+        for f in dataclasses.fields(self):
+            if f.name in names:
+                rules[f.name] = choices.get(f.name, by_type.get(f.type))
+                if rules[f.name] is None:
+                    raise TypeError(f"{type(self).__name__}.{f.name} ({f.type}) needs its choices")
+        self.check_fields(**{name: rules[name] for name in names})
+
     def check_for(self, spec: KernelSpec) -> None:
         """Raise ValueError if this config cannot run `spec` (independent of the shape)."""
 
@@ -151,7 +170,8 @@ class Variant:
                  'interpreter'), or None for every target.
     dtypes:      the dtypes (spec names) it accepts.
     launcher:    'module:function' of its launcher, called as
-                 launcher(q, k, u, v, r[, do], config=...).
+                 launcher(q, k, u, v, r[, do], config=...) (default: the function named
+                 as its stem in the module that defines its class).
     entries:     the @jit functions of its module that launchers load (default
                  `<stem>_kernel`).
     template_dir: where its template and space file live (None: beside the module that
@@ -173,7 +193,7 @@ class Variant:
     Config: ClassVar[type]
     targets: ClassVar[tuple[str, ...] | None] = None
     dtypes: ClassVar[tuple[str, ...]] = tuple(DTYPES)
-    launcher: ClassVar[str | Callable]
+    launcher: ClassVar[str | Callable]  # see launch_fn
     entries: ClassVar[tuple[str, ...]] = ()
     template_dir: ClassVar[Path | None] = None
     preference: ClassVar[int] = 100
@@ -297,7 +317,12 @@ class Variant:
         fn = self.__dict__.get("_launch_fn")
         if fn is None:
             raw = next(
-                cls.__dict__["launcher"] for cls in type(self).__mro__ if "launcher" in cls.__dict__
+                (
+                    cls.__dict__["launcher"]
+                    for cls in type(self).__mro__
+                    if "launcher" in cls.__dict__
+                ),
+                f"{type(self).__module__}:{self.stem}",
             )
             if isinstance(raw, staticmethod):
                 raw = raw.__func__

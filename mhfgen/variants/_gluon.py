@@ -43,21 +43,40 @@ MAX_PROGRAMS_PER_SM = 8
 PARTITION_REGS = range(24, 257, 8)
 #: the sigmoid forms of the Gluon templates
 SIGMOIDS = ("tanh", "exp")
-#: the most token splits (programs per weight tile) a config may ask for
-MAX_TOKEN_SPLITS = 1024
 
 
 class GluonConfig(VariantConfig):
     """Base of the Gluon variants' configs: no fields of its own (each config declares
-    its fields in its own order, checking them with check_fields), the describe() piece
-    they share. The fields several of them have mean:
+    its fields in its own order and `choices` for those its type does not check, all
+    checked in that order: VariantConfig.check_typed), the describe() piece they share.
+    The fields several of them have mean:
 
     sigmoid:       'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
     token_splits:  programs per weight tile, each a share of the token blocks; their
                    partial sums meet by fp32 atomics (never in deterministic runs).
     consumer_regs, producer_regs: registers per thread of the second consumer warpgroup
                    and of the producer (setmaxnreg); the first consumer gets what is left.
+                   (`worker_regs` names the worker's field where it is another one.)
     """
+
+    #: the field of the registers a worker partition takes (setmaxnreg) beside the producer
+    worker_regs: ClassVar[str] = "consumer_regs"
+
+    choices = dict(
+        sigmoid=SIGMOIDS,
+        consumer_regs=PARTITION_REGS,
+        producer_regs=PARTITION_REGS,
+        grads_regs=PARTITION_REGS,
+    )
+
+    def __post_init__(self) -> None:
+        self.check_typed(*self.field_names())
+
+    def register_constexprs(self) -> dict:
+        """The kernel's last constexprs, its register split: the worker's registers
+        (CONSUMER_REGS, or as `worker_regs` names them) and PRODUCER_REGS."""
+        worker = self.worker_regs
+        return {worker.upper(): getattr(self, worker), "PRODUCER_REGS": self.producer_regs}
 
     def describe_sigmoid(self) -> str:
         """' {sigmoid}' away from the default 'tanh', else ''."""
@@ -70,7 +89,6 @@ class GluonBackwardConfig(GluonConfig):
     (its field `worker_regs`) and the producer take what their fields say and the default
     partition (`default_partition`) what is left."""
 
-    worker_regs: ClassVar[str] = "consumer_regs"
     default_partition: ClassVar[str] = "the first consumer"
 
     @property
@@ -122,6 +140,7 @@ class GluonVariant(Variant):
     family = "gluon"
     targets = ("sm9",)
     dtypes = BACKWARD_DTYPES
+    preference = 10  # before the op's Triton-language variant where it supports the call
     model: ClassVar[GluonModel]
 
     def supports(self, spec: KernelSpec, tokens: int | None) -> str | None:
@@ -248,6 +267,10 @@ class GluonBackward:
     smem_layouts: Callable[[KernelSpec, VariantConfig], dict]
     constexprs: Callable[[KernelSpec, VariantConfig], dict]
 
+    def launcher(self, make_plan, run) -> CachedLaunch:
+        """The variant's cached launch (kernels.plans.CachedLaunch) under its stem."""
+        return CachedLaunch(self.stem, make_plan, run)
+
     def checked(self, q, k, u, v, r, do, config) -> tuple[int, KernelSpec, VariantConfig, bool]:
         """(tokens, spec, config, copy_do) of a call: the inputs checked, whether dO needs
         a contiguous copy (grad_plan_inputs), and the config it runs with (checked_config:
@@ -259,6 +282,18 @@ class GluonBackward:
     def meta(self, spec: KernelSpec, config) -> dict:
         """The launch's constexprs and options."""
         return {**self.constexprs(spec, config), **backward_options()}
+
+    def model(self, shared_memory, registers, default_config, call_problems=None) -> GluonModel:
+        """The variant's GluonModel: its checks and these resource, heuristic and call
+        functions."""
+        return GluonModel(
+            self.unsupported,
+            self.config_problems,
+            shared_memory,
+            registers,
+            default_config,
+            call_problems,
+        )
 
     def launch(self, kernel, spec: KernelSpec, config, grid: tuple, scalars: tuple):
         """The BackwardLaunch of `kernel` over `grid` with these scalars."""
@@ -288,21 +323,15 @@ class GluonDkv(GluonBackward):
     (weight rows per program) and `token_splits`; its kernel's outputs are dK, dU, dV and
     its scalars (r's strides, seqlen, tokens, row blocks per split)."""
 
-    def model(self, shared_memory, registers, default_config) -> GluonModel:
-        """The variant's GluonModel: its checks, these resource and heuristic functions,
-        and the token splits' problems (token_split_problems)."""
-        return GluonModel(
-            self.unsupported,
-            self.config_problems,
-            shared_memory,
-            registers,
-            default_config,
-            token_split_problems,
-        )
+    def model(self, shared_memory, registers, default_config, call_problems=None) -> GluonModel:
+        """The variant's GluonModel; what rules a config out for a call is its token
+        splits' problems (token_split_problems)."""
+        return super().model(shared_memory, registers, default_config, token_split_problems)
 
-    def launcher(self) -> CachedLaunch:
-        """The variant's cached launch: (q, k, u, v, r in fp32, do) -> (dk, du, dv)."""
-        return CachedLaunch(self.stem, self.make_plan, run_dkv_plan)
+    def launcher(self, make_plan=None, run=run_dkv_plan) -> CachedLaunch:
+        """The variant's cached launch: (q, k, u, v, r in fp32, do) -> (dk, du, dv), its
+        plans made by make_plan below."""
+        return super().launcher(make_plan or self.make_plan, run)
 
     def make_plan(self, q, k, u, v, r, do, config) -> DkvPlan:
         """The launch plan of one call signature: the inputs and the config checked, the

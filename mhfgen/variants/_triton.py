@@ -26,7 +26,6 @@ from ..spec import (
     HEAD_DIM_SPLITS,
     INTERPRETER,
     NUM_WARPS,
-    SPLIT_MAX,
     KernelSpec,
 )
 from ..tiling import cdiv, chunks_of, head_dim_chunks, pow2_ceil  # noqa: F401 - pow2_ceil for variants
@@ -42,12 +41,8 @@ TILE_FIELDS = ("block_m", "block_n", "num_warps", "num_stages", "head_dim_split"
 @dataclass(frozen=True)
 class TileConfig(VariantConfig):
     """The tile fields of a Triton-language variant's config (see the module doc). The
-    fields a variant adds are checked by their type, in their order: a bool must be True
-    or False, an int a positive int up to SPLIT_MAX, unless `choices` names the values
-    the field may take."""
-
-    #: field -> the values it may take, for the variant's fields not checked by type
-    choices: ClassVar[dict] = {}
+    fields a variant adds are checked by their type or `choices`, in their order
+    (VariantConfig.check_typed)."""
 
     block_m: int = 64
     block_n: int = 64
@@ -62,13 +57,7 @@ class TileConfig(VariantConfig):
         choice(self.num_warps, f"{where}: num_warps", NUM_WARPS)
         strict_int(self.num_stages, f"{where}: num_stages", 1, 8)
         choice(self.head_dim_split, f"{where}: head_dim_split", HEAD_DIM_SPLITS)
-        own = (f for f in dataclasses.fields(self) if f.name not in TILE_FIELDS)
-        self.check_fields(
-            **{
-                f.name: self.choices.get(f.name, bool if f.type == "bool" else SPLIT_MAX)
-                for f in own
-            }
-        )
+        self.check_typed(*(name for name in self.field_names() if name not in TILE_FIELDS))
 
     def describe(self) -> str:
         text = f"BM{self.block_m} BN{self.block_n} w{self.num_warps} s{self.num_stages}"
@@ -91,20 +80,24 @@ class TileConfig(VariantConfig):
         return text
 
 
-def check_group_and_tma(config, spec: KernelSpec) -> None:
-    """The forward's and dQ's shared checks: group_heads divides H / Hkv; tma needs an
+class GroupedConfig(TileConfig):
+    """The config of a variant whose programs take `group_heads` query heads of a kv group
+    and may load K/U/V through TMA (`tma`, `warp_specialize`): the forward's and dQ's,
+    which declare those fields. Against a spec: group_heads divides H / Hkv; tma needs an
     sm90+ target and 16-byte head_dim rows; warp_specialize needs tma."""
-    if spec.group % config.group_heads:
-        raise ValueError(
-            f"group_heads={config.group_heads} must divide heads/kv_heads={spec.group}"
-        )
-    if config.warp_specialize and not config.tma:
-        raise ValueError(
-            "warp_specialize=True needs tma=True (Triton's Hopper warp "
-            "specialisation handles descriptor loads, not pointer loads)"
-        )
-    if config.tma:
-        check_tma_target(spec)
+
+    def check_for(self, spec: KernelSpec) -> None:
+        if spec.group % self.group_heads:
+            raise ValueError(
+                f"group_heads={self.group_heads} must divide heads/kv_heads={spec.group}"
+            )
+        if self.warp_specialize and not self.tma:
+            raise ValueError(
+                "warp_specialize=True needs tma=True (Triton's Hopper warp "
+                "specialisation handles descriptor loads, not pointer loads)"
+            )
+        if self.tma:
+            check_tma_target(spec)
 
 
 def check_tma_target(spec: KernelSpec) -> None:
@@ -218,6 +211,15 @@ def tile_prune_reason(spec: KernelSpec, config: TileConfig, rows: int) -> str | 
     return None
 
 
+def token_split_reason(config, rows: int, programs: int, sm_count: int) -> str | None:
+    """split_reason of config.token_splits > 1 splits of the row blocks of `rows` rows,
+    `programs` programs each (None without splits)."""
+    if config.token_splits == 1:
+        return None
+    blocks = cdiv(rows, config.block_m)
+    return split_reason(config, "token_splits", blocks, "the row blocks", programs, sm_count)
+
+
 def split_reason(
     config, field: str, units: int, what: str, programs: int, sm_count: int
 ) -> str | None:
@@ -242,3 +244,18 @@ class TritonVariant(Variant):
     preference = 50
     #: the heuristic's start on a GPU: (block_m, block_n, num_warps, num_stages)
     gpu_start: ClassVar[tuple[int, int, int, int]]
+
+    def prune_reason(self, spec: KernelSpec, config, tokens: int, sm_count: int) -> str | None:
+        """The tile rules (tile_prune_reason) for the rows one program walks, max(1,
+        tokens) x the query heads it takes (its config's group_heads, else the kv group),
+        then the variant's own (own_prune_reason)."""
+        rows = max(1, tokens) * getattr(config, "group_heads", spec.group)
+        return tile_prune_reason(spec, config, rows) or self.own_prune_reason(
+            spec, config, tokens, rows, sm_count
+        )
+
+    def own_prune_reason(
+        self, spec: KernelSpec, config, tokens: int, rows: int, sm_count: int
+    ) -> str | None:
+        """The variant's rules after the tile rules, `rows` as prune_reason counts them."""
+        return None

@@ -35,7 +35,7 @@ from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
 from ..registry import register
 from ..spec import INTERPRETER, KernelSpec
-from ..tiling import cdiv, intermediate_blocks
+from ..tiling import intermediate_blocks
 from . import _triton
 from ._triton import TileConfig
 
@@ -96,7 +96,6 @@ class FlashMhfBwdDkv(_triton.TritonVariant):
     stem = "flash_mhf_bwd_dkv"
     op = "bwd_dkv"
     Config = Config
-    launcher = "mhfgen.variants.flash_mhf_bwd_dkv:flash_mhf_bwd_dkv"
     entries = ("flash_mhf_bwd_dkv_kernel", "flash_mhf_bwd_dkv_dv_kernel")
     schema2_kernel = "flash_mhf_bwd_dkv"
     flop_factor = 12  # S^T, A^T, dP^T recomputed, then dV, dK, dU
@@ -140,11 +139,12 @@ class FlashMhfBwdDkv(_triton.TritonVariant):
     def prune_reason(
         self, spec: KernelSpec, config: Config, tokens: int, sm_count: int
     ) -> str | None:
+        """The split_grads fault below comes first, but after a block_m too large for the
+        rows (the first tile rule)."""
         rows = max(1, tokens) * spec.group
-        if config.block_m > max(16, _triton.pow2_ceil(rows)):
-            return f"block_m={config.block_m} is larger than the {rows} rows"
         if (
-            spec.target.startswith("sm9")
+            config.block_m <= max(16, _triton.pow2_ceil(rows))
+            and spec.target.startswith("sm9")
             and config.split_grads
             and config.transpose_acc
             and config.num_stages == 1
@@ -152,15 +152,13 @@ class FlashMhfBwdDkv(_triton.TritonVariant):
             # seen on an H200 with Triton 3.6: an illegal memory access at
             # block_n = 32 and block_m = 64 / 128; the interpreter runs it correctly
             return "split_grads with transpose_acc and one stage faults on sm90 (Triton 3.6)"
-        if reason := _triton.tile_prune_reason(spec, config, rows):
-            return reason
-        if config.token_splits > 1:
-            programs = intermediate_blocks(spec, config.block_n) * spec.kv_heads
-            blocks = cdiv(rows, config.block_m)
-            return _triton.split_reason(
-                config, "token_splits", blocks, "the row blocks", programs, sm_count
-            )
-        return None
+        return super().prune_reason(spec, config, tokens, sm_count)
+
+    def own_prune_reason(
+        self, spec: KernelSpec, config: Config, tokens: int, rows: int, sm_count: int
+    ) -> str | None:
+        programs = intermediate_blocks(spec, config.block_n) * spec.kv_heads
+        return _triton.token_split_reason(config, rows, programs, sm_count)
 
 
 register(FlashMhfBwdDkv())

@@ -54,7 +54,6 @@ from ..tiling import cdiv
 from . import _gluon
 
 KERNEL = "flash_mhf_bwd_dkv_ws"
-DTYPES = sm90.BACKWARD_DTYPES
 #: weight-tile rows per program: the M of the accumulating wgmma
 BLOCK_N = sm90.BACKWARD_BLOCK_N
 #: tokens per row tile of each split (config.split)
@@ -94,16 +93,12 @@ class BwdDkvWsConfig(_gluon.GluonBackwardConfig):
     #: without them means these values (whose generated code is the code it was tuned with)
     added_fields = {"split": "tokens", "joint_scores": False, "joint_grads": False}
 
+    choices = {"stages": range(2, 9), "split": tuple(ROW_TILE)}
+
     def __post_init__(self) -> None:
-        self.check_fields(stages=range(2, 9), split=ROW_TILE, joint_scores=bool, joint_grads=bool)
+        super().__post_init__()
         if self.joint_grads and self.split != "rows":
             raise ValueError(f"{KERNEL} config: joint_grads needs split='rows'")
-        self.check_fields(
-            sigmoid=_gluon.SIGMOIDS,
-            token_splits=_gluon.MAX_TOKEN_SPLITS,
-            consumer_regs=_gluon.PARTITION_REGS,
-            producer_regs=_gluon.PARTITION_REGS,
-        )
 
     @property
     def block_m(self) -> int:
@@ -212,8 +207,7 @@ def constexprs(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
         BLOCK_N=BLOCK_N,
         STAGES=config.stages,
         EX_LAYOUT=smem_layouts(spec, config)["EX_LAYOUT"],
-        CONSUMER_REGS=config.consumer_regs,
-        PRODUCER_REGS=config.producer_regs,
+        **config.register_constexprs(),
     )
 
 
@@ -242,8 +236,6 @@ def flash_mhf_bwd_dkv_ws(
 class FlashMhfBwdDkvWs(_gluon.GluonDkvVariant):
     stem = "flash_mhf_bwd_dkv_ws"
     Config = BwdDkvWsConfig
-    launcher = "mhfgen.variants.flash_mhf_bwd_dkv_ws:flash_mhf_bwd_dkv_ws"
-    preference = 10  # before flash_mhf_bwd_dkv where it supports the call
     model = GLUON_DKV.model(shared_memory, consumer_registers, default_config)
 
     def static_params(self, spec: KernelSpec, config: BwdDkvWsConfig) -> dict:

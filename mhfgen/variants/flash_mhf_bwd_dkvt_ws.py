@@ -52,7 +52,6 @@ from ..tiling import cdiv
 from . import _gluon
 
 KERNEL = "flash_mhf_bwd_dkvt_ws"
-DTYPES = sm90.BACKWARD_DTYPES
 #: tokens per row tile: the M of the score wgmma, the K of the accumulating ones
 ROW_TILE = 64
 #: head_dim columns per chunk: the M of an accumulating wgmma
@@ -78,15 +77,7 @@ class BwdDkvtWsConfig(_gluon.GluonBackwardConfig):
     consumer_regs: int = 240
     producer_regs: int = 24
 
-    def __post_init__(self) -> None:
-        self.check_fields(
-            stages=range(2, 9),
-            wg_rows=(32, 64),
-            sigmoid=_gluon.SIGMOIDS,
-            token_splits=_gluon.MAX_TOKEN_SPLITS,
-            consumer_regs=_gluon.PARTITION_REGS,
-            producer_regs=_gluon.PARTITION_REGS,
-        )
+    choices = {"stages": range(2, 9), "wg_rows": (32, 64)}
 
     @property
     def block_n(self) -> int:
@@ -192,8 +183,7 @@ def constexprs(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
         STAGES=config.stages,
         P_LAYOUT=layouts["P_LAYOUT"],
         EX_LAYOUT=layouts["EX_LAYOUT"],
-        CONSUMER_REGS=config.consumer_regs,
-        PRODUCER_REGS=config.producer_regs,
+        **config.register_constexprs(),
     )
 
 
@@ -222,7 +212,6 @@ def flash_mhf_bwd_dkvt_ws(
 class FlashMhfBwdDkvtWs(_gluon.GluonDkvVariant):
     stem = "flash_mhf_bwd_dkvt_ws"
     Config = BwdDkvtWsConfig
-    launcher = "mhfgen.variants.flash_mhf_bwd_dkvt_ws:flash_mhf_bwd_dkvt_ws"
     preference = 20  # after flash_mhf_bwd_dkv_ws, before flash_mhf_bwd_dkv; but see rank
     model = GLUON_DKV.model(shared_memory, consumer_registers, default_config)
 

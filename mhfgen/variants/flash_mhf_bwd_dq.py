@@ -30,7 +30,6 @@ from ..registry import register
 from ..spec import KernelSpec
 from ..tiling import cdiv
 from . import _triton
-from ._triton import TileConfig
 
 KERNEL = "flash_mhf_bwd_dq"
 
@@ -80,7 +79,7 @@ _launch = CachedLaunch(KERNEL, _make_plan, run_dq_plan)
 
 
 @dataclass(frozen=True)
-class Config(TileConfig):
+class Config(_triton.GroupedConfig):
     """The launch config of flash_mhf_bwd_dq (fields: see the module doc)."""
 
     variant = "flash_mhf_bwd_dq"
@@ -89,15 +88,11 @@ class Config(TileConfig):
     tma: bool = False
     warp_specialize: bool = False
 
-    def check_for(self, spec: KernelSpec) -> None:
-        _triton.check_group_and_tma(self, spec)
-
 
 class FlashMhfBwdDq(_triton.TritonVariant):
     stem = "flash_mhf_bwd_dq"
     op = "bwd_dq"
     Config = Config
-    launcher = "mhfgen.variants.flash_mhf_bwd_dq:flash_mhf_bwd_dq"
     schema2_kernel = "flash_mhf_bwd_dq"
     flop_factor = 10  # S, A, dP recomputed; dQ from dS and dA
     outputs = ("dq", "dr")
@@ -127,11 +122,9 @@ class FlashMhfBwdDq(_triton.TritonVariant):
         tiles = _triton.start_tiles(self, spec, tokens * spec.group)
         return _triton.shrink_to_fit(self, spec, Config(**tiles, group_heads=spec.group))
 
-    def prune_reason(
-        self, spec: KernelSpec, config: Config, tokens: int, sm_count: int
+    def own_prune_reason(
+        self, spec: KernelSpec, config: Config, tokens: int, rows: int, sm_count: int
     ) -> str | None:
-        if reason := _triton.tile_prune_reason(spec, config, max(1, tokens) * config.group_heads):
-            return reason
         if config.warp_specialize and spec.expert_dim % config.block_n:
             return "warp_specialize applies only when block_n divides expert_dim"
         return None

@@ -32,14 +32,12 @@ from .. import codegen
 from ..kernels import sm90
 from ..kernels.buffers import contiguous_strides, weights_need_copy
 from ..kernels.grad_plans import DqPlan, run_dq_plan
-from ..kernels.plans import CachedLaunch
 from ..registry import register
 from ..spec import KernelSpec
 from ..tiling import cdiv
 from . import _gluon
 
 KERNEL = "flash_mhf_bwd_dq_ws"
-DTYPES = sm90.BACKWARD_DTYPES
 #: weight-tile rows per step: the N of the score MMAs, the K of dq's
 BLOCK_N = sm90.BACKWARD_BLOCK_N
 #: tokens per program: 64 per consumer warpgroup
@@ -69,14 +67,7 @@ class BwdDqWsConfig(_gluon.GluonBackwardConfig):
     #: without them means these values (whose generated code is the code it was tuned with)
     added_fields = {"joint_scores": False}
 
-    def __post_init__(self) -> None:
-        self.check_fields(
-            stages=range(2, 7),
-            sigmoid=_gluon.SIGMOIDS,
-            joint_scores=bool,
-            consumer_regs=_gluon.PARTITION_REGS,
-            producer_regs=_gluon.PARTITION_REGS,
-        )
+    choices = {"stages": range(2, 7)}
 
     @property
     def block_m(self) -> int:
@@ -145,9 +136,12 @@ def constexprs(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
     return dict(
         BLOCK_N=BLOCK_N,
         STAGES=config.stages,
-        CONSUMER_REGS=config.consumer_regs,
-        PRODUCER_REGS=config.producer_regs,
+        **config.register_constexprs(),
     )
+
+
+#: what the shared Gluon backward launch path asks of this variant (mhfgen.variants._gluon)
+GLUON = _gluon.GluonBackward(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
 
 
 def flash_mhf_bwd_dq_ws(
@@ -179,9 +173,7 @@ def compile_sm90(spec: KernelSpec, config: BwdDqWsConfig) -> sm90.CompileReport:
     return GLUON.compile_kernel(spec, config, BLOCK_M, DQ=spec.torch_dtype, DR=torch.float32)
 
 
-#: what the shared Gluon backward launch path asks of this variant (mhfgen.variants._gluon)
-GLUON = _gluon.GluonBackward(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
-_launch = CachedLaunch(KERNEL, _make_plan, run_dq_plan)
+_launch = GLUON.launcher(_make_plan, run_dq_plan)
 
 
 # ---------------------------------------------------------------------------------------
@@ -193,14 +185,10 @@ class FlashMhfBwdDqWs(_gluon.GluonVariant):
     stem = "flash_mhf_bwd_dq_ws"
     op = "bwd_dq"
     Config = BwdDqWsConfig
-    launcher = "mhfgen.variants.flash_mhf_bwd_dq_ws:flash_mhf_bwd_dq_ws"
-    preference = 10  # before flash_mhf_bwd_dq where it supports the call
     flop_factor = 10  # S, A, dP recomputed; dQ from dS and dA
     outputs = ("dq", "dr")
     takes_grad = True
-    model = _gluon.GluonModel(
-        unsupported, config_problems, shared_memory, registers, default_config
-    )
+    model = GLUON.model(shared_memory, registers, default_config)
 
     def static_params(self, spec: KernelSpec, config: BwdDqWsConfig) -> dict:
         return static_params(spec, config)

@@ -54,7 +54,7 @@ from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
 from ..registry import register
 from ..spec import INTERPRETER, KernelSpec
-from ..tiling import cdiv, intermediate_blocks
+from ..tiling import intermediate_blocks
 from ..workspace import (
     SCRATCH_FRACTION,
     dr_atomic,
@@ -191,7 +191,6 @@ class FlashMhfBwdFused(_triton.TritonVariant):
     stem = "flash_mhf_bwd_fused"
     op = "bwd"
     Config = Config
-    launcher = "mhfgen.variants.flash_mhf_bwd_fused:flash_mhf_bwd_fused"
     flop_factor = 16  # S, A, dP recomputed once; dV, dK, dU; dQ from dS and from dA
     outputs = ("dq", "dr", "dk", "du", "dv")
     takes_grad = True
@@ -245,12 +244,9 @@ class FlashMhfBwdFused(_triton.TritonVariant):
         )
         return _triton.shrink_to_fit(self, spec, config)
 
-    def prune_reason(
-        self, spec: KernelSpec, config: Config, tokens: int, sm_count: int
+    def own_prune_reason(
+        self, spec: KernelSpec, config: Config, tokens: int, rows: int, sm_count: int
     ) -> str | None:
-        rows = max(1, tokens) * spec.group
-        if reason := _triton.tile_prune_reason(spec, config, rows):
-            return reason
         if config.head_chunk > spec.kv_heads:
             return f"head_chunk={config.head_chunk} exceeds the {spec.kv_heads} kv heads"
         used, budget = (
@@ -262,13 +258,8 @@ class FlashMhfBwdFused(_triton.TritonVariant):
                 f"a {used >> 20} MiB workspace exceeds the budget of {budget >> 20} MiB "
                 f"({SCRATCH_FRACTION:g} of dq)"
             )
-        if config.token_splits > 1:
-            programs = intermediate_blocks(spec, config.block_n) * kv_heads_per_launch(spec, config)
-            blocks = cdiv(rows, config.block_m)
-            return _triton.split_reason(
-                config, "token_splits", blocks, "the row blocks", programs, sm_count
-            )
-        return None
+        programs = intermediate_blocks(spec, config.block_n) * kv_heads_per_launch(spec, config)
+        return _triton.token_split_reason(config, rows, programs, sm_count)
 
 
 register(FlashMhfBwdFused())

@@ -31,7 +31,6 @@ from .. import codegen
 from ..kernels import sm90
 from ..kernels.buffers import contiguous_strides
 from ..kernels.bwd_chunks import Chunk, ChunkPlan, head_chunks, plan_fields, run_chunks
-from ..kernels.plans import CachedLaunch
 from ..registry import register
 from ..spec import KernelSpec
 from ..tiling import cdiv
@@ -45,11 +44,8 @@ from ..workspace import (
 from . import _gluon
 
 KERNEL = "flash_mhf_bwd_ws"
-DTYPES = sm90.BACKWARD_DTYPES
 #: weight-tile rows per program: one warpgroup's wgmma M
 BLOCK_N = sm90.BACKWARD_BLOCK_N
-#: the most kv heads per launch a config may ask for
-MAX_HEAD_CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -69,7 +65,7 @@ class BwdWsConfig(_gluon.GluonBackwardConfig):
     """
 
     variant = KERNEL
-    worker_regs = "grads_regs"
+    worker_regs = "grads_regs"  # warpgroup B's
     default_partition = "warpgroup A"
 
     block_m: int = 32
@@ -81,17 +77,7 @@ class BwdWsConfig(_gluon.GluonBackwardConfig):
     producer_regs: int = 24
     dq_vec: bool = False
 
-    def __post_init__(self) -> None:
-        self.check_fields(
-            block_m=(32, 64),
-            stages=(2, 3, 4),
-            sigmoid=_gluon.SIGMOIDS,
-            token_splits=_gluon.MAX_TOKEN_SPLITS,
-            head_chunk=MAX_HEAD_CHUNK,
-            grads_regs=_gluon.PARTITION_REGS,
-            producer_regs=_gluon.PARTITION_REGS,
-            dq_vec=bool,
-        )
+    choices = {"block_m": (32, 64), "stages": (2, 3, 4)}
 
     def describe(self) -> str:
         text = f"BM{self.block_m} " + self.describe_regs()
@@ -194,9 +180,12 @@ def constexprs(spec: KernelSpec, config: BwdWsConfig) -> dict:
         STAGES=config.stages,
         EX_LAYOUT=layouts["EX_LAYOUT"],
         DP_LAYOUT=layouts["DP_LAYOUT"],
-        GRADS_REGS=config.grads_regs,
-        PRODUCER_REGS=config.producer_regs,
+        **config.register_constexprs(),
     )
+
+
+#: what the shared Gluon backward launch path asks of this variant (mhfgen.variants._gluon)
+GLUON = _gluon.GluonBackward(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
 
 
 def flash_mhf_bwd_ws(
@@ -252,9 +241,7 @@ def compile_sm90(spec: KernelSpec, config: BwdWsConfig) -> sm90.CompileReport:
     return GLUON.compile_kernel(spec, config, rows, DQ=f32, DR=f32, DK=grads, DU=grads, DV=grads)
 
 
-#: what the shared Gluon backward launch path asks of this variant (mhfgen.variants._gluon)
-GLUON = _gluon.GluonBackward(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
-_launch = CachedLaunch(KERNEL, _make_plan, run_chunks)
+_launch = GLUON.launcher(_make_plan, run_chunks)
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,14 +253,10 @@ class FlashMhfBwdWs(_gluon.GluonVariant):
     stem = "flash_mhf_bwd_ws"
     op = "bwd"
     Config = BwdWsConfig
-    launcher = "mhfgen.variants.flash_mhf_bwd_ws:flash_mhf_bwd_ws"
-    preference = 10  # before flash_mhf_bwd_fused where it supports the call
     flop_factor = 16
     outputs = ("dq", "dr", "dk", "du", "dv")
     takes_grad = True
-    model = _gluon.GluonModel(
-        unsupported, config_problems, shared_memory, registers, default_config, call_problems
-    )
+    model = GLUON.model(shared_memory, registers, default_config, call_problems)
 
     def static_params(self, spec: KernelSpec, config: BwdWsConfig) -> dict:
         return static_params(spec, config)

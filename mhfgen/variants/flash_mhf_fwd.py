@@ -53,7 +53,6 @@ from ..spec import INTERPRETER, KernelSpec
 from ..tiling import cdiv, intermediate_blocks
 from ..validation import INT32_LIMIT
 from . import _triton
-from ._triton import TileConfig
 
 KERNEL = "flash_mhf_fwd"
 
@@ -149,7 +148,7 @@ UNROLL_FACTORS = (1, 2, 4)
 
 
 @dataclass(frozen=True)
-class Config(TileConfig):
+class Config(_triton.GroupedConfig):
     """The launch config of flash_mhf_fwd (fields: see the module doc)."""
 
     variant = "flash_mhf_fwd"
@@ -167,15 +166,11 @@ class Config(TileConfig):
     added_fields = {"unroll": 1, "evict_weights": False}
     choices = {"unroll": UNROLL_FACTORS}
 
-    def check_for(self, spec: KernelSpec) -> None:
-        _triton.check_group_and_tma(self, spec)
-
 
 class FlashMhfFwd(_triton.TritonVariant):
     stem = "flash_mhf_fwd"
     op = "fwd"
     Config = Config
-    launcher = "mhfgen.variants.flash_mhf_fwd:flash_mhf_fwd"
     schema2_kernel = "flash_mhf_fwd"
     flop_factor = 6  # S = q K^T, A = q U^T, then P V: 3 GEMMs of 2 N FLOPs
     outputs = ("o",)
@@ -231,12 +226,9 @@ class FlashMhfFwd(_triton.TritonVariant):
         config = Config(**tiles, group_heads=heads, inter_splits=splits)
         return _triton.shrink_to_fit(self, spec, config)
 
-    def prune_reason(
-        self, spec: KernelSpec, config: Config, tokens: int, sm_count: int
+    def own_prune_reason(
+        self, spec: KernelSpec, config: Config, tokens: int, rows: int, sm_count: int
     ) -> str | None:
-        rows = max(1, tokens) * config.group_heads
-        if reason := _triton.tile_prune_reason(spec, config, rows):
-            return reason
         if config.prefetch_scores and spec.expert_dim % config.block_n:
             return "prefetch_scores applies only when block_n divides expert_dim"
         if config.warp_specialize and spec.expert_dim % config.block_n:

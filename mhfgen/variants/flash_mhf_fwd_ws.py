@@ -103,20 +103,16 @@ class WsConfig(_gluon.GluonConfig):
     #: without them means these values (whose generated code is the code it was tuned with)
     added_fields = {"joint_scores": False}
 
+    choices = dict(
+        block_n=(16, 32, 64, 128, 256),
+        stages=range(3, 9),
+        consumers=(1, 2),
+        consumer_warps=(4, 8),
+        group_heads=(1, 2),
+    )
+
     def __post_init__(self) -> None:
-        self.check_fields(
-            block_n=(16, 32, 64, 128, 256),
-            stages=range(3, 9),
-            consumers=(1, 2),
-            consumer_warps=(4, 8),
-            group_heads=(1, 2),
-            producer_regs=_gluon.PARTITION_REGS,
-            consumer_regs=_gluon.PARTITION_REGS,
-            pingpong=bool,
-            persistent=bool,
-            joint_scores=bool,
-            sigmoid=_gluon.SIGMOIDS,
-        )
+        super().__post_init__()
         if self.consumers % self.group_heads:
             raise ValueError(
                 f"WsConfig.group_heads={self.group_heads} must divide consumers={self.consumers}"
@@ -350,13 +346,14 @@ def descriptors(layouts: tuple, q2, k2, u2, v2, o2) -> list:
 
 
 def constexprs(config: WsConfig) -> dict:
+    """The kernel's constexprs: BLOCK_M (a consumer's rows) and BLOCK_N, the ring's slots,
+    the warps of a consumer and the register split."""
     return dict(
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
         STAGES=config.stages,
         CONSUMER_WARPS=config.consumer_warps,
-        CONSUMER_REGS=config.consumer_regs,
-        PRODUCER_REGS=config.producer_regs,
+        **config.register_constexprs(),
     )
 
 
@@ -493,8 +490,6 @@ class FlashMhfFwdWs(_gluon.GluonVariant):
     stem = "flash_mhf_fwd_ws"
     op = "fwd"
     Config = WsConfig
-    launcher = "mhfgen.variants.flash_mhf_fwd_ws:flash_mhf_fwd_ws"
-    preference = 10  # before flash_mhf_fwd (50) where it supports the call
     flop_factor = 6
     outputs = ("o",)
     model = _gluon.GluonModel(
