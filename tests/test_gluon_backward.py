@@ -58,7 +58,7 @@ def test_the_shared_launch_passes_every_kernel_argument_in_order(stem, monkeypat
     generated kernel's parameters, in order, the outputs where the kernel takes them."""
     module = importlib.import_module(f"mhfgen.variants.{stem}")
     plan_fn = module._launch.make_plan
-    # every launcher looks the spec up in mhfgen.kernels.configs.checked_call
+    # every Gluon backward launcher looks the spec up in kernels.configs.checked_call
     real_spec_of = configs.spec_of
     monkeypatch.setattr(
         configs,
