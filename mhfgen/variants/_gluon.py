@@ -323,10 +323,12 @@ class GluonDkv(GluonBackward):
     (weight rows per program) and `token_splits`; its kernel's outputs are dK, dU, dV and
     its scalars (r's strides, seqlen, tokens, row blocks per split)."""
 
-    def model(self, shared_memory, registers, default_config, call_problems=None) -> GluonModel:
-        """The variant's GluonModel; what rules a config out for a call is its token
-        splits' problems (token_split_problems)."""
-        return super().model(shared_memory, registers, default_config, token_split_problems)
+    def model(
+        self, shared_memory, registers, default_config, call_problems=token_split_problems
+    ) -> GluonModel:
+        """The variant's GluonModel, by default with its token splits' problems as what
+        rules a config out for a call (token_split_problems)."""
+        return super().model(shared_memory, registers, default_config, call_problems)
 
     def launcher(self, make_plan=None, run=run_dkv_plan) -> CachedLaunch:
         """The variant's cached launch: (q, k, u, v, r in fp32, do) -> (dk, du, dv), its
