@@ -36,7 +36,6 @@ import jinja2.meta
 
 from . import paths, registry
 from .spec import INTERPRETER, KernelSpec
-from .tiling import Chunk  # noqa: F401 - the templates' chunk records, re-exported
 
 log = logging.getLogger(__name__)
 

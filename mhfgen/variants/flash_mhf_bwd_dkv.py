@@ -1,5 +1,5 @@
 """flash_mhf_bwd_dkv: the Triton-language dK/dU/dV backward
-(templates/flash_mhf_bwd_dkv.py.jinja). A program owns one BLOCK_N weight tile of one kv
+(flash_mhf_bwd_dkv.py.jinja). A program owns one BLOCK_N weight tile of one kv
 head and walks every query head of its group over the tokens.
 
 Config fields beyond the tiles (mhfgen.variants._triton):
@@ -16,8 +16,9 @@ Shared memory (fitted to Triton 3.6 on sm90; docs/PERFORMANCE.md), Dp and b as t
 Registers: (3*BN*Dp + 3*BM*BN) / (32 * num_warps) (dk/du/dv accumulators, S, A, dP tiles;
 2*BN*Dp with split_grads: the dK+dU kernel holds two accumulators).
 
-The launcher:
-Launcher of the generated dK/dU/dV backward kernel (templates/flash_mhf_bwd_dkv.py.jinja).
+This module holds the variant whole: its config type, support checks, resource model,
+heuristic, launcher (check, allocate, launch: a plan per call signature) and registry entry;
+its template and search space sit beside it.
 """
 
 from __future__ import annotations

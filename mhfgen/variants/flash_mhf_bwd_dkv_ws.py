@@ -1,6 +1,5 @@
 """flash_mhf_bwd_dkv_ws: the warp-specialised Gluon dK/dU/dV backward for Hopper
-(templates/flash_mhf_bwd_dkv_ws.py.jinja; launcher, config type and resource model in
-mhfgen.variants.flash_mhf_bwd_dkv_ws).
+(flash_mhf_bwd_dkv_ws.py.jinja).
 
 Two consumer warpgroups share a row tile: each computes the scores of 64 of a 128-token
 tile's tokens (split 'tokens') or of 32 of the weight tile's 64 rows for a 64-token tile
@@ -9,10 +8,9 @@ half of head_dim's columns of dK, dU and dV over the tile's tokens; a one-warp p
 loads q and dO by TMA. sm90, bf16/fp16, D = 64 or 128, expert_dim a multiple of 64. Without token
 splits it adds nothing by atomics: its gradients are bitwise reproducible.
 
-The launcher:
-The warp-specialised Gluon dK/dU/dV backward for Hopper
-(templates/flash_mhf_bwd_dkv_ws.py.jinja): its config type, resource model, launcher and
-sm90 compile check.
+This module holds the variant whole: its config type, support checks, resource model,
+heuristic, launcher, sm90 compile check and registry entry; its template and search space
+sit beside it.
 
 A program owns one 64-row weight tile (within one expert) of one kv head and walks row
 tiles of each query head of the group. Two consumer warpgroups split each tile's scores,

@@ -1,6 +1,5 @@
 """flash_mhf_bwd_dkvt_ws: the warp-specialised Gluon dK/dU/dV backward for Hopper whose
-consumer warpgroups own weight rows end to end (templates/flash_mhf_bwd_dkvt_ws.py.jinja;
-launcher, config type and resource model in mhfgen.variants.flash_mhf_bwd_dkvt_ws).
+consumer warpgroups own weight rows end to end (flash_mhf_bwd_dkvt_ws.py.jinja).
 
 Each of two consumer warpgroups owns wg_rows of the program's 2 * wg_rows weight rows:
 it computes their scores for a 64-token row tile ([S | A] by one wgmma chain, and dP),
@@ -9,10 +8,9 @@ over all of head_dim; the two share only the q/dO ring a one-warp TMA producer f
 sm90, bf16/fp16, D = 64 or 128, expert_dim a multiple of the weight tile. Without token
 splits it adds nothing by atomics: its gradients are bitwise reproducible.
 
-The launcher:
-The warp-specialised Gluon dK/dU/dV backward with row-owning warpgroups and transposed
-accumulators, for Hopper (templates/flash_mhf_bwd_dkvt_ws.py.jinja): its config type,
-resource model, launcher and sm90 compile check.
+This module holds the variant whole: its config type, support checks, resource model,
+heuristic, launcher, sm90 compile check and registry entry; its template and search space
+sit beside it.
 
 A program owns a weight tile of 2 * wg_rows rows (within one expert) of one kv head and
 walks 64-token row tiles of each query head of the group. Each of its two consumer

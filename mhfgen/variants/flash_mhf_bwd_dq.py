@@ -1,4 +1,4 @@
-"""flash_mhf_bwd_dq: the Triton-language dQ/dR backward (templates/flash_mhf_bwd_dq.py.jinja).
+"""flash_mhf_bwd_dq: the Triton-language dQ/dR backward (flash_mhf_bwd_dq.py.jinja).
 
 Config fields beyond the tiles (mhfgen.variants._triton): group_heads, tma and
 warp_specialize, as the forward's (mhfgen.variants.flash_mhf_fwd).
@@ -9,8 +9,9 @@ Shared memory (fitted to Triton 3.6 on sm90; docs/PERFORMANCE.md), Dp and b as t
     stage, D = 128 needs 262144 bytes, the base formula gives 230400) + 1 KiB.
 Registers: (BM*Dp + 3*BM*BN) / (32 * num_warps) (the dq accumulator, S, A and dP tiles).
 
-The launcher:
-Launcher of the generated dQ/dR backward kernel (templates/flash_mhf_bwd_dq.py.jinja).
+This module holds the variant whole: its config type, support checks, resource model,
+heuristic, launcher (check, allocate, launch: a plan per call signature) and registry entry;
+its template and search space sit beside it.
 """
 
 from __future__ import annotations

@@ -1,15 +1,14 @@
 """flash_mhf_bwd_dq_ws: the warp-specialised Gluon dQ/dR backward for Hopper
-(templates/flash_mhf_bwd_dq_ws.py.jinja; launcher, config type and resource model in
-mhfgen.variants.flash_mhf_bwd_dq_ws).
+(flash_mhf_bwd_dq_ws.py.jinja).
 
 Two consumer warpgroups of 64 rows each walk a kv head's weight tiles, recomputing S, A
 and dP and accumulating dq in registers; a one-warp producer loads q and dO once and
 K, U, V per tile by TMA. sm90, bf16/fp16, D = 64 or 128, expert_dim a multiple of 64. It
 adds nothing by atomics: its gradients are bitwise reproducible.
 
-The launcher:
-The warp-specialised Gluon dQ/dR backward for Hopper (templates/flash_mhf_bwd_dq_ws.py.jinja):
-its config type, resource model, launcher and sm90 compile check.
+This module holds the variant whole: its config type, support checks, resource model,
+heuristic, launcher, sm90 compile check and registry entry; its template and search space
+sit beside it.
 
 A program owns 128 tokens of one query head: two consumer warpgroups of 64 rows each walk
 the kv head's weight tiles (64 rows of the intermediate dimension each) independently,

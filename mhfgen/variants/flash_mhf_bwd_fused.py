@@ -1,5 +1,5 @@
 """flash_mhf_bwd_fused: the Triton-language backward in one pass
-(templates/flash_mhf_bwd_fused.py.jinja). A program owns one BLOCK_N weight tile of one kv
+(flash_mhf_bwd_fused.py.jinja). A program owns one BLOCK_N weight tile of one kv
 head, walks the rows (token, query head of the group) and computes every gradient from one
 recomputation of S, A and dP: 8 MMA units per tile, where the split backward
 (flash_mhf_bwd_dq + flash_mhf_bwd_dkv) executes 11.
@@ -33,9 +33,10 @@ dP tiles; the dq tile takes the registers S, A and dP free. (Counting it too pru
 BN 64, 8 warps, the fastest config of the H200 sweep: 255 registers and 528 bytes of spill
 stores compiled, docs/PERFORMANCE.md.)
 
-The launcher:
-Launcher of the Triton-language one-pass backward kernel
-(templates/flash_mhf_bwd_fused.py.jinja): one DirectLaunch per chunk of kv heads, run by
+This module holds the variant whole: its config type, support checks, resource model,
+heuristic, launcher (check, allocate, launch: a plan per call signature) and registry entry;
+its template and search space sit beside it.
+Its launcher makes one DirectLaunch per chunk of kv heads, run by
 mhfgen.kernels.bwd_chunks (which holds how the outputs and workspaces are handled).
 """
 

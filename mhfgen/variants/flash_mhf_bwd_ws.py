@@ -1,15 +1,14 @@
 """flash_mhf_bwd_ws: the warp-specialised Gluon one-pass backward for Hopper
-(templates/flash_mhf_bwd_ws.py.jinja; launcher, config type and resource model in
-mhfgen.variants.flash_mhf_bwd_ws).
+(flash_mhf_bwd_ws.py.jinja).
 
 Two consumer warpgroups split the 8 MMAs of each row tile 4 + 4 (A: S^T, A^T, dK, dU and
 the element-wise math; B: dP^T, dV, dq) and swap dP^T and P^T/dS^T/dA^T through shared
 memory; a one-warp producer loads q and dO by TMA. sm90, bf16/fp16, D = 64 or 128,
 expert_dim a multiple of 64. The dq workspace and its budget: mhfgen.workspace.
 
-The launcher:
-The warp-specialised Gluon one-pass backward for Hopper (templates/flash_mhf_bwd_ws.py.jinja):
-its config type, resource model, launcher and sm90 compile check.
+This module holds the variant whole: its config type, support checks, resource model,
+heuristic, launcher, sm90 compile check and registry entry; its template and search space
+sit beside it.
 
 A program owns one 64-column weight tile (within one expert) of one kv head and walks
 row tiles of BLOCK_M tokens of each query head of the group. Three partitions: warpgroup

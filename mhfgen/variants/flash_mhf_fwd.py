@@ -1,4 +1,4 @@
-"""flash_mhf_fwd: the Triton-language forward (templates/flash_mhf_fwd.py.jinja).
+"""flash_mhf_fwd: the Triton-language forward (flash_mhf_fwd.py.jinja).
 
 Config fields beyond the tiles (mhfgen.variants._triton):
     group_heads:  query heads of one kv-head group that share a program, so each K/U/V
@@ -25,8 +25,9 @@ head_dim padded to its dot chunks and b the element size:
 Registers: (BM*Dp + 2*BM*BN) / (32 * num_warps) fp32 values per thread live (the
 accumulator, S and A tiles).
 
-The launcher:
-Launcher of the generated forward kernel (templates/flash_mhf_fwd.py.jinja).
+This module holds the variant whole: its config type, support checks, resource model,
+heuristic, launcher (check, allocate, launch: a plan per call signature) and registry entry;
+its template and search space sit beside it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """flash_mhf_fwd_ws: the warp-specialised Gluon forward for Hopper
-(templates/flash_mhf_fwd_ws.py.jinja; launcher, config type and resource model in
-mhfgen.variants.flash_mhf_fwd_ws).
+(flash_mhf_fwd_ws.py.jinja).
 
 A one-warp TMA producer feeds a K/U/V ring; one or two consumer warpgroups issue async
 wgmma. sm90 only, bf16/fp16, head_dim a multiple of 16 up to 128; calls of fewer than
@@ -8,13 +7,14 @@ MIN_TOKENS tokens are left to flash_mhf_fwd (its split-intermediate decode path)
 it supports a call it is the op's preferred variant: the dispatcher's heuristic fallback
 picks it before flash_mhf_fwd (tuned winners of either still come first).
 
-Its config's fields: see WsConfig. Resources (mhfgen.variants.flash_mhf_fwd_ws):
+Its config's fields: see WsConfig. Resources:
 shared memory = consumers' Q tiles + stages * 3 K/U/V tiles + mbarriers + 1 KiB;
 registers = BLOCK_M * (D + 4 * BLOCK_N) / (32 * consumer_warps) accumulator values per
 consumer thread (O, S, G and the next tile's S, G).
 
-The launcher:
-Launcher of the warp-specialised Gluon forward for Hopper (templates/flash_mhf_fwd_ws.py.jinja).
+This module holds the variant whole: its config type, support checks, resource model,
+heuristic, launcher, sm90 compile check and registry entry; its template and search space
+sit beside it.
 
 The same op as flash_mhf_fwd, another schedule: a one-warp producer partition streams the
 K/U/V tiles of a kv head by TMA into a shared-memory ring guarded by mbarriers; one or two
@@ -47,7 +47,7 @@ from ..kernels.plans import CachedLaunch
 from ..kernels.sm90 import SM90_REGISTERS, SM90_SHARED_MEMORY
 from ..registry import register
 from ..spec import KernelSpec, dtype_name
-from ..tiling import head_dim_chunks
+from ..tiling import Chunk, head_dim_chunks
 from ..validation import check_flash_mhf_inputs
 from . import _gluon
 
@@ -285,8 +285,6 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int = 0) -> WsConfig
 
 def static_params(spec: KernelSpec, config: WsConfig) -> dict:
     """The parts of (spec, config) that change the generated code's structure."""
-    from ..codegen import Chunk
-
     chunks = tuple(
         Chunk(i, off, width, masked)
         for i, (off, width, masked) in enumerate(head_dim_chunks(spec.head_dim, "chunks"))
