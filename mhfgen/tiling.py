@@ -58,9 +58,21 @@ def chunks_of(head_dim: int, mode: str) -> tuple[Chunk, ...]:
     )
 
 
+def even_tiles(spec, block_n: int) -> bool:
+    """Whether BLOCK_N divides De: every weight tile lies in one expert, and the
+    intermediate loop is one flat loop without masks (the templates' `even_de`)."""
+    return spec.expert_dim % block_n == 0
+
+
 def intermediate_blocks(spec, block_n: int) -> int:
     """Tiles of BLOCK_N columns over I: I / BLOCK_N when BLOCK_N divides De, else
     ceil(De / BLOCK_N) masked tiles per expert."""
-    if spec.expert_dim % block_n == 0:
+    if even_tiles(spec, block_n):
         return spec.intermediate // block_n
     return spec.experts * cdiv(spec.expert_dim, block_n)
+
+
+def split_units(spec, block_n: int) -> int:
+    """What the forward's intermediate splits divide: the I / BLOCK_N tiles where BLOCK_N
+    divides De, else the experts (a split takes whole experts, whose last tile is masked)."""
+    return spec.intermediate // block_n if even_tiles(spec, block_n) else spec.experts

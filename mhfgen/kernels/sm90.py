@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ..tiling import even_tiles
+
 #: dynamic shared memory a block may allocate on sm90 (227 KiB)
 SM90_SHARED_MEMORY = 232448
 #: 32-bit registers per SM
@@ -33,7 +35,7 @@ def backward_unsupported(spec, tokens: int | None = None) -> str | None:
         return f"bf16/fp16 only; dtype is {spec.dtype}"
     if spec.head_dim not in BACKWARD_HEAD_DIMS:
         return f"head_dim 64 or 128 only; it is {spec.head_dim}"
-    if spec.expert_dim % BACKWARD_BLOCK_N:
+    if not even_tiles(spec, BACKWARD_BLOCK_N):
         return f"expert_dim must be a multiple of {BACKWARD_BLOCK_N}; it is {spec.expert_dim}"
     return None
 

@@ -28,7 +28,7 @@ from ..spec import (
     NUM_WARPS,
     KernelSpec,
 )
-from ..tiling import cdiv, chunks_of, head_dim_chunks, pow2_ceil  # noqa: F401 - pow2_ceil for variants
+from ..tiling import cdiv, chunks_of, even_tiles, head_dim_chunks, pow2_ceil
 
 #: the heuristic's starting point in the interpreter: (block_m, block_n, warps, stages)
 INTERPRETER_START = (32, 32, 4, 1)
@@ -117,7 +117,7 @@ def tile_params(spec: KernelSpec, config: TileConfig) -> dict:
     operands of head_dim) and `even_de` (BLOCK_N divides De: one flat loop, no masks)."""
     return {
         "chunks": chunks_of(spec.head_dim, config.head_dim_split),
-        "even_de": spec.expert_dim % config.block_n == 0,
+        "even_de": even_tiles(spec, config.block_n),
     }
 
 

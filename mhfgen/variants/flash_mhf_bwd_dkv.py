@@ -36,7 +36,7 @@ from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
 from ..registry import register
 from ..spec import INTERPRETER, KernelSpec
-from ..tiling import intermediate_blocks
+from ..tiling import intermediate_blocks, pow2_ceil
 from . import _triton
 from ._triton import TileConfig
 
@@ -144,7 +144,7 @@ class FlashMhfBwdDkv(_triton.TritonVariant):
         rows (the first tile rule)."""
         rows = max(1, tokens) * spec.group
         if (
-            config.block_m <= max(16, _triton.pow2_ceil(rows))
+            config.block_m <= max(16, pow2_ceil(rows))
             and spec.target.startswith("sm9")
             and config.split_grads
             and config.transpose_acc

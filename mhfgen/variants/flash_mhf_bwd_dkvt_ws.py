@@ -46,7 +46,7 @@ from torch import Tensor
 from ..kernels import sm90
 from ..registry import register
 from ..spec import KernelSpec
-from ..tiling import cdiv
+from ..tiling import cdiv, even_tiles
 from . import _gluon
 
 KERNEL = "flash_mhf_bwd_dkvt_ws"
@@ -124,7 +124,7 @@ def config_problems(spec: KernelSpec, config: BwdDkvtWsConfig) -> list[str]:
     problems = config.resource_problems(
         shared_memory(spec, config), consumer_registers(spec, config)
     )
-    if spec.expert_dim % config.block_n:
+    if not even_tiles(spec, config.block_n):
         problems.append(
             f"wg_rows={config.wg_rows} makes {config.block_n}-row weight tiles; "
             f"expert_dim {spec.expert_dim} is not a multiple"
@@ -146,7 +146,7 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvtWsCon
     slots at D = 64 where the expert width takes 128-row tiles (1.02x 4 slots, 1.01x 8),
     else 32 rows (3 slots at D = 128, 4 at D = 64); token splits by wave_token_splits
     (none from two waves of weight tiles up: dQ/dR fills the last one)."""
-    wide = spec.head_dim == 64 and spec.expert_dim % 128 == 0
+    wide = spec.head_dim == 64 and even_tiles(spec, 128)
     stages = 6 if wide else 3 if spec.head_dim > 64 else 4
     config = BwdDkvtWsConfig(stages=stages, wg_rows=64 if wide else 32)
     programs = spec.kv_heads * spec.intermediate // config.block_n

@@ -29,7 +29,7 @@ from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
 from ..registry import register
 from ..spec import KernelSpec
-from ..tiling import cdiv
+from ..tiling import cdiv, even_tiles
 from . import _triton
 
 KERNEL = "flash_mhf_bwd_dq"
@@ -126,7 +126,7 @@ class FlashMhfBwdDq(_triton.TritonVariant):
     def own_prune_reason(
         self, spec: KernelSpec, config: Config, tokens: int, rows: int, sm_count: int
     ) -> str | None:
-        if config.warp_specialize and spec.expert_dim % config.block_n:
+        if config.warp_specialize and not even_tiles(spec, config.block_n):
             return "warp_specialize applies only when block_n divides expert_dim"
         return None
 

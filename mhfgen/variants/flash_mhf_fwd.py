@@ -51,7 +51,7 @@ from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
 from ..registry import register
 from ..spec import INTERPRETER, KernelSpec
-from ..tiling import cdiv, intermediate_blocks
+from ..tiling import cdiv, even_tiles, split_units
 from ..validation import INT32_LIMIT
 from . import _triton
 
@@ -108,11 +108,7 @@ def _make_plan(q, k, u, v, r, config) -> FwdPlan:
     if config.tma:
         ensure_descriptor_allocator(q.device)
     rows = tokens * config.group_heads
-    units = (
-        intermediate_blocks(spec, config.block_n)
-        if spec.expert_dim % config.block_n == 0
-        else spec.experts
-    )  # what the splits divide: tiles, or experts
+    units = split_units(spec, config.block_n)
     # no split left empty: ceil(units / ceil(units / S)) splits of ceil(units / S) units
     splits = cdiv(units, cdiv(units, min(config.inter_splits, units)))
     if (splits - 1) * B * L * H * D >= INT32_LIMIT:
@@ -218,7 +214,7 @@ class FlashMhfFwd(_triton.TritonVariant):
         tiles = _triton.start_tiles(self, spec, rows)
         bn = tiles["block_n"]
         programs = cdiv(rows, tiles["block_m"]) * (spec.heads // heads)
-        units = spec.intermediate // bn if spec.expert_dim % bn == 0 else spec.experts
+        units = split_units(spec, bn)
         splits = 1
         if spec.target != INTERPRETER and 2 * programs <= sm_count:
             # few tokens (decode): split the intermediate dimension to fill the GPU with
@@ -230,9 +226,9 @@ class FlashMhfFwd(_triton.TritonVariant):
     def own_prune_reason(
         self, spec: KernelSpec, config: Config, tokens: int, rows: int, sm_count: int
     ) -> str | None:
-        if config.prefetch_scores and spec.expert_dim % config.block_n:
+        if config.prefetch_scores and not even_tiles(spec, config.block_n):
             return "prefetch_scores applies only when block_n divides expert_dim"
-        if config.warp_specialize and spec.expert_dim % config.block_n:
+        if config.warp_specialize and not even_tiles(spec, config.block_n):
             return "warp_specialize applies only when block_n divides expert_dim"
         if config.warp_specialize and config.prefetch_scores:
             return "warp_specialize does not apply to the prefetch_scores loop"
@@ -241,11 +237,7 @@ class FlashMhfFwd(_triton.TritonVariant):
         if config.evict_weights and config.tma:
             return "evict_weights applies to pointer loads, not tma"
         if config.inter_splits > 1:
-            tiles = (
-                intermediate_blocks(spec, config.block_n)
-                if spec.expert_dim % config.block_n == 0
-                else spec.experts
-            )
+            tiles = split_units(spec, config.block_n)
             programs = cdiv(rows, config.block_m) * (spec.heads // config.group_heads)
             what = f"the {tiles} intermediate tiles"
             return _triton.split_reason(config, "inter_splits", tiles, what, programs, sm_count)

@@ -47,7 +47,7 @@ from ..kernels.plans import CachedLaunch
 from ..kernels.sm90 import SM90_REGISTERS, SM90_SHARED_MEMORY
 from ..registry import register
 from ..spec import KernelSpec, dtype_name
-from ..tiling import Chunk, head_dim_chunks
+from ..tiling import Chunk, even_tiles, head_dim_chunks
 from ..validation import check_flash_mhf_inputs
 from . import _gluon
 
@@ -291,7 +291,7 @@ def static_params(spec: KernelSpec, config: WsConfig) -> dict:
     )
     return {
         "chunks": chunks,
-        "even_de": spec.expert_dim % config.block_n == 0,
+        "even_de": even_tiles(spec, config.block_n),
         "consumers": config.consumers,
         "group_heads": config.group_heads,
         "pingpong": config.pingpong,
