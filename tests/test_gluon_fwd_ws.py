@@ -220,3 +220,36 @@ def test_joint_scores_is_refused_where_the_head_dim_is_several_chunks():
     for d in (64, 128):
         spec = KernelSpec(8, 8, d, 11, 256, "bfloat16", "sm90")
         assert ws.default_config(spec, 16384).joint_scores
+
+
+@pytest.mark.parametrize("head_dim,joint", [(128, True), (96, False)])
+def test_the_launch_passes_every_kernel_argument_in_order(head_dim, joint, monkeypatch):
+    """On the CPU (the plan made as for an sm90 device), the launch's positional arguments
+    and constexprs are exactly the generated kernel's parameters, in order: one descriptor
+    per head_dim chunk of q, k, u, v and o, then r, its strides and the scalars."""
+    import torch
+
+    from mhfgen import device
+    from mhfgen.verification import Case, make_inputs
+
+    monkeypatch.setattr(device, "target", lambda _: "sm90")
+    q, k, u, v, r, _ = make_inputs(
+        Case("gqa", 2, 100, 8, 2, head_dim, 4, 128), torch.float16, "cpu"
+    )
+    config = ws.WsConfig(joint_scores=joint)
+    plan = ws._launch.make_plan(q, k, u, v, r, config)
+    o = torch.empty_like(q)
+    args = ws.arguments(plan, q, k, u, v, r, o)
+    names = plan.kernel.arg_names
+    chunks = 1 if head_dim == 128 else 2
+    assert list(names[: 5 * chunks]) == [
+        f"{t}_desc{i}" for t in ("q", "k", "u", "v", "o") for i in range(chunks)
+    ]
+    bases = [d.base.data_ptr() for d in args[: 5 * chunks]]
+    want = [t.data_ptr() for t in (q, k, u, v, o) for _ in range(chunks)]
+    assert bases == want  # each descriptor over its own tensor, in the kernel's order
+    assert names[5 * chunks] == "R" and args[5 * chunks] is r
+    options = set(ws.launch_options(config))
+    assert list(names[len(args) :]) == [n for n in plan.meta if n not in options]
+    assert args[5 * chunks + 1 :] == (*r.stride(), 100, 200, ws.work_tiles(plan.spec, config, 200))
+    assert plan.grid == (ws.work_tiles(plan.spec, config, 200),)

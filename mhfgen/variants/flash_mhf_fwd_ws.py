@@ -398,19 +398,26 @@ def flash_mhf_fwd_ws(
 
 def _run(plan: WsPlan, q, k, u, v, r) -> torch.Tensor:
     """Allocate o and launch: the per-call part."""
-    B, L, H, D = q.shape
-    o = empty((B, L, H, D), q.dtype, q.device)
+    o = empty(q.shape, q.dtype, q.device)
     if plan.kernel is None:
         return o
+    with torch.cuda.device(q.device):
+        plan.kernel[plan.grid](*arguments(plan, q, k, u, v, r, o), **plan.meta)
+    return o
+
+
+def arguments(plan: WsPlan, q, k, u, v, r, o) -> tuple:
+    """The kernel's positional arguments for one call: the TMA descriptors of q, k, u, v
+    and o (one per head_dim chunk each, over the 2-D views of the module doc), r, then the
+    plan's scalars; the constexprs and launch options are plan.meta."""
+    B, L, H, D = q.shape
     descs = descriptors(
         plan.layouts,
         sm90.rows_view(q),
         *(w.contiguous().view(-1, D) for w in (k, u, v)),
         o.view(-1, H * D),
     )
-    with torch.cuda.device(q.device):
-        plan.kernel[plan.grid](*descs, r, *plan.scalars, **plan.meta)
-    return o
+    return (*descs, r, *plan.scalars)
 
 
 def _make_plan(q, k, u, v, r, config) -> WsPlan:
