@@ -8,6 +8,7 @@ import importlib
 
 import pytest
 import torch
+from sm90_compile import gluon_report
 
 from mhfgen import registry
 from mhfgen.kernels import configs, sm90
@@ -86,3 +87,23 @@ def test_the_shared_launch_passes_every_kernel_argument_in_order(stem, monkeypat
     assert list(names[:6]) == ["q_desc", "do_desc", "k_desc", "u_desc", "v_desc", "R"]
     assert [n.lower() for n in names[6 : 6 + len(outputs)]] == list(outputs)
     assert all(a is o for a, o in zip(args[6 : 6 + len(outputs)], outs))
+
+
+#: specs a registered Gluon variant's default config is compiled for (the first it supports)
+COMPILE_SPECS = (
+    KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90"),
+    KernelSpec(16, 4, 64, 11, 256, "float16", "sm90"),
+)
+
+
+@pytest.mark.parametrize("stem", [v.stem for v in registry.all_variants() if v.family == "gluon"])
+def test_every_registered_gluon_variant_compiles_for_sm90(stem):
+    """Every Gluon variant the registry holds, found there (a new one needs no line
+    here): its default config compiles for sm90 on this machine, no GPU needed, within the
+    shared memory its model estimates."""
+    variant = registry.get(stem)
+    spec = next(s for s in COMPILE_SPECS if variant.unsupported(s, 16384) is None)
+    config = variant.default_config(spec, 16384, 132)
+    report = gluon_report(importlib.import_module(type(variant).__module__), spec, config)
+    assert report.wgmma > 0 and report.tma_loads > 0
+    assert 0 < report.shared <= variant.shared_memory(spec, config)

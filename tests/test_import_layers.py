@@ -86,3 +86,37 @@ def test_no_import_circle_in_mhfgen():
             if back is not None:
                 circles.append(" -> ".join((module, *back)))
     assert circles == []
+
+
+def test_no_variant_module_imports_another():
+    """Each module of mhfgen.variants registers its variant when imported, and the first
+    registry lookup imports them all: one importing another would start that discovery
+    halfway through its own import. What variants share lives in the modules whose names
+    start with '_' (and in mhfgen.kernels), which import no variant module either. Every
+    import counts, those inside functions too (grimp), and a new variant is covered by
+    this test without naming it."""
+    import pkgutil
+
+    import grimp
+
+    from mhfgen import variants
+
+    stems = {
+        f"mhfgen.variants.{m.name}"
+        for m in pkgutil.iter_modules(variants.__path__)
+        if not m.name.startswith("_")
+    }
+    assert len(stems) >= 9
+    graph = grimp.build_graph("mhfgen", cache_dir=None)
+    shared = {
+        f"mhfgen.variants.{m.name}"
+        for m in pkgutil.iter_modules(variants.__path__)
+        if m.name.startswith("_")
+    } | {m for m in graph.modules if m.startswith("mhfgen.kernels")}
+    offenders = sorted(
+        f"{importer} -> {imported}"
+        for importer in stems | shared
+        for imported in graph.find_modules_directly_imported_by(importer)
+        if imported in stems and imported != importer
+    )
+    assert offenders == []
