@@ -174,7 +174,16 @@ def test_import_keeps_records_of_another_template_whose_code_is_unchanged(tmp_pa
     assert json.loads(out_file.read_text())["records"][0]["code_hash"] == same.code_hash
     capsys.readouterr()
     assert main(["import", str(out_file), "--db", str(tmp_path / "b.sqlite")]) == 0
-    assert "1 added" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1 added" in out and "1 tuned for an older template whose code is unchanged" in out
+    # stored under today's template hash: dispatch takes it without rendering its code
+    from mhfgen.codegen import template_hash
+    from mhfgen.tuning.db import TuningDB
+
+    with TuningDB.open(tmp_path / "b.sqlite", readonly=True) as db:
+        (stored,) = db.winners()
+    assert stored.key.template_hash == template_hash("flash_mhf_bwd_dkv")
+    assert (stored.code_hash, stored.config, stored.ms) == (same.code_hash, same.config, same.ms)
 
 
 @pytest.mark.parametrize(

@@ -466,5 +466,11 @@ def run_import(args) -> int:
         f"imported into {path}: {report.added} added, {report.replaced} replaced (faster), "
         f"{report.kept} kept (the stored one is as fast or faster), {report.same} already "
         f"stored, {report.refused} refused"
+        + (
+            f"; {report.restamped} tuned for an older template whose code is unchanged, "
+            f"stored under today's template hash"
+            if report.restamped
+            else ""
+        )
     )
     return 1 if report.refused else 0

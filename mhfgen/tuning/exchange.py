@@ -19,11 +19,16 @@ an int field is an int, a flag a JSON bool, a config complete; see _record), and
 records are written in one transaction: an import stores all of its records or none.
 Records that no longer run the code they were tuned with are refused
 (mhfgen.tuning.lookup.still_current: another template hash, and a code hash of their spec
-and config that differs from today's or is missing).
+and config that differs from today's or is missing). A record of another template hash
+whose code hash is today's runs exactly the code it was tuned with: it is stored under
+today's template hash (and counted in `restamped`), so dispatch accepts it without
+rendering its code again. Exporting a database and importing the export into a new file
+so brings its records up to a template edit that changed no generated code.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from .. import registry, schema2
@@ -81,6 +86,7 @@ class ImportReport:
     kept: int = 0
     same: int = 0  # stored already, every field equal
     refused: int = 0
+    restamped: int = 0  # of those stored: moved onto today's template hash (code unchanged)
     messages: list[str] = field(default_factory=list)
 
 
@@ -206,6 +212,10 @@ def import_winners(
                 refused.get((rec.key.variant, rec.key.template_hash), 0) + 1
             )
             continue
+        current = template_hashes[rec.key.variant]
+        if rec.key.template_hash != current:  # its code hash is today's (still_current)
+            rec = dataclasses.replace(rec, key=dataclasses.replace(rec.key, template_hash=current))
+            report.restamped += 1
         accepted.append(rec)
     for outcome in db.put_winners(accepted, policy="faster"):  # one transaction
         setattr(report, outcome, getattr(report, outcome) + 1)
