@@ -8,6 +8,7 @@ import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 # isort: split
 import pytest
 import triton
+from cases import TINY_FLAGS
 from tuning_helpers import run_sql
 
 from mhfgen import registry
@@ -87,21 +88,7 @@ def test_show_explains_the_dispatch_choice(capsys):
         os.environ["MHFGEN_DB"],
         winner(spec=TINY, tokens=32, gpu=("interpreter", "none"), config=tuned),
     )
-    args = [
-        "show",
-        "--heads",
-        "2",
-        "--kv-heads",
-        "1",
-        "--head-dim",
-        "32",
-        "--intermediate",
-        "64",
-        "--experts",
-        "2",
-        "--dtype",
-        "float32",
-    ]
+    args = ["show", *TINY_FLAGS]
     assert main([*args, "--tokens", "32"]) == 0
     out = capsys.readouterr().out
     assert "dispatch picks BM16 BN16 w4 s2 (exact, tuned at 32 tokens, user database)" in out

@@ -145,6 +145,23 @@ def test_every_string_a_template_sees_is_from_a_fixed_set():
     assert "import os" not in source
 
 
+#: `mhfgen codegen` on a small problem, up to its --target value
+CODEGEN = [
+    "codegen",
+    "--heads",
+    "2",
+    "--head-dim",
+    "32",
+    "--intermediate",
+    "64",
+    "--experts",
+    "2",
+    "--dtype",
+    "float32",
+    "--target",
+]
+
+
 @pytest.mark.parametrize(
     "target,message",
     [
@@ -153,42 +170,14 @@ def test_every_string_a_template_sees_is_from_a_fixed_set():
     ],
 )
 def test_codegen_target_is_checked_before_rendering(target, message, capsys):
-    args = [
-        "codegen",
-        "--heads",
-        "2",
-        "--head-dim",
-        "32",
-        "--intermediate",
-        "64",
-        "--experts",
-        "2",
-        "--dtype",
-        "float32",
-        "--target",
-        target,
-    ]
+    args = [*CODEGEN, target]
     assert main(args) == 2
     out, err = capsys.readouterr()
     assert out == "" and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_codegen_config_flags_are_strict(capsys):
-    args = [
-        "codegen",
-        "--heads",
-        "2",
-        "--head-dim",
-        "32",
-        "--intermediate",
-        "64",
-        "--experts",
-        "2",
-        "--dtype",
-        "float32",
-        "--target",
-        "interpreter",
-    ]
+    args = [*CODEGEN, "interpreter"]
     assert main([*args, "--config", json.dumps({"block_m": 32, "tma": "false"})]) == 2
     assert "flash_mhf_fwd config: tma must be true or false" in capsys.readouterr().err
     assert main([*args, "--config", json.dumps({"block_m": 32})]) == 0
