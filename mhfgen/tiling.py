@@ -72,6 +72,16 @@ def intermediate_blocks(spec, block_n: int) -> int:
     return spec.experts * cdiv(spec.expert_dim, block_n)
 
 
+#: programs per multiprocessor above which a split (of tokens or of the intermediate
+#: dimension) only adds partial-sum traffic: the budget every variant's split rule keeps
+MAX_PROGRAMS_PER_SM = 8
+
+
+def split_programs_budget(sm_count: int) -> int:
+    """The most programs a split may make on `sm_count` multiprocessors."""
+    return MAX_PROGRAMS_PER_SM * max(1, sm_count)
+
+
 def split_units(spec, block_n: int) -> int:
     """What the forward's intermediate splits divide: the I / BLOCK_N tiles where BLOCK_N
     divides De, else the experts (a split takes whole experts, whose last tile is masked)."""

@@ -34,11 +34,9 @@ from ..kernels.sm90 import (
 )
 from ..registry import Variant, VariantConfig
 from ..spec import KernelSpec
-from ..tiling import cdiv
+from ..tiling import cdiv, split_programs_budget
 from ..validation import Problem
 
-#: programs per multiprocessor above which a token split only adds atomic traffic
-MAX_PROGRAMS_PER_SM = 8
 #: registers per thread setmaxnreg can give a partition: multiples of 8 from 24 to 256
 PARTITION_REGS = range(24, 257, 8)
 #: the sigmoid forms of the Gluon templates
@@ -217,14 +215,14 @@ def wave_token_splits(programs: int, blocks: int, sm_count: int) -> int:
 def token_split_problems(spec: KernelSpec, config, tokens: int, sm_count: int) -> list[str]:
     """What is wrong with a Gluon dK/dU/dV config's token splits at `tokens` tokens on
     `sm_count` SMs: more splits than row blocks, or more programs than
-    MAX_PROGRAMS_PER_SM a multiprocessor (past that a split only adds atomic traffic)."""
+    tiling.MAX_PROGRAMS_PER_SM a multiprocessor (past that a split only adds atomic traffic)."""
     if config.token_splits == 1:
         return []
     problems = []
     if config.token_splits > spec.group * cdiv(max(1, tokens), config.block_m):
         problems.append(f"token_splits={config.token_splits} exceeds the row blocks")
     programs = spec.kv_heads * spec.intermediate // config.block_n
-    budget = MAX_PROGRAMS_PER_SM * max(1, sm_count)
+    budget = split_programs_budget(sm_count)
     if programs * config.token_splits > budget:
         problems.append(f"token_splits={config.token_splits} makes more than {budget} programs")
     return problems

@@ -28,12 +28,17 @@ from ..spec import (
     NUM_WARPS,
     KernelSpec,
 )
-from ..tiling import cdiv, chunks_of, even_tiles, head_dim_chunks, pow2_ceil
+from ..tiling import (
+    cdiv,
+    chunks_of,
+    even_tiles,
+    head_dim_chunks,
+    pow2_ceil,
+    split_programs_budget,
+)
 
 #: the heuristic's starting point in the interpreter: (block_m, block_n, warps, stages)
 INTERPRETER_START = (32, 32, 4, 1)
-#: programs per multiprocessor above which a split only adds partial-sum traffic
-MAX_PROGRAMS_PER_SM = 8
 #: the tile fields, first in every Triton-language config
 TILE_FIELDS = ("block_m", "block_n", "num_warps", "num_stages", "head_dim_split")
 
@@ -225,12 +230,12 @@ def split_reason(
 ) -> str | None:
     """Why the config's `field` splits (programs that share one program's work, their
     partial sums added) are not worth it: more splits than the `units` they divide
-    (`what`, e.g. 'the row blocks'), or `programs` x splits more than MAX_PROGRAMS_PER_SM
+    (`what`, e.g. 'the row blocks'), or `programs` x splits more than tiling.MAX_PROGRAMS_PER_SM
     per multiprocessor, past which a split only adds partial-sum traffic."""
     splits = getattr(config, field)
     if splits > units:
         return f"{field}={splits} exceeds {what}"
-    budget = MAX_PROGRAMS_PER_SM * max(1, sm_count)
+    budget = split_programs_budget(sm_count)
     if programs * splits > budget:
         return f"{field}={splits} makes more than {budget} programs"
     return None
