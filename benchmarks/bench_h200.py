@@ -35,7 +35,7 @@ DTYPE = "bfloat16"
 TOKENS = 16384
 SWEEP_TOKENS = (2048, 4096, 8192, 32768)  # plus the 16384 of the table
 BUDGET_S = 300
-CORE = bench.methods_of("core", available_only=True)
+CORE = bench.methods_of("core", available_only=True, default_only=True)
 LAYER = bench.methods_of("layer")
 SWEEP = [m for m in CORE if m != "helion"]
 

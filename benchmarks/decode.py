@@ -187,7 +187,7 @@ def sweep(preset_name: str, tokens: int, device, copy_bps: float, top: int = 6) 
             num_warps=4 if bm == 16 else base.num_warps,
         )
         calls = [
-            lambda k=k, u=u, v=v, c=config: flash_mhf_fwd(p.q, k, u, v, p.r, c)
+            lambda k=k, u=u, v=v, c=config: flash_mhf_fwd(p.q, k, u, v, p.r, config=c)
             for (k, u, v) in p.weights
         ]
         try:

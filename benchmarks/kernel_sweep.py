@@ -31,7 +31,7 @@ from mhfgen.verification import Case, make_inputs
 
 EXTRA = {"H16D64": Preset("H16D64", 1024, 16, 64, 2816, 11)}
 LAUNCH = {
-    "flash_mhf_fwd": lambda i, c: flash_mhf_fwd(*i[:5], c),
+    "flash_mhf_fwd": lambda i, c: flash_mhf_fwd(*i[:5], config=c),
     "flash_mhf_bwd_dq": lambda i, c: flash_mhf_bwd_dq(*i, c),
     "flash_mhf_bwd_dkv": lambda i, c: flash_mhf_bwd_dkv(*i, c),
 }

@@ -52,12 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         for label, cfg in (("explicit config", config), ("dispatched", None)):
             for _ in range(200):
-                flash_mhf_fwd(q, k, k, k, r, cfg)
+                flash_mhf_fwd(q, k, k, k, r, config=cfg)
             samples = []
             for _ in range(5):
                 start = time.perf_counter()
                 for _ in range(calls):
-                    flash_mhf_fwd(q, k, k, k, r, cfg)
+                    flash_mhf_fwd(q, k, k, k, r, config=cfg)
                 samples.append((time.perf_counter() - start) / calls * 1e6)
             print(f"{label:<16} {sorted(samples)[2]:6.2f} us per call")
     finally:

@@ -1,8 +1,9 @@
 """mhfgen: generated, autotuned Triton kernels for the Flash Multi-Head FFN (FlashMHF).
 
 Public API (docs/CONTRACTS.md, section 2): flash_mhf (the core op, autograd-aware), FlashMHF (the
-layer), SwiGLU (the baseline FFN), reference (the plain-PyTorch definition), quantize_fp8 and
-quantize_fp8_model (FP8 storage of the expert weights: mhfgen.fp8).
+layer), SwiGLU (the baseline FFN), reference (the plain-PyTorch definition); for serving with
+FP8 expert weights (mhfgen.fp8): flash_mhf_fp8 (the core op on FP8 weights, no gradients),
+quantize_fp8, quantize_experts and quantize_fp8_model.
 
 Importing the package is cheap: the names above are loaded on first use (PEP 562), so that
 `mhfgen --help` and the other command-line parsers run without importing torch or Triton.
@@ -17,10 +18,12 @@ from .version import __version__
 
 __all__ = [
     "flash_mhf",
+    "flash_mhf_fp8",
     "FlashMHF",
     "SwiGLU",
     "reference",
     "quantize_fp8",
+    "quantize_experts",
     "quantize_fp8_model",
     "__version__",
 ]
@@ -28,10 +31,12 @@ __all__ = [
 #: public name -> the module that defines it (None: the name is that module)
 _LAZY = {
     "flash_mhf": ".ops",
+    "flash_mhf_fp8": ".ops",
     "FlashMHF": ".layers",
     "SwiGLU": ".layers",
     "reference": None,
     "quantize_fp8": ".fp8",
+    "quantize_experts": ".fp8",
     "quantize_fp8_model": ".layers",
 }
 

@@ -190,6 +190,7 @@ class Method:
     forward_flops: Callable[[BenchProblem], int]
     passes: tuple[str, ...] = PASSES
     unavailable: Callable[[], str | None] = lambda: None
+    in_default: bool = True  # run when --methods is not given (where available)
 
 
 METHODS: dict[str, Method] = {}
@@ -202,6 +203,7 @@ def register_method(
     forward_flops: Callable[[BenchProblem], int] = core_flops,
     passes: tuple[str, ...] = PASSES,
     unavailable: Callable[[], str | None] = lambda: None,
+    in_default: bool = True,
 ):
     """Decorator: add a Case builder to METHODS under `name`."""
     if scope not in SCOPES:
@@ -213,19 +215,22 @@ def register_method(
         if name in METHODS:
             raise ValueError(f"benchmark method {name!r} is already registered")
         METHODS[name] = Method(
-            name, scope, description, build, forward_flops, tuple(passes), unavailable
+            name, scope, description, build, forward_flops, tuple(passes), unavailable, in_default
         )
         return build
 
     return add
 
 
-def methods_of(scope: str, available_only: bool = False) -> list[str]:
-    """The methods of `scope`; with `available_only`, those that can run here."""
+def methods_of(scope: str, available_only: bool = False, default_only: bool = False) -> list[str]:
+    """The methods of `scope`; with `available_only`, those that can run here; with
+    `default_only`, those run when no method is named (Method.in_default)."""
     return [
         name
         for name, m in METHODS.items()
-        if m.scope == scope and not (available_only and m.unavailable())
+        if m.scope == scope
+        and not (available_only and m.unavailable())
+        and not (default_only and not m.in_default)
     ]
 
 
@@ -335,6 +340,31 @@ def _build_swiglu(p, pass_, device):
     return _module_case(
         SwiGLU(p.d_model, p.intermediate, device=device, dtype=p.torch_dtype), p, pass_, device
     )
+
+
+@register_method(
+    "mhfgen_fp8",
+    "core",
+    "the generated kernels on FP8 (e4m3) expert weights, mhfgen.flash_mhf_fp8 (quantised "
+    "before timing; the FLOPs counted as mhfgen's); forward only; bf16/fp16; run when named",
+    passes=("fwd",),
+    in_default=False,
+)
+def _build_mhfgen_fp8(p, pass_, device):
+    import torch
+
+    from .fp8 import quantize_experts
+    from .ops import flash_mhf_fp8
+
+    proj, k, u, v, r = core_inputs(p, device, grad=False)
+    k8, u8, v8, scales = quantize_experts(k, u, v)
+    qshape = (p.batch, p.seqlen, p.heads, p.head_dim)
+
+    def run():
+        with torch.no_grad():
+            return flash_mhf_fp8(proj.view(qshape), k8, u8, v8, r, scales)
+
+    return Case(run, [])
 
 
 def _helion_unavailable() -> str | None:

@@ -17,11 +17,13 @@ spacing 2^-9):
 (ELEMENT_BOUND). Over a whole tensor of roughly uniform mantissas the relative Frobenius
 error is about 2^-4 / sqrt(3) ~ 3.6% at worst and about 2% typically.
 
-What runs with FP8 weights today: FlashMHF.quantize_fp8_() (and
-mhfgen.layers.quantize_fp8_model for every FlashMHF layer of a model) keeps only the FP8 data and scales; each forward
-dequantises them to the activations' dtype and runs the usual kernels (or the reference).
-That halves the weights' memory, not their traffic: kernels that read FP8 weights (FP8
-wgmma at prefill sizes, weight-only FP8 for decode) are not part of mhfgen yet.
+The kernels take the three weights of a layer as their FP8 data and one float32 tensor
+`scales` (3, Hkv, E, De), the K, U and V scales stacked (quantize_experts, stack_scales):
+mhfgen.flash_mhf_fp8(q, k8, u8, v8, r, scales) reads 1 byte per weight element and
+converts in registers (weight-only FP8: the MMAs run in q's dtype). FlashMHF.quantize_fp8_()
+(and mhfgen.layers.quantize_fp8_model for every FlashMHF layer of a model) stores a layer's
+weights that way; its forward runs flash_mhf_fp8 where it can (no gradient wanted, an
+sm89+ GPU or the interpreter) and dequantises to the activations' dtype elsewhere.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-FP8_DTYPE = torch.float8_e4m3fn
+from .spec import FP8_STORAGE
+
+FP8_DTYPE = FP8_STORAGE
 #: e4m3's largest finite value: a row's largest |w| is scaled to it
 E4M3_MAX = 448.0
 #: the per-element bound of the module doc: (relative part, absolute part in units of scale)
@@ -66,3 +70,28 @@ def quantize_fp8(w: torch.Tensor) -> Fp8Weight:
     scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
     data = (w32 / scale.unsqueeze(-1)).clamp(-E4M3_MAX, E4M3_MAX).to(FP8_DTYPE)
     return Fp8Weight(data, scale)
+
+
+def stack_scales(k: Fp8Weight, u: Fp8Weight, v: Fp8Weight) -> torch.Tensor:
+    """The kernels' `scales` argument: the three weights' scales stacked, (3, Hkv, E, De)
+    float32, contiguous. ValueError where their shapes differ."""
+    if not k.scale.shape == u.scale.shape == v.scale.shape:
+        shapes = [tuple(w.scale.shape) for w in (k, u, v)]
+        raise ValueError(f"stack_scales: k, u, v scales must have one shape, got {shapes}")
+    return torch.stack((k.scale, u.scale, v.scale)).contiguous()
+
+
+def quantize_experts(
+    k: torch.Tensor, u: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(k8, u8, v8, scales): the three expert weights (Hkv, E, De, D) quantised
+    (quantize_fp8), in the form mhfgen.flash_mhf_fp8 takes them."""
+    weights = [quantize_fp8(w) for w in (k, u, v)]
+    return (*(w.data for w in weights), stack_scales(*weights))
+
+
+def dequantize_experts(
+    k8: torch.Tensor, u8: torch.Tensor, v8: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """k, u, v in `dtype` from their FP8 data and stacked scales (quantize_experts' output)."""
+    return tuple(Fp8Weight(w, s).dequantize(dtype) for w, s in zip((k8, u8, v8), scales))

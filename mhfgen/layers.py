@@ -88,7 +88,7 @@ class FlashMHF(nn.Module):
         self.reset_parameters()
 
     #: how K, U and V are stored: "dense" (the parameters key, up, value) or "fp8_e4m3"
-    #: (buffers <name>_fp8 and <name>_scale after quantize_fp8_)
+    #: (buffers key_fp8, up_fp8, value_fp8 and expert_scales after quantize_fp8_)
     weight_format = "dense"
     EXPERT_WEIGHTS = ("key", "up", "value")
 
@@ -96,37 +96,44 @@ class FlashMHF(nn.Module):
         """Store K, U and V in FP8 (e4m3), one float32 scale per (kv head, expert, row)
         (mhfgen.fp8: formula and error bound), in place; returns the layer.
 
-        The parameters key, up and value become buffers key_fp8, key_scale, up_fp8, ...
-        (a state dict saved after this loads into a layer on which quantize_fp8_ was
-        called). For serving: the FP8 weights take no gradient, and each forward
-        dequantises them to the activations' dtype before the core op. Calling it again
-        does nothing; a head-sharded layer (mhfgen.parallel) is refused."""
+        The parameters key, up and value become buffers key_fp8, up_fp8, value_fp8
+        (float8_e4m3fn) and expert_scales (3, Hkv, E, De) float32, the form the FP8 kernels
+        read (a state dict saved after this loads into a layer on which quantize_fp8_ was
+        called). For serving: the FP8 weights take no gradient. The forward runs
+        mhfgen.flash_mhf_fp8 (1 byte per weight read) where the kernels run and no
+        gradient is wanted, and dequantises to the activations' dtype elsewhere (the
+        reference backend, autograd through q, a GPU before sm89). Calling it again does
+        nothing; a head-sharded layer (mhfgen.parallel) is refused."""
         if self.weight_format == "fp8_e4m3":
             return self
-        from .fp8 import quantize_fp8
+        from .fp8 import quantize_experts
 
         for name in self.EXPERT_WEIGHTS:
             if _local(getattr(self, name)) is not getattr(self, name):
                 raise ValueError("quantize_fp8_ takes a layer that is not sharded by heads")
-        for name in self.EXPERT_WEIGHTS:
-            weight = quantize_fp8(getattr(self, name))
+        *data, scales = quantize_experts(*(getattr(self, n) for n in self.EXPERT_WEIGHTS))
+        for name, weight in zip(self.EXPERT_WEIGHTS, data):
             delattr(self, name)
             self.register_parameter(name, None)
-            self.register_buffer(f"{name}_fp8", weight.data)
-            self.register_buffer(f"{name}_scale", weight.scale)
+            self.register_buffer(f"{name}_fp8", weight)
+        self.register_buffer("expert_scales", scales)
         self.weight_format = "fp8_e4m3"
         return self
+
+    def fp8_weights(self) -> tuple[torch.Tensor, ...]:
+        """(k8, u8, v8, scales) of a layer after quantize_fp8_, as
+        mhfgen.flash_mhf_fp8(q, k8, u8, v8, r, scales) takes them."""
+        if self.weight_format != "fp8_e4m3":
+            raise ValueError("fp8_weights: the layer's weights are not FP8 (quantize_fp8_)")
+        return (*(getattr(self, f"{n}_fp8") for n in self.EXPERT_WEIGHTS), self.expert_scales)
 
     def expert_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         """K, U and V in `dtype` as the core op takes them: the parameters (this rank's
         shard where sharded by heads), or the FP8 weights dequantised."""
         if self.weight_format == "fp8_e4m3":
-            from .fp8 import Fp8Weight
+            from .fp8 import dequantize_experts
 
-            return tuple(
-                Fp8Weight(getattr(self, f"{n}_fp8"), getattr(self, f"{n}_scale")).dequantize(dtype)
-                for n in self.EXPERT_WEIGHTS
-            )
+            return dequantize_experts(*self.fp8_weights(), dtype)
         return tuple(_local(getattr(self, n)).to(dtype) for n in self.EXPERT_WEIGHTS)
 
     def reset_parameters(self) -> None:
@@ -174,13 +181,16 @@ class FlashMHF(nn.Module):
             eps=self.norm_eps,
         )
         # under autocast q comes out of in_proj in the autocast dtype: the core runs in it
-        k, u, v = self.expert_weights(q.dtype)
         if self._use_kernels(x):
-            from .ops import flash_mhf  # imported lazily: the reference path needs no Triton
+            # imported lazily: the reference path needs no Triton
+            from .ops import flash_mhf, flash_mhf_fp8, fp8_kernels_run
 
-            o = flash_mhf(q, k, u, v, r)
+            if self.weight_format == "fp8_e4m3" and fp8_kernels_run(q, r):
+                o = flash_mhf_fp8(q, *self.fp8_weights()[:3], r, self.expert_scales)
+            else:
+                o = flash_mhf(q, *self.expert_weights(q.dtype), r)
         else:
-            o = reference.flash_mhf(q, k, u, v, r)
+            o = reference.flash_mhf(q, *self.expert_weights(q.dtype), r)
         o = o.reshape(B, L, heads * self.head_dim)
         return self.out_proj(o) if self.out_proj is not None else o
 

@@ -12,8 +12,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .device import target
 from .kernels import backward, forward
-from .validation import check_flash_mhf_inputs_cached, int32_safe
+from .spec import fp8_target
+from .validation import (
+    FP8_ACTIVATIONS,
+    check_flash_mhf_inputs_cached,
+    check_weight_scales,
+    int32_safe,
+)
 
 
 @torch.library.custom_op("mhfgen::flash_mhf", mutates_args=())
@@ -49,6 +56,18 @@ def _backward(ctx, do):
 
 
 _flash_mhf_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("mhfgen::flash_mhf_fp8", mutates_args=())
+def _flash_mhf_fp8_op(
+    q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, scales: Tensor
+) -> Tensor:
+    return forward(q, k, u, v, r, scales)
+
+
+@_flash_mhf_fp8_op.register_fake
+def _(q, k, u, v, r, scales):
+    return q.new_empty(q.shape)
 
 
 #: PyTorch internals plain_eager_call reads; without them every call goes through the op
@@ -101,3 +120,51 @@ def flash_mhf(q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor) -> Tensor:
         return forward(q, k, u, v, r)  # checks the inputs as the op would
     check_flash_mhf_inputs_cached(q, k, u, v, r)
     return _flash_mhf_op(q, k, u, v, r)
+
+
+def flash_mhf_fp8(q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, scales: Tensor) -> Tensor:
+    """FlashMHF core with FP8 expert weights, for serving (no gradients).
+
+    k, u, v: (Hkv, E, De, D) in float8_e4m3fn; scales: (3, Hkv, E, De) float32, the per-row
+    scales of K, U and V (mhfgen.fp8.quantize_experts makes all four); the weights are
+    w = w8 * scale. q: (B, L, H, D) in bfloat16 or float16, r: (B, L, H, E) in float32 or
+    q's dtype, as flash_mhf takes them. Returns o (B, L, H, D) in q's dtype: FlashMHF on
+    the dequantised weights, read at 1 byte per element and converted in registers (the
+    MMAs run in q's dtype). Runs on GPUs with FP8 tensor cores (sm89 and later; an older
+    GPU gets a one-line RuntimeError: dequantise with mhfgen.fp8.dequantize_experts and call
+    flash_mhf there) and, for float16, in Triton's interpreter on CPU tensors. A q or r
+    that requires grad while grad is enabled is a ValueError: FP8 weights serve, they do
+    not train (FlashMHF layers after quantize_fp8_ dequantise for autograd instead).
+    """
+    check_weight_scales(k, scales)
+    q, r = int32_safe(q), int32_safe(r)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, r)):
+        raise ValueError(
+            "flash_mhf_fp8 computes no gradients (FP8 weights are for serving): run it under "
+            "torch.no_grad(), or call flash_mhf on dequantised weights to train"
+        )
+    check_fp8_device(q.device)
+    if plain_eager_call(q, k, u, v, r, scales):
+        return forward(q, k, u, v, r, scales)  # checks the inputs as the op would
+    check_flash_mhf_inputs_cached(q, k, u, v, r)
+    return _flash_mhf_fp8_op(q, k, u, v, r, scales)
+
+
+def check_fp8_device(device: torch.device) -> None:
+    """A one-line RuntimeError on a CUDA device without FP8 tensor cores (before sm89)."""
+    if device.type == "cuda" and not fp8_target(arch := target(device)):
+        raise RuntimeError(
+            f"FP8 weights need FP8 tensor cores (sm89 or later); this GPU is {arch}: "
+            "dequantise them (mhfgen.fp8.dequantize_experts) and call flash_mhf"
+        )
+
+
+def fp8_kernels_run(q: Tensor, r: Tensor) -> bool:
+    """Whether flash_mhf_fp8 takes a call with these activations: bf16/fp16 q (fp16 only
+    on the CPU, where the interpreter runs), no gradient wanted through q or r, and a
+    device with FP8 tensor cores (or the CPU's interpreter)."""
+    if q.dtype not in FP8_ACTIVATIONS or (q.device.type == "cpu" and q.dtype == torch.bfloat16):
+        return False
+    if torch.is_grad_enabled() and (q.requires_grad or r.requires_grad):
+        return False
+    return q.device.type == "cpu" or (q.device.type == "cuda" and fp8_target(target(q.device)))

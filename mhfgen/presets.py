@@ -8,6 +8,9 @@ from dataclasses import dataclass
 #: the dtypes a problem may name, as mhfgen.spec.DTYPES maps them to torch dtypes (here
 #: without torch, for the command-line parsers; tests/test_startup.py checks they agree)
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
+#: the FP8-weight dtype names (activations in the named 16-bit dtype, K/U/V in e4m3), as
+#: mhfgen.spec.FP8_WEIGHT_DTYPES names them: forward only (serving)
+FP8_DTYPE_NAMES = ("bfloat16_e4m3", "float16_e4m3")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,14 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+#: FP8-weight dtype names -> the activations' dtype name: q, r and o in that 16-bit dtype,
+#: K, U and V in float8_e4m3fn with one float32 scale per (kv head, expert, row), passed
+#: to the kernels as `scales` (3, Hkv, E, De) (mhfgen.fp8). Forward only: serving.
+FP8_WEIGHT_DTYPES: dict[str, str] = {"bfloat16_e4m3": "bfloat16", "float16_e4m3": "float16"}
+#: every dtype name a KernelSpec may carry
+SPEC_DTYPES = (*DTYPES, *FP8_WEIGHT_DTYPES)
+#: the weights' storage dtype of the FP8-weight dtypes
+FP8_STORAGE = torch.float8_e4m3fn
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 INTERPRETER = "interpreter"
@@ -55,11 +63,27 @@ NUM_WARPS = (1, 2, 4, 8, 16)
 HEAD_DIM_SPLITS = ("chunks", "pad")
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """The spec name of a torch dtype; TypeError for an unsupported one."""
+def fp8_target(target: str) -> bool:
+    """Whether `target` runs FP8 weights: Triton's interpreter, or sm89 (FP8 tensor
+    cores) and later."""
+    return target == INTERPRETER or int(target[2:]) >= 89
+
+
+def dtype_name(dtype: torch.dtype, weight_dtype: torch.dtype | None = None) -> str:
+    """The spec name of activations in `dtype` with weights in `weight_dtype` (default:
+    the same dtype), e.g. "bfloat16", or "bfloat16_e4m3" for float8_e4m3fn weights;
+    TypeError for an unsupported pair."""
     for name, dt in DTYPES.items():
         if dt == dtype:
-            return name
+            if weight_dtype is None or weight_dtype == dtype:
+                return name
+            if weight_dtype == FP8_STORAGE and f"{name}_e4m3" in FP8_WEIGHT_DTYPES:
+                return f"{name}_e4m3"
+            raise TypeError(
+                f"weights in {weight_dtype} with activations in {dtype} are not supported; "
+                f"expected the activations' dtype, or {FP8_STORAGE} with "
+                f"{' or '.join(FP8_WEIGHT_DTYPES.values())} activations"
+            )
     raise TypeError(f"unsupported dtype {dtype}; expected one of {', '.join(DTYPES)}")
 
 
@@ -68,7 +92,8 @@ class KernelSpec:
     """The static problem a kernel is generated for.
 
     heads H, kv_heads Hkv (H % Hkv == 0), head_dim D, experts E, expert_dim De
-    (intermediate I = E * De per head), dtype of q/k/u/v/o, and target
+    (intermediate I = E * De per head), dtype of q/k/u/v/o (or, for the FP8-weight names
+    of FP8_WEIGHT_DTYPES, of q/o with K/U/V in FP8), and target
     ('sm90', 'sm80', ... or 'interpreter'). No batch, sequence length or token count: one
     generated kernel serves every token count (validation.Problem has the call's).
     """
@@ -92,8 +117,10 @@ class KernelSpec:
             raise ValueError(
                 f"KernelSpec.head_dim must be in {MIN_HEAD_DIM}..{MAX_HEAD_DIM}, got {self.head_dim}"
             )
-        if self.dtype not in DTYPES:
-            raise ValueError(f"KernelSpec.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in SPEC_DTYPES:
+            raise ValueError(
+                f"KernelSpec.dtype must be one of {list(SPEC_DTYPES)}, got {self.dtype!r}"
+            )
         if not isinstance(self.target, str) or self.target not in TARGETS:
             raise ValueError(
                 f"KernelSpec.target must be one of {', '.join(TARGETS)}, got {self.target!r}"
@@ -110,8 +137,24 @@ class KernelSpec:
         return self.experts * self.expert_dim
 
     @property
+    def fp8_weights(self) -> bool:
+        """Whether K, U and V are FP8 with per-row scales (an FP8_WEIGHT_DTYPES name)."""
+        return self.dtype in FP8_WEIGHT_DTYPES
+
+    @property
+    def activation_dtype(self) -> str:
+        """The dtype name of q, r and o: the dtype, or the 16-bit half of an FP8 name."""
+        return FP8_WEIGHT_DTYPES.get(self.dtype, self.dtype)
+
+    @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        """The torch dtype of q and o (activation_dtype)."""
+        return DTYPES[self.activation_dtype]
+
+    @property
+    def weight_torch_dtype(self) -> torch.dtype:
+        """The torch dtype K, U and V are stored in."""
+        return FP8_STORAGE if self.fp8_weights else self.torch_dtype
 
     def key(self) -> str:
         """A compact, stable text form, used in file names and database keys."""

@@ -2,12 +2,15 @@
 
 Errors are relative Frobenius norms, ||x - x_ref|| / ||x_ref||, with x_ref computed in
 float64 from the same (rounded) inputs. bf16 figures are the bar of docs/CONTRACTS.md
-(section 6); fp32 uses IEEE dots; fp16 keeps 3 more mantissa bits than bf16.
+(section 6); fp32 uses IEEE dots; fp16 keeps 3 more mantissa bits than bf16. FP8-weight dtypes
+(mhfgen.spec.FP8_WEIGHT_DTYPES) take their activations' bars.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .spec import FP8_WEIGHT_DTYPES
 
 #: dtype name -> (forward output tolerance, tolerance of every gradient)
 TOLERANCES: dict[str, tuple[float, float]] = {
@@ -35,7 +38,9 @@ def tolerance(dtype: str | torch.dtype, grad: bool = False, numel: int | None = 
     P to bf16 for the tensor cores about as much again, in quadrature (2.35e-3)."""
     if isinstance(dtype, torch.dtype):
         dtype = str(dtype).removeprefix("torch.")
-    fwd, bwd = TOLERANCES[dtype]
+    # FP8 weights: measured against float64 on the dequantised weights, which the kernels
+    # convert to the activations' dtype exactly (every e4m3 value is a bf16 and an fp16)
+    fwd, bwd = TOLERANCES[FP8_WEIGHT_DTYPES.get(dtype, dtype)]
     bar = bwd if grad else fwd
     if numel:
         bar *= 1.0 + 2.0 / (2.0 * numel) ** 0.5

@@ -9,7 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .spec import DTYPES, MAX_HEAD_DIM, MIN_HEAD_DIM
+from .spec import DTYPES, FP8_STORAGE, MAX_HEAD_DIM, MIN_HEAD_DIM
+
+#: the activation dtypes FP8 weights run with
+FP8_ACTIVATIONS = (torch.bfloat16, torch.float16)
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,9 @@ def check_flash_mhf_inputs(q, k, u, v, r, *, allow_float64: bool = False) -> Pro
     """Validate the core op's arguments and return their sizes.
 
     q: (B, L, H, D) with stride(-1) == 1; k, u, v: (Hkv, E, De, D); r: (B, L, H, E) in
-    float32 or q's dtype. H % Hkv == 0, D in 16..256, all on one device, q/k/u/v one dtype.
+    float32 or q's dtype. H % Hkv == 0, D in 16..256, all on one device, q/k/u/v one dtype,
+    or k/u/v all float8_e4m3fn with q in bf16/fp16 (FP8 weights: their scales are checked
+    by check_weight_scales).
     """
     _check_tensor("q", q, 4, "(B, L, H, D)")
     for name, w in (("k", k), ("u", u), ("v", v)):
@@ -125,9 +130,13 @@ def check_flash_mhf_inputs(q, k, u, v, r, *, allow_float64: bool = False) -> Pro
     if q.dtype not in allowed:
         names = ", ".join(str(d) for d in sorted(allowed, key=str))
         raise TypeError(f"q has unsupported dtype {q.dtype}; expected one of {names}")
+    fp8 = k.dtype == FP8_STORAGE
+    if fp8 and q.dtype not in FP8_ACTIVATIONS:
+        raise TypeError(f"FP8 weights take bfloat16 or float16 q, got {q.dtype}")
     for name, w in (("k", k), ("u", u), ("v", v)):
-        if w.dtype != q.dtype:
-            raise TypeError(f"{name} must have q's dtype {q.dtype}, got {w.dtype}")
+        if w.dtype != (FP8_STORAGE if fp8 else q.dtype):
+            expected = f"k's dtype {FP8_STORAGE}" if fp8 else f"q's dtype {q.dtype}"
+            raise TypeError(f"{name} must have {expected}, got {w.dtype}")
     if r.dtype not in (torch.float32, q.dtype):
         raise TypeError(f"r must be float32 or q's dtype {q.dtype}, got {r.dtype}")
     devices = {t.device for t in (q, k, u, v, r)}
@@ -153,6 +162,35 @@ def check_flash_mhf_inputs(q, k, u, v, r, *, allow_float64: bool = False) -> Pro
         if problem:
             raise ValueError(problem)
     return Problem(B, L, H, Hkv, D, E, De)
+
+
+def check_weight_scales(k, scales) -> None:
+    """FP8 weights and their scales go together: with k/u/v in float8_e4m3fn, `scales`
+    must be a contiguous float32 (3, Hkv, E, De) tensor on k's device (the per-row scales
+    of K, U and V, mhfgen.fp8); with 16-bit or fp32 weights it must be None."""
+    fp8 = isinstance(k, torch.Tensor) and k.dtype == FP8_STORAGE
+    if scales is None:
+        if fp8:
+            raise TypeError(
+                "k, u, v in float8_e4m3fn need their per-row scales: call "
+                "mhfgen.flash_mhf_fp8(q, k, u, v, r, scales) with scales (3, Hkv, E, De)"
+            )
+        return
+    _check_tensor("scales", scales, 4, "(3, Hkv, E, De)")
+    if not fp8:
+        got = k.dtype if isinstance(k, torch.Tensor) else type(k).__name__
+        raise TypeError(f"scales go with float8_e4m3fn weights; k is {got}")
+    expected = (3, *k.shape[:3])
+    if tuple(scales.shape) != expected:
+        raise ValueError(
+            f"scales must have shape (3, Hkv, E, De) = {expected}, got {tuple(scales.shape)}"
+        )
+    if scales.dtype != torch.float32:
+        raise TypeError(f"scales must be float32, got {scales.dtype}")
+    if scales.device != k.device:
+        raise ValueError(f"scales must be on k's device {k.device}, got {scales.device}")
+    if not scales.is_contiguous():
+        raise ValueError("scales must be contiguous")
 
 
 def check_layer_sizes(

@@ -56,6 +56,18 @@ def make_inputs(
     return q, k, u, v, r.to(device=device, dtype=r_dtype), do
 
 
+def fp8_inputs(q, k, u, v, r, do) -> tuple[tuple, tuple]:
+    """The FP8-weight form of make_inputs' tensors: ((q, k8, u8, v8, r, scales), the
+    arguments of mhfgen.flash_mhf_fp8; (q, k, u, v, r, do) with k, u, v dequantised in
+    float32, the inputs whose float64 reference (reference_outputs) the FP8 kernels are
+    checked against). The weights are quantised from their values (mhfgen.fp8)."""
+    from .fp8 import dequantize_experts, quantize_experts
+
+    k8, u8, v8, scales = quantize_experts(k, u, v)
+    dense = dequantize_experts(k8, u8, v8, scales, torch.float32)
+    return (q, k8, u8, v8, r, scales), (q, *dense, r, do)
+
+
 def reference_outputs(q, k, u, v, r, do, token_chunk: int = 4096) -> dict[str, torch.Tensor]:
     """o and the five gradients in float64, by autograd through reference.flash_mhf over
     chunks of tokens (bounding the memory of the naive form at large sizes)."""
@@ -139,14 +151,16 @@ class Check:
         return self.error <= self.tolerance
 
 
-def compare(outputs: dict, expected: dict, dtype: torch.dtype) -> list[Check]:
-    """Relative Frobenius error of each output, with its dtype's tolerance for a tensor
-    of its size (mhfgen.tolerances.tolerance)."""
+def compare(
+    got: dict, expected: dict, dtype: torch.dtype | str, outputs: tuple[str, ...] = OUTPUTS
+) -> list[Check]:
+    """Relative Frobenius error of each of `outputs`, with its dtype's tolerance (a torch
+    dtype or a spec dtype name) for a tensor of its size (mhfgen.tolerances.tolerance)."""
     return [
         Check(
             name,
-            relative_error(outputs[name], expected[name]),
+            relative_error(got[name], expected[name]),
             tolerance(dtype, grad=name != "o", numel=expected[name].numel()),
         )
-        for name in OUTPUTS
+        for name in outputs
     ]

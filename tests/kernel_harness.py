@@ -30,8 +30,9 @@ def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, dtype, case) 
 
 
 def run_poisoned(fn, *args):
+    """fn(*tensors, config=config), args being the tensors and then the config."""
     buffers.set_poison(True)
     try:
-        return fn(*args)
+        return fn(*args[:-1], config=args[-1])
     finally:
         buffers.set_poison(False)

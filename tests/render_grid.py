@@ -81,6 +81,8 @@ HEADS = ((4, 4), (8, 2))
 HEAD_DIMS = (128, 96, 80, 24)
 EXPERTS = ((4, 64), (3, 80), (2, 96))
 DTYPES = ("bfloat16", "float16", "float32")
+#: FP8-weight dtypes, rendered for the variants that take them (the forward)
+FP8_DTYPES = ("bfloat16_e4m3", "float16_e4m3")
 TARGETS = ("interpreter", "sm80", "sm90", "sm100")
 
 
@@ -101,12 +103,12 @@ def specs(kernel: str) -> list[KernelSpec]:
             for (h, hkv), d, (e, de), dtype in grid
             if variant.unsupported(spec := KernelSpec(h, hkv, d, e, de, dtype, "sm90")) is None
         ]
-    return [
-        KernelSpec(h, hkv, d, e, de, dtype, target)
-        for (h, hkv), d, (e, de), dtype, target in itertools.product(
-            HEADS, HEAD_DIMS, EXPERTS, DTYPES, TARGETS
-        )
+    grid = itertools.product(HEADS, HEAD_DIMS, EXPERTS, DTYPES + FP8_DTYPES, TARGETS)
+    variant = registry.get(kernel)
+    every = [
+        KernelSpec(h, hkv, d, e, de, dtype, target) for (h, hkv), d, (e, de), dtype, target in grid
     ]
+    return [s for s in every if not s.fp8_weights or variant.unsupported(s) is None]
 
 
 def configs(kernel: str, spec: KernelSpec) -> Iterator[registry.VariantConfig]:

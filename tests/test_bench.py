@@ -122,7 +122,8 @@ def test_cli_json_csv_sweep(tmp_path, capsys):
     )
     out = capsys.readouterr()
     assert code == 0, out.err
-    methods = bench.methods_of("core", available_only=True) + bench.methods_of("layer")
+    methods = bench.methods_of("core", available_only=True, default_only=True)
+    methods += bench.methods_of("layer")
     doc = json.loads(js.read_text())
     rows = doc["rows"]
     assert doc["format"] == "mhfgen-bench/1" and "6*T*H*I*D" in doc["flop_note"]

@@ -45,9 +45,9 @@ def test_split_reduction_is_deterministic_and_resets_its_counters():
     case = CASES[2]  # L37_gqa: several row blocks, grouped heads
     (q, k, u, v, r, _), ref = inputs_and_reference(case, torch.float32)
     config = Fwd(block_m=16, block_n=16, inter_splits=4)
-    first = flash_mhf_fwd(q, k, u, v, r, config)
+    first = flash_mhf_fwd(q, k, u, v, r, config=config)
     assert int(split_counters(1, q.device).abs().sum()) == 0
-    second = flash_mhf_fwd(q, k, u, v, r, config)
+    second = flash_mhf_fwd(q, k, u, v, r, config=config)
     assert torch.equal(first, second)
     assert int(split_counters(1, q.device).abs().sum()) == 0
     assert_close("o", first, ref["o"], torch.float32, case)

@@ -64,7 +64,7 @@ def test_the_shared_launch_passes_every_kernel_argument_in_order(stem, monkeypat
     monkeypatch.setattr(
         configs,
         "spec_of",
-        lambda problem, q: dataclasses.replace(real_spec_of(problem, q), target="sm90"),
+        lambda problem, q, k=None: dataclasses.replace(real_spec_of(problem, q, k), target="sm90"),
     )
     inputs = make_inputs(Case("gqa", 1, 300, 8, 2, 128, 4, 128), torch.float16, "cpu")
     q, k, u, v, r, do = inputs

@@ -131,10 +131,11 @@ print(json.dumps({"env": os.environ.get("TRITON_INTERPRET"),
 
 
 def test_the_command_line_dtype_names_are_the_kernels():
-    from mhfgen.presets import DTYPE_NAMES
-    from mhfgen.spec import DTYPES
+    from mhfgen.presets import DTYPE_NAMES, FP8_DTYPE_NAMES
+    from mhfgen.spec import DTYPES, FP8_WEIGHT_DTYPES
 
     assert DTYPE_NAMES == tuple(DTYPES)
+    assert FP8_DTYPE_NAMES == tuple(FP8_WEIGHT_DTYPES)
 
 
 def test_a_forward_served_from_a_tuned_database_loads_no_optuna(tmp_path):

@@ -22,7 +22,11 @@ examples:
                --helion-budget 300                       # needs helion (GPU)
   mhfgen bench --heads 2 --head-dim 32 --intermediate 64 --experts 2 --tokens 64 \\
                --dtype float32 --methods mhfgen,torch     # without a GPU: the interpreter
+  mhfgen bench --preset 1.3B --methods mhfgen,mhfgen_fp8 --passes fwd   # FP8 weights, prefill
+  mhfgen bench --suite decode --preset 1.3B --json decode.json  # 1-64 tokens, CUDA graphs
 """
+#: --tokens when not given, per suite
+DEFAULT_TOKENS = {"ops": "16384", "decode": "1,2,4,8,16,32,64"}
 
 
 def register(sub) -> None:
@@ -52,11 +56,25 @@ def register(sub) -> None:
     )  # NOTE: replaces add_problem_args' int --tokens by a list
     add_problem_args(p)
     p.add_argument(
+        "--suite",
+        choices=tuple(DEFAULT_TOKENS),
+        default="ops",
+        help="ops: the methods side by side (default); decode: the forward at 1-64 tokens "
+        "in CUDA graphs as a share of the copy bandwidth, with 16-bit and FP8 weights "
+        "(GPU only; --weights)",
+    )
+    p.add_argument(
         "--tokens",
-        default="16384",
+        default=None,
         metavar="N[,N...]",
-        help="tokens B*L, or a comma list for a sweep (default 16384); "
-        "B = tokens / 2048 when 2048 divides tokens, else B = 1",
+        help="tokens B*L, or a comma list for a sweep (default 16384; decode suite "
+        "1,2,4,8,16,32,64); B = tokens / 2048 when 2048 divides tokens, else B = 1",
+    )
+    p.add_argument(
+        "--weights",
+        default="dense,fp8",
+        help="decode suite: comma list of dense (q's dtype) and fp8 (e4m3, a scale per "
+        "row) expert weights (default dense,fp8)",
     )
     p.add_argument(
         "--passes",
@@ -69,7 +87,7 @@ def register(sub) -> None:
         "--methods",
         default=None,
         help=f"comma list of methods (default: those of "
-        f"{','.join(methods_of('core'))} that can run here; helion only on a "
+        f"{','.join(methods_of('core', default_only=True))} that can run here; helion only on a "
         "GPU where it is installed). " + method_help,
     )
     p.add_argument(
@@ -154,12 +172,14 @@ def run(args) -> int:
     from .. import bench
     from ..validation import check_layer_sizes
 
-    tokens = parse_tokens(args.tokens)
+    tokens = parse_tokens(args.tokens or DEFAULT_TOKENS[args.suite])
+    if args.suite == "decode":
+        return _run_decode(args, tokens)
     passes = _comma_list("--passes", args.passes, bench.PASSES)
     from ..peers import helion_fwd
 
     if args.methods is None:
-        methods = bench.methods_of("core", available_only=True)
+        methods = bench.methods_of("core", available_only=True, default_only=True)
     else:
         methods = _comma_list("--methods", args.methods, list(bench.METHODS))
     for name in methods:
@@ -196,6 +216,12 @@ def run(args) -> int:
             )
         except ValueError as exc:
             raise CommandError(f"layer: {exc}") from None
+    if spec.fp8_weights:
+        raise CommandError(
+            f"--dtype {args.dtype}: FP8 weights are benchmarked as the method mhfgen_fp8 "
+            f"(--dtype {spec.activation_dtype} --methods mhfgen,mhfgen_fp8 --passes fwd) and "
+            "by the decode suite (--suite decode)"
+        )
     problems = [
         bench.BenchProblem(
             spec.heads, spec.kv_heads, spec.head_dim, spec.intermediate, spec.experts, spec.dtype, t
@@ -245,4 +271,51 @@ def run(args) -> int:
             f"see the error column)",
             file=sys.stderr,
         )
+    return 0
+
+
+def _run_decode(args, tokens: list[int]) -> int:
+    """The decode suite (mhfgen.bench_decode): a table, and the rows as JSON with --json."""
+    import json
+
+    import torch
+
+    from .. import bench, bench_decode
+
+    weights = _comma_list("--weights", args.weights, bench_decode.WEIGHTS)
+    ns = argparse.Namespace(**{**vars(args), "tokens": tokens[0]})
+    spec = spec_from_args(ns)
+    if spec.fp8_weights or spec.dtype == "float32":
+        raise CommandError(
+            f"--dtype {args.dtype}: the decode suite takes bfloat16 or float16 (the "
+            "activations' dtype; --weights chooses the weights')"
+        )
+    if not torch.cuda.is_available():
+        raise CommandError("the decode suite needs a CUDA GPU (it times CUDA graphs)")
+    json_path = _output_path("--json", args.json)
+    device = torch.device("cuda")
+    copy_bps = bench_decode.copy_bandwidth(device)
+    env = bench.environment(device, bench.default_timer(device))
+    name = args.preset or spec.key()
+    print(
+        f"decode suite: {name}, {spec.dtype} activations, on {env['gpu']}, torch "
+        f"{env['torch']}, triton {env['triton']}, {env['date']}; copy bandwidth "
+        f"{copy_bps / 1e12:.2f} TB/s (read + write)",
+        file=sys.stderr,
+    )
+    print(bench_decode.HEADER)
+
+    def progress(row):
+        print(bench_decode.format_row(row), flush=True)
+
+    rows = bench_decode.run_decode(name, spec, tokens, weights, device, copy_bps, progress)
+    if json_path:
+        doc = dict(
+            suite="decode",
+            environment=env,
+            copy_tb_per_s=round(copy_bps / 1e12, 3),
+            rows=[row.__dict__ for row in rows],
+        )
+        json_path.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {json_path}", file=sys.stderr)
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from ..presets import DTYPE_NAMES, PRESETS
+from ..presets import DTYPE_NAMES, FP8_DTYPE_NAMES, PRESETS
 from . import CommandError
 
 if TYPE_CHECKING:
@@ -36,7 +36,13 @@ def add_problem_args(p: argparse.ArgumentParser, tokens: int = 16384) -> None:
         "--intermediate", type=int, default=None, help="intermediate size I per head (default 2048)"
     )
     g.add_argument("--experts", type=int, default=None, help="sub-networks E (default 8)")
-    g.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="bfloat16")
+    g.add_argument(
+        "--dtype",
+        choices=sorted(DTYPE_NAMES + FP8_DTYPE_NAMES),
+        default="bfloat16",
+        help="dtype of q, k, u, v, o (default bfloat16); bfloat16_e4m3/float16_e4m3: "
+        "activations in that dtype with FP8 (e4m3) expert weights, forward only",
+    )
     g.add_argument("--tokens", type=int, default=tokens, help=f"tokens B*L (default {tokens})")
 
 

@@ -248,10 +248,10 @@ def _setup(args):
         problem = TuningProblem(spec, args.tokens)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
-    if not device.is_gpu and args.dtype == "bfloat16" and not args.replay:
+    if not device.is_gpu and spec.activation_dtype == "bfloat16" and not args.replay:
         raise CommandError(
-            "bfloat16 does not run in Triton's interpreter (no GPU here); "
-            "use --dtype float32 or float16"
+            f"{args.dtype} does not run in Triton's interpreter (no GPU here): it cannot "
+            "multiply bfloat16; use --dtype float32 or float16 (float16_e4m3 for FP8 weights)"
         )
     if not args.replay:
         _check_fits(problem, device)

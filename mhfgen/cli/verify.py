@@ -34,7 +34,9 @@ def register(sub) -> None:
     p.add_argument(
         "--dtypes",
         default=None,
-        help="comma list (default: bfloat16,float16,float32 on a GPU, float32,float16 on the CPU)",
+        help="comma list (default: bfloat16,float16,float32,bfloat16_e4m3 on a GPU, "
+        "float32,float16 on the CPU); bfloat16_e4m3/float16_e4m3: the forward on FP8 "
+        "expert weights against float64 on the dequantised weights (no gradients)",
     )
     p.add_argument(
         "--tokens",
@@ -124,7 +126,7 @@ def run(args) -> int:
     import torch
 
     from .. import device as _device
-    from ..spec import DTYPES
+    from ..spec import DTYPES, FP8_WEIGHT_DTYPES
     from ..tolerances import tolerance
     from ..verification import compare, kernel_outputs, make_inputs, reference_outputs
 
@@ -144,12 +146,16 @@ def run(args) -> int:
                 f"{flag} needs a GPU: without one verify checks small problems "
                 f"through Triton's interpreter (leave {flag} out)"
             )
-    names = (args.dtypes or ("bfloat16,float16,float32" if gpu else "float32,float16")).split(",")
+    default = "bfloat16,float16,float32,bfloat16_e4m3" if gpu else "float32,float16"
+    names = (args.dtypes or default).split(",")
+    known = (*DTYPES, *FP8_WEIGHT_DTYPES)
     for name in names:
-        if name not in DTYPES:
-            raise CommandError(f"--dtypes: unknown dtype {name!r}; expected {', '.join(DTYPES)}")
-        if name == "bfloat16" and not gpu:
-            raise CommandError("bfloat16 needs a GPU: Triton's interpreter cannot multiply bf16")
+        if name not in known:
+            raise CommandError(f"--dtypes: unknown dtype {name!r}; expected {', '.join(known)}")
+        if name.startswith("bfloat16") and not gpu:
+            raise CommandError(f"{name} needs a GPU: Triton's interpreter cannot multiply bf16")
+    if args.matrix and set(names) & set(FP8_WEIGHT_DTYPES):
+        raise CommandError("--matrix takes the 16-bit and fp32 dtypes; FP8 rows are verify's own")
     where = _device.gpu_name(dev)
     out = text_stream(args)
     if args.matrix:
@@ -164,10 +170,18 @@ def run(args) -> int:
     forms = ("fused", "split") if args.backward == "all" else (args.backward,)
     rows, lines, failed = [], [], 0
     cases = _cases(args, gpu)
-    total, began = len(cases) * len(names) * len(forms), time.perf_counter()
+    per_case = sum(1 if n in FP8_WEIGHT_DTYPES else len(forms) for n in names)
+    total, began = len(cases) * per_case, time.perf_counter()
     for case in cases:
         ref_inputs = make_inputs(case, torch.float32, dev, seed=0)
         for name in names:
+            if name in FP8_WEIGHT_DTYPES:
+                line, row = _fp8_row(case, name, ref_inputs)
+                lines.append(line)
+                _progress(args, line, len(lines), total, began)
+                rows.append(row)
+                failed += not row["ok"]
+                continue
             dtype = DTYPES[name]
             inputs = [t.to(dtype) if i < 4 or i == 5 else t for i, t in enumerate(ref_inputs)]
             q, k, u, v, r, do = inputs
@@ -254,6 +268,43 @@ def run(args) -> int:
     )
     print(f"{len(rows) - failed} of {len(rows)} passed", file=out)
     return 1 if failed else 0
+
+
+def _fp8_row(case, name: str, ref_inputs) -> tuple[tuple, dict]:
+    """verify's row of an FP8-weight dtype: the forward of mhfgen.flash_mhf_fp8 on the
+    case's weights quantised to e4m3, against float64 on the dequantised weights; the
+    gradients are n/a (FP8 weights serve, they do not train)."""
+    import torch
+
+    from ..ops import flash_mhf_fp8
+    from ..spec import DTYPES, FP8_WEIGHT_DTYPES
+    from ..verification import compare, fp8_inputs, reference_outputs
+
+    dtype = DTYPES[FP8_WEIGHT_DTYPES[name]]
+    dense = [t.to(dtype) if i < 4 or i == 5 else t for i, t in enumerate(ref_inputs)]
+    start = time.perf_counter()
+    row = {"case": case.name, "dtype": name, "backward": "n/a", "tokens": case.tokens}
+    row["shape"] = case.__dict__
+    try:
+        fp8, dequantised = fp8_inputs(*dense)
+        expected = reference_outputs(*dequantised)
+        with torch.no_grad():
+            got = {"o": flash_mhf_fp8(*fp8)}
+    except Exception as exc:  # noqa: BLE001 - a failing kernel is a failed row
+        why = _reason(exc)
+        line = (case.name, name, "n/a", case.tokens, *[""] * len(OUTPUTS), f"FAIL {why}")
+        return line, {**row, "ok": False, "error": why}
+    (check,) = compare(got, expected, name, outputs=("o",))
+    status = "ok" if check.ok else "FAIL o"
+    errors = [f"{check.error:.2e}"] + ["n/a"] * (len(OUTPUTS) - 1)
+    line = (case.name, name, "n/a", case.tokens, *errors, status)
+    return line, {
+        **row,
+        "seconds": time.perf_counter() - start,
+        "errors": {"o": check.error},
+        "tolerances": {"o": check.tolerance},
+        "ok": check.ok,
+    }
 
 
 def _run_matrix(args, gpu: bool, dev, names: list, where: str, out) -> int:

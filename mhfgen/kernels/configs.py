@@ -20,9 +20,10 @@ BF16_INTERPRETER_ERROR = (
 )
 
 
-def spec_of(problem: Problem, q: torch.Tensor) -> KernelSpec:
-    """The KernelSpec a call with these sizes and q's dtype and device needs; TypeError
-    for bfloat16 on the CPU (BF16_INTERPRETER_ERROR)."""
+def spec_of(problem: Problem, q: torch.Tensor, k: torch.Tensor | None = None) -> KernelSpec:
+    """The KernelSpec a call with these sizes, q's dtype and device and k's dtype (FP8
+    weights: an FP8-weight dtype name) needs; TypeError for bfloat16 on the CPU
+    (BF16_INTERPRETER_ERROR)."""
     target = _device.target(q.device)
     if q.dtype == torch.bfloat16 and target == INTERPRETER:
         raise TypeError(BF16_INTERPRETER_ERROR)
@@ -32,7 +33,7 @@ def spec_of(problem: Problem, q: torch.Tensor) -> KernelSpec:
         problem.head_dim,
         problem.experts,
         problem.expert_dim,
-        dtype_name(q.dtype),
+        dtype_name(q.dtype, None if k is None else k.dtype),
         target,
     )
 
@@ -63,7 +64,7 @@ def checked_call(q, k, u, v, r, do, config, choose) -> tuple:
     or a Gluon launcher's checked_config, given the variant's stem)."""
     problem = check_flash_mhf_inputs(q, k, u, v, r)
     copy_do, do_strides = (False, ()) if do is None else grad_plan_inputs(q, do)
-    spec = spec_of(problem, q)
+    spec = spec_of(problem, q, k)
     return problem.tokens, spec, choose(spec, problem, q, config), copy_do, do_strides
 
 
@@ -120,7 +121,7 @@ def _tuned_config_failed(kernel: str, inputs: tuple, error: Exception) -> bool:
     q = inputs[0]
     try:
         problem = check_flash_mhf_inputs(*inputs)
-        spec = spec_of(problem, q)
+        spec = spec_of(problem, q, inputs[1])
     except (TypeError, ValueError):
         return False  # the inputs' own error, raised as it is
     return reject_tuned(kernel, spec, problem.tokens, q.device, error)

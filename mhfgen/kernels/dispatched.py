@@ -38,7 +38,8 @@ STREAMS_ENV = "MHFGEN_BACKWARD_STREAMS"
 
 
 def run_op(op: str, *tensors: torch.Tensor):
-    """The outputs of `op` (a key of mhfgen.registry.OPS) on (q, k, u, v, r[, do])."""
+    """The outputs of `op` (a key of mhfgen.registry.OPS) on (q, k, u, v, r[, do]), or on
+    (q, k, u, v, r, scales) for the forward with FP8 weights."""
     do = tensors[5] if len(tensors) > 5 else None
     key = (op, plan_key(None, *tensors[:5], do))
     plan = _plans.get(key)
@@ -57,14 +58,17 @@ def run_op(op: str, *tensors: torch.Tensor):
 def _plan(op: str, tensors: tuple) -> tuple:
     q = tensors[0]
     problem = check_flash_mhf_inputs(*tensors[:5])
-    spec = spec_of(problem, q)
+    spec = spec_of(problem, q, tensors[1])
     choice = explain_choice(op, spec, problem.tokens, q.device)
     return registry.get(choice.variant).launch_fn(), choice.config
 
 
-def forward(q, k, u, v, r) -> torch.Tensor:
-    """o = FlashMHF(q, k, u, v, r) through the dispatcher's forward variant."""
-    return run_op("fwd", q, k, u, v, r)
+def forward(q, k, u, v, r, scales=None) -> torch.Tensor:
+    """o = FlashMHF(q, k, u, v, r) through the dispatcher's forward variant; with FP8
+    weights (k, u, v in float8_e4m3fn) their `scales` (3, Hkv, E, De) come after r."""
+    if scales is None:
+        return run_op("fwd", q, k, u, v, r)
+    return run_op("fwd", q, k, u, v, r, scales)
 
 
 def backward_dq(q, k, u, v, r, do) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +138,7 @@ def _backward_plan(q, k, u, v, r, do, deterministic: bool):
     """FUSED; None (the split pair as dispatched); or (launcher, config) of a dK/dU/dV
     variant whose dispatched config is made deterministic (token_splits=1)."""
     problem = check_flash_mhf_inputs(q, k, u, v, r)
-    spec = spec_of(problem, q)
+    spec = spec_of(problem, q, k)
     form = backward_form(spec, problem.tokens, q.device, deterministic)
     if form == FUSED:
         return FUSED

@@ -53,15 +53,16 @@ def _worker_inputs(spec_dict: dict, tokens: int, device: str) -> dict:
 
         _worker_state.clear()
         spec, dev = KernelSpec(**spec_dict), torch.device(device)
-        dtype = spec.torch_dtype
+        dtype, wdtype = spec.torch_dtype, spec.weight_torch_dtype
         weights = (spec.kv_heads, spec.experts, spec.expert_dim, spec.head_dim)
         _worker_state.update(
             key=key,
             device=dev,
             q=torch.empty(1, tokens, spec.heads, spec.head_dim, dtype=dtype, device=dev),
-            k=torch.empty(weights, dtype=dtype, device=dev),
-            u=torch.empty(weights, dtype=dtype, device=dev),
-            v=torch.empty(weights, dtype=dtype, device=dev),
+            k=torch.empty(weights, dtype=wdtype, device=dev),
+            u=torch.empty(weights, dtype=wdtype, device=dev),
+            v=torch.empty(weights, dtype=wdtype, device=dev),
+            scales=torch.ones(3, *weights[:3], device=dev) if spec.fp8_weights else None,
             r=torch.empty(1, tokens, spec.heads, spec.experts, dtype=torch.float32, device=dev),
             do=torch.empty(1, tokens, spec.heads, spec.head_dim, dtype=dtype, device=dev),
         )
@@ -89,6 +90,8 @@ def _compile_one(
         args = (s["q"], s["k"], s["u"], s["v"], s["r"])
         if variant.takes_grad:
             args += (s["do"],)
+        elif s["scales"] is not None:  # the forward on FP8 weights
+            args += (s["scales"],)
         variant.launch(*args, config=variant.config_from_dict(json.loads(config_json)))
         if s["device"].type == "cuda":
             torch.cuda.synchronize(s["device"])

@@ -36,7 +36,7 @@ from .. import registry
 from ..dispatch import decide
 from ..kernels.dispatched import two_streams
 from ..tolerances import relative_error, tolerance
-from ..verification import Case, make_inputs, reference_outputs
+from ..verification import Case, fp8_inputs, make_inputs, reference_outputs
 from .problem import TuningProblem
 
 #: float64 elements of one (chunk, H, I) activation in the chunked reference
@@ -86,16 +86,26 @@ class Workload:
         self.case = Case(
             "tuning", B, T // B, s.heads, s.kv_heads, s.head_dim, s.experts, s.expert_dim
         )
-        self.q, self.k, self.u, self.v, self.r, self.do = make_inputs(
-            self.case, s.torch_dtype, self.device, seed=seed
-        )
+        inputs = make_inputs(self.case, s.torch_dtype, self.device, seed=seed)
+        #: FP8-weight specs: the stacked scales the forward takes after r (else None), and
+        #: the dequantised weights the float64 reference is computed on
+        self.scales = None
+        self._dense = inputs
+        if s.fp8_weights:
+            fp8, self._dense = fp8_inputs(*inputs)
+            inputs = (*fp8[:5], inputs[5])
+            self.scales = fp8[5]
+        self.q, self.k, self.u, self.v, self.r, self.do = inputs
         self._refs: dict[str, torch.Tensor] | None = None
 
     # -- launching ---------------------------------------------------------------
     def args(self, kernel: str) -> tuple:
-        """The launcher arguments of variant `kernel`: (q, k, u, v, r[, do])."""
+        """The launcher arguments of variant `kernel`: (q, k, u, v, r[, do]), or
+        (q, k, u, v, r, scales) for the forward of an FP8-weight spec."""
         base = (self.q, self.k, self.u, self.v, self.r)
-        return base + (self.do,) if registry.get(kernel).takes_grad else base
+        if registry.get(kernel).takes_grad:
+            return base + (self.do,)
+        return base if self.scales is None else base + (self.scales,)
 
     def run(self, kernel: str, config) -> tuple[torch.Tensor, ...]:
         """Launch `kernel` with `config` once; its outputs as a tuple."""
@@ -157,9 +167,7 @@ class Workload:
         if self._refs is None:
             s = self.problem.spec
             chunk = max(1, REFERENCE_CHUNK_ELEMENTS // (s.heads * s.intermediate))
-            self._refs = reference_outputs(
-                self.q, self.k, self.u, self.v, self.r, self.do, token_chunk=chunk
-            )
+            self._refs = reference_outputs(*self._dense, token_chunk=chunk)
         return tuple(self._refs[name] for name in registry.get(kernel).outputs)
 
     def check(self, kernel: str, config) -> tuple[float, str | None]:

@@ -22,7 +22,6 @@ from ..registry import Variant, VariantConfig
 from ..resources import shared_memory_limit
 from ..spec import (
     BLOCK_RANGE,
-    DTYPES,
     HEAD_DIM_SPLITS,
     INTERPRETER,
     NUM_WARPS,
@@ -110,7 +109,8 @@ def check_tma_target(spec: KernelSpec) -> None:
     the interpreter) and head_dim rows of a multiple of 16 bytes."""
     if spec.target != INTERPRETER and not spec.target.startswith(("sm9", "sm1")):
         raise ValueError(f"tma=True needs an sm90+ target, not {spec.target}")
-    if spec.head_dim * DTYPES[spec.dtype].itemsize % 16:
+    itemsize = min(spec.torch_dtype.itemsize, spec.weight_torch_dtype.itemsize)
+    if spec.head_dim * itemsize % 16:
         raise ValueError(
             f"tma=True needs head_dim rows of a multiple of 16 bytes; "
             f"head_dim={spec.head_dim} in {spec.dtype} is not"

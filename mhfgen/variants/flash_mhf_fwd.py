@@ -50,9 +50,9 @@ from ..kernels.configs import checked_call, resolve_config
 from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
 from ..registry import register
-from ..spec import INTERPRETER, KernelSpec
+from ..spec import DTYPES, FP8_WEIGHT_DTYPES, INTERPRETER, KernelSpec, fp8_target
 from ..tiling import cdiv, even_tiles, split_units
-from ..validation import INT32_LIMIT
+from ..validation import INT32_LIMIT, check_weight_scales
 from . import _triton
 
 KERNEL = "flash_mhf_fwd"
@@ -70,7 +70,16 @@ class FwdPlan:
     copy_weights: bool  # k/u/v need a contiguous copy
 
 
-def flash_mhf_fwd(q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, config=None) -> Tensor:
+def flash_mhf_fwd(
+    q: Tensor,
+    k: Tensor,
+    u: Tensor,
+    v: Tensor,
+    r: Tensor,
+    scales: Tensor | None = None,
+    *,
+    config=None,
+) -> Tensor:
     """o = FlashMHF(q, k, u, v, r) through the generated forward kernel.
 
     q: (B, L, H, D) with unit last stride; k/u/v: (Hkv, E, De, D); r: (B, L, H, E) fp32 or
@@ -79,27 +88,36 @@ def flash_mhf_fwd(q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, config=
     intermediate dimension and write fp32 partials to a workspace (S, B, L, H, D); the last
     of them to finish sums the S partials into o, in the same launch (one counter per row
     block, see split_counters).
+
+    FP8 weights: k/u/v in float8_e4m3fn and `scales` (3, Hkv, E, De) float32, the per-row
+    scales of K, U and V (mhfgen.fp8.stack_scales), w = w8 * scale; q in bf16 or fp16.
     """
-    return _launch(q, k, u, v, r, config=config)
+    if scales is None:
+        return _launch(q, k, u, v, r, config=config)
+    if not isinstance(scales, Tensor):
+        check_weight_scales(k, scales)  # names the argument (a config passed by position)
+    return _launch_fp8(q, k, u, v, r, scales, config=config)
 
 
-def _run(plan: FwdPlan, q, k, u, v, r) -> torch.Tensor:
+def _run(plan: FwdPlan, q, k, u, v, r, scales=None) -> torch.Tensor:
     """Allocate the output (and the split workspace) and launch the plan's kernel."""
     o = empty(plan.out_shape, q.dtype, q.device)
     if plan.launch is None:
         return o
     if plan.copy_weights:
         k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
+    inputs = (q, k, u, v, r) if scales is None else (q, k, u, v, r, scales)
     if not plan.splits:
-        plan.launch(q, k, u, v, r, o)
+        plan.launch(*inputs, o)
     else:
         work = empty((plan.splits, *plan.out_shape), torch.float32, q.device)
-        plan.launch(q, k, u, v, r, work, o, split_counters(plan.blocks, q.device))
+        plan.launch(*inputs, work, o, split_counters(plan.blocks, q.device))
     return o
 
 
-def _make_plan(q, k, u, v, r, config) -> FwdPlan:
+def _make_plan(q, k, u, v, r, config, scales=None) -> FwdPlan:
     """Check the inputs, choose the config and compile: everything but the launch."""
+    check_weight_scales(k, scales)
     tokens, spec, config, _, _ = checked_call(q, k, u, v, r, None, config, CHOOSE)
     B, L, H, D = q.shape
     if tokens == 0:
@@ -134,6 +152,10 @@ def _make_plan(q, k, u, v, r, config) -> FwdPlan:
 #: the config a call runs with: the given one or the dispatcher's
 CHOOSE = partial(resolve_config, KERNEL)
 _launch = CachedLaunch(KERNEL, _make_plan, _run)
+#: FP8 weights: the plan of (q, k, u, v, r, scales)
+_launch_fp8 = CachedLaunch(
+    KERNEL, lambda q, k, u, v, r, scales, config: _make_plan(q, k, u, v, r, config, scales), _run
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,6 +193,8 @@ class FlashMhfFwd(_triton.TritonVariant):
     schema2_kernel = "flash_mhf_fwd"
     flop_factor = 6  # S = q K^T, A = q U^T, then P V: 3 GEMMs of 2 N FLOPs
     outputs = ("o",)
+    #: the uniform dtypes and the FP8-weight ones (K, U, V in e4m3, converted in registers)
+    dtypes = (*DTYPES, *FP8_WEIGHT_DTYPES)
     #: heuristic start on a GPU: sweep on an H200 (bf16, 1.3B shape, 16384 tokens)
     gpu_start = (128, 64, 8, 3)
 
@@ -191,6 +215,8 @@ class FlashMhfFwd(_triton.TritonVariant):
             params["unroll"] = config.unroll
         if config.evict_weights and not config.tma:
             params["evict_weights"] = True
+        if spec.fp8_weights:  # K, U, V in FP8, a scale per row (mhfgen.fp8)
+            params["fp8_weights"] = True
         return params
 
     def shared_memory(self, spec: KernelSpec, config: Config) -> int:
@@ -199,8 +225,9 @@ class FlashMhfFwd(_triton.TritonVariant):
         # unroll is not in the formula: on an H200 unroll 2 ran out of shared memory at
         # some decode configs and not at others whose doubled ring would not fit either
         # (docs/PERFORMANCE.md); such candidates are failed trials with Triton's reason
-        elems = (st * 3 * bn + bm) * dp + (bm * bn if spec.dtype == "float32" else 0)
-        return elems * spec.torch_dtype.itemsize + 1024
+        b, wb = spec.torch_dtype.itemsize, spec.weight_torch_dtype.itemsize
+        elems = bm * dp + (bm * bn if spec.dtype == "float32" else 0)
+        return st * 3 * bn * dp * wb + elems * b + 1024
 
     def registers(self, spec: KernelSpec, config: Config) -> float:
         bm, bn, dp = config.block_m, config.block_n, _triton.padded_head_dim(spec, config)
@@ -222,6 +249,11 @@ class FlashMhfFwd(_triton.TritonVariant):
             splits = max(1, min(units, sm_count // programs))
         config = Config(**tiles, group_heads=heads, inter_splits=splits)
         return _triton.shrink_to_fit(self, spec, config)
+
+    def supports(self, spec: KernelSpec, tokens: int | None) -> str | None:
+        if spec.fp8_weights and not fp8_target(spec.target):
+            return f"FP8 weights need FP8 tensor cores (sm89 or later), not {spec.target}"
+        return None
 
     def own_prune_reason(
         self, spec: KernelSpec, config: Config, tokens: int, rows: int, sm_count: int
