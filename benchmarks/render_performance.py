@@ -205,11 +205,57 @@ def bench_table(bench_doc: dict, command: str) -> tuple[str, dict]:
     return first["gpu"], table
 
 
+def decode_table(decode_doc: dict, command: str) -> tuple[str, dict]:
+    """(GPU, a results table) from an `mhfgen bench --suite decode --json` document: one
+    row per (shape, tokens), per weight format the time per call and its share of the
+    copy bandwidth, and the FP8 row's speed-up over the dense one."""
+    if decode_doc.get("suite") != "decode":
+        raise ResultsError("expected an `mhfgen bench --suite decode` document")
+    env, rows = decode_doc["environment"], decode_doc["rows"]
+    if not rows:
+        raise ResultsError("the decode document has no rows")
+    out = []
+    for r in rows:
+        label = f"{r['shape']}, {r['tokens']}"
+        out.append({"row": label, "metric": f"{r['weights']} (us)", "value": r["us"], "unit": "us"})
+        share = round(100 * r["of_copy"], 1)
+        out.append(
+            {"row": label, "metric": f"{r['weights']}, of copy (%)", "value": share, "unit": "%"}
+        )
+        if r.get("speedup") is not None:
+            out.append(
+                {
+                    "row": label,
+                    "metric": f"{r['weights']} speed-up",
+                    "value": r["speedup"],
+                    "unit": "x",
+                }
+            )
+    table = {
+        "title": (
+            "Decode: the forward at a few tokens in CUDA graphs, each call on its own copy of "
+            f"the weights; copy bandwidth {decode_doc['copy_tb_per_s']:.2f} TB/s in the same run."
+        ),
+        "torch": env["torch"],
+        "triton": env["triton"],
+        "date": env["date"][:10],
+        "command": command,
+        "row_label": "shape, tokens",
+        "rows": out,
+    }
+    return env["gpu"], table
+
+
 def add_bench(bench_path: Path, name: str, folder: Path = RESULTS) -> Path:
-    """Write (or replace) table `name` of the GPU's results file from an mhfgen bench run."""
-    gpu, table = bench_table(
-        json.loads(bench_path.read_text()), f"python3 -m mhfgen bench ... --json {bench_path.name}"
-    )
+    """Write (or replace) table `name` of the GPU's results file from an mhfgen bench run
+    (the ops suite's or the decode suite's JSON)."""
+    bench_doc = json.loads(bench_path.read_text())
+    command = f"python3 -m mhfgen bench ... --json {bench_path.name}"
+    if bench_doc.get("suite") == "decode":
+        command = f"python3 -m mhfgen bench --suite decode ... --json {bench_path.name}"
+        gpu, table = decode_table(bench_doc, command)
+    else:
+        gpu, table = bench_table(bench_doc, command)
     path = folder / f"{gpu_slug(gpu)}.json"
     doc = (
         json.loads(path.read_text())

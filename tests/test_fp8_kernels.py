@@ -189,3 +189,14 @@ def test_bench_runs_the_fp8_method_beside_mhfgen(capsys):
     assert "mhfgen_fp8" in table and "failed" not in table
     assert main([*argv[:-2], "--dtype", "float16_e4m3"]) == 2
     assert "mhfgen_fp8" in capsys.readouterr().err
+
+
+def test_torch_compile_fullgraph_traces_the_fp8_op():
+    (q, k8, u8, v8, r, scales), ref = _case_inputs(CASES[0])
+
+    def f(q, k8, u8, v8, r, scales):
+        return mhfgen.flash_mhf_fp8(q, k8, u8, v8, r, scales) * 2
+
+    with torch.no_grad():
+        got = torch.compile(f, fullgraph=True, backend="aot_eager")(q, k8, u8, v8, r, scales)
+    assert_close("o", got / 2, ref["o"], "float16_e4m3", CASES[0])

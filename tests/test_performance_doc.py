@@ -101,6 +101,29 @@ def test_an_mhfgen_bench_document_becomes_a_results_table(tmp_path):
     )
 
 
+def test_a_decode_suite_document_becomes_a_results_table(tmp_path):
+    r = _renderer()
+    env = dict(gpu="NVIDIA H200", torch="2.11.0", triton="3.6.0", date="2026-01-02T03:04:05")
+    row = dict(shape="1.3B", tokens=8, weight_bytes=1, tb_per_s=1.0, config="c")
+    doc = {
+        "suite": "decode",
+        "environment": env,
+        "copy_tb_per_s": 4.25,
+        "rows": [
+            dict(row, weights="dense", us=25.5, of_copy=0.642, speedup=None),
+            dict(row, weights="fp8", us=14.2, of_copy=0.601, speedup=1.8),
+        ],
+    }
+    path = tmp_path / "decode.json"
+    path.write_text(json.dumps(doc))
+    results = tmp_path / "results"
+    results.mkdir()
+    assert r.add_bench(path, "decode-suite", results).name == "h200.json"
+    text = r.render_table(r.load(results)["h200"], "decode-suite")
+    assert "| 1.3B, 8 | 25.5 | 64.2 | 14.2 | 60.1 | 1.8 |" in text
+    assert "--suite decode" in text and "4.25 TB/s" in text
+
+
 def test_the_script_has_help():
     r = _renderer()
     with pytest.raises(SystemExit) as exc:
