@@ -51,3 +51,22 @@ def test_split_reduction_is_deterministic_and_resets_its_counters():
     assert torch.equal(first, second)
     assert int(split_counters(1, q.device).abs().sum()) == 0
     assert_close("o", first, ref["o"], torch.float32, case)
+
+
+@pytest.mark.parametrize("case", [CASES[2], CASES[4]], ids=lambda c: c.name)
+def test_an_unrolled_split_reduction_adds_in_the_same_order(case):
+    """reduce_unroll issues several partials' loads together but adds them in split order:
+    the result is bitwise the one-at-a-time reduction's, whatever the split count (5: not
+    a multiple of the unroll factor)."""
+    from mhfgen.variants.flash_mhf_fwd import Config as Fwd
+
+    (q, k, u, v, r, _), ref = inputs_and_reference(case, torch.float32)
+    group = case.heads // case.kv_heads
+    base = Fwd(block_m=16, block_n=16, inter_splits=5, group_heads=group)
+    first = flash_mhf_fwd(q, k, u, v, r, config=base)
+    for unroll in (4, 8):
+        again = flash_mhf_fwd(
+            q, k, u, v, r, config=Fwd(**{**base.as_dict(), "reduce_unroll": unroll})
+        )
+        assert torch.equal(first, again)
+    assert_close("o", first, ref["o"], torch.float32, case)

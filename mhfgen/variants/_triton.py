@@ -69,7 +69,11 @@ class TileConfig(VariantConfig):
             text += f" gh{self.group_heads}"
         if self.head_dim_split != "chunks":
             text += f" {self.head_dim_split}"
-        for name, short in (("inter_splits", "is"), ("token_splits", "ts")):
+        for name, short in (
+            ("inter_splits", "is"),
+            ("token_splits", "ts"),
+            ("reduce_unroll", "ru"),
+        ):
             if getattr(self, name, 1) > 1:
                 text += f" {short}{getattr(self, name)}"
         for flag, short in (

@@ -15,6 +15,9 @@ Config fields beyond the tiles (mhfgen.variants._triton):
                   (1: Python's range, the code every config had before the knob).
     evict_weights: K/U/V pointer loads with eviction_policy="evict_last" (every program of
                   a kv head streams the same tiles; TMA loads are left as they are).
+    reduce_unroll: with inter_splits, the last program of a row block issues the loads of
+                  this many partial sums together before adding them (in split order:
+                  the same result), instead of one round trip to L2 per split (1).
     unroll and evict_weights are the knobs of Helion's autotuned forward that this kernel
     lacked; the tuner measures whether they pay per problem (not yet run on a GPU).
 
@@ -164,6 +167,8 @@ _launch_fp8 = CachedLaunch(
 
 #: loop_unroll_factor values of the intermediate loop
 UNROLL_FACTORS = (1, 2, 4)
+#: partial sums whose loads the split reduction issues together
+REDUCE_UNROLLS = (1, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -179,11 +184,12 @@ class Config(_triton.GroupedConfig):
     warp_specialize: bool = False
     unroll: int = 1
     evict_weights: bool = False
+    reduce_unroll: int = 1
 
     #: fields added after configs of this variant were stored: a stored or imported config
     #: without them means these values (whose generated code is the code it was tuned with)
-    added_fields = {"unroll": 1, "evict_weights": False}
-    choices = {"unroll": UNROLL_FACTORS}
+    added_fields = {"unroll": 1, "evict_weights": False, "reduce_unroll": 1}
+    choices = {"unroll": UNROLL_FACTORS, "reduce_unroll": REDUCE_UNROLLS}
 
 
 class FlashMhfFwd(_triton.TritonVariant):
@@ -215,6 +221,8 @@ class FlashMhfFwd(_triton.TritonVariant):
             params["unroll"] = config.unroll
         if config.evict_weights and not config.tma:
             params["evict_weights"] = True
+        if config.reduce_unroll > 1 and config.inter_splits > 1:
+            params["reduce_unroll"] = config.reduce_unroll
         if spec.fp8_weights:  # K, U, V in FP8, a scale per row (mhfgen.fp8)
             params["fp8_weights"] = True
         return params
@@ -268,6 +276,8 @@ class FlashMhfFwd(_triton.TritonVariant):
             return "unroll does not apply to the warp-specialised loop"
         if config.evict_weights and config.tma:
             return "evict_weights applies to pointer loads, not tma"
+        if config.reduce_unroll > 1 and config.inter_splits == 1:
+            return "reduce_unroll applies to the split reduction (inter_splits > 1)"
         if config.inter_splits > 1:
             tiles = split_units(spec, config.block_n)
             programs = cdiv(rows, config.block_m) * (spec.heads // config.group_heads)
