@@ -169,6 +169,8 @@ _launch_fp8 = CachedLaunch(
 UNROLL_FACTORS = (1, 2, 4)
 #: partial sums whose loads the split reduction issues together
 REDUCE_UNROLLS = (1, 4, 8)
+#: (token, head) rows up to which the heuristic takes the decode tiles: 16-row blocks
+DECODE_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,9 @@ class FlashMhfFwd(_triton.TritonVariant):
         if config.reduce_unroll > 1 and config.inter_splits > 1:
             params["reduce_unroll"] = config.reduce_unroll
         if spec.fp8_weights:  # K, U, V in FP8, a scale per row (mhfgen.fp8)
-            params["fp8_weights"] = True
+            # where V's row scales go: into the activation tile p (bf16: fp32's exponent
+            # range, no extra rounding) or into the V tile (fp16: p * scale underflows)
+            params["fp8_weights"] = "p" if spec.activation_dtype == "bfloat16" else "v"
         return params
 
     def shared_memory(self, spec: KernelSpec, config: Config) -> int:
@@ -243,19 +247,35 @@ class FlashMhfFwd(_triton.TritonVariant):
 
     def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> Config:
         """All of a kv group's query heads per program; on a GPU, when the programs fill
-        at most half the SMs (decode), inter_splits to fill one wave."""
+        at most half the SMs (decode), inter_splits to fill one wave (two with FP8
+        weights or more than one 16-row block) and the split reduction's loads unrolled.
+
+        The decode rules come from a sweep on an H100 (1.3B, 1 to 64 tokens, CUDA graphs;
+        docs/PERFORMANCE.md, "Decode"): the best bf16 configs at 1 and 8 tokens were one
+        wave of 16-row programs (8 splits), at 64 tokens 16-row blocks with twice the
+        splits (a wave of 64-row blocks read the weights at 56% of copy bandwidth, 16-row
+        blocks at 62%); with FP8 weights, half the bytes per program, 32-column tiles and
+        two waves' worth of splits (22.5 against 30.3 us at 1 token); and 8 unrolled
+        reduction loads in every one of them."""
         heads = spec.group
         rows = tokens * heads
         tiles = _triton.start_tiles(self, spec, rows)
+        decode = spec.target != INTERPRETER and rows <= DECODE_ROWS
+        if decode:
+            tiles.update(block_m=16, num_warps=4)
+            if spec.fp8_weights:
+                tiles["block_n"] = _triton.pick_block_n(spec.expert_dim, 32)
         bn = tiles["block_n"]
         programs = cdiv(rows, tiles["block_m"]) * (spec.heads // heads)
         units = split_units(spec, bn)
-        splits = 1
+        splits, unroll = 1, 1
         if spec.target != INTERPRETER and 2 * programs <= sm_count:
             # few tokens (decode): split the intermediate dimension to fill the GPU with
             # one wave of programs (a second, partial wave would leave most SMs idle)
-            splits = max(1, min(units, sm_count // programs))
-        config = Config(**tiles, group_heads=heads, inter_splits=splits)
+            waves = 2 if decode and (spec.fp8_weights or rows > 16) else 1
+            splits = max(1, min(units, waves * (sm_count // programs)))
+            unroll = REDUCE_UNROLLS[-1] if splits > 1 else 1
+        config = Config(**tiles, group_heads=heads, inter_splits=splits, reduce_unroll=unroll)
         return _triton.shrink_to_fit(self, spec, config)
 
     def supports(self, spec: KernelSpec, tokens: int | None) -> str | None:
