@@ -217,10 +217,10 @@ def decode_table(decode_doc: dict, command: str) -> tuple[str, dict]:
     out = []
     for r in rows:
         label = f"{r['shape']}, {r['tokens']}"
-        out.append({"row": label, "metric": f"{r['weights']} (us)", "value": r["us"], "unit": "us"})
+        out.append({"row": label, "metric": f"{r['weights']}", "value": r["us"], "unit": "us"})
         share = round(100 * r["of_copy"], 1)
         out.append(
-            {"row": label, "metric": f"{r['weights']}, of copy (%)", "value": share, "unit": "%"}
+            {"row": label, "metric": f"{r['weights']}, of copy", "value": share, "unit": "%"}
         )
         if r.get("speedup") is not None:
             out.append(
