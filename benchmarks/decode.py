@@ -9,6 +9,10 @@ read per second against the device's copy bandwidth, measured in the same run (a
 to device copy of 1 GiB, read + write bytes per second; 4.25 TB/s on an
 H200, docs/PERFORMANCE.md). The bar: >= 60% on the 1.3B shape at 1, 8 and 64 tokens.
 
+`mhfgen bench --suite decode` (mhfgen/bench_decode.py, whose copy bandwidth and graph
+timing this script shares) measures the same with 16-bit and FP8 weights; this script adds
+eager calls, torch.compile of the reference and the config sweep.
+
 Per (shape, tokens), under torch.no_grad, with the dispatcher's config (tuned where the
 database has the shape, else the heuristic):
   graph    GPU time per call: COPIES calls, each on its own copy of the weights (together
@@ -40,20 +44,12 @@ import triton
 
 from mhfgen import device as mdevice
 from mhfgen import dispatch, reference
+from mhfgen.bench_decode import ROTATE_BYTES, copy_bandwidth, graph_ms
 from mhfgen.presets import PRESETS
 from mhfgen.spec import KernelSpec
 from mhfgen.tuning.search import describe_config
 
 BAR = 0.60
-ROTATE_BYTES = 4 * 60 * 2**20  # > 4x the H200's L2 (60 MiB at most)
-
-
-def copy_bandwidth(device) -> float:
-    """Bytes (read + write) per second of a 1 GiB device-to-device copy, median of 20."""
-    src = torch.empty(2**30, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
-    return 2 * src.numel() / (ms * 1e-3)
 
 
 @dataclasses.dataclass
@@ -111,27 +107,17 @@ def _row(p: _Problem, method: str, mode: str, ms: float, copy_bps: float, config
 
 def _time(calls, graph: bool, replays: int = 20) -> float:
     """Median ms of running every call of `calls` once (in a CUDA graph or eagerly)."""
-    for fn in calls:  # compile and warm up outside any capture
+    if graph:
+        return graph_ms(calls, replays)
+    for fn in calls:  # compile and warm up
         fn()
     torch.cuda.synchronize()
-    if graph:
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for fn in calls:
-                fn()
-        run = g.replay
-    else:
-
-        def run():
-            for fn in calls:
-                fn()
-
-    run()
     times = []
     for _ in range(replays):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        run()
+        for fn in calls:
+            fn()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
