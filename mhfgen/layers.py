@@ -100,10 +100,13 @@ class FlashMHF(nn.Module):
         (float8_e4m3fn) and expert_scales (3, Hkv, E, De) float32, the form the FP8 kernels
         read (a state dict saved after this loads into a layer on which quantize_fp8_ was
         called). For serving: the FP8 weights take no gradient. The forward runs
-        mhfgen.flash_mhf_fp8 (1 byte per weight read) where the kernels run and no
-        gradient is wanted, and dequantises to the activations' dtype elsewhere (the
-        reference backend, autograd through q, a GPU before sm89). Calling it again does
-        nothing; a head-sharded layer (mhfgen.parallel) is refused."""
+        mhfgen.flash_mhf_fp8 (1 byte per weight read) where that pays
+        (mhfgen.ops.fp8_forward_pays: the kernels run, no gradient is wanted, and the
+        16-bit forward would be the same Triton-language schedule, as at decode sizes),
+        and dequantises to the activations' dtype elsewhere (prefill sizes on Hopper,
+        where the Gluon forward on 16-bit weights is faster; the reference backend;
+        autograd through q; a GPU before sm89). Calling it again does nothing; a
+        head-sharded layer (mhfgen.parallel) is refused."""
         if self.weight_format == "fp8_e4m3":
             return self
         from .fp8 import quantize_experts
@@ -183,9 +186,9 @@ class FlashMHF(nn.Module):
         # under autocast q comes out of in_proj in the autocast dtype: the core runs in it
         if self._use_kernels(x):
             # imported lazily: the reference path needs no Triton
-            from .ops import flash_mhf, flash_mhf_fp8, fp8_kernels_run
+            from .ops import flash_mhf, flash_mhf_fp8, fp8_forward_pays
 
-            if self.weight_format == "fp8_e4m3" and fp8_kernels_run(q, r):
+            if self.weight_format == "fp8_e4m3" and fp8_forward_pays(q, self.key_fp8, r):
                 o = flash_mhf_fp8(q, *self.fp8_weights()[:3], r, self.expert_scales)
             else:
                 o = flash_mhf(q, *self.expert_weights(q.dtype), r)

@@ -168,3 +168,41 @@ def fp8_kernels_run(q: Tensor, r: Tensor) -> bool:
     if torch.is_grad_enabled() and (q.requires_grad or r.requires_grad):
         return False
     return q.device.type == "cpu" or (q.device.type == "cuda" and fp8_target(target(q.device)))
+
+
+_fp8_pays: dict = {}
+
+
+def fp8_forward_pays(q: Tensor, k: Tensor, r: Tensor) -> bool:
+    """Whether a FlashMHF layer with FP8 weights should run flash_mhf_fp8 on this call
+    rather than dequantise and run the 16-bit forward: fp8_kernels_run, and the 16-bit
+    forward the dispatcher would pick is the Triton-language one the FP8 weights run
+    too (decode sizes; GPUs or shapes without the Gluon forward), so reading half the
+    bytes can only help. Where it picks the warp-specialised Gluon forward (prefill sizes
+    on Hopper) the dequantised weights win: the FP8-weight forward ran at 0.31x of it on
+    an H100 (docs/PERFORMANCE.md). Remembered per call signature."""
+    if not fp8_kernels_run(q, r):
+        return False
+    key = (q.shape, q.stride(), q.dtype, q.device, k.shape, r.shape, r.dtype)
+    pays = _fp8_pays.get(key)
+    if pays is None:
+        from .dispatch import explain_choice
+        from .kernels.configs import spec_of
+        from .validation import check_flash_mhf_inputs
+
+        problem = check_flash_mhf_inputs(q, k, k, k, r)
+        choice = explain_choice("fwd", spec_of(problem, q), problem.tokens, q.device)
+        pays = choice.variant == "flash_mhf_fwd"
+        if len(_fp8_pays) > 4096:
+            _fp8_pays.clear()
+        _fp8_pays[key] = pays
+    return pays
+
+
+def _register_clear() -> None:
+    from .dispatch import on_clear
+
+    on_clear(_fp8_pays.clear)  # the dispatcher's choices changed: ask it again
+
+
+_register_clear()

@@ -200,3 +200,32 @@ def test_torch_compile_fullgraph_traces_the_fp8_op():
     with torch.no_grad():
         got = torch.compile(f, fullgraph=True, backend="aot_eager")(q, k8, u8, v8, r, scales)
     assert_close("o", got / 2, ref["o"], "float16_e4m3", CASES[0])
+
+
+def test_the_fp8_layer_dequantises_where_the_gluon_forward_would_run(monkeypatch):
+    """At prefill sizes on Hopper the dispatcher's 16-bit forward is the Gluon one, faster
+    than the FP8-weight forward: the layer dequantises there (ops.fp8_forward_pays)."""
+    import dataclasses
+
+    from mhfgen import dispatch
+
+    torch.manual_seed(0)
+    layer = mhfgen.FlashMHF(64, 4, 96, 3, n_kv_heads=2, backend="triton", dtype=torch.float16)
+    layer.quantize_fp8_()
+    calls = []
+    fp8_op = ops.flash_mhf_fp8
+    monkeypatch.setattr(ops, "flash_mhf_fp8", lambda *a: calls.append(1) or fp8_op(*a))
+    real = dispatch.explain_choice
+
+    def gluon_choice(op, spec, tokens, device):
+        choice = real(op, spec, tokens, device)
+        return dataclasses.replace(choice, variant="flash_mhf_fwd_ws") if tokens > 16 else choice
+
+    monkeypatch.setattr(dispatch, "explain_choice", gluon_choice)
+    ops._fp8_pays.clear()
+    with torch.no_grad():
+        layer(torch.randn(1, 8, 64, dtype=torch.float16))  # decode-sized: FP8 kernels
+        assert calls == [1]
+        layer(torch.randn(2, 37, 64, dtype=torch.float16))  # "Gluon" sized: dequantised
+        assert calls == [1]
+    ops._fp8_pays.clear()
