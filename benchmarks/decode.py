@@ -140,41 +140,57 @@ def measure(preset_name: str, tokens: int, device, copy_bps: float) -> list[dict
     return rows
 
 
-def sweep(preset_name: str, tokens: int, device, copy_bps: float, top: int = 6) -> list[dict]:
-    """CUDA-graph time of a grid of forward configs; the `top` fastest, best first."""
+def sweep_grid(base, fp8: bool) -> list:
+    """The sweep's configs around the heuristic's `base`: with more rows than one 16-row
+    block, 16-row and `base`-row blocks, wide tiles and few splits; else 16-row blocks,
+    32 to 128-column tiles, 8 to 44 splits, and two TMA configs; every one with and
+    without the split reduction's unrolled loads (ru8)."""
+    fields = ("block_m", "block_n", "num_stages", "inter_splits", "num_warps", "tma")
+    if base.block_m > 16 or base.inter_splits <= 4:  # more than one 16-row block
+        grid = [
+            (bm, bn, 3, sp, w, False)
+            for bm in (16, 64)
+            for bn in ((32, 64) if fp8 else (64, 128))
+            for sp in (4, 8, 16)
+            for w in ((4,) if bm == 16 else (4, 8))
+        ]
+    else:
+        grid = [
+            (16, bn, st, sp, 4, False)
+            for bn in (32, 64, 128)
+            for st in (3, 4)
+            for sp in (8, 16, 32, 44)
+        ]
+        grid += [(16, 64, 4, sp, 4, True) for sp in (16, 32)]
+    return [
+        dataclasses.replace(base, **dict(zip(fields, values)), reduce_unroll=ru)
+        for values in grid
+        for ru in (1, 8)
+    ]
+
+
+def sweep(
+    preset_name: str, tokens: int, device, copy_bps: float, fp8: bool = False, top: int = 6
+) -> list[dict]:
+    """CUDA-graph time of a grid of forward configs (sweep_grid), with 16-bit or FP8
+    weights; the `top` fastest, best first."""
+    from mhfgen.fp8 import quantize_experts
     from mhfgen.registry import default_config
     from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
 
     p = _problem(preset_name, tokens, device)
-    base = default_config("flash_mhf_fwd", p.spec, tokens, mdevice.sm_count(device))
+    spec = p.spec
+    if fp8:  # the same weights in FP8: k8, u8, v8 and their stacked scales
+        weights = [quantize_experts(*w) for w in p.weights]
+        spec = dataclasses.replace(spec, dtype="bfloat16_e4m3")
+        nbytes = p.weight_bytes // 2 + 3 * spec.kv_heads * spec.intermediate * 4
+        p = dataclasses.replace(p, weights=weights, weight_bytes=nbytes, spec=spec)
+    base = default_config("flash_mhf_fwd", spec, tokens, mdevice.sm_count(device))
     rows = []
-    if base.block_m > 16:  # more rows than one 16-row block: also 16-row blocks, 4 warps
-        grid = [
-            (bm, bn, st, sp)
-            for bm in (16, base.block_m)
-            for bn in (64, 128)
-            for st in (3, 4)
-            for sp in (4, 8, 16)
-        ]
-    else:
-        grid = [
-            (16, bn, st, sp)
-            for bn in (64, 128)
-            for st in (2, 3, 4)
-            for sp in (4, 8, 11, 16, 22, 44)
-        ]
-    for bm, bn, stages, splits in grid:
-        config = dataclasses.replace(
-            base,
-            block_m=bm,
-            block_n=bn,
-            num_stages=stages,
-            inter_splits=splits,
-            num_warps=4 if bm == 16 else base.num_warps,
-        )
+    for config in sweep_grid(base, fp8):
         calls = [
-            lambda k=k, u=u, v=v, c=config: flash_mhf_fwd(p.q, k, u, v, p.r, config=c)
-            for (k, u, v) in p.weights
+            lambda w=w, c=config: flash_mhf_fwd(p.q, *w[:3], p.r, *w[3:], config=c)
+            for w in p.weights
         ]
         try:
             with torch.no_grad():
@@ -196,6 +212,12 @@ def main(argv=None) -> int:
         default="",
         help="comma list of token counts whose forward "
         "configs are swept on the first shape (e.g. 1,64)",
+    )
+    ap.add_argument(
+        "--sweep-weights",
+        default="dense",
+        help="comma list of dense (bf16) and fp8 (e4m3 with row scales): the weights each "
+        "sweep runs on (default dense)",
     )
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -224,13 +246,22 @@ def main(argv=None) -> int:
                     f"{row['config']}",
                     flush=True,
                 )
-    for tokens in (int(t) for t in filter(None, args.sweep.split(","))):
+    sweeps = [
+        (int(t), w)
+        for t in filter(None, args.sweep.split(","))
+        for w in filter(None, args.sweep_weights.split(","))
+    ]
+    for tokens, weights in sweeps:
+        if weights not in ("dense", "fp8"):
+            print(f"decode: --sweep-weights: unknown {weights!r} (dense, fp8)", file=sys.stderr)
+            return 2
         name = args.shapes.split(",")[0]
         print(
-            f"sweep of forward configs, {name}, {tokens} tokens (CUDA graph), fastest first:",
+            f"sweep of forward configs, {name}, {tokens} tokens, {weights} weights "
+            "(CUDA graph), fastest first:",
             flush=True,
         )
-        for row in sweep(name, tokens, device, copy_bps):
+        for row in sweep(name, tokens, device, copy_bps, fp8=weights == "fp8"):
             rows.append(row)
             print(
                 f"{row['shape']:6} {row['tokens']:>3} {'sweep':13} {'graph':5} "
