@@ -229,3 +229,31 @@ def test_the_fp8_layer_dequantises_where_the_gluon_forward_would_run(monkeypatch
         layer(torch.randn(2, 37, 64, dtype=torch.float16))  # "Gluon" sized: dequantised
         assert calls == [1]
     ops._fp8_pays.clear()
+
+
+def test_the_bf16_form_folds_v_scales_into_the_activation_tile(monkeypatch):
+    """bf16 activations take V's row scales into p (fp8_weights "p"); the interpreter
+    cannot multiply bf16, so that generated form runs here in fp16, on weights whose
+    p * scale stays inside fp16's normal range, against float64."""
+    from mhfgen.variants import flash_mhf_fwd as fwd
+
+    real = fwd.FlashMhfFwd.static_params
+
+    def p_form(self, spec, config):
+        params = real(self, spec, config)
+        if spec.fp8_weights:
+            params["fp8_weights"] = "p"
+        return params
+
+    monkeypatch.setattr(fwd.FlashMhfFwd, "static_params", p_form)
+    case = CASES[4]  # De80: the per-expert loop with masked tiles
+    q, k, u, v, r, do = make_inputs(case, torch.float16, "cpu", seed=3)
+    fp8, dequantised = fp8_inputs(q, k * 8, u * 8, v * 8, r, do)
+    ref = reference_outputs(*dequantised)
+    source = mhfgen.codegen.render(
+        "flash_mhf_fwd", KernelSpec(2, 1, 32, 3, 80, "float16_e4m3", "interpreter"), Fwd()
+    )
+    assert "* sv[None, :]).to(Q.dtype.element_ty)" in source
+    for config in (Fwd(block_m=16, block_n=32), Fwd(block_m=16, block_n=16, prefetch_scores=True)):
+        config = Fwd(**{**config.as_dict(), "group_heads": 2})
+        assert_close("o", flash_mhf_fwd(*fp8, config=config), ref["o"], "float16_e4m3", case)
