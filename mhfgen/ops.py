@@ -176,8 +176,8 @@ _fp8_pays: dict = {}
 def fp8_forward_pays(q: Tensor, k: Tensor, r: Tensor) -> bool:
     """Whether a FlashMHF layer with FP8 weights should run flash_mhf_fp8 on this call
     rather than dequantise and run the 16-bit forward: fp8_kernels_run, and the 16-bit
-    forward the dispatcher would pick is the Triton-language one the FP8 weights run
-    too (decode sizes; GPUs or shapes without the Gluon forward), so reading half the
+    forward the dispatcher would pick is a variant that takes FP8 weights too (the
+    Triton-language one: decode sizes; GPUs or shapes without the Gluon forward), so reading half the
     bytes can only help. Where it picks the warp-specialised Gluon forward (prefill sizes
     on Hopper) the dequantised weights win: the FP8-weight forward ran at 0.31x of it on
     an H100 (docs/PERFORMANCE.md). Remembered per call signature."""
@@ -188,11 +188,13 @@ def fp8_forward_pays(q: Tensor, k: Tensor, r: Tensor) -> bool:
     if pays is None:
         from .dispatch import explain_choice
         from .kernels.configs import spec_of
+        from .registry import usable
         from .validation import check_flash_mhf_inputs
 
         problem = check_flash_mhf_inputs(q, k, k, k, r)
         choice = explain_choice("fwd", spec_of(problem, q), problem.tokens, q.device)
-        pays = choice.variant == "flash_mhf_fwd"
+        fp8_variants = usable("fwd", spec_of(problem, q, k), problem.tokens)
+        pays = choice.variant in {v.stem for v in fp8_variants}
         if len(_fp8_pays) > 4096:
             _fp8_pays.clear()
         _fp8_pays[key] = pays
