@@ -189,7 +189,8 @@ class FlashMHF(nn.Module):
             from .ops import flash_mhf, flash_mhf_fp8, fp8_forward_pays
 
             if self.weight_format == "fp8_e4m3" and fp8_forward_pays(q, self.key_fp8, r):
-                o = flash_mhf_fp8(q, *self.fp8_weights()[:3], r, self.expert_scales)
+                k8, u8, v8, scales = self.fp8_weights()
+                o = flash_mhf_fp8(q, k8, u8, v8, r, scales)
             else:
                 o = flash_mhf(q, *self.expert_weights(q.dtype), r)
         else:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .device import target
+from .dispatch import on_clear
 from .kernels import backward, forward
 from .spec import fp8_target
 from .validation import (
@@ -201,10 +202,4 @@ def fp8_forward_pays(q: Tensor, k: Tensor, r: Tensor) -> bool:
     return pays
 
 
-def _register_clear() -> None:
-    from .dispatch import on_clear
-
-    on_clear(_fp8_pays.clear)  # the dispatcher's choices changed: ask it again
-
-
-_register_clear()
+on_clear(_fp8_pays.clear)  # the dispatcher's choices changed: ask it again
