@@ -104,12 +104,11 @@ def grouped(config, case: Case):
     return dataclasses.replace(config, group_heads=case.heads // case.kv_heads)
 
 
-#: the command-line flags of the tiny problem the CLI tests run (add --tokens where needed)
-TINY_FLAGS = [
+#: the command-line flags of a small float32 problem, kv heads = heads (add --tokens where
+#: needed)
+SMALL_FLAGS = [
     "--heads",
     "2",
-    "--kv-heads",
-    "1",
     "--head-dim",
     "32",
     "--intermediate",
@@ -119,3 +118,5 @@ TINY_FLAGS = [
     "--dtype",
     "float32",
 ]
+#: the tiny problem the CLI tests run: SMALL_FLAGS with one kv head
+TINY_FLAGS = [*SMALL_FLAGS, "--kv-heads", "1"]

@@ -12,6 +12,7 @@ import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 # isort: split
 import pytest
 import triton
+from cases import SMALL_FLAGS
 
 from mhfgen import paths
 from mhfgen.cli import main
@@ -27,20 +28,7 @@ from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = KernelSpec(2, 2, 32, 2, 32, "float32", "interpreter")
 FWD = "flash_mhf_fwd"
-PROBLEM = [
-    "--heads",
-    "2",
-    "--head-dim",
-    "32",
-    "--intermediate",
-    "64",
-    "--experts",
-    "2",
-    "--dtype",
-    "float32",
-    "--tokens",
-    "100",
-]
+PROBLEM = [*SMALL_FLAGS, "--tokens", "100"]
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 
 # isort: split
 import pytest
+from cases import SMALL_FLAGS
 
 from mhfgen import codegen
 from mhfgen.cli import main
@@ -146,20 +147,7 @@ def test_every_string_a_template_sees_is_from_a_fixed_set():
 
 
 #: `mhfgen codegen` on a small problem, up to its --target value
-CODEGEN = [
-    "codegen",
-    "--heads",
-    "2",
-    "--head-dim",
-    "32",
-    "--intermediate",
-    "64",
-    "--experts",
-    "2",
-    "--dtype",
-    "float32",
-    "--target",
-]
+CODEGEN = ["codegen", *SMALL_FLAGS, "--target"]
 
 
 @pytest.mark.parametrize(

@@ -117,13 +117,20 @@ def test_fp8_is_refused_on_a_gpu_before_sm89(monkeypatch):
     ops.check_fp8_device(torch.device("cuda", 0))
 
 
-def test_the_fp8_layer_runs_the_fp8_kernels_without_grad_and_dequantises_with_it(monkeypatch):
+def _fp8_layer_counting_fp8_calls(monkeypatch):
+    """A small fp16 FlashMHF layer after quantize_fp8_, and the list that gets one entry
+    per call of ops.flash_mhf_fp8 (which still runs)."""
     torch.manual_seed(0)
     layer = mhfgen.FlashMHF(64, 4, 96, 3, n_kv_heads=2, backend="triton", dtype=torch.float16)
     layer.quantize_fp8_()
     calls = []
     fp8_op = ops.flash_mhf_fp8
     monkeypatch.setattr(ops, "flash_mhf_fp8", lambda *a: calls.append(1) or fp8_op(*a))
+    return layer, calls
+
+
+def test_the_fp8_layer_runs_the_fp8_kernels_without_grad_and_dequantises_with_it(monkeypatch):
+    layer, calls = _fp8_layer_counting_fp8_calls(monkeypatch)
     x = torch.randn(2, 37, 64, dtype=torch.float16)
     with torch.no_grad():
         served = layer(x)
@@ -209,12 +216,7 @@ def test_the_fp8_layer_dequantises_where_the_gluon_forward_would_run(monkeypatch
 
     from mhfgen import dispatch
 
-    torch.manual_seed(0)
-    layer = mhfgen.FlashMHF(64, 4, 96, 3, n_kv_heads=2, backend="triton", dtype=torch.float16)
-    layer.quantize_fp8_()
-    calls = []
-    fp8_op = ops.flash_mhf_fp8
-    monkeypatch.setattr(ops, "flash_mhf_fp8", lambda *a: calls.append(1) or fp8_op(*a))
+    layer, calls = _fp8_layer_counting_fp8_calls(monkeypatch)
     real = dispatch.explain_choice
 
     def gluon_choice(op, spec, tokens, device):
