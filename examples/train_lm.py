@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--data-seed", type=int, default=1234)
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--no-bf16", action="store_true", help="train in fp32 on the GPU too")
+    t.add_argument("--serve-fp8", action="store_true",
+                   help="after training, FlashMHF runs measure their validation loss again "
+                        "with FP8 expert weights (mhfgen.quantize_fp8_model)")
     t.add_argument("--max-seconds", type=float, default=None, help="wall-clock guard per run")
     d = p.add_argument_group("data")
     d.add_argument("--val-percent", type=float, default=5.0)
@@ -76,8 +79,9 @@ def main(argv=None) -> None:
                  if kind == "flashmhf" else
                  f"I={cfg.swiglu_intermediate or matched_swiglu_intermediate(cfg)}")
         print(f"{kind}: {params['total']:,} parameters ({params['ffn']:,} in FFNs; {width})")
+        run_cfg = replace(train_cfg, serve_fp8=args.serve_fp8 and kind == "flashmhf")
         specs.append(RunSpec(kind if kind == "swiglu" else f"flashmhf-{args.backend}", cfg,
-                             train_cfg))
+                             run_cfg))
     corpus = load_corpus(val_percent=args.val_percent, max_bytes=args.max_bytes)
     print(corpus.describe())
     summaries, _ = run_all(specs, corpus, args.out, title="byte-level LM on the Python stdlib",

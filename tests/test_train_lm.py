@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import mhfgen.ops
+from mhfgen.layers import quantize_fp8_model
 from mhfgen.lm import BatchSampler, ModelConfig, TrainConfig, load_corpus, train
 from mhfgen.lm.data import SEPARATOR, is_validation, source_files
 from mhfgen.lm.experiment import RunSpec, plot_or_explain, run_all
@@ -133,7 +134,8 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 @pytest.mark.parametrize("ffn", ["flashmhf", "swiglu"])
 def test_tiny_model_learns(corpus, ffn):
-    result = train(ffn, replace(TINY, ffn=ffn), TINY_TRAIN, corpus, progress=False)
+    cfg = replace(TINY_TRAIN, serve_fp8=ffn == "flashmhf")
+    result = train(ffn, replace(TINY, ffn=ffn), cfg, corpus, progress=False)
     s = result.summary
     train_losses = [r["train_loss"] for r in result.rows[1:]]
     assert len(train_losses) == TINY_TRAIN.steps == s["steps_done"]
@@ -143,6 +145,17 @@ def test_tiny_model_learns(corpus, ffn):
     assert [r["step"] for r in result.rows if r["val_loss"] is not None] == [0, 20, 40]
     assert val[-1] < val[0] - 1.5 and s["final_val_loss"] == val[-1]
     assert s["tokens"] == 40 * 8 * 64 and s["tokens_per_s"] > 0 and not s["stopped_early"]
+    if ffn == "flashmhf":  # served in FP8: the loss moves, by less than 1%
+        assert s["fp8_val_loss"] != s["final_val_loss"]
+        assert abs(s["fp8_val_loss_change"]) < 0.01
+    else:
+        assert "fp8_val_loss" not in s
+
+
+def test_serve_fp8_needs_flashmhf(corpus):
+    cfg = replace(TINY_TRAIN, serve_fp8=True)
+    with pytest.raises(ValueError, match="serve_fp8 needs a FlashMHF model"):
+        train("swiglu", replace(TINY, ffn="swiglu"), cfg, corpus, progress=False)
 
 
 def _tiny_triton_pair(backend: str) -> tuple[CausalLM, torch.optim.Optimizer]:
@@ -201,6 +214,16 @@ def test_autocast_casts_flashmhf_weights_and_keeps_fp32_grads():
     loss.backward()
     for w in (ffn.key, ffn.up, ffn.value):
         assert w.dtype == torch.float32 and w.grad is not None and w.grad.abs().sum() > 0
+
+
+def test_autocast_runs_a_model_with_fp8_experts():
+    model = CausalLM(replace(TINY, n_layers=1)).eval()
+    x = torch.randint(0, 256, (2, 16))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        dense = model(x, x)[1]
+        assert quantize_fp8_model(model) == 1
+        served = model(x, x)[1]
+    assert served.isfinite() and abs(served - dense) < 0.01 * dense
 
 
 def test_stop_after_keeps_the_schedule(corpus):
@@ -279,10 +302,12 @@ def test_train_lm_script_runs_both_ffns(tmp_path, capsys):
             "--out",
             str(tmp_path),
             "--no-progress",
+            "--serve-fp8",
         ]
     )
     out = capsys.readouterr().out
     assert "flashmhf:" in out and "swiglu:" in out and "| swiglu |" in out
+    assert out.count("(FP8: ") == 1  # the FlashMHF run only
     assert (tmp_path / "flashmhf-auto.csv").is_file() and (tmp_path / "swiglu.csv").is_file()
 
 

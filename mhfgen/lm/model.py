@@ -129,8 +129,10 @@ def run_ffn(ffn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     but not the fp32 K/U/V parameters that FlashMHF hands to the `mhfgen::flash_mhf` custom
     op, which requires one dtype for q, k, u and v. Casting them here (a differentiable
     .to(), like autocast's own weight casts) gives both backends the same bf16 operands.
+    A layer with FP8 expert weights (quantize_fp8_) converts them to q's dtype itself.
     """
-    if isinstance(ffn, FlashMHF) and torch.is_autocast_enabled(x.device.type):
+    dense = isinstance(ffn, FlashMHF) and ffn.weight_format == "dense"
+    if dense and torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
         weights = {name: getattr(ffn, name).to(dtype) for name in ("key", "up", "value")}
         return torch.func.functional_call(ffn, weights, (x,), strict=False)

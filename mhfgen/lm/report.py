@@ -110,10 +110,15 @@ def summary_table(summaries: list[dict]) -> str:
             lines.append(f"| {s['name']} | failed: {error} |" + " |" * 9)
             continue
         early = " (stopped early)" if s["stopped_early"] else ""
+        fp8 = (
+            f" (FP8: {s['fp8_val_loss']:.4f}, {100 * s['fp8_val_loss_change']:+.2f}%)"
+            if "fp8_val_loss" in s
+            else ""
+        )
         lines.append(
             f"| {s['name']} | {s['ffn']} | {s['backend']} | {s['params']['total']:,} "
             f"| {s['params']['ffn']:,} | {s['steps_done']}{early} | {s['tokens']:,} "
-            f"| {s['final_val_loss']:.4f} | {_fmt(s['tokens_per_s'], ',.0f')} "
+            f"| {s['final_val_loss']:.4f}{fp8} | {_fmt(s['tokens_per_s'], ',.0f')} "
             f"| {_fmt(s['peak_mem_mib'], ',.0f')} | {s['train_seconds']:.1f} |"
         )
     return "\n".join(lines)

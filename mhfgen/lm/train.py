@@ -28,7 +28,10 @@ class TrainConfig:
     validation set is drawn with data_seed + 1). max_seconds: a wall-clock guard; a run that
     reaches it stops early and says so (RunResult.summary['stopped_early']). stop_after: run
     only the first stop_after steps of the `steps`-long schedule (to match another run that
-    stopped early, at the same learning rates)."""
+    stopped early, at the same learning rates). serve_fp8: once trained, convert the model's
+    FlashMHF layers to FP8 expert weights (mhfgen.quantize_fp8_model) and measure the
+    validation loss again on the same batches (summary keys fp8_val_loss and
+    fp8_val_loss_change, the relative change against final_val_loss)."""
 
     steps: int = 1000
     batch_size: int = 32
@@ -50,6 +53,7 @@ class TrainConfig:
     timing_skip_steps: int = 10  # steps left out of tokens/s (kernel compilation, warm-up)
     max_seconds: float | None = None
     stop_after: int | None = None
+    serve_fp8: bool = False  # after training: validation loss again with FP8 expert weights
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "log_every"):
@@ -156,8 +160,11 @@ def train(
     Summary keys: name, ffn, backend, params (total/ffn/other), steps_done, tokens,
     final_val_loss, best_val_loss, tokens_per_s (training steps after timing_skip_steps,
     validation time left out), peak_mem_mib (CUDA only, else None), train_seconds,
-    stopped_early. A non-finite loss raises FloatingPointError naming the step.
+    stopped_early, and with cfg.serve_fp8 fp8_val_loss and fp8_val_loss_change (serve_fp8).
+    A non-finite loss raises FloatingPointError naming the step.
     """
+    if cfg.serve_fp8 and model_cfg.ffn != "flashmhf":
+        raise ValueError(f"serve_fp8 needs a FlashMHF model, got ffn={model_cfg.ffn!r}")
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = CausalLM(model_cfg).to(device)
@@ -245,6 +252,9 @@ def train(
     bar.close()
     _sync(device)
     end = time.perf_counter()
+    served = (
+        serve_fp8(model, val_batches, cfg, val_losses[max(val_losses)]) if cfg.serve_fp8 else {}
+    )
     timed_tokens = (step - timed_from[1]) * cfg.tokens_per_step if timed_from else 0
     timed_seconds = end - timed_from[0] - eval_seconds if timed_from else 0.0
     result.summary = {
@@ -264,10 +274,29 @@ def train(
         ),
         "train_seconds": end - start,
         "stopped_early": stopped_early,
+        **served,
         "model": model_cfg.to_dict(),
         "train": asdict(cfg),
     }
     return result
+
+
+def serve_fp8(
+    model: CausalLM,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    cfg: TrainConfig,
+    trained_loss: float,
+) -> dict:
+    """Convert `model`'s FlashMHF layers to FP8 expert weights in place and evaluate it on
+    `batches` again: {"fp8_val_loss", "fp8_val_loss_change"}, the change being
+    (fp8_val_loss - trained_loss) / trained_loss. Raises ValueError for a model without
+    FlashMHF layers (a SwiGLU run has nothing to quantise)."""
+    from ..layers import quantize_fp8_model
+
+    if quantize_fp8_model(model) == 0:
+        raise ValueError("serve_fp8: the model has no FlashMHF layer to quantise")
+    loss = evaluate(model, batches, cfg)
+    return {"fp8_val_loss": loss, "fp8_val_loss_change": (loss - trained_loss) / trained_loss}
 
 
 def _flush(
