@@ -14,8 +14,10 @@ from pathlib import Path
 
 
 def compile_report(stem: str, spec, config) -> dict:
-    """{'shared': bytes, 'wgmma': n, 'tma_loads': n, 'tma_reduces': n} of the kernel of
-    (stem, spec, config), compiled in a subprocess."""
+    """{'shared': bytes, 'registers', 'spill_bytes', 'wgmma': n, 'tma_loads': n,
+    'tma_reduces': n, 'pdl_waits', 'pdl_launches', 'l2_prefetches',
+    'memory_ops_before_wait'} of the kernel of (stem, spec, config), compiled in a
+    subprocess."""
     return _in_subprocess(
         [str(Path(__file__).resolve()), stem, _spec_json(spec), config.to_json()],
         f"{stem} {config.describe()}",
@@ -76,14 +78,20 @@ def _main(stem: str, spec_json: str, config_json: str) -> None:
     variant = registry.get(stem)
     config = variant.check(spec, variant.config_from_dict(json.loads(config_json)))
     kernel = load_kernel(stem, spec, config)
-    narrow = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[spec.dtype]
-    fp32 = {"DQ", "DR", "R"} | (
+    narrow = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[spec.activation_dtype]
+    fp32 = {"DQ", "DR", "R", "SCALES"} | (
         {"DK", "DU", "DV"} if getattr(config, "token_splits", 1) > 1 else set()
     )
+    if "OUT" in kernel.arg_names:  # the forward's split path: O is the fp32 workspace
+        fp32.add("O")
     signature = {}
     for name in kernel.arg_names:
         if name in ("BLOCK_M", "BLOCK_N"):
             signature[name] = "constexpr"
+        elif name == "COUNTERS":
+            signature[name] = "*i32"
+        elif name in ("K", "U", "V") and spec.fp8_weights:
+            signature[name] = "*fp8e4nv"
         elif name[0].isupper():
             signature[name] = "*fp32" if name in fp32 else f"*{narrow}"
         else:
@@ -99,6 +107,7 @@ def _main(stem: str, spec_json: str, config_json: str) -> None:
         options={"num_warps": config.num_warps, "num_stages": config.num_stages},
     )
     ptx = compiled.asm["ptx"]
+    wait = ptx.find("griddepcontrol.wait")
     registers, spills = ptxas_usage(ptx)
     print(
         json.dumps(
@@ -109,6 +118,19 @@ def _main(stem: str, spec_json: str, config_json: str) -> None:
                 "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
                 "tma_loads": len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
                 "tma_reduces": len(re.findall(r"cp\.reduce\.async\.bulk\.tensor", ptx)),
+                "pdl_waits": ptx.count("griddepcontrol.wait"),
+                "pdl_launches": ptx.count("griddepcontrol.launch_dependents"),
+                "l2_prefetches": ptx.count("prefetch.global.L2"),
+                # global loads, stores and atomics issued before griddepcontrol.wait
+                "memory_ops_before_wait": (
+                    len(
+                        re.findall(
+                            r"\b(?:ld|st|atom|red)\.(?:global|shared)|\bcp\.async", ptx[:wait]
+                        )
+                    )
+                    if wait >= 0
+                    else None
+                ),
             }
         )
     )

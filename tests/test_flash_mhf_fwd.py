@@ -1,5 +1,7 @@
 """The generated forward kernel against the float64 reference (Triton interpreter)."""
 
+import dataclasses
+
 import pytest
 import torch
 from cases import CASES, CONFIGS, DTYPES, EMPTY, grouped
@@ -70,3 +72,55 @@ def test_an_unrolled_split_reduction_adds_in_the_same_order(case):
         )
         assert torch.equal(first, again)
     assert_close("o", first, ref["o"], torch.float32, case)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "bfloat16_e4m3"])
+def test_pdl_prefetches_weights_then_waits_before_any_memory_access(dtype):
+    """pdl=True compiles for sm90 with one griddepcontrol.launch_dependents, one
+    griddepcontrol.wait, the L2 prefetches of the first num_stages tiles of K, U and V
+    before it, and no load, store or atomic before it (only L2 is touched early)."""
+    from sm90_compile import compile_report
+
+    from mhfgen.spec import KernelSpec
+    from mhfgen.variants.flash_mhf_fwd import Config, pdl_params
+
+    spec = KernelSpec(
+        heads=4, kv_heads=2, head_dim=128, experts=3, expert_dim=256, dtype=dtype, target="sm90"
+    )
+    config = Config(
+        block_m=16,
+        block_n=32,
+        num_warps=4,
+        num_stages=3,
+        group_heads=2,
+        inter_splits=8,
+        reduce_unroll=8,
+        pdl=True,
+    )
+    report = compile_report("flash_mhf_fwd", spec, config)
+    lines = pdl_params(spec, config)["pdl_lines"]
+    threads = 32 * config.num_warps
+    assert (report["pdl_launches"], report["pdl_waits"]) == (1, 1)
+    assert report["l2_prefetches"] == 3 * max(1, lines // threads)
+    assert report["memory_ops_before_wait"] == 0
+    plain = compile_report("flash_mhf_fwd", spec, dataclasses.replace(config, pdl=False))
+    assert (plain["pdl_waits"], plain["l2_prefetches"]) == (0, 0)
+
+
+def test_pdl_is_refused_off_hopper():
+    from mhfgen.spec import KernelSpec
+    from mhfgen.variants.flash_mhf_fwd import Config
+
+    config = Config(block_m=16, block_n=32, num_warps=4, num_stages=2, pdl=True)
+    for target in ("sm80", "interpreter"):
+        spec = KernelSpec(
+            heads=2,
+            kv_heads=2,
+            head_dim=64,
+            experts=2,
+            expert_dim=64,
+            dtype="float16",
+            target=target,
+        )
+        with pytest.raises(ValueError, match="pdl=True .* needs an sm90"):
+            config.check_for(spec)

@@ -171,6 +171,11 @@ CONFIG_LEGEND = (
         "prefetch_scores: the next tile's score MMAs issued before this tile's activation",
     ),
     ("split", "split_grads: dK/dU/dV as two kernels (dK and dU; dV)"),
+    (
+        "pdl",
+        "programmatic dependent launch: the forward overlaps the previous kernel's end, "
+        "prefetching its first K/U/V rows into L2 (sm90+)",
+    ),
     ("hc", "head_chunk: kv heads per launch of the one-pass backward (its dq workspace)"),
     ("tanh", "sigmoid as 0.5 + 0.5 tanh.approx(x / 2): one MUFU op per element"),
     ("exp", "sigmoid through exp2 and a fast division (the Gluon kernels' other form)"),

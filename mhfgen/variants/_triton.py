@@ -82,6 +82,7 @@ class TileConfig(VariantConfig):
             ("transpose_acc", "T"),
             ("prefetch_scores", "prefetch"),
             ("split_grads", "split"),
+            ("pdl", "pdl"),
         ):
             if getattr(self, flag, False):
                 text += f" {short}"
@@ -152,13 +153,17 @@ def rows_block(rows: int, preferred: int) -> int:
 
 
 def launch_meta(config: TileConfig) -> dict:
-    """The launch's tile constexprs and options: BLOCK_M, BLOCK_N, num_warps, num_stages."""
-    return dict(
+    """The launch's tile constexprs and options: BLOCK_M, BLOCK_N, num_warps, num_stages,
+    and launch_pdl where the config asks for programmatic dependent launch (`pdl`)."""
+    meta = dict(
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
+    if getattr(config, "pdl", False):
+        meta["launch_pdl"] = True
+    return meta
 
 
 def row_splits(rows: int, config: TileConfig) -> tuple[int, int]:

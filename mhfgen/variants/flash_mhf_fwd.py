@@ -18,6 +18,10 @@ Config fields beyond the tiles (mhfgen.variants._triton):
     reduce_unroll: with inter_splits, the last program of a row block issues the loads of
                   this many partial sums together before adding them (in split order:
                   the same result), instead of one round trip to L2 per split (1).
+    pdl:          programmatic dependent launch (sm90+): the launch may overlap the end of
+                  the previous kernel in the stream; until that kernel has finished, each
+                  program only prefetches its first num_stages * BLOCK_N rows of K, U and V
+                  into L2 (see pdl_params), then waits (griddepcontrol.wait).
     unroll and evict_weights are the knobs of Helion's autotuned forward that this kernel
     lacked; the tuner measures whether they pay per problem (not yet run on a GPU).
 
@@ -54,7 +58,7 @@ from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
 from ..registry import register
 from ..spec import DTYPES, FP8_WEIGHT_DTYPES, INTERPRETER, KernelSpec, fp8_target
-from ..tiling import cdiv, even_tiles, split_units
+from ..tiling import cdiv, even_tiles, pow2_ceil, split_units
 from ..validation import INT32_LIMIT, check_weight_scales
 from . import _triton
 
@@ -187,11 +191,39 @@ class Config(_triton.GroupedConfig):
     unroll: int = 1
     evict_weights: bool = False
     reduce_unroll: int = 1
+    pdl: bool = False
 
     #: fields added after configs of this variant were stored: a stored or imported config
     #: without them means these values (whose generated code is the code it was tuned with)
-    added_fields = {"unroll": 1, "evict_weights": False, "reduce_unroll": 1}
+    added_fields = {"unroll": 1, "evict_weights": False, "reduce_unroll": 1, "pdl": False}
     choices = {"unroll": UNROLL_FACTORS, "reduce_unroll": REDUCE_UNROLLS}
+
+    def check_for(self, spec: KernelSpec) -> None:
+        super().check_for(spec)
+        if self.pdl and not pdl_target(spec.target):
+            raise ValueError(
+                f"pdl=True (programmatic dependent launch) needs an sm90+ GPU, not {spec.target}"
+            )
+
+
+#: bytes of one L2 prefetch (a cache line)
+LINE_BYTES = 128
+
+
+def pdl_target(target: str) -> bool:
+    """Whether `target` has programmatic dependent launch (griddepcontrol): sm90 on
+    (the interpreter runs no inline PTX)."""
+    return target.startswith(("sm9", "sm1"))
+
+
+def pdl_params(spec: KernelSpec, config: Config) -> dict:
+    """The template's prefetch before griddepcontrol.wait: pdl_rows rows of each of K, U
+    and V (the num_stages tiles the loop's pipeline loads first), covered by pdl_lines
+    128-byte lines (a power of two) of pdl_line_elems elements each."""
+    rows = config.num_stages * config.block_n
+    line_elems = LINE_BYTES // spec.weight_torch_dtype.itemsize
+    lines = pow2_ceil(cdiv(rows * spec.head_dim, line_elems))
+    return dict(pdl_rows=rows, pdl_lines=lines, pdl_line_elems=line_elems)
 
 
 class FlashMhfFwd(_triton.TritonVariant):
@@ -225,6 +257,8 @@ class FlashMhfFwd(_triton.TritonVariant):
             params["evict_weights"] = True
         if config.reduce_unroll > 1 and config.inter_splits > 1:
             params["reduce_unroll"] = config.reduce_unroll
+        if config.pdl:
+            params.update(pdl_params(spec, config))
         if spec.fp8_weights:  # K, U, V in FP8, a scale per row (mhfgen.fp8)
             # where V's row scales go: into the activation tile p (bf16: fp32's exponent
             # range, no extra rounding) or into the V tile (fp16: p * scale underflows)
