@@ -146,8 +146,9 @@ def config_problems(spec: KernelSpec, config: BwdDkvWsConfig) -> list[str]:
     )
     if config.joint_grads and sm90.backward_head_dim_pad(spec) != 128:
         problems.append(
-            f"joint_grads needs head_dim padded to 128 (the transposed accumulators' M is "
-            f"D / 2, a warpgroup's wgmma takes 64); head_dim is {spec.head_dim}"
+            f"joint_grads needs head_dim 128 or one padded to it (the transposed "
+            f"accumulators' M is D / 2, a warpgroup's wgmma takes 64); head_dim is "
+            f"{spec.head_dim}"
         )
     return problems
 
