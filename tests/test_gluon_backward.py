@@ -5,12 +5,14 @@ generated kernel's parameters."""
 
 import dataclasses
 import importlib
+import re
 
 import pytest
 import torch
 from sm90_compile import gluon_report
 
 from mhfgen import registry
+from mhfgen.codegen import render
 from mhfgen.kernels import configs, sm90
 from mhfgen.spec import KernelSpec
 from mhfgen.verification import Case, make_inputs
@@ -31,7 +33,9 @@ SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
     [
         (KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm80"), "not sm80"),
         (KernelSpec(16, 16, 128, 22, 256, "float32", "sm90"), "float32"),
-        (KernelSpec(8, 8, 96, 8, 256, "bfloat16", "sm90"), "head_dim 64 or 128"),
+        (KernelSpec(8, 8, 72, 8, 256, "bfloat16", "sm90"), "multiple of 16 from 48 to 128"),
+        (KernelSpec(8, 8, 144, 8, 256, "bfloat16", "sm90"), "multiple of 16 from 48 to 128"),
+        (KernelSpec(8, 8, 32, 8, 256, "bfloat16", "sm90"), "multiple of 16 from 48 to 128"),
         (KernelSpec(8, 8, 128, 16, 80, "bfloat16", "sm90"), "multiple of 64"),
     ],
 )
@@ -40,6 +44,30 @@ def test_unsupported_shapes_go_to_the_triton_variant(stem, op, triton, spec, rea
     usable = [v.stem for v in registry.usable(op, spec)]
     assert stem not in usable
     assert triton in usable
+
+
+@pytest.mark.parametrize("stem,op,triton", VARIANTS)
+@pytest.mark.parametrize("head_dim", [48, 64, 80, 96, 112, 128])
+def test_it_runs_every_head_dim_a_multiple_of_16_from_48_to_128(stem, op, triton, head_dim):
+    spec = KernelSpec(8, 8, head_dim, 8, 256, "bfloat16", "sm90")
+    assert registry.get(stem).unsupported(spec) is None
+    assert stem in [v.stem for v in registry.usable(op, spec)][:-1]
+
+
+@pytest.mark.parametrize("stem", [v[0] for v in VARIANTS])
+def test_a_padded_head_dim_masks_every_head_dim_write_and_only_there(stem):
+    """D = 96 renders tiles of HEAD_DIM_PAD = 128 columns and masks the gradients' writes
+    to HEAD_DIM; D = 128 renders neither (its code is what it was before padding)."""
+    variant = registry.get(stem)
+    padded = KernelSpec(8, 8, 96, 8, 256, "bfloat16", "sm90")
+    plain = dataclasses.replace(padded, head_dim=128)
+    split = {"token_splits": 2} if "token_splits" in variant.Config.field_names() else {}
+    for config in (variant.Config(), variant.Config(sigmoid="exp", **split)):
+        source = render(stem, padded, config)
+        assert "HEAD_DIM_PAD = gl.constexpr(128)" in source
+        writes = len(re.findall(r"gl\.(?:store|atomic_add)\(ptrs", source))
+        assert source.count("< HEAD_DIM)") >= writes > 0
+        assert "HEAD_DIM_PAD" not in render(stem, plain, config)
 
 
 @pytest.mark.parametrize("stem,op,triton", VARIANTS)

@@ -12,6 +12,7 @@ from sm90_compile import gluon_report
 
 from mhfgen import registry
 from mhfgen.codegen import render
+from mhfgen.kernels.sm90 import backward_head_dim_pad
 from mhfgen.spec import KernelSpec
 from mhfgen.variants import flash_mhf_bwd_dkv_ws as ws
 from mhfgen.variants._gluon import token_split_plan, wave_token_splits
@@ -21,6 +22,9 @@ SPEC_370M = KernelSpec(8, 8, 128, 11, 256, "bfloat16", "sm90")
 SPEC_D64_GQA = KernelSpec(16, 4, 64, 11, 256, "float16", "sm90")
 SPEC_L37_GQA = KernelSpec(8, 2, 128, 4, 128, "bfloat16", "sm90")
 SPEC_E1 = KernelSpec(4, 4, 64, 1, 512, "bfloat16", "sm90")
+#: head dims the kernel pads to 128 columns (mhfgen.kernels.sm90.backward_head_dim_pad),
+#: on the 128M preset's other sizes
+PADDED = [KernelSpec(8, 8, d, 8, 256, "bfloat16", "sm90") for d in (80, 96, 112)]
 STEM = "flash_mhf_bwd_dkv_ws"
 
 
@@ -205,7 +209,7 @@ def test_token_split_plan_counts_the_rows_split_in_64_token_tiles():
 
 
 @pytest.mark.parametrize(
-    "spec", [SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1], ids=lambda s: s.key()
+    "spec", [SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1, *PADDED], ids=lambda s: s.key()
 )
 def test_every_spec_renders(spec):
     for config in (
@@ -253,6 +257,8 @@ COMPILE_CASES = [
             joint_grads=True,
         ),
     ),
+    *[(spec, ws.default_config(spec, 16384, 132)) for spec in PADDED],
+    *[(spec, ws.BwdDkvWsConfig(split="rows", stages=3, token_splits=2)) for spec in PADDED],
 ]
 
 
@@ -260,6 +266,7 @@ COMPILE_CASES = [
     "spec,config", COMPILE_CASES, ids=[f"{s.key()}-{c.describe()}" for s, c in COMPILE_CASES]
 )
 def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
+    assert not ws.config_problems(spec, config)  # a config the tuner may propose
     report = gluon_report(ws, spec, config)
     estimate = ws.shared_memory(spec, config)
     assert report.shared <= estimate <= report.shared + 1024
@@ -269,12 +276,13 @@ def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     # 64-token blocks), 3 for 'rows', 2 with joint_grads ([dK^T | dU^T] and dV^T)
     accumulating = 6 if config.split == "tokens" else 2 if config.joint_grads else 3
     chains = 4 if config.joint_scores else 6
-    assert report.wgmma == 2 * (2 * chains * (spec.head_dim // 32) + accumulating * 4)
+    d = backward_head_dim_pad(spec)  # the tiles' head_dim
+    assert report.wgmma == 2 * (2 * chains * (d // 32) + accumulating * 4)
     if config.split == "tokens":
         assert report.tma_loads == 6 + 8  # K/U/V halves once, then q/dO per tile
     else:
         assert report.tma_loads == 12 + 4  # K/U/V halves x row blocks, q/dO halves
-    if spec.head_dim == 128 and config.split == "rows":
+    if d == 128 and config.split == "rows":
         assert report.spill_bytes <= 8  # the 'tokens' split spills 468 bytes here
 
 

@@ -12,6 +12,7 @@ from sm90_compile import gluon_report
 
 from mhfgen import registry
 from mhfgen.codegen import render
+from mhfgen.kernels.sm90 import backward_head_dim_pad
 from mhfgen.spec import KernelSpec
 from mhfgen.variants import flash_mhf_bwd_dkvt_ws as wst
 from mhfgen.variants._gluon import token_split_plan
@@ -23,6 +24,9 @@ SPEC_D64_GQA = KernelSpec(16, 4, 64, 11, 256, "float16", "sm90")
 SPEC_L37_GQA = KernelSpec(8, 2, 128, 4, 128, "bfloat16", "sm90")
 SPEC_E1 = KernelSpec(4, 4, 64, 1, 512, "bfloat16", "sm90")
 SPEC_DE192 = KernelSpec(4, 4, 64, 3, 192, "bfloat16", "sm90")
+#: head dims the kernel pads to 128 columns (mhfgen.kernels.sm90.backward_head_dim_pad),
+#: on the 128M preset's other sizes
+PADDED = [KernelSpec(8, 8, d, 8, 256, "bfloat16", "sm90") for d in (80, 96, 112)]
 STEM = "flash_mhf_bwd_dkvt_ws"
 OP_VARIANTS = ["flash_mhf_bwd_dkv_ws", STEM, "flash_mhf_bwd_dkv"]
 
@@ -128,10 +132,12 @@ def test_token_split_plan_counts_64_token_tiles(tokens, splits, expect):
 
 
 @pytest.mark.parametrize(
-    "spec", [SPEC_13B, SPEC_D64, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1], ids=lambda s: s.key()
+    "spec",
+    [SPEC_13B, SPEC_D64, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1, *PADDED],
+    ids=lambda s: s.key(),
 )
 def test_every_spec_renders_one_accumulator_pair_per_head_dim_chunk(spec):
-    chunks = spec.head_dim // 64
+    chunks = backward_head_dim_pad(spec) // 64
     for config in (wst.BwdDkvtWsConfig(), wst.BwdDkvtWsConfig(token_splits=2, sigmoid="exp")):
         source = render(STEM, spec, config)
         compile(source, STEM, "exec")
@@ -158,6 +164,8 @@ COMPILE_CASES = [
             stages=4, sigmoid="exp", token_splits=3, producer_regs=40, consumer_regs=232
         ),
     ),
+    *[(spec, wst.default_config(spec, 16384, 132)) for spec in PADDED],
+    *[(spec, wst.BwdDkvtWsConfig(stages=4, sigmoid="exp", token_splits=2)) for spec in PADDED],
 ]
 
 
@@ -165,13 +173,15 @@ COMPILE_CASES = [
     "spec,config", COMPILE_CASES, ids=[f"{s.key()}-{c.describe()}" for s, c in COMPILE_CASES]
 )
 def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
+    assert not wst.config_problems(spec, config)  # a config the tuner may propose
     report = gluon_report(wst, spec, config)
     estimate = wst.shared_memory(spec, config)
     assert report.shared <= estimate <= report.shared + 1024
-    chunks = spec.head_dim // 64
+    d = backward_head_dim_pad(spec)  # the tiles' head_dim
+    chunks = d // 64
     # per consumer: [S | A] and dP (K = D: D / 16 instructions each), issued before and in
     # the loop, and per head_dim chunk [dK^T | dU^T] and dV^T (K = 64 tokens: 4 each)
-    assert report.wgmma == 2 * (2 * 2 * spec.head_dim // 16 + 2 * chunks * 4)
+    assert report.wgmma == 2 * (2 * 2 * d // 16 + 2 * chunks * 4)
     # K, U, V per warpgroup's rows and chunk once, then q and dO per chunk per tile
     assert report.tma_loads == 6 * chunks + 2 * chunks
     assert report.spill_bytes <= (64 if config.wg_rows == 64 else 0)

@@ -11,6 +11,7 @@ from sm90_compile import gluon_report
 
 from mhfgen import registry
 from mhfgen.codegen import render
+from mhfgen.kernels.sm90 import backward_head_dim_pad
 from mhfgen.spec import KernelSpec
 from mhfgen.variants import flash_mhf_bwd_dq_ws as ws
 
@@ -19,6 +20,9 @@ SPEC_D64_GQA = KernelSpec(16, 4, 64, 11, 256, "float16", "sm90")
 SPEC_L37_GQA = KernelSpec(8, 2, 128, 4, 128, "bfloat16", "sm90")
 SPEC_E1 = KernelSpec(4, 4, 64, 1, 512, "bfloat16", "sm90")
 STEM = "flash_mhf_bwd_dq_ws"
+#: head dims the kernel pads to 128 columns (mhfgen.kernels.sm90.backward_head_dim_pad),
+#: on the 128M preset's other sizes
+PADDED = [KernelSpec(8, 8, d, 8, 256, "bfloat16", "sm90") for d in (80, 96, 112)]
 
 
 @pytest.mark.parametrize(
@@ -84,7 +88,7 @@ def test_heuristic_takes_the_deepest_ring_that_fits():
 
 
 @pytest.mark.parametrize(
-    "spec", [SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1], ids=lambda s: s.key()
+    "spec", [SPEC_13B, SPEC_D64_GQA, SPEC_L37_GQA, SPEC_E1, *PADDED], ids=lambda s: s.key()
 )
 def test_every_spec_renders_without_atomics(spec):
     for config in (ws.BwdDqWsConfig(), ws.BwdDqWsConfig(stages=2, sigmoid="exp")):
@@ -103,6 +107,8 @@ COMPILE_CASES = [
     (SPEC_13B, ws.BwdDqWsConfig(joint_scores=True)),
     (SPEC_D64_GQA, ws.BwdDqWsConfig(stages=4, joint_scores=True, sigmoid="exp")),
     (SPEC_L37_GQA, ws.BwdDqWsConfig(stages=2, joint_scores=True)),
+    *[(spec, ws.default_config(spec, 16384, 132)) for spec in PADDED],
+    *[(spec, ws.BwdDqWsConfig(stages=2, sigmoid="exp", producer_regs=40)) for spec in PADDED],
 ]
 
 
@@ -110,13 +116,15 @@ COMPILE_CASES = [
     "spec,config", COMPILE_CASES, ids=[f"{s.key()}-{c.describe()}" for s, c in COMPILE_CASES]
 )
 def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
+    assert not ws.config_problems(spec, config)  # a config the tuner may propose
     report = gluon_report(ws, spec, config)
     estimate = ws.shared_memory(spec, config)
     assert report.shared <= estimate <= report.shared + 1024
     assert report.spill_bytes == 0
-    # per consumer: S, A, dP (K = D: D / 16 instructions each; [S | A] one chain with
-    # joint_scores) and dq's two (K = 64: 4)
+    # per consumer: S, A, dP (K = D padded: D / 16 instructions each; [S | A] one chain
+    # with joint_scores) and dq's two (K = 64: 4)
+    d = backward_head_dim_pad(spec)
     chains = 2 if config.joint_scores else 3
-    assert report.wgmma == 2 * (chains * spec.head_dim // 16 + 2 * 4)
+    assert report.wgmma == 2 * (chains * d // 16 + 2 * 4)
     # q and dO of both consumers, K/U/V per tile; a (64, 128) box is two TMA copies
-    assert report.tma_loads == 7 * (spec.head_dim // 64)
+    assert report.tma_loads == 7 * (d // 64)

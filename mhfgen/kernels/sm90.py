@@ -13,16 +13,17 @@ from pathlib import Path
 
 import torch
 
-from ..tiling import even_tiles
+from ..tiling import even_tiles, pow2_ceil
 
 #: dynamic shared memory a block may allocate on sm90 (227 KiB)
 SM90_SHARED_MEMORY = 232448
 #: 32-bit registers per SM
 SM90_REGISTERS = 65536
-#: what the Gluon backward kernels take: dtypes, head dims, and the weight-tile rows
+#: what the Gluon backward kernels take: dtypes, head dims (multiples of 16 in this range,
+#: padded in the kernel to 64 or 128: backward_head_dim_pad), and the weight-tile rows
 #: (one warpgroup's wgmma M) that an expert's width must be a multiple of
 BACKWARD_DTYPES = ("bfloat16", "float16")
-BACKWARD_HEAD_DIMS = (64, 128)
+BACKWARD_HEAD_DIMS = range(48, 129, 16)
 BACKWARD_BLOCK_N = 64
 
 
@@ -34,10 +35,35 @@ def backward_unsupported(spec, tokens: int | None = None) -> str | None:
     if spec.dtype not in BACKWARD_DTYPES:
         return f"bf16/fp16 only; dtype is {spec.dtype}"
     if spec.head_dim not in BACKWARD_HEAD_DIMS:
-        return f"head_dim 64 or 128 only; it is {spec.head_dim}"
+        return (
+            f"head_dim must be a multiple of 16 from 48 to 128 (below 48, padding to 64 "
+            f"would at least double the MMA work); it is {spec.head_dim}"
+        )
     if not even_tiles(spec, BACKWARD_BLOCK_N):
         return f"expert_dim must be a multiple of {BACKWARD_BLOCK_N}; it is {spec.expert_dim}"
     return None
+
+
+def backward_head_dim_pad(spec) -> int:
+    """The head_dim width of a Gluon backward kernel's tiles: 64 or 128, the spec's
+    head_dim rounded up to a power of two (at least 64: the kernels cut it in halves or
+    64-column chunks).
+
+    The kernels pad D to this width: TMA loads a block this wide, so the weights' columns
+    past D, beyond the (Hkv * I, D) view, arrive as zeros, and every product that sums
+    over head_dim (S = q K^T, A = q U^T, dP = dO V^T) has a zero-padded weight operand and
+    is exact. q's and dO's padded columns are the next head's first columns (zeros past
+    the last head): they only reach the padded columns of dK, dU, dV, which are masked
+    out of every store. dq's padded columns (dS K + dA U) are zero and never stored."""
+    return max(64, pow2_ceil(spec.head_dim))
+
+
+def backward_pad_params(spec) -> dict:
+    """The static template parameter of a padded head_dim ({'head_dim_pad': width}), or
+    nothing where head_dim is 64 or 128: those specs render the code they rendered before
+    padding existed, so their stored winners keep their code hash."""
+    pad = backward_head_dim_pad(spec)
+    return {"head_dim_pad": pad} if pad != spec.head_dim else {}
 
 
 def backward_register_cap() -> int:

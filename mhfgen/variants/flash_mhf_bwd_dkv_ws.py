@@ -5,8 +5,10 @@ Two consumer warpgroups share a row tile: each computes the scores of 64 of a 12
 tile's tokens (split 'tokens') or of 32 of the weight tile's 64 rows for a 64-token tile
 (split 'rows'), the two exchange P, dS, dA through shared memory, and each accumulates
 half of head_dim's columns of dK, dU and dV over the tile's tokens; a one-warp producer
-loads q and dO by TMA. sm90, bf16/fp16, D = 64 or 128, expert_dim a multiple of 64. Without token
-splits it adds nothing by atomics: its gradients are bitwise reproducible.
+loads q and dO by TMA. sm90, bf16/fp16, D a multiple of 16 from 48 to 128 (tiles padded to
+Dp = 64 or 128 columns: mhfgen.kernels.sm90.backward_head_dim_pad; below, D stands for
+Dp), expert_dim a multiple of 64. Without token splits it adds nothing by atomics: its
+gradients are bitwise reproducible.
 
 This module holds the variant whole: its config type, support checks, resource model,
 heuristic, launcher, sm90 compile check and registry entry; its template and search space
@@ -64,13 +66,14 @@ class BwdDkvWsConfig(_gluon.GluonBackwardConfig):
     """Launch parameters of flash_mhf_bwd_dkv_ws (sigmoid, token_splits, consumer_regs,
     producer_regs: see _gluon.GluonConfig).
 
-    stages:        slots of the q/dO ring (each 2 * block_m * D * 2 bytes).
+    stages:        slots of the q/dO ring (each 2 * block_m * Dp * 2 bytes, Dp the padded
+                   head_dim).
     split:         how the two consumers share a row tile's scores: 'tokens' (128-token
                    tiles, 64 tokens each) or 'rows' (64-token tiles, 32 weight rows each).
     joint_scores:  S and A by one wgmma chain of twice the width, [S | A] = q [K; U]^T
                    (K and U rows stacked in one shared tile): q is read from shared
                    memory once for both, not twice.
-    joint_grads:   ('rows', D = 128) the accumulators transposed, dK and dU as one:
+    joint_grads:   ('rows', Dp = 128) the accumulators transposed, dK and dU as one:
                    [dK^T | dU^T] += q^T [dS | dA] (D / 2 x 2 * 64, one wgmma chain of
                    N = 128 that reads q once) and dV^T += dO^T P (N = 64), where
                    dK += dS^T q, dU += dA^T q and dV += P^T dO are three chains of N = D / 2.
@@ -126,8 +129,9 @@ unsupported = sm90.backward_unsupported
 
 def shared_memory(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
     """Bytes: the q/dO ring, K/U/V, the exchange tiles (P, dS, dA of a row tile, bf16),
-    the mbarriers and 1 KiB of compiler scratch."""
-    d = spec.head_dim
+    the mbarriers and 1 KiB of compiler scratch; head_dim padded
+    (sm90.backward_head_dim_pad)."""
+    d = sm90.backward_head_dim_pad(spec)
     ring = config.stages * 2 * config.block_m * d * 2
     weights = 3 * BLOCK_N * d * 2
     exchange = 3 * config.block_m * BLOCK_N * 2
@@ -140,18 +144,21 @@ def config_problems(spec: KernelSpec, config: BwdDkvWsConfig) -> list[str]:
     problems = config.resource_problems(
         shared_memory(spec, config), consumer_registers(spec, config)
     )
-    if config.joint_grads and spec.head_dim != 128:
+    if config.joint_grads and sm90.backward_head_dim_pad(spec) != 128:
         problems.append(
-            f"joint_grads needs head_dim 128 (the transposed accumulators' M is "
-            f"D / 2, a warpgroup's wgmma takes 64); head_dim is {spec.head_dim}"
+            f"joint_grads needs head_dim 128 or one padded to it (the transposed "
+            f"accumulators' M is D / 2, a warpgroup's wgmma takes 64); head_dim is "
+            f"{spec.head_dim}"
         )
     return problems
 
 
 def consumer_registers(spec: KernelSpec, config: BwdDkvWsConfig) -> int:
-    """fp32 registers a consumer thread holds in tiles: three (64 x D / 2) accumulators
-    and S, A, dP (64 x score_cols), over 128 threads (192 at D = 128, 'tokens')."""
-    return (3 * BLOCK_N * spec.head_dim // 2 + 3 * 64 * config.score_cols) // 128
+    """fp32 registers a consumer thread holds in tiles: three (64 x Dp / 2) accumulators
+    (Dp the padded head_dim) and S, A, dP (64 x score_cols), over 128 threads (192 at
+    Dp = 128, 'tokens')."""
+    d = sm90.backward_head_dim_pad(spec)
+    return (3 * BLOCK_N * d // 2 + 3 * 64 * config.score_cols) // 128
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConfig:
@@ -160,9 +167,11 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConf
     scores (1.05-1.07x without), and without grouped query heads joint transposed
     gradients with 4 slots (1.09-1.10x 'rows' s3 joint; with 4 query heads per kv head
     0.86x, so grouped shapes keep s3); at D = 64 'tokens' with 3 and separate scores
-    (joint is 1.16x slower there); tanh; token splits by wave_token_splits."""
-    split = "tokens" if spec.head_dim <= 64 else "rows"
-    grads = split == "rows" and spec.head_dim == 128 and spec.group == 1
+    (joint is 1.16x slower there); tanh; token splits by wave_token_splits. A padded
+    head_dim takes its padded width's choice (D = 96 that of D = 128)."""
+    d = sm90.backward_head_dim_pad(spec)
+    split = "tokens" if d <= 64 else "rows"
+    grads = split == "rows" and d == 128 and spec.group == 1
     programs = spec.kv_heads * spec.intermediate // BLOCK_N
     blocks = spec.group * cdiv(max(1, tokens), ROW_TILE[split])
     return BwdDkvWsConfig(
@@ -175,10 +184,14 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvWsConf
 
 
 def static_params(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
-    """sigmoid, token_split, and rows_split, joint_scores and joint_grads only where set: a
-    config without them renders the code it rendered before those knobs existed, so its stored
-    winners stay current."""
-    params = {"sigmoid": config.sigmoid, "token_split": config.token_splits > 1}
+    """sigmoid, token_split, and rows_split, joint_scores, joint_grads and head_dim_pad only
+    where set: a config without them renders the code it rendered before those knobs
+    existed, so its stored winners stay current."""
+    params = {
+        "sigmoid": config.sigmoid,
+        "token_split": config.token_splits > 1,
+        **sm90.backward_pad_params(spec),
+    }
     if config.split == "rows":
         params["rows_split"] = True
     if config.joint_scores:
@@ -189,10 +202,10 @@ def static_params(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
 
 
 def smem_layouts(spec: KernelSpec, config: BwdDkvWsConfig) -> dict:
-    """The shared layouts: of the descriptors (q/dO blocks of 64 tokens x D / 2; K/U/V
-    blocks of score_cols rows x D / 2) and of the exchange tiles (EX_LAYOUT: bf16
-    (64, 64): tokens x rows for 'tokens', rows x tokens for 'rows')."""
-    half = spec.head_dim // 2
+    """The shared layouts: of the descriptors (q/dO blocks of 64 tokens x Dp / 2; K/U/V
+    blocks of score_cols rows x Dp / 2, Dp the padded head_dim) and of the exchange tiles
+    (EX_LAYOUT: bf16 (64, 64): tokens x rows for 'tokens', rows x tokens for 'rows')."""
+    half = sm90.backward_head_dim_pad(spec) // 2
     return {
         "rows": sm90.nvmma_block(spec, 64, half),
         "weights": sm90.nvmma_block(spec, config.score_cols, half),

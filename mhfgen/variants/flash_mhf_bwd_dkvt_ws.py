@@ -5,8 +5,10 @@ Each of two consumer warpgroups owns wg_rows of the program's 2 * wg_rows weight
 it computes their scores for a 64-token row tile ([S | A] by one wgmma chain, and dP),
 the element-wise math, and accumulates the transposed gradients [dK^T | dU^T] and dV^T
 over all of head_dim; the two share only the q/dO ring a one-warp TMA producer fills.
-sm90, bf16/fp16, D = 64 or 128, expert_dim a multiple of the weight tile. Without token
-splits it adds nothing by atomics: its gradients are bitwise reproducible.
+sm90, bf16/fp16, D a multiple of 16 from 48 to 128 (padded to Dp = 64 or 128 columns, one
+or two 64-column chunks: mhfgen.kernels.sm90.backward_head_dim_pad), expert_dim a multiple
+of the weight tile. Without token splits it adds nothing by atomics: its gradients are
+bitwise reproducible.
 
 This module holds the variant whole: its config type, support checks, resource model,
 heuristic, launcher, sm90 compile check and registry entry; its template and search space
@@ -61,7 +63,8 @@ class BwdDkvtWsConfig(_gluon.GluonBackwardConfig):
     """Launch parameters of flash_mhf_bwd_dkvt_ws (sigmoid, token_splits, consumer_regs,
     producer_regs: see _gluon.GluonConfig).
 
-    stages:        slots of the q/dO ring (each 2 * 64 * D * 2 bytes).
+    stages:        slots of the q/dO ring (each 2 * 64 * Dp * 2 bytes, Dp the padded
+                   head_dim).
     wg_rows:       weight rows each consumer warpgroup owns (32 or 64): a program's weight
                    tile is 2 * wg_rows rows; its score tiles are 64 x wg_rows.
     """
@@ -95,15 +98,16 @@ class BwdDkvtWsConfig(_gluon.GluonBackwardConfig):
 
 
 def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
-    """What the Gluon backward kernels share (sm90, bf16/fp16, head_dim 64 or 128, expert
-    width a multiple of 64)."""
+    """What the Gluon backward kernels share (sm90, bf16/fp16, head_dim a multiple of 16
+    from 48 to 128, expert width a multiple of 64)."""
     return sm90.backward_unsupported(spec, tokens)
 
 
 def shared_memory(spec: KernelSpec, config: BwdDkvtWsConfig) -> int:
     """Bytes: the q/dO ring, K/U/V of the program's rows, each consumer's P and [dS | dA]
-    tiles (bf16), the mbarriers and 1 KiB of compiler scratch."""
-    d = spec.head_dim
+    tiles (bf16), the mbarriers and 1 KiB of compiler scratch; head_dim padded
+    (sm90.backward_head_dim_pad)."""
+    d = sm90.backward_head_dim_pad(spec)
     ring = config.stages * 2 * ROW_TILE * d * 2
     weights = 3 * config.block_n * d * 2
     exchange = 2 * ROW_TILE * 3 * config.wg_rows * 2
@@ -112,9 +116,9 @@ def shared_memory(spec: KernelSpec, config: BwdDkvtWsConfig) -> int:
 
 def consumer_registers(spec: KernelSpec, config: BwdDkvtWsConfig) -> int:
     """fp32 registers a consumer thread holds in tiles: the accumulators [dK^T | dU^T] and
-    dV^T (D x 3 wg_rows) and the scores [S | A] and dP (64 x 3 wg_rows), over 128 threads
-    (96 at D = 64 with 32 rows, 192 with 64)."""
-    return 3 * config.wg_rows * (spec.head_dim + ROW_TILE) // 128
+    dV^T (Dp x 3 wg_rows, Dp the padded head_dim) and the scores [S | A] and dP
+    (64 x 3 wg_rows), over 128 threads (96 at Dp = 64 with 32 rows, 192 with 64)."""
+    return 3 * config.wg_rows * (sm90.backward_head_dim_pad(spec) + ROW_TILE) // 128
 
 
 def config_problems(spec: KernelSpec, config: BwdDkvtWsConfig) -> list[str]:
@@ -137,17 +141,19 @@ def preferred(spec: KernelSpec) -> bool:
     head_dim 64 (64 rows a warpgroup, 4 slots: 1.18x its 'tokens' split on an H200) and
     with grouped query heads (1.05x its 'rows' s3 joint with 4 query heads per kv head);
     not at D = 128 without grouping, where its joint_grads schedule is as fast
-    (docs/PERFORMANCE.md)."""
-    return spec.head_dim == 64 or spec.group > 1
+    (docs/PERFORMANCE.md). A padded head_dim counts as its padded width."""
+    return sm90.backward_head_dim_pad(spec) == 64 or spec.group > 1
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvtWsConfig:
     """The rows per warpgroup and ring depth measured best on an H200: 64 rows and 6
     slots at D = 64 where the expert width takes 128-row tiles (1.02x 4 slots, 1.01x 8),
     else 32 rows (3 slots at D = 128, 4 at D = 64); token splits by wave_token_splits
-    (none from two waves of weight tiles up: dQ/dR fills the last one)."""
-    wide = spec.head_dim == 64 and even_tiles(spec, 128)
-    stages = 6 if wide else 3 if spec.head_dim > 64 else 4
+    (none from two waves of weight tiles up: dQ/dR fills the last one). A padded head_dim
+    takes its padded width's choice."""
+    d = sm90.backward_head_dim_pad(spec)
+    wide = d == 64 and even_tiles(spec, 128)
+    stages = 6 if wide else 3 if d > 64 else 4
     config = BwdDkvtWsConfig(stages=stages, wg_rows=64 if wide else 32)
     programs = spec.kv_heads * spec.intermediate // config.block_n
     blocks = spec.group * cdiv(max(1, tokens), ROW_TILE)
@@ -157,8 +163,13 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDkvtWsCon
 
 
 def static_params(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
-    """sigmoid and token_split (the rows per warpgroup stay a constexpr)."""
-    return {"sigmoid": config.sigmoid, "token_split": config.token_splits > 1}
+    """sigmoid, token_split and, only where head_dim is padded, head_dim_pad (the rows per
+    warpgroup stay a constexpr)."""
+    return {
+        "sigmoid": config.sigmoid,
+        "token_split": config.token_splits > 1,
+        **sm90.backward_pad_params(spec),
+    }
 
 
 def smem_layouts(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:

@@ -3,8 +3,9 @@
 
 Two consumer warpgroups of 64 rows each walk a kv head's weight tiles, recomputing S, A
 and dP and accumulating dq in registers; a one-warp producer loads q and dO once and
-K, U, V per tile by TMA. sm90, bf16/fp16, D = 64 or 128, expert_dim a multiple of 64. It
-adds nothing by atomics: its gradients are bitwise reproducible.
+K, U, V per tile by TMA. sm90, bf16/fp16, D a multiple of 16 from 48 to 128 (tiles padded
+to Dp = 64 or 128 columns: mhfgen.kernels.sm90.backward_head_dim_pad), expert_dim a
+multiple of 64. It adds nothing by atomics: its gradients are bitwise reproducible.
 
 This module holds the variant whole: its config type, support checks, resource model,
 heuristic, launcher, sm90 compile check and registry entry; its template and search space
@@ -12,11 +13,11 @@ sit beside it.
 
 A program owns 128 tokens of one query head: two consumer warpgroups of 64 rows each walk
 the kv head's weight tiles (64 rows of the intermediate dimension each) independently,
-recomputing S, A and dP per tile and accumulating dq (64 x D, fp32) in registers and dr
+recomputing S, A and dP per tile and accumulating dq (64 x Dp, fp32) in registers and dr
 per expert; a one-warp producer loads q and dO once and K, U, V per tile by TMA into a
 ring of `stages` slots that both consumers read. It is the forward's structure with two
 more MMAs per tile, and like the forward it writes every output once, with no atomics.
-With `joint_scores` a ring slot holds K over U in one (128, D) tile and S and A come from
+With `joint_scores` a ring slot holds K over U in one (128, Dp) tile and S and A come from
 one wgmma of twice the width, [S | A] = q [K; U]^T, reading q once instead of twice.
 """
 
@@ -48,7 +49,8 @@ class BwdDqWsConfig(_gluon.GluonBackwardConfig):
     """Launch parameters of flash_mhf_bwd_dq_ws (sigmoid, consumer_regs, producer_regs:
     see _gluon.GluonConfig).
 
-    stages:        slots of the K/U/V ring (each 3 * 64 * D * 2 bytes).
+    stages:        slots of the K/U/V ring (each 3 * 64 * Dp * 2 bytes, Dp the padded
+                   head_dim).
     joint_scores:  S and A by one wgmma of twice the width, [S | A] = q [K; U]^T (K and U
                    of a weight tile stacked in one ring tile): q is read from shared
                    memory once for both, not twice.
@@ -82,8 +84,8 @@ unsupported = sm90.backward_unsupported
 
 def shared_memory(spec: KernelSpec, config: BwdDqWsConfig) -> int:
     """Bytes: q and dO of both consumers, the K/U/V ring, the mbarriers and 1 KiB of
-    compiler scratch."""
-    d = spec.head_dim
+    compiler scratch (head_dim padded: sm90.backward_head_dim_pad)."""
+    d = sm90.backward_head_dim_pad(spec)
     rows = 2 * BLOCK_M * d * 2
     ring = config.stages * 3 * BLOCK_N * d * 2
     return rows + ring + 8 * (2 * config.stages + 1) + 1024
@@ -96,9 +98,9 @@ def config_problems(spec: KernelSpec, config: BwdDqWsConfig) -> list[str]:
 
 
 def registers(spec: KernelSpec, config: BwdDqWsConfig) -> float:
-    """fp32 values a consumer thread keeps live: dq (64 x D) and S, A, dP (64 x 64), over
-    128 threads."""
-    return (64 * spec.head_dim + 3 * 64 * BLOCK_N) / 128
+    """fp32 values a consumer thread keeps live: dq (64 x Dp, the padded head_dim) and S,
+    A, dP (64 x 64), over 128 threads."""
+    return (64 * sm90.backward_head_dim_pad(spec) + 3 * 64 * BLOCK_N) / 128
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDqWsConfig:
@@ -113,9 +115,10 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDqWsConfi
 
 
 def static_params(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
-    """sigmoid, and joint_scores only where set: a config without it renders the code it
-    rendered before the knob existed, so its stored winners stay current."""
-    params = {"sigmoid": config.sigmoid}
+    """sigmoid, and joint_scores and head_dim_pad only where set: a config without them
+    renders the code it rendered before the knobs existed, so its stored winners stay
+    current."""
+    params = {"sigmoid": config.sigmoid, **sm90.backward_pad_params(spec)}
     if config.joint_scores:
         params["joint_scores"] = True
     return params
@@ -123,8 +126,8 @@ def static_params(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
 
 def smem_layouts(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
     """The descriptors' shared layouts (the same for every config): q/dO blocks of (64
-    tokens, D), K/U/V blocks of (64 rows, D)."""
-    d = spec.head_dim
+    tokens, Dp), K/U/V blocks of (64 rows, Dp), Dp the padded head_dim."""
+    d = sm90.backward_head_dim_pad(spec)
     return {
         "rows": sm90.nvmma_block(spec, BLOCK_M // 2, d),
         "weights": sm90.nvmma_block(spec, BLOCK_N, d),

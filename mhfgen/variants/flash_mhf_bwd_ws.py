@@ -3,8 +3,9 @@
 
 Two consumer warpgroups split the 8 MMAs of each row tile 4 + 4 (A: S^T, A^T, dK, dU and
 the element-wise math; B: dP^T, dV, dq) and swap dP^T and P^T/dS^T/dA^T through shared
-memory; a one-warp producer loads q and dO by TMA. sm90, bf16/fp16, D = 64 or 128,
-expert_dim a multiple of 64. The dq workspace and its budget: mhfgen.workspace.
+memory; a one-warp producer loads q and dO by TMA. sm90, bf16/fp16, D a multiple of 16
+from 48 to 128 (tiles padded to Dp = 64 or 128 columns: mhfgen.kernels.sm90.
+backward_head_dim_pad), expert_dim a multiple of 64. The dq workspace and its budget: mhfgen.workspace.
 
 This module holds the variant whole: its config type, support checks, resource model,
 heuristic, launcher, sm90 compile check and registry entry; its template and search space
@@ -54,7 +55,7 @@ class BwdWsConfig(_gluon.GluonBackwardConfig):
 
     block_m:       tokens per row tile (the N of the score MMAs, the K of the gradient
                    MMAs): 32 keeps warpgroup A's S^T, A^T, dP^T and dK, dU in registers
-                   at D = 128; 64 halves the barrier rounds where D = 64.
+                   at D = 128; 64 halves the barrier rounds where D = 64 (padded head_dim).
     stages:        slots of the q/dO ring.
     head_chunk:    kv heads per launch (the dq workspace; see flash_mhf_bwd_fused).
     grads_regs, producer_regs: registers per thread of warpgroup B and of the producer
@@ -94,8 +95,9 @@ def shared_memory(spec: KernelSpec, config: BwdWsConfig) -> int:
     """Bytes: the q/dO ring, K/U/V, the double-buffered exchange tiles (P^T, dS^T, dA^T
     in bf16, dP^T in fp32), with dq_vec the dq tile's layout change (fp32), the
     mbarriers, 1.5 KiB of compiler scratch (fitted to Triton 3.6's sm90 compiles: within
-    1.5 KiB above, tests/test_gluon_bwd_ws.py)."""
-    d, bm = spec.head_dim, config.block_m
+    1.5 KiB above, tests/test_gluon_bwd_ws.py); head_dim padded
+    (sm90.backward_head_dim_pad)."""
+    d, bm = sm90.backward_head_dim_pad(spec), config.block_m
     ring = config.stages * 2 * bm * d * 2
     weights = 3 * BLOCK_N * d * 2
     exchange = 2 * BLOCK_N * bm * (3 * 2 + 4)
@@ -110,9 +112,10 @@ def config_problems(spec: KernelSpec, config: BwdWsConfig) -> list[str]:
 
 
 def registers(spec: KernelSpec, config: BwdWsConfig) -> float:
-    """fp32 values a thread of warpgroup A keeps live: dK, dU (BLOCK_N x D) and S^T, A^T,
-    dP^T (BLOCK_N x BLOCK_M), over 128 threads."""
-    return (2 * BLOCK_N * spec.head_dim + 3 * BLOCK_N * config.block_m) / 128
+    """fp32 values a thread of warpgroup A keeps live: dK, dU (BLOCK_N x Dp, the padded
+    head_dim) and S^T, A^T, dP^T (BLOCK_N x BLOCK_M), over 128 threads."""
+    d = sm90.backward_head_dim_pad(spec)
+    return (2 * BLOCK_N * d + 3 * BLOCK_N * config.block_m) / 128
 
 
 def call_problems(spec: KernelSpec, config: BwdWsConfig, tokens: int, sm_count: int) -> list:
@@ -131,9 +134,9 @@ def call_problems(spec: KernelSpec, config: BwdWsConfig, tokens: int, sm_count: 
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdWsConfig:
-    """32-token row tiles (64 at D = 64), a 2-slot ring, tanh; kv heads per launch and
-    token splits as the Triton one-pass backward's heuristic picks them."""
-    bm = 64 if spec.head_dim <= 64 else 32
+    """32-token row tiles (64 where head_dim pads to 64), a 2-slot ring, tanh; kv heads per
+    launch and token splits as the Triton one-pass backward's heuristic picks them."""
+    bm = 64 if sm90.backward_head_dim_pad(spec) <= 64 else 32
     return fit_launches(
         spec,
         BwdWsConfig(block_m=bm),
@@ -150,6 +153,7 @@ def static_params(spec: KernelSpec, config: BwdWsConfig) -> dict:
         "dr_atomic": dr_atomic(spec, config),
         "token_split": config.token_splits > 1,
         "dq_vec": config.dq_vec,
+        **sm90.backward_pad_params(spec),
     }
 
 
@@ -159,10 +163,11 @@ def load_kernel(spec: KernelSpec, config: BwdWsConfig):
 
 def smem_layouts(spec: KernelSpec, config: BwdWsConfig) -> dict:
     """The shared layouts: of the descriptors (q/dO rows, K/U/V tiles) and of the
-    exchange buffers (EX_LAYOUT: bf16 (BLOCK_N, BLOCK_M) MMA operands; DP_LAYOUT: fp32)."""
+    exchange buffers (EX_LAYOUT: bf16 (BLOCK_N, BLOCK_M) MMA operands; DP_LAYOUT: fp32);
+    the descriptors' blocks are the padded head_dim wide (sm90.backward_head_dim_pad)."""
     from triton.experimental.gluon import language as gl
 
-    d, bm = spec.head_dim, config.block_m
+    d, bm = sm90.backward_head_dim_pad(spec), config.block_m
     return {
         "rows": sm90.nvmma_block(spec, bm, d),
         "weights": sm90.nvmma_block(spec, BLOCK_N, d),
