@@ -93,13 +93,22 @@ class MatrixShape:
 #: (batch, seqlen): L = 1, L = 37, and both sides of the 64- and 128-row tiles, B > 1
 TILE_EDGES = ((1, 1), (1, 37), (3, 63), (2, 65), (1, 127), (2, 129))
 
+#: L = 1 and 37, and a last tile of one row past 128 with B > 1
+FEW_EDGES = ((1, 1), (1, 37), (2, 129))
+
 #: the GPU matrix: GQA at D = 128, D = 96 with De = 80, E = 1 with D = 64 and a group of
-#: four, and the 1.3B preset's heads at the token counts the r-dtype defect showed at
+#: four, and the 1.3B preset's heads at the token counts the r-dtype defect showed at;
+#: then the head dims the Gluon backward pads (48 to 64, 80 to 112 to 128) with an
+#: expert width it takes (a multiple of 64), GQA among them
 GPU_SHAPES = (
     MatrixShape("gqa_D128", 8, 2, 128, 3, 256, TILE_EDGES),
     MatrixShape("D96_De80", 4, 4, 96, 3, 80, TILE_EDGES),
     MatrixShape("E1_D64_gqa4", 4, 1, 64, 1, 512, TILE_EDGES),
     MatrixShape("1.3B_heads", 16, 16, 128, 22, 256, ((1, 128), (1, 2048))),
+    MatrixShape("gqa_D96", 8, 2, 96, 3, 128, TILE_EDGES),
+    MatrixShape("D80", 4, 4, 80, 2, 128, FEW_EDGES),
+    MatrixShape("gqa_D112", 4, 2, 112, 2, 192, FEW_EDGES),
+    MatrixShape("D48", 4, 4, 48, 2, 64, FEW_EDGES),
 )
 #: small shapes that still reach every variant, for slow runs (compute-sanitizer's memcheck)
 MEMCHECK_SHAPES = (
