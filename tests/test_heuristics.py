@@ -46,6 +46,23 @@ def test_decode_splits_the_intermediate_dimension():
     assert many.inter_splits == 1
 
 
+def test_decode_launches_dependently_on_hopper_and_fp8_takes_one_row_block():
+    dense, fp8 = (
+        KernelSpec(16, 16, 128, 22, 256, d, "sm90") for d in ("bfloat16", "bfloat16_e4m3")
+    )
+    assert default_config("flash_mhf_fwd", dense, 8, 132).pdl
+    assert not default_config("flash_mhf_fwd", dense, 16384, 132).pdl
+    ampere = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm80")
+    assert not default_config("flash_mhf_fwd", ampere, 8, 108).pdl
+    # FP8 weights: all of a kv group's rows in one block (each tile converted once)
+    assert [default_config("flash_mhf_fwd", fp8, t, 132).block_m for t in (1, 32, 64)] == [
+        16,
+        32,
+        64,
+    ]
+    assert default_config("flash_mhf_fwd", dense, 64, 132).block_m == 16
+
+
 @pytest.mark.parametrize(
     "de,preferred,want", [(256, 64, 64), (80, 64, 32), (96, 64, 32), (48, 32, 16)]
 )

@@ -282,15 +282,18 @@ class FlashMhfFwd(_triton.TritonVariant):
     def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> Config:
         """All of a kv group's query heads per program; on a GPU, when the programs fill
         at most half the SMs (decode), inter_splits to fill one wave (two with FP8
-        weights or more than one 16-row block) and the split reduction's loads unrolled.
+        weights or more than one 16-row block) and the split reduction's loads unrolled;
+        at decode sizes on sm90+, programmatic dependent launch (pdl).
 
         The decode rules come from a sweep on an H100 (1.3B, 1 to 64 tokens, CUDA graphs;
         docs/PERFORMANCE.md, "Decode"): the best bf16 configs at 1 and 8 tokens were one
         wave of 16-row programs (8 splits), at 64 tokens 16-row blocks with twice the
         splits (a wave of 64-row blocks read the weights at 56% of copy bandwidth, 16-row
-        blocks at 62%); with FP8 weights, half the bytes per program, 32-column tiles and
-        two waves' worth of splits (22.5 against 30.3 us at 1 token); and 8 unrolled
-        reduction loads in every one of them."""
+        blocks at 62%); with FP8 weights, half the bytes per program, 32-column tiles,
+        two waves' worth of splits (22.5 against 30.3 us at 1 token) and all of a kv
+        group's rows in one block, so that each tile is converted once (at 64 tokens
+        50 us against 63 for 16-row blocks); and 8 unrolled reduction loads in every one
+        of them."""
         heads = spec.group
         rows = tokens * heads
         tiles = _triton.start_tiles(self, spec, rows)
@@ -299,6 +302,8 @@ class FlashMhfFwd(_triton.TritonVariant):
             tiles.update(block_m=16, num_warps=4)
             if spec.fp8_weights:
                 tiles["block_n"] = _triton.pick_block_n(spec.expert_dim, 32)
+                # one row block per kv group: each FP8 tile is converted once
+                tiles["block_m"] = _triton.rows_block(rows, DECODE_ROWS)
         bn = tiles["block_n"]
         programs = cdiv(rows, tiles["block_m"]) * (spec.heads // heads)
         units = split_units(spec, bn)
@@ -309,7 +314,13 @@ class FlashMhfFwd(_triton.TritonVariant):
             waves = 2 if decode and (spec.fp8_weights or rows > 16) else 1
             splits = max(1, min(units, waves * (sm_count // programs)))
             unroll = REDUCE_UNROLLS[-1] if splits > 1 else 1
-        config = Config(**tiles, group_heads=heads, inter_splits=splits, reduce_unroll=unroll)
+        config = Config(
+            **tiles,
+            group_heads=heads,
+            inter_splits=splits,
+            reduce_unroll=unroll,
+            pdl=decode and pdl_target(spec.target),
+        )
         return _triton.shrink_to_fit(self, spec, config)
 
     def supports(self, spec: KernelSpec, tokens: int | None) -> str | None:
