@@ -46,11 +46,11 @@ def test_decode_splits_the_intermediate_dimension():
     assert many.inter_splits == 1
 
 
-def test_decode_launches_dependently_on_hopper_and_fp8_takes_one_row_block():
+def test_decode_fp8_takes_one_row_block_and_leaves_pdl_to_the_tuner():
     dense, fp8 = (
         KernelSpec(16, 16, 128, 22, 256, d, "sm90") for d in ("bfloat16", "bfloat16_e4m3")
     )
-    assert default_config("flash_mhf_fwd", dense, 8, 132).pdl
+    assert not default_config("flash_mhf_fwd", dense, 8, 132).pdl
     assert not default_config("flash_mhf_fwd", dense, 16384, 132).pdl
     ampere = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm80")
     assert not default_config("flash_mhf_fwd", ampere, 8, 108).pdl

@@ -282,8 +282,8 @@ class FlashMhfFwd(_triton.TritonVariant):
     def default_config(self, spec: KernelSpec, tokens: int, sm_count: int) -> Config:
         """All of a kv group's query heads per program; on a GPU, when the programs fill
         at most half the SMs (decode), inter_splits to fill one wave (two with FP8
-        weights or more than one 16-row block) and the split reduction's loads unrolled;
-        at decode sizes on sm90+, programmatic dependent launch (pdl).
+        weights or more than one 16-row block) and the split reduction's loads unrolled.
+        pdl stays off: it has not been timed on a GPU (the tuner tries it on sm90+).
 
         The decode rules come from a sweep on an H100 (1.3B, 1 to 64 tokens, CUDA graphs;
         docs/PERFORMANCE.md, "Decode"): the best bf16 configs at 1 and 8 tokens were one
@@ -319,7 +319,6 @@ class FlashMhfFwd(_triton.TritonVariant):
             group_heads=heads,
             inter_splits=splits,
             reduce_unroll=unroll,
-            pdl=decode and pdl_target(spec.target),
         )
         return _triton.shrink_to_fit(self, spec, config)
 
