@@ -87,16 +87,8 @@ def test_pdl_prefetches_weights_then_waits_before_any_memory_access(dtype):
     spec = KernelSpec(
         heads=4, kv_heads=2, head_dim=128, experts=3, expert_dim=256, dtype=dtype, target="sm90"
     )
-    config = Config(
-        block_m=16,
-        block_n=32,
-        num_warps=4,
-        num_stages=3,
-        group_heads=2,
-        inter_splits=8,
-        reduce_unroll=8,
-        pdl=True,
-    )
+    tiles = dict(block_m=16, block_n=32, num_warps=4, num_stages=3)
+    config = Config(**tiles, group_heads=2, inter_splits=8, reduce_unroll=8, pdl=True)
     report = compile_report("flash_mhf_fwd", spec, config)
     lines = pdl_params(spec, config)["pdl_lines"]
     threads = 32 * config.num_warps
@@ -113,14 +105,6 @@ def test_pdl_is_refused_off_hopper():
 
     config = Config(block_m=16, block_n=32, num_warps=4, num_stages=2, pdl=True)
     for target in ("sm80", "interpreter"):
-        spec = KernelSpec(
-            heads=2,
-            kv_heads=2,
-            head_dim=64,
-            experts=2,
-            expert_dim=64,
-            dtype="float16",
-            target=target,
-        )
+        spec = KernelSpec(2, 2, 64, 2, 64, "float16", target)
         with pytest.raises(ValueError, match="pdl=True .* needs an sm90"):
             config.check_for(spec)
