@@ -104,7 +104,11 @@ def _main(stem: str, spec_json: str, config_json: str) -> None:
     compiled = triton.compile(
         source,
         target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": config.num_warps, "num_stages": config.num_stages},
+        options={
+            "num_warps": config.num_warps,
+            "num_stages": config.num_stages,
+            "launch_pdl": getattr(config, "pdl", False),
+        },
     )
     ptx = compiled.asm["ptx"]
     wait = ptx.find("griddepcontrol.wait")
@@ -118,6 +122,7 @@ def _main(stem: str, spec_json: str, config_json: str) -> None:
                 "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
                 "tma_loads": len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
                 "tma_reduces": len(re.findall(r"cp\.reduce\.async\.bulk\.tensor", ptx)),
+                "launch_pdl": compiled.metadata.launch_pdl,
                 "pdl_waits": ptx.count("griddepcontrol.wait"),
                 "pdl_launches": ptx.count("griddepcontrol.launch_dependents"),
                 "l2_prefetches": ptx.count("prefetch.global.L2"),

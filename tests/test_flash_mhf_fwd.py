@@ -82,6 +82,7 @@ def test_pdl_prefetches_weights_then_waits_before_any_memory_access(dtype):
     from sm90_compile import compile_report
 
     from mhfgen.spec import KernelSpec
+    from mhfgen.variants._triton import launch_meta
     from mhfgen.variants.flash_mhf_fwd import Config, pdl_params
 
     spec = KernelSpec(
@@ -92,11 +93,14 @@ def test_pdl_prefetches_weights_then_waits_before_any_memory_access(dtype):
     report = compile_report("flash_mhf_fwd", spec, config)
     lines = pdl_params(spec, config)["pdl_lines"]
     threads = 32 * config.num_warps
-    assert (report["pdl_launches"], report["pdl_waits"]) == (1, 1)
+    assert report["launch_pdl"] and (report["pdl_launches"], report["pdl_waits"]) == (1, 1)
     assert report["l2_prefetches"] == 3 * max(1, lines // threads)
     assert report["memory_ops_before_wait"] == 0
     plain = compile_report("flash_mhf_fwd", spec, dataclasses.replace(config, pdl=False))
-    assert (plain["pdl_waits"], plain["l2_prefetches"]) == (0, 0)
+    assert (plain["launch_pdl"], plain["pdl_waits"], plain["l2_prefetches"]) == (False, 0, 0)
+    # the launch asks for programmatic dependent launch only where the config does
+    assert launch_meta(config)["launch_pdl"] is True
+    assert "launch_pdl" not in launch_meta(dataclasses.replace(config, pdl=False))
 
 
 def test_pdl_is_refused_off_hopper():
