@@ -177,7 +177,8 @@ def sweep(
     weights; the `top` fastest, best first."""
     from mhfgen.fp8 import quantize_experts
     from mhfgen.registry import default_config
-    from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd, pdl_target
+    from mhfgen.spec import pdl_target
+    from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
 
     p = _problem(preset_name, tokens, device)
     spec = p.spec

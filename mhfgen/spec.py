@@ -69,6 +69,12 @@ def fp8_target(target: str) -> bool:
     return target == INTERPRETER or int(target[2:]) >= 89
 
 
+def pdl_target(target: str) -> bool:
+    """Whether `target` has programmatic dependent launch (griddepcontrol): sm90 and later
+    (not the interpreter, which runs no inline PTX)."""
+    return target != INTERPRETER and int(target[2:]) >= 90
+
+
 def dtype_name(dtype: torch.dtype, weight_dtype: torch.dtype | None = None) -> str:
     """The spec name of activations in `dtype` with weights in `weight_dtype` (default:
     the same dtype), e.g. "bfloat16", or "bfloat16_e4m3" for float8_e4m3fn weights;

@@ -57,7 +57,7 @@ from ..kernels.configs import checked_call, resolve_config
 from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
 from ..registry import register
-from ..spec import DTYPES, FP8_WEIGHT_DTYPES, INTERPRETER, KernelSpec, fp8_target
+from ..spec import DTYPES, FP8_WEIGHT_DTYPES, INTERPRETER, KernelSpec, fp8_target, pdl_target
 from ..tiling import cdiv, even_tiles, pow2_ceil, split_units
 from ..validation import INT32_LIMIT, check_weight_scales
 from . import _triton
@@ -210,12 +210,6 @@ class Config(_triton.GroupedConfig):
 LINE_BYTES = 128
 
 
-def pdl_target(target: str) -> bool:
-    """Whether `target` has programmatic dependent launch (griddepcontrol): sm90 on
-    (the interpreter runs no inline PTX)."""
-    return target.startswith(("sm9", "sm1"))
-
-
 def pdl_params(spec: KernelSpec, config: Config) -> dict:
     """The template's prefetch before griddepcontrol.wait: pdl_rows rows of each of K, U
     and V (the num_stages tiles the loop's pipeline loads first), covered by pdl_lines
@@ -314,12 +308,7 @@ class FlashMhfFwd(_triton.TritonVariant):
             waves = 2 if decode and (spec.fp8_weights or rows > 16) else 1
             splits = max(1, min(units, waves * (sm_count // programs)))
             unroll = REDUCE_UNROLLS[-1] if splits > 1 else 1
-        config = Config(
-            **tiles,
-            group_heads=heads,
-            inter_splits=splits,
-            reduce_unroll=unroll,
-        )
+        config = Config(**tiles, group_heads=heads, inter_splits=splits, reduce_unroll=unroll)
         return _triton.shrink_to_fit(self, spec, config)
 
     def supports(self, spec: KernelSpec, tokens: int | None) -> str | None:
