@@ -29,7 +29,6 @@ from ..kernels.sm90 import (
     CompileReport,
     backward_descriptors,
     backward_options,
-    backward_pad_params,
     backward_resource_problems,
     compile_gluon,
 )
@@ -131,17 +130,6 @@ class GluonModel:
     call_problems: Callable[[KernelSpec, VariantConfig, int, int], list[str]] | None = None
 
 
-#: the heuristic's place for a Gluon backward variant at a head dim it pads (48, 80, 96,
-#: 112): after the Triton-language variants (50) until a GPU run has checked those
-#: kernels' gradients against float64; `mhfgen tune` still tries them (after its check)
-PADDED_HEAD_DIM_RANK = 90
-
-
-def padded_backward(variant: Variant, spec: KernelSpec) -> bool:
-    """Whether `variant` is a Gluon backward kernel that pads `spec`'s head_dim."""
-    return variant.op != "fwd" and bool(backward_pad_params(spec))
-
-
 class GluonVariant(Variant):
     """The registry entry of a Gluon variant for Hopper: family 'gluon', sm90 targets,
     bf16/fp16 (wgmma accumulates in fp32), its model the functions of its module that
@@ -155,10 +143,6 @@ class GluonVariant(Variant):
 
     def supports(self, spec: KernelSpec, tokens: int | None) -> str | None:
         return self.model.unsupported(spec, tokens)
-
-    def rank(self, spec: KernelSpec) -> int:
-        """`preference`, or PADDED_HEAD_DIM_RANK for a backward at a padded head dim."""
-        return PADDED_HEAD_DIM_RANK if padded_backward(self, spec) else self.preference
 
     def shared_memory(self, spec: KernelSpec, config) -> int:
         return self.model.shared_memory(spec, config)

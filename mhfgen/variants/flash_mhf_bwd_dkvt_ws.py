@@ -226,11 +226,8 @@ class FlashMhfBwdDkvtWs(_gluon.GluonDkvVariant):
 
     def rank(self, spec: KernelSpec) -> int:
         """First (before flash_mhf_bwd_dkv_ws) at head_dim 64 and with grouped query heads,
-        where it measured faster on an H200; after it elsewhere (docs/PERFORMANCE.md), and
-        after the Triton-language variant at a padded head dim (GluonVariant.rank)."""
-        if preferred(spec) and not _gluon.padded_backward(self, spec):
-            return 5
-        return super().rank(spec)
+        where it measured faster on an H200; after it elsewhere (docs/PERFORMANCE.md)."""
+        return 5 if preferred(spec) else self.preference
 
     def static_params(self, spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
         return static_params(spec, config)
