@@ -40,11 +40,16 @@ checks that the document matches the results files.
     python3 benchmarks/render_performance.py --add-bench OUT/bench.json --table bench-1.3B
         # a table of `mhfgen bench` rows (TFLOP/s; ratio: method time / mhfgen time) into
         # the results file of the GPU that measured them; then render (no --check)
+    python3 benchmarks/bench_h200.py OUT
+    python3 benchmarks/render_performance.py --add-compare OUT/table.csv
+        # that run's tables 'comparison' (the core op against the other methods) and
+        # 'layers' (the FlashMHF layer against the SwiGLU layer) into its GPU's file
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import difflib
 import json
 import re
@@ -256,13 +261,126 @@ def add_bench(bench_path: Path, name: str, folder: Path = RESULTS) -> Path:
         gpu, table = decode_table(bench_doc, command)
     else:
         gpu, table = bench_table(bench_doc, command)
+    return _write_tables(gpu, {name: table}, folder)
+
+
+#: shape labels of the comparison tables: (d, H, D, I, E) -> the name PERFORMANCE.md uses
+SHAPE_NAMES = {
+    "(768, 8, 96, 2048, 8)": "128M",
+    "(1024, 8, 128, 2816, 11)": "370M",
+    "(2048, 16, 128, 5632, 22)": "1.3B",
+    "(1024, 16, 64, 2816, 11)": "H16 D64",
+}
+#: (bench method, the comparison table's name for it)
+COMPARE_METHODS = (
+    ("torch", "naive PyTorch"),
+    ("torch_compile", "torch.compile"),
+    ("swiglu", "SwiGLU FFN"),
+    ("helion", "Helion"),
+)
+
+
+def compare_tables(rows: list[dict], command: str) -> tuple[str, dict[str, dict]]:
+    """(GPU, {'comparison': ..., 'layers': ...}) from the rows of one
+    benchmarks/bench_h200.py run (its table.csv or table.json): per shape, mhfgen's forward
+    and forward + backward TFLOP/s and peak, each other method's forward + backward with its
+    time over mhfgen's; and the FlashMHF layer against the SwiGLU layer."""
+    rows = [r for r in rows if r["status"] == "ok" and r["tflops"] not in (None, "")]
+    if not rows:
+        raise ResultsError("the comparison has no measured rows")
+    first = rows[0]
+    if {(r["gpu"], r["torch"], r["triton"]) for r in rows} != {
+        (first["gpu"], first["torch"], first["triton"])
+    }:
+        raise ResultsError("the comparison rows come from more than one GPU or version")
+
+    def find(shape, method, pass_):
+        return next(
+            (r for r in rows if (r["shape"], r["method"], r["pass"]) == (shape, method, pass_)),
+            None,
+        )
+
+    def cell(row, metric, r, unit="TFLOP/s", key="tflops", ratio_of=None):
+        out = {"row": row, "metric": metric, "value": round(float(r[key])), "unit": unit}
+        if ratio_of is not None:
+            out["ratio"] = round(float(r["median_ms"]) / float(ratio_of["median_ms"]), 2)
+        return out
+
+    core, layers = [], []
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        name = SHAPE_NAMES.get(shape, shape)
+        mine = {p: find(shape, "mhfgen", p) for p in ("fwd", "fwdbwd")}
+        if all(mine.values()):
+            core += [
+                cell(name, "mhfgen fwd", mine["fwd"]),
+                cell(name, "mhfgen fwd+bwd", mine["fwdbwd"]),
+                cell(name, "mhfgen fwd+bwd peak", mine["fwdbwd"], "MiB", "peak_mib"),
+            ]
+            for method, label in COMPARE_METHODS:
+                other = find(shape, method, "fwdbwd")
+                if other is not None:
+                    core.append(cell(name, f"{label} fwd+bwd", other, ratio_of=mine["fwdbwd"]))
+        lay = {
+            (m, p): find(shape, m, p)
+            for m in ("layer_mhfgen", "layer_swiglu")
+            for p in ("fwd", "fwdbwd")
+        }
+        if all(lay.values()):
+            mhf, swi = "layer_mhfgen", "layer_swiglu"
+            layers += [
+                cell(name, "FlashMHF layer fwd", lay[(mhf, "fwd")]),
+                cell(name, "FlashMHF layer fwd+bwd", lay[(mhf, "fwdbwd")]),
+                cell(name, "FlashMHF layer peak", lay[(mhf, "fwdbwd")], "MiB", "peak_mib"),
+                cell(name, "SwiGLU layer fwd", lay[(swi, "fwd")], ratio_of=lay[(mhf, "fwd")]),
+                cell(
+                    name,
+                    "SwiGLU layer fwd+bwd",
+                    lay[(swi, "fwdbwd")],
+                    ratio_of=lay[(mhf, "fwdbwd")],
+                ),
+                cell(name, "SwiGLU layer peak", lay[(swi, "fwdbwd")], "MiB", "peak_mib"),
+            ]
+    common = {"torch": first["torch"], "triton": first["triton"], "date": first["date"][:10]}
+    common |= {"command": command, "row_label": "shape"}
+    tables = {
+        "comparison": {
+            "title": "The core op against the other implementations, one process.",
+            **common,
+            "ratio": "the method's forward + backward time over mhfgen's (above 1: mhfgen is faster)",
+            "rows": core,
+        },
+        "layers": {
+            "title": "The whole FlashMHF layer against the SwiGLU layer of the same d_model "
+            "and intermediate size, same run.",
+            **common,
+            "ratio": "the SwiGLU layer's time over the FlashMHF layer's",
+            "rows": layers,
+        },
+    }
+    return first["gpu"], {k: t for k, t in tables.items() if t["rows"]}
+
+
+def add_compare(path: Path, folder: Path = RESULTS) -> Path:
+    """Write (or replace) tables 'comparison' and 'layers' of the GPU's results file from a
+    benchmarks/bench_h200.py run's table.csv or table.json."""
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        rows = json.loads(path.read_text())
+        rows = rows["rows"] if isinstance(rows, dict) else rows
+    gpu, tables = compare_tables(rows, "python3 benchmarks/bench_h200.py OUT")
+    return _write_tables(gpu, tables, folder)
+
+
+def _write_tables(gpu: str, tables: dict[str, dict], folder: Path) -> Path:
     path = folder / f"{gpu_slug(gpu)}.json"
     doc = (
         json.loads(path.read_text())
         if path.exists()
         else {"format": FORMAT, "gpu": gpu, "tables": {}}
     )
-    doc["tables"][name] = table
+    doc["tables"].update(tables)
     check(doc, path.name)
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
@@ -293,10 +411,19 @@ def main(argv: list[str] | None = None) -> int:
         "--table of its GPU's results file",
     )
     parser.add_argument("--table", default="bench", help="the table --add-bench writes")
+    parser.add_argument(
+        "--add-compare",
+        type=Path,
+        metavar="TABLE",
+        help="first add a benchmarks/bench_h200.py run's table.csv (or table.json) as "
+        "tables 'comparison' and 'layers' of its GPU's results file",
+    )
     args = parser.parse_args(argv)
     try:
         if args.add_bench:
             print(f"wrote {add_bench(args.add_bench, args.table, args.results)}", file=sys.stderr)
+        if args.add_compare:
+            print(f"wrote {add_compare(args.add_compare, args.results)}", file=sys.stderr)
         text = args.doc.read_text()
         new = render(text, load(args.results))
     except (OSError, ValueError, KeyError) as exc:

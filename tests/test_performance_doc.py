@@ -101,6 +101,54 @@ def test_an_mhfgen_bench_document_becomes_a_results_table(tmp_path):
     )
 
 
+def test_a_comparison_run_becomes_the_comparison_and_layers_tables(tmp_path):
+    """benchmarks/bench_h200.py's table.csv -> 'comparison' (mhfgen's forward, forward +
+    backward and peak, each other method's forward + backward with its time over
+    mhfgen's) and 'layers' (the SwiGLU layer's times over the FlashMHF layer's)."""
+    import csv
+
+    r = _renderer()
+    base = dict(
+        gpu="NVIDIA H100 80GB HBM3",
+        torch="2.11.0",
+        triton="3.6.0",
+        date="2026-01-02T03:04:05+00:00",
+        status="ok",
+        shape="(2048, 16, 128, 5632, 22)",
+        peak_mib=216.0,
+    )
+    rows = [
+        dict(base, method="mhfgen", **{"pass": "fwd"}, tflops=700.2, median_ms=1.0),
+        dict(base, method="mhfgen", **{"pass": "fwdbwd"}, tflops=370.0, median_ms=2.0),
+        dict(base, method="torch_compile", **{"pass": "fwdbwd"}, tflops=172.6, median_ms=4.3),
+        dict(base, method="swiglu", **{"pass": "fwdbwd"}, status="oom", tflops="", median_ms=""),
+        dict(base, method="layer_mhfgen", **{"pass": "fwd"}, tflops=650, median_ms=1.2),
+        dict(base, method="layer_mhfgen", **{"pass": "fwdbwd"}, tflops=390, median_ms=3.0),
+        dict(base, method="layer_swiglu", **{"pass": "fwd"}, tflops=590, median_ms=1.08),
+        dict(base, method="layer_swiglu", **{"pass": "fwdbwd"}, tflops=585, median_ms=1.59),
+    ]
+    path = tmp_path / "table.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    results = tmp_path / "results"
+    results.mkdir()
+    assert r.add_compare(path, results).name == "h100_80gb_hbm3.json"
+    doc = r.load(results)["h100_80gb_hbm3"]
+    core = [(x["metric"], x["value"], x.get("ratio")) for x in doc["tables"]["comparison"]["rows"]]
+    assert core == [
+        ("mhfgen fwd", 700, None),
+        ("mhfgen fwd+bwd", 370, None),
+        ("mhfgen fwd+bwd peak", 216, None),
+        ("torch.compile fwd+bwd", 173, 2.15),
+    ]
+    assert {x["row"] for x in doc["tables"]["layers"]["rows"]} == {"1.3B"}
+    assert "| 1.3B | 650 | 390 | 216 | 590 (0.9x) | 585 (0.53x) | 216 |" in r.render_table(
+        doc, "layers"
+    )
+
+
 def test_a_decode_suite_document_becomes_a_results_table(tmp_path):
     r = _renderer()
     env = dict(gpu="NVIDIA H200", torch="2.11.0", triton="3.6.0", date="2026-01-02T03:04:05")
