@@ -209,10 +209,13 @@ class CompileReport:
     tma_loads: int
 
 
-def compile_gluon(kernel, args: dict, consts: dict, options: dict) -> CompileReport:
+def compile_gluon(
+    kernel, args: dict, consts: dict, options: dict, ptx_out: list | None = None
+) -> CompileReport:
     """Compile the Gluon `kernel` for sm90 down to cubin on any machine (no GPU needed).
     The signature: the constexprs `consts`, the types of `args` (host descriptors over
-    small CPU tensors, tensors, ints), i32 for every other argument."""
+    small CPU tensors, tensors, ints), i32 for every other argument. With `ptx_out` (a
+    list) the PTX is appended to it, for checks the report does not count."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -229,6 +232,8 @@ def compile_gluon(kernel, args: dict, consts: dict, options: dict) -> CompileRep
     source = GluonASTSource(fn=kernel, signature=signature, constexprs=consts)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     ptx = compiled.asm["ptx"]
+    if ptx_out is not None:
+        ptx_out.append(ptx)
     registers, spills = ptxas_usage(ptx)
     return CompileReport(
         compiled.metadata.shared,
