@@ -199,7 +199,8 @@ def ptxas_usage(ptx: str) -> tuple[int, int]:
 class CompileReport:
     """What compiling one (spec, config) of a Gluon kernel for sm90 gave: shared memory the
     kernel allocates, registers per thread and spilled bytes (ptxas -v), the cubin's size,
-    and the counts of wgmma and TMA instructions in its PTX."""
+    and the counts of wgmma and TMA instructions in its PTX, and of the wgmma whose
+    operands are both e4m3 (FP8 tensor-core products)."""
 
     shared: int
     registers: int
@@ -207,15 +208,13 @@ class CompileReport:
     cubin_bytes: int
     wgmma: int
     tma_loads: int
+    fp8_wgmma: int = 0
 
 
-def compile_gluon(
-    kernel, args: dict, consts: dict, options: dict, ptx_out: list | None = None
-) -> CompileReport:
+def compile_gluon(kernel, args: dict, consts: dict, options: dict) -> CompileReport:
     """Compile the Gluon `kernel` for sm90 down to cubin on any machine (no GPU needed).
     The signature: the constexprs `consts`, the types of `args` (host descriptors over
-    small CPU tensors, tensors, ints), i32 for every other argument. With `ptx_out` (a
-    list) the PTX is appended to it, for checks the report does not count."""
+    small CPU tensors, tensors, ints), i32 for every other argument."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -232,8 +231,6 @@ def compile_gluon(
     source = GluonASTSource(fn=kernel, signature=signature, constexprs=consts)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     ptx = compiled.asm["ptx"]
-    if ptx_out is not None:
-        ptx_out.append(ptx)
     registers, spills = ptxas_usage(ptx)
     return CompileReport(
         compiled.metadata.shared,
@@ -242,6 +239,7 @@ def compile_gluon(
         len(compiled.asm["cubin"]),
         len(re.findall(r"wgmma\.mma_async", ptx)),
         len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
+        len(re.findall(r"wgmma\.mma_async\S*\.e4m3\.e4m3", ptx)),
     )
 
 
