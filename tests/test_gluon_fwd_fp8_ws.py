@@ -524,3 +524,23 @@ def test_kernel_matches_the_emulation_on_a_gpu(case, dtype):
         assert relative_error(via_op, emulated) <= EMULATION_BAR
     bar = tolerance_for(registry.get(choice.variant), q.dtype, numel=want.numel())
     assert relative_error(via_op, want) <= bar
+
+
+def test_the_gpu_check_script_says_what_it_needs(monkeypatch, capsys):
+    """benchmarks/fp8_fwd_check.py runs on an sm90 GPU only: elsewhere it says so and
+    exits 2; --help works anywhere."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    script = importlib.import_module("fp8_fwd_check")
+    try:
+        with pytest.raises(SystemExit) as help_exit:
+            script.main(["--help"])
+        assert help_exit.value.code == 0
+        assert "flash_mhf_fwd_fp8_ws" in capsys.readouterr().out
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert script.main([]) == 2
+        assert "sm90" in capsys.readouterr().err
+    finally:
+        sys.modules.pop("fp8_fwd_check", None)
