@@ -118,7 +118,11 @@ def transposed_v(v8: torch.Tensor) -> torch.Tensor:
     copy is used again only for the same tensor object at the same version counter (an
     in-place write through PyTorch, `v8.copy_(...)` or `v8[...] = ...`, bumps it and the
     copy is made anew). A write PyTorch does not see (a raw pointer, a kernel of another
-    library) is not detected: call forget_transposed() after one."""
+    library) is not detected: call forget_transposed() after one. An inference tensor
+    (made under torch.inference_mode) has no version counter: its copy is made on every
+    call, never kept."""
+    if v8.is_inference():
+        return transpose_v(v8)
     entry = _transposed.get(v8)
     if entry is not None and entry[0] == v8._version:
         return entry[1]

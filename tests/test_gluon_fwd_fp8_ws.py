@@ -395,6 +395,10 @@ def test_transposed_v_is_made_once_per_tensor_and_version():
     assert again is not first and torch.equal(again.float(), transpose_v(v8).float())
     forget_transposed()
     assert transposed_v(v8) is not again
+    with torch.inference_mode():  # no version counter to key on: never kept
+        frozen = torch.randn(2, 3, 64, 16).to(torch.float8_e4m3fn)
+        assert transposed_v(frozen) is not transposed_v(frozen)
+    assert torch.equal(transposed_v(frozen).float(), frozen.float().transpose(-1, -2))
 
 
 # ---------------------------------------------------------------------------------------
@@ -544,3 +548,31 @@ def test_the_gpu_check_script_says_what_it_needs(monkeypatch, capsys):
         assert "sm90" in capsys.readouterr().err
     finally:
         sys.modules.pop("fp8_fwd_check", None)
+
+
+@pytest.mark.parametrize(
+    "tokens, opt_out, pays",
+    [(16384, None, True), (16384, "0", False), (64, None, True)],
+)
+def test_fp8_layers_take_the_fp8_arithmetic_forward_where_it_is_picked(
+    tokens, opt_out, pays, fresh_dispatch, monkeypatch
+):
+    """mhfgen.ops.fp8_forward_pays (whether an FP8 layer runs flash_mhf_fp8 or dequantises):
+    at prefill sizes on sm90 the 16-bit pick is the bf16 Gluon forward, which takes no FP8
+    weights, but the FP8 pick computes in FP8: it pays, unless MHFGEN_FP8_ACTIVATIONS=0
+    (then the layer dequantises, as before). At decode the weight-only forward pays as
+    before."""
+    from mhfgen import device, ops
+
+    monkeypatch.setattr(device, "target", lambda _: "sm90")
+    if opt_out is None:
+        monkeypatch.delenv(registry.FP8_ACTIVATIONS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(registry.FP8_ACTIVATIONS_ENV, opt_out)
+    ops._fp8_pays.clear()
+    q = torch.zeros(1, tokens, 2, 64, dtype=torch.float16)
+    k8 = torch.zeros(2, 2, 64, 64, dtype=torch.float8_e4m3fn)
+    r = torch.zeros(1, tokens, 2, 2)
+    with torch.no_grad():
+        assert ops.fp8_forward_pays(q, k8, r) is pays
+    ops._fp8_pays.clear()
