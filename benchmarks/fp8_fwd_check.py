@@ -16,7 +16,9 @@ then speed, in one run of about a minute.
      - bf16 Gluon    flash_mhf_fwd_ws on 16-bit weights (its dispatched config)
      - W8 Triton     flash_mhf_fwd on FP8 weights, weight-only (its dispatched config)
      - W8A8 Gluon    flash_mhf_fwd_fp8_ws on FP8 weights (its dispatched config)
-   and the ratio of each to the bf16 Gluon forward, plus the one-off cost of V's
+   (a config the dispatcher carried over from other token counts, source 'nearest', is
+   timed beside the variant's heuristic one, row '(h)'), and the ratio of each to the
+   bf16 Gluon forward, plus the one-off cost of V's
    transposed FP8 copy (mhfgen.fp8.transpose_v), made on a layer's first call.
 The first launch of each kernel is watched for a hang (an mbarrier deadlock never ends):
 a hang ends the run (exit 2). Exit 1 when a check fails, 0 otherwise. --json writes
@@ -132,7 +134,8 @@ def timing(dtype, tokens: int, rows: list) -> None:
     from hangs import finish
     from triton.testing import do_bench
 
-    from mhfgen import dispatch
+    from mhfgen import dispatch, registry
+    from mhfgen.device import sm_count
     from mhfgen.fp8 import transpose_v
     from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
     from mhfgen.variants.flash_mhf_fwd_fp8_ws import KERNEL, flash_mhf_fwd_fp8_ws
@@ -169,24 +172,29 @@ def timing(dtype, tokens: int, rows: list) -> None:
     for label, stem, dname, call in methods:
         spec = _spec(h, hkv, d, e, de, dname)
         choice = dispatch.explain_choice(stem, spec, tokens, q.device)
-        finish(lambda: call(choice.config), timeout_s=60.0)  # compile, first launch
-        ms = do_bench(lambda: call(choice.config), warmup=25, rep=100, return_mode="median")
-        tflops = flops / ms / 1e9
-        base = tflops if base is None else base
-        rows.append(
-            {
-                "kind": "timing",
-                "method": label,
-                "variant": stem,
-                "dtype": dname,
-                "tokens": tokens,
-                "config": choice.config.describe(),
-                "config_source": choice.source,
-                "ms": ms,
-                "tflops": tflops,
-                "vs_bf16": tflops / base,
-            }
-        )
+        tried = [(label, choice.config, choice.source)]
+        if choice.source == "nearest":  # a config tuned at other sizes: the heuristic too
+            heuristic = registry.get(stem).default_config(spec, tokens, sm_count(q.device))
+            tried.append((f"{label} (h)", heuristic, "heuristic"))
+        for method, config, source in tried:
+            finish(lambda: call(config), timeout_s=60.0)  # compile, first launch
+            ms = do_bench(lambda: call(config), warmup=25, rep=100, return_mode="median")
+            tflops = flops / ms / 1e9
+            base = tflops if base is None else base
+            rows.append(
+                {
+                    "kind": "timing",
+                    "method": method,
+                    "variant": stem,
+                    "dtype": dname,
+                    "tokens": tokens,
+                    "config": config.describe(),
+                    "config_source": source,
+                    "ms": ms,
+                    "tflops": tflops,
+                    "vs_bf16": tflops / base,
+                }
+            )
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(10):
@@ -201,11 +209,11 @@ def timing(dtype, tokens: int, rows: list) -> None:
     )
     print()
     print(f"1.3B preset, {tokens} tokens, {act}; TFLOP/s = 6 T H I D / median time")
-    print(f"{'method':12s} {'variant':22s} {'ms':>8s} {'TFLOP/s':>8s} {'vs bf16':>8s}  config")
+    print(f"{'method':16s} {'variant':22s} {'ms':>8s} {'TFLOP/s':>8s} {'vs bf16':>8s}  config")
     for row in rows:
         if row["kind"] == "timing":
             print(
-                f"{row['method']:12s} {row['variant']:22s} {row['ms']:8.3f} "
+                f"{row['method']:16s} {row['variant']:22s} {row['ms']:8.3f} "
                 f"{row['tflops']:8.1f} {row['vs_bf16']:7.2f}x  {row['config']} "
                 f"({row['config_source']})"
             )
