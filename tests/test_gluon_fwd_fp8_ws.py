@@ -483,10 +483,14 @@ def test_emulation_zero_rows_give_zero():
 # ---------------------------------------------------------------------------------------
 
 GPU_SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
-#: the kernel against the float64 emulation of its own arithmetic: what differs is fp32
-#: against float64 (and the tensor cores' accumulation), which flips an e4m3 rounding
-#: here and there, far under the rounding itself
-EMULATION_BAR = 5e-3
+#: the kernel against the float64 emulation of its own arithmetic. What differs: fp32
+#: against float64 before each e4m3 rounding (it flips one here and there), and the tensor
+#: cores' FP8 accumulation, which keeps about 13-14 mantissa bits at each k32 step of
+#: O += p8 V8: a truncation model of that put 2.2e-3 to 4.5e-3 on the 1.3B preset's
+#: 5632-long sums and under 1e-3 at E * De <= 768. A missing rescale or a misplaced scale
+#: is off by far more; the running max taken over other tiles is not told apart so well
+#: (the emulation at block_n 128 against 64: 6.6e-3; 256: 1.1e-2, on make_inputs' data).
+EMULATION_BAR = 1e-2
 
 SPEC_FIELDS = ("heads", "kv_heads", "head_dim", "experts", "expert_dim")
 GPU_CASES = [
