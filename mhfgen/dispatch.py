@@ -7,10 +7,14 @@ None for the call (targets, dtypes, the interpreter, shape limits). Order
 (docs/CONTRACTS.md, section 4), each step tested in tests/test_dispatch.py:
     1. exact key    a winner tuned on this GPU at exactly this token count
     2. same bucket  a winner of the same shape bucket (mhfgen.tuning.buckets.shape_bucket)
-    3. nearest      the winner of the same spec on this GPU nearest in log2(tokens)
+    3. nearest      the winner of the same spec on this GPU nearest in log2(tokens);
+                    for an op, of its preferred variant only
     4. heuristic    the default config of the preferred variant (lowest rank(spec):
                     its `preference`, unless the variant ranks itself per spec)
-At steps 1-3 a winner of any considered variant qualifies; between winners of one step,
+At steps 1-2 a winner of any considered variant qualifies; at step 3 only the preferred
+variant's (a config tuned at other sizes is not carried over to a variant that ranks
+below the one the heuristic would run: FP8 decode winners of the weight-only forward
+would otherwise take prefill calls from the FP8-arithmetic one); between winners of one step,
 the user database beats the shipped one, then (mhfgen.tuning.lookup) the larger tuned
 token count, then the lower stored time (so the faster variant at that shape). Winners
 must match their variant's template hash (or code hash), the GPU name, compute
@@ -304,6 +308,14 @@ def _tuned(
         return None
     index = index if index is not None else _index_for(device)
     found = index.find([v.stem for v in variants], spec, tokens)
+    if (
+        found is not None
+        and found.source == "nearest"
+        and kernel in registry.OPS
+        and found.variant != variants[0].stem
+    ):
+        # a nearest tuned shape is the preferred variant's or none (the module doc, step 3)
+        found = index.find([variants[0].stem], spec, tokens)
     if found is not None and (found.variant, spec, found.config, device) in _rejected:
         log.debug(
             "%s %s tokens=%d: the %s config failed earlier, using the heuristic",

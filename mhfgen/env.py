@@ -1,5 +1,6 @@
 """The one reader of mhfgen's on/off environment variables (MHFGEN_TUNE_ON_MISS,
-MHFGEN_NO_TUNED, MHFGEN_DETERMINISTIC, MHFGEN_BACKWARD_STREAMS, MHFGEN_JIT_LAUNCH).
+MHFGEN_NO_TUNED, MHFGEN_DETERMINISTIC, MHFGEN_BACKWARD_STREAMS, MHFGEN_JIT_LAUNCH,
+MHFGEN_FP8_ACTIVATIONS).
 
 A switch is on for 1, true, yes or on and off for 0, false, no or off, in any case and
 with surrounding spaces; unset or empty is the variable's default. Anything else

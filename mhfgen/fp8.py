@@ -95,3 +95,42 @@ def dequantize_experts(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """k, u, v in `dtype` from their FP8 data and stacked scales (quantize_experts' output)."""
     return tuple(Fp8Weight(w, s).dequantize(dtype) for w, s in zip((k8, u8, v8), scales))
+
+
+def transpose_v(v8: torch.Tensor) -> torch.Tensor:
+    """V's FP8 data (Hkv, E, De, D) as the K-major B operand of an FP8 tensor-core product
+    p8 @ V8: (Hkv, E, D, De), contiguous, De innermost (an e4m3 wgmma reads both of its
+    shared-memory operands K-major; for O += p V the reduction runs over De). The same
+    bytes, moved: at the 1.3B preset (Hkv 16, E 22, De 256, D 128) 11.5 MB read and
+    written."""
+    if v8.dim() != 4:
+        raise ValueError(f"transpose_v takes a (Hkv, E, De, D) weight, got {tuple(v8.shape)}")
+    return v8.transpose(-1, -2).contiguous()
+
+
+#: v8 -> (its version counter when transposed, transpose_v(v8)); entries go with their
+#: tensor (keyed by identity, held weakly)
+_transposed = torch.utils.weak.WeakIdKeyDictionary()
+
+
+def transposed_v(v8: torch.Tensor) -> torch.Tensor:
+    """transpose_v(v8), made once per tensor and kept while the tensor lives: the cached
+    copy is used again only for the same tensor object at the same version counter (an
+    in-place write through PyTorch, `v8.copy_(...)` or `v8[...] = ...`, bumps it and the
+    copy is made anew). A write PyTorch does not see (a raw pointer, a kernel of another
+    library) is not detected: call forget_transposed() after one. An inference tensor
+    (made under torch.inference_mode) has no version counter: its copy is made on every
+    call, never kept."""
+    if v8.is_inference():
+        return transpose_v(v8)
+    entry = _transposed.get(v8)
+    if entry is not None and entry[0] == v8._version:
+        return entry[1]
+    vt = transpose_v(v8)
+    _transposed[v8] = (v8._version, vt)
+    return vt
+
+
+def forget_transposed() -> None:
+    """Drop every cached transposed V (transposed_v)."""
+    _transposed.clear()

@@ -33,6 +33,59 @@ def flash_mhf(
     return torch.einsum("blhen,hend->blhd", h, vv)
 
 
+def flash_mhf_w8a8(
+    q: torch.Tensor,
+    k8: torch.Tensor,
+    u8: torch.Tensor,
+    v8: torch.Tensor,
+    r: torch.Tensor,
+    scales: torch.Tensor,
+    block_n: int,
+) -> torch.Tensor:
+    """FlashMHF in FP8 arithmetic (W8A8) as flash_mhf_fwd_fp8_ws computes it, emulated in
+    float64: every e4m3 rounding the kernel makes, none of its fp32 ones.
+
+    q: (B, L, H, D); k8, u8, v8: (Hkv, E, De, D) float8_e4m3fn; r: (B, L, H, E); scales:
+    (3, Hkv, E, De) float32, the rows' scales of K, U and V (mhfgen.fp8); block_n divides
+    De. Per (token, head) row:
+        1. s_q = max_d |q| / 448, q8 = e4m3(q * 448 / max_d |q|) (0 for a zero row)
+        2. for each weight tile j of block_n rows, expert-major (the kernel's order):
+           S = (q8 K8_j^T) s_q k_scale, G = (q8 U8_j^T) s_q u_scale,
+           p' = silu(S) G r_e v_scale
+        3. m_new = max(m, max_col |p'|) (m = 0 at first); O *= m / m_new (1 where m_new = 0);
+           O += e4m3(p' * 448 / m_new) V8_j (0 where m_new = 0); m = m_new
+        4. o = O m / 448.
+    Returns o (B, L, H, D) in float64.
+    """
+    p = check_flash_mhf_inputs(q, k8, u8, v8, r)
+    if p.expert_dim % block_n:
+        raise ValueError(f"block_n={block_n} must divide expert_dim={p.expert_dim}")
+    fp8 = k8.dtype
+    top = torch.finfo(fp8).max  # 448: a row's scale maps its largest |x| to it
+    group = p.heads // p.kv_heads
+    q64 = q.double()
+    amax = q64.abs().amax(-1, keepdim=True)
+    q8 = (q64 * torch.where(amax > 0, top / amax, 0.0)).to(fp8).double()
+    s_q = amax / top  # (B, L, H, 1)
+    k, u, v = (w.double().repeat_interleave(group, dim=0) for w in (k8, u8, v8))
+    ks, us, vs = (s.double().repeat_interleave(group, dim=0) for s in scales)  # (H, E, De)
+    r64 = r.double()
+    acc = torch.zeros_like(q64)
+    m = torch.zeros_like(s_q)
+    for e in range(p.experts):
+        for n0 in range(0, p.expert_dim, block_n):
+            cols = slice(n0, n0 + block_n)
+            s = torch.einsum("blhd,hnd->blhn", q8, k[:, e, cols]) * s_q * ks[:, e, cols]
+            g = torch.einsum("blhd,hnd->blhn", q8, u[:, e, cols]) * s_q * us[:, e, cols]
+            act = F.silu(s) * g * r64[..., e : e + 1] * vs[:, e, cols]
+            m_new = torch.maximum(m, act.abs().amax(-1, keepdim=True))
+            acc = acc * torch.where(m_new > 0, m / m_new, 1.0)
+            p8 = (act * torch.where(m_new > 0, top / m_new, 0.0)).to(fp8).double()
+            acc = acc + torch.einsum("blhn,hnd->blhd", p8, v[:, e, cols])
+            m = m_new
+    return acc * (m / top)
+
+
 def rms_norm_heads(q: torch.Tensor, weight: torch.Tensor, eps: float = RMS_EPS) -> torch.Tensor:
     """Per-head RMSNorm of q (B, L, H, D) with weight (H, D), computed in float32."""
     with torch.autocast(q.device.type, enabled=False):  # fp32 also under autocast

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from .config_fields import check_fields
+from .env import flag
 from .spec import DTYPES, INTERPRETER, SPLIT_MAX, KernelSpec
 
 
@@ -185,6 +186,10 @@ class Variant:
     takes_grad:  the launcher takes the output gradient `do` after r.
     schema2_kernel: the `kernel` name its records had in tuning data of schema 1 and 2
                  (mhfgen.schema2 reads those records as this variant's), or None.
+    quantises_activations: the kernel rounds the activations (q, the activation tile) to
+                 FP8 as well as reading FP8 weights: its outputs are checked against
+                 mhfgen.tolerances.FP8_ACTIVATIONS_BAR (tolerances.tolerance_for), and
+                 MHFGEN_FP8_ACTIVATIONS=0 leaves it out of usable().
     """
 
     stem: ClassVar[str]
@@ -201,6 +206,7 @@ class Variant:
     outputs: ClassVar[tuple[str, ...]]
     takes_grad: ClassVar[bool] = False
     schema2_kernel: ClassVar[str | None] = None
+    quantises_activations: ClassVar[bool] = False
 
     # -- what it is --------------------------------------------------------------
     @property
@@ -462,10 +468,28 @@ def default_config(kernel: str, spec: KernelSpec, tokens: int, sm_count: int) ->
     return get(kernel).default_config(spec, tokens, sm_count)
 
 
+#: off (0/false/no/off): no variant that quantises activations to FP8 is usable, so
+#: FP8-weight layers keep their activations in 16 bits everywhere (mhfgen.env.flag)
+FP8_ACTIVATIONS_ENV = "MHFGEN_FP8_ACTIVATIONS"
+
+
+def fp8_activations_enabled() -> bool:
+    """Whether variants that quantise activations to FP8 may be used: MHFGEN_FP8_ACTIVATIONS
+    unset or on (mhfgen.env.flag)."""
+    return flag(FP8_ACTIVATIONS_ENV, default=True)
+
+
 def usable(op: str, spec: KernelSpec, tokens: int | None = None) -> list[Variant]:
     """The variants of `op` that can run `spec` (at `tokens` tokens), preferred first
-    (by rank(spec))."""
+    (by rank(spec)); without those that quantise activations to FP8 where
+    MHFGEN_FP8_ACTIVATIONS is off (fp8_activations_enabled)."""
+    fp8_activations = fp8_activations_enabled()
     return sorted(
-        [v for v in variants_for(op) if v.unsupported(spec, tokens) is None],
+        [
+            v
+            for v in variants_for(op)
+            if v.unsupported(spec, tokens) is None
+            and (fp8_activations or not v.quantises_activations)
+        ],
         key=lambda v: v.rank(spec),
     )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from . import kernels, reference, registry
-from .tolerances import relative_error, tolerance
+from .tolerances import relative_error, tolerance_for
 from .validation import Problem
 
 OUTPUTS = ("o", "dq", "dk", "du", "dv", "dr")
@@ -152,15 +152,21 @@ class Check:
 
 
 def compare(
-    got: dict, expected: dict, dtype: torch.dtype | str, outputs: tuple[str, ...] = OUTPUTS
+    got: dict,
+    expected: dict,
+    dtype: torch.dtype | str,
+    outputs: tuple[str, ...] = OUTPUTS,
+    variant=None,
 ) -> list[Check]:
     """Relative Frobenius error of each of `outputs`, with its dtype's tolerance (a torch
-    dtype or a spec dtype name) for a tensor of its size (mhfgen.tolerances.tolerance)."""
+    dtype or a spec dtype name) for a tensor of its size, as the kernel `variant` (a
+    registry entry that computed the outputs; None: one of the dtype's own bars) is held
+    to (mhfgen.tolerances.tolerance_for)."""
     return [
         Check(
             name,
             relative_error(got[name], expected[name]),
-            tolerance(dtype, grad=name != "o", numel=expected[name].numel()),
+            tolerance_for(variant, dtype, grad=name != "o", numel=expected[name].numel()),
         )
         for name in outputs
     ]

@@ -11,7 +11,10 @@ public op documents:
   contiguous and as slices of wider buffers; dO in q's layout;
 - B > 1, L = 1, L = 37 and the tile boundaries 64 and 128 plus and minus one;
 - grouped kv heads (Hkv < H), head_dim 64, 96 and 128, E = 1, an expert_dim of 80;
-- float32, float16 and bfloat16 wherever the variant takes them.
+- float32, float16 and bfloat16 wherever the variant takes them; and the FP8-weight dtypes
+  (bfloat16_e4m3, float16_e4m3) for the forward variants that take them: the weights of
+  each form quantised (mhfgen.verification.fp8_inputs), the reference computed on their
+  dequantised values, o the one output compared.
 
 Every output a variant returns is compared with the reference twice: the relative
 Frobenius error of the whole tensor against the dtype's tolerance, and the worst row's
@@ -29,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .tolerances import ROW_FACTOR, relative_error, row_error, tolerance
-from .verification import Case, make_inputs, reference_outputs
+from .tolerances import ROW_FACTOR, relative_error, row_error, tolerance_for
+from .verification import Case, fp8_inputs, make_inputs, reference_outputs
 
 
 @dataclass(frozen=True)
@@ -202,12 +205,17 @@ class MatrixRow:
 
 
 def check_variant(
-    variant, inputs: tuple, expected: dict, dtype: torch.dtype
+    variant, inputs: tuple, expected: dict, dtype: torch.dtype, fp8: tuple | None = None
 ) -> tuple[str, dict, dict]:
     """(status, errors, tolerances) of `variant` forced on `inputs` (its own tuned or
-    built-in config): each of its outputs against `expected`, whole and row by row."""
+    built-in config): each of its outputs against `expected`, whole and row by row, each
+    against its bar (mhfgen.tolerances.tolerance_for). With `fp8`, the FP8-weight forward's
+    arguments (q, k8, u8, v8, r, scales), the variant runs on those instead."""
     q, k, u, v, r, do = inputs
-    tensors = (q, k, u, v, r, do) if variant.takes_grad else (q, k, u, v, r)
+    if fp8 is not None:
+        tensors = fp8
+    else:
+        tensors = (q, k, u, v, r, do) if variant.takes_grad else (q, k, u, v, r)
     try:
         out = variant.launch(*tensors)
     except Exception as exc:  # noqa: BLE001 - a failing variant is a failed row
@@ -223,7 +231,7 @@ def check_variant(
             continue
         if name == "dr" and got.dtype != r.dtype:
             bad.append(f"dr dtype {got.dtype}")
-        tol = tolerance(dtype, grad=name != "o", numel=want.numel())
+        tol = tolerance_for(variant, dtype, grad=name != "o", numel=want.numel())
         err, worst = relative_error(got, want), row_error(got, want)
         errors[name], tols[name] = [err, worst], tol
         if not (err <= tol and worst <= ROW_FACTOR * tol):
@@ -239,9 +247,10 @@ def run_group(
     from . import device as _device
     from . import registry
     from .kernels.buffers import set_poison
-    from .spec import DTYPES, KernelSpec
+    from .spec import DTYPES, FP8_WEIGHT_DTYPES, KernelSpec
 
-    dtype = DTYPES[dtype_name]
+    fp8_weights = dtype_name in FP8_WEIGHT_DTYPES
+    dtype = DTYPES[FP8_WEIGHT_DTYPES.get(dtype_name, dtype_name)]
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     target = _device.target(dev)
     variants = [v for v in registry.all_variants() if stems is None or v.stem in stems]
@@ -268,6 +277,9 @@ def run_group(
                     continue  # in float32, r in q's dtype is the float32 form again
                 seen.add(layout)
                 inputs = form_inputs(case, form, dtype, dev, seed)
+                fp8 = None
+                if fp8_weights:  # the forward on the quantised weights, against their values
+                    fp8, inputs = fp8_inputs(*inputs)
                 expected = reference_outputs(*inputs)
                 for v in variants:
                     row = MatrixRow(
@@ -275,12 +287,12 @@ def run_group(
                     )
                     if reasons[v.stem] is None:
                         row.status, row.errors, row.tolerances = check_variant(
-                            v, inputs, expected, dtype
+                            v, inputs, expected, dtype, fp8
                         )
                     else:
                         row.errors = {"reason": reasons[v.stem]}
                     rows.append(row)
-                del expected, inputs
+                del expected, inputs, fp8
     finally:
         set_poison(False)
     return rows

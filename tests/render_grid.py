@@ -8,7 +8,7 @@ Triton-language templates: BLOCK_N dividing De or not (flat loop / per-expert lo
 prefetch_scores, warp_specialize, inter_splits > 1, head_dim as chunks or padded (D = 96,
 80, 24), fp32's IEEE precision, Hkv < H with group_heads > 1, token_splits,
 transpose_acc, split_grads, and the interpreter, sm80, sm90 and sm100 targets. And of the
-five Gluon templates (sm90, bf16/fp16): every combination of the config fields their
+six Gluon templates (sm90, bf16/fp16, and the FP8-weight dtypes for the FP8 forward): every combination of the config fields their
 static parameters come from (GLUON_FIELDS; the other fields are launch arguments or
 constexprs and keep their defaults) over D = 128, 96, 80, 64 (head_dim chunks in the
 forward), GQA and not, 1 to 22 experts, De = 256, 128, 96 (a forward weight tile past the
@@ -59,6 +59,13 @@ GLUON_FIELDS: dict[str, dict[str, tuple]] = {
         "persistent": (False, True),
         "joint_scores": (False, True),
     },
+    "flash_mhf_fwd_fp8_ws": {
+        "consumers": (1, 2),
+        "group_heads": (1, 2),
+        "pingpong": (False, True),
+        "sigmoid": ("tanh", "exp"),
+        "joint_scores": (False, True),
+    },
     "flash_mhf_bwd_dq_ws": {"sigmoid": ("tanh", "exp"), "joint_scores": (False, True)},
     "flash_mhf_bwd_dkv_ws": {
         "split": ("tokens", "rows"),
@@ -97,7 +104,8 @@ def specs(kernel: str) -> list[KernelSpec]:
     """The grid's specs for `kernel` (a Gluon template's: those it supports)."""
     if kernel in GLUON_FIELDS:
         variant = registry.get(kernel)
-        grid = itertools.product(GLUON_HEADS, GLUON_HEAD_DIMS, GLUON_EXPERTS, GLUON_DTYPES)
+        dtypes = GLUON_DTYPES + FP8_DTYPES  # each template keeps the ones it takes
+        grid = itertools.product(GLUON_HEADS, GLUON_HEAD_DIMS, GLUON_EXPERTS, dtypes)
         return [
             spec
             for (h, hkv), d, (e, de), dtype in grid

@@ -76,7 +76,8 @@ def test_a_hang_reports_and_exits_2(hangs, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "script", ["gluon_fwd_check", "bwd_ws_check", "bwd_dkv_ws_check", "bwd_dq_ws_check"]
+    "script",
+    ["gluon_fwd_check", "bwd_ws_check", "bwd_dkv_ws_check", "bwd_dq_ws_check", "fp8_fwd_check"],
 )
 def test_every_check_script_imports(script, hangs):
     module = importlib.import_module(script)

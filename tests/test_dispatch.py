@@ -105,6 +105,27 @@ def test_nearest_tuned_shape_of_the_same_spec():
     assert (near.source, near.config) == ("nearest", A)
 
 
+def test_a_nearest_shape_of_a_lower_ranked_variant_gives_way_to_the_preferred_heuristic():
+    """Step 3 for an op takes the preferred variant's winners only: FP8 decode winners of
+    the weight-only forward (all the H100's shipped FP8 records) stay at decode sizes,
+    and prefill calls get the FP8-arithmetic Gluon forward's heuristic. Steps 1 and 2, and
+    a variant named directly, are as before."""
+    fp8 = KernelSpec(16, 16, 128, 22, 256, "bfloat16_e4m3", "sm90")
+    store(64, A, spec=fp8)
+    prefill = dispatch.explain_choice("fwd", fp8, 16384, CPU)
+    assert (prefill.variant, prefill.source) == ("flash_mhf_fwd_fp8_ws", "heuristic")
+    assert dispatch.explain_choice("fwd", fp8, 100, CPU).variant == "flash_mhf_fwd_fp8_ws"
+    decode = dispatch.explain_choice("fwd", fp8, 64, CPU)  # only the weight-only forward
+    assert (decode.variant, decode.source, decode.config) == ("flash_mhf_fwd", "exact", A)
+    assert dispatch.explain_choice("fwd", fp8, 8, CPU).source == "nearest"
+    direct = dispatch.explain_choice(FWD, fp8, 16384, CPU)
+    assert (direct.variant, direct.source, direct.config) == (FWD, "nearest", A)
+    store(12000, B, spec=fp8)  # the same bucket as 16384: a measured winner competes
+    dispatch.clear_cache()
+    same = dispatch.explain_choice("fwd", fp8, 16384, CPU)
+    assert (same.variant, same.source, same.config) == (FWD, "bucket", B)
+
+
 def test_other_specs_gpus_versions_and_templates_never_match():
     other_spec = KernelSpec(2, 1, 32, 2, 32, "float32", "interpreter")
     store(100, A, spec=other_spec)

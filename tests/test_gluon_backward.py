@@ -124,6 +124,7 @@ def test_the_shared_launch_passes_every_kernel_argument_in_order(stem, monkeypat
 COMPILE_SPECS = (
     KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90"),
     KernelSpec(16, 4, 64, 11, 256, "float16", "sm90"),
+    KernelSpec(16, 16, 128, 22, 256, "bfloat16_e4m3", "sm90"),  # the FP8-weight forward
 )
 
 

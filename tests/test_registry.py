@@ -179,7 +179,11 @@ def test_each_op_has_its_triton_variant_with_template_space_and_launcher():
 
 def test_the_gluon_forward_is_a_second_variant_of_the_forward():
     ws = registry.get("flash_mhf_fwd_ws")
-    assert [v.stem for v in registry.variants_for("fwd")] == ["flash_mhf_fwd_ws", "flash_mhf_fwd"]
+    assert [v.stem for v in registry.variants_for("fwd")] == [
+        "flash_mhf_fwd_fp8_ws",  # the FP8-weight dtypes only (tests/test_gluon_fwd_fp8_ws.py)
+        "flash_mhf_fwd_ws",
+        "flash_mhf_fwd",
+    ]
     assert (ws.family, ws.needs_gpu, ws.launch_fn()) == (
         "gluon",
         True,

@@ -1,6 +1,6 @@
 """The generated code of every (spec, config) of a broad grid stays what it was.
 
-tests/render_grid.py renders the three Triton-language and the five Gluon templates over
+tests/render_grid.py renders the three Triton-language and the six Gluon templates over
 the grid (every structural branch, see its docstring); tests/data/render_digests.json holds one digest per (kernel, spec) of
 the code its configs generate. A template refactor must leave them as they are; a change
 meant to alter generated code refreshes them (`python tests/render_grid.py
@@ -37,6 +37,9 @@ def test_the_grid_takes_every_branch(renders):
         "GROUP_HEADS: tl.constexpr = 4",
         # the Gluon templates (and their shared macros, mhfgen/variants/_gluon.jinja)
         "def flash_mhf_fwd_ws_kernel(",
+        "def flash_mhf_fwd_fp8_ws_kernel(",
+        "p8 = (p * p_inv[:, None]).to(gl.float8e4nv)",
+        "ku_smem = gl.allocate_shared_memory(gl.float8e4nv",
         "def flash_mhf_bwd_dq_ws_kernel(",
         "def flash_mhf_bwd_dkv_ws_kernel(",
         "def flash_mhf_bwd_dkvt_ws_kernel(",

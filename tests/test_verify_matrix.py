@@ -332,3 +332,17 @@ def test_verify_shows_progress_per_row_on_stderr_also_in_a_log(capsys):
     assert main(["verify", "--dtypes", "float32", "--backward", "fused"]) == 0
     err = capsys.readouterr().err
     assert "[1/5] small float32 fused" in err and "[5/5]" in err
+
+
+@cpu_only
+def test_cpu_matrix_takes_the_fp8_weight_dtypes():
+    """An FP8-weight dtype in the matrix: the forward variants that take it run on each
+    form's weights quantised, o against float64 on their dequantised values, to each
+    variant's bar (the Gluon ones are n/a on the CPU); every other op is n/a."""
+    shape = MatrixShape("fp8", 2, 2, 32, 2, 32, ((1, 37), (2, 65)))
+    rows = run_group(shape, "float16_e4m3", forms=FORMS[:2])
+    ran = [r for r in rows if r.status != "n/a"]
+    assert {r.variant for r in ran} == {"flash_mhf_fwd"}
+    assert all(r.ok and set(r.errors) == {"o"} for r in ran), [r.status for r in ran]
+    assert all(r.tolerances["o"] < 2e-3 for r in ran)  # the weight-only bar (fp16's)
+    assert len(ran) == 4  # two cases x two forms

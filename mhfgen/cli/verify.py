@@ -36,7 +36,8 @@ def register(sub) -> None:
         default=None,
         help="comma list (default: bfloat16,float16,float32,bfloat16_e4m3 on a GPU, "
         "float32,float16 on the CPU); bfloat16_e4m3/float16_e4m3: the forward on FP8 "
-        "expert weights against float64 on the dequantised weights (no gradients)",
+        "expert weights against float64 on the dequantised weights (no gradients; with "
+        "--matrix: each forward variant that takes them)",
     )
     p.add_argument(
         "--tokens",
@@ -127,7 +128,7 @@ def run(args) -> int:
 
     from .. import device as _device
     from ..spec import DTYPES, FP8_WEIGHT_DTYPES
-    from ..tolerances import tolerance
+    from ..tolerances import FP8_ACTIVATIONS_BAR, tolerance
     from ..verification import compare, kernel_outputs, make_inputs, reference_outputs
 
     gpu = torch.cuda.is_available()
@@ -154,8 +155,6 @@ def run(args) -> int:
             raise CommandError(f"--dtypes: unknown dtype {name!r}; expected {', '.join(known)}")
         if name.startswith("bfloat16") and not gpu:
             raise CommandError(f"{name} needs a GPU: Triton's interpreter cannot multiply bf16")
-    if args.matrix and set(names) & set(FP8_WEIGHT_DTYPES):
-        raise CommandError("--matrix takes the 16-bit and fp32 dtypes; FP8 rows are verify's own")
     where = _device.gpu_name(dev)
     out = text_stream(args)
     if args.matrix:
@@ -247,7 +246,13 @@ def run(args) -> int:
     tols = {n: (tolerance(n), tolerance(n, grad=True)) for n in names}
     print(
         "tolerances (output, gradients): "
-        + ", ".join(f"{n} {a:.1e}/{b:.1e}" for n, (a, b) in tols.items()),
+        + ", ".join(f"{n} {a:.1e}/{b:.1e}" for n, (a, b) in tols.items())
+        + (
+            f"; FP8 arithmetic (a kernel that quantises activations): output "
+            f"{FP8_ACTIVATIONS_BAR:.1e}"
+            if set(names) & set(FP8_WEIGHT_DTYPES)
+            else ""
+        ),
         file=out,
     )
     import triton
@@ -272,12 +277,18 @@ def run(args) -> int:
 
 def _fp8_row(case, name: str, ref_inputs) -> tuple[tuple, dict]:
     """verify's row of an FP8-weight dtype: the forward of mhfgen.flash_mhf_fp8 on the
-    case's weights quantised to e4m3, against float64 on the dequantised weights; the
-    gradients are n/a (FP8 weights serve, they do not train)."""
+    case's weights quantised to e4m3, against float64 on the dequantised weights, held to
+    the bar of the variant the dispatcher ran (tolerances.tolerance_for: a variant that
+    quantises the activations to FP8 too has its own); the gradients are n/a (FP8 weights
+    serve, they do not train)."""
     import torch
 
+    from .. import registry
+    from ..dispatch import explain_choice
+    from ..kernels.configs import spec_of
     from ..ops import flash_mhf_fp8
     from ..spec import DTYPES, FP8_WEIGHT_DTYPES
+    from ..validation import check_flash_mhf_inputs
     from ..verification import compare, fp8_inputs, reference_outputs
 
     dtype = DTYPES[FP8_WEIGHT_DTYPES[name]]
@@ -290,11 +301,15 @@ def _fp8_row(case, name: str, ref_inputs) -> tuple[tuple, dict]:
         expected = reference_outputs(*dequantised)
         with torch.no_grad():
             got = {"o": flash_mhf_fp8(*fp8)}
+        problem = check_flash_mhf_inputs(*fp8[:5])
+        spec = spec_of(problem, fp8[0], fp8[1])
+        variant = registry.get(explain_choice("fwd", spec, problem.tokens, fp8[0].device).variant)
     except Exception as exc:  # noqa: BLE001 - a failing kernel is a failed row
         why = _reason(exc)
         line = (case.name, name, "n/a", case.tokens, *[""] * len(OUTPUTS), f"FAIL {why}")
         return line, {**row, "ok": False, "error": why}
-    (check,) = compare(got, expected, name, outputs=("o",))
+    row["variant"] = variant.stem
+    (check,) = compare(got, expected, name, outputs=("o",), variant=variant)
     status = "ok" if check.ok else "FAIL o"
     errors = [f"{check.error:.2e}"] + ["n/a"] * (len(OUTPUTS) - 1)
     line = (case.name, name, "n/a", case.tokens, *errors, status)

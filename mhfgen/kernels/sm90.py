@@ -199,7 +199,8 @@ def ptxas_usage(ptx: str) -> tuple[int, int]:
 class CompileReport:
     """What compiling one (spec, config) of a Gluon kernel for sm90 gave: shared memory the
     kernel allocates, registers per thread and spilled bytes (ptxas -v), the cubin's size,
-    and the counts of wgmma and TMA instructions in its PTX."""
+    and the counts of wgmma and TMA instructions in its PTX, and of the wgmma whose
+    operands are both e4m3 (FP8 tensor-core products)."""
 
     shared: int
     registers: int
@@ -207,6 +208,7 @@ class CompileReport:
     cubin_bytes: int
     wgmma: int
     tma_loads: int
+    fp8_wgmma: int = 0
 
 
 def compile_gluon(kernel, args: dict, consts: dict, options: dict) -> CompileReport:
@@ -237,6 +239,7 @@ def compile_gluon(kernel, args: dict, consts: dict, options: dict) -> CompileRep
         len(compiled.asm["cubin"]),
         len(re.findall(r"wgmma\.mma_async", ptx)),
         len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
+        len(re.findall(r"wgmma\.mma_async\S*\.e4m3\.e4m3", ptx)),
     )
 
 

@@ -35,7 +35,7 @@ import torch
 from .. import registry
 from ..dispatch import decide
 from ..kernels.dispatched import two_streams
-from ..tolerances import relative_error, tolerance
+from ..tolerances import relative_error, tolerance_for
 from ..verification import Case, fp8_inputs, make_inputs, reference_outputs
 from .problem import TuningProblem
 
@@ -179,7 +179,7 @@ class Workload:
             torch.cuda.synchronize(self.device)
         refs = self.reference(kernel)
         variant = registry.get(kernel)
-        bar = tolerance(self.problem.spec.dtype, grad=variant.gradient)
+        bar = tolerance_for(variant, self.problem.spec.dtype, grad=variant.gradient)
         worst, reason = 0.0, None
         for name, out, ref in zip(variant.outputs, outs, refs):
             err = relative_error(out, ref)

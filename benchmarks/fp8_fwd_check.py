@@ -1,0 +1,272 @@
+"""The FP8-arithmetic Gluon forward (flash_mhf_fwd_fp8_ws) on an sm90 GPU: correctness,
+then speed, in one run of about a minute.
+
+    python3 benchmarks/fp8_fwd_check.py [--json out.json] [--tokens 16384]
+        [--dtype bfloat16|float16] [--skip-verify] [--skip-timing]
+
+1. verify: the kernel (its dispatched config) on three shapes (a slice of the 1.3B preset,
+   H16 D128 E22 De256 at 1000 tokens; D = 64 with Hkv < H; 1037 tokens, not a multiple of
+   the row block, with E = 1) against
+     - the float64 emulation of its own arithmetic (mhfgen.reference.flash_mhf_w8a8: the
+       same e4m3 roundings), bar EMULATION_BAR = 1e-2, whole tensor and worst row (x4);
+     - the float64 reference on the dequantised weights, bar
+       mhfgen.tolerances.FP8_ACTIVATIONS_BAR (6e-2), whole tensor and worst row (x4).
+2. speed: the 1.3B preset (H16 D128 E22 De256) at --tokens tokens in --dtype, TFLOP/s =
+   6 * T * H * I * D over the median of triton.testing.do_bench, for
+     - bf16 Gluon    flash_mhf_fwd_ws on 16-bit weights (its dispatched config)
+     - W8 Triton     flash_mhf_fwd on FP8 weights, weight-only (its dispatched config)
+     - W8A8 Gluon    flash_mhf_fwd_fp8_ws on FP8 weights (its dispatched config)
+   (a config the dispatcher carried over from other token counts, source 'nearest', is
+   timed beside the variant's heuristic one, row '(h)'), and the ratio of each to the
+   bf16 Gluon forward, plus the one-off cost of V's
+   transposed FP8 copy (mhfgen.fp8.transpose_v), made on a layer's first call.
+The first launch of each kernel is watched for a hang (an mbarrier deadlock never ends):
+a hang ends the run (exit 2). Exit 1 when a check fails, 0 otherwise. --json writes
+every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # hangs.py, beside this script
+
+#: the kernel against the float64 emulation of its own arithmetic. What differs: fp32
+#: against float64 before each e4m3 rounding (it flips one here and there), and the tensor
+#: cores' FP8 accumulation, which keeps about 13-14 mantissa bits at each k32 step of
+#: O += p8 V8: a truncation model of that put 2.2e-3 to 4.5e-3 on the 1.3B preset's
+#: 5632-long sums and under 1e-3 at E * De <= 768. A missing rescale or a misplaced scale
+#: is off by far more; the running max taken over other tiles is not told apart so well
+#: (the emulation at block_n 128 against 64: 6.6e-3; 256: 1.1e-2, on make_inputs' data).
+EMULATION_BAR = 1e-2
+SHAPES = (  # name, batch, seqlen, H, Hkv, D, E, De
+    ("1.3B_slice", 1, 1000, 16, 16, 128, 22, 256),
+    ("d64_gqa", 2, 300, 16, 4, 64, 11, 256),
+    ("t1037_e1", 1, 1037, 8, 8, 128, 1, 512),
+)
+PRESET = ("1.3B", 16, 16, 128, 22, 256)  # name, H, Hkv, D, E, De
+
+
+def _args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", default=None, help="write the rows to this JSON file")
+    p.add_argument("--tokens", type=int, default=16384, help="tokens of the timed calls")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
+    p.add_argument("--skip-verify", action="store_true", help="time only")
+    p.add_argument("--skip-timing", action="store_true", help="verify only")
+    return p.parse_args(argv)
+
+
+def _spec(h, hkv, d, e, de, dtype_name):
+    from mhfgen.spec import KernelSpec
+
+    return KernelSpec(h, hkv, d, e, de, dtype_name, "sm90")
+
+
+def _inputs(case, dtype):
+    from mhfgen.verification import fp8_inputs, make_inputs
+
+    q, k, u, v, r, do = make_inputs(case, dtype, "cuda")
+    fp8, dense = fp8_inputs(q, k, u, v, r, do)
+    return (q, k, u, v, r), fp8, dense
+
+
+def verify(dtype, rows: list) -> bool:
+    from hangs import finish
+
+    from mhfgen import dispatch, registry
+    from mhfgen.reference import flash_mhf, flash_mhf_w8a8
+    from mhfgen.tolerances import ROW_FACTOR, relative_error, row_error, tolerance_for
+    from mhfgen.variants.flash_mhf_fwd_fp8_ws import KERNEL, flash_mhf_fwd_fp8_ws
+    from mhfgen.verification import Case
+
+    ok_all = True
+    variant = registry.get(KERNEL)
+    for name, b, l, h, hkv, d, e, de in SHAPES:
+        case = Case(name, b, l, h, hkv, d, e, de)
+        _, (q, k8, u8, v8, r, scales), dense = _inputs(case, dtype)
+        spec = _spec(h, hkv, d, e, de, f"{str(dtype).removeprefix('torch.')}_e4m3")
+        config = dispatch.choose_config(KERNEL, spec, case.tokens, q.device)
+        got = finish(lambda: flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config))
+        emulated = flash_mhf_w8a8(q, k8, u8, v8, r, scales, config.block_n)
+        ref = torch.cat(
+            [
+                flash_mhf(
+                    q[:, i : i + 256].double(),
+                    *(w.double() for w in dense[1:4]),
+                    r[:, i : i + 256].double(),
+                )
+                for i in range(0, l, 256)
+            ],
+            dim=1,
+        )
+        bar = tolerance_for(variant, q.dtype, numel=ref.numel())
+        errs = {
+            "emulation": (relative_error(got, emulated), row_error(got, emulated), EMULATION_BAR),
+            "float64": (relative_error(got, ref), row_error(got, ref), bar),
+        }
+        for against, (err, worst, tol) in errs.items():
+            ok = err <= tol and worst <= ROW_FACTOR * tol
+            ok_all &= ok
+            rows.append(
+                {
+                    "kind": "verify",
+                    "shape": name,
+                    "tokens": case.tokens,
+                    "config": config.describe(),
+                    "against": against,
+                    "error": err,
+                    "row_error": worst,
+                    "bar": tol,
+                    "ok": ok,
+                }
+            )
+            print(
+                f"verify {name:12s} T={case.tokens:5d} vs {against:9s} err {err:.2e} "
+                f"row {worst:.2e} bar {tol:.1e}  {'ok' if ok else 'FAIL'}  [{config.describe()}]",
+                flush=True,
+            )
+    return ok_all
+
+
+def timing(dtype, tokens: int, rows: list) -> None:
+    from hangs import finish
+    from triton.testing import do_bench
+
+    from mhfgen import dispatch, registry
+    from mhfgen.device import sm_count
+    from mhfgen.fp8 import transpose_v
+    from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
+    from mhfgen.variants.flash_mhf_fwd_fp8_ws import KERNEL, flash_mhf_fwd_fp8_ws
+    from mhfgen.variants.flash_mhf_fwd_ws import flash_mhf_fwd_ws
+    from mhfgen.verification import Case
+
+    name, h, hkv, d, e, de = PRESET
+    batch = tokens // 2048 if tokens % 2048 == 0 else 1
+    case = Case(name, batch, tokens // batch, h, hkv, d, e, de)
+    (q, k, u, v, r), (_, k8, u8, v8, _, scales), _ = _inputs(case, dtype)
+    act = str(dtype).removeprefix("torch.")
+    flops = 6 * tokens * h * e * de * d
+    methods = (
+        (
+            "bf16 Gluon",
+            "flash_mhf_fwd_ws",
+            act,
+            lambda c: flash_mhf_fwd_ws(q, k, u, v, r, config=c),
+        ),
+        (
+            "W8 Triton",
+            "flash_mhf_fwd",
+            f"{act}_e4m3",
+            lambda c: flash_mhf_fwd(q, k8, u8, v8, r, scales, config=c),
+        ),
+        (
+            "W8A8 Gluon",
+            KERNEL,
+            f"{act}_e4m3",
+            lambda c: flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=c),
+        ),
+    )
+    base = None
+    for label, stem, dname, call in methods:
+        spec = _spec(h, hkv, d, e, de, dname)
+        choice = dispatch.explain_choice(stem, spec, tokens, q.device)
+        tried = [(label, choice.config, choice.source)]
+        if choice.source == "nearest":  # a config tuned at other sizes: the heuristic too
+            heuristic = registry.get(stem).default_config(spec, tokens, sm_count(q.device))
+            tried.append((f"{label} (h)", heuristic, "heuristic"))
+        for method, config, source in tried:
+            finish(lambda: call(config), timeout_s=60.0)  # compile, first launch
+            ms = do_bench(lambda: call(config), warmup=25, rep=100, return_mode="median")
+            tflops = flops / ms / 1e9
+            base = tflops if base is None else base
+            rows.append(
+                {
+                    "kind": "timing",
+                    "method": method,
+                    "variant": stem,
+                    "dtype": dname,
+                    "tokens": tokens,
+                    "config": config.describe(),
+                    "config_source": source,
+                    "ms": ms,
+                    "tflops": tflops,
+                    "vs_bf16": tflops / base,
+                }
+            )
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        transpose_v(v8)
+    torch.cuda.synchronize()
+    rows.append(
+        {
+            "kind": "v_transpose",
+            "bytes": v8.numel(),
+            "ms": (time.perf_counter() - t0) * 100,
+        }
+    )
+    print()
+    print(f"1.3B preset, {tokens} tokens, {act}; TFLOP/s = 6 T H I D / median time")
+    print(f"{'method':16s} {'variant':22s} {'ms':>8s} {'TFLOP/s':>8s} {'vs bf16':>8s}  config")
+    for row in rows:
+        if row["kind"] == "timing":
+            print(
+                f"{row['method']:16s} {row['variant']:22s} {row['ms']:8.3f} "
+                f"{row['tflops']:8.1f} {row['vs_bf16']:7.2f}x  {row['config']} "
+                f"({row['config_source']})"
+            )
+    vt = rows[-1]
+    print(
+        f"V transposed copy (once per weight tensor): {vt['bytes'] / 1e6:.1f} MB, {vt['ms']:.3f} ms"
+    )
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        print("fp8_fwd_check needs an sm90 (Hopper) CUDA GPU", file=sys.stderr)
+        return 2
+    import triton
+    from hangs import Hang
+
+    dtype = getattr(torch, args.dtype)
+    rows: list = []
+    gpu = torch.cuda.get_device_name()
+    print(f"{gpu} torch {torch.__version__} triton {triton.__version__}", flush=True)
+    ok, status = True, 0
+    try:
+        if not args.skip_verify:
+            ok = verify(dtype, rows)
+        if not args.skip_timing:
+            timing(dtype, args.tokens, rows)
+    except Hang as exc:
+        print(f"HANG: {exc}", file=sys.stderr)
+        ok, status = False, 2
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "gpu": gpu,
+                    "torch": torch.__version__,
+                    "triton": triton.__version__,
+                    "dtype": args.dtype,
+                    "ok": ok,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
+    print("all checks pass" if ok else "CHECKS FAILED", flush=True)
+    return status or (0 if ok else 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,486 @@
+"""flash_mhf_fwd_fp8_ws: the warp-specialised Gluon forward for Hopper in FP8 arithmetic
+(W8A8; flash_mhf_fwd_fp8_ws.py.jinja).
+
+The schedule of flash_mhf_fwd_ws (a one-warp TMA producer feeding a K/U/V ring, one or
+two consumer warpgroups issuing async wgmma) with every GEMM an e4m3 x e4m3 wgmma
+accumulating in fp32, on the FP8-weight dtypes (bfloat16_e4m3, float16_e4m3: K, U, V in
+float8_e4m3fn with one float32 scale per (kv head, expert, row), mhfgen.fp8). It
+quantises the activations too, so its outputs meet the bar of mhfgen.tolerances.
+FP8_ACTIVATIONS, not the weight-only one; MHFGEN_FP8_ACTIVATIONS=0 takes it out of
+dispatch (mhfgen.registry.usable), leaving FP8 layers on the weight-only flash_mhf_fwd.
+
+sm90 only, head_dim 64 or 128, block_n dividing expert_dim; calls of fewer than
+MIN_TOKENS tokens are left to flash_mhf_fwd (decode). Where it supports a call it is the
+preferred forward of its dtypes (tuned winners of either still come first).
+
+The arithmetic, per consumer (BLOCK_M rows of one query head), emulated in float64 by
+mhfgen.reference.flash_mhf_w8a8:
+    1. q's rows quantised once: s_q = max_d |q| / 448, q8 = e4m3(q / s_q) (0 for a zero row)
+    2. per weight tile j (BLOCK_N weight rows): S = (q8 K8^T) s_q k_scale,
+       G = (q8 U8^T) s_q u_scale (fp32 accumulators), p' = silu(S) G r v_scale
+    3. m_new = max(m, max_col |p'|) (running per-row max, m = 0 at first);
+       O *= m / m_new; O += e4m3(p' * 448 / m_new) V8; m = m_new
+    4. o = O * m / 448, in q's dtype.
+V's FP8 data is read transposed, (Hkv, E, D, De) with De contiguous (an e4m3 wgmma reads
+its shared-memory operands K-major only): mhfgen.fp8.transposed_v makes it once per
+tensor and version (11.5 MB at the 1.3B preset) and keeps it while the tensor lives.
+
+Its config's fields: see Fp8WsConfig. Resources: shared memory = consumers' Q tiles (q's
+dtype, reused for O) and their e4m3 copies + stages * 3 e4m3 weight tiles + mbarriers +
+1 KiB; registers = BLOCK_M * (D + 4 * BLOCK_N) / (32 * consumer_warps) accumulator values
+per consumer thread, as flash_mhf_fwd_ws.
+
+Tensor layouts the kernel reads through TMA descriptors:
+    q, o  (B, L, H, D) viewed as (B * L, H * D), blocks (BLOCK_M, D) at [t0, head * D]
+    k8/u8 (Hkv, E, De, D) viewed as (Hkv * E * De, D), blocks (BLOCK_N, D)
+    v8^T  (Hkv, E, D, De) viewed as (Hkv * E * D, De), blocks (D, BLOCK_N)
+    scales (3, Hkv, E, De) float32 and r (B, L, H, E) fp32 with plain loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import codegen
+from .. import device as _device
+from ..fp8 import transposed_v
+from ..kernels import sm90
+from ..kernels.buffers import empty
+from ..kernels.plans import CachedLaunch
+from ..kernels.sm90 import SM90_REGISTERS, SM90_SHARED_MEMORY
+from ..registry import register
+from ..spec import FP8_STORAGE, KernelSpec, dtype_name
+from ..validation import check_flash_mhf_inputs, check_weight_scales
+from . import _gluon
+
+KERNEL = "flash_mhf_fwd_fp8_ws"
+TEMPLATE = f"{KERNEL}.py.jinja"
+#: tokens below which the variant is not meant to run (decode stays on the
+#: Triton-language weight-only forward and its split-intermediate path)
+MIN_TOKENS = 65
+DTYPES = ("bfloat16_e4m3", "float16_e4m3")
+HEAD_DIMS = (64, 128)
+
+
+@dataclass(frozen=True)
+class Fp8WsConfig(_gluon.GluonConfig):
+    """Launch parameters of flash_mhf_fwd_fp8_ws (its registry config type).
+
+    block_n:        intermediate columns per weight tile (the ring slot's rows); divides
+                    expert_dim.
+    stages:         slots of the K/U/V ring (>= 3: V of tile j is read while tile j+1's
+                    GEMMs are issued and tile j+2 loads).
+    consumers:      consumer partitions sharing each weight tile (1 or 2).
+    consumer_warps: warps per consumer (4 = one warpgroup, 64 rows; 8 = two, 128 rows).
+    group_heads:    query heads of one kv group among a program's consumers (divides
+                    consumers and H / Hkv); the others take further token blocks.
+    pingpong:       two consumers take turns issuing their GEMMs (needs consumers = 2).
+    sigmoid:        'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
+    joint_scores:   S and G by one wgmma of twice the width, [S | G] = q8 [K8; U8]^T (K8
+                    and U8 of a weight tile stacked in one ring tile; block_n <= 128).
+    producer_regs, consumer_regs: registers per thread of the producer and of the second
+                    consumer partition (setmaxnreg); the first consumer gets what is left.
+    """
+
+    variant = KERNEL
+
+    block_n: int = 64
+    stages: int = 4
+    consumers: int = 2
+    consumer_warps: int = 4
+    group_heads: int = 1
+    pingpong: bool = False
+    sigmoid: str = "tanh"
+    joint_scores: bool = True
+    producer_regs: int = 24
+    consumer_regs: int = 240
+
+    choices = dict(
+        block_n=(64, 128),
+        stages=range(3, 9),
+        consumers=(1, 2),
+        consumer_warps=(4, 8),
+        group_heads=(1, 2),
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.consumers % self.group_heads:
+            raise ValueError(
+                f"Fp8WsConfig.group_heads={self.group_heads} must divide consumers={self.consumers}"
+            )
+        if self.pingpong and self.consumers != 2:
+            raise ValueError("Fp8WsConfig.pingpong needs consumers=2")
+
+    @property
+    def block_m(self) -> int:
+        """Rows per consumer: 16 per warp (the wgmma atom is 4 warps x 16 rows)."""
+        return 16 * self.consumer_warps
+
+    @property
+    def rows_per_program(self) -> int:
+        return self.block_m * self.consumers
+
+    def check_for(self, spec: KernelSpec) -> None:
+        """The shape-independent check: group_heads divides H / Hkv."""
+        if spec.group % self.group_heads:
+            raise ValueError(
+                f"group_heads={self.group_heads} must divide heads/kv_heads={spec.group}"
+            )
+
+    def describe(self) -> str:
+        text = (
+            f"BN{self.block_n} s{self.stages} {self.consumers}x{self.consumer_warps}w "
+            f"regs {self.producer_regs}/{self.consumer_regs}"
+        )
+        for flag, short in (("pingpong", "pingpong"), ("joint_scores", "joint")):
+            if getattr(self, flag):
+                text += f" {short}"
+        if self.group_heads > 1:
+            text += f" gh{self.group_heads}"
+        return text + self.describe_sigmoid()
+
+
+# ---------------------------------------------------------------------------------------
+# what the variant supports, and what a config needs
+# ---------------------------------------------------------------------------------------
+
+
+def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
+    """Why flash_mhf_fwd_fp8_ws cannot run `spec` (at `tokens`), or None when it can."""
+    if not spec.target.startswith("sm9"):
+        return f"Gluon FP8 wgmma kernel for sm90 (Hopper); target is {spec.target}"
+    if spec.dtype not in DTYPES:
+        return f"FP8 weights (bfloat16_e4m3, float16_e4m3) only; dtype is {spec.dtype}"
+    if spec.head_dim not in HEAD_DIMS:
+        return (
+            f"head_dim 64 or 128 (one e4m3 tile); it is {spec.head_dim}: flash_mhf_fwd "
+            f"runs it on FP8 weights"
+        )
+    if spec.expert_dim % 64:
+        return (
+            f"expert_dim must be a multiple of 64 (block_n divides it); it is "
+            f"{spec.expert_dim}: flash_mhf_fwd runs it on FP8 weights"
+        )
+    if tokens is not None and tokens < MIN_TOKENS:
+        return f"decode-sized calls ({tokens} tokens) stay on flash_mhf_fwd (weight-only FP8)"
+    return None
+
+
+def config_problems(spec: KernelSpec, config: Fp8WsConfig) -> list[str]:
+    """Why `config` cannot run `spec` (empty when it can): tiles, head grouping, shared
+    memory, registers."""
+    problems = []
+    if spec.expert_dim % config.block_n:
+        problems.append(
+            f"block_n={config.block_n} must divide expert_dim={spec.expert_dim} "
+            f"(a weight tile lies in one expert)"
+        )
+    if spec.group % config.group_heads:
+        problems.append(f"group_heads={config.group_heads} must divide H/Hkv={spec.group}")
+    if config.joint_scores and config.block_n > 128:
+        problems.append(
+            f"joint_scores needs block_n <= 128 (a wgmma is at most 256 wide); "
+            f"block_n is {config.block_n}"
+        )
+    if shared_memory(spec, config) > SM90_SHARED_MEMORY:
+        problems.append(
+            f"needs {shared_memory(spec, config)} bytes of shared memory (> {SM90_SHARED_MEMORY})"
+        )
+    if config.consumers == 2:  # both consumers at consumer_regs (the first takes the same)
+        threads = 32 * config.consumer_warps
+        total = threads * 2 * config.consumer_regs + 128 * config.producer_regs
+        if total > SM90_REGISTERS:
+            problems.append(
+                f"register split 2 x {threads} threads x {config.consumer_regs} + "
+                f"128 x {config.producer_regs} needs {total} registers "
+                f"(> {SM90_REGISTERS})"
+            )
+    live = registers(spec, config)
+    if live > 200:
+        problems.append(f"{live:g} accumulator registers per consumer thread (> 200)")
+    return problems
+
+
+#: bytes kept for the compiler's own shared-memory use beside the buffers the kernel
+#: allocates (alignment, barrier padding)
+SCRATCH_RESERVE = 1024
+
+
+def shared_memory(spec: KernelSpec, config: Fp8WsConfig) -> int:
+    """Bytes: the consumers' Q tiles in q's dtype (reused for O) and in e4m3, STAGES slots
+    of e4m3 K, U and V^T tiles, the mbarriers, and SCRATCH_RESERVE."""
+    q = config.consumers * config.block_m * spec.head_dim * (2 + 1)
+    ring = config.stages * 3 * config.block_n * spec.head_dim
+    return q + ring + 8 * (3 * config.stages + 2 * config.consumers + 2) + SCRATCH_RESERVE
+
+
+def registers(spec: KernelSpec, config: Fp8WsConfig) -> float:
+    """fp32 accumulator values per consumer thread: O (BLOCK_M x D), S, G and the next
+    tile's S, G (BLOCK_M x BLOCK_N each), over 32 * consumer_warps threads."""
+    return config.block_m * (spec.head_dim + 4 * config.block_n) / (32 * config.consumer_warps)
+
+
+def max_registers(config: Fp8WsConfig) -> int:
+    """The launch's per-thread register cap: the SM's registers over every warp of the
+    block (the one-warp producer occupies a warpgroup), rounded down to 8."""
+    warps = config.consumers * config.consumer_warps + 4
+    return min(255, SM90_REGISTERS // (32 * warps)) // 8 * 8
+
+
+def default_config(spec: KernelSpec, tokens: int, sm_count: int = 0) -> Fp8WsConfig:
+    """The built-in config, not yet measured on a GPU: flash_mhf_fwd_ws's default schedule
+    (two 4-warp consumers sharing 64-column tiles of a 4-slot ring, tanh silu, S and G
+    from one joint wgmma), whose ring of e4m3 tiles takes half the shared memory; 3 slots
+    where that does not fit. The SM count does not enter it."""
+    for stages in (4, 3):
+        candidate = Fp8WsConfig(stages=stages)
+        if not config_problems(spec, candidate):
+            return candidate
+    return Fp8WsConfig(stages=3, consumers=1)
+
+
+# ---------------------------------------------------------------------------------------
+# code generation
+# ---------------------------------------------------------------------------------------
+
+
+def static_params(spec: KernelSpec, config: Fp8WsConfig) -> dict:
+    """The parts of (spec, config) that change the generated code's structure."""
+    return {
+        "consumers": config.consumers,
+        "group_heads": config.group_heads,
+        "pingpong": config.pingpong,
+        "sigmoid": config.sigmoid,
+        **({"joint_scores": True} if config.joint_scores else {}),
+    }
+
+
+def template_hash() -> str:
+    """sha256 (16 hex digits) of the template (mhfgen.codegen.template_hash)."""
+    return codegen.template_hash(KERNEL)
+
+
+def render(spec: KernelSpec, config: Fp8WsConfig) -> str:
+    """The generated Gluon source for `spec` and `config` (mhfgen.codegen.render)."""
+    return codegen.render(KERNEL, spec, config)
+
+
+def load_kernel(spec: KernelSpec, config: Fp8WsConfig):
+    """Render (or reuse) and import the generated module (mhfgen.codegen.load_kernel);
+    its @gluon.jit kernel."""
+    return codegen.load_kernel(KERNEL, spec, config)
+
+
+def descriptor_layouts(spec: KernelSpec, config: Fp8WsConfig) -> tuple:
+    """(block shape, NVMMASharedLayout) of the kernel's TMA descriptors, in its argument
+    order: q (q's dtype), k8, u8, v8^T (e4m3), o (q's dtype)."""
+    from triton.experimental.gluon import language as gl
+
+    D, bm, bn = spec.head_dim, config.block_m, config.block_n
+
+    def block(rows: int, cols: int, dtype) -> tuple:
+        return [rows, cols], gl.NVMMASharedLayout.get_default_for([rows, cols], dtype)
+
+    act = {"bfloat16": gl.bfloat16, "float16": gl.float16}[spec.activation_dtype]
+    rows = block(bm, D, act)
+    return (
+        rows,
+        block(bn, D, gl.float8e4nv),
+        block(bn, D, gl.float8e4nv),
+        block(D, bn, gl.float8e4nv),
+        rows,
+    )
+
+
+def descriptors(layouts: tuple, q2, k2, u2, vt2, o2) -> list:
+    """Host TMA descriptors over the 2-D views of the module doc, one per entry of
+    `layouts` (descriptor_layouts)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    return [
+        TensorDescriptor.from_tensor(view, *layout)
+        for view, layout in zip((q2, k2, u2, vt2, o2), layouts)
+    ]
+
+
+def constexprs(config: Fp8WsConfig) -> dict:
+    """The kernel's constexprs: BLOCK_M (a consumer's rows) and BLOCK_N, the ring's slots,
+    the warps of a consumer and the register split."""
+    return dict(
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        STAGES=config.stages,
+        CONSUMER_WARPS=config.consumer_warps,
+        **config.register_constexprs(),
+    )
+
+
+def launch_options(config: Fp8WsConfig) -> dict:
+    return dict(num_warps=config.consumer_warps, maxnreg=max_registers(config))
+
+
+# ---------------------------------------------------------------------------------------
+# the launcher
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fp8WsPlan:
+    """What a call's signature decides, computed once: the spec and checked config, the
+    generated kernel, the grid, the descriptors' shared layouts and the launch's
+    constexprs and options (the descriptors, which hold the tensors' addresses, and V's
+    transposed copy are per call)."""
+
+    spec: KernelSpec
+    config: Fp8WsConfig
+    kernel: object  # the @gluon.jit kernel; None when there are no tokens
+    grid: tuple
+    layouts: tuple  # descriptor_layouts(spec, config)
+    scalars: tuple  # r's strides, seqlen, tokens
+    meta: dict  # constexprs and launch options
+
+
+def flash_mhf_fwd_fp8_ws(
+    q: Tensor,
+    k: Tensor,
+    u: Tensor,
+    v: Tensor,
+    r: Tensor,
+    scales: Tensor | None = None,
+    *,
+    config: Fp8WsConfig | None = None,
+) -> Tensor:
+    """o = FlashMHF(q, k, u, v, r) in FP8 arithmetic through the warp-specialised Gluon
+    kernel (sm90).
+
+    q: (B, L, H, D) bf16 or fp16 with unit last stride; k/u/v: (Hkv, E, De, D) in
+    float8_e4m3fn; r: (B, L, H, E) fp32 or q's dtype (converted to fp32 first:
+    routing_fp32); scales: (3, Hkv, E, De) float32, the per-row scales of K, U and V
+    (mhfgen.fp8.quantize_experts). Returns o (B, L, H, D), contiguous, in q's dtype.
+    ValueError where the variant does not support the problem (see `unsupported`) or
+    `config` cannot run it; TypeError without FP8 weights and their scales.
+    """
+    check_weight_scales(k, scales)
+    if scales is None or k.dtype != FP8_STORAGE:
+        raise TypeError(f"{KERNEL} takes FP8 weights (float8_e4m3fn) and their scales")
+    return _launch(q, k, u, v, sm90.routing_fp32(r), scales, config=config)
+
+
+def _run(plan: Fp8WsPlan, q, k, u, v, r, scales) -> torch.Tensor:
+    """Allocate o and launch: the per-call part."""
+    o = empty(q.shape, q.dtype, q.device)
+    if plan.kernel is None:
+        return o
+    with torch.cuda.device(q.device):
+        plan.kernel[plan.grid](*arguments(plan, q, k, u, v, r, scales, o), **plan.meta)
+    return o
+
+
+def arguments(plan: Fp8WsPlan, q, k, u, v, r, scales, o, vt=None) -> tuple:
+    """The kernel's positional arguments for one call: the TMA descriptors of q, k8, u8,
+    V8^T (`vt`, default mhfgen.fp8.transposed_v(v)) and o over the 2-D views of the module
+    doc, r, the scales, then the plan's scalars; the constexprs and launch options are
+    plan.meta."""
+    B, L, H, D = q.shape
+    vt = transposed_v(v) if vt is None else vt
+    descs = descriptors(
+        plan.layouts,
+        sm90.rows_view(q),
+        k.contiguous().view(-1, D),
+        u.contiguous().view(-1, D),
+        vt.view(-1, vt.shape[-1]),
+        o.view(-1, H * D),
+    )
+    return (*descs, r, scales, *plan.scalars)
+
+
+def _make_plan(q, k, u, v, r, scales, config) -> Fp8WsPlan:
+    """Check the inputs, choose and check the config, load the kernel: all but the launch."""
+    problem = check_flash_mhf_inputs(q, k, u, v, r)
+    check_weight_scales(k, scales)
+    B, L, H, D = q.shape
+    Hkv, E, De, _ = k.shape
+    spec = KernelSpec(H, Hkv, D, E, De, dtype_name(q.dtype, k.dtype), _device.target(q.device))
+    config = _gluon.checked_config(KERNEL, unsupported, config_problems, spec, problem, q, config)
+    tokens = B * L
+    if tokens == 0:
+        return Fp8WsPlan(spec, config, None, (), (), (), {})
+    return Fp8WsPlan(
+        spec,
+        config,
+        load_kernel(spec, config),
+        (work_tiles(spec, config, tokens),),
+        descriptor_layouts(spec, config),
+        (*r.stride(), L, tokens),
+        {**constexprs(config), **launch_options(config)},
+    )
+
+
+def work_tiles(spec: KernelSpec, config: Fp8WsConfig, tokens: int) -> int:
+    """Programs of a call, one work tile each: (H / group_heads) head groups x token
+    blocks of block_m * consumers / group_heads tokens."""
+    tokens_per_tile = config.block_m * (config.consumers // config.group_heads)
+    return -(-tokens // tokens_per_tile) * (spec.heads // config.group_heads)
+
+
+_launch = CachedLaunch(KERNEL, _make_plan, _run)
+
+
+# ---------------------------------------------------------------------------------------
+# compiling for sm90 without a GPU (tests, CI)
+# ---------------------------------------------------------------------------------------
+
+
+def compile_sm90(spec: KernelSpec, config: Fp8WsConfig) -> sm90.CompileReport:
+    """Compile the generated kernel for sm90 down to cubin on any machine (no GPU needed):
+    the signature is built from host descriptors over small CPU tensors."""
+    D = spec.head_dim
+    rows = max(config.block_m, 16)
+    q2 = torch.empty(rows, spec.heads * D, dtype=spec.torch_dtype)
+    w2 = torch.empty(spec.kv_heads * spec.intermediate, D, dtype=FP8_STORAGE)
+    vt2 = torch.empty(spec.kv_heads * spec.experts * D, spec.expert_dim, dtype=FP8_STORAGE)
+    descs = descriptors(descriptor_layouts(spec, config), q2, w2, w2, vt2, q2)
+    args = dict(
+        zip(("q_desc", "k_desc", "u_desc", "vt_desc", "o_desc"), descs),
+        R=torch.empty(1, dtype=torch.float32),
+        SCALES=torch.empty(1, dtype=torch.float32),
+        stride_rb=1 << 20,
+        stride_rl=1 << 12,
+        stride_rh=64,
+        stride_re=1,
+        seqlen=1024,
+        tokens=1 << 16,
+    )
+    return sm90.compile_gluon(
+        load_kernel(spec, config), args, constexprs(config), launch_options(config)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# the registry entry
+# ---------------------------------------------------------------------------------------
+
+
+class FlashMhfFwdFp8Ws(_gluon.GluonVariant):
+    stem = KERNEL
+    op = "fwd"
+    Config = Fp8WsConfig
+    dtypes = DTYPES
+    flop_factor = 6
+    outputs = ("o",)
+    #: q and the activation tile are quantised to e4m3 in the kernel: its outputs meet
+    #: mhfgen.tolerances.FP8_ACTIVATIONS, and MHFGEN_FP8_ACTIVATIONS=0 leaves it out
+    quantises_activations = True
+    model = _gluon.GluonModel(
+        unsupported, config_problems, shared_memory, registers, default_config
+    )
+
+    def static_params(self, spec: KernelSpec, config: Fp8WsConfig) -> dict:
+        return static_params(spec, config)
+
+
+register(FlashMhfFwdFp8Ws())
