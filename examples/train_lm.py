@@ -5,7 +5,6 @@
 Writes <out>/<run>.csv (the curves), <out>/loss.png (if matplotlib is installed),
 <out>/summaries.json and prints a summary table. See docs/TRAINING.md.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -23,12 +22,8 @@ from mhfgen.lm.report import summary_table
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ffn", choices=("flashmhf", "swiglu", "both"), default="both")
-    p.add_argument(
-        "--backend",
-        choices=("auto", "triton", "torch"),
-        default="auto",
-        help="FlashMHF backend (auto: Triton kernels on CUDA, PyTorch elsewhere)",
-    )
+    p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto",
+                   help="FlashMHF backend (auto: Triton kernels on CUDA, PyTorch elsewhere)")
     m = p.add_argument_group("model")
     m.add_argument("--d-model", type=int, default=512)
     m.add_argument("--layers", type=int, default=8)
@@ -36,12 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--mhf-heads", type=int, default=4, help="FlashMHF heads")
     m.add_argument("--mhf-intermediate", type=int, default=1280)
     m.add_argument("--mhf-experts", type=int, default=5)
-    m.add_argument(
-        "--swiglu-intermediate",
-        type=int,
-        default=None,
-        help="SwiGLU width (default: matched to FlashMHF's parameters)",
-    )
+    m.add_argument("--swiglu-intermediate", type=int, default=None,
+                   help="SwiGLU width (default: matched to FlashMHF's parameters)")
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--batch-size", type=int, default=32)
@@ -54,12 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--data-seed", type=int, default=1234)
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--no-bf16", action="store_true", help="train in fp32 on the GPU too")
-    t.add_argument(
-        "--serve-fp8",
-        action="store_true",
-        help="after training, FlashMHF runs measure their validation loss again "
-        "with FP8 expert weights (mhfgen.quantize_fp8_model)",
-    )
+    t.add_argument("--serve-fp8", action="store_true",
+                   help="after training, FlashMHF runs measure their validation loss again "
+                        "with FP8 expert weights (mhfgen.quantize_fp8_model)")
     t.add_argument("--max-seconds", type=float, default=None, help="wall-clock guard per run")
     d = p.add_argument_group("data")
     d.add_argument("--val-percent", type=float, default=5.0)
@@ -72,56 +60,32 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    base = ModelConfig(
-        d_model=args.d_model,
-        n_layers=args.layers,
-        n_heads=args.heads,
-        mhf_heads=args.mhf_heads,
-        mhf_intermediate=args.mhf_intermediate,
-        mhf_experts=args.mhf_experts,
-        swiglu_intermediate=args.swiglu_intermediate,
-        backend=args.backend,
-        max_seq_len=max(args.seq_len, 16),
-    )
-    train_cfg = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        seq_len=args.seq_len,
-        lr=args.lr,
-        warmup_steps=args.warmup,
-        eval_every=args.eval_every,
-        eval_batches=args.eval_batches,
-        seed=args.seed,
-        data_seed=args.data_seed,
-        device=args.device,
-        bf16=not args.no_bf16,
-        max_seconds=args.max_seconds,
-    )
+    base = ModelConfig(d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                       mhf_heads=args.mhf_heads, mhf_intermediate=args.mhf_intermediate,
+                       mhf_experts=args.mhf_experts, swiglu_intermediate=args.swiglu_intermediate,
+                       backend=args.backend, max_seq_len=max(args.seq_len, 16))
+    train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                            lr=args.lr, warmup_steps=args.warmup, eval_every=args.eval_every,
+                            eval_batches=args.eval_batches, seed=args.seed,
+                            data_seed=args.data_seed, device=args.device, bf16=not args.no_bf16,
+                            max_seconds=args.max_seconds)
     kinds = ("flashmhf", "swiglu") if args.ffn == "both" else (args.ffn,)
     specs = []
     for kind in kinds:
         cfg = replace(base, ffn=kind)
         with torch.device("meta"):
             params = count_parameters(CausalLM(cfg))
-        width = (
-            f"I={cfg.mhf_intermediate}, E={cfg.mhf_experts}, H={cfg.mhf_heads}"
-            if kind == "flashmhf"
-            else f"I={cfg.swiglu_intermediate or matched_swiglu_intermediate(cfg)}"
-        )
+        width = (f"I={cfg.mhf_intermediate}, E={cfg.mhf_experts}, H={cfg.mhf_heads}"
+                 if kind == "flashmhf" else
+                 f"I={cfg.swiglu_intermediate or matched_swiglu_intermediate(cfg)}")
         print(f"{kind}: {params['total']:,} parameters ({params['ffn']:,} in FFNs; {width})")
         run_cfg = replace(train_cfg, serve_fp8=args.serve_fp8 and kind == "flashmhf")
-        specs.append(
-            RunSpec(kind if kind == "swiglu" else f"flashmhf-{args.backend}", cfg, run_cfg)
-        )
+        specs.append(RunSpec(kind if kind == "swiglu" else f"flashmhf-{args.backend}", cfg,
+                             run_cfg))
     corpus = load_corpus(val_percent=args.val_percent, max_bytes=args.max_bytes)
     print(corpus.describe())
-    summaries, _ = run_all(
-        specs,
-        corpus,
-        args.out,
-        title="byte-level LM on the Python stdlib",
-        progress=not args.no_progress,
-    )
+    summaries, _ = run_all(specs, corpus, args.out, title="byte-level LM on the Python stdlib",
+                           progress=not args.no_progress)
     print(summary_table(summaries))
     print(f"curves and summaries in {args.out}")
 
