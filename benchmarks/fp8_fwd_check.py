@@ -8,7 +8,8 @@ then speed, in one run of about a minute.
    H16 D128 E22 De256 at 1000 tokens; D = 64 with Hkv < H; 1037 tokens, not a multiple of
    the row block, with E = 1) against
      - the float64 emulation of its own arithmetic (mhfgen.reference.flash_mhf_w8a8: the
-       same e4m3 roundings), bar EMULATION_BAR = 1e-2, whole tensor and worst row (x4);
+       same e4m3 roundings), bar mhfgen.tolerances.FP8_EMULATION_BAR (2e-2), whole tensor
+       only (a row's scale can flip with one rounding: the bar's doc);
      - the float64 reference on the dequantised weights, bar
        mhfgen.tolerances.FP8_ACTIVATIONS_BAR (6e-2), whole tensor and worst row (x4).
 2. speed: the 1.3B preset (H16 D128 E22 De256) at --tokens tokens in --dtype, TFLOP/s =
@@ -37,14 +38,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # hangs.py, beside this script
 
-#: the kernel against the float64 emulation of its own arithmetic. What differs: fp32
-#: against float64 before each e4m3 rounding (it flips one here and there), and the tensor
-#: cores' FP8 accumulation, which keeps about 13-14 mantissa bits at each k32 step of
-#: O += p8 V8: a truncation model of that put 2.2e-3 to 4.5e-3 on the 1.3B preset's
-#: 5632-long sums and under 1e-3 at E * De <= 768. A missing rescale or a misplaced scale
-#: is off by far more; the running max taken over other tiles is not told apart so well
-#: (the emulation at block_n 128 against 64: 6.6e-3; 256: 1.1e-2, on make_inputs' data).
-EMULATION_BAR = 1e-2
 SHAPES = (  # name, batch, seqlen, H, Hkv, D, E, De
     ("1.3B_slice", 1, 1000, 16, 16, 128, 22, 256),
     ("d64_gqa", 2, 300, 16, 4, 64, 11, 256),
@@ -82,7 +75,13 @@ def verify(dtype, rows: list) -> bool:
 
     from mhfgen import dispatch, registry
     from mhfgen.reference import flash_mhf, flash_mhf_w8a8
-    from mhfgen.tolerances import ROW_FACTOR, relative_error, row_error, tolerance_for
+    from mhfgen.tolerances import (
+        FP8_EMULATION_BAR,
+        ROW_FACTOR,
+        relative_error,
+        row_error,
+        tolerance_for,
+    )
     from mhfgen.variants.flash_mhf_fwd_fp8_ws import KERNEL, flash_mhf_fwd_fp8_ws
     from mhfgen.verification import Case
 
@@ -108,11 +107,11 @@ def verify(dtype, rows: list) -> bool:
         )
         bar = tolerance_for(variant, q.dtype, numel=ref.numel())
         errs = {
-            "emulation": (relative_error(got, emulated), row_error(got, emulated), EMULATION_BAR),
+            "emulation": (relative_error(got, emulated), None, FP8_EMULATION_BAR),
             "float64": (relative_error(got, ref), row_error(got, ref), bar),
         }
         for against, (err, worst, tol) in errs.items():
-            ok = err <= tol and worst <= ROW_FACTOR * tol
+            ok = err <= tol and (worst is None or worst <= ROW_FACTOR * tol)
             ok_all &= ok
             rows.append(
                 {
@@ -129,7 +128,8 @@ def verify(dtype, rows: list) -> bool:
             )
             print(
                 f"verify {name:12s} T={case.tokens:5d} vs {against:9s} err {err:.2e} "
-                f"row {worst:.2e} bar {tol:.1e}  {'ok' if ok else 'FAIL'}  [{config.describe()}]",
+                f"row {'-' if worst is None else f'{worst:.2e}':>8s} bar {tol:.1e}  "
+                f"{'ok' if ok else 'FAIL'}  [{config.describe()}]",
                 flush=True,
             )
     return ok_all

@@ -32,6 +32,16 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 #: mhfgen.reference.flash_mhf_w8a8). The bar leaves a third above that.
 FP8_ACTIVATIONS_BAR = 6e-2
 
+#: a W8A8 kernel against the float64 emulation of its own arithmetic
+#: (mhfgen.reference.flash_mhf_w8a8), whole tensor only. The two differ where an fp32 value
+#: (tanh.approx in silu, fp32 products) lands on the other side of an e4m3 rounding than
+#: its float64 twin, and by the tensor cores' FP8 accumulation (about 13-14 mantissa bits
+#: at each k32 step). On an H100 the kernel measured 7.0e-3 to 9.2e-3 from the emulation on
+#: three shapes; a missing rescale or a misplaced scale is off by far more. Rows are not
+#: held to it: one flipped rounding of a row's running maximum moves that row's whole
+#: scale, so a row can differ by the quantisation noise itself (up to 6.3e-2 measured).
+FP8_EMULATION_BAR = 2e-2
+
 
 #: the worst row of an output may be this many times the tensor's tolerance (row_error):
 #: a row's error averages over D (or E) values only, not over the whole tensor
