@@ -176,15 +176,14 @@ _fp8_pays: dict = {}
 
 def fp8_forward_pays(q: Tensor, k: Tensor, r: Tensor) -> bool:
     """Whether a FlashMHF layer with FP8 weights should run flash_mhf_fp8 on this call
-    rather than dequantise and run the 16-bit forward: fp8_kernels_run, and either the
-    16-bit forward the dispatcher would pick is a variant that takes FP8 weights too (the
-    Triton-language one: decode sizes; GPUs or shapes without the Gluon forward), so reading half the
-    bytes can only help, or the FP8 forward the dispatcher would pick computes in FP8
-    (flash_mhf_fwd_fp8_ws at prefill sizes on Hopper: e4m3 tensor cores, twice the 16-bit
-    rate; MHFGEN_FP8_ACTIVATIONS=0 leaves it out). Where the 16-bit pick is the
-    warp-specialised Gluon forward and the FP8 one the weight-only Triton-language forward,
-    the dequantised weights win: that forward ran at 0.31x of it on an H100
-    (docs/PERFORMANCE.md). Remembered per call signature."""
+    rather than dequantise and run the 16-bit forward: fp8_kernels_run, and the 16-bit
+    forward the dispatcher would pick is a variant that takes FP8 weights too (the
+    Triton-language one: decode sizes; GPUs or shapes without the Gluon forward), so reading
+    half the bytes can only help. Where it picks the warp-specialised Gluon forward (prefill
+    sizes on Hopper) the dequantised weights win: on an H100 the weight-only FP8 forward ran
+    at 0.30x of it and the FP8-arithmetic one (flash_mhf_fwd_fp8_ws) at 0.83x on the 1.3B
+    preset (docs/PERFORMANCE.md), and dequantising reads each FP8 weight once. Remembered
+    per call signature."""
     if not fp8_kernels_run(q, r):
         return False
     key = (q.shape, q.stride(), q.dtype, q.device, k.shape, r.shape, r.dtype)
@@ -192,17 +191,13 @@ def fp8_forward_pays(q: Tensor, k: Tensor, r: Tensor) -> bool:
     if pays is None:
         from .dispatch import explain_choice
         from .kernels.configs import spec_of
-        from .registry import get, usable
+        from .registry import usable
         from .validation import check_flash_mhf_inputs
 
         problem = check_flash_mhf_inputs(q, k, k, k, r)
         choice = explain_choice("fwd", spec_of(problem, q), problem.tokens, q.device)
-        fp8_spec = spec_of(problem, q, k)
-        fp8_variants = usable("fwd", fp8_spec, problem.tokens)
+        fp8_variants = usable("fwd", spec_of(problem, q, k), problem.tokens)
         pays = choice.variant in {v.stem for v in fp8_variants}
-        if not pays and fp8_variants:
-            fp8_choice = explain_choice("fwd", fp8_spec, problem.tokens, q.device)
-            pays = get(fp8_choice.variant).quantises_activations
         if len(_fp8_pays) > 4096:
             _fp8_pays.clear()
         _fp8_pays[key] = pays

@@ -469,7 +469,7 @@ def default_config(kernel: str, spec: KernelSpec, tokens: int, sm_count: int) ->
 
 
 #: off (0/false/no/off): no variant that quantises activations to FP8 is usable, so
-#: FP8-weight layers keep their activations in 16 bits everywhere (mhfgen.env.flag)
+#: mhfgen.flash_mhf_fp8 keeps its activations in 16 bits everywhere (mhfgen.env.flag)
 FP8_ACTIVATIONS_ENV = "MHFGEN_FP8_ACTIVATIONS"
 
 

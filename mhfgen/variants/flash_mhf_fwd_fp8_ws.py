@@ -6,8 +6,9 @@ two consumer warpgroups issuing async wgmma) with every GEMM an e4m3 x e4m3 wgmm
 accumulating in fp32, on the FP8-weight dtypes (bfloat16_e4m3, float16_e4m3: K, U, V in
 float8_e4m3fn with one float32 scale per (kv head, expert, row), mhfgen.fp8). It
 quantises the activations too, so its outputs meet the bar of mhfgen.tolerances.
-FP8_ACTIVATIONS, not the weight-only one; MHFGEN_FP8_ACTIVATIONS=0 takes it out of
-dispatch (mhfgen.registry.usable), leaving FP8 layers on the weight-only flash_mhf_fwd.
+FP8_ACTIVATIONS_BAR, not the weight-only one; MHFGEN_FP8_ACTIVATIONS=0 takes it out of
+dispatch (mhfgen.registry.usable), leaving mhfgen.flash_mhf_fp8 on the weight-only
+flash_mhf_fwd. FP8 layers do not run it at prefill (mhfgen.ops.fp8_forward_pays).
 
 sm90 only, head_dim 64 or 128, block_n dividing expert_dim; calls of fewer than
 MIN_TOKENS tokens are left to flash_mhf_fwd (decode). Where it supports a call it is the
