@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=16384, help="the winners' token count")
     parser.add_argument("--sms", type=int, default=132, help="SMs of that GPU (default 132)")
     args = parser.parse_args(argv)
-    os.environ["TRITON_INTERPRET"] = "0"  # compiling needs Triton's compiler, not the interpreter
 
     from mhfgen import paths, registry
     from mhfgen.spec import KernelSpec
@@ -81,4 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # compiling needs Triton's compiler, not its interpreter (which mhfgen turns on when it
+    # is imported first on a machine without CUDA): set before anything imports either
+    os.environ["TRITON_INTERPRET"] = "0"
     sys.exit(main())

@@ -20,6 +20,10 @@ def _script():
 
 
 def test_help_and_no_winners(capsys):
+    """Called in-process it leaves TRITON_INTERPRET alone (the tests beside it need it)."""
+    import os
+
+    before = os.environ.get("TRITON_INTERPRET")
     script = _script()
     try:
         script.main(["--help"])
@@ -28,6 +32,7 @@ def test_help_and_no_winners(capsys):
     assert "sm90 compiles" in capsys.readouterr().out
     assert script.main(["--gpu", "no such GPU"]) == 1
     assert "no Gluon winners of 'no such GPU'" in capsys.readouterr().err
+    assert os.environ.get("TRITON_INTERPRET") == before
 
 
 def test_grid_sizes_follow_the_launchers():
