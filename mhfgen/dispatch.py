@@ -307,15 +307,9 @@ def _tuned(
     if not tuned_configs_enabled():
         return None
     index = index if index is not None else _index_for(device)
-    found = index.find([v.stem for v in variants], spec, tokens)
-    if (
-        found is not None
-        and found.source == "nearest"
-        and kernel in registry.OPS
-        and found.variant != variants[0].stem
-    ):
-        # a nearest tuned shape is the preferred variant's or none (the module doc, step 3)
-        found = index.find([variants[0].stem], spec, tokens)
+    # a nearest tuned shape is the preferred variant's or none (the module doc, step 3)
+    stems = [v.stem for v in variants]
+    found = index.find(stems, spec, tokens, nearest_of=stems[:1])
     if found is not None and (found.variant, spec, found.config, device) in _rejected:
         log.debug(
             "%s %s tokens=%d: the %s config failed earlier, using the heuristic",

@@ -8,7 +8,10 @@ dispatch order over the winners of the variants it is given (an op's usable vari
 
     1. 'exact'    a winner tuned at exactly this token count
     2. 'bucket'   a winner of the same shape bucket (nearest token count within it)
-    3. 'nearest'  the winner of the same spec on this GPU nearest in log2(tokens)
+    3. 'nearest'  the winner of the same spec on this GPU nearest in log2(tokens), of the
+                  variants `nearest_of` names (all given ones by default: the dispatcher
+                  passes an op's preferred variant, so a config tuned at other sizes is
+                  not carried over to a variant ranked below the one its heuristic runs)
 
 and returns None when none applies (the dispatcher then uses the built-in heuristic).
 At each step the user database wins over the shipped one; remaining ties go to the
@@ -118,9 +121,10 @@ class TunedIndex:
     def __len__(self) -> int:
         return sum(len(v) for v in self._entries.values())
 
-    def find(self, variants, spec: KernelSpec, tokens: int) -> Choice | None:
+    def find(self, variants, spec: KernelSpec, tokens: int, nearest_of=None) -> Choice | None:
         """The tuned choice for a call among the winners of `variants` (stems; one stem
-        as a str is one variant), or None (see the module doc for the order)."""
+        as a str is one variant), or None (see the module doc for the order).
+        `nearest_of`: the stems whose winners step 3 may take (default: `variants`)."""
         if isinstance(variants, str):
             variants = [variants]
         spec_fields = (
@@ -149,6 +153,10 @@ class TunedIndex:
                 same, key=lambda e: (e.rank, abs(e.tokens - tokens), e.ms, -e.tokens, e.variant)
             )
             return _choice(best, "bucket")
+        if nearest_of is not None:
+            entries = [e for e in entries if e.variant in nearest_of]
+            if not entries:
+                return None
         best = min(
             entries,
             key=lambda e: (bucket_distance(e.tokens, tokens), e.rank, -e.tokens, e.ms, e.variant),
