@@ -64,10 +64,13 @@ def tolerance(dtype: str | torch.dtype, grad: bool = False, numel: int | None = 
     # FP8 weights: measured against float64 on the dequantised weights, which the kernels
     # convert to the activations' dtype exactly (every e4m3 value is a bf16 and an fp16)
     fwd, bwd = TOLERANCES[FP8_WEIGHT_DTYPES.get(dtype, dtype)]
-    bar = bwd if grad else fwd
-    if numel:
-        bar *= 1.0 + 2.0 / (2.0 * numel) ** 0.5
-    return bar
+    return (bwd if grad else fwd) * small_tensor_allowance(numel)
+
+
+def small_tensor_allowance(numel: int | None) -> float:
+    """1 + 2 / sqrt(2 * numel): two standard errors of a relative Frobenius error over
+    `numel` elements (tolerance's docstring); 1 without `numel`."""
+    return 1.0 + 2.0 / (2.0 * numel) ** 0.5 if numel else 1.0
 
 
 def tolerance_for(
@@ -78,10 +81,9 @@ def tolerance_for(
     (`variant.quantises_activations`: FP8_ACTIVATIONS_BAR, with the same allowance for
     small tensors). `variant` is a registry entry (mhfgen.registry.Variant) or None (a
     kernel of the 16-bit bars: the dispatched op in a dtype without such a variant)."""
-    bar = tolerance(dtype, grad=grad, numel=numel)
     if grad or not getattr(variant, "quantises_activations", False):
-        return bar
-    return bar / tolerance(dtype) * FP8_ACTIVATIONS_BAR
+        return tolerance(dtype, grad=grad, numel=numel)
+    return FP8_ACTIVATIONS_BAR * small_tensor_allowance(numel)
 
 
 def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
