@@ -23,7 +23,8 @@ Config fields beyond the tiles (mhfgen.variants._triton):
                   program only prefetches its first num_stages * BLOCK_N rows of K, U and V
                   into L2 (see pdl_params), then waits (griddepcontrol.wait).
     unroll and evict_weights are the knobs of Helion's autotuned forward that this kernel
-    lacked; the tuner measures whether they pay per problem (not yet run on a GPU).
+    lacked; the tuner measures whether they pay per problem (docs/PERFORMANCE.md,
+    "Triton-language forward": unroll paid 1.09x in fp32 at 2048 tokens on an H200).
 
 Shared memory (fitted to Triton 3.6 on sm90, H200, bf16; docs/PERFORMANCE.md), with Dp the
 head_dim padded to its dot chunks and b the element size:
@@ -277,7 +278,8 @@ class FlashMhfFwd(_triton.TritonVariant):
         """All of a kv group's query heads per program; on a GPU, when the programs fill
         at most half the SMs (decode), inter_splits to fill one wave (two with FP8
         weights or more than one 16-row block) and the split reduction's loads unrolled.
-        pdl stays off: it has not been timed on a GPU (the tuner tries it on sm90+).
+        pdl stays off: on an H100 it gave no dependable gain at 1 to 64 tokens
+        (docs/SERVING.md); the tuner tries it on sm90+.
 
         The decode rules come from a sweep on an H100 (1.3B, 1 to 64 tokens, CUDA graphs;
         docs/PERFORMANCE.md, "Decode"): the best bf16 configs at 1 and 8 tokens were one
