@@ -14,6 +14,7 @@ import pytest
 from cases import CASES
 from sm90_compile import gluon_report
 
+from mhfgen.kernels.sm90 import SM90_REGISTERS
 from mhfgen.spec import KernelSpec
 from mhfgen.variants import flash_mhf_fwd_ws as ws
 
@@ -193,7 +194,7 @@ def test_gluon_leaves_decode_to_the_triton_forward():
 def test_gluon_register_cap_fits_every_warp_on_one_sm():
     for config in FAMILIES.values():
         warps = config.consumers * config.consumer_warps + 4
-        assert ws.max_registers(config) * 32 * warps <= ws.SM90_REGISTERS
+        assert ws.max_registers(config) * 32 * warps <= SM90_REGISTERS
 
 
 def test_persistent_configs_are_refused_until_their_wrong_outputs_are_understood():

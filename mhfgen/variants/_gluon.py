@@ -25,6 +25,7 @@ from ..kernels.plans import CachedLaunch
 from ..kernels.sm90 import (
     BACKWARD_BLOCK_N,
     BACKWARD_DTYPES,
+    SM90_REGISTERS,
     BackwardLaunch,
     CompileReport,
     backward_descriptors,
@@ -79,6 +80,90 @@ class GluonConfig(VariantConfig):
     def describe_sigmoid(self) -> str:
         """' {sigmoid}' away from the default 'tanh', else ''."""
         return f" {self.sigmoid}" if self.sigmoid != "tanh" else ""
+
+
+class ForwardConsumersConfig(GluonConfig):
+    """Base of the warp-specialised forwards' configs (flash_mhf_fwd_ws,
+    flash_mhf_fwd_fp8_ws): `consumers` partitions of `consumer_warps` warps each share the
+    weight tiles a one-warp producer loads; `group_heads` of them take heads of one kv
+    group, the others further token blocks; `pingpong` makes two consumers take turns
+    issuing their GEMMs. The fields are each config's own; the checks, geometry and
+    describe() built on them are shared here."""
+
+    #: (field, word) of the boolean fields describe() names where they are set, in order
+    describe_flags: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("pingpong", "pingpong"),
+        ("joint_scores", "joint"),
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        if self.consumers % self.group_heads:
+            raise ValueError(
+                f"{name}.group_heads={self.group_heads} must divide consumers={self.consumers}"
+            )
+        if self.pingpong and self.consumers != 2:
+            raise ValueError(f"{name}.pingpong needs consumers=2")
+
+    @property
+    def block_m(self) -> int:
+        """Rows per consumer: 16 per warp (the wgmma atom is 4 warps x 16 rows)."""
+        return 16 * self.consumer_warps
+
+    @property
+    def rows_per_program(self) -> int:
+        return self.block_m * self.consumers
+
+    def check_for(self, spec: KernelSpec) -> None:
+        """The shape-independent check: group_heads divides H / Hkv."""
+        if spec.group % self.group_heads:
+            raise ValueError(
+                f"group_heads={self.group_heads} must divide heads/kv_heads={spec.group}"
+            )
+
+    def describe(self) -> str:
+        text = (
+            f"BN{self.block_n} s{self.stages} {self.consumers}x{self.consumer_warps}w "
+            f"regs {self.producer_regs}/{self.consumer_regs}"
+        )
+        for flag, short in self.describe_flags:
+            if getattr(self, flag):
+                text += f" {short}"
+        if self.group_heads > 1:
+            text += f" gh{self.group_heads}"
+        return text + self.describe_sigmoid()
+
+
+def forward_registers(spec: KernelSpec, config: ForwardConsumersConfig) -> float:
+    """fp32 accumulator values per consumer thread of a warp-specialised forward: O
+    (BLOCK_M x D), S, G and the next tile's S, G (BLOCK_M x BLOCK_N each), over
+    32 * consumer_warps threads."""
+    return config.block_m * (spec.head_dim + 4 * config.block_n) / (32 * config.consumer_warps)
+
+
+def forward_max_registers(config: ForwardConsumersConfig) -> int:
+    """A warp-specialised forward's per-thread register cap: the SM's registers over every
+    warp of the block (the one-warp producer occupies a warpgroup), rounded down to 8."""
+    warps = config.consumers * config.consumer_warps + 4
+    return min(255, SM90_REGISTERS // (32 * warps)) // 8 * 8
+
+
+def forward_register_split_problems(config: ForwardConsumersConfig) -> list[str]:
+    """Why a warp-specialised forward's register split (setmaxnreg) does not fit an SM:
+    with two consumers both at consumer_regs (the first takes the same) beside the
+    producer's warpgroup at producer_regs."""
+    if config.consumers != 2:
+        return []
+    threads = 32 * config.consumer_warps
+    total = threads * 2 * config.consumer_regs + 128 * config.producer_regs
+    if total <= SM90_REGISTERS:
+        return []
+    return [
+        f"register split 2 x {threads} threads x {config.consumer_regs} + "
+        f"128 x {config.producer_regs} needs {total} registers "
+        f"(> {SM90_REGISTERS})"
+    ]
 
 
 class GluonBackwardConfig(GluonConfig):

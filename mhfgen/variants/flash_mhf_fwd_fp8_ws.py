@@ -51,7 +51,7 @@ from ..fp8 import transposed_v
 from ..kernels import sm90
 from ..kernels.buffers import empty
 from ..kernels.plans import CachedLaunch
-from ..kernels.sm90 import SM90_REGISTERS, SM90_SHARED_MEMORY
+from ..kernels.sm90 import SM90_SHARED_MEMORY
 from ..registry import register
 from ..spec import FP8_STORAGE, KernelSpec, dtype_name
 from ..validation import check_flash_mhf_inputs, check_weight_scales
@@ -67,7 +67,7 @@ HEAD_DIMS = (64, 128)
 
 
 @dataclass(frozen=True)
-class Fp8WsConfig(_gluon.GluonConfig):
+class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     """Launch parameters of flash_mhf_fwd_fp8_ws (its registry config type).
 
     block_n:        intermediate columns per weight tile (the ring slot's rows); divides
@@ -106,43 +106,6 @@ class Fp8WsConfig(_gluon.GluonConfig):
         consumer_warps=(4, 8),
         group_heads=(1, 2),
     )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.consumers % self.group_heads:
-            raise ValueError(
-                f"Fp8WsConfig.group_heads={self.group_heads} must divide consumers={self.consumers}"
-            )
-        if self.pingpong and self.consumers != 2:
-            raise ValueError("Fp8WsConfig.pingpong needs consumers=2")
-
-    @property
-    def block_m(self) -> int:
-        """Rows per consumer: 16 per warp (the wgmma atom is 4 warps x 16 rows)."""
-        return 16 * self.consumer_warps
-
-    @property
-    def rows_per_program(self) -> int:
-        return self.block_m * self.consumers
-
-    def check_for(self, spec: KernelSpec) -> None:
-        """The shape-independent check: group_heads divides H / Hkv."""
-        if spec.group % self.group_heads:
-            raise ValueError(
-                f"group_heads={self.group_heads} must divide heads/kv_heads={spec.group}"
-            )
-
-    def describe(self) -> str:
-        text = (
-            f"BN{self.block_n} s{self.stages} {self.consumers}x{self.consumer_warps}w "
-            f"regs {self.producer_regs}/{self.consumer_regs}"
-        )
-        for flag, short in (("pingpong", "pingpong"), ("joint_scores", "joint")):
-            if getattr(self, flag):
-                text += f" {short}"
-        if self.group_heads > 1:
-            text += f" gh{self.group_heads}"
-        return text + self.describe_sigmoid()
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,15 +154,7 @@ def config_problems(spec: KernelSpec, config: Fp8WsConfig) -> list[str]:
         problems.append(
             f"needs {shared_memory(spec, config)} bytes of shared memory (> {SM90_SHARED_MEMORY})"
         )
-    if config.consumers == 2:  # both consumers at consumer_regs (the first takes the same)
-        threads = 32 * config.consumer_warps
-        total = threads * 2 * config.consumer_regs + 128 * config.producer_regs
-        if total > SM90_REGISTERS:
-            problems.append(
-                f"register split 2 x {threads} threads x {config.consumer_regs} + "
-                f"128 x {config.producer_regs} needs {total} registers "
-                f"(> {SM90_REGISTERS})"
-            )
+    problems += _gluon.forward_register_split_problems(config)
     live = registers(spec, config)
     if live > 200:
         problems.append(f"{live:g} accumulator registers per consumer thread (> 200)")
@@ -219,17 +174,10 @@ def shared_memory(spec: KernelSpec, config: Fp8WsConfig) -> int:
     return q + ring + 8 * (3 * config.stages + 2 * config.consumers + 2) + SCRATCH_RESERVE
 
 
-def registers(spec: KernelSpec, config: Fp8WsConfig) -> float:
-    """fp32 accumulator values per consumer thread: O (BLOCK_M x D), S, G and the next
-    tile's S, G (BLOCK_M x BLOCK_N each), over 32 * consumer_warps threads."""
-    return config.block_m * (spec.head_dim + 4 * config.block_n) / (32 * config.consumer_warps)
-
-
-def max_registers(config: Fp8WsConfig) -> int:
-    """The launch's per-thread register cap: the SM's registers over every warp of the
-    block (the one-warp producer occupies a warpgroup), rounded down to 8."""
-    warps = config.consumers * config.consumer_warps + 4
-    return min(255, SM90_REGISTERS // (32 * warps)) // 8 * 8
+#: fp32 accumulator values per consumer thread; the launch's register cap (both as
+#: flash_mhf_fwd_ws's: the same partitions and accumulators)
+registers = _gluon.forward_registers
+max_registers = _gluon.forward_max_registers
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int = 0) -> Fp8WsConfig:

@@ -44,7 +44,7 @@ from .. import device as _device
 from ..kernels import sm90
 from ..kernels.buffers import empty
 from ..kernels.plans import CachedLaunch
-from ..kernels.sm90 import SM90_REGISTERS, SM90_SHARED_MEMORY
+from ..kernels.sm90 import SM90_SHARED_MEMORY
 from ..registry import register
 from ..spec import KernelSpec, dtype_name
 from ..tiling import Chunk, even_tiles, head_dim_chunks
@@ -60,7 +60,7 @@ DTYPES = ("bfloat16", "float16")
 
 
 @dataclass(frozen=True)
-class WsConfig(_gluon.GluonConfig):
+class WsConfig(_gluon.ForwardConsumersConfig):
     """Launch parameters of flash_mhf_fwd_ws (its registry config type, see
     mhfgen.variants.flash_mhf_fwd_ws).
 
@@ -102,6 +102,11 @@ class WsConfig(_gluon.GluonConfig):
     #: fields added after configs of this variant were stored: a stored or imported config
     #: without them means these values (whose generated code is the code it was tuned with)
     added_fields = {"joint_scores": False}
+    describe_flags = (
+        ("pingpong", "pingpong"),
+        ("persistent", "persistent"),
+        ("joint_scores", "joint"),
+    )
 
     choices = dict(
         block_n=(16, 32, 64, 128, 256),
@@ -110,24 +115,6 @@ class WsConfig(_gluon.GluonConfig):
         consumer_warps=(4, 8),
         group_heads=(1, 2),
     )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.consumers % self.group_heads:
-            raise ValueError(
-                f"WsConfig.group_heads={self.group_heads} must divide consumers={self.consumers}"
-            )
-        if self.pingpong and self.consumers != 2:
-            raise ValueError("WsConfig.pingpong needs consumers=2")
-
-    @property
-    def block_m(self) -> int:
-        """Rows per consumer: 16 per warp (the wgmma atom is 4 warps x 16 rows)."""
-        return 16 * self.consumer_warps
-
-    @property
-    def rows_per_program(self) -> int:
-        return self.block_m * self.consumers
 
     @classmethod
     def from_dict(cls, data: dict, partial: bool = False) -> WsConfig:
@@ -144,29 +131,6 @@ class WsConfig(_gluon.GluonConfig):
         if missing and not partial:
             raise ValueError(f"WsConfig: missing fields {missing}")
         return cls(**data)
-
-    def check_for(self, spec: KernelSpec) -> None:
-        """The shape-independent check: group_heads divides H / Hkv."""
-        if spec.group % self.group_heads:
-            raise ValueError(
-                f"group_heads={self.group_heads} must divide heads/kv_heads={spec.group}"
-            )
-
-    def describe(self) -> str:
-        text = (
-            f"BN{self.block_n} s{self.stages} {self.consumers}x{self.consumer_warps}w "
-            f"regs {self.producer_regs}/{self.consumer_regs}"
-        )
-        for flag, short in (
-            ("pingpong", "pingpong"),
-            ("persistent", "persistent"),
-            ("joint_scores", "joint"),
-        ):
-            if getattr(self, flag):
-                text += f" {short}"
-        if self.group_heads > 1:
-            text += f" gh{self.group_heads}"
-        return text + self.describe_sigmoid()
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,15 +179,7 @@ def config_problems(spec: KernelSpec, config: WsConfig) -> list[str]:
         problems.append(
             f"needs {shared_memory(spec, config)} bytes of shared memory (> {SM90_SHARED_MEMORY})"
         )
-    if config.consumers == 2:  # both consumers at consumer_regs (the first takes the same)
-        threads = 32 * config.consumer_warps
-        total = threads * 2 * config.consumer_regs + 128 * config.producer_regs
-        if total > SM90_REGISTERS:
-            problems.append(
-                f"register split 2 x {threads} threads x {config.consumer_regs} + "
-                f"128 x {config.producer_regs} needs {total} registers "
-                f"(> {SM90_REGISTERS})"
-            )
+    problems += _gluon.forward_register_split_problems(config)
     # accumulators per consumer thread: O (BLOCK_M x D), S, G and the next tile's S, G
     # (BLOCK_M x BLOCK_N each), over 32 * consumer_warps threads
     threads = 32 * config.consumer_warps
@@ -247,17 +203,9 @@ def shared_memory(spec: KernelSpec, config: WsConfig) -> int:
     return q + ring + 8 * (3 * config.stages + 2 * config.consumers + 2) + SCRATCH_RESERVE
 
 
-def registers(spec: KernelSpec, config: WsConfig) -> float:
-    """fp32 accumulator values per consumer thread: O (BLOCK_M x D), S, G and the next
-    tile's S, G (BLOCK_M x BLOCK_N each), over 32 * consumer_warps threads."""
-    return config.block_m * (spec.head_dim + 4 * config.block_n) / (32 * config.consumer_warps)
-
-
-def max_registers(config: WsConfig) -> int:
-    """The launch's per-thread register cap: the SM's registers over every warp of the
-    block (the one-warp producer occupies a warpgroup), rounded down to 8."""
-    warps = config.consumers * config.consumer_warps + 4
-    return min(255, SM90_REGISTERS // (32 * warps)) // 8 * 8
+#: fp32 accumulator values per consumer thread; the launch's register cap
+registers = _gluon.forward_registers
+max_registers = _gluon.forward_max_registers
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int = 0) -> WsConfig:
