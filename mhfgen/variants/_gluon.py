@@ -149,6 +149,24 @@ def forward_max_registers(config: ForwardConsumersConfig) -> int:
     return min(255, SM90_REGISTERS // (32 * warps)) // 8 * 8
 
 
+def forward_constexprs(config: ForwardConsumersConfig) -> dict:
+    """A warp-specialised forward kernel's constexprs: BLOCK_M (a consumer's rows) and
+    BLOCK_N, the ring's slots, the warps of a consumer and the register split."""
+    return dict(
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        STAGES=config.stages,
+        CONSUMER_WARPS=config.consumer_warps,
+        **config.register_constexprs(),
+    )
+
+
+def forward_launch_options(config: ForwardConsumersConfig) -> dict:
+    """A warp-specialised forward's launch options: a consumer's warps (the producer's
+    come from warp_specialize) and the register cap."""
+    return dict(num_warps=config.consumer_warps, maxnreg=forward_max_registers(config))
+
+
 def forward_register_split_problems(config: ForwardConsumersConfig) -> list[str]:
     """Why a warp-specialised forward's register split (setmaxnreg) does not fit an SM:
     with two consumers both at consumer_regs (the first takes the same) beside the

@@ -291,20 +291,9 @@ def descriptors(layouts: tuple, q2, k2, u2, v2, o2) -> list:
     ]
 
 
-def constexprs(config: WsConfig) -> dict:
-    """The kernel's constexprs: BLOCK_M (a consumer's rows) and BLOCK_N, the ring's slots,
-    the warps of a consumer and the register split."""
-    return dict(
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        STAGES=config.stages,
-        CONSUMER_WARPS=config.consumer_warps,
-        **config.register_constexprs(),
-    )
-
-
-def launch_options(config: WsConfig) -> dict:
-    return dict(num_warps=config.consumer_warps, maxnreg=max_registers(config))
+#: the kernel's constexprs and launch options (_gluon: shared by the warp-specialised forwards)
+constexprs = _gluon.forward_constexprs
+launch_options = _gluon.forward_launch_options
 
 
 # ---------------------------------------------------------------------------------------
