@@ -167,6 +167,14 @@ def forward_launch_options(config: ForwardConsumersConfig) -> dict:
     return dict(num_warps=config.consumer_warps, maxnreg=forward_max_registers(config))
 
 
+def forward_work_tiles(spec: KernelSpec, config: ForwardConsumersConfig, tokens: int) -> int:
+    """Programs of a warp-specialised forward's call, one work tile each:
+    (H / group_heads) head groups x token blocks of block_m * consumers / group_heads
+    tokens."""
+    tokens_per_tile = config.block_m * (config.consumers // config.group_heads)
+    return -(-tokens // tokens_per_tile) * (spec.heads // config.group_heads)
+
+
 def forward_register_split_problems(config: ForwardConsumersConfig) -> list[str]:
     """Why a warp-specialised forward's register split (setmaxnreg) does not fit an SM:
     with two consumers both at consumer_regs (the first takes the same) beside the

@@ -358,11 +358,8 @@ def _make_plan(q, k, u, v, r, scales, config) -> Fp8WsPlan:
     )
 
 
-def work_tiles(spec: KernelSpec, config: Fp8WsConfig, tokens: int) -> int:
-    """Programs of a call, one work tile each: (H / group_heads) head groups x token
-    blocks of block_m * consumers / group_heads tokens."""
-    tokens_per_tile = config.block_m * (config.consumers // config.group_heads)
-    return -(-tokens // tokens_per_tile) * (spec.heads // config.group_heads)
+#: programs of a call, one work tile each (_gluon.forward_work_tiles)
+work_tiles = _gluon.forward_work_tiles
 
 
 _launch = CachedLaunch(KERNEL, _make_plan, _run)
@@ -411,7 +408,7 @@ class FlashMhfFwdFp8Ws(_gluon.GluonVariant):
     flop_factor = 6
     outputs = ("o",)
     #: q and the activation tile are quantised to e4m3 in the kernel: its outputs meet
-    #: mhfgen.tolerances.FP8_ACTIVATIONS, and MHFGEN_FP8_ACTIVATIONS=0 leaves it out
+    #: mhfgen.tolerances.FP8_ACTIVATIONS_BAR, and MHFGEN_FP8_ACTIVATIONS=0 leaves it out
     quantises_activations = True
     model = _gluon.GluonModel(
         unsupported, config_problems, shared_memory, registers, default_config

@@ -380,11 +380,8 @@ def _make_plan(q, k, u, v, r, config) -> WsPlan:
     )
 
 
-def work_tiles(spec: KernelSpec, config: WsConfig, tokens: int) -> int:
-    """Work tiles of a call: (H / group_heads) head groups x token blocks of
-    block_m * consumers / group_heads tokens."""
-    tokens_per_tile = config.block_m * (config.consumers // config.group_heads)
-    return -(-tokens // tokens_per_tile) * (spec.heads // config.group_heads)
+#: programs of a call, one work tile each (_gluon.forward_work_tiles)
+work_tiles = _gluon.forward_work_tiles
 
 
 # ---------------------------------------------------------------------------------------
