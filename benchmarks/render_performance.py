@@ -172,20 +172,26 @@ def render(text: str, docs: dict[str, dict]) -> str:
     return SECTION.sub(replace, text)
 
 
+def measured_rows(rows: list[dict], what: str) -> list[dict]:
+    """The rows of an `mhfgen bench` run (its JSON, or a CSV's strings) that measured
+    something: status 'ok' and a TFLOP/s figure. ResultsError where none did, or where
+    they come from more than one GPU or torch/Triton version (`what` names the run)."""
+    rows = [r for r in rows if r["status"] == "ok" and r["tflops"] not in (None, "")]
+    if not rows:
+        raise ResultsError(f"the {what} document has no measured rows")
+    if len({(r["gpu"], r["torch"], r["triton"]) for r in rows}) > 1:
+        raise ResultsError(f"the {what} rows come from more than one GPU or version")
+    return rows
+
+
 def bench_table(bench_doc: dict, command: str) -> tuple[str, dict]:
     """(GPU, a results table) from an `mhfgen bench --json` document (mhfgen-bench/1):
     one row per problem shape, one column per method and pass, TFLOP/s with the time
     ratio against mhfgen's."""
     if bench_doc.get("format") != "mhfgen-bench/1":
         raise ResultsError(f"expected an mhfgen-bench/1 document, got {bench_doc.get('format')!r}")
-    rows = [r for r in bench_doc["rows"] if r["status"] == "ok" and r["tflops"] is not None]
-    if not rows:
-        raise ResultsError("the bench document has no measured rows")
+    rows = measured_rows(bench_doc["rows"], "bench")
     first = rows[0]
-    if {(r["gpu"], r["torch"], r["triton"]) for r in rows} != {
-        (first["gpu"], first["torch"], first["triton"])
-    }:
-        raise ResultsError("the bench rows come from more than one GPU or version")
     table = {
         "title": f"`mhfgen bench`, {first['dtype']}, TFLOP/s per method and pass.",
         "torch": first["torch"],
@@ -285,14 +291,8 @@ def compare_tables(rows: list[dict], command: str) -> tuple[str, dict[str, dict]
     benchmarks/bench_h200.py run (its table.csv or table.json): per shape, mhfgen's forward
     and forward + backward TFLOP/s and peak, each other method's forward + backward with its
     time over mhfgen's; and the FlashMHF layer against the SwiGLU layer."""
-    rows = [r for r in rows if r["status"] == "ok" and r["tflops"] not in (None, "")]
-    if not rows:
-        raise ResultsError("the comparison has no measured rows")
+    rows = measured_rows(rows, "comparison")
     first = rows[0]
-    if {(r["gpu"], r["torch"], r["triton"]) for r in rows} != {
-        (first["gpu"], first["torch"], first["triton"])
-    }:
-        raise ResultsError("the comparison rows come from more than one GPU or version")
 
     def find(shape, method, pass_):
         return next(
