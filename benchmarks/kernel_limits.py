@@ -20,19 +20,21 @@ import os
 import sys
 
 SMEM_PER_SM = 228 * 1024
-DQ_ROWS = 128  # tokens per flash_mhf_bwd_dq_ws program: two 64-row consumers
 
 
 def grid_size(spec, variant: str, tokens: int, config) -> int | None:
-    """Programs of one launch of the winner's kernel (None where it is not modelled here)."""
-    if variant in ("flash_mhf_bwd_dkv_ws", "flash_mhf_bwd_dkvt_ws"):
-        return spec.intermediate // config.block_n * spec.kv_heads * config.token_splits
-    if variant == "flash_mhf_bwd_dq_ws":
-        return math.ceil(tokens / DQ_ROWS) * spec.heads
-    if variant == "flash_mhf_fwd_ws":
-        from mhfgen.variants.flash_mhf_fwd_ws import work_tiles
+    """Programs of one launch of the winner's kernel, as its launcher sizes the grid
+    (None where it is not modelled here)."""
+    from mhfgen.tiling import cdiv
+    from mhfgen.variants import _gluon, flash_mhf_bwd_dq_ws
 
-        return work_tiles(spec, config, tokens)
+    if variant in ("flash_mhf_bwd_dkv_ws", "flash_mhf_bwd_dkvt_ws"):  # _gluon.GluonDkv
+        _, splits, _ = _gluon.token_split_plan(tokens, config)
+        return spec.intermediate // config.block_n * spec.kv_heads * splits
+    if variant == "flash_mhf_bwd_dq_ws":
+        return cdiv(tokens, flash_mhf_bwd_dq_ws.BLOCK_M) * spec.heads
+    if variant in ("flash_mhf_fwd_ws", "flash_mhf_fwd_fp8_ws"):
+        return _gluon.forward_work_tiles(spec, config, tokens)
     return None
 
 
