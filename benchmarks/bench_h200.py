@@ -1,12 +1,15 @@
 """The reference comparison on one GPU, in one process: `python3 benchmarks/bench_h200.py OUTDIR`.
 
-1. table: the 370M, 1.3B and (1024, 16, 64, 2816, 11) shapes at 16384 tokens (B=8, L=2048),
-   bf16, forward and forward + backward: the mhfgen op, the PyTorch reference,
-   torch.compile of it, the SwiGLU FFN of equal FLOPs; and the FlashMHF layer against the
-   SwiGLU layer of the same d_model and intermediate size. Where helion is installed, also
-   the Helion forward (mhfgen.peers.helion_fwd) after Helion's autotuner, whose effort and
-   per-shape time budget --helion-effort and --helion-budget set (its autotuning is not in
-   BUDGET_S's reckoning: three shapes take up to 3x the Helion budget more).
+1. table: the 370M, 1.3B, 1.3B with 4 kv heads, H16D64 (1024, 16, 64, 2816, 11) and 128M (D = 96)
+   shapes (--shapes picks some) at 16384 tokens (B=8, L=2048), bf16, forward and forward +
+   backward: the mhfgen op, the PyTorch reference, torch.compile of it, the SwiGLU FFN of
+   equal FLOPs; and the FlashMHF layer against the SwiGLU layer of the same d_model and
+   intermediate size (--methods picks some of these). With --authors-kernel PATH (or
+   MHFGEN_AUTHORS_KERNEL), also the paper authors' Triton kernel (mhfgen.peers.authors), a
+   file you fetch from their repository. Where helion is installed, also the Helion forward
+   (mhfgen.peers.helion_fwd) after Helion's autotuner, whose effort and per-shape time
+   budget --helion-effort and --helion-budget set (its autotuning is not in BUDGET_S's
+   reckoning: each shape takes up to the Helion budget more).
 2. sweep: the 1.3B shape over tokens (the 16384-token rows of step 1 are reused), the core
    methods but Helion (whose static shapes would autotune again per token count), both
    passes, plotted as TFLOP/s against tokens.
@@ -28,16 +31,23 @@ from pathlib import Path
 import torch
 
 from mhfgen import bench
-from mhfgen.peers import helion_fwd
+from mhfgen.peers import authors, helion_fwd
 from mhfgen.presets import PRESETS
 
 DTYPE = "bfloat16"
 TOKENS = 16384
 SWEEP_TOKENS = (2048, 4096, 8192, 32768)  # plus the 16384 of the table
 BUDGET_S = 300
-CORE = bench.methods_of("core", available_only=True, default_only=True)
 LAYER = bench.methods_of("layer")
-SWEEP = [m for m in CORE if m != "helion"]
+#: the methods without a forward + backward to sweep, or whose static shapes would
+#: autotune again at every token count
+NOT_SWEPT = ("helion",)
+
+
+def core_methods() -> list[str]:
+    """The core methods that can run here (the authors' only once --authors-kernel named a
+    file, so this is asked after the arguments are read)."""
+    return bench.methods_of("core", available_only=True, default_only=True)
 
 
 def shapes() -> dict[str, bench.BenchProblem]:
@@ -47,7 +57,12 @@ def shapes() -> dict[str, bench.BenchProblem]:
         out[name] = bench.BenchProblem(
             p.heads, p.kv_heads or p.heads, p.head_dim, p.intermediate, p.experts, DTYPE, TOKENS
         )
-    out["(1024, 16, 64, 2816, 11)"] = bench.BenchProblem(16, 16, 64, 2816, 11, DTYPE, TOKENS)
+    out["1.3B-kv4"] = bench.BenchProblem(16, 4, 128, 5632, 22, DTYPE, TOKENS)
+    out["H16D64"] = bench.BenchProblem(16, 16, 64, 2816, 11, DTYPE, TOKENS)
+    p = PRESETS["128M"]
+    out["128M"] = bench.BenchProblem(
+        p.heads, p.kv_heads or p.heads, p.head_dim, p.intermediate, p.experts, DTYPE, TOKENS
+    )
     return out
 
 
@@ -93,6 +108,7 @@ def summary_markdown(rows: list[bench.Row], names: dict[str, str]) -> str:
     ratios mhfgen/method (TFLOP/s, so above 1 means mhfgen is faster); then the layers."""
     r0 = rows[0]
     helion = any(r.method == "helion" for r in rows)
+    theirs = any(r.method == "authors" for r in rows)
     lines = [
         f"GPU {r0.gpu} (cc {r0.compute_capability}), torch {r0.torch}, triton {r0.triton}, "
         f"mhfgen {r0.mhfgen}, {r0.date}, {DTYPE}, {TOKENS} tokens (B=8, L=2048).",
@@ -101,12 +117,18 @@ def summary_markdown(rows: list[bench.Row], names: dict[str, str]) -> str:
         "",
         "TFLOP/s forward / forward + backward, peak MiB of forward + backward above the inputs:",
         "",
-        "| shape (d, H, D, I, E) | mhfgen | PyTorch naive | torch.compile of naive | "
-        "SwiGLU FFN (cuBLAS) |"
+        "| shape (d, H, D, I, E) | mhfgen |"
+        + (" authors' kernel |" if theirs else "")
+        + " PyTorch naive | torch.compile of naive | SwiGLU FFN (cuBLAS) |"
         + (" Helion, autotuned (forward only; its peak) |" if helion else ""),
-        "|---|---|---|---|---|" + ("---|" if helion else ""),
+        "|---|---|---|---|---|" + ("---|" if theirs else "") + ("---|" if helion else ""),
     ]
-    core = ["mhfgen", "torch", "torch_compile", "swiglu"] + (["helion"] if helion else [])
+    core = (
+        ["mhfgen"]
+        + (["authors"] if theirs else [])
+        + ["torch", "torch_compile", "swiglu"]
+        + (["helion"] if helion else [])
+    )
     for name, p in names.items():
         cells = [
             f"{_cell(rows, p, m)}, {_peak(rows, p, m, 'fwd' if m == 'helion' else 'fwdbwd')}"
@@ -118,9 +140,11 @@ def summary_markdown(rows: list[bench.Row], names: dict[str, str]) -> str:
         "",
         "mhfgen's speed over each method (method ms / mhfgen ms), forward / forward + backward:",
         "",
-        "| shape | vs naive | vs torch.compile | vs SwiGLU FFN |"
+        "| shape |"
+        + (" vs the authors' kernel |" if theirs else "")
+        + " vs naive | vs torch.compile | vs SwiGLU FFN |"
         + (" vs Helion (forward) |" if helion else ""),
-        "|---|---|---|---|" + ("---|" if helion else ""),
+        "|---|---|---|---|" + ("---|" if theirs else "") + ("---|" if helion else ""),
     ]
     for name, p in names.items():
         cells = [_cell(rows, p, m, "time_vs_mhfgen") for m in core[1:]]
@@ -158,6 +182,24 @@ def main() -> int:
         help=f"start no sweep point after this many seconds (default {BUDGET_S})",
     )
     ap.add_argument(
+        "--shapes",
+        default=",".join(shapes()),
+        help=f"comma list of the shapes to run (default: all of {', '.join(shapes())})",
+    )
+    ap.add_argument(
+        "--methods",
+        default=None,
+        help="comma list of the core and layer methods to run (default: every one that can "
+        "run here; mhfgen always runs, the ratios are taken against it)",
+    )
+    ap.add_argument(
+        "--authors-kernel",
+        metavar="PATH",
+        default=None,
+        help=f"the paper authors' Triton kernel file ({authors.SOURCE}), fetched by you "
+        f"(default: ${authors.ENV_VAR})",
+    )
+    ap.add_argument(
         "--helion-effort",
         choices=helion_fwd.EFFORTS,
         default=helion_fwd.AutotuneSettings.effort,
@@ -172,9 +214,28 @@ def main() -> int:
     )
     args = ap.parse_args()
     helion_fwd.configure(helion_fwd.AutotuneSettings(args.helion_effort, args.helion_budget))
+    if args.authors_kernel is not None:
+        if not Path(args.authors_kernel).is_file():
+            ap.error(f"--authors-kernel: no file {args.authors_kernel!r}")
+        authors.configure(args.authors_kernel)
     if not torch.cuda.is_available():
         print("bench_h200: needs a CUDA GPU", file=sys.stderr)
         return 2
+    chosen = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in shapes()]
+    if unknown or not chosen:
+        ap.error(f"--shapes: unknown {unknown}; known: {', '.join(shapes())}")
+    problems = {name: p for name, p in shapes().items() if name in chosen}
+    core, layer = core_methods(), LAYER
+    if args.methods is not None:
+        wanted = {m.strip() for m in args.methods.split(",") if m.strip()} | {"mhfgen"}
+        bad = sorted(wanted - set(core) - set(layer))
+        if bad:
+            ap.error(f"--methods: {bad} cannot run here; available: {', '.join(core + layer)}")
+        core = [m for m in core if m in wanted]
+        layer = [m for m in layer if m in wanted]
+    if "authors" in core:
+        print(f"bench_h200: the authors' kernel from {authors.kernel_path()}", file=sys.stderr)
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -185,8 +246,8 @@ def main() -> int:
         print(line, file=sys.stderr, flush=True)
         log.write(line + "\n")
 
-    names = {name: p.shape for name, p in shapes().items()}
-    table = bench.run_benchmarks(shapes().values(), CORE + LAYER, bench.PASSES, on_row=progress)
+    names = {name: p.shape for name, p in problems.items()}
+    table = bench.run_benchmarks(problems.values(), core + layer, bench.PASSES, on_row=progress)
     (out / "table.txt").write_text(bench.format_table(table) + "\n")
     bench.write_json(table, out / "table.json")
     bench.write_csv(table, out / "table.csv")
@@ -196,7 +257,17 @@ def main() -> int:
         summary += "\nHelion's autotuner:\n\n" + "".join(f"- {t}\n" for t in tunings)
     (out / "summary.md").write_text(summary)
 
+    if "1.3B" not in problems:
+        note = "\nsweep: not run (it sweeps the 1.3B shape, which --shapes left out)\n"
+        with open(out / "summary.md", "a") as f:
+            f.write(note)
+        log.close()
+        print(bench.format_table(table))
+        print()
+        print(summary + note)
+        return 0
     big = shapes()["1.3B"]
+    swept = [m for m in core if m not in NOT_SWEPT]
     sweep = [r for r in table if r.shape == big.shape and r.scope == "core"]
     skipped = []
     for tokens in SWEEP_TOKENS:
@@ -204,9 +275,9 @@ def main() -> int:
             skipped.append(tokens)
             continue
         sweep += bench.run_benchmarks(
-            [big.with_tokens(tokens)], SWEEP, bench.PASSES, on_row=progress
+            [big.with_tokens(tokens)], swept, bench.PASSES, on_row=progress
         )
-    sweep.sort(key=lambda r: (r.tokens, bench.PASSES.index(r.pass_), CORE.index(r.method)))
+    sweep.sort(key=lambda r: (r.tokens, bench.PASSES.index(r.pass_), core.index(r.method)))
     note = (
         f"\nsweep: skipped tokens {skipped} (over the {args.budget_s:.0f} s budget)\n"
         if skipped

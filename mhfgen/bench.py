@@ -13,7 +13,8 @@ Methods (a registry, `METHODS`; `register_method` adds one):
   `layer_swiglu` (the `SwiGLU` module of the same d_model and intermediate size).
 - optional peers, registered always and run only where they can (`Method.unavailable`):
   `helion`, a FlashMHF forward written in Helion after Helion's autotuner
-  (mhfgen.peers.helion_fwd), forward only (`Method.passes`).
+  (mhfgen.peers.helion_fwd), forward only (`Method.passes`); `authors`, the paper authors'
+  Triton kernel, forward and backward, from a file the user fetched (mhfgen.peers.authors).
 
 FLOPs (docs/CONTRACTS.md, section 5): the core and the SwiGLU FFN do 6*T*H*I*D = 6*T*d*I
 per forward; the FlashMHF layer adds its two d x d projections, 4*T*d^2 (the router and the
@@ -388,6 +389,46 @@ def _build_helion(p, pass_, device):
     return _core_case(helion_fwd.flash_mhf_fwd, p, pass_, device)
 
 
+def _authors_unavailable() -> str | None:
+    from .peers import authors
+
+    return authors.available()
+
+
+@register_method(
+    "authors",
+    "core",
+    "the paper authors' Triton kernel (mhfgen.peers.authors), from a file fetched from their "
+    "repository and named by --authors-kernel; bf16, power-of-two head dims; on a CUDA GPU",
+    unavailable=_authors_unavailable,
+)
+def _build_authors(p, pass_, device):
+    import torch
+
+    from .peers import authors
+
+    reason = authors.unsupported(p.dtype, p.head_dim, p.expert_dim)
+    if reason:
+        raise ValueError(reason)
+    grad = pass_ == "fwdbwd"
+    proj, k, u, v, r = core_inputs(p, device, grad)
+    q_t, r_t = authors.to_authors_layout(proj.view(p.batch, p.seqlen, p.heads, p.head_dim), r)
+    del proj, r
+    if not grad:
+
+        def run():
+            with torch.no_grad():
+                return authors.flash_mhf(q_t, k, u, v, r_t)
+
+        return Case(run, [])
+    do = _randn(q_t.shape, p, device)
+
+    def run_fwdbwd():
+        authors.flash_mhf(q_t, k, u, v, r_t).backward(do)
+
+    return Case(run_fwdbwd, [q_t, k, u, v, r_t])
+
+
 @register_method(
     "layer_mhfgen",
     "layer",
@@ -615,9 +656,11 @@ def measure(
     case, phase = None, "building inputs"
     try:
         case = method.build(p, pass_, device)
-        phase = "warm-up" + {"torch_compile": " (compilation)", "helion": " (autotuning)"}.get(
-            method.name, ""
-        )
+        phase = "warm-up" + {
+            "torch_compile": " (compilation)",
+            "helion": " (autotuning)",
+            "authors": " (its autotuning)",
+        }.get(method.name, "")
         case.run()
         timer.sync()
         phase = "peak memory run"

@@ -104,7 +104,8 @@ def test_an_mhfgen_bench_document_becomes_a_results_table(tmp_path):
 def test_a_comparison_run_becomes_the_comparison_and_layers_tables(tmp_path):
     """benchmarks/bench_h200.py's table.csv -> 'comparison' (mhfgen's forward, forward +
     backward and peak, each other method's forward + backward with its time over
-    mhfgen's) and 'layers' (the SwiGLU layer's times over the FlashMHF layer's)."""
+    mhfgen's, and the authors' kernel's forward as well) and 'layers' (the SwiGLU layer's
+    times over the FlashMHF layer's)."""
     import csv
 
     r = _renderer()
@@ -120,6 +121,9 @@ def test_a_comparison_run_becomes_the_comparison_and_layers_tables(tmp_path):
     rows = [
         dict(base, method="mhfgen", **{"pass": "fwd"}, tflops=700.2, median_ms=1.0),
         dict(base, method="mhfgen", **{"pass": "fwdbwd"}, tflops=370.0, median_ms=2.0),
+        dict(base, method="authors", **{"pass": "fwd"}, tflops=373.0, median_ms=1.88),
+        dict(base, method="authors", **{"pass": "fwdbwd"}, tflops=243.0, median_ms=3.05),
+        dict(base, method="torch_compile", **{"pass": "fwd"}, tflops=230.0, median_ms=3.0),
         dict(base, method="torch_compile", **{"pass": "fwdbwd"}, tflops=172.6, median_ms=4.3),
         dict(base, method="swiglu", **{"pass": "fwdbwd"}, status="oom", tflops="", median_ms=""),
         dict(base, method="layer_mhfgen", **{"pass": "fwd"}, tflops=650, median_ms=1.2),
@@ -141,6 +145,8 @@ def test_a_comparison_run_becomes_the_comparison_and_layers_tables(tmp_path):
         ("mhfgen fwd", 700, None),
         ("mhfgen fwd+bwd", 370, None),
         ("mhfgen fwd+bwd peak", 216, None),
+        ("authors' kernel fwd", 373, 1.88),
+        ("authors' kernel fwd+bwd", 243, 1.52),
         ("torch.compile fwd+bwd", 173, 2.15),
     ]
     assert {x["row"] for x in doc["tables"]["layers"]["rows"]} == {"1.3B"}

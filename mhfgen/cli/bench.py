@@ -1,6 +1,6 @@
 """`mhfgen bench`: the mhfgen op against the PyTorch reference, torch.compile of it, a
-SwiGLU FFN of equal FLOPs and, where Helion is installed, a Helion forward (and the FlashMHF
-layer against the SwiGLU layer), side by side."""
+SwiGLU FFN of equal FLOPs, and where they can run the paper authors' kernel and a Helion
+forward (and the FlashMHF layer against the SwiGLU layer), side by side."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ examples:
   mhfgen bench --preset 370M --tokens 2048,8192,16384 --json out.json --csv out.csv --plot out.png
   mhfgen bench --preset 1.3B --passes fwd --methods mhfgen,helion --helion-effort full \
                --helion-budget 300                       # needs helion (GPU)
+  mhfgen bench --preset 1.3B --authors-kernel flash_mlp_moe.py   # + the authors' kernel (GPU)
   mhfgen bench --heads 2 --head-dim 32 --intermediate 64 --experts 2 --tokens 64 \\
                --dtype float32 --methods mhfgen,torch     # without a GPU: the interpreter
   mhfgen bench --preset 1.3B --methods mhfgen,mhfgen_fp8 --passes fwd   # FP8 weights, prefill
@@ -31,6 +32,8 @@ DEFAULT_TOKENS = {"ops": "16384", "decode": "1,2,4,8,16,32,64"}
 
 def register(sub) -> None:
     from ..bench import FLOP_NOTE, METHODS, methods_of
+    from ..peers.authors import ENV_VAR as AUTHORS_ENV
+    from ..peers.authors import SOURCE as AUTHORS_SOURCE
     from ..peers.helion_fwd import EFFORTS, AutotuneSettings
 
     method_help = "; ".join(f"{name}: {m.description}" for name, m in METHODS.items())
@@ -43,8 +46,9 @@ def register(sub) -> None:
             "For a problem and each pass (forward; forward + backward), measure the "
             "median time, TFLOP/s and peak memory of the mhfgen op, the PyTorch "
             "reference, torch.compile of the reference and a SwiGLU FFN of equal "
-            "FLOPs (and, where helion is installed, a Helion forward after Helion's "
-            "autotuner), side by side in one run, with ratios against mhfgen. "
+            "FLOPs (and, where they can run, the paper authors' Triton kernel from a "
+            "file you fetched, and a Helion forward after Helion's autotuner), side by "
+            "side in one run, with ratios against mhfgen. "
             + FLOP_NOTE
             + " Without a GPU, tiny problems run through Triton's interpreter and "
             "the timings are labelled as such.",
@@ -112,6 +116,13 @@ def register(sub) -> None:
         f"config so far then (default {AutotuneSettings.budget_s})",
     )
     p.add_argument(
+        "--authors-kernel",
+        metavar="PATH",
+        default=None,
+        help="the paper authors' Triton kernel file (" + AUTHORS_SOURCE + "), fetched by "
+        "you: adds the method authors to the default methods (default: $" + AUTHORS_ENV + ")",
+    )
+    p.add_argument(
         "--repeat",
         type=int,
         default=3,
@@ -176,8 +187,12 @@ def run(args) -> int:
     if args.suite == "decode":
         return _run_decode(args, tokens)
     passes = _comma_list("--passes", args.passes, bench.PASSES)
-    from ..peers import helion_fwd
+    from ..peers import authors, helion_fwd
 
+    if args.authors_kernel is not None:
+        if not Path(args.authors_kernel).is_file():
+            raise CommandError(f"--authors-kernel: no file {args.authors_kernel!r}")
+        authors.configure(args.authors_kernel)
     if args.methods is None:
         methods = bench.methods_of("core", available_only=True, default_only=True)
     else:
