@@ -377,7 +377,10 @@ def add_compare(path: Path, folder: Path = RESULTS) -> Path:
     else:
         rows = json.loads(path.read_text())
         rows = rows["rows"] if isinstance(rows, dict) else rows
-    gpu, tables = compare_tables(rows, "python3 benchmarks/bench_h200.py OUT")
+    command = "python3 benchmarks/bench_h200.py OUT"
+    if any(r.get("method") == "authors" for r in rows):
+        command += " --authors-kernel flash_mlp_moe.py"
+    gpu, tables = compare_tables(rows, command)
     return _write_tables(gpu, tables, folder)
 
 
