@@ -136,6 +136,32 @@ def test_first_launch_jit_then_the_binary_with_jits_positional_arguments(cuda):
     assert kernel.compiled.runs == [expected, expected]
 
 
+class FakeDescriptor:
+    """A host-side TMA descriptor (Gluon's TensorDescriptor) as the launch path sees it:
+    its base tensor."""
+
+    def __init__(self, base) -> None:
+        self.base = base
+
+
+def test_descriptors_reach_the_binary_as_they_are(cuda):
+    """Gluon kernels take TMA descriptors: their base tensors stand for them in the device
+    and alignment checks, and the binary gets the descriptor objects, which its launcher
+    encodes per call (as on the JIT path)."""
+    kernel, launch = _launch()
+    da, db = FakeDescriptor(FakeCuda(4096)), FakeDescriptor(FakeCuda(8192))
+    out = FakeCuda(1 << 20)
+    launch(da, db, out)
+    launch(da, db, out)
+    assert kernel.jit_calls == [((5, 2, 1), (da, db, out, 96, 37), META)]
+    (run,) = kernel.compiled.runs
+    assert run[9:12] == (da, db, out)
+    launch(FakeDescriptor(FakeCuda(4096 + 2)), db, out)  # a misaligned base
+    assert len(kernel.jit_calls) == 2 and len(kernel.compiled.runs) == 1
+    launch(FakeDescriptor(FakeCuda(4096, device=1)), db, out)  # on another device
+    assert cuda["guards"] == [1]
+
+
 def test_misaligned_pointer_takes_the_jit_path(cuda):
     kernel, launch = _launch()
     aligned = (FakeCuda(4096), FakeCuda(8192), FakeCuda(16384))

@@ -22,7 +22,11 @@ DIRECT_LAUNCH = triton.__version__.startswith(DIRECT_LAUNCH_TRITON) and not JIT_
 
 class DirectLaunch:
     """One kernel launch of a launch plan: kernel, grid, the arguments after the tensors
-    and the launch options fixed; the tensors given per call, `launch(*tensors)`.
+    and the launch options fixed; the tensors given per call, `launch(*tensors)`. A
+    per-call argument may also be a host-side TMA descriptor (the Gluon kernels' q, k, u,
+    v and output tiles): its base tensor stands for it in the checks below, and the
+    binary's launcher encodes the descriptor from it on every call, as it does on the JIT
+    path.
 
     `kernel[grid](*args, **meta)` (JITFunction.run) binds and specialises every argument
     and builds launch metadata on every call, 10 to 30 us of Python per launch on an H200
@@ -57,10 +61,11 @@ class DirectLaunch:
         self.compiled = None  # the CompiledKernel of the first aligned CUDA launch
         self.device = -1  # the CUDA device of the tensors of that launch
 
-    def __call__(self, *tensors: torch.Tensor) -> None:
-        other = foreign_device(tensors[0])
+    def __call__(self, *tensors) -> None:
+        first = _tensor_of(tensors[0])
+        other = foreign_device(first)
         if other is None:  # no context manager on the common path: it is the hot one
-            self._launch(tensors, tensors[0].get_device())
+            self._launch(tensors, first.get_device())
         else:
             with torch.cuda.device(other):
                 self._launch(tensors, other)
@@ -71,7 +76,7 @@ class DirectLaunch:
         ptrs = 0
         if device >= 0:
             for t in tensors:
-                ptrs |= t.data_ptr()
+                ptrs |= _tensor_of(t).data_ptr()
         if compiled is not None and not ptrs & 15 and _no_launch_hooks():
             g0, g1, g2 = self.grid
             compiled.run(
@@ -108,6 +113,12 @@ class DirectLaunch:
         bound = self.kernel.signature.bind(*tensors, *self.args, **params)
         bound.apply_defaults()
         return tuple(bound.arguments.values())[len(tensors) :]
+
+
+def _tensor_of(arg) -> torch.Tensor:
+    """The tensor behind a per-call argument: the argument itself, or the base tensor of a
+    host-side TMA descriptor (a Gluon TensorDescriptor, whose `base` holds its address)."""
+    return arg if type(arg) is torch.Tensor else getattr(arg, "base", arg)
 
 
 def foreign_device(t: torch.Tensor) -> int | None:

@@ -39,7 +39,7 @@ from .. import reference
 from ..spec import INTERPRETER
 from ..tiling import cdiv
 from .buffers import empty
-from .launch import DirectLaunch, on_device_of
+from .launch import DirectLaunch
 from .plans import plan_cache, remember, signature
 
 #: the router's epsilon, baked into the kernels (the norm's, eps, is an argument)
@@ -513,6 +513,41 @@ def norm_router_bwd(
     `launch` overrides any of block_t, num_warps, splits (programs per head), precision
     ("ieee", "tf32x3" or "tf32") for experiments (benchmarks/norm_router_check.py --sweep).
     """
+    if launch:
+        plan = _bwd_plan(q, norm_weight, w_router, dqn, dr, launch, eps)
+        return _bwd_run(plan, q, norm_weight, w_router, dqn, dr)
+    try:
+        key = (
+            signature(q),
+            None if norm_weight is None else signature(norm_weight),
+            signature(w_router),
+            None if dqn is None else signature(dqn),
+            None if dr is None else signature(dr),
+            eps,
+        )
+    except AttributeError:  # not a tensor: the checks' TypeError names it
+        _check(q, norm_weight, w_router)
+        raise
+    plan = _bwd_plans.get(key)
+    if plan is None:
+        plan = remember(_bwd_plans, key, _bwd_plan(q, norm_weight, w_router, dqn, dr, eps=eps))
+    return _bwd_run(plan, q, norm_weight, w_router, dqn, dr)
+
+
+@dataclass(frozen=True)
+class BwdPlan:
+    """What a norm_router_bwd call's signature decides, computed once."""
+
+    part_shapes: tuple  # the fp32 partials' shapes: (SPLITS, H, D, E), (SPLITS, H, D) or None
+    launch: DirectLaunch | None  # None when there are no tokens or heads
+
+
+_bwd_plans = plan_cache()
+
+
+def _bwd_plan(
+    q, norm_weight, w_router, dqn, dr, launch: dict | None = None, eps: float = reference.RMS_EPS
+) -> BwdPlan:
     B, L, H, D, E = _check(q, norm_weight, w_router)
     if dqn is not None and tuple(dqn.shape) != (B, L, H, D):
         raise ValueError(f"dqn must have q's shape {tuple(q.shape)}, got {tuple(dqn.shape)}")
@@ -520,11 +555,8 @@ def norm_router_bwd(
         raise ValueError(f"dr must be (B, L, H, E) = {(B, L, H, E)}, got {tuple(dr.shape)}")
     T = B * L
     has_norm = norm_weight is not None
-    dq = empty(q.shape, q.dtype, q.device)
     if T == 0 or H == 0:
-        dq.zero_()
-        dnw = torch.zeros_like(norm_weight) if has_norm else None
-        return dq, dnw, torch.zeros_like(w_router)
+        return BwdPlan((), None)
     d_pad, e_pad = _pad(D), _pad(E)
     launch = {**backward_launch(q.dtype, d_pad, e_pad, _interpreting(q.device)), **(launch or {})}
     block_t = launch["block_t"]
@@ -534,34 +566,48 @@ def norm_router_bwd(
     )
     tokens_per_split = cdiv(blocks, splits) * block_t
     splits = cdiv(T, tokens_per_split)  # every program has tokens
-    dwr_part = empty((splits, H, D, E), torch.float32, q.device)
-    dw_part = empty((splits, H, D), torch.float32, q.device) if has_norm else dwr_part
-    nw, nw_strides, wr_strides = _weight_args(norm_weight, w_router)
-    dqn_arg = dqn if dqn is not None else q
-    dr_arg = dr if dr is not None else dwr_part
+    _, nw_strides, wr_strides = _weight_args(norm_weight, w_router)
     dqn_strides = dqn.stride() if dqn is not None else (0, 0, 0, 0)
     dr_strides = dr.stride() if dr is not None else (0, 0, 0, 0)
-    with on_device_of(q):  # Triton launches on the current device
-        norm_router_bwd_kernel[(splits, H)](
-            q,
-            nw,
-            w_router,
-            dqn_arg,
-            dr_arg,
-            dq,
-            dw_part,
-            dwr_part,
-            T,
-            L,
-            tokens_per_split,
-            float(eps),
-            *q.stride(),
-            *nw_strides,
-            *wr_strides,
-            *dqn_strides,
-            *dr_strides,
-            **_meta(H, D, E, has_norm, launch, HAS_DQN=dqn is not None, HAS_DR=dr is not None),
-        )
+    scalars = (
+        T,
+        L,
+        tokens_per_split,
+        float(eps),
+        *q.stride(),
+        *nw_strides,
+        *wr_strides,
+        *dqn_strides,
+        *dr_strides,
+    )
+    meta = _meta(H, D, E, has_norm, launch, HAS_DQN=dqn is not None, HAS_DR=dr is not None)
+    return BwdPlan(
+        ((splits, H, D, E), (splits, H, D) if has_norm else None),
+        DirectLaunch(norm_router_bwd_kernel, (splits, H), scalars, meta),
+    )
+
+
+def _bwd_run(plan: BwdPlan, q, norm_weight, w_router, dqn, dr):
+    """Allocate dq and the fp32 partials, launch, and sum the partials over the splits."""
+    has_norm = norm_weight is not None
+    dq = empty(q.shape, q.dtype, q.device)
+    if plan.launch is None:
+        dq.zero_()
+        dnw = torch.zeros_like(norm_weight) if has_norm else None
+        return dq, dnw, torch.zeros_like(w_router)
+    dwr_shape, dw_shape = plan.part_shapes
+    dwr_part = empty(dwr_shape, torch.float32, q.device)
+    dw_part = empty(dw_shape, torch.float32, q.device) if has_norm else dwr_part
+    plan.launch(
+        q,
+        norm_weight if has_norm else w_router,
+        w_router,
+        dqn if dqn is not None else q,
+        dr if dr is not None else dwr_part,
+        dq,
+        dw_part,
+        dwr_part,
+    )
     dw_router = dwr_part.sum(0).to(w_router.dtype)
     dnorm_weight = dw_part.sum(0).to(norm_weight.dtype) if has_norm else None
     return dq, dnorm_weight, dw_router

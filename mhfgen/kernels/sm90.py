@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..tiling import even_tiles, pow2_ceil
+from .launch import DirectLaunch
 
 #: dynamic shared memory a block may allocate on sm90 (227 KiB)
 SM90_SHARED_MEMORY = 232448
@@ -100,11 +101,13 @@ def backward_resource_problems(
 class BackwardLaunch:
     """One launch of a Gluon backward kernel, whose arguments are the descriptors of q and
     dO (rows) and of k, u, v (weights), r, the outputs, then fixed scalars and
-    constexprs: the descriptors are built per call over the tensors, the rest fixed."""
+    constexprs: the descriptors are built per call over the tensors, the rest fixed, and
+    the launch after the first calls the compiled binary (kernels.launch.DirectLaunch)."""
 
     def __init__(self, kernel, grid: tuple, scalars: tuple, meta: dict, layouts: dict) -> None:
         self.kernel, self.grid, self.scalars, self.meta = kernel, grid, scalars, meta
         self.rows_layout, self.weights_layout = layouts["rows"], layouts["weights"]
+        self.launch = DirectLaunch(kernel, grid, scalars, meta)
 
     def arguments(self, q, k, u, v, r, do, *outputs) -> tuple:
         """The kernel's positional arguments for one call."""
@@ -119,8 +122,7 @@ class BackwardLaunch:
 
     def __call__(self, q, k, u, v, r, do, *outputs) -> None:
         args = self.arguments(q, k, u, v, r, do, *outputs)
-        with torch.cuda.device(q.device):
-            self.kernel[self.grid](*args, **self.meta)
+        self.launch(*args[: len(args) - len(self.scalars)])  # the scalars are the launch's own
 
 
 def gluon_dtype(spec):

@@ -50,6 +50,7 @@ from .. import device as _device
 from ..fp8 import transposed_v
 from ..kernels import sm90
 from ..kernels.buffers import empty
+from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
 from ..kernels.sm90 import SM90_SHARED_MEMORY
 from ..registry import register
@@ -280,6 +281,7 @@ class Fp8WsPlan:
     layouts: tuple  # descriptor_layouts(spec, config)
     scalars: tuple  # r's strides, seqlen, tokens
     meta: dict  # constexprs and launch options
+    launch: DirectLaunch | None = None  # the kernel's launch (after its first, the binary's)
 
 
 def flash_mhf_fwd_fp8_ws(
@@ -313,8 +315,8 @@ def _run(plan: Fp8WsPlan, q, k, u, v, r, scales) -> torch.Tensor:
     o = empty(q.shape, q.dtype, q.device)
     if plan.kernel is None:
         return o
-    with torch.cuda.device(q.device):
-        plan.kernel[plan.grid](*arguments(plan, q, k, u, v, r, scales, o), **plan.meta)
+    args = arguments(plan, q, k, u, v, r, scales, o)
+    plan.launch(*args[: len(args) - len(plan.scalars)])  # the scalars are the launch's own
     return o
 
 
@@ -347,14 +349,19 @@ def _make_plan(q, k, u, v, r, scales, config) -> Fp8WsPlan:
     tokens = B * L
     if tokens == 0:
         return Fp8WsPlan(spec, config, None, (), (), (), {})
+    kernel = load_kernel(spec, config)
+    grid = (work_tiles(spec, config, tokens),)
+    scalars = (*r.stride(), L, tokens)
+    meta = {**constexprs(config), **launch_options(config)}
     return Fp8WsPlan(
         spec,
         config,
-        load_kernel(spec, config),
-        (work_tiles(spec, config, tokens),),
+        kernel,
+        grid,
         descriptor_layouts(spec, config),
-        (*r.stride(), L, tokens),
-        {**constexprs(config), **launch_options(config)},
+        scalars,
+        meta,
+        DirectLaunch(kernel, grid, scalars, meta),
     )
 
 

@@ -43,6 +43,7 @@ from .. import codegen
 from .. import device as _device
 from ..kernels import sm90
 from ..kernels.buffers import empty
+from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
 from ..kernels.sm90 import SM90_SHARED_MEMORY
 from ..registry import register
@@ -315,6 +316,7 @@ class WsPlan:
     layouts: tuple  # descriptor_layouts(spec, config)
     scalars: tuple  # r's strides, seqlen, tokens, work tiles
     meta: dict  # constexprs and launch options
+    launch: DirectLaunch | None = None  # the kernel's launch (after its first, the binary's)
 
 
 def flash_mhf_fwd_ws(
@@ -338,8 +340,8 @@ def _run(plan: WsPlan, q, k, u, v, r) -> torch.Tensor:
     o = empty(q.shape, q.dtype, q.device)
     if plan.kernel is None:
         return o
-    with torch.cuda.device(q.device):
-        plan.kernel[plan.grid](*arguments(plan, q, k, u, v, r, o), **plan.meta)
+    args = arguments(plan, q, k, u, v, r, o)
+    plan.launch(*args[: len(args) - len(plan.scalars)])  # the scalars are the launch's own
     return o
 
 
@@ -369,14 +371,18 @@ def _make_plan(q, k, u, v, r, config) -> WsPlan:
         return WsPlan(spec, config, None, (), (), (), {})
     tiles = work_tiles(spec, config, tokens)
     grid = (min(tiles, _device.sm_count(q.device)) if config.persistent else tiles,)
+    kernel = load_kernel(spec, config)
+    scalars = (*r.stride(), L, tokens, tiles)
+    meta = {**constexprs(config), **launch_options(config)}
     return WsPlan(
         spec,
         config,
-        load_kernel(spec, config),
+        kernel,
         grid,
         descriptor_layouts(spec, config),
-        (*r.stride(), L, tokens, tiles),
-        {**constexprs(config), **launch_options(config)},
+        scalars,
+        meta,
+        DirectLaunch(kernel, grid, scalars, meta),
     )
 
 
