@@ -63,3 +63,30 @@ def test_bad_input_is_not_cached(monkeypatch):
             assert "r must have shape" in str(exc)
         else:
             raise AssertionError("bad r was accepted")
+
+
+def test_the_backward_form_is_decided_once_per_signature(monkeypatch):
+    """mhfgen.kernels.backward keeps its decision (one pass, the split pair as dispatched,
+    or a deterministic dK/dU/dV config) per call signature: a repeated call does not ask
+    the dispatcher again, whichever the decision (the split pair's once read as a miss)."""
+    from mhfgen.kernels import dispatched
+
+    dispatch.clear_cache()
+    calls = []
+    original = dispatched._backward_plan
+
+    def counting(*args):
+        calls.append(args[-1])
+        return original(*args)
+
+    monkeypatch.setattr(dispatched, "_backward_plan", counting)
+    q, k, u, v, r, do = make_inputs(CASE, torch.float32, "cpu")
+    first = dispatched.backward(q, k, u, v, r, do)
+    second = dispatched.backward(q, k, u, v, r, do)
+    assert calls == [False]
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b)
+    monkeypatch.setenv("MHFGEN_DETERMINISTIC", "1")
+    dispatched.backward(q, k, u, v, r, do)
+    dispatched.backward(q, k, u, v, r, do)
+    assert calls == [False, True]

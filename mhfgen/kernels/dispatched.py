@@ -25,7 +25,7 @@ import dataclasses
 import torch
 
 from .. import registry
-from ..dispatch import FUSED, backward_form, deterministic_requested, explain_choice
+from ..dispatch import FUSED, SPLIT, backward_form, deterministic_requested, explain_choice
 from ..env import flag
 from ..validation import check_flash_mhf_inputs
 from .configs import first_launch, spec_of
@@ -96,7 +96,7 @@ def backward(q, k, u, v, r, do) -> tuple[torch.Tensor, ...]:
         return run_op("bwd", q, k, u, v, r, do)
 
     def dkv():
-        if plan is None:
+        if plan is SPLIT:
             return run_op("bwd_dkv", q, k, u, v, r, do)
         launcher, config = plan  # deterministic: this dK/dU/dV config, token splits off
         return launcher(q, k, u, v, r, do, config=config)
@@ -135,15 +135,16 @@ def _side_stream(device: torch.device):
 
 
 def _backward_plan(q, k, u, v, r, do, deterministic: bool):
-    """FUSED; None (the split pair as dispatched); or (launcher, config) of a dK/dU/dV
-    variant whose dispatched config is made deterministic (token_splits=1)."""
+    """FUSED; SPLIT (the split pair as dispatched); or (launcher, config) of a dK/dU/dV
+    variant whose dispatched config is made deterministic (token_splits=1). Never None:
+    the plan cache takes None for a miss."""
     problem = check_flash_mhf_inputs(q, k, u, v, r)
     spec = spec_of(problem, q, k)
     form = backward_form(spec, problem.tokens, q.device, deterministic)
     if form == FUSED:
         return FUSED
     if not deterministic:
-        return None
+        return SPLIT
     choice = explain_choice("bwd_dkv", spec, problem.tokens, q.device)
     config = choice.config
     if getattr(config, "token_splits", 1) > 1:

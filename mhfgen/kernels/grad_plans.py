@@ -63,8 +63,12 @@ def run_dkv_plan(
         k, u, v = k.contiguous(), u.contiguous(), v.contiguous()
     if plan.copy_do:
         do = do.to(q.dtype).contiguous()
-    # three separate buffers: outputs of a custom op may not alias each other
-    if plan.atomic:
+    # three separate buffers: outputs of a custom op may not alias each other (atomic
+    # partial sums in 16 bits are converted into new tensors below, so there one zeroed
+    # fp32 buffer serves all three: one fill instead of three)
+    if plan.atomic and k.dtype != torch.float32:
+        grads = list(torch.zeros((3, *k.shape), dtype=torch.float32, device=k.device))
+    elif plan.atomic:
         grads = [torch.zeros(k.shape, dtype=torch.float32, device=k.device) for _ in range(3)]
     else:
         grads = [empty(k.shape, k.dtype, k.device) for _ in range(3)]
