@@ -21,7 +21,9 @@ more than the whole fused core needs. Here only q (its own dtype) is saved, by b
   with use_kernels=True): two fused Triton kernels (mhfgen.kernels.norm_router), one
   launch each way, behind the custom ops `mhfgen::norm_router` and
   `mhfgen::norm_router_backward` (fake implementations for tracing, registered autograd;
-  torch.compile(fullgraph=True) sees them as opaque calls). The backward recomputes the
+  torch.compile(fullgraph=True) sees them as opaque calls); eager calls skip the ops'
+  dispatch (no gradient: the launcher alone; gradients: the same launchers through a
+  torch.autograd.Function, mhfgen.ops.eager_autograd_call). The backward recomputes the
   forward per block of tokens in registers; its only fp32 temporaries are the weight
   gradients' partial sums, (SPLITS, H, D, E) and (SPLITS, H, D). Without a norm weight the
   forward op returns an empty tensor in qn's place (custom ops cannot return None nor an
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops import plain_eager_call
+from .ops import eager_autograd_call, plain_eager_call
 from .reference import RMS_EPS, ROUTER_EPS
 
 #: tokens per chunk: fp32 temporaries of (CHUNK, H, D) elements
@@ -207,6 +209,30 @@ def _backward(ctx, dqn, dr):
 _norm_router_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _NormRouterKernels(torch.autograd.Function):
+    """norm_router's eager autograd on the kernels (mhfgen.ops.eager_autograd_call): the
+    launchers of the ops `mhfgen::norm_router` forward and `mhfgen::norm_router_backward`
+    backward, without the ops' dispatch. Returns (qn, R), or (R,) without norm_weight."""
+
+    @staticmethod
+    def forward(ctx, q, norm_weight, w_router, eps):
+        from .kernels.norm_router import norm_router_fwd
+
+        qn, r = norm_router_fwd(q, norm_weight, w_router, eps=eps)
+        ctx.has_norm, ctx.eps = norm_weight is not None, eps
+        ctx.save_for_backward(q, norm_weight, w_router)
+        return (qn, r) if ctx.has_norm else (r,)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        from .kernels.norm_router import norm_router_bwd
+
+        q, norm_weight, w_router = ctx.saved_tensors
+        dqn, dr = grads if ctx.has_norm else (None, grads[0])
+        dq, dnw, dwr = norm_router_bwd(q, norm_weight, w_router, dqn, dr, eps=ctx.eps)
+        return dq, dnw, dwr, None
+
+
 def _kernels_apply(q, norm_weight, w_router, use_kernels) -> bool:
     if use_kernels is False:
         return False
@@ -239,6 +265,9 @@ def norm_router(
             from .kernels.norm_router import norm_router_fwd
 
             return norm_router_fwd(q, norm_weight, w_router, eps=eps)
+        if eager_autograd_call(q, norm_weight, w_router):  # no op dispatch either way
+            out = _NormRouterKernels.apply(q, norm_weight, w_router, eps)
+            return out if norm_weight is not None else (q, out[0])
         qn, r = _norm_router_op(q, norm_weight, w_router, eps)
         return (qn if norm_weight is not None else q), r
     if norm_weight is None:

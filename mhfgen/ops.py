@@ -100,6 +100,47 @@ def plain_eager_call(*tensors: Tensor | None) -> bool:
     return True
 
 
+def eager_autograd_call(*tensors: Tensor | None) -> bool:
+    """Whether a call that wants gradients may run through a torch.autograd.Function
+    instead of its custom op: nothing traces or transforms it (as in plain_eager_call) and
+    every argument is a plain torch.Tensor, an nn.Parameter or None.
+
+    The custom op's registered autograd costs on the order of 100 us of Python a call
+    between its forward and its backward (its boxed dispatch, argument schema handling and
+    the generated backward node), several times the launches it wraps; a small model's
+    training step is bound by that host time. The Function runs the same launchers in
+    both directions, so values and gradients are the op's; under torch.compile,
+    torch.export, jit tracing, dispatch modes and functorch transforms the op still runs,
+    which is what those need (a graph node with a fake implementation)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if _dispatch_modes is None or _functorch_active is None:
+        return False
+    if _dispatch_modes() or _functorch_active():
+        return False
+    return all(t is None or type(t) in _PLAIN_TYPES for t in tensors)
+
+
+#: the argument types eager_autograd_call accepts
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+class _FlashMhfFunction(torch.autograd.Function):
+    """flash_mhf's eager autograd (eager_autograd_call): the launchers of the op
+    `mhfgen::flash_mhf` forward and of `mhfgen::flash_mhf_backward` backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, u, v, r):
+        ctx.save_for_backward(q, k, u, v, r)
+        return forward(q, k, u, v, r)
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, u, v, r = ctx.saved_tensors
+        dq, dr, dk, du, dv = backward(q, k, u, v, r, do)
+        return dq, dk, du, dv, dr
+
+
 def flash_mhf(q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor) -> Tensor:
     """FlashMHF core through the generated Triton kernels, differentiable.
 
@@ -112,7 +153,9 @@ def flash_mhf(q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor) -> Tensor:
     Triton's interpreter (float32 and float16 only: bfloat16 there is a TypeError, as the
     interpreter computes it wrongly). Bad input raises ValueError/TypeError before any
     kernel runs.
-    Eager calls that need no gradient skip the custom op's dispatch (see plain_eager_call).
+    Eager calls that need no gradient skip the custom op's dispatch (see plain_eager_call);
+    eager calls that need one run the same launchers through a torch.autograd.Function
+    (see eager_autograd_call); traced, compiled and transformed calls run the custom op.
     """
     # a view whose head offsets pass 2^31 elements runs on a contiguous copy (the kernels'
     # head offsets are 32-bit; validation.head_offset_problem); autograd sees the copy
@@ -120,6 +163,8 @@ def flash_mhf(q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor) -> Tensor:
     if plain_eager_call(q, k, u, v, r):
         return forward(q, k, u, v, r)  # checks the inputs as the op would
     check_flash_mhf_inputs_cached(q, k, u, v, r)
+    if eager_autograd_call(q, k, u, v, r):
+        return _FlashMhfFunction.apply(q, k, u, v, r)
     return _flash_mhf_op(q, k, u, v, r)
 
 

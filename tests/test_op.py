@@ -1,5 +1,6 @@
 """mhfgen.flash_mhf: the custom op, its autograd and torch.compile tracing."""
 
+import pytest
 import torch
 
 import mhfgen
@@ -97,15 +98,35 @@ def test_calls_that_need_the_op_go_through_it(monkeypatch):
 
     (q, k, u, v, r), do = leaf_inputs()
     op = _count_op(monkeypatch, mhfgen.ops, "_flash_mhf_op")
-    mhfgen.flash_mhf(q, k, u, v, r).backward(do)  # autograd
-    assert op.calls == 1 and q.grad is not None
     with torch.no_grad(), FlopCounterMode(display=False):  # a TorchDispatchMode
         mhfgen.flash_mhf(q, k, u, v, r)
-    assert op.calls == 2
+    assert op.calls == 1
+    with FlopCounterMode(display=False):  # autograd under a dispatch mode: the op as well
+        mhfgen.flash_mhf(q, k, u, v, r).backward(do)
+    assert op.calls == 2 and q.grad is not None
     torch.compile(mhfgen.flash_mhf, fullgraph=True, backend="eager")(  # traced
         *(t.detach() for t in (q, k, u, v, r))
     )
     assert op.calls == 3
+
+
+def test_eager_autograd_runs_the_op_launchers_without_the_op(monkeypatch):
+    """An eager call that wants gradients runs the op's launchers through an
+    autograd.Function: the op is not called, and the output and every gradient are the
+    op's, bit for bit."""
+    (q, k, u, v, r), do = leaf_inputs()
+    leaves = (q, k, u, v, r)
+    mhfgen.ops._flash_mhf_op(*leaves).backward(do)
+    want = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    op = _count_op(monkeypatch, mhfgen.ops, "_flash_mhf_op")
+    out = mhfgen.flash_mhf(*leaves)
+    out.backward(do)
+    assert op.calls == 0 and out.requires_grad
+    assert torch.equal(out.detach(), mhfgen.ops._flash_mhf_op(*leaves).detach())
+    for t, g in zip(leaves, want):
+        assert torch.equal(t.grad, g)
 
 
 def test_no_grad_norm_router_skips_the_op(monkeypatch):
@@ -123,5 +144,41 @@ def test_no_grad_norm_router_skips_the_op(monkeypatch):
     assert op.calls == 0
     assert torch.equal(qn, qn_op.detach()) and torch.equal(r, r_op.detach())
     assert q_same is q and r_plain.shape == (2, 5, 3, 4)
-    nr.norm_router(q, w, wr, use_kernels=True)  # weights require grad: the op
+    nr.norm_router(q, w, wr, use_kernels=True)  # weights require grad: eager autograd
+    assert op.calls == 0
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False):  # under a dispatch mode: the op
+        nr.norm_router(q, w, wr, use_kernels=True)
     assert op.calls == 1
+
+
+@pytest.mark.parametrize("with_norm", [True, False])
+def test_eager_norm_router_autograd_matches_the_op(monkeypatch, with_norm):
+    """norm_router's eager autograd gives the op's outputs and gradients, bit for bit,
+    with and without the norm weight (then q itself comes back as qn)."""
+    from mhfgen import norm_router as nr
+
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 5, 3, 32, generator=g).requires_grad_()
+    w = torch.randn(3, 32, generator=g).requires_grad_() if with_norm else None
+    wr = torch.randn(3, 32, 4, generator=g).requires_grad_()
+    dqn, dr = torch.randn(2, 5, 3, 32, generator=g), torch.randn(2, 5, 3, 4, generator=g)
+    leaves = [t for t in (q, w, wr) if t is not None]
+
+    def grads(qn, r):
+        torch.autograd.backward([qn, r], [dqn, dr])
+        out = [t.grad.clone() for t in leaves]
+        for t in leaves:
+            t.grad = None
+        return out
+
+    qn_op, r_op = nr._norm_router_op(q, w, wr)
+    want = grads(qn_op if with_norm else q * 1, r_op)
+    op = _count_op(monkeypatch, nr, "_norm_router_op")
+    qn, r = nr.norm_router(q, w, wr, use_kernels=True)
+    assert op.calls == 0
+    assert (qn is q) == (not with_norm)
+    assert torch.equal(r.detach(), r_op.detach())
+    for got, ref in zip(grads(qn if with_norm else q * 1, r), want):
+        assert torch.equal(got, ref)
