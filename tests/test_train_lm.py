@@ -23,7 +23,6 @@ from mhfgen.lm.model import (
     count_parameters,
     flashmhf_layer_params,
     matched_swiglu_intermediate,
-    run_ffn,
 )
 from mhfgen.lm.report import curve_difference, read_curve_csv
 from mhfgen.lm.train import lr_at, make_optimizer, train_step
@@ -202,13 +201,15 @@ def test_triton_step_matches_torch_in_fp32(corpus, monkeypatch):
         )
 
 
-def test_autocast_casts_flashmhf_weights_and_keeps_fp32_grads():
+def test_autocast_flashmhf_casts_its_weights_and_keeps_fp32_grads():
+    """Under autocast Q leaves in_proj in bf16 and the layer casts its fp32 K/U/V to it
+    (FlashMHF.expert_weights): the core runs in bf16, the parameters keep fp32 gradients."""
     model = CausalLM(replace(TINY, n_layers=1))
     x = torch.randint(0, 256, (2, 16))
     ffn = model.blocks[0].ffn
     with torch.autocast("cpu", dtype=torch.bfloat16):
         h = torch.randn(2, 16, TINY.d_model)
-        out = run_ffn(ffn, h)
+        out = ffn(h)
         loss = model(x, x)[1]
     assert out.dtype == torch.bfloat16
     loss.backward()

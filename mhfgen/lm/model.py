@@ -122,23 +122,6 @@ class Attention(nn.Module):
         return self.out(o.transpose(1, 2).reshape(B, L, d))
 
 
-def run_ffn(ffn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """ffn(x), with FlashMHF's K/U/V cast to the autocast dtype when autocast is on.
-
-    NOTE: autocast casts the inputs of matmuls it knows (so Q comes out of in_proj in bf16)
-    but not the fp32 K/U/V parameters that FlashMHF hands to the `mhfgen::flash_mhf` custom
-    op, which requires one dtype for q, k, u and v. Casting them here (a differentiable
-    .to(), like autocast's own weight casts) gives both backends the same bf16 operands.
-    A layer with FP8 expert weights (quantize_fp8_) converts them to q's dtype itself.
-    """
-    dense = isinstance(ffn, FlashMHF) and ffn.weight_format == "dense"
-    if dense and torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        weights = {name: getattr(ffn, name).to(dtype) for name in ("key", "up", "value")}
-        return torch.func.functional_call(ffn, weights, (x,), strict=False)
-    return ffn(x)
-
-
 class Block(nn.Module):
     """Pre-norm decoder block: x + attn(norm(x)), then x + ffn(norm(x))."""
 
@@ -151,7 +134,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + run_ffn(self.ffn, self.ffn_norm(x))
+        return x + self.ffn(self.ffn_norm(x))
 
 
 class CausalLM(nn.Module):
