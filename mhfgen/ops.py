@@ -87,11 +87,7 @@ def plain_eager_call(*tensors: Tensor | None) -> bool:
     grad is enabled. The result is the same tensor the op would return (the op's forward
     is the same launcher). About 1 us.
     """
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    if _dispatch_modes is None or _functorch_active is None:
-        return False
-    if _dispatch_modes() or _functorch_active():
+    if not _untraced():
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
@@ -112,13 +108,18 @@ def eager_autograd_call(*tensors: Tensor | None) -> bool:
     both directions, so values and gradients are the op's; under torch.compile,
     torch.export, jit tracing, dispatch modes and functorch transforms the op still runs,
     which is what those need (a graph node with a fake implementation)."""
+    return _untraced() and all(t is None or type(t) in _PLAIN_TYPES for t in tensors)
+
+
+def _untraced() -> bool:
+    """Whether nothing traces or transforms the call: not torch.compile, torch.export or
+    torch.jit.trace, no TorchDispatchMode, no functorch transform (and the PyTorch
+    internals that tell are there)."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     if _dispatch_modes is None or _functorch_active is None:
         return False
-    if _dispatch_modes() or _functorch_active():
-        return False
-    return all(t is None or type(t) in _PLAIN_TYPES for t in tensors)
+    return not (_dispatch_modes() or _functorch_active())
 
 
 #: the argument types eager_autograd_call accepts

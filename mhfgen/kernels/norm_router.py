@@ -426,20 +426,22 @@ def norm_router_fwd(
     if launch:
         plan = _fwd_plan(q, norm_weight, w_router, launch, eps)
         return _fwd_run(plan, q, norm_weight, w_router)
-    try:
-        key = (
-            signature(q),
-            None if norm_weight is None else signature(norm_weight),
-            signature(w_router),
-            eps,
-        )
-    except AttributeError:  # not a tensor: the checks' TypeError names it
-        _check(q, norm_weight, w_router)
-        raise
+    key = _plan_key(q, norm_weight, w_router, eps)
     plan = _fwd_plans.get(key)
     if plan is None:
         plan = remember(_fwd_plans, key, _fwd_plan(q, norm_weight, w_router, eps=eps))
     return _fwd_run(plan, q, norm_weight, w_router)
+
+
+def _plan_key(q, norm_weight, w_router, eps: float, *grads) -> tuple:
+    """A plan's key: the signatures of q, the weights and the gradients given (None where
+    absent) and eps; a TypeError naming the argument where one is not a tensor."""
+    try:
+        tensors = (q, norm_weight, w_router, *grads)
+        return (*(None if t is None else signature(t) for t in tensors), eps)
+    except AttributeError:  # not a tensor: the checks' TypeError names it
+        _check(q, norm_weight, w_router)
+        raise
 
 
 def _fwd_run(plan, q, norm_weight, w_router) -> tuple[torch.Tensor, torch.Tensor]:
@@ -516,18 +518,7 @@ def norm_router_bwd(
     if launch:
         plan = _bwd_plan(q, norm_weight, w_router, dqn, dr, launch, eps)
         return _bwd_run(plan, q, norm_weight, w_router, dqn, dr)
-    try:
-        key = (
-            signature(q),
-            None if norm_weight is None else signature(norm_weight),
-            signature(w_router),
-            None if dqn is None else signature(dqn),
-            None if dr is None else signature(dr),
-            eps,
-        )
-    except AttributeError:  # not a tensor: the checks' TypeError names it
-        _check(q, norm_weight, w_router)
-        raise
+    key = _plan_key(q, norm_weight, w_router, eps, dqn, dr)
     plan = _bwd_plans.get(key)
     if plan is None:
         plan = remember(_bwd_plans, key, _bwd_plan(q, norm_weight, w_router, dqn, dr, eps=eps))
