@@ -83,6 +83,8 @@ def _cell(rows, shape, method, what="tflops"):
         )
         if r is None:
             vals.append("-")
+        elif r.status == "unsupported":
+            vals.append("n/a")
         elif r.status != "ok":
             vals.append(r.status.upper())
         else:

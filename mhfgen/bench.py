@@ -163,6 +163,11 @@ def pass_flops(forward_flops: int, pass_: str) -> int:
 # --------------------------------------------------------------------------- methods
 
 
+class Unsupported(ValueError):
+    """A method's builder cannot take the problem (a peer's limits: a dtype, a head dim):
+    its row gets status 'unsupported' and the message, not 'failed'."""
+
+
 @dataclass
 class Case:
     """A built benchmark: inputs held by the `run` closure (one call of the pass) and the
@@ -409,7 +414,7 @@ def _build_authors(p, pass_, device):
 
     reason = authors.unsupported(p.dtype, p.head_dim, p.expert_dim)
     if reason:
-        raise ValueError(reason)
+        raise Unsupported(reason)
     grad = pass_ == "fwdbwd"
     proj, k, u, v, r = core_inputs(p, device, grad)
     q_t, r_t = authors.to_authors_layout(proj.view(p.batch, p.seqlen, p.heads, p.head_dim), r)
@@ -576,7 +581,7 @@ class Row:
     batch: int
     seqlen: int
     flops: int
-    status: str = "ok"  # ok | oom | failed
+    status: str = "ok"  # ok | oom | failed | unsupported
     median_ms: float | None = None
     spread_pct: float | None = None  # (max - min) / median of the --repeat timings
     tflops: float | None = None
@@ -631,8 +636,9 @@ def measure(
     method: Method, p: BenchProblem, pass_: str, device: torch.device, timer, repeat: int, env: dict
 ) -> Row:
     """Build the method's inputs, warm up (compiling), take the peak memory of one call,
-    then `repeat` timings; the Row's median is theirs. An out-of-memory gives status 'oom',
-    any other error status 'failed' with the reason; neither stops the caller."""
+    then `repeat` timings; the Row's median is theirs. A method that does not take the
+    problem (its builder raises Unsupported) gives status 'unsupported', an out-of-memory
+    'oom', any other error 'failed', each with the reason; none stops the caller."""
     flops = pass_flops(method.forward_flops(p), pass_)
     row = Row(
         **env,
@@ -667,6 +673,9 @@ def measure(
         row.peak_mib = timer.peak_mib(case)
         phase = "timing"
         times = [timer.time_ms(case) for _ in range(repeat)]
+    except Unsupported as exc:
+        row.status, row.error, row.peak_mib = "unsupported", str(exc), None
+        log.info("%s %s %s tokens=%d: %s", method.name, pass_, p.shape, p.tokens, row.error)
     except Exception as exc:  # NOTE: recorded in the row (status, error), logged, not re-raised
         row.status = "oom" if _is_oom(exc) else "failed"
         row.error = (

@@ -118,10 +118,10 @@ def test_problems_the_kernel_cannot_run(dtype, head_dim, expert_dim, words):
     assert authors.unsupported("bfloat16", 64, 128) is None
 
 
-def test_an_unsupported_problem_is_a_failed_row_with_its_reason(stand_in):
+def test_an_unsupported_problem_is_an_unsupported_row_with_its_reason(stand_in):
     (row,) = bench.run_benchmarks([_problem(head_dim=24)], ["authors"], ["fwd"], repeat=1)
-    assert row.status == "failed"
-    assert row.error.endswith("the authors' kernel takes power-of-two head dims, not 24")
+    assert row.status == "unsupported"
+    assert row.error == "the authors' kernel takes power-of-two head dims, not 24"
 
 
 def test_the_kernel_gets_its_own_layout_and_computes_the_op(stand_in):
@@ -160,7 +160,7 @@ def test_cli_names_the_file(stand_in, tmp_path, capsys):
     assert authors.kernel_path() == stand_in.resolve()
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["mhfgen"]["status"] == "ok"
-    assert rows["authors"]["status"] == "failed"
+    assert rows["authors"]["status"] == "unsupported"
     assert "takes bfloat16 only" in rows["authors"]["error"]
     assert "1 of 2 rows did not run" in capsys.readouterr().err
 

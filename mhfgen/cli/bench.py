@@ -282,8 +282,8 @@ def run(args) -> int:
     bad = [r for r in rows if r.status != "ok"]
     if bad:
         print(
-            f"mhfgen bench: {len(bad)} of {len(rows)} rows did not run (status oom/failed; "
-            f"see the error column)",
+            f"mhfgen bench: {len(bad)} of {len(rows)} rows did not run (status "
+            f"unsupported/oom/failed; see the error column)",
             file=sys.stderr,
         )
     return 0
