@@ -39,6 +39,7 @@ gradcheck in float64; tests/test_norm_router_kernels.py checks the kernels again
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .ops import eager_autograd_call, plain_eager_call
 from .reference import RMS_EPS, ROUTER_EPS
@@ -224,6 +225,7 @@ class _NormRouterKernels(torch.autograd.Function):
         return (qn, r) if ctx.has_norm else (r,)
 
     @staticmethod
+    @once_differentiable  # as the op: its backward has no derivative of its own
     def backward(ctx, *grads):
         from .kernels.norm_router import norm_router_bwd
 

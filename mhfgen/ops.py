@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .device import target
 from .dispatch import on_clear
@@ -136,6 +137,7 @@ class _FlashMhfFunction(torch.autograd.Function):
         return forward(q, k, u, v, r)
 
     @staticmethod
+    @once_differentiable  # as the op: its backward has no derivative of its own
     def backward(ctx, do):
         q, k, u, v, r = ctx.saved_tensors
         dq, dr, dk, du, dv = backward(q, k, u, v, r, do)

@@ -182,3 +182,13 @@ def test_eager_norm_router_autograd_matches_the_op(monkeypatch, with_norm):
     assert torch.equal(r.detach(), r_op.detach())
     for got, ref in zip(grads(qn if with_norm else q * 1, r), want):
         assert torch.equal(got, ref)
+
+
+def test_eager_autograd_is_once_differentiable_as_the_op():
+    """A second derivative through flash_mhf is an error on both paths (the op's backward
+    has no derivative of its own), never silently zero."""
+    (q, k, u, v, r), do = leaf_inputs()
+    for fn in (mhfgen.flash_mhf, mhfgen.ops._flash_mhf_op):
+        (gq,) = torch.autograd.grad(fn(q, k, u, v, r), q, do.requires_grad_(), create_graph=True)
+        with pytest.raises(RuntimeError):
+            gq.sum().backward()
