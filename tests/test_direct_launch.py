@@ -242,3 +242,12 @@ def test_mhfgen_jit_launch_environment_variable(value, direct):
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == str(direct)
+
+
+def test_launch_all_takes_every_argument_and_drops_the_fixed_tail(cuda):
+    """launch_all(args): a launcher's full argument tuple, the plan's fixed arguments last;
+    the launch gets the per-call part and adds its own tail."""
+    kernel, launch = _launch()
+    a, b, out = FakeCuda(4096), FakeCuda(8192), FakeCuda(1 << 20)
+    launch.launch_all((a, b, out, 96, 37))
+    assert kernel.jit_calls == [((5, 2, 1), (a, b, out, 96, 37), META)]

@@ -70,6 +70,11 @@ class DirectLaunch:
             with torch.cuda.device(other):
                 self._launch(tensors, other)
 
+    def launch_all(self, args: tuple) -> None:
+        """Launch given every positional argument of the kernel, the plan's fixed ones
+        (those this launch was made with) last, as a launcher's `arguments` builds them."""
+        self(*args[: len(args) - len(self.args)])
+
     def _launch(self, tensors: tuple, device: int) -> None:
         """Launch on the current device, which is the tensors' device (or the CPU: -1)."""
         compiled = self.compiled

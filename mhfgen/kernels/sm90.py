@@ -121,8 +121,7 @@ class BackwardLaunch:
         return (*rows, *weights, r, *outputs, *self.scalars)
 
     def __call__(self, q, k, u, v, r, do, *outputs) -> None:
-        args = self.arguments(q, k, u, v, r, do, *outputs)
-        self.launch(*args[: len(args) - len(self.scalars)])  # the scalars are the launch's own
+        self.launch.launch_all(self.arguments(q, k, u, v, r, do, *outputs))
 
 
 def gluon_dtype(spec):

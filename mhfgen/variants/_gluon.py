@@ -21,6 +21,7 @@ from .. import codegen
 from ..kernels.buffers import weights_need_copy
 from ..kernels.configs import checked_call, resolve_config
 from ..kernels.grad_plans import DkvPlan, run_dkv_plan
+from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
 from ..kernels.sm90 import (
     BACKWARD_BLOCK_N,
@@ -159,6 +160,35 @@ def forward_constexprs(config: ForwardConsumersConfig) -> dict:
         CONSUMER_WARPS=config.consumer_warps,
         **config.register_constexprs(),
     )
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    """What a warp-specialised forward call's signature decides, computed once: the spec
+    and checked config, the generated kernel, the grid, the shared-memory layouts of the
+    descriptors, the scalar arguments and the launch's constexprs and options (only the
+    descriptors themselves, which hold the tensors' addresses, are built per call), and
+    the launch over them."""
+
+    spec: KernelSpec
+    config: ForwardConsumersConfig
+    kernel: object  # the @gluon.jit kernel; None when there are no tokens
+    grid: tuple
+    layouts: tuple  # the variant's descriptor_layouts(spec, config)
+    scalars: tuple  # the arguments after the tensors: r's strides, seqlen, tokens, ...
+    meta: dict  # constexprs and launch options
+    launch: DirectLaunch | None  # after its first launch, the compiled binary's
+
+    @classmethod
+    def without_tokens(cls, spec: KernelSpec, config) -> ForwardPlan:
+        """The plan of a call with no tokens: nothing to launch."""
+        return cls(spec, config, None, (), (), (), {}, None)
+
+    @classmethod
+    def of(cls, spec, config, kernel, grid, layouts, scalars, meta) -> ForwardPlan:
+        """The plan that launches `kernel` over `grid` with these scalars and meta."""
+        launch = DirectLaunch(kernel, grid, scalars, meta)
+        return cls(spec, config, kernel, grid, layouts, scalars, meta, launch)
 
 
 def forward_launch_options(config: ForwardConsumersConfig) -> dict:

@@ -50,7 +50,6 @@ from .. import device as _device
 from ..fp8 import transposed_v
 from ..kernels import sm90
 from ..kernels.buffers import empty
-from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
 from ..kernels.sm90 import SM90_SHARED_MEMORY
 from ..registry import register
@@ -267,21 +266,9 @@ launch_options = _gluon.forward_launch_options
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Fp8WsPlan:
-    """What a call's signature decides, computed once: the spec and checked config, the
-    generated kernel, the grid, the descriptors' shared layouts and the launch's
-    constexprs and options (the descriptors, which hold the tensors' addresses, and V's
-    transposed copy are per call)."""
-
-    spec: KernelSpec
-    config: Fp8WsConfig
-    kernel: object  # the @gluon.jit kernel; None when there are no tokens
-    grid: tuple
-    layouts: tuple  # descriptor_layouts(spec, config)
-    scalars: tuple  # r's strides, seqlen, tokens
-    meta: dict  # constexprs and launch options
-    launch: DirectLaunch | None = None  # the kernel's launch (after its first, the binary's)
+#: a call signature's plan: spec, config, kernel, grid, layouts, scalars, meta, launch (V's
+#: transposed copy is made per call, with the descriptors)
+Fp8WsPlan = _gluon.ForwardPlan
 
 
 def flash_mhf_fwd_fp8_ws(
@@ -315,8 +302,7 @@ def _run(plan: Fp8WsPlan, q, k, u, v, r, scales) -> torch.Tensor:
     o = empty(q.shape, q.dtype, q.device)
     if plan.kernel is None:
         return o
-    args = arguments(plan, q, k, u, v, r, scales, o)
-    plan.launch(*args[: len(args) - len(plan.scalars)])  # the scalars are the launch's own
+    plan.launch.launch_all(arguments(plan, q, k, u, v, r, scales, o))
     return o
 
 
@@ -348,20 +334,15 @@ def _make_plan(q, k, u, v, r, scales, config) -> Fp8WsPlan:
     config = _gluon.checked_config(KERNEL, unsupported, config_problems, spec, problem, q, config)
     tokens = B * L
     if tokens == 0:
-        return Fp8WsPlan(spec, config, None, (), (), (), {})
-    kernel = load_kernel(spec, config)
-    grid = (work_tiles(spec, config, tokens),)
-    scalars = (*r.stride(), L, tokens)
-    meta = {**constexprs(config), **launch_options(config)}
-    return Fp8WsPlan(
+        return Fp8WsPlan.without_tokens(spec, config)
+    return Fp8WsPlan.of(
         spec,
         config,
-        kernel,
-        grid,
+        load_kernel(spec, config),
+        (work_tiles(spec, config, tokens),),
         descriptor_layouts(spec, config),
-        scalars,
-        meta,
-        DirectLaunch(kernel, grid, scalars, meta),
+        (*r.stride(), L, tokens),
+        {**constexprs(config), **launch_options(config)},
     )
 
 

@@ -43,7 +43,6 @@ from .. import codegen
 from .. import device as _device
 from ..kernels import sm90
 from ..kernels.buffers import empty
-from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
 from ..kernels.sm90 import SM90_SHARED_MEMORY
 from ..registry import register
@@ -302,21 +301,8 @@ launch_options = _gluon.forward_launch_options
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WsPlan:
-    """What a call's signature decides, computed once: the spec and checked config, the
-    generated kernel, the grid, the shared-memory layouts of the descriptors and the
-    launch's constexprs and options (only the descriptors themselves, which hold the
-    tensors' addresses, are built per call)."""
-
-    spec: KernelSpec
-    config: WsConfig
-    kernel: object  # the @gluon.jit kernel; None when there are no tokens
-    grid: tuple
-    layouts: tuple  # descriptor_layouts(spec, config)
-    scalars: tuple  # r's strides, seqlen, tokens, work tiles
-    meta: dict  # constexprs and launch options
-    launch: DirectLaunch | None = None  # the kernel's launch (after its first, the binary's)
+#: a call signature's plan: spec, config, kernel, grid, layouts, scalars, meta, launch
+WsPlan = _gluon.ForwardPlan
 
 
 def flash_mhf_fwd_ws(
@@ -340,8 +326,7 @@ def _run(plan: WsPlan, q, k, u, v, r) -> torch.Tensor:
     o = empty(q.shape, q.dtype, q.device)
     if plan.kernel is None:
         return o
-    args = arguments(plan, q, k, u, v, r, o)
-    plan.launch(*args[: len(args) - len(plan.scalars)])  # the scalars are the launch's own
+    plan.launch.launch_all(arguments(plan, q, k, u, v, r, o))
     return o
 
 
@@ -368,21 +353,17 @@ def _make_plan(q, k, u, v, r, config) -> WsPlan:
     config = _gluon.checked_config(KERNEL, unsupported, config_problems, spec, problem, q, config)
     tokens = B * L
     if tokens == 0:
-        return WsPlan(spec, config, None, (), (), (), {})
+        return WsPlan.without_tokens(spec, config)
     tiles = work_tiles(spec, config, tokens)
     grid = (min(tiles, _device.sm_count(q.device)) if config.persistent else tiles,)
-    kernel = load_kernel(spec, config)
-    scalars = (*r.stride(), L, tokens, tiles)
-    meta = {**constexprs(config), **launch_options(config)}
-    return WsPlan(
+    return WsPlan.of(
         spec,
         config,
-        kernel,
+        load_kernel(spec, config),
         grid,
         descriptor_layouts(spec, config),
-        scalars,
-        meta,
-        DirectLaunch(kernel, grid, scalars, meta),
+        (*r.stride(), L, tokens, tiles),
+        {**constexprs(config), **launch_options(config)},
     )
 
 
