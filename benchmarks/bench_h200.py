@@ -174,6 +174,38 @@ def summary_markdown(rows: list[bench.Row], names: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep_1p3b(table, core: list[str], out: Path, args, start: float, progress) -> str:
+    """Step 2: the 1.3B shape over SWEEP_TOKENS (its TOKENS rows taken from `table`), the
+    core methods but NOT_SWEPT, until the run has taken args.budget_s seconds since
+    `start`; writes sweep.{txt,json,csv,png} and returns the note for summary.md (''
+    when every point ran and the plot was drawn)."""
+    big = shapes()["1.3B"]
+    methods = [m for m in core if m not in NOT_SWEPT]
+    sweep = [r for r in table if r.shape == big.shape and r.scope == "core"]
+    skipped = []
+    for tokens in SWEEP_TOKENS:
+        if time.perf_counter() - start > args.budget_s:
+            skipped.append(tokens)
+            continue
+        sweep += bench.run_benchmarks(
+            [big.with_tokens(tokens)], methods, bench.PASSES, on_row=progress
+        )
+    sweep.sort(key=lambda r: (r.tokens, bench.PASSES.index(r.pass_), core.index(r.method)))
+    note = (
+        f"\nsweep: skipped tokens {skipped} (over the {args.budget_s:.0f} s budget)\n"
+        if skipped
+        else ""
+    )
+    (out / "sweep.txt").write_text(bench.format_table(sweep) + "\n" + note)
+    bench.write_json(sweep, out / "sweep.json")
+    bench.write_csv(sweep, out / "sweep.csv")
+    try:
+        bench.plot(sweep, out / "sweep.png")
+    except ImportError as exc:
+        note += f"\nno plot: {exc}\n"
+    return note
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("outdir", help="directory for the JSON, CSV, PNG and text outputs")
@@ -259,39 +291,10 @@ def main() -> int:
         summary += "\nHelion's autotuner:\n\n" + "".join(f"- {t}\n" for t in tunings)
     (out / "summary.md").write_text(summary)
 
-    if "1.3B" not in problems:
+    if "1.3B" in problems:
+        note = sweep_1p3b(table, core, out, args, start, progress)
+    else:
         note = "\nsweep: not run (it sweeps the 1.3B shape, which --shapes left out)\n"
-        with open(out / "summary.md", "a") as f:
-            f.write(note)
-        log.close()
-        print(bench.format_table(table))
-        print()
-        print(summary + note)
-        return 0
-    big = shapes()["1.3B"]
-    swept = [m for m in core if m not in NOT_SWEPT]
-    sweep = [r for r in table if r.shape == big.shape and r.scope == "core"]
-    skipped = []
-    for tokens in SWEEP_TOKENS:
-        if time.perf_counter() - start > args.budget_s:
-            skipped.append(tokens)
-            continue
-        sweep += bench.run_benchmarks(
-            [big.with_tokens(tokens)], swept, bench.PASSES, on_row=progress
-        )
-    sweep.sort(key=lambda r: (r.tokens, bench.PASSES.index(r.pass_), core.index(r.method)))
-    note = (
-        f"\nsweep: skipped tokens {skipped} (over the {args.budget_s:.0f} s budget)\n"
-        if skipped
-        else ""
-    )
-    (out / "sweep.txt").write_text(bench.format_table(sweep) + "\n" + note)
-    bench.write_json(sweep, out / "sweep.json")
-    bench.write_csv(sweep, out / "sweep.csv")
-    try:
-        bench.plot(sweep, out / "sweep.png")
-    except ImportError as exc:
-        note += f"\nno plot: {exc}\n"
     if note:
         with open(out / "summary.md", "a") as f:
             f.write(note)
