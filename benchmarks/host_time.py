@@ -12,6 +12,7 @@ timed, so the GPU never holds the host back:
   autograd, as torch.compile sees it;
 - `norm_router fwd`, `norm_router bwd`: the fused norm/router launchers;
 - on a GPU, `lm step`: one training step of mhfgen.lm's default model with each FFN,
+  eager and with its forward and backward replayed from a CUDA graph (mhfgen.lm.graphed):
   its wall time (synchronised) and the host time to enqueue it.
 
 `--stub` runs without a GPU: the specs are planned as for sm90 and every kernel launch is
@@ -100,33 +101,40 @@ def launcher_times(dev: torch.device, dtype: torch.dtype, calls: int) -> dict[st
 
 
 def lm_steps(steps: int) -> dict[str, dict[str, float]]:
-    """ms per training step (synchronised) and the host time to enqueue one step."""
+    """ms per training step (synchronised) and the host time to enqueue one step, of each
+    FFN's model with eager steps and with forward + backward replayed from a CUDA graph
+    (mhfgen.lm.graphed)."""
+    from mhfgen.lm.graphed import GraphedStep
     from mhfgen.lm.model import CausalLM, ModelConfig
     from mhfgen.lm.train import TrainConfig, make_optimizer, train_step
 
     dev = torch.device("cuda")
     out = {}
     for ffn in ("flashmhf", "swiglu"):
-        torch.manual_seed(0)
-        model = CausalLM(ModelConfig(ffn=ffn, max_seq_len=512)).to(dev)
-        cfg = TrainConfig(device="cuda")
-        opt = make_optimizer(model, cfg)
-        x = torch.randint(0, 256, (cfg.batch_size, cfg.seq_len), device=dev)
-        for s in range(10):
-            train_step(model, opt, x, x, s, cfg)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for s in range(steps):
-            train_step(model, opt, x, x, s, cfg)
-        torch.cuda.synchronize()
-        step_ms = (time.perf_counter() - start) / steps * 1e3
-        enqueue = []
-        for s in range(5):
-            start = time.perf_counter()
-            train_step(model, opt, x, x, s, cfg)
-            enqueue.append(time.perf_counter() - start)
+        for graph in (False, True):
+            torch.manual_seed(0)
+            model = CausalLM(ModelConfig(ffn=ffn, max_seq_len=512)).to(dev)
+            cfg = TrainConfig(device="cuda")
+            opt = make_optimizer(model, cfg)
+            graphed = GraphedStep(model, torch.bfloat16) if graph else None
+            x = torch.randint(0, 256, (cfg.batch_size, cfg.seq_len), device=dev)
+            for s in range(10):
+                train_step(model, opt, x, x, s, cfg, graphed)
             torch.cuda.synchronize()
-        out[ffn] = {"step_ms": step_ms, "enqueue_ms": statistics.median(enqueue) * 1e3}
+            start = time.perf_counter()
+            for s in range(steps):
+                train_step(model, opt, x, x, s, cfg, graphed)
+            torch.cuda.synchronize()
+            step_ms = (time.perf_counter() - start) / steps * 1e3
+            enqueue = []
+            for s in range(5):
+                start = time.perf_counter()
+                train_step(model, opt, x, x, s, cfg, graphed)
+                enqueue.append(time.perf_counter() - start)
+                torch.cuda.synchronize()
+            name = f"{ffn}, {'graphed' if graph else 'eager'}"
+            out[name] = {"step_ms": step_ms, "enqueue_ms": statistics.median(enqueue) * 1e3}
+            del model, opt, graphed
     return out
 
 
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:32s} {us:8.1f} us")
     for ffn, figures in doc.get("lm_step", {}).items():
         print(
-            f"lm step, {ffn:9s} {figures['step_ms']:7.2f} ms, enqueue {figures['enqueue_ms']:.2f} ms"
+            f"lm step, {ffn:18s} {figures['step_ms']:7.2f} ms, enqueue {figures['enqueue_ms']:.2f} ms"
         )
     if args.json:
         with open(args.json, "w") as f:

@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--data-seed", type=int, default=1234)
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--no-bf16", action="store_true", help="train in fp32 on the GPU too")
+    t.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay each step's forward and backward from a CUDA graph "
+                        "(mhfgen.lm.graphed; default: on for a CUDA device)")
     t.add_argument("--serve-fp8", action="store_true",
                    help="after training, FlashMHF runs measure their validation loss again "
                         "with FP8 expert weights (mhfgen.quantize_fp8_model)")
@@ -68,7 +71,9 @@ def main(argv=None) -> None:
                             lr=args.lr, warmup_steps=args.warmup, eval_every=args.eval_every,
                             eval_batches=args.eval_batches, seed=args.seed,
                             data_seed=args.data_seed, device=args.device, bf16=not args.no_bf16,
-                            max_seconds=args.max_seconds)
+                            max_seconds=args.max_seconds,
+                            cuda_graph=(args.device.startswith("cuda") if args.cuda_graph is None
+                                        else args.cuda_graph))
     kinds = ("flashmhf", "swiglu") if args.ffn == "both" else (args.ffn,)
     specs = []
     for kind in kinds:
@@ -87,6 +92,8 @@ def main(argv=None) -> None:
     summaries, _ = run_all(specs, corpus, args.out, title="byte-level LM on the Python stdlib",
                            progress=not args.no_progress)
     print(summary_table(summaries))
+    if train_cfg.cuda_graph and args.device.startswith("cuda"):
+        print("steps: forward and backward replayed from a CUDA graph (--no-cuda-graph: eager)")
     print(f"curves and summaries in {args.out}")
 
 

@@ -251,3 +251,169 @@ def test_launch_all_takes_every_argument_and_drops_the_fixed_tail(cuda):
     a, b, out = FakeCuda(4096), FakeCuda(8192), FakeCuda(1 << 20)
     launch.launch_all((a, b, out, 96, 37))
     assert kernel.jit_calls == [((5, 2, 1), (a, b, out, 96, 37), META)]
+
+
+# ---------------------------------------------------------------------------------------
+# TMA operands: encoded once per address on the direct path (EncodedLaunch)
+# ---------------------------------------------------------------------------------------
+
+
+class FakeView(FakeCuda):
+    """A 2-D CUDA view as a TMA operand's base: address, device, shape and strides."""
+
+    def __init__(self, ptr: int, shape=(256, 512), device: int = 0) -> None:
+        super().__init__(ptr, device)
+        self.shape, self._stride = shape, (shape[1], 1)
+
+    def stride(self):
+        return self._stride
+
+
+class RecordingLauncher:
+    """A C launcher: records the positional arguments of every launch."""
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def __call__(self, *args):
+        self.calls.append(args)
+
+
+#: the fake kernel's parameters: two descriptors, one pointer, then the fixed tail
+TMA_SIGNATURE = {
+    0: "tensordesc<bf16[64, 128]>",
+    1: "tensordesc<bf16[64, 128]>",
+    2: "*fp32",
+    3: "i32",
+    4: "i32",
+    5: "constexpr",
+    6: "constexpr",
+    7: "constexpr",
+}
+TMA_META = [{"swizzle": 3}, {"swizzle": 2}]
+
+
+class FakeTmaRun:
+    """A CudaLauncher whose launch is Triton's own descriptor wrapper around a C launcher."""
+
+    launch_cooperative_grid, launch_pdl = False, False
+
+    def __init__(self, c_launcher, scratch: int = 0, metas=TMA_META) -> None:
+        from triton.backends.nvidia.driver import wrap_handle_tensordesc
+
+        self.launch = wrap_handle_tensordesc(c_launcher, TMA_SIGNATURE, metas)
+        self.global_scratch_size = self.profile_scratch_size = scratch
+        self.python_runs = []
+
+    def __call__(self, *args):
+        self.python_runs.append(args)
+
+
+class FakeTmaCompiled(FakeCompiled):
+    def __init__(self, **run) -> None:
+        super().__init__()
+        self.c_launcher = RecordingLauncher()
+        self.run = FakeTmaRun(self.c_launcher, **run)
+
+
+@pytest.fixture
+def encoder(monkeypatch):
+    """Triton's make_tensordesc_arg stood in for (no CUDA driver): a named map per (view
+    address, metadata), then the shape and strides, counting the encodings; Tma's
+    descriptor a stand-in naming its base."""
+    from triton.backends.nvidia import driver
+
+    from mhfgen.kernels.launch import Tma
+
+    calls = []
+
+    def encode(desc, meta):
+        calls.append(desc)
+        base = desc[1]
+        return [f"map@{base.ptr}/{meta['swizzle']}", *base.shape, *base.stride()]
+
+    monkeypatch.setattr(driver, "make_tensordesc_arg", encode)
+    monkeypatch.setattr(Tma, "descriptor", lambda self: ("desc", self.base))
+    return calls
+
+
+def _tma_launch(**run):
+    kernel = FakeJit()
+    kernel.compiled = FakeTmaCompiled(**run)
+    return kernel, DirectLaunch(kernel, (5, 2), (96, 37), META)
+
+
+def test_tma_operands_reach_the_c_launcher_encoded_once_per_address(cuda, encoder):
+    """The JIT launch gets TensorDescriptors; later launches call the C launcher with the
+    expansion Triton's wrapper would make, encoding each operand once per address, shape
+    and strides."""
+    from mhfgen.kernels.launch import Tma
+
+    kernel, launch = _tma_launch()
+    qa, ka, out = FakeView(4096), FakeView(1 << 16, (128, 128)), FakeCuda(1 << 20)
+    layout = object()
+    launch(Tma(qa, [64, 128], layout), Tma(ka, [64, 128], layout), out)
+    ((_, jit_args, _),) = kernel.jit_calls
+    assert jit_args[:2] == (("desc", qa), ("desc", ka)) and jit_args[2] is out
+    for _ in range(3):
+        launch(Tma(qa, [64, 128], layout), Tma(ka, [64, 128], layout), out)
+    calls = kernel.compiled.c_launcher.calls
+    assert len(calls) == 3 and kernel.compiled.run.python_runs == []
+    head = (5, 2, 1, 1234, "cu-function", False, False, None, None, "packed", None, None)
+    expanded = ("map@4096/3", 256, 512, 512, 1, "map@65536/2", 128, 128, 128, 1)
+    assert calls[0] == (*head, None, *expanded, out, 96, 37, 64, 32, 7)
+    assert len(encoder) == 2  # encoded on the first direct launch only
+    launch(Tma(FakeView(8192), [64, 128], layout), Tma(ka, [64, 128], layout), out)
+    assert len(encoder) == 3 and calls[-1][13] == "map@8192/3"
+    launch(Tma(FakeView(8192, (128, 512)), [64, 128], layout), Tma(ka, [64, 128], layout), out)
+    assert len(encoder) == 4 and calls[-1][14:16] == (128, 512)  # a new shape: re-encoded
+
+
+def test_encoded_expansion_is_tritons_own(cuda, encoder):
+    """The arguments reaching the C launcher are those Triton's descriptor wrapper passes
+    for the same TensorDescriptors."""
+    from mhfgen.kernels.launch import Tma
+
+    kernel, launch = _tma_launch()
+    qa, ka, out = FakeView(4096), FakeView(1 << 16), FakeCuda(1 << 20)
+    operands = (Tma(qa, [64, 128], None), Tma(ka, [64, 128], None), out)
+    launch(*operands)
+    launch(*operands)
+    ours = kernel.compiled.c_launcher.calls[-1]
+    kernel.compiled.run.launch(
+        5, 2, 1, 1234, "cu-function", False, False, None, None, "packed", None, None, None,
+        ("desc", qa), ("desc", ka), out, 96, 37, 64, 32, 7,
+    )  # fmt: skip
+    assert kernel.compiled.c_launcher.calls[-1] == ours
+
+
+def test_encoded_operands_are_bounded(cuda, encoder):
+    from mhfgen.kernels.launch import ENCODED_PER_PARAMETER, Tma
+
+    kernel, launch = _tma_launch()
+    ka, out = FakeView(1 << 16), FakeCuda(1 << 20)
+    for i in range(3 * ENCODED_PER_PARAMETER):
+        launch(Tma(FakeView(4096 * (i + 1)), [64, 128], None), Tma(ka, [64, 128], None), out)
+    assert len(launch.encoded.cache) <= 2 * ENCODED_PER_PARAMETER
+
+
+@pytest.mark.parametrize("run", [dict(scratch=256), dict(metas=[None, None])])
+def test_launchers_the_encoding_cannot_stand_for_take_run(cuda, encoder, run):
+    """Scratch memory allocated per launch, or descriptors without metadata: the binary's
+    own `run` launches, with TensorDescriptors."""
+    from mhfgen.kernels.launch import Tma
+
+    kernel, launch = _tma_launch(**run)
+    qa, ka = FakeView(4096), FakeView(8192)
+    operands = (Tma(qa, [64, 128], None), Tma(ka, [64, 128], None))
+    launch(*operands, FakeCuda(1 << 20))
+    launch(*operands, FakeCuda(1 << 20))
+    assert launch.encoded is None and kernel.compiled.c_launcher.calls == []
+    (run_args,) = kernel.compiled.run.python_runs
+    assert run_args[9:11] == (("desc", qa), ("desc", ka))
+
+
+def test_kernels_without_descriptors_keep_the_binarys_run(cuda):
+    kernel, launch = _launch()
+    launch(FakeCuda(4096), FakeCuda(8192), FakeCuda(16384))
+    assert launch.compiled is kernel.compiled and launch.encoded is None

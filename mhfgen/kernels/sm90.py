@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..tiling import even_tiles, pow2_ceil
-from .launch import DirectLaunch
+from .launch import DirectLaunch, Tma
 
 #: dynamic shared memory a block may allocate on sm90 (227 KiB)
 SM90_SHARED_MEMORY = 232448
@@ -101,8 +101,9 @@ def backward_resource_problems(
 class BackwardLaunch:
     """One launch of a Gluon backward kernel, whose arguments are the descriptors of q and
     dO (rows) and of k, u, v (weights), r, the outputs, then fixed scalars and
-    constexprs: the descriptors are built per call over the tensors, the rest fixed, and
-    the launch after the first calls the compiled binary (kernels.launch.DirectLaunch)."""
+    constexprs: the TMA operands are named per call over the tensors, the rest fixed, and
+    the launch after the first calls the compiled binary with the descriptors encoded
+    once per address (kernels.launch.DirectLaunch)."""
 
     def __init__(self, kernel, grid: tuple, scalars: tuple, meta: dict, layouts: dict) -> None:
         self.kernel, self.grid, self.scalars, self.meta = kernel, grid, scalars, meta
@@ -110,14 +111,10 @@ class BackwardLaunch:
         self.launch = DirectLaunch(kernel, grid, scalars, meta)
 
     def arguments(self, q, k, u, v, r, do, *outputs) -> tuple:
-        """The kernel's positional arguments for one call."""
-        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
+        """The kernel's positional arguments for one call (the TMA operands as Tma)."""
         D = q.shape[-1]
-        rows = [TensorDescriptor.from_tensor(rows_view(t), *self.rows_layout) for t in (q, do)]
-        weights = [
-            TensorDescriptor.from_tensor(w.view(-1, D), *self.weights_layout) for w in (k, u, v)
-        ]
+        rows = [Tma(rows_view(t), *self.rows_layout) for t in (q, do)]
+        weights = [Tma(w.view(-1, D), *self.weights_layout) for w in (k, u, v)]
         return (*rows, *weights, r, *outputs, *self.scalars)
 
     def __call__(self, q, k, u, v, r, do, *outputs) -> None:

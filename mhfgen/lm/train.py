@@ -1,5 +1,7 @@
 """The training loop: AdamW, linear warm-up then cosine decay, bf16 autocast on the GPU,
-gradient clipping, validation every N steps, tokens per second and peak memory.
+gradient clipping, validation every N steps, tokens per second and peak memory; on the
+GPU optionally with each step's forward and backward replayed from a CUDA graph
+(TrainConfig.cuda_graph, mhfgen.lm.graphed).
 
 `train()` returns a RunResult: one row per step (the curve that goes to CSV) and a summary.
 Losses are gathered on the device and read back once per `log_every` steps, so logging
@@ -17,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import BatchSampler, ByteCorpus
+from .graphed import GraphedStep
 from .model import CausalLM, ModelConfig, count_parameters
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,9 @@ class TrainConfig:
     stopped early, at the same learning rates). serve_fp8: once trained, convert the model's
     FlashMHF layers to FP8 expert weights (mhfgen.quantize_fp8_model) and measure the
     validation loss again on the same batches (summary keys fp8_val_loss and
-    fp8_val_loss_change, the relative change against final_val_loss)."""
+    fp8_val_loss_change, the relative change against final_val_loss). cuda_graph: capture
+    the forward and backward of the first step as a CUDA graph and replay it every step
+    (mhfgen.lm.graphed.GraphedStep; CUDA only, ignored elsewhere)."""
 
     steps: int = 1000
     batch_size: int = 32
@@ -54,6 +59,7 @@ class TrainConfig:
     max_seconds: float | None = None
     stop_after: int | None = None
     serve_fp8: bool = False  # after training: validation loss again with FP8 expert weights
+    cuda_graph: bool = False  # forward + backward replayed from a CUDA graph (CUDA only)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "log_every"):
@@ -132,19 +138,34 @@ def train_step(
     y: torch.Tensor,
     step: int,
     cfg: TrainConfig,
+    graphed: GraphedStep | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step at the scheduled learning rate; returns (loss, grad norm before
-    clipping) as device tensors, unsynchronised."""
+    clipping) as device tensors, unsynchronised. With `graphed` (made for this model) the
+    forward and backward are its CUDA graph's replay, and the gradients stay in place for
+    the next replay to overwrite."""
     lr = lr_at(step, cfg)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with _autocast(x.device, cfg):
-        _, loss = model(x, y)
-    loss.backward()
+    if graphed is not None:
+        loss = graphed(x, y).detach().clone()  # the graph's loss is overwritten next step
+    else:
+        with _autocast(x.device, cfg):
+            _, loss = model(x, y)
+        loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    if graphed is None:
+        optimizer.zero_grad(set_to_none=True)
     return loss.detach(), grad_norm.detach()
+
+
+def graphed_step(model: CausalLM, cfg: TrainConfig, device: torch.device) -> GraphedStep | None:
+    """The GraphedStep train_step takes for `model`, where cfg.cuda_graph asks for one and
+    the run is on a CUDA device; else None (eager steps)."""
+    if not (cfg.cuda_graph and device.type == "cuda"):
+        return None
+    return GraphedStep(model, torch.bfloat16 if cfg.bf16 else None)
 
 
 def _sync(device: torch.device) -> None:
@@ -170,6 +191,7 @@ def train(
     model = CausalLM(model_cfg).to(device)
     params = count_parameters(model)
     optimizer = make_optimizer(model, cfg)
+    graphed = graphed_step(model, cfg, device)
     sampler = BatchSampler(corpus.train, cfg.batch_size, cfg.seq_len, cfg.data_seed, device)
     val_batches = BatchSampler(
         corpus.val, cfg.batch_size, cfg.seq_len, cfg.data_seed + 1, device
@@ -207,7 +229,7 @@ def train(
     step = 0
     for step in range(1, final_step + 1):
         x, y = sampler.next()
-        loss, grad_norm = train_step(model, optimizer, x, y, step - 1, cfg)
+        loss, grad_norm = train_step(model, optimizer, x, y, step - 1, cfg, graphed)
         pending.append((step, loss, grad_norm))
         if step == max(1, cfg.timing_skip_steps) or (timed_from is None and step == final_step):
             _sync(device)

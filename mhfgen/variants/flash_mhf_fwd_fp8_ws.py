@@ -50,6 +50,7 @@ from .. import device as _device
 from ..fp8 import transposed_v
 from ..kernels import sm90
 from ..kernels.buffers import empty
+from ..kernels.launch import Tma, host_descriptors
 from ..kernels.plans import CachedLaunch
 from ..kernels.sm90 import SM90_SHARED_MEMORY
 from ..registry import register
@@ -246,14 +247,9 @@ def descriptor_layouts(spec: KernelSpec, config: Fp8WsConfig) -> tuple:
 
 
 def descriptors(layouts: tuple, q2, k2, u2, vt2, o2) -> list:
-    """Host TMA descriptors over the 2-D views of the module doc, one per entry of
-    `layouts` (descriptor_layouts)."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    return [
-        TensorDescriptor.from_tensor(view, *layout)
-        for view, layout in zip((q2, k2, u2, vt2, o2), layouts)
-    ]
+    """The TMA operands (kernels.launch.Tma) over the 2-D views of the module doc, one per
+    entry of `layouts` (descriptor_layouts)."""
+    return [Tma(view, *layout) for view, layout in zip((q2, k2, u2, vt2, o2), layouts)]
 
 
 #: the kernel's constexprs and launch options (_gluon: shared by the warp-specialised forwards)
@@ -366,7 +362,7 @@ def compile_sm90(spec: KernelSpec, config: Fp8WsConfig) -> sm90.CompileReport:
     q2 = torch.empty(rows, spec.heads * D, dtype=spec.torch_dtype)
     w2 = torch.empty(spec.kv_heads * spec.intermediate, D, dtype=FP8_STORAGE)
     vt2 = torch.empty(spec.kv_heads * spec.experts * D, spec.expert_dim, dtype=FP8_STORAGE)
-    descs = descriptors(descriptor_layouts(spec, config), q2, w2, w2, vt2, q2)
+    descs = host_descriptors(descriptors(descriptor_layouts(spec, config), q2, w2, w2, vt2, q2))
     args = dict(
         zip(("q_desc", "k_desc", "u_desc", "vt_desc", "o_desc"), descs),
         R=torch.empty(1, dtype=torch.float32),

@@ -43,6 +43,7 @@ from .. import codegen
 from .. import device as _device
 from ..kernels import sm90
 from ..kernels.buffers import empty
+from ..kernels.launch import Tma, host_descriptors
 from ..kernels.plans import CachedLaunch
 from ..kernels.sm90 import SM90_SHARED_MEMORY
 from ..registry import register
@@ -279,16 +280,11 @@ def descriptor_layouts(spec: KernelSpec, config: WsConfig) -> tuple:
 
 
 def descriptors(layouts: tuple, q2, k2, u2, v2, o2) -> list:
-    """Host TMA descriptors over the 2-D views (see the module docstring), one per entry
-    of `layouts` (descriptor_layouts)."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
+    """The TMA operands (kernels.launch.Tma) over the 2-D views (see the module docstring),
+    one per entry of `layouts` (descriptor_layouts)."""
     views = (q2, k2, u2, v2, o2)
     per_tensor = len(layouts) // len(views)
-    return [
-        TensorDescriptor.from_tensor(views[i // per_tensor], *layout)
-        for i, layout in enumerate(layouts)
-    ]
+    return [Tma(views[i // per_tensor], *layout) for i, layout in enumerate(layouts)]
 
 
 #: the kernel's constexprs and launch options (_gluon: shared by the warp-specialised forwards)
@@ -384,7 +380,7 @@ def compile_sm90(spec: KernelSpec, config: WsConfig) -> sm90.CompileReport:
     rows = max(config.block_m, 16)
     q2 = torch.empty(rows, spec.heads * D, dtype=tdtype)
     w2 = torch.empty(spec.kv_heads * spec.intermediate, D, dtype=tdtype)
-    descs = descriptors(descriptor_layouts(spec, config), q2, w2, w2, w2, q2)
+    descs = host_descriptors(descriptors(descriptor_layouts(spec, config), q2, w2, w2, w2, q2))
     r = torch.empty(1, dtype=torch.float32)
     n = len(descs) // 5
     names = [f"{t}_desc{i}" for t in ("q", "k", "u", "v", "o") for i in range(n)]
