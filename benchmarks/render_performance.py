@@ -44,6 +44,12 @@ checks that the document matches the results files.
     python3 benchmarks/render_performance.py --add-compare OUT/table.csv
         # that run's tables 'comparison' (the core op against the other methods) and
         # 'layers' (the FlashMHF layer against the SwiGLU layer) into its GPU's file
+    python3 examples/train_lm.py --ffn both --out OUT/lm
+    python3 examples/train_lm.py --ffn both --no-cuda-graph --out OUT/lm_eager
+    python3 benchmarks/render_performance.py --add-train-lm OUT/lm/summaries.json \
+        OUT/lm_eager/summaries.json
+        # table 'train-lm': each run's models (tokens/s, ratio: FlashMHF's over SwiGLU's
+        # in the same run), peak memory and final validation loss
 """
 
 from __future__ import annotations
@@ -384,6 +390,75 @@ def add_compare(path: Path, folder: Path = RESULTS) -> Path:
     return _write_tables(gpu, tables, folder)
 
 
+#: train_lm's FFN kinds -> the table's names for them
+TRAIN_LM_FFNS = {"flashmhf": "FlashMHF", "swiglu": "SwiGLU (matched parameters)"}
+
+
+def train_lm_table(runs: list[list[dict]]) -> tuple[str, dict]:
+    """(GPU, table 'train-lm') from the summaries.json of examples/train_lm.py runs on one
+    GPU, each with both FFNs at the same settings: a row per model and step form (a CUDA
+    graph's replay or eager), FlashMHF's tokens/s with its ratio over SwiGLU's in the same
+    run."""
+    rows, envs, steps = [], set(), set()
+    for summaries in runs:
+        by_ffn = {s["ffn"]: s for s in summaries}
+        if set(by_ffn) != set(TRAIN_LM_FFNS):
+            raise ResultsError(f"a train_lm run with both FFNs is needed, got {sorted(by_ffn)}")
+        for s in summaries:
+            if "environment" not in s or s["environment"]["device"] in ("cpu", None):
+                raise ResultsError(f"run {s['name']!r} has no GPU environment (a CPU run?)")
+            env = s["environment"]
+            envs.add((env["device"], env["torch"], env["triton"], env["date"]))
+            steps.add(s["steps_done"])
+        graphed = {s["train"].get("cuda_graph", False) for s in summaries}
+        if len(graphed) != 1:
+            raise ResultsError("the run's models trained in different step forms")
+        form = "CUDA graph" if graphed.pop() else "eager"
+        swiglu = by_ffn["swiglu"]["tokens_per_s"]
+        for ffn, label in TRAIN_LM_FFNS.items():
+            s, row = by_ffn[ffn], f"{label}, {form}"
+            throughput = {"row": row, "metric": "throughput", "value": round(s["tokens_per_s"])}
+            if ffn == "flashmhf":
+                throughput["ratio"] = round(s["tokens_per_s"] / swiglu, 2)
+            rows += [
+                {**throughput, "unit": "tokens/s"},
+                {"row": row, "metric": "peak", "value": round(s["peak_mem_mib"]), "unit": "MiB"},
+                {
+                    "row": row,
+                    "metric": "final validation loss",
+                    "value": round(s["final_val_loss"], 4),
+                    "unit": "nats/byte",
+                },
+            ]
+    if len(envs) != 1 or len(steps) != 1:
+        raise ResultsError(f"runs of one GPU, software, day and length are needed: {envs} {steps}")
+    gpu, torch_version, triton_version, date = envs.pop()
+    table = {
+        "title": (
+            "End to end: `examples/train_lm.py --ffn both` at its default sizes (28.6M "
+            "parameters, d_model 512, 8 layers; FlashMHF 4 heads, I = 1280, E = 5), bf16 "
+            f"autocast, {steps.pop()} steps of 32 x 512 tokens, both models in one process per "
+            "run; each step's forward and backward replayed from a CUDA graph (the default on "
+            "a GPU) or run eagerly (--no-cuda-graph)"
+        ),
+        "torch": torch_version,
+        "triton": triton_version,
+        "date": date,
+        "command": "python3 examples/train_lm.py --ffn both [--no-cuda-graph]",
+        "row_label": "FFN, steps",
+        "ratio": "FlashMHF's tokens/s over SwiGLU's in the same run",
+        "rows": rows,
+    }
+    return gpu, table
+
+
+def add_train_lm(paths: list[Path], folder: Path = RESULTS) -> Path:
+    """Write (or replace) table 'train-lm' of the GPU's results file from train_lm runs'
+    summaries.json files."""
+    gpu, table = train_lm_table([json.loads(p.read_text()) for p in paths])
+    return _write_tables(gpu, {"train-lm": table}, folder)
+
+
 def _write_tables(gpu: str, tables: dict[str, dict], folder: Path) -> Path:
     path = folder / f"{gpu_slug(gpu)}.json"
     doc = (
@@ -429,12 +504,22 @@ def main(argv: list[str] | None = None) -> int:
         help="first add a benchmarks/bench_h200.py run's table.csv (or table.json) as "
         "tables 'comparison' and 'layers' of its GPU's results file",
     )
+    parser.add_argument(
+        "--add-train-lm",
+        type=Path,
+        nargs="+",
+        metavar="SUMMARIES",
+        help="first add examples/train_lm.py runs' summaries.json files (one GPU, both "
+        "FFNs each) as table 'train-lm' of their GPU's results file",
+    )
     args = parser.parse_args(argv)
     try:
         if args.add_bench:
             print(f"wrote {add_bench(args.add_bench, args.table, args.results)}", file=sys.stderr)
         if args.add_compare:
             print(f"wrote {add_compare(args.add_compare, args.results)}", file=sys.stderr)
+        if args.add_train_lm:
+            print(f"wrote {add_train_lm(args.add_train_lm, args.results)}", file=sys.stderr)
         text = args.doc.read_text()
         new = render(text, load(args.results))
     except (OSError, ValueError, KeyError) as exc:

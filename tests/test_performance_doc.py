@@ -183,3 +183,55 @@ def test_the_script_has_help():
     with pytest.raises(SystemExit) as exc:
         r.main(["--help"])
     assert exc.value.code == 0
+
+
+def _lm_summary(ffn, tokens_per_s, graph, device="NVIDIA H100 80GB HBM3"):
+    return {
+        "name": ffn,
+        "ffn": ffn,
+        "steps_done": 1000,
+        "tokens_per_s": tokens_per_s,
+        "peak_mem_mib": 2400.4 if ffn == "flashmhf" else 3900.0,
+        "final_val_loss": 0.86141 if ffn == "flashmhf" else 0.7787,
+        "train": {"cuda_graph": graph},
+        "environment": {
+            "device": device,
+            "torch": "2.11.0",
+            "triton": "3.6.0",
+            "date": "2026-01-02",
+        },
+    }
+
+
+def test_train_lm_runs_become_the_train_lm_table(tmp_path):
+    """examples/train_lm.py's summaries.json files -> 'train-lm': a row per model and step
+    form, FlashMHF's tokens/s over SwiGLU's of the same run."""
+    r = _renderer()
+    paths = []
+    for graph, (flash, swiglu) in ((True, (775263.3, 771863.0)), (False, (493099.0, 653723.0))):
+        path = tmp_path / f"{graph}.json"
+        path.write_text(
+            json.dumps(
+                [_lm_summary("flashmhf", flash, graph), _lm_summary("swiglu", swiglu, graph)]
+            )
+        )
+        paths.append(path)
+    written = r.add_train_lm(paths, tmp_path)
+    table = json.loads(written.read_text())["tables"]["train-lm"]
+    rows = {(row["row"], row["metric"]): row for row in table["rows"]}
+    assert rows[("FlashMHF, CUDA graph", "throughput")]["ratio"] == 1.0
+    assert rows[("FlashMHF, eager", "throughput")]["ratio"] == 0.75
+    assert "ratio" not in rows[("SwiGLU (matched parameters), eager", "throughput")]
+    assert rows[("FlashMHF, eager", "peak")]["value"] == 2400
+    assert table["date"] == "2026-01-02" and "1000 steps" in table["title"]
+    assert "| FlashMHF, CUDA graph | 775263 (1.00x) |" in r.render_table(
+        json.loads(written.read_text()), "train-lm"
+    )
+    paths[1].write_text(
+        json.dumps([_lm_summary("flashmhf", 1.0, False, "cpu"), _lm_summary("swiglu", 1.0, False)])
+    )
+    with pytest.raises(r.ResultsError, match="no GPU environment"):
+        r.add_train_lm(paths, tmp_path)
+    paths[1].write_text(json.dumps([_lm_summary("flashmhf", 1.0, False)]))
+    with pytest.raises(r.ResultsError, match="both FFNs"):
+        r.add_train_lm(paths, tmp_path)

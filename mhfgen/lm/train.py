@@ -181,7 +181,8 @@ def train(
     Summary keys: name, ffn, backend, params (total/ffn/other), steps_done, tokens,
     final_val_loss, best_val_loss, tokens_per_s (training steps after timing_skip_steps,
     validation time left out), peak_mem_mib (CUDA only, else None), train_seconds,
-    stopped_early, and with cfg.serve_fp8 fp8_val_loss and fp8_val_loss_change (serve_fp8).
+    stopped_early, with cfg.serve_fp8 fp8_val_loss and fp8_val_loss_change (serve_fp8),
+    then model and train (the configs) and environment (device, versions, day).
     A non-finite loss raises FloatingPointError naming the step.
     """
     if cfg.serve_fp8 and model_cfg.ffn != "flashmhf":
@@ -299,8 +300,26 @@ def train(
         **served,
         "model": model_cfg.to_dict(),
         "train": asdict(cfg),
+        "environment": environment(device),
     }
     return result
+
+
+def environment(device: torch.device) -> dict:
+    """What a run's figures depend on besides its configs: the device (the GPU's name on
+    CUDA), the torch and Triton versions and the UTC day."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:  # the PyTorch backend trains without Triton
+        triton_version = None
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
 
 
 def serve_fp8(
