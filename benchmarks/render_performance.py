@@ -439,7 +439,7 @@ def train_lm_table(runs: list[list[dict]]) -> tuple[str, dict]:
             "parameters, d_model 512, 8 layers; FlashMHF 4 heads, I = 1280, E = 5), bf16 "
             f"autocast, {steps.pop()} steps of 32 x 512 tokens, both models in one process per "
             "run; each step's forward and backward replayed from a CUDA graph (the default on "
-            "a GPU) or run eagerly (--no-cuda-graph)"
+            "a GPU) or run eagerly (--no-cuda-graph)."
         ),
         "torch": torch_version,
         "triton": triton_version,
