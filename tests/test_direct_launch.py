@@ -329,7 +329,7 @@ def encoder(monkeypatch):
 
     def encode(desc, meta):
         calls.append(desc)
-        base = desc[1]
+        base = desc[1] if isinstance(desc, tuple) else desc.base
         return [f"map@{base.ptr}/{meta['swizzle']}", *base.shape, *base.stride()]
 
     monkeypatch.setattr(driver, "make_tensordesc_arg", encode)
@@ -417,3 +417,16 @@ def test_kernels_without_descriptors_keep_the_binarys_run(cuda):
     kernel, launch = _launch()
     launch(FakeCuda(4096), FakeCuda(8192), FakeCuda(16384))
     assert launch.compiled is kernel.compiled and launch.encoded is None
+
+
+def test_a_callers_descriptor_is_encoded_on_every_call(cuda, encoder):
+    """Only Tma operands are kept encoded: a TensorDescriptor a caller built (its padding
+    may differ at the same address) is encoded per call, as Triton's wrapper does."""
+    from mhfgen.kernels.launch import Tma
+
+    kernel, launch = _tma_launch()
+    own = FakeDescriptor(FakeView(4096))
+    operands = (own, Tma(FakeView(8192), [64, 128], None), FakeCuda(1 << 20))
+    for _ in range(3):
+        launch(*operands)
+    assert encoder.count(own) == 2 and len(encoder) == 3  # two direct launches, Tma once

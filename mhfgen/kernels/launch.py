@@ -173,8 +173,9 @@ class EncodedLaunch:
     function (triton.backends.nvidia.driver.wrap_handle_tensordesc) that turns each
     descriptor into its encoded CUtensorMap followed by its shape and strides, on every
     call. This calls the C launcher itself, with the expansion that wrapper would make,
-    made once per (parameter, address, shape, strides) by the same make_tensordesc_arg and
-    kept (at most ENCODED_PER_PARAMETER per parameter). `of` gives None wherever the
+    made by the same make_tensordesc_arg once per (parameter, address, shape, strides) of
+    a Tma operand and kept (at most ENCODED_PER_PARAMETER per parameter); a
+    TensorDescriptor a caller built is encoded on every call, as by the wrapper. `of` gives None wherever the
     binary's launcher is not that wrapper around a C launcher, or needs scratch memory
     allocated per launch: the launch then goes through the binary's `run`."""
 
@@ -189,6 +190,9 @@ class EncodedLaunch:
 
     @classmethod
     def of(cls, compiled, n_tensors: int) -> EncodedLaunch | None:
+        """The encoded launch of `compiled` (whose first `n_tensors` parameters are the
+        per-call arguments), or None where its launcher is not Triton's descriptor wrapper
+        around a C launcher, or allocates scratch memory per launch."""
         run = getattr(compiled, "run", None)
         wrapper = getattr(run, "launch", None)
         try:
@@ -231,14 +235,16 @@ class EncodedLaunch:
             if meta is None:
                 args.append(arg)
                 continue
+            if type(arg) is not Tma:  # a caller's own TensorDescriptor: encoded per call
+                args.extend(self.encode(arg, meta))
+                continue
             base = arg.base
             key = (i, base.data_ptr(), *base.shape, *base.stride())
             encoded = cache.get(key)
             if encoded is None:
                 if len(cache) >= ENCODED_PER_PARAMETER * len(slots):
                     cache.clear()
-                desc = arg.descriptor() if type(arg) is Tma else arg
-                encoded = cache[key] = self.encode(desc, meta)
+                encoded = cache[key] = self.encode(arg.descriptor(), meta)
             args.extend(encoded)
         self.launcher(*args, *tail)
 
