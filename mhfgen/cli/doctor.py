@@ -51,7 +51,10 @@ def run(args) -> int:
     if not torch.cuda.is_available():
         launch = "through Triton's interpreter (no compiled binaries)"
     elif DIRECT_LAUNCH:
-        launch = "compiled binary after the first launch (kernels.launch.DirectLaunch)"
+        launch = (
+            "compiled binary after the first launch, TMA operands encoded once per address "
+            "(kernels.launch.DirectLaunch)"
+        )
     elif JIT_LAUNCH_REQUESTED:
         launch = "JITFunction.run on every call (MHFGEN_JIT_LAUNCH is set)"
     else:
