@@ -22,6 +22,7 @@ from sm90_compile import gluon_report
 
 from mhfgen import dispatch, env, registry
 from mhfgen.fp8 import forget_transposed, quantize_experts, transpose_v, transposed_v
+from mhfgen.kernels.sm90 import SM90_SHARED_MEMORY
 from mhfgen.reference import flash_mhf, flash_mhf_w8a8
 from mhfgen.spec import KernelSpec
 from mhfgen.tolerances import (
@@ -104,7 +105,7 @@ def test_compiles_for_sm90_to_fp8_wgmma_without_spills(spec, family):
     assert report.spill_bytes == 0, report
     assert report.registers <= f8.max_registers(config)
     # the estimate the tuner prunes with may not promise less than the kernel takes
-    assert report.shared <= f8.shared_memory(spec, config) <= f8.SM90_SHARED_MEMORY
+    assert report.shared <= f8.shared_memory(spec, config) <= SM90_SHARED_MEMORY
     # every tensor-core product is e4m3 x e4m3 (wgmma.mma_async...f32.e4m3.e4m3)
     assert report.wgmma == report.fp8_wgmma == _wgmma_per_consumer(spec, config) * config.consumers
     assert report.tma_loads >= 4  # q, k, u, v^T loads (and the o store)

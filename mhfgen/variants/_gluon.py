@@ -27,6 +27,7 @@ from ..kernels.sm90 import (
     BACKWARD_BLOCK_N,
     BACKWARD_DTYPES,
     SM90_REGISTERS,
+    SM90_SHARED_MEMORY,
     BackwardLaunch,
     CompileReport,
     backward_descriptors,
@@ -205,21 +206,35 @@ def forward_work_tiles(spec: KernelSpec, config: ForwardConsumersConfig, tokens:
     return -(-tokens // tokens_per_tile) * (spec.heads // config.group_heads)
 
 
-def forward_register_split_problems(config: ForwardConsumersConfig) -> list[str]:
-    """Why a warp-specialised forward's register split (setmaxnreg) does not fit an SM:
-    with two consumers both at consumer_regs (the first takes the same) beside the
-    producer's warpgroup at producer_regs."""
-    if config.consumers != 2:
-        return []
-    threads = 32 * config.consumer_warps
-    total = threads * 2 * config.consumer_regs + 128 * config.producer_regs
-    if total <= SM90_REGISTERS:
-        return []
-    return [
-        f"register split 2 x {threads} threads x {config.consumer_regs} + "
-        f"128 x {config.producer_regs} needs {total} registers "
-        f"(> {SM90_REGISTERS})"
-    ]
+def forward_resource_problems(
+    spec: KernelSpec, config: ForwardConsumersConfig, shared: int
+) -> list[str]:
+    """What of a warp-specialised forward's config does not fit an SM: joint score MMAs
+    wider than a wgmma, `shared` bytes of shared memory past the limit, a register split
+    (setmaxnreg: two consumers both at consumer_regs, the first taking the same, beside
+    the producer's warpgroup at producer_regs) past the SM's registers, and more than 200
+    live accumulator values per consumer thread (forward_registers)."""
+    problems = []
+    if config.joint_scores and config.block_n > 128:
+        problems.append(
+            f"joint_scores needs block_n <= 128 (a wgmma is at most 256 wide); "
+            f"block_n is {config.block_n}"
+        )
+    if shared > SM90_SHARED_MEMORY:
+        problems.append(f"needs {shared} bytes of shared memory (> {SM90_SHARED_MEMORY})")
+    if config.consumers == 2:
+        threads = 32 * config.consumer_warps
+        total = threads * 2 * config.consumer_regs + 128 * config.producer_regs
+        if total > SM90_REGISTERS:
+            problems.append(
+                f"register split 2 x {threads} threads x {config.consumer_regs} + "
+                f"128 x {config.producer_regs} needs {total} registers "
+                f"(> {SM90_REGISTERS})"
+            )
+    live = forward_registers(spec, config)
+    if live > 200:
+        problems.append(f"{live:g} accumulator registers per consumer thread (> 200)")
+    return problems
 
 
 class GluonBackwardConfig(GluonConfig):

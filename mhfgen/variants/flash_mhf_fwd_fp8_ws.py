@@ -52,7 +52,6 @@ from ..kernels import sm90
 from ..kernels.buffers import empty
 from ..kernels.launch import Tma, host_descriptors
 from ..kernels.plans import CachedLaunch
-from ..kernels.sm90 import SM90_SHARED_MEMORY
 from ..registry import register
 from ..spec import FP8_STORAGE, KernelSpec, dtype_name
 from ..validation import check_flash_mhf_inputs, check_weight_scales
@@ -146,19 +145,7 @@ def config_problems(spec: KernelSpec, config: Fp8WsConfig) -> list[str]:
         )
     if spec.group % config.group_heads:
         problems.append(f"group_heads={config.group_heads} must divide H/Hkv={spec.group}")
-    if config.joint_scores and config.block_n > 128:
-        problems.append(
-            f"joint_scores needs block_n <= 128 (a wgmma is at most 256 wide); "
-            f"block_n is {config.block_n}"
-        )
-    if shared_memory(spec, config) > SM90_SHARED_MEMORY:
-        problems.append(
-            f"needs {shared_memory(spec, config)} bytes of shared memory (> {SM90_SHARED_MEMORY})"
-        )
-    problems += _gluon.forward_register_split_problems(config)
-    live = registers(spec, config)
-    if live > 200:
-        problems.append(f"{live:g} accumulator registers per consumer thread (> 200)")
+    problems += _gluon.forward_resource_problems(spec, config, shared_memory(spec, config))
     return problems
 
 

@@ -45,7 +45,6 @@ from ..kernels import sm90
 from ..kernels.buffers import empty
 from ..kernels.launch import Tma, host_descriptors
 from ..kernels.plans import CachedLaunch
-from ..kernels.sm90 import SM90_SHARED_MEMORY
 from ..registry import register
 from ..spec import KernelSpec, dtype_name
 from ..tiling import Chunk, even_tiles, head_dim_chunks
@@ -171,22 +170,7 @@ def config_problems(spec: KernelSpec, config: WsConfig) -> list[str]:
             f"(64 + 32) it gave inf outputs on the H200 (128M, fp16, 16384 "
             f"tokens; docs/PERFORMANCE.md); head_dim is {spec.head_dim}"
         )
-    if config.joint_scores and config.block_n > 128:
-        problems.append(
-            f"joint_scores needs block_n <= 128 (a wgmma is at most 256 wide); "
-            f"block_n is {config.block_n}"
-        )
-    if shared_memory(spec, config) > SM90_SHARED_MEMORY:
-        problems.append(
-            f"needs {shared_memory(spec, config)} bytes of shared memory (> {SM90_SHARED_MEMORY})"
-        )
-    problems += _gluon.forward_register_split_problems(config)
-    # accumulators per consumer thread: O (BLOCK_M x D), S, G and the next tile's S, G
-    # (BLOCK_M x BLOCK_N each), over 32 * consumer_warps threads
-    threads = 32 * config.consumer_warps
-    live = config.block_m * (spec.head_dim + 4 * config.block_n) // threads
-    if live > 200:
-        problems.append(f"{live} accumulator registers per consumer thread (> 200)")
+    problems += _gluon.forward_resource_problems(spec, config, shared_memory(spec, config))
     return problems
 
 
