@@ -264,25 +264,43 @@ def core_inputs(p: BenchProblem, device, grad: bool):
     return proj, k, u, v, r
 
 
-def _core_case(fn, p: BenchProblem, pass_: str, device) -> Case:
+def _core_case(fn, p: BenchProblem, pass_: str, device, layout=None) -> Case:
+    """The case of a core op `fn(q, k, u, v, r)` on the problem's inputs, q a view of the
+    in-projection's output made per call. `layout`, a function (q, r) -> (q', r'), puts q
+    and r in a peer's own layout once, before any timing (mhfgen.peers.authors); fn then
+    takes q' and r', and the output gradient has q''s shape."""
     import torch
 
     grad = pass_ == "fwdbwd"
     proj, k, u, v, r = core_inputs(p, device, grad)
     qshape = (p.batch, p.seqlen, p.heads, p.head_dim)
+    if layout is None:
+
+        def q_of():
+            return proj.view(qshape)
+
+        leaves = [proj, k, u, v, r]
+    else:
+        q_fixed, r = layout(proj.view(qshape), r)
+        del proj
+
+        def q_of():
+            return q_fixed
+
+        leaves = [q_fixed, k, u, v, r]
     if not grad:
 
         def run():
             with torch.no_grad():
-                return fn(proj.view(qshape), k, u, v, r)
+                return fn(q_of(), k, u, v, r)
 
         return Case(run, [])
-    do = _randn(qshape, p, device)
+    do = _randn(tuple(q_of().shape), p, device)
 
     def run_fwdbwd():
-        fn(proj.view(qshape), k, u, v, r).backward(do)
+        fn(q_of(), k, u, v, r).backward(do)
 
-    return Case(run_fwdbwd, [proj, k, u, v, r])
+    return Case(run_fwdbwd, leaves)
 
 
 def _module_case(module: torch.nn.Module, p: BenchProblem, pass_: str, device) -> Case:
@@ -408,30 +426,12 @@ def _authors_unavailable() -> str | None:
     unavailable=_authors_unavailable,
 )
 def _build_authors(p, pass_, device):
-    import torch
-
     from .peers import authors
 
     reason = authors.unsupported(p.dtype, p.head_dim, p.expert_dim)
     if reason:
         raise Unsupported(reason)
-    grad = pass_ == "fwdbwd"
-    proj, k, u, v, r = core_inputs(p, device, grad)
-    q_t, r_t = authors.to_authors_layout(proj.view(p.batch, p.seqlen, p.heads, p.head_dim), r)
-    del proj, r
-    if not grad:
-
-        def run():
-            with torch.no_grad():
-                return authors.flash_mhf(q_t, k, u, v, r_t)
-
-        return Case(run, [])
-    do = _randn(q_t.shape, p, device)
-
-    def run_fwdbwd():
-        authors.flash_mhf(q_t, k, u, v, r_t).backward(do)
-
-    return Case(run_fwdbwd, [q_t, k, u, v, r_t])
+    return _core_case(authors.flash_mhf, p, pass_, device, layout=authors.to_authors_layout)
 
 
 @register_method(
