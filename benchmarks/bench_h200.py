@@ -207,6 +207,7 @@ def sweep_1p3b(table, core: list[str], out: Path, args, start: float, progress) 
 
 
 def main() -> int:
+    known = shapes()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("outdir", help="directory for the JSON, CSV, PNG and text outputs")
     ap.add_argument(
@@ -217,8 +218,8 @@ def main() -> int:
     )
     ap.add_argument(
         "--shapes",
-        default=",".join(shapes()),
-        help=f"comma list of the shapes to run (default: all of {', '.join(shapes())})",
+        default=",".join(known),
+        help=f"comma list of the shapes to run (default: all of {', '.join(known)})",
     )
     ap.add_argument(
         "--methods",
@@ -256,10 +257,10 @@ def main() -> int:
         print("bench_h200: needs a CUDA GPU", file=sys.stderr)
         return 2
     chosen = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in shapes()]
+    unknown = [s for s in chosen if s not in known]
     if unknown or not chosen:
-        ap.error(f"--shapes: unknown {unknown}; known: {', '.join(shapes())}")
-    problems = {name: p for name, p in shapes().items() if name in chosen}
+        ap.error(f"--shapes: unknown {unknown}; known: {', '.join(known)}")
+    problems = {name: p for name, p in known.items() if name in chosen}
     core, layer = core_methods(), LAYER
     if args.methods is not None:
         wanted = {m.strip() for m in args.methods.split(",") if m.strip()} | {"mhfgen"}
