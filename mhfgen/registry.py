@@ -121,7 +121,9 @@ class VariantConfig:
         missing = [n for n in cls.field_names() if n not in data and n not in added]
         if missing and not partial:
             raise ValueError(f"{cls.variant} config: missing fields {missing}")
-        return cls(**data)
+        if partial:
+            return cls(**data)
+        return cls(**{**{n: v for n, v in added.items() if n not in data}, **data})
 
     def check_fields(self, **rules) -> None:
         """ValueError for the first of these fields whose value breaks its rule
