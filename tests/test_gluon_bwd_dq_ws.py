@@ -51,9 +51,9 @@ def test_config_round_trips_through_json_and_describes_itself():
     assert registry.get(STEM).config_from_dict(json.loads(joint.to_json())) == joint
 
 
-def test_a_stored_config_from_before_the_joint_knob_reads_without_it():
+def test_a_stored_config_from_before_the_knobs_reads_without_them():
     stored = {"stages": 3, "sigmoid": "tanh", "consumer_regs": 240, "producer_regs": 24}
-    assert registry.get(STEM).config_from_dict(stored) == ws.BwdDqWsConfig()
+    assert registry.get(STEM).config_from_dict(stored) == ws.BwdDqWsConfig(wait_dq=False)
 
 
 def test_joint_scores_changes_the_code_only_where_it_is_set():
@@ -65,6 +65,20 @@ def test_joint_scores_changes_the_code_only_where_it_is_set():
     assert "ku_smem" not in plain_code and "_split_scores" not in plain_code
     assert "ku_smem" in joint_code and "def _split_scores" in joint_code
     assert ws.shared_memory(SPEC_13B, joint) == ws.shared_memory(SPEC_13B, plain)
+
+
+def test_stored_configs_without_wait_dq_keep_their_code():
+    """A winner stored before the knob existed reads as wait_dq=False and renders the code
+    it was tuned with (no static parameter); new configs wait for dq's MMAs per tile."""
+    stored = {"stages": 3, "sigmoid": "tanh", "consumer_regs": 240, "producer_regs": 24}
+    old = registry.get(STEM).config_from_dict(stored)
+    assert not old.wait_dq and ws.BwdDqWsConfig().wait_dq
+    assert "wait_dq" not in ws.static_params(SPEC_13B, old)
+    old_code, new_code = render(STEM, SPEC_13B, old), render(STEM, SPEC_13B, ws.BwdDqWsConfig())
+    assert "warpgroup_mma_wait(num_outstanding=2, deps=(dq, ))" in old_code
+    assert "warpgroup_mma_wait(num_outstanding=2" not in new_code
+    assert "mbarrier.arrive(w_free.index(s))" in new_code
+    assert ws.default_config(SPEC_13B, 16384, 132).wait_dq
 
 
 def test_resources_rule_out_what_cannot_fit():
@@ -105,6 +119,7 @@ COMPILE_CASES = [
     (SPEC_L37_GQA, ws.BwdDqWsConfig()),
     (SPEC_E1, ws.BwdDqWsConfig(stages=6, sigmoid="exp")),
     (SPEC_13B, ws.BwdDqWsConfig(joint_scores=True)),
+    (SPEC_13B, ws.BwdDqWsConfig(joint_scores=True, wait_dq=False)),
     (SPEC_D64_GQA, ws.BwdDqWsConfig(stages=4, joint_scores=True, sigmoid="exp")),
     (SPEC_L37_GQA, ws.BwdDqWsConfig(stages=2, joint_scores=True)),
     *[(spec, ws.default_config(spec, 16384, 132)) for spec in PADDED],
@@ -120,7 +135,10 @@ def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     report = gluon_report(ws, spec, config)
     estimate = ws.shared_memory(spec, config)
     assert report.shared <= estimate <= report.shared + 1024
-    assert report.spill_bytes == 0
+    # asynchronous wgmma take every register of 240 a thread: at 232 a few values spill
+    assert report.spill_bytes == 0 or config.consumer_regs < 240
+    # dq's MMAs left in flight into the next tile make ptxas serialise every wgmma
+    assert (report.wgmma_serialized != "") == (not config.wait_dq), report.wgmma_serialized
     # per consumer: S, A, dP (K = D padded: D / 16 instructions each; [S | A] one chain
     # with joint_scores) and dq's two (K = 64: 4)
     d = backward_head_dim_pad(spec)

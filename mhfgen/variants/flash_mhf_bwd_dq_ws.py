@@ -54,6 +54,11 @@ class BwdDqWsConfig(_gluon.GluonBackwardConfig):
     joint_scores:  S and A by one wgmma of twice the width, [S | A] = q [K; U]^T (K and U
                    of a weight tile stacked in one ring tile): q is read from shared
                    memory once for both, not twice.
+    wait_dq:       dq's two MMAs complete within their weight tile (the tile's slot goes
+                   back to the producer then). Off, they stay in flight into the next
+                   tile, and their register A operands leave ptxas too few registers for
+                   asynchronous wgmma: it serialises every wgmma of the kernel
+                   (sm90.wgmma_serialized says so at compile time).
     """
 
     variant = KERNEL
@@ -63,10 +68,11 @@ class BwdDqWsConfig(_gluon.GluonBackwardConfig):
     joint_scores: bool = False
     consumer_regs: int = 240
     producer_regs: int = 24
+    wait_dq: bool = True
 
     #: fields added after configs of this variant were stored: a stored or imported config
     #: without them means these values (whose generated code is the code it was tuned with)
-    added_fields = {"joint_scores": False}
+    added_fields = {"joint_scores": False, "wait_dq": False}
 
     choices = {"stages": range(2, 7)}
 
@@ -76,7 +82,8 @@ class BwdDqWsConfig(_gluon.GluonBackwardConfig):
 
     def describe(self) -> str:
         joint = " joint" if self.joint_scores else ""
-        return self.describe_regs() + joint + self.describe_sigmoid()
+        pending = "" if self.wait_dq else " dq-pending"
+        return self.describe_regs() + joint + pending + self.describe_sigmoid()
 
 
 unsupported = sm90.backward_unsupported
@@ -115,12 +122,14 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDqWsConfi
 
 
 def static_params(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
-    """sigmoid, and joint_scores and head_dim_pad only where set: a config without them
+    """sigmoid, and joint_scores, wait_dq and head_dim_pad only where set: a config without them
     renders the code it rendered before the knobs existed, so its stored winners stay
     current."""
     params = {"sigmoid": config.sigmoid, **sm90.backward_pad_params(spec)}
     if config.joint_scores:
         params["joint_scores"] = True
+    if config.wait_dq:
+        params["wait_dq"] = True
     return params
 
 
