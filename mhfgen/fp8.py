@@ -108,9 +108,33 @@ def transpose_v(v8: torch.Tensor) -> torch.Tensor:
     return v8.transpose(-1, -2).contiguous()
 
 
-#: v8 -> (its version counter when transposed, transpose_v(v8)); entries go with their
-#: tensor (keyed by identity, held weakly)
-_transposed = torch.utils.weak.WeakIdKeyDictionary()
+def column_factors(scales: torch.Tensor) -> torch.Tensor:
+    """The per-intermediate-row factors the FP8-arithmetic forward reads, from the stacked
+    scales (3, Hkv, E, De) of K, U and V: (2, Hkv, E, De) float32, contiguous, holding
+    k_scale and u_scale * v_scale (G's column scale and V's row scale meet in one product
+    per intermediate row, so the kernel multiplies by it once)."""
+    if scales.dim() != 4 or scales.shape[0] != 3:
+        raise ValueError(f"column_factors takes (3, Hkv, E, De) scales, got {tuple(scales.shape)}")
+    s = scales.float()
+    return torch.stack((s[0], s[1] * s[2])).contiguous()
+
+
+#: (kind, tensor) -> (the tensor's version counter when derived, the derived tensor);
+#: entries go with their tensor (keyed by identity, held weakly)
+_kept = {kind: torch.utils.weak.WeakIdKeyDictionary() for kind in ("vt", "cols")}
+
+
+def _derived(kind: str, source: torch.Tensor, make) -> torch.Tensor:
+    """make(source), made once per tensor object and version counter and kept while the
+    tensor lives (an inference tensor has no version counter: made on every call)."""
+    if source.is_inference():
+        return make(source)
+    entry = _kept[kind].get(source)
+    if entry is not None and entry[0] == source._version:
+        return entry[1]
+    derived = make(source)
+    _kept[kind][source] = (source._version, derived)
+    return derived
 
 
 def transposed_v(v8: torch.Tensor) -> torch.Tensor:
@@ -121,16 +145,16 @@ def transposed_v(v8: torch.Tensor) -> torch.Tensor:
     library) is not detected: call forget_transposed() after one. An inference tensor
     (made under torch.inference_mode) has no version counter: its copy is made on every
     call, never kept."""
-    if v8.is_inference():
-        return transpose_v(v8)
-    entry = _transposed.get(v8)
-    if entry is not None and entry[0] == v8._version:
-        return entry[1]
-    vt = transpose_v(v8)
-    _transposed[v8] = (v8._version, vt)
-    return vt
+    return _derived("vt", v8, transpose_v)
+
+
+def kept_column_factors(scales: torch.Tensor) -> torch.Tensor:
+    """column_factors(scales), kept per tensor and version as transposed_v keeps V^T."""
+    return _derived("cols", scales, column_factors)
 
 
 def forget_transposed() -> None:
-    """Drop every cached transposed V (transposed_v)."""
-    _transposed.clear()
+    """Drop every kept derived operand: transposed V (transposed_v) and column factors
+    (kept_column_factors)."""
+    for cache in _kept.values():
+        cache.clear()

@@ -21,7 +21,14 @@ import torch
 from sm90_compile import gluon_report
 
 from mhfgen import dispatch, env, registry
-from mhfgen.fp8 import forget_transposed, quantize_experts, transpose_v, transposed_v
+from mhfgen.fp8 import (
+    column_factors,
+    forget_transposed,
+    kept_column_factors,
+    quantize_experts,
+    transpose_v,
+    transposed_v,
+)
 from mhfgen.kernels.sm90 import SM90_SHARED_MEMORY
 from mhfgen.reference import flash_mhf, flash_mhf_w8a8
 from mhfgen.spec import KernelSpec
@@ -45,7 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: one config per schedule family the template can generate
 FAMILIES = {
     "default": f8.Fp8WsConfig(),
-    "separate-scores": f8.Fp8WsConfig(joint_scores=False),
+    "joint-scores": f8.Fp8WsConfig(joint_scores=True),
+    "p-in-registers": f8.Fp8WsConfig(p_operand="registers"),
     "one-consumer-8w": f8.Fp8WsConfig(consumers=1, consumer_warps=8),
     "pingpong": f8.Fp8WsConfig(pingpong=True),
     "kv-group": f8.Fp8WsConfig(group_heads=2),
@@ -90,7 +98,7 @@ def test_renders_valid_python(spec, family):
     # e4m3 operands everywhere, V read transposed (K-major), the running row max
     assert "vt_smem.index(slot).permute((1, 0))" in source
     assert "q8.store((qf * q_inv[:, None]).to(gl.float8e4nv))" in source
-    assert "m_new = gl.maximum(m, gl.max(gl.abs(p), axis=1))" in source
+    assert "m_new = gl.maximum(m, gl.max(gl.abs(y), axis=1) * gl.abs(a))" in source
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -102,7 +110,13 @@ def test_compiles_for_sm90_to_fp8_wgmma_without_spills(spec, family):
     assert f8.config_problems(spec, config) == []
     report = gluon_report(f8, spec, config)
     assert report.cubin_bytes > 0
-    assert report.spill_bytes == 0, report
+    # joint [S | G] accumulators cost a few spilled registers at D = 128 (and run slower,
+    # so the heuristic keeps them off); every other family fits
+    if not (config.joint_scores and spec.head_dim == 128):
+        assert report.spill_bytes == 0, report
+    # with the activations' A operand in registers ptxas serialises every wgmma; from
+    # shared memory they stay asynchronous
+    assert (report.wgmma_serialized != "") == (config.p_operand == "registers"), report
     assert report.registers <= f8.max_registers(config)
     # the estimate the tuner prunes with may not promise less than the kernel takes
     assert report.shared <= f8.shared_memory(spec, config) <= SM90_SHARED_MEMORY
@@ -125,7 +139,8 @@ def test_default_and_tuner_style_configs_compile(spec):
     for config in configs:
         assert f8.config_problems(spec, config) == [], config.describe()
         report = gluon_report(f8, spec, config)
-        assert report.spill_bytes == 0, (config.describe(), report)
+        if not config.joint_scores:
+            assert report.spill_bytes == 0, (config.describe(), report)
         assert report.shared <= f8.shared_memory(spec, config), config.describe()
         assert report.fp8_wgmma == report.wgmma > 0, config.describe()
 
@@ -343,7 +358,8 @@ def _fp8_case(case: Case, dtype=torch.float16, device="cpu"):
 def test_the_launch_passes_every_kernel_argument_in_order(monkeypatch):
     """On the CPU (the plan made as for an sm90 device), the launch's positional arguments
     and constexprs are exactly the generated kernel's parameters, in order: the
-    descriptors of q, k8, u8, V8^T and o, r, the scales, then the scalars."""
+    descriptors of q, k8, u8, V8^T and o, r, the scales' column factors, then the
+    scalars."""
     from mhfgen import device
 
     monkeypatch.setattr(device, "target", lambda _: "sm90")
@@ -367,7 +383,9 @@ def test_the_launch_passes_every_kernel_argument_in_order(monkeypatch):
         [128, 64],
         [64, 128],
     ]
-    assert names[5:7] == ["R", "SCALES"] and args[5] is r and args[6] is scales
+    assert names[5:7] == ["R", "COLS"] and args[5] is r
+    assert args[6] is kept_column_factors(scales)
+    assert torch.equal(args[6], torch.stack((scales[0], scales[1] * scales[2])))
     options = set(f8.launch_options(config))
     assert list(names[len(args) :]) == [n for n in plan.meta if n not in options]
     assert args[7:] == (*r.stride(), 100, 200)
@@ -381,6 +399,20 @@ def test_the_launcher_refuses_16_bit_weights_and_missing_scales():
     k8, u8, v8, scales = quantize_experts(k, u, v)
     with pytest.raises(TypeError, match="scales"):
         f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r)
+
+
+def test_column_factors_fold_g_and_v_scales_and_are_kept_per_version():
+    scales = torch.rand(3, 2, 3, 64) + 0.5
+    cols = column_factors(scales)
+    assert cols.shape == (2, 2, 3, 64) and cols.is_contiguous() and cols.dtype == torch.float32
+    assert torch.equal(cols[0], scales[0]) and torch.equal(cols[1], scales[1] * scales[2])
+    forget_transposed()
+    first = kept_column_factors(scales)
+    assert kept_column_factors(scales) is first
+    scales[1].mul_(2.0)  # a write bumps the version: made anew, with the new scales
+    assert torch.equal(kept_column_factors(scales)[1], scales[1] * scales[2])
+    with pytest.raises(ValueError, match="scales"):
+        column_factors(scales[:2])
 
 
 def test_transposed_v_is_made_once_per_tensor_and_version():

@@ -19,6 +19,8 @@ mhfgen.reference.flash_mhf_w8a8:
     1. q's rows quantised once: s_q = max_d |q| / 448, q8 = e4m3(q / s_q) (0 for a zero row)
     2. per weight tile j (BLOCK_N weight rows): S = (q8 K8^T) s_q k_scale,
        G = (q8 U8^T) s_q u_scale (fp32 accumulators), p' = silu(S) G r v_scale
+       (computed as y = silu(S) (q8 U8^T) u_scale v_scale, p' = y s_q r: the row factor
+       applied after the row maximum, max |p'| = |s_q r| max |y|)
     3. m_new = max(m, max_col |p'|) (running per-row max, m = 0 at first);
        O *= m / m_new; O += e4m3(p' * 448 / m_new) V8; m = m_new
     4. o = O * m / 448, in q's dtype.
@@ -35,7 +37,9 @@ Tensor layouts the kernel reads through TMA descriptors:
     q, o  (B, L, H, D) viewed as (B * L, H * D), blocks (BLOCK_M, D) at [t0, head * D]
     k8/u8 (Hkv, E, De, D) viewed as (Hkv * E * De, D), blocks (BLOCK_N, D)
     v8^T  (Hkv, E, D, De) viewed as (Hkv * E * D, De), blocks (D, BLOCK_N)
-    scales (3, Hkv, E, De) float32 and r (B, L, H, E) fp32 with plain loads.
+    column factors (2, Hkv, E, De) float32 (k_scale, u_scale * v_scale per intermediate
+    row: mhfgen.fp8.column_factors of the scales, kept per scales tensor) and r
+    (B, L, H, E) fp32 with plain loads.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from torch import Tensor
 
 from .. import codegen
 from .. import device as _device
-from ..fp8 import transposed_v
+from ..fp8 import kept_column_factors, transposed_v
 from ..kernels import sm90
 from ..kernels.buffers import empty
 from ..kernels.launch import Tma, host_descriptors
@@ -81,9 +85,14 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     pingpong:       two consumers take turns issuing their GEMMs (needs consumers = 2).
     sigmoid:        'tanh' (one tanh.approx per element) or 'exp' (exp2 + fast divide).
     joint_scores:   S and G by one wgmma of twice the width, [S | G] = q8 [K8; U8]^T (K8
-                    and U8 of a weight tile stacked in one ring tile; block_n <= 128).
+                    and U8 of a weight tile stacked in one ring tile; block_n <= 128). At
+                    D = 128 it spills a few registers and ran 0.92x separate ones.
     producer_regs, consumer_regs: registers per thread of the producer and of the second
                     consumer partition (setmaxnreg); the first consumer gets what is left.
+    p_operand:      where O += p8 V8 reads its A operand, the e4m3 activation tile:
+                    'shared' (stored to a per-consumer shared tile) or 'registers'. With
+                    'registers' ptxas finds too few registers to keep the wgmma pipeline
+                    and serialises every wgmma of the kernel (sm90.wgmma_serialized).
     """
 
     variant = KERNEL
@@ -95,9 +104,14 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     group_heads: int = 1
     pingpong: bool = False
     sigmoid: str = "tanh"
-    joint_scores: bool = True
+    joint_scores: bool = False
     producer_regs: int = 24
     consumer_regs: int = 240
+    p_operand: str = "shared"
+
+    #: fields added after configs of this variant were stored: a stored config without
+    #: them means these values
+    added_fields = {"p_operand": "registers"}
 
     choices = dict(
         block_n=(64, 128),
@@ -105,7 +119,11 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         consumers=(1, 2),
         consumer_warps=(4, 8),
         group_heads=(1, 2),
+        p_operand=("shared", "registers"),
     )
+
+    def describe(self) -> str:
+        return super().describe() + (" p-regs" if self.p_operand == "registers" else "")
 
 
 # ---------------------------------------------------------------------------------------
@@ -158,8 +176,9 @@ def shared_memory(spec: KernelSpec, config: Fp8WsConfig) -> int:
     """Bytes: the consumers' Q tiles in q's dtype (reused for O) and in e4m3, STAGES slots
     of e4m3 K, U and V^T tiles, the mbarriers, and SCRATCH_RESERVE."""
     q = config.consumers * config.block_m * spec.head_dim * (2 + 1)
+    p = config.consumers * config.block_m * config.block_n if config.p_operand == "shared" else 0
     ring = config.stages * 3 * config.block_n * spec.head_dim
-    return q + ring + 8 * (3 * config.stages + 2 * config.consumers + 2) + SCRATCH_RESERVE
+    return q + p + ring + 8 * (3 * config.stages + 2 * config.consumers + 2) + SCRATCH_RESERVE
 
 
 #: fp32 accumulator values per consumer thread; the launch's register cap (both as
@@ -169,10 +188,11 @@ max_registers = _gluon.forward_max_registers
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int = 0) -> Fp8WsConfig:
-    """The built-in config, not yet measured on a GPU: flash_mhf_fwd_ws's default schedule
-    (two 4-warp consumers sharing 64-column tiles of a 4-slot ring, tanh silu, S and G
-    from one joint wgmma), whose ring of e4m3 tiles takes half the shared memory; 3 slots
-    where that does not fit. The SM count does not enter it."""
+    """The built-in config: two 4-warp consumers sharing 64-column tiles of a 4-slot ring,
+    tanh silu, S and G by separate wgmma and the activations' A operand in shared memory
+    (on an H100 at the 1.3B preset and 16384 tokens: 1.09x joint score MMAs, which lose
+    their overlap to the split of [S | G]; docs/PERFORMANCE.md); 3 slots where 4 do not
+    fit. The SM count does not enter it."""
     for stages in (4, 3):
         candidate = Fp8WsConfig(stages=stages)
         if not config_problems(spec, candidate):
@@ -193,6 +213,7 @@ def static_params(spec: KernelSpec, config: Fp8WsConfig) -> dict:
         "pingpong": config.pingpong,
         "sigmoid": config.sigmoid,
         **({"joint_scores": True} if config.joint_scores else {}),
+        **({"p_operand": config.p_operand} if config.p_operand != "shared" else {}),
     }
 
 
@@ -292,8 +313,8 @@ def _run(plan: Fp8WsPlan, q, k, u, v, r, scales) -> torch.Tensor:
 def arguments(plan: Fp8WsPlan, q, k, u, v, r, scales, o, vt=None) -> tuple:
     """The kernel's positional arguments for one call: the TMA descriptors of q, k8, u8,
     V8^T (`vt`, default mhfgen.fp8.transposed_v(v)) and o over the 2-D views of the module
-    doc, r, the scales, then the plan's scalars; the constexprs and launch options are
-    plan.meta."""
+    doc, r, the scales' column factors (mhfgen.fp8.kept_column_factors), then the plan's
+    scalars; the constexprs and launch options are plan.meta."""
     B, L, H, D = q.shape
     vt = transposed_v(v) if vt is None else vt
     descs = descriptors(
@@ -304,7 +325,7 @@ def arguments(plan: Fp8WsPlan, q, k, u, v, r, scales, o, vt=None) -> tuple:
         vt.view(-1, vt.shape[-1]),
         o.view(-1, H * D),
     )
-    return (*descs, r, scales, *plan.scalars)
+    return (*descs, r, kept_column_factors(scales), *plan.scalars)
 
 
 def _make_plan(q, k, u, v, r, scales, config) -> Fp8WsPlan:
@@ -353,7 +374,7 @@ def compile_sm90(spec: KernelSpec, config: Fp8WsConfig) -> sm90.CompileReport:
     args = dict(
         zip(("q_desc", "k_desc", "u_desc", "vt_desc", "o_desc"), descs),
         R=torch.empty(1, dtype=torch.float32),
-        SCALES=torch.empty(1, dtype=torch.float32),
+        COLS=torch.empty(1, dtype=torch.float32),
         stride_rb=1 << 20,
         stride_rl=1 << 12,
         stride_rh=64,
