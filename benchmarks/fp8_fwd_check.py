@@ -2,7 +2,7 @@
 then speed, in one run of about a minute.
 
     python3 benchmarks/fp8_fwd_check.py [--json out.json] [--tokens 16384]
-        [--dtype bfloat16|float16] [--skip-verify] [--skip-timing]
+        [--dtype bfloat16|float16] [--skip-verify] [--skip-timing] [--schedules]
 
 1. verify: the kernel (its dispatched config) on three shapes (a slice of the 1.3B preset,
    H16 D128 E22 De256 at 1000 tokens; D = 64 with Hkv < H; 1037 tokens, not a multiple of
@@ -21,6 +21,10 @@ then speed, in one run of about a minute.
    timed beside the variant's heuristic one, row '(h)'), and the ratio of each to the
    bf16 Gluon forward, plus the one-off cost of V's
    transposed FP8 copy (mhfgen.fp8.transpose_v), made on a layer's first call.
+3. with --schedules: each schedule family of the W8A8 kernel (SCHEDULES: the activation
+   tile's A operand in shared memory or registers, joint or separate S and G, ping-pong
+   consumers, ring depth) checked against float64 and the emulation on the 1.3B slice,
+   then timed at --tokens beside the bf16 Gluon forward, rows 'schedule'.
 The first launch of each kernel is watched for a hang (an mbarrier deadlock never ends):
 a hang ends the run (exit 2). Exit 1 when a check fails, 0 otherwise. --json writes
 every row.
@@ -44,6 +48,16 @@ SHAPES = (  # name, batch, seqlen, H, Hkv, D, E, De
     ("t1037_e1", 1, 1037, 8, 8, 128, 1, 512),
 )
 PRESET = ("1.3B", 16, 16, 128, 22, 256)  # name, H, Hkv, D, E, De
+#: --schedules: name -> Fp8WsConfig fields (the rest the config's defaults)
+SCHEDULES = {
+    "P in shared memory, separate S and G (default)": {},
+    "P in registers": {"p_operand": "registers"},
+    "P in shared memory, joint [S | G]": {"joint_scores": True},
+    "P in registers, joint [S | G]": {"p_operand": "registers", "joint_scores": True},
+    "ping-pong consumers": {"pingpong": True},
+    "3-slot ring": {"stages": 3},
+    "5-slot ring": {"stages": 5},
+}
 
 
 def _args(argv=None):
@@ -53,6 +67,11 @@ def _args(argv=None):
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
     p.add_argument("--skip-verify", action="store_true", help="time only")
     p.add_argument("--skip-timing", action="store_true", help="verify only")
+    p.add_argument(
+        "--schedules",
+        action="store_true",
+        help="also check and time each schedule family of the W8A8 kernel (SCHEDULES)",
+    )
     return p.parse_args(argv)
 
 
@@ -228,6 +247,74 @@ def timing(dtype, tokens: int, rows: list) -> None:
     )
 
 
+def schedules(dtype, tokens: int, rows: list) -> bool:
+    """Check each SCHEDULES config of flash_mhf_fwd_fp8_ws against float64 and its
+    emulation on the 1.3B slice, then time the ones that pass at `tokens` beside the bf16
+    Gluon forward's dispatched config. False when a check fails."""
+    from hangs import finish
+    from triton.testing import do_bench
+
+    from mhfgen import registry
+    from mhfgen.reference import flash_mhf_w8a8
+    from mhfgen.tolerances import FP8_EMULATION_BAR, relative_error, tolerance_for
+    from mhfgen.variants import flash_mhf_fwd_fp8_ws as f8
+    from mhfgen.variants.flash_mhf_fwd_ws import flash_mhf_fwd_ws
+    from mhfgen.verification import Case, reference_outputs
+
+    name, b, l, h, hkv, d, e, de = SHAPES[0]
+    _, (q, k8, u8, v8, r, scales), dense = _inputs(Case(name, b, l, h, hkv, d, e, de), dtype)
+    ref = reference_outputs(*dense)["o"]
+    bar = tolerance_for(registry.get(f8.KERNEL), q.dtype, numel=ref.numel())
+    configs, ok_all = {}, True
+    for label, fields in SCHEDULES.items():
+        config = f8.Fp8WsConfig(**fields)
+        got = finish(lambda: f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config))
+        err = relative_error(got, ref)
+        emu = relative_error(got, flash_mhf_w8a8(q, k8, u8, v8, r, scales, config.block_n))
+        ok = err <= bar and emu <= FP8_EMULATION_BAR
+        ok_all &= ok
+        if ok:
+            configs[label] = config
+        print(
+            f"schedule {label:48s} vs float64 {err:.2e} (bar {bar:.1e}) vs emulation "
+            f"{emu:.2e} (bar {FP8_EMULATION_BAR:.0e}) {'ok' if ok else 'FAIL'}",
+            flush=True,
+        )
+    name, h, hkv, d, e, de = PRESET
+    batch = tokens // 2048 if tokens % 2048 == 0 else 1
+    case = Case(name, batch, tokens // batch, h, hkv, d, e, de)
+    (q, k, u, v, r), (_, k8, u8, v8, _, scales), _ = _inputs(case, dtype)
+    flops = 6 * tokens * h * e * de * d
+
+    def timed(call) -> float:
+        finish(call, timeout_s=60.0)
+        return do_bench(call, warmup=25, rep=100, return_mode="median")
+
+    base = timed(lambda: flash_mhf_fwd_ws(q, k, u, v, r))
+    print(
+        f"schedule {'bf16 Gluon forward (dispatched)':48s} {base:.3f} ms {flops / base / 1e9:.0f} TFLOP/s"
+    )
+    for label, config in configs.items():
+        ms = timed(lambda: f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config))
+        rows.append(
+            {
+                "kind": "schedule",
+                "schedule": label,
+                "config": config.describe(),
+                "tokens": tokens,
+                "ms": ms,
+                "tflops": flops / ms / 1e9,
+                "vs_bf16": base / ms,
+            }
+        )
+        print(
+            f"schedule {label:48s} {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s "
+            f"{base / ms:.2f}x bf16  [{config.describe()}]",
+            flush=True,
+        )
+    return ok_all
+
+
 def main(argv=None) -> int:
     args = _args(argv)
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
@@ -246,6 +333,8 @@ def main(argv=None) -> int:
             ok = verify(dtype, rows)
         if not args.skip_timing:
             timing(dtype, args.tokens, rows)
+        if args.schedules:
+            ok &= schedules(dtype, args.tokens, rows)
     except Hang as exc:
         print(f"HANG: {exc}", file=sys.stderr)
         ok, status = False, 2
