@@ -9,6 +9,7 @@ Numbers and deadlocks need the GPU (benchmarks/gluon_fwd_check.py, docs/VERIFY.m
 
 import ast
 import dataclasses
+import json
 
 import pytest
 from cases import CASES
@@ -32,6 +33,8 @@ FAMILIES = {
     "persistent": ws.WsConfig(persistent=True, stages=3),
     "joint": ws.WsConfig(joint_scores=True),
     "joint-pingpong-kv-group": ws.WsConfig(joint_scores=True, pingpong=True, group_heads=2),
+    "two-tiles": ws.WsConfig(unroll_tiles=2),
+    "two-tiles-joint-kv-group": ws.WsConfig(unroll_tiles=2, joint_scores=True, group_heads=2),
 }
 
 #: (H, Hkv, D, E, De): the presets, the odd shapes of the verify table, GQA, fp16
@@ -92,6 +95,7 @@ def test_gluon_compiles_for_sm90_without_spills(spec, family):
     report = gluon_report(ws, spec, config)
     assert report.cubin_bytes > 0
     assert report.spill_bytes == 0, report
+    assert report.wgmma_serialized == "", report.wgmma_serialized
     assert report.registers <= ws.max_registers(config)
     # the estimate the tuner prunes with may not promise less than the kernel takes
     assert report.shared <= ws.shared_memory(spec, config) <= SM90_SHARED_MEMORY
@@ -99,10 +103,32 @@ def test_gluon_compiles_for_sm90_without_spills(spec, family):
     # per consumer: S and G of the first tile and of tile j+1 in the loop (D / 16 wgmma
     # instructions each; [S | G] one chain with joint_scores), and O += p V over each
     # chunk (BLOCK_N / 16 each)
-    scores = 2 if config.joint_scores else 4
-    per_consumer = scores * spec.head_dim // 16 + chunks * config.block_n // 16
+    # (two tiles per iteration: the loop body twice, and once more for an odd tile count)
+    scores = 1 if config.joint_scores else 2
+    tiles = spec.experts * -(-spec.expert_dim // config.block_n)
+    bodies = 1 if config.unroll_tiles == 1 else 2 + tiles % 2
+    per_consumer = (
+        scores * spec.head_dim // 16 * (1 + bodies) + chunks * config.block_n // 16 * bodies
+    )
     assert report.wgmma == per_consumer * config.consumers
     assert report.tma_loads >= 4 * chunks  # q, k, u, v loads (and the o store)
+
+
+def test_a_stored_config_without_unroll_tiles_keeps_its_code():
+    """A winner stored before the knob reads as one tile per iteration and renders without
+    the static parameter (its code hash stays); two tiles per iteration render the loop
+    body twice and, for an odd tile count, once more after the loop."""
+    from mhfgen import registry
+
+    stored = json.loads(ws.WsConfig().to_json())
+    del stored["unroll_tiles"]
+    old = registry.get(ws.KERNEL).config_from_dict(stored)
+    assert old.unroll_tiles == 1
+    spec = COMPILE_SPECS[0]
+    assert "unroll_tiles" not in ws.static_params(spec, old)
+    two = ws.render(spec, dataclasses.replace(old, unroll_tiles=2))
+    assert "for jj in range(TILES // 2):" in two and "if TILES % 2 == 1:" in two
+    assert "for j in range(TILES):" in ws.render(spec, old)
 
 
 def test_gluon_default_config_runs_every_supported_preset():

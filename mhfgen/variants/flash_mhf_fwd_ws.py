@@ -83,6 +83,10 @@ class WsConfig(_gluon.ForwardConsumersConfig):
                     1.06x on 1.3B, neutral at D = 64 on an H200 (docs/PERFORMANCE.md).
     producer_regs, consumer_regs: registers per thread of the producer and of the second
                     consumer partition (setmaxnreg); the first consumer gets what is left.
+    unroll_tiles:   weight tiles per iteration of a consumer's loop (1 or 2). With 2 the
+                    registers of the pending S and G alternate between the two tiles; with
+                    1 ptxas copies them into the loop-carried registers every tile (one
+                    move per score element).
     """
 
     variant = KERNEL
@@ -98,10 +102,11 @@ class WsConfig(_gluon.ForwardConsumersConfig):
     joint_scores: bool = False
     producer_regs: int = 24
     consumer_regs: int = 240
+    unroll_tiles: int = 1
 
     #: fields added after configs of this variant were stored: a stored or imported config
     #: without them means these values (whose generated code is the code it was tuned with)
-    added_fields = {"joint_scores": False}
+    added_fields = {"joint_scores": False, "unroll_tiles": 1}
     describe_flags = (
         ("pingpong", "pingpong"),
         ("persistent", "persistent"),
@@ -114,7 +119,11 @@ class WsConfig(_gluon.ForwardConsumersConfig):
         consumers=(1, 2),
         consumer_warps=(4, 8),
         group_heads=(1, 2),
+        unroll_tiles=(1, 2),
     )
+
+    def describe(self) -> str:
+        return super().describe() + (" 2-tile" if self.unroll_tiles == 2 else "")
 
     @classmethod
     def from_dict(cls, data: dict, partial: bool = False) -> WsConfig:
@@ -130,7 +139,9 @@ class WsConfig(_gluon.ForwardConsumersConfig):
         ]
         if missing and not partial:
             raise ValueError(f"WsConfig: missing fields {missing}")
-        return cls(**data)
+        if partial:
+            return cls(**data)
+        return cls(**{**{n: v for n, v in cls.added_fields.items() if n not in data}, **data})
 
 
 # ---------------------------------------------------------------------------------------
@@ -231,6 +242,7 @@ def static_params(spec: KernelSpec, config: WsConfig) -> dict:
         "sigmoid": config.sigmoid,
         "persistent": config.persistent,
         **({"joint_scores": True} if config.joint_scores else {}),
+        **({"unroll_tiles": 2} if config.unroll_tiles == 2 else {}),
     }
 
 
