@@ -58,6 +58,7 @@ GLUON_FIELDS: dict[str, dict[str, tuple]] = {
         "sigmoid": ("tanh", "exp"),
         "persistent": (False, True),
         "joint_scores": (False, True),
+        "unroll_tiles": (1, 2),
     },
     "flash_mhf_fwd_fp8_ws": {
         "consumers": (1, 2),
@@ -65,8 +66,13 @@ GLUON_FIELDS: dict[str, dict[str, tuple]] = {
         "pingpong": (False, True),
         "sigmoid": ("tanh", "exp"),
         "joint_scores": (False, True),
+        "p_operand": ("shared", "registers"),
     },
-    "flash_mhf_bwd_dq_ws": {"sigmoid": ("tanh", "exp"), "joint_scores": (False, True)},
+    "flash_mhf_bwd_dq_ws": {
+        "sigmoid": ("tanh", "exp"),
+        "joint_scores": (False, True),
+        "wait_dq": (False, True),
+    },
     "flash_mhf_bwd_dkv_ws": {
         "split": ("tokens", "rows"),
         "joint_scores": (False, True),

@@ -38,7 +38,12 @@ def test_the_grid_takes_every_branch(renders):
         # the Gluon templates (and their shared macros, mhfgen/variants/_gluon.jinja)
         "def flash_mhf_fwd_ws_kernel(",
         "def flash_mhf_fwd_fp8_ws_kernel(",
-        "p8 = (p * p_inv[:, None]).to(gl.float8e4nv)",
+        "p8 = (y * gl.where(m_new > 0.0, a * (E4M3_MAX / m_new), 0.0)[:, None])",
+        "p8_s.store(p8)",
+        "o = warpgroup_mma(gl.convert_layout(p8, a_layout)",
+        "for jj in range(TILES // 2):",
+        "mbarrier.arrive(w_free.index(s))",
+        "dq = warpgroup_mma_wait(num_outstanding=2, deps=(dq, ))",
         "ku_smem = gl.allocate_shared_memory(gl.float8e4nv",
         "def flash_mhf_bwd_dq_ws_kernel(",
         "def flash_mhf_bwd_dkv_ws_kernel(",
