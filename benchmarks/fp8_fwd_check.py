@@ -57,6 +57,7 @@ SCHEDULES = {
     "ping-pong consumers": {"pingpong": True},
     "3-slot ring": {"stages": 3},
     "5-slot ring": {"stages": 5},
+    "two weight tiles per iteration": {"unroll_tiles": 2},
 }
 
 

@@ -67,6 +67,7 @@ GLUON_FIELDS: dict[str, dict[str, tuple]] = {
         "sigmoid": ("tanh", "exp"),
         "joint_scores": (False, True),
         "p_operand": ("shared", "registers"),
+        "unroll_tiles": (1, 2),
     },
     "flash_mhf_bwd_dq_ws": {
         "sigmoid": ("tanh", "exp"),

@@ -54,6 +54,7 @@ FAMILIES = {
     "default": f8.Fp8WsConfig(),
     "joint-scores": f8.Fp8WsConfig(joint_scores=True),
     "p-in-registers": f8.Fp8WsConfig(p_operand="registers"),
+    "two-tiles": f8.Fp8WsConfig(unroll_tiles=2),
     "one-consumer-8w": f8.Fp8WsConfig(consumers=1, consumer_warps=8),
     "pingpong": f8.Fp8WsConfig(pingpong=True),
     "kv-group": f8.Fp8WsConfig(group_heads=2),
@@ -70,10 +71,13 @@ COMPILE_SPECS = [
 
 
 def _wgmma_per_consumer(spec: KernelSpec, config) -> int:
-    """S and G of the first tile and of tile j+1 in the loop (D / 32 e4m3 instructions
-    each; [S | G] one chain with joint_scores), and O += p8 V8 (BLOCK_N / 32)."""
-    scores = 2 if config.joint_scores else 4
-    return scores * spec.head_dim // 32 + config.block_n // 32
+    """S and G of the first tile and of tile j+1 in each loop body (D / 32 e4m3
+    instructions each; [S | G] one chain with joint_scores), and O += p8 V8 (BLOCK_N / 32)
+    in each: one body, or with two tiles per iteration two and a third for an odd count."""
+    scores = 1 if config.joint_scores else 2
+    tiles = spec.experts * spec.expert_dim // config.block_n
+    bodies = 1 if config.unroll_tiles == 1 else 2 + tiles % 2
+    return scores * spec.head_dim // 32 * (1 + bodies) + config.block_n // 32 * bodies
 
 
 # ---------------------------------------------------------------------------------------

@@ -93,6 +93,9 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
                     'shared' (stored to a per-consumer shared tile) or 'registers'. With
                     'registers' ptxas finds too few registers to keep the wgmma pipeline
                     and serialises every wgmma of the kernel (sm90.wgmma_serialized).
+    unroll_tiles:   weight tiles per iteration of a consumer's loop (1 or 2): with 2 the
+                    registers of the pending S and G alternate between the two tiles
+                    instead of being copied into the loop-carried ones every tile.
     """
 
     variant = KERNEL
@@ -108,10 +111,11 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     producer_regs: int = 24
     consumer_regs: int = 240
     p_operand: str = "shared"
+    unroll_tiles: int = 1
 
     #: fields added after configs of this variant were stored: a stored config without
     #: them means these values
-    added_fields = {"p_operand": "registers"}
+    added_fields = {"p_operand": "registers", "unroll_tiles": 1}
 
     choices = dict(
         block_n=(64, 128),
@@ -120,10 +124,12 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         consumer_warps=(4, 8),
         group_heads=(1, 2),
         p_operand=("shared", "registers"),
+        unroll_tiles=(1, 2),
     )
 
     def describe(self) -> str:
-        return super().describe() + (" p-regs" if self.p_operand == "registers" else "")
+        text = super().describe() + (" p-regs" if self.p_operand == "registers" else "")
+        return text + (" 2-tile" if self.unroll_tiles == 2 else "")
 
 
 # ---------------------------------------------------------------------------------------
@@ -214,6 +220,7 @@ def static_params(spec: KernelSpec, config: Fp8WsConfig) -> dict:
         "sigmoid": config.sigmoid,
         **({"joint_scores": True} if config.joint_scores else {}),
         **({"p_operand": config.p_operand} if config.p_operand != "shared" else {}),
+        **({"unroll_tiles": 2} if config.unroll_tiles == 2 else {}),
     }
 
 
