@@ -34,7 +34,7 @@ copied to a contiguous tensor first (q from x @ W_in^T never is).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -124,24 +124,6 @@ class WsConfig(_gluon.ForwardConsumersConfig):
 
     def describe(self) -> str:
         return super().describe() + (" 2-tile" if self.unroll_tiles == 2 else "")
-
-    @classmethod
-    def from_dict(cls, data: dict, partial: bool = False) -> WsConfig:
-        """Every field must be present unless `partial` (missing ones take defaults) or it
-        is one of `added_fields` (it then takes that value); unknown fields are an
-        error."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"WsConfig: unknown fields {sorted(unknown)}")
-        missing = [
-            f.name for f in fields(cls) if f.name not in data and f.name not in cls.added_fields
-        ]
-        if missing and not partial:
-            raise ValueError(f"WsConfig: missing fields {missing}")
-        if partial:
-            return cls(**data)
-        return cls(**{**{n: v for n, v in cls.added_fields.items() if n not in data}, **data})
 
 
 # ---------------------------------------------------------------------------------------
