@@ -9,7 +9,6 @@ import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import torch
@@ -170,28 +169,17 @@ def rows_view(q: torch.Tensor) -> torch.Tensor:
 
 def ptxas_usage(ptx: str) -> tuple[int, int]:
     """(registers per thread, spill-store bytes) that `ptxas -v` reports for sm_90a."""
-    log = _ptxas_log(ptx)
-    registers = re.findall(r"Used (\d+) registers", log)
-    spills = re.findall(r"(\d+) bytes spill stores", log)
-    return (max(map(int, registers)) if registers else -1, max(map(int, spills)) if spills else 0)
+    return ptxas_report(ptx)[:2]
 
 
-def wgmma_serialized(ptx: str) -> str:
-    """Why ptxas serialises the kernel's wgmma for sm_90a (its own words, one line), or ''
-    where it keeps them asynchronous. A serialised kernel waits for every wgmma to finish
-    before the next instruction: no product overlaps other work. ptxas does it to a whole
-    function, for example when it finds too few registers to keep a wgmma's operands and
-    accumulators apart from the code around it, or when other instructions read an
-    accumulator that a pending wgmma may still write."""
-    for line in _ptxas_log(ptx).splitlines():
-        if "wgmma.mma_async instructions are serialized" in line:
-            return " ".join(line.split("Potential Performance Loss:")[-1].split())
-    return ""
-
-
-@cache
-def _ptxas_log(ptx: str) -> str:
-    """What `ptxas -v --gpu-name=sm_90a` prints for `ptx` (kept per text: one run each)."""
+def ptxas_report(ptx: str) -> tuple[int, int, str]:
+    """What one `ptxas -v --gpu-name=sm_90a` run says of `ptx`: registers per thread,
+    spill-store bytes, and why it serialises the kernel's wgmma ('' where it keeps them
+    asynchronous). A serialised kernel waits for every wgmma to finish before the next
+    instruction: no product overlaps other work. ptxas does it to a whole function, for
+    example when it finds too few registers to keep a wgmma's operands and accumulators
+    apart from the code around it, or when other instructions read an accumulator that a
+    pending wgmma may still write."""
     from triton import knobs
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,7 +198,22 @@ def _ptxas_log(ptx: str) -> str:
             text=True,
             check=True,
         )
-    return out.stderr + out.stdout
+    log = out.stderr + out.stdout
+    registers = re.findall(r"Used (\d+) registers", log)
+    spills = re.findall(r"(\d+) bytes spill stores", log)
+    serialized = next(
+        (
+            " ".join(line.split("Potential Performance Loss:")[-1].split())
+            for line in log.splitlines()
+            if "wgmma.mma_async instructions are serialized" in line
+        ),
+        "",
+    )
+    return (
+        max(map(int, registers)) if registers else -1,
+        max(map(int, spills)) if spills else 0,
+        serialized,
+    )
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,7 @@ def compile_gluon(kernel, args: dict, consts: dict, options: dict) -> CompileRep
     source = GluonASTSource(fn=kernel, signature=signature, constexprs=consts)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     ptx = compiled.asm["ptx"]
-    registers, spills = ptxas_usage(ptx)
+    registers, spills, serialized = ptxas_report(ptx)
     return CompileReport(
         compiled.metadata.shared,
         registers,
@@ -259,7 +262,7 @@ def compile_gluon(kernel, args: dict, consts: dict, options: dict) -> CompileRep
         len(re.findall(r"wgmma\.mma_async", ptx)),
         len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
         len(re.findall(r"wgmma\.mma_async\S*\.e4m3\.e4m3", ptx)),
-        wgmma_serialized(ptx),
+        serialized,
     )
 
 

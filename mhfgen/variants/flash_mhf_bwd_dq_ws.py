@@ -58,7 +58,7 @@ class BwdDqWsConfig(_gluon.GluonBackwardConfig):
                    back to the producer then). Off, they stay in flight into the next
                    tile, and their register A operands leave ptxas too few registers for
                    asynchronous wgmma: it serialises every wgmma of the kernel
-                   (sm90.wgmma_serialized says so at compile time).
+                   (sm90.ptxas_report says so at compile time).
     """
 
     variant = KERNEL

@@ -92,7 +92,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     p_operand:      where O += p8 V8 reads its A operand, the e4m3 activation tile:
                     'shared' (stored to a per-consumer shared tile) or 'registers'. With
                     'registers' ptxas finds too few registers to keep the wgmma pipeline
-                    and serialises every wgmma of the kernel (sm90.wgmma_serialized).
+                    and serialises every wgmma of the kernel (sm90.ptxas_report).
     unroll_tiles:   weight tiles per iteration of a consumer's loop (1 or 2): with 2 the
                     registers of the pending S and G alternate between the two tiles
                     instead of being copied into the loop-carried ones every tile.
