@@ -89,8 +89,9 @@ class ForwardConsumersConfig(GluonConfig):
     flash_mhf_fwd_fp8_ws): `consumers` partitions of `consumer_warps` warps each share the
     weight tiles a one-warp producer loads; `group_heads` of them take heads of one kv
     group, the others further token blocks; `pingpong` makes two consumers take turns
-    issuing their GEMMs. The fields are each config's own; the checks, geometry and
-    describe() built on them are shared here."""
+    issuing their GEMMs; `unroll_tiles` 2 takes two weight tiles per loop iteration. The
+    fields are each config's own; the checks, geometry and describe() built on them are
+    shared here."""
 
     #: (field, word) of the boolean fields describe() names where they are set, in order
     describe_flags: ClassVar[tuple[tuple[str, str], ...]] = (
@@ -134,6 +135,8 @@ class ForwardConsumersConfig(GluonConfig):
                 text += f" {short}"
         if self.group_heads > 1:
             text += f" gh{self.group_heads}"
+        if self.unroll_tiles == 2:
+            text += " 2-tile"
         return text + self.describe_sigmoid()
 
 

@@ -128,8 +128,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     )
 
     def describe(self) -> str:
-        text = super().describe() + (" p-regs" if self.p_operand == "registers" else "")
-        return text + (" 2-tile" if self.unroll_tiles == 2 else "")
+        return super().describe() + (" p-regs" if self.p_operand == "registers" else "")
 
 
 # ---------------------------------------------------------------------------------------

@@ -122,9 +122,6 @@ class WsConfig(_gluon.ForwardConsumersConfig):
         unroll_tiles=(1, 2),
     )
 
-    def describe(self) -> str:
-        return super().describe() + (" 2-tile" if self.unroll_tiles == 2 else "")
-
 
 # ---------------------------------------------------------------------------------------
 # what the variant supports, and what a config needs
