@@ -44,6 +44,10 @@ checks that the document matches the results files.
     python3 benchmarks/render_performance.py --add-compare OUT/table.csv
         # that run's tables 'comparison' (the core op against the other methods) and
         # 'layers' (the FlashMHF layer against the SwiGLU layer) into its GPU's file
+    python3 benchmarks/render_performance.py --add-compare OUT2/table.csv \
+        --compare-name comparison-helion
+        # a second run (e.g. Helion at full effort) as table 'comparison-helion' beside
+        # them (its core rows only)
     python3 examples/train_lm.py --ffn both --out OUT/lm
     python3 examples/train_lm.py --ffn both --no-cuda-graph --out OUT/lm_eager
     python3 benchmarks/render_performance.py --add-train-lm OUT/lm/summaries.json \
@@ -374,19 +378,28 @@ def compare_tables(rows: list[dict], command: str) -> tuple[str, dict[str, dict]
     return first["gpu"], {k: t for k, t in tables.items() if t["rows"]}
 
 
-def add_compare(path: Path, folder: Path = RESULTS) -> Path:
+def add_compare(
+    path: Path, folder: Path = RESULTS, name: str = "comparison", command: str | None = None
+) -> Path:
     """Write (or replace) tables 'comparison' and 'layers' of the GPU's results file from a
-    benchmarks/bench_h200.py run's table.csv or table.json."""
+    benchmarks/bench_h200.py run's table.csv or table.json; with another `name`, table
+    NAME only (a second run beside the first, e.g. of another method: its layer rows
+    repeat the first run's). `command`:
+    the run's command line as the tables cite it (default: bench_h200.py with the
+    --authors-kernel it took where the authors' kernel ran)."""
     if path.suffix == ".csv":
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
     else:
         rows = json.loads(path.read_text())
         rows = rows["rows"] if isinstance(rows, dict) else rows
-    command = "python3 benchmarks/bench_h200.py OUT"
-    if any(r.get("method") == "authors" for r in rows):
-        command += " --authors-kernel flash_mlp_moe.py"
+    if command is None:
+        command = "python3 benchmarks/bench_h200.py OUT"
+        if any(r.get("method") == "authors" for r in rows):
+            command += " --authors-kernel flash_mlp_moe.py"
     gpu, tables = compare_tables(rows, command)
+    if name != "comparison":
+        tables = {name: tables["comparison"]}
     return _write_tables(gpu, tables, folder)
 
 
@@ -505,6 +518,20 @@ def main(argv: list[str] | None = None) -> int:
         "tables 'comparison' and 'layers' of its GPU's results file",
     )
     parser.add_argument(
+        "--compare-name",
+        default="comparison",
+        metavar="NAME",
+        help="the table --add-compare writes: NAME (the core op's rows only) instead of "
+        "'comparison' and 'layers' (default %(default)s)",
+    )
+    parser.add_argument(
+        "--compare-command",
+        default=None,
+        metavar="COMMAND",
+        help="the command line the --add-compare tables cite (default: bench_h200.py OUT, "
+        "with --authors-kernel where the authors' kernel ran)",
+    )
+    parser.add_argument(
         "--add-train-lm",
         type=Path,
         nargs="+",
@@ -517,7 +544,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.add_bench:
             print(f"wrote {add_bench(args.add_bench, args.table, args.results)}", file=sys.stderr)
         if args.add_compare:
-            print(f"wrote {add_compare(args.add_compare, args.results)}", file=sys.stderr)
+            written = add_compare(
+                args.add_compare, args.results, args.compare_name, args.compare_command
+            )
+            print(f"wrote {written}", file=sys.stderr)
         if args.add_train_lm:
             print(f"wrote {add_train_lm(args.add_train_lm, args.results)}", file=sys.stderr)
         text = args.doc.read_text()

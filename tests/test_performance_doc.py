@@ -153,6 +153,13 @@ def test_a_comparison_run_becomes_the_comparison_and_layers_tables(tmp_path):
     assert "| 1.3B | 650 | 390 | 216 | 590 (0.9x) | 585 (0.53x) | 216 |" in r.render_table(
         doc, "layers"
     )
+    # a second run under another name: its core rows only, beside the first run's tables,
+    # citing the command it is given
+    again = r.add_compare(path, results, "comparison-helion", "python3 bench_h200.py OUT --x")
+    doc = r.load(results)[again.stem]
+    assert set(doc["tables"]) == {"comparison", "layers", "comparison-helion"}
+    assert doc["tables"]["comparison-helion"]["rows"] == doc["tables"]["comparison"]["rows"]
+    assert doc["tables"]["comparison-helion"]["command"] == "python3 bench_h200.py OUT --x"
 
 
 def test_a_decode_suite_document_becomes_a_results_table(tmp_path):
