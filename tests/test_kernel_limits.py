@@ -45,3 +45,52 @@ def test_grid_sizes_follow_the_launchers():
     ws = fwd.WsConfig()
     assert script.grid_size(spec, "flash_mhf_fwd_ws", 4096, ws) == fwd.work_tiles(spec, ws, 4096)
     assert script.grid_size(spec, "flash_mhf_bwd_fused", 4096, None) is None
+
+
+PTX = """
+$L__BB0_1:
+\tcp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%r1], [%rd1, {%r2, %r3}], [%r4];
+\t@%p3 mbarrier.arrive.expect_tx.shared.b64 _, [%r5], 32768;
+\t@%p1 bra $L__BB0_1;
+$L__BB0_2:
+\twgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%r10, %r11}, %rd2, %rd3, p, 1, 1, 0, 1;
+\twgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%r12, %r13}, {%r14, %r15, %r16, %r17}, %rd4, p, 1, 1, 1;
+\twgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {%r18}, %rd5, %rd6, p, 1, 1;
+\tst.shared.v4.b32 [%r20], {%r21, %r22, %r23, %r24};
+\tstmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%r25], {%r26, %r27, %r28, %r29};
+$L__BB0_3:
+\tadd.s32 %r30, %r30, 1;
+\t@%p2 bra $L__BB0_3;
+\t@%p4 bra $L__BB0_2;
+"""
+
+
+def test_ptx_loops_count_the_consumers_work_and_the_producers_bytes():
+    """Per innermost loop with wgmma: multiply-adds, tensor clocks (e4m3 at twice the
+    rate) and shared-memory bytes (A read only from shared memory, B always; stores of
+    128 threads; stmatrix of four warps); per producer loop its expect_tx bytes. A loop
+    that holds another is not a consumer's main loop (here the one from $L__BB0_2, which
+    holds $L__BB0_3, has no innermost wgmma loop at all)."""
+    script = _script()
+    assert script.ptx_loops(PTX) == ([], 32768)
+    flat = PTX.replace("$L__BB0_3:\n", "").replace("\t@%p2 bra $L__BB0_3;\n", "")
+    consumers, tma = script.ptx_loops(flat)
+    macs = 64 * 128 * 16 + 64 * 64 * 16 + 64 * 64 * 32
+    clocks = (64 * 128 * 16 + 64 * 64 * 16) / 2048 + 64 * 64 * 32 / 4096
+    smem = (128 * 16 + 64 * 16) * 2 + 64 * 16 * 2 + (64 * 32 + 64 * 32) * 1
+    smem += 16 * 128 + 4 * 64 * 2 * 4
+    assert consumers == [(macs, clocks, smem)] and tma == 32768
+
+
+def test_innermost_loops_of_a_sass_listing():
+    script = _script()
+    sass = [
+        ".L_x_1:",
+        "        /*0010*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24 ;",
+        ".L_x_2:",
+        "        /*0020*/                   IADD3 R1, R1, 0x1, RZ ;",
+        "        /*0030*/              @P0 BRA `(.L_x_2) ;",
+        "        /*0040*/              @P1 BRA `(.L_x_1) ;",
+    ]
+    loops = script.innermost_loops(sass, r"^\.(L_x_\d+):", r"BRA\s+`\(\.(L_x_\d+)\)")
+    assert loops == [sass[2:5]]
