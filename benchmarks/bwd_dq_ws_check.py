@@ -5,8 +5,8 @@
 
 1. verify: dq and dr against float64 (relative Frobenius error, the bar of
    mhfgen.tolerances) in bf16 and fp16 on the shapes of bwd_dkv_ws_check.py (the 1.3B
-   slice, L = 1, L = 37 with Hkv < H, E = 1 at D = 64, Hkv < H at D = 64), four configs
-   (two with joint scores).
+   slice, L = 1, L = 37 with Hkv < H, E = 1 at D = 64, Hkv < H at D = 64), six configs
+   (three with joint scores, two that issue the next tile's scores early).
 2. speed at 16384 tokens in bf16: a config sweep beside the Triton-language dQ/dR kernel
    and the Gluon dK/dU/dV kernel (its stored winner), the backward and the forward as
    dispatched, in one process.
@@ -40,6 +40,8 @@ VERIFY_CONFIGS = {
     ),
     "joint": BwdDqWsConfig(joint_scores=True),
     "s2 exp joint": BwdDqWsConfig(stages=2, sigmoid="exp", joint_scores=True),
+    "joint early": BwdDqWsConfig(joint_scores=True, early_scores=True),
+    "s2 exp early": BwdDqWsConfig(stages=2, sigmoid="exp", early_scores=True),
 }
 
 
@@ -72,10 +74,21 @@ def sweep_configs(name):
             [BwdDqWsConfig(stages=s) for s in (3, 4, 6)]
             + [BwdDqWsConfig(sigmoid="exp")]
             + [BwdDqWsConfig(stages=s, joint_scores=True) for s in (4, 6)]
+            + [
+                BwdDqWsConfig(stages=6, producer_regs=40, consumer_regs=232, **e)
+                for e in ({}, {"early_scores": True})
+            ]
         )
     out = [BwdDqWsConfig(), BwdDqWsConfig(stages=2), BwdDqWsConfig(joint_scores=True)]
     if name == "1.3B":
         out += [BwdDqWsConfig(sigmoid="exp"), BwdDqWsConfig(producer_regs=40, consumer_regs=232)]
+    # the next tile's scores issued before dq's MMAs are waited for, beside the same config
+    # without (and, at D = 64, the stored winner's ring depth and register split)
+    out += [BwdDqWsConfig(joint_scores=True, early_scores=True)]
+    out += [
+        BwdDqWsConfig(joint_scores=True, producer_regs=40, consumer_regs=232, **e)
+        for e in ({}, {"early_scores": True})
+    ]
     return out
 
 

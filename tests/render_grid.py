@@ -73,6 +73,7 @@ GLUON_FIELDS: dict[str, dict[str, tuple]] = {
         "sigmoid": ("tanh", "exp"),
         "joint_scores": (False, True),
         "wait_dq": (False, True),
+        "early_scores": (False, True),
     },
     "flash_mhf_bwd_dkv_ws": {
         "split": ("tokens", "rows"),

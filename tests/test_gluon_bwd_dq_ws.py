@@ -4,6 +4,7 @@ heuristic, and its schedules compiled for sm90 within the shared-memory estimate
 spills (Gluon kernels do not run in the interpreter; their numbers and deadlocks are
 checked on the GPU by benchmarks/bwd_dq_ws_check.py)."""
 
+import dataclasses
 import json
 
 import pytest
@@ -124,6 +125,13 @@ COMPILE_CASES = [
     (SPEC_L37_GQA, ws.BwdDqWsConfig(stages=2, joint_scores=True)),
     *[(spec, ws.default_config(spec, 16384, 132)) for spec in PADDED],
     *[(spec, ws.BwdDqWsConfig(stages=2, sigmoid="exp", producer_regs=40)) for spec in PADDED],
+    (SPEC_13B, ws.BwdDqWsConfig(joint_scores=True, early_scores=True)),
+    (
+        SPEC_13B,
+        ws.BwdDqWsConfig(joint_scores=True, early_scores=True, consumer_regs=232, producer_regs=40),
+    ),
+    (SPEC_D64_GQA, ws.BwdDqWsConfig(stages=4, early_scores=True, sigmoid="exp")),
+    (PADDED[0], ws.BwdDqWsConfig(stages=2, early_scores=True)),
 ]
 
 
@@ -140,9 +148,31 @@ def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     # dq's MMAs left in flight into the next tile make ptxas serialise every wgmma
     assert (report.wgmma_serialized != "") == (not config.wait_dq), report.wgmma_serialized
     # per consumer: S, A, dP (K = D padded: D / 16 instructions each; [S | A] one chain
-    # with joint_scores) and dq's two (K = 64: 4)
+    # with joint_scores) and dq's two (K = 64: 4); with early_scores the first tile's
+    # scores once more, before the loop
     d = backward_head_dim_pad(spec)
     chains = 2 if config.joint_scores else 3
-    assert report.wgmma == 2 * (chains * d // 16 + 2 * 4)
+    scores = chains * d // 16 * (2 if config.early_scores else 1)
+    assert report.wgmma == 2 * (scores + 2 * 4)
     # q and dO of both consumers, K/U/V per tile; a (64, 128) box is two TMA copies
     assert report.tma_loads == 7 * (d // 64)
+
+
+def test_early_scores_changes_the_code_only_where_it_is_set():
+    """Stored winners lack the field: they read early_scores=False and render the code
+    they were tuned with; the knob needs wait_dq (the tuner never proposes it otherwise)
+    and issues each next tile's scores before waiting for dq's MMAs."""
+    stored = json.loads(ws.BwdDqWsConfig(joint_scores=True).to_json())
+    del stored["early_scores"]
+    config = registry.get(STEM).config_from_dict(stored)
+    assert config == ws.BwdDqWsConfig(joint_scores=True)
+    assert "early_scores" not in ws.static_params(SPEC_13B, config)
+    early = ws.BwdDqWsConfig(joint_scores=True, early_scores=True)
+    assert early.describe() == "s3 regs 24/240 joint early"
+    assert ws.static_params(SPEC_13B, early)["early_scores"] is True
+    assert ws.config_problems(SPEC_13B, dataclasses.replace(early, wait_dq=False)) == [
+        "early_scores needs wait_dq"
+    ]
+    plain_code, early_code = render(STEM, SPEC_13B, config), render(STEM, SPEC_13B, early)
+    assert "j1 = gl.minimum(j + 1, INTER // BLOCK_N - 1)" in early_code
+    assert "j1 = " not in plain_code

@@ -59,6 +59,15 @@ class BwdDqWsConfig(_gluon.GluonBackwardConfig):
                    tile, and their register A operands leave ptxas too few registers for
                    asynchronous wgmma: it serialises every wgmma of the kernel
                    (sm90.ptxas_report says so at compile time).
+    early_scores:  (with wait_dq) the next weight tile's score MMAs are issued right after
+                   this tile's dq MMAs, before waiting for those: the scores run while
+                   dq's MMAs finish and the next tile's element-wise math can start as
+                   soon as they are done. Off, each tile issues its own scores and waits
+                   for them. One tile's scores are live at a time either way. It
+                   compiles for sm90 without serialised wgmma or spills, but has not run
+                   on a GPU yet, so the search space leaves it out (the tuner has no
+                   guard against a candidate that hangs); benchmarks/bwd_dq_ws_check.py
+                   verifies and times it.
     """
 
     variant = KERNEL
@@ -69,10 +78,11 @@ class BwdDqWsConfig(_gluon.GluonBackwardConfig):
     consumer_regs: int = 240
     producer_regs: int = 24
     wait_dq: bool = True
+    early_scores: bool = False
 
     #: fields added after configs of this variant were stored: a stored or imported config
     #: without them means these values (whose generated code is the code it was tuned with)
-    added_fields = {"joint_scores": False, "wait_dq": False}
+    added_fields = {"joint_scores": False, "wait_dq": False, "early_scores": False}
 
     choices = {"stages": range(2, 7)}
 
@@ -83,7 +93,8 @@ class BwdDqWsConfig(_gluon.GluonBackwardConfig):
     def describe(self) -> str:
         joint = " joint" if self.joint_scores else ""
         pending = "" if self.wait_dq else " dq-pending"
-        return self.describe_regs() + joint + pending + self.describe_sigmoid()
+        early = " early" if self.early_scores else ""
+        return self.describe_regs() + joint + pending + early + self.describe_sigmoid()
 
 
 unsupported = sm90.backward_unsupported
@@ -100,8 +111,12 @@ def shared_memory(spec: KernelSpec, config: BwdDqWsConfig) -> int:
 
 def config_problems(spec: KernelSpec, config: BwdDqWsConfig) -> list[str]:
     """What of `config` does not fit an SM: shared memory, and the register split
-    (the first consumer needs 192 registers a thread)."""
-    return config.resource_problems(shared_memory(spec, config), 192)
+    (the first consumer needs 192 registers a thread), and early_scores without wait_dq
+    (dq's MMAs in flight into the next tile leave no registers for its scores)."""
+    problems = config.resource_problems(shared_memory(spec, config), 192)
+    if config.early_scores and not config.wait_dq:
+        problems.append("early_scores needs wait_dq")
+    return problems
 
 
 def registers(spec: KernelSpec, config: BwdDqWsConfig) -> float:
@@ -122,14 +137,16 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdDqWsConfi
 
 
 def static_params(spec: KernelSpec, config: BwdDqWsConfig) -> dict:
-    """sigmoid, and joint_scores, wait_dq and head_dim_pad only where set: a config without them
-    renders the code it rendered before the knobs existed, so its stored winners stay
-    current."""
+    """sigmoid, and joint_scores, wait_dq, early_scores and head_dim_pad only where set: a
+    config without them renders the code it rendered before the knobs existed, so its
+    stored winners stay current."""
     params = {"sigmoid": config.sigmoid, **sm90.backward_pad_params(spec)}
     if config.joint_scores:
         params["joint_scores"] = True
     if config.wait_dq:
         params["wait_dq"] = True
+    if config.early_scores:
+        params["early_scores"] = True
     return params
 
 
