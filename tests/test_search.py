@@ -4,6 +4,7 @@ candidates against float64 and the compile pool runs in worker processes."""
 
 import dataclasses
 import json
+import threading
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 
@@ -17,6 +18,7 @@ from mhfgen.codegen import template_hash
 from mhfgen.spec import KernelSpec
 from mhfgen.tuning.compile import CompilePool
 from mhfgen.tuning.db import TuningDB
+from mhfgen.tuning.hang import HANG_EXIT, HangGuard, Hung
 from mhfgen.tuning.outcome import Candidate
 from mhfgen.tuning.problem import DeviceFacts, TuningProblem
 from mhfgen.tuning.search import SearchSettings, Tuner, study_storage_url
@@ -150,6 +152,62 @@ def test_interrupt_and_resume_lose_no_finished_trial(tmp_path):
     searched_second = {c.config for c in second.calls} - finalists
     assert not searched_first & searched_second
     assert len(searched_first) == 9
+
+
+class Hanging(ReplayTimer):
+    """Its `at`-th check() blocks until `release` is set, like a launch that never ends."""
+
+    def __init__(self, rec, at: int):
+        super().__init__(rec)
+        self.at, self.checks, self.hung = at, 0, None
+        self.release = threading.Event()
+
+    def check(self, candidate):
+        self.checks += 1
+        if self.checks == self.at:
+            self.hung = candidate
+            assert self.release.wait(30), "the hang guard never fired"
+        return super().check(candidate)
+
+
+def test_a_hung_candidate_is_recorded_and_never_asked_again(tmp_path):
+    """A candidate whose check does not return within hang_s is told to the study and
+    stored as failed with stage 'hang' by the guard's thread, which then ends the
+    process (here: a stand-in for os._exit that lets the check return, so the guarded
+    block raises Hung). A resumed search skips that config."""
+    rec = recording(PROBLEM, kernels=[DQ])
+    storage = f"sqlite:///{tmp_path / 'study.sqlite'}"
+    settings = SearchSettings(trials=12, batch=4, seed=1, hang_s=0.2)
+    timer = Hanging(rec, at=3)
+    exits = []
+
+    def stand_in_exit(code):
+        exits.append(code)
+        timer.release.set()
+
+    with TuningDB.open(tmp_path / "t.sqlite") as db:
+        tuner = tuner_for(rec, settings, db=db, storage=storage, timer=timer)
+        tuner._exit = stand_in_exit
+        with pytest.raises(Hung):
+            tuner.tune_kernel(DQ)
+        assert exits == [HANG_EXIT]
+        hung = [t for t in db.trials(kernel=DQ) if t.stage == "hang"]
+        assert [t.config for t in hung] == [timer.hung.config]
+        assert "no result within 0.2 s" in hung[0].reason
+        second = ReplayTimer(rec)
+        resumed = tuner_for(rec, settings, db=db, storage=storage, timer=second)
+        result = resumed.tune_kernel(DQ)
+        assert timer.hung.config not in {c.config for c in second.calls}
+        assert result.evaluated == 12
+
+
+def test_the_hang_guard_stays_quiet_for_a_block_that_returns():
+    fired = []
+    with HangGuard(5.0, "x", fired.append, exit=fired.append) as guard:
+        pass
+    with HangGuard(None, "y", fired.append, exit=fired.append):
+        pass
+    assert fired == [] and not guard.fired
 
 
 def test_a_default_outside_the_space_is_still_the_baseline():

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 
+from ..tuning.hang import DEFAULT_HANG_S
 from . import CommandError
 from .common import add_command, add_problem_args, spec_from_args
 from .output import table
@@ -99,6 +100,15 @@ def register(sub) -> None:
         "--fresh",
         action="store_true",
         help="discard the stored study of this problem instead of resuming it",
+    )
+    g.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=DEFAULT_HANG_S,
+        metavar="SECONDS",
+        help="on a GPU, a candidate whose check and timing take longer is recorded as hung "
+        "(never asked again) and the run ends; run the command again to resume (0: no "
+        f"limit; default {DEFAULT_HANG_S:g})",
     )
     g.add_argument(
         "--db",
@@ -617,6 +627,7 @@ def _run_locked(
         strategy=args.strategy,
         seed=args.seed,
         fresh=args.fresh,
+        hang_s=args.hang_timeout if args.hang_timeout > 0 else None,
     )
     who = ""
     if args.workers > 1:

@@ -38,6 +38,7 @@ from ..codegen import code_hash, template_hash
 from ..registry import default_config
 from ..version import __version__
 from .db import TrialRecord, TuningDB, TuningKey, WinnerRecord, utc_now
+from .hang import DEFAULT_HANG_S, HangGuard
 from .outcome import Candidate, Failure
 from .problem import DeviceFacts, TuningProblem, tflops
 from .space import load_space
@@ -56,7 +57,9 @@ class SearchSettings:
     or 'grid'; startup: uniform random configs before TPE proposes (None: trials // 4,
     at least 4); refine: the last trials, spent on the untried configs nearest the best
     (None: trials // 4); top_k and rounds: the side-by-side re-timing; fresh: discard a
-    stored study of the same problem instead of resuming it.
+    stored study of the same problem instead of resuming it; hang_s: seconds a
+    candidate's check and timing on a GPU may take before it is recorded as hung and the
+    process ends (mhfgen.tuning.hang; None: no guard).
     """
 
     trials: int = 40
@@ -68,6 +71,7 @@ class SearchSettings:
     top_k: int = 3
     rounds: int = 3
     fresh: bool = False
+    hang_s: float | None = DEFAULT_HANG_S
 
     def startup_trials(self) -> int:
         return self.startup if self.startup is not None else max(4, self.trials // 4)
@@ -582,15 +586,16 @@ class Tuner:
             prepared = self.timer.prepare(candidates)
         for a, c, failure in zip(asked, candidates, prepared):
             error, ms, lost = None, None, None
-            if failure is None:
-                error, failure = self.timer.check(c)
-            if failure is None:
-                try:
-                    ms = self.timer.time(c)
-                except DeviceLost as exc:
-                    failure, lost = exc.failure, exc
-                except CandidateFailed as exc:
-                    failure = exc.failure
+            with self._hang_guard(kernel, study, a, c):
+                if failure is None:
+                    error, failure = self.timer.check(c)
+                if failure is None:
+                    try:
+                        ms = self.timer.time(c)
+                    except DeviceLost as exc:
+                        failure, lost = exc.failure, exc
+                    except CandidateFailed as exc:
+                        failure = exc.failure
             if failure is None:
                 study.tell_time(a, ms, error, self.timer.label_for(c.kernel))
                 last = f"{describe_config(c.config)}: {ms:.4g} ms"
@@ -602,6 +607,27 @@ class Tuner:
             self._report(kernel, "search", study, budget, last)
             if lost is not None:
                 raise lost  # the trial is stored; this process can time nothing more
+
+    def _hang_guard(
+        self, kernel: str, study: ConfigStudy, asked: Asked, candidate: Candidate
+    ) -> HangGuard:
+        """The watchdog of one candidate's check and timing on a GPU: if they hang, the
+        candidate is told to the study and stored as failed with stage 'hang' (from the
+        watchdog's thread: this one is stuck in the GPU) and the process ends."""
+
+        def record(failure: Failure) -> None:
+            study.tell_failure(asked, failure, None, self.timer.label_for(candidate.kernel))
+            self._store_trial(
+                self._trial_record(
+                    kernel, candidate.config, None, None, failure, study.name, asked.number
+                )
+            )
+
+        seconds = self.settings.hang_s if self.timer.gpu_timings else None
+        return HangGuard(seconds, describe_config(candidate.config), record, self._exit)
+
+    #: how a hung candidate ends the process (tests replace it)
+    _exit = staticmethod(os._exit)
 
     def _trial_record(
         self,
