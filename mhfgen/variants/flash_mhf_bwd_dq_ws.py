@@ -65,9 +65,9 @@ class BwdDqWsConfig(_gluon.GluonBackwardConfig):
                    soon as they are done. Off, each tile issues its own scores and waits
                    for them. One tile's scores are live at a time either way. It
                    compiles for sm90 without serialised wgmma or spills, but has not run
-                   on a GPU yet, so the search space leaves it out (the tuner has no
-                   guard against a candidate that hangs); benchmarks/bwd_dq_ws_check.py
-                   verifies and times it.
+                   on a GPU yet, so the search space leaves it out (a candidate that
+                   hangs ends a tuning run, mhfgen.tuning.hang);
+                   benchmarks/bwd_dq_ws_check.py verifies and times it.
     """
 
     variant = KERNEL
