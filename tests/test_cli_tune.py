@@ -108,6 +108,7 @@ def test_kill_and_rerun_resumes_without_losing_trials(tmp_path):
         (["--intermediate", "100", "--experts", "3"], "must be divisible by --experts"),
         (["--trials", "0"], "--trials must be >= 1"),
         (["--heads", "3", "--kv-heads", "2"], "multiple of kv_heads"),
+        (["--hang-timeout", "-1"], "--hang-timeout must be >= 0 (0: no limit)"),
     ],
 )
 def test_bad_flags_are_one_line_errors(args, message, capsys):

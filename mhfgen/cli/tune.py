@@ -565,6 +565,8 @@ def _run_problem(args) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise CommandError(f"--{flag} must be >= 1, got {value}")
+    if not args.hang_timeout >= 0:  # NaN too
+        raise CommandError(f"--hang-timeout must be >= 0 (0: no limit), got {args.hang_timeout}")
     problem, device, kind, replay, storage, bare = _setup(args)
     from ..tuning.search import tuning_units
 
