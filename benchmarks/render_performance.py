@@ -384,9 +384,9 @@ def add_compare(
     """Write (or replace) tables 'comparison' and 'layers' of the GPU's results file from a
     benchmarks/bench_h200.py run's table.csv or table.json; with another `name`, table
     NAME only (a second run beside the first, e.g. of another method: its layer rows
-    repeat the first run's). `command`:
-    the run's command line as the tables cite it (default: bench_h200.py with the
-    --authors-kernel it took where the authors' kernel ran)."""
+    repeat the first run's). `command`: the run's command line as the tables cite it
+    (default: bench_h200.py with the --authors-kernel it took where the authors' kernel
+    ran)."""
     if path.suffix == ".csv":
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
@@ -399,6 +399,8 @@ def add_compare(
             command += " --authors-kernel flash_mlp_moe.py"
     gpu, tables = compare_tables(rows, command)
     if name != "comparison":
+        if "comparison" not in tables:
+            raise ValueError(f"{path}: no shape with mhfgen's forward and forward + backward")
         tables = {name: tables["comparison"]}
     return _write_tables(gpu, tables, folder)
 
