@@ -60,6 +60,8 @@ FAMILIES = {
     "kv-group": f8.Fp8WsConfig(group_heads=2),
     "exp-sigmoid": f8.Fp8WsConfig(sigmoid="exp", stages=3),
     "deep-ring": f8.Fp8WsConfig(stages=6, joint_scores=False, pingpong=True),
+    "split": f8.Fp8WsConfig(consumers=1, inter_splits=8),
+    "alternate": f8.Fp8WsConfig(alternate_tiles=True, inter_splits=8),
 }
 
 #: (H, Hkv, D, E, De): the 1.3B preset, D = 64 with grouped kv heads, fp16 with E = 1
@@ -115,8 +117,11 @@ def test_compiles_for_sm90_to_fp8_wgmma_without_spills(spec, family):
     report = gluon_report(f8, spec, config)
     assert report.cubin_bytes > 0
     # joint [S | G] accumulators cost a few spilled registers at D = 128 (and run slower,
-    # so the heuristic keeps them off); every other family fits
-    if not (config.joint_scores and spec.head_dim == 128):
+    # so the heuristic keeps them off), alternate tiles one word before the loop; every
+    # other family fits
+    if config.alternate_tiles and spec.head_dim == 128:
+        assert report.spill_bytes <= 4, report
+    elif not (config.joint_scores and spec.head_dim == 128):
         assert report.spill_bytes == 0, report
     # with the activations' A operand in registers ptxas serialises every wgmma; from
     # shared memory they stay asynchronous
@@ -217,6 +222,113 @@ def test_unsupported_says_why(spec, reason):
     # the weight-only Triton-language forward takes every one of them that has FP8 weights
     if spec.fp8_weights and spec.target != "sm89" and spec.target != "interpreter":
         assert [v.stem for v in registry.usable("fwd", spec, 4096)] == ["flash_mhf_fwd"]
+
+
+def test_split_reduction_renders_only_where_configured():
+    spec = COMPILE_SPECS[0]
+    plain = f8.render(spec, f8.Fp8WsConfig())
+    assert "_reduce_splits" not in plain and "COUNTERS" not in plain
+    split = f8.render(spec, f8.Fp8WsConfig(consumers=1, inter_splits=4))
+    assert "J0, TILES = _split_tiles(EXPERTS * TPE)" in split
+    assert 'ticket = gl.atomic_add(COUNTERS + counter, 1, sem="acq_rel")' in split
+    assert "gl.atomic_xchg(COUNTERS + counter, 0)" in split  # zero again for the next launch
+    assert "tma.async_copy_shared_to_global(o_desc" not in split
+    alternate = f8.render(spec, f8.Fp8WsConfig(alternate_tiles=True))
+    assert "for j in range(C, TILES, CONSUMERS):" in alternate
+    assert "gl.program_id(1) * CONSUMERS + C, gl.num_programs(1) * CONSUMERS" in alternate
+    assert "the consumer of the slot's tile releases it" in alternate
+
+
+@pytest.mark.parametrize(
+    "tiles, asked, partials, made",
+    [
+        (88, 8, 1, 8),  # 1.3B: 11 tiles each
+        (88, 8, 2, 8),
+        (44, 16, 1, 15),  # ceil(44 / 16) = 3: 15 splits, the last 2 tiles
+        (44, 16, 2, 15),
+        (45, 23, 2, 15),  # 23 of 2 leave 1 tile to the last; 16-22 of 3 leave some empty
+        (3, 2, 2, 1),  # 2 + 1: the last split could not feed two consumers
+        (3, 8, 1, 3),
+        (5, 1, 2, 1),
+    ],
+)
+def test_split_count_leaves_no_split_short(tiles, asked, partials, made):
+    spec = KernelSpec(4, 4, 64, 1, 64 * tiles, "bfloat16_e4m3", "sm90")
+    config = f8.Fp8WsConfig(
+        consumers=2 if partials == 2 else 1, alternate_tiles=partials == 2, inter_splits=asked
+    )
+    splits = f8.split_count(spec, config)
+    assert splits == made
+    per = -(-tiles // splits)  # the kernel's _split_tiles
+    counts = [min(per, tiles - s * per) for s in range(splits)]
+    assert sum(counts) == tiles and min(counts) >= partials
+
+
+def test_decode_default_splits_the_weight_tiles_over_one_wave():
+    cfg = f8.default_config(SM90_FP8, 1, 132)  # H = Hkv: the consumers alternate tiles
+    assert cfg.alternate_tiles and cfg.consumers == 2 and cfg.inter_splits == 8
+    assert f8.work_tiles(SM90_FP8, cfg, 1) * cfg.inter_splits <= 132
+    gqa = KernelSpec(16, 4, 64, 11, 256, "bfloat16_e4m3", "sm90")
+    cfg = f8.default_config(gqa, 64, 132)  # two heads of a kv group per program
+    assert cfg.group_heads == 2 and not cfg.alternate_tiles and cfg.inter_splits == 16
+    assert f8.default_config(SM90_FP8, 16384, 132) == f8.Fp8WsConfig()  # prefill unchanged
+    for spec, tokens in ((SM90_FP8, 1), (gqa, 64)):
+        cfg = f8.default_config(spec, tokens, 132)
+        assert (
+            f8.config_problems(spec, cfg) == [] and f8.call_problems(spec, cfg, tokens, 132) == []
+        )
+
+
+def test_alternate_tiles_needs_two_consumers_on_one_head():
+    for bad in (
+        dict(consumers=1),
+        dict(group_heads=2),
+        dict(pingpong=True),
+        dict(unroll_tiles=2),
+    ):
+        with pytest.raises(ValueError, match="alternate_tiles"):
+            f8.Fp8WsConfig(alternate_tiles=True, **bad)
+    one_tile = KernelSpec(4, 4, 64, 1, 64, "bfloat16_e4m3", "sm90")
+    problems = f8.config_problems(one_tile, f8.Fp8WsConfig(alternate_tiles=True))
+    assert any("two weight tiles" in p for p in problems)
+
+
+def test_call_problems_refuse_splits_past_the_tiles_or_the_programs():
+    spec = KernelSpec(4, 4, 64, 1, 256, "bfloat16_e4m3", "sm90")  # 4 tiles
+    assert (
+        "exceeds" in f8.call_problems(spec, f8.Fp8WsConfig(consumers=1, inter_splits=8), 1, 132)[0]
+    )
+    assert (
+        "exceeds"
+        in f8.call_problems(spec, f8.Fp8WsConfig(alternate_tiles=True, inter_splits=4), 1, 132)[0]
+    )
+    big = KernelSpec(16, 16, 128, 22, 256, "bfloat16_e4m3", "sm90")
+    assert "programs" in f8.call_problems(big, f8.Fp8WsConfig(inter_splits=32), 16384, 132)[0]
+    assert f8.call_problems(big, f8.Fp8WsConfig(), 16384, 132) == []
+    alternate = f8.Fp8WsConfig(alternate_tiles=True)
+    assert f8.call_problems(big, alternate, 64, 132) == []
+    assert "one token block" in f8.call_problems(big, alternate, 65, 132)[0]
+
+
+def test_the_split_launch_passes_workspace_output_and_counters(monkeypatch):
+    from mhfgen import device
+
+    monkeypatch.setattr(device, "target", lambda _: "sm90")
+    forget_transposed()
+    (q, k8, u8, v8, r, scales), _ = _fp8_case(Case("dec", 1, 3, 8, 8, 64, 4, 128))
+    config = f8.Fp8WsConfig(alternate_tiles=True, inter_splits=3)
+    plan = f8._launch.make_plan(q, k8, u8, v8, r, scales, config)
+    assert plan.grid == (8, 3)  # 8 heads x 1 token block; 8 weight tiles: 3 + 3 + 2
+    o = torch.empty_like(q)
+    args = f8.arguments(plan, q, k8, u8, v8, r, scales, o)
+    names = plan.kernel.arg_names
+    assert list(names[5:11]) == ["R", "COLS", "WS", "OUT", "COUNTERS", "stride_ws"]
+    work, out, counters = args[7:10]
+    assert work.shape == (3 * 2, 3, 8 * 64) and work.dtype == torch.float32  # splits x consumers
+    assert out is o and counters.dtype == torch.int32 and counters.numel() >= 8 * 2
+    assert args[10:] == (3 * 8 * 64, *r.stride(), 3, 3)
+    options = set(f8.launch_options(config))
+    assert list(names[len(args) :]) == [n for n in plan.meta if n not in options]
 
 
 def test_leaves_decode_to_the_weight_only_forward():
@@ -442,6 +554,20 @@ def test_transposed_v_is_made_once_per_tensor_and_version():
 # ---------------------------------------------------------------------------------------
 # the float64 emulation of the arithmetic
 # ---------------------------------------------------------------------------------------
+
+
+def test_emulation_of_splits_sums_partials_with_their_own_maxima():
+    (q, k8, u8, v8, r, scales), dense = _fp8_case(Case("x", 1, 48, 4, 2, 64, 3, 128))
+    want = flash_mhf(q.double(), *(w.double() for w in dense[1:4]), r.double())
+    whole = flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64)
+    assert torch.equal(flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, 1, 1), whole)
+    for splits, alternate in ((2, 1), (3, 1), (1, 2), (3, 2), (6, 1)):
+        got = flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, splits, alternate)
+        assert not torch.equal(got, whole)  # each partial quantises on its own maximum
+        assert relative_error(got, want) < FP8_ACTIVATIONS_BAR
+    # one tile per partial: no running maximum to rescale by, every partial exact in scale
+    six = flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, 3, 2)
+    assert torch.equal(six, flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, 6, 1))
 
 
 @pytest.mark.parametrize("head_dim", [64, 96, 128])

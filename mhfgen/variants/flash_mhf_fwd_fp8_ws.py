@@ -44,7 +44,7 @@ Tensor layouts the kernel reads through TMA descriptors:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -53,12 +53,13 @@ from .. import codegen
 from .. import device as _device
 from ..fp8 import kept_column_factors, transposed_v
 from ..kernels import sm90
-from ..kernels.buffers import empty
+from ..kernels.buffers import empty, split_counters
 from ..kernels.launch import Tma, host_descriptors
 from ..kernels.plans import CachedLaunch
 from ..registry import register
 from ..spec import FP8_STORAGE, KernelSpec, dtype_name
-from ..validation import check_flash_mhf_inputs, check_weight_scales
+from ..tiling import split_programs_budget
+from ..validation import INT32_LIMIT, check_flash_mhf_inputs, check_weight_scales
 from . import _gluon
 
 KERNEL = "flash_mhf_fwd_fp8_ws"
@@ -96,6 +97,15 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     unroll_tiles:   weight tiles per iteration of a consumer's loop (1 or 2): with 2 the
                     registers of the pending S and G alternate between the two tiles
                     instead of being copied into the loop-carried ones every tile.
+    inter_splits:   programs that share a work tile's weight tiles (decode: few work tiles
+                    would leave most SMs idle); each writes an fp32 partial to a workspace
+                    and the last of them sums the partials in split order, in the same
+                    launch (deterministic; no host work, so CUDA graphs capture it).
+    alternate_tiles: the two consumers take the same rows (one token block of one head)
+                    and alternate weight tiles, each O a partial of the split reduction
+                    (decode without grouped heads: two warpgroups' MMAs and element-wise
+                    math on one stream of weight tiles). Needs consumers = 2,
+                    group_heads = 1, no pingpong, one tile per iteration.
     """
 
     variant = KERNEL
@@ -112,10 +122,17 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     consumer_regs: int = 240
     p_operand: str = "shared"
     unroll_tiles: int = 1
+    inter_splits: int = 1
+    alternate_tiles: bool = False
 
     #: fields added after configs of this variant were stored: a stored config without
     #: them means these values
-    added_fields = {"p_operand": "registers", "unroll_tiles": 1}
+    added_fields = {
+        "p_operand": "registers",
+        "unroll_tiles": 1,
+        "inter_splits": 1,
+        "alternate_tiles": False,
+    }
 
     choices = dict(
         block_n=(64, 128),
@@ -125,10 +142,28 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         group_heads=(1, 2),
         p_operand=("shared", "registers"),
         unroll_tiles=(1, 2),
+        inter_splits=range(1, 129),
     )
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.alternate_tiles and (
+            self.consumers != 2 or self.group_heads != 1 or self.pingpong or self.unroll_tiles != 1
+        ):
+            raise ValueError(
+                "Fp8WsConfig.alternate_tiles needs consumers=2, group_heads=1, no pingpong "
+                "and unroll_tiles=1"
+            )
+
     def describe(self) -> str:
-        return super().describe() + (" p-regs" if self.p_operand == "registers" else "")
+        text = super().describe() + (" p-regs" if self.p_operand == "registers" else "")
+        text += " alt" if self.alternate_tiles else ""
+        return text + (f" split{self.inter_splits}" if self.inter_splits > 1 else "")
+
+    @property
+    def partials(self) -> int:
+        """Partial outputs per split of a work tile: the consumers' with alternate_tiles."""
+        return self.consumers if self.alternate_tiles else 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -168,6 +203,15 @@ def config_problems(spec: KernelSpec, config: Fp8WsConfig) -> list[str]:
         )
     if spec.group % config.group_heads:
         problems.append(f"group_heads={config.group_heads} must divide H/Hkv={spec.group}")
+    if config.alternate_tiles and spec.intermediate < 2 * config.block_n:
+        problems.append("alternate_tiles needs two weight tiles per kv head")
+    split = config.inter_splits > 1 or config.alternate_tiles
+    if split and (config.p_operand != "shared" or config.pingpong or config.unroll_tiles > 1):
+        problems.append(
+            "the split reduction (a decode schedule) takes p_operand='shared', no pingpong "
+            "and one tile per iteration (the others' shared-memory scratch beside it is not "
+            "modelled)"
+        )
     problems += _gluon.forward_resource_problems(spec, config, shared_memory(spec, config))
     return problems
 
@@ -179,11 +223,15 @@ SCRATCH_RESERVE = 1024
 
 def shared_memory(spec: KernelSpec, config: Fp8WsConfig) -> int:
     """Bytes: the consumers' Q tiles in q's dtype (reused for O) and in e4m3, STAGES slots
-    of e4m3 K, U and V^T tiles, the mbarriers, and SCRATCH_RESERVE."""
+    of e4m3 K, U and V^T tiles, the mbarriers, SCRATCH_RESERVE, and with the split
+    reduction each consumer's fp32 O once more (its conversion out of the wgmma layout)."""
     q = config.consumers * config.block_m * spec.head_dim * (2 + 1)
     p = config.consumers * config.block_m * config.block_n if config.p_operand == "shared" else 0
     ring = config.stages * 3 * config.block_n * spec.head_dim
-    return q + p + ring + 8 * (3 * config.stages + 2 * config.consumers + 2) + SCRATCH_RESERVE
+    split = config.inter_splits > 1 or config.alternate_tiles
+    convert = config.consumers * config.block_m * spec.head_dim * 4 if split else 0
+    barriers = 8 * (3 * config.stages + 2 * config.consumers + 2)
+    return q + p + ring + convert + barriers + SCRATCH_RESERVE
 
 
 #: fp32 accumulator values per consumer thread; the launch's register cap (both as
@@ -197,12 +245,51 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int = 0) -> Fp8WsCon
     tanh silu, S and G by separate wgmma and the activations' A operand in shared memory
     (on an H100 at the 1.3B preset and 16384 tokens: 1.09x joint score MMAs, which lose
     their overlap to the split of [S | G]; docs/PERFORMANCE.md); 3 slots where 4 do not
-    fit. The SM count does not enter it."""
+    fit.
+
+    Decode (one 64-row token block): two consumers per program, on two query heads of a
+    kv group where H / Hkv is even (each weight tile serves both), else on the same rows
+    taking alternate weight tiles, and the weight tiles split over inter_splits programs
+    so that one wave covers the SMs (decode_splits)."""
+    base = Fp8WsConfig()
+    if 0 < tokens <= base.block_m and sm_count:
+        if spec.group % 2 == 0:
+            base = Fp8WsConfig(group_heads=2)
+        elif spec.intermediate >= 2 * base.block_n:
+            base = Fp8WsConfig(alternate_tiles=True)
+        base = replace(base, inter_splits=decode_splits(spec, base, tokens, sm_count))
     for stages in (4, 3):
-        candidate = Fp8WsConfig(stages=stages)
+        candidate = replace(base, stages=stages)
         if not config_problems(spec, candidate):
             return candidate
-    return Fp8WsConfig(stages=3, consumers=1)
+    return replace(base, stages=3, consumers=1, group_heads=1, alternate_tiles=False)
+
+
+def decode_splits(spec: KernelSpec, config: Fp8WsConfig, tokens: int, sm_count: int) -> int:
+    """Splits of the weight tiles that fill one wave: as many as sm_count // work tiles,
+    at most one weight tile each, 1 where the work tiles alone fill half the SMs."""
+    tiles = work_tiles(spec, config, tokens)
+    if 2 * tiles > sm_count:
+        return 1
+    per_split = config.partials  # weight tiles a split needs at least
+    return max(1, min(sm_count // tiles, spec.intermediate // config.block_n // per_split))
+
+
+def call_problems(spec: KernelSpec, config: Fp8WsConfig, tokens: int, sm_count: int) -> list:
+    """Splits that only add partial-sum traffic: more than the kv head's weight tiles, or
+    more programs than mhfgen.tiling.split_programs_budget allows; alternate tiles past
+    one token block per head (there the consumers fill the SM with rows of their own)."""
+    if config.alternate_tiles and tokens > config.block_m:
+        return [f"alternate_tiles is for one token block per head (<= {config.block_m} tokens)"]
+    if config.inter_splits == 1:
+        return []
+    tiles = spec.intermediate // config.block_n // config.partials
+    if config.inter_splits > tiles:
+        return [f"inter_splits={config.inter_splits} exceeds the {tiles} weight tiles"]
+    budget = split_programs_budget(sm_count)
+    if work_tiles(spec, config, max(1, tokens)) * config.inter_splits > budget:
+        return [f"inter_splits={config.inter_splits} makes more than {budget} programs"]
+    return []
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,6 +307,8 @@ def static_params(spec: KernelSpec, config: Fp8WsConfig) -> dict:
         **({"joint_scores": True} if config.joint_scores else {}),
         **({"p_operand": config.p_operand} if config.p_operand != "shared" else {}),
         **({"unroll_tiles": 2} if config.unroll_tiles == 2 else {}),
+        **({"inter_split": True} if config.inter_splits > 1 else {}),
+        **({"alternate_tiles": True} if config.alternate_tiles else {}),
     }
 
 
@@ -308,7 +397,7 @@ def flash_mhf_fwd_fp8_ws(
 
 
 def _run(plan: Fp8WsPlan, q, k, u, v, r, scales) -> torch.Tensor:
-    """Allocate o and launch: the per-call part."""
+    """Allocate o (and with splits the workspace) and launch: the per-call part."""
     o = empty(q.shape, q.dtype, q.device)
     if plan.kernel is None:
         return o
@@ -319,8 +408,9 @@ def _run(plan: Fp8WsPlan, q, k, u, v, r, scales) -> torch.Tensor:
 def arguments(plan: Fp8WsPlan, q, k, u, v, r, scales, o, vt=None) -> tuple:
     """The kernel's positional arguments for one call: the TMA descriptors of q, k8, u8,
     V8^T (`vt`, default mhfgen.fp8.transposed_v(v)) and o over the 2-D views of the module
-    doc, r, the scales' column factors (mhfgen.fp8.kept_column_factors), then the plan's
-    scalars; the constexprs and launch options are plan.meta."""
+    doc, r, the scales' column factors (mhfgen.fp8.kept_column_factors), with splits the
+    fp32 workspace (splits, tokens, H * D), o and the tickets (split_counters), then the
+    plan's scalars; the constexprs and launch options are plan.meta."""
     B, L, H, D = q.shape
     vt = transposed_v(v) if vt is None else vt
     descs = descriptors(
@@ -331,7 +421,12 @@ def arguments(plan: Fp8WsPlan, q, k, u, v, r, scales, o, vt=None) -> tuple:
         vt.view(-1, vt.shape[-1]),
         o.view(-1, H * D),
     )
-    return (*descs, r, kept_column_factors(scales), *plan.scalars)
+    split = ()
+    if len(plan.grid) == 2:
+        tiles, splits = plan.grid
+        work = empty((splits * plan.config.partials, B * L, H * D), torch.float32, q.device)
+        split = (work, o, split_counters(tiles * plan.config.consumers, q.device))
+    return (*descs, r, kept_column_factors(scales), *split, *plan.scalars)
 
 
 def _make_plan(q, k, u, v, r, scales, config) -> Fp8WsPlan:
@@ -345,19 +440,47 @@ def _make_plan(q, k, u, v, r, scales, config) -> Fp8WsPlan:
     tokens = B * L
     if tokens == 0:
         return Fp8WsPlan.without_tokens(spec, config)
+    grid, scalars = (work_tiles(spec, config, tokens),), (*r.stride(), L, tokens)
+    if config.inter_splits > 1 or config.alternate_tiles:
+        splits = split_count(spec, config)
+        if splits * config.partials * tokens * H * D >= INT32_LIMIT:
+            raise ValueError(
+                f"{KERNEL}: inter_splits={config.inter_splits} at {tokens} tokens needs a "
+                f"workspace past 2^31 elements (32-bit offsets); use fewer splits"
+            )
+        grid, scalars = (grid[0], splits), (tokens * H * D, *scalars)
     return Fp8WsPlan.of(
         spec,
         config,
         load_kernel(spec, config),
-        (work_tiles(spec, config, tokens),),
+        grid,
         descriptor_layouts(spec, config),
-        (*r.stride(), L, tokens),
+        scalars,
         {**constexprs(config), **launch_options(config)},
     )
 
 
-#: programs of a call, one work tile each (_gluon.forward_work_tiles)
-work_tiles = _gluon.forward_work_tiles
+def work_tiles(spec: KernelSpec, config: Fp8WsConfig, tokens: int) -> int:
+    """Work tiles of a call (_gluon.forward_work_tiles); with alternate_tiles one token
+    block of one head each. With splits, each has inter_splits programs."""
+    if config.alternate_tiles:
+        return -(-tokens // config.block_m) * spec.heads
+    return _gluon.forward_work_tiles(spec, config, tokens)
+
+
+def split_count(spec: KernelSpec, config: Fp8WsConfig) -> int:
+    """The splits a launch makes of config.inter_splits: as the kernel deals them
+    (_split_tiles: ceil(T / S) of the kv head's T weight tiles each, the last the rest),
+    at most T, and fewer where a split would get fewer than config.partials tiles (none
+    empty; with alternate_tiles each consumer at least one)."""
+    tiles = spec.intermediate // config.block_n
+    splits = min(config.inter_splits, tiles)
+    while splits > 1:
+        per = -(-tiles // splits)
+        if (splits - 1) * per < tiles and tiles - (splits - 1) * per >= config.partials:
+            break
+        splits -= 1
+    return splits
 
 
 _launch = CachedLaunch(KERNEL, _make_plan, _run)
@@ -377,10 +500,19 @@ def compile_sm90(spec: KernelSpec, config: Fp8WsConfig) -> sm90.CompileReport:
     w2 = torch.empty(spec.kv_heads * spec.intermediate, D, dtype=FP8_STORAGE)
     vt2 = torch.empty(spec.kv_heads * spec.experts * D, spec.expert_dim, dtype=FP8_STORAGE)
     descs = host_descriptors(descriptors(descriptor_layouts(spec, config), q2, w2, w2, vt2, q2))
+    split = {}
+    if config.inter_splits > 1 or config.alternate_tiles:
+        split = dict(
+            WS=torch.empty(1, dtype=torch.float32),
+            OUT=torch.empty(1, dtype=spec.torch_dtype),
+            COUNTERS=torch.empty(1, dtype=torch.int32),
+            stride_ws=1 << 16,
+        )
     args = dict(
         zip(("q_desc", "k_desc", "u_desc", "vt_desc", "o_desc"), descs),
         R=torch.empty(1, dtype=torch.float32),
         COLS=torch.empty(1, dtype=torch.float32),
+        **split,
         stride_rb=1 << 20,
         stride_rl=1 << 12,
         stride_rh=64,
@@ -409,7 +541,7 @@ class FlashMhfFwdFp8Ws(_gluon.GluonVariant):
     #: mhfgen.tolerances.FP8_ACTIVATIONS_BAR, and MHFGEN_FP8_ACTIVATIONS=0 leaves it out
     quantises_activations = True
     model = _gluon.GluonModel(
-        unsupported, config_problems, shared_memory, registers, default_config
+        unsupported, config_problems, shared_memory, registers, default_config, call_problems
     )
 
     def static_params(self, spec: KernelSpec, config: Fp8WsConfig) -> dict:
