@@ -4,11 +4,12 @@ then speed, in one run of about a minute.
     python3 benchmarks/fp8_fwd_check.py [--json out.json] [--tokens 16384]
         [--dtype bfloat16|float16] [--skip-verify] [--skip-timing] [--schedules]
 
-1. verify: the kernel (its dispatched config) on three shapes (a slice of the 1.3B preset,
+1. verify: the kernel (its dispatched config) on six shapes (a slice of the 1.3B preset,
    H16 D128 E22 De256 at 1000 tokens; D = 64 with Hkv < H; 1037 tokens, not a multiple of
-   the row block, with E = 1) against
+   the row block, with E = 1; decode at 1, 37 (Hkv < H) and 64 tokens, the split
+   schedules) against
      - the float64 emulation of its own arithmetic (mhfgen.reference.flash_mhf_w8a8: the
-       same e4m3 roundings), bar mhfgen.tolerances.FP8_EMULATION_BAR (2e-2), whole tensor
+       same e4m3 roundings, the same partials), bar mhfgen.tolerances.FP8_EMULATION_BAR (2e-2), whole tensor
        only (a row's scale can flip with one rounding: the bar's doc);
      - the float64 reference on the dequantised weights, bar
        mhfgen.tolerances.FP8_ACTIVATIONS_BAR (6e-2), whole tensor and worst row (x4).
@@ -46,6 +47,10 @@ SHAPES = (  # name, batch, seqlen, H, Hkv, D, E, De
     ("1.3B_slice", 1, 1000, 16, 16, 128, 22, 256),
     ("d64_gqa", 2, 300, 16, 4, 64, 11, 256),
     ("t1037_e1", 1, 1037, 8, 8, 128, 1, 512),
+    # decode: the weight tiles split over programs (one query head or two of a kv group each)
+    ("decode_1", 1, 1, 16, 16, 128, 22, 256),
+    ("decode_37_gqa", 1, 37, 16, 4, 64, 11, 256),
+    ("decode_64", 2, 32, 16, 16, 128, 22, 256),
 )
 PRESET = ("1.3B", 16, 16, 128, 22, 256)  # name, H, Hkv, D, E, De
 #: --schedules: name -> Fp8WsConfig fields (the rest the config's defaults)
@@ -120,7 +125,7 @@ def verify(dtype, rows: list) -> bool:
         row_error,
         tolerance_for,
     )
-    from mhfgen.variants.flash_mhf_fwd_fp8_ws import KERNEL, flash_mhf_fwd_fp8_ws
+    from mhfgen.variants.flash_mhf_fwd_fp8_ws import KERNEL, emulated_splits, flash_mhf_fwd_fp8_ws
     from mhfgen.verification import Case
 
     ok_all = True
@@ -131,7 +136,8 @@ def verify(dtype, rows: list) -> bool:
         spec = _spec(h, hkv, d, e, de, f"{str(dtype).removeprefix('torch.')}_e4m3")
         config = dispatch.choose_config(KERNEL, spec, case.tokens, q.device)
         got = finish(lambda: flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config))
-        emulated = flash_mhf_w8a8(q, k8, u8, v8, r, scales, config.block_n)
+        splits = emulated_splits(spec, config)  # a decode config's partials
+        emulated = flash_mhf_w8a8(q, k8, u8, v8, r, scales, config.block_n, splits)
         ref = _reference(q, r, dense)
         bar = tolerance_for(variant, q.dtype, numel=ref.numel())
         errs = {

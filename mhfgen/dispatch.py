@@ -18,7 +18,10 @@ would otherwise take prefill calls from the FP8-arithmetic one); between winners
 the user database beats the shipped one, then (mhfgen.tuning.lookup) the larger tuned
 token count, then the lower stored time (so the faster variant at that shape). Winners
 must match their variant's template hash (or code hash), the GPU name, compute
-capability and Triton version.
+capability and Triton version. A winner of steps 2-3 (tuned at another token count) is
+taken only where its variant's rules accept it at this call's token count and SM count
+(`prune_reason`: a prefill config that would leave most SMs idle at decode, say);
+otherwise step 4 decides.
 
 The databases are read once per process and GPU, on the first call that needs them, and
 each decision is cached per (name, spec, tokens, device): after the first call a call
@@ -310,6 +313,21 @@ def _tuned(
     # a nearest tuned shape is the preferred variant's or none (the module doc, step 3)
     stems = [v.stem for v in variants]
     found = index.find(stems, spec, tokens, nearest_of=stems[:1])
+    if found is not None and found.source != "exact":
+        variant = registry.get(found.variant)
+        reason = variant.prune_reason(spec, found.config, tokens, _device.sm_count(device))
+        if reason:
+            log.debug(
+                "%s %s tokens=%d: the %s config tuned at %d tokens does not fit here (%s), "
+                "using the heuristic",
+                kernel,
+                spec.key(),
+                tokens,
+                found.source,
+                found.tuned_tokens,
+                reason,
+            )
+            return None
     if found is not None and (found.variant, spec, found.config, device) in _rejected:
         log.debug(
             "%s %s tokens=%d: the %s config failed earlier, using the heuristic",

@@ -42,7 +42,6 @@ def flash_mhf_w8a8(
     scales: torch.Tensor,
     block_n: int,
     splits: int = 1,
-    alternate: int = 1,
 ) -> torch.Tensor:
     """FlashMHF in FP8 arithmetic (W8A8) as flash_mhf_fwd_fp8_ws computes it, emulated in
     float64: every e4m3 rounding the kernel makes, none of its fp32 ones.
@@ -60,8 +59,6 @@ def flash_mhf_w8a8(
     With `splits` (the kernel's inter_splits, as its launcher evens them out: ceil(T / c)
     splits of c = ceil(T / splits) of the T = I / block_n tiles), steps 2-4 run per split
     on its own tiles, each with its own running maximum, and o is the sum of the splits'.
-    With `alternate` (the kernel's alternate_tiles: its consumers), a split's tiles are
-    dealt in turn to that many accumulators, each a partial of its own.
     Returns o (B, L, H, D) in float64.
     """
     p = check_flash_mhf_inputs(q, k8, u8, v8, r)
@@ -80,15 +77,10 @@ def flash_mhf_w8a8(
     tiles = [(e, n0) for e in range(p.experts) for n0 in range(0, p.expert_dim, block_n)]
     per = -(-len(tiles) // min(splits, len(tiles)))
     out = torch.zeros_like(q64)
-    parts = [
-        tiles[first : first + per][way::alternate]
-        for first in range(0, len(tiles), per)
-        for way in range(alternate)
-    ]
-    for part in parts:
+    for first in range(0, len(tiles), per):
         acc = torch.zeros_like(q64)
         m = torch.zeros_like(s_q)
-        for e, n0 in part:
+        for e, n0 in tiles[first : first + per]:
             cols = slice(n0, n0 + block_n)
             s = torch.einsum("blhd,hnd->blhn", q8, k[:, e, cols]) * s_q * ks[:, e, cols]
             g = torch.einsum("blhd,hnd->blhn", q8, u[:, e, cols]) * s_q * us[:, e, cols]

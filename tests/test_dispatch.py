@@ -2,6 +2,7 @@
 on the same GPU, then the heuristic; a cached lookup; a broken database never breaks a
 call."""
 
+import dataclasses
 import logging
 import sys
 
@@ -106,24 +107,46 @@ def test_nearest_tuned_shape_of_the_same_spec():
 
 
 def test_a_nearest_shape_of_a_lower_ranked_variant_gives_way_to_the_preferred_heuristic():
-    """Step 3 for an op takes the preferred variant's winners only: FP8 decode winners of
-    the weight-only forward (all the H100's shipped FP8 records) stay at decode sizes,
-    and prefill calls get the FP8-arithmetic Gluon forward's heuristic. Steps 1 and 2, and
-    a variant named directly, are as before."""
+    """Step 3 for an op takes the preferred variant's winners only: an FP8 decode winner of
+    the weight-only forward keeps its exact token count (steps 1 and 2 take any variant's),
+    and every other call gets the FP8-arithmetic Gluon forward's heuristic. A variant
+    named directly is as before."""
     fp8 = KernelSpec(16, 16, 128, 22, 256, "bfloat16_e4m3", "sm90")
     store(64, A, spec=fp8)
     prefill = dispatch.explain_choice("fwd", fp8, 16384, CPU)
     assert (prefill.variant, prefill.source) == ("flash_mhf_fwd_fp8_ws", "heuristic")
     assert dispatch.explain_choice("fwd", fp8, 100, CPU).variant == "flash_mhf_fwd_fp8_ws"
-    decode = dispatch.explain_choice("fwd", fp8, 64, CPU)  # only the weight-only forward
+    decode = dispatch.explain_choice("fwd", fp8, 64, CPU)  # its exact winner
     assert (decode.variant, decode.source, decode.config) == ("flash_mhf_fwd", "exact", A)
-    assert dispatch.explain_choice("fwd", fp8, 8, CPU).source == "nearest"
-    direct = dispatch.explain_choice(FWD, fp8, 16384, CPU)
+    other = dispatch.explain_choice("fwd", fp8, 8, CPU)
+    assert (other.variant, other.source) == ("flash_mhf_fwd_fp8_ws", "heuristic")
+    direct = dispatch.explain_choice(FWD, fp8, 100, CPU)  # the variant named: any winner
     assert (direct.variant, direct.source, direct.config) == (FWD, "nearest", A)
-    store(12000, B, spec=fp8)  # the same bucket as 16384: a measured winner competes
+    # but not one its own rules refuse at the call's size (16-row blocks at 16384 rows)
+    assert dispatch.explain_choice(FWD, fp8, 16384, CPU).source == "heuristic"
+    wide = dataclasses.replace(B, block_m=64, block_n=64)  # a config that fits 16384 rows
+    store(12000, wide, spec=fp8)  # the same bucket as 16384: a measured winner competes
     dispatch.clear_cache()
     same = dispatch.explain_choice("fwd", fp8, 16384, CPU)
-    assert (same.variant, same.source, same.config) == (FWD, "bucket", B)
+    assert (same.variant, same.source, same.config) == (FWD, "bucket", wide)
+
+
+def test_a_winner_from_other_token_counts_that_does_not_fit_gives_way(monkeypatch):
+    """Steps 2-3 carry a config across token counts only where its variant's rules take
+    it at the call's: the FP8 Gluon forward's prefill winner (no split) would leave most
+    of a 132-SM GPU idle at one token, so the heuristic (with splits) runs there; at 2048
+    tokens it still applies."""
+    from mhfgen.variants.flash_mhf_fwd_fp8_ws import Fp8WsConfig
+
+    monkeypatch.setattr(dispatch._device, "sm_count", lambda device: 132)
+    fp8 = KernelSpec(16, 16, 128, 22, 256, "bfloat16_e4m3", "sm90")
+    stem = "flash_mhf_fwd_fp8_ws"
+    store(16384, Fp8WsConfig(stages=5), spec=fp8, kernel=stem)
+    decode = dispatch.explain_choice("fwd", fp8, 1, CPU)
+    assert (decode.variant, decode.source) == (stem, "heuristic")
+    assert decode.config.inter_splits > 1
+    carried = dispatch.explain_choice("fwd", fp8, 2048, CPU)
+    assert (carried.source, carried.config) == ("nearest", Fp8WsConfig(stages=5))
 
 
 def test_other_specs_gpus_versions_and_templates_never_match():

@@ -61,7 +61,6 @@ FAMILIES = {
     "exp-sigmoid": f8.Fp8WsConfig(sigmoid="exp", stages=3),
     "deep-ring": f8.Fp8WsConfig(stages=6, joint_scores=False, pingpong=True),
     "split": f8.Fp8WsConfig(consumers=1, inter_splits=8),
-    "alternate": f8.Fp8WsConfig(alternate_tiles=True, inter_splits=8),
 }
 
 #: (H, Hkv, D, E, De): the 1.3B preset, D = 64 with grouped kv heads, fp16 with E = 1
@@ -117,11 +116,8 @@ def test_compiles_for_sm90_to_fp8_wgmma_without_spills(spec, family):
     report = gluon_report(f8, spec, config)
     assert report.cubin_bytes > 0
     # joint [S | G] accumulators cost a few spilled registers at D = 128 (and run slower,
-    # so the heuristic keeps them off), alternate tiles one word before the loop; every
-    # other family fits
-    if config.alternate_tiles and spec.head_dim == 128:
-        assert report.spill_bytes <= 4, report
-    elif not (config.joint_scores and spec.head_dim == 128):
+    # so the heuristic keeps them off); every other family fits
+    if not (config.joint_scores and spec.head_dim == 128):
         assert report.spill_bytes == 0, report
     # with the activations' A operand in registers ptxas serialises every wgmma; from
     # shared memory they stay asynchronous
@@ -233,64 +229,43 @@ def test_split_reduction_renders_only_where_configured():
     assert 'ticket = gl.atomic_add(COUNTERS + counter, 1, sem="acq_rel")' in split
     assert "gl.atomic_xchg(COUNTERS + counter, 0)" in split  # zero again for the next launch
     assert "tma.async_copy_shared_to_global(o_desc" not in split
-    alternate = f8.render(spec, f8.Fp8WsConfig(alternate_tiles=True))
-    assert "for j in range(C, TILES, CONSUMERS):" in alternate
-    assert "gl.program_id(1) * CONSUMERS + C, gl.num_programs(1) * CONSUMERS" in alternate
-    assert "the consumer of the slot's tile releases it" in alternate
 
 
 @pytest.mark.parametrize(
-    "tiles, asked, partials, made",
+    "tiles, asked, made",
     [
-        (88, 8, 1, 8),  # 1.3B: 11 tiles each
-        (88, 8, 2, 8),
-        (44, 16, 1, 15),  # ceil(44 / 16) = 3: 15 splits, the last 2 tiles
-        (44, 16, 2, 15),
-        (45, 23, 2, 15),  # 23 of 2 leave 1 tile to the last; 16-22 of 3 leave some empty
-        (3, 2, 2, 1),  # 2 + 1: the last split could not feed two consumers
-        (3, 8, 1, 3),
-        (5, 1, 2, 1),
+        (88, 8, 8),  # 1.3B: 11 tiles each
+        (44, 16, 15),  # ceil(44 / 16) = 3: 15 splits, the last 2 tiles
+        (45, 20, 15),  # 16-20 splits of ceil(45 / S) = 3 tiles would leave the last empty
+        (3, 8, 3),
+        (5, 1, 1),
     ],
 )
-def test_split_count_leaves_no_split_short(tiles, asked, partials, made):
+def test_split_count_leaves_no_split_empty(tiles, asked, made):
     spec = KernelSpec(4, 4, 64, 1, 64 * tiles, "bfloat16_e4m3", "sm90")
-    config = f8.Fp8WsConfig(
-        consumers=2 if partials == 2 else 1, alternate_tiles=partials == 2, inter_splits=asked
-    )
+    config = f8.Fp8WsConfig(consumers=1, inter_splits=asked)
     splits = f8.split_count(spec, config)
     assert splits == made
     per = -(-tiles // splits)  # the kernel's _split_tiles
     counts = [min(per, tiles - s * per) for s in range(splits)]
-    assert sum(counts) == tiles and min(counts) >= partials
+    assert sum(counts) == tiles and min(counts) >= 1
 
 
 def test_decode_default_splits_the_weight_tiles_over_one_wave():
-    cfg = f8.default_config(SM90_FP8, 1, 132)  # H = Hkv: the consumers alternate tiles
-    assert cfg.alternate_tiles and cfg.consumers == 2 and cfg.inter_splits == 8
+    cfg = f8.default_config(SM90_FP8, 1, 132)  # H = Hkv: one consumer per program
+    assert (cfg.consumers, cfg.group_heads, cfg.inter_splits) == (1, 1, 8)
     assert f8.work_tiles(SM90_FP8, cfg, 1) * cfg.inter_splits <= 132
     gqa = KernelSpec(16, 4, 64, 11, 256, "bfloat16_e4m3", "sm90")
     cfg = f8.default_config(gqa, 64, 132)  # two heads of a kv group per program
-    assert cfg.group_heads == 2 and not cfg.alternate_tiles and cfg.inter_splits == 16
+    assert (cfg.consumers, cfg.group_heads, cfg.inter_splits) == (2, 2, 16)
+    cfg = f8.default_config(SM90_FP8, 100, 132)  # 16 work tiles of 128 tokens: still split
+    assert (cfg.consumers, cfg.inter_splits) == (2, 8)
     assert f8.default_config(SM90_FP8, 16384, 132) == f8.Fp8WsConfig()  # prefill unchanged
-    for spec, tokens in ((SM90_FP8, 1), (gqa, 64)):
+    assert f8.default_config(SM90_FP8, 1, 0) == f8.Fp8WsConfig(consumers=1)  # SMs unknown
+    for spec, tokens in ((SM90_FP8, 1), (gqa, 64), (SM90_FP8, 100), (SM90_FP8, 16384)):
         cfg = f8.default_config(spec, tokens, 132)
-        assert (
-            f8.config_problems(spec, cfg) == [] and f8.call_problems(spec, cfg, tokens, 132) == []
-        )
-
-
-def test_alternate_tiles_needs_two_consumers_on_one_head():
-    for bad in (
-        dict(consumers=1),
-        dict(group_heads=2),
-        dict(pingpong=True),
-        dict(unroll_tiles=2),
-    ):
-        with pytest.raises(ValueError, match="alternate_tiles"):
-            f8.Fp8WsConfig(alternate_tiles=True, **bad)
-    one_tile = KernelSpec(4, 4, 64, 1, 64, "bfloat16_e4m3", "sm90")
-    problems = f8.config_problems(one_tile, f8.Fp8WsConfig(alternate_tiles=True))
-    assert any("two weight tiles" in p for p in problems)
+        assert f8.config_problems(spec, cfg) == []
+        assert f8.call_problems(spec, cfg, tokens, 132) == []
 
 
 def test_call_problems_refuse_splits_past_the_tiles_or_the_programs():
@@ -298,16 +273,12 @@ def test_call_problems_refuse_splits_past_the_tiles_or_the_programs():
     assert (
         "exceeds" in f8.call_problems(spec, f8.Fp8WsConfig(consumers=1, inter_splits=8), 1, 132)[0]
     )
-    assert (
-        "exceeds"
-        in f8.call_problems(spec, f8.Fp8WsConfig(alternate_tiles=True, inter_splits=4), 1, 132)[0]
-    )
     big = KernelSpec(16, 16, 128, 22, 256, "bfloat16_e4m3", "sm90")
     assert "programs" in f8.call_problems(big, f8.Fp8WsConfig(inter_splits=32), 16384, 132)[0]
     assert f8.call_problems(big, f8.Fp8WsConfig(), 16384, 132) == []
-    alternate = f8.Fp8WsConfig(alternate_tiles=True)
-    assert f8.call_problems(big, alternate, 64, 132) == []
-    assert "one token block" in f8.call_problems(big, alternate, 65, 132)[0]
+    # a prefill config at decode would leave most SMs idle
+    assert "idle" in f8.call_problems(big, f8.Fp8WsConfig(), 1, 132)[0]
+    assert f8.call_problems(big, f8.Fp8WsConfig(), 1, 1) == []  # the interpreter: one "SM"
 
 
 def test_the_split_launch_passes_workspace_output_and_counters(monkeypatch):
@@ -316,7 +287,7 @@ def test_the_split_launch_passes_workspace_output_and_counters(monkeypatch):
     monkeypatch.setattr(device, "target", lambda _: "sm90")
     forget_transposed()
     (q, k8, u8, v8, r, scales), _ = _fp8_case(Case("dec", 1, 3, 8, 8, 64, 4, 128))
-    config = f8.Fp8WsConfig(alternate_tiles=True, inter_splits=3)
+    config = f8.Fp8WsConfig(consumers=1, inter_splits=3)
     plan = f8._launch.make_plan(q, k8, u8, v8, r, scales, config)
     assert plan.grid == (8, 3)  # 8 heads x 1 token block; 8 weight tiles: 3 + 3 + 2
     o = torch.empty_like(q)
@@ -324,17 +295,30 @@ def test_the_split_launch_passes_workspace_output_and_counters(monkeypatch):
     names = plan.kernel.arg_names
     assert list(names[5:11]) == ["R", "COLS", "WS", "OUT", "COUNTERS", "stride_ws"]
     work, out, counters = args[7:10]
-    assert work.shape == (3 * 2, 3, 8 * 64) and work.dtype == torch.float32  # splits x consumers
-    assert out is o and counters.dtype == torch.int32 and counters.numel() >= 8 * 2
+    assert work.shape == (3, 3, 8 * 64) and work.dtype == torch.float32  # one per split
+    assert out is o and counters.dtype == torch.int32 and counters.numel() >= 8
     assert args[10:] == (3 * 8 * 64, *r.stride(), 3, 3)
     options = set(f8.launch_options(config))
     assert list(names[len(args) :]) == [n for n in plan.meta if n not in options]
 
 
-def test_leaves_decode_to_the_weight_only_forward():
-    assert "decode" in f8.unsupported(SM90_FP8, tokens=64)
-    assert f8.unsupported(SM90_FP8, tokens=f8.MIN_TOKENS) is None
-    assert [v.stem for v in registry.usable("fwd", SM90_FP8, 64)] == ["flash_mhf_fwd"]
+def test_takes_decode_sizes_first_unless_activations_stay_16_bit(monkeypatch):
+    monkeypatch.delenv(registry.FP8_ACTIVATIONS_ENV, raising=False)
+    for tokens in (1, 8, 64, 16384):
+        assert f8.unsupported(SM90_FP8, tokens=tokens) is None
+        assert [v.stem for v in registry.usable("fwd", SM90_FP8, tokens)] == [
+            STEM,
+            "flash_mhf_fwd",
+        ]
+    monkeypatch.setenv(registry.FP8_ACTIVATIONS_ENV, "0")
+    assert [v.stem for v in registry.usable("fwd", SM90_FP8, 1)] == ["flash_mhf_fwd"]
+
+
+def test_emulated_splits_follow_the_launch():
+    spec = KernelSpec(8, 8, 64, 4, 128, "bfloat16_e4m3", "sm90")  # 8 weight tiles
+    assert f8.emulated_splits(spec, f8.Fp8WsConfig()) == 1
+    assert f8.emulated_splits(spec, f8.Fp8WsConfig(consumers=1, inter_splits=3)) == 3
+    assert f8.emulated_splits(spec, f8.Fp8WsConfig(inter_splits=7)) == 4  # 2 tiles each
 
 
 def test_ranks_first_for_the_fp8_weight_dtypes(fresh_dispatch, monkeypatch):
@@ -560,14 +544,14 @@ def test_emulation_of_splits_sums_partials_with_their_own_maxima():
     (q, k8, u8, v8, r, scales), dense = _fp8_case(Case("x", 1, 48, 4, 2, 64, 3, 128))
     want = flash_mhf(q.double(), *(w.double() for w in dense[1:4]), r.double())
     whole = flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64)
-    assert torch.equal(flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, 1, 1), whole)
-    for splits, alternate in ((2, 1), (3, 1), (1, 2), (3, 2), (6, 1)):
-        got = flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, splits, alternate)
+    assert torch.equal(flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, 1), whole)
+    for splits in (2, 3, 6):
+        got = flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, splits)
         assert not torch.equal(got, whole)  # each partial quantises on its own maximum
         assert relative_error(got, want) < FP8_ACTIVATIONS_BAR
-    # one tile per partial: no running maximum to rescale by, every partial exact in scale
-    six = flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, 3, 2)
-    assert torch.equal(six, flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, 6, 1))
+    # 4 asked of 6 tiles: ceil(6 / 4) = 2 tiles each, 3 splits, as the kernel deals them
+    three = flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, 3)
+    assert torch.equal(flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, 4), three)
 
 
 @pytest.mark.parametrize("head_dim", [64, 96, 128])
@@ -655,6 +639,10 @@ GPU_CASES = [
     Case("gqa", 1, 700, 16, 4, 128, 11, 256),
     Case("tokens_1037", 1, 1037, 4, 4, 64, 4, 192),
     Case("e1", 1, 300, 8, 8, 128, 1, 512),
+    # decode: the weight tiles split over programs (one query head each, or two of a kv group)
+    Case("decode_1", 1, 1, 16, 16, 128, 22, 256),
+    Case("decode_37_gqa", 1, 37, 16, 4, 64, 11, 256),
+    Case("decode_64_e1", 2, 32, 8, 8, 128, 1, 512),
 ]
 
 
@@ -665,11 +653,15 @@ def test_kernel_matches_the_emulation_on_a_gpu(case, dtype):
     (q, k8, u8, v8, r, scales), dense = _fp8_case(case, dtype, "cuda")
     name = f"{str(dtype).removeprefix('torch.')}_e4m3"
     spec = KernelSpec(*(getattr(case, f) for f in SPEC_FIELDS), name, "sm90")
-    config = f8.default_config(spec, case.tokens)
+    config = f8.default_config(
+        spec, case.tokens, torch.cuda.get_device_properties(0).multi_processor_count
+    )
     got = f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config)
     torch.cuda.synchronize()
     assert got.dtype == dtype and got.shape == q.shape
-    emulated = flash_mhf_w8a8(q, k8, u8, v8, r, scales, config.block_n)
+    emulated = flash_mhf_w8a8(
+        q, k8, u8, v8, r, scales, config.block_n, f8.emulated_splits(spec, config)
+    )
     assert relative_error(got, emulated) <= FP8_EMULATION_BAR  # whole tensor only (its doc)
     want = flash_mhf(q.double(), *(w.double() for w in dense[1:4]), r.double())
     bar = tolerance_for(registry.get(STEM), q.dtype, numel=want.numel())
@@ -683,7 +675,8 @@ def test_kernel_matches_the_emulation_on_a_gpu(case, dtype):
         via_op = mhfgen.flash_mhf_fp8(q, k8, u8, v8, r, scales)
     choice = dispatch.explain_choice("fwd", spec, case.tokens, q.device)
     if choice.variant == STEM:
-        emulated = flash_mhf_w8a8(q, k8, u8, v8, r, scales, choice.config.block_n)
+        splits = f8.emulated_splits(spec, choice.config)
+        emulated = flash_mhf_w8a8(q, k8, u8, v8, r, scales, choice.config.block_n, splits)
         assert relative_error(via_op, emulated) <= FP8_EMULATION_BAR
     bar = tolerance_for(registry.get(choice.variant), q.dtype, numel=want.numel())
     assert relative_error(via_op, want) <= bar

@@ -10,9 +10,11 @@ FP8_ACTIVATIONS_BAR, not the weight-only one; MHFGEN_FP8_ACTIVATIONS=0 takes it 
 dispatch (mhfgen.registry.usable), leaving mhfgen.flash_mhf_fp8 on the weight-only
 flash_mhf_fwd. FP8 layers do not run it at prefill (mhfgen.ops.fp8_forward_pays).
 
-sm90 only, head_dim 64 or 128, block_n dividing expert_dim; calls of fewer than
-MIN_TOKENS tokens are left to flash_mhf_fwd (decode). Where it supports a call it is the
-preferred forward of its dtypes (tuned winners of either still come first).
+sm90 only, head_dim 64 or 128, block_n dividing expert_dim. Where it supports a call it
+is the preferred forward of its dtypes (tuned winners of either still come first), decode
+included: there its heuristic splits each kv head's weight tiles over programs that fill
+one wave (inter_splits; the partials summed in the launch), the weights read once at 1
+byte each and every product an e4m3 wgmma.
 
 The arithmetic, per consumer (BLOCK_M rows of one query head), emulated in float64 by
 mhfgen.reference.flash_mhf_w8a8:
@@ -64,9 +66,6 @@ from . import _gluon
 
 KERNEL = "flash_mhf_fwd_fp8_ws"
 TEMPLATE = f"{KERNEL}.py.jinja"
-#: tokens below which the variant is not meant to run (decode stays on the
-#: Triton-language weight-only forward and its split-intermediate path)
-MIN_TOKENS = 65
 DTYPES = ("bfloat16_e4m3", "float16_e4m3")
 HEAD_DIMS = (64, 128)
 
@@ -101,11 +100,6 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
                     would leave most SMs idle); each writes an fp32 partial to a workspace
                     and the last of them sums the partials in split order, in the same
                     launch (deterministic; no host work, so CUDA graphs capture it).
-    alternate_tiles: the two consumers take the same rows (one token block of one head)
-                    and alternate weight tiles, each O a partial of the split reduction
-                    (decode without grouped heads: two warpgroups' MMAs and element-wise
-                    math on one stream of weight tiles). Needs consumers = 2,
-                    group_heads = 1, no pingpong, one tile per iteration.
     """
 
     variant = KERNEL
@@ -123,7 +117,6 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     p_operand: str = "shared"
     unroll_tiles: int = 1
     inter_splits: int = 1
-    alternate_tiles: bool = False
 
     #: fields added after configs of this variant were stored: a stored config without
     #: them means these values
@@ -131,7 +124,6 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         "p_operand": "registers",
         "unroll_tiles": 1,
         "inter_splits": 1,
-        "alternate_tiles": False,
     }
 
     choices = dict(
@@ -145,25 +137,9 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         inter_splits=range(1, 129),
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.alternate_tiles and (
-            self.consumers != 2 or self.group_heads != 1 or self.pingpong or self.unroll_tiles != 1
-        ):
-            raise ValueError(
-                "Fp8WsConfig.alternate_tiles needs consumers=2, group_heads=1, no pingpong "
-                "and unroll_tiles=1"
-            )
-
     def describe(self) -> str:
         text = super().describe() + (" p-regs" if self.p_operand == "registers" else "")
-        text += " alt" if self.alternate_tiles else ""
         return text + (f" split{self.inter_splits}" if self.inter_splits > 1 else "")
-
-    @property
-    def partials(self) -> int:
-        """Partial outputs per split of a work tile: the consumers' with alternate_tiles."""
-        return self.consumers if self.alternate_tiles else 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -172,7 +148,8 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
 
 
 def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
-    """Why flash_mhf_fwd_fp8_ws cannot run `spec` (at `tokens`), or None when it can."""
+    """Why flash_mhf_fwd_fp8_ws cannot run `spec`, or None when it can (at any `tokens`:
+    decode sizes take the split schedules)."""
     if not spec.target.startswith("sm9"):
         return f"Gluon FP8 wgmma kernel for sm90 (Hopper); target is {spec.target}"
     if spec.dtype not in DTYPES:
@@ -187,8 +164,6 @@ def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
             f"expert_dim must be a multiple of 64 (block_n divides it); it is "
             f"{spec.expert_dim}: flash_mhf_fwd runs it on FP8 weights"
         )
-    if tokens is not None and tokens < MIN_TOKENS:
-        return f"decode-sized calls ({tokens} tokens) stay on flash_mhf_fwd (weight-only FP8)"
     return None
 
 
@@ -203,10 +178,9 @@ def config_problems(spec: KernelSpec, config: Fp8WsConfig) -> list[str]:
         )
     if spec.group % config.group_heads:
         problems.append(f"group_heads={config.group_heads} must divide H/Hkv={spec.group}")
-    if config.alternate_tiles and spec.intermediate < 2 * config.block_n:
-        problems.append("alternate_tiles needs two weight tiles per kv head")
-    split = config.inter_splits > 1 or config.alternate_tiles
-    if split and (config.p_operand != "shared" or config.pingpong or config.unroll_tiles > 1):
+    if config.inter_splits > 1 and (
+        config.p_operand != "shared" or config.pingpong or config.unroll_tiles > 1
+    ):
         problems.append(
             "the split reduction (a decode schedule) takes p_operand='shared', no pingpong "
             "and one tile per iteration (the others' shared-memory scratch beside it is not "
@@ -228,8 +202,9 @@ def shared_memory(spec: KernelSpec, config: Fp8WsConfig) -> int:
     q = config.consumers * config.block_m * spec.head_dim * (2 + 1)
     p = config.consumers * config.block_m * config.block_n if config.p_operand == "shared" else 0
     ring = config.stages * 3 * config.block_n * spec.head_dim
-    split = config.inter_splits > 1 or config.alternate_tiles
-    convert = config.consumers * config.block_m * spec.head_dim * 4 if split else 0
+    convert = (
+        config.consumers * config.block_m * spec.head_dim * 4 if config.inter_splits > 1 else 0
+    )
     barriers = 8 * (3 * config.stages + 2 * config.consumers + 2)
     return q + p + ring + convert + barriers + SCRATCH_RESERVE
 
@@ -247,22 +222,22 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int = 0) -> Fp8WsCon
     their overlap to the split of [S | G]; docs/PERFORMANCE.md); 3 slots where 4 do not
     fit.
 
-    Decode (one 64-row token block): two consumers per program, on two query heads of a
-    kv group where H / Hkv is even (each weight tile serves both), else on the same rows
-    taking alternate weight tiles, and the weight tiles split over inter_splits programs
-    so that one wave covers the SMs (decode_splits)."""
+    Few work tiles (decode; on an H100 at the 1.3B preset, docs/PERFORMANCE.md): at one
+    token block, two consumers on two query heads of a kv group where H / Hkv is even
+    (each weight tile serves both), else one; and wherever the work tiles fill at most
+    half the SMs, the weight tiles split over inter_splits programs so that one wave
+    covers them (decode_splits)."""
     base = Fp8WsConfig()
-    if 0 < tokens <= base.block_m and sm_count:
-        if spec.group % 2 == 0:
-            base = Fp8WsConfig(group_heads=2)
-        elif spec.intermediate >= 2 * base.block_n:
-            base = Fp8WsConfig(alternate_tiles=True)
+    if 0 < tokens <= base.block_m:
+        heads = 2 if spec.group % 2 == 0 else 1
+        base = Fp8WsConfig(consumers=heads, group_heads=heads)
+    if sm_count and tokens > 0:
         base = replace(base, inter_splits=decode_splits(spec, base, tokens, sm_count))
     for stages in (4, 3):
         candidate = replace(base, stages=stages)
         if not config_problems(spec, candidate):
             return candidate
-    return replace(base, stages=3, consumers=1, group_heads=1, alternate_tiles=False)
+    return replace(base, stages=3, consumers=1, group_heads=1)
 
 
 def decode_splits(spec: KernelSpec, config: Fp8WsConfig, tokens: int, sm_count: int) -> int:
@@ -271,19 +246,22 @@ def decode_splits(spec: KernelSpec, config: Fp8WsConfig, tokens: int, sm_count: 
     tiles = work_tiles(spec, config, tokens)
     if 2 * tiles > sm_count:
         return 1
-    per_split = config.partials  # weight tiles a split needs at least
-    return max(1, min(sm_count // tiles, spec.intermediate // config.block_n // per_split))
+    return max(1, min(sm_count // tiles, spec.intermediate // config.block_n))
 
 
 def call_problems(spec: KernelSpec, config: Fp8WsConfig, tokens: int, sm_count: int) -> list:
     """Splits that only add partial-sum traffic: more than the kv head's weight tiles, or
-    more programs than mhfgen.tiling.split_programs_budget allows; alternate tiles past
-    one token block per head (there the consumers fill the SM with rows of their own)."""
-    if config.alternate_tiles and tokens > config.block_m:
-        return [f"alternate_tiles is for one token block per head (<= {config.block_m} tokens)"]
+    more programs than mhfgen.tiling.split_programs_budget allows; and no split where the
+    work tiles alone fill at most half the SMs (decode: most SMs idle)."""
     if config.inter_splits == 1:
+        tiles = work_tiles(spec, config, max(1, tokens))
+        if sm_count and 2 * tiles <= sm_count and spec.intermediate >= 2 * config.block_n:
+            return [
+                f"{tiles} work tiles leave most of the {sm_count} SMs idle: decode sizes "
+                f"split the weight tiles (inter_splits)"
+            ]
         return []
-    tiles = spec.intermediate // config.block_n // config.partials
+    tiles = spec.intermediate // config.block_n
     if config.inter_splits > tiles:
         return [f"inter_splits={config.inter_splits} exceeds the {tiles} weight tiles"]
     budget = split_programs_budget(sm_count)
@@ -308,7 +286,6 @@ def static_params(spec: KernelSpec, config: Fp8WsConfig) -> dict:
         **({"p_operand": config.p_operand} if config.p_operand != "shared" else {}),
         **({"unroll_tiles": 2} if config.unroll_tiles == 2 else {}),
         **({"inter_split": True} if config.inter_splits > 1 else {}),
-        **({"alternate_tiles": True} if config.alternate_tiles else {}),
     }
 
 
@@ -424,7 +401,7 @@ def arguments(plan: Fp8WsPlan, q, k, u, v, r, scales, o, vt=None) -> tuple:
     split = ()
     if len(plan.grid) == 2:
         tiles, splits = plan.grid
-        work = empty((splits * plan.config.partials, B * L, H * D), torch.float32, q.device)
+        work = empty((splits, B * L, H * D), torch.float32, q.device)
         split = (work, o, split_counters(tiles * plan.config.consumers, q.device))
     return (*descs, r, kept_column_factors(scales), *split, *plan.scalars)
 
@@ -441,9 +418,9 @@ def _make_plan(q, k, u, v, r, scales, config) -> Fp8WsPlan:
     if tokens == 0:
         return Fp8WsPlan.without_tokens(spec, config)
     grid, scalars = (work_tiles(spec, config, tokens),), (*r.stride(), L, tokens)
-    if config.inter_splits > 1 or config.alternate_tiles:
+    if config.inter_splits > 1:
         splits = split_count(spec, config)
-        if splits * config.partials * tokens * H * D >= INT32_LIMIT:
+        if splits * tokens * H * D >= INT32_LIMIT:
             raise ValueError(
                 f"{KERNEL}: inter_splits={config.inter_splits} at {tokens} tokens needs a "
                 f"workspace past 2^31 elements (32-bit offsets); use fewer splits"
@@ -461,23 +438,26 @@ def _make_plan(q, k, u, v, r, scales, config) -> Fp8WsPlan:
 
 
 def work_tiles(spec: KernelSpec, config: Fp8WsConfig, tokens: int) -> int:
-    """Work tiles of a call (_gluon.forward_work_tiles); with alternate_tiles one token
-    block of one head each. With splits, each has inter_splits programs."""
-    if config.alternate_tiles:
-        return -(-tokens // config.block_m) * spec.heads
+    """Work tiles of a call (_gluon.forward_work_tiles); with splits each has
+    split_count programs."""
     return _gluon.forward_work_tiles(spec, config, tokens)
+
+
+def emulated_splits(spec: KernelSpec, config: Fp8WsConfig) -> int:
+    """The `splits` argument of mhfgen.reference.flash_mhf_w8a8 that emulates `config`'s
+    partials (split_count; 1 without the split reduction)."""
+    return split_count(spec, config) if config.inter_splits > 1 else 1
 
 
 def split_count(spec: KernelSpec, config: Fp8WsConfig) -> int:
     """The splits a launch makes of config.inter_splits: as the kernel deals them
     (_split_tiles: ceil(T / S) of the kv head's T weight tiles each, the last the rest),
-    at most T, and fewer where a split would get fewer than config.partials tiles (none
-    empty; with alternate_tiles each consumer at least one)."""
+    at most T, and fewer where a split would be left empty."""
     tiles = spec.intermediate // config.block_n
     splits = min(config.inter_splits, tiles)
     while splits > 1:
         per = -(-tiles // splits)
-        if (splits - 1) * per < tiles and tiles - (splits - 1) * per >= config.partials:
+        if (splits - 1) * per < tiles:
             break
         splits -= 1
     return splits
@@ -501,7 +481,7 @@ def compile_sm90(spec: KernelSpec, config: Fp8WsConfig) -> sm90.CompileReport:
     vt2 = torch.empty(spec.kv_heads * spec.experts * D, spec.expert_dim, dtype=FP8_STORAGE)
     descs = host_descriptors(descriptors(descriptor_layouts(spec, config), q2, w2, w2, vt2, q2))
     split = {}
-    if config.inter_splits > 1 or config.alternate_tiles:
+    if config.inter_splits > 1:
         split = dict(
             WS=torch.empty(1, dtype=torch.float32),
             OUT=torch.empty(1, dtype=spec.torch_dtype),
