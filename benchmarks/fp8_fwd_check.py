@@ -2,7 +2,7 @@
 then speed, in one run of about a minute.
 
     python3 benchmarks/fp8_fwd_check.py [--json out.json] [--tokens 16384]
-        [--dtype bfloat16|float16] [--skip-verify] [--skip-timing] [--schedules]
+        [--dtype bfloat16|float16] [--skip-verify] [--skip-timing] [--schedules] [--decode]
 
 1. verify: the kernel (its dispatched config) on six shapes (a slice of the 1.3B preset,
    H16 D128 E22 De256 at 1000 tokens; D = 64 with Hkv < H; 1037 tokens, not a multiple of
@@ -26,6 +26,10 @@ then speed, in one run of about a minute.
    tile's A operand in shared memory or registers, joint or separate S and G, ping-pong
    consumers, ring depth) checked against float64 and the emulation on the 1.3B slice,
    then timed at --tokens beside the bf16 Gluon forward, rows 'schedule'.
+4. with --decode: the 1.3B preset at 1, 8, 32 and 64 tokens in CUDA graphs (each call on
+   its own copy of the weights): 16-bit weights, FP8 weight-only and the W8A8 split
+   forward at their dispatched configs, rows 'decode' with each one's speed-up over the
+   16-bit weights.
 The first launch of each kernel is watched for a hang (an mbarrier deadlock never ends):
 a hang ends the run (exit 2). Exit 1 when a check fails, 0 otherwise. --json writes
 every row.
@@ -77,6 +81,12 @@ def _args(argv=None):
         "--schedules",
         action="store_true",
         help="also check and time each schedule family of the W8A8 kernel (SCHEDULES)",
+    )
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="also time decode (DECODE_TOKENS) in CUDA graphs: 16-bit weights, FP8 "
+        "weight-only and the W8A8 split forward, each with its dispatched config",
     )
     return p.parse_args(argv)
 
@@ -330,6 +340,72 @@ def schedules(dtype, tokens: int, rows: list) -> bool:
     return ok_all
 
 
+#: --decode: token counts; each call reads its own copy of the weights (mhfgen.bench_decode)
+DECODE_TOKENS = (1, 8, 32, 64)
+
+
+def decode(dtype, rows: list) -> None:
+    """The 1.3B preset at DECODE_TOKENS: per call, the median replay of a CUDA graph of
+    calls on weight copies that together pass 4x the L2 (mhfgen.bench_decode.graph_ms),
+    for 16-bit weights (flash_mhf), FP8 weights through the weight-only flash_mhf_fwd and
+    through flash_mhf_fwd_fp8_ws (each at the config the dispatcher gives that variant),
+    and the speed-up of each FP8 row over the 16-bit one."""
+    from hangs import finish
+
+    from mhfgen import dispatch
+    from mhfgen.bench_decode import ROTATE_BYTES, graph_ms, weight_bytes, weight_copies
+    from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
+    from mhfgen.variants.flash_mhf_fwd_fp8_ws import flash_mhf_fwd_fp8_ws
+
+    name, h, hkv, d, e, de = PRESET
+    dt = str(dtype).removeprefix("torch.")
+    dense_spec, fp8_spec = _spec(h, hkv, d, e, de, dt), _spec(h, hkv, d, e, de, f"{dt}_e4m3")
+    for tokens in DECODE_TOKENS:
+        gen = torch.Generator().manual_seed(tokens)
+        q = torch.randn(1, tokens, h, d, generator=gen).to("cuda", dtype)
+        r = torch.softmax(torch.randn(1, tokens, h, e, generator=gen), -1).to("cuda")
+        dense_us = None
+        for method, weights, stem, launch in (
+            ("16-bit weights", "dense", "flash_mhf_fwd_ws", None),
+            ("FP8 weight-only", "fp8", "flash_mhf_fwd", flash_mhf_fwd),
+            ("FP8 W8A8 split", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
+        ):
+            nbytes = weight_bytes(dense_spec, weights)
+            copies = max(2, -(-ROTATE_BYTES // nbytes))
+            sets = weight_copies(dense_spec, weights, "cuda", copies)
+            if launch is None:
+                from mhfgen import flash_mhf
+
+                config = dispatch.explain_choice("fwd", dense_spec, tokens, q.device).config
+                calls = [lambda w=w: flash_mhf(q, *w, r) for w in sets]
+            else:
+                config = dispatch.choose_config(stem, fp8_spec, tokens, q.device)
+                calls = [
+                    lambda w=w, c=config, f=launch: f(q, *w[:3], r, w[3], config=c) for w in sets
+                ]
+            with torch.no_grad():
+                us = finish(lambda c=calls: graph_ms(c)) / copies * 1e3
+            dense_us = us if dense_us is None else dense_us
+            rows.append(
+                {
+                    "kind": "decode",
+                    "shape": name,
+                    "tokens": tokens,
+                    "method": method,
+                    "config": config.describe(),
+                    "us": round(us, 2),
+                    "speedup": round(dense_us / us, 2),
+                }
+            )
+            print(
+                f"decode {name} T={tokens:3d} {method:16s} {us:7.2f} us  "
+                f"{dense_us / us:4.2f}x  [{config.describe()}]",
+                flush=True,
+            )
+            del sets, calls
+            torch.cuda.empty_cache()
+
+
 def main(argv=None) -> int:
     args = _args(argv)
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
@@ -350,6 +426,8 @@ def main(argv=None) -> int:
             timing(dtype, args.tokens, rows)
         if args.schedules:
             ok &= schedules(dtype, args.tokens, rows)
+        if args.decode:
+            decode(dtype, rows)
     except Hang as exc:
         print(f"HANG: {exc}", file=sys.stderr)
         ok, status = False, 2
