@@ -229,9 +229,10 @@ def fp8_forward_pays(q: Tensor, k: Tensor, r: Tensor) -> bool:
     Triton-language one: decode sizes; GPUs or shapes without the Gluon forward), so reading
     half the bytes can only help. Where it picks the warp-specialised Gluon forward (prefill
     sizes on Hopper) the dequantised weights win: on an H100 the weight-only FP8 forward ran
-    at 0.30x of it and the FP8-arithmetic one (flash_mhf_fwd_fp8_ws) at 0.83x on the 1.3B
-    preset (docs/PERFORMANCE.md), and dequantising reads each FP8 weight once. Remembered
-    per call signature."""
+    at 0.30x of it and the FP8-arithmetic one (flash_mhf_fwd_fp8_ws) at 0.98x on the 1.3B
+    preset (docs/PERFORMANCE.md), and dequantising reads each FP8 weight once. At decode
+    sizes flash_mhf_fp8 itself runs flash_mhf_fwd_fp8_ws where it applies (its split
+    schedule). Remembered per call signature."""
     if not fp8_kernels_run(q, r):
         return False
     key = (q.shape, q.stride(), q.dtype, q.device, k.shape, r.shape, r.dtype)
