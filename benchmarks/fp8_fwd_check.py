@@ -9,8 +9,8 @@ then speed, in one run of about a minute.
    the row block, with E = 1; decode at 1, 37 (Hkv < H) and 64 tokens, the split
    schedules) against
      - the float64 emulation of its own arithmetic (mhfgen.reference.flash_mhf_w8a8: the
-       same e4m3 roundings, the same partials), bar mhfgen.tolerances.FP8_EMULATION_BAR (2e-2), whole tensor
-       only (a row's scale can flip with one rounding: the bar's doc);
+       same e4m3 roundings, the same partials), bar mhfgen.tolerances.FP8_EMULATION_BAR
+       (2e-2), whole tensor only (a row's scale can flip with one rounding: the bar's doc);
      - the float64 reference on the dequantised weights, bar
        mhfgen.tolerances.FP8_ACTIVATIONS_BAR (6e-2), whole tensor and worst row (x4).
 2. speed: the 1.3B preset (H16 D128 E22 De256) at --tokens tokens in --dtype, TFLOP/s =
