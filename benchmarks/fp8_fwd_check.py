@@ -352,7 +352,7 @@ def decode(dtype, rows: list) -> None:
     and the speed-up of each FP8 row over the 16-bit one."""
     from hangs import finish
 
-    from mhfgen import dispatch
+    from mhfgen import dispatch, flash_mhf
     from mhfgen.bench_decode import ROTATE_BYTES, graph_ms, weight_bytes, weight_copies
     from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
     from mhfgen.variants.flash_mhf_fwd_fp8_ws import flash_mhf_fwd_fp8_ws
@@ -374,8 +374,6 @@ def decode(dtype, rows: list) -> None:
             copies = max(2, -(-ROTATE_BYTES // nbytes))
             sets = weight_copies(dense_spec, weights, "cuda", copies)
             if launch is None:
-                from mhfgen import flash_mhf
-
                 config = dispatch.explain_choice("fwd", dense_spec, tokens, q.device).config
                 calls = [lambda w=w: flash_mhf(q, *w, r) for w in sets]
             else:

@@ -82,6 +82,14 @@ def split_programs_budget(sm_count: int) -> int:
     return MAX_PROGRAMS_PER_SM * max(1, sm_count)
 
 
+def even_splits(units: int, asked: int) -> int:
+    """The splits a launch makes of `asked` over `units` (weight tiles, experts) so that
+    none is left empty: ceil(units / c) splits of c = ceil(units / min(asked, units))
+    units, the last the rest. A kernel that deals split s the units [s c', (s + 1) c'),
+    c' = ceil(units / splits), gives each at least one (c' <= c)."""
+    return cdiv(units, cdiv(units, min(asked, units)))
+
+
 def split_units(spec, block_n: int) -> int:
     """What the forward's intermediate splits divide: the I / BLOCK_N tiles where BLOCK_N
     divides De, else the experts (a split takes whole experts, whose last tile is masked)."""

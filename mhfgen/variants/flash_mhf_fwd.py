@@ -59,7 +59,7 @@ from ..kernels.launch import DirectLaunch
 from ..kernels.plans import CachedLaunch
 from ..registry import register
 from ..spec import DTYPES, FP8_WEIGHT_DTYPES, INTERPRETER, KernelSpec, fp8_target, pdl_target
-from ..tiling import cdiv, even_tiles, pow2_ceil, split_units
+from ..tiling import cdiv, even_splits, even_tiles, pow2_ceil, split_units
 from ..validation import INT32_LIMIT, check_weight_scales
 from . import _triton
 
@@ -135,8 +135,7 @@ def _make_plan(q, k, u, v, r, config, scales=None) -> FwdPlan:
         ensure_descriptor_allocator(q.device)
     rows = tokens * config.group_heads
     units = split_units(spec, config.block_n)
-    # no split left empty: ceil(units / ceil(units / S)) splits of ceil(units / S) units
-    splits = cdiv(units, cdiv(units, min(config.inter_splits, units)))
+    splits = even_splits(units, config.inter_splits)
     if (splits - 1) * B * L * H * D >= INT32_LIMIT:
         # NOTE: the kernel offsets a split's workspace by split x (B * L * H * D) in 32
         # bits; past 2^31 one split does the same work (the split path stays compiled)

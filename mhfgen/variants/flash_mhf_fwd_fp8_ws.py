@@ -60,7 +60,7 @@ from ..kernels.launch import Tma, host_descriptors
 from ..kernels.plans import CachedLaunch
 from ..registry import register
 from ..spec import FP8_STORAGE, KernelSpec, dtype_name
-from ..tiling import split_programs_budget
+from ..tiling import even_splits, split_programs_budget
 from ..validation import INT32_LIMIT, check_flash_mhf_inputs, check_weight_scales
 from . import _gluon
 
@@ -437,10 +437,9 @@ def _make_plan(q, k, u, v, r, scales, config) -> Fp8WsPlan:
     )
 
 
-def work_tiles(spec: KernelSpec, config: Fp8WsConfig, tokens: int) -> int:
-    """Work tiles of a call (_gluon.forward_work_tiles); with splits each has
-    split_count programs."""
-    return _gluon.forward_work_tiles(spec, config, tokens)
+#: programs of a call, one work tile each (_gluon.forward_work_tiles); with splits each
+#: work tile has split_count of them
+work_tiles = _gluon.forward_work_tiles
 
 
 def emulated_splits(spec: KernelSpec, config: Fp8WsConfig) -> int:
@@ -450,17 +449,9 @@ def emulated_splits(spec: KernelSpec, config: Fp8WsConfig) -> int:
 
 
 def split_count(spec: KernelSpec, config: Fp8WsConfig) -> int:
-    """The splits a launch makes of config.inter_splits: as the kernel deals them
-    (_split_tiles: ceil(T / S) of the kv head's T weight tiles each, the last the rest),
-    at most T, and fewer where a split would be left empty."""
-    tiles = spec.intermediate // config.block_n
-    splits = min(config.inter_splits, tiles)
-    while splits > 1:
-        per = -(-tiles // splits)
-        if (splits - 1) * per < tiles:
-            break
-        splits -= 1
-    return splits
+    """The splits a launch makes of config.inter_splits over the kv head's weight tiles,
+    none left empty (mhfgen.tiling.even_splits; the kernel's _split_tiles deals them)."""
+    return even_splits(spec.intermediate // config.block_n, config.inter_splits)
 
 
 _launch = CachedLaunch(KERNEL, _make_plan, _run)
