@@ -28,7 +28,8 @@ then speed, in one run of about a minute.
    then timed at --tokens beside the bf16 Gluon forward, rows 'schedule'.
 4. with --decode: the 1.3B preset at 1, 8, 32 and 64 tokens in CUDA graphs (each call on
    its own copy of the weights): 16-bit weights, FP8 weight-only and the W8A8 split
-   forward at their dispatched configs, rows 'decode' with each one's speed-up over the
+   forward at their dispatched configs, and the W8A8 one with staged_scales flipped
+   (where its loop reads the scales), rows 'decode' with each one's speed-up over the
    16-bit weights.
 The first launch of each kernel is watched for a hang (an mbarrier deadlock never ends):
 a hang ends the run (exit 2). Exit 1 when a check fails, 0 otherwise. --json writes
@@ -41,6 +42,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -67,6 +69,8 @@ SCHEDULES = {
     "3-slot ring": {"stages": 3},
     "5-slot ring": {"stages": 5},
     "two weight tiles per iteration": {"unroll_tiles": 2},
+    "scales staged in shared memory": {"staged_scales": True},
+    "staged scales, 5-slot ring": {"staged_scales": True, "stages": 5},
 }
 
 
@@ -369,6 +373,7 @@ def decode(dtype, rows: list) -> None:
             ("16-bit weights", "dense", "flash_mhf_fwd_ws", None),
             ("FP8 weight-only", "fp8", "flash_mhf_fwd", flash_mhf_fwd),
             ("FP8 W8A8 split", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
+            ("W8A8 staged flip", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
         ):
             nbytes = weight_bytes(dense_spec, weights)
             copies = max(2, -(-ROTATE_BYTES // nbytes))
@@ -378,6 +383,8 @@ def decode(dtype, rows: list) -> None:
                 calls = [lambda w=w: flash_mhf(q, *w, r) for w in sets]
             else:
                 config = dispatch.choose_config(stem, fp8_spec, tokens, q.device)
+                if "flip" in method:  # the A/B of where the loop reads its scales
+                    config = replace(config, staged_scales=not config.staged_scales)
                 calls = [
                     lambda w=w, c=config, f=launch: f(q, *w[:3], r, w[3], config=c) for w in sets
                 ]

@@ -68,6 +68,8 @@ GLUON_FIELDS: dict[str, dict[str, tuple]] = {
         "joint_scores": (False, True),
         "p_operand": ("shared", "registers"),
         "unroll_tiles": (1, 2),
+        "inter_splits": (1, 8),
+        "staged_scales": (False, True),
     },
     "flash_mhf_bwd_dq_ws": {
         "sigmoid": ("tanh", "exp"),

@@ -61,6 +61,8 @@ FAMILIES = {
     "exp-sigmoid": f8.Fp8WsConfig(sigmoid="exp", stages=3),
     "deep-ring": f8.Fp8WsConfig(stages=6, joint_scores=False, pingpong=True),
     "split": f8.Fp8WsConfig(consumers=1, inter_splits=8),
+    "staged": f8.Fp8WsConfig(staged_scales=True),
+    "split-staged": f8.Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True),
 }
 
 #: (H, Hkv, D, E, De): the 1.3B preset, D = 64 with grouped kv heads, fp16 with E = 1
@@ -231,6 +233,45 @@ def test_split_reduction_renders_only_where_configured():
     assert "tma.async_copy_shared_to_global(o_desc" not in split
 
 
+def test_staged_scales_leave_the_loop_without_global_loads():
+    """With staged_scales the column factors come by TMA on the K/U barrier (its byte
+    count grown to match) and the routing weights from shared memory: the consumer's loop
+    loads nothing from global memory, whose loads the shared-memory fence before O's
+    product would wait for."""
+    spec = COMPILE_SPECS[0]
+    plain = f8.render(spec, f8.Fp8WsConfig())
+    staged = f8.render(spec, f8.Fp8WsConfig(staged_scales=True))
+    assert "_tile_scales(COLS" in plain and "cols_desc" not in plain
+    assert "_tile_scales" not in staged and "COLS" not in staged
+    assert "mbarrier.expect(ku_ready.index(s), 2 * W_BYTES + cols_desc.block_type.nbytes)" in staged
+    assert "tma.async_copy_global_to_shared(cols_desc, [0, row], ku_ready.index(s)" in staged
+    assert "EXPERTS_P2 = gl.constexpr(32)" in staged  # 22 experts
+    loop = staged.split("    for j in range(TILES):")[2].split("    o = warpgroup_mma_wait")[0]
+    assert "gl.load(" not in loop and "r_s.index(j // TPE).load(rows_s)" in loop
+    split = f8.render(spec, f8.Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True))
+    assert "r_s.index((J0 + j) // TPE).load(rows_s)" in split
+
+
+def test_the_staged_launch_passes_the_column_factors_by_descriptor(monkeypatch):
+    from mhfgen import device
+
+    monkeypatch.setattr(device, "target", lambda _: "sm90")
+    forget_transposed()
+    (q, k8, u8, v8, r, scales), _ = _fp8_case(Case("dec", 1, 3, 8, 8, 64, 4, 128))
+    config = f8.Fp8WsConfig(consumers=1, inter_splits=3, staged_scales=True)
+    plan = f8._launch.make_plan(q, k8, u8, v8, r, scales, config)
+    args = f8.arguments(plan, q, k8, u8, v8, r, scales, torch.empty_like(q))
+    names = plan.kernel.arg_names
+    assert list(names[5:8]) == ["R", "cols_desc", "WS"] and args[5] is r
+    cols = args[6]
+    assert cols.base.shape == (2, 8 * 4 * 128) and cols.block_shape == [2, 64]
+    assert cols.base.data_ptr() == kept_column_factors(scales).data_ptr()
+    options = set(f8.launch_options(config))
+    assert list(names[len(args) :]) == [n for n in plan.meta if n not in options]
+    with pytest.raises(ValueError, match="6 descriptor layouts for 5 tensors"):
+        f8.descriptors(plan.layouts, *(a.base for a in args[:5]))
+
+
 @pytest.mark.parametrize(
     "tiles, asked, made",
     [
@@ -254,6 +295,7 @@ def test_split_count_leaves_no_split_empty(tiles, asked, made):
 def test_decode_default_splits_the_weight_tiles_over_one_wave():
     cfg = f8.default_config(SM90_FP8, 1, 132)  # H = Hkv: one consumer per program
     assert (cfg.consumers, cfg.group_heads, cfg.inter_splits) == (1, 1, 8)
+    assert cfg.staged_scales  # split configs stage the loop's scales
     assert f8.work_tiles(SM90_FP8, cfg, 1) * cfg.inter_splits <= 132
     gqa = KernelSpec(16, 4, 64, 11, 256, "bfloat16_e4m3", "sm90")
     cfg = f8.default_config(gqa, 64, 132)  # two heads of a kv group per program
@@ -262,6 +304,7 @@ def test_decode_default_splits_the_weight_tiles_over_one_wave():
     assert (cfg.consumers, cfg.inter_splits) == (2, 8)
     assert f8.default_config(SM90_FP8, 16384, 132) == f8.Fp8WsConfig()  # prefill unchanged
     assert f8.default_config(SM90_FP8, 1, 0) == f8.Fp8WsConfig(consumers=1)  # SMs unknown
+    assert not f8.default_config(SM90_FP8, 16384, 132).staged_scales
     for spec, tokens in ((SM90_FP8, 1), (gqa, 64), (SM90_FP8, 100), (SM90_FP8, 16384)):
         cfg = f8.default_config(spec, tokens, 132)
         assert f8.config_problems(spec, cfg) == []
