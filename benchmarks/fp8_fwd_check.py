@@ -24,7 +24,7 @@ then speed, in one run of about a minute.
    transposed FP8 copy (mhfgen.fp8.transpose_v), made on a layer's first call.
 3. with --schedules: each schedule family of the W8A8 kernel (SCHEDULES: the activation
    tile's A operand in shared memory or registers, joint or separate S and G, ping-pong
-   consumers, ring depth) checked against float64 and the emulation on the 1.3B slice,
+   consumers, ring depth, staged scales) checked against float64 and the emulation on the 1.3B slice,
    then timed at --tokens beside the bf16 Gluon forward, rows 'schedule'.
 4. with --decode: the 1.3B preset at 1, 8, 32 and 64 tokens in CUDA graphs (each call on
    its own copy of the weights): 16-bit weights, FP8 weight-only and the W8A8 split

@@ -3,6 +3,7 @@ mhfgen`, tables through tabulate, the legend of config codes, and where files li
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -198,6 +199,8 @@ def test_the_legend_explains_every_code():
     from mhfgen.variants.flash_mhf_bwd_dq_ws import BwdDqWsConfig
     from mhfgen.variants.flash_mhf_bwd_fused import Config as FusedConfig
     from mhfgen.variants.flash_mhf_bwd_ws import BwdWsConfig
+    from mhfgen.variants.flash_mhf_fwd_fp8_ws import Fp8WsConfig
+    from mhfgen.variants.flash_mhf_fwd_ws import WsConfig as FwdWsConfig
 
     for config in (
         FusedConfig(
@@ -211,9 +214,15 @@ def test_the_legend_explains_every_code():
         BwdWsConfig(token_splits=2, sigmoid="exp", dq_vec=True, head_chunk=2),
         BwdDkvWsConfig(stages=3, token_splits=2, sigmoid="exp"),
         BwdDqWsConfig(stages=5, sigmoid="exp"),
+        # and the Gluon forwards' (consumers x warps: code `x`)
+        FwdWsConfig(pingpong=True, joint_scores=True, unroll_tiles=2, group_heads=2),
+        Fp8WsConfig(p_operand="registers", sigmoid="exp"),
+        Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True),
     ):
         for part in config.describe().split():
-            if "/" not in part:
+            if re.fullmatch(r"\d+x\d+w", part):
+                assert "x" in codes
+            elif "/" not in part:
                 assert part.rstrip("0123456789") in codes, part
     readme = (ROOT / "README.md").read_text()
     scripting = (ROOT / "docs" / "SCRIPTING.md").read_text()

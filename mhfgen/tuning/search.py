@@ -174,7 +174,11 @@ CONFIG_LEGEND = (
         "prefetch",
         "prefetch_scores: the next tile's score MMAs issued before this tile's activation",
     ),
-    ("split", "split_grads: dK/dU/dV as two kernels (dK and dU; dV)"),
+    (
+        "split",
+        "split_grads: dK/dU/dV as two kernels (dK and dU; dV); in the FP8 Gluon forward "
+        "splitN: its weight tiles split over N programs (inter_splits, decode)",
+    ),
     (
         "pdl",
         "programmatic dependent launch: the forward overlaps the previous kernel's end, "
@@ -185,6 +189,16 @@ CONFIG_LEGEND = (
     ("exp", "sigmoid through exp2 and a fast division (the Gluon kernels' other form)"),
     ("vec", "dq_vec: the Gluon one pass adds dq by red.global.add.v4.f32, 4 values at once"),
     ("regs", "registers per thread of a Gluon kernel's partitions (setmaxnreg)"),
+    ("x", "CxWw: a Gluon forward's consumer warpgroups (C) and warps per consumer (W)"),
+    ("pingpong", "two Gluon consumers take turns issuing their GEMMs"),
+    ("joint", "joint_scores: S and G by one wgmma of twice the width (Gluon kernels)"),
+    ("2-tile", "unroll_tiles: two weight tiles per loop iteration (Gluon forwards)"),
+    ("p-regs", "the FP8 forward's activation tile as a register operand of O's wgmma"),
+    (
+        "staged",
+        "staged_scales: the FP8 forward's column factors by TMA with each weight tile, "
+        "its routing weights staged in shared memory",
+    ),
 )
 
 
