@@ -24,8 +24,8 @@ then speed, in one run of about a minute.
    transposed FP8 copy (mhfgen.fp8.transpose_v), made on a layer's first call.
 3. with --schedules: each schedule family of the W8A8 kernel (SCHEDULES: the activation
    tile's A operand in shared memory or registers, joint or separate S and G, ping-pong
-   consumers, ring depth, staged scales) checked against float64 and the emulation on the 1.3B slice,
-   then timed at --tokens beside the bf16 Gluon forward, rows 'schedule'.
+   consumers, ring depth, staged scales) checked against float64 and the emulation on the
+   1.3B slice, then timed at --tokens beside the bf16 Gluon forward, rows 'schedule'.
 4. with --decode: the 1.3B preset at 1, 8, 32 and 64 tokens in CUDA graphs (each call on
    its own copy of the weights): 16-bit weights, FP8 weight-only and the W8A8 split
    forward at their dispatched configs, and the W8A8 one with staged_scales flipped
@@ -90,7 +90,8 @@ def _args(argv=None):
         "--decode",
         action="store_true",
         help="also time decode (DECODE_TOKENS) in CUDA graphs: 16-bit weights, FP8 "
-        "weight-only and the W8A8 split forward, each with its dispatched config",
+        "weight-only and the W8A8 split forward, each with its dispatched config, and the "
+        "W8A8 one with staged_scales flipped",
     )
     return p.parse_args(argv)
 
@@ -352,18 +353,25 @@ def decode(dtype, rows: list) -> None:
     """The 1.3B preset at DECODE_TOKENS: per call, the median replay of a CUDA graph of
     calls on weight copies that together pass 4x the L2 (mhfgen.bench_decode.graph_ms),
     for 16-bit weights (flash_mhf), FP8 weights through the weight-only flash_mhf_fwd and
-    through flash_mhf_fwd_fp8_ws (each at the config the dispatcher gives that variant),
-    and the speed-up of each FP8 row over the 16-bit one."""
+    through flash_mhf_fwd_fp8_ws (each at the config the dispatcher gives that variant;
+    the last also with staged_scales flipped), and the speed-up of each FP8 row over the
+    16-bit one. Each weight format's copies are made once and serve every row of it."""
     from hangs import finish
 
     from mhfgen import dispatch, flash_mhf
-    from mhfgen.bench_decode import ROTATE_BYTES, graph_ms, weight_bytes, weight_copies
+    from mhfgen.bench_decode import graph_ms, rotation_copies, weight_bytes, weight_copies
     from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
     from mhfgen.variants.flash_mhf_fwd_fp8_ws import flash_mhf_fwd_fp8_ws
 
     name, h, hkv, d, e, de = PRESET
     dt = str(dtype).removeprefix("torch.")
     dense_spec, fp8_spec = _spec(h, hkv, d, e, de, dt), _spec(h, hkv, d, e, de, f"{dt}_e4m3")
+    copies_of = {
+        weights: weight_copies(
+            dense_spec, weights, "cuda", rotation_copies(weight_bytes(dense_spec, weights))
+        )
+        for weights in ("dense", "fp8")
+    }
     for tokens in DECODE_TOKENS:
         gen = torch.Generator().manual_seed(tokens)
         q = torch.randn(1, tokens, h, d, generator=gen).to("cuda", dtype)
@@ -375,9 +383,7 @@ def decode(dtype, rows: list) -> None:
             ("FP8 W8A8 split", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
             ("W8A8 staged flip", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
         ):
-            nbytes = weight_bytes(dense_spec, weights)
-            copies = max(2, -(-ROTATE_BYTES // nbytes))
-            sets = weight_copies(dense_spec, weights, "cuda", copies)
+            sets = copies_of[weights]
             if launch is None:
                 config = dispatch.explain_choice("fwd", dense_spec, tokens, q.device).config
                 calls = [lambda w=w: flash_mhf(q, *w, r) for w in sets]
@@ -389,7 +395,7 @@ def decode(dtype, rows: list) -> None:
                     lambda w=w, c=config, f=launch: f(q, *w[:3], r, w[3], config=c) for w in sets
                 ]
             with torch.no_grad():
-                us = finish(lambda c=calls: graph_ms(c)) / copies * 1e3
+                us = finish(lambda c=calls: graph_ms(c)) / len(sets) * 1e3
             dense_us = us if dense_us is None else dense_us
             rows.append(
                 {
@@ -407,8 +413,8 @@ def decode(dtype, rows: list) -> None:
                 f"{dense_us / us:4.2f}x  [{config.describe()}]",
                 flush=True,
             )
-            del sets, calls
-            torch.cuda.empty_cache()
+    del copies_of, sets, calls
+    torch.cuda.empty_cache()
 
 
 def main(argv=None) -> int:

@@ -100,6 +100,12 @@ def weight_copies(spec: KernelSpec, weights: str, device, copies: int) -> list[t
     return out
 
 
+def rotation_copies(nbytes: int) -> int:
+    """Weight copies a graph of decode calls rotates through, one per call: at least two,
+    together more than ROTATE_BYTES (so no call finds its weights in the L2)."""
+    return max(2, -(-ROTATE_BYTES // nbytes))
+
+
 def measure(
     name: str, spec: KernelSpec, tokens: int, weights: str, device, copy_bps: float
 ) -> DecodeRow:
@@ -110,7 +116,7 @@ def measure(
     from .tuning.search import describe_config
 
     nbytes = weight_bytes(spec, weights)
-    copies = max(2, -(-ROTATE_BYTES // nbytes))
+    copies = rotation_copies(nbytes)
     gen = torch.Generator(device="cpu").manual_seed(tokens)
     q = torch.randn(1, tokens, spec.heads, spec.head_dim, generator=gen).to(
         device, spec.torch_dtype

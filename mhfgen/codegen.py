@@ -36,6 +36,7 @@ import jinja2.meta
 
 from . import paths, registry
 from .spec import INTERPRETER, KernelSpec
+from .tiling import pow2_ceil
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def _environment(folder: str | None = None) -> jinja2.Environment:
 
 @cache
 def _environment_of(folder: str) -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(folder),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -55,6 +56,9 @@ def _environment_of(folder: str) -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
+    # the sizes a template derives from the spec, computed as the launchers compute them
+    env.filters["pow2_ceil"] = pow2_ceil
+    return env
 
 
 _environment.cache_clear = _environment_of.cache_clear  # forget every folder's environment

@@ -60,7 +60,7 @@ from ..kernels.launch import Tma, host_descriptors
 from ..kernels.plans import CachedLaunch
 from ..registry import register
 from ..spec import FP8_STORAGE, KernelSpec, dtype_name
-from ..tiling import even_splits, split_programs_budget
+from ..tiling import even_splits, pow2_ceil, split_programs_budget
 from ..validation import INT32_LIMIT, check_flash_mhf_inputs, check_weight_scales
 from . import _gluon
 
@@ -219,7 +219,7 @@ def shared_memory(spec: KernelSpec, config: Fp8WsConfig) -> int:
     )
     staged = 0
     if config.staged_scales:
-        experts = 1 << (spec.experts - 1).bit_length()
+        experts = pow2_ceil(spec.experts)
         staged = 4 * (
             config.stages * 2 * config.block_n + config.consumers * experts * config.block_m
         )
