@@ -45,7 +45,8 @@ import triton
 
 from mhfgen import device as mdevice
 from mhfgen import dispatch, reference
-from mhfgen.bench_decode import ROTATE_BYTES, copy_bandwidth, graph_ms
+from mhfgen.bench_decode import copy_bandwidth
+from mhfgen.graph_timing import graph_ms, rotation_copies
 from mhfgen.presets import PRESETS
 from mhfgen.spec import KernelSpec
 from mhfgen.tuning.search import describe_config
@@ -56,7 +57,7 @@ BAR = 0.60
 @dataclasses.dataclass
 class _Problem:
     """One (preset, tokens) decode problem in bf16: q and r, `copies` sets of weights
-    (together above ROTATE_BYTES), the weight bytes one call reads, and the KernelSpec."""
+    (mhfgen.graph_timing.rotation_copies), the weight bytes one call reads, and the KernelSpec."""
 
     name: str
     tokens: int
@@ -76,7 +77,7 @@ def _problem(preset_name: str, tokens: int, device) -> _Problem:
     H, Hkv, D = preset.heads, preset.kv_heads or preset.heads, preset.head_dim
     E, De = preset.experts, preset.intermediate // preset.experts
     weight_bytes = 3 * Hkv * E * De * D * 2
-    copies = max(2, -(-ROTATE_BYTES // weight_bytes))
+    copies = rotation_copies(weight_bytes)
     gen = torch.Generator(device="cpu").manual_seed(tokens)
     q = torch.randn(1, tokens, H, D, generator=gen).to(device, torch.bfloat16)
     r = torch.softmax(torch.randn(1, tokens, H, E, generator=gen), -1).to(device)

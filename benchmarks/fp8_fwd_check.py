@@ -351,7 +351,7 @@ DECODE_TOKENS = (1, 8, 32, 64)
 
 def decode(dtype, rows: list) -> None:
     """The 1.3B preset at DECODE_TOKENS: per call, the median replay of a CUDA graph of
-    calls on weight copies that together pass 4x the L2 (mhfgen.bench_decode.graph_ms),
+    calls on weight copies that together pass 4x the L2 (mhfgen.graph_timing.graph_ms),
     for 16-bit weights (flash_mhf), FP8 weights through the weight-only flash_mhf_fwd and
     through flash_mhf_fwd_fp8_ws (each at the config the dispatcher gives that variant;
     the last also with staged_scales flipped), and the speed-up of each FP8 row over the
@@ -359,7 +359,8 @@ def decode(dtype, rows: list) -> None:
     from hangs import finish
 
     from mhfgen import dispatch, flash_mhf
-    from mhfgen.bench_decode import graph_ms, rotation_copies, weight_bytes, weight_copies
+    from mhfgen.bench_decode import weight_bytes, weight_copies
+    from mhfgen.graph_timing import graph_ms, rotation_copies
     from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
     from mhfgen.variants.flash_mhf_fwd_fp8_ws import flash_mhf_fwd_fp8_ws
 

@@ -8,27 +8,26 @@ per second against the device's copy bandwidth measured in the same run (a 1 GiB
 device-to-device copy, read + write bytes per second).
 
 Per (tokens, weights), under torch.no_grad, with the dispatcher's variant and config:
-COPIES calls, each on its own copy of the weights (together more than ROTATE_BYTES, over
-4x a Hopper L2, so no call finds its weights cached), captured in one CUDA graph; the
-median replay time over COPIES is a call's time, what a server replaying graphs sees.
+COPIES calls, each on its own copy of the weights (mhfgen.graph_timing.rotation_copies:
+together over 4x a Hopper L2, so no call finds its weights cached), captured in one CUDA
+graph; the median replay time over COPIES is a call's time, what a server replaying
+graphs sees.
 `speedup` is the 16-bit row's time over this row's at the same token count.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
+from .graph_timing import graph_ms, rotation_copies
 from .spec import KernelSpec
 
 #: the weight formats: "dense" (q's dtype) and "fp8" (e4m3 with a scale per row)
 WEIGHTS = ("dense", "fp8")
 DEFAULT_TOKENS = (1, 2, 4, 8, 16, 32, 64)
-#: the weight copies of one graph replay take at least this many bytes together
-ROTATE_BYTES = 4 * 60 * 2**20
 
 
 @dataclass(frozen=True)
@@ -56,28 +55,6 @@ def copy_bandwidth(device) -> float:
     return 2 * src.numel() / (ms * 1e-3)
 
 
-def graph_ms(calls: Sequence[Callable[[], object]], replays: int = 20) -> float:
-    """Median milliseconds of replaying one CUDA graph that makes every call once (each
-    call is run once first, outside the capture: compiling and warming up)."""
-    for fn in calls:
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for fn in calls:
-            fn()
-    graph.replay()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def weight_bytes(spec: KernelSpec, weights: str) -> int:
     """Bytes of K, U and V one forward reads: 16-bit elements, or FP8 elements and a
     float32 scale per row."""
@@ -98,12 +75,6 @@ def weight_copies(spec: KernelSpec, weights: str, device, copies: int) -> list[t
         k, u, v = (torch.randn(shape, device=device).mul_(0.05).to(spec.torch_dtype) for _ in "kuv")
         out.append(quantize_experts(k, u, v) if weights == "fp8" else (k, u, v))
     return out
-
-
-def rotation_copies(nbytes: int) -> int:
-    """Weight copies a graph of decode calls rotates through, one per call: at least two,
-    together more than ROTATE_BYTES (so no call finds its weights in the L2)."""
-    return max(2, -(-ROTATE_BYTES // nbytes))
 
 
 def measure(

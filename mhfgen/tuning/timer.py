@@ -15,7 +15,9 @@ less the median of that dQ/dR alone (measured once per timer, the same way): wha
 candidate adds to the split backward.
 
     GpuTimer          a CUDA device: compile pool, triton.testing.do_bench medians
-                      (warm-up, then repeats each preceded by an L2 flush)
+                      (warm-up, then repeats each preceded by an L2 flush); a forward
+                      at decode size (Workload.graph_timed): the median replay of one
+                      CUDA graph of calls on rotated weight copies, per call
     InterpreterTimer  Triton's interpreter on the CPU: wall-clock medians, labelled as
                       NOT GPU timings
     ReplayTimer       timings and failures recorded in a JSON file (mhfgen-timings
@@ -141,6 +143,11 @@ class GpuTimer(_WorkloadTimer):
     candidate whose single launch takes over `launch_timeout_s` is a 'timeout'.
     `jobs` > 1 compiles through a CompilePool of that many processes (or pass `pool`, a
     CompilePool shared by several problems; the caller closes it then).
+
+    A forward at decode size (mhfgen.tuning.workload, Workload.graph_timed) is timed as a
+    server runs it instead: one CUDA graph of calls, each on its own copy of the weights,
+    `graph_replays` replays, the median replay time over the calls (the method of
+    `mhfgen bench --suite decode`); label_for says so.
     """
 
     gpu_timings = True
@@ -154,14 +161,17 @@ class GpuTimer(_WorkloadTimer):
         compile_timeout_s: float = 180.0,
         launch_timeout_s: float = 5.0,
         pool=None,
+        graph_replays: int = 20,
     ) -> None:
         super().__init__(workload)
         import triton
 
         self.warmup_ms, self.rep_ms = warmup_ms, rep_ms
+        self.graph_replays = graph_replays
         self.launch_timeout_s = launch_timeout_s
+        self._triton, self._gpu = triton.__version__, DeviceFacts.of(workload.device).gpu_name
         self.label = (
-            f"GPU {DeviceFacts.of(workload.device).gpu_name}: do_bench median "
+            f"GPU {self._gpu}: do_bench median "
             f"({warmup_ms:g} ms warm-up, {rep_ms:g} ms of repeats, L2 flushed), "
             f"Triton {triton.__version__}"
         )
@@ -182,6 +192,26 @@ class GpuTimer(_WorkloadTimer):
         it = iter(loaded)
         return [f if f is not None else next(it) for f in results]
 
+    def label_for(self, kernel: str) -> str:
+        if not self.workload.graph_timed(kernel):
+            return super().label_for(kernel)
+        copies = len(self.workload.weight_sets())
+        return (
+            f"GPU {self._gpu}: CUDA graph of {copies} "
+            f"calls, each on its own copy of the weights, median of {self.graph_replays} "
+            f"replays per call, Triton {self._triton}"
+        )
+
+    def _graph_ms(self, candidate: Candidate) -> float:
+        """Per-call milliseconds of one CUDA graph of the candidate's rotating calls."""
+        import torch
+
+        from ..graph_timing import graph_ms
+
+        calls = self.workload.rotating_fns(candidate.kernel, candidate.config)
+        with torch.no_grad():
+            return graph_ms(calls, self.graph_replays) / len(calls)
+
     def time(self, candidate: Candidate) -> float:
         import torch
         from triton.testing import do_bench
@@ -195,6 +225,9 @@ class GpuTimer(_WorkloadTimer):
             once = time.perf_counter() - start
             if once > self.launch_timeout_s:
                 raise CandidateFailed(Failure("timeout", f"one launch took {once:.1f} s"))
+
+            if self.workload.graph_timed(candidate.kernel):
+                return self._graph_ms(candidate)
 
             def bench(f) -> float:
                 return float(

@@ -23,6 +23,15 @@ record's ms is what the candidate adds to the split backward, and the dQ/dR reco
 plus it is the split backward's time (mhfgen.dispatch.backward_form compares that sum
 with the one pass). dQ/dR is timed alone: pairing both ways would count the overlap twice.
 The answer check always runs the candidate alone.
+
+Decode sizes (`graph_timed`): a forward of at most GRAPH_TOKENS tokens is served from
+CUDA graphs, where no host work sits between calls, and its kernel takes a few
+microseconds: timed eagerly, a candidate's host path (argument checks, descriptors, a
+second launch) can outweigh its GPU time and rank a slower kernel first. On a GPU such a
+candidate is timed the way `mhfgen bench --suite decode` times the forward: one CUDA graph
+of calls, each on its own copy of the weights (`rotating_fns`, together more than
+mhfgen.graph_timing.ROTATE_BYTES, so no call finds its weights in the L2), the median
+replay over the calls.
 """
 
 from __future__ import annotations
@@ -47,6 +56,9 @@ def batch_of(tokens: int) -> int:
     """B for T tokens: T / 2048 when 2048 divides T, else 1."""
     return tokens // 2048 if tokens >= 2048 and tokens % 2048 == 0 else 1
 
+
+#: a forward of at most this many tokens is timed in CUDA graphs on a GPU (module doc)
+GRAPH_TOKENS = 64
 
 #: the op timed in context -> the op launched beside it (see the module doc)
 PAIRED_OPS = {"bwd_dkv": "bwd_dq"}
@@ -97,6 +109,7 @@ class Workload:
             self.scales = fp8[5]
         self.q, self.k, self.u, self.v, self.r, self.do = inputs
         self._refs: dict[str, torch.Tensor] | None = None
+        self._weight_sets: list[tuple[torch.Tensor, ...]] | None = None
 
     # -- launching ---------------------------------------------------------------
     def args(self, kernel: str) -> tuple:
@@ -139,6 +152,38 @@ class Workload:
             main.wait_stream(side)
 
         return beside
+
+    def graph_timed(self, kernel: str) -> bool:
+        """Whether `kernel` is timed in CUDA graphs here (module doc): a forward variant
+        at decode size (at most GRAPH_TOKENS tokens) on a CUDA device."""
+        return (
+            self.device.type == "cuda"
+            and self.problem.tokens <= GRAPH_TOKENS
+            and not registry.get(kernel).takes_grad
+            and self.pairing(kernel) is None
+        )
+
+    def weight_sets(self) -> list[tuple[torch.Tensor, ...]]:
+        """Copies of the weight arguments (k, u, v[, scales]), the first the workload's
+        own, the others clones: mhfgen.graph_timing.rotation_copies of them, so that
+        calls taking them in turn read their weights from HBM (made on first use)."""
+        if self._weight_sets is None:
+            from ..graph_timing import rotation_copies
+
+            own = (self.k, self.u, self.v) + (() if self.scales is None else (self.scales,))
+            nbytes = sum(t.numel() * t.element_size() for t in own)
+            copies = rotation_copies(nbytes)
+            self._weight_sets = [own] + [tuple(t.clone() for t in own) for _ in range(copies - 1)]
+        return self._weight_sets
+
+    def rotating_fns(self, kernel: str, config) -> list[Callable[[], object]]:
+        """No-argument closures launching forward `kernel` with `config`, one per copy of
+        the weights (weight_sets), on the same q and r."""
+        fn = registry.get(kernel).launch_fn()
+        return [
+            (lambda w=w: fn(self.q, *w[:3], self.r, *w[3:], config=config))
+            for w in self.weight_sets()
+        ]
 
     def _alone(self, kernel: str, config) -> Callable[[], object]:
         """A no-argument closure launching `kernel` with `config` on this workload's inputs."""

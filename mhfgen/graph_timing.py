@@ -1,0 +1,53 @@
+"""Timing GPU calls the way a server runs them: replays of one CUDA graph, each call on
+its own copy of the weights so that none finds them in the L2.
+
+A decode-size forward reads every expert weight once and takes microseconds; launched
+eagerly, its host path can take longer than its kernel. Serving replays CUDA graphs, so
+`mhfgen bench --suite decode` and the tuner (decode-size forwards) time it that way:
+rotation_copies(weight bytes) copies of the weights, one call on each, captured in one
+graph; graph_ms is the median replay time, and that over the number of calls is a call's
+time.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+
+import torch
+
+#: the weight copies of one graph replay take at least this many bytes together (over 4x
+#: a Hopper L2)
+ROTATE_BYTES = 4 * 60 * 2**20
+#: and are at most this many: weights under ROTATE_BYTES / MAX_COPIES (1.9 MB) may then
+#: be found in the L2, as a layer that small may be between two calls in a model
+MAX_COPIES = 128
+
+
+def rotation_copies(nbytes: int) -> int:
+    """Weight copies a graph of decode calls rotates through, one per call: at least two,
+    together more than ROTATE_BYTES (so no call finds its weights in the L2), at most
+    MAX_COPIES."""
+    return min(MAX_COPIES, max(2, -(-ROTATE_BYTES // max(1, nbytes))))
+
+
+def graph_ms(calls: Sequence[Callable[[], object]], replays: int = 20) -> float:
+    """Median milliseconds of replaying one CUDA graph that makes every call once (each
+    call is run once first, outside the capture: compiling and warming up)."""
+    for fn in calls:
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for fn in calls:
+            fn()
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
