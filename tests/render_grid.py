@@ -70,6 +70,7 @@ GLUON_FIELDS: dict[str, dict[str, tuple]] = {
         "unroll_tiles": (1, 2),
         "inter_splits": (1, 8),
         "staged_scales": (False, True),
+        "swap_ab": (0, 16),
     },
     "flash_mhf_bwd_dq_ws": {
         "sigmoid": ("tanh", "exp"),

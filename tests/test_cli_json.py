@@ -218,6 +218,7 @@ def test_the_legend_explains_every_code():
         FwdWsConfig(pingpong=True, joint_scores=True, unroll_tiles=2, group_heads=2),
         Fp8WsConfig(p_operand="registers", sigmoid="exp"),
         Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True),
+        Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True, swap_ab=16),
     ):
         for part in config.describe().split():
             if re.fullmatch(r"\d+x\d+w", part):

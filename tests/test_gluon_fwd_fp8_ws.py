@@ -63,6 +63,8 @@ FAMILIES = {
     "split": f8.Fp8WsConfig(consumers=1, inter_splits=8),
     "staged": f8.Fp8WsConfig(staged_scales=True),
     "split-staged": f8.Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True),
+    "swapped-16": f8.Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True, swap_ab=16),
+    "swapped-64": f8.Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True, swap_ab=64),
 }
 
 #: (H, Hkv, D, E, De): the 1.3B preset, D = 64 with grouped kv heads, fp16 with E = 1
@@ -76,11 +78,13 @@ COMPILE_SPECS = [
 def _wgmma_per_consumer(spec: KernelSpec, config) -> int:
     """S and G of the first tile and of tile j+1 in each loop body (D / 32 e4m3
     instructions each; [S | G] one chain with joint_scores), and O += p8 V8 (BLOCK_N / 32)
-    in each: one body, or with two tiles per iteration two and a third for an odd count."""
+    in each: one body, or with two tiles per iteration two and a third for an odd count.
+    Swapped (swap_ab), O^T += V8^T p8^T is D / 64 row blocks of BLOCK_N / 32 each."""
     scores = 1 if config.joint_scores else 2
     tiles = spec.experts * spec.expert_dim // config.block_n
     bodies = 1 if config.unroll_tiles == 1 else 2 + tiles % 2
-    return scores * spec.head_dim // 32 * (1 + bodies) + config.block_n // 32 * bodies
+    o_blocks = spec.head_dim // 64 if config.swap_ab else 1
+    return scores * spec.head_dim // 32 * (1 + bodies) + config.block_n // 32 * bodies * o_blocks
 
 
 # ---------------------------------------------------------------------------------------
@@ -102,10 +106,14 @@ def test_renders_valid_python(spec, family):
     assert source.count("(_consumer, (") == config.consumers
     assert ("mbarrier.wait(turn.index(C)" in source) == config.pingpong
     assert ("ku_smem" in source) == config.joint_scores
-    # e4m3 operands everywhere, V read transposed (K-major), the running row max
-    assert "vt_smem.index(slot).permute((1, 0))" in source
+    # e4m3 operands everywhere, V read transposed (K-major), the running max per token
+    # (per row; swapped, per column, and V^T the A operand as it lies)
+    swapped = bool(config.swap_ab)
+    assert ("vt_smem.index(slot).permute((1, 0))" in source) != swapped
+    assert ("warpgroup_mma(vt_smem.index(slot), p8t, o" in source) == swapped
     assert "q8.store((qf * q_inv[:, None]).to(gl.float8e4nv))" in source
-    assert "m_new = gl.maximum(m, gl.max(gl.abs(y), axis=1) * gl.abs(a))" in source
+    axis = 0 if swapped else 1
+    assert f"m_new = gl.maximum(m, gl.max(gl.abs(y), axis={axis}) * gl.abs(a))" in source
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -723,6 +731,34 @@ def test_kernel_matches_the_emulation_on_a_gpu(case, dtype):
         assert relative_error(via_op, emulated) <= FP8_EMULATION_BAR
     bar = tolerance_for(registry.get(choice.variant), q.dtype, numel=want.numel())
     assert relative_error(via_op, want) <= bar
+
+
+SWAPPED_CASES = [c for c in GPU_CASES if c.name.startswith("decode")]
+
+
+@pytest.mark.skipif(not GPU_SM90, reason="needs an sm90 (Hopper) CUDA GPU")
+@pytest.mark.parametrize("swap", [16, 64])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", SWAPPED_CASES, ids=lambda c: c.name)
+def test_swapped_decode_matches_the_emulation_on_a_gpu(case, dtype, swap):
+    """The swapped-operand decode schedule (swap_ab) computes what the emulation of its
+    splits does, and float64 within the FP8 bar."""
+    (q, k8, u8, v8, r, scales), dense = _fp8_case(case, dtype, "cuda")
+    name = f"{str(dtype).removeprefix('torch.')}_e4m3"
+    spec = KernelSpec(*(getattr(case, f) for f in SPEC_FIELDS), name, "sm90")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    config = f8.swapped_decode_config(spec, case.tokens, sms, swap)
+    assert not f8.config_problems(spec, config)
+    got = f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config)
+    torch.cuda.synchronize()
+    emulated = flash_mhf_w8a8(
+        q, k8, u8, v8, r, scales, config.block_n, f8.emulated_splits(spec, config)
+    )
+    assert relative_error(got, emulated) <= FP8_EMULATION_BAR
+    want = flash_mhf(q.double(), *(w.double() for w in dense[1:4]), r.double())
+    bar = tolerance_for(registry.get(STEM), q.dtype, numel=want.numel())
+    assert relative_error(got, want) <= bar
+    assert row_error(got, want) <= ROW_FACTOR * bar
 
 
 def test_the_gpu_check_script_says_what_it_needs(monkeypatch, capsys):

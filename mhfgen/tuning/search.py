@@ -199,6 +199,11 @@ CONFIG_LEGEND = (
         "staged_scales: the FP8 forward's column factors by TMA with each weight tile, "
         "its routing weights staged in shared memory",
     ),
+    (
+        "swap",
+        "swapN: swap_ab, the FP8 forward's swapped-operand decode schedule, N tokens per "
+        "program as the wgmma's N",
+    ),
 )
 
 

@@ -106,6 +106,12 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
                     would leave most SMs idle); each writes an fp32 partial to a workspace
                     and the last of them sums the partials in split order, in the same
                     launch (deterministic; no host work, so CUDA graphs capture it).
+    swap_ab:        0, or the tokens per program (16, 32 or 64) of the swapped-operand
+                    decode schedule: the weight rows are the wgmma's M and the tokens its
+                    N (scores S^T = K8 q8^T, output O^T = V8^T p8^T), so a tile's
+                    element-wise work is block_n x swap_ab values instead of 64 x block_n.
+                    It takes the split reduction, staged scales, one 4-warp consumer and
+                    the defaults of the other schedule fields.
     """
 
     variant = KERNEL
@@ -124,6 +130,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     unroll_tiles: int = 1
     inter_splits: int = 1
     staged_scales: bool = False
+    swap_ab: int = 0
 
     #: fields added after configs of this variant were stored: a stored config without
     #: them means these values
@@ -132,6 +139,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         "unroll_tiles": 1,
         "inter_splits": 1,
         "staged_scales": False,
+        "swap_ab": 0,
     }
 
     choices = dict(
@@ -144,12 +152,20 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         unroll_tiles=(1, 2),
         inter_splits=range(1, 129),
         staged_scales=(False, True),
+        swap_ab=(0, 16, 32, 64),
     )
+
+    @property
+    def block_m(self) -> int:
+        """Tokens per consumer: swap_ab's where the operands are swapped, else 16 per warp
+        (the wgmma atom is 4 warps x 16 rows)."""
+        return self.swap_ab or 16 * self.consumer_warps
 
     def describe(self) -> str:
         text = super().describe() + (" p-regs" if self.p_operand == "registers" else "")
         text += f" split{self.inter_splits}" if self.inter_splits > 1 else ""
-        return text + (" staged" if self.staged_scales else "")
+        text += " staged" if self.staged_scales else ""
+        return text + (f" swap{self.swap_ab}" if self.swap_ab else "")
 
 
 # ---------------------------------------------------------------------------------------
@@ -195,6 +211,18 @@ def config_problems(spec: KernelSpec, config: Fp8WsConfig) -> list[str]:
             "the split reduction (a decode schedule) takes p_operand='shared', no pingpong "
             "and one tile per iteration (the others' shared-memory scratch beside it is not "
             "modelled)"
+        )
+    if config.swap_ab and (
+        config.inter_splits == 1
+        or not config.staged_scales
+        or (config.consumers, config.consumer_warps, config.group_heads) != (1, 4, 1)
+        or config.joint_scores
+        or config.p_operand != "shared"
+    ):
+        problems.append(
+            "swap_ab (the swapped-operand decode schedule) takes inter_splits > 1, "
+            "staged_scales, one 4-warp consumer (group_heads 1), separate scores and "
+            "p_operand='shared'"
         )
     problems += _gluon.forward_resource_problems(spec, config, shared_memory(spec, config))
     return problems
@@ -261,6 +289,20 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int = 0) -> Fp8WsCon
     return replace(base, stages=3, consumers=1, group_heads=1)
 
 
+def swapped_decode_config(spec: KernelSpec, tokens: int, sm_count: int, swap: int) -> Fp8WsConfig:
+    """The swapped-operand decode schedule with `swap` tokens per program (swap_ab): one
+    4-warp consumer, staged scales, the splits that fill one wave (decode_splits, at least
+    2), 4 ring slots (3 where 4 do not fit)."""
+    base = Fp8WsConfig(consumers=1, group_heads=1, staged_scales=True, swap_ab=swap)
+    splits = max(2, decode_splits(spec, replace(base, inter_splits=2), tokens, sm_count))
+    base = replace(base, inter_splits=min(splits, spec.intermediate // base.block_n))
+    for stages in (4, 3):
+        candidate = replace(base, stages=stages)
+        if not config_problems(spec, candidate):
+            return candidate
+    return replace(base, stages=3)
+
+
 def decode_splits(spec: KernelSpec, config: Fp8WsConfig, tokens: int, sm_count: int) -> int:
     """Splits of the weight tiles that fill one wave: as many as sm_count // work tiles,
     at most one weight tile each, 1 where the work tiles alone fill half the SMs."""
@@ -308,6 +350,7 @@ def static_params(spec: KernelSpec, config: Fp8WsConfig) -> dict:
         **({"unroll_tiles": 2} if config.unroll_tiles == 2 else {}),
         **({"inter_split": True} if config.inter_splits > 1 else {}),
         **({"staged_scales": True} if config.staged_scales else {}),
+        **({"swap_ab": True} if config.swap_ab else {}),
     }
 
 
