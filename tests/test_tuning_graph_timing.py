@@ -93,3 +93,31 @@ def test_a_decode_forward_is_timed_in_a_graph_on_a_gpu():
     ms = timer.time(Candidate(FWD, config))
     assert 0 < ms < 1.0
     assert "CUDA graph" in timer.label_for(FWD)
+
+
+def test_the_tune_summary_says_a_decode_forward_was_timed_in_graphs(monkeypatch):
+    from types import SimpleNamespace
+
+    from mhfgen.cli.tune import _summary
+    from mhfgen.tuning.problem import DeviceFacts
+
+    problem = TuningProblem(SPEC, 1)
+    workload = Workload(problem, "cpu", paired=False)
+    timer = timer_mod.GpuTimer(workload)
+    _as_if_on_cuda(workload)
+    result = SimpleNamespace(
+        kernel="fwd",
+        variant=FWD,
+        winner=CONFIG,
+        ms=0.02,
+        tflops=1.0,
+        default_ms=0.03,
+        speedup=1.5,
+        evaluated=4,
+        failed=0,
+        side_by_side=[],
+    )
+    device = DeviceFacts.of(torch.device("cpu"))
+    text = _summary(problem, device, timer, [result], None, None)
+    assert f"fwd timed per call in CUDA graphs: {timer.label_for(FWD)}" in text
+    assert "split backward" not in text

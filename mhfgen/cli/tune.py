@@ -386,13 +386,15 @@ def _summary(problem, device, timer, results, db_path, storage) -> str:
         f"capability {device.compute_capability})",
         f"timings: {timer.label}",
     ]
-    for r in results:  # kernels timed in context (mhfgen.tuning.workload): what beside
+    for r in results:  # kernels timed otherwise (mhfgen.tuning.workload): how
         label = timer.label_for(r.variant) if r.variant else timer.label
-        if label != timer.label:
+        if label.startswith(timer.label + "; "):  # in context, beside another kernel
             lines.append(
                 f"{r.kernel} timed {label.removeprefix(timer.label + '; ')}: its ms "
                 f"are what it adds to the split backward"
             )
+        elif label != timer.label:  # a decode-size forward, in CUDA graphs
+            lines.append(f"{r.kernel} timed per call in CUDA graphs: {label}")
     if not timer.gpu_timings:
         lines.append(
             "NOTE: these are NOT GPU timings; they rank configs for Triton's "
