@@ -301,19 +301,25 @@ def test_split_count_leaves_no_split_empty(tiles, asked, made):
 
 
 def test_decode_default_splits_the_weight_tiles_over_one_wave():
-    cfg = f8.default_config(SM90_FP8, 1, 132)  # H = Hkv: one consumer per program
+    cfg = f8.default_config(SM90_FP8, 1, 132)  # one consumer, operands swapped
     assert (cfg.consumers, cfg.group_heads, cfg.inter_splits) == (1, 1, 8)
+    assert (cfg.swap_ab, cfg.block_n, cfg.stages) == (16, 128, 4)
     assert cfg.staged_scales  # split configs stage the loop's scales
     assert f8.work_tiles(SM90_FP8, cfg, 1) * cfg.inter_splits <= 132
     gqa = KernelSpec(16, 4, 64, 11, 256, "bfloat16_e4m3", "sm90")
-    cfg = f8.default_config(gqa, 64, 132)  # two heads of a kv group per program
-    assert (cfg.consumers, cfg.group_heads, cfg.inter_splits) == (2, 2, 16)
+    cfg = f8.default_config(gqa, 64, 132)  # 16 heads x 4 blocks of 16 tokens, 2 splits
+    assert (cfg.swap_ab, cfg.consumers, cfg.inter_splits) == (16, 1, 2)
+    assert f8.work_tiles(gqa, cfg, 64) == 64
+    odd = KernelSpec(16, 4, 64, 11, 192, "bfloat16_e4m3", "sm90")
+    assert f8.default_config(odd, 8, 132).block_n == 64  # 128 does not divide 192
+    cfg = f8.default_config(gqa, 65, 132)  # past SWAP_TOKENS: unswapped, 128-token tiles
+    assert (cfg.swap_ab, cfg.consumers, cfg.inter_splits) == (0, 2, 8)
     cfg = f8.default_config(SM90_FP8, 100, 132)  # 16 work tiles of 128 tokens: still split
     assert (cfg.consumers, cfg.inter_splits) == (2, 8)
     assert f8.default_config(SM90_FP8, 16384, 132) == f8.Fp8WsConfig()  # prefill unchanged
     assert f8.default_config(SM90_FP8, 1, 0) == f8.Fp8WsConfig(consumers=1)  # SMs unknown
     assert not f8.default_config(SM90_FP8, 16384, 132).staged_scales
-    for spec, tokens in ((SM90_FP8, 1), (gqa, 64), (SM90_FP8, 100), (SM90_FP8, 16384)):
+    for spec, tokens in ((SM90_FP8, 1), (gqa, 64), (odd, 8), (SM90_FP8, 100), (SM90_FP8, 16384)):
         cfg = f8.default_config(spec, tokens, 132)
         assert f8.config_problems(spec, cfg) == []
         assert f8.call_problems(spec, cfg, tokens, 132) == []
