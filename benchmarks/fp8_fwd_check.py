@@ -354,13 +354,15 @@ def decode(dtype, rows: list) -> None:
     calls on weight copies that together pass 4x the L2 (mhfgen.graph_timing.graph_ms),
     for 16-bit weights (flash_mhf), FP8 weights through the weight-only flash_mhf_fwd and
     through flash_mhf_fwd_fp8_ws (each at the config the dispatcher gives that variant;
-    the last also with staged_scales flipped), and the speed-up of each FP8 row over the
-    16-bit one. Each weight format's copies are made once and serve every row of it."""
+    the last also at its heuristic's unswapped split, swap_ab = 0, and that with
+    staged_scales flipped), and the speed-up of each FP8 row over the 16-bit one. Each
+    weight format's copies are made once and serve every row of it."""
     from hangs import finish
 
     from mhfgen import dispatch, flash_mhf
     from mhfgen.bench_decode import weight_bytes, weight_copies
     from mhfgen.graph_timing import graph_ms, rotation_copies
+    from mhfgen.variants import flash_mhf_fwd_fp8_ws as f8
     from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
     from mhfgen.variants.flash_mhf_fwd_fp8_ws import flash_mhf_fwd_fp8_ws
 
@@ -382,7 +384,8 @@ def decode(dtype, rows: list) -> None:
             ("16-bit weights", "dense", "flash_mhf_fwd_ws", None),
             ("FP8 weight-only", "fp8", "flash_mhf_fwd", flash_mhf_fwd),
             ("FP8 W8A8 split", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
-            ("W8A8 staged flip", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
+            ("W8A8 unswapped", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
+            ("unswapped, staged flip", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
         ):
             sets = copies_of[weights]
             if launch is None:
@@ -390,6 +393,9 @@ def decode(dtype, rows: list) -> None:
                 calls = [lambda w=w: flash_mhf(q, *w, r) for w in sets]
             else:
                 config = dispatch.choose_config(stem, fp8_spec, tokens, q.device)
+                if "unswapped" in method:  # the A/B of the swapped-operand schedule
+                    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+                    config = f8.default_config(fp8_spec, tokens, sms, swapped=False)
                 if "flip" in method:  # the A/B of where the loop reads its scales
                     config = replace(config, staged_scales=not config.staged_scales)
                 calls = [
@@ -410,7 +416,7 @@ def decode(dtype, rows: list) -> None:
                 }
             )
             print(
-                f"decode {name} T={tokens:3d} {method:16s} {us:7.2f} us  "
+                f"decode {name} T={tokens:3d} {method:22s} {us:7.2f} us  "
                 f"{dense_us / us:4.2f}x  [{config.describe()}]",
                 flush=True,
             )

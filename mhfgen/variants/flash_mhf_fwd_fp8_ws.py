@@ -261,7 +261,9 @@ registers = _gluon.forward_registers
 max_registers = _gluon.forward_max_registers
 
 
-def default_config(spec: KernelSpec, tokens: int, sm_count: int = 0) -> Fp8WsConfig:
+def default_config(
+    spec: KernelSpec, tokens: int, sm_count: int = 0, *, swapped: bool = True
+) -> Fp8WsConfig:
     """The built-in config: two 4-warp consumers sharing 64-column tiles of a 4-slot ring,
     tanh silu, S and G by separate wgmma and the activations' A operand in shared memory
     (on an H100 at the 1.3B preset and 16384 tokens: 1.09x joint score MMAs, which lose
@@ -278,7 +280,8 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int = 0) -> Fp8WsCon
     swapped-operand schedule (swapped_decode_config: 16 tokens per program, 128-row weight
     tiles where they divide expert_dim; on an H100 1.03x to 1.29x the unswapped split at
     1 to 64 tokens of the 370M and 1.3B presets but 0.97x at 64 tokens of 1.3B, and 1.17x
-    to 1.63x at 1.3B with 4 kv heads)."""
+    to 1.63x at 1.3B with 4 kv heads). swapped=False keeps the unswapped split (the A/B
+    of benchmarks/fp8_fwd_check.py --decode)."""
     base = Fp8WsConfig()
     if 0 < tokens <= base.block_m:
         heads = 2 if spec.group % 2 == 0 else 1
@@ -286,7 +289,7 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int = 0) -> Fp8WsCon
     if sm_count and tokens > 0:
         splits = decode_splits(spec, base, tokens, sm_count)
         base = replace(base, inter_splits=splits, staged_scales=splits > 1)
-        if splits > 1 and tokens <= SWAP_TOKENS:
+        if swapped and splits > 1 and tokens <= SWAP_TOKENS:
             swapped = swapped_decode_config(spec, tokens, sm_count)
             if not config_problems(spec, swapped):
                 return swapped
