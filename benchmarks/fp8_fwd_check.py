@@ -59,6 +59,12 @@ SHAPES = (  # name, batch, seqlen, H, Hkv, D, E, De
     ("decode_64", 2, 32, 16, 16, 128, 22, 256),
 )
 PRESET = ("1.3B", 16, 16, 128, 22, 256)  # name, H, Hkv, D, E, De
+#: --decode-shapes: name -> (H, Hkv, D, E, De)
+DECODE_SHAPES = {
+    "1.3B": PRESET[1:],
+    "1.3B-kv4": (16, 4, 128, 22, 256),
+    "370M": (8, 8, 128, 11, 256),
+}
 #: --schedules: name -> Fp8WsConfig fields (the rest the config's defaults)
 SCHEDULES = {
     "P in shared memory, separate S and G (default)": {},
@@ -91,7 +97,12 @@ def _args(argv=None):
         action="store_true",
         help="also time decode (DECODE_TOKENS) in CUDA graphs: 16-bit weights, FP8 "
         "weight-only and the W8A8 split forward, each with its dispatched config, and the "
-        "W8A8 one with staged_scales flipped",
+        "W8A8 one at its unswapped heuristic (swap_ab = 0), also with staged_scales flipped",
+    )
+    p.add_argument(
+        "--decode-shapes",
+        default="1.3B",
+        help=f"comma-separated shapes of --decode, of {', '.join(DECODE_SHAPES)} (default 1.3B)",
     )
     return p.parse_args(argv)
 
@@ -349,8 +360,8 @@ def schedules(dtype, tokens: int, rows: list) -> bool:
 DECODE_TOKENS = (1, 8, 32, 64)
 
 
-def decode(dtype, rows: list) -> None:
-    """The 1.3B preset at DECODE_TOKENS: per call, the median replay of a CUDA graph of
+def decode(dtype, rows: list, shape: str = "1.3B") -> None:
+    """A shape of DECODE_SHAPES at DECODE_TOKENS: per call, the median replay of a CUDA graph of
     calls on weight copies that together pass 4x the L2 (mhfgen.graph_timing.graph_ms),
     for 16-bit weights (flash_mhf), FP8 weights through the weight-only flash_mhf_fwd and
     through flash_mhf_fwd_fp8_ws (each at the config the dispatcher gives that variant;
@@ -366,7 +377,7 @@ def decode(dtype, rows: list) -> None:
     from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
     from mhfgen.variants.flash_mhf_fwd_fp8_ws import flash_mhf_fwd_fp8_ws
 
-    name, h, hkv, d, e, de = PRESET
+    name, (h, hkv, d, e, de) = shape, DECODE_SHAPES[shape]
     dt = str(dtype).removeprefix("torch.")
     dense_spec, fp8_spec = _spec(h, hkv, d, e, de, dt), _spec(h, hkv, d, e, de, f"{dt}_e4m3")
     copies_of = {
@@ -426,6 +437,12 @@ def decode(dtype, rows: list) -> None:
 
 def main(argv=None) -> int:
     args = _args(argv)
+    unknown = set(args.decode_shapes.split(",")) - set(DECODE_SHAPES)
+    if unknown:
+        print(
+            f"unknown --decode-shapes {sorted(unknown)}; of {list(DECODE_SHAPES)}", file=sys.stderr
+        )
+        return 2
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         print("fp8_fwd_check needs an sm90 (Hopper) CUDA GPU", file=sys.stderr)
         return 2
@@ -445,7 +462,8 @@ def main(argv=None) -> int:
         if args.schedules:
             ok &= schedules(dtype, args.tokens, rows)
         if args.decode:
-            decode(dtype, rows)
+            for shape in args.decode_shapes.split(","):
+                decode(dtype, rows, shape)
     except Hang as exc:
         print(f"HANG: {exc}", file=sys.stderr)
         ok, status = False, 2
