@@ -26,11 +26,12 @@ then speed, in one run of about a minute.
    tile's A operand in shared memory or registers, joint or separate S and G, ping-pong
    consumers, ring depth, staged scales) checked against float64 and the emulation on the
    1.3B slice, then timed at --tokens beside the bf16 Gluon forward, rows 'schedule'.
-4. with --decode: the 1.3B preset at 1, 8, 32 and 64 tokens in CUDA graphs (each call on
-   its own copy of the weights): 16-bit weights, FP8 weight-only and the W8A8 split
-   forward at their dispatched configs, and the W8A8 one with staged_scales flipped
-   (where its loop reads the scales), rows 'decode' with each one's speed-up over the
-   16-bit weights.
+4. with --decode: each shape of --decode-shapes (DECODE_SHAPES; default the 1.3B preset)
+   at 1, 8, 32 and 64 tokens in CUDA graphs (each call on its own copy of the weights):
+   16-bit weights, FP8 weight-only and the W8A8 split forward at their dispatched
+   configs, and the W8A8 one at its unswapped heuristic (swap_ab = 0) and that with
+   staged_scales flipped (where its loop reads the scales), rows 'decode' with each
+   one's speed-up over the 16-bit weights.
 The first launch of each kernel is watched for a hang (an mbarrier deadlock never ends):
 a hang ends the run (exit 2). Exit 1 when a check fails, 0 otherwise. --json writes
 every row.

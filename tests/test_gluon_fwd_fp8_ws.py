@@ -703,6 +703,23 @@ GPU_CASES = [
 ]
 
 
+def _assert_matches_emulation_and_float64(got, spec, config, fp8_args, dense):
+    """`got`, the kernel's output on fp8_args (q, k8, u8, v8, r, scales) with `config`,
+    is within FP8_EMULATION_BAR of the emulation of its tiles and splits (whole tensor
+    only: its doc) and within the variant's bar of float64 on the dequantised weights
+    `dense`, per row too; returns that float64 output."""
+    q, k8, u8, v8, r, scales = fp8_args
+    emulated = flash_mhf_w8a8(
+        q, k8, u8, v8, r, scales, config.block_n, f8.emulated_splits(spec, config)
+    )
+    assert relative_error(got, emulated) <= FP8_EMULATION_BAR
+    want = flash_mhf(q.double(), *(w.double() for w in dense[1:4]), r.double())
+    bar = tolerance_for(registry.get(STEM), q.dtype, numel=want.numel())
+    assert relative_error(got, want) <= bar
+    assert row_error(got, want) <= ROW_FACTOR * bar
+    return want
+
+
 @pytest.mark.skipif(not GPU_SM90, reason="needs an sm90 (Hopper) CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: c.name)
@@ -716,14 +733,9 @@ def test_kernel_matches_the_emulation_on_a_gpu(case, dtype):
     got = f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config)
     torch.cuda.synchronize()
     assert got.dtype == dtype and got.shape == q.shape
-    emulated = flash_mhf_w8a8(
-        q, k8, u8, v8, r, scales, config.block_n, f8.emulated_splits(spec, config)
+    want = _assert_matches_emulation_and_float64(
+        got, spec, config, (q, k8, u8, v8, r, scales), dense
     )
-    assert relative_error(got, emulated) <= FP8_EMULATION_BAR  # whole tensor only (its doc)
-    want = flash_mhf(q.double(), *(w.double() for w in dense[1:4]), r.double())
-    bar = tolerance_for(registry.get(STEM), q.dtype, numel=want.numel())
-    assert relative_error(got, want) <= bar
-    assert row_error(got, want) <= ROW_FACTOR * bar
     # and through the op: the variant dispatch picks (this one unless a tuned winner of the
     # weight-only forward comes first) to its own bar
     import mhfgen
@@ -757,14 +769,7 @@ def test_swapped_decode_matches_the_emulation_on_a_gpu(case, dtype, swap):
     assert not f8.config_problems(spec, config)
     got = f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config)
     torch.cuda.synchronize()
-    emulated = flash_mhf_w8a8(
-        q, k8, u8, v8, r, scales, config.block_n, f8.emulated_splits(spec, config)
-    )
-    assert relative_error(got, emulated) <= FP8_EMULATION_BAR
-    want = flash_mhf(q.double(), *(w.double() for w in dense[1:4]), r.double())
-    bar = tolerance_for(registry.get(STEM), q.dtype, numel=want.numel())
-    assert relative_error(got, want) <= bar
-    assert row_error(got, want) <= ROW_FACTOR * bar
+    _assert_matches_emulation_and_float64(got, spec, config, (q, k8, u8, v8, r, scales), dense)
 
 
 def test_the_gpu_check_script_says_what_it_needs(monkeypatch, capsys):

@@ -173,7 +173,7 @@ class GpuTimer(_WorkloadTimer):
         self.label = (
             f"GPU {self._gpu}: do_bench median "
             f"({warmup_ms:g} ms warm-up, {rep_ms:g} ms of repeats, L2 flushed), "
-            f"Triton {triton.__version__}"
+            f"Triton {self._triton}"
         )
         self._pool, self._own_pool = pool, pool is None and jobs > 1
         if self._own_pool:
@@ -195,7 +195,7 @@ class GpuTimer(_WorkloadTimer):
     def label_for(self, kernel: str) -> str:
         if not self.workload.graph_timed(kernel):
             return super().label_for(kernel)
-        copies = len(self.workload.weight_sets())
+        copies = self.workload.weight_copies()
         return (
             f"GPU {self._gpu}: CUDA graph of {copies} "
             f"calls, each on its own copy of the weights, median of {self.graph_replays} "

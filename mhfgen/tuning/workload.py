@@ -160,20 +160,27 @@ class Workload:
             self.device.type == "cuda"
             and self.problem.tokens <= GRAPH_TOKENS
             and not registry.get(kernel).takes_grad
-            and self.pairing(kernel) is None
         )
 
-    def weight_sets(self) -> list[tuple[torch.Tensor, ...]]:
-        """Copies of the weight arguments (k, u, v[, scales]), the first the workload's
-        own, the others clones: mhfgen.graph_timing.rotation_copies of them, so that
-        calls taking them in turn read their weights from HBM (made on first use)."""
-        if self._weight_sets is None:
-            from ..graph_timing import rotation_copies
+    def _weights(self) -> tuple[torch.Tensor, ...]:
+        """The forward's weight arguments: (k, u, v), and the scales with FP8 weights."""
+        return (self.k, self.u, self.v) + (() if self.scales is None else (self.scales,))
 
-            own = (self.k, self.u, self.v) + (() if self.scales is None else (self.scales,))
-            nbytes = sum(t.numel() * t.element_size() for t in own)
-            copies = rotation_copies(nbytes)
-            self._weight_sets = [own] + [tuple(t.clone() for t in own) for _ in range(copies - 1)]
+    def weight_copies(self) -> int:
+        """How many copies of the weights weight_sets holds (allocating nothing):
+        mhfgen.graph_timing.rotation_copies of their bytes."""
+        from ..graph_timing import rotation_copies
+
+        return rotation_copies(sum(t.numel() * t.element_size() for t in self._weights()))
+
+    def weight_sets(self) -> list[tuple[torch.Tensor, ...]]:
+        """weight_copies() copies of the weight arguments, the first the workload's own,
+        the others clones, so that calls taking them in turn read their weights from HBM
+        (made on first use)."""
+        if self._weight_sets is None:
+            own = self._weights()
+            clones = [tuple(t.clone() for t in own) for _ in range(self.weight_copies() - 1)]
+            self._weight_sets = [own, *clones]
         return self._weight_sets
 
     def rotating_fns(self, kernel: str, config) -> list[Callable[[], object]]:

@@ -290,14 +290,20 @@ def default_config(
         splits = decode_splits(spec, base, tokens, sm_count)
         base = replace(base, inter_splits=splits, staged_scales=splits > 1)
         if swapped and splits > 1 and tokens <= SWAP_TOKENS:
-            swapped = swapped_decode_config(spec, tokens, sm_count)
-            if not config_problems(spec, swapped):
-                return swapped
+            config = swapped_decode_config(spec, tokens, sm_count)
+            if not config_problems(spec, config):
+                return config
+    return _ring_that_fits(spec, base) or replace(base, stages=3, consumers=1, group_heads=1)
+
+
+def _ring_that_fits(spec: KernelSpec, base: Fp8WsConfig) -> Fp8WsConfig | None:
+    """`base` with 4 ring slots, else 3, whichever config_problems accepts first; None
+    when neither fits."""
     for stages in (4, 3):
         candidate = replace(base, stages=stages)
         if not config_problems(spec, candidate):
             return candidate
-    return replace(base, stages=3, consumers=1, group_heads=1)
+    return None
 
 
 def swapped_decode_config(
@@ -314,11 +320,7 @@ def swapped_decode_config(
     )
     splits = max(2, decode_splits(spec, replace(base, inter_splits=2), tokens, sm_count))
     base = replace(base, inter_splits=min(splits, spec.intermediate // base.block_n))
-    for stages in (4, 3):
-        candidate = replace(base, stages=stages)
-        if not config_problems(spec, candidate):
-            return candidate
-    return replace(base, stages=3)
+    return _ring_that_fits(spec, base) or replace(base, stages=3)
 
 
 #: the decode heuristic swaps the operands up to this many tokens (default_config)
