@@ -755,18 +755,19 @@ SWAPPED_CASES = [c for c in GPU_CASES if c.name.startswith("decode")]
 
 
 @pytest.mark.skipif(not GPU_SM90, reason="needs an sm90 (Hopper) CUDA GPU")
-@pytest.mark.parametrize("swap", [16, 64])
+@pytest.mark.parametrize(("swap", "block_n"), [(16, 64), (16, 128), (64, 64)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", SWAPPED_CASES, ids=lambda c: c.name)
-def test_swapped_decode_matches_the_emulation_on_a_gpu(case, dtype, swap):
+def test_swapped_decode_matches_the_emulation_on_a_gpu(case, dtype, swap, block_n):
     """The swapped-operand decode schedule (swap_ab) computes what the emulation of its
-    splits does, and float64 within the FP8 bar."""
+    splits does, and float64 within the FP8 bar, with 64- and 128-row weight tiles (64
+    tokens a program with 128-row tiles needs 320 accumulator registers: refused)."""
     (q, k8, u8, v8, r, scales), dense = _fp8_case(case, dtype, "cuda")
     name = f"{str(dtype).removeprefix('torch.')}_e4m3"
     spec = KernelSpec(*(getattr(case, f) for f in SPEC_FIELDS), name, "sm90")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    config = f8.swapped_decode_config(spec, case.tokens, sms, swap)
-    assert not f8.config_problems(spec, config)
+    config = f8.swapped_decode_config(spec, case.tokens, sms, swap, block_n=block_n)
+    assert config.block_n == block_n and not f8.config_problems(spec, config)
     got = f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config)
     torch.cuda.synchronize()
     _assert_matches_emulation_and_float64(got, spec, config, (q, k8, u8, v8, r, scales), dense)

@@ -169,3 +169,39 @@ def test_the_fallback_parser_reads_every_space_file_like_tomllib():
     for kernel in KERNELS:
         text = registry.get(kernel).space_path().read_text()
         assert space_mod.parse_space_toml(text) == tomllib.loads(text)
+
+
+@pytest.mark.parametrize("kernel", registry.stems())
+def test_every_pair_of_a_spaces_values_is_a_finite_distance_apart(kernel):
+    """The tuner repairs an invalid proposal with the nearest valid config
+    (study.config_distance); every value of every searched field, zeros included (swap_ab
+    = 0), must give a finite, symmetric distance that is zero only between equals."""
+    from mhfgen.tuning.study import config_distance
+
+    variant = registry.get(kernel)
+    for target in ("sm90", "interpreter"):
+        try:
+            space = load_space(kernel, target)
+        except (FileNotFoundError, SpaceError):
+            continue
+        base = variant.Config()
+        for name, values in space.choices(SM90).items():
+            configs = []
+            for value in values:
+                try:
+                    configs.append(dataclasses.replace(base, **{name: value}))
+                except ValueError:
+                    continue
+            for a in configs:
+                for b in configs:
+                    d = config_distance(a, b)
+                    assert d == config_distance(b, a) and 0 <= d < float("inf"), (name, a, b)
+                    assert (d == 0) == (getattr(a, name) == getattr(b, name)), name
+
+
+def test_a_switched_off_knob_is_one_step_from_one():
+    from mhfgen.tuning.study import _number_distance
+
+    assert _number_distance(0, 1) == 1 and _number_distance(0, 16) == 5
+    assert _number_distance(16, 0) == 5 and _number_distance(0, 0) == 0
+    assert _number_distance(2, 8) == 2

@@ -255,8 +255,8 @@ def redact(url: str) -> str:
 
 
 def config_distance(a, b) -> float:
-    """Sum over fields of |log2 a - log2 b| (numbers) or 0/1 (strings, flags); configs of
-    two types are infinitely far apart."""
+    """Sum over fields of the numbers' distance (_number_distance) or 0/1 (strings,
+    flags); configs of two types are infinitely far apart."""
     if type(a) is not type(b):
         return math.inf
     total = 0.0
@@ -265,8 +265,19 @@ def config_distance(a, b) -> float:
         if isinstance(x, (str, bool)):
             total += x != y
         else:
-            total += abs(math.log2(x) - math.log2(y))
+            total += _number_distance(x, y)
     return total
+
+
+def _number_distance(x: float, y: float) -> float:
+    """|log2 x - log2 y| for positive numbers. A zero is a switched-off knob (swap_ab = 0,
+    no token splits): one step from 1, and one step more for each doubling past it, so
+    0 -> 16 is 5."""
+    if x > 0 and y > 0:
+        return abs(math.log2(x) - math.log2(y))
+    if x == y:
+        return 0.0
+    return 1.0 + abs(math.log2(max(abs(x), abs(y))))
 
 
 class _ForcingSampler(BaseSampler):
