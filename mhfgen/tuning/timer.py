@@ -195,11 +195,14 @@ class GpuTimer(_WorkloadTimer):
     def label_for(self, kernel: str) -> str:
         if not self.workload.graph_timed(kernel):
             return super().label_for(kernel)
+        from ..graph_timing import WARMUP_MS
+
         copies = self.workload.weight_copies()
         return (
             f"GPU {self._gpu}: CUDA graph of {copies} "
             f"calls, each on its own copy of the weights, median of {self.graph_replays} "
-            f"replays per call, Triton {self._triton}"
+            f"replays per call after {WARMUP_MS:g} ms of untimed replays, "
+            f"Triton {self._triton}"
         )
 
     def _graph_ms(self, candidate: Candidate) -> float:
