@@ -110,8 +110,10 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
                     decode schedule: the weight rows are the wgmma's M and the tokens its
                     N (scores S^T = K8 q8^T, output O^T = V8^T p8^T), so a tile's
                     element-wise work is block_n x swap_ab values instead of 64 x block_n.
-                    It takes the split reduction, staged scales, one 4-warp consumer and
-                    the defaults of the other schedule fields.
+                    It takes the split reduction, staged scales, 4-warp consumers (one,
+                    or two sharing each weight tile: two heads of a kv group with
+                    group_heads = 2, else two token blocks) and the defaults of the
+                    other schedule fields.
     """
 
     variant = KERNEL
@@ -215,14 +217,13 @@ def config_problems(spec: KernelSpec, config: Fp8WsConfig) -> list[str]:
     if config.swap_ab and (
         config.inter_splits == 1
         or not config.staged_scales
-        or (config.consumers, config.consumer_warps, config.group_heads) != (1, 4, 1)
+        or config.consumer_warps != 4
         or config.joint_scores
         or config.p_operand != "shared"
     ):
         problems.append(
             "swap_ab (the swapped-operand decode schedule) takes inter_splits > 1, "
-            "staged_scales, one 4-warp consumer (group_heads 1), separate scores and "
-            "p_operand='shared'"
+            "staged_scales, 4-warp consumers, separate scores and p_operand='shared'"
         )
     problems += _gluon.forward_resource_problems(spec, config, shared_memory(spec, config))
     return problems
@@ -307,16 +308,27 @@ def _ring_that_fits(spec: KernelSpec, base: Fp8WsConfig) -> Fp8WsConfig | None:
 
 
 def swapped_decode_config(
-    spec: KernelSpec, tokens: int, sm_count: int, swap: int = 16, block_n: int | None = None
+    spec: KernelSpec,
+    tokens: int,
+    sm_count: int,
+    swap: int = 16,
+    block_n: int | None = None,
+    consumers: int = 1,
 ) -> Fp8WsConfig:
-    """The swapped-operand decode schedule with `swap` tokens per program (swap_ab): one
-    4-warp consumer, staged scales, `block_n`-row weight tiles (default 128 where they
-    divide expert_dim, else 64), the splits that fill one wave (decode_splits, at least
-    2), 4 ring slots (3 where 4 do not fit)."""
+    """The swapped-operand decode schedule with `swap` tokens per consumer (swap_ab):
+    `consumers` 4-warp consumers sharing each weight tile (two: two heads of a kv group
+    where H / Hkv is even, else two token blocks), staged scales, `block_n`-row weight
+    tiles (default 128 where they divide expert_dim, else 64), the splits that fill one
+    wave (decode_splits, at least 2), 4 ring slots (3 where 4 do not fit)."""
     if block_n is None:
         block_n = 128 if spec.expert_dim % 128 == 0 else 64
+    heads = 2 if consumers == 2 and spec.group % 2 == 0 else 1
     base = Fp8WsConfig(
-        block_n=block_n, consumers=1, group_heads=1, staged_scales=True, swap_ab=swap
+        block_n=block_n,
+        consumers=consumers,
+        group_heads=heads,
+        staged_scales=True,
+        swap_ab=swap,
     )
     splits = max(2, decode_splits(spec, replace(base, inter_splits=2), tokens, sm_count))
     base = replace(base, inter_splits=min(splits, spec.intermediate // base.block_n))
