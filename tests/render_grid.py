@@ -71,6 +71,7 @@ GLUON_FIELDS: dict[str, dict[str, tuple]] = {
         "inter_splits": (1, 8),
         "staged_scales": (False, True),
         "swap_ab": (0, 16),
+        "reduce_unroll": (1, 8),
     },
     "flash_mhf_bwd_dq_ws": {
         "sigmoid": ("tanh", "exp"),

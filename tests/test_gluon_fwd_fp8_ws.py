@@ -63,7 +63,9 @@ FAMILIES = {
     "split": f8.Fp8WsConfig(consumers=1, inter_splits=8),
     "staged": f8.Fp8WsConfig(staged_scales=True),
     "split-staged": f8.Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True),
-    "swapped-16": f8.Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True, swap_ab=16),
+    "swapped-16": f8.Fp8WsConfig(
+        consumers=1, inter_splits=8, staged_scales=True, swap_ab=16, reduce_unroll=8
+    ),
     "swapped-64": f8.Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True, swap_ab=64),
     "swapped-kv-group": f8.Fp8WsConfig(
         group_heads=2, stages=3, inter_splits=8, staged_scales=True, swap_ab=16

@@ -68,6 +68,13 @@ KERNEL = "flash_mhf_fwd_fp8_ws"
 TEMPLATE = f"{KERNEL}.py.jinja"
 DTYPES = ("bfloat16_e4m3", "float16_e4m3")
 HEAD_DIMS = (64, 128)
+#: partial loads the split reduction issues at once (reduce_unroll); the heuristic takes
+#: the largest that reduce_fits accepts
+REDUCE_UNROLLS = (1, 2, 4, 8)
+#: (reduce_unroll + 2) x a thread's partial values (the loads in flight, the sum and the
+#: partial) at most this many registers: past it the sm90 compiles spilled (swap_ab = 32
+#: with 8 loads, the unswapped 64-row partial with 2)
+REDUCE_REGISTERS = 192
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,10 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
                     would leave most SMs idle); each writes an fp32 partial to a workspace
                     and the last of them sums the partials in split order, in the same
                     launch (deterministic; no host work, so CUDA graphs capture it).
+    reduce_unroll:  with inter_splits, the last program of a work tile loads this many
+                    splits' partials at once (1, 4 or 8), then adds them in split order
+                    (the sum and its order are the same; with 1 each load waits for the
+                    previous add).
     swap_ab:        0, or the tokens per program (16, 32 or 64) of the swapped-operand
                     decode schedule: the weight rows are the wgmma's M and the tokens its
                     N (scores S^T = K8 q8^T, output O^T = V8^T p8^T), so a tile's
@@ -133,6 +144,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     inter_splits: int = 1
     staged_scales: bool = False
     swap_ab: int = 0
+    reduce_unroll: int = 1
 
     #: fields added after configs of this variant were stored: a stored config without
     #: them means these values
@@ -142,6 +154,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         "inter_splits": 1,
         "staged_scales": False,
         "swap_ab": 0,
+        "reduce_unroll": 1,
     }
 
     choices = dict(
@@ -155,6 +168,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         inter_splits=range(1, 129),
         staged_scales=(False, True),
         swap_ab=(0, 16, 32, 64),
+        reduce_unroll=REDUCE_UNROLLS,
     )
 
     @property
@@ -166,6 +180,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     def describe(self) -> str:
         text = super().describe() + (" p-regs" if self.p_operand == "registers" else "")
         text += f" split{self.inter_splits}" if self.inter_splits > 1 else ""
+        text += f" ru{self.reduce_unroll}" if self.reduce_unroll > 1 else ""
         text += " staged" if self.staged_scales else ""
         return text + (f" swap{self.swap_ab}" if self.swap_ab else "")
 
@@ -213,6 +228,13 @@ def config_problems(spec: KernelSpec, config: Fp8WsConfig) -> list[str]:
             "the split reduction (a decode schedule) takes p_operand='shared', no pingpong "
             "and one tile per iteration (the others' shared-memory scratch beside it is not "
             "modelled)"
+        )
+    if config.reduce_unroll > 1 and config.inter_splits == 1:
+        problems.append("reduce_unroll applies to the split reduction (inter_splits > 1)")
+    elif not reduce_fits(spec, config):
+        problems.append(
+            f"reduce_unroll={config.reduce_unroll} holds {reduce_registers(spec, config):g} "
+            f"partial values a thread (> {REDUCE_REGISTERS}): the loads would spill"
         )
     if config.swap_ab and (
         config.inter_splits == 1
@@ -289,12 +311,32 @@ def default_config(
         base = Fp8WsConfig(consumers=heads, group_heads=heads)
     if sm_count and tokens > 0:
         splits = decode_splits(spec, base, tokens, sm_count)
-        base = replace(base, inter_splits=splits, staged_scales=splits > 1)
+        base = widest_reduce(spec, replace(base, inter_splits=splits, staged_scales=splits > 1))
         if swapped and splits > 1 and tokens <= SWAP_TOKENS:
             config = swapped_decode_config(spec, tokens, sm_count)
             if not config_problems(spec, config):
                 return config
     return _ring_that_fits(spec, base) or replace(base, stages=3, consumers=1, group_heads=1)
+
+
+def reduce_registers(spec: KernelSpec, config: Fp8WsConfig) -> float:
+    """Registers a consumer thread's split reduction holds: (reduce_unroll + 2) x its
+    share of the BLOCK_M x D partial."""
+    values = config.block_m * spec.head_dim / (32 * config.consumer_warps)
+    return (config.reduce_unroll + 2) * values
+
+
+def reduce_fits(spec: KernelSpec, config: Fp8WsConfig) -> bool:
+    """Whether the split reduction's unrolled loads fit REDUCE_REGISTERS (always with 1)."""
+    return config.reduce_unroll == 1 or reduce_registers(spec, config) <= REDUCE_REGISTERS
+
+
+def widest_reduce(spec: KernelSpec, config: Fp8WsConfig) -> Fp8WsConfig:
+    """`config` with the largest reduce_unroll that fits (1 without a split)."""
+    if config.inter_splits == 1:
+        return replace(config, reduce_unroll=1)
+    fitting = [n for n in REDUCE_UNROLLS if reduce_fits(spec, replace(config, reduce_unroll=n))]
+    return replace(config, reduce_unroll=fitting[-1])
 
 
 def _ring_that_fits(spec: KernelSpec, base: Fp8WsConfig) -> Fp8WsConfig | None:
@@ -332,6 +374,7 @@ def swapped_decode_config(
     )
     splits = max(2, decode_splits(spec, replace(base, inter_splits=2), tokens, sm_count))
     base = replace(base, inter_splits=min(splits, spec.intermediate // base.block_n))
+    base = widest_reduce(spec, base)
     return _ring_that_fits(spec, base) or replace(base, stages=3)
 
 
@@ -387,6 +430,7 @@ def static_params(spec: KernelSpec, config: Fp8WsConfig) -> dict:
         **({"inter_split": True} if config.inter_splits > 1 else {}),
         **({"staged_scales": True} if config.staged_scales else {}),
         **({"swap_ab": True} if config.swap_ab else {}),
+        **({"reduce_unroll": config.reduce_unroll} if config.reduce_unroll > 1 else {}),
     }
 
 
