@@ -762,20 +762,25 @@ SWAPPED_CASES = [c for c in GPU_CASES if c.name.startswith("decode")]
 
 @pytest.mark.skipif(not GPU_SM90, reason="needs an sm90 (Hopper) CUDA GPU")
 @pytest.mark.parametrize(
-    ("swap", "block_n", "consumers"), [(16, 64, 1), (16, 128, 1), (64, 64, 1), (16, 64, 2)]
+    ("swap", "block_n", "consumers", "reduce_unroll"),
+    [(16, 64, 1, 1), (16, 128, 1, 1), (64, 64, 1, 1), (16, 128, 1, 8), (16, 64, 2, 8)],
 )
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", SWAPPED_CASES, ids=lambda c: c.name)
-def test_swapped_decode_matches_the_emulation_on_a_gpu(case, dtype, swap, block_n, consumers):
+def test_swapped_decode_matches_the_emulation_on_a_gpu(
+    case, dtype, swap, block_n, consumers, reduce_unroll
+):
     """The swapped-operand decode schedule (swap_ab) computes what the emulation of its
     splits does, and float64 within the FP8 bar, with 64- and 128-row weight tiles (64
     tokens a consumer with 128-row tiles needs 320 accumulator registers: refused) and
-    with two consumers sharing each tile (two heads of a kv group, or two token blocks)."""
+    with two consumers sharing each tile (two heads of a kv group, or two token blocks), and
+    with the split reduction's partial loads issued 8 at a time."""
     (q, k8, u8, v8, r, scales), dense = _fp8_case(case, dtype, "cuda")
     name = f"{str(dtype).removeprefix('torch.')}_e4m3"
     spec = KernelSpec(*(getattr(case, f) for f in SPEC_FIELDS), name, "sm90")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     config = f8.swapped_decode_config(spec, case.tokens, sms, swap, block_n, consumers)
+    config = dataclasses.replace(config, reduce_unroll=reduce_unroll)
     assert config.block_n == block_n and not f8.config_problems(spec, config)
     assert config.group_heads == (2 if consumers == 2 and spec.group % 2 == 0 else 1)
     got = f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config)

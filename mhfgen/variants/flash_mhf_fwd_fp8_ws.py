@@ -68,8 +68,8 @@ KERNEL = "flash_mhf_fwd_fp8_ws"
 TEMPLATE = f"{KERNEL}.py.jinja"
 DTYPES = ("bfloat16_e4m3", "float16_e4m3")
 HEAD_DIMS = (64, 128)
-#: partial loads the split reduction issues at once (reduce_unroll); the heuristic takes
-#: the largest that reduce_fits accepts
+#: partial loads the split reduction issues at once (reduce_unroll; the tuner searches
+#: it, the heuristic keeps 1)
 REDUCE_UNROLLS = (1, 2, 4, 8)
 #: (reduce_unroll + 2) x a thread's partial values (the loads in flight, the sum and the
 #: partial) at most this many registers: past it the sm90 compiles spilled (swap_ab = 32
@@ -311,7 +311,7 @@ def default_config(
         base = Fp8WsConfig(consumers=heads, group_heads=heads)
     if sm_count and tokens > 0:
         splits = decode_splits(spec, base, tokens, sm_count)
-        base = widest_reduce(spec, replace(base, inter_splits=splits, staged_scales=splits > 1))
+        base = replace(base, inter_splits=splits, staged_scales=splits > 1)
         if swapped and splits > 1 and tokens <= SWAP_TOKENS:
             config = swapped_decode_config(spec, tokens, sm_count)
             if not config_problems(spec, config):
@@ -329,14 +329,6 @@ def reduce_registers(spec: KernelSpec, config: Fp8WsConfig) -> float:
 def reduce_fits(spec: KernelSpec, config: Fp8WsConfig) -> bool:
     """Whether the split reduction's unrolled loads fit REDUCE_REGISTERS (always with 1)."""
     return config.reduce_unroll == 1 or reduce_registers(spec, config) <= REDUCE_REGISTERS
-
-
-def widest_reduce(spec: KernelSpec, config: Fp8WsConfig) -> Fp8WsConfig:
-    """`config` with the largest reduce_unroll that fits (1 without a split)."""
-    if config.inter_splits == 1:
-        return replace(config, reduce_unroll=1)
-    fitting = [n for n in REDUCE_UNROLLS if reduce_fits(spec, replace(config, reduce_unroll=n))]
-    return replace(config, reduce_unroll=fitting[-1])
 
 
 def _ring_that_fits(spec: KernelSpec, base: Fp8WsConfig) -> Fp8WsConfig | None:
@@ -374,7 +366,6 @@ def swapped_decode_config(
     )
     splits = max(2, decode_splits(spec, replace(base, inter_splits=2), tokens, sm_count))
     base = replace(base, inter_splits=min(splits, spec.intermediate // base.block_n))
-    base = widest_reduce(spec, base)
     return _ring_that_fits(spec, base) or replace(base, stages=3)
 
 
