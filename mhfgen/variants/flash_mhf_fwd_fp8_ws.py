@@ -114,7 +114,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
                     and the last of them sums the partials in split order, in the same
                     launch (deterministic; no host work, so CUDA graphs capture it).
     reduce_unroll:  with inter_splits, the last program of a work tile loads this many
-                    splits' partials at once (1, 4 or 8), then adds them in split order
+                    splits' partials at once (1, 2, 4 or 8), then adds them in split order
                     (the sum and its order are the same; with 1 each load waits for the
                     previous add).
     swap_ab:        0, or the tokens per program (16, 32 or 64) of the swapped-operand
