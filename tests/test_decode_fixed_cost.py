@@ -1,21 +1,12 @@
 """benchmarks/decode_fixed_cost.py: its line fit, and what it says without a GPU."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
+from benchmark_scripts import load_benchmark
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "decode_fixed_cost", ROOT / "benchmarks" / "decode_fixed_cost.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("decode_fixed_cost")
 
 
 def test_the_fit_recovers_a_line():

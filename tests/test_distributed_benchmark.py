@@ -4,7 +4,6 @@ on the GPU runs here, on the device each rank chose. The compiled checks (--no-c
 here) call lm_step_parity(compiled=True), which tests/test_distributed_training.py runs.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from benchmark_scripts import load_benchmark
 
 from mhfgen import FlashMHF
 from mhfgen.lm.model import CausalLM
@@ -70,13 +70,7 @@ def test_distributed_script_on_cpu_ranks(tmp_path):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "distributed_h200x2", ROOT / "benchmarks" / "distributed_h200x2.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("distributed_h200x2")
 
 
 def test_gpu_sizes_are_valid_for_two_ranks():

@@ -1,22 +1,17 @@
 """benchmarks/kernel_limits.py: its help, its refusal where nothing is stored, and its grid
 sizes against the launchers' own."""
 
-import importlib.util
 import math
-from pathlib import Path
+
+from benchmark_scripts import load_benchmark
 
 from mhfgen.spec import KernelSpec
 from mhfgen.variants import flash_mhf_bwd_dkv_ws as dkv
 from mhfgen.variants import flash_mhf_fwd_ws as fwd
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_limits.py"
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("kernel_limits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("kernel_limits")
 
 
 def test_help_and_no_winners(capsys):

@@ -1,22 +1,17 @@
 """docs/PERFORMANCE.md's tables are rendered from benchmarks/results/*.json: the document
 cannot drift from the results files, and the results files follow their format."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _renderer():
-    spec = importlib.util.spec_from_file_location(
-        "render_performance", REPO / "benchmarks" / "render_performance.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("render_performance")
 
 
 def test_the_rendered_sections_match_the_results_files():

@@ -1,26 +1,13 @@
 """The H200 figure scripts run end to end on the CPU (--cpu-smoke), so they do not rot
 between GPU runs; their numbers here mean nothing and say so."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import mhfgen  # noqa: F401 - first: switches Triton's interpreter on
 
 # isort: split
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
+from benchmark_scripts import load_benchmark
 
 pytestmark = pytest.mark.usefixtures("fresh_dispatch")
 
@@ -28,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("fresh_dispatch")
 def test_dispatch_overhead_smoke(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MHFGEN_DB", str(tmp_path / "user.sqlite"))  # the script replaces it
     out_json = tmp_path / "d.json"
-    assert _load("dispatch_overhead").main(["--cpu-smoke", "--json", str(out_json)]) == 0
+    assert load_benchmark("dispatch_overhead").main(["--cpu-smoke", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
     assert "NOT GPU timings" in out
     assert "| bare launch: kernel[grid](...) (JITFunction.run) |" in out
@@ -40,7 +27,7 @@ def test_dispatch_overhead_smoke(tmp_path, capsys, monkeypatch):
 
 
 def test_tuning_figures_suite_smoke(tmp_path, capsys):
-    figures = _load("tuning_figures")
+    figures = load_benchmark("tuning_figures")
     assert figures.main([str(tmp_path), "--cpu-smoke", "--part", "suite", "--shapes", "2"]) == 0
     summary = (tmp_path / "summary.md").read_text()
     assert "NOT GPU timings" in summary and "smoke-B" in summary
@@ -55,7 +42,7 @@ def test_grid_spread_sets_the_default_against_the_recorded_grid(tmp_path):
 
     from mhfgen.registry import default_config
 
-    figures = _load("tuning_figures")
+    figures = load_benchmark("tuning_figures")
     shape = figures.SUITE[0]
     gpu = {"target": "sm90", "sm_count": 132}
     default = default_config("flash_mhf_fwd", shape.problem("sm90").spec, shape.tokens, 132)
@@ -87,6 +74,6 @@ def test_grid_spread_sets_the_default_against_the_recorded_grid(tmp_path):
 
 
 def test_layer_check_smoke(capsys):
-    assert _load("layer_check").main(["--cpu-smoke"]) == 0
+    assert load_benchmark("layer_check").main(["--cpu-smoke"]) == 0
     out = capsys.readouterr().out
     assert "INTERPRETER SMOKE RUN" in out and "verdict: PASS" in out and "d router" in out
