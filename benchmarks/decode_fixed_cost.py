@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import mhfgen  # noqa: F401  (first: switches Triton's interpreter on where there is no GPU)
@@ -58,13 +60,8 @@ def launch_floor_us(device) -> float:
 
 def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     """Least-squares (intercept, slope) of y over x for points (x, y)."""
-    n = len(points)
-    sx = sum(x for x, _ in points)
-    sy = sum(y for _, y in points)
-    sxx = sum(x * x for x, _ in points)
-    sxy = sum(x * y for x, y in points)
-    slope = (n * sxy - sx * sy) / (n * sxx - sx * sx)
-    return (sy - slope * sx) / n, slope
+    slope, intercept = statistics.linear_regression(*zip(*points))
+    return intercept, slope
 
 
 def main(argv=None) -> int:
@@ -92,7 +89,7 @@ def main(argv=None) -> int:
                 spec = KernelSpec(HEADS, HEADS, HEAD_DIM, e, EXPERT_DIM, "bfloat16", "sm90")
                 row = measure(f"E={e}", spec, tokens, weights, device, copy_bps)
                 line.append((row.weight_bytes / 1e6, row.us))
-                points.append({**row.__dict__, "experts": e})
+                points.append({**asdict(row), "experts": e})
                 print(
                     f"{weights:5} T={tokens:<3} E={e:<3} {row.weight_bytes / 1e6:7.1f} MB "
                     f"{row.us:8.2f} us  {row.of_copy:6.1%} of copy  {row.config}",
