@@ -68,3 +68,30 @@ def test_decode_fp8_takes_one_row_block_and_leaves_pdl_to_the_tuner():
 )
 def test_pick_block_n(de, preferred, want):
     assert pick_block_n(de, preferred) == want
+
+
+def test_split_reduction_reads_are_bounded_with_grouped_heads():
+    # 1.3B with 4 kv heads: 32 tokens are 128 (token, head) rows, past the decode tiles;
+    # 128-row blocks with a wave of splits would leave one program reading 2.1 MB alone
+    from mhfgen.variants.flash_mhf_fwd import REDUCE_BYTES, reduce_bytes
+
+    spec = KernelSpec(16, 4, 128, 22, 256, "bfloat16", "sm90")
+    for tokens in (1, 8, 16, 32, 64):
+        config = default_config("flash_mhf_fwd", spec, tokens, 132)
+        rows = tokens * spec.group
+        assert reduce_bytes(spec, rows, config.block_m, config.inter_splits) <= REDUCE_BYTES
+        assert config.inter_splits > 1, tokens  # still a wave of programs
+        programs = -(-rows // config.block_m) * spec.kv_heads * config.inter_splits
+        assert programs >= 132 // 2, (tokens, config)
+    assert reduce_bytes(spec, 128, 128, 33) == 33 * 128 * 128 * 4
+
+
+def test_decode_tiles_without_grouped_heads_keep_their_measured_configs():
+    # the H100 sweep's choices at 1, 8 and 64 tokens (docs/PERFORMANCE.md, "Decode")
+    spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
+    got = [default_config("flash_mhf_fwd", spec, t, 132) for t in (1, 8, 64)]
+    assert [(c.block_m, c.block_n, c.inter_splits, c.reduce_unroll) for c in got] == [
+        (16, 64, 8, 8),
+        (16, 64, 8, 8),
+        (16, 64, 4, 8),
+    ]

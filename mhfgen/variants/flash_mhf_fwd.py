@@ -175,6 +175,10 @@ UNROLL_FACTORS = (1, 2, 4)
 REDUCE_UNROLLS = (1, 4, 8)
 #: (token, head) rows up to which the heuristic takes the decode tiles: 16-row blocks
 DECODE_ROWS = 64
+#: fp32 partial bytes that the last program of a row block reads alone in the split
+#: reduction (splits x rows of the block x head_dim x 4), beyond which the heuristic
+#: takes smaller row blocks (16-bit weights; see reduce_bytes)
+REDUCE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,18 @@ def pdl_params(spec: KernelSpec, config: Config) -> dict:
     line_elems = LINE_BYTES // spec.weight_torch_dtype.itemsize
     lines = pow2_ceil(cdiv(rows * spec.head_dim, line_elems))
     return dict(pdl_rows=rows, pdl_lines=lines, pdl_line_elems=line_elems)
+
+
+def reduce_bytes(spec: KernelSpec, rows: int, block_m: int, splits: int) -> int:
+    """Bytes of fp32 partials the last program of a row block reads in the split
+    reduction: splits x min(block_m, rows) x head_dim x 4 (0 without splits). One SM reads
+    them while the rest of the GPU has finished, so they add to every call's time: on an
+    H100, 1.3B with 4 kv heads (16-bit), 128-row blocks with 33 splits (2.1 MB) took
+    43.9 us at 32 tokens against 16.7 us at 8 tokens (16-row blocks, 32 splits, 256 KiB),
+    about 64 GB/s for that one program (docs/PERFORMANCE.md)."""
+    if splits <= 1:
+        return 0
+    return splits * min(block_m, rows) * spec.head_dim * 4
 
 
 class FlashMhfFwd(_triton.TritonVariant):
@@ -288,7 +304,12 @@ class FlashMhfFwd(_triton.TritonVariant):
         two waves' worth of splits (22.5 against 30.3 us at 1 token) and all of a kv
         group's rows in one block, so that each tile is converted once (at 64 tokens
         50 us against 63 for 16-row blocks); and 8 unrolled reduction loads in every one
-        of them."""
+        of them.
+
+        Past DECODE_ROWS rows with few tokens (grouped heads: 32 tokens of 4 heads a kv
+        head are 128 rows), 16-bit weights take the largest row block whose split
+        reduction reads at most REDUCE_BYTES (reduce_bytes): the start's 128-row blocks
+        with a wave of splits read 2.1 MB there, one program alone at the end."""
         heads = spec.group
         rows = tokens * heads
         tiles = _triton.start_tiles(self, spec, rows)
@@ -299,18 +320,34 @@ class FlashMhfFwd(_triton.TritonVariant):
                 tiles["block_n"] = _triton.pick_block_n(spec.expert_dim, 32)
                 # one row block per kv group: each FP8 tile is converted once
                 tiles["block_m"] = _triton.rows_block(rows, DECODE_ROWS)
-        bn = tiles["block_n"]
-        programs = cdiv(rows, tiles["block_m"]) * (spec.heads // heads)
-        units = split_units(spec, bn)
-        splits, unroll = 1, 1
-        if spec.target != INTERPRETER and 2 * programs <= sm_count:
-            # few tokens (decode): split the intermediate dimension to fill the GPU with
-            # one wave of programs (a second, partial wave would leave most SMs idle)
-            waves = 2 if decode and (spec.fp8_weights or rows > 16) else 1
-            splits = max(1, min(units, waves * (sm_count // programs)))
-            unroll = REDUCE_UNROLLS[-1] if splits > 1 else 1
+        units = split_units(spec, tiles["block_n"])
+        waves = 2 if decode and (spec.fp8_weights or rows > 16) else 1
+        splits = self._splits(spec, rows, tiles["block_m"], units, waves, sm_count)
+        # 16-bit weights: halve the row blocks (more of them, fewer splits each) while the
+        # reduction's serial read exceeds REDUCE_BYTES; FP8 keeps a kv group's rows in
+        # one block, each tile converted once (a sweep chose that over 16-row blocks)
+        while (
+            not spec.fp8_weights
+            and tiles["block_m"] > 16
+            and reduce_bytes(spec, rows, tiles["block_m"], splits) > REDUCE_BYTES
+        ):
+            block_m = tiles["block_m"] // 2
+            tiles.update(block_m=block_m, num_warps=4 if block_m < 64 else tiles["num_warps"])
+            splits = self._splits(spec, rows, tiles["block_m"], units, waves, sm_count)
+        unroll = REDUCE_UNROLLS[-1] if splits > 1 else 1
         config = Config(**tiles, group_heads=heads, inter_splits=splits, reduce_unroll=unroll)
         return _triton.shrink_to_fit(self, spec, config)
+
+    def _splits(
+        self, spec: KernelSpec, rows: int, block_m: int, units: int, waves: int, sm_count: int
+    ) -> int:
+        """inter_splits of the heuristic: where the row blocks fill at most half the SMs
+        (few tokens, on a GPU), enough to fill `waves` waves of programs (a partial wave
+        would leave most SMs idle), at most one per intermediate tile; else 1."""
+        programs = cdiv(rows, block_m) * (spec.heads // spec.group)
+        if spec.target == INTERPRETER or 2 * programs > sm_count:
+            return 1
+        return max(1, min(units, waves * (sm_count // programs)))
 
     def supports(self, spec: KernelSpec, tokens: int | None) -> str | None:
         if spec.fp8_weights and not fp8_target(spec.target):
