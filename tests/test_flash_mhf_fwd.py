@@ -112,3 +112,27 @@ def test_pdl_is_refused_off_hopper():
         spec = KernelSpec(2, 2, 64, 2, 64, "float16", target)
         with pytest.raises(ValueError, match="pdl=True .* needs an sm90"):
             config.check_for(spec)
+
+
+def test_the_gpu_heuristic_past_the_decode_rows_matches_the_reference():
+    """32 tokens of 4 query heads per kv head are 128 rows: on an sm90 GPU the heuristic
+    halves its row blocks until the split reduction's serial read is bounded (rather than
+    one 128-row block per kv head with a wave of splits). That config, run here in the
+    interpreter, against float64."""
+    from cases import Case
+
+    from mhfgen.registry import default_config
+    from mhfgen.spec import KernelSpec
+    from mhfgen.variants.flash_mhf_fwd import REDUCE_BYTES, reduce_bytes
+
+    case = Case(
+        "L32_gqa4", batch=1, seqlen=32, heads=8, kv_heads=2, head_dim=128, experts=8, expert_dim=256
+    )
+    spec = KernelSpec(8, 2, 128, 8, 256, "float32", "sm90")
+    config = default_config("flash_mhf_fwd", spec, 32, 132)
+    rows = 32 * spec.group
+    assert config.block_m < 128 and config.group_heads == 4 and config.inter_splits > 1
+    assert reduce_bytes(spec, rows, config.block_m, config.inter_splits) <= REDUCE_BYTES
+    (q, k, u, v, r, _), ref = inputs_and_reference(case, torch.float32)
+    o = run_poisoned(flash_mhf_fwd, q, k, u, v, r, config)
+    assert_close("o", o, ref["o"], torch.float32, case)
