@@ -70,16 +70,18 @@ def test_pick_block_n(de, preferred, want):
     assert pick_block_n(de, preferred) == want
 
 
-def test_split_reduction_reads_are_bounded_with_grouped_heads():
+@pytest.mark.parametrize("dtype", ["bfloat16", "bfloat16_e4m3"])
+def test_split_reduction_reads_are_bounded_with_grouped_heads(dtype):
     # 1.3B with 4 kv heads: 32 tokens are 128 (token, head) rows, past the decode tiles;
     # 128-row blocks with a wave of splits would leave one program reading 2.1 MB alone
-    from mhfgen.variants.flash_mhf_fwd import REDUCE_BYTES, reduce_bytes
+    from mhfgen.variants.flash_mhf_fwd import FP8_REDUCE_BYTES, REDUCE_BYTES, reduce_bytes
 
-    spec = KernelSpec(16, 4, 128, 22, 256, "bfloat16", "sm90")
+    spec = KernelSpec(16, 4, 128, 22, 256, dtype, "sm90")
+    limit = FP8_REDUCE_BYTES if spec.fp8_weights else REDUCE_BYTES
     for tokens in (1, 8, 16, 32, 64):
         config = default_config("flash_mhf_fwd", spec, tokens, 132)
         rows = tokens * spec.group
-        assert reduce_bytes(spec, rows, config.block_m, config.inter_splits) <= REDUCE_BYTES
+        assert reduce_bytes(spec, rows, config.block_m, config.inter_splits) <= limit
         assert config.inter_splits > 1, tokens  # still a wave of programs
         programs = -(-rows // config.block_m) * spec.kv_heads * config.inter_splits
         assert programs >= 132 // 2, (tokens, config)

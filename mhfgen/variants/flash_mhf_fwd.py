@@ -177,8 +177,12 @@ REDUCE_UNROLLS = (1, 4, 8)
 DECODE_ROWS = 64
 #: fp32 partial bytes that the last program of a row block reads alone in the split
 #: reduction (splits x rows of the block x head_dim x 4), beyond which the heuristic
-#: takes smaller row blocks (16-bit weights; see reduce_bytes)
+#: takes smaller row blocks (see reduce_bytes)
 REDUCE_BYTES = 256 * 1024
+#: the same with FP8 weights, where a smaller block converts each FP8 tile more often:
+#: twice as much, which keeps the sweep's 64-token choice (64-row blocks, 16 splits,
+#: 512 KiB: 50 us against 63 for 16-row blocks on an H100)
+FP8_REDUCE_BYTES = 2 * REDUCE_BYTES
 
 
 @dataclass(frozen=True)
@@ -306,10 +310,11 @@ class FlashMhfFwd(_triton.TritonVariant):
         50 us against 63 for 16-row blocks); and 8 unrolled reduction loads in every one
         of them.
 
-        Past DECODE_ROWS rows with few tokens (grouped heads: 32 tokens of 4 heads a kv
-        head are 128 rows), 16-bit weights take the largest row block whose split
-        reduction reads at most REDUCE_BYTES (reduce_bytes): the start's 128-row blocks
-        with a wave of splits read 2.1 MB there, one program alone at the end."""
+        Every split config then takes the largest row block whose split reduction reads
+        at most REDUCE_BYTES (FP8_REDUCE_BYTES with FP8 weights; reduce_bytes): with
+        grouped heads, 32 tokens of 4 heads a kv head are 128 rows, past the decode
+        tiles, and the start's 128-row blocks with a wave of splits read 2.1 MB there,
+        one program alone at the end of the call."""
         heads = spec.group
         rows = tokens * heads
         tiles = _triton.start_tiles(self, spec, rows)
@@ -323,14 +328,10 @@ class FlashMhfFwd(_triton.TritonVariant):
         units = split_units(spec, tiles["block_n"])
         waves = 2 if decode and (spec.fp8_weights or rows > 16) else 1
         splits = self._splits(spec, rows, tiles["block_m"], units, waves, sm_count)
-        # 16-bit weights: halve the row blocks (more of them, fewer splits each) while the
-        # reduction's serial read exceeds REDUCE_BYTES; FP8 keeps a kv group's rows in
-        # one block, each tile converted once (a sweep chose that over 16-row blocks)
-        while (
-            not spec.fp8_weights
-            and tiles["block_m"] > 16
-            and reduce_bytes(spec, rows, tiles["block_m"], splits) > REDUCE_BYTES
-        ):
+        # halve the row blocks (more of them, fewer splits each) while the reduction's
+        # serial read exceeds its bound
+        limit = FP8_REDUCE_BYTES if spec.fp8_weights else REDUCE_BYTES
+        while tiles["block_m"] > 16 and reduce_bytes(spec, rows, tiles["block_m"], splits) > limit:
             block_m = tiles["block_m"] // 2
             tiles.update(block_m=block_m, num_warps=4 if block_m < 64 else tiles["num_warps"])
             splits = self._splits(spec, rows, tiles["block_m"], units, waves, sm_count)
