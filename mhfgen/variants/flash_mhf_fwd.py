@@ -240,6 +240,19 @@ def reduce_bytes(spec: KernelSpec, rows: int, block_m: int, splits: int) -> int:
     return splits * min(block_m, rows) * spec.head_dim * 4
 
 
+def heuristic_splits(
+    spec: KernelSpec, rows: int, block_m: int, units: int, waves: int, sm_count: int
+) -> int:
+    """inter_splits of the heuristic for `rows` rows in `block_m`-row blocks: where the
+    row blocks fill at most half the SMs (few tokens, on a GPU), enough to fill `waves`
+    waves of programs (a partial wave would leave most SMs idle), at most one per
+    intermediate tile (`units` of them); else 1."""
+    programs = cdiv(rows, block_m) * spec.kv_heads
+    if spec.target == INTERPRETER or 2 * programs > sm_count:
+        return 1
+    return max(1, min(units, waves * (sm_count // programs)))
+
+
 class FlashMhfFwd(_triton.TritonVariant):
     stem = "flash_mhf_fwd"
     op = "fwd"
@@ -327,28 +340,17 @@ class FlashMhfFwd(_triton.TritonVariant):
                 tiles["block_m"] = _triton.rows_block(rows, DECODE_ROWS)
         units = split_units(spec, tiles["block_n"])
         waves = 2 if decode and (spec.fp8_weights or rows > 16) else 1
-        splits = self._splits(spec, rows, tiles["block_m"], units, waves, sm_count)
+        splits = heuristic_splits(spec, rows, tiles["block_m"], units, waves, sm_count)
         # halve the row blocks (more of them, fewer splits each) while the reduction's
         # serial read exceeds its bound
         limit = FP8_REDUCE_BYTES if spec.fp8_weights else REDUCE_BYTES
         while tiles["block_m"] > 16 and reduce_bytes(spec, rows, tiles["block_m"], splits) > limit:
             block_m = tiles["block_m"] // 2
             tiles.update(block_m=block_m, num_warps=4 if block_m < 64 else tiles["num_warps"])
-            splits = self._splits(spec, rows, tiles["block_m"], units, waves, sm_count)
+            splits = heuristic_splits(spec, rows, tiles["block_m"], units, waves, sm_count)
         unroll = REDUCE_UNROLLS[-1] if splits > 1 else 1
         config = Config(**tiles, group_heads=heads, inter_splits=splits, reduce_unroll=unroll)
         return _triton.shrink_to_fit(self, spec, config)
-
-    def _splits(
-        self, spec: KernelSpec, rows: int, block_m: int, units: int, waves: int, sm_count: int
-    ) -> int:
-        """inter_splits of the heuristic: where the row blocks fill at most half the SMs
-        (few tokens, on a GPU), enough to fill `waves` waves of programs (a partial wave
-        would leave most SMs idle), at most one per intermediate tile; else 1."""
-        programs = cdiv(rows, block_m) * (spec.heads // spec.group)
-        if spec.target == INTERPRETER or 2 * programs > sm_count:
-            return 1
-        return max(1, min(units, waves * (sm_count // programs)))
 
     def supports(self, spec: KernelSpec, tokens: int | None) -> str | None:
         if spec.fp8_weights and not fp8_target(spec.target):
