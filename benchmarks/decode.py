@@ -1,7 +1,7 @@
 """Decode (1 to 64 tokens): weight bandwidth of the forward, against the decode bar of
 docs/CONTRACTS.md, section 6.
 
-    python benchmarks/decode.py [--shapes 1.3B,370M] [--tokens 1,8,64] [--json FILE]
+    python benchmarks/decode.py [--shapes 1.3B,370M,1.3B-kv4] [--tokens 1,8,64] [--json FILE]
 
 With a handful of tokens the forward reads every weight once, 3 * Hkv * I * D elements,
 and does little else: it is bound by HBM bandwidth. The figure of merit is weight bytes
@@ -72,9 +72,26 @@ class _Problem:
         return len(self.weights)
 
 
+def shape_heads(name: str) -> tuple[object, int]:
+    """(preset, kv heads) of a shape name: a preset of mhfgen.presets, or one with
+    '-kv<N>' appended for N kv heads (e.g. 1.3B-kv4: grouped heads, the rest the
+    preset's). Raises ValueError naming the valid forms."""
+    base, grouped, kv = name.partition("-kv")
+    if base not in PRESETS or (grouped and not kv.isdigit()):
+        raise ValueError(
+            f"unknown shape {name!r}: a preset ({', '.join(PRESETS)}), optionally with "
+            "-kv<N> for N kv heads (e.g. 1.3B-kv4)"
+        )
+    preset = PRESETS[base]
+    kv_heads = int(kv) if grouped else preset.kv_heads or preset.heads
+    if kv_heads < 1 or preset.heads % kv_heads:
+        raise ValueError(f"{name}: {kv_heads} kv heads do not divide {preset.heads} heads")
+    return preset, kv_heads
+
+
 def _problem(preset_name: str, tokens: int, device) -> _Problem:
-    preset = PRESETS[preset_name]
-    H, Hkv, D = preset.heads, preset.kv_heads or preset.heads, preset.head_dim
+    preset, Hkv = shape_heads(preset_name)
+    H, D = preset.heads, preset.head_dim
     E, De = preset.experts, preset.intermediate // preset.experts
     weight_bytes = 3 * Hkv * E * De * D * 2
     copies = rotation_copies(weight_bytes)
@@ -144,14 +161,14 @@ def measure(preset_name: str, tokens: int, device, copy_bps: float) -> list[dict
 
 def sweep_grid(base, fp8: bool) -> list:
     """The sweep's configs around the heuristic's `base`: with more rows than one 16-row
-    block, 16-row and `base`-row blocks, wide tiles and few splits; else 16-row blocks,
+    block, 16-row, `base`-row and 64-row blocks, wide tiles and few splits; else 16-row blocks,
     32 to 128-column tiles, 8 to 44 splits, and two TMA configs; every one with and
     without the split reduction's unrolled loads (ru8)."""
     fields = ("block_m", "block_n", "num_stages", "inter_splits", "num_warps", "tma")
     if base.block_m > 16 or base.inter_splits <= 4:  # more than one 16-row block
         grid = [
             (bm, bn, 3, sp, w, False)
-            for bm in (16, 64)
+            for bm in sorted({16, base.block_m, 64})
             for bn in ((32, 64) if fp8 else (64, 128))
             for sp in (4, 8, 16)
             for w in ((4,) if bm == 16 else (4, 8))
@@ -213,7 +230,11 @@ def sweep(
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shapes", default="1.3B,370M", help="comma list of presets")
+    ap.add_argument(
+        "--shapes",
+        default="1.3B,370M",
+        help="comma list of presets, each optionally with -kv<N> for N kv heads (1.3B-kv4)",
+    )
     ap.add_argument("--tokens", default="1,8,64", help="comma list of token counts")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     ap.add_argument(
@@ -229,6 +250,11 @@ def main(argv=None) -> int:
         "sweep runs on (default dense)",
     )
     args = ap.parse_args(argv)
+    for name in args.shapes.split(","):
+        try:
+            shape_heads(name)
+        except ValueError as exc:
+            ap.error(f"--shapes: {exc}")
     if not torch.cuda.is_available():
         print("decode: needs a CUDA GPU (timing CUDA graphs)", file=sys.stderr)
         return 2
