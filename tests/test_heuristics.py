@@ -97,3 +97,16 @@ def test_decode_tiles_without_grouped_heads_keep_their_measured_configs():
         (16, 64, 8, 8),
         (16, 64, 4, 8),
     ]
+
+
+def test_the_bounded_reduction_keeps_to_the_tile_rules():
+    # 4 query heads over one kv head at 64 tokens: 256 rows, where sm90 wants
+    # 64-row blocks at least; every heuristic config passes the tuner's tile rules
+    from mhfgen.registry import get
+
+    variant = get("flash_mhf_fwd")
+    for heads, kv_heads, tokens in ((4, 1, 64), (64, 4, 64), (16, 4, 32), (16, 4, 64), (32, 8, 64)):
+        for dtype in ("bfloat16", "bfloat16_e4m3"):
+            spec = KernelSpec(heads, kv_heads, 128, 22, 256, dtype, "sm90")
+            config = default_config("flash_mhf_fwd", spec, tokens, 132)
+            assert variant.prune_reason(spec, config, tokens, 132) is None, (spec, config)

@@ -342,12 +342,17 @@ class FlashMhfFwd(_triton.TritonVariant):
         waves = 2 if decode and (spec.fp8_weights or rows > 16) else 1
         splits = heuristic_splits(spec, rows, tiles["block_m"], units, waves, sm_count)
         # halve the row blocks (more of them, fewer splits each) while the reduction's
-        # serial read exceeds its bound
+        # serial read exceeds its bound, as far as the tile rules allow
         limit = FP8_REDUCE_BYTES if spec.fp8_weights else REDUCE_BYTES
         while tiles["block_m"] > 16 and reduce_bytes(spec, rows, tiles["block_m"], splits) > limit:
             block_m = tiles["block_m"] // 2
-            tiles.update(block_m=block_m, num_warps=4 if block_m < 64 else tiles["num_warps"])
-            splits = heuristic_splits(spec, rows, tiles["block_m"], units, waves, sm_count)
+            smaller = dict(
+                tiles, block_m=block_m, num_warps=4 if block_m < 64 else tiles["num_warps"]
+            )
+            if _triton.tile_prune_reason(spec, Config(**smaller), rows):
+                break  # a 64-row warpgroup MMA for 256 rows or more (sm90)
+            tiles = smaller
+            splits = heuristic_splits(spec, rows, block_m, units, waves, sm_count)
         unroll = REDUCE_UNROLLS[-1] if splits > 1 else 1
         config = Config(**tiles, group_heads=heads, inter_splits=splits, reduce_unroll=unroll)
         return _triton.shrink_to_fit(self, spec, config)
