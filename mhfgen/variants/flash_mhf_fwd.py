@@ -177,12 +177,15 @@ REDUCE_UNROLLS = (1, 4, 8)
 DECODE_ROWS = 64
 #: fp32 partial bytes that the last program of a row block reads alone in the split
 #: reduction (splits x rows of the block x head_dim x 4), beyond which the heuristic
-#: takes smaller row blocks (see reduce_bytes)
-REDUCE_BYTES = 256 * 1024
+#: takes smaller row blocks (see reduce_bytes). From a sweep on an H100 (1.3B with 4 kv
+#: heads, 16-bit weights, CUDA graphs; docs/PERFORMANCE.md): at 32 tokens 32-row blocks
+#: with 8 splits (128 KiB) took 18.9 us, 64-row blocks 25.3-29.1 (256-512 KiB); at 64
+#: tokens 32-row blocks with 8 splits 26.2 us, 64-row blocks with 8 (256 KiB) 30.2-33.7
+REDUCE_BYTES = 128 * 1024
 #: the same with FP8 weights, where a smaller block converts each FP8 tile more often:
-#: twice as much, which keeps the sweep's 64-token choice (64-row blocks, 16 splits,
-#: 512 KiB: 50 us against 63 for 16-row blocks on an H100)
-FP8_REDUCE_BYTES = 2 * REDUCE_BYTES
+#: the sweep's 64-token choice (64-row blocks, 16 splits, 512 KiB: 50 us against 63 for
+#: 16-row blocks on an H100)
+FP8_REDUCE_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -323,11 +326,11 @@ class FlashMhfFwd(_triton.TritonVariant):
         50 us against 63 for 16-row blocks); and 8 unrolled reduction loads in every one
         of them.
 
-        Every split config then takes the largest row block whose split reduction reads
-        at most REDUCE_BYTES (FP8_REDUCE_BYTES with FP8 weights; reduce_bytes): with
-        grouped heads, 32 tokens of 4 heads a kv head are 128 rows, past the decode
-        tiles, and the start's 128-row blocks with a wave of splits read 2.1 MB there,
-        one program alone at the end of the call."""
+        Every split config then takes the largest row block (down to 16 rows) whose
+        split reduction reads at most REDUCE_BYTES (FP8_REDUCE_BYTES with FP8 weights;
+        reduce_bytes): with grouped heads, 32 tokens of 4 heads a kv head are 128 rows,
+        past the decode tiles, and the start's 128-row blocks with a wave of splits read
+        2.1 MB there, one program alone at the end of the call."""
         heads = spec.group
         rows = tokens * heads
         tiles = _triton.start_tiles(self, spec, rows)
@@ -349,10 +352,12 @@ class FlashMhfFwd(_triton.TritonVariant):
             smaller = dict(
                 tiles, block_m=block_m, num_warps=4 if block_m < 64 else tiles["num_warps"]
             )
-            if _triton.tile_prune_reason(spec, Config(**smaller), rows):
-                break  # a 64-row warpgroup MMA for 256 rows or more (sm90)
-            tiles = smaller
-            splits = heuristic_splits(spec, rows, block_m, units, waves, sm_count)
+            smaller_splits = heuristic_splits(spec, rows, block_m, units, waves, sm_count)
+            if _triton.tile_prune_reason(
+                spec, Config(**smaller, inter_splits=smaller_splits), rows
+            ):
+                break  # a 64-row warpgroup MMA for 256 rows or more without splits (sm90)
+            tiles, splits = smaller, smaller_splits
         unroll = REDUCE_UNROLLS[-1] if splits > 1 else 1
         config = Config(**tiles, group_heads=heads, inter_splits=splits, reduce_unroll=unroll)
         return _triton.shrink_to_fit(self, spec, config)
