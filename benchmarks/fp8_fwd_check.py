@@ -29,9 +29,10 @@ then speed, in one run of about a minute.
 4. with --decode: each shape of --decode-shapes (DECODE_SHAPES; default the 1.3B preset)
    at 1, 8, 32 and 64 tokens in CUDA graphs (each call on its own copy of the weights):
    16-bit weights, FP8 weight-only and the W8A8 split forward at their dispatched
-   configs, and the W8A8 one at its unswapped heuristic (swap_ab = 0) and that with
-   staged_scales flipped (where its loop reads the scales), rows 'decode' with each
-   one's speed-up over the 16-bit weights.
+   configs, the W8A8 one with the split reduction's loads one at a time (reduce_unroll
+   1) and with two consumers sharing each weight tile, and at its unswapped heuristic
+   (swap_ab = 0) and that with staged_scales flipped (where its loop reads the scales),
+   rows 'decode' with each one's speed-up over the 16-bit weights.
 The first launch of each kernel is watched for a hang (an mbarrier deadlock never ends):
 a hang ends the run (exit 2). Exit 1 when a check fails, 0 otherwise. --json writes
 every row.
@@ -366,8 +367,9 @@ def decode(dtype, rows: list, shape: str = "1.3B") -> None:
     calls on weight copies that together pass 4x the L2 (mhfgen.graph_timing.graph_ms),
     for 16-bit weights (flash_mhf), FP8 weights through the weight-only flash_mhf_fwd and
     through flash_mhf_fwd_fp8_ws (each at the config the dispatcher gives that variant;
-    the last also at its heuristic's unswapped split, swap_ab = 0, and that with
-    staged_scales flipped), and the speed-up of each FP8 row over the 16-bit one. Each
+    the last also with reduce_unroll 1, with two consumers (swapped_decode_config) and
+    at its heuristic's unswapped split, swap_ab = 0, and that with staged_scales
+    flipped), and the speed-up of each FP8 row over the 16-bit one. Each
     weight format's copies are made once and serve every row of it."""
     from hangs import finish
 
@@ -396,6 +398,8 @@ def decode(dtype, rows: list, shape: str = "1.3B") -> None:
             ("16-bit weights", "dense", "flash_mhf_fwd_ws", None),
             ("FP8 weight-only", "fp8", "flash_mhf_fwd", flash_mhf_fwd),
             ("FP8 W8A8 split", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
+            ("split, loads one by one", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
+            ("split, two consumers", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
             ("W8A8 unswapped", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
             ("unswapped, staged flip", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
         ):
@@ -405,8 +409,17 @@ def decode(dtype, rows: list, shape: str = "1.3B") -> None:
                 calls = [lambda w=w: flash_mhf(q, *w, r) for w in sets]
             else:
                 config = dispatch.choose_config(stem, fp8_spec, tokens, q.device)
+                sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+                if "one by one" in method:  # the A/B of the split reduction's loads
+                    config = replace(config, reduce_unroll=1)
+                if "two consumers" in method:  # the A/B of one consumer a weight tile
+                    config = f8.swapped_decode_config(fp8_spec, tokens, sms, consumers=2)
+                    problems = f8.config_problems(fp8_spec, config)
+                    problems += f8.call_problems(fp8_spec, config, tokens, sms)
+                    if problems:
+                        print(f"decode {name} T={tokens:3d} {method}: {problems[0]}")
+                        continue
                 if "unswapped" in method:  # the A/B of the swapped-operand schedule
-                    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
                     config = f8.default_config(fp8_spec, tokens, sms, swapped=False)
                 if "flip" in method:  # the A/B of where the loop reads its scales
                     config = replace(config, staged_scales=not config.staged_scales)
