@@ -373,7 +373,7 @@ def decode(dtype, rows: list, shape: str = "1.3B") -> None:
     weight format's copies are made once and serve every row of it."""
     from hangs import finish
 
-    from mhfgen import dispatch, flash_mhf
+    from mhfgen import dispatch, flash_mhf, registry
     from mhfgen.bench_decode import weight_bytes, weight_copies
     from mhfgen.graph_timing import graph_ms, rotation_copies
     from mhfgen.variants import flash_mhf_fwd_fp8_ws as f8
@@ -414,10 +414,9 @@ def decode(dtype, rows: list, shape: str = "1.3B") -> None:
                     config = replace(config, reduce_unroll=1)
                 if "two consumers" in method:  # the A/B of one consumer a weight tile
                     config = f8.swapped_decode_config(fp8_spec, tokens, sms, consumers=2)
-                    problems = f8.config_problems(fp8_spec, config)
-                    problems += f8.call_problems(fp8_spec, config, tokens, sms)
-                    if problems:
-                        print(f"decode {name} T={tokens:3d} {method}: {problems[0]}")
+                    why = registry.get(f8.KERNEL).prune_reason(fp8_spec, config, tokens, sms)
+                    if why:
+                        print(f"decode {name} T={tokens:3d} {method}: {why}")
                         continue
                 if "unswapped" in method:  # the A/B of the swapped-operand schedule
                     config = f8.default_config(fp8_spec, tokens, sms, swapped=False)
