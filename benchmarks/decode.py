@@ -46,7 +46,7 @@ import triton
 from mhfgen import device as mdevice
 from mhfgen import dispatch, reference
 from mhfgen.bench_decode import copy_bandwidth
-from mhfgen.graph_timing import graph_ms, rotation_copies
+from mhfgen.graph_timing import call_ms, rotation_copies
 from mhfgen.presets import PRESETS
 from mhfgen.spec import KernelSpec
 from mhfgen.tuning.search import describe_config
@@ -125,9 +125,10 @@ def _row(p: _Problem, method: str, mode: str, ms: float, copy_bps: float, config
 
 
 def _time(calls, graph: bool, replays: int = 20) -> float:
-    """Median ms of running every call of `calls` once (in a CUDA graph or eagerly)."""
+    """Median ms of running every call of `calls` once (in a CUDA graph, the round repeated
+    to at least 32 calls a replay, mhfgen.graph_timing.call_ms; or eagerly)."""
     if graph:
-        return graph_ms(calls, replays)
+        return call_ms(calls, replays) * len(calls)
     for fn in calls:  # compile and warm up
         fn()
     torch.cuda.synchronize()

@@ -29,8 +29,10 @@ then speed, in one run of about a minute.
 4. with --decode: each shape of --decode-shapes (DECODE_SHAPES; default the 1.3B preset)
    at 1, 8, 32 and 64 tokens in CUDA graphs (each call on its own copy of the weights):
    16-bit weights, FP8 weight-only and the W8A8 split forward at their dispatched
-   configs, the W8A8 one with the split reduction's loads one at a time (reduce_unroll
-   1) and with two consumers sharing each weight tile, and at its unswapped heuristic
+   configs, the 16-bit weights' split forward with its ticket counter reset by a plain
+   store and by an atomic exchange (store_reset; the dispatched config otherwise), the
+   W8A8 one with the split reduction's loads one at a time (reduce_unroll 1), with two
+   consumers sharing each weight tile and with the exchange reset, and at its unswapped heuristic
    (swap_ab = 0) and that with staged_scales flipped (where its loop reads the scales),
    rows 'decode' with each one's speed-up over the 16-bit weights.
 The first launch of each kernel is watched for a hang (an mbarrier deadlock never ends):
@@ -364,18 +366,19 @@ DECODE_TOKENS = (1, 8, 32, 64)
 
 def decode(dtype, rows: list, shape: str = "1.3B") -> None:
     """A shape of DECODE_SHAPES at DECODE_TOKENS: per call, the median replay of a CUDA graph of
-    calls on weight copies that together pass 4x the L2 (mhfgen.graph_timing.graph_ms),
+    calls on weight copies that together pass 4x the L2 (mhfgen.graph_timing.call_ms),
     for 16-bit weights (flash_mhf), FP8 weights through the weight-only flash_mhf_fwd and
     through flash_mhf_fwd_fp8_ws (each at the config the dispatcher gives that variant;
-    the last also with reduce_unroll 1, with two consumers (swapped_decode_config) and
-    at its heuristic's unswapped split, swap_ab = 0, and that with staged_scales
-    flipped), and the speed-up of each FP8 row over the 16-bit one. Each
+    the last also with reduce_unroll 1, with two consumers (swapped_decode_config), with
+    its ticket counter reset by an atomic exchange (store_reset=False) and at its
+    heuristic's unswapped split, swap_ab = 0, and that with staged_scales flipped), the
+    16-bit split forward with each counter reset, and the speed-up of each FP8 row over the 16-bit one. Each
     weight format's copies are made once and serve every row of it."""
     from hangs import finish
 
     from mhfgen import dispatch, flash_mhf, registry
     from mhfgen.bench_decode import weight_bytes, weight_copies
-    from mhfgen.graph_timing import graph_ms, rotation_copies
+    from mhfgen.graph_timing import call_ms, rotation_copies
     from mhfgen.variants import flash_mhf_fwd_fp8_ws as f8
     from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
     from mhfgen.variants.flash_mhf_fwd_fp8_ws import flash_mhf_fwd_fp8_ws
@@ -396,10 +399,13 @@ def decode(dtype, rows: list, shape: str = "1.3B") -> None:
         dense_us = None
         for method, weights, stem, launch in (
             ("16-bit weights", "dense", "flash_mhf_fwd_ws", None),
+            ("16-bit, store reset", "dense", "flash_mhf_fwd", flash_mhf_fwd),
+            ("16-bit, exchange reset", "dense", "flash_mhf_fwd", flash_mhf_fwd),
             ("FP8 weight-only", "fp8", "flash_mhf_fwd", flash_mhf_fwd),
             ("FP8 W8A8 split", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
             ("split, loads one by one", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
             ("split, two consumers", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
+            ("split, exchange reset", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
             ("W8A8 unswapped", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
             ("unswapped, staged flip", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
         ):
@@ -407,6 +413,12 @@ def decode(dtype, rows: list, shape: str = "1.3B") -> None:
             if launch is None:
                 config = dispatch.explain_choice("fwd", dense_spec, tokens, q.device).config
                 calls = [lambda w=w: flash_mhf(q, *w, r) for w in sets]
+            elif weights == "dense":  # the A/B of the split reduction's counter reset
+                config = dispatch.choose_config(stem, dense_spec, tokens, q.device)
+                if config.inter_splits == 1:
+                    continue
+                config = replace(config, store_reset="store" in method)
+                calls = [lambda w=w, c=config, f=launch: f(q, *w, r, config=c) for w in sets]
             else:
                 config = dispatch.choose_config(stem, fp8_spec, tokens, q.device)
                 sms = torch.cuda.get_device_properties(q.device).multi_processor_count
@@ -420,13 +432,15 @@ def decode(dtype, rows: list, shape: str = "1.3B") -> None:
                         continue
                 if "unswapped" in method:  # the A/B of the swapped-operand schedule
                     config = f8.default_config(fp8_spec, tokens, sms, swapped=False)
+                if "exchange" in method:  # the A/B of the split reduction's counter reset
+                    config = replace(config, store_reset=False)
                 if "flip" in method:  # the A/B of where the loop reads its scales
                     config = replace(config, staged_scales=not config.staged_scales)
                 calls = [
                     lambda w=w, c=config, f=launch: f(q, *w[:3], r, w[3], config=c) for w in sets
                 ]
             with torch.no_grad():
-                us = finish(lambda c=calls: graph_ms(c)) / len(sets) * 1e3
+                us = finish(lambda c=calls: call_ms(c)) * 1e3
             dense_us = us if dense_us is None else dense_us
             rows.append(
                 {

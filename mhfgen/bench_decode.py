@@ -9,9 +9,10 @@ device-to-device copy, read + write bytes per second).
 
 Per (tokens, weights), under torch.no_grad, with the dispatcher's variant and config:
 COPIES calls, each on its own copy of the weights (mhfgen.graph_timing.rotation_copies:
-together over 4x a Hopper L2, so no call finds its weights cached), captured in one CUDA
-graph; the median replay time over COPIES is a call's time, what a server replaying
-graphs sees.
+together over 4x a Hopper L2, so no call finds its weights cached), that round repeated
+to at least 32 calls and captured in one CUDA graph (mhfgen.graph_timing.call_ms); the
+median replay time over its calls is a call's time, what a server replaying a graph of
+a model's layers sees.
 `speedup` is the 16-bit row's time over this row's at the same token count.
 """
 
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .graph_timing import graph_ms, rotation_copies
+from .graph_timing import call_ms, rotation_copies
 from .spec import KernelSpec
 
 #: the weight formats: "dense" (q's dtype) and "fp8" (e4m3 with a scale per row)
@@ -99,7 +100,7 @@ def measure(
     op = flash_mhf_fp8 if weights == "fp8" else flash_mhf
     calls = [lambda w=w: op(q, *w[:3], r, *w[3:]) for w in sets]
     with torch.no_grad():
-        ms = graph_ms(calls) / copies
+        ms = call_ms(calls)
     wdtype = sets[0][0].dtype
     key_spec = KernelSpec(**{**spec.as_dict(), "dtype": dtype_name(spec.torch_dtype, wdtype)})
     choice = dispatch.explain_choice("fwd", key_spec, tokens, device)

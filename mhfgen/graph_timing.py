@@ -4,9 +4,15 @@ its own copy of the weights so that none finds them in the L2.
 A decode-size forward reads every expert weight once and takes microseconds; launched
 eagerly, its host path can take longer than its kernel. Serving replays CUDA graphs, so
 `mhfgen bench --suite decode` and the tuner (decode-size forwards) time it that way:
-rotation_copies(weight bytes) copies of the weights, one call on each, captured in one
-graph; graph_ms is the median replay time, and that over the number of calls is a call's
-time.
+rotation_copies(weight bytes) copies of the weights, one call on each, the round repeated
+until the graph holds at least CALLS_PER_GRAPH calls (call_ms); graph_ms is the median
+replay time, and that over the number of calls is a call's time.
+
+Why at least CALLS_PER_GRAPH calls: a model's decode step replays one graph of all its
+layers, so the graph's own launch (several microseconds before its first kernel starts)
+is spread over dozens of calls. With one call per weight copy (4 copies of the 1.3B
+layer's 69 MB) a quarter of that launch fell on every call: on an H100 a 1.3B call at 1
+token took 28.06 us with 4 calls a graph and 27.13 with 32 (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ ROTATE_BYTES = 4 * 60 * 2**20
 #: be found in the L2, as a layer that small may be between two calls in a model
 MAX_COPIES = 128
 
+
+#: calls one timed graph holds at least (call_ms): a model's decode graph has a call per
+#: layer, over which the graph's launch is spread
+CALLS_PER_GRAPH = 32
 
 #: milliseconds of untimed replays before graph_ms times one
 WARMUP_MS = 25.0
@@ -57,6 +67,15 @@ def graph_ms(calls: Sequence[Callable[[], object]], replays: int = 20) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def call_ms(calls: Sequence[Callable[[], object]], replays: int = 20) -> float:
+    """Milliseconds per call of `calls` (one round over the weight copies, rotation_copies)
+    replayed in one CUDA graph: the round repeated until the graph holds at least
+    CALLS_PER_GRAPH calls, the median replay (graph_ms) over the calls it makes."""
+    rounds = -(-CALLS_PER_GRAPH // max(1, len(calls)))
+    every = list(calls) * rounds
+    return graph_ms(every, replays) / len(every)
 
 
 def _warm_up(graph: torch.cuda.CUDAGraph) -> None:

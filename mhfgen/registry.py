@@ -123,7 +123,16 @@ class VariantConfig:
             raise ValueError(f"{cls.variant} config: missing fields {missing}")
         if partial:
             return cls(**data)
-        return cls(**{**{n: v for n, v in added.items() if n not in data}, **data})
+        legacy = {n: v for n, v in added.items() if n not in data}
+        return cls(**{**cls.legacy_fields(legacy, data), **data})
+
+    @classmethod
+    def legacy_fields(cls, legacy: dict, data: dict) -> dict:
+        """The added fields (name -> value) a stored config `data` without them takes: by
+        default their `added_fields` values. A variant may leave out a field whose value
+        changes nothing in the code generated for `data` (it then takes its default, so
+        the config equals one made today)."""
+        return legacy
 
     def check_fields(self, **rules) -> None:
         """ValueError for the first of these fields whose value breaks its rule

@@ -40,19 +40,43 @@ def test_forward_empty_sequence():
 def test_split_reduction_is_deterministic_and_resets_its_counters():
     """inter_splits > 1: the last program of each row block sums the partials in split
     order and zeroes its ticket counter, so repeated launches agree bit for bit and the
-    shared counter buffer is all zeros between launches."""
+    shared counter buffer is all zeros between launches; the same with the counter reset
+    by an atomic exchange (store_reset=False, the code of configs stored before the
+    field), whose outputs are bitwise the plain store's."""
     from mhfgen.kernels.buffers import split_counters
     from mhfgen.variants.flash_mhf_fwd import Config as Fwd
 
     case = CASES[2]  # L37_gqa: several row blocks, grouped heads
     (q, k, u, v, r, _), ref = inputs_and_reference(case, torch.float32)
-    config = Fwd(block_m=16, block_n=16, inter_splits=4)
-    first = flash_mhf_fwd(q, k, u, v, r, config=config)
-    assert int(split_counters(1, q.device).abs().sum()) == 0
-    second = flash_mhf_fwd(q, k, u, v, r, config=config)
-    assert torch.equal(first, second)
-    assert int(split_counters(1, q.device).abs().sum()) == 0
-    assert_close("o", first, ref["o"], torch.float32, case)
+    outputs = []
+    for store_reset in (True, False):
+        config = Fwd(block_m=16, block_n=16, inter_splits=4, store_reset=store_reset)
+        first = flash_mhf_fwd(q, k, u, v, r, config=config)
+        assert int(split_counters(1, q.device).abs().sum()) == 0
+        second = flash_mhf_fwd(q, k, u, v, r, config=config)
+        assert torch.equal(first, second)
+        assert int(split_counters(1, q.device).abs().sum()) == 0
+        outputs.append(first)
+    assert torch.equal(*outputs)
+    assert_close("o", outputs[0], ref["o"], torch.float32, case)
+
+
+def test_the_split_reduction_resets_its_ticket_with_a_plain_store():
+    """The last program's counter reset needs no release fence (the next launch is ordered
+    after this one): a plain store, where configs stored before store_reset keep the
+    acq_rel exchange their code was tuned with; without splits neither is rendered."""
+    from mhfgen.codegen import render
+    from mhfgen.spec import KernelSpec
+    from mhfgen.variants.flash_mhf_fwd import Config as Fwd
+
+    spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
+    split = render("flash_mhf_fwd", spec, Fwd(block_m=16, inter_splits=8))
+    assert "        tl.store(counter, 0)" in split and "atomic_xchg" not in split
+    legacy = render("flash_mhf_fwd", spec, Fwd(block_m=16, inter_splits=8, store_reset=False))
+    assert "        tl.atomic_xchg(counter, 0)" in legacy and "tl.store(counter" not in legacy
+    plain = render("flash_mhf_fwd", spec, Fwd(block_m=16))
+    assert plain == render("flash_mhf_fwd", spec, Fwd(block_m=16, store_reset=False))
+    assert "counter" not in plain
 
 
 @pytest.mark.parametrize("case", [CASES[2], CASES[4]], ids=lambda c: c.name)

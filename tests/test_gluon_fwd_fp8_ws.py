@@ -243,8 +243,12 @@ def test_split_reduction_renders_only_where_configured():
     split = f8.render(spec, f8.Fp8WsConfig(consumers=1, inter_splits=4))
     assert "J0, TILES = _split_tiles(EXPERTS * TPE)" in split
     assert 'ticket = gl.atomic_add(COUNTERS + counter, 1, sem="acq_rel")' in split
-    assert "gl.atomic_xchg(COUNTERS + counter, 0)" in split  # zero again for the next launch
+    # zero again for the next launch: a plain store (no release fence waiting for OUT's
+    # stores); configs stored before store_reset keep their atomic exchange
+    assert "gl.store(COUNTERS + counter, 0)" in split and "atomic_xchg" not in split
     assert "tma.async_copy_shared_to_global(o_desc" not in split
+    legacy = f8.render(spec, f8.Fp8WsConfig(consumers=1, inter_splits=4, store_reset=False))
+    assert "gl.atomic_xchg(COUNTERS + counter, 0)" in legacy and "gl.store(COUNTERS" not in legacy
 
 
 def test_staged_scales_leave_the_loop_without_global_loads():

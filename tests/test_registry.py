@@ -532,3 +532,15 @@ def test_fields_a_variant_added_later_default_for_stored_configs_and_keep_their_
     assert "loop_unroll_factor=2" in knobs and 'eviction_policy="evict_last"' in knobs
     with pytest.raises(ValueError, match="unroll"):
         flash_mhf_fwd.Config(unroll=3)
+
+
+@pytest.mark.parametrize("variant", ["flash_mhf_fwd", "flash_mhf_fwd_fp8_ws"])
+def test_a_stored_split_config_keeps_its_exchange_reset_and_others_equal_todays(variant):
+    """store_reset came after split configs were stored: one without the field keeps the
+    atomic exchange its code was tuned with; a config without splits renders no reset,
+    so it reads as today's default and equals a config made now."""
+    cls = registry.get(variant).Config
+    split = {k: v for k, v in cls(inter_splits=4).as_dict().items() if k != "store_reset"}
+    assert cls.from_dict(split).store_reset is False
+    plain = {k: v for k, v in cls().as_dict().items() if k != "store_reset"}
+    assert cls.from_dict(plain) == cls()

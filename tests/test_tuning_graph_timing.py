@@ -49,6 +49,24 @@ def test_rotation_copies_pass_the_l2_within_a_cap(nbytes, copies):
     assert graph_timing.rotation_copies(nbytes) == copies
 
 
+@pytest.mark.parametrize("copies, rounds", [(4, 8), (3, 11), (32, 1), (128, 1)])
+def test_a_timed_graph_repeats_the_round_to_at_least_32_calls(monkeypatch, copies, rounds):
+    """call_ms captures the round of calls (one per weight copy) enough times that the
+    graph's own launch is spread over CALLS_PER_GRAPH calls or more, in the round's order,
+    and divides the replay by the calls it made."""
+    seen = {}
+
+    def fake_graph_ms(calls, replays=20):
+        seen["calls"], seen["replays"] = list(calls), replays
+        return 2.0 * len(calls)
+
+    monkeypatch.setattr(graph_timing, "graph_ms", fake_graph_ms)
+    round_ = [object() for _ in range(copies)]
+    assert graph_timing.call_ms(round_, replays=7) == 2.0
+    assert seen["calls"] == round_ * rounds and seen["replays"] == 7
+    assert len(seen["calls"]) >= graph_timing.CALLS_PER_GRAPH
+
+
 def test_rotating_calls_run_the_same_forward_on_distinct_weight_copies():
     w = Workload(TuningProblem(SPEC, 3), "cpu")
     sets = w.weight_sets()

@@ -206,14 +206,15 @@ class GpuTimer(_WorkloadTimer):
         )
 
     def _graph_ms(self, candidate: Candidate) -> float:
-        """Per-call milliseconds of one CUDA graph of the candidate's rotating calls."""
+        """Per-call milliseconds of one CUDA graph of the candidate's rotating calls
+        (mhfgen.graph_timing.call_ms)."""
         import torch
 
-        from ..graph_timing import graph_ms
+        from ..graph_timing import call_ms
 
         calls = self.workload.rotating_fns(candidate.kernel, candidate.config)
         with torch.no_grad():
-            return graph_ms(calls, self.graph_replays) / len(calls)
+            return call_ms(calls, self.graph_replays)
 
     def time(self, candidate: Candidate) -> float:
         import torch

@@ -86,6 +86,8 @@ class TileConfig(VariantConfig):
         ):
             if getattr(self, flag, False):
                 text += f" {short}"
+        if getattr(self, "inter_splits", 1) > 1 and not getattr(self, "store_reset", True):
+            text += " xchg"  # the split reduction's ticket reset by an atomic exchange
         return text
 
 

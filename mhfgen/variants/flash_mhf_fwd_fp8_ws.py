@@ -117,6 +117,10 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
                     splits' partials at once (1, 2, 4 or 8), then adds them in split order
                     (the sum and its order are the same; with 1 each load waits for the
                     previous add).
+    store_reset:    with inter_splits, the last program resets its ticket counter with a
+                    plain store (True) instead of an acq_rel atomic exchange (False, the
+                    code of configs stored before the field), whose release fence waited
+                    for the output's stores (flash_mhf_fwd's field of the same name).
     swap_ab:        0, or the tokens per program (16, 32 or 64) of the swapped-operand
                     decode schedule: the weight rows are the wgmma's M and the tokens its
                     N (scores S^T = K8 q8^T, output O^T = V8^T p8^T), so a tile's
@@ -145,10 +149,12 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     staged_scales: bool = False
     swap_ab: int = 0
     reduce_unroll: int = 1
+    store_reset: bool = True
 
     #: fields added after configs of this variant were stored: a stored config without
     #: them means these values
     added_fields = {
+        "store_reset": False,
         "p_operand": "registers",
         "unroll_tiles": 1,
         "inter_splits": 1,
@@ -171,6 +177,14 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         reduce_unroll=REDUCE_UNROLLS,
     )
 
+    @classmethod
+    def legacy_fields(cls, legacy: dict, data: dict) -> dict:
+        """A stored config without splits renders no counter reset: store_reset then
+        takes its default."""
+        if data.get("inter_splits", 1) == 1:
+            legacy.pop("store_reset", None)
+        return legacy
+
     @property
     def block_m(self) -> int:
         """Tokens per consumer: swap_ab's where the operands are swapped, else 16 per warp
@@ -181,6 +195,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         text = super().describe() + (" p-regs" if self.p_operand == "registers" else "")
         text += f" split{self.inter_splits}" if self.inter_splits > 1 else ""
         text += f" ru{self.reduce_unroll}" if self.reduce_unroll > 1 else ""
+        text += " xchg" if self.inter_splits > 1 and not self.store_reset else ""
         text += " staged" if self.staged_scales else ""
         return text + (f" swap{self.swap_ab}" if self.swap_ab else "")
 
@@ -432,6 +447,7 @@ def static_params(spec: KernelSpec, config: Fp8WsConfig) -> dict:
         **({"staged_scales": True} if config.staged_scales else {}),
         **({"swap_ab": True} if config.swap_ab else {}),
         **({"reduce_unroll": config.reduce_unroll} if config.reduce_unroll > 1 else {}),
+        **({"store_reset": True} if config.store_reset and config.inter_splits > 1 else {}),
     }
 
 
