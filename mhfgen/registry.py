@@ -128,10 +128,14 @@ class VariantConfig:
 
     @classmethod
     def legacy_fields(cls, legacy: dict, data: dict) -> dict:
-        """The added fields (name -> value) a stored config `data` without them takes: by
-        default their `added_fields` values. A variant may leave out a field whose value
-        changes nothing in the code generated for `data` (it then takes its default, so
-        the config equals one made today)."""
+        """The added fields (name -> value) a stored config `data` without them takes:
+        their `added_fields` values, except the variant's `split_fields` where `data` does
+        not split the intermediate dimension (inter_splits 1 or absent): those change no
+        generated code there, so they take their defaults and the config equals one made
+        today."""
+        if data.get("inter_splits", 1) == 1:
+            for name in getattr(cls, "split_fields", ()):
+                legacy.pop(name, None)
         return legacy
 
     def check_fields(self, **rules) -> None:

@@ -221,14 +221,8 @@ class Config(_triton.GroupedConfig):
         "store_reset": False,
     }
     choices = {"unroll": UNROLL_FACTORS, "reduce_unroll": REDUCE_UNROLLS}
-
-    @classmethod
-    def legacy_fields(cls, legacy: dict, data: dict) -> dict:
-        """A stored config without splits renders no counter reset: store_reset then
-        takes its default."""
-        if data.get("inter_splits", 1) == 1:
-            legacy.pop("store_reset", None)
-        return legacy
+    #: added fields that render code only with inter_splits > 1 (VariantConfig.legacy_fields)
+    split_fields = ("store_reset",)
 
     def check_for(self, spec: KernelSpec) -> None:
         super().check_for(spec)

@@ -163,6 +163,9 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         "reduce_unroll": 1,
     }
 
+    #: added fields that render code only with inter_splits > 1 (VariantConfig.legacy_fields)
+    split_fields = ("store_reset",)
+
     choices = dict(
         block_n=(64, 128),
         stages=range(3, 9),
@@ -176,14 +179,6 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         swap_ab=(0, 16, 32, 64),
         reduce_unroll=REDUCE_UNROLLS,
     )
-
-    @classmethod
-    def legacy_fields(cls, legacy: dict, data: dict) -> dict:
-        """A stored config without splits renders no counter reset: store_reset then
-        takes its default."""
-        if data.get("inter_splits", 1) == 1:
-            legacy.pop("store_reset", None)
-        return legacy
 
     @property
     def block_m(self) -> int:
