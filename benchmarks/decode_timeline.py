@@ -25,8 +25,9 @@ calls of:
     stream       weight bytes over the median loop time (TB/s)
 
 The instrumented kernel's outputs are checked bitwise against the uninstrumented one's,
-and both are timed (`us plain`, `us timed`): the timer reads cost about 0.1 us a call.
-The timer's resolution is a few tens of ns on an H100. --compile-check patches the
+and both are timed (`us_plain`, `us_timed`; the timer reads cost little, but at 64
+tokens up to 2 us a call). The global timer advances in steps of 0.256 us on an H100:
+each phase is within a step, and only the medians over the graph's calls carry meaning. --compile-check patches the
 kernels of the 1.3B decode and compiles them for sm90 on any machine, so a template
 change that breaks the patches shows before a GPU is spent on it.
 """
@@ -186,7 +187,7 @@ def measure(name: str, spec: KernelSpec, tokens: int, weights: str, folder: Path
     from mhfgen.kernels.buffers import split_counters
     from mhfgen.kernels.launch import host_descriptors
 
-    dev = torch.device("cuda")
+    dev = torch.device("cuda", torch.cuda.current_device())
     nbytes = weight_bytes(spec, weights)
     sets = weight_copies(spec, weights, dev, rotation_copies(nbytes))
     gen = torch.Generator().manual_seed(tokens)
