@@ -176,6 +176,7 @@ def test_the_legend_explains_every_code():
             group_heads=2,
             head_dim_split="pad",
             inter_splits=2,
+            store_reset=False,
             tma=True,
             prefetch_scores=True,
             warp_specialize=True,
