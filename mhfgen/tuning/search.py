@@ -163,7 +163,10 @@ CONFIG_LEGEND = (
     ("is", "inter_splits: forward programs splitting the intermediate dimension (decode)"),
     ("ts", "token_splits: dK/dU/dV programs splitting the tokens (fp32 atomics)"),
     ("ru", "reduce_unroll: partial sums whose loads the forward's split reduction issues together"),
-    ("xchg", "store_reset off: the split reduction's ticket reset by an atomic exchange (old configs)"),
+    (
+        "xchg",
+        "store_reset off: the split reduction's ticket reset by an atomic exchange (old configs)",
+    ),
     (
         "tma",
         "tiles loaded through tensor descriptors (TMA, sm90+): K/U/V in the forward "
