@@ -22,7 +22,7 @@ Config fields beyond the tiles (mhfgen.variants._triton):
                   counter with a plain store (True) instead of an acq_rel atomic exchange
                   (False, the code of configs stored before the field), whose release
                   fence waited for the output's stores: the next launch is ordered after
-                  this one anyway. 0.5-0.7 us less per decode call on an H100
+                  this one anyway. 0.4-1.0 us less per decode call on an H100
                   (docs/PERFORMANCE.md, "The split reduction's tail").
     pdl:          programmatic dependent launch (sm90+): the launch may overlap the end of
                   the previous kernel in the stream; until that kernel has finished, each

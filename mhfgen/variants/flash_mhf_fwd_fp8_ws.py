@@ -154,13 +154,13 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     #: fields added after configs of this variant were stored: a stored config without
     #: them means these values
     added_fields = {
-        "store_reset": False,
         "p_operand": "registers",
         "unroll_tiles": 1,
         "inter_splits": 1,
         "staged_scales": False,
         "swap_ab": 0,
         "reduce_unroll": 1,
+        "store_reset": False,
     }
 
     #: added fields that render code only with inter_splits > 1 (VariantConfig.legacy_fields)
