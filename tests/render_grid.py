@@ -72,6 +72,7 @@ GLUON_FIELDS: dict[str, dict[str, tuple]] = {
         "staged_scales": (False, True),
         "swap_ab": (0, 16),
         "reduce_unroll": (1, 8),
+        "store_reset": (True, False),
     },
     "flash_mhf_bwd_dq_ws": {
         "sigmoid": ("tanh", "exp"),
@@ -167,26 +168,32 @@ def configs(kernel: str, spec: KernelSpec) -> Iterator[registry.VariantConfig]:
         (False, True) if fwd else (False,),
     ):
         extra = {"inter_splits": inter, "prefetch_scores": pre} if fwd else {}
-        yield config_type(
-            block_n=block_n,
-            head_dim_split=split,
-            group_heads=g,
-            tma=tma,
-            warp_specialize=ws,
-            **extra,
-        )
+        # the split reduction's counter reset: a plain store, or (configs stored before
+        # store_reset) an atomic exchange
+        for reset in (True, False) if inter > 1 else (True,):
+            yield config_type(
+                block_n=block_n,
+                head_dim_split=split,
+                group_heads=g,
+                tma=tma,
+                warp_specialize=ws,
+                **extra,
+                **({"store_reset": reset} if fwd else {}),
+            )
 
 
 def config_text(kernel: str, config: registry.VariantConfig) -> str:
     """A grid config as the digests name it: for a Triton-language template its values of
     the 13 fields of schema 2 (mhfgen.schema2), the form the committed digests were written
-    with; for a Gluon template its values of the fields the grid varies (GLUON_FIELDS), so
-    that a new config field with a default leaves the digests as they are."""
+    with (and store_reset where it is off); for a Gluon template its values of the fields
+    the grid varies (GLUON_FIELDS), so that a new config field with a default leaves the
+    digests as they are."""
     if kernel in GLUON_FIELDS:
         return json.dumps({k: getattr(config, k) for k in GLUON_FIELDS[kernel]}, sort_keys=True)
-    return json.dumps(
-        {k: getattr(config, k, neutral) for k, neutral in SCHEMA2_FIELDS.items()}, sort_keys=True
-    )
+    fields = {k: getattr(config, k, neutral) for k, neutral in SCHEMA2_FIELDS.items()}
+    if not getattr(config, "store_reset", True):  # the exchange reset of older split configs
+        fields["store_reset"] = False
+    return json.dumps(fields, sort_keys=True)
 
 
 def _code(source: str) -> str:
