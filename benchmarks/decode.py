@@ -47,7 +47,7 @@ from mhfgen import device as mdevice
 from mhfgen import dispatch, reference
 from mhfgen.bench_decode import copy_bandwidth
 from mhfgen.graph_timing import call_ms, rotation_copies
-from mhfgen.presets import PRESETS
+from mhfgen.presets import shape
 from mhfgen.spec import KernelSpec
 from mhfgen.tuning.search import describe_config
 
@@ -73,20 +73,10 @@ class _Problem:
 
 
 def shape_heads(name: str) -> tuple[object, int]:
-    """(preset, kv heads) of a shape name: a preset of mhfgen.presets, or one with
-    '-kv<N>' appended for N kv heads (e.g. 1.3B-kv4: grouped heads, the rest the
-    preset's). Raises ValueError naming the valid forms."""
-    base, grouped, kv = name.partition("-kv")
-    if base not in PRESETS or (grouped and not kv.isdigit()):
-        raise ValueError(
-            f"unknown shape {name!r}: a preset ({', '.join(PRESETS)}), optionally with "
-            "-kv<N> for N kv heads (e.g. 1.3B-kv4)"
-        )
-    preset = PRESETS[base]
-    kv_heads = int(kv) if grouped else preset.kv_heads or preset.heads
-    if kv_heads < 1 or preset.heads % kv_heads:
-        raise ValueError(f"{name}: {kv_heads} kv heads do not divide {preset.heads} heads")
-    return preset, kv_heads
+    """(preset, kv heads) of a shape name (mhfgen.presets.shape: a preset, or one with
+    '-kv<N>' appended for N kv heads). Raises ValueError naming the valid forms."""
+    preset = shape(name)
+    return preset, preset.kv_heads
 
 
 def _problem(preset_name: str, tokens: int, device) -> _Problem:

@@ -344,27 +344,30 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.compile_check:
         return _compile_check()
+    from mhfgen.presets import shape
+
+    try:
+        shapes = [shape(name) for name in args.shapes.split(",")]
+    except ValueError as exc:
+        print(f"decode_timeline: {exc}", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         print(
             "decode_timeline needs an sm90 (Hopper) CUDA GPU (--compile-check runs anywhere)",
             file=sys.stderr,
         )
         return 2
-    from decode import shape_heads  # benchmarks/decode.py, beside this script
-
     from mhfgen.bench import environment
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.shapes.split(","):
-            preset, kv_heads = shape_heads(name)
+        for p in shapes:
             spec = KernelSpec(
-                preset.heads, kv_heads, preset.head_dim, preset.experts,
-                preset.intermediate // preset.experts, "bfloat16", "sm90",
-            )  # fmt: skip
+                p.heads, p.kv_heads, p.head_dim, p.experts, p.expert_dim, "bfloat16", "sm90"
+            )
             for tokens in (int(t) for t in args.tokens.split(",")):
                 for weights in args.weights.split(","):
-                    row = measure(name, spec, tokens, weights, Path(tmp))
+                    row = measure(p.name, spec, tokens, weights, Path(tmp))
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     if args.json:

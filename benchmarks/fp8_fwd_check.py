@@ -26,7 +26,7 @@ then speed, in one run of about a minute.
    tile's A operand in shared memory or registers, joint or separate S and G, ping-pong
    consumers, ring depth, staged scales) checked against float64 and the emulation on the
    1.3B slice, then timed at --tokens beside the bf16 Gluon forward, rows 'schedule'.
-4. with --decode: each shape of --decode-shapes (DECODE_SHAPES; default the 1.3B preset)
+4. with --decode: each shape of --decode-shapes (presets, -kv<N> for N kv heads; default 1.3B)
    at 1, 8, 32 and 64 tokens in CUDA graphs (each call on its own copy of the weights):
    16-bit weights, FP8 weight-only and the W8A8 split forward at their dispatched
    configs, the 16-bit weights' split forward with its ticket counter reset by a plain
@@ -63,12 +63,17 @@ SHAPES = (  # name, batch, seqlen, H, Hkv, D, E, De
     ("decode_64", 2, 32, 16, 16, 128, 22, 256),
 )
 PRESET = ("1.3B", 16, 16, 128, 22, 256)  # name, H, Hkv, D, E, De
-#: --decode-shapes: name -> (H, Hkv, D, E, De)
-DECODE_SHAPES = {
-    "1.3B": PRESET[1:],
-    "1.3B-kv4": (16, 4, 128, 22, 256),
-    "370M": (8, 8, 128, 11, 256),
-}
+
+
+def decode_shape(name: str) -> tuple:
+    """(H, Hkv, D, E, De) of a --decode-shapes name (mhfgen.presets.shape: a preset, or one
+    with '-kv<N>' appended for N kv heads). ValueError naming the valid forms."""
+    from mhfgen.presets import shape
+
+    p = shape(name)
+    return p.heads, p.kv_heads, p.head_dim, p.experts, p.expert_dim
+
+
 #: --schedules: name -> Fp8WsConfig fields (the rest the config's defaults)
 SCHEDULES = {
     "P in shared memory, separate S and G (default)": {},
@@ -106,7 +111,8 @@ def _args(argv=None):
     p.add_argument(
         "--decode-shapes",
         default="1.3B",
-        help=f"comma-separated shapes of --decode, of {', '.join(DECODE_SHAPES)} (default 1.3B)",
+        help="comma-separated shapes of --decode: presets, each optionally with -kv<N> for N "
+        "kv heads (default 1.3B; e.g. 1.3B,1.3B-kv4,370M)",
     )
     return p.parse_args(argv)
 
@@ -364,8 +370,8 @@ def schedules(dtype, tokens: int, rows: list) -> bool:
 DECODE_TOKENS = (1, 8, 32, 64)
 
 
-def decode(dtype, rows: list, shape: str = "1.3B") -> None:
-    """A shape of DECODE_SHAPES at DECODE_TOKENS: per call, the median replay of a CUDA graph of
+def decode(dtype, rows: list, shape_name: str = "1.3B") -> None:
+    """A shape (decode_shape) at DECODE_TOKENS: per call, the median replay of a CUDA graph of
     calls on weight copies that together pass 4x the L2 (mhfgen.graph_timing.call_ms),
     for 16-bit weights (flash_mhf), FP8 weights through the weight-only flash_mhf_fwd and
     through flash_mhf_fwd_fp8_ws (each at the config the dispatcher gives that variant;
@@ -383,7 +389,7 @@ def decode(dtype, rows: list, shape: str = "1.3B") -> None:
     from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
     from mhfgen.variants.flash_mhf_fwd_fp8_ws import flash_mhf_fwd_fp8_ws
 
-    name, (h, hkv, d, e, de) = shape, DECODE_SHAPES[shape]
+    name, (h, hkv, d, e, de) = shape_name, decode_shape(shape_name)
     dt = str(dtype).removeprefix("torch.")
     dense_spec, fp8_spec = _spec(h, hkv, d, e, de, dt), _spec(h, hkv, d, e, de, f"{dt}_e4m3")
     copies_of = {
@@ -464,11 +470,11 @@ def decode(dtype, rows: list, shape: str = "1.3B") -> None:
 
 def main(argv=None) -> int:
     args = _args(argv)
-    unknown = set(args.decode_shapes.split(",")) - set(DECODE_SHAPES)
-    if unknown:
-        print(
-            f"unknown --decode-shapes {sorted(unknown)}; of {list(DECODE_SHAPES)}", file=sys.stderr
-        )
+    try:
+        for name in args.decode_shapes.split(","):
+            decode_shape(name)
+    except ValueError as exc:
+        print(f"--decode-shapes: {exc}", file=sys.stderr)
         return 2
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         print("fp8_fwd_check needs an sm90 (Hopper) CUDA GPU", file=sys.stderr)
@@ -489,8 +495,8 @@ def main(argv=None) -> int:
         if args.schedules:
             ok &= schedules(dtype, args.tokens, rows)
         if args.decode:
-            for shape in args.decode_shapes.split(","):
-                decode(dtype, rows, shape)
+            for name in args.decode_shapes.split(","):
+                decode(dtype, rows, name)
     except Hang as exc:
         print(f"HANG: {exc}", file=sys.stderr)
         ok, status = False, 2

@@ -40,3 +40,23 @@ PRESETS: dict[str, Preset] = {
         Preset("1.3B", 2048, 16, 128, 5632, 22),
     )
 }
+
+
+def shape(name: str) -> Preset:
+    """The layer a benchmark's shape name stands for: a preset's name, or one with
+    '-kv<N>' appended for N kv heads (e.g. '1.3B-kv4': 4 query heads a kv head, the rest
+    the preset's), as a Preset of that name whose kv_heads is set. ValueError naming the
+    valid forms for anything else, and where N does not divide the preset's heads."""
+    from dataclasses import replace
+
+    base, grouped, kv = name.partition("-kv")
+    if base not in PRESETS or (grouped and not kv.isdigit()):
+        raise ValueError(
+            f"unknown shape {name!r}: a preset ({', '.join(PRESETS)}), optionally with "
+            "-kv<N> for N kv heads (e.g. 1.3B-kv4)"
+        )
+    preset = PRESETS[base]
+    kv_heads = int(kv) if grouped else preset.kv_heads or preset.heads
+    if kv_heads < 1 or preset.heads % kv_heads:
+        raise ValueError(f"{name}: {kv_heads} kv heads do not divide {preset.heads} heads")
+    return replace(preset, name=name, kv_heads=kv_heads)
