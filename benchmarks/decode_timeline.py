@@ -276,9 +276,6 @@ def _compile_check() -> int:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from mhfgen.kernels import sm90
-    from mhfgen.kernels.launch import host_descriptors
-
     spec = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
     config = registry.get(fwd.KERNEL).default_config(spec, 1, 132)
     with tempfile.TemporaryDirectory() as tmp:
@@ -302,24 +299,8 @@ def _compile_check() -> int:
         fconfig = f8.default_config(fspec, 1, 132)
         kernel = _module(instrument_fp8(f8.render(fspec, fconfig)), "fp8", Path(tmp))
         kernel = kernel.flash_mhf_fwd_fp8_ws_kernel
-        D, rows = fspec.head_dim, max(fconfig.block_m, 16)
-        q2 = torch.empty(rows, fspec.heads * D, dtype=fspec.torch_dtype)
-        w2 = torch.empty(fspec.kv_heads * fspec.intermediate, D, dtype=f8.FP8_STORAGE)
-        vt2 = torch.empty(
-            fspec.kv_heads * fspec.experts * D, fspec.expert_dim, dtype=f8.FP8_STORAGE
-        )
-        cols = torch.empty(2, fspec.kv_heads * fspec.intermediate, dtype=torch.float32)
-        layouts = f8.descriptor_layouts(fspec, fconfig)
-        descs = host_descriptors(f8.descriptors(layouts, q2, w2, w2, vt2, q2, cols))
-        names = ("q_desc", "k_desc", "u_desc", "vt_desc", "o_desc", "cols_desc")
-        args = dict(zip(names, descs), R=torch.empty(1), WS=torch.empty(1))
-        args.update(
-            OUT=torch.empty(1, dtype=fspec.torch_dtype), COUNTERS=torch.empty(1, dtype=torch.int32)
-        )
-        args.update(TIMES=torch.empty(1, dtype=torch.int64), stride_ws=1 << 16, seqlen=1024)
-        args.update(stride_rb=1 << 20, stride_rl=1 << 12, stride_rh=64, stride_re=1, tokens=1 << 16)
-        options = f8.launch_options(fconfig)
-        report = sm90.compile_gluon(kernel, args, f8.constexprs(fconfig), options)
+        times = {"TIMES": torch.empty(1, dtype=torch.int64)}
+        report = f8.compile_sm90(fspec, fconfig, kernel=kernel, extra_args=times)
     reads = dense.asm["ptx"].count("%globaltimer")
     print(
         f"flash_mhf_fwd {config.describe()}: {reads} timer reads, {dense.metadata.shared} B shared"

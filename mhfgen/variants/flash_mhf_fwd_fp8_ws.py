@@ -632,9 +632,13 @@ _launch = CachedLaunch(KERNEL, _make_plan, _run)
 # ---------------------------------------------------------------------------------------
 
 
-def compile_sm90(spec: KernelSpec, config: Fp8WsConfig) -> sm90.CompileReport:
+def compile_sm90(
+    spec: KernelSpec, config: Fp8WsConfig, kernel=None, extra_args: dict | None = None
+) -> sm90.CompileReport:
     """Compile the generated kernel for sm90 down to cubin on any machine (no GPU needed):
-    the signature is built from host descriptors over small CPU tensors."""
+    the signature is built from host descriptors over small CPU tensors. `kernel` stands
+    in for the generated one with the same parameters plus `extra_args` (name -> an
+    example value; benchmarks/decode_timeline.py's instrumented copy)."""
     D = spec.head_dim
     rows = max(config.block_m, 16)
     q2 = torch.empty(rows, spec.heads * D, dtype=spec.torch_dtype)
@@ -664,9 +668,10 @@ def compile_sm90(spec: KernelSpec, config: Fp8WsConfig) -> sm90.CompileReport:
         stride_re=1,
         seqlen=1024,
         tokens=1 << 16,
+        **(extra_args or {}),
     )
     return sm90.compile_gluon(
-        load_kernel(spec, config), args, constexprs(config), launch_options(config)
+        kernel or load_kernel(spec, config), args, constexprs(config), launch_options(config)
     )
 
 
