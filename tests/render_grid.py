@@ -73,6 +73,7 @@ GLUON_FIELDS: dict[str, dict[str, tuple]] = {
         "swap_ab": (0, 16),
         "reduce_unroll": (1, 8),
         "store_reset": (True, False),
+        "pdl": (False, True),
     },
     "flash_mhf_bwd_dq_ws": {
         "sigmoid": ("tanh", "exp"),

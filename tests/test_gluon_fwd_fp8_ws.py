@@ -71,6 +71,9 @@ FAMILIES = {
         group_heads=2, stages=3, inter_splits=8, staged_scales=True, swap_ab=16
     ),
     "swapped-two-blocks": f8.Fp8WsConfig(stages=3, inter_splits=8, staged_scales=True, swap_ab=16),
+    "swapped-pdl": f8.Fp8WsConfig(
+        consumers=1, inter_splits=8, staged_scales=True, swap_ab=16, reduce_unroll=8, pdl=True
+    ),
 }
 
 #: (H, Hkv, D, E, De): the 1.3B preset, D = 64 with grouped kv heads, fp16 with E = 1
@@ -249,6 +252,73 @@ def test_split_reduction_renders_only_where_configured():
     assert "tma.async_copy_shared_to_global(o_desc" not in split
     legacy = f8.render(spec, f8.Fp8WsConfig(consumers=1, inter_splits=4, store_reset=False))
     assert "gl.atomic_xchg(COUNTERS + counter, 0)" in legacy and "gl.store(COUNTERS" not in legacy
+
+
+def test_pdl_renders_only_where_configured_and_waits_before_the_calls_inputs():
+    """With pdl every program signals launch_dependents as it starts; the first consumer
+    asks L2 for its split's weights, and both partitions wait (griddepcontrol.wait)
+    before anything the previous kernel may write: the producer before its q loads, the
+    consumer before the routing weights, the workspace, the output and the tickets."""
+    spec = COMPILE_SPECS[0]
+    plain = f8.render(spec, FAMILIES["swapped-16"])
+    assert "griddepcontrol" not in plain and "prefetch" not in plain
+    source = f8.render(spec, FAMILIES["swapped-pdl"])
+    producer = source.split("def _producer(")[1].split("@gluon.jit")[0]
+    assert producer.index("_gdc_wait()") < producer.index("q_desc, [t0")
+    consumer = source.split("def _consumer(")[1].split("@gluon.jit")[0]
+    wait = consumer.index("_gdc_wait()")
+    assert consumer.index("_prefetch_split(KP, UP, VTP, CP") < wait
+    for later in ("_stage_routing(", "q.load(", "_reduce_splits("):
+        assert wait < consumer.index(later), later
+    kernel = source.split("def flash_mhf_fwd_fp8_ws_kernel(")[1]
+    assert kernel.index("_gdc_launch_dependents()") < kernel.index("gl.warp_specialize(")
+    assert "KP, UP, VTP, CP, WS, OUT, COUNTERS, stride_ws" in kernel
+
+
+def test_pdl_takes_the_swapped_schedule_and_its_launch_attribute():
+    spec = COMPILE_SPECS[0]
+    problems = f8.config_problems(spec, f8.Fp8WsConfig(consumers=1, inter_splits=8, pdl=True))
+    assert any("pdl" in p and "swap_ab" in p for p in problems)
+    assert f8.config_problems(spec, FAMILIES["swapped-pdl"]) == []
+    assert f8.launch_options(FAMILIES["swapped-pdl"])["launch_pdl"] is True
+    assert "launch_pdl" not in f8.launch_options(FAMILIES["swapped-16"])
+    assert FAMILIES["swapped-pdl"].describe().endswith(" pdl")
+    # configs stored before the field read as without it
+    assert f8.Fp8WsConfig.added_fields["pdl"] is False
+
+
+def test_pdl_compiles_with_its_waits_prefetches_and_launch_attribute():
+    spec = COMPILE_SPECS[0]
+    report = gluon_report(f8, spec, FAMILIES["swapped-pdl"])
+    plain = gluon_report(f8, spec, FAMILIES["swapped-16"])
+    assert report.launch_pdl and not plain.launch_pdl
+    # one wait in the producer and one in the consumer; a signal at the kernel's start
+    # and in the producer partition; the prefetch's loops
+    assert report.pdl_waits == 2 and report.pdl_launches == 2
+    assert report.l2_prefetches > 0 and plain.l2_prefetches == plain.pdl_waits == 0
+    assert report.spill_bytes == 0 and report.wgmma_serialized == ""
+    assert report.wgmma == plain.wgmma
+
+
+def test_the_pdl_launch_passes_the_weights_pointers_before_the_scalars(monkeypatch):
+    from mhfgen import device
+
+    monkeypatch.setattr(device, "target", lambda _: "sm90")
+    forget_transposed()
+    (q, k8, u8, v8, r, scales), _ = _fp8_case(Case("dec", 1, 3, 8, 8, 64, 4, 128))
+    config = f8.Fp8WsConfig(
+        consumers=1, inter_splits=3, staged_scales=True, swap_ab=16, reduce_unroll=4, pdl=True
+    )
+    plan = f8._launch.make_plan(q, k8, u8, v8, r, scales, config)
+    args = f8.arguments(plan, q, k8, u8, v8, r, scales, torch.empty_like(q))
+    names = list(plan.kernel.arg_names)
+    at = names.index("KP")
+    assert names[at - 2 : at + 5] == ["R", "cols_desc", "KP", "UP", "VTP", "CP", "WS"]
+    pointers = [a.data_ptr() for a in args[at : at + 4]]
+    want = (k8, u8, transposed_v(v8), kept_column_factors(scales))
+    assert pointers == [t.data_ptr() for t in want]
+    options = set(f8.launch_options(config))
+    assert list(names[len(args) :]) == [n for n in plan.meta if n not in options]
 
 
 def test_staged_scales_leave_the_loop_without_global_loads():
@@ -790,6 +860,37 @@ def test_swapped_decode_matches_the_emulation_on_a_gpu(
     got = f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config)
     torch.cuda.synchronize()
     _assert_matches_emulation_and_float64(got, spec, config, (q, k8, u8, v8, r, scales), dense)
+
+
+@pytest.mark.skipif(not GPU_SM90, reason="needs an sm90 (Hopper) CUDA GPU")
+@pytest.mark.parametrize("case", SWAPPED_CASES, ids=lambda c: c.name)
+def test_pdl_gives_the_plain_launchs_outputs_on_a_gpu(case):
+    """Programmatic dependent launch changes when a call may start, not what it computes:
+    bitwise the outputs of the same config without it, eagerly and in a CUDA graph of
+    back-to-back calls whose inputs a kernel between them rewrites."""
+    (q, k8, u8, v8, r, scales), _ = _fp8_case(case, torch.bfloat16, "cuda")
+    spec = KernelSpec(*(getattr(case, f) for f in SPEC_FIELDS), "bfloat16_e4m3", "sm90")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    plain = f8.swapped_decode_config(spec, case.tokens, sms)
+    config = dataclasses.replace(plain, pdl=True)
+    want = f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=plain)
+    got = f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config)
+    torch.cuda.synchronize()
+    assert torch.equal(got, want)
+    qs = [q * (1 + i) for i in range(3)]
+    wants = [f8.flash_mhf_fwd_fp8_ws(x, k8, u8, v8, r, scales, config=plain) for x in qs]
+    x = torch.empty_like(q)
+    outs = []
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(3):
+            x.copy_(q * (1 + i))  # written by the kernel just before each call
+            outs.append(f8.flash_mhf_fwd_fp8_ws(x, k8, u8, v8, r, scales, config=config))
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        for got, want in zip(outs, wants):
+            assert torch.equal(got, want)
 
 
 def test_the_gpu_check_script_says_what_it_needs(monkeypatch, capsys):

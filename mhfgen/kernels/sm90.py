@@ -220,8 +220,10 @@ def ptxas_report(ptx: str) -> tuple[int, int, str]:
 class CompileReport:
     """What compiling one (spec, config) of a Gluon kernel for sm90 gave: shared memory the
     kernel allocates, registers per thread and spilled bytes (ptxas -v), the cubin's size,
-    and the counts of wgmma and TMA instructions in its PTX, and of the wgmma whose
-    operands are both e4m3 (FP8 tensor-core products)."""
+    and the counts of wgmma and TMA instructions in its PTX, of the wgmma whose operands
+    are both e4m3 (FP8 tensor-core products), of the programmatic-dependent-launch
+    instructions (griddepcontrol.wait and .launch_dependents) and L2 prefetches, and
+    whether the launch asks for programmatic dependent launch (launch_pdl)."""
 
     shared: int
     registers: int
@@ -231,6 +233,10 @@ class CompileReport:
     tma_loads: int
     fp8_wgmma: int = 0
     wgmma_serialized: str = ""
+    pdl_waits: int = 0
+    pdl_launches: int = 0
+    l2_prefetches: int = 0
+    launch_pdl: bool = False
 
 
 def compile_gluon(kernel, args: dict, consts: dict, options: dict) -> CompileReport:
@@ -263,6 +269,10 @@ def compile_gluon(kernel, args: dict, consts: dict, options: dict) -> CompileRep
         len(re.findall(r"cp\.async\.bulk\.tensor", ptx)),
         len(re.findall(r"wgmma\.mma_async\S*\.e4m3\.e4m3", ptx)),
         serialized,
+        ptx.count("griddepcontrol.wait"),
+        ptx.count("griddepcontrol.launch_dependents"),
+        ptx.count("prefetch.global.L2"),
+        bool(compiled.metadata.launch_pdl),
     )
 
 

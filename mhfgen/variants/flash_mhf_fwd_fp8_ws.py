@@ -129,6 +129,13 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
                     or two sharing each weight tile: two heads of a kv group with
                     group_heads = 2, else two token blocks) and the defaults of the
                     other schedule fields.
+    pdl:            with swap_ab, programmatic dependent launch: the launch may begin
+                    while the stream's previous kernel ends (every program signals
+                    griddepcontrol.launch_dependents as it starts), and the first
+                    consumer asks L2 for the split's K8/U8 rows, V8^T blocks and column
+                    factors before griddepcontrol.wait; q, r, the workspace, the output
+                    and the tickets are touched only after it (see the template's
+                    _prefetch_split).
     """
 
     variant = KERNEL
@@ -150,6 +157,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     swap_ab: int = 0
     reduce_unroll: int = 1
     store_reset: bool = True
+    pdl: bool = False
 
     #: fields added after configs of this variant were stored: a stored config without
     #: them means these values
@@ -161,6 +169,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         "swap_ab": 0,
         "reduce_unroll": 1,
         "store_reset": False,
+        "pdl": False,
     }
 
     #: added fields that render code only with inter_splits > 1 (VariantConfig.legacy_fields)
@@ -178,6 +187,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         staged_scales=(False, True),
         swap_ab=(0, 16, 32, 64),
         reduce_unroll=REDUCE_UNROLLS,
+        pdl=(False, True),
     )
 
     @property
@@ -192,7 +202,8 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         text += f" ru{self.reduce_unroll}" if self.reduce_unroll > 1 else ""
         text += " xchg" if self.inter_splits > 1 and not self.store_reset else ""
         text += " staged" if self.staged_scales else ""
-        return text + (f" swap{self.swap_ab}" if self.swap_ab else "")
+        text += f" swap{self.swap_ab}" if self.swap_ab else ""
+        return text + (" pdl" if self.pdl else "")
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,6 +267,10 @@ def config_problems(spec: KernelSpec, config: Fp8WsConfig) -> list[str]:
         problems.append(
             "swap_ab (the swapped-operand decode schedule) takes inter_splits > 1, "
             "staged_scales, 4-warp consumers, separate scores and p_operand='shared'"
+        )
+    if config.pdl and not config.swap_ab:
+        problems.append(
+            "pdl (programmatic dependent launch) takes the swapped decode schedule (swap_ab)"
         )
     problems += _gluon.forward_resource_problems(spec, config, shared_memory(spec, config))
     return problems
@@ -443,6 +458,7 @@ def static_params(spec: KernelSpec, config: Fp8WsConfig) -> dict:
         **({"swap_ab": True} if config.swap_ab else {}),
         **({"reduce_unroll": config.reduce_unroll} if config.reduce_unroll > 1 else {}),
         **({"store_reset": True} if config.store_reset and config.inter_splits > 1 else {}),
+        **({"pdl": True} if config.pdl else {}),
     }
 
 
@@ -497,9 +513,15 @@ def descriptors(layouts: tuple, *views) -> list:
     return [Tma(view, *layout) for view, layout in zip(views, layouts)]
 
 
-#: the kernel's constexprs and launch options (_gluon: shared by the warp-specialised forwards)
+#: the kernel's constexprs (_gluon: shared by the warp-specialised forwards)
 constexprs = _gluon.forward_constexprs
-launch_options = _gluon.forward_launch_options
+
+
+def launch_options(config: Fp8WsConfig) -> dict:
+    """The launch options of the warp-specialised forwards (_gluon.forward_launch_options),
+    and with `pdl` the programmatic-dependent-launch attribute (launch_pdl)."""
+    options = _gluon.forward_launch_options(config)
+    return {**options, "launch_pdl": True} if config.pdl else options
 
 
 # ---------------------------------------------------------------------------------------
@@ -551,8 +573,9 @@ def arguments(plan: Fp8WsPlan, q, k, u, v, r, scales, o, vt=None) -> tuple:
     """The kernel's positional arguments for one call: the TMA descriptors of q, k8, u8,
     V8^T (`vt`, default mhfgen.fp8.transposed_v(v)) and o over the 2-D views of the module
     doc, r, the scales' column factors (mhfgen.fp8.kept_column_factors), with splits the
-    fp32 workspace (splits, tokens, H * D), o and the tickets (split_counters), then the
-    plan's scalars; the constexprs and launch options are plan.meta. With staged scales
+    with pdl the k8, u8 and V8^T views and the column factors once more (plain pointers
+    for the L2 prefetch), with splits the fp32 workspace (splits, tokens, H * D), o and
+    the tickets (split_counters), then the plan's scalars; the constexprs and launch options are plan.meta. With staged scales
     the column factors go as a TMA descriptor of their (2, Hkv * I) view."""
     B, L, H, D = q.shape
     vt = transposed_v(v) if vt is None else vt
@@ -564,6 +587,8 @@ def arguments(plan: Fp8WsPlan, q, k, u, v, r, scales, o, vt=None) -> tuple:
         vt.view(-1, vt.shape[-1]),
         o.view(-1, H * D),
     )
+    # with pdl the weights' own pointers too: the L2 prefetch before griddepcontrol.wait
+    prefetch = (*views[1:4], cols) if plan.config.pdl else ()
     if plan.config.staged_scales:
         *descs, cols = descriptors(plan.layouts, *views, cols.view(2, -1))
     else:
@@ -573,7 +598,7 @@ def arguments(plan: Fp8WsPlan, q, k, u, v, r, scales, o, vt=None) -> tuple:
         tiles, splits = plan.grid
         work = empty((splits, B * L, H * D), torch.float32, q.device)
         split = (work, o, split_counters(tiles * plan.config.consumers, q.device))
-    return (*descs, r, cols, *split, *plan.scalars)
+    return (*descs, r, cols, *prefetch, *split, *plan.scalars)
 
 
 def _make_plan(q, k, u, v, r, scales, config) -> Fp8WsPlan:
@@ -656,6 +681,8 @@ def compile_sm90(
             COUNTERS=torch.empty(1, dtype=torch.int32),
             stride_ws=1 << 16,
         )
+    if config.pdl:
+        split.update(KP=w2, UP=w2, VTP=vt2, CP=torch.empty(1, dtype=torch.float32))
     names = ("q_desc", "k_desc", "u_desc", "vt_desc", "o_desc", "cols_desc")
     args = dict(
         zip(names, descs),
