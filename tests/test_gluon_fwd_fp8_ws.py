@@ -255,10 +255,11 @@ def test_split_reduction_renders_only_where_configured():
 
 
 def test_pdl_renders_only_where_configured_and_waits_before_the_calls_inputs():
-    """With pdl every program signals launch_dependents as it starts; the first consumer
-    asks L2 for its split's weights, and both partitions wait (griddepcontrol.wait)
-    before anything the previous kernel may write: the producer before its q loads, the
-    consumer before the routing weights, the workspace, the output and the tickets."""
+    """With pdl the first consumer asks L2 for its split's first weight tiles, and both
+    partitions wait (griddepcontrol.wait) before anything the previous kernel may write:
+    the producer before its q loads, the consumer before the routing weights, the
+    workspace, the output and the tickets; the consumer signals launch_dependents once its
+    loop is done."""
     spec = COMPILE_SPECS[0]
     plain = f8.render(spec, FAMILIES["swapped-16"])
     assert "griddepcontrol" not in plain and "prefetch" not in plain
@@ -270,8 +271,11 @@ def test_pdl_renders_only_where_configured_and_waits_before_the_calls_inputs():
     assert consumer.index("_prefetch_split(KP, UP, VTP, CP") < wait
     for later in ("_stage_routing(", "q.load(", "_reduce_splits("):
         assert wait < consumer.index(later), later
+    # the signal once the consumer's loop is done, before the reduction
+    loop_end = consumer.index("o = warpgroup_mma_wait(num_outstanding=0, deps=(o, ))")
+    assert loop_end < consumer.index("_gdc_launch_dependents()") < consumer.index("_reduce_splits(")
+    assert "_gdc_launch_dependents()" not in producer
     kernel = source.split("def flash_mhf_fwd_fp8_ws_kernel(")[1]
-    assert kernel.index("_gdc_launch_dependents()") < kernel.index("gl.warp_specialize(")
     assert "KP, UP, VTP, CP, WS, OUT, COUNTERS, stride_ws" in kernel
 
 
@@ -292,9 +296,9 @@ def test_pdl_compiles_with_its_waits_prefetches_and_launch_attribute():
     report = gluon_report(f8, spec, FAMILIES["swapped-pdl"])
     plain = gluon_report(f8, spec, FAMILIES["swapped-16"])
     assert report.launch_pdl and not plain.launch_pdl
-    # one wait in the producer and one in the consumer; a signal at the kernel's start
-    # and in the producer partition; the prefetch's loops
-    assert report.pdl_waits == 2 and report.pdl_launches == 2
+    # one wait in the producer and one in the consumer, the consumer's signal, the
+    # prefetch's loops
+    assert report.pdl_waits == 2 and report.pdl_launches == 1
     assert report.l2_prefetches > 0 and plain.l2_prefetches == plain.pdl_waits == 0
     assert report.spill_bytes == 0 and report.wgmma_serialized == ""
     assert report.wgmma == plain.wgmma

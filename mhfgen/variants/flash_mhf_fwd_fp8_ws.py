@@ -130,12 +130,13 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
                     group_heads = 2, else two token blocks) and the defaults of the
                     other schedule fields.
     pdl:            with swap_ab, programmatic dependent launch: the launch may begin
-                    while the stream's previous kernel ends (every program signals
-                    griddepcontrol.launch_dependents as it starts), and the first
-                    consumer asks L2 for the split's K8/U8 rows, V8^T blocks and column
-                    factors before griddepcontrol.wait; q, r, the workspace, the output
-                    and the tickets are touched only after it (see the template's
-                    _prefetch_split).
+                    while the stream's previous kernel ends, and one program of those
+                    reading a split's weights asks L2 for its first `stages` tiles (K8/U8
+                    rows, V8^T blocks, column factors) before griddepcontrol.wait; q, r,
+                    the workspace, the output and the tickets are touched only after it
+                    (the template's _prefetch_split). Each program signals
+                    griddepcontrol.launch_dependents once its loop is done, so the next
+                    kernel so launched may start while the last splits reduce.
     """
 
     variant = KERNEL
