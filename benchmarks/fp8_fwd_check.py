@@ -35,6 +35,14 @@ then speed, in one run of about a minute.
    consumers sharing each weight tile and with the exchange reset, and at its unswapped heuristic
    (swap_ab = 0) and that with staged_scales flipped (where its loop reads the scales),
    rows 'decode' with each one's speed-up over the 16-bit weights.
+5. with --pdl: each shape of --decode-shapes at 1, 8, 32 and 64 tokens in CUDA graphs, the
+   A/B of programmatic dependent launch (the `pdl` field of the swapped decode schedule):
+   16-bit weights and the W8A8 split forward at their dispatched configs, and the W8A8
+   one with pdl flipped, each timed back to back (the graph's calls one after another)
+   and with a bf16 GEMM between calls (x (tokens, H * D) @ W (H * D, H * D), what a
+   model's decode puts between its FFN layers; the row's time is the pair's, and the
+   GEMM alone is a row of its own); outputs checked bitwise against the plain launch,
+   rows 'pdl'.
 The first launch of each kernel is watched for a hang (an mbarrier deadlock never ends):
 a hang ends the run (exit 2). Exit 1 when a check fails, 0 otherwise. --json writes
 every row.
@@ -107,6 +115,12 @@ def _args(argv=None):
         help="also time decode (DECODE_TOKENS) in CUDA graphs: 16-bit weights, FP8 "
         "weight-only and the W8A8 split forward, each with its dispatched config, and the "
         "W8A8 one at its unswapped heuristic (swap_ab = 0), also with staged_scales flipped",
+    )
+    p.add_argument(
+        "--pdl",
+        action="store_true",
+        help="also the decode A/B of programmatic dependent launch (the swapped schedule's "
+        "pdl field): back to back and with a bf16 GEMM between calls, on --decode-shapes",
     )
     p.add_argument(
         "--decode-shapes",
@@ -468,6 +482,100 @@ def decode(dtype, rows: list, shape_name: str = "1.3B") -> None:
     torch.cuda.empty_cache()
 
 
+def pdl_ab(dtype, rows: list, shape_name: str = "1.3B") -> bool:
+    """Item 5 of the module doc on one shape: returns whether every pdl output equalled
+    the plain launch's bitwise."""
+    from hangs import finish
+
+    from mhfgen import dispatch, flash_mhf
+    from mhfgen.bench_decode import weight_bytes, weight_copies
+    from mhfgen.graph_timing import call_ms, rotation_copies
+    from mhfgen.variants.flash_mhf_fwd_fp8_ws import flash_mhf_fwd_fp8_ws
+
+    name, (h, hkv, d, e, de) = shape_name, decode_shape(shape_name)
+    dt = str(dtype).removeprefix("torch.")
+    dense_spec, fp8_spec = _spec(h, hkv, d, e, de, dt), _spec(h, hkv, d, e, de, f"{dt}_e4m3")
+    copies_of = {
+        weights: weight_copies(
+            dense_spec, weights, "cuda", rotation_copies(weight_bytes(dense_spec, weights))
+        )
+        for weights in ("dense", "fp8")
+    }
+    ok = True
+    for tokens in DECODE_TOKENS:
+        gen = torch.Generator().manual_seed(tokens)
+        q = torch.randn(1, tokens, h, d, generator=gen).to("cuda", dtype)
+        r = torch.softmax(torch.randn(1, tokens, h, e, generator=gen), -1).to("cuda")
+        x = torch.randn(tokens, h * d, generator=gen).to("cuda", torch.bfloat16)
+        gemm_w = (torch.randn(h * d, h * d, generator=gen) * 0.02).to("cuda", torch.bfloat16)
+        fp8 = dispatch.choose_config("flash_mhf_fwd_fp8_ws", fp8_spec, tokens, q.device)
+        if not fp8.swap_ab:
+            print(f"pdl {name} T={tokens:3d}: the dispatched FP8 config is not swapped")
+            continue
+        flipped = replace(fp8, pdl=not fp8.pdl)
+        w = copies_of["fp8"][0]
+        with torch.no_grad():
+            same = torch.equal(
+                flash_mhf_fwd_fp8_ws(q, *w[:3], r, w[3], config=fp8),
+                flash_mhf_fwd_fp8_ws(q, *w[:3], r, w[3], config=flipped),
+            )
+        ok &= same
+        base = {}
+        for method, config in (
+            ("16-bit weights", None),
+            ("FP8 dispatched", fp8),
+            (f"FP8 pdl {'off' if fp8.pdl else 'on'}", flipped),
+        ):
+            for between in (False, True):
+                if config is None:
+                    calls = [lambda w=w: flash_mhf(q, *w, r) for w in copies_of["dense"]]
+                else:
+                    calls = [
+                        lambda w=w, c=config: flash_mhf_fwd_fp8_ws(q, *w[:3], r, w[3], config=c)
+                        for w in copies_of["fp8"]
+                    ]
+                if between:
+                    calls = [lambda f=f: (torch.mm(x, gemm_w), f()) for f in calls]
+                with torch.no_grad():
+                    us = finish(lambda c=calls: call_ms(c)) * 1e3
+                base.setdefault(between, us)
+                label = method + (", GEMM between" if between else "")
+                described = config.describe() if config else "dispatched"
+                rows.append(
+                    {
+                        "kind": "pdl",
+                        "shape": name,
+                        "tokens": tokens,
+                        "method": label,
+                        "config": described,
+                        "us": round(us, 2),
+                        "speedup": round(base[between] / us, 2),
+                        "bitwise": same,
+                    }
+                )
+                print(
+                    f"pdl {name} T={tokens:3d} {label:36s} {us:7.2f} us  "
+                    f"{base[between] / us:4.2f}x  [{described}]",
+                    flush=True,
+                )
+        with torch.no_grad():
+            us = call_ms([lambda: torch.mm(x, gemm_w)] * 32) * 1e3
+        rows.append(
+            {
+                "kind": "pdl",
+                "shape": name,
+                "tokens": tokens,
+                "method": "GEMM alone",
+                "config": f"({tokens}, {h * d}) @ ({h * d}, {h * d}) bf16",
+                "us": round(us, 2),
+            }
+        )
+        print(f"pdl {name} T={tokens:3d} {'GEMM alone':36s} {us:7.2f} us", flush=True)
+    del copies_of
+    torch.cuda.empty_cache()
+    return ok
+
+
 def main(argv=None) -> int:
     args = _args(argv)
     try:
@@ -497,6 +605,9 @@ def main(argv=None) -> int:
         if args.decode:
             for name in args.decode_shapes.split(","):
                 decode(dtype, rows, name)
+        if args.pdl:
+            for name in args.decode_shapes.split(","):
+                ok &= pdl_ab(dtype, rows, name)
     except Hang as exc:
         print(f"HANG: {exc}", file=sys.stderr)
         ok, status = False, 2
