@@ -38,11 +38,13 @@ then speed, in one run of about a minute.
 5. with --pdl: each shape of --decode-shapes at 1, 8, 32 and 64 tokens in CUDA graphs, the
    A/B of programmatic dependent launch (the `pdl` field of the swapped decode schedule):
    16-bit weights and the W8A8 split forward at their dispatched configs, and the W8A8
-   one with pdl flipped, each timed back to back (the graph's calls one after another)
-   and with a bf16 GEMM between calls (x (tokens, H * D) @ W (H * D, H * D), what a
-   model's decode puts between its FFN layers; the row's time is the pair's, and the
-   GEMM alone is a row of its own); outputs checked bitwise against the plain launch,
-   rows 'pdl'.
+   one with pdl flipped, each timed back to back (the graph's calls one after another),
+   with a bf16 GEMM between calls (x (tokens, H * D) @ W (H * D, H * D), what a model's
+   decode puts between its FFN layers) and after the layer's RMSNorm and router kernel
+   (mhfgen.norm_router, whose q and R the call then takes: the FlashMHF layer's order;
+   the router signals launch_dependents on sm90); a row's time is the pair's, and the
+   GEMM and the router alone are rows of their own; outputs checked bitwise against the
+   plain launch, rows 'pdl'.
 The first launch of each kernel is watched for a hang (an mbarrier deadlock never ends):
 a hang ends the run (exit 2). Exit 1 when a check fails, 0 otherwise. --json writes
 every row.
@@ -490,6 +492,7 @@ def pdl_ab(dtype, rows: list, shape_name: str = "1.3B") -> bool:
     from mhfgen import dispatch, flash_mhf
     from mhfgen.bench_decode import weight_bytes, weight_copies
     from mhfgen.graph_timing import call_ms, rotation_copies
+    from mhfgen.norm_router import norm_router
     from mhfgen.variants.flash_mhf_fwd_fp8_ws import flash_mhf_fwd_fp8_ws
 
     name, (h, hkv, d, e, de) = shape_name, decode_shape(shape_name)
@@ -508,6 +511,8 @@ def pdl_ab(dtype, rows: list, shape_name: str = "1.3B") -> bool:
         r = torch.softmax(torch.randn(1, tokens, h, e, generator=gen), -1).to("cuda")
         x = torch.randn(tokens, h * d, generator=gen).to("cuda", torch.bfloat16)
         gemm_w = (torch.randn(h * d, h * d, generator=gen) * 0.02).to("cuda", torch.bfloat16)
+        norm_w = torch.ones(h, d, device="cuda")
+        router_w = (torch.randn(h, d, e, generator=gen) * 0.1).to("cuda")
         fp8 = dispatch.choose_config("flash_mhf_fwd_fp8_ws", fp8_spec, tokens, q.device)
         if not fp8.swap_ab:
             print(f"pdl {name} T={tokens:3d}: the dispatched FP8 config is not swapped")
@@ -520,26 +525,31 @@ def pdl_ab(dtype, rows: list, shape_name: str = "1.3B") -> bool:
                 flash_mhf_fwd_fp8_ws(q, *w[:3], r, w[3], config=flipped),
             )
         ok &= same
+
+        def forward(config, w):
+            """The call on weights w at `config` (None: 16-bit weights, dispatched)."""
+            if config is None:
+                return lambda qq, rr: flash_mhf(qq, *w, rr)
+            return lambda qq, rr: flash_mhf_fwd_fp8_ws(qq, *w[:3], rr, w[3], config=config)
+
         base = {}
         for method, config in (
             ("16-bit weights", None),
             ("FP8 dispatched", fp8),
             (f"FP8 pdl {'off' if fp8.pdl else 'on'}", flipped),
         ):
-            for between in (False, True):
-                if config is None:
-                    calls = [lambda w=w: flash_mhf(q, *w, r) for w in copies_of["dense"]]
+            for between in ("", "GEMM", "router"):
+                fs = [forward(config, w) for w in copies_of["fp8" if config else "dense"]]
+                if between == "GEMM":
+                    calls = [lambda f=f: (torch.mm(x, gemm_w), f(q, r)) for f in fs]
+                elif between == "router":
+                    calls = [lambda f=f: f(*norm_router(q, norm_w, router_w)) for f in fs]
                 else:
-                    calls = [
-                        lambda w=w, c=config: flash_mhf_fwd_fp8_ws(q, *w[:3], r, w[3], config=c)
-                        for w in copies_of["fp8"]
-                    ]
-                if between:
-                    calls = [lambda f=f: (torch.mm(x, gemm_w), f()) for f in calls]
+                    calls = [lambda f=f: f(q, r) for f in fs]
                 with torch.no_grad():
                     us = finish(lambda c=calls: call_ms(c)) * 1e3
                 base.setdefault(between, us)
-                label = method + (", GEMM between" if between else "")
+                label = method + (f", {between} between" if between else "")
                 described = config.describe() if config else "dispatched"
                 rows.append(
                     {
@@ -558,19 +568,27 @@ def pdl_ab(dtype, rows: list, shape_name: str = "1.3B") -> bool:
                     f"{base[between] / us:4.2f}x  [{described}]",
                     flush=True,
                 )
-        with torch.no_grad():
-            us = call_ms([lambda: torch.mm(x, gemm_w)] * 32) * 1e3
-        rows.append(
-            {
-                "kind": "pdl",
-                "shape": name,
-                "tokens": tokens,
-                "method": "GEMM alone",
-                "config": f"({tokens}, {h * d}) @ ({h * d}, {h * d}) bf16",
-                "us": round(us, 2),
-            }
-        )
-        print(f"pdl {name} T={tokens:3d} {'GEMM alone':36s} {us:7.2f} us", flush=True)
+        for method, call, described in (
+            (
+                "GEMM alone",
+                lambda: torch.mm(x, gemm_w),
+                f"({tokens}, {h * d}) @ ({h * d}, {h * d})",
+            ),
+            ("router alone", lambda: norm_router(q, norm_w, router_w), f"H{h} D{d} E{e}"),
+        ):
+            with torch.no_grad():
+                us = call_ms([call] * 32) * 1e3
+            rows.append(
+                {
+                    "kind": "pdl",
+                    "shape": name,
+                    "tokens": tokens,
+                    "method": method,
+                    "config": described,
+                    "us": round(us, 2),
+                }
+            )
+            print(f"pdl {name} T={tokens:3d} {method:36s} {us:7.2f} us", flush=True)
     del copies_of
     torch.cuda.empty_cache()
     return ok

@@ -263,3 +263,61 @@ def test_launch_defaults_follow_the_h200_sweep():
     )
     for launch in (nr.forward_launch, nr.backward_launch):  # the interpreter: IEEE
         assert launch(torch.float16, 128, 32, interpreter=True)["precision"] == "ieee"
+
+
+def test_the_forward_signals_dependents_on_sm90_only(monkeypatch):
+    """On sm90+ the forward signals griddepcontrol.launch_dependents (a next kernel launched
+    with programmatic dependent launch, the FP8 decode forward's pdl, may start its
+    prologue while the router runs); the interpreter and sm80 leave it out. The sm90
+    compile holds the instruction."""
+    from mhfgen import device
+
+    q = torch.randn(1, 3, 2, 16)
+    w_router = torch.randn(2, 16, 4)
+    plan = kernels._fwd_plan(q, None, w_router)
+    assert plan.launch.meta["LAUNCH_DEPENDENTS"] is False
+    for target, signals in (("sm80", False), ("sm90", True), ("sm100", True)):
+        monkeypatch.setattr(device, "target", lambda _, t=target: t)
+        assert kernels._launches_dependents(q.device) is signals
+    monkeypatch.setattr(device, "target", lambda _: "sm90")
+    meta = kernels._fwd_plan(q, None, w_router).launch.meta
+    assert meta["LAUNCH_DEPENDENTS"] is True
+    ptx = _sm90_ptx(kernels.norm_router_fwd_kernel, meta)
+    assert ptx.count("griddepcontrol.launch_dependents") == 1
+    assert "griddepcontrol.launch_dependents" not in _sm90_ptx(
+        kernels.norm_router_fwd_kernel, {**meta, "LAUNCH_DEPENDENTS": False}
+    )
+
+
+def _sm90_ptx(kernel, meta: dict) -> str:
+    """The sm90 PTX of a Triton-language kernel with constexprs `meta` (num_warps taken
+    out as the launch option), compiled in a subprocess with TRITON_INTERPRET=0."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import json, sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from mhfgen.kernels import norm_router as k
+meta = json.loads(sys.argv[1])
+warps = meta.pop("num_warps")
+fn = k.norm_router_fwd_kernel
+pointers = ("Q", "NW", "WR", "QN", "R")
+sig = {n: "constexpr" if n in meta else "*fp32" if n in pointers else "i32" for n in fn.arg_names}
+sig["eps"] = "fp32"
+src = ASTSource(fn=fn, signature=sig, constexprs=meta)
+print(triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["ptx"])
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(meta)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout

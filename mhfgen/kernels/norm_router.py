@@ -36,7 +36,7 @@ import triton.language as tl
 
 from .. import device as _device
 from .. import reference
-from ..spec import INTERPRETER
+from ..spec import INTERPRETER, pdl_target
 from ..tiling import cdiv
 from .buffers import empty
 from .launch import DirectLaunch
@@ -183,10 +183,17 @@ def norm_router_fwd_kernel(
     BLOCK_T: tl.constexpr,
     HAS_NORM: tl.constexpr,
     PRECISION: tl.constexpr,
+    LAUNCH_DEPENDENTS: tl.constexpr,
 ):
     """Grid (cdiv(T, BLOCK_T), H): one (BLOCK_T, D_PAD) tile of head h per program; writes
     qn (contiguous (B, L, H, D), q's dtype; only with HAS_NORM) and R (contiguous
-    (B, L, H, E), fp32). Formulas: module docstring."""
+    (B, L, H, E), fp32). Formulas: module docstring. LAUNCH_DEPENDENTS (sm90+): each
+    program signals griddepcontrol.launch_dependents as it starts, so a next kernel
+    launched with programmatic dependent launch (the FP8 decode forward's `pdl`) may start
+    its prologue and L2 prefetch of its weights at once; it waits for this kernel's end
+    before it reads qn and R."""
+    if LAUNCH_DEPENDENTS:
+        tl.extra.cuda.gdc_launch_dependents()
     pid_t = tl.program_id(0)
     h = tl.program_id(1)
     t = pid_t.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -444,6 +451,11 @@ def _plan_key(q, norm_weight, w_router, eps: float, *grads) -> tuple:
         raise
 
 
+def _launches_dependents(device: torch.device) -> bool:
+    """Whether the forward signals launch_dependents: on sm90+ GPUs (griddepcontrol)."""
+    return pdl_target(_device.target(device))
+
+
 def _fwd_run(plan, q, norm_weight, w_router) -> tuple[torch.Tensor, torch.Tensor]:
     qn = empty(q.shape, q.dtype, q.device) if norm_weight is not None else q
     r = empty(plan.r_shape, torch.float32, q.device)
@@ -474,7 +486,9 @@ def _fwd_plan(
     launch = {**forward_launch(q.dtype, d_pad, e_pad, _interpreting(q.device)), **(launch or {})}
     block_t = launch["block_t"]
     _, nw_strides, wr_strides = _weight_args(norm_weight, w_router)
-    meta = _meta(H, D, E, norm_weight is not None, launch)
+    meta = _meta(
+        H, D, E, norm_weight is not None, launch, LAUNCH_DEPENDENTS=_launches_dependents(q.device)
+    )
     scalars = (T, L, float(eps), *q.stride()[:4], *nw_strides, *wr_strides)
     return FwdPlan(
         (B, L, H, E), DirectLaunch(norm_router_fwd_kernel, (cdiv(T, block_t), H), scalars, meta)
