@@ -37,8 +37,8 @@ then speed, in one run of about a minute.
    rows 'decode' with each one's speed-up over the 16-bit weights.
 5. with --pdl: each shape of --decode-shapes at 1, 8, 32 and 64 tokens in CUDA graphs, the
    A/B of programmatic dependent launch (the `pdl` field of the swapped decode schedule):
-   16-bit weights and the W8A8 split forward at their dispatched configs, and the W8A8
-   one with pdl flipped, each timed back to back (the graph's calls one after another),
+   16-bit weights and the W8A8 split forward at their dispatched configs, each with pdl
+   flipped (the 16-bit one where flash_mhf_fwd runs it and pdl is off), each timed back to back (the graph's calls one after another),
    with a bf16 GEMM between calls (x (tokens, H * D) @ W (H * D, H * D), what a model's
    decode puts between its FFN layers) and after the layer's RMSNorm and router kernel
    (mhfgen.norm_router, whose q and R the call then takes: the FlashMHF layer's order;
@@ -493,6 +493,7 @@ def pdl_ab(dtype, rows: list, shape_name: str = "1.3B") -> bool:
     from mhfgen.bench_decode import weight_bytes, weight_copies
     from mhfgen.graph_timing import call_ms, rotation_copies
     from mhfgen.norm_router import norm_router
+    from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
     from mhfgen.variants.flash_mhf_fwd_fp8_ws import flash_mhf_fwd_fp8_ws
 
     name, (h, hkv, d, e, de) = shape_name, decode_shape(shape_name)
@@ -526,20 +527,30 @@ def pdl_ab(dtype, rows: list, shape_name: str = "1.3B") -> bool:
             )
         ok &= same
 
+        dense = dispatch.explain_choice("fwd", dense_spec, tokens, q.device)
+        dense_pdl = None
+        if dense.variant == "flash_mhf_fwd" and not dense.config.pdl:
+            dense_pdl = replace(dense.config, pdl=True)
+
         def forward(config, w):
             """The call on weights w at `config` (None: 16-bit weights, dispatched)."""
             if config is None:
                 return lambda qq, rr: flash_mhf(qq, *w, rr)
+            if len(w) == 3:
+                return lambda qq, rr: flash_mhf_fwd(qq, *w, rr, config=config)
             return lambda qq, rr: flash_mhf_fwd_fp8_ws(qq, *w[:3], rr, w[3], config=config)
 
         base = {}
-        for method, config in (
-            ("16-bit weights", None),
-            ("FP8 dispatched", fp8),
-            (f"FP8 pdl {'off' if fp8.pdl else 'on'}", flipped),
+        for method, config, weights in (
+            ("16-bit weights", None, "dense"),
+            ("16-bit pdl on", dense_pdl, "dense"),
+            ("FP8 dispatched", fp8, "fp8"),
+            (f"FP8 pdl {'off' if fp8.pdl else 'on'}", flipped, "fp8"),
         ):
+            if weights == "dense" and config is None and method != "16-bit weights":
+                continue  # the 16-bit dispatched forward takes no pdl
             for between in ("", "GEMM", "router"):
-                fs = [forward(config, w) for w in copies_of["fp8" if config else "dense"]]
+                fs = [forward(config, w) for w in copies_of[weights]]
                 if between == "GEMM":
                     calls = [lambda f=f: (torch.mm(x, gemm_w), f(q, r)) for f in fs]
                 elif between == "router":
