@@ -186,7 +186,8 @@ CONFIG_LEGEND = (
     (
         "pdl",
         "programmatic dependent launch: the forward overlaps the previous kernel's end, "
-        "prefetching its first K/U/V rows into L2 (sm90+)",
+        "prefetching its first K/U/V rows into L2 (sm90+; the Triton-language forward, "
+        "and the FP8 Gluon forward's swapped decode)",
     ),
     ("hc", "head_chunk: kv heads per launch of the one-pass backward (its dq workspace)"),
     ("tanh", "sigmoid as 0.5 + 0.5 tanh.approx(x / 2): one MUFU op per element"),
