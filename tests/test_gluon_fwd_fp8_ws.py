@@ -897,6 +897,42 @@ def test_pdl_gives_the_plain_launchs_outputs_on_a_gpu(case):
             assert torch.equal(got, want)
 
 
+@pytest.mark.skipif(not GPU_SM90, reason="needs an sm90 (Hopper) CUDA GPU")
+def test_pdl_after_the_router_reads_the_routers_outputs_on_a_gpu():
+    """The layer's order: the RMSNorm and router kernel (which signals launch_dependents as
+    it starts on sm90, so the call really starts early) writes q and R, then the pdl call
+    reads them: bitwise the plain launch's outputs on the router's outputs, in a CUDA graph
+    of three such pairs on different inputs, replayed twice."""
+    from mhfgen.norm_router import norm_router
+
+    case = SWAPPED_CASES[0]
+    (q, k8, u8, v8, r, scales), _ = _fp8_case(case, torch.bfloat16, "cuda")
+    spec = KernelSpec(*(getattr(case, f) for f in SPEC_FIELDS), "bfloat16_e4m3", "sm90")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    plain = f8.swapped_decode_config(spec, case.tokens, sms)
+    config = dataclasses.replace(plain, pdl=True)
+    H, D, E = spec.heads, spec.head_dim, spec.experts
+    norm_w = torch.rand(H, D, device="cuda") + 0.5
+    router_w = torch.randn(H, D, E, device="cuda") * 0.1
+    xs = [q * (1 + i) for i in range(3)]
+    with torch.no_grad():
+        wants = []
+        for x in xs:
+            qn, rr = norm_router(x, norm_w, router_w)
+            wants.append(f8.flash_mhf_fwd_fp8_ws(qn, k8, u8, v8, rr, scales, config=plain))
+        outs = []
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for x in xs:
+                qn, rr = norm_router(x, norm_w, router_w)
+                outs.append(f8.flash_mhf_fwd_fp8_ws(qn, k8, u8, v8, rr, scales, config=config))
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        for got, want in zip(outs, wants):
+            assert torch.equal(got, want)
+
+
 def test_the_gpu_check_script_says_what_it_needs(monkeypatch, capsys):
     """benchmarks/fp8_fwd_check.py runs on an sm90 GPU only: elsewhere it says so and
     exits 2; --help works anywhere."""
