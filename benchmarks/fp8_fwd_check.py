@@ -386,6 +386,34 @@ def schedules(dtype, tokens: int, rows: list) -> bool:
 DECODE_TOKENS = (1, 8, 32, 64)
 
 
+def _decode_weights(dtype, shape_name: str) -> tuple:
+    """(16-bit spec, FP8 spec, {"dense": copies, "fp8": copies}) of a decode shape: each
+    weight format's copies together pass 4x the L2 (mhfgen.graph_timing.rotation_copies),
+    made once to serve every row of the shape."""
+    from mhfgen.bench_decode import weight_bytes, weight_copies
+    from mhfgen.graph_timing import rotation_copies
+
+    h, hkv, d, e, de = decode_shape(shape_name)
+    dt = str(dtype).removeprefix("torch.")
+    dense_spec, fp8_spec = _spec(h, hkv, d, e, de, dt), _spec(h, hkv, d, e, de, f"{dt}_e4m3")
+    copies_of = {
+        weights: weight_copies(
+            dense_spec, weights, "cuda", rotation_copies(weight_bytes(dense_spec, weights))
+        )
+        for weights in ("dense", "fp8")
+    }
+    return dense_spec, fp8_spec, copies_of
+
+
+def _decode_inputs(tokens: int, h: int, d: int, e: int, dtype) -> tuple:
+    """(generator, q (1, tokens, h, d) in dtype, r (1, tokens, h, e) fp32 softmax) on the
+    GPU, seeded by the token count; the generator goes on for the caller's own inputs."""
+    gen = torch.Generator().manual_seed(tokens)
+    q = torch.randn(1, tokens, h, d, generator=gen).to("cuda", dtype)
+    r = torch.softmax(torch.randn(1, tokens, h, e, generator=gen), -1).to("cuda")
+    return gen, q, r
+
+
 def decode(dtype, rows: list, shape_name: str = "1.3B") -> None:
     """A shape (decode_shape) at DECODE_TOKENS: per call, the median replay of a CUDA graph of
     calls on weight copies that together pass 4x the L2 (mhfgen.graph_timing.call_ms),
@@ -399,25 +427,15 @@ def decode(dtype, rows: list, shape_name: str = "1.3B") -> None:
     from hangs import finish
 
     from mhfgen import dispatch, flash_mhf, registry
-    from mhfgen.bench_decode import weight_bytes, weight_copies
-    from mhfgen.graph_timing import call_ms, rotation_copies
+    from mhfgen.graph_timing import call_ms
     from mhfgen.variants import flash_mhf_fwd_fp8_ws as f8
     from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
     from mhfgen.variants.flash_mhf_fwd_fp8_ws import flash_mhf_fwd_fp8_ws
 
-    name, (h, hkv, d, e, de) = shape_name, decode_shape(shape_name)
-    dt = str(dtype).removeprefix("torch.")
-    dense_spec, fp8_spec = _spec(h, hkv, d, e, de, dt), _spec(h, hkv, d, e, de, f"{dt}_e4m3")
-    copies_of = {
-        weights: weight_copies(
-            dense_spec, weights, "cuda", rotation_copies(weight_bytes(dense_spec, weights))
-        )
-        for weights in ("dense", "fp8")
-    }
+    name, (h, _, d, e, _) = shape_name, decode_shape(shape_name)
+    dense_spec, fp8_spec, copies_of = _decode_weights(dtype, shape_name)
     for tokens in DECODE_TOKENS:
-        gen = torch.Generator().manual_seed(tokens)
-        q = torch.randn(1, tokens, h, d, generator=gen).to("cuda", dtype)
-        r = torch.softmax(torch.randn(1, tokens, h, e, generator=gen), -1).to("cuda")
+        _, q, r = _decode_inputs(tokens, h, d, e, dtype)
         dense_us = None
         for method, weights, stem, launch in (
             ("16-bit weights", "dense", "flash_mhf_fwd_ws", None),
@@ -490,26 +508,16 @@ def pdl_ab(dtype, rows: list, shape_name: str = "1.3B") -> bool:
     from hangs import finish
 
     from mhfgen import dispatch, flash_mhf
-    from mhfgen.bench_decode import weight_bytes, weight_copies
-    from mhfgen.graph_timing import call_ms, rotation_copies
+    from mhfgen.graph_timing import call_ms
     from mhfgen.norm_router import norm_router
     from mhfgen.variants.flash_mhf_fwd import flash_mhf_fwd
     from mhfgen.variants.flash_mhf_fwd_fp8_ws import flash_mhf_fwd_fp8_ws
 
-    name, (h, hkv, d, e, de) = shape_name, decode_shape(shape_name)
-    dt = str(dtype).removeprefix("torch.")
-    dense_spec, fp8_spec = _spec(h, hkv, d, e, de, dt), _spec(h, hkv, d, e, de, f"{dt}_e4m3")
-    copies_of = {
-        weights: weight_copies(
-            dense_spec, weights, "cuda", rotation_copies(weight_bytes(dense_spec, weights))
-        )
-        for weights in ("dense", "fp8")
-    }
+    name, (h, _, d, e, _) = shape_name, decode_shape(shape_name)
+    dense_spec, fp8_spec, copies_of = _decode_weights(dtype, shape_name)
     ok = True
     for tokens in DECODE_TOKENS:
-        gen = torch.Generator().manual_seed(tokens)
-        q = torch.randn(1, tokens, h, d, generator=gen).to("cuda", dtype)
-        r = torch.softmax(torch.randn(1, tokens, h, e, generator=gen), -1).to("cuda")
+        gen, q, r = _decode_inputs(tokens, h, d, e, dtype)
         x = torch.randn(tokens, h * d, generator=gen).to("cuda", torch.bfloat16)
         gemm_w = (torch.randn(h * d, h * d, generator=gen) * 0.02).to("cuda", torch.bfloat16)
         norm_w = torch.ones(h, d, device="cuda")
@@ -527,30 +535,26 @@ def pdl_ab(dtype, rows: list, shape_name: str = "1.3B") -> bool:
             )
         ok &= same
 
+        def dense_call(w, c, qq, rr):
+            return flash_mhf(qq, *w, rr) if c is None else flash_mhf_fwd(qq, *w, rr, config=c)
+
+        def fp8_call(w, c, qq, rr):
+            return flash_mhf_fwd_fp8_ws(qq, *w[:3], rr, w[3], config=c)
+
+        # (label, config, weights, call of (weights, config, q, r)): the 16-bit dispatched
+        # forward (config None), with pdl where flash_mhf_fwd runs it without, then FP8
+        methods = [("16-bit weights", None, "dense", dense_call)]
         dense = dispatch.explain_choice("fwd", dense_spec, tokens, q.device)
-        dense_pdl = None
         if dense.variant == "flash_mhf_fwd" and not dense.config.pdl:
-            dense_pdl = replace(dense.config, pdl=True)
-
-        def forward(config, w):
-            """The call on weights w at `config` (None: 16-bit weights, dispatched)."""
-            if config is None:
-                return lambda qq, rr: flash_mhf(qq, *w, rr)
-            if len(w) == 3:
-                return lambda qq, rr: flash_mhf_fwd(qq, *w, rr, config=config)
-            return lambda qq, rr: flash_mhf_fwd_fp8_ws(qq, *w[:3], rr, w[3], config=config)
-
+            methods.append(("16-bit pdl on", replace(dense.config, pdl=True), "dense", dense_call))
+        methods += [
+            ("FP8 dispatched", fp8, "fp8", fp8_call),
+            (f"FP8 pdl {'off' if fp8.pdl else 'on'}", flipped, "fp8", fp8_call),
+        ]
         base = {}
-        for method, config, weights in (
-            ("16-bit weights", None, "dense"),
-            ("16-bit pdl on", dense_pdl, "dense"),
-            ("FP8 dispatched", fp8, "fp8"),
-            (f"FP8 pdl {'off' if fp8.pdl else 'on'}", flipped, "fp8"),
-        ):
-            if weights == "dense" and config is None and method != "16-bit weights":
-                continue  # the 16-bit dispatched forward takes no pdl
+        for method, config, weights, call in methods:
+            fs = [lambda qq, rr, w=w, c=config, f=call: f(w, c, qq, rr) for w in copies_of[weights]]
             for between in ("", "GEMM", "router"):
-                fs = [forward(config, w) for w in copies_of[weights]]
                 if between == "GEMM":
                     calls = [lambda f=f: (torch.mm(x, gemm_w), f(q, r)) for f in fs]
                 elif between == "router":
