@@ -866,17 +866,32 @@ def test_swapped_decode_matches_the_emulation_on_a_gpu(
     _assert_matches_emulation_and_float64(got, spec, config, (q, k8, u8, v8, r, scales), dense)
 
 
+def _pdl_case(case):
+    """(the case's FP8 inputs on the GPU in bf16, its spec, the swapped decode heuristic's
+    config, that config with pdl)."""
+    fp8_args, _ = _fp8_case(case, torch.bfloat16, "cuda")
+    spec = KernelSpec(*(getattr(case, f) for f in SPEC_FIELDS), "bfloat16_e4m3", "sm90")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    plain = f8.swapped_decode_config(spec, case.tokens, sms)
+    return fp8_args, spec, plain, dataclasses.replace(plain, pdl=True)
+
+
+def _assert_replays_give(graph, outs: list, wants: list) -> None:
+    """Two replays of `graph` each leave its outputs `outs` bitwise equal to `wants`."""
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        for got, want in zip(outs, wants):
+            assert torch.equal(got, want)
+
+
 @pytest.mark.skipif(not GPU_SM90, reason="needs an sm90 (Hopper) CUDA GPU")
 @pytest.mark.parametrize("case", SWAPPED_CASES, ids=lambda c: c.name)
 def test_pdl_gives_the_plain_launchs_outputs_on_a_gpu(case):
     """Programmatic dependent launch changes when a call may start, not what it computes:
     bitwise the outputs of the same config without it, eagerly and in a CUDA graph of
     back-to-back calls whose inputs a kernel between them rewrites."""
-    (q, k8, u8, v8, r, scales), _ = _fp8_case(case, torch.bfloat16, "cuda")
-    spec = KernelSpec(*(getattr(case, f) for f in SPEC_FIELDS), "bfloat16_e4m3", "sm90")
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    plain = f8.swapped_decode_config(spec, case.tokens, sms)
-    config = dataclasses.replace(plain, pdl=True)
+    (q, k8, u8, v8, r, scales), spec, plain, config = _pdl_case(case)
     want = f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=plain)
     got = f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config)
     torch.cuda.synchronize()
@@ -890,11 +905,7 @@ def test_pdl_gives_the_plain_launchs_outputs_on_a_gpu(case):
         for i in range(3):
             x.copy_(q * (1 + i))  # written by the kernel just before each call
             outs.append(f8.flash_mhf_fwd_fp8_ws(x, k8, u8, v8, r, scales, config=config))
-    for _ in range(2):
-        graph.replay()
-        torch.cuda.synchronize()
-        for got, want in zip(outs, wants):
-            assert torch.equal(got, want)
+    _assert_replays_give(graph, outs, wants)
 
 
 @pytest.mark.skipif(not GPU_SM90, reason="needs an sm90 (Hopper) CUDA GPU")
@@ -905,12 +916,7 @@ def test_pdl_after_the_router_reads_the_routers_outputs_on_a_gpu():
     of three such pairs on different inputs, replayed twice."""
     from mhfgen.norm_router import norm_router
 
-    case = SWAPPED_CASES[0]
-    (q, k8, u8, v8, r, scales), _ = _fp8_case(case, torch.bfloat16, "cuda")
-    spec = KernelSpec(*(getattr(case, f) for f in SPEC_FIELDS), "bfloat16_e4m3", "sm90")
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    plain = f8.swapped_decode_config(spec, case.tokens, sms)
-    config = dataclasses.replace(plain, pdl=True)
+    (q, k8, u8, v8, r, scales), spec, plain, config = _pdl_case(SWAPPED_CASES[0])
     H, D, E = spec.heads, spec.head_dim, spec.experts
     norm_w = torch.rand(H, D, device="cuda") + 0.5
     router_w = torch.randn(H, D, E, device="cuda") * 0.1
@@ -926,11 +932,7 @@ def test_pdl_after_the_router_reads_the_routers_outputs_on_a_gpu():
             for x in xs:
                 qn, rr = norm_router(x, norm_w, router_w)
                 outs.append(f8.flash_mhf_fwd_fp8_ws(qn, k8, u8, v8, rr, scales, config=config))
-    for _ in range(2):
-        graph.replay()
-        torch.cuda.synchronize()
-        for got, want in zip(outs, wants):
-            assert torch.equal(got, want)
+    _assert_replays_give(graph, outs, wants)
 
 
 def test_the_gpu_check_script_says_what_it_needs(monkeypatch, capsys):
