@@ -545,8 +545,17 @@ def pdl_ab(dtype, rows: list, shape_name: str = "1.3B") -> bool:
         # forward (config None), with pdl where flash_mhf_fwd runs it without, then FP8
         methods = [("16-bit weights", None, "dense", dense_call)]
         dense = dispatch.explain_choice("fwd", dense_spec, tokens, q.device)
+        bitwise = {"dense": True, "fp8": same}
         if dense.variant == "flash_mhf_fwd" and not dense.config.pdl:
-            methods.append(("16-bit pdl on", replace(dense.config, pdl=True), "dense", dense_call))
+            dense_pdl = replace(dense.config, pdl=True)
+            methods.append(("16-bit pdl on", dense_pdl, "dense", dense_call))
+            wd = copies_of["dense"][0]
+            with torch.no_grad():
+                bitwise["dense"] = torch.equal(
+                    flash_mhf_fwd(q, *wd, r, config=dense.config),
+                    flash_mhf_fwd(q, *wd, r, config=dense_pdl),
+                )
+            ok &= bitwise["dense"]
         methods += [
             ("FP8 dispatched", fp8, "fp8", fp8_call),
             (f"FP8 pdl {'off' if fp8.pdl else 'on'}", flipped, "fp8", fp8_call),
@@ -575,7 +584,7 @@ def pdl_ab(dtype, rows: list, shape_name: str = "1.3B") -> bool:
                         "config": described,
                         "us": round(us, 2),
                         "speedup": round(base[between] / us, 2),
-                        "bitwise": same,
+                        "bitwise": bitwise[weights],
                     }
                 )
                 print(

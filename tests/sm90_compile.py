@@ -112,6 +112,7 @@ def _main(stem: str, spec_json: str, config_json: str) -> None:
     )
     ptx = compiled.asm["ptx"]
     wait = ptx.find("griddepcontrol.wait")
+    signal = ptx.find("griddepcontrol.launch_dependents")
     registers, spills = ptxas_usage(ptx)
     print(
         json.dumps(
@@ -134,6 +135,13 @@ def _main(stem: str, spec_json: str, config_json: str) -> None:
                         )
                     )
                     if wait >= 0
+                    else None
+                ),
+                # loads that bypass L1 (.cg: the split reduction's partials) aside, the
+                # global and asynchronous loads issued after launch_dependents
+                "loads_after_signal": (
+                    len(re.findall(r"\bcp\.async|\bld\.global(?!\.cg)", ptx[signal:]))
+                    if signal >= 0
                     else None
                 ),
             }

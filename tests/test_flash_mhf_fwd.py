@@ -100,9 +100,10 @@ def test_an_unrolled_split_reduction_adds_in_the_same_order(case):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "bfloat16_e4m3"])
 def test_pdl_prefetches_weights_then_waits_before_any_memory_access(dtype):
-    """pdl=True compiles for sm90 with one griddepcontrol.launch_dependents, one
-    griddepcontrol.wait, the L2 prefetches of the first num_stages tiles of K, U and V
-    before it, and no load, store or atomic before it (only L2 is touched early)."""
+    """pdl=True compiles for sm90 with one griddepcontrol.wait, the L2 prefetches of
+    the first num_stages tiles of K, U and V before it, and no load, store or atomic
+    before it (only L2 is touched early); and one griddepcontrol.launch_dependents, after
+    the weight loop (no weight or q load after it: only the reduction's partials)."""
     from sm90_compile import compile_report
 
     from mhfgen.spec import KernelSpec
@@ -120,6 +121,7 @@ def test_pdl_prefetches_weights_then_waits_before_any_memory_access(dtype):
     assert report["launch_pdl"] and (report["pdl_launches"], report["pdl_waits"]) == (1, 1)
     assert report["l2_prefetches"] == 3 * max(1, lines // threads)
     assert report["memory_ops_before_wait"] == 0
+    assert report["loads_after_signal"] == 0
     plain = compile_report("flash_mhf_fwd", spec, dataclasses.replace(config, pdl=False))
     assert (plain["launch_pdl"], plain["pdl_waits"], plain["l2_prefetches"]) == (False, 0, 0)
     # the launch asks for programmatic dependent launch only where the config does

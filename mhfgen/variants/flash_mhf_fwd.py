@@ -27,7 +27,9 @@ Config fields beyond the tiles (mhfgen.variants._triton):
     pdl:          programmatic dependent launch (sm90+): the launch may overlap the end of
                   the previous kernel in the stream; until that kernel has finished, each
                   program only prefetches its first num_stages * BLOCK_N rows of K, U and V
-                  into L2 (see pdl_params), then waits (griddepcontrol.wait).
+                  into L2 (see pdl_params), then waits (griddepcontrol.wait); it signals
+                  launch_dependents once its weight loop is done, so the next kernel's
+                  launch overlaps the split reduction, not the weight stream.
     unroll and evict_weights are the knobs of Helion's autotuned forward that this kernel
     lacked; the tuner measures whether they pay per problem (docs/PERFORMANCE.md,
     "Triton-language forward": unroll paid 1.09x in fp32 at 2048 tokens on an H200).
