@@ -868,11 +868,11 @@ def test_swapped_decode_matches_the_emulation_on_a_gpu(
 
 def _pdl_case(case):
     """(the case's FP8 inputs on the GPU in bf16, its spec, the swapped decode heuristic's
-    config, that config with pdl)."""
+    config without pdl, that config with pdl)."""
     fp8_args, _ = _fp8_case(case, torch.bfloat16, "cuda")
     spec = KernelSpec(*(getattr(case, f) for f in SPEC_FIELDS), "bfloat16_e4m3", "sm90")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    plain = f8.swapped_decode_config(spec, case.tokens, sms)
+    plain = f8.swapped_decode_config(spec, case.tokens, sms, pdl=False)
     return fp8_args, spec, plain, dataclasses.replace(plain, pdl=True)
 
 

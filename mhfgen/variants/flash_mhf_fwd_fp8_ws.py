@@ -374,18 +374,25 @@ def swapped_decode_config(
     swap: int = 16,
     block_n: int | None = None,
     consumers: int = 1,
+    pdl: bool = True,
 ) -> Fp8WsConfig:
     """The swapped-operand decode schedule with `swap` tokens per consumer (swap_ab):
     `consumers` 4-warp consumers sharing each weight tile (two: two heads of a kv group
     where H / Hkv is even, else two token blocks), staged scales, `block_n`-row weight
     tiles (default 128 where they divide expert_dim, else 64), the splits that fill one
-    wave (decode_splits, at least 2), 4 ring slots (3 where 4 do not fit), and the split
+    wave (decode_splits, at least 2), 4 ring slots (3 where 4 do not fit), the split
     reduction's partial loads issued together, as many as fit (reduce_unroll 8 with 16
     tokens per consumer: on an H100 1.01x to 1.13x one at a time, at 1 to 32 tokens of
-    1.3B, 1.3B with 4 kv heads and 370M, the outputs as accurate; docs/SERVING.md).
+    1.3B, 1.3B with 4 kv heads and 370M, the outputs as accurate; docs/SERVING.md), and
+    programmatic dependent launch (`pdl`).
 
     One consumer is the heuristic's: two (each weight tile serving two heads or two
-    token blocks) ran at 0.80x to 0.99x its speed in the same comparisons."""
+    token blocks) ran at 0.80x to 0.99x its speed in the same comparisons. pdl is, because
+    on an H100 (2026-12-07; 1.3B, 370M and 1.3B with 4 kv heads, 1 to 64 tokens, CUDA
+    graphs) it ran 1.02x to 1.25x faster after the layer's RMSNorm and router kernel (the
+    order in which the layer runs it) and 1.02x to 1.15x back to back, with the outputs
+    bitwise those without it; directly after a cuBLAS GEMM, which does not signal
+    launch_dependents, it ran 0.95x to 1.02x (docs/SERVING.md)."""
     if block_n is None:
         block_n = 128 if spec.expert_dim % 128 == 0 else 64
     heads = 2 if consumers == 2 and spec.group % 2 == 0 else 1
@@ -395,6 +402,7 @@ def swapped_decode_config(
         group_heads=heads,
         staged_scales=True,
         swap_ab=swap,
+        pdl=pdl,
     )
     splits = max(2, decode_splits(spec, replace(base, inter_splits=2), tokens, sm_count))
     base = replace(base, inter_splits=min(splits, spec.intermediate // base.block_n))
