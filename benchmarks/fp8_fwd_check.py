@@ -57,6 +57,7 @@ import json
 import sys
 import time
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -661,6 +662,7 @@ def main(argv=None) -> int:
                     "torch": torch.__version__,
                     "triton": triton.__version__,
                     "dtype": args.dtype,
+                    "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                     "ok": ok,
                     "rows": rows,
                 },

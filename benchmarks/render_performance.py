@@ -54,6 +54,10 @@ checks that the document matches the results files.
         OUT/lm_eager/summaries.json
         # table 'train-lm': each run's models (tokens/s, ratio: FlashMHF's over SwiGLU's
         # in the same run), peak memory and final validation loss
+    python3 benchmarks/fp8_fwd_check.py --skip-verify --skip-timing --pdl --json OUT/pdl.json
+    python3 benchmarks/render_performance.py --add-pdl OUT/pdl.json
+        # table 'decode-pdl': the decode forward with and without programmatic dependent
+        # launch, back to back, after a GEMM and after the router (us per call)
 """
 
 from __future__ import annotations
@@ -474,6 +478,65 @@ def add_train_lm(paths: list[Path], folder: Path = RESULTS) -> Path:
     return _write_tables(gpu, {"train-lm": table}, folder)
 
 
+#: the order columns of a pdl table: what runs before each timed call (fp8_fwd_check --pdl)
+PDL_ORDERS = ("GEMM between", "router between")
+
+
+def pdl_table(check_doc: dict, mtime_date: str) -> tuple[str, dict]:
+    """(gpu, table) of the 'pdl' rows of a benchmarks/fp8_fwd_check.py --pdl JSON file:
+    a row per (shape, tokens, order), a column per weight format with and without pdl
+    (the dispatched config and the same with pdl flipped), in us per call. The GEMM and
+    router alone are left out. A file without a date (before the script wrote one) is
+    dated by its modification time."""
+    out = []
+    for r in check_doc["rows"]:
+        if r.get("kind") != "pdl" or "alone" in r["method"]:
+            continue
+        method, _, order = r["method"].partition(", ")
+        if order and order not in PDL_ORDERS:
+            raise ValueError(f"pdl row of unknown order: {r['method']!r}")
+        weights = "FP8" if method.startswith("FP8") else "16-bit"
+        pdl = r["config"].endswith(" pdl")  # the config's describe(); 'dispatched' for 16-bit
+        row = f"{r['shape']}, {r['tokens']}, {order or 'back to back'}"
+        metric = f"{weights}, {'pdl' if pdl else 'no pdl'}"
+        out.append({"row": row, "metric": metric, "value": r["us"], "unit": "us"})
+    if not out:
+        raise ValueError("no 'pdl' rows: run fp8_fwd_check.py with --pdl")
+    table = {
+        "title": (
+            "Programmatic dependent launch of the decode forward, in us per call (CUDA graphs "
+            "of at least 32 calls, each on its own copy of the weights, bf16 activations): "
+            "the 16-bit weights' and the FP8 W8A8 split forward's dispatched configs and "
+            "each with `pdl` flipped, timed back to back, with a bf16 GEMM (tokens x H*D "
+            "by H*D x H*D) before each call, and after the layer's RMSNorm + router kernel "
+            "whose q and R the call takes; every pdl output bitwise the plain launch's."
+        ),
+        "torch": check_doc["torch"],
+        "triton": check_doc["triton"],
+        "date": check_doc.get("date", mtime_date),
+        "command": (
+            "python3 benchmarks/fp8_fwd_check.py --skip-verify --skip-timing --pdl "
+            "--decode-shapes 1.3B,370M,1.3B-kv4 --json pdl.json"
+        ),
+        "row_label": "shape, tokens, before each call",
+        "rows": out,
+    }
+    return check_doc["gpu"], table
+
+
+def add_pdl(path: Path, name: str, folder: Path = RESULTS) -> Path:
+    """Write (or replace) table `name` of the GPU's results file from an fp8_fwd_check
+    --pdl run's JSON."""
+    import datetime
+
+    check_doc = json.loads(path.read_text())
+    if not all(r.get("bitwise", True) for r in check_doc["rows"]):
+        raise ValueError(f"{path}: a pdl output differed from the plain launch's")
+    mtime = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
+    gpu, table = pdl_table(check_doc, mtime.strftime("%Y-%m-%d"))
+    return _write_tables(gpu, {name: table}, folder)
+
+
 def _write_tables(gpu: str, tables: dict[str, dict], folder: Path) -> Path:
     path = folder / f"{gpu_slug(gpu)}.json"
     doc = (
@@ -511,7 +574,11 @@ def main(argv: list[str] | None = None) -> int:
         help="first add the rows of an `mhfgen bench --json` file as table "
         "--table of its GPU's results file",
     )
-    parser.add_argument("--table", default="bench", help="the table --add-bench writes")
+    parser.add_argument(
+        "--table",
+        default=None,
+        help="the table --add-bench (default bench) or --add-pdl (default decode-pdl) writes",
+    )
     parser.add_argument(
         "--add-compare",
         type=Path,
@@ -541,10 +608,21 @@ def main(argv: list[str] | None = None) -> int:
         help="first add examples/train_lm.py runs' summaries.json files (one GPU, both "
         "FFNs each) as table 'train-lm' of their GPU's results file",
     )
+    parser.add_argument(
+        "--add-pdl",
+        type=Path,
+        metavar="CHECK_JSON",
+        help="first add the 'pdl' rows of a benchmarks/fp8_fwd_check.py --pdl --json file "
+        "as table --table (default decode-pdl) of its GPU's results file",
+    )
     args = parser.parse_args(argv)
     try:
+        if args.add_pdl:
+            written = add_pdl(args.add_pdl, args.table or "decode-pdl", args.results)
+            print(f"wrote {written}", file=sys.stderr)
         if args.add_bench:
-            print(f"wrote {add_bench(args.add_bench, args.table, args.results)}", file=sys.stderr)
+            written = add_bench(args.add_bench, args.table or "bench", args.results)
+            print(f"wrote {written}", file=sys.stderr)
         if args.add_compare:
             written = add_compare(
                 args.add_compare, args.results, args.compare_name, args.compare_command

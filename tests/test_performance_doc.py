@@ -180,6 +180,41 @@ def test_a_decode_suite_document_becomes_a_results_table(tmp_path):
     assert "--suite decode" in text and "4.25 TB/s" in text
 
 
+def test_a_pdl_ab_becomes_a_results_table_and_a_mismatch_is_refused(tmp_path):
+    """fp8_fwd_check.py --pdl rows: a row per (shape, tokens, what runs before each call),
+    a column per weight format with and without pdl (read from the config's describe),
+    the GEMM and router alone left out; a file whose pdl outputs differed is refused."""
+    r = _renderer()
+    base = dict(kind="pdl", shape="1.3B", tokens=8, bitwise=True)
+    rows = [
+        dict(base, method="16-bit weights", config="dispatched", us=28.0),
+        dict(base, method="16-bit pdl on", config="BM16 pdl", us=29.0),
+        dict(base, method="FP8 dispatched, router between", config="swap16 pdl", us=21.0),
+        dict(base, method="FP8 pdl off, router between", config="swap16", us=22.5),
+        dict(base, method="GEMM alone", config="mm", us=5.0),
+        dict(base, kind="decode", method="FP8 W8A8 split", config="x", us=1.0),
+    ]
+    doc = dict(gpu="NVIDIA H200", torch="2.11.0", triton="3.6.0", date="2026-01-02", rows=rows)
+    path = tmp_path / "pdl.json"
+    path.write_text(json.dumps(doc))
+    results = tmp_path / "results"
+    results.mkdir()
+    assert r.add_pdl(path, "decode-pdl", results).name == "h200.json"
+    table = r.load(results)["h200"]["tables"]["decode-pdl"]
+    assert table["date"] == "2026-01-02"
+    got = {(row["row"], row["metric"]): row["value"] for row in table["rows"]}
+    assert got == {
+        ("1.3B, 8, back to back", "16-bit, no pdl"): 28.0,
+        ("1.3B, 8, back to back", "16-bit, pdl"): 29.0,
+        ("1.3B, 8, router between", "FP8, pdl"): 21.0,
+        ("1.3B, 8, router between", "FP8, no pdl"): 22.5,
+    }
+    rows[1]["bitwise"] = False
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="differed"):
+        r.add_pdl(path, "decode-pdl", results)
+
+
 def test_the_script_has_help():
     r = _renderer()
     with pytest.raises(SystemExit) as exc:

@@ -332,8 +332,8 @@ class FlashMhfFwd(_triton.TritonVariant):
         """All of a kv group's query heads per program; on a GPU, when the programs fill
         at most half the SMs (decode), inter_splits to fill one wave (two with FP8
         weights or more than one 16-row block) and the split reduction's loads unrolled.
-        pdl stays off: on an H100 it gave no dependable gain at 1 to 64 tokens
-        (docs/SERVING.md); the tuner tries it on sm90+.
+        pdl stays off: on an H100 it gave no dependable gain at 1 to 64 tokens, signalled
+        early or after the weight loop (docs/SERVING.md); the tuner tries it on sm90+.
 
         The decode rules come from a sweep on an H100 (1.3B, 1 to 64 tokens, CUDA graphs;
         docs/PERFORMANCE.md, "Decode"): the best bf16 configs at 1 and 8 tokens were one
