@@ -124,12 +124,9 @@ def instrument_fp8(src: str) -> str:
                 "    mbarrier.wait(ku_ready.index(0), 0)\n",
                 f"    mbarrier.wait(ku_ready.index(0), 0)\n    t_first = {t}\n",
             ),
-            (
-                "    o = warpgroup_mma_wait(num_outstanding=0, deps=(o, ))\n"
-                "    mbarrier.arrive(empty.index((TILES - 1)",
-                "    o = warpgroup_mma_wait(num_outstanding=0, deps=(o, ))\n"
-                f"    t_loop = {t}\n"
-                "    mbarrier.arrive(empty.index((TILES - 1)",
+            (  # the loop's last O product done (then pdl's signal, if any)
+                "    o = warpgroup_mma_wait(num_outstanding=0, deps=(o, ))\n",
+                f"    o = warpgroup_mma_wait(num_outstanding=0, deps=(o, ))\n    t_loop = {t}\n",
             ),
             (
                 "    mbarrier.arrive(q_free.index(C))\n",
