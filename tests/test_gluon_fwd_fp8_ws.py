@@ -389,6 +389,7 @@ def test_decode_default_splits_the_weight_tiles_over_one_wave():
     assert (cfg.consumers, cfg.group_heads, cfg.inter_splits) == (1, 1, 8)
     assert (cfg.swap_ab, cfg.block_n, cfg.stages) == (16, 128, 4)
     assert cfg.staged_scales  # split configs stage the loop's scales
+    assert cfg.pdl  # the swapped decode launches with programmatic dependent launch
     assert f8.work_tiles(SM90_FP8, cfg, 1) * cfg.inter_splits <= 132
     gqa = KernelSpec(16, 4, 64, 11, 256, "bfloat16_e4m3", "sm90")
     cfg = f8.default_config(gqa, 64, 132)  # 16 heads x 4 blocks of 16 tokens, 2 splits
@@ -397,7 +398,7 @@ def test_decode_default_splits_the_weight_tiles_over_one_wave():
     odd = KernelSpec(16, 4, 64, 11, 192, "bfloat16_e4m3", "sm90")
     assert f8.default_config(odd, 8, 132).block_n == 64  # 128 does not divide 192
     cfg = f8.default_config(gqa, 65, 132)  # past SWAP_TOKENS: unswapped, 128-token tiles
-    assert (cfg.swap_ab, cfg.consumers, cfg.inter_splits) == (0, 2, 8)
+    assert (cfg.swap_ab, cfg.consumers, cfg.inter_splits, cfg.pdl) == (0, 2, 8, False)
     cfg = f8.default_config(SM90_FP8, 100, 132)  # 16 work tiles of 128 tokens: still split
     assert (cfg.consumers, cfg.inter_splits) == (2, 8)
     assert f8.default_config(SM90_FP8, 16384, 132) == f8.Fp8WsConfig()  # prefill unchanged
