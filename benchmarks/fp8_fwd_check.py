@@ -516,6 +516,18 @@ def pdl_ab(dtype, rows: list, shape_name: str = "1.3B") -> bool:
 
     name, (h, _, d, e, _) = shape_name, decode_shape(shape_name)
     dense_spec, fp8_spec, copies_of = _decode_weights(dtype, shape_name)
+
+    def dense_call(w, c, qq, rr):
+        return flash_mhf(qq, *w, rr) if c is None else flash_mhf_fwd(qq, *w, rr, config=c)
+
+    def fp8_call(w, c, qq, rr):
+        return flash_mhf_fwd_fp8_ws(qq, *w[:3], rr, w[3], config=c)
+
+    def same_outputs(call, w, a, b, qq, rr):
+        """Whether configs a and b give bitwise the same output on weights w."""
+        with torch.no_grad():
+            return torch.equal(call(w, a, qq, rr), call(w, b, qq, rr))
+
     ok = True
     for tokens in DECODE_TOKENS:
         gen, q, r = _decode_inputs(tokens, h, d, e, dtype)
@@ -528,35 +540,20 @@ def pdl_ab(dtype, rows: list, shape_name: str = "1.3B") -> bool:
             print(f"pdl {name} T={tokens:3d}: the dispatched FP8 config is not swapped")
             continue
         flipped = replace(fp8, pdl=not fp8.pdl)
-        w = copies_of["fp8"][0]
-        with torch.no_grad():
-            same = torch.equal(
-                flash_mhf_fwd_fp8_ws(q, *w[:3], r, w[3], config=fp8),
-                flash_mhf_fwd_fp8_ws(q, *w[:3], r, w[3], config=flipped),
-            )
-        ok &= same
-
-        def dense_call(w, c, qq, rr):
-            return flash_mhf(qq, *w, rr) if c is None else flash_mhf_fwd(qq, *w, rr, config=c)
-
-        def fp8_call(w, c, qq, rr):
-            return flash_mhf_fwd_fp8_ws(qq, *w[:3], rr, w[3], config=c)
-
+        bitwise = {
+            "dense": True,
+            "fp8": same_outputs(fp8_call, copies_of["fp8"][0], fp8, flipped, q, r),
+        }
         # (label, config, weights, call of (weights, config, q, r)): the 16-bit dispatched
         # forward (config None), with pdl where flash_mhf_fwd runs it without, then FP8
         methods = [("16-bit weights", None, "dense", dense_call)]
         dense = dispatch.explain_choice("fwd", dense_spec, tokens, q.device)
-        bitwise = {"dense": True, "fp8": same}
         if dense.variant == "flash_mhf_fwd" and not dense.config.pdl:
             dense_pdl = replace(dense.config, pdl=True)
             methods.append(("16-bit pdl on", dense_pdl, "dense", dense_call))
             wd = copies_of["dense"][0]
-            with torch.no_grad():
-                bitwise["dense"] = torch.equal(
-                    flash_mhf_fwd(q, *wd, r, config=dense.config),
-                    flash_mhf_fwd(q, *wd, r, config=dense_pdl),
-                )
-            ok &= bitwise["dense"]
+            bitwise["dense"] = same_outputs(dense_call, wd, dense.config, dense_pdl, q, r)
+        ok &= bitwise["dense"] and bitwise["fp8"]
         methods += [
             ("FP8 dispatched", fp8, "fp8", fp8_call),
             (f"FP8 pdl {'off' if fp8.pdl else 'on'}", flipped, "fp8", fp8_call),
