@@ -97,6 +97,11 @@ SCHEDULES = {
     "two weight tiles per iteration": {"unroll_tiles": 2},
     "scales staged in shared memory": {"staged_scales": True},
     "staged scales, 5-slot ring": {"staged_scales": True, "stages": 5},
+    "activations on a fixed bound (act_scale)": {"act_scale": "bound"},
+    "fixed bound, 5-slot ring": {"act_scale": "bound", "stages": 5},
+    "fixed bound, two weight tiles per iteration": {"act_scale": "bound", "unroll_tiles": 2},
+    "fixed bound, ping-pong consumers": {"act_scale": "bound", "pingpong": True},
+    "fixed bound, P in registers": {"act_scale": "bound", "p_operand": "registers"},
 }
 
 
@@ -170,7 +175,6 @@ def verify(dtype, rows: list) -> bool:
     from hangs import finish
 
     from mhfgen import dispatch, registry
-    from mhfgen.reference import flash_mhf_w8a8
     from mhfgen.tolerances import (
         FP8_EMULATION_BAR,
         ROW_FACTOR,
@@ -178,7 +182,7 @@ def verify(dtype, rows: list) -> bool:
         row_error,
         tolerance_for,
     )
-    from mhfgen.variants.flash_mhf_fwd_fp8_ws import KERNEL, emulated_splits, flash_mhf_fwd_fp8_ws
+    from mhfgen.variants.flash_mhf_fwd_fp8_ws import KERNEL, emulate, flash_mhf_fwd_fp8_ws
     from mhfgen.verification import Case
 
     ok_all = True
@@ -189,8 +193,7 @@ def verify(dtype, rows: list) -> bool:
         spec = _spec(h, hkv, d, e, de, f"{str(dtype).removeprefix('torch.')}_e4m3")
         config = dispatch.choose_config(KERNEL, spec, case.tokens, q.device)
         got = finish(lambda: flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config))
-        splits = emulated_splits(spec, config)  # a decode config's partials
-        emulated = flash_mhf_w8a8(q, k8, u8, v8, r, scales, config.block_n, splits)
+        emulated = emulate(q, k8, u8, v8, r, scales, spec, config)  # its tiles and splits
         ref = _reference(q, r, dense)
         bar = tolerance_for(variant, q.dtype, numel=ref.numel())
         errs = {
@@ -323,7 +326,6 @@ def schedules(dtype, tokens: int, rows: list) -> bool:
     from triton.testing import do_bench
 
     from mhfgen import registry
-    from mhfgen.reference import flash_mhf_w8a8
     from mhfgen.tolerances import FP8_EMULATION_BAR, relative_error, tolerance_for
     from mhfgen.variants import flash_mhf_fwd_fp8_ws as f8
     from mhfgen.variants.flash_mhf_fwd_ws import flash_mhf_fwd_ws
@@ -338,7 +340,8 @@ def schedules(dtype, tokens: int, rows: list) -> bool:
         config = f8.Fp8WsConfig(**fields)
         got = finish(lambda: f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config))
         err = relative_error(got, ref)
-        emu = relative_error(got, flash_mhf_w8a8(q, k8, u8, v8, r, scales, config.block_n))
+        spec = _spec(h, hkv, d, e, de, f"{str(dtype).removeprefix('torch.')}_e4m3")
+        emu = relative_error(got, f8.emulate(q, k8, u8, v8, r, scales, spec, config))
         ok = err <= bar and emu <= FP8_EMULATION_BAR
         ok_all &= ok
         if ok:
@@ -449,6 +452,7 @@ def decode(dtype, rows: list, shape_name: str = "1.3B") -> None:
             ("split, exchange reset", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
             ("W8A8 unswapped", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
             ("unswapped, staged flip", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
+            ("split, act_scale flip", "fp8", "flash_mhf_fwd_fp8_ws", flash_mhf_fwd_fp8_ws),
         ):
             sets = copies_of[weights]
             if launch is None:
@@ -475,8 +479,11 @@ def decode(dtype, rows: list, shape_name: str = "1.3B") -> None:
                     config = f8.default_config(fp8_spec, tokens, sms, swapped=False)
                 if "exchange" in method:  # the A/B of the split reduction's counter reset
                     config = replace(config, store_reset=False)
-                if "flip" in method:  # the A/B of where the loop reads its scales
+                if "staged flip" in method:  # the A/B of where the loop reads its scales
                     config = replace(config, staged_scales=not config.staged_scales)
+                if "act_scale flip" in method:  # the A/B of the activations' scale
+                    flip = {"running": "bound", "bound": "running"}[config.act_scale]
+                    config = replace(config, act_scale=flip)
                 calls = [
                     lambda w=w, c=config, f=launch: f(q, *w[:3], r, w[3], config=c) for w in sets
                 ]

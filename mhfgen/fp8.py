@@ -28,6 +28,7 @@ sm89+ GPU or the interpreter) and dequantises to the activations' dtype elsewher
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -121,19 +122,27 @@ def column_factors(scales: torch.Tensor) -> torch.Tensor:
 
 #: (kind, tensor) -> (the tensor's version counter when derived, the derived tensor);
 #: entries go with their tensor (keyed by identity, held weakly)
-_kept = {kind: torch.utils.weak.WeakIdKeyDictionary() for kind in ("vt", "cols")}
+_kept = {kind: torch.utils.weak.WeakIdKeyDictionary() for kind in ("vt", "cols", "bounds")}
 
 
-def _derived(kind: str, source: torch.Tensor, make) -> torch.Tensor:
-    """make(source), made once per tensor object and version counter and kept while the
-    tensor lives (an inference tensor has no version counter: made on every call)."""
-    if source.is_inference():
-        return make(source)
+def _derived(kind: str, source: torch.Tensor, make, *others: torch.Tensor) -> torch.Tensor:
+    """make(source, *others), made once per tensor object and version counter of each and
+    kept while `source` lives (keyed by it; the others are held weakly and compared by
+    identity and version). An inference tensor has no version counter: made on every
+    call."""
+    sources = (source, *others)
+    if any(t.is_inference() for t in sources):
+        return make(*sources)
+    stamp = tuple(t._version for t in sources)
     entry = _kept[kind].get(source)
-    if entry is not None and entry[0] == source._version:
-        return entry[1]
-    derived = make(source)
-    _kept[kind][source] = (source._version, derived)
+    if (
+        entry is not None
+        and entry[0] == stamp
+        and all(ref() is t for ref, t in zip(entry[1], others))
+    ):
+        return entry[2]
+    derived = make(*sources)
+    _kept[kind][source] = (stamp, tuple(weakref.ref(t) for t in others), derived)
     return derived
 
 
@@ -148,13 +157,43 @@ def transposed_v(v8: torch.Tensor) -> torch.Tensor:
     return _derived("vt", v8, transpose_v)
 
 
+def expert_bounds(k8: torch.Tensor, u8: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The weights' side of a bound on the FP8-arithmetic forward's activations, per (kv
+    head, expert): (Hkv, E) float32, contiguous,
+
+        c[h, e] = max_j |K~[h, e, j]| |U~[h, e, j]| v_scale[h, e, j]
+
+    over the expert's rows j, with K~ = k8 * k_scale and U~ = u8 * u_scale the dequantised
+    rows and |.| the Euclidean norm. Since |silu(s)| <= |s| and by Cauchy-Schwarz, a
+    query row q~ routed with weight r[e] has every activation of expert e, p'[j] =
+    silu(q~ . K~_j) (q~ . U~_j) r[e] v_scale[j], bounded by |q~|^2 |r[e]| c[h, e]: the
+    kernel's act_scale='bound' scales each row's activations to e4m3 by that bound
+    (mhfgen.reference.flash_mhf_w8a8). k8, u8: (Hkv, E, De, D) float8_e4m3fn; scales:
+    (3, Hkv, E, De) float32 (stack_scales)."""
+    if scales.dim() != 4 or scales.shape[0] != 3 or k8.shape[:3] != scales.shape[1:]:
+        raise ValueError(
+            f"expert_bounds takes (Hkv, E, De, D) weights and their (3, Hkv, E, De) scales, "
+            f"got {tuple(k8.shape)} and {tuple(scales.shape)}"
+        )
+    s = scales.float()
+    k_norm = k8.float().norm(dim=-1) * s[0]
+    u_norm = u8.float().norm(dim=-1) * s[1]
+    return (k_norm * u_norm * s[2]).amax(dim=-1).contiguous()
+
+
 def kept_column_factors(scales: torch.Tensor) -> torch.Tensor:
     """column_factors(scales), kept per tensor and version as transposed_v keeps V^T."""
     return _derived("cols", scales, column_factors)
 
 
+def kept_expert_bounds(k8: torch.Tensor, u8: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """expert_bounds(k8, u8, scales), kept per k8 tensor while the three tensors are the
+    same objects at the same versions (as transposed_v keeps V^T)."""
+    return _derived("bounds", k8, expert_bounds, u8, scales)
+
+
 def forget_transposed() -> None:
-    """Drop every kept derived operand: transposed V (transposed_v) and column factors
-    (kept_column_factors)."""
+    """Drop every kept derived operand: transposed V (transposed_v), column factors
+    (kept_column_factors) and expert bounds (kept_expert_bounds)."""
     for cache in _kept.values():
         cache.clear()

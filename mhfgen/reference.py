@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .fp8 import expert_bounds
 from .validation import check_flash_mhf_inputs
 
 RMS_EPS = 1e-5
@@ -42,6 +43,7 @@ def flash_mhf_w8a8(
     scales: torch.Tensor,
     block_n: int,
     splits: int = 1,
+    act_scale: str = "running",
 ) -> torch.Tensor:
     """FlashMHF in FP8 arithmetic (W8A8) as flash_mhf_fwd_fp8_ws computes it, emulated in
     float64: every e4m3 rounding the kernel makes, none of its fp32 ones.
@@ -59,8 +61,18 @@ def flash_mhf_w8a8(
     With `splits` (the kernel's inter_splits, as its launcher evens them out: ceil(T / c)
     splits of c = ceil(T / splits) of the T = I / block_n tiles), steps 2-4 run per split
     on its own tiles, each with its own running maximum, and o is the sum of the splits'.
+
+    act_scale='bound' (the kernel's field of that name) replaces the running maximum by a
+    bound fixed before the first tile: M = pow2ceil(|q~|^2 max_e |r_e| c_e (1 + 2^-8)),
+    with |q~|^2 = s_q^2 sum_d q8^2 the dequantised row's squared norm and c the experts'
+    bounds (mhfgen.fp8.expert_bounds), rounded up to a power of two; step 3 becomes
+    O += e4m3(p' * 448 / M) V8 (0 where M = 0) and step 4 o = O M / 448, the same M in
+    every split. |p'| <= M always (so no activation saturates), and the scaling by a
+    power of two is exact.
     Returns o (B, L, H, D) in float64.
     """
+    if act_scale not in ("running", "bound"):
+        raise ValueError(f"act_scale must be 'running' or 'bound', got {act_scale!r}")
     p = check_flash_mhf_inputs(q, k8, u8, v8, r)
     if p.expert_dim % block_n:
         raise ValueError(f"block_n={block_n} must divide expert_dim={p.expert_dim}")
@@ -76,17 +88,25 @@ def flash_mhf_w8a8(
     r64 = r.double()
     tiles = [(e, n0) for e in range(p.experts) for n0 in range(0, p.expert_dim, block_n)]
     per = -(-len(tiles) // min(splits, len(tiles)))
+    if act_scale == "bound":
+        c = expert_bounds(k8, u8, scales).double().repeat_interleave(group, dim=0)  # (H, E)
+        q_norm2 = (q8 * q8).sum(-1, keepdim=True) * s_q * s_q
+        bound = q_norm2 * (r64.abs() * c).amax(-1, keepdim=True) * (1 + 2.0**-8)
+        bound = torch.where(bound > 0, 2.0 ** torch.ceil(torch.log2(bound)), 0.0)
     out = torch.zeros_like(q64)
     for first in range(0, len(tiles), per):
         acc = torch.zeros_like(q64)
-        m = torch.zeros_like(s_q)
+        m = torch.zeros_like(s_q) if act_scale == "running" else bound
         for e, n0 in tiles[first : first + per]:
             cols = slice(n0, n0 + block_n)
             s = torch.einsum("blhd,hnd->blhn", q8, k[:, e, cols]) * s_q * ks[:, e, cols]
             g = torch.einsum("blhd,hnd->blhn", q8, u[:, e, cols]) * s_q * us[:, e, cols]
             act = F.silu(s) * g * r64[..., e : e + 1] * vs[:, e, cols]
-            m_new = torch.maximum(m, act.abs().amax(-1, keepdim=True))
-            acc = acc * torch.where(m_new > 0, m / m_new, 1.0)
+            if act_scale == "running":
+                m_new = torch.maximum(m, act.abs().amax(-1, keepdim=True))
+                acc = acc * torch.where(m_new > 0, m / m_new, 1.0)
+            else:
+                m_new = m
             p8 = (act * torch.where(m_new > 0, top / m_new, 0.0)).to(fp8).double()
             acc = acc + torch.einsum("blhn,hnd->blhd", p8, v[:, e, cols])
             m = m_new

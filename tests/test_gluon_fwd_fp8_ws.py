@@ -23,8 +23,10 @@ from sm90_compile import gluon_report
 from mhfgen import dispatch, env, registry
 from mhfgen.fp8 import (
     column_factors,
+    expert_bounds,
     forget_transposed,
     kept_column_factors,
+    kept_expert_bounds,
     quantize_experts,
     transpose_v,
     transposed_v,
@@ -74,6 +76,17 @@ FAMILIES = {
     "swapped-pdl": f8.Fp8WsConfig(
         consumers=1, inter_splits=8, staged_scales=True, swap_ab=16, reduce_unroll=8, pdl=True
     ),
+    "bound": f8.Fp8WsConfig(act_scale="bound"),
+    "bound-staged-two-tiles": f8.Fp8WsConfig(act_scale="bound", staged_scales=True, unroll_tiles=2),
+    "swapped-bound": f8.Fp8WsConfig(
+        consumers=1,
+        inter_splits=8,
+        staged_scales=True,
+        swap_ab=16,
+        reduce_unroll=8,
+        pdl=True,
+        act_scale="bound",
+    ),
 }
 
 #: (H, Hkv, D, E, De): the 1.3B preset, D = 64 with grouped kv heads, fp16 with E = 1
@@ -120,9 +133,13 @@ def test_renders_valid_python(spec, family):
     swapped = bool(config.swap_ab)
     assert ("vt_smem.index(slot).permute((1, 0))" in source) != swapped
     assert ("warpgroup_mma(vt_smem.index(slot), p8t, o" in source) == swapped
-    assert "q8.store((qf * q_inv[:, None]).to(gl.float8e4nv))" in source
+    assert "(qf * q_inv[:, None]).to(gl.float8e4nv)" in source
     axis = 0 if swapped else 1
-    assert f"m_new = gl.maximum(m, gl.max(gl.abs(y), axis={axis}) * gl.abs(a))" in source
+    running = f"m_new = gl.maximum(m, gl.max(gl.abs(y), axis={axis}) * gl.abs(a))" in source
+    assert running == (config.act_scale == "running")
+    # a fixed bound: no rescale of O in the loop, the bound rounded up to a power of two
+    assert ("o = o * gl.convert_layout(alpha" in source) == running
+    assert ("m = _pow2_ceil(m * BOUND_MARGIN)" in source) != running
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -211,6 +228,12 @@ def test_config_problems_name_the_reason():
     assert any("shared memory" in p for p in f8.config_problems(spec, f8.Fp8WsConfig(stages=8)))
     gqa = KernelSpec(16, 16, 64, 11, 256, "bfloat16_e4m3", "sm90")
     assert any("group_heads" in p for p in f8.config_problems(gqa, f8.Fp8WsConfig(group_heads=2)))
+    # two swapped consumers of 64 tokens on 64-row tiles at D = 128 spill; 32 on 128 do not
+    pair = dict(stages=3, inter_splits=2, staged_scales=True)
+    wide = f8.Fp8WsConfig(swap_ab=64, block_n=64, **pair)
+    assert any("spill" in p for p in f8.config_problems(spec, wide))
+    assert f8.config_problems(spec, dataclasses.replace(wide, consumers=1)) == []
+    assert f8.config_problems(spec, f8.Fp8WsConfig(swap_ab=32, block_n=64, **pair)) == []
 
 
 # ---------------------------------------------------------------------------------------
@@ -754,6 +777,94 @@ def test_emulation_running_max_is_the_global_max_where_tile_0_holds_it():
     )
 
 
+def _activations(q, k8, u8, v8, r, scales):
+    """Every p' = silu(S) G r v_scale of the scheme (q quantised as the kernel does), in
+    float64: (B, L, H, E, De), and each row's bound M (flash_mhf_w8a8's act_scale='bound',
+    before the power of two) as (B, L, H, 1, 1)."""
+    top = 448.0
+    group = q.shape[2] // k8.shape[0]
+    q64 = q.double()
+    amax = q64.abs().amax(-1, keepdim=True)
+    q8 = (q64 * torch.where(amax > 0, top / amax, 0.0)).to(torch.float8_e4m3fn).double()
+    qd = q8 * (amax / top)
+    k, u = (
+        (w.double() * s.double()[..., None]).repeat_interleave(group, 0)
+        for w, s in ((k8, scales[0]), (u8, scales[1]))
+    )
+    vs = scales[2].double().repeat_interleave(group, 0)
+    s = torch.einsum("blhd,hend->blhen", qd, k)
+    g = torch.einsum("blhd,hend->blhen", qd, u)
+    act = torch.nn.functional.silu(s) * g * r.double()[..., None] * vs
+    c = expert_bounds(k8, u8, scales).double().repeat_interleave(group, 0)
+    bound = (qd * qd).sum(-1)[..., None] * (r.double().abs() * c).amax(-1, keepdim=True)
+    return act, bound[..., None]
+
+
+def test_expert_bounds_bound_every_activation_even_of_aligned_rows():
+    """|p'| <= |q~|^2 max_e |r_e| c_e for every activation, also where q is one of K's
+    rows (Cauchy-Schwarz with equality in S), so act_scale='bound' never saturates an
+    e4m3 value; and it is within a small factor of the largest |p'| there."""
+    (q, k8, u8, v8, r, scales), dense = _fp8_case(Case("x", 1, 40, 4, 2, 64, 3, 128))
+    q = q.clone()
+    q[0, :8, 0] = (dense[1][0, 1, 7] * 5).to(q.dtype)  # aligned with a row of K
+    act, bound = _activations(q, k8, u8, v8, r, scales)
+    assert (act.abs() <= bound * (1 + 1e-12)).all()
+    worst = act.abs().amax((-1, -2), keepdim=True) / bound
+    assert worst[0, :8, 0].min() > 1 / 64  # tight-ish where q lines up with the weights
+
+
+def test_expert_bounds_are_the_largest_row_norm_products_and_kept_per_version():
+    (_, k8, u8, v8, _, scales), _ = _fp8_case(Case("x", 1, 4, 2, 2, 64, 3, 128))
+    c = expert_bounds(k8, u8, scales)
+    assert c.shape == (2, 3) and c.dtype == torch.float32 and c.is_contiguous()
+    rows = (
+        (k8.float() * scales[0][..., None]).norm(dim=-1)
+        * (u8.float() * scales[1][..., None]).norm(dim=-1)
+        * scales[2]
+    )
+    assert torch.allclose(c, rows.amax(-1))
+    forget_transposed()
+    first = kept_expert_bounds(k8, u8, scales)
+    assert kept_expert_bounds(k8, u8, scales) is first
+    assert kept_expert_bounds(k8, u8.clone(), scales) is not first  # another U tensor
+    scales[2].mul_(2.0)  # a write to any of the three: made anew
+    assert torch.allclose(kept_expert_bounds(k8, u8, scales), 2 * c)
+    with pytest.raises(ValueError, match="scales"):
+        expert_bounds(k8, u8, scales[:2])
+
+
+def test_emulation_with_a_fixed_bound_is_one_scale_for_all_splits():
+    """act_scale='bound': every tile and split quantises on the row's one power-of-two
+    scale, so the partials sum to the unsplit result (up to float64 summation order), and
+    the error stays in the FP8 band."""
+    (q, k8, u8, v8, r, scales), dense = _fp8_case(Case("x", 1, 48, 4, 2, 64, 3, 128))
+    want = flash_mhf(q.double(), *(w.double() for w in dense[1:4]), r.double())
+    whole = flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, 1, "bound")
+    for splits in (2, 3, 6):
+        got = flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, splits, "bound")
+        assert torch.allclose(got, whole, rtol=1e-12, atol=1e-15)
+    assert 3e-2 < relative_error(whole, want) < FP8_ACTIVATIONS_BAR
+    assert not torch.equal(whole, flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64))
+    with pytest.raises(ValueError, match="act_scale"):
+        flash_mhf_w8a8(q, k8, u8, v8, r, scales, 64, 1, "max")
+
+
+def test_the_bound_launch_passes_the_expert_bounds_after_the_column_factors(monkeypatch):
+    from mhfgen import device
+
+    monkeypatch.setattr(device, "target", lambda _: "sm90")
+    forget_transposed()
+    (q, k8, u8, v8, r, scales), _ = _fp8_case(Case("gqa", 2, 100, 8, 2, 128, 4, 128))
+    config = f8.Fp8WsConfig(act_scale="bound")
+    plan = f8._launch.make_plan(q, k8, u8, v8, r, scales, config)
+    args = f8.arguments(plan, q, k8, u8, v8, r, scales, torch.empty_like(q))
+    names = plan.kernel.arg_names
+    assert names[5:8] == ["R", "COLS", "BOUNDS"]
+    assert args[7] is kept_expert_bounds(k8, u8, scales)
+    options = set(f8.launch_options(config))
+    assert list(names[len(args) :]) == [n for n in plan.meta if n not in options]
+
+
 def test_emulation_zero_rows_give_zero():
     (q, k8, u8, v8, r, scales), _ = _fp8_case(Case("x", 1, 16, 2, 2, 64, 2, 64))
     q = q.clone()
@@ -794,9 +905,7 @@ def _assert_matches_emulation_and_float64(got, spec, config, fp8_args, dense):
     only: its doc) and within the variant's bar of float64 on the dequantised weights
     `dense`, per row too; returns that float64 output."""
     q, k8, u8, v8, r, scales = fp8_args
-    emulated = flash_mhf_w8a8(
-        q, k8, u8, v8, r, scales, config.block_n, f8.emulated_splits(spec, config)
-    )
+    emulated = f8.emulate(q, k8, u8, v8, r, scales, spec, config)
     assert relative_error(got, emulated) <= FP8_EMULATION_BAR
     want = flash_mhf(q.double(), *(w.double() for w in dense[1:4]), r.double())
     bar = tolerance_for(registry.get(STEM), q.dtype, numel=want.numel())
@@ -829,14 +938,38 @@ def test_kernel_matches_the_emulation_on_a_gpu(case, dtype):
         via_op = mhfgen.flash_mhf_fp8(q, k8, u8, v8, r, scales)
     choice = dispatch.explain_choice("fwd", spec, case.tokens, q.device)
     if choice.variant == STEM:
-        splits = f8.emulated_splits(spec, choice.config)
-        emulated = flash_mhf_w8a8(q, k8, u8, v8, r, scales, choice.config.block_n, splits)
+        emulated = f8.emulate(q, k8, u8, v8, r, scales, spec, choice.config)
         assert relative_error(via_op, emulated) <= FP8_EMULATION_BAR
     bar = tolerance_for(registry.get(choice.variant), q.dtype, numel=want.numel())
     assert relative_error(via_op, want) <= bar
 
 
 SWAPPED_CASES = [c for c in GPU_CASES if c.name.startswith("decode")]
+
+
+@pytest.mark.skipif(not GPU_SM90, reason="needs an sm90 (Hopper) CUDA GPU")
+@pytest.mark.parametrize("swapped", [False, True], ids=["unswapped", "swapped"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: c.name)
+def test_a_fixed_bound_matches_the_emulation_on_a_gpu(case, dtype, swapped):
+    """act_scale='bound' (the activations scaled by each row's power-of-two bound, no
+    running maximum): the heuristic's config with it, and at decode sizes the swapped
+    schedule with it, against the emulation of its tiles and splits and float64."""
+    if swapped and case not in SWAPPED_CASES:
+        pytest.skip("the swapped schedule is a decode schedule")
+    (q, k8, u8, v8, r, scales), dense = _fp8_case(case, dtype, "cuda")
+    name = f"{str(dtype).removeprefix('torch.')}_e4m3"
+    spec = KernelSpec(*(getattr(case, f) for f in SPEC_FIELDS), name, "sm90")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    if swapped:
+        config = f8.swapped_decode_config(spec, case.tokens, sms)
+    else:
+        config = f8.default_config(spec, case.tokens, sms, swapped=False)
+    config = dataclasses.replace(config, act_scale="bound")
+    assert not f8.config_problems(spec, config)
+    got = f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config)
+    torch.cuda.synchronize()
+    _assert_matches_emulation_and_float64(got, spec, config, (q, k8, u8, v8, r, scales), dense)
 
 
 @pytest.mark.skipif(not GPU_SM90, reason="needs an sm90 (Hopper) CUDA GPU")

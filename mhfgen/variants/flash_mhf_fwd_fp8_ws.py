@@ -53,7 +53,7 @@ from torch import Tensor
 
 from .. import codegen
 from .. import device as _device
-from ..fp8 import kept_column_factors, transposed_v
+from ..fp8 import kept_column_factors, kept_expert_bounds, transposed_v
 from ..kernels import sm90
 from ..kernels.buffers import empty, split_counters
 from ..kernels.launch import Tma, host_descriptors
@@ -75,6 +75,10 @@ REDUCE_UNROLLS = (1, 2, 4, 8)
 #: partial) at most this many registers: past it the sm90 compiles spilled (swap_ab = 32
 #: with 8 loads, the unswapped 64-row partial with 2)
 REDUCE_REGISTERS = 192
+#: accumulator values a thread (registers()) at most for two swapped consumers: at 192 (64
+#: tokens, 64-row tiles, D = 128) every sm90 compile spilled (112 to 356 bytes, either
+#: sigmoid and act_scale); at 160 none did
+SWAPPED_PAIR_REGISTERS = 160
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,14 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
                     (the template's _prefetch_split). Each program signals
                     griddepcontrol.launch_dependents once its loop is done, so the next
                     kernel so launched may start while the last splits reduce.
+    act_scale:      how a row's activations p' are scaled to e4m3 for O += p8 V8:
+                    'running' by the running maximum of |p'| over the tiles so far (O
+                    rescaled whenever it grows: a row maximum, a rescale of O and its
+                    wait on the previous product every tile), or 'bound' by a power of
+                    two fixed before the first tile that no |p'| of the row can pass,
+                    |q~|^2 max_e |r_e| c_e (mhfgen.fp8.expert_bounds; the tile loop then
+                    only multiplies and converts). Both are emulated exactly by
+                    mhfgen.reference.flash_mhf_w8a8.
     """
 
     variant = KERNEL
@@ -159,6 +171,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     reduce_unroll: int = 1
     store_reset: bool = True
     pdl: bool = False
+    act_scale: str = "running"
 
     #: fields added after configs of this variant were stored: a stored config without
     #: them means these values
@@ -171,6 +184,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         "reduce_unroll": 1,
         "store_reset": False,
         "pdl": False,
+        "act_scale": "running",
     }
 
     #: added fields that render code only with inter_splits > 1 (VariantConfig.legacy_fields)
@@ -189,6 +203,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         swap_ab=(0, 16, 32, 64),
         reduce_unroll=REDUCE_UNROLLS,
         pdl=(False, True),
+        act_scale=("running", "bound"),
     )
 
     @property
@@ -204,7 +219,8 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         text += " xchg" if self.inter_splits > 1 and not self.store_reset else ""
         text += " staged" if self.staged_scales else ""
         text += f" swap{self.swap_ab}" if self.swap_ab else ""
-        return text + (" pdl" if self.pdl else "")
+        text += " pdl" if self.pdl else ""
+        return text + (" bound" if self.act_scale == "bound" else "")
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,6 +284,15 @@ def config_problems(spec: KernelSpec, config: Fp8WsConfig) -> list[str]:
         problems.append(
             "swap_ab (the swapped-operand decode schedule) takes inter_splits > 1, "
             "staged_scales, 4-warp consumers, separate scores and p_operand='shared'"
+        )
+    if (
+        config.swap_ab
+        and config.consumers == 2
+        and registers(spec, config) > SWAPPED_PAIR_REGISTERS
+    ):
+        problems.append(
+            f"two swapped consumers hold {registers(spec, config):g} accumulator values a "
+            f"thread (> {SWAPPED_PAIR_REGISTERS}): their sm90 compiles spill"
         )
     if config.pdl and not config.swap_ab:
         problems.append(
@@ -468,6 +493,7 @@ def static_params(spec: KernelSpec, config: Fp8WsConfig) -> dict:
         **({"reduce_unroll": config.reduce_unroll} if config.reduce_unroll > 1 else {}),
         **({"store_reset": True} if config.store_reset and config.inter_splits > 1 else {}),
         **({"pdl": True} if config.pdl else {}),
+        **({"act_scale": "bound"} if config.act_scale == "bound" else {}),
     }
 
 
@@ -581,14 +607,17 @@ def _run(plan: Fp8WsPlan, q, k, u, v, r, scales) -> torch.Tensor:
 def arguments(plan: Fp8WsPlan, q, k, u, v, r, scales, o, vt=None) -> tuple:
     """The kernel's positional arguments for one call: the TMA descriptors of q, k8, u8,
     V8^T (`vt`, default mhfgen.fp8.transposed_v(v)) and o over the 2-D views of the module
-    doc, r, the scales' column factors (mhfgen.fp8.kept_column_factors), with splits the
-    with pdl the k8, u8 and V8^T views and the column factors once more (plain pointers
-    for the L2 prefetch), with splits the fp32 workspace (splits, tokens, H * D), o and
-    the tickets (split_counters), then the plan's scalars; the constexprs and launch options are plan.meta. With staged scales
-    the column factors go as a TMA descriptor of their (2, Hkv * I) view."""
+    doc, r, the scales' column factors (mhfgen.fp8.kept_column_factors), with
+    act_scale='bound' the experts' bounds (mhfgen.fp8.kept_expert_bounds), with pdl the
+    k8, u8 and V8^T views and the column factors once more (plain pointers for the L2
+    prefetch), with splits the fp32 workspace (splits, tokens, H * D), o and the tickets
+    (split_counters), then the plan's scalars; the constexprs and launch options are
+    plan.meta. With staged scales the column factors go as a TMA descriptor of their
+    (2, Hkv * I) view."""
     B, L, H, D = q.shape
     vt = transposed_v(v) if vt is None else vt
     cols = kept_column_factors(scales)
+    bounds = (kept_expert_bounds(k, u, scales),) if plan.config.act_scale == "bound" else ()
     views = (
         sm90.rows_view(q),
         k.contiguous().view(-1, D),
@@ -607,7 +636,7 @@ def arguments(plan: Fp8WsPlan, q, k, u, v, r, scales, o, vt=None) -> tuple:
         tiles, splits = plan.grid
         work = empty((splits, B * L, H * D), torch.float32, q.device)
         split = (work, o, split_counters(tiles * plan.config.consumers, q.device))
-    return (*descs, r, cols, *prefetch, *split, *plan.scalars)
+    return (*descs, r, cols, *bounds, *prefetch, *split, *plan.scalars)
 
 
 def _make_plan(q, k, u, v, r, scales, config) -> Fp8WsPlan:
@@ -644,6 +673,16 @@ def _make_plan(q, k, u, v, r, scales, config) -> Fp8WsPlan:
 #: programs of a call, one work tile each (_gluon.forward_work_tiles); with splits each
 #: work tile has split_count of them
 work_tiles = _gluon.forward_work_tiles
+
+
+def emulate(q, k, u, v, r, scales, spec: KernelSpec, config: Fp8WsConfig) -> Tensor:
+    """What `config` computes on these inputs, emulated in float64 (mhfgen.reference.
+    flash_mhf_w8a8 with the config's block_n, splits and act_scale)."""
+    from ..reference import flash_mhf_w8a8
+
+    return flash_mhf_w8a8(
+        q, k, u, v, r, scales, config.block_n, emulated_splits(spec, config), config.act_scale
+    )
 
 
 def emulated_splits(spec: KernelSpec, config: Fp8WsConfig) -> int:
@@ -690,6 +729,8 @@ def compile_sm90(
             COUNTERS=torch.empty(1, dtype=torch.int32),
             stride_ws=1 << 16,
         )
+    if config.act_scale == "bound":
+        split.update(BOUNDS=torch.empty(1, dtype=torch.float32))
     if config.pdl:
         split.update(KP=w2, UP=w2, VTP=vt2, CP=torch.empty(1, dtype=torch.float32))
     names = ("q_desc", "k_desc", "u_desc", "vt_desc", "o_desc", "cols_desc")
