@@ -34,6 +34,7 @@ then speed, in one run of about a minute.
    W8A8 one with the split reduction's loads one at a time (reduce_unroll 1), with two
    consumers sharing each weight tile and with the exchange reset, and at its unswapped heuristic
    (swap_ab = 0) and that with staged_scales flipped (where its loop reads the scales),
+   and the dispatched W8A8 config with act_scale flipped (running maximum or fixed bound),
    rows 'decode' with each one's speed-up over the 16-bit weights.
 5. with --pdl: each shape of --decode-shapes at 1, 8, 32 and 64 tokens in CUDA graphs, the
    A/B of programmatic dependent launch (the `pdl` field of the swapped decode schedule):
@@ -122,7 +123,8 @@ def _args(argv=None):
         action="store_true",
         help="also time decode (DECODE_TOKENS) in CUDA graphs: 16-bit weights, FP8 "
         "weight-only and the W8A8 split forward, each with its dispatched config, and the "
-        "W8A8 one at its unswapped heuristic (swap_ab = 0), also with staged_scales flipped",
+        "W8A8 one at its unswapped heuristic (swap_ab = 0), also with staged_scales flipped, "
+        "and the dispatched W8A8 config with act_scale flipped",
     )
     p.add_argument(
         "--pdl",
@@ -425,7 +427,8 @@ def decode(dtype, rows: list, shape_name: str = "1.3B") -> None:
     through flash_mhf_fwd_fp8_ws (each at the config the dispatcher gives that variant;
     the last also with reduce_unroll 1, with two consumers (swapped_decode_config), with
     its ticket counter reset by an atomic exchange (store_reset=False) and at its
-    heuristic's unswapped split, swap_ab = 0, and that with staged_scales flipped), the
+    heuristic's unswapped split, swap_ab = 0, and that with staged_scales flipped; and
+    the dispatched config with act_scale flipped), the
     16-bit split forward with each counter reset, and the speed-up of each FP8 row over the 16-bit one. Each
     weight format's copies are made once and serve every row of it."""
     from hangs import finish

@@ -74,6 +74,7 @@ GLUON_FIELDS: dict[str, dict[str, tuple]] = {
         "reduce_unroll": (1, 8),
         "store_reset": (True, False),
         "pdl": (False, True),
+        "act_scale": ("bound", "running"),
     },
     "flash_mhf_bwd_dq_ws": {
         "sigmoid": ("tanh", "exp"),

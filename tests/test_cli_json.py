@@ -220,6 +220,7 @@ def test_the_legend_explains_every_code():
         Fp8WsConfig(p_operand="registers", sigmoid="exp"),
         Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True),
         Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True, swap_ab=16),
+        Fp8WsConfig(act_scale="running"),
     ):
         for part in config.describe().split():
             if re.fullmatch(r"\d+x\d+w", part):

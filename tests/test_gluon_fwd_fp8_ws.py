@@ -76,16 +76,18 @@ FAMILIES = {
     "swapped-pdl": f8.Fp8WsConfig(
         consumers=1, inter_splits=8, staged_scales=True, swap_ab=16, reduce_unroll=8, pdl=True
     ),
-    "bound": f8.Fp8WsConfig(act_scale="bound"),
-    "bound-staged-two-tiles": f8.Fp8WsConfig(act_scale="bound", staged_scales=True, unroll_tiles=2),
-    "swapped-bound": f8.Fp8WsConfig(
+    "running-max": f8.Fp8WsConfig(act_scale="running"),
+    "running-max-staged-two-tiles": f8.Fp8WsConfig(
+        act_scale="running", staged_scales=True, unroll_tiles=2
+    ),
+    "swapped-running-max": f8.Fp8WsConfig(
         consumers=1,
         inter_splits=8,
         staged_scales=True,
         swap_ab=16,
         reduce_unroll=8,
         pdl=True,
-        act_scale="bound",
+        act_scale="running",
     ),
 }
 
@@ -309,7 +311,7 @@ def test_pdl_takes_the_swapped_schedule_and_its_launch_attribute():
     assert f8.config_problems(spec, FAMILIES["swapped-pdl"]) == []
     assert f8.launch_options(FAMILIES["swapped-pdl"])["launch_pdl"] is True
     assert "launch_pdl" not in f8.launch_options(FAMILIES["swapped-16"])
-    assert FAMILIES["swapped-pdl"].describe().endswith(" pdl")
+    assert FAMILIES["swapped-pdl"].describe().endswith(" pdl")  # the bound: the default
     # configs stored before the field read as without it
     assert f8.Fp8WsConfig.added_fields["pdl"] is False
 
@@ -340,7 +342,7 @@ def test_the_pdl_launch_passes_the_weights_pointers_before_the_scalars(monkeypat
     args = f8.arguments(plan, q, k8, u8, v8, r, scales, torch.empty_like(q))
     names = list(plan.kernel.arg_names)
     at = names.index("KP")
-    assert names[at - 2 : at + 5] == ["R", "cols_desc", "KP", "UP", "VTP", "CP", "WS"]
+    assert names[at - 3 : at + 5] == ["R", "cols_desc", "BOUNDS", "KP", "UP", "VTP", "CP", "WS"]
     pointers = [a.data_ptr() for a in args[at : at + 4]]
     want = (k8, u8, transposed_v(v8), kept_column_factors(scales))
     assert pointers == [t.data_ptr() for t in want]
@@ -377,7 +379,7 @@ def test_the_staged_launch_passes_the_column_factors_by_descriptor(monkeypatch):
     plan = f8._launch.make_plan(q, k8, u8, v8, r, scales, config)
     args = f8.arguments(plan, q, k8, u8, v8, r, scales, torch.empty_like(q))
     names = plan.kernel.arg_names
-    assert list(names[5:8]) == ["R", "cols_desc", "WS"] and args[5] is r
+    assert list(names[5:9]) == ["R", "cols_desc", "BOUNDS", "WS"] and args[5] is r
     cols = args[6]
     assert cols.base.shape == (2, 8 * 4 * 128) and cols.block_shape == [2, 64]
     assert cols.base.data_ptr() == kept_column_factors(scales).data_ptr()
@@ -452,7 +454,7 @@ def test_the_split_launch_passes_workspace_output_and_counters(monkeypatch):
     monkeypatch.setattr(device, "target", lambda _: "sm90")
     forget_transposed()
     (q, k8, u8, v8, r, scales), _ = _fp8_case(Case("dec", 1, 3, 8, 8, 64, 4, 128))
-    config = f8.Fp8WsConfig(consumers=1, inter_splits=3)
+    config = f8.Fp8WsConfig(consumers=1, inter_splits=3, act_scale="running")
     plan = f8._launch.make_plan(q, k8, u8, v8, r, scales, config)
     assert plan.grid == (8, 3)  # 8 heads x 1 token block; 8 weight tiles: 3 + 3 + 2
     o = torch.empty_like(q)
@@ -630,7 +632,7 @@ def test_the_launch_passes_every_kernel_argument_in_order(monkeypatch):
     monkeypatch.setattr(device, "target", lambda _: "sm90")
     forget_transposed()
     (q, k8, u8, v8, r, scales), _ = _fp8_case(Case("gqa", 2, 100, 8, 2, 128, 4, 128))
-    config = f8.Fp8WsConfig()
+    config = f8.Fp8WsConfig(act_scale="running")  # no expert bounds (the next test's)
     plan = f8._launch.make_plan(q, k8, u8, v8, r, scales, config)
     assert plan.spec.dtype == "float16_e4m3"
     o = torch.empty_like(q)

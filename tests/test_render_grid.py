@@ -43,6 +43,8 @@ def test_the_grid_takes_every_branch(renders):
         "def flash_mhf_fwd_ws_kernel(",
         "def flash_mhf_fwd_fp8_ws_kernel(",
         "p8 = (y * gl.where(m_new > 0.0, a * (E4M3_MAX / m_new), 0.0)[:, None])",
+        "p8 = (y * (a_q * r_e)[:, None]).to(gl.float8e4nv)",
+        "p8 = (y * (a_q * r_e)[None, :]).to(gl.float8e4nv)",
         "p8_s.store(p8)",
         "o = warpgroup_mma(gl.convert_layout(p8, a_layout)",
         "for jj in range(TILES // 2):",

@@ -209,6 +209,11 @@ CONFIG_LEGEND = (
         "swapN: swap_ab, the FP8 forward's swapped-operand decode schedule, N tokens per "
         "program as the wgmma's N",
     ),
+    (
+        "runmax",
+        "act_scale='running': the FP8 forward scales its activations to e4m3 by a running "
+        "row maximum (default: a power-of-two bound fixed before the loop)",
+    ),
 )
 
 
