@@ -88,7 +88,7 @@ def decode_shape(name: str) -> tuple:
 
 #: --schedules: name -> Fp8WsConfig fields (the rest the config's defaults)
 SCHEDULES = {
-    "P in shared memory, separate S and G (default)": {},
+    "P in shared memory, separate S and G (default: the fixed bound)": {},
     "P in registers": {"p_operand": "registers"},
     "P in shared memory, joint [S | G]": {"joint_scores": True},
     "P in registers, joint [S | G]": {"p_operand": "registers", "joint_scores": True},
@@ -103,6 +103,18 @@ SCHEDULES = {
     "fixed bound, two weight tiles per iteration": {"act_scale": "bound", "unroll_tiles": 2},
     "fixed bound, ping-pong consumers": {"act_scale": "bound", "pingpong": True},
     "fixed bound, P in registers": {"act_scale": "bound", "p_operand": "registers"},
+    "fixed bound, O before the scores' wait (p_buffers 2)": {"act_scale": "bound", "p_buffers": 2},
+    "fixed bound, O before the scores' wait, two tiles per iteration": {
+        "act_scale": "bound",
+        "p_buffers": 2,
+        "unroll_tiles": 2,
+    },
+    "fixed bound, O before the scores' wait, 5-slot ring": {
+        "act_scale": "bound",
+        "p_buffers": 2,
+        "stages": 5,
+    },
+    "running maximum (act_scale)": {"act_scale": "running"},
 }
 
 
@@ -117,6 +129,13 @@ def _args(argv=None):
         "--schedules",
         action="store_true",
         help="also check and time each schedule family of the W8A8 kernel (SCHEDULES)",
+    )
+    p.add_argument(
+        "--schedules-matching",
+        default="",
+        metavar="TEXT",
+        help="with --schedules, only the families whose label contains TEXT (the default "
+        "and the bf16 forward are always timed)",
     )
     p.add_argument(
         "--decode",
@@ -320,10 +339,11 @@ def timing(dtype, tokens: int, rows: list) -> None:
     )
 
 
-def schedules(dtype, tokens: int, rows: list) -> bool:
-    """Check each SCHEDULES config of flash_mhf_fwd_fp8_ws against float64 and its
-    emulation on the 1.3B slice, then time the ones that pass at `tokens` beside the bf16
-    Gluon forward's dispatched config. False when a check fails."""
+def schedules(dtype, tokens: int, rows: list, matching: str = "") -> bool:
+    """Check each SCHEDULES config of flash_mhf_fwd_fp8_ws (those whose label contains
+    `matching`, and the default) against float64 and its emulation on the 1.3B slice,
+    then time the ones that pass at `tokens` beside the bf16 Gluon forward's dispatched
+    config. False when a check fails."""
     from hangs import finish
     from triton.testing import do_bench
 
@@ -339,6 +359,8 @@ def schedules(dtype, tokens: int, rows: list) -> bool:
     bar = tolerance_for(registry.get(f8.KERNEL), q.dtype, numel=ref.numel())
     configs, ok_all = {}, True
     for label, fields in SCHEDULES.items():
+        if matching not in label and fields:
+            continue
         config = f8.Fp8WsConfig(**fields)
         got = finish(lambda: f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config))
         err = relative_error(got, ref)
@@ -651,7 +673,7 @@ def main(argv=None) -> int:
         if not args.skip_timing:
             timing(dtype, args.tokens, rows)
         if args.schedules:
-            ok &= schedules(dtype, args.tokens, rows)
+            ok &= schedules(dtype, args.tokens, rows, args.schedules_matching)
         if args.decode:
             for name in args.decode_shapes.split(","):
                 decode(dtype, rows, name)

@@ -74,7 +74,6 @@ GLUON_FIELDS: dict[str, dict[str, tuple]] = {
         "reduce_unroll": (1, 8),
         "store_reset": (True, False),
         "pdl": (False, True),
-        "act_scale": ("bound", "running"),
     },
     "flash_mhf_bwd_dq_ws": {
         "sigmoid": ("tanh", "exp"),
@@ -134,6 +133,32 @@ def specs(kernel: str) -> list[KernelSpec]:
     return [s for s in every if not s.fp8_weights or variant.unsupported(s) is None]
 
 
+#: fields a Gluon template's grid varies on a smaller product only: each of `values` (a
+#: setting of them away from their defaults) over every combination of `over` (fields of
+#: GLUON_FIELDS[kernel]), so that a field touching few branches does not multiply the grid
+GLUON_BRANCHES: dict[str, dict] = {
+    "flash_mhf_fwd_fp8_ws": {
+        "over": (
+            "consumers",
+            "pingpong",
+            "joint_scores",
+            "unroll_tiles",
+            "inter_splits",
+            "staged_scales",
+            "swap_ab",
+            "pdl",
+        ),
+        "values": ({"act_scale": "running"}, {"p_buffers": 2}),
+    },
+}
+
+
+def _branch_fields(kernel: str) -> tuple:
+    """The fields GLUON_BRANCHES sets for `kernel` (none for the others)."""
+    branches = GLUON_BRANCHES.get(kernel, {"values": ()})
+    return tuple(sorted({k for values in branches["values"] for k in values}))
+
+
 def configs(kernel: str, spec: KernelSpec) -> Iterator[registry.VariantConfig]:
     """Every combination of the fields that change `kernel`'s code (block_m, num_warps and
     num_stages are launch arguments and never do; a Gluon template's: GLUON_FIELDS)."""
@@ -145,6 +170,14 @@ def configs(kernel: str, spec: KernelSpec) -> Iterator[registry.VariantConfig]:
                 yield config_type(**dict(zip(fields, values)))
             except ValueError:  # not a config (pingpong with one consumer, ...)
                 continue
+        branches = GLUON_BRANCHES.get(kernel)
+        for setting in branches["values"] if branches else ():
+            over = branches["over"]
+            for values in itertools.product(*(fields[k] for k in over)):
+                try:
+                    yield config_type(**dict(zip(over, values)), **setting)
+                except ValueError:
+                    continue
         return
     groups = sorted({1, spec.group})
     common = itertools.product((16, 32, 64, 128), ("chunks", "pad"))
@@ -191,7 +224,8 @@ def config_text(kernel: str, config: registry.VariantConfig) -> str:
     the grid varies (GLUON_FIELDS), so that a new config field with a default leaves the
     digests as they are."""
     if kernel in GLUON_FIELDS:
-        return json.dumps({k: getattr(config, k) for k in GLUON_FIELDS[kernel]}, sort_keys=True)
+        keys = (*GLUON_FIELDS[kernel], *_branch_fields(kernel))
+        return json.dumps({k: getattr(config, k) for k in keys}, sort_keys=True)
     fields = {k: getattr(config, k, neutral) for k, neutral in SCHEMA2_FIELDS.items()}
     if not getattr(config, "store_reset", True):  # the exchange reset of older split configs
         fields["store_reset"] = False

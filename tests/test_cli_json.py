@@ -221,6 +221,7 @@ def test_the_legend_explains_every_code():
         Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True),
         Fp8WsConfig(consumers=1, inter_splits=8, staged_scales=True, swap_ab=16),
         Fp8WsConfig(act_scale="running"),
+        Fp8WsConfig(p_buffers=2),
     ):
         for part in config.describe().split():
             if re.fullmatch(r"\d+x\d+w", part):

@@ -77,6 +77,9 @@ FAMILIES = {
         consumers=1, inter_splits=8, staged_scales=True, swap_ab=16, reduce_unroll=8, pdl=True
     ),
     "running-max": f8.Fp8WsConfig(act_scale="running"),
+    "early-o": f8.Fp8WsConfig(p_buffers=2),
+    "early-o-two-tiles-staged": f8.Fp8WsConfig(p_buffers=2, unroll_tiles=2, staged_scales=True),
+    "early-o-split": f8.Fp8WsConfig(p_buffers=2, consumers=1, inter_splits=8),
     "running-max-staged-two-tiles": f8.Fp8WsConfig(
         act_scale="running", staged_scales=True, unroll_tiles=2
     ),
@@ -142,6 +145,12 @@ def test_renders_valid_python(spec, family):
     # a fixed bound: no rescale of O in the loop, the bound rounded up to a power of two
     assert ("o = o * gl.convert_layout(alpha" in source) == running
     assert ("m = _pow2_ceil(m * BOUND_MARGIN)" in source) != running
+    # p_buffers = 2: O's product issued from buffer j % 2 before the scores' wait
+    early = "p8_b = p8_smem.index(2 * C + j % 2)" in source
+    assert early == (config.p_buffers == 2)
+    assert ("num_outstanding=1, deps=(o, s_next, g_next))" in source) == (
+        early and config.unroll_tiles == 1
+    )
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -236,6 +245,11 @@ def test_config_problems_name_the_reason():
     assert any("spill" in p for p in f8.config_problems(spec, wide))
     assert f8.config_problems(spec, dataclasses.replace(wide, consumers=1)) == []
     assert f8.config_problems(spec, f8.Fp8WsConfig(swap_ab=32, block_n=64, **pair)) == []
+    # two activation buffers need the fixed bound (a running maximum rescales O first)
+    for bad in (dict(act_scale="running"), dict(pingpong=True), dict(joint_scores=True)):
+        problems = f8.config_problems(spec, f8.Fp8WsConfig(p_buffers=2, **bad))
+        assert any("p_buffers=2" in p for p in problems), bad
+    assert f8.config_problems(spec, f8.Fp8WsConfig(p_buffers=2)) == []
 
 
 # ---------------------------------------------------------------------------------------
@@ -950,13 +964,16 @@ SWAPPED_CASES = [c for c in GPU_CASES if c.name.startswith("decode")]
 
 
 @pytest.mark.skipif(not GPU_SM90, reason="needs an sm90 (Hopper) CUDA GPU")
-@pytest.mark.parametrize("swapped", [False, True], ids=["unswapped", "swapped"])
+@pytest.mark.parametrize("schedule", ["unswapped", "swapped", "early-o", "early-o-2-tiles"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: c.name)
-def test_a_fixed_bound_matches_the_emulation_on_a_gpu(case, dtype, swapped):
+def test_a_fixed_bound_matches_the_emulation_on_a_gpu(case, dtype, schedule):
     """act_scale='bound' (the activations scaled by each row's power-of-two bound, no
-    running maximum): the heuristic's config with it, and at decode sizes the swapped
-    schedule with it, against the emulation of its tiles and splits and float64."""
+    running maximum): the heuristic's unswapped config with it, with two activation
+    buffers (p_buffers 2: O's product before the scores' wait; one or two tiles per
+    iteration), and at decode sizes the swapped schedule with it, against the emulation
+    of its tiles and splits and float64."""
+    swapped = schedule == "swapped"
     if swapped and case not in SWAPPED_CASES:
         pytest.skip("the swapped schedule is a decode schedule")
     (q, k8, u8, v8, r, scales), dense = _fp8_case(case, dtype, "cuda")
@@ -968,6 +985,11 @@ def test_a_fixed_bound_matches_the_emulation_on_a_gpu(case, dtype, swapped):
     else:
         config = f8.default_config(spec, case.tokens, sms, swapped=False)
     config = dataclasses.replace(config, act_scale="bound")
+    if schedule.startswith("early-o"):
+        unroll = 2 if schedule.endswith("2-tiles") else 1
+        config = dataclasses.replace(config, p_buffers=2, unroll_tiles=unroll)
+        if config.inter_splits > 1 and unroll == 2:
+            pytest.skip("the split takes one tile per iteration")
     assert not f8.config_problems(spec, config)
     got = f8.flash_mhf_fwd_fp8_ws(q, k8, u8, v8, r, scales, config=config)
     torch.cuda.synchronize()

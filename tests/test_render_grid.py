@@ -45,6 +45,7 @@ def test_the_grid_takes_every_branch(renders):
         "p8 = (y * gl.where(m_new > 0.0, a * (E4M3_MAX / m_new), 0.0)[:, None])",
         "p8 = (y * (a_q * r_e)[:, None]).to(gl.float8e4nv)",
         "p8 = (y * (a_q * r_e)[None, :]).to(gl.float8e4nv)",
+        "p8_b = p8_smem.index(2 * C + j % 2)",
         "p8_s.store(p8)",
         "o = warpgroup_mma(gl.convert_layout(p8, a_layout)",
         "for jj in range(TILES // 2):",

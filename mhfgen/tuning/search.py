@@ -210,6 +210,11 @@ CONFIG_LEGEND = (
         "program as the wgmma's N",
     ),
     (
+        "pbuf",
+        "pbufN: p_buffers, the FP8 forward's activation tiles in shared memory per consumer; "
+        "with 2 O's product is issued before the wait for the next tile's scores",
+    ),
+    (
         "runmax",
         "act_scale='running': the FP8 forward scales its activations to e4m3 by a running "
         "row maximum (default: a power-of-two bound fixed before the loop)",

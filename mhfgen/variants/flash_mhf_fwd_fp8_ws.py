@@ -153,6 +153,13 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
                     1.14x faster (758 against 664 TFLOP/s at 16384 tokens) and the
                     swapped decode 1.02x to 1.04x faster at 1 to 64 tokens, as accurate
                     (docs/PERFORMANCE.md).
+    p_buffers:      shared-memory tiles of e4m3 activations per consumer (1 or 2; needs
+                    act_scale='bound', p_operand='shared', separate scores, no pingpong
+                    and the unswapped schedule). With 2, tile j's goes to buffer j % 2
+                    and O += p8_j V8_j is issued as soon as it is stored, chained on the
+                    pending O_(j-1), before the wait for tile j+1's scores; with 1 that
+                    wait (which completes O_(j-1) too) comes first, because the buffer
+                    is O_(j-1)'s operand.
     """
 
     variant = KERNEL
@@ -176,6 +183,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
     store_reset: bool = True
     pdl: bool = False
     act_scale: str = "bound"
+    p_buffers: int = 1
 
     #: fields added after configs of this variant were stored: a stored config without
     #: them means these values
@@ -189,6 +197,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         "store_reset": False,
         "pdl": False,
         "act_scale": "running",
+        "p_buffers": 1,
     }
 
     #: added fields that render code only with inter_splits > 1 (VariantConfig.legacy_fields)
@@ -208,6 +217,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         reduce_unroll=REDUCE_UNROLLS,
         pdl=(False, True),
         act_scale=("running", "bound"),
+        p_buffers=(1, 2),
     )
 
     @property
@@ -224,6 +234,7 @@ class Fp8WsConfig(_gluon.ForwardConsumersConfig):
         text += " staged" if self.staged_scales else ""
         text += f" swap{self.swap_ab}" if self.swap_ab else ""
         text += " pdl" if self.pdl else ""
+        text += " pbuf2" if self.p_buffers == 2 else ""
         return text + (" runmax" if self.act_scale == "running" else "")
 
 
@@ -298,6 +309,18 @@ def config_problems(spec: KernelSpec, config: Fp8WsConfig) -> list[str]:
             f"two swapped consumers hold {registers(spec, config):g} accumulator values a "
             f"thread (> {SWAPPED_PAIR_REGISTERS}): their sm90 compiles spill"
         )
+    if config.p_buffers == 2 and (
+        config.act_scale != "bound"
+        or config.p_operand != "shared"
+        or config.joint_scores
+        or config.pingpong
+        or config.swap_ab
+    ):
+        problems.append(
+            "p_buffers=2 (O's product before the wait for the next scores) takes "
+            "act_scale='bound', p_operand='shared', separate scores, no pingpong and the "
+            "unswapped schedule"
+        )
     if config.pdl and not config.swap_ab:
         problems.append(
             "pdl (programmatic dependent launch) takes the swapped decode schedule (swap_ab)"
@@ -318,7 +341,8 @@ def shared_memory(spec: KernelSpec, config: Fp8WsConfig) -> int:
     with staged scales each slot's fp32 column factors (2 x block_n) and each consumer's
     routing weights (E rounded up to a power of two x block_m, fp32)."""
     q = config.consumers * config.block_m * spec.head_dim * (2 + 1)
-    p = config.consumers * config.block_m * config.block_n if config.p_operand == "shared" else 0
+    p = config.consumers * config.block_m * config.block_n * config.p_buffers
+    p = p if config.p_operand == "shared" else 0
     ring = config.stages * 3 * config.block_n * spec.head_dim
     convert = (
         config.consumers * config.block_m * spec.head_dim * 4 if config.inter_splits > 1 else 0
@@ -498,6 +522,7 @@ def static_params(spec: KernelSpec, config: Fp8WsConfig) -> dict:
         **({"store_reset": True} if config.store_reset and config.inter_splits > 1 else {}),
         **({"pdl": True} if config.pdl else {}),
         **({"act_scale": "bound"} if config.act_scale == "bound" else {}),
+        **({"p_buffers": 2} if config.p_buffers == 2 else {}),
     }
 
 
