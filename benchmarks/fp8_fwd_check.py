@@ -98,22 +98,12 @@ SCHEDULES = {
     "two weight tiles per iteration": {"unroll_tiles": 2},
     "scales staged in shared memory": {"staged_scales": True},
     "staged scales, 5-slot ring": {"staged_scales": True, "stages": 5},
-    "activations on a fixed bound (act_scale)": {"act_scale": "bound"},
-    "fixed bound, 5-slot ring": {"act_scale": "bound", "stages": 5},
-    "fixed bound, two weight tiles per iteration": {"act_scale": "bound", "unroll_tiles": 2},
-    "fixed bound, ping-pong consumers": {"act_scale": "bound", "pingpong": True},
-    "fixed bound, P in registers": {"act_scale": "bound", "p_operand": "registers"},
-    "fixed bound, O before the scores' wait (p_buffers 2)": {"act_scale": "bound", "p_buffers": 2},
+    "fixed bound, O before the scores' wait (p_buffers 2)": {"p_buffers": 2},
     "fixed bound, O before the scores' wait, two tiles per iteration": {
-        "act_scale": "bound",
         "p_buffers": 2,
         "unroll_tiles": 2,
     },
-    "fixed bound, O before the scores' wait, 5-slot ring": {
-        "act_scale": "bound",
-        "p_buffers": 2,
-        "stages": 5,
-    },
+    "fixed bound, O before the scores' wait, 5-slot ring": {"p_buffers": 2, "stages": 5},
     "running maximum (act_scale)": {"act_scale": "running"},
 }
 
