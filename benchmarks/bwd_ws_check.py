@@ -1,19 +1,22 @@
-"""The Gluon one-pass backward (flash_mhf_bwd_ws) on an H100/H200: correctness, then speed.
+"""A Gluon one-pass backward on an H100/H200: correctness, then speed.
 
-    python3 benchmarks/bwd_ws_check.py [--budget 500]
+flash_mhf_bwd_ws, or flash_mhf_bwdt_ws with --variant:
+
+    python3 benchmarks/bwd_ws_check.py [--variant flash_mhf_bwdt_ws] [--budget 500]
 
 1. verify: its five gradients against float64 (relative Frobenius error, the bar of
    mhfgen.tolerances) in bf16 and fp16 on the 1.3B shape's slice, L = 1, L = 37 with
-   Hkv < H, E = 1 at D = 64 and Hkv < H at D = 64, for a few configs (token splits, head
-   chunks, exp sigmoid, a deeper ring).
-2. speed at 16384 tokens in bf16 on 1.3B, 370M, (H16, D64) and 1.3B with 4 kv heads: a
-   config sweep beside the split backward as dispatched and the forward as dispatched, in
-   one process; TFLOP/s count 12 T H I D for the backward and 18 T H I D for forward +
-   backward; each timed config's gradients are checked against float64 first.
-3. --diagnose: on 1.3B and (H16, D64), the default beside vector dq reductions (dq_vec),
-   exp sigmoid and token splits, and the same kernel with its dq and/or dr reductions
-   predicated off (a measurement only: those gradients are then wrong and not checked), to
-   see what the atomics cost.
+   Hkv < H, D = 96 with Hkv < H, E = 1 at D = 64 and Hkv < H at D = 64 (the cases the
+   variant supports), for a few configs (token splits, head chunks, exp sigmoid, a deeper
+   ring, the dq reductions' layout).
+2. speed at 16384 tokens in bf16 on 1.3B, 370M, (H16, D64), 1.3B with 4 kv heads and
+   128M (D = 96), the shapes the variant supports: a config sweep beside the split
+   backward as dispatched and the forward as dispatched, in one process; TFLOP/s count
+   12 T H I D for the backward and 18 T H I D for forward + backward; each timed config's
+   gradients are checked against float64 first.
+3. --diagnose: on 1.3B and (H16, D64) where the variant runs them, a few of its configs,
+   and the same kernel with its dq and/or dr reductions predicated off (a measurement
+   only: those gradients are then wrong and not checked), to see what the atomics cost.
 Every first launch is watched for a hang (an mbarrier deadlock): a hang ends the run,
 printing what was measured.
 """
@@ -32,11 +35,13 @@ import torch
 import triton
 from hangs import Hang, finish, run_watched  # benchmarks/hangs.py, beside this script
 
-from mhfgen import codegen, kernels
+from mhfgen import codegen, kernels, registry
+from mhfgen.kernels.configs import spec_of
 from mhfgen.kernels.plans import clear_plans
 from mhfgen.tolerances import relative_error, tolerance
-from mhfgen.variants import flash_mhf_bwd_ws as ws_module
-from mhfgen.variants.flash_mhf_bwd_ws import BwdWsConfig, flash_mhf_bwd_ws
+from mhfgen.validation import check_flash_mhf_inputs
+from mhfgen.variants.flash_mhf_bwd_ws import BwdWsConfig
+from mhfgen.variants.flash_mhf_bwdt_ws import BwdtWsConfig
 from mhfgen.verification import Case, make_inputs, reference_outputs
 
 GRADS = ("dq", "dr", "dk", "du", "dv")
@@ -44,36 +49,62 @@ VERIFY_CASES = [
     Case("1.3B-slice", 2, 300, 16, 16, 128, 22, 256),
     Case("L=1", 1, 1, 8, 8, 128, 11, 256),
     Case("L=37,Hkv<H", 1, 37, 8, 2, 128, 4, 128),
+    Case("D96,Hkv<H", 2, 150, 8, 2, 96, 8, 256),
     Case("E=1,D64", 1, 200, 4, 4, 64, 1, 512),
     Case("Hkv<H,D64", 3, 100, 16, 4, 64, 11, 256),
 ]
+#: per variant: its configs checked on every verify case
 VERIFY_CONFIGS = {
-    "default": BwdWsConfig(),
-    "ts3 hc2": BwdWsConfig(token_splits=3, head_chunk=2),
-    "exp s3 hc16": BwdWsConfig(sigmoid="exp", stages=3, head_chunk=16),
+    "flash_mhf_bwd_ws": {
+        "default": BwdWsConfig(),
+        "ts3 hc2": BwdWsConfig(token_splits=3, head_chunk=2),
+        "exp s3 hc16": BwdWsConfig(sigmoid="exp", stages=3, head_chunk=16),
+    },
+    "flash_mhf_bwdt_ws": {
+        "default": BwdtWsConfig(),
+        "ts3 hc2": BwdtWsConfig(token_splits=3, head_chunk=2),
+        "exp s3 scalar-dq hc16": BwdtWsConfig(sigmoid="exp", stages=3, dq_vec=False, head_chunk=16),
+    },
 }
 SPEED_SHAPES = {
     "1.3B": (16, 16, 128, 22, 256),
     "370M": (8, 8, 128, 11, 256),
     "H16D64": (16, 16, 64, 11, 256),
     "1.3B-gqa4": (16, 4, 128, 22, 256),
+    "128M": (8, 8, 96, 8, 256),
 }
+
+
+def backward(variant: str):
+    """The variant's launcher: (q, k, u, v, r, do, config=) -> (dq, dr, dk, du, dv)."""
+    module = importlib.import_module(type(registry.get(variant)).__module__)
+    return getattr(module, variant)
+
+
+def runs(variant: str, inputs) -> bool:
+    """Whether the variant supports the problem of these inputs."""
+    q, k = inputs[0], inputs[1]
+    spec = spec_of(check_flash_mhf_inputs(*inputs[:5]), q, k)
+    return registry.get(variant).unsupported(spec) is None
 
 
 def errors(out, ref) -> float:
     return max(relative_error(o, ref[g]) for g, o in zip(GRADS, out))
 
 
-def verify(rows):
+def verify(rows, variant):
+    run = backward(variant)
     for dtype in (torch.bfloat16, torch.float16):
         bar = tolerance(dtype, grad=True)
         for case in VERIFY_CASES:
             inputs = make_inputs(case, dtype, "cuda", seed=1)
+            if not runs(variant, inputs):
+                continue
             ref = reference_outputs(*inputs)
-            for name, config in VERIFY_CONFIGS.items():
+            for name, config in VERIFY_CONFIGS[variant].items():
                 label = f"{str(dtype)[6:]} {case.name} {name}"
                 try:
-                    err = errors(finish(lambda: flash_mhf_bwd_ws(*inputs, config=config)), ref)
+                    err = errors(finish(lambda: run(*inputs, config=config)), ref)
                     rows.append(("verify", label, f"{err:.2e}", "ok" if err <= bar else "FAIL"))
                 except Hang:
                     rows.append(("verify", label, "-", "HANG"))
@@ -90,24 +121,41 @@ def verify(rows):
                 print(*rows[-1], flush=True)
 
 
-def sweep_configs(name):
-    base = [BwdWsConfig()]
-    if name == "1.3B":  # the knobs beside the default on the headline shape only
-        base += [BwdWsConfig(stages=3), BwdWsConfig(grads_regs=160), BwdWsConfig(sigmoid="exp")]
+def sweep_configs(variant, name):
+    if variant == "flash_mhf_bwdt_ws":
+        base = [BwdtWsConfig()]
+        if name == "1.3B":  # the knobs beside the default on the headline shape only
+            base += [
+                BwdtWsConfig(dq_vec=False),
+                BwdtWsConfig(dq_vec=False, stages=3),
+                BwdtWsConfig(sigmoid="exp"),
+                BwdtWsConfig(consumer_regs=232),
+            ]
+    else:
+        base = [BwdWsConfig()]
+        if name == "1.3B":
+            base += [
+                BwdWsConfig(stages=3),
+                BwdWsConfig(grads_regs=160),
+                BwdWsConfig(sigmoid="exp"),
+            ]
     out = []
     for c in base:
         for hc, ts in ((1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (16, 1)):
             out.append(dataclasses.replace(c, head_chunk=hc, token_splits=ts))
-    if name == "H16D64":
+    if name == "H16D64" and variant == "flash_mhf_bwd_ws":
         out += [dataclasses.replace(c, block_m=64) for c in out[:6]]
     return out
 
 
-def speed(rows, shapes):
+def speed(rows, shapes, variant):
+    run = backward(variant)
     for name in shapes:
         H, Hkv, D, E, De = SPEED_SHAPES[name]
         case = Case(name, 8, 2048, H, Hkv, D, E, De)
         inputs = make_inputs(case, torch.bfloat16, "cuda")
+        if not runs(variant, inputs):
+            continue
         unit = 2 * case.tokens * H * E * De * D  # one GEMM unit
         ref = reference_outputs(*inputs)
         bar = tolerance(torch.bfloat16, grad=True)
@@ -124,14 +172,14 @@ def speed(rows, shapes):
             )
         )
         print(*rows[-1], flush=True)
-        for config in sweep_configs(name):
+        for config in sweep_configs(variant, name):
             label = f"{name} {config.describe()}"
             try:
-                err = errors(finish(lambda: flash_mhf_bwd_ws(*inputs, config=config)), ref)
+                err = errors(finish(lambda: run(*inputs, config=config)), ref)
                 if err > bar:
                     rows.append(("speed", label, "-", f"WRONG {err:.2e}"))
                 else:
-                    t = bench(lambda: flash_mhf_bwd_ws(*inputs, config=config))
+                    t = bench(lambda: run(*inputs, config=config))
                     rows.append(
                         (
                             "speed",
@@ -156,18 +204,51 @@ def speed(rows, shapes):
             print(*rows[-1], flush=True)
 
 
-NO_DQ = ("_red_add_v4(ptrs, dqt, ok)", "_red_add_v4(ptrs, dqt, ok * 0)")
-NO_DR = (
-    'gl.atomic_add(dr_ptrs, dr_part, mask=ok, sem="relaxed")',
-    'gl.atomic_add(dr_ptrs, dr_part, mask=ok & (toks < 0), sem="relaxed")',
-)
+#: per variant: (text, replacement) that predicate its dq and its dr reductions off
+NO_DQ = {
+    "flash_mhf_bwd_ws": ("_red_add_v4(ptrs, dqt, ok)", "_red_add_v4(ptrs, dqt, ok * 0)"),
+    "flash_mhf_bwdt_ws": (
+        "_red_add_v4(ptrs, dq, ok.to(gl.int32))",
+        "_red_add_v4(ptrs, dq, ok.to(gl.int32) * 0)",
+    ),
+}
+NO_DR = {
+    "flash_mhf_bwd_ws": (
+        'gl.atomic_add(dr_ptrs, dr_part, mask=ok, sem="relaxed")',
+        'gl.atomic_add(dr_ptrs, dr_part, mask=ok & (toks < 0), sem="relaxed")',
+    ),
+    "flash_mhf_bwdt_ws": (
+        'gl.atomic_add(DR + dr_off, dr_part, mask=dr_ok, sem="relaxed")',
+        'gl.atomic_add(DR + dr_off, dr_part, mask=dr_ok & (dr_off < 0), sem="relaxed")',
+    ),
+}
+#: per variant: its configs beside the default in the diagnosis, the first (with vector dq
+#: reductions) also run with its reductions predicated off
+DIAGNOSE_CONFIGS = {
+    "flash_mhf_bwd_ws": {
+        "vec exp hc16": BwdWsConfig(dq_vec=True, sigmoid="exp", head_chunk=16),
+        "default hc16": BwdWsConfig(head_chunk=16),
+        "vec hc16": BwdWsConfig(dq_vec=True, head_chunk=16),
+        "vec exp hc1 ts3": BwdWsConfig(dq_vec=True, sigmoid="exp", token_splits=3),
+        "vec exp hc2 ts2": BwdWsConfig(dq_vec=True, sigmoid="exp", head_chunk=2, token_splits=2),
+    },
+    "flash_mhf_bwdt_ws": {
+        "vec hc16": BwdtWsConfig(head_chunk=16),
+        "scalar-dq hc16": BwdtWsConfig(dq_vec=False, head_chunk=16),
+        "vec hc1 ts3": BwdtWsConfig(token_splits=3),
+        "vec hc2 ts2": BwdtWsConfig(head_chunk=2, token_splits=2),
+    },
+}
 
 
-def patched_loader(replacements):
-    """A load_kernel for flash_mhf_bwd_ws whose generated source has `replacements`."""
+def patched_loader(variant, replacements, real):
+    """A codegen.load_kernel whose `variant` source has `replacements` (`real` loads every
+    other kernel)."""
 
-    def load(spec, config):
-        src = codegen.render("flash_mhf_bwd_ws", spec, config)
+    def load(kernel, spec, config, entry=None):
+        if kernel != variant:
+            return real(kernel, spec, config, entry)
+        src = codegen.render(variant, spec, config)
         for old, new in replacements:
             assert old in src, old
             src = src.replace(old, new)
@@ -178,37 +259,34 @@ def patched_loader(replacements):
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         module_spec.loader.exec_module(module)
-        return module.flash_mhf_bwd_ws_kernel
+        return getattr(module, f"{variant}_kernel")
 
     return load
 
 
-def diagnose(rows):
-    real = ws_module.load_kernel
+def diagnose(rows, variant):
+    real, run = codegen.load_kernel, backward(variant)
+    configs = DIAGNOSE_CONFIGS[variant]
+    first, vec = next(iter(configs.items()))
+    no_dq, no_dr = NO_DQ[variant], NO_DR[variant]
+    trials = [(label, config, ()) for label, config in configs.items()] + [
+        (f"{first}, no dq reductions", vec, (no_dq,)),
+        (f"{first}, no dr reductions", vec, (no_dr,)),
+        (f"{first}, neither", vec, (no_dq, no_dr)),
+    ]
     for name in ("1.3B", "H16D64"):
         H, Hkv, D, E, De = SPEED_SHAPES[name]
         case = Case(name, 8, 2048, H, Hkv, D, E, De)
         inputs = make_inputs(case, torch.bfloat16, "cuda")
+        if not runs(variant, inputs):
+            continue
         unit = 2 * case.tokens * H * E * De * D
-        vec = BwdWsConfig(dq_vec=True, sigmoid="exp", head_chunk=16)
-        runs = [
-            ("default hc16", BwdWsConfig(head_chunk=16), ()),
-            ("vec hc16", BwdWsConfig(dq_vec=True, head_chunk=16), ()),
-            ("vec exp hc16", vec, ()),
-            ("vec exp hc1 ts3", dataclasses.replace(vec, head_chunk=1, token_splits=3), ()),
-            ("vec exp hc2 ts2", dataclasses.replace(vec, head_chunk=2, token_splits=2), ()),
-            ("vec exp hc16, no dq reductions", vec, (NO_DQ,)),
-            ("vec exp hc16, no dr reductions", vec, (NO_DR,)),
-            ("vec exp hc16, neither", vec, (NO_DQ, NO_DR)),
-        ]
-        for label, config, patch in runs:
-            ws_module.load_kernel = patched_loader(patch) if patch else real
+        for label, config, patch in trials:
+            codegen.load_kernel = patched_loader(variant, patch, real) if patch else real
             clear_plans()
             try:
-                finish(lambda: flash_mhf_bwd_ws(*inputs, config=config))
-                t = triton.testing.do_bench(
-                    lambda: flash_mhf_bwd_ws(*inputs, config=config), warmup=10, rep=40
-                )
+                finish(lambda: run(*inputs, config=config))
+                t = triton.testing.do_bench(lambda: run(*inputs, config=config), warmup=10, rep=40)
                 rows.append(
                     (
                         "diagnose",
@@ -230,26 +308,34 @@ def diagnose(rows):
                     )
                 )
             print(*rows[-1], flush=True)
-    ws_module.load_kernel = real
+    codegen.load_kernel = real
     clear_plans()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--variant",
+        choices=sorted(VERIFY_CONFIGS),
+        default="flash_mhf_bwd_ws",
+        help="the one-pass variant to check (default flash_mhf_bwd_ws)",
+    )
     parser.add_argument("--budget", type=float, default=500, help="seconds before the watchdog")
     parser.add_argument("--skip-verify", action="store_true")
     parser.add_argument(
-        "--shapes", default="1.3B,370M,H16D64,1.3B-gqa4", help="speed shapes ('' for none)"
+        "--shapes",
+        default="1.3B,370M,H16D64,1.3B-gqa4,128M",
+        help="speed shapes ('' for none; those the variant does not support are skipped)",
     )
     parser.add_argument("--diagnose", action="store_true")
     args = parser.parse_args()
 
     def steps(rows):
         if not args.skip_verify:
-            verify(rows)
+            verify(rows, args.variant)
         if args.diagnose:
-            diagnose(rows)
-        speed(rows, [s for s in args.shapes.split(",") if s])
+            diagnose(rows, args.variant)
+        speed(rows, [s for s in args.shapes.split(",") if s], args.variant)
 
     run_watched(steps, args.budget)
 

@@ -6,7 +6,8 @@ dq is a sum over the I / BLOCK_N programs of a kv head: its partial sums meet by
 atomics in a workspace of one launch's query heads (the config's `head_chunk` kv heads), so
 the workspace is tokens * head_chunk * (H / Hkv) * D floats; dr's partial sums need one
 where an expert spans several tiles and r is not fp32, and dK/dU/dV's where the tokens are
-split. A config is read only for its `head_chunk`, `token_splits` and `block_n`.
+split. A config is read only for its `head_chunk`, `token_splits` and `block_n` (and
+`dr_rows` where it has one).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ def kv_heads_per_launch(spec: KernelSpec, config) -> int:
 
 
 def dr_atomic(spec: KernelSpec, config) -> bool:
-    """Whether an expert spans several tiles, so dr's partial sums meet by atomics."""
-    return cdiv(spec.expert_dim, config.block_n) > 1
+    """Whether an expert spans several of the row blocks whose dr partial sums the kernel
+    writes (`dr_rows`, where the config has it: rows per warpgroup; else block_n, rows per
+    program), so they meet by atomics."""
+    return cdiv(spec.expert_dim, getattr(config, "dr_rows", config.block_n)) > 1
 
 
 def workspace_bytes(spec: KernelSpec, config, tokens: int, r_fp32: bool = True) -> int:

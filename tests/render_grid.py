@@ -8,7 +8,7 @@ Triton-language templates: BLOCK_N dividing De or not (flat loop / per-expert lo
 prefetch_scores, warp_specialize, inter_splits > 1, head_dim as chunks or padded (D = 96,
 80, 24), fp32's IEEE precision, Hkv < H with group_heads > 1, token_splits,
 transpose_acc, split_grads, and the interpreter, sm80, sm90 and sm100 targets. And of the
-six Gluon templates (sm90, bf16/fp16, and the FP8-weight dtypes for the FP8 forward): every combination of the config fields their
+seven Gluon templates (sm90, bf16/fp16, and the FP8-weight dtypes for the FP8 forward): every combination of the config fields their
 static parameters come from (GLUON_FIELDS; the other fields are launch arguments or
 constexprs and keep their defaults) over D = 128, 96, 80, 64 (head_dim chunks in the
 forward), GQA and not, 1 to 22 experts, De = 256, 128, 96 (a forward weight tile past the
@@ -90,6 +90,11 @@ GLUON_FIELDS: dict[str, dict[str, tuple]] = {
     },
     "flash_mhf_bwd_dkvt_ws": {"sigmoid": ("tanh", "exp"), "token_splits": (1, 2)},
     "flash_mhf_bwd_ws": {
+        "sigmoid": ("tanh", "exp"),
+        "token_splits": (1, 2),
+        "dq_vec": (False, True),
+    },
+    "flash_mhf_bwdt_ws": {
         "sigmoid": ("tanh", "exp"),
         "token_splits": (1, 2),
         "dq_vec": (False, True),

@@ -1,6 +1,6 @@
 """The generated code of every (spec, config) of a broad grid stays what it was.
 
-tests/render_grid.py renders the three Triton-language and the six Gluon templates over
+tests/render_grid.py renders the three Triton-language and the seven Gluon templates over
 the grid (every structural branch, see its docstring); tests/data/render_digests.json holds one digest per (kernel, spec) of
 the code its configs generate. A template refactor must leave them as they are; a change
 meant to alter generated code refreshes them (`python tests/render_grid.py
@@ -56,6 +56,9 @@ def test_the_grid_takes_every_branch(renders):
         "def flash_mhf_bwd_dkv_ws_kernel(",
         "def flash_mhf_bwd_dkvt_ws_kernel(",
         "def flash_mhf_bwd_ws_kernel(",
+        "def flash_mhf_bwdt_ws_kernel(",
+        "_red_add_v4(ptrs, dq, ok.to(gl.int32))",
+        "gl.atomic_add(ptrs, dq, mask=ok",
         "for tile in range(gl.program_id(0), n_tiles, gl.num_programs(0)):",
         "mbarrier.wait(turn.index(C)",
         "GROUP_HEADS = gl.constexpr(2)",

@@ -4,8 +4,8 @@ configs' base (GluonConfig) and registry entries' base (GluonVariant, answering 
 module's functions named in a GluonModel), the checks every Gluon launcher makes before
 it compiles, the token splits of the dK/dU/dV kernels, and the launch path of the
 backward variants: `GluonBackward`, a typed record of the four things that path asks of a
-variant (its checks, launch and sm90 compile), and `GluonDkv`, the whole launcher of the
-two dK/dU/dV variants.
+variant (its checks, launch and sm90 compile), `GluonDkv`, the whole launcher of the
+two dK/dU/dV variants, and `GluonOnePass`, that of the two one-pass ones.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import ClassVar
 import torch
 
 from .. import codegen
-from ..kernels.buffers import weights_need_copy
+from ..kernels.buffers import contiguous_strides, weights_need_copy
+from ..kernels.bwd_chunks import Chunk, ChunkPlan, head_chunks, plan_fields, run_chunks
 from ..kernels.configs import checked_call, resolve_config
 from ..kernels.grad_plans import DkvPlan, run_dkv_plan
 from ..kernels.launch import DirectLaunch
@@ -39,6 +40,7 @@ from ..registry import Variant, VariantConfig
 from ..spec import KernelSpec
 from ..tiling import cdiv, split_programs_budget
 from ..validation import Problem
+from ..workspace import kv_heads_per_launch
 
 #: registers per thread setmaxnreg can give a partition: multiples of 8 from 24 to 256
 PARTITION_REGS = range(24, 257, 8)
@@ -509,3 +511,56 @@ class GluonDkv(GluonBackward):
         """Compile the variant's kernel for sm90 down to cubin on any machine (no GPU)."""
         grads = grads_dtype(spec, config)
         return self.compile_kernel(spec, config, config.block_m, DK=grads, DU=grads, DV=grads)
+
+
+@dataclass(frozen=True)
+class GluonOnePass(GluonBackward):
+    """A Gluon one-pass backward variant (op bwd): its config has `block_m` (tokens per
+    row tile), `block_n` (weight rows per program), `token_splits` and `head_chunk` (kv
+    heads per launch); its kernel takes (after r) the dq, dr, dK, dU, dV buffers of one
+    launch's kv heads, then r's strides, dq's token and head strides, dr's strides,
+    seqlen, tokens, row blocks per split, the launch's first kv head and the first query
+    heads of its dq and dr buffers. The launches, workspaces and their budget:
+    mhfgen.kernels.bwd_chunks, mhfgen.workspace."""
+
+    def launcher(self, make_plan=None, run=run_chunks) -> CachedLaunch:
+        """The variant's cached launch: (q, k, u, v, r in fp32, do) -> (dq, dr, dk, du,
+        dv), its plans made by make_plan below."""
+        return super().launcher(make_plan or self.make_plan, run)
+
+    def make_plan(self, q, k, u, v, r, do, config) -> ChunkPlan:
+        """Check the inputs and the config, load the kernel: everything but the launches
+        (one per chunk of head_chunk kv heads)."""
+        tokens, spec, config, copy_do = self.checked(q, k, u, v, r, do, config)
+        fields = plan_fields(spec, config, q, k, u, v, r, copy_do)
+        if tokens == 0:
+            return ChunkPlan(chunks=(), **fields)
+        B, L, H, D = q.shape
+        kernel = codegen.load_kernel(self.stem, spec, config)
+        width = kv_heads_per_launch(spec, config) * spec.group
+        per_split, splits, _ = token_split_plan(tokens, config)
+        dr_workspace = fields["dr_mode"] == "workspace"
+        dr_strides = contiguous_strides((B, L, width if dr_workspace else H, r.shape[-1]))
+        chunks = []
+        for kv0, n, h0, h1 in head_chunks(spec, config):
+            scalars = (
+                *r.stride(),
+                width * D,
+                D,
+                *dr_strides,
+                L,
+                tokens,
+                per_split,
+                kv0,
+                h0,
+                h0 if dr_workspace else 0,
+            )
+            grid = (spec.intermediate // config.block_n, n, splits)
+            chunks.append(Chunk(kv0, n, h0, h1, self.launch(kernel, spec, config, grid, scalars)))
+        return ChunkPlan(chunks=tuple(chunks), **fields)
+
+    def compile_sm90(self, spec: KernelSpec, config) -> CompileReport:
+        """Compile the variant's kernel for sm90 down to cubin on any machine (no GPU)."""
+        f32, grads = torch.float32, grads_dtype(spec, config)
+        rows = max(config.block_m, 16)
+        return self.compile_kernel(spec, config, rows, DQ=f32, DR=f32, DK=grads, DU=grads, DV=grads)

@@ -24,20 +24,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
-from .. import codegen
 from ..kernels import sm90
-from ..kernels.buffers import contiguous_strides
-from ..kernels.bwd_chunks import Chunk, ChunkPlan, head_chunks, plan_fields, run_chunks
 from ..registry import register
 from ..spec import KernelSpec
 from ..tiling import cdiv
 from ..workspace import (
     dr_atomic,
     fit_launches,
-    kv_heads_per_launch,
     workspace_budget,
     workspace_bytes,
 )
@@ -157,10 +152,6 @@ def static_params(spec: KernelSpec, config: BwdWsConfig) -> dict:
     }
 
 
-def load_kernel(spec: KernelSpec, config: BwdWsConfig):
-    return codegen.load_kernel(KERNEL, spec, config)
-
-
 def smem_layouts(spec: KernelSpec, config: BwdWsConfig) -> dict:
     """The shared layouts: of the descriptors (q/dO rows, K/U/V tiles) and of the
     exchange buffers (EX_LAYOUT: bf16 (BLOCK_N, BLOCK_M) MMA operands; DP_LAYOUT: fp32);
@@ -188,8 +179,8 @@ def constexprs(spec: KernelSpec, config: BwdWsConfig) -> dict:
     )
 
 
-#: what the shared Gluon backward launch path asks of this variant (mhfgen.variants._gluon)
-GLUON = _gluon.GluonBackward(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
+#: what the shared one-pass launch path asks of this variant (mhfgen.variants._gluon)
+GLUON = _gluon.GluonOnePass(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
 
 
 def flash_mhf_bwd_ws(
@@ -203,49 +194,9 @@ def flash_mhf_bwd_ws(
     return dq, dr.to(r.dtype), dk, du, dv  # the kernel reads and writes r and dr in fp32
 
 
-def _make_plan(q, k, u, v, r, do, config) -> ChunkPlan:
-    """Check the inputs and the config, load the kernel: everything but the launches."""
-    tokens, spec, config, copy_do = GLUON.checked(q, k, u, v, r, do, config)
-    fields = plan_fields(spec, config, q, k, u, v, r, copy_do)
-    if tokens == 0:
-        return ChunkPlan(chunks=(), **fields)
-    B, L, H, D = q.shape
-    kernel = load_kernel(spec, config)
-    width = kv_heads_per_launch(spec, config) * spec.group
-    per_split, splits, _ = _gluon.token_split_plan(tokens, config)
-    dr_workspace = fields["dr_mode"] == "workspace"
-    dr_strides = contiguous_strides((B, L, width if dr_workspace else H, r.shape[-1]))
-    meta = GLUON.meta(spec, config)
-    layouts = smem_layouts(spec, config)
-    chunks = []
-    for kv0, n, h0, h1 in head_chunks(spec, config):
-        scalars = (
-            *r.stride(),
-            width * D,
-            D,
-            *dr_strides,
-            L,
-            tokens,
-            per_split,
-            kv0,
-            h0,
-            h0 if dr_workspace else 0,
-        )
-        grid = (spec.intermediate // BLOCK_N, n, splits)
-        chunks.append(
-            Chunk(kv0, n, h0, h1, sm90.BackwardLaunch(kernel, grid, scalars, meta, layouts))
-        )
-    return ChunkPlan(chunks=tuple(chunks), **fields)
-
-
-def compile_sm90(spec: KernelSpec, config: BwdWsConfig) -> sm90.CompileReport:
-    """Compile the generated kernel for sm90 down to cubin on any machine (no GPU)."""
-    f32, grads = torch.float32, _gluon.grads_dtype(spec, config)
-    rows = max(config.block_m, 16)
-    return GLUON.compile_kernel(spec, config, rows, DQ=f32, DR=f32, DK=grads, DU=grads, DV=grads)
-
-
-_launch = GLUON.launcher(_make_plan, run_chunks)
+#: compile the generated kernel for sm90 down to cubin on any machine (no GPU)
+compile_sm90 = GLUON.compile_sm90
+_launch = GLUON.launcher()
 
 
 # ---------------------------------------------------------------------------------------

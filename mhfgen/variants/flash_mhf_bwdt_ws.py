@@ -1,0 +1,264 @@
+"""flash_mhf_bwdt_ws: the warp-specialised Gluon one-pass backward for Hopper whose consumer
+warpgroups own weight rows end to end (flash_mhf_bwdt_ws.py.jinja).
+
+The schedule of flash_mhf_bwd_dkvt_ws with dq and dr added, so one pass computes every
+gradient from one recomputation of the scores: 8 GEMM units per row tile, where the split
+backward (flash_mhf_bwd_dq_ws beside a dK/dU/dV kernel) runs 11. sm90, bf16/fp16, head_dim
+a multiple of 16 from 80 to 128 (padded to 128 columns: two 64-column chunks, one per
+warpgroup's share of dq; mhfgen.kernels.sm90.backward_head_dim_pad), expert_dim a multiple
+of the weight tile.
+
+This module holds the variant whole: its config type, support checks, resource model,
+heuristic, sm90 compile check and registry entry; its template and search space sit beside
+it. The chunking of kv heads per launch and the dq/dr/dK/dU/dV workspaces are the other
+one-pass variants' (mhfgen.kernels.bwd_chunks, mhfgen.workspace).
+
+A program owns a weight tile of 2 * wg_rows rows (within one expert) of one kv head and
+walks 64-token row tiles of each query head of the group. Each of its two consumer
+warpgroups w owns wg_rows of those rows: per row tile it computes
+
+    [S | A] = q [K_w; U_w]^T   (64 x 2 wg_rows, one wgmma chain)
+    dP = dO V_w^T              (64 x wg_rows)
+
+the element-wise math, its rows' share of dr (an fp32 atomic add per token), writes P and
+[dS | dA] (bf16, tokens x rows) to its own shared tiles, and accumulates over all of
+head_dim, in 64-column chunks c:
+
+    [dK_w^T | dU_w^T][c] += q[:, c]^T [dS | dA]_w   (64 x 2 wg_rows)
+    dV_w^T[c] += dO[:, c]^T P_w                      (64 x wg_rows)
+
+and head_dim chunk w of the row tile's dq over the program's rows, from both warpgroups'
+exchange tiles:
+
+    dq[:, w] = [dS | dA]_0 [K_0; U_0][:, w] + [dS | dA]_1 [K_1; U_1][:, w]   (64 x 64)
+
+added by atomics to an fp32 buffer (red.global.add.v4.f32 with dq_vec). The two
+warpgroups meet once a tile: each waits for the other's exchange tiles before its dq MMAs,
+and for the other's dq MMAs before it overwrites its own. dq's partial sums per element
+are I / (2 wg_rows) per kv head (88 at the 1.3B preset), the price of the single pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..kernels import sm90
+from ..registry import register
+from ..spec import KernelSpec
+from ..tiling import cdiv, even_tiles
+from ..workspace import fit_launches, workspace_budget, workspace_bytes
+from . import _gluon
+
+KERNEL = "flash_mhf_bwdt_ws"
+#: tokens per row tile: the M of the score and dq wgmma, the K of the accumulating ones
+ROW_TILE = 64
+#: head_dim columns per chunk: the M of an accumulating wgmma, the N of dq's
+CHUNK = 64
+#: the padded head_dim the kernel takes: two chunks, one per warpgroup's share of dq
+HEAD_DIM_PAD = 2 * CHUNK
+
+
+@dataclass(frozen=True)
+class BwdtWsConfig(_gluon.GluonBackwardConfig):
+    """Launch parameters of flash_mhf_bwdt_ws (sigmoid, token_splits, consumer_regs,
+    producer_regs: see _gluon.GluonConfig).
+
+    stages:        slots of the q/dO ring (each 2 * 64 * 128 * 2 bytes).
+    wg_rows:       weight rows each consumer warpgroup owns: a program's weight tile is
+                   2 * wg_rows rows; its score tiles are 64 x wg_rows.
+    head_chunk:    kv heads per launch (the dq workspace; mhfgen.workspace).
+    dq_vec:        dq's atomics from a layout of four consecutive head_dim elements per
+                   thread (red.global.add.v4.f32, after a layout change through shared
+                   memory) instead of the MMA accumulator's (one atomic per element).
+    """
+
+    variant = KERNEL
+
+    stages: int = 2
+    wg_rows: int = 32
+    sigmoid: str = "tanh"
+    token_splits: int = 1
+    head_chunk: int = 1
+    dq_vec: bool = True
+    consumer_regs: int = 240
+    producer_regs: int = 24
+
+    choices = {"stages": range(2, 9), "wg_rows": (32, 64)}
+
+    @property
+    def block_n(self) -> int:
+        """Weight rows per program."""
+        return 2 * self.wg_rows
+
+    @property
+    def block_m(self) -> int:
+        """Tokens per row tile."""
+        return ROW_TILE
+
+    @property
+    def dr_rows(self) -> int:
+        """Weight rows whose dr partial sum one atomic add carries: a warpgroup's."""
+        return self.wg_rows
+
+    def describe(self) -> str:
+        text = self.describe_regs() + f" wg{self.wg_rows}"
+        if self.token_splits > 1:
+            text += f" ts{self.token_splits}"
+        if self.dq_vec:
+            text += " vec"
+        return text + self.describe_sigmoid() + f" hc{self.head_chunk}"
+
+
+def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
+    """What the Gluon backward kernels share (sm90, bf16/fp16, head_dim a multiple of 16
+    from 48 to 128, expert width a multiple of 64), and head_dim above 64: the two
+    warpgroups each take one 64-column chunk of dq."""
+    reason = sm90.backward_unsupported(spec, tokens)
+    if reason is None and sm90.backward_head_dim_pad(spec) != HEAD_DIM_PAD:
+        reason = (
+            f"head_dim must pad to {HEAD_DIM_PAD} columns (above 64: each warpgroup computes "
+            f"one 64-column chunk of dq); it is {spec.head_dim}"
+        )
+    return reason
+
+
+def shared_memory(spec: KernelSpec, config: BwdtWsConfig) -> int:
+    """Bytes: the q/dO ring, K/U/V of the program's rows, each consumer's P and [dS | dA]
+    tiles (bf16), with dq_vec each consumer's dq tile's layout change (fp32), the
+    mbarriers and 1 KiB of compiler scratch."""
+    ring = config.stages * 2 * ROW_TILE * HEAD_DIM_PAD * 2
+    weights = 3 * config.block_n * HEAD_DIM_PAD * 2
+    exchange = 2 * ROW_TILE * 3 * config.wg_rows * 2
+    relayout = 2 * ROW_TILE * CHUNK * 4 if config.dq_vec else 0
+    return ring + weights + exchange + relayout + 8 * (2 * config.stages + 3) + 1024
+
+
+def consumer_registers(spec: KernelSpec, config: BwdtWsConfig) -> int:
+    """fp32 registers a consumer thread holds in tiles: the accumulators [dK^T | dU^T]
+    and dV^T (128 x 3 wg_rows), the scores [S | A] and dP (64 x 3 wg_rows) and its dq
+    chunk (64 x 64), over 128 threads (176 with 32 rows, 320 with 64)."""
+    return (3 * config.wg_rows * (HEAD_DIM_PAD + ROW_TILE) + ROW_TILE * CHUNK) // 128
+
+
+def config_problems(spec: KernelSpec, config: BwdtWsConfig) -> list[str]:
+    """What of `config` does not fit the spec or an SM: weight tiles that cross an expert,
+    shared memory, and the register split (the first consumer needs its accumulators, score
+    tiles and dq chunk: consumer_registers)."""
+    problems = config.resource_problems(
+        shared_memory(spec, config), consumer_registers(spec, config)
+    )
+    if not even_tiles(spec, config.block_n):
+        problems.append(
+            f"wg_rows={config.wg_rows} makes {config.block_n}-row weight tiles; "
+            f"expert_dim {spec.expert_dim} is not a multiple"
+        )
+    return problems
+
+
+def call_problems(spec: KernelSpec, config: BwdtWsConfig, tokens: int, sm_count: int) -> list:
+    """What rules `config` out for a call of `tokens` tokens: more kv heads per launch
+    than the spec has, or a workspace over its budget (mhfgen.workspace)."""
+    problems = []
+    if config.head_chunk > spec.kv_heads:
+        problems.append(f"head_chunk={config.head_chunk} exceeds the kv heads")
+    used, budget = (
+        workspace_bytes(spec, config, max(1, tokens)),
+        workspace_budget(spec, max(1, tokens)),
+    )
+    if used > budget:
+        problems.append(f"a {used >> 20} MiB workspace exceeds the budget of {budget >> 20} MiB")
+    return problems
+
+
+def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdtWsConfig:
+    """32 rows a warpgroup, a 2-slot ring, vector dq reductions, tanh; kv heads per launch
+    and token splits as the other one-pass backwards' heuristics pick them
+    (mhfgen.workspace.fit_launches). Not measured on a GPU yet: the tuner times it against
+    the split backward before dispatch runs it anywhere."""
+    config = BwdtWsConfig()
+    return fit_launches(
+        spec,
+        config,
+        tokens,
+        sm_count,
+        spec.intermediate // config.block_n,
+        cdiv(max(1, tokens), 4 * ROW_TILE),
+    )
+
+
+def static_params(spec: KernelSpec, config: BwdtWsConfig) -> dict:
+    """sigmoid, token_split, dq_vec and, only where head_dim is padded, head_dim_pad (the
+    rows per warpgroup stay a constexpr)."""
+    return {
+        "sigmoid": config.sigmoid,
+        "token_split": config.token_splits > 1,
+        "dq_vec": config.dq_vec,
+        **sm90.backward_pad_params(spec),
+    }
+
+
+def smem_layouts(spec: KernelSpec, config: BwdtWsConfig) -> dict:
+    """The shared layouts: of the descriptors (q/dO blocks of 64 tokens x 64 head_dim
+    columns; K/U/V blocks of wg_rows rows x 64) and of each consumer's exchange tiles
+    (P_LAYOUT: bf16 (64 tokens, wg_rows); EX_LAYOUT: (64 tokens, 2 wg_rows), also the A
+    operand of dq's MMAs)."""
+    rows = config.wg_rows
+    return {
+        "rows": sm90.nvmma_block(spec, ROW_TILE, CHUNK),
+        "weights": sm90.nvmma_block(spec, rows, CHUNK),
+        "P_LAYOUT": sm90.nvmma_block(spec, ROW_TILE, rows)[1],
+        "EX_LAYOUT": sm90.nvmma_block(spec, ROW_TILE, 2 * rows)[1],
+    }
+
+
+def constexprs(spec: KernelSpec, config: BwdtWsConfig) -> dict:
+    layouts = smem_layouts(spec, config)
+    return dict(
+        W_ROWS=config.wg_rows,
+        STAGES=config.stages,
+        P_LAYOUT=layouts["P_LAYOUT"],
+        EX_LAYOUT=layouts["EX_LAYOUT"],
+        **config.register_constexprs(),
+    )
+
+
+#: what the shared one-pass launch path asks of this variant (mhfgen.variants._gluon)
+GLUON = _gluon.GluonOnePass(KERNEL, unsupported, config_problems, smem_layouts, constexprs)
+#: compile the generated kernel for sm90 down to cubin on any machine (no GPU)
+compile_sm90 = GLUON.compile_sm90
+_launch = GLUON.launcher()
+
+
+def flash_mhf_bwdt_ws(
+    q: Tensor, k: Tensor, u: Tensor, v: Tensor, r: Tensor, do: Tensor, config=None
+) -> tuple[Tensor, ...]:
+    """(dq, dr, dk, du, dv) of FlashMHF through the row-owning Gluon one-pass kernel
+    (sm90); shapes and dtypes as mhfgen.variants.flash_mhf_bwd_fused's. `config`: a
+    BwdtWsConfig, or None for the dispatcher's. ValueError where the variant does not
+    support the problem."""
+    dq, dr, dk, du, dv = _launch(q, k, u, v, sm90.routing_fp32(r), do, config=config)
+    return dq, dr.to(r.dtype), dk, du, dv  # the kernel reads and writes r and dr in fp32
+
+
+# ---------------------------------------------------------------------------------------
+# the registry entry
+# ---------------------------------------------------------------------------------------
+
+
+class FlashMhfBwdtWs(_gluon.GluonVariant):
+    stem = "flash_mhf_bwdt_ws"
+    op = "bwd"
+    Config = BwdtWsConfig
+    preference = 12  # after flash_mhf_bwd_ws until a GPU has timed it
+    flop_factor = 16
+    outputs = ("dq", "dr", "dk", "du", "dv")
+    takes_grad = True
+    model = GLUON.model(shared_memory, consumer_registers, default_config, call_problems)
+
+    def static_params(self, spec: KernelSpec, config: BwdtWsConfig) -> dict:
+        return static_params(spec, config)
+
+
+register(FlashMhfBwdtWs())
