@@ -9,7 +9,7 @@ flash_mhf_bwd_ws, or flash_mhf_bwdt_ws with --variant:
    Hkv < H, D = 96 with Hkv < H, E = 1 at D = 64 and Hkv < H at D = 64 (the cases the
    variant supports), for a few configs (token splits, head chunks, exp sigmoid, a deeper
    ring, the dq reductions' layout).
-2. speed at 16384 tokens in bf16 on 1.3B, 370M, (H16, D64), 1.3B with 4 kv heads and
+2. speed at 16384 tokens (--tokens) in bf16 on 1.3B, 370M, (H16, D64), 1.3B with 4 kv heads and
    128M (D = 96), the shapes the variant supports: a config sweep beside the split
    backward as dispatched and the forward as dispatched, in one process; TFLOP/s count
    12 T H I D for the backward and 18 T H I D for forward + backward; each timed config's
@@ -148,11 +148,18 @@ def sweep_configs(variant, name):
     return out
 
 
-def speed(rows, shapes, variant):
+def speed_case(name: str, tokens: int) -> Case:
+    """The speed shape `name` at `tokens` tokens: sequences of 2048 where they divide."""
+    H, Hkv, D, E, De = SPEED_SHAPES[name]
+    batch, seqlen = (tokens // 2048, 2048) if tokens % 2048 == 0 else (1, tokens)
+    return Case(name, batch, seqlen, H, Hkv, D, E, De)
+
+
+def speed(rows, shapes, variant, tokens):
     run = backward(variant)
     for name in shapes:
-        H, Hkv, D, E, De = SPEED_SHAPES[name]
-        case = Case(name, 8, 2048, H, Hkv, D, E, De)
+        case = speed_case(name, tokens)
+        H, D, E, De = case.heads, case.head_dim, case.experts, case.expert_dim
         inputs = make_inputs(case, torch.bfloat16, "cuda")
         if not runs(variant, inputs):
             continue
@@ -264,7 +271,7 @@ def patched_loader(variant, replacements, real):
     return load
 
 
-def diagnose(rows, variant):
+def diagnose(rows, variant, tokens):
     real, run = codegen.load_kernel, backward(variant)
     configs = DIAGNOSE_CONFIGS[variant]
     first, vec = next(iter(configs.items()))
@@ -275,8 +282,8 @@ def diagnose(rows, variant):
         (f"{first}, neither", vec, (no_dq, no_dr)),
     ]
     for name in ("1.3B", "H16D64"):
-        H, Hkv, D, E, De = SPEED_SHAPES[name]
-        case = Case(name, 8, 2048, H, Hkv, D, E, De)
+        case = speed_case(name, tokens)
+        H, D, E, De = case.heads, case.head_dim, case.experts, case.expert_dim
         inputs = make_inputs(case, torch.bfloat16, "cuda")
         if not runs(variant, inputs):
             continue
@@ -328,14 +335,21 @@ def main():
         help="speed shapes ('' for none; those the variant does not support are skipped)",
     )
     parser.add_argument("--diagnose", action="store_true")
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        default=16384,
+        help="tokens of the speed and diagnose shapes (default 16384; at 2048 the workspace "
+        "budget lets a launch take more kv heads)",
+    )
     args = parser.parse_args()
 
     def steps(rows):
         if not args.skip_verify:
             verify(rows, args.variant)
         if args.diagnose:
-            diagnose(rows, args.variant)
-        speed(rows, [s for s in args.shapes.split(",") if s], args.variant)
+            diagnose(rows, args.variant, args.tokens)
+        speed(rows, [s for s in args.shapes.split(",") if s], args.variant, args.tokens)
 
     run_watched(steps, args.budget)
 

@@ -25,6 +25,13 @@ both consumers of an SM together (a model, not a profile):
 The stored time is spread over the iterations an SM runs: the kernel's multiply-adds
 (5, 6 or 3 GEMM units of T H I Dp, Dp the padded head_dim of the backward kernels) over
 each iteration's, over the SMs, at --clock-ghz.
+
+With --model STEM, nothing is read from the database: the variant's heuristic config (or
+--config, its JSON) is compiled for each of --shapes and the three bounds are printed
+without a measured time, with its spilled bytes and whether ptxas kept its wgmma
+asynchronous: the model of a schedule no GPU has timed yet.
+
+    python3 benchmarks/kernel_limits.py --model flash_mhf_bwdt_ws --shapes 1.3B,1.3B-kv4,128M
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ def grid_size(spec, variant: str, tokens: int, config) -> int | None:
 MMA_PER_CLOCK = 2048
 SMEM_BYTES_PER_CLOCK = 128
 #: GEMM units (T H I D multiply-adds each) a kernel of each op executes
-OP_UNITS = {"fwd": 3, "bwd_dq": 5, "bwd_dkv": 6}
+OP_UNITS = {"fwd": 3, "bwd_dq": 5, "bwd_dkv": 6, "bwd": 8}
 
 
 @contextlib.contextmanager
@@ -164,30 +171,81 @@ def sass_loop_instructions(cubin: bytes) -> list[int]:
     ]
 
 
+def loop_bounds(config, asm) -> tuple[tuple[float, float, float], str, float] | None:
+    """((tensor, shared-memory, issue) clocks per consumer-loop iteration of both consumers
+    of an SM, the 'MACs / shared bytes / SASS per warp' cell, the MACs of one consumer's
+    iteration) from a compile's PTX and cubin; None where no consumer loop is found."""
+    consumers, tma = ptx_loops(asm["ptx"])
+    instructions = sass_loop_instructions(asm["cubin"])
+    if not consumers or not instructions:
+        return None
+    macs, clocks, smem = consumers[0]
+    tiles = getattr(config, "unroll_tiles", 1)
+    moved = 2 * smem + tiles * tma
+    limits = (2 * clocks, moved / SMEM_BYTES_PER_CLOCK, 2 * max(instructions))
+    return limits, f"{macs * 2 / 1e6:.2f} M / {moved / 1024:.0f} KiB / {max(instructions)}", macs
+
+
 def bounds_row(w, spec, config, asm, sms: int, clock_ghz: float) -> tuple[str, ...]:
     """The --bounds cells of one winner: clocks per consumer-loop iteration (both consumers
     of an SM) measured and as each bound allows, with the bound's share of the measured."""
     from mhfgen.kernels.sm90 import backward_head_dim_pad
 
-    consumers, tma = ptx_loops(asm["ptx"])
-    instructions = sass_loop_instructions(asm["cubin"])
-    if not consumers or not instructions:
+    found = loop_bounds(config, asm)
+    if found is None:
         return ("-",) * 5
-    macs, clocks, smem = consumers[0]
-    tiles = getattr(config, "unroll_tiles", 1)
+    limits, cell, macs = found
     head_dim = spec.head_dim if w.key.op == "fwd" else backward_head_dim_pad(spec)
     total = OP_UNITS[w.key.op] * w.key.tokens * spec.heads * spec.intermediate * head_dim
     per_iteration = w.ms * 1e-3 * clock_ghz * 1e9 * sms / (total / (2 * macs))
-    limits = (
-        2 * clocks,
-        (2 * smem + tiles * tma) / SMEM_BYTES_PER_CLOCK,
-        2 * max(instructions),
-    )
     return (
         f"{per_iteration:.0f}",
         *(f"{x:.0f} ({x / per_iteration:.0%})" for x in limits),
-        f"{macs * 2 / 1e6:.2f} M / {(2 * smem + tiles * tma) / 1024:.0f} KiB / {max(instructions)}",
+        cell,
     )
+
+
+def model(stem: str, shapes: list[str], config_json: str | None) -> int:
+    """--model: the bounds of `stem`'s heuristic config (or the one config_json gives) on
+    each preset shape, compiled here, no database and no time."""
+    import json
+
+    from mhfgen import presets, registry
+    from mhfgen.spec import KernelSpec
+
+    variant = registry.get(stem)
+    if variant.family != "gluon":
+        print(f"{stem} is not a Gluon variant: no sm90 compile to read", file=sys.stderr)
+        return 1
+    head = ("shape", "config", "tensor bound", "shared-memory bound", "issue bound")
+    head += ("MACs / shared bytes / SASS per warp", "spill B", "wgmma")
+    rows = []
+    for name in shapes:
+        p = presets.shape(name)
+        spec = KernelSpec(
+            p.heads, p.kv_heads, p.head_dim, p.experts, p.expert_dim, "bfloat16", "sm90"
+        )
+        reason = variant.unsupported(spec)
+        if reason:
+            rows.append((name, "-", "-", "-", "-", reason, "-", "-"))
+            continue
+        config = (
+            variant.Config.from_dict(json.loads(config_json))
+            if config_json
+            else variant.default_config(spec, 16384, 132)
+        )
+        with captured_asm() as asm:
+            report = importlib.import_module(variant.__module__).compile_sm90(spec, config)
+        found = loop_bounds(config, asm)
+        limits, cell = (found[0], found[1]) if found else ((), "-")
+        serial = "serialised" if report.wgmma_serialized else "asynchronous"
+        cells = (name, config.describe(), *(f"{x:.0f}" for x in limits))
+        rows.append((*cells, cell, str(report.spill_bytes), serial))
+    print(" | ".join(head))
+    print("|".join("---" for _ in head))
+    for cells in rows:
+        print(" | ".join(cells))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +264,21 @@ def main(argv: list[str] | None = None) -> int:
         default=1.83,
         help="the SM clock the stored times are counted at, for --bounds (default 1.83)",
     )
+    parser.add_argument(
+        "--model",
+        metavar="STEM",
+        help="instead: compile this Gluon variant's heuristic (or --config) on --shapes and "
+        "print its bounds, no database and no time",
+    )
+    parser.add_argument(
+        "--shapes",
+        default="1.3B,370M,1.3B-kv4,128M",
+        help="with --model: comma list of presets, '-kvN' for N kv heads",
+    )
+    parser.add_argument("--config", help="with --model: the config as JSON (default: heuristic)")
     args = parser.parse_args(argv)
+    if args.model:
+        return model(args.model, [s for s in args.shapes.split(",") if s], args.config)
 
     from mhfgen import paths, registry
     from mhfgen.spec import KernelSpec

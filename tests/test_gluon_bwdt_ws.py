@@ -24,6 +24,10 @@ STEM = "flash_mhf_bwdt_ws"
 SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
 SPEC_GQA = KernelSpec(16, 4, 128, 11, 256, "float16", "sm90")
 SPEC_L37_GQA = KernelSpec(8, 2, 128, 4, 128, "bfloat16", "sm90")
+#: head_dim one chunk: each warpgroup's dq over its own rows, no handshake
+SPEC_D64 = KernelSpec(16, 16, 64, 11, 256, "bfloat16", "sm90")
+SPEC_D64_GQA = KernelSpec(16, 4, 64, 11, 256, "float16", "sm90")
+SPEC_D48_E1 = KernelSpec(4, 4, 48, 1, 512, "bfloat16", "sm90")
 #: one program's rows are a whole expert: dr's partial sums still meet by atomics, one
 #: per warpgroup
 SPEC_ONE_TILE = KernelSpec(4, 4, 128, 2, 64, "bfloat16", "sm90")
@@ -58,27 +62,19 @@ def test_config_round_trips_through_json_and_describes_itself():
     assert (config.block_n, config.block_m, config.dr_rows) == (64, 64, 32)
 
 
-@pytest.mark.parametrize("head_dim", [48, 64])
-def test_head_dims_of_one_chunk_are_refused(head_dim):
-    """Each warpgroup computes one 64-column chunk of dq: head_dim must pad to 128."""
-    spec = KernelSpec(8, 8, head_dim, 8, 256, "bfloat16", "sm90")
-    assert "pad to 128" in registry.get(STEM).unsupported(spec)
-    assert STEM not in [v.stem for v in registry.usable("bwd", spec)]
-
-
-@pytest.mark.parametrize("head_dim", [80, 96, 112, 128])
-def test_head_dims_that_pad_to_128_run_after_the_first_one_pass_variant(head_dim):
-    """Usable, after flash_mhf_bwd_ws (no GPU has timed it yet) and before the
-    Triton-language one-pass backward."""
+@pytest.mark.parametrize("head_dim", [48, 64, 80, 96, 112, 128])
+def test_every_head_dim_runs_after_the_first_one_pass_variant(head_dim):
+    """Usable at every head dim the Gluon backward kernels take, after flash_mhf_bwd_ws
+    (no GPU has timed it yet) and before the Triton-language one-pass backward."""
     spec = KernelSpec(8, 8, head_dim, 8, 256, "bfloat16", "sm90")
     usable = [v.stem for v in registry.usable("bwd", spec)]
-    assert (
-        usable.index("flash_mhf_bwd_ws") < usable.index(STEM) < usable.index("flash_mhf_bwd_fused")
-    )
+    first, fused = usable.index("flash_mhf_bwd_ws"), usable.index("flash_mhf_bwd_fused")
+    assert first < usable.index(STEM) < fused
 
 
 def test_registers_and_shared_memory_rule_out_64_rows_and_deep_rings():
     assert wst.consumer_registers(SPEC_13B, wst.BwdtWsConfig()) == 176
+    assert wst.consumer_registers(SPEC_D64, wst.BwdtWsConfig(wg_rows=64)) == 224
     assert any(
         "registers" in p or "regs" in p
         for p in wst.config_problems(SPEC_13B, wst.BwdtWsConfig(wg_rows=64))
@@ -91,7 +87,9 @@ def test_registers_and_shared_memory_rule_out_64_rows_and_deep_rings():
 
 def test_heuristic_stays_within_the_workspace_budget():
     config = wst.default_config(SPEC_13B, 16384, 132)
-    assert config.head_chunk == 1 and config.dq_vec
+    assert config.head_chunk == 1 and config.dq_vec and config.stages == 2
+    d64 = wst.default_config(SPEC_D64, 16384, 132)
+    assert (d64.wg_rows, d64.stages) == (32, 4)  # 64 rows spill 300-800 bytes at D = 64
     assert workspace_bytes(SPEC_13B, config, 16384) <= workspace_budget(SPEC_13B, 16384)
     assert wst.default_config(SPEC_13B, 2048, 132).head_chunk > 1
     variant = registry.get(STEM)
@@ -134,10 +132,24 @@ def test_plan_launches_one_chunk_of_kv_heads_at_a_time(monkeypatch):
     assert grid[:2] == (4 * 128 // 64, 2) and grid[2] == 2
 
 
+@pytest.mark.parametrize("spec", [SPEC_D64, SPEC_D64_GQA, SPEC_D48_E1], ids=str)
+def test_one_chunk_renders_each_warpgroups_own_dq_without_a_handshake(spec):
+    """Where head_dim pads to 64 each warpgroup computes dq over its own rows from its
+    registers and the two never wait for each other (no exchange barriers at all)."""
+    for config in (wst.default_config(spec, 4096, 132), wst.BwdtWsConfig(dq_vec=False)):
+        source = render(STEM, spec, config)
+        compile(source, STEM, "exec")
+        assert "ex_ready" not in source and "ex_free" not in source
+        assert "ku_smem.index(_own(W, 0)), zero_dq" in source
+        assert "ex_smem.index(1 - W)" not in source
+        assert "_add_dq(DQ, dq, stride_dqt, stride_dqh, tokens, head - dq_head0, t0, 0)" in source
+
+
 @pytest.mark.parametrize("spec", [SPEC_13B, SPEC_L37_GQA, SPEC_ONE_TILE, *PADDED], ids=str)
 def test_every_spec_renders_the_handshake(spec):
-    """Each warpgroup waits for both exchange tiles before its dq MMAs and for both dq
-    MMAs before it writes its exchange tiles again; both arrive once per tile."""
+    """Each warpgroup waits for both exchange tiles before its dq MMAs (its own [dS | dA]
+    from registers, the other's exchange tile) and for both warpgroups' dq MMAs before it
+    writes its exchange tiles again; both arrive once per tile."""
     for config in (wst.BwdtWsConfig(), wst.BwdtWsConfig(token_splits=2, dq_vec=False)):
         source = render(STEM, spec, config)
         compile(source, STEM, "exec")
@@ -149,8 +161,8 @@ def test_every_spec_renders_the_handshake(spec):
             "fence_async_shared()",
             "mbarrier.arrive(ex_ready)",
             "mbarrier.wait(ex_ready, it & 1)",
-            "dq = warpgroup_mma(ex_smem.index(0)",
-            "dq = warpgroup_mma(ex_smem.index(1)",
+            "dq = warpgroup_mma(gl.convert_layout(dsa, dq_a)",
+            "dq = warpgroup_mma(ex_smem.index(1 - W)",
             "dq = warpgroup_mma_wait(num_outstanding=0",
             "mbarrier.arrive(ex_free)",
             "_add_dq(DQ, dq,",
@@ -160,6 +172,7 @@ def test_every_spec_renders_the_handshake(spec):
         assert "mbarrier.init(ex_ready, count=2)" in source
         assert "mbarrier.init(ex_free, count=2)" in source
         assert ("_red_add_v4(ptrs, dq," in source) == config.dq_vec
+        assert ("_red_add_v2(ptrs, dq," in source) != config.dq_vec
 
 
 COMPILE_CASES = [
@@ -169,6 +182,8 @@ COMPILE_CASES = [
     (SPEC_L37_GQA, wst.BwdtWsConfig(stages=3, dq_vec=False, token_splits=2)),
     (SPEC_ONE_TILE, wst.BwdtWsConfig()),
     *[(spec, wst.default_config(spec, 16384, 132)) for spec in PADDED],
+    *[(spec, wst.default_config(spec, 16384, 132)) for spec in (SPEC_D64, SPEC_D64_GQA)],
+    (SPEC_D48_E1, wst.BwdtWsConfig(stages=4, dq_vec=False, sigmoid="exp")),
 ]
 
 
@@ -177,10 +192,10 @@ COMPILE_CASES = [
 )
 def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     """Compiles with its wgmma asynchronous and within 1 KiB under its shared-memory
-    estimate; the heuristic's schedule (vector dq reductions) spills at most the few loop
-    invariants it spills today (48 bytes: a handful of local loads per tile of some 860
-    instructions). Other schedules may spill more (up to 120 bytes without dq_vec): the
-    tuner times them like the others."""
+    estimate; the heuristic's schedule (v4 dq reductions) spills at most the few loop
+    invariants it spills today (40 bytes at Dp = 128: a handful of local loads per tile
+    of some 860 instructions; none at Dp = 64). Other schedules may spill more (108 bytes
+    with v2 reductions and 3 slots): the tuner times them like the others."""
     assert not wst.config_problems(spec, config)
     report = gluon_report(wst, spec, config)
     estimate = wst.shared_memory(spec, config)
@@ -188,3 +203,15 @@ def test_compiles_for_sm90_within_its_shared_memory_estimate(spec, config):
     assert report.wgmma > 0 and report.tma_loads > 0
     assert report.wgmma_serialized == "", report.wgmma_serialized
     assert report.spill_bytes <= (64 if config.dq_vec else 160)
+
+
+def test_v2_reductions_serialise_at_grouped_heads_without_token_splits():
+    """Why the heuristic takes dq_vec: with dq's reductions from the accumulator's layout
+    (red.v2) ptxas serialises every wgmma of the kernel at grouped query heads without
+    token splits, though not with them nor without grouping. A Triton or ptxas upgrade
+    that stops doing so fails this test: then compare the forms on a GPU."""
+    v2 = wst.BwdtWsConfig(dq_vec=False)
+    assert gluon_report(wst, SPEC_GQA, v2).wgmma_serialized
+    assert not gluon_report(wst, SPEC_13B, v2).wgmma_serialized
+    split = dataclasses.replace(v2, token_splits=2)
+    assert not gluon_report(wst, SPEC_GQA, split).wgmma_serialized

@@ -89,3 +89,34 @@ def test_innermost_loops_of_a_sass_listing():
     ]
     loops = script.innermost_loops(sass, r"^\.(L_x_\d+):", r"BRA\s+`\(\.(L_x_\d+)\)")
     assert loops == [sass[2:5]]
+
+
+def test_model_refuses_a_variant_without_an_sm90_compile(capsys):
+    assert _script().main(["--model", "flash_mhf_fwd"]) == 1
+    assert "not a Gluon variant" in capsys.readouterr().err
+
+
+def test_model_prints_the_bounds_of_an_untimed_schedule():
+    """--model compiles the heuristic config on each shape (in its own process: the
+    script sets TRITON_INTERPRET=0 before anything imports Triton) and prints its three
+    bounds; a shape the variant does not take gets its reason."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_limits.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--model", "flash_mhf_bwdt_ws", "--shapes", "1.3B,1.3B-kv4"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in out.splitlines() if " | " in line}
+    row = rows["1.3B"]
+    assert row[1] == "s2 regs 24/240 wg32 vec hc1"
+    tensor, smem, issue = (float(x) for x in row[2:5])
+    assert tensor == 2048  # 8 GEMM units of a 64 x 64 x 128 tile, both consumers
+    assert smem > tensor and issue > 0
+    assert row[-1] == "asynchronous"
+    assert "1.3B-kv4" in rows

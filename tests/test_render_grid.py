@@ -58,7 +58,7 @@ def test_the_grid_takes_every_branch(renders):
         "def flash_mhf_bwd_ws_kernel(",
         "def flash_mhf_bwdt_ws_kernel(",
         "_red_add_v4(ptrs, dq, ok.to(gl.int32))",
-        "gl.atomic_add(ptrs, dq, mask=ok",
+        "_red_add_v2(ptrs, dq, ok.to(gl.int32))",
         "for tile in range(gl.program_id(0), n_tiles, gl.num_programs(0)):",
         "mbarrier.wait(turn.index(C)",
         "GROUP_HEADS = gl.constexpr(2)",

@@ -4,9 +4,9 @@ warpgroups own weight rows end to end (flash_mhf_bwdt_ws.py.jinja).
 The schedule of flash_mhf_bwd_dkvt_ws with dq and dr added, so one pass computes every
 gradient from one recomputation of the scores: 8 GEMM units per row tile, where the split
 backward (flash_mhf_bwd_dq_ws beside a dK/dU/dV kernel) runs 11. sm90, bf16/fp16, head_dim
-a multiple of 16 from 80 to 128 (padded to 128 columns: two 64-column chunks, one per
-warpgroup's share of dq; mhfgen.kernels.sm90.backward_head_dim_pad), expert_dim a multiple
-of the weight tile.
+a multiple of 16 from 48 to 128 (padded to Dp = 64 or 128 columns, one or two 64-column
+chunks: mhfgen.kernels.sm90.backward_head_dim_pad), expert_dim a multiple of the weight
+tile.
 
 This module holds the variant whole: its config type, support checks, resource model,
 heuristic, sm90 compile check and registry entry; its template and search space sit beside
@@ -27,15 +27,19 @@ head_dim, in 64-column chunks c:
     [dK_w^T | dU_w^T][c] += q[:, c]^T [dS | dA]_w   (64 x 2 wg_rows)
     dV_w^T[c] += dO[:, c]^T P_w                      (64 x wg_rows)
 
-and head_dim chunk w of the row tile's dq over the program's rows, from both warpgroups'
-exchange tiles:
+and its share of the row tile's dq, added by vector reductions to an fp32 buffer
+(red.global.add.v4.f32 with dq_vec, else v2 from the accumulator's layout). Where Dp = 128
+that share is head_dim chunk w over the program's rows, its own [dS | dA] from registers
+and the other warpgroup's from that one's exchange tile:
 
     dq[:, w] = [dS | dA]_0 [K_0; U_0][:, w] + [dS | dA]_1 [K_1; U_1][:, w]   (64 x 64)
 
-added by atomics to an fp32 buffer (red.global.add.v4.f32 with dq_vec). The two
-warpgroups meet once a tile: each waits for the other's exchange tiles before its dq MMAs,
-and for the other's dq MMAs before it overwrites its own. dq's partial sums per element
-are I / (2 wg_rows) per kv head (88 at the 1.3B preset), the price of the single pass.
+and the two warpgroups meet once a tile: each waits for the other's exchange tile before
+its dq MMAs, and for the other's dq MMAs before it overwrites its own. Where Dp = 64 it
+is all of dq over its own rows, [dS | dA]_w [K_w; U_w] (64 x 64), and the two never
+wait for each other. dq's partial sums per element are I / (2 wg_rows) per kv head at
+Dp = 128 (88 at the 1.3B preset) and I / wg_rows at Dp = 64 (44 at H = 16, D = 64,
+I = 2816 with 64 rows a warpgroup): the price of the single pass.
 """
 
 from __future__ import annotations
@@ -56,8 +60,6 @@ KERNEL = "flash_mhf_bwdt_ws"
 ROW_TILE = 64
 #: head_dim columns per chunk: the M of an accumulating wgmma, the N of dq's
 CHUNK = 64
-#: the padded head_dim the kernel takes: two chunks, one per warpgroup's share of dq
-HEAD_DIM_PAD = 2 * CHUNK
 
 
 @dataclass(frozen=True)
@@ -65,13 +67,18 @@ class BwdtWsConfig(_gluon.GluonBackwardConfig):
     """Launch parameters of flash_mhf_bwdt_ws (sigmoid, token_splits, consumer_regs,
     producer_regs: see _gluon.GluonConfig).
 
-    stages:        slots of the q/dO ring (each 2 * 64 * 128 * 2 bytes).
+    stages:        slots of the q/dO ring (each 2 * 64 * Dp * 2 bytes, Dp the padded
+                   head_dim).
     wg_rows:       weight rows each consumer warpgroup owns: a program's weight tile is
-                   2 * wg_rows rows; its score tiles are 64 x wg_rows.
+                   2 * wg_rows rows; its score tiles are 64 x wg_rows (64 fits the
+                   registers at Dp = 64 only).
     head_chunk:    kv heads per launch (the dq workspace; mhfgen.workspace).
-    dq_vec:        dq's atomics from a layout of four consecutive head_dim elements per
-                   thread (red.global.add.v4.f32, after a layout change through shared
-                   memory) instead of the MMA accumulator's (one atomic per element).
+    dq_vec:        dq's reductions four head_dim elements at a time
+                   (red.global.add.v4.f32) after a layout change through shared memory
+                   (32 KiB more of it), instead of two at a time (red.global.add.v2.f32)
+                   from the accumulator's layout. The heuristic takes it: without it,
+                   ptxas serialises every wgmma of the kernel at grouped query heads
+                   without token splits (tests/test_gluon_bwdt_ws.py).
     """
 
     variant = KERNEL
@@ -111,35 +118,32 @@ class BwdtWsConfig(_gluon.GluonBackwardConfig):
         return text + self.describe_sigmoid() + f" hc{self.head_chunk}"
 
 
-def unsupported(spec: KernelSpec, tokens: int | None = None) -> str | None:
-    """What the Gluon backward kernels share (sm90, bf16/fp16, head_dim a multiple of 16
-    from 48 to 128, expert width a multiple of 64), and head_dim above 64: the two
-    warpgroups each take one 64-column chunk of dq."""
-    reason = sm90.backward_unsupported(spec, tokens)
-    if reason is None and sm90.backward_head_dim_pad(spec) != HEAD_DIM_PAD:
-        reason = (
-            f"head_dim must pad to {HEAD_DIM_PAD} columns (above 64: each warpgroup computes "
-            f"one 64-column chunk of dq); it is {spec.head_dim}"
-        )
-    return reason
+#: what the Gluon backward kernels share (sm90, bf16/fp16, head_dim a multiple of 16 from
+#: 48 to 128, expert width a multiple of 64)
+unsupported = sm90.backward_unsupported
 
 
 def shared_memory(spec: KernelSpec, config: BwdtWsConfig) -> int:
     """Bytes: the q/dO ring, K/U/V of the program's rows, each consumer's P and [dS | dA]
     tiles (bf16), with dq_vec each consumer's dq tile's layout change (fp32), the
-    mbarriers and 1 KiB of compiler scratch."""
-    ring = config.stages * 2 * ROW_TILE * HEAD_DIM_PAD * 2
-    weights = 3 * config.block_n * HEAD_DIM_PAD * 2
+    mbarriers (two more where the warpgroups share dq's chunks) and 1 KiB of compiler
+    scratch; head_dim padded (sm90.backward_head_dim_pad)."""
+    d = sm90.backward_head_dim_pad(spec)
+    ring = config.stages * 2 * ROW_TILE * d * 2
+    weights = 3 * config.block_n * d * 2
     exchange = 2 * ROW_TILE * 3 * config.wg_rows * 2
     relayout = 2 * ROW_TILE * CHUNK * 4 if config.dq_vec else 0
-    return ring + weights + exchange + relayout + 8 * (2 * config.stages + 3) + 1024
+    barriers = 8 * (2 * config.stages + 1 + (2 if d > CHUNK else 0))
+    return ring + weights + exchange + relayout + barriers + 1024
 
 
 def consumer_registers(spec: KernelSpec, config: BwdtWsConfig) -> int:
     """fp32 registers a consumer thread holds in tiles: the accumulators [dK^T | dU^T]
-    and dV^T (128 x 3 wg_rows), the scores [S | A] and dP (64 x 3 wg_rows) and its dq
-    chunk (64 x 64), over 128 threads (176 with 32 rows, 320 with 64)."""
-    return (3 * config.wg_rows * (HEAD_DIM_PAD + ROW_TILE) + ROW_TILE * CHUNK) // 128
+    and dV^T (Dp x 3 wg_rows), the scores [S | A] and dP (64 x 3 wg_rows) and a dq chunk
+    (64 x 64), over 128 threads (Dp = 128: 176 with 32 rows, 320 with 64; Dp = 64: 128
+    and 224)."""
+    d = sm90.backward_head_dim_pad(spec)
+    return (3 * config.wg_rows * (d + ROW_TILE) + ROW_TILE * CHUNK) // 128
 
 
 def config_problems(spec: KernelSpec, config: BwdtWsConfig) -> list[str]:
@@ -173,11 +177,12 @@ def call_problems(spec: KernelSpec, config: BwdtWsConfig, tokens: int, sm_count:
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdtWsConfig:
-    """32 rows a warpgroup, a 2-slot ring, vector dq reductions, tanh; kv heads per launch
-    and token splits as the other one-pass backwards' heuristics pick them
-    (mhfgen.workspace.fit_launches). Not measured on a GPU yet: the tuner times it against
-    the split backward before dispatch runs it anywhere."""
-    config = BwdtWsConfig()
+    """32 rows a warpgroup, v4 dq reductions and tanh, a 2-slot ring at Dp = 128 and 4 at
+    Dp = 64 (64 rows there spill 300-800 bytes in their sm90 compiles; 32 spill none);
+    kv heads per launch and token splits as the other one-pass backwards' heuristics pick
+    them (mhfgen.workspace.fit_launches). Not measured on a GPU yet: the tuner times it
+    against the split backward before dispatch runs it anywhere."""
+    config = BwdtWsConfig(stages=2 if sm90.backward_head_dim_pad(spec) > CHUNK else 4)
     return fit_launches(
         spec,
         config,
