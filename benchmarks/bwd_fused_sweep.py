@@ -29,8 +29,9 @@ from mhfgen.kernels.configs import spec_of
 from mhfgen.tolerances import relative_error, tolerance
 from mhfgen.tuning.compile import CompilePool
 from mhfgen.validation import check_flash_mhf_inputs
-from mhfgen.variants.flash_mhf_bwd_fused import Config, flash_mhf_bwd_fused, workspace_bytes
+from mhfgen.variants.flash_mhf_bwd_fused import Config, flash_mhf_bwd_fused
 from mhfgen.verification import Case, make_inputs, reference_outputs
+from mhfgen.workspace import workspace_bytes
 
 GRADS = ("dq", "dr", "dk", "du", "dv")
 KERNEL = "flash_mhf_bwd_fused"

@@ -79,3 +79,21 @@ def fit_launches(spec: KernelSpec, config, tokens: int, sm_count: int, tiles: in
         if splits > 1 and workspace_bytes(spec, split, tokens) <= budget:
             config = split
     return config
+
+
+def launch_problems(spec: KernelSpec, config, tokens: int) -> list[str]:
+    """What rules a one-pass config out for a call of `tokens` tokens: more kv heads per
+    launch than the spec has, or a workspace over its budget."""
+    problems = []
+    if config.head_chunk > spec.kv_heads:
+        problems.append(f"head_chunk={config.head_chunk} exceeds the {spec.kv_heads} kv heads")
+    used, budget = (
+        workspace_bytes(spec, config, max(1, tokens)),
+        workspace_budget(spec, max(1, tokens)),
+    )
+    if used > budget:
+        problems.append(
+            f"a {used >> 20} MiB workspace exceeds the budget of {budget >> 20} MiB "
+            f"({SCRATCH_FRACTION:g} of dq)"
+        )
+    return problems

@@ -9,7 +9,7 @@ import torch
 from cases import CASES, CONFIGS, DTYPES, EMPTY
 from kernel_harness import assert_close, inputs_and_reference, run_poisoned
 
-from mhfgen import dispatch, kernels, registry
+from mhfgen import dispatch, kernels, registry, workspace
 from mhfgen.spec import KernelSpec
 from mhfgen.tuning.lookup import Choice
 from mhfgen.variants import flash_mhf_bwd_fused as fused
@@ -62,11 +62,11 @@ SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
 
 def test_workspace_of_one_kv_head_at_the_13b_preset():
     one = fused.Config(block_m=128, block_n=64, num_warps=8, num_stages=2, head_chunk=1)
-    assert fused.workspace_bytes(SPEC_13B, one, 16384) == 16384 * 128 * 4  # 8 MiB
+    assert workspace.workspace_bytes(SPEC_13B, one, 16384) == 16384 * 128 * 4  # 8 MiB
     split = dataclasses.replace(one, token_splits=3)
-    assert fused.workspace_bytes(SPEC_13B, split, 16384) == 16384 * 128 * 4 + 3 * 5632 * 128 * 4
+    assert workspace.workspace_bytes(SPEC_13B, split, 16384) == 16384 * 128 * 4 + 3 * 5632 * 128 * 4
     fp32 = KernelSpec(16, 16, 128, 22, 256, "float32", "sm90")
-    assert fused.workspace_bytes(fp32, split, 16384) == 0  # atomics into the outputs
+    assert workspace.workspace_bytes(fp32, split, 16384) == 0  # atomics into the outputs
 
 
 def test_budget_prunes_wide_head_chunks_and_the_heuristic_fits():
@@ -77,7 +77,7 @@ def test_budget_prunes_wide_head_chunks_and_the_heuristic_fits():
     assert "exceeds the budget" in variant.prune_reason(SPEC_13B, wide, 16384, 132)
     assert variant.prune_reason(SPEC_13B, wide, 2048, 132) is None  # 2 MiB at 2048 tokens
     default = variant.default_config(SPEC_13B, 16384, 132)
-    assert fused.workspace_bytes(SPEC_13B, default, 16384) <= fused.workspace_budget(
+    assert workspace.workspace_bytes(SPEC_13B, default, 16384) <= workspace.workspace_budget(
         SPEC_13B, 16384
     )
     assert default.head_chunk == 1

@@ -9,10 +9,9 @@ import dataclasses
 import pytest
 from sm90_compile import gluon_report
 
-from mhfgen import registry
+from mhfgen import registry, workspace
 from mhfgen.codegen import render
 from mhfgen.spec import KernelSpec
-from mhfgen.variants import flash_mhf_bwd_fused as fused
 from mhfgen.variants import flash_mhf_bwd_ws as ws
 
 SPEC_13B = KernelSpec(16, 16, 128, 22, 256, "bfloat16", "sm90")
@@ -62,7 +61,9 @@ def test_config_round_trips_through_json():
 def test_heuristic_stays_within_the_workspace_budget():
     config = ws.default_config(SPEC_13B, 16384, 132)
     assert config.block_m == 32 and config.head_chunk == 1
-    assert fused.workspace_bytes(SPEC_13B, config, 16384) <= fused.workspace_budget(SPEC_13B, 16384)
+    assert workspace.workspace_bytes(SPEC_13B, config, 16384) <= workspace.workspace_budget(
+        SPEC_13B, 16384
+    )
     assert ws.default_config(SPEC_D64_GQA, 16384, 132).block_m == 64
     small = ws.default_config(SPEC_13B, 2048, 132)  # 1 MiB per head: more per launch
     assert small.head_chunk > 1

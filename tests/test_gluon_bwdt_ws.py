@@ -96,7 +96,7 @@ def test_heuristic_stays_within_the_workspace_budget():
     assert variant.prune_reason(SPEC_13B, config, 16384, 132) is None
     wide = dataclasses.replace(config, head_chunk=16)
     assert "budget" in variant.prune_reason(SPEC_13B, wide, 16384, 132)
-    assert "exceeds the kv heads" in variant.prune_reason(
+    assert "exceeds the 4 kv heads" in variant.prune_reason(
         SPEC_GQA, dataclasses.replace(config, head_chunk=16), 64, 132
     )
 

@@ -35,6 +35,7 @@ from ..kernels.sm90 import (
     backward_options,
     backward_resource_problems,
     compile_gluon,
+    nvmma_block,
 )
 from ..registry import Variant, VariantConfig
 from ..spec import KernelSpec
@@ -564,3 +565,37 @@ class GluonOnePass(GluonBackward):
         f32, grads = torch.float32, grads_dtype(spec, config)
         rows = max(config.block_m, 16)
         return self.compile_kernel(spec, config, rows, DQ=f32, DR=f32, DK=grads, DU=grads, DV=grads)
+
+
+#: tokens per row tile of the Gluon backward kernels whose consumer warpgroups own weight
+#: rows end to end (flash_mhf_bwd_dkvt_ws, flash_mhf_bwdt_ws): the M of their score wgmma
+ROW_OWNER_TILE = 64
+#: head_dim columns per chunk of those kernels: the M of an accumulating wgmma
+ROW_OWNER_CHUNK = 64
+
+
+def row_owner_layouts(spec: KernelSpec, config) -> dict:
+    """The shared layouts of a row-owning backward kernel (its config has `wg_rows`): of
+    the descriptors (q/dO blocks of 64 tokens x 64 head_dim columns; K/U/V blocks of
+    wg_rows rows x 64) and of each consumer's exchange tiles (P_LAYOUT: (64 tokens,
+    wg_rows); EX_LAYOUT: [dS | dA], (64 tokens, 2 wg_rows))."""
+    rows = config.wg_rows
+    return {
+        "rows": nvmma_block(spec, ROW_OWNER_TILE, ROW_OWNER_CHUNK),
+        "weights": nvmma_block(spec, rows, ROW_OWNER_CHUNK),
+        "P_LAYOUT": nvmma_block(spec, ROW_OWNER_TILE, rows)[1],
+        "EX_LAYOUT": nvmma_block(spec, ROW_OWNER_TILE, 2 * rows)[1],
+    }
+
+
+def row_owner_constexprs(spec: KernelSpec, config) -> dict:
+    """A row-owning backward kernel's constexprs: rows per warpgroup, ring slots, its
+    exchange tiles' layouts and its register split."""
+    layouts = row_owner_layouts(spec, config)
+    return dict(
+        W_ROWS=config.wg_rows,
+        STAGES=config.stages,
+        P_LAYOUT=layouts["P_LAYOUT"],
+        EX_LAYOUT=layouts["EX_LAYOUT"],
+        **config.register_constexprs(),
+    )

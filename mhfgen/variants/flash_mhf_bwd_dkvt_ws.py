@@ -53,9 +53,9 @@ from . import _gluon
 
 KERNEL = "flash_mhf_bwd_dkvt_ws"
 #: tokens per row tile: the M of the score wgmma, the K of the accumulating ones
-ROW_TILE = 64
+ROW_TILE = _gluon.ROW_OWNER_TILE
 #: head_dim columns per chunk: the M of an accumulating wgmma
-CHUNK = 64
+CHUNK = _gluon.ROW_OWNER_CHUNK
 
 
 @dataclass(frozen=True)
@@ -172,28 +172,9 @@ def static_params(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
     }
 
 
-def smem_layouts(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
-    """The shared layouts: of the descriptors (q/dO blocks of 64 tokens x 64 head_dim
-    columns; K/U/V blocks of wg_rows rows x 64) and of each consumer's exchange tiles
-    (P_LAYOUT: bf16 (64 tokens, wg_rows); EX_LAYOUT: (64 tokens, 2 wg_rows))."""
-    rows = config.wg_rows
-    return {
-        "rows": sm90.nvmma_block(spec, ROW_TILE, CHUNK),
-        "weights": sm90.nvmma_block(spec, rows, CHUNK),
-        "P_LAYOUT": sm90.nvmma_block(spec, ROW_TILE, rows)[1],
-        "EX_LAYOUT": sm90.nvmma_block(spec, ROW_TILE, 2 * rows)[1],
-    }
-
-
-def constexprs(spec: KernelSpec, config: BwdDkvtWsConfig) -> dict:
-    layouts = smem_layouts(spec, config)
-    return dict(
-        W_ROWS=config.wg_rows,
-        STAGES=config.stages,
-        P_LAYOUT=layouts["P_LAYOUT"],
-        EX_LAYOUT=layouts["EX_LAYOUT"],
-        **config.register_constexprs(),
-    )
+#: the shared layouts and constexprs of the row-owning backward kernels
+smem_layouts = _gluon.row_owner_layouts
+constexprs = _gluon.row_owner_constexprs
 
 
 #: what the shared dK/dU/dV launch path asks of this variant (mhfgen.variants._gluon)

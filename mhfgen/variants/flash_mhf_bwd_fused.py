@@ -57,12 +57,10 @@ from ..registry import register
 from ..spec import INTERPRETER, KernelSpec
 from ..tiling import intermediate_blocks
 from ..workspace import (
-    SCRATCH_FRACTION,
     dr_atomic,
     fit_launches,
     kv_heads_per_launch,
-    workspace_budget,
-    workspace_bytes,
+    launch_problems,
 )
 from . import _triton
 from ._triton import TileConfig
@@ -248,17 +246,9 @@ class FlashMhfBwdFused(_triton.TritonVariant):
     def own_prune_reason(
         self, spec: KernelSpec, config: Config, tokens: int, rows: int, sm_count: int
     ) -> str | None:
-        if config.head_chunk > spec.kv_heads:
-            return f"head_chunk={config.head_chunk} exceeds the {spec.kv_heads} kv heads"
-        used, budget = (
-            workspace_bytes(spec, config, max(1, tokens)),
-            workspace_budget(spec, max(1, tokens)),
-        )
-        if used > budget:
-            return (
-                f"a {used >> 20} MiB workspace exceeds the budget of {budget >> 20} MiB "
-                f"({SCRATCH_FRACTION:g} of dq)"
-            )
+        problems = launch_problems(spec, config, tokens)
+        if problems:
+            return problems[0]
         programs = intermediate_blocks(spec, config.block_n) * kv_heads_per_launch(spec, config)
         return _triton.token_split_reason(config, rows, programs, sm_count)
 

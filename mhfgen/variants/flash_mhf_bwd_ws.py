@@ -30,12 +30,7 @@ from ..kernels import sm90
 from ..registry import register
 from ..spec import KernelSpec
 from ..tiling import cdiv
-from ..workspace import (
-    dr_atomic,
-    fit_launches,
-    workspace_budget,
-    workspace_bytes,
-)
+from ..workspace import dr_atomic, fit_launches, launch_problems
 from . import _gluon
 
 KERNEL = "flash_mhf_bwd_ws"
@@ -115,17 +110,8 @@ def registers(spec: KernelSpec, config: BwdWsConfig) -> float:
 
 def call_problems(spec: KernelSpec, config: BwdWsConfig, tokens: int, sm_count: int) -> list:
     """What rules `config` out for a call of `tokens` tokens: more kv heads per launch
-    than the spec has, or a dq workspace over its budget (mhfgen.workspace)."""
-    problems = []
-    if config.head_chunk > spec.kv_heads:
-        problems.append(f"head_chunk={config.head_chunk} exceeds the kv heads")
-    used, budget = (
-        workspace_bytes(spec, config, max(1, tokens)),
-        workspace_budget(spec, max(1, tokens)),
-    )
-    if used > budget:
-        problems.append(f"a {used >> 20} MiB workspace exceeds the budget of {budget >> 20} MiB")
-    return problems
+    than the spec has, or a workspace over its budget (mhfgen.workspace.launch_problems)."""
+    return launch_problems(spec, config, tokens)
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdWsConfig:

@@ -52,14 +52,14 @@ from ..kernels import sm90
 from ..registry import register
 from ..spec import KernelSpec
 from ..tiling import cdiv, even_tiles
-from ..workspace import fit_launches, workspace_budget, workspace_bytes
+from ..workspace import fit_launches, launch_problems
 from . import _gluon
 
 KERNEL = "flash_mhf_bwdt_ws"
 #: tokens per row tile: the M of the score and dq wgmma, the K of the accumulating ones
-ROW_TILE = 64
+ROW_TILE = _gluon.ROW_OWNER_TILE
 #: head_dim columns per chunk: the M of an accumulating wgmma, the N of dq's
-CHUNK = 64
+CHUNK = _gluon.ROW_OWNER_CHUNK
 
 
 @dataclass(frozen=True)
@@ -163,17 +163,8 @@ def config_problems(spec: KernelSpec, config: BwdtWsConfig) -> list[str]:
 
 def call_problems(spec: KernelSpec, config: BwdtWsConfig, tokens: int, sm_count: int) -> list:
     """What rules `config` out for a call of `tokens` tokens: more kv heads per launch
-    than the spec has, or a workspace over its budget (mhfgen.workspace)."""
-    problems = []
-    if config.head_chunk > spec.kv_heads:
-        problems.append(f"head_chunk={config.head_chunk} exceeds the kv heads")
-    used, budget = (
-        workspace_bytes(spec, config, max(1, tokens)),
-        workspace_budget(spec, max(1, tokens)),
-    )
-    if used > budget:
-        problems.append(f"a {used >> 20} MiB workspace exceeds the budget of {budget >> 20} MiB")
-    return problems
+    than the spec has, or a workspace over its budget (mhfgen.workspace.launch_problems)."""
+    return launch_problems(spec, config, tokens)
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdtWsConfig:
@@ -204,29 +195,9 @@ def static_params(spec: KernelSpec, config: BwdtWsConfig) -> dict:
     }
 
 
-def smem_layouts(spec: KernelSpec, config: BwdtWsConfig) -> dict:
-    """The shared layouts: of the descriptors (q/dO blocks of 64 tokens x 64 head_dim
-    columns; K/U/V blocks of wg_rows rows x 64) and of each consumer's exchange tiles
-    (P_LAYOUT: bf16 (64 tokens, wg_rows); EX_LAYOUT: (64 tokens, 2 wg_rows), also the A
-    operand of dq's MMAs)."""
-    rows = config.wg_rows
-    return {
-        "rows": sm90.nvmma_block(spec, ROW_TILE, CHUNK),
-        "weights": sm90.nvmma_block(spec, rows, CHUNK),
-        "P_LAYOUT": sm90.nvmma_block(spec, ROW_TILE, rows)[1],
-        "EX_LAYOUT": sm90.nvmma_block(spec, ROW_TILE, 2 * rows)[1],
-    }
-
-
-def constexprs(spec: KernelSpec, config: BwdtWsConfig) -> dict:
-    layouts = smem_layouts(spec, config)
-    return dict(
-        W_ROWS=config.wg_rows,
-        STAGES=config.stages,
-        P_LAYOUT=layouts["P_LAYOUT"],
-        EX_LAYOUT=layouts["EX_LAYOUT"],
-        **config.register_constexprs(),
-    )
+#: the shared layouts and constexprs of the row-owning backward kernels
+smem_layouts = _gluon.row_owner_layouts
+constexprs = _gluon.row_owner_constexprs
 
 
 #: what the shared one-pass launch path asks of this variant (mhfgen.variants._gluon)
