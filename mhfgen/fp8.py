@@ -125,11 +125,23 @@ def column_factors(scales: torch.Tensor) -> torch.Tensor:
 _kept = {kind: torch.utils.weak.WeakIdKeyDictionary() for kind in ("vt", "cols", "bounds")}
 
 
+def _capturing(source: torch.Tensor) -> bool:
+    """Whether work on `source` would now be recorded into a CUDA graph being captured on
+    the current stream rather than run."""
+    return source.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def _derived(kind: str, source: torch.Tensor, make, *others: torch.Tensor) -> torch.Tensor:
     """make(source, *others), made once per tensor object and version counter of each and
     kept while `source` lives (keyed by it; the others are held weakly and compared by
     identity and version). An inference tensor has no version counter: made on every
-    call."""
+    call.
+
+    Under CUDA graph capture a kept tensor made before is used as it is, but a new one is
+    made without being kept: its kernels are only recorded, so its values exist only once
+    the graph replays (each replay makes it again), and its memory is the graph's. Kept,
+    it would hand calls outside the graph a tensor never written. A call before the
+    capture (the usual warm-up) keeps the derivation out of the graph."""
     sources = (source, *others)
     if any(t.is_inference() for t in sources):
         return make(*sources)
@@ -142,7 +154,8 @@ def _derived(kind: str, source: torch.Tensor, make, *others: torch.Tensor) -> to
     ):
         return entry[2]
     derived = make(*sources)
-    _kept[kind][source] = (stamp, tuple(weakref.ref(t) for t in others), derived)
+    if not _capturing(source):
+        _kept[kind][source] = (stamp, tuple(weakref.ref(t) for t in others), derived)
     return derived
 
 

@@ -696,6 +696,26 @@ def test_column_factors_fold_g_and_v_scales_and_are_kept_per_version():
         column_factors(scales[:2])
 
 
+def test_derived_operands_made_under_graph_capture_are_not_kept(monkeypatch):
+    """Under CUDA graph capture a derived operand kept before is used as it is, and one
+    not kept yet is made (its kernels go into the graph) but not kept: its values exist
+    only once the graph replays, so a call outside the graph must make its own."""
+    from mhfgen import fp8
+
+    scales = torch.rand(3, 2, 3, 64) + 0.5
+    forget_transposed()
+    before = kept_column_factors(scales)
+    monkeypatch.setattr(fp8, "_capturing", lambda source: True)
+    assert kept_column_factors(scales) is before  # kept outside the capture: reused
+    v8 = quantize_experts(*(torch.randn(2, 3, 64, 32) for _ in range(3)))[2]
+    inside = transposed_v(v8)
+    assert torch.equal(inside, transpose_v(v8))
+    assert transposed_v(v8) is not inside  # made again: nothing kept under capture
+    monkeypatch.setattr(fp8, "_capturing", lambda source: False)
+    kept = transposed_v(v8)
+    assert kept is not inside and transposed_v(v8) is kept
+
+
 def test_transposed_v_is_made_once_per_tensor_and_version():
     forget_transposed()
     v8 = torch.randn(2, 3, 64, 16).to(torch.float8_e4m3fn)
