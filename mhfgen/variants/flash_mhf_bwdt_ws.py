@@ -38,8 +38,8 @@ and the two warpgroups meet once a tile: each waits for the other's exchange til
 its dq MMAs, and for the other's dq MMAs before it overwrites its own. Where Dp = 64 it
 is all of dq over its own rows, [dS | dA]_w [K_w; U_w] (64 x 64), and the two never
 wait for each other. dq's partial sums per element are I / (2 wg_rows) per kv head at
-Dp = 128 (88 at the 1.3B preset) and I / wg_rows at Dp = 64 (44 at H = 16, D = 64,
-I = 2816 with 64 rows a warpgroup): the price of the single pass.
+Dp = 128 (88 at the 1.3B preset) and I / wg_rows at Dp = 64 (88 at H = 16, D = 64,
+I = 2816 with the heuristic's 32 rows a warpgroup): the price of the single pass.
 """
 
 from __future__ import annotations
