@@ -1,6 +1,6 @@
-"""The fp32 workspace of the one-pass backward (op `bwd`) and its budget, for both of its
-variants (mhfgen.variants.flash_mhf_bwd_fused, mhfgen.variants.flash_mhf_bwd_ws) and their
-launchers (mhfgen.kernels.bwd_chunks).
+"""The fp32 workspace of the one-pass backward (op `bwd`) and its budget, for each of its
+variants (mhfgen.variants.flash_mhf_bwd_fused, flash_mhf_bwd_ws, flash_mhf_bwdt_ws) and
+their launchers (mhfgen.kernels.bwd_chunks).
 
 dq is a sum over the I / BLOCK_N programs of a kv head: its partial sums meet by fp32
 atomics in a workspace of one launch's query heads (the config's `head_chunk` kv heads), so

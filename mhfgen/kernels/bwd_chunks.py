@@ -1,5 +1,5 @@
 """What the launchers of the one-pass backward (op `bwd`: mhfgen.variants.flash_mhf_bwd_fused,
-mhfgen.variants.flash_mhf_bwd_ws) share: their launch plan, the decisions it records about
+mhfgen.variants.flash_mhf_bwd_ws, mhfgen.variants.flash_mhf_bwdt_ws) share: their launch plan, the decisions it records about
 the outputs and workspaces (plan_fields), the kv heads of each launch (head_chunks) and
 running a plan (run_chunks).
 
