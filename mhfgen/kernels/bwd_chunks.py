@@ -1,7 +1,7 @@
 """What the launchers of the one-pass backward (op `bwd`: mhfgen.variants.flash_mhf_bwd_fused,
-mhfgen.variants.flash_mhf_bwd_ws, mhfgen.variants.flash_mhf_bwdt_ws) share: their launch plan, the decisions it records about
-the outputs and workspaces (plan_fields), the kv heads of each launch (head_chunks) and
-running a plan (run_chunks).
+flash_mhf_bwd_ws, flash_mhf_bwdt_ws) share: their launch plan, the decisions it records
+about the outputs and workspaces (plan_fields), the kv heads of each launch (head_chunks)
+and running a plan (run_chunks).
 
 The kv heads are taken head_chunk at a time, one launch per chunk. dq's partial sums (over
 the I / BLOCK_N programs of a kv head) meet by fp32 atomics in a workspace of the chunk's
