@@ -31,7 +31,7 @@ With --model STEM, nothing is read from the database: the variant's heuristic co
 without a measured time, with its spilled bytes and whether ptxas kept its wgmma
 asynchronous: the model of a schedule no GPU has timed yet.
 
-    python3 benchmarks/kernel_limits.py --model flash_mhf_bwdt_ws --shapes 1.3B,1.3B-kv4,128M
+    python3 benchmarks/kernel_limits.py --model flash_mhf_bwdt_ws --shapes 1.3B,H16-Hkv16-D64-E11-De256
 """
 
 from __future__ import annotations
@@ -205,13 +205,25 @@ def bounds_row(w, spec, config, asm, sms: int, clock_ghz: float) -> tuple[str, .
     )
 
 
+def model_spec(name: str):
+    """The bf16 sm90 KernelSpec of a --model shape: a preset's name ('-kvN' for N kv
+    heads), or a spec key's sizes, 'H16-Hkv16-D64-E11-De256'."""
+    from mhfgen import presets
+    from mhfgen.spec import KernelSpec
+
+    sizes = re.fullmatch(r"H(\d+)-Hkv(\d+)-D(\d+)-E(\d+)-De(\d+)", name)
+    if sizes:
+        return KernelSpec(*(int(x) for x in sizes.groups()), "bfloat16", "sm90")
+    p = presets.shape(name)
+    return KernelSpec(p.heads, p.kv_heads, p.head_dim, p.experts, p.expert_dim, "bfloat16", "sm90")
+
+
 def model(stem: str, shapes: list[str], config_json: str | None) -> int:
     """--model: the bounds of `stem`'s heuristic config (or the one config_json gives) on
     each preset shape, compiled here, no database and no time."""
     import json
 
-    from mhfgen import presets, registry
-    from mhfgen.spec import KernelSpec
+    from mhfgen import registry
 
     variant = registry.get(stem)
     if variant.family != "gluon":
@@ -221,10 +233,7 @@ def model(stem: str, shapes: list[str], config_json: str | None) -> int:
     head += ("MACs / shared bytes / SASS per warp", "spill B", "wgmma")
     rows = []
     for name in shapes:
-        p = presets.shape(name)
-        spec = KernelSpec(
-            p.heads, p.kv_heads, p.head_dim, p.experts, p.expert_dim, "bfloat16", "sm90"
-        )
+        spec = model_spec(name)
         reason = variant.unsupported(spec)
         if reason:
             rows.append((name, "-", "-", "-", "-", reason, "-", "-"))
@@ -273,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shapes",
         default="1.3B,370M,1.3B-kv4,128M",
-        help="with --model: comma list of presets, '-kvN' for N kv heads",
+        help="with --model: comma list of presets ('-kvN' for N kv heads) or spec keys' "
+        "sizes, e.g. H16-Hkv16-D64-E11-De256",
     )
     parser.add_argument("--config", help="with --model: the config as JSON (default: heuristic)")
     args = parser.parse_args(argv)

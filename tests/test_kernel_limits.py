@@ -99,14 +99,21 @@ def test_model_refuses_a_variant_without_an_sm90_compile(capsys):
 def test_model_prints_the_bounds_of_an_untimed_schedule():
     """--model compiles the heuristic config on each shape (in its own process: the
     script sets TRITON_INTERPRET=0 before anything imports Triton) and prints its three
-    bounds; a shape the variant does not take gets its reason."""
+    bounds, on presets and on a spec key's sizes."""
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_limits.py"
     out = subprocess.run(
-        [sys.executable, str(script), "--model", "flash_mhf_bwdt_ws", "--shapes", "1.3B,1.3B-kv4"],
+        [
+            sys.executable,
+            str(script),
+            "--model",
+            "flash_mhf_bwdt_ws",
+            "--shapes",
+            "1.3B,1.3B-kv4,H16-Hkv16-D64-E11-De256",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -120,3 +127,5 @@ def test_model_prints_the_bounds_of_an_untimed_schedule():
     assert smem > tensor and issue > 0
     assert row[-1] == "asynchronous"
     assert "1.3B-kv4" in rows
+    d64 = rows["H16-Hkv16-D64-E11-De256"]  # a spec key's sizes; half the tensor work
+    assert d64[1] == "s4 regs 24/240 wg32 vec hc1" and float(d64[2]) == tensor / 2
