@@ -194,12 +194,14 @@ def test_the_legend_explains_every_code():
     for part in " ".join(describe_config(c) for c in every).split():
         stem = part.rstrip("0123456789")
         assert stem in codes, part
-    # the Gluon backward variants' and the one-pass Triton one's codes too (a register
+    # every Gluon backward variant's and the one-pass Triton one's codes too (a register
     # pair follows `regs`)
     from mhfgen.variants.flash_mhf_bwd_dkv_ws import BwdDkvWsConfig
+    from mhfgen.variants.flash_mhf_bwd_dkvt_ws import BwdDkvtWsConfig
     from mhfgen.variants.flash_mhf_bwd_dq_ws import BwdDqWsConfig
     from mhfgen.variants.flash_mhf_bwd_fused import Config as FusedConfig
     from mhfgen.variants.flash_mhf_bwd_ws import BwdWsConfig
+    from mhfgen.variants.flash_mhf_bwdt_ws import BwdtWsConfig
     from mhfgen.variants.flash_mhf_fwd_fp8_ws import Fp8WsConfig
     from mhfgen.variants.flash_mhf_fwd_ws import WsConfig as FwdWsConfig
 
@@ -214,7 +216,12 @@ def test_the_legend_explains_every_code():
         ),
         BwdWsConfig(token_splits=2, sigmoid="exp", dq_vec=True, head_chunk=2),
         BwdDkvWsConfig(stages=3, token_splits=2, sigmoid="exp"),
+        BwdDkvWsConfig(split="rows", joint_scores=True, joint_grads=True),
         BwdDqWsConfig(stages=5, sigmoid="exp"),
+        BwdDqWsConfig(wait_dq=False),
+        BwdDqWsConfig(wait_dq=True, early_scores=True),
+        BwdDkvtWsConfig(wg_rows=64, token_splits=2),
+        BwdtWsConfig(token_splits=2, dq_vec=True, head_chunk=2),
         # and the Gluon forwards' (consumers x warps: code `x`)
         FwdWsConfig(pingpong=True, joint_scores=True, unroll_tiles=2, group_heads=2),
         Fp8WsConfig(p_operand="registers", sigmoid="exp"),

@@ -192,7 +192,22 @@ CONFIG_LEGEND = (
     ("hc", "head_chunk: kv heads per launch of the one-pass backward (its dq workspace)"),
     ("tanh", "sigmoid as 0.5 + 0.5 tanh.approx(x / 2): one MUFU op per element"),
     ("exp", "sigmoid through exp2 and a fast division (the Gluon kernels' other form)"),
-    ("vec", "dq_vec: the Gluon one pass adds dq by red.global.add.v4.f32, 4 values at once"),
+    (
+        "vec",
+        "dq_vec: the Gluon one-pass kernels add dq by red.global.add.v4.f32, 4 values at once",
+    ),
+    ("dq-pending", "wait_dq off: the Gluon dQ/dR kernel's dq MMAs run on into the next tile"),
+    (
+        "early",
+        "early_scores: the Gluon dQ/dR kernel issues the next tile's scores before dq's wait",
+    ),
+    (
+        "rows",
+        "split='rows': the Gluon dK/dU/dV warpgroups split a 64-token tile's weight rows "
+        "(default 'tokens': they split a 128-token tile's tokens)",
+    ),
+    ("jgrads", "joint_grads: [dK^T | dU^T] accumulated by one wgmma chain (Gluon dK/dU/dV)"),
+    ("wg", "wgN: wg_rows, the weight rows each consumer warpgroup owns end to end"),
     ("regs", "registers per thread of a Gluon kernel's partitions (setmaxnreg)"),
     ("x", "CxWw: a Gluon forward's consumer warpgroups (C) and warps per consumer (W)"),
     ("pingpong", "two Gluon consumers take turns issuing their GEMMs"),
