@@ -39,9 +39,9 @@ from ..kernels.sm90 import (
 )
 from ..registry import Variant, VariantConfig
 from ..spec import KernelSpec
-from ..tiling import cdiv, split_programs_budget
+from ..tiling import cdiv, even_tiles, split_programs_budget
 from ..validation import Problem
-from ..workspace import kv_heads_per_launch
+from ..workspace import kv_heads_per_launch, launch_problems
 
 #: registers per thread setmaxnreg can give a partition: multiples of 8 from 24 to 256
 PARTITION_REGS = range(24, 257, 8)
@@ -514,6 +514,12 @@ class GluonDkv(GluonBackward):
         return self.compile_kernel(spec, config, config.block_m, DK=grads, DU=grads, DV=grads)
 
 
+def one_pass_call_problems(spec: KernelSpec, config, tokens: int, sm_count: int) -> list[str]:
+    """What rules a one-pass config out for a call of `tokens` tokens: more kv heads per
+    launch than the spec has, or a workspace over its budget (launch_problems)."""
+    return launch_problems(spec, config, tokens)
+
+
 @dataclass(frozen=True)
 class GluonOnePass(GluonBackward):
     """A Gluon one-pass backward variant (op bwd): its config has `block_m` (tokens per
@@ -523,6 +529,14 @@ class GluonOnePass(GluonBackward):
     seqlen, tokens, row blocks per split, the launch's first kv head and the first query
     heads of its dq and dr buffers. The launches, workspaces and their budget:
     mhfgen.kernels.bwd_chunks, mhfgen.workspace."""
+
+    def model(self, shared_memory, registers, default_config, call_problems=None) -> GluonModel:
+        """The variant's GluonModel, by default with its launches' problems (head_chunk
+        and the workspace budget: mhfgen.workspace.launch_problems) as what rules a
+        config out for a call."""
+        return super().model(
+            shared_memory, registers, default_config, call_problems or one_pass_call_problems
+        )
 
     def launcher(self, make_plan=None, run=run_chunks) -> CachedLaunch:
         """The variant's cached launch: (q, k, u, v, r in fp32, do) -> (dq, dr, dk, du,
@@ -542,6 +556,7 @@ class GluonOnePass(GluonBackward):
         per_split, splits, _ = token_split_plan(tokens, config)
         dr_workspace = fields["dr_mode"] == "workspace"
         dr_strides = contiguous_strides((B, L, width if dr_workspace else H, r.shape[-1]))
+        meta, layouts = self.meta(spec, config), self.smem_layouts(spec, config)
         chunks = []
         for kv0, n, h0, h1 in head_chunks(spec, config):
             scalars = (
@@ -557,7 +572,8 @@ class GluonOnePass(GluonBackward):
                 h0 if dr_workspace else 0,
             )
             grid = (spec.intermediate // config.block_n, n, splits)
-            chunks.append(Chunk(kv0, n, h0, h1, self.launch(kernel, spec, config, grid, scalars)))
+            launch = BackwardLaunch(kernel, grid, scalars, meta, layouts)
+            chunks.append(Chunk(kv0, n, h0, h1, launch))
         return ChunkPlan(chunks=tuple(chunks), **fields)
 
     def compile_sm90(self, spec: KernelSpec, config) -> CompileReport:
@@ -599,3 +615,16 @@ def row_owner_constexprs(spec: KernelSpec, config) -> dict:
         EX_LAYOUT=layouts["EX_LAYOUT"],
         **config.register_constexprs(),
     )
+
+
+def row_owner_problems(spec: KernelSpec, config, shared: int, registers: int) -> list[str]:
+    """What of a row-owning kernel's config does not fit the spec or an SM: `shared` bytes
+    of shared memory, a register split that leaves its first consumer fewer than
+    `registers` a thread, and weight tiles (2 wg_rows rows) that cross an expert."""
+    problems = config.resource_problems(shared, registers)
+    if not even_tiles(spec, config.block_n):
+        problems.append(
+            f"wg_rows={config.wg_rows} makes {config.block_n}-row weight tiles; "
+            f"expert_dim {spec.expert_dim} is not a multiple"
+        )
+    return problems

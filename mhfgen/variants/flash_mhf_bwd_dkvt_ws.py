@@ -125,15 +125,9 @@ def config_problems(spec: KernelSpec, config: BwdDkvtWsConfig) -> list[str]:
     """What of `config` does not fit the spec or an SM: weight tiles that cross an expert,
     shared memory, and the register split (the first consumer needs its accumulators and
     score tiles: consumer_registers)."""
-    problems = config.resource_problems(
-        shared_memory(spec, config), consumer_registers(spec, config)
+    return _gluon.row_owner_problems(
+        spec, config, shared_memory(spec, config), consumer_registers(spec, config)
     )
-    if not even_tiles(spec, config.block_n):
-        problems.append(
-            f"wg_rows={config.wg_rows} makes {config.block_n}-row weight tiles; "
-            f"expert_dim {spec.expert_dim} is not a multiple"
-        )
-    return problems
 
 
 def preferred(spec: KernelSpec) -> bool:

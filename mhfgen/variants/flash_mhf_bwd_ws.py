@@ -30,7 +30,7 @@ from ..kernels import sm90
 from ..registry import register
 from ..spec import KernelSpec
 from ..tiling import cdiv
-from ..workspace import dr_atomic, fit_launches, launch_problems
+from ..workspace import dr_atomic, fit_launches
 from . import _gluon
 
 KERNEL = "flash_mhf_bwd_ws"
@@ -106,12 +106,6 @@ def registers(spec: KernelSpec, config: BwdWsConfig) -> float:
     head_dim) and S^T, A^T, dP^T (BLOCK_N x BLOCK_M), over 128 threads."""
     d = sm90.backward_head_dim_pad(spec)
     return (2 * BLOCK_N * d + 3 * BLOCK_N * config.block_m) / 128
-
-
-def call_problems(spec: KernelSpec, config: BwdWsConfig, tokens: int, sm_count: int) -> list:
-    """What rules `config` out for a call of `tokens` tokens: more kv heads per launch
-    than the spec has, or a workspace over its budget (mhfgen.workspace.launch_problems)."""
-    return launch_problems(spec, config, tokens)
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdWsConfig:
@@ -197,7 +191,7 @@ class FlashMhfBwdWs(_gluon.GluonVariant):
     flop_factor = 16
     outputs = ("dq", "dr", "dk", "du", "dv")
     takes_grad = True
-    model = GLUON.model(shared_memory, registers, default_config, call_problems)
+    model = GLUON.model(shared_memory, registers, default_config)
 
     def static_params(self, spec: KernelSpec, config: BwdWsConfig) -> dict:
         return static_params(spec, config)

@@ -51,8 +51,8 @@ from torch import Tensor
 from ..kernels import sm90
 from ..registry import register
 from ..spec import KernelSpec
-from ..tiling import cdiv, even_tiles
-from ..workspace import fit_launches, launch_problems
+from ..tiling import cdiv
+from ..workspace import fit_launches
 from . import _gluon
 
 KERNEL = "flash_mhf_bwdt_ws"
@@ -150,21 +150,9 @@ def config_problems(spec: KernelSpec, config: BwdtWsConfig) -> list[str]:
     """What of `config` does not fit the spec or an SM: weight tiles that cross an expert,
     shared memory, and the register split (the first consumer needs its accumulators, score
     tiles and dq chunk: consumer_registers)."""
-    problems = config.resource_problems(
-        shared_memory(spec, config), consumer_registers(spec, config)
+    return _gluon.row_owner_problems(
+        spec, config, shared_memory(spec, config), consumer_registers(spec, config)
     )
-    if not even_tiles(spec, config.block_n):
-        problems.append(
-            f"wg_rows={config.wg_rows} makes {config.block_n}-row weight tiles; "
-            f"expert_dim {spec.expert_dim} is not a multiple"
-        )
-    return problems
-
-
-def call_problems(spec: KernelSpec, config: BwdtWsConfig, tokens: int, sm_count: int) -> list:
-    """What rules `config` out for a call of `tokens` tokens: more kv heads per launch
-    than the spec has, or a workspace over its budget (mhfgen.workspace.launch_problems)."""
-    return launch_problems(spec, config, tokens)
 
 
 def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdtWsConfig:
@@ -231,7 +219,7 @@ class FlashMhfBwdtWs(_gluon.GluonVariant):
     flop_factor = 16
     outputs = ("dq", "dr", "dk", "du", "dv")
     takes_grad = True
-    model = GLUON.model(shared_memory, consumer_registers, default_config, call_problems)
+    model = GLUON.model(shared_memory, consumer_registers, default_config)
 
     def static_params(self, spec: KernelSpec, config: BwdtWsConfig) -> dict:
         return static_params(spec, config)
