@@ -63,7 +63,7 @@ VERIFY_CONFIGS = {
     "flash_mhf_bwdt_ws": {
         "default": BwdtWsConfig(),
         "ts3 hc2": BwdtWsConfig(token_splits=3, head_chunk=2),
-        "exp s3 scalar-dq hc16": BwdtWsConfig(sigmoid="exp", stages=3, dq_vec=False, head_chunk=16),
+        "exp s3 v2-dq hc16": BwdtWsConfig(sigmoid="exp", stages=3, dq_vec=False, head_chunk=16),
     },
 }
 SPEED_SHAPES = {
@@ -241,7 +241,7 @@ DIAGNOSE_CONFIGS = {
     },
     "flash_mhf_bwdt_ws": {
         "vec hc16": BwdtWsConfig(head_chunk=16),
-        "scalar-dq hc16": BwdtWsConfig(dq_vec=False, head_chunk=16),
+        "v2-dq hc16": BwdtWsConfig(dq_vec=False, head_chunk=16),
         "vec hc1 ts3": BwdtWsConfig(token_splits=3),
         "vec hc2 ts2": BwdtWsConfig(head_chunk=2, token_splits=2),
     },
