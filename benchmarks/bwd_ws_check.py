@@ -27,13 +27,14 @@ import argparse
 import dataclasses
 import hashlib
 import importlib.util
+import json
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import triton
-from hangs import Hang, finish, run_watched  # benchmarks/hangs.py, beside this script
+from hangs import Hang, finish, print_table, run_watched  # benchmarks/hangs.py, beside this script
 
 from mhfgen import codegen, kernels, registry
 from mhfgen.kernels.configs import spec_of
@@ -155,7 +156,9 @@ def speed_case(name: str, tokens: int) -> Case:
     return Case(name, batch, seqlen, H, Hkv, D, E, De)
 
 
-def speed(rows, shapes, variant, tokens):
+def speed(rows, shapes, variant, tokens, records):
+    """Time the split backward as dispatched and each of the variant's sweep configs on
+    `shapes`; a row each, and a record each (shape, what, ms, split_ms, fwd_ms, unit)."""
     run = backward(variant)
     for name in shapes:
         case = speed_case(name, tokens)
@@ -179,6 +182,8 @@ def speed(rows, shapes, variant, tokens):
             )
         )
         print(*rows[-1], flush=True)
+        split = dict(shape=name, what="split pair (dispatched)", ms=t_split, split_ms=t_split)
+        records.append(dict(split, fwd_ms=t_fwd, unit=unit))
         for config in sweep_configs(variant, name):
             label = f"{name} {config.describe()}"
             try:
@@ -187,6 +192,16 @@ def speed(rows, shapes, variant, tokens):
                     rows.append(("speed", label, "-", f"WRONG {err:.2e}"))
                 else:
                     t = bench(lambda: run(*inputs, config=config))
+                    records.append(
+                        dict(
+                            shape=name,
+                            what=config.describe(),
+                            ms=t,
+                            split_ms=t_split,
+                            fwd_ms=t_fwd,
+                            unit=unit,
+                        )
+                    )
                     rows.append(
                         (
                             "speed",
@@ -271,7 +286,9 @@ def patched_loader(variant, replacements, real):
     return load
 
 
-def diagnose(rows, variant, tokens):
+def diagnose(rows, variant, tokens, records):
+    """Time a few of the variant's configs, and the first with its dq and/or dr reductions
+    predicated off; a row and a record (shape, what, ms, unit) each."""
     real, run = codegen.load_kernel, backward(variant)
     configs = DIAGNOSE_CONFIGS[variant]
     first, vec = next(iter(configs.items()))
@@ -294,6 +311,7 @@ def diagnose(rows, variant, tokens):
             try:
                 finish(lambda: run(*inputs, config=config))
                 t = triton.testing.do_bench(lambda: run(*inputs, config=config), warmup=10, rep=40)
+                records.append(dict(shape=name, what=label, ms=t, unit=unit, diagnose=True))
                 rows.append(
                     (
                         "diagnose",
@@ -319,6 +337,65 @@ def diagnose(rows, variant, tokens):
     clear_plans()
 
 
+def results_fragment(gpu, variant, tokens, verified, records, command) -> dict:
+    """The run's figures as a results fragment (benchmarks/render_performance.py's format;
+    add it with --add-tables): table one-pass-<variant>-<tokens> of the timed configs
+    beside the split pair (TFLOP/s counting 12 T H I D for the backward and 18 T H I D for
+    forward + backward; ratio: the split pair's backward time over the row's), and
+    with --diagnose table one-pass-<variant>-<tokens>-diagnose (the backward's TFLOP/s)."""
+    import datetime
+
+    def row(r, metric, value):
+        return {
+            "row": f"{r['shape']}, {r['what']}",
+            "metric": metric,
+            "value": round(value),
+            "unit": "TFLOP/s",
+        }
+
+    base = {
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "command": command,
+        "row_label": "shape, backward",
+    }
+    speed_rows, diag_rows = [], []
+    for r in records:
+        bwd = 6 * r["unit"] / r["ms"] / 1e9
+        if r.get("diagnose"):
+            diag_rows.append(row(r, "backward", bwd))
+            continue
+        total = 9 * r["unit"] / (r["fwd_ms"] + r["ms"]) / 1e9
+        speed_rows += [
+            {**row(r, "backward", bwd), "ratio": round(r["split_ms"] / r["ms"], 2)},
+            row(r, "forward + backward", total),
+        ]
+    checked = (
+        f" Verify: {verified[0]} of {verified[1]} gradient checks within the bar."
+        if verified
+        else ""
+    )
+    tables = {}
+    if speed_rows:
+        tables[f"one-pass-{variant}-{tokens}"] = {
+            **base,
+            "title": f"The one-pass backward `{variant}` beside the split pair as dispatched, "
+            f"bf16, {tokens} tokens; every timed config's gradients checked against float64 "
+            f"first.{checked}",
+            "ratio": "the split pair's backward time over the row's (above 1: faster)",
+            "rows": speed_rows,
+        }
+    if diag_rows:
+        tables[f"one-pass-{variant}-{tokens}-diagnose"] = {
+            **base,
+            "title": f"`{variant}` with its dq and/or dr reductions predicated off (their "
+            f"gradients then wrong, not checked), bf16, {tokens} tokens.{checked}",
+            "rows": diag_rows,
+        }
+    return {"format": "mhfgen-results/1", "gpu": gpu, "tables": tables}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -342,16 +419,36 @@ def main():
         help="tokens of the speed and diagnose shapes (default 16384; at 2048 the workspace "
         "budget lets a launch take more kv heads)",
     )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="also write the figures as a results fragment (add it to benchmarks/results "
+        "with render_performance.py --add-tables FILE); written even after a hang",
+    )
     args = parser.parse_args()
+    records: list[dict] = []
 
     def steps(rows):
         if not args.skip_verify:
             verify(rows, args.variant)
         if args.diagnose:
-            diagnose(rows, args.variant, args.tokens)
-        speed(rows, [s for s in args.shapes.split(",") if s], args.variant, args.tokens)
+            diagnose(rows, args.variant, args.tokens, records)
+        speed(rows, [s for s in args.shapes.split(",") if s], args.variant, args.tokens, records)
 
-    run_watched(steps, args.budget)
+    def report(rows, t0):
+        """The table, and with --json the fragment (also after a hang or the watchdog)."""
+        if args.json:
+            checks = [r for r in rows if r[0] == "verify"]
+            verified = (sum(r[3] == "ok" for r in checks), len(checks)) if checks else None
+            command = "python3 benchmarks/bwd_ws_check.py " + " ".join(sys.argv[1:])
+            fragment = results_fragment(
+                torch.cuda.get_device_name(), args.variant, args.tokens, verified, records, command
+            )
+            args.json.write_text(json.dumps(fragment, indent=1) + "\n")
+        print_table(rows, t0)
+
+    run_watched(steps, args.budget, report)
 
 
 if __name__ == "__main__":

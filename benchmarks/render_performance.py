@@ -54,6 +54,9 @@ checks that the document matches the results files.
         OUT/lm_eager/summaries.json
         # table 'train-lm': each run's models (tokens/s, ratio: FlashMHF's over SwiGLU's
         # in the same run), peak memory and final validation loss
+    python3 benchmarks/bwd_ws_check.py --variant flash_mhf_bwdt_ws --json OUT/bwdt.json
+    python3 benchmarks/render_performance.py --add-tables OUT/bwdt.json
+        # a results fragment (this format: one GPU, its new tables) into its GPU's file
     python3 benchmarks/fp8_fwd_check.py --skip-verify --skip-timing --pdl --json OUT/pdl.json
     python3 benchmarks/render_performance.py --add-pdl OUT/pdl.json
         # table 'decode-pdl': the decode forward with and without programmatic dependent
@@ -537,6 +540,14 @@ def add_pdl(path: Path, name: str, folder: Path = RESULTS) -> Path:
     return _write_tables(gpu, {name: table}, folder)
 
 
+def add_tables(path: Path, folder: Path = RESULTS) -> Path:
+    """Write (or replace) the tables of a results fragment (a results file of one GPU's
+    new tables, as benchmarks/bwd_ws_check.py --json writes) into that GPU's file."""
+    fragment = json.loads(path.read_text())
+    check(fragment, path.name)
+    return _write_tables(fragment["gpu"], fragment["tables"], folder)
+
+
 def _write_tables(gpu: str, tables: dict[str, dict], folder: Path) -> Path:
     path = folder / f"{gpu_slug(gpu)}.json"
     doc = (
@@ -615,8 +626,17 @@ def main(argv: list[str] | None = None) -> int:
         help="first add the 'pdl' rows of a benchmarks/fp8_fwd_check.py --pdl --json file "
         "as table --table (default decode-pdl) of its GPU's results file",
     )
+    parser.add_argument(
+        "--add-tables",
+        type=Path,
+        metavar="FRAGMENT",
+        help="first add the tables of a results fragment (this script's format, one GPU, "
+        "e.g. from benchmarks/bwd_ws_check.py --json) to its GPU's results file",
+    )
     args = parser.parse_args(argv)
     try:
+        if args.add_tables:
+            print(f"wrote {add_tables(args.add_tables, args.results)}", file=sys.stderr)
         if args.add_pdl:
             written = add_pdl(args.add_pdl, args.table or "decode-pdl", args.results)
             print(f"wrote {written}", file=sys.stderr)

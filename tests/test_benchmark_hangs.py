@@ -83,3 +83,54 @@ def test_every_check_script_imports(script, hangs):
     module = importlib.import_module(script)
     assert callable(module.main)
     sys.modules.pop(script, None)
+
+
+def test_the_one_pass_check_writes_a_results_fragment_the_renderer_adds(hangs, tmp_path):
+    """bwd_ws_check --json: its speed and diagnose records become results tables (ratio:
+    the split pair's time over the row's) that render_performance --add-tables merges
+    into the GPU's results file."""
+    check = importlib.import_module("bwd_ws_check")
+    render = importlib.import_module("render_performance")
+    unit = 1e9  # FLOPs of one GEMM unit: 6 units in 1 ms are 6 TFLOP/s
+    records = [
+        dict(
+            shape="1.3B",
+            what="split pair (dispatched)",
+            ms=1.0,
+            split_ms=1.0,
+            fwd_ms=0.5,
+            unit=unit,
+        ),
+        dict(shape="1.3B", what="s2 wg32 vec hc1", ms=0.8, split_ms=1.0, fwd_ms=0.5, unit=unit),
+        dict(shape="1.3B", what="vec hc16, no dq reductions", ms=0.5, unit=unit, diagnose=True),
+    ]
+    fragment = check.results_fragment(
+        "FAKE GPU", "flash_mhf_bwdt_ws", 2048, (35, 36), records, "python3 benchmarks/x.py"
+    )
+    speed = fragment["tables"]["one-pass-flash_mhf_bwdt_ws-2048"]
+    assert "35 of 36" in speed["title"]
+    bwd = [r for r in speed["rows"] if r["metric"] == "backward"]
+    assert [(r["row"], r["value"], r["ratio"]) for r in bwd] == [
+        ("1.3B, split pair (dispatched)", 6, 1.0),
+        ("1.3B, s2 wg32 vec hc1", 8, 1.25),
+    ]
+    total = [r["value"] for r in speed["rows"] if r["metric"] == "forward + backward"]
+    assert total == [6, 7]  # 9 units over 1.5 and 1.3 ms
+    diag = fragment["tables"]["one-pass-flash_mhf_bwdt_ws-2048-diagnose"]["rows"]
+    assert diag == [
+        {
+            "row": "1.3B, vec hc16, no dq reductions",
+            "metric": "backward",
+            "value": 12,
+            "unit": "TFLOP/s",
+        }
+    ]
+    path = tmp_path / "fragment.json"
+    path.write_text(check.json.dumps(fragment))
+    written = render.add_tables(path, tmp_path)
+    doc = check.json.loads(written.read_text())
+    assert doc["gpu"] == "FAKE GPU" and set(doc["tables"]) == set(fragment["tables"])
+    assert "| 1.3B, s2 wg32 vec hc1 | 8 (1.25x) | 7 |" in render.render_table(
+        doc, "one-pass-flash_mhf_bwdt_ws-2048"
+    )
+    sys.modules.pop("bwd_ws_check", None)
