@@ -441,7 +441,8 @@ def main():
         if args.json:
             checks = [r for r in rows if r[0] == "verify"]
             verified = (sum(r[3] == "ok" for r in checks), len(checks)) if checks else None
-            command = "python3 benchmarks/bwd_ws_check.py " + " ".join(sys.argv[1:])
+            argv = [f"OUT/{args.json.name}" if a == str(args.json) else a for a in sys.argv[1:]]
+            command = "python3 benchmarks/bwd_ws_check.py " + " ".join(argv)
             fragment = results_fragment(
                 torch.cuda.get_device_name(), args.variant, args.tokens, verified, records, command
             )

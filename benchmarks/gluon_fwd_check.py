@@ -6,8 +6,8 @@
 1. verify: flash_mhf_fwd_ws against the float64 reference (relative Frobenius error, the
    bar of mhfgen.tolerances) in bf16 and fp16 on odd shapes (L = 1, L = 37, D = 96 with
    De = 80, E = 1, Hkv < H, strided q) for every schedule family (1 x 8-warp consumer,
-   2 x 4-warp consumers, ping-pong, kv-group sharing, exp sigmoid, 3 stages, and joint
-   score MMAs with five of them).
+   2 x 4-warp consumers, ping-pong, kv-group sharing, exp sigmoid, 3 stages, joint
+   score MMAs with five of them, and three 4-warp consumers where their registers fit).
 2. speed: TFLOP/s (6 * tokens * H * I * D over the median of do_bench) at 16384 tokens in
    bf16 on the 1.3B, 370M, (H16, D64) and 128M (D = 96) shapes over a sweep of configs
    (the whole sweep on 1.3B, the --quick one on the others; or the configs --configs
@@ -66,6 +66,12 @@ VERIFY_CONFIGS = {
     "bn32-s4-joint": WsConfig(block_n=32, stages=4, joint_scores=True),
     "bn32-s4": WsConfig(block_n=32, stages=4),
     "persistent-joint": WsConfig(persistent=True, joint_scores=True),
+    # three consumers (D <= 96 only: config_problems refuses them at D = 128)
+    "3x4w-bn32": WsConfig(block_n=32, consumers=3, consumer_regs=160),
+    "3x4w-bn32-joint-2tile": WsConfig(
+        block_n=32, consumers=3, consumer_regs=160, joint_scores=True, unroll_tiles=2
+    ),
+    "3x4w-bn32-exp": WsConfig(block_n=32, consumers=3, consumer_regs=160, sigmoid="exp"),
 }
 
 VERIFY_CASES = [
@@ -87,6 +93,21 @@ SHAPES = {  # name: (H, Hkv, D, E, De)
 
 def sweep_configs(quick: bool) -> dict[str, WsConfig]:
     out = {}
+    for stages in (3, 4, 6):  # three consumers: 32-column tiles, 160 registers each
+        for unroll in (1, 2):
+            for joint in (False, True):
+                out[f"3x4w-bn32-s{stages}{'-joint' if joint else ''}-u{unroll}"] = WsConfig(
+                    block_n=32,
+                    stages=stages,
+                    consumers=3,
+                    consumer_regs=160,
+                    joint_scores=joint,
+                    unroll_tiles=unroll,
+                )
+    for joint in (False, True):  # beside them: two consumers, two tiles an iteration
+        out[f"2x4w-bn64-s4{'-joint' if joint else ''}-u2"] = WsConfig(
+            joint_scores=joint, unroll_tiles=2
+        )
     for consumers, warps in ((1, 8), (2, 4)):
         for block_n in (64, 32, 128):
             for stages in (3, 4, 5, 6):

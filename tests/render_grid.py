@@ -52,7 +52,7 @@ TRITON_KERNELS = ("flash_mhf_fwd", "flash_mhf_bwd_dq", "flash_mhf_bwd_dkv")
 GLUON_FIELDS: dict[str, dict[str, tuple]] = {
     "flash_mhf_fwd_ws": {
         "block_n": (64, 32),
-        "consumers": (1, 2),
+        "consumers": (1, 2, 3),
         "group_heads": (1, 2),
         "pingpong": (False, True),
         "sigmoid": ("tanh", "exp"),

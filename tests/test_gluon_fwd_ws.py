@@ -114,6 +114,46 @@ def test_gluon_compiles_for_sm90_without_spills(spec, family):
     assert report.tma_loads >= 4 * chunks  # q, k, u, v loads (and the o store)
 
 
+#: three 4-warp consumers of 32-column tiles (the most the SM's registers hold: 160 each)
+THREE = ws.WsConfig(block_n=32, consumers=3, consumer_regs=160)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [THREE, dataclasses.replace(THREE, joint_scores=True, unroll_tiles=2)],
+    ids=["three-consumers", "three-consumers-joint-two-tiles"],
+)
+@pytest.mark.parametrize(
+    "spec", [s for s in COMPILE_SPECS if s.head_dim < 128], ids=lambda s: s.key()
+)
+def test_three_consumers_compile_for_sm90_where_their_registers_fit(spec, config):
+    """At D = 64 and 96 three consumers share each weight tile: three partitions, every
+    wgmma asynchronous, no spills, within the estimate's shared memory."""
+    if config.joint_scores and len(ws.head_dim_chunks(spec.head_dim, "chunks")) > 1:
+        config = dataclasses.replace(config, joint_scores=False)
+    assert ws.config_problems(spec, config) == []
+    assert ws.render(spec, config).count("(_consumer, (") == 3
+    report = gluon_report(ws, spec, config)
+    assert report.spill_bytes == 0, report
+    assert report.wgmma_serialized == "", report.wgmma_serialized
+    assert report.shared <= ws.shared_memory(spec, config)
+    assert report.registers <= ws.max_registers(config)
+
+
+def test_three_consumers_are_refused_where_registers_do_not_hold_them():
+    """The register split (three consumers at 240 need more registers than an SM has) and
+    the accumulators (at D = 128 with 32-column tiles, 128 a thread of the 120 that 160
+    leave: that compile serialises every wgmma)."""
+    d64 = COMPILE_SPECS[3]
+    assert any(
+        "register split 3 x 128 threads x 240" in p
+        for p in ws.config_problems(d64, dataclasses.replace(THREE, consumer_regs=240))
+    )
+    assert ws.config_problems(COMPILE_SPECS[0], THREE) == [
+        "128 accumulator registers per consumer thread (> 120)"
+    ]
+
+
 def test_a_stored_config_without_unroll_tiles_keeps_its_code():
     """A winner stored before the knob reads as one tile per iteration and renders without
     the static parameter (its code hash stays); two tiles per iteration render the loop
@@ -143,7 +183,7 @@ def test_gluon_default_config_runs_every_supported_preset():
         ("block_n", 48),
         ("block_n", 2**40),
         ("stages", 2),
-        ("consumers", 3),
+        ("consumers", 4),
         ("consumer_warps", 6),
         ("group_heads", 2.0),
         ("pingpong", "false"),

@@ -159,8 +159,9 @@ def default_config(spec: KernelSpec, tokens: int, sm_count: int) -> BwdtWsConfig
     """32 rows a warpgroup, v4 dq reductions and tanh, a 2-slot ring at Dp = 128 and 4 at
     Dp = 64 (64 rows there spill 300-800 bytes in their sm90 compiles; 32 spill none);
     kv heads per launch and token splits as the other one-pass backwards' heuristics pick
-    them (mhfgen.workspace.fit_launches). Not measured on a GPU yet: the tuner times it
-    against the split backward before dispatch runs it anywhere."""
+    them (mhfgen.workspace.fit_launches). On an H100 the split backward was faster than
+    every config tried (1.3B at 2048 tokens, docs/PERFORMANCE.md): dispatch runs it only
+    where the tuner has stored a winner that beats the split pair."""
     config = BwdtWsConfig(stages=2 if sm90.backward_head_dim_pad(spec) > CHUNK else 4)
     return fit_launches(
         spec,
@@ -215,7 +216,7 @@ class FlashMhfBwdtWs(_gluon.GluonVariant):
     stem = "flash_mhf_bwdt_ws"
     op = "bwd"
     Config = BwdtWsConfig
-    preference = 12  # after flash_mhf_bwd_ws until a GPU has timed it
+    preference = 12  # after flash_mhf_bwd_ws: slower than the split pair on an H100
     flop_factor = 16
     outputs = ("dq", "dr", "dk", "du", "dv")
     takes_grad = True

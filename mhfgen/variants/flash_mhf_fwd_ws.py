@@ -67,7 +67,11 @@ class WsConfig(_gluon.ForwardConsumersConfig):
     block_n:        intermediate columns per weight tile (the ring slot's rows).
     stages:         slots of the K/U/V ring (>= 3: V of tile j is read while tile j+1's
                     GEMMs are issued and tile j+2 loads).
-    consumers:      consumer partitions sharing each weight tile (1 or 2).
+    consumers:      consumer partitions sharing each weight tile (1, 2 or 3). Three fit
+                    the SM's registers at consumer_regs = 160 with 4-warp consumers and
+                    few accumulators (D <= 96 with 32-column tiles); they are correct
+                    but were 0.80-0.95x two consumers' speed on an H100, so the search
+                    space leaves them out (docs/PERFORMANCE.md).
     consumer_warps: warps per consumer (4 = one warpgroup, 64 rows; 8 = two, 128 rows).
     group_heads:    query heads of one kv group among a program's consumers (divides
                     consumers and H / Hkv); the others take further token blocks.
@@ -116,7 +120,7 @@ class WsConfig(_gluon.ForwardConsumersConfig):
     choices = dict(
         block_n=(16, 32, 64, 128, 256),
         stages=range(3, 9),
-        consumers=(1, 2),
+        consumers=(1, 2, 3),
         consumer_warps=(4, 8),
         group_heads=(1, 2),
         unroll_tiles=(1, 2),
