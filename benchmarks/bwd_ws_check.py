@@ -182,8 +182,13 @@ def speed(rows, shapes, variant, tokens, records):
             )
         )
         print(*rows[-1], flush=True)
-        split = dict(shape=name, what="split pair (dispatched)", ms=t_split, split_ms=t_split)
-        records.append(dict(split, fwd_ms=t_fwd, unit=unit))
+
+        def record(what, ms):
+            records.append(
+                dict(shape=name, what=what, ms=ms, split_ms=t_split, fwd_ms=t_fwd, unit=unit)
+            )
+
+        record("split pair (dispatched)", t_split)
         for config in sweep_configs(variant, name):
             label = f"{name} {config.describe()}"
             try:
@@ -192,16 +197,7 @@ def speed(rows, shapes, variant, tokens, records):
                     rows.append(("speed", label, "-", f"WRONG {err:.2e}"))
                 else:
                     t = bench(lambda: run(*inputs, config=config))
-                    records.append(
-                        dict(
-                            shape=name,
-                            what=config.describe(),
-                            ms=t,
-                            split_ms=t_split,
-                            fwd_ms=t_fwd,
-                            unit=unit,
-                        )
-                    )
+                    record(config.describe(), t)
                     rows.append(
                         (
                             "speed",
